@@ -1,0 +1,125 @@
+//! Per-CPU ids.
+//!
+//! Normal builds ask the kernel (`sched_getcpu`) and fall back to a stable per-thread id where
+//! that is unavailable; a thread may also claim an id with [`set_current`] (tests use this to
+//! run eight "CPUs" on a two-core machine). Under loom every model thread is on CPU 0 until it
+//! calls [`set_current`], so a model chooses whether two threads share a CPU or not.
+//!
+//! ```
+//! let n = dma_sync::cpu::count();
+//! assert!(n >= 1);
+//! assert!(dma_sync::cpu::current_in(4) < 4);
+//! dma_sync::cpu::set_current(Some(3));
+//! assert_eq!(dma_sync::cpu::current(), 3);
+//! dma_sync::cpu::set_current(None);
+//! ```
+
+#[cfg(not(loom))]
+mod imp {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    std::thread_local! {
+        static OVERRIDE: Cell<usize> = const { Cell::new(usize::MAX) };
+        static FALLBACK: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    pub fn current() -> usize {
+        let o = OVERRIDE.with(Cell::get);
+        if o != usize::MAX {
+            return o;
+        }
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu >= 0 {
+            return cpu as usize;
+        }
+        FALLBACK.with(|f| {
+            if f.get() == usize::MAX {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                f.set(NEXT.fetch_add(1, Ordering::Relaxed) % count());
+            }
+            f.get()
+        })
+    }
+
+    pub fn set_current(cpu: Option<usize>) {
+        OVERRIDE.with(|o| o.set(cpu.unwrap_or(usize::MAX)));
+    }
+
+    pub fn count() -> usize {
+        static COUNT: OnceLock<usize> = OnceLock::new();
+        *COUNT.get_or_init(|| {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+            if n > 0 {
+                n as usize
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        })
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    use std::cell::Cell;
+
+    loom::thread_local! {
+        static CPU: Cell<usize> = Cell::new(0);
+    }
+    std::thread_local! {
+        static COUNT: Cell<usize> = const { Cell::new(2) };
+    }
+
+    pub fn current() -> usize {
+        CPU.with(Cell::get)
+    }
+
+    pub fn set_current(cpu: Option<usize>) {
+        CPU.with(|c| c.set(cpu.unwrap_or(0)));
+    }
+
+    pub fn count() -> usize {
+        COUNT.with(Cell::get)
+    }
+
+    pub fn set_count(n: usize) {
+        COUNT.with(|c| c.set(n.max(1)));
+    }
+}
+
+/// The CPU the calling thread runs on (possibly stale by the time it is used: a hint for
+/// choosing a shard, never a correctness condition).
+#[inline]
+pub fn current() -> usize {
+    imp::current()
+}
+
+/// [`current`] reduced to `0..n` (for indexing `n` per-CPU shards).
+#[inline]
+pub fn current_in(n: usize) -> usize {
+    let c = current();
+    if n.is_power_of_two() {
+        c & (n - 1)
+    } else {
+        c % n.max(1)
+    }
+}
+
+/// Make the calling thread report `cpu` from [`current`] (`None`: back to the default).
+pub fn set_current(cpu: Option<usize>) {
+    imp::set_current(cpu)
+}
+
+/// The number of CPUs configured on this machine (loom: set by [`set_count`], default 2).
+pub fn count() -> usize {
+    imp::count()
+}
+
+/// Set what [`count`] returns inside models run by this test thread (loom builds only).
+#[cfg(loom)]
+pub fn set_count(n: usize) {
+    imp::set_count(n)
+}

@@ -1,0 +1,58 @@
+//! The concurrency vocabulary of dmaloom.
+//!
+//! This is the one crate of the workspace that names `std::sync`, `parking_lot`, `arc-swap`,
+//! `crossbeam-epoch` or `loom`. Every other crate imports its atomics, locks, cells, RCU guards,
+//! published pointers, threads and per-CPU ids from here, so that one switch, `--cfg loom`,
+//! swaps the whole library onto loom's model-checked primitives: parking_lot locks become
+//! `loom::sync` locks (a contended parking_lot lock hangs a model), `ArcSwap` becomes a
+//! loom-visible lock around an `Arc`, crossbeam-epoch becomes a fence-based RCU whose frees
+//! poison the object so a use-after-free is reported as a causality violation, and
+//! `sched_getcpu` becomes an id the model assigns to each of its threads.
+//!
+//! Every memory ordering that matters in the library is written through a named
+//! [`mutation::Point`]. In loom builds a test can weaken one point at run time and assert that
+//! loom finds the failure; in normal builds the hook is an `#[inline(always)]` identity.
+//!
+//! ```
+//! use dma_sync::atomic::{AtomicU64, Ordering};
+//! use dma_sync::mutation_points;
+//!
+//! mutation_points! {
+//!     /// Publishes the counter to readers.
+//!     PUBLISH: Store = "example.publish";
+//! }
+//!
+//! let x = AtomicU64::new(0);
+//! x.store(1, PUBLISH.ord(Ordering::Release));
+//! assert_eq!(x.load(Ordering::Acquire), 1);
+//! assert_eq!(ALL.len(), 1);
+//! ```
+
+pub mod atomic;
+pub mod cell;
+pub mod cpu;
+pub mod lock;
+pub mod mutation;
+pub mod points;
+pub mod published;
+pub mod rcu;
+pub mod thread;
+
+pub use cell::UnsafeCell;
+pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use published::Published;
+
+/// Reference-counted pointer: `std::sync::Arc`, or `loom::sync::Arc` under loom.
+#[cfg(not(loom))]
+pub use std::sync::Arc;
+
+/// Reference-counted pointer: `std::sync::Arc`, or `loom::sync::Arc` under loom.
+#[cfg(loom)]
+pub use loom::sync::Arc;
+
+/// Whether this build runs on loom's model-checked primitives.
+///
+/// ```
+/// assert_eq!(dma_sync::LOOM, cfg!(loom));
+/// ```
+pub const LOOM: bool = cfg!(loom);

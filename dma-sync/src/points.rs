@@ -1,0 +1,24 @@
+//! The mutation points of dma-sync itself: the orderings of the loom RCU shim.
+//!
+//! Production builds use crossbeam-epoch, whose orderings crossbeam checks with its own loom
+//! suite. Under loom, [`crate::rcu`] is a fence-based RCU whose every ordering is a point here,
+//! so the models of the page table and the pool lists can show that each one is needed.
+
+crate::mutation_points! {
+    /// A reader registers itself before reading published pointers (weakened: the guard
+    /// protects nothing, as with `crossbeam_epoch::unprotected`).
+    RCU_PIN: Pin = "rcu.pin";
+    /// Full fence between a reader's registration and its first load of a published pointer;
+    /// pairs with `rcu.sync.fence` in the store-buffering shape of RCU.
+    RCU_PIN_FENCE: Fence = "rcu.pin.fence";
+    /// Release store of a reader's departure, so its reads happen before a later free.
+    RCU_UNPIN_RELEASE: Store = "rcu.unpin.release";
+    /// Full fence between the updater's unlink and its scan of the readers.
+    RCU_SYNC_FENCE: Fence = "rcu.sync.fence";
+    /// Acquire load of a reader's registration in the grace-period scan; pairs with
+    /// `rcu.unpin.release`.
+    RCU_SYNC_ACQUIRE: Load = "rcu.sync.acquire";
+    /// The grace period itself: a retired object is freed only after every registered reader
+    /// has left (weakened: freed at once).
+    RCU_GRACE_PERIOD: GracePeriod = "rcu.grace_period";
+}

@@ -1,0 +1,1 @@
+//! (models for this area are added here)
