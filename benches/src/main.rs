@@ -1,6 +1,36 @@
-//! `dmabench`: multithreaded map/unmap benchmarks against the peers and the physical floor.
+//! `dmabench`: runs the suite, prints a table per component and the targets, and writes JSON
+//! and SVG plots into the results folder.
+
+use clap::Parser;
+use dma_bench::{cli::Cli, output, report};
 
 fn main() {
-    eprintln!("dmabench: the benchmark suite is being built; see issue tracker");
-    std::process::exit(2);
+    let opts = Cli::parse().into_options();
+    if !opts.quiet {
+        eprintln!(
+            "dmabench: threads {:?}, {} ms per case and thread count{}, {} CPUs, output in {}",
+            opts.threads,
+            opts.duration_ms,
+            if opts.smoke { " (smoke)" } else { "" },
+            dma_bench::harness::cpu_count(),
+            opts.out.display()
+        );
+    }
+    let rep = dma_bench::run(&opts);
+    print!("{}", report::tables(&rep.results, &opts.threads));
+    print!("{}", report::targets_table(&rep.targets));
+    for o in &rep.omitted {
+        println!("left out: {}: {} ({})", o.component.name(), o.what, o.reason);
+    }
+    match output::write_all(&rep, &opts) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("dmabench: cannot write results to {}: {e}", opts.out.display());
+            std::process::exit(1);
+        }
+    }
 }

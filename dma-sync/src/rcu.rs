@@ -89,7 +89,7 @@ impl Guard {
     /// `ptr` is null or was loaded, while this guard was pinned, from a location whose objects
     /// are only ever freed through [`Guard::defer_retire`] after being unlinked from it.
     #[inline(always)]
-    pub unsafe fn deref<'g, T>(&'g self, ptr: *const T) -> Option<&'g T> {
+    pub unsafe fn deref<T>(&self, ptr: *const T) -> Option<&T> {
         // SAFETY: by the caller's contract the object is not freed before this guard unpins.
         unsafe { ptr.as_ref() }
     }

@@ -1,6 +1,82 @@
-//! A lock-free ARM LPAE I/O page table.
+//! A lock-free ARM LPAE (VMSAv8-64 long-descriptor) I/O page table.
 //!
-//! Table levels are installed by compare-and-swap and freed through RCU, so lock-free walkers
-//! (translation, debug dumps) never touch freed memory, even while unmaps remove tables.
+//! The page table a vIOMMU emulation or a user-space IOMMU stack maps into, and that device
+//! threads translate through on every access. Table levels are installed with a release
+//! compare-and-swap and freed through RCU, so lock-free readers — [`PageTable::iova_to_phys`],
+//! [`PageTable::reader`], [`PageTable::dump`] — never touch freed memory, even while unmaps
+//! remove the tables they are walking (Linux's debugfs walkers race with table frees).
+//!
+//! # API
+//!
+//! | Item | What |
+//! |---|---|
+//! | [`PageTable::new`]`(Config)`, [`PageTable::with_tlb`]`(Config, T: TlbOps)` | build; `Config::{s1_4k, tiny}` for common shapes |
+//! | [`PageTable::map_pages`]`(iova, paddr, pgsize, pgcount, prot) -> Result<usize, Error>` | bytes mapped, at most one leaf table per call |
+//! | [`PageTable::unmap_pages`]`(iova, pgsize, pgcount, &mut Gather) -> Result<usize, Error>` | bytes unmapped; errors are never sizes |
+//! | [`PageTable::map`]`(iova, paddr, size, prot) -> Result<(), Error>` | largest page sizes alignment allows; undoes partial progress |
+//! | [`PageTable::unmap`]`(iova, size) -> Result<u64, Error>`, [`PageTable::unmap_with`] | looping unmap (syncing its own gather / into yours) |
+//! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation with permissions |
+//! | [`PageTable::reader`]`() -> Reader` | a held pin: [`Reader::translate`], [`Reader::walk`], [`Reader::dump`] |
+//! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able |
+//! | [`TlbOps`] (flush_all, flush_walk, sync, add_page), [`Gather`], [`NoTlb`] | TLB maintenance |
+//! | [`PageTable::stats`]`() -> Stats` | tables allocated / discarded / retired / freed |
+//!
+//! ```
+//! use io_pgtable::{Config, Gather, PageTable, Prot};
+//!
+//! let pt = PageTable::new(Config::s1_4k(48)).unwrap();
+//! assert_eq!(pt.map_pages(0x1000, 0x8000_1000, 0x1000, 2, Prot::READ | Prot::WRITE), Ok(0x2000));
+//! let t = pt.iova_to_phys(0x1234).unwrap();
+//! assert_eq!(t.paddr, 0x8000_1234);
+//! let mut gather = Gather::new();
+//! assert_eq!(pt.unmap_pages(0x1000, 0x1000, 2, &mut gather), Ok(0x2000));
+//! gather.sync(pt.tlb());
+//! assert!(pt.iova_to_phys(0x1234).is_none());
+//! ```
+//!
+//! # Format
+//!
+//! 4 KiB, 16 KiB and 64 KiB granules, stage 1 and stage 2, input and output sizes up to 48
+//! bits (52 with 64 KiB, PA[51:48] packed in bits 15:12), stage-2 concatenated start tables,
+//! blocks wherever the granule allows. Tables are real aligned arrays of 64-bit descriptors;
+//! a table descriptor carries the table's (process) address as its output address. The
+//! [`Granule::Tiny`] configuration (4-entry tables, same descriptors, same code) keeps
+//! model-checking and exhaustive tests small.
+//!
+//! # Concurrency contract
+//!
+//! As in Linux: concurrent `map*`/`unmap*` calls must not overlap, including the span of any
+//! table an unmap frees (an unmap at a table's block size covering it) or a block map
+//! replaces. Disjoint ranges may share tables: installs race through a compare-and-swap whose
+//! loser frees its own table and descends into the winner's. Readers may run at any time on
+//! any range and see each descriptor before or after a concurrent change.
+//!
+//! A table level is freed only when an unmap covers its whole span (or a block map replaces
+//! it while empty): it is unlinked, the walk cache flushed through [`TlbOps::flush_walk`],
+//! and the subtree handed to RCU, which releases it after every reader that might hold it
+//! has unpinned. Tables emptied by smaller unmaps stay linked (another mapper may be
+//! descending into them), as in Linux.
 
+mod config;
+mod dump;
+mod error;
+mod map;
+mod pgtable;
 pub mod points;
+pub mod pte;
+mod table;
+mod tlb;
+mod unmap;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Config, Geometry, Granule, Stage};
+pub use dump::{Dump, WalkEntry};
+pub use error::{AddrKind, Error};
+pub use pgtable::PageTable;
+pub use pte::{Descriptor, Prot};
+pub use table::Stats;
+pub use tlb::{Gather, NoTlb, TlbOps, TlbRange};
+pub use walk::{Reader, Translation};

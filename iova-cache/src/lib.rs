@@ -1,6 +1,68 @@
-//! I/O virtual address allocation with per-CPU magazine caches.
+//! I/O virtual address allocation with per-CPU magazine caches that never hoard.
 //!
-//! The user-space equal of Linux `iova.c`: a top-down range allocator over a granule, fronted
-//! by per-CPU `loaded`/`prev` magazines and a trimmed depot, limit-aware and never hoarding.
+//! The user-space equal of Linux `iova.c` with its per-CPU rcache: a top-down range allocator
+//! over granule-sized pfns, fronted by per-CPU `loaded`/`prev` magazines and a depot of full
+//! magazines that a background worker trims toward one magazine per CPU slot.
+//!
+//! # API overview
+//!
+//! | Item | What |
+//! |---|---|
+//! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, highest fit ending `<= limit` (inclusive), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
+//! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
+//! | [`IovaAllocator::alloc_range`]`(size, limit, aligned)` / [`IovaAllocator::free_range`]`(pfn, size)` | uncached range allocator |
+//! | [`IovaAllocator::reserve`]`(lo, hi)` / [`IovaAllocator::find`]`(pfn) -> Option<IovaRange>` | reservations, lookup |
+//! | [`IovaAllocator::alloc_dma`]`(&DevicePolicy, size, dma_limit)` | dma-iommu policy: 32-bit first, per-device permanent opt-out after a miss |
+//! | [`IovaAllocator::flush_all`], [`IovaAllocator::flush_cpu`], [`IovaAllocator::trim_once`] | cache maintenance |
+//! | [`IovaAllocator::stats`]` -> IovaStats`, [`IovaAllocator::report`]` -> String` | per-class hits/misses, depot, cached granules per CPU and depot |
+//! | [`RangeAllocator`] | the single-threaded range allocator itself (`&mut self`) |
+//!
+//! Units: sizes in granules, addresses as pfns (`iova >> granule_shift`), limits inclusive.
+//! `IovaConfig { caching: false, .. }` is the range allocator alone behind its lock, the
+//! baseline the benchmarks compare against.
+//!
+//! ```
+//! use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+//!
+//! let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 24) - 1)).unwrap();
+//! let limit32 = iova.dma_32bit_pfn() - 1;
+//! let pfn = iova.alloc(8, limit32).unwrap();
+//! assert!(pfn + 7 <= limit32 && pfn % 8 == 0);
+//! iova.free(pfn, 8).unwrap();
+//!
+//! let nic = DevicePolicy::new(true);
+//! let p = iova.alloc_dma(&nic, 1, (1 << 24) - 1).unwrap();
+//! assert!(p <= limit32);
+//! iova.free(p, 1).unwrap();
+//! print!("{}", iova.report());
+//! ```
+//!
+//! # Concurrency
+//!
+//! Locks are taken in the order CPU slot -> depot -> range allocator, never backwards. A hit
+//! in a CPU's magazines takes only that slot's lock and writes nothing shared. Every lock step
+//! is a mutation point in [`points`], weakened by the loom models to show it is needed.
 
+mod allocator;
+pub mod config;
+mod error;
+mod gaptree;
+mod locked;
+mod magazine;
+mod owners;
 pub mod points;
+mod policy;
+mod range;
+mod rcache;
+mod stats;
+#[cfg(not(loom))]
+mod trim;
+
+pub use allocator::IovaAllocator;
+pub use config::IovaConfig;
+pub use error::IovaError;
+pub use policy::DevicePolicy;
+pub use range::{IovaRange, RangeAllocator, RangeKind, RangeStats};
+pub use stats::{ClassStats, IovaStats};

@@ -1,8 +1,85 @@
 //! Bounce buffers for devices with a limited or untrusted view of memory.
 //!
-//! The user-space equal of Linux swiotlb with dynamic pools: 2 KiB slots in 128-slot segments,
-//! per-CPU areas with their own locks, every alignment rule of the kernel, bounce copies by
-//! direction with partial sync, pools grown in the background, transient pools, a per-device
-//! "uses bounce buffers" flag and a lock-free, RCU-published pool list.
+//! The user-space equal of Linux swiotlb with dynamic pools: 2 KiB slots in 128-slot
+//! segments, per-CPU areas with their own locks, every alignment rule of the kernel, bounce
+//! copies by direction with partial sync, pools grown in the background, transient pools, a
+//! per-device "uses bounce buffers" flag and a lock-free, RCU-published pool list.
+//!
+//! # API
+//!
+//! * [`Swiotlb::new`]`(`[`Config`]`, impl `[`OrigMemory`]`)` builds an instance (a cloneable
+//!   handle) with its default pool. [`Config::tiny`] and [`Config::restricted`] give small
+//!   and restricted configurations.
+//! * [`Swiotlb::device`]`(`[`DeviceConfig`]`) -> `[`Device`]: min-align mask, segment
+//!   boundary mask, DMA mask; the device owns its sticky flag and its transient pools.
+//! * [`Swiotlb::map`]`(dev, orig, size, `[`Direction`]`, `[`MapAttrs`]`) -> Result<u64>`
+//!   returns the bounce address; [`Swiotlb::unmap`], [`Swiotlb::sync_for_cpu`],
+//!   [`Swiotlb::sync_for_device`] take any bounce address/range of a live mapping.
+//! * [`Swiotlb::is_bounce_buffer`], [`Swiotlb::find_pool`]: lock-free lookup.
+//! * [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`]: the device side.
+//! * [`Swiotlb::max_mapping_size`], [`Swiotlb::grow`], [`Swiotlb::grow_by`],
+//!   [`Swiotlb::alloc`] / [`Swiotlb::free`] (restricted pools), [`Swiotlb::stats`] (with a
+//!   debugfs-style `Display`), [`Swiotlb::reset_hiwater`], [`Swiotlb::check_invariants`].
+//! * Errors are [`Error`] values; an operation that fails changes nothing.
+//!
+//! # Address space
+//!
+//! Bounce addresses and original addresses live in one physical/DMA address space. Pools own
+//! real page-aligned memory, and a pool's bounce addresses are the process addresses of that
+//! memory, so the same address space as [`ProcessMemory`] and [`RegionMemory`]: an IOMMU layer
+//! can map a returned bounce address like any other physical address, and a simulated device
+//! can access it through [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`].
+//!
+//! ```
+//! use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+//!
+//! let mem = RegionMemory::new(64 * 1024);
+//! let buf = mem.base() + 0x1A00;
+//! mem.write(buf, &[1, 2, 3, 4]).unwrap();
+//! let tlb = Swiotlb::new(Config { nslabs: 1024, nareas: 2, ..Config::default() }, mem).unwrap();
+//! let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+//!
+//! let dma = tlb.map(&nvme, buf, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
+//! assert_eq!(dma & 0xFFF, 0xA00); // the offset bits under min_align_mask are kept
+//! assert!(tlb.is_bounce_buffer(&nvme, dma));
+//! tlb.write_bounce(&nvme, dma, &[9, 9]).unwrap(); // the device writes half
+//! tlb.unmap(&nvme, dma, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
+//! let mut back = [0u8; 4];
+//! tlb.memory().read(buf, &mut back).unwrap();
+//! assert_eq!(back, [9, 9, 3, 4]); // bytes it did not write are unchanged
+//! ```
 
+mod align;
+mod bounce;
+mod device;
+mod error;
+mod mem;
+mod memory;
 pub mod points;
+mod pool;
+mod slots;
+mod stats;
+
+pub use bounce::{Direction, MapAttrs};
+pub use device::{Device, DeviceConfig};
+pub use error::{Error, MemoryError};
+pub use mem::{Config, PoolInfo, Swiotlb};
+pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
+pub use stats::{PoolStats, StatsSnapshot};
+
+/// log2 of the slot size.
+pub const IO_TLB_SHIFT: u32 = 11;
+/// Slot size in bytes.
+pub const IO_TLB_SIZE: usize = 1 << IO_TLB_SHIFT;
+/// Slots per segment: no allocation crosses a segment (the default and largest segment).
+pub const IO_TLB_SEGSIZE: usize = 128;
+/// Default pool size in bytes.
+pub const IO_TLB_DEFAULT_SIZE: usize = 64 << 20;
+/// Smallest pool growth halves down to, in slots.
+pub const IO_TLB_MIN_SLABS: usize = 512;
+/// Page size used for the legacy page alignment and `alloc`.
+pub const PAGE_SIZE: usize = 4096;
+/// Alignment of every pool's memory; the largest accepted `alloc_align_mask` is one less.
+pub const POOL_ALIGN: usize = 64 * 1024;
+/// Original address of a slot with no mapping.
+pub const INVALID_PHYS_ADDR: u64 = u64::MAX;

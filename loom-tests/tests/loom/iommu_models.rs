@@ -1,1 +1,404 @@
-//! (models for this area are added here)
+//! dma-iommu: the flush queue and the strictness switch, on the real code.
+//!
+//! Every model drives `dma_iommu::Strictness` (the real unmap path, the real strict-to-lazy
+//! switch, the real `FlushQueue`) over a tiny emulated IOMMU implementing
+//! `InvalidationOps`: one leaf per IOVA (an atomic), an IOTLB (a lock-protected cache of
+//! translations) and one page per IOVA (a loom cell). The device is a model thread: a DMA
+//! locks the IOTLB, translates through the cached entry or walks the leaf (acquire load) and
+//! caches it, and reads the page while the translation is in use. Invalidation clears the
+//! cache under the same lock. `reclaim` — freeing the IOVA, after which it may map other
+//! memory — poisons the page with a tracked write, so a device access through a stale
+//! translation that is not ordered before the free is a loom "Causality violation". That is
+//! the invariant: no IOVA is freed before an invalidation that started after its leaves were
+//! cleared. The caller's IOMMU handle is a cell too, "closed" after teardown, so any
+//! invalidation or free that races with or follows teardown is reported the same way.
+//!
+//! Bounds: models with three threads use `Preemptions(2)`: every twin below is found with at
+//! most two preemptions (the store-buffering reorderings need one switch in each of two
+//! threads; the stale-mode re-read needs the switch between the unmap's two reads). Two-thread
+//! models are exhaustive.
+
+use dma_iommu::points::*;
+use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
+use dma_sync::atomic::{AtomicU64, Ordering};
+use dma_sync::mutation::Weakening;
+use dma_sync::thread::spawn;
+use dma_sync::{cpu, Arc, Mutex, UnsafeCell};
+use loom_tests::harness::{check, outcomes, Bound};
+use loom_tests::must_fail_test;
+
+const POISON: u64 = 0xdead;
+
+/// The emulated IOMMU of a model: `n` IOVAs, each with a leaf, an IOTLB slot and a page.
+struct Iommu {
+    leaves: Vec<AtomicU64>,
+    iotlb: Mutex<Vec<bool>>,
+    pages: Vec<UnsafeCell<u64>>,
+    /// The caller's IOMMU handle: closed (written) by the owner after teardown.
+    open: UnsafeCell<bool>,
+    /// How often each IOVA was freed (std: a plain oracle, invisible to loom's scheduler).
+    freed: Vec<std::sync::atomic::AtomicUsize>,
+}
+
+// SAFETY: the cells are only reached through loom's tracked `with`/`with_mut`, which report
+// every unordered access instead of performing it racily.
+unsafe impl Sync for Iommu {}
+
+impl Iommu {
+    /// `n` IOVAs, all mapped and with their translation cached by the device.
+    fn new(n: usize) -> Self {
+        Self {
+            leaves: (0..n).map(|_| AtomicU64::new(1)).collect(),
+            iotlb: Mutex::new(vec![true; n]),
+            pages: (0..n).map(|i| UnsafeCell::new(i as u64)).collect(),
+            open: UnsafeCell::new(true),
+            freed: (0..n)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+        }
+    }
+
+    /// The device performs one DMA to IOVA `i`.
+    fn dma(&self, i: usize) {
+        let mut tlb = self.iotlb.lock();
+        if !tlb[i] && self.leaves[i].load(Ordering::Acquire) != 0 {
+            tlb[i] = true;
+        }
+        if tlb[i] {
+            // SAFETY: loom tracks the access; a race with a free is reported.
+            let v = self.pages[i].with(|p| unsafe { *p });
+            assert_ne!(
+                v, POISON,
+                "DMA through a stale translation into a reused page"
+            );
+        }
+    }
+
+    /// The unmap's leaf clear (a relaxed store, the weakest a page table may use).
+    fn clear(&self, i: usize, gather: &mut Gather) -> usize {
+        self.leaves[i].store(0, Ordering::Relaxed);
+        gather.add(i as u64 * 0x1000, 0x1000, 0x1000);
+        i
+    }
+
+    fn touch_handle(&self) {
+        // SAFETY: loom tracks the access against the owner's close.
+        self.open
+            .with(|p| assert!(unsafe { *p }, "IOMMU used after teardown"));
+    }
+
+    /// The owner closes its IOMMU handle after teardown returned.
+    fn close(&self) {
+        // SAFETY: loom tracks the access.
+        self.open.with_mut(|p| unsafe { *p = false });
+    }
+
+    fn freed(&self, i: usize) -> usize {
+        self.freed[i].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl InvalidationOps for Iommu {
+    type Entry = usize;
+
+    fn flush_all(&self) {
+        self.touch_handle();
+        self.iotlb.lock().iter_mut().for_each(|c| *c = false);
+    }
+
+    fn sync(&self, gather: &Gather) {
+        self.touch_handle();
+        let (start, end) = gather.range().expect("a strict unmap gathered its range");
+        let mut tlb = self.iotlb.lock();
+        for (i, c) in tlb.iter_mut().enumerate() {
+            if (start..end).contains(&(i as u64 * 0x1000)) {
+                *c = false;
+            }
+        }
+    }
+
+    fn reclaim(&self, i: usize) {
+        self.touch_handle();
+        // The IOVA is free: it may now map other memory. Model that as the page being reused.
+        // SAFETY: loom tracks the access.
+        self.pages[i].with_mut(|p| unsafe { *p = POISON });
+        let n = self.freed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n, 0, "IOVA {i} freed twice");
+    }
+}
+
+/// A tiny per-CPU queue: `cpus` rings of `ring_size` entries (capacity `ring_size - 1`).
+fn tiny(cpus: usize, ring_size: usize) -> FqConfig {
+    FqConfig::per_cpu()
+        .with_cpus(cpus)
+        .with_ring_size(ring_size)
+}
+
+fn domain(n: usize) -> Arc<Strictness<Iommu>> {
+    Arc::new(Strictness::new(Arc::new(Iommu::new(n))))
+}
+
+/// Tear down (flush, free everything) as the owner does, then check every unmapped IOVA was
+/// freed exactly once.
+fn teardown_and_check(s: Arc<Strictness<Iommu>>, unmapped: &[usize]) {
+    let ops = s.ops().clone();
+    s.shutdown();
+    drop(s);
+    for &i in unmapped {
+        assert_eq!(ops.freed(i), 1, "IOVA {i} not freed exactly once");
+    }
+}
+
+/// The 2021 review's scenario on the real code: an unmap races with the strict-to-lazy
+/// switch while the device still uses its cached translation. Whatever the unmap sees, it
+/// either syncs then frees, or queues; with the single snapshot the "skip the sync, free at
+/// once" mix is unreachable. Also checks the queue's publication: an unmap that sees the
+/// queue sees it fully built. Bound: 2 preemptions (3 threads).
+fn switch_vs_unmap() -> Unmapped {
+    let s = domain(1);
+    let sw = {
+        let s = s.clone();
+        spawn(move || {
+            assert!(s.enable_lazy(tiny(1, 2)).unwrap());
+        })
+    };
+    let un = {
+        let s = s.clone();
+        spawn(move || {
+            let ops = s.ops().clone();
+            s.unmap(|g| ops.clear(0, g))
+        })
+    };
+    let ops = s.ops().clone();
+    let dev = spawn(move || ops.dma(0));
+    sw.join().unwrap();
+    let how = un.join().unwrap();
+    dev.join().unwrap();
+    teardown_and_check(s, &[0]);
+    how
+}
+
+#[test]
+fn switch_vs_unmap_passes() {
+    // Both sides of the race are explored: the unmap synced in some executions, queued in others.
+    let seen = outcomes(Bound::Preemptions(2), switch_vs_unmap);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [Unmapped::Synced, Unmapped::Queued]
+    );
+}
+
+must_fail_test! {
+    /// Re-reading the mode for the sync decision (the unmap reads "strict" for the queue
+    /// decision and "lazy" for the sync) skips the sync and frees the IOVA while the device
+    /// still holds the translation.
+    fn unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
+}
+
+must_fail_test! {
+    /// Publishing the queue with a relaxed store: an unmap that sees the pointer reads the
+    /// counters before their initialisation is visible.
+    fn publish_relaxed: FQ_PUBLISH, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
+}
+
+must_fail_test! {
+    /// Without the enqueue fence (the read side of the publication) the unmap uses the
+    /// queue it just saw without seeing its initialisation.
+    fn enqueue_unfenced_sees_unbuilt_queue: FQ_ENQUEUE_FENCE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
+}
+
+/// Statistics read while the switch publishes the queue. Exhaustive (2 threads, few ops).
+fn switch_vs_stats() {
+    let s = domain(1);
+    let sw = {
+        let s = s.clone();
+        spawn(move || {
+            s.enable_lazy(tiny(1, 2)).unwrap();
+        })
+    };
+    let st = s.queue_stats();
+    assert_eq!(st.enqueued, 0);
+    sw.join().unwrap();
+    teardown_and_check(s, &[]);
+}
+
+#[test]
+fn switch_vs_stats_passes() {
+    check(Bound::Exhaustive, switch_vs_stats);
+}
+
+must_fail_test! {
+    /// A relaxed lookup of the queue dereferences it before its construction is visible.
+    fn lookup_relaxed: FQ_LOOKUP_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, switch_vs_stats;
+}
+
+/// A lazy unmap races with the timer's run while the device uses the translation. IOVA 0 is
+/// queued before (the timer is armed); the unmapper queues IOVA 1. Afterwards nothing may be
+/// stranded: a non-empty queue has its timer armed. Bound: 2 preemptions (3 threads); the
+/// store-buffering reordering needs one preemption in each of the unmapper and the timer.
+fn queue_vs_timer() -> bool {
+    let s = domain(2);
+    s.enable_lazy(tiny(1, 4)).unwrap();
+    let ops = s.ops().clone();
+    assert_eq!(s.unmap(|g| ops.clear(0, g)), Unmapped::Queued);
+    let un = {
+        let s = s.clone();
+        spawn(move || {
+            let ops = s.ops().clone();
+            s.unmap(|g| ops.clear(1, g));
+        })
+    };
+    let timer = {
+        let s = s.clone();
+        spawn(move || {
+            s.fire_timer();
+        })
+    };
+    let dev = spawn(move || ops.dma(1));
+    un.join().unwrap();
+    timer.join().unwrap();
+    dev.join().unwrap();
+    let q = s.queue().unwrap();
+    let pending = q.stats().pending;
+    assert!(
+        pending == 0 || q.timer_armed(),
+        "stranded: {pending} entries queued with the timer off"
+    );
+    let timer_freed_it = s.ops().freed(1) == 1;
+    teardown_and_check(s, &[0, 1]);
+    timer_freed_it
+}
+
+#[test]
+fn queue_vs_timer_passes() {
+    // Explored: the timer's drain freed the racing entry, and left it for a later flush.
+    let seen = outcomes(Bound::Preemptions(2), queue_vs_timer);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+}
+
+must_fail_test! {
+    /// Without the flusher's fence its invalidation can precede the visibility of the
+    /// unmapper's clear (whose stamp missed the flush): the device re-caches the old leaf and
+    /// the IOVA is freed under it.
+    fn flush_unfenced: FQ_FLUSH_FENCE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { queue_vs_timer(); };
+}
+
+must_fail_test! {
+    /// Without the enqueue fence the stamp can be read before the clear is visible: same.
+    fn enqueue_unfenced: FQ_ENQUEUE_FENCE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { queue_vs_timer(); };
+}
+
+must_fail_test! {
+    /// Clearing `timer_on` after the drain: an enqueue between the drain and the clear sees
+    /// the timer on and does not arm it; its entry is stranded.
+    fn timer_cleared_last: FQ_TIMER_CLEAR_FIRST, Weakening::Relax,
+        "stranded", Bound::Preemptions(2), || { queue_vs_timer(); };
+}
+
+must_fail_test! {
+    /// A timer that does not re-arm leaves an entry stamped after its flush started (whose
+    /// enqueuer saw the timer still on) stranded.
+    fn timer_not_rearmed: FQ_TIMER_REARM, Weakening::Relax,
+        "stranded", Bound::Preemptions(2), || { queue_vs_timer(); };
+}
+
+/// A full-ring flush on CPU 0 races with enqueues on CPU 1, whose second enqueue frees what
+/// CPU 0's flush covered. CPU 0's ring (capacity 1) is full from the start. Bound: 2
+/// preemptions (3 threads).
+fn full_ring_vs_enqueue() -> u64 {
+    let s = domain(4);
+    s.enable_lazy(tiny(2, 2)).unwrap();
+    let ops = s.ops().clone();
+    cpu::set_current(Some(0));
+    s.unmap(|g| ops.clear(0, g));
+    let cpu0 = {
+        let s = s.clone();
+        spawn(move || {
+            cpu::set_current(Some(0));
+            let ops = s.ops().clone();
+            // The ring is full: this flushes synchronously, frees IOVA 0, queues IOVA 1.
+            s.unmap(|g| ops.clear(1, g));
+        })
+    };
+    let cpu1 = {
+        let s = s.clone();
+        spawn(move || {
+            cpu::set_current(Some(1));
+            let ops = s.ops().clone();
+            s.unmap(|g| ops.clear(2, g));
+            // Drains IOVA 2 if CPU 0's flush covered it, else flushes itself.
+            s.unmap(|g| ops.clear(3, g));
+        })
+    };
+    let dev = spawn(move || ops.dma(2));
+    cpu0.join().unwrap();
+    cpu1.join().unwrap();
+    dev.join().unwrap();
+    let full_flushes = s.queue_stats().full_flushes;
+    teardown_and_check(s, &[0, 1, 2, 3]);
+    full_flushes
+}
+
+#[test]
+fn full_ring_vs_enqueue_passes() {
+    // Explored: CPU 1 freed IOVA 2 on CPU 0's flush (1 full-ring flush), and flushed itself (2).
+    let seen = outcomes(Bound::Preemptions(2), full_ring_vs_enqueue);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2]);
+}
+
+must_fail_test! {
+    /// A relaxed `finish_cnt` increment: CPU 1 frees after seeing CPU 0's count without
+    /// seeing its invalidation.
+    fn finish_relaxed: FQ_FINISH_RELEASE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
+}
+
+must_fail_test! {
+    /// A relaxed `finish_cnt` load in the drain: same.
+    fn finish_load_relaxed: FQ_FINISH_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
+}
+
+must_fail_test! {
+    /// The full-ring flusher without its fence, against CPU 1's stamp.
+    fn full_ring_flush_unfenced: FQ_FLUSH_FENCE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
+}
+
+/// Teardown races with a running timer drain; the owner closes its IOMMU handle once
+/// teardown returned. Exhaustive (2 threads).
+fn teardown_vs_drain() {
+    let s = domain(2);
+    s.enable_lazy(tiny(1, 4)).unwrap();
+    let ops = s.ops().clone();
+    s.unmap(|g| ops.clear(0, g));
+    s.unmap(|g| ops.clear(1, g));
+    let timer = {
+        let s = s.clone();
+        spawn(move || {
+            s.fire_timer();
+        })
+    };
+    s.shutdown();
+    ops.close();
+    timer.join().unwrap();
+    assert_eq!((ops.freed(0), ops.freed(1)), (1, 1));
+}
+
+#[test]
+fn teardown_vs_drain_passes() {
+    check(Bound::Exhaustive, teardown_vs_drain);
+}
+
+must_fail_test! {
+    /// Teardown that does not stop the timer (and wait for its running drain) lets the
+    /// timer use the IOMMU handle after the owner closed it.
+    fn teardown_without_stopping_timer: FQ_TEARDOWN_STOP_TIMER, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, teardown_vs_drain;
+}

@@ -1,1 +1,312 @@
-//! (models for this area are added here)
+//! Models of `swiotlb-core` on the real code with tiny pools (segments of 4 slots).
+//!
+//! * `area_*`: two threads mapping, bouncing and unmapping in one area and across areas (the
+//!   area locks and the free-run counters; no ordering points, the locks do the work).
+//! * `new_pool_*`: "argument 1 on the real code", the seed's swiotlb-new-pool litmus test:
+//!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
+//!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
+//!   the pool.
+//! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`: "argument 2 on the real
+//!   code", the device's transient list: a pool linked while another thread walks the list,
+//!   a pool unlinked and freed while a lookup walks past it, and deletion followed by a new
+//!   transient pool whose address is handed on.
+//!
+//! Every model asserts its invariants inside the model; each mutation point of the crate has a
+//! must-fail twin below. The racing parties are always spawned threads and the model's main
+//! thread only sets up, joins and checks: loom's DPOR misses the interleavings in which the
+//! main thread's operations precede a thread it spawned just before (observed: a model with
+//! the walker on the main thread explored one execution).
+
+use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
+use dma_sync::mutation::Weakening;
+use dma_sync::thread::spawn;
+use dma_sync::Arc;
+use loom_tests::harness::{check, Bound};
+use loom_tests::must_fail_test;
+use swiotlb_core::points;
+use swiotlb_core::{Config, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+
+const SLOT: usize = 2048;
+
+/// The message of the lookup assertion of the hand-off models.
+const NOT_FOUND: &str = "holds a bounce address but finds no pool";
+
+/// An instance over a fresh region of original memory; returns it and the region's base.
+fn instance(cfg: Config, orig_bytes: usize) -> (Arc<Swiotlb>, u64) {
+    let mem = RegionMemory::new(orig_bytes);
+    let base = mem.base();
+    (Arc::new(Swiotlb::new(cfg, mem).expect("tiny config")), base)
+}
+
+/// Map `len` bytes at `orig` (filled with `tag`), let the "device" answer with `!tag` in the
+/// first half, unmap, and check the bytes that came back.
+fn round_trip(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize, tag: u8) {
+    tlb.memory().write(orig, &vec![tag; len]).unwrap();
+    let a = tlb.map(dev, orig, len, Direction::Bidirectional, MapAttrs::default()).expect("a slot fits");
+    let mut seen = vec![0u8; len];
+    tlb.read_bounce(dev, a, &mut seen).unwrap();
+    assert!(seen.iter().all(|&b| b == tag), "bounce buffer holds another mapping's bytes");
+    tlb.write_bounce(dev, a, &vec![!tag; len / 2]).unwrap();
+    tlb.unmap(dev, a, len, Direction::Bidirectional, MapAttrs::default()).unwrap();
+    let mut back = vec![0u8; len];
+    tlb.memory().read(orig, &mut back).unwrap();
+    assert!(back[..len / 2].iter().all(|&b| b == !tag) && back[len / 2..].iter().all(|&b| b == tag));
+}
+
+fn quiescent(tlb: &Swiotlb) {
+    tlb.check_invariants().expect("free-run counters");
+    assert_eq!(tlb.stats().used, 0, "every slot came back");
+}
+
+/// Two threads on one CPU share the single area of an 8-slot pool (two segments of 4).
+/// Preemptions(2): the area lock is the only shared state; two preemptions interleave each
+/// thread's search, record and release with the other's.
+fn area_shared() {
+    let cfg = Config { can_grow: false, ..Config::tiny(8, 1, 4) };
+    let (tlb, base) = instance(cfg, 4 * SLOT);
+    let dev = tlb.device(DeviceConfig::default());
+    let t = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || round_trip(&tlb, &dev, base, 3 * SLOT, 0x11))
+    };
+    let u = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || round_trip(&tlb, &dev, base + 3 * SLOT as u64, SLOT, 0x22))
+    };
+    t.join().unwrap();
+    u.join().unwrap();
+    quiescent(&tlb);
+}
+
+/// Two CPUs, two areas of 4 slots: the thread on CPU 1 fills its area and falls back to
+/// area 0, where the thread on CPU 0 allocates. Preemptions(2), as `area_shared`.
+fn area_crossing() {
+    let cfg = Config { can_grow: false, ..Config::tiny(8, 2, 4) };
+    let (tlb, base) = instance(cfg, 8 * SLOT);
+    let dev = tlb.device(DeviceConfig::default());
+    let t = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || {
+            dma_sync::cpu::set_current(Some(0));
+            round_trip(&tlb, &dev, base, SLOT, 0x33);
+        })
+    };
+    let u = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || {
+            dma_sync::cpu::set_current(Some(1));
+            let attrs = MapAttrs::default();
+            let fill = tlb.map(&dev, base + SLOT as u64, 4 * SLOT, Direction::ToDevice, attrs).unwrap();
+            round_trip(&tlb, &dev, base + 5 * SLOT as u64, SLOT, 0x44);
+            tlb.unmap(&dev, fill, 4 * SLOT, Direction::ToDevice, attrs).unwrap();
+        })
+    };
+    t.join().unwrap();
+    u.join().unwrap();
+    quiescent(&tlb);
+}
+
+/// The seed's swiotlb-new-pool on the real code. P0 grows the allocator; P1 maps (finding the
+/// new pool if it sees it: the default pool is full, held by another device) and hands the
+/// address to P2 through a Relaxed atomic; P2 must find the pool. Preemptions(2): the litmus
+/// shape needs P2's loads between P1's stores, and P1's traversal after P0's publication; two
+/// preemptions cover every placement of the three parties' critical steps.
+fn new_pool() {
+    let cfg = Config { transient_pools: false, ..Config::tiny(4, 1, 4) };
+    let (tlb, base) = instance(cfg, 4 * SLOT);
+    let other = tlb.device(DeviceConfig::default());
+    tlb.map(&other, base, 4 * SLOT, Direction::ToDevice, MapAttrs::default()).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    let handoff = Arc::new(AtomicU64::new(0));
+    let p0 = {
+        let tlb = tlb.clone();
+        spawn(move || {
+            tlb.grow_by(4).unwrap();
+        })
+    };
+    let p1 = {
+        let (tlb, dev, handoff) = (tlb.clone(), dev.clone(), handoff.clone());
+        spawn(move || {
+            if let Ok(a) = tlb.map(&dev, base, SLOT, Direction::ToDevice, MapAttrs::default()) {
+                handoff.store(a, Relaxed);
+            }
+        })
+    };
+    let p2 = spawn(move || {
+        let a = handoff.load(Relaxed);
+        if a != 0 {
+            assert!(tlb.is_bounce_buffer(&dev, a), "{NOT_FOUND}");
+        }
+    });
+    p0.join().unwrap();
+    p1.join().unwrap();
+    p2.join().unwrap();
+}
+
+/// Default pool full (held by another device), so every map of `dev` gets a transient pool.
+fn transient_setup() -> (Arc<Swiotlb>, u64, Device) {
+    let cfg = Config::tiny(4, 1, 4);
+    let (tlb, base) = instance(cfg, 8 * SLOT);
+    let other = tlb.device(DeviceConfig::default());
+    tlb.map(&other, base, 4 * SLOT, Direction::ToDevice, MapAttrs::default()).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    (tlb, base, dev)
+}
+
+/// A mapper links a new transient pool while a lookup walks the device's list (the device
+/// already uses bounce buffers, so the walk happens). The walker reaches the new pool only
+/// through the list, not through the mapper's fence: the link must be a release, the walk an
+/// acquire. Exhaustive: two threads, one map against one lookup.
+fn transient_add() {
+    let (tlb, base, dev) = transient_setup();
+    let attrs = MapAttrs::default();
+    let first = tlb.map(&dev, base, SLOT, Direction::ToDevice, attrs).unwrap();
+    let t = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || {
+            tlb.map(&dev, base + SLOT as u64, SLOT, Direction::ToDevice, attrs).unwrap();
+        })
+    };
+    let w = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || {
+            assert!(!tlb.is_bounce_buffer(&dev, base), "an original address is no bounce buffer");
+            assert!(tlb.is_bounce_buffer(&dev, first));
+        })
+    };
+    t.join().unwrap();
+    w.join().unwrap();
+    assert_eq!(dev.transient_pools(), 2);
+}
+
+/// A transient pool is unmapped (unlinked, freed after a grace period) while a lookup of the
+/// same device walks past it. The walker is pinned, so the pool is not freed under it.
+/// Exhaustive: two threads; the grace period spins until the reader leaves.
+fn transient_free() {
+    let (tlb, base, dev) = transient_setup();
+    let attrs = MapAttrs::default();
+    let x = tlb.map(&dev, base, SLOT, Direction::ToDevice, attrs).unwrap();
+    let t = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs).unwrap())
+    };
+    let w = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || assert!(!tlb.is_bounce_buffer(&dev, base), "an original address is no bounce buffer"))
+    };
+    t.join().unwrap();
+    w.join().unwrap();
+    assert_eq!(dev.transient_pools(), 0);
+    assert_eq!(tlb.stats().transient_pools, 0);
+}
+
+/// Deletion then reuse: a thread unmaps its transient mapping, maps again (a new transient
+/// pool) and hands the new address on through a Relaxed atomic; the receiver must find the new
+/// pool and never touch the freed one. Preemptions(3): the receiver's lookup must be placed
+/// against both the unlink/grace period and the second link.
+fn transient_reuse() {
+    let (tlb, base, dev) = transient_setup();
+    let attrs = MapAttrs::default();
+    let x = tlb.map(&dev, base, SLOT, Direction::ToDevice, attrs).unwrap();
+    let handoff = Arc::new(AtomicU64::new(0));
+    let t = {
+        let (tlb, dev, handoff) = (tlb.clone(), dev.clone(), handoff.clone());
+        spawn(move || {
+            tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs).unwrap();
+            let y = tlb.map(&dev, base + SLOT as u64, SLOT, Direction::ToDevice, attrs).unwrap();
+            handoff.store(y, Relaxed);
+        })
+    };
+    let w = {
+        let (tlb, dev) = (tlb.clone(), dev.clone());
+        spawn(move || {
+            let y = handoff.load(Relaxed);
+            if y != 0 {
+                assert!(tlb.is_bounce_buffer(&dev, y), "{NOT_FOUND}");
+            }
+        })
+    };
+    t.join().unwrap();
+    w.join().unwrap();
+    assert_eq!(dev.transient_pools(), 1);
+}
+
+#[test]
+fn area_shared_passes() {
+    check(Bound::Preemptions(2), area_shared);
+}
+
+#[test]
+fn area_crossing_passes() {
+    check(Bound::Preemptions(2), area_crossing);
+}
+
+#[test]
+fn new_pool_passes() {
+    check(Bound::Preemptions(2), new_pool);
+}
+
+#[test]
+fn transient_add_passes() {
+    check(Bound::Exhaustive, transient_add);
+}
+
+#[test]
+fn transient_free_passes() {
+    check(Bound::Exhaustive, transient_free);
+}
+
+#[test]
+fn transient_reuse_passes() {
+    check(Bound::Preemptions(3), transient_reuse);
+}
+
+must_fail_test! {
+    /// Without the flag store the receiver skips the device's pools.
+    fn new_pool_flag_unset: points::FLAG_SET, Weakening::Relax, NOT_FOUND, Bound::Preemptions(2), new_pool;
+}
+
+must_fail_test! {
+    /// Without the mapper's full fence the hand-off store may pass the flag store.
+    fn new_pool_flag_fence_dropped: points::FLAG_FENCE, Weakening::Relax, NOT_FOUND, Bound::Preemptions(2), new_pool;
+}
+
+must_fail_test! {
+    /// Without the lookup's acquire fence the flag may be read before the hand-off.
+    fn new_pool_lookup_rmb_dropped: points::LOOKUP_RMB, Weakening::Relax, NOT_FOUND, Bound::Preemptions(2), new_pool;
+}
+
+must_fail_test! {
+    /// A Relaxed publication lets the mapper read a pool it has no happens-before to.
+    fn new_pool_publish_relaxed: points::POOLS_PUBLISH, Weakening::Relax, "Causality violation", Bound::Preemptions(2), new_pool;
+}
+
+must_fail_test! {
+    /// A Relaxed traversal breaks the mapper's message passing from the publisher.
+    fn new_pool_traverse_relaxed: points::POOLS_TRAVERSE, Weakening::Relax, "Causality violation", Bound::Preemptions(2), new_pool;
+}
+
+must_fail_test! {
+    /// A Relaxed link lets a concurrent walker read the new transient pool uninitialised.
+    fn transient_link_relaxed: points::TRANSIENT_LINK, Weakening::Relax, "Causality violation", Bound::Exhaustive, transient_add;
+}
+
+must_fail_test! {
+    /// A Relaxed walk of the transient list reads the new pool without happens-before.
+    fn transient_traverse_relaxed: points::TRANSIENT_TRAVERSE, Weakening::Relax, "Causality violation", Bound::Exhaustive, transient_add;
+}
+
+must_fail_test! {
+    /// Without the lookup's pin the grace period does not wait for the walker.
+    fn transient_lookup_unpinned: points::LOOKUP_PIN, Weakening::Relax, "Causality violation", Bound::Exhaustive, transient_free;
+}
+
+must_fail_test! {
+    /// Freeing the unlinked pool at once frees it under the walker.
+    fn transient_freed_without_grace: points::TRANSIENT_GRACE, Weakening::Relax, "Causality violation", Bound::Exhaustive, transient_free;
+}
+
+must_fail_test! {
+    /// The reuse hand-off also depends on the mapper's full fence.
+    fn transient_reuse_flag_fence_dropped: points::FLAG_FENCE, Weakening::Relax, NOT_FOUND, Bound::Preemptions(3), transient_reuse;
+}

@@ -1,0 +1,263 @@
+//! The IOVA allocation cases: alloc+free pairs per size class, the fragmentation case and the
+//! asymmetric case, on ours and on every allocator peer through [`RangeAlloc`].
+
+use super::floor::CAS;
+use crate::harness::{measure, measure_units, Measurement, RunConfig};
+use crate::peers::alloc::{BTreeFirstFit, VmAllocatorPeer};
+use crate::peers::{RangeAlloc, GRANULE};
+use crate::suite::{Case, Component, Omitted, Options, Role};
+use iova_cache::{IovaAllocator, IovaConfig};
+use std::sync::{Arc, Mutex};
+
+/// Base of the allocation space of every allocator case (4 GiB).
+pub const SPACE_BASE: u64 = 1 << 32;
+/// Size of the allocation space (1 TiB).
+pub const SPACE_SIZE: u64 = 1 << 40;
+
+/// Workload name of the alloc+free pair of `granules`.
+pub fn pair(granules: u64) -> String {
+    format!("alloc+free {granules} granule{}", if granules == 1 { "" } else { "s" })
+}
+/// Workload name of the fragmentation case.
+pub const FRAGMENTATION: &str = "fragmented: random free+alloc";
+/// Workload name of the asymmetric case.
+pub const ASYMMETRIC: &str = "asymmetric: alloc on all, free on one";
+
+/// Implementation name of ours with its default configuration.
+pub const OURS: &str = "ours";
+/// Implementation name of ours without ownership tracking of cached ranges (what a caller that
+/// tracks ownership itself, like dma-iommu, configures).
+pub const OURS_UNCHECKED: &str = "ours, unchecked frees";
+/// Implementation name of our range allocator with the per-CPU caches turned off.
+pub const OURS_NO_CACHE: &str = "ours, caches off";
+/// Implementation name of the `vm-allocator` peer.
+pub const VM_ALLOCATOR: &str = "vm-allocator + Mutex";
+/// Implementation name of the first-fit `BTreeMap` peer.
+pub const BTREE: &str = "Mutex<BTreeMap> first-fit";
+
+/// The largest fragmentation set-up the `vm-allocator` peer runs.
+pub const VM_ALLOCATOR_MAX_LIVE: usize = 10_000;
+
+/// An allocator factory: a fresh, empty allocator per run.
+pub type Factory<A> = Arc<dyn Fn() -> A + Send + Sync>;
+
+/// The allocation cases of one implementation: a pair per size class in `granules`, the
+/// fragmentation case if `fragmentation`, and the asymmetric case.
+pub fn cases_for<A: RangeAlloc + 'static>(
+    opts: &Options,
+    implementation: &str,
+    role: Role,
+    granules: &[u64],
+    fragmentation: bool,
+    make: Factory<A>,
+) -> Vec<Case> {
+    let c = Component::Iova;
+    let mut v = Vec::new();
+    for &g in granules {
+        let make = make.clone();
+        v.push(
+            Case::new(c, pair(g), implementation, role, move |cfg, t| {
+                let a = make();
+                measure(cfg, t, |_| {
+                    let a = &a;
+                    move || {
+                        if let Some(x) = a.alloc(g) {
+                            a.free(x, g);
+                        }
+                    }
+                })
+            })
+            .with_floor(CAS),
+        );
+    }
+    let live = opts.fragmentation_live;
+    if fragmentation {
+        let m = make.clone();
+        v.push(Case::new(c, FRAGMENTATION, implementation, role, move |cfg, t| fragmented(cfg, t, &m(), live)));
+    }
+    let m = make;
+    v.push(Case::new(c, ASYMMETRIC, implementation, role, move |cfg, t| asymmetric(cfg, t, &m())));
+    v
+}
+
+/// Our allocator over the suite's allocation space, as a [`RangeAlloc`].
+#[derive(Debug)]
+pub struct Ours(pub IovaAllocator);
+
+impl Ours {
+    /// Our allocator over [`SPACE_BASE`]`..+`[`SPACE_SIZE`], `tune`d from the defaults.
+    pub fn new(tune: impl FnOnce(&mut IovaConfig)) -> Self {
+        let shift = GRANULE.trailing_zeros();
+        let mut cfg = IovaConfig::with_space(SPACE_BASE >> shift, ((SPACE_BASE + SPACE_SIZE) >> shift) - 1);
+        tune(&mut cfg);
+        Ours(IovaAllocator::new(cfg).expect("valid allocator configuration"))
+    }
+}
+
+impl RangeAlloc for Ours {
+    #[inline]
+    fn alloc(&self, granules: u64) -> Option<u64> {
+        let shift = GRANULE.trailing_zeros();
+        self.0.alloc(granules, self.0.config().end_pfn).ok().map(|pfn| pfn << shift)
+    }
+
+    #[inline]
+    fn free(&self, addr: u64, granules: u64) {
+        // A failed free would be a harness bug; the allocator reports it and keeps working.
+        let _ = self.0.free(addr >> GRANULE.trailing_zeros(), granules);
+    }
+}
+
+/// A small xorshift generator: the workloads' random choices cost a few cycles, not a call
+/// into a general-purpose RNG.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from a seed (any value; zero is mapped to a fixed non-zero state).
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next value.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (`n > 0`).
+    #[inline]
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+}
+
+/// `live` single-granule allocations spread over the threads (made before the clock starts),
+/// then each op frees a random one of the thread's and allocates a replacement.
+fn fragmented<A: RangeAlloc>(cfg: &RunConfig, threads: usize, a: &A, live: usize) -> Measurement {
+    let per_thread = (live / threads).max(1);
+    measure(cfg, threads, |t| {
+        let mut held: Vec<Option<u64>> = (0..per_thread).map(|_| a.alloc(1)).collect();
+        let mut rng = XorShift::new(t as u64 + 1);
+        move || {
+            let slot = &mut held[rng.below(per_thread)];
+            if let Some(x) = slot.take() {
+                a.free(x, 1);
+            }
+            *slot = a.alloc(1);
+        }
+    })
+}
+
+/// Batches of IOVAs travel from allocating threads to the freeing one in this many.
+const ASYM_BATCH: usize = 32;
+/// At most this many batches wait for the freeing thread; beyond it the allocating thread frees
+/// its batch itself (the "depot full" path), so nothing ever blocks.
+const ASYM_QUEUE: usize = 256;
+
+/// Threads 1.. allocate single granules and hand them in batches to thread 0, which frees
+/// them (the IRQ-CPU pattern of Linux storage completions). Throughput counts allocations; at
+/// one thread the single thread does both.
+fn asymmetric<A: RangeAlloc>(cfg: &RunConfig, threads: usize, a: &A) -> Measurement {
+    let queue: Mutex<Vec<Vec<u64>>> = Mutex::new(Vec::new());
+    measure_units(cfg, threads, |t| {
+        let queue = &queue;
+        let mut batch: Vec<u64> = Vec::with_capacity(ASYM_BATCH);
+        let role_freer = threads > 1 && t == 0;
+        let solo = threads == 1;
+        move || {
+            if solo {
+                if let Some(x) = a.alloc(1) {
+                    a.free(x, 1);
+                }
+                1
+            } else if role_freer {
+                let got = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match got {
+                    Some(b) => b.into_iter().for_each(|x| a.free(x, 1)),
+                    None => std::hint::spin_loop(),
+                }
+                0
+            } else {
+                if let Some(x) = a.alloc(1) {
+                    batch.push(x);
+                }
+                if batch.len() == ASYM_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(ASYM_BATCH));
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.len() < ASYM_QUEUE {
+                        q.push(full);
+                    } else {
+                        drop(q);
+                        full.into_iter().for_each(|x| a.free(x, 1));
+                    }
+                }
+                1
+            }
+        }
+    })
+}
+
+/// The allocation cases selected by `opts`: ours, ours without caches, and the peers.
+pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
+    if !opts.has(Component::Iova) {
+        return (Vec::new(), Vec::new());
+    }
+    let mut v = Vec::new();
+    let mut omitted = Vec::new();
+    // Peers run the smallest size class only: that is where the targets compare.
+    let peer_granules = &opts.granules[..opts.granules.len().min(1)];
+    // vm-allocator's first-match walk is linear in the live allocations, so building 300k of
+    // them is quadratic (minutes); its fragmentation case runs only at small live counts.
+    let vm_fragmentation = opts.fragmentation_live <= VM_ALLOCATOR_MAX_LIVE;
+    if !vm_fragmentation {
+        omitted.push(Omitted {
+            component: Component::Iova,
+            what: format!("{FRAGMENTATION} on {VM_ALLOCATOR}"),
+            reason: format!(
+                "its first-match search is linear in live allocations: setting up {} of them would take minutes \
+                 (run with --fragmentation-live {VM_ALLOCATOR_MAX_LIVE} to include it)",
+                opts.fragmentation_live
+            ),
+        });
+    }
+    v.extend(cases_for(opts, OURS, Role::Ours, &opts.granules, true, Arc::new(|| Ours::new(|_| ()))));
+    v.extend(cases_for(
+        opts,
+        OURS_UNCHECKED,
+        Role::Ours,
+        peer_granules,
+        false,
+        Arc::new(|| Ours::new(|c| c.checked_frees = false)),
+    ));
+    v.extend(cases_for(
+        opts,
+        OURS_NO_CACHE,
+        Role::Ours,
+        peer_granules,
+        true,
+        Arc::new(|| Ours::new(|c| c.caching = false)),
+    ));
+    v.extend(cases_for(
+        opts,
+        VM_ALLOCATOR,
+        Role::Peer,
+        peer_granules,
+        vm_fragmentation,
+        Arc::new(|| VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE)),
+    ));
+    v.extend(cases_for(
+        opts,
+        BTREE,
+        Role::Peer,
+        peer_granules,
+        true,
+        Arc::new(|| BTreeFirstFit::new(SPACE_BASE, SPACE_SIZE)),
+    ));
+    (v, omitted)
+}

@@ -1,0 +1,343 @@
+//! The measurement harness: N threads started behind a barrier, per-thread op counting, and a
+//! separate latency phase that times every op into an HDR histogram.
+//!
+//! A run has two phases on the same threads and the same structure:
+//!
+//! 1. **Throughput.** Every thread runs its op in batches of [`BATCH`] and only checks a shared
+//!    stop flag (a read, never a write) between batches; its count lives on its own stack.
+//!    Throughput is the total count over the wall time from the first thread's start to the
+//!    last thread's end.
+//! 2. **Latency.** Every op is timed on its own with [`Instant`]; the calibrated cost of reading
+//!    the clock is subtracted, and the samples go into a thread-local histogram merged at the end.
+//!
+//! Timing each op in the throughput phase would add the clock's cost to every op, which is of
+//! the same order as the cheapest ops measured here (an uncontended CAS), so the phases are kept
+//! apart.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Ops run between two checks of the stop flag.
+pub const BATCH: u64 = 64;
+
+/// How long the phases of one run last and whether threads are pinned.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Length of the throughput phase.
+    pub duration: Duration,
+    /// Length of the latency phase (every op timed).
+    pub latency_duration: Duration,
+    /// Pin thread `t` to the `t mod n`-th CPU the process may run on.
+    pub pin: bool,
+}
+
+impl RunConfig {
+    /// A configuration with the latency phase a quarter of the throughput phase.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = dma_bench::harness::RunConfig::new(Duration::from_millis(8), true);
+    /// assert_eq!(c.latency_duration, Duration::from_millis(2));
+    /// ```
+    pub fn new(duration: Duration, pin: bool) -> Self {
+        RunConfig { duration, latency_duration: duration / 4, pin }
+    }
+}
+
+/// Latency percentiles of one run, in nanoseconds, with the clock's own cost subtracted.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Number of timed ops.
+    pub samples: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram of nanosecond samples.
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            samples: h.len(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+
+    /// The percentiles as `(label, value)` pairs, in increasing order.
+    pub fn points(&self) -> [(&'static str, u64); 5] {
+        [("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("p99.9", self.p999), ("max", self.max)]
+    }
+}
+
+/// The outcome of one run at one thread count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    /// Threads that ran the op.
+    pub threads: usize,
+    /// Ops (units of work) completed in the throughput phase, all threads together.
+    pub ops: u64,
+    /// Wall time of the throughput phase, in seconds.
+    pub elapsed_s: f64,
+    /// Ops per second, all threads together.
+    pub ops_per_sec: f64,
+    /// Thread-nanoseconds per op (`threads × wall time / ops`; infinite if no op completed).
+    pub ns_per_op: f64,
+    /// Latency phase percentiles.
+    pub latency: Latency,
+}
+
+impl Measurement {
+    /// A measurement of `ops` ops by `threads` threads in `elapsed_s` seconds.
+    ///
+    /// ```
+    /// let m = dma_bench::harness::Measurement::new(2, 1000, 1e-3, Default::default());
+    /// assert_eq!(m.ops_per_sec(), 1e6);
+    /// assert_eq!(m.ns_per_op(), 2000.0);
+    /// ```
+    pub fn new(threads: usize, ops: u64, elapsed_s: f64, latency: Latency) -> Self {
+        let ops_per_sec = if elapsed_s > 0.0 { ops as f64 / elapsed_s } else { 0.0 };
+        let ns_per_op = if ops == 0 { f64::INFINITY } else { threads as f64 * elapsed_s * 1e9 / ops as f64 };
+        Measurement { threads, ops, elapsed_s, ops_per_sec, ns_per_op, latency }
+    }
+
+    /// Ops per second, all threads together.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops_per_sec
+    }
+
+    /// Thread-nanoseconds per op (`threads × wall time / ops`): the cost of one op to the
+    /// thread that runs it; at one thread, the average latency.
+    pub fn ns_per_op(&self) -> f64 {
+        self.ns_per_op
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant digits; cannot fail for these bounds.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The median cost of reading the monotonic clock twice back to back, in nanoseconds.
+pub fn clock_overhead_ns() -> u64 {
+    static OVERHEAD: OnceLock<u64> = OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        let mut v: Vec<u64> = (0..2001)
+            .map(|_| {
+                let a = Instant::now();
+                let b = Instant::now();
+                b.duration_since(a).as_nanos() as u64
+            })
+            .collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    })
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> &'static [usize] {
+    static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer and size describe `set`.
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let cpus: Vec<usize> = if rc == 0 {
+            // SAFETY: CPU_ISSET only reads `set`.
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+        } else {
+            Vec::new()
+        };
+        if cpus.is_empty() {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        } else {
+            cpus
+        }
+    })
+}
+
+/// The number of CPUs this process may run on.
+pub fn cpu_count() -> usize {
+    allowed_cpus().len()
+}
+
+/// Pin the calling thread to the `index mod n`-th allowed CPU (best effort).
+pub fn pin_current(index: usize) {
+    let cpus = allowed_cpus();
+    let cpu = cpus[index % cpus.len()];
+    // SAFETY: cpu_set_t is plain data.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE since it came from CPU_ISSET's range; sched_setaffinity
+    // reads `set` only. A failure leaves the thread unpinned, which is acceptable.
+    unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Run `threads` threads, each running the op `make(t)` returns (built inside thread `t`
+/// before the start barrier, so per-thread setup is not timed), first for throughput, then with
+/// every op timed.
+///
+/// ```
+/// use dma_bench::harness::{measure, RunConfig};
+/// use std::time::Duration;
+/// let cfg = RunConfig::new(Duration::from_millis(4), false);
+/// let m = measure(&cfg, 2, |_t| {
+///     let mut x = 0u64;
+///     move || x = std::hint::black_box(x + 1)
+/// });
+/// assert_eq!(m.threads, 2);
+/// assert!(m.ops > 0 && m.latency.samples > 0);
+/// ```
+pub fn measure<F, G>(cfg: &RunConfig, threads: usize, make: F) -> Measurement
+where
+    F: Fn(usize) -> G + Sync,
+    G: FnMut(),
+{
+    measure_units(cfg, threads, |t| {
+        let mut op = make(t);
+        move || {
+            op();
+            1
+        }
+    })
+}
+
+/// [`measure`] for ops that do a varying number of units of work (returned by the op): the
+/// throughput counts units, and calls that did no unit (a consumer that found nothing to do)
+/// are not sampled for latency.
+pub fn measure_units<F, G>(cfg: &RunConfig, threads: usize, make: F) -> Measurement
+where
+    F: Fn(usize) -> G + Sync,
+    G: FnMut() -> u64,
+{
+    let threads = threads.max(1);
+    let start = Barrier::new(threads + 1);
+    let middle = Barrier::new(threads + 1);
+    let stop_tput = AtomicBool::new(false);
+    let stop_lat = AtomicBool::new(false);
+    let overhead = clock_overhead_ns();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (make, start, middle, stop_tput, stop_lat) = (&make, &start, &middle, &stop_tput, &stop_lat);
+                let pin = cfg.pin;
+                s.spawn(move || {
+                    if pin {
+                        pin_current(t);
+                    }
+                    let mut op = make(t);
+                    start.wait();
+                    // Each thread notes its own start: under oversubscription the main thread
+                    // may run long after the barrier released the workers.
+                    let begin = Instant::now();
+                    let mut count = 0u64;
+                    // At least one batch per thread, however late it was scheduled.
+                    loop {
+                        for _ in 0..BATCH {
+                            count += op();
+                        }
+                        if stop_tput.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    let end = Instant::now();
+                    middle.wait();
+                    let mut hist = new_histogram();
+                    loop {
+                        if stop_lat.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        for _ in 0..BATCH {
+                            let a = Instant::now();
+                            let units = op();
+                            let ns = a.elapsed().as_nanos() as u64;
+                            if units > 0 {
+                                hist.saturating_record(ns.saturating_sub(overhead).max(1));
+                            }
+                        }
+                    }
+                    (count, begin, end, hist)
+                })
+            })
+            .collect();
+        start.wait();
+        std::thread::sleep(cfg.duration);
+        stop_tput.store(true, Ordering::Relaxed);
+        middle.wait();
+        std::thread::sleep(cfg.latency_duration);
+        stop_lat.store(true, Ordering::Relaxed);
+        let mut ops = 0;
+        let mut first: Option<Instant> = None;
+        let mut last: Option<Instant> = None;
+        let mut hist = new_histogram();
+        for h in handles {
+            let (count, begin, end, th) = h.join().expect("benchmark thread panicked");
+            ops += count;
+            first = Some(first.map_or(begin, |f| f.min(begin)));
+            last = Some(last.map_or(end, |l| l.max(end)));
+            // Same bounds on both sides: adding cannot fail.
+            hist.add(&th).expect("histograms with equal bounds");
+        }
+        let elapsed = match (first, last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        Measurement::new(threads, ops, elapsed, Latency::from_histogram(&hist))
+    })
+}
+
+/// Run `background` on its own thread (e.g. a writer racing the measured readers) for as long as
+/// `body` runs; `background` is called in a loop until `body` returns.
+pub fn with_background<B, R>(background: B, body: impl FnOnce() -> R) -> R
+where
+    B: FnMut() + Send,
+{
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let stop = &stop;
+        let mut background = background;
+        s.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..BATCH {
+                    background();
+                }
+            }
+        });
+        let r = body();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+/// Busy-wait for about `ns` nanoseconds (models a device or hypervisor round trip).
+#[inline]
+pub fn spin_for(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let start = Instant::now();
+    while (start.elapsed().as_nanos() as u64) < ns {
+        std::hint::spin_loop();
+    }
+}

@@ -1,0 +1,38 @@
+//! Multithreaded map/unmap benchmarks of the dmaloom crates against the peers and the physical
+//! floor: the library behind the `dmabench` program and the criterion benchmarks.
+//!
+//! Every case runs in one process, at 1 and 2 threads and oversubscribed (4, 8), on a fresh
+//! structure built outside the timed region; the targets are ratios between cases of the same
+//! run (see [`targets`]).
+//!
+//! ```
+//! use dma_bench::suite::{Component, Options};
+//! let mut opts = Options::smoke();
+//! opts.components = vec![Component::Floor];
+//! opts.threads = vec![1];
+//! opts.duration_ms = 1;
+//! opts.quiet = true;
+//! let report = dma_bench::run(&opts);
+//! assert!(report.results.iter().all(|r| r.runs[0].ops > 0));
+//! ```
+
+pub mod cases;
+pub mod cli;
+pub mod floor;
+pub mod harness;
+pub mod output;
+pub mod peers;
+pub mod report;
+pub mod suite;
+pub mod targets;
+
+use output::{Meta, Report};
+
+/// Run the suite `opts` selects and evaluate the targets (nothing is written or printed except
+/// progress on stderr).
+pub fn run(opts: &suite::Options) -> Report {
+    let (cases, omitted) = cases::all(opts);
+    let results = suite::run_cases(opts, &cases);
+    let targets = targets::all().iter().map(|t| t.evaluate(&results)).collect();
+    Report { meta: Meta::collect(), options: opts.clone(), results, targets, omitted }
+}

@@ -1,0 +1,213 @@
+//! What a run leaves in the results folder: one JSON file with every measurement, ratio and
+//! target, and per component an SVG of throughput against threads and one of latency
+//! percentiles.
+
+use crate::suite::{CaseResult, Component, Omitted, Options, Role};
+use crate::targets::TargetResult;
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The machine and conditions of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Meta {
+    /// Seconds since the Unix epoch at the end of the run.
+    pub unix_time: u64,
+    /// CPU model (from `/proc/cpuinfo`), if known.
+    pub cpu_model: Option<String>,
+    /// CPUs the process may run on.
+    pub cpus: usize,
+    /// Kernel release, if known.
+    pub kernel: Option<String>,
+    /// CPU frequency governor, if known.
+    pub governor: Option<String>,
+    /// Median cost of two clock reads, subtracted from every latency sample.
+    pub clock_overhead_ns: u64,
+    /// Whether this binary was built with optimisations.
+    pub optimized: bool,
+}
+
+impl Meta {
+    /// Describe this machine.
+    pub fn collect() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+        let cpu_model = read("/proc/cpuinfo").and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string())
+        });
+        Meta {
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cpu_model,
+            cpus: crate::harness::cpu_count(),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            clock_overhead_ns: crate::harness::clock_overhead_ns(),
+            optimized: !cfg!(debug_assertions),
+        }
+    }
+}
+
+/// Everything a run produced: what the JSON file holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Machine and conditions.
+    pub meta: Meta,
+    /// The options of the run.
+    pub options: Options,
+    /// Every case's measurements.
+    pub results: Vec<CaseResult>,
+    /// Every target with its ratio.
+    pub targets: Vec<TargetResult>,
+    /// What was left out and why.
+    pub omitted: Vec<Omitted>,
+}
+
+/// The JSON file a run writes in its results folder.
+pub const JSON_FILE: &str = "dmabench.json";
+
+/// Write `report` as JSON (and the plots, if `opts.plots`) into `opts.out`; the files written.
+pub fn write_all(report: &Report, opts: &Options) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(&opts.out)?;
+    let json = opts.out.join(JSON_FILE);
+    let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(&json, text)?;
+    let mut files = vec![json];
+    if opts.plots {
+        for c in Component::ALL {
+            let rows: Vec<&CaseResult> = report.results.iter().filter(|r| r.component == c).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let t = opts.out.join(format!("{}-throughput.svg", c.name()));
+            throughput_plot(&t, c, &rows, &opts.threads).map_err(std::io::Error::other)?;
+            let l = opts.out.join(format!("{}-latency.svg", c.name()));
+            latency_plot(&l, c, &rows).map_err(std::io::Error::other)?;
+            files.extend([t, l]);
+        }
+    }
+    Ok(files)
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn label(r: &CaseResult) -> String {
+    format!("{} — {}", r.workload, r.implementation)
+}
+
+fn style(r: &CaseResult, i: usize) -> ShapeStyle {
+    let color = Palette99::pick(i).to_rgba();
+    // Ours thick, peers and floors thin: the eye finds ours first.
+    let width = if r.role == Role::Ours { 3 } else { 1 };
+    color.stroke_width(width)
+}
+
+/// Log-scale bounds covering `values` with a little room.
+fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo.is_finite() {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (0.1, 10.0)
+    }
+}
+
+/// Throughput (million ops/s, log scale) against threads, one line per case.
+fn throughput_plot(path: &Path, c: Component, rows: &[&CaseResult], threads: &[usize]) -> PlotResult {
+    let height = 500 + 18 * rows.len() as u32;
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = log_bounds(rows.iter().flat_map(|r| r.runs.iter().map(|m| m.ops_per_sec() / 1e6)));
+    let xs: Vec<usize> = threads.to_vec();
+    let n = xs.len().max(2);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: throughput against threads", c.name()), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.2f64..(n - 1) as f64 + 0.2, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                xs.get(i as usize).map_or(String::new(), |t| t.to_string())
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("threads")
+        .y_desc("million ops/s")
+        .draw()?;
+    for (i, r) in rows.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = r
+            .runs
+            .iter()
+            .filter_map(|m| xs.iter().position(|&t| t == m.threads).map(|x| (x as f64, m.ops_per_sec() / 1e6)))
+            .filter(|(_, y)| *y > 0.0)
+            .collect();
+        let st = style(r, i);
+        chart
+            .draw_series(LineSeries::new(pts, st).point_size(3))?
+            .label(label(r))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], st));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Latency percentiles at one thread (ns, log scale), one line per case.
+fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
+    let height = 500 + 18 * rows.len() as u32;
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let lats: Vec<_> = rows.iter().filter_map(|r| r.at(1).map(|m| (*r, m.latency.clone()))).collect();
+    let (lo, hi) = log_bounds(lats.iter().flat_map(|(_, l)| l.points().map(|(_, v)| v as f64)));
+    let names = crate::harness::Latency::default().points().map(|(n, _)| n);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: latency percentiles, 1 thread", c.name()), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.2f64..(names.len() - 1) as f64 + 0.2, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(names.len())
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).map_or(String::new(), |n| n.to_string())
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("percentile")
+        .y_desc("ns per op")
+        .draw()?;
+    for (i, (r, l)) in lats.iter().enumerate() {
+        let pts: Vec<(f64, f64)> =
+            l.points().iter().enumerate().map(|(x, (_, v))| (x as f64, (*v).max(1) as f64)).collect();
+        let st = style(r, i);
+        chart
+            .draw_series(LineSeries::new(pts, st).point_size(3))?
+            .label(label(r))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], st));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

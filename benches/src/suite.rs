@@ -1,0 +1,263 @@
+//! The suite: which cases exist, their options, and running them with progress output.
+
+use crate::harness::{Measurement, RunConfig};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A component of the suite (one table, one pair of plots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    /// The physical floor: CAS, load chase, memcpy.
+    Floor,
+    /// IOVA allocation (`iova-cache`) and its peers.
+    Iova,
+    /// I/O page tables (`io-pgtable`) and mapping-store peers.
+    Pgtable,
+    /// Bounce buffers (`swiotlb-core`) and their peers.
+    Swiotlb,
+    /// The whole DMA-mapping path (`dma-iommu`).
+    Iommu,
+}
+
+impl Component {
+    /// Every component, in table order.
+    pub const ALL: [Component; 5] =
+        [Component::Floor, Component::Iova, Component::Pgtable, Component::Swiotlb, Component::Iommu];
+
+    /// The name used in tables, file names and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Floor => "floor",
+            Component::Iova => "iova-cache",
+            Component::Pgtable => "io-pgtable",
+            Component::Swiotlb => "swiotlb-core",
+            Component::Iommu => "dma-iommu",
+        }
+    }
+}
+
+/// Whose code a case runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A hardware floor.
+    Floor,
+    /// A dmaloom crate.
+    Ours,
+    /// Somebody else's design.
+    Peer,
+}
+
+/// Everything a suite run is parameterised by.
+#[derive(Clone, Debug, Serialize)]
+pub struct Options {
+    /// Thread counts every case runs at (oversubscribed counts included).
+    pub threads: Vec<usize>,
+    /// Throughput phase per case and thread count, in milliseconds.
+    pub duration_ms: u64,
+    /// Pin threads to CPUs.
+    pub pin: bool,
+    /// Components to run.
+    pub components: Vec<Component>,
+    /// IOVA size classes, in 4 KiB granules.
+    pub granules: Vec<u64>,
+    /// memcpy floor sizes, in bytes.
+    pub copy_sizes: Vec<usize>,
+    /// Bounce sizes, in bytes.
+    pub bounce_sizes: Vec<usize>,
+    /// Modelled cost of one IOTLB invalidation + sync, in nanoseconds.
+    pub iotlb_sync_ns: u64,
+    /// Live single-granule allocations in the fragmentation case.
+    pub fragmentation_live: usize,
+    /// Mappings kept live in the translation cases.
+    pub translate_pages: u64,
+    /// Where JSON and plots go.
+    pub out: PathBuf,
+    /// Write SVG plots.
+    pub plots: bool,
+    /// No progress output.
+    pub quiet: bool,
+    /// This is the CI smoke run.
+    pub smoke: bool,
+}
+
+/// The modelled IOTLB invalidation cost: ~2,130 cycles per unmap (rIOMMU, ASPLOS'15) at 4 GHz.
+pub const DEFAULT_IOTLB_SYNC_NS: u64 = 530;
+
+impl Options {
+    /// The default suite: about a minute on a 2-core machine.
+    pub fn default_suite() -> Self {
+        Options {
+            threads: vec![1, 2, 4, 8],
+            duration_ms: 100,
+            pin: true,
+            components: Component::ALL.to_vec(),
+            granules: vec![1, 2, 4, 8, 16, 32],
+            copy_sizes: vec![2048, 4096, 65536],
+            bounce_sizes: vec![512, 4096, 65536],
+            iotlb_sync_ns: DEFAULT_IOTLB_SYNC_NS,
+            fragmentation_live: 300_000,
+            translate_pages: 4096,
+            out: PathBuf::from("results"),
+            plots: true,
+            quiet: false,
+            smoke: false,
+        }
+    }
+
+    /// The CI smoke suite: every case, a few milliseconds each, small set-ups.
+    ///
+    /// ```
+    /// let o = dma_bench::suite::Options::smoke();
+    /// assert!(o.smoke && o.duration_ms <= 5);
+    /// ```
+    pub fn smoke() -> Self {
+        Options {
+            duration_ms: 2,
+            fragmentation_live: 3_000,
+            translate_pages: 256,
+            smoke: true,
+            ..Self::default_suite()
+        }
+    }
+
+    /// The harness configuration these options give.
+    pub fn run_config(&self) -> RunConfig {
+        RunConfig::new(Duration::from_millis(self.duration_ms), self.pin)
+    }
+
+    /// Whether `c` is selected.
+    pub fn has(&self, c: Component) -> bool {
+        self.components.contains(&c)
+    }
+}
+
+/// The run function of a case: given the harness configuration and a thread count, build a
+/// fresh structure (not timed) and measure it.
+pub type RunFn = Box<dyn Fn(&RunConfig, usize) -> Measurement + Sync>;
+
+/// One case: a workload on one implementation, run at each thread count.
+pub struct Case {
+    /// The component (table) it belongs to.
+    pub component: Component,
+    /// The workload; ours and its peers share it, which is how ratios pair them up.
+    pub workload: String,
+    /// The implementation ("ours", a peer's name, or "floor").
+    pub implementation: String,
+    /// Whose code it is.
+    pub role: Role,
+    /// The floor workload this case's cost is compared with, if any.
+    pub floor: Option<String>,
+    /// Thread counts to skip (e.g. oversubscription for a case that cannot be oversubscribed).
+    pub max_threads: usize,
+    /// Builds and measures the case.
+    pub run: RunFn,
+}
+
+impl Case {
+    /// A case with no floor and no thread limit.
+    pub fn new(
+        component: Component,
+        workload: impl Into<String>,
+        implementation: impl Into<String>,
+        role: Role,
+        run: impl Fn(&RunConfig, usize) -> Measurement + Sync + 'static,
+    ) -> Self {
+        Case {
+            component,
+            workload: workload.into(),
+            implementation: implementation.into(),
+            role,
+            floor: None,
+            max_threads: usize::MAX,
+            run: Box::new(run),
+        }
+    }
+
+    /// Compare this case's cost with the floor workload `floor`.
+    pub fn with_floor(mut self, floor: impl Into<String>) -> Self {
+        self.floor = Some(floor.into());
+        self
+    }
+}
+
+/// The measurements of one case.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    /// Component name.
+    pub component: Component,
+    /// Workload.
+    pub workload: String,
+    /// Implementation.
+    pub implementation: String,
+    /// Whose code it is.
+    pub role: Role,
+    /// The floor workload compared with, if any.
+    pub floor: Option<String>,
+    /// One measurement per thread count.
+    pub runs: Vec<Measurement>,
+}
+
+impl CaseResult {
+    /// The measurement at `threads`, if run.
+    pub fn at(&self, threads: usize) -> Option<&Measurement> {
+        self.runs.iter().find(|m| m.threads == threads)
+    }
+}
+
+/// A part of the suite left out, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Omitted {
+    /// Component.
+    pub component: Component,
+    /// What is missing.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Run `cases` at every thread count of `opts`, printing progress to stderr.
+pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
+    let cfg = opts.run_config();
+    let total: usize =
+        cases.iter().map(|c| opts.threads.iter().filter(|&&t| t <= c.max_threads).count()).sum();
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut done = 0;
+    let mut out = Vec::with_capacity(cases.len());
+    for case in cases {
+        let mut runs = Vec::new();
+        for &t in opts.threads.iter().filter(|&&t| t <= case.max_threads) {
+            done += 1;
+            // On a terminal one line is rewritten per run; in a log, one line per case.
+            if !opts.quiet && (tty || Some(&t) == opts.threads.first()) {
+                let (lead, end) = if tty { ("\r\x1b[2K", "") } else { ("", "\n") };
+                eprint!(
+                    "{lead}[{done:>3}/{total}] {:>5.1}s  {} | {} | {} | {t} thr{end}",
+                    started.elapsed().as_secs_f64(),
+                    case.component.name(),
+                    case.workload,
+                    case.implementation
+                );
+                let _ = std::io::stderr().flush();
+            }
+            runs.push((case.run)(&cfg, t));
+        }
+        out.push(CaseResult {
+            component: case.component,
+            workload: case.workload.clone(),
+            implementation: case.implementation.clone(),
+            role: case.role,
+            floor: case.floor.clone(),
+            runs,
+        });
+    }
+    if !opts.quiet {
+        let lead = if tty { "\r\x1b[2K" } else { "" };
+        eprintln!("{lead}{done} runs in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    out
+}

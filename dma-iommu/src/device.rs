@@ -1,0 +1,72 @@
+//! Devices attached to a domain: DMA limits, trust, and their per-device state.
+
+use dma_sync::Arc;
+use iova_cache::DevicePolicy;
+
+/// What a device declares when it attaches (Linux `dma_parms` and friends).
+///
+/// ```
+/// use dma_iommu::DeviceConfig;
+/// let nvme = DeviceConfig { min_align_mask: 0xFFF, trusted: false, ..DeviceConfig::default() };
+/// assert_eq!(nvme.dma_mask, u64::MAX);
+/// assert_eq!(DeviceConfig::default().max_segment_size, 64 << 10);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Highest DMA (IO virtual) address the device can emit.
+    pub dma_mask: u64,
+    /// Offset bits of the original address a bounce buffer keeps (NVMe: 0xFFF).
+    pub min_align_mask: u64,
+    /// Longest DMA segment the device accepts in a scatter list.
+    pub max_segment_size: u64,
+    /// No DMA segment may cross a `seg_boundary_mask + 1` boundary (all ones: unbounded).
+    pub seg_boundary_mask: u64,
+    /// Whether the device is trusted; untrusted devices are always strict and have every
+    /// mapping not aligned to the IOVA granule at both ends bounced.
+    pub trusted: bool,
+    /// Try 32-bit IOVAs first (PCI SAC addresses are cheaper), until the first miss.
+    pub prefer_32bit: bool,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            dma_mask: u64::MAX,
+            min_align_mask: 0,
+            max_segment_size: 64 << 10,
+            seg_boundary_mask: u64::MAX,
+            trusted: true,
+            prefer_32bit: false,
+        }
+    }
+}
+
+/// A device attached to a [`crate::Domain`]: a cheap, cloneable handle.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DeviceInner {
+    /// Identifies the device within its domain (never 0).
+    pub(crate) id: u64,
+    /// Identifies the domain the device is attached to.
+    pub(crate) domain: usize,
+    pub(crate) config: DeviceConfig,
+    pub(crate) policy: DevicePolicy,
+    /// The device's bounce-buffer handle (untrusted devices only).
+    pub(crate) bounce: Option<swiotlb_core::Device>,
+}
+
+impl Device {
+    /// What the device declared.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.inner.config
+    }
+
+    /// Whether IOVA allocations for this device still try below 4 GiB first.
+    pub fn prefers_32bit(&self) -> bool {
+        self.inner.policy.tries_32bit_first()
+    }
+}

@@ -1,0 +1,756 @@
+//! The DMA domain: an IOVA allocator, an I/O page table, the caller's IOTLB, strict or lazy
+//! invalidation, and bouncing for untrusted devices.
+//!
+//! Map: (bounce if needed) → allocate IOVA below the device's mask (32-bit first while the
+//! device still prefers it) → map the granule-aligned span → record. The DMA address is the
+//! IOVA plus the buffer's offset in its first granule.
+//!
+//! Unmap: take the record (refusing addresses that are not a live mapping of this device) →
+//! [`Strictness::unmap_with`]: clear the leaves, then sync and free (strict; always for
+//! untrusted devices) or queue (lazy) → release the bounce buffer, copying back, after the
+//! IOTLB can no longer reach it.
+
+use crate::device::{Device, DeviceConfig, DeviceInner};
+use crate::error::DmaError;
+use crate::flush_queue::{FqConfig, InvalidationOps};
+use crate::iotlb::{Gather, TlbOps, TlbRange};
+use crate::registry::{Kind, Record, Registry};
+use crate::stats::{DomainStats, Event, Stats};
+use crate::strictness::{Strictness, Unmapped};
+use dma_sync::atomic::{AtomicU64, Ordering};
+use dma_sync::{cpu, Arc};
+use io_pgtable::{PageTable, Prot};
+use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+use swiotlb_core::{Direction, MapAttrs, Swiotlb};
+
+/// How a domain is built.
+///
+/// ```
+/// use dma_iommu::DomainConfig;
+/// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+/// assert_eq!(c.iova.granule_shift, 12);
+/// assert_eq!(c.iova.end_pfn, (1 << (39 - 12)) - 1);
+/// assert!(c.lazy.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// The page-table format; its page size is the IOVA granule.
+    pub pgtable: io_pgtable::Config,
+    /// The IOVA allocator; its granule must be the page size and its space inside the input
+    /// address range.
+    pub iova: IovaConfig,
+    /// Start in lazy mode with this flush queue (`None`: strict).
+    pub lazy: Option<FqConfig>,
+}
+
+impl DomainConfig {
+    /// A strict domain over `pgtable`, with an IOVA space covering its whole input range
+    /// (from pfn 1: IOVA 0 is never handed out).
+    pub fn new(pgtable: io_pgtable::Config) -> Result<Self, DmaError> {
+        let g = pgtable.geometry()?;
+        let shift = g.config().granule.page_shift();
+        let end_pfn = (1u64 << (g.ias() - shift)) - 1;
+        // The domain records ownership itself (registry): no second record in the allocator.
+        let iova = IovaConfig {
+            granule_shift: shift,
+            checked_frees: false,
+            ..IovaConfig::with_space(1, end_pfn)
+        };
+        Ok(Self {
+            pgtable,
+            iova,
+            lazy: None,
+        })
+    }
+
+    /// The same, starting in lazy mode.
+    pub fn lazy(mut self, fq: FqConfig) -> Self {
+        self.lazy = Some(fq);
+        self
+    }
+}
+
+/// An IOVA range held by a mapping, as the flush queue frees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IovaSpan {
+    /// First pfn.
+    pub pfn: u64,
+    /// Granules.
+    pub granules: u64,
+}
+
+/// The caller's IOTLB behind an `Arc`, shared by the page table and the domain.
+struct SharedTlb<T>(Arc<T>);
+
+impl<T: TlbOps> TlbOps for SharedTlb<T> {
+    fn flush_all(&self) {
+        self.0.flush_all();
+    }
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
+        self.0.flush_walk(iova, size, granule);
+    }
+    fn sync(&self, range: &TlbRange) {
+        self.0.sync(range);
+    }
+}
+
+/// What unmaps invalidate through and free into.
+struct Backend<T: TlbOps + 'static> {
+    pt: PageTable<SharedTlb<T>>,
+    iova: IovaAllocator,
+    tlb: Arc<T>,
+}
+
+impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
+    type Entry = IovaSpan;
+
+    fn flush_all(&self) {
+        self.tlb.flush_all();
+    }
+
+    fn sync(&self, gather: &mut Gather) {
+        gather.sync(&*self.tlb);
+    }
+
+    fn reclaim(&self, span: IovaSpan) {
+        // The registry hands every span out once, so the free cannot be refused.
+        let freed = self.iova.free(span.pfn, span.granules);
+        debug_assert!(freed.is_ok(), "IOVA free of {span:?} refused: {freed:?}");
+    }
+}
+
+/// A DMA domain.
+///
+/// ```
+/// use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
+/// use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory, Swiotlb};
+///
+/// let mem = RegionMemory::new(1 << 20);
+/// let buf = mem.base() + 0x3010;
+/// mem.write(buf, b"ping").unwrap();
+/// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+/// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), RecordingIotlb::new(), Some(tlb)).unwrap();
+/// let nic = dom.attach(DeviceConfig::default()).unwrap();
+///
+/// let dma = dom.map(&nic, buf, 4, Direction::ToDevice).unwrap();
+/// assert_eq!(dma & 0xfff, 0x010); // the offset in the granule is kept
+/// let mut seen = [0u8; 4];
+/// dom.device_read(&nic, dma, &mut seen).unwrap(); // the device reads through the page table
+/// assert_eq!(&seen, b"ping");
+/// assert_eq!(dom.unmap(&nic, dma, 4, Direction::ToDevice), Ok(Unmapped::Synced));
+/// assert!(dom.unmap(&nic, dma, 4, Direction::ToDevice).is_err()); // twice: refused
+///
+/// assert!(dom.set_lazy(FqConfig::per_cpu()).unwrap()); // strict -> lazy at run time
+/// let dma = dom.map(&nic, buf, 4, Direction::ToDevice).unwrap();
+/// assert_eq!(dom.unmap(&nic, dma, 4, Direction::ToDevice), Ok(Unmapped::Queued));
+/// print!("{}", dom.stats());
+/// ```
+pub struct Domain<T: TlbOps + 'static> {
+    strictness: Strictness<Backend<T>>,
+    swiotlb: Option<Swiotlb>,
+    registry: Registry,
+    stats: Stats,
+    next_device: AtomicU64,
+    shift: u32,
+    /// Last IOVA of the aperture (inclusive).
+    aperture_end: u64,
+}
+
+fn prot_for(dir: Direction, mmio: bool) -> Prot {
+    let p = match dir {
+        Direction::ToDevice => Prot::READ,
+        Direction::FromDevice => Prot::WRITE,
+        Direction::Bidirectional => Prot::READ | Prot::WRITE,
+    };
+    if mmio {
+        p | Prot::MMIO
+    } else {
+        p | Prot::CACHE
+    }
+}
+
+impl<T: TlbOps + 'static> Domain<T> {
+    /// Build a domain whose IOTLB is `tlb`; `swiotlb` provides bounce buffers for untrusted
+    /// devices and the memory device accesses ([`Domain::device_read`]) reach.
+    pub fn new(config: DomainConfig, tlb: T, swiotlb: Option<Swiotlb>) -> Result<Self, DmaError> {
+        let geom = config.pgtable.geometry()?;
+        let shift = geom.page_size().trailing_zeros();
+        if config.iova.granule_shift != shift {
+            return Err(DmaError::Config(
+                "the IOVA granule differs from the page size",
+            ));
+        }
+        let aperture_end = (1u64 << geom.ias()) - 1;
+        if config.iova.start_pfn == 0 || config.iova.end_pfn > aperture_end >> shift {
+            return Err(DmaError::Config(
+                "the IOVA space must lie inside the aperture and exclude IOVA 0",
+            ));
+        }
+        let iova = IovaAllocator::new(config.iova.clone()).map_err(DmaError::NoIova)?;
+        let tlb = Arc::new(tlb);
+        let pt = PageTable::with_tlb(config.pgtable, SharedTlb(tlb.clone()))?;
+        let strictness = Strictness::new(Arc::new(Backend { pt, iova, tlb }));
+        if let Some(fq) = config.lazy {
+            strictness.enable_lazy(fq)?;
+        }
+        Ok(Self {
+            strictness,
+            swiotlb,
+            registry: Registry::new(cpu::count()),
+            stats: Stats::new(cpu::count()),
+            next_device: AtomicU64::new(1),
+            shift,
+            aperture_end,
+        })
+    }
+
+    fn backend(&self) -> &Backend<T> {
+        self.strictness.ops()
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(self.strictness.ops()) as usize
+    }
+
+    fn granule(&self) -> u64 {
+        1 << self.shift
+    }
+
+    /// The caller's IOTLB.
+    pub fn tlb(&self) -> &T {
+        &self.backend().tlb
+    }
+
+    /// The bounce-buffer allocator, whose memory device accesses reach.
+    pub fn swiotlb(&self) -> Option<&Swiotlb> {
+        self.swiotlb.as_ref()
+    }
+
+    /// The IOVA allocator (for diagnostics: ranges, statistics).
+    pub fn iova_allocator(&self) -> &IovaAllocator {
+        &self.backend().iova
+    }
+
+    /// Attach a device. Untrusted devices need the domain's bounce buffers.
+    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        let bounce = if config.trusted {
+            None
+        } else {
+            let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
+            // The bounce buffer is reached through the IOMMU: only its IOVA must fit the
+            // device's mask, not its physical address.
+            Some(tlb.device(swiotlb_core::DeviceConfig {
+                min_align_mask: config.min_align_mask,
+                seg_boundary_mask: config.seg_boundary_mask,
+                dma_mask: u64::MAX,
+            }))
+        };
+        let id = self.next_device.fetch_add(1, Ordering::Relaxed);
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                id,
+                domain: self.id(),
+                config,
+                policy: DevicePolicy::new(config.prefer_32bit),
+                bounce,
+            }),
+        })
+    }
+
+    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
+        if dev.inner.domain == self.id() {
+            Ok(())
+        } else {
+            Err(DmaError::ForeignDevice)
+        }
+    }
+
+    fn fail<R>(&self, e: DmaError) -> Result<R, DmaError> {
+        self.stats.count(Event::Error);
+        Err(e)
+    }
+
+    /// Map `size` bytes of memory at physical address `paddr` for `dev`; returns the DMA
+    /// address. For an untrusted device, a buffer not aligned to the granule at both ends is
+    /// bounced first (allocation aligned to the granule, padding zeroed), so the device never
+    /// sees other data sharing its pages.
+    pub fn map(
+        &self,
+        dev: &Device,
+        paddr: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<u64, DmaError> {
+        let r = self.map_single(dev, paddr, size as u64, dir);
+        if r.is_err() {
+            self.stats.count(Event::Error);
+        }
+        r
+    }
+
+    fn map_single(
+        &self,
+        dev: &Device,
+        paddr: u64,
+        size: u64,
+        dir: Direction,
+    ) -> Result<u64, DmaError> {
+        self.check_device(dev)?;
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let end = paddr.checked_add(size).ok_or(DmaError::Overflow)?;
+        let mask = self.granule() - 1;
+        let bounce_dev = dev
+            .inner
+            .bounce
+            .as_ref()
+            .filter(|_| (paddr | end) & mask != 0);
+        let Some(bdev) = bounce_dev else {
+            return self.map_phys(dev, paddr, size, dir, Kind::Single, None);
+        };
+        let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
+        let attrs = MapAttrs {
+            alloc_align_mask: mask,
+            zero_padding: true,
+            ..MapAttrs::default()
+        };
+        let phys = tlb.map(bdev, paddr, size as usize, dir, attrs)?;
+        let r = self.map_phys(dev, phys, size, dir, Kind::Single, Some(phys));
+        if r.is_err() {
+            // Nothing was written through the mapping: release without copying back.
+            let undo = MapAttrs {
+                skip_cpu_sync: true,
+                ..attrs
+            };
+            let released = tlb.unmap(bdev, phys, size as usize, dir, undo);
+            debug_assert!(
+                released.is_ok(),
+                "releasing a fresh bounce buffer failed: {released:?}"
+            );
+        } else {
+            self.stats.count(Event::Bounce);
+        }
+        r
+    }
+
+    /// Map a physical (MMIO) range for peer-to-peer DMA: never bounced, no CPU syncs.
+    pub fn map_resource(
+        &self,
+        dev: &Device,
+        paddr: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<u64, DmaError> {
+        let r = self.check_device(dev).and_then(|()| {
+            if size == 0 {
+                return Err(DmaError::ZeroSize);
+            }
+            self.map_phys(dev, paddr, size as u64, dir, Kind::Resource, None)
+        });
+        if r.is_err() {
+            self.stats.count(Event::Error);
+        }
+        r
+    }
+
+    /// Allocate IOVA for `[phys, phys + size)` below the device's mask, map its granules and
+    /// record the mapping.
+    fn map_phys(
+        &self,
+        dev: &Device,
+        phys: u64,
+        size: u64,
+        dir: Direction,
+        kind: Kind,
+        bounce: Option<u64>,
+    ) -> Result<u64, DmaError> {
+        let (span, granules) = self.reserve_iova(dev, phys & (self.granule() - 1), size)?;
+        let offset = phys & (self.granule() - 1);
+        let iova = span.pfn << self.shift;
+        let len = granules << self.shift;
+        if let Err(e) = self.backend().pt.map(
+            iova,
+            phys - offset,
+            len,
+            prot_for(dir, kind == Kind::Resource),
+        ) {
+            self.release_iova(span);
+            return Err(e.into());
+        }
+        let rec = Record {
+            dev: dev.inner.id,
+            kind,
+            size,
+            offset,
+            granules,
+            bounce,
+        };
+        self.registry.insert(span.pfn, rec);
+        self.stats.count(Event::Map);
+        Ok(iova + offset)
+    }
+
+    /// Allocate the IOVA granules for `size` bytes starting `offset` into a granule.
+    pub(crate) fn reserve_iova(
+        &self,
+        dev: &Device,
+        offset: u64,
+        size: u64,
+    ) -> Result<(IovaSpan, u64), DmaError> {
+        let g = self.granule();
+        let len = offset
+            .checked_add(size)
+            .and_then(|n| n.checked_add(g - 1))
+            .map(|n| n & !(g - 1))
+            .ok_or(DmaError::Overflow)?;
+        let limit = dev.inner.config.dma_mask.min(self.aperture_end);
+        if len - 1 > limit {
+            return Err(DmaError::BeyondMask {
+                len,
+                dma_mask: dev.inner.config.dma_mask,
+            });
+        }
+        let granules = len >> self.shift;
+        let alloc = || {
+            self.backend()
+                .iova
+                .alloc_dma(&dev.inner.policy, granules, limit >> self.shift)
+        };
+        let mut r = alloc();
+        // IOVAs waiting in the flush queue count as used: flush once, free them, retry once.
+        if matches!(r, Err(iova_cache::IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
+            r = alloc();
+        }
+        let pfn = r.map_err(|e| match e {
+            iova_cache::IovaError::LimitBelowStart { .. }
+            | iova_cache::IovaError::TooLarge { .. } => DmaError::BeyondMask {
+                len,
+                dma_mask: dev.inner.config.dma_mask,
+            },
+            e => DmaError::NoIova(e),
+        })?;
+        Ok((IovaSpan { pfn, granules }, granules))
+    }
+
+    pub(crate) fn release_iova(&self, span: IovaSpan) {
+        self.backend().reclaim(span);
+    }
+
+    pub(crate) fn map_span(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        self.backend()
+            .pt
+            .map(iova, phys, len, prot_for(dir, false))
+            .map_err(DmaError::from)
+    }
+
+    /// Unmap a span this call mapped and never published (undo): strict, no IOVA free.
+    pub(crate) fn unmap_span_now(&self, iova: u64, len: u64) -> Result<u64, DmaError> {
+        let b = self.backend();
+        let mut gather = Gather::new();
+        let r = b.pt.unmap_with(iova, len, &mut gather);
+        gather.sync(&*b.tlb);
+        Ok(r?)
+    }
+
+    pub(crate) fn record(&self, pfn: u64, rec: Record) {
+        self.registry.insert(pfn, rec);
+    }
+
+    pub(crate) fn count(&self, e: Event) {
+        self.stats.count(e);
+    }
+
+    pub(crate) fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether
+    /// the IOTLB was synced (strict) or the IOVA queued (lazy). A bounced mapping is copied
+    /// back to the original buffer (by direction) once the device can no longer reach it.
+    pub fn unmap(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<Unmapped, DmaError> {
+        match self.unmap_kind(dev, dma, size as u64, dir, Kind::Single) {
+            Ok(u) => Ok(u),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Unmap a mapping made by [`Domain::map_resource`].
+    pub fn unmap_resource(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<Unmapped, DmaError> {
+        match self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource) {
+            Ok(u) => Ok(u),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    pub(crate) fn unmap_kind(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: u64,
+        dir: Direction,
+        kind: Kind,
+    ) -> Result<Unmapped, DmaError> {
+        self.check_device(dev)?;
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let offset = dma & (self.granule() - 1);
+        let rec = self.registry.take(dma >> self.shift, dma, |r| {
+            if r.dev != dev.inner.id {
+                return Err(DmaError::NotMapped { dma });
+            }
+            if r.size != size || r.offset != offset || r.kind != kind {
+                return Err(DmaError::Mismatch {
+                    dma,
+                    size,
+                    mapped: r.size,
+                });
+            }
+            Ok(())
+        })?;
+        let span = IovaSpan {
+            pfn: dma >> self.shift,
+            granules: rec.granules,
+        };
+        let iova = span.pfn << self.shift;
+        let len = rec.granules << self.shift;
+        let pt = &self.backend().pt;
+        // Untrusted devices are always strict: their bounce buffers and pages must not stay
+        // reachable after the unmap returns.
+        let strict = !dev.inner.config.trusted;
+        let how = self.strictness.unmap_with(strict, |gather| {
+            let done = unmap_present(pt, iova, len, self.granule(), gather);
+            // Only a scatter list's span has holes (segments moved to a boundary).
+            debug_assert!(
+                kind == Kind::List || done == len,
+                "a recorded mapping was not fully mapped"
+            );
+            span
+        });
+        self.stats.count(match how {
+            Unmapped::Synced => Event::Synced,
+            Unmapped::Queued => Event::Queued,
+        });
+        if let (Some(phys), Some(bdev), Some(tlb)) = (rec.bounce, &dev.inner.bounce, &self.swiotlb)
+        {
+            let released = tlb.unmap(bdev, phys, size as usize, dir, MapAttrs::default());
+            debug_assert!(released.is_ok(), "bounce release failed: {released:?}");
+        }
+        Ok(how)
+    }
+
+    /// Make the device's writes to `[dma, dma + size)` visible to the CPU (copies a bounced
+    /// range back). `dma` may lie anywhere inside a live mapping.
+    pub fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let r = self.sync(dev, dma, size, |tlb, bdev, phys| {
+            tlb.sync_for_cpu(bdev, phys, size, dir)
+        });
+        if r.is_err() {
+            self.stats.count(Event::Error);
+        }
+        r
+    }
+
+    /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
+    /// bounce buffer). `dma` may lie anywhere inside a live mapping.
+    pub fn sync_for_device(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let r = self.sync(dev, dma, size, |tlb, bdev, phys| {
+            tlb.sync_for_device(bdev, phys, size, dir)
+        });
+        if r.is_err() {
+            self.stats.count(Event::Error);
+        }
+        r
+    }
+
+    fn sync(
+        &self,
+        dev: &Device,
+        dma: u64,
+        size: usize,
+        op: impl FnOnce(&Swiotlb, &swiotlb_core::Device, u64) -> Result<(), swiotlb_core::Error>,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let last = dma.checked_add(size as u64 - 1).ok_or(DmaError::Overflow)?;
+        let phys = self.translate(dma).ok_or(DmaError::NotMapped { dma })?;
+        self.translate(last)
+            .ok_or(DmaError::NotMapped { dma: last })?;
+        match (&dev.inner.bounce, &self.swiotlb) {
+            (Some(bdev), Some(tlb)) if tlb.is_bounce_buffer(bdev, phys) => Ok(op(tlb, bdev, phys)?),
+            // Coherent memory: nothing to copy.
+            _ => Ok(()),
+        }
+    }
+
+    /// The physical address `dma` translates to, if mapped.
+    pub fn translate(&self, dma: u64) -> Option<u64> {
+        self.backend().pt.iova_to_phys(dma).map(|t| t.paddr)
+    }
+
+    /// Switch from strict to lazy invalidation at run time, safely while other threads map
+    /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict.
+    pub fn set_lazy(&self, fq: FqConfig) -> Result<bool, DmaError> {
+        Ok(self.strictness.enable_lazy(fq)?)
+    }
+
+    /// Whether the domain is lazy.
+    pub fn is_lazy(&self) -> bool {
+        self.strictness.is_lazy()
+    }
+
+    /// Run the flush-queue timer's work now (flush once, free what that covers). `false`
+    /// when strict.
+    pub fn flush_queue_now(&self) -> bool {
+        self.strictness.fire_timer()
+    }
+
+    /// Counters; [`DomainStats`] displays as a text report.
+    pub fn stats(&self) -> DomainStats {
+        self.stats.snapshot(
+            self.registry.len() as u64,
+            self.is_lazy(),
+            self.strictness.queue_stats(),
+        )
+    }
+
+    /// Device side: read `buf.len()` bytes at `dma` through the page table, as the device
+    /// would (bounce buffers through the bounce allocator, other memory through its memory).
+    pub fn device_read(&self, dev: &Device, dma: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.device_access(
+            dev,
+            dma,
+            buf.len(),
+            Prot::READ,
+            |tlb, bdev, phys, range| match bdev {
+                Some(b) if tlb.is_bounce_buffer(b, phys) => {
+                    Ok(tlb.read_bounce(b, phys, &mut buf[range])?)
+                }
+                _ => tlb
+                    .memory()
+                    .read(phys, &mut buf[range])
+                    .map_err(|_| DmaError::Fault { dma }),
+            },
+        )
+    }
+
+    /// Device side: write `data` at `dma` through the page table, as the device would.
+    pub fn device_write(&self, dev: &Device, dma: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.device_access(
+            dev,
+            dma,
+            data.len(),
+            Prot::WRITE,
+            |tlb, bdev, phys, range| match bdev {
+                Some(b) if tlb.is_bounce_buffer(b, phys) => {
+                    Ok(tlb.write_bounce(b, phys, &data[range])?)
+                }
+                _ => tlb
+                    .memory()
+                    .write(phys, &data[range])
+                    .map_err(|_| DmaError::Fault { dma }),
+            },
+        )
+    }
+
+    /// Split `[dma, dma + len)` at granule boundaries, translate each piece (checking `need`)
+    /// and hand it to `access`.
+    fn device_access(
+        &self,
+        dev: &Device,
+        dma: u64,
+        len: usize,
+        need: Prot,
+        mut access: impl FnMut(
+            &Swiotlb,
+            Option<&swiotlb_core::Device>,
+            u64,
+            std::ops::Range<usize>,
+        ) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
+        let mut done = 0usize;
+        while done < len {
+            let at = dma.checked_add(done as u64).ok_or(DmaError::Overflow)?;
+            let t = self
+                .backend()
+                .pt
+                .iova_to_phys(at)
+                .ok_or(DmaError::Fault { dma: at })?;
+            if !t.prot.contains(need) {
+                return Err(DmaError::Fault { dma: at });
+            }
+            let room = (self.granule() - (at & (self.granule() - 1))) as usize;
+            let n = room.min(len - done);
+            access(tlb, dev.inner.bounce.as_ref(), t.paddr, done..done + n)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Unmap every mapped part of `[iova, iova + len)`, stepping over unmapped granules; returns
+/// the bytes unmapped.
+fn unmap_present<T: TlbOps>(
+    pt: &PageTable<T>,
+    iova: u64,
+    len: u64,
+    granule: u64,
+    gather: &mut Gather,
+) -> u64 {
+    let end = iova + len;
+    let (mut at, mut done) = (iova, 0);
+    while at < end {
+        match pt.unmap_with(at, end - at, gather) {
+            Ok(n) if n > 0 => {
+                at += n;
+                done += n;
+            }
+            _ => at += granule,
+        }
+    }
+    done
+}
+
+impl<T: TlbOps + 'static> std::fmt::Debug for Domain<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("granule", &self.granule())
+            .field("lazy", &self.is_lazy())
+            .finish_non_exhaustive()
+    }
+}

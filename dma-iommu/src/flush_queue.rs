@@ -1,0 +1,766 @@
+//! Flush queues: lazy IOTLB invalidation with deferred freeing.
+//!
+//! An unmap in lazy mode clears its leaves and queues what it must free (the IOVA range and
+//! any freed table pages) instead of invalidating the IOTLB. An entry is freed only after a
+//! *global* flush that started after it was queued has completed:
+//!
+//! * a flush is `start_cnt += 1; full fence; flush_all(); finish_cnt += 1 (release)`;
+//! * an enqueue issues a full fence (ordering its leaf clears before everything that follows),
+//!   then stamps the entry with `start_cnt`;
+//! * an entry is freeable iff `stamp < finish_cnt`: at stamping only `stamp` flushes had
+//!   started, so `finish_cnt > stamp` completed flushes include one that started after the
+//!   stamp, hence after the clears. Flushes may overlap; only monotonicity is used.
+//!
+//! Stamps in one ring are non-decreasing, so a drain stops at the first entry that is not
+//! freeable. Rings are per CPU (256 entries, 10 ms timer, as Linux) or one large shared ring
+//! (32768 entries, 1 s timer: for IOMMUs whose flushes are expensive). A full ring flushes
+//! synchronously. A timer, armed by the first enqueue after it ran (`timer_on`), flushes once
+//! and drains every ring; it clears `timer_on` *before* it drains, so an enqueue racing with
+//! the drain arms it again, and it re-arms itself if entries stamped after its flush are left.
+//! Teardown marks the timer dead under the timer lock (waiting for a running drain), stops the
+//! timer thread, flushes and frees everything.
+//!
+//! The queue is generic over what it frees ([`InvalidationOps`]), so its models need neither
+//! the allocator nor the page table.
+
+use crate::iotlb::Gather;
+use crate::pad::CachePadded;
+use crate::points::{
+    FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_TEARDOWN_STOP_TIMER,
+    FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
+};
+use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use dma_sync::{cpu, thread, Arc, Mutex};
+use std::fmt;
+use std::time::Duration;
+
+/// What an unmap hands to the invalidation machinery: IOTLB callbacks and the free path.
+///
+/// The domain implements it over the caller's [`crate::TlbOps`], its IOVA allocator and its
+/// page table; models implement it over an emulated walker.
+///
+/// ```
+/// use dma_iommu::{Gather, InvalidationOps};
+/// use dma_sync::Mutex;
+/// struct Ops { freed: Mutex<Vec<u64>> }
+/// impl InvalidationOps for Ops {
+///     type Entry = u64;
+///     fn flush_all(&self) {}
+///     fn sync(&self, _g: &mut Gather) {}
+///     fn reclaim(&self, iova: u64) { self.freed.lock().push(iova); }
+/// }
+/// let ops = Ops { freed: Mutex::new(vec![]) };
+/// ops.reclaim(0x1000);
+/// assert_eq!(*ops.freed.lock(), [0x1000]);
+/// ```
+pub trait InvalidationOps: Send + Sync + 'static {
+    /// What a queued unmap must free later: an IOVA range and freed table pages.
+    type Entry: Send + 'static;
+    /// Invalidate every cached translation of the domain; return when complete.
+    fn flush_all(&self);
+    /// Invalidate what a strict unmap gathered; return when complete.
+    fn sync(&self, gather: &mut Gather);
+    /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
+    fn reclaim(&self, entry: Self::Entry);
+}
+
+/// Per-CPU rings or one shared ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FqKind {
+    /// One ring per CPU (Linux default).
+    PerCpu,
+    /// One large ring shared by all CPUs (Linux `shadow_on_flush`, for expensive flushes).
+    Single,
+}
+
+/// Flush-queue geometry and timeout.
+///
+/// ```
+/// use dma_iommu::{FqConfig, FqKind};
+/// use std::time::Duration;
+/// let c = FqConfig::per_cpu().with_cpus(4);
+/// assert_eq!((c.kind, c.ring_size, c.cpus), (FqKind::PerCpu, 256, 4));
+/// assert_eq!(c.timeout, Duration::from_millis(10));
+/// let s = FqConfig::single();
+/// assert_eq!((s.ring_size, s.timeout), (32768, Duration::from_secs(1)));
+/// assert!(FqConfig::per_cpu().with_ring_size(3).validate().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FqConfig {
+    /// Per-CPU rings or a single ring.
+    pub kind: FqKind,
+    /// Entries per ring, a power of two ≥ 2 (one slot stays empty: capacity is `ring_size - 1`).
+    pub ring_size: usize,
+    /// Delay between the first enqueue after a timer run and the next timer run.
+    pub timeout: Duration,
+    /// Number of per-CPU rings (ignored for [`FqKind::Single`]).
+    pub cpus: usize,
+}
+
+impl FqConfig {
+    /// Linux's per-CPU queue: 256-entry rings, 10 ms timeout, one ring per CPU.
+    pub fn per_cpu() -> Self {
+        Self {
+            kind: FqKind::PerCpu,
+            ring_size: 256,
+            timeout: Duration::from_millis(10),
+            cpus: cpu::count(),
+        }
+    }
+
+    /// Linux's single queue: one 32768-entry ring, 1 s timeout.
+    pub fn single() -> Self {
+        Self {
+            kind: FqKind::Single,
+            ring_size: 32768,
+            timeout: Duration::from_secs(1),
+            cpus: 1,
+        }
+    }
+
+    /// The same with `ring_size` entries per ring.
+    pub fn with_ring_size(mut self, ring_size: usize) -> Self {
+        self.ring_size = ring_size;
+        self
+    }
+
+    /// The same with timeout `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same with `cpus` per-CPU rings.
+    pub fn with_cpus(mut self, cpus: usize) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Number of rings this configuration builds.
+    pub fn rings(&self) -> usize {
+        match self.kind {
+            FqKind::PerCpu => self.cpus,
+            FqKind::Single => 1,
+        }
+    }
+
+    /// Check the geometry.
+    pub fn validate(&self) -> Result<(), FqError> {
+        if self.ring_size < 2 || !self.ring_size.is_power_of_two() {
+            return Err(FqError::RingSize(self.ring_size));
+        }
+        if self.rings() == 0 {
+            return Err(FqError::NoRings);
+        }
+        Ok(())
+    }
+}
+
+/// Why a flush queue could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FqError {
+    /// The ring size is not a power of two ≥ 2.
+    RingSize(usize),
+    /// A per-CPU queue with zero CPUs.
+    NoRings,
+}
+
+impl fmt::Display for FqError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FqError::RingSize(n) => {
+                write!(f, "flush-queue ring size {n} is not a power of two >= 2")
+            }
+            FqError::NoRings => write!(f, "a per-CPU flush queue needs at least one CPU"),
+        }
+    }
+}
+
+impl std::error::Error for FqError {}
+
+/// Counters of a flush queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FqStats {
+    /// Entries queued.
+    pub enqueued: u64,
+    /// Entries freed.
+    pub reclaimed: u64,
+    /// Entries waiting for a flush.
+    pub pending: u64,
+    /// Global flushes completed.
+    pub flushes: u64,
+    /// Flushes forced by a full ring.
+    pub full_flushes: u64,
+    /// Timer runs.
+    pub timer_fires: u64,
+}
+
+struct Slot<E> {
+    stamp: u64,
+    entry: E,
+}
+
+/// One ring: `head` is the oldest entry, `tail` the next free slot; one slot stays empty so
+/// that full (`tail + 1 == head`) and empty (`tail == head`) differ. Accessed under its lock.
+struct Ring<E> {
+    slots: Box<[Option<Slot<E>>]>,
+    head: usize,
+    tail: usize,
+    enqueued: u64,
+    reclaimed: u64,
+    full_flushes: u64,
+}
+
+impl<E> Ring<E> {
+    fn new(size: usize) -> Self {
+        Self {
+            slots: (0..size).map(|_| None).collect(),
+            head: 0,
+            tail: 0,
+            enqueued: 0,
+            reclaimed: 0,
+            full_flushes: 0,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn len(&self) -> usize {
+        self.tail.wrapping_sub(self.head) & self.mask()
+    }
+
+    fn is_full(&self) -> bool {
+        (self.tail + 1) & self.mask() == self.head
+    }
+
+    fn push(&mut self, stamp: u64, entry: E) {
+        debug_assert!(!self.is_full());
+        debug_assert!(
+            self.head == self.tail || self.newest_stamp() <= stamp,
+            "stamps must not decrease"
+        );
+        self.slots[self.tail] = Some(Slot { stamp, entry });
+        self.tail = (self.tail + 1) & self.mask();
+        self.enqueued += 1;
+    }
+
+    fn newest_stamp(&self) -> u64 {
+        let last = self.tail.wrapping_sub(1) & self.mask();
+        self.slots[last].as_ref().map_or(0, |s| s.stamp)
+    }
+
+    /// Remove the oldest entry if its stamp is below `finish`.
+    fn pop_if_before(&mut self, finish: u64) -> Option<E> {
+        if self.head == self.tail || self.slots[self.head].as_ref()?.stamp >= finish {
+            return None;
+        }
+        let slot = self.slots[self.head].take()?;
+        self.head = (self.head + 1) & self.mask();
+        self.reclaimed += 1;
+        Some(slot.entry)
+    }
+}
+
+/// One ring behind its lock, on its own cache line.
+type RingSlot<E> = CachePadded<Mutex<Ring<E>>>;
+
+struct TimerState {
+    /// Set by teardown: the timer never runs again.
+    dead: bool,
+    fires: u64,
+}
+
+struct Shared<O: InvalidationOps> {
+    ops: Arc<O>,
+    rings: Box<[RingSlot<O::Entry>]>,
+    start_cnt: AtomicU64,
+    finish_cnt: AtomicU64,
+    timer_on: AtomicBool,
+    /// Held for a whole timer run, so teardown waits for a running drain.
+    timer: Mutex<TimerState>,
+    config: FqConfig,
+    #[cfg(not(loom))]
+    thread: crate::timer::Waker,
+}
+
+impl<O: InvalidationOps> Shared<O> {
+    /// One global flush, counted.
+    fn flush(&self) {
+        self.start_cnt.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the enqueue fence: if an enqueuer's stamp missed this increment, its leaf
+        // clears are visible to the walker once the invalidation below has run.
+        FQ_FLUSH_FENCE.fence(Ordering::SeqCst);
+        self.ops.flush_all();
+        self.finish_cnt
+            .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
+    }
+
+    /// Free the ring's freeable prefix.
+    fn drain(&self, ring: &mut Ring<O::Entry>) {
+        let finish = self
+            .finish_cnt
+            .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
+        while let Some(entry) = ring.pop_if_before(finish) {
+            self.ops.reclaim(entry);
+        }
+    }
+
+    /// Enqueue after the caller issued the enqueue fence.
+    fn enqueue_fenced(&self, entry: O::Entry) {
+        let ring = &self.rings[cpu::current_in(self.rings.len())].0;
+        let mut r = ring.lock();
+        self.drain(&mut r);
+        if r.is_full() {
+            r.full_flushes += 1;
+            self.flush();
+            self.drain(&mut r);
+            // Only if a flush started earlier on another CPU is still running: our own
+            // completion is counted but not its, so wait for it.
+            while r.is_full() {
+                thread::spin_wait();
+                self.drain(&mut r);
+            }
+        }
+        let stamp = self.start_cnt.load(Ordering::Relaxed);
+        r.push(stamp, entry);
+        drop(r);
+        self.arm();
+    }
+
+    /// Arm the timer unless it is armed (read first: no cache-line bouncing when armed).
+    fn arm(&self) {
+        if !self.timer_on.load(Ordering::Relaxed) && !self.timer_on.swap(true, Ordering::Relaxed) {
+            #[cfg(not(loom))]
+            self.thread.wake();
+        }
+    }
+
+    /// The timer's work: flush once, drain every ring. `false` once torn down.
+    fn fire(&self) -> bool {
+        let mut st = self.timer.lock();
+        if st.dead {
+            return false;
+        }
+        // Cleared before draining: the ring locks order it before (or after) any racing
+        // enqueue, which then either is drained here or sees the timer off and re-arms it.
+        let clear_first = FQ_TIMER_CLEAR_FIRST.on();
+        if clear_first {
+            self.timer_on.store(false, Ordering::Relaxed);
+        }
+        self.flush();
+        let mut left = false;
+        for ring in self.rings.iter() {
+            let mut r = ring.0.lock();
+            self.drain(&mut r);
+            left |= r.len() > 0;
+        }
+        if !clear_first {
+            self.timer_on.store(false, Ordering::Relaxed);
+        }
+        st.fires += 1;
+        // Entries stamped after this flush started need the next one.
+        if left && FQ_TIMER_REARM.on() {
+            self.arm();
+        }
+        true
+    }
+}
+
+/// A flush queue: deferred freeing after global IOTLB flushes.
+///
+/// ```
+/// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
+/// use dma_sync::{Arc, Mutex};
+/// #[derive(Default)]
+/// struct Ops { flushes: Mutex<u32>, freed: Mutex<Vec<u64>> }
+/// impl InvalidationOps for Ops {
+///     type Entry = u64;
+///     fn flush_all(&self) { *self.flushes.lock() += 1; }
+///     fn sync(&self, _g: &mut Gather) {}
+///     fn reclaim(&self, iova: u64) { self.freed.lock().push(iova); }
+/// }
+/// let ops = Arc::new(Ops::default());
+/// let fq = FlushQueue::new(ops.clone(), FqConfig::per_cpu().with_ring_size(4)).unwrap();
+/// fq.enqueue(0x1000);
+/// assert!(ops.freed.lock().is_empty()); // not before a flush
+/// fq.fire_timer();
+/// assert_eq!(*ops.freed.lock(), [0x1000]);
+/// fq.shutdown();
+/// ```
+pub struct FlushQueue<O: InvalidationOps> {
+    shared: Arc<Shared<O>>,
+    closed: AtomicBool,
+    #[cfg(not(loom))]
+    timer: Mutex<Option<crate::timer::TimerThread>>,
+}
+
+impl<O: InvalidationOps> FlushQueue<O> {
+    /// Build the rings and counters and start the timer (not under loom: models run the
+    /// timer's work with [`FlushQueue::fire_timer`]).
+    pub fn new(ops: Arc<O>, config: FqConfig) -> Result<Self, FqError> {
+        config.validate()?;
+        let rings = (0..config.rings())
+            .map(|_| CachePadded(Mutex::new(Ring::new(config.ring_size))))
+            .collect();
+        let shared = Arc::new(Shared {
+            ops,
+            rings,
+            start_cnt: AtomicU64::new(0),
+            finish_cnt: AtomicU64::new(0),
+            timer_on: AtomicBool::new(false),
+            timer: Mutex::new(TimerState {
+                dead: false,
+                fires: 0,
+            }),
+            config,
+            #[cfg(not(loom))]
+            thread: crate::timer::Waker::default(),
+        });
+        #[cfg(not(loom))]
+        let timer = {
+            let s = shared.clone();
+            let t = crate::timer::TimerThread::start(
+                config.timeout,
+                move || s.timer_on.load(Ordering::Relaxed),
+                {
+                    let s = shared.clone();
+                    move || s.fire()
+                },
+            );
+            shared.thread.set(t.thread());
+            Mutex::new(Some(t))
+        };
+        Ok(Self {
+            shared,
+            closed: AtomicBool::new(false),
+            #[cfg(not(loom))]
+            timer,
+        })
+    }
+
+    /// Queue `entry`, whose leaves the caller has cleared; it is freed after a later flush.
+    pub fn enqueue(&self, entry: O::Entry) {
+        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
+        self.shared.enqueue_fenced(entry);
+    }
+
+    /// Enqueue through a pointer read with a relaxed load from a publication.
+    ///
+    /// # Safety
+    /// `this` was published with a release store (or a release fence before the store) after
+    /// the queue was fully built, is never unpublished while unmaps run, and stays valid for
+    /// the duration of the call.
+    pub(crate) unsafe fn enqueue_published(this: *const Self, entry: O::Entry) {
+        // Nothing of the queue is read before this fence: it is the acquire side of the
+        // publication (the "hoisted ring load" reordering of the 2021 review).
+        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
+        // SAFETY: per the contract, the pointee is initialised and visible after the fence.
+        let fq = unsafe { &*this };
+        fq.shared.enqueue_fenced(entry);
+    }
+
+    /// One global flush now (counted; frees nothing by itself).
+    pub fn flush(&self) {
+        self.shared.flush();
+    }
+
+    /// Run the timer's work now: flush once, drain all rings. Returns `false` after teardown.
+    pub fn fire_timer(&self) -> bool {
+        self.shared.fire()
+    }
+
+    /// Whether the timer is armed.
+    pub fn timer_armed(&self) -> bool {
+        self.shared.timer_on.load(Ordering::Relaxed)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FqConfig {
+        &self.shared.config
+    }
+
+    /// Counters (each ring is locked briefly).
+    pub fn stats(&self) -> FqStats {
+        let mut s = FqStats {
+            flushes: self.shared.finish_cnt.load(Ordering::Relaxed),
+            timer_fires: self.shared.timer.lock().fires,
+            ..FqStats::default()
+        };
+        for ring in self.shared.rings.iter() {
+            let r = ring.0.lock();
+            s.enqueued += r.enqueued;
+            s.reclaimed += r.reclaimed;
+            s.pending += r.len() as u64;
+            s.full_flushes += r.full_flushes;
+        }
+        s
+    }
+
+    /// Stop the timer (waiting for a running drain), flush, and free every queued entry.
+    ///
+    /// No enqueue may run concurrently with or after this; the owner calls it when the domain
+    /// is quiesced. Idempotent; also run on drop.
+    pub fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if FQ_TEARDOWN_STOP_TIMER.on() {
+            // Waits for a running timer drain, and no later one does anything.
+            self.shared.timer.lock().dead = true;
+        }
+        #[cfg(not(loom))]
+        if let Some(t) = self.timer.lock().take() {
+            t.stop();
+        }
+        let s = &self.shared;
+        s.flush();
+        let finish = s.finish_cnt.load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
+        for ring in s.rings.iter() {
+            let mut r = ring.0.lock();
+            // Quiesced: every entry was stamped before the flush above started.
+            while let Some(entry) = r.pop_if_before(finish) {
+                s.ops.reclaim(entry);
+            }
+            debug_assert_eq!(r.len(), 0, "an entry outlived teardown");
+        }
+        s.timer_on.store(false, Ordering::Relaxed);
+    }
+}
+
+impl<O: InvalidationOps> Drop for FlushQueue<O> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl<O: InvalidationOps> fmt::Debug for FlushQueue<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlushQueue")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Records flushes and frees; every entry carries the number of flushes *started* when it
+    /// was queued, and a free asserts that a flush started after that has completed.
+    #[derive(Default)]
+    struct Ops {
+        started: dma_sync::atomic::AtomicU64,
+        completed: dma_sync::atomic::AtomicU64,
+        freed: Mutex<Vec<u64>>,
+    }
+
+    #[derive(Debug)]
+    struct Entry {
+        id: u64,
+        started_at_enqueue: u64,
+    }
+
+    impl InvalidationOps for Ops {
+        type Entry = Entry;
+        fn flush_all(&self) {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.completed.fetch_add(1, Ordering::SeqCst);
+        }
+        fn sync(&self, _g: &mut Gather) {}
+        fn reclaim(&self, e: Entry) {
+            assert!(
+                self.completed.load(Ordering::SeqCst) > e.started_at_enqueue,
+                "{e:?} freed before a later flush"
+            );
+            self.freed.lock().push(e.id);
+        }
+    }
+
+    impl Ops {
+        fn entry(&self, id: u64) -> Entry {
+            Entry {
+                id,
+                started_at_enqueue: self.started.load(Ordering::SeqCst),
+            }
+        }
+        fn freed(&self) -> Vec<u64> {
+            let mut v = self.freed.lock().clone();
+            v.sort_unstable();
+            v
+        }
+    }
+
+    fn queue(config: FqConfig) -> (Arc<Ops>, FlushQueue<Ops>) {
+        let ops = Arc::new(Ops::default());
+        let fq =
+            FlushQueue::new(ops.clone(), config.with_timeout(Duration::from_secs(3600))).unwrap();
+        (ops, fq)
+    }
+
+    #[test]
+    fn entries_wait_for_a_flush() {
+        let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
+        fq.enqueue(ops.entry(1));
+        fq.enqueue(ops.entry(2));
+        assert!(ops.freed().is_empty());
+        assert!(fq.timer_armed());
+        assert!(fq.fire_timer());
+        assert!(!fq.timer_armed(), "everything drained: the timer stays off");
+        assert_eq!(ops.freed(), [1, 2]);
+        let s = fq.stats();
+        assert_eq!(
+            (s.enqueued, s.reclaimed, s.pending, s.flushes, s.timer_fires),
+            (2, 2, 0, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_flush_frees_at_the_next_enqueue() {
+        let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
+        fq.enqueue(ops.entry(1));
+        fq.flush();
+        fq.enqueue(ops.entry(2));
+        assert_eq!(ops.freed(), [1]);
+        assert_eq!(fq.stats().pending, 1);
+    }
+
+    #[test]
+    fn a_full_ring_flushes_synchronously() {
+        let (ops, fq) = queue(FqConfig::single().with_ring_size(4));
+        for id in 0..3 {
+            fq.enqueue(ops.entry(id));
+        }
+        assert!(ops.freed().is_empty());
+        fq.enqueue(ops.entry(3));
+        assert_eq!(ops.freed(), [0, 1, 2]);
+        let s = fq.stats();
+        assert_eq!((s.full_flushes, s.flushes, s.pending), (1, 1, 1));
+    }
+
+    #[test]
+    fn per_cpu_rings_drain_only_their_own() {
+        let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(2).with_ring_size(8));
+        dma_sync::cpu::set_current(Some(0));
+        fq.enqueue(ops.entry(0));
+        dma_sync::cpu::set_current(Some(1));
+        fq.enqueue(ops.entry(1));
+        fq.flush();
+        dma_sync::cpu::set_current(Some(0));
+        fq.enqueue(ops.entry(2));
+        dma_sync::cpu::set_current(None);
+        assert_eq!(ops.freed(), [0]);
+        assert_eq!(fq.stats().pending, 2);
+        fq.fire_timer();
+        assert_eq!(ops.freed(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn shutdown_frees_everything_once_and_stops_the_timer() {
+        let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(3).with_ring_size(4));
+        for id in 0..7 {
+            dma_sync::cpu::set_current(Some(id as usize % 3));
+            fq.enqueue(ops.entry(id));
+        }
+        dma_sync::cpu::set_current(None);
+        fq.shutdown();
+        assert_eq!(ops.freed(), (0..7).collect::<Vec<_>>());
+        assert!(!fq.fire_timer(), "the timer is dead after teardown");
+        fq.shutdown();
+        drop(fq);
+        assert_eq!(ops.freed().len(), 7);
+    }
+
+    #[test]
+    fn the_background_timer_drains() {
+        let ops = Arc::new(Ops::default());
+        let fq = FlushQueue::new(
+            ops.clone(),
+            FqConfig::per_cpu().with_timeout(Duration::from_millis(1)),
+        )
+        .unwrap();
+        fq.enqueue(ops.entry(9));
+        // Eventually, with a generous bound so a loaded machine does not fail the test.
+        for _ in 0..20_000 {
+            if !ops.freed().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ops.freed(), [9]);
+        assert!(fq.stats().timer_fires >= 1);
+    }
+
+    #[test]
+    fn dropping_a_queue_with_a_running_timer_frees_everything() {
+        let ops = Arc::new(Ops::default());
+        {
+            let fq = FlushQueue::new(
+                ops.clone(),
+                FqConfig::per_cpu().with_timeout(Duration::ZERO),
+            )
+            .unwrap();
+            for id in 0..100 {
+                fq.enqueue(ops.entry(id));
+            }
+        }
+        assert_eq!(ops.freed(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bad_geometry_is_rejected() {
+        let ops = Arc::new(Ops::default());
+        for c in [
+            FqConfig::per_cpu().with_ring_size(0),
+            FqConfig::single().with_ring_size(100),
+        ] {
+            assert!(matches!(
+                FlushQueue::new(ops.clone(), c),
+                Err(FqError::RingSize(_))
+            ));
+        }
+        let e = FlushQueue::new(ops, FqConfig::per_cpu().with_cpus(0)).unwrap_err();
+        assert_eq!(e, FqError::NoRings);
+        assert!(e.to_string().contains("at least one CPU"));
+    }
+
+    #[test]
+    fn concurrent_enqueues_and_timer_lose_nothing() {
+        let ops = Arc::new(Ops::default());
+        let fq = Arc::new(
+            FlushQueue::new(
+                ops.clone(),
+                FqConfig::per_cpu()
+                    .with_cpus(4)
+                    .with_ring_size(8)
+                    .with_timeout(Duration::from_micros(100)),
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (ops, fq) = (ops.clone(), fq.clone());
+                std::thread::spawn(move || {
+                    dma_sync::cpu::set_current(Some(t as usize));
+                    for i in 0..500 {
+                        fq.enqueue(ops.entry(t * 1000 + i));
+                        if i % 97 == 0 {
+                            fq.fire_timer();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        fq.shutdown();
+        let expect: Vec<u64> = (0..4u64)
+            .flat_map(|t| (0..500).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(ops.freed(), expect);
+        let s = fq.stats();
+        assert_eq!((s.enqueued, s.reclaimed, s.pending), (2000, 2000, 0));
+    }
+}

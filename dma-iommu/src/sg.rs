@@ -1,0 +1,267 @@
+//! Scatter lists: one contiguous IOVA range for a whole list, as Linux's `iommu_dma_map_sg`.
+//!
+//! Each segment occupies the granules its buffer touches, placed one after the other in IOVA
+//! space; a segment that would cross the device's segment boundary is moved to the next
+//! boundary (the IOVA allocation is naturally aligned, so a boundary of the list's own span is
+//! a boundary in DMA space too). The DMA segments returned merge neighbours that are
+//! contiguous in IOVA space, within the device's maximum segment size and boundary.
+//! Untrusted devices map each segment on its own (bounced where needed, as Linux does).
+
+use crate::device::Device;
+use crate::domain::Domain;
+use crate::error::DmaError;
+use crate::iotlb::TlbOps;
+use crate::registry::{Kind, Record};
+use crate::stats::Event;
+use crate::strictness::Unmapped;
+use swiotlb_core::Direction;
+
+/// One buffer of a scatter list, by physical address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysSegment {
+    /// Physical address of the first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One DMA segment of a mapped scatter list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaSegment {
+    /// DMA address of the first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A mapped scatter list: its DMA segments, handed back to [`Domain::unmap_sg`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SgMapping {
+    /// The DMA segments to program into the device (merged where contiguous).
+    pub segments: Vec<DmaSegment>,
+    /// Each input segment's DMA address (unmerged), in input order.
+    pub per_input: Vec<u64>,
+    contiguous: bool,
+}
+
+/// Where a segment goes in the list's IOVA span.
+struct Placement {
+    /// Offset of the segment's first granule in the span.
+    at: u64,
+    /// Granule-aligned physical start.
+    phys: u64,
+    /// Granule-aligned length.
+    span: u64,
+    /// Offset of the buffer in its first granule.
+    offset: u64,
+}
+
+impl<T: TlbOps + 'static> Domain<T> {
+    /// Map a scatter list for `dev`: one contiguous IOVA range for the list (trusted devices),
+    /// or one mapping per segment (untrusted devices, so unaligned segments can be bounced).
+    ///
+    /// ```
+    /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb, PhysSegment};
+    /// use swiotlb_core::Direction;
+    /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
+    /// // Two page-aligned pages far apart in physical memory become one DMA segment.
+    /// let list = [PhysSegment { addr: 0x10_0000, len: 0x1000 }, PhysSegment { addr: 0x50_0000, len: 0x1000 }];
+    /// let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
+    /// assert_eq!(m.segments.len(), 1);
+    /// assert_eq!(m.segments[0].len, 0x2000);
+    /// assert_eq!(dom.translate(m.segments[0].addr + 0x1000), Some(0x50_0000));
+    /// dom.unmap_sg(&dev, &m, Direction::ToDevice).unwrap();
+    /// ```
+    pub fn map_sg(
+        &self,
+        dev: &Device,
+        list: &[PhysSegment],
+        dir: Direction,
+    ) -> Result<SgMapping, DmaError> {
+        let r = if dev.config().trusted {
+            self.map_sg_contiguous(dev, list, dir)
+        } else {
+            self.map_sg_each(dev, list, dir)
+        };
+        match r {
+            Ok(m) => {
+                self.count(Event::List);
+                Ok(m)
+            }
+            Err(e) => {
+                self.count(Event::Error);
+                Err(e)
+            }
+        }
+    }
+
+    fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
+        let g = 1u64 << self.shift();
+        let cfg = dev.config();
+        let boundary = cfg.seg_boundary_mask;
+        let mut out = Vec::with_capacity(list.len());
+        let mut total = 0u64;
+        for (index, s) in list.iter().enumerate() {
+            if s.len == 0 {
+                return Err(DmaError::ZeroSize);
+            }
+            let bad = DmaError::BadSegment { index, len: s.len };
+            if s.len > cfg.max_segment_size {
+                return Err(bad);
+            }
+            let offset = s.addr & (g - 1);
+            let span = (offset + s.len)
+                .checked_add(g - 1)
+                .ok_or(DmaError::Overflow)?
+                & !(g - 1);
+            if boundary != u64::MAX {
+                let size = boundary + 1;
+                if span > size {
+                    return Err(bad);
+                }
+                if (total & boundary) + span > size {
+                    total = (total | boundary)
+                        .checked_add(1)
+                        .ok_or(DmaError::Overflow)?;
+                }
+            }
+            out.push(Placement {
+                at: total,
+                phys: s.addr - offset,
+                span,
+                offset,
+            });
+            total = total.checked_add(span).ok_or(DmaError::Overflow)?;
+        }
+        if out.is_empty() {
+            return Err(DmaError::ZeroSize);
+        }
+        Ok((out, total))
+    }
+
+    fn map_sg_contiguous(
+        &self,
+        dev: &Device,
+        list: &[PhysSegment],
+        dir: Direction,
+    ) -> Result<SgMapping, DmaError> {
+        self.check_device(dev)?;
+        let (placed, total) = self.place(dev, list)?;
+        let (span, granules) = self.reserve_iova(dev, 0, total)?;
+        let base = span.pfn << self.shift();
+        for (i, p) in placed.iter().enumerate() {
+            if let Err(e) = self.map_span(base + p.at, p.phys, p.span, dir) {
+                // Undo what this call mapped; nothing was published yet.
+                self.unmap_placed(base, &placed[..i]);
+                self.release_iova(span);
+                return Err(e);
+            }
+        }
+        let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
+        let segments = merge(dev, list, &per_input);
+        let total_len = list.iter().map(|s| s.len).sum();
+        self.record(
+            span.pfn,
+            Record {
+                dev: dev.inner.id,
+                kind: Kind::List,
+                size: total_len,
+                offset: 0,
+                granules,
+                bounce: None,
+            },
+        );
+        self.count(Event::Map);
+        Ok(SgMapping {
+            segments,
+            per_input,
+            contiguous: true,
+        })
+    }
+
+    fn unmap_placed(&self, base: u64, placed: &[Placement]) {
+        for p in placed {
+            let undone = self.unmap_span_now(base + p.at, p.span);
+            debug_assert!(undone.is_ok(), "undoing a fresh mapping failed: {undone:?}");
+        }
+    }
+
+    fn map_sg_each(
+        &self,
+        dev: &Device,
+        list: &[PhysSegment],
+        dir: Direction,
+    ) -> Result<SgMapping, DmaError> {
+        let mut per_input = Vec::with_capacity(list.len());
+        for s in list {
+            match self.map(dev, s.addr, s.len as usize, dir) {
+                Ok(dma) => per_input.push(dma),
+                Err(e) => {
+                    for (dma, s) in per_input.iter().zip(list) {
+                        let undone = self.unmap(dev, *dma, s.len as usize, dir);
+                        debug_assert!(undone.is_ok());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let segments = per_input
+            .iter()
+            .zip(list)
+            .map(|(&addr, s)| DmaSegment { addr, len: s.len })
+            .collect();
+        Ok(SgMapping {
+            segments,
+            per_input,
+            contiguous: false,
+        })
+    }
+
+    /// Unmap a scatter list mapped by [`Domain::map_sg`] (with the same list and direction).
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        m: &SgMapping,
+        dir: Direction,
+    ) -> Result<Unmapped, DmaError> {
+        let first = m.per_input.first().ok_or(DmaError::ZeroSize)?;
+        if m.contiguous {
+            let base = first & !((1u64 << self.shift()) - 1);
+            let size = m.segments.iter().map(|s| s.len).sum();
+            return match self.unmap_kind(dev, base, size, dir, Kind::List) {
+                Ok(u) => Ok(u),
+                Err(e) => {
+                    self.count(Event::Error);
+                    Err(e)
+                }
+            };
+        }
+        let mut how = Unmapped::Synced;
+        for s in &m.segments {
+            how = self.unmap(dev, s.addr, s.len as usize, dir)?;
+        }
+        Ok(how)
+    }
+}
+
+/// Merge DMA-contiguous neighbours within the device's maximum segment size and boundary.
+fn merge(dev: &Device, list: &[PhysSegment], dma: &[u64]) -> Vec<DmaSegment> {
+    let cfg = dev.config();
+    let mut out: Vec<DmaSegment> = Vec::with_capacity(list.len());
+    for (&addr, s) in dma.iter().zip(list) {
+        if let Some(last) = out.last_mut() {
+            let end = last.addr + last.len;
+            let fits = last.len + s.len <= cfg.max_segment_size;
+            let same_window = cfg.seg_boundary_mask == u64::MAX
+                || (last.addr | cfg.seg_boundary_mask)
+                    == ((addr + s.len - 1) | cfg.seg_boundary_mask);
+            if end == addr && fits && same_window {
+                last.len += s.len;
+                continue;
+            }
+        }
+        out.push(DmaSegment { addr, len: s.len });
+    }
+    out
+}

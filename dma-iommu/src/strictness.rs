@@ -1,0 +1,185 @@
+//! Strict or lazy invalidation, and the run-time switch from strict to lazy.
+//!
+//! The mode is a pointer to the flush queue: null means strict. The switch builds the queue
+//! completely, then publishes it with a release store; the pointer never goes back to null
+//! (lazy → strict is not offered, as in Linux), so there is no ABA and no reclamation race.
+//!
+//! An unmap reads the pointer **once** and derives everything from that snapshot: whether
+//! the gather collects ranges, whether the IOTLB is synced, whether the IOVA is queued or
+//! freed. The strict branch syncs and then frees; the lazy branch queues. There is no path
+//! that frees without either, whatever the switch does meanwhile (the reordering found in the
+//! 2021 review: "queue?" read as no, "sync?" read as no, then freed). The queue itself is
+//! dereferenced only after the enqueue's full fence, the acquire side of the publication.
+
+use crate::flush_queue::{FlushQueue, FqConfig, FqError, FqStats, InvalidationOps};
+use crate::iotlb::Gather;
+use crate::points::{FQ_LOOKUP_ACQUIRE, FQ_PUBLISH, UNMAP_SINGLE_SNAPSHOT};
+use dma_sync::atomic::{AtomicPtr, Ordering};
+use dma_sync::{Arc, Mutex};
+use std::fmt;
+
+/// How an unmap invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unmapped {
+    /// Strict: the IOTLB was synced and the entry freed before returning.
+    Synced,
+    /// Lazy: the entry was queued and is freed after a later global flush.
+    Queued,
+}
+
+/// The invalidation mode of a domain and its flush queue once lazy.
+///
+/// ```
+/// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
+/// use dma_sync::{Arc, Mutex};
+/// #[derive(Default)]
+/// struct Ops { log: Mutex<Vec<&'static str>> }
+/// impl InvalidationOps for Ops {
+///     type Entry = u64;
+///     fn flush_all(&self) { self.log.lock().push("flush"); }
+///     fn sync(&self, _g: &mut Gather) { self.log.lock().push("sync"); }
+///     fn reclaim(&self, _iova: u64) { self.log.lock().push("free"); }
+/// }
+/// let ops = Arc::new(Ops::default());
+/// let s = Strictness::new(ops.clone());
+/// let clear = |g: &mut Gather| { g.add_range(0x1000, 0x1000); 0x1000u64 };
+/// assert_eq!(s.unmap(clear), Unmapped::Synced);
+/// assert_eq!(*ops.log.lock(), ["sync", "free"]); // never free-then-sync
+/// assert!(s.enable_lazy(FqConfig::per_cpu().with_ring_size(8)).unwrap());
+/// assert_eq!(s.unmap(clear), Unmapped::Queued);
+/// s.fire_timer();
+/// assert_eq!(*ops.log.lock(), ["sync", "free", "flush", "free"]);
+/// ```
+pub struct Strictness<O: InvalidationOps> {
+    ops: Arc<O>,
+    /// Null: strict. Otherwise the published queue, owned here, never replaced.
+    fq: AtomicPtr<FlushQueue<O>>,
+    /// Serialises switches (the group mutex in Linux); `true` once a queue is published. The
+    /// switch consults this, not `fq`, so its only access to `fq` is the publishing store.
+    switch: Mutex<bool>,
+}
+
+impl<O: InvalidationOps> Strictness<O> {
+    /// Strict mode over `ops`.
+    pub fn new(ops: Arc<O>) -> Self {
+        Self {
+            ops,
+            fq: AtomicPtr::new(std::ptr::null_mut()),
+            switch: Mutex::new(false),
+        }
+    }
+
+    /// The invalidation callbacks.
+    pub fn ops(&self) -> &Arc<O> {
+        &self.ops
+    }
+
+    /// Whether lazy mode is on (a hint: it may turn on right after this returns `false`).
+    pub fn is_lazy(&self) -> bool {
+        !self.fq.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Switch to lazy invalidation, with a queue built from `config`. Safe while unmaps run
+    /// on other threads. `Ok(false)` if already lazy.
+    pub fn enable_lazy(&self, config: FqConfig) -> Result<bool, FqError> {
+        let mut published = self.switch.lock();
+        if *published {
+            return Ok(false);
+        }
+        let fq = Box::into_raw(Box::new(FlushQueue::new(self.ops.clone(), config)?));
+        // Rings, counters and timer are complete before anyone can see the pointer.
+        self.fq.store(fq, FQ_PUBLISH.ord(Ordering::Release));
+        *published = true;
+        Ok(true)
+    }
+
+    /// The flush queue, if lazy.
+    pub fn queue(&self) -> Option<&FlushQueue<O>> {
+        let p = self.fq.load(FQ_LOOKUP_ACQUIRE.ord(Ordering::Acquire));
+        // SAFETY: a non-null pointer was published after construction (release, paired with
+        // the acquire above) and is freed only by `drop`, which has exclusive access.
+        unsafe { p.as_ref() }
+    }
+
+    /// Unmap: `clear` clears the leaves, adding them to the gather (which ignores them when
+    /// queued) and returns what must be freed. Then either sync and free (strict) or queue
+    /// (lazy), decided by one snapshot of the mode taken before `clear`.
+    pub fn unmap(&self, clear: impl FnOnce(&mut Gather) -> O::Entry) -> Unmapped {
+        self.unmap_with(false, clear)
+    }
+
+    /// [`Strictness::unmap`], strict whatever the mode if `force_strict` (untrusted devices).
+    pub fn unmap_with(
+        &self,
+        force_strict: bool,
+        clear: impl FnOnce(&mut Gather) -> O::Entry,
+    ) -> Unmapped {
+        let snapshot = if force_strict {
+            std::ptr::null_mut()
+        } else {
+            self.fq.load(Ordering::Relaxed)
+        };
+        let mut gather = if snapshot.is_null() {
+            Gather::new()
+        } else {
+            Gather::queued()
+        };
+        let entry = clear(&mut gather);
+        if snapshot.is_null() {
+            if force_strict || self.sync_decision(&gather) {
+                self.ops.sync(&mut gather);
+            }
+            self.ops.reclaim(entry);
+            Unmapped::Synced
+        } else {
+            // SAFETY: `snapshot` was published by `enable_lazy` after construction with a
+            // release store and is freed only by `drop`, which has exclusive access.
+            unsafe { FlushQueue::enqueue_published(snapshot, entry) };
+            Unmapped::Queued
+        }
+    }
+
+    /// Whether a strict unmap syncs: always, from the snapshot. The weakened point re-reads
+    /// the mode here, as the unmap path did before the single snapshot.
+    fn sync_decision(&self, gather: &Gather) -> bool {
+        if UNMAP_SINGLE_SNAPSHOT.on() {
+            return !gather.is_queued();
+        }
+        self.fq.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Run the flush-queue timer's work now (no-op when strict). `false` if nothing ran.
+    pub fn fire_timer(&self) -> bool {
+        self.queue().is_some_and(FlushQueue::fire_timer)
+    }
+
+    /// Flush-queue counters (zero when strict).
+    pub fn queue_stats(&self) -> FqStats {
+        self.queue().map(FlushQueue::stats).unwrap_or_default()
+    }
+
+    /// Stop the timer, flush and free everything queued (see [`FlushQueue::shutdown`]).
+    pub fn shutdown(&self) {
+        if let Some(q) = self.queue() {
+            q.shutdown();
+        }
+    }
+}
+
+impl<O: InvalidationOps> Drop for Strictness<O> {
+    fn drop(&mut self) {
+        let p = self.fq.load(Ordering::Relaxed);
+        if !p.is_null() {
+            // SAFETY: created by `Box::into_raw` in `enable_lazy`; exclusive access here.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+impl<O: InvalidationOps> fmt::Debug for Strictness<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Strictness")
+            .field("lazy", &self.is_lazy())
+            .finish_non_exhaustive()
+    }
+}

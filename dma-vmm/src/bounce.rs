@@ -1,0 +1,73 @@
+//! swiotlb-core's original memory over vm-memory: bounce copies to and from guest memory.
+//!
+//! [`GuestBytes`] implements [`swiotlb_core::OrigMemory`] for any vm-memory [`GuestMemory`]:
+//! a `GuestMemoryMmap` (original addresses are guest-physical), or an [`crate::IoMemory`]
+//! (original addresses are IOVAs, translated and permission-checked). A confidential-VM VMM
+//! gives its swiotlb the guest's private memory this way; `map` copies the guest's buffer into
+//! a persistent shared pool, `unmap` copies the device's bytes back.
+//!
+//! swiotlb-core's bounce addresses are the process addresses of its pools and share one
+//! address space with the original addresses; guest-physical addresses must therefore not
+//! coincide with a pool's process address range (true for guest RAM below the process's
+//! heap and mmap areas; check with `Swiotlb::is_bounce_buffer` when in doubt).
+//!
+//! ```
+//! use dma_vmm::GuestBytes;
+//! use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, Swiotlb};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+//! let tlb = Swiotlb::new(Config::tiny(64, 2, 16), GuestBytes::new(ram)).unwrap();
+//! let dev = tlb.device(DeviceConfig::default());
+//! tlb.memory().write(0x3000, b"ping").unwrap(); // the guest's buffer
+//! let dma = tlb.map(&dev, 0x3000, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
+//! let mut seen = [0u8; 4];
+//! tlb.read_bounce(&dev, dma, &mut seen).unwrap(); // the device reads the bounce copy
+//! assert_eq!(&seen, b"ping");
+//! tlb.write_bounce(&dev, dma, b"pong").unwrap();
+//! tlb.unmap(&dev, dma, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
+//! let mut back = [0u8; 4];
+//! tlb.memory().read(0x3000, &mut back).unwrap();
+//! assert_eq!(&back, b"pong"); // copied back into guest memory
+//! ```
+
+use swiotlb_core::{MemoryError, OrigMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+/// Guest memory as swiotlb-core original memory. See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct GuestBytes<M> {
+    mem: M,
+}
+
+impl<M: GuestMemory> GuestBytes<M> {
+    /// Original memory backed by `mem`.
+    pub fn new(mem: M) -> Self {
+        GuestBytes { mem }
+    }
+
+    /// The guest memory.
+    pub fn inner(&self) -> &M {
+        &self.mem
+    }
+
+    fn check(&self, addr: u64, len: usize, access: Permissions) -> Result<(), MemoryError> {
+        match self.mem.check_range(GuestAddress(addr), len, access) {
+            true => Ok(()),
+            false => Err(MemoryError { addr, len }),
+        }
+    }
+}
+
+impl<M: GuestMemory + Send + Sync> OrigMemory for GuestBytes<M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.check(addr, buf.len(), Permissions::Read)?;
+        self.mem.read_slice(buf, GuestAddress(addr)).map_err(|_| MemoryError { addr, len: buf.len() })
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        // Checked first so that a refused copy writes nothing.
+        self.check(addr, data.len(), Permissions::Write)?;
+        self.mem.write_slice(data, GuestAddress(addr)).map_err(|_| MemoryError { addr, len: data.len() })
+    }
+}

@@ -1,0 +1,479 @@
+//! Debug reports, the user-space equal of debugfs: page tables, swiotlb, IOVA caches and
+//! flush queues, as text (`Display`) and, with the `serde` feature, as serde data.
+//!
+//! Every report is taken while the structure keeps working: page-table dumps walk the live
+//! table under an RCU pin (tables an unmap frees meanwhile stay readable until the walk
+//! ends, so the dump shows each entry before or after a concurrent change, never freed
+//! memory); the statistics lock each per-CPU part briefly in turn.
+//!
+//! ```
+//! use dma_vmm::report;
+//! use io_pgtable::{Config, PageTable, Prot};
+//! let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+//! pt.map(0x20_0000, 0x4000_0000, 0x20_0000, Prot::READ | Prot::WRITE).unwrap();
+//! let r = report::page_table(&pt);
+//! assert_eq!(r.leaves().count(), 1);
+//! assert!(r.to_string().contains("block -> 0x40000000 rw"));
+//! ```
+
+use crate::viommu::{Mapping, Viommu};
+use dma_iommu::{FlushQueue, FqKind, InvalidationOps, Strictness};
+use io_pgtable::{Descriptor, PageTable, Prot, TlbOps};
+use iova_cache::IovaAllocator;
+use std::fmt;
+use swiotlb_core::Swiotlb;
+
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
+
+/// `"rw"`, `"r-"`, `"-w"` plus attribute letters: `c` cacheable, `m` MMIO, `x` execute-never,
+/// `p` privileged.
+pub fn prot_string(prot: Prot) -> String {
+    let flag = |p: Prot, c: char| if prot.contains(p) { Some(c) } else { None };
+    let mut s = String::new();
+    s.push(if prot.contains(Prot::READ) { 'r' } else { '-' });
+    s.push(if prot.contains(Prot::WRITE) { 'w' } else { '-' });
+    s.extend(
+        [flag(Prot::CACHE, 'c'), flag(Prot::MMIO, 'm'), flag(Prot::NOEXEC, 'x'), flag(Prot::PRIV, 'p')]
+            .into_iter()
+            .flatten(),
+    );
+    s
+}
+
+/// What a dumped descriptor is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub enum EntryKind {
+    /// A pointer to a next-level table.
+    Table {
+        /// The table's address.
+        addr: u64,
+    },
+    /// A page or block mapping.
+    Leaf {
+        /// Output address of the leaf's first byte.
+        paddr: u64,
+        /// Leaf size in bytes.
+        size: u64,
+        /// Permissions and attributes ([`prot_string`]).
+        prot: String,
+    },
+}
+
+/// One valid descriptor of a dumped page table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Entry {
+    /// Level of the table holding it (3 = last level with a 4 KiB granule).
+    pub level: u32,
+    /// Index in that table.
+    pub index: usize,
+    /// First IOVA it covers.
+    pub iova: u64,
+    /// The raw 64-bit descriptor.
+    pub raw: u64,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// A page-table dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct PageTableReport {
+    /// Root table address.
+    pub root: u64,
+    /// Tables reached, the root included.
+    pub tables: usize,
+    /// Valid descriptors, depth first in IOVA order.
+    pub entries: Vec<Entry>,
+}
+
+impl PageTableReport {
+    /// The leaf entries.
+    pub fn leaves(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| matches!(e.kind, EntryKind::Leaf { .. }))
+    }
+
+    /// Bytes mapped by the leaves.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.leaves().map(|e| if let EntryKind::Leaf { size, .. } = e.kind { size } else { 0 }).sum()
+    }
+}
+
+impl fmt::Display for PageTableReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "root @ {:#x}: {} tables, {:#x} bytes mapped", self.root, self.tables, self.mapped_bytes())?;
+        let top = self.entries.iter().map(|e| e.level).min().unwrap_or(0);
+        for e in &self.entries {
+            let indent = 2 * (e.level - top) as usize + 2;
+            write!(f, "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ", "", e.level, e.index, e.iova, e.raw)?;
+            match &e.kind {
+                EntryKind::Table { addr } => writeln!(f, "table @ {addr:#x}")?,
+                EntryKind::Leaf { paddr, size, prot } => {
+                    let kind = if e.level == 3 { "page" } else { "block" };
+                    writeln!(f, "{kind} -> {paddr:#x} {prot} ({size:#x})")?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dump `pt` (safe while other threads map and unmap: one lock-free walk under an RCU pin).
+pub fn page_table<T: TlbOps>(pt: &PageTable<T>) -> PageTableReport {
+    let g = pt.geometry();
+    let dump = pt.dump();
+    let entries = dump
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let kind = match e.desc {
+                Descriptor::Table { addr } => EntryKind::Table { addr },
+                Descriptor::Leaf { paddr, prot } => {
+                    EntryKind::Leaf { paddr, size: g.block_size(e.level), prot: prot_string(prot) }
+                }
+                Descriptor::Invalid => return None,
+            };
+            Some(Entry { level: e.level, index: e.index, iova: e.iova, raw: e.raw, kind })
+        })
+        .collect();
+    PageTableReport { root: dump.root, tables: dump.tables, entries }
+}
+
+/// A vIOMMU domain: its endpoints, its MAP requests and its page table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct DomainReport {
+    /// Domain id.
+    pub id: u32,
+    /// Whether it is a bypass domain.
+    pub bypass: bool,
+    /// Attached endpoints.
+    pub endpoints: Vec<u32>,
+    /// Mappings, one per MAP request, in IOVA order.
+    pub mappings: Vec<Mapping>,
+    /// The page table (none for a bypass domain).
+    pub page_table: Option<PageTableReport>,
+}
+
+impl fmt::Display for DomainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.bypass { "bypass" } else { "translated" };
+        writeln!(f, "domain {} ({kind}), endpoints {:?}, {} mappings", self.id, self.endpoints, self.mappings.len())?;
+        for m in &self.mappings {
+            writeln!(f, "  map {:#x}..={:#x} -> {:#x} flags {:#x}", m.virt_start, m.virt_end, m.phys_start, m.flags)?;
+        }
+        match &self.page_table {
+            Some(pt) => write!(f, "{pt}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Report domain `id` of `viommu` (`None` if it does not exist). The mapping list and the
+/// page table are read one after the other: under concurrent requests they may differ by
+/// the requests in between.
+pub fn domain(viommu: &Viommu, id: u32) -> Option<DomainReport> {
+    let d = viommu.domain(id)?;
+    Some(DomainReport {
+        id,
+        bypass: d.is_bypass(),
+        endpoints: viommu.domain_endpoints(id).unwrap_or_default(),
+        mappings: viommu.mappings(id).unwrap_or_default(),
+        page_table: d.page_table().map(page_table),
+    })
+}
+
+/// One swiotlb pool: used slots per area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct PoolReport {
+    /// First bounce address.
+    pub start: u64,
+    /// Slots.
+    pub nslabs: usize,
+    /// Used slots, per area.
+    pub area_used: Vec<usize>,
+}
+
+/// swiotlb statistics (`/sys/kernel/debug/swiotlb`), per pool and area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct SwiotlbReport {
+    /// Slots of all global pools.
+    pub nslabs: usize,
+    /// Used slots.
+    pub used: usize,
+    /// High-water mark of `used` (`None` with statistics off).
+    pub hiwater: Option<usize>,
+    /// Live transient pools.
+    pub transient_pools: usize,
+    /// Slots in transient pools.
+    pub transient_nslabs: usize,
+    /// Global pools, oldest first.
+    pub pools: Vec<PoolReport>,
+}
+
+impl fmt::Display for SwiotlbReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "swiotlb: {}/{} slots used (hiwater {:?}), {} transient pools ({} slots)",
+            self.used, self.nslabs, self.hiwater, self.transient_pools, self.transient_nslabs)?;
+        for (i, p) in self.pools.iter().enumerate() {
+            writeln!(f, "  pool {i} @ {:#x}: {} slots", p.start, p.nslabs)?;
+            for (a, used) in p.area_used.iter().enumerate() {
+                writeln!(f, "    area {a}: {used} used")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Report the statistics of `tlb`.
+pub fn swiotlb(tlb: &Swiotlb) -> SwiotlbReport {
+    let s = tlb.stats();
+    SwiotlbReport {
+        nslabs: s.nslabs,
+        used: s.used,
+        hiwater: s.hiwater,
+        transient_pools: s.transient_pools,
+        transient_nslabs: s.transient_nslabs,
+        pools: s.pools.into_iter().map(|p| PoolReport { start: p.start, nslabs: p.nslabs, area_used: p.area_used }).collect(),
+    }
+}
+
+/// One size class of the IOVA cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct IovaClassReport {
+    /// Granules per range.
+    pub granules: u64,
+    /// Allocations served from a magazine.
+    pub hits: u64,
+    /// Allocations that fell through to the range allocator.
+    pub misses: u64,
+    /// Full magazines in the depot.
+    pub depot_magazines: usize,
+    /// Granules cached in the depot.
+    pub depot_granules: u64,
+    /// Granules cached in CPU slots.
+    pub cpu_granules: u64,
+}
+
+/// IOVA allocator and cache statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct IovaReport {
+    /// Granules in allocated ranges (user-held or cached).
+    pub allocated_granules: u64,
+    /// Allocated ranges.
+    pub allocated_ranges: u64,
+    /// Reserved granules.
+    pub reserved_granules: u64,
+    /// Free granules.
+    pub free_granules: u64,
+    /// Free ranges (fragmentation).
+    pub free_ranges: u64,
+    /// Allocations that found no space.
+    pub failures: u64,
+    /// Flush-all passes of the caches.
+    pub flushes: u64,
+    /// Depot magazines returned by trimming.
+    pub trimmed_magazines: u64,
+    /// Granules cached per CPU slot.
+    pub per_cpu_cached_granules: Vec<u64>,
+    /// Granules cached in the depots.
+    pub depot_cached_granules: u64,
+    /// Per size class, smallest first.
+    pub classes: Vec<IovaClassReport>,
+}
+
+impl fmt::Display for IovaReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "iova: {} granules in {} ranges allocated, {} free in {} ranges, {} reserved, {} failures",
+            self.allocated_granules, self.allocated_ranges, self.free_granules, self.free_ranges,
+            self.reserved_granules, self.failures)?;
+        let cached: u64 = self.per_cpu_cached_granules.iter().sum::<u64>() + self.depot_cached_granules;
+        writeln!(f, "  cache: {cached} granules cached ({} in depots), {} flushes, {} magazines trimmed",
+            self.depot_cached_granules, self.flushes, self.trimmed_magazines)?;
+        for c in &self.classes {
+            writeln!(f, "  class {:>2}: hits {} misses {} depot {} magazines ({} granules), cpus {} granules",
+                c.granules, c.hits, c.misses, c.depot_magazines, c.depot_granules, c.cpu_granules)?;
+        }
+        for (cpu, n) in self.per_cpu_cached_granules.iter().enumerate().filter(|(_, &n)| n > 0) {
+            writeln!(f, "  cpu {cpu}: {n} granules cached")?;
+        }
+        Ok(())
+    }
+}
+
+/// Report the statistics of `iova`.
+pub fn iova(iova: &IovaAllocator) -> IovaReport {
+    let s = iova.stats();
+    IovaReport {
+        allocated_granules: s.range.allocated_granules,
+        allocated_ranges: s.range.allocated_ranges,
+        reserved_granules: s.range.reserved_granules,
+        free_granules: s.range.free_granules,
+        free_ranges: s.range.free_ranges,
+        failures: s.range.failures,
+        flushes: s.flushes,
+        trimmed_magazines: s.trimmed_magazines,
+        per_cpu_cached_granules: s.per_cpu_cached_granules,
+        depot_cached_granules: s.depot_cached_granules,
+        classes: s
+            .classes
+            .into_iter()
+            .map(|c| IovaClassReport {
+                granules: c.granules,
+                hits: c.hits,
+                misses: c.misses,
+                depot_magazines: c.depot_magazines,
+                depot_granules: c.depot_granules,
+                cpu_granules: c.cpu_granules,
+            })
+            .collect(),
+    }
+}
+
+/// Flush-queue state: the invalidation mode and, when lazy, the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct FlushQueueReport {
+    /// Whether unmaps are lazy (queued until a global flush).
+    pub lazy: bool,
+    /// `"per-cpu"` or `"single"` (lazy only).
+    pub kind: Option<String>,
+    /// Rings and entries per ring (lazy only).
+    pub rings: usize,
+    /// Entries per ring.
+    pub ring_size: usize,
+    /// Timer timeout in microseconds.
+    pub timeout_us: u64,
+    /// Whether the timer is armed.
+    pub timer_armed: bool,
+    /// Entries queued so far.
+    pub enqueued: u64,
+    /// Entries freed.
+    pub reclaimed: u64,
+    /// Entries waiting for a flush.
+    pub pending: u64,
+    /// Global flushes completed.
+    pub flushes: u64,
+    /// Flushes forced by a full ring.
+    pub full_flushes: u64,
+    /// Timer runs.
+    pub timer_fires: u64,
+}
+
+impl fmt::Display for FlushQueueReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.lazy {
+            return writeln!(f, "flush queue: strict (no queue)");
+        }
+        writeln!(f, "flush queue: lazy, {} x {} ({}), timeout {} us, timer {}",
+            self.rings, self.ring_size, self.kind.as_deref().unwrap_or("?"), self.timeout_us,
+            if self.timer_armed { "armed" } else { "idle" })?;
+        writeln!(f, "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
+            self.enqueued, self.reclaimed, self.pending, self.flushes, self.full_flushes, self.timer_fires)
+    }
+}
+
+/// Report one flush queue.
+pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
+    let c = fq.config();
+    let s = fq.stats();
+    FlushQueueReport {
+        lazy: true,
+        kind: Some(match c.kind { FqKind::PerCpu => "per-cpu", FqKind::Single => "single" }.to_string()),
+        rings: c.rings(),
+        ring_size: c.ring_size,
+        timeout_us: c.timeout.as_micros().min(u64::MAX as u128) as u64,
+        timer_armed: fq.timer_armed(),
+        enqueued: s.enqueued,
+        reclaimed: s.reclaimed,
+        pending: s.pending,
+        flushes: s.flushes,
+        full_flushes: s.full_flushes,
+        timer_fires: s.timer_fires,
+    }
+}
+
+/// Report the invalidation mode of a domain and its flush queue, if lazy.
+pub fn strictness<O: InvalidationOps>(s: &Strictness<O>) -> FlushQueueReport {
+    match s.queue() {
+        Some(fq) => flush_queue(fq),
+        None => FlushQueueReport {
+            lazy: false,
+            kind: None,
+            rings: 0,
+            ring_size: 0,
+            timeout_us: 0,
+            timer_armed: false,
+            enqueued: 0,
+            reclaimed: 0,
+            pending: 0,
+            flushes: 0,
+            full_flushes: 0,
+            timer_fires: 0,
+        },
+    }
+}
+
+/// Everything at once: what a VMM serves on its debug endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Report {
+    /// vIOMMU domains.
+    pub domains: Vec<DomainReport>,
+    /// Bounce-buffer pools.
+    pub swiotlb: Option<SwiotlbReport>,
+    /// IOVA allocator.
+    pub iova: Option<IovaReport>,
+    /// Flush queues, one per DMA domain reported.
+    pub flush_queues: Vec<FlushQueueReport>,
+}
+
+impl Report {
+    /// Every domain of `viommu`.
+    pub fn with_viommu(mut self, viommu: &Viommu) -> Self {
+        self.domains.extend(viommu.domain_ids().into_iter().filter_map(|id| domain(viommu, id)));
+        self
+    }
+
+    /// The statistics of `tlb`.
+    pub fn with_swiotlb(mut self, tlb: &Swiotlb) -> Self {
+        self.swiotlb = Some(swiotlb(tlb));
+        self
+    }
+
+    /// The statistics of `alloc`.
+    pub fn with_iova(mut self, alloc: &IovaAllocator) -> Self {
+        self.iova = Some(iova(alloc));
+        self
+    }
+
+    /// The flush-queue state of one DMA domain.
+    pub fn with_strictness<O: InvalidationOps>(mut self, s: &Strictness<O>) -> Self {
+        self.flush_queues.push(strictness(s));
+        self
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.domains {
+            write!(f, "{d}")?;
+        }
+        if let Some(s) = &self.swiotlb {
+            write!(f, "{s}")?;
+        }
+        if let Some(i) = &self.iova {
+            write!(f, "{i}")?;
+        }
+        for q in &self.flush_queues {
+            write!(f, "{q}")?;
+        }
+        Ok(())
+    }
+}

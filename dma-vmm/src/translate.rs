@@ -1,0 +1,257 @@
+//! Translating device accesses: IOVA ranges to guest-physical segments, with permissions.
+//!
+//! [`Translate`] is one lookup ("where does this IOVA go, how far, with which rights"); it is
+//! implemented by an io-pgtable [`PageTable`] directly and by a vIOMMU endpoint
+//! ([`crate::viommu::DeviceEndpoint`]). [`Segments`] walks a whole range through it, merging
+//! physically contiguous leaves. Lookups are lock-free page-table walks; the caller keeps them
+//! valid by running translate *and* the copy inside one [`crate::quiesce::read_section`]
+//! ([`access`] does both).
+
+use crate::quiesce;
+use io_pgtable::{PageTable, Prot, TlbOps};
+use std::fmt;
+
+/// Where one IOVA goes: the output address and what is left of its leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    /// Guest-physical address of the looked-up IOVA.
+    pub paddr: u64,
+    /// Bytes from the looked-up IOVA to the end of its leaf (page, block or bypass window).
+    pub len: u64,
+    /// What the device may do there (`Prot::READ`, `Prot::WRITE`, attributes).
+    pub prot: Prot,
+}
+
+/// Why a device access cannot be translated: the device gets an abort, the guest a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing is mapped at `iova`.
+    Unmapped {
+        /// The faulting IOVA.
+        iova: u64,
+    },
+    /// Mapped, but without the access asked for.
+    Denied {
+        /// The faulting IOVA.
+        iova: u64,
+        /// What the access needed.
+        access: Prot,
+        /// What the mapping grants.
+        prot: Prot,
+    },
+    /// The IOVA lies in a reserved region of the endpoint.
+    Reserved {
+        /// The faulting IOVA.
+        iova: u64,
+    },
+    /// The endpoint is attached to no domain (translation blocked).
+    Detached,
+    /// The range wraps around the end of the 64-bit address space.
+    Overflow {
+        /// First IOVA of the access.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl Fault {
+    /// The IOVA the fault is about (0 for [`Fault::Detached`]).
+    pub fn iova(&self) -> u64 {
+        match *self {
+            Fault::Unmapped { iova } | Fault::Denied { iova, .. } | Fault::Reserved { iova } => iova,
+            Fault::Overflow { iova, .. } => iova,
+            Fault::Detached => 0,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Fault::Unmapped { iova } => write!(f, "iova {iova:#x} is not mapped"),
+            Fault::Denied { iova, access, prot } => {
+                write!(f, "iova {iova:#x}: access {access:?} denied by mapping {prot:?}")
+            }
+            Fault::Reserved { iova } => write!(f, "iova {iova:#x} is in a reserved region"),
+            Fault::Detached => f.write_str("endpoint is not attached to a domain"),
+            Fault::Overflow { iova, len } => write!(f, "range {iova:#x}+{len:#x} wraps around"),
+        }
+    }
+}
+
+impl std::error::Error for Fault {}
+
+/// One IOVA lookup. Implementations are lock-free and write nothing shared.
+pub trait Translate {
+    /// The leaf holding `iova`, or why there is none. Called inside a read section.
+    fn lookup(&self, iova: u64) -> Result<Leaf, Fault>;
+}
+
+impl<T: TlbOps> Translate for PageTable<T> {
+    fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
+        let t = self.iova_to_phys(iova).ok_or(Fault::Unmapped { iova })?;
+        Ok(Leaf { paddr: t.paddr, len: t.size - (iova & (t.size - 1)), prot: t.prot })
+    }
+}
+
+impl<X: Translate + ?Sized> Translate for &X {
+    fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
+        (**self).lookup(iova)
+    }
+}
+
+impl<X: Translate + ?Sized> Translate for dma_sync::Arc<X> {
+    fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
+        (**self).lookup(iova)
+    }
+}
+
+/// A physically contiguous piece of a translated range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First IOVA of the piece.
+    pub iova: u64,
+    /// Guest-physical address of `iova`.
+    pub paddr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The segments of `[iova, iova + len)` for an access needing `access`, in IOVA order, with
+/// physically contiguous leaves merged. Yields at most one error, then ends.
+///
+/// ```
+/// use dma_vmm::translate::{Segment, Segments};
+/// use io_pgtable::{Config, PageTable, Prot};
+/// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+/// pt.map(0x1000, 0x8000, 0x2000, Prot::READ | Prot::WRITE).unwrap(); // contiguous pages
+/// pt.map(0x3000, 0x2000, 0x1000, Prot::READ).unwrap();
+/// let segs: Vec<_> = Segments::new(&pt, 0x1800, 0x2000, Prot::READ).collect();
+/// assert_eq!(segs, vec![
+///     Ok(Segment { iova: 0x1800, paddr: 0x8800, len: 0x1800 }),
+///     Ok(Segment { iova: 0x3000, paddr: 0x2000, len: 0x800 }),
+/// ]);
+/// // Writing needs WRITE on every page: the read-only page faults.
+/// assert!(Segments::new(&pt, 0x1800, 0x2000, Prot::WRITE).any(|s| s.is_err()));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Segments<X> {
+    tr: X,
+    iova: u64,
+    left: u64,
+    access: Prot,
+    /// A looked-up leaf not yet merged into a yielded segment.
+    ahead: Option<Segment>,
+    /// A fault met while merging, yielded after the segment before it.
+    fault: Option<Fault>,
+    failed: bool,
+}
+
+impl<X: Translate> Segments<X> {
+    /// Walk `[iova, iova + len)` through `tr`; `access` is `Prot::READ`, `Prot::WRITE` or both.
+    pub fn new(tr: X, iova: u64, len: u64, access: Prot) -> Self {
+        let access = access & (Prot::READ | Prot::WRITE);
+        Segments { tr, iova, left: len, access, ahead: None, fault: None, failed: false }
+    }
+
+    /// Look up the leaf at the cursor, clipped to what is left.
+    fn step(&mut self) -> Result<Segment, Fault> {
+        if self.iova.checked_add(self.left - 1).is_none() {
+            return Err(Fault::Overflow { iova: self.iova, len: self.left });
+        }
+        let leaf = self.tr.lookup(self.iova)?;
+        if !leaf.prot.contains(self.access) {
+            return Err(Fault::Denied { iova: self.iova, access: self.access, prot: leaf.prot });
+        }
+        let len = leaf.len.min(self.left);
+        let seg = Segment { iova: self.iova, paddr: leaf.paddr, len };
+        self.iova = self.iova.wrapping_add(len);
+        self.left -= len;
+        Ok(seg)
+    }
+}
+
+impl<X: Translate> Iterator for Segments<X> {
+    type Item = Result<Segment, Fault>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.fault.take() {
+            self.failed = true;
+            return Some(Err(e));
+        }
+        if self.failed {
+            return None;
+        }
+        let mut cur = match self.ahead.take() {
+            Some(s) => s,
+            None if self.left == 0 => return None,
+            None => match self.step() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            },
+        };
+        // Merge following leaves while they continue `cur` physically.
+        while self.left > 0 {
+            match self.step() {
+                Ok(s) if cur.paddr.checked_add(cur.len) == Some(s.paddr) => cur.len += s.len,
+                Ok(s) => {
+                    self.ahead = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    // The good prefix first; the fault on the next call.
+                    self.fault = Some(e);
+                    break;
+                }
+            }
+        }
+        Some(Ok(cur))
+    }
+}
+
+impl<X: Translate> std::iter::FusedIterator for Segments<X> {}
+
+/// Run `f` over the segments of `[iova, iova + len)` inside one device read section: every
+/// segment stays mapped until `f` returns (an unmap that clears it waits). Fails before `f`
+/// runs if any part of the range faults.
+///
+/// ```
+/// use dma_vmm::translate::access;
+/// use io_pgtable::{Config, PageTable, Prot};
+/// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+/// pt.map(0x1000, 0x8000, 0x1000, Prot::READ).unwrap();
+/// let total = access(&pt, 0x1100, 0x100, Prot::READ, |segs| segs.iter().map(|s| s.len).sum::<u64>());
+/// assert_eq!(total, Ok(0x100));
+/// assert!(access(&pt, 0x1100, 0x100, Prot::WRITE, |_| ()).is_err());
+/// ```
+pub fn access<X: Translate, R>(
+    tr: X,
+    iova: u64,
+    len: u64,
+    access: Prot,
+    f: impl FnOnce(&[Segment]) -> R,
+) -> Result<R, Fault> {
+    let _section = quiesce::read_section();
+    // Most accesses are one or two segments: keep them on the stack.
+    const INLINE: usize = 8;
+    let mut inline = [Segment { iova: 0, paddr: 0, len: 0 }; INLINE];
+    let mut spill = Vec::new();
+    let mut n = 0;
+    for seg in Segments::new(tr, iova, len, access) {
+        let seg = seg?;
+        if n < INLINE {
+            inline[n] = seg;
+        } else {
+            if spill.is_empty() {
+                spill.extend_from_slice(&inline);
+            }
+            spill.push(seg);
+        }
+        n += 1;
+    }
+    Ok(f(if n <= INLINE { &inline[..n] } else { &spill }))
+}

@@ -1,0 +1,186 @@
+//! Mapping: `map_pages` (one leaf table per call, as Linux) and the `map` helper that loops
+//! over page sizes.
+
+use crate::error::{AddrKind, Error};
+use crate::pgtable::{check_range, pgsize_for, LateUnlinks, PageTable};
+use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
+use crate::pte::{self, Descriptor, Prot};
+use crate::table::TableMem;
+use crate::tlb::TlbOps;
+use dma_sync::atomic::{AtomicU64, Ordering::*};
+use dma_sync::rcu::{self, Guard};
+
+impl<T: TlbOps> PageTable<T> {
+    /// Map up to `pgcount` pages of `pgsize` from `iova` to `paddr`; returns the bytes mapped.
+    ///
+    /// Leaves are written at the level whose block size is `pgsize`, at most up to the end of
+    /// that one table (as Linux's `map_pages`): a short count means "call again for the
+    /// rest". Missing tables are installed lock-free. A present leaf, or a table that still
+    /// maps something where a block should go, is [`Error::Exists`] and nothing is written;
+    /// an empty table where a block goes is unlinked, flushed and freed through RCU.
+    ///
+    /// Concurrent calls must not overlap each other's ranges, nor any unmap's.
+    ///
+    /// ```
+    /// use io_pgtable::{Config, Error, PageTable, Prot};
+    /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    /// // 600 pages requested; the leaf table from 0x1000 holds 511 more entries.
+    /// assert_eq!(pt.map_pages(0x1000, 0x5000_1000, 0x1000, 600, Prot::READ), Ok(511 * 0x1000));
+    /// assert_eq!(pt.map_pages(0x1000, 0, 0x1000, 1, Prot::READ), Err(Error::Exists { iova: 0x1000 }));
+    /// ```
+    pub fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: usize, prot: Prot) -> Result<usize, Error> {
+        let (level, len) = self.check_input(iova, pgsize, pgcount)?;
+        if paddr & (pgsize - 1) != 0 {
+            return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: pgsize });
+        }
+        check_range(AddrKind::Paddr, paddr, len, self.geom.oas())?;
+        if !prot.intersects(Prot::READ | Prot::WRITE) {
+            return Err(Error::NoAccess);
+        }
+        let mut late = LateUnlinks::default();
+        let result = {
+            let guard = rcu::pin();
+            self.map_in(&guard, iova, paddr, level, pgcount, prot, &mut late)
+        };
+        late.finish(self);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_in(
+        &self,
+        guard: &Guard,
+        iova: u64,
+        paddr: u64,
+        target: u32,
+        pgcount: usize,
+        prot: Prot,
+        late: &mut LateUnlinks,
+    ) -> Result<usize, Error> {
+        let g = &self.geom;
+        let mut level = g.start_level();
+        let mut table = self.root.entries();
+        while level < target {
+            let entry = &table[g.index(level, iova)];
+            let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
+            if d == 0 {
+                d = self.install(entry, level + 1)?;
+            }
+            match pte::decode(g, level, d) {
+                Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
+                _ => return Err(Error::Exists { iova: iova & !(g.block_size(level) - 1) }),
+            }
+            level += 1;
+        }
+        let first = g.index(level, iova);
+        let n = pgcount.min(g.entries(level) - first);
+        let size = g.block_size(level);
+        let slots = &table[first..first + n];
+        // Check every slot before writing any: a refused call changes nothing.
+        for (i, e) in slots.iter().enumerate() {
+            let d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+            let free = match pte::decode(g, level, d) {
+                Descriptor::Invalid => d == 0,
+                Descriptor::Table { addr } => self.subtree_empty(guard, addr, level + 1),
+                Descriptor::Leaf { .. } => false,
+            };
+            if !free {
+                return Err(Error::Exists { iova: iova + i as u64 * size });
+            }
+        }
+        for (i, e) in slots.iter().enumerate() {
+            let at = i as u64 * size;
+            if let Descriptor::Table { addr } = pte::decode(g, level, e.load(Relaxed)) {
+                // Break before make: the empty table goes (and its walk cache) before the block.
+                self.free_table(guard, e, addr, level + 1, iova + at, late);
+            }
+            // A plain store: the caller owns the range; publication to devices is the caller's.
+            e.store(pte::leaf(g, level, paddr + at, prot), Relaxed);
+        }
+        Ok(n * size as usize)
+    }
+
+    /// Install a zeroed table at `level` into the empty `entry`; returns the descriptor now in
+    /// `entry` (ours, or the winner's if another mapper installed first).
+    fn install(&self, entry: &AtomicU64, level: u32) -> Result<u64, Error> {
+        let g = &self.geom;
+        let table = TableMem::alloc(g.entries(level), g.table_align(level), g.oa_bits(), &self.stats)?;
+        let desc = pte::table(g, table.addr());
+        match entry.compare_exchange(0, desc, INSTALL_RELEASE.ord(Release), DESCENT_ACQUIRE.ord(Acquire)) {
+            Ok(_) => {
+                table.into_addr();
+                Ok(desc)
+            }
+            Err(current) => {
+                // Lost the race: our table was never published, free it now.
+                drop(table);
+                self.stats.discarded.fetch_add(1, Relaxed);
+                self.stats.freed.fetch_add(1, Relaxed);
+                Ok(current)
+            }
+        }
+    }
+
+    /// Whether the table at `addr` (at `level`) and everything below it maps nothing.
+    fn subtree_empty(&self, guard: &Guard, addr: u64, level: u32) -> bool {
+        self.table_at(guard, addr, level).iter().all(|e| {
+            let d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+            match pte::decode(&self.geom, level, d) {
+                Descriptor::Invalid => d == 0,
+                Descriptor::Table { addr } => self.subtree_empty(guard, addr, level + 1),
+                Descriptor::Leaf { .. } => false,
+            }
+        })
+    }
+
+    /// Map `size` bytes at `iova` to `paddr`, with the largest page sizes the alignment of
+    /// `iova | paddr` allows (as the Linux core's `iommu_map`). On error, whatever this call
+    /// mapped is unmapped again and the table is as before.
+    ///
+    /// ```
+    /// use io_pgtable::{Config, PageTable, Prot};
+    /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    /// pt.map(0x1f_f000, 0x1f_f000, 0x20_2000, Prot::READ).unwrap();
+    /// assert_eq!(pt.iova_to_phys(0x1f_f000).unwrap().size, 0x1000);
+    /// assert_eq!(pt.iova_to_phys(0x20_0000).unwrap().size, 0x20_0000);
+    /// assert_eq!(pt.iova_to_phys(0x40_0000).unwrap().size, 0x1000);
+    /// ```
+    pub fn map(&self, iova: u64, paddr: u64, size: u64, prot: Prot) -> Result<(), Error> {
+        self.check_sizes(iova, Some(paddr), size)?;
+        let mut done = 0;
+        while done < size {
+            let (pgsize, count) = pgsize_for(self.pgsize_bitmap(), iova + done, paddr + done, size - done)
+                .ok_or(Error::Misaligned { kind: AddrKind::Iova, addr: iova + done, align: self.geom.page_size() })?;
+            match self.map_pages(iova + done, paddr + done, pgsize, count, prot) {
+                Ok(n) => done += n as u64,
+                Err(e) => {
+                    if done > 0 {
+                        let undone = self.unmap(iova, done);
+                        debug_assert_eq!(undone, Ok(done), "undoing our own partial map");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Common checks of the `map`/`unmap` helpers: non-zero, page-aligned sizes and addresses.
+    pub(crate) fn check_sizes(&self, iova: u64, paddr: Option<u64>, size: u64) -> Result<(), Error> {
+        let page = self.geom.page_size();
+        if size == 0 {
+            return Err(Error::ZeroCount);
+        }
+        if (iova | size) & (page - 1) != 0 {
+            let addr = if iova & (page - 1) != 0 { iova } else { size };
+            return Err(Error::Misaligned { kind: AddrKind::Iova, addr, align: page });
+        }
+        if let Some(paddr) = paddr {
+            if paddr & (page - 1) != 0 {
+                return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: page });
+            }
+            check_range(AddrKind::Paddr, paddr, size, self.geom.oas())?;
+        }
+        check_range(AddrKind::Iova, iova, size, self.geom.ias())
+    }
+}

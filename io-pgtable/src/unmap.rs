@@ -1,0 +1,125 @@
+//! Unmapping: `unmap_pages` (one leaf table per call, never an error disguised as a size)
+//! and the `unmap` helpers that loop over page sizes.
+
+use crate::error::{AddrKind, Error};
+use crate::pgtable::{pgsize_for, LateUnlinks, PageTable};
+use crate::points::DESCENT_ACQUIRE;
+use crate::pte::{self, Descriptor};
+use crate::tlb::{Gather, TlbOps};
+use dma_sync::atomic::Ordering::*;
+use dma_sync::rcu::{self, Guard};
+
+impl<T: TlbOps> PageTable<T> {
+    /// Unmap up to `pgcount` entries of `pgsize` from `iova`; returns the bytes unmapped.
+    ///
+    /// Works at the level whose block size is `pgsize`, up to the end of that one table, and
+    /// stops at the first empty entry (a short count). Leaves are cleared and, unless the
+    /// gather is queued, added to `gather` through [`TlbOps::add_page`]; a *table* found
+    /// there is unlinked, its walk cache flushed, and its whole subtree freed through RCU.
+    /// Refused with a typed error (the table unchanged): nothing mapped at `iova`
+    /// ([`Error::NotMapped`]), or `iova` inside a larger block ([`Error::PartialBlock`]).
+    ///
+    /// ```
+    /// use io_pgtable::{Config, Error, Gather, PageTable, Prot};
+    /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    /// pt.map_pages(0x20_0000, 0x20_0000, 0x20_0000, 1, Prot::READ).unwrap();
+    /// let mut g = Gather::new();
+    /// assert_eq!(pt.unmap_pages(0x20_0000, 0x1000, 1, &mut g), Err(Error::PartialBlock { iova: 0x20_0000, block_size: 0x20_0000 }));
+    /// assert_eq!(pt.unmap_pages(0x20_0000, 0x20_0000, 1, &mut g), Ok(0x20_0000));
+    /// assert_eq!(pt.unmap_pages(0x20_0000, 0x20_0000, 1, &mut g), Err(Error::NotMapped { iova: 0x20_0000 }));
+    /// g.sync(pt.tlb());
+    /// ```
+    pub fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: usize, gather: &mut Gather) -> Result<usize, Error> {
+        let (level, _) = self.check_input(iova, pgsize, pgcount)?;
+        let mut late = LateUnlinks::default();
+        let result = {
+            let guard = rcu::pin();
+            self.unmap_in(&guard, iova, level, pgcount, gather, &mut late)
+        };
+        late.finish(self);
+        result
+    }
+
+    fn unmap_in(
+        &self,
+        guard: &Guard,
+        iova: u64,
+        target: u32,
+        pgcount: usize,
+        gather: &mut Gather,
+        late: &mut LateUnlinks,
+    ) -> Result<usize, Error> {
+        let g = &self.geom;
+        let mut level = g.start_level();
+        let mut table = self.root.entries();
+        while level < target {
+            let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
+            match pte::decode(g, level, d) {
+                Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
+                Descriptor::Invalid => return Err(Error::NotMapped { iova }),
+                Descriptor::Leaf { .. } => {
+                    return Err(Error::PartialBlock { iova, block_size: g.block_size(level) })
+                }
+            }
+            level += 1;
+        }
+        let first = g.index(level, iova);
+        let n = pgcount.min(g.entries(level) - first);
+        let size = g.block_size(level);
+        let mut done = 0;
+        for e in &table[first..first + n] {
+            let at = iova + done as u64 * size;
+            match pte::decode(g, level, e.load(DESCENT_ACQUIRE.ord(Acquire))) {
+                Descriptor::Invalid => break,
+                Descriptor::Table { addr } => self.free_table(guard, e, addr, level + 1, at, late),
+                Descriptor::Leaf { .. } => {
+                    e.store(0, Relaxed);
+                    if !gather.is_queued() {
+                        self.tlb.add_page(gather, at, size);
+                    }
+                }
+            }
+            done += 1;
+        }
+        if done == 0 {
+            return Err(Error::NotMapped { iova });
+        }
+        Ok(done * size as usize)
+    }
+
+    /// Unmap `size` bytes at `iova` with the largest page sizes its alignment allows,
+    /// gathering leaf invalidations into `gather` (the caller syncs it). Returns the bytes
+    /// unmapped, which is short if the loop met an unmapped hole or a block straddling the
+    /// end; an error only if nothing at all was unmapped.
+    pub fn unmap_with(&self, iova: u64, size: u64, gather: &mut Gather) -> Result<u64, Error> {
+        self.check_sizes(iova, None, size)?;
+        let mut done = 0;
+        while done < size {
+            let at = iova + done;
+            let (pgsize, count) = pgsize_for(self.pgsize_bitmap(), at, at, size - done)
+                .ok_or(Error::Misaligned { kind: AddrKind::Iova, addr: at, align: self.geom.page_size() })?;
+            match self.unmap_pages(at, pgsize, count, gather) {
+                Ok(n) => done += n as u64,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// [`PageTable::unmap_with`] with a strict gather synced before returning.
+    ///
+    /// ```
+    /// use io_pgtable::{Config, PageTable, Prot};
+    /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    /// pt.map(0, 0, 0x40_0000, Prot::READ).unwrap();
+    /// assert_eq!(pt.unmap(0, 0x40_0000), Ok(0x40_0000));
+    /// assert_eq!(pt.stats().linked(), 2); // root and the level-2 table
+    /// ```
+    pub fn unmap(&self, iova: u64, size: u64) -> Result<u64, Error> {
+        let mut gather = Gather::new();
+        let result = self.unmap_with(iova, size, &mut gather);
+        gather.sync(&self.tlb);
+        result
+    }
+}

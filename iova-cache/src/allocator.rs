@@ -1,0 +1,297 @@
+//! [`IovaAllocator`]: the range allocator behind a lock, fronted by the magazine cache.
+
+use crate::config::{IovaConfig, MAX_CACHED_GRANULES};
+use crate::error::IovaError;
+use crate::locked::StepLock;
+use crate::owners::Owners;
+use crate::points::{FLUSH_RETRY, TREE_LOCK};
+use crate::range::{IovaRange, RangeAllocator};
+use crate::rcache::Rcache;
+use crossbeam_utils::CachePadded;
+use dma_sync::atomic::{AtomicU64, Ordering};
+use dma_sync::Arc;
+
+/// The shared state; the trim worker holds a reference too.
+pub(crate) struct Inner {
+    pub(crate) cfg: IovaConfig,
+    pub(crate) tree: CachePadded<StepLock<RangeAllocator>>,
+    pub(crate) rcache: Option<Rcache>,
+    owners: Option<Owners>,
+    /// Statistics only (Relaxed): flush-all passes and magazines trimmed.
+    pub(crate) flushes: AtomicU64,
+    pub(crate) trimmed: AtomicU64,
+}
+
+/// A concurrent IOVA allocator: a top-down range allocator plus per-CPU magazine caches.
+///
+/// Sizes are in granules, addresses are pfns (IOVA >> granule shift), limits are inclusive
+/// pfns. [`alloc`](Self::alloc)/[`free`](Self::free) are the cached DMA paths (sizes below 32
+/// rounded up to a power of two, ranges naturally aligned); [`alloc_range`](Self::alloc_range)
+/// /[`free_range`](Self::free_range) go to the range allocator directly. Pair each allocation
+/// with the free of the same family.
+///
+/// ```
+/// use iova_cache::{IovaAllocator, IovaConfig};
+/// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
+/// let pfn = a.alloc(3, 0xfffff).unwrap();          // 4 granules, 4-aligned, top-down
+/// assert_eq!(pfn % 4, 0);
+/// a.free(pfn, 3).unwrap();                         // cached on this CPU
+/// assert_eq!(a.alloc(4, 0xfffff), Ok(pfn));        // and handed out again from the cache
+/// a.free(pfn, 4).unwrap();
+/// assert!(a.free(pfn, 4).is_err(), "double free is refused");
+/// a.flush_all();
+/// assert_eq!(a.stats().cached_granules(), 0);
+/// ```
+pub struct IovaAllocator {
+    pub(crate) inner: Arc<Inner>,
+    #[cfg(not(loom))]
+    _worker: Option<crate::trim::TrimWorker>,
+}
+
+impl std::fmt::Debug for IovaAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IovaAllocator").field("config", &self.inner.cfg).finish_non_exhaustive()
+    }
+}
+
+/// Round a request as the cached path does: below 32 granules up to a power of two, so a
+/// class never mixes sizes.
+fn class_size(size: u64) -> u64 {
+    if size < MAX_CACHED_GRANULES {
+        size.next_power_of_two()
+    } else {
+        size
+    }
+}
+
+impl IovaAllocator {
+    /// An allocator over `config`'s space; starts the trim worker if configured (normal
+    /// builds only).
+    pub fn new(config: IovaConfig) -> Result<Self, IovaError> {
+        config.validate()?;
+        let tree = RangeAllocator::new(config.start_pfn, config.end_pfn)?;
+        let inner = Arc::new(Inner {
+            rcache: config.caching.then(|| Rcache::new(config.cpus, config.magazine_size)),
+            owners: (config.caching && config.checked_frees).then(|| Owners::new(config.cpus)),
+            tree: CachePadded::new(StepLock::new(tree, &TREE_LOCK)),
+            flushes: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            cfg: config,
+        });
+        #[cfg(not(loom))]
+        let worker = match (&inner.rcache, inner.cfg.trim_interval) {
+            (Some(_), Some(period)) => Some(crate::trim::TrimWorker::start(inner.clone(), period)),
+            _ => None,
+        };
+        Ok(Self {
+            inner,
+            #[cfg(not(loom))]
+            _worker: worker,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IovaConfig {
+        &self.inner.cfg
+    }
+
+    /// Allocate `size` granules ending at or below the inclusive pfn `limit`: from this CPU's
+    /// cache when possible, else top-down from the range allocator; on failure return every
+    /// cached range to the range allocator and retry once.
+    ///
+    /// ```
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let p = a.alloc(16, 0xfff).unwrap();
+    /// assert!(p + 15 <= 0xfff && p % 16 == 0);
+    /// assert!(matches!(a.alloc(0x10000, 0xffff), Err(IovaError::TooLarge { .. })));
+    /// ```
+    pub fn alloc(&self, size: u64, limit: u64) -> Result<u64, IovaError> {
+        self.alloc_inner(size, limit, true)
+    }
+
+    /// [`alloc`](Self::alloc) without the flush-and-retry: fails fast when the range
+    /// allocator has no space (the 32-bit-first attempt of the DMA policy uses this).
+    pub fn alloc_no_flush(&self, size: u64, limit: u64) -> Result<u64, IovaError> {
+        self.alloc_inner(size, limit, false)
+    }
+
+    fn cpu(&self, rc: &Rcache) -> usize {
+        dma_sync::cpu::current_in(rc.cpus())
+    }
+
+    fn alloc_inner(&self, size: u64, limit: u64, flush: bool) -> Result<u64, IovaError> {
+        let inner = &*self.inner;
+        self.check_request(size, limit)?;
+        let size = class_size(size);
+        let cached = inner.rcache.as_ref().filter(|_| size <= MAX_CACHED_GRANULES);
+        if let Some(rc) = cached {
+            if let Some(pfn) = rc.get(size.trailing_zeros() as usize, self.cpu(rc), limit) {
+                self.record_owner(pfn, size);
+                return Ok(pfn);
+            }
+        }
+        let mut r = inner.tree.with(|t| t.alloc(size, limit, true));
+        if matches!(r, Err(IovaError::NoSpace { .. })) && flush && inner.rcache.is_some() && FLUSH_RETRY.on() {
+            self.flush_all();
+            r = inner.tree.with(|t| t.alloc(size, limit, true));
+        }
+        let pfn = r?;
+        if cached.is_some() {
+            self.record_owner(pfn, size);
+        }
+        Ok(pfn)
+    }
+
+    fn check_request(&self, size: u64, limit: u64) -> Result<(), IovaError> {
+        let cfg = &self.inner.cfg;
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        if size > cfg.space() {
+            return Err(IovaError::TooLarge { size, space: cfg.space() });
+        }
+        if limit < cfg.start_pfn {
+            return Err(IovaError::LimitBelowStart { limit, start: cfg.start_pfn });
+        }
+        Ok(())
+    }
+
+    fn record_owner(&self, pfn: u64, size: u64) {
+        if let Some(o) = &self.inner.owners {
+            o.insert(pfn, size);
+        }
+    }
+
+    /// Free a range from [`alloc`](Self::alloc) (`size` as asked or as rounded): cacheable
+    /// sizes go to this CPU's magazines, larger ones to the range allocator. A pfn that is not
+    /// a live allocation, or a wrong size, is an error that changes nothing (for cacheable
+    /// sizes this needs [`IovaConfig::checked_frees`]; without it only the shape is checked).
+    pub fn free(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        let inner = &*self.inner;
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        let size = class_size(size);
+        let Some(rc) = inner.rcache.as_ref().filter(|_| size <= MAX_CACHED_GRANULES) else {
+            return inner.tree.with(|t| t.free(pfn, size));
+        };
+        match &inner.owners {
+            Some(o) => o.remove(pfn, size)?,
+            None => self.check_shape(pfn, size)?,
+        }
+        rc.insert(size.trailing_zeros() as usize, self.cpu(rc), pfn);
+        Ok(())
+    }
+
+    /// The cheap sanity check of an unchecked cached free: inside the space, naturally aligned.
+    fn check_shape(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        let cfg = &self.inner.cfg;
+        let inside = pfn >= cfg.start_pfn && pfn.checked_add(size - 1).is_some_and(|e| e <= cfg.end_pfn);
+        if inside && pfn % size == 0 {
+            Ok(())
+        } else {
+            Err(IovaError::NotAllocated { pfn })
+        }
+    }
+
+    /// Allocate from the range allocator directly, bypassing the caches: `size` granules at
+    /// the highest address ending at or below `limit`, size-aligned if `aligned`.
+    ///
+    /// ```
+    /// let a = iova_cache::IovaAllocator::new(iova_cache::IovaConfig::with_space(1, 100)).unwrap();
+    /// assert_eq!(a.alloc_range(3, 100, false), Ok(98));
+    /// a.free_range(98, 3).unwrap();
+    /// ```
+    pub fn alloc_range(&self, size: u64, limit: u64, aligned: bool) -> Result<u64, IovaError> {
+        self.inner.tree.with(|t| t.alloc(size, limit, aligned))
+    }
+
+    /// Free a range from [`alloc_range`](Self::alloc_range); must match it exactly.
+    pub fn free_range(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        self.inner.tree.with(|t| t.free(pfn, size))?;
+        if let Some(o) = &self.inner.owners {
+            o.forget(pfn);
+        }
+        Ok(())
+    }
+
+    /// Reserve the inclusive range `[lo, hi]` (flushes the caches first, since cached ranges
+    /// may lie inside it). Fails if a user-held allocation overlaps it.
+    ///
+    /// ```
+    /// use iova_cache::{IovaAllocator, IovaConfig, RangeKind};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// a.reserve(0xfee0, 0xfeef).unwrap();
+    /// assert_eq!(a.find(0xfee8).unwrap().kind, RangeKind::Reserved);
+    /// ```
+    pub fn reserve(&self, lo: u64, hi: u64) -> Result<(), IovaError> {
+        if self.inner.rcache.is_some() {
+            self.flush_all();
+        }
+        self.inner.tree.with(|t| t.reserve(lo, hi))
+    }
+
+    /// The allocated (user-held or cached) or reserved range containing `pfn`.
+    pub fn find(&self, pfn: u64) -> Option<IovaRange> {
+        self.inner.tree.with(|t| t.find(pfn))
+    }
+
+    /// Return every cached range (all CPU slots and the depot) to the range allocator.
+    pub fn flush_all(&self) {
+        let inner = &*self.inner;
+        if let Some(rc) = &inner.rcache {
+            for cpu in 0..rc.cpus() {
+                rc.flush_cpu(cpu, &inner.tree);
+            }
+            rc.flush_depot(&inner.tree);
+            inner.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Return CPU slot `cpu`'s cached ranges to the range allocator (CPU offline). Slots out of
+    /// range are ignored.
+    pub fn flush_cpu(&self, cpu: usize) {
+        if let Some(rc) = self.inner.rcache.as_ref().filter(|rc| cpu < rc.cpus()) {
+            rc.flush_cpu(cpu, &self.inner.tree);
+        }
+    }
+
+    /// One trim pass: in each size class whose depot holds more full magazines than there are
+    /// CPU slots, return one magazine to the range allocator. The background worker runs this
+    /// every [`IovaConfig::trim_interval`]. Returns the magazines trimmed.
+    pub fn trim_once(&self) -> usize {
+        self.inner.trim_once()
+    }
+
+    /// Exclusive end pfn of the 32-bit DMA zone.
+    pub fn dma_32bit_pfn(&self) -> u64 {
+        self.inner.cfg.dma_32bit_pfn()
+    }
+
+    /// Every allocated range of the range allocator as `(pfn, granules)`, user-held and
+    /// cached alike (after [`flush_all`](Self::flush_all) with no concurrent use: exactly the
+    /// user-held ranges).
+    pub fn allocated_ranges(&self) -> Vec<(u64, u64)> {
+        self.inner.tree.with(|t| t.allocated().collect())
+    }
+
+    /// Every cached range as `(pfn, granules)`; exact only while no other thread uses the
+    /// allocator (a diagnostic for tests).
+    pub fn cached_ranges(&self) -> Vec<(u64, u64)> {
+        self.inner.rcache.as_ref().map_or_else(Vec::new, |rc| rc.cached())
+    }
+
+    /// Check the range allocator's internal invariants (a diagnostic for tests).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.inner.tree.with(|t| t.check_invariants())
+    }
+}
+
+impl Inner {
+    pub(crate) fn trim_once(&self) -> usize {
+        let n = self.rcache.as_ref().map_or(0, |rc| rc.trim_once(&self.tree));
+        self.trimmed.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+}

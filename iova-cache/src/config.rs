@@ -1,0 +1,117 @@
+//! Geometry and tuning of an allocator.
+
+use crate::error::IovaError;
+use std::time::Duration;
+
+/// Granules per magazine by default: with the header word a magazine is 1024 bytes in Linux.
+pub const DEFAULT_MAGAZINE_SIZE: usize = 127;
+
+/// Number of cached size classes: orders 0..=5, i.e. 1 to 32 granules.
+pub const CACHE_CLASSES: usize = 6;
+
+/// Largest cached request in granules (`2^(CACHE_CLASSES - 1)`).
+pub const MAX_CACHED_GRANULES: u64 = 1 << (CACHE_CLASSES - 1);
+
+/// Configuration of an [`crate::IovaAllocator`].
+///
+/// Fields are public; start from [`IovaConfig::with_space`] or `Default` and override.
+/// Tiny values (one or two CPU slots, magazines of two entries) are valid configurations and
+/// are what the model tests use.
+///
+/// ```
+/// use iova_cache::IovaConfig;
+/// let cfg = IovaConfig { cpus: 2, magazine_size: 4, ..IovaConfig::with_space(1, 4095) };
+/// assert!(cfg.validate().is_ok());
+/// assert_eq!(cfg.dma_32bit_pfn(), 1 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IovaConfig {
+    /// log2 of the granule in bytes (12 = 4 KiB).
+    pub granule_shift: u32,
+    /// First allocatable pfn (dma-iommu uses at least 1 so pfn 0 is never returned).
+    pub start_pfn: u64,
+    /// Last allocatable pfn, inclusive.
+    pub end_pfn: u64,
+    /// Whether the per-CPU magazine caches are used (`false`: range allocator only).
+    pub caching: bool,
+    /// Number of per-CPU slots; the calling thread's CPU id is reduced modulo this.
+    pub cpus: usize,
+    /// Entries per magazine (127 in Linux).
+    pub magazine_size: usize,
+    /// Period of the background trim that returns depot magazines beyond one per CPU slot to
+    /// the range allocator; `None` disables the worker ([`crate::IovaAllocator::trim_once`]
+    /// still works). Model builds never start the worker.
+    pub trim_interval: Option<Duration>,
+    /// Track user-held cached ranges so that a double or mismatched free of a cacheable size
+    /// is a typed error instead of a silent corruption. Costs one sharded-lock update per
+    /// cached allocation and free; callers that track ownership themselves (a page table)
+    /// may turn it off.
+    pub checked_frees: bool,
+}
+
+impl Default for IovaConfig {
+    /// A 48-bit space of 4 KiB granules from pfn 1, caches on, one slot per CPU.
+    fn default() -> Self {
+        Self::with_space(1, (1u64 << (48 - 12)) - 1)
+    }
+}
+
+impl IovaConfig {
+    /// Defaults over the inclusive pfn space `[start_pfn, end_pfn]`.
+    ///
+    /// ```
+    /// let cfg = iova_cache::IovaConfig::with_space(16, 1023);
+    /// assert_eq!((cfg.start_pfn, cfg.end_pfn, cfg.magazine_size), (16, 1023, 127));
+    /// ```
+    pub fn with_space(start_pfn: u64, end_pfn: u64) -> Self {
+        Self {
+            granule_shift: 12,
+            start_pfn,
+            end_pfn,
+            caching: true,
+            cpus: dma_sync::cpu::count(),
+            magazine_size: DEFAULT_MAGAZINE_SIZE,
+            trim_interval: Some(Duration::from_millis(100)),
+            checked_frees: true,
+        }
+    }
+
+    /// Exclusive end pfn of the 32-bit DMA zone: `2^(32 - granule_shift)`.
+    pub fn dma_32bit_pfn(&self) -> u64 {
+        1u64 << 32u32.saturating_sub(self.granule_shift)
+    }
+
+    /// Granules in the space.
+    pub fn space(&self) -> u64 {
+        self.end_pfn.saturating_sub(self.start_pfn).saturating_add(1)
+    }
+
+    /// Check the configuration.
+    ///
+    /// ```
+    /// use iova_cache::{IovaConfig, IovaError};
+    /// let bad = IovaConfig { cpus: 0, ..IovaConfig::with_space(1, 10) };
+    /// assert!(matches!(bad.validate(), Err(IovaError::InvalidConfig(_))));
+    /// ```
+    pub fn validate(&self) -> Result<(), IovaError> {
+        if self.start_pfn > self.end_pfn {
+            return Err(IovaError::InvalidConfig("start_pfn lies above end_pfn"));
+        }
+        if self.end_pfn == u64::MAX {
+            return Err(IovaError::InvalidConfig("end_pfn must lie below u64::MAX"));
+        }
+        if self.granule_shift == 0 || self.granule_shift > 32 {
+            return Err(IovaError::InvalidConfig("granule_shift must be in 1..=32"));
+        }
+        if self.cpus == 0 {
+            return Err(IovaError::InvalidConfig("at least one CPU slot is needed"));
+        }
+        if self.magazine_size == 0 {
+            return Err(IovaError::InvalidConfig("magazines need at least one entry"));
+        }
+        if self.trim_interval == Some(Duration::ZERO) {
+            return Err(IovaError::InvalidConfig("trim_interval must be positive"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! The free-range index: a treap of free ranges keyed by start pfn, each node augmented with
+//! the largest free length in its subtree.
+//!
+//! The augmentation lets a top-down search skip every subtree that cannot hold the request,
+//! so finding the highest fitting range below a limit costs O(log n) expected steps (plus
+//! the ranges that are long enough but fail only on alignment) however fragmented the space
+//! is, and never answers "no space" while a fitting range exists. Priorities are a hash of
+//! the key, so the shape (and the cost) does not depend on the order of operations.
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+struct Node {
+    start: u64,
+    len: u64,
+    prio: u64,
+    left: u32,
+    right: u32,
+    /// Largest `len` in this subtree.
+    max_len: u64,
+}
+
+/// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GapTree {
+    nodes: Vec<Node>,
+    spare: Vec<u32>,
+    root: u32,
+    count: usize,
+}
+
+/// A fit found by [`GapTree::highest_fit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fit {
+    /// Start of the free range holding the candidate.
+    pub range_start: u64,
+    /// Length of that free range.
+    pub range_len: u64,
+    /// Start of the allocation inside it.
+    pub pfn: u64,
+}
+
+pub(crate) fn mix(key: u64) -> u64 {
+    // splitmix64 finaliser: a fixed pseudo-random priority per key.
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl GapTree {
+    pub(crate) fn new() -> Self {
+        Self { nodes: Vec::new(), spare: Vec::new(), root: NIL, count: 0 }
+    }
+
+    /// Number of free ranges.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    fn max_of(&self, n: u32) -> u64 {
+        if n == NIL {
+            0
+        } else {
+            self.nodes[n as usize].max_len
+        }
+    }
+
+    fn update(&mut self, n: u32) {
+        let (l, r, len) = {
+            let node = &self.nodes[n as usize];
+            (node.left, node.right, node.len)
+        };
+        let m = len.max(self.max_of(l)).max(self.max_of(r));
+        self.nodes[n as usize].max_len = m;
+    }
+
+    /// Split `t` into keys `< key` and keys `>= key`.
+    fn split(&mut self, t: u32, key: u64) -> (u32, u32) {
+        if t == NIL {
+            return (NIL, NIL);
+        }
+        if self.nodes[t as usize].start < key {
+            let (l, r) = self.split(self.nodes[t as usize].right, key);
+            self.nodes[t as usize].right = l;
+            self.update(t);
+            (t, r)
+        } else {
+            let (l, r) = self.split(self.nodes[t as usize].left, key);
+            self.nodes[t as usize].left = r;
+            self.update(t);
+            (l, t)
+        }
+    }
+
+    /// Join two treaps where every key of `a` is below every key of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        if self.nodes[a as usize].prio > self.nodes[b as usize].prio {
+            let r = self.merge(self.nodes[a as usize].right, b);
+            self.nodes[a as usize].right = r;
+            self.update(a);
+            a
+        } else {
+            let l = self.merge(a, self.nodes[b as usize].left);
+            self.nodes[b as usize].left = l;
+            self.update(b);
+            b
+        }
+    }
+
+    /// Add the free range `[start, start + len)`; the caller keeps ranges disjoint.
+    pub(crate) fn insert(&mut self, start: u64, len: u64) {
+        debug_assert!(len > 0);
+        let node = Node { start, len, prio: mix(start), left: NIL, right: NIL, max_len: len };
+        let idx = match self.spare.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                u32::try_from(self.nodes.len() - 1).expect("more than 2^32 free ranges")
+            }
+        };
+        let (l, r) = self.split(self.root, start);
+        let l = self.merge(l, idx);
+        self.root = self.merge(l, r);
+        self.count += 1;
+    }
+
+    /// Remove the free range starting at `start`, returning its length.
+    pub(crate) fn remove(&mut self, start: u64) -> Option<u64> {
+        let (l, r) = self.split(self.root, start);
+        let (m, r) = match start.checked_add(1) {
+            Some(next) => self.split(r, next),
+            None => (r, NIL),
+        };
+        self.root = self.merge(l, r);
+        if m == NIL {
+            return None;
+        }
+        debug_assert_eq!(self.nodes[m as usize].left, NIL);
+        debug_assert_eq!(self.nodes[m as usize].right, NIL);
+        self.spare.push(m);
+        self.count -= 1;
+        Some(self.nodes[m as usize].len)
+    }
+
+    /// The free range with the largest start `<= key`.
+    pub(crate) fn at_or_below(&self, key: u64) -> Option<(u64, u64)> {
+        let mut n = self.root;
+        let mut best = None;
+        while n != NIL {
+            let node = &self.nodes[n as usize];
+            if node.start <= key {
+                best = Some((node.start, node.len));
+                n = node.right;
+            } else {
+                n = node.left;
+            }
+        }
+        best
+    }
+
+    /// The free range with the smallest start `>= key`.
+    pub(crate) fn at_or_above(&self, key: u64) -> Option<(u64, u64)> {
+        let mut n = self.root;
+        let mut best = None;
+        while n != NIL {
+            let node = &self.nodes[n as usize];
+            if node.start >= key {
+                best = Some((node.start, node.len));
+                n = node.left;
+            } else {
+                n = node.right;
+            }
+        }
+        best
+    }
+
+    /// The highest `pfn` with `pfn % align == 0`, `pfn + size - 1 <= limit`, lying with its
+    /// `size` granules inside one free range.
+    pub(crate) fn highest_fit(&self, size: u64, align: u64, limit: u64) -> Option<Fit> {
+        debug_assert!(size > 0 && align.is_power_of_two());
+        self.search(self.root, size, align, limit)
+    }
+
+    fn search(&self, n: u32, size: u64, align: u64, limit: u64) -> Option<Fit> {
+        if n == NIL {
+            return None;
+        }
+        let node = &self.nodes[n as usize];
+        if node.max_len < size {
+            return None;
+        }
+        if node.start <= limit {
+            // Everything on the right starts higher: it wins if it fits.
+            if let Some(f) = self.search(node.right, size, align, limit) {
+                return Some(f);
+            }
+            if let Some(pfn) = fit_in(node.start, node.len, size, align, limit) {
+                return Some(Fit { range_start: node.start, range_len: node.len, pfn });
+            }
+        }
+        self.search(node.left, size, align, limit)
+    }
+
+    /// Every free range in address order (diagnostics and tests).
+    pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut stack = Vec::new();
+        let mut n = self.root;
+        while n != NIL || !stack.is_empty() {
+            while n != NIL {
+                stack.push(n);
+                n = self.nodes[n as usize].left;
+            }
+            let top = stack.pop().expect("stack is non-empty");
+            let node = &self.nodes[top as usize];
+            out.push((node.start, node.len));
+            n = node.right;
+        }
+        out
+    }
+
+    /// Check the heap order and the augmentation of every node (tests).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        fn walk(t: &GapTree, n: u32) -> Result<u64, String> {
+            if n == NIL {
+                return Ok(0);
+            }
+            let node = &t.nodes[n as usize];
+            for c in [node.left, node.right] {
+                if c != NIL && t.nodes[c as usize].prio > node.prio {
+                    return Err(format!("heap order broken at {:#x}", node.start));
+                }
+            }
+            let m = node.len.max(walk(t, node.left)?).max(walk(t, node.right)?);
+            if m != node.max_len {
+                return Err(format!("max_len stale at {:#x}", node.start));
+            }
+            Ok(m)
+        }
+        walk(self, self.root).map(|_| ())
+    }
+}
+
+/// The highest aligned start of `size` granules inside `[start, start + len)` ending at or
+/// below `limit`.
+fn fit_in(start: u64, len: u64, size: u64, align: u64, limit: u64) -> Option<u64> {
+    let end = start + (len - 1);
+    let hi = end.min(limit);
+    let first_end = start.checked_add(size - 1)?;
+    if hi < first_end {
+        return None;
+    }
+    let cand = (hi - (size - 1)) & !(align - 1);
+    (cand >= start).then_some(cand)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_prefers_the_highest_fit_and_honours_alignment() {
+        let mut t = GapTree::new();
+        t.insert(0, 4);
+        t.insert(10, 3);
+        t.insert(20, 8);
+        t.check().unwrap();
+        assert_eq!(t.highest_fit(2, 1, 100).unwrap().pfn, 26);
+        assert_eq!(t.highest_fit(8, 8, 100), None, "[20, 28) is not 8-aligned at 8 long");
+        assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
+        assert_eq!(t.highest_fit(3, 1, 21), Some(Fit { range_start: 10, range_len: 3, pfn: 10 }));
+        assert_eq!(t.highest_fit(5, 1, 100).unwrap().pfn, 23);
+        assert_eq!(t.remove(10), Some(3));
+        assert_eq!(t.remove(10), None);
+        assert_eq!(t.at_or_below(19), Some((0, 4)));
+        assert_eq!(t.at_or_above(5), Some((20, 8)));
+        assert_eq!(t.ranges(), vec![(0, 4), (20, 8)]);
+        t.check().unwrap();
+    }
+
+    #[test]
+    fn fit_at_the_top_of_the_u64_space() {
+        let mut t = GapTree::new();
+        t.insert(u64::MAX - 3, 4);
+        assert_eq!(t.highest_fit(2, 2, u64::MAX).unwrap().pfn, u64::MAX - 1);
+        assert_eq!(t.remove(u64::MAX - 3), Some(4));
+        assert_eq!(t.len(), 0);
+    }
+}

@@ -1,0 +1,73 @@
+//! The dma-iommu allocation policy: 32-bit (PCI SAC) addresses first for devices with wider
+//! masks, given up for a device after its first miss.
+//!
+//! Trying below 4 GiB on every map after the 32-bit space filled made each map pay a failed
+//! search (Linux fixed this in v6.4 by clearing the device's flag on the first miss).
+
+use crate::allocator::IovaAllocator;
+use crate::error::IovaError;
+use dma_sync::atomic::{AtomicBool, Ordering};
+
+/// Per-device allocation policy state.
+///
+/// ```
+/// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+/// // A 33-bit space of 4 KiB granules: pfns up to 2^21 - 1.
+/// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
+/// let dev = DevicePolicy::new(true);
+/// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+/// assert!(p < a.dma_32bit_pfn(), "32-bit address first");
+/// assert!(dev.tries_32bit_first());
+/// ```
+#[derive(Debug)]
+pub struct DevicePolicy {
+    /// Monotone: only ever cleared, so a stale `true` costs one extra fast attempt and a
+    /// stale `false` nothing; Relaxed is enough.
+    sac_first: AtomicBool,
+}
+
+impl DevicePolicy {
+    /// Policy for a device; `try_32bit_first` is Linux's `pci_32bit_workaround` (PCI device
+    /// and no `iommu.forcedac`).
+    pub fn new(try_32bit_first: bool) -> Self {
+        Self { sac_first: AtomicBool::new(try_32bit_first) }
+    }
+
+    /// Whether the next allocation still tries below 4 GiB first.
+    pub fn tries_32bit_first(&self) -> bool {
+        self.sac_first.load(Ordering::Relaxed)
+    }
+
+    /// Stop trying 32-bit addresses first for this device, for good.
+    pub fn use_full_width(&self) {
+        self.sac_first.store(false, Ordering::Relaxed);
+    }
+}
+
+impl IovaAllocator {
+    /// Allocate for a DMA map of `size` granules for a device whose mask allows pfns up to
+    /// `dma_limit` (inclusive): if that exceeds 32 bits and the device still tries 32-bit
+    /// first, try below 4 GiB without flushing the caches; on a miss clear the device's flag
+    /// permanently and allocate against the full limit (with flush and retry).
+    ///
+    /// ```
+    /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
+    /// a.reserve(1, a.dma_32bit_pfn() - 1).unwrap(); // no 32-bit space at all
+    /// let dev = DevicePolicy::new(true);
+    /// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+    /// assert!(p >= a.dma_32bit_pfn());
+    /// assert!(!dev.tries_32bit_first(), "given up after the first miss");
+    /// ```
+    pub fn alloc_dma(&self, dev: &DevicePolicy, size: u64, dma_limit: u64) -> Result<u64, IovaError> {
+        let limit32 = self.dma_32bit_pfn() - 1;
+        if dma_limit > limit32 && dev.tries_32bit_first() {
+            match self.alloc_no_flush(size, limit32) {
+                Ok(pfn) => return Ok(pfn),
+                Err(e @ (IovaError::ZeroSize | IovaError::TooLarge { .. })) => return Err(e),
+                Err(_) => dev.use_full_width(),
+            }
+        }
+        self.alloc(size, dma_limit)
+    }
+}

@@ -1,0 +1,347 @@
+//! The authoritative range allocator: top-down allocation below an inclusive limit,
+//! natural alignment, reservations, exact-match frees.
+//!
+//! Free space lives in a [`GapTree`] (free ranges with subtree max-length), live allocations
+//! in a `BTreeMap` keyed by start pfn (validates frees, answers `find`), reservations in a
+//! second `BTreeMap` of merged inclusive ranges. There are no search hints and no negative
+//! cache: the max-length augmentation answers "no space" exactly, so the hint-staleness and
+//! negative-cache bugs of a hinted rbtree cannot occur.
+
+use crate::error::IovaError;
+use crate::gaptree::GapTree;
+use std::collections::BTreeMap;
+
+/// What occupies a pfn found by [`RangeAllocator::find`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RangeKind {
+    /// Handed out by an allocation (possibly now sitting in a cache).
+    Allocated,
+    /// Reserved, never handed out.
+    Reserved,
+}
+
+/// An inclusive pfn range and what occupies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IovaRange {
+    /// First pfn.
+    pub lo: u64,
+    /// Last pfn, inclusive.
+    pub hi: u64,
+    /// Allocated or reserved.
+    pub kind: RangeKind,
+}
+
+/// Counters of the range allocator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeStats {
+    /// Granules in allocated ranges (user-held or cached).
+    pub allocated_granules: u64,
+    /// Number of allocated ranges.
+    pub allocated_ranges: u64,
+    /// Granules in reservations inside the space.
+    pub reserved_granules: u64,
+    /// Free granules.
+    pub free_granules: u64,
+    /// Number of free ranges (a fragmentation measure).
+    pub free_ranges: u64,
+    /// Allocation requests that found no space.
+    pub failures: u64,
+}
+
+/// A single-threaded top-down IOVA range allocator over `[start, end]`.
+///
+/// [`crate::IovaAllocator`] wraps one under a lock; it is public for direct use by callers
+/// that need no caching or concurrency.
+///
+/// ```
+/// use iova_cache::RangeAllocator;
+/// let mut r = RangeAllocator::new(1, 1023).unwrap();
+/// let a = r.alloc(4, 1023, true).unwrap();
+/// assert_eq!(a, 1020, "top-down, size-aligned");
+/// let b = r.alloc(3, 511, false).unwrap();
+/// assert_eq!(b, 509, "below the inclusive limit");
+/// r.free(a, 4).unwrap();
+/// assert!(r.free(a, 4).is_err(), "double free is an error");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RangeAllocator {
+    start: u64,
+    end: u64,
+    free: GapTree,
+    live: BTreeMap<u64, u64>,
+    reserved: BTreeMap<u64, u64>,
+    stats: RangeStats,
+}
+
+impl RangeAllocator {
+    /// An allocator whose whole inclusive space `[start, end]` is free (`end < u64::MAX`).
+    pub fn new(start: u64, end: u64) -> Result<Self, IovaError> {
+        if start > end || end == u64::MAX {
+            return Err(IovaError::InvalidRange { lo: start, hi: end });
+        }
+        let mut free = GapTree::new();
+        free.insert(start, end - start + 1);
+        let stats = RangeStats { free_granules: end - start + 1, free_ranges: 1, ..Default::default() };
+        Ok(Self { start, end, free, live: BTreeMap::new(), reserved: BTreeMap::new(), stats })
+    }
+
+    /// First pfn of the space.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Last pfn of the space, inclusive.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Check a request without allocating: the errors every allocation path shares.
+    pub(crate) fn check_request(&self, size: u64, limit: u64) -> Result<(), IovaError> {
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        let space = self.end - self.start + 1;
+        if size > space {
+            return Err(IovaError::TooLarge { size, space });
+        }
+        if limit < self.start {
+            return Err(IovaError::LimitBelowStart { limit, start: self.start });
+        }
+        Ok(())
+    }
+
+    /// Allocate `size` granules ending at or below the inclusive `limit`, at the highest
+    /// address that fits; with `aligned`, the start is a multiple of `size` rounded up to a
+    /// power of two.
+    ///
+    /// ```
+    /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
+    /// assert_eq!(r.alloc(10, 99, false), Ok(90));
+    /// assert_eq!(r.alloc(5, 99, true), Ok(80), "8-aligned below 90");
+    /// ```
+    pub fn alloc(&mut self, size: u64, limit: u64, aligned: bool) -> Result<u64, IovaError> {
+        self.check_request(size, limit)?;
+        let limit = limit.min(self.end);
+        let align = if aligned { size.checked_next_power_of_two() } else { Some(1) };
+        let fit = align.and_then(|align| self.free.highest_fit(size, align, limit));
+        let Some(fit) = fit else {
+            self.stats.failures += 1;
+            return Err(IovaError::NoSpace { size, limit });
+        };
+        self.free.remove(fit.range_start);
+        if fit.pfn > fit.range_start {
+            self.free.insert(fit.range_start, fit.pfn - fit.range_start);
+        }
+        let range_end = fit.range_start + fit.range_len;
+        let alloc_end = fit.pfn + size;
+        if alloc_end < range_end {
+            self.free.insert(alloc_end, range_end - alloc_end);
+        }
+        self.live.insert(fit.pfn, size);
+        self.stats.allocated_granules += size;
+        self.stats.allocated_ranges += 1;
+        self.stats.free_granules -= size;
+        Ok(fit.pfn)
+    }
+
+    /// Free the allocation of `size` granules starting at `pfn`; it must match an
+    /// allocation exactly, so a double free or a wrong size is an error that changes nothing.
+    pub fn free(&mut self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        match self.live.get(&pfn) {
+            None => return Err(IovaError::NotAllocated { pfn }),
+            Some(&allocated) if allocated != size => {
+                return Err(IovaError::SizeMismatch { pfn, allocated, freed: size })
+            }
+            Some(_) => {}
+        }
+        self.live.remove(&pfn);
+        self.stats.allocated_granules -= size;
+        self.stats.allocated_ranges -= 1;
+        self.release(pfn, size);
+        Ok(())
+    }
+
+    /// Return `[pfn, pfn + size)` to the free tree, merging with free neighbours.
+    fn release(&mut self, pfn: u64, size: u64) {
+        let (mut lo, mut len) = (pfn, size);
+        if let Some((s, l)) = pfn.checked_sub(1).and_then(|p| self.free.at_or_below(p)) {
+            if s + l == pfn {
+                self.free.remove(s);
+                lo = s;
+                len += l;
+            }
+        }
+        if let Some((s, l)) = self.free.at_or_above(pfn + size) {
+            if s == pfn + size {
+                self.free.remove(s);
+                len += l;
+            }
+        }
+        self.free.insert(lo, len);
+        self.stats.free_granules += size;
+    }
+
+    /// Reserve the inclusive range `[lo, hi]` so it is never handed out (MSI windows, holes).
+    /// Parts outside the space are ignored; overlapping reservations merge. A reservation
+    /// overlapping a live allocation is refused and changes nothing.
+    ///
+    /// ```
+    /// use iova_cache::{RangeAllocator, RangeKind};
+    /// let mut r = RangeAllocator::new(0, 99).unwrap();
+    /// r.reserve(90, 200).unwrap();
+    /// assert_eq!(r.alloc(10, 99, false), Ok(80));
+    /// assert_eq!(r.find(95).unwrap().kind, RangeKind::Reserved);
+    /// ```
+    pub fn reserve(&mut self, lo: u64, hi: u64) -> Result<(), IovaError> {
+        if lo > hi {
+            return Err(IovaError::InvalidRange { lo, hi });
+        }
+        let (lo, hi) = (lo.max(self.start), hi.min(self.end));
+        if lo > hi {
+            return Ok(());
+        }
+        if let Some((&pfn, &size)) = self.live.range(..=hi).next_back() {
+            if pfn + size > lo {
+                return Err(IovaError::ReserveOverlapsAllocation { pfn, size });
+            }
+        }
+        // Carve every free range overlapping [lo, hi], from the top down.
+        while let Some((s, l)) = self.free.at_or_below(hi) {
+            let e = s + l - 1;
+            if e < lo {
+                break;
+            }
+            self.free.remove(s);
+            if s < lo {
+                self.free.insert(s, lo - s);
+            }
+            if e > hi {
+                self.free.insert(hi + 1, e - hi);
+            }
+            let carved = e.min(hi) - s.max(lo) + 1;
+            self.stats.free_granules -= carved;
+            self.stats.reserved_granules += carved;
+            if s < lo {
+                break;
+            }
+        }
+        // Merge with overlapping or adjacent reservations.
+        let (mut new_lo, mut new_hi) = (lo, hi);
+        let touching: Vec<(u64, u64)> = self
+            .reserved
+            .range(..=hi.saturating_add(1))
+            .rev()
+            .take_while(|&(_, &e)| e.saturating_add(1) >= lo)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.reserved.remove(&s);
+            new_lo = new_lo.min(s);
+            new_hi = new_hi.max(e);
+        }
+        self.reserved.insert(new_lo, new_hi);
+        Ok(())
+    }
+
+    /// The allocated or reserved range containing `pfn`, if any.
+    pub fn find(&self, pfn: u64) -> Option<IovaRange> {
+        if let Some((&s, &size)) = self.live.range(..=pfn).next_back() {
+            if pfn < s + size {
+                return Some(IovaRange { lo: s, hi: s + size - 1, kind: RangeKind::Allocated });
+            }
+        }
+        let (&s, &e) = self.reserved.range(..=pfn).next_back()?;
+        (pfn <= e).then_some(IovaRange { lo: s, hi: e, kind: RangeKind::Reserved })
+    }
+
+    /// Allocated ranges as `(start, size)` in address order.
+    pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.live.iter().map(|(&s, &l)| (s, l))
+    }
+
+    /// Free ranges as `(start, size)` in address order.
+    pub fn free_ranges(&self) -> Vec<(u64, u64)> {
+        self.free.ranges()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RangeStats {
+        RangeStats { free_ranges: self.free.len() as u64, ..self.stats }
+    }
+
+    /// Verify the internal invariants: free, allocated and reserved ranges are disjoint,
+    /// inside the space, cover it exactly, free neighbours are merged, and the counters and
+    /// tree augmentation agree. A diagnostic for tests; `Err` names the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.free.check()?;
+        let mut pieces: Vec<(u64, u64, char)> = self.free.ranges().into_iter().map(|(s, l)| (s, s + l - 1, 'f')).collect();
+        pieces.extend(self.live.iter().map(|(&s, &l)| (s, s + l - 1, 'a')));
+        pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
+            let (s, e) = (s.max(self.start), e.min(self.end));
+            (s <= e).then_some((s, e, 'r'))
+        }));
+        pieces.sort_unstable();
+        let mut next = self.start;
+        let mut prev_kind = ' ';
+        for &(s, e, k) in &pieces {
+            if s != next {
+                return Err(format!("range [{s:#x}, {e:#x}] ({k}) does not start at {next:#x}"));
+            }
+            if k == 'f' && prev_kind == 'f' {
+                return Err(format!("free ranges not merged at {s:#x}"));
+            }
+            next = e + 1;
+            prev_kind = k;
+        }
+        if next != self.end + 1 {
+            return Err(format!("ranges end at {next:#x}, space ends at {:#x}", self.end));
+        }
+        let free: u64 = self.free.ranges().iter().map(|r| r.1).sum();
+        let live: u64 = self.live.values().sum();
+        if free != self.stats.free_granules || live != self.stats.allocated_granules {
+            return Err("granule counters disagree with the ranges".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_leave_the_allocator_usable() {
+        let mut r = RangeAllocator::new(10, 20).unwrap();
+        assert_eq!(r.alloc(0, 20, false), Err(IovaError::ZeroSize));
+        assert_eq!(r.alloc(12, 20, false), Err(IovaError::TooLarge { size: 12, space: 11 }));
+        assert_eq!(r.alloc(1, 9, false), Err(IovaError::LimitBelowStart { limit: 9, start: 10 }));
+        let a = r.alloc(4, 20, true).unwrap();
+        assert_eq!(a, 16);
+        assert_eq!(r.free(a, 2), Err(IovaError::SizeMismatch { pfn: 16, allocated: 4, freed: 2 }));
+        assert_eq!(r.free(17, 1), Err(IovaError::NotAllocated { pfn: 17 }));
+        assert_eq!(r.reserve(5, 3), Err(IovaError::InvalidRange { lo: 5, hi: 3 }));
+        assert_eq!(r.reserve(18, 30), Err(IovaError::ReserveOverlapsAllocation { pfn: 16, size: 4 }));
+        r.check_invariants().unwrap();
+        r.free(a, 4).unwrap();
+        assert_eq!(r.free(a, 4), Err(IovaError::NotAllocated { pfn: 16 }));
+        r.check_invariants().unwrap();
+        assert_eq!(r.alloc(11, 20, false), Ok(10), "the whole space is one range again");
+    }
+
+    #[test]
+    fn reservations_merge_and_split_free_ranges() {
+        let mut r = RangeAllocator::new(0, 99).unwrap();
+        r.reserve(10, 19).unwrap();
+        r.reserve(20, 29).unwrap();
+        r.reserve(15, 40).unwrap();
+        r.reserve(200, 300).unwrap();
+        r.check_invariants().unwrap();
+        assert_eq!(r.find(12), Some(IovaRange { lo: 10, hi: 40, kind: RangeKind::Reserved }));
+        assert_eq!(r.free_ranges(), vec![(0, 10), (41, 59)]);
+        assert_eq!(r.stats().reserved_granules, 31);
+        assert_eq!(r.alloc(59, 99, false), Ok(41));
+        assert_eq!(r.alloc(11, 99, false), Err(IovaError::NoSpace { size: 11, limit: 99 }));
+        assert_eq!(r.alloc(10, 99, false), Ok(0));
+        r.check_invariants().unwrap();
+    }
+}

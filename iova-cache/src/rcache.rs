@@ -1,0 +1,289 @@
+//! The per-CPU magazine cache (Bonwick & Adams): per size class, per CPU slot a `loaded` and
+//! a `prev` magazine under the slot's lock, and a depot of full magazines under its own lock.
+//!
+//! Lock order: CPU slot -> depot -> tree. The tree is only ever taken with no cache lock held
+//! or after them, never the other way round. A cached pfn stays allocated in the range
+//! allocator; reclaiming a magazine frees its pfns there.
+
+use crate::config::CACHE_CLASSES;
+use crate::locked::StepLock;
+use crate::magazine::Magazine;
+use crate::points::{CPU_LOCK, DEPOT_EXCHANGE_LOCKED, DEPOT_LOCK, FLUSH_TAKE_LOCKED};
+use crate::range::RangeAllocator;
+use crossbeam_utils::CachePadded;
+use std::mem;
+
+/// One CPU's magazines of one class, and its hit/miss counters (written under the slot lock,
+/// so counting costs no shared write).
+struct CpuMags {
+    loaded: Magazine,
+    prev: Magazine,
+    hits: u64,
+    misses: u64,
+}
+
+impl CpuMags {
+    /// Pop a pfn `<= max_start` from `loaded`, else from `prev`; keeps `loaded` the non-empty
+    /// one so the next pop finds it first.
+    fn pop(&mut self, max_start: u64) -> Option<u64> {
+        if let Some(p) = self.loaded.pop_at_or_below(max_start) {
+            return Some(p);
+        }
+        let p = self.prev.pop_at_or_below(max_start)?;
+        if self.loaded.is_empty() {
+            mem::swap(&mut self.loaded, &mut self.prev);
+        }
+        Some(p)
+    }
+
+    fn granules(&self) -> u64 {
+        (self.loaded.len() + self.prev.len()) as u64
+    }
+}
+
+/// Full magazines shared by all CPUs, and a few empty ones kept for reuse.
+struct Depot {
+    full: Vec<Magazine>,
+    empties: Vec<Magazine>,
+}
+
+struct SizeClass {
+    cpus: Box<[CachePadded<StepLock<CpuMags>>]>,
+    depot: CachePadded<StepLock<Depot>>,
+}
+
+/// Per-class statistics gathered from the slots and the depot.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClassSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub depot_magazines: usize,
+    pub depot_entries: u64,
+    pub cpu_entries: Vec<u64>,
+}
+
+/// Every size class of the cache.
+pub(crate) struct Rcache {
+    classes: Box<[SizeClass]>,
+    mag_size: usize,
+    cpus: usize,
+}
+
+/// What a slot-locked attempt to get a pfn decided.
+enum Got {
+    Hit(u64),
+    Miss,
+    /// Only in the model-weakened form: go to the depot with the slot unlocked.
+    Depot,
+}
+
+impl Rcache {
+    pub(crate) fn new(cpus: usize, mag_size: usize) -> Self {
+        let classes = (0..CACHE_CLASSES)
+            .map(|_| SizeClass {
+                cpus: (0..cpus)
+                    .map(|_| {
+                        CachePadded::new(StepLock::new(
+                            CpuMags {
+                                loaded: Magazine::empty(mag_size),
+                                prev: Magazine::empty(mag_size),
+                                hits: 0,
+                                misses: 0,
+                            },
+                            &CPU_LOCK,
+                        ))
+                    })
+                    .collect(),
+                depot: CachePadded::new(StepLock::new(
+                    Depot { full: Vec::new(), empties: Vec::new() },
+                    &DEPOT_LOCK,
+                )),
+            })
+            .collect();
+        Self { classes, mag_size, cpus }
+    }
+
+    pub(crate) fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    /// Take a cached pfn of class `order` whose range ends at or below `limit`, from CPU slot
+    /// `cpu`'s magazines or, when both are empty, a full magazine from the depot.
+    pub(crate) fn get(&self, order: usize, cpu: usize, limit: u64) -> Option<u64> {
+        let class = &self.classes[order];
+        let slot = &class.cpus[cpu];
+        let Some(max_start) = limit.checked_sub((1u64 << order) - 1) else {
+            slot.with(|m| m.misses += 1);
+            return None;
+        };
+        let got = slot.with(|m| {
+            if let Some(p) = m.pop(max_start) {
+                m.hits += 1;
+                return Got::Hit(p);
+            }
+            if !m.loaded.is_empty() || !m.prev.is_empty() {
+                m.misses += 1;
+                return Got::Miss;
+            }
+            if !DEPOT_EXCHANGE_LOCKED.on() {
+                return Got::Depot;
+            }
+            // Both magazines are empty: trade the empty `loaded` for a full depot magazine.
+            let traded = class.depot.with(|d| {
+                let full = d.full.pop()?;
+                let empty = mem::replace(&mut m.loaded, full);
+                if d.empties.len() < self.cpus {
+                    d.empties.push(empty);
+                }
+                Some(())
+            });
+            match traded.and_then(|()| m.pop(max_start)) {
+                Some(p) => {
+                    m.hits += 1;
+                    Got::Hit(p)
+                }
+                None => {
+                    m.misses += 1;
+                    Got::Miss
+                }
+            }
+        });
+        match got {
+            Got::Hit(p) => Some(p),
+            Got::Miss => None,
+            Got::Depot => {
+                // The tempting shortcut of not holding the slot across the depot call: the
+                // slot may have been refilled meanwhile, and installing the depot magazine
+                // drops those entries.
+                let full = class.depot.with(|d| d.full.pop())?;
+                slot.with(|m| {
+                    m.loaded = full;
+                    m.pop(max_start)
+                })
+            }
+        }
+    }
+
+    /// Cache the freed pfn of class `order` in CPU slot `cpu`, moving a full `loaded`
+    /// magazine to the depot when both magazines are full.
+    pub(crate) fn insert(&self, order: usize, cpu: usize, pfn: u64) {
+        let class = &self.classes[order];
+        class.cpus[cpu].with(|m| {
+            if m.loaded.is_full() {
+                if m.prev.is_full() {
+                    class.depot.with(|d| {
+                        let fresh = d.empties.pop().unwrap_or_else(|| Magazine::empty(self.mag_size));
+                        d.full.push(mem::replace(&mut m.loaded, fresh));
+                    });
+                } else {
+                    mem::swap(&mut m.loaded, &mut m.prev);
+                }
+            }
+            m.loaded.push(pfn);
+        });
+    }
+
+    /// Return CPU slot `cpu`'s cached pfns of every class to `tree`.
+    pub(crate) fn flush_cpu(&self, cpu: usize, tree: &StepLock<RangeAllocator>) -> u64 {
+        let mut flushed = 0;
+        for (order, class) in self.classes.iter().enumerate() {
+            let slot = &class.cpus[cpu];
+            let take = FLUSH_TAKE_LOCKED.on();
+            let pfns: Vec<u64> = slot.with(|m| {
+                if take {
+                    m.loaded.drain().chain(m.prev.drain()).collect()
+                } else {
+                    m.loaded.pfns().iter().chain(m.prev.pfns()).copied().collect()
+                }
+            });
+            free_to_tree(tree, order, &pfns);
+            if !take {
+                // The weakened form empties the slot in a second critical section.
+                slot.with(|m| {
+                    m.loaded.clear();
+                    m.prev.clear();
+                });
+            }
+            flushed += pfns.len() as u64;
+        }
+        flushed
+    }
+
+    /// Return every depot magazine's pfns to `tree`.
+    pub(crate) fn flush_depot(&self, tree: &StepLock<RangeAllocator>) -> u64 {
+        let mut flushed = 0;
+        for (order, class) in self.classes.iter().enumerate() {
+            let mags = class.depot.with(|d| mem::take(&mut d.full));
+            for mag in &mags {
+                free_to_tree(tree, order, mag.pfns());
+                flushed += mag.len() as u64;
+            }
+        }
+        flushed
+    }
+
+    /// One trim pass: in every class whose depot holds more full magazines than there are
+    /// CPU slots, return one magazine to `tree`. Returns the magazines trimmed.
+    pub(crate) fn trim_once(&self, tree: &StepLock<RangeAllocator>) -> usize {
+        let mut trimmed = 0;
+        for (order, class) in self.classes.iter().enumerate() {
+            let excess = class.depot.with(|d| if d.full.len() > self.cpus { d.full.pop() } else { None });
+            if let Some(mag) = excess {
+                free_to_tree(tree, order, mag.pfns());
+                trimmed += 1;
+            }
+        }
+        trimmed
+    }
+
+    /// Statistics of class `order`.
+    pub(crate) fn snapshot(&self, order: usize) -> ClassSnapshot {
+        let class = &self.classes[order];
+        let mut s = ClassSnapshot::default();
+        for slot in class.cpus.iter() {
+            slot.with(|m| {
+                s.hits += m.hits;
+                s.misses += m.misses;
+                s.cpu_entries.push(m.granules());
+            });
+        }
+        class.depot.with(|d| {
+            s.depot_magazines = d.full.len();
+            s.depot_entries = d.full.iter().map(|m| m.len() as u64).sum();
+        });
+        s
+    }
+
+    /// Every cached pfn of every class as `(pfn, granules)` (diagnostics and tests; takes
+    /// each lock in turn, so it is exact only while no other thread uses the cache).
+    pub(crate) fn cached(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (order, class) in self.classes.iter().enumerate() {
+            let size = 1u64 << order;
+            for slot in class.cpus.iter() {
+                slot.with(|m| out.extend(m.loaded.pfns().iter().chain(m.prev.pfns()).map(|&p| (p, size))));
+            }
+            class.depot.with(|d| {
+                for mag in &d.full {
+                    out.extend(mag.pfns().iter().map(|&p| (p, size)));
+                }
+            });
+        }
+        out
+    }
+}
+
+/// Free cached pfns of class `order` in the range allocator.
+fn free_to_tree(tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
+    if pfns.is_empty() {
+        return;
+    }
+    tree.with(|t| {
+        for &p in pfns {
+            let freed = t.free(p, 1 << order);
+            // A cached pfn is a live tree range by construction; only an unchecked double
+            // free by the caller can break this, and then the tree refuses the second copy.
+            debug_assert!(freed.is_ok(), "cached pfn {p:#x} was not allocated: {freed:?}");
+        }
+    });
+}

@@ -1,0 +1,336 @@
+//! Map, bounce, sync and unmap; alloc and free for restricted pools; device-side access.
+//!
+//! | Operation | ToDevice | FromDevice | Bidirectional |
+//! |---|---|---|---|
+//! | map | copy in | copy in | copy in |
+//! | sync_for_device | copy in | nothing | copy in |
+//! | sync_for_cpu | nothing | copy out | copy out |
+//! | unmap (unless `skip_cpu_sync`) | nothing | copy out | copy out |
+//!
+//! Map copies in for every direction so a device never reads a previous user's bytes and
+//! bytes it does not write come back unchanged (CVE-2022-0854).
+
+use crate::device::Device;
+use crate::error::Error;
+use crate::mem::{PoolRef, Swiotlb};
+use crate::points::TRANSIENT_GRACE;
+use crate::pool::{beyond, Pool};
+use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
+
+/// Direction of a DMA transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The device reads the buffer.
+    ToDevice,
+    /// The device writes the buffer.
+    FromDevice,
+    /// Both.
+    Bidirectional,
+}
+
+impl Direction {
+    fn device_writes(self) -> bool {
+        matches!(self, Direction::FromDevice | Direction::Bidirectional)
+    }
+
+    fn device_reads(self) -> bool {
+        matches!(self, Direction::ToDevice | Direction::Bidirectional)
+    }
+}
+
+/// Attributes of a mapping.
+///
+/// ```
+/// let a = swiotlb_core::MapAttrs { alloc_align_mask: 0xFFF, ..Default::default() };
+/// assert!(!a.skip_cpu_sync);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapAttrs {
+    /// Alignment of the allocation start (2^k − 1, at most 64 KiB − 1); the searched size is
+    /// rounded up to it, so a caller (an IOMMU with granule `mask + 1`) may expose whole
+    /// aligned units to the device.
+    pub alloc_align_mask: u64,
+    /// Unmap does not copy back (the caller synced already).
+    pub skip_cpu_sync: bool,
+    /// Zero the bytes of the allocation before and after the mapping, so an untrusted device
+    /// given whole aligned units sees no stale data.
+    pub zero_padding: bool,
+}
+
+impl Swiotlb {
+    /// Bounce `size` bytes of original memory at `orig` for `dev`: returns the bounce address.
+    /// The original bytes are copied in whatever the direction.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(8192);
+    /// let orig = mem.base() + 0xA00;
+    /// mem.write(orig, b"hello").unwrap();
+    /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
+    /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// let a = tlb.map(&nvme, orig, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
+    /// assert_eq!(a & 0xFFF, 0xA00);
+    /// let mut seen = [0u8; 5];
+    /// tlb.read_bounce(&nvme, a, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"hello");
+    /// tlb.write_bounce(&nvme, a, b"HE").unwrap();
+    /// tlb.unmap(&nvme, a, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
+    /// let mut back = [0u8; 5];
+    /// tlb.memory().read(orig, &mut back).unwrap();
+    /// assert_eq!(&back, b"HEllo");
+    /// assert_eq!(tlb.stats().used, 0);
+    /// ```
+    pub fn map(&self, dev: &Device, orig: u64, size: usize, dir: Direction, attrs: MapAttrs) -> Result<u64, Error> {
+        let _ = dir; // Every direction copies in.
+        self.check_device(dev)?;
+        if orig == INVALID_PHYS_ADDR {
+            return Err(Error::NotMapped { addr: orig });
+        }
+        let plan = self.plan(dev, Some(orig), size, attrs.alloc_align_mask, false)?;
+        let (pool, s) = self.find_slots(dev, &plan)?;
+        let first = s + plan.pad_slots;
+        let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
+        let undo = |e: Error| {
+            self.undo(dev, &pool, first, plan.in_off, addr);
+            Err(e)
+        };
+        if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
+            return undo(Error::NotDmaCapable { addr });
+        }
+        if attrs.zero_padding {
+            let run = (s << IO_TLB_SHIFT)..((s + plan.nslots) << IO_TLB_SHIFT);
+            let off = (addr - pool.start()) as usize;
+            pool.region().zero(run.start, off - run.start);
+            pool.region().zero(off + size, run.end - off - size);
+        }
+        if let Err(e) = self.bounce(&pool, addr, size, true) {
+            return undo(e);
+        }
+        Ok(addr)
+    }
+
+    /// Release a mapping that failed before it was handed out.
+    fn undo(&self, dev: &Device, pool: &PoolRef<'_>, first: usize, in_off: usize, addr: u64) {
+        if let Ok(n) = pool.release(first, in_off, addr) {
+            self.inner.stats.sub_used(n);
+            if pool.transient {
+                self.drop_transient(dev, pool);
+            }
+        }
+    }
+
+    /// Copy between the bounce buffer at `addr` and the original memory: `to_device` copies
+    /// original → bounce. Any sub-range of a live mapping, starting in any of its slots.
+    fn bounce(&self, pool: &Pool, addr: u64, size: usize, to_device: bool) -> Result<(), Error> {
+        let range = Error::OutOfRange { addr, size };
+        let (orig, meta) = pool.meta(pool.slot_of(addr));
+        let m = match meta {
+            Some(m) if orig != INVALID_PHYS_ADDR => m,
+            _ => return Err(Error::NotMapped { addr }),
+        };
+        let x = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
+        // Before the mapping's first byte, or past its end.
+        if (m.head && x < m.in_off) || x >= m.alloc_size || size > m.alloc_size - x {
+            return Err(range);
+        }
+        // The signed in-slot delta: negative inside the first in_off bytes of a later slot.
+        let at = orig.wrapping_add(x as u64).wrapping_sub(m.in_off as u64);
+        let off = (addr - pool.start()) as usize;
+        let region = pool.region();
+        if to_device {
+            // SAFETY: the bytes belong to the caller's live mapping; the device does not touch
+            // them during a sync (module documentation of `memory`).
+            let bytes = unsafe { region.bytes_mut(off, size) };
+            self.inner.memory.read(at, bytes)?;
+        } else {
+            // SAFETY: as above.
+            let bytes = unsafe { region.bytes(off, size) };
+            self.inner.memory.write(at, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Copy back (unless skipped or to-device) and release the mapping at `addr`. `size` may
+    /// be at most the mapped size. A second unmap is [`Error::NotMapped`]; on any error the
+    /// mapping stays as it was.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()), Err(Error::NotMapped { addr: a }));
+    /// ```
+    pub fn unmap(&self, dev: &Device, addr: u64, size: usize, dir: Direction, attrs: MapAttrs) -> Result<(), Error> {
+        self.check_device(dev)?;
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        let first = pool.slot_of(addr);
+        let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
+        let mapped = match pool.meta(first).1 {
+            Some(m) if m.head && m.in_off == in_off => m.alloc_size - in_off,
+            _ => return Err(Error::NotMapped { addr }),
+        };
+        if size == 0 || size > mapped {
+            return Err(Error::OutOfRange { addr, size });
+        }
+        if dir.device_writes() && !attrs.skip_cpu_sync {
+            self.bounce(&pool, addr, size, false)?;
+        }
+        let n = pool.release(first, in_off, addr)?;
+        self.inner.stats.sub_used(n);
+        if pool.transient {
+            self.drop_transient(dev, &pool);
+        }
+        Ok(())
+    }
+
+    /// Unlink a transient pool whose one mapping was released, and free it after a grace
+    /// period (the caller's pin is the one that found it).
+    fn drop_transient(&self, dev: &Device, pool: &PoolRef<'_>) {
+        let p: *const Pool = &**pool;
+        if !dev.inner.unlink(p) {
+            return;
+        }
+        self.inner.stats.transient_removed(pool.geo.nslabs);
+        let p = p as *mut Pool;
+        if TRANSIENT_GRACE.on() {
+            let pinned;
+            let guard = match &pool.guard {
+                Some(g) => g,
+                None => {
+                    pinned = dma_sync::rcu::pin();
+                    &pinned
+                }
+            };
+            // SAFETY: unlinked under the device lock just now, so retired exactly once; it came
+            // from `Box::into_raw` in `link`.
+            unsafe { guard.defer_retire(p) };
+        } else {
+            free_without_grace(p);
+        }
+    }
+
+    /// Make the device's writes at `addr` visible to the CPU (copy out for from-device and
+    /// bidirectional mappings). Any sub-range of a live mapping.
+    pub fn sync_for_cpu(&self, dev: &Device, addr: u64, size: usize, dir: Direction) -> Result<(), Error> {
+        self.sync(dev, addr, size, dir.device_writes(), false)
+    }
+
+    /// Make the CPU's writes visible to the device (copy in for to-device and bidirectional
+    /// mappings; nothing for from-device, so a device writing while the CPU polls keeps its
+    /// bytes). Any sub-range of a live mapping.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(8192);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 4096, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// tlb.memory().write(orig + 3000, b"new").unwrap();
+    /// tlb.sync_for_device(&dev, a + 3000, 3, Direction::ToDevice).unwrap();
+    /// let mut seen = [0u8; 3];
+    /// tlb.read_bounce(&dev, a + 3000, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"new");
+    /// ```
+    pub fn sync_for_device(&self, dev: &Device, addr: u64, size: usize, dir: Direction) -> Result<(), Error> {
+        self.sync(dev, addr, size, dir.device_reads(), true)
+    }
+
+    fn sync(&self, dev: &Device, addr: u64, size: usize, copy: bool, to_device: bool) -> Result<(), Error> {
+        self.check_device(dev)?;
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        if copy {
+            self.bounce(&pool, addr, size, to_device)
+        } else {
+            // Nothing to copy, but the range must still be a live mapping.
+            let (orig, meta) = pool.meta(pool.slot_of(addr));
+            match meta {
+                Some(_) if orig != INVALID_PHYS_ADDR => Ok(()),
+                _ => Err(Error::NotMapped { addr }),
+            }
+        }
+    }
+
+    /// Allocate `size` bytes of bounce memory for `dev` from a restricted pool
+    /// (`Config::for_alloc`): aligned to the size's power-of-two page order, always
+    /// page-aligned, never overlapping another allocation.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.alloc(&dev, 12 * 1024).unwrap();
+    /// assert_eq!(a % (16 * 1024), 0);
+    /// tlb.free(&dev, a).unwrap();
+    /// ```
+    pub fn alloc(&self, dev: &Device, size: usize) -> Result<u64, Error> {
+        self.check_device(dev)?;
+        if !self.inner.cfg.for_alloc {
+            return Err(Error::NotForAlloc);
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let pages = size.div_ceil(PAGE_SIZE);
+        let order_bytes = pages.checked_next_power_of_two().ok_or(Error::TooLarge { size, max: 0 })? * PAGE_SIZE;
+        let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
+        let (pool, s) = self.find_slots(dev, &plan)?;
+        let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
+        if addr % PAGE_SIZE as u64 != 0 {
+            // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
+            self.undo(dev, &pool, s, 0, addr);
+            return Err(Error::NoSpace { size });
+        }
+        Ok(addr)
+    }
+
+    /// Free an allocation made by [`Swiotlb::alloc`].
+    pub fn free(&self, dev: &Device, addr: u64) -> Result<(), Error> {
+        self.check_device(dev)?;
+        if !self.inner.cfg.for_alloc {
+            return Err(Error::NotForAlloc);
+        }
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        if addr % PAGE_SIZE as u64 != 0 {
+            return Err(Error::NotMapped { addr });
+        }
+        let n = pool.release(pool.slot_of(addr), 0, addr)?;
+        self.inner.stats.sub_used(n);
+        Ok(())
+    }
+
+    /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).
+    pub fn read_bounce(&self, dev: &Device, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.check_device(dev)?;
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        let off = pool.region().offset_of(addr, buf.len()).ok_or(Error::OutOfRange { addr, size: buf.len() })?;
+        pool.region().read(off, buf);
+        Ok(())
+    }
+
+    /// Device side: write bounce memory at `addr` (must lie in one pool of `dev`).
+    pub fn write_bounce(&self, dev: &Device, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.check_device(dev)?;
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        let off = pool.region().offset_of(addr, data.len()).ok_or(Error::OutOfRange { addr, size: data.len() })?;
+        pool.region().write(off, data);
+        Ok(())
+    }
+}
+
+/// The weakened form of `swiotlb.transient.grace` (never taken in normal builds): the pool
+/// is overwritten at once, as an immediate free would, and parked so no real memory is reused.
+fn free_without_grace(p: *mut Pool) {
+    use dma_sync::rcu::Retire;
+    // SAFETY: unlinked and owned by the caller; leaked afterwards, never freed twice.
+    let mut pool = unsafe { Box::from_raw(p) };
+    pool.poison();
+    Box::leak(pool);
+}

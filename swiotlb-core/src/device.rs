@@ -1,0 +1,152 @@
+//! A device's view of the allocator: its masks, its sticky flag and its transient pools.
+
+use crate::points::{TRANSIENT_LINK, TRANSIENT_TRAVERSE};
+use crate::pool::Pool;
+use dma_sync::atomic::{AtomicBool, AtomicPtr, Ordering::{Acquire, Relaxed, Release}};
+use dma_sync::rcu::Guard;
+use dma_sync::{Arc, Mutex};
+
+/// Constraints of a device on its bounce addresses.
+///
+/// ```
+/// let nvme = swiotlb_core::DeviceConfig { min_align_mask: 0xFFF, ..Default::default() };
+/// assert_eq!(nvme.dma_mask, u64::MAX);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Offset bits of the original address the bounce address keeps (NVMe: 0xFFF).
+    pub min_align_mask: u64,
+    /// No mapping crosses a `seg_boundary_mask + 1` boundary (all ones: unbounded).
+    pub seg_boundary_mask: u64,
+    /// Highest address the device can reach.
+    pub dma_mask: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig { min_align_mask: 0, seg_boundary_mask: u64::MAX, dma_mask: u64::MAX }
+    }
+}
+
+/// A device using a [`crate::Swiotlb`]: cheap to clone (shared handle).
+///
+/// ```
+/// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
+/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(4096)).unwrap();
+/// let dev = tlb.device(DeviceConfig::default());
+/// assert!(!dev.uses_swiotlb());
+/// assert_eq!(dev.transient_pools(), 0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DeviceInner {
+    pub(crate) mem_id: usize,
+    pub(crate) cfg: DeviceConfig,
+    /// Sticky: set by the first successful map, never cleared.
+    pub(crate) uses: AtomicBool,
+    /// Writer lock of the transient list.
+    lock: Mutex<()>,
+    transients: AtomicPtr<Pool>,
+}
+
+impl Device {
+    pub(crate) fn new(mem_id: usize, cfg: DeviceConfig) -> Device {
+        Device {
+            inner: Arc::new(DeviceInner {
+                mem_id,
+                cfg,
+                uses: AtomicBool::new(false),
+                lock: Mutex::new(()),
+                transients: AtomicPtr::new(std::ptr::null_mut()),
+            }),
+        }
+    }
+
+    /// The device's constraints.
+    pub fn config(&self) -> DeviceConfig {
+        self.inner.cfg
+    }
+
+    /// Whether the device has ever been given a bounce buffer.
+    pub fn uses_swiotlb(&self) -> bool {
+        self.inner.uses.load(Relaxed)
+    }
+
+    /// Transient pools currently owned by the device.
+    pub fn transient_pools(&self) -> usize {
+        let _w = self.inner.lock.lock();
+        let mut n = 0;
+        let mut p = self.inner.transients.load(Relaxed);
+        while !p.is_null() {
+            n += 1;
+            // SAFETY: list members are freed only after unlinking under the lock we hold.
+            p = unsafe { &*p }.next.load(Relaxed);
+        }
+        n
+    }
+}
+
+impl DeviceInner {
+    /// Whether the list may hold pools (Relaxed: the caller's lookup fence orders it).
+    pub(crate) fn has_transients(&self) -> bool {
+        !self.transients.load(Relaxed).is_null()
+    }
+
+    /// Link a transient pool at the head of the list; returns its address.
+    pub(crate) fn link(&self, pool: Box<Pool>) -> *mut Pool {
+        let p = Box::into_raw(pool);
+        let _w = self.lock.lock();
+        // SAFETY: `p` is fresh and not yet shared.
+        unsafe { &*p }.next.store(self.transients.load(Relaxed), Relaxed);
+        self.transients.store(p, TRANSIENT_LINK.ord(Release));
+        p
+    }
+
+    /// Unlink `victim`; false if it is not in the list (already unlinked).
+    pub(crate) fn unlink(&self, victim: *const Pool) -> bool {
+        let _w = self.lock.lock();
+        let mut link = &self.transients;
+        loop {
+            let p = link.load(Relaxed);
+            if p.is_null() {
+                return false;
+            }
+            // SAFETY: members are freed only after unlinking under this lock.
+            let pool = unsafe { &*p };
+            if std::ptr::eq(p, victim) {
+                link.store(pool.next.load(Relaxed), TRANSIENT_LINK.ord(Release));
+                return true;
+            }
+            link = &pool.next;
+        }
+    }
+
+    /// The transient pool containing `addr`, read under `guard`.
+    pub(crate) fn find<'g>(&self, addr: u64, guard: &'g Guard) -> Option<&'g Pool> {
+        let mut p = self.transients.load(TRANSIENT_TRAVERSE.ord(Acquire));
+        // SAFETY: pools of the list are retired through RCU after unlinking.
+        while let Some(pool) = unsafe { guard.deref(p) } {
+            if pool.contains(addr) {
+                return Some(pool);
+            }
+            p = pool.next.load(TRANSIENT_TRAVERSE.ord(Acquire));
+        }
+        None
+    }
+}
+
+impl Drop for DeviceInner {
+    fn drop(&mut self) {
+        // Pools of mappings never unmapped: nobody can reach them any more.
+        let mut p = self.transients.load(Relaxed);
+        while !p.is_null() {
+            // SAFETY: exclusive access; every member came from `Box::into_raw` in `link`.
+            let pool = unsafe { Box::from_raw(p) };
+            p = pool.next.load(Relaxed);
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The allocator instance: its configuration, the RCU-published list of global pools, growth,
+//! transient pools and the lock-free lookup.
+//!
+//! Global pools are immortal (freed only when the instance is dropped), so a walk of the global
+//! list needs no pin; it needs the list pointers' acquire loads, paired with the release that
+//! publishes a new pool. Transient pools belong to one device and are freed through RCU, so a
+//! walk of a device's list pins.
+
+use crate::align::{self, Masks, Plan};
+use crate::device::{Device, DeviceConfig};
+use crate::error::Error;
+use crate::memory::OrigMemory;
+use crate::points::{FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_PUBLISH, POOLS_TRAVERSE};
+use crate::pool::{Geometry, Pool};
+use crate::stats::{PoolStats, Stats, StatsSnapshot};
+use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
+use dma_sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::{Acquire, Relaxed, Release, SeqCst}};
+use dma_sync::rcu::{self, Guard};
+use dma_sync::{Arc, Mutex};
+use std::ops::Deref;
+
+/// Configuration of a [`Swiotlb`] instance.
+///
+/// ```
+/// use swiotlb_core::Config;
+/// let c = Config { nslabs: 1024, nareas: 4, ..Config::default() };
+/// assert!(c.can_grow);
+/// let r = Config::restricted(512);
+/// assert!(r.for_alloc && !r.can_grow);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Slots of the default pool (rounded up to whole areas of whole segments).
+    pub nslabs: usize,
+    /// Areas (per-CPU locks) of the default pool; 0: one per CPU. Rounded up to a power of
+    /// two, then reduced so each area holds at least one segment.
+    pub nareas: usize,
+    /// Slots per segment, the longest run: a power of two up to 128. Small values give tiny
+    /// pools for model checking.
+    pub segment_slots: usize,
+    /// Whether the allocator may add memory when no slot fits (transient pools, growth).
+    pub can_grow: bool,
+    /// Whether a failed search allocates a transient pool for the one mapping.
+    pub transient_pools: bool,
+    /// Whether a failed search starts a background thread that adds a pool.
+    pub background_growth: bool,
+    /// Slots of a pool added by growth (0: `nslabs`); halved on failure down to 512.
+    pub growth_nslabs: usize,
+    /// Highest address a pool may occupy.
+    pub phys_limit: u64,
+    /// Whether to keep the shared `used`/high-water counters (the only shared writes of the
+    /// map path besides the area lock).
+    pub stats: bool,
+    /// Whether the instance serves [`Swiotlb::alloc`] (a restricted pool).
+    pub for_alloc: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nslabs: crate::IO_TLB_DEFAULT_SIZE >> IO_TLB_SHIFT,
+            nareas: 0,
+            segment_slots: IO_TLB_SEGSIZE,
+            can_grow: true,
+            transient_pools: true,
+            background_growth: true,
+            growth_nslabs: 0,
+            phys_limit: u64::MAX,
+            stats: true,
+            for_alloc: false,
+        }
+    }
+}
+
+impl Config {
+    /// A restricted pool: one fixed region for one device, one area, never growing, serving
+    /// allocations as well as mappings.
+    pub fn restricted(nslabs: usize) -> Config {
+        Config {
+            nslabs,
+            nareas: 1,
+            can_grow: false,
+            transient_pools: false,
+            background_growth: false,
+            for_alloc: true,
+            ..Config::default()
+        }
+    }
+
+    /// A small geometry for tests and models: `nslabs` slots in `nareas` areas of segments of
+    /// `segment_slots`, growth by explicit [`Swiotlb::grow_by`] only, transient pools on.
+    pub fn tiny(nslabs: usize, nareas: usize, segment_slots: usize) -> Config {
+        Config {
+            nslabs,
+            nareas,
+            segment_slots,
+            background_growth: false,
+            growth_nslabs: nslabs,
+            ..Config::default()
+        }
+    }
+}
+
+/// Where a bounce address lives ([`Swiotlb::find_pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// First bounce address of the pool.
+    pub start: u64,
+    /// One past its last bounce address.
+    pub end: u64,
+    /// Slots.
+    pub nslabs: usize,
+    /// Areas.
+    pub nareas: usize,
+    /// Whether it is a device's transient pool.
+    pub transient: bool,
+}
+
+/// A bounce-buffer allocator: cheap to clone (shared handle). See the crate documentation.
+#[derive(Clone)]
+pub struct Swiotlb {
+    pub(crate) inner: Arc<MemInner>,
+}
+
+pub(crate) struct MemInner {
+    pub(crate) cfg: Config,
+    /// Geometry of the default pool (its area count bounds every pool's).
+    geo: Geometry,
+    /// Head of the global pool list; the default pool, never null.
+    head: AtomicPtr<Pool>,
+    /// Writer lock of the global list (holds the number of pools).
+    writer: Mutex<usize>,
+    nslabs: AtomicUsize,
+    growing: AtomicBool,
+    pub(crate) memory: Box<dyn OrigMemory>,
+    pub(crate) stats: Stats,
+}
+
+impl std::fmt::Debug for Swiotlb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swiotlb").field("cfg", &self.inner.cfg).field("geometry", &self.inner.geo).finish()
+    }
+}
+
+/// A pool found by a search or lookup; a transient one is kept alive by the pin it holds.
+pub(crate) struct PoolRef<'a> {
+    pool: &'a Pool,
+    pub(crate) guard: Option<Guard>,
+}
+
+impl Deref for PoolRef<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        self.pool
+    }
+}
+
+/// Iterator over the global pools (acquire loads: pairs with the publication).
+struct Pools<'a> {
+    next: *const Pool,
+    _mem: &'a MemInner,
+}
+
+impl<'a> Iterator for Pools<'a> {
+    type Item = &'a Pool;
+    fn next(&mut self) -> Option<&'a Pool> {
+        // SAFETY: global pools are freed only when the instance is dropped.
+        let pool = unsafe { self.next.as_ref() }?;
+        self.next = pool.next.load(POOLS_TRAVERSE.ord(Acquire));
+        Some(pool)
+    }
+}
+
+impl Swiotlb {
+    /// Build an instance with its default pool, copying to and from `memory`.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(256, 2, 128), RegionMemory::new(4096)).unwrap();
+    /// assert_eq!(tlb.stats().nslabs, 256);
+    /// let bad = Config { segment_slots: 3, ..Config::default() };
+    /// assert!(matches!(Swiotlb::new(bad, RegionMemory::new(1)), Err(Error::InvalidConfig(_))));
+    /// ```
+    pub fn new(cfg: Config, memory: impl OrigMemory + 'static) -> Result<Swiotlb, Error> {
+        if !cfg.segment_slots.is_power_of_two() || cfg.segment_slots > IO_TLB_SEGSIZE {
+            return Err(Error::InvalidConfig("segment_slots must be a power of two up to 128"));
+        }
+        if cfg.nslabs == 0 {
+            return Err(Error::InvalidConfig("nslabs must be at least 1"));
+        }
+        let nareas = if cfg.nareas == 0 { dma_sync::cpu::count() } else { cfg.nareas };
+        let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
+        let pool = Pool::new(geo, false, cfg.phys_limit)?;
+        Ok(Swiotlb {
+            inner: Arc::new(MemInner {
+                stats: Stats::new(cfg.stats),
+                cfg,
+                geo,
+                head: AtomicPtr::new(Box::into_raw(pool)),
+                writer: Mutex::new(1),
+                nslabs: AtomicUsize::new(geo.nslabs),
+                growing: AtomicBool::new(false),
+                memory: Box::new(memory),
+            }),
+        })
+    }
+
+    /// The configuration this instance was built with.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The segment size in slots (the longest run).
+    pub fn segment_slots(&self) -> usize {
+        self.inner.geo.seg
+    }
+
+    /// A new device handle bound to this instance.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// assert_eq!(dev.config().min_align_mask, 0xFFF);
+    /// ```
+    pub fn device(&self, cfg: DeviceConfig) -> Device {
+        Device::new(self.id(), cfg)
+    }
+
+    /// The original memory the instance copies to and from.
+    pub fn memory(&self) -> &dyn OrigMemory {
+        &*self.inner.memory
+    }
+
+    fn id(&self) -> usize {
+        &*self.inner as *const MemInner as usize
+    }
+
+    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), Error> {
+        if dev.inner.mem_id == self.id() {
+            Ok(())
+        } else {
+            Err(Error::ForeignDevice)
+        }
+    }
+
+    /// The largest mapping `dev` can always get: one segment minus the offset bits its
+    /// `min_align_mask` may have to reproduce (252 KiB for NVMe's 0xFFF).
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(64)).unwrap();
+    /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// assert_eq!(tlb.max_mapping_size(&nvme), 252 * 1024);
+    /// ```
+    pub fn max_mapping_size(&self, dev: &Device) -> usize {
+        align::max_mapping_size(self.inner.geo.seg, dev.inner.cfg.min_align_mask)
+    }
+
+    fn pools(&self) -> Pools<'_> {
+        Pools { next: self.inner.head.load(POOLS_TRAVERSE.ord(Acquire)), _mem: &self.inner }
+    }
+
+    /// Derive the search request of a map or alloc.
+    pub(crate) fn plan(
+        &self,
+        dev: &Device,
+        orig: Option<u64>,
+        size: usize,
+        alloc_align: u64,
+        for_alloc: bool,
+    ) -> Result<Plan, Error> {
+        let c = dev.inner.cfg;
+        let m = Masks { min_align: c.min_align_mask, alloc_align, boundary: c.seg_boundary_mask };
+        let max_align = if for_alloc { u64::MAX } else { POOL_ALIGN as u64 - 1 };
+        align::plan(orig, size, m, !for_alloc, max_align, self.inner.geo.seg)
+    }
+
+    /// Find and allocate slots for `plan`: every pool's local area first, then the other
+    /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
+    /// set and the full fence issued before the caller can hand the address on.
+    pub(crate) fn find_slots<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Result<(PoolRef<'a>, usize), Error> {
+        let found = self.search_global(plan).or_else(|| self.search_transient(dev, plan));
+        let (pool, s) = found.ok_or(Error::NoSpace { size: plan.mapping_size })?;
+        self.inner.stats.add_used(plan.nslots);
+        let d = &dev.inner;
+        if FLAG_SET.on() && !d.uses.load(Relaxed) {
+            d.uses.store(true, Relaxed);
+        }
+        FLAG_FENCE.fence(SeqCst);
+        Ok((pool, s))
+    }
+
+    fn search_global(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
+        let cpu = dma_sync::cpu::current();
+        for off in 0..self.inner.geo.nareas {
+            for pool in self.pools() {
+                if off >= pool.geo.nareas {
+                    continue;
+                }
+                let a = (cpu + off) & (pool.geo.nareas - 1);
+                if let Some(s) = pool.try_area(a, plan) {
+                    return Some((PoolRef { pool, guard: None }, s));
+                }
+            }
+        }
+        None
+    }
+
+    fn search_transient<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Option<(PoolRef<'a>, usize)> {
+        let cfg = &self.inner.cfg;
+        if !cfg.can_grow {
+            return None;
+        }
+        if cfg.background_growth {
+            self.kick_growth();
+        }
+        if !cfg.transient_pools {
+            return None;
+        }
+        // Just big enough: the run plus the slots needed to reach an address matching the
+        // original's `mmask` bits (pools are POOL_ALIGN-aligned).
+        let lead = plan.orig.map_or(0, |o| ((o & plan.mmask & (POOL_ALIGN as u64 - 1)) >> IO_TLB_SHIFT) as usize);
+        let nslabs = plan.nslots + lead;
+        let geo = Geometry::new(nslabs, 1, nslabs);
+        let pool = Pool::new(geo, true, dev.inner.cfg.dma_mask.min(cfg.phys_limit)).ok()?;
+        let s = pool.try_area(0, plan)?;
+        self.inner.stats.transient_added(geo.nslabs);
+        let p = dev.inner.link(pool);
+        // SAFETY: the pool stays linked until its one mapping (the caller's) is unmapped.
+        Some((PoolRef { pool: unsafe { &*p }, guard: None }, s))
+    }
+
+    /// Start the background worker that adds a pool, unless one is running.
+    fn kick_growth(&self) {
+        if self.inner.growing.swap(true, Relaxed) {
+            return;
+        }
+        let me = self.clone();
+        dma_sync::thread::spawn(move || {
+            // Failure shows as the next search failing again, which kicks the worker again.
+            let _ = me.grow();
+            me.inner.growing.store(false, Relaxed);
+        });
+    }
+
+    /// Whether the background worker is adding a pool.
+    pub fn growth_in_progress(&self) -> bool {
+        self.inner.growing.load(Relaxed)
+    }
+
+    /// Add one pool of `growth_nslabs` slots (halved on failure down to 512 or the configured
+    /// size), as the background worker does. Returns the slots added.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(tlb.grow().unwrap(), 8);
+    /// assert_eq!(tlb.stats().nslabs, 16);
+    /// ```
+    pub fn grow(&self) -> Result<usize, Error> {
+        let cfg = &self.inner.cfg;
+        let want = if cfg.growth_nslabs == 0 { cfg.nslabs } else { cfg.growth_nslabs };
+        let floor = want.min(IO_TLB_MIN_SLABS);
+        let mut n = want;
+        loop {
+            match self.grow_by(n) {
+                Err(Error::PoolAlloc { .. }) if n / 2 >= floor => {
+                    n = (n / 2).next_multiple_of(self.inner.geo.seg).max(floor);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Add one global pool of (at least) `nslabs` slots with the default area count, limited
+    /// to whole segments; it is published to lock-free readers. Returns the slots added.
+    pub fn grow_by(&self, nslabs: usize) -> Result<usize, Error> {
+        if !self.inner.cfg.can_grow {
+            return Err(Error::GrowthDisabled);
+        }
+        if nslabs == 0 {
+            return Err(Error::InvalidConfig("a pool needs at least one slot"));
+        }
+        let geo = Geometry::new(nslabs, self.inner.geo.nareas, self.inner.geo.seg);
+        let pool = Box::into_raw(Pool::new(geo, false, self.inner.cfg.phys_limit)?);
+        let mut count = self.inner.writer.lock();
+        let mut tail = self.inner.head.load(Relaxed);
+        loop {
+            // SAFETY: global pools are immortal; the writer lock orders us after every append.
+            let next = unsafe { &*tail }.next.load(Relaxed);
+            if next.is_null() {
+                break;
+            }
+            tail = next;
+        }
+        // SAFETY: as above.
+        unsafe { &*tail }.next.store(pool, POOLS_PUBLISH.ord(Release));
+        *count += 1;
+        self.inner.nslabs.fetch_add(geo.nslabs, Relaxed);
+        Ok(geo.nslabs)
+    }
+
+    /// The pool holding bounce address `addr` of `dev`: lock-free. A device that never used
+    /// bounce buffers pays one fence and one flag load.
+    pub(crate) fn lookup<'a>(&'a self, dev: &'a Device, addr: u64) -> Option<PoolRef<'a>> {
+        let d = &dev.inner;
+        LOOKUP_RMB.fence(Acquire);
+        if !d.uses.load(Relaxed) {
+            return None;
+        }
+        if let Some(pool) = self.pools().find(|p| p.contains(addr)) {
+            return Some(PoolRef { pool, guard: None });
+        }
+        if !d.has_transients() {
+            return None;
+        }
+        let guard = rcu::pin_at(&LOOKUP_PIN);
+        let pool: *const Pool = d.find(addr, &guard)?;
+        // SAFETY: the pool is not freed before `guard`, which the returned value owns, unpins.
+        Some(PoolRef { pool: unsafe { &*pool }, guard: Some(guard) })
+    }
+
+    /// Whether `addr` is a bounce address of `dev` (global or transient pool). Lock-free, and
+    /// correct for addresses handed between threads through the caller's own memory.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// assert!(!tlb.is_bounce_buffer(&dev, orig));
+    /// let a = tlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert!(tlb.is_bounce_buffer(&dev, a));
+    /// assert!(!tlb.is_bounce_buffer(&dev, orig));
+    /// ```
+    pub fn is_bounce_buffer(&self, dev: &Device, addr: u64) -> bool {
+        self.check_device(dev).is_ok() && self.lookup(dev, addr).is_some()
+    }
+
+    /// The pool holding bounce address `addr` of `dev`, if any.
+    pub fn find_pool(&self, dev: &Device, addr: u64) -> Option<PoolInfo> {
+        self.check_device(dev).ok()?;
+        self.lookup(dev, addr).map(|p| PoolInfo {
+            start: p.start(),
+            end: p.end(),
+            nslabs: p.geo.nslabs,
+            nareas: p.geo.nareas,
+            transient: p.transient,
+        })
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        let pools: Vec<PoolStats> = self
+            .pools()
+            .map(|p| PoolStats { start: p.start(), nslabs: p.geo.nslabs, area_used: p.area_used() })
+            .collect();
+        let global_used: usize = pools.iter().flat_map(|p| p.area_used.iter()).sum();
+        let transient_nslabs = s.transient_nslabs.load(Relaxed);
+        StatsSnapshot {
+            nslabs: self.inner.nslabs.load(Relaxed),
+            // A transient pool is created for one run, used until it is freed.
+            used: global_used + transient_nslabs,
+            hiwater: s.hiwater(),
+            transient_pools: s.transient_pools.load(Relaxed),
+            transient_nslabs,
+            pools,
+        }
+    }
+
+    /// Reset the high-water mark; only 0 is accepted (as writing the debugfs file).
+    pub fn reset_hiwater(&self, value: u64) -> Result<(), Error> {
+        self.inner.stats.reset_hiwater(value)
+    }
+
+    /// Check the quiescent invariants of every global pool (free-run counters, `used`,
+    /// metadata of free slots). Meant for tests and debugging; takes every area lock in turn.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.pools().try_for_each(Pool::check)
+    }
+}
+
+impl Drop for MemInner {
+    fn drop(&mut self) {
+        let mut p = self.head.load(Relaxed);
+        while !p.is_null() {
+            // SAFETY: exclusive access; global pools came from `Box::into_raw` and are freed once.
+            let pool = unsafe { Box::from_raw(p) };
+            p = pool.next.load(Relaxed);
+        }
+    }
+}

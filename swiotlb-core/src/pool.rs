@@ -1,0 +1,338 @@
+//! A pool: one contiguous region of slots split into areas, each with its own lock.
+//!
+//! The area lock guards the area's free-run counters, its next-fit hint and the metadata of
+//! its slots (written only under it). Slot metadata are Relaxed atomics so that a bounce copy
+//! of a live mapping may read them without the lock (the owner of a mapping is ordered after
+//! its map by the caller), and so that a bogus concurrent call is a wrong answer, never a data
+//! race. The bounds are atomics too: under loom a reader that reaches a pool without
+//! happens-before to its creation, or after its free, is then reported.
+
+use crate::align::Plan;
+use crate::error::Error;
+use crate::memory::Region;
+use crate::slots;
+use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
+use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
+use dma_sync::rcu::Retire;
+use dma_sync::Mutex;
+
+/// Slot counts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub nslabs: usize,
+    pub nareas: usize,
+    pub area_nslabs: usize,
+    /// Segment size in slots: the longest run; areas are whole segments.
+    pub seg: usize,
+}
+
+impl Geometry {
+    /// Areas of whole segments: `nareas` is rounded up to a power of two, then reduced until
+    /// each area holds at least one segment; `nslabs` is rounded up to whole areas.
+    pub(crate) fn new(nslabs: usize, nareas: usize, seg: usize) -> Geometry {
+        let seg = seg.min(nslabs.max(1));
+        let segments = nslabs.max(1).div_ceil(seg);
+        let mut nareas = nareas.max(1).next_power_of_two();
+        while nareas > 1 && nareas > segments {
+            nareas /= 2;
+        }
+        let area_nslabs = segments.div_ceil(nareas) * seg;
+        Geometry { nslabs: area_nslabs * nareas, nareas, area_nslabs, seg }
+    }
+}
+
+// Slot metadata word: alloc_size | in_off | pad_slots | nslots | VALID | HEAD.
+const SIZE_MASK: u64 = 0xFFFF_FFFF;
+const IN_OFF_SHIFT: u32 = 32;
+const PAD_SHIFT: u32 = 43;
+const NSLOTS_SHIFT: u32 = 51;
+const VALID: u64 = 1 << 62;
+const HEAD: u64 = 1 << 63;
+
+/// Decoded metadata of one slot of a live mapping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotMeta {
+    /// Bytes from this slot's start to the end of the mapping (bounce space).
+    pub alloc_size: usize,
+    /// In-slot offset at which the mapping starts in its first slot.
+    pub in_off: usize,
+    /// Set on the first non-padding slot of a mapping.
+    pub head: bool,
+    /// Head only: padding slots before it.
+    pub pad_slots: usize,
+    /// Head only: slots of the whole allocation, padding included.
+    pub nslots: usize,
+}
+
+impl SlotMeta {
+    fn decode(w: u64) -> Option<SlotMeta> {
+        (w & VALID != 0).then_some(SlotMeta {
+            alloc_size: (w & SIZE_MASK) as usize,
+            in_off: ((w >> IN_OFF_SHIFT) & 0x7FF) as usize,
+            head: w & HEAD != 0,
+            pad_slots: ((w >> PAD_SHIFT) & 0xFF) as usize,
+            nslots: ((w >> NSLOTS_SHIFT) & 0x1FF) as usize,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    orig: AtomicU64,
+    meta: AtomicU64,
+}
+
+#[derive(Debug)]
+struct AreaState {
+    /// Next-fit hint, area-relative; only a hint (every value is safe).
+    index: usize,
+    /// Exact number of used slots.
+    used: usize,
+    list: Box<[u16]>,
+}
+
+#[derive(Debug)]
+struct Area {
+    state: Mutex<AreaState>,
+    /// Copy of `used` for unlocked statistics.
+    used: AtomicUsize,
+}
+
+/// One pool of bounce slots.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    start: AtomicU64,
+    end: AtomicU64,
+    pub geo: Geometry,
+    region: Region,
+    slots: Box<[Slot]>,
+    areas: Box<[Area]>,
+    /// Next pool in the published list (global list or a device's transient list).
+    pub next: AtomicPtr<Pool>,
+    pub transient: bool,
+}
+
+impl Pool {
+    /// Allocate a pool of `geo` whose last byte lies at or below `limit`.
+    pub(crate) fn new(geo: Geometry, transient: bool, limit: u64) -> Result<Box<Pool>, Error> {
+        let fail = Error::PoolAlloc { nslabs: geo.nslabs };
+        let bytes = geo.nslabs.checked_mul(IO_TLB_SIZE).ok_or(fail.clone())?;
+        let region = Region::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
+        let start = region.addr();
+        if beyond(start.checked_add(bytes as u64 - 1), limit) {
+            return Err(fail);
+        }
+        let slots = (0..geo.nslabs)
+            .map(|_| Slot { orig: AtomicU64::new(INVALID_PHYS_ADDR), meta: AtomicU64::new(0) })
+            .collect();
+        let areas = (0..geo.nareas)
+            .map(|_| {
+                let mut list = vec![0u16; geo.area_nslabs].into_boxed_slice();
+                slots::init(&mut list, geo.seg);
+                Area { state: Mutex::new(AreaState { index: 0, used: 0, list }), used: AtomicUsize::new(0) }
+            })
+            .collect();
+        Ok(Box::new(Pool {
+            start: AtomicU64::new(start),
+            end: AtomicU64::new(start + bytes as u64),
+            geo,
+            region,
+            slots,
+            areas,
+            next: AtomicPtr::new(std::ptr::null_mut()),
+            transient,
+        }))
+    }
+
+    /// First bounce address.
+    #[inline]
+    pub(crate) fn start(&self) -> u64 {
+        self.start.load(Relaxed)
+    }
+
+    /// One past the last bounce address.
+    #[inline]
+    pub(crate) fn end(&self) -> u64 {
+        self.end.load(Relaxed)
+    }
+
+    /// Whether `addr` is a bounce address of this pool.
+    #[inline]
+    pub(crate) fn contains(&self, addr: u64) -> bool {
+        addr >= self.start() && addr < self.end()
+    }
+
+    /// Bounce address of slot `i`.
+    #[inline]
+    fn slot_addr(&self, i: usize) -> u64 {
+        self.region.addr() + ((i as u64) << IO_TLB_SHIFT)
+    }
+
+    /// Slot index of bounce address `addr` (which must be inside the pool).
+    #[inline]
+    pub(crate) fn slot_of(&self, addr: u64) -> usize {
+        ((addr - self.region.addr()) >> IO_TLB_SHIFT) as usize
+    }
+
+    /// The bounce memory of the pool.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Search area `a` for `plan` and, if a run fits, allocate it and record the mapping of
+    /// `plan.orig`. Returns the allocation's first slot (padding included).
+    pub(crate) fn try_area(&self, a: usize, plan: &Plan) -> Option<usize> {
+        let n = self.geo.area_nslabs;
+        let area = &self.areas[a];
+        let mut st = area.state.lock();
+        if plan.nslots > n - st.used {
+            return None;
+        }
+        let base = a * n;
+        let stride = plan.stride.min(n);
+        let wrap = |x: usize| if x >= n { 0 } else { x };
+        let mut i = wrap(st.index);
+        let mut checked = 0;
+        // Each candidate is checked once: at most `n` steps of +1 or +stride, whatever the mix.
+        while checked < n {
+            let addr = self.slot_addr(base + i);
+            if !plan.aligned(addr) {
+                i = wrap(i + 1);
+                checked += 1;
+                continue;
+            }
+            if plan.within_boundary(addr) && st.list[i] as usize >= plan.nslots {
+                slots::allocate(&mut st.list, self.geo.seg, i, plan.nslots);
+                st.index = wrap(i + plan.nslots);
+                st.used += plan.nslots;
+                area.used.store(st.used, Relaxed);
+                self.record(base + i, plan);
+                return Some(base + i);
+            }
+            i = wrap(i + stride);
+            checked += stride;
+        }
+        None
+    }
+
+    /// Write the metadata of a fresh allocation at `s` (called under its area lock).
+    fn record(&self, s: usize, plan: &Plan) {
+        let first = s + plan.pad_slots;
+        let covered = (plan.in_off + plan.mapping_size).div_ceil(IO_TLB_SIZE);
+        for (k, slot) in self.slots[s..s + plan.nslots].iter().enumerate() {
+            let (orig, meta) = match k.checked_sub(plan.pad_slots) {
+                Some(j) if j < covered => {
+                    let size = (plan.in_off + plan.mapping_size - j * IO_TLB_SIZE) as u64;
+                    let mut meta = VALID | size | (plan.in_off as u64) << IN_OFF_SHIFT;
+                    if j == 0 {
+                        meta |= HEAD | (plan.pad_slots as u64) << PAD_SHIFT | (plan.nslots as u64) << NSLOTS_SHIFT;
+                    }
+                    let orig = plan.orig.map_or(INVALID_PHYS_ADDR, |o| o + ((j as u64) << IO_TLB_SHIFT));
+                    (orig, meta)
+                }
+                _ => (INVALID_PHYS_ADDR, 0),
+            };
+            slot.orig.store(orig, Relaxed);
+            slot.meta.store(meta, Relaxed);
+        }
+        debug_assert!(first < s + plan.nslots);
+    }
+
+    /// Metadata of slot `i` (no lock: see the module documentation).
+    pub(crate) fn meta(&self, i: usize) -> (u64, Option<SlotMeta>) {
+        let s = &self.slots[i];
+        (s.orig.load(Relaxed), SlotMeta::decode(s.meta.load(Relaxed)))
+    }
+
+    /// Free the allocation whose mapping starts at slot `first` with in-slot offset `in_off`.
+    /// Validated under the owning area's lock, so a second or bogus release changes nothing.
+    /// Returns the number of slots freed.
+    pub(crate) fn release(&self, first: usize, in_off: usize, addr: u64) -> Result<usize, Error> {
+        let n = self.geo.area_nslabs;
+        let a = first / n;
+        let area = &self.areas[a];
+        let mut st = area.state.lock();
+        let meta = match SlotMeta::decode(self.slots[first].meta.load(Relaxed)) {
+            Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first % n => m,
+            _ => return Err(Error::NotMapped { addr }),
+        };
+        let s = first - meta.pad_slots;
+        for slot in &self.slots[s..s + meta.nslots] {
+            slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
+            slot.meta.store(0, Relaxed);
+        }
+        slots::free(&mut st.list, self.geo.seg, s - a * n, meta.nslots);
+        st.used -= meta.nslots;
+        area.used.store(st.used, Relaxed);
+        Ok(meta.nslots)
+    }
+
+    /// Used slots per area (unlocked snapshot).
+    pub(crate) fn area_used(&self) -> Vec<usize> {
+        self.areas.iter().map(|a| a.used.load(Relaxed)).collect()
+    }
+
+    /// Check the quiescent invariants of every area: counters, `used`, free-slot metadata.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (a, area) in self.areas.iter().enumerate() {
+            let st = area.state.lock();
+            slots::check(&st.list, self.geo.seg).map_err(|e| format!("pool {:#x} area {a}: {e}", self.start()))?;
+            let zeros = st.list.iter().filter(|&&v| v == 0).count();
+            if zeros != st.used || area.used.load(Relaxed) != st.used {
+                return Err(format!("pool {:#x} area {a}: used {} but {zeros} slots allocated", self.start(), st.used));
+            }
+            for (i, &v) in st.list.iter().enumerate() {
+                let (orig, meta) = self.meta(a * self.geo.area_nslabs + i);
+                if v != 0 && (orig != INVALID_PHYS_ADDR || meta.is_some()) {
+                    return Err(format!("pool {:#x} area {a}: free slot {i} has metadata", self.start()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a range ending at `last` (`None`: overflowed) lies beyond `limit`.
+pub(crate) fn beyond(last: Option<u64>, limit: u64) -> bool {
+    match last {
+        Some(last) => last > limit,
+        None => true,
+    }
+}
+
+impl Retire for Pool {
+    fn poison(&mut self) {
+        self.start.poison(INVALID_PHYS_ADDR);
+        self.end.poison(0);
+        self.next.poison(std::ptr::null_mut());
+        for s in self.slots.iter_mut() {
+            s.orig.poison(INVALID_PHYS_ADDR);
+            s.meta.poison(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_areas_are_whole_segments() {
+        assert_eq!(Geometry::new(8, 2, 4), Geometry { nslabs: 8, nareas: 2, area_nslabs: 4, seg: 4 });
+        // Small pool, many CPUs: the areas shrink to the segments available.
+        assert_eq!(Geometry::new(256, 64, 128), Geometry { nslabs: 256, nareas: 2, area_nslabs: 128, seg: 128 });
+        // Non-power-of-two area counts round up, then fit.
+        assert_eq!(Geometry::new(1024, 3, 128).nareas, 4);
+        // Pools under one segment: one area, the segment is the pool.
+        assert_eq!(Geometry::new(5, 4, 128), Geometry { nslabs: 5, nareas: 1, area_nslabs: 5, seg: 5 });
+        assert_eq!(Geometry::new(0, 0, 128).nslabs, 1);
+    }
+
+    #[test]
+    fn slot_index_math_beyond_two_to_the_twenty_slots() {
+        // The index → address math is done in u64: no overflow for huge pools.
+        let i: usize = (1 << 21) + 3;
+        assert_eq!(((i as u64) << IO_TLB_SHIFT) >> IO_TLB_SHIFT, i as u64);
+        assert_eq!((i as u64) << IO_TLB_SHIFT, 0x1_0000_1800);
+    }
+}

@@ -1,0 +1,399 @@
+//! One regression test per applicable entry of the reference's bug table, and the error
+//! paths: every error is typed, changes nothing, and the allocator keeps working.
+
+use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+
+const SLOT: usize = 2048;
+const NONE: MapAttrs = MapAttrs { alloc_align_mask: 0, skip_cpu_sync: false, zero_padding: false };
+
+fn fixed(nslabs: usize) -> (Swiotlb, u64) {
+    let mem = RegionMemory::new(512 * 1024);
+    let base = mem.base();
+    let cfg = Config { can_grow: false, ..Config::tiny(nslabs, 1, 128) };
+    (Swiotlb::new(cfg, mem).unwrap(), base)
+}
+
+fn read(tlb: &Swiotlb, addr: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    tlb.memory().read(addr, &mut v).unwrap();
+    v
+}
+
+/// CVE-2022-0854 (ddbd89deb7d3): a from-device mapping over dirty slots; the device writes
+/// half; unmap must return the other half unchanged, not a previous user's bytes.
+#[test]
+fn from_device_mapping_never_leaks_stale_bytes() {
+    let (tlb, base) = fixed(8);
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.write_bounce(&dev, a, &vec![0xEE; 8 * SLOT]).unwrap();
+    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+
+    let buf = base + 0x10000;
+    tlb.memory().write(buf, &vec![0x55; 8 * SLOT]).unwrap();
+    let b = tlb.map(&dev, buf, 8 * SLOT, Direction::FromDevice, NONE).unwrap();
+    assert_eq!(b, a, "the dirty slots are reused");
+    tlb.write_bounce(&dev, b, &vec![0x11; 4 * SLOT]).unwrap();
+    tlb.unmap(&dev, b, 8 * SLOT, Direction::FromDevice, NONE).unwrap();
+    let back = read(&tlb, buf, 8 * SLOT);
+    assert!(back[..4 * SLOT].iter().all(|&x| x == 0x11));
+    assert!(back[4 * SLOT..].iter().all(|&x| x == 0x55), "stale bytes leaked");
+}
+
+/// The reverted rework (aa6f8dcbab47): `sync_for_device(FROM_DEVICE)` copies nothing, so a
+/// device writing while the CPU polls keeps its bytes.
+#[test]
+fn sync_for_device_from_device_copies_nothing() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 4096, Direction::FromDevice, NONE).unwrap();
+    tlb.write_bounce(&dev, a, &[0x77; 4096]).unwrap();
+    tlb.memory().write(base, &[0x01; 4096]).unwrap();
+    tlb.sync_for_device(&dev, a, 4096, Direction::FromDevice).unwrap();
+    let mut seen = [0u8; 4096];
+    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+    assert!(seen.iter().all(|&x| x == 0x77));
+    // And sync_for_cpu(TO_DEVICE) copies nothing back.
+    let t = tlb.map(&dev, base + 8192, 64, Direction::ToDevice, NONE).unwrap();
+    tlb.write_bounce(&dev, t, &[0x99; 64]).unwrap();
+    tlb.sync_for_cpu(&dev, t, 64, Direction::ToDevice).unwrap();
+    tlb.unmap(&dev, t, 64, Direction::ToDevice, NONE).unwrap();
+    assert!(read(&tlb, base + 8192, 64).iter().all(|&x| x == 0));
+}
+
+/// Partial syncs (e8068f2d756d): every offset and several lengths of an NVMe mapping with an
+/// in-slot offset, including offsets inside the first in_off bytes of slot 2 and beyond.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn partial_syncs_at_every_offset() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    let orig = base + 0x1A00;
+    let size = 8192;
+    let a = tlb.map(&dev, orig, size, Direction::Bidirectional, NONE).unwrap();
+    assert_eq!(a & 0xFFF, 0xA00);
+    for off in (0..size).step_by(7).chain([1535, 1536, 1537, 2047, 2048, 3583, 3584, 8191]) {
+        for len in [1usize, 48, 513, 2048] {
+            let len = len.min(size - off);
+            let tag = (off as u8).wrapping_mul(31) ^ len as u8;
+            // Device → CPU.
+            tlb.write_bounce(&dev, a + off as u64, &vec![tag; len]).unwrap();
+            tlb.sync_for_cpu(&dev, a + off as u64, len, Direction::Bidirectional).unwrap();
+            assert!(read(&tlb, orig + off as u64, len).iter().all(|&x| x == tag), "sync_for_cpu at {off}+{len}");
+            // CPU → device.
+            tlb.memory().write(orig + off as u64, &vec![!tag; len]).unwrap();
+            tlb.sync_for_device(&dev, a + off as u64, len, Direction::Bidirectional).unwrap();
+            let mut seen = vec![0; len];
+            tlb.read_bounce(&dev, a + off as u64, &mut seen).unwrap();
+            assert!(seen.iter().all(|&x| x == !tag), "sync_for_device at {off}+{len}");
+        }
+    }
+    // Bytes around the mapping were never touched.
+    assert!(read(&tlb, orig - 16, 16).iter().all(|&x| x == 0));
+    assert!(read(&tlb, orig + size as u64, 16).iter().all(|&x| x == 0));
+    // Ranges leaving the mapping are refused.
+    let oor = |addr: u64, len: usize| Error::OutOfRange { addr, size: len };
+    assert_eq!(tlb.sync_for_cpu(&dev, a + 8000, 193, Direction::Bidirectional), Err(oor(a + 8000, 193)));
+    assert_eq!(tlb.sync_for_cpu(&dev, a - 1, 1, Direction::Bidirectional), Err(oor(a - 1, 1)));
+    tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE).unwrap();
+}
+
+/// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
+/// claim slots beyond their end (was s390 memory corruption).
+#[test]
+fn transient_pools_of_every_small_size() {
+    let mem = RegionMemory::new(512 * 1024);
+    let base = mem.base();
+    let tlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
+    let other = tlb.device(DeviceConfig::default());
+    let hog = tlb.map(&other, base, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    for n in 1..=127usize {
+        let size = n * SLOT - 5;
+        let a = tlb.map(&dev, base, size, Direction::Bidirectional, NONE).unwrap();
+        let p = tlb.find_pool(&dev, a).unwrap();
+        assert!(p.transient);
+        assert_eq!(p.nslabs, n);
+        assert!(a >= p.start && a + size as u64 <= p.end);
+        assert_eq!(tlb.stats().transient_nslabs, n);
+        tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE).unwrap();
+        assert_eq!(dev.transient_pools(), 0);
+    }
+    tlb.unmap(&other, hog, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().transient_pools, 0);
+    tlb.check_invariants().unwrap();
+}
+
+/// A transient pool for an NVMe mapping whose original needs an odd slot is still just big
+/// enough: the leading slot is the only extra.
+#[test]
+fn transient_pool_honours_min_align() {
+    let mem = RegionMemory::new(64 * 1024);
+    let base = mem.base();
+    let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let other = tlb.device(DeviceConfig::default());
+    tlb.map(&other, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    let a = tlb.map(&dev, base + 0xA00, 4000, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(a & 0xFFF, 0xA00);
+    assert_eq!(tlb.find_pool(&dev, a).unwrap().nslabs, 1 + 3);
+}
+
+/// Check alloc_size before allocating a new pool (3dc2f209208d): a request over one segment
+/// allocates nothing, not even a transient pool.
+#[test]
+fn oversized_request_allocates_nothing() {
+    let (tlb, base) = fixed(128);
+    let grow = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(1)).unwrap();
+    for t in [&tlb, &grow] {
+        let dev = t.device(DeviceConfig::default());
+        let r = t.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE);
+        assert!(matches!(r, Err(Error::TooLarge { size: 262_145, max: 262_144 })));
+        assert_eq!(t.stats().transient_pools, 0);
+        assert_eq!(t.stats().nslabs, 128);
+        assert!(!dev.uses_swiotlb());
+    }
+}
+
+/// Double allocation due to broken alignment (04867a7a3332, CVE-2024-35814): `alloc` of 1..N
+/// pages from a restricted pool is page-aligned and disjoint.
+#[test]
+fn restricted_alloc_is_page_aligned_and_disjoint() {
+    let tlb = Swiotlb::new(Config::restricted(1024), RegionMemory::new(1)).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    let mut live = Vec::new();
+    for round in 0..3 {
+        for pages in 1..=8usize {
+            let size = pages * 4096 - round * 100;
+            let a = tlb.alloc(&dev, size).unwrap();
+            assert_eq!(a % 4096, 0);
+            assert_eq!(a % (pages.next_power_of_two() as u64 * 4096), 0, "size-order alignment");
+            live.push((a, a + size as u64));
+        }
+    }
+    live.sort();
+    for w in live.windows(2) {
+        assert!(w[0].1 <= w[1].0, "allocations overlap: {:x?}", w);
+    }
+    for (a, _) in &live {
+        tlb.free(&dev, *a).unwrap();
+    }
+    assert_eq!(tlb.free(&dev, live[0].0), Err(Error::NotMapped { addr: live[0].0 }));
+    tlb.check_invariants().unwrap();
+    assert_eq!(tlb.stats().used, 0);
+}
+
+/// Reduce areas to match the pool size (8ac04063354a), set areas before allocating
+/// (aabd12609f91): a small pool on many CPUs still has whole-segment areas and still serves
+/// the maximum mapping.
+#[test]
+fn small_pool_many_cpus() {
+    let mem = RegionMemory::new(512 * 1024);
+    let base = mem.base();
+    let tlb = Swiotlb::new(Config { nslabs: 256, nareas: 64, can_grow: false, ..Config::default() }, mem).unwrap();
+    assert_eq!(tlb.stats().pools[0].area_used.len(), 2);
+    let dev = tlb.device(DeviceConfig::default());
+    for cpu in 0..64 {
+        dma_sync::cpu::set_current(Some(cpu));
+        let a = tlb.map(&dev, base, 256 * 1024, Direction::ToDevice, NONE).unwrap();
+        tlb.unmap(&dev, a, 256 * 1024, Direction::ToDevice, NONE).unwrap();
+    }
+    dma_sync::cpu::set_current(None);
+    tlb.check_invariants().unwrap();
+}
+
+/// Free goes to the owning area, not the CPU's: map on CPU 0, unmap on CPU 1.
+#[test]
+fn free_goes_to_the_owning_area() {
+    let mem = RegionMemory::new(64 * 1024);
+    let base = mem.base();
+    let tlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(16, 2, 8) }, mem).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    dma_sync::cpu::set_current(Some(0));
+    let a = tlb.map(&dev, base, 3 * SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().pools[0].area_used, vec![3, 0]);
+    dma_sync::cpu::set_current(Some(1));
+    tlb.unmap(&dev, a, 3 * SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().pools[0].area_used, vec![0, 0]);
+    // A full local area falls back to the other one.
+    let b = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let c = tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().pools[0].area_used, vec![1, 8]);
+    tlb.unmap(&dev, b, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
+    dma_sync::cpu::set_current(None);
+    tlb.check_invariants().unwrap();
+}
+
+/// used_hiwater: a CAS-max that never lowers, reset only to 0 (8b0977ecc8b3); counters are
+/// never zeroed when statistics are first read late (a1255ccab8ec).
+#[test]
+fn hiwater_and_late_statistics() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 5 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let b = tlb.map(&dev, base, 2 * SLOT, Direction::ToDevice, NONE).unwrap();
+    // First look at the statistics only now.
+    let s = tlb.stats();
+    assert_eq!((s.used, s.hiwater), (7, Some(7)));
+    tlb.unmap(&dev, a, 5 * SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().hiwater, Some(7));
+    assert_eq!(tlb.reset_hiwater(3), Err(Error::BadReset { value: 3 }));
+    tlb.reset_hiwater(0).unwrap();
+    let c = tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().hiwater, Some(3));
+    tlb.unmap(&dev, b, 2 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.stats().used, 0);
+    let report = tlb.stats().to_string();
+    assert!(report.contains("io_tlb_used: 0") && report.contains("io_tlb_used_hiwater: 3"), "{report}");
+    let quiet = Swiotlb::new(Config { stats: false, ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)).unwrap();
+    assert_eq!(quiet.stats().hiwater, None);
+}
+
+/// Untrusted devices' maximum mapping size is swiotlb's: the maximum always fits, whatever the
+/// original's offset; more does not.
+#[test]
+fn max_mapping_size_always_fits() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    let max = tlb.max_mapping_size(&dev);
+    assert_eq!(max, 252 * 1024);
+    for off in [0u64, 0x7FF, 0x800, 0xFFF] {
+        let a = tlb.map(&dev, base + off, max, Direction::ToDevice, NONE).unwrap();
+        tlb.unmap(&dev, a, max, Direction::ToDevice, NONE).unwrap();
+    }
+    assert!(matches!(tlb.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE), Err(Error::TooLarge { .. })));
+}
+
+/// Padding of an IOMMU-granule mapping is zeroed on request.
+#[test]
+fn zero_padding_clears_the_whole_granule() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 32 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.write_bounce(&dev, a, &vec![0xCC; 32 * SLOT]).unwrap();
+    tlb.unmap(&dev, a, 32 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.memory().write(base + 0x300, &[7; 100]).unwrap();
+    let attrs = MapAttrs { alloc_align_mask: 0xFFFF, zero_padding: true, ..NONE };
+    let b = tlb.map(&dev, base + 0x300, 100, Direction::ToDevice, attrs).unwrap();
+    let start = b & !0xFFFF;
+    let mut granule = vec![1u8; 0x10000];
+    tlb.read_bounce(&dev, start, &mut granule).unwrap();
+    let off = (b - start) as usize;
+    assert!(granule[..off].iter().all(|&x| x == 0));
+    assert!(granule[off..off + 100].iter().all(|&x| x == 7));
+    assert!(granule[off + 100..].iter().all(|&x| x == 0));
+}
+
+/// Every bad input is a typed error, changes nothing, and the allocator keeps working.
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 3 * SLOT, Direction::Bidirectional, NONE).unwrap();
+    let used = tlb.stats().used;
+
+    assert_eq!(tlb.map(&dev, base, 0, Direction::ToDevice, NONE), Err(Error::ZeroSize));
+    let odd = MapAttrs { alloc_align_mask: 0x1000, ..NONE };
+    assert_eq!(tlb.map(&dev, base, 10, Direction::ToDevice, odd), Err(Error::BadAlignMask { mask: 0x1000 }));
+    let huge = MapAttrs { alloc_align_mask: 0x1_FFFF, ..NONE };
+    assert!(matches!(tlb.map(&dev, base, 10, Direction::ToDevice, huge), Err(Error::BadAlignMask { .. })));
+    let tiny_boundary = tlb.device(DeviceConfig { seg_boundary_mask: 0x7FF, ..Default::default() });
+    assert_eq!(tlb.map(&tiny_boundary, base, 4096, Direction::ToDevice, NONE), Err(Error::Unsatisfiable));
+    // Original memory that refuses the copy: the slots are given back.
+    assert!(matches!(tlb.map(&dev, base - 4096, 10, Direction::ToDevice, NONE), Err(Error::Memory(_))));
+    // Not a bounce address, a middle slot of a mapping, a misaligned start, an oversize unmap.
+    assert_eq!(tlb.unmap(&dev, base, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: base }));
+    let mid = a + SLOT as u64;
+    assert_eq!(tlb.unmap(&dev, mid, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: mid }));
+    assert_eq!(tlb.unmap(&dev, a + 1, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: a + 1 }));
+    let big = 3 * SLOT + 1;
+    assert_eq!(tlb.unmap(&dev, a, big, Direction::ToDevice, NONE), Err(Error::OutOfRange { addr: a, size: big }));
+    assert_eq!(tlb.sync_for_cpu(&dev, a, 0, Direction::FromDevice), Err(Error::ZeroSize));
+    let free_slot = a + 3 * SLOT as u64;
+    assert_eq!(tlb.sync_for_cpu(&dev, free_slot, 1, Direction::FromDevice), Err(Error::NotMapped { addr: free_slot }));
+    assert_eq!(tlb.sync_for_device(&dev, free_slot, 1, Direction::FromDevice), Err(Error::NotMapped { addr: free_slot }));
+    assert_eq!(tlb.read_bounce(&dev, base, &mut [0]), Err(Error::NotMapped { addr: base }));
+    // A device of another instance.
+    let stranger = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(1)).unwrap().device(DeviceConfig::default());
+    assert_eq!(tlb.map(&stranger, base, 10, Direction::ToDevice, NONE), Err(Error::ForeignDevice));
+    assert_eq!(tlb.unmap(&stranger, a, 10, Direction::ToDevice, NONE), Err(Error::ForeignDevice));
+    assert!(!tlb.is_bounce_buffer(&stranger, a));
+    // Growth and allocations are refused where not configured.
+    assert_eq!(tlb.grow(), Err(Error::GrowthDisabled));
+    assert_eq!(tlb.alloc(&dev, 4096), Err(Error::NotForAlloc));
+    assert_eq!(tlb.free(&dev, a), Err(Error::NotForAlloc));
+
+    assert_eq!(tlb.stats().used, used);
+    tlb.check_invariants().unwrap();
+    tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE).unwrap();
+    assert_eq!(tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE), Err(Error::NotMapped { addr: a }));
+    assert_eq!(tlb.stats().used, 0);
+    tlb.check_invariants().unwrap();
+    // Still works.
+    let b = tlb.map(&dev, base, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, b, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+}
+
+/// A bounce buffer beyond the device's DMA mask is refused and released (dma-direct's
+/// capability re-check).
+#[test]
+fn bounce_beyond_the_dma_mask_is_released() {
+    let (tlb, base) = fixed(2);
+    let start = tlb.stats().pools[0].start;
+    let dev = tlb.device(DeviceConfig { dma_mask: start + 2047, ..Default::default() });
+    let r = tlb.map(&dev, base, 4096, Direction::ToDevice, NONE);
+    assert!(matches!(r, Err(Error::NotDmaCapable { .. })));
+    assert_eq!(tlb.stats().used, 0);
+    tlb.check_invariants().unwrap();
+    let ok = tlb.map(&dev, base, 2048, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(ok, start);
+}
+
+/// The lookup only answers for devices that used bounce buffers, and for their pools.
+#[test]
+fn lookup_needs_the_device_flag() {
+    let (tlb, base) = fixed(128);
+    let a_dev = tlb.device(DeviceConfig::default());
+    let b_dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&a_dev, base, 64, Direction::ToDevice, NONE).unwrap();
+    assert!(a_dev.uses_swiotlb() && !b_dev.uses_swiotlb());
+    assert!(tlb.is_bounce_buffer(&a_dev, a));
+    assert!(!tlb.is_bounce_buffer(&b_dev, a), "a device that never bounced pays one flag check");
+    let info = tlb.find_pool(&a_dev, a).unwrap();
+    assert!(!info.transient && info.start <= a && a < info.end && info.nslabs == 128);
+}
+
+/// Growth publishes a pool later mappings use; the worker starts on a failed search.
+#[test]
+fn growth_adds_pools() {
+    let mem = RegionMemory::new(64 * 1024);
+    let base = mem.base();
+    let cfg = Config { background_growth: true, transient_pools: false, ..Config::tiny(8, 1, 8) };
+    let tlb = Swiotlb::new(cfg, mem).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    let a = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    assert_eq!(tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE), Err(Error::NoSpace { size: SLOT }));
+    let b = loop {
+        match tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE) {
+            Ok(b) => break b,
+            Err(Error::NoSpace { .. }) => std::thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    while tlb.growth_in_progress() {
+        std::thread::yield_now();
+    }
+    let info = tlb.find_pool(&dev, b).unwrap();
+    assert!(!info.transient);
+    assert!(tlb.stats().nslabs >= 16);
+    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, b, SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.check_invariants().unwrap();
+    // Growth below the physical limit fails cleanly.
+    let low = Swiotlb::new(Config { phys_limit: u64::MAX, ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)).unwrap();
+    assert_eq!(low.grow_by(8), Ok(8));
+    let start = low.stats().pools[0].start;
+    assert!(matches!(Swiotlb::new(Config { phys_limit: start.min(4096), ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)), Err(Error::PoolAlloc { .. })));
+}
