@@ -4,6 +4,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dma_bench::cases::alloc::{self, SPACE_BASE, SPACE_SIZE};
 use dma_bench::cases::floor::FIRST_PAGE;
 use dma_bench::cases::pgtable::{self, populate};
+use dma_bench::cases::{iommu, swiotlb};
 use dma_bench::floor::{cas_op, memcpy_op, scrambled_pages, Chase};
 use dma_bench::peers::alloc::{BTreeFirstFit, VmAllocatorPeer};
 use dma_bench::peers::mapping::{ChMappingStore, IotlbPeer, MappingStore};
@@ -37,11 +38,31 @@ fn alloc_pair<A: RangeAlloc>(c: &mut Criterion, name: &str, a: &A) {
 }
 
 fn allocators(c: &mut Criterion) {
-    alloc_pair(c, "iova alloc+free 1 granule/ours", &alloc::Ours::new(|_| ()));
-    alloc_pair(c, "iova alloc+free 1 granule/ours, unchecked frees", &alloc::Ours::new(|cfg| cfg.checked_frees = false));
-    alloc_pair(c, "iova alloc+free 1 granule/ours, caches off", &alloc::Ours::new(|cfg| cfg.caching = false));
-    alloc_pair(c, "iova alloc+free 1 granule/vm-allocator + Mutex", &VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE));
-    alloc_pair(c, "iova alloc+free 1 granule/Mutex<BTreeMap> first-fit", &BTreeFirstFit::new(SPACE_BASE, SPACE_SIZE));
+    alloc_pair(
+        c,
+        "iova alloc+free 1 granule/ours",
+        &alloc::Ours::new(|_| ()),
+    );
+    alloc_pair(
+        c,
+        "iova alloc+free 1 granule/ours, unchecked frees",
+        &alloc::Ours::new(|cfg| cfg.checked_frees = false),
+    );
+    alloc_pair(
+        c,
+        "iova alloc+free 1 granule/ours, caches off",
+        &alloc::Ours::new(|cfg| cfg.caching = false),
+    );
+    alloc_pair(
+        c,
+        "iova alloc+free 1 granule/vm-allocator + Mutex",
+        &VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE),
+    );
+    alloc_pair(
+        c,
+        "iova alloc+free 1 granule/Mutex<BTreeMap> first-fit",
+        &BTreeFirstFit::new(SPACE_BASE, SPACE_SIZE),
+    );
 }
 
 fn translate<S: MappingStore>(c: &mut Criterion, name: &str, s: &S) {
@@ -55,26 +76,72 @@ fn stores(c: &mut Criterion) {
     translate(c, "translate/ours", &ours);
     let reader = ours.0.reader();
     let mut next = scrambled_pages(FIRST_PAGE, PAGES, 1);
-    c.bench_function("translate, guard held/ours", |b| b.iter(|| black_box(reader.translate(next() << 12))));
+    c.bench_function("translate, guard held/ours", |b| {
+        b.iter(|| black_box(reader.translate(next() << 12)))
+    });
     drop(reader);
-    for (name, size) in [(pgtable::MAP_4K, 4096u64), (pgtable::MAP_2M, 2 << 20), (pgtable::MAP_256, 1 << 20)] {
+    for (name, size) in [
+        (pgtable::MAP_4K, 4096u64),
+        (pgtable::MAP_2M, 2 << 20),
+        (pgtable::MAP_256, 1 << 20),
+    ] {
         let mut op = pgtable::map_unmap_op(&ours, 0, size);
         c.bench_function(&format!("{name}/ours"), |b| b.iter(&mut op));
     }
-    translate(c, "translate/RwLock<BTreeMap> (cloud-hypervisor)", &ChMappingStore::new());
+    translate(
+        c,
+        "translate/RwLock<BTreeMap> (cloud-hypervisor)",
+        &ChMappingStore::new(),
+    );
     translate(c, "translate/vm-memory Iotlb + RwLock", &IotlbPeer::new());
 }
 
+fn dma(c: &mut Criterion) {
+    for (name, mode) in [
+        (iommu::STRICT, iommu::Mode::Strict),
+        (iommu::LAZY, iommu::Mode::Lazy),
+        (iommu::BOUNCED, iommu::Mode::Bounced),
+    ] {
+        let (d, dev, base) = iommu::domain(mode, 1, dma_bench::suite::DEFAULT_IOTLB_SYNC_NS, 32768);
+        let paddr = base + mode.offset();
+        c.bench_function(&format!("{name}/ours"), |b| {
+            b.iter(|| {
+                if let Ok(dma) = d.map(&dev, paddr, 4096, dma_iommu::Direction::ToDevice) {
+                    let _ = d.unmap(&dev, dma, 4096, dma_iommu::Direction::ToDevice);
+                }
+            })
+        });
+    }
+}
+
 fn bounce(c: &mut Criterion) {
+    for (name, areas) in [("ours", 0), ("ours, one area", 1)] {
+        let (tlb, base) = swiotlb::instance(
+            swiotlb_core::Config {
+                nareas: areas,
+                ..Default::default()
+            },
+            1,
+        );
+        let dev = tlb.device(swiotlb_core::DeviceConfig::default());
+        let mut op = swiotlb::bounce_op(&tlb, dev, base, 4096, swiotlb_core::Direction::ToDevice);
+        c.bench_function(&format!("bounce 4 KiB to device/{name}"), |b| {
+            b.iter(&mut op)
+        });
+    }
     let data = vec![0x5au8; 4096];
     c.bench_function("bounce 4 KiB to device/fresh buffer per I/O", |b| {
-        b.iter_batched_ref(|| (), |_| dma_bench::peers::bounce::fresh_to_device(&data, 0), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || (),
+            |_| dma_bench::peers::bounce::fresh_to_device(&data, 0),
+            BatchSize::SmallInput,
+        )
     });
 }
 
 /// The group lives in a private module: criterion's macro makes an undocumented `pub fn`.
 mod group {
     use super::*;
-    criterion_group!(benches, floor, allocators, stores, bounce);
+    criterion_group!(benches, floor, allocators, stores, bounce, dma);
 }
 criterion_main!(group::benches);

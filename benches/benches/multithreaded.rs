@@ -5,6 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dma_bench::cases::alloc::{self, SPACE_BASE, SPACE_SIZE};
 use dma_bench::cases::floor::FIRST_PAGE;
 use dma_bench::cases::pgtable::{self, populate};
+use dma_bench::cases::swiotlb;
 use dma_bench::floor::{cas_op, scrambled_pages};
 use dma_bench::harness::pin_current;
 use dma_bench::peers::alloc::VmAllocatorPeer;
@@ -87,17 +88,55 @@ fn ours(c: &mut Criterion) {
             }
         },
     );
-    mt(c, "map+unmap 4 KiB/ours", THREADS, pgtable::Ours::new, |s, t| {
-        let mut i = 0u64;
-        move || {
-            // Disjoint per-thread regions, as in the dmabench case.
-            let iova = pgtable::map_region(t) + (i & 63) * 4096;
-            i += 1;
-            if s.map(iova, pgtable::phys_of(iova >> 12), 4096) {
-                s.unmap(iova, 4096);
+    mt(
+        c,
+        "map+unmap 4 KiB/ours",
+        THREADS,
+        pgtable::Ours::new,
+        |s, t| {
+            let mut i = 0u64;
+            move || {
+                // Disjoint per-thread regions, as in the dmabench case.
+                let iova = pgtable::map_region(t) + (i & 63) * 4096;
+                i += 1;
+                if s.map(iova, pgtable::phys_of(iova >> 12), 4096) {
+                    s.unmap(iova, 4096);
+                }
             }
-        }
-    });
+        },
+    );
+}
+
+fn bounce(c: &mut Criterion) {
+    for (name, areas) in [("ours", 0), ("ours, one area", 1)] {
+        mt(
+            c,
+            &format!("bounce 4 KiB to device/{name}"),
+            THREADS,
+            || {
+                swiotlb::instance(
+                    swiotlb_core::Config {
+                        nareas: areas,
+                        ..Default::default()
+                    },
+                    THREADS,
+                )
+            },
+            |s, t| {
+                let (tlb, base) = &*s;
+                let dev = tlb.device(swiotlb_core::DeviceConfig::default());
+                let orig = base + (t * swiotlb::ORIG_PER_THREAD) as u64;
+                let attrs = swiotlb_core::MapAttrs::default();
+                let dir = swiotlb_core::Direction::ToDevice;
+                let s = s.clone();
+                move || {
+                    if let Ok(a) = s.0.map(&dev, orig, 4096, dir, attrs) {
+                        let _ = s.0.unmap(&dev, a, 4096, dir, attrs);
+                    }
+                }
+            },
+        );
+    }
 }
 
 fn peers(c: &mut Criterion) {
@@ -135,6 +174,6 @@ fn peers(c: &mut Criterion) {
 /// The group lives in a private module: criterion's macro makes an undocumented `pub fn`.
 mod group {
     use super::*;
-    criterion_group!(benches, floor, ours, peers);
+    criterion_group!(benches, floor, ours, bounce, peers);
 }
 criterion_main!(group::benches);

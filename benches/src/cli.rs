@@ -43,6 +43,10 @@ pub struct Cli {
     /// Do not pin threads to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Do not raise the scheduling priority (by default the run takes the highest nice level
+    /// it may, so other work on the machine disturbs it less).
+    #[arg(long)]
+    pub no_boost: bool,
     /// Do not write SVG plots.
     #[arg(long)]
     pub no_plots: bool,
@@ -62,7 +66,11 @@ impl Cli {
     /// assert_eq!(o.threads, vec![1, 2]);
     /// ```
     pub fn into_options(self) -> Options {
-        let mut o = if self.smoke { Options::smoke() } else { Options::default_suite() };
+        let mut o = if self.smoke {
+            Options::smoke()
+        } else {
+            Options::default_suite()
+        };
         if let Some(mut t) = nonempty(self.threads) {
             t.retain(|&t| t > 0);
             t.sort_unstable();
@@ -94,6 +102,7 @@ impl Cli {
             o.out = p;
         }
         o.pin &= !self.no_pin;
+        o.boost &= !self.no_boost;
         o.plots &= !self.no_plots;
         o.quiet = self.quiet;
         o

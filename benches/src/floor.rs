@@ -22,7 +22,12 @@ pub fn cas_op() -> impl FnMut() {
     let line = Box::new(Line(AtomicU64::new(0)));
     let mut expect = 0u64;
     move || {
-        let r = black_box(&line.0).compare_exchange(expect, expect + 1, Ordering::AcqRel, Ordering::Acquire);
+        let r = black_box(&line.0).compare_exchange(
+            expect,
+            expect + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         expect = match r {
             Ok(v) => v + 1,
             Err(v) => v,
@@ -95,7 +100,11 @@ impl Chase {
 /// Page numbers `first_page ..+ pages` (rounded down to a power of two) in a scrambled order,
 /// cheaply: the address stream every translation benchmark and the chase floor share.
 pub fn scrambled_pages(first_page: u64, pages: u64, seed: u64) -> impl FnMut() -> u64 {
-    let mask = if pages.is_power_of_two() { pages - 1 } else { (pages.next_power_of_two() >> 1) - 1 };
+    let mask = if pages.is_power_of_two() {
+        pages - 1
+    } else {
+        (pages.next_power_of_two() >> 1) - 1
+    };
     let mut i = seed;
     move || {
         i = i.wrapping_add(1);

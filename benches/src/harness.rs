@@ -43,7 +43,11 @@ impl RunConfig {
     /// assert_eq!(c.latency_duration, Duration::from_millis(2));
     /// ```
     pub fn new(duration: Duration, pin: bool) -> Self {
-        RunConfig { duration, latency_duration: duration / 4, pin }
+        RunConfig {
+            duration,
+            latency_duration: duration / 4,
+            pin,
+        }
     }
 }
 
@@ -85,7 +89,13 @@ impl Latency {
 
     /// The percentiles as `(label, value)` pairs, in increasing order.
     pub fn points(&self) -> [(&'static str, u64); 5] {
-        [("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("p99.9", self.p999), ("max", self.max)]
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p999),
+            ("max", self.max),
+        ]
     }
 }
 
@@ -102,27 +112,97 @@ pub struct Measurement {
     pub ops_per_sec: f64,
     /// Thread-nanoseconds per op (`threads × wall time / ops`; infinite if no op completed).
     pub ns_per_op: f64,
+    /// CPU time the threads consumed in the throughput phase, in seconds (their own CPU
+    /// clocks: time spent descheduled, by other load on the machine or blocked on a lock, is
+    /// not in it).
+    pub cpu_s: f64,
+    /// CPU nanoseconds per op (`cpu_s / ops`): the cost of an op, robust to other load on the
+    /// machine. At one thread, what the "≤ k× floor" targets compare.
+    pub cpu_ns_per_op: f64,
+    /// Time the threads spent runnable but waiting for a CPU, in seconds, all threads
+    /// together (from the kernel's scheduler statistics; `None` where unavailable).
+    pub runqueue_wait_s: Option<f64>,
+    /// Throughput with each thread's runqueue wait taken out of its time: the sum over threads
+    /// of `ops / (wall - wait)`. With no more threads than CPUs, that wait is other processes
+    /// taking the CPUs, so this is what a dedicated machine would give; blocking on a lock is
+    /// not runqueue wait and stays in. `None` where unavailable.
+    pub adjusted_ops_per_sec: Option<f64>,
     /// Latency phase percentiles.
     pub latency: Latency,
 }
 
 impl Measurement {
-    /// A measurement of `ops` ops by `threads` threads in `elapsed_s` seconds.
+    /// A measurement of `ops` ops by `threads` threads in `elapsed_s` seconds of wall time
+    /// and `cpu_s` seconds of their CPU time.
     ///
     /// ```
-    /// let m = dma_bench::harness::Measurement::new(2, 1000, 1e-3, Default::default());
+    /// let m = dma_bench::harness::Measurement::new(2, 1000, 1e-3, 1.5e-3, Default::default());
     /// assert_eq!(m.ops_per_sec(), 1e6);
     /// assert_eq!(m.ns_per_op(), 2000.0);
+    /// assert_eq!(m.cpu_ns_per_op, 1500.0);
     /// ```
-    pub fn new(threads: usize, ops: u64, elapsed_s: f64, latency: Latency) -> Self {
-        let ops_per_sec = if elapsed_s > 0.0 { ops as f64 / elapsed_s } else { 0.0 };
-        let ns_per_op = if ops == 0 { f64::INFINITY } else { threads as f64 * elapsed_s * 1e9 / ops as f64 };
-        Measurement { threads, ops, elapsed_s, ops_per_sec, ns_per_op, latency }
+    pub fn new(threads: usize, ops: u64, elapsed_s: f64, cpu_s: f64, latency: Latency) -> Self {
+        Self::with_threads(threads, ops, elapsed_s, cpu_s, None, latency)
     }
 
-    /// Ops per second, all threads together.
+    /// A measurement with per-thread detail: `(ops, wall seconds, runqueue wait seconds)` of
+    /// each thread, for the load-adjusted throughput.
+    pub fn with_threads(
+        threads: usize,
+        ops: u64,
+        elapsed_s: f64,
+        cpu_s: f64,
+        per_thread: Option<&[(u64, f64, f64)]>,
+        latency: Latency,
+    ) -> Self {
+        let ops_per_sec = if elapsed_s > 0.0 {
+            ops as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        let per_op = |s: f64| {
+            if ops == 0 {
+                f64::INFINITY
+            } else {
+                s * 1e9 / ops as f64
+            }
+        };
+        Measurement {
+            threads,
+            ops,
+            elapsed_s,
+            ops_per_sec,
+            ns_per_op: per_op(threads as f64 * elapsed_s),
+            cpu_s,
+            cpu_ns_per_op: per_op(cpu_s),
+            runqueue_wait_s: per_thread.map(|p| p.iter().map(|t| t.2).sum()),
+            adjusted_ops_per_sec: per_thread.map(|p| {
+                p.iter()
+                    .map(|&(n, wall, wait)| {
+                        if wall - wait > 0.0 {
+                            n as f64 / (wall - wait)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum()
+            }),
+            latency,
+        }
+    }
+
+    /// Ops per second, all threads together (wall clock).
     pub fn ops_per_sec(&self) -> f64 {
         self.ops_per_sec
+    }
+
+    /// The throughput ratios use: load-adjusted when available and the threads fit on `cpus`
+    /// CPUs (runqueue wait is then other processes'), wall clock otherwise.
+    pub fn throughput(&self, cpus: usize) -> f64 {
+        match self.adjusted_ops_per_sec {
+            Some(a) if self.threads <= cpus && a > 0.0 => a,
+            _ => self.ops_per_sec,
+        }
     }
 
     /// Thread-nanoseconds per op (`threads × wall time / ops`): the cost of one op to the
@@ -153,6 +233,39 @@ pub fn clock_overhead_ns() -> u64 {
     })
 }
 
+/// Raise the scheduling priority of the whole process to the highest nice level it may take
+/// (threads created afterwards inherit it), so other work on a shared machine disturbs the
+/// measurements less; the nice value reached, or `None` if it could not be raised.
+pub fn raise_priority() -> Option<i32> {
+    [-20, -10, -5].into_iter().find(|&nice| {
+        // SAFETY: setpriority has no memory preconditions; failure is reported by the return.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+    })
+}
+
+/// CPU time consumed by the calling thread, in seconds.
+pub fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+/// Time the calling thread has spent runnable but waiting for a CPU, in seconds (the second
+/// field of `/proc/thread-self/schedstat`), if the kernel reports it.
+pub fn thread_runqueue_wait_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
 /// The CPUs this process may run on.
 fn allowed_cpus() -> &'static [usize] {
     static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
@@ -160,10 +273,13 @@ fn allowed_cpus() -> &'static [usize] {
         // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: the pointer and size describe `set`.
-        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
         let cpus: Vec<usize> = if rc == 0 {
             // SAFETY: CPU_ISSET only reads `set`.
-            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+                .collect()
         } else {
             Vec::new()
         };
@@ -240,7 +356,8 @@ where
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (make, start, middle, stop_tput, stop_lat) = (&make, &start, &middle, &stop_tput, &stop_lat);
+                let (make, start, middle, stop_tput, stop_lat) =
+                    (&make, &start, &middle, &stop_tput, &stop_lat);
                 let pin = cfg.pin;
                 s.spawn(move || {
                     if pin {
@@ -250,7 +367,9 @@ where
                     start.wait();
                     // Each thread notes its own start: under oversubscription the main thread
                     // may run long after the barrier released the workers.
+                    let wait_begin = thread_runqueue_wait_s();
                     let begin = Instant::now();
+                    let cpu_begin = thread_cpu_s();
                     let mut count = 0u64;
                     // At least one batch per thread, however late it was scheduled.
                     loop {
@@ -262,6 +381,8 @@ where
                         }
                     }
                     let end = Instant::now();
+                    let cpu = thread_cpu_s() - cpu_begin;
+                    let wait = thread_runqueue_wait_s().zip(wait_begin).map(|(e, b)| e - b);
                     middle.wait();
                     let mut hist = new_histogram();
                     loop {
@@ -277,7 +398,7 @@ where
                             }
                         }
                     }
-                    (count, begin, end, hist)
+                    (count, begin, end, cpu, wait, hist)
                 })
             })
             .collect();
@@ -288,12 +409,19 @@ where
         std::thread::sleep(cfg.latency_duration);
         stop_lat.store(true, Ordering::Relaxed);
         let mut ops = 0;
+        let mut cpu_s = 0.0;
+        let mut per_thread = Some(Vec::with_capacity(threads));
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
         let mut hist = new_histogram();
         for h in handles {
-            let (count, begin, end, th) = h.join().expect("benchmark thread panicked");
+            let (count, begin, end, cpu, wait, th) = h.join().expect("benchmark thread panicked");
             ops += count;
+            cpu_s += cpu;
+            per_thread = per_thread.zip(wait).map(|(mut v, w)| {
+                v.push((count, end.duration_since(begin).as_secs_f64(), w));
+                v
+            });
             first = Some(first.map_or(begin, |f| f.min(begin)));
             last = Some(last.map_or(end, |l| l.max(end)));
             // Same bounds on both sides: adding cannot fail.
@@ -303,7 +431,14 @@ where
             (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
             _ => 0.0,
         };
-        Measurement::new(threads, ops, elapsed, Latency::from_histogram(&hist))
+        Measurement::with_threads(
+            threads,
+            ops,
+            elapsed,
+            cpu_s,
+            per_thread.as_deref(),
+            Latency::from_histogram(&hist),
+        )
     })
 }
 

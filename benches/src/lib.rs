@@ -12,6 +12,7 @@
 //! opts.threads = vec![1];
 //! opts.duration_ms = 1;
 //! opts.quiet = true;
+//! opts.boost = false;
 //! let report = dma_bench::run(&opts);
 //! assert!(report.results.iter().all(|r| r.runs[0].ops > 0));
 //! ```
@@ -29,10 +30,26 @@ pub mod targets;
 use output::{Meta, Report};
 
 /// Run the suite `opts` selects and evaluate the targets (nothing is written or printed except
-/// progress on stderr).
+/// progress on stderr). With `opts.boost` the calling thread's priority is raised first, and
+/// stays raised.
 pub fn run(opts: &suite::Options) -> Report {
+    let nice = if opts.boost {
+        harness::raise_priority()
+    } else {
+        None
+    };
     let (cases, omitted) = cases::all(opts);
     let results = suite::run_cases(opts, &cases);
-    let targets = targets::all().iter().map(|t| t.evaluate(&results)).collect();
-    Report { meta: Meta::collect(), options: opts.clone(), results, targets, omitted }
+    let cpus = harness::cpu_count();
+    let targets = targets::all()
+        .iter()
+        .map(|t| t.evaluate(&results, cpus))
+        .collect();
+    Report {
+        meta: Meta::collect(nice),
+        options: opts.clone(),
+        results,
+        targets,
+        omitted,
+    }
 }

@@ -17,10 +17,25 @@ fn main() {
         );
     }
     let rep = dma_bench::run(&opts);
-    print!("{}", report::tables(&rep.results, &opts.threads));
+    print!(
+        "{}",
+        report::tables(&rep.results, &opts.threads, rep.meta.cpus)
+    );
     print!("{}", report::targets_table(&rep.targets));
+    if let Some(load) = rep.meta.load_average.filter(|&l| l > rep.meta.cpus as f64) {
+        println!(
+            "note: load average {load:.1} on {} CPUs: other work shared the CPUs; CPU ns/op and the \
+             load-adjusted throughput discount it, oversubscribed (wall-clock) throughput does not",
+            rep.meta.cpus
+        );
+    }
     for o in &rep.omitted {
-        println!("left out: {}: {} ({})", o.component.name(), o.what, o.reason);
+        println!(
+            "left out: {}: {} ({})",
+            o.component.name(),
+            o.what,
+            o.reason
+        );
     }
     match output::write_all(&rep, &opts) {
         Ok(files) => {
@@ -29,7 +44,10 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("dmabench: cannot write results to {}: {e}", opts.out.display());
+            eprintln!(
+                "dmabench: cannot write results to {}: {e}",
+                opts.out.display()
+            );
             std::process::exit(1);
         }
     }

@@ -25,14 +25,26 @@ pub struct Meta {
     pub clock_overhead_ns: u64,
     /// Whether this binary was built with optimisations.
     pub optimized: bool,
+    /// 1-minute load average when the run ended: above the CPU count, other work shared the
+    /// CPUs and wall-clock throughput (not CPU ns/op) is pessimistic.
+    pub load_average: Option<f64>,
+    /// The nice level the run took (`None`: priority not raised).
+    pub nice: Option<i32>,
 }
 
 impl Meta {
-    /// Describe this machine.
-    pub fn collect() -> Self {
-        let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    /// Describe this machine; `nice` is the priority the run took.
+    pub fn collect(nice: Option<i32>) -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
         let cpu_model = read("/proc/cpuinfo").and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string())
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
         });
         Meta {
             unix_time: std::time::SystemTime::now()
@@ -44,6 +56,9 @@ impl Meta {
             governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
             clock_overhead_ns: crate::harness::clock_overhead_ns(),
             optimized: !cfg!(debug_assertions),
+            load_average: read("/proc/loadavg")
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
+            nice,
         }
     }
 }
@@ -75,12 +90,14 @@ pub fn write_all(report: &Report, opts: &Options) -> std::io::Result<Vec<PathBuf
     let mut files = vec![json];
     if opts.plots {
         for c in Component::ALL {
-            let rows: Vec<&CaseResult> = report.results.iter().filter(|r| r.component == c).collect();
+            let rows: Vec<&CaseResult> =
+                report.results.iter().filter(|r| r.component == c).collect();
             if rows.is_empty() {
                 continue;
             }
             let t = opts.out.join(format!("{}-throughput.svg", c.name()));
-            throughput_plot(&t, c, &rows, &opts.threads).map_err(std::io::Error::other)?;
+            throughput_plot(&t, c, &rows, &opts.threads, report.meta.cpus)
+                .map_err(std::io::Error::other)?;
             let l = opts.out.join(format!("{}-latency.svg", c.name()));
             latency_plot(&l, c, &rows).map_err(std::io::Error::other)?;
             files.extend([t, l]);
@@ -95,18 +112,52 @@ fn label(r: &CaseResult) -> String {
     format!("{} — {}", r.workload, r.implementation)
 }
 
+/// Strong colours that stay apart on white (the built-in palettes include pale ones).
+const COLORS: [RGBColor; 12] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x00, 0x00, 0x80),
+    RGBColor(0x00, 0x64, 0x00),
+];
+
 fn style(r: &CaseResult, i: usize) -> ShapeStyle {
-    let color = Palette99::pick(i).to_rgba();
     // Ours thick, peers and floors thin: the eye finds ours first.
     let width = if r.role == Role::Ours { 3 } else { 1 };
-    color.stroke_width(width)
+    COLORS[i % COLORS.len()].stroke_width(width)
+}
+
+/// Axis labels without exponent noise: "0.5", "20", "3k", "40M".
+fn axis_label(v: f64) -> String {
+    let (v, unit) = match v.abs() {
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    let n = crate::report::sig3(v);
+    let n = if n.contains('.') {
+        n.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &n
+    };
+    format!("{n}{unit}")
 }
 
 /// Log-scale bounds covering `values` with a little room.
 fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if lo.is_finite() {
         (lo / 1.5, hi * 1.5)
     } else {
@@ -114,16 +165,29 @@ fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
-/// Throughput (million ops/s, log scale) against threads, one line per case.
-fn throughput_plot(path: &Path, c: Component, rows: &[&CaseResult], threads: &[usize]) -> PlotResult {
+/// Throughput (million ops/s, log scale; load-adjusted up to `cpus` threads) against threads,
+/// one line per case.
+fn throughput_plot(
+    path: &Path,
+    c: Component,
+    rows: &[&CaseResult],
+    threads: &[usize],
+    cpus: usize,
+) -> PlotResult {
     let height = 500 + 18 * rows.len() as u32;
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (lo, hi) = log_bounds(rows.iter().flat_map(|r| r.runs.iter().map(|m| m.ops_per_sec() / 1e6)));
+    let (lo, hi) = log_bounds(
+        rows.iter()
+            .flat_map(|r| r.runs.iter().map(|m| m.throughput(cpus) / 1e6)),
+    );
     let xs: Vec<usize> = threads.to_vec();
     let n = xs.len().max(2);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: throughput against threads", c.name()), ("sans-serif", 22))
+        .caption(
+            format!("{}: throughput against threads", c.name()),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -139,6 +203,7 @@ fn throughput_plot(path: &Path, c: Component, rows: &[&CaseResult], threads: &[u
                 String::new()
             }
         })
+        .y_label_formatter(&|y| axis_label(*y))
         .x_desc("threads")
         .y_desc("million ops/s")
         .draw()?;
@@ -146,7 +211,11 @@ fn throughput_plot(path: &Path, c: Component, rows: &[&CaseResult], threads: &[u
         let pts: Vec<(f64, f64)> = r
             .runs
             .iter()
-            .filter_map(|m| xs.iter().position(|&t| t == m.threads).map(|x| (x as f64, m.ops_per_sec() / 1e6)))
+            .filter_map(|m| {
+                xs.iter()
+                    .position(|&t| t == m.threads)
+                    .map(|x| (x as f64, m.throughput(cpus) / 1e6))
+            })
             .filter(|(_, y)| *y > 0.0)
             .collect();
         let st = style(r, i);
@@ -170,32 +239,61 @@ fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
     let height = 500 + 18 * rows.len() as u32;
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let lats: Vec<_> = rows.iter().filter_map(|r| r.at(1).map(|m| (*r, m.latency.clone()))).collect();
-    let (lo, hi) = log_bounds(lats.iter().flat_map(|(_, l)| l.points().map(|(_, v)| v as f64)));
-    let names = crate::harness::Latency::default().points().map(|(n, _)| n);
+    let lats: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.at(1).map(|m| (*r, m.latency.clone())))
+        .collect();
+    // The maximum is left out of the plot: one preemption sets it, and it would squash the
+    // percentiles into the bottom of the chart (the JSON has it).
+    let shown = |l: &crate::harness::Latency| {
+        l.points()
+            .into_iter()
+            .filter(|(n, _)| *n != "max")
+            .collect::<Vec<_>>()
+    };
+    let (lo, hi) = log_bounds(
+        lats.iter()
+            .flat_map(|(_, l)| shown(l).into_iter().map(|(_, v)| v as f64)),
+    );
+    let names: Vec<&str> = shown(&crate::harness::Latency::default())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: latency percentiles, 1 thread", c.name()), ("sans-serif", 22))
+        .caption(
+            format!("{}: latency percentiles, 1 thread", c.name()),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.2f64..(names.len() - 1) as f64 + 0.2, (lo..hi).log_scale())?;
+        .build_cartesian_2d(
+            -0.2f64..(names.len() - 1) as f64 + 0.2,
+            (lo..hi).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_labels(names.len())
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).map_or(String::new(), |n| n.to_string())
+                names
+                    .get(i as usize)
+                    .map_or(String::new(), |n| n.to_string())
             } else {
                 String::new()
             }
         })
+        .y_label_formatter(&|y| axis_label(*y))
         .x_desc("percentile")
         .y_desc("ns per op")
         .draw()?;
     for (i, (r, l)) in lats.iter().enumerate() {
-        let pts: Vec<(f64, f64)> =
-            l.points().iter().enumerate().map(|(x, (_, v))| (x as f64, (*v).max(1) as f64)).collect();
+        let pts: Vec<(f64, f64)> = shown(l)
+            .iter()
+            .enumerate()
+            .map(|(x, (_, v))| (x as f64, (*v).max(1) as f64))
+            .collect();
         let st = style(r, i);
         chart
             .draw_series(LineSeries::new(pts, st).point_size(3))?
@@ -210,4 +308,18 @@ fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::axis_label;
+
+    #[test]
+    fn axis_labels() {
+        assert_eq!(axis_label(100.0), "100");
+        assert_eq!(axis_label(0.5), "0.5");
+        assert_eq!(axis_label(2.0), "2");
+        assert_eq!(axis_label(100_000.0), "100k");
+        assert_eq!(axis_label(1.5e7), "15M");
+    }
 }

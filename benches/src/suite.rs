@@ -24,8 +24,13 @@ pub enum Component {
 
 impl Component {
     /// Every component, in table order.
-    pub const ALL: [Component; 5] =
-        [Component::Floor, Component::Iova, Component::Pgtable, Component::Swiotlb, Component::Iommu];
+    pub const ALL: [Component; 5] = [
+        Component::Floor,
+        Component::Iova,
+        Component::Pgtable,
+        Component::Swiotlb,
+        Component::Iommu,
+    ];
 
     /// The name used in tables, file names and JSON.
     pub fn name(self) -> &'static str {
@@ -60,6 +65,8 @@ pub struct Options {
     pub duration_ms: u64,
     /// Pin threads to CPUs.
     pub pin: bool,
+    /// Raise the process's scheduling priority for the run (best effort).
+    pub boost: bool,
     /// Components to run.
     pub components: Vec<Component>,
     /// IOVA size classes, in 4 KiB granules.
@@ -70,6 +77,8 @@ pub struct Options {
     pub bounce_sizes: Vec<usize>,
     /// Modelled cost of one IOTLB invalidation + sync, in nanoseconds.
     pub iotlb_sync_ns: u64,
+    /// Slots (2 KiB) of each bounce pool built (Linux's default is 32768: 64 MiB).
+    pub pool_slots: usize,
     /// Live single-granule allocations in the fragmentation case.
     pub fragmentation_live: usize,
     /// Mappings kept live in the translation cases.
@@ -94,11 +103,13 @@ impl Options {
             threads: vec![1, 2, 4, 8],
             duration_ms: 100,
             pin: true,
+            boost: true,
             components: Component::ALL.to_vec(),
             granules: vec![1, 2, 4, 8, 16, 32],
             copy_sizes: vec![2048, 4096, 65536],
             bounce_sizes: vec![512, 4096, 65536],
             iotlb_sync_ns: DEFAULT_IOTLB_SYNC_NS,
+            pool_slots: 32768,
             fragmentation_live: 300_000,
             translate_pages: 4096,
             out: PathBuf::from("results"),
@@ -119,6 +130,7 @@ impl Options {
             duration_ms: 2,
             fragmentation_live: 3_000,
             translate_pages: 256,
+            pool_slots: 2048,
             smoke: true,
             ..Self::default_suite()
         }
@@ -222,8 +234,10 @@ pub struct Omitted {
 /// Run `cases` at every thread count of `opts`, printing progress to stderr.
 pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
     let cfg = opts.run_config();
-    let total: usize =
-        cases.iter().map(|c| opts.threads.iter().filter(|&&t| t <= c.max_threads).count()).sum();
+    let total: usize = cases
+        .iter()
+        .map(|c| opts.threads.iter().filter(|&&t| t <= c.max_threads).count())
+        .sum();
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut done = 0;
@@ -257,7 +271,10 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
     }
     if !opts.quiet {
         let lead = if tty { "\r\x1b[2K" } else { "" };
-        eprintln!("{lead}{done} runs in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{lead}{done} runs in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
     out
 }

@@ -13,9 +13,9 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
-    /// Thread-nanoseconds per op.
+    /// CPU nanoseconds per op (robust to other load on the machine).
     NsPerOp,
-    /// Ops per second, all threads.
+    /// Ops per second, all threads: load-adjusted up to the CPU count, wall clock beyond.
     OpsPerSec,
     /// 99th percentile latency, ns.
     P99,
@@ -37,19 +37,33 @@ pub struct Quantity {
 }
 
 impl Quantity {
-    fn new(component: Component, workload: impl Into<String>, implementation: &str, threads: usize, metric: Metric) -> Self {
-        Quantity { component, workload: workload.into(), implementation: implementation.into(), threads, metric }
+    fn new(
+        component: Component,
+        workload: impl Into<String>,
+        implementation: &str,
+        threads: usize,
+        metric: Metric,
+    ) -> Self {
+        Quantity {
+            component,
+            workload: workload.into(),
+            implementation: implementation.into(),
+            threads,
+            metric,
+        }
     }
 
-    /// The value of this quantity in `results`, if measured.
-    pub fn value(&self, results: &[CaseResult]) -> Option<f64> {
+    /// The value of this quantity in `results` (run on `cpus` CPUs), if measured.
+    pub fn value(&self, results: &[CaseResult], cpus: usize) -> Option<f64> {
         let r = results.iter().find(|r| {
-            r.component == self.component && r.workload == self.workload && r.implementation == self.implementation
+            r.component == self.component
+                && r.workload == self.workload
+                && r.implementation == self.implementation
         })?;
         let m = r.at(self.threads)?;
         let v = match self.metric {
-            Metric::NsPerOp => m.ns_per_op(),
-            Metric::OpsPerSec => m.ops_per_sec(),
+            Metric::NsPerOp => m.cpu_ns_per_op,
+            Metric::OpsPerSec => m.throughput(cpus),
             Metric::P99 => m.latency.p99 as f64,
         };
         (v.is_finite() && v > 0.0).then_some(v)
@@ -93,19 +107,35 @@ impl TargetResult {
     /// How far the ratio is from the bound, as a factor ≥ 1 when missed (1.0 when met).
     pub fn shortfall(&self) -> Option<f64> {
         let r = self.ratio?;
-        let f = if self.target.at_most { r / self.target.bound } else { self.target.bound / r };
+        let f = if self.target.at_most {
+            r / self.target.bound
+        } else {
+            self.target.bound / r
+        };
         Some(f.max(1.0))
     }
 }
 
 impl Target {
-    /// Evaluate on `results`.
-    pub fn evaluate(&self, results: &[CaseResult]) -> TargetResult {
-        let n = self.numerator.value(results);
-        let d = self.denominator.value(results);
+    /// Evaluate on `results`, measured on `cpus` CPUs.
+    pub fn evaluate(&self, results: &[CaseResult], cpus: usize) -> TargetResult {
+        let n = self.numerator.value(results, cpus);
+        let d = self.denominator.value(results, cpus);
         let ratio = n.zip(d).map(|(n, d)| n / d);
-        let met = ratio.map(|r| if self.at_most { r <= self.bound } else { r >= self.bound });
-        TargetResult { target: self.clone(), numerator_value: n, denominator_value: d, ratio, met }
+        let met = ratio.map(|r| {
+            if self.at_most {
+                r <= self.bound
+            } else {
+                r >= self.bound
+            }
+        });
+        TargetResult {
+            target: self.clone(),
+            numerator_value: n,
+            denominator_value: d,
+            ratio,
+            met,
+        }
     }
 }
 
@@ -196,7 +226,13 @@ pub fn all() -> Vec<Target> {
             "pt-translate-vs-ch",
             "translation throughput with one writer ≥ 5× the RwLock<BTreeMap> peer (1 reader)",
             q(Pgtable, pgtable::TRANSLATE_1, OURS, 1, OpsPerSec),
-            q(Pgtable, pgtable::TRANSLATE_1, pgtable::CH_STORE, 1, OpsPerSec),
+            q(
+                Pgtable,
+                pgtable::TRANSLATE_1,
+                pgtable::CH_STORE,
+                1,
+                OpsPerSec,
+            ),
             false,
             5.0,
         ),
@@ -249,14 +285,22 @@ mod tests {
     use crate::harness::{Latency, Measurement};
     use crate::suite::Role;
 
-    fn result(component: Component, workload: &str, implementation: &str, runs: &[(usize, u64)]) -> CaseResult {
+    fn result(
+        component: Component,
+        workload: &str,
+        implementation: &str,
+        runs: &[(usize, u64)],
+    ) -> CaseResult {
         CaseResult {
             component,
             workload: workload.into(),
             implementation: implementation.into(),
             role: Role::Ours,
             floor: None,
-            runs: runs.iter().map(|&(t, ops)| Measurement::new(t, ops, 1.0, Latency::default())).collect(),
+            runs: runs
+                .iter()
+                .map(|&(t, ops)| Measurement::new(t, ops, 1.0, t as f64, Latency::default()))
+                .collect(),
         }
     }
 
@@ -265,9 +309,20 @@ mod tests {
         let pair = alloc::pair(1);
         let results = vec![
             result(Component::Floor, floor::CAS, FLOOR, &[(1, 400_000_000)]),
-            result(Component::Iova, &pair, OURS, &[(1, 100_000_000), (2, 150_000_000)]),
+            result(
+                Component::Iova,
+                &pair,
+                OURS,
+                &[(1, 100_000_000), (2, 150_000_000)],
+            ),
         ];
-        let by_id = |id: &str| all().into_iter().find(|t| t.id == id).unwrap().evaluate(&results);
+        let by_id = |id: &str| {
+            all()
+                .into_iter()
+                .find(|t| t.id == id)
+                .unwrap()
+                .evaluate(&results, 2)
+        };
         // 10 ns per pair over 2.5 ns per CAS = 4 ≤ 6.
         let t = by_id("iova-pair-vs-cas");
         assert!((t.ratio.unwrap() - 4.0).abs() < 1e-9);

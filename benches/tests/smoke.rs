@@ -22,23 +22,37 @@ fn smoke_run_writes_complete_json_and_plots() {
         .expect("dmabench starts");
     assert!(status.success(), "dmabench --smoke failed: {status}");
 
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
     assert_eq!(json["options"]["smoke"], Value::Bool(true));
     let results = json["results"].as_array().unwrap();
     let omitted = json["omitted"].as_array().unwrap();
     // Every component has cases, unless the whole component was left out (and says why).
     for c in ["floor", "iova", "pgtable", "swiotlb", "iommu"] {
         let ran = results.iter().any(|r| r["component"] == c);
-        let left_out = omitted.iter().any(|o| o["component"] == c && !o["reason"].as_str().unwrap().is_empty());
-        assert!(ran || left_out, "component {c} neither ran nor was reported as left out");
+        let left_out = omitted
+            .iter()
+            .any(|o| o["component"] == c && !o["reason"].as_str().unwrap().is_empty());
+        assert!(
+            ran || left_out,
+            "component {c} neither ran nor was reported as left out"
+        );
     }
     // Every case ran at every thread count and did work.
     for r in results {
         let runs = r["runs"].as_array().unwrap();
-        let threads: Vec<u64> = runs.iter().map(|m| m["threads"].as_u64().unwrap()).collect();
+        let threads: Vec<u64> = runs
+            .iter()
+            .map(|m| m["threads"].as_u64().unwrap())
+            .collect();
         assert_eq!(threads, [1, 2, 4, 8], "{}", r["workload"]);
         for m in runs {
-            assert!(m["ops"].as_u64().unwrap() > 0, "no op completed: {} {}", r["workload"], r["implementation"]);
+            assert!(
+                m["ops"].as_u64().unwrap() > 0,
+                "no op completed: {} {}",
+                r["workload"],
+                r["implementation"]
+            );
         }
     }
     // Every target is reported; one whose inputs were measured has a ratio and a verdict.
@@ -71,15 +85,27 @@ fn smoke_run_writes_complete_json_and_plots() {
 fn options_select_components_and_threads() {
     let out = out_dir("select");
     let status = Command::new(env!("CARGO_BIN_EXE_dmabench"))
-        .args(["--smoke", "--quiet", "--no-plots", "--components", "floor", "--threads", "2,1", "--out"])
+        .args([
+            "--smoke",
+            "--quiet",
+            "--no-plots",
+            "--components",
+            "floor",
+            "--threads",
+            "2,1",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .expect("dmabench starts");
     assert!(status.success());
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
     let results = json["results"].as_array().unwrap();
     assert!(!results.is_empty());
-    assert!(results.iter().all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() == 2));
+    assert!(results
+        .iter()
+        .all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() == 2));
     assert!(!out.join("floor-throughput.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -87,7 +113,10 @@ fn options_select_components_and_threads() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn bad_options_are_refused_without_panicking() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dmabench")).args(["--components", "nonsense"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dmabench"))
+        .args(["--components", "nonsense"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
 }

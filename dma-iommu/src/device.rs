@@ -51,8 +51,8 @@ pub struct Device {
 pub(crate) struct DeviceInner {
     /// Identifies the device within its domain (never 0).
     pub(crate) id: u64,
-    /// Identifies the domain the device is attached to.
-    pub(crate) domain: usize,
+    /// The domain the device is attached to.
+    pub(crate) domain: Arc<crate::domain::DomainKey>,
     pub(crate) config: DeviceConfig,
     pub(crate) policy: DevicePolicy,
     /// The device's bounce-buffer handle (untrusted devices only).

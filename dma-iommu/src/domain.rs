@@ -79,6 +79,10 @@ pub struct IovaSpan {
     pub granules: u64,
 }
 
+/// The identity of a domain, shared with its devices.
+#[derive(Debug)]
+pub(crate) struct DomainKey;
+
 /// The caller's IOTLB behind an `Arc`, shared by the page table and the domain.
 struct SharedTlb<T>(Arc<T>);
 
@@ -148,6 +152,9 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
 pub struct Domain<T: TlbOps + 'static> {
     strictness: Strictness<Backend<T>>,
     swiotlb: Option<Swiotlb>,
+    /// Identity of the domain: devices hold a clone, so the address is never reused while a
+    /// device of this domain exists.
+    key: Arc<DomainKey>,
     registry: Registry,
     stats: Stats,
     next_device: AtomicU64,
@@ -196,6 +203,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         Ok(Self {
             strictness,
             swiotlb,
+            key: Arc::new(DomainKey),
             registry: Registry::new(cpu::count()),
             stats: Stats::new(cpu::count()),
             next_device: AtomicU64::new(1),
@@ -206,10 +214,6 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     fn backend(&self) -> &Backend<T> {
         self.strictness.ops()
-    }
-
-    fn id(&self) -> usize {
-        Arc::as_ptr(self.strictness.ops()) as usize
     }
 
     fn granule(&self) -> u64 {
@@ -249,7 +253,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         Ok(Device {
             inner: Arc::new(DeviceInner {
                 id,
-                domain: self.id(),
+                domain: self.key.clone(),
                 config,
                 policy: DevicePolicy::new(config.prefer_32bit),
                 bounce,
@@ -258,7 +262,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
-        if dev.inner.domain == self.id() {
+        if Arc::ptr_eq(&dev.inner.domain, &self.key) {
             Ok(())
         } else {
             Err(DmaError::ForeignDevice)
@@ -288,7 +292,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         r
     }
 
-    fn map_single(
+    pub(crate) fn map_single(
         &self,
         dev: &Device,
         paddr: u64,

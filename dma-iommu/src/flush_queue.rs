@@ -601,6 +601,8 @@ mod tests {
 
     #[test]
     fn entries_wait_for_a_flush() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
         fq.enqueue(ops.entry(1));
         fq.enqueue(ops.entry(2));
@@ -618,6 +620,8 @@ mod tests {
 
     #[test]
     fn a_flush_frees_at_the_next_enqueue() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
         fq.enqueue(ops.entry(1));
         fq.flush();
@@ -628,6 +632,8 @@ mod tests {
 
     #[test]
     fn a_full_ring_flushes_synchronously() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::single().with_ring_size(4));
         for id in 0..3 {
             fq.enqueue(ops.entry(id));
@@ -641,6 +647,8 @@ mod tests {
 
     #[test]
     fn per_cpu_rings_drain_only_their_own() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(2).with_ring_size(8));
         dma_sync::cpu::set_current(Some(0));
         fq.enqueue(ops.entry(0));
@@ -658,6 +666,8 @@ mod tests {
 
     #[test]
     fn shutdown_frees_everything_once_and_stops_the_timer() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(3).with_ring_size(4));
         for id in 0..7 {
             dma_sync::cpu::set_current(Some(id as usize % 3));
@@ -673,7 +683,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // waits for a real-time timer
     fn the_background_timer_drains() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let ops = Arc::new(Ops::default());
         let fq = FlushQueue::new(
             ops.clone(),
@@ -693,7 +706,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
     fn dropping_a_queue_with_a_running_timer_frees_everything() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let ops = Arc::new(Ops::default());
         {
             let fq = FlushQueue::new(
@@ -710,6 +726,8 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_rejected() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let ops = Arc::new(Ops::default());
         for c in [
             FqConfig::per_cpu().with_ring_size(0),
@@ -726,7 +744,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
     fn concurrent_enqueues_and_timer_lose_nothing() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
         let ops = Arc::new(Ops::default());
         let fq = Arc::new(
             FlushQueue::new(
@@ -743,7 +764,7 @@ mod tests {
                 let (ops, fq) = (ops.clone(), fq.clone());
                 std::thread::spawn(move || {
                     dma_sync::cpu::set_current(Some(t as usize));
-                    for i in 0..500 {
+                    for i in 0..if cfg!(miri) { 20 } else { 500 } {
                         fq.enqueue(ops.entry(t * 1000 + i));
                         if i % 97 == 0 {
                             fq.fire_timer();

@@ -195,12 +195,12 @@ impl<T: TlbOps + 'static> Domain<T> {
     ) -> Result<SgMapping, DmaError> {
         let mut per_input = Vec::with_capacity(list.len());
         for s in list {
-            match self.map(dev, s.addr, s.len as usize, dir) {
+            match self.map_single(dev, s.addr, s.len, dir) {
                 Ok(dma) => per_input.push(dma),
                 Err(e) => {
                     for (dma, s) in per_input.iter().zip(list) {
-                        let undone = self.unmap(dev, *dma, s.len as usize, dir);
-                        debug_assert!(undone.is_ok());
+                        let undone = self.unmap_kind(dev, *dma, s.len, dir, Kind::Single);
+                        debug_assert!(undone.is_ok(), "undoing a fresh mapping failed: {undone:?}");
                     }
                     return Err(e);
                 }

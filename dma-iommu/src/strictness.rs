@@ -183,3 +183,126 @@ impl<O: InvalidationOps> fmt::Debug for Strictness<O> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::flush_queue::FqConfig;
+    use dma_sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// Records the order of syncs and frees; each entry is an id.
+    #[derive(Default)]
+    struct Ops {
+        events: Mutex<Vec<(char, u64)>>,
+        flushes: AtomicU64,
+    }
+
+    impl InvalidationOps for Ops {
+        type Entry = u64;
+        fn flush_all(&self) {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        fn sync(&self, g: &mut Gather) {
+            let id = g.range().map_or(u64::MAX, |r| r.start);
+            self.events.lock().push(('s', id));
+        }
+        fn reclaim(&self, id: u64) {
+            self.events.lock().push(('f', id));
+        }
+    }
+
+    fn quiet() -> FqConfig {
+        FqConfig::per_cpu()
+            .with_cpus(2)
+            .with_ring_size(4)
+            .with_timeout(Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn strict_syncs_before_freeing_and_lazy_queues() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
+        let s = Strictness::new(Arc::new(Ops::default()));
+        let clear = |id: u64| {
+            move |g: &mut Gather| {
+                g.add_range(id, 1);
+                id
+            }
+        };
+        assert!(!s.is_lazy());
+        assert_eq!(s.unmap(clear(7)), Unmapped::Synced);
+        assert_eq!(*s.ops().events.lock(), [('s', 7), ('f', 7)]);
+        assert!(!s.fire_timer(), "no queue while strict");
+        assert_eq!(s.queue_stats(), FqStats::default());
+        assert!(s.enable_lazy(quiet()).unwrap());
+        assert!(!s.enable_lazy(quiet()).unwrap(), "already lazy");
+        assert_eq!(s.unmap(clear(8)), Unmapped::Queued);
+        assert_eq!(
+            s.unmap_with(true, clear(9)),
+            Unmapped::Synced,
+            "forced strict"
+        );
+        assert_eq!(
+            s.ops().events.lock().len(),
+            4,
+            "8 is queued: no sync, no free yet"
+        );
+        s.fire_timer();
+        assert_eq!(s.ops().events.lock().last(), Some(&('f', 8)));
+        assert_eq!(s.queue_stats().reclaimed, 1);
+    }
+
+    #[test]
+    fn a_bad_queue_configuration_leaves_the_domain_strict() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
+        let s = Strictness::new(Arc::new(Ops::default()));
+        assert_eq!(
+            s.enable_lazy(quiet().with_ring_size(3)),
+            Err(FqError::RingSize(3))
+        );
+        assert!(!s.is_lazy());
+        assert_eq!(s.unmap(|_| 1), Unmapped::Synced);
+        assert!(s.enable_lazy(quiet()).unwrap());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
+    fn unmaps_racing_with_the_switch_each_sync_or_queue() {
+        // Miri cannot ask the kernel for the CPU: name it.
+        dma_sync::cpu::set_current(Some(0));
+        let s = Arc::new(Strictness::new(Arc::new(Ops::default())));
+        let n: u64 = if cfg!(miri) { 8 } else { 500 };
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let s = s.clone();
+                dma_sync::thread::spawn(move || {
+                    dma_sync::cpu::set_current(Some(t as usize));
+                    (0..n)
+                        .map(|i| s.unmap(|_| t * 10_000 + i))
+                        .filter(|u| *u == Unmapped::Queued)
+                        .count() as u64
+                })
+            })
+            .collect();
+        s.enable_lazy(quiet()).unwrap();
+        let queued: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        s.shutdown();
+        let events = s.ops().events.lock().clone();
+        let frees = events.iter().filter(|e| e.0 == 'f').count() as u64;
+        let syncs = events.iter().filter(|e| e.0 == 's').count() as u64;
+        assert_eq!(frees, 2 * n, "every entry freed once");
+        assert_eq!(
+            syncs,
+            2 * n - queued,
+            "one sync per strict unmap, none per queued one"
+        );
+        for (i, e) in events.iter().enumerate() {
+            if e.0 == 's' {
+                // A strict unmap's free follows its own sync (never free-then-sync).
+                assert!(events[i + 1..].iter().any(|f| f.0 == 'f'));
+            }
+        }
+    }
+}

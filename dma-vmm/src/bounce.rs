@@ -62,12 +62,22 @@ impl<M: GuestMemory> GuestBytes<M> {
 impl<M: GuestMemory + Send + Sync> OrigMemory for GuestBytes<M> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(addr, buf.len(), Permissions::Read)?;
-        self.mem.read_slice(buf, GuestAddress(addr)).map_err(|_| MemoryError { addr, len: buf.len() })
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError {
+                addr,
+                len: buf.len(),
+            })
     }
 
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
         // Checked first so that a refused copy writes nothing.
         self.check(addr, data.len(), Permissions::Write)?;
-        self.mem.write_slice(data, GuestAddress(addr)).map_err(|_| MemoryError { addr, len: data.len() })
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .map_err(|_| MemoryError {
+                addr,
+                len: data.len(),
+            })
     }
 }

@@ -49,8 +49,8 @@ use vm_memory::bitmap::{BS, MS};
 use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
 use vm_memory::iommu::{Error as IommuError, IovaRange};
 use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion, GuestMemoryResult,
-    Permissions, VolatileSlice,
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    GuestMemoryResult, Permissions, VolatileSlice,
 };
 
 /// The io-pgtable protections a vm-memory access needs.
@@ -87,7 +87,10 @@ pub fn permissions(prot: Prot) -> Permissions {
 /// naming the IOVA and the access that failed.
 pub fn fault_error(fault: Fault, len: usize) -> GuestMemoryError {
     GuestMemoryError::IommuError(IommuError::CannotResolve {
-        iova_range: IovaRange { base: GuestAddress(fault.iova()), length: len },
+        iova_range: IovaRange {
+            base: GuestAddress(fault.iova()),
+            length: len,
+        },
         reason: fault.to_string(),
     })
 }
@@ -132,8 +135,12 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
 
     fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
         let _section = quiesce::read_section();
-        Segments::new(&self.tr, addr.0, count as u64, access_prot(access))
-            .all(|seg| seg.is_ok_and(|s| self.backend.check_range(GuestAddress(s.paddr), s.len as usize)))
+        Segments::new(&self.tr, addr.0, count as u64, access_prot(access)).all(|seg| {
+            seg.is_ok_and(|s| {
+                self.backend
+                    .check_range(GuestAddress(s.paddr), s.len as usize)
+            })
+        })
     }
 
     fn get_slices<'a>(
@@ -190,7 +197,10 @@ impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
                     return Some(Err(fault_error(fault, self.count)));
                 }
                 Some(Ok(seg)) => {
-                    self.current = Some(self.backend.get_slices(GuestAddress(seg.paddr), seg.len as usize))
+                    self.current = Some(
+                        self.backend
+                            .get_slices(GuestAddress(seg.paddr), seg.len as usize),
+                    )
                 }
             }
         }
@@ -200,4 +210,7 @@ impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
 
 impl<M: GuestMemoryBackend, X: Translate> FusedIterator for IoSlices<'_, M, X> {}
 
-impl<'a, M: GuestMemoryBackend, X: Translate> GuestMemorySliceIterator<'a, MS<'a, M>> for IoSlices<'a, M, X> {}
+impl<'a, M: GuestMemoryBackend, X: Translate> GuestMemorySliceIterator<'a, MS<'a, M>>
+    for IoSlices<'a, M, X>
+{
+}

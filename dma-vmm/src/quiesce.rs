@@ -33,12 +33,19 @@ pub fn read_section() -> Guard {
     rcu::pin_at(&DEVICE_PIN)
 }
 
+/// Grace-period polls that spin before the waiter starts yielding its CPU.
+const SPINS_BEFORE_YIELD: u32 = 1 << 12;
+
 /// The token whose retirement marks the end of a grace period.
-struct Token(Arc<AtomicBool>);
+struct Token(Option<Arc<AtomicBool>>);
 
 impl Token {
-    fn signal(&self) {
-        self.0.store(true, GRACE_DONE_RELEASE.ord(Ordering::Release));
+    /// Signal the waiter and let go of the flag (a parked loom token must hold no loom
+    /// object: it outlives the model's execution).
+    fn signal(&mut self) {
+        if let Some(done) = self.0.take() {
+            done.store(true, GRACE_DONE_RELEASE.ord(Ordering::Release));
+        }
     }
 }
 
@@ -51,8 +58,6 @@ impl Retire for Token {
 
 impl Drop for Token {
     fn drop(&mut self) {
-        // Loom never drops a parked token inside the model; only production frees run here.
-        #[cfg(not(loom))]
         self.signal();
     }
 }
@@ -69,14 +74,78 @@ pub fn synchronize() {
     let done = Arc::new(AtomicBool::new(false));
     {
         let guard = rcu::pin();
-        let token = Box::into_raw(Box::new(Token(done.clone())));
+        let token = Box::into_raw(Box::new(Token(Some(done.clone()))));
         // SAFETY: the token was never published anywhere; it is retired exactly once.
         unsafe { guard.defer_retire(token) };
         guard.flush();
     }
+    let mut spins = 0u32;
     while !done.load(GRACE_DONE_ACQUIRE.ord(Ordering::Acquire)) {
-        // Each pin/flush lets the epoch advance and runs expired deferred work.
+        // Each pin/flush lets the epoch advance and runs expired deferred work. Readers'
+        // sections are short: spin first, and give the CPU away only if they are not.
         rcu::pin().flush();
-        dma_sync::thread::yield_now();
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            dma_sync::thread::spin_wait();
+        } else {
+            dma_sync::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    #[test]
+    fn synchronize_without_readers_returns() {
+        for _ in 0..3 {
+            synchronize();
+        }
+    }
+
+    #[test]
+    fn synchronize_waits_for_a_section_pinned_before_it() {
+        let pinned = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (pinned, release, left) = (pinned.clone(), release.clone(), left.clone());
+            std::thread::spawn(move || {
+                let section = read_section();
+                pinned.store(true, SeqCst);
+                while !release.load(SeqCst) {
+                    std::thread::yield_now();
+                }
+                left.store(true, SeqCst);
+                drop(section);
+            })
+        };
+        while !pinned.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        let waiter = {
+            let left = left.clone();
+            std::thread::spawn(move || {
+                synchronize();
+                // Only the end of the reader's section lets the grace period end.
+                assert!(
+                    left.load(SeqCst),
+                    "synchronize returned inside a pinned section"
+                );
+            })
+        };
+        for _ in 0..20 {
+            std::thread::yield_now();
+        }
+        assert!(
+            !waiter.is_finished(),
+            "synchronize returned while a section was pinned"
+        );
+        release.store(true, SeqCst);
+        waiter.join().unwrap();
+        reader.join().unwrap();
     }
 }

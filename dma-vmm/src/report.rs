@@ -34,9 +34,14 @@ pub fn prot_string(prot: Prot) -> String {
     s.push(if prot.contains(Prot::READ) { 'r' } else { '-' });
     s.push(if prot.contains(Prot::WRITE) { 'w' } else { '-' });
     s.extend(
-        [flag(Prot::CACHE, 'c'), flag(Prot::MMIO, 'm'), flag(Prot::NOEXEC, 'x'), flag(Prot::PRIV, 'p')]
-            .into_iter()
-            .flatten(),
+        [
+            flag(Prot::CACHE, 'c'),
+            flag(Prot::MMIO, 'm'),
+            flag(Prot::NOEXEC, 'x'),
+            flag(Prot::PRIV, 'p'),
+        ]
+        .into_iter()
+        .flatten(),
     );
     s
 }
@@ -92,22 +97,42 @@ pub struct PageTableReport {
 impl PageTableReport {
     /// The leaf entries.
     pub fn leaves(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| matches!(e.kind, EntryKind::Leaf { .. }))
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Leaf { .. }))
     }
 
     /// Bytes mapped by the leaves.
     pub fn mapped_bytes(&self) -> u64 {
-        self.leaves().map(|e| if let EntryKind::Leaf { size, .. } = e.kind { size } else { 0 }).sum()
+        self.leaves()
+            .map(|e| {
+                if let EntryKind::Leaf { size, .. } = e.kind {
+                    size
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 }
 
 impl fmt::Display for PageTableReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "root @ {:#x}: {} tables, {:#x} bytes mapped", self.root, self.tables, self.mapped_bytes())?;
+        writeln!(
+            f,
+            "root @ {:#x}: {} tables, {:#x} bytes mapped",
+            self.root,
+            self.tables,
+            self.mapped_bytes()
+        )?;
         let top = self.entries.iter().map(|e| e.level).min().unwrap_or(0);
         for e in &self.entries {
             let indent = 2 * (e.level - top) as usize + 2;
-            write!(f, "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ", "", e.level, e.index, e.iova, e.raw)?;
+            write!(
+                f,
+                "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ",
+                "", e.level, e.index, e.iova, e.raw
+            )?;
             match &e.kind {
                 EntryKind::Table { addr } => writeln!(f, "table @ {addr:#x}")?,
                 EntryKind::Leaf { paddr, size, prot } => {
@@ -130,15 +155,27 @@ pub fn page_table<T: TlbOps>(pt: &PageTable<T>) -> PageTableReport {
         .filter_map(|e| {
             let kind = match e.desc {
                 Descriptor::Table { addr } => EntryKind::Table { addr },
-                Descriptor::Leaf { paddr, prot } => {
-                    EntryKind::Leaf { paddr, size: g.block_size(e.level), prot: prot_string(prot) }
-                }
+                Descriptor::Leaf { paddr, prot } => EntryKind::Leaf {
+                    paddr,
+                    size: g.block_size(e.level),
+                    prot: prot_string(prot),
+                },
                 Descriptor::Invalid => return None,
             };
-            Some(Entry { level: e.level, index: e.index, iova: e.iova, raw: e.raw, kind })
+            Some(Entry {
+                level: e.level,
+                index: e.index,
+                iova: e.iova,
+                raw: e.raw,
+                kind,
+            })
         })
         .collect();
-    PageTableReport { root: dump.root, tables: dump.tables, entries }
+    PageTableReport {
+        root: dump.root,
+        tables: dump.tables,
+        entries,
+    }
 }
 
 /// A vIOMMU domain: its endpoints, its MAP requests and its page table.
@@ -160,9 +197,19 @@ pub struct DomainReport {
 impl fmt::Display for DomainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.bypass { "bypass" } else { "translated" };
-        writeln!(f, "domain {} ({kind}), endpoints {:?}, {} mappings", self.id, self.endpoints, self.mappings.len())?;
+        writeln!(
+            f,
+            "domain {} ({kind}), endpoints {:?}, {} mappings",
+            self.id,
+            self.endpoints,
+            self.mappings.len()
+        )?;
         for m in &self.mappings {
-            writeln!(f, "  map {:#x}..={:#x} -> {:#x} flags {:#x}", m.virt_start, m.virt_end, m.phys_start, m.flags)?;
+            writeln!(
+                f,
+                "  map {:#x}..={:#x} -> {:#x} flags {:#x}",
+                m.virt_start, m.virt_end, m.phys_start, m.flags
+            )?;
         }
         match &self.page_table {
             Some(pt) => write!(f, "{pt}"),
@@ -217,8 +264,11 @@ pub struct SwiotlbReport {
 
 impl fmt::Display for SwiotlbReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "swiotlb: {}/{} slots used (hiwater {:?}), {} transient pools ({} slots)",
-            self.used, self.nslabs, self.hiwater, self.transient_pools, self.transient_nslabs)?;
+        writeln!(
+            f,
+            "swiotlb: {}/{} slots used (hiwater {:?}), {} transient pools ({} slots)",
+            self.used, self.nslabs, self.hiwater, self.transient_pools, self.transient_nslabs
+        )?;
         for (i, p) in self.pools.iter().enumerate() {
             writeln!(f, "  pool {i} @ {:#x}: {} slots", p.start, p.nslabs)?;
             for (a, used) in p.area_used.iter().enumerate() {
@@ -238,7 +288,15 @@ pub fn swiotlb(tlb: &Swiotlb) -> SwiotlbReport {
         hiwater: s.hiwater,
         transient_pools: s.transient_pools,
         transient_nslabs: s.transient_nslabs,
-        pools: s.pools.into_iter().map(|p| PoolReport { start: p.start, nslabs: p.nslabs, area_used: p.area_used }).collect(),
+        pools: s
+            .pools
+            .into_iter()
+            .map(|p| PoolReport {
+                start: p.start,
+                nslabs: p.nslabs,
+                area_used: p.area_used,
+            })
+            .collect(),
     }
 }
 
@@ -293,14 +351,23 @@ impl fmt::Display for IovaReport {
         writeln!(f, "iova: {} granules in {} ranges allocated, {} free in {} ranges, {} reserved, {} failures",
             self.allocated_granules, self.allocated_ranges, self.free_granules, self.free_ranges,
             self.reserved_granules, self.failures)?;
-        let cached: u64 = self.per_cpu_cached_granules.iter().sum::<u64>() + self.depot_cached_granules;
-        writeln!(f, "  cache: {cached} granules cached ({} in depots), {} flushes, {} magazines trimmed",
-            self.depot_cached_granules, self.flushes, self.trimmed_magazines)?;
+        let cached: u64 =
+            self.per_cpu_cached_granules.iter().sum::<u64>() + self.depot_cached_granules;
+        writeln!(
+            f,
+            "  cache: {cached} granules cached ({} in depots), {} flushes, {} magazines trimmed",
+            self.depot_cached_granules, self.flushes, self.trimmed_magazines
+        )?;
         for c in &self.classes {
             writeln!(f, "  class {:>2}: hits {} misses {} depot {} magazines ({} granules), cpus {} granules",
                 c.granules, c.hits, c.misses, c.depot_magazines, c.depot_granules, c.cpu_granules)?;
         }
-        for (cpu, n) in self.per_cpu_cached_granules.iter().enumerate().filter(|(_, &n)| n > 0) {
+        for (cpu, n) in self
+            .per_cpu_cached_granules
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+        {
             writeln!(f, "  cpu {cpu}: {n} granules cached")?;
         }
         Ok(())
@@ -371,11 +438,25 @@ impl fmt::Display for FlushQueueReport {
         if !self.lazy {
             return writeln!(f, "flush queue: strict (no queue)");
         }
-        writeln!(f, "flush queue: lazy, {} x {} ({}), timeout {} us, timer {}",
-            self.rings, self.ring_size, self.kind.as_deref().unwrap_or("?"), self.timeout_us,
-            if self.timer_armed { "armed" } else { "idle" })?;
-        writeln!(f, "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
-            self.enqueued, self.reclaimed, self.pending, self.flushes, self.full_flushes, self.timer_fires)
+        writeln!(
+            f,
+            "flush queue: lazy, {} x {} ({}), timeout {} us, timer {}",
+            self.rings,
+            self.ring_size,
+            self.kind.as_deref().unwrap_or("?"),
+            self.timeout_us,
+            if self.timer_armed { "armed" } else { "idle" }
+        )?;
+        writeln!(
+            f,
+            "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
+            self.enqueued,
+            self.reclaimed,
+            self.pending,
+            self.flushes,
+            self.full_flushes,
+            self.timer_fires
+        )
     }
 }
 
@@ -385,7 +466,13 @@ pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
     let s = fq.stats();
     FlushQueueReport {
         lazy: true,
-        kind: Some(match c.kind { FqKind::PerCpu => "per-cpu", FqKind::Single => "single" }.to_string()),
+        kind: Some(
+            match c.kind {
+                FqKind::PerCpu => "per-cpu",
+                FqKind::Single => "single",
+            }
+            .to_string(),
+        ),
         rings: c.rings(),
         ring_size: c.ring_size,
         timeout_us: c.timeout.as_micros().min(u64::MAX as u128) as u64,
@@ -437,7 +524,12 @@ pub struct Report {
 impl Report {
     /// Every domain of `viommu`.
     pub fn with_viommu(mut self, viommu: &Viommu) -> Self {
-        self.domains.extend(viommu.domain_ids().into_iter().filter_map(|id| domain(viommu, id)));
+        self.domains.extend(
+            viommu
+                .domain_ids()
+                .into_iter()
+                .filter_map(|id| domain(viommu, id)),
+        );
         self
     }
 

@@ -11,7 +11,11 @@ type Ram = GuestMemoryMmap<()>;
 
 /// Two RAM regions with a hole: [0, 64K) and [1M, 1M + 64K).
 fn ram() -> Ram {
-    Ram::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x10_0000), 0x1_0000)]).unwrap()
+    Ram::from_ranges(&[
+        (GuestAddress(0), 0x1_0000),
+        (GuestAddress(0x10_0000), 0x1_0000),
+    ])
+    .unwrap()
 }
 
 const RW: Prot = Prot::READ.union(Prot::WRITE);
@@ -69,7 +73,10 @@ fn contiguous_mappings_merge_into_one_slice() {
     pt.map(0x4000, 0x1000, 0x1000, RW).unwrap();
     pt.map(0x5000, 0x2000, 0x1000, RW).unwrap();
     let io = IoMemory::new(ram(), pt);
-    let n = io.get_slices(GuestAddress(0x4000), 0x2000, Permissions::Read).unwrap().count();
+    let n = io
+        .get_slices(GuestAddress(0x4000), 0x2000, Permissions::Read)
+        .unwrap()
+        .count();
     assert_eq!(n, 1);
 }
 
@@ -78,7 +85,9 @@ fn permission_denied_fails_and_writes_nothing() {
     let io = scattered();
     let ram = io.backend();
     ram.write_slice(&[0xaa; 16], GuestAddress(0x8000)).unwrap();
-    let err = io.write_slice(&[1; 16], GuestAddress(0x2_0000)).unwrap_err();
+    let err = io
+        .write_slice(&[1; 16], GuestAddress(0x2_0000))
+        .unwrap_err();
     assert!(matches!(err, GuestMemoryError::IommuError(_)), "{err}");
     assert!(err.to_string().contains("denied"), "{err}");
     let mut seen = [0u8; 16];
@@ -109,7 +118,9 @@ fn unmapped_and_outside_ram_are_errors() {
     let mut buf = [0u8; 8];
     assert!(io.read_slice(&mut buf, GuestAddress(0x7_0000)).is_err());
     // A range running off the end of a mapping fails up front.
-    assert!(io.read_slice(&mut [0u8; 0x20], GuestAddress(0x1_2ff0)).is_err());
+    assert!(io
+        .read_slice(&mut [0u8; 0x20], GuestAddress(0x1_2ff0))
+        .is_err());
     assert!(!io.check_range(GuestAddress(0x1_2ff0), 0x20, Permissions::Read));
     // Mapped, but to guest-physical memory that does not exist.
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
@@ -127,25 +138,48 @@ fn unmapped_and_outside_ram_are_errors() {
 #[test]
 fn bounce_copies_go_to_and_from_guest_memory() {
     let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), GuestBytes::new(ram())).unwrap();
-    let dev = tlb.device(DeviceConfig { min_align_mask: 0xfff, ..Default::default() });
+    let dev = tlb.device(DeviceConfig {
+        min_align_mask: 0xfff,
+        ..Default::default()
+    });
     let data = pattern(3000);
     tlb.memory().write(0x10_0123, &data).unwrap();
-    let dma = tlb.map(&dev, 0x10_0123, data.len(), Direction::ToDevice, MapAttrs::default()).unwrap();
+    let dma = tlb
+        .map(
+            &dev,
+            0x10_0123,
+            data.len(),
+            Direction::ToDevice,
+            MapAttrs::default(),
+        )
+        .unwrap();
     assert_eq!(dma & 0xfff, 0x123);
     let mut seen = vec![0u8; data.len()];
     tlb.read_bounce(&dev, dma, &mut seen).unwrap();
     assert_eq!(seen, data);
-    tlb.unmap(&dev, dma, data.len(), Direction::ToDevice, MapAttrs::default()).unwrap();
+    tlb.unmap(
+        &dev,
+        dma,
+        data.len(),
+        Direction::ToDevice,
+        MapAttrs::default(),
+    )
+    .unwrap();
     // FromDevice: the device's bytes land in guest memory, the rest keeps its value.
-    let dma = tlb.map(&dev, 0x4000, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    let dma = tlb
+        .map(&dev, 0x4000, 64, Direction::FromDevice, MapAttrs::default())
+        .unwrap();
     tlb.write_bounce(&dev, dma + 8, &[0xee; 8]).unwrap();
-    tlb.unmap(&dev, dma, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    tlb.unmap(&dev, dma, 64, Direction::FromDevice, MapAttrs::default())
+        .unwrap();
     let mut back = [0u8; 24];
     tlb.memory().read(0x4000, &mut back).unwrap();
     assert_eq!(back[..8], [0; 8]);
     assert_eq!(back[8..16], [0xee; 8]);
     // Guest addresses outside RAM are refused and the allocator keeps working.
-    assert!(tlb.map(&dev, 0x8_0000, 16, Direction::ToDevice, MapAttrs::default()).is_err());
+    assert!(tlb
+        .map(&dev, 0x8_0000, 16, Direction::ToDevice, MapAttrs::default())
+        .is_err());
     assert_eq!(tlb.stats().used, 0);
 }
 
@@ -154,10 +188,36 @@ fn bounce_through_an_iommu_respects_permissions() {
     // Original addresses are IOVAs: the bounce copy-back needs write permission.
     let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), GuestBytes::new(scattered())).unwrap();
     let dev = tlb.device(DeviceConfig::default());
-    let dma = tlb.map(&dev, 0x2_0000, 16, Direction::ToDevice, MapAttrs::default()).unwrap();
-    tlb.unmap(&dev, dma, 16, Direction::ToDevice, MapAttrs::default()).unwrap();
+    let dma = tlb
+        .map(&dev, 0x2_0000, 16, Direction::ToDevice, MapAttrs::default())
+        .unwrap();
+    tlb.unmap(&dev, dma, 16, Direction::ToDevice, MapAttrs::default())
+        .unwrap();
     let mut back = [0u8; 16];
     assert!(tlb.memory().read(0x2_0000, &mut back).is_ok());
     assert!(tlb.memory().write(0x2_0000, &back).is_err());
     assert!(tlb.memory().read(0x7_0000, &mut back).is_err());
+}
+
+#[test]
+fn device_writes_are_logged_dirty_by_guest_physical_page() {
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let ram = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    pt.map(0x40_0000, 0x3000, 0x1000, RW).unwrap();
+    let io = IoMemory::new(ram, pt);
+    io.write_obj(1u64, GuestAddress(0x40_0008)).unwrap();
+    let region = io.backend().find_region(GuestAddress(0)).unwrap();
+    assert!(region.bitmap().dirty_at(0x3008), "the guest-physical page is dirty");
+    assert!(!region.bitmap().dirty_at(0x0), "no page at the IOVA's numeric address is");
+}
+
+#[test]
+fn handles_are_shareable_across_device_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<IoMemory<Ram, PageTable>>();
+    shareable::<IoMemory<Ram, dma_vmm::viommu::DeviceEndpoint>>();
+    shareable::<dma_vmm::viommu::Viommu>();
+    shareable::<GuestBytes<IoMemory<Ram, dma_vmm::viommu::DeviceEndpoint>>>();
 }

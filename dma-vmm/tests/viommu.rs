@@ -14,15 +14,29 @@ fn ram() -> Ram {
 }
 
 fn attach(domain: u32, endpoint: u32) -> Request {
-    Request::Attach { domain, endpoint, flags: 0 }
+    Request::Attach {
+        domain,
+        endpoint,
+        flags: 0,
+    }
 }
 
 fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Request {
-    Request::Map { domain, virt_start, virt_end, phys_start, flags }
+    Request::Map {
+        domain,
+        virt_start,
+        virt_end,
+        phys_start,
+        flags,
+    }
 }
 
 fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Request {
-    Request::Unmap { domain, virt_start, virt_end }
+    Request::Unmap {
+        domain,
+        virt_start,
+        virt_end,
+    }
 }
 
 const RW: u32 = MAP_F_READ | MAP_F_WRITE;
@@ -38,15 +52,20 @@ fn device_round_trip_mapped_unmapped_and_read_only() {
     let dev = v.add_endpoint(1, vec![]).unwrap();
     assert_eq!(status(&v, attach(5, 1)), Status::Ok);
     assert_eq!(status(&v, map(5, 0x10000, 0x11fff, 0x4000, RW)), Status::Ok);
-    assert_eq!(status(&v, map(5, 0x20000, 0x20fff, 0x8000, MAP_F_READ)), Status::Ok);
+    assert_eq!(
+        status(&v, map(5, 0x20000, 0x20fff, 0x8000, MAP_F_READ)),
+        Status::Ok
+    );
     let io = dev.io_memory(ram.clone());
 
     // Mapped: guest writes, device reads through the IOMMU; device writes, guest reads.
-    ram.write_slice(b"request from the guest", GuestAddress(0x4100)).unwrap();
+    ram.write_slice(b"request from the guest", GuestAddress(0x4100))
+        .unwrap();
     let mut seen = [0u8; 22];
     io.read_slice(&mut seen, GuestAddress(0x10100)).unwrap();
     assert_eq!(&seen, b"request from the guest");
-    io.write_slice(b"device reply", GuestAddress(0x10ff8)).unwrap(); // crosses a page
+    io.write_slice(b"device reply", GuestAddress(0x10ff8))
+        .unwrap(); // crosses a page
     let mut back = [0u8; 12];
     ram.read_slice(&mut back, GuestAddress(0x4ff8)).unwrap();
     assert_eq!(&back, b"device reply");
@@ -63,18 +82,33 @@ fn device_round_trip_mapped_unmapped_and_read_only() {
     assert!(io.write_slice(b"clobber!", GuestAddress(0x20000)).is_err());
     ram.read_slice(&mut ro, GuestAddress(0x8000)).unwrap();
     assert_eq!(&ro, b"ro data!");
-    assert_eq!(dev.access(0x20000, 8, Prot::WRITE, |_| ()).unwrap_err(), Fault::Denied {
-        iova: 0x20000,
-        access: Prot::WRITE,
-        prot: Prot::READ | Prot::CACHE,
-    });
+    assert_eq!(
+        dev.access(0x20000, 8, Prot::WRITE, |_| ()).unwrap_err(),
+        Fault::Denied {
+            iova: 0x20000,
+            access: Prot::WRITE,
+            prot: Prot::READ | Prot::CACHE,
+        }
+    );
 
     // After UNMAP completes the device can no longer reach the page.
     assert_eq!(status(&v, unmap(5, 0x10000, 0x11fff)), Status::Ok);
     assert!(io.read_slice(&mut seen, GuestAddress(0x10100)).is_err());
     // After DETACH, nothing translates.
-    assert_eq!(status(&v, Request::Detach { domain: 5, endpoint: 1 }), Status::Ok);
-    assert_eq!(dev.access(0x20000, 8, Prot::READ, |_| ()).unwrap_err(), Fault::Detached);
+    assert_eq!(
+        status(
+            &v,
+            Request::Detach {
+                domain: 5,
+                endpoint: 1
+            }
+        ),
+        Status::Ok
+    );
+    assert_eq!(
+        dev.access(0x20000, 8, Prot::READ, |_| ()).unwrap_err(),
+        Fault::Detached
+    );
     assert_eq!(dev.domain(), None);
 }
 
@@ -92,9 +126,21 @@ fn attach_moves_endpoints_and_domains_die_with_their_last_endpoint() {
     assert_eq!(status(&v, attach(2, 1)), Status::Ok);
     assert_eq!(a.domain(), Some(2));
     assert_eq!(v.domain_endpoints(1), Some(vec![2]));
-    assert!(a.access(0, 8, Prot::READ, |_| ()).is_err(), "domain 2 has no mappings");
+    assert!(
+        a.access(0, 8, Prot::READ, |_| ()).is_err(),
+        "domain 2 has no mappings"
+    );
     // The last endpoint leaves domain 1: it disappears with its mappings.
-    assert_eq!(status(&v, Request::Detach { domain: 1, endpoint: 2 }), Status::Ok);
+    assert_eq!(
+        status(
+            &v,
+            Request::Detach {
+                domain: 1,
+                endpoint: 2
+            }
+        ),
+        Status::Ok
+    );
     assert_eq!(v.domain(1).map(|d| d.id()), None);
     assert_eq!(status(&v, map(1, 0, 0xfff, 0x1000, RW)), Status::NoEnt);
     assert_eq!(v.domain_ids(), vec![2]);
@@ -118,42 +164,140 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
     assert_eq!(status(&v, attach(1, 42)), Status::NoEnt);
     assert_eq!(status(&v, attach(0, 9)), Status::Range);
     assert_eq!(status(&v, attach(101, 9)), Status::Range);
-    assert_eq!(status(&v, Request::Attach { domain: 1, endpoint: 9, flags: 1 << 5 }), Status::Inval);
-    assert_eq!(status(&v, Request::Attach { domain: 1, endpoint: 9, flags: ATTACH_F_BYPASS }), Status::Unsupp);
+    assert_eq!(
+        status(
+            &v,
+            Request::Attach {
+                domain: 1,
+                endpoint: 9,
+                flags: 1 << 5
+            }
+        ),
+        Status::Inval
+    );
+    assert_eq!(
+        status(
+            &v,
+            Request::Attach {
+                domain: 1,
+                endpoint: 9,
+                flags: ATTACH_F_BYPASS
+            }
+        ),
+        Status::Unsupp
+    );
     assert_eq!(status(&v, attach(1, 9)), Status::Ok);
     assert_eq!(status(&v, attach(2, 8)), Status::Ok);
     assert_eq!(status(&v, attach(3, 7)), Status::NoMem); // max_domains
-    // MAP
-    assert_eq!(status(&v, map(1, 0x1000, 0x1fff, 0x1000, 1 << 7)), Status::Inval);
-    assert_eq!(status(&v, map(4, 0x1000, 0x1fff, 0x1000, RW)), Status::NoEnt);
-    assert_eq!(status(&v, map(1, 0x1000, 0x1fff, 0x1800, RW)), Status::Range);
-    assert_eq!(status(&v, map(1, 0x1800, 0x1fff, 0x1000, RW)), Status::Range);
-    assert_eq!(status(&v, map(1, 0x1000, 0x17ff, 0x1000, RW)), Status::Range);
-    assert_eq!(status(&v, map(1, 0x2000, 0x1fff, 0x1000, RW)), Status::Inval);
-    assert_eq!(status(&v, map(1, 1 << 32, (1 << 32) + 0xfff, 0x1000, RW)), Status::Range);
-    assert_eq!(status(&v, map(1, 0x1000, 0x1fff, 0x1000, 0)), Status::Unsupp);
+                                                         // MAP
+    assert_eq!(
+        status(&v, map(1, 0x1000, 0x1fff, 0x1000, 1 << 7)),
+        Status::Inval
+    );
+    assert_eq!(
+        status(&v, map(4, 0x1000, 0x1fff, 0x1000, RW)),
+        Status::NoEnt
+    );
+    assert_eq!(
+        status(&v, map(1, 0x1000, 0x1fff, 0x1800, RW)),
+        Status::Range
+    );
+    assert_eq!(
+        status(&v, map(1, 0x1800, 0x1fff, 0x1000, RW)),
+        Status::Range
+    );
+    assert_eq!(
+        status(&v, map(1, 0x1000, 0x17ff, 0x1000, RW)),
+        Status::Range
+    );
+    assert_eq!(
+        status(&v, map(1, 0x2000, 0x1fff, 0x1000, RW)),
+        Status::Inval
+    );
+    assert_eq!(
+        status(&v, map(1, 1 << 32, (1 << 32) + 0xfff, 0x1000, RW)),
+        Status::Range
+    );
+    assert_eq!(
+        status(&v, map(1, 0x1000, 0x1fff, 0x1000, 0)),
+        Status::Unsupp
+    );
     assert_eq!(status(&v, map(1, 0x1000, 0x2fff, 0x1000, RW)), Status::Ok);
-    assert_eq!(status(&v, map(1, 0x2000, 0x2fff, 0x9000, RW)), Status::Inval); // overlap
-    assert_eq!(status(&v, map(1, 0x0000, 0x1fff, 0x9000, RW)), Status::Inval); // overlap
-    assert_eq!(status(&v, map(1, 0x3000, 0x3fff, 0x9000, RW | MAP_F_MMIO)), Status::Ok);
-    assert_eq!(status(&v, map(1, 0x4000, 0x4fff, 0x9000, MAP_F_WRITE)), Status::Ok);
-    assert_eq!(status(&v, map(1, 0x8000, 0x8fff, 0x9000, RW)), Status::NoMem); // cap
-    // UNMAP
+    assert_eq!(
+        status(&v, map(1, 0x2000, 0x2fff, 0x9000, RW)),
+        Status::Inval
+    ); // overlap
+    assert_eq!(
+        status(&v, map(1, 0x0000, 0x1fff, 0x9000, RW)),
+        Status::Inval
+    ); // overlap
+    assert_eq!(
+        status(&v, map(1, 0x3000, 0x3fff, 0x9000, RW | MAP_F_MMIO)),
+        Status::Ok
+    );
+    assert_eq!(
+        status(&v, map(1, 0x4000, 0x4fff, 0x9000, MAP_F_WRITE)),
+        Status::Ok
+    );
+    assert_eq!(
+        status(&v, map(1, 0x8000, 0x8fff, 0x9000, RW)),
+        Status::NoMem
+    ); // cap
+       // UNMAP
     assert_eq!(status(&v, unmap(4, 0, 0xffff)), Status::NoEnt);
     assert_eq!(status(&v, unmap(1, 0x2000, 0x1000)), Status::Inval);
     assert_eq!(status(&v, unmap(1, 0x1000, 0x1fff)), Status::Range); // would split
     assert_eq!(status(&v, unmap(1, 0x2000, 0x3fff)), Status::Range); // splits the first
-    assert_eq!(v.mappings(1).unwrap().len(), 3, "refused unmaps remove nothing");
+    assert_eq!(
+        v.mappings(1).unwrap().len(),
+        3,
+        "refused unmaps remove nothing"
+    );
     assert_eq!(status(&v, unmap(1, 0x10000, 0x1ffff)), Status::Ok); // nothing there: OK
     assert_eq!(status(&v, unmap(1, 0x800, 0x3fff)), Status::Ok); // two mappings, whole
     let left = v.mappings(1).unwrap();
-    assert_eq!(left, vec![Mapping { virt_start: 0x4000, virt_end: 0x4fff, phys_start: 0x9000, flags: MAP_F_WRITE }]);
+    assert_eq!(
+        left,
+        vec![Mapping {
+            virt_start: 0x4000,
+            virt_end: 0x4fff,
+            phys_start: 0x9000,
+            flags: MAP_F_WRITE
+        }]
+    );
     let pt = v.domain(1).unwrap();
     assert!(pt.page_table().unwrap().iova_to_phys(0x1000).is_none());
     // DETACH
-    assert_eq!(status(&v, Request::Detach { domain: 1, endpoint: 8 }), Status::Inval);
-    assert_eq!(status(&v, Request::Detach { domain: 1, endpoint: 77 }), Status::NoEnt);
-    assert_eq!(status(&v, Request::Detach { domain: 55, endpoint: 9 }), Status::NoEnt);
+    assert_eq!(
+        status(
+            &v,
+            Request::Detach {
+                domain: 1,
+                endpoint: 8
+            }
+        ),
+        Status::Inval
+    );
+    assert_eq!(
+        status(
+            &v,
+            Request::Detach {
+                domain: 1,
+                endpoint: 77
+            }
+        ),
+        Status::NoEnt
+    );
+    assert_eq!(
+        status(
+            &v,
+            Request::Detach {
+                domain: 55,
+                endpoint: 9
+            }
+        ),
+        Status::NoEnt
+    );
     // PROBE
     assert_eq!(status(&v, Request::Probe { endpoint: 77 }), Status::NoEnt);
     // Everything still works after the errors.
@@ -166,9 +310,21 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
 
 #[test]
 fn probe_reports_page_sizes_and_reserved_regions_which_fault() {
-    let msi = ReservedRegion { kind: ReservedKind::Msi, start: 0xfee0_0000, end: 0xfeef_ffff };
-    let hole = ReservedRegion { kind: ReservedKind::Reserved, start: 0x10_0000, end: 0x1f_ffff };
-    let v = Viommu::new(ViommuConfig { reserved: vec![msi], ..ViommuConfig::default() }).unwrap();
+    let msi = ReservedRegion {
+        kind: ReservedKind::Msi,
+        start: 0xfee0_0000,
+        end: 0xfeef_ffff,
+    };
+    let hole = ReservedRegion {
+        kind: ReservedKind::Reserved,
+        start: 0x10_0000,
+        end: 0x1f_ffff,
+    };
+    let v = Viommu::new(ViommuConfig {
+        reserved: vec![msi],
+        ..ViommuConfig::default()
+    })
+    .unwrap();
     let dev = v.add_endpoint(4, vec![hole]).unwrap();
     match v.handle(Request::Probe { endpoint: 4 }) {
         Reply::Probe(p) => {
@@ -178,22 +334,56 @@ fn probe_reports_page_sizes_and_reserved_regions_which_fault() {
         other => panic!("{other:?}"),
     }
     // A bypass domain translates everything by identity, except the reserved regions.
-    assert_eq!(status(&v, Request::Attach { domain: 3, endpoint: 4, flags: ATTACH_F_BYPASS }), Status::Ok);
-    assert_eq!(dev.access(0x5000, 16, Prot::WRITE, |s| s[0].paddr).unwrap(), 0x5000);
-    assert_eq!(dev.access(0x10_0010, 4, Prot::READ, |_| ()).unwrap_err(), Fault::Reserved { iova: 0x10_0010 });
+    assert_eq!(
+        status(
+            &v,
+            Request::Attach {
+                domain: 3,
+                endpoint: 4,
+                flags: ATTACH_F_BYPASS
+            }
+        ),
+        Status::Ok
+    );
+    assert_eq!(
+        dev.access(0x5000, 16, Prot::WRITE, |s| s[0].paddr).unwrap(),
+        0x5000
+    );
+    assert_eq!(
+        dev.access(0x10_0010, 4, Prot::READ, |_| ()).unwrap_err(),
+        Fault::Reserved { iova: 0x10_0010 }
+    );
     // A range running into a reserved region faults at its start.
-    assert_eq!(dev.access(0xf_fff0, 32, Prot::READ, |_| ()).unwrap_err(), Fault::Reserved { iova: 0x10_0000 });
+    assert_eq!(
+        dev.access(0xf_fff0, 32, Prot::READ, |_| ()).unwrap_err(),
+        Fault::Reserved { iova: 0x10_0000 }
+    );
     // MAP on a bypass domain is invalid; a translated ATTACH to it too.
     assert_eq!(status(&v, map(3, 0, 0xfff, 0, RW)), Status::Inval);
     assert_eq!(status(&v, unmap(3, 0, 0xfff)), Status::Inval);
     v.add_endpoint(5, vec![]).unwrap();
     assert_eq!(status(&v, attach(3, 5)), Status::Inval);
     // Setup errors.
-    assert_eq!(v.add_endpoint(4, vec![]).unwrap_err(), ViommuError::EndpointExists(4));
-    let bad = ReservedRegion { kind: ReservedKind::Reserved, start: 2, end: 1 };
+    assert_eq!(
+        v.add_endpoint(4, vec![]).unwrap_err(),
+        ViommuError::EndpointExists(4)
+    );
+    let bad = ReservedRegion {
+        kind: ReservedKind::Reserved,
+        start: 2,
+        end: 1,
+    };
     assert!(v.add_endpoint(6, vec![bad]).is_err());
-    assert!(Viommu::new(ViommuConfig { input_range: (0, 1 << 50), ..ViommuConfig::default() }).is_err());
-    assert!(Viommu::new(ViommuConfig { domain_range: (2, 1), ..ViommuConfig::default() }).is_err());
+    assert!(Viommu::new(ViommuConfig {
+        input_range: (0, 1 << 50),
+        ..ViommuConfig::default()
+    })
+    .is_err());
+    assert!(Viommu::new(ViommuConfig {
+        domain_range: (2, 1),
+        ..ViommuConfig::default()
+    })
+    .is_err());
 }
 
 #[test]
@@ -208,6 +398,18 @@ fn a_batch_replies_in_order_after_one_grace_period() {
         map(1, 0, 0xfff, 0x20000, MAP_F_READ),
     ]);
     let st: Vec<Status> = replies.iter().map(Reply::status).collect();
-    assert_eq!(st, vec![Status::Ok, Status::Ok, Status::Range, Status::Ok, Status::Ok]);
-    assert_eq!(dev.access(0x10, 1, Prot::READ, |s| s[0].paddr).unwrap(), 0x20010);
+    assert_eq!(
+        st,
+        vec![
+            Status::Ok,
+            Status::Ok,
+            Status::Range,
+            Status::Ok,
+            Status::Ok
+        ]
+    );
+    assert_eq!(
+        dev.access(0x10, 1, Prot::READ, |s| s[0].paddr).unwrap(),
+        0x20010
+    );
 }

@@ -79,7 +79,13 @@ impl Config {
     /// assert_eq!((g.start_level(), g.levels()), (1, 3));
     /// ```
     pub const fn s1_4k(ias: u32) -> Self {
-        Config { granule: Granule::Size4K, stage: Stage::S1, ias, oas: 48, ns: false }
+        Config {
+            granule: Granule::Size4K,
+            stage: Stage::S1,
+            ias,
+            oas: 48,
+            ns: false,
+        }
     }
 
     /// The [`Granule::Tiny`] stage-1 configuration with `levels` levels of 4 entries each
@@ -90,7 +96,13 @@ impl Config {
     /// assert_eq!((g.start_level(), g.entries(2), g.block_size(2)), (2, 4, 16 << 10));
     /// ```
     pub const fn tiny(levels: u32) -> Self {
-        Config { granule: Granule::Tiny, stage: Stage::S1, ias: 12 + 2 * levels, oas: 48, ns: false }
+        Config {
+            granule: Granule::Tiny,
+            stage: Stage::S1,
+            ias: 12 + 2 * levels,
+            oas: 48,
+            ns: false,
+        }
     }
 
     /// Validate the configuration and derive its geometry.
@@ -121,17 +133,27 @@ impl Geometry {
     fn new(c: &Config) -> Result<Self, Error> {
         let page_shift = c.granule.page_shift();
         let bits_per_level = c.granule.bits_per_level();
-        let max_bits = if c.granule == Granule::Size64K { 52 } else { 48 };
+        let max_bits = if c.granule == Granule::Size64K {
+            52
+        } else {
+            48
+        };
         if c.ias > max_bits || c.oas > max_bits {
-            return Err(Error::InvalidConfig { reason: "address size above 48 bits (52 only with 64 KiB)" });
+            return Err(Error::InvalidConfig {
+                reason: "address size above 48 bits (52 only with 64 KiB)",
+            });
         }
         if c.ias <= page_shift || c.oas <= page_shift {
-            return Err(Error::InvalidConfig { reason: "address size not above the page size" });
+            return Err(Error::InvalidConfig {
+                reason: "address size not above the page size",
+            });
         }
         let va_bits = c.ias - page_shift;
         let levels = va_bits.div_ceil(bits_per_level);
         if levels > 4 {
-            return Err(Error::InvalidConfig { reason: "more than four levels" });
+            return Err(Error::InvalidConfig {
+                reason: "more than four levels",
+            });
         }
         let mut start_level = 4 - levels;
         let mut pgd_bits = va_bits - bits_per_level * (levels - 1);
@@ -155,8 +177,10 @@ impl Geometry {
             Granule::Size64K if c.oas > 48 => &[1, 2, 3],
             Granule::Size64K => &[2, 3],
         };
-        geom.pgsize_bitmap =
-            leaf_levels.iter().filter(|&&l| l >= start_level).fold(0, |m, &l| m | geom.block_size(l));
+        geom.pgsize_bitmap = leaf_levels
+            .iter()
+            .filter(|&&l| l >= start_level)
+            .fold(0, |m, &l| m | geom.block_size(l));
         Ok(geom)
     }
 
@@ -250,12 +274,20 @@ impl Geometry {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
     fn geom(granule: Granule, stage: Stage, ias: u32, oas: u32) -> Geometry {
-        Config { granule, stage, ias, oas, ns: false }.geometry().unwrap()
+        Config {
+            granule,
+            stage,
+            ias,
+            oas,
+            ns: false,
+        }
+        .geometry()
+        .unwrap()
     }
 
     #[test]
@@ -263,20 +295,39 @@ mod tests {
         use Granule::*;
         // (granule, ias) -> (start level, top entries, shift of L3, L2)
         let g = geom(Size4K, Stage::S1, 48, 48);
-        assert_eq!((g.start_level(), g.entries(0), g.level_shift(0), g.level_shift(3)), (0, 512, 39, 12));
+        assert_eq!(
+            (
+                g.start_level(),
+                g.entries(0),
+                g.level_shift(0),
+                g.level_shift(3)
+            ),
+            (0, 512, 39, 12)
+        );
         assert_eq!(g.pgsize_bitmap(), (4 << 10) | (2 << 20) | (1 << 30));
         let g = geom(Size4K, Stage::S1, 39, 48);
         assert_eq!((g.start_level(), g.entries(1)), (1, 512));
         let g = geom(Size4K, Stage::S1, 32, 48);
         assert_eq!((g.start_level(), g.entries(1), g.levels()), (1, 4, 3));
         let g = geom(Size16K, Stage::S1, 48, 48);
-        assert_eq!((g.start_level(), g.entries(0), g.level_shift(0), g.level_shift(2)), (0, 2, 47, 25));
+        assert_eq!(
+            (
+                g.start_level(),
+                g.entries(0),
+                g.level_shift(0),
+                g.level_shift(2)
+            ),
+            (0, 2, 47, 25)
+        );
         assert_eq!(g.pgsize_bitmap(), (16 << 10) | (32 << 20));
         let g = geom(Size16K, Stage::S1, 47, 48);
         assert_eq!((g.start_level(), g.entries(1)), (1, 2048));
         assert_eq!(geom(Size16K, Stage::S1, 36, 48).levels(), 2);
         let g = geom(Size64K, Stage::S1, 48, 48);
-        assert_eq!((g.start_level(), g.entries(1), g.level_shift(1)), (1, 64, 42));
+        assert_eq!(
+            (g.start_level(), g.entries(1), g.level_shift(1)),
+            (1, 64, 42)
+        );
         assert_eq!(g.pgsize_bitmap(), (64 << 10) | (512 << 20));
         let g = geom(Size64K, Stage::S1, 52, 52);
         assert_eq!((g.start_level(), g.entries(1)), (1, 1024));
@@ -289,7 +340,10 @@ mod tests {
         // 4K, ias 40: four levels with a 2-entry level-0 table become 2 concatenated
         // level-1 tables (1024 entries).
         let g = geom(Granule::Size4K, Stage::S2, 40, 40);
-        assert_eq!((g.start_level(), g.entries(1), g.index_bits(1)), (1, 1024, 10));
+        assert_eq!(
+            (g.start_level(), g.entries(1), g.index_bits(1)),
+            (1, 1024, 10)
+        );
         assert_eq!(g.index(1, 1 << 39), 512);
         assert_eq!(g.table_align(1), 8192);
         // Stage 1 keeps level 0.
@@ -301,20 +355,55 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         let bad = [
-            Config { granule: Granule::Size4K, stage: Stage::S1, ias: 52, oas: 48, ns: false },
-            Config { granule: Granule::Size4K, stage: Stage::S1, ias: 48, oas: 52, ns: false },
-            Config { granule: Granule::Size4K, stage: Stage::S1, ias: 12, oas: 48, ns: false },
-            Config { granule: Granule::Tiny, stage: Stage::S1, ias: 21, oas: 48, ns: false },
+            Config {
+                granule: Granule::Size4K,
+                stage: Stage::S1,
+                ias: 52,
+                oas: 48,
+                ns: false,
+            },
+            Config {
+                granule: Granule::Size4K,
+                stage: Stage::S1,
+                ias: 48,
+                oas: 52,
+                ns: false,
+            },
+            Config {
+                granule: Granule::Size4K,
+                stage: Stage::S1,
+                ias: 12,
+                oas: 48,
+                ns: false,
+            },
+            Config {
+                granule: Granule::Tiny,
+                stage: Stage::S1,
+                ias: 21,
+                oas: 48,
+                ns: false,
+            },
         ];
         for c in bad {
-            assert!(matches!(c.geometry(), Err(Error::InvalidConfig { .. })), "{c:?}");
+            assert!(
+                matches!(c.geometry(), Err(Error::InvalidConfig { .. })),
+                "{c:?}"
+            );
         }
     }
 
     #[test]
     fn tiny_geometry() {
         let g = Config::tiny(3).geometry().unwrap();
-        assert_eq!((g.start_level(), g.entries(1), g.block_size(1), g.block_size(2)), (1, 4, 64 << 10, 16 << 10));
+        assert_eq!(
+            (
+                g.start_level(),
+                g.entries(1),
+                g.block_size(1),
+                g.block_size(2)
+            ),
+            (1, 4, 64 << 10, 16 << 10)
+        );
         assert_eq!(g.level_of(16 << 10), Some(2));
         assert_eq!(g.level_of(8 << 10), None);
         assert_eq!(g.table_span(2), 64 << 10);

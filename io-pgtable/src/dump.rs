@@ -34,7 +34,9 @@ pub struct Dump {
 impl Dump {
     /// The leaf descriptors: `(entry, paddr)` per page or block.
     pub fn leaves(&self) -> impl Iterator<Item = &WalkEntry> {
-        self.entries.iter().filter(|e| matches!(e.desc, Descriptor::Leaf { .. }))
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.desc, Descriptor::Leaf { .. }))
     }
 }
 
@@ -44,7 +46,11 @@ impl fmt::Display for Dump {
         let top = self.entries.first().map_or(0, |e| e.level);
         for e in &self.entries {
             let indent = 2 * (e.level - top) as usize;
-            write!(f, "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ", "", e.level, e.index, e.iova, e.raw)?;
+            write!(
+                f,
+                "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ",
+                "", e.level, e.index, e.iova, e.raw
+            )?;
             match e.desc {
                 Descriptor::Table { addr } => writeln!(f, "table @ {addr:#x}")?,
                 Descriptor::Leaf { paddr, prot } => {

@@ -89,13 +89,18 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::InvalidConfig { reason } => write!(f, "invalid page-table configuration: {reason}"),
+            Error::InvalidConfig { reason } => {
+                write!(f, "invalid page-table configuration: {reason}")
+            }
             Error::UnsupportedPageSize { pgsize } => write!(f, "unsupported page size {pgsize:#x}"),
             Error::Misaligned { kind, addr, align } => {
                 write!(f, "{kind} {addr:#x} is not aligned to {align:#x}")
             }
             Error::OutOfRange { kind, addr, bits } => {
-                write!(f, "{kind} range at {addr:#x} exceeds the {bits}-bit address size")
+                write!(
+                    f,
+                    "{kind} range at {addr:#x} exceeds the {bits}-bit address size"
+                )
             }
             Error::ZeroCount => f.write_str("page count is zero"),
             Error::Overflow => f.write_str("address range overflows"),
@@ -103,7 +108,10 @@ impl fmt::Display for Error {
             Error::Exists { iova } => write!(f, "iova {iova:#x} is already mapped"),
             Error::NotMapped { iova } => write!(f, "iova {iova:#x} is not mapped"),
             Error::PartialBlock { iova, block_size } => {
-                write!(f, "iova {iova:#x} is inside a {block_size:#x} block: partial block unmap refused")
+                write!(
+                    f,
+                    "iova {iova:#x} is inside a {block_size:#x} block: partial block unmap refused"
+                )
             }
             Error::NoMemory => f.write_str("cannot allocate a page-table level"),
         }

@@ -69,7 +69,7 @@ mod tlb;
 mod unmap;
 mod walk;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 pub use config::{Config, Geometry, Granule, Stage};

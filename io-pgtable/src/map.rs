@@ -28,10 +28,21 @@ impl<T: TlbOps> PageTable<T> {
     /// assert_eq!(pt.map_pages(0x1000, 0x5000_1000, 0x1000, 600, Prot::READ), Ok(511 * 0x1000));
     /// assert_eq!(pt.map_pages(0x1000, 0, 0x1000, 1, Prot::READ), Err(Error::Exists { iova: 0x1000 }));
     /// ```
-    pub fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: usize, prot: Prot) -> Result<usize, Error> {
+    pub fn map_pages(
+        &self,
+        iova: u64,
+        paddr: u64,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<usize, Error> {
         let (level, len) = self.check_input(iova, pgsize, pgcount)?;
         if paddr & (pgsize - 1) != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: pgsize });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Paddr,
+                addr: paddr,
+                align: pgsize,
+            });
         }
         check_range(AddrKind::Paddr, paddr, len, self.geom.oas())?;
         if !prot.intersects(Prot::READ | Prot::WRITE) {
@@ -68,7 +79,11 @@ impl<T: TlbOps> PageTable<T> {
             }
             match pte::decode(g, level, d) {
                 Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
-                _ => return Err(Error::Exists { iova: iova & !(g.block_size(level) - 1) }),
+                _ => {
+                    return Err(Error::Exists {
+                        iova: iova & !(g.block_size(level) - 1),
+                    })
+                }
             }
             level += 1;
         }
@@ -85,7 +100,9 @@ impl<T: TlbOps> PageTable<T> {
                 Descriptor::Leaf { .. } => false,
             };
             if !free {
-                return Err(Error::Exists { iova: iova + i as u64 * size });
+                return Err(Error::Exists {
+                    iova: iova + i as u64 * size,
+                });
             }
         }
         for (i, e) in slots.iter().enumerate() {
@@ -104,9 +121,19 @@ impl<T: TlbOps> PageTable<T> {
     /// `entry` (ours, or the winner's if another mapper installed first).
     fn install(&self, entry: &AtomicU64, level: u32) -> Result<u64, Error> {
         let g = &self.geom;
-        let table = TableMem::alloc(g.entries(level), g.table_align(level), g.oa_bits(), &self.stats)?;
+        let table = TableMem::alloc(
+            g.entries(level),
+            g.table_align(level),
+            g.oa_bits(),
+            &self.stats,
+        )?;
         let desc = pte::table(g, table.addr());
-        match entry.compare_exchange(0, desc, INSTALL_RELEASE.ord(Release), DESCENT_ACQUIRE.ord(Acquire)) {
+        match entry.compare_exchange(
+            0,
+            desc,
+            INSTALL_RELEASE.ord(Release),
+            DESCENT_ACQUIRE.ord(Acquire),
+        ) {
             Ok(_) => {
                 table.into_addr();
                 Ok(desc)
@@ -149,8 +176,14 @@ impl<T: TlbOps> PageTable<T> {
         self.check_sizes(iova, Some(paddr), size)?;
         let mut done = 0;
         while done < size {
-            let (pgsize, count) = pgsize_for(self.pgsize_bitmap(), iova + done, paddr + done, size - done)
-                .ok_or(Error::Misaligned { kind: AddrKind::Iova, addr: iova + done, align: self.geom.page_size() })?;
+            let (pgsize, count) =
+                pgsize_for(self.pgsize_bitmap(), iova + done, paddr + done, size - done).ok_or(
+                    Error::Misaligned {
+                        kind: AddrKind::Iova,
+                        addr: iova + done,
+                        align: self.geom.page_size(),
+                    },
+                )?;
             match self.map_pages(iova + done, paddr + done, pgsize, count, prot) {
                 Ok(n) => done += n as u64,
                 Err(e) => {
@@ -166,18 +199,31 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Common checks of the `map`/`unmap` helpers: non-zero, page-aligned sizes and addresses.
-    pub(crate) fn check_sizes(&self, iova: u64, paddr: Option<u64>, size: u64) -> Result<(), Error> {
+    pub(crate) fn check_sizes(
+        &self,
+        iova: u64,
+        paddr: Option<u64>,
+        size: u64,
+    ) -> Result<(), Error> {
         let page = self.geom.page_size();
         if size == 0 {
             return Err(Error::ZeroCount);
         }
         if (iova | size) & (page - 1) != 0 {
             let addr = if iova & (page - 1) != 0 { iova } else { size };
-            return Err(Error::Misaligned { kind: AddrKind::Iova, addr, align: page });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Iova,
+                addr,
+                align: page,
+            });
         }
         if let Some(paddr) = paddr {
             if paddr & (page - 1) != 0 {
-                return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: page });
+                return Err(Error::Misaligned {
+                    kind: AddrKind::Paddr,
+                    addr: paddr,
+                    align: page,
+                });
             }
             check_range(AddrKind::Paddr, paddr, size, self.geom.oas())?;
         }

@@ -52,8 +52,18 @@ impl<T: TlbOps> PageTable<T> {
         let geom = config.geometry()?;
         let stats = Arc::new(Counters::new());
         let start = geom.start_level();
-        let root = TableMem::alloc(geom.entries(start), geom.table_align(start), geom.oa_bits(), &stats)?;
-        Ok(PageTable { geom, root, tlb, stats })
+        let root = TableMem::alloc(
+            geom.entries(start),
+            geom.table_align(start),
+            geom.oa_bits(),
+            &stats,
+        )?;
+        Ok(PageTable {
+            geom,
+            root,
+            tlb,
+            stats,
+        })
     }
 
     /// The geometry (levels, page sizes) of this table.
@@ -96,13 +106,25 @@ impl<T: TlbOps> PageTable<T> {
 
     /// Check `pgcount` pages of `pgsize` at `iova`; returns the leaf level of `pgsize` and
     /// the length of the range.
-    pub(crate) fn check_input(&self, iova: u64, pgsize: u64, pgcount: usize) -> Result<(u32, u64), Error> {
-        let level = self.geom.level_of(pgsize).ok_or(Error::UnsupportedPageSize { pgsize })?;
+    pub(crate) fn check_input(
+        &self,
+        iova: u64,
+        pgsize: u64,
+        pgcount: usize,
+    ) -> Result<(u32, u64), Error> {
+        let level = self
+            .geom
+            .level_of(pgsize)
+            .ok_or(Error::UnsupportedPageSize { pgsize })?;
         if pgcount == 0 {
             return Err(Error::ZeroCount);
         }
         if iova & (pgsize - 1) != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Iova, addr: iova, align: pgsize });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Iova,
+                addr: iova,
+                align: pgsize,
+            });
         }
         let len = pgsize.checked_mul(pgcount as u64).ok_or(Error::Overflow)?;
         check_range(AddrKind::Iova, iova, len, self.geom.ias())?;
@@ -148,7 +170,9 @@ impl<T: TlbOps> PageTable<T> {
             let t = unsafe { TableMem::from_addr(addr, len, self.geom.table_align(level)) };
             if level < 3 {
                 for e in t.entries() {
-                    if let Descriptor::Table { addr } = pte::decode(&self.geom, level, e.load(Relaxed)) {
+                    if let Descriptor::Table { addr } =
+                        pte::decode(&self.geom, level, e.load(Relaxed))
+                    {
                         stack.push((addr, level + 1));
                     }
                 }
@@ -232,7 +256,8 @@ impl<T: TlbOps> Drop for PageTable<T> {
         let mut freed = 1; // the root, dropped with the fields
         if start < 3 {
             for e in self.root.entries() {
-                if let Descriptor::Table { addr } = pte::decode(&self.geom, start, e.load(Relaxed)) {
+                if let Descriptor::Table { addr } = pte::decode(&self.geom, start, e.load(Relaxed))
+                {
                     // SAFETY: `&mut self`: no walker or operation runs; the subtree is ours.
                     let tables = unsafe { self.collect_subtree(addr, start + 1) };
                     freed += tables.len() as u64;
@@ -243,7 +268,7 @@ impl<T: TlbOps> Drop for PageTable<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -252,10 +277,19 @@ mod tests {
         let bm = (4 << 10) | (2 << 20) | (1 << 30);
         assert_eq!(pgsize_for(bm, 0x1000, 0x1000, 0x1000), Some((0x1000, 1)));
         // 4K pages up to the 2M boundary, then blocks.
-        assert_eq!(pgsize_for(bm, 0x1f_f000, 0x1f_f000, 0x40_1000), Some((0x1000, 1)));
-        assert_eq!(pgsize_for(bm, 0x20_0000, 0x20_0000, 0x40_0000), Some((0x20_0000, 2)));
+        assert_eq!(
+            pgsize_for(bm, 0x1f_f000, 0x1f_f000, 0x40_1000),
+            Some((0x1000, 1))
+        );
+        assert_eq!(
+            pgsize_for(bm, 0x20_0000, 0x20_0000, 0x40_0000),
+            Some((0x20_0000, 2))
+        );
         // Misaligned paddr forbids blocks; pages up to the next 2M boundary of iova | paddr.
-        assert_eq!(pgsize_for(bm, 0x20_0000, 0x1000, 0x40_0000), Some((0x1000, 0x1ff)));
+        assert_eq!(
+            pgsize_for(bm, 0x20_0000, 0x1000, 0x40_0000),
+            Some((0x1000, 0x1ff))
+        );
         // Not enough room for a block before the end: pages to the end.
         assert_eq!(pgsize_for(bm, 0x1000, 0x1000, 0x3000), Some((0x1000, 3)));
         assert_eq!(pgsize_for(bm, 0x800, 0, 0x1000), None);

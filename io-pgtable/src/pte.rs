@@ -127,9 +127,17 @@ pub fn table(g: &Geometry, table_addr: u64) -> u64 {
 
 /// A leaf descriptor at `level` for `paddr` with `prot` (`prot` must grant read or write).
 pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
-    let ty = if level == 3 { TYPE_TABLE_OR_PAGE | VALID } else { VALID };
+    let ty = if level == 3 {
+        TYPE_TABLE_OR_PAGE | VALID
+    } else {
+        VALID
+    };
     let mut d = ty | AF | encode_oa(g, paddr);
-    d |= if prot.contains(Prot::CACHE) { SH_INNER } else { SH_OUTER };
+    d |= if prot.contains(Prot::CACHE) {
+        SH_INNER
+    } else {
+        SH_OUTER
+    };
     if prot.contains(Prot::NOEXEC) {
         d |= XN;
     }
@@ -227,18 +235,31 @@ pub fn decode(g: &Geometry, level: u32, d: u64) -> Descriptor {
     let is_table_or_page = d & TYPE_TABLE_OR_PAGE != 0;
     match (level, is_table_or_page) {
         (3, false) => Descriptor::Invalid,
-        (3, true) | (_, false) => Descriptor::Leaf { paddr: decode_oa(g, d), prot: prot_of(g, d) },
-        (_, true) => Descriptor::Table { addr: decode_oa(g, d) },
+        (3, true) | (_, false) => Descriptor::Leaf {
+            paddr: decode_oa(g, d),
+            prot: prot_of(g, d),
+        },
+        (_, true) => Descriptor::Table {
+            addr: decode_oa(g, d),
+        },
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::config::{Config, Granule};
 
     fn g(granule: Granule, stage: Stage, ias: u32, oas: u32, ns: bool) -> Geometry {
-        Config { granule, stage, ias, oas, ns }.geometry().unwrap()
+        Config {
+            granule,
+            stage,
+            ias,
+            oas,
+            ns,
+        }
+        .geometry()
+        .unwrap()
     }
 
     #[test]
@@ -248,11 +269,26 @@ mod tests {
         // valid + page, AttrIndx NC, AP unpriv + read-only, outer shareable, AF, nG, OA.
         let want = 0b11 | S1_AP_UNPRIV | S1_AP_RDONLY | SH_OUTER | AF | S1_NG | 0x1234_5678_9000;
         assert_eq!(d, want, "{d:#x} vs {want:#x}");
-        let d = leaf(&geo, 3, 0x1000, Prot::READ | Prot::WRITE | Prot::CACHE | Prot::NOEXEC | Prot::PRIV);
-        assert_eq!(d, 0b11 | (S1_ATTR_WB << 2) | SH_INNER | AF | S1_NG | XN | 0x1000);
+        let d = leaf(
+            &geo,
+            3,
+            0x1000,
+            Prot::READ | Prot::WRITE | Prot::CACHE | Prot::NOEXEC | Prot::PRIV,
+        );
+        assert_eq!(
+            d,
+            0b11 | (S1_ATTR_WB << 2) | SH_INNER | AF | S1_NG | XN | 0x1000
+        );
         let d = leaf(&geo, 3, 0x1000, Prot::WRITE | Prot::MMIO);
-        assert_eq!(d, 0b11 | (S1_ATTR_DEV << 2) | S1_AP_UNPRIV | SH_OUTER | AF | S1_NG | 0x1000);
-        assert_eq!(d & (1 << 4 | 1 << 3 | 1 << 2), 1 << 3, "AttrIndx 2 is bit 3");
+        assert_eq!(
+            d,
+            0b11 | (S1_ATTR_DEV << 2) | S1_AP_UNPRIV | SH_OUTER | AF | S1_NG | 0x1000
+        );
+        assert_eq!(
+            d & (1 << 4 | 1 << 3 | 1 << 2),
+            1 << 3,
+            "AttrIndx 2 is bit 3"
+        );
     }
 
     #[test]
@@ -262,9 +298,16 @@ mod tests {
         assert_eq!(leaf(&geo, 1, 0x4000_0000, Prot::READ) & 3, 0b01);
         assert_eq!(leaf(&geo, 3, 0x1000, Prot::READ) & 3, 0b11);
         assert_eq!(table(&geo, 0x5000) & 3, 0b11);
-        assert_eq!(decode(&geo, 3, 0b01 | 0x1000), Descriptor::Invalid, "01 at level 3 is invalid");
+        assert_eq!(
+            decode(&geo, 3, 0b01 | 0x1000),
+            Descriptor::Invalid,
+            "01 at level 3 is invalid"
+        );
         assert_eq!(decode(&geo, 2, 0b10 | 0x1000), Descriptor::Invalid);
-        assert_eq!(decode(&geo, 2, table(&geo, 0x5000)), Descriptor::Table { addr: 0x5000 });
+        assert_eq!(
+            decode(&geo, 2, table(&geo, 0x5000)),
+            Descriptor::Table { addr: 0x5000 }
+        );
     }
 
     #[test]
@@ -281,11 +324,26 @@ mod tests {
     fn s2_bits() {
         let geo = g(Granule::Size16K, Stage::S2, 40, 40, false);
         let d = leaf(&geo, 3, 0x4000, Prot::READ);
-        assert_eq!(d, 0b11 | S2_AP_READ | S2_MEMATTR_NC | SH_OUTER | AF | 0x4000);
+        assert_eq!(
+            d,
+            0b11 | S2_AP_READ | S2_MEMATTR_NC | SH_OUTER | AF | 0x4000
+        );
         assert_eq!(d & S1_NG, 0, "no nG at stage 2");
-        let d = leaf(&geo, 2, 0x200_0000, Prot::READ | Prot::WRITE | Prot::CACHE | Prot::NOEXEC);
-        assert_eq!(d, 0b01 | S2_AP_READ | S2_AP_WRITE | S2_MEMATTR_WB | SH_INNER | AF | XN | 0x200_0000);
-        assert_eq!(leaf(&geo, 3, 0x4000, Prot::WRITE | Prot::MMIO) & (S2_MEMATTR_MASK | S2_AP_READ | S2_AP_WRITE), S2_MEMATTR_DEV | S2_AP_WRITE);
+        let d = leaf(
+            &geo,
+            2,
+            0x200_0000,
+            Prot::READ | Prot::WRITE | Prot::CACHE | Prot::NOEXEC,
+        );
+        assert_eq!(
+            d,
+            0b01 | S2_AP_READ | S2_AP_WRITE | S2_MEMATTR_WB | SH_INNER | AF | XN | 0x200_0000
+        );
+        assert_eq!(
+            leaf(&geo, 3, 0x4000, Prot::WRITE | Prot::MMIO)
+                & (S2_MEMATTR_MASK | S2_AP_READ | S2_AP_WRITE),
+            S2_MEMATTR_DEV | S2_AP_WRITE
+        );
     }
 
     #[test]
@@ -302,7 +360,10 @@ mod tests {
         assert_eq!((d >> 12) & 0xf, 0xa);
         assert_eq!(d & 0xffff_ffff_0000, 0x1234_5678_0000);
         assert_eq!(decode_oa(&g52, d), pa);
-        assert_eq!(decode(&g52, 2, table(&g52, pa)), Descriptor::Table { addr: pa });
+        assert_eq!(
+            decode(&g52, 2, table(&g52, pa)),
+            Descriptor::Table { addr: pa }
+        );
     }
 
     #[test]

@@ -72,11 +72,18 @@ unsafe impl Sync for TableMem {}
 
 impl TableMem {
     fn layout(len: usize, align: usize) -> Result<Layout, Error> {
-        Layout::array::<AtomicU64>(len).and_then(|l| l.align_to(align)).map_err(|_| Error::NoMemory)
+        Layout::array::<AtomicU64>(len)
+            .and_then(|l| l.align_to(align))
+            .map_err(|_| Error::NoMemory)
     }
 
     /// Allocate a zeroed table whose address fits `addr_bits` bits.
-    pub(crate) fn alloc(len: usize, align: usize, addr_bits: u32, stats: &Counters) -> Result<Self, Error> {
+    pub(crate) fn alloc(
+        len: usize,
+        align: usize,
+        addr_bits: u32,
+        stats: &Counters,
+    ) -> Result<Self, Error> {
         let layout = Self::layout(len, align)?;
         // SAFETY: `len > 0` (every level has at least two entries), so the layout is non-zero.
         let raw = unsafe { std::alloc::alloc(layout) } as *mut AtomicU64;
@@ -129,8 +136,12 @@ impl Drop for TableMem {
     fn drop(&mut self) {
         // SAFETY: `self` owns `len` initialised atomics allocated with this layout.
         unsafe {
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len));
-            let layout = Self::layout(self.len, self.align).expect("layout was valid at allocation");
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.len,
+            ));
+            let layout =
+                Self::layout(self.len, self.align).expect("layout was valid at allocation");
             std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout);
         }
     }
@@ -164,14 +175,18 @@ impl Retire for RetiredTables {
             }
         }
         // Under loom, poisoning is the free (the memory is parked until the model ends).
-        self.stats.freed.fetch_add(self.tables.len() as u64, Relaxed);
+        self.stats
+            .freed
+            .fetch_add(self.tables.len() as u64, Relaxed);
     }
 }
 
 impl Drop for RetiredTables {
     fn drop(&mut self) {
         #[cfg(not(loom))]
-        self.stats.freed.fetch_add(self.tables.len() as u64, Relaxed);
+        self.stats
+            .freed
+            .fetch_add(self.tables.len() as u64, Relaxed);
     }
 }
 
@@ -179,13 +194,16 @@ impl Drop for RetiredTables {
 /// left its critical section.
 pub(crate) fn retire(guard: &Guard, tables: Vec<TableMem>, stats: &Arc<Counters>) {
     stats.retired.fetch_add(tables.len() as u64, Relaxed);
-    let boxed = Box::new(RetiredTables { tables, stats: stats.clone() });
+    let boxed = Box::new(RetiredTables {
+        tables,
+        stats: stats.clone(),
+    });
     // SAFETY: the subtree is unlinked (or, in the weakened loom variant, about to be), owned
     // by this box alone, and retired once.
     unsafe { guard.defer_retire(Box::into_raw(boxed)) };
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -207,14 +225,19 @@ mod tests {
     #[test]
     fn unrepresentable_address_is_refused() {
         let stats = Counters::new();
-        assert_eq!(TableMem::alloc(4, 4096, 12, &stats).err(), Some(Error::NoMemory));
+        assert_eq!(
+            TableMem::alloc(4, 4096, 12, &stats).err(),
+            Some(Error::NoMemory)
+        );
         assert_eq!(stats.freed.load(Relaxed), stats.allocated.load(Relaxed));
     }
 
     #[test]
     fn retired_tables_are_freed_once() {
         let stats = Arc::new(Counters::new());
-        let tables = (0..3).map(|_| TableMem::alloc(4, 4096, 48, &stats).unwrap()).collect();
+        let tables = (0..3)
+            .map(|_| TableMem::alloc(4, 4096, 48, &stats).unwrap())
+            .collect();
         retire(&dma_sync::rcu::pin(), tables, &stats);
         for _ in 0..64 {
             if stats.freed.load(Relaxed) == 3 {
@@ -223,7 +246,10 @@ mod tests {
             dma_sync::rcu::pin().flush();
         }
         let freed = stats.freed.load(Relaxed);
-        assert!(freed == 0 || freed == 3, "a subtree is freed together, once: {freed}");
+        assert!(
+            freed == 0 || freed == 3,
+            "a subtree is freed together, once: {freed}"
+        );
         assert_eq!(stats.retired.load(Relaxed), 3);
     }
 }

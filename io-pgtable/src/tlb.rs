@@ -90,12 +90,20 @@ impl Default for Gather {
 impl Gather {
     /// An empty gather for strict invalidation.
     pub const fn new() -> Self {
-        Gather { start: u64::MAX, end: 0, pgsize: 0, queued: false }
+        Gather {
+            start: u64::MAX,
+            end: 0,
+            pgsize: 0,
+            queued: false,
+        }
     }
 
     /// An empty gather for lazy mode: unmaps add no pages to it.
     pub const fn queued() -> Self {
-        Gather { queued: true, ..Self::new() }
+        Gather {
+            queued: true,
+            ..Self::new()
+        }
     }
 
     /// Whether this gather is in lazy (queued) mode.
@@ -110,13 +118,18 @@ impl Gather {
 
     /// The gathered range, if any.
     pub fn range(&self) -> Option<TlbRange> {
-        (self.start <= self.end).then_some(TlbRange { start: self.start, end: self.end, pgsize: self.pgsize })
+        (self.start <= self.end).then_some(TlbRange {
+            start: self.start,
+            end: self.end,
+            pgsize: self.pgsize,
+        })
     }
 
     /// Whether `[iova, iova + size)` neither overlaps nor touches the gathered range.
     pub fn is_disjoint(&self, iova: u64, size: u64) -> bool {
-        let last = iova.saturating_add(size - 1);
-        self.start <= self.end && (last.saturating_add(1) < self.start || iova > self.end.saturating_add(1))
+        let last = iova.saturating_add(size.max(1) - 1);
+        self.start <= self.end
+            && (last.saturating_add(1) < self.start || iova > self.end.saturating_add(1))
     }
 
     /// Extend the range without any sync (range-invalidating hardware).
@@ -140,11 +153,14 @@ impl Gather {
         if let Some(range) = self.range() {
             tlb.sync(&range);
         }
-        *self = Gather { queued: self.queued, ..Self::new() };
+        *self = Gather {
+            queued: self.queued,
+            ..Self::new()
+        };
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use dma_sync::Mutex;
@@ -167,7 +183,14 @@ mod tests {
             log.add_page(&mut g, iova, 0x1000);
         }
         assert!(log.0.lock().is_empty());
-        assert_eq!(g.range(), Some(TlbRange { start: 0x2000, end: 0x4fff, pgsize: 0x1000 }));
+        assert_eq!(
+            g.range(),
+            Some(TlbRange {
+                start: 0x2000,
+                end: 0x4fff,
+                pgsize: 0x1000
+            })
+        );
     }
 
     #[test]
@@ -182,12 +205,33 @@ mod tests {
         assert_eq!(
             synced,
             vec![
-                TlbRange { start: 0x1000, end: 0x1fff, pgsize: 0x1000 },
-                TlbRange { start: 0x20_0000, end: 0x3f_ffff, pgsize: 0x20_0000 },
-                TlbRange { start: 0x80_0000, end: 0x9f_ffff, pgsize: 0x20_0000 },
+                TlbRange {
+                    start: 0x1000,
+                    end: 0x1fff,
+                    pgsize: 0x1000
+                },
+                TlbRange {
+                    start: 0x20_0000,
+                    end: 0x3f_ffff,
+                    pgsize: 0x20_0000
+                },
+                TlbRange {
+                    start: 0x80_0000,
+                    end: 0x9f_ffff,
+                    pgsize: 0x20_0000
+                },
             ]
         );
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn zero_sizes_do_not_panic() {
+        let mut g = Gather::new();
+        g.add_page(&NoTlb, 0x1000, 0);
+        assert!(!g.is_disjoint(0x1000, 0));
+        g.add_range(u64::MAX, 0);
+        assert_eq!(g.range().map(|r| r.end), Some(u64::MAX));
     }
 
     #[test]

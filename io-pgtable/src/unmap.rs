@@ -29,7 +29,13 @@ impl<T: TlbOps> PageTable<T> {
     /// assert_eq!(pt.unmap_pages(0x20_0000, 0x20_0000, 1, &mut g), Err(Error::NotMapped { iova: 0x20_0000 }));
     /// g.sync(pt.tlb());
     /// ```
-    pub fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: usize, gather: &mut Gather) -> Result<usize, Error> {
+    pub fn unmap_pages(
+        &self,
+        iova: u64,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut Gather,
+    ) -> Result<usize, Error> {
         let (level, _) = self.check_input(iova, pgsize, pgcount)?;
         let mut late = LateUnlinks::default();
         let result = {
@@ -58,7 +64,10 @@ impl<T: TlbOps> PageTable<T> {
                 Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
                 Descriptor::Invalid => return Err(Error::NotMapped { iova }),
                 Descriptor::Leaf { .. } => {
-                    return Err(Error::PartialBlock { iova, block_size: g.block_size(level) })
+                    return Err(Error::PartialBlock {
+                        iova,
+                        block_size: g.block_size(level),
+                    })
                 }
             }
             level += 1;
@@ -96,8 +105,12 @@ impl<T: TlbOps> PageTable<T> {
         let mut done = 0;
         while done < size {
             let at = iova + done;
-            let (pgsize, count) = pgsize_for(self.pgsize_bitmap(), at, at, size - done)
-                .ok_or(Error::Misaligned { kind: AddrKind::Iova, addr: at, align: self.geom.page_size() })?;
+            let (pgsize, count) =
+                pgsize_for(self.pgsize_bitmap(), at, at, size - done).ok_or(Error::Misaligned {
+                    kind: AddrKind::Iova,
+                    addr: at,
+                    align: self.geom.page_size(),
+                })?;
             match self.unmap_pages(at, pgsize, count, gather) {
                 Ok(n) => done += n as u64,
                 Err(e) if done == 0 => return Err(e),

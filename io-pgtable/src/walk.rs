@@ -45,7 +45,10 @@ pub struct Reader<'a, T: TlbOps> {
 impl<T: TlbOps> PageTable<T> {
     /// Pin a [`Reader`] for several translations or walks.
     pub fn reader(&self) -> Reader<'_, T> {
-        Reader { pt: self, guard: rcu::pin_at(&READER_PIN) }
+        Reader {
+            pt: self,
+            guard: rcu::pin_at(&READER_PIN),
+        }
     }
 
     /// Translate `iova`, with the leaf's protections; `None` if unmapped or out of range.
@@ -92,7 +95,13 @@ impl<T: TlbOps> Reader<'_, T> {
                 Descriptor::Invalid => return None,
                 Descriptor::Leaf { paddr, prot } => {
                     let size = g.block_size(level);
-                    return Some(Translation { paddr: paddr + (iova & (size - 1)), prot, level, size, desc: d });
+                    return Some(Translation {
+                        paddr: paddr + (iova & (size - 1)),
+                        prot,
+                        level,
+                        size,
+                        desc: d,
+                    });
                 }
                 Descriptor::Table { addr } => {
                     table = self.pt.table_at(&self.guard, addr, level + 1);
@@ -105,10 +114,23 @@ impl<T: TlbOps> Reader<'_, T> {
     /// Visit every valid descriptor reachable from the root, depth first, in address order.
     pub fn walk(&self, mut f: impl FnMut(&WalkEntry)) {
         let g = &self.pt.geom;
-        self.walk_table(self.pt.root.entries(), self.pt.root_addr(), g.start_level(), 0, &mut f);
+        self.walk_table(
+            self.pt.root.entries(),
+            self.pt.root_addr(),
+            g.start_level(),
+            0,
+            &mut f,
+        );
     }
 
-    fn walk_table(&self, table: &[AtomicU64], addr: u64, level: u32, base: u64, f: &mut impl FnMut(&WalkEntry)) {
+    fn walk_table(
+        &self,
+        table: &[AtomicU64],
+        addr: u64,
+        level: u32,
+        base: u64,
+        f: &mut impl FnMut(&WalkEntry),
+    ) {
         let g = &self.pt.geom;
         for (index, e) in table.iter().enumerate() {
             let raw = e.load(WALK_ACQUIRE.ord(Acquire));
@@ -117,9 +139,22 @@ impl<T: TlbOps> Reader<'_, T> {
                 continue;
             }
             let iova = base + index as u64 * g.block_size(level);
-            f(&WalkEntry { level, index, iova, table: addr, raw, desc });
+            f(&WalkEntry {
+                level,
+                index,
+                iova,
+                table: addr,
+                raw,
+                desc,
+            });
             if let Descriptor::Table { addr: next } = desc {
-                self.walk_table(self.pt.table_at(&self.guard, next, level + 1), next, level + 1, iova, f);
+                self.walk_table(
+                    self.pt.table_at(&self.guard, next, level + 1),
+                    next,
+                    level + 1,
+                    iova,
+                    f,
+                );
             }
         }
     }
@@ -128,7 +163,14 @@ impl<T: TlbOps> Reader<'_, T> {
     pub fn dump(&self) -> Dump {
         let mut entries = Vec::new();
         self.walk(|e| entries.push(*e));
-        let tables = 1 + entries.iter().filter(|e| matches!(e.desc, Descriptor::Table { .. })).count();
-        Dump { root: self.pt.root_addr(), tables, entries }
+        let tables = 1 + entries
+            .iter()
+            .filter(|e| matches!(e.desc, Descriptor::Table { .. }))
+            .count();
+        Dump {
+            root: self.pt.root_addr(),
+            tables,
+            entries,
+        }
     }
 }

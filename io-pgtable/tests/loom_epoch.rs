@@ -49,8 +49,9 @@ fn builder() -> loom::model::Builder {
 fn unlink_defer_free_vs_walk(walker_pinned: bool) {
     builder().check(move || {
         let collector = Collector::new();
-        let parent: Arc<Atomic<Table>> =
-            Arc::new(Atomic::new(Table { entries: [AtomicU64::new(LEAF), AtomicU64::new(0)] }));
+        let parent: Arc<Atomic<Table>> = Arc::new(Atomic::new(Table {
+            entries: [AtomicU64::new(LEAF), AtomicU64::new(0)],
+        }));
         let graveyard: Graveyard = Arc::new(Mutex::new(Vec::new()));
 
         let walker = {
@@ -68,7 +69,11 @@ fn unlink_defer_free_vs_walk(walker_pinned: bool) {
                 let table = parent.load(Acquire, guard);
                 // SAFETY: loaded under `guard`; freed only through `defer` after unlinking.
                 if let Some(t) = unsafe { table.as_ref() } {
-                    assert_eq!(t.entries[0].load(Relaxed), LEAF, "walker read a freed table");
+                    assert_eq!(
+                        t.entries[0].load(Relaxed),
+                        LEAF,
+                        "walker read a freed table"
+                    );
                 }
             })
         };
@@ -113,5 +118,8 @@ fn unpinned_walker_is_caught() {
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default(),
     };
-    assert!(msg.contains("Causality violation"), "failed for another reason: {msg}");
+    assert!(
+        msg.contains("Causality violation"),
+        "failed for another reason: {msg}"
+    );
 }

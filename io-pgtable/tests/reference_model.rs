@@ -13,17 +13,31 @@ const PAGES: u64 = 64;
 #[derive(Debug, Clone)]
 enum Op {
     /// Map `len` pages at page `at` to page frame `pfn`.
-    Map { at: u64, len: u64, pfn: u64, prot: u8 },
+    Map {
+        at: u64,
+        len: u64,
+        pfn: u64,
+        prot: u8,
+    },
     /// Unmap `len` pages at page `at`.
     Unmap { at: u64, len: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     // Block-friendly starts and lengths half of the time, so blocks and table frees happen.
-    let start = prop_oneof![0..PAGES, (0..PAGES / 4).prop_map(|b| b * 4), (0..PAGES / 16).prop_map(|b| b * 16)];
+    let start = prop_oneof![
+        0..PAGES,
+        (0..PAGES / 4).prop_map(|b| b * 4),
+        (0..PAGES / 16).prop_map(|b| b * 16)
+    ];
     let len = prop_oneof![1..6u64, Just(4), Just(16), Just(32)];
     prop_oneof![
-        (start.clone(), len.clone(), 0..PAGES, 1..64u8).prop_map(|(at, len, pfn, prot)| Op::Map { at, len, pfn: pfn * 16, prot }),
+        (start.clone(), len.clone(), 0..PAGES, 1..64u8).prop_map(|(at, len, pfn, prot)| Op::Map {
+            at,
+            len,
+            pfn: pfn * 16,
+            prot
+        }),
         (start, len).prop_map(|(at, len)| Op::Unmap { at, len }),
     ]
 }

@@ -28,10 +28,22 @@ fn pa(page: u64, gen: u64) -> u64 {
 
 fn check_seen(iova: u64, paddr: u64, gens: &[AtomicU64]) {
     let page = iova / PAGE;
-    assert_eq!((paddr >> 12) & 0xfff, page, "translation of page {page} points at another page: {paddr:#x}");
-    let owner = if page < SHARED { page % WRITERS } else { (page - SHARED) / OWN };
+    assert_eq!(
+        (paddr >> 12) & 0xfff,
+        page,
+        "translation of page {page} points at another page: {paddr:#x}"
+    );
+    let owner = if page < SHARED {
+        page % WRITERS
+    } else {
+        (page - SHARED) / OWN
+    };
     let issued = gens[owner as usize].load(Acquire);
-    assert!(paddr >> 24 <= issued, "page {page}: generation {} never issued (≤ {issued})", paddr >> 24);
+    assert!(
+        paddr >> 24 <= issued,
+        "page {page}: generation {} never issued (≤ {issued})",
+        paddr >> 24
+    );
 }
 
 #[test]
@@ -102,7 +114,9 @@ fn writers_and_readers() {
                     for e in pt.dump().entries {
                         match e.desc {
                             Descriptor::Leaf { paddr, .. } => {
-                                for off in (0..pt.geometry().block_size(e.level)).step_by(PAGE as usize) {
+                                for off in
+                                    (0..pt.geometry().block_size(e.level)).step_by(PAGE as usize)
+                                {
                                     check_seen(e.iova + off, paddr + off, &gens);
                                 }
                             }
@@ -131,7 +145,10 @@ fn writers_and_readers() {
     // Let the grace periods run: every retired or discarded table is freed, and only once.
     for _ in 0..10_000 {
         let s = pt.stats();
-        assert!(s.freed <= s.discarded + s.retired, "a table was freed twice: {s:?}");
+        assert!(
+            s.freed <= s.discarded + s.retired,
+            "a table was freed twice: {s:?}"
+        );
         if s.freed == s.discarded + s.retired {
             break;
         }

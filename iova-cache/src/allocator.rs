@@ -50,7 +50,9 @@ pub struct IovaAllocator {
 
 impl std::fmt::Debug for IovaAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IovaAllocator").field("config", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("IovaAllocator")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +73,9 @@ impl IovaAllocator {
         config.validate()?;
         let tree = RangeAllocator::new(config.start_pfn, config.end_pfn)?;
         let inner = Arc::new(Inner {
-            rcache: config.caching.then(|| Rcache::new(config.cpus, config.magazine_size)),
+            rcache: config
+                .caching
+                .then(|| Rcache::new(config.cpus, config.magazine_size)),
             owners: (config.caching && config.checked_frees).then(|| Owners::new(config.cpus)),
             tree: CachePadded::new(StepLock::new(tree, &TREE_LOCK)),
             flushes: AtomicU64::new(0),
@@ -124,17 +128,25 @@ impl IovaAllocator {
         let inner = &*self.inner;
         self.check_request(size, limit)?;
         let size = class_size(size);
-        let cached = inner.rcache.as_ref().filter(|_| size <= MAX_CACHED_GRANULES);
+        let cached = inner
+            .rcache
+            .as_ref()
+            .filter(|_| size <= MAX_CACHED_GRANULES);
         if let Some(rc) = cached {
             if let Some(pfn) = rc.get(size.trailing_zeros() as usize, self.cpu(rc), limit) {
                 self.record_owner(pfn, size);
                 return Ok(pfn);
             }
         }
-        let mut r = inner.tree.with(|t| t.alloc(size, limit, true));
-        if matches!(r, Err(IovaError::NoSpace { .. })) && flush && inner.rcache.is_some() && FLUSH_RETRY.on() {
+        let tag = cached.is_some();
+        let mut r = inner.tree.with(|t| t.alloc_tagged(size, limit, true, tag));
+        if matches!(r, Err(IovaError::NoSpace { .. }))
+            && flush
+            && inner.rcache.is_some()
+            && FLUSH_RETRY.on()
+        {
             self.flush_all();
-            r = inner.tree.with(|t| t.alloc(size, limit, true));
+            r = inner.tree.with(|t| t.alloc_tagged(size, limit, true, tag));
         }
         let pfn = r?;
         if cached.is_some() {
@@ -149,10 +161,16 @@ impl IovaAllocator {
             return Err(IovaError::ZeroSize);
         }
         if size > cfg.space() {
-            return Err(IovaError::TooLarge { size, space: cfg.space() });
+            return Err(IovaError::TooLarge {
+                size,
+                space: cfg.space(),
+            });
         }
         if limit < cfg.start_pfn {
-            return Err(IovaError::LimitBelowStart { limit, start: cfg.start_pfn });
+            return Err(IovaError::LimitBelowStart {
+                limit,
+                start: cfg.start_pfn,
+            });
         }
         Ok(())
     }
@@ -173,7 +191,11 @@ impl IovaAllocator {
             return Err(IovaError::ZeroSize);
         }
         let size = class_size(size);
-        let Some(rc) = inner.rcache.as_ref().filter(|_| size <= MAX_CACHED_GRANULES) else {
+        let Some(rc) = inner
+            .rcache
+            .as_ref()
+            .filter(|_| size <= MAX_CACHED_GRANULES)
+        else {
             return inner.tree.with(|t| t.free(pfn, size));
         };
         match &inner.owners {
@@ -187,7 +209,8 @@ impl IovaAllocator {
     /// The cheap sanity check of an unchecked cached free: inside the space, naturally aligned.
     fn check_shape(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         let cfg = &self.inner.cfg;
-        let inside = pfn >= cfg.start_pfn && pfn.checked_add(size - 1).is_some_and(|e| e <= cfg.end_pfn);
+        let inside =
+            pfn >= cfg.start_pfn && pfn.checked_add(size - 1).is_some_and(|e| e <= cfg.end_pfn);
         if inside && pfn % size == 0 {
             Ok(())
         } else {
@@ -207,13 +230,10 @@ impl IovaAllocator {
         self.inner.tree.with(|t| t.alloc(size, limit, aligned))
     }
 
-    /// Free a range from [`alloc_range`](Self::alloc_range); must match it exactly.
+    /// Free a range from [`alloc_range`](Self::alloc_range); must match it exactly. A range
+    /// from [`alloc`](Self::alloc) is refused here (it may be sitting in a magazine).
     pub fn free_range(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
-        self.inner.tree.with(|t| t.free(pfn, size))?;
-        if let Some(o) = &self.inner.owners {
-            o.forget(pfn);
-        }
-        Ok(())
+        self.inner.tree.with(|t| t.free(pfn, size))
     }
 
     /// Reserve the inclusive range `[lo, hi]` (flushes the caches first, since cached ranges
@@ -279,7 +299,10 @@ impl IovaAllocator {
     /// Every cached range as `(pfn, granules)`; exact only while no other thread uses the
     /// allocator (a diagnostic for tests).
     pub fn cached_ranges(&self) -> Vec<(u64, u64)> {
-        self.inner.rcache.as_ref().map_or_else(Vec::new, |rc| rc.cached())
+        self.inner
+            .rcache
+            .as_ref()
+            .map_or_else(Vec::new, |rc| rc.cached())
     }
 
     /// Check the range allocator's internal invariants (a diagnostic for tests).
@@ -290,8 +313,109 @@ impl IovaAllocator {
 
 impl Inner {
     pub(crate) fn trim_once(&self) -> usize {
-        let n = self.rcache.as_ref().map_or(0, |rc| rc.trim_once(&self.tree));
+        let n = self
+            .rcache
+            .as_ref()
+            .map_or(0, |rc| rc.trim_once(&self.tree));
         self.trimmed.fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn small(cpus: usize, mag: usize) -> IovaAllocator {
+        let cfg = IovaConfig {
+            cpus,
+            magazine_size: mag,
+            trim_interval: None,
+            ..IovaConfig::with_space(1, 255)
+        };
+        IovaAllocator::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn cached_free_is_reused_and_double_free_refused() {
+        dma_sync::cpu::set_current(Some(0));
+        let a = small(2, 2);
+        let p = a.alloc(2, 255).unwrap();
+        a.free(p, 2).unwrap();
+        assert_eq!(a.free(p, 2), Err(IovaError::NotAllocated { pfn: p }));
+        assert_eq!(
+            a.free_range(p, 2),
+            Err(IovaError::NotAllocated { pfn: p }),
+            "cached: not the uncached family"
+        );
+        assert_eq!(a.alloc(2, 255), Ok(p));
+        assert_eq!(
+            a.free(p, 1),
+            Err(IovaError::SizeMismatch {
+                pfn: p,
+                allocated: 2,
+                freed: 1
+            })
+        );
+        a.free(p, 2).unwrap();
+        a.flush_all();
+        assert!(a.allocated_ranges().is_empty());
+        dma_sync::cpu::set_current(None);
+    }
+
+    #[test]
+    fn threads_on_two_cpus_share_through_the_depot() {
+        // Small enough for Miri, which checks the lock-guarded cells for races.
+        dma_sync::cpu::set_current(Some(0));
+        let a = dma_sync::Arc::new(small(2, 2));
+        let got: Vec<u64> = (0..6).map(|_| a.alloc(1, 255).unwrap()).collect();
+        let (a1, a2) = (a.clone(), a.clone());
+        let freer = std::thread::spawn(move || {
+            dma_sync::cpu::set_current(Some(0));
+            for p in got {
+                a1.free(p, 1).unwrap();
+            }
+        });
+        let taker = std::thread::spawn(move || {
+            dma_sync::cpu::set_current(Some(1));
+            (0..6)
+                .map(|_| a2.alloc(1, 255).unwrap())
+                .collect::<Vec<_>>()
+        });
+        freer.join().unwrap();
+        let mut taken = taker.join().unwrap();
+        taken.sort_unstable();
+        taken.dedup();
+        assert_eq!(taken.len(), 6, "no pfn handed out twice");
+        a.flush_all();
+        let live: Vec<u64> = a.allocated_ranges().into_iter().map(|r| r.0).collect();
+        assert_eq!(live, taken);
+        a.check_invariants().unwrap();
+        dma_sync::cpu::set_current(None);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for cfg in [
+            IovaConfig {
+                magazine_size: 0,
+                ..IovaConfig::with_space(1, 9)
+            },
+            IovaConfig::with_space(9, 1),
+            IovaConfig::with_space(0, u64::MAX),
+            IovaConfig {
+                granule_shift: 40,
+                ..IovaConfig::with_space(1, 9)
+            },
+            IovaConfig {
+                trim_interval: Some(std::time::Duration::ZERO),
+                ..IovaConfig::with_space(1, 9)
+            },
+        ] {
+            assert!(matches!(
+                IovaAllocator::new(cfg),
+                Err(IovaError::InvalidConfig(_))
+            ));
+        }
     }
 }

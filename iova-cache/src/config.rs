@@ -83,7 +83,9 @@ impl IovaConfig {
 
     /// Granules in the space.
     pub fn space(&self) -> u64 {
-        self.end_pfn.saturating_sub(self.start_pfn).saturating_add(1)
+        self.end_pfn
+            .saturating_sub(self.start_pfn)
+            .saturating_add(1)
     }
 
     /// Check the configuration.
@@ -107,7 +109,9 @@ impl IovaConfig {
             return Err(IovaError::InvalidConfig("at least one CPU slot is needed"));
         }
         if self.magazine_size == 0 {
-            return Err(IovaError::InvalidConfig("magazines need at least one entry"));
+            return Err(IovaError::InvalidConfig(
+                "magazines need at least one entry",
+            ));
         }
         if self.trim_interval == Some(Duration::ZERO) {
             return Err(IovaError::InvalidConfig("trim_interval must be positive"));

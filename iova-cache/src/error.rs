@@ -74,18 +74,34 @@ impl fmt::Display for IovaError {
         match *self {
             Self::ZeroSize => write!(f, "zero-sized IOVA request"),
             Self::TooLarge { size, space } => {
-                write!(f, "request of {size} granules exceeds the space of {space} granules")
+                write!(
+                    f,
+                    "request of {size} granules exceeds the space of {space} granules"
+                )
             }
             Self::LimitBelowStart { limit, start } => {
-                write!(f, "limit pfn {limit:#x} lies below the start pfn {start:#x}")
+                write!(
+                    f,
+                    "limit pfn {limit:#x} lies below the start pfn {start:#x}"
+                )
             }
             Self::NoSpace { size, limit } => {
-                write!(f, "no free range of {size} granules at or below pfn {limit:#x}")
+                write!(
+                    f,
+                    "no free range of {size} granules at or below pfn {limit:#x}"
+                )
             }
             Self::NotAllocated { pfn } => {
-                write!(f, "pfn {pfn:#x} is not allocated (never allocated or freed twice)")
+                write!(
+                    f,
+                    "pfn {pfn:#x} is not allocated (never allocated or freed twice)"
+                )
             }
-            Self::SizeMismatch { pfn, allocated, freed } => write!(
+            Self::SizeMismatch {
+                pfn,
+                allocated,
+                freed,
+            } => write!(
                 f,
                 "pfn {pfn:#x} was allocated with {allocated} granules but freed with {freed}"
             ),

@@ -50,7 +50,12 @@ pub(crate) fn mix(key: u64) -> u64 {
 
 impl GapTree {
     pub(crate) fn new() -> Self {
-        Self { nodes: Vec::new(), spare: Vec::new(), root: NIL, count: 0 }
+        Self {
+            nodes: Vec::new(),
+            spare: Vec::new(),
+            root: NIL,
+            count: 0,
+        }
     }
 
     /// Number of free ranges.
@@ -117,7 +122,14 @@ impl GapTree {
     /// Add the free range `[start, start + len)`; the caller keeps ranges disjoint.
     pub(crate) fn insert(&mut self, start: u64, len: u64) {
         debug_assert!(len > 0);
-        let node = Node { start, len, prio: mix(start), left: NIL, right: NIL, max_len: len };
+        let node = Node {
+            start,
+            len,
+            prio: mix(start),
+            left: NIL,
+            right: NIL,
+            max_len: len,
+        };
         let idx = match self.spare.pop() {
             Some(i) => {
                 self.nodes[i as usize] = node;
@@ -205,7 +217,11 @@ impl GapTree {
                 return Some(f);
             }
             if let Some(pfn) = fit_in(node.start, node.len, size, align, limit) {
-                return Some(Fit { range_start: node.start, range_len: node.len, pfn });
+                return Some(Fit {
+                    range_start: node.start,
+                    range_len: node.len,
+                    pfn,
+                });
             }
         }
         self.search(node.left, size, align, limit)
@@ -276,9 +292,20 @@ mod tests {
         t.insert(20, 8);
         t.check().unwrap();
         assert_eq!(t.highest_fit(2, 1, 100).unwrap().pfn, 26);
-        assert_eq!(t.highest_fit(8, 8, 100), None, "[20, 28) is not 8-aligned at 8 long");
+        assert_eq!(
+            t.highest_fit(8, 8, 100),
+            None,
+            "[20, 28) is not 8-aligned at 8 long"
+        );
         assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
-        assert_eq!(t.highest_fit(3, 1, 21), Some(Fit { range_start: 10, range_len: 3, pfn: 10 }));
+        assert_eq!(
+            t.highest_fit(3, 1, 21),
+            Some(Fit {
+                range_start: 10,
+                range_len: 3,
+                pfn: 10
+            })
+        );
         assert_eq!(t.highest_fit(5, 1, 100).unwrap().pfn, 23);
         assert_eq!(t.remove(10), Some(3));
         assert_eq!(t.remove(10), None);

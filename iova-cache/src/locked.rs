@@ -20,7 +20,11 @@ unsafe impl<T: Send> Sync for StepLock<T> {}
 
 impl<T> StepLock<T> {
     pub(crate) fn new(value: T, step: &'static Point) -> Self {
-        Self { lock: Mutex::new(()), cell: UnsafeCell::new(value), step }
+        Self {
+            lock: Mutex::new(()),
+            cell: UnsafeCell::new(value),
+            step,
+        }
     }
 
     /// Run `f` on the data with the lock held.

@@ -8,7 +8,9 @@ pub(crate) struct Magazine {
 
 impl Magazine {
     pub(crate) fn empty(cap: usize) -> Self {
-        Self { pfns: Vec::with_capacity(cap) }
+        Self {
+            pfns: Vec::with_capacity(cap),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -65,7 +67,11 @@ mod tests {
         assert!(m.is_full());
         assert_eq!(m.pop_at_or_below(50), Some(7));
         assert_eq!(m.pop_at_or_below(50), Some(5));
-        assert_eq!(m.pop_at_or_below(50), None, "no entry below the limit: a miss");
+        assert_eq!(
+            m.pop_at_or_below(50),
+            None,
+            "no entry below the limit: a miss"
+        );
         assert_eq!(m.len(), 2);
         assert_eq!(m.pop_at_or_below(u64::MAX), Some(200));
         assert_eq!(m.drain().collect::<Vec<_>>(), vec![100]);

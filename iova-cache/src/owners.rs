@@ -21,7 +21,11 @@ pub(crate) struct Owners {
 impl Owners {
     pub(crate) fn new(cpus: usize) -> Self {
         let n = (cpus * 4).next_power_of_two().max(16);
-        Self { shards: (0..n).map(|_| CachePadded::new(Mutex::new(HashMap::new()))).collect() }
+        Self {
+            shards: (0..n)
+                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
+                .collect(),
+        }
     }
 
     fn shard(&self, pfn: u64) -> &Shard {
@@ -38,18 +42,15 @@ impl Owners {
         let mut map = self.shard(pfn).lock();
         match map.get(&pfn) {
             None => Err(IovaError::NotAllocated { pfn }),
-            Some(&allocated) if allocated != size => {
-                Err(IovaError::SizeMismatch { pfn, allocated, freed: size })
-            }
+            Some(&allocated) if allocated != size => Err(IovaError::SizeMismatch {
+                pfn,
+                allocated,
+                freed: size,
+            }),
             Some(_) => {
                 map.remove(&pfn);
                 Ok(())
             }
         }
-    }
-
-    /// Forget `pfn` if recorded (an uncached free of a cached-path allocation).
-    pub(crate) fn forget(&self, pfn: u64) {
-        self.shard(pfn).lock().remove(&pfn);
     }
 }

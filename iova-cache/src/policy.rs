@@ -30,7 +30,9 @@ impl DevicePolicy {
     /// Policy for a device; `try_32bit_first` is Linux's `pci_32bit_workaround` (PCI device
     /// and no `iommu.forcedac`).
     pub fn new(try_32bit_first: bool) -> Self {
-        Self { sac_first: AtomicBool::new(try_32bit_first) }
+        Self {
+            sac_first: AtomicBool::new(try_32bit_first),
+        }
     }
 
     /// Whether the next allocation still tries below 4 GiB first.
@@ -59,7 +61,12 @@ impl IovaAllocator {
     /// assert!(p >= a.dma_32bit_pfn());
     /// assert!(!dev.tries_32bit_first(), "given up after the first miss");
     /// ```
-    pub fn alloc_dma(&self, dev: &DevicePolicy, size: u64, dma_limit: u64) -> Result<u64, IovaError> {
+    pub fn alloc_dma(
+        &self,
+        dev: &DevicePolicy,
+        size: u64,
+        dma_limit: u64,
+    ) -> Result<u64, IovaError> {
         let limit32 = self.dma_32bit_pfn() - 1;
         if dma_limit > limit32 && dev.tries_32bit_first() {
             match self.alloc_no_flush(size, limit32) {

@@ -68,7 +68,8 @@ pub struct RangeAllocator {
     start: u64,
     end: u64,
     free: GapTree,
-    live: BTreeMap<u64, u64>,
+    /// Live allocations: start -> (granules, managed by the cache path).
+    live: BTreeMap<u64, (u64, bool)>,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -81,8 +82,19 @@ impl RangeAllocator {
         }
         let mut free = GapTree::new();
         free.insert(start, end - start + 1);
-        let stats = RangeStats { free_granules: end - start + 1, free_ranges: 1, ..Default::default() };
-        Ok(Self { start, end, free, live: BTreeMap::new(), reserved: BTreeMap::new(), stats })
+        let stats = RangeStats {
+            free_granules: end - start + 1,
+            free_ranges: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            start,
+            end,
+            free,
+            live: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+            stats,
+        })
     }
 
     /// First pfn of the space.
@@ -105,7 +117,10 @@ impl RangeAllocator {
             return Err(IovaError::TooLarge { size, space });
         }
         if limit < self.start {
-            return Err(IovaError::LimitBelowStart { limit, start: self.start });
+            return Err(IovaError::LimitBelowStart {
+                limit,
+                start: self.start,
+            });
         }
         Ok(())
     }
@@ -120,9 +135,25 @@ impl RangeAllocator {
     /// assert_eq!(r.alloc(5, 99, true), Ok(80), "8-aligned below 90");
     /// ```
     pub fn alloc(&mut self, size: u64, limit: u64, aligned: bool) -> Result<u64, IovaError> {
+        self.alloc_tagged(size, limit, aligned, false)
+    }
+
+    /// [`alloc`](Self::alloc), tagging the range as belonging to the cached path (`cached`)
+    /// so that an uncached free cannot pull it out from under a magazine.
+    pub(crate) fn alloc_tagged(
+        &mut self,
+        size: u64,
+        limit: u64,
+        aligned: bool,
+        cached: bool,
+    ) -> Result<u64, IovaError> {
         self.check_request(size, limit)?;
         let limit = limit.min(self.end);
-        let align = if aligned { size.checked_next_power_of_two() } else { Some(1) };
+        let align = if aligned {
+            size.checked_next_power_of_two()
+        } else {
+            Some(1)
+        };
         let fit = align.and_then(|align| self.free.highest_fit(size, align, limit));
         let Some(fit) = fit else {
             self.stats.failures += 1;
@@ -137,7 +168,7 @@ impl RangeAllocator {
         if alloc_end < range_end {
             self.free.insert(alloc_end, range_end - alloc_end);
         }
-        self.live.insert(fit.pfn, size);
+        self.live.insert(fit.pfn, (size, cached));
         self.stats.allocated_granules += size;
         self.stats.allocated_ranges += 1;
         self.stats.free_granules -= size;
@@ -147,14 +178,33 @@ impl RangeAllocator {
     /// Free the allocation of `size` granules starting at `pfn`; it must match an
     /// allocation exactly, so a double free or a wrong size is an error that changes nothing.
     pub fn free(&mut self, pfn: u64, size: u64) -> Result<(), IovaError> {
-        match self.live.get(&pfn) {
-            None => return Err(IovaError::NotAllocated { pfn }),
-            Some(&allocated) if allocated != size => {
-                return Err(IovaError::SizeMismatch { pfn, allocated, freed: size })
-            }
-            Some(_) => {}
+        self.free_tagged(pfn, size, false)
+    }
+
+    /// [`free`](Self::free) of a range allocated with the same `cached` tag; a range of the
+    /// other family counts as not allocated.
+    pub(crate) fn free_tagged(
+        &mut self,
+        pfn: u64,
+        size: u64,
+        cached: bool,
+    ) -> Result<(), IovaError> {
+        // One traversal on the common path: remove, and put back on the rare error.
+        let Some((allocated, tag)) = self.live.remove(&pfn) else {
+            return Err(IovaError::NotAllocated { pfn });
+        };
+        if tag != cached || allocated != size {
+            self.live.insert(pfn, (allocated, tag));
+            return Err(if tag != cached {
+                IovaError::NotAllocated { pfn }
+            } else {
+                IovaError::SizeMismatch {
+                    pfn,
+                    allocated,
+                    freed: size,
+                }
+            });
         }
-        self.live.remove(&pfn);
         self.stats.allocated_granules -= size;
         self.stats.allocated_ranges -= 1;
         self.release(pfn, size);
@@ -200,7 +250,7 @@ impl RangeAllocator {
         if lo > hi {
             return Ok(());
         }
-        if let Some((&pfn, &size)) = self.live.range(..=hi).next_back() {
+        if let Some((&pfn, &(size, _))) = self.live.range(..=hi).next_back() {
             if pfn + size > lo {
                 return Err(IovaError::ReserveOverlapsAllocation { pfn, size });
             }
@@ -245,18 +295,26 @@ impl RangeAllocator {
 
     /// The allocated or reserved range containing `pfn`, if any.
     pub fn find(&self, pfn: u64) -> Option<IovaRange> {
-        if let Some((&s, &size)) = self.live.range(..=pfn).next_back() {
+        if let Some((&s, &(size, _))) = self.live.range(..=pfn).next_back() {
             if pfn < s + size {
-                return Some(IovaRange { lo: s, hi: s + size - 1, kind: RangeKind::Allocated });
+                return Some(IovaRange {
+                    lo: s,
+                    hi: s + size - 1,
+                    kind: RangeKind::Allocated,
+                });
             }
         }
         let (&s, &e) = self.reserved.range(..=pfn).next_back()?;
-        (pfn <= e).then_some(IovaRange { lo: s, hi: e, kind: RangeKind::Reserved })
+        (pfn <= e).then_some(IovaRange {
+            lo: s,
+            hi: e,
+            kind: RangeKind::Reserved,
+        })
     }
 
     /// Allocated ranges as `(start, size)` in address order.
     pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.live.iter().map(|(&s, &l)| (s, l))
+        self.live.iter().map(|(&s, &(l, _))| (s, l))
     }
 
     /// Free ranges as `(start, size)` in address order.
@@ -266,7 +324,10 @@ impl RangeAllocator {
 
     /// Counters.
     pub fn stats(&self) -> RangeStats {
-        RangeStats { free_ranges: self.free.len() as u64, ..self.stats }
+        RangeStats {
+            free_ranges: self.free.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Verify the internal invariants: free, allocated and reserved ranges are disjoint,
@@ -274,8 +335,13 @@ impl RangeAllocator {
     /// tree augmentation agree. A diagnostic for tests; `Err` names the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.free.check()?;
-        let mut pieces: Vec<(u64, u64, char)> = self.free.ranges().into_iter().map(|(s, l)| (s, s + l - 1, 'f')).collect();
-        pieces.extend(self.live.iter().map(|(&s, &l)| (s, s + l - 1, 'a')));
+        let mut pieces: Vec<(u64, u64, char)> = self
+            .free
+            .ranges()
+            .into_iter()
+            .map(|(s, l)| (s, s + l - 1, 'f'))
+            .collect();
+        pieces.extend(self.live.iter().map(|(&s, &(l, _))| (s, s + l - 1, 'a')));
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
             (s <= e).then_some((s, e, 'r'))
@@ -285,7 +351,9 @@ impl RangeAllocator {
         let mut prev_kind = ' ';
         for &(s, e, k) in &pieces {
             if s != next {
-                return Err(format!("range [{s:#x}, {e:#x}] ({k}) does not start at {next:#x}"));
+                return Err(format!(
+                    "range [{s:#x}, {e:#x}] ({k}) does not start at {next:#x}"
+                ));
             }
             if k == 'f' && prev_kind == 'f' {
                 return Err(format!("free ranges not merged at {s:#x}"));
@@ -294,10 +362,13 @@ impl RangeAllocator {
             prev_kind = k;
         }
         if next != self.end + 1 {
-            return Err(format!("ranges end at {next:#x}, space ends at {:#x}", self.end));
+            return Err(format!(
+                "ranges end at {next:#x}, space ends at {:#x}",
+                self.end
+            ));
         }
         let free: u64 = self.free.ranges().iter().map(|r| r.1).sum();
-        let live: u64 = self.live.values().sum();
+        let live: u64 = self.live.values().map(|v| v.0).sum();
         if free != self.stats.free_granules || live != self.stats.allocated_granules {
             return Err("granule counters disagree with the ranges".into());
         }
@@ -313,19 +384,48 @@ mod tests {
     fn errors_leave_the_allocator_usable() {
         let mut r = RangeAllocator::new(10, 20).unwrap();
         assert_eq!(r.alloc(0, 20, false), Err(IovaError::ZeroSize));
-        assert_eq!(r.alloc(12, 20, false), Err(IovaError::TooLarge { size: 12, space: 11 }));
-        assert_eq!(r.alloc(1, 9, false), Err(IovaError::LimitBelowStart { limit: 9, start: 10 }));
+        assert_eq!(
+            r.alloc(12, 20, false),
+            Err(IovaError::TooLarge {
+                size: 12,
+                space: 11
+            })
+        );
+        assert_eq!(
+            r.alloc(1, 9, false),
+            Err(IovaError::LimitBelowStart {
+                limit: 9,
+                start: 10
+            })
+        );
         let a = r.alloc(4, 20, true).unwrap();
         assert_eq!(a, 16);
-        assert_eq!(r.free(a, 2), Err(IovaError::SizeMismatch { pfn: 16, allocated: 4, freed: 2 }));
+        assert_eq!(
+            r.free(a, 2),
+            Err(IovaError::SizeMismatch {
+                pfn: 16,
+                allocated: 4,
+                freed: 2
+            })
+        );
         assert_eq!(r.free(17, 1), Err(IovaError::NotAllocated { pfn: 17 }));
-        assert_eq!(r.reserve(5, 3), Err(IovaError::InvalidRange { lo: 5, hi: 3 }));
-        assert_eq!(r.reserve(18, 30), Err(IovaError::ReserveOverlapsAllocation { pfn: 16, size: 4 }));
+        assert_eq!(
+            r.reserve(5, 3),
+            Err(IovaError::InvalidRange { lo: 5, hi: 3 })
+        );
+        assert_eq!(
+            r.reserve(18, 30),
+            Err(IovaError::ReserveOverlapsAllocation { pfn: 16, size: 4 })
+        );
         r.check_invariants().unwrap();
         r.free(a, 4).unwrap();
         assert_eq!(r.free(a, 4), Err(IovaError::NotAllocated { pfn: 16 }));
         r.check_invariants().unwrap();
-        assert_eq!(r.alloc(11, 20, false), Ok(10), "the whole space is one range again");
+        assert_eq!(
+            r.alloc(11, 20, false),
+            Ok(10),
+            "the whole space is one range again"
+        );
     }
 
     #[test]
@@ -336,11 +436,24 @@ mod tests {
         r.reserve(15, 40).unwrap();
         r.reserve(200, 300).unwrap();
         r.check_invariants().unwrap();
-        assert_eq!(r.find(12), Some(IovaRange { lo: 10, hi: 40, kind: RangeKind::Reserved }));
+        assert_eq!(
+            r.find(12),
+            Some(IovaRange {
+                lo: 10,
+                hi: 40,
+                kind: RangeKind::Reserved
+            })
+        );
         assert_eq!(r.free_ranges(), vec![(0, 10), (41, 59)]);
         assert_eq!(r.stats().reserved_granules, 31);
         assert_eq!(r.alloc(59, 99, false), Ok(41));
-        assert_eq!(r.alloc(11, 99, false), Err(IovaError::NoSpace { size: 11, limit: 99 }));
+        assert_eq!(
+            r.alloc(11, 99, false),
+            Err(IovaError::NoSpace {
+                size: 11,
+                limit: 99
+            })
+        );
         assert_eq!(r.alloc(10, 99, false), Ok(0));
         r.check_invariants().unwrap();
     }

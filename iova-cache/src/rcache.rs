@@ -95,12 +95,19 @@ impl Rcache {
                     })
                     .collect(),
                 depot: CachePadded::new(StepLock::new(
-                    Depot { full: Vec::new(), empties: Vec::new() },
+                    Depot {
+                        full: Vec::new(),
+                        empties: Vec::new(),
+                    },
                     &DEPOT_LOCK,
                 )),
             })
             .collect();
-        Self { classes, mag_size, cpus }
+        Self {
+            classes,
+            mag_size,
+            cpus,
+        }
     }
 
     pub(crate) fn cpus(&self) -> usize {
@@ -172,7 +179,10 @@ impl Rcache {
             if m.loaded.is_full() {
                 if m.prev.is_full() {
                     class.depot.with(|d| {
-                        let fresh = d.empties.pop().unwrap_or_else(|| Magazine::empty(self.mag_size));
+                        let fresh = d
+                            .empties
+                            .pop()
+                            .unwrap_or_else(|| Magazine::empty(self.mag_size));
                         d.full.push(mem::replace(&mut m.loaded, fresh));
                     });
                 } else {
@@ -193,7 +203,12 @@ impl Rcache {
                 if take {
                     m.loaded.drain().chain(m.prev.drain()).collect()
                 } else {
-                    m.loaded.pfns().iter().chain(m.prev.pfns()).copied().collect()
+                    m.loaded
+                        .pfns()
+                        .iter()
+                        .chain(m.prev.pfns())
+                        .copied()
+                        .collect()
                 }
             });
             free_to_tree(tree, order, &pfns);
@@ -227,7 +242,13 @@ impl Rcache {
     pub(crate) fn trim_once(&self, tree: &StepLock<RangeAllocator>) -> usize {
         let mut trimmed = 0;
         for (order, class) in self.classes.iter().enumerate() {
-            let excess = class.depot.with(|d| if d.full.len() > self.cpus { d.full.pop() } else { None });
+            let excess = class.depot.with(|d| {
+                if d.full.len() > self.cpus {
+                    d.full.pop()
+                } else {
+                    None
+                }
+            });
             if let Some(mag) = excess {
                 free_to_tree(tree, order, mag.pfns());
                 trimmed += 1;
@@ -261,7 +282,15 @@ impl Rcache {
         for (order, class) in self.classes.iter().enumerate() {
             let size = 1u64 << order;
             for slot in class.cpus.iter() {
-                slot.with(|m| out.extend(m.loaded.pfns().iter().chain(m.prev.pfns()).map(|&p| (p, size))));
+                slot.with(|m| {
+                    out.extend(
+                        m.loaded
+                            .pfns()
+                            .iter()
+                            .chain(m.prev.pfns())
+                            .map(|&p| (p, size)),
+                    )
+                });
             }
             class.depot.with(|d| {
                 for mag in &d.full {
@@ -280,10 +309,13 @@ fn free_to_tree(tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
     }
     tree.with(|t| {
         for &p in pfns {
-            let freed = t.free(p, 1 << order);
+            let freed = t.free_tagged(p, 1 << order, true);
             // A cached pfn is a live tree range by construction; only an unchecked double
             // free by the caller can break this, and then the tree refuses the second copy.
-            debug_assert!(freed.is_ok(), "cached pfn {p:#x} was not allocated: {freed:?}");
+            debug_assert!(
+                freed.is_ok(),
+                "cached pfn {p:#x} was not allocated: {freed:?}"
+            );
         }
     });
 }

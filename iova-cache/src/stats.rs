@@ -104,8 +104,14 @@ impl fmt::Display for IovaStats {
             "range: {} allocated granules in {} ranges, {} free in {} ranges, {} reserved, {} failures",
             r.allocated_granules, r.allocated_ranges, r.free_granules, r.free_ranges, r.reserved_granules, r.failures
         )?;
-        writeln!(f, "cache: {} granules cached, {} in the depot, {} flushes, {} magazines trimmed",
-            self.cached_granules(), self.depot_cached_granules, self.flushes, self.trimmed_magazines)?;
+        writeln!(
+            f,
+            "cache: {} granules cached, {} in the depot, {} flushes, {} magazines trimmed",
+            self.cached_granules(),
+            self.depot_cached_granules,
+            self.flushes,
+            self.trimmed_magazines
+        )?;
         for c in &self.classes {
             writeln!(
                 f,
@@ -113,7 +119,12 @@ impl fmt::Display for IovaStats {
                 c.granules, c.hits, c.misses, c.depot_magazines, c.depot_granules, c.cpu_granules
             )?;
         }
-        for (cpu, n) in self.per_cpu_cached_granules.iter().enumerate().filter(|(_, &n)| n > 0) {
+        for (cpu, n) in self
+            .per_cpu_cached_granules
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+        {
             writeln!(f, "  cpu {cpu}: {n} granules cached")?;
         }
         Ok(())

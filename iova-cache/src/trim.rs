@@ -36,7 +36,10 @@ impl TrimWorker {
                 }
             }
         });
-        Self { stop, handle: Some(handle) }
+        Self {
+            stop,
+            handle: Some(handle),
+        }
     }
 }
 

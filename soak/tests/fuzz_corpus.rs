@@ -9,16 +9,25 @@ use std::path::PathBuf;
 type Checker = fn(&[u8]) -> Result<(), Divergence>;
 
 /// Fuzz target name (its corpus folder) and checker.
-const TARGETS: &[(&str, Checker)] = &[("io_pgtable", diff::pgtable::run), ("iova_cache", diff::iova::run), ("swiotlb_core", diff::swiotlb::run)];
+const TARGETS: &[(&str, Checker)] = &[
+    ("io_pgtable", diff::pgtable::run),
+    ("iova_cache", diff::iova::run),
+    ("swiotlb_core", diff::swiotlb::run),
+];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("seed corpus {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
+    files
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect()
 }
 
 #[test]

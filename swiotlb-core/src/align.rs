@@ -62,10 +62,15 @@ pub(crate) fn plan(
         return Err(Error::ZeroSize);
     }
     if !is_low_mask(m.alloc_align) || m.alloc_align > max_align {
-        return Err(Error::BadAlignMask { mask: m.alloc_align });
+        return Err(Error::BadAlignMask {
+            mask: m.alloc_align,
+        });
     }
     let max = max_mapping_size(seg, m.min_align);
-    let too_large = Error::TooLarge { size: mapping_size, max };
+    let too_large = Error::TooLarge {
+        size: mapping_size,
+        max,
+    };
     let slot_mask = IO_TLB_SIZE as u64 - 1;
     let offset = orig.map_or(0, |o| o & m.min_align & (m.alloc_align | slot_mask)) as usize;
     let unrounded = mapping_size.checked_add(offset).ok_or(too_large.clone())?;
@@ -86,8 +91,13 @@ pub(crate) fn plan(
         m.alloc_align
     };
     let amask = alloc_align | slot_mask;
-    let mmask = if orig.is_some() { m.min_align & !amask } else { 0 };
-    let stride = ((amask.max(mmask) >> IO_TLB_SHIFT).saturating_add(1)).min(usize::MAX as u64) as usize;
+    let mmask = if orig.is_some() {
+        m.min_align & !amask
+    } else {
+        0
+    };
+    let stride =
+        ((amask.max(mmask) >> IO_TLB_SHIFT).saturating_add(1)).min(usize::MAX as u64) as usize;
     if m.boundary != u64::MAX && nslots as u64 > (m.boundary >> IO_TLB_SHIFT) + 1 {
         return Err(Error::Unsatisfiable);
     }
@@ -114,7 +124,11 @@ fn round_up(x: u64, mask: u64) -> Option<u64> {
 /// offset bits that may have to be reproduced.
 pub(crate) fn max_mapping_size(seg: usize, min_align_mask: u64) -> usize {
     let slot_mask = IO_TLB_SIZE as u64 - 1;
-    let reserve = if min_align_mask == 0 { 0 } else { min_align_mask.saturating_add(slot_mask) & !slot_mask };
+    let reserve = if min_align_mask == 0 {
+        0
+    } else {
+        min_align_mask.saturating_add(slot_mask) & !slot_mask
+    };
     ((seg * IO_TLB_SIZE) as u64).saturating_sub(reserve) as usize
 }
 
@@ -143,12 +157,24 @@ mod tests {
 
     const SEG: usize = 128;
     fn masks(min_align: u64, alloc_align: u64) -> Masks {
-        Masks { min_align, alloc_align, boundary: u64::MAX }
+        Masks {
+            min_align,
+            alloc_align,
+            boundary: u64::MAX,
+        }
     }
 
     #[test]
     fn case_a_nvme_via_dma_direct() {
-        let p = plan(Some(0x1_0000_0A00), 8192, masks(0xFFF, 0), true, 0xFFFF, SEG).unwrap();
+        let p = plan(
+            Some(0x1_0000_0A00),
+            8192,
+            masks(0xFFF, 0),
+            true,
+            0xFFFF,
+            SEG,
+        )
+        .unwrap();
         assert_eq!(p.size, 8704);
         assert_eq!(p.nslots, 5);
         assert_eq!((p.amask, p.mmask, p.stride), (0x7FF, 0x800, 2));
@@ -161,7 +187,15 @@ mod tests {
 
     #[test]
     fn case_b_untrusted_nvme_64k_granule() {
-        let p = plan(Some(0x7_0003_3A00), 4096, masks(0xFFF, 0xFFFF), true, 0xFFFF, SEG).unwrap();
+        let p = plan(
+            Some(0x7_0003_3A00),
+            4096,
+            masks(0xFFF, 0xFFFF),
+            true,
+            0xFFFF,
+            SEG,
+        )
+        .unwrap();
         assert_eq!(p.size, 65536);
         assert_eq!(p.nslots, 32);
         assert_eq!((p.mmask, p.stride), (0, 32));
@@ -189,12 +223,31 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_typed_errors() {
-        assert_eq!(plan(Some(0), 0, masks(0, 0), true, 0xFFFF, SEG), Err(Error::ZeroSize));
-        assert_eq!(plan(Some(0), 10, masks(0, 0x1234), true, 0xFFFF, SEG), Err(Error::BadAlignMask { mask: 0x1234 }));
-        assert_eq!(plan(Some(0), 10, masks(0, 0x1FFFF), true, 0xFFFF, SEG), Err(Error::BadAlignMask { mask: 0x1FFFF }));
-        assert!(matches!(plan(Some(0), 256 * 1024 + 1, masks(0, 0), true, 0xFFFF, SEG), Err(Error::TooLarge { .. })));
-        let b = Masks { min_align: 0, alloc_align: 0, boundary: 0xFFF };
-        assert_eq!(plan(Some(0), 8192, b, true, 0xFFFF, SEG), Err(Error::Unsatisfiable));
+        assert_eq!(
+            plan(Some(0), 0, masks(0, 0), true, 0xFFFF, SEG),
+            Err(Error::ZeroSize)
+        );
+        assert_eq!(
+            plan(Some(0), 10, masks(0, 0x1234), true, 0xFFFF, SEG),
+            Err(Error::BadAlignMask { mask: 0x1234 })
+        );
+        assert_eq!(
+            plan(Some(0), 10, masks(0, 0x1FFFF), true, 0xFFFF, SEG),
+            Err(Error::BadAlignMask { mask: 0x1FFFF })
+        );
+        assert!(matches!(
+            plan(Some(0), 256 * 1024 + 1, masks(0, 0), true, 0xFFFF, SEG),
+            Err(Error::TooLarge { .. })
+        ));
+        let b = Masks {
+            min_align: 0,
+            alloc_align: 0,
+            boundary: 0xFFF,
+        };
+        assert_eq!(
+            plan(Some(0), 8192, b, true, 0xFFFF, SEG),
+            Err(Error::Unsatisfiable)
+        );
         assert!(plan(Some(0), 4096, b, true, 0xFFFF, SEG).is_ok());
     }
 
@@ -208,7 +261,11 @@ mod tests {
 
     #[test]
     fn boundary_window_check() {
-        let b = Masks { min_align: 0, alloc_align: 0, boundary: 0xFFFF };
+        let b = Masks {
+            min_align: 0,
+            alloc_align: 0,
+            boundary: 0xFFFF,
+        };
         let p = plan(Some(0), 4096, b, true, 0xFFFF, SEG).unwrap();
         assert!(p.within_boundary(0x1_0000));
         assert!(p.within_boundary(0x1_E000));

@@ -80,7 +80,14 @@ impl Swiotlb {
     /// assert_eq!(&back, b"HEllo");
     /// assert_eq!(tlb.stats().used, 0);
     /// ```
-    pub fn map(&self, dev: &Device, orig: u64, size: usize, dir: Direction, attrs: MapAttrs) -> Result<u64, Error> {
+    pub fn map(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        dir: Direction,
+        attrs: MapAttrs,
+    ) -> Result<u64, Error> {
         let _ = dir; // Every direction copies in.
         self.check_device(dev)?;
         if orig == INVALID_PHYS_ADDR {
@@ -164,7 +171,14 @@ impl Swiotlb {
     /// tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
     /// assert_eq!(tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()), Err(Error::NotMapped { addr: a }));
     /// ```
-    pub fn unmap(&self, dev: &Device, addr: u64, size: usize, dir: Direction, attrs: MapAttrs) -> Result<(), Error> {
+    pub fn unmap(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        dir: Direction,
+        attrs: MapAttrs,
+    ) -> Result<(), Error> {
         self.check_device(dev)?;
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let first = pool.slot_of(addr);
@@ -215,7 +229,13 @@ impl Swiotlb {
 
     /// Make the device's writes at `addr` visible to the CPU (copy out for from-device and
     /// bidirectional mappings). Any sub-range of a live mapping.
-    pub fn sync_for_cpu(&self, dev: &Device, addr: u64, size: usize, dir: Direction) -> Result<(), Error> {
+    pub fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<(), Error> {
         self.sync(dev, addr, size, dir.device_writes(), false)
     }
 
@@ -236,11 +256,24 @@ impl Swiotlb {
     /// tlb.read_bounce(&dev, a + 3000, &mut seen).unwrap();
     /// assert_eq!(&seen, b"new");
     /// ```
-    pub fn sync_for_device(&self, dev: &Device, addr: u64, size: usize, dir: Direction) -> Result<(), Error> {
+    pub fn sync_for_device(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        dir: Direction,
+    ) -> Result<(), Error> {
         self.sync(dev, addr, size, dir.device_reads(), true)
     }
 
-    fn sync(&self, dev: &Device, addr: u64, size: usize, copy: bool, to_device: bool) -> Result<(), Error> {
+    fn sync(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        copy: bool,
+        to_device: bool,
+    ) -> Result<(), Error> {
         self.check_device(dev)?;
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -279,7 +312,10 @@ impl Swiotlb {
             return Err(Error::ZeroSize);
         }
         let pages = size.div_ceil(PAGE_SIZE);
-        let order_bytes = pages.checked_next_power_of_two().ok_or(Error::TooLarge { size, max: 0 })? * PAGE_SIZE;
+        let order_bytes = pages
+            .checked_next_power_of_two()
+            .ok_or(Error::TooLarge { size, max: 0 })?
+            * PAGE_SIZE;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
         let (pool, s) = self.find_slots(dev, &plan)?;
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
@@ -310,7 +346,13 @@ impl Swiotlb {
     pub fn read_bounce(&self, dev: &Device, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.check_device(dev)?;
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
-        let off = pool.region().offset_of(addr, buf.len()).ok_or(Error::OutOfRange { addr, size: buf.len() })?;
+        let off = pool
+            .region()
+            .offset_of(addr, buf.len())
+            .ok_or(Error::OutOfRange {
+                addr,
+                size: buf.len(),
+            })?;
         pool.region().read(off, buf);
         Ok(())
     }
@@ -319,7 +361,13 @@ impl Swiotlb {
     pub fn write_bounce(&self, dev: &Device, addr: u64, data: &[u8]) -> Result<(), Error> {
         self.check_device(dev)?;
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
-        let off = pool.region().offset_of(addr, data.len()).ok_or(Error::OutOfRange { addr, size: data.len() })?;
+        let off = pool
+            .region()
+            .offset_of(addr, data.len())
+            .ok_or(Error::OutOfRange {
+                addr,
+                size: data.len(),
+            })?;
         pool.region().write(off, data);
         Ok(())
     }
@@ -333,4 +381,92 @@ fn free_without_grace(p: *mut Pool) {
     let mut pool = unsafe { Box::from_raw(p) };
     pool.poison();
     Box::leak(pool);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{Config, DeviceConfig, Direction, MapAttrs, ProcessMemory, RegionMemory, Swiotlb};
+
+    const NONE: MapAttrs = MapAttrs {
+        alloc_align_mask: 0,
+        skip_cpu_sync: false,
+        zero_padding: false,
+    };
+
+    /// The unsafe paths end to end (run under Miri): copies both ways, partial syncs, a
+    /// transient pool retired through RCU, growth, and drops of devices and instances that
+    /// still own pools.
+    #[test]
+    fn copies_transients_growth_and_drops() {
+        // Miri cannot ask the kernel for the CPU.
+        dma_sync::cpu::set_current(Some(0));
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+        let dev = tlb.device(DeviceConfig {
+            min_align_mask: 0xFFF,
+            ..Default::default()
+        });
+        tlb.memory().write(base + 0xA00, &[5; 3000]).unwrap();
+        let a = tlb
+            .map(&dev, base + 0xA00, 3000, Direction::Bidirectional, NONE)
+            .unwrap();
+        tlb.write_bounce(&dev, a + 2000, &[6; 1000]).unwrap();
+        tlb.sync_for_cpu(&dev, a + 2000, 1000, Direction::Bidirectional)
+            .unwrap();
+        let mut back = [0u8; 3000];
+        tlb.memory().read(base + 0xA00, &mut back).unwrap();
+        assert!(back[..2000].iter().all(|&b| b == 5) && back[2000..].iter().all(|&b| b == 6));
+        // Fill the pool; the next mapping gets a transient pool, freed at unmap.
+        let other = tlb.device(DeviceConfig::default());
+        let hogs: Vec<u64> = (0..5)
+            .map(|_| {
+                tlb.map(&other, base, 2048, Direction::ToDevice, NONE)
+                    .unwrap()
+            })
+            .collect();
+        let t = tlb
+            .map(&dev, base + 0x4800, 2048, Direction::FromDevice, NONE)
+            .unwrap();
+        assert!(tlb.find_pool(&dev, t).unwrap().transient);
+        tlb.unmap(&dev, t, 2048, Direction::FromDevice, NONE)
+            .unwrap();
+        assert_eq!(dev.transient_pools(), 0);
+        // A transient pool still owned when its device is dropped.
+        let leak = tlb
+            .map(&dev, base + 0x5000, 100, Direction::ToDevice, NONE)
+            .unwrap();
+        assert!(tlb.is_bounce_buffer(&dev, leak));
+        tlb.grow_by(8).unwrap();
+        let g = tlb
+            .map(&other, base, 8 * 2048, Direction::ToDevice, NONE)
+            .unwrap();
+        assert!(!tlb.find_pool(&other, g).unwrap().transient);
+        for h in hogs {
+            tlb.unmap(&other, h, 2048, Direction::ToDevice, NONE)
+                .unwrap();
+        }
+        tlb.unmap(&dev, a, 3000, Direction::Bidirectional, NONE)
+            .unwrap();
+        drop(dev);
+        drop(tlb);
+    }
+
+    #[test]
+    fn process_memory_round_trip() {
+        dma_sync::cpu::set_current(Some(1));
+        let mut buf = vec![3u8; 4096];
+        let addr = buf.as_mut_ptr() as usize as u64;
+        // SAFETY: only addresses inside `buf`, which outlives the instance's use of them.
+        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), unsafe { ProcessMemory::new() }).unwrap();
+        let dev = tlb.device(DeviceConfig::default());
+        let a = tlb
+            .map(&dev, addr, 4096, Direction::FromDevice, NONE)
+            .unwrap();
+        tlb.write_bounce(&dev, a + 10, &[9; 10]).unwrap();
+        tlb.unmap(&dev, a, 4096, Direction::FromDevice, NONE)
+            .unwrap();
+        drop(tlb);
+        assert!(buf[10..20].iter().all(|&b| b == 9) && buf[..10].iter().all(|&b| b == 3));
+    }
 }

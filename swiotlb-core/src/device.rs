@@ -2,7 +2,10 @@
 
 use crate::points::{TRANSIENT_LINK, TRANSIENT_TRAVERSE};
 use crate::pool::Pool;
-use dma_sync::atomic::{AtomicBool, AtomicPtr, Ordering::{Acquire, Relaxed, Release}};
+use dma_sync::atomic::{
+    AtomicBool, AtomicPtr,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use dma_sync::rcu::Guard;
 use dma_sync::{Arc, Mutex};
 
@@ -24,7 +27,11 @@ pub struct DeviceConfig {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig { min_align_mask: 0, seg_boundary_mask: u64::MAX, dma_mask: u64::MAX }
+        DeviceConfig {
+            min_align_mask: 0,
+            seg_boundary_mask: u64::MAX,
+            dma_mask: u64::MAX,
+        }
     }
 }
 
@@ -101,7 +108,9 @@ impl DeviceInner {
         let p = Box::into_raw(pool);
         let _w = self.lock.lock();
         // SAFETY: `p` is fresh and not yet shared.
-        unsafe { &*p }.next.store(self.transients.load(Relaxed), Relaxed);
+        unsafe { &*p }
+            .next
+            .store(self.transients.load(Relaxed), Relaxed);
         self.transients.store(p, TRANSIENT_LINK.ord(Release));
         p
     }

@@ -13,7 +13,11 @@ pub struct MemoryError {
 
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "memory access of {} bytes at {:#x} refused", self.len, self.addr)
+        write!(
+            f,
+            "memory access of {} bytes at {:#x} refused",
+            self.len, self.addr
+        )
     }
 }
 
@@ -87,21 +91,31 @@ impl fmt::Display for Error {
         match self {
             Error::ZeroSize => write!(f, "zero-sized mapping"),
             Error::TooLarge { size, max } => {
-                write!(f, "mapping of {size} bytes exceeds the maximum of {max} bytes")
+                write!(
+                    f,
+                    "mapping of {size} bytes exceeds the maximum of {max} bytes"
+                )
             }
             Error::BadAlignMask { mask } => write!(f, "invalid alloc_align_mask {mask:#x}"),
             Error::Unsatisfiable => write!(f, "the device's masks cannot be met"),
             Error::NoSpace { size } => write!(f, "swiotlb buffer is full ({size} bytes)"),
             Error::NotMapped { addr } => write!(f, "{addr:#x} is not a live bounce mapping"),
             Error::OutOfRange { addr, size } => {
-                write!(f, "range {addr:#x}+{size:#x} is not inside one live mapping")
+                write!(
+                    f,
+                    "range {addr:#x}+{size:#x} is not inside one live mapping"
+                )
             }
             Error::ForeignDevice => write!(f, "device belongs to another swiotlb instance"),
-            Error::NotDmaCapable { addr } => write!(f, "bounce buffer {addr:#x} beyond the DMA mask"),
+            Error::NotDmaCapable { addr } => {
+                write!(f, "bounce buffer {addr:#x} beyond the DMA mask")
+            }
             Error::PoolAlloc { nslabs } => write!(f, "cannot allocate a pool of {nslabs} slots"),
             Error::GrowthDisabled => write!(f, "this swiotlb instance cannot grow"),
             Error::NotForAlloc => write!(f, "this swiotlb instance does not serve allocations"),
-            Error::BadReset { value } => write!(f, "high-water mark can only be reset to 0, not {value}"),
+            Error::BadReset { value } => {
+                write!(f, "high-water mark can only be reset to 0, not {value}")
+            }
             Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
             Error::Memory(e) => write!(f, "{e}"),
         }

@@ -14,7 +14,10 @@ use crate::points::{FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_PUBLISH,
 use crate::pool::{Geometry, Pool};
 use crate::stats::{PoolStats, Stats, StatsSnapshot};
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
-use dma_sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::{Acquire, Relaxed, Release, SeqCst}};
+use dma_sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
 use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
 use std::ops::Deref;
@@ -138,7 +141,10 @@ pub(crate) struct MemInner {
 
 impl std::fmt::Debug for Swiotlb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Swiotlb").field("cfg", &self.inner.cfg).field("geometry", &self.inner.geo).finish()
+        f.debug_struct("Swiotlb")
+            .field("cfg", &self.inner.cfg)
+            .field("geometry", &self.inner.geo)
+            .finish()
     }
 }
 
@@ -183,12 +189,18 @@ impl Swiotlb {
     /// ```
     pub fn new(cfg: Config, memory: impl OrigMemory + 'static) -> Result<Swiotlb, Error> {
         if !cfg.segment_slots.is_power_of_two() || cfg.segment_slots > IO_TLB_SEGSIZE {
-            return Err(Error::InvalidConfig("segment_slots must be a power of two up to 128"));
+            return Err(Error::InvalidConfig(
+                "segment_slots must be a power of two up to 128",
+            ));
         }
         if cfg.nslabs == 0 {
             return Err(Error::InvalidConfig("nslabs must be at least 1"));
         }
-        let nareas = if cfg.nareas == 0 { dma_sync::cpu::count() } else { cfg.nareas };
+        let nareas = if cfg.nareas == 0 {
+            dma_sync::cpu::count()
+        } else {
+            cfg.nareas
+        };
         let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
         let pool = Pool::new(geo, false, cfg.phys_limit)?;
         Ok(Swiotlb {
@@ -258,7 +270,10 @@ impl Swiotlb {
     }
 
     fn pools(&self) -> Pools<'_> {
-        Pools { next: self.inner.head.load(POOLS_TRAVERSE.ord(Acquire)), _mem: &self.inner }
+        Pools {
+            next: self.inner.head.load(POOLS_TRAVERSE.ord(Acquire)),
+            _mem: &self.inner,
+        }
     }
 
     /// Derive the search request of a map or alloc.
@@ -271,17 +286,33 @@ impl Swiotlb {
         for_alloc: bool,
     ) -> Result<Plan, Error> {
         let c = dev.inner.cfg;
-        let m = Masks { min_align: c.min_align_mask, alloc_align, boundary: c.seg_boundary_mask };
-        let max_align = if for_alloc { u64::MAX } else { POOL_ALIGN as u64 - 1 };
+        let m = Masks {
+            min_align: c.min_align_mask,
+            alloc_align,
+            boundary: c.seg_boundary_mask,
+        };
+        let max_align = if for_alloc {
+            u64::MAX
+        } else {
+            POOL_ALIGN as u64 - 1
+        };
         align::plan(orig, size, m, !for_alloc, max_align, self.inner.geo.seg)
     }
 
     /// Find and allocate slots for `plan`: every pool's local area first, then the other
     /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
     /// set and the full fence issued before the caller can hand the address on.
-    pub(crate) fn find_slots<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Result<(PoolRef<'a>, usize), Error> {
-        let found = self.search_global(plan).or_else(|| self.search_transient(dev, plan));
-        let (pool, s) = found.ok_or(Error::NoSpace { size: plan.mapping_size })?;
+    pub(crate) fn find_slots<'a>(
+        &'a self,
+        dev: &'a Device,
+        plan: &Plan,
+    ) -> Result<(PoolRef<'a>, usize), Error> {
+        let found = self
+            .search_global(plan)
+            .or_else(|| self.search_transient(dev, plan));
+        let (pool, s) = found.ok_or(Error::NoSpace {
+            size: plan.mapping_size,
+        })?;
         self.inner.stats.add_used(plan.nslots);
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
@@ -307,7 +338,11 @@ impl Swiotlb {
         None
     }
 
-    fn search_transient<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Option<(PoolRef<'a>, usize)> {
+    fn search_transient<'a>(
+        &'a self,
+        dev: &'a Device,
+        plan: &Plan,
+    ) -> Option<(PoolRef<'a>, usize)> {
         let cfg = &self.inner.cfg;
         if !cfg.can_grow {
             return None;
@@ -320,7 +355,9 @@ impl Swiotlb {
         }
         // Just big enough: the run plus the slots needed to reach an address matching the
         // original's `mmask` bits (pools are POOL_ALIGN-aligned).
-        let lead = plan.orig.map_or(0, |o| ((o & plan.mmask & (POOL_ALIGN as u64 - 1)) >> IO_TLB_SHIFT) as usize);
+        let lead = plan.orig.map_or(0, |o| {
+            ((o & plan.mmask & (POOL_ALIGN as u64 - 1)) >> IO_TLB_SHIFT) as usize
+        });
         let nslabs = plan.nslots + lead;
         let geo = Geometry::new(nslabs, 1, nslabs);
         let pool = Pool::new(geo, true, dev.inner.cfg.dma_mask.min(cfg.phys_limit)).ok()?;
@@ -328,7 +365,8 @@ impl Swiotlb {
         self.inner.stats.transient_added(geo.nslabs);
         let p = dev.inner.link(pool);
         // SAFETY: the pool stays linked until its one mapping (the caller's) is unmapped.
-        Some((PoolRef { pool: unsafe { &*p }, guard: None }, s))
+        let pool = unsafe { &*p };
+        Some((PoolRef { pool, guard: None }, s))
     }
 
     /// Start the background worker that adds a pool, unless one is running.
@@ -360,7 +398,11 @@ impl Swiotlb {
     /// ```
     pub fn grow(&self) -> Result<usize, Error> {
         let cfg = &self.inner.cfg;
-        let want = if cfg.growth_nslabs == 0 { cfg.nslabs } else { cfg.growth_nslabs };
+        let want = if cfg.growth_nslabs == 0 {
+            cfg.nslabs
+        } else {
+            cfg.growth_nslabs
+        };
         let floor = want.min(IO_TLB_MIN_SLABS);
         let mut n = want;
         loop {
@@ -395,7 +437,9 @@ impl Swiotlb {
             tail = next;
         }
         // SAFETY: as above.
-        unsafe { &*tail }.next.store(pool, POOLS_PUBLISH.ord(Release));
+        unsafe { &*tail }
+            .next
+            .store(pool, POOLS_PUBLISH.ord(Release));
         *count += 1;
         self.inner.nslabs.fetch_add(geo.nslabs, Relaxed);
         Ok(geo.nslabs)
@@ -418,7 +462,11 @@ impl Swiotlb {
         let guard = rcu::pin_at(&LOOKUP_PIN);
         let pool: *const Pool = d.find(addr, &guard)?;
         // SAFETY: the pool is not freed before `guard`, which the returned value owns, unpins.
-        Some(PoolRef { pool: unsafe { &*pool }, guard: Some(guard) })
+        let pool = unsafe { &*pool };
+        Some(PoolRef {
+            pool,
+            guard: Some(guard),
+        })
     }
 
     /// Whether `addr` is a bounce address of `dev` (global or transient pool). Lock-free, and
@@ -456,7 +504,11 @@ impl Swiotlb {
         let s = &self.inner.stats;
         let pools: Vec<PoolStats> = self
             .pools()
-            .map(|p| PoolStats { start: p.start(), nslabs: p.geo.nslabs, area_used: p.area_used() })
+            .map(|p| PoolStats {
+                start: p.start(),
+                nslabs: p.geo.nslabs,
+                area_used: p.area_used(),
+            })
             .collect();
         let global_used: usize = pools.iter().flat_map(|p| p.area_used.iter()).sum();
         let transient_nslabs = s.transient_nslabs.load(Relaxed);

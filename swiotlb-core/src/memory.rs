@@ -118,13 +118,19 @@ impl RegionMemory {
 
 impl OrigMemory for RegionMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let off = self.region.offset_of(addr, buf.len()).ok_or(MemoryError { addr, len: buf.len() })?;
+        let off = self.region.offset_of(addr, buf.len()).ok_or(MemoryError {
+            addr,
+            len: buf.len(),
+        })?;
         self.region.read(off, buf);
         Ok(())
     }
 
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let off = self.region.offset_of(addr, data.len()).ok_or(MemoryError { addr, len: data.len() })?;
+        let off = self.region.offset_of(addr, data.len()).ok_or(MemoryError {
+            addr,
+            len: data.len(),
+        })?;
         self.region.write(off, data);
         Ok(())
     }

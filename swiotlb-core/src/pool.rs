@@ -37,7 +37,12 @@ impl Geometry {
             nareas /= 2;
         }
         let area_nslabs = segments.div_ceil(nareas) * seg;
-        Geometry { nslabs: area_nslabs * nareas, nareas, area_nslabs, seg }
+        Geometry {
+            nslabs: area_nslabs * nareas,
+            nareas,
+            area_nslabs,
+            seg,
+        }
     }
 }
 
@@ -123,13 +128,23 @@ impl Pool {
             return Err(fail);
         }
         let slots = (0..geo.nslabs)
-            .map(|_| Slot { orig: AtomicU64::new(INVALID_PHYS_ADDR), meta: AtomicU64::new(0) })
+            .map(|_| Slot {
+                orig: AtomicU64::new(INVALID_PHYS_ADDR),
+                meta: AtomicU64::new(0),
+            })
             .collect();
         let areas = (0..geo.nareas)
             .map(|_| {
                 let mut list = vec![0u16; geo.area_nslabs].into_boxed_slice();
                 slots::init(&mut list, geo.seg);
-                Area { state: Mutex::new(AreaState { index: 0, used: 0, list }), used: AtomicUsize::new(0) }
+                Area {
+                    state: Mutex::new(AreaState {
+                        index: 0,
+                        used: 0,
+                        list,
+                    }),
+                    used: AtomicUsize::new(0),
+                }
             })
             .collect();
         Ok(Box::new(Pool {
@@ -225,9 +240,13 @@ impl Pool {
                     let size = (plan.in_off + plan.mapping_size - j * IO_TLB_SIZE) as u64;
                     let mut meta = VALID | size | (plan.in_off as u64) << IN_OFF_SHIFT;
                     if j == 0 {
-                        meta |= HEAD | (plan.pad_slots as u64) << PAD_SHIFT | (plan.nslots as u64) << NSLOTS_SHIFT;
+                        meta |= HEAD
+                            | (plan.pad_slots as u64) << PAD_SHIFT
+                            | (plan.nslots as u64) << NSLOTS_SHIFT;
                     }
-                    let orig = plan.orig.map_or(INVALID_PHYS_ADDR, |o| o + ((j as u64) << IO_TLB_SHIFT));
+                    let orig = plan
+                        .orig
+                        .map_or(INVALID_PHYS_ADDR, |o| o + ((j as u64) << IO_TLB_SHIFT));
                     (orig, meta)
                 }
                 _ => (INVALID_PHYS_ADDR, 0),
@@ -276,15 +295,23 @@ impl Pool {
     pub(crate) fn check(&self) -> Result<(), String> {
         for (a, area) in self.areas.iter().enumerate() {
             let st = area.state.lock();
-            slots::check(&st.list, self.geo.seg).map_err(|e| format!("pool {:#x} area {a}: {e}", self.start()))?;
+            slots::check(&st.list, self.geo.seg)
+                .map_err(|e| format!("pool {:#x} area {a}: {e}", self.start()))?;
             let zeros = st.list.iter().filter(|&&v| v == 0).count();
             if zeros != st.used || area.used.load(Relaxed) != st.used {
-                return Err(format!("pool {:#x} area {a}: used {} but {zeros} slots allocated", self.start(), st.used));
+                return Err(format!(
+                    "pool {:#x} area {a}: used {} but {zeros} slots allocated",
+                    self.start(),
+                    st.used
+                ));
             }
             for (i, &v) in st.list.iter().enumerate() {
                 let (orig, meta) = self.meta(a * self.geo.area_nslabs + i);
                 if v != 0 && (orig != INVALID_PHYS_ADDR || meta.is_some()) {
-                    return Err(format!("pool {:#x} area {a}: free slot {i} has metadata", self.start()));
+                    return Err(format!(
+                        "pool {:#x} area {a}: free slot {i} has metadata",
+                        self.start()
+                    ));
                 }
             }
         }
@@ -318,13 +345,37 @@ mod tests {
 
     #[test]
     fn geometry_areas_are_whole_segments() {
-        assert_eq!(Geometry::new(8, 2, 4), Geometry { nslabs: 8, nareas: 2, area_nslabs: 4, seg: 4 });
+        assert_eq!(
+            Geometry::new(8, 2, 4),
+            Geometry {
+                nslabs: 8,
+                nareas: 2,
+                area_nslabs: 4,
+                seg: 4
+            }
+        );
         // Small pool, many CPUs: the areas shrink to the segments available.
-        assert_eq!(Geometry::new(256, 64, 128), Geometry { nslabs: 256, nareas: 2, area_nslabs: 128, seg: 128 });
+        assert_eq!(
+            Geometry::new(256, 64, 128),
+            Geometry {
+                nslabs: 256,
+                nareas: 2,
+                area_nslabs: 128,
+                seg: 128
+            }
+        );
         // Non-power-of-two area counts round up, then fit.
         assert_eq!(Geometry::new(1024, 3, 128).nareas, 4);
         // Pools under one segment: one area, the segment is the pool.
-        assert_eq!(Geometry::new(5, 4, 128), Geometry { nslabs: 5, nareas: 1, area_nslabs: 5, seg: 5 });
+        assert_eq!(
+            Geometry::new(5, 4, 128),
+            Geometry {
+                nslabs: 5,
+                nareas: 1,
+                area_nslabs: 5,
+                seg: 5
+            }
+        );
         assert_eq!(Geometry::new(0, 0, 128).nslabs, 1);
     }
 

@@ -40,7 +40,11 @@ pub(crate) fn allocate(list: &mut [u16], seg: usize, s: usize, n: usize) {
 /// Mark `[s, s + n)` free again, merging with the free runs after and before it.
 pub(crate) fn free(list: &mut [u16], seg: usize, s: usize, n: usize) {
     let end = s + n;
-    let mut count = if end < list.len() && end % seg != 0 { list[end] } else { 0 };
+    let mut count = if end < list.len() && end % seg != 0 {
+        list[end]
+    } else {
+        0
+    };
     for v in list[s..end].iter_mut().rev() {
         count += 1;
         *v = count;
@@ -58,7 +62,10 @@ pub(crate) fn check(list: &[u16], seg: usize) -> Result<(), String> {
         let next_free = i + 1 < list.len() && same_segment_as_next(i, seg) && list[i + 1] != 0;
         let want = if next_free { list[i + 1] + 1 } else { 1 };
         if list[i] != want {
-            return Err(format!("list[{i}] = {} but should be {want} ({list:?})", list[i]));
+            return Err(format!(
+                "list[{i}] = {} but should be {want} ({list:?})",
+                list[i]
+            ));
         }
     }
     Ok(())

@@ -36,7 +36,10 @@ impl Stats {
         let now = self.total_used.fetch_add(n, Relaxed) + n;
         let mut seen = self.hiwater.load(Relaxed);
         while now > seen {
-            match self.hiwater.compare_exchange_weak(seen, now, Relaxed, Relaxed) {
+            match self
+                .hiwater
+                .compare_exchange_weak(seen, now, Relaxed, Relaxed)
+            {
                 Ok(_) => break,
                 Err(v) => seen = v,
             }
@@ -120,13 +123,17 @@ impl fmt::Display for StatsSnapshot {
         writeln!(f, "io_tlb_transient_pools: {}", self.transient_pools)?;
         writeln!(f, "io_tlb_transient_nslabs: {}", self.transient_nslabs)?;
         for (i, p) in self.pools.iter().enumerate() {
-            writeln!(f, "pool{i}: start {:#x} nslabs {} area_used {:?}", p.start, p.nslabs, p.area_used)?;
+            writeln!(
+                f,
+                "pool{i}: start {:#x} nslabs {} area_used {:?}",
+                p.start, p.nslabs, p.area_used
+            )?;
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -1,23 +1,34 @@
 //! The alignment rules through the public API: the reference's worked cases A–D and the
 //! postconditions over every combination of masks.
+// loom builds run the loom suite only: these tests use real threads and locks.
+#![cfg(not(loom))]
 
-use swiotlb_core::{Config, Device, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
 
 const SLOT: u64 = 2048;
 
 fn instance(nslabs: usize, orig_bytes: usize) -> (Swiotlb, u64) {
     let mem = RegionMemory::new(orig_bytes);
     let base = mem.base();
-    let cfg = Config { can_grow: false, ..Config::tiny(nslabs, 1, 128) };
+    let cfg = Config {
+        can_grow: false,
+        ..Config::tiny(nslabs, 1, 128)
+    };
     (Swiotlb::new(cfg, mem).unwrap(), base)
 }
 
 fn attrs(alloc_align_mask: u64) -> MapAttrs {
-    MapAttrs { alloc_align_mask, ..Default::default() }
+    MapAttrs {
+        alloc_align_mask,
+        ..Default::default()
+    }
 }
 
 fn nvme(tlb: &Swiotlb) -> Device {
-    tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() })
+    tlb.device(DeviceConfig {
+        min_align_mask: 0xFFF,
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -25,11 +36,14 @@ fn case_a_nvme_via_dma_direct() {
     let (tlb, base) = instance(256, 64 * 1024);
     let dev = nvme(&tlb);
     let orig = base + 0x1A00;
-    let a = tlb.map(&dev, orig, 8192, Direction::ToDevice, attrs(0)).unwrap();
+    let a = tlb
+        .map(&dev, orig, 8192, Direction::ToDevice, attrs(0))
+        .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
     assert_eq!((a >> 11) & 1, 1, "the mapping starts in an odd slot");
     assert_eq!(tlb.stats().used, 5);
-    tlb.unmap(&dev, a, 8192, Direction::ToDevice, attrs(0)).unwrap();
+    tlb.unmap(&dev, a, 8192, Direction::ToDevice, attrs(0))
+        .unwrap();
     tlb.check_invariants().unwrap();
     assert_eq!(tlb.stats().used, 0);
 }
@@ -40,7 +54,9 @@ fn case_b_untrusted_nvme_64k_granule_round_trip_restores_counters() {
     let dev = nvme(&tlb);
     let orig = base + 0x1_3A00;
     tlb.memory().write(orig, &[0xAB; 4096]).unwrap();
-    let a = tlb.map(&dev, orig, 4096, Direction::Bidirectional, attrs(0xFFFF)).unwrap();
+    let a = tlb
+        .map(&dev, orig, 4096, Direction::Bidirectional, attrs(0xFFFF))
+        .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
     // One pad slot, then in-slot offset 0x200: the allocation starts 64 KiB-aligned.
     assert_eq!((a - 0x200 - SLOT) & 0xFFFF, 0);
@@ -48,12 +64,16 @@ fn case_b_untrusted_nvme_64k_granule_round_trip_restores_counters() {
     let mut seen = [0u8; 4096];
     tlb.read_bounce(&dev, a, &mut seen).unwrap();
     assert!(seen.iter().all(|&b| b == 0xAB));
-    tlb.unmap(&dev, a, 4096, Direction::Bidirectional, attrs(0xFFFF)).unwrap();
+    tlb.unmap(&dev, a, 4096, Direction::Bidirectional, attrs(0xFFFF))
+        .unwrap();
     tlb.check_invariants().unwrap();
     assert_eq!(tlb.stats().used, 0);
     // The counters are whole again: a full segment fits.
-    let full = tlb.map(&dev, base, 128 * 2048 - 4096, Direction::ToDevice, attrs(0)).unwrap();
-    tlb.unmap(&dev, full, 128 * 2048 - 4096, Direction::ToDevice, attrs(0)).unwrap();
+    let full = tlb
+        .map(&dev, base, 128 * 2048 - 4096, Direction::ToDevice, attrs(0))
+        .unwrap();
+    tlb.unmap(&dev, full, 128 * 2048 - 4096, Direction::ToDevice, attrs(0))
+        .unwrap();
 }
 
 #[test]
@@ -61,15 +81,22 @@ fn case_c_streaming_mappings_of_a_page_or_more_are_page_aligned() {
     let (tlb, base) = instance(256, 64 * 1024);
     let dev = tlb.device(DeviceConfig::default());
     // Take one slot first so the next-fit hint sits on an odd slot.
-    let small = tlb.map(&dev, base, 100, Direction::ToDevice, attrs(0)).unwrap();
-    let a = tlb.map(&dev, base + 0x123, 6000, Direction::ToDevice, attrs(0)).unwrap();
+    let small = tlb
+        .map(&dev, base, 100, Direction::ToDevice, attrs(0))
+        .unwrap();
+    let a = tlb
+        .map(&dev, base + 0x123, 6000, Direction::ToDevice, attrs(0))
+        .unwrap();
     assert_eq!(a & 0xFFF, 0);
     assert_eq!(tlb.stats().used, 1 + 3);
     // Below a page: no page alignment, the next slot is taken.
-    let b = tlb.map(&dev, base + 0x123, 4000, Direction::ToDevice, attrs(0)).unwrap();
+    let b = tlb
+        .map(&dev, base + 0x123, 4000, Direction::ToDevice, attrs(0))
+        .unwrap();
     assert_eq!(b & 0x7FF, 0);
     for (x, n) in [(small, 100), (a, 6000), (b, 4000)] {
-        tlb.unmap(&dev, x, n, Direction::ToDevice, attrs(0)).unwrap();
+        tlb.unmap(&dev, x, n, Direction::ToDevice, attrs(0))
+            .unwrap();
     }
     tlb.check_invariants().unwrap();
 }
@@ -97,7 +124,11 @@ fn postconditions_over_all_mask_combinations() {
     let sizes = [1usize, 100, 2048, 2049, 4096, 6000, 12345, 65536];
     for min_align in [0u64, 0x7FF, 0xFFF, 0x3FFF] {
         for boundary in [u64::MAX, 0xFFFF, 0x1_FFFF] {
-            let dev = tlb.device(DeviceConfig { min_align_mask: min_align, seg_boundary_mask: boundary, ..Default::default() });
+            let dev = tlb.device(DeviceConfig {
+                min_align_mask: min_align,
+                seg_boundary_mask: boundary,
+                ..Default::default()
+            });
             for align in [0u64, 0x7FF, 0xFFF, 0x3FFF, 0xFFFF] {
                 let mut live = Vec::new();
                 for &off in &offsets {
@@ -109,24 +140,39 @@ fn postconditions_over_all_mask_combinations() {
                             // A boundary window can exclude every slot with the right
                             // min-align bits (a 64 KiB run in a 64 KiB window must start on
                             // it, but an odd slot is required): no space, correctly.
-                            Err(swiotlb_core::Error::Unsatisfiable | swiotlb_core::Error::NoSpace { .. })
-                                if boundary != u64::MAX =>
-                            {
+                            Err(
+                                swiotlb_core::Error::Unsatisfiable
+                                | swiotlb_core::Error::NoSpace { .. },
+                            ) if boundary != u64::MAX => {
                                 continue;
                             }
-                            Err(e) => panic!("min {min_align:#x} align {align:#x} off {off:#x} size {size}: {e}"),
+                            Err(e) => panic!(
+                                "min {min_align:#x} align {align:#x} off {off:#x} size {size}: {e}"
+                            ),
                         };
                         let nslots = tlb.stats().used as u64 - before;
                         assert_eq!((a ^ orig) & min_align, 0, "min_align bits kept");
                         let offset = orig & min_align & (align | 0x7FF);
                         let start = a - offset;
-                        let eff = if min_align == 0 && align == 0 && size >= 4096 { 0xFFF } else { align };
+                        let eff = if min_align == 0 && align == 0 && size >= 4096 {
+                            0xFFF
+                        } else {
+                            align
+                        };
                         assert_eq!(start & (eff | 0x7FF), 0, "allocation aligned");
                         let end = start + nslots * SLOT;
                         assert!(a + size as u64 <= end, "mapping inside the allocation");
-                        assert_eq!(start & !boundary, (end - 1) & !boundary, "no boundary crossed");
+                        assert_eq!(
+                            start & !boundary,
+                            (end - 1) & !boundary,
+                            "no boundary crossed"
+                        );
                         let pool = tlb.find_pool(&dev, a).unwrap().start;
-                        assert_eq!((start - pool) / (128 * SLOT), (end - 1 - pool) / (128 * SLOT), "one segment");
+                        assert_eq!(
+                            (start - pool) / (128 * SLOT),
+                            (end - 1 - pool) / (128 * SLOT),
+                            "one segment"
+                        );
                         live.push((start, end, a, size));
                     }
                     // Keep the pool from filling: release this offset's mappings.
@@ -135,7 +181,8 @@ fn postconditions_over_all_mask_combinations() {
                         assert!(w[0].1 <= w[1].0, "live allocations overlap");
                     }
                     for (_, _, a, size) in live.drain(..) {
-                        tlb.unmap(&dev, a, size, Direction::ToDevice, attrs(align)).unwrap();
+                        tlb.unmap(&dev, a, size, Direction::ToDevice, attrs(align))
+                            .unwrap();
                     }
                 }
                 tlb.check_invariants().unwrap();
@@ -151,13 +198,25 @@ fn postconditions_over_all_mask_combinations() {
 fn search_terminates_when_no_candidate_matches() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(8, 1, 8) }, mem).unwrap();
+    let tlb = Swiotlb::new(
+        Config {
+            can_grow: false,
+            ..Config::tiny(8, 1, 8)
+        },
+        mem,
+    )
+    .unwrap();
     let plain = tlb.device(DeviceConfig::default());
-    let singles: Vec<u64> =
-        (0..8).map(|i| tlb.map(&plain, base + i * SLOT, 10, Direction::ToDevice, attrs(0)).unwrap()).collect();
+    let singles: Vec<u64> = (0..8)
+        .map(|i| {
+            tlb.map(&plain, base + i * SLOT, 10, Direction::ToDevice, attrs(0))
+                .unwrap()
+        })
+        .collect();
     // Free the even slots: every free slot has DMA address bit 11 clear.
     for &a in singles.iter().filter(|&&a| (a >> 11) & 1 == 0) {
-        tlb.unmap(&plain, a, 10, Direction::ToDevice, attrs(0)).unwrap();
+        tlb.unmap(&plain, a, 10, Direction::ToDevice, attrs(0))
+            .unwrap();
     }
     let dev = nvme(&tlb);
     // Bit 11 of the original is set, so only odd slots qualify; and stride 2 for 2 slots.
@@ -166,7 +225,9 @@ fn search_terminates_when_no_candidate_matches() {
         assert_eq!(r, Err(swiotlb_core::Error::NoSpace { size }));
     }
     // An even-slot original still fits.
-    let ok = tlb.map(&dev, base + 0x200, 100, Direction::ToDevice, attrs(0)).unwrap();
+    let ok = tlb
+        .map(&dev, base + 0x200, 100, Direction::ToDevice, attrs(0))
+        .unwrap();
     assert_eq!(ok & 0xFFF, 0x200);
     tlb.check_invariants().unwrap();
 }

@@ -1,15 +1,24 @@
 //! One regression test per applicable entry of the reference's bug table, and the error
 //! paths: every error is typed, changes nothing, and the allocator keeps working.
+// loom builds run the loom suite only: these tests use real threads and locks.
+#![cfg(not(loom))]
 
-use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
 
 const SLOT: usize = 2048;
-const NONE: MapAttrs = MapAttrs { alloc_align_mask: 0, skip_cpu_sync: false, zero_padding: false };
+const NONE: MapAttrs = MapAttrs {
+    alloc_align_mask: 0,
+    skip_cpu_sync: false,
+    zero_padding: false,
+};
 
 fn fixed(nslabs: usize) -> (Swiotlb, u64) {
     let mem = RegionMemory::new(512 * 1024);
     let base = mem.base();
-    let cfg = Config { can_grow: false, ..Config::tiny(nslabs, 1, 128) };
+    let cfg = Config {
+        can_grow: false,
+        ..Config::tiny(nslabs, 1, 128)
+    };
     (Swiotlb::new(cfg, mem).unwrap(), base)
 }
 
@@ -25,19 +34,28 @@ fn read(tlb: &Swiotlb, addr: u64, len: usize) -> Vec<u8> {
 fn from_device_mapping_never_leaks_stale_bytes() {
     let (tlb, base) = fixed(8);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.write_bounce(&dev, a, &vec![0xEE; 8 * SLOT]).unwrap();
-    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
 
     let buf = base + 0x10000;
     tlb.memory().write(buf, &vec![0x55; 8 * SLOT]).unwrap();
-    let b = tlb.map(&dev, buf, 8 * SLOT, Direction::FromDevice, NONE).unwrap();
+    let b = tlb
+        .map(&dev, buf, 8 * SLOT, Direction::FromDevice, NONE)
+        .unwrap();
     assert_eq!(b, a, "the dirty slots are reused");
     tlb.write_bounce(&dev, b, &vec![0x11; 4 * SLOT]).unwrap();
-    tlb.unmap(&dev, b, 8 * SLOT, Direction::FromDevice, NONE).unwrap();
+    tlb.unmap(&dev, b, 8 * SLOT, Direction::FromDevice, NONE)
+        .unwrap();
     let back = read(&tlb, buf, 8 * SLOT);
     assert!(back[..4 * SLOT].iter().all(|&x| x == 0x11));
-    assert!(back[4 * SLOT..].iter().all(|&x| x == 0x55), "stale bytes leaked");
+    assert!(
+        back[4 * SLOT..].iter().all(|&x| x == 0x55),
+        "stale bytes leaked"
+    );
 }
 
 /// The reverted rework (aa6f8dcbab47): `sync_for_device(FROM_DEVICE)` copies nothing, so a
@@ -46,15 +64,20 @@ fn from_device_mapping_never_leaks_stale_bytes() {
 fn sync_for_device_from_device_copies_nothing() {
     let (tlb, base) = fixed(128);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 4096, Direction::FromDevice, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 4096, Direction::FromDevice, NONE)
+        .unwrap();
     tlb.write_bounce(&dev, a, &[0x77; 4096]).unwrap();
     tlb.memory().write(base, &[0x01; 4096]).unwrap();
-    tlb.sync_for_device(&dev, a, 4096, Direction::FromDevice).unwrap();
+    tlb.sync_for_device(&dev, a, 4096, Direction::FromDevice)
+        .unwrap();
     let mut seen = [0u8; 4096];
     tlb.read_bounce(&dev, a, &mut seen).unwrap();
     assert!(seen.iter().all(|&x| x == 0x77));
     // And sync_for_cpu(TO_DEVICE) copies nothing back.
-    let t = tlb.map(&dev, base + 8192, 64, Direction::ToDevice, NONE).unwrap();
+    let t = tlb
+        .map(&dev, base + 8192, 64, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.write_bounce(&dev, t, &[0x99; 64]).unwrap();
     tlb.sync_for_cpu(&dev, t, 64, Direction::ToDevice).unwrap();
     tlb.unmap(&dev, t, 64, Direction::ToDevice, NONE).unwrap();
@@ -67,25 +90,44 @@ fn sync_for_device_from_device_copies_nothing() {
 #[cfg_attr(miri, ignore)]
 fn partial_syncs_at_every_offset() {
     let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    let dev = tlb.device(DeviceConfig {
+        min_align_mask: 0xFFF,
+        ..Default::default()
+    });
     let orig = base + 0x1A00;
     let size = 8192;
-    let a = tlb.map(&dev, orig, size, Direction::Bidirectional, NONE).unwrap();
+    let a = tlb
+        .map(&dev, orig, size, Direction::Bidirectional, NONE)
+        .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
-    for off in (0..size).step_by(7).chain([1535, 1536, 1537, 2047, 2048, 3583, 3584, 8191]) {
+    for off in (0..size)
+        .step_by(7)
+        .chain([1535, 1536, 1537, 2047, 2048, 3583, 3584, 8191])
+    {
         for len in [1usize, 48, 513, 2048] {
             let len = len.min(size - off);
             let tag = (off as u8).wrapping_mul(31) ^ len as u8;
             // Device → CPU.
-            tlb.write_bounce(&dev, a + off as u64, &vec![tag; len]).unwrap();
-            tlb.sync_for_cpu(&dev, a + off as u64, len, Direction::Bidirectional).unwrap();
-            assert!(read(&tlb, orig + off as u64, len).iter().all(|&x| x == tag), "sync_for_cpu at {off}+{len}");
+            tlb.write_bounce(&dev, a + off as u64, &vec![tag; len])
+                .unwrap();
+            tlb.sync_for_cpu(&dev, a + off as u64, len, Direction::Bidirectional)
+                .unwrap();
+            assert!(
+                read(&tlb, orig + off as u64, len).iter().all(|&x| x == tag),
+                "sync_for_cpu at {off}+{len}"
+            );
             // CPU → device.
-            tlb.memory().write(orig + off as u64, &vec![!tag; len]).unwrap();
-            tlb.sync_for_device(&dev, a + off as u64, len, Direction::Bidirectional).unwrap();
+            tlb.memory()
+                .write(orig + off as u64, &vec![!tag; len])
+                .unwrap();
+            tlb.sync_for_device(&dev, a + off as u64, len, Direction::Bidirectional)
+                .unwrap();
             let mut seen = vec![0; len];
             tlb.read_bounce(&dev, a + off as u64, &mut seen).unwrap();
-            assert!(seen.iter().all(|&x| x == !tag), "sync_for_device at {off}+{len}");
+            assert!(
+                seen.iter().all(|&x| x == !tag),
+                "sync_for_device at {off}+{len}"
+            );
         }
     }
     // Bytes around the mapping were never touched.
@@ -93,9 +135,16 @@ fn partial_syncs_at_every_offset() {
     assert!(read(&tlb, orig + size as u64, 16).iter().all(|&x| x == 0));
     // Ranges leaving the mapping are refused.
     let oor = |addr: u64, len: usize| Error::OutOfRange { addr, size: len };
-    assert_eq!(tlb.sync_for_cpu(&dev, a + 8000, 193, Direction::Bidirectional), Err(oor(a + 8000, 193)));
-    assert_eq!(tlb.sync_for_cpu(&dev, a - 1, 1, Direction::Bidirectional), Err(oor(a - 1, 1)));
-    tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE).unwrap();
+    assert_eq!(
+        tlb.sync_for_cpu(&dev, a + 8000, 193, Direction::Bidirectional),
+        Err(oor(a + 8000, 193))
+    );
+    assert_eq!(
+        tlb.sync_for_cpu(&dev, a - 1, 1, Direction::Bidirectional),
+        Err(oor(a - 1, 1))
+    );
+    tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE)
+        .unwrap();
 }
 
 /// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
@@ -106,20 +155,26 @@ fn transient_pools_of_every_small_size() {
     let base = mem.base();
     let tlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
     let other = tlb.device(DeviceConfig::default());
-    let hog = tlb.map(&other, base, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let hog = tlb
+        .map(&other, base, 128 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     let dev = tlb.device(DeviceConfig::default());
     for n in 1..=127usize {
         let size = n * SLOT - 5;
-        let a = tlb.map(&dev, base, size, Direction::Bidirectional, NONE).unwrap();
+        let a = tlb
+            .map(&dev, base, size, Direction::Bidirectional, NONE)
+            .unwrap();
         let p = tlb.find_pool(&dev, a).unwrap();
         assert!(p.transient);
         assert_eq!(p.nslabs, n);
         assert!(a >= p.start && a + size as u64 <= p.end);
         assert_eq!(tlb.stats().transient_nslabs, n);
-        tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE).unwrap();
+        tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE)
+            .unwrap();
         assert_eq!(dev.transient_pools(), 0);
     }
-    tlb.unmap(&other, hog, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&other, hog, 128 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().transient_pools, 0);
     tlb.check_invariants().unwrap();
 }
@@ -132,9 +187,15 @@ fn transient_pool_honours_min_align() {
     let base = mem.base();
     let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
     let other = tlb.device(DeviceConfig::default());
-    tlb.map(&other, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
-    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
-    let a = tlb.map(&dev, base + 0xA00, 4000, Direction::ToDevice, NONE).unwrap();
+    tlb.map(&other, base, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    let dev = tlb.device(DeviceConfig {
+        min_align_mask: 0xFFF,
+        ..Default::default()
+    });
+    let a = tlb
+        .map(&dev, base + 0xA00, 4000, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
     assert_eq!(tlb.find_pool(&dev, a).unwrap().nslabs, 1 + 3);
 }
@@ -148,7 +209,13 @@ fn oversized_request_allocates_nothing() {
     for t in [&tlb, &grow] {
         let dev = t.device(DeviceConfig::default());
         let r = t.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE);
-        assert!(matches!(r, Err(Error::TooLarge { size: 262_145, max: 262_144 })));
+        assert!(matches!(
+            r,
+            Err(Error::TooLarge {
+                size: 262_145,
+                max: 262_144
+            })
+        ));
         assert_eq!(t.stats().transient_pools, 0);
         assert_eq!(t.stats().nslabs, 128);
         assert!(!dev.uses_swiotlb());
@@ -167,7 +234,11 @@ fn restricted_alloc_is_page_aligned_and_disjoint() {
             let size = pages * 4096 - round * 100;
             let a = tlb.alloc(&dev, size).unwrap();
             assert_eq!(a % 4096, 0);
-            assert_eq!(a % (pages.next_power_of_two() as u64 * 4096), 0, "size-order alignment");
+            assert_eq!(
+                a % (pages.next_power_of_two() as u64 * 4096),
+                0,
+                "size-order alignment"
+            );
             live.push((a, a + size as u64));
         }
     }
@@ -178,7 +249,10 @@ fn restricted_alloc_is_page_aligned_and_disjoint() {
     for (a, _) in &live {
         tlb.free(&dev, *a).unwrap();
     }
-    assert_eq!(tlb.free(&dev, live[0].0), Err(Error::NotMapped { addr: live[0].0 }));
+    assert_eq!(
+        tlb.free(&dev, live[0].0),
+        Err(Error::NotMapped { addr: live[0].0 })
+    );
     tlb.check_invariants().unwrap();
     assert_eq!(tlb.stats().used, 0);
 }
@@ -190,13 +264,25 @@ fn restricted_alloc_is_page_aligned_and_disjoint() {
 fn small_pool_many_cpus() {
     let mem = RegionMemory::new(512 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config { nslabs: 256, nareas: 64, can_grow: false, ..Config::default() }, mem).unwrap();
+    let tlb = Swiotlb::new(
+        Config {
+            nslabs: 256,
+            nareas: 64,
+            can_grow: false,
+            ..Config::default()
+        },
+        mem,
+    )
+    .unwrap();
     assert_eq!(tlb.stats().pools[0].area_used.len(), 2);
     let dev = tlb.device(DeviceConfig::default());
     for cpu in 0..64 {
         dma_sync::cpu::set_current(Some(cpu));
-        let a = tlb.map(&dev, base, 256 * 1024, Direction::ToDevice, NONE).unwrap();
-        tlb.unmap(&dev, a, 256 * 1024, Direction::ToDevice, NONE).unwrap();
+        let a = tlb
+            .map(&dev, base, 256 * 1024, Direction::ToDevice, NONE)
+            .unwrap();
+        tlb.unmap(&dev, a, 256 * 1024, Direction::ToDevice, NONE)
+            .unwrap();
     }
     dma_sync::cpu::set_current(None);
     tlb.check_invariants().unwrap();
@@ -207,19 +293,34 @@ fn small_pool_many_cpus() {
 fn free_goes_to_the_owning_area() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(16, 2, 8) }, mem).unwrap();
+    let tlb = Swiotlb::new(
+        Config {
+            can_grow: false,
+            ..Config::tiny(16, 2, 8)
+        },
+        mem,
+    )
+    .unwrap();
     let dev = tlb.device(DeviceConfig::default());
     dma_sync::cpu::set_current(Some(0));
-    let a = tlb.map(&dev, base, 3 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 3 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().pools[0].area_used, vec![3, 0]);
     dma_sync::cpu::set_current(Some(1));
-    tlb.unmap(&dev, a, 3 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, a, 3 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().pools[0].area_used, vec![0, 0]);
     // A full local area falls back to the other one.
-    let b = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
-    let c = tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE).unwrap();
+    let b = tlb
+        .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    let c = tlb
+        .map(&dev, base, SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().pools[0].area_used, vec![1, 8]);
-    tlb.unmap(&dev, b, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, b, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
     dma_sync::cpu::set_current(None);
     tlb.check_invariants().unwrap();
@@ -231,23 +332,41 @@ fn free_goes_to_the_owning_area() {
 fn hiwater_and_late_statistics() {
     let (tlb, base) = fixed(128);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 5 * SLOT, Direction::ToDevice, NONE).unwrap();
-    let b = tlb.map(&dev, base, 2 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 5 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    let b = tlb
+        .map(&dev, base, 2 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     // First look at the statistics only now.
     let s = tlb.stats();
     assert_eq!((s.used, s.hiwater), (7, Some(7)));
-    tlb.unmap(&dev, a, 5 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, a, 5 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().hiwater, Some(7));
     assert_eq!(tlb.reset_hiwater(3), Err(Error::BadReset { value: 3 }));
     tlb.reset_hiwater(0).unwrap();
-    let c = tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE).unwrap();
+    let c = tlb
+        .map(&dev, base, SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(tlb.stats().hiwater, Some(3));
-    tlb.unmap(&dev, b, 2 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, b, 2 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
     assert_eq!(tlb.stats().used, 0);
     let report = tlb.stats().to_string();
-    assert!(report.contains("io_tlb_used: 0") && report.contains("io_tlb_used_hiwater: 3"), "{report}");
-    let quiet = Swiotlb::new(Config { stats: false, ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)).unwrap();
+    assert!(
+        report.contains("io_tlb_used: 0") && report.contains("io_tlb_used_hiwater: 3"),
+        "{report}"
+    );
+    let quiet = Swiotlb::new(
+        Config {
+            stats: false,
+            ..Config::tiny(8, 1, 8)
+        },
+        RegionMemory::new(1),
+    )
+    .unwrap();
     assert_eq!(quiet.stats().hiwater, None);
 }
 
@@ -256,14 +375,22 @@ fn hiwater_and_late_statistics() {
 #[test]
 fn max_mapping_size_always_fits() {
     let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    let dev = tlb.device(DeviceConfig {
+        min_align_mask: 0xFFF,
+        ..Default::default()
+    });
     let max = tlb.max_mapping_size(&dev);
     assert_eq!(max, 252 * 1024);
     for off in [0u64, 0x7FF, 0x800, 0xFFF] {
-        let a = tlb.map(&dev, base + off, max, Direction::ToDevice, NONE).unwrap();
+        let a = tlb
+            .map(&dev, base + off, max, Direction::ToDevice, NONE)
+            .unwrap();
         tlb.unmap(&dev, a, max, Direction::ToDevice, NONE).unwrap();
     }
-    assert!(matches!(tlb.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        tlb.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE),
+        Err(Error::TooLarge { .. })
+    ));
 }
 
 /// Padding of an IOMMU-granule mapping is zeroed on request.
@@ -271,12 +398,21 @@ fn max_mapping_size_always_fits() {
 fn zero_padding_clears_the_whole_granule() {
     let (tlb, base) = fixed(128);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 32 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 32 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.write_bounce(&dev, a, &vec![0xCC; 32 * SLOT]).unwrap();
-    tlb.unmap(&dev, a, 32 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, a, 32 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.memory().write(base + 0x300, &[7; 100]).unwrap();
-    let attrs = MapAttrs { alloc_align_mask: 0xFFFF, zero_padding: true, ..NONE };
-    let b = tlb.map(&dev, base + 0x300, 100, Direction::ToDevice, attrs).unwrap();
+    let attrs = MapAttrs {
+        alloc_align_mask: 0xFFFF,
+        zero_padding: true,
+        ..NONE
+    };
+    let b = tlb
+        .map(&dev, base + 0x300, 100, Direction::ToDevice, attrs)
+        .unwrap();
     let start = b & !0xFFFF;
     let mut granule = vec![1u8; 0x10000];
     tlb.read_bounce(&dev, start, &mut granule).unwrap();
@@ -291,34 +427,92 @@ fn zero_padding_clears_the_whole_granule() {
 fn bad_input_is_a_typed_error_and_changes_nothing() {
     let (tlb, base) = fixed(128);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 3 * SLOT, Direction::Bidirectional, NONE).unwrap();
+    let a = tlb
+        .map(&dev, base, 3 * SLOT, Direction::Bidirectional, NONE)
+        .unwrap();
     let used = tlb.stats().used;
 
-    assert_eq!(tlb.map(&dev, base, 0, Direction::ToDevice, NONE), Err(Error::ZeroSize));
-    let odd = MapAttrs { alloc_align_mask: 0x1000, ..NONE };
-    assert_eq!(tlb.map(&dev, base, 10, Direction::ToDevice, odd), Err(Error::BadAlignMask { mask: 0x1000 }));
-    let huge = MapAttrs { alloc_align_mask: 0x1_FFFF, ..NONE };
-    assert!(matches!(tlb.map(&dev, base, 10, Direction::ToDevice, huge), Err(Error::BadAlignMask { .. })));
-    let tiny_boundary = tlb.device(DeviceConfig { seg_boundary_mask: 0x7FF, ..Default::default() });
-    assert_eq!(tlb.map(&tiny_boundary, base, 4096, Direction::ToDevice, NONE), Err(Error::Unsatisfiable));
+    assert_eq!(
+        tlb.map(&dev, base, 0, Direction::ToDevice, NONE),
+        Err(Error::ZeroSize)
+    );
+    let odd = MapAttrs {
+        alloc_align_mask: 0x1000,
+        ..NONE
+    };
+    assert_eq!(
+        tlb.map(&dev, base, 10, Direction::ToDevice, odd),
+        Err(Error::BadAlignMask { mask: 0x1000 })
+    );
+    let huge = MapAttrs {
+        alloc_align_mask: 0x1_FFFF,
+        ..NONE
+    };
+    assert!(matches!(
+        tlb.map(&dev, base, 10, Direction::ToDevice, huge),
+        Err(Error::BadAlignMask { .. })
+    ));
+    let tiny_boundary = tlb.device(DeviceConfig {
+        seg_boundary_mask: 0x7FF,
+        ..Default::default()
+    });
+    assert_eq!(
+        tlb.map(&tiny_boundary, base, 4096, Direction::ToDevice, NONE),
+        Err(Error::Unsatisfiable)
+    );
     // Original memory that refuses the copy: the slots are given back.
-    assert!(matches!(tlb.map(&dev, base - 4096, 10, Direction::ToDevice, NONE), Err(Error::Memory(_))));
+    assert!(matches!(
+        tlb.map(&dev, base - 4096, 10, Direction::ToDevice, NONE),
+        Err(Error::Memory(_))
+    ));
     // Not a bounce address, a middle slot of a mapping, a misaligned start, an oversize unmap.
-    assert_eq!(tlb.unmap(&dev, base, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: base }));
+    assert_eq!(
+        tlb.unmap(&dev, base, 10, Direction::ToDevice, NONE),
+        Err(Error::NotMapped { addr: base })
+    );
     let mid = a + SLOT as u64;
-    assert_eq!(tlb.unmap(&dev, mid, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: mid }));
-    assert_eq!(tlb.unmap(&dev, a + 1, 10, Direction::ToDevice, NONE), Err(Error::NotMapped { addr: a + 1 }));
+    assert_eq!(
+        tlb.unmap(&dev, mid, 10, Direction::ToDevice, NONE),
+        Err(Error::NotMapped { addr: mid })
+    );
+    assert_eq!(
+        tlb.unmap(&dev, a + 1, 10, Direction::ToDevice, NONE),
+        Err(Error::NotMapped { addr: a + 1 })
+    );
     let big = 3 * SLOT + 1;
-    assert_eq!(tlb.unmap(&dev, a, big, Direction::ToDevice, NONE), Err(Error::OutOfRange { addr: a, size: big }));
-    assert_eq!(tlb.sync_for_cpu(&dev, a, 0, Direction::FromDevice), Err(Error::ZeroSize));
+    assert_eq!(
+        tlb.unmap(&dev, a, big, Direction::ToDevice, NONE),
+        Err(Error::OutOfRange { addr: a, size: big })
+    );
+    assert_eq!(
+        tlb.sync_for_cpu(&dev, a, 0, Direction::FromDevice),
+        Err(Error::ZeroSize)
+    );
     let free_slot = a + 3 * SLOT as u64;
-    assert_eq!(tlb.sync_for_cpu(&dev, free_slot, 1, Direction::FromDevice), Err(Error::NotMapped { addr: free_slot }));
-    assert_eq!(tlb.sync_for_device(&dev, free_slot, 1, Direction::FromDevice), Err(Error::NotMapped { addr: free_slot }));
-    assert_eq!(tlb.read_bounce(&dev, base, &mut [0]), Err(Error::NotMapped { addr: base }));
+    assert_eq!(
+        tlb.sync_for_cpu(&dev, free_slot, 1, Direction::FromDevice),
+        Err(Error::NotMapped { addr: free_slot })
+    );
+    assert_eq!(
+        tlb.sync_for_device(&dev, free_slot, 1, Direction::FromDevice),
+        Err(Error::NotMapped { addr: free_slot })
+    );
+    assert_eq!(
+        tlb.read_bounce(&dev, base, &mut [0]),
+        Err(Error::NotMapped { addr: base })
+    );
     // A device of another instance.
-    let stranger = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(1)).unwrap().device(DeviceConfig::default());
-    assert_eq!(tlb.map(&stranger, base, 10, Direction::ToDevice, NONE), Err(Error::ForeignDevice));
-    assert_eq!(tlb.unmap(&stranger, a, 10, Direction::ToDevice, NONE), Err(Error::ForeignDevice));
+    let stranger = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(1))
+        .unwrap()
+        .device(DeviceConfig::default());
+    assert_eq!(
+        tlb.map(&stranger, base, 10, Direction::ToDevice, NONE),
+        Err(Error::ForeignDevice)
+    );
+    assert_eq!(
+        tlb.unmap(&stranger, a, 10, Direction::ToDevice, NONE),
+        Err(Error::ForeignDevice)
+    );
     assert!(!tlb.is_bounce_buffer(&stranger, a));
     // Growth and allocations are refused where not configured.
     assert_eq!(tlb.grow(), Err(Error::GrowthDisabled));
@@ -327,13 +521,20 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
 
     assert_eq!(tlb.stats().used, used);
     tlb.check_invariants().unwrap();
-    tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE).unwrap();
-    assert_eq!(tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE), Err(Error::NotMapped { addr: a }));
+    tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE)
+        .unwrap();
+    assert_eq!(
+        tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE),
+        Err(Error::NotMapped { addr: a })
+    );
     assert_eq!(tlb.stats().used, 0);
     tlb.check_invariants().unwrap();
     // Still works.
-    let b = tlb.map(&dev, base, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
-    tlb.unmap(&dev, b, 128 * SLOT, Direction::ToDevice, NONE).unwrap();
+    let b = tlb
+        .map(&dev, base, 128 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    tlb.unmap(&dev, b, 128 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
 }
 
 /// A bounce buffer beyond the device's DMA mask is refused and released (dma-direct's
@@ -342,12 +543,17 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
 fn bounce_beyond_the_dma_mask_is_released() {
     let (tlb, base) = fixed(2);
     let start = tlb.stats().pools[0].start;
-    let dev = tlb.device(DeviceConfig { dma_mask: start + 2047, ..Default::default() });
+    let dev = tlb.device(DeviceConfig {
+        dma_mask: start + 2047,
+        ..Default::default()
+    });
     let r = tlb.map(&dev, base, 4096, Direction::ToDevice, NONE);
     assert!(matches!(r, Err(Error::NotDmaCapable { .. })));
     assert_eq!(tlb.stats().used, 0);
     tlb.check_invariants().unwrap();
-    let ok = tlb.map(&dev, base, 2048, Direction::ToDevice, NONE).unwrap();
+    let ok = tlb
+        .map(&dev, base, 2048, Direction::ToDevice, NONE)
+        .unwrap();
     assert_eq!(ok, start);
 }
 
@@ -357,10 +563,15 @@ fn lookup_needs_the_device_flag() {
     let (tlb, base) = fixed(128);
     let a_dev = tlb.device(DeviceConfig::default());
     let b_dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&a_dev, base, 64, Direction::ToDevice, NONE).unwrap();
+    let a = tlb
+        .map(&a_dev, base, 64, Direction::ToDevice, NONE)
+        .unwrap();
     assert!(a_dev.uses_swiotlb() && !b_dev.uses_swiotlb());
     assert!(tlb.is_bounce_buffer(&a_dev, a));
-    assert!(!tlb.is_bounce_buffer(&b_dev, a), "a device that never bounced pays one flag check");
+    assert!(
+        !tlb.is_bounce_buffer(&b_dev, a),
+        "a device that never bounced pays one flag check"
+    );
     let info = tlb.find_pool(&a_dev, a).unwrap();
     assert!(!info.transient && info.start <= a && a < info.end && info.nslabs == 128);
 }
@@ -370,11 +581,20 @@ fn lookup_needs_the_device_flag() {
 fn growth_adds_pools() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let cfg = Config { background_growth: true, transient_pools: false, ..Config::tiny(8, 1, 8) };
+    let cfg = Config {
+        background_growth: true,
+        transient_pools: false,
+        ..Config::tiny(8, 1, 8)
+    };
     let tlb = Swiotlb::new(cfg, mem).unwrap();
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb.map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
-    assert_eq!(tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE), Err(Error::NoSpace { size: SLOT }));
+    let a = tlb
+        .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    assert_eq!(
+        tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE),
+        Err(Error::NoSpace { size: SLOT })
+    );
     let b = loop {
         match tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE) {
             Ok(b) => break b,
@@ -388,12 +608,29 @@ fn growth_adds_pools() {
     let info = tlb.find_pool(&dev, b).unwrap();
     assert!(!info.transient);
     assert!(tlb.stats().nslabs >= 16);
-    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE).unwrap();
+    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     tlb.unmap(&dev, b, SLOT, Direction::ToDevice, NONE).unwrap();
     tlb.check_invariants().unwrap();
     // Growth below the physical limit fails cleanly.
-    let low = Swiotlb::new(Config { phys_limit: u64::MAX, ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)).unwrap();
+    let low = Swiotlb::new(
+        Config {
+            phys_limit: u64::MAX,
+            ..Config::tiny(8, 1, 8)
+        },
+        RegionMemory::new(1),
+    )
+    .unwrap();
     assert_eq!(low.grow_by(8), Ok(8));
     let start = low.stats().pools[0].start;
-    assert!(matches!(Swiotlb::new(Config { phys_limit: start.min(4096), ..Config::tiny(8, 1, 8) }, RegionMemory::new(1)), Err(Error::PoolAlloc { .. })));
+    assert!(matches!(
+        Swiotlb::new(
+            Config {
+                phys_limit: start.min(4096),
+                ..Config::tiny(8, 1, 8)
+            },
+            RegionMemory::new(1)
+        ),
+        Err(Error::PoolAlloc { .. })
+    ));
 }

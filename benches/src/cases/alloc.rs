@@ -16,7 +16,10 @@ pub const SPACE_SIZE: u64 = 1 << 40;
 
 /// Workload name of the alloc+free pair of `granules`.
 pub fn pair(granules: u64) -> String {
-    format!("alloc+free {granules} granule{}", if granules == 1 { "" } else { "s" })
+    format!(
+        "alloc+free {granules} granule{}",
+        if granules == 1 { "" } else { "s" }
+    )
 }
 /// Workload name of the fragmentation case.
 pub const FRAGMENTATION: &str = "fragmented: random free+alloc";
@@ -73,10 +76,22 @@ pub fn cases_for<A: RangeAlloc + 'static>(
     let live = opts.fragmentation_live;
     if fragmentation {
         let m = make.clone();
-        v.push(Case::new(c, FRAGMENTATION, implementation, role, move |cfg, t| fragmented(cfg, t, &m(), live)));
+        v.push(Case::new(
+            c,
+            FRAGMENTATION,
+            implementation,
+            role,
+            move |cfg, t| fragmented(cfg, t, &m(), live),
+        ));
     }
     let m = make;
-    v.push(Case::new(c, ASYMMETRIC, implementation, role, move |cfg, t| asymmetric(cfg, t, &m())));
+    v.push(Case::new(
+        c,
+        ASYMMETRIC,
+        implementation,
+        role,
+        move |cfg, t| asymmetric(cfg, t, &m()),
+    ));
     v
 }
 
@@ -88,7 +103,10 @@ impl Ours {
     /// Our allocator over [`SPACE_BASE`]`..+`[`SPACE_SIZE`], `tune`d from the defaults.
     pub fn new(tune: impl FnOnce(&mut IovaConfig)) -> Self {
         let shift = GRANULE.trailing_zeros();
-        let mut cfg = IovaConfig::with_space(SPACE_BASE >> shift, ((SPACE_BASE + SPACE_SIZE) >> shift) - 1);
+        let mut cfg = IovaConfig::with_space(
+            SPACE_BASE >> shift,
+            ((SPACE_BASE + SPACE_SIZE) >> shift) - 1,
+        );
         tune(&mut cfg);
         Ours(IovaAllocator::new(cfg).expect("valid allocator configuration"))
     }
@@ -98,7 +116,10 @@ impl RangeAlloc for Ours {
     #[inline]
     fn alloc(&self, granules: u64) -> Option<u64> {
         let shift = GRANULE.trailing_zeros();
-        self.0.alloc(granules, self.0.config().end_pfn).ok().map(|pfn| pfn << shift)
+        self.0
+            .alloc(granules, self.0.config().end_pfn)
+            .ok()
+            .map(|pfn| pfn << shift)
     }
 
     #[inline]
@@ -226,7 +247,14 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
             ),
         });
     }
-    v.extend(cases_for(opts, OURS, Role::Ours, &opts.granules, true, Arc::new(|| Ours::new(|_| ()))));
+    v.extend(cases_for(
+        opts,
+        OURS,
+        Role::Ours,
+        &opts.granules,
+        true,
+        Arc::new(|| Ours::new(|_| ())),
+    ));
     v.extend(cases_for(
         opts,
         OURS_UNCHECKED,

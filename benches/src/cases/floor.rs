@@ -24,7 +24,9 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         return (Vec::new(), Vec::new());
     }
     let f = Component::Floor;
-    let mut v = vec![Case::new(f, CAS, "floor", Role::Floor, |cfg, t| measure(cfg, t, |_| cas_op()))];
+    let mut v = vec![Case::new(f, CAS, "floor", Role::Floor, |cfg, t| {
+        measure(cfg, t, |_| cas_op())
+    })];
     let pages = opts.translate_pages;
     v.push(Case::new(f, CHASE, "floor", Role::Floor, move |cfg, t| {
         let chase = Arc::new(Chase::new(FIRST_PAGE, pages));
@@ -38,9 +40,13 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     sizes.sort_unstable();
     sizes.dedup();
     for size in sizes {
-        v.push(Case::new(f, memcpy(size), "floor", Role::Floor, move |cfg, t| {
-            measure(cfg, t, |_| memcpy_op(size))
-        }));
+        v.push(Case::new(
+            f,
+            memcpy(size),
+            "floor",
+            Role::Floor,
+            move |cfg, t| measure(cfg, t, |_| memcpy_op(size)),
+        ));
     }
     (v, Vec::new())
 }

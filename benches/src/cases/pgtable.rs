@@ -220,11 +220,35 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     }
     let mut v = Vec::new();
     let all_sizes = [(MAP_4K, 4096), (MAP_2M, 2 << 20), (MAP_256, 256 * 4096)];
-    v.extend(store_cases(opts, OURS, Role::Ours, &all_sizes, Arc::new(Ours::new)));
+    v.extend(store_cases(
+        opts,
+        OURS,
+        Role::Ours,
+        &all_sizes,
+        Arc::new(Ours::new),
+    ));
     v.extend(guarded_cases(opts));
-    v.extend(store_cases(opts, OURS_MUTEX, Role::Ours, &all_sizes, Arc::new(OursMutex::default)));
+    v.extend(store_cases(
+        opts,
+        OURS_MUTEX,
+        Role::Ours,
+        &all_sizes,
+        Arc::new(OursMutex::default),
+    ));
     let sizes = [(MAP_4K, 4096)];
-    v.extend(store_cases(opts, CH_STORE, Role::Peer, &sizes, Arc::new(ChMappingStore::new)));
-    v.extend(store_cases(opts, IOTLB, Role::Peer, &sizes, Arc::new(IotlbPeer::new)));
+    v.extend(store_cases(
+        opts,
+        CH_STORE,
+        Role::Peer,
+        &sizes,
+        Arc::new(ChMappingStore::new),
+    ));
+    v.extend(store_cases(
+        opts,
+        IOTLB,
+        Role::Peer,
+        &sizes,
+        Arc::new(IotlbPeer::new),
+    ));
     (v, Vec::new())
 }

@@ -1,11 +1,16 @@
-//! The bounce-buffer cases: map+copy+unmap in both directions, pool growth under pressure, and
-//! the per-I/O allocation peer.
+//! The bounce-buffer cases: map+copy+unmap in both directions, pool growth under pressure, the
+//! one-area peer (our allocator with the single global lock Linux had before areas) and the
+//! per-I/O allocation peer.
 
 use super::floor::memcpy;
 use super::human_bytes;
-use crate::harness::measure;
+use crate::harness::{measure, Measurement, RunConfig};
 use crate::peers::bounce::{fresh_from_device, fresh_to_device};
 use crate::suite::{Case, Component, Omitted, Options, Role};
+use std::collections::VecDeque;
+use swiotlb_core::{
+    Config, Device, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb,
+};
 
 /// Direction of a bounce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +19,15 @@ pub enum Dir {
     ToDevice,
     /// Device → memory: copy out at unmap.
     FromDevice,
+}
+
+impl Dir {
+    fn direction(self) -> Direction {
+        match self {
+            Dir::ToDevice => Direction::ToDevice,
+            Dir::FromDevice => Direction::FromDevice,
+        }
+    }
 }
 
 /// Workload name of a map+copy+unmap of `size` bytes in `dir`.
@@ -25,35 +39,177 @@ pub fn bounce(size: usize, dir: Dir) -> String {
     format!("bounce {} {d}", human_bytes(size as u64))
 }
 
+/// Workload name of the growth case.
+pub const GROWTH: &str = "pool growth: 64 KiB maps, 64 live per thread";
+
+/// Implementation name of ours with the default configuration (one area per CPU).
+pub const OURS: &str = "ours";
+/// Implementation name of our pool with a single area (the global lock Linux had before areas).
+pub const ONE_AREA: &str = "ours, one area";
 /// Implementation name of the per-I/O allocation peer.
 pub const FRESH: &str = "fresh buffer per I/O";
 
 /// The size the peers run (the targets compare at 4 KiB).
 pub const PEER_SIZE: usize = 4096;
 
-/// The bounce cases selected by `opts`: the peers, and ours once wired in.
+/// Original memory per thread: room for the largest bounce of every thread count run.
+pub const ORIG_PER_THREAD: usize = 1 << 20;
+
+/// An instance over original memory for `threads` threads; the address of each thread's
+/// original buffer is `base + t * ORIG_PER_THREAD`.
+pub fn instance(cfg: Config, threads: usize) -> (Swiotlb, u64) {
+    let mem = RegionMemory::new(threads * ORIG_PER_THREAD);
+    let base = mem.base();
+    for t in 0..threads {
+        // Non-zero original data, so copies move real bytes.
+        mem.write(
+            base + (t * ORIG_PER_THREAD) as u64,
+            &vec![0x5a; ORIG_PER_THREAD],
+        )
+        .expect("inside the region");
+    }
+    (
+        Swiotlb::new(cfg, mem).expect("valid swiotlb configuration"),
+        base,
+    )
+}
+
+/// One thread's map+copy+unmap op.
+pub fn bounce_op(
+    tlb: &Swiotlb,
+    dev: Device,
+    orig: u64,
+    size: usize,
+    dir: Direction,
+) -> impl FnMut() + '_ {
+    let attrs = MapAttrs::default();
+    move || {
+        if let Ok(a) = tlb.map(&dev, orig, size, dir, attrs) {
+            // A failed unmap of a live mapping would be a harness bug; nothing to do here.
+            let _ = tlb.unmap(&dev, a, size, dir, attrs);
+        }
+    }
+}
+
+fn bounce_run(
+    cfg: &RunConfig,
+    threads: usize,
+    pool: Config,
+    size: usize,
+    dir: Direction,
+) -> Measurement {
+    let (tlb, base) = instance(pool, threads);
+    let dev = tlb.device(DeviceConfig::default());
+    measure(cfg, threads, |t| {
+        bounce_op(
+            &tlb,
+            dev.clone(),
+            base + (t * ORIG_PER_THREAD) as u64,
+            size,
+            dir,
+        )
+    })
+}
+
+/// Each thread keeps 64 live 64 KiB mappings (a FIFO: map the newest, unmap the oldest) on a
+/// pool that starts at 1 MiB, so the pool must grow (transient pools, then background growth)
+/// while the clock runs.
+fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
+    const SIZE: usize = 64 << 10;
+    const LIVE: usize = 64;
+    let pool = Config {
+        nslabs: 512,
+        growth_nslabs: 512,
+        ..Config::default()
+    };
+    let (tlb, base) = instance(pool, threads);
+    let dev = tlb.device(DeviceConfig::default());
+    measure(cfg, threads, |t| {
+        let (tlb, dev) = (&tlb, dev.clone());
+        let mut live: VecDeque<u64> = VecDeque::with_capacity(LIVE);
+        let orig = base + (t * ORIG_PER_THREAD) as u64;
+        let dir = Direction::ToDevice;
+        let attrs = MapAttrs::default();
+        move || {
+            if live.len() == LIVE {
+                if let Some(a) = live.pop_front() {
+                    let _ = tlb.unmap(&dev, a, SIZE, dir, attrs);
+                }
+            }
+            if let Ok(a) = tlb.map(&dev, orig, SIZE, dir, attrs) {
+                live.push_back(a);
+            }
+        }
+    })
+}
+
+/// The bounce cases selected by `opts`.
 pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     if !opts.has(Component::Swiotlb) {
         return (Vec::new(), Vec::new());
     }
     let c = Component::Swiotlb;
     let mut v = Vec::new();
+    let sizes: Vec<usize> = opts
+        .bounce_sizes
+        .iter()
+        .copied()
+        .filter(|&s| s <= ORIG_PER_THREAD)
+        .collect();
+    let slots = opts.pool_slots;
+    let pool = move |nareas| Config {
+        nslabs: slots,
+        nareas,
+        ..Config::default()
+    };
+    for &size in &sizes {
+        for dir in [Dir::ToDevice, Dir::FromDevice] {
+            v.push(
+                Case::new(c, bounce(size, dir), OURS, Role::Ours, move |cfg, t| {
+                    bounce_run(cfg, t, pool(0), size, dir.direction())
+                })
+                .with_floor(memcpy(size)),
+            );
+        }
+    }
+    v.push(Case::new(c, GROWTH, OURS, Role::Ours, growth_run));
     for dir in [Dir::ToDevice, Dir::FromDevice] {
         v.push(
-            Case::new(c, bounce(PEER_SIZE, dir), FRESH, Role::Peer, move |cfg, t| {
-                measure(cfg, t, |_| {
-                    let mut data = vec![0x5au8; PEER_SIZE];
-                    move || match dir {
-                        Dir::ToDevice => fresh_to_device(&data, 0),
-                        Dir::FromDevice => fresh_from_device(&mut data, 0),
-                    }
-                })
-            })
+            Case::new(
+                c,
+                bounce(PEER_SIZE, dir),
+                ONE_AREA,
+                Role::Peer,
+                move |cfg, t| bounce_run(cfg, t, pool(1), PEER_SIZE, dir.direction()),
+            )
+            .with_floor(memcpy(PEER_SIZE)),
+        );
+        v.push(
+            Case::new(
+                c,
+                bounce(PEER_SIZE, dir),
+                FRESH,
+                Role::Peer,
+                move |cfg, t| {
+                    measure(cfg, t, |_| {
+                        let mut data = vec![0x5au8; PEER_SIZE];
+                        move || match dir {
+                            Dir::ToDevice => fresh_to_device(&data, 0),
+                            Dir::FromDevice => fresh_from_device(&mut data, 0),
+                        }
+                    })
+                },
+            )
             .with_floor(memcpy(PEER_SIZE)),
         );
     }
-    (v, Vec::new())
+    let mut omitted = Vec::new();
+    if sizes.len() < opts.bounce_sizes.len() {
+        omitted.push(Omitted {
+            component: c,
+            what: "bounce sizes above 1 MiB".into(),
+            reason: "a bounce mapping is at most one 128-slot segment (256 KiB) anyway".into(),
+        });
+    }
+    (v, omitted)
 }
-
-/// Implementation name of our pool with a single area (the global lock Linux had before areas).
-pub const ONE_AREA: &str = "ours, one area";

@@ -28,13 +28,19 @@ impl VmAllocatorPeer {
     /// An allocator over `[base, base + size)`.
     pub fn new(base: u64, size: u64) -> Self {
         let a = AddressAllocator::new(base, size).expect("valid vm-allocator range");
-        VmAllocatorPeer { inner: Mutex::new(a) }
+        VmAllocatorPeer {
+            inner: Mutex::new(a),
+        }
     }
 }
 
 impl RangeAlloc for VmAllocatorPeer {
     fn alloc(&self, granules: u64) -> Option<u64> {
-        let r = self.inner.lock().allocate(granules * GRANULE, align_of(granules), AllocPolicy::FirstMatch);
+        let r = self.inner.lock().allocate(
+            granules * GRANULE,
+            align_of(granules),
+            AllocPolicy::FirstMatch,
+        );
         r.ok().map(|r| r.start())
     }
 
@@ -66,7 +72,9 @@ pub struct BTreeFirstFit {
 impl BTreeFirstFit {
     /// An allocator over `[base, base + size)`.
     pub fn new(base: u64, size: u64) -> Self {
-        BTreeFirstFit { free: Mutex::new(BTreeMap::from([(base, base + size)])) }
+        BTreeFirstFit {
+            free: Mutex::new(BTreeMap::from([(base, base + size)])),
+        }
     }
 }
 
@@ -122,7 +130,10 @@ mod tests {
                     let len = g * GRANULE;
                     assert!(x >= base && x + len <= base + size);
                     assert_eq!(x % align_of(g), 0);
-                    assert!(held.iter().all(|&(y, l)| x + len <= y || y + l <= x), "overlap at {x:#x}");
+                    assert!(
+                        held.iter().all(|&(y, l)| x + len <= y || y + l <= x),
+                        "overlap at {x:#x}"
+                    );
                     held.push((x, len));
                 }
             } else {

@@ -70,9 +70,13 @@ impl Default for ChMappingStore {
 
 impl MappingStore for ChMappingStore {
     fn map(&self, iova: u64, gpa: u64, size: u64) -> bool {
-        let Some(end) = iova.checked_add(size - 1) else { return false };
+        let Some(end) = iova.checked_add(size - 1) else {
+            return false;
+        };
         let mut domains = self.domains.write().unwrap_or_else(|e| e.into_inner());
-        let Some(domain) = domains.get_mut(&DOMAIN) else { return false };
+        let Some(domain) = domains.get_mut(&DOMAIN) else {
+            return false;
+        };
         if let Some((&base, m)) = domain.mappings.range(..=end).next_back() {
             if base + m.size > iova {
                 return false;
@@ -85,7 +89,9 @@ impl MappingStore for ChMappingStore {
     fn unmap(&self, iova: u64, size: u64) -> bool {
         let end = iova.saturating_add(size);
         let mut domains = self.domains.write().unwrap_or_else(|e| e.into_inner());
-        let Some(domain) = domains.get_mut(&DOMAIN) else { return false };
+        let Some(domain) = domains.get_mut(&DOMAIN) else {
+            return false;
+        };
         // The linear scan for overlapping mappings, as the design does it.
         let hit: Vec<u64> = domain
             .mappings
@@ -133,7 +139,13 @@ impl IotlbPeer {
 impl MappingStore for IotlbPeer {
     fn map(&self, iova: u64, phys: u64, size: u64) -> bool {
         let mut tlb = self.tlb.write().unwrap_or_else(|e| e.into_inner());
-        tlb.set_mapping(GuestAddress(iova), GuestAddress(phys), size as usize, Permissions::ReadWrite).is_ok()
+        tlb.set_mapping(
+            GuestAddress(iova),
+            GuestAddress(phys),
+            size as usize,
+            Permissions::ReadWrite,
+        )
+        .is_ok()
     }
 
     fn unmap(&self, iova: u64, size: u64) -> bool {
@@ -158,12 +170,18 @@ mod tests {
             assert!(s.map(0x10_0000 + p * 0x1000, 0x8000_0000 + p * 0x1000, 0x1000));
         }
         for p in 0..64u64 {
-            assert_eq!(s.translate(0x10_0000 + p * 0x1000 + 0x123), Some(0x8000_0000 + p * 0x1000 + 0x123));
+            assert_eq!(
+                s.translate(0x10_0000 + p * 0x1000 + 0x123),
+                Some(0x8000_0000 + p * 0x1000 + 0x123)
+            );
         }
         assert_eq!(s.translate(0x10_0000 + 64 * 0x1000), None);
         assert!(s.unmap(0x10_0000, 0x1000 * 32));
         assert_eq!(s.translate(0x10_0000), None);
-        assert_eq!(s.translate(0x10_0000 + 40 * 0x1000), Some(0x8000_0000 + 40 * 0x1000));
+        assert_eq!(
+            s.translate(0x10_0000 + 40 * 0x1000),
+            Some(0x8000_0000 + 40 * 0x1000)
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@
 
 mod mappings;
 mod request;
+pub mod wire;
 
 pub use mappings::{MapConflict, Mapping, MappingTree};
 pub use request::*;
@@ -106,10 +107,16 @@ impl fmt::Display for ViommuError {
         match self {
             ViommuError::PageTable(e) => write!(f, "page-table configuration: {e}"),
             ViommuError::InputRange { range } => {
-                write!(f, "input range {:#x}..={:#x} is empty or too large", range.0, range.1)
+                write!(
+                    f,
+                    "input range {:#x}..={:#x} is empty or too large",
+                    range.0, range.1
+                )
             }
             ViommuError::DomainRange => f.write_str("domain range is empty"),
-            ViommuError::ReservedRegion(r) => write!(f, "reserved region {:#x}..={:#x} is empty", r.start, r.end),
+            ViommuError::ReservedRegion(r) => {
+                write!(f, "reserved region {:#x}..={:#x} is empty", r.start, r.end)
+            }
             ViommuError::EndpointExists(id) => write!(f, "endpoint {id} already exists"),
         }
     }
@@ -153,7 +160,10 @@ impl Domain {
 
 impl fmt::Debug for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Domain").field("id", &self.id).field("bypass", &self.is_bypass()).finish()
+        f.debug_struct("Domain")
+            .field("id", &self.id)
+            .field("bypass", &self.is_bypass())
+            .finish()
     }
 }
 
@@ -161,9 +171,11 @@ impl Translate for Domain {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         match &self.kind {
             DomainKind::Translated(pt) => pt.lookup(iova),
-            DomainKind::Bypass => {
-                Ok(Leaf { paddr: iova, len: (u64::MAX - iova).saturating_add(1), prot: Prot::READ | Prot::WRITE })
-            }
+            DomainKind::Bypass => Ok(Leaf {
+                paddr: iova,
+                len: (u64::MAX - iova).saturating_add(1),
+                prot: Prot::READ | Prot::WRITE,
+            }),
         }
     }
 }
@@ -193,7 +205,9 @@ pub struct DeviceEndpoint {
 
 impl fmt::Debug for DeviceEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceEndpoint").field("id", &self.state.id).finish()
+        f.debug_struct("DeviceEndpoint")
+            .field("id", &self.state.id)
+            .finish()
     }
 }
 
@@ -225,14 +239,23 @@ impl DeviceEndpoint {
     /// assert_eq!(dev.access(0x10, 4, Prot::READ, |s| s.to_vec()).unwrap()[0].paddr, 0x5010);
     /// assert!(dev.access(0x10, 4, Prot::WRITE, |_| ()).is_err()); // read-only mapping
     /// ```
-    pub fn access<R>(&self, iova: u64, len: u64, access: Prot, f: impl FnOnce(&[Segment]) -> R) -> Result<R, Fault> {
+    pub fn access<R>(
+        &self,
+        iova: u64,
+        len: u64,
+        access: Prot,
+        f: impl FnOnce(&[Segment]) -> R,
+    ) -> Result<R, Fault> {
         translate::access(self, iova, len, access, f)
     }
 
     /// This endpoint's I/O memory over the guest's RAM, for vm-memory users (virtio queues,
     /// vhost-user backends).
     #[cfg(feature = "vm-memory")]
-    pub fn io_memory<M: vm_memory::GuestMemoryBackend>(&self, ram: M) -> crate::IoMemory<M, DeviceEndpoint> {
+    pub fn io_memory<M: vm_memory::GuestMemoryBackend>(
+        &self,
+        ram: M,
+    ) -> crate::IoMemory<M, DeviceEndpoint> {
         crate::IoMemory::new(ram, self.clone())
     }
 }
@@ -278,7 +301,9 @@ pub struct Viommu {
 
 impl fmt::Debug for Viommu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Viommu").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Viommu")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -288,7 +313,9 @@ impl Viommu {
         let geom = config.pgtable.geometry().map_err(ViommuError::PageTable)?;
         let (lo, hi) = config.input_range;
         if lo > hi || (geom.ias() < 64 && hi >> geom.ias() != 0) {
-            return Err(ViommuError::InputRange { range: config.input_range });
+            return Err(ViommuError::InputRange {
+                range: config.input_range,
+            });
         }
         if config.domain_range.0 > config.domain_range.1 {
             return Err(ViommuError::DomainRange);
@@ -296,7 +323,11 @@ impl Viommu {
         if let Some(r) = config.reserved.iter().find(|r| r.start > r.end) {
             return Err(ViommuError::ReservedRegion(*r));
         }
-        Ok(Viommu { page_size_mask: geom.pgsize_bitmap(), config, control: Mutex::new(Control::default()) })
+        Ok(Viommu {
+            page_size_mask: geom.pgsize_bitmap(),
+            config,
+            control: Mutex::new(Control::default()),
+        })
     }
 
     /// The configuration.
@@ -309,31 +340,83 @@ impl Viommu {
         self.page_size_mask
     }
 
+    /// The 40-byte virtio-iommu config space the guest reads, advertising `probe_size`
+    /// bytes of PROBE properties.
+    pub fn config_space(&self, probe_size: u32) -> [u8; 40] {
+        wire::config_space(&self.config, self.page_size_mask, probe_size)
+    }
+
+    /// Handle one request in wire format (its device-readable bytes) and return the
+    /// device-writable reply bytes; see [`wire`]. Undecodable requests get `INVAL`/`UNSUPP`.
+    ///
+    /// ```
+    /// use dma_vmm::viommu::{wire, Status, Viommu, ViommuConfig};
+    /// let v = Viommu::new(ViommuConfig::default()).unwrap();
+    /// v.add_endpoint(2, vec![]).unwrap();
+    /// let mut probe = vec![wire::T_PROBE, 0, 0, 0];
+    /// probe.extend_from_slice(&2u32.to_le_bytes());
+    /// probe.extend_from_slice(&[0; 64]);
+    /// let reply = v.handle_bytes(&probe, 128);
+    /// assert_eq!((reply.len(), reply[128]), (132, Status::Ok.code()));
+    /// assert_eq!(v.handle_bytes(&[42, 0, 0, 0], 128), vec![Status::Unsupp.code(), 0, 0, 0]);
+    /// ```
+    pub fn handle_bytes(&self, request: &[u8], probe_size: usize) -> Vec<u8> {
+        let reply = match wire::decode(request) {
+            Ok(r) => self.handle(r),
+            Err(status) => Reply::Status(status),
+        };
+        wire::encode_reply(&reply, probe_size)
+    }
+
     /// Declare an endpoint (a device behind the vIOMMU), blocked until the guest attaches it,
     /// with its own reserved regions; returns the handle its device threads translate with.
-    pub fn add_endpoint(&self, id: u32, reserved: Vec<ReservedRegion>) -> Result<DeviceEndpoint, ViommuError> {
+    pub fn add_endpoint(
+        &self,
+        id: u32,
+        reserved: Vec<ReservedRegion>,
+    ) -> Result<DeviceEndpoint, ViommuError> {
         if let Some(r) = reserved.iter().find(|r| r.start > r.end) {
             return Err(ViommuError::ReservedRegion(*r));
         }
-        let mut all: Vec<ReservedRegion> = self.config.reserved.iter().copied().chain(reserved).collect();
+        let mut all: Vec<ReservedRegion> = self
+            .config
+            .reserved
+            .iter()
+            .copied()
+            .chain(reserved)
+            .collect();
         all.sort_by_key(|r| r.start);
         let mut control = self.control.lock();
         if control.endpoints.contains_key(&id) {
             return Err(ViommuError::EndpointExists(id));
         }
-        let state = Arc::new(EndpointState { id, reserved: all, attached: Published::new(Arc::new(Attachment::Blocked)) });
+        let state = Arc::new(EndpointState {
+            id,
+            reserved: all,
+            attached: Published::new(Arc::new(Attachment::Blocked)),
+        });
         control.endpoints.insert(id, state.clone());
         Ok(DeviceEndpoint { state })
     }
 
     /// The device handle of endpoint `id`.
     pub fn endpoint(&self, id: u32) -> Option<DeviceEndpoint> {
-        self.control.lock().endpoints.get(&id).map(|state| DeviceEndpoint { state: state.clone() })
+        self.control
+            .lock()
+            .endpoints
+            .get(&id)
+            .map(|state| DeviceEndpoint {
+                state: state.clone(),
+            })
     }
 
     /// The domain `id`, shared with the devices (for dumps).
     pub fn domain(&self, id: u32) -> Option<Arc<Domain>> {
-        self.control.lock().domains.get(&id).map(|s| s.domain.clone())
+        self.control
+            .lock()
+            .domains
+            .get(&id)
+            .map(|s| s.domain.clone())
     }
 
     /// Ids of the live domains.
@@ -343,12 +426,20 @@ impl Viommu {
 
     /// The mappings of domain `id`, in IOVA order.
     pub fn mappings(&self, id: u32) -> Option<Vec<Mapping>> {
-        self.control.lock().domains.get(&id).map(|s| s.mappings.iter().copied().collect())
+        self.control
+            .lock()
+            .domains
+            .get(&id)
+            .map(|s| s.mappings.iter().copied().collect())
     }
 
     /// The endpoints attached to domain `id`.
     pub fn domain_endpoints(&self, id: u32) -> Option<Vec<u32>> {
-        self.control.lock().domains.get(&id).map(|s| s.endpoints.iter().copied().collect())
+        self.control
+            .lock()
+            .domains
+            .get(&id)
+            .map(|s| s.endpoints.iter().copied().collect())
     }
 
     /// Handle one request. An UNMAP or DETACH that removed translations (and an ATTACH that
@@ -383,12 +474,31 @@ impl Viommu {
     fn apply(&self, request: Request) -> (Reply, bool) {
         let mut control = self.control.lock();
         let result = match request {
-            Request::Attach { domain, endpoint, flags } => self.attach(&mut control, domain, endpoint, flags),
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+            } => self.attach(&mut control, domain, endpoint, flags),
             Request::Detach { domain, endpoint } => Self::detach(&mut control, domain, endpoint),
-            Request::Map { domain, virt_start, virt_end, phys_start, flags } => {
-                self.map(&mut control, domain, virt_start, virt_end, phys_start, flags)
-            }
-            Request::Unmap { domain, virt_start, virt_end } => Self::unmap(&mut control, domain, virt_start, virt_end),
+            Request::Map {
+                domain,
+                virt_start,
+                virt_end,
+                phys_start,
+                flags,
+            } => self.map(
+                &mut control,
+                domain,
+                virt_start,
+                virt_end,
+                phys_start,
+                flags,
+            ),
+            Request::Unmap {
+                domain,
+                virt_start,
+                virt_end,
+            } => Self::unmap(&mut control, domain, virt_start, virt_end),
             Request::Probe { endpoint } => return (self.probe(&control, endpoint), false),
         };
         match result {
@@ -397,7 +507,13 @@ impl Viommu {
         }
     }
 
-    fn attach(&self, c: &mut Control, domain: u32, endpoint: u32, flags: u32) -> Result<bool, Status> {
+    fn attach(
+        &self,
+        c: &mut Control,
+        domain: u32,
+        endpoint: u32,
+        flags: u32,
+    ) -> Result<bool, Status> {
         if flags & !ATTACH_F_BYPASS != 0 {
             return Err(Status::Inval);
         }
@@ -418,10 +534,19 @@ impl Viommu {
                 let kind = if bypass {
                     DomainKind::Bypass
                 } else {
-                    DomainKind::Translated(PageTable::new(self.config.pgtable).map_err(|_| Status::DevErr)?)
+                    DomainKind::Translated(
+                        PageTable::new(self.config.pgtable).map_err(|_| Status::DevErr)?,
+                    )
                 };
                 let domain = Arc::new(Domain { id: domain, kind });
-                c.domains.insert(domain.id, DomainSlot { domain, endpoints: BTreeSet::new(), mappings: MappingTree::new() });
+                c.domains.insert(
+                    domain.id,
+                    DomainSlot {
+                        domain,
+                        endpoints: BTreeSet::new(),
+                        mappings: MappingTree::new(),
+                    },
+                );
             }
         }
         // Leave the previous domain first, as if the driver had sent DETACH.
@@ -434,7 +559,9 @@ impl Viommu {
         }
         let slot = c.domains.get_mut(&domain).ok_or(Status::DevErr)?;
         slot.endpoints.insert(endpoint);
-        state.attached.store(Arc::new(Attachment::Domain(slot.domain.clone())));
+        state
+            .attached
+            .store(Arc::new(Attachment::Domain(slot.domain.clone())));
         Ok(previous.is_some())
     }
 
@@ -459,7 +586,15 @@ impl Viommu {
         }
     }
 
-    fn map(&self, c: &mut Control, domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Result<bool, Status> {
+    fn map(
+        &self,
+        c: &mut Control,
+        domain: u32,
+        virt_start: u64,
+        virt_end: u64,
+        phys_start: u64,
+        flags: u32,
+    ) -> Result<bool, Status> {
         if flags & !MAP_F_KNOWN != 0 {
             return Err(Status::Inval);
         }
@@ -477,7 +612,11 @@ impl Viommu {
         if virt_start < self.config.input_range.0 || virt_end > self.config.input_range.1 {
             return Err(Status::Range);
         }
-        let mut prot = if flags & MAP_F_MMIO != 0 { Prot::MMIO } else { Prot::CACHE };
+        let mut prot = if flags & MAP_F_MMIO != 0 {
+            Prot::MMIO
+        } else {
+            Prot::CACHE
+        };
         if flags & MAP_F_READ != 0 {
             prot |= Prot::READ;
         }
@@ -487,16 +626,24 @@ impl Viommu {
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Status::Unsupp);
         }
-        let mapping = Mapping { virt_start, virt_end, phys_start, flags };
-        slot.mappings.check_insert(&mapping).map_err(|_| Status::Inval)?;
+        let mapping = Mapping {
+            virt_start,
+            virt_end,
+            phys_start,
+            flags,
+        };
+        slot.mappings
+            .check_insert(&mapping)
+            .map_err(|_| Status::Inval)?;
         if slot.mappings.len() >= self.config.max_mappings_per_domain {
             return Err(Status::NoMem);
         }
-        pt.map(virt_start, phys_start, mapping.len(), prot).map_err(|e| match e {
-            io_pgtable::Error::NoMemory => Status::NoMem,
-            io_pgtable::Error::OutOfRange { .. } | io_pgtable::Error::Overflow => Status::Range,
-            _ => Status::DevErr,
-        })?;
+        pt.map(virt_start, phys_start, mapping.len(), prot)
+            .map_err(|e| match e {
+                io_pgtable::Error::NoMemory => Status::NoMem,
+                io_pgtable::Error::OutOfRange { .. } | io_pgtable::Error::Overflow => Status::Range,
+                _ => Status::DevErr,
+            })?;
         slot.mappings.insert(mapping).map_err(|_| Status::DevErr)?;
         Ok(false)
     }
@@ -509,7 +656,10 @@ impl Viommu {
         if virt_end < virt_start {
             return Err(Status::Inval);
         }
-        let covered = slot.mappings.plan_unmap(virt_start, virt_end).map_err(|_| Status::Range)?;
+        let covered = slot
+            .mappings
+            .plan_unmap(virt_start, virt_end)
+            .map_err(|_| Status::Range)?;
         let mut failed = false;
         for m in &covered {
             // Each mapping was mapped whole by one `map`, so it unmaps whole.
@@ -527,9 +677,10 @@ impl Viommu {
     fn probe(&self, c: &Control, endpoint: u32) -> Reply {
         match c.endpoints.get(&endpoint) {
             None => Reply::Status(Status::NoEnt),
-            Some(state) => {
-                Reply::Probe(ProbeInfo { page_size_mask: self.page_size_mask, reserved: state.reserved.clone() })
-            }
+            Some(state) => Reply::Probe(ProbeInfo {
+                page_size_mask: self.page_size_mask,
+                reserved: state.reserved.clone(),
+            }),
         }
     }
 }

@@ -15,10 +15,12 @@
 //!   after the grace period reach it).
 //! * `unmap_frees_subtree_under_readers`: the same with three levels, so one unmap retires a
 //!   level-2 table and the level-3 table below it together.
+//! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3
+//!   table (unlink, walk flush, free, then the block) while a walk and a translation run.
 //!
 //! Bounds: the three two-level models are exhaustive (about 55,000 and 70,000 executions,
 //! ~10 s each in release; the neighbour model a few dozen). The three-level model uses
-//! `Preemptions(3)`: a reader needs one switch to stop between loading a descriptor and using
+//! `Preemptions(3)`, as does the block-replacement model: a reader needs one switch to stop between loading a descriptor and using
 //! the table, and the unmapper one more to run its unlink, grace period and free inside that
 //! window; the third leaves room for the walker. The must-fail twins use `Preemptions(2)`:
 //! each injected bug needs exactly those two switches, and loom reports it within a few
@@ -46,7 +48,11 @@ fn tiny() -> Arc<PageTable> {
 /// A translation is either absent or the one mapped.
 fn translated_or_absent(pt: &PageTable, iova: u64) {
     if let Some(t) = pt.iova_to_phys(iova) {
-        assert_eq!(t.paddr, pa(iova), "translation of {iova:#x} was never mapped");
+        assert_eq!(
+            t.paddr,
+            pa(iova),
+            "translation of {iova:#x} was never mapped"
+        );
     }
 }
 
@@ -76,7 +82,10 @@ fn install_race() {
         assert_eq!(pt.iova_to_phys(iova).map(|t| t.paddr), Some(pa(iova)));
     }
     let s = pt.stats();
-    assert_eq!((s.allocated - s.discarded, s.freed, s.discarded), (2, s.discarded, s.discarded.min(1)));
+    assert_eq!(
+        (s.allocated - s.discarded, s.freed, s.discarded),
+        (2, s.discarded, s.discarded.min(1))
+    );
     accounted(&pt);
 }
 
@@ -152,6 +161,52 @@ fn unmap_frees_under_readers(levels: u32) {
     accounted(&pt);
 }
 
+/// A 16 KiB block replaces the emptied level-3 table under top entry 1 while a walk and a
+/// translation run; `pa` is linear, so old page and new block translate alike.
+fn block_replaces_empty_table_under_readers() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny();
+    pt.map_pages(BLOCK + PAGE, pa(BLOCK + PAGE), PAGE, 1, RW)
+        .unwrap();
+    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let mapper = {
+        let pt = pt.clone();
+        spawn(move || {
+            assert_eq!(
+                pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW),
+                Ok(BLOCK as usize)
+            );
+        })
+    };
+    let walker = {
+        let pt = pt.clone();
+        spawn(move || {
+            for e in pt.dump().entries {
+                if let Descriptor::Leaf { paddr, .. } = e.desc {
+                    assert_eq!((e.iova, paddr), (BLOCK, pa(BLOCK)));
+                }
+            }
+        })
+    };
+    translated_or_absent(&pt, BLOCK + PAGE);
+    mapper.join().unwrap();
+    walker.join().unwrap();
+    assert_eq!(
+        pt.iova_to_phys(BLOCK + PAGE).map(|t| (t.paddr, t.size)),
+        Some((pa(BLOCK + PAGE), BLOCK))
+    );
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+#[test]
+fn block_replaces_empty_table_under_readers_passes() {
+    check(
+        Bound::Preemptions(3),
+        block_replaces_empty_table_under_readers,
+    );
+}
+
 #[test]
 fn install_race_passes() {
     check(Bound::Exhaustive, install_race);
@@ -196,6 +251,13 @@ must_fail_test! {
     /// A reader without its pin is not waited for: it reads the poisoned, freed table.
     fn pgtable_reader_unpinned: READER_PIN, Weakening::Relax,
         "Causality violation", Bound::Preemptions(2), unmap_frees_level_under_readers;
+}
+
+must_fail_test! {
+    /// A block map that retires the table it replaces before unlinking it: a reader pinned
+    /// after the grace period still reaches the freed table.
+    fn pgtable_block_free_before_unlink: FREE_ORDER, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), block_replaces_empty_table_under_readers;
 }
 
 must_fail_test! {

@@ -13,10 +13,13 @@
 //! cleared. The caller's IOMMU handle is a cell too, "closed" after teardown, so any
 //! invalidation or free that races with or follows teardown is reported the same way.
 //!
-//! Bounds: models with three threads use `Preemptions(2)`: every twin below is found with at
-//! most two preemptions (the store-buffering reorderings need one switch in each of two
-//! threads; the stale-mode re-read needs the switch between the unmap's two reads). Two-thread
-//! models are exhaustive.
+//! Bounds: the three-thread models pass with `Preemptions(3)` (a few seconds each) and their
+//! twins use `Preemptions(2)`: every bug below is found with at most two preemptions (the
+//! store-buffering reorderings need one switch in each of two threads; the stale-mode re-read
+//! needs the switch between the unmap's two reads; the stranded entry needs the enqueue between
+//! the timer's drain and its clear). Two-thread models are exhaustive. Each three-thread model
+//! also returns an outcome (synced or queued; freed by the timer or not; which CPU's flush freed
+//! the entry) and its test asserts that every outcome was reached, so a pass is not vacuous.
 
 use dma_iommu::points::*;
 use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
@@ -77,7 +80,7 @@ impl Iommu {
     /// The unmap's leaf clear (a relaxed store, the weakest a page table may use).
     fn clear(&self, i: usize, gather: &mut Gather) -> usize {
         self.leaves[i].store(0, Ordering::Relaxed);
-        gather.add(i as u64 * 0x1000, 0x1000, 0x1000);
+        gather.add_range(i as u64 * 0x1000, 0x1000);
         i
     }
 
@@ -106,12 +109,12 @@ impl InvalidationOps for Iommu {
         self.iotlb.lock().iter_mut().for_each(|c| *c = false);
     }
 
-    fn sync(&self, gather: &Gather) {
+    fn sync(&self, gather: &mut Gather) {
         self.touch_handle();
-        let (start, end) = gather.range().expect("a strict unmap gathered its range");
+        let r = gather.range().expect("a strict unmap gathered its range");
         let mut tlb = self.iotlb.lock();
         for (i, c) in tlb.iter_mut().enumerate() {
-            if (start..end).contains(&(i as u64 * 0x1000)) {
+            if (r.start..=r.end).contains(&(i as u64 * 0x1000)) {
                 *c = false;
             }
         }
@@ -153,7 +156,7 @@ fn teardown_and_check(s: Arc<Strictness<Iommu>>, unmapped: &[usize]) {
 /// switch while the device still uses its cached translation. Whatever the unmap sees, it
 /// either syncs then frees, or queues; with the single snapshot the "skip the sync, free at
 /// once" mix is unreachable. Also checks the queue's publication: an unmap that sees the
-/// queue sees it fully built. Bound: 2 preemptions (3 threads).
+/// queue sees it fully built. Bound: 3 preemptions (3 threads); twins 2.
 fn switch_vs_unmap() -> Unmapped {
     let s = domain(1);
     let sw = {
@@ -181,7 +184,7 @@ fn switch_vs_unmap() -> Unmapped {
 #[test]
 fn switch_vs_unmap_passes() {
     // Both sides of the race are explored: the unmap synced in some executions, queued in others.
-    let seen = outcomes(Bound::Preemptions(2), switch_vs_unmap);
+    let seen = outcomes(Bound::Preemptions(3), switch_vs_unmap);
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
         [Unmapped::Synced, Unmapped::Queued]
@@ -238,7 +241,7 @@ must_fail_test! {
 
 /// A lazy unmap races with the timer's run while the device uses the translation. IOVA 0 is
 /// queued before (the timer is armed); the unmapper queues IOVA 1. Afterwards nothing may be
-/// stranded: a non-empty queue has its timer armed. Bound: 2 preemptions (3 threads); the
+/// stranded: a non-empty queue has its timer armed. Bound: 3 preemptions (3 threads), twins 2; the
 /// store-buffering reordering needs one preemption in each of the unmapper and the timer.
 fn queue_vs_timer() -> bool {
     let s = domain(2);
@@ -276,7 +279,7 @@ fn queue_vs_timer() -> bool {
 #[test]
 fn queue_vs_timer_passes() {
     // Explored: the timer's drain freed the racing entry, and left it for a later flush.
-    let seen = outcomes(Bound::Preemptions(2), queue_vs_timer);
+    let seen = outcomes(Bound::Preemptions(3), queue_vs_timer);
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
 }
 
@@ -309,8 +312,8 @@ must_fail_test! {
 }
 
 /// A full-ring flush on CPU 0 races with enqueues on CPU 1, whose second enqueue frees what
-/// CPU 0's flush covered. CPU 0's ring (capacity 1) is full from the start. Bound: 2
-/// preemptions (3 threads).
+/// CPU 0's flush covered. CPU 0's ring (capacity 1) is full from the start. Bound: 3
+/// preemptions (3 threads), twins 2.
 fn full_ring_vs_enqueue() -> u64 {
     let s = domain(4);
     s.enable_lazy(tiny(2, 2)).unwrap();
@@ -348,7 +351,7 @@ fn full_ring_vs_enqueue() -> u64 {
 #[test]
 fn full_ring_vs_enqueue_passes() {
     // Explored: CPU 1 freed IOVA 2 on CPU 0's flush (1 full-ring flush), and flushed itself (2).
-    let seen = outcomes(Bound::Preemptions(2), full_ring_vs_enqueue);
+    let seen = outcomes(Bound::Preemptions(3), full_ring_vs_enqueue);
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -401,4 +404,173 @@ must_fail_test! {
     /// timer use the IOMMU handle after the owner closed it.
     fn teardown_without_stopping_timer: FQ_TEARDOWN_STOP_TIMER, Weakening::Relax,
         "Causality violation", Bound::Exhaustive, teardown_vs_drain;
+}
+
+/// The IOTLB of the real-domain model: one cached translation (an IOVA), filled by the
+/// device's walk, cleared by every invalidation.
+#[derive(Default)]
+struct CachingIotlb {
+    cached: Mutex<Option<u64>>,
+}
+
+impl dma_iommu::TlbOps for CachingIotlb {
+    fn flush_all(&self) {
+        *self.cached.lock() = None;
+    }
+    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
+        *self.cached.lock() = None;
+    }
+    fn sync(&self, _range: &dma_iommu::TlbRange) {
+        *self.cached.lock() = None;
+    }
+}
+
+/// The 2021 scenario on the whole real stack: a `Domain` with the real io-pgtable (tiny
+/// geometry), the real iova-cache (range allocator, no caches, so a freed IOVA is visibly
+/// free) and the real flush queue. The device translates through its IOTLB and, while using a
+/// translation, checks that the IOVA is still allocated: an IOVA freed while an IOTLB still
+/// holds it could be handed to another mapping. Bound: 3 preemptions (3 threads), twin 2.
+fn real_domain_switch_vs_unmap() -> Unmapped {
+    use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig};
+    let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(2)).unwrap();
+    cfg.iova = iova_cache::IovaConfig {
+        caching: false,
+        cpus: 1,
+        trim_interval: None,
+        checked_frees: false,
+        ..iova_cache::IovaConfig::with_space(1, 15)
+    };
+    let dom = Arc::new(Domain::new(cfg, CachingIotlb::default(), None).unwrap());
+    let dev = dom.attach(DeviceConfig::default()).unwrap();
+    let dma = dom
+        .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
+        .unwrap();
+    *dom.tlb().cached.lock() = Some(dma); // the device has used the mapping
+    let sw = {
+        let dom = dom.clone();
+        spawn(move || {
+            dom.set_lazy(tiny(1, 2)).unwrap();
+        })
+    };
+    let un = {
+        let (dom, dev) = (dom.clone(), dev.clone());
+        spawn(move || {
+            dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional)
+                .unwrap()
+        })
+    };
+    let walker = {
+        let dom = dom.clone();
+        spawn(move || {
+            let mut cached = dom.tlb().cached.lock();
+            if cached.is_none() && dom.translate(dma).is_some() {
+                *cached = Some(dma);
+            }
+            if cached.is_some() {
+                let held = dom.iova_allocator().find(dma >> 12).is_some();
+                assert!(held, "DMA through a stale translation of a freed IOVA");
+            }
+        })
+    };
+    sw.join().unwrap();
+    let how = un.join().unwrap();
+    walker.join().unwrap();
+    dom.flush_queue_now();
+    assert!(
+        dom.iova_allocator().find(dma >> 12).is_none(),
+        "the IOVA was freed"
+    );
+    how
+}
+
+#[test]
+fn real_domain_switch_vs_unmap_passes() {
+    // Both sides of the race are explored on the real stack too.
+    let seen = outcomes(Bound::Preemptions(3), real_domain_switch_vs_unmap);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [Unmapped::Synced, Unmapped::Queued]
+    );
+}
+
+must_fail_test! {
+    /// On the real stack: re-reading the mode for the sync decision frees the IOVA while the
+    /// device's IOTLB still holds it.
+    fn real_domain_unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT, Weakening::Relax,
+        "stale translation", Bound::Preemptions(2), || { real_domain_switch_vs_unmap(); };
+}
+
+/// A lazy unmap on the whole real stack races with the flush-queue timer while the device
+/// uses (and may re-walk) the translation: the IOVA must stay allocated while any IOTLB can
+/// still produce its translation. Bound: 3 preemptions (3 threads), twin 2.
+///
+/// Weakening the flusher's fence is *not* caught here, and rightly: this software walker pins
+/// RCU, whose full fence orders the walk after the flush's `start_cnt` increment just as the
+/// flusher's fence would. A hardware walker has no such fence; the emulated walker of
+/// `queue_vs_timer` and `full_ring_vs_enqueue` (a plain acquire load) is the one that needs
+/// the flusher's fence, and its twins show it.
+fn real_domain_queue_vs_timer() -> bool {
+    use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig};
+    let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(2))
+        .unwrap()
+        .lazy(tiny(1, 4));
+    cfg.iova = iova_cache::IovaConfig {
+        caching: false,
+        cpus: 1,
+        trim_interval: None,
+        checked_frees: false,
+        ..iova_cache::IovaConfig::with_space(1, 15)
+    };
+    let dom = Arc::new(Domain::new(cfg, CachingIotlb::default(), None).unwrap());
+    let dev = dom.attach(DeviceConfig::default()).unwrap();
+    let dma = dom
+        .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
+        .unwrap();
+    *dom.tlb().cached.lock() = Some(dma);
+    let un = {
+        let (dom, dev) = (dom.clone(), dev.clone());
+        spawn(move || {
+            dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional)
+                .unwrap()
+        })
+    };
+    let timer = {
+        let dom = dom.clone();
+        spawn(move || {
+            dom.flush_queue_now();
+        })
+    };
+    let walker = {
+        let dom = dom.clone();
+        spawn(move || {
+            let mut cached = dom.tlb().cached.lock();
+            if cached.is_none() && dom.translate(dma).is_some() {
+                *cached = Some(dma);
+            }
+            if cached.is_some() {
+                let held = dom.iova_allocator().find(dma >> 12).is_some();
+                assert!(held, "DMA through a stale translation of a freed IOVA");
+            }
+        })
+    };
+    assert_eq!(un.join().unwrap(), Unmapped::Queued);
+    timer.join().unwrap();
+    walker.join().unwrap();
+    let freed_by_timer = dom.iova_allocator().find(dma >> 12).is_none();
+    dom.flush_queue_now();
+    assert!(dom.iova_allocator().find(dma >> 12).is_none());
+    freed_by_timer
+}
+
+#[test]
+fn real_domain_queue_vs_timer_passes() {
+    let seen = outcomes(Bound::Preemptions(3), real_domain_queue_vs_timer);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+}
+
+must_fail_test! {
+    /// On the real stack: the enqueue without its fence stamps before the leaf clear is
+    /// visible to the device's walk.
+    fn real_domain_enqueue_unfenced: FQ_ENQUEUE_FENCE, Weakening::Relax,
+        "stale translation", Bound::Preemptions(2), || { real_domain_queue_vs_timer(); };
 }

@@ -15,12 +15,6 @@ use std::collections::BTreeMap;
 
 const MAX_CACHED: u64 = iova_cache::config::MAX_CACHED_GRANULES;
 
-/// Open issue: `free_range` of a pfn that sits in a magazine succeeds (the tree cannot tell a
-/// cached range from a user-held one), after which the pfn is free in the tree *and* cached,
-/// and two callers get it. While that stands, frees through `free_range` never name a cached
-/// pfn (every other double free is still sent); `tests/bad_input.rs` keeps the reproducer.
-const FREE_RANGE_MAY_NAME_CACHED: bool = false;
-
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Size {
     Small(u8),
@@ -55,14 +49,39 @@ enum FreeSize {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Alloc { size: Size, limit: Pfn },
-    AllocNoFlush { size: Size, limit: Pfn },
-    AllocRange { size: Size, limit: Pfn, aligned: bool },
-    AllocDma { size: Size, limit: Pfn, device: bool },
-    Free { pick: Pick, size: FreeSize },
-    FreeRange { pick: Pick, size: FreeSize },
-    Reserve { lo: Pfn, hi: Pfn },
-    Find { pfn: Pfn },
+    Alloc {
+        size: Size,
+        limit: Pfn,
+    },
+    AllocNoFlush {
+        size: Size,
+        limit: Pfn,
+    },
+    AllocRange {
+        size: Size,
+        limit: Pfn,
+        aligned: bool,
+    },
+    AllocDma {
+        size: Size,
+        limit: Pfn,
+        device: bool,
+    },
+    Free {
+        pick: Pick,
+        size: FreeSize,
+    },
+    FreeRange {
+        pick: Pick,
+        size: FreeSize,
+    },
+    Reserve {
+        lo: Pfn,
+        hi: Pfn,
+    },
+    Find {
+        pfn: Pfn,
+    },
     FlushAll,
     FlushCpu(u8),
     Trim,
@@ -100,16 +119,25 @@ impl Model {
             return Err(IovaError::ZeroSize);
         }
         if size > self.cfg.space() {
-            return Err(IovaError::TooLarge { size, space: self.cfg.space() });
+            return Err(IovaError::TooLarge {
+                size,
+                space: self.cfg.space(),
+            });
         }
         if limit < self.cfg.start_pfn {
-            return Err(IovaError::LimitBelowStart { limit, start: self.cfg.start_pfn });
+            return Err(IovaError::LimitBelowStart {
+                limit,
+                start: self.cfg.start_pfn,
+            });
         }
         Ok(())
     }
 
     fn reserved_at(&self, pfn: u64) -> Option<(u64, u64)> {
-        self.reserved.iter().copied().find(|&(lo, hi)| lo <= pfn && pfn <= hi)
+        self.reserved
+            .iter()
+            .copied()
+            .find(|&(lo, hi)| lo <= pfn && pfn <= hi)
     }
 
     fn held_at(&self, pfn: u64) -> Option<(u64, Held)> {
@@ -121,12 +149,19 @@ impl Model {
     /// (if given) cached ranges.
     fn fits(&self, size: u64, align: u64, limit: u64, cached: &[(u64, u64)]) -> bool {
         let limit = limit.min(self.cfg.end_pfn);
-        let mut busy: Vec<(u64, u64)> = self.held.iter().map(|(&p, h)| (p, p + h.size - 1)).collect();
+        let mut busy: Vec<(u64, u64)> = self
+            .held
+            .iter()
+            .map(|(&p, h)| (p, p + h.size - 1))
+            .collect();
         busy.extend(self.reserved.iter().copied());
         busy.extend(cached.iter().map(|&(p, s)| (p, p + s - 1)));
         busy.sort_unstable();
         let mut lo = self.cfg.start_pfn;
-        for (b_lo, b_hi) in busy.into_iter().chain([(limit.saturating_add(1), u64::MAX)]) {
+        for (b_lo, b_hi) in busy
+            .into_iter()
+            .chain([(limit.saturating_add(1), u64::MAX)])
+        {
             if b_lo > lo {
                 let hi = (b_lo - 1).min(limit);
                 let p = lo.div_ceil(align) * align;
@@ -143,36 +178,64 @@ impl Model {
     }
 
     /// Check a successful allocation of `size` granules (aligned to `align`) below `limit`.
-    fn accept(&mut self, t: &Tracker, pfn: u64, held: Held, align: u64, limit: u64) -> Result<(), Divergence> {
+    fn accept(
+        &mut self,
+        t: &Tracker,
+        pfn: u64,
+        held: Held,
+        align: u64,
+        limit: u64,
+    ) -> Result<(), Divergence> {
         let end = pfn.checked_add(held.size - 1);
-        t.check(pfn >= self.cfg.start_pfn && end.is_some_and(|e| e <= limit.min(self.cfg.end_pfn)), || {
-            format!("pfn {pfn:#x}+{} outside [{:#x}, {limit:#x}]", held.size, self.cfg.start_pfn)
+        t.check(
+            pfn >= self.cfg.start_pfn && end.is_some_and(|e| e <= limit.min(self.cfg.end_pfn)),
+            || {
+                format!(
+                    "pfn {pfn:#x}+{} outside [{:#x}, {limit:#x}]",
+                    held.size, self.cfg.start_pfn
+                )
+            },
+        )?;
+        t.check(pfn % align == 0, || {
+            format!("pfn {pfn:#x} not aligned to {align}")
         })?;
-        t.check(pfn % align == 0, || format!("pfn {pfn:#x} not aligned to {align}"))?;
         let last = pfn + held.size - 1;
-        let clash = self.held_at(last).or_else(|| self.held.range(pfn..=last).next().map(|(&p, &h)| (p, h)));
-        t.check(clash.is_none(), || format!("pfn {pfn:#x}+{} overlaps user-held {clash:?}", held.size))?;
-        let res = self.reserved.iter().find(|&&(lo, hi)| lo <= last && pfn <= hi);
-        t.check(res.is_none(), || format!("pfn {pfn:#x}+{} overlaps reservation {res:?}", held.size))?;
+        let clash = self
+            .held_at(last)
+            .or_else(|| self.held.range(pfn..=last).next().map(|(&p, &h)| (p, h)));
+        t.check(clash.is_none(), || {
+            format!("pfn {pfn:#x}+{} overlaps user-held {clash:?}", held.size)
+        })?;
+        let res = self
+            .reserved
+            .iter()
+            .find(|&&(lo, hi)| lo <= last && pfn <= hi);
+        t.check(res.is_none(), || {
+            format!("pfn {pfn:#x}+{} overlaps reservation {res:?}", held.size)
+        })?;
         self.held.insert(pfn, held);
         Ok(())
     }
 
-    /// The result the contract gives for a free through the cache (`cached`) or the tree.
-    fn expect_free(&self, pfn: u64, size: u64, via_cache: bool, cached: &[(u64, u64)]) -> Result<(), IovaError> {
+    /// Whether a held range came from the cached path (its tree entry is tagged so; only
+    /// `free` may release it).
+    fn cached_family(&self, h: &Held) -> bool {
+        self.cfg.caching && h.fast && h.size <= MAX_CACHED
+    }
+
+    /// The result the contract gives for a free through the cache (`via_cache`) or the tree.
+    fn expect_free(&self, pfn: u64, size: u64, via_cache: bool) -> Result<(), IovaError> {
         match self.held.get(&pfn) {
-            Some(h) if via_cache && !h.fast => Err(IovaError::NotAllocated { pfn }),
-            Some(h) if via_cache && h.size > MAX_CACHED => Err(IovaError::NotAllocated { pfn }),
-            Some(h) if h.size != size => Err(IovaError::SizeMismatch { pfn, allocated: h.size, freed: size }),
+            // The cache path knows only cached-family ranges; the tree path refuses them.
+            Some(h) if via_cache != self.cached_family(h) => Err(IovaError::NotAllocated { pfn }),
+            Some(h) if h.size != size => Err(IovaError::SizeMismatch {
+                pfn,
+                allocated: h.size,
+                freed: size,
+            }),
             Some(_) => Ok(()),
-            None => match cached.iter().find(|&&(p, _)| p == pfn) {
-                // A cached range is allocated in the tree but held by nobody: freeing it is a
-                // double free whatever the size.
-                Some(&(_, s)) if !via_cache && s != size => {
-                    Err(IovaError::SizeMismatch { pfn, allocated: s, freed: size })
-                }
-                _ => Err(IovaError::NotAllocated { pfn }),
-            },
+            // A cached range is held by nobody: freeing it is a double free.
+            None => Err(IovaError::NotAllocated { pfn }),
         }
     }
 }
@@ -201,7 +264,12 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     let a = IovaAllocator::new(cfg.clone()).expect("valid configuration");
     let dma32 = a.dma_32bit_pfn();
     let devices = [DevicePolicy::new(true), DevicePolicy::new(true)];
-    let mut m = Model { cfg: cfg.clone(), held: BTreeMap::new(), reserved: Vec::new(), freed: Vec::new() };
+    let mut m = Model {
+        cfg: cfg.clone(),
+        held: BTreeMap::new(),
+        reserved: Vec::new(),
+        freed: Vec::new(),
+    };
     let size_of = |s: Size| match s {
         Size::Small(n) => u64::from(n % 48),
         Size::Raw(r) => r,
@@ -218,10 +286,25 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
             Op::Alloc { size, limit } | Op::AllocNoFlush { size, limit } => {
                 let (size, limit) = (size_of(size), pfn_of(limit));
                 let flush = matches!(op, Op::Alloc { .. });
-                let real = if flush { a.alloc(size, limit) } else { a.alloc_no_flush(size, limit) };
-                fast_result(&t, &mut m, real, size, limit, if flush { &[] } else { &cached })?;
+                let real = if flush {
+                    a.alloc(size, limit)
+                } else {
+                    a.alloc_no_flush(size, limit)
+                };
+                fast_result(
+                    &t,
+                    &mut m,
+                    real,
+                    size,
+                    limit,
+                    if flush { &[] } else { &cached },
+                )?;
             }
-            Op::AllocDma { size, limit, device } => {
+            Op::AllocDma {
+                size,
+                limit,
+                device,
+            } => {
                 let (size, limit) = (size_of(size), pfn_of(limit));
                 let dev = &devices[usize::from(device)];
                 let was_32 = dev.tries_32bit_first();
@@ -229,20 +312,44 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                 fast_result(&t, &mut m, real, size, limit, &[])?;
                 if let Ok(pfn) = real {
                     t.check(pfn < dma32 || !was_32 || !dev.tries_32bit_first(), || {
-                        format!("pfn {pfn:#x} above 4 GiB while the device still tries 32-bit first")
+                        format!(
+                            "pfn {pfn:#x} above 4 GiB while the device still tries 32-bit first"
+                        )
                     })?;
                 }
-                t.check(was_32 || !dev.tries_32bit_first(), || "the 32-bit-first flag came back".into())?;
+                t.check(was_32 || !dev.tries_32bit_first(), || {
+                    "the 32-bit-first flag came back".into()
+                })?;
             }
-            Op::AllocRange { size, limit, aligned } => {
+            Op::AllocRange {
+                size,
+                limit,
+                aligned,
+            } => {
                 let (size, limit) = (size_of(size), pfn_of(limit));
                 let real = a.alloc_range(size, limit, aligned);
-                let align = if aligned { size.checked_next_power_of_two().unwrap_or(u64::MAX) } else { 1 };
+                let align = if aligned {
+                    size.checked_next_power_of_two().unwrap_or(u64::MAX)
+                } else {
+                    1
+                };
                 match real {
-                    Ok(pfn) => m.accept(&t, pfn, Held { size, asked: size, fast: false }, align, limit)?,
+                    Ok(pfn) => m.accept(
+                        &t,
+                        pfn,
+                        Held {
+                            size,
+                            asked: size,
+                            fast: false,
+                        },
+                        align,
+                        limit,
+                    )?,
                     Err(IovaError::NoSpace { size: s, limit: l }) => {
                         t.same("NoSpace", (s, l), (size, limit.min(cfg.end_pfn)))?;
-                        t.check(!m.fits(size, align, limit, &cached), || "false NoSpace".into())?;
+                        t.check(!m.fits(size, align, limit, &cached), || {
+                            "false NoSpace".into()
+                        })?;
                     }
                     Err(e) => t.same("alloc_range error", Err(e), m.check_request(size, limit))?,
                 }
@@ -250,22 +357,21 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
             Op::Free { pick, size } | Op::FreeRange { pick, size } => {
                 let via_range = matches!(op, Op::FreeRange { .. });
                 let (pfn, held) = pick_pfn(&m, &cached, pick);
-                if via_range && !FREE_RANGE_MAY_NAME_CACHED && cached.iter().any(|&(p, _)| p == pfn) {
-                    t.note(|| "skipped: free_range of a cached pfn (open issue)".into());
-                    continue;
-                }
                 let size = match size {
                     FreeSize::AsAllocated => held.map_or(1, |h| h.size),
                     FreeSize::AsAsked => held.map_or(1, |h| h.asked),
                     FreeSize::Other(n) => u64::from(n % 40),
                 };
                 let (real, expected) = if via_range {
-                    (a.free_range(pfn, size), m.expect_free(pfn, size, false, &cached))
+                    (a.free_range(pfn, size), m.expect_free(pfn, size, false))
                 } else if size == 0 {
                     (a.free(pfn, size), Err(IovaError::ZeroSize))
                 } else {
                     let c = class_size(size);
-                    (a.free(pfn, size), m.expect_free(pfn, c, cfg.caching && c <= MAX_CACHED, &cached))
+                    (
+                        a.free(pfn, size),
+                        m.expect_free(pfn, c, cfg.caching && c <= MAX_CACHED),
+                    )
                 };
                 t.same("free", real, expected)?;
                 if real.is_ok() {
@@ -293,26 +399,41 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                     }
                 };
                 t.same("reserve", real, expected)?;
-                t.check(a.cached_ranges().is_empty(), || "reserve left cached ranges".into())?;
+                t.check(a.cached_ranges().is_empty(), || {
+                    "reserve left cached ranges".into()
+                })?;
             }
             Op::Find { pfn } => {
                 let pfn = pfn_of(pfn);
                 let real = a.find(pfn);
                 if let Some((p, h)) = m.held_at(pfn) {
-                    t.same("find (held)", real.map(|r| (r.lo, r.hi, r.kind)), Some((p, p + h.size - 1, RangeKind::Allocated)))?;
+                    t.same(
+                        "find (held)",
+                        real.map(|r| (r.lo, r.hi, r.kind)),
+                        Some((p, p + h.size - 1, RangeKind::Allocated)),
+                    )?;
                 } else if m.reserved_at(pfn).is_some() {
-                    t.check(real.is_some_and(|r| r.kind == RangeKind::Reserved && r.lo <= pfn && pfn <= r.hi), || {
-                        format!("find {pfn:#x} in a reservation: {real:?}")
-                    })?;
+                    t.check(
+                        real.is_some_and(|r| {
+                            r.kind == RangeKind::Reserved && r.lo <= pfn && pfn <= r.hi
+                        }),
+                        || format!("find {pfn:#x} in a reservation: {real:?}"),
+                    )?;
                 } else {
                     let in_cache = cached.iter().find(|&&(p, s)| p <= pfn && pfn < p + s);
                     let expected = in_cache.map(|&(p, s)| (p, p + s - 1, RangeKind::Allocated));
-                    t.same("find (free or cached)", real.map(|r| (r.lo, r.hi, r.kind)), expected)?;
+                    t.same(
+                        "find (free or cached)",
+                        real.map(|r| (r.lo, r.hi, r.kind)),
+                        expected,
+                    )?;
                 }
             }
             Op::FlushAll => {
                 a.flush_all();
-                t.check(a.cached_ranges().is_empty(), || "flush_all left cached ranges".into())?;
+                t.check(a.cached_ranges().is_empty(), || {
+                    "flush_all left cached ranges".into()
+                })?;
             }
             Op::FlushCpu(c) => a.flush_cpu(usize::from(c % 3)),
             Op::Trim => {
@@ -325,15 +446,29 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     t.finish();
     // Give everything back through the path it came from; then nothing may stay allocated.
     for (pfn, h) in std::mem::take(&mut m.held) {
-        let r = if h.fast { a.free(pfn, h.asked) } else { a.free_range(pfn, h.size) };
+        let r = if h.fast {
+            a.free(pfn, h.asked)
+        } else {
+            a.free_range(pfn, h.size)
+        };
         t.same("final free", r, Ok(()))?;
     }
     a.flush_all();
-    t.same("ranges left after freeing everything", a.allocated_ranges(), vec![])?;
+    t.same(
+        "ranges left after freeing everything",
+        a.allocated_ranges(),
+        vec![],
+    )?;
     let s = a.stats().range;
     t.same("granules allocated at the end", s.allocated_granules, 0)?;
-    t.same("free + reserved granules", s.free_granules + s.reserved_granules, cfg.space())?;
-    t.check(a.check_invariants().is_ok(), || format!("{:?}", a.check_invariants()))
+    t.same(
+        "free + reserved granules",
+        s.free_granules + s.reserved_granules,
+        cfg.space(),
+    )?;
+    t.check(a.check_invariants().is_ok(), || {
+        format!("{:?}", a.check_invariants())
+    })
 }
 
 fn fast_result(
@@ -347,10 +482,22 @@ fn fast_result(
     let c = class_size(size);
     let align = c.checked_next_power_of_two().unwrap_or(u64::MAX);
     match real {
-        Ok(pfn) => m.accept(t, pfn, Held { size: c, asked: size, fast: true }, align, limit),
+        Ok(pfn) => m.accept(
+            t,
+            pfn,
+            Held {
+                size: c,
+                asked: size,
+                fast: true,
+            },
+            align,
+            limit,
+        ),
         Err(IovaError::NoSpace { size: s, .. }) => {
             t.same("NoSpace size", s, c)?;
-            t.check(!m.fits(c, align, limit, cached), || format!("false NoSpace for {c} granules below {limit:#x}"))
+            t.check(!m.fits(c, align, limit, cached), || {
+                format!("false NoSpace for {c} granules below {limit:#x}")
+            })
         }
         Err(e) => t.same("alloc error", Err(e), m.check_request(size, limit)),
     }
@@ -365,7 +512,14 @@ fn pick_pfn(m: &Model, cached: &[(u64, u64)], pick: Pick) -> (u64, Option<Held>)
         }
         Pick::Cached(n) if !cached.is_empty() => {
             let (p, s) = cached[nth(n, cached.len())];
-            (p, Some(Held { size: s, asked: s, fast: true }))
+            (
+                p,
+                Some(Held {
+                    size: s,
+                    asked: s,
+                    fast: true,
+                }),
+            )
         }
         Pick::Freed(n) if !m.freed.is_empty() => {
             let (p, h) = m.freed[nth(n, m.freed.len())];
@@ -386,6 +540,12 @@ fn check_accounting(t: &Tracker, a: &IovaAllocator, m: &Model) -> Result<(), Div
     real.sort_unstable();
     t.same("allocated = held + cached", real, expected)?;
     let stats = a.stats();
-    t.same("cached granules", stats.cached_granules(), cached.iter().map(|&(_, s)| s).sum::<u64>())?;
-    t.check(a.check_invariants().is_ok(), || format!("{:?}", a.check_invariants()))
+    t.same(
+        "cached granules",
+        stats.cached_granules(),
+        cached.iter().map(|&(_, s)| s).sum::<u64>(),
+    )?;
+    t.check(a.check_invariants().is_ok(), || {
+        format!("{:?}", a.check_invariants())
+    })
 }

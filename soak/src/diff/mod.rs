@@ -69,7 +69,11 @@ pub struct Tracker {
 
 impl Default for Tracker {
     fn default() -> Self {
-        Tracker { step: 0, op: String::new(), trace: std::env::var_os("DMALOOM_DIFF_TRACE").is_some() }
+        Tracker {
+            step: 0,
+            op: String::new(),
+            trace: std::env::var_os("DMALOOM_DIFF_TRACE").is_some(),
+        }
     }
 }
 
@@ -112,11 +116,17 @@ impl Tracker {
         real: T,
         model: T,
     ) -> Result<(), Divergence> {
-        self.check(real == model, || format!("{what}: real {real:?}, model {model:?}"))
+        self.check(real == model, || {
+            format!("{what}: real {real:?}, model {model:?}")
+        })
     }
 
     /// A divergence at the current step.
     pub fn fail(&self, what: String) -> Divergence {
-        Divergence { step: self.step, op: self.op.clone(), what }
+        Divergence {
+            step: self.step,
+            op: self.op.clone(),
+            what,
+        }
     }
 }

@@ -40,11 +40,32 @@ enum Count {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    MapPages { iova: Addr, paddr: Addr, pgsize: PageSize, count: Count, prot: u8 },
-    UnmapPages { iova: Addr, pgsize: PageSize, count: Count, queued: bool },
-    Map { iova: Addr, paddr: Addr, size: Addr, prot: u8 },
-    Unmap { iova: Addr, size: Addr },
-    Translate { iova: Addr },
+    MapPages {
+        iova: Addr,
+        paddr: Addr,
+        pgsize: PageSize,
+        count: Count,
+        prot: u8,
+    },
+    UnmapPages {
+        iova: Addr,
+        pgsize: PageSize,
+        count: Count,
+        queued: bool,
+    },
+    Map {
+        iova: Addr,
+        paddr: Addr,
+        size: Addr,
+        prot: u8,
+    },
+    Unmap {
+        iova: Addr,
+        size: Addr,
+    },
+    Translate {
+        iova: Addr,
+    },
     Dump,
 }
 
@@ -78,26 +99,45 @@ impl Model {
     fn remove_subtree(&mut self, level: u32, base: u64, size: u64) {
         let end = base + size;
         self.leaves.retain(|&b, _| b < base || b >= end);
-        self.tables.retain(|&(l, b)| l <= level || b < base || b >= end);
+        self.tables
+            .retain(|&(l, b)| l <= level || b < base || b >= end);
     }
 
     fn check_input(&self, iova: u64, pgsize: u64, count: usize) -> Result<(u32, u64), Error> {
-        let level = self.g.level_of(pgsize).ok_or(Error::UnsupportedPageSize { pgsize })?;
+        let level = self
+            .g
+            .level_of(pgsize)
+            .ok_or(Error::UnsupportedPageSize { pgsize })?;
         if count == 0 {
             return Err(Error::ZeroCount);
         }
         if iova % pgsize != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Iova, addr: iova, align: pgsize });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Iova,
+                addr: iova,
+                align: pgsize,
+            });
         }
         let len = pgsize.checked_mul(count as u64).ok_or(Error::Overflow)?;
         in_bits(AddrKind::Iova, iova, len, self.g.ias())?;
         Ok((level, len))
     }
 
-    fn map_pages(&mut self, iova: u64, paddr: u64, pgsize: u64, count: usize, prot: Prot) -> Result<usize, Error> {
+    fn map_pages(
+        &mut self,
+        iova: u64,
+        paddr: u64,
+        pgsize: u64,
+        count: usize,
+        prot: Prot,
+    ) -> Result<usize, Error> {
         let (target, len) = self.check_input(iova, pgsize, count)?;
         if paddr % pgsize != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: pgsize });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Paddr,
+                addr: paddr,
+                align: pgsize,
+            });
         }
         in_bits(AddrKind::Paddr, paddr, len, self.g.oas())?;
         if !prot.intersects(Prot::READ | Prot::WRITE) {
@@ -114,13 +154,23 @@ impl Model {
         let n = count.min(self.g.entries(target) - self.g.index(target, iova));
         for i in 0..n as u64 {
             if self.any_leaf_in(iova + i * pgsize, pgsize) {
-                return Err(Error::Exists { iova: iova + i * pgsize });
+                return Err(Error::Exists {
+                    iova: iova + i * pgsize,
+                });
             }
         }
         for i in 0..n as u64 {
             let base = iova + i * pgsize;
             self.remove_subtree(target, base, pgsize);
-            self.leaves.insert(base, Leaf { size: pgsize, level: target, paddr: paddr + i * pgsize, prot });
+            self.leaves.insert(
+                base,
+                Leaf {
+                    size: pgsize,
+                    level: target,
+                    paddr: paddr + i * pgsize,
+                    prot,
+                },
+            );
         }
         Ok(n * pgsize as usize)
     }
@@ -131,8 +181,15 @@ impl Model {
             let size = self.g.block_size(level);
             let base = iova & !(size - 1);
             match self.leaves.get(&base) {
-                Some(l) if l.level == level => return Err(Error::PartialBlock { iova, block_size: size }),
-                _ if !self.tables.contains(&(level + 1, base)) => return Err(Error::NotMapped { iova }),
+                Some(l) if l.level == level => {
+                    return Err(Error::PartialBlock {
+                        iova,
+                        block_size: size,
+                    })
+                }
+                _ if !self.tables.contains(&(level + 1, base)) => {
+                    return Err(Error::NotMapped { iova })
+                }
                 _ => {}
             }
         }
@@ -160,14 +217,26 @@ impl Model {
             return Err(Error::ZeroCount);
         }
         if iova % page != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Iova, addr: iova, align: page });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Iova,
+                addr: iova,
+                align: page,
+            });
         }
         if size % page != 0 {
-            return Err(Error::Misaligned { kind: AddrKind::Iova, addr: size, align: page });
+            return Err(Error::Misaligned {
+                kind: AddrKind::Iova,
+                addr: size,
+                align: page,
+            });
         }
         if let Some(paddr) = paddr {
             if paddr % page != 0 {
-                return Err(Error::Misaligned { kind: AddrKind::Paddr, addr: paddr, align: page });
+                return Err(Error::Misaligned {
+                    kind: AddrKind::Paddr,
+                    addr: paddr,
+                    align: page,
+                });
             }
             in_bits(AddrKind::Paddr, paddr, size, self.g.oas())?;
         }
@@ -179,9 +248,16 @@ impl Model {
     fn pgsize_count(&self, addr: u64, left: u64) -> (u64, usize) {
         let bitmap = self.g.pgsize_bitmap();
         let fits = |s: u64| s <= left && (addr == 0 || addr % s == 0);
-        let pgsize = (0..64).rev().map(|b| 1u64 << b).find(|&s| bitmap & s != 0 && fits(s)).unwrap_or(self.g.page_size());
+        let pgsize = (0..64)
+            .rev()
+            .map(|b| 1u64 << b)
+            .find(|&s| bitmap & s != 0 && fits(s))
+            .unwrap_or(self.g.page_size());
         let mut span = left;
-        if let Some(next) = (0..64).map(|b| 1u64 << b).find(|&s| s > pgsize && bitmap & s != 0) {
+        if let Some(next) = (0..64)
+            .map(|b| 1u64 << b)
+            .find(|&s| s > pgsize && bitmap & s != 0)
+        {
             let offset = next - (addr & (next - 1));
             if offset.saturating_add(next) <= left {
                 span = offset;
@@ -239,7 +315,10 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
     let cfg = Config::tiny(levels);
     let pt = PageTable::new(cfg).expect("tiny geometry");
     let g = *pt.geometry();
-    let sizes: Vec<u64> = (g.start_level()..4).map(|l| g.block_size(l)).filter(|s| g.pgsize_bitmap() & s != 0).collect();
+    let sizes: Vec<u64> = (g.start_level()..4)
+        .map(|l| g.block_size(l))
+        .filter(|s| g.pgsize_bitmap() & s != 0)
+        .collect();
     let space = 1u64 << g.ias();
     let pages = space / g.page_size();
     let addr = |a: Addr| match a {
@@ -256,30 +335,75 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         Count::Small(n) => usize::from(n % 8),
         Count::Raw(n) => n,
     };
-    let mut model = Model { g, leaves: BTreeMap::new(), tables: BTreeSet::new() };
+    let mut model = Model {
+        g,
+        leaves: BTreeMap::new(),
+        tables: BTreeSet::new(),
+    };
     let mut t = Tracker::default();
     t.note(|| format!("{g:?}"));
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
         match *op {
-            Op::MapPages { iova, paddr, pgsize: s, count: c, prot } => {
-                let (iova, paddr, s, c, prot) = (addr(iova), addr(paddr), pgsize(s), count(c), Prot::from_bits_truncate(prot));
-                t.same("map_pages", pt.map_pages(iova, paddr, s, c, prot), model.map_pages(iova, paddr, s, c, prot))?;
+            Op::MapPages {
+                iova,
+                paddr,
+                pgsize: s,
+                count: c,
+                prot,
+            } => {
+                let (iova, paddr, s, c, prot) = (
+                    addr(iova),
+                    addr(paddr),
+                    pgsize(s),
+                    count(c),
+                    Prot::from_bits_truncate(prot),
+                );
+                t.same(
+                    "map_pages",
+                    pt.map_pages(iova, paddr, s, c, prot),
+                    model.map_pages(iova, paddr, s, c, prot),
+                )?;
             }
-            Op::UnmapPages { iova, pgsize: s, count: c, queued } => {
+            Op::UnmapPages {
+                iova,
+                pgsize: s,
+                count: c,
+                queued,
+            } => {
                 let (iova, s, c) = (addr(iova), pgsize(s), count(c));
-                let mut gather = if queued { Gather::queued() } else { Gather::new() };
+                let mut gather = if queued {
+                    Gather::queued()
+                } else {
+                    Gather::new()
+                };
                 let real = pt.unmap_pages(iova, s, c, &mut gather);
                 t.same("unmap_pages", real, model.unmap_pages(iova, s, c))?;
                 // A queued gather collects nothing, and neither does a refused call.
                 if queued || real.is_err() {
-                    t.check(gather.range().is_none(), || format!("gathered {:?}", gather.range()))?;
+                    t.check(gather.range().is_none(), || {
+                        format!("gathered {:?}", gather.range())
+                    })?;
                 }
                 gather.sync(pt.tlb());
             }
-            Op::Map { iova, paddr, size, prot } => {
-                let (iova, paddr, size, prot) = (addr(iova), addr(paddr), addr(size), Prot::from_bits_truncate(prot));
-                t.same("map", pt.map(iova, paddr, size, prot), model.map(iova, paddr, size, prot))?;
+            Op::Map {
+                iova,
+                paddr,
+                size,
+                prot,
+            } => {
+                let (iova, paddr, size, prot) = (
+                    addr(iova),
+                    addr(paddr),
+                    addr(size),
+                    Prot::from_bits_truncate(prot),
+                );
+                t.same(
+                    "map",
+                    pt.map(iova, paddr, size, prot),
+                    model.map(iova, paddr, size, prot),
+                )?;
             }
             Op::Unmap { iova, size } => {
                 let (iova, size) = (addr(iova), addr(size));
@@ -288,8 +412,18 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
             Op::Translate { iova } => check_translation(&t, &pt, &model, addr(iova))?,
             Op::Dump => check_dump(&t, &pt, &model)?,
         }
-        t.note(|| format!("model tables {:?}, leaves {:?}", model.tables, model.leaves.keys().collect::<Vec<_>>()));
-        t.same("linked tables (root included)", pt.stats().linked(), 1 + model.tables.len() as u64)?;
+        t.note(|| {
+            format!(
+                "model tables {:?}, leaves {:?}",
+                model.tables,
+                model.leaves.keys().collect::<Vec<_>>()
+            )
+        });
+        t.same(
+            "linked tables (root included)",
+            pt.stats().linked(),
+            1 + model.tables.len() as u64,
+        )?;
     }
     t.finish();
     check_dump(&t, &pt, &model)?;
@@ -306,26 +440,57 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         gather.sync(pt.tlb());
     }
     let top_level = g.level_of(top).expect("supported");
-    t.check(model.tables.iter().all(|&(l, _)| l <= top_level), || format!("model kept tables below level {top_level}"))?;
+    t.check(model.tables.iter().all(|&(l, _)| l <= top_level), || {
+        format!("model kept tables below level {top_level}")
+    })?;
     let s = pt.stats();
-    t.same("tables after unmapping everything", s.linked(), 1 + model.tables.len() as u64)?;
-    t.check(s.freed <= s.discarded + s.retired, || format!("freed more tables than were released: {s:?}"))?;
+    t.same(
+        "tables after unmapping everything",
+        s.linked(),
+        1 + model.tables.len() as u64,
+    )?;
+    t.check(s.freed <= s.discarded + s.retired, || {
+        format!("freed more tables than were released: {s:?}")
+    })?;
     let left: Vec<_> = pt.dump().leaves().copied().collect();
-    t.check(left.is_empty(), || format!("leaves survived unmapping everything: {left:?} (model {:?}, g {g:?})", model.leaves))
+    t.check(left.is_empty(), || {
+        format!(
+            "leaves survived unmapping everything: {left:?} (model {:?}, g {g:?})",
+            model.leaves
+        )
+    })
 }
 
-fn check_translation(t: &Tracker, pt: &PageTable, model: &Model, iova: u64) -> Result<(), Divergence> {
+fn check_translation(
+    t: &Tracker,
+    pt: &PageTable,
+    model: &Model,
+    iova: u64,
+) -> Result<(), Divergence> {
     let real = pt.iova_to_phys(iova);
     match (real, model.leaf_covering(iova)) {
         (None, None) => Ok(()),
         (Some(tr), Some((base, leaf))) => {
-            t.same(&format!("translation of {iova:#x}"), (tr.paddr, tr.size, tr.level), (leaf.paddr + (iova - base), leaf.size, leaf.level))?;
+            t.same(
+                &format!("translation of {iova:#x}"),
+                (tr.paddr, tr.size, tr.level),
+                (leaf.paddr + (iova - base), leaf.size, leaf.level),
+            )?;
             // Stage 1 cannot express write-only: writable implies readable.
-            t.check(tr.prot.contains(Prot::WRITE) == leaf.prot.contains(Prot::WRITE) && (tr.prot.contains(Prot::READ) || !leaf.prot.contains(Prot::READ)), || {
-                format!("permissions at {iova:#x}: real {:?}, mapped {:?}", tr.prot, leaf.prot)
-            })
+            t.check(
+                tr.prot.contains(Prot::WRITE) == leaf.prot.contains(Prot::WRITE)
+                    && (tr.prot.contains(Prot::READ) || !leaf.prot.contains(Prot::READ)),
+                || {
+                    format!(
+                        "permissions at {iova:#x}: real {:?}, mapped {:?}",
+                        tr.prot, leaf.prot
+                    )
+                },
+            )
         }
-        (real, expected) => Err(t.fail(format!("translation of {iova:#x}: real {real:?}, model {expected:?}"))),
+        (real, expected) => Err(t.fail(format!(
+            "translation of {iova:#x}: real {real:?}, model {expected:?}"
+        ))),
     }
 }
 
@@ -338,7 +503,15 @@ fn check_dump(t: &Tracker, pt: &PageTable, model: &Model) -> Result<(), Divergen
             _ => unreachable!("leaves() yields leaves"),
         })
         .collect();
-    let expected: Vec<(u64, u32, u64)> = model.leaves.iter().map(|(&b, l)| (b, l.level, l.paddr)).collect();
+    let expected: Vec<(u64, u32, u64)> = model
+        .leaves
+        .iter()
+        .map(|(&b, l)| (b, l.level, l.paddr))
+        .collect();
     t.same("dumped leaves", leaves, expected)?;
-    t.same("dumped tables", dump.tables as u64, 1 + model.tables.len() as u64)
+    t.same(
+        "dumped tables",
+        dump.tables as u64,
+        1 + model.tables.len() as u64,
+    )
 }

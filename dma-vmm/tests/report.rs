@@ -1,0 +1,169 @@
+//! Debug reports: text, serde data, and dumps taken while the page table changes.
+#![cfg(not(loom))]
+
+use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness};
+use dma_vmm::report::{self, EntryKind, Report};
+use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
+use io_pgtable::{Config, PageTable, Prot};
+use iova_cache::{IovaAllocator, IovaConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use swiotlb_core::{Config as TlbConfig, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+
+struct Ops;
+impl InvalidationOps for Ops {
+    type Entry = u64;
+    fn flush_all(&self) {}
+    fn sync(&self, _g: &mut Gather) {}
+    fn reclaim(&self, _iova: u64) {}
+}
+
+fn viommu() -> Viommu {
+    let v = Viommu::new(ViommuConfig::default()).unwrap();
+    v.add_endpoint(3, vec![]).unwrap();
+    assert_eq!(
+        v.handle(Request::Attach {
+            domain: 9,
+            endpoint: 3,
+            flags: 0
+        })
+        .status(),
+        Status::Ok
+    );
+    let map = Request::Map {
+        domain: 9,
+        virt_start: 0x1000,
+        virt_end: 0x2fff,
+        phys_start: 0x7000,
+        flags: MAP_F_READ | MAP_F_WRITE,
+    };
+    assert_eq!(v.handle(map).status(), Status::Ok);
+    v
+}
+
+fn full_report(v: &Viommu) -> Report {
+    let mem = RegionMemory::new(1 << 16);
+    let orig = mem.base() + 0x100;
+    let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), mem).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    tlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default())
+        .unwrap();
+    let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
+    let p = iova.alloc(4, (1 << 20) - 1).unwrap();
+    iova.free(p, 4).unwrap();
+    let strict = Strictness::new(Arc::new(Ops));
+    let lazy = Strictness::new(Arc::new(Ops));
+    lazy.enable_lazy(FqConfig::per_cpu().with_cpus(2)).unwrap();
+    Report::default()
+        .with_viommu(v)
+        .with_swiotlb(&tlb)
+        .with_iova(&iova)
+        .with_strictness(&strict)
+        .with_strictness(&lazy)
+}
+
+#[test]
+fn the_full_report_reads_like_debugfs() {
+    let v = viommu();
+    let r = full_report(&v);
+    assert_eq!(r.domains.len(), 1);
+    let d = &r.domains[0];
+    assert_eq!(
+        (d.id, d.endpoints.clone(), d.mappings.len()),
+        (9, vec![3], 1)
+    );
+    let pt = d.page_table.as_ref().unwrap();
+    let leaves: Vec<_> = pt.leaves().map(|e| (e.iova, e.kind.clone())).collect();
+    assert_eq!(
+        leaves,
+        vec![
+            (
+                0x1000,
+                EntryKind::Leaf {
+                    paddr: 0x7000,
+                    size: 0x1000,
+                    prot: "rwc".into()
+                }
+            ),
+            (
+                0x2000,
+                EntryKind::Leaf {
+                    paddr: 0x8000,
+                    size: 0x1000,
+                    prot: "rwc".into()
+                }
+            ),
+        ]
+    );
+    let s = r.swiotlb.as_ref().unwrap();
+    assert_eq!((s.nslabs, s.used), (64, 3)); // 5000 bytes + offset in 2 KiB slots
+    assert_eq!(s.pools[0].area_used.iter().sum::<usize>(), 3);
+    let i = r.iova.as_ref().unwrap();
+    assert_eq!(i.classes[2].misses, 1); // one 4-granule allocation, served by the range allocator
+    assert_eq!(
+        i.per_cpu_cached_granules.iter().sum::<u64>() + i.depot_cached_granules,
+        4
+    );
+    assert!(!r.flush_queues[0].lazy);
+    assert_eq!((r.flush_queues[1].lazy, r.flush_queues[1].rings), (true, 2));
+    let text = r.to_string();
+    for needle in [
+        "domain 9 (translated), endpoints [3], 1 mappings",
+        "map 0x1000..=0x2fff -> 0x7000",
+        "page -> 0x8000 rwc",
+        "swiotlb: 3/64 slots used",
+        "area 0:",
+        "iova:",
+        "flush queue: strict",
+        "flush queue: lazy, 2 x 256 (per-cpu)",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn the_report_round_trips_through_serde() {
+    let v = viommu();
+    let r = full_report(&v);
+    let json = serde_json::to_string_pretty(&r).unwrap();
+    assert!(json.contains("\"virt_start\": 4096"), "{json}");
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
+fn dumps_are_safe_and_consistent_while_the_table_changes() {
+    // Mapped pages always translate to iova + 0x1000_0000: any leaf a dump shows must too,
+    // and blocks must be the 2 MiB ones the churn maps.
+    let pt = Arc::new(PageTable::new(Config::s1_4k(39)).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (pt, stop) = (pt.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let iova = (n % 4) * 0x20_0000; // whole 2 MiB blocks and the tables they replace
+                let size = if n % 3 == 0 { 0x20_0000 } else { 0x1000 };
+                pt.map(iova, iova + 0x1000_0000, size, Prot::READ).unwrap();
+                assert_eq!(pt.unmap(iova, size), Ok(size));
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut dumps = 0;
+    while dumps < 300 {
+        let r = report::page_table(&*pt);
+        for e in r.leaves() {
+            let EntryKind::Leaf { paddr, size, .. } = e.kind else {
+                unreachable!()
+            };
+            assert_eq!(paddr, e.iova + 0x1000_0000, "{r}");
+            assert!(size == 0x1000 || size == 0x20_0000);
+        }
+        dumps += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+}

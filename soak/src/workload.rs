@@ -1,0 +1,590 @@
+//! The soak: a long mixed workload over every crate, with invariants checked at quiescent
+//! points during the run and at the end.
+//!
+//! Worker threads each loop over one operation per crate: bounce a buffer through
+//! swiotlb-core (map, device write, sync, unmap, bytes checked), allocate and free IOVAs
+//! (ownership of every pfn tracked in an atomic bitmap, so a range handed to two users is
+//! seen at once), and map/unmap pages of their own region of a shared page table whose
+//! output address is a function of the input address. A reader thread translates and dumps
+//! the table throughout: every translation it sees must be that function of its input (a
+//! stale or freed table would show something else) and nothing is ever translated in the
+//! guard region that no one maps.
+//!
+//! Every [`SoakConfig::check_every`] the checker pauses the workers (they park between
+//! operations, keeping their live mappings) and compares each crate's statistics with what
+//! the workers hold: swiotlb slots used = slots of live mappings, the IOVA tree = held plus
+//! cached ranges, tables reachable = tables linked, leaves = live mappings. At the end every
+//! worker releases everything and the checker requires all slots free, all IOVAs back, only
+//! the root table left, and no growth trend in the memory the crates report.
+
+use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use dma_sync::{Arc, Mutex};
+use io_pgtable::{Config as PtConfig, PageTable, Prot};
+use iova_cache::{IovaAllocator, IovaConfig};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+use swiotlb_core::{
+    Config as TlbConfig, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb,
+};
+
+/// How long and how wide the soak runs.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    /// Total run time.
+    pub duration: Duration,
+    /// Worker threads (a translating reader runs besides them).
+    pub workers: usize,
+    /// Period of the quiescent invariant checks.
+    pub check_every: Duration,
+    /// Seed of the workers' pseudo-random choices.
+    pub seed: u64,
+}
+
+impl SoakConfig {
+    /// `DMALOOM_SOAK_SECS` (default `default_secs`), `DMALOOM_SOAK_WORKERS` (default 3) and
+    /// `DMALOOM_SOAK_SEED` from the environment; checks every 250 ms, or ten times per run
+    /// for short runs.
+    ///
+    /// ```
+    /// let cfg = dma_soak::workload::SoakConfig::from_env(1);
+    /// assert!(cfg.workers >= 1);
+    /// ```
+    pub fn from_env(default_secs: u64) -> Self {
+        let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let duration = Duration::from_secs_f64(
+            std::env::var("DMALOOM_SOAK_SECS")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(default_secs as f64),
+        );
+        SoakConfig {
+            duration,
+            workers: get("DMALOOM_SOAK_WORKERS").unwrap_or(3).max(1) as usize,
+            check_every: (duration / 10).min(Duration::from_millis(250)),
+            seed: get("DMALOOM_SOAK_SEED").unwrap_or(0x5eed),
+        }
+    }
+}
+
+/// What a soak run did.
+#[derive(Debug, Clone, Default)]
+pub struct SoakReport {
+    /// Operations per crate: swiotlb maps, IOVA allocations, page-table maps.
+    pub ops: [u64; 3],
+    /// Translations and dumps taken by the reader.
+    pub reads: u64,
+    /// Quiescent checks passed.
+    pub checks: u64,
+    /// Peak memory the crates reported, first and second half of the run: swiotlb slots,
+    /// IOVA cached granules, live page-table levels (allocated − freed).
+    pub peaks: [[u64; 3]; 2],
+}
+
+impl fmt::Display for SoakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} reads, {} checks; peaks (slots, cached granules, tables) {:?} then {:?}",
+            self.ops[0], self.ops[1], self.ops[2], self.reads, self.checks, self.peaks[0], self.peaks[1]
+        )
+    }
+}
+
+/// Bytes of original memory the bounce workload copies from and to.
+const ORIG_LEN: usize = 1 << 20;
+/// IOVA space in granules.
+const IOVA_PFNS: u64 = 1 << 16;
+/// Each worker's page-table region (input addresses).
+const REGION: u64 = 1 << 30;
+/// The output address every mapping of `iova` uses.
+fn paddr_of(iova: u64) -> u64 {
+    iova ^ 0x0000_5a5a_0000_0000
+}
+
+/// Everything the workers share.
+struct Shared {
+    tlb: Swiotlb,
+    dev: Device,
+    base: u64,
+    iova: IovaAllocator,
+    owners: Vec<AtomicU64>,
+    pt: PageTable,
+    /// Page-table levels the reader saw freed-looking data in, or translations that broke the
+    /// paddr function; any is a failure.
+    bad: Mutex<Vec<String>>,
+    pause: AtomicBool,
+    parked: AtomicUsize,
+    stop: AtomicBool,
+    /// What each worker holds, published at each pause: (slots, iova (pfn, size) list, page-table leaves).
+    held: Mutex<Vec<Held>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Held {
+    slots: usize,
+    iovas: Vec<(u64, u64)>,
+    leaves: BTreeMap<u64, u64>,
+}
+
+/// A small xorshift generator (no shared state, reproducible from the seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+impl Shared {
+    fn fail(&self, what: String) {
+        self.bad.lock().push(what);
+    }
+
+    /// Claim (or release) every pfn of a range in the ownership bitmap; a claim of a pfn that
+    /// is already owned is a range handed out twice.
+    fn own(&self, pfn: u64, size: u64, claim: bool) {
+        for p in pfn..pfn + size {
+            let bit = 1u64 << (p % 64);
+            let word = &self.owners[(p / 64) as usize];
+            let old = if claim {
+                word.fetch_or(bit, Relaxed)
+            } else {
+                word.fetch_and(!bit, Relaxed)
+            };
+            if (old & bit != 0) == claim {
+                self.fail(format!(
+                    "pfn {p:#x} {} twice",
+                    if claim { "handed out" } else { "returned" }
+                ));
+            }
+        }
+    }
+
+    fn park_if_asked(&self, held: &Held, slot: usize) {
+        if !self.pause.load(Acquire) {
+            return;
+        }
+        self.held.lock()[slot] = held.clone();
+        self.parked.fetch_add(1, AcqRel);
+        while self.pause.load(Acquire) {
+            dma_sync::thread::yield_now();
+        }
+        self.parked.fetch_sub(1, AcqRel);
+    }
+}
+
+/// One worker: a bounce, an IOVA and a page-table operation per iteration.
+fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 3]) {
+    dma_sync::cpu::set_current(Some(id));
+    let mut rng = Rng(seed | 1);
+    let mut held = Held::default();
+    let mut maps: Vec<(u64, usize, usize)> = Vec::new(); // (bounce addr, orig offset, size)
+    let region = (id as u64 + 1) * REGION;
+    while !sh.stop.load(Acquire) {
+        sh.park_if_asked(&held, id);
+        // swiotlb: keep up to 4 live mappings; each round trip must bring the device's bytes back.
+        if maps.len() < 4 && rng.below(2) == 0 {
+            let size = 1 + rng.below(16 * 1024) as usize;
+            let off = (id * ORIG_LEN / 8 + maps.len() * 32 * 1024) % (ORIG_LEN - 32 * 1024);
+            match sh.tlb.map(
+                &sh.dev,
+                sh.base + off as u64,
+                size,
+                Direction::Bidirectional,
+                MapAttrs::default(),
+            ) {
+                Ok(a) => {
+                    held.slots += size.div_ceil(swiotlb_core::IO_TLB_SIZE);
+                    maps.push((a, off, size));
+                    ops[0].fetch_add(1, Relaxed);
+                }
+                Err(e) => sh.fail(format!("bounce map of {size}: {e}")),
+            }
+        } else if let Some((a, off, size)) = maps.pop() {
+            let byte = rng.next() as u8;
+            let data = vec![byte; size];
+            let r = sh
+                .tlb
+                .write_bounce(&sh.dev, a, &data)
+                .and_then(|()| {
+                    sh.tlb
+                        .sync_for_cpu(&sh.dev, a, size, Direction::Bidirectional)
+                })
+                .and_then(|()| {
+                    sh.tlb.unmap(
+                        &sh.dev,
+                        a,
+                        size,
+                        Direction::Bidirectional,
+                        MapAttrs::default(),
+                    )
+                });
+            held.slots -= size.div_ceil(swiotlb_core::IO_TLB_SIZE);
+            let mut back = vec![0; size];
+            let read = sh.tlb.memory().read(sh.base + off as u64, &mut back);
+            if r.is_err() || read.is_err() || back != data {
+                sh.fail(format!("bounce round trip at {a:#x}: {r:?} {read:?}"));
+            }
+        }
+        // iova-cache: up to 64 live ranges of 1 to 40 granules.
+        if held.iovas.len() < 64 && rng.below(2) == 0 {
+            let size = 1 + rng.below(40);
+            let limit = if rng.below(4) == 0 {
+                IOVA_PFNS / 4
+            } else {
+                IOVA_PFNS - 1
+            };
+            match sh.iova.alloc(size, limit) {
+                Ok(pfn) => {
+                    let rounded = if size < 32 {
+                        size.next_power_of_two()
+                    } else {
+                        size
+                    };
+                    sh.own(pfn, rounded, true);
+                    held.iovas.push((pfn, size));
+                    ops[1].fetch_add(1, Relaxed);
+                }
+                Err(e) => sh.fail(format!("iova alloc of {size} below {limit:#x}: {e}")),
+            }
+        } else if !held.iovas.is_empty() {
+            let (pfn, size) = held
+                .iovas
+                .swap_remove(rng.below(held.iovas.len() as u64) as usize);
+            let rounded = if size < 32 {
+                size.next_power_of_two()
+            } else {
+                size
+            };
+            sh.own(pfn, rounded, false);
+            if let Err(e) = sh.iova.free(pfn, size) {
+                sh.fail(format!("iova free {pfn:#x}: {e}"));
+            }
+        }
+        // io-pgtable: 4 KiB pages and 2 MiB blocks in this worker's own region.
+        if held.leaves.len() < 64 && rng.below(2) == 0 {
+            let block = rng.below(4) == 0;
+            let size: u64 = if block { 2 << 20 } else { 4096 };
+            let iova = region + rng.below(REGION / size) * size;
+            match sh
+                .pt
+                .map_pages(iova, paddr_of(iova), size, 1, Prot::READ | Prot::WRITE)
+            {
+                Ok(_) => {
+                    held.leaves.insert(iova, size);
+                    ops[2].fetch_add(1, Relaxed);
+                }
+                Err(io_pgtable::Error::Exists { .. }) => {}
+                Err(e) => sh.fail(format!("map {iova:#x}: {e}")),
+            }
+        } else if let Some((&iova, &size)) = held
+            .leaves
+            .iter()
+            .nth(rng.below(held.leaves.len() as u64) as usize)
+        {
+            held.leaves.remove(&iova);
+            if sh.pt.unmap(iova, size) != Ok(size) {
+                sh.fail(format!("unmap {iova:#x}"));
+            }
+            // Our own unmap is complete: we must not translate it any more.
+            if sh.pt.iova_to_phys(iova).is_some() {
+                sh.fail(format!(
+                    "{iova:#x} still translates after its unmap returned"
+                ));
+            }
+        }
+    }
+    // Release everything.
+    for (a, _, size) in maps.drain(..) {
+        if let Err(e) = sh
+            .tlb
+            .unmap(&sh.dev, a, size, Direction::ToDevice, MapAttrs::default())
+        {
+            sh.fail(format!("final bounce unmap: {e}"));
+        }
+    }
+    for (pfn, size) in held.iovas.drain(..) {
+        sh.own(
+            pfn,
+            if size < 32 {
+                size.next_power_of_two()
+            } else {
+                size
+            },
+            false,
+        );
+        if let Err(e) = sh.iova.free(pfn, size) {
+            sh.fail(format!("final iova free: {e}"));
+        }
+    }
+    if sh.pt.unmap(region, REGION).is_err() && !held.leaves.is_empty() {
+        sh.fail(format!("final unmap of region {region:#x}"));
+    }
+}
+
+/// The reader: translations and dumps of the shared table while the workers change it.
+fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
+    let mut rng = Rng(seed | 1);
+    let guard_region = (workers as u64 + 1) * REGION;
+    while !sh.stop.load(Acquire) {
+        sh.park_if_asked(&Held::default(), workers);
+        for _ in 0..64 {
+            let iova = REGION + rng.below((workers as u64 + 1) * REGION);
+            match sh.pt.iova_to_phys(iova) {
+                Some(t) if iova >= guard_region => {
+                    sh.fail(format!("never-mapped {iova:#x} translates: {t:?}"))
+                }
+                Some(t) if t.paddr != paddr_of(iova) => {
+                    sh.fail(format!("{iova:#x} translates to {:#x}", t.paddr))
+                }
+                _ => {}
+            }
+        }
+        for leaf in sh.pt.dump().leaves() {
+            if let io_pgtable::Descriptor::Leaf { paddr, .. } = leaf.desc {
+                if paddr != paddr_of(leaf.iova) {
+                    sh.fail(format!("dump: leaf at {:#x} -> {paddr:#x}", leaf.iova));
+                }
+            }
+        }
+        sh.iova.trim_once();
+        reads.fetch_add(65, Relaxed);
+    }
+}
+
+/// Run the soak; `Err` lists every invariant that broke.
+///
+/// ```
+/// let cfg = dma_soak::workload::SoakConfig {
+///     duration: std::time::Duration::from_millis(200),
+///     workers: 2,
+///     check_every: std::time::Duration::from_millis(50),
+///     seed: 1,
+/// };
+/// let report = dma_soak::workload::run(&cfg).unwrap();
+/// assert!(report.checks >= 1);
+/// ```
+pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
+    let mem = RegionMemory::new(ORIG_LEN);
+    let base = mem.base();
+    let tlb_cfg = TlbConfig {
+        background_growth: true,
+        growth_nslabs: 256,
+        ..TlbConfig::tiny(256, 2, 32)
+    };
+    let tlb = Swiotlb::new(tlb_cfg, mem).map_err(|e| vec![e.to_string()])?;
+    let dev = tlb.device(DeviceConfig::default());
+    let iova_cfg = IovaConfig {
+        cpus: cfg.workers,
+        magazine_size: 8,
+        // The reader trims between its rounds, so the quiescent checks see a still cache.
+        trim_interval: None,
+        ..IovaConfig::with_space(1, IOVA_PFNS - 1)
+    };
+    let iova = IovaAllocator::new(iova_cfg).map_err(|e| vec![e.to_string()])?;
+    let pt = PageTable::new(PtConfig::s1_4k(39)).map_err(|e| vec![e.to_string()])?;
+    let sh = Arc::new(Shared {
+        tlb,
+        dev,
+        base,
+        iova,
+        owners: (0..IOVA_PFNS / 64).map(|_| AtomicU64::new(0)).collect(),
+        pt,
+        bad: Mutex::new(Vec::new()),
+        pause: AtomicBool::new(false),
+        parked: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        held: Mutex::new(vec![Held::default(); cfg.workers + 1]),
+    });
+    let ops = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for id in 0..cfg.workers {
+        let (sh, ops, seed) = (
+            sh.clone(),
+            ops.clone(),
+            cfg.seed.wrapping_mul(id as u64 + 7),
+        );
+        handles.push(dma_sync::thread::spawn(move || worker(&sh, id, seed, &ops)));
+    }
+    {
+        let (sh, reads, seed, n) = (sh.clone(), reads.clone(), cfg.seed ^ 0xabcdef, cfg.workers);
+        handles.push(dma_sync::thread::spawn(move || {
+            reader(&sh, seed, &reads, n)
+        }));
+    }
+    let mut report = SoakReport::default();
+    let start = Instant::now();
+    while start.elapsed() < cfg.duration {
+        std::thread::sleep(
+            cfg.check_every
+                .min(cfg.duration.saturating_sub(start.elapsed())),
+        );
+        sh.pause.store(true, Release);
+        let asked = Instant::now();
+        while sh.parked.load(Acquire) < cfg.workers + 1 && asked.elapsed() < Duration::from_secs(30)
+        {
+            dma_sync::thread::yield_now();
+        }
+        if sh.parked.load(Acquire) < cfg.workers + 1 {
+            sh.fail(
+                "a soak thread did not reach its pause point within 30 s (hang or panic)".into(),
+            );
+            sh.pause.store(false, Release);
+            break;
+        }
+        let half = usize::from(start.elapsed() > cfg.duration / 2);
+        let peaks = quiescent_check(&sh);
+        for (p, v) in report.peaks[half].iter_mut().zip(peaks) {
+            *p = (*p).max(v);
+        }
+        report.checks += 1;
+        sh.pause.store(false, Release);
+        if !sh.bad.lock().is_empty() {
+            break;
+        }
+    }
+    sh.stop.store(true, Release);
+    for h in handles {
+        if h.join().is_err() {
+            sh.fail("a soak thread panicked".into());
+        }
+    }
+    final_check(&sh, &report);
+    report.ops = [
+        ops[0].load(Relaxed),
+        ops[1].load(Relaxed),
+        ops[2].load(Relaxed),
+    ];
+    report.reads = reads.load(Relaxed);
+    let bad = std::mem::take(&mut *sh.bad.lock());
+    if bad.is_empty() {
+        Ok(report)
+    } else {
+        Err(bad)
+    }
+}
+
+/// With every worker parked: each crate's own accounting against what the workers hold.
+/// Returns the memory figures for the trend check.
+fn quiescent_check(sh: &Shared) -> [u64; 3] {
+    let held = sh.held.lock().clone();
+    let s = sh.tlb.stats();
+    let slots: usize = held.iter().map(|h| h.slots).sum();
+    if s.used != slots {
+        sh.fail(format!(
+            "swiotlb: {} slots used, workers hold {slots}",
+            s.used
+        ));
+    }
+    if let Err(e) = sh.tlb.check_invariants() {
+        sh.fail(format!("swiotlb invariants: {e}"));
+    }
+    let mut expected: Vec<(u64, u64)> = held
+        .iter()
+        .flat_map(|h| {
+            h.iovas
+                .iter()
+                .map(|&(p, s)| (p, if s < 32 { s.next_power_of_two() } else { s }))
+        })
+        .chain(sh.iova.cached_ranges())
+        .collect();
+    expected.sort_unstable();
+    let mut real = sh.iova.allocated_ranges();
+    real.sort_unstable();
+    if real != expected {
+        sh.fail(format!(
+            "iova: {} ranges allocated, held + cached = {}",
+            real.len(),
+            expected.len()
+        ));
+    }
+    if let Err(e) = sh.iova.check_invariants() {
+        sh.fail(format!("iova invariants: {e}"));
+    }
+    let dump = sh.pt.dump();
+    let st = sh.pt.stats();
+    if dump.tables as u64 != st.linked() {
+        sh.fail(format!(
+            "page table: {} tables reachable, {} linked",
+            dump.tables,
+            st.linked()
+        ));
+    }
+    let leaves: BTreeMap<u64, u64> = dump.leaves().map(|e| (e.iova, 0)).collect();
+    let held_leaves: usize = held.iter().map(|h| h.leaves.len()).sum();
+    if leaves.len() != held_leaves
+        || held
+            .iter()
+            .flat_map(|h| h.leaves.keys())
+            .any(|k| !leaves.contains_key(k))
+    {
+        sh.fail(format!(
+            "page table: {} leaves, workers hold {held_leaves}",
+            leaves.len()
+        ));
+    }
+    [
+        s.nslabs as u64,
+        sh.iova.stats().cached_granules(),
+        st.allocated - st.freed,
+    ]
+}
+
+/// After every worker released everything.
+fn final_check(sh: &Shared, report: &SoakReport) {
+    let s = sh.tlb.stats();
+    if s.used != 0 || s.transient_pools != 0 || sh.dev.transient_pools() != 0 {
+        sh.fail(format!(
+            "swiotlb at the end: {} slots used, {} transient pools",
+            s.used, s.transient_pools
+        ));
+    }
+    sh.iova.flush_all();
+    let left = sh.iova.allocated_ranges();
+    if !left.is_empty() {
+        sh.fail(format!(
+            "iova at the end: {} ranges still allocated",
+            left.len()
+        ));
+    }
+    if sh.owners.iter().any(|w| w.load(Relaxed) != 0) {
+        sh.fail("iova ownership bitmap not empty at the end".into());
+    }
+    let st = sh.pt.stats();
+    if st.linked() != 1 || sh.pt.dump().tables != 1 {
+        sh.fail(format!(
+            "page table at the end: {} tables linked, {} reachable",
+            st.linked(),
+            sh.pt.dump().tables
+        ));
+    }
+    // Flat memory: the second half of the run may not need more than the first half did,
+    // beyond one growth step of bounce slots and the allowance of the caches.
+    let [first, second] = report.peaks;
+    if report.checks >= 4 && first[0] > 0 && second[0] > first[0] + 256 {
+        sh.fail(format!(
+            "swiotlb kept growing: {} then {} slots",
+            first[0], second[0]
+        ));
+    }
+    if report.checks >= 4 && second[1] > 2 * first[1] + 8 * 32 * 6 {
+        sh.fail(format!(
+            "IOVA caches kept growing: {} then {} granules",
+            first[1], second[1]
+        ));
+    }
+    if report.checks >= 4 && first[2] > 0 && second[2] > 2 * first[2] + 8 {
+        sh.fail(format!(
+            "page-table levels kept growing: {} then {}",
+            first[2], second[2]
+        ));
+    }
+}
