@@ -233,9 +233,10 @@ pub fn clock_overhead_ns() -> u64 {
     })
 }
 
-/// Raise the scheduling priority of the whole process to the highest nice level it may take
-/// (threads created afterwards inherit it), so other work on a shared machine disturbs the
-/// measurements less; the nice value reached, or `None` if it could not be raised.
+/// Raise the scheduling priority of the calling thread to the highest nice level it may take
+/// (Linux keeps nice per thread; threads it creates afterwards inherit it), so other work on a
+/// shared machine disturbs the measurements less; the nice value reached, or `None` if it could
+/// not be raised.
 pub fn raise_priority() -> Option<i32> {
     [-20, -10, -5].into_iter().find(|&nice| {
         // SAFETY: setpriority has no memory preconditions; failure is reported by the return.
@@ -385,10 +386,8 @@ where
                     let wait = thread_runqueue_wait_s().zip(wait_begin).map(|(e, b)| e - b);
                     middle.wait();
                     let mut hist = new_histogram();
+                    // At least one timed batch too.
                     loop {
-                        if stop_lat.load(Ordering::Relaxed) {
-                            break;
-                        }
                         for _ in 0..BATCH {
                             let a = Instant::now();
                             let units = op();
@@ -396,6 +395,9 @@ where
                             if units > 0 {
                                 hist.saturating_record(ns.saturating_sub(overhead).max(1));
                             }
+                        }
+                        if stop_lat.load(Ordering::Relaxed) {
+                            break;
                         }
                     }
                     (count, begin, end, cpu, wait, hist)
@@ -474,5 +476,94 @@ pub fn spin_for(ns: u64) {
     let start = Instant::now();
     while (start.elapsed().as_nanos() as u64) < ns {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn quick() -> RunConfig {
+        RunConfig::new(Duration::from_millis(2), false)
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn counts_units_and_samples_only_calls_that_did_work() {
+        // Thread 0 does nothing, thread 1 does 3 units per call.
+        let calls = AtomicU64::new(0);
+        let m = measure_units(&quick(), 2, |t| {
+            let calls = &calls;
+            move || {
+                if t == 1 {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    3
+                } else {
+                    0
+                }
+            }
+        });
+        assert_eq!(m.ops % 3, 0);
+        assert!(m.ops >= 3 * BATCH);
+        // Every sample comes from thread 1, and thread 1's calls cover both phases.
+        assert!(m.latency.samples >= BATCH);
+        assert!(m.latency.samples + m.ops / 3 <= calls.load(Ordering::Relaxed));
+        assert!(m.cpu_ns_per_op.is_finite() && m.elapsed_s > 0.0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn background_runs_while_the_body_runs_and_stops_after() {
+        let n = AtomicU64::new(0);
+        let seen = with_background(
+            || {
+                n.fetch_add(1, Ordering::Relaxed);
+            },
+            || {
+                while n.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                n.load(Ordering::Relaxed)
+            },
+        );
+        assert!(seen > 0);
+        let after = n.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            after,
+            "background still running after the body"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn measurement_figures() {
+        let m = Measurement::with_threads(
+            2,
+            400,
+            1.0,
+            1.0,
+            Some(&[(200, 1.0, 0.5), (200, 1.0, 0.0)]),
+            Latency::default(),
+        );
+        assert_eq!(m.ops_per_sec(), 400.0);
+        assert_eq!(m.adjusted_ops_per_sec, Some(600.0));
+        assert_eq!(m.runqueue_wait_s, Some(0.5));
+        assert_eq!(m.throughput(2), 600.0);
+        // Oversubscribed: the wall clock.
+        assert_eq!(m.throughput(1), 400.0);
+        assert!(Measurement::new(1, 0, 1.0, 1.0, Latency::default())
+            .ns_per_op()
+            .is_infinite());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn spin_for_waits_at_least_as_long() {
+        let t = Instant::now();
+        spin_for(200_000);
+        assert!(t.elapsed() >= Duration::from_micros(200));
     }
 }

@@ -81,13 +81,18 @@ pub struct Report {
 /// The JSON file a run writes in its results folder.
 pub const JSON_FILE: &str = "dmabench.json";
 
-/// Write `report` as JSON (and the plots, if `opts.plots`) into `opts.out`; the files written.
+/// The Markdown table of the targets a run writes beside the JSON.
+pub const TARGETS_FILE: &str = "targets.md";
+
+/// Write `report` as JSON, the targets as Markdown (and the plots, if `opts.plots`) into `opts.out`; the files written.
 pub fn write_all(report: &Report, opts: &Options) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&opts.out)?;
     let json = opts.out.join(JSON_FILE);
     let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(&json, text)?;
-    let mut files = vec![json];
+    let md = opts.out.join(TARGETS_FILE);
+    std::fs::write(&md, crate::report::targets_markdown(&report.targets))?;
+    let mut files = vec![json, md];
     if opts.plots {
         for c in Component::ALL {
             let rows: Vec<&CaseResult> =
@@ -204,7 +209,9 @@ fn throughput_plot(
             }
         })
         .y_label_formatter(&|y| axis_label(*y))
-        .x_desc("threads")
+        .x_desc(format!(
+            "threads (up to {cpus}: load-adjusted throughput; beyond: wall clock)"
+        ))
         .y_desc("million ops/s")
         .draw()?;
     for (i, r) in rows.iter().enumerate() {

@@ -202,3 +202,35 @@ pub fn targets_table(targets: &[TargetResult]) -> String {
     }
     s
 }
+
+/// The targets as a Markdown table (for a README's "how far we are").
+///
+/// ```
+/// let t = dma_bench::targets::all()[0].evaluate(&[], 2);
+/// let md = dma_bench::report::targets_markdown(&[t]);
+/// assert!(md.contains("| not measured |"));
+/// ```
+pub fn targets_markdown(targets: &[TargetResult]) -> String {
+    let mut s = String::from("| Target | Measured | Bound | Verdict |\n|---|---|---|---|\n");
+    for t in targets {
+        let bound = format!(
+            "{} {}",
+            if t.target.at_most { "≤" } else { "≥" },
+            sig3(t.target.bound)
+        );
+        let (ratio, verdict) = match (t.ratio, t.met) {
+            (Some(r), Some(true)) => (format!("{}×", sig3(r)), "met".to_string()),
+            (Some(r), Some(false)) => (
+                format!("{}×", sig3(r)),
+                format!("missed by {}×", sig3(t.shortfall().unwrap_or(f64::NAN))),
+            ),
+            _ => ("–".into(), "not measured".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {ratio} | {bound} | {verdict} |",
+            t.target.statement
+        );
+    }
+    s
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     /// CPU nanoseconds per op (robust to other load on the machine).
-    NsPerOp,
+    CpuNsPerOp,
     /// Ops per second, all threads: load-adjusted up to the CPU count, wall clock beyond.
     OpsPerSec,
     /// 99th percentile latency, ns.
@@ -62,7 +62,7 @@ impl Quantity {
         })?;
         let m = r.at(self.threads)?;
         let v = match self.metric {
-            Metric::NsPerOp => m.cpu_ns_per_op,
+            Metric::CpuNsPerOp => m.cpu_ns_per_op,
             Metric::OpsPerSec => m.throughput(cpus),
             Metric::P99 => m.latency.p99 as f64,
         };
@@ -161,8 +161,8 @@ pub fn all() -> Vec<Target> {
         t(
             "iova-pair-vs-cas",
             "iova alloc+free pair, cached: ≤ 6× one uncontended CAS",
-            q(Iova, &pair1, OURS, 1, NsPerOp),
-            q(Floor, floor::CAS, FLOOR, 1, NsPerOp),
+            q(Iova, &pair1, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CAS, FLOOR, 1, CpuNsPerOp),
             true,
             6.0,
         ),
@@ -186,39 +186,39 @@ pub fn all() -> Vec<Target> {
             "iova-fragmentation-p99",
             "iova fragmentation (300k live) p99 ≤ 20× the cached pair",
             q(Iova, alloc::FRAGMENTATION, OURS, 1, P99),
-            q(Iova, &pair1, OURS, 1, NsPerOp),
+            q(Iova, &pair1, OURS, 1, CpuNsPerOp),
             true,
             20.0,
         ),
         t(
             "pt-guarded-vs-chase",
             "translation under an already-held guard ≤ 2× the 4-level load chase (0 writers)",
-            q(Pgtable, pgtable::GUARDED_0, OURS, 1, NsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, NsPerOp),
+            q(Pgtable, pgtable::GUARDED_0, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
             true,
             2.0,
         ),
         t(
             "pt-guarded-vs-chase-writer",
             "translation under an already-held guard ≤ 2× the 4-level load chase (1 writer)",
-            q(Pgtable, pgtable::GUARDED_1, OURS, 1, NsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, NsPerOp),
+            q(Pgtable, pgtable::GUARDED_1, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
             true,
             2.0,
         ),
         t(
             "pt-call-vs-chase",
             "translation, single call including its pin ≤ 4× the load chase (0 writers)",
-            q(Pgtable, pgtable::TRANSLATE_0, OURS, 1, NsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, NsPerOp),
+            q(Pgtable, pgtable::TRANSLATE_0, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
             true,
             4.0,
         ),
         t(
             "pt-call-vs-chase-writer",
             "translation, single call including its pin ≤ 4× the load chase (1 writer)",
-            q(Pgtable, pgtable::TRANSLATE_1, OURS, 1, NsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, NsPerOp),
+            q(Pgtable, pgtable::TRANSLATE_1, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
             true,
             4.0,
         ),
@@ -239,16 +239,16 @@ pub fn all() -> Vec<Target> {
         t(
             "pt-map-vs-cas",
             "page-table 4 KiB map+unmap ≤ 30× one CAS",
-            q(Pgtable, pgtable::MAP_4K, OURS, 1, NsPerOp),
-            q(Floor, floor::CAS, FLOOR, 1, NsPerOp),
+            q(Pgtable, pgtable::MAP_4K, OURS, 1, CpuNsPerOp),
+            q(Floor, floor::CAS, FLOOR, 1, CpuNsPerOp),
             true,
             30.0,
         ),
         t(
             "bounce-vs-memcpy",
             "bounce map+copy+unmap of 4 KiB to the device ≤ 1.5× a 4 KiB memcpy",
-            q(Swiotlb, &bounce4k, OURS, 1, NsPerOp),
-            q(Floor, &floor::memcpy(4096), FLOOR, 1, NsPerOp),
+            q(Swiotlb, &bounce4k, OURS, 1, CpuNsPerOp),
+            q(Floor, &floor::memcpy(4096), FLOOR, 1, CpuNsPerOp),
             true,
             1.5,
         ),

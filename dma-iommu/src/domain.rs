@@ -625,6 +625,22 @@ impl<T: TlbOps + 'static> Domain<T> {
         self.backend().pt.iova_to_phys(dma).map(|t| t.paddr)
     }
 
+    /// The largest mapping whose IOVA comes from the per-CPU caches (Linux's
+    /// `dma_opt_mapping_size`): larger ones go to the shared range allocator.
+    pub fn opt_mapping_size(&self) -> u64 {
+        iova_cache::config::MAX_CACHED_GRANULES << self.shift
+    }
+
+    /// The largest single mapping `dev` may ask for: capped by the bounce buffers' segment
+    /// for an untrusted device (any of its mappings may need bouncing), else by its mask.
+    pub fn max_mapping_size(&self, dev: &Device) -> u64 {
+        let by_mask = dev.inner.config.dma_mask.min(self.aperture_end);
+        match (&dev.inner.bounce, &self.swiotlb) {
+            (Some(b), Some(tlb)) => (tlb.max_mapping_size(b) as u64).min(by_mask),
+            _ => by_mask,
+        }
+    }
+
     /// Switch from strict to lazy invalidation at run time, safely while other threads map
     /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict.
     pub fn set_lazy(&self, fq: FqConfig) -> Result<bool, DmaError> {

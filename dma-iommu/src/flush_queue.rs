@@ -706,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
+    #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
     fn dropping_a_queue_with_a_running_timer_frees_everything() {
         // Miri cannot ask the kernel for the CPU: name it.
         dma_sync::cpu::set_current(Some(0));
@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
+    #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
     fn concurrent_enqueues_and_timer_lose_nothing() {
         // Miri cannot ask the kernel for the CPU: name it.
         dma_sync::cpu::set_current(Some(0));
@@ -762,7 +762,7 @@ mod tests {
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let (ops, fq) = (ops.clone(), fq.clone());
-                std::thread::spawn(move || {
+                dma_sync::thread::spawn(move || {
                     dma_sync::cpu::set_current(Some(t as usize));
                     for i in 0..if cfg!(miri) { 20 } else { 500 } {
                         fq.enqueue(ops.entry(t * 1000 + i));

@@ -4,6 +4,23 @@
 //! lazy IOTLB invalidation (per-CPU flush queues, switchable at run time) and bounce buffering
 //! for untrusted devices.
 //!
+//! # API
+//!
+//! | Item | What |
+//! |---|---|
+//! | [`Domain::new`]`(DomainConfig, T: TlbOps, Option<Swiotlb>)` | build; [`DomainConfig::new`]`(io_pgtable::Config)`, `.lazy(FqConfig)` |
+//! | [`Domain::attach`]`(DeviceConfig) -> Device` | DMA mask, `min_align_mask`, max segment size and boundary, trusted, 32-bit first |
+//! | [`Domain::map`] / [`Domain::unmap`] | any physical range; untrusted + unaligned → bounced; unmap returns [`Unmapped`] |
+//! | [`Domain::map_sg`] / [`Domain::unmap_sg`] | scatter lists: one contiguous IOVA range |
+//! | [`Domain::map_resource`] / [`Domain::unmap_resource`] | MMIO ranges, never bounced |
+//! | [`Domain::sync_for_cpu`] / [`Domain::sync_for_device`] | partial syncs of live mappings |
+//! | [`Domain::set_lazy`], [`Domain::flush_queue_now`] | strict → lazy at run time; run the timer's work |
+//! | [`Domain::stats`]` -> DomainStats` (`Display`: the text report) | maps, unmaps, flushes, queued entries, bounce use |
+//! | [`Domain::device_read`] / [`Domain::device_write`] | the device side, through the page table |
+//! | [`FlushQueue`], [`Strictness`], [`InvalidationOps`] | the invalidation machinery, generic over what it frees |
+//! | [`TlbOps`] (caller), [`SimulatedIotlb`], [`RecordingIotlb`] | IOTLB callbacks |
+//! | [`DmaError`] | typed errors; the domain is unchanged after any |
+//!
 //! The invalidation machinery stands on its own and is generic over what it frees:
 //! [`FlushQueue`] (deferred freeing after global flushes, the start/finish counter protocol,
 //! the timer) and [`Strictness`] (the mode, the strict-to-lazy switch, the single-snapshot

@@ -268,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore)] // contended parking_lot locks: Miri rejects parking_lot's futex call
+    #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
     fn unmaps_racing_with_the_switch_each_sync_or_queue() {
         // Miri cannot ask the kernel for the CPU: name it.
         dma_sync::cpu::set_current(Some(0));

@@ -8,7 +8,6 @@ use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Un
 use dma_sync::atomic::{AtomicUsize, Ordering};
 use dma_sync::{Arc, Mutex};
 use std::collections::BTreeMap;
-use std::time::Duration;
 use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
 
 const G: u64 = 0x1000;
@@ -57,6 +56,13 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
                 let mut queued = 0;
                 let mut x = t as u64 * 7919 + 1;
                 for i in 0..OPS {
+                    // The switch happens while every worker is still running: none gets past
+                    // three quarters of its work before it.
+                    if i == OPS * 3 / 4 {
+                        while !dom.is_lazy() {
+                            dma_sync::thread::yield_now();
+                        }
+                    }
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
@@ -119,7 +125,7 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
         .collect();
 
     while progress.load(Ordering::Relaxed) < THREADS * OPS / 2 {
-        std::thread::sleep(Duration::from_millis(1));
+        dma_sync::thread::yield_now();
     }
     assert!(dom
         .set_lazy(FqConfig::per_cpu().with_cpus(THREADS).with_ring_size(16))

@@ -31,6 +31,7 @@
 pub mod atomic;
 pub mod cell;
 pub mod cpu;
+pub mod fault;
 pub mod lock;
 pub mod mutation;
 pub mod points;
@@ -41,6 +42,15 @@ pub mod thread;
 pub use cell::UnsafeCell;
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use published::Published;
+
+/// Pads and aligns a value to a cache line, so per-CPU state does not share lines
+/// (`crossbeam_utils::CachePadded`).
+///
+/// ```
+/// let counters: Vec<dma_sync::CachePadded<u64>> = (0..4).map(|_| Default::default()).collect();
+/// assert_eq!(*counters[3], 0);
+/// ```
+pub use crossbeam_utils::CachePadded;
 
 /// Reference-counted pointer: `std::sync::Arc`, or `loom::sync::Arc` under loom.
 #[cfg(not(loom))]

@@ -41,7 +41,7 @@
 //! ```
 
 use crate::quiesce;
-use crate::translate::{Fault, Segments, Translate};
+use crate::translate::{Fault, Segment, Segments, Translate};
 use dma_sync::rcu::Guard;
 use io_pgtable::Prot;
 use std::iter::FusedIterator;
@@ -121,9 +121,13 @@ impl<M: GuestMemoryBackend, X: Translate> IoMemory<M, X> {
         &self.tr
     }
 
-    /// An RCU read section: slices obtained while it lives stay translated (an unmap that
-    /// clears them waits). The iterator of [`GuestMemory::get_slices`] holds one itself; take
-    /// one explicitly to keep slices in use after dropping the iterator.
+    /// An RCU read section: no UNMAP or DETACH that removes a translation obtained while it
+    /// lives completes before it ends, so slices stay usable. It does not freeze translations:
+    /// each `Bytes` call translates afresh (an UNMAP clears entries at once; an ATTACH may
+    /// switch domains), so copy through one [`GuestMemory::get_slices`] iterator to use one
+    /// translation for several copies. The iterator holds a section itself; take one
+    /// explicitly to keep slices in use after dropping the iterator, or to make several calls
+    /// one unit with respect to UNMAP.
     pub fn section(&self) -> Guard {
         quiesce::read_section()
     }
@@ -151,14 +155,33 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
         let section = quiesce::read_section();
         let access = access_prot(access);
+        let len = count as u64;
         // All or nothing, as vm-memory's IommuMemory: a fault anywhere fails before any copy.
-        for seg in Segments::new(&self.tr, addr.0, count as u64, access) {
-            seg.map_err(|f| fault_error(f, count))?;
-        }
+        // The first segment is kept; the usual single-segment access translates once.
+        let mut probe = Segments::new(&self.tr, addr.0, len, access);
+        let first = probe
+            .next()
+            .transpose()
+            .map_err(|f| fault_error(f, count))?;
+        let covered = first.map_or(len, |s| s.len);
+        let rest = if covered < len {
+            for seg in probe {
+                seg.map_err(|f| fault_error(f, count))?;
+            }
+            Some(Segments::new(
+                &self.tr,
+                addr.0.wrapping_add(covered),
+                len - covered,
+                access,
+            ))
+        } else {
+            None
+        };
         Ok(IoSlices {
             _section: section,
             count,
-            segs: Segments::new(&self.tr, addr.0, count as u64, access),
+            first,
+            rest,
             backend: &self.backend,
             current: None,
             done: false,
@@ -174,7 +197,10 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
 pub struct IoSlices<'a, M: GuestMemoryBackend, X> {
     _section: Guard,
     count: usize,
-    segs: Segments<&'a X>,
+    /// The segment translated (and checked) by `get_slices`.
+    first: Option<Segment>,
+    /// The rest of the range, checked by `get_slices` and translated again while iterating.
+    rest: Option<Segments<&'a X>>,
     backend: &'a M,
     current: Option<GuestMemoryBackendSliceIterator<'a, M>>,
     done: bool,
@@ -189,7 +215,11 @@ impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
                 self.done = item.is_err();
                 return Some(item);
             }
-            match self.segs.next() {
+            let next = match self.first.take() {
+                Some(seg) => Some(Ok(seg)),
+                None => self.rest.as_mut().and_then(Iterator::next),
+            };
+            match next {
                 None => self.done = true,
                 Some(Err(fault)) => {
                     // An unmap raced with this access after the up-front check.

@@ -1,16 +1,20 @@
 //! Embedding dmaloom in a VMM.
 //!
-//! * [`IoMemory`] (feature `vm-memory`, on by default): vm-memory 0.18's I/O virtual memory
+//! * `IoMemory` (feature `vm-memory`, on by default): vm-memory 0.18's I/O virtual memory
 //!   (`GuestMemory`) over an io-pgtable page table and the guest's RAM, so virtio queues and
 //!   vhost-user backends read and write guest buffers by IOVA through a lock-free page table.
-//! * [`GuestBytes`] (feature `vm-memory`): swiotlb-core's original memory over vm-memory, so
+//! * `GuestBytes` (feature `vm-memory`): swiotlb-core's original memory over vm-memory, so
 //!   bounce copies go to and from guest memory.
 //! * [`viommu`]: a virtio-iommu device model (attach, detach, map, unmap, probe, with the
-//!   specification's overlap and partial-unmap rules) over our page tables, whose UNMAP and
-//!   DETACH return only once no device access still uses the old translation
-//!   ([`quiesce`]).
-//! * [`report`]: debug reports (page-table dumps, swiotlb, IOVA cache and flush-queue state)
-//!   as text and, with the `serde` feature, as serde data.
+//!   specification's overlap and partial-unmap rules, and its wire format in
+//!   [`viommu::wire`]) over our page tables, whose UNMAP and DETACH return only once no
+//!   device access still uses the old translation ([`quiesce`]).
+//! * [`report`]: debug reports (page-table dumps, swiotlb, IOVA cache and flush-queue state,
+//!   dma-iommu domains) as text and, with the `serde` feature, as serde data.
+//!
+//! Features: `vm-memory` (default) for `IoMemory` and `GuestBytes`; `serde` for the
+//! reports' serde data. Device threads translate with no lock and no shared write; see
+//! [`translate`].
 //!
 //! ```
 //! use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};

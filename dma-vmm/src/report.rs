@@ -17,7 +17,7 @@
 //! ```
 
 use crate::viommu::{Mapping, Viommu};
-use dma_iommu::{FlushQueue, FqKind, InvalidationOps, Strictness};
+use dma_iommu::{FlushQueue, FqKind, FqStats, InvalidationOps, Strictness};
 use io_pgtable::{Descriptor, PageTable, Prot, TlbOps};
 use iova_cache::IovaAllocator;
 use std::fmt;
@@ -403,22 +403,30 @@ pub fn iova(iova: &IovaAllocator) -> IovaReport {
     }
 }
 
-/// Flush-queue state: the invalidation mode and, when lazy, the queue.
+/// A flush queue's geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct FlushQueueReport {
-    /// Whether unmaps are lazy (queued until a global flush).
-    pub lazy: bool,
-    /// `"per-cpu"` or `"single"` (lazy only).
-    pub kind: Option<String>,
-    /// Rings and entries per ring (lazy only).
+pub struct FqGeometry {
+    /// `"per-cpu"` or `"single"`.
+    pub kind: String,
+    /// Number of rings.
     pub rings: usize,
     /// Entries per ring.
     pub ring_size: usize,
     /// Timer timeout in microseconds.
     pub timeout_us: u64,
-    /// Whether the timer is armed.
-    pub timer_armed: bool,
+}
+
+/// Flush-queue state: the invalidation mode and, when lazy, the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct FlushQueueReport {
+    /// Whether unmaps are lazy (queued until a global flush).
+    pub lazy: bool,
+    /// The queue's geometry, when known (lazy, and reported by the queue itself).
+    pub geometry: Option<FqGeometry>,
+    /// Whether the timer is armed, when known.
+    pub timer_armed: Option<bool>,
     /// Entries queued so far.
     pub enqueued: u64,
     /// Entries freed.
@@ -433,20 +441,39 @@ pub struct FlushQueueReport {
     pub timer_fires: u64,
 }
 
+impl FlushQueueReport {
+    fn with_stats(lazy: bool, s: FqStats) -> Self {
+        FlushQueueReport {
+            lazy,
+            enqueued: s.enqueued,
+            reclaimed: s.reclaimed,
+            pending: s.pending,
+            flushes: s.flushes,
+            full_flushes: s.full_flushes,
+            timer_fires: s.timer_fires,
+            ..FlushQueueReport::default()
+        }
+    }
+}
+
 impl fmt::Display for FlushQueueReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.lazy {
             return writeln!(f, "flush queue: strict (no queue)");
         }
-        writeln!(
-            f,
-            "flush queue: lazy, {} x {} ({}), timeout {} us, timer {}",
-            self.rings,
-            self.ring_size,
-            self.kind.as_deref().unwrap_or("?"),
-            self.timeout_us,
-            if self.timer_armed { "armed" } else { "idle" }
-        )?;
+        write!(f, "flush queue: lazy")?;
+        if let Some(g) = &self.geometry {
+            write!(
+                f,
+                ", {} x {} ({}), timeout {} us",
+                g.rings, g.ring_size, g.kind, g.timeout_us
+            )?;
+        }
+        match self.timer_armed {
+            Some(true) => writeln!(f, ", timer armed")?,
+            Some(false) => writeln!(f, ", timer idle")?,
+            None => writeln!(f)?,
+        }
         writeln!(
             f,
             "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
@@ -463,26 +490,19 @@ impl fmt::Display for FlushQueueReport {
 /// Report one flush queue.
 pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
     let c = fq.config();
-    let s = fq.stats();
+    let kind = match c.kind {
+        FqKind::PerCpu => "per-cpu",
+        FqKind::Single => "single",
+    };
     FlushQueueReport {
-        lazy: true,
-        kind: Some(
-            match c.kind {
-                FqKind::PerCpu => "per-cpu",
-                FqKind::Single => "single",
-            }
-            .to_string(),
-        ),
-        rings: c.rings(),
-        ring_size: c.ring_size,
-        timeout_us: c.timeout.as_micros().min(u64::MAX as u128) as u64,
-        timer_armed: fq.timer_armed(),
-        enqueued: s.enqueued,
-        reclaimed: s.reclaimed,
-        pending: s.pending,
-        flushes: s.flushes,
-        full_flushes: s.full_flushes,
-        timer_fires: s.timer_fires,
+        geometry: Some(FqGeometry {
+            kind: kind.to_string(),
+            rings: c.rings(),
+            ring_size: c.ring_size,
+            timeout_us: c.timeout.as_micros().min(u64::MAX as u128) as u64,
+        }),
+        timer_armed: Some(fq.timer_armed()),
+        ..FlushQueueReport::with_stats(true, fq.stats())
     }
 }
 
@@ -490,20 +510,65 @@ pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
 pub fn strictness<O: InvalidationOps>(s: &Strictness<O>) -> FlushQueueReport {
     match s.queue() {
         Some(fq) => flush_queue(fq),
-        None => FlushQueueReport {
-            lazy: false,
-            kind: None,
-            rings: 0,
-            ring_size: 0,
-            timeout_us: 0,
-            timer_armed: false,
-            enqueued: 0,
-            reclaimed: 0,
-            pending: 0,
-            flushes: 0,
-            full_flushes: 0,
-            timer_fires: 0,
-        },
+        None => FlushQueueReport::default(),
+    }
+}
+
+/// A dma-iommu DMA domain: its counters, invalidation mode, IOVA allocator and bounce pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct DmaDomainReport {
+    /// Successful mappings.
+    pub maps: u64,
+    /// Mappings bounced.
+    pub bounced: u64,
+    /// Scatter lists mapped.
+    pub lists: u64,
+    /// Unmaps that synced the IOTLB (strict).
+    pub unmaps_synced: u64,
+    /// Unmaps that queued their IOVA (lazy).
+    pub unmaps_queued: u64,
+    /// Refused operations.
+    pub errors: u64,
+    /// Live mappings.
+    pub live: u64,
+    /// Invalidation mode and flush-queue counters.
+    pub flush_queue: FlushQueueReport,
+    /// The IOVA allocator.
+    pub iova: IovaReport,
+    /// The bounce-buffer pool, if the domain has one.
+    pub swiotlb: Option<SwiotlbReport>,
+}
+
+impl fmt::Display for DmaDomainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "dma domain: maps {} (bounced {}, lists {}), unmaps synced {} queued {}, live {}, errors {}",
+            self.maps, self.bounced, self.lists, self.unmaps_synced, self.unmaps_queued, self.live, self.errors
+        )?;
+        write!(f, "{}{}", self.flush_queue, self.iova)?;
+        match &self.swiotlb {
+            Some(s) => write!(f, "{s}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Report a dma-iommu domain (each part read in turn while the domain keeps working).
+pub fn dma_domain<T: dma_iommu::TlbOps + 'static>(d: &dma_iommu::Domain<T>) -> DmaDomainReport {
+    let s = d.stats();
+    DmaDomainReport {
+        maps: s.maps,
+        bounced: s.bounced,
+        lists: s.lists,
+        unmaps_synced: s.unmaps_synced,
+        unmaps_queued: s.unmaps_queued,
+        errors: s.errors,
+        live: s.live,
+        flush_queue: FlushQueueReport::with_stats(s.lazy, s.fq),
+        iova: iova(d.iova_allocator()),
+        swiotlb: d.swiotlb().map(swiotlb),
     }
 }
 
@@ -517,8 +582,10 @@ pub struct Report {
     pub swiotlb: Option<SwiotlbReport>,
     /// IOVA allocator.
     pub iova: Option<IovaReport>,
-    /// Flush queues, one per DMA domain reported.
+    /// Flush queues reported on their own.
     pub flush_queues: Vec<FlushQueueReport>,
+    /// dma-iommu DMA domains.
+    pub dma_domains: Vec<DmaDomainReport>,
 }
 
 impl Report {
@@ -545,9 +612,18 @@ impl Report {
         self
     }
 
-    /// The flush-queue state of one DMA domain.
+    /// The flush-queue state of one invalidation context.
     pub fn with_strictness<O: InvalidationOps>(mut self, s: &Strictness<O>) -> Self {
         self.flush_queues.push(strictness(s));
+        self
+    }
+
+    /// One dma-iommu DMA domain.
+    pub fn with_dma_domain<T: dma_iommu::TlbOps + 'static>(
+        mut self,
+        d: &dma_iommu::Domain<T>,
+    ) -> Self {
+        self.dma_domains.push(dma_domain(d));
         self
     }
 }
@@ -565,6 +641,9 @@ impl fmt::Display for Report {
         }
         for q in &self.flush_queues {
             write!(f, "{q}")?;
+        }
+        for d in &self.dma_domains {
+            write!(f, "{d}")?;
         }
         Ok(())
     }

@@ -243,9 +243,10 @@ impl<X: Translate> Iterator for Segments<X> {
 
 impl<X: Translate> std::iter::FusedIterator for Segments<X> {}
 
-/// Run `f` over the segments of `[iova, iova + len)` inside one device read section: every
-/// segment stays mapped until `f` returns (an unmap that clears it waits). Fails before `f`
-/// runs if any part of the range faults.
+/// Translate `[iova, iova + len)` once and run `f` over its segments inside one device read
+/// section: an UNMAP or DETACH that removes these translations does not complete before `f`
+/// returns, so `f` may copy to and from the segments' guest-physical addresses. Fails before
+/// `f` runs if any part of the range faults.
 ///
 /// ```
 /// use dma_vmm::translate::access;

@@ -209,8 +209,14 @@ fn device_writes_are_logged_dirty_by_guest_physical_page() {
     let io = IoMemory::new(ram, pt);
     io.write_obj(1u64, GuestAddress(0x40_0008)).unwrap();
     let region = io.backend().find_region(GuestAddress(0)).unwrap();
-    assert!(region.bitmap().dirty_at(0x3008), "the guest-physical page is dirty");
-    assert!(!region.bitmap().dirty_at(0x0), "no page at the IOVA's numeric address is");
+    assert!(
+        region.bitmap().dirty_at(0x3008),
+        "the guest-physical page is dirty"
+    );
+    assert!(
+        !region.bitmap().dirty_at(0x0),
+        "no page at the IOVA's numeric address is"
+    );
 }
 
 #[test]

@@ -122,7 +122,7 @@ pub struct Geometry {
     /// Index bits of the start-level table (more than `bits_per_level` with concatenation).
     pgd_bits: u32,
     pgsize_bitmap: u64,
-    /// Width of the descriptor's output-address field: 48, or 52 with packed PA[51:48].
+    /// Width of the descriptor's output-address field: 48, or 52 with packed `PA[51:48]`.
     oa_bits: u32,
 }
 
@@ -219,7 +219,7 @@ impl Geometry {
         self.config.oas
     }
 
-    /// Width of the descriptor output-address field (48, or 52 with packed PA[51:48]).
+    /// Width of the descriptor output-address field (48, or 52 with packed `PA[51:48]`).
     pub fn oa_bits(&self) -> u32 {
         self.oa_bits
     }

@@ -37,7 +37,7 @@
 //! # Format
 //!
 //! 4 KiB, 16 KiB and 64 KiB granules, stage 1 and stage 2, input and output sizes up to 48
-//! bits (52 with 64 KiB, PA[51:48] packed in bits 15:12), stage-2 concatenated start tables,
+//! bits (52 with 64 KiB, `PA[51:48]` packed in bits 15:12), stage-2 concatenated start tables,
 //! blocks wherever the granule allows. Tables are real aligned arrays of 64-bit descriptors;
 //! a table descriptor carries the table's (process) address as its output address. The
 //! [`Granule::Tiny`] configuration (4-entry tables, same descriptors, same code) keeps

@@ -107,12 +107,14 @@ impl<T: TlbOps> PageTable<T> {
         }
         for (i, e) in slots.iter().enumerate() {
             let at = i as u64 * size;
+            let leaf = pte::leaf(g, level, paddr + at, prot);
             if let Descriptor::Table { addr } = pte::decode(g, level, e.load(Relaxed)) {
                 // Break before make: the empty table goes (and its walk cache) before the block.
-                self.free_table(guard, e, addr, level + 1, iova + at, late);
+                self.free_table(guard, e, addr, level + 1, iova + at, leaf, late);
+            } else {
+                // A plain store: the caller owns the range and publishes the mapping to devices.
+                e.store(leaf, Relaxed);
             }
-            // A plain store: the caller owns the range; publication to devices is the caller's.
-            e.store(pte::leaf(g, level, paddr + at, prot), Relaxed);
         }
         Ok(n * size as usize)
     }

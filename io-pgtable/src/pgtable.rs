@@ -132,7 +132,9 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Free the table `table_addr` (at `level`) hanging off `entry`, which maps
-    /// `[iova, iova + size)`: unlink, flush the walk cache, hand the subtree to RCU.
+    /// `[iova, iova + span)`: unlink, flush the walk cache, hand the subtree to RCU, then store
+    /// `then` (0, or the block that replaces the table: break before make).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn free_table(
         &self,
         guard: &Guard,
@@ -140,6 +142,7 @@ impl<T: TlbOps> PageTable<T> {
         table_addr: u64,
         level: u32,
         iova: u64,
+        then: u64,
         late: &mut LateUnlinks,
     ) {
         let size = self.geom.table_span(level);
@@ -149,10 +152,13 @@ impl<T: TlbOps> PageTable<T> {
             entry.store(0, Relaxed);
             self.tlb.flush_walk(iova, size, self.geom.page_size());
             table::retire(guard, tables, &self.stats);
+            if then != 0 {
+                entry.store(then, Relaxed);
+            }
         } else {
             // Weakened (loom only): retired while still linked; unlinked after the grace period.
             table::retire(guard, tables, &self.stats);
-            late.0.push((entry as *const AtomicU64, iova, size));
+            late.0.push((entry as *const AtomicU64, iova, size, then));
         }
     }
 
@@ -202,16 +208,20 @@ pub(crate) fn check_range(kind: AddrKind, addr: u64, len: u64, bits: u32) -> Res
 /// Unlinks postponed past the grace period: only the weakened [`FREE_ORDER`] variant fills
 /// this, so a model can show that freeing before unlinking is caught.
 #[derive(Default)]
-pub(crate) struct LateUnlinks(Vec<(*const AtomicU64, u64, u64)>);
+pub(crate) struct LateUnlinks(Vec<(*const AtomicU64, u64, u64, u64)>);
 
 impl LateUnlinks {
     /// Perform the postponed unlinks; call after the operation's guard is dropped.
     pub(crate) fn finish<T: TlbOps>(self, pt: &PageTable<T>) {
-        for (entry, iova, size) in self.0 {
+        for (entry, iova, size, then) in self.0 {
             // SAFETY: `entry` lives in a parent table that spans more than the operation's own
             // range, which the operation never frees.
-            unsafe { &*entry }.store(0, Relaxed);
+            let entry = unsafe { &*entry };
+            entry.store(0, Relaxed);
             pt.tlb.flush_walk(iova, size, pt.geom.page_size());
+            if then != 0 {
+                entry.store(then, Relaxed);
+            }
         }
     }
 }

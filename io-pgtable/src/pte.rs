@@ -19,9 +19,9 @@ pub const S1_ATTR_WB: u64 = 1;
 pub const S1_ATTR_DEV: u64 = 2;
 /// Stage-1 NS bit (with the non-secure quirk).
 pub const S1_NS: u64 = 1 << 5;
-/// Stage-1 AP[1]: unprivileged access allowed.
+/// Stage-1 `AP[1]`: unprivileged access allowed.
 pub const S1_AP_UNPRIV: u64 = 1 << 6;
-/// Stage-1 AP[2]: read-only.
+/// Stage-1 `AP[2]`: read-only.
 pub const S1_AP_RDONLY: u64 = 1 << 7;
 /// Stage-2 MemAttr field (bits 5:2) mask.
 pub const S2_MEMATTR_MASK: u64 = 0xf << 2;
@@ -94,13 +94,13 @@ pub enum Descriptor {
     },
 }
 
-/// Mask of the output-address bits [47:page_shift] of a descriptor.
+/// Mask of the output-address bits `[47:page_shift]` of a descriptor.
 fn oa_mask(g: &Geometry) -> u64 {
     ((1u64 << 48) - 1) & !(g.page_size() - 1)
 }
 
-/// Place an output address in a descriptor: bits [47:page_shift] in place and, with a 52-bit
-/// output field, PA[51:48] in bits 15:12 (the packing the 2021 Linux fix applied to table
+/// Place an output address in a descriptor: bits `[47:page_shift]` in place and, with a 52-bit
+/// output field, `PA[51:48]` in bits 15:12 (the packing the 2021 Linux fix applied to table
 /// descriptors too).
 pub fn encode_oa(g: &Geometry, addr: u64) -> u64 {
     let mut d = addr & oa_mask(g);

@@ -80,7 +80,9 @@ impl<T: TlbOps> PageTable<T> {
             let at = iova + done as u64 * size;
             match pte::decode(g, level, e.load(DESCENT_ACQUIRE.ord(Acquire))) {
                 Descriptor::Invalid => break,
-                Descriptor::Table { addr } => self.free_table(guard, e, addr, level + 1, at, late),
+                Descriptor::Table { addr } => {
+                    self.free_table(guard, e, addr, level + 1, at, 0, late)
+                }
                 Descriptor::Leaf { .. } => {
                     e.store(0, Relaxed);
                     if !gather.is_queued() {

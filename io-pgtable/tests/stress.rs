@@ -62,7 +62,7 @@ fn writers_and_readers() {
                 let mine: Vec<u64> = (0..SHARED).filter(|p| p % WRITERS == w).collect();
                 let own = SHARED + OWN * w;
                 let mut mapped = vec![false; mine.len()];
-                for round in 1..=6000u64 {
+                for round in 1..=20_000u64 {
                     // Publish the generation before any mapping that uses it.
                     gens[w as usize].store(round, Release);
                     let i = rng.gen_range(0..mine.len());

@@ -134,7 +134,7 @@ impl IovaAllocator {
             .filter(|_| size <= MAX_CACHED_GRANULES);
         if let Some(rc) = cached {
             if let Some(pfn) = rc.get(size.trailing_zeros() as usize, self.cpu(rc), limit) {
-                self.record_owner(pfn, size);
+                self.record_owner(pfn, size)?;
                 return Ok(pfn);
             }
         }
@@ -150,7 +150,7 @@ impl IovaAllocator {
         }
         let pfn = r?;
         if cached.is_some() {
-            self.record_owner(pfn, size);
+            self.record_owner(pfn, size)?;
         }
         Ok(pfn)
     }
@@ -175,9 +175,16 @@ impl IovaAllocator {
         Ok(())
     }
 
-    fn record_owner(&self, pfn: u64, size: u64) {
-        if let Some(o) = &self.inner.owners {
-            o.insert(pfn, size);
+    /// Record a cached-path allocation as user-held. Without memory for the record the range
+    /// could never be freed, so it goes back to the range allocator and the allocation fails.
+    fn record_owner(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        match &self.inner.owners {
+            Some(o) if !o.insert(pfn, size) => {
+                let back = self.inner.tree.with(|t| t.free_tagged(pfn, size, true));
+                debug_assert!(back.is_ok(), "a fresh allocation is live: {back:?}");
+                Err(IovaError::OutOfMemory { size })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -202,7 +209,12 @@ impl IovaAllocator {
             Some(o) => o.remove(pfn, size)?,
             None => self.check_shape(pfn, size)?,
         }
-        rc.insert(size.trailing_zeros() as usize, self.cpu(rc), pfn);
+        rc.insert(
+            size.trailing_zeros() as usize,
+            self.cpu(rc),
+            pfn,
+            &inner.tree,
+        );
         Ok(())
     }
 
@@ -237,7 +249,9 @@ impl IovaAllocator {
     }
 
     /// Reserve the inclusive range `[lo, hi]` (flushes the caches first, since cached ranges
-    /// may lie inside it). Fails if a user-held allocation overlaps it.
+    /// may lie inside it). Fails if an allocation overlaps it: a user-held one, or (with
+    /// concurrent frees) a range cached again between the flush and the reservation, in
+    /// which case retrying succeeds. Nothing changes on failure.
     ///
     /// ```
     /// use iova_cache::{IovaAllocator, IovaConfig, RangeKind};

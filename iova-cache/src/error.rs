@@ -67,6 +67,13 @@ pub enum IovaError {
     },
     /// A configuration that cannot describe an allocator.
     InvalidConfig(&'static str),
+    /// The memory for the bookkeeping of a new range could not be allocated; nothing changed
+    /// and a later request may succeed (see [`crate::faults`]).
+    OutOfMemory {
+        /// Requested granules (after rounding to a size class; for a reservation, its
+        /// granules inside the space).
+        size: u64,
+    },
 }
 
 impl fmt::Display for IovaError {
@@ -111,6 +118,9 @@ impl fmt::Display for IovaError {
                 "reservation overlaps the live allocation of {size} granules at pfn {pfn:#x}"
             ),
             Self::InvalidConfig(why) => write!(f, "invalid IOVA configuration: {why}"),
+            Self::OutOfMemory { size } => {
+                write!(f, "out of memory for the bookkeeping of {size} granules")
+            }
         }
     }
 }

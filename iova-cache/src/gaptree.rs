@@ -146,6 +146,12 @@ impl GapTree {
         self.count += 1;
     }
 
+    /// Make sure one more range than now fits without growing the node store, so an insert
+    /// after a removal cannot fail half-way; `false` if the memory cannot be had.
+    pub(crate) fn try_reserve_one(&mut self) -> bool {
+        !self.spare.is_empty() || self.nodes.try_reserve(1).is_ok()
+    }
+
     /// Remove the free range starting at `start`, returning its length.
     pub(crate) fn remove(&mut self, start: u64) -> Option<u64> {
         let (l, r) = self.split(self.root, start);

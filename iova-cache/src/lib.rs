@@ -18,6 +18,7 @@
 //! | [`IovaAllocator::flush_all`], [`IovaAllocator::flush_cpu`], [`IovaAllocator::trim_once`] | cache maintenance |
 //! | [`IovaAllocator::stats`]` -> IovaStats`, [`IovaAllocator::report`]` -> String` | per-class hits/misses, depot, cached granules per CPU and depot |
 //! | [`RangeAllocator`] | the single-threaded range allocator itself (`&mut self`) |
+//! | [`faults`] | allocation sites a test can make fail (feature `fault-injection`), each with a fallback that loses nothing |
 //!
 //! Units: sizes in granules, addresses as pfns (`iova >> granule_shift`), limits inclusive.
 //! `IovaConfig { caching: false, .. }` is the range allocator alone behind its lock, the
@@ -48,6 +49,7 @@
 mod allocator;
 pub mod config;
 mod error;
+pub mod faults;
 mod gaptree;
 mod locked;
 mod magazine;

@@ -1,5 +1,7 @@
 //! Magazines: fixed-capacity stacks of cached pfns of one size class.
 
+use crate::faults::MAGAZINE_ALLOC;
+
 /// A stack of at most `cap` cached pfns (capacity fixed at creation, never reallocated).
 #[derive(Debug)]
 pub(crate) struct Magazine {
@@ -11,6 +13,16 @@ impl Magazine {
         Self {
             pfns: Vec::with_capacity(cap),
         }
+    }
+
+    /// A fresh empty magazine on the free path, or `None` when its memory cannot be had.
+    pub(crate) fn try_empty(cap: usize) -> Option<Self> {
+        if MAGAZINE_ALLOC.fail() {
+            return None;
+        }
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(cap).ok()?;
+        Some(Self { pfns })
     }
 
     pub(crate) fn len(&self) -> usize {

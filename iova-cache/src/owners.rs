@@ -6,6 +6,7 @@
 //! locks.
 
 use crate::error::IovaError;
+use crate::faults::OWNER_RECORD;
 use crate::gaptree::mix;
 use crossbeam_utils::CachePadded;
 use dma_sync::Mutex;
@@ -32,9 +33,15 @@ impl Owners {
         &self.shards[mix(pfn) as usize & (self.shards.len() - 1)]
     }
 
-    /// Record `[pfn, pfn + size)` as held by a user.
-    pub(crate) fn insert(&self, pfn: u64, size: u64) {
-        self.shard(pfn).lock().insert(pfn, size);
+    /// Record `[pfn, pfn + size)` as held by a user; `false` if the memory for the record
+    /// cannot be had.
+    pub(crate) fn insert(&self, pfn: u64, size: u64) -> bool {
+        let mut map = self.shard(pfn).lock();
+        if OWNER_RECORD.fail() || map.try_reserve(1).is_err() {
+            return false;
+        }
+        map.insert(pfn, size);
+        true
     }
 
     /// Forget a user-held range, refusing pfns not held or freed with another size.

@@ -71,7 +71,12 @@ impl IovaAllocator {
         if dma_limit > limit32 && dev.tries_32bit_first() {
             match self.alloc_no_flush(size, limit32) {
                 Ok(pfn) => return Ok(pfn),
-                Err(e @ (IovaError::ZeroSize | IovaError::TooLarge { .. })) => return Err(e),
+                // Bad input and a transient lack of memory say nothing about 32-bit space.
+                Err(
+                    e @ (IovaError::ZeroSize
+                    | IovaError::TooLarge { .. }
+                    | IovaError::OutOfMemory { .. }),
+                ) => return Err(e),
                 Err(_) => dev.use_full_width(),
             }
         }

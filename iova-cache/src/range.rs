@@ -8,6 +8,7 @@
 //! negative-cache bugs of a hinted rbtree cannot occur.
 
 use crate::error::IovaError;
+use crate::faults::TREE_NODE;
 use crate::gaptree::GapTree;
 use std::collections::BTreeMap;
 
@@ -159,6 +160,10 @@ impl RangeAllocator {
             self.stats.failures += 1;
             return Err(IovaError::NoSpace { size, limit });
         };
+        // Splitting the fit may add one free range; get its memory before changing anything.
+        if TREE_NODE.fail() || !self.free.try_reserve_one() {
+            return Err(IovaError::OutOfMemory { size });
+        }
         self.free.remove(fit.range_start);
         if fit.pfn > fit.range_start {
             self.free.insert(fit.range_start, fit.pfn - fit.range_start);
@@ -254,6 +259,10 @@ impl RangeAllocator {
             if pfn + size > lo {
                 return Err(IovaError::ReserveOverlapsAllocation { pfn, size });
             }
+        }
+        // Carving splits at most one free range in two.
+        if TREE_NODE.fail() || !self.free.try_reserve_one() {
+            return Err(IovaError::OutOfMemory { size: hi - lo + 1 });
         }
         // Carve every free range overlapping [lo, hi], from the top down.
         while let Some((s, l)) = self.free.at_or_below(hi) {

@@ -6,6 +6,7 @@
 //! allocator; reclaiming a magazine frees its pfns there.
 
 use crate::config::CACHE_CLASSES;
+use crate::faults::DEPOT_GROW;
 use crate::locked::StepLock;
 use crate::magazine::Magazine;
 use crate::points::{CPU_LOCK, DEPOT_EXCHANGE_LOCKED, DEPOT_LOCK, FLUSH_TAKE_LOCKED};
@@ -41,10 +42,42 @@ impl CpuMags {
     }
 }
 
-/// Full magazines shared by all CPUs, and a few empty ones kept for reuse.
+/// Full magazines shared by all CPUs, and up to one empty one per CPU slot kept for reuse
+/// (`empties` is allocated for that many up front, so keeping one never allocates).
 struct Depot {
     full: Vec<Magazine>,
     empties: Vec<Magazine>,
+}
+
+/// How [`Depot::trade`] went.
+enum Trade {
+    /// The full magazine is in the depot and the slot has an empty one.
+    Stored,
+    /// The slot has an empty magazine, but the depot could not grow: the full one is back.
+    NoRoom(Magazine),
+    /// No fresh magazine: nothing changed.
+    NoMagazine,
+}
+
+impl Depot {
+    /// Store a slot's full `loaded` magazine and give the slot an empty one (a kept empty, or
+    /// a fresh one of `mag_size` entries).
+    fn trade(&mut self, loaded: &mut Magazine, mag_size: usize) -> Trade {
+        let fresh = match self.empties.pop() {
+            Some(empty) => empty,
+            None => match Magazine::try_empty(mag_size) {
+                Some(fresh) => fresh,
+                None => return Trade::NoMagazine,
+            },
+        };
+        let full = mem::replace(loaded, fresh);
+        let grow = self.full.len() == self.full.capacity();
+        if grow && (DEPOT_GROW.fail() || self.full.try_reserve(1).is_err()) {
+            return Trade::NoRoom(full);
+        }
+        self.full.push(full);
+        Trade::Stored
+    }
 }
 
 struct SizeClass {
@@ -67,6 +100,14 @@ pub(crate) struct Rcache {
     classes: Box<[SizeClass]>,
     mag_size: usize,
     cpus: usize,
+}
+
+/// What a free could not keep in the cache, returned to the tree after the cache locks drop.
+enum Overflow {
+    /// No fresh magazine: the freed pfn itself.
+    Pfn(u64),
+    /// No room in the depot: the full magazine that was to go there.
+    Magazine(Magazine),
 }
 
 /// What a slot-locked attempt to get a pfn decided.
@@ -97,7 +138,7 @@ impl Rcache {
                 depot: CachePadded::new(StepLock::new(
                     Depot {
                         full: Vec::new(),
-                        empties: Vec::new(),
+                        empties: Vec::with_capacity(cpus),
                     },
                     &DEPOT_LOCK,
                 )),
@@ -172,25 +213,39 @@ impl Rcache {
     }
 
     /// Cache the freed pfn of class `order` in CPU slot `cpu`, moving a full `loaded`
-    /// magazine to the depot when both magazines are full.
-    pub(crate) fn insert(&self, order: usize, cpu: usize, pfn: u64) {
+    /// magazine to the depot when both magazines are full. When memory for that is lacking
+    /// (see [`crate::faults`]), what cannot be cached goes to `tree` once the cache locks
+    /// are dropped: the pfn itself without a fresh magazine, the full magazine without room
+    /// in the depot.
+    pub(crate) fn insert(
+        &self,
+        order: usize,
+        cpu: usize,
+        pfn: u64,
+        tree: &StepLock<RangeAllocator>,
+    ) {
         let class = &self.classes[order];
-        class.cpus[cpu].with(|m| {
+        let overflow = class.cpus[cpu].with(|m| {
+            let mut overflow = None;
             if m.loaded.is_full() {
-                if m.prev.is_full() {
-                    class.depot.with(|d| {
-                        let fresh = d
-                            .empties
-                            .pop()
-                            .unwrap_or_else(|| Magazine::empty(self.mag_size));
-                        d.full.push(mem::replace(&mut m.loaded, fresh));
-                    });
-                } else {
+                if !m.prev.is_full() {
                     mem::swap(&mut m.loaded, &mut m.prev);
+                } else {
+                    match class.depot.with(|d| d.trade(&mut m.loaded, self.mag_size)) {
+                        Trade::Stored => {}
+                        Trade::NoRoom(full) => overflow = Some(Overflow::Magazine(full)),
+                        Trade::NoMagazine => return Some(Overflow::Pfn(pfn)),
+                    }
                 }
             }
             m.loaded.push(pfn);
+            overflow
         });
+        match overflow {
+            None => {}
+            Some(Overflow::Pfn(p)) => free_to_tree(tree, order, &[p]),
+            Some(Overflow::Magazine(mag)) => free_to_tree(tree, order, mag.pfns()),
+        }
     }
 
     /// Return CPU slot `cpu`'s cached pfns of every class to `tree`.

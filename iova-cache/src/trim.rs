@@ -1,15 +1,14 @@
 //! The background trim worker: every interval, one trim pass over the depots, until the
 //! allocator is dropped. Not built for models, which call `trim_once` from a model thread.
+//!
+//! The worker parks between passes, so an idle allocator costs one wake-up per interval;
+//! dropping the allocator sets the stop flag and unparks the worker, then joins it.
 
 use crate::allocator::Inner;
 use dma_sync::atomic::{AtomicBool, Ordering};
 use dma_sync::thread::JoinHandle;
 use dma_sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long the worker sleeps at most before looking at its stop flag, so that dropping an
-/// allocator never waits a whole trim interval.
-const STOP_POLL: Duration = Duration::from_millis(5);
 
 pub(crate) struct TrimWorker {
     stop: Arc<AtomicBool>,
@@ -21,19 +20,17 @@ impl TrimWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = dma_sync::thread::spawn(move || {
-            // Relaxed: the flag carries no data; `join` in `drop` orders everything after.
+            let mut due = Instant::now() + period;
+            // Relaxed: `unpark` synchronises with the `park` it ends, which orders the
+            // store before it; the flag carries no other data.
             while !flag.load(Ordering::Relaxed) {
-                let due = Instant::now() + period;
-                loop {
-                    let now = Instant::now();
-                    if now >= due || flag.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep((due - now).min(STOP_POLL));
+                let now = Instant::now();
+                if now < due {
+                    std::thread::park_timeout(due - now);
+                    continue;
                 }
-                if !flag.load(Ordering::Relaxed) {
-                    inner.trim_once();
-                }
+                inner.trim_once();
+                due = Instant::now() + period;
             }
         });
         Self {
@@ -47,6 +44,7 @@ impl Drop for TrimWorker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             // A panic in the worker already reported itself; nothing more to do here.
             let _ = h.join();
         }

@@ -306,3 +306,20 @@ fn trim_once_keeps_one_magazine_per_cpu() {
     assert!(a.report().contains("class  1"));
     dma_sync::cpu::set_current(None);
 }
+
+/// Dropping an allocator wakes its parked trim worker instead of waiting out the interval
+/// (with a one-hour interval a missed wake-up would hang this test).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn drop_wakes_a_parked_trim_worker() {
+    for _ in 0..20 {
+        let cfg = IovaConfig {
+            trim_interval: Some(Duration::from_secs(3600)),
+            ..IovaConfig::with_space(1, 1023)
+        };
+        let a = IovaAllocator::new(cfg).unwrap();
+        let p = a.alloc(1, 1023).unwrap();
+        a.free(p, 1).unwrap();
+        drop(a);
+    }
+}

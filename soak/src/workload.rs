@@ -17,6 +17,9 @@
 //! worker releases everything and the checker requires all slots free, all IOVAs back, only
 //! the root table left, and no growth trend in the memory the crates report.
 
+use dma_iommu::{
+    Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
+};
 use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::{Arc, Mutex};
 use io_pgtable::{Config as PtConfig, PageTable, Prot};
@@ -70,8 +73,8 @@ impl SoakConfig {
 /// What a soak run did.
 #[derive(Debug, Clone, Default)]
 pub struct SoakReport {
-    /// Operations per crate: swiotlb maps, IOVA allocations, page-table maps.
-    pub ops: [u64; 3],
+    /// Operations per crate: swiotlb maps, IOVA allocations, page-table maps, DMA maps.
+    pub ops: [u64; 4],
     /// Translations and dumps taken by the reader.
     pub reads: u64,
     /// Quiescent checks passed.
@@ -85,8 +88,8 @@ impl fmt::Display for SoakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} reads, {} checks; peaks (slots, cached granules, tables) {:?} then {:?}",
-            self.ops[0], self.ops[1], self.ops[2], self.reads, self.checks, self.peaks[0], self.peaks[1]
+            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} DMA maps, {} reads, {} checks; peaks (slots, cached granules, tables) {:?} then {:?}",
+            self.ops[0], self.ops[1], self.ops[2], self.ops[3], self.reads, self.checks, self.peaks[0], self.peaks[1]
         )
     }
 }
@@ -95,6 +98,8 @@ impl fmt::Display for SoakReport {
 const ORIG_LEN: usize = 1 << 20;
 /// IOVA space in granules.
 const IOVA_PFNS: u64 = 1 << 16;
+/// Each worker's slice of the DMA domain's memory.
+const DOM_SLICE: usize = 64 * 1024;
 /// Each worker's page-table region (input addresses).
 const REGION: u64 = 1 << 30;
 /// The output address every mapping of `iova` uses.
@@ -110,6 +115,10 @@ struct Shared {
     iova: IovaAllocator,
     owners: Vec<AtomicU64>,
     pt: PageTable,
+    /// A DMA domain (strict, switched to lazy halfway) with a trusted and an untrusted device.
+    dom: Domain<NoTlb>,
+    dom_devs: [DmaDevice; 2],
+    dom_base: u64,
     /// Page-table levels the reader saw freed-looking data in, or translations that broke the
     /// paddr function; any is a failure.
     bad: Mutex<Vec<String>>,
@@ -125,6 +134,7 @@ struct Held {
     slots: usize,
     iovas: Vec<(u64, u64)>,
     leaves: BTreeMap<u64, u64>,
+    dma: Vec<(usize, u64, u64, usize)>,
 }
 
 /// A small xorshift generator (no shared state, reproducible from the seed).
@@ -181,7 +191,7 @@ impl Shared {
 }
 
 /// One worker: a bounce, an IOVA and a page-table operation per iteration.
-fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 3]) {
+fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
     dma_sync::cpu::set_current(Some(id));
     let mut rng = Rng(seed | 1);
     let mut held = Held::default();
@@ -268,6 +278,49 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 3]) {
                 sh.fail(format!("iova free {pfn:#x}: {e}"));
             }
         }
+        // dma-iommu: map a buffer of this worker's slice for either device, let the device
+        // write it through the IOMMU, unmap, and find the device's bytes in memory.
+        if held.dma.len() < 4 && rng.below(2) == 0 {
+            let d = rng.below(2) as usize;
+            let size = 1 + rng.below(8 * 1024) as usize;
+            let paddr =
+                sh.dom_base + (id * DOM_SLICE + held.dma.len() * 8 * 1024) as u64 + rng.below(64);
+            match sh
+                .dom
+                .map(&sh.dom_devs[d], paddr, size, Direction::Bidirectional)
+            {
+                Ok(dma) => {
+                    if sh.dom.translate(dma).is_none() {
+                        sh.fail(format!("fresh DMA mapping {dma:#x} does not translate"));
+                    }
+                    held.dma.push((d, dma, paddr, size));
+                    ops[3].fetch_add(1, Relaxed);
+                }
+                Err(e) => sh.fail(format!("dma map of {size} for device {d}: {e}")),
+            }
+        } else if let Some((d, dma, paddr, size)) = held.dma.pop() {
+            let data = vec![rng.next() as u8; size];
+            let dev = &sh.dom_devs[d];
+            if let Err(e) = sh.dom.device_write(dev, dma, &data) {
+                sh.fail(format!("device write through {dma:#x}: {e}"));
+            }
+            if let Err(e) = sh.dom.unmap(dev, dma, size, Direction::Bidirectional) {
+                sh.fail(format!("dma unmap {dma:#x}: {e}"));
+            }
+            // Another worker may own this IOVA by now, never with our physical page.
+            if sh.dom.translate(dma) == Some(paddr) {
+                sh.fail(format!(
+                    "{dma:#x} still translates to our buffer after its unmap"
+                ));
+            }
+            let mut back = vec![0; size];
+            let mem = sh.dom.swiotlb().expect("bounce buffers").memory();
+            if mem.read(paddr, &mut back).is_err() || back != data {
+                sh.fail(format!(
+                    "device bytes through {dma:#x} did not reach memory"
+                ));
+            }
+        }
         // io-pgtable: 4 KiB pages and 2 MiB blocks in this worker's own region.
         if held.leaves.len() < 64 && rng.below(2) == 0 {
             let block = rng.below(4) == 0;
@@ -302,6 +355,14 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 3]) {
         }
     }
     // Release everything.
+    for (d, dma, _, size) in held.dma.drain(..) {
+        if let Err(e) = sh
+            .dom
+            .unmap(&sh.dom_devs[d], dma, size, Direction::Bidirectional)
+        {
+            sh.fail(format!("final dma unmap: {e}"));
+        }
+    }
     for (a, _, size) in maps.drain(..) {
         if let Err(e) = sh
             .tlb
@@ -390,6 +451,23 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
     };
     let iova = IovaAllocator::new(iova_cfg).map_err(|e| vec![e.to_string()])?;
     let pt = PageTable::new(PtConfig::s1_4k(39)).map_err(|e| vec![e.to_string()])?;
+    let dom_mem = RegionMemory::new(cfg.workers * DOM_SLICE);
+    let dom_base = dom_mem.base();
+    let dom_tlb =
+        Swiotlb::new(TlbConfig::tiny(256, 2, 32), dom_mem).map_err(|e| vec![e.to_string()])?;
+    let dom_cfg = DomainConfig::new(PtConfig::s1_4k(39)).map_err(|e| vec![e.to_string()])?;
+    let dom = Domain::new(dom_cfg, NoTlb, Some(dom_tlb)).map_err(|e| vec![e.to_string()])?;
+    let attach = |trusted| {
+        dom.attach(DmaDeviceConfig {
+            trusted,
+            ..DmaDeviceConfig::default()
+        })
+    };
+    let dom_devs = [attach(true), attach(false)];
+    let dom_devs = match dom_devs {
+        [Ok(a), Ok(b)] => [a, b],
+        _ => return Err(vec!["attach to the DMA domain failed".into()]),
+    };
     let sh = Arc::new(Shared {
         tlb,
         dev,
@@ -397,13 +475,21 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
         iova,
         owners: (0..IOVA_PFNS / 64).map(|_| AtomicU64::new(0)).collect(),
         pt,
+        dom,
+        dom_devs,
+        dom_base,
         bad: Mutex::new(Vec::new()),
         pause: AtomicBool::new(false),
         parked: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         held: Mutex::new(vec![Held::default(); cfg.workers + 1]),
     });
-    let ops = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let ops = Arc::new([
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ]);
     let reads = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for id in 0..cfg.workers {
@@ -447,6 +533,12 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
         }
         report.checks += 1;
         sh.pause.store(false, Release);
+        // Halfway: strict to lazy while the workers map and unmap.
+        if half == 1 && !sh.dom.is_lazy() {
+            if let Err(e) = sh.dom.set_lazy(FqConfig::per_cpu().with_cpus(cfg.workers)) {
+                sh.fail(format!("set_lazy: {e}"));
+            }
+        }
         if !sh.bad.lock().is_empty() {
             break;
         }
@@ -458,11 +550,7 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
         }
     }
     final_check(&sh, &report);
-    report.ops = [
-        ops[0].load(Relaxed),
-        ops[1].load(Relaxed),
-        ops[2].load(Relaxed),
-    ];
+    report.ops = [0, 1, 2, 3].map(|i| ops[i].load(Relaxed));
     report.reads = reads.load(Relaxed);
     let bad = std::mem::take(&mut *sh.bad.lock());
     if bad.is_empty() {
@@ -508,6 +596,13 @@ fn quiescent_check(sh: &Shared) -> [u64; 3] {
     }
     if let Err(e) = sh.iova.check_invariants() {
         sh.fail(format!("iova invariants: {e}"));
+    }
+    let dma_live: usize = held.iter().map(|h| h.dma.len()).sum();
+    if sh.dom.stats().live != dma_live as u64 {
+        sh.fail(format!(
+            "dma domain: {} live mappings, workers hold {dma_live}",
+            sh.dom.stats().live
+        ));
     }
     let dump = sh.pt.dump();
     let st = sh.pt.stats();
@@ -557,6 +652,26 @@ fn final_check(sh: &Shared, report: &SoakReport) {
     }
     if sh.owners.iter().any(|w| w.load(Relaxed) != 0) {
         sh.fail("iova ownership bitmap not empty at the end".into());
+    }
+    sh.dom.flush_queue_now();
+    let ds = sh.dom.stats();
+    if ds.live != 0 || ds.fq.pending != 0 {
+        sh.fail(format!(
+            "dma domain at the end: {} live, {} queued",
+            ds.live, ds.fq.pending
+        ));
+    }
+    if !ds.lazy && report.checks >= 4 {
+        sh.fail("the strict-to-lazy switch did not happen".into());
+    }
+    sh.dom.iova_allocator().flush_all();
+    let left = sh.dom.iova_allocator().allocated_ranges();
+    let used = sh.dom.swiotlb().map_or(0, |t| t.stats().used);
+    if !left.is_empty() || used != 0 {
+        sh.fail(format!(
+            "dma domain at the end: {} IOVA ranges, {used} bounce slots",
+            left.len()
+        ));
     }
     let st = sh.pt.stats();
     if st.linked() != 1 || sh.pt.dump().tables != 1 {

@@ -14,11 +14,16 @@ struct Table {
     rows: Vec<[String; 3]>,
 }
 
-/// The variant name of an error's `Debug` form (field values vary between runs).
+/// The variant name of an error's `Debug` form, with the inner variant of a wrapped error
+/// (`PageTable(OutOfRange)`); field values vary between runs.
 fn variant(e: &impl Debug) -> String {
     let s = format!("{e:?}");
-    let end = s.find([' ', '(', '{']).unwrap_or(s.len());
-    s[..end].to_string()
+    let name = |s: &str| s[..s.find([' ', '(', '{', ')']).unwrap_or(s.len())].to_string();
+    let outer = name(&s);
+    match s[outer.len()..].strip_prefix('(') {
+        Some(inner) if inner.starts_with(char::is_uppercase) => format!("{outer}({})", name(inner)),
+        _ => outer,
+    }
 }
 
 impl Table {
@@ -310,18 +315,18 @@ mod pgtable {
         assert_eq!(pt.unmap(0x3000, 0x2000), Ok(0x2000));
         assert_eq!(pt.dump().tables as u64, pt.stats().linked());
         assert!(pt.dump().leaves().next().is_none());
-        t.print();
-    }
-
-    /// Open issue: a gathered page of size 0 overflows in `Gather::is_disjoint` (debug
-    /// builds panic; release builds wrap to an unbounded range).
-    #[test]
-    #[ignore = "open issue in io-pgtable: Gather::add_page with size 0 overflows"]
-    fn gather_add_page_of_size_zero() {
         let mut g = Gather::new();
-        assert!(!g.is_disjoint(0x1000, 0));
-        g.add_page(&io_pgtable::NoTlb, 0x8000, 0);
-        g.sync(&io_pgtable::NoTlb);
+        t.accepted(
+            "Gather::add_page / is_disjoint",
+            "zero size",
+            "accepted, no overflow",
+            {
+                g.add_page(pt.tlb(), 0x8000, 0);
+                g.sync(pt.tlb());
+                !g.is_disjoint(0x1000, 0)
+            },
+        );
+        t.print();
     }
 }
 
@@ -971,5 +976,341 @@ mod swiotlb {
             RegionMemory::new(64)
         )
         .is_err());
+    }
+}
+
+mod iommu {
+    use super::Table;
+    use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, NoTlb, PhysSegment};
+    use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
+
+    const TO: Direction = Direction::ToDevice;
+    const BI: Direction = Direction::Bidirectional;
+
+    #[test]
+    fn dma_iommu_table() {
+        let mut t = Table::new("dma-iommu");
+        let cfg = || DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+        t.err_like(
+            "DomainConfig::new",
+            "input size 60 bits",
+            DomainConfig::new(io_pgtable::Config::s1_4k(60)),
+            |e| {
+                matches!(
+                    e,
+                    DmaError::PageTable(io_pgtable::Error::InvalidConfig { .. })
+                )
+            },
+        );
+        let bad_iova = DomainConfig {
+            iova: iova_cache::IovaConfig {
+                granule_shift: 16,
+                ..cfg().iova
+            },
+            ..cfg()
+        };
+        t.err_like(
+            "Domain::new",
+            "IOVA granule other than the page size",
+            Domain::new(bad_iova, NoTlb, None).map(|_| ()),
+            |e| matches!(e, DmaError::Config(_)),
+        );
+        let bare = Domain::new(cfg(), NoTlb, None).unwrap();
+        t.err(
+            "Domain::attach",
+            "untrusted device, no bounce buffers",
+            bare.attach(DeviceConfig {
+                trusted: false,
+                ..DeviceConfig::default()
+            })
+            .map(|_| ()),
+            DmaError::NoBounceBuffers,
+        );
+        let mem = RegionMemory::new(256 * 1024);
+        let base = mem.base();
+        let dom = Domain::new(
+            cfg(),
+            NoTlb,
+            Some(Swiotlb::new(Config::tiny(64, 1, 32), mem).unwrap()),
+        )
+        .unwrap();
+        let dev = dom.attach(DeviceConfig::default()).unwrap();
+        let other = dom.attach(DeviceConfig::default()).unwrap();
+        let untrusted = dom
+            .attach(DeviceConfig {
+                trusted: false,
+                ..DeviceConfig::default()
+            })
+            .unwrap();
+        let narrow = dom
+            .attach(DeviceConfig {
+                dma_mask: 0xFFFF,
+                ..DeviceConfig::default()
+            })
+            .unwrap();
+        let foreign = bare.attach(DeviceConfig::default()).unwrap();
+        t.err(
+            "map",
+            "zero size",
+            dom.map(&dev, base, 0, BI),
+            DmaError::ZeroSize,
+        );
+        t.err(
+            "map",
+            "maximum address (overflowing end)",
+            dom.map(&dev, u64::MAX - 8, 64, BI),
+            DmaError::Overflow,
+        );
+        t.err_like(
+            "map",
+            "maximum size",
+            dom.map(&dev, base, usize::MAX, BI),
+            |e| matches!(e, DmaError::Overflow),
+        );
+        t.err_like(
+            "map",
+            "larger than the device's mask",
+            dom.map(&narrow, base, 128 * 1024, BI),
+            |e| matches!(e, DmaError::BeyondMask { .. }),
+        );
+        t.err_like(
+            "map",
+            "physical address beyond the output size",
+            dom.map(&dev, 1 << 50, 4096, BI),
+            |e| matches!(e, DmaError::PageTable(io_pgtable::Error::OutOfRange { .. })),
+        );
+        t.err_like(
+            "map",
+            "untrusted, unaligned, beyond a bounce segment",
+            dom.map(&untrusted, base + 1, 200 * 1024, BI),
+            |e| matches!(e, DmaError::Bounce(swiotlb_core::Error::TooLarge { .. })),
+        );
+        t.err(
+            "map",
+            "wrong device (other domain)",
+            dom.map(&foreign, base, 64, BI),
+            DmaError::ForeignDevice,
+        );
+        t.err(
+            "map_resource",
+            "zero size",
+            dom.map_resource(&dev, base, 0, BI),
+            DmaError::ZeroSize,
+        );
+        let dma = dom.map(&dev, base + 0x100, 3000, BI).unwrap();
+        t.err(
+            "unmap",
+            "zero size",
+            dom.unmap(&dev, dma, 0, BI),
+            DmaError::ZeroSize,
+        );
+        t.err(
+            "unmap",
+            "never mapped",
+            dom.unmap(&dev, 0x10_0000, 64, BI),
+            DmaError::NotMapped { dma: 0x10_0000 },
+        );
+        t.err(
+            "unmap",
+            "maximum address",
+            dom.unmap(&dev, u64::MAX, 64, BI),
+            DmaError::NotMapped { dma: u64::MAX },
+        );
+        t.err(
+            "unmap",
+            "wrong size",
+            dom.unmap(&dev, dma, 2999, BI),
+            DmaError::Mismatch {
+                dma,
+                size: 2999,
+                mapped: 3000,
+            },
+        );
+        t.err(
+            "unmap",
+            "unaligned (inside the first page)",
+            dom.unmap(&dev, dma + 1, 3000, BI),
+            DmaError::Mismatch {
+                dma: dma + 1,
+                size: 3000,
+                mapped: 3000,
+            },
+        );
+        t.err(
+            "unmap",
+            "wrong device (same domain)",
+            dom.unmap(&other, dma, 3000, BI),
+            DmaError::NotMapped { dma },
+        );
+        t.err(
+            "unmap",
+            "wrong device (other domain)",
+            dom.unmap(&foreign, dma, 3000, BI),
+            DmaError::ForeignDevice,
+        );
+        t.err(
+            "unmap_resource",
+            "a mapping made by map (wrong kind)",
+            dom.unmap_resource(&dev, dma, 3000, BI),
+            DmaError::Mismatch {
+                dma,
+                size: 3000,
+                mapped: 3000,
+            },
+        );
+        t.err(
+            "sync_for_cpu",
+            "zero size",
+            dom.sync_for_cpu(&dev, dma, 0, BI),
+            DmaError::ZeroSize,
+        );
+        t.err(
+            "sync_for_cpu",
+            "maximum size (overflowing)",
+            dom.sync_for_cpu(&dev, dma, usize::MAX, BI),
+            DmaError::Overflow,
+        );
+        t.err(
+            "sync_for_device",
+            "never mapped",
+            dom.sync_for_device(&dev, 0x10_0000, 1, BI),
+            DmaError::NotMapped { dma: 0x10_0000 },
+        );
+        t.err(
+            "sync_for_device",
+            "wrong device (other domain)",
+            dom.sync_for_device(&foreign, dma, 1, BI),
+            DmaError::ForeignDevice,
+        );
+        t.err(
+            "device_write",
+            "never mapped",
+            dom.device_write(&dev, 0x10_0000, &[1]),
+            DmaError::Fault { dma: 0x10_0000 },
+        );
+        let ro = dom.map(&dev, base + 0x2000, 64, TO).unwrap();
+        t.err_like(
+            "device_write",
+            "to a to-device (read-only) mapping",
+            dom.device_write(&dev, ro, &[1]),
+            |e| matches!(e, DmaError::Fault { .. }),
+        );
+        t.accepted(
+            "translate",
+            "maximum / never-mapped address",
+            "`None`",
+            dom.translate(u64::MAX).is_none() && dom.translate(0x10_0000).is_none(),
+        );
+        t.err(
+            "map_sg",
+            "zero-length segment",
+            dom.map_sg(&dev, &[PhysSegment { addr: base, len: 0 }], BI)
+                .map(|_| ()),
+            DmaError::ZeroSize,
+        );
+        t.err(
+            "map_sg",
+            "segment above max_segment_size",
+            dom.map_sg(
+                &dev,
+                &[PhysSegment {
+                    addr: base,
+                    len: 128 * 1024,
+                }],
+                BI,
+            )
+            .map(|_| ()),
+            DmaError::BadSegment {
+                index: 0,
+                len: 128 * 1024,
+            },
+        );
+        let list = dom
+            .map_sg(
+                &dev,
+                &[
+                    PhysSegment {
+                        addr: base,
+                        len: 4096,
+                    },
+                    PhysSegment {
+                        addr: base + 0x8000,
+                        len: 4096,
+                    },
+                ],
+                BI,
+            )
+            .unwrap();
+        dom.unmap_sg(&dev, &list, BI).unwrap();
+        t.err_like(
+            "unmap_sg",
+            "double unmap",
+            dom.unmap_sg(&dev, &list, BI),
+            |e| matches!(e, DmaError::NotMapped { .. }),
+        );
+        t.err_like(
+            "set_lazy",
+            "ring of 3 entries",
+            dom.set_lazy(FqConfig::per_cpu().with_ring_size(3)),
+            |e| matches!(e, DmaError::FlushQueue(_)),
+        );
+        dom.unmap(&dev, dma, 3000, BI).unwrap();
+        t.err(
+            "unmap",
+            "double unmap",
+            dom.unmap(&dev, dma, 3000, BI),
+            DmaError::NotMapped { dma },
+        );
+        t.err(
+            "sync_for_cpu",
+            "after unmap",
+            dom.sync_for_cpu(&dev, dma, 1, BI),
+            DmaError::NotMapped { dma },
+        );
+        // Still working: a bounced round trip, then nothing live, queued or allocated.
+        dom.swiotlb()
+            .unwrap()
+            .memory()
+            .write(base + 0x4001, b"abcd")
+            .unwrap();
+        let b = dom.map(&untrusted, base + 0x4001, 4, BI).unwrap();
+        dom.device_write(&untrusted, b, b"XY").unwrap();
+        dom.unmap(&untrusted, b, 4, BI).unwrap();
+        let mut back = [0; 4];
+        dom.swiotlb()
+            .unwrap()
+            .memory()
+            .read(base + 0x4001, &mut back)
+            .unwrap();
+        assert_eq!(&back, b"XYcd");
+        dom.unmap(&dev, ro, 64, TO).unwrap();
+        dom.flush_queue_now();
+        assert_eq!(dom.stats().live, 0);
+        dom.iova_allocator().flush_all();
+        assert_eq!(dom.iova_allocator().allocated_ranges(), vec![]);
+        assert_eq!(dom.swiotlb().unwrap().stats().used, 0);
+        t.print();
+    }
+
+    /// Open issue: a sync by another device of the same domain is accepted (only the
+    /// translation is checked), though `NotMapped` documents "mapped by another device".
+    #[test]
+    #[ignore = "open issue in dma-iommu: sync does not check the mapping's device"]
+    fn sync_by_another_device_is_refused() {
+        let dom = Domain::new(
+            DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(),
+            NoTlb,
+            None,
+        )
+        .unwrap();
+        let (a, b) = (
+            dom.attach(DeviceConfig::default()).unwrap(),
+            dom.attach(DeviceConfig::default()).unwrap(),
+        );
+        let dma = dom.map(&a, 0x10_0000, 4096, BI).unwrap();
+        assert_eq!(
+            dom.sync_for_cpu(&b, dma, 16, BI),
+            Err(DmaError::NotMapped { dma })
+        );
     }
 }

@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Checker)] = &[
     ("io_pgtable", diff::pgtable::run),
     ("iova_cache", diff::iova::run),
     ("swiotlb_core", diff::swiotlb::run),
+    ("dma_iommu", diff::iommu::run),
 ];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {

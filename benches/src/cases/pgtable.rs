@@ -231,7 +231,8 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     v.extend(store_cases(
         opts,
         OURS_MUTEX,
-        Role::Ours,
+        // Our code with the design choice under test turned off: compared like a peer.
+        Role::Peer,
         &all_sizes,
         Arc::new(OursMutex::default),
     ));

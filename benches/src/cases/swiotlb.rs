@@ -52,6 +52,9 @@ pub const FRESH: &str = "fresh buffer per I/O";
 /// The size the peers run (the targets compare at 4 KiB).
 pub const PEER_SIZE: usize = 4096;
 
+/// The largest bounce: one segment of slots (256 KiB).
+pub const MAX_BOUNCE: usize = swiotlb_core::IO_TLB_SEGSIZE * swiotlb_core::IO_TLB_SIZE;
+
 /// Original memory per thread: room for the largest bounce of every thread count run.
 pub const ORIG_PER_THREAD: usize = 1 << 20;
 
@@ -154,7 +157,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         .bounce_sizes
         .iter()
         .copied()
-        .filter(|&s| s <= ORIG_PER_THREAD)
+        .filter(|&s| s <= MAX_BOUNCE)
         .collect();
     let slots = opts.pool_slots;
     let pool = move |nareas| Config {
@@ -207,8 +210,8 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     if sizes.len() < opts.bounce_sizes.len() {
         omitted.push(Omitted {
             component: c,
-            what: "bounce sizes above 1 MiB".into(),
-            reason: "a bounce mapping is at most one 128-slot segment (256 KiB) anyway".into(),
+            what: format!("bounce sizes above {}", human_bytes(MAX_BOUNCE as u64)),
+            reason: "a bounce mapping is at most one segment of slots".into(),
         });
     }
     (v, omitted)

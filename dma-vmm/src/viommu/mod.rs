@@ -9,7 +9,7 @@
 //!
 //! Device threads translate through a [`DeviceEndpoint`] handle: a lock-free page-table walk
 //! (no lock, no shared write), done inside a read section that also covers the copy
-//! ([`DeviceEndpoint::access`], or [`crate::IoMemory`] over the endpoint). UNMAP and DETACH
+//! ([`DeviceEndpoint::access`], or `IoMemory` (feature `vm-memory`) over the endpoint). UNMAP and DETACH
 //! clear the translations, then wait for a grace period ([`crate::quiesce::synchronize`])
 //! before they complete: when the guest sees the reply, no device access still uses the old
 //! translation, so it may reuse the memory at once. Today's VMMs translate under a lock and
@@ -197,7 +197,7 @@ struct EndpointState {
 ///
 /// Translation loads the endpoint's current domain and walks its page table, lock-free; the
 /// endpoint's reserved regions fault. Use [`DeviceEndpoint::access`] (translate and copy in
-/// one read section) or wrap it in an [`crate::IoMemory`] for vm-memory.
+/// one read section) or wrap it in an `IoMemory` (feature `vm-memory`) for vm-memory.
 #[derive(Clone)]
 pub struct DeviceEndpoint {
     state: Arc<EndpointState>,
@@ -682,5 +682,73 @@ impl Viommu {
                 reserved: state.reserved.clone(),
             }),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The whole request cycle on a small table, with a device thread translating meanwhile
+    /// (small enough for Miri, which checks the page-table walks and the grace period).
+    #[test]
+    fn request_cycle_with_a_concurrent_device() {
+        let cfg = ViommuConfig {
+            pgtable: Config::tiny(2),
+            input_range: (0, 0xffff),
+            ..ViommuConfig::default()
+        };
+        let v = Viommu::new(cfg).unwrap();
+        let dev = v.add_endpoint(1, vec![]).unwrap();
+        assert_eq!(
+            v.handle(Request::Attach {
+                domain: 1,
+                endpoint: 1,
+                flags: 0
+            })
+            .status(),
+            Status::Ok
+        );
+        let map = Request::Map {
+            domain: 1,
+            virt_start: 0x1000,
+            virt_end: 0x2fff,
+            phys_start: 0x4000,
+            flags: MAP_F_READ,
+        };
+        assert_eq!(v.handle(map).status(), Status::Ok);
+        let device = {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .filter_map(|_| {
+                        dev.access(0x1ff8, 16, Prot::READ, |s| (s.len(), s[0].paddr))
+                            .ok()
+                    })
+                    .inspect(|&got| assert_eq!(got, (1, 0x4ff8), "contiguous pages merge"))
+                    .count()
+            })
+        };
+        let unmap = Request::Unmap {
+            domain: 1,
+            virt_start: 0x1000,
+            virt_end: 0x2fff,
+        };
+        assert_eq!(v.handle(unmap).status(), Status::Ok);
+        assert_eq!(
+            dev.access(0x1ff8, 16, Prot::READ, |_| ()),
+            Err(Fault::Unmapped { iova: 0x1ff8 })
+        );
+        assert!(device.join().unwrap() <= 20);
+        assert_eq!(
+            v.handle(Request::Detach {
+                domain: 1,
+                endpoint: 1
+            })
+            .status(),
+            Status::Ok
+        );
+        assert_eq!(dev.access(0, 1, Prot::READ, |_| ()), Err(Fault::Detached));
+        assert!(v.domain_ids().is_empty());
     }
 }

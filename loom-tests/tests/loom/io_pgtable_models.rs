@@ -199,6 +199,8 @@ fn block_replaces_empty_table_under_readers() {
     accounted(&pt);
 }
 
+/// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
+/// use, one lets the mapper unlink, free and write the block in that window, one spare.
 #[test]
 fn block_replaces_empty_table_under_readers_passes() {
     check(
@@ -207,21 +209,25 @@ fn block_replaces_empty_table_under_readers_passes() {
     );
 }
 
+/// Exhaustive (~55,000 executions).
 #[test]
 fn install_race_passes() {
     check(Bound::Exhaustive, install_race);
 }
 
+/// Exhaustive (a few dozen executions: the threads share only the top table).
 #[test]
 fn neighbours_in_one_table_passes() {
     check(Bound::Exhaustive, neighbours_in_one_table);
 }
 
+/// Exhaustive (~70,000 executions).
 #[test]
 fn unmap_frees_level_under_readers_passes() {
     check(Bound::Exhaustive, unmap_frees_level_under_readers);
 }
 
+/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model.
 #[test]
 fn unmap_frees_subtree_under_readers_passes() {
     check(Bound::Preemptions(3), unmap_frees_subtree_under_readers);

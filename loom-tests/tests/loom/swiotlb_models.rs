@@ -244,8 +244,9 @@ fn transient_free() {
     let t = {
         let (tlb, dev) = (tlb.clone(), dev.clone());
         spawn(move || {
-            tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs)
-                .unwrap()
+            if let Err(e) = tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs) {
+                panic!("DIAG {e:?} x={x:#x} uses={} tp={} find={:?} stats={:?}", dev.uses_swiotlb(), dev.transient_pools(), tlb.find_pool(&dev, x), tlb.stats());
+            }
         })
     };
     let w = {

@@ -490,8 +490,11 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
                 } else {
                     w.tlb.sync_for_device(d, addr, size, dir.real())
                 };
-                let fits =
-                    inside.is_some_and(|(a, o)| size > 0 && o + size <= w.live[&a].bounce.len());
+                let fits = inside.is_some_and(|(a, o)| {
+                    size > 0
+                        && o.checked_add(size)
+                            .is_some_and(|e| e <= w.live[&a].bounce.len())
+                });
                 let copies = if for_cpu {
                     dir.device_writes()
                 } else {
