@@ -6,6 +6,7 @@ use iova_cache::DevicePolicy;
 /// What a device declares when it attaches (Linux `dma_parms` and friends).
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DeviceConfig;
 /// let nvme = DeviceConfig { min_align_mask: 0xFFF, trusted: false, ..DeviceConfig::default() };
 /// assert_eq!(nvme.dma_mask, u64::MAX);

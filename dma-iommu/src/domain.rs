@@ -12,7 +12,7 @@
 
 use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
-use crate::flush_queue::{FqConfig, InvalidationOps};
+use crate::flush_queue::{FqConfig, FqError, InvalidationOps};
 use crate::iotlb::{Gather, TlbOps, TlbRange};
 use crate::registry::{Kind, Record, Registry};
 use crate::stats::{DomainStats, Event, Stats};
@@ -26,6 +26,7 @@ use swiotlb_core::{Direction, MapAttrs, Swiotlb};
 /// How a domain is built.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DomainConfig;
 /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
 /// assert_eq!(c.iova.granule_shift, 12);
@@ -39,7 +40,8 @@ pub struct DomainConfig {
     /// The IOVA allocator; its granule must be the page size and its space inside the input
     /// address range.
     pub iova: IovaConfig,
-    /// Start in lazy mode with this flush queue (`None`: strict).
+    /// Start in lazy mode with this flush queue (`None`: strict). If the queue's rings cannot
+    /// be allocated the domain starts strict instead, as Linux does.
     pub lazy: Option<FqConfig>,
 }
 
@@ -126,6 +128,7 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
 /// A DMA domain.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
 /// use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory, Swiotlb};
 ///
@@ -198,7 +201,11 @@ impl<T: TlbOps + 'static> Domain<T> {
         let pt = PageTable::with_tlb(config.pgtable, SharedTlb(tlb.clone()))?;
         let strictness = Strictness::new(Arc::new(Backend { pt, iova, tlb }));
         if let Some(fq) = config.lazy {
-            strictness.enable_lazy(fq)?;
+            match strictness.enable_lazy(fq) {
+                // Linux `iommu_dma_init_domain`: no memory for the queue, stay strict.
+                Ok(_) | Err(FqError::NoMemory) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Self {
             strictness,
@@ -390,7 +397,13 @@ impl<T: TlbOps + 'static> Domain<T> {
             granules,
             bounce,
         };
-        self.registry.insert(span.pfn, rec);
+        if let Err(e) = self.registry.insert(span.pfn, rec) {
+            // Never published: take the translation down (strict) and give the IOVA back.
+            let undone = self.unmap_span_now(iova, len);
+            debug_assert_eq!(undone, Ok(len), "undoing a fresh mapping");
+            self.release_iova(span);
+            return Err(e);
+        }
         self.stats.count(Event::Map);
         Ok(iova + offset)
     }
@@ -463,8 +476,8 @@ impl<T: TlbOps + 'static> Domain<T> {
         Ok(r?)
     }
 
-    pub(crate) fn record(&self, pfn: u64, rec: Record) {
-        self.registry.insert(pfn, rec);
+    pub(crate) fn record(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
+        self.registry.insert(pfn, rec)
     }
 
     pub(crate) fn count(&self, e: Event) {
@@ -642,7 +655,8 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Switch from strict to lazy invalidation at run time, safely while other threads map
-    /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict.
+    /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict. If the queue
+    /// cannot be allocated, [`FqError::NoMemory`] and the domain stays strict.
     pub fn set_lazy(&self, fq: FqConfig) -> Result<bool, DmaError> {
         Ok(self.strictness.enable_lazy(fq)?)
     }

@@ -6,6 +6,7 @@ use std::fmt;
 /// Why a DMA operation was refused. The domain and the device are unchanged after any error.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DmaError;
 /// assert!(DmaError::ZeroSize.to_string().contains("zero"));
 /// let e = DmaError::NotMapped { dma: 0x1000 };
@@ -59,6 +60,9 @@ pub enum DmaError {
     PageTable(io_pgtable::Error),
     /// The flush queue could not be built.
     FlushQueue(FqError),
+    /// The record of a new mapping could not be allocated (see
+    /// [`crate::faults::MAPPING_RECORD`]); the mapping was undone.
+    NoMemory,
     /// The domain configuration is inconsistent.
     Config(&'static str),
     /// A device access through a translation the mapping does not permit, or to an
@@ -97,6 +101,7 @@ impl fmt::Display for DmaError {
             DmaError::Bounce(e) => write!(f, "bounce buffer: {e}"),
             DmaError::PageTable(e) => write!(f, "page table: {e}"),
             DmaError::FlushQueue(e) => write!(f, "flush queue: {e}"),
+            DmaError::NoMemory => write!(f, "cannot allocate the record of a new mapping"),
             DmaError::Config(why) => write!(f, "invalid domain configuration: {why}"),
             DmaError::Fault { dma } => write!(f, "device access fault at {dma:#x}"),
         }

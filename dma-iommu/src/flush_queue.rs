@@ -40,6 +40,7 @@ use std::time::Duration;
 /// page table; models implement it over an emulated walker.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{Gather, InvalidationOps};
 /// use dma_sync::Mutex;
 /// struct Ops { freed: Mutex<Vec<u64>> }
@@ -76,6 +77,7 @@ pub enum FqKind {
 /// Flush-queue geometry and timeout.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FqConfig, FqKind};
 /// use std::time::Duration;
 /// let c = FqConfig::per_cpu().with_cpus(4);
@@ -163,6 +165,8 @@ pub enum FqError {
     RingSize(usize),
     /// A per-CPU queue with zero CPUs.
     NoRings,
+    /// A ring could not be allocated (see [`crate::faults::FQ_RING_ALLOC`]).
+    NoMemory,
 }
 
 impl fmt::Display for FqError {
@@ -172,6 +176,7 @@ impl fmt::Display for FqError {
                 write!(f, "flush-queue ring size {n} is not a power of two >= 2")
             }
             FqError::NoRings => write!(f, "a per-CPU flush queue needs at least one CPU"),
+            FqError::NoMemory => write!(f, "cannot allocate a flush-queue ring"),
         }
     }
 }
@@ -212,15 +217,22 @@ struct Ring<E> {
 }
 
 impl<E> Ring<E> {
-    fn new(size: usize) -> Self {
-        Self {
-            slots: (0..size).map(|_| None).collect(),
+    /// An empty ring of `size` slots, or `None` if its memory cannot be allocated.
+    fn try_new(size: usize) -> Option<Self> {
+        if crate::faults::FQ_RING_ALLOC.fail() {
+            return None;
+        }
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(size).ok()?;
+        slots.resize_with(size, || None);
+        Some(Self {
+            slots: slots.into_boxed_slice(),
             head: 0,
             tail: 0,
             enqueued: 0,
             reclaimed: 0,
             full_flushes: 0,
-        }
+        })
     }
 
     fn mask(&self) -> usize {
@@ -371,6 +383,7 @@ impl<O: InvalidationOps> Shared<O> {
 /// A flush queue: deferred freeing after global IOTLB flushes.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
 /// use dma_sync::{Arc, Mutex};
 /// #[derive(Default)]
@@ -401,9 +414,11 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// timer's work with [`FlushQueue::fire_timer`]).
     pub fn new(ops: Arc<O>, config: FqConfig) -> Result<Self, FqError> {
         config.validate()?;
+        // Every ring before anything else (the timer thread): a failure leaves nothing behind.
         let rings = (0..config.rings())
-            .map(|_| CachePadded(Mutex::new(Ring::new(config.ring_size))))
-            .collect();
+            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded(Mutex::new(r))))
+            .collect::<Option<_>>()
+            .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
             ops,
             rings,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// flush models a hypervisor intercept, the case the single large flush queue is for).
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{SimulatedIotlb, TlbOps, TlbRange};
 /// use std::time::Duration;
 /// let t = SimulatedIotlb::new(Duration::ZERO, Duration::ZERO);
@@ -121,6 +122,7 @@ impl Invalidation {
 /// so a test can check that no IOVA was reused before an invalidation covering its unmap.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{RecordingIotlb, TlbOps, TlbRange};
 /// let t = RecordingIotlb::new();
 /// let unmapped_at = t.tick();

@@ -29,6 +29,7 @@
 pub mod device;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod flush_queue;
 pub mod iotlb;
 mod pad;

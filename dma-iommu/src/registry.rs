@@ -58,9 +58,16 @@ impl Registry {
         &self.shards[h as usize & (self.shards.len() - 1)]
     }
 
-    pub(crate) fn insert(&self, pfn: u64, rec: Record) {
-        let old = self.shard(pfn).lock().insert(pfn, rec);
+    /// Record a new mapping; [`DmaError::NoMemory`] (nothing recorded) if the shard cannot
+    /// grow.
+    pub(crate) fn insert(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
+        let mut shard = self.shard(pfn).lock();
+        if crate::faults::MAPPING_RECORD.fail() || shard.try_reserve(1).is_err() {
+            return Err(DmaError::NoMemory);
+        }
+        let old = shard.insert(pfn, rec);
         debug_assert!(old.is_none(), "IOVA pfn {pfn:#x} handed out twice");
+        Ok(())
     }
 
     /// Remove the mapping at `pfn` if `check` accepts it; otherwise leave it in place.

@@ -61,6 +61,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// or one mapping per segment (untrusted devices, so unaligned segments can be bounced).
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb, PhysSegment};
     /// use swiotlb_core::Direction;
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
@@ -161,17 +162,19 @@ impl<T: TlbOps + 'static> Domain<T> {
         let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
         let segments = merge(dev, list, &per_input);
         let total_len = list.iter().map(|s| s.len).sum();
-        self.record(
-            span.pfn,
-            Record {
-                dev: dev.inner.id,
-                kind: Kind::List,
-                size: total_len,
-                offset: 0,
-                granules,
-                bounce: None,
-            },
-        );
+        let rec = Record {
+            dev: dev.inner.id,
+            kind: Kind::List,
+            size: total_len,
+            offset: 0,
+            granules,
+            bounce: None,
+        };
+        if let Err(e) = self.record(span.pfn, rec) {
+            self.unmap_placed(base, &placed);
+            self.release_iova(span);
+            return Err(e);
+        }
         self.count(Event::Map);
         Ok(SgMapping {
             segments,

@@ -5,6 +5,7 @@
 //! tracked mutable access: a concurrent reader is then reported as a causality violation.
 //!
 //! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::atomic::{AtomicUsize, Ordering, Poison};
 //! let mut a = AtomicUsize::new(3);
 //! a.poison(usize::MAX);
@@ -22,6 +23,7 @@ pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 /// A memory fence. Loom has no `compiler_fence`; use this, never `Relaxed`.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// dma_sync::atomic::fence(dma_sync::atomic::Ordering::SeqCst);
 /// ```
 #[inline(always)]
@@ -41,6 +43,7 @@ pub trait Poison {
     /// Store `value` through `&mut self`.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_sync::atomic::{AtomicU64, Ordering, Poison};
     /// let mut a = AtomicU64::new(0);
     /// a.poison(7);

@@ -22,6 +22,7 @@ impl<T: TlbOps> PageTable<T> {
     /// Concurrent calls must not overlap each other's ranges, nor any unmap's.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, Error, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// // 600 pages requested; the leaf table from 0x1000 holds 511 more entries.
@@ -167,6 +168,7 @@ impl<T: TlbOps> PageTable<T> {
     /// mapped is unmapped again and the table is as before.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map(0x1f_f000, 0x1f_f000, 0x20_2000, Prot::READ).unwrap();

@@ -54,6 +54,7 @@ bitflags::bitflags! {
     /// Access rights and memory type of a mapping, as Linux's `IOMMU_*` prot bits.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::Prot;
     /// let p = Prot::READ | Prot::WRITE | Prot::CACHE;
     /// assert!(p.contains(Prot::WRITE));
@@ -223,6 +224,7 @@ pub fn prot_of(g: &Geometry, d: u64) -> Prot {
 /// Decode a descriptor found at `level`.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Prot};
 /// let g = Config::s1_4k(48).geometry().unwrap();
 /// let d = pte::leaf(&g, 2, 0x4020_0000, Prot::READ);

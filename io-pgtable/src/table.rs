@@ -85,6 +85,10 @@ impl TableMem {
         stats: &Counters,
     ) -> Result<Self, Error> {
         let layout = Self::layout(len, align)?;
+        if crate::faults::TABLE_ALLOC.fail() {
+            // As a null from the allocator: nothing allocated, nothing counted.
+            return Err(Error::NoMemory);
+        }
         // SAFETY: `len > 0` (every level has at least two entries), so the layout is non-zero.
         let raw = unsafe { std::alloc::alloc(layout) } as *mut AtomicU64;
         let ptr = NonNull::new(raw).ok_or(Error::NoMemory)?;

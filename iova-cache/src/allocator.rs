@@ -31,6 +31,7 @@ pub(crate) struct Inner {
 /// with the free of the same family.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::{IovaAllocator, IovaConfig};
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
 /// let pfn = a.alloc(3, 0xfffff).unwrap();          // 4 granules, 4-aligned, top-down
@@ -104,6 +105,7 @@ impl IovaAllocator {
     /// cached range to the range allocator and retry once.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let p = a.alloc(16, 0xfff).unwrap();
@@ -234,6 +236,7 @@ impl IovaAllocator {
     /// the highest address ending at or below `limit`, size-aligned if `aligned`.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let a = iova_cache::IovaAllocator::new(iova_cache::IovaConfig::with_space(1, 100)).unwrap();
     /// assert_eq!(a.alloc_range(3, 100, false), Ok(98));
     /// a.free_range(98, 3).unwrap();
@@ -254,6 +257,7 @@ impl IovaAllocator {
     /// which case retrying succeeds. Nothing changes on failure.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, RangeKind};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// a.reserve(0xfee0, 0xfeef).unwrap();

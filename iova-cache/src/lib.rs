@@ -25,6 +25,7 @@
 //! baseline the benchmarks compare against.
 //!
 //! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
 //!
 //! let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 24) - 1)).unwrap();

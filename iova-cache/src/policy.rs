@@ -11,6 +11,7 @@ use dma_sync::atomic::{AtomicBool, Ordering};
 /// Per-device allocation policy state.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
 /// // A 33-bit space of 4 KiB granules: pfns up to 2^21 - 1.
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
@@ -53,6 +54,7 @@ impl IovaAllocator {
     /// permanently and allocate against the full limit (with flush and retry).
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
     /// a.reserve(1, a.dma_32bit_pfn() - 1).unwrap(); // no 32-bit space at all

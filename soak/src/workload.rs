@@ -80,15 +80,15 @@ pub struct SoakReport {
     /// Quiescent checks passed.
     pub checks: u64,
     /// Peak memory the crates reported, first and second half of the run: swiotlb slots,
-    /// IOVA cached granules, live page-table levels (allocated − freed).
-    pub peaks: [[u64; 3]; 2],
+    /// IOVA cached granules, linked page-table levels, retired levels not yet freed.
+    pub peaks: [[u64; 4]; 2],
 }
 
 impl fmt::Display for SoakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} DMA maps, {} reads, {} checks; peaks (slots, cached granules, tables) {:?} then {:?}",
+            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} DMA maps, {} reads, {} checks; peaks (slots, cached granules, linked tables, tables awaiting free) {:?} then {:?}",
             self.ops[0], self.ops[1], self.ops[2], self.ops[3], self.reads, self.checks, self.peaks[0], self.peaks[1]
         )
     }
@@ -562,7 +562,7 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
 
 /// With every worker parked: each crate's own accounting against what the workers hold.
 /// Returns the memory figures for the trend check.
-fn quiescent_check(sh: &Shared) -> [u64; 3] {
+fn quiescent_check(sh: &Shared) -> [u64; 4] {
     let held = sh.held.lock().clone();
     let s = sh.tlb.stats();
     let slots: usize = held.iter().map(|h| h.slots).sum();
@@ -629,7 +629,8 @@ fn quiescent_check(sh: &Shared) -> [u64; 3] {
     [
         s.nslabs as u64,
         sh.iova.stats().cached_granules(),
-        st.allocated - st.freed,
+        st.linked(),
+        st.discarded + st.retired - st.freed,
     ]
 }
 
@@ -673,7 +674,23 @@ fn final_check(sh: &Shared, report: &SoakReport) {
             left.len()
         ));
     }
-    let st = sh.pt.stats();
+    // Every retired table is freed once the grace periods have run: push the deferred frees
+    // until they are (a table never freed is a leak).
+    let mut st = sh.pt.stats();
+    for _ in 0..10_000 {
+        if st.freed == st.discarded + st.retired {
+            break;
+        }
+        dma_sync::rcu::pin().flush();
+        st = sh.pt.stats();
+    }
+    if st.freed != st.discarded + st.retired {
+        sh.fail(format!(
+            "page table: {} tables released, {} freed",
+            st.discarded + st.retired,
+            st.freed
+        ));
+    }
     if st.linked() != 1 || sh.pt.dump().tables != 1 {
         sh.fail(format!(
             "page table at the end: {} tables linked, {} reachable",
@@ -694,6 +711,13 @@ fn final_check(sh: &Shared, report: &SoakReport) {
         sh.fail(format!(
             "IOVA caches kept growing: {} then {} granules",
             first[1], second[1]
+        ));
+    }
+    // Retired levels wait for crossbeam-epoch's lazy collection; it may lag, never run away.
+    if report.checks >= 4 && second[3] > 8 * first[3] + 16_384 {
+        sh.fail(format!(
+            "retired page-table levels pile up: {} then {}",
+            first[3], second[3]
         ));
     }
     if report.checks >= 4 && first[2] > 0 && second[2] > 2 * first[2] + 8 {

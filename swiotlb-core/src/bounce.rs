@@ -41,6 +41,7 @@ impl Direction {
 /// Attributes of a mapping.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let a = swiotlb_core::MapAttrs { alloc_align_mask: 0xFFF, ..Default::default() };
 /// assert!(!a.skip_cpu_sync);
 /// ```
@@ -62,6 +63,7 @@ impl Swiotlb {
     /// The original bytes are copied in whatever the direction.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base() + 0xA00;
@@ -91,7 +93,10 @@ impl Swiotlb {
         let _ = dir; // Every direction copies in.
         self.check_device(dev)?;
         if orig == INVALID_PHYS_ADDR {
-            return Err(Error::NotMapped { addr: orig });
+            return Err(Error::Memory(crate::MemoryError {
+                addr: orig,
+                len: size,
+            }));
         }
         let plan = self.plan(dev, Some(orig), size, attrs.alloc_align_mask, false)?;
         let (pool, s) = self.find_slots(dev, &plan)?;
@@ -162,6 +167,7 @@ impl Swiotlb {
     /// mapping stays as it was.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -244,6 +250,7 @@ impl Swiotlb {
     /// bytes). Any sub-range of a live mapping.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
@@ -296,6 +303,7 @@ impl Swiotlb {
     /// page-aligned, never overlapping another allocation.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
     /// let dev = tlb.device(DeviceConfig::default());
@@ -312,10 +320,14 @@ impl Swiotlb {
             return Err(Error::ZeroSize);
         }
         let pages = size.div_ceil(PAGE_SIZE);
+        let too_large = Error::TooLarge {
+            size,
+            max: self.segment_slots() * IO_TLB_SIZE,
+        };
         let order_bytes = pages
             .checked_next_power_of_two()
-            .ok_or(Error::TooLarge { size, max: 0 })?
-            * PAGE_SIZE;
+            .and_then(|p| p.checked_mul(PAGE_SIZE))
+            .ok_or(too_large)?;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
         let (pool, s) = self.find_slots(dev, &plan)?;
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);

@@ -31,6 +31,7 @@
 //! can access it through [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`].
 //!
 //! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 //!
 //! let mem = RegionMemory::new(64 * 1024);
@@ -83,3 +84,13 @@ pub const PAGE_SIZE: usize = 4096;
 pub const POOL_ALIGN: usize = 64 * 1024;
 /// Original address of a slot with no mapping.
 pub const INVALID_PHYS_ADDR: u64 = u64::MAX;
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<crate::Swiotlb>();
+        check::<crate::Device>();
+    }
+}

@@ -22,9 +22,13 @@ use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
 use std::ops::Deref;
 
+/// Largest pool, in slots (8 TiB): keeps every slot count and byte size far from overflow.
+const MAX_NSLABS: usize = 1 << 32;
+
 /// Configuration of a [`Swiotlb`] instance.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::Config;
 /// let c = Config { nslabs: 1024, nareas: 4, ..Config::default() };
 /// assert!(c.can_grow);
@@ -181,6 +185,7 @@ impl Swiotlb {
     /// Build an instance with its default pool, copying to and from `memory`.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(256, 2, 128), RegionMemory::new(4096)).unwrap();
     /// assert_eq!(tlb.stats().nslabs, 256);
@@ -193,8 +198,8 @@ impl Swiotlb {
                 "segment_slots must be a power of two up to 128",
             ));
         }
-        if cfg.nslabs == 0 {
-            return Err(Error::InvalidConfig("nslabs must be at least 1"));
+        if cfg.nslabs == 0 || cfg.nslabs > MAX_NSLABS {
+            return Err(Error::InvalidConfig("nslabs must be in 1..=2^32"));
         }
         let nareas = if cfg.nareas == 0 {
             dma_sync::cpu::count()
@@ -230,6 +235,7 @@ impl Swiotlb {
     /// A new device handle bound to this instance.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
     /// let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
@@ -260,6 +266,7 @@ impl Swiotlb {
     /// `min_align_mask` may have to reproduce (252 KiB for NVMe's 0xFFF).
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(64)).unwrap();
     /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
@@ -391,6 +398,7 @@ impl Swiotlb {
     /// size), as the background worker does. Returns the slots added.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
     /// assert_eq!(tlb.grow().unwrap(), 8);
@@ -421,8 +429,8 @@ impl Swiotlb {
         if !self.inner.cfg.can_grow {
             return Err(Error::GrowthDisabled);
         }
-        if nslabs == 0 {
-            return Err(Error::InvalidConfig("a pool needs at least one slot"));
+        if nslabs == 0 || nslabs > MAX_NSLABS {
+            return Err(Error::InvalidConfig("a pool has 1..=2^32 slots"));
         }
         let geo = Geometry::new(nslabs, self.inner.geo.nareas, self.inner.geo.seg);
         let pool = Box::into_raw(Pool::new(geo, false, self.inner.cfg.phys_limit)?);
@@ -473,6 +481,7 @@ impl Swiotlb {
     /// correct for addresses handed between threads through the caller's own memory.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();

@@ -17,6 +17,7 @@ use std::ptr::NonNull;
 /// Memory holding original buffers, addressed by physical/DMA address.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{OrigMemory, RegionMemory};
 /// let m = RegionMemory::new(4096);
 /// m.write(m.base() + 10, b"abc").unwrap();
@@ -35,6 +36,7 @@ pub trait OrigMemory: Send + Sync {
 /// The calling process's own memory: an address is a pointer value.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{OrigMemory, ProcessMemory};
 /// let buf = vec![7u8; 16];
 /// // SAFETY: only addresses of `buf` (alive, not otherwise borrowed mutably) are used.
@@ -78,6 +80,7 @@ impl OrigMemory for ProcessMemory {
 /// bounds-checked: a safe [`OrigMemory`] for tests, examples and simple users.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{OrigMemory, RegionMemory};
 /// let m = RegionMemory::new(8192);
 /// assert_eq!(m.base() % 4096, 0);

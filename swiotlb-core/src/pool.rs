@@ -174,7 +174,10 @@ impl Pool {
     /// Whether `addr` is a bounce address of this pool.
     #[inline]
     pub(crate) fn contains(&self, addr: u64) -> bool {
-        addr >= self.start() && addr < self.end()
+        // Both loads always happen: under loom the sequence of atomic operations must not
+        // depend on where the allocator placed the pool (the model must be deterministic).
+        let (start, end) = (self.start(), self.end());
+        addr >= start && addr < end
     }
 
     /// Bounce address of slot `i`.

@@ -514,10 +514,31 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         Err(Error::ForeignDevice)
     );
     assert!(!tlb.is_bounce_buffer(&stranger, a));
+    // Absurd sizes.
+    assert!(matches!(
+        tlb.map(&dev, base, usize::MAX, Direction::ToDevice, NONE),
+        Err(Error::TooLarge { .. })
+    ));
+    let huge = Config {
+        nslabs: usize::MAX,
+        ..Config::default()
+    };
+    assert!(matches!(
+        Swiotlb::new(huge, RegionMemory::new(1)),
+        Err(Error::InvalidConfig(_))
+    ));
     // Growth and allocations are refused where not configured.
     assert_eq!(tlb.grow(), Err(Error::GrowthDisabled));
     assert_eq!(tlb.alloc(&dev, 4096), Err(Error::NotForAlloc));
     assert_eq!(tlb.free(&dev, a), Err(Error::NotForAlloc));
+    let restricted = Swiotlb::new(Config::restricted(8), RegionMemory::new(1)).unwrap();
+    let rdev = restricted.device(DeviceConfig::default());
+    assert!(matches!(
+        restricted.alloc(&rdev, usize::MAX),
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(restricted.alloc(&rdev, 0), Err(Error::ZeroSize));
+    assert_eq!(restricted.grow_by(8), Err(Error::GrowthDisabled));
 
     assert_eq!(tlb.stats().used, used);
     tlb.check_invariants().unwrap();

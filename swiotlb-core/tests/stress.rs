@@ -187,3 +187,53 @@ fn lookups_race_growth() {
     tlb.check_invariants().unwrap();
     assert_eq!(tlb.stats().used, 0);
 }
+
+/// Concurrent double unmaps of the same addresses (a caller bug): exactly one unmap of each
+/// mapping succeeds, the other gets `NotMapped`, and the counters stay exact.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn racing_double_unmaps_never_corrupt_counters() {
+    let mem = RegionMemory::new(1 << 20);
+    let base = mem.base();
+    let tlb = Swiotlb::new(Config::tiny(64, 2, 16), mem).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    for round in 0..200u64 {
+        // Global and (once the pool is full) transient mappings.
+        let addrs: Vec<u64> = (0..24)
+            .map(|i| {
+                let orig = base + (i * 3 + round % 7) * 2048;
+                tlb.map(
+                    &dev,
+                    orig,
+                    2048,
+                    Direction::Bidirectional,
+                    MapAttrs::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (tlb, dev, addrs) = (tlb.clone(), dev.clone(), addrs.clone());
+                thread::spawn(move || {
+                    addrs
+                        .iter()
+                        .filter(|&&a| {
+                            let attrs = MapAttrs::default();
+                            match tlb.unmap(&dev, a, 2048, Direction::Bidirectional, attrs) {
+                                Ok(()) => true,
+                                Err(Error::NotMapped { .. }) => false,
+                                Err(e) => panic!("{e}"),
+                            }
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let won: usize = racers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(won, addrs.len(), "each mapping is unmapped exactly once");
+        assert_eq!(tlb.stats().used, 0);
+        assert_eq!(dev.transient_pools(), 0);
+        tlb.check_invariants().unwrap();
+    }
+}

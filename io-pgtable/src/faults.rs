@@ -1,0 +1,30 @@
+//! The allocation sites of this crate whose failure it survives, by name.
+//!
+//! Each is a [`dma_sync::fault::Site`]; the code asks it before the allocation and, when it
+//! (or the real allocation) fails, takes the fallback documented here. With the
+//! `fault-injection` feature (always on for this crate's own tests) a test arms a site with
+//! `dma_sync::fault::armed`; without it every site is a constant "no failure":
+//!
+//! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+//! use io_pgtable::{faults, Config, Error, PageTable, Prot};
+//! let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+//! let (r, used) = dma_sync::fault::armed(&faults::TABLE_ALLOC, 1, || {
+//!     pt.map_pages(0x1000, 0x1000, 0x1000, 1, Prot::READ)
+//! });
+//! assert_eq!((r, used), (Err(Error::NoMemory), 1));
+//! assert!(pt.iova_to_phys(0x1000).is_none(), "nothing mapped");
+//! assert_eq!(pt.map_pages(0x1000, 0x1000, 0x1000, 1, Prot::READ), Ok(0x1000));
+//! ```
+
+use dma_sync::fault::Site;
+
+/// A table level (the root at construction, a missing intermediate or leaf table on a map).
+/// Fallback (Linux `__arm_lpae_map` when `__arm_lpae_alloc_pages` fails): the call fails with
+/// [`Error::NoMemory`](crate::Error::NoMemory) before any leaf is written, so every
+/// translation is as before. Tables this call installed above the failed level stay linked,
+/// empty (another mapper may already be descending into them, as in Linux); they are counted
+/// and reachable, and freed when an unmap covers their span or with the table.
+/// [`PageTable::map`](crate::PageTable::map) also unmaps what earlier steps of the same
+/// call mapped.
+pub static TABLE_ALLOC: Site = Site::new("pgtable.table.alloc");
