@@ -127,6 +127,9 @@ pub struct Measurement {
     /// taking the CPUs, so this is what a dedicated machine would give; blocking on a lock is
     /// not runqueue wait and stays in. `None` where unavailable.
     pub adjusted_ops_per_sec: Option<f64>,
+    /// Rate of the racing background op (a writer) during the run, if there was one: readers'
+    /// throughput with a writer means little without how busy the writer was.
+    pub background_ops_per_sec: Option<f64>,
     /// Latency phase percentiles.
     pub latency: Latency,
 }
@@ -187,6 +190,7 @@ impl Measurement {
                     })
                     .sum()
             }),
+            background_ops_per_sec: None,
             latency,
         }
     }
@@ -445,8 +449,13 @@ where
 }
 
 /// Run `background` on its own thread (e.g. a writer racing the measured readers) for as long as
-/// `body` runs; `background` is called in a loop until `body` returns.
-pub fn with_background<B, R>(background: B, body: impl FnOnce() -> R) -> R
+/// `body` runs, calling it in a loop; the thread is pinned to CPU index `pin` (if `Some`). Returns
+/// `body`'s result and how many times per second `background` ran meanwhile.
+pub fn with_background<B, R>(
+    pin: Option<usize>,
+    background: B,
+    body: impl FnOnce() -> R,
+) -> (R, f64)
 where
     B: FnMut() + Send,
 {
@@ -454,17 +463,44 @@ where
     std::thread::scope(|s| {
         let stop = &stop;
         let mut background = background;
-        s.spawn(move || {
+        let h = s.spawn(move || {
+            if let Some(cpu) = pin {
+                pin_current(cpu);
+            }
+            let start = Instant::now();
+            let mut calls = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..BATCH {
                     background();
                 }
+                calls += BATCH;
             }
+            calls as f64 / start.elapsed().as_secs_f64().max(1e-9)
         });
         let r = body();
         stop.store(true, Ordering::Relaxed);
-        r
+        let rate = h.join().expect("background thread panicked");
+        (r, rate)
     })
+}
+
+/// [`measure`] with a racing `background` op on its own thread, pinned to the CPU after the
+/// measured threads' (when pinning); its rate goes into [`Measurement::background_ops_per_sec`].
+pub fn measure_with_background<F, G, B>(
+    cfg: &RunConfig,
+    threads: usize,
+    background: B,
+    make: F,
+) -> Measurement
+where
+    F: Fn(usize) -> G + Sync,
+    G: FnMut(),
+    B: FnMut() + Send,
+{
+    let pin = cfg.pin.then_some(threads);
+    let (mut m, rate) = with_background(pin, background, || measure(cfg, threads, make));
+    m.background_ops_per_sec = Some(rate);
+    m
 }
 
 /// Busy-wait for about `ns` nanoseconds (models a device or hypervisor round trip).
@@ -516,7 +552,8 @@ mod tests {
     #[cfg_attr(miri, ignore)] // FFI clocks and real time
     fn background_runs_while_the_body_runs_and_stops_after() {
         let n = AtomicU64::new(0);
-        let seen = with_background(
+        let (seen, rate) = with_background(
+            None,
             || {
                 n.fetch_add(1, Ordering::Relaxed);
             },
@@ -527,7 +564,7 @@ mod tests {
                 n.load(Ordering::Relaxed)
             },
         );
-        assert!(seen > 0);
+        assert!(seen > 0 && rate > 0.0);
         let after = n.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(

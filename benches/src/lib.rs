@@ -1,9 +1,24 @@
 //! Multithreaded map/unmap benchmarks of the dmaloom crates against the peers and the physical
-//! floor: the library behind the `dmabench` program and the criterion benchmarks.
+//! floor: the library behind the `dmabench` program and the Criterion benchmarks.
 //!
 //! Every case runs in one process, at 1 and 2 threads and oversubscribed (4, 8), on a fresh
 //! structure built outside the timed region; the targets are ratios between cases of the same
 //! run (see [`targets`]).
+//!
+//! * `cargo run --release -p dma-bench` — the default suite, about a minute on two CPUs: a table
+//!   per component, the targets with their ratios, and in `results/` the JSON of every
+//!   measurement ([`output::JSON_FILE`]), the targets as Markdown ([`output::TARGETS_FILE`]) and
+//!   SVG plots of throughput against threads and of latency percentiles per component.
+//! * `dmabench --smoke` — every case for a few milliseconds (what CI runs, through
+//!   `tests/smoke.rs`); `dmabench --help` for threads, duration, components, sizes, the modelled
+//!   IOTLB sync cost and the output folder.
+//! * `cargo bench -p dma-bench` — Criterion micro-benchmarks of the single-thread fast paths
+//!   and, with barriers and `iter_custom`, of the 2-thread ones.
+//!
+//! Modules: [`harness`] (threads, counting, latency histograms, CPU and load-adjusted figures),
+//! [`floor`] (CAS, load chase, memcpy), [`peers`] (other designs, rebuilt), [`cases`] (every
+//! workload on ours and on the peers), [`suite`] (options, running with progress), [`targets`],
+//! [`report`] (tables) and [`output`] (JSON, Markdown, SVG).
 //!
 //! ```
 //! use dma_bench::suite::{Component, Options};

@@ -163,14 +163,12 @@ pub struct Case {
     pub role: Role,
     /// The floor workload this case's cost is compared with, if any.
     pub floor: Option<String>,
-    /// Thread counts to skip (e.g. oversubscription for a case that cannot be oversubscribed).
-    pub max_threads: usize,
     /// Builds and measures the case.
     pub run: RunFn,
 }
 
 impl Case {
-    /// A case with no floor and no thread limit.
+    /// A case with no floor.
     pub fn new(
         component: Component,
         workload: impl Into<String>,
@@ -184,7 +182,6 @@ impl Case {
             implementation: implementation.into(),
             role,
             floor: None,
-            max_threads: usize::MAX,
             run: Box::new(run),
         }
     }
@@ -234,17 +231,14 @@ pub struct Omitted {
 /// Run `cases` at every thread count of `opts`, printing progress to stderr.
 pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
     let cfg = opts.run_config();
-    let total: usize = cases
-        .iter()
-        .map(|c| opts.threads.iter().filter(|&&t| t <= c.max_threads).count())
-        .sum();
+    let total = cases.len() * opts.threads.len();
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut done = 0;
     let mut out = Vec::with_capacity(cases.len());
     for case in cases {
         let mut runs = Vec::new();
-        for &t in opts.threads.iter().filter(|&&t| t <= case.max_threads) {
+        for &t in &opts.threads {
             done += 1;
             // On a terminal one line is rewritten per run; in a log, one line per case.
             if !opts.quiet && (tty || Some(&t) == opts.threads.first()) {

@@ -20,6 +20,7 @@
 //! | [`FlushQueue`], [`Strictness`], [`InvalidationOps`] | the invalidation machinery, generic over what it frees |
 //! | [`TlbOps`] (caller), [`SimulatedIotlb`], [`RecordingIotlb`] | IOTLB callbacks |
 //! | [`DmaError`] | typed errors; the domain is unchanged after any |
+//! | [`faults`] (`FQ_RING_ALLOC`, `MAPPING_RECORD`) | allocation sites a test can make fail (feature `fault-injection`, forwarded to io-pgtable and iova-cache) |
 //!
 //! The invalidation machinery stands on its own and is generic over what it frees:
 //! [`FlushQueue`] (deferred freeing after global flushes, the start/finish counter protocol,

@@ -37,6 +37,18 @@ pub fn fence(order: Ordering) {
 /// Overwrite an atomic through exclusive access, as a free path does before memory is reused.
 ///
 /// Under loom this is `with_mut`, which loom checks against every concurrent access.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::atomic::{AtomicPtr, Ordering, Poison};
+/// // A retired node clears its link so a reader racing the free cannot follow it.
+/// let mut next = AtomicPtr::new(Box::into_raw(Box::new(5u32)));
+/// let owned = next.load(Ordering::Relaxed);
+/// next.poison(std::ptr::null_mut());
+/// assert!(next.load(Ordering::Relaxed).is_null());
+/// // SAFETY: `owned` came from `Box::into_raw` and nothing else refers to it.
+/// drop(unsafe { Box::from_raw(owned) });
+/// ```
 pub trait Poison {
     /// The value type of the atomic.
     type Value;

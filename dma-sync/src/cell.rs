@@ -12,6 +12,7 @@
 /// c.with_mut(|p| unsafe { *p += 1 });
 /// // SAFETY: as above.
 /// assert_eq!(c.with(|p| unsafe { *p }), 2);
+/// assert_eq!(c.into_inner(), 2);
 /// ```
 #[derive(Debug, Default)]
 pub struct UnsafeCell<T> {

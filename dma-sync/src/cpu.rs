@@ -99,6 +99,16 @@ pub fn current() -> usize {
 }
 
 /// [`current`] reduced to `0..n` (for indexing `n` per-CPU shards).
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::cpu;
+/// cpu::set_current(Some(5));
+/// assert_eq!(cpu::current_in(4), 1); // power of two: a mask
+/// assert_eq!(cpu::current_in(3), 2); // otherwise the remainder
+/// assert_eq!(cpu::current_in(0), 0); // no shards: never out of range
+/// cpu::set_current(None);
+/// ```
 #[inline]
 pub fn current_in(n: usize) -> usize {
     let c = current();
@@ -110,11 +120,26 @@ pub fn current_in(n: usize) -> usize {
 }
 
 /// Make the calling thread report `cpu` from [`current`] (`None`: back to the default).
+///
+/// The override belongs to the calling thread only:
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::cpu;
+/// cpu::set_current(Some(7));
+/// let other = std::thread::spawn(|| {
+///     cpu::set_current(Some(2));
+///     cpu::current()
+/// });
+/// assert_eq!(other.join().unwrap(), 2);
+/// assert_eq!(cpu::current(), 7, "another thread's override does not leak here");
+/// cpu::set_current(None);
+/// ```
 pub fn set_current(cpu: Option<usize>) {
     imp::set_current(cpu)
 }
 
-/// The number of CPUs configured on this machine (loom: set by [`set_count`], default 2).
+/// The number of CPUs configured on this machine (loom: set by `set_count`, default 2).
 pub fn count() -> usize {
     imp::count()
 }

@@ -3,7 +3,7 @@
 //! Every allocation whose failure the library must survive (a dynamic pool, a transient pool,
 //! a magazine, a table level) asks its [`Site`] first. Without the `fault-injection` feature
 //! [`Site::fail`] is an `#[inline(always)]` `false` and costs nothing. With it, a test arms a
-//! site on its own thread with [`armed`], and the next `n` allocations there fail, so the
+//! site on its own thread with `armed`, and the next `n` allocations there fail, so the
 //! test can check that each failure is a typed error or a fallback that loses nothing.
 //! Arming is per OS thread (and so per loom model), so tests running in parallel do not
 //! disturb each other; a site reached from another thread sees it unarmed.
@@ -23,6 +23,16 @@
 //! ```
 
 /// A named allocation site.
+///
+/// Declared as a `static`, since arming finds a site by its address:
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::fault::Site;
+/// static TABLE_LEVEL: Site = Site::new("doc.table.level");
+/// assert_eq!(TABLE_LEVEL.name(), "doc.table.level");
+/// assert!(!TABLE_LEVEL.fail(), "an unarmed site never fails");
+/// ```
 #[derive(Debug)]
 pub struct Site {
     name: &'static str,
@@ -51,6 +61,16 @@ impl Site {
 
 /// Run `f` with the next `failures` allocations at `site` (on this thread) failing.
 /// Returns `f`'s result and how many injected failures were consumed.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::fault::{armed, Site};
+/// static POOL: Site = Site::new("doc.pool");
+/// let (fails, used) = armed(&POOL, 2, || (0..3).map(|_| POOL.fail()).collect::<Vec<_>>());
+/// assert_eq!(fails, [true, true, false]);
+/// assert_eq!(used, 2);
+/// assert!(!POOL.fail(), "disarmed when `f` returns");
+/// ```
 #[cfg(feature = "fault-injection")]
 pub fn armed<R>(site: &'static Site, failures: usize, f: impl FnOnce() -> R) -> (R, usize) {
     armed_imp::arm(site, failures);
@@ -83,7 +103,13 @@ mod armed_imp {
     }
 
     fn find<R>(site: &'static Site, f: impl FnOnce(&mut Arm) -> R) -> Option<R> {
-        ARMED.with(|a| a.borrow_mut().iter_mut().rev().find(|e| std::ptr::eq(e.site, site)).map(f))
+        ARMED.with(|a| {
+            a.borrow_mut()
+                .iter_mut()
+                .rev()
+                .find(|e| std::ptr::eq(e.site, site))
+                .map(f)
+        })
     }
 
     pub(super) fn take(site: &'static Site) -> bool {
@@ -100,7 +126,13 @@ mod armed_imp {
     }
 
     pub(super) fn arm(site: &'static Site, left: usize) {
-        ARMED.with(|a| a.borrow_mut().push(Arm { site, left, used: 0 }));
+        ARMED.with(|a| {
+            a.borrow_mut().push(Arm {
+                site,
+                left,
+                used: 0,
+            })
+        });
     }
 
     pub(super) fn used(site: &'static Site) -> usize {

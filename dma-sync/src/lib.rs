@@ -9,6 +9,22 @@
 //! poison the object so a use-after-free is reported as a causality violation, and
 //! `sched_getcpu` becomes an id the model assigns to each of its threads.
 //!
+//! # API overview
+//!
+//! | Item | Normal build | Under `--cfg loom` |
+//! |---|---|---|
+//! | [`atomic`]: `AtomicBool`, `AtomicPtr`, `AtomicU64`, `AtomicUsize`, [`atomic::fence`], [`atomic::Poison`] | `std::sync::atomic` | `loom::sync::atomic` |
+//! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
+//! | [`Mutex`], [`RwLock`] | parking_lot | `loom::sync` locks |
+//! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
+//! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
+//! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`] | crossbeam-epoch | fence-based RCU that poisons retired objects |
+//! | [`thread`]: `spawn`, [`thread::spin_wait`] | `std::thread` | `loom::thread`; a spin step yields |
+//! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
+//! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |
+//! | [`fault`]: [`fault::Site`] | never fails (feature `fault-injection`: armable per thread) | the same |
+//! | [`CachePadded`], [`LOOM`] | cache-line padding; the build flag | |
+//!
 //! Every memory ordering that matters in the library is written through a named
 //! [`mutation::Point`]. In loom builds a test can weaken one point at run time and assert that
 //! loom finds the failure; in normal builds the hook is an `#[inline(always)]` identity.

@@ -45,12 +45,26 @@ impl<T> Mutex<T> {
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
         #[cfg(not(loom))]
-        return MutexGuard { inner: self.inner.lock() };
+        return MutexGuard {
+            inner: self.inner.lock(),
+        };
         #[cfg(loom)]
-        return MutexGuard { inner: self.inner.lock().unwrap_or_else(|e| e.into_inner()) };
+        return MutexGuard {
+            inner: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
+        };
     }
 
     /// Take the lock if it is free.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// let m = dma_sync::Mutex::new(0);
+    /// let held = m.lock();
+    /// assert!(m.try_lock().is_none(), "held: refused without blocking");
+    /// drop(held);
+    /// *m.try_lock().unwrap() += 1;
+    /// assert_eq!(m.into_inner(), 1);
+    /// ```
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         #[cfg(not(loom))]
@@ -136,18 +150,26 @@ impl<T> RwLock<T> {
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
         #[cfg(not(loom))]
-        return RwLockReadGuard { inner: self.inner.read() };
+        return RwLockReadGuard {
+            inner: self.inner.read(),
+        };
         #[cfg(loom)]
-        return RwLockReadGuard { inner: self.inner.read().unwrap_or_else(|e| e.into_inner()) };
+        return RwLockReadGuard {
+            inner: self.inner.read().unwrap_or_else(|e| e.into_inner()),
+        };
     }
 
     /// Block until exclusive access is held.
     #[inline]
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         #[cfg(not(loom))]
-        return RwLockWriteGuard { inner: self.inner.write() };
+        return RwLockWriteGuard {
+            inner: self.inner.write(),
+        };
         #[cfg(loom)]
-        return RwLockWriteGuard { inner: self.inner.write().unwrap_or_else(|e| e.into_inner()) };
+        return RwLockWriteGuard {
+            inner: self.inner.write().unwrap_or_else(|e| e.into_inner()),
+        };
     }
 
     /// Consume the lock.

@@ -20,7 +20,7 @@
 //!
 //! In normal builds every method is an `#[inline(always)]` identity: `ord(o)` is `o`, `fence`
 //! is the fence, `on()` is `true`. In loom builds the methods consult a per-test table of
-//! weakened points (see [`weakened`]): a weakened ordering becomes `Relaxed` (or a chosen
+//! weakened points (see `weakened`): a weakened ordering becomes `Relaxed` (or a chosen
 //! weaker ordering), a weakened fence disappears, a weakened step (`on()`) is skipped. The
 //! table lives in a `std` thread-local of the test's OS thread; loom runs all model threads as
 //! coroutines on that thread, so a weakening reaches every thread of the model and no other
@@ -32,6 +32,15 @@
 use crate::atomic::Ordering;
 
 /// What kind of ordering decision a point names.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::mutation::Kind;
+/// // The loom RCU shim's store-buffering protocol has two full fences.
+/// let fences = dma_sync::points::ALL.iter().filter(|p| p.kind() == Kind::Fence);
+/// assert_eq!(fences.count(), 2);
+/// assert_eq!(dma_sync::points::RCU_PIN.kind(), Kind::Pin);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// An atomic load (`Acquire` or stronger).
@@ -51,6 +60,24 @@ pub enum Kind {
 }
 
 /// One named ordering decision.
+///
+/// Usually declared with [`crate::mutation_points!`]; [`Point::new`] is the same in a `const`
+/// context. In normal builds a point hands back the ordering it is given.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::atomic::Ordering;
+/// use dma_sync::mutation::{Kind, Point};
+/// static TAIL: Point = Point::new("doc.tail.acquire", Kind::Load, "Acquire on the tail.");
+/// static LOCAL: Point = Point::new("doc.local", Kind::Step, "Per-thread step.")
+///     .unobservable("only one thread ever takes it");
+/// assert_eq!((TAIL.name(), TAIL.kind()), ("doc.tail.acquire", Kind::Load));
+/// assert_eq!(TAIL.doc(), "Acquire on the tail.");
+/// assert_eq!(TAIL.unobservable_reason(), None);
+/// assert_eq!(LOCAL.unobservable_reason(), Some("only one thread ever takes it"));
+/// assert_eq!(TAIL.ord(Ordering::Acquire), Ordering::Acquire);
+/// assert!(LOCAL.on());
+/// ```
 #[derive(Debug)]
 pub struct Point {
     name: &'static str,
@@ -72,7 +99,12 @@ pub enum Weakening {
 impl Point {
     /// Declare a point. Prefer the [`crate::mutation_points!`] macro.
     pub const fn new(name: &'static str, kind: Kind, doc: &'static str) -> Self {
-        Self { name, kind, doc, unobservable: None }
+        Self {
+            name,
+            kind,
+            doc,
+            unobservable: None,
+        }
     }
 
     /// Mark the point as one C11 (and so loom) cannot observe, with the reason.
@@ -115,6 +147,19 @@ impl Point {
     }
 
     /// Success and failure orderings for a compare-and-swap.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_sync::atomic::{AtomicUsize, Ordering::*};
+    /// dma_sync::mutation_points! {
+    ///     /// Claims the slot and acquires what its previous owner released.
+    ///     CLAIM: Rmw = "doc.slot.claim";
+    /// }
+    /// let slot = AtomicUsize::new(0);
+    /// let (success, failure) = CLAIM.cas(AcqRel, Acquire);
+    /// assert_eq!(slot.compare_exchange(0, 1, success, failure), Ok(0));
+    /// assert_eq!(slot.compare_exchange(0, 2, success, failure), Err(1));
+    /// ```
     #[inline(always)]
     pub fn cas(&'static self, success: Ordering, failure: Ordering) -> (Ordering, Ordering) {
         #[cfg(not(loom))]
@@ -222,7 +267,13 @@ pub fn weakened<R>(point: &'static Point, how: Weakening, f: impl FnOnce() -> R)
 #[cfg(loom)]
 pub fn weakened_by_env() -> Vec<String> {
     std::env::var("DMALOOM_WEAKEN")
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -245,16 +296,31 @@ mod active {
     pub(super) fn lookup(point: &'static Point) -> Option<Weakening> {
         let scoped = STACK.with(|s| {
             let mut s = s.borrow_mut();
-            s.iter_mut().rev().find(|e| std::ptr::eq(e.point, point) || e.point.name == point.name).map(|e| {
-                e.hits += 1;
-                e.how
-            })
+            s.iter_mut()
+                .rev()
+                .find(|e| std::ptr::eq(e.point, point) || e.point.name == point.name)
+                .map(|e| {
+                    e.hits += 1;
+                    e.how
+                })
         });
-        scoped.or_else(|| ENV.with(|env| env.iter().any(|n| n == point.name).then_some(Weakening::Relax)))
+        scoped.or_else(|| {
+            ENV.with(|env| {
+                env.iter()
+                    .any(|n| n == point.name)
+                    .then_some(Weakening::Relax)
+            })
+        })
     }
 
     pub(super) fn push(point: &'static Point, how: Weakening) {
-        STACK.with(|s| s.borrow_mut().push(Entry { point, how, hits: 0 }));
+        STACK.with(|s| {
+            s.borrow_mut().push(Entry {
+                point,
+                how,
+                hits: 0,
+            })
+        });
     }
 
     pub(super) fn hits() -> usize {

@@ -29,6 +29,18 @@ pub struct Published<T> {
 }
 
 /// A loaded snapshot; dereferences to the `Arc` that was current when it was loaded.
+///
+/// A snapshot is not updated by later stores: a reader keeps a consistent view.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::{Arc, Published};
+/// let table = Published::new(Arc::new(vec![1, 2]));
+/// let snap = table.load();
+/// table.store(Arc::new(vec![3]));
+/// assert_eq!(**snap, [1, 2]);
+/// assert_eq!(**table.load(), [3]);
+/// ```
 pub struct Snapshot<T> {
     #[cfg(not(loom))]
     inner: arc_swap::Guard<Arc<T>>,
@@ -59,9 +71,13 @@ impl<T> Published<T> {
     #[inline]
     pub fn load(&self) -> Snapshot<T> {
         #[cfg(not(loom))]
-        return Snapshot { inner: self.inner.load() };
+        return Snapshot {
+            inner: self.inner.load(),
+        };
         #[cfg(loom)]
-        return Snapshot { inner: self.inner.read().clone() };
+        return Snapshot {
+            inner: self.inner.read().clone(),
+        };
     }
 
     /// A counted reference to the current value.
@@ -88,6 +104,26 @@ impl<T> Published<T> {
 
     /// Replace the value by `f(current)`, retrying if another writer got in first.
     /// Returns the value that was replaced.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_sync::{Arc, Published};
+    /// let hits = Arc::new(Published::new(Arc::new(0u32)));
+    /// let writers: Vec<_> = (0..2)
+    ///     .map(|_| {
+    ///         let hits = hits.clone();
+    ///         dma_sync::thread::spawn(move || {
+    ///             for _ in 0..100 {
+    ///                 hits.rcu(|v| **v + 1);
+    ///             }
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for w in writers {
+    ///     w.join().unwrap();
+    /// }
+    /// assert_eq!(**hits.load(), 200, "no update is lost to a racing writer");
+    /// ```
     pub fn rcu(&self, mut f: impl FnMut(&Arc<T>) -> T) -> Arc<T> {
         #[cfg(not(loom))]
         return self.inner.rcu(|cur| Arc::new(f(cur)));

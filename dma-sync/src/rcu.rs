@@ -54,6 +54,29 @@ pub trait Retire: Send + 'static {
 
 /// A pinned read-side critical section. Pointers loaded while it lives stay valid until it is
 /// dropped.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::rcu::{self, Retire};
+/// use dma_sync::Arc;
+///
+/// // Holds a reference to `alive` until it is freed.
+/// struct Entry(Option<Arc<()>>);
+/// impl Retire for Entry {
+///     fn poison(&mut self) {
+///         self.0 = None;
+///     }
+/// }
+///
+/// let alive = Arc::new(());
+/// let guard = rcu::pin();
+/// let entry = Box::new(Entry(Some(alive.clone())));
+/// // SAFETY: a fresh Box, never published, retired once.
+/// unsafe { guard.defer_retire(Box::into_raw(entry)) };
+/// guard.flush();
+/// assert_eq!(Arc::strong_count(&alive), 2, "not freed while a reader is pinned");
+/// drop(guard);
+/// ```
 pub struct Guard {
     #[cfg(not(loom))]
     inner: crossbeam_epoch::Guard,
@@ -65,13 +88,28 @@ pub struct Guard {
 #[inline]
 pub fn pin() -> Guard {
     #[cfg(not(loom))]
-    return Guard { inner: crossbeam_epoch::pin() };
+    return Guard {
+        inner: crossbeam_epoch::pin(),
+    };
     #[cfg(loom)]
     return shim::pin(crate::points::RCU_PIN.on());
 }
 
 /// Enter a read-side critical section through a named point: weakening the point in a loom
 /// build yields a guard that protects nothing, so a model can show the pin is needed.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::atomic::{AtomicPtr, Ordering};
+/// dma_sync::mutation_points! {
+///     /// The lookup's read-side pin.
+///     LOOKUP_PIN: Pin = "doc.lookup.pin";
+/// }
+/// let slot: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
+/// let guard = dma_sync::rcu::pin_at(&LOOKUP_PIN);
+/// // SAFETY: `slot` holds null or RCU-retired boxes only.
+/// assert!(unsafe { guard.deref(slot.load(Ordering::Acquire)) }.is_none());
+/// ```
 #[inline]
 pub fn pin_at(point: &'static Point) -> Guard {
     #[cfg(not(loom))]
@@ -138,7 +176,9 @@ impl Drop for Guard {
 mod shim {
     use super::{Guard, Retire};
     use crate::atomic::{AtomicUsize, Ordering::*};
-    use crate::points::{RCU_GRACE_PERIOD, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE};
+    use crate::points::{
+        RCU_GRACE_PERIOD, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
+    };
     use std::cell::RefCell;
 
     /// loom allows at most a handful of threads per model.
@@ -180,7 +220,9 @@ mod shim {
             l.guards += 1;
             if protect {
                 if l.depth == 0 {
-                    let slot = *l.slot.get_or_insert_with(|| DOMAIN.next_slot.fetch_add(1, Relaxed));
+                    let slot = *l
+                        .slot
+                        .get_or_insert_with(|| DOMAIN.next_slot.fetch_add(1, Relaxed));
                     assert!(slot < MAX_READERS, "too many RCU readers in one model");
                     DOMAIN.active[slot].store(1, Relaxed);
                     RCU_PIN_FENCE.fence(SeqCst);
@@ -222,7 +264,11 @@ mod shim {
             // SAFETY: by `defer_retire`'s contract the pointer is a unique, unlinked Box.
             let mut obj = unsafe { Box::from_raw(p as *mut T) };
             obj.poison();
-            domain.graveyard.lock().unwrap_or_else(|e| e.into_inner()).push(obj);
+            domain
+                .graveyard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(obj);
         });
         LOCAL.with(|l| l.borrow_mut().bag.push(retire));
     }

@@ -20,6 +20,7 @@
 //! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able |
 //! | [`TlbOps`] (flush_all, flush_walk, sync, add_page), [`Gather`], [`NoTlb`] | TLB maintenance |
 //! | [`PageTable::stats`]`() -> Stats` | tables allocated / discarded / retired / freed |
+//! | [`faults::TABLE_ALLOC`] | the table-allocation site a test can make fail (feature `fault-injection`) |
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests

@@ -59,15 +59,25 @@ fn check_no_leak(pt: &PageTable) {
         std::thread::yield_now();
     }
     let s = pt.stats();
-    assert_eq!(s.freed, s.discarded + s.retired, "retired tables never freed: {s:?}");
+    assert_eq!(
+        s.freed,
+        s.discarded + s.retired,
+        "retired tables never freed: {s:?}"
+    );
 }
 
 /// Disarmed, the table maps and unmaps a fresh range (needing new tables) and takes it back.
 fn check_keeps_working(pt: &PageTable, reference: &Reference, iova: u64, len: u64) {
     let before = pt.stats().allocated;
     pt.map(iova, 0x4000_0000, len, RW).unwrap();
-    assert_eq!(pt.iova_to_phys(iova + len - PAGE).unwrap().paddr, 0x4000_0000 + len - PAGE);
-    assert!(pt.stats().allocated > before, "the fresh range needed tables");
+    assert_eq!(
+        pt.iova_to_phys(iova + len - PAGE).unwrap().paddr,
+        0x4000_0000 + len - PAGE
+    );
+    assert!(
+        pt.stats().allocated > before,
+        "the fresh range needed tables"
+    );
     assert_eq!(pt.unmap(iova, len), Ok(len));
     check_translations(pt, reference, (iova / PAGE)..((iova + len) / PAGE));
     check_no_leak(pt);
@@ -108,8 +118,14 @@ fn each_level_of_a_multi_level_map_fails_cleanly() {
     // (iova of the failing map, the span its first missing table would serve)
     let cases = [
         (1 << 39, "level 1: a new 512G region"),
-        (1 << 30, "level 2: a new 1G region under the present level-1 table"),
-        (1 << 21, "level 3: a new 2M region under the present level-2 table"),
+        (
+            1 << 30,
+            "level 2: a new 1G region under the present level-1 table",
+        ),
+        (
+            1 << 21,
+            "level 3: a new 2M region under the present level-2 table",
+        ),
     ];
     for (iova, what) in cases {
         let before = pt.stats();
@@ -147,7 +163,11 @@ fn map_helper_undoes_the_leaf_tables_it_filled() {
     for failures in 1..=2 {
         let before = pt.stats();
         let (r, used) = armed(&TABLE_ALLOC, failures, || pt.map(iova, paddr, len, RW));
-        assert_eq!((r, used), (Err(Error::NoMemory), 1), "fails at the second leaf table");
+        assert_eq!(
+            (r, used),
+            (Err(Error::NoMemory), 1),
+            "fails at the second leaf table"
+        );
         // The first leaf table's pages were mapped, then undone.
         assert_eq!(pt.stats(), before);
         check_translations(&pt, &reference, 0..0x600);
@@ -158,7 +178,11 @@ fn map_helper_undoes_the_leaf_tables_it_filled() {
     pt.map_pages(0x20_0000, 0x6000_0000, PAGE, 1, RW).unwrap();
     assert_eq!(pt.unmap(0x20_0000, PAGE), Ok(PAGE));
     let (r, used) = armed(&TABLE_ALLOC, 1, || pt.map(iova, paddr, len, RW));
-    assert_eq!((r, used), (Err(Error::NoMemory), 1), "fails at the third leaf table");
+    assert_eq!(
+        (r, used),
+        (Err(Error::NoMemory), 1),
+        "fails at the third leaf table"
+    );
     check_translations(&pt, &reference, 0..0x600);
     check_no_leak(&pt);
     // Disarmed: the whole range maps through every leaf table, and goes again.

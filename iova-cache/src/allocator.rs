@@ -34,6 +34,7 @@ pub(crate) struct Inner {
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::{IovaAllocator, IovaConfig};
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
+/// dma_sync::cpu::set_current(Some(0));             // stay on one CPU slot throughout
 /// let pfn = a.alloc(3, 0xfffff).unwrap();          // 4 granules, 4-aligned, top-down
 /// assert_eq!(pfn % 4, 0);
 /// a.free(pfn, 3).unwrap();                         // cached on this CPU
@@ -42,6 +43,7 @@ pub(crate) struct Inner {
 /// assert!(a.free(pfn, 4).is_err(), "double free is refused");
 /// a.flush_all();
 /// assert_eq!(a.stats().cached_granules(), 0);
+/// dma_sync::cpu::set_current(None);
 /// ```
 pub struct IovaAllocator {
     pub(crate) inner: Arc<Inner>,
@@ -70,6 +72,21 @@ fn class_size(size: u64) -> u64 {
 impl IovaAllocator {
     /// An allocator over `config`'s space; starts the trim worker if configured (normal
     /// builds only).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// // The uncached baseline: the range allocator alone behind its lock.
+    /// let plain = IovaAllocator::new(IovaConfig { caching: false, ..IovaConfig::with_space(1, 255) })
+    ///     .unwrap();
+    /// let p = plain.alloc(1, 255).unwrap();
+    /// plain.free(p, 1).unwrap();
+    /// assert!(plain.stats().classes.is_empty() && plain.allocated_ranges().is_empty());
+    /// assert!(matches!(
+    ///     IovaAllocator::new(IovaConfig::with_space(9, 1)),
+    ///     Err(IovaError::InvalidConfig(_))
+    /// ));
+    /// ```
     pub fn new(config: IovaConfig) -> Result<Self, IovaError> {
         config.validate()?;
         let tree = RangeAllocator::new(config.start_pfn, config.end_pfn)?;
@@ -118,6 +135,18 @@ impl IovaAllocator {
 
     /// [`alloc`](Self::alloc) without the flush-and-retry: fails fast when the range
     /// allocator has no space (the 32-bit-first attempt of the DMA policy uses this).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(0, 3)).unwrap();
+    /// let ones: Vec<u64> = (0..4).map(|_| a.alloc(1, 3).unwrap()).collect();
+    /// for p in ones {
+    ///     a.free(p, 1).unwrap(); // all four granules now sit in the cache
+    /// }
+    /// assert_eq!(a.alloc_no_flush(4, 3), Err(IovaError::NoSpace { size: 4, limit: 3 }));
+    /// assert_eq!(a.alloc(4, 3), Ok(0), "flushing the caches makes room");
+    /// ```
     pub fn alloc_no_flush(&self, size: u64, limit: u64) -> Result<u64, IovaError> {
         self.alloc_inner(size, limit, false)
     }
@@ -194,6 +223,17 @@ impl IovaAllocator {
     /// sizes go to this CPU's magazines, larger ones to the range allocator. A pfn that is not
     /// a live allocation, or a wrong size, is an error that changes nothing (for cacheable
     /// sizes this needs [`IovaConfig::checked_frees`]; without it only the shape is checked).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let p = a.alloc(3, 0xffff).unwrap(); // rounded to 4 granules
+    /// let mismatch = IovaError::SizeMismatch { pfn: p, allocated: 4, freed: 8 };
+    /// assert_eq!(a.free(p, 8), Err(mismatch));
+    /// assert_eq!(a.free(p + 1, 4), Err(IovaError::NotAllocated { pfn: p + 1 }));
+    /// a.free(p, 3).unwrap(); // still live after the refused frees
+    /// ```
     pub fn free(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         let inner = &*self.inner;
         if size == 0 {
@@ -247,6 +287,17 @@ impl IovaAllocator {
 
     /// Free a range from [`alloc_range`](Self::alloc_range); must match it exactly. A range
     /// from [`alloc`](Self::alloc) is refused here (it may be sitting in a magazine).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let cached = a.alloc(1, 0xffff).unwrap();
+    /// assert_eq!(a.free_range(cached, 1), Err(IovaError::NotAllocated { pfn: cached }));
+    /// let p = a.alloc_range(5, 0xffff, false).unwrap();
+    /// a.free_range(p, 5).unwrap();
+    /// assert!(a.find(p).is_none());
+    /// ```
     pub fn free_range(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         self.inner.tree.with(|t| t.free(pfn, size))
     }
@@ -271,6 +322,16 @@ impl IovaAllocator {
     }
 
     /// The allocated (user-held or cached) or reserved range containing `pfn`.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaRange, RangeKind};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let p = a.alloc(4, 0xffff).unwrap();
+    /// let r = IovaRange { lo: p, hi: p + 3, kind: RangeKind::Allocated };
+    /// assert_eq!(a.find(p + 2), Some(r));
+    /// assert_eq!(a.find(p - 1), None);
+    /// ```
     pub fn find(&self, pfn: u64) -> Option<IovaRange> {
         self.inner.tree.with(|t| t.find(pfn))
     }
@@ -289,6 +350,24 @@ impl IovaAllocator {
 
     /// Return CPU slot `cpu`'s cached ranges to the range allocator (CPU offline). Slots out of
     /// range are ignored.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig};
+    /// let a = IovaAllocator::new(IovaConfig { cpus: 2, ..IovaConfig::with_space(1, 0xffff) })
+    ///     .unwrap();
+    /// dma_sync::cpu::set_current(Some(1)); // run as CPU slot 1
+    /// let p = a.alloc(2, 0xffff).unwrap();
+    /// a.free(p, 2).unwrap();
+    /// assert_eq!(a.stats().per_cpu_cached_granules, [0, 2]);
+    /// a.flush_cpu(0);
+    /// a.flush_cpu(9); // no such slot: ignored
+    /// assert_eq!(a.stats().per_cpu_cached_granules, [0, 2]);
+    /// a.flush_cpu(1); // CPU 1 goes offline
+    /// assert_eq!(a.stats().cached_granules(), 0);
+    /// assert!(a.find(p).is_none(), "back in the range allocator");
+    /// dma_sync::cpu::set_current(None);
+    /// ```
     pub fn flush_cpu(&self, cpu: usize) {
         if let Some(rc) = self.inner.rcache.as_ref().filter(|rc| cpu < rc.cpus()) {
             rc.flush_cpu(cpu, &self.inner.tree);
@@ -298,6 +377,26 @@ impl IovaAllocator {
     /// One trim pass: in each size class whose depot holds more full magazines than there are
     /// CPU slots, return one magazine to the range allocator. The background worker runs this
     /// every [`IovaConfig::trim_interval`]. Returns the magazines trimmed.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig};
+    /// let cfg = IovaConfig {
+    ///     cpus: 1,
+    ///     magazine_size: 1,
+    ///     trim_interval: None, // trim by hand
+    ///     ..IovaConfig::with_space(1, 0xffff)
+    /// };
+    /// let a = IovaAllocator::new(cfg).unwrap();
+    /// let pfns: Vec<u64> = (0..4).map(|_| a.alloc(1, 0xffff).unwrap()).collect();
+    /// for p in pfns {
+    ///     a.free(p, 1).unwrap(); // the slot's two magazines fill, then the depot
+    /// }
+    /// assert_eq!(a.stats().classes[0].depot_magazines, 2);
+    /// assert_eq!(a.trim_once(), 1, "one beyond one magazine per CPU slot");
+    /// assert_eq!(a.trim_once(), 0);
+    /// assert_eq!(a.stats().trimmed_magazines, 1);
+    /// ```
     pub fn trim_once(&self) -> usize {
         self.inner.trim_once()
     }
@@ -316,6 +415,18 @@ impl IovaAllocator {
 
     /// Every cached range as `(pfn, granules)`; exact only while no other thread uses the
     /// allocator (a diagnostic for tests).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaAllocator, IovaConfig};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let (held, freed) = (a.alloc(1, 0xffff).unwrap(), a.alloc(2, 0xffff).unwrap());
+    /// a.free(freed, 2).unwrap();
+    /// assert_eq!(a.cached_ranges(), [(freed, 2)]);
+    /// assert_eq!(a.allocated_ranges().len(), 2, "a cached range stays allocated");
+    /// a.flush_all();
+    /// assert_eq!(a.allocated_ranges(), [(held, 1)]);
+    /// ```
     pub fn cached_ranges(&self) -> Vec<(u64, u64)> {
         self.inner
             .rcache

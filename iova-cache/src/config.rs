@@ -79,11 +79,22 @@ impl IovaConfig {
     }
 
     /// Exclusive end pfn of the 32-bit DMA zone: `2^(32 - granule_shift)`.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// let cfg = iova_cache::IovaConfig { granule_shift: 16, ..Default::default() };
+    /// assert_eq!(cfg.dma_32bit_pfn(), 1 << 16); // 64 KiB granules
+    /// ```
     pub fn dma_32bit_pfn(&self) -> u64 {
         1u64 << 32u32.saturating_sub(self.granule_shift)
     }
 
     /// Granules in the space.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// assert_eq!(iova_cache::IovaConfig::with_space(16, 1023).space(), 1008);
+    /// ```
     pub fn space(&self) -> u64 {
         self.end_pfn
             .saturating_sub(self.start_pfn)

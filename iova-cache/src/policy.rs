@@ -42,6 +42,17 @@ impl DevicePolicy {
     }
 
     /// Stop trying 32-bit addresses first for this device, for good.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
+    /// let dev = DevicePolicy::new(true);
+    /// dev.use_full_width();
+    /// assert!(!dev.tries_32bit_first());
+    /// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+    /// assert!(p >= a.dma_32bit_pfn(), "top-down over the full mask");
+    /// ```
     pub fn use_full_width(&self) {
         self.sac_first.store(false, Ordering::Relaxed);
     }

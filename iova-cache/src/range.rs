@@ -78,6 +78,14 @@ pub struct RangeAllocator {
 
 impl RangeAllocator {
     /// An allocator whose whole inclusive space `[start, end]` is free (`end < u64::MAX`).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{IovaError, RangeAllocator};
+    /// let r = RangeAllocator::new(16, 1023).unwrap();
+    /// assert_eq!((r.start(), r.end(), r.stats().free_granules), (16, 1023, 1008));
+    /// assert_eq!(RangeAllocator::new(5, 4).unwrap_err(), IovaError::InvalidRange { lo: 5, hi: 4 });
+    /// ```
     pub fn new(start: u64, end: u64) -> Result<Self, IovaError> {
         if start > end || end == u64::MAX {
             return Err(IovaError::InvalidRange { lo: start, hi: end });
@@ -330,11 +338,39 @@ impl RangeAllocator {
     }
 
     /// Free ranges as `(start, size)` in address order.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
+    /// assert_eq!(r.alloc(10, 49, false), Ok(40));
+    /// assert_eq!(r.allocated().collect::<Vec<_>>(), [(40, 10)]);
+    /// assert_eq!(r.free_ranges(), [(0, 40), (50, 50)]);
+    /// r.free(40, 10).unwrap();
+    /// assert_eq!(r.free_ranges(), [(0, 100)], "neighbours merge again");
+    /// ```
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
         self.free.ranges()
     }
 
     /// Counters.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use iova_cache::{RangeAllocator, RangeStats};
+    /// let mut r = RangeAllocator::new(0, 99).unwrap();
+    /// r.reserve(0, 9).unwrap();
+    /// r.alloc(10, 49, false).unwrap();
+    /// assert!(r.alloc(100, 99, false).is_err());
+    /// let expect = RangeStats {
+    ///     allocated_granules: 10,
+    ///     allocated_ranges: 1,
+    ///     reserved_granules: 10,
+    ///     free_granules: 80,
+    ///     free_ranges: 2,
+    ///     failures: 1,
+    /// };
+    /// assert_eq!(r.stats(), expect);
+    /// ```
     pub fn stats(&self) -> RangeStats {
         RangeStats {
             free_ranges: self.free.len() as u64,

@@ -21,6 +21,8 @@
 //!   [`Swiotlb::alloc`] / [`Swiotlb::free`] (restricted pools), [`Swiotlb::stats`] (with a
 //!   debugfs-style `Display`), [`Swiotlb::reset_hiwater`], [`Swiotlb::check_invariants`].
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
+//! * [`faults`]: the allocation sites (dynamic pool, transient pool, default pool) a test
+//!   can make fail with the `fault-injection` feature, each with the fallback that loses nothing.
 //!
 //! # Address space
 //!
@@ -54,6 +56,7 @@ mod align;
 mod bounce;
 mod device;
 mod error;
+pub mod faults;
 mod mem;
 mod memory;
 pub mod points;

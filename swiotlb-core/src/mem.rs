@@ -9,6 +9,7 @@
 use crate::align::{self, Masks, Plan};
 use crate::device::{Device, DeviceConfig};
 use crate::error::Error;
+use crate::faults::{DEFAULT_POOL, POOL_GROW, TRANSIENT_POOL};
 use crate::memory::OrigMemory;
 use crate::points::{FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_PUBLISH, POOLS_TRAVERSE};
 use crate::pool::{Geometry, Pool};
@@ -207,7 +208,7 @@ impl Swiotlb {
             cfg.nareas
         };
         let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
-        let pool = Pool::new(geo, false, cfg.phys_limit)?;
+        let pool = Pool::new(geo, false, cfg.phys_limit, &DEFAULT_POOL)?;
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
                 stats: Stats::new(cfg.stats),
@@ -367,7 +368,9 @@ impl Swiotlb {
         });
         let nslabs = plan.nslots + lead;
         let geo = Geometry::new(nslabs, 1, nslabs);
-        let pool = Pool::new(geo, true, dev.inner.cfg.dma_mask.min(cfg.phys_limit)).ok()?;
+        let limit = dev.inner.cfg.dma_mask.min(cfg.phys_limit);
+        // No memory: the search fails ("buffer full"); nothing was linked or counted yet.
+        let pool = Pool::new(geo, true, limit, &TRANSIENT_POOL).ok()?;
         let s = pool.try_area(0, plan)?;
         self.inner.stats.transient_added(geo.nslabs);
         let p = dev.inner.link(pool);
@@ -433,7 +436,9 @@ impl Swiotlb {
             return Err(Error::InvalidConfig("a pool has 1..=2^32 slots"));
         }
         let geo = Geometry::new(nslabs, self.inner.geo.nareas, self.inner.geo.seg);
-        let pool = Box::into_raw(Pool::new(geo, false, self.inner.cfg.phys_limit)?);
+        // No memory: the error returns before the list is touched.
+        let pool = Pool::new(geo, false, self.inner.cfg.phys_limit, &POOL_GROW)?;
+        let pool = Box::into_raw(pool);
         let mut count = self.inner.writer.lock();
         let mut tail = self.inner.head.load(Relaxed);
         loop {

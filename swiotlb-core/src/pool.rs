@@ -13,6 +13,7 @@ use crate::memory::Region;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
+use dma_sync::fault::Site;
 use dma_sync::rcu::Retire;
 use dma_sync::Mutex;
 
@@ -118,35 +119,44 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Allocate a pool of `geo` whose last byte lies at or below `limit`.
-    pub(crate) fn new(geo: Geometry, transient: bool, limit: u64) -> Result<Box<Pool>, Error> {
+    /// Allocate a pool of `geo` whose last byte lies at or below `limit`, asking the fault
+    /// `site` first. Every allocation is fallible except the small `Box` of the pool itself.
+    pub(crate) fn new(
+        geo: Geometry,
+        transient: bool,
+        limit: u64,
+        site: &'static Site,
+    ) -> Result<Box<Pool>, Error> {
         let fail = Error::PoolAlloc { nslabs: geo.nslabs };
+        if site.fail() {
+            return Err(fail);
+        }
         let bytes = geo.nslabs.checked_mul(IO_TLB_SIZE).ok_or(fail.clone())?;
         let region = Region::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
         let start = region.addr();
         if beyond(start.checked_add(bytes as u64 - 1), limit) {
             return Err(fail);
         }
-        let slots = (0..geo.nslabs)
-            .map(|_| Slot {
+        let slots = try_collect(geo.nslabs, || {
+            Some(Slot {
                 orig: AtomicU64::new(INVALID_PHYS_ADDR),
                 meta: AtomicU64::new(0),
             })
-            .collect();
-        let areas = (0..geo.nareas)
-            .map(|_| {
-                let mut list = vec![0u16; geo.area_nslabs].into_boxed_slice();
-                slots::init(&mut list, geo.seg);
-                Area {
-                    state: Mutex::new(AreaState {
-                        index: 0,
-                        used: 0,
-                        list,
-                    }),
-                    used: AtomicUsize::new(0),
-                }
+        })
+        .ok_or(fail.clone())?;
+        let areas = try_collect(geo.nareas, || {
+            let mut list = try_collect(geo.area_nslabs, || Some(0u16))?;
+            slots::init(&mut list, geo.seg);
+            Some(Area {
+                state: Mutex::new(AreaState {
+                    index: 0,
+                    used: 0,
+                    list,
+                }),
+                used: AtomicUsize::new(0),
             })
-            .collect();
+        })
+        .ok_or(fail)?;
         Ok(Box::new(Pool {
             start: AtomicU64::new(start),
             end: AtomicU64::new(start + bytes as u64),
@@ -320,6 +330,16 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// `n` values made by `f`, or `None` if the memory cannot be had or `f` fails.
+fn try_collect<T>(n: usize, mut f: impl FnMut() -> Option<T>) -> Option<Box<[T]>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    for _ in 0..n {
+        v.push(f()?);
+    }
+    Some(v.into_boxed_slice())
 }
 
 /// Whether a range ending at `last` (`None`: overflowed) lies beyond `limit`.

@@ -3,7 +3,7 @@
 
 use super::floor::{CAS, CHASE, FIRST_PAGE};
 use crate::floor::scrambled_pages;
-use crate::harness::{measure, with_background, Measurement, RunConfig};
+use crate::harness::{measure, measure_with_background, Measurement, RunConfig};
 use crate::peers::mapping::{ChMappingStore, IotlbPeer, MappingStore};
 use crate::suite::{Case, Component, Omitted, Options, Role};
 use io_pgtable::{Config, PageTable, Prot};
@@ -133,14 +133,26 @@ pub fn writer_op<S: MappingStore + ?Sized>(store: &S) -> impl FnMut() + Send + '
     }
 }
 
-/// Translate pages of the working set in the chase floor's order, one per op.
-fn translate_run<S: MappingStore>(cfg: &RunConfig, t: usize, store: &S, pages: u64) -> Measurement {
-    measure(cfg, t, |t| {
+/// Translate pages of the working set in the chase floor's order, one per op; with `writer`,
+/// racing [`writer_op`] on its own thread.
+fn translate_run<S: MappingStore>(
+    cfg: &RunConfig,
+    t: usize,
+    store: &S,
+    pages: u64,
+    writer: bool,
+) -> Measurement {
+    let make = |t: usize| {
         let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
         move || {
             black_box(store.translate(black_box(next() << 12)));
         }
-    })
+    };
+    if writer {
+        measure_with_background(cfg, t, writer_op(store), make)
+    } else {
+        measure(cfg, t, make)
+    }
 }
 
 /// The map+unmap and translation cases of one store implementation; `sizes` are the map+unmap
@@ -171,11 +183,7 @@ pub fn store_cases<S: MappingStore + Send + 'static>(
             Case::new(c, name, implementation, role, move |cfg, t| {
                 let s = make();
                 populate(&s, pages);
-                if writers {
-                    with_background(writer_op(&s), || translate_run(cfg, t, &s, pages))
-                } else {
-                    translate_run(cfg, t, &s, pages)
-                }
+                translate_run(cfg, t, &s, pages, writers)
             })
             .with_floor(CHASE),
         );
@@ -193,19 +201,17 @@ fn guarded_cases(opts: &Options) -> Vec<Case> {
             Case::new(Component::Pgtable, name, OURS, Role::Ours, move |cfg, t| {
                 let s = Ours::new();
                 populate(&s, pages);
-                let run = || {
-                    measure(cfg, t, |t| {
-                        let reader = s.0.reader();
-                        let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
-                        move || {
-                            black_box(reader.translate(black_box(next() << 12)));
-                        }
-                    })
+                let make = |t: usize| {
+                    let reader = s.0.reader();
+                    let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
+                    move || {
+                        black_box(reader.translate(black_box(next() << 12)));
+                    }
                 };
                 if writer {
-                    with_background(writer_op(&s), run)
+                    measure_with_background(cfg, t, writer_op(&s), make)
                 } else {
-                    run()
+                    measure(cfg, t, make)
                 }
             })
             .with_floor(CHASE)
