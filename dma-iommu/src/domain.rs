@@ -276,9 +276,12 @@ impl<T: TlbOps + 'static> Domain<T> {
         }
     }
 
-    fn fail<R>(&self, e: DmaError) -> Result<R, DmaError> {
-        self.stats.count(Event::Error);
-        Err(e)
+    /// Count a failed public call in the statistics; pass the result through.
+    pub(crate) fn counted<R>(&self, r: Result<R, DmaError>) -> Result<R, DmaError> {
+        if r.is_err() {
+            self.stats.count(Event::Error);
+        }
+        r
     }
 
     /// Map `size` bytes of memory at physical address `paddr` for `dev`; returns the DMA
@@ -292,11 +295,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        let r = self.map_single(dev, paddr, size as u64, dir);
-        if r.is_err() {
-            self.stats.count(Event::Error);
-        }
-        r
+        self.counted(self.map_single(dev, paddr, size as u64, dir))
     }
 
     pub(crate) fn map_single(
@@ -353,16 +352,12 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        let r = self.check_device(dev).and_then(|()| {
+        self.counted(self.check_device(dev).and_then(|()| {
             if size == 0 {
                 return Err(DmaError::ZeroSize);
             }
             self.map_phys(dev, paddr, size as u64, dir, Kind::Resource, None)
-        });
-        if r.is_err() {
-            self.stats.count(Event::Error);
-        }
-        r
+        }))
     }
 
     /// Allocate IOVA for `[phys, phys + size)` below the device's mask, map its granules and
@@ -498,10 +493,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        match self.unmap_kind(dev, dma, size as u64, dir, Kind::Single) {
-            Ok(u) => Ok(u),
-            Err(e) => self.fail(e),
-        }
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single))
     }
 
     /// Unmap a mapping made by [`Domain::map_resource`].
@@ -512,10 +504,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        match self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource) {
-            Ok(u) => Ok(u),
-            Err(e) => self.fail(e),
-        }
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource))
     }
 
     pub(crate) fn unmap_kind(
@@ -584,13 +573,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let r = self.sync(dev, dma, size, |tlb, bdev, phys| {
+        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
             tlb.sync_for_cpu(bdev, phys, size, dir)
-        });
-        if r.is_err() {
-            self.stats.count(Event::Error);
-        }
-        r
+        }))
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
@@ -602,13 +587,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let r = self.sync(dev, dma, size, |tlb, bdev, phys| {
+        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
             tlb.sync_for_device(bdev, phys, size, dir)
-        });
-        if r.is_err() {
-            self.stats.count(Event::Error);
-        }
-        r
+        }))
     }
 
     fn sync(

@@ -607,8 +607,14 @@ mod tests {
         }
     }
 
+    /// Fresh ops, with the test thread on CPU 0 (Miri cannot ask the kernel for the CPU).
+    fn cpu0_ops() -> Arc<Ops> {
+        dma_sync::cpu::set_current(Some(0));
+        Arc::new(Ops::default())
+    }
+
     fn queue(config: FqConfig) -> (Arc<Ops>, FlushQueue<Ops>) {
-        let ops = Arc::new(Ops::default());
+        let ops = cpu0_ops();
         let fq =
             FlushQueue::new(ops.clone(), config.with_timeout(Duration::from_secs(3600))).unwrap();
         (ops, fq)
@@ -616,8 +622,6 @@ mod tests {
 
     #[test]
     fn entries_wait_for_a_flush() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
         fq.enqueue(ops.entry(1));
         fq.enqueue(ops.entry(2));
@@ -635,8 +639,6 @@ mod tests {
 
     #[test]
     fn a_flush_frees_at_the_next_enqueue() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(1).with_ring_size(8));
         fq.enqueue(ops.entry(1));
         fq.flush();
@@ -647,8 +649,6 @@ mod tests {
 
     #[test]
     fn a_full_ring_flushes_synchronously() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::single().with_ring_size(4));
         for id in 0..3 {
             fq.enqueue(ops.entry(id));
@@ -662,8 +662,6 @@ mod tests {
 
     #[test]
     fn per_cpu_rings_drain_only_their_own() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(2).with_ring_size(8));
         dma_sync::cpu::set_current(Some(0));
         fq.enqueue(ops.entry(0));
@@ -681,8 +679,6 @@ mod tests {
 
     #[test]
     fn shutdown_frees_everything_once_and_stops_the_timer() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
         let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(3).with_ring_size(4));
         for id in 0..7 {
             dma_sync::cpu::set_current(Some(id as usize % 3));
@@ -700,9 +696,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)] // waits for a real-time timer
     fn the_background_timer_drains() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
-        let ops = Arc::new(Ops::default());
+        let ops = cpu0_ops();
         let fq = FlushQueue::new(
             ops.clone(),
             FqConfig::per_cpu().with_timeout(Duration::from_millis(1)),
@@ -723,9 +717,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
     fn dropping_a_queue_with_a_running_timer_frees_everything() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
-        let ops = Arc::new(Ops::default());
+        let ops = cpu0_ops();
         {
             let fq = FlushQueue::new(
                 ops.clone(),
@@ -741,9 +733,7 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_rejected() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
-        let ops = Arc::new(Ops::default());
+        let ops = cpu0_ops();
         for c in [
             FqConfig::per_cpu().with_ring_size(0),
             FqConfig::single().with_ring_size(100),
@@ -761,9 +751,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
     fn concurrent_enqueues_and_timer_lose_nothing() {
-        // Miri cannot ask the kernel for the CPU: name it.
-        dma_sync::cpu::set_current(Some(0));
-        let ops = Arc::new(Ops::default());
+        let ops = cpu0_ops();
         let fq = Arc::new(
             FlushQueue::new(
                 ops.clone(),

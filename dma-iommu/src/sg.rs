@@ -85,16 +85,10 @@ impl<T: TlbOps + 'static> Domain<T> {
         } else {
             self.map_sg_each(dev, list, dir)
         };
-        match r {
-            Ok(m) => {
-                self.count(Event::List);
-                Ok(m)
-            }
-            Err(e) => {
-                self.count(Event::Error);
-                Err(e)
-            }
+        if r.is_ok() {
+            self.count(Event::List);
         }
+        self.counted(r)
     }
 
     fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
@@ -232,13 +226,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         if m.contiguous {
             let base = first & !((1u64 << self.shift()) - 1);
             let size = m.segments.iter().map(|s| s.len).sum();
-            return match self.unmap_kind(dev, base, size, dir, Kind::List) {
-                Ok(u) => Ok(u),
-                Err(e) => {
-                    self.count(Event::Error);
-                    Err(e)
-                }
-            };
+            return self.counted(self.unmap_kind(dev, base, size, dir, Kind::List));
         }
         let mut how = Unmapped::Synced;
         for s in &m.segments {

@@ -22,10 +22,13 @@
 //! the entry) and its test asserts that every outcome was reached, so a pass is not vacuous.
 
 use dma_iommu::points::*;
-use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
+use dma_iommu::{
+    Device, DeviceConfig, Direction, Domain, DomainConfig, FqConfig, Gather, InvalidationOps,
+    Strictness, Unmapped,
+};
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::mutation::Weakening;
-use dma_sync::thread::spawn;
+use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::{cpu, Arc, Mutex, UnsafeCell};
 use loom_tests::harness::{check, outcomes, Bound};
 use loom_tests::must_fail_test;
@@ -141,6 +144,32 @@ fn domain(n: usize) -> Arc<Strictness<Iommu>> {
     Arc::new(Strictness::new(Arc::new(Iommu::new(n))))
 }
 
+/// Run `f` on a clone of the shared `s` in a new model thread.
+fn spawn_on<S, R>(s: &Arc<S>, f: impl FnOnce(&S) -> R + Send + 'static) -> JoinHandle<R>
+where
+    S: Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let s = s.clone();
+    spawn(move || f(&s))
+}
+
+/// The unmapper's side: clear IOVA `i`'s leaf and unmap it through the real path.
+fn unmap_iova(s: &Strictness<Iommu>, i: usize) -> Unmapped {
+    let ops = s.ops().clone();
+    s.unmap(|g| ops.clear(i, g))
+}
+
+/// Explore `model` and assert that it reached exactly the `expected` outcomes (in order), so
+/// that a pass covers both sides of the race.
+fn assert_outcomes<T>(model: fn() -> T, expected: &[T])
+where
+    T: Ord + Send + std::fmt::Debug + 'static,
+{
+    let seen = outcomes(Bound::Preemptions(3), model);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
+}
+
 /// Tear down (flush, free everything) as the owner does, then check every unmapped IOVA was
 /// freed exactly once.
 fn teardown_and_check(s: Arc<Strictness<Iommu>>, unmapped: &[usize]) {
@@ -159,19 +188,8 @@ fn teardown_and_check(s: Arc<Strictness<Iommu>>, unmapped: &[usize]) {
 /// queue sees it fully built. Bound: 3 preemptions (3 threads); twins 2.
 fn switch_vs_unmap() -> Unmapped {
     let s = domain(1);
-    let sw = {
-        let s = s.clone();
-        spawn(move || {
-            assert!(s.enable_lazy(tiny(1, 2)).unwrap());
-        })
-    };
-    let un = {
-        let s = s.clone();
-        spawn(move || {
-            let ops = s.ops().clone();
-            s.unmap(|g| ops.clear(0, g))
-        })
-    };
+    let sw = spawn_on(&s, |s| assert!(s.enable_lazy(tiny(1, 2)).unwrap()));
+    let un = spawn_on(&s, |s| unmap_iova(s, 0));
     let ops = s.ops().clone();
     let dev = spawn(move || ops.dma(0));
     sw.join().unwrap();
@@ -184,11 +202,7 @@ fn switch_vs_unmap() -> Unmapped {
 #[test]
 fn switch_vs_unmap_passes() {
     // Both sides of the race are explored: the unmap synced in some executions, queued in others.
-    let seen = outcomes(Bound::Preemptions(3), switch_vs_unmap);
-    assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        [Unmapped::Synced, Unmapped::Queued]
-    );
+    assert_outcomes(switch_vs_unmap, &[Unmapped::Synced, Unmapped::Queued]);
 }
 
 must_fail_test! {
@@ -216,12 +230,9 @@ must_fail_test! {
 /// Statistics read while the switch publishes the queue. Exhaustive (2 threads, few ops).
 fn switch_vs_stats() {
     let s = domain(1);
-    let sw = {
-        let s = s.clone();
-        spawn(move || {
-            s.enable_lazy(tiny(1, 2)).unwrap();
-        })
-    };
+    let sw = spawn_on(&s, |s| {
+        s.enable_lazy(tiny(1, 2)).unwrap();
+    });
     let st = s.queue_stats();
     assert_eq!(st.enqueued, 0);
     sw.join().unwrap();
@@ -246,21 +257,10 @@ must_fail_test! {
 fn queue_vs_timer() -> bool {
     let s = domain(2);
     s.enable_lazy(tiny(1, 4)).unwrap();
+    assert_eq!(unmap_iova(&s, 0), Unmapped::Queued);
+    let un = spawn_on(&s, |s| unmap_iova(s, 1));
+    let timer = spawn_on(&s, |s| s.fire_timer());
     let ops = s.ops().clone();
-    assert_eq!(s.unmap(|g| ops.clear(0, g)), Unmapped::Queued);
-    let un = {
-        let s = s.clone();
-        spawn(move || {
-            let ops = s.ops().clone();
-            s.unmap(|g| ops.clear(1, g));
-        })
-    };
-    let timer = {
-        let s = s.clone();
-        spawn(move || {
-            s.fire_timer();
-        })
-    };
     let dev = spawn(move || ops.dma(1));
     un.join().unwrap();
     timer.join().unwrap();
@@ -279,8 +279,7 @@ fn queue_vs_timer() -> bool {
 #[test]
 fn queue_vs_timer_passes() {
     // Explored: the timer's drain freed the racing entry, and left it for a later flush.
-    let seen = outcomes(Bound::Preemptions(3), queue_vs_timer);
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+    assert_outcomes(queue_vs_timer, &[false, true]);
 }
 
 must_fail_test! {
@@ -317,28 +316,20 @@ must_fail_test! {
 fn full_ring_vs_enqueue() -> u64 {
     let s = domain(4);
     s.enable_lazy(tiny(2, 2)).unwrap();
-    let ops = s.ops().clone();
     cpu::set_current(Some(0));
-    s.unmap(|g| ops.clear(0, g));
-    let cpu0 = {
-        let s = s.clone();
-        spawn(move || {
-            cpu::set_current(Some(0));
-            let ops = s.ops().clone();
-            // The ring is full: this flushes synchronously, frees IOVA 0, queues IOVA 1.
-            s.unmap(|g| ops.clear(1, g));
-        })
-    };
-    let cpu1 = {
-        let s = s.clone();
-        spawn(move || {
-            cpu::set_current(Some(1));
-            let ops = s.ops().clone();
-            s.unmap(|g| ops.clear(2, g));
-            // Drains IOVA 2 if CPU 0's flush covered it, else flushes itself.
-            s.unmap(|g| ops.clear(3, g));
-        })
-    };
+    unmap_iova(&s, 0);
+    let cpu0 = spawn_on(&s, |s| {
+        cpu::set_current(Some(0));
+        // The ring is full: this flushes synchronously, frees IOVA 0, queues IOVA 1.
+        unmap_iova(s, 1);
+    });
+    let cpu1 = spawn_on(&s, |s| {
+        cpu::set_current(Some(1));
+        unmap_iova(s, 2);
+        // Drains IOVA 2 if CPU 0's flush covered it, else flushes itself.
+        unmap_iova(s, 3);
+    });
+    let ops = s.ops().clone();
     let dev = spawn(move || ops.dma(2));
     cpu0.join().unwrap();
     cpu1.join().unwrap();
@@ -351,8 +342,7 @@ fn full_ring_vs_enqueue() -> u64 {
 #[test]
 fn full_ring_vs_enqueue_passes() {
     // Explored: CPU 1 freed IOVA 2 on CPU 0's flush (1 full-ring flush), and flushed itself (2).
-    let seen = outcomes(Bound::Preemptions(3), full_ring_vs_enqueue);
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2]);
+    assert_outcomes(full_ring_vs_enqueue, &[1, 2]);
 }
 
 must_fail_test! {
@@ -379,15 +369,10 @@ must_fail_test! {
 fn teardown_vs_drain() {
     let s = domain(2);
     s.enable_lazy(tiny(1, 4)).unwrap();
+    unmap_iova(&s, 0);
+    unmap_iova(&s, 1);
+    let timer = spawn_on(&s, |s| s.fire_timer());
     let ops = s.ops().clone();
-    s.unmap(|g| ops.clear(0, g));
-    s.unmap(|g| ops.clear(1, g));
-    let timer = {
-        let s = s.clone();
-        spawn(move || {
-            s.fire_timer();
-        })
-    };
     s.shutdown();
     ops.close();
     timer.join().unwrap();
@@ -425,14 +410,14 @@ impl dma_iommu::TlbOps for CachingIotlb {
     }
 }
 
-/// The 2021 scenario on the whole real stack: a `Domain` with the real io-pgtable (tiny
-/// geometry), the real iova-cache (range allocator, no caches, so a freed IOVA is visibly
-/// free) and the real flush queue. The device translates through its IOTLB and, while using a
-/// translation, checks that the IOVA is still allocated: an IOVA freed while an IOTLB still
-/// holds it could be handed to another mapping. Bound: 3 preemptions (3 threads), twin 2.
-fn real_domain_switch_vs_unmap() -> Unmapped {
-    use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig};
+type RealDomain = Domain<CachingIotlb>;
+
+/// The whole real stack: a `Domain` with the real io-pgtable (tiny geometry), the real
+/// iova-cache (range allocator, no caches, so a freed IOVA is visibly free) and the real flush
+/// queue (`lazy`, or strict). One page is mapped and the device has its translation cached.
+fn real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device, u64) {
     let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(2)).unwrap();
+    cfg.lazy = lazy;
     cfg.iova = iova_cache::IovaConfig {
         caching: false,
         cpus: 1,
@@ -446,32 +431,43 @@ fn real_domain_switch_vs_unmap() -> Unmapped {
         .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
         .unwrap();
     *dom.tlb().cached.lock() = Some(dma); // the device has used the mapping
-    let sw = {
-        let dom = dom.clone();
-        spawn(move || {
-            dom.set_lazy(tiny(1, 2)).unwrap();
-        })
-    };
-    let un = {
-        let (dom, dev) = (dom.clone(), dev.clone());
-        spawn(move || {
-            dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional)
-                .unwrap()
-        })
-    };
-    let walker = {
-        let dom = dom.clone();
-        spawn(move || {
-            let mut cached = dom.tlb().cached.lock();
-            if cached.is_none() && dom.translate(dma).is_some() {
-                *cached = Some(dma);
-            }
-            if cached.is_some() {
-                let held = dom.iova_allocator().find(dma >> 12).is_some();
-                assert!(held, "DMA through a stale translation of a freed IOVA");
-            }
-        })
-    };
+    (dom, dev, dma)
+}
+
+/// The caller unmaps the page in a model thread.
+fn spawn_real_unmap(dom: &Arc<RealDomain>, dev: &Device, dma: u64) -> JoinHandle<Unmapped> {
+    let (dom, dev) = (dom.clone(), dev.clone());
+    spawn(move || {
+        dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional)
+            .unwrap()
+    })
+}
+
+/// The device in a model thread: translates `dma` through its IOTLB (walking the page table on
+/// a miss) and, while using the translation, checks that the IOVA is still allocated.
+fn spawn_real_device(dom: &Arc<RealDomain>, dma: u64) -> JoinHandle<()> {
+    spawn_on(dom, move |dom| {
+        let mut cached = dom.tlb().cached.lock();
+        if cached.is_none() && dom.translate(dma).is_some() {
+            *cached = Some(dma);
+        }
+        if cached.is_some() {
+            let held = dom.iova_allocator().find(dma >> 12).is_some();
+            assert!(held, "DMA through a stale translation of a freed IOVA");
+        }
+    })
+}
+
+/// The 2021 scenario on the whole real stack ([`real_domain`]), strict at first: an IOVA
+/// freed while an IOTLB still holds it could be handed to another mapping. Bound: 3
+/// preemptions (3 threads), twin 2.
+fn real_domain_switch_vs_unmap() -> Unmapped {
+    let (dom, dev, dma) = real_domain(None);
+    let sw = spawn_on(&dom, |dom| {
+        dom.set_lazy(tiny(1, 2)).unwrap();
+    });
+    let un = spawn_real_unmap(&dom, &dev, dma);
+    let walker = spawn_real_device(&dom, dma);
     sw.join().unwrap();
     let how = un.join().unwrap();
     walker.join().unwrap();
@@ -486,10 +482,9 @@ fn real_domain_switch_vs_unmap() -> Unmapped {
 #[test]
 fn real_domain_switch_vs_unmap_passes() {
     // Both sides of the race are explored on the real stack too.
-    let seen = outcomes(Bound::Preemptions(3), real_domain_switch_vs_unmap);
-    assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        [Unmapped::Synced, Unmapped::Queued]
+    assert_outcomes(
+        real_domain_switch_vs_unmap,
+        &[Unmapped::Synced, Unmapped::Queued],
     );
 }
 
@@ -510,49 +505,10 @@ must_fail_test! {
 /// `queue_vs_timer` and `full_ring_vs_enqueue` (a plain acquire load) is the one that needs
 /// the flusher's fence, and its twins show it.
 fn real_domain_queue_vs_timer() -> bool {
-    use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig};
-    let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(2))
-        .unwrap()
-        .lazy(tiny(1, 4));
-    cfg.iova = iova_cache::IovaConfig {
-        caching: false,
-        cpus: 1,
-        trim_interval: None,
-        checked_frees: false,
-        ..iova_cache::IovaConfig::with_space(1, 15)
-    };
-    let dom = Arc::new(Domain::new(cfg, CachingIotlb::default(), None).unwrap());
-    let dev = dom.attach(DeviceConfig::default()).unwrap();
-    let dma = dom
-        .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
-        .unwrap();
-    *dom.tlb().cached.lock() = Some(dma);
-    let un = {
-        let (dom, dev) = (dom.clone(), dev.clone());
-        spawn(move || {
-            dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional)
-                .unwrap()
-        })
-    };
-    let timer = {
-        let dom = dom.clone();
-        spawn(move || {
-            dom.flush_queue_now();
-        })
-    };
-    let walker = {
-        let dom = dom.clone();
-        spawn(move || {
-            let mut cached = dom.tlb().cached.lock();
-            if cached.is_none() && dom.translate(dma).is_some() {
-                *cached = Some(dma);
-            }
-            if cached.is_some() {
-                let held = dom.iova_allocator().find(dma >> 12).is_some();
-                assert!(held, "DMA through a stale translation of a freed IOVA");
-            }
-        })
-    };
+    let (dom, dev, dma) = real_domain(Some(tiny(1, 4)));
+    let un = spawn_real_unmap(&dom, &dev, dma);
+    let timer = spawn_on(&dom, |dom| dom.flush_queue_now());
+    let walker = spawn_real_device(&dom, dma);
     assert_eq!(un.join().unwrap(), Unmapped::Queued);
     timer.join().unwrap();
     walker.join().unwrap();
@@ -564,8 +520,7 @@ fn real_domain_queue_vs_timer() -> bool {
 
 #[test]
 fn real_domain_queue_vs_timer_passes() {
-    let seen = outcomes(Bound::Preemptions(3), real_domain_queue_vs_timer);
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+    assert_outcomes(real_domain_queue_vs_timer, &[false, true]);
 }
 
 must_fail_test! {
