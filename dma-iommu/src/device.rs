@@ -43,6 +43,18 @@ impl Default for DeviceConfig {
 }
 
 /// A device attached to a [`crate::Domain`]: a cheap, cloneable handle.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
+/// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+/// let dev = dom.attach(DeviceConfig { dma_mask: 0xffff_ffff, ..DeviceConfig::default() }).unwrap();
+/// assert_eq!(dev.config().dma_mask, 0xffff_ffff);
+/// let same = dev.clone(); // another handle to the same device
+/// let dma = dom.map(&same, 0x1_2000_0000, 0x1000, Direction::ToDevice).unwrap();
+/// assert!(dma + 0xfff <= 0xffff_ffff); // the IOVA fits the device's mask
+/// dom.unmap(&dev, dma, 0x1000, Direction::ToDevice).unwrap();
+/// ```
 #[derive(Clone, Debug)]
 pub struct Device {
     pub(crate) inner: Arc<DeviceInner>,

@@ -182,6 +182,14 @@ fn prot_for(dir: Direction, mmio: bool) -> Prot {
 impl<T: TlbOps + 'static> Domain<T> {
     /// Build a domain whose IOTLB is `tlb`; `swiotlb` provides bounce buffers for untrusted
     /// devices and the memory device accesses ([`Domain::device_read`]) reach.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DmaError, Domain, DomainConfig, NoTlb};
+    /// let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// cfg.iova.start_pfn = 0; // IOVA 0 must never be handed out
+    /// assert!(matches!(Domain::new(cfg, NoTlb, None), Err(DmaError::Config(_))));
+    /// ```
     pub fn new(config: DomainConfig, tlb: T, swiotlb: Option<Swiotlb>) -> Result<Self, DmaError> {
         let geom = config.pgtable.geometry()?;
         let shift = geom.page_size().trailing_zeros();
@@ -243,6 +251,16 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Attach a device. Untrusted devices need the domain's bounce buffers.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, NoTlb};
+    /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+    /// assert!(dom.attach(DeviceConfig::default()).unwrap().config().trusted);
+    /// // An untrusted device needs bounce buffers, and this domain has none.
+    /// let untrusted = DeviceConfig { trusted: false, ..DeviceConfig::default() };
+    /// assert!(matches!(dom.attach(untrusted), Err(DmaError::NoBounceBuffers)));
+    /// ```
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let bounce = if config.trusted {
             None
@@ -345,6 +363,20 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Map a physical (MMIO) range for peer-to-peer DMA: never bounced, no CPU syncs.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb, Unmapped};
+    /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
+    /// let bar = 0xfe00_0000; // a peer device's MMIO window
+    /// let dma = dom.map_resource(&dev, bar, 0x1000, Direction::Bidirectional).unwrap();
+    /// assert_eq!(dom.translate(dma), Some(bar));
+    /// // A resource mapping is taken down by `unmap_resource` only.
+    /// assert!(dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional).is_err());
+    /// let how = dom.unmap_resource(&dev, dma, 0x1000, Direction::Bidirectional);
+    /// assert_eq!(how, Ok(Unmapped::Synced));
+    /// ```
     pub fn map_resource(
         &self,
         dev: &Device,
@@ -566,6 +598,27 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// Make the device's writes to `[dma, dma + size)` visible to the CPU (copies a bounced
     /// range back). `dma` may lie anywhere inside a live mapping.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
+    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(1 << 20);
+    /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
+    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
+    /// let dma = dom.map(&dev, buf, 4, Direction::FromDevice).unwrap();
+    /// dom.device_write(&dev, dma, b"pong").unwrap(); // lands in the bounce buffer
+    /// let mut seen = [0u8; 4];
+    /// let mem = dom.swiotlb().unwrap().memory();
+    /// mem.read(buf, &mut seen).unwrap();
+    /// assert_ne!(&seen, b"pong");
+    /// dom.sync_for_cpu(&dev, dma, 4, Direction::FromDevice).unwrap(); // copies it back
+    /// mem.read(buf, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"pong");
+    /// ```
     pub fn sync_for_cpu(
         &self,
         dev: &Device,
@@ -649,6 +702,21 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// Run the flush-queue timer's work now (flush once, free what that covers). `false`
     /// when strict.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, FqConfig, NoTlb, Unmapped};
+    /// use std::time::Duration;
+    /// let fq = FqConfig::per_cpu().with_timeout(Duration::from_secs(3600)); // no timer run here
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap().lazy(fq);
+    /// let dom = Domain::new(cfg, NoTlb, None).unwrap();
+    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
+    /// let dma = dom.map(&dev, 0x10_0000, 0x1000, Direction::ToDevice).unwrap();
+    /// assert_eq!(dom.unmap(&dev, dma, 0x1000, Direction::ToDevice), Ok(Unmapped::Queued));
+    /// assert_eq!(dom.stats().fq.pending, 1); // the IOVA waits for an IOTLB flush
+    /// assert!(dom.flush_queue_now());
+    /// assert_eq!((dom.stats().fq.pending, dom.stats().fq.reclaimed), (0, 1));
+    /// ```
     pub fn flush_queue_now(&self) -> bool {
         self.strictness.fire_timer()
     }

@@ -147,6 +147,17 @@ impl FqConfig {
     }
 
     /// Check the geometry.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FqConfig, FqError};
+    /// assert_eq!(FqConfig::per_cpu().validate(), Ok(()));
+    /// let e = FqConfig::per_cpu().with_cpus(0).validate().unwrap_err();
+    /// assert_eq!(e, FqError::NoRings);
+    /// assert!(e.to_string().contains("at least one CPU"));
+    /// let odd = FqConfig::single().with_ring_size(100); // rings are powers of two
+    /// assert_eq!(odd.validate(), Err(FqError::RingSize(100)));
+    /// ```
     pub fn validate(&self) -> Result<(), FqError> {
         if self.ring_size < 2 || !self.ring_size.is_power_of_two() {
             return Err(FqError::RingSize(self.ring_size));

@@ -2,7 +2,9 @@
 //!
 //! map/unmap/sync on a domain made of an IOVA allocator and an I/O page table, with strict or
 //! lazy IOTLB invalidation (per-CPU flush queues, switchable at run time) and bounce buffering
-//! for untrusted devices.
+//! for untrusted devices. It is Linux's `dma-iommu` layer for user space (vIOMMU emulation,
+//! vhost-user backends, user-space drivers): the one place that decides when an unmapped IOVA
+//! may be reused, so that no device can reach memory through a stale IOTLB entry.
 //!
 //! # API
 //!
@@ -21,6 +23,36 @@
 //! | [`TlbOps`] (caller), [`SimulatedIotlb`], [`RecordingIotlb`] | IOTLB callbacks |
 //! | [`DmaError`] | typed errors; the domain is unchanged after any |
 //! | [`faults`] (`FQ_RING_ALLOC`, `MAPPING_RECORD`) | allocation sites a test can make fail (feature `fault-injection`, forwarded to io-pgtable and iova-cache) |
+//!
+//! The main path: build a domain, attach a device, map, let the device use the mapping,
+//! unmap (strict: synced at once; lazy: queued until a global flush).
+//!
+//! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+//! use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, FqConfig, NoTlb, Unmapped};
+//! use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
+//!
+//! let mem = RegionMemory::new(1 << 20);
+//! let buf = mem.base() + 0x2000;
+//! mem.write(buf, b"frame").unwrap();
+//! let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+//! let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+//! let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
+//! let nic = dom.attach(DeviceConfig::default()).unwrap();
+//!
+//! let dma = dom.map(&nic, buf, 5, Direction::ToDevice).unwrap();
+//! let mut seen = [0u8; 5];
+//! dom.device_read(&nic, dma, &mut seen).unwrap();
+//! assert_eq!(&seen, b"frame");
+//! assert_eq!(dom.unmap(&nic, dma, 5, Direction::ToDevice), Ok(Unmapped::Synced));
+//! assert!(dom.device_read(&nic, dma, &mut seen).is_err()); // the translation is gone
+//!
+//! dom.set_lazy(FqConfig::per_cpu()).unwrap();
+//! let dma = dom.map(&nic, buf, 5, Direction::ToDevice).unwrap();
+//! assert_eq!(dom.unmap(&nic, dma, 5, Direction::ToDevice), Ok(Unmapped::Queued));
+//! dom.flush_queue_now();
+//! assert_eq!(dom.stats().fq.pending, 0);
+//! ```
 //!
 //! The invalidation machinery stands on its own and is generic over what it frees:
 //! [`FlushQueue`] (deferred freeing after global flushes, the start/finish counter protocol,

@@ -77,6 +77,17 @@ bitflags::bitflags! {
 }
 
 /// A descriptor decoded at its level.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use io_pgtable::{pte, Config, Descriptor};
+/// let g = Config::s1_4k(48).geometry().unwrap();
+/// let d = pte::table(&g, 0x8000_1000);
+/// assert_eq!(pte::decode(&g, 2, d), Descriptor::Table { addr: 0x8000_1000 });
+/// // The same bits are a page at level 3; a block encoding there is invalid.
+/// assert!(matches!(pte::decode(&g, 3, d), Descriptor::Leaf { paddr: 0x8000_1000, .. }));
+/// assert_eq!(pte::decode(&g, 3, 0b01), Descriptor::Invalid);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Descriptor {
     /// Invalid (bit 0 clear, or `01` at level 3).
@@ -103,6 +114,16 @@ fn oa_mask(g: &Geometry) -> u64 {
 /// Place an output address in a descriptor: bits `[47:page_shift]` in place and, with a 52-bit
 /// output field, `PA[51:48]` in bits 15:12 (the packing the 2021 Linux fix applied to table
 /// descriptors too).
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use io_pgtable::{pte, Config, Granule};
+/// let g = Config { granule: Granule::Size64K, oas: 52, ..Config::s1_4k(48) }.geometry().unwrap();
+/// let pa = 0xa_0000_1234_0000; // bits 51:48 set
+/// let d = pte::encode_oa(&g, pa);
+/// assert_eq!(d >> 48, 0); // packed into bits 15:12
+/// assert_eq!(pte::decode_oa(&g, d), pa);
+/// ```
 pub fn encode_oa(g: &Geometry, addr: u64) -> u64 {
     let mut d = addr & oa_mask(g);
     if g.oa_bits() > 48 {
@@ -111,7 +132,8 @@ pub fn encode_oa(g: &Geometry, addr: u64) -> u64 {
     d
 }
 
-/// The output address held in a descriptor (inverse of [`encode_oa`]).
+/// The output address held in a descriptor (inverse of [`encode_oa`]); the example there
+/// round-trips a 52-bit address.
 pub fn decode_oa(g: &Geometry, desc: u64) -> u64 {
     let mut a = desc & oa_mask(g);
     if g.oa_bits() > 48 {
@@ -127,6 +149,15 @@ pub fn table(g: &Geometry, table_addr: u64) -> u64 {
 }
 
 /// A leaf descriptor at `level` for `paddr` with `prot` (`prot` must grant read or write).
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use io_pgtable::{pte, Config, Prot};
+/// let g = Config::s1_4k(48).geometry().unwrap();
+/// let d = pte::leaf(&g, 3, 0x4000_3000, Prot::READ | Prot::NOEXEC);
+/// assert_eq!(pte::decode_oa(&g, d), 0x4000_3000);
+/// assert_eq!(pte::prot_of(&g, d), Prot::READ | Prot::NOEXEC);
+/// ```
 pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
     let ty = if level == 3 {
         TYPE_TABLE_OR_PAGE | VALID
@@ -184,6 +215,14 @@ pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
 
 /// The protections a leaf descriptor grants. A stage-1 leaf is always readable (write-only
 /// mappings are encoded read-write, as in Linux).
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use io_pgtable::{pte, Config, Prot};
+/// let g = Config::s1_4k(48).geometry().unwrap();
+/// let d = pte::leaf(&g, 3, 0x5000, Prot::WRITE);
+/// assert!(pte::prot_of(&g, d).contains(Prot::READ | Prot::WRITE));
+/// ```
 pub fn prot_of(g: &Geometry, d: u64) -> Prot {
     let mut p = Prot::empty();
     if d & XN != 0 {

@@ -124,7 +124,7 @@ impl Swiotlb {
     /// Release a mapping that failed before it was handed out.
     fn undo(&self, dev: &Device, pool: &PoolRef<'_>, first: usize, in_off: usize, addr: u64) {
         if let Ok(n) = pool.release(first, in_off, addr) {
-            self.inner.stats.sub_used(n);
+            self.inner.stats.sub_used(pool.accounted_slots(n));
             if pool.transient {
                 self.drop_transient(dev, pool);
             }
@@ -200,7 +200,7 @@ impl Swiotlb {
             self.bounce(&pool, addr, size, false)?;
         }
         let n = pool.release(first, in_off, addr)?;
-        self.inner.stats.sub_used(n);
+        self.inner.stats.sub_used(pool.accounted_slots(n));
         if pool.transient {
             self.drop_transient(dev, &pool);
         }
@@ -350,7 +350,7 @@ impl Swiotlb {
             return Err(Error::NotMapped { addr });
         }
         let n = pool.release(pool.slot_of(addr), 0, addr)?;
-        self.inner.stats.sub_used(n);
+        self.inner.stats.sub_used(pool.accounted_slots(n));
         Ok(())
     }
 

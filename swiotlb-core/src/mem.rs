@@ -321,7 +321,7 @@ impl Swiotlb {
         let (pool, s) = found.ok_or(Error::NoSpace {
             size: plan.mapping_size,
         })?;
-        self.inner.stats.add_used(plan.nslots);
+        self.inner.stats.add_used(pool.accounted_slots(plan.nslots));
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);

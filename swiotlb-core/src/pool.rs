@@ -119,6 +119,17 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    /// Slots this allocation of `n` slots adds to (or removes from) the "used" statistics:
+    /// a transient pool serves one mapping and counts whole, leading alignment slots included,
+    /// as the `used` report counts it.
+    pub(crate) fn accounted_slots(&self, n: usize) -> usize {
+        if self.transient {
+            self.geo.nslabs
+        } else {
+            n
+        }
+    }
+
     /// Allocate a pool of `geo` whose last byte lies at or below `limit`, asking the fault
     /// `site` first. Every allocation is fallible except the small `Box` of the pool itself.
     pub(crate) fn new(

@@ -258,6 +258,7 @@ impl World {
             transient.iter().map(|h| h.slots).sum::<usize>()
         );
         assert_eq!(s.nslabs, NSLABS + self.grown, "{s}");
+        assert!(s.hiwater.is_some_and(|h| h >= s.used), "high-water below used: {s}");
         assert_eq!(s.pools.len(), 1 + self.grown_pools);
         assert_eq!(s.nslabs, s.pools.iter().map(|p| p.nslabs).sum::<usize>());
     }

@@ -27,7 +27,7 @@
 //! executions.
 
 use dma_sync::mutation::Weakening;
-use dma_sync::thread::spawn;
+use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
 use io_pgtable::points::{DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, WALK_ACQUIRE};
 use io_pgtable::{Config, Descriptor, Gather, PageTable, Prot};
@@ -43,6 +43,23 @@ const fn pa(iova: u64) -> u64 {
 
 fn tiny() -> Arc<PageTable> {
     Arc::new(PageTable::new(Config::tiny(2)).expect("tiny config"))
+}
+
+/// Run `f` on a clone of the shared table in a new model thread.
+fn spawn_on(pt: &Arc<PageTable>, f: impl FnOnce(&PageTable) + Send + 'static) -> JoinHandle<()> {
+    let pt = pt.clone();
+    spawn(move || f(&pt))
+}
+
+/// Map `size` bytes at `iova` as one page (or block) of that size, to `pa(iova)`.
+fn map_one(pt: &PageTable, iova: u64, size: u64) {
+    assert_eq!(pt.map_pages(iova, pa(iova), size, 1, RW), Ok(size as usize));
+}
+
+/// Unmap the one page (or table's span) of `size` bytes at `iova`.
+fn unmap_one(pt: &PageTable, iova: u64, size: u64) {
+    let mut g = Gather::new();
+    assert_eq!(pt.unmap_pages(iova, size, 1, &mut g), Ok(size as usize));
 }
 
 /// A translation is either absent or the one mapped.
@@ -66,13 +83,7 @@ fn accounted(pt: &PageTable) {
 fn install_race() {
     let pt = tiny();
     let mappers: Vec<_> = (0..2u64)
-        .map(|i| {
-            let pt = pt.clone();
-            spawn(move || {
-                let iova = i * PAGE;
-                assert_eq!(pt.map_pages(iova, pa(iova), PAGE, 1, RW), Ok(PAGE as usize));
-            })
-        })
+        .map(|i| spawn_on(&pt, move |pt| map_one(pt, i * PAGE, PAGE)))
         .collect();
     translated_or_absent(&pt, PAGE);
     for m in mappers {
@@ -94,17 +105,8 @@ fn install_race() {
 fn neighbours_in_one_table() {
     let pt = tiny();
     pt.map(PAGE, pa(PAGE), PAGE, RW).unwrap();
-    let mapper = {
-        let pt = pt.clone();
-        spawn(move || assert_eq!(pt.map_pages(0, pa(0), PAGE, 1, RW), Ok(PAGE as usize)))
-    };
-    let unmapper = {
-        let pt = pt.clone();
-        spawn(move || {
-            let mut g = Gather::new();
-            assert_eq!(pt.unmap_pages(PAGE, PAGE, 1, &mut g), Ok(PAGE as usize));
-        })
-    };
+    let mapper = spawn_on(&pt, |pt| map_one(pt, 0, PAGE));
+    let unmapper = spawn_on(&pt, |pt| unmap_one(pt, PAGE, PAGE));
     translated_or_absent(&pt, PAGE);
     translated_or_absent(&pt, 0);
     mapper.join().unwrap();
@@ -133,26 +135,17 @@ fn unmap_frees_under_readers(levels: u32) {
     let block = pt.geometry().block_size(top);
     let page = block + PAGE;
     pt.map_pages(page, pa(page), PAGE, 1, RW).unwrap();
-    let unmapper = {
-        let pt = pt.clone();
-        spawn(move || {
-            let mut g = Gather::new();
-            assert_eq!(pt.unmap_pages(block, block, 1, &mut g), Ok(block as usize));
-        })
-    };
-    let walker = {
-        let pt = pt.clone();
-        spawn(move || {
-            // The old tree or the new one, never anything else.
-            for e in pt.dump().entries {
-                match e.desc {
-                    Descriptor::Leaf { paddr, .. } => assert_eq!((e.iova, paddr), (page, pa(page))),
-                    Descriptor::Table { .. } => assert_eq!(e.iova & !(block - 1), block),
-                    Descriptor::Invalid => panic!("walk met an invalid descriptor"),
-                }
+    let unmapper = spawn_on(&pt, move |pt| unmap_one(pt, block, block));
+    let walker = spawn_on(&pt, move |pt| {
+        // The old tree or the new one, never anything else.
+        for e in pt.dump().entries {
+            match e.desc {
+                Descriptor::Leaf { paddr, .. } => assert_eq!((e.iova, paddr), (page, pa(page))),
+                Descriptor::Table { .. } => assert_eq!(e.iova & !(block - 1), block),
+                Descriptor::Invalid => panic!("walk met an invalid descriptor"),
             }
-        })
-    };
+        }
+    });
     translated_or_absent(&pt, page);
     unmapper.join().unwrap();
     walker.join().unwrap();
@@ -169,25 +162,14 @@ fn block_replaces_empty_table_under_readers() {
     pt.map_pages(BLOCK + PAGE, pa(BLOCK + PAGE), PAGE, 1, RW)
         .unwrap();
     assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
-    let mapper = {
-        let pt = pt.clone();
-        spawn(move || {
-            assert_eq!(
-                pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW),
-                Ok(BLOCK as usize)
-            );
-        })
-    };
-    let walker = {
-        let pt = pt.clone();
-        spawn(move || {
-            for e in pt.dump().entries {
-                if let Descriptor::Leaf { paddr, .. } = e.desc {
-                    assert_eq!((e.iova, paddr), (BLOCK, pa(BLOCK)));
-                }
+    let mapper = spawn_on(&pt, |pt| map_one(pt, BLOCK, BLOCK));
+    let walker = spawn_on(&pt, |pt| {
+        for e in pt.dump().entries {
+            if let Descriptor::Leaf { paddr, .. } = e.desc {
+                assert_eq!((e.iova, paddr), (BLOCK, pa(BLOCK)));
             }
-        })
-    };
+        }
+    });
     translated_or_absent(&pt, BLOCK + PAGE);
     mapper.join().unwrap();
     walker.join().unwrap();
@@ -233,48 +215,44 @@ fn unmap_frees_subtree_under_readers_passes() {
     check(Bound::Preemptions(3), unmap_frees_subtree_under_readers);
 }
 
-must_fail_test! {
+/// Must-fail twins of one model: each expects a "Causality violation" at `Preemptions(2)`
+/// (every injected bug needs the two switches described at the top).
+macro_rules! causality_twins {
+    ($model:ident: $($(#[$m:meta])* fn $name:ident: $point:path;)+) => {
+        $(must_fail_test! {
+            $(#[$m])*
+            fn $name: $point, Weakening::Relax,
+                "Causality violation", Bound::Preemptions(2), $model;
+        })+
+    };
+}
+
+causality_twins! { install_race:
     /// A relaxed install publishes the table pointer without its zeroed contents: the loser
     /// (or the translator) touches entries it has not seen initialised.
-    fn pgtable_install_relaxed: INSTALL_RELEASE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), install_race;
-}
-
-must_fail_test! {
+    fn pgtable_install_relaxed: INSTALL_RELEASE;
     /// A writer descending (or losing the CAS) without acquire writes its leaf into a table
     /// whose initialisation it has not seen.
-    fn pgtable_descent_relaxed: DESCENT_ACQUIRE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), install_race;
-}
-
-must_fail_test! {
+    fn pgtable_descent_relaxed: DESCENT_ACQUIRE;
     /// A translator following a table descriptor without acquire reads uninitialised entries.
-    fn pgtable_walk_relaxed: WALK_ACQUIRE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), install_race;
+    fn pgtable_walk_relaxed: WALK_ACQUIRE;
 }
 
-must_fail_test! {
+causality_twins! { unmap_frees_level_under_readers:
     /// A reader without its pin is not waited for: it reads the poisoned, freed table.
-    fn pgtable_reader_unpinned: READER_PIN, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), unmap_frees_level_under_readers;
-}
-
-must_fail_test! {
-    /// A block map that retires the table it replaces before unlinking it: a reader pinned
-    /// after the grace period still reaches the freed table.
-    fn pgtable_block_free_before_unlink: FREE_ORDER, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), block_replaces_empty_table_under_readers;
-}
-
-must_fail_test! {
-    /// The same with a freed subtree of two levels.
-    fn pgtable_reader_unpinned_subtree: READER_PIN, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), unmap_frees_subtree_under_readers;
-}
-
-must_fail_test! {
+    fn pgtable_reader_unpinned: READER_PIN;
     /// Retiring a table before unlinking it: a reader pinned after the grace period still
     /// reaches it through the live descriptor and reads freed memory.
-    fn pgtable_free_before_unlink: FREE_ORDER, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), unmap_frees_level_under_readers;
+    fn pgtable_free_before_unlink: FREE_ORDER;
+}
+
+causality_twins! { unmap_frees_subtree_under_readers:
+    /// The same with a freed subtree of two levels.
+    fn pgtable_reader_unpinned_subtree: READER_PIN;
+}
+
+causality_twins! { block_replaces_empty_table_under_readers:
+    /// A block map that retires the table it replaces before unlinking it: a reader pinned
+    /// after the grace period still reaches the freed table.
+    fn pgtable_block_free_before_unlink: FREE_ORDER;
 }

@@ -170,6 +170,16 @@ where
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
 }
 
+/// Must-fail twins of one model, all weakening by relaxation and expecting the same failure.
+macro_rules! twins {
+    ($model:expr, $expect:literal, $bound:expr; $($(#[$m:meta])* fn $name:ident: $point:path;)+) => {
+        $(must_fail_test! {
+            $(#[$m])*
+            fn $name: $point, Weakening::Relax, $expect, $bound, $model;
+        })+
+    };
+}
+
 /// Tear down (flush, free everything) as the owner does, then check every unmapped IOVA was
 /// freed exactly once.
 fn teardown_and_check(s: Arc<Strictness<Iommu>>, unmapped: &[usize]) {
@@ -205,26 +215,17 @@ fn switch_vs_unmap_passes() {
     assert_outcomes(switch_vs_unmap, &[Unmapped::Synced, Unmapped::Queued]);
 }
 
-must_fail_test! {
+twins! { || { switch_vs_unmap(); }, "Causality violation", Bound::Preemptions(2);
     /// Re-reading the mode for the sync decision (the unmap reads "strict" for the queue
     /// decision and "lazy" for the sync) skips the sync and frees the IOVA while the device
     /// still holds the translation.
-    fn unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
-}
-
-must_fail_test! {
+    fn unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT;
     /// Publishing the queue with a relaxed store: an unmap that sees the pointer reads the
     /// counters before their initialisation is visible.
-    fn publish_relaxed: FQ_PUBLISH, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
-}
-
-must_fail_test! {
+    fn publish_relaxed: FQ_PUBLISH;
     /// Without the enqueue fence (the read side of the publication) the unmap uses the
     /// queue it just saw without seeing its initialisation.
-    fn enqueue_unfenced_sees_unbuilt_queue: FQ_ENQUEUE_FENCE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { switch_vs_unmap(); };
+    fn enqueue_unfenced_sees_unbuilt_queue: FQ_ENQUEUE_FENCE;
 }
 
 /// Statistics read while the switch publishes the queue. Exhaustive (2 threads, few ops).
@@ -244,10 +245,9 @@ fn switch_vs_stats_passes() {
     check(Bound::Exhaustive, switch_vs_stats);
 }
 
-must_fail_test! {
+twins! { switch_vs_stats, "Causality violation", Bound::Exhaustive;
     /// A relaxed lookup of the queue dereferences it before its construction is visible.
-    fn lookup_relaxed: FQ_LOOKUP_ACQUIRE, Weakening::Relax,
-        "Causality violation", Bound::Exhaustive, switch_vs_stats;
+    fn lookup_relaxed: FQ_LOOKUP_ACQUIRE;
 }
 
 /// A lazy unmap races with the timer's run while the device uses the translation. IOVA 0 is
@@ -258,9 +258,9 @@ fn queue_vs_timer() -> bool {
     let s = domain(2);
     s.enable_lazy(tiny(1, 4)).unwrap();
     assert_eq!(unmap_iova(&s, 0), Unmapped::Queued);
+    let ops = s.ops().clone();
     let un = spawn_on(&s, |s| unmap_iova(s, 1));
     let timer = spawn_on(&s, |s| s.fire_timer());
-    let ops = s.ops().clone();
     let dev = spawn(move || ops.dma(1));
     un.join().unwrap();
     timer.join().unwrap();
@@ -282,32 +282,22 @@ fn queue_vs_timer_passes() {
     assert_outcomes(queue_vs_timer, &[false, true]);
 }
 
-must_fail_test! {
+twins! { || { queue_vs_timer(); }, "Causality violation", Bound::Preemptions(2);
     /// Without the flusher's fence its invalidation can precede the visibility of the
     /// unmapper's clear (whose stamp missed the flush): the device re-caches the old leaf and
     /// the IOVA is freed under it.
-    fn flush_unfenced: FQ_FLUSH_FENCE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { queue_vs_timer(); };
-}
-
-must_fail_test! {
+    fn flush_unfenced: FQ_FLUSH_FENCE;
     /// Without the enqueue fence the stamp can be read before the clear is visible: same.
-    fn enqueue_unfenced: FQ_ENQUEUE_FENCE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { queue_vs_timer(); };
+    fn enqueue_unfenced: FQ_ENQUEUE_FENCE;
 }
 
-must_fail_test! {
+twins! { || { queue_vs_timer(); }, "stranded", Bound::Preemptions(2);
     /// Clearing `timer_on` after the drain: an enqueue between the drain and the clear sees
     /// the timer on and does not arm it; its entry is stranded.
-    fn timer_cleared_last: FQ_TIMER_CLEAR_FIRST, Weakening::Relax,
-        "stranded", Bound::Preemptions(2), || { queue_vs_timer(); };
-}
-
-must_fail_test! {
+    fn timer_cleared_last: FQ_TIMER_CLEAR_FIRST;
     /// A timer that does not re-arm leaves an entry stamped after its flush started (whose
     /// enqueuer saw the timer still on) stranded.
-    fn timer_not_rearmed: FQ_TIMER_REARM, Weakening::Relax,
-        "stranded", Bound::Preemptions(2), || { queue_vs_timer(); };
+    fn timer_not_rearmed: FQ_TIMER_REARM;
 }
 
 /// A full-ring flush on CPU 0 races with enqueues on CPU 1, whose second enqueue frees what
@@ -316,6 +306,7 @@ must_fail_test! {
 fn full_ring_vs_enqueue() -> u64 {
     let s = domain(4);
     s.enable_lazy(tiny(2, 2)).unwrap();
+    let ops = s.ops().clone();
     cpu::set_current(Some(0));
     unmap_iova(&s, 0);
     let cpu0 = spawn_on(&s, |s| {
@@ -329,7 +320,6 @@ fn full_ring_vs_enqueue() -> u64 {
         // Drains IOVA 2 if CPU 0's flush covered it, else flushes itself.
         unmap_iova(s, 3);
     });
-    let ops = s.ops().clone();
     let dev = spawn(move || ops.dma(2));
     cpu0.join().unwrap();
     cpu1.join().unwrap();
@@ -345,23 +335,14 @@ fn full_ring_vs_enqueue_passes() {
     assert_outcomes(full_ring_vs_enqueue, &[1, 2]);
 }
 
-must_fail_test! {
+twins! { || { full_ring_vs_enqueue(); }, "Causality violation", Bound::Preemptions(2);
     /// A relaxed `finish_cnt` increment: CPU 1 frees after seeing CPU 0's count without
     /// seeing its invalidation.
-    fn finish_relaxed: FQ_FINISH_RELEASE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
-}
-
-must_fail_test! {
+    fn finish_relaxed: FQ_FINISH_RELEASE;
     /// A relaxed `finish_cnt` load in the drain: same.
-    fn finish_load_relaxed: FQ_FINISH_ACQUIRE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
-}
-
-must_fail_test! {
+    fn finish_load_relaxed: FQ_FINISH_ACQUIRE;
     /// The full-ring flusher without its fence, against CPU 1's stamp.
-    fn full_ring_flush_unfenced: FQ_FLUSH_FENCE, Weakening::Relax,
-        "Causality violation", Bound::Preemptions(2), || { full_ring_vs_enqueue(); };
+    fn full_ring_flush_unfenced: FQ_FLUSH_FENCE;
 }
 
 /// Teardown races with a running timer drain; the owner closes its IOMMU handle once
@@ -369,10 +350,10 @@ must_fail_test! {
 fn teardown_vs_drain() {
     let s = domain(2);
     s.enable_lazy(tiny(1, 4)).unwrap();
+    let ops = s.ops().clone();
     unmap_iova(&s, 0);
     unmap_iova(&s, 1);
     let timer = spawn_on(&s, |s| s.fire_timer());
-    let ops = s.ops().clone();
     s.shutdown();
     ops.close();
     timer.join().unwrap();
@@ -384,11 +365,10 @@ fn teardown_vs_drain_passes() {
     check(Bound::Exhaustive, teardown_vs_drain);
 }
 
-must_fail_test! {
+twins! { teardown_vs_drain, "Causality violation", Bound::Exhaustive;
     /// Teardown that does not stop the timer (and wait for its running drain) lets the
     /// timer use the IOMMU handle after the owner closed it.
-    fn teardown_without_stopping_timer: FQ_TEARDOWN_STOP_TIMER, Weakening::Relax,
-        "Causality violation", Bound::Exhaustive, teardown_vs_drain;
+    fn teardown_without_stopping_timer: FQ_TEARDOWN_STOP_TIMER;
 }
 
 /// The IOTLB of the real-domain model: one cached translation (an IOVA), filled by the
@@ -488,11 +468,10 @@ fn real_domain_switch_vs_unmap_passes() {
     );
 }
 
-must_fail_test! {
+twins! { || { real_domain_switch_vs_unmap(); }, "stale translation", Bound::Preemptions(2);
     /// On the real stack: re-reading the mode for the sync decision frees the IOVA while the
     /// device's IOTLB still holds it.
-    fn real_domain_unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT, Weakening::Relax,
-        "stale translation", Bound::Preemptions(2), || { real_domain_switch_vs_unmap(); };
+    fn real_domain_unmap_rereads_mode: UNMAP_SINGLE_SNAPSHOT;
 }
 
 /// A lazy unmap on the whole real stack races with the flush-queue timer while the device
@@ -523,9 +502,8 @@ fn real_domain_queue_vs_timer_passes() {
     assert_outcomes(real_domain_queue_vs_timer, &[false, true]);
 }
 
-must_fail_test! {
+twins! { || { real_domain_queue_vs_timer(); }, "stale translation", Bound::Preemptions(2);
     /// On the real stack: the enqueue without its fence stamps before the leaf clear is
     /// visible to the device's walk.
-    fn real_domain_enqueue_unfenced: FQ_ENQUEUE_FENCE, Weakening::Relax,
-        "stale translation", Bound::Preemptions(2), || { real_domain_queue_vs_timer(); };
+    fn real_domain_enqueue_unfenced: FQ_ENQUEUE_FENCE;
 }

@@ -67,6 +67,9 @@ enum Op {
         iova: Addr,
     },
     Dump,
+    /// Make the next operation's first table allocation fail (`fault-injection` feature;
+    /// otherwise nothing).
+    FailNextTableAlloc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,8 @@ struct Model {
     g: Geometry,
     leaves: BTreeMap<u64, Leaf>,
     tables: BTreeSet<(u32, u64)>,
+    /// The next table allocation fails (and the call with it, changing nothing).
+    fail_next: bool,
 }
 
 impl Model {
@@ -149,7 +154,12 @@ impl Model {
                 return Err(Error::Exists { iova: base });
             }
             // Installed on the way down, kept even if the call then fails.
-            self.tables.insert((level + 1, base));
+            if !self.tables.contains(&(level + 1, base)) {
+                if std::mem::take(&mut self.fail_next) {
+                    return Err(Error::NoMemory);
+                }
+                self.tables.insert((level + 1, base));
+            }
         }
         let n = count.min(self.g.entries(target) - self.g.index(target, iova));
         for i in 0..n as u64 {
@@ -308,6 +318,36 @@ fn in_bits(kind: AddrKind, addr: u64, len: u64, bits: u32) -> Result<(), Error> 
     Ok(())
 }
 
+/// Run `apply` with the next table allocation failing in the real table and in the model;
+/// both must consume the failure, or neither.
+#[cfg(feature = "fault-injection")]
+fn fail_next_table_alloc(
+    t: &Tracker,
+    model: &mut Model,
+    apply: impl FnOnce(&mut Model) -> Result<(), Divergence>,
+) -> Result<(), Divergence> {
+    model.fail_next = true;
+    let (r, used) =
+        dma_sync::fault::armed(&io_pgtable::faults::TABLE_ALLOC, 1, || apply(&mut *model));
+    r?;
+    t.same(
+        "injected table-allocation failure consumed",
+        used == 1,
+        !model.fail_next,
+    )?;
+    model.fail_next = false;
+    Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fail_next_table_alloc(
+    _: &Tracker,
+    model: &mut Model,
+    apply: impl FnOnce(&mut Model) -> Result<(), Divergence>,
+) -> Result<(), Divergence> {
+    apply(model)
+}
+
 /// Run one input. The first byte picks the geometry (2 to 4 tiny levels).
 pub fn run(data: &[u8]) -> Result<(), Divergence> {
     let levels = 2 + u32::from(data.first().copied().unwrap_or(0) % 3);
@@ -339,78 +379,93 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         g,
         leaves: BTreeMap::new(),
         tables: BTreeSet::new(),
+        fail_next: false,
     };
+    let mut armed = false;
     let mut t = Tracker::default();
     t.note(|| format!("{g:?}"));
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
-        match *op {
-            Op::MapPages {
-                iova,
-                paddr,
-                pgsize: s,
-                count: c,
-                prot,
-            } => {
-                let (iova, paddr, s, c, prot) = (
-                    addr(iova),
-                    addr(paddr),
-                    pgsize(s),
-                    count(c),
-                    Prot::from_bits_truncate(prot),
-                );
-                t.same(
-                    "map_pages",
-                    pt.map_pages(iova, paddr, s, c, prot),
-                    model.map_pages(iova, paddr, s, c, prot),
-                )?;
-            }
-            Op::UnmapPages {
-                iova,
-                pgsize: s,
-                count: c,
-                queued,
-            } => {
-                let (iova, s, c) = (addr(iova), pgsize(s), count(c));
-                let mut gather = if queued {
-                    Gather::queued()
-                } else {
-                    Gather::new()
-                };
-                let real = pt.unmap_pages(iova, s, c, &mut gather);
-                t.same("unmap_pages", real, model.unmap_pages(iova, s, c))?;
-                // A queued gather collects nothing, and neither does a refused call.
-                if queued || real.is_err() {
-                    t.check(gather.range().is_none(), || {
-                        format!("gathered {:?}", gather.range())
-                    })?;
+        if let Op::FailNextTableAlloc = op {
+            armed = cfg!(feature = "fault-injection");
+            continue;
+        }
+        let apply = |model: &mut Model| -> Result<(), Divergence> {
+            match *op {
+                Op::MapPages {
+                    iova,
+                    paddr,
+                    pgsize: s,
+                    count: c,
+                    prot,
+                } => {
+                    let (iova, paddr, s, c, prot) = (
+                        addr(iova),
+                        addr(paddr),
+                        pgsize(s),
+                        count(c),
+                        Prot::from_bits_truncate(prot),
+                    );
+                    t.same(
+                        "map_pages",
+                        pt.map_pages(iova, paddr, s, c, prot),
+                        model.map_pages(iova, paddr, s, c, prot),
+                    )?;
                 }
-                gather.sync(pt.tlb());
+                Op::UnmapPages {
+                    iova,
+                    pgsize: s,
+                    count: c,
+                    queued,
+                } => {
+                    let (iova, s, c) = (addr(iova), pgsize(s), count(c));
+                    let mut gather = if queued {
+                        Gather::queued()
+                    } else {
+                        Gather::new()
+                    };
+                    let real = pt.unmap_pages(iova, s, c, &mut gather);
+                    t.same("unmap_pages", real, model.unmap_pages(iova, s, c))?;
+                    // A queued gather collects nothing, and neither does a refused call.
+                    if queued || real.is_err() {
+                        t.check(gather.range().is_none(), || {
+                            format!("gathered {:?}", gather.range())
+                        })?;
+                    }
+                    gather.sync(pt.tlb());
+                }
+                Op::Map {
+                    iova,
+                    paddr,
+                    size,
+                    prot,
+                } => {
+                    let (iova, paddr, size, prot) = (
+                        addr(iova),
+                        addr(paddr),
+                        addr(size),
+                        Prot::from_bits_truncate(prot),
+                    );
+                    t.same(
+                        "map",
+                        pt.map(iova, paddr, size, prot),
+                        model.map(iova, paddr, size, prot),
+                    )?;
+                }
+                Op::Unmap { iova, size } => {
+                    let (iova, size) = (addr(iova), addr(size));
+                    t.same("unmap", pt.unmap(iova, size), model.unmap(iova, size))?;
+                }
+                Op::Translate { iova } => check_translation(&t, &pt, model, addr(iova))?,
+                Op::Dump => check_dump(&t, &pt, model)?,
+                Op::FailNextTableAlloc => {}
             }
-            Op::Map {
-                iova,
-                paddr,
-                size,
-                prot,
-            } => {
-                let (iova, paddr, size, prot) = (
-                    addr(iova),
-                    addr(paddr),
-                    addr(size),
-                    Prot::from_bits_truncate(prot),
-                );
-                t.same(
-                    "map",
-                    pt.map(iova, paddr, size, prot),
-                    model.map(iova, paddr, size, prot),
-                )?;
-            }
-            Op::Unmap { iova, size } => {
-                let (iova, size) = (addr(iova), addr(size));
-                t.same("unmap", pt.unmap(iova, size), model.unmap(iova, size))?;
-            }
-            Op::Translate { iova } => check_translation(&t, &pt, &model, addr(iova))?,
-            Op::Dump => check_dump(&t, &pt, &model)?,
+            Ok(())
+        };
+        if std::mem::take(&mut armed) {
+            fail_next_table_alloc(&t, &mut model, apply)?;
+        } else {
+            apply(&mut model)?;
         }
         t.note(|| {
             format!(
