@@ -66,6 +66,13 @@ impl DomainConfig {
     }
 
     /// The same, starting in lazy mode.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DomainConfig, FqConfig};
+    /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap().lazy(FqConfig::single());
+    /// assert_eq!(c.lazy, Some(FqConfig::single()));
+    /// ```
     pub fn lazy(mut self, fq: FqConfig) -> Self {
         self.lazy = Some(fq);
         self
@@ -306,6 +313,29 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// address. For an untrusted device, a buffer not aligned to the granule at both ends is
     /// bounced first (allocation aligned to the granule, padding zeroed), so the device never
     /// sees other data sharing its pages.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
+    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(1 << 20);
+    /// let (aligned, unaligned) = (mem.base() + 0x4000, mem.base() + 0x6010);
+    /// mem.write(unaligned, b"abc").unwrap();
+    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
+    /// // Whole granules are mapped in place.
+    /// let dma = dom.map(&dev, aligned, 0x1000, Direction::ToDevice).unwrap();
+    /// assert_eq!(dom.translate(dma), Some(aligned));
+    /// // A buffer sharing its granule with other data is bounced: the device sees a copy.
+    /// let dma = dom.map(&dev, unaligned, 3, Direction::ToDevice).unwrap();
+    /// assert_ne!(dom.translate(dma), Some(unaligned));
+    /// let mut seen = [0u8; 3];
+    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"abc");
+    /// assert_eq!(dom.stats().bounced, 1);
+    /// ```
     pub fn map(
         &self,
         dev: &Device,
@@ -518,6 +548,20 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether
     /// the IOTLB was synced (strict) or the IOVA queued (lazy). A bounced mapping is copied
     /// back to the original buffer (by direction) once the device can no longer reach it.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, DmaError, Domain, DomainConfig, NoTlb};
+    /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
+    /// let dma = dom.map(&dev, 0x10_0000, 0x2000, Direction::FromDevice).unwrap();
+    /// // A wrong size is refused and the mapping stays live.
+    /// let wrong = dom.unmap(&dev, dma, 0x1000, Direction::FromDevice);
+    /// assert!(matches!(wrong, Err(DmaError::Mismatch { .. })));
+    /// assert_eq!(dom.translate(dma), Some(0x10_0000));
+    /// dom.unmap(&dev, dma, 0x2000, Direction::FromDevice).unwrap();
+    /// assert_eq!(dom.translate(dma), None);
+    /// ```
     pub fn unmap(
         &self,
         dev: &Device,
@@ -633,6 +677,27 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
     /// bounce buffer). `dma` may lie anywhere inside a live mapping.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
+    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(1 << 20);
+    /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
+    /// mem.write(buf, b"old").unwrap();
+    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
+    /// let dma = dom.map(&dev, buf, 3, Direction::ToDevice).unwrap(); // copied into the bounce buffer
+    /// dom.swiotlb().unwrap().memory().write(buf, b"new").unwrap(); // the CPU updates the buffer
+    /// let mut seen = [0u8; 3];
+    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"old"); // the device still sees the copy
+    /// dom.sync_for_device(&dev, dma, 3, Direction::ToDevice).unwrap();
+    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"new");
+    /// ```
     pub fn sync_for_device(
         &self,
         dev: &Device,
@@ -680,6 +745,19 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// The largest single mapping `dev` may ask for: capped by the bounce buffers' segment
     /// for an untrusted device (any of its mappings may need bouncing), else by its mask.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb};
+    /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), RegionMemory::new(1 << 20)).unwrap();
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dev32 = dom.attach(DeviceConfig { dma_mask: 0xffff_ffff, ..DeviceConfig::default() }).unwrap();
+    /// assert_eq!(dom.max_mapping_size(&dev32), 0xffff_ffff);
+    /// let untrusted = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
+    /// assert!(dom.max_mapping_size(&untrusted) < 0xffff_ffff); // one bounce segment at most
+    /// ```
     pub fn max_mapping_size(&self, dev: &Device) -> u64 {
         let by_mask = dev.inner.config.dma_mask.min(self.aperture_end);
         match (&dev.inner.bounce, &self.swiotlb) {
@@ -691,6 +769,16 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Switch from strict to lazy invalidation at run time, safely while other threads map
     /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict. If the queue
     /// cannot be allocated, [`FqError::NoMemory`] and the domain stays strict.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{Domain, DomainConfig, FqConfig, NoTlb};
+    /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+    /// assert!(!dom.is_lazy());
+    /// assert_eq!(dom.set_lazy(FqConfig::per_cpu()), Ok(true));
+    /// assert_eq!(dom.set_lazy(FqConfig::per_cpu()), Ok(false)); // already lazy: no second queue
+    /// assert!(dom.is_lazy());
+    /// ```
     pub fn set_lazy(&self, fq: FqConfig) -> Result<bool, DmaError> {
         Ok(self.strictness.enable_lazy(fq)?)
     }
@@ -751,6 +839,26 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Device side: write `data` at `dma` through the page table, as the device would.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, Direction, DmaError, Domain, DomainConfig, NoTlb};
+    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(1 << 20);
+    /// let buf = mem.base() + 0x8000;
+    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
+    /// let rx = dom.map(&dev, buf, 0x1000, Direction::FromDevice).unwrap();
+    /// dom.device_write(&dev, rx, b"pkt").unwrap();
+    /// let mut seen = [0u8; 3];
+    /// dom.swiotlb().unwrap().memory().read(buf, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"pkt");
+    /// // A to-device mapping is read-only for the device: the write faults.
+    /// let tx = dom.map(&dev, buf + 0x1000, 0x1000, Direction::ToDevice).unwrap();
+    /// assert!(matches!(dom.device_write(&dev, tx, b"x"), Err(DmaError::Fault { .. })));
+    /// ```
     pub fn device_write(&self, dev: &Device, dma: u64, data: &[u8]) -> Result<(), DmaError> {
         self.device_access(
             dev,

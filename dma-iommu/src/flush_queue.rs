@@ -170,6 +170,14 @@ impl FqConfig {
 }
 
 /// Why a flush queue could not be built.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_iommu::{FqConfig, FqError};
+/// let e = FqConfig::per_cpu().with_ring_size(6).validate().unwrap_err();
+/// assert_eq!(e, FqError::RingSize(6));
+/// assert_eq!(e.to_string(), "flush-queue ring size 6 is not a power of two >= 2");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FqError {
     /// The ring size is not a power of two ≥ 2.
@@ -397,6 +405,7 @@ impl<O: InvalidationOps> Shared<O> {
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
 /// use dma_sync::{Arc, Mutex};
+/// use std::time::Duration;
 /// #[derive(Default)]
 /// struct Ops { flushes: Mutex<u32>, freed: Mutex<Vec<u64>> }
 /// impl InvalidationOps for Ops {
@@ -406,7 +415,8 @@ impl<O: InvalidationOps> Shared<O> {
 ///     fn reclaim(&self, iova: u64) { self.freed.lock().push(iova); }
 /// }
 /// let ops = Arc::new(Ops::default());
-/// let fq = FlushQueue::new(ops.clone(), FqConfig::per_cpu().with_ring_size(4)).unwrap();
+/// let slow_timer = FqConfig::per_cpu().with_ring_size(4).with_timeout(Duration::from_secs(3600));
+/// let fq = FlushQueue::new(ops.clone(), slow_timer).unwrap();
 /// fq.enqueue(0x1000);
 /// assert!(ops.freed.lock().is_empty()); // not before a flush
 /// fq.fire_timer();
@@ -423,6 +433,23 @@ pub struct FlushQueue<O: InvalidationOps> {
 impl<O: InvalidationOps> FlushQueue<O> {
     /// Build the rings and counters and start the timer (not under loom: models run the
     /// timer's work with [`FlushQueue::fire_timer`]).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FlushQueue, FqConfig, FqError, Gather, InvalidationOps};
+    /// use dma_sync::Arc;
+    /// struct Ops;
+    /// impl InvalidationOps for Ops {
+    ///     type Entry = ();
+    ///     fn flush_all(&self) {}
+    ///     fn sync(&self, _g: &mut Gather) {}
+    ///     fn reclaim(&self, _: ()) {}
+    /// }
+    /// let bad = FqConfig::per_cpu().with_ring_size(1);
+    /// assert!(matches!(FlushQueue::new(Arc::new(Ops), bad), Err(FqError::RingSize(1))));
+    /// let fq = FlushQueue::new(Arc::new(Ops), FqConfig::single()).unwrap();
+    /// assert_eq!(fq.config().rings(), 1);
+    /// ```
     pub fn new(ops: Arc<O>, config: FqConfig) -> Result<Self, FqError> {
         config.validate()?;
         // Every ring before anything else (the timer thread): a failure leaves nothing behind.
@@ -467,6 +494,31 @@ impl<O: InvalidationOps> FlushQueue<O> {
     }
 
     /// Queue `entry`, whose leaves the caller has cleared; it is freed after a later flush.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
+    /// use dma_sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// #[derive(Default)]
+    /// struct Ops { freed: Mutex<Vec<u64>> }
+    /// impl InvalidationOps for Ops {
+    ///     type Entry = u64;
+    ///     fn flush_all(&self) {}
+    ///     fn sync(&self, _g: &mut Gather) {}
+    ///     fn reclaim(&self, iova: u64) { self.freed.lock().push(iova); }
+    /// }
+    /// let ops = Arc::new(Ops::default());
+    /// // One ring of capacity 1, and a timer that does not run during the example.
+    /// let cfg = FqConfig::single().with_ring_size(2).with_timeout(Duration::from_secs(3600));
+    /// let fq = FlushQueue::new(ops.clone(), cfg).unwrap();
+    /// fq.enqueue(1);
+    /// assert!(fq.timer_armed());
+    /// fq.enqueue(2); // the ring is full: flush now, free entry 1, queue entry 2
+    /// assert_eq!(*ops.freed.lock(), [1]);
+    /// let st = fq.stats();
+    /// assert_eq!((st.enqueued, st.reclaimed, st.pending, st.full_flushes), (2, 1, 1, 1));
+    /// ```
     pub fn enqueue(&self, entry: O::Entry) {
         FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
         self.shared.enqueue_fenced(entry);
@@ -528,6 +580,27 @@ impl<O: InvalidationOps> FlushQueue<O> {
     ///
     /// No enqueue may run concurrently with or after this; the owner calls it when the domain
     /// is quiesced. Idempotent; also run on drop.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
+    /// use dma_sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// #[derive(Default)]
+    /// struct Ops { freed: Mutex<Vec<u64>> }
+    /// impl InvalidationOps for Ops {
+    ///     type Entry = u64;
+    ///     fn flush_all(&self) {}
+    ///     fn sync(&self, _g: &mut Gather) {}
+    ///     fn reclaim(&self, iova: u64) { self.freed.lock().push(iova); }
+    /// }
+    /// let ops = Arc::new(Ops::default());
+    /// let fq = FlushQueue::new(ops.clone(), FqConfig::single().with_timeout(Duration::from_secs(3600))).unwrap();
+    /// fq.enqueue(7);
+    /// fq.shutdown();
+    /// assert_eq!(*ops.freed.lock(), [7]);
+    /// assert!(!fq.fire_timer()); // torn down
+    /// ```
     pub fn shutdown(&self) {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;

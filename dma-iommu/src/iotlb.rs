@@ -98,6 +98,19 @@ pub enum InvalidationKind {
 }
 
 /// One recorded invalidation, with the logical times at which it started and completed.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_iommu::{InvalidationKind, RecordingIotlb, TlbOps, TlbRange};
+/// let t = RecordingIotlb::new();
+/// t.sync(&TlbRange { start: 0x2000, end: 0x2fff, pgsize: 0x1000 }); // `end` inclusive
+/// t.flush_all();
+/// let log = t.log();
+/// assert_eq!(log[0].kind, InvalidationKind::Range { start: 0x2000, end: 0x3000 });
+/// assert!(log[0].covers(0x2000, 0x3000) && !log[0].covers(0x2000, 0x4000));
+/// assert!(log[1].covers(0, u64::MAX) && log[0].completed < log[1].started);
+/// assert_eq!((t.syncs(), t.flushes()), (1, 1));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalidation {
     /// What was invalidated.

@@ -33,6 +33,7 @@ pub enum Unmapped {
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
 /// use dma_sync::{Arc, Mutex};
+/// use std::time::Duration;
 /// #[derive(Default)]
 /// struct Ops { log: Mutex<Vec<&'static str>> }
 /// impl InvalidationOps for Ops {
@@ -46,7 +47,8 @@ pub enum Unmapped {
 /// let clear = |g: &mut Gather| { g.add_range(0x1000, 0x1000); 0x1000u64 };
 /// assert_eq!(s.unmap(clear), Unmapped::Synced);
 /// assert_eq!(*ops.log.lock(), ["sync", "free"]); // never free-then-sync
-/// assert!(s.enable_lazy(FqConfig::per_cpu().with_ring_size(8)).unwrap());
+/// let fq = FqConfig::per_cpu().with_ring_size(8).with_timeout(Duration::from_secs(3600));
+/// assert!(s.enable_lazy(fq).unwrap()); // the background timer stays out of the way
 /// assert_eq!(s.unmap(clear), Unmapped::Queued);
 /// s.fire_timer();
 /// assert_eq!(*ops.log.lock(), ["sync", "free", "flush", "free"]);
@@ -82,6 +84,26 @@ impl<O: InvalidationOps> Strictness<O> {
 
     /// Switch to lazy invalidation, with a queue built from `config`. Safe while unmaps run
     /// on other threads. `Ok(false)` if already lazy.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
+    /// use dma_sync::{Arc, Mutex};
+    /// #[derive(Default)]
+    /// struct Ops { synced: Mutex<u32> }
+    /// impl InvalidationOps for Ops {
+    ///     type Entry = ();
+    ///     fn flush_all(&self) {}
+    ///     fn sync(&self, _g: &mut Gather) { *self.synced.lock() += 1; }
+    ///     fn reclaim(&self, _: ()) {}
+    /// }
+    /// let s = Strictness::new(Arc::new(Ops::default()));
+    /// // A queue that cannot be built leaves the mode strict.
+    /// assert!(s.enable_lazy(FqConfig::per_cpu().with_ring_size(3)).is_err());
+    /// assert!(!s.is_lazy());
+    /// assert_eq!(s.enable_lazy(FqConfig::per_cpu()), Ok(true));
+    /// assert!(s.is_lazy() && s.queue().is_some());
+    /// ```
     pub fn enable_lazy(&self, config: FqConfig) -> Result<bool, FqError> {
         let mut published = self.switch.lock();
         if *published {
@@ -110,6 +132,26 @@ impl<O: InvalidationOps> Strictness<O> {
     }
 
     /// [`Strictness::unmap`], strict whatever the mode if `force_strict` (untrusted devices).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
+    /// use dma_sync::{Arc, Mutex};
+    /// #[derive(Default)]
+    /// struct Ops { synced: Mutex<u32> }
+    /// impl InvalidationOps for Ops {
+    ///     type Entry = ();
+    ///     fn flush_all(&self) {}
+    ///     fn sync(&self, _g: &mut Gather) { *self.synced.lock() += 1; }
+    ///     fn reclaim(&self, _: ()) {}
+    /// }
+    /// let s = Strictness::new(Arc::new(Ops::default()));
+    /// s.enable_lazy(FqConfig::per_cpu()).unwrap();
+    /// let clear = |g: &mut Gather| g.add_range(0x1000, 0x1000);
+    /// assert_eq!(s.unmap_with(true, clear), Unmapped::Synced); // untrusted: strict anyway
+    /// assert_eq!(*s.ops().synced.lock(), 1);
+    /// assert_eq!(s.unmap_with(false, clear), Unmapped::Queued);
+    /// ```
     pub fn unmap_with(
         &self,
         force_strict: bool,

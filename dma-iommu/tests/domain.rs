@@ -2,67 +2,31 @@
 //! devices, scatter lists, errors, and the reuse rule checked against a recording IOTLB.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::{domain_over, quiet_fq, ReuseCheck, G};
 use dma_iommu::{
     DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, InvalidationKind, PhysSegment,
     RecordingIotlb, Unmapped,
 };
-use std::collections::BTreeMap;
 use std::time::Duration;
-use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, Direction, RegionMemory};
 
-const G: u64 = 0x1000;
+/// A scatter-list segment.
+fn seg(addr: u64, len: u64) -> PhysSegment {
+    PhysSegment { addr, len }
+}
 
 /// A domain over a 4 KiB-granule table with `iova_granules` IOVAs, bounce buffers, and a
 /// memory region; returns the region's base.
 fn domain(iova_granules: u64, lazy: Option<FqConfig>) -> (Domain<RecordingIotlb>, u64) {
     let mem = RegionMemory::new(4 << 20);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(1024, 2, 128), mem).unwrap();
-    let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    cfg.iova.end_pfn = iova_granules;
-    cfg.iova.trim_interval = None;
-    cfg.lazy = lazy;
-    (
-        Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap(),
-        base,
-    )
-}
-
-/// A lazy queue whose timer never fires by itself during a test.
-fn quiet_fq() -> FqConfig {
-    FqConfig::per_cpu()
-        .with_ring_size(8)
-        .with_timeout(Duration::from_secs(3600))
-}
-
-/// Checks that no granule is handed out again before an invalidation that started after its
-/// unmap began and covers it completed.
-#[derive(Default)]
-struct ReuseCheck {
-    unmapped_at: BTreeMap<u64, u64>,
-    reuses: usize,
-}
-
-impl ReuseCheck {
-    fn mapped(&mut self, tlb: &RecordingIotlb, dma: u64, size: u64) {
-        let now = tlb.tick();
-        for page in (dma & !(G - 1)..dma + size).step_by(G as usize) {
-            if let Some(t) = self.unmapped_at.remove(&page) {
-                self.reuses += 1;
-                assert!(
-                    tlb.covered_between(page, page + G, t, now),
-                    "IOVA {page:#x} reused before an invalidation covering its unmap"
-                );
-            }
-        }
-    }
-
-    fn unmapping(&mut self, tlb: &RecordingIotlb, dma: u64, size: u64) {
-        let t = tlb.tick();
-        for page in (dma & !(G - 1)..dma + size).step_by(G as usize) {
-            self.unmapped_at.insert(page, t);
-        }
-    }
+    let dom = domain_over(mem, Config::tiny(1024, 2, 128), |cfg| {
+        cfg.iova.end_pfn = iova_granules;
+        cfg.lazy = lazy;
+    });
+    (dom, base)
 }
 
 #[test]
@@ -151,11 +115,11 @@ fn no_iova_is_reused_before_a_covering_invalidation_in_both_modes() {
                 Direction::FromDevice,
             )
             .unwrap();
-        check.mapped(dom.tlb(), dma, size);
+        check.mapped(dom.tlb(), dom.tlb().tick(), dma, size);
         live.push((dma, size));
         if live.len() >= 2 {
             let (dma, size) = live.remove((round % 2) as usize);
-            check.unmapping(dom.tlb(), dma, size);
+            check.unmapping(dom.tlb().tick(), dma, size);
             let how = dom
                 .unmap(&dev, dma, size as usize, Direction::FromDevice)
                 .unwrap();
@@ -387,18 +351,9 @@ fn scatter_lists_get_one_contiguous_range() {
         })
         .unwrap();
     let list = [
-        PhysSegment {
-            addr: base + 0x10_0200,
-            len: 0xE00,
-        },
-        PhysSegment {
-            addr: base + 0x20_0000,
-            len: 0x2000,
-        },
-        PhysSegment {
-            addr: base + 0x30_0000,
-            len: 0x100,
-        },
+        seg(base + 0x10_0200, 0xE00),
+        seg(base + 0x20_0000, 0x2000),
+        seg(base + 0x30_0000, 0x100),
     ];
     let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
     assert_eq!(m.per_input.len(), 3);
@@ -424,16 +379,7 @@ fn scatter_lists_get_one_contiguous_range() {
             ..DeviceConfig::default()
         })
         .unwrap();
-    let list = [
-        PhysSegment {
-            addr: base,
-            len: 0x3000,
-        },
-        PhysSegment {
-            addr: base + 0x8000,
-            len: 0x2000,
-        },
-    ];
+    let list = [seg(base, 0x3000), seg(base + 0x8000, 0x2000)];
     let m = dom.map_sg(&bounded, &list, Direction::ToDevice).unwrap();
     assert_eq!(m.segments.len(), 2);
     for s in &m.segments {
@@ -445,10 +391,7 @@ fn scatter_lists_get_one_contiguous_range() {
     }
     dom.unmap_sg(&bounded, &m, Direction::ToDevice).unwrap();
 
-    let too_long = [PhysSegment {
-        addr: base,
-        len: 0x2_0000,
-    }];
+    let too_long = [seg(base, 0x2_0000)];
     assert!(matches!(
         dom.map_sg(&dev, &too_long, Direction::ToDevice),
         Err(DmaError::BadSegment { index: 0, .. })
@@ -465,16 +408,7 @@ fn untrusted_scatter_lists_map_each_segment() {
             ..DeviceConfig::default()
         })
         .unwrap();
-    let list = [
-        PhysSegment {
-            addr: base + 0x10,
-            len: 0x20,
-        },
-        PhysSegment {
-            addr: base + 0x4000,
-            len: 0x1000,
-        },
-    ];
+    let list = [seg(base + 0x10, 0x20), seg(base + 0x4000, 0x1000)];
     let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
     assert_eq!(m.segments.len(), 2);
     assert_ne!(
@@ -544,10 +478,7 @@ fn mapping_size_limits() {
 fn devices_prefer_32bit_iovas_until_the_first_miss() {
     let mem = RegionMemory::new(1 << 16);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(64, 1, 64), mem).unwrap();
-    let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    cfg.iova.trim_interval = None;
-    let dom = Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap();
+    let dom = domain_over(mem, Config::tiny(64, 1, 64), |_| {});
     let nic = dom
         .attach(DeviceConfig {
             prefer_32bit: true,

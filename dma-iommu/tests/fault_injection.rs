@@ -6,9 +6,12 @@
 //! Arming is per thread, so these tests run in parallel.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::{domain_over, quiet_fq, untrusted, G};
 use dma_iommu::faults::{FQ_RING_ALLOC, MAPPING_RECORD};
 use dma_iommu::{
-    DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, FqError, PhysSegment, RecordingIotlb,
+    Device, DeviceConfig, DmaError, Domain, FqConfig, FqError, PhysSegment, RecordingIotlb,
     Unmapped,
 };
 use dma_sync::fault::{armed, Site};
@@ -17,10 +20,8 @@ use iova_cache::faults::{DEPOT_GROW, MAGAZINE_ALLOC, TREE_NODE};
 use iova_cache::IovaError;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::time::Duration;
-use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory};
 
-const G: u64 = 0x1000;
 const MEM: u64 = 4 << 20;
 
 /// The byte the memory region holds at `offset` (never rewritten: devices only read).
@@ -36,34 +37,16 @@ fn domain(lazy: Option<FqConfig>) -> (Domain<RecordingIotlb>, u64) {
     let base = mem.base();
     let bytes: Vec<u8> = (0..MEM).map(pattern).collect();
     mem.write(base, &bytes).unwrap();
-    let tlb = Swiotlb::new(Config::tiny(1024, 2, 128), mem).unwrap();
-    let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    cfg.iova.cpus = 1;
-    cfg.iova.magazine_size = 2;
-    cfg.iova.trim_interval = None;
-    cfg.lazy = lazy;
-    (
-        Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap(),
-        base,
-    )
-}
-
-/// A lazy queue whose timer never fires by itself during a test.
-fn quiet_fq() -> FqConfig {
-    FqConfig::per_cpu()
-        .with_ring_size(8)
-        .with_timeout(Duration::from_secs(3600))
-}
-
-fn untrusted() -> DeviceConfig {
-    DeviceConfig {
-        trusted: false,
-        ..DeviceConfig::default()
-    }
+    let dom = domain_over(mem, Config::tiny(1024, 2, 128), |cfg| {
+        cfg.iova.cpus = 1;
+        cfg.iova.magazine_size = 2;
+        cfg.lazy = lazy;
+    });
+    (dom, base)
 }
 
 /// The device reads exactly the buffer's bytes through `dma`.
-fn check_reads(dom: &Domain<RecordingIotlb>, dev: &dma_iommu::Device, dma: u64, at: u64, len: u64) {
+fn check_reads(dom: &Domain<RecordingIotlb>, dev: &Device, dma: u64, at: u64, len: u64) {
     let mut seen = vec![0u8; len as usize];
     dom.device_read(dev, dma, &mut seen).unwrap();
     let want: Vec<u8> = (at..at + len).map(pattern).collect();
@@ -80,6 +63,24 @@ fn check_all_back(dom: &Domain<RecordingIotlb>) {
     a.flush_all();
     assert_eq!(a.allocated_ranges(), vec![], "{}", a.report());
     assert_eq!(dom.swiotlb().unwrap().stats().used, 0);
+}
+
+/// Map granules `0..n` of the memory, one mapping each; returns their DMA addresses.
+fn map_granules(dom: &Domain<RecordingIotlb>, dev: &Device, base: u64, n: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            dom.map(dev, base + i * G, G as usize, Direction::ToDevice)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Unmap what [`map_granules`] mapped.
+fn unmap_granules(dom: &Domain<RecordingIotlb>, dev: &Device, dmas: Vec<u64>) {
+    for dma in dmas {
+        dom.unmap(dev, dma, G as usize, Direction::ToDevice)
+            .unwrap();
+    }
 }
 
 /// Disarmed, the domain maps (several leaf tables' worth, and a bounced buffer), translates
@@ -119,12 +120,7 @@ fn no_table_fails_the_map_and_leaks_no_iova() {
     check_all_back(&dom);
     // Live mappings, then a map across several new leaf tables (pages, since the buffer is
     // not block-aligned) that fails part-way: the live ones translate as before.
-    let small: Vec<u64> = (0..4)
-        .map(|i| {
-            dom.map(&dev, base + i * G, G as usize, Direction::ToDevice)
-                .unwrap()
-        })
-        .collect();
+    let small = map_granules(&dom, &dev, base, 4);
     let len = 0x30_0000;
     let (r, used) = armed(&TABLE_ALLOC, usize::MAX, || {
         dom.map(&dev, base + 0x1000, len, Direction::ToDevice)
@@ -149,10 +145,7 @@ fn no_table_fails_the_map_and_leaks_no_iova() {
         check_reads(&dom, &dev, dma, i as u64 * G, G);
     }
     assert_eq!(dom.stats().live, 4);
-    for dma in small {
-        dom.unmap(&dev, dma, G as usize, Direction::ToDevice)
-            .unwrap();
-    }
+    unmap_granules(&dom, &dev, small);
     check_all_back(&dom);
     check_keeps_working(&dom, base);
 }
@@ -161,12 +154,7 @@ fn no_table_fails_the_map_and_leaks_no_iova() {
 fn no_magazine_loses_no_iova() {
     let (dom, base) = domain(None);
     let dev = dom.attach(DeviceConfig::default()).unwrap();
-    let dmas: Vec<u64> = (0..24)
-        .map(|i| {
-            dom.map(&dev, base + i * G, G as usize, Direction::ToDevice)
-                .unwrap()
-        })
-        .collect();
+    let dmas = map_granules(&dom, &dev, base, 24);
     // Strict unmaps free on this thread: past two magazines of two, every free wants a new
     // magazine (refused) or a bigger depot (refused); each IOVA goes to the range allocator.
     let (((), depot), mag) = armed(&MAGAZINE_ALLOC, usize::MAX, || {
@@ -182,20 +170,12 @@ fn no_magazine_loses_no_iova() {
     assert!(mag > 0, "the no-magazine fallback ran ({mag}, {depot})");
     check_all_back(&dom);
     // Every IOVA is handed out again, each once.
-    let again: Vec<u64> = (0..24)
-        .map(|i| {
-            dom.map(&dev, base + i * G, G as usize, Direction::ToDevice)
-                .unwrap()
-        })
-        .collect();
+    let again = map_granules(&dom, &dev, base, 24);
     let mut sorted = again.clone();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), 24);
-    for dma in again {
-        dom.unmap(&dev, dma, G as usize, Direction::ToDevice)
-            .unwrap();
-    }
+    unmap_granules(&dom, &dev, again);
     check_all_back(&dom);
     check_keeps_working(&dom, base);
 }

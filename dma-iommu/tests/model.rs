@@ -2,10 +2,13 @@
 //! typed errors for bogus unmaps, the switch to lazy at a random point, and nothing leaked.
 #![cfg(not(loom))]
 
-use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
+mod common;
+
+use common::domain_over;
+use dma_iommu::{DeviceConfig, DmaError, FqConfig, Unmapped};
 use proptest::prelude::*;
 use std::time::Duration;
-use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, Direction, RegionMemory};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -35,11 +38,7 @@ proptest! {
     fn domain_matches_the_reference(ops in proptest::collection::vec(op(), 1..60), untrusted in any::<bool>()) {
         let mem = RegionMemory::new(2 << 20);
         let base = mem.base();
-        let tlb = Swiotlb::new(Config::tiny(512, 1, 128), mem).unwrap();
-        let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-        cfg.iova.end_pfn = 256;
-        cfg.iova.trim_interval = None;
-        let dom = Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap();
+        let dom = domain_over(mem, Config::tiny(512, 1, 128), |cfg| cfg.iova.end_pfn = 256);
         let dev = dom.attach(DeviceConfig { trusted: !untrusted, ..DeviceConfig::default() }).unwrap();
         let fq = FqConfig::per_cpu().with_ring_size(4).with_timeout(Duration::from_secs(3600));
 

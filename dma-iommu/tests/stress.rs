@@ -4,13 +4,15 @@
 //! (recorded IOTLB), and at the end every IOVA and bounce slot back.
 #![cfg(not(loom))]
 
-use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
+mod common;
+
+use common::{domain_over, pages, ReuseCheck, G};
+use dma_iommu::{DeviceConfig, FqConfig, Unmapped};
 use dma_sync::atomic::{AtomicUsize, Ordering};
 use dma_sync::{Arc, Mutex};
 use std::collections::BTreeMap;
-use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, Direction, RegionMemory};
 
-const G: u64 = 0x1000;
 const THREADS: usize = 4;
 const OPS: usize = if cfg!(miri) { 20 } else { 800 };
 
@@ -18,13 +20,7 @@ const OPS: usize = if cfg!(miri) { 20 } else { 800 };
 struct Shared {
     /// Live IOVA pages -> owning thread.
     live: BTreeMap<u64, usize>,
-    /// Unmapped IOVA pages -> logical time the unmap began.
-    unmapped_at: BTreeMap<u64, u64>,
-    reuses: usize,
-}
-
-fn pages(dma: u64, size: u64) -> impl Iterator<Item = u64> {
-    (dma & !(G - 1)..dma + size).step_by(G as usize)
+    reuse: ReuseCheck,
 }
 
 #[test]
@@ -32,12 +28,10 @@ fn pages(dma: u64, size: u64) -> impl Iterator<Item = u64> {
 fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
     let mem = RegionMemory::new(8 << 20);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(2048, 2, 128), mem).unwrap();
-    let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    cfg.iova.end_pfn = 512;
-    cfg.iova.cpus = THREADS;
-    cfg.iova.trim_interval = None;
-    let dom = Arc::new(Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap());
+    let dom = Arc::new(domain_over(mem, Config::tiny(2048, 2, 128), |cfg| {
+        cfg.iova.end_pfn = 512;
+        cfg.iova.cpus = THREADS;
+    }));
     let shared = Arc::new(Mutex::new(Shared::default()));
     let progress = Arc::new(AtomicUsize::new(0));
 
@@ -80,14 +74,8 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
                                 s.live.insert(p, t).is_none(),
                                 "IOVA {p:#x} handed out while live"
                             );
-                            if let Some(at) = s.unmapped_at.remove(&p) {
-                                s.reuses += 1;
-                                assert!(
-                                    dom.tlb().covered_between(p, p + G, at, now),
-                                    "IOVA {p:#x} reused before an invalidation covering its unmap"
-                                );
-                            }
                         }
+                        s.reuse.mapped(dom.tlb(), now, dma, size);
                     }
                     mine.push((dma, size));
                     if mine.len() > 3 || (i % 5 == 0 && !mine.is_empty()) {
@@ -97,8 +85,8 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
                             let mut s = shared.lock();
                             for p in pages(dma, size) {
                                 assert_eq!(s.live.remove(&p), Some(t));
-                                s.unmapped_at.insert(p, at);
                             }
+                            s.reuse.unmapping(at, dma, size);
                         }
                         let how = dom
                             .unmap(&dev, dma, size as usize, Direction::Bidirectional)
@@ -138,7 +126,7 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
         "trusted devices queued after the switch"
     );
     assert!(
-        shared.lock().reuses > 100,
+        shared.lock().reuse.reuses > 100,
         "IOVAs were reused under the check"
     );
     let s = dom.stats();

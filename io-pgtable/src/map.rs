@@ -38,14 +38,7 @@ impl<T: TlbOps> PageTable<T> {
         prot: Prot,
     ) -> Result<usize, Error> {
         let (level, len) = self.check_input(iova, pgsize, pgcount)?;
-        if paddr & (pgsize - 1) != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Paddr,
-                addr: paddr,
-                align: pgsize,
-            });
-        }
-        check_range(AddrKind::Paddr, paddr, len, self.geom.oas())?;
+        self.check_paddr(paddr, pgsize, len)?;
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
         }
@@ -222,15 +215,20 @@ impl<T: TlbOps> PageTable<T> {
             });
         }
         if let Some(paddr) = paddr {
-            if paddr & (page - 1) != 0 {
-                return Err(Error::Misaligned {
-                    kind: AddrKind::Paddr,
-                    addr: paddr,
-                    align: page,
-                });
-            }
-            check_range(AddrKind::Paddr, paddr, size, self.geom.oas())?;
+            self.check_paddr(paddr, page, size)?;
         }
         check_range(AddrKind::Iova, iova, size, self.geom.ias())
+    }
+
+    /// `paddr` aligned to `align`, and `[paddr, paddr + len)` inside the output range.
+    fn check_paddr(&self, paddr: u64, align: u64, len: u64) -> Result<(), Error> {
+        if paddr & (align - 1) != 0 {
+            return Err(Error::Misaligned {
+                kind: AddrKind::Paddr,
+                addr: paddr,
+                align,
+            });
+        }
+        check_range(AddrKind::Paddr, paddr, len, self.geom.oas())
     }
 }

@@ -10,6 +10,9 @@
 //!   at quiescent points and at the end (`DMALOOM_SOAK_SECS=600 cargo test --release -p
 //!   dma-soak --test soak -- --nocapture` for ten minutes).
 //!
+//! Feature `fault-injection` lets the checkers arm the crates' allocation fault sites
+//! (`dma_sync::fault`); the fuzz targets turn it on.
+//!
 //! Everything here is test support: it asserts, it never recovers.
 #![cfg(not(loom))]
 

@@ -17,7 +17,32 @@ use crate::points::TRANSIENT_GRACE;
 use crate::pool::{beyond, Pool};
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
-/// Direction of a DMA transfer.
+/// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).
+///
+/// | Operation | ToDevice | FromDevice | Bidirectional |
+/// |---|---|---|---|
+/// | sync_for_device | copy in | nothing | copy in |
+/// | sync_for_cpu | nothing | copy out | copy out |
+/// | unmap (unless `skip_cpu_sync`) | nothing | copy out | copy out |
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+/// let mem = RegionMemory::new(4096);
+/// let orig = mem.base();
+/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+/// let dev = tlb.device(DeviceConfig::default());
+/// for dir in Direction::ALL {
+///     let a = tlb.map(&dev, orig, 1, dir, MapAttrs::default()).unwrap();
+///     tlb.write_bounce(&dev, a, &[0xEE]).unwrap(); // a device write, allowed or not
+///     tlb.unmap(&dev, a, 1, dir, MapAttrs::default()).unwrap();
+///     let mut b = [0u8; 1];
+///     tlb.memory().read(orig, &mut b).unwrap();
+///     // Only a mapping the device may write is copied back.
+///     assert_eq!(b[0] == 0xEE, dir != Direction::ToDevice);
+///     tlb.memory().write(orig, &[0]).unwrap();
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// The device reads the buffer.
@@ -29,6 +54,19 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Every direction, for tests and tools that pick one by index.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::Direction;
+    /// assert!(Direction::ALL.contains(&Direction::Bidirectional));
+    /// ```
+    pub const ALL: [Direction; 3] = [
+        Direction::ToDevice,
+        Direction::FromDevice,
+        Direction::Bidirectional,
+    ];
+
     fn device_writes(self) -> bool {
         matches!(self, Direction::FromDevice | Direction::Bidirectional)
     }
@@ -123,12 +161,26 @@ impl Swiotlb {
 
     /// Release a mapping that failed before it was handed out.
     fn undo(&self, dev: &Device, pool: &PoolRef<'_>, first: usize, in_off: usize, addr: u64) {
-        if let Ok(n) = pool.release(first, in_off, addr) {
-            self.inner.stats.sub_used(pool.accounted_slots(n));
-            if pool.transient {
-                self.drop_transient(dev, pool);
-            }
+        // It was allocated just now, so the release cannot fail; nothing to report if it did.
+        let _ = self.release(dev, pool, first, in_off, addr);
+    }
+
+    /// Free the slots of the mapping starting in slot `first`, uncount them, and drop the pool
+    /// if it is a transient one (its one mapping is gone).
+    fn release(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        first: usize,
+        in_off: usize,
+        addr: u64,
+    ) -> Result<(), Error> {
+        let n = pool.release(first, in_off, addr)?;
+        self.inner.stats.sub_used(pool.accounted_slots(n));
+        if pool.transient {
+            self.drop_transient(dev, pool);
         }
+        Ok(())
     }
 
     /// Copy between the bounce buffer at `addr` and the original memory: `to_device` copies
@@ -199,12 +251,7 @@ impl Swiotlb {
         if dir.device_writes() && !attrs.skip_cpu_sync {
             self.bounce(&pool, addr, size, false)?;
         }
-        let n = pool.release(first, in_off, addr)?;
-        self.inner.stats.sub_used(pool.accounted_slots(n));
-        if pool.transient {
-            self.drop_transient(dev, &pool);
-        }
-        Ok(())
+        self.release(dev, &pool, first, in_off, addr)
     }
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
@@ -235,6 +282,26 @@ impl Swiotlb {
 
     /// Make the device's writes at `addr` visible to the CPU (copy out for from-device and
     /// bidirectional mappings). Any sub-range of a live mapping.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 8, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// tlb.write_bounce(&dev, a, b"polled!!").unwrap();
+    /// tlb.sync_for_cpu(&dev, a + 2, 4, Direction::FromDevice).unwrap(); // bytes 2..6 only
+    /// let mut seen = [0u8; 8];
+    /// tlb.memory().read(orig, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"\0\0lled\0\0");
+    /// // Past the mapping's end: refused, nothing copied.
+    /// assert_eq!(
+    ///     tlb.sync_for_cpu(&dev, a + 6, 4, Direction::FromDevice),
+    ///     Err(Error::OutOfRange { addr: a + 6, size: 4 })
+    /// );
+    /// ```
     pub fn sync_for_cpu(
         &self,
         dev: &Device,
@@ -339,7 +406,7 @@ impl Swiotlb {
         Ok(addr)
     }
 
-    /// Free an allocation made by [`Swiotlb::alloc`].
+    /// Free an allocation made by [`Swiotlb::alloc`] (example there).
     pub fn free(&self, dev: &Device, addr: u64) -> Result<(), Error> {
         self.check_device(dev)?;
         if !self.inner.cfg.for_alloc {
@@ -355,33 +422,50 @@ impl Swiotlb {
     }
 
     /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 16, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// tlb.write_bounce(&dev, a, &[7; 16]).unwrap();
+    /// let mut seen = [0u8; 16];
+    /// tlb.read_bounce(&dev, a, &mut seen).unwrap();
+    /// assert_eq!(seen, [7; 16]);
+    /// // An address outside every pool of the device is refused.
+    /// assert_eq!(tlb.read_bounce(&dev, orig, &mut seen), Err(Error::NotMapped { addr: orig }));
+    /// ```
     pub fn read_bounce(&self, dev: &Device, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.check_device(dev)?;
-        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
-        let off = pool
-            .region()
-            .offset_of(addr, buf.len())
-            .ok_or(Error::OutOfRange {
-                addr,
-                size: buf.len(),
-            })?;
+        let (pool, off) = self.device_range(dev, addr, buf.len())?;
         pool.region().read(off, buf);
         Ok(())
     }
 
-    /// Device side: write bounce memory at `addr` (must lie in one pool of `dev`).
+    /// Device side: write bounce memory at `addr` (must lie in one pool of `dev`). See
+    /// [`Swiotlb::read_bounce`] for an example.
     pub fn write_bounce(&self, dev: &Device, addr: u64, data: &[u8]) -> Result<(), Error> {
+        let (pool, off) = self.device_range(dev, addr, data.len())?;
+        pool.region().write(off, data);
+        Ok(())
+    }
+
+    /// The pool of `dev` holding `[addr, addr + len)` and the range's offset in its memory.
+    fn device_range<'a>(
+        &'a self,
+        dev: &'a Device,
+        addr: u64,
+        len: usize,
+    ) -> Result<(PoolRef<'a>, usize), Error> {
         self.check_device(dev)?;
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let off = pool
             .region()
-            .offset_of(addr, data.len())
-            .ok_or(Error::OutOfRange {
-                addr,
-                size: data.len(),
-            })?;
-        pool.region().write(off, data);
-        Ok(())
+            .offset_of(addr, len)
+            .ok_or(Error::OutOfRange { addr, size: len })?;
+        Ok((pool, off))
     }
 }
 

@@ -3,6 +3,14 @@
 use std::fmt;
 
 /// An access to original (or bounce) memory that the memory implementation refused.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use swiotlb_core::{MemoryError, OrigMemory, RegionMemory};
+/// let m = RegionMemory::new(4096);
+/// let end = m.base() + 4096;
+/// assert_eq!(m.write(end - 2, &[0; 4]), Err(MemoryError { addr: end - 2, len: 4 }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryError {
     /// First address of the refused access.
@@ -24,6 +32,24 @@ impl fmt::Display for MemoryError {
 impl std::error::Error for MemoryError {}
 
 /// Why an operation of the allocator failed. The allocator is unchanged after any error.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+/// let mem = RegionMemory::new(64 * 1024);
+/// let orig = mem.base();
+/// let tlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(8, 1, 8) }, mem).unwrap();
+/// let dev = tlb.device(DeviceConfig::default());
+/// let map = |len| tlb.map(&dev, orig, len, Direction::ToDevice, MapAttrs::default());
+/// assert_eq!(map(0), Err(Error::ZeroSize));
+/// assert!(matches!(map(17 * 1024), Err(Error::TooLarge { .. }))); // over one 16 KiB segment
+/// let all = map(16 * 1024).unwrap();
+/// assert_eq!(map(1), Err(Error::NoSpace { size: 1 })); // full, and growth is off
+/// assert_eq!(tlb.stats().used, 8); // the failures took nothing
+/// assert_eq!(Error::ZeroSize.to_string(), "zero-sized mapping");
+/// tlb.unmap(&dev, all, 16 * 1024, Direction::ToDevice, MapAttrs::default()).unwrap();
+/// assert!(map(1).is_ok()); // and the allocator keeps working
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// A mapping or allocation of zero bytes.

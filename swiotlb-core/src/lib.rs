@@ -1,9 +1,13 @@
 //! Bounce buffers for devices with a limited or untrusted view of memory.
 //!
-//! The user-space equal of Linux swiotlb with dynamic pools: 2 KiB slots in 128-slot
-//! segments, per-CPU areas with their own locks, every alignment rule of the kernel, bounce
-//! copies by direction with partial sync, pools grown in the background, transient pools, a
-//! per-device "uses bounce buffers" flag and a lock-free, RCU-published pool list.
+//! A device that cannot reach a buffer (a DMA mask below it) or must not see the rest of its
+//! page (a confidential VM, an untrusted device behind an IOMMU) is given a copy in a pool it
+//! may access instead, and the bytes are copied back when the transfer ends. This crate is the
+//! user-space equal of Linux swiotlb with dynamic pools, for VMMs and user-space drivers:
+//! 2 KiB slots in 128-slot segments, per-CPU areas with their own locks, every alignment rule
+//! of the kernel, bounce copies by direction with partial sync, pools grown in the
+//! background, transient pools, a per-device "uses bounce buffers" flag and a lock-free,
+//! RCU-published pool list.
 //!
 //! # API
 //!
@@ -20,9 +24,15 @@
 //! * [`Swiotlb::max_mapping_size`], [`Swiotlb::grow`], [`Swiotlb::grow_by`],
 //!   [`Swiotlb::alloc`] / [`Swiotlb::free`] (restricted pools), [`Swiotlb::stats`] (with a
 //!   debugfs-style `Display`), [`Swiotlb::reset_hiwater`], [`Swiotlb::check_invariants`].
+//! * [`Direction`] picks the copies a sync or unmap makes; [`MapAttrs`] adds the allocation
+//!   alignment, `skip_cpu_sync` and zero padding.
+//! * [`OrigMemory`] is the caller's memory by physical/DMA address ([`RegionMemory`],
+//!   [`ProcessMemory`], or a guest-memory implementation).
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
 //! * [`faults`]: the allocation sites (dynamic pool, transient pool, default pool) a test
 //!   can make fail with the `fault-injection` feature, each with the fallback that loses nothing.
+//! * [`points`]: the named orderings of the lock-free protocols (pool publication, the device
+//!   flag, transient lists), each weakened by the model-checking suite to show it is needed.
 //!
 //! # Address space
 //!

@@ -56,8 +56,13 @@ pub struct Config {
     pub growth_nslabs: usize,
     /// Highest address a pool may occupy.
     pub phys_limit: u64,
-    /// Whether to keep the shared `used`/high-water counters (the only shared writes of the
-    /// map path besides the area lock).
+    /// Whether to keep the high-water mark ([`StatsSnapshot::hiwater`]). It needs the total
+    /// of used slots at every instant, so each map and unmap then updates one instance-wide
+    /// counter (and a map that raises the mark, the mark too): the only shared writes of the
+    /// fast path besides the area lock. A per-area count would not do: the sum of per-area
+    /// peaks reached at different times overstates the real peak. Off, the map and unmap paths
+    /// write only per-area state and `hiwater` is `None`; `used` is exact either way (the sum
+    /// of the per-area counts). Benchmarks of the fast path set `stats: false`.
     pub stats: bool,
     /// Whether the instance serves [`Swiotlb::alloc`] (a restricted pool).
     pub for_alloc: bool,
@@ -97,6 +102,15 @@ impl Config {
 
     /// A small geometry for tests and models: `nslabs` slots in `nareas` areas of segments of
     /// `segment_slots`, growth by explicit [`Swiotlb::grow_by`] only, transient pools on.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(16, 2, 4), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(tlb.segment_slots(), 4);
+    /// assert_eq!(tlb.stats().pools[0].area_used, [0, 0]); // two areas of 8 slots
+    /// assert!(!tlb.growth_in_progress()); // no background worker in tiny configurations
+    /// ```
     pub fn tiny(nslabs: usize, nareas: usize, segment_slots: usize) -> Config {
         Config {
             nslabs,
@@ -109,7 +123,7 @@ impl Config {
     }
 }
 
-/// Where a bounce address lives ([`Swiotlb::find_pool`]).
+/// Where a bounce address lives: the answer of [`Swiotlb::find_pool`] (example there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolInfo {
     /// First bounce address of the pool.
@@ -125,6 +139,25 @@ pub struct PoolInfo {
 }
 
 /// A bounce-buffer allocator: cheap to clone (shared handle). See the crate documentation.
+///
+/// Clones share the pools and the statistics, so threads (or the device and driver sides of
+/// a simulation) each hold their own handle.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+/// let mem = RegionMemory::new(4096);
+/// let orig = mem.base();
+/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+/// let dev = tlb.device(DeviceConfig::default());
+/// let driver = {
+///     let (tlb, dev) = (tlb.clone(), dev.clone());
+///     std::thread::spawn(move || tlb.map(&dev, orig, 512, Direction::ToDevice, MapAttrs::default()))
+/// };
+/// let a = driver.join().unwrap().unwrap();
+/// assert!(tlb.is_bounce_buffer(&dev, a)); // mapped through the clone, found through this one
+/// assert_eq!(tlb.stats().used, 1);
+/// ```
 #[derive(Clone)]
 pub struct Swiotlb {
     pub(crate) inner: Arc<MemInner>,
@@ -428,6 +461,16 @@ impl Swiotlb {
 
     /// Add one global pool of (at least) `nslabs` slots with the default area count, limited
     /// to whole segments; it is published to lock-free readers. Returns the slots added.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(tlb.grow_by(12), Ok(16)); // rounded up to whole segments of 8
+    /// assert_eq!(tlb.stats().pools.len(), 2);
+    /// let fixed = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(fixed.grow_by(8), Err(Error::GrowthDisabled));
+    /// ```
     pub fn grow_by(&self, nslabs: usize) -> Result<usize, Error> {
         if !self.inner.cfg.can_grow {
             return Err(Error::GrowthDisabled);
@@ -502,6 +545,20 @@ impl Swiotlb {
     }
 
     /// The pool holding bounce address `addr` of `dev`, if any.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// let p = tlb.find_pool(&dev, a).unwrap();
+    /// assert!(p.start <= a && a < p.end && !p.transient);
+    /// assert_eq!((p.nslabs, p.end - p.start), (8, 8 * 2048));
+    /// assert_eq!(tlb.find_pool(&dev, orig), None);
+    /// ```
     pub fn find_pool(&self, dev: &Device, addr: u64) -> Option<PoolInfo> {
         self.check_device(dev).ok()?;
         self.lookup(dev, addr).map(|p| PoolInfo {
@@ -513,7 +570,25 @@ impl Swiotlb {
         })
     }
 
-    /// A snapshot of the statistics.
+    /// A snapshot of the statistics (see [`StatsSnapshot`] for its report).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(8192);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(tlb.stats().used, 3); // 5000 bytes take three 2 KiB slots
+    /// tlb.unmap(&dev, a, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// let s = tlb.stats();
+    /// assert_eq!((s.used, s.hiwater), (0, Some(3)));
+    ///
+    /// assert_eq!(tlb.reset_hiwater(1), Err(Error::BadReset { value: 1 }));
+    /// tlb.reset_hiwater(0).unwrap();
+    /// assert_eq!(tlb.stats().hiwater, Some(0));
+    /// ```
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.inner.stats;
         let pools: Vec<PoolStats> = self
@@ -537,13 +612,28 @@ impl Swiotlb {
         }
     }
 
-    /// Reset the high-water mark; only 0 is accepted (as writing the debugfs file).
+    /// Reset the high-water mark; only 0 is accepted (as writing the debugfs file). Example at
+    /// [`Swiotlb::stats`].
     pub fn reset_hiwater(&self, value: u64) -> Result<(), Error> {
         self.inner.stats.reset_hiwater(value)
     }
 
     /// Check the quiescent invariants of every global pool (free-run counters, `used`,
     /// metadata of free slots). Meant for tests and debugging; takes every area lock in turn.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = tlb.device(DeviceConfig::default());
+    /// let a = tlb.map(&dev, orig, 3000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(tlb.check_invariants(), Ok(()));
+    /// // A failed unmap (wrong address) leaves the pool consistent.
+    /// assert!(tlb.unmap(&dev, a + 1, 1, Direction::ToDevice, MapAttrs::default()).is_err());
+    /// assert_eq!(tlb.check_invariants(), Ok(()));
+    /// ```
     pub fn check_invariants(&self) -> Result<(), String> {
         self.pools().try_for_each(Pool::check)
     }

@@ -258,7 +258,10 @@ impl World {
             transient.iter().map(|h| h.slots).sum::<usize>()
         );
         assert_eq!(s.nslabs, NSLABS + self.grown, "{s}");
-        assert!(s.hiwater.is_some_and(|h| h >= s.used), "high-water below used: {s}");
+        assert!(
+            s.hiwater.is_some_and(|h| h >= s.used),
+            "high-water below used: {s}"
+        );
         assert_eq!(s.pools.len(), 1 + self.grown_pools);
         assert_eq!(s.nslabs, s.pools.iter().map(|p| p.nslabs).sum::<usize>());
     }
@@ -424,11 +427,6 @@ fn no_transient_pool_is_buffer_full_and_links_nothing() {
 }
 
 const SITES: [&Site; 2] = [&POOL_GROW, &TRANSIENT_POOL];
-const DIRS: [Direction; 3] = [
-    Direction::ToDevice,
-    Direction::FromDevice,
-    Direction::Bidirectional,
-];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -462,7 +460,7 @@ fn step(w: &mut World, i: usize, op: &Op, fault: Option<usize>) -> bool {
             size,
             off,
             dir,
-        } => w.map(dev, size, off, DIRS[dir], i as u8),
+        } => w.map(dev, size, off, Direction::ALL[dir], i as u8),
         Op::Unmap { pick } => {
             w.unmap(pick);
             Ok(())

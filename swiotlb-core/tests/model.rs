@@ -5,16 +5,22 @@
 #![cfg(not(loom))]
 
 use proptest::prelude::*;
+use std::ops::Range;
 use swiotlb_core::{Config, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
 
 const CHUNK: u64 = 64 * 1024;
 const CHUNKS: usize = 8;
 const ALIGNS: [u64; 4] = [0, 0x7FF, 0xFFF, 0xFFFF];
-const DIRS: [Direction; 3] = [
-    Direction::ToDevice,
-    Direction::FromDevice,
-    Direction::Bidirectional,
-];
+
+/// What a [`Op::Touch`] does to its sub-range.
+#[derive(Debug, Clone, Copy)]
+enum Touch {
+    /// The device writes `byte`s.
+    DeviceWrite,
+    SyncForCpu,
+    /// The CPU writes `byte`s, then syncs for the device.
+    SyncForDevice,
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -30,18 +36,9 @@ enum Op {
         pick: usize,
         skip: bool,
     },
-    DeviceWrite {
-        pick: usize,
-        at: usize,
-        len: usize,
-        byte: u8,
-    },
-    SyncForCpu {
-        pick: usize,
-        at: usize,
-        len: usize,
-    },
-    SyncForDevice {
+    /// Touch a sub-range of a live mapping.
+    Touch {
+        what: Touch,
         pick: usize,
         at: usize,
         len: usize,
@@ -53,16 +50,21 @@ enum Op {
     },
 }
 
+fn touch() -> impl Strategy<Value = Touch> {
+    prop_oneof![
+        Just(Touch::DeviceWrite),
+        Just(Touch::SyncForCpu),
+        Just(Touch::SyncForDevice)
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..3usize, 0..0x4000u64, 1..20_000usize, 0..4usize, 0..3usize, any::<u8>())
             .prop_map(|(dev, off, len, align, dir, seed)| Op::Map { dev, off, len, align, dir, seed }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, skip)| Op::Unmap { pick, skip }),
-        2 => (any::<usize>(), any::<usize>(), 1..5000usize, any::<u8>())
-            .prop_map(|(pick, at, len, byte)| Op::DeviceWrite { pick, at, len, byte }),
-        2 => (any::<usize>(), any::<usize>(), 1..5000usize).prop_map(|(pick, at, len)| Op::SyncForCpu { pick, at, len }),
-        2 => (any::<usize>(), any::<usize>(), 1..5000usize, any::<u8>())
-            .prop_map(|(pick, at, len, byte)| Op::SyncForDevice { pick, at, len, byte }),
+        6 => (touch(), any::<usize>(), any::<usize>(), 1..5000usize, any::<u8>())
+            .prop_map(|(what, pick, at, len, byte)| Op::Touch { what, pick, at, len, byte }),
         1 => (any::<usize>(), prop_oneof![Just(1i64), Just(-1), Just(2048), Just(-2048), Just(4096)])
             .prop_map(|(pick, delta)| Op::BogusUnmap { pick, delta }),
     ]
@@ -79,6 +81,16 @@ struct Live {
     bounce: Vec<u8>,
     /// What the original buffer must hold.
     original: Vec<u8>,
+}
+
+impl Live {
+    /// The sub-range `[at, at + len)` of the mapping, clamped into it: its bounce address and
+    /// its byte range.
+    fn sub(&self, at: usize, len: usize) -> (u64, Range<usize>) {
+        let size = self.bounce.len();
+        let at = at % size;
+        (self.addr + at as u64, at..at + len.min(size - at))
+    }
 }
 
 struct Harness {
@@ -134,12 +146,12 @@ impl Harness {
         v
     }
 
-    /// A sub-range `[at, at + len)` of a mapping of `size` bytes.
-    fn range(size: usize, at: usize, len: usize) -> (usize, usize) {
-        let at = at % size;
-        (at, len.min(size - at))
+    /// Both sides of live mapping `i` hold what the model says.
+    fn check_live(&self, i: usize) {
+        let l = &self.live[i];
+        assert_eq!(self.read_orig(l.orig, l.original.len()), l.original);
+        assert_eq!(self.read_bounce(l), l.bounce);
     }
-
     fn step(&mut self, op: &Op) {
         let n = self.live.len();
         match *op {
@@ -166,7 +178,7 @@ impl Harness {
                 let d = &self.devs[dev];
                 let addr = self
                     .tlb
-                    .map(d, orig, len, DIRS[dir], attrs)
+                    .map(d, orig, len, Direction::ALL[dir], attrs)
                     .expect("the pool has room by construction");
                 assert_eq!((addr ^ orig) & d.config().min_align_mask, 0);
                 for l in &self.live {
@@ -180,7 +192,7 @@ impl Harness {
                     chunk,
                     orig,
                     addr,
-                    dir: DIRS[dir],
+                    dir: Direction::ALL[dir],
                     bounce: data.clone(),
                     original: data,
                 };
@@ -204,53 +216,41 @@ impl Harness {
                 let want = if copies { &l.bounce } else { &l.original };
                 assert_eq!(&self.read_orig(l.orig, l.bounce.len()), want);
             }
-            Op::DeviceWrite {
+            Op::Touch {
+                what,
                 pick,
                 at,
                 len,
                 byte,
             } if n > 0 => {
                 let l = &mut self.live[pick % n];
-                let (at, len) = Self::range(l.bounce.len(), at, len);
-                self.tlb
-                    .write_bounce(&self.devs[l.dev], l.addr + at as u64, &vec![byte; len])
-                    .unwrap();
-                l.bounce[at..at + len].fill(byte);
-            }
-            Op::SyncForCpu { pick, at, len } if n > 0 => {
-                let l = &mut self.live[pick % n];
-                let (at, len) = Self::range(l.bounce.len(), at, len);
-                self.tlb
-                    .sync_for_cpu(&self.devs[l.dev], l.addr + at as u64, len, l.dir)
-                    .unwrap();
-                if l.dir != Direction::ToDevice {
-                    let b = l.bounce[at..at + len].to_vec();
-                    l.original[at..at + len].copy_from_slice(&b);
+                let (addr, r) = l.sub(at, len);
+                let dev = &self.devs[l.dev];
+                match what {
+                    Touch::DeviceWrite => {
+                        self.tlb
+                            .write_bounce(dev, addr, &vec![byte; r.len()])
+                            .unwrap();
+                        l.bounce[r].fill(byte);
+                    }
+                    Touch::SyncForCpu => {
+                        self.tlb.sync_for_cpu(dev, addr, r.len(), l.dir).unwrap();
+                        if l.dir != Direction::ToDevice {
+                            let b = l.bounce[r.clone()].to_vec();
+                            l.original[r].copy_from_slice(&b);
+                        }
+                    }
+                    Touch::SyncForDevice => {
+                        let orig = l.orig + r.start as u64;
+                        self.tlb.memory().write(orig, &vec![byte; r.len()]).unwrap();
+                        l.original[r.clone()].fill(byte);
+                        self.tlb.sync_for_device(dev, addr, r.len(), l.dir).unwrap();
+                        if l.dir != Direction::FromDevice {
+                            l.bounce[r].fill(byte);
+                        }
+                    }
                 }
-                let l = &self.live[pick % n];
-                assert_eq!(self.read_orig(l.orig, l.original.len()), l.original);
-            }
-            Op::SyncForDevice {
-                pick,
-                at,
-                len,
-                byte,
-            } if n > 0 => {
-                let l = &mut self.live[pick % n];
-                let (at, len) = Self::range(l.bounce.len(), at, len);
-                self.tlb
-                    .memory()
-                    .write(l.orig + at as u64, &vec![byte; len])
-                    .unwrap();
-                l.original[at..at + len].fill(byte);
-                self.tlb
-                    .sync_for_device(&self.devs[l.dev], l.addr + at as u64, len, l.dir)
-                    .unwrap();
-                if l.dir != Direction::FromDevice {
-                    l.bounce[at..at + len].fill(byte);
-                }
-                let l = &self.live[pick % n];
-                assert_eq!(self.read_bounce(l), l.bounce);
+                self.check_live(pick % n);
             }
             Op::BogusUnmap { pick, delta } if n > 0 => {
                 let l = &self.live[pick % n];

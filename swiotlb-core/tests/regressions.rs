@@ -3,7 +3,9 @@
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
-use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+use swiotlb_core::{
+    Config, Device, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb,
+};
 
 const SLOT: usize = 2048;
 const NONE: MapAttrs = MapAttrs {
@@ -28,18 +30,22 @@ fn read(tlb: &Swiotlb, addr: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Leave `len` bytes of bounce slots holding `byte`, as a previous user would; returns the
+/// bounce address those slots had.
+fn dirty(tlb: &Swiotlb, dev: &Device, base: u64, len: usize, byte: u8) -> u64 {
+    let a = tlb.map(dev, base, len, Direction::ToDevice, NONE).unwrap();
+    tlb.write_bounce(dev, a, &vec![byte; len]).unwrap();
+    tlb.unmap(dev, a, len, Direction::ToDevice, NONE).unwrap();
+    a
+}
+
 /// CVE-2022-0854 (ddbd89deb7d3): a from-device mapping over dirty slots; the device writes
 /// half; unmap must return the other half unchanged, not a previous user's bytes.
 #[test]
 fn from_device_mapping_never_leaks_stale_bytes() {
     let (tlb, base) = fixed(8);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
-        .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
-        .unwrap();
-    tlb.write_bounce(&dev, a, &vec![0xEE; 8 * SLOT]).unwrap();
-    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE)
-        .unwrap();
+    let a = dirty(&tlb, &dev, base, 8 * SLOT, 0xEE);
 
     let buf = base + 0x10000;
     tlb.memory().write(buf, &vec![0x55; 8 * SLOT]).unwrap();
@@ -398,12 +404,7 @@ fn max_mapping_size_always_fits() {
 fn zero_padding_clears_the_whole_granule() {
     let (tlb, base) = fixed(128);
     let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
-        .map(&dev, base, 32 * SLOT, Direction::ToDevice, NONE)
-        .unwrap();
-    tlb.write_bounce(&dev, a, &vec![0xCC; 32 * SLOT]).unwrap();
-    tlb.unmap(&dev, a, 32 * SLOT, Direction::ToDevice, NONE)
-        .unwrap();
+    dirty(&tlb, &dev, base, 32 * SLOT, 0xCC);
     tlb.memory().write(base + 0x300, &[7; 100]).unwrap();
     let attrs = MapAttrs {
         alloc_align_mask: 0xFFFF,

@@ -19,12 +19,14 @@
 
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::mutation::Weakening;
-use dma_sync::thread::spawn;
+use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 use swiotlb_core::points;
-use swiotlb_core::{Config, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+use swiotlb_core::{
+    Config, Device, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb,
+};
 
 const SLOT: usize = 2048;
 
@@ -36,6 +38,35 @@ fn instance(cfg: Config, orig_bytes: usize) -> (Arc<Swiotlb>, u64) {
     let mem = RegionMemory::new(orig_bytes);
     let base = mem.base();
     (Arc::new(Swiotlb::new(cfg, mem).expect("tiny config")), base)
+}
+
+/// An instance whose 4-slot default pool is full (held by another device), and a fresh device:
+/// every map of that device needs a new pool (grown or transient).
+fn full_default_pool(cfg: Config, orig_bytes: usize) -> (Arc<Swiotlb>, u64, Device) {
+    let (tlb, base) = instance(cfg, orig_bytes);
+    let other = tlb.device(DeviceConfig::default());
+    map_to_device(&tlb, &other, base, 4 * SLOT).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    (tlb, base, dev)
+}
+
+/// Run `f` on a new thread with its own handles of the instance and the device.
+fn spawn_with<T: Send + 'static>(
+    tlb: &Arc<Swiotlb>,
+    dev: &Device,
+    f: impl FnOnce(&Swiotlb, &Device) -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let (tlb, dev) = (tlb.clone(), dev.clone());
+    spawn(move || f(&tlb, &dev))
+}
+
+fn map_to_device(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize) -> Result<u64, Error> {
+    tlb.map(dev, orig, len, Direction::ToDevice, MapAttrs::default())
+}
+
+fn unmap_to_device(tlb: &Swiotlb, dev: &Device, addr: u64, len: usize) {
+    tlb.unmap(dev, addr, len, Direction::ToDevice, MapAttrs::default())
+        .unwrap();
 }
 
 /// Map `len` bytes at `orig` (filled with `tag`), let the "device" answer with `!tag` in the
@@ -67,6 +98,14 @@ fn round_trip(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize, tag: u8) {
     );
 }
 
+/// The receiving side of a hand-off: an address read from the driver's memory must be found.
+fn receive(tlb: &Swiotlb, dev: &Device, handoff: &AtomicU64) {
+    let a = handoff.load(Relaxed);
+    if a != 0 {
+        assert!(tlb.is_bounce_buffer(dev, a), "{NOT_FOUND}");
+    }
+}
+
 fn quiescent(tlb: &Swiotlb) {
     tlb.check_invariants().expect("free-run counters");
     assert_eq!(tlb.stats().used, 0, "every slot came back");
@@ -83,14 +122,12 @@ fn area_shared() {
     };
     let (tlb, base) = instance(cfg, 4 * SLOT);
     let dev = tlb.device(DeviceConfig::default());
-    let t = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || round_trip(&tlb, &dev, base, 3 * SLOT, 0x11))
-    };
-    let u = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || round_trip(&tlb, &dev, base + 3 * SLOT as u64, SLOT, 0x22))
-    };
+    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
+        round_trip(tlb, dev, base, 3 * SLOT, 0x11)
+    });
+    let u = spawn_with(&tlb, &dev, move |tlb, dev| {
+        round_trip(tlb, dev, base + 3 * SLOT as u64, SLOT, 0x22)
+    });
     t.join().unwrap();
     u.join().unwrap();
     quiescent(&tlb);
@@ -105,32 +142,16 @@ fn area_crossing() {
     };
     let (tlb, base) = instance(cfg, 8 * SLOT);
     let dev = tlb.device(DeviceConfig::default());
-    let t = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            dma_sync::cpu::set_current(Some(0));
-            round_trip(&tlb, &dev, base, SLOT, 0x33);
-        })
-    };
-    let u = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            dma_sync::cpu::set_current(Some(1));
-            let attrs = MapAttrs::default();
-            let fill = tlb
-                .map(
-                    &dev,
-                    base + SLOT as u64,
-                    4 * SLOT,
-                    Direction::ToDevice,
-                    attrs,
-                )
-                .unwrap();
-            round_trip(&tlb, &dev, base + 5 * SLOT as u64, SLOT, 0x44);
-            tlb.unmap(&dev, fill, 4 * SLOT, Direction::ToDevice, attrs)
-                .unwrap();
-        })
-    };
+    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
+        dma_sync::cpu::set_current(Some(0));
+        round_trip(tlb, dev, base, SLOT, 0x33);
+    });
+    let u = spawn_with(&tlb, &dev, move |tlb, dev| {
+        dma_sync::cpu::set_current(Some(1));
+        let fill = map_to_device(tlb, dev, base + SLOT as u64, 4 * SLOT).unwrap();
+        round_trip(tlb, dev, base + 5 * SLOT as u64, SLOT, 0x44);
+        unmap_to_device(tlb, dev, fill, 4 * SLOT);
+    });
     t.join().unwrap();
     u.join().unwrap();
     quiescent(&tlb);
@@ -146,17 +167,7 @@ fn new_pool() {
         transient_pools: false,
         ..Config::tiny(4, 1, 4)
     };
-    let (tlb, base) = instance(cfg, 4 * SLOT);
-    let other = tlb.device(DeviceConfig::default());
-    tlb.map(
-        &other,
-        base,
-        4 * SLOT,
-        Direction::ToDevice,
-        MapAttrs::default(),
-    )
-    .unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let (tlb, base, dev) = full_default_pool(cfg, 4 * SLOT);
     let handoff = Arc::new(AtomicU64::new(0));
     let p0 = {
         let tlb = tlb.clone();
@@ -165,19 +176,14 @@ fn new_pool() {
         })
     };
     let p1 = {
-        let (tlb, dev, handoff) = (tlb.clone(), dev.clone(), handoff.clone());
-        spawn(move || {
-            if let Ok(a) = tlb.map(&dev, base, SLOT, Direction::ToDevice, MapAttrs::default()) {
+        let handoff = handoff.clone();
+        spawn_with(&tlb, &dev, move |tlb, dev| {
+            if let Ok(a) = map_to_device(tlb, dev, base, SLOT) {
                 handoff.store(a, Relaxed);
             }
         })
     };
-    let p2 = spawn(move || {
-        let a = handoff.load(Relaxed);
-        if a != 0 {
-            assert!(tlb.is_bounce_buffer(&dev, a), "{NOT_FOUND}");
-        }
-    });
+    let p2 = spawn(move || receive(&tlb, &dev, &handoff));
     p0.join().unwrap();
     p1.join().unwrap();
     p2.join().unwrap();
@@ -185,19 +191,7 @@ fn new_pool() {
 
 /// Default pool full (held by another device), so every map of `dev` gets a transient pool.
 fn transient_setup() -> (Arc<Swiotlb>, u64, Device) {
-    let cfg = Config::tiny(4, 1, 4);
-    let (tlb, base) = instance(cfg, 8 * SLOT);
-    let other = tlb.device(DeviceConfig::default());
-    tlb.map(
-        &other,
-        base,
-        4 * SLOT,
-        Direction::ToDevice,
-        MapAttrs::default(),
-    )
-    .unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    (tlb, base, dev)
+    full_default_pool(Config::tiny(4, 1, 4), 8 * SLOT)
 }
 
 /// A mapper links a new transient pool while a lookup walks the device's list (the device
@@ -206,27 +200,17 @@ fn transient_setup() -> (Arc<Swiotlb>, u64, Device) {
 /// acquire. Exhaustive: two threads, one map against one lookup.
 fn transient_add() {
     let (tlb, base, dev) = transient_setup();
-    let attrs = MapAttrs::default();
-    let first = tlb
-        .map(&dev, base, SLOT, Direction::ToDevice, attrs)
-        .unwrap();
-    let t = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            tlb.map(&dev, base + SLOT as u64, SLOT, Direction::ToDevice, attrs)
-                .unwrap();
-        })
-    };
-    let w = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            assert!(
-                !tlb.is_bounce_buffer(&dev, base),
-                "an original address is no bounce buffer"
-            );
-            assert!(tlb.is_bounce_buffer(&dev, first));
-        })
-    };
+    let first = map_to_device(&tlb, &dev, base, SLOT).unwrap();
+    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
+        map_to_device(tlb, dev, base + SLOT as u64, SLOT).unwrap();
+    });
+    let w = spawn_with(&tlb, &dev, move |tlb, dev| {
+        assert!(
+            !tlb.is_bounce_buffer(dev, base),
+            "an original address is no bounce buffer"
+        );
+        assert!(tlb.is_bounce_buffer(dev, first));
+    });
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 2);
@@ -237,26 +221,16 @@ fn transient_add() {
 /// Exhaustive: two threads; the grace period spins until the reader leaves.
 fn transient_free() {
     let (tlb, base, dev) = transient_setup();
-    let attrs = MapAttrs::default();
-    let x = tlb
-        .map(&dev, base, SLOT, Direction::ToDevice, attrs)
-        .unwrap();
-    let t = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs)
-                .unwrap()
-        })
-    };
-    let w = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            assert!(
-                !tlb.is_bounce_buffer(&dev, base),
-                "an original address is no bounce buffer"
-            )
-        })
-    };
+    let x = map_to_device(&tlb, &dev, base, SLOT).unwrap();
+    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
+        unmap_to_device(tlb, dev, x, SLOT)
+    });
+    let w = spawn_with(&tlb, &dev, move |tlb, dev| {
+        assert!(
+            !tlb.is_bounce_buffer(dev, base),
+            "an original address is no bounce buffer"
+        )
+    });
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 0);
@@ -268,31 +242,17 @@ fn transient_free() {
 /// pool and never touch the freed one. Exhaustive: two racing threads, well under a second.
 fn transient_reuse() {
     let (tlb, base, dev) = transient_setup();
-    let attrs = MapAttrs::default();
-    let x = tlb
-        .map(&dev, base, SLOT, Direction::ToDevice, attrs)
-        .unwrap();
+    let x = map_to_device(&tlb, &dev, base, SLOT).unwrap();
     let handoff = Arc::new(AtomicU64::new(0));
     let t = {
-        let (tlb, dev, handoff) = (tlb.clone(), dev.clone(), handoff.clone());
-        spawn(move || {
-            tlb.unmap(&dev, x, SLOT, Direction::ToDevice, attrs)
-                .unwrap();
-            let y = tlb
-                .map(&dev, base + SLOT as u64, SLOT, Direction::ToDevice, attrs)
-                .unwrap();
+        let handoff = handoff.clone();
+        spawn_with(&tlb, &dev, move |tlb, dev| {
+            unmap_to_device(tlb, dev, x, SLOT);
+            let y = map_to_device(tlb, dev, base + SLOT as u64, SLOT).unwrap();
             handoff.store(y, Relaxed);
         })
     };
-    let w = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
-        spawn(move || {
-            let y = handoff.load(Relaxed);
-            if y != 0 {
-                assert!(tlb.is_bounce_buffer(&dev, y), "{NOT_FOUND}");
-            }
-        })
-    };
+    let w = spawn_with(&tlb, &dev, move |tlb, dev| receive(tlb, dev, &handoff));
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 1);

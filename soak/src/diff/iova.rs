@@ -86,6 +86,9 @@ enum Op {
     FlushCpu(u8),
     Trim,
     SetCpu(u8),
+    /// Make the next operation's first allocation at one of the crate's fault sites fail
+    /// (`fault-injection` feature; otherwise nothing).
+    Fail(u8),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +102,9 @@ struct Held {
 }
 
 struct Model {
+    /// An injected allocation failure is armed: `OutOfMemory` is then a valid answer that
+    /// must change nothing (and every fallback must lose nothing, which the accounting checks).
+    oom_allowed: bool,
     cfg: IovaConfig,
     held: BTreeMap<u64, Held>,
     reserved: Vec<(u64, u64)>,
@@ -265,6 +271,7 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     let dma32 = a.dma_32bit_pfn();
     let devices = [DevicePolicy::new(true), DevicePolicy::new(true)];
     let mut m = Model {
+        oom_allowed: false,
         cfg: cfg.clone(),
         held: BTreeMap::new(),
         reserved: Vec::new(),
@@ -279,167 +286,180 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
         Pfn::Raw(r) => r,
     };
     let mut t = Tracker::default();
+    let mut armed = None;
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
+        if let Op::Fail(site) = *op {
+            armed = cfg!(feature = "fault-injection").then_some(site);
+            continue;
+        }
         let cached = a.cached_ranges();
-        match *op {
-            Op::Alloc { size, limit } | Op::AllocNoFlush { size, limit } => {
-                let (size, limit) = (size_of(size), pfn_of(limit));
-                let flush = matches!(op, Op::Alloc { .. });
-                let real = if flush {
-                    a.alloc(size, limit)
-                } else {
-                    a.alloc_no_flush(size, limit)
-                };
-                fast_result(
-                    &t,
-                    &mut m,
-                    real,
+        let apply = |m: &mut Model| -> Result<(), Divergence> {
+            match *op {
+                Op::Alloc { size, limit } | Op::AllocNoFlush { size, limit } => {
+                    let (size, limit) = (size_of(size), pfn_of(limit));
+                    let flush = matches!(op, Op::Alloc { .. });
+                    let real = if flush {
+                        a.alloc(size, limit)
+                    } else {
+                        a.alloc_no_flush(size, limit)
+                    };
+                    fast_result(&t, m, real, size, limit, if flush { &[] } else { &cached })?;
+                }
+                Op::AllocDma {
                     size,
                     limit,
-                    if flush { &[] } else { &cached },
-                )?;
-            }
-            Op::AllocDma {
-                size,
-                limit,
-                device,
-            } => {
-                let (size, limit) = (size_of(size), pfn_of(limit));
-                let dev = &devices[usize::from(device)];
-                let was_32 = dev.tries_32bit_first();
-                let real = a.alloc_dma(dev, size, limit);
-                fast_result(&t, &mut m, real, size, limit, &[])?;
-                if let Ok(pfn) = real {
-                    t.check(pfn < dma32 || !was_32 || !dev.tries_32bit_first(), || {
-                        format!(
+                    device,
+                } => {
+                    let (size, limit) = (size_of(size), pfn_of(limit));
+                    let dev = &devices[usize::from(device)];
+                    let was_32 = dev.tries_32bit_first();
+                    let real = a.alloc_dma(dev, size, limit);
+                    fast_result(&t, m, real, size, limit, &[])?;
+                    if let Ok(pfn) = real {
+                        t.check(pfn < dma32 || !was_32 || !dev.tries_32bit_first(), || {
+                            format!(
                             "pfn {pfn:#x} above 4 GiB while the device still tries 32-bit first"
                         )
-                    })?;
-                }
-                t.check(was_32 || !dev.tries_32bit_first(), || {
-                    "the 32-bit-first flag came back".into()
-                })?;
-            }
-            Op::AllocRange {
-                size,
-                limit,
-                aligned,
-            } => {
-                let (size, limit) = (size_of(size), pfn_of(limit));
-                let real = a.alloc_range(size, limit, aligned);
-                let align = if aligned {
-                    size.checked_next_power_of_two().unwrap_or(u64::MAX)
-                } else {
-                    1
-                };
-                match real {
-                    Ok(pfn) => m.accept(
-                        &t,
-                        pfn,
-                        Held {
-                            size,
-                            asked: size,
-                            fast: false,
-                        },
-                        align,
-                        limit,
-                    )?,
-                    Err(IovaError::NoSpace { size: s, limit: l }) => {
-                        t.same("NoSpace", (s, l), (size, limit.min(cfg.end_pfn)))?;
-                        t.check(!m.fits(size, align, limit, &cached), || {
-                            "false NoSpace".into()
                         })?;
                     }
-                    Err(e) => t.same("alloc_range error", Err(e), m.check_request(size, limit))?,
+                    t.check(was_32 || !dev.tries_32bit_first(), || {
+                        "the 32-bit-first flag came back".into()
+                    })?;
                 }
-            }
-            Op::Free { pick, size } | Op::FreeRange { pick, size } => {
-                let via_range = matches!(op, Op::FreeRange { .. });
-                let (pfn, held) = pick_pfn(&m, &cached, pick);
-                let size = match size {
-                    FreeSize::AsAllocated => held.map_or(1, |h| h.size),
-                    FreeSize::AsAsked => held.map_or(1, |h| h.asked),
-                    FreeSize::Other(n) => u64::from(n % 40),
-                };
-                let (real, expected) = if via_range {
-                    (a.free_range(pfn, size), m.expect_free(pfn, size, false))
-                } else if size == 0 {
-                    (a.free(pfn, size), Err(IovaError::ZeroSize))
-                } else {
-                    let c = class_size(size);
-                    (
-                        a.free(pfn, size),
-                        m.expect_free(pfn, c, cfg.caching && c <= MAX_CACHED),
-                    )
-                };
-                t.same("free", real, expected)?;
-                if real.is_ok() {
-                    let h = m.held.remove(&pfn).expect("model agreed");
-                    m.freed.push((pfn, h));
-                }
-            }
-            Op::Reserve { lo, hi } => {
-                let (lo, hi) = (pfn_of(lo), pfn_of(hi));
-                let real = a.reserve(lo, hi);
-                let expected = if lo > hi {
-                    Err(IovaError::InvalidRange { lo, hi })
-                } else {
-                    let (clo, chi) = (lo.max(cfg.start_pfn), hi.min(cfg.end_pfn));
-                    match m.held.range(..=chi).next_back() {
-                        Some((&pfn, h)) if clo <= chi && pfn + h.size > clo => {
-                            Err(IovaError::ReserveOverlapsAllocation { pfn, size: h.size })
+                Op::AllocRange {
+                    size,
+                    limit,
+                    aligned,
+                } => {
+                    let (size, limit) = (size_of(size), pfn_of(limit));
+                    let real = a.alloc_range(size, limit, aligned);
+                    let align = if aligned {
+                        size.checked_next_power_of_two().unwrap_or(u64::MAX)
+                    } else {
+                        1
+                    };
+                    match real {
+                        Err(IovaError::OutOfMemory { .. }) if m.oom_allowed => {}
+                        Ok(pfn) => m.accept(
+                            &t,
+                            pfn,
+                            Held {
+                                size,
+                                asked: size,
+                                fast: false,
+                            },
+                            align,
+                            limit,
+                        )?,
+                        Err(IovaError::NoSpace { size: s, limit: l }) => {
+                            t.same("NoSpace", (s, l), (size, limit.min(cfg.end_pfn)))?;
+                            t.check(!m.fits(size, align, limit, &cached), || {
+                                "false NoSpace".into()
+                            })?;
                         }
-                        _ => {
-                            if clo <= chi {
-                                m.reserved.push((clo, chi));
-                            }
-                            Ok(())
+                        Err(e) => {
+                            t.same("alloc_range error", Err(e), m.check_request(size, limit))?
                         }
                     }
-                };
-                t.same("reserve", real, expected)?;
-                t.check(a.cached_ranges().is_empty(), || {
-                    "reserve left cached ranges".into()
-                })?;
-            }
-            Op::Find { pfn } => {
-                let pfn = pfn_of(pfn);
-                let real = a.find(pfn);
-                if let Some((p, h)) = m.held_at(pfn) {
-                    t.same(
-                        "find (held)",
-                        real.map(|r| (r.lo, r.hi, r.kind)),
-                        Some((p, p + h.size - 1, RangeKind::Allocated)),
-                    )?;
-                } else if m.reserved_at(pfn).is_some() {
-                    t.check(
-                        real.is_some_and(|r| {
-                            r.kind == RangeKind::Reserved && r.lo <= pfn && pfn <= r.hi
-                        }),
-                        || format!("find {pfn:#x} in a reservation: {real:?}"),
-                    )?;
-                } else {
-                    let in_cache = cached.iter().find(|&&(p, s)| p <= pfn && pfn < p + s);
-                    let expected = in_cache.map(|&(p, s)| (p, p + s - 1, RangeKind::Allocated));
-                    t.same(
-                        "find (free or cached)",
-                        real.map(|r| (r.lo, r.hi, r.kind)),
-                        expected,
-                    )?;
                 }
+                Op::Free { pick, size } | Op::FreeRange { pick, size } => {
+                    let via_range = matches!(op, Op::FreeRange { .. });
+                    let (pfn, held) = pick_pfn(&m, &cached, pick);
+                    let size = match size {
+                        FreeSize::AsAllocated => held.map_or(1, |h| h.size),
+                        FreeSize::AsAsked => held.map_or(1, |h| h.asked),
+                        FreeSize::Other(n) => u64::from(n % 40),
+                    };
+                    let (real, expected) = if via_range {
+                        (a.free_range(pfn, size), m.expect_free(pfn, size, false))
+                    } else if size == 0 {
+                        (a.free(pfn, size), Err(IovaError::ZeroSize))
+                    } else {
+                        let c = class_size(size);
+                        (
+                            a.free(pfn, size),
+                            m.expect_free(pfn, c, cfg.caching && c <= MAX_CACHED),
+                        )
+                    };
+                    t.same("free", real, expected)?;
+                    if real.is_ok() {
+                        let h = m.held.remove(&pfn).expect("model agreed");
+                        m.freed.push((pfn, h));
+                    }
+                }
+                Op::Reserve { lo, hi } => {
+                    let (lo, hi) = (pfn_of(lo), pfn_of(hi));
+                    let real = a.reserve(lo, hi);
+                    let expected =
+                        if m.oom_allowed && matches!(real, Err(IovaError::OutOfMemory { .. })) {
+                            // The reservation's bookkeeping could not be allocated: nothing changed.
+                            real
+                        } else if lo > hi {
+                            Err(IovaError::InvalidRange { lo, hi })
+                        } else {
+                            let (clo, chi) = (lo.max(cfg.start_pfn), hi.min(cfg.end_pfn));
+                            match m.held.range(..=chi).next_back() {
+                                Some((&pfn, h)) if clo <= chi && pfn + h.size > clo => {
+                                    Err(IovaError::ReserveOverlapsAllocation { pfn, size: h.size })
+                                }
+                                _ => {
+                                    if clo <= chi {
+                                        m.reserved.push((clo, chi));
+                                    }
+                                    Ok(())
+                                }
+                            }
+                        };
+                    t.same("reserve", real, expected)?;
+                    t.check(a.cached_ranges().is_empty(), || {
+                        "reserve left cached ranges".into()
+                    })?;
+                }
+                Op::Find { pfn } => {
+                    let pfn = pfn_of(pfn);
+                    let real = a.find(pfn);
+                    if let Some((p, h)) = m.held_at(pfn) {
+                        t.same(
+                            "find (held)",
+                            real.map(|r| (r.lo, r.hi, r.kind)),
+                            Some((p, p + h.size - 1, RangeKind::Allocated)),
+                        )?;
+                    } else if m.reserved_at(pfn).is_some() {
+                        t.check(
+                            real.is_some_and(|r| {
+                                r.kind == RangeKind::Reserved && r.lo <= pfn && pfn <= r.hi
+                            }),
+                            || format!("find {pfn:#x} in a reservation: {real:?}"),
+                        )?;
+                    } else {
+                        let in_cache = cached.iter().find(|&&(p, s)| p <= pfn && pfn < p + s);
+                        let expected = in_cache.map(|&(p, s)| (p, p + s - 1, RangeKind::Allocated));
+                        t.same(
+                            "find (free or cached)",
+                            real.map(|r| (r.lo, r.hi, r.kind)),
+                            expected,
+                        )?;
+                    }
+                }
+                Op::FlushAll => {
+                    a.flush_all();
+                    t.check(a.cached_ranges().is_empty(), || {
+                        "flush_all left cached ranges".into()
+                    })?;
+                }
+                Op::FlushCpu(c) => a.flush_cpu(usize::from(c % 3)),
+                Op::Trim => {
+                    a.trim_once();
+                }
+                Op::SetCpu(c) => dma_sync::cpu::set_current(Some(usize::from(c % 3))),
+                Op::Fail(_) => {}
             }
-            Op::FlushAll => {
-                a.flush_all();
-                t.check(a.cached_ranges().is_empty(), || {
-                    "flush_all left cached ranges".into()
-                })?;
-            }
-            Op::FlushCpu(c) => a.flush_cpu(usize::from(c % 3)),
-            Op::Trim => {
-                a.trim_once();
-            }
-            Op::SetCpu(c) => dma_sync::cpu::set_current(Some(usize::from(c % 3))),
+            Ok(())
+        };
+        match armed.take() {
+            Some(site) => fail_next_alloc(site, &mut m, apply)?,
+            None => apply(&mut m)?,
         }
         check_accounting(&t, &a, &m)?;
     }
@@ -471,6 +491,30 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     })
 }
 
+/// Run `apply` with the next allocation at fault site `site % 4` failing.
+#[cfg(feature = "fault-injection")]
+fn fail_next_alloc(
+    site: u8,
+    m: &mut Model,
+    apply: impl FnOnce(&mut Model) -> Result<(), Divergence>,
+) -> Result<(), Divergence> {
+    use iova_cache::faults::{DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
+    let site = [&MAGAZINE_ALLOC, &DEPOT_GROW, &TREE_NODE, &OWNER_RECORD][usize::from(site % 4)];
+    m.oom_allowed = true;
+    let (r, _) = dma_sync::fault::armed(site, 1, || apply(&mut *m));
+    m.oom_allowed = false;
+    r
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fail_next_alloc(
+    _: u8,
+    m: &mut Model,
+    apply: impl FnOnce(&mut Model) -> Result<(), Divergence>,
+) -> Result<(), Divergence> {
+    apply(m)
+}
+
 fn fast_result(
     t: &Tracker,
     m: &mut Model,
@@ -482,6 +526,7 @@ fn fast_result(
     let c = class_size(size);
     let align = c.checked_next_power_of_two().unwrap_or(u64::MAX);
     match real {
+        Err(IovaError::OutOfMemory { .. }) if m.oom_allowed => Ok(()),
         Ok(pfn) => m.accept(
             t,
             pfn,
