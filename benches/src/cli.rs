@@ -31,6 +31,10 @@ pub struct Cli {
     /// Modelled cost of one IOTLB invalidation + sync, in nanoseconds.
     #[arg(long)]
     pub iotlb_sync_ns: Option<u64>,
+    /// Map+unmap pairs per second of the throttled writer of the fixed-rate translation case
+    /// (0: unthrottled).
+    #[arg(long)]
+    pub writer_rate: Option<u64>,
     /// Live single-granule allocations in the fragmentation case.
     #[arg(long)]
     pub fragmentation_live: Option<usize>,
@@ -94,6 +98,9 @@ impl Cli {
         }
         if let Some(n) = self.iotlb_sync_ns {
             o.iotlb_sync_ns = n;
+        }
+        if let Some(n) = self.writer_rate {
+            o.writer_rate = n;
         }
         if let Some(n) = self.fragmentation_live {
             o.fragmentation_live = n.max(1);

@@ -503,6 +503,27 @@ where
     m
 }
 
+/// `op` at most `per_sec` times per second (0: unthrottled): after each call, spin until the
+/// next period starts (sleeping or yielding would hand the CPU away for far longer than a
+/// period); a call that overran its period starts the next one at once, without catching up in
+/// a burst.
+pub fn paced(per_sec: u64, mut op: impl FnMut()) -> impl FnMut() {
+    let period = Duration::from_nanos(1_000_000_000u64.checked_div(per_sec).unwrap_or(0));
+    let mut next: Option<Instant> = None;
+    move || {
+        op();
+        if period.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let due = next.map_or(now, |n| n.max(now)) + period;
+        next = Some(due);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Busy-wait for about `ns` nanoseconds (models a device or hypervisor round trip).
 #[inline]
 pub fn spin_for(ns: u64) {
@@ -594,6 +615,21 @@ mod tests {
         assert!(Measurement::new(1, 0, 1.0, 1.0, Latency::default())
             .ns_per_op()
             .is_infinite());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn paced_ops_keep_their_rate() {
+        let mut n = 0u32;
+        let t = Instant::now();
+        let mut op = paced(10_000, || n += 1);
+        for _ in 0..20 {
+            op();
+        }
+        drop(op);
+        assert_eq!(n, 20);
+        // 20 periods of 100 µs.
+        assert!(t.elapsed() >= Duration::from_millis(2));
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Options {
     pub fragmentation_live: usize,
     /// Mappings kept live in the translation cases.
     pub translate_pages: u64,
+    /// Map+unmap pairs per second of the throttled writer of the "translate (1 writer at a
+    /// fixed rate)" case (the other writer cases run their writer flat out).
+    pub writer_rate: u64,
     /// Where JSON and plots go.
     pub out: PathBuf,
     /// Write SVG plots.
@@ -92,6 +95,10 @@ pub struct Options {
     /// This is the CI smoke run.
     pub smoke: bool,
 }
+
+/// The default pace of the throttled writer of the translation cases: 10k map+unmap pairs per
+/// second, a busy strict-mode guest's MAP/UNMAP traffic.
+pub const DEFAULT_WRITER_RATE: u64 = 10_000;
 
 /// The modelled IOTLB invalidation cost: ~2,130 cycles per unmap (rIOMMU, ASPLOS'15) at 4 GHz.
 pub const DEFAULT_IOTLB_SYNC_NS: u64 = 530;
@@ -112,6 +119,7 @@ impl Options {
             pool_slots: 32768,
             fragmentation_live: 300_000,
             translate_pages: 4096,
+            writer_rate: DEFAULT_WRITER_RATE,
             out: PathBuf::from("results"),
             plots: true,
             quiet: false,

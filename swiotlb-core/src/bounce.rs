@@ -416,9 +416,7 @@ impl Swiotlb {
         if addr % PAGE_SIZE as u64 != 0 {
             return Err(Error::NotMapped { addr });
         }
-        let n = pool.release(pool.slot_of(addr), 0, addr)?;
-        self.inner.stats.sub_used(pool.accounted_slots(n));
-        Ok(())
+        self.release(dev, &pool, pool.slot_of(addr), 0, addr)
     }
 
     /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).

@@ -656,3 +656,30 @@ fn growth_adds_pools() {
         Err(Error::PoolAlloc { .. })
     ));
 }
+
+/// `free` of an allocation that landed in a transient pool unlinks and uncounts the pool,
+/// exactly as `unmap` does for a mapping (a `for_alloc` instance that may grow).
+#[test]
+fn free_drops_a_transient_pool() {
+    let mem = RegionMemory::new(4096);
+    let cfg = Config {
+        for_alloc: true,
+        background_growth: false,
+        ..Config::tiny(8, 1, 8)
+    };
+    let tlb = Swiotlb::new(cfg, mem).unwrap();
+    let dev = tlb.device(DeviceConfig::default());
+    let held: Vec<u64> = (0..4).map(|_| tlb.alloc(&dev, 4096).unwrap()).collect();
+    let spilled = tlb.alloc(&dev, 4096).unwrap();
+    let s = tlb.stats();
+    assert_eq!(s.transient_pools, 1, "{s}");
+    tlb.free(&dev, spilled).unwrap();
+    let s = tlb.stats();
+    assert_eq!((s.transient_pools, s.transient_nslabs), (0, 0), "{s}");
+    assert_eq!(tlb.free(&dev, spilled), Err(Error::NotMapped { addr: spilled }));
+    for a in held {
+        tlb.free(&dev, a).unwrap();
+    }
+    assert_eq!(tlb.stats().used, 0);
+    tlb.check_invariants().unwrap();
+}

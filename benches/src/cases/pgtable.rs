@@ -3,7 +3,7 @@
 
 use super::floor::{CAS, CHASE, FIRST_PAGE};
 use crate::floor::scrambled_pages;
-use crate::harness::{measure, measure_with_background, Measurement, RunConfig};
+use crate::harness::{measure, measure_with_background, paced, Measurement, RunConfig};
 use crate::peers::mapping::{ChMappingStore, IotlbPeer, MappingStore};
 use crate::suite::{Case, Component, Omitted, Options, Role};
 use io_pgtable::{Config, PageTable, Prot};
@@ -19,8 +19,13 @@ pub const MAP_2M: &str = "map+unmap 2 MiB";
 pub const MAP_256: &str = "map+unmap 256×4 KiB";
 /// Workload name of translation (each call takes its own read-side protection), no writer.
 pub const TRANSLATE_0: &str = "translate (0 writers)";
-/// Workload name of translation racing one writer that maps and unmaps elsewhere.
+/// Workload name of translation racing one writer that maps and unmaps elsewhere as fast as it
+/// can.
 pub const TRANSLATE_1: &str = "translate (1 writer)";
+/// Workload name of translation racing a writer throttled to `rate` map+unmap pairs per second.
+pub fn translate_paced(rate: u64) -> String {
+    format!("translate (1 writer at {}k/s)", rate as f64 / 1000.0)
+}
 /// Workload name of translation under a read guard the thread already holds, no writer.
 pub const GUARDED_0: &str = "translate, guard held (0 writers)";
 /// Workload name of translation under an already-held guard, one writer.
@@ -140,7 +145,7 @@ fn translate_run<S: MappingStore>(
     t: usize,
     store: &S,
     pages: u64,
-    writer: bool,
+    writer: Option<u64>,
 ) -> Measurement {
     let make = |t: usize| {
         let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
@@ -148,10 +153,9 @@ fn translate_run<S: MappingStore>(
             black_box(store.translate(black_box(next() << 12)));
         }
     };
-    if writer {
-        measure_with_background(cfg, t, writer_op(store), make)
-    } else {
-        measure(cfg, t, make)
+    match writer {
+        Some(rate) => measure_with_background(cfg, t, paced(rate, writer_op(store)), make),
+        None => measure(cfg, t, make),
     }
 }
 
@@ -176,14 +180,19 @@ pub fn store_cases<S: MappingStore + Send + 'static>(
             .with_floor(CAS),
         );
     }
-    let pages = opts.translate_pages;
-    for (name, writers) in [(TRANSLATE_0, false), (TRANSLATE_1, true)] {
+    let (pages, rate) = (opts.translate_pages, opts.writer_rate);
+    let workloads = [
+        (TRANSLATE_0.to_string(), None),
+        (TRANSLATE_1.to_string(), Some(0)),
+        (translate_paced(rate), Some(rate)),
+    ];
+    for (name, writer) in workloads {
         let make = make.clone();
         v.push(
             Case::new(c, name, implementation, role, move |cfg, t| {
                 let s = make();
                 populate(&s, pages);
-                translate_run(cfg, t, &s, pages, writers)
+                translate_run(cfg, t, &s, pages, writer)
             })
             .with_floor(CHASE),
         );
@@ -195,7 +204,7 @@ pub fn store_cases<S: MappingStore + Send + 'static>(
 /// writers.
 fn guarded_cases(opts: &Options) -> Vec<Case> {
     let pages = opts.translate_pages;
-    [(GUARDED_0, false), (GUARDED_1, true)]
+    [(GUARDED_0, None), (GUARDED_1, Some(0))]
         .into_iter()
         .map(|(name, writer)| {
             Case::new(Component::Pgtable, name, OURS, Role::Ours, move |cfg, t| {
@@ -208,10 +217,9 @@ fn guarded_cases(opts: &Options) -> Vec<Case> {
                         black_box(reader.translate(black_box(next() << 12)));
                     }
                 };
-                if writer {
-                    measure_with_background(cfg, t, writer_op(&s), make)
-                } else {
-                    measure(cfg, t, make)
+                match writer {
+                    Some(rate) => measure_with_background(cfg, t, paced(rate, writer_op(&s)), make),
+                    None => measure(cfg, t, make),
                 }
             })
             .with_floor(CHASE)
