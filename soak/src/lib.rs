@@ -14,7 +14,6 @@
 //! (`dma_sync::fault`); the fuzz targets turn it on.
 //!
 //! Everything here is test support: it asserts, it never recovers.
-#![cfg(not(loom))]
 
 pub mod diff;
 pub mod workload;

@@ -50,6 +50,7 @@ impl SoakConfig {
     /// for short runs.
     ///
     /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let cfg = dma_soak::workload::SoakConfig::from_env(1);
     /// assert!(cfg.workers >= 1);
     /// ```
@@ -423,6 +424,7 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
 /// Run the soak; `Err` lists every invariant that broke.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let cfg = dma_soak::workload::SoakConfig {
 ///     duration: std::time::Duration::from_millis(200),
 ///     workers: 2,

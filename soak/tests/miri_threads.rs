@@ -6,7 +6,7 @@
 #![cfg(not(loom))]
 
 use dma_sync::Arc;
-use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
 
 /// Rounds per thread: a few under Miri, more natively.
 const ROUNDS: usize = if cfg!(miri) { 3 } else { 200 };

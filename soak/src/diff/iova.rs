@@ -365,7 +365,7 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                 }
                 Op::Free { pick, size } | Op::FreeRange { pick, size } => {
                     let via_range = matches!(op, Op::FreeRange { .. });
-                    let (pfn, held) = pick_pfn(&m, &cached, pick);
+                    let (pfn, held) = pick_pfn(m, &cached, pick);
                     let size = match size {
                         FreeSize::AsAllocated => held.map_or(1, |h| h.size),
                         FreeSize::AsAsked => held.map_or(1, |h| h.asked),
