@@ -25,8 +25,10 @@ pub enum DmaError {
     },
     /// No free IOVA range below the device's mask.
     NoIova(iova_cache::IovaError),
-    /// The address is not a live mapping of this device in this domain (never mapped, mapped
-    /// by another device or domain, or unmapped already).
+    /// The address is not a live mapping in this domain (never mapped, mapped in another
+    /// domain, or unmapped already), or, for an unmap, it was mapped by another device.
+    /// Syncs, like Linux's `dma_sync_*`, look only at the address: any device attached to
+    /// the domain may sync a live mapping of it.
     NotMapped {
         /// The DMA address given.
         dma: u64,

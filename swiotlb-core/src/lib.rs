@@ -77,7 +77,7 @@ mod stats;
 pub use bounce::{Direction, MapAttrs};
 pub use device::{Device, DeviceConfig};
 pub use error::{Error, MemoryError};
-pub use mem::{Config, PoolInfo, Swiotlb};
+pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS};
 pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
 pub use stats::{PoolStats, StatsSnapshot};
 

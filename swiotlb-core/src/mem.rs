@@ -23,6 +23,9 @@ use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
 use std::ops::Deref;
 
+
+/// Most areas a configuration may ask for (the kernel derives them from the CPU count).
+pub const MAX_NAREAS: usize = 1 << 16;
 /// Largest pool, in slots (8 TiB): keeps every slot count and byte size far from overflow.
 const MAX_NSLABS: usize = 1 << 32;
 
@@ -235,8 +238,11 @@ impl Swiotlb {
         if cfg.nslabs == 0 || cfg.nslabs > MAX_NSLABS {
             return Err(Error::InvalidConfig("nslabs must be in 1..=2^32"));
         }
+        if cfg.nareas > MAX_NAREAS {
+            return Err(Error::InvalidConfig("nareas must be at most 65536"));
+        }
         let nareas = if cfg.nareas == 0 {
-            dma_sync::cpu::count()
+            dma_sync::cpu::count().min(MAX_NAREAS)
         } else {
             cfg.nareas
         };
