@@ -34,6 +34,7 @@ pub fn all_points() -> Vec<&'static Point> {
         iova_cache::points::ALL,
         io_pgtable::points::ALL,
         dma_iommu::points::ALL,
+        dma_vmm::points::ALL,
     ]
     .concat()
 }

@@ -50,6 +50,7 @@ pub(crate) fn is_low_mask(mask: u64) -> bool {
 /// alignment (map: the caller, e.g. an IOMMU, may expose whole aligned units to the device);
 /// `alloc` only aligns the start. `max_align` bounds `alloc_align`; `seg` is the segment size
 /// in slots, the longest run.
+#[inline]
 pub(crate) fn plan(
     orig: Option<u64>,
     mapping_size: usize,

@@ -23,7 +23,6 @@ use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
 use std::ops::Deref;
 
-
 /// Most areas a configuration may ask for (the kernel derives them from the CPU count).
 pub const MAX_NAREAS: usize = 1 << 16;
 /// Largest pool, in slots (8 TiB): keeps every slot count and byte size far from overflow.
@@ -324,6 +323,7 @@ impl Swiotlb {
     }
 
     /// Derive the search request of a map or alloc.
+    #[inline]
     pub(crate) fn plan(
         &self,
         dev: &Device,
@@ -349,6 +349,7 @@ impl Swiotlb {
     /// Find and allocate slots for `plan`: every pool's local area first, then the other
     /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
     /// set and the full fence issued before the caller can hand the address on.
+    #[inline]
     pub(crate) fn find_slots<'a>(
         &'a self,
         dev: &'a Device,
@@ -369,6 +370,7 @@ impl Swiotlb {
         Ok((pool, s))
     }
 
+    #[inline]
     fn search_global(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
         let cpu = dma_sync::cpu::current();
         for off in 0..self.inner.geo.nareas {
@@ -509,6 +511,7 @@ impl Swiotlb {
 
     /// The pool holding bounce address `addr` of `dev`: lock-free. A device that never used
     /// bounce buffers pays one fence and one flag load.
+    #[inline]
     pub(crate) fn lookup<'a>(&'a self, dev: &'a Device, addr: u64) -> Option<PoolRef<'a>> {
         let d = &dev.inner;
         LOOKUP_RMB.fence(Acquire);

@@ -15,7 +15,7 @@ use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
 use dma_sync::fault::Site;
 use dma_sync::rcu::Retire;
-use dma_sync::Mutex;
+use dma_sync::{CachePadded, Mutex};
 
 /// Slot counts of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,7 @@ pub(crate) struct SlotMeta {
 }
 
 impl SlotMeta {
+    #[inline]
     fn decode(w: u64) -> Option<SlotMeta> {
         (w & VALID != 0).then_some(SlotMeta {
             alloc_size: (w & SIZE_MASK) as usize,
@@ -112,7 +113,8 @@ pub(crate) struct Pool {
     pub geo: Geometry,
     region: Region,
     slots: Box<[Slot]>,
-    areas: Box<[Area]>,
+    /// Each area on its own cache lines: CPUs locking neighbouring areas share no line.
+    areas: Box<[CachePadded<Area>]>,
     /// Next pool in the published list (global list or a device's transient list).
     pub next: AtomicPtr<Pool>,
     pub transient: bool,
@@ -158,14 +160,14 @@ impl Pool {
         let areas = try_collect(geo.nareas, || {
             let mut list = try_collect(geo.area_nslabs, || Some(0u16))?;
             slots::init(&mut list, geo.seg);
-            Some(Area {
+            Some(CachePadded::new(Area {
                 state: Mutex::new(AreaState {
                     index: 0,
                     used: 0,
                     list,
                 }),
                 used: AtomicUsize::new(0),
-            })
+            }))
         })
         .ok_or(fail)?;
         Ok(Box::new(Pool {
@@ -282,6 +284,7 @@ impl Pool {
     }
 
     /// Metadata of slot `i` (no lock: see the module documentation).
+    #[inline]
     pub(crate) fn meta(&self, i: usize) -> (u64, Option<SlotMeta>) {
         let s = &self.slots[i];
         (s.orig.load(Relaxed), SlotMeta::decode(s.meta.load(Relaxed)))

@@ -12,3 +12,4 @@ mod iova_models;
 mod iommu_models;
 mod litmus;
 mod swiotlb_models;
+mod vmm_models;
