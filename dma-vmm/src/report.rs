@@ -7,6 +7,7 @@
 //! memory); the statistics lock each per-CPU part briefly in turn.
 //!
 //! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::report;
 //! use io_pgtable::{Config, PageTable, Prot};
 //! let pt = PageTable::new(Config::s1_4k(39)).unwrap();

@@ -131,6 +131,7 @@ pub struct Segment {
 /// physically contiguous leaves merged. Yields at most one error, then ends.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::translate::{Segment, Segments};
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
@@ -249,6 +250,7 @@ impl<X: Translate> std::iter::FusedIterator for Segments<X> {}
 /// `f` runs if any part of the range faults.
 ///
 /// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::translate::access;
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();

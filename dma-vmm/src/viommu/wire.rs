@@ -3,6 +3,7 @@
 //! config space. All fields little-endian.
 //!
 //! ```
+//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::viommu::{wire, Request, Status};
 //! // A MAP request as the guest driver writes it (head, body; the tail is device-writable).
 //! let mut buf = vec![wire::T_MAP, 0, 0, 0];
