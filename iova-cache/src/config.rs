@@ -128,7 +128,9 @@ impl IovaConfig {
             return Err(IovaError::InvalidConfig("cpus must be in 1..=4096"));
         }
         if self.magazine_size == 0 || self.magazine_size > MAX_MAGAZINE_SIZE {
-            return Err(IovaError::InvalidConfig("magazine_size must be in 1..=4096"));
+            return Err(IovaError::InvalidConfig(
+                "magazine_size must be in 1..=4096",
+            ));
         }
         if self.trim_interval == Some(Duration::ZERO) {
             return Err(IovaError::InvalidConfig("trim_interval must be positive"));

@@ -31,7 +31,9 @@ pub fn builder(bound: Bound) -> loom::model::Builder {
     b.max_duration = None;
     b.max_permutations = None;
     b.max_branches = b.max_branches.max(10_000);
-    let raise = std::env::var("DMALOOM_PREEMPTIONS").ok().and_then(|v| v.parse::<usize>().ok());
+    let raise = std::env::var("DMALOOM_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     b.preemption_bound = match bound {
         Bound::Exhaustive => None,
         Bound::Preemptions(n) => Some(raise.map_or(n, |r| r.max(n))),
@@ -72,7 +74,11 @@ where
     T: Ord + Send + 'static,
 {
     let (set, hits) = weakened(point, how, || outcomes(bound, model));
-    assert!(hits > 0, "mutation point {} was never reached by the model", point.name());
+    assert!(
+        hits > 0,
+        "mutation point {} was never reached by the model",
+        point.name()
+    );
     set
 }
 
@@ -93,13 +99,21 @@ pub fn must_fail(
         ),
         Err(msg) => msg,
     };
-    assert!(hits > 0, "{} was never reached, yet the model failed: {msg}", point.name());
+    assert!(
+        hits > 0,
+        "{} was never reached, yet the model failed: {msg}",
+        point.name()
+    );
     assert!(
         msg.contains(expect),
         "weakening {} failed the model, but not for the expected reason {expect:?}: {msg}",
         point.name()
     );
-    eprintln!("killed {}: {}", point.name(), msg.lines().next().unwrap_or(""));
+    eprintln!(
+        "killed {}: {}",
+        point.name(),
+        msg.lines().next().unwrap_or("")
+    );
 }
 
 std::thread_local! {

@@ -72,7 +72,11 @@ mod tests {
         assert_eq!(before, names.len(), "duplicate mutation point names");
         for p in points {
             assert!(p.name().contains('.'), "{} is not a dotted name", p.name());
-            assert!(!p.doc().trim().is_empty(), "{} has no doc comment", p.name());
+            assert!(
+                !p.doc().trim().is_empty(),
+                "{} has no doc comment",
+                p.name()
+            );
         }
     }
 }

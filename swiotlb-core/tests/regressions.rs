@@ -676,7 +676,10 @@ fn free_drops_a_transient_pool() {
     tlb.free(&dev, spilled).unwrap();
     let s = tlb.stats();
     assert_eq!((s.transient_pools, s.transient_nslabs), (0, 0), "{s}");
-    assert_eq!(tlb.free(&dev, spilled), Err(Error::NotMapped { addr: spilled }));
+    assert_eq!(
+        tlb.free(&dev, spilled),
+        Err(Error::NotMapped { addr: spilled })
+    );
     for a in held {
         tlb.free(&dev, a).unwrap();
     }

@@ -29,5 +29,8 @@ fn every_point_is_killed_or_documented() {
         "mutation coverage: {} points, {killed} killed, {documented} documented as unobservable",
         points.len()
     );
-    assert!(missing.is_empty(), "mutation points without a must-fail twin: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "mutation points without a must-fail twin: {missing:?}"
+    );
 }

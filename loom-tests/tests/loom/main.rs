@@ -8,8 +8,8 @@
 mod coverage;
 mod dma_sync_shim;
 mod io_pgtable_models;
-mod iova_models;
 mod iommu_models;
+mod iova_models;
 mod litmus;
 mod swiotlb_models;
 mod vmm_models;
