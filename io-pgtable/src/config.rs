@@ -127,6 +127,18 @@ pub struct Geometry {
     pgsize_bitmap: u64,
     /// Width of the descriptor's output-address field: 48, or 52 with packed `PA[51:48]`.
     oa_bits: u32,
+    /// Per level (indexed by level number): the input-address bit where its index starts.
+    /// Precomputed so a walk step is a shift and a mask, with no arithmetic on the geometry.
+    shifts: [u32; 4],
+    /// Per level: the index mask (`entries - 1`); every index it yields is in the table.
+    index_masks: [u64; 4],
+    /// Mask of the descriptor's output-address bits `[47:page_shift]`.
+    oa_mask: u64,
+    /// Descriptor bits 15:12 holding `PA[51:48]` with a 52-bit output field, else 0: packing
+    /// and unpacking are then branch-free.
+    oa_hi_mask: u64,
+    /// Leaf protections by descriptor bits 7:2 (see [`crate::pte::prot_of`]).
+    prot_lut: [u8; 64],
 }
 
 /// Stage-2 start tables may be concatenated up to this many (Arm ARM, D8.2.x).
@@ -165,6 +177,15 @@ impl Geometry {
             pgd_bits += bits_per_level;
             start_level = 1;
         }
+        let shifts = [0, 1, 2, 3].map(|l| page_shift + (3 - l) * bits_per_level);
+        let index_masks = [0, 1, 2, 3].map(|l| {
+            let bits = if l == start_level {
+                pgd_bits
+            } else {
+                bits_per_level
+            };
+            (1u64 << bits) - 1
+        });
         let mut geom = Geometry {
             config: *c,
             page_shift,
@@ -173,6 +194,11 @@ impl Geometry {
             pgd_bits,
             pgsize_bitmap: 0,
             oa_bits: if c.oas > 48 { 52 } else { 48 },
+            shifts,
+            index_masks,
+            oa_mask: ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1),
+            oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
+            prot_lut: crate::pte::prot_lut(c.stage),
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -188,57 +214,68 @@ impl Geometry {
     }
 
     /// The configuration this geometry came from.
+    #[inline]
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// The page (granule) size in bytes.
+    #[inline]
     pub fn page_size(&self) -> u64 {
         1 << self.page_shift
     }
 
     /// Number of levels walked.
+    #[inline]
     pub fn levels(&self) -> u32 {
         4 - self.start_level
     }
 
     /// The level of the top table.
+    #[inline]
     pub fn start_level(&self) -> u32 {
         self.start_level
     }
 
     /// Every supported leaf size, one bit each.
+    #[inline]
     pub fn pgsize_bitmap(&self) -> u64 {
         self.pgsize_bitmap
     }
 
     /// Input address size in bits.
+    #[inline]
     pub fn ias(&self) -> u32 {
         self.config.ias
     }
 
     /// Output address size in bits.
+    #[inline]
     pub fn oas(&self) -> u32 {
         self.config.oas
     }
 
     /// Width of the descriptor output-address field (48, or 52 with packed `PA[51:48]`).
+    #[inline]
     pub fn oa_bits(&self) -> u32 {
         self.oa_bits
     }
 
     /// The input-address bit where level `level`'s index starts.
+    #[inline]
     pub fn level_shift(&self, level: u32) -> u32 {
-        self.page_shift + (3 - level) * self.bits_per_level
+        self.shifts[level as usize]
     }
 
     /// The span of one descriptor at `level`: the block (or page) size there.
+    #[inline]
     pub fn block_size(&self, level: u32) -> u64 {
         1 << self.level_shift(level)
     }
 
     /// Index bits of a table at `level`; the start level uses the (possibly concatenated)
     /// top-table width.
+    #[inline]
     pub fn index_bits(&self, level: u32) -> u32 {
         if level == self.start_level {
             self.pgd_bits
@@ -248,16 +285,43 @@ impl Geometry {
     }
 
     /// Descriptors in a table at `level`.
+    #[inline]
     pub fn entries(&self, level: u32) -> usize {
         1 << self.index_bits(level)
     }
 
     /// The index of `iova` in a table at `level`.
+    #[inline]
     pub fn index(&self, level: u32, iova: u64) -> usize {
-        ((iova >> self.level_shift(level)) & ((1 << self.index_bits(level)) - 1)) as usize
+        ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
+    }
+
+    /// The index mask of a table at `level` (`entries - 1`).
+    #[inline]
+    pub(crate) fn index_mask(&self, level: u32) -> u64 {
+        self.index_masks[level as usize]
+    }
+
+    /// Mask of a descriptor's output-address bits `[47:page_shift]`.
+    #[inline]
+    pub(crate) fn oa_mask(&self) -> u64 {
+        self.oa_mask
+    }
+
+    /// Leaf protections by descriptor bits 7:2.
+    #[inline]
+    pub(crate) fn prot_lut(&self) -> &[u8; 64] {
+        &self.prot_lut
+    }
+
+    /// Descriptor bits 15:12 if they hold `PA[51:48]` (52-bit output), else 0.
+    #[inline]
+    pub(crate) fn oa_hi_mask(&self) -> u64 {
+        self.oa_hi_mask
     }
 
     /// The span of a whole table at `level`.
+    #[inline]
     pub fn table_span(&self, level: u32) -> u64 {
         self.block_size(level) << self.index_bits(level)
     }

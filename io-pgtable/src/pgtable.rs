@@ -192,6 +192,7 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// The descriptors of the table at `addr` (at `level`), valid while `guard` is pinned.
+    #[inline]
     pub(crate) fn table_at<'g>(&self, guard: &'g Guard, addr: u64, level: u32) -> &'g [AtomicU64] {
         // SAFETY: `addr` was read from a table descriptor of this page table under `guard`
         // (or by the owner of its range); levels are freed only through RCU after unlinking.

@@ -106,11 +106,6 @@ pub enum Descriptor {
     },
 }
 
-/// Mask of the output-address bits `[47:page_shift]` of a descriptor.
-fn oa_mask(g: &Geometry) -> u64 {
-    ((1u64 << 48) - 1) & !(g.page_size() - 1)
-}
-
 /// Place an output address in a descriptor: bits `[47:page_shift]` in place and, with a 52-bit
 /// output field, `PA[51:48]` in bits 15:12 (the packing the 2021 Linux fix applied to table
 /// descriptors too).
@@ -124,25 +119,20 @@ fn oa_mask(g: &Geometry) -> u64 {
 /// assert_eq!(d >> 48, 0); // packed into bits 15:12
 /// assert_eq!(pte::decode_oa(&g, d), pa);
 /// ```
+#[inline]
 pub fn encode_oa(g: &Geometry, addr: u64) -> u64 {
-    let mut d = addr & oa_mask(g);
-    if g.oa_bits() > 48 {
-        d |= ((addr >> 48) & 0xf) << 12;
-    }
-    d
+    (addr & g.oa_mask()) | ((addr >> 36) & g.oa_hi_mask())
 }
 
 /// The output address held in a descriptor (inverse of [`encode_oa`]); the example there
 /// round-trips a 52-bit address.
+#[inline]
 pub fn decode_oa(g: &Geometry, desc: u64) -> u64 {
-    let mut a = desc & oa_mask(g);
-    if g.oa_bits() > 48 {
-        a |= ((desc >> 12) & 0xf) << 48;
-    }
-    a
+    (desc & g.oa_mask()) | ((desc & g.oa_hi_mask()) << 36)
 }
 
 /// A table descriptor pointing at `table_addr`.
+#[inline]
 pub fn table(g: &Geometry, table_addr: u64) -> u64 {
     let ns = if g.config().ns { NSTABLE } else { 0 };
     encode_oa(g, table_addr) | ns | TYPE_TABLE_OR_PAGE | VALID
@@ -158,6 +148,7 @@ pub fn table(g: &Geometry, table_addr: u64) -> u64 {
 /// assert_eq!(pte::decode_oa(&g, d), 0x4000_3000);
 /// assert_eq!(pte::prot_of(&g, d), Prot::READ | Prot::NOEXEC);
 /// ```
+#[inline]
 pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
     let ty = if level == 3 {
         TYPE_TABLE_OR_PAGE | VALID
@@ -223,12 +214,33 @@ pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
 /// let d = pte::leaf(&g, 3, 0x5000, Prot::WRITE);
 /// assert!(pte::prot_of(&g, d).contains(Prot::READ | Prot::WRITE));
 /// ```
+#[inline]
 pub fn prot_of(g: &Geometry, d: u64) -> Prot {
+    let p = Prot::from_bits_retain(g.prot_lut()[((d >> PROT_LUT_SHIFT) & 63) as usize]);
+    if d & XN != 0 {
+        p | Prot::NOEXEC
+    } else {
+        p
+    }
+}
+
+/// The lowest descriptor bit the protection table is indexed by: every stage-1 and stage-2
+/// attribute [`prot_of`] reads, except XN, lies in bits 7:2.
+const PROT_LUT_SHIFT: u32 = 2;
+
+/// The protections of every combination of descriptor bits 7:2 at `stage` (XN excluded),
+/// so a walk decodes a leaf's protections with one lookup instead of a chain of tests.
+pub(crate) fn prot_lut(stage: Stage) -> [u8; 64] {
+    std::array::from_fn(|i| prot_of_bits(stage, (i as u64) << PROT_LUT_SHIFT).bits())
+}
+
+/// [`prot_of`] bit by bit: the definition the lookup table is built from.
+fn prot_of_bits(stage: Stage, d: u64) -> Prot {
     let mut p = Prot::empty();
     if d & XN != 0 {
         p |= Prot::NOEXEC;
     }
-    match g.config().stage {
+    match stage {
         Stage::S1 => {
             p |= Prot::READ;
             if d & S1_AP_RDONLY == 0 {
@@ -269,6 +281,7 @@ pub fn prot_of(g: &Geometry, d: u64) -> Prot {
 /// let d = pte::leaf(&g, 2, 0x4020_0000, Prot::READ);
 /// assert_eq!(pte::decode(&g, 2, d), pte::Descriptor::Leaf { paddr: 0x4020_0000, prot: Prot::READ });
 /// ```
+#[inline]
 pub fn decode(g: &Geometry, level: u32, d: u64) -> Descriptor {
     if d & VALID == 0 {
         return Descriptor::Invalid;
@@ -427,6 +440,19 @@ mod tests {
                     want.remove(Prot::CACHE);
                 }
                 assert_eq!(got, want, "{stage:?} {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn prot_lookup_matches_the_bitwise_decode() {
+        for stage in [Stage::S1, Stage::S2] {
+            let geo = g(Granule::Size4K, stage, 48, 48, false);
+            for low in 0..1u64 << 12 {
+                for high in [0, XN, 1 << 53, NSTABLE] {
+                    let d = low | high | 0x1234_5000;
+                    assert_eq!(prot_of(&geo, d), prot_of_bits(stage, d), "{stage:?} {d:#x}");
+                }
             }
         }
     }

@@ -113,6 +113,7 @@ impl TableMem {
         self.ptr.as_ptr() as u64
     }
 
+    #[inline]
     pub(crate) fn entries(&self) -> &[AtomicU64] {
         // SAFETY: `len` initialised atomics live at `ptr` while `self` does.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -157,6 +158,7 @@ impl Drop for TableMem {
 /// `addr` was read from a descriptor while `guard` was pinned (or the caller owns the range
 /// the table serves), and `len` is the table's length; tables are freed only through
 /// [`retire`] after being unlinked.
+#[inline]
 pub(crate) unsafe fn entries_at(_guard: &Guard, addr: u64, len: usize) -> &[AtomicU64] {
     // SAFETY: by the caller's contract the table outlives the guard.
     unsafe { std::slice::from_raw_parts(addr as *const AtomicU64, len) }

@@ -1,10 +1,11 @@
 //! Lock-free readers: translation and the debug walk, under one RCU pin, with no lock and
 //! no shared write.
 
+use crate::config::Geometry;
 use crate::dump::{Dump, WalkEntry};
 use crate::pgtable::PageTable;
 use crate::points::{READER_PIN, WALK_ACQUIRE};
-use crate::pte::{self, Descriptor, Prot};
+use crate::pte::{self, Descriptor, Prot, TYPE_TABLE_OR_PAGE, VALID};
 use crate::tlb::TlbOps;
 use dma_sync::atomic::{AtomicU64, Ordering::Acquire};
 use dma_sync::rcu::{self, Guard};
@@ -22,6 +23,26 @@ pub struct Translation {
     pub size: u64,
     /// The raw leaf descriptor.
     pub desc: u64,
+}
+
+/// The translation of `iova` by the descriptor `d` that ended a walk at `level`.
+#[inline]
+fn leaf(g: &Geometry, level: u32, iova: u64, d: u64) -> Option<Translation> {
+    match pte::decode(g, level, d) {
+        Descriptor::Leaf { paddr, prot } => {
+            let size = g.block_size(level);
+            Some(Translation {
+                paddr: paddr + (iova & (size - 1)),
+                prot,
+                level,
+                size,
+                desc: d,
+            })
+        }
+        // Not reached: a walk ends on a table descriptor only at the leaf level, where
+        // `decode` reads it as a page.
+        Descriptor::Invalid | Descriptor::Table { .. } => None,
+    }
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -45,6 +66,7 @@ pub struct Reader<'a, T: TlbOps> {
 
 impl<T: TlbOps> PageTable<T> {
     /// Pin a [`Reader`] for several translations or walks.
+    #[inline]
     pub fn reader(&self) -> Reader<'_, T> {
         Reader {
             pt: self,
@@ -63,6 +85,7 @@ impl<T: TlbOps> PageTable<T> {
     /// assert_eq!((t.paddr, t.level), (0x7abc, 3));
     /// assert_eq!(t.prot, Prot::READ | Prot::NOEXEC);
     /// ```
+    #[inline]
     pub fn iova_to_phys(&self, iova: u64) -> Option<Translation> {
         self.reader().translate(iova)
     }
@@ -85,33 +108,52 @@ impl<T: TlbOps> PageTable<T> {
 
 impl<T: TlbOps> Reader<'_, T> {
     /// Translate `iova` under this reader's pin.
+    #[inline]
     pub fn translate(&self, iova: u64) -> Option<Translation> {
+        // One walk per start level and output-address format, each fully unrolled: the level
+        // loop then has no bookkeeping, and without packed `PA[51:48]` the next table's
+        // address is one mask away, so each level's dependent chain is a load and an AND.
+        match (self.pt.geom.start_level(), self.pt.geom.oa_hi_mask() != 0) {
+            (0, false) => self.translate_in::<0, false>(iova),
+            (1, false) => self.translate_in::<1, false>(iova),
+            (2, false) => self.translate_in::<2, false>(iova),
+            (_, false) => self.translate_in::<3, false>(iova),
+            (0, true) => self.translate_in::<0, true>(iova),
+            (1, true) => self.translate_in::<1, true>(iova),
+            (2, true) => self.translate_in::<2, true>(iova),
+            (_, true) => self.translate_in::<3, true>(iova),
+        }
+    }
+
+    /// [`Reader::translate`] for tables starting at level `START`, whose descriptors pack
+    /// `PA[51:48]` iff `PA52`.
+    #[inline(always)]
+    fn translate_in<const START: u32, const PA52: bool>(&self, iova: u64) -> Option<Translation> {
         let g = &self.pt.geom;
         if iova >> g.ias() != 0 {
             return None;
         }
-        let mut level = g.start_level();
+        debug_assert_eq!(START, g.start_level());
         let mut table: &[AtomicU64] = self.pt.root.entries();
-        loop {
-            let d = table[g.index(level, iova)].load(WALK_ACQUIRE.ord(Acquire));
-            match pte::decode(g, level, d) {
-                Descriptor::Invalid => return None,
-                Descriptor::Leaf { paddr, prot } => {
-                    let size = g.block_size(level);
-                    return Some(Translation {
-                        paddr: paddr + (iova & (size - 1)),
-                        prot,
-                        level,
-                        size,
-                        desc: d,
-                    });
-                }
-                Descriptor::Table { addr } => {
-                    table = self.pt.table_at(&self.guard, addr, level + 1);
-                    level += 1;
-                }
+        for level in START..4 {
+            let index = g.index(level, iova);
+            debug_assert!(index < table.len());
+            // SAFETY: `index` is masked to `entries(level) - 1`, and every table at `level`
+            // (the root at the start level) holds `entries(level)` descriptors.
+            let d = unsafe { table.get_unchecked(index) }.load(WALK_ACQUIRE.ord(Acquire));
+            // The descent tests only the two type bits; anything but a table descriptor above
+            // the leaf level ends the walk and is decoded in full, once.
+            if level == 3 || d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | TYPE_TABLE_OR_PAGE {
+                return leaf(g, level, iova, d);
             }
+            let next = if PA52 {
+                pte::decode_oa(g, d)
+            } else {
+                d & g.oa_mask()
+            };
+            table = self.pt.table_at(&self.guard, next, level + 1);
         }
+        unreachable!("the leaf level ends every walk")
     }
 
     /// Visit every valid descriptor reachable from the root, depth first, in address order.
