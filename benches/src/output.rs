@@ -170,6 +170,67 @@ fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
+/// A log-scale line chart, one line per case over labelled x positions 0, 1, ...
+struct LinePlot<'a> {
+    caption: String,
+    /// Labels of the x positions.
+    x_ticks: Vec<String>,
+    x_desc: String,
+    y_desc: &'static str,
+    /// y-axis range (log scale).
+    y_range: (f64, f64),
+    legend: SeriesLabelPosition,
+    /// Each case with its points.
+    lines: Vec<(&'a CaseResult, Vec<(f64, f64)>)>,
+}
+
+impl LinePlot<'_> {
+    fn draw(self, path: &Path) -> PlotResult {
+        let height = 500 + 18 * self.lines.len() as u32;
+        let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (lo, hi) = self.y_range;
+        let n = self.x_ticks.len().max(2);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.caption, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.2f64..(n - 1) as f64 + 0.2, (lo..hi).log_scale())?;
+        let ticks = &self.x_ticks;
+        chart
+            .configure_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    ticks.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| axis_label(*y))
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .draw()?;
+        for (i, (r, pts)) in self.lines.into_iter().enumerate() {
+            let st = style(r, i);
+            chart
+                .draw_series(LineSeries::new(pts, st).point_size(3))?
+                .label(label(r))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], st));
+        }
+        chart
+            .configure_series_labels()
+            .position(self.legend)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
+
 /// Throughput (million ops/s, log scale; load-adjusted up to `cpus` threads) against threads,
 /// one line per case.
 fn throughput_plot(
@@ -179,77 +240,41 @@ fn throughput_plot(
     threads: &[usize],
     cpus: usize,
 ) -> PlotResult {
-    let height = 500 + 18 * rows.len() as u32;
-    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (lo, hi) = log_bounds(
+    let y_range = log_bounds(
         rows.iter()
             .flat_map(|r| r.runs.iter().map(|m| m.throughput(cpus) / 1e6)),
     );
-    let xs: Vec<usize> = threads.to_vec();
-    let n = xs.len().max(2);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: throughput against threads", c.name()),
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.2f64..(n - 1) as f64 + 0.2, (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
-                xs.get(i as usize).map_or(String::new(), |t| t.to_string())
-            } else {
-                String::new()
-            }
+    let lines = rows
+        .iter()
+        .map(|&r| {
+            let pts = r
+                .runs
+                .iter()
+                .filter_map(|m| {
+                    threads
+                        .iter()
+                        .position(|&t| t == m.threads)
+                        .map(|x| (x as f64, m.throughput(cpus) / 1e6))
+                })
+                .filter(|(_, y)| *y > 0.0)
+                .collect();
+            (r, pts)
         })
-        .y_label_formatter(&|y| axis_label(*y))
-        .x_desc(format!(
-            "threads (up to {cpus}: load-adjusted throughput; beyond: wall clock)"
-        ))
-        .y_desc("million ops/s")
-        .draw()?;
-    for (i, r) in rows.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = r
-            .runs
-            .iter()
-            .filter_map(|m| {
-                xs.iter()
-                    .position(|&t| t == m.threads)
-                    .map(|x| (x as f64, m.throughput(cpus) / 1e6))
-            })
-            .filter(|(_, y)| *y > 0.0)
-            .collect();
-        let st = style(r, i);
-        chart
-            .draw_series(LineSeries::new(pts, st).point_size(3))?
-            .label(label(r))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], st));
+        .collect();
+    LinePlot {
+        caption: format!("{}: throughput against threads", c.name()),
+        x_ticks: threads.iter().map(|t| t.to_string()).collect(),
+        x_desc: format!("threads (up to {cpus}: load-adjusted throughput; beyond: wall clock)"),
+        y_desc: "million ops/s",
+        y_range,
+        legend: SeriesLabelPosition::LowerLeft,
+        lines,
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    .draw(path)
 }
 
 /// Latency percentiles at one thread (ns, log scale), one line per case.
 fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
-    let height = 500 + 18 * rows.len() as u32;
-    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let lats: Vec<_> = rows
-        .iter()
-        .filter_map(|r| r.at(1).map(|m| (*r, m.latency.clone())))
-        .collect();
     // The maximum is left out of the plot: one preemption sets it, and it would squash the
     // percentiles into the bottom of the chart (the JSON has it).
     let shown = |l: &crate::harness::Latency| {
@@ -258,63 +283,38 @@ fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
             .filter(|(n, _)| *n != "max")
             .collect::<Vec<_>>()
     };
-    let (lo, hi) = log_bounds(
-        lats.iter()
-            .flat_map(|(_, l)| shown(l).into_iter().map(|(_, v)| v as f64)),
-    );
-    let names: Vec<&str> = shown(&crate::harness::Latency::default())
-        .into_iter()
-        .map(|(n, _)| n)
+    let lats: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.at(1).map(|m| (*r, shown(&m.latency))))
         .collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: latency percentiles, 1 thread", c.name()),
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            -0.2f64..(names.len() - 1) as f64 + 0.2,
-            (lo..hi).log_scale(),
-        )?;
-    chart
-        .configure_mesh()
-        .x_labels(names.len())
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
-                names
-                    .get(i as usize)
-                    .map_or(String::new(), |n| n.to_string())
-            } else {
-                String::new()
-            }
+    let y_range = log_bounds(
+        lats.iter()
+            .flat_map(|(_, l)| l.iter().map(|&(_, v)| v as f64)),
+    );
+    let lines = lats
+        .into_iter()
+        .map(|(r, l)| {
+            let pts = l
+                .iter()
+                .enumerate()
+                .map(|(x, (_, v))| (x as f64, (*v).max(1) as f64))
+                .collect();
+            (r, pts)
         })
-        .y_label_formatter(&|y| axis_label(*y))
-        .x_desc("percentile")
-        .y_desc("ns per op")
-        .draw()?;
-    for (i, (r, l)) in lats.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = shown(l)
-            .iter()
-            .enumerate()
-            .map(|(x, (_, v))| (x as f64, (*v).max(1) as f64))
-            .collect();
-        let st = style(r, i);
-        chart
-            .draw_series(LineSeries::new(pts, st).point_size(3))?
-            .label(label(r))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], st));
+        .collect();
+    LinePlot {
+        caption: format!("{}: latency percentiles, 1 thread", c.name()),
+        x_ticks: shown(&crate::harness::Latency::default())
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect(),
+        x_desc: "percentile".into(),
+        y_desc: "ns per op",
+        y_range,
+        legend: SeriesLabelPosition::UpperLeft,
+        lines,
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    .draw(path)
 }
 
 #[cfg(test)]

@@ -172,6 +172,25 @@ pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize) -> String 
     s
 }
 
+/// A target's measured ratio, bound and verdict as text; `missed` starts the verdict of a
+/// missed target, `unmeasured` stands for the ratio of one not measured.
+fn target_cells(t: &TargetResult, missed: &str, unmeasured: &str) -> [String; 3] {
+    let bound = format!(
+        "{} {}",
+        if t.target.at_most { "≤" } else { "≥" },
+        sig3(t.target.bound)
+    );
+    let (ratio, verdict) = match (t.ratio, t.met) {
+        (Some(r), Some(true)) => (format!("{}×", sig3(r)), "met".to_string()),
+        (Some(r), Some(false)) => (
+            format!("{}×", sig3(r)),
+            format!("{missed} by {}×", sig3(t.shortfall().unwrap_or(f64::NAN))),
+        ),
+        _ => (unmeasured.into(), "not measured".into()),
+    };
+    [ratio, bound, verdict]
+}
+
 /// The targets with their ratios and whether each is met.
 pub fn targets_table(targets: &[TargetResult]) -> String {
     let mut s = String::from("\n== targets (ratios measured in this run) ==\n");
@@ -181,19 +200,7 @@ pub fn targets_table(targets: &[TargetResult]) -> String {
         .max()
         .unwrap_or(10);
     for t in targets {
-        let bound = format!(
-            "{} {}",
-            if t.target.at_most { "≤" } else { "≥" },
-            sig3(t.target.bound)
-        );
-        let (ratio, verdict) = match (t.ratio, t.met) {
-            (Some(r), Some(true)) => (format!("{}×", sig3(r)), "met".to_string()),
-            (Some(r), Some(false)) => (
-                format!("{}×", sig3(r)),
-                format!("MISSED by {}×", sig3(t.shortfall().unwrap_or(f64::NAN))),
-            ),
-            _ => ("-".into(), "not measured".into()),
-        };
+        let [ratio, bound, verdict] = target_cells(t, "MISSED", "-");
         let _ = writeln!(
             s,
             "{:w$}  {:>8}  {:>8}  {}",
@@ -213,19 +220,7 @@ pub fn targets_table(targets: &[TargetResult]) -> String {
 pub fn targets_markdown(targets: &[TargetResult]) -> String {
     let mut s = String::from("| Target | Measured | Bound | Verdict |\n|---|---|---|---|\n");
     for t in targets {
-        let bound = format!(
-            "{} {}",
-            if t.target.at_most { "≤" } else { "≥" },
-            sig3(t.target.bound)
-        );
-        let (ratio, verdict) = match (t.ratio, t.met) {
-            (Some(r), Some(true)) => (format!("{}×", sig3(r)), "met".to_string()),
-            (Some(r), Some(false)) => (
-                format!("{}×", sig3(r)),
-                format!("missed by {}×", sig3(t.shortfall().unwrap_or(f64::NAN))),
-            ),
-            _ => ("–".into(), "not measured".into()),
-        };
+        let [ratio, bound, verdict] = target_cells(t, "missed", "–");
         let _ = writeln!(
             s,
             "| {} | {ratio} | {bound} | {verdict} |",

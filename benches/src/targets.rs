@@ -53,6 +53,22 @@ impl Quantity {
         }
     }
 
+    /// CPU nanoseconds per op of a one-thread run.
+    fn cpu_ns(component: Component, workload: &str, implementation: &str) -> Self {
+        Self::new(component, workload, implementation, 1, Metric::CpuNsPerOp)
+    }
+
+    /// Ops per second of a run on `threads` threads.
+    fn ops(component: Component, workload: &str, implementation: &str, threads: usize) -> Self {
+        Self::new(
+            component,
+            workload,
+            implementation,
+            threads,
+            Metric::OpsPerSec,
+        )
+    }
+
     /// The value of this quantity in `results` (run on `cpus` CPUs), if measured.
     pub fn value(&self, results: &[CaseResult], cpus: usize) -> Option<f64> {
         let r = results.iter().find(|r| {
@@ -142,137 +158,175 @@ impl Target {
 const OURS: &str = "ours";
 const FLOOR: &str = "floor";
 
+impl Target {
+    /// `numerator / denominator` at most (`at_most`) or at least `bound`.
+    fn ratio(
+        id: &'static str,
+        statement: &'static str,
+        numerator: Quantity,
+        denominator: Quantity,
+        at_most: bool,
+        bound: f64,
+    ) -> Self {
+        Target {
+            id,
+            statement,
+            numerator,
+            denominator,
+            at_most,
+            bound,
+        }
+    }
+
+    /// Our one-thread CPU time per op at most `bound` times a floor's.
+    fn vs_floor(
+        id: &'static str,
+        statement: &'static str,
+        (component, workload): (Component, &str),
+        floor: &str,
+        bound: f64,
+    ) -> Self {
+        Self::ratio(
+            id,
+            statement,
+            Quantity::cpu_ns(component, workload, OURS),
+            Quantity::cpu_ns(Component::Floor, floor, FLOOR),
+            true,
+            bound,
+        )
+    }
+
+    /// Our throughput at `threads` threads at least `bound` times `peer`'s, on one workload.
+    fn vs_peer(
+        id: &'static str,
+        statement: &'static str,
+        (component, workload): (Component, &str),
+        (peer, peer_threads): (&str, usize),
+        threads: usize,
+        bound: f64,
+    ) -> Self {
+        Self::ratio(
+            id,
+            statement,
+            Quantity::ops(component, workload, OURS, threads),
+            Quantity::ops(component, workload, peer, peer_threads),
+            false,
+            bound,
+        )
+    }
+}
+
 /// Every target of the issue.
 pub fn all() -> Vec<Target> {
     use Component::*;
-    use Metric::*;
-    let q = |c, w: &str, i: &str, t, m| Quantity::new(c, w, i, t, m);
     let pair1 = alloc::pair(1);
     let bounce4k = swiotlb::bounce(4096, swiotlb::Dir::ToDevice);
-    let t = |id, statement, numerator, denominator, at_most, bound| Target {
-        id,
-        statement,
-        numerator,
-        denominator,
-        at_most,
-        bound,
-    };
+    let iova = (Iova, pair1.as_str());
+    let bounce = (Swiotlb, bounce4k.as_str());
+    let chase = floor::CHASE;
     vec![
-        t(
+        Target::vs_floor(
             "iova-pair-vs-cas",
             "iova alloc+free pair, cached: ≤ 6× one uncontended CAS",
-            q(Iova, &pair1, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CAS, FLOOR, 1, CpuNsPerOp),
-            true,
+            iova,
+            floor::CAS,
             6.0,
         ),
-        t(
+        Target::vs_peer(
             "iova-scaling",
             "iova alloc+free pair: 2 threads ≥ 1.8× one thread",
-            q(Iova, &pair1, OURS, 2, OpsPerSec),
-            q(Iova, &pair1, OURS, 1, OpsPerSec),
-            false,
+            iova,
+            (OURS, 1),
+            2,
             1.8,
         ),
-        t(
+        Target::vs_peer(
             "iova-vs-vm-allocator",
             "iova alloc+free pair: ≥ 10× the vm-allocator peer at 2 threads",
-            q(Iova, &pair1, OURS, 2, OpsPerSec),
-            q(Iova, &pair1, alloc::VM_ALLOCATOR, 2, OpsPerSec),
-            false,
+            iova,
+            (alloc::VM_ALLOCATOR, 2),
+            2,
             10.0,
         ),
-        t(
+        Target::ratio(
             "iova-fragmentation-p99",
             "iova fragmentation (300k live) p99 ≤ 20× the cached pair",
-            q(Iova, alloc::FRAGMENTATION, OURS, 1, P99),
-            q(Iova, &pair1, OURS, 1, CpuNsPerOp),
+            Quantity::new(Iova, alloc::FRAGMENTATION, OURS, 1, Metric::P99),
+            Quantity::cpu_ns(Iova, &pair1, OURS),
             true,
             20.0,
         ),
-        t(
+        Target::vs_floor(
             "pt-guarded-vs-chase",
             "translation under an already-held guard ≤ 2× the 4-level load chase (0 writers)",
-            q(Pgtable, pgtable::GUARDED_0, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
-            true,
+            (Pgtable, pgtable::GUARDED_0),
+            chase,
             2.0,
         ),
-        t(
+        Target::vs_floor(
             "pt-guarded-vs-chase-writer",
             "translation under an already-held guard ≤ 2× the 4-level load chase (1 writer)",
-            q(Pgtable, pgtable::GUARDED_1, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
-            true,
+            (Pgtable, pgtable::GUARDED_1),
+            chase,
             2.0,
         ),
-        t(
+        Target::vs_floor(
             "pt-call-vs-chase",
             "translation, single call including its pin ≤ 4× the load chase (0 writers)",
-            q(Pgtable, pgtable::TRANSLATE_0, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
-            true,
+            (Pgtable, pgtable::TRANSLATE_0),
+            chase,
             4.0,
         ),
-        t(
+        Target::vs_floor(
             "pt-call-vs-chase-writer",
             "translation, single call including its pin ≤ 4× the load chase (1 writer)",
-            q(Pgtable, pgtable::TRANSLATE_1, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CHASE, FLOOR, 1, CpuNsPerOp),
-            true,
+            (Pgtable, pgtable::TRANSLATE_1),
+            chase,
             4.0,
         ),
-        t(
+        Target::vs_peer(
             "pt-translate-vs-ch",
             "translation throughput with one writer ≥ 5× the RwLock<BTreeMap> peer (1 reader)",
-            q(Pgtable, pgtable::TRANSLATE_1, OURS, 1, OpsPerSec),
-            q(
-                Pgtable,
-                pgtable::TRANSLATE_1,
-                pgtable::CH_STORE,
-                1,
-                OpsPerSec,
-            ),
-            false,
+            (Pgtable, pgtable::TRANSLATE_1),
+            (pgtable::CH_STORE, 1),
+            1,
             5.0,
         ),
-        t(
+        Target::vs_floor(
             "pt-map-vs-cas",
             "page-table 4 KiB map+unmap ≤ 30× one CAS",
-            q(Pgtable, pgtable::MAP_4K, OURS, 1, CpuNsPerOp),
-            q(Floor, floor::CAS, FLOOR, 1, CpuNsPerOp),
-            true,
+            (Pgtable, pgtable::MAP_4K),
+            floor::CAS,
             30.0,
         ),
-        t(
+        Target::vs_floor(
             "bounce-vs-memcpy",
             "bounce map+copy+unmap of 4 KiB to the device ≤ 1.5× a 4 KiB memcpy",
-            q(Swiotlb, &bounce4k, OURS, 1, CpuNsPerOp),
-            q(Floor, &floor::memcpy(4096), FLOOR, 1, CpuNsPerOp),
-            true,
+            bounce,
+            &floor::memcpy(4096),
             1.5,
         ),
-        t(
+        Target::vs_peer(
             "bounce-vs-one-area",
             "bounce 4 KiB to device: ≥ 1.5× the one-area peer at 2 threads",
-            q(Swiotlb, &bounce4k, OURS, 2, OpsPerSec),
-            q(Swiotlb, &bounce4k, swiotlb::ONE_AREA, 2, OpsPerSec),
-            false,
+            bounce,
+            (swiotlb::ONE_AREA, 2),
+            2,
             1.5,
         ),
-        t(
+        Target::vs_peer(
             "bounce-scaling",
             "bounce 4 KiB to device: 2 threads ≥ 1.8× one thread",
-            q(Swiotlb, &bounce4k, OURS, 2, OpsPerSec),
-            q(Swiotlb, &bounce4k, OURS, 1, OpsPerSec),
-            false,
+            bounce,
+            (OURS, 1),
+            2,
             1.8,
         ),
-        t(
+        Target::ratio(
             "iommu-lazy-vs-strict",
             "lazy-mode 4 KiB map+unmap ≥ 3× strict, IOTLB sync at its modelled cost",
-            q(Iommu, iommu::LAZY, OURS, 1, OpsPerSec),
-            q(Iommu, iommu::STRICT, OURS, 1, OpsPerSec),
+            Quantity::ops(Iommu, iommu::LAZY, OURS, 1),
+            Quantity::ops(Iommu, iommu::STRICT, OURS, 1),
             false,
             3.0,
         ),

@@ -18,9 +18,9 @@
 //! ```
 
 use crate::viommu::{Mapping, Viommu};
-use dma_iommu::{FlushQueue, FqKind, FqStats, InvalidationOps, Strictness};
+use dma_iommu::{DomainStats, FlushQueue, FqKind, FqStats, InvalidationOps, Strictness};
 use io_pgtable::{Descriptor, PageTable, Prot, TlbOps};
-use iova_cache::IovaAllocator;
+use iova_cache::{IovaAllocator, IovaStats};
 use std::fmt;
 use swiotlb_core::Swiotlb;
 
@@ -301,106 +301,31 @@ pub fn swiotlb(tlb: &Swiotlb) -> SwiotlbReport {
     }
 }
 
-/// One size class of the IOVA cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct IovaClassReport {
-    /// Granules per range.
-    pub granules: u64,
-    /// Allocations served from a magazine.
-    pub hits: u64,
-    /// Allocations that fell through to the range allocator.
-    pub misses: u64,
-    /// Full magazines in the depot.
-    pub depot_magazines: usize,
-    /// Granules cached in the depot.
-    pub depot_granules: u64,
-    /// Granules cached in CPU slots.
-    pub cpu_granules: u64,
+/// Writes `text` with every line indented by two spaces.
+fn indented(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    text.lines().try_for_each(|line| writeln!(f, "  {line}"))
 }
 
-/// IOVA allocator and cache statistics.
+/// IOVA allocator and cache statistics: iova-cache's own snapshot and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct IovaReport {
-    /// Granules in allocated ranges (user-held or cached).
-    pub allocated_granules: u64,
-    /// Allocated ranges.
-    pub allocated_ranges: u64,
-    /// Reserved granules.
-    pub reserved_granules: u64,
-    /// Free granules.
-    pub free_granules: u64,
-    /// Free ranges (fragmentation).
-    pub free_ranges: u64,
-    /// Allocations that found no space.
-    pub failures: u64,
-    /// Flush-all passes of the caches.
-    pub flushes: u64,
-    /// Depot magazines returned by trimming.
-    pub trimmed_magazines: u64,
-    /// Granules cached per CPU slot.
-    pub per_cpu_cached_granules: Vec<u64>,
-    /// Granules cached in the depots.
-    pub depot_cached_granules: u64,
-    /// Per size class, smallest first.
-    pub classes: Vec<IovaClassReport>,
+    /// The allocator's statistics.
+    #[cfg_attr(feature = "serde", serde(with = "remote::IovaStatsDef"))]
+    pub stats: IovaStats,
 }
 
 impl fmt::Display for IovaReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "iova: {} granules in {} ranges allocated, {} free in {} ranges, {} reserved, {} failures",
-            self.allocated_granules, self.allocated_ranges, self.free_granules, self.free_ranges,
-            self.reserved_granules, self.failures)?;
-        let cached: u64 =
-            self.per_cpu_cached_granules.iter().sum::<u64>() + self.depot_cached_granules;
-        writeln!(
-            f,
-            "  cache: {cached} granules cached ({} in depots), {} flushes, {} magazines trimmed",
-            self.depot_cached_granules, self.flushes, self.trimmed_magazines
-        )?;
-        for c in &self.classes {
-            writeln!(f, "  class {:>2}: hits {} misses {} depot {} magazines ({} granules), cpus {} granules",
-                c.granules, c.hits, c.misses, c.depot_magazines, c.depot_granules, c.cpu_granules)?;
-        }
-        for (cpu, n) in self
-            .per_cpu_cached_granules
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-        {
-            writeln!(f, "  cpu {cpu}: {n} granules cached")?;
-        }
-        Ok(())
+        writeln!(f, "iova:")?;
+        indented(f, &self.stats.to_string())
     }
 }
 
 /// Report the statistics of `iova`.
 pub fn iova(iova: &IovaAllocator) -> IovaReport {
-    let s = iova.stats();
     IovaReport {
-        allocated_granules: s.range.allocated_granules,
-        allocated_ranges: s.range.allocated_ranges,
-        reserved_granules: s.range.reserved_granules,
-        free_granules: s.range.free_granules,
-        free_ranges: s.range.free_ranges,
-        failures: s.range.failures,
-        flushes: s.flushes,
-        trimmed_magazines: s.trimmed_magazines,
-        per_cpu_cached_granules: s.per_cpu_cached_granules,
-        depot_cached_granules: s.depot_cached_granules,
-        classes: s
-            .classes
-            .into_iter()
-            .map(|c| IovaClassReport {
-                granules: c.granules,
-                hits: c.hits,
-                misses: c.misses,
-                depot_magazines: c.depot_magazines,
-                depot_granules: c.depot_granules,
-                cpu_granules: c.cpu_granules,
-            })
-            .collect(),
+        stats: iova.stats(),
     }
 }
 
@@ -428,33 +353,9 @@ pub struct FlushQueueReport {
     pub geometry: Option<FqGeometry>,
     /// Whether the timer is armed, when known.
     pub timer_armed: Option<bool>,
-    /// Entries queued so far.
-    pub enqueued: u64,
-    /// Entries freed.
-    pub reclaimed: u64,
-    /// Entries waiting for a flush.
-    pub pending: u64,
-    /// Global flushes completed.
-    pub flushes: u64,
-    /// Flushes forced by a full ring.
-    pub full_flushes: u64,
-    /// Timer runs.
-    pub timer_fires: u64,
-}
-
-impl FlushQueueReport {
-    fn with_stats(lazy: bool, s: FqStats) -> Self {
-        FlushQueueReport {
-            lazy,
-            enqueued: s.enqueued,
-            reclaimed: s.reclaimed,
-            pending: s.pending,
-            flushes: s.flushes,
-            full_flushes: s.full_flushes,
-            timer_fires: s.timer_fires,
-            ..FlushQueueReport::default()
-        }
-    }
+    /// The queue's counters (zero while strict).
+    #[cfg_attr(feature = "serde", serde(with = "remote::FqStatsDef"))]
+    pub stats: FqStats,
 }
 
 impl fmt::Display for FlushQueueReport {
@@ -475,15 +376,12 @@ impl fmt::Display for FlushQueueReport {
             Some(false) => writeln!(f, ", timer idle")?,
             None => writeln!(f)?,
         }
+        // `FqStats` has no text of its own (dma-iommu prints it inside `DomainStats`).
+        let s = &self.stats;
         writeln!(
             f,
             "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
-            self.enqueued,
-            self.reclaimed,
-            self.pending,
-            self.flushes,
-            self.full_flushes,
-            self.timer_fires
+            s.enqueued, s.reclaimed, s.pending, s.flushes, s.full_flushes, s.timer_fires
         )
     }
 }
@@ -496,6 +394,7 @@ pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
         FqKind::Single => "single",
     };
     FlushQueueReport {
+        lazy: true,
         geometry: Some(FqGeometry {
             kind: kind.to_string(),
             rings: c.rings(),
@@ -503,7 +402,7 @@ pub fn flush_queue<O: InvalidationOps>(fq: &FlushQueue<O>) -> FlushQueueReport {
             timeout_us: c.timeout.as_micros().min(u64::MAX as u128) as u64,
         }),
         timer_armed: Some(fq.timer_armed()),
-        ..FlushQueueReport::with_stats(true, fq.stats())
+        stats: fq.stats(),
     }
 }
 
@@ -515,26 +414,14 @@ pub fn strictness<O: InvalidationOps>(s: &Strictness<O>) -> FlushQueueReport {
     }
 }
 
-/// A dma-iommu DMA domain: its counters, invalidation mode, IOVA allocator and bounce pool.
+/// A dma-iommu DMA domain: its counters (with the invalidation mode and flush-queue counters),
+/// IOVA allocator and bounce pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct DmaDomainReport {
-    /// Successful mappings.
-    pub maps: u64,
-    /// Mappings bounced.
-    pub bounced: u64,
-    /// Scatter lists mapped.
-    pub lists: u64,
-    /// Unmaps that synced the IOTLB (strict).
-    pub unmaps_synced: u64,
-    /// Unmaps that queued their IOVA (lazy).
-    pub unmaps_queued: u64,
-    /// Refused operations.
-    pub errors: u64,
-    /// Live mappings.
-    pub live: u64,
-    /// Invalidation mode and flush-queue counters.
-    pub flush_queue: FlushQueueReport,
+    /// The domain's counters.
+    #[cfg_attr(feature = "serde", serde(with = "remote::DomainStatsDef"))]
+    pub stats: DomainStats,
     /// The IOVA allocator.
     pub iova: IovaReport,
     /// The bounce-buffer pool, if the domain has one.
@@ -543,12 +430,9 @@ pub struct DmaDomainReport {
 
 impl fmt::Display for DmaDomainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "dma domain: maps {} (bounced {}, lists {}), unmaps synced {} queued {}, live {}, errors {}",
-            self.maps, self.bounced, self.lists, self.unmaps_synced, self.unmaps_queued, self.live, self.errors
-        )?;
-        write!(f, "{}{}", self.flush_queue, self.iova)?;
+        writeln!(f, "dma domain:")?;
+        indented(f, &self.stats.to_string())?;
+        write!(f, "{}", self.iova)?;
         match &self.swiotlb {
             Some(s) => write!(f, "{s}"),
             None => Ok(()),
@@ -558,18 +442,99 @@ impl fmt::Display for DmaDomainReport {
 
 /// Report a dma-iommu domain (each part read in turn while the domain keeps working).
 pub fn dma_domain<T: dma_iommu::TlbOps + 'static>(d: &dma_iommu::Domain<T>) -> DmaDomainReport {
-    let s = d.stats();
     DmaDomainReport {
-        maps: s.maps,
-        bounced: s.bounced,
-        lists: s.lists,
-        unmaps_synced: s.unmaps_synced,
-        unmaps_queued: s.unmaps_queued,
-        errors: s.errors,
-        live: s.live,
-        flush_queue: FlushQueueReport::with_stats(s.lazy, s.fq),
+        stats: d.stats(),
         iova: iova(d.iova_allocator()),
         swiotlb: d.swiotlb().map(swiotlb),
+    }
+}
+
+/// serde definitions of the statistics types of iova-cache and dma-iommu, which do not
+/// implement serde themselves (the compiler checks they list every field).
+#[cfg(feature = "serde")]
+mod remote {
+    use dma_iommu::{DomainStats, FqStats};
+    use iova_cache::{ClassStats, IovaStats, RangeStats};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "ClassStats")]
+    struct ClassStatsDef {
+        granules: u64,
+        hits: u64,
+        misses: u64,
+        depot_magazines: usize,
+        depot_granules: u64,
+        cpu_granules: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "RangeStats")]
+    struct RangeStatsDef {
+        allocated_granules: u64,
+        allocated_ranges: u64,
+        reserved_granules: u64,
+        free_granules: u64,
+        free_ranges: u64,
+        failures: u64,
+    }
+
+    /// `Vec<ClassStats>` through [`ClassStatsDef`].
+    mod classes {
+        use super::*;
+
+        #[derive(Serialize, Deserialize)]
+        struct Class(#[serde(with = "ClassStatsDef")] ClassStats);
+
+        pub(super) fn serialize<S: Serializer>(v: &[ClassStats], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().cloned().map(Class))
+        }
+
+        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<ClassStats>, D::Error> {
+            let v = Vec::<Class>::deserialize(d)?;
+            Ok(v.into_iter().map(|Class(c)| c).collect())
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "IovaStats")]
+    pub(super) struct IovaStatsDef {
+        #[serde(with = "classes")]
+        classes: Vec<ClassStats>,
+        per_cpu_cached_granules: Vec<u64>,
+        depot_cached_granules: u64,
+        #[serde(with = "RangeStatsDef")]
+        range: RangeStats,
+        flushes: u64,
+        trimmed_magazines: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "FqStats")]
+    pub(super) struct FqStatsDef {
+        enqueued: u64,
+        reclaimed: u64,
+        pending: u64,
+        flushes: u64,
+        full_flushes: u64,
+        timer_fires: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "DomainStats")]
+    pub(super) struct DomainStatsDef {
+        maps: u64,
+        bounced: u64,
+        lists: u64,
+        unmaps_synced: u64,
+        unmaps_queued: u64,
+        errors: u64,
+        live: u64,
+        lazy: bool,
+        #[serde(with = "FqStatsDef")]
+        fq: FqStats,
     }
 }
 

@@ -121,7 +121,7 @@ fn the_full_report_reads_like_debugfs() {
     let s = r.swiotlb.as_ref().unwrap();
     assert_eq!((s.nslabs, s.used), (64, 3)); // 5000 bytes + offset in 2 KiB slots
     assert_eq!(s.pools[0].area_used.iter().sum::<usize>(), 3);
-    let i = r.iova.as_ref().unwrap();
+    let i = &r.iova.as_ref().unwrap().stats;
     assert_eq!(i.classes[2].misses, 1); // one 4-granule allocation, served by the range allocator
     assert_eq!(
         i.per_cpu_cached_granules.iter().sum::<u64>() + i.depot_cached_granules,
@@ -136,15 +136,9 @@ fn the_full_report_reads_like_debugfs() {
         (true, Some(2))
     );
     let dd = &r.dma_domains[0];
-    assert_eq!((dd.maps, dd.unmaps_queued, dd.live), (2, 1, 1));
-    assert_eq!(
-        (
-            dd.flush_queue.lazy,
-            dd.flush_queue.enqueued,
-            dd.flush_queue.pending
-        ),
-        (true, 1, 1)
-    );
+    let ds = &dd.stats;
+    assert_eq!((ds.maps, ds.unmaps_queued, ds.live), (2, 1, 1));
+    assert_eq!((ds.lazy, ds.fq.enqueued, ds.fq.pending), (true, 1, 1));
     assert!(dd.swiotlb.is_some());
     let text = r.to_string();
     for needle in [
@@ -153,10 +147,10 @@ fn the_full_report_reads_like_debugfs() {
         "page -> 0x8000 rwc",
         "swiotlb: 3/64 slots used",
         "area 0:",
-        "iova:",
+        "iova:\n  range: ",
         "flush queue: strict",
         "flush queue: lazy, 2 x 256 (per-cpu)",
-        "dma domain: maps 2",
+        "dma domain:\n  mode lazy\n  maps 2 ",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }

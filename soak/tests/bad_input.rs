@@ -73,6 +73,19 @@ impl Table {
         }
     }
 
+    /// A mapping that is gone, or not `class`'s to touch: its unmap and then a sync for the CPU
+    /// must both be the error `want`.
+    fn gone<U: Debug, S: Debug, E: Debug + PartialEq + Clone>(
+        &mut self,
+        (unmap_class, sync_class): (&str, &str),
+        unmap: Result<U, E>,
+        sync_for_cpu: impl FnOnce() -> Result<S, E>,
+        want: E,
+    ) {
+        self.err("unmap", unmap_class, unmap, want.clone());
+        self.err("sync_for_cpu", sync_class, sync_for_cpu(), want);
+    }
+
     /// A call that is not an error by contract: record what it does.
     fn accepted(&mut self, entry: &str, class: &str, what: &str, holds: bool) {
         assert!(
@@ -822,16 +835,10 @@ mod swiotlb {
             Error::NotMapped { addr: u64::MAX },
         );
         tlb.unmap(&dev, a, 3000, BI, attrs).unwrap();
-        t.err(
-            "unmap",
-            "double unmap",
+        t.gone(
+            ("double unmap", "after unmap"),
             tlb.unmap(&dev, a, 3000, BI, attrs),
-            Error::NotMapped { addr: a },
-        );
-        t.err(
-            "sync_for_cpu",
-            "after unmap",
-            tlb.sync_for_cpu(&dev, a, 1, BI),
+            || tlb.sync_for_cpu(&dev, a, 1, BI),
             Error::NotMapped { addr: a },
         );
         // Another device of the same instance: mappings are the mapping device's alone, in shared
@@ -846,16 +853,11 @@ mod swiotlb {
         let full = small.map(&d1, sbase, 32 * 1024, BI, attrs).unwrap();
         let transient = small.map(&d1, sbase, 4096, BI, attrs).unwrap();
         assert_eq!(d1.transient_pools(), 1);
-        t.err(
-            "unmap",
-            "wrong device (another device's transient pool)",
+        let other_transient = "wrong device (another device's transient pool)";
+        t.gone(
+            (other_transient, other_transient),
             small.unmap(&d2, transient, 4096, BI, attrs),
-            Error::NotMapped { addr: transient },
-        );
-        t.err(
-            "sync_for_cpu",
-            "wrong device (another device's transient pool)",
-            small.sync_for_cpu(&d2, transient, 1, BI),
+            || small.sync_for_cpu(&d2, transient, 1, BI),
             Error::NotMapped { addr: transient },
         );
         small.unmap(&d1, transient, 4096, BI, attrs).unwrap();
@@ -1245,16 +1247,10 @@ mod iommu {
             |e| matches!(e, DmaError::FlushQueue(_)),
         );
         dom.unmap(&dev, dma, 3000, BI).unwrap();
-        t.err(
-            "unmap",
-            "double unmap",
+        t.gone(
+            ("double unmap", "after unmap"),
             dom.unmap(&dev, dma, 3000, BI),
-            DmaError::NotMapped { dma },
-        );
-        t.err(
-            "sync_for_cpu",
-            "after unmap",
-            dom.sync_for_cpu(&dev, dma, 1, BI),
+            || dom.sync_for_cpu(&dev, dma, 1, BI),
             DmaError::NotMapped { dma },
         );
         // Still working: a bounced round trip, then nothing live, queued or allocated.

@@ -12,6 +12,7 @@
 //! unmap nothing of it translates; at the end everything unmapped leaves no live mapping, no
 //! allocated IOVA, no bounce slot used and nothing pending in the flush queue.
 
+use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
 use dma_iommu::{
@@ -26,39 +27,6 @@ use swiotlb_core::{Config as TlbConfig, Direction, OrigMemory, RegionMemory, Swi
 const MEM: usize = 64 * 1024;
 /// IOVA granule of the tiny page table.
 const GRANULE: u64 = 4096;
-
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Dir {
-    To,
-    From,
-    Bi,
-}
-
-impl Dir {
-    fn real(self) -> Direction {
-        match self {
-            Dir::To => Direction::ToDevice,
-            Dir::From => Direction::FromDevice,
-            Dir::Bi => Direction::Bidirectional,
-        }
-    }
-}
-
-/// A DMA address: a live mapping's (plus an offset), an unmapped one, or anything.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Pick {
-    Live(u8),
-    Inside(u8, u16),
-    Dead(u8),
-    Raw(u64),
-}
-
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Size {
-    AsMapped,
-    Small(u16),
-    Raw(usize),
-}
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -75,7 +43,7 @@ enum Op {
     },
     Unmap {
         pick: Pick,
-        size: Size,
+        size: Len,
         dir: Dir,
         dev: Option<u8>,
     },
@@ -146,26 +114,12 @@ fn span(dma: u64, size: usize) -> (u64, u64) {
 
 impl World {
     fn pick(&self, p: Pick) -> Option<u64> {
-        let nth = |n: u8| {
-            self.live
-                .iter()
-                .nth(usize::from(n) % self.live.len().max(1))
-        };
-        match p {
-            Pick::Live(n) => nth(n).map(|(&a, _)| a),
-            Pick::Inside(n, o) => nth(n).map(|(&a, m)| a + u64::from(o) % m.size as u64),
-            Pick::Dead(n) if !self.dead.is_empty() => {
-                Some(self.dead[usize::from(n) % self.dead.len()])
-            }
-            Pick::Raw(r) => Some(r),
-            _ => None,
-        }
+        p.resolve(&self.live, &self.dead, |m| m.size)
+            .map(|(dma, _)| dma)
     }
 
     fn containing(&self, dma: u64) -> Option<(u64, usize)> {
-        let (&a, m) = self.live.range(..=dma).next_back()?;
-        let o = (dma - a) as usize;
-        (o < m.size).then_some((a, o))
+        containing(&self.live, dma, |m| m.size)
     }
 
     /// A new IOVA span must not overlap a live one, and if it reuses an unmapped one, an
@@ -435,9 +389,9 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                     |d| usize::from(d) % ndev,
                 );
                 let size = match size {
-                    Size::AsMapped => m.as_ref().map_or(GRANULE as usize, |(_, m)| m.size),
-                    Size::Small(n) => usize::from(n),
-                    Size::Raw(r) => r,
+                    Len::Whole => m.as_ref().map_or(GRANULE as usize, |(_, m)| m.size),
+                    Len::Small(n) => usize::from(n),
+                    Len::Raw(r) => r,
                 };
                 let before = w.dom.tlb().tick();
                 let real = w.dom.unmap(&w.devs[d], dma, size, dir.real());
@@ -546,14 +500,9 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                 len,
                 byte,
             } => {
-                if w.live.is_empty() {
+                let Some((a, m)) = nth_live(&w.live, pick) else {
                     continue;
-                }
-                let (&a, m) = w
-                    .live
-                    .iter()
-                    .nth(usize::from(pick) % w.live.len())
-                    .expect("non-empty");
+                };
                 let o = usize::from(at) % m.size;
                 let n = usize::from(len).min(m.size - o);
                 let data = vec![byte; n];
@@ -576,14 +525,9 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                 }
             }
             &Op::DeviceRead { pick } => {
-                if w.live.is_empty() {
+                let Some((a, m)) = nth_live(&w.live, pick) else {
                     continue;
-                }
-                let (&a, m) = w
-                    .live
-                    .iter()
-                    .nth(usize::from(pick) % w.live.len())
-                    .expect("non-empty");
+                };
                 let mut seen = vec![0; m.size];
                 let real = w.dom.device_read(&w.devs[m.dev], a, &mut seen);
                 let expected = m
@@ -688,12 +632,7 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
             }
             Op::FlushNow => t.same("flush_queue_now", w.dom.flush_queue_now(), w.dom.is_lazy())?,
             &Op::Foreign { pick } => {
-                let dma = w
-                    .live
-                    .keys()
-                    .nth(usize::from(pick) % w.live.len().max(1))
-                    .copied()
-                    .unwrap_or(GRANULE);
+                let dma = nth_live(&w.live, pick).map_or(GRANULE, |(a, _)| a);
                 t.same(
                     "foreign map",
                     w.dom.map(foreign, w.base, 16, Direction::ToDevice),

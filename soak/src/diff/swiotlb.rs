@@ -11,6 +11,7 @@
 //! shadows, `check_invariants` must pass and slot accounting must be consistent; at the end
 //! everything unmapped leaves no slot used and no transient pool.
 
+use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
 use std::collections::BTreeMap;
@@ -23,45 +24,6 @@ use swiotlb_core::{
 const ORIG_LEN: usize = 64 * 1024;
 /// Slots per segment of the fuzzed instance: small, so segments and pools fill up.
 const SEG: usize = 16;
-
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Dir {
-    To,
-    From,
-    Bi,
-}
-
-impl Dir {
-    fn real(self) -> Direction {
-        match self {
-            Dir::To => Direction::ToDevice,
-            Dir::From => Direction::FromDevice,
-            Dir::Bi => Direction::Bidirectional,
-        }
-    }
-    fn device_writes(self) -> bool {
-        !matches!(self, Dir::To)
-    }
-    fn device_reads(self) -> bool {
-        !matches!(self, Dir::From)
-    }
-}
-
-/// A bounce address: a live mapping (plus an offset), an unmapped one, or anything.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Pick {
-    Live(u8),
-    Inside(u8, u16),
-    Dead(u8),
-    Raw(u64),
-}
-
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Len {
-    Whole,
-    Small(u16),
-    Raw(usize),
-}
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -148,29 +110,12 @@ struct World {
 
 impl World {
     fn pick(&self, p: Pick) -> Option<(u64, Option<u64>)> {
-        let nth = |n: u8| {
-            self.live
-                .iter()
-                .nth(usize::from(n) % self.live.len().max(1))
-        };
-        match p {
-            Pick::Live(n) => nth(n).map(|(&a, _)| (a, Some(a))),
-            Pick::Inside(n, o) => {
-                nth(n).map(|(&a, m)| (a + u64::from(o) % m.bounce.len() as u64, Some(a)))
-            }
-            Pick::Dead(n) if !self.dead.is_empty() => {
-                Some((self.dead[usize::from(n) % self.dead.len()], None))
-            }
-            Pick::Raw(r) => Some((r, None)),
-            _ => None,
-        }
+        p.resolve(&self.live, &self.dead, |m| m.bounce.len())
     }
 
     /// The live mapping containing `addr`, with the offset of `addr` in it.
     fn containing(&self, addr: u64) -> Option<(u64, usize)> {
-        let (&a, m) = self.live.range(..=addr).next_back()?;
-        let o = (addr - a) as usize;
-        (o < m.bounce.len()).then_some((a, o))
+        containing(&self.live, addr, |m| m.bounce.len())
     }
 
     fn len(&self, l: Len, whole: usize, o: usize) -> usize {
@@ -540,11 +485,10 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
                 len,
                 byte,
             } => {
-                if w.live.is_empty() {
+                let Some((a, _)) = nth_live(&w.live, pick) else {
                     continue;
-                }
-                let n = usize::from(pick) % w.live.len();
-                let (&a, m) = w.live.iter_mut().nth(n).expect("non-empty");
+                };
+                let m = w.live.get_mut(&a).expect("live");
                 let o = usize::from(at) % m.bounce.len();
                 let n = usize::from(len).min(m.bounce.len() - o);
                 let data = vec![byte; n];
@@ -677,12 +621,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
                 w.hiwater_reset |= value == 0;
             }
             Op::Foreign { pick } => {
-                let addr = w
-                    .live
-                    .keys()
-                    .nth(usize::from(pick) % w.live.len().max(1))
-                    .copied()
-                    .unwrap_or(base);
+                let addr = nth_live(&w.live, pick).map_or(base, |(a, _)| a);
                 let f = &w.foreign;
                 t.same(
                     "foreign map",
