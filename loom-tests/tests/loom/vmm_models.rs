@@ -67,37 +67,29 @@ fn setup() -> (Arc<Viommu>, dma_vmm::viommu::DeviceEndpoint) {
 /// preempted between its translation and its read while the guest unmaps and reuses) and
 /// loom finds it within a few executions.
 fn unmap_vs_access() -> bool {
-    let (v, dev) = setup();
-    let ram = Ram::new();
-    let device = {
-        let ram = ram.clone();
-        dma_sync::thread::spawn(move || {
-            // Either the access faults (it came after the UNMAP) or it reads the mapped page.
-            dev.access(PAGE, 8, Prot::READ, |segs| {
-                let page = (segs[0].paddr / PAGE) as usize;
-                assert_eq!(
-                    ram.0[page].load(Relaxed),
-                    LIVE,
-                    "the device used a page after its UNMAP completed"
-                );
-            })
-            .is_ok()
-        })
-    };
     let unmap = Request::Unmap {
         domain: 0,
         virt_start: PAGE,
         virt_end: 2 * PAGE - 1,
     };
-    assert_eq!(v.handle(unmap).status(), Status::Ok);
-    ram.0[1].store(REUSED, Relaxed);
-    device.join().unwrap()
+    request_vs_access(unmap, "the device used a page after its UNMAP completed")
 }
 
 /// The same with DETACH: once it completes, the endpoint's old domain is unused.
 ///
 /// Bound: exhaustive, as [`unmap_vs_access`].
 fn detach_vs_access() -> bool {
+    let detach = Request::Detach {
+        domain: 0,
+        endpoint: 0,
+    };
+    request_vs_access(detach, "the device used a page after DETACH completed")
+}
+
+/// A device reads page 1 through the IOMMU while the guest sends `request`, which removes
+/// that translation, and then reuses the page. Returns whether the access was served (it
+/// faults if it came after the request); a read of the reused page fails with `violation`.
+fn request_vs_access(request: Request, violation: &'static str) -> bool {
     let (v, dev) = setup();
     let ram = Ram::new();
     let device = {
@@ -105,23 +97,12 @@ fn detach_vs_access() -> bool {
         dma_sync::thread::spawn(move || {
             dev.access(PAGE, 8, Prot::READ, |segs| {
                 let page = (segs[0].paddr / PAGE) as usize;
-                assert_eq!(
-                    ram.0[page].load(Relaxed),
-                    LIVE,
-                    "the device used a page after DETACH completed"
-                );
+                assert_eq!(ram.0[page].load(Relaxed), LIVE, "{violation}");
             })
             .is_ok()
         })
     };
-    assert_eq!(
-        v.handle(Request::Detach {
-            domain: 0,
-            endpoint: 0
-        })
-        .status(),
-        Status::Ok
-    );
+    assert_eq!(v.handle(request).status(), Status::Ok);
     ram.0[1].store(REUSED, Relaxed);
     device.join().unwrap()
 }
