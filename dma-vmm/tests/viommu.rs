@@ -189,7 +189,8 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
     assert_eq!(status(&v, attach(1, 9)), Status::Ok);
     assert_eq!(status(&v, attach(2, 8)), Status::Ok);
     assert_eq!(status(&v, attach(3, 7)), Status::NoMem); // max_domains
-                                                         // MAP
+
+    // MAP
     assert_eq!(
         status(&v, map(1, 0x1000, 0x1fff, 0x1000, 1 << 7)),
         Status::Inval
