@@ -2,21 +2,21 @@
 
 use crate::config::{IovaConfig, MAX_CACHED_GRANULES};
 use crate::error::IovaError;
+use crate::held::Held;
 use crate::locked::StepLock;
-use crate::owners::Owners;
 use crate::points::{FLUSH_RETRY, TREE_LOCK};
 use crate::range::{IovaRange, RangeAllocator};
 use crate::rcache::Rcache;
-use crossbeam_utils::CachePadded;
 use dma_sync::atomic::{AtomicU64, Ordering};
-use dma_sync::Arc;
+use dma_sync::{Arc, CachePadded};
 
 /// The shared state; the trim worker holds a reference too.
 pub(crate) struct Inner {
     pub(crate) cfg: IovaConfig,
     pub(crate) tree: CachePadded<StepLock<RangeAllocator>>,
     pub(crate) rcache: Option<Rcache>,
-    owners: Option<Owners>,
+    /// User-held cached-path ranges (with [`IovaConfig::checked_frees`]).
+    held: Option<Held>,
     /// Statistics only (Relaxed): flush-all passes and magazines trimmed.
     pub(crate) flushes: AtomicU64,
     pub(crate) trimmed: AtomicU64,
@@ -90,11 +90,19 @@ impl IovaAllocator {
     pub fn new(config: IovaConfig) -> Result<Self, IovaError> {
         config.validate()?;
         let tree = RangeAllocator::new(config.start_pfn, config.end_pfn)?;
+        let held = match config.caching && config.checked_frees {
+            true => Some(Held::new(config.start_pfn, config.end_pfn).ok_or(
+                IovaError::OutOfMemory {
+                    size: config.space(),
+                },
+            )?),
+            false => None,
+        };
         let inner = Arc::new(Inner {
             rcache: config
                 .caching
                 .then(|| Rcache::new(config.cpus, config.magazine_size)),
-            owners: (config.caching && config.checked_frees).then(|| Owners::new(config.cpus)),
+            held,
             tree: CachePadded::new(StepLock::new(tree, &TREE_LOCK)),
             flushes: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
@@ -209,10 +217,11 @@ impl IovaAllocator {
     /// Record a cached-path allocation as user-held. Without memory for the record the range
     /// could never be freed, so it goes back to the range allocator and the allocation fails.
     fn record_owner(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
-        match &self.inner.owners {
-            Some(o) if !o.insert(pfn, size) => {
-                let back = self.inner.tree.with(|t| t.free_tagged(pfn, size, true));
-                debug_assert!(back.is_ok(), "a fresh allocation is live: {back:?}");
+        match &self.inner.held {
+            Some(h) if !h.claim(pfn, size.trailing_zeros()) => {
+                // A fresh cached-path allocation is live in the tree, so this free succeeds;
+                // were it refused, the range would stay allocated: lost, never handed out twice.
+                let _ = self.inner.tree.with(|t| t.free_tagged(pfn, size, true));
                 Err(IovaError::OutOfMemory { size })
             }
             _ => Ok(()),
@@ -247,8 +256,8 @@ impl IovaAllocator {
         else {
             return inner.tree.with(|t| t.free(pfn, size));
         };
-        match &inner.owners {
-            Some(o) => o.remove(pfn, size)?,
+        match &inner.held {
+            Some(h) => h.release(pfn, size.trailing_zeros())?,
             None => self.check_shape(pfn, size)?,
         }
         rc.insert(

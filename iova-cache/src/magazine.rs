@@ -37,10 +37,15 @@ impl Magazine {
         self.pfns.len() == self.pfns.capacity()
     }
 
-    /// Push into a magazine that is not full.
-    pub(crate) fn push(&mut self, pfn: u64) {
-        debug_assert!(!self.is_full());
+    /// Push into a magazine that is not full; `false` (nothing pushed) if it is full, so the
+    /// capacity fixed at creation is never exceeded.
+    #[must_use]
+    pub(crate) fn push(&mut self, pfn: u64) -> bool {
+        if self.is_full() {
+            return false;
+        }
         self.pfns.push(pfn);
+        true
     }
 
     /// Pop the most recently pushed pfn whose start is at most `max_start` (so the range
@@ -74,9 +79,10 @@ mod tests {
     fn limited_pop_takes_the_newest_fitting_entry() {
         let mut m = Magazine::empty(4);
         for p in [100, 5, 200, 7] {
-            m.push(p);
+            assert!(m.push(p));
         }
         assert!(m.is_full());
+        assert!(!m.push(9), "full: refused");
         assert_eq!(m.pop_at_or_below(50), Some(7));
         assert_eq!(m.pop_at_or_below(50), Some(5));
         assert_eq!(
