@@ -7,8 +7,8 @@
 //!
 //! Two raw locks: [`Blocking`] (a parking mutex) for the tree and the depots, whose critical
 //! sections may be long (a flush frees a whole magazine to the tree), and [`Spin`] for the CPU
-//! slots, whose critical sections are a few pushes and pops: taking it is one atomic swap and
-//! releasing it a plain store, where a parking mutex pays a second read-modify-write on
+//! slots, whose critical sections are a few pushes and pops: taking it is one compare-and-swap
+//! and releasing it a plain store, where a parking mutex pays a second read-modify-write on
 //! release to look for sleepers.
 
 use crate::points::{SLOT_LOCK_ACQUIRE, SLOT_UNLOCK_RELEASE};
@@ -37,8 +37,12 @@ impl RawLock for Blocking {
     }
 }
 
-/// A test-and-test-and-set spin lock for short critical sections. A waiter spins briefly and
-/// then yields, so a holder preempted on the waiter's CPU gets to run.
+/// A spin lock for short critical sections. A waiter retries the compare-and-swap, first
+/// with a pause and then yielding its CPU, so a holder preempted on the waiter's CPU gets to
+/// run. A failed compare-and-swap stores nothing (a swap would store `true` again, and loom
+/// may then let the waiter read its own stores forever), and it reads the latest value, so
+/// the waiter sees the release as soon as it happens; contention is rare (threads sharing one
+/// CPU slot), so spinning on a plain load first would buy little.
 #[derive(Default)]
 pub(crate) struct Spin(AtomicBool);
 
@@ -54,7 +58,7 @@ impl RawLock for Spin {
     #[inline]
     fn acquire(&self) -> SpinGuard<'_> {
         let acquire = SLOT_LOCK_ACQUIRE.ord(Ordering::Acquire);
-        if self.0.swap(true, acquire) {
+        if !self.try_take(acquire) {
             self.contended(acquire);
         }
         SpinGuard(&self.0)
@@ -62,20 +66,22 @@ impl RawLock for Spin {
 }
 
 impl Spin {
+    #[inline]
+    fn try_take(&self, acquire: Ordering) -> bool {
+        self.0
+            .compare_exchange(false, true, acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     #[cold]
     fn contended(&self, acquire: Ordering) {
         let mut spins = 0u32;
-        loop {
-            while self.0.load(Ordering::Relaxed) {
-                if spins < SPINS_BEFORE_YIELD {
-                    spins += 1;
-                    dma_sync::thread::spin_wait();
-                } else {
-                    dma_sync::thread::yield_now();
-                }
-            }
-            if !self.0.swap(true, acquire) {
-                return;
+        while !self.try_take(acquire) {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                dma_sync::thread::spin_wait();
+            } else {
+                dma_sync::thread::yield_now();
             }
         }
     }

@@ -40,12 +40,22 @@ impl Magazine {
     /// Push into a magazine that is not full; `false` (nothing pushed) if it is full, so the
     /// capacity fixed at creation is never exceeded.
     #[must_use]
+    #[inline]
     pub(crate) fn push(&mut self, pfn: u64) -> bool {
         if self.is_full() {
             return false;
         }
         self.pfns.push(pfn);
         true
+    }
+
+    /// Pop the most recently pushed pfn if its start is at most `max_start`.
+    #[inline]
+    pub(crate) fn pop_last_at_or_below(&mut self, max_start: u64) -> Option<u64> {
+        match self.pfns.last() {
+            Some(&p) if p <= max_start => self.pfns.pop(),
+            _ => None,
+        }
     }
 
     /// Pop the most recently pushed pfn whose start is at most `max_start` (so the range
@@ -83,6 +93,7 @@ mod tests {
         }
         assert!(m.is_full());
         assert!(!m.push(9), "full: refused");
+        assert_eq!(m.pop_last_at_or_below(6), None, "the newest entry is above");
         assert_eq!(m.pop_at_or_below(50), Some(7));
         assert_eq!(m.pop_at_or_below(50), Some(5));
         assert_eq!(

@@ -151,6 +151,27 @@ impl Rcache {
         self.cpus
     }
 
+    /// The common hit: pop the newest pfn of CPU slot `cpu`'s `loaded` magazine of class
+    /// `order` if its range ends at or below `limit`. `None` leaves everything else (and the
+    /// miss count) to [`get`](Self::get).
+    #[inline]
+    pub(crate) fn pop_hit(&self, order: u32, cpu: usize, limit: u64) -> Option<u64> {
+        let max_start = limit.checked_sub((1u64 << order) - 1)?;
+        self.classes[order as usize].cpus[cpu].with(|m| {
+            let p = m.loaded.pop_last_at_or_below(max_start)?;
+            m.hits += 1;
+            Some(p)
+        })
+    }
+
+    /// The common free: push `pfn` onto CPU slot `cpu`'s `loaded` magazine of class `order`
+    /// if it has room; `false` leaves the exchange with `prev` and the depot to
+    /// [`insert`](Self::insert).
+    #[inline]
+    pub(crate) fn push_hit(&self, order: u32, cpu: usize, pfn: u64) -> bool {
+        self.classes[order as usize].cpus[cpu].with(|m| m.loaded.push(pfn))
+    }
+
     /// Take a cached pfn of class `order` whose range ends at or below `limit`, from CPU slot
     /// `cpu`'s magazines or, when both are empty, a full magazine from the depot.
     pub(crate) fn get(&self, order: usize, cpu: usize, limit: u64) -> Option<u64> {
