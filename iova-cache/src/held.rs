@@ -31,7 +31,7 @@
 use crate::error::IovaError;
 use crate::faults::OWNER_RECORD;
 use crate::points::{HELD_NODE_LOAD, HELD_NODE_PUBLISH, HELD_RELEASE_ATOMIC};
-use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering, Poison};
 use std::ptr;
 
 /// log2 of the words per leaf and of the children per interior node (small in models, so a
@@ -61,19 +61,26 @@ struct Node {
     kids: [AtomicPtr<Node>; FAN],
 }
 
+// A fresh node is initialised by plain writes through exclusive access ([`Poison`]), as its
+// memory is: under loom these are tracked, so a thread that reaches the node without
+// synchronising with its publication is reported.
 impl Leaf {
     fn new() -> Self {
-        Self {
+        let mut leaf = Self {
             words: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        };
+        leaf.words.iter_mut().for_each(|w| w.poison(0));
+        leaf
     }
 }
 
 impl Node {
     fn new() -> Self {
-        Self {
+        let mut node = Self {
             kids: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-        }
+        };
+        node.kids.iter_mut().for_each(|k| k.poison(ptr::null_mut()));
+        node
     }
 }
 
@@ -119,7 +126,7 @@ fn position(g: u64, order: u32) -> (usize, u64) {
     let b = (base + (g >> order)) as usize;
     // Consecutive bits go to consecutive lines first.
     let word = (b % LINES) * LINE_WORDS + (b / LINES) % LINE_WORDS;
-    (word, 1u64 << (b / FAN))
+    (word & (FAN - 1), 1u64 << (b / FAN))
 }
 
 impl Held {
@@ -144,16 +151,18 @@ impl Held {
     /// not exist (and `create` is false) or its memory cannot be had.
     fn leaf(&self, leaf: u64, create: bool) -> Option<&Leaf> {
         let mut node = self.root;
-        for level in (1..=self.depth).rev() {
+        let mut shift = FAN_BITS * self.depth;
+        while shift > 0 {
+            shift -= FAN_BITS;
             // SAFETY: `node` is an interior node (levels above 0) published by `new` or by a
             // CAS below, and stays allocated until `Drop`.
-            let slot = unsafe { &(*node).kids[(leaf >> (FAN_BITS * (level - 1))) as usize % FAN] };
+            let slot = unsafe { &(*node).kids[(leaf >> shift) as usize & (FAN - 1)] };
             let mut kid = slot.load(HELD_NODE_LOAD.ord(Ordering::Acquire));
             if kid.is_null() {
                 if !create {
                     return None;
                 }
-                kid = self.publish(slot, level == 1)?;
+                kid = self.publish(slot, shift == 0)?;
             }
             node = kid;
         }
@@ -191,7 +200,7 @@ impl Held {
     /// The word and bit of class `order`'s slot at `pfn`, if `pfn` lies in the space.
     #[inline]
     fn bit(&self, pfn: u64, order: u32, create: bool) -> Option<(&AtomicU64, u64)> {
-        if pfn < self.start || pfn > self.end {
+        if pfn.wrapping_sub(self.start) > self.end - self.start {
             return None;
         }
         let leaf = self.leaf((pfn >> LEAF_SHIFT) - (self.start >> LEAF_SHIFT), create)?;
