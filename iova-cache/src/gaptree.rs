@@ -422,7 +422,11 @@ mod tests {
         t.check().unwrap();
         assert_eq!(t.ranges(), vec![(0, 4), (8, 7), (24, 4), (40, 2)]);
         assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
-        assert_eq!(t.highest_fit(8, 8, 100), None, "the summaries follow the change");
+        assert_eq!(
+            t.highest_fit(8, 8, 100),
+            None,
+            "the summaries follow the change"
+        );
         assert_eq!(t.highest_fit(7, 1, 100).unwrap().pfn, 8);
     }
 

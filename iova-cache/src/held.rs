@@ -119,6 +119,7 @@ unsafe impl Sync for Held {}
 
 /// The word and bit mask of class `order`'s slot holding granule `g` of a leaf.
 #[inline]
+#[allow(clippy::modulo_one)] // model builds have one line per leaf
 fn position(g: u64, order: u32) -> (usize, u64) {
     // Bits numbered class by class: class `k` starts after the `2^(LEAF_SHIFT - j)` bits of
     // every class `j < k`, and has one bit per `2^k` granules.
