@@ -34,6 +34,8 @@ pub const MAX_DOMAINS: usize = 1 << 20;
 pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 24;
 /// Largest `probe_size`: every PROBE reply is this big, so it bounds the reply allocation.
 pub const MAX_PROBE_SIZE: u32 = 4096;
+/// Most fault reports a device may be configured to keep pending.
+pub const MAX_FAULT_LOG: usize = 4096;
 
 /// Device configuration: what the config space advertises, plus the device's caps.
 #[derive(Debug, Clone)]
@@ -60,12 +62,15 @@ pub struct ViommuConfig {
     pub probe_size: u32,
     /// Reserved regions of every endpoint (e.g. the MSI doorbell window).
     pub reserved: Vec<ReservedRegion>,
+    /// Fault reports kept for the event queue, at most [`MAX_FAULT_LOG`]; further faults
+    /// are dropped (and counted) until the driver consumes some.
+    pub fault_log: usize,
 }
 
 impl Default for ViommuConfig {
     /// 4 KiB granule, 48-bit IOVAs, the whole input range, every domain id, the caps of
     /// cloud-hypervisor, bypass domains offered, unattached endpoints blocked, 512 bytes of
-    /// PROBE properties, no reserved regions.
+    /// PROBE properties, no reserved regions, 64 pending fault reports.
     fn default() -> Self {
         ViommuConfig {
             pgtable: Config::s1_4k(48),
@@ -77,6 +82,7 @@ impl Default for ViommuConfig {
             initial_bypass: false,
             probe_size: 512,
             reserved: Vec::new(),
+            fault_log: 64,
         }
     }
 }
@@ -194,6 +200,7 @@ impl ViommuConfig {
             0,
             u64::from(MAX_PROBE_SIZE),
         )?;
+        limit("fault_log", self.fault_log as u64, 0, MAX_FAULT_LOG as u64)?;
         if self.initial_bypass && !self.bypass_config {
             return Err(ViommuError::BypassWithoutFeature);
         }
@@ -267,7 +274,7 @@ mod tests {
         };
         assert_eq!(with(|_| ()), Ok(0x1000 | 0x20_0000 | 0x4000_0000));
         type Edit = fn(&mut ViommuConfig);
-        let cases: [(Edit, &str, u64); 5] = [
+        let cases: [(Edit, &str, u64); 6] = [
             (|c| c.max_domains = 0, "max_domains", 0),
             (
                 |c| c.max_domains = MAX_DOMAINS + 1,
@@ -285,6 +292,7 @@ mod tests {
                 u64::MAX,
             ),
             (|c| c.probe_size = MAX_PROBE_SIZE + 1, "probe_size", 4097),
+            (|c| c.fault_log = MAX_FAULT_LOG + 1, "fault_log", 4097),
         ];
         for (f, what, value) in cases {
             assert!(

@@ -45,11 +45,13 @@
 //! ```
 
 mod config;
+mod faults;
 mod mappings;
 mod request;
 pub mod wire;
 
 pub use config::*;
+pub use faults::*;
 pub use mappings::{MapConflict, Mapping, MappingTree};
 pub use request::*;
 
@@ -151,6 +153,8 @@ impl Attachment {
 
 struct EndpointState {
     id: u32,
+    /// The device's fault log, shared by its endpoints.
+    faults: Arc<FaultLog>,
     /// Device-wide reserved regions followed by the endpoint's own, sorted by start.
     reserved: Vec<ReservedRegion>,
     attached: Published<Attachment>,
@@ -248,6 +252,12 @@ impl Translate for DeviceEndpoint {
         }
         Ok(leaf)
     }
+
+    fn report(&self, fault: &Fault, access: Prot) {
+        self.state
+            .faults
+            .push(FaultRecord::new(self.state.id, fault, access));
+    }
 }
 
 /// A domain as the control path sees it: the shared domain, its endpoints, its mappings.
@@ -292,6 +302,8 @@ pub struct Viommu {
     page_size_mask: u64,
     /// The control path: requests are serialised here; devices never take this lock.
     control: Mutex<Control>,
+    /// Faults met by the endpoints' devices, waiting for the event queue.
+    faults: Arc<FaultLog>,
 }
 
 impl fmt::Debug for Viommu {
@@ -316,6 +328,7 @@ impl Viommu {
         };
         Ok(Viommu {
             page_size_mask,
+            faults: Arc::new(FaultLog::new(config.fault_log)),
             config,
             control: Mutex::new(control),
         })
@@ -455,11 +468,31 @@ impl Viommu {
         }
         let state = Arc::new(EndpointState {
             id,
+            faults: self.faults.clone(),
             reserved: all,
             attached: Published::new(Attachment::unattached(control.bypass)),
         });
         control.endpoints.insert(id, state.clone());
         Ok(DeviceEndpoint { state })
+    }
+
+    /// The next fault report for the event queue, encoded into a device-writable buffer of
+    /// `writable_len` bytes: the bytes to write (their number is the used length), or `None`
+    /// when no fault is pending. A buffer too small for a report gets none, and the report
+    /// is dropped (the specification: no report spread over several buffers).
+    pub fn fault_event(&self, writable_len: usize) -> Option<Vec<u8>> {
+        loop {
+            let record = self.faults.pop()?;
+            if writable_len >= wire::FAULT_SIZE {
+                return Some(wire::encode_fault(&record).to_vec());
+            }
+            self.faults.drop_one();
+        }
+    }
+
+    /// Fault reports dropped so far (log full, or event buffer too small).
+    pub fn faults_dropped(&self) -> u64 {
+        self.faults.dropped()
     }
 
     /// The device handle of endpoint `id`.

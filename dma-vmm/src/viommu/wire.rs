@@ -22,7 +22,7 @@
 //! assert_eq!(wire::decode(&buf[..10]), Err(Status::Inval)); // truncated
 //! ```
 
-use super::{ProbeInfo, Reply, Request, Status, ViommuConfig};
+use super::{FaultRecord, ProbeInfo, Reply, Request, Status, ViommuConfig};
 
 /// `VIRTIO_IOMMU_T_ATTACH`.
 pub const T_ATTACH: u8 = 1;
@@ -46,6 +46,8 @@ pub const RESV_MEM_SIZE: usize = 24;
 pub const CONFIG_SPACE_SIZE: usize = 40;
 /// Offset of the config field `bypass`, the one field the driver may write.
 pub const CONFIG_BYPASS_OFFSET: usize = 36;
+/// Size of a fault report (`struct virtio_iommu_fault`).
+pub const FAULT_SIZE: usize = 24;
 /// Offset of ATTACH's `reserved[4]` in the request.
 const ATTACH_RESERVED: std::ops::Range<usize> = 16..20;
 
@@ -185,6 +187,18 @@ fn encode_probe(info: &ProbeInfo, probe_size: usize) -> Option<Vec<u8>> {
         out.extend_from_slice(&r.end.to_le_bytes());
     }
     Some(out)
+}
+
+/// A fault report as the device writes it into an event-queue buffer
+/// (`struct virtio_iommu_fault`): reason, three reserved zeroes, flags, endpoint, a reserved
+/// zero word, address.
+pub fn encode_fault(record: &FaultRecord) -> [u8; FAULT_SIZE] {
+    let mut out = [0u8; FAULT_SIZE];
+    out[0] = record.reason as u8;
+    out[4..8].copy_from_slice(&record.flags.to_le_bytes());
+    out[8..12].copy_from_slice(&record.endpoint.to_le_bytes());
+    out[16..24].copy_from_slice(&record.address.to_le_bytes());
+    out
 }
 
 /// The config space (`struct virtio_iommu_config`, 40 bytes): page-size mask, input range,
