@@ -886,4 +886,44 @@ mod tests {
         assert_eq!(dev.access(0, 1, Prot::READ, |_| ()), Err(Fault::Detached));
         assert!(v.domain_ids().is_empty());
     }
+
+    /// Turning bypass off while a device thread accesses through the identity translation,
+    /// and the device's faults reaching the event queue (small enough for Miri: the
+    /// republished attachments, the grace period, the fault log).
+    #[test]
+    fn bypass_off_with_a_concurrent_device() {
+        let cfg = ViommuConfig {
+            pgtable: Config::tiny(2),
+            input_range: (0, 0xffff),
+            initial_bypass: true,
+            fault_log: 4,
+            ..ViommuConfig::default()
+        };
+        let v = Viommu::new(cfg).unwrap();
+        let dev = v.add_endpoint(1, vec![]).unwrap();
+        let device = std::thread::spawn(move || {
+            (0..10)
+                .filter(|_| {
+                    dev.access(0x2000, 8, Prot::WRITE, |s| assert_eq!(s[0].paddr, 0x2000))
+                        .is_ok()
+                })
+                .count()
+        });
+        assert!(v.write_config(wire::CONFIG_BYPASS_OFFSET, &[0]));
+        let ep = v.endpoint(1).unwrap();
+        assert_eq!(
+            ep.access(0x2000, 8, Prot::READ, |_| ()),
+            Err(Fault::Detached)
+        );
+        let served = device.join().unwrap();
+        let mut logged = 0;
+        while let Some(event) = v.fault_event(wire::FAULT_SIZE) {
+            assert_eq!(
+                (event[0], &event[8..12]),
+                (FaultReason::Domain as u8, &[1, 0, 0, 0][..])
+            );
+            logged += 1;
+        }
+        assert_eq!(logged + v.faults_dropped(), (10 - served as u64) + 1);
+    }
 }
