@@ -1,9 +1,10 @@
 //! Conformance of the virtio-iommu device model to the device-normative statements of the
 //! specification (virtio 1.2/1.3, "Device Types / IOMMU Device"), as one table: every MUST,
 //! SHOULD and MAY of the device sections (feature bits, configuration layout, initialization,
-//! requests, ATTACH, DETACH, MAP, UNMAP, PROBE, RESV_MEM), each with the section it comes
-//! from, the outcome the model gives, the model's choice where the specification leaves one,
-//! and a check that exercises it, through the wire format wherever the request has one.
+//! requests, ATTACH, DETACH, MAP, UNMAP, PROBE, RESV_MEM, fault reporting), each with the
+//! section it comes from, the outcome the model gives, the model's choice where the
+//! specification leaves one, and a check that exercises it, through the wire format wherever
+//! the request has one.
 #![cfg(not(loom))]
 
 use dma_vmm::translate::Fault;
@@ -46,6 +47,7 @@ const MAP: &str = "Device operations / MAP request";
 const UNMAP: &str = "Device operations / UNMAP request";
 const PROBE: &str = "Device operations / PROBE request";
 const RESV_MEM: &str = "Device operations / PROBE properties / RESVMEM";
+const FAULTS: &str = "Device operations / Fault reporting";
 
 const PROBE_SIZE: usize = 96;
 const PAGE: u64 = 0x1000;
@@ -1065,6 +1067,96 @@ fn resv_mem_accesses_stay_contained() -> Result<(), String> {
     Ok(())
 }
 
+// ---- Fault reporting ----------------------------------------------------------------------
+
+/// Two faults of endpoint 3: a write to an unmapped IOVA, a read while attached nowhere.
+fn two_fault_events() -> (Viommu, Vec<Vec<u8>>) {
+    let v = device();
+    let ep = endpoint(&v, 3);
+    let send = |req: Vec<u8>| assert_eq!(send(&v, &req), Some(0));
+    send(attach(1, 3));
+    assert!(writes(&ep, 0x4_0000).is_err());
+    send(detach(1, 3));
+    assert!(reads(&ep, 0x5_0000).is_err());
+    let events = std::iter::from_fn(|| v.fault_event(64)).collect();
+    (v, events)
+}
+
+fn fault_reserved_and_flags_zero() -> Result<(), String> {
+    let (_, events) = two_fault_events();
+    ensure!(events.len() == 2, "{} events", events.len());
+    for e in &events {
+        ensure!(e.len() == wire::FAULT_SIZE, "event of {} bytes", e.len());
+        ensure!(e[1..4] == [0; 3] && e[12..16] == [0; 4], "reserved {e:?}");
+        let flags = u32::from_le_bytes(e[4..8].try_into().unwrap());
+        let defined = FAULT_F_READ | FAULT_F_WRITE | FAULT_F_ADDRESS;
+        ensure!(flags & !defined == 0, "undefined flags {flags:#x}");
+    }
+    Ok(())
+}
+
+fn fault_names_the_endpoint() -> Result<(), String> {
+    let (_, events) = two_fault_events();
+    for e in &events {
+        let ep = u32::from_le_bytes(e[8..12].try_into().unwrap());
+        ensure!(ep == 3, "endpoint {ep}");
+    }
+    let write = &events[0];
+    ensure!(
+        write[0] == FaultReason::Mapping as u8
+            && u32::from_le_bytes(write[4..8].try_into().unwrap())
+                == FAULT_F_WRITE | FAULT_F_ADDRESS
+            && u64::from_le_bytes(write[16..24].try_into().unwrap()) == 0x4_0000,
+        "unmapped write reported as {write:?}"
+    );
+    Ok(())
+}
+
+fn fault_address_omitted_when_detached() -> Result<(), String> {
+    let (_, events) = two_fault_events();
+    let read = &events[1];
+    ensure!(read[0] == FaultReason::Domain as u8, "reason {}", read[0]);
+    let flags = u32::from_le_bytes(read[4..8].try_into().unwrap());
+    ensure!(flags == FAULT_F_READ, "flags {flags:#x}");
+    ensure!(read[16..24] == [0; 8], "address written");
+    Ok(())
+}
+
+fn fault_never_split_over_buffers() -> Result<(), String> {
+    let v = device();
+    let ep = endpoint(&v, 1);
+    for iova in [0, PAGE] {
+        ensure!(reads(&ep, iova).is_err(), "access served");
+    }
+    ensure!(
+        v.fault_event(wire::FAULT_SIZE - 1) == Some(Vec::new()),
+        "short buffer written"
+    );
+    ensure!(v.faults_dropped() == 1, "dropped {}", v.faults_dropped());
+    // The next report still goes whole into a buffer that holds it.
+    let next = v
+        .fault_event(wire::FAULT_SIZE)
+        .ok_or("second report lost")?;
+    ensure!(next.len() == wire::FAULT_SIZE, "split report");
+    ensure!(v.fault_event(wire::FAULT_SIZE).is_none(), "phantom report");
+    Ok(())
+}
+
+fn fault_dropped_without_buffers() -> Result<(), String> {
+    let v = device_with(ViommuConfig {
+        fault_log: 2,
+        ..config()
+    });
+    let ep = endpoint(&v, 1);
+    for iova in 0..5 {
+        ensure!(reads(&ep, iova * PAGE).is_err(), "access served");
+    }
+    ensure!(v.faults_dropped() == 3, "dropped {}", v.faults_dropped());
+    let kept: Vec<_> = std::iter::from_fn(|| v.fault_event(64)).collect();
+    ensure!(kept.len() == 2, "{} kept", kept.len());
+    Ok(())
+}
+
 // ---- The table ----------------------------------------------------------------------------
 
 use Level::*;
@@ -1534,6 +1626,46 @@ const ROWS: &[Row] = &[
         choice: None,
         check: resv_mem_accesses_stay_contained,
     },
+    Row {
+        section: FAULTS,
+        level: Should,
+        statement: "The device SHOULD set reserved and reserved1 to zero. The device SHOULD set undefined flags to zero.",
+        expect: "24-byte struct virtio_iommu_fault, reserved bytes and undefined flags zero",
+        choice: None,
+        check: fault_reserved_and_flags_zero,
+    },
+    Row {
+        section: FAULTS,
+        level: Should,
+        statement: "The device SHOULD write a valid endpoint ID in endpoint.",
+        expect: "the faulting endpoint; R_MAPPING, FAULT_F_WRITE and the address for a write to an unmapped IOVA",
+        choice: None,
+        check: fault_names_the_endpoint,
+    },
+    Row {
+        section: FAULTS,
+        level: May,
+        statement: "The device MAY omit setting VIRTIO_IOMMU_FAULT_F_ADDRESS and writing address in any fault report, regardless of the reason.",
+        expect: "R_DOMAIN reports (endpoint attached to no domain) carry no address; R_MAPPING reports do",
+        choice: Some("address omitted for R_DOMAIN only"),
+        check: fault_address_omitted_when_detached,
+    },
+    Row {
+        section: FAULTS,
+        level: ShouldNot,
+        statement: "If a buffer is too small to contain the fault report, the device SHOULD NOT use multiple buffers to describe it. The device MAY fall back to using an older fault report format that fits in the buffer.",
+        expect: "the buffer is returned unwritten and the report dropped (and counted); the next one goes whole into a large enough buffer",
+        choice: Some("no older format: drop"),
+        check: fault_never_split_over_buffers,
+    },
+    Row {
+        section: FAULTS,
+        level: Text,
+        statement: "If no buffer is available, the device can either wait for one to be consumed, or drop the event.",
+        expect: "up to ViommuConfig::fault_log reports wait; later ones are dropped and counted",
+        choice: Some("bounded log, then drop"),
+        check: fault_dropped_without_buffers,
+    },
 ];
 
 #[test]
@@ -1561,7 +1693,7 @@ fn the_table_names_real_sections_and_explains_every_choice() {
     }
     // Every device-normative section is represented.
     for section in [
-        FEATURES, CONFIG, INIT, OPS, ATTACH, DETACH, MAP, UNMAP, PROBE, RESV_MEM,
+        FEATURES, CONFIG, INIT, OPS, ATTACH, DETACH, MAP, UNMAP, PROBE, RESV_MEM, FAULTS,
     ] {
         assert!(ROWS.iter().any(|r| r.section == section), "{section}");
     }

@@ -476,18 +476,18 @@ impl Viommu {
         Ok(DeviceEndpoint { state })
     }
 
-    /// The next fault report for the event queue, encoded into a device-writable buffer of
+    /// The next fault report for the event queue, for a device-writable buffer of
     /// `writable_len` bytes: the bytes to write (their number is the used length), or `None`
-    /// when no fault is pending. A buffer too small for a report gets none, and the report
-    /// is dropped (the specification: no report spread over several buffers).
+    /// when no fault is pending (keep the buffer). A buffer too small for the report gets
+    /// `Some` of nothing (return it with used length 0) and the report is dropped and counted:
+    /// the specification forbids spreading a report over several buffers.
     pub fn fault_event(&self, writable_len: usize) -> Option<Vec<u8>> {
-        loop {
-            let record = self.faults.pop()?;
-            if writable_len >= wire::FAULT_SIZE {
-                return Some(wire::encode_fault(&record).to_vec());
-            }
+        let record = self.faults.pop()?;
+        if writable_len < wire::FAULT_SIZE {
             self.faults.drop_one();
+            return Some(Vec::new());
         }
+        Some(wire::encode_fault(&record).to_vec())
     }
 
     /// Fault reports dropped so far (log full, or event buffer too small).
