@@ -8,7 +8,7 @@
 #![cfg(not(loom))]
 
 use dma_vmm::translate::Fault;
-use dma_vmm::viommu::wire::{self, T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
+use dma_vmm::viommu::wire;
 use dma_vmm::viommu::*;
 use io_pgtable::Prot;
 use proptest::prelude::*;
@@ -312,65 +312,67 @@ impl Model {
     }
 }
 
+/// The request in wire format, with its reserved field (if it has one) set as generated.
 fn encode(op: &Op) -> Option<Vec<u8>> {
-    let head = |t: u8| vec![t, 0, 0, 0];
-    let mut b;
-    match *op {
+    let (request, reserved): (Request, Vec<u8>) = match *op {
         Op::Attach {
             domain,
             endpoint,
             flags,
             reserved,
-        } => {
-            b = head(T_ATTACH);
-            for v in [domain, endpoint, flags, reserved] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-        }
+        } => (
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+            },
+            reserved.to_le_bytes().to_vec(),
+        ),
         Op::Detach {
             domain,
             endpoint,
             reserved,
-        } => {
-            b = head(T_DETACH);
-            b.extend_from_slice(&domain.to_le_bytes());
-            b.extend_from_slice(&endpoint.to_le_bytes());
-            b.extend_from_slice(&reserved.to_le_bytes());
-        }
+        } => (
+            Request::Detach { domain, endpoint },
+            reserved.to_le_bytes().to_vec(),
+        ),
         Op::Map {
             domain,
             start,
             end,
             phys,
             flags,
-        } => {
-            b = head(T_MAP);
-            b.extend_from_slice(&domain.to_le_bytes());
-            for v in [start, end, phys] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            b.extend_from_slice(&flags.to_le_bytes());
-        }
+        } => (
+            Request::Map {
+                domain,
+                virt_start: start,
+                virt_end: end,
+                phys_start: phys,
+                flags,
+            },
+            vec![],
+        ),
         Op::Unmap {
             domain,
             start,
             end,
             reserved,
-        } => {
-            b = head(T_UNMAP);
-            b.extend_from_slice(&domain.to_le_bytes());
-            b.extend_from_slice(&start.to_le_bytes());
-            b.extend_from_slice(&end.to_le_bytes());
-            b.extend_from_slice(&reserved.to_le_bytes());
-        }
-        Op::Probe { endpoint } => {
-            b = head(T_PROBE);
-            b.extend_from_slice(&endpoint.to_le_bytes());
-            b.extend_from_slice(&[0x5a; 64]);
-        }
+        } => (
+            Request::Unmap {
+                domain,
+                virt_start: start,
+                virt_end: end,
+            },
+            reserved.to_le_bytes().to_vec(),
+        ),
+        Op::Probe { endpoint } => (Request::Probe { endpoint }, vec![0x5a; 64]),
         Op::WriteBypass(_) => return None,
-    }
-    Some(b)
+    };
+    // Every request's reserved field ends its device-readable part.
+    let mut bytes = wire::encode_request(&request);
+    let at = bytes.len() - reserved.len();
+    bytes[at..].copy_from_slice(&reserved);
+    Some(bytes)
 }
 
 fn device() -> (Viommu, Vec<DeviceEndpoint>) {

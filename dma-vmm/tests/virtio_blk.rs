@@ -54,6 +54,13 @@ fn setup(viommu: &Arc<Viommu>, endpoint: u32, domain: u32, n: u64) -> Setup {
     }
 }
 
+/// Guest RAM and a vIOMMU with one block device (endpoint 8, domain 1, queue 0).
+fn one_device() -> (Ram, Arc<Viommu>, Setup) {
+    let viommu = Arc::new(Viommu::new(ViommuConfig::default()).unwrap());
+    let s = setup(&viommu, 8, 1, 0);
+    (ram(), viommu, s)
+}
+
 fn start(ram: &Ram, s: &Setup, driver: &BlkDriver<'_>) -> Device {
     DeviceThread::spawn(BlockDevice::new(
         s.endpoint.io_memory(ram.clone()),
@@ -111,9 +118,7 @@ fn fault_events(viommu: &Viommu) -> Vec<(u8, u32, u32, u64)> {
 
 #[test]
 fn io_is_byte_exact_while_the_guest_maps_and_unmaps_next_to_the_queue() {
-    let ram = ram();
-    let viommu = Arc::new(Viommu::new(ViommuConfig::default()).unwrap());
-    let s = setup(&viommu, 8, 1, 0);
+    let (ram, viommu, s) = one_device();
     let view = s.layout.ring_view(&ram);
     let mut driver = BlkDriver::new(&view, ram.clone(), s.layout);
     let device = start(&ram, &s, &driver);
@@ -194,9 +199,7 @@ fn io_is_byte_exact_while_the_guest_maps_and_unmaps_next_to_the_queue() {
 
 #[test]
 fn a_buffer_the_guest_unmapped_fails_cleanly_and_the_fault_is_reported() {
-    let ram = ram();
-    let viommu = Arc::new(Viommu::new(ViommuConfig::default()).unwrap());
-    let s = setup(&viommu, 8, 1, 0);
+    let (ram, viommu, s) = one_device();
     let view = s.layout.ring_view(&ram);
     let mut driver = BlkDriver::new(&view, ram.clone(), s.layout);
     let device = start(&ram, &s, &driver);
@@ -327,9 +330,7 @@ fn after_unmap_returns_no_descriptor_processing_uses_the_old_translation() {
     const BIG_GPA: u64 = 0x60_0000;
     const CHECK_IOVA: u64 = 0x900_0000;
     const CHECK_GPA: u64 = 0x70_0000;
-    let ram = ram();
-    let viommu = Arc::new(Viommu::new(ViommuConfig::default()).unwrap());
-    let s = setup(&viommu, 8, 1, 0);
+    let (ram, _, s) = one_device();
     let view = s.layout.ring_view(&ram);
     let mut driver = BlkDriver::new(&view, ram.clone(), s.layout);
     let (tx, translated) = mpsc::channel();

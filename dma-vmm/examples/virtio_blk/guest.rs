@@ -9,7 +9,7 @@
 //! of the available ring and a driver that goes round the ring sees its entries overwritten.
 
 use crate::device::{HEADER, T_IN};
-use dma_vmm::viommu::{wire, Status, Viommu, MAP_F_READ, MAP_F_WRITE};
+use dma_vmm::viommu::{wire, Request, Status, Viommu, MAP_F_READ, MAP_F_WRITE};
 use dma_vmm::IoMemory;
 use io_pgtable::{Config, PageTable, Prot};
 use std::sync::Arc;
@@ -48,41 +48,37 @@ impl IommuDriver {
 
     /// ATTACH `endpoint` to the domain.
     pub fn attach(&self, endpoint: u32) -> Status {
-        let body: [&[u8]; 4] = [
-            &self.domain.to_le_bytes(),
-            &endpoint.to_le_bytes(),
-            &0u32.to_le_bytes(),
-            &[0; 4],
-        ];
-        self.send(wire::T_ATTACH, &body)
+        self.send(Request::Attach {
+            domain: self.domain,
+            endpoint,
+            flags: 0,
+        })
     }
 
     /// MAP `[iova, iova + len)` to `gpa` with `MAP_F_*` `flags`.
     pub fn map(&self, iova: u64, gpa: u64, len: u64, flags: u32) -> Status {
-        let body: [&[u8]; 5] = [
-            &self.domain.to_le_bytes(),
-            &iova.to_le_bytes(),
-            &(iova + len - 1).to_le_bytes(),
-            &gpa.to_le_bytes(),
-            &flags.to_le_bytes(),
-        ];
-        self.send(wire::T_MAP, &body)
+        self.send(Request::Map {
+            domain: self.domain,
+            virt_start: iova,
+            virt_end: iova + len - 1,
+            phys_start: gpa,
+            flags,
+        })
     }
 
     /// UNMAP `[iova, iova + len)`; returns once no device access still uses it.
     pub fn unmap(&self, iova: u64, len: u64) -> Status {
-        let body: [&[u8]; 4] = [
-            &self.domain.to_le_bytes(),
-            &iova.to_le_bytes(),
-            &(iova + len - 1).to_le_bytes(),
-            &[0; 4],
-        ];
-        self.send(wire::T_UNMAP, &body)
+        self.send(Request::Unmap {
+            domain: self.domain,
+            virt_start: iova,
+            virt_end: iova + len - 1,
+        })
     }
 
-    fn send(&self, kind: u8, body: &[&[u8]]) -> Status {
-        let request = [&[kind, 0, 0, 0][..], &body.concat()].concat();
-        let reply = self.viommu.handle_bytes(&request, wire::TAIL_SIZE);
+    /// Lay the request out as the request queue carries it and hand it to the device.
+    fn send(&self, request: Request) -> Status {
+        let readable = wire::encode_request(&request);
+        let reply = self.viommu.handle_bytes(&readable, wire::TAIL_SIZE);
         // A reply the device did not write is a failed request.
         reply
             .first()
