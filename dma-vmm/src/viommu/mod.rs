@@ -539,7 +539,8 @@ impl Viommu {
     }
 
     /// Handle one request. An UNMAP or DETACH that removed translations (and an ATTACH that
-    /// moved an endpoint) returns only after a grace period: no device access still uses them.
+    /// moved an endpoint, or took it out of bypass mode) returns only after a grace period:
+    /// no device access still uses them.
     pub fn handle(&self, request: Request) -> Reply {
         let (reply, wait) = self.apply(request);
         if wait {
@@ -658,8 +659,13 @@ impl Viommu {
                 );
             }
         }
+        // A translation goes away unless the endpoint was blocked: its previous domain's, or
+        // the identity of bypass mode.
+        let (previous, removes) = {
+            let now = state.attached.load();
+            (now.domain_id(), !matches!(**now, Attachment::Blocked))
+        };
         // Leave the previous domain first, as if the driver had sent DETACH.
-        let previous = state.attached.load().domain_id();
         if let Some(old) = previous {
             Self::leave(c, old, endpoint);
         }
@@ -668,7 +674,7 @@ impl Viommu {
         state
             .attached
             .store(Arc::new(Attachment::Domain(slot.domain.clone())));
-        Ok(previous.is_some())
+        Ok(removes)
     }
 
     /// DETACH: an unknown endpoint is `NOENT`; a domain that does not exist, or that the
