@@ -801,6 +801,35 @@ fn map_outside_input_range() -> Result<(), String> {
     Ok(())
 }
 
+fn map_beyond_the_caps() -> Result<(), String> {
+    let v = device_with(ViommuConfig {
+        max_mappings_per_domain: 2,
+        max_mappings: 3,
+        ..config()
+    });
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, attach(2, 2), Status::Ok);
+    for page in 0..2 {
+        expect_status!(
+            v,
+            map(1, page * PAGE, (page + 1) * PAGE - 1, 0, RW),
+            Status::Ok
+        );
+    }
+    expect_status!(v, map(1, 4 * PAGE, 5 * PAGE - 1, 0, RW), Status::NoMem); // per domain
+    expect_status!(v, map(2, 0, PAGE - 1, 0, RW), Status::Ok);
+    expect_status!(v, map(2, PAGE, 2 * PAGE - 1, 0, RW), Status::NoMem); // in all
+                                                                         // UNMAP, and a domain dying with its mappings, give the room back.
+    expect_status!(v, unmap(1, 0, PAGE - 1), Status::Ok);
+    expect_status!(v, map(2, PAGE, 2 * PAGE - 1, 0, RW), Status::Ok);
+    expect_status!(v, detach(2, 2), Status::Ok);
+    expect_status!(v, attach(3, 2), Status::Ok);
+    expect_status!(v, map(3, 0, PAGE - 1, 0, RW), Status::Ok);
+    expect_status!(v, map(3, PAGE, 2 * PAGE - 1, 0, RW), Status::Ok);
+    expect_status!(v, map(1, 8 * PAGE, 9 * PAGE - 1, 0, RW), Status::NoMem);
+    Ok(())
+}
+
 fn map_other_choices() -> Result<(), String> {
     let v = device();
     expect_status!(v, attach(1, 1), Status::Ok);
@@ -1465,6 +1494,14 @@ const ROWS: &[Row] = &[
         expect: "S_RANGE",
         choice: None,
         check: map_outside_input_range,
+    },
+    Row {
+        section: OPS,
+        level: Text,
+        statement: "VIRTIO_IOMMU_S_NOMEM: Insufficient resources.",
+        expect: "MAP beyond max_mappings_per_domain or the device-wide max_mappings: S_NOMEM; UNMAP and dying domains give the room back",
+        choice: Some("the caps bound what a guest can make the device allocate"),
+        check: map_beyond_the_caps,
     },
     Row {
         section: MAP,

@@ -32,6 +32,8 @@ pub const F_BYPASS_CONFIG: u64 = 1 << 6;
 pub const MAX_DOMAINS: usize = 1 << 20;
 /// Most mappings per domain a device may be configured to hold.
 pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 24;
+/// Most mappings in all a device may be configured to hold.
+pub const MAX_MAPPINGS: usize = 1 << 24;
 /// Largest `probe_size`: every PROBE reply is this big, so it bounds the reply allocation.
 pub const MAX_PROBE_SIZE: u32 = 4096;
 /// Most fault reports a device may be configured to keep pending.
@@ -50,6 +52,9 @@ pub struct ViommuConfig {
     pub max_domains: usize,
     /// Most mappings per domain, 1 ..= [`MAX_MAPPINGS_PER_DOMAIN`] (cloud-hypervisor: 2^20).
     pub max_mappings_per_domain: usize,
+    /// Most mappings of all domains together, 1 ..= [`MAX_MAPPINGS`]: what bounds the
+    /// memory a guest can make the device allocate (domains × mappings per domain does not).
+    pub max_mappings: usize,
     /// Offer `VIRTIO_IOMMU_F_BYPASS_CONFIG`: bypass domains (`ATTACH_F_BYPASS`) and the
     /// config field `bypass`.
     pub bypass_config: bool,
@@ -69,7 +74,7 @@ pub struct ViommuConfig {
 
 impl Default for ViommuConfig {
     /// 4 KiB granule, 48-bit IOVAs, the whole input range, every domain id, the caps of
-    /// cloud-hypervisor, bypass domains offered, unattached endpoints blocked, 512 bytes of
+    /// cloud-hypervisor (2^20 mappings in all), bypass domains offered, unattached endpoints blocked, 512 bytes of
     /// PROBE properties, no reserved regions, 64 pending fault reports.
     fn default() -> Self {
         ViommuConfig {
@@ -78,6 +83,7 @@ impl Default for ViommuConfig {
             domain_range: (0, u32::MAX),
             max_domains: 1 << 16,
             max_mappings_per_domain: 1 << 20,
+            max_mappings: 1 << 20,
             bypass_config: true,
             initial_bypass: false,
             probe_size: 512,
@@ -195,6 +201,12 @@ impl ViommuConfig {
             MAX_MAPPINGS_PER_DOMAIN as u64,
         )?;
         limit(
+            "max_mappings",
+            self.max_mappings as u64,
+            1,
+            MAX_MAPPINGS as u64,
+        )?;
+        limit(
             "probe_size",
             u64::from(self.probe_size),
             0,
@@ -274,7 +286,7 @@ mod tests {
         };
         assert_eq!(with(|_| ()), Ok(0x1000 | 0x20_0000 | 0x4000_0000));
         type Edit = fn(&mut ViommuConfig);
-        let cases: [(Edit, &str, u64); 6] = [
+        let cases: [(Edit, &str, u64); 7] = [
             (|c| c.max_domains = 0, "max_domains", 0),
             (
                 |c| c.max_domains = MAX_DOMAINS + 1,
@@ -293,6 +305,7 @@ mod tests {
             ),
             (|c| c.probe_size = MAX_PROBE_SIZE + 1, "probe_size", 4097),
             (|c| c.fault_log = MAX_FAULT_LOG + 1, "fault_log", 4097),
+            (|c| c.max_mappings = 0, "max_mappings", 0),
         ];
         for (f, what, value) in cases {
             assert!(

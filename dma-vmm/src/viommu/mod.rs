@@ -274,6 +274,8 @@ struct Control {
     bypass: bool,
     /// The device-specific features the driver accepted.
     driver_features: u64,
+    /// Mappings of all domains together (bounded by `max_mappings`).
+    mapped: usize,
 }
 
 impl Control {
@@ -325,6 +327,7 @@ impl Viommu {
             domains: BTreeMap::new(),
             bypass: config.initial_bypass,
             driver_features: config.offered_features(),
+            mapped: 0,
         };
         Ok(Viommu {
             page_size_mask,
@@ -405,6 +408,7 @@ impl Viommu {
             let mut c = self.control.lock();
             let attached = !c.domains.is_empty();
             c.domains.clear();
+            c.mapped = 0;
             for ep in c.endpoints.values() {
                 ep.attached.store(Attachment::unattached(c.bypass));
             }
@@ -694,6 +698,7 @@ impl Viommu {
         if let Some(slot) = c.domains.get_mut(&domain) {
             slot.endpoints.remove(&endpoint);
             if slot.endpoints.is_empty() {
+                c.mapped -= slot.mappings.len();
                 c.domains.remove(&domain);
             }
         }
@@ -721,7 +726,10 @@ impl Viommu {
             return Err(Status::Inval);
         }
         let Control {
-            endpoints, domains, ..
+            endpoints,
+            domains,
+            mapped,
+            ..
         } = c;
         let slot = domains.get_mut(&domain).ok_or(Status::NoEnt)?;
         let DomainKind::Translated(pt) = &slot.domain.kind else {
@@ -772,7 +780,9 @@ impl Viommu {
         slot.mappings
             .check_insert(&mapping)
             .map_err(|_| Status::Inval)?;
-        if slot.mappings.len() >= self.config.max_mappings_per_domain {
+        if slot.mappings.len() >= self.config.max_mappings_per_domain
+            || *mapped >= self.config.max_mappings
+        {
             return Err(Status::NoMem);
         }
         pt.map(virt_start, phys_start, mapping.len(), prot)
@@ -782,6 +792,7 @@ impl Viommu {
                 _ => Status::DevErr,
             })?;
         slot.mappings.insert(mapping).map_err(|_| Status::DevErr)?;
+        *mapped += 1;
         Ok(false)
     }
 
@@ -806,6 +817,7 @@ impl Viommu {
             failed |= pt.unmap(m.virt_start, m.len()) != Ok(m.len());
             slot.mappings.remove(m.virt_start);
         }
+        c.mapped -= covered.len();
         if failed {
             // Cannot happen while the tree and the table agree; still quiesce what was cleared.
             quiesce::synchronize();
