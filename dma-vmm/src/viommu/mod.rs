@@ -279,14 +279,20 @@ struct Control {
 }
 
 impl Control {
-    /// Publish `state` for every endpoint attached to no domain; says whether one of them
-    /// lost a translation (left bypass mode), which needs a grace period.
+    /// Publish the state `bypass` gives every endpoint attached to no domain (blocked or in
+    /// bypass mode); says whether one of them left bypass mode, which needs a grace period.
     fn publish_unattached(&mut self) -> bool {
         let mut removed = false;
         for ep in self.endpoints.values() {
-            let current = ep.attached.load();
-            if current.domain_id().is_none() {
-                removed |= matches!(**current, Attachment::Bypass) && !self.bypass;
+            let (unattached, in_bypass) = {
+                let now = ep.attached.load();
+                (
+                    now.domain_id().is_none(),
+                    matches!(**now, Attachment::Bypass),
+                )
+            };
+            if unattached {
+                removed |= in_bypass && !self.bypass;
                 ep.attached.store(Attachment::unattached(self.bypass));
             }
         }
