@@ -12,7 +12,7 @@
 
 use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
-use crate::flush_queue::{FqConfig, FqError, InvalidationOps};
+use crate::flush_queue::{FqConfig, InvalidationOps};
 use crate::iotlb::{Gather, TlbOps, TlbRange};
 use crate::registry::{Kind, Record, Registry};
 use crate::stats::{DomainStats, Event, Stats};
@@ -77,6 +77,43 @@ impl DomainConfig {
         self.lazy = Some(fq);
         self
     }
+
+    /// Check every part before anything is built: the page-table format, the IOVA allocator
+    /// (its counts bounded by `iova_cache::config::MAX_CPUS` and `MAX_MAGAZINE_SIZE`), its
+    /// granule and space against the page table, and the flush queue ([`FqConfig::validate`]:
+    /// at most [`crate::flush_queue::MAX_QUEUED`] entries). [`Domain::new`] calls it first.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DmaError, DomainConfig, FqConfig, FqError};
+    /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    /// assert_eq!(c.validate(), Ok(()));
+    /// let huge = c.clone().lazy(FqConfig::per_cpu().with_cpus(usize::MAX));
+    /// assert!(matches!(huge.validate(), Err(DmaError::FlushQueue(FqError::TooLarge { .. }))));
+    /// let mut wide = c;
+    /// wide.iova.cpus = usize::MAX;
+    /// assert!(matches!(wide.validate(), Err(DmaError::NoIova(_))));
+    /// ```
+    pub fn validate(&self) -> Result<(), DmaError> {
+        let geom = self.pgtable.geometry()?;
+        self.iova.validate().map_err(DmaError::NoIova)?;
+        let shift = geom.page_size().trailing_zeros();
+        if self.iova.granule_shift != shift {
+            return Err(DmaError::Config(
+                "the IOVA granule differs from the page size",
+            ));
+        }
+        let aperture_end = (1u64 << geom.ias()) - 1;
+        if self.iova.start_pfn == 0 || self.iova.end_pfn > aperture_end >> shift {
+            return Err(DmaError::Config(
+                "the IOVA space must lie inside the aperture and exclude IOVA 0",
+            ));
+        }
+        if let Some(fq) = &self.lazy {
+            fq.validate()?;
+        }
+        Ok(())
+    }
 }
 
 /// An IOVA range held by a mapping, as the flush queue frees it.
@@ -126,9 +163,10 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
     }
 
     fn reclaim(&self, span: IovaSpan) {
-        // The registry hands every span out once, so the free cannot be refused.
-        let freed = self.iova.free(span.pfn, span.granules);
-        debug_assert!(freed.is_ok(), "IOVA free of {span:?} refused: {freed:?}");
+        // The registry hands every span to one unmap, so the domain frees it once. A refusal
+        // means it was freed around the domain (through `Domain::iova_allocator`): it is
+        // free already, nothing is lost.
+        let _ = self.iova.free(span.pfn, span.granules);
     }
 }
 
@@ -198,29 +236,19 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// assert!(matches!(Domain::new(cfg, NoTlb, None), Err(DmaError::Config(_))));
     /// ```
     pub fn new(config: DomainConfig, tlb: T, swiotlb: Option<Swiotlb>) -> Result<Self, DmaError> {
+        // Refused before anything is allocated.
+        config.validate()?;
         let geom = config.pgtable.geometry()?;
         let shift = geom.page_size().trailing_zeros();
-        if config.iova.granule_shift != shift {
-            return Err(DmaError::Config(
-                "the IOVA granule differs from the page size",
-            ));
-        }
         let aperture_end = (1u64 << geom.ias()) - 1;
-        if config.iova.start_pfn == 0 || config.iova.end_pfn > aperture_end >> shift {
-            return Err(DmaError::Config(
-                "the IOVA space must lie inside the aperture and exclude IOVA 0",
-            ));
-        }
         let iova = IovaAllocator::new(config.iova.clone()).map_err(DmaError::NoIova)?;
         let tlb = Arc::new(tlb);
         let pt = PageTable::with_tlb(config.pgtable, SharedTlb(tlb.clone()))?;
         let strictness = Strictness::new(Arc::new(Backend { pt, iova, tlb }));
         if let Some(fq) = config.lazy {
-            match strictness.enable_lazy(fq) {
-                // Linux `iommu_dma_init_domain`: no memory for the queue, stay strict.
-                Ok(_) | Err(FqError::NoMemory) => {}
-                Err(e) => return Err(e.into()),
-            }
+            // Validated above, so only a failed allocation can refuse it. Linux
+            // `iommu_dma_init_domain`: no memory for the queue, stay strict.
+            let _ = strictness.enable_lazy(fq);
         }
         Ok(Self {
             strictness,
@@ -269,6 +297,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// assert!(matches!(dom.attach(untrusted), Err(DmaError::NoBounceBuffers)));
     /// ```
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        config.validate(self.granule())?;
         let bounce = if config.trusted {
             None
         } else {
@@ -373,19 +402,12 @@ impl<T: TlbOps + 'static> Domain<T> {
             zero_padding: true,
             ..MapAttrs::default()
         };
-        let phys = tlb.map(bdev, paddr, size as usize, dir, attrs)?;
+        let len = usize::try_from(size).map_err(|_| DmaError::Overflow)?;
+        let phys = tlb.map(bdev, paddr, len, dir, attrs)?;
         let r = self.map_phys(dev, phys, size, dir, Kind::Single, Some(phys));
         if r.is_err() {
             // Nothing was written through the mapping: release without copying back.
-            let undo = MapAttrs {
-                skip_cpu_sync: true,
-                ..attrs
-            };
-            let released = tlb.unmap(bdev, phys, size as usize, dir, undo);
-            debug_assert!(
-                released.is_ok(),
-                "releasing a fresh bounce buffer failed: {released:?}"
-            );
+            release_bounce(tlb, bdev, phys, len, dir);
         } else {
             self.stats.count(Event::Bounce);
         }
@@ -456,8 +478,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         };
         if let Err(e) = self.registry.insert(span.pfn, rec) {
             // Never published: take the translation down (strict) and give the IOVA back.
-            let undone = self.unmap_span_now(iova, len);
-            debug_assert_eq!(undone, Ok(len), "undoing a fresh mapping");
+            self.unmap_span_now(iova, len);
             self.release_iova(span);
             return Err(e);
         }
@@ -524,13 +545,14 @@ impl<T: TlbOps + 'static> Domain<T> {
             .map_err(DmaError::from)
     }
 
-    /// Unmap a span this call mapped and never published (undo): strict, no IOVA free.
-    pub(crate) fn unmap_span_now(&self, iova: u64, len: u64) -> Result<u64, DmaError> {
+    /// Unmap a span this call mapped and never published (undo): strict, no IOVA free. The
+    /// span is granule-aligned and wholly mapped by the caller, and no one else knows its
+    /// IOVA, so the page table cannot refuse.
+    pub(crate) fn unmap_span_now(&self, iova: u64, len: u64) {
         let b = self.backend();
         let mut gather = Gather::new();
-        let r = b.pt.unmap_with(iova, len, &mut gather);
+        let _ = b.pt.unmap_with(iova, len, &mut gather);
         gather.sync(&*b.tlb);
-        Ok(r?)
     }
 
     pub(crate) fn record(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
@@ -569,7 +591,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single))
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single, true))
     }
 
     /// Unmap a mapping made by [`Domain::map_resource`].
@@ -580,9 +602,18 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource))
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource, true))
     }
 
+    /// Take down a mapping made by a successful map of this call (an undo): no copy-back, so
+    /// the caller's buffer keeps its bytes. A concurrent unmap that guessed the address may
+    /// have taken it first; then it is gone already.
+    pub(crate) fn unmap_fresh(&self, dev: &Device, dma: u64, size: u64, dir: Direction) {
+        let _ = self.unmap_kind(dev, dma, size, dir, Kind::Single, false);
+    }
+
+    /// Unmap the mapping of `kind` at `dma`; a bounced one is copied back (by direction)
+    /// unless `copy_back` is false.
     pub(crate) fn unmap_kind(
         &self,
         dev: &Device,
@@ -590,6 +621,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: u64,
         dir: Direction,
         kind: Kind,
+        copy_back: bool,
     ) -> Result<Unmapped, DmaError> {
         self.check_device(dev)?;
         if size == 0 {
@@ -620,22 +652,38 @@ impl<T: TlbOps + 'static> Domain<T> {
         // reachable after the unmap returns.
         let strict = !dev.inner.config.trusted;
         let how = self.strictness.unmap_with(strict, |gather| {
-            let done = unmap_present(pt, iova, len, self.granule(), gather);
-            // Only a scatter list's span has holes (segments moved to a boundary).
-            debug_assert!(
-                kind == Kind::List || done == len,
-                "a recorded mapping was not fully mapped"
-            );
+            // Only a scatter list's span has holes (segments moved to a boundary); every
+            // other record covers a span mapped whole before it was recorded, and only the
+            // unmap that took the record unmaps it.
+            unmap_present(pt, iova, len, self.granule(), gather);
             span
         });
         self.stats.count(match how {
             Unmapped::Synced => Event::Synced,
             Unmapped::Queued => Event::Queued,
         });
-        if let (Some(phys), Some(bdev), Some(tlb)) = (rec.bounce, &dev.inner.bounce, &self.swiotlb)
+        if let (Some(phys), Some(bdev), Some(bounce)) =
+            (rec.bounce, &dev.inner.bounce, &self.swiotlb)
         {
-            let released = tlb.unmap(bdev, phys, size as usize, dir, MapAttrs::default());
-            debug_assert!(released.is_ok(), "bounce release failed: {released:?}");
+            // The device can no longer reach the buffer (untrusted: always strict). Copy its
+            // writes back, then release the slots whatever the copy did: the mapping is gone
+            // either way, and a kept slot could never be released again. `size` is the
+            // recorded size, which `map_single` checked fits a usize.
+            let size = size as usize;
+            let device_wrote = matches!(dir, Direction::FromDevice | Direction::Bidirectional);
+            let copied = if copy_back && device_wrote {
+                bounce.sync_for_cpu(bdev, phys, size, dir)
+            } else {
+                Ok(())
+            };
+            release_bounce(bounce, bdev, phys, size, dir);
+            copied.map_err(|e| {
+                copy_error(e, |cause| DmaError::LostCopyBack {
+                    dma,
+                    size: size as u64,
+                    cause,
+                })
+            })?;
         }
         Ok(how)
     }
@@ -670,8 +718,8 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
-            tlb.sync_for_cpu(bdev, phys, size, dir)
+        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
+            bounce.sync_for_cpu(bdev, phys, size, dir)
         }))
     }
 
@@ -705,8 +753,8 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
-            tlb.sync_for_device(bdev, phys, size, dir)
+        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
+            bounce.sync_for_device(bdev, phys, size, dir)
         }))
     }
 
@@ -726,7 +774,15 @@ impl<T: TlbOps + 'static> Domain<T> {
         self.translate(last)
             .ok_or(DmaError::NotMapped { dma: last })?;
         match (&dev.inner.bounce, &self.swiotlb) {
-            (Some(bdev), Some(tlb)) if tlb.is_bounce_buffer(bdev, phys) => Ok(op(tlb, bdev, phys)?),
+            (Some(bdev), Some(bounce)) if bounce.is_bounce_buffer(bdev, phys) => {
+                op(bounce, bdev, phys).map_err(|e| {
+                    copy_error(e, |cause| DmaError::CopyRefused {
+                        dma,
+                        size: size as u64,
+                        cause,
+                    })
+                })
+            }
             // Coherent memory: nothing to copy.
             _ => Ok(()),
         }
@@ -768,7 +824,7 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// Switch from strict to lazy invalidation at run time, safely while other threads map
     /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict. If the queue
-    /// cannot be allocated, [`FqError::NoMemory`] and the domain stays strict.
+    /// cannot be allocated, [`crate::FqError::NoMemory`] and the domain stays strict.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -912,6 +968,36 @@ impl<T: TlbOps + 'static> Domain<T> {
         }
         Ok(())
     }
+}
+
+/// A bounce allocator error as the domain reports it: a copy that original memory refused
+/// becomes `refused(cause)`, anything else [`DmaError::Bounce`].
+fn copy_error(
+    e: swiotlb_core::Error,
+    refused: impl FnOnce(swiotlb_core::MemoryError) -> DmaError,
+) -> DmaError {
+    match e {
+        swiotlb_core::Error::Memory(cause) => refused(cause),
+        e => DmaError::Bounce(e),
+    }
+}
+
+/// Release a bounce buffer without copying back (the copy, if any, is the caller's). Only the
+/// caller holds `phys` (a fresh map, or the unmap that took the record), so the allocator
+/// refuses only if the slots were released around the domain, through the allocator itself:
+/// then they are free already and nothing leaks.
+fn release_bounce(
+    bounce: &Swiotlb,
+    bdev: &swiotlb_core::Device,
+    phys: u64,
+    size: usize,
+    dir: Direction,
+) {
+    let skip = MapAttrs {
+        skip_cpu_sync: true,
+        ..MapAttrs::default()
+    };
+    let _ = bounce.unmap(bdev, phys, size, dir, skip);
 }
 
 /// Unmap every mapped part of `[iova, iova + len)`, stepping over unmapped granules; returns
