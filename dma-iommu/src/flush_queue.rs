@@ -24,7 +24,7 @@
 //! the allocator nor the page table.
 
 use crate::iotlb::Gather;
-use crate::pad::CachePadded;
+use dma_sync::CachePadded;
 use crate::points::{
     FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_TEARDOWN_STOP_TIMER,
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
@@ -390,7 +390,7 @@ impl<O: InvalidationOps> Shared<O> {
 
     /// Enqueue after the caller issued the enqueue fence.
     fn enqueue_fenced(&self, entry: O::Entry) {
-        let ring = &self.rings[cpu::current_in(self.rings.len())].0;
+        let ring = &self.rings[cpu::current_in(self.rings.len())];
         let mut r = ring.lock();
         if r.closed {
             // Torn down: free it as a strict unmap would, after a flush that started after
@@ -441,7 +441,7 @@ impl<O: InvalidationOps> Shared<O> {
         self.flush();
         let mut left = false;
         for ring in self.rings.iter() {
-            let mut r = ring.0.lock();
+            let mut r = ring.lock();
             self.drain(&mut r);
             left |= r.len() > 0;
         }
@@ -512,7 +512,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
         config.validate()?;
         // Every ring before anything else (the timer thread): a failure leaves nothing behind.
         let rings = (0..config.rings())
-            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded(Mutex::new(r))))
+            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(Mutex::new(r))))
             .collect::<Option<_>>()
             .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
@@ -625,7 +625,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             ..FqStats::default()
         };
         for ring in self.shared.rings.iter() {
-            let r = ring.0.lock();
+            let r = ring.lock();
             s.enqueued += r.enqueued;
             s.reclaimed += r.reclaimed;
             s.pending += r.len() as u64;
@@ -675,7 +675,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
         let s = &self.shared;
         s.flush();
         for ring in s.rings.iter() {
-            let mut r = ring.0.lock();
+            let mut r = ring.lock();
             r.closed = true;
             s.drain(&mut r);
             // Quiesced, every entry was stamped before the flush above started and is gone.

@@ -65,7 +65,6 @@ pub mod error;
 pub mod faults;
 pub mod flush_queue;
 pub mod iotlb;
-mod pad;
 pub mod points;
 mod registry;
 pub mod sg;
