@@ -24,13 +24,12 @@
 //! the allocator nor the page table.
 
 use crate::iotlb::Gather;
-use dma_sync::CachePadded;
 use crate::points::{
     FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_TEARDOWN_STOP_TIMER,
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dma_sync::{cpu, thread, Arc, Mutex};
+use dma_sync::{cpu, thread, Arc, CachePadded, Mutex};
 use std::fmt;
 use std::time::Duration;
 

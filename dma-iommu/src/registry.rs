@@ -6,8 +6,7 @@
 //! hash of the pfn, so maps and unmaps on different CPUs rarely share a lock.
 
 use crate::error::DmaError;
-use dma_sync::CachePadded;
-use dma_sync::Mutex;
+use dma_sync::{CachePadded, Mutex};
 use std::collections::HashMap;
 
 /// What kind of call made a mapping; an unmap must be of the same kind.

@@ -11,8 +11,7 @@ use crate::device::Device;
 use crate::domain::Domain;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
-use crate::registry::{Kind, Record};
-use crate::stats::Event;
+use crate::registry::Kind;
 use crate::strictness::Unmapped;
 use swiotlb_core::Direction;
 
@@ -88,7 +87,7 @@ impl<T: TlbOps + 'static> Domain<T> {
             }
         });
         if r.is_ok() {
-            self.count(Event::List);
+            self.count_list();
         }
         self.counted(r)
     }
@@ -115,7 +114,7 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// Place a list [`Domain::check_list`] accepted.
     fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
-        let g = 1u64 << self.shift();
+        let g = self.granule();
         let boundary = dev.config().seg_boundary_mask;
         let mut out = Vec::with_capacity(list.len());
         let mut total = 0u64;
@@ -157,45 +156,22 @@ impl<T: TlbOps + 'static> Domain<T> {
         dir: Direction,
     ) -> Result<SgMapping, DmaError> {
         let (placed, total) = self.place(dev, list)?;
-        let (span, granules) = self.reserve_iova(dev, 0, total)?;
-        let base = span.pfn << self.shift();
-        for (i, p) in placed.iter().enumerate() {
-            if let Err(e) = self.map_span(base + p.at, p.phys, p.span, dir) {
-                // Undo what this call mapped; nothing was published yet.
-                self.unmap_placed(base, &placed[..i]);
-                self.release_iova(span);
-                return Err(e);
-            }
+        // Undone on any error below: nothing is published before `publish`.
+        let mut m = self.new_mapping(dev, 0, total, Kind::List, dir)?;
+        for p in &placed {
+            m.map(p.at, p.phys, p.span)?;
         }
+        let base = m.iova();
         let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
         let segments = merge(dev, list, &per_input);
         // At most `total`, which did not overflow.
         let total_len = list.iter().map(|s| s.len).sum();
-        let rec = Record {
-            dev: dev.inner.id,
-            kind: Kind::List,
-            size: total_len,
-            offset: 0,
-            granules,
-            bounce: None,
-        };
-        if let Err(e) = self.record(span.pfn, rec) {
-            self.unmap_placed(base, &placed);
-            self.release_iova(span);
-            return Err(e);
-        }
-        self.count(Event::Map);
+        m.publish(total_len, 0, None)?;
         Ok(SgMapping {
             segments,
             per_input,
             contiguous: true,
         })
-    }
-
-    fn unmap_placed(&self, base: u64, placed: &[Placement]) {
-        for p in placed {
-            self.unmap_span_now(base + p.at, p.span);
-        }
     }
 
     fn map_sg_each(
@@ -242,7 +218,7 @@ impl<T: TlbOps + 'static> Domain<T> {
             return self.counted(Err(DmaError::ZeroSize));
         };
         if m.contiguous {
-            let base = first & !((1u64 << self.shift()) - 1);
+            let base = first & !(self.granule() - 1);
             // The fields are public: a changed list must not overflow the sum.
             let size = m
                 .segments

@@ -2,9 +2,8 @@
 //! and a text report.
 
 use crate::flush_queue::FqStats;
-use dma_sync::CachePadded;
 use dma_sync::atomic::{AtomicU64, Ordering};
-use dma_sync::cpu;
+use dma_sync::{cpu, CachePadded};
 use std::fmt;
 
 /// Which counter to bump.

@@ -4,6 +4,9 @@
 //! every map is an unmap or a live mapping, and every refused call is counted.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::hw;
 use dma_iommu::{
     Device, DeviceConfig, DmaError, Domain, DomainConfig, NoTlb, PhysSegment, Unmapped,
 };
@@ -75,7 +78,7 @@ fn a_refused_copy_back_on_unmap_is_a_typed_loss_and_frees_the_slots() {
     let buf = base + 0x2010; // not granule-aligned: bounced
     let dma = dom.map(&dev, buf, 8, Direction::FromDevice).unwrap();
     assert!(slots_used(&dom) > 0);
-    dom.device_write(&dev, dma, b"received").unwrap();
+    hw(&dom, &dev).write(dma, b"received").unwrap();
     refuse.store(true, Ordering::Relaxed);
     assert_eq!(
         dom.unmap(&dev, dma, 8, Direction::FromDevice),
@@ -102,7 +105,7 @@ fn a_refused_copy_back_on_unmap_is_a_typed_loss_and_frees_the_slots() {
     // The domain keeps working once the memory accepts writes again.
     refuse.store(false, Ordering::Relaxed);
     let dma = dom.map(&dev, buf, 8, Direction::FromDevice).unwrap();
-    dom.device_write(&dev, dma, b"arrived!").unwrap();
+    hw(&dom, &dev).write(dma, b"arrived!").unwrap();
     assert_eq!(
         dom.unmap(&dev, dma, 8, Direction::FromDevice),
         Ok(Unmapped::Synced)
@@ -161,7 +164,7 @@ fn a_refused_sync_for_cpu_keeps_the_mapping_for_a_retry() {
     let (dom, dev, base, refuse) = setup();
     let buf = base + 0x3040;
     let dma = dom.map(&dev, buf, 4, Direction::FromDevice).unwrap();
-    dom.device_write(&dev, dma, b"data").unwrap();
+    hw(&dom, &dev).write(dma, b"data").unwrap();
     refuse.store(true, Ordering::Relaxed);
     assert_eq!(
         dom.sync_for_cpu(&dev, dma, 4, Direction::FromDevice),

@@ -973,6 +973,7 @@ mod swiotlb {
 
 mod iommu {
     use super::Table;
+    use dma_iommu::test_util::SimulatedDevice;
     use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, NoTlb, PhysSegment};
     use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
 
@@ -1175,16 +1176,18 @@ mod iommu {
             DmaError::ForeignDevice,
         );
         t.err(
-            "device_write",
+            "SimulatedDevice::write",
             "never mapped",
-            dom.device_write(&dev, 0x10_0000, &[1]),
+            SimulatedDevice::new(&dom, &dev, dom.swiotlb().expect("bounce buffers").memory())
+                .write(0x10_0000, &[1]),
             DmaError::Fault { dma: 0x10_0000 },
         );
         let ro = dom.map(&dev, base + 0x2000, 64, TO).unwrap();
         t.err_like(
-            "device_write",
+            "SimulatedDevice::write",
             "to a to-device (read-only) mapping",
-            dom.device_write(&dev, ro, &[1]),
+            SimulatedDevice::new(&dom, &dev, dom.swiotlb().expect("bounce buffers").memory())
+                .write(ro, &[1]),
             |e| matches!(e, DmaError::Fault { .. }),
         );
         t.accepted(
@@ -1260,7 +1263,13 @@ mod iommu {
             .write(base + 0x4001, b"abcd")
             .unwrap();
         let b = dom.map(&untrusted, base + 0x4001, 4, BI).unwrap();
-        dom.device_write(&untrusted, b, b"XY").unwrap();
+        SimulatedDevice::new(
+            &dom,
+            &untrusted,
+            dom.swiotlb().expect("bounce buffers").memory(),
+        )
+        .write(b, b"XY")
+        .unwrap();
         dom.unmap(&untrusted, b, 4, BI).unwrap();
         let mut back = [0; 4];
         dom.swiotlb()
