@@ -1,8 +1,8 @@
 //! Devices attached to a domain: DMA limits, trust, and their per-device state.
 
 use crate::error::DmaError;
+use crate::policy::DevicePolicy;
 use dma_sync::Arc;
-use iova_cache::DevicePolicy;
 
 /// What a device declares when it attaches (Linux `dma_parms` and friends).
 ///

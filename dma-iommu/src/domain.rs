@@ -16,13 +16,14 @@ use crate::error::DmaError;
 use crate::flush_queue::FqConfig;
 use crate::iotlb::TlbOps;
 use crate::new_mapping::{NewMapping, Sinks};
+use crate::policy::DevicePolicy;
 use crate::registry::{Kind, Registry};
 use crate::stats::{DomainStats, Event, Stats};
 use crate::strictness::{Strictness, Unmapped};
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::{cpu, Arc};
 use io_pgtable::PageTable;
-use iova_cache::{DevicePolicy, IovaAllocator, IovaError};
+use iova_cache::{IovaAllocator, IovaError};
 use swiotlb_core::{Direction, MapAttrs, Swiotlb};
 
 pub use crate::backend::IovaSpan;
@@ -343,9 +344,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         }
         let granules = len >> self.shift;
         let alloc = || {
-            self.backend
-                .iova
-                .alloc_dma(&dev.inner.policy, granules, limit >> self.shift)
+            dev.inner
+                .policy
+                .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
         };
         let mut r = alloc();
         // IOVAs waiting in the flush queue count as used: flush once, free them, retry once.

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`Domain::new`]`(DomainConfig, T: TlbOps, Option<Swiotlb>)` | build; [`DomainConfig::new`]`(io_pgtable::Config)`, `.lazy(FqConfig)` |
 //! | [`Domain::attach`]`(DeviceConfig) -> Device` | DMA mask, `min_align_mask`, max segment size and boundary, trusted, 32-bit first |
+//! | [`DevicePolicy::alloc_iova`] | the IOVA allocation policy: 32-bit first, given up per device after a miss |
 //! | [`Domain::map`] / [`Domain::unmap`] | any physical range; untrusted + unaligned → bounced; unmap returns [`Unmapped`] |
 //! | [`Domain::map_sg`] / [`Domain::unmap_sg`] | scatter lists: one contiguous IOVA range |
 //! | [`Domain::map_resource`] / [`Domain::unmap_resource`] | MMIO ranges, never bounced |
@@ -72,6 +73,7 @@ pub mod flush_queue;
 pub mod iotlb;
 mod new_mapping;
 pub mod points;
+pub mod policy;
 mod registry;
 pub mod sg;
 pub mod stats;
@@ -89,6 +91,7 @@ pub use io_pgtable::NoTlb;
 pub use iotlb::{
     Gather, Invalidation, InvalidationKind, RecordingIotlb, SimulatedIotlb, TlbOps, TlbRange,
 };
+pub use policy::DevicePolicy;
 pub use sg::{DmaSegment, PhysSegment, SgMapping};
 pub use stats::DomainStats;
 pub use strictness::{Strictness, Unmapped};

@@ -347,7 +347,8 @@ mod pgtable {
 
 mod iova {
     use super::Table;
-    use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig, IovaError, RangeKind};
+    use dma_iommu::DevicePolicy;
+    use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeKind};
 
     fn cfg() -> IovaConfig {
         IovaConfig {
@@ -460,15 +461,15 @@ mod iova {
         );
         let dev = DevicePolicy::new(true);
         t.err(
-            "alloc_dma",
+            "DevicePolicy::alloc_iova",
             "zero size",
-            a.alloc_dma(&dev, 0, u64::MAX),
+            dev.alloc_iova(&a, 0, u64::MAX),
             IovaError::ZeroSize,
         );
         t.err(
-            "alloc_dma",
+            "DevicePolicy::alloc_iova",
             "mask below the start",
-            a.alloc_dma(&dev, 1, 3),
+            dev.alloc_iova(&a, 1, 3),
             IovaError::LimitBelowStart {
                 limit: 3,
                 start: 16,
