@@ -8,24 +8,25 @@ use dma_sync::fault::armed;
 use iova_cache::faults::TREE_NODE;
 use iova_cache::{IovaAllocator, IovaConfig, IovaError};
 
-/// An allocator over the pfns `start..=end`, without the background trim.
-fn cfg(start: u64, end: u64) -> IovaConfig {
-    IovaConfig {
+/// Pfns of a 33-bit space of 4 KiB granules: half of it lies above 4 GiB.
+const WIDE: u64 = (1 << 21) - 1;
+
+/// An allocator over pfns `1..=WIDE`, without the background trim.
+fn allocator(caching: bool) -> IovaAllocator {
+    IovaAllocator::new(IovaConfig {
+        caching,
         trim_interval: None,
-        ..IovaConfig::with_space(start, end)
-    }
+        ..IovaConfig::with_space(1, WIDE)
+    })
+    .unwrap()
 }
 
 /// 791c2b17fb40: after the first 32-bit miss a device stops trying 32-bit first for good.
 #[test]
 fn device_gives_up_32bit_first_after_one_miss() {
-    let a = IovaAllocator::new(IovaConfig {
-        caching: false,
-        ..cfg(1, (1 << 21) - 1)
-    })
-    .unwrap();
+    let a = allocator(false);
     let limit32 = a.dma_32bit_pfn() - 1;
-    let wide = (1 << 21) - 1;
+    let wide = WIDE;
     let dev = DevicePolicy::new(true);
     let filler = a.alloc_range(limit32, limit32, false).unwrap(); // the whole 32-bit zone
     let p = dev.alloc_iova(&a, 1, wide).unwrap();
@@ -57,10 +58,10 @@ fn device_gives_up_32bit_first_after_one_miss() {
 /// A refused tree node (no memory) is not a 32-bit miss: the device keeps trying 32-bit first.
 #[test]
 fn no_memory_is_not_a_32bit_miss() {
-    let a = IovaAllocator::new(cfg(1, (1 << 21) - 1)).unwrap();
+    let a = allocator(true);
     let dev = DevicePolicy::new(true);
-    let (r, used) = armed(&TREE_NODE, 1, || dev.alloc_iova(&a, 1, (1 << 21) - 1));
+    let (r, used) = armed(&TREE_NODE, 1, || dev.alloc_iova(&a, 1, WIDE));
     assert_eq!((r, used), (Err(IovaError::OutOfMemory { size: 1 }), 1));
     assert!(dev.tries_32bit_first());
-    assert!(dev.alloc_iova(&a, 1, (1 << 21) - 1).unwrap() < a.dma_32bit_pfn());
+    assert!(dev.alloc_iova(&a, 1, WIDE).unwrap() < a.dma_32bit_pfn());
 }
