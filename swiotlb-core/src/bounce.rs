@@ -200,16 +200,13 @@ impl Swiotlb {
         // The signed in-slot delta: negative inside the first in_off bytes of a later slot.
         let at = orig.wrapping_add(x as u64).wrapping_sub(m.in_off as u64);
         let off = (addr - pool.start()) as usize;
+        // The device may be accessing these bytes right now: they are copied with atomic word
+        // accesses, never borrowed (module `shared`).
         let region = pool.region();
         if to_device {
-            // SAFETY: the bytes belong to the caller's live mapping; the device does not touch
-            // them during a sync (module documentation of `memory`).
-            let bytes = unsafe { region.bytes_mut(off, size) };
-            self.inner.memory.read(at, bytes)?;
+            self.inner.memory.read_into(at, region.dst(off, size))?;
         } else {
-            // SAFETY: as above.
-            let bytes = unsafe { region.bytes(off, size) };
-            self.inner.memory.write(at, bytes)?;
+            self.inner.memory.write_from(at, region.src(off, size))?;
         }
         Ok(())
     }
@@ -544,6 +541,41 @@ mod tests {
             .unwrap();
         drop(dev);
         drop(tlb);
+    }
+
+    /// A device thread writing and reading its bounce buffer while the CPU syncs both ways
+    /// and finally unmaps: a real device does not wait for the CPU, so these safe calls race
+    /// on the same bytes. The bytes seen are unspecified; the behaviour must stay defined
+    /// (Miri runs this under several seeds and reports any data race).
+    #[test]
+    fn device_racing_syncs_and_unmap() {
+        dma_sync::cpu::set_current(Some(0));
+        const LEN: usize = 100;
+        let mem = RegionMemory::new(4096);
+        let orig = mem.base() + 3; // not word-aligned: partial words at both ends
+        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+        let dev = tlb.device(DeviceConfig::default());
+        let dir = Direction::Bidirectional;
+        let a = tlb.map(&dev, orig, LEN, dir, NONE).unwrap();
+        let rounds = if cfg!(miri) { 4 } else { 1000 };
+        let device = {
+            let (tlb, dev) = (tlb.clone(), dev.clone());
+            std::thread::spawn(move || {
+                let mut seen = [0u8; LEN];
+                for r in 0..rounds {
+                    tlb.write_bounce(&dev, a + 1, &[r as u8; LEN - 2]).unwrap();
+                    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+                }
+            })
+        };
+        for _ in 0..rounds {
+            tlb.sync_for_cpu(&dev, a, LEN, dir).unwrap();
+            tlb.sync_for_device(&dev, a + 5, LEN - 5, dir).unwrap();
+        }
+        tlb.unmap(&dev, a, LEN, dir, NONE).unwrap();
+        device.join().unwrap();
+        assert_eq!(tlb.stats().used, 0);
+        tlb.check_invariants().unwrap();
     }
 
     #[test]

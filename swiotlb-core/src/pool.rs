@@ -9,7 +9,7 @@
 
 use crate::align::Plan;
 use crate::error::Error;
-use crate::memory::Region;
+use crate::shared::SharedRegion;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
@@ -111,7 +111,7 @@ pub(crate) struct Pool {
     start: AtomicU64,
     end: AtomicU64,
     pub geo: Geometry,
-    region: Region,
+    region: SharedRegion,
     slots: Box<[Slot]>,
     /// Each area on its own cache lines: CPUs locking neighbouring areas share no line.
     areas: Box<[CachePadded<Area>]>,
@@ -145,7 +145,7 @@ impl Pool {
             return Err(fail);
         }
         let bytes = geo.nslabs.checked_mul(IO_TLB_SIZE).ok_or(fail.clone())?;
-        let region = Region::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
+        let region = SharedRegion::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
         let start = region.addr();
         if beyond(start.checked_add(bytes as u64 - 1), limit) {
             return Err(fail);
@@ -216,7 +216,7 @@ impl Pool {
     }
 
     /// The bounce memory of the pool.
-    pub(crate) fn region(&self) -> &Region {
+    pub(crate) fn region(&self) -> &SharedRegion {
         &self.region
     }
 
