@@ -153,6 +153,43 @@ fn partial_syncs_at_every_offset() {
         .unwrap();
 }
 
+/// A sync whose direction copies nothing still checks its whole range against one live
+/// mapping (stricter than Linux, which only checks ranges it copies): `sync_for_cpu(a,
+/// usize::MAX, ToDevice)` and `sync_for_device(a + 50, 1 MiB, FromDevice)` on a 100-byte
+/// mapping used to return `Ok`.
+#[test]
+fn syncs_past_the_end_are_refused_in_every_direction() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let oor = |addr: u64, size: usize| Err(Error::OutOfRange { addr, size });
+    for dir in Direction::ALL {
+        let a = tlb.map(&dev, base + 8, 100, dir, NONE).unwrap();
+        tlb.memory().write(base + 8, &[0x42; 100]).unwrap();
+        tlb.write_bounce(&dev, a, &[0x24; 100]).unwrap();
+        for (addr, size) in [
+            (a, usize::MAX),
+            (a + 50, 1 << 20),
+            (a, 101),
+            (a + 99, 2),
+            (a + 100, 1),
+        ] {
+            assert_eq!(tlb.sync_for_cpu(&dev, addr, size, dir), oor(addr, size));
+            assert_eq!(tlb.sync_for_device(&dev, addr, size, dir), oor(addr, size));
+        }
+        // Nothing was copied either way by the refused syncs.
+        assert!(read(&tlb, base + 8, 100).iter().all(|&x| x == 0x42));
+        let mut seen = [0u8; 100];
+        tlb.read_bounce(&dev, a, &mut seen).unwrap();
+        assert!(seen.iter().all(|&x| x == 0x24));
+        // The whole mapping and its last byte are accepted.
+        tlb.sync_for_cpu(&dev, a, 100, dir).unwrap();
+        tlb.sync_for_device(&dev, a + 99, 1, dir).unwrap();
+        tlb.unmap(&dev, a, 100, dir, NONE).unwrap();
+        tlb.memory().write(base + 8, &[0; 100]).unwrap();
+    }
+    tlb.check_invariants().unwrap();
+}
+
 /// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
 /// claim slots beyond their end (was s390 memory corruption).
 #[test]
