@@ -78,9 +78,9 @@ mod slots;
 mod stats;
 
 pub use bounce::{Direction, MapAttrs};
-pub use device::{Device, DeviceConfig};
+pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};
 pub use error::{Error, MemoryError};
-pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS};
+pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS, MAX_NSLABS};
 pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
 pub use shared::{DmaDst, DmaSrc};
 pub use stats::{PoolStats, StatsSnapshot};

@@ -190,6 +190,110 @@ fn syncs_past_the_end_are_refused_in_every_direction() {
     tlb.check_invariants().unwrap();
 }
 
+/// Every count of `Config` is checked against its documented maximum before anything is
+/// allocated (a growth size above the maximum used to be accepted, with the default pool
+/// allocated, and refused only at the first growth); device masks likewise, before a map
+/// takes a slot.
+#[test]
+fn configurations_are_refused_before_anything_is_allocated() {
+    use swiotlb_core::{MAX_MIN_ALIGN_MASK, MAX_NAREAS, MAX_NSLABS};
+    let refused = |cfg: Config| {
+        let r = Swiotlb::new(cfg.clone(), RegionMemory::new(64));
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidConfig(_))),
+            "{cfg:?}"
+        );
+        assert!(matches!(r, Err(Error::InvalidConfig(_))), "{cfg:?}");
+    };
+    let tiny = Config::tiny(8, 1, 8);
+    refused(Config {
+        nslabs: 0,
+        ..tiny.clone()
+    });
+    refused(Config {
+        nslabs: MAX_NSLABS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        nareas: MAX_NAREAS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        segment_slots: 256,
+        ..tiny.clone()
+    });
+    refused(Config {
+        segment_slots: 0,
+        ..tiny.clone()
+    });
+    refused(Config {
+        growth_nslabs: MAX_NSLABS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        growth_nslabs: usize::MAX,
+        ..Config::default()
+    });
+    assert_eq!(
+        Config {
+            growth_nslabs: MAX_NSLABS,
+            ..tiny.clone()
+        }
+        .validate(),
+        Ok(())
+    );
+
+    // 64 KiB of slots: every value of the offset bits under the largest min-align mask.
+    let (tlb, base) = fixed(32);
+    let bad = [
+        DeviceConfig {
+            min_align_mask: 0x1234,
+            ..Default::default()
+        },
+        DeviceConfig {
+            min_align_mask: MAX_MIN_ALIGN_MASK * 2 + 1,
+            ..Default::default()
+        },
+        DeviceConfig {
+            seg_boundary_mask: 0x3FF,
+            ..Default::default()
+        },
+        DeviceConfig {
+            seg_boundary_mask: 0x1000,
+            ..Default::default()
+        },
+    ];
+    for cfg in bad {
+        assert!(
+            matches!(tlb.try_device(cfg), Err(Error::InvalidConfig(_))),
+            "{cfg:?}"
+        );
+        let dev = tlb.device(cfg);
+        assert!(matches!(
+            tlb.map(&dev, base, 1, Direction::ToDevice, NONE),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            tlb.sync_for_cpu(&dev, base, 1, Direction::FromDevice),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(!tlb.is_bounce_buffer(&dev, base));
+        assert!(!dev.uses_swiotlb());
+    }
+    assert_eq!(tlb.stats().used, 0);
+    let ok = DeviceConfig {
+        min_align_mask: MAX_MIN_ALIGN_MASK,
+        ..Default::default()
+    };
+    let dev = tlb.try_device(ok).unwrap();
+    let a = tlb
+        .map(&dev, base + 0x1234, 1, Direction::ToDevice, NONE)
+        .unwrap();
+    assert_eq!((a ^ (base + 0x1234)) & MAX_MIN_ALIGN_MASK, 0);
+    tlb.unmap(&dev, a, 1, Direction::ToDevice, NONE).unwrap();
+    tlb.check_invariants().unwrap();
+}
+
 /// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
 /// claim slots beyond their end (was s390 memory corruption).
 #[test]
