@@ -17,7 +17,7 @@ use crate::stats::{PoolStats, Stats, StatsSnapshot};
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
 use dma_sync::atomic::{
     AtomicBool, AtomicPtr, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release, SeqCst},
+    Ordering::{Acquire, Relaxed, Release},
 };
 use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
@@ -394,7 +394,7 @@ impl Swiotlb {
 
     /// Find and allocate slots for `plan`: every pool's local area first, then the other
     /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
-    /// set and the full fence issued before the caller can hand the address on.
+    /// set and the release fence issued before the caller can hand the address on.
     #[inline]
     pub(crate) fn find_slots<'a>(
         &'a self,
@@ -412,7 +412,11 @@ impl Swiotlb {
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);
         }
-        FLAG_FENCE.fence(SeqCst);
+        // Every map, not only the flag's first store: the pool found may be one published
+        // since. A release fence suffices in C11 (it orders the earlier list reads too, and
+        // happens-before is transitive; LKMM needs the kernel's smp_mb), and costs no
+        // instruction on x86.
+        FLAG_FENCE.fence(Release);
         Ok((pool, s))
     }
 

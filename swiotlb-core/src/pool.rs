@@ -91,7 +91,8 @@ struct Slot {
 
 #[derive(Debug)]
 struct AreaState {
-    /// Next-fit hint, area-relative; only a hint (every value is safe).
+    /// Where the next search starts, area-relative: after the last allocation, or at the run
+    /// freed last. Only a hint (every value is safe).
     index: usize,
     /// Exact number of used slots.
     used: usize,
@@ -306,6 +307,9 @@ impl Pool {
             slot.meta.store(0, Relaxed);
         }
         slots::free(&mut st.list, self.geo.seg, s - a * n, meta.nslots);
+        // The next search of the area starts at the run just freed: its bounce memory and
+        // metadata are still cached, where plain next-fit would move on to cold slots.
+        st.index = s - a * n;
         st.used -= meta.nslots;
         area.used.store(st.used, Relaxed);
         Ok(meta.nslots)

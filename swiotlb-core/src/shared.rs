@@ -421,7 +421,7 @@ mod tests {
     /// zeroing and copies between regions at equal and different word offsets.
     #[test]
     fn partial_words_match_a_byte_array() {
-        let n = if cfg!(miri) { 20 } else { 40 };
+        let n = if cfg!(miri) { 12 } else { 40 };
         let r = SharedRegion::new(64, 64).unwrap();
         let other = SharedRegion::new(64, 64).unwrap();
         let mut model = [0u8; 64];
