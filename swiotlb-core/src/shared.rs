@@ -82,8 +82,7 @@ impl<'a> Words<'a> {
     fn copy_to(self, dst: Words<'_>) {
         if self.start % WORD != dst.start % WORD {
             let mut buf = [0u8; CHUNK];
-            for off in (0..self.len).step_by(CHUNK) {
-                let n = CHUNK.min(self.len - off);
+            for (off, n) in pieces(self.len) {
                 self.sub(off, n).load(&mut buf[..n]);
                 dst.sub(off, n).store(&buf[..n]);
             }
@@ -153,6 +152,13 @@ struct Parts<'a> {
     mid: &'a [AtomicU64],
     /// A last word the range ends inside: the word and the range's bytes in it.
     tail: Option<(&'a AtomicU64, usize)>,
+}
+
+/// `(offset, length)` of the consecutive pieces of at most [`CHUNK`] bytes covering `len`.
+fn pieces(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(CHUNK)
+        .map(move |off| (off, CHUNK.min(len - off)))
 }
 
 /// Store `bytes` at byte `at` of `word`, leaving its other bytes alone.
@@ -263,8 +269,7 @@ impl DmaSrc<'_> {
             Src::Plain(b) => f(0, b),
             Src::Shared(w) => {
                 let mut buf = [0u8; CHUNK];
-                for off in (0..w.len).step_by(CHUNK) {
-                    let n = CHUNK.min(w.len - off);
+                for (off, n) in pieces(w.len) {
                     w.sub(off, n).load(&mut buf[..n]);
                     f(off, &buf[..n])?;
                 }
@@ -310,8 +315,7 @@ impl DmaDst<'_> {
             Dst::Plain(b) => f(0, b),
             Dst::Shared(w) => {
                 let mut buf = [0u8; CHUNK];
-                for off in (0..w.len).step_by(CHUNK) {
-                    let n = CHUNK.min(w.len - off);
+                for (off, n) in pieces(w.len) {
                     f(off, &mut buf[..n])?;
                     w.sub(off, n).store(&buf[..n]);
                 }
