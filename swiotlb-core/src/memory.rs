@@ -116,6 +116,10 @@ impl ProcessMemory {
 impl OrigMemory for ProcessMemory {
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
         let len = dst.len();
+        if len == 0 {
+            // A slice needs a non-null pointer even when empty; `addr` may be anything.
+            return Ok(());
+        }
         // SAFETY: the constructor's contract: `addr..addr+len` is valid and nobody writes it
         // during the copy.
         let src = unsafe { std::slice::from_raw_parts(addr as usize as *const u8, len) };
@@ -125,6 +129,9 @@ impl OrigMemory for ProcessMemory {
 
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         let len = src.len();
+        if len == 0 {
+            return Ok(());
+        }
         // SAFETY: the constructor's contract: `addr..addr+len` is valid and nobody else
         // accesses it during the copy.
         let dst = unsafe { std::slice::from_raw_parts_mut(addr as usize as *mut u8, len) };
