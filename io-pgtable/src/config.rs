@@ -68,7 +68,8 @@ pub struct Config {
     pub ias: u32,
     /// Output address size in bits (≤ 48, or 52 with the 64 KiB granule).
     pub oas: u32,
-    /// The non-secure quirk: NS on stage-1 leaves and NSTable on table descriptors.
+    /// The non-secure quirk: NS on stage-1 leaves and NSTable on table descriptors. Stage 1
+    /// only: refused with stage 2, whose table descriptors keep bits 63:59 RES0.
     pub ns: bool,
 }
 
@@ -161,6 +162,13 @@ impl Geometry {
         if c.ias <= page_shift || c.oas <= page_shift {
             return Err(Error::InvalidConfig {
                 reason: "address size not above the page size",
+            });
+        }
+        if c.ns && c.stage == Stage::S2 {
+            // NSTable (bit 63) is RES0 in stage-2 table descriptors; Linux accepts no NS quirk
+            // at stage 2 either.
+            return Err(Error::InvalidConfig {
+                reason: "the non-secure quirk applies to stage 1 only",
             });
         }
         let va_bits = c.ias - page_shift;
@@ -449,6 +457,13 @@ mod tests {
                 ias: 21,
                 oas: 48,
                 ns: false,
+            },
+            Config {
+                granule: Granule::Size4K,
+                stage: Stage::S2,
+                ias: 40,
+                oas: 40,
+                ns: true,
             },
         ];
         for c in bad {

@@ -19,6 +19,10 @@ impl<T: TlbOps> PageTable<T> {
     /// Refused with a typed error (the table unchanged): nothing mapped at `iova`
     /// ([`Error::NotMapped`]), or `iova` inside a larger block ([`Error::PartialBlock`]).
     ///
+    /// Every entry is claimed by compare-and-swap before its leaf is counted or its table
+    /// taken, so racing unmaps of overlapping ranges unmap each entry once: the others find
+    /// it empty (`NotMapped`, or a short count).
+    ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, Error, Gather, PageTable, Prot};
@@ -62,7 +66,10 @@ impl<T: TlbOps> PageTable<T> {
         while level < target {
             let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
             match pte::decode(g, level, d) {
-                Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
+                // SAFETY: a table link read under `guard` from this page table.
+                Descriptor::Table { addr } => {
+                    table = unsafe { self.table_at(guard, addr, level + 1) }
+                }
                 Descriptor::Invalid => return Err(Error::NotMapped { iova }),
                 Descriptor::Leaf { .. } => {
                     return Err(Error::PartialBlock {
@@ -77,18 +84,27 @@ impl<T: TlbOps> PageTable<T> {
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let mut done = 0;
-        for e in &table[first..first + n] {
+        'entries: for e in &table[first..first + n] {
             let at = iova + done as u64 * size;
-            match pte::decode(g, level, e.load(DESCENT_ACQUIRE.ord(Acquire))) {
-                Descriptor::Invalid => break,
-                Descriptor::Table { addr } => {
-                    self.free_table(guard, e, addr, level + 1, at, 0, late)
-                }
-                Descriptor::Leaf { .. } => {
-                    e.store(0, Relaxed);
-                    if !gather.is_queued() {
-                        self.tlb.add_page(gather, at, size);
-                    }
+            let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+            // Claim what the entry holds; a loser re-reads what the winner left.
+            loop {
+                let claimed = match pte::decode(g, level, d) {
+                    // Empty, reserved by a block map, or in a table being torn down.
+                    Descriptor::Invalid => break 'entries,
+                    // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
+                    Descriptor::Table { addr } => unsafe {
+                        self.unlink_table(guard, e, d, addr, level + 1, at, late)
+                    },
+                    Descriptor::Leaf { .. } => self.claim(e, d, 0).inspect(|()| {
+                        if !gather.is_queued() {
+                            self.tlb.add_page(gather, at, size);
+                        }
+                    }),
+                };
+                match claimed {
+                    Ok(()) => break,
+                    Err(now) => d = now,
                 }
             }
             done += 1;

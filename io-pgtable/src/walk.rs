@@ -133,11 +133,10 @@ impl<T: TlbOps> Reader<'_, T> {
         if iova >> g.ias() != 0 {
             return None;
         }
-        debug_assert_eq!(START, g.start_level());
+        // `translate` picks START from `g.start_level()`, the level of the root.
         let mut table: &[AtomicU64] = self.pt.root.entries();
         for level in START..4 {
             let index = g.index(level, iova);
-            debug_assert!(index < table.len());
             // SAFETY: `index` is masked to `entries(level) - 1`, and every table at `level`
             // (the root at the start level) holds `entries(level)` descriptors.
             let d = unsafe { table.get_unchecked(index) }.load(WALK_ACQUIRE.ord(Acquire));
@@ -151,7 +150,9 @@ impl<T: TlbOps> Reader<'_, T> {
             } else {
                 d & g.oa_mask()
             };
-            table = self.pt.table_at(&self.guard, next, level + 1);
+            // SAFETY: `next` is the table a descriptor at `level` links to, read under the
+            // reader's pin.
+            table = unsafe { self.pt.table_at(&self.guard, next, level + 1) };
         }
         unreachable!("the leaf level ends every walk")
     }
@@ -179,10 +180,10 @@ impl<T: TlbOps> Reader<'_, T> {
         let g = &self.pt.geom;
         for (index, e) in table.iter().enumerate() {
             let raw = e.load(WALK_ACQUIRE.ord(Acquire));
-            let desc = pte::decode(g, level, raw);
-            if raw == 0 {
+            if pte::vacant(raw) {
                 continue;
             }
+            let desc = pte::decode(g, level, raw);
             let iova = base + index as u64 * g.block_size(level);
             f(&WalkEntry {
                 level,
@@ -193,13 +194,9 @@ impl<T: TlbOps> Reader<'_, T> {
                 desc,
             });
             if let Descriptor::Table { addr: next } = desc {
-                self.walk_table(
-                    self.pt.table_at(&self.guard, next, level + 1),
-                    next,
-                    level + 1,
-                    iova,
-                    f,
-                );
+                // SAFETY: a table link read from this table under the reader's pin.
+                let child = unsafe { self.pt.table_at(&self.guard, next, level + 1) };
+                self.walk_table(child, next, level + 1, iova, f);
             }
         }
     }

@@ -29,8 +29,10 @@
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
-use io_pgtable::points::{DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, WALK_ACQUIRE};
-use io_pgtable::{Config, Descriptor, Gather, PageTable, Prot};
+use io_pgtable::points::{
+    CLAIM, DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, WALK_ACQUIRE,
+};
+use io_pgtable::{Config, Descriptor, Error, Gather, PageTable, Prot};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 
@@ -181,6 +183,85 @@ fn block_replaces_empty_table_under_readers() {
     accounted(&pt);
 }
 
+/// Two unmaps of the same 16 KiB top entry, which links the level-3 table of one page, race
+/// while main translates the page: exactly one takes (and retires) the table, the other
+/// finds the entry empty.
+fn racing_unmaps_of_one_table() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny();
+    map_one(&pt, BLOCK + PAGE, PAGE);
+    let unmappers: Vec<_> = (0..2)
+        .map(|_| {
+            let pt = pt.clone();
+            spawn(move || pt.unmap_pages(BLOCK, BLOCK, 1, &mut Gather::new()))
+        })
+        .collect();
+    translated_or_absent(&pt, BLOCK + PAGE);
+    let mut results: Vec<_> = unmappers.into_iter().map(|u| u.join().unwrap()).collect();
+    results.sort_by_key(Result::is_err);
+    assert_eq!(
+        results,
+        [Ok(BLOCK as usize), Err(Error::NotMapped { iova: BLOCK })],
+        "exactly one unmap wins"
+    );
+    assert!(pt.iova_to_phys(BLOCK + PAGE).is_none());
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+/// A map of page 2 of the level-3 table under top entry 1 races an unmap of the whole
+/// entry (which holds page 1). The map lands before the unmap (and is taken with the
+/// table) or after (in a new table); it never lands in the retired table.
+fn map_races_table_unmap() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny();
+    map_one(&pt, BLOCK + PAGE, PAGE);
+    let mapper = spawn_on(&pt, |pt| map_one(pt, BLOCK + 2 * PAGE, PAGE));
+    let unmapper = spawn_on(&pt, |pt| unmap_one(pt, BLOCK, BLOCK));
+    translated_or_absent(&pt, BLOCK + 2 * PAGE);
+    mapper.join().unwrap();
+    unmapper.join().unwrap();
+    assert!(pt.iova_to_phys(BLOCK + PAGE).is_none());
+    let late = pt.iova_to_phys(BLOCK + 2 * PAGE).is_some();
+    let leaves: Vec<u64> = pt.dump().leaves().map(|e| e.iova).collect();
+    assert_eq!(leaves, if late { vec![BLOCK + 2 * PAGE] } else { vec![] });
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+/// A 16 KiB block map over the emptied level-3 table under top entry 1 races a page map in
+/// that table: exactly one of the two maps succeeds, and the table is retired iff the block
+/// won.
+fn block_map_races_page_map() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny();
+    map_one(&pt, BLOCK + PAGE, PAGE);
+    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let block = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW))
+    };
+    let page = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(BLOCK + 2 * PAGE, pa(BLOCK + 2 * PAGE), PAGE, 1, RW))
+    };
+    translated_or_absent(&pt, BLOCK + 2 * PAGE);
+    let (block, page) = (block.join().unwrap(), page.join().unwrap());
+    let t = pt.iova_to_phys(BLOCK + 2 * PAGE).expect("one map won");
+    match (block, page) {
+        (Ok(_), Err(Error::Exists { .. })) => {
+            assert_eq!((t.paddr, t.size), (pa(BLOCK + 2 * PAGE), BLOCK));
+            assert_eq!(pt.stats().retired, 1);
+        }
+        (Err(Error::Exists { .. }), Ok(_)) => {
+            assert_eq!((t.paddr, t.size), (pa(BLOCK + 2 * PAGE), PAGE));
+            assert_eq!(pt.stats().retired, 0);
+        }
+        other => panic!("not exactly one map won: {other:?}"),
+    }
+    accounted(&pt);
+}
+
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
 /// use, one lets the mapper unlink, free and write the block in that window, one spare.
 #[test]
@@ -255,4 +336,29 @@ causality_twins! { block_replaces_empty_table_under_readers:
     /// A block map that retires the table it replaces before unlinking it: a reader pinned
     /// after the grace period still reaches the freed table.
     fn pgtable_block_free_before_unlink: FREE_ORDER;
+}
+
+/// Exhaustive: two unmappers and a translator over two levels.
+#[test]
+fn racing_unmaps_of_one_table_passes() {
+    check(Bound::Preemptions(3), racing_unmaps_of_one_table);
+}
+
+/// Exhaustive: a mapper, an unmapper and a translator over two levels.
+#[test]
+fn map_races_table_unmap_passes() {
+    check(Bound::Preemptions(3), map_races_table_unmap);
+}
+
+/// Exhaustive: two mappers (one freezing, claiming and replacing the table) and a translator.
+#[test]
+fn block_map_races_page_map_passes() {
+    check(Bound::Preemptions(3), block_map_races_page_map);
+}
+
+must_fail_test! {
+    /// Claiming by load-then-store: both unmaps read the table link before either clears it,
+    /// both take the table, and the second owner's swap finds its entries already taken.
+    fn pgtable_claim_load_then_store: CLAIM, Weakening::Relax,
+        "a table level claimed twice", Bound::Preemptions(1), racing_unmaps_of_one_table;
 }
