@@ -140,7 +140,13 @@ pub struct Geometry {
     oa_hi_mask: u64,
     /// Leaf protections by descriptor bits 7:2 (see [`crate::pte::prot_of`]).
     prot_lut: [u8; 64],
+    /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
+    /// the argument check of every map and unmap is one lookup.
+    level_by_shift: [u8; 64],
 }
+
+/// `level_by_shift` entry of a size that is no leaf size.
+const NO_LEVEL: u8 = u8::MAX;
 
 /// Stage-2 start tables may be concatenated up to this many (Arm ARM, D8.2.x).
 const S2_MAX_CONCAT: u32 = 16;
@@ -207,6 +213,7 @@ impl Geometry {
             oa_mask: ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1),
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
             prot_lut: crate::pte::prot_lut(c.stage),
+            level_by_shift: [NO_LEVEL; 64],
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -218,6 +225,11 @@ impl Geometry {
             .iter()
             .filter(|&&l| l >= start_level)
             .fold(0, |m, &l| m | geom.block_size(l));
+        for level in geom.start_level..4 {
+            if geom.pgsize_bitmap & geom.block_size(level) != 0 {
+                geom.level_by_shift[geom.level_shift(level) as usize] = level as u8;
+            }
+        }
         Ok(geom)
     }
 
@@ -335,11 +347,15 @@ impl Geometry {
     }
 
     /// The level whose descriptors map `pgsize`, if `pgsize` is a supported leaf size.
+    #[inline]
     pub fn level_of(&self, pgsize: u64) -> Option<u32> {
-        if !pgsize.is_power_of_two() || self.pgsize_bitmap & pgsize == 0 {
+        if !pgsize.is_power_of_two() {
             return None;
         }
-        (self.start_level..4).find(|&l| self.block_size(l) == pgsize)
+        match self.level_by_shift[pgsize.trailing_zeros() as usize] {
+            NO_LEVEL => None,
+            level => Some(u32::from(level)),
+        }
     }
 
     /// Alignment of a table at `level`: a granule, or the whole table if larger (concatenated

@@ -84,8 +84,8 @@ impl<T: TlbOps> PageTable<T> {
             }
             match (d, pte::decode(g, level, d)) {
                 (DEAD, _) => return Err(Stop::Restart),
-                // SAFETY: a table link read under `guard` from this page table.
                 (_, Descriptor::Table { addr }) => {
+                    // SAFETY: a table link read under `guard` from this page table.
                     table = unsafe { self.table_at(guard, addr, level + 1) }
                 }
                 // A leaf, or a block map's reservation.
@@ -122,11 +122,13 @@ impl<T: TlbOps> PageTable<T> {
                 .into());
             }
         }
+        // The attribute bits are the same for every slot: encode them once.
+        let attrs = pte::leaf(g, level, 0, prot);
         for (i, e) in slots.iter().enumerate() {
             let at = i as u64 * size;
-            let leaf = pte::leaf(g, level, paddr + at, prot);
+            let leaf = attrs | pte::encode_oa(g, paddr + at);
             if let Err(stop) = self.place(guard, e, level, iova + at, leaf, late) {
-                self.withdraw(&slots[..i], level, iova, paddr, prot);
+                self.withdraw(&slots[..i], level, iova, paddr, attrs);
                 return Err(stop);
             }
         }
@@ -161,16 +163,17 @@ impl<T: TlbOps> PageTable<T> {
         }
     }
 
-    /// Take back the leaves this call wrote into `slots` (mapping from `iova` to `paddr`)
-    /// before it lost a race further on; one an overlapping unmap already took stays taken.
-    fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, prot: Prot) {
+    /// Take back the leaves (`attrs` and the output address) this call wrote into `slots`
+    /// (mapping from `iova` to `paddr`) before it lost a race further on; one an overlapping
+    /// unmap already took stays taken.
+    fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
         let g = &self.geom;
         let size = g.block_size(level);
         let mut gather = Gather::new();
         for (i, e) in slots.iter().enumerate() {
             let at = i as u64 * size;
             if self
-                .claim(e, pte::leaf(g, level, paddr + at, prot), 0)
+                .claim(e, attrs | pte::encode_oa(g, paddr + at), 0)
                 .is_ok()
             {
                 self.tlb.add_page(&mut gather, iova + at, size);

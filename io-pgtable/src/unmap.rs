@@ -66,8 +66,8 @@ impl<T: TlbOps> PageTable<T> {
         while level < target {
             let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
             match pte::decode(g, level, d) {
-                // SAFETY: a table link read under `guard` from this page table.
                 Descriptor::Table { addr } => {
+                    // SAFETY: a table link read under `guard` from this page table.
                     table = unsafe { self.table_at(guard, addr, level + 1) }
                 }
                 Descriptor::Invalid => return Err(Error::NotMapped { iova }),
