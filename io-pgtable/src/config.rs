@@ -143,6 +143,26 @@ pub struct Geometry {
     /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
     /// the argument check of every map and unmap is one lookup.
     level_by_shift: [u8; 64],
+    /// [`Walk::kind`] of this geometry's translation walk.
+    walk_kind: u8,
+}
+
+/// Which specialised translation walk a geometry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Walk {
+    /// The start level.
+    pub start: u32,
+    /// Descriptors pack `PA[51:48]` in bits 15:12.
+    pub pa52: bool,
+    /// The 4 KiB granule (constant shifts and masks below the start level).
+    pub g4k: bool,
+}
+
+impl Walk {
+    /// A small number naming this walk, for a one-load dispatch.
+    pub(crate) const fn kind(self) -> u8 {
+        self.start as u8 | (self.pa52 as u8) << 2 | (self.g4k as u8) << 3
+    }
 }
 
 /// `level_by_shift` entry of a size that is no leaf size.
@@ -214,6 +234,12 @@ impl Geometry {
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
             prot_lut: crate::pte::prot_lut(c.stage),
             level_by_shift: [NO_LEVEL; 64],
+            walk_kind: Walk {
+                start: start_level,
+                pa52: c.oas > 48,
+                g4k: c.granule == Granule::Size4K,
+            }
+            .kind(),
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -332,6 +358,12 @@ impl Geometry {
     #[inline]
     pub(crate) fn prot_lut(&self) -> &[u8; 64] {
         &self.prot_lut
+    }
+
+    /// The translation walk this geometry takes ([`Walk::kind`]).
+    #[inline]
+    pub(crate) fn walk_kind(&self) -> u8 {
+        self.walk_kind
     }
 
     /// Descriptor bits 15:12 if they hold `PA[51:48]` (52-bit output), else 0.

@@ -50,6 +50,10 @@ pub const XN: u64 = 3 << 53;
 /// NSTable on table descriptors (with the non-secure quirk).
 pub const NSTABLE: u64 = 1 << 63;
 
+/// Output-address bits `[47:12]` of a descriptor with the 4 KiB granule and no packed
+/// `PA[51:48]` (the constant of the 4 KiB translation walk).
+pub(crate) const OA_MASK_4K: u64 = ((1 << 48) - 1) & !((1 << 12) - 1);
+
 /// Marks an entry of a table whose owner is tearing it down (see the crate's concurrency
 /// contract): invalid to hardware (bit 0 clear) and never changed again, so no
 /// compare-and-swap from 0 (a table install, a leaf map) lands in a table being freed.
