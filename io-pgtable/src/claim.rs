@@ -158,8 +158,15 @@ impl<T: TlbOps> PageTable<T> {
     /// the root, so no one else will free it.
     pub(crate) unsafe fn own_table(&self, addr: u64, level: u32) -> TableMem {
         let g = &self.geom;
-        // SAFETY: by the caller's contract the table is ours; its length and alignment are
-        // those of every table at `level`.
-        unsafe { TableMem::from_addr(addr, g.entries(level), g.table_align(level)) }
+        // SAFETY: by the caller's contract the table is ours; below the root every table
+        // comes from the slab, with the length and alignment of every table at `level`.
+        unsafe {
+            TableMem::from_addr(
+                addr,
+                g.entries(level),
+                g.table_align(level),
+                Some(self.slab.clone()),
+            )
+        }
     }
 }

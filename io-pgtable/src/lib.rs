@@ -89,6 +89,7 @@ mod map;
 mod pgtable;
 pub mod points;
 pub mod pte;
+mod slab;
 mod table;
 mod tlb;
 mod unmap;

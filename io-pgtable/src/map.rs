@@ -6,7 +6,6 @@ use crate::error::{AddrKind, Error};
 use crate::pgtable::{check_range, pgsize_for, LateUnlinks, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
 use crate::pte::{self, Descriptor, Prot, DEAD};
-use crate::table::TableMem;
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::{self, Guard};
@@ -80,7 +79,7 @@ impl<T: TlbOps> PageTable<T> {
             let entry = &table[g.index(level, iova)];
             let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
             if d == 0 {
-                d = self.install(entry, level + 1)?;
+                d = self.install(entry)?;
             }
             match (d, pte::decode(g, level, d)) {
                 (DEAD, _) => return Err(Stop::Restart),
@@ -182,16 +181,11 @@ impl<T: TlbOps> PageTable<T> {
         gather.sync(&self.tlb);
     }
 
-    /// Install a zeroed table at `level` into the empty `entry`; returns the descriptor now in
+    /// Install a zeroed table (from the slab) into the empty `entry`; returns the descriptor now in
     /// `entry` (ours, or whatever another operation put there first).
-    fn install(&self, entry: &AtomicU64, level: u32) -> Result<u64, Error> {
+    fn install(&self, entry: &AtomicU64) -> Result<u64, Error> {
         let g = &self.geom;
-        let table = TableMem::alloc(
-            g.entries(level),
-            g.table_align(level),
-            g.oa_bits(),
-            &self.stats,
-        )?;
+        let table = self.slab.alloc(g.oa_bits(), &self.stats)?;
         let desc = pte::table(g, table.addr());
         match entry.compare_exchange(
             0,

@@ -6,6 +6,7 @@ use crate::config::{Config, Geometry};
 use crate::error::{AddrKind, Error};
 use crate::points::FREE_ORDER;
 use crate::pte::{self, Descriptor, FROZEN};
+use crate::slab::Slab;
 use crate::table::{self, Counters, Stats, TableMem};
 use crate::tlb::{NoTlb, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,6 +32,8 @@ use dma_sync::Arc;
 pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) geom: Geometry,
     pub(crate) root: TableMem,
+    /// Memory of the levels below the root.
+    pub(crate) slab: std::sync::Arc<Slab>,
     pub(crate) tlb: T,
     pub(crate) stats: Arc<Counters>,
 }
@@ -55,6 +58,9 @@ impl<T: TlbOps> PageTable<T> {
         let geom = config.geometry()?;
         let stats = Arc::new(Counters::new());
         let start = geom.start_level();
+        // Every level below the root has tables of one size, from one slab.
+        let below = (start + 1).min(3);
+        let slab = Slab::new(geom.entries(below), geom.table_align(below))?;
         let root = TableMem::alloc(
             geom.entries(start),
             geom.table_align(start),
@@ -64,6 +70,7 @@ impl<T: TlbOps> PageTable<T> {
         Ok(PageTable {
             geom,
             root,
+            slab,
             tlb,
             stats,
         })
