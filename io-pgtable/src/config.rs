@@ -342,6 +342,12 @@ impl Geometry {
         ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
     }
 
+    /// The index of `iova` at every level (meaningful from the start level on).
+    #[inline]
+    pub(crate) fn indices(&self, iova: u64) -> [usize; 4] {
+        [0, 1, 2, 3].map(|level| self.index(level, iova))
+    }
+
     /// The index mask of a table at `level` (`entries - 1`).
     #[inline]
     pub(crate) fn index_mask(&self, level: u32) -> u64 {

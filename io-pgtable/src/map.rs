@@ -44,6 +44,18 @@ impl<T: TlbOps> PageTable<T> {
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
         }
+        self.map_checked(iova, paddr, level, pgcount, prot)
+    }
+
+    /// [`PageTable::map_pages`] of arguments already checked, with the leaf level of `pgsize`.
+    fn map_checked(
+        &self,
+        iova: u64,
+        paddr: u64,
+        level: u32,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<usize, Error> {
         // A restart means a table this call was descending through was torn down by an
         // overlapping unmap, which made progress: start again from the root.
         loop {
@@ -73,11 +85,19 @@ impl<T: TlbOps> PageTable<T> {
         late: &mut LateUnlinks,
     ) -> Result<usize, Stop> {
         let g = &self.geom;
+        // Indices before the first acquire load, above which the geometry cannot be hoisted.
+        let index = g.indices(iova);
         let mut level = g.start_level();
         let mut table = self.root.entries();
         while level < target {
-            let entry = &table[g.index(level, iova)];
+            let entry = &table[index[level as usize]];
             let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
+            if pte::is_table(d) {
+                // SAFETY: a table link read under `guard` from this page table.
+                table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
+                level += 1;
+                continue;
+            }
             if d == 0 {
                 d = self.install(entry)?;
             }
@@ -97,7 +117,7 @@ impl<T: TlbOps> PageTable<T> {
             }
             level += 1;
         }
-        let first = g.index(level, iova);
+        let first = index[level as usize];
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let slots = &table[first..first + n];
@@ -165,6 +185,8 @@ impl<T: TlbOps> PageTable<T> {
     /// Take back the leaves (`attrs` and the output address) this call wrote into `slots`
     /// (mapping from `iova` to `paddr`) before it lost a race further on; one an overlapping
     /// unmap already took stays taken.
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
     fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
         let g = &self.geom;
         let size = g.block_size(level);
@@ -183,6 +205,8 @@ impl<T: TlbOps> PageTable<T> {
 
     /// Install a zeroed table (from the slab) into the empty `entry`; returns the descriptor now in
     /// `entry` (ours, or whatever another operation put there first).
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
     fn install(&self, entry: &AtomicU64) -> Result<u64, Error> {
         let g = &self.geom;
         let table = self.slab.alloc(g.oa_bits(), &self.stats)?;
@@ -211,6 +235,8 @@ impl<T: TlbOps> PageTable<T> {
     ///
     /// # Safety
     /// `addr` is a table at `level` of this page table, read from a descriptor under `guard`.
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
     unsafe fn subtree_empty(&self, guard: &Guard, addr: u64, level: u32) -> bool {
         // SAFETY: by the caller's contract.
         let table = unsafe { self.table_at(guard, addr, level) };
@@ -241,17 +267,14 @@ impl<T: TlbOps> PageTable<T> {
     /// ```
     pub fn map(&self, iova: u64, paddr: u64, size: u64, prot: Prot) -> Result<(), Error> {
         self.check_sizes(iova, Some(paddr), size)?;
+        if !prot.intersects(Prot::READ | Prot::WRITE) {
+            return Err(Error::NoAccess);
+        }
         let mut done = 0;
         while done < size {
-            let (pgsize, count) =
-                pgsize_for(self.pgsize_bitmap(), iova + done, paddr + done, size - done).ok_or(
-                    Error::Misaligned {
-                        kind: AddrKind::Iova,
-                        addr: iova + done,
-                        align: self.geom.page_size(),
-                    },
-                )?;
-            match self.map_pages(iova + done, paddr + done, pgsize, count, prot) {
+            // Each step lies inside the range checked above, aligned to its page size.
+            let (level, count) = self.step(iova + done, paddr + done, size - done)?;
+            match self.map_checked(iova + done, paddr + done, level, count, prot) {
                 Ok(n) => done += n as u64,
                 Err(e) => {
                     if done > 0 {
@@ -263,6 +286,20 @@ impl<T: TlbOps> PageTable<T> {
             }
         }
         Ok(())
+    }
+
+    /// The next step of the `map`/`unmap` helpers at `iova`/`paddr` with `left` bytes to go:
+    /// the leaf level of the largest page size alignment allows, and how many pages.
+    pub(crate) fn step(&self, iova: u64, paddr: u64, left: u64) -> Result<(u32, usize), Error> {
+        let misaligned = Error::Misaligned {
+            kind: AddrKind::Iova,
+            addr: iova,
+            align: self.geom.page_size(),
+        };
+        let (pgsize, count) =
+            pgsize_for(self.pgsize_bitmap(), iova, paddr, left).ok_or(misaligned)?;
+        let level = self.geom.level_of(pgsize).ok_or(misaligned)?;
+        Ok((level, count))
     }
 
     /// Common checks of the `map`/`unmap` helpers: non-zero, page-aligned sizes and addresses.

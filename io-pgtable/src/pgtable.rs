@@ -151,6 +151,8 @@ impl<T: TlbOps> PageTable<T> {
     /// `entry` is an entry at `level - 1` of this page table, and `desc`, linking to `addr`,
     /// was read from it under `guard`.
     #[allow(clippy::too_many_arguments)]
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
     pub(crate) unsafe fn unlink_table(
         &self,
         guard: &Guard,
@@ -186,6 +188,8 @@ impl<T: TlbOps> PageTable<T> {
     /// # Safety
     /// As [`PageTable::unlink_table`].
     #[allow(clippy::too_many_arguments)]
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
     pub(crate) unsafe fn replace_table(
         &self,
         guard: &Guard,
@@ -309,6 +313,11 @@ pub(crate) fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Optio
         }
     }
     let merged = iova | paddr;
+    // The common case, one smallest page: no search.
+    let smallest = bitmap & bitmap.wrapping_neg();
+    if size == smallest {
+        return (merged & (smallest - 1) == 0).then_some((smallest, 1));
+    }
     let mut sizes = bitmap & upto(63 - size.leading_zeros());
     if merged != 0 {
         sizes &= upto(merged.trailing_zeros());

@@ -62,6 +62,12 @@ pub const DEAD: u64 = 0x0dead << 44;
 /// invalid to hardware (bit 0 clear); only the reserving map changes it (back, or on).
 pub const FROZEN: u64 = 0x0f202 << 44;
 
+/// Whether `d`, found above the leaf level, links a next-level table (type bits `11`).
+#[inline]
+pub(crate) fn is_table(d: u64) -> bool {
+    d & (VALID | TYPE_TABLE_OR_PAGE) == VALID | TYPE_TABLE_OR_PAGE
+}
+
 /// Whether the raw descriptor `d` maps nothing and never did: zero, or one of the markers
 /// ([`DEAD`], [`FROZEN`]) the claiming protocol leaves in entries.
 #[inline]

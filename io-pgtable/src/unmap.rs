@@ -1,8 +1,8 @@
 //! Unmapping: `unmap_pages` (one leaf table per call, never an error disguised as a size)
 //! and the `unmap` helpers that loop over page sizes.
 
-use crate::error::{AddrKind, Error};
-use crate::pgtable::{pgsize_for, LateUnlinks, PageTable};
+use crate::error::Error;
+use crate::pgtable::{LateUnlinks, PageTable};
 use crate::points::DESCENT_ACQUIRE;
 use crate::pte::{self, Descriptor};
 use crate::tlb::{Gather, TlbOps};
@@ -42,6 +42,18 @@ impl<T: TlbOps> PageTable<T> {
         gather: &mut Gather,
     ) -> Result<usize, Error> {
         let (level, _) = self.check_input(iova, pgsize, pgcount)?;
+        self.unmap_checked(iova, level, pgcount, gather)
+    }
+
+    /// [`PageTable::unmap_pages`] of arguments already checked, with the leaf level of the
+    /// page size.
+    fn unmap_checked(
+        &self,
+        iova: u64,
+        level: u32,
+        pgcount: usize,
+        gather: &mut Gather,
+    ) -> Result<usize, Error> {
         let mut late = LateUnlinks::default();
         let result = {
             let guard = rcu::pin();
@@ -61,26 +73,28 @@ impl<T: TlbOps> PageTable<T> {
         late: &mut LateUnlinks,
     ) -> Result<usize, Error> {
         let g = &self.geom;
+        // Indices before the first acquire load, above which the geometry cannot be hoisted.
+        let index = g.indices(iova);
         let mut level = g.start_level();
         let mut table = self.root.entries();
         while level < target {
-            let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
-            match pte::decode(g, level, d) {
-                Descriptor::Table { addr } => {
-                    // SAFETY: a table link read under `guard` from this page table.
-                    table = unsafe { self.table_at(guard, addr, level + 1) }
-                }
-                Descriptor::Invalid => return Err(Error::NotMapped { iova }),
-                Descriptor::Leaf { .. } => {
-                    return Err(Error::PartialBlock {
+            let d = table[index[level as usize]].load(DESCENT_ACQUIRE.ord(Acquire));
+            if !pte::is_table(d) {
+                // Above the target level: empty (or reserved, or dead), or a larger block.
+                return Err(if d & pte::VALID == 0 {
+                    Error::NotMapped { iova }
+                } else {
+                    Error::PartialBlock {
                         iova,
                         block_size: g.block_size(level),
-                    })
-                }
+                    }
+                });
             }
+            // SAFETY: a table link read under `guard` from this page table.
+            table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
             level += 1;
         }
-        let first = g.index(level, iova);
+        let first = index[level as usize];
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let mut done = 0;
@@ -124,13 +138,9 @@ impl<T: TlbOps> PageTable<T> {
         let mut done = 0;
         while done < size {
             let at = iova + done;
-            let (pgsize, count) =
-                pgsize_for(self.pgsize_bitmap(), at, at, size - done).ok_or(Error::Misaligned {
-                    kind: AddrKind::Iova,
-                    addr: at,
-                    align: self.geom.page_size(),
-                })?;
-            match self.unmap_pages(at, pgsize, count, gather) {
+            // Each step lies inside the range checked above, aligned to its page size.
+            let (level, count) = self.step(at, at, size - done)?;
+            match self.unmap_checked(at, level, count, gather) {
                 Ok(n) => done += n as u64,
                 Err(e) if done == 0 => return Err(e),
                 Err(_) => break,
