@@ -34,11 +34,13 @@
 
 pub mod cases;
 pub mod cli;
+pub mod clock;
 pub mod floor;
 pub mod harness;
 pub mod output;
 pub mod peers;
 pub mod report;
+pub mod spread;
 pub mod suite;
 pub mod targets;
 

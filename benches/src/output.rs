@@ -21,8 +21,10 @@ pub struct Meta {
     pub kernel: Option<String>,
     /// CPU frequency governor, if known.
     pub governor: Option<String>,
-    /// Median cost of two clock reads, subtracted from every latency sample.
-    pub clock_overhead_ns: u64,
+    /// Median cost of two reads of the latency clock, subtracted from every latency sample.
+    pub clock_overhead_ns: f64,
+    /// Nanoseconds per tick of the latency clock (the calibrated TSC on x86-64).
+    pub clock_ns_per_tick: f64,
     /// Whether this binary was built with optimisations.
     pub optimized: bool,
     /// 1-minute load average when the run ended: above the CPU count, other work shared the
@@ -54,7 +56,8 @@ impl Meta {
             cpus: crate::harness::cpu_count(),
             kernel: read("/proc/sys/kernel/osrelease"),
             governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            clock_overhead_ns: crate::harness::clock_overhead_ns(),
+            clock_overhead_ns: crate::clock::overhead_ns(),
+            clock_ns_per_tick: crate::clock::ns_per_tick(),
             optimized: !cfg!(debug_assertions),
             load_average: read("/proc/loadavg")
                 .and_then(|l| l.split_whitespace().next()?.parse().ok()),
@@ -287,17 +290,14 @@ fn latency_plot(path: &Path, c: Component, rows: &[&CaseResult]) -> PlotResult {
         .iter()
         .filter_map(|r| r.at(1).map(|m| (*r, shown(&m.latency))))
         .collect();
-    let y_range = log_bounds(
-        lats.iter()
-            .flat_map(|(_, l)| l.iter().map(|&(_, v)| v as f64)),
-    );
+    let y_range = log_bounds(lats.iter().flat_map(|(_, l)| l.iter().map(|&(_, v)| v)));
     let lines = lats
         .into_iter()
         .map(|(r, l)| {
             let pts = l
                 .iter()
                 .enumerate()
-                .map(|(x, (_, v))| (x as f64, (*v).max(1) as f64))
+                .map(|(x, (_, v))| (x as f64, v.max(0.001)))
                 .collect();
             (r, pts)
         })

@@ -41,14 +41,22 @@ fn smoke_run_writes_complete_json_and_plots() {
             "component {c} neither ran nor was reported as left out"
         );
     }
-    // Every case ran at every thread count and did work.
+    // Every case ran at every thread count (the scale sweeps at one thread) and did work, and
+    // every run has one repetition per repetition of the suite.
     for r in results {
         let runs = r["runs"].as_array().unwrap();
         let threads: Vec<u64> = runs
             .iter()
             .map(|m| m["threads"].as_u64().unwrap())
             .collect();
-        assert_eq!(threads, [1, 2, 4, 8], "{}", r["workload"]);
+        let sweep = [" live", " mappings", " pages", " slots used"]
+            .iter()
+            .any(|s| r["workload"].as_str().unwrap().ends_with(s));
+        let expected: &[u64] = if sweep { &[1] } else { &[1, 2, 4, 8] };
+        assert_eq!(threads, expected, "{}", r["workload"]);
+        let reps = r["repetitions"].as_array().unwrap();
+        assert_eq!(reps.len(), runs.len());
+        assert!(reps.iter().all(|v| v.as_array().unwrap().len() == 1));
         for m in runs {
             assert!(
                 m["ops"].as_u64().unwrap() > 0,
@@ -63,8 +71,10 @@ fn smoke_run_writes_complete_json_and_plots() {
     assert_eq!(targets.len(), dma_bench::targets::all().len());
     for t in targets {
         if !t["numerator_value"].is_null() && !t["denominator_value"].is_null() {
-            assert!(t["ratio"].as_f64().unwrap() > 0.0);
+            assert!(t["ratio"]["median"].as_f64().unwrap() > 0.0);
             assert!(t["met"].is_boolean());
+        } else {
+            assert!(t["met"].is_null());
         }
     }
     let md = std::fs::read_to_string(out.join("targets.md")).unwrap();
@@ -98,11 +108,15 @@ fn options_select_components_and_threads() {
             "floor",
             "--threads",
             "2,1",
+            "--repetitions",
+            "2",
+            "--check",
             "--out",
         ])
         .arg(&out)
         .status()
         .expect("dmabench starts");
+    // No target compares floors only: none is measured, so --check passes.
     assert!(status.success());
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
@@ -110,7 +124,14 @@ fn options_select_components_and_threads() {
     assert!(!results.is_empty());
     assert!(results
         .iter()
-        .all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() == 2));
+        .all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() <= 2));
+    assert!(results
+        .iter()
+        .all(|r| r["repetitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_array().unwrap().len() == 2)));
     assert!(!out.join("floor-throughput.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,5 +1,6 @@
-//! The IOVA allocation cases: alloc+free pairs per size class, the fragmentation case and the
-//! asymmetric case, on ours and on every allocator peer through [`RangeAlloc`].
+//! The IOVA allocation cases: alloc+free pairs per size class, the fragmentation case (mixed
+//! sizes), the asymmetric case, and the scale sweep (random free+alloc from 1k to 1M live
+//! allocations), on ours and on every allocator peer through [`RangeAlloc`].
 
 use super::floor::CAS;
 use crate::harness::{measure, measure_units, Measurement, RunConfig};
@@ -21,11 +22,20 @@ pub fn pair(granules: u64) -> String {
         if granules == 1 { "" } else { "s" }
     )
 }
-/// Workload name of the fragmentation case.
-pub const FRAGMENTATION: &str = "fragmented: random free+alloc";
+/// Workload name of the fragmentation case: `Options::fragmentation_live` live allocations of
+/// 1..[`MIXED_MAX`] granules (size-aligned), then each op frees a random one and allocates a
+/// replacement of a random size.
+pub const FRAGMENTATION: &str = "fragmented, 1..64 granules: free+alloc";
 /// Workload name of the fragmentation case at the live count the `vm-allocator` peer can
 /// be set up with ([`VM_ALLOCATOR_MAX_LIVE`]), run beside the main one when that is larger.
-pub const FRAGMENTATION_SMALL: &str = "fragmented (10k live): random free+alloc";
+pub const FRAGMENTATION_SMALL: &str = "fragmented (10k live), 1..64 granules: free+alloc";
+/// The largest size (granules) of the fragmentation case.
+pub const MIXED_MAX: u64 = 64;
+
+/// Workload name of the scale sweep at `live` single-granule allocations.
+pub fn sweep(live: u64) -> String {
+    format!("random free+alloc, {} live", super::human_count(live))
+}
 /// Workload name of the asymmetric case.
 pub const ASYMMETRIC: &str = "asymmetric: alloc on all, free on one";
 
@@ -84,7 +94,7 @@ pub fn cases_for<A: RangeAlloc + 'static>(
             FRAGMENTATION,
             implementation,
             role,
-            move |cfg, t| fragmented(cfg, t, &m(), live),
+            move |cfg, t| fragmented(cfg, t, &m(), live, MIXED_MAX),
         ));
     }
     let m = make;
@@ -161,19 +171,34 @@ impl XorShift {
     }
 }
 
-/// `live` single-granule allocations spread over the threads (made before the clock starts),
-/// then each op frees a random one of the thread's and allocates a replacement.
-fn fragmented<A: RangeAlloc>(cfg: &RunConfig, threads: usize, a: &A, live: usize) -> Measurement {
+/// `live` allocations of 1..=`max_size` granules spread over the threads (made before the clock
+/// starts), then each op frees a random one of the thread's and allocates a replacement of a
+/// random size in the same range.
+fn fragmented<A: RangeAlloc>(
+    cfg: &RunConfig,
+    threads: usize,
+    a: &A,
+    live: usize,
+    max_size: u64,
+) -> Measurement {
     let per_thread = (live / threads).max(1);
     measure(cfg, threads, |t| {
-        let mut held: Vec<Option<u64>> = (0..per_thread).map(|_| a.alloc(1)).collect();
         let mut rng = XorShift::new(t as u64 + 1);
+        let mut size = move || 1 + rng.below(max_size as usize) as u64;
+        let mut held: Vec<Option<(u64, u64)>> = (0..per_thread)
+            .map(|_| {
+                let g = size();
+                a.alloc(g).map(|x| (x, g))
+            })
+            .collect();
+        let mut pick = XorShift::new(t as u64 + 101);
         move || {
-            let slot = &mut held[rng.below(per_thread)];
-            if let Some(x) = slot.take() {
-                a.free(x, 1);
+            let slot = &mut held[pick.below(per_thread)];
+            if let Some((x, g)) = slot.take() {
+                a.free(x, g);
             }
-            *slot = a.alloc(1);
+            let g = size();
+            *slot = a.alloc(g).map(|x| (x, g));
         }
     })
 }
@@ -299,15 +324,30 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
             FRAGMENTATION_SMALL,
             OURS,
             Role::Ours,
-            move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), live),
+            move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), live, MIXED_MAX),
         ));
         v.push(Case::new(
             c,
             FRAGMENTATION_SMALL,
             VM_ALLOCATOR,
             Role::Peer,
-            move |cfg, t| fragmented(cfg, t, &VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE), live),
+            move |cfg, t| {
+                let peer = VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE);
+                fragmented(cfg, t, &peer, live, MIXED_MAX)
+            },
         ));
+    }
+    for &n in &opts.sweep {
+        v.push(
+            Case::new(
+                Component::Iova,
+                sweep(n),
+                OURS,
+                Role::Ours,
+                move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), n as usize, 1),
+            )
+            .only_at(1),
+        );
     }
     (v, omitted)
 }
