@@ -39,6 +39,7 @@ pub mod floor;
 pub mod harness;
 pub mod output;
 pub mod peers;
+pub mod plots;
 pub mod report;
 pub mod spread;
 pub mod suite;

@@ -79,18 +79,29 @@ fn smoke_run_writes_complete_json_and_plots() {
     }
     let md = std::fs::read_to_string(out.join("targets.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + targets.len());
-    for c in results.iter().map(|r| r["component"].as_str().unwrap()) {
-        let name = match c {
-            "floor" => "floor",
-            "iova" => "iova-cache",
-            "pgtable" => "io-pgtable",
-            "swiotlb" => "swiotlb-core",
-            _ => "dma-iommu",
-        };
-        for kind in ["throughput", "latency"] {
-            let svg = std::fs::read_to_string(out.join(format!("{name}-{kind}.svg"))).unwrap();
-            assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
-        }
+    // One chart per question: the targets, ours against the peers of each workload that has
+    // peers (throughput and latency), and each scale sweep; every file a complete SVG.
+    let svgs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    for svg in &svgs {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("</svg>"), "{svg}");
+    }
+    let expected = [
+        "targets.svg",
+        "iova-cache-alloc-free-1-granule-throughput.svg",
+        "iova-cache-alloc-free-1-granule-latency.svg",
+        "io-pgtable-translate-independent-1-writer-throughput.svg",
+        "swiotlb-core-bounce-4-kib-to-device-throughput.svg",
+        "sweep-iova-cache.svg",
+        "sweep-io-pgtable.svg",
+        "sweep-swiotlb-core.svg",
+    ];
+    for e in expected {
+        assert!(svgs.iter().any(|s| s == e), "{e} missing from {svgs:?}");
     }
     let _ = std::fs::remove_dir_all(&out);
 }
