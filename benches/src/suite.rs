@@ -188,8 +188,9 @@ pub struct Case {
     pub role: Role,
     /// The floor workload this case's cost is compared with, if any.
     pub floor: Option<String>,
-    /// Run at this thread count only (the scale sweeps), instead of every count of the suite.
-    pub only_threads: Option<usize>,
+    /// Run only at the suite's thread counts up to this one (the scale sweeps run at one
+    /// thread; cases with a large set-up skip the oversubscribed counts).
+    pub max_threads: Option<usize>,
     /// Builds and measures the case.
     pub run: RunFn,
 }
@@ -209,21 +210,21 @@ impl Case {
             implementation: implementation.into(),
             role,
             floor: None,
-            only_threads: None,
+            max_threads: None,
             run: Box::new(run),
         }
     }
 
-    /// Run this case at `threads` threads only.
-    pub fn only_at(mut self, threads: usize) -> Self {
-        self.only_threads = Some(threads);
+    /// Run this case only at the suite's thread counts up to `threads`.
+    pub fn up_to(mut self, threads: usize) -> Self {
+        self.max_threads = Some(threads);
         self
     }
 
     /// The thread counts this case runs at under `opts`.
     pub fn thread_counts(&self, opts: &Options) -> Vec<usize> {
-        self.only_threads
-            .map_or_else(|| opts.threads.clone(), |t| vec![t])
+        let max = self.max_threads.unwrap_or(usize::MAX);
+        opts.threads.iter().copied().filter(|&t| t <= max).collect()
     }
 
     /// Compare this case's cost with the floor workload `floor`.

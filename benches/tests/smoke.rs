@@ -49,11 +49,18 @@ fn smoke_run_writes_complete_json_and_plots() {
             .iter()
             .map(|m| m["threads"].as_u64().unwrap())
             .collect();
+        let workload = r["workload"].as_str().unwrap();
         let sweep = [" live", " mappings", " pages", " slots used"]
             .iter()
-            .any(|s| r["workload"].as_str().unwrap().ends_with(s));
-        let expected: &[u64] = if sweep { &[1] } else { &[1, 2, 4, 8] };
-        assert_eq!(threads, expected, "{}", r["workload"]);
+            .any(|s| workload.ends_with(s));
+        let expected: &[u64] = if sweep {
+            &[1]
+        } else if workload.starts_with("fragmented") {
+            &[1, 2]
+        } else {
+            &[1, 2, 4, 8]
+        };
+        assert_eq!(threads, expected, "{workload}");
         let reps = r["repetitions"].as_array().unwrap();
         assert_eq!(reps.len(), runs.len());
         assert!(reps.iter().all(|v| v.as_array().unwrap().len() == 1));

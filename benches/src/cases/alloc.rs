@@ -29,6 +29,8 @@ pub const FRAGMENTATION: &str = "fragmented, 1..64 granules: free+alloc";
 /// Workload name of the fragmentation case at the live count the peers with a linear search
 /// can be set up with ([`LINEAR_PEER_MAX_LIVE`]), run beside the main one when that is larger.
 pub const FRAGMENTATION_SMALL: &str = "fragmented (3k live), 1..64 granules: free+alloc";
+/// The largest thread count the fragmentation cases run at.
+pub const FRAGMENTATION_MAX_THREADS: usize = 2;
 /// The largest size (granules) of the fragmentation case.
 pub const MIXED_MAX: u64 = 64;
 
@@ -91,13 +93,11 @@ pub fn cases_for<A: RangeAlloc + 'static>(
     let live = opts.fragmentation_live;
     if fragmentation {
         let m = make.clone();
-        v.push(Case::new(
-            c,
-            FRAGMENTATION,
-            implementation,
-            role,
-            move |cfg, t| fragmented(cfg, t, &m(), live, MIXED_MAX),
-        ));
+        let case = Case::new(c, FRAGMENTATION, implementation, role, move |cfg, t| {
+            fragmented(cfg, t, &m(), live, MIXED_MAX)
+        });
+        // Setting up 300k live allocations per run is the slow part: no oversubscribed runs.
+        v.push(case.up_to(FRAGMENTATION_MAX_THREADS));
     }
     let m = make;
     v.push(Case::new(
@@ -327,6 +327,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                 role,
                 move |cfg, t| fragmented(cfg, t, &make(), live, MIXED_MAX),
             )
+            .up_to(FRAGMENTATION_MAX_THREADS)
         };
         v.push(small(
             OURS,
@@ -353,7 +354,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                 Role::Ours,
                 move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), n as usize, 1),
             )
-            .only_at(1),
+            .up_to(1),
         );
     }
     (v, omitted)

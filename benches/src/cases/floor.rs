@@ -77,7 +77,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         },
     ));
     for &n in &opts.sweep {
-        v.push(dependent(chase_sweep(n), n).only_at(1));
+        v.push(dependent(chase_sweep(n), n).up_to(1));
     }
     // The bounce sizes need their memcpy floor too.
     let mut sizes = opts.copy_sizes.clone();

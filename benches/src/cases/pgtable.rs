@@ -312,7 +312,7 @@ fn dependent_cases(opts: &Options) -> Vec<Case> {
             None,
             make.clone(),
         );
-        v.push(case.only_at(1));
+        v.push(case.up_to(1));
     }
     v
 }

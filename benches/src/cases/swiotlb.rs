@@ -215,7 +215,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         let case = Case::new(c, used_sweep(used), OURS, Role::Ours, move |cfg, t| {
             used_run(cfg, t, used as usize, slots)
         });
-        v.push(case.with_floor(memcpy(PEER_SIZE)).only_at(1));
+        v.push(case.with_floor(memcpy(PEER_SIZE)).up_to(1));
     }
     for dir in [Dir::ToDevice, Dir::FromDevice] {
         v.push(
