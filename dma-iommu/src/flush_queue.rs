@@ -246,6 +246,7 @@ impl std::error::Error for FqError {}
 
 /// Counters of a flush queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FqStats {
     /// Entries queued.
     pub enqueued: u64,

@@ -69,6 +69,7 @@ impl Stats {
 /// assert!(text.contains("maps 3") && text.contains("live 1"));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DomainStats {
     /// Successful mappings (single, resource, and one per scatter list).
     pub maps: u64,

@@ -22,7 +22,7 @@ use dma_iommu::{DomainStats, FlushQueue, FqKind, FqStats, InvalidationOps, Stric
 use io_pgtable::{Descriptor, PageTable, Prot, TlbOps};
 use iova_cache::{IovaAllocator, IovaStats};
 use std::fmt;
-use swiotlb_core::Swiotlb;
+use swiotlb_core::{StatsSnapshot, Swiotlb};
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
@@ -233,100 +233,12 @@ pub fn domain(viommu: &Viommu, id: u32) -> Option<DomainReport> {
     })
 }
 
-/// One swiotlb pool: used slots per area.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct PoolReport {
-    /// First bounce address.
-    pub start: u64,
-    /// Slots.
-    pub nslabs: usize,
-    /// Used slots, per area.
-    pub area_used: Vec<usize>,
-}
-
-/// swiotlb statistics (`/sys/kernel/debug/swiotlb`), per pool and area.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct SwiotlbReport {
-    /// Slots of all global pools.
-    pub nslabs: usize,
-    /// Used slots.
-    pub used: usize,
-    /// High-water mark of `used` (`None` with statistics off).
-    pub hiwater: Option<usize>,
-    /// Live transient pools.
-    pub transient_pools: usize,
-    /// Slots in transient pools.
-    pub transient_nslabs: usize,
-    /// Global pools, oldest first.
-    pub pools: Vec<PoolReport>,
-}
-
-impl fmt::Display for SwiotlbReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "swiotlb: {}/{} slots used (hiwater {:?}), {} transient pools ({} slots)",
-            self.used, self.nslabs, self.hiwater, self.transient_pools, self.transient_nslabs
-        )?;
-        for (i, p) in self.pools.iter().enumerate() {
-            writeln!(f, "  pool {i} @ {:#x}: {} slots", p.start, p.nslabs)?;
-            for (a, used) in p.area_used.iter().enumerate() {
-                writeln!(f, "    area {a}: {used} used")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Report the statistics of `tlb`.
-pub fn swiotlb(tlb: &Swiotlb) -> SwiotlbReport {
-    let s = tlb.stats();
-    SwiotlbReport {
-        nslabs: s.nslabs,
-        used: s.used,
-        hiwater: s.hiwater,
-        transient_pools: s.transient_pools,
-        transient_nslabs: s.transient_nslabs,
-        pools: s
-            .pools
-            .into_iter()
-            .map(|p| PoolReport {
-                start: p.start,
-                nslabs: p.nslabs,
-                area_used: p.area_used,
-            })
-            .collect(),
-    }
-}
-
-/// Writes `text` with every line indented by two spaces.
-fn indented(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
-    text.lines().try_for_each(|line| writeln!(f, "  {line}"))
-}
-
-/// IOVA allocator and cache statistics: iova-cache's own snapshot and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct IovaReport {
-    /// The allocator's statistics.
-    #[cfg_attr(feature = "serde", serde(with = "remote::IovaStatsDef"))]
-    pub stats: IovaStats,
-}
-
-impl fmt::Display for IovaReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "iova:")?;
-        indented(f, &self.stats.to_string())
-    }
-}
-
-/// Report the statistics of `iova`.
-pub fn iova(iova: &IovaAllocator) -> IovaReport {
-    IovaReport {
-        stats: iova.stats(),
-    }
+/// Writes `title:` and then `body`'s text with every line indented by two spaces.
+fn section(f: &mut fmt::Formatter<'_>, title: &str, body: &dyn fmt::Display) -> fmt::Result {
+    writeln!(f, "{title}:")?;
+    body.to_string()
+        .lines()
+        .try_for_each(|line| writeln!(f, "  {line}"))
 }
 
 /// A flush queue's geometry.
@@ -354,7 +266,6 @@ pub struct FlushQueueReport {
     /// Whether the timer is armed, when known.
     pub timer_armed: Option<bool>,
     /// The queue's counters (zero while strict).
-    #[cfg_attr(feature = "serde", serde(with = "remote::FqStatsDef"))]
     pub stats: FqStats,
 }
 
@@ -420,21 +331,19 @@ pub fn strictness<O: InvalidationOps>(s: &Strictness<O>) -> FlushQueueReport {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct DmaDomainReport {
     /// The domain's counters.
-    #[cfg_attr(feature = "serde", serde(with = "remote::DomainStatsDef"))]
     pub stats: DomainStats,
-    /// The IOVA allocator.
-    pub iova: IovaReport,
-    /// The bounce-buffer pool, if the domain has one.
-    pub swiotlb: Option<SwiotlbReport>,
+    /// The IOVA allocator's statistics.
+    pub iova: IovaStats,
+    /// The bounce-buffer pool's statistics, if the domain has one.
+    pub swiotlb: Option<StatsSnapshot>,
 }
 
 impl fmt::Display for DmaDomainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "dma domain:")?;
-        indented(f, &self.stats.to_string())?;
-        write!(f, "{}", self.iova)?;
+        section(f, "dma domain", &self.stats)?;
+        section(f, "iova", &self.iova)?;
         match &self.swiotlb {
-            Some(s) => write!(f, "{s}"),
+            Some(s) => section(f, "swiotlb", s),
             None => Ok(()),
         }
     }
@@ -444,97 +353,8 @@ impl fmt::Display for DmaDomainReport {
 pub fn dma_domain<T: dma_iommu::TlbOps + 'static>(d: &dma_iommu::Domain<T>) -> DmaDomainReport {
     DmaDomainReport {
         stats: d.stats(),
-        iova: iova(d.iova_allocator()),
-        swiotlb: d.swiotlb().map(swiotlb),
-    }
-}
-
-/// serde definitions of the statistics types of iova-cache and dma-iommu, which do not
-/// implement serde themselves (the compiler checks they list every field).
-#[cfg(feature = "serde")]
-mod remote {
-    use dma_iommu::{DomainStats, FqStats};
-    use iova_cache::{ClassStats, IovaStats, RangeStats};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(remote = "ClassStats")]
-    struct ClassStatsDef {
-        granules: u64,
-        hits: u64,
-        misses: u64,
-        depot_magazines: usize,
-        depot_granules: u64,
-        cpu_granules: u64,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(remote = "RangeStats")]
-    struct RangeStatsDef {
-        allocated_granules: u64,
-        allocated_ranges: u64,
-        reserved_granules: u64,
-        free_granules: u64,
-        free_ranges: u64,
-        failures: u64,
-    }
-
-    /// `Vec<ClassStats>` through [`ClassStatsDef`].
-    mod classes {
-        use super::*;
-
-        #[derive(Serialize, Deserialize)]
-        struct Class(#[serde(with = "ClassStatsDef")] ClassStats);
-
-        pub(super) fn serialize<S: Serializer>(v: &[ClassStats], s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(v.iter().cloned().map(Class))
-        }
-
-        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Vec<ClassStats>, D::Error> {
-            let v = Vec::<Class>::deserialize(d)?;
-            Ok(v.into_iter().map(|Class(c)| c).collect())
-        }
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(remote = "IovaStats")]
-    pub(super) struct IovaStatsDef {
-        #[serde(with = "classes")]
-        classes: Vec<ClassStats>,
-        per_cpu_cached_granules: Vec<u64>,
-        depot_cached_granules: u64,
-        #[serde(with = "RangeStatsDef")]
-        range: RangeStats,
-        flushes: u64,
-        trimmed_magazines: u64,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(remote = "FqStats")]
-    pub(super) struct FqStatsDef {
-        enqueued: u64,
-        reclaimed: u64,
-        pending: u64,
-        flushes: u64,
-        full_flushes: u64,
-        timer_fires: u64,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(remote = "DomainStats")]
-    pub(super) struct DomainStatsDef {
-        maps: u64,
-        bounced: u64,
-        lists: u64,
-        unmaps_synced: u64,
-        unmaps_queued: u64,
-        errors: u64,
-        live: u64,
-        lazy: bool,
-        #[serde(with = "FqStatsDef")]
-        fq: FqStats,
+        iova: d.iova_allocator().stats(),
+        swiotlb: d.swiotlb().map(Swiotlb::stats),
     }
 }
 
@@ -544,10 +364,10 @@ mod remote {
 pub struct Report {
     /// vIOMMU domains.
     pub domains: Vec<DomainReport>,
-    /// Bounce-buffer pools.
-    pub swiotlb: Option<SwiotlbReport>,
-    /// IOVA allocator.
-    pub iova: Option<IovaReport>,
+    /// Bounce-buffer pools' statistics.
+    pub swiotlb: Option<StatsSnapshot>,
+    /// IOVA allocator's statistics.
+    pub iova: Option<IovaStats>,
     /// Flush queues reported on their own.
     pub flush_queues: Vec<FlushQueueReport>,
     /// dma-iommu DMA domains.
@@ -566,15 +386,15 @@ impl Report {
         self
     }
 
-    /// The statistics of `tlb`.
-    pub fn with_swiotlb(mut self, tlb: &Swiotlb) -> Self {
-        self.swiotlb = Some(swiotlb(tlb));
+    /// The statistics of `bounce`.
+    pub fn with_swiotlb(mut self, bounce: &Swiotlb) -> Self {
+        self.swiotlb = Some(bounce.stats());
         self
     }
 
     /// The statistics of `alloc`.
     pub fn with_iova(mut self, alloc: &IovaAllocator) -> Self {
-        self.iova = Some(iova(alloc));
+        self.iova = Some(alloc.stats());
         self
     }
 
@@ -600,10 +420,10 @@ impl fmt::Display for Report {
             write!(f, "{d}")?;
         }
         if let Some(s) = &self.swiotlb {
-            write!(f, "{s}")?;
+            section(f, "swiotlb", s)?;
         }
         if let Some(i) = &self.iova {
-            write!(f, "{i}")?;
+            section(f, "iova", i)?;
         }
         for q in &self.flush_queues {
             write!(f, "{q}")?;

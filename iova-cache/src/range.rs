@@ -34,6 +34,7 @@ pub struct IovaRange {
 
 /// Counters of the range allocator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RangeStats {
     /// Granules in allocated ranges (user-held or cached).
     pub allocated_granules: u64,

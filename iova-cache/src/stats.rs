@@ -8,6 +8,7 @@ use std::fmt;
 
 /// Counters of one size class of the cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClassStats {
     /// Granules per range of this class (1, 2, 4, ... 32).
     pub granules: u64,
@@ -26,6 +27,7 @@ pub struct ClassStats {
 /// A snapshot of the allocator's counters (each lock taken in turn, so concurrent use makes
 /// it approximate, never inconsistent per lock).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IovaStats {
     /// Per size class, smallest first (empty when caching is off).
     pub classes: Vec<ClassStats>,

@@ -78,6 +78,7 @@ impl Stats {
 
 /// Use of one global pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PoolStats {
     /// First bounce address.
     pub start: u64,
@@ -98,6 +99,7 @@ pub struct PoolStats {
 /// assert!(s.to_string().contains("io_tlb_nslabs: 16"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StatsSnapshot {
     /// Slots of all global pools.
     pub nslabs: usize,
