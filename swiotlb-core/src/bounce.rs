@@ -12,9 +12,9 @@
 
 use crate::device::Device;
 use crate::error::Error;
-use crate::mem::{PoolRef, Swiotlb};
 use crate::points::TRANSIENT_GRACE;
 use crate::pool::{beyond, Pool};
+use crate::swiotlb::{PoolRef, Swiotlb};
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
 /// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).

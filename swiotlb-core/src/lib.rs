@@ -69,21 +69,21 @@ mod bounce;
 mod device;
 mod error;
 pub mod faults;
-mod mem;
 mod memory;
 pub mod points;
 mod pool;
 mod shared;
 mod slots;
 mod stats;
+mod swiotlb;
 
 pub use bounce::{Direction, MapAttrs};
 pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};
 pub use error::{Error, MemoryError};
-pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS, MAX_NSLABS};
 pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
 pub use shared::{DmaDst, DmaSrc};
 pub use stats::{PoolStats, StatsSnapshot};
+pub use swiotlb::{Config, PoolInfo, Swiotlb, MAX_NAREAS, MAX_NSLABS};
 
 /// log2 of the slot size.
 pub const IO_TLB_SHIFT: u32 = 11;
