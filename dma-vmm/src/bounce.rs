@@ -18,17 +18,17 @@
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //!
 //! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-//! let tlb = Swiotlb::new(Config::tiny(64, 2, 16), GuestBytes::new(ram)).unwrap();
-//! let dev = tlb.device(DeviceConfig::default());
-//! tlb.memory().write(0x3000, b"ping").unwrap(); // the guest's buffer
-//! let dma = tlb.map(&dev, 0x3000, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
+//! let bounce = Swiotlb::new(Config::tiny(64, 2, 16), GuestBytes::new(ram)).unwrap();
+//! let dev = bounce.device(DeviceConfig::default());
+//! bounce.memory().write(0x3000, b"ping").unwrap(); // the guest's buffer
+//! let dma = bounce.map(&dev, 0x3000, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
 //! let mut seen = [0u8; 4];
-//! tlb.read_bounce(&dev, dma, &mut seen).unwrap(); // the device reads the bounce copy
+//! bounce.read_bounce(&dev, dma, &mut seen).unwrap(); // the device reads the bounce copy
 //! assert_eq!(&seen, b"ping");
-//! tlb.write_bounce(&dev, dma, b"pong").unwrap();
-//! tlb.unmap(&dev, dma, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
+//! bounce.write_bounce(&dev, dma, b"pong").unwrap();
+//! bounce.unmap(&dev, dma, 4, Direction::Bidirectional, MapAttrs::default()).unwrap();
 //! let mut back = [0u8; 4];
-//! tlb.memory().read(0x3000, &mut back).unwrap();
+//! bounce.memory().read(0x3000, &mut back).unwrap();
 //! assert_eq!(&back, b"pong"); // copied back into guest memory
 //! ```
 

@@ -4,7 +4,7 @@
 use dma_vmm::translate::Fault;
 use dma_vmm::{GuestBytes, IoMemory};
 use io_pgtable::{Config, PageTable, Prot};
-use swiotlb_core::{Config as TlbConfig, DeviceConfig, Direction, MapAttrs, Swiotlb};
+use swiotlb_core::{Config as BounceConfig, DeviceConfig, Direction, MapAttrs, Swiotlb};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions};
 
 type Ram = GuestMemoryMmap<()>;
@@ -137,14 +137,14 @@ fn unmapped_and_outside_ram_are_errors() {
 
 #[test]
 fn bounce_copies_go_to_and_from_guest_memory() {
-    let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), GuestBytes::new(ram())).unwrap();
-    let dev = tlb.device(DeviceConfig {
+    let bounce = Swiotlb::new(BounceConfig::tiny(64, 2, 16), GuestBytes::new(ram())).unwrap();
+    let dev = bounce.device(DeviceConfig {
         min_align_mask: 0xfff,
         ..Default::default()
     });
     let data = pattern(3000);
-    tlb.memory().write(0x10_0123, &data).unwrap();
-    let dma = tlb
+    bounce.memory().write(0x10_0123, &data).unwrap();
+    let dma = bounce
         .map(
             &dev,
             0x10_0123,
@@ -155,48 +155,51 @@ fn bounce_copies_go_to_and_from_guest_memory() {
         .unwrap();
     assert_eq!(dma & 0xfff, 0x123);
     let mut seen = vec![0u8; data.len()];
-    tlb.read_bounce(&dev, dma, &mut seen).unwrap();
+    bounce.read_bounce(&dev, dma, &mut seen).unwrap();
     assert_eq!(seen, data);
-    tlb.unmap(
-        &dev,
-        dma,
-        data.len(),
-        Direction::ToDevice,
-        MapAttrs::default(),
-    )
-    .unwrap();
+    bounce
+        .unmap(
+            &dev,
+            dma,
+            data.len(),
+            Direction::ToDevice,
+            MapAttrs::default(),
+        )
+        .unwrap();
     // FromDevice: the device's bytes land in guest memory, the rest keeps its value.
-    let dma = tlb
+    let dma = bounce
         .map(&dev, 0x4000, 64, Direction::FromDevice, MapAttrs::default())
         .unwrap();
-    tlb.write_bounce(&dev, dma + 8, &[0xee; 8]).unwrap();
-    tlb.unmap(&dev, dma, 64, Direction::FromDevice, MapAttrs::default())
+    bounce.write_bounce(&dev, dma + 8, &[0xee; 8]).unwrap();
+    bounce
+        .unmap(&dev, dma, 64, Direction::FromDevice, MapAttrs::default())
         .unwrap();
     let mut back = [0u8; 24];
-    tlb.memory().read(0x4000, &mut back).unwrap();
+    bounce.memory().read(0x4000, &mut back).unwrap();
     assert_eq!(back[..8], [0; 8]);
     assert_eq!(back[8..16], [0xee; 8]);
     // Guest addresses outside RAM are refused and the allocator keeps working.
-    assert!(tlb
+    assert!(bounce
         .map(&dev, 0x8_0000, 16, Direction::ToDevice, MapAttrs::default())
         .is_err());
-    assert_eq!(tlb.stats().used, 0);
+    assert_eq!(bounce.stats().used, 0);
 }
 
 #[test]
 fn bounce_through_an_iommu_respects_permissions() {
     // Original addresses are IOVAs: the bounce copy-back needs write permission.
-    let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), GuestBytes::new(scattered())).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    let dma = tlb
+    let bounce = Swiotlb::new(BounceConfig::tiny(64, 2, 16), GuestBytes::new(scattered())).unwrap();
+    let dev = bounce.device(DeviceConfig::default());
+    let dma = bounce
         .map(&dev, 0x2_0000, 16, Direction::ToDevice, MapAttrs::default())
         .unwrap();
-    tlb.unmap(&dev, dma, 16, Direction::ToDevice, MapAttrs::default())
+    bounce
+        .unmap(&dev, dma, 16, Direction::ToDevice, MapAttrs::default())
         .unwrap();
     let mut back = [0u8; 16];
-    assert!(tlb.memory().read(0x2_0000, &mut back).is_ok());
-    assert!(tlb.memory().write(0x2_0000, &back).is_err());
-    assert!(tlb.memory().read(0x7_0000, &mut back).is_err());
+    assert!(bounce.memory().read(0x2_0000, &mut back).is_ok());
+    assert!(bounce.memory().write(0x2_0000, &back).is_err());
+    assert!(bounce.memory().read(0x7_0000, &mut back).is_err());
 }
 
 #[test]

@@ -11,7 +11,9 @@ use io_pgtable::{Config, PageTable, Prot};
 use iova_cache::{IovaAllocator, IovaConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use swiotlb_core::{Config as TlbConfig, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
+use swiotlb_core::{
+    Config as BounceConfig, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb,
+};
 
 struct Ops;
 impl InvalidationOps for Ops {
@@ -48,11 +50,11 @@ fn viommu() -> Viommu {
 fn dma_domain() -> Domain<NoTlb> {
     let mem = RegionMemory::new(1 << 16);
     let buf = mem.base() + 0x1000;
-    let tlb = Swiotlb::new(TlbConfig::tiny(64, 1, 16), mem).unwrap();
+    let bounce = Swiotlb::new(BounceConfig::tiny(64, 1, 16), mem).unwrap();
     let cfg = DomainConfig::new(Config::s1_4k(39))
         .unwrap()
         .lazy(FqConfig::single());
-    let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     let nic = dom.attach(DmaDeviceConfig::default()).unwrap();
     dom.map(&nic, buf, 64, Direction::ToDevice).unwrap();
     let dma = dom
@@ -65,9 +67,10 @@ fn dma_domain() -> Domain<NoTlb> {
 fn full_report(v: &Viommu) -> Report {
     let mem = RegionMemory::new(1 << 16);
     let orig = mem.base() + 0x100;
-    let tlb = Swiotlb::new(TlbConfig::tiny(64, 2, 16), mem).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    tlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default())
+    let bounce = Swiotlb::new(BounceConfig::tiny(64, 2, 16), mem).unwrap();
+    let dev = bounce.device(DeviceConfig::default());
+    bounce
+        .map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default())
         .unwrap();
     let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
     let p = iova.alloc(4, (1 << 20) - 1).unwrap();
@@ -79,7 +82,7 @@ fn full_report(v: &Viommu) -> Report {
     Report::default()
         .with_dma_domain(&dom)
         .with_viommu(v)
-        .with_swiotlb(&tlb)
+        .with_swiotlb(&bounce)
         .with_iova(&iova)
         .with_strictness(&strict)
         .with_strictness(&lazy)

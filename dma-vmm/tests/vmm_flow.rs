@@ -98,13 +98,14 @@ fn a_guest_session_in_wire_format() {
     );
 
     // Bounce buffers over guest RAM.
-    let tlb = Swiotlb::new(Config::tiny(64, 2, 16), GuestBytes::new(ram.clone())).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    let dma = tlb
+    let bounce = Swiotlb::new(Config::tiny(64, 2, 16), GuestBytes::new(ram.clone())).unwrap();
+    let dev = bounce.device(DeviceConfig::default());
+    let dma = bounce
         .map(&dev, 0x4000, 16, Direction::FromDevice, MapAttrs::default())
         .unwrap();
-    tlb.write_bounce(&dev, dma, &[7; 16]).unwrap();
-    tlb.unmap(&dev, dma, 16, Direction::FromDevice, MapAttrs::default())
+    bounce.write_bounce(&dev, dma, &[7; 16]).unwrap();
+    bounce
+        .unmap(&dev, dma, 16, Direction::FromDevice, MapAttrs::default())
         .unwrap();
     assert_eq!(
         ram.read_obj::<u64>(GuestAddress(0x4000)).unwrap(),
@@ -122,7 +123,7 @@ fn a_guest_session_in_wire_format() {
     assert_eq!(viommu.handle_bytes(&unmap, 4), vec![0, 0, 0, 0]);
     assert!(net_mem.read_obj::<u64>(GuestAddress(0x10_0000)).is_err());
 
-    let report = Report::default().with_viommu(&viommu).with_swiotlb(&tlb);
+    let report = Report::default().with_viommu(&viommu).with_swiotlb(&bounce);
     let text = report.to_string();
     assert!(
         text.contains("domain 1 (translated), endpoints [8], 0 mappings"),
