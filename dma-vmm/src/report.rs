@@ -8,176 +8,23 @@
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-//! use dma_vmm::report;
-//! use io_pgtable::{Config, PageTable, Prot};
-//! let pt = PageTable::new(Config::s1_4k(39)).unwrap();
-//! pt.map(0x20_0000, 0x4000_0000, 0x20_0000, Prot::READ | Prot::WRITE).unwrap();
-//! let r = report::page_table(&pt);
-//! assert_eq!(r.leaves().count(), 1);
-//! assert!(r.to_string().contains("block -> 0x40000000 rw"));
+//! use dma_vmm::report::Report;
+//! use swiotlb_core::{Config, RegionMemory, Swiotlb};
+//! let bounce = Swiotlb::new(Config::tiny(16, 2, 8), RegionMemory::new(4096)).unwrap();
+//! let r = Report::default().with_swiotlb(&bounce);
+//! assert_eq!(r.swiotlb.as_ref().unwrap().nslabs, 16);
+//! assert!(r.to_string().contains("swiotlb:\n  io_tlb_nslabs: 16\n"));
 //! ```
 
 use crate::viommu::{Mapping, Viommu};
 use dma_iommu::{DomainStats, FlushQueue, FqKind, FqStats, InvalidationOps, Strictness};
-use io_pgtable::{Descriptor, PageTable, Prot, TlbOps};
+use io_pgtable::Dump;
 use iova_cache::{IovaAllocator, IovaStats};
 use std::fmt;
 use swiotlb_core::{StatsSnapshot, Swiotlb};
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
-
-/// `"rw"`, `"r-"`, `"-w"` plus attribute letters: `c` cacheable, `m` MMIO, `x` execute-never,
-/// `p` privileged.
-pub fn prot_string(prot: Prot) -> String {
-    let flag = |p: Prot, c: char| if prot.contains(p) { Some(c) } else { None };
-    let mut s = String::new();
-    s.push(if prot.contains(Prot::READ) { 'r' } else { '-' });
-    s.push(if prot.contains(Prot::WRITE) { 'w' } else { '-' });
-    s.extend(
-        [
-            flag(Prot::CACHE, 'c'),
-            flag(Prot::MMIO, 'm'),
-            flag(Prot::NOEXEC, 'x'),
-            flag(Prot::PRIV, 'p'),
-        ]
-        .into_iter()
-        .flatten(),
-    );
-    s
-}
-
-/// What a dumped descriptor is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub enum EntryKind {
-    /// A pointer to a next-level table.
-    Table {
-        /// The table's address.
-        addr: u64,
-    },
-    /// A page or block mapping.
-    Leaf {
-        /// Output address of the leaf's first byte.
-        paddr: u64,
-        /// Leaf size in bytes.
-        size: u64,
-        /// Permissions and attributes ([`prot_string`]).
-        prot: String,
-    },
-}
-
-/// One valid descriptor of a dumped page table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct Entry {
-    /// Level of the table holding it (3 = last level with a 4 KiB granule).
-    pub level: u32,
-    /// Index in that table.
-    pub index: usize,
-    /// First IOVA it covers.
-    pub iova: u64,
-    /// The raw 64-bit descriptor.
-    pub raw: u64,
-    /// What it is.
-    pub kind: EntryKind,
-}
-
-/// A page-table dump.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct PageTableReport {
-    /// Root table address.
-    pub root: u64,
-    /// Tables reached, the root included.
-    pub tables: usize,
-    /// Valid descriptors, depth first in IOVA order.
-    pub entries: Vec<Entry>,
-}
-
-impl PageTableReport {
-    /// The leaf entries.
-    pub fn leaves(&self) -> impl Iterator<Item = &Entry> {
-        self.entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::Leaf { .. }))
-    }
-
-    /// Bytes mapped by the leaves.
-    pub fn mapped_bytes(&self) -> u64 {
-        self.leaves()
-            .map(|e| {
-                if let EntryKind::Leaf { size, .. } = e.kind {
-                    size
-                } else {
-                    0
-                }
-            })
-            .sum()
-    }
-}
-
-impl fmt::Display for PageTableReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "root @ {:#x}: {} tables, {:#x} bytes mapped",
-            self.root,
-            self.tables,
-            self.mapped_bytes()
-        )?;
-        let top = self.entries.iter().map(|e| e.level).min().unwrap_or(0);
-        for e in &self.entries {
-            let indent = 2 * (e.level - top) as usize + 2;
-            write!(
-                f,
-                "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ",
-                "", e.level, e.index, e.iova, e.raw
-            )?;
-            match &e.kind {
-                EntryKind::Table { addr } => writeln!(f, "table @ {addr:#x}")?,
-                EntryKind::Leaf { paddr, size, prot } => {
-                    let kind = if e.level == 3 { "page" } else { "block" };
-                    writeln!(f, "{kind} -> {paddr:#x} {prot} ({size:#x})")?
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Dump `pt` (safe while other threads map and unmap: one lock-free walk under an RCU pin).
-pub fn page_table<T: TlbOps>(pt: &PageTable<T>) -> PageTableReport {
-    let g = pt.geometry();
-    let dump = pt.dump();
-    let entries = dump
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let kind = match e.desc {
-                Descriptor::Table { addr } => EntryKind::Table { addr },
-                Descriptor::Leaf { paddr, prot } => EntryKind::Leaf {
-                    paddr,
-                    size: g.block_size(e.level),
-                    prot: prot_string(prot),
-                },
-                Descriptor::Invalid => return None,
-            };
-            Some(Entry {
-                level: e.level,
-                index: e.index,
-                iova: e.iova,
-                raw: e.raw,
-                kind,
-            })
-        })
-        .collect();
-    PageTableReport {
-        root: dump.root,
-        tables: dump.tables,
-        entries,
-    }
-}
 
 /// A vIOMMU domain: its endpoints, its MAP requests and its page table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,8 +38,8 @@ pub struct DomainReport {
     pub endpoints: Vec<u32>,
     /// Mappings, one per MAP request, in IOVA order.
     pub mappings: Vec<Mapping>,
-    /// The page table (none for a bypass domain).
-    pub page_table: Option<PageTableReport>,
+    /// The page table's dump (none for a bypass domain).
+    pub page_table: Option<Dump>,
 }
 
 impl fmt::Display for DomainReport {
@@ -213,7 +60,7 @@ impl fmt::Display for DomainReport {
             )?;
         }
         match &self.page_table {
-            Some(pt) => write!(f, "{pt}"),
+            Some(pt) => indented(f, pt),
             None => Ok(()),
         }
     }
@@ -229,16 +76,21 @@ pub fn domain(viommu: &Viommu, id: u32) -> Option<DomainReport> {
         bypass: d.is_bypass(),
         endpoints: viommu.domain_endpoints(id).unwrap_or_default(),
         mappings: viommu.mappings(id).unwrap_or_default(),
-        page_table: d.page_table().map(page_table),
+        page_table: d.page_table().map(|pt| pt.dump()),
     })
 }
 
-/// Writes `title:` and then `body`'s text with every line indented by two spaces.
-fn section(f: &mut fmt::Formatter<'_>, title: &str, body: &dyn fmt::Display) -> fmt::Result {
-    writeln!(f, "{title}:")?;
+/// Writes `body`'s text with every line indented by two spaces.
+fn indented(f: &mut fmt::Formatter<'_>, body: &dyn fmt::Display) -> fmt::Result {
     body.to_string()
         .lines()
         .try_for_each(|line| writeln!(f, "  {line}"))
+}
+
+/// Writes `title:` and then `body`'s text indented.
+fn section(f: &mut fmt::Formatter<'_>, title: &str, body: &dyn fmt::Display) -> fmt::Result {
+    writeln!(f, "{title}:")?;
+    indented(f, body)
 }
 
 /// A flush queue's geometry.

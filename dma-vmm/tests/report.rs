@@ -5,9 +5,9 @@ use dma_iommu::{
     DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, Gather, InvalidationOps,
     NoTlb, Strictness,
 };
-use dma_vmm::report::{self, EntryKind, Report};
+use dma_vmm::report::Report;
 use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
-use io_pgtable::{Config, PageTable, Prot};
+use io_pgtable::{Config, Descriptor, PageTable, Prot};
 use iova_cache::{IovaAllocator, IovaConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,24 +99,25 @@ fn the_full_report_reads_like_debugfs() {
         (9, vec![3], 1)
     );
     let pt = d.page_table.as_ref().unwrap();
-    let leaves: Vec<_> = pt.leaves().map(|e| (e.iova, e.kind.clone())).collect();
+    let leaves: Vec<_> = pt.leaves().map(|e| (e.iova, e.size, e.desc)).collect();
+    let rwc = Prot::READ | Prot::WRITE | Prot::CACHE;
     assert_eq!(
         leaves,
         vec![
             (
                 0x1000,
-                EntryKind::Leaf {
+                0x1000,
+                Descriptor::Leaf {
                     paddr: 0x7000,
-                    size: 0x1000,
-                    prot: "rwc".into()
+                    prot: rwc
                 }
             ),
             (
                 0x2000,
-                EntryKind::Leaf {
+                0x1000,
+                Descriptor::Leaf {
                     paddr: 0x8000,
-                    size: 0x1000,
-                    prot: "rwc".into()
+                    prot: rwc
                 }
             ),
         ]
@@ -194,13 +195,13 @@ fn dumps_are_safe_and_consistent_while_the_table_changes() {
     let mut dumps = 0;
     // Enough dumps, taken while enough map/unmap rounds ran.
     while dumps < 300 || rounds.load(Ordering::Relaxed) < 300 {
-        let r = report::page_table(&*pt);
+        let r = pt.dump();
         for e in r.leaves() {
-            let EntryKind::Leaf { paddr, size, .. } = e.kind else {
+            let Descriptor::Leaf { paddr, .. } = e.desc else {
                 unreachable!()
             };
             assert_eq!(paddr, e.iova + 0x1000_0000, "{r}");
-            assert!(size == 0x1000 || size == 0x20_0000);
+            assert!(e.size == 0x1000 || e.size == 0x20_0000);
         }
         dumps += 1;
     }

@@ -5,6 +5,7 @@ use std::fmt;
 
 /// One valid descriptor met by a walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct WalkEntry {
     /// The level of the table holding the descriptor.
     pub level: u32,
@@ -12,6 +13,8 @@ pub struct WalkEntry {
     pub index: usize,
     /// The first input address it maps.
     pub iova: u64,
+    /// Bytes of input addresses it covers (the block size of its level).
+    pub size: u64,
     /// The address of the table holding it.
     pub table: u64,
     /// The raw 64-bit descriptor.
@@ -22,6 +25,7 @@ pub struct WalkEntry {
 
 /// Every valid descriptor reachable from the root, in walk order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Dump {
     /// The root table's address.
     pub root: u64,
@@ -32,20 +36,31 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// The leaf descriptors: `(entry, paddr)` per page or block.
+    /// The leaf descriptors: one per page or block.
     pub fn leaves(&self) -> impl Iterator<Item = &WalkEntry> {
         self.entries
             .iter()
             .filter(|e| matches!(e.desc, Descriptor::Leaf { .. }))
     }
+
+    /// Bytes mapped by the leaves.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.leaves().map(|e| e.size).sum()
+    }
 }
 
 impl fmt::Display for Dump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "root @ {:#x} ({} tables)", self.root, self.tables)?;
+        writeln!(
+            f,
+            "root @ {:#x}: {} tables, {:#x} bytes mapped",
+            self.root,
+            self.tables,
+            self.mapped_bytes()
+        )?;
         let top = self.entries.first().map_or(0, |e| e.level);
         for e in &self.entries {
-            let indent = 2 * (e.level - top) as usize;
+            let indent = 2 * (e.level - top) as usize + 2;
             write!(
                 f,
                 "{:indent$}L{} [{:4}] iova {:#014x}: {:#018x} ",
@@ -55,7 +70,7 @@ impl fmt::Display for Dump {
                 Descriptor::Table { addr } => writeln!(f, "table @ {addr:#x}")?,
                 Descriptor::Leaf { paddr, prot } => {
                     let kind = if e.level == 3 { "page" } else { "block" };
-                    writeln!(f, "{kind} -> {paddr:#x} {prot:?}")?
+                    writeln!(f, "{kind} -> {paddr:#x} {prot} ({:#x})", e.size)?
                 }
                 Descriptor::Invalid => writeln!(f, "invalid")?,
             }

@@ -85,6 +85,7 @@ bitflags::bitflags! {
     /// assert!(p.contains(Prot::WRITE));
     /// ```
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
     pub struct Prot: u8 {
         /// Device may read.
         const READ = 1 << 0;
@@ -101,6 +102,33 @@ bitflags::bitflags! {
     }
 }
 
+/// `"rw"`, `"r-"`, `"-w"` plus attribute letters: `c` cacheable, `m` MMIO, `x` execute-never,
+/// `p` privileged.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use io_pgtable::Prot;
+/// assert_eq!((Prot::READ | Prot::CACHE).to_string(), "r-c");
+/// assert_eq!((Prot::WRITE | Prot::NOEXEC | Prot::PRIV).to_string(), "-wxp");
+/// ```
+impl std::fmt::Display for Prot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let letter = |p: Prot, c: char| if self.contains(p) { c } else { '-' };
+        write!(f, "{}{}", letter(Prot::READ, 'r'), letter(Prot::WRITE, 'w'))?;
+        for (p, c) in [
+            (Prot::CACHE, 'c'),
+            (Prot::MMIO, 'm'),
+            (Prot::NOEXEC, 'x'),
+            (Prot::PRIV, 'p'),
+        ] {
+            if self.contains(p) {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A descriptor decoded at its level.
 ///
 /// ```
@@ -114,6 +142,7 @@ bitflags::bitflags! {
 /// assert_eq!(pte::decode(&g, 3, 0b01), Descriptor::Invalid);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Descriptor {
     /// Invalid (bit 0 clear, or `01` at level 3).
     Invalid,

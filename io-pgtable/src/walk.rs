@@ -217,6 +217,7 @@ impl<T: TlbOps> Reader<'_, T> {
                 level,
                 index,
                 iova,
+                size: g.block_size(level),
                 table: addr,
                 raw,
                 desc,
