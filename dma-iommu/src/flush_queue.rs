@@ -262,6 +262,21 @@ pub struct FqStats {
     pub timer_fires: u64,
 }
 
+impl fmt::Display for FqStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "enqueued {} reclaimed {} pending {} flushes {} (ring full {}) timer runs {}",
+            self.enqueued,
+            self.reclaimed,
+            self.pending,
+            self.flushes,
+            self.full_flushes,
+            self.timer_fires
+        )
+    }
+}
+
 struct Slot<E> {
     stamp: u64,
     entry: E,

@@ -106,11 +106,6 @@ impl fmt::Display for DomainStats {
         )?;
         writeln!(f, "live {}", self.live)?;
         writeln!(f, "errors {}", self.errors)?;
-        let q = &self.fq;
-        writeln!(
-            f,
-            "flush queue: enqueued {} reclaimed {} pending {} flushes {} (ring full {}) timer runs {}",
-            q.enqueued, q.reclaimed, q.pending, q.flushes, q.full_flushes, q.timer_fires
-        )
+        writeln!(f, "flush queue: {}", self.fq)
     }
 }

@@ -139,13 +139,7 @@ impl fmt::Display for FlushQueueReport {
             Some(false) => writeln!(f, ", timer idle")?,
             None => writeln!(f)?,
         }
-        // `FqStats` has no text of its own (dma-iommu prints it inside `DomainStats`).
-        let s = &self.stats;
-        writeln!(
-            f,
-            "  enqueued {} reclaimed {} pending {} flushes {} (full {}) timer fires {}",
-            s.enqueued, s.reclaimed, s.pending, s.flushes, s.full_flushes, s.timer_fires
-        )
+        writeln!(f, "  {}", self.stats)
     }
 }
 

@@ -155,6 +155,7 @@ fn the_full_report_reads_like_debugfs() {
         "flush queue: strict",
         "flush queue: lazy, 2 x 256 (per-cpu)",
         "dma domain:\n  mode lazy\n  maps 2 ",
+        "  flush queue: enqueued 1 reclaimed ",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
