@@ -156,27 +156,20 @@ impl<T: TlbOps> PageTable<T> {
         link: Link<'_>,
         late: &mut LateUnlinks,
     ) -> Result<(), u64> {
-        let Link {
-            entry,
-            desc,
-            addr,
-            level,
-            iova,
-        } = link;
-        let size = self.geom.table_span(level);
-        if let Some(slot) = self.weakened_root_slot(entry) {
+        let size = self.geom.table_span(link.level);
+        if let Some(slot) = self.weakened_root_slot(link.entry) {
             // Weakened (loom only): retired while still linked; unlinked after the grace period.
             // SAFETY: `addr` was read from `entry` under `guard` (the caller's contract); the
             // weakened variant only exists to show what taking it unclaimed breaks.
-            let tables = unsafe { self.take_subtree(guard, addr, level) };
+            let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
             table::retire(guard, tables, &self.stats);
-            late.0.push((slot, iova, size, 0));
+            late.0.push((slot, link.iova, size, 0));
             return Ok(());
         }
-        self.claim(entry, desc, 0)?;
+        self.claim(link.entry, link.desc, 0)?;
         // SAFETY: `addr` was read from `entry` under `guard`, and this call claimed the link.
-        let tables = unsafe { self.take_subtree(guard, addr, level) };
-        self.tlb.flush_walk(iova, size, self.geom.page_size());
+        let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
+        self.tlb.flush_walk(link.iova, size, self.geom.page_size());
         table::retire(guard, tables, &self.stats);
         Ok(())
     }
@@ -196,36 +189,38 @@ impl<T: TlbOps> PageTable<T> {
         leaf: u64,
         late: &mut LateUnlinks,
     ) -> Result<(), Stop> {
-        let Link {
-            entry,
-            desc,
-            addr,
-            level,
-            iova,
-        } = link;
         let mut frozen = Frozen::new();
         // SAFETY: `addr` was read under `guard` (the caller's contract).
-        if let Err(stop) = unsafe { self.freeze(guard, addr, level, iova, &mut frozen) } {
+        let froze = unsafe { self.freeze(guard, link.addr, link.level, link.iova, &mut frozen) };
+        if let Err(stop) = froze {
             self.thaw(guard, frozen);
             return Err(stop);
         }
-        let size = self.geom.table_span(level);
-        if let Some(slot) = self.weakened_root_slot(entry) {
+        let size = self.geom.table_span(link.level);
+        if let Some(slot) = self.weakened_root_slot(link.entry) {
             // Weakened (loom only): retired while still linked; the block written after the
             // grace period.
-            table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
-            late.0.push((slot, iova, size, leaf));
+            table::retire(
+                guard,
+                self.frozen_tables(link.addr, link.level, frozen),
+                &self.stats,
+            );
+            late.0.push((slot, link.iova, size, leaf));
             return Ok(());
         }
-        if self.claim(entry, desc, FROZEN).is_err() {
+        if self.claim(link.entry, link.desc, FROZEN).is_err() {
             // An unmap took the table: it owns it now; what it could not see we take back.
             self.thaw(guard, frozen);
             return Err(Stop::Restart);
         }
-        self.tlb.flush_walk(iova, size, self.geom.page_size());
-        table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
+        self.tlb.flush_walk(link.iova, size, self.geom.page_size());
+        table::retire(
+            guard,
+            self.frozen_tables(link.addr, link.level, frozen),
+            &self.stats,
+        );
         // The entry is ours (FROZEN): no one else writes it.
-        entry.store(leaf, Relaxed);
+        link.entry.store(leaf, Relaxed);
         Ok(())
     }
 
