@@ -17,7 +17,7 @@
 //! | [`PageTable::unmap`]`(iova, size) -> Result<u64, Error>`, [`PageTable::unmap_with`] | looping unmap (syncing its own gather / into yours) |
 //! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation with permissions |
 //! | [`PageTable::reader`]`() -> Reader` | a held pin: [`Reader::translate`], [`Reader::walk`], [`Reader::dump`] |
-//! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able |
+//! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able, serde with feature `serde` |
 //! | [`TlbOps`] (flush_all, flush_walk, sync, add_page), [`Gather`], [`NoTlb`] | TLB maintenance |
 //! | [`PageTable::stats`]`() -> Stats` | tables allocated / discarded / retired / freed |
 //! | [`faults::TABLE_ALLOC`] | the table-allocation site a test can make fail (feature `fault-injection`) |

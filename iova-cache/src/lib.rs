@@ -19,7 +19,7 @@
 //! | [`IovaAllocator::alloc_range`]`(size, limit, aligned)` / [`IovaAllocator::free_range`]`(pfn, size)` | uncached range allocator |
 //! | [`IovaAllocator::reserve`]`(lo, hi)` / [`IovaAllocator::find`]`(pfn) -> Option<IovaRange>` | reservations, lookup |
 //! | [`IovaAllocator::flush_all`], [`IovaAllocator::flush_cpu`], [`IovaAllocator::trim_once`] | cache maintenance |
-//! | [`IovaAllocator::stats`]` -> IovaStats`, [`IovaAllocator::report`]` -> String` | per-class hits/misses, depot, cached granules per CPU and depot |
+//! | [`IovaAllocator::stats`]` -> IovaStats`, [`IovaAllocator::report`]` -> String` | per-class hits/misses, depot, cached granules per CPU and depot (serde with feature `serde`) |
 //! | [`RangeAllocator`] | the single-threaded range allocator itself (`&mut self`) |
 //! | [`faults`] | allocation sites a test can make fail (feature `fault-injection`), each with a fallback that loses nothing |
 //!

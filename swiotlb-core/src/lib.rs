@@ -31,6 +31,8 @@
 //!   [`DmaSrc`]: bounce memory, which a device may touch at any moment, is never lent out as a
 //!   slice and is accessed only with atomic word accesses.
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
+//! * [`Swiotlb::stats`] returns a [`StatsSnapshot`] (`Display`: the debugfs-style text; serde
+//!   with the `serde` feature).
 //! * [`faults`]: the allocation sites (dynamic pool, transient pool, default pool) a test
 //!   can make fail with the `fault-injection` feature, each with the fallback that loses nothing.
 //! * [`points`]: the named orderings of the lock-free protocols (pool publication, the device
