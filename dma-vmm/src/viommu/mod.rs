@@ -162,8 +162,8 @@ struct EndpointState {
 }
 
 impl EndpointState {
-    /// The attachment, for everything but translation: one out-of-line load, so that the
-    /// translation path keeps its own load inlined.
+    /// The attachment, for everything but translation (the control path, `domain()`): one
+    /// out-of-line load, leaving the endpoint lookup as the one inlined copy.
     #[inline(never)]
     fn attachment(&self) -> Snapshot<Attachment> {
         self.attached.load()
