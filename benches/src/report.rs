@@ -373,18 +373,12 @@ mod tests {
                 vec![Measurement::new(t, n, 1.0, t as f64, lat)]
             })
             .collect();
-        CaseResult {
-            component: Component::Iova,
-            workload: workload.into(),
-            implementation: implementation.into(),
+        CaseResult::from_repetitions(
+            (Component::Iova, workload, implementation),
             role,
-            floor: None,
-            runs: repetitions
-                .iter()
-                .map(|r| crate::spread::median_measurement(r))
-                .collect(),
+            None,
             repetitions,
-        }
+        )
     }
 
     #[test]
