@@ -178,12 +178,11 @@ fn used_run(cfg: &RunConfig, threads: usize, used: usize, free: usize) -> Measur
     };
     let (tlb, base) = instance(pool, threads);
     let dev = tlb.device(DeviceConfig::default());
-    let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
     measure(cfg, threads, |t| {
         let orig = base + (t * ORIG_PER_THREAD) as u64;
         let per_thread = used / threads;
         hold_slots(&tlb, &dev, orig, per_thread);
-        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, dir)
+        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, Direction::ToDevice)
     })
 }
 
