@@ -408,6 +408,13 @@ mod tests {
             );
         }
         assert!(t.contains("<0.001×") && t.contains("1.10T×"), "{t}");
+        let evaluated: Vec<_> = crate::targets::all()
+            .iter()
+            .map(|t| t.evaluate(&results, 2))
+            .collect();
+        for line in targets_table(&evaluated, Layout::Compact).lines() {
+            assert!(line.chars().count() <= COLUMNS, "{line}");
+        }
         // The wide table has every thread count.
         let w = tables(&results, &threads, 2, Layout::Wide);
         assert!(w.contains("Mop/s@8") && !t.contains("Mop/s@8"));
