@@ -16,4 +16,5 @@
 //! Everything here is test support: it asserts, it never recovers.
 
 pub mod diff;
+pub mod memory;
 pub mod workload;

@@ -1,0 +1,206 @@
+//! dma-iommu: a DMA domain as a registry of live mappings over an IOVA space (Linux
+//! `drivers/iommu/dma-iommu.c`: `iommu_dma_map_page`, `__iommu_dma_unmap`, the swiotlb
+//! bounce of untrusted devices, and the dma-iommu docs).
+//!
+//! [`IommuModel::predict_map`] gives, for a map, either the exact error the contract names
+//! (zero size, overflow, a span beyond the device's mask or the aperture, an impossible
+//! bounce request, an output address beyond the table) or what a success must look like
+//! (bounced or not, the offset kept, the span's granules and IOVA limit), and
+//! [`IommuModel::iova_fits`] says whether a `NoIova` refusal was allowed: only when no
+//! naturally aligned run of the span's size class is free below the limit once every
+//! unmapped IOVA is back. [`IommuModel::expect_unmap`] is the exact answer of an unmap.
+
+use crate::iova::{class_size, gap_fits};
+use crate::swiotlb::{self, Masks};
+use dma_iommu::{DmaError, Unmapped};
+use std::collections::BTreeMap;
+use swiotlb_core::Direction;
+
+/// One live mapping.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// Index of the device that mapped it.
+    pub dev: usize,
+    /// Offset of the buffer in the shadowed memory.
+    pub off: usize,
+    /// Bytes mapped.
+    pub size: usize,
+    /// Direction given at map time.
+    pub dir: Direction,
+    /// What the device sees of a bounced mapping (`None`: it sees the original).
+    pub bounce: Option<Vec<u8>>,
+}
+
+/// A device as the model needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Dev {
+    /// Highest IOVA the device emits.
+    pub dma_mask: u64,
+    /// Offset bits a bounce buffer keeps.
+    pub min_align: u64,
+    /// Segment boundary mask.
+    pub boundary: u64,
+    /// Trusted devices are never bounced.
+    pub trusted: bool,
+}
+
+/// What a map must do when it succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    /// Whether the buffer is bounced.
+    pub bounced: bool,
+    /// Offset of the returned address in its granule.
+    pub offset: u64,
+    /// Granules of the IOVA span.
+    pub granules: u64,
+    /// Highest pfn the span may use.
+    pub limit_pfn: u64,
+}
+
+/// What a map must give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapPrediction {
+    /// Exactly this error.
+    Refused(DmaError),
+    /// `PageTable(OutOfRange)` or `PageTable(Overflow)`: the output address does not fit.
+    OutputOutOfRange,
+    /// A mapping of this shape, or a `NoIova` refusal if [`IommuModel::iova_fits`] says no.
+    Mapped(MapShape),
+}
+
+/// The reference model of a domain.
+#[derive(Debug, Clone)]
+pub struct IommuModel {
+    /// IOVA granule in bytes.
+    pub granule: u64,
+    /// Last IOVA of the page table's input space.
+    pub aperture_end: u64,
+    /// Output address bits of the page table.
+    pub oas: u32,
+    /// Allocatable IOVA pfns, inclusive.
+    pub pfns: (u64, u64),
+    /// Slots per segment of the bounce allocator.
+    pub bounce_seg: usize,
+    /// Live mappings by DMA address.
+    pub live: BTreeMap<u64, Mapping>,
+}
+
+/// The granule-aligned IOVA span `[start, end)` of `size` bytes at `dma`.
+pub fn span(dma: u64, size: usize, granule: u64) -> (u64, u64) {
+    let start = dma & !(granule - 1);
+    (start, (dma + size as u64).next_multiple_of(granule))
+}
+
+impl IommuModel {
+    /// Predict a map of `size` bytes at `paddr` for `dev`.
+    pub fn predict_map(&self, dev: &Dev, paddr: u64, size: u64) -> MapPrediction {
+        let g = self.granule;
+        if size == 0 {
+            return MapPrediction::Refused(DmaError::ZeroSize);
+        }
+        let Some(end) = paddr.checked_add(size) else {
+            return MapPrediction::Refused(DmaError::Overflow);
+        };
+        let bounced = !dev.trusted && (paddr | end) & (g - 1) != 0;
+        let offset = if bounced {
+            let m = Masks {
+                min_align: dev.min_align,
+                alloc_align: g - 1,
+                boundary: dev.boundary,
+            };
+            let plan = swiotlb::plan(
+                Some(paddr),
+                size as usize,
+                m,
+                true,
+                swiotlb_core::POOL_ALIGN as u64 - 1,
+                self.bounce_seg,
+            );
+            if let Err(e) = plan {
+                return MapPrediction::Refused(DmaError::Bounce(e));
+            }
+            paddr & dev.min_align & (g - 1)
+        } else {
+            paddr & (g - 1)
+        };
+        let Some(len) = (offset + size).checked_next_multiple_of(g) else {
+            return MapPrediction::Refused(DmaError::Overflow);
+        };
+        let limit = dev.dma_mask.min(self.aperture_end);
+        let granules = len / g;
+        let shift = g.trailing_zeros();
+        let space = self.pfns.1 - self.pfns.0 + 1;
+        if len - 1 > limit || granules > space || limit >> shift < self.pfns.0 {
+            return MapPrediction::Refused(DmaError::BeyondMask {
+                len,
+                dma_mask: dev.dma_mask,
+            });
+        }
+        if !bounced {
+            let out = paddr & !(g - 1);
+            if out.checked_add(len).map_or(true, |e| e > 1u64 << self.oas) {
+                return MapPrediction::OutputOutOfRange;
+            }
+        }
+        MapPrediction::Mapped(MapShape {
+            bounced,
+            offset,
+            granules,
+            limit_pfn: (limit >> shift).min(self.pfns.1),
+        })
+    }
+
+    /// Whether the IOVA allocator could serve `shape` with only the live spans (and those of
+    /// `others`, `(dma, size)` pairs) in use.
+    pub fn iova_fits(&self, shape: &MapShape, others: &[(u64, usize)]) -> bool {
+        let shift = self.granule.trailing_zeros();
+        let busy = self
+            .live
+            .iter()
+            .map(|(&a, m)| (a, m.size))
+            .chain(others.iter().copied())
+            .map(|(a, s)| {
+                let (st, e) = span(a, s, self.granule);
+                (st >> shift, (e >> shift) - 1)
+            })
+            .collect();
+        let c = class_size(shape.granules);
+        gap_fits(busy, self.pfns.0, shape.limit_pfn, c, c.next_power_of_two())
+    }
+
+    /// The exact answer of `unmap(dev, dma, size)` (`queued`: a trusted device of a lazy
+    /// domain), with the mapping it takes down.
+    pub fn expect_unmap(
+        &self,
+        dev: usize,
+        dma: u64,
+        size: usize,
+        queued: bool,
+    ) -> Result<(Unmapped, u64), DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let pfn_end = ((dma >> 12) + 1).checked_shl(12).unwrap_or(u64::MAX);
+        let found = self
+            .live
+            .range(..pfn_end)
+            .next_back()
+            .filter(|(a, _)| **a >> 12 == dma >> 12);
+        match found {
+            Some((&a, m)) if m.dev == dev && a == dma && m.size == size => {
+                let how = if queued {
+                    Unmapped::Queued
+                } else {
+                    Unmapped::Synced
+                };
+                Ok((how, a))
+            }
+            Some((_, m)) if m.dev == dev => Err(DmaError::Mismatch {
+                dma,
+                size: size as u64,
+                mapped: m.size as u64,
+            }),
+            _ => Err(DmaError::NotMapped { dma }),
+        }
+    }
+}
