@@ -62,8 +62,9 @@ pub struct MapShape {
 pub enum MapPrediction {
     /// Exactly this error.
     Refused(DmaError),
-    /// `PageTable(OutOfRange)` or `PageTable(Overflow)`: the output address does not fit.
-    OutputOutOfRange,
+    /// `PageTable(OutOfRange)` or `PageTable(Overflow)`: the output address does not fit the
+    /// table (found after the IOVA of this shape was allocated, so a `NoIova` may come first).
+    OutputOutOfRange(MapShape),
     /// A mapping of this shape, or a `NoIova` refusal if [`IommuModel::iova_fits`] says no.
     Mapped(MapShape),
 }
@@ -136,22 +137,22 @@ impl IommuModel {
                 dma_mask: dev.dma_mask,
             });
         }
-        if !bounced {
-            let out = paddr & !(g - 1);
-            if out.checked_add(len).map_or(true, |e| e > 1u64 << self.oas) {
-                return MapPrediction::OutputOutOfRange;
-            }
-        }
-        MapPrediction::Mapped(MapShape {
+        let shape = MapShape {
             bounced,
             offset,
             granules,
             limit_pfn: (limit >> shift).min(self.pfns.1),
-        })
+        };
+        let out = paddr & !(g - 1);
+        if !bounced && out.checked_add(len).map_or(true, |e| e > 1u64 << self.oas) {
+            return MapPrediction::OutputOutOfRange(shape);
+        }
+        MapPrediction::Mapped(shape)
     }
 
-    /// Whether the IOVA allocator could serve `shape` with only the live spans (and those of
-    /// `others`, `(dma, size)` pairs) in use.
+    /// Whether the IOVA allocator could serve `shape` with only the live mappings (and the
+    /// `others`, `(dma, size)` pairs, e.g. mapped lists) holding IOVA space. Each holds the
+    /// size class of its span (a power of two below the cache limit), from its first granule.
     pub fn iova_fits(&self, shape: &MapShape, others: &[(u64, usize)]) -> bool {
         let shift = self.granule.trailing_zeros();
         let busy = self
@@ -161,7 +162,8 @@ impl IommuModel {
             .chain(others.iter().copied())
             .map(|(a, s)| {
                 let (st, e) = span(a, s, self.granule);
-                (st >> shift, (e >> shift) - 1)
+                let first = st >> shift;
+                (first, first + class_size((e - st) >> shift) - 1)
             })
             .collect();
         let c = class_size(shape.granules);

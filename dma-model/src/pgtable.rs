@@ -322,7 +322,9 @@ impl PgtableModel {
             }
             let bigger = self.g.block_size(e.level - 1);
             let base = e.iova & !(bigger - 1);
-            let out_base = out - (e.iova - base);
+            let Some(out_base) = out.checked_sub(e.iova - base) else {
+                continue;
+            };
             let fits = base >= iova && base + bigger <= end && out_base % bigger == 0;
             let supported = self.g.pgsize_bitmap() & bigger != 0;
             if fits && supported && out_base == paddr + (base - iova) {

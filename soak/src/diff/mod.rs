@@ -142,6 +142,9 @@ impl Tracker {
 pub enum Known {
     /// swiotlb-core accepts a sync that copies nothing beyond the end of its mapping.
     SyncPastEnd,
+    /// dma-iommu's unmap of a bounced mapping returns `Ok` when the copy back to original
+    /// memory fails: the device's bytes are lost and the bounce slots leak.
+    LostCopyBack,
 }
 
 std::thread_local! {

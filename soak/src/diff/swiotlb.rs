@@ -405,7 +405,9 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
             _ => {}
         }
         w.fault = arm.take();
-        if std::mem::take(&mut refuse) {
+        // Refusals are for the calls that copy back to original memory.
+        let copies_back = matches!(op, Op::Unmap { .. } | Op::SyncForCpu { .. });
+        if std::mem::take(&mut refuse) && copies_back {
             w.refusals.refuse_next(1);
         }
         let whole = with_fault(w.fault, || apply(&mut w, &t, op))?;
@@ -604,7 +606,6 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
         Op::CpuWrite { off, len, byte } => {
             let o = usize::from(off) % ORIG_LEN;
             let n = usize::from(len).min(ORIG_LEN - o);
-            w.refusals.refuse_next(0);
             w.tlb
                 .memory()
                 .write(base + o as u64, &vec![byte; n])
