@@ -393,7 +393,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         .collect();
     mem.write(base, &pattern).expect("fresh region");
     let swiotlb =
-        Swiotlb::new(TlbConfig::tiny(64, 1, BOUNCE_SEG as usize), mem).expect("tiny configuration");
+        Swiotlb::new(TlbConfig::tiny(64, 1, BOUNCE_SEG), mem).expect("tiny configuration");
     let levels = 3 + u32::from(sel & 1);
     let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(levels)).expect("tiny geometry");
     cfg.iova.cpus = 2;
@@ -915,9 +915,11 @@ fn sync(
             ),
             || format!("sync past a bounced mapping: Bounce({e:?})"),
         )?,
-        (r, Ok(()), b) => return Err(t.fail(format!(
+        (r, Ok(()), b) => {
+            return Err(t.fail(format!(
             "sync of {dma:#x}+{size:#x} ({dir:?}, bounced mapping {b:?}, inside {fits:?}): {r:?}"
-        ))),
+        )))
+        }
     }
     check_memory(w, t)
 }
