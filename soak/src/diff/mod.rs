@@ -9,6 +9,7 @@ mod dma;
 pub mod iommu;
 pub mod iova;
 pub mod pgtable;
+pub mod race;
 pub mod swiotlb;
 
 use std::cell::Cell;
@@ -145,6 +146,9 @@ pub enum Known {
     /// dma-iommu's unmap of a bounced mapping returns `Ok` when the copy back to original
     /// memory fails: the device's bytes are lost and the bounce slots leak.
     LostCopyBack,
+    /// io-pgtable: two racing unmaps of one entry holding a table both succeed, and the
+    /// table is retired twice.
+    RacingUnmap,
 }
 
 std::thread_local! {
