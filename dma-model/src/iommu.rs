@@ -10,7 +10,7 @@
 //! naturally aligned run of the span's size class is free below the limit once every
 //! unmapped IOVA is back. [`IommuModel::expect_unmap`] is the exact answer of an unmap.
 
-use crate::iova::{class_size, gap_fits};
+use crate::iova::{class_size, lowest_gap};
 use crate::swiotlb::{self, Masks};
 use dma_iommu::{DmaError, Unmapped};
 use std::collections::BTreeMap;
@@ -154,8 +154,16 @@ impl IommuModel {
     /// `others`, `(dma, size)` pairs, e.g. mapped lists) holding IOVA space. Each holds the
     /// size class of its span (a power of two below the cache limit), from its first granule.
     pub fn iova_fits(&self, shape: &MapShape, others: &[(u64, usize)]) -> bool {
+        !self.iova_may_run_out(std::slice::from_ref(shape), others)
+    }
+
+    /// Whether mapping `shapes` one after the other (the segments of one list) may run out
+    /// of IOVA space: for some choice of aligned free runs the allocator may make for the
+    /// earlier ones, one of them does not fit. The allocator's choice is its own, so every
+    /// choice is tried (lists are short and spaces small).
+    pub fn iova_may_run_out(&self, shapes: &[MapShape], others: &[(u64, usize)]) -> bool {
         let shift = self.granule.trailing_zeros();
-        let busy = self
+        let busy: Vec<(u64, u64)> = self
             .live
             .iter()
             .map(|(&a, m)| (a, m.size))
@@ -166,8 +174,27 @@ impl IommuModel {
                 (first, first + class_size((e - st) >> shift) - 1)
             })
             .collect();
-        let c = class_size(shape.granules);
-        gap_fits(busy, self.pfns.0, shape.limit_pfn, c, c.next_power_of_two())
+        self.may_run_out(&busy, shapes)
+    }
+
+    fn may_run_out(&self, busy: &[(u64, u64)], shapes: &[MapShape]) -> bool {
+        let Some((first, rest)) = shapes.split_first() else {
+            return false;
+        };
+        let c = class_size(first.granules);
+        let align = c.next_power_of_two();
+        let mut from = self.pfns.0;
+        let mut placed_any = false;
+        while let Some(p) = lowest_gap(busy, from, first.limit_pfn, c, align) {
+            placed_any = true;
+            let mut with = busy.to_vec();
+            with.push((p, p + c - 1));
+            if self.may_run_out(&with, rest) {
+                return true;
+            }
+            from = p + align;
+        }
+        !placed_any
     }
 
     /// The exact answer of `unmap(dev, dma, size)` (`queued`: a trusted device of a lazy

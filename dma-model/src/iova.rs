@@ -25,8 +25,22 @@ pub fn class_size(size: u64) -> u64 {
 
 /// Whether a run of `size` granules aligned to `align` fits in `[start, limit]` avoiding the
 /// inclusive `busy` ranges.
-pub fn gap_fits(mut busy: Vec<(u64, u64)>, start: u64, limit: u64, size: u64, align: u64) -> bool {
+pub fn gap_fits(busy: Vec<(u64, u64)>, start: u64, limit: u64, size: u64, align: u64) -> bool {
+    lowest_gap(&busy, start, limit, size, align).is_some()
+}
+
+/// The lowest start of a run of `size` granules aligned to `align` in `[start, limit]` that
+/// avoids the inclusive `busy` ranges.
+pub fn lowest_gap(
+    busy: &[(u64, u64)],
+    start: u64,
+    limit: u64,
+    size: u64,
+    align: u64,
+) -> Option<u64> {
+    let mut busy = busy.to_vec();
     busy.sort_unstable();
+    let align = align.max(1);
     let mut lo = start;
     for (b_lo, b_hi) in busy
         .into_iter()
@@ -34,9 +48,9 @@ pub fn gap_fits(mut busy: Vec<(u64, u64)>, start: u64, limit: u64, size: u64, al
     {
         if b_lo > lo {
             let hi = (b_lo - 1).min(limit);
-            let p = lo.div_ceil(align.max(1)) * align.max(1);
+            let p = lo.div_ceil(align) * align;
             if p.checked_add(size - 1).is_some_and(|e| e <= hi) {
-                return true;
+                return Some(p);
             }
         }
         lo = lo.max(b_hi.saturating_add(1));
@@ -44,7 +58,7 @@ pub fn gap_fits(mut busy: Vec<(u64, u64)>, start: u64, limit: u64, size: u64, al
             break;
         }
     }
-    false
+    None
 }
 
 /// One range a user holds.

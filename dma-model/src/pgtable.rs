@@ -252,7 +252,7 @@ impl PgtableModel {
 
     /// Check a looping `map(iova, paddr, size, prot)` that returned `result`, given the
     /// structure the table reports afterwards (`after`): all or nothing at page granularity,
-    /// an `Exists` naming a page of the range at or before its first mapped page, no other
+    /// an `Exists` naming an occupied entry at or before the range's first mapped page, no other
     /// page touched, and every new leaf the largest page the alignment of both addresses
     /// allows inside the range. On success the model takes the reported structure.
     pub fn check_map(
@@ -278,7 +278,10 @@ impl PgtableModel {
                 }
             }
             (Err(Error::Exists { iova: x }), None, Some(first)) => {
-                if !(iova <= x && x <= first && x % self.g.page_size() == 0) {
+                // The occupied entry: a leaf starting before the range, or an entry inside it
+                // up to the first mapped page.
+                let lo = self.leaf_covering(first).map_or(iova, |(b, _)| b.min(iova));
+                if !(lo <= x && x <= first && x % self.g.page_size() == 0) {
                     return Err(format!(
                         "map: Exists at {x:#x}, first mapped page of the range is {first:#x}"
                     ));

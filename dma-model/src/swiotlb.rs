@@ -198,10 +198,15 @@ impl SlotSpace {
 
     /// Whether some pool has a qualifying free run for `plan`.
     pub fn fits(&self, plan: &Plan) -> bool {
-        self.pools.iter().any(|p| {
-            (0..p.used.len()).any(|s| {
+        self.first_fit(plan).is_some()
+    }
+
+    /// The lowest qualifying free run for `plan`: its start address.
+    pub fn first_fit(&self, plan: &Plan) -> Option<u64> {
+        self.pools.iter().find_map(|p| {
+            (0..p.used.len()).find_map(|s| {
                 let start = p.start + (s * IO_TLB_SIZE) as u64;
-                plan.may_start_at(start) && p.free_run(s, plan.nslots)
+                (plan.may_start_at(start) && p.free_run(s, plan.nslots)).then_some(start)
             })
         })
     }

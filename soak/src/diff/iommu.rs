@@ -977,20 +977,34 @@ fn map_sg(w: &mut World, t: &Tracker, d: usize, segs: &[(u16, u16)]) -> Result<(
             w.lists.push((d, m, list));
         }
         Err(e) => {
-            let first_bad = list
-                .iter()
-                .position(|s| s.len == 0 || s.len > cfg.max_segment_size);
-            let ok = match (&e, first_bad) {
-                (DmaError::ZeroSize, Some(i)) => list[i].len == 0,
-                (DmaError::BadSegment { index, len }, Some(i)) => *index == i && list[i].len == *len,
-                (_, Some(_)) => false,
-                (DmaError::NoIova(IovaError::NoSpace { .. }), None) => shapes.iter().any(|p| {
-                    matches!(p, MapPrediction::Mapped(s) | MapPrediction::OutputOutOfRange(s) if !w.model.iova_fits(s, &w.list_spans()))
-                }) || !w.model.iova_fits(&joint(&shapes), &w.list_spans()),
-                (e, None) => {
-                    shapes.iter().any(|p| matches!(p, MapPrediction::Refused(x) if x == e))
-                        || w.fault_explains(e)
+            let spans = w.list_spans();
+            let ok = if dev.trusted {
+                let first_bad = list
+                    .iter()
+                    .position(|s| s.len == 0 || s.len > cfg.max_segment_size);
+                match (&e, first_bad) {
+                    (DmaError::ZeroSize, Some(i)) => list[i].len == 0,
+                    (DmaError::BadSegment { index, len }, Some(i)) => {
+                        *index == i && list[i].len == *len
+                    }
+                    (_, Some(_)) => false,
+                    (e, None) => allowed_map_error(w, e, &shapes, &spans),
                 }
+            } else {
+                // Each segment on its own, in order: any error a segment up to the first
+                // refused one may get, with the space the earlier ones took.
+                let mut ok = false;
+                for (i, s) in list.iter().enumerate() {
+                    if s.len == 0 {
+                        ok |= e == DmaError::ZeroSize;
+                        break;
+                    }
+                    ok |= allowed_map_error(w, &e, &shapes[..=i], &spans);
+                    if matches!(shapes[i], MapPrediction::Refused(_)) {
+                        break;
+                    }
+                }
+                ok
             };
             t.check(ok, || format!("map_sg error {e:?}, model {shapes:?}"))?;
             w.unchanged(t, live, used)?;
@@ -999,22 +1013,27 @@ fn map_sg(w: &mut World, t: &Tracker, d: usize, segs: &[(u16, u16)]) -> Result<(
     Ok(())
 }
 
-/// The span all of a list's segments need together.
-fn joint(shapes: &[MapPrediction]) -> MapShape {
-    let mapped = shapes.iter().filter_map(|p| match p {
-        MapPrediction::Mapped(s) => Some(*s),
-        _ => None,
-    });
-    mapped
-        .reduce(|a, b| MapShape {
-            granules: a.granules + b.granules,
-            limit_pfn: a.limit_pfn.min(b.limit_pfn),
-            ..a
+/// Whether a map of the `shapes` (in order; the last one's call is refused) may give `e`:
+/// the error its prediction names, `NoIova` when they cannot all have IOVA space, or an
+/// allocation failure of an armed site.
+fn allowed_map_error(
+    w: &World,
+    e: &DmaError,
+    shapes: &[MapPrediction],
+    others: &[(u64, usize)],
+) -> bool {
+    let mapped: Vec<MapShape> = shapes
+        .iter()
+        .filter_map(|p| match p {
+            MapPrediction::Mapped(s) | MapPrediction::OutputOutOfRange(s) => Some(*s),
+            MapPrediction::Refused(_) => None,
         })
-        .unwrap_or(MapShape {
-            bounced: false,
-            offset: 0,
-            granules: 1,
-            limit_pfn: u64::MAX,
-        })
+        .collect();
+    match (e, shapes.last()) {
+        (e, Some(MapPrediction::Refused(x))) if x == e => true,
+        (DmaError::NoIova(IovaError::NoSpace { .. }), _) => {
+            w.model.iova_may_run_out(&mapped, others)
+        }
+        (e, _) => w.fault_explains(e),
+    }
 }

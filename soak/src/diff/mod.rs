@@ -143,6 +143,10 @@ impl Tracker {
 pub enum Known {
     /// swiotlb-core accepts a sync that copies nothing beyond the end of its mapping.
     SyncPastEnd,
+    /// swiotlb-core's area search can give up before its last candidate: starting on a
+    /// misaligned index, the step to the first aligned one uses up the budget of the last
+    /// candidate, so a free qualifying run is missed and the map gets `NoSpace`.
+    SearchMissesRun,
     /// dma-iommu's unmap of a bounced mapping returns `Ok` when the copy back to original
     /// memory fails: the device's bytes are lost and the bounce slots leak.
     LostCopyBack,
