@@ -1,16 +1,13 @@
 //! proptest against the shared reference model (`dma-model`): random operation sequences
 //! through the same differential checker the fuzz target and the soak use
-//! (`dma_soak::diff::pgtable`). It covers io-pgtable: map_pages/unmap_pages at every page size, the looping map/unmap, bad
-//! arguments and injected table-allocation failures.
+//! (`dma_soak::diff::pgtable`). It covers
+//! io-pgtable: map_pages/unmap_pages at every page size, the looping
+//! map/unmap, bad arguments and injected table-allocation failures.
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
-use dma_soak::diff::{self, tolerating};
+use dma_soak::diff;
 use proptest::prelude::*;
-
-/// Library defects the checker reports whose fixes are not merged yet (the strict run is
-/// `soak/tests/fuzz_corpus.rs`'s ignored twins); empty this once they are.
-const UNFIXED: &[diff::Known] = &[];
 
 proptest! {
     #![proptest_config(ProptestConfig {
@@ -21,7 +18,7 @@ proptest! {
 
     #[test]
     fn page_table_matches_the_reference_model(data in proptest::collection::vec(any::<u8>(), 0..if cfg!(miri) { 48 } else { 2048 })) {
-        let r = tolerating(UNFIXED, || diff::pgtable::run(&data));
+        let r = diff::pgtable::run(&data);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

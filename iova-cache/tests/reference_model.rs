@@ -1,16 +1,13 @@
 //! proptest against the shared reference model (`dma-model`): random operation sequences
 //! through the same differential checker the fuzz target and the soak use
-//! (`dma_soak::diff::iova`). It covers iova-cache: cached and uncached allocations and frees, reservations, flushes, limits,
-//! double frees and injected allocation failures.
+//! (`dma_soak::diff::iova`). It covers
+//! iova-cache: cached and uncached allocations and frees, reservations,
+//! flushes, limits, double frees and injected allocation failures.
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
-use dma_soak::diff::{self, tolerating};
+use dma_soak::diff;
 use proptest::prelude::*;
-
-/// Library defects the checker reports whose fixes are not merged yet (the strict run is
-/// `soak/tests/fuzz_corpus.rs`'s ignored twins); empty this once they are.
-const UNFIXED: &[diff::Known] = &[];
 
 proptest! {
     #![proptest_config(ProptestConfig {
@@ -21,7 +18,7 @@ proptest! {
 
     #[test]
     fn iova_allocator_matches_the_reference_model(data in proptest::collection::vec(any::<u8>(), 0..if cfg!(miri) { 48 } else { 2048 })) {
-        let r = tolerating(UNFIXED, || diff::iova::run(&data));
+        let r = diff::iova::run(&data);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

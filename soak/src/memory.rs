@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use swiotlb_core::{MemoryError, OrigMemory, RegionMemory};
+use swiotlb_core::{DmaDst, DmaSrc, MemoryError, OrigMemory, RegionMemory};
 
 /// The checker's handle: how many of the next writes fail.
 #[derive(Debug, Clone, Default)]
@@ -57,17 +57,17 @@ impl RefusingMemory {
 }
 
 impl OrigMemory for RefusingMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.region.read(addr, buf)
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        self.region.read_into(addr, dst)
     }
 
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         if self.refusals.take() {
             return Err(MemoryError {
                 addr,
-                len: data.len(),
+                len: src.len(),
             });
         }
-        self.region.write(addr, data)
+        self.region.write_from(addr, src)
     }
 }

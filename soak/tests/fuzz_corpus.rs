@@ -32,16 +32,8 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Defects the checkers find in library code whose fixes are not merged yet (see
-/// [`Known`]); `*_strict` twins below run without tolerating them.
-const UNFIXED: &[Known] = &[
-    Known::SyncPastEnd,
-    Known::SearchMissesRun,
-    Known::LostCopyBack,
-    Known::RacingUnmap,
-];
-
-fn seeds_pass() {
+#[test]
+fn seed_corpus_passes() {
     for (target, check) in TARGETS {
         let seeds = corpus(target);
         assert!(!seeds.is_empty(), "no seeds for {target}");
@@ -53,37 +45,17 @@ fn seeds_pass() {
     }
 }
 
-#[test]
-fn seed_corpus_passes() {
-    tolerating(UNFIXED, seeds_pass);
-}
-
-#[test]
-#[ignore = "fails until the library fixes of the defects in UNFIXED are merged"]
-fn seed_corpus_passes_strict() {
-    seeds_pass();
-}
-
-fn inputs_pass(data: &[u8]) -> Result<(), TestCaseError> {
-    for (target, check) in TARGETS {
-        if let Err(d) = check(data) {
-            prop_assert!(false, "{}: {}", target, d);
-        }
-    }
-    Ok(())
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn random_inputs_pass(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
-        tolerating(UNFIXED, || inputs_pass(&data))?;
-    }
-
-    #[test]
-    #[ignore = "fails until the library fixes of the defects in UNFIXED are merged"]
-    fn random_inputs_pass_strict(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
-        inputs_pass(&data)?;
+        for (target, check) in TARGETS {
+            // Unfixed, about one input in a thousand meets it: its strict test is
+            // soak/tests/swiotlb_search.rs (ignored until swiotlb-core is fixed).
+            if let Err(d) = tolerating(&[Known::SearchMissesRun], || check(&data)) {
+                prop_assert!(false, "{}: {}", target, d);
+            }
+        }
     }
 }

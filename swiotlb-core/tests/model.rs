@@ -1,16 +1,13 @@
 //! proptest against the shared reference model (`dma-model`): random operation sequences
 //! through the same differential checker the fuzz target and the soak use
-//! (`dma_soak::diff::swiotlb`). It covers swiotlb-core: map/unmap/sync with random masks, directions and sizes, allocations,
-//! growth, refused copy-backs and injected allocation failures.
+//! (`dma_soak::diff::swiotlb`). It covers
+//! swiotlb-core: map/unmap/sync with random masks, directions and sizes,
+//! allocations, growth, refused copy-backs and injected allocation failures.
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
 use dma_soak::diff::{self, tolerating, Known};
 use proptest::prelude::*;
-
-/// Library defects the checker reports whose fixes are not merged yet (the strict run is
-/// `soak/tests/fuzz_corpus.rs`'s ignored twins); empty this once they are.
-const UNFIXED: &[Known] = &[Known::SyncPastEnd, Known::SearchMissesRun];
 
 proptest! {
     #![proptest_config(ProptestConfig {
@@ -21,7 +18,9 @@ proptest! {
 
     #[test]
     fn bounce_buffers_match_the_reference_model(data in proptest::collection::vec(any::<u8>(), 0..if cfg!(miri) { 48 } else { 2048 })) {
-        let r = tolerating(UNFIXED, || diff::swiotlb::run(&data));
+        // An unfixed search defect about one input in a thousand meets; its strict test is
+        // soak/tests/swiotlb_search.rs (ignored until the fix).
+        let r = tolerating(&[Known::SearchMissesRun], || diff::swiotlb::run(&data));
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

@@ -18,9 +18,10 @@
 //! nothing pending in the flush queue.
 
 use super::dma::{containing, nth_live, Dir, Len, Pick};
-use super::{decode, tolerated, Divergence, Known, Tracker};
+use super::{decode, Divergence, Tracker};
 use crate::memory::{Refusals, RefusingMemory};
 use arbitrary::Arbitrary;
+use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, FqError, FqKind, PhysSegment,
     RecordingIotlb, SgMapping,
@@ -123,8 +124,6 @@ struct World {
     /// The fault site armed for the current operation.
     fault: Option<&'static Site>,
     refusals: Refusals,
-    /// Bounce slots a tolerated lost copy-back leaked (see [`Known::LostCopyBack`]).
-    leaked: bool,
 }
 
 fn span(dma: u64, size: usize) -> (u64, u64) {
@@ -139,6 +138,12 @@ impl World {
 
     fn containing(&self, dma: u64) -> Option<(u64, usize)> {
         containing(&self.model.live, dma, |m| m.size)
+    }
+
+    /// Device `d` reading and writing by DMA address, as a device would.
+    fn device(&self, d: usize) -> SimulatedDevice<'_, RecordingIotlb> {
+        let memory = self.dom.swiotlb().expect("bounce buffers").memory();
+        SimulatedDevice::new(&self.dom, &self.devs[d], memory)
     }
 
     fn armed(&self, site: &'static Site) -> bool {
@@ -313,7 +318,7 @@ impl World {
             // The device sees the buffer and zeros around it, never its neighbours.
             let (s, e) = span(dma, size);
             let mut seen = vec![0xAA; (e - s) as usize];
-            let r = self.dom.device_read(&dev, s, &mut seen);
+            let r = self.device(d).read(s, &mut seen);
             t.check(r.is_ok(), || {
                 format!("device read of a bounced span: {r:?}")
             })?;
@@ -462,7 +467,6 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         dead: Vec::new(),
         fault: None,
         refusals,
-        leaked: false,
     };
     dma_sync::cpu::set_current(Some(usize::from(sel >> 4 & 1)));
     let r = run_ops(&mut w, &foreign, &ops);
@@ -512,10 +516,9 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
             _ => {}
         }
         w.fault = arm.take();
-        // Refusals are for the calls that copy back to original memory (not armed while the
-        // lost copy-back is tolerated: today's unmap then trips a debug assertion).
+        // Refusals are for the calls that copy back to original memory.
         let copies_back = matches!(op, Op::Unmap { .. } | Op::Sync { .. });
-        if std::mem::take(&mut refuse) && copies_back && !tolerated(Known::LostCopyBack) {
+        if std::mem::take(&mut refuse) && copies_back {
             w.refusals.refuse_next(1);
         }
         with_fault(w.fault, || apply(w, &t, foreign, op))?;
@@ -561,9 +564,7 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
         iova.allocated_ranges(),
         vec![],
     )?;
-    if !w.leaked {
-        t.same("bounce slots used at the end", bounce_used_of(&w.dom), 0)?;
-    }
+    t.same("bounce slots used at the end", bounce_used_of(&w.dom), 0)?;
     Ok(())
 }
 
@@ -609,7 +610,7 @@ fn apply(
             let o = usize::from(at) % m.size;
             let n = usize::from(len).min(m.size - o);
             let data = vec![byte; n];
-            let real = w.dom.device_write(&w.devs[m.dev], a + o as u64, &data);
+            let real = w.device(m.dev).write(a + o as u64, &data);
             match (m.dir, real) {
                 (Direction::ToDevice, r) => t
                     .check(n == 0 || matches!(r, Err(DmaError::Fault { .. })), || {
@@ -632,7 +633,7 @@ fn apply(
                 return Ok(());
             };
             let mut seen = vec![0; m.size];
-            let real = w.dom.device_read(&w.devs[m.dev], a, &mut seen);
+            let real = w.device(m.dev).read(a, &mut seen);
             let expected = m
                 .bounce
                 .clone()
@@ -769,14 +770,10 @@ fn unmap(
     let m = w.model.live[&a].clone();
     let copies = m.bounce.is_some() && copies_on_unmap(dir.real(), false);
     let released = match real {
-        Ok(how) if refused && copies => {
-            t.check(tolerated(Known::LostCopyBack), || {
+        Ok(how) => {
+            t.check(!(refused && copies), || {
                 format!("unmap returned {how:?} although its copy-back to original memory was refused: the device's bytes are lost")
             })?;
-            w.leaked = true;
-            true
-        }
-        Ok(how) => {
             t.same("unmap", Ok(how), expected.map(|(h, _)| h))?;
             if copies {
                 let b = m.bounce.as_ref().expect("bounced");
@@ -784,22 +781,21 @@ fn unmap(
             }
             true
         }
-        // A refused copy-back: an error, and the mapping either stays (a retry can take it
-        // down) or is gone with its bounce slots released exactly once.
-        Err(e) if refused && copies => {
-            let gone = w.dom.stats().live < w.model.live.len() as u64 + list_count(w);
-            if !gone {
-                t.same(
-                    "bounce slots after a refused copy-back",
-                    bounce_used_of(&w.dom),
-                    used,
-                )?;
-            }
-            t.check(
-                !matches!(e, DmaError::NotMapped { .. } | DmaError::Mismatch { .. }),
-                || format!("refused copy-back reported as {e:?}"),
+        // A refused copy-back: the mapping is gone, its bounce slots released, and the error
+        // names the bytes lost.
+        Err(DmaError::LostCopyBack {
+            dma: d, size: s, ..
+        }) if refused && copies => {
+            t.same("lost range", (d, s), (a, m.size as u64))?;
+            t.same(
+                "live after a lost copy-back",
+                w.dom.stats().live,
+                w.model.live.len() as u64 - 1 + list_count(w),
             )?;
-            gone
+            t.check(bounce_used_of(&w.dom) < used, || {
+                "a lost copy-back kept its bounce slots".into()
+            })?;
+            true
         }
         Err(e) => return Err(t.fail(format!("unmap of a live mapping: {e:?}"))),
     };
@@ -905,9 +901,16 @@ fn sync(
                 b[o..o + size].copy_from_slice(&w.mem[at..at + size]);
             }
         }
-        (Ok(()), Ok(()), Some(_)) if !copies && tolerated(Known::SyncPastEnd) => {}
-        (Err(DmaError::Bounce(swiotlb_core::Error::Memory(_))), Ok(()), Some(_))
-            if refused && copies && for_cpu && fits.is_some() => {}
+        // Refused: nothing copied, the mapping unchanged.
+        (
+            Err(DmaError::CopyRefused {
+                dma: d, size: s, ..
+            }),
+            Ok(()),
+            Some(_),
+        ) if refused && copies && for_cpu && fits.is_some() => {
+            t.same("range not copied", (d, s), (dma, size as u64))?
+        }
         (Err(DmaError::Bounce(e)), Ok(()), Some(_)) if fits.is_none() => t.check(
             matches!(
                 e,

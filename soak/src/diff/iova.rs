@@ -10,8 +10,9 @@
 
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
+use dma_iommu::DevicePolicy;
 use dma_model::iova::{class_size, Held, IovaModel, MAX_CACHED};
-use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig, IovaError, RangeKind};
+use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeKind};
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Size {
@@ -175,7 +176,7 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                     let (size, limit) = (size_of(size), pfn_of(limit));
                     let dev = &devices[usize::from(device)];
                     let was_32 = dev.tries_32bit_first();
-                    let real = a.alloc_dma(dev, size, limit);
+                    let real = dev.alloc_iova(&a, size, limit);
                     fast_result(&t, m, real, size, limit, &[])?;
                     if let Ok(pfn) = real {
                         t.check(pfn < dma32 || !was_32 || !dev.tries_32bit_first(), || {

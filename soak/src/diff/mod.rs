@@ -136,23 +136,15 @@ impl Tracker {
     }
 }
 
-/// A defect of the library that a checker finds and whose fix is not merged yet. The
-/// checkers always report it; a test that must stay green meanwhile runs them inside
-/// [`tolerating`], and a twin test (`#[ignore]`d until the fix lands) runs them strictly.
+/// A defect of the library that a checker finds and that is not fixed yet. The checkers
+/// always report it; a test that must stay green meanwhile runs them inside [`tolerating`],
+/// and a twin test, `#[ignore]`d until the fix lands, runs them strictly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
-    /// swiotlb-core accepts a sync that copies nothing beyond the end of its mapping.
-    SyncPastEnd,
     /// swiotlb-core's area search can give up before its last candidate: starting on a
-    /// misaligned index, the step to the first aligned one uses up the budget of the last
-    /// candidate, so a free qualifying run is missed and the map gets `NoSpace`.
+    /// misaligned index, the `+1` step to the first aligned one uses up the budget of the
+    /// last candidate, so a free qualifying run is missed and the map gets `NoSpace`.
     SearchMissesRun,
-    /// dma-iommu's unmap of a bounced mapping returns `Ok` when the copy back to original
-    /// memory fails: the device's bytes are lost and the bounce slots leak.
-    LostCopyBack,
-    /// io-pgtable: two racing unmaps of one entry holding a table both succeed, and the
-    /// table is retired twice.
-    RacingUnmap,
 }
 
 std::thread_local! {

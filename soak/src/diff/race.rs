@@ -16,7 +16,7 @@
 //!
 //! Each input is replayed for [`ROUNDS`] fresh tables, so a narrow window is hit often.
 
-use super::{decode, tolerated, Divergence, Known, Tracker};
+use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
 use dma_model::pgtable::PgtableModel;
 use io_pgtable::{Config, Descriptor, Error, Gather, PageTable, Prot};
@@ -51,8 +51,8 @@ struct Call {
 }
 
 impl Call {
-    fn new(op: RaceOp, units: &[u64]) -> Call {
-        let unit = |u: u8| units[usize::from(u) % units.len()];
+    fn new(op: RaceOp) -> Call {
+        let unit = |u: u8| u64::from(u) % UNITS;
         let page = |u: u8, p: u8| unit(u) * UNIT + u64::from(p) % PAGES * PAGE;
         let (unit, map, iova, pgsize) = match op {
             RaceOp::UnmapUnit(u) => (unit(u), false, unit(u) * UNIT, UNIT),
@@ -102,24 +102,18 @@ fn scenario(data: &[u8]) -> Scenario {
         *s = b % 18;
     }
     let ops: Vec<RaceOp> = decode(data.get(UNITS as usize..).unwrap_or_default());
-    // Overlapping units are the point; while the double retire of racing unmaps is a known
-    // defect, a run tolerating it gives each thread its own two units.
-    let (a, b): (&[u64], &[u64]) = if tolerated(Known::RacingUnmap) {
-        (&[0, 1], &[2, 3])
-    } else {
-        (&[0, 1, 2, 3], &[0, 1, 2, 3])
-    };
-    let calls = |units: &[u64], odd: usize| {
+    // Both threads on all units: overlapping entries are the point.
+    let calls = |odd: usize| {
         ops.iter()
             .skip(odd)
             .step_by(2)
             .take(MAX_OPS)
-            .map(|&op| Call::new(op, units))
+            .map(|&op| Call::new(op))
             .collect()
     };
     Scenario {
         setup,
-        threads: [calls(a, 0), calls(b, 1)],
+        threads: [calls(0), calls(1)],
     }
 }
 
