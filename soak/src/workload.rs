@@ -21,6 +21,7 @@ use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
 };
+use dma_model::iova::class_size;
 use dma_model::XorShift;
 use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::{Arc, Mutex};
@@ -299,11 +300,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
                     ops[4].fetch_add(1, Relaxed);
                 }
                 Ok(pfn) => {
-                    let rounded = if size < 32 {
-                        size.next_power_of_two()
-                    } else {
-                        size
-                    };
+                    let rounded = class_size(size);
                     sh.own(pfn, rounded, true);
                     held.iovas.push((pfn, size));
                     ops[1].fetch_add(1, Relaxed);
@@ -314,11 +311,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
             let (pfn, size) = held
                 .iovas
                 .swap_remove(rng.below(held.iovas.len() as u64) as usize);
-            let rounded = if size < 32 {
-                size.next_power_of_two()
-            } else {
-                size
-            };
+            let rounded = class_size(size);
             sh.own(pfn, rounded, false);
             // A free allocates only on its fast path, whose failure falls back: never refused.
             let (r, injected) =
@@ -449,15 +442,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
         }
     }
     for (pfn, size) in held.iovas.drain(..) {
-        sh.own(
-            pfn,
-            if size < 32 {
-                size.next_power_of_two()
-            } else {
-                size
-            },
-            false,
-        );
+        sh.own(pfn, class_size(size), false);
         if let Err(e) = sh.iova.free(pfn, size) {
             sh.fail(format!("final iova free: {e}"));
         }
@@ -662,11 +647,7 @@ fn quiescent_check(sh: &Shared) -> [u64; 4] {
     }
     let mut expected: Vec<(u64, u64)> = held
         .iter()
-        .flat_map(|h| {
-            h.iovas
-                .iter()
-                .map(|&(p, s)| (p, if s < 32 { s.next_power_of_two() } else { s }))
-        })
+        .flat_map(|h| h.iovas.iter().map(|&(p, s)| (p, class_size(s))))
         .chain(sh.iova.cached_ranges())
         .collect();
     expected.sort_unstable();
