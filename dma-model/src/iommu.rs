@@ -233,3 +233,82 @@ impl IommuModel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> IommuModel {
+        IommuModel {
+            granule: 0x1000,
+            aperture_end: (1 << 20) - 1,
+            oas: 48,
+            pfns: (1, 255),
+            bounce_seg: 32,
+            live: BTreeMap::new(),
+        }
+    }
+
+    const TRUSTED: Dev = Dev {
+        dma_mask: u64::MAX,
+        min_align: 0,
+        boundary: u64::MAX,
+        trusted: true,
+    };
+
+    #[test]
+    fn map_errors_are_predicted_exactly() {
+        let m = model();
+        let p = |dev: &Dev, paddr, size| m.predict_map(dev, paddr, size);
+        assert_eq!(
+            p(&TRUSTED, 0, 0),
+            MapPrediction::Refused(DmaError::ZeroSize)
+        );
+        assert_eq!(
+            p(&TRUSTED, u64::MAX, 2),
+            MapPrediction::Refused(DmaError::Overflow)
+        );
+        let narrow = Dev {
+            dma_mask: 0x1FFF,
+            ..TRUSTED
+        };
+        assert_eq!(
+            p(&narrow, 0x10, 0x2000),
+            MapPrediction::Refused(DmaError::BeyondMask {
+                len: 0x3000,
+                dma_mask: 0x1FFF
+            })
+        );
+        let untrusted = Dev {
+            trusted: false,
+            ..TRUSTED
+        };
+        // Bounced: larger than a bounce segment can hold.
+        assert!(matches!(
+            p(&untrusted, 0x10, 0x20_0000),
+            MapPrediction::Refused(DmaError::Bounce(swiotlb_core::Error::TooLarge { .. }))
+        ));
+        assert!(matches!(
+            p(&TRUSTED, 1 << 48, 0x1000),
+            MapPrediction::OutputOutOfRange(_)
+        ));
+    }
+
+    #[test]
+    fn a_list_may_run_out_of_iova_space_only_if_some_placement_does() {
+        let mut m = model();
+        m.pfns = (1, 8);
+        let shape = |granules| MapShape {
+            bounced: false,
+            offset: 0,
+            granules,
+            limit_pfn: 8,
+        };
+        // Free pfns 1..=8: a 4-run fits at 4 only; a 1-run first placed at 4..=7 leaves no
+        // room for it, so running out is possible.
+        assert!(m.iova_fits(&shape(4), &[]));
+        assert!(m.iova_may_run_out(&[shape(1), shape(4)], &[]));
+        // 2 then 1 always fits in 8 pfns.
+        assert!(!m.iova_may_run_out(&[shape(2), shape(1)], &[]));
+    }
+}

@@ -475,3 +475,51 @@ fn same_pages(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_pgtable::{Config, PageTable};
+
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+    #[test]
+    fn a_map_that_uses_pages_where_a_block_fits_is_caught() {
+        let pt = PageTable::new(Config::tiny(3)).unwrap();
+        let mut m = PgtableModel::new(*pt.geometry());
+        // Four 4 KiB pages where one 16 KiB block fits: not what `map` promises.
+        assert_eq!(pt.map_pages(0, 0, 0x1000, 4, RW), Ok(0x4000));
+        let e = m.check_map((0, 0, 0x4000, RW), Ok(()), &pt.dump());
+        assert!(e.is_err_and(|e| e.contains("block fits")));
+        // The real looping map uses the block, and a second map of the range is refused.
+        let pt = PageTable::new(Config::tiny(3)).unwrap();
+        let mut m = PgtableModel::new(*pt.geometry());
+        let r = pt.map(0, 0, 0x4000, RW);
+        m.check_map((0, 0, 0x4000, RW), r, &pt.dump()).unwrap();
+        let again = pt.map(0, 0x4000, 0x1000, RW);
+        m.check_map((0, 0x4000, 0x1000, RW), again, &pt.dump())
+            .unwrap();
+        assert!(again.is_err());
+    }
+
+    #[test]
+    fn an_unmap_that_cuts_a_block_or_claims_too_much_is_caught() {
+        let pt = PageTable::new(Config::tiny(3)).unwrap();
+        let mut m = PgtableModel::new(*pt.geometry());
+        let r = pt.map(0, 0, 0x4000, RW);
+        m.check_map((0, 0, 0x4000, RW), r, &pt.dump()).unwrap();
+        // A report of one page unmapped inside the block, with the block gone, is a cut.
+        let before = m.clone();
+        assert!(pt
+            .unmap_pages(0, 0x4000, 1, &mut io_pgtable::Gather::new())
+            .is_ok());
+        let e = m.check_unmap((0, 0x1000), Ok(0x1000), &pt.dump());
+        assert!(e.is_err_and(|e| e.contains("cut leaf")));
+        // Claiming nothing was mapped while the page is mapped is caught too.
+        let e =
+            before
+                .clone()
+                .check_unmap((0, 0x1000), Err(Error::NotMapped { iova: 0 }), &pt.dump());
+        assert!(e.is_err());
+    }
+}
