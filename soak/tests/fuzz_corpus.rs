@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Checker)] = &[
     ("swiotlb_core", diff::swiotlb::run),
     ("dma_iommu", diff::iommu::run),
     ("race_pgtable", diff::race::pgtable),
+    ("race_iova", diff::race::iova),
 ];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -1,5 +1,6 @@
-//! The race checker as stable tests: a scenario that double-retired a table before entries
-//! were claimed by compare-and-swap, then proptest-generated scenarios.
+//! The race checkers as stable tests: a scenario that double-retired a table before entries
+//! were claimed by compare-and-swap, then proptest-generated scenarios (io-pgtable entries,
+//! iova-cache double frees).
 #![cfg(not(loom))]
 
 use dma_soak::diff::race;
@@ -19,6 +20,12 @@ fn racing_unmaps_of_one_table_are_explained() {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_iova_races_free_each_range_once(data in proptest::collection::vec(any::<u8>(), 1..60)) {
+        let r = race::iova(&data);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
 
     #[test]
     fn random_races_are_explained(data in proptest::collection::vec(any::<u8>(), 4..40)) {

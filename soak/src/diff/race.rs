@@ -1,6 +1,7 @@
-//! Races: two threads replay operations on overlapping entries of one shared io-pgtable, then
+//! Races: two threads replay operations on overlapping parts of one shared structure, then
 //! every outcome must be explained by the reference model.
 //!
+//! [`pgtable`]:
 //! The table (`Config::tiny(3)`: 4 KiB pages, 16 KiB blocks) is set up from the input with
 //! *units* — 16 KiB entries holding nothing, a block, or a level-3 table of some pages — and
 //! two threads, released together, run short lists of operations on them: unmap a whole unit,
@@ -14,12 +15,21 @@
 //! dropped (a table that failed the check is leaked, not freed, so a double retire cannot
 //! corrupt the heap of the process that reports it).
 //!
-//! Each input is replayed for [`ROUNDS`] fresh tables, so a narrow window is hit often.
+//! [`iova`]: two threads free overlapping picks of the same allocated IOVA ranges (double
+//! frees racing, through the per-CPU caches or the tree) and allocate. Conservation per pfn:
+//! held at the start, plus allocations that returned it, minus frees that succeeded, must be 0
+//! or 1 (a double free makes it negative); refused frees are `NotAllocated` (or
+//! `SizeMismatch` against a reallocation); the ranges held afterwards are disjoint and, with
+//! the caches, exactly what the allocator holds.
+//!
+//! Each input is replayed for [`ROUNDS`] fresh structures, so a narrow window is hit often.
 
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
+use dma_model::iova::class_size;
 use dma_model::pgtable::PgtableModel;
 use io_pgtable::{Config, Descriptor, Error, Gather, PageTable, Prot};
+use std::collections::BTreeMap;
 use std::sync::Barrier;
 
 /// Fresh tables per input.
@@ -287,6 +297,146 @@ pub fn pgtable_rounds(data: &[u8], rounds: usize) -> Result<(), Divergence> {
     for r in 0..rounds {
         t.enter(r, &"round");
         round(&t, &s)?;
+    }
+    Ok(())
+}
+
+/// IOVA ranges set up before each iova race.
+const RANGES: usize = 8;
+
+/// One thread's part of an iova race: free the `n`-th range (as allocated), or allocate.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum IovaOp {
+    Free(u8),
+    Alloc(u8),
+}
+
+/// Run one input's iova race for [`ROUNDS`] fresh allocators.
+pub fn iova(data: &[u8]) -> Result<(), Divergence> {
+    use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    let caching = data.first().map_or(true, |b| b & 1 == 0);
+    let ops: Vec<IovaOp> = decode(data.get(1..).unwrap_or_default());
+    let lists: [Vec<IovaOp>; 2] = [0, 1].map(|odd| {
+        ops.iter()
+            .skip(odd)
+            .step_by(2)
+            .take(MAX_OPS)
+            .copied()
+            .collect()
+    });
+    let mut t = Tracker::default();
+    t.note(|| format!("caching {caching}, {lists:?}"));
+    for r in 0..ROUNDS {
+        t.enter(r, &"round");
+        let cfg = IovaConfig {
+            caching,
+            cpus: 2,
+            magazine_size: 2,
+            trim_interval: None,
+            checked_frees: true,
+            ..IovaConfig::with_space(1, 255)
+        };
+        let a = IovaAllocator::new(cfg).expect("valid configuration");
+        let held: Vec<(u64, u64)> = (0..RANGES as u64)
+            .map(|i| {
+                let size = 1 + i % 3;
+                (a.alloc(size, 255).expect("room for the setup"), size)
+            })
+            .collect();
+        let barrier = Barrier::new(2);
+        let results: Vec<Vec<(IovaOp, Result<u64, IovaError>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lists
+                .iter()
+                .enumerate()
+                .map(|(cpu, ops)| {
+                    let (a, held, barrier) = (&a, &held, &barrier);
+                    scope.spawn(move || {
+                        dma_sync::cpu::set_current(Some(cpu));
+                        barrier.wait();
+                        let out = ops
+                            .iter()
+                            .map(|&op| match op {
+                                IovaOp::Free(n) => {
+                                    let (pfn, size) = held[usize::from(n) % RANGES];
+                                    (op, a.free(pfn, size).map(|()| pfn))
+                                }
+                                IovaOp::Alloc(n) => (op, a.alloc(1 + u64::from(n % 3), 255)),
+                            })
+                            .collect();
+                        dma_sync::cpu::set_current(None);
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("racing thread"))
+                .collect()
+        });
+        // Conservation per pfn: held at the start, plus allocations that returned it, minus
+        // frees that succeeded, is 0 or 1 (a double free makes it negative), and the first
+        // free of a held range succeeds.
+        let mut count: BTreeMap<u64, (i64, u64)> =
+            held.iter().map(|&(p, s)| (p, (1, class_size(s)))).collect();
+        for &(op, r) in results.iter().flatten() {
+            match (op, r) {
+                (IovaOp::Alloc(n), Ok(p)) => {
+                    let e = count.entry(p).or_insert((0, 0));
+                    *e = (e.0 + 1, class_size(1 + u64::from(n % 3)));
+                }
+                (IovaOp::Free(_), Ok(p)) => count.entry(p).or_insert((0, 0)).0 -= 1,
+                (IovaOp::Free(n), Err(e)) => {
+                    let pfn = held[usize::from(n) % RANGES].0;
+                    t.check(
+                        matches!(e, IovaError::NotAllocated { pfn: q } | IovaError::SizeMismatch { pfn: q, .. } if q == pfn),
+                        || format!("a refused free of {pfn:#x} gave {e:?}"),
+                    )?;
+                }
+                (IovaOp::Alloc(_), Err(e)) => {
+                    return Err(t.fail(format!("allocation in a 255-pfn space failed: {e:?}")))
+                }
+            }
+        }
+        let bad = count.iter().find(|(_, &(c, _))| !(0..=1).contains(&c));
+        t.check(bad.is_none(), || {
+            format!("pfn held {bad:?} times after the race (freed more often than handed out?): {results:?}")
+        })?;
+        let freed_first = held.iter().enumerate().all(|(i, &(pfn, _))| {
+            let tried = results
+                .iter()
+                .flatten()
+                .any(|(op, _)| matches!(op, IovaOp::Free(n) if usize::from(*n) % RANGES == i));
+            !tried
+                || results
+                    .iter()
+                    .flatten()
+                    .any(|&(op, r)| matches!(op, IovaOp::Free(_)) && r == Ok(pfn))
+        });
+        t.check(freed_first, || {
+            format!("a held range was never freed by any of its frees: {results:?}")
+        })?;
+        let still: Vec<(u64, u64)> = count
+            .iter()
+            .filter(|(_, &(c, _))| c == 1)
+            .map(|(&p, &(_, s))| (p, s))
+            .collect();
+        let overlap = still.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0);
+        t.check(overlap.is_none(), || {
+            format!("ranges held after the race overlap: {overlap:?}")
+        })?;
+        let mut expected = still;
+        expected.extend(a.cached_ranges());
+        expected.sort_unstable();
+        let mut real = a.allocated_ranges();
+        real.sort_unstable();
+        t.same(
+            "allocated = still held + handed out + cached",
+            real,
+            expected,
+        )?;
+        t.check(a.check_invariants().is_ok(), || {
+            format!("{:?}", a.check_invariants())
+        })?;
     }
     Ok(())
 }
