@@ -197,6 +197,17 @@ impl IommuModel {
         !placed_any
     }
 
+    /// The live mapping starting in the granule of `dma` (the domain's records are per
+    /// granule: an unmap anywhere in it names that mapping).
+    pub fn mapping_in_granule(&self, dma: u64) -> Option<(u64, &Mapping)> {
+        let g = self.granule;
+        self.live
+            .range(..=dma | (g - 1))
+            .next_back()
+            .filter(|(a, _)| **a / g == dma / g)
+            .map(|(&a, m)| (a, m))
+    }
+
     /// The exact answer of `unmap(dev, dma, size)` (`queued`: a trusted device of a lazy
     /// domain), with the mapping it takes down.
     pub fn expect_unmap(
@@ -209,14 +220,8 @@ impl IommuModel {
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }
-        let pfn_end = ((dma >> 12) + 1).checked_shl(12).unwrap_or(u64::MAX);
-        let found = self
-            .live
-            .range(..pfn_end)
-            .next_back()
-            .filter(|(a, _)| **a >> 12 == dma >> 12);
-        match found {
-            Some((&a, m)) if m.dev == dev && a == dma && m.size == size => {
+        match self.mapping_in_granule(dma) {
+            Some((a, m)) if m.dev == dev && a == dma && m.size == size => {
                 let how = if queued {
                     Unmapped::Queued
                 } else {

@@ -728,13 +728,7 @@ fn unmap(
         return Ok(());
     };
     let ndev = w.devs.len();
-    let owner = w
-        .model
-        .live
-        .range(..=dma | 0xFFF)
-        .next_back()
-        .filter(|(a, _)| **a >> 12 == dma >> 12)
-        .map(|(&a, m)| (a, m.clone()));
+    let owner = w.model.mapping_in_granule(dma).map(|(a, m)| (a, m.clone()));
     let d = dev.map_or_else(
         || owner.as_ref().map_or(0, |(_, m)| m.dev),
         |d| usize::from(d) % ndev,
