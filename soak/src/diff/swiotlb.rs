@@ -639,8 +639,9 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
                 (Err(e), Some(a)) if w.live[&a].orig.is_none() => {
                     return Err(t.fail(format!("free of a live allocation failed: {e:?}")))
                 }
-                (Err(_), Some(_)) => {}
-                (Err(e), None) => {
+                // Anything that is not a live allocation, a streaming mapping included, is
+                // refused with the error of a missing allocation.
+                (Err(e), _) => {
                     let ok = matches!(e, Error::NotMapped { .. } | Error::OutOfRange { .. })
                         || (!w.restricted && e == Error::NotForAlloc);
                     t.check(ok, || format!("free error {e:?}"))?;
