@@ -145,6 +145,9 @@ pub enum Known {
     /// misaligned index, the `+1` step to the first aligned one uses up the budget of the
     /// last candidate, so a free qualifying run is missed and the map gets `NoSpace`.
     SearchMissesRun,
+    /// iova-cache: two threads freeing the same range can both succeed; the range is then
+    /// handed out again while part of it is still held.
+    RacingDoubleFree,
 }
 
 std::thread_local! {
