@@ -486,10 +486,11 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// // Two checks: too short for the memory-trend checks, which need four.
 /// let cfg = dma_soak::workload::SoakConfig {
 ///     duration: std::time::Duration::from_millis(200),
 ///     workers: 2,
-///     check_every: std::time::Duration::from_millis(50),
+///     check_every: std::time::Duration::from_millis(80),
 ///     seed: 1,
 ///     fault_one_in: 8,
 /// };
