@@ -20,7 +20,7 @@ fn racing_unmaps_of_one_table_are_explained() {
 
 /// Two threads free the same two-granule range (and allocate around it): on today's
 /// iova-cache both frees succeed and the range is handed out again while half of it is held
-/// (fuzz/corpus/race_iova/regression-racing-double-free).
+/// (add it to fuzz/corpus/race_iova/ once fixed).
 const DOUBLE_FREE: &[u8] = &[
     121, 98, 199, 126, 12, 97, 223, 184, 72, 37, 25, 145, 88, 215, 219, 18, 246, 47, 188, 176, 34,
     49, 60, 166, 159, 93, 46, 59, 47, 198, 127, 108, 246, 38, 61, 68, 172, 9, 215, 169, 249, 113,
