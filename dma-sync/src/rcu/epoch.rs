@@ -8,7 +8,42 @@ pub(super) struct Guard(Option<crossbeam_epoch::Guard>);
 
 #[inline]
 pub(super) fn pin(protect: bool) -> Guard {
-    Guard(protect.then(crossbeam_epoch::pin))
+    #[cfg(not(loom))]
+    return Guard(protect.then(crossbeam_epoch::pin));
+    #[cfg(loom)]
+    return Guard(protect.then(collector::pin));
+}
+
+/// Under loom: a collector per execution instead of crossbeam's default one, so that a failed
+/// execution, torn down outside loom, leaks it instead of touching loom (which would abort).
+#[cfg(loom)]
+mod collector {
+    use crossbeam_epoch::{Collector, Guard, LocalHandle};
+    use std::mem::ManuallyDrop;
+
+    /// Dropped at the end of a passing execution, leaked when a failing one is torn down.
+    struct Leaky<T>(ManuallyDrop<T>);
+
+    impl<T> Drop for Leaky<T> {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                // SAFETY: dropped once, here.
+                unsafe { ManuallyDrop::drop(&mut self.0) };
+            }
+        }
+    }
+
+    loom::lazy_static! {
+        static ref COLLECTOR: Leaky<Collector> = Leaky(ManuallyDrop::new(Collector::new()));
+    }
+
+    loom::thread_local! {
+        static HANDLE: Leaky<LocalHandle> = Leaky(ManuallyDrop::new(COLLECTOR.0.register()));
+    }
+
+    pub(super) fn pin() -> Guard {
+        HANDLE.with(|h| h.0.pin())
+    }
 }
 
 /// The unique owner of a retired object, sent to whichever thread runs the free.

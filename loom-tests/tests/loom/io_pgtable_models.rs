@@ -203,10 +203,12 @@ fn neighbours_in_one_table_passes() {
     check(Bound::Exhaustive, neighbours_in_one_table);
 }
 
-/// Exhaustive (~70,000 executions).
+/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model
+/// (exhaustive exploration no longer fits: the RCU shim's grace periods complete in collector
+/// steps on every thread, which multiplies the interleavings).
 #[test]
 fn unmap_frees_level_under_readers_passes() {
-    check(Bound::Exhaustive, unmap_frees_level_under_readers);
+    check(Bound::Preemptions(3), unmap_frees_level_under_readers);
 }
 
 /// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model.
