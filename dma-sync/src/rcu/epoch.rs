@@ -11,7 +11,10 @@ pub(super) fn pin(protect: bool) -> Guard {
     #[cfg(not(loom))]
     return Guard(protect.then(crossbeam_epoch::pin));
     #[cfg(loom)]
-    return Guard(protect.then(collector::pin));
+    {
+        super::graveyard::open();
+        Guard(protect.then(collector::pin))
+    }
 }
 
 /// Under loom: a collector per execution instead of crossbeam's default one, so that a failed

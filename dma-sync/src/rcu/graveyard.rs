@@ -4,31 +4,48 @@
 //! Really freeing an object a buggy reader may still read would be undefined behaviour in
 //! the test process, not a report. Parking keeps the memory valid; the poisoning writes are
 //! loom-tracked, so a reader racing the free is a causality violation.
+//!
+//! The parked list lives in a std thread-local of the test's OS thread (loom runs every model
+//! thread there), opened by a loom `lazy_static` when the execution's first guard is pinned and
+//! emptied when loom drops that static at the end of the execution. Frees that run later, as
+//! crossbeam's collector drains its queue while the last participants unregister, find the
+//! list closed: every thread is done by then, so they poison and drop the object at once.
 
 use super::Retire;
 use std::any::Any;
-use std::sync::Mutex;
+use std::cell::RefCell;
 
-/// Parked objects, per loom execution (a loom `lazy_static` is reset between executions).
-struct Parked(Mutex<Vec<Box<dyn Any + Send>>>);
+type Parked = Vec<Box<dyn Any + Send>>;
 
-impl Drop for Parked {
+std::thread_local! {
+    /// `None` outside an execution (not yet opened, or closed at its end).
+    static PARKED: RefCell<Option<Parked>> = const { RefCell::new(None) };
+}
+
+/// Opens the parked list for one execution; closes it when loom drops it.
+struct Execution;
+
+impl Drop for Execution {
     fn drop(&mut self) {
+        let parked = PARKED.with(|p| p.borrow_mut().take()).unwrap_or_default();
         if std::thread::panicking() {
             // A failed execution is torn down outside loom: dropping a parked object's loom
             // `Arc` there would abort the process. Leak them instead.
-            let parked = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
-            std::mem::forget(std::mem::take(parked));
+            std::mem::forget(parked);
         }
     }
 }
 
 loom::lazy_static! {
-    static ref PARKED: Parked = Parked(Mutex::new(Vec::new()));
+    static ref EXECUTION: Execution = {
+        PARKED.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        Execution
+    };
 }
 
-fn parked() -> std::sync::MutexGuard<'static, Vec<Box<dyn Any + Send>>> {
-    PARKED.0.lock().unwrap_or_else(|e| e.into_inner())
+/// Open the parked list for this execution (called when a guard is pinned).
+pub(super) fn open() {
+    let _ = &*EXECUTION;
 }
 
 /// A retired object of any type, as the loom backends hold it until its grace period ends.
@@ -49,15 +66,27 @@ impl<T: Retire> Freed for T {
     }
 }
 
-/// Poison a retired object whose grace period is over and park it.
+/// Poison a retired object whose grace period is over and park it (or, once the execution's
+/// threads are done, drop it).
 pub(super) fn poison_and_park(mut obj: Box<dyn Freed>) {
     obj.poison();
-    parked().push(obj.into_any());
+    let obj = obj.into_any();
+    let closed = PARKED.with(|p| match p.borrow_mut().as_mut() {
+        Some(parked) => {
+            parked.push(obj);
+            None
+        }
+        None => Some(obj),
+    });
+    drop(closed);
 }
 
 /// The most recently parked `T`, if any, for reuse of its allocation.
 pub(super) fn take<T: Retire>() -> Option<Box<T>> {
-    let mut parked = parked();
-    let i = parked.iter().rposition(|o| o.is::<T>())?;
-    parked.remove(i).downcast::<T>().ok()
+    PARKED.with(|p| {
+        let mut p = p.borrow_mut();
+        let parked = p.as_mut()?;
+        let i = parked.iter().rposition(|o| o.is::<T>())?;
+        parked.remove(i).downcast::<T>().ok()
+    })
 }

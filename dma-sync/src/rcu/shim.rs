@@ -90,6 +90,7 @@ pub(super) struct Guard {
 }
 
 pub(super) fn pin(protect: bool) -> Guard {
+    graveyard::open();
     let entered = LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         if !protect {
