@@ -1,7 +1,8 @@
 //! Devices attached to a domain: DMA limits, trust, and their per-device state.
 
+use crate::error::DmaError;
+use crate::policy::DevicePolicy;
 use dma_sync::Arc;
-use iova_cache::DevicePolicy;
 
 /// What a device declares when it attaches (Linux `dma_parms` and friends).
 ///
@@ -39,6 +40,38 @@ impl Default for DeviceConfig {
             trusted: true,
             prefer_32bit: false,
         }
+    }
+}
+
+impl DeviceConfig {
+    /// Check the limits against a domain of IOVA granule `granule` ([`crate::Domain::attach`]
+    /// calls it before anything is allocated): a segment boundary is `2^k - 1` with `2^k` at
+    /// least one granule (scatter-list placement and merging rely on that form), and a
+    /// segment holds at least one byte. Masks and sizes are otherwise free: a mask too small
+    /// for a mapping is [`DmaError::BeyondMask`] at map time.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::{DeviceConfig, DmaError};
+    /// assert_eq!(DeviceConfig::default().validate(0x1000), Ok(()));
+    /// let odd = DeviceConfig { seg_boundary_mask: 0x1_2FFF, ..DeviceConfig::default() };
+    /// assert!(matches!(odd.validate(0x1000), Err(DmaError::DeviceConfig(_))));
+    /// let small = DeviceConfig { seg_boundary_mask: 0x7FF, ..DeviceConfig::default() };
+    /// assert!(matches!(small.validate(0x1000), Err(DmaError::DeviceConfig(_))));
+    /// ```
+    pub fn validate(&self, granule: u64) -> Result<(), DmaError> {
+        let boundary = self.seg_boundary_mask;
+        if boundary & boundary.wrapping_add(1) != 0 || boundary < granule - 1 {
+            return Err(DmaError::DeviceConfig(
+                "seg_boundary_mask must be 2^k - 1, at least one granule",
+            ));
+        }
+        if self.max_segment_size == 0 {
+            return Err(DmaError::DeviceConfig(
+                "max_segment_size must be at least one byte",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -10,146 +10,49 @@
 //! untrusted devices) or queue (lazy) → release the bounce buffer, copying back, after the
 //! IOTLB can no longer reach it.
 
+use crate::backend::{unmap_present, Backend, SharedIotlb};
 use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
-use crate::flush_queue::{FqConfig, FqError, InvalidationOps};
-use crate::iotlb::{Gather, TlbOps, TlbRange};
-use crate::registry::{Kind, Record, Registry};
+use crate::flush_queue::FqConfig;
+use crate::iotlb::TlbOps;
+use crate::new_mapping::{NewMapping, Sinks};
+use crate::policy::DevicePolicy;
+use crate::registry::{Kind, Registry};
 use crate::stats::{DomainStats, Event, Stats};
 use crate::strictness::{Strictness, Unmapped};
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::{cpu, Arc};
-use io_pgtable::{PageTable, Prot};
-use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+use io_pgtable::PageTable;
+use iova_cache::{IovaAllocator, IovaError};
 use swiotlb_core::{Direction, MapAttrs, Swiotlb};
 
-/// How a domain is built.
-///
-/// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-/// use dma_iommu::DomainConfig;
-/// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-/// assert_eq!(c.iova.granule_shift, 12);
-/// assert_eq!(c.iova.end_pfn, (1 << (39 - 12)) - 1);
-/// assert!(c.lazy.is_none());
-/// ```
-#[derive(Debug, Clone)]
-pub struct DomainConfig {
-    /// The page-table format; its page size is the IOVA granule.
-    pub pgtable: io_pgtable::Config,
-    /// The IOVA allocator; its granule must be the page size and its space inside the input
-    /// address range.
-    pub iova: IovaConfig,
-    /// Start in lazy mode with this flush queue (`None`: strict). If the queue's rings cannot
-    /// be allocated the domain starts strict instead, as Linux does.
-    pub lazy: Option<FqConfig>,
-}
-
-impl DomainConfig {
-    /// A strict domain over `pgtable`, with an IOVA space covering its whole input range
-    /// (from pfn 1: IOVA 0 is never handed out).
-    pub fn new(pgtable: io_pgtable::Config) -> Result<Self, DmaError> {
-        let g = pgtable.geometry()?;
-        let shift = g.config().granule.page_shift();
-        let end_pfn = (1u64 << (g.ias() - shift)) - 1;
-        // The domain records ownership itself (registry): no second record in the allocator.
-        let iova = IovaConfig {
-            granule_shift: shift,
-            checked_frees: false,
-            ..IovaConfig::with_space(1, end_pfn)
-        };
-        Ok(Self {
-            pgtable,
-            iova,
-            lazy: None,
-        })
-    }
-
-    /// The same, starting in lazy mode.
-    ///
-    /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-    /// use dma_iommu::{DomainConfig, FqConfig};
-    /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap().lazy(FqConfig::single());
-    /// assert_eq!(c.lazy, Some(FqConfig::single()));
-    /// ```
-    pub fn lazy(mut self, fq: FqConfig) -> Self {
-        self.lazy = Some(fq);
-        self
-    }
-}
-
-/// An IOVA range held by a mapping, as the flush queue frees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IovaSpan {
-    /// First pfn.
-    pub pfn: u64,
-    /// Granules.
-    pub granules: u64,
-}
+pub use crate::backend::IovaSpan;
+pub use crate::config::DomainConfig;
 
 /// The identity of a domain, shared with its devices.
 #[derive(Debug)]
 pub(crate) struct DomainKey;
 
-/// The caller's IOTLB behind an `Arc`, shared by the page table and the domain.
-struct SharedTlb<T>(Arc<T>);
-
-impl<T: TlbOps> TlbOps for SharedTlb<T> {
-    fn flush_all(&self) {
-        self.0.flush_all();
-    }
-    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
-        self.0.flush_walk(iova, size, granule);
-    }
-    fn sync(&self, range: &TlbRange) {
-        self.0.sync(range);
-    }
-}
-
-/// What unmaps invalidate through and free into.
-struct Backend<T: TlbOps + 'static> {
-    pt: PageTable<SharedTlb<T>>,
-    iova: IovaAllocator,
-    tlb: Arc<T>,
-}
-
-impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
-    type Entry = IovaSpan;
-
-    fn flush_all(&self) {
-        self.tlb.flush_all();
-    }
-
-    fn sync(&self, gather: &mut Gather) {
-        gather.sync(&*self.tlb);
-    }
-
-    fn reclaim(&self, span: IovaSpan) {
-        // The registry hands every span out once, so the free cannot be refused.
-        let freed = self.iova.free(span.pfn, span.granules);
-        debug_assert!(freed.is_ok(), "IOVA free of {span:?} refused: {freed:?}");
-    }
-}
-
 /// A DMA domain.
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_iommu::test_util::SimulatedDevice;
 /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
 /// use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory, Swiotlb};
 ///
 /// let mem = RegionMemory::new(1 << 20);
 /// let buf = mem.base() + 0x3010;
 /// mem.write(buf, b"ping").unwrap();
-/// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
-/// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), RecordingIotlb::new(), Some(tlb)).unwrap();
+/// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+/// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), RecordingIotlb::new(), Some(bounce)).unwrap();
 /// let nic = dom.attach(DeviceConfig::default()).unwrap();
 ///
 /// let dma = dom.map(&nic, buf, 4, Direction::ToDevice).unwrap();
 /// assert_eq!(dma & 0xfff, 0x010); // the offset in the granule is kept
 /// let mut seen = [0u8; 4];
-/// dom.device_read(&nic, dma, &mut seen).unwrap(); // the device reads through the page table
+/// let hw = SimulatedDevice::new(&dom, &nic, dom.swiotlb().unwrap().memory());
+/// hw.read(dma, &mut seen).unwrap(); // the device reads through the page table
 /// assert_eq!(&seen, b"ping");
 /// assert_eq!(dom.unmap(&nic, dma, 4, Direction::ToDevice), Ok(Unmapped::Synced));
 /// assert!(dom.unmap(&nic, dma, 4, Direction::ToDevice).is_err()); // twice: refused
@@ -160,8 +63,12 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
 /// print!("{}", dom.stats());
 /// ```
 pub struct Domain<T: TlbOps + 'static> {
+    /// The IOVA allocator, the page table and the IOTLB.
+    backend: Arc<Backend<T>>,
+    /// Strict or lazy invalidation; holds a clone of `backend` to invalidate and free through.
     strictness: Strictness<Backend<T>>,
-    swiotlb: Option<Swiotlb>,
+    /// Bounce buffers for untrusted devices.
+    bounce: Option<Swiotlb>,
     /// Identity of the domain: devices hold a clone, so the address is never reused while a
     /// device of this domain exists.
     key: Arc<DomainKey>,
@@ -173,22 +80,9 @@ pub struct Domain<T: TlbOps + 'static> {
     aperture_end: u64,
 }
 
-fn prot_for(dir: Direction, mmio: bool) -> Prot {
-    let p = match dir {
-        Direction::ToDevice => Prot::READ,
-        Direction::FromDevice => Prot::WRITE,
-        Direction::Bidirectional => Prot::READ | Prot::WRITE,
-    };
-    if mmio {
-        p | Prot::MMIO
-    } else {
-        p | Prot::CACHE
-    }
-}
-
 impl<T: TlbOps + 'static> Domain<T> {
     /// Build a domain whose IOTLB is `tlb`; `swiotlb` provides bounce buffers for untrusted
-    /// devices and the memory device accesses ([`Domain::device_read`]) reach.
+    /// devices.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -198,33 +92,25 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// assert!(matches!(Domain::new(cfg, NoTlb, None), Err(DmaError::Config(_))));
     /// ```
     pub fn new(config: DomainConfig, tlb: T, swiotlb: Option<Swiotlb>) -> Result<Self, DmaError> {
+        // Refused before anything is allocated.
+        config.validate()?;
         let geom = config.pgtable.geometry()?;
         let shift = geom.page_size().trailing_zeros();
-        if config.iova.granule_shift != shift {
-            return Err(DmaError::Config(
-                "the IOVA granule differs from the page size",
-            ));
-        }
         let aperture_end = (1u64 << geom.ias()) - 1;
-        if config.iova.start_pfn == 0 || config.iova.end_pfn > aperture_end >> shift {
-            return Err(DmaError::Config(
-                "the IOVA space must lie inside the aperture and exclude IOVA 0",
-            ));
-        }
         let iova = IovaAllocator::new(config.iova.clone()).map_err(DmaError::NoIova)?;
-        let tlb = Arc::new(tlb);
-        let pt = PageTable::with_tlb(config.pgtable, SharedTlb(tlb.clone()))?;
-        let strictness = Strictness::new(Arc::new(Backend { pt, iova, tlb }));
+        let iotlb = Arc::new(tlb);
+        let pt = PageTable::with_tlb(config.pgtable, SharedIotlb(iotlb.clone()))?;
+        let backend = Arc::new(Backend { pt, iova, iotlb });
+        let strictness = Strictness::new(backend.clone());
         if let Some(fq) = config.lazy {
-            match strictness.enable_lazy(fq) {
-                // Linux `iommu_dma_init_domain`: no memory for the queue, stay strict.
-                Ok(_) | Err(FqError::NoMemory) => {}
-                Err(e) => return Err(e.into()),
-            }
+            // Validated above, so only a failed allocation can refuse it. Linux
+            // `iommu_dma_init_domain`: no memory for the queue, stay strict.
+            let _ = strictness.enable_lazy(fq);
         }
         Ok(Self {
+            backend,
             strictness,
-            swiotlb,
+            bounce: swiotlb,
             key: Arc::new(DomainKey),
             registry: Registry::new(cpu::count()),
             stats: Stats::new(cpu::count()),
@@ -234,27 +120,24 @@ impl<T: TlbOps + 'static> Domain<T> {
         })
     }
 
-    fn backend(&self) -> &Backend<T> {
-        self.strictness.ops()
-    }
-
-    fn granule(&self) -> u64 {
+    /// The IOVA granule (the page table's page size) in bytes.
+    pub fn granule(&self) -> u64 {
         1 << self.shift
     }
 
     /// The caller's IOTLB.
     pub fn tlb(&self) -> &T {
-        &self.backend().tlb
+        &self.backend.iotlb
     }
 
-    /// The bounce-buffer allocator, whose memory device accesses reach.
+    /// The bounce-buffer allocator, and through it the original memory it copies from and to.
     pub fn swiotlb(&self) -> Option<&Swiotlb> {
-        self.swiotlb.as_ref()
+        self.bounce.as_ref()
     }
 
     /// The IOVA allocator (for diagnostics: ranges, statistics).
     pub fn iova_allocator(&self) -> &IovaAllocator {
-        &self.backend().iova
+        &self.backend.iova
     }
 
     /// Attach a device. Untrusted devices need the domain's bounce buffers.
@@ -269,13 +152,14 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// assert!(matches!(dom.attach(untrusted), Err(DmaError::NoBounceBuffers)));
     /// ```
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        config.validate(self.granule())?;
         let bounce = if config.trusted {
             None
         } else {
-            let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
+            let bounce = self.bounce.as_ref().ok_or(DmaError::NoBounceBuffers)?;
             // The bounce buffer is reached through the IOMMU: only its IOVA must fit the
             // device's mask, not its physical address.
-            Some(tlb.device(swiotlb_core::DeviceConfig {
+            Some(bounce.device(swiotlb_core::DeviceConfig {
                 min_align_mask: config.min_align_mask,
                 seg_boundary_mask: config.seg_boundary_mask,
                 dma_mask: u64::MAX,
@@ -316,14 +200,15 @@ impl<T: TlbOps + 'static> Domain<T> {
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(1 << 20);
     /// let (aligned, unaligned) = (mem.base() + 0x4000, mem.base() + 0x6010);
     /// mem.write(unaligned, b"abc").unwrap();
-    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
     /// // Whole granules are mapped in place.
     /// let dma = dom.map(&dev, aligned, 0x1000, Direction::ToDevice).unwrap();
@@ -332,7 +217,8 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// let dma = dom.map(&dev, unaligned, 3, Direction::ToDevice).unwrap();
     /// assert_ne!(dom.translate(dma), Some(unaligned));
     /// let mut seen = [0u8; 3];
-    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// let hw = SimulatedDevice::new(&dom, &dev, dom.swiotlb().unwrap().memory());
+    /// hw.read(dma, &mut seen).unwrap();
     /// assert_eq!(&seen, b"abc");
     /// assert_eq!(dom.stats().bounced, 1);
     /// ```
@@ -367,25 +253,18 @@ impl<T: TlbOps + 'static> Domain<T> {
         let Some(bdev) = bounce_dev else {
             return self.map_phys(dev, paddr, size, dir, Kind::Single, None);
         };
-        let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
+        let bounce = self.bounce.as_ref().ok_or(DmaError::NoBounceBuffers)?;
         let attrs = MapAttrs {
             alloc_align_mask: mask,
             zero_padding: true,
             ..MapAttrs::default()
         };
-        let phys = tlb.map(bdev, paddr, size as usize, dir, attrs)?;
+        let len = usize::try_from(size).map_err(|_| DmaError::Overflow)?;
+        let phys = bounce.map(bdev, paddr, len, dir, attrs)?;
         let r = self.map_phys(dev, phys, size, dir, Kind::Single, Some(phys));
         if r.is_err() {
             // Nothing was written through the mapping: release without copying back.
-            let undo = MapAttrs {
-                skip_cpu_sync: true,
-                ..attrs
-            };
-            let released = tlb.unmap(bdev, phys, size as usize, dir, undo);
-            debug_assert!(
-                released.is_ok(),
-                "releasing a fresh bounce buffer failed: {released:?}"
-            );
+            release_bounce(bounce, bdev, phys, len, dir);
         } else {
             self.stats.count(Event::Bounce);
         }
@@ -433,45 +312,23 @@ impl<T: TlbOps + 'static> Domain<T> {
         kind: Kind,
         bounce: Option<u64>,
     ) -> Result<u64, DmaError> {
-        let (span, granules) = self.reserve_iova(dev, phys & (self.granule() - 1), size)?;
         let offset = phys & (self.granule() - 1);
-        let iova = span.pfn << self.shift;
-        let len = granules << self.shift;
-        if let Err(e) = self.backend().pt.map(
-            iova,
-            phys - offset,
-            len,
-            prot_for(dir, kind == Kind::Resource),
-        ) {
-            self.release_iova(span);
-            return Err(e.into());
-        }
-        let rec = Record {
-            dev: dev.inner.id,
-            kind,
-            size,
-            offset,
-            granules,
-            bounce,
-        };
-        if let Err(e) = self.registry.insert(span.pfn, rec) {
-            // Never published: take the translation down (strict) and give the IOVA back.
-            let undone = self.unmap_span_now(iova, len);
-            debug_assert_eq!(undone, Ok(len), "undoing a fresh mapping");
-            self.release_iova(span);
-            return Err(e);
-        }
-        self.stats.count(Event::Map);
-        Ok(iova + offset)
+        let mut m = self.new_mapping(dev, offset, size, kind, dir)?;
+        m.map(0, phys - offset, m.len())?;
+        Ok(m.publish(size, offset, bounce)? + offset)
     }
 
-    /// Allocate the IOVA granules for `size` bytes starting `offset` into a granule.
-    pub(crate) fn reserve_iova(
-        &self,
-        dev: &Device,
+    /// Reserve the IOVA granules for `size` bytes starting `offset` into a granule, below the
+    /// device's mask, for a mapping of `kind` in direction `dir`: a mapping under
+    /// construction, undone if dropped before it is published.
+    pub(crate) fn new_mapping<'d>(
+        &'d self,
+        dev: &'d Device,
         offset: u64,
         size: u64,
-    ) -> Result<(IovaSpan, u64), DmaError> {
+        kind: Kind,
+        dir: Direction,
+    ) -> Result<NewMapping<'d, T>, DmaError> {
         let g = self.granule();
         let len = offset
             .checked_add(size)
@@ -487,62 +344,43 @@ impl<T: TlbOps + 'static> Domain<T> {
         }
         let granules = len >> self.shift;
         let alloc = || {
-            self.backend()
-                .iova
-                .alloc_dma(&dev.inner.policy, granules, limit >> self.shift)
+            dev.inner
+                .policy
+                .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
         };
         let mut r = alloc();
         // IOVAs waiting in the flush queue count as used: flush once, free them, retry once.
-        if matches!(r, Err(iova_cache::IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
+        if matches!(r, Err(IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
             r = alloc();
         }
         let pfn = r.map_err(|e| match e {
-            iova_cache::IovaError::LimitBelowStart { .. }
-            | iova_cache::IovaError::TooLarge { .. } => DmaError::BeyondMask {
-                len,
-                dma_mask: dev.inner.config.dma_mask,
-            },
+            IovaError::LimitBelowStart { .. } | IovaError::TooLarge { .. } => {
+                DmaError::BeyondMask {
+                    len,
+                    dma_mask: dev.inner.config.dma_mask,
+                }
+            }
             e => DmaError::NoIova(e),
         })?;
-        Ok((IovaSpan { pfn, granules }, granules))
+        let sinks = Sinks {
+            registry: &self.registry,
+            stats: &self.stats,
+        };
+        let span = IovaSpan { pfn, granules };
+        Ok(NewMapping::new(
+            &self.backend,
+            sinks,
+            dev,
+            kind,
+            dir,
+            span,
+            self.shift,
+        ))
     }
 
-    pub(crate) fn release_iova(&self, span: IovaSpan) {
-        self.backend().reclaim(span);
-    }
-
-    pub(crate) fn map_span(
-        &self,
-        iova: u64,
-        phys: u64,
-        len: u64,
-        dir: Direction,
-    ) -> Result<(), DmaError> {
-        self.backend()
-            .pt
-            .map(iova, phys, len, prot_for(dir, false))
-            .map_err(DmaError::from)
-    }
-
-    /// Unmap a span this call mapped and never published (undo): strict, no IOVA free.
-    pub(crate) fn unmap_span_now(&self, iova: u64, len: u64) -> Result<u64, DmaError> {
-        let b = self.backend();
-        let mut gather = Gather::new();
-        let r = b.pt.unmap_with(iova, len, &mut gather);
-        gather.sync(&*b.tlb);
-        Ok(r?)
-    }
-
-    pub(crate) fn record(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
-        self.registry.insert(pfn, rec)
-    }
-
-    pub(crate) fn count(&self, e: Event) {
-        self.stats.count(e);
-    }
-
-    pub(crate) fn shift(&self) -> u32 {
-        self.shift
+    /// Count a scatter list mapped (its mappings count themselves).
+    pub(crate) fn count_list(&self) {
+        self.stats.count(Event::List);
     }
 
     /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether
@@ -569,7 +407,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single))
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single, true))
     }
 
     /// Unmap a mapping made by [`Domain::map_resource`].
@@ -580,9 +418,18 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource))
+        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource, true))
     }
 
+    /// Take down a mapping made by a successful map of this call (an undo): no copy-back, so
+    /// the caller's buffer keeps its bytes. A concurrent unmap that guessed the address may
+    /// have taken it first; then it is gone already.
+    pub(crate) fn unmap_fresh(&self, dev: &Device, dma: u64, size: u64, dir: Direction) {
+        let _ = self.unmap_kind(dev, dma, size, dir, Kind::Single, false);
+    }
+
+    /// Unmap the mapping of `kind` at `dma`; a bounced one is copied back (by direction)
+    /// unless `copy_back` is false.
     pub(crate) fn unmap_kind(
         &self,
         dev: &Device,
@@ -590,6 +437,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: u64,
         dir: Direction,
         kind: Kind,
+        copy_back: bool,
     ) -> Result<Unmapped, DmaError> {
         self.check_device(dev)?;
         if size == 0 {
@@ -615,27 +463,43 @@ impl<T: TlbOps + 'static> Domain<T> {
         };
         let iova = span.pfn << self.shift;
         let len = rec.granules << self.shift;
-        let pt = &self.backend().pt;
+        let pt = &self.backend.pt;
         // Untrusted devices are always strict: their bounce buffers and pages must not stay
         // reachable after the unmap returns.
         let strict = !dev.inner.config.trusted;
         let how = self.strictness.unmap_with(strict, |gather| {
-            let done = unmap_present(pt, iova, len, self.granule(), gather);
-            // Only a scatter list's span has holes (segments moved to a boundary).
-            debug_assert!(
-                kind == Kind::List || done == len,
-                "a recorded mapping was not fully mapped"
-            );
+            // Only a scatter list's span has holes (segments moved to a boundary); every
+            // other record covers a span mapped whole before it was recorded, and only the
+            // unmap that took the record unmaps it.
+            unmap_present(pt, iova, len, self.granule(), gather);
             span
         });
         self.stats.count(match how {
             Unmapped::Synced => Event::Synced,
             Unmapped::Queued => Event::Queued,
         });
-        if let (Some(phys), Some(bdev), Some(tlb)) = (rec.bounce, &dev.inner.bounce, &self.swiotlb)
+        if let (Some(phys), Some(bdev), Some(bounce)) =
+            (rec.bounce, &dev.inner.bounce, &self.bounce)
         {
-            let released = tlb.unmap(bdev, phys, size as usize, dir, MapAttrs::default());
-            debug_assert!(released.is_ok(), "bounce release failed: {released:?}");
+            // The device can no longer reach the buffer (untrusted: always strict). Copy its
+            // writes back, then release the slots whatever the copy did: the mapping is gone
+            // either way, and a kept slot could never be released again. `size` is the
+            // recorded size, which `map_single` checked fits a usize.
+            let size = size as usize;
+            let device_wrote = matches!(dir, Direction::FromDevice | Direction::Bidirectional);
+            let copied = if copy_back && device_wrote {
+                bounce.sync_for_cpu(bdev, phys, size, dir)
+            } else {
+                Ok(())
+            };
+            release_bounce(bounce, bdev, phys, size, dir);
+            copied.map_err(|e| {
+                copy_error(e, |cause| DmaError::LostCopyBack {
+                    dma,
+                    size: size as u64,
+                    cause,
+                })
+            })?;
         }
         Ok(how)
     }
@@ -645,18 +509,19 @@ impl<T: TlbOps + 'static> Domain<T> {
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(1 << 20);
     /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
-    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
     /// let dma = dom.map(&dev, buf, 4, Direction::FromDevice).unwrap();
-    /// dom.device_write(&dev, dma, b"pong").unwrap(); // lands in the bounce buffer
-    /// let mut seen = [0u8; 4];
     /// let mem = dom.swiotlb().unwrap().memory();
+    /// SimulatedDevice::new(&dom, &dev, mem).write(dma, b"pong").unwrap(); // lands in the bounce buffer
+    /// let mut seen = [0u8; 4];
     /// mem.read(buf, &mut seen).unwrap();
     /// assert_ne!(&seen, b"pong");
     /// dom.sync_for_cpu(&dev, dma, 4, Direction::FromDevice).unwrap(); // copies it back
@@ -670,8 +535,8 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
-            tlb.sync_for_cpu(bdev, phys, size, dir)
+        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
+            bounce.sync_for_cpu(bdev, phys, size, dir)
         }))
     }
 
@@ -680,22 +545,25 @@ impl<T: TlbOps + 'static> Domain<T> {
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(1 << 20);
     /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
     /// mem.write(buf, b"old").unwrap();
-    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
+    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
     /// let dma = dom.map(&dev, buf, 3, Direction::ToDevice).unwrap(); // copied into the bounce buffer
-    /// dom.swiotlb().unwrap().memory().write(buf, b"new").unwrap(); // the CPU updates the buffer
+    /// let mem = dom.swiotlb().unwrap().memory();
+    /// mem.write(buf, b"new").unwrap(); // the CPU updates the buffer
+    /// let hw = SimulatedDevice::new(&dom, &dev, mem);
     /// let mut seen = [0u8; 3];
-    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// hw.read(dma, &mut seen).unwrap();
     /// assert_eq!(&seen, b"old"); // the device still sees the copy
     /// dom.sync_for_device(&dev, dma, 3, Direction::ToDevice).unwrap();
-    /// dom.device_read(&dev, dma, &mut seen).unwrap();
+    /// hw.read(dma, &mut seen).unwrap();
     /// assert_eq!(&seen, b"new");
     /// ```
     pub fn sync_for_device(
@@ -705,8 +573,8 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |tlb, bdev, phys| {
-            tlb.sync_for_device(bdev, phys, size, dir)
+        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
+            bounce.sync_for_device(bdev, phys, size, dir)
         }))
     }
 
@@ -725,8 +593,16 @@ impl<T: TlbOps + 'static> Domain<T> {
         let phys = self.translate(dma).ok_or(DmaError::NotMapped { dma })?;
         self.translate(last)
             .ok_or(DmaError::NotMapped { dma: last })?;
-        match (&dev.inner.bounce, &self.swiotlb) {
-            (Some(bdev), Some(tlb)) if tlb.is_bounce_buffer(bdev, phys) => Ok(op(tlb, bdev, phys)?),
+        match (&dev.inner.bounce, &self.bounce) {
+            (Some(bdev), Some(bounce)) if bounce.is_bounce_buffer(bdev, phys) => {
+                op(bounce, bdev, phys).map_err(|e| {
+                    copy_error(e, |cause| DmaError::CopyRefused {
+                        dma,
+                        size: size as u64,
+                        cause,
+                    })
+                })
+            }
             // Coherent memory: nothing to copy.
             _ => Ok(()),
         }
@@ -734,7 +610,13 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// The physical address `dma` translates to, if mapped.
     pub fn translate(&self, dma: u64) -> Option<u64> {
-        self.backend().pt.iova_to_phys(dma).map(|t| t.paddr)
+        self.backend.pt.iova_to_phys(dma).map(|t| t.paddr)
+    }
+
+    /// The physical address and permissions of `dma`'s translation, as a device walks it.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn translation(&self, dma: u64) -> Option<(u64, io_pgtable::Prot)> {
+        self.backend.pt.iova_to_phys(dma).map(|t| (t.paddr, t.prot))
     }
 
     /// The largest mapping whose IOVA comes from the per-CPU caches (Linux's
@@ -750,9 +632,9 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), RegionMemory::new(1 << 20)).unwrap();
+    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), RegionMemory::new(1 << 20)).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
+    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev32 = dom.attach(DeviceConfig { dma_mask: 0xffff_ffff, ..DeviceConfig::default() }).unwrap();
     /// assert_eq!(dom.max_mapping_size(&dev32), 0xffff_ffff);
     /// let untrusted = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
@@ -760,15 +642,15 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// ```
     pub fn max_mapping_size(&self, dev: &Device) -> u64 {
         let by_mask = dev.inner.config.dma_mask.min(self.aperture_end);
-        match (&dev.inner.bounce, &self.swiotlb) {
-            (Some(b), Some(tlb)) => (tlb.max_mapping_size(b) as u64).min(by_mask),
+        match (&dev.inner.bounce, &self.bounce) {
+            (Some(b), Some(bounce)) => (bounce.max_mapping_size(b) as u64).min(by_mask),
             _ => by_mask,
         }
     }
 
     /// Switch from strict to lazy invalidation at run time, safely while other threads map
     /// and unmap. `Ok(false)` if already lazy. Untrusted devices stay strict. If the queue
-    /// cannot be allocated, [`FqError::NoMemory`] and the domain stays strict.
+    /// cannot be allocated, [`crate::FqError::NoMemory`] and the domain stays strict.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -817,124 +699,36 @@ impl<T: TlbOps + 'static> Domain<T> {
             self.strictness.queue_stats(),
         )
     }
+}
 
-    /// Device side: read `buf.len()` bytes at `dma` through the page table, as the device
-    /// would (bounce buffers through the bounce allocator, other memory through its memory).
-    pub fn device_read(&self, dev: &Device, dma: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.device_access(
-            dev,
-            dma,
-            buf.len(),
-            Prot::READ,
-            |tlb, bdev, phys, range| match bdev {
-                Some(b) if tlb.is_bounce_buffer(b, phys) => {
-                    Ok(tlb.read_bounce(b, phys, &mut buf[range])?)
-                }
-                _ => tlb
-                    .memory()
-                    .read(phys, &mut buf[range])
-                    .map_err(|_| DmaError::Fault { dma }),
-            },
-        )
-    }
-
-    /// Device side: write `data` at `dma` through the page table, as the device would.
-    ///
-    /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-    /// use dma_iommu::{DeviceConfig, Direction, DmaError, Domain, DomainConfig, NoTlb};
-    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
-    /// let mem = RegionMemory::new(1 << 20);
-    /// let buf = mem.base() + 0x8000;
-    /// let tlb = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
-    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(tlb)).unwrap();
-    /// let dev = dom.attach(DeviceConfig::default()).unwrap();
-    /// let rx = dom.map(&dev, buf, 0x1000, Direction::FromDevice).unwrap();
-    /// dom.device_write(&dev, rx, b"pkt").unwrap();
-    /// let mut seen = [0u8; 3];
-    /// dom.swiotlb().unwrap().memory().read(buf, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"pkt");
-    /// // A to-device mapping is read-only for the device: the write faults.
-    /// let tx = dom.map(&dev, buf + 0x1000, 0x1000, Direction::ToDevice).unwrap();
-    /// assert!(matches!(dom.device_write(&dev, tx, b"x"), Err(DmaError::Fault { .. })));
-    /// ```
-    pub fn device_write(&self, dev: &Device, dma: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.device_access(
-            dev,
-            dma,
-            data.len(),
-            Prot::WRITE,
-            |tlb, bdev, phys, range| match bdev {
-                Some(b) if tlb.is_bounce_buffer(b, phys) => {
-                    Ok(tlb.write_bounce(b, phys, &data[range])?)
-                }
-                _ => tlb
-                    .memory()
-                    .write(phys, &data[range])
-                    .map_err(|_| DmaError::Fault { dma }),
-            },
-        )
-    }
-
-    /// Split `[dma, dma + len)` at granule boundaries, translate each piece (checking `need`)
-    /// and hand it to `access`.
-    fn device_access(
-        &self,
-        dev: &Device,
-        dma: u64,
-        len: usize,
-        need: Prot,
-        mut access: impl FnMut(
-            &Swiotlb,
-            Option<&swiotlb_core::Device>,
-            u64,
-            std::ops::Range<usize>,
-        ) -> Result<(), DmaError>,
-    ) -> Result<(), DmaError> {
-        self.check_device(dev)?;
-        let tlb = self.swiotlb.as_ref().ok_or(DmaError::NoBounceBuffers)?;
-        let mut done = 0usize;
-        while done < len {
-            let at = dma.checked_add(done as u64).ok_or(DmaError::Overflow)?;
-            let t = self
-                .backend()
-                .pt
-                .iova_to_phys(at)
-                .ok_or(DmaError::Fault { dma: at })?;
-            if !t.prot.contains(need) {
-                return Err(DmaError::Fault { dma: at });
-            }
-            let room = (self.granule() - (at & (self.granule() - 1))) as usize;
-            let n = room.min(len - done);
-            access(tlb, dev.inner.bounce.as_ref(), t.paddr, done..done + n)?;
-            done += n;
-        }
-        Ok(())
+/// A bounce allocator error as the domain reports it: a copy that original memory refused
+/// becomes `refused(cause)`, anything else [`DmaError::Bounce`].
+fn copy_error(
+    e: swiotlb_core::Error,
+    refused: impl FnOnce(swiotlb_core::MemoryError) -> DmaError,
+) -> DmaError {
+    match e {
+        swiotlb_core::Error::Memory(cause) => refused(cause),
+        e => DmaError::Bounce(e),
     }
 }
 
-/// Unmap every mapped part of `[iova, iova + len)`, stepping over unmapped granules; returns
-/// the bytes unmapped.
-fn unmap_present<T: TlbOps>(
-    pt: &PageTable<T>,
-    iova: u64,
-    len: u64,
-    granule: u64,
-    gather: &mut Gather,
-) -> u64 {
-    let end = iova + len;
-    let (mut at, mut done) = (iova, 0);
-    while at < end {
-        match pt.unmap_with(at, end - at, gather) {
-            Ok(n) if n > 0 => {
-                at += n;
-                done += n;
-            }
-            _ => at += granule,
-        }
-    }
-    done
+/// Release a bounce buffer without copying back (the copy, if any, is the caller's). Only the
+/// caller holds `phys` (a fresh map, or the unmap that took the record), so the allocator
+/// refuses only if the slots were released around the domain, through the allocator itself:
+/// then they are free already and nothing leaks.
+fn release_bounce(
+    bounce: &Swiotlb,
+    bdev: &swiotlb_core::Device,
+    phys: u64,
+    size: usize,
+    dir: Direction,
+) {
+    let skip = MapAttrs {
+        skip_cpu_sync: true,
+        ..MapAttrs::default()
+    };
+    let _ = bounce.unmap(bdev, phys, size, dir, skip);
 }
 
 impl<T: TlbOps + 'static> std::fmt::Debug for Domain<T> {

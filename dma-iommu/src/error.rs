@@ -65,8 +65,31 @@ pub enum DmaError {
     /// The record of a new mapping could not be allocated (see
     /// [`crate::faults::MAPPING_RECORD`]); the mapping was undone.
     NoMemory,
-    /// The domain configuration is inconsistent.
+    /// The domain configuration is inconsistent or exceeds a documented maximum.
     Config(&'static str),
+    /// The device configuration is inconsistent ([`crate::DeviceConfig::validate`]).
+    DeviceConfig(&'static str),
+    /// Original memory refused a copy between it and a bounce buffer during a sync: nothing
+    /// was copied, and the mapping is live and unchanged, so the sync can be retried.
+    CopyRefused {
+        /// DMA address of the range that was not copied.
+        dma: u64,
+        /// Its length in bytes.
+        size: u64,
+        /// The access the memory refused.
+        cause: swiotlb_core::MemoryError,
+    },
+    /// An unmap took the mapping down and released its bounce buffer, but original memory
+    /// refused the copy-back: the device's writes to `[dma, dma + size)` are lost. The
+    /// mapping is gone (a retry is [`DmaError::NotMapped`]).
+    LostCopyBack {
+        /// DMA address of the lost range (the mapping's address).
+        dma: u64,
+        /// Its length in bytes.
+        size: u64,
+        /// The write the memory refused (where the bytes should have gone).
+        cause: swiotlb_core::MemoryError,
+    },
     /// A device access through a translation the mapping does not permit, or to an
     /// unmapped address.
     Fault {
@@ -105,6 +128,15 @@ impl fmt::Display for DmaError {
             DmaError::FlushQueue(e) => write!(f, "flush queue: {e}"),
             DmaError::NoMemory => write!(f, "cannot allocate the record of a new mapping"),
             DmaError::Config(why) => write!(f, "invalid domain configuration: {why}"),
+            DmaError::DeviceConfig(why) => write!(f, "invalid device configuration: {why}"),
+            DmaError::CopyRefused { dma, size, cause } => write!(
+                f,
+                "sync of {size:#x} bytes at {dma:#x} not copied, the mapping is unchanged: {cause}"
+            ),
+            DmaError::LostCopyBack { dma, size, cause } => write!(
+                f,
+                "unmapped {size:#x} bytes at {dma:#x}, but the device's writes are lost: {cause}"
+            ),
             DmaError::Fault { dma } => write!(f, "device access fault at {dma:#x}"),
         }
     }

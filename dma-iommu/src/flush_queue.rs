@@ -24,13 +24,12 @@
 //! the allocator nor the page table.
 
 use crate::iotlb::Gather;
-use crate::pad::CachePadded;
 use crate::points::{
     FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_TEARDOWN_STOP_TIMER,
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dma_sync::{cpu, thread, Arc, Mutex};
+use dma_sync::{cpu, thread, Arc, CachePadded, Mutex};
 use std::fmt;
 use std::time::Duration;
 
@@ -64,6 +63,15 @@ pub trait InvalidationOps: Send + Sync + 'static {
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
     fn reclaim(&self, entry: Self::Entry);
 }
+
+/// Most entries a flush queue may hold over all its rings (`rings × ring_size`): 2^20, at
+/// most a few tens of MiB of slots. Linux's per-CPU queue on 4096 CPUs (256 entries each) and
+/// its single queue (32768 entries) fit.
+pub const MAX_QUEUED: usize = 1 << 20;
+
+/// Longest timer timeout a queue accepts: one day (a deadline that far ahead cannot overflow
+/// the clock; IOVAs held longer are a leak, not a cache).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Per-CPU rings or one shared ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,24 +154,41 @@ impl FqConfig {
         }
     }
 
-    /// Check the geometry.
+    /// Check the geometry before anything is allocated: rings are powers of two ≥ 2, there
+    /// is at least one, all of them together hold at most [`MAX_QUEUED`] entries, and the
+    /// timeout is at most [`MAX_TIMEOUT`].
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FqConfig, FqError};
+    /// use std::time::Duration;
     /// assert_eq!(FqConfig::per_cpu().validate(), Ok(()));
     /// let e = FqConfig::per_cpu().with_cpus(0).validate().unwrap_err();
     /// assert_eq!(e, FqError::NoRings);
     /// assert!(e.to_string().contains("at least one CPU"));
     /// let odd = FqConfig::single().with_ring_size(100); // rings are powers of two
     /// assert_eq!(odd.validate(), Err(FqError::RingSize(100)));
+    /// let huge = FqConfig::per_cpu().with_cpus(usize::MAX);
+    /// assert_eq!(huge.validate(), Err(FqError::TooLarge { rings: usize::MAX, ring_size: 256 }));
+    /// let forever = FqConfig::per_cpu().with_timeout(Duration::MAX);
+    /// assert_eq!(forever.validate(), Err(FqError::Timeout(Duration::MAX)));
     /// ```
     pub fn validate(&self) -> Result<(), FqError> {
         if self.ring_size < 2 || !self.ring_size.is_power_of_two() {
             return Err(FqError::RingSize(self.ring_size));
         }
-        if self.rings() == 0 {
+        let rings = self.rings();
+        if rings == 0 {
             return Err(FqError::NoRings);
+        }
+        if !matches!(rings.checked_mul(self.ring_size), Some(n) if n <= MAX_QUEUED) {
+            return Err(FqError::TooLarge {
+                rings,
+                ring_size: self.ring_size,
+            });
+        }
+        if self.timeout > MAX_TIMEOUT {
+            return Err(FqError::Timeout(self.timeout));
         }
         Ok(())
     }
@@ -184,6 +209,15 @@ pub enum FqError {
     RingSize(usize),
     /// A per-CPU queue with zero CPUs.
     NoRings,
+    /// The rings together would hold more than [`MAX_QUEUED`] entries.
+    TooLarge {
+        /// Rings asked for.
+        rings: usize,
+        /// Entries per ring asked for.
+        ring_size: usize,
+    },
+    /// A timeout longer than [`MAX_TIMEOUT`].
+    Timeout(Duration),
     /// A ring could not be allocated (see [`crate::faults::FQ_RING_ALLOC`]).
     NoMemory,
 }
@@ -195,6 +229,14 @@ impl fmt::Display for FqError {
                 write!(f, "flush-queue ring size {n} is not a power of two >= 2")
             }
             FqError::NoRings => write!(f, "a per-CPU flush queue needs at least one CPU"),
+            FqError::TooLarge { rings, ring_size } => write!(
+                f,
+                "{rings} flush-queue rings of {ring_size} entries exceed {MAX_QUEUED} entries"
+            ),
+            FqError::Timeout(t) => write!(
+                f,
+                "flush-queue timeout {t:?} is longer than {MAX_TIMEOUT:?}"
+            ),
             FqError::NoMemory => write!(f, "cannot allocate a flush-queue ring"),
         }
     }
@@ -230,6 +272,9 @@ struct Ring<E> {
     slots: Box<[Option<Slot<E>>]>,
     head: usize,
     tail: usize,
+    /// Set by teardown once it emptied the ring: no timer will run again, so a later
+    /// enqueue frees its entry after a flush of its own instead of queueing it.
+    closed: bool,
     enqueued: u64,
     reclaimed: u64,
     full_flushes: u64,
@@ -248,6 +293,7 @@ impl<E> Ring<E> {
             slots: slots.into_boxed_slice(),
             head: 0,
             tail: 0,
+            closed: false,
             enqueued: 0,
             reclaimed: 0,
             full_flushes: 0,
@@ -266,6 +312,9 @@ impl<E> Ring<E> {
         (self.tail + 1) & self.mask() == self.head
     }
 
+    /// Append. Proven by the only caller, under the ring lock: the ring is not full (it
+    /// drained until it was not), and `stamp` was read from the monotone `start_cnt` after
+    /// the stamp of every entry already here (read earlier under this lock).
     fn push(&mut self, stamp: u64, entry: E) {
         debug_assert!(!self.is_full());
         debug_assert!(
@@ -340,8 +389,16 @@ impl<O: InvalidationOps> Shared<O> {
 
     /// Enqueue after the caller issued the enqueue fence.
     fn enqueue_fenced(&self, entry: O::Entry) {
-        let ring = &self.rings[cpu::current_in(self.rings.len())].0;
+        let ring = &self.rings[cpu::current_in(self.rings.len())];
         let mut r = ring.lock();
+        if r.closed {
+            // Torn down: free it as a strict unmap would, after a flush that started after
+            // the caller's leaf clears (ordered by the enqueue fence).
+            drop(r);
+            self.flush();
+            self.ops.reclaim(entry);
+            return;
+        }
         self.drain(&mut r);
         if r.is_full() {
             r.full_flushes += 1;
@@ -383,7 +440,7 @@ impl<O: InvalidationOps> Shared<O> {
         self.flush();
         let mut left = false;
         for ring in self.rings.iter() {
-            let mut r = ring.0.lock();
+            let mut r = ring.lock();
             self.drain(&mut r);
             left |= r.len() > 0;
         }
@@ -454,7 +511,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
         config.validate()?;
         // Every ring before anything else (the timer thread): a failure leaves nothing behind.
         let rings = (0..config.rings())
-            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded(Mutex::new(r))))
+            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(Mutex::new(r))))
             .collect::<Option<_>>()
             .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
@@ -567,7 +624,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             ..FqStats::default()
         };
         for ring in self.shared.rings.iter() {
-            let r = ring.0.lock();
+            let r = ring.lock();
             s.enqueued += r.enqueued;
             s.reclaimed += r.reclaimed;
             s.pending += r.len() as u64;
@@ -578,8 +635,9 @@ impl<O: InvalidationOps> FlushQueue<O> {
 
     /// Stop the timer (waiting for a running drain), flush, and free every queued entry.
     ///
-    /// No enqueue may run concurrently with or after this; the owner calls it when the domain
-    /// is quiesced. Idempotent; also run on drop.
+    /// The owner calls it when the domain is quiesced; an enqueue that races with it or comes
+    /// after it still has its entry freed (teardown flushes again for an entry that arrived
+    /// meanwhile; a later enqueue flushes and frees at once). Idempotent; also run on drop.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -615,14 +673,16 @@ impl<O: InvalidationOps> FlushQueue<O> {
         }
         let s = &self.shared;
         s.flush();
-        let finish = s.finish_cnt.load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
         for ring in s.rings.iter() {
-            let mut r = ring.0.lock();
-            // Quiesced: every entry was stamped before the flush above started.
-            while let Some(entry) = r.pop_if_before(finish) {
-                s.ops.reclaim(entry);
+            let mut r = ring.lock();
+            r.closed = true;
+            s.drain(&mut r);
+            // Quiesced, every entry was stamped before the flush above started and is gone.
+            // One that a racing enqueue stamped later needs a flush of its own.
+            while r.len() > 0 {
+                s.flush();
+                s.drain(&mut r);
             }
-            debug_assert_eq!(r.len(), 0, "an entry outlived teardown");
         }
         s.timer_on.store(false, Ordering::Relaxed);
     }
@@ -775,6 +835,56 @@ mod tests {
         fq.shutdown();
         drop(fq);
         assert_eq!(ops.freed().len(), 7);
+    }
+
+    #[test]
+    fn an_enqueue_after_shutdown_is_freed_at_once() {
+        let (ops, fq) = queue(FqConfig::per_cpu().with_cpus(2).with_ring_size(4));
+        fq.enqueue(ops.entry(1));
+        fq.shutdown();
+        fq.enqueue(ops.entry(2));
+        assert_eq!(ops.freed(), [1, 2], "nothing stranded after teardown");
+        assert_eq!(fq.stats().pending, 0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // contended locks park through a futex call that Miri rejects
+    fn enqueues_racing_with_shutdown_lose_nothing() {
+        let ops = cpu0_ops();
+        let cfg = FqConfig::per_cpu().with_cpus(2).with_ring_size(8);
+        let fq = Arc::new(FlushQueue::new(ops.clone(), cfg).unwrap());
+        // Entries 0..100 come before teardown, 100..200 race with it, 200..300 come after.
+        let started = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let done = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (ops, fq) = (ops.clone(), fq.clone());
+                let (started, done) = (started.clone(), done.clone());
+                dma_sync::thread::spawn(move || {
+                    dma_sync::cpu::set_current(Some(t as usize));
+                    for i in 0..300 {
+                        match i {
+                            100 => _ = started.wait(),
+                            200 => _ = done.wait(),
+                            _ => {}
+                        }
+                        fq.enqueue(ops.entry(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        started.wait();
+        fq.shutdown();
+        done.wait();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // No flush, no timer run: everything was freed by teardown or at its enqueue.
+        let expect: Vec<u64> = (0..2u64)
+            .flat_map(|t| (0..300).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(ops.freed(), expect);
+        assert_eq!(fq.stats().pending, 0);
     }
 
     #[test]

@@ -11,11 +11,12 @@
 pub use io_pgtable::{Gather, TlbOps, TlbRange};
 
 use dma_sync::atomic::{AtomicU64, Ordering};
-use dma_sync::Mutex;
+use dma_sync::{cpu, CachePadded, Mutex};
 use std::time::{Duration, Instant};
 
 /// An IOTLB whose invalidations cost a configurable busy-wait, for benchmarks (an expensive
-/// flush models a hypervisor intercept, the case the single large flush queue is for).
+/// flush models a hypervisor intercept, the case the single large flush queue is for) and
+/// tests. Its counters are per CPU, so counting adds no shared write to what is measured.
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -30,56 +31,72 @@ use std::time::{Duration, Instant};
 pub struct SimulatedIotlb {
     flush_cost: Duration,
     sync_cost: Duration,
-    flushes: AtomicU64,
-    syncs: AtomicU64,
+    /// Per CPU: global flushes, range syncs (walk-cache flushes included).
+    counts: Box<[CachePadded<[AtomicU64; 2]>]>,
 }
 
+const FLUSHES: usize = 0;
+const SYNCS: usize = 1;
+
 impl SimulatedIotlb {
-    /// An IOTLB whose global flush takes `flush_cost` and whose range sync takes `sync_cost`.
+    /// An IOTLB whose global flush takes `flush_cost` and whose range sync (and walk-cache
+    /// flush) takes `sync_cost`.
     pub fn new(flush_cost: Duration, sync_cost: Duration) -> Self {
         Self {
             flush_cost,
             sync_cost,
-            flushes: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
+            counts: (0..cpu::count().max(1))
+                .map(|_| CachePadded::default())
+                .collect(),
         }
     }
 
     /// Global flushes so far.
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.sum(FLUSHES)
     }
 
     /// Range syncs so far.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.sum(SYNCS)
+    }
+
+    fn count(&self, what: usize, cost: Duration) {
+        busy_wait(cost);
+        let here = &self.counts[cpu::current_in(self.counts.len())];
+        here[what].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, what: usize) -> u64 {
+        self.counts
+            .iter()
+            .map(|c| c[what].load(Ordering::Relaxed))
+            .sum()
     }
 }
 
+/// Spin for `cost` (measured as elapsed time: no deadline that could overflow the clock).
 fn busy_wait(cost: Duration) {
     if cost.is_zero() {
         return;
     }
-    let end = Instant::now() + cost;
-    while Instant::now() < end {
+    let start = Instant::now();
+    while start.elapsed() < cost {
         std::hint::spin_loop();
     }
 }
 
 impl TlbOps for SimulatedIotlb {
     fn flush_all(&self) {
-        busy_wait(self.flush_cost);
-        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.count(FLUSHES, self.flush_cost);
     }
 
     fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
-        busy_wait(self.sync_cost);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.count(SYNCS, self.sync_cost);
     }
 
     fn sync(&self, _range: &TlbRange) {
-        busy_wait(self.sync_cost);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.count(SYNCS, self.sync_cost);
     }
 }
 

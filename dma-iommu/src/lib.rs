@@ -12,13 +12,14 @@
 //! |---|---|
 //! | [`Domain::new`]`(DomainConfig, T: TlbOps, Option<Swiotlb>)` | build; [`DomainConfig::new`]`(io_pgtable::Config)`, `.lazy(FqConfig)` |
 //! | [`Domain::attach`]`(DeviceConfig) -> Device` | DMA mask, `min_align_mask`, max segment size and boundary, trusted, 32-bit first |
+//! | [`DevicePolicy::alloc_iova`] | the IOVA allocation policy: 32-bit first, given up per device after a miss |
 //! | [`Domain::map`] / [`Domain::unmap`] | any physical range; untrusted + unaligned → bounced; unmap returns [`Unmapped`] |
 //! | [`Domain::map_sg`] / [`Domain::unmap_sg`] | scatter lists: one contiguous IOVA range |
 //! | [`Domain::map_resource`] / [`Domain::unmap_resource`] | MMIO ranges, never bounced |
 //! | [`Domain::sync_for_cpu`] / [`Domain::sync_for_device`] | partial syncs of live mappings |
 //! | [`Domain::set_lazy`], [`Domain::flush_queue_now`] | strict → lazy at run time; run the timer's work |
 //! | [`Domain::stats`]` -> DomainStats` (`Display`: the text report) | maps, unmaps, flushes, queued entries, bounce use |
-//! | [`Domain::device_read`] / [`Domain::device_write`] | the device side, through the page table |
+//! | [`test_util::SimulatedDevice`] (feature `test-util`) | the device side, through the page table, for tests |
 //! | [`FlushQueue`], [`Strictness`], [`InvalidationOps`] | the invalidation machinery, generic over what it frees |
 //! | [`TlbOps`] (caller), [`SimulatedIotlb`], [`RecordingIotlb`] | IOTLB callbacks |
 //! | [`DmaError`] | typed errors; the domain is unchanged after any |
@@ -29,6 +30,7 @@
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+//! use dma_iommu::test_util::SimulatedDevice;
 //! use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, FqConfig, NoTlb, Unmapped};
 //! use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
 //!
@@ -39,13 +41,15 @@
 //! let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
 //! let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
 //! let nic = dom.attach(DeviceConfig::default()).unwrap();
+//! // The device's side, simulated (feature `test-util`): it sees the same memory.
+//! let hw = SimulatedDevice::new(&dom, &nic, dom.swiotlb().unwrap().memory());
 //!
 //! let dma = dom.map(&nic, buf, 5, Direction::ToDevice).unwrap();
 //! let mut seen = [0u8; 5];
-//! dom.device_read(&nic, dma, &mut seen).unwrap();
+//! hw.read(dma, &mut seen).unwrap();
 //! assert_eq!(&seen, b"frame");
 //! assert_eq!(dom.unmap(&nic, dma, 5, Direction::ToDevice), Ok(Unmapped::Synced));
-//! assert!(dom.device_read(&nic, dma, &mut seen).is_err()); // the translation is gone
+//! assert!(hw.read(dma, &mut seen).is_err()); // the translation is gone
 //!
 //! dom.set_lazy(FqConfig::per_cpu()).unwrap();
 //! let dma = dom.map(&nic, buf, 5, Direction::ToDevice).unwrap();
@@ -59,18 +63,23 @@
 //! the timer) and [`Strictness`] (the mode, the strict-to-lazy switch, the single-snapshot
 //! unmap path). The caller's IOMMU is reached only through [`TlbOps`].
 
+mod backend;
+mod config;
 pub mod device;
 pub mod domain;
 pub mod error;
 pub mod faults;
 pub mod flush_queue;
 pub mod iotlb;
-mod pad;
+mod new_mapping;
 pub mod points;
+pub mod policy;
 mod registry;
 pub mod sg;
 pub mod stats;
 pub mod strictness;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 #[cfg(not(loom))]
 mod timer;
 
@@ -82,6 +91,7 @@ pub use io_pgtable::NoTlb;
 pub use iotlb::{
     Gather, Invalidation, InvalidationKind, RecordingIotlb, SimulatedIotlb, TlbOps, TlbRange,
 };
+pub use policy::DevicePolicy;
 pub use sg::{DmaSegment, PhysSegment, SgMapping};
 pub use stats::DomainStats;
 pub use strictness::{Strictness, Unmapped};

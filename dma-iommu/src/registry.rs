@@ -6,8 +6,7 @@
 //! hash of the pfn, so maps and unmaps on different CPUs rarely share a lock.
 
 use crate::error::DmaError;
-use crate::pad::CachePadded;
-use dma_sync::Mutex;
+use dma_sync::{CachePadded, Mutex};
 use std::collections::HashMap;
 
 /// What kind of call made a mapping; an unmap must be of the same kind.
@@ -48,7 +47,7 @@ impl Registry {
         let n = (cpus.max(1) * 4).next_power_of_two().max(16);
         Self {
             shards: (0..n)
-                .map(|_| CachePadded(Mutex::new(HashMap::new())))
+                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
                 .collect(),
         }
     }

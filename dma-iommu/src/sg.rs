@@ -11,8 +11,7 @@ use crate::device::Device;
 use crate::domain::Domain;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
-use crate::registry::{Kind, Record};
-use crate::stats::Event;
+use crate::registry::Kind;
 use crate::strictness::Unmapped;
 use swiotlb_core::Direction;
 
@@ -80,34 +79,52 @@ impl<T: TlbOps + 'static> Domain<T> {
         list: &[PhysSegment],
         dir: Direction,
     ) -> Result<SgMapping, DmaError> {
-        let r = if dev.config().trusted {
-            self.map_sg_contiguous(dev, list, dir)
-        } else {
-            self.map_sg_each(dev, list, dir)
-        };
+        let r = self.check_list(dev, list).and_then(|()| {
+            if dev.config().trusted {
+                self.map_sg_contiguous(dev, list, dir)
+            } else {
+                self.map_sg_each(dev, list, dir)
+            }
+        });
         if r.is_ok() {
-            self.count(Event::List);
+            self.count_list();
         }
         self.counted(r)
     }
 
-    fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
-        let g = 1u64 << self.shift();
-        let cfg = dev.config();
-        let boundary = cfg.seg_boundary_mask;
-        let mut out = Vec::with_capacity(list.len());
-        let mut total = 0u64;
+    /// The checks both paths share, so a list gets the same answer whatever the device's
+    /// trust: the device is this domain's, the list is not empty, and every segment holds
+    /// 1 to `max_segment_size` bytes that do not run past the end of the address space.
+    fn check_list(&self, dev: &Device, list: &[PhysSegment]) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        if list.is_empty() {
+            return Err(DmaError::ZeroSize);
+        }
         for (index, s) in list.iter().enumerate() {
             if s.len == 0 {
                 return Err(DmaError::ZeroSize);
             }
-            let bad = DmaError::BadSegment { index, len: s.len };
-            if s.len > cfg.max_segment_size {
-                return Err(bad);
+            if s.len > dev.config().max_segment_size {
+                return Err(DmaError::BadSegment { index, len: s.len });
             }
+            s.addr.checked_add(s.len).ok_or(DmaError::Overflow)?;
+        }
+        Ok(())
+    }
+
+    /// Place a list [`Domain::check_list`] accepted.
+    fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
+        let g = self.granule();
+        let boundary = dev.config().seg_boundary_mask;
+        let mut out = Vec::with_capacity(list.len());
+        let mut total = 0u64;
+        for (index, s) in list.iter().enumerate() {
+            let bad = DmaError::BadSegment { index, len: s.len };
             let offset = s.addr & (g - 1);
-            let span = (offset + s.len)
-                .checked_add(g - 1)
+            // The granules the buffer touches; `s.len` may be anything up to u64::MAX.
+            let span = offset
+                .checked_add(s.len)
+                .and_then(|n| n.checked_add(g - 1))
                 .ok_or(DmaError::Overflow)?
                 & !(g - 1);
             if boundary != u64::MAX {
@@ -129,9 +146,6 @@ impl<T: TlbOps + 'static> Domain<T> {
             });
             total = total.checked_add(span).ok_or(DmaError::Overflow)?;
         }
-        if out.is_empty() {
-            return Err(DmaError::ZeroSize);
-        }
         Ok((out, total))
     }
 
@@ -141,47 +155,23 @@ impl<T: TlbOps + 'static> Domain<T> {
         list: &[PhysSegment],
         dir: Direction,
     ) -> Result<SgMapping, DmaError> {
-        self.check_device(dev)?;
         let (placed, total) = self.place(dev, list)?;
-        let (span, granules) = self.reserve_iova(dev, 0, total)?;
-        let base = span.pfn << self.shift();
-        for (i, p) in placed.iter().enumerate() {
-            if let Err(e) = self.map_span(base + p.at, p.phys, p.span, dir) {
-                // Undo what this call mapped; nothing was published yet.
-                self.unmap_placed(base, &placed[..i]);
-                self.release_iova(span);
-                return Err(e);
-            }
+        // Undone on any error below: nothing is published before `publish`.
+        let mut m = self.new_mapping(dev, 0, total, Kind::List, dir)?;
+        for p in &placed {
+            m.map(p.at, p.phys, p.span)?;
         }
+        let base = m.iova();
         let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
         let segments = merge(dev, list, &per_input);
+        // At most `total`, which did not overflow.
         let total_len = list.iter().map(|s| s.len).sum();
-        let rec = Record {
-            dev: dev.inner.id,
-            kind: Kind::List,
-            size: total_len,
-            offset: 0,
-            granules,
-            bounce: None,
-        };
-        if let Err(e) = self.record(span.pfn, rec) {
-            self.unmap_placed(base, &placed);
-            self.release_iova(span);
-            return Err(e);
-        }
-        self.count(Event::Map);
+        m.publish(total_len, 0, None)?;
         Ok(SgMapping {
             segments,
             per_input,
             contiguous: true,
         })
-    }
-
-    fn unmap_placed(&self, base: u64, placed: &[Placement]) {
-        for p in placed {
-            let undone = self.unmap_span_now(base + p.at, p.span);
-            debug_assert!(undone.is_ok(), "undoing a fresh mapping failed: {undone:?}");
-        }
     }
 
     fn map_sg_each(
@@ -195,9 +185,11 @@ impl<T: TlbOps + 'static> Domain<T> {
             match self.map_single(dev, s.addr, s.len, dir) {
                 Ok(dma) => per_input.push(dma),
                 Err(e) => {
+                    // Nothing was handed out: take the fresh mappings down without copying
+                    // back (Linux: `DMA_ATTR_SKIP_CPU_SYNC`), so the caller's buffers keep
+                    // their bytes and no copy can be refused.
                     for (dma, s) in per_input.iter().zip(list) {
-                        let undone = self.unmap_kind(dev, *dma, s.len, dir, Kind::Single);
-                        debug_assert!(undone.is_ok(), "undoing a fresh mapping failed: {undone:?}");
+                        self.unmap_fresh(dev, *dma, s.len, dir);
                     }
                     return Err(e);
                 }
@@ -222,17 +214,39 @@ impl<T: TlbOps + 'static> Domain<T> {
         m: &SgMapping,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        let first = m.per_input.first().ok_or(DmaError::ZeroSize)?;
+        let Some(first) = m.per_input.first() else {
+            return self.counted(Err(DmaError::ZeroSize));
+        };
         if m.contiguous {
-            let base = first & !((1u64 << self.shift()) - 1);
-            let size = m.segments.iter().map(|s| s.len).sum();
-            return self.counted(self.unmap_kind(dev, base, size, dir, Kind::List));
+            let base = first & !(self.granule() - 1);
+            // The fields are public: a changed list must not overflow the sum.
+            let size = m
+                .segments
+                .iter()
+                .try_fold(0u64, |sum, s| sum.checked_add(s.len))
+                .ok_or(DmaError::Overflow);
+            return self.counted(
+                size.and_then(|size| self.unmap_kind(dev, base, size, dir, Kind::List, true)),
+            );
         }
+        // Every segment is unmapped even if a copy-back was lost (that mapping is gone
+        // anyway); the first loss is reported. A refusal (an address that is not a live
+        // mapping) stops at that segment, as it changes nothing.
         let mut how = Unmapped::Synced;
+        let mut lost = None;
         for s in &m.segments {
-            how = self.unmap(dev, s.addr, s.len as usize, dir)?;
+            match self.unmap_kind(dev, s.addr, s.len, dir, Kind::Single, true) {
+                Ok(h) => how = h,
+                Err(e @ DmaError::LostCopyBack { .. }) => {
+                    lost.get_or_insert(e);
+                }
+                Err(e) => return self.counted(Err(e)),
+            }
         }
-        Ok(how)
+        match lost {
+            Some(e) => self.counted(Err(e)),
+            None => Ok(how),
+        }
     }
 }
 

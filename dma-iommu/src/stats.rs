@@ -2,9 +2,8 @@
 //! and a text report.
 
 use crate::flush_queue::FqStats;
-use crate::pad::CachePadded;
 use dma_sync::atomic::{AtomicU64, Ordering};
-use dma_sync::cpu;
+use dma_sync::{cpu, CachePadded};
 use std::fmt;
 
 /// Which counter to bump.
@@ -35,13 +34,13 @@ impl Stats {
     /// Count one event on this CPU's line (a relaxed counter: statistics only).
     pub(crate) fn count(&self, e: Event) {
         let c = &self.cpus[cpu::current_in(self.cpus.len())];
-        c.0 .0[e as usize].fetch_add(1, Ordering::Relaxed);
+        c.0[e as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn sum(&self, e: Event) -> u64 {
         self.cpus
             .iter()
-            .map(|c| c.0 .0[e as usize].load(Ordering::Relaxed))
+            .map(|c| c.0[e as usize].load(Ordering::Relaxed))
             .sum()
     }
 

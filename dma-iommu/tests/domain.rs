@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{domain_over, quiet_fq, ReuseCheck, G};
+use common::{domain_over, hw, quiet_fq, ReuseCheck, G};
 use dma_iommu::{
     DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, InvalidationKind, PhysSegment,
     RecordingIotlb, Unmapped,
@@ -177,20 +177,20 @@ fn untrusted_devices_bounce_unaligned_buffers_with_zeroed_padding() {
         "bounced, not mapped directly"
     );
     let mut page = vec![0u8; G as usize];
-    dom.device_read(&dev, dma & !(G - 1), &mut page).unwrap();
+    hw(&dom, &dev).read(dma & !(G - 1), &mut page).unwrap();
     assert_eq!(&page[0x10..0x17], b"payload");
     assert!(
         page[..0x10].iter().chain(&page[0x17..]).all(|&b| b == 0),
         "padding is zeroed"
     );
 
-    dom.device_write(&dev, dma, b"PAY").unwrap();
+    hw(&dom, &dev).write(dma, b"PAY").unwrap();
     dom.sync_for_cpu(&dev, dma, 7, Direction::Bidirectional)
         .unwrap();
     let mut back = [0u8; 7];
     host.read(mem_buf, &mut back).unwrap();
     assert_eq!(&back, b"PAYload");
-    dom.device_write(&dev, dma + 3, b"LOAD").unwrap();
+    hw(&dom, &dev).write(dma + 3, b"LOAD").unwrap();
     // Untrusted: strict even though the domain is lazy; the unmap copies back.
     assert_eq!(
         dom.unmap(&dev, dma, 7, Direction::Bidirectional),
@@ -311,7 +311,7 @@ fn bad_requests_are_typed_errors_and_change_nothing() {
     // A read-only mapping refuses device writes.
     let ro = dom.map(&dev, base, 0x10, Direction::ToDevice).unwrap();
     assert_eq!(
-        dom.device_write(&dev, ro, &[1]),
+        hw(&dom, &dev).write(ro, &[1]),
         Err(DmaError::Fault { dma: ro })
     );
     dom.unmap(&dev, ro, 0x10, Direction::ToDevice).unwrap();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{domain_over, quiet_fq, untrusted, G};
+use common::{domain_over, hw, quiet_fq, untrusted, G};
 use dma_iommu::faults::{FQ_RING_ALLOC, MAPPING_RECORD};
 use dma_iommu::{
     Device, DeviceConfig, DmaError, Domain, FqConfig, FqError, PhysSegment, RecordingIotlb,
@@ -48,7 +48,7 @@ fn domain(lazy: Option<FqConfig>) -> (Domain<RecordingIotlb>, u64) {
 /// The device reads exactly the buffer's bytes through `dma`.
 fn check_reads(dom: &Domain<RecordingIotlb>, dev: &Device, dma: u64, at: u64, len: u64) {
     let mut seen = vec![0u8; len as usize];
-    dom.device_read(dev, dma, &mut seen).unwrap();
+    hw(dom, dev).read(dma, &mut seen).unwrap();
     let want: Vec<u8> = (at..at + len).map(pattern).collect();
     assert!(seen == want, "wrong data through {dma:#x}");
 }
@@ -99,7 +99,7 @@ fn check_keeps_working(dom: &Domain<RecordingIotlb>, base: u64) {
     check_reads(dom, &bdev, bdma, 0x123, 0x300);
     dom.unmap(&dev, dma, len as usize, Direction::ToDevice)
         .unwrap();
-    assert!(dom.device_read(&dev, dma, &mut [0u8; 8]).is_err() || dom.is_lazy());
+    assert!(hw(dom, &dev).read(dma, &mut [0u8; 8]).is_err() || dom.is_lazy());
     assert_eq!(
         dom.unmap(&bdev, bdma, 0x300, Direction::ToDevice),
         Ok(Unmapped::Synced)
@@ -252,7 +252,7 @@ fn no_ring_keeps_the_domain_strict() {
         Ok(Unmapped::Synced)
     );
     assert!(
-        dom.device_read(&dev, dma, &mut [0u8; 4]).is_err(),
+        hw(&dom, &dev).read(dma, &mut [0u8; 4]).is_err(),
         "strict: gone at once"
     );
     check_all_back(&dom);

@@ -17,7 +17,6 @@
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
 //! | [`IovaAllocator::alloc_range`]`(size, limit, aligned)` / [`IovaAllocator::free_range`]`(pfn, size)` | uncached range allocator |
 //! | [`IovaAllocator::reserve`]`(lo, hi)` / [`IovaAllocator::find`]`(pfn) -> Option<IovaRange>` | reservations, lookup |
-//! | [`IovaAllocator::alloc_dma`]`(&DevicePolicy, size, dma_limit)` | dma-iommu policy: 32-bit first, per-device permanent opt-out after a miss |
 //! | [`IovaAllocator::flush_all`], [`IovaAllocator::flush_cpu`], [`IovaAllocator::trim_once`] | cache maintenance |
 //! | [`IovaAllocator::stats`]` -> IovaStats`, [`IovaAllocator::report`]` -> String` | per-class hits/misses, depot, cached granules per CPU and depot |
 //! | [`RangeAllocator`] | the single-threaded range allocator itself (`&mut self`) |
@@ -29,18 +28,13 @@
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-//! use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+//! use iova_cache::{IovaAllocator, IovaConfig};
 //!
 //! let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 24) - 1)).unwrap();
 //! let limit32 = iova.dma_32bit_pfn() - 1;
 //! let pfn = iova.alloc(8, limit32).unwrap();
 //! assert!(pfn + 7 <= limit32 && pfn % 8 == 0);
 //! iova.free(pfn, 8).unwrap();
-//!
-//! let nic = DevicePolicy::new(true);
-//! let p = iova.alloc_dma(&nic, 1, (1 << 24) - 1).unwrap();
-//! assert!(p <= limit32);
-//! iova.free(p, 1).unwrap();
 //! assert!(iova.report().contains("granules cached"));
 //! ```
 //!
@@ -54,12 +48,12 @@ mod allocator;
 pub mod config;
 mod error;
 pub mod faults;
+mod fitsummary;
 mod gaptree;
+mod held;
 mod locked;
 mod magazine;
-mod owners;
 pub mod points;
-mod policy;
 mod range;
 mod rcache;
 mod stats;
@@ -67,8 +61,7 @@ mod stats;
 mod trim;
 
 pub use allocator::IovaAllocator;
-pub use config::{IovaConfig, MAX_CPUS, MAX_MAGAZINE_SIZE};
+pub use config::{IovaConfig, MAX_CPUS, MAX_MAGAZINE_SIZE, MAX_SLOT_ENTRIES, MAX_TRIM_INTERVAL};
 pub use error::IovaError;
-pub use policy::DevicePolicy;
 pub use range::{IovaRange, RangeAllocator, RangeKind, RangeStats};
 pub use stats::{ClassStats, IovaStats};

@@ -2,7 +2,7 @@
 //! for the error contract.
 #![cfg(not(loom))]
 
-use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig, IovaError, RangeAllocator};
+use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeAllocator};
 use std::time::{Duration, Instant};
 
 fn cfg(start: u64, end: u64) -> IovaConfig {
@@ -137,44 +137,6 @@ fn cached_pops_respect_the_limit() {
     let again = a.alloc(4, (1 << 21) - 1).unwrap();
     assert!(high.contains(&again));
     dma_sync::cpu::set_current(None);
-}
-
-/// 791c2b17fb40: after the first 32-bit miss a device stops trying 32-bit first for good.
-#[test]
-fn device_gives_up_32bit_first_after_one_miss() {
-    let a = IovaAllocator::new(IovaConfig {
-        caching: false,
-        ..cfg(1, (1 << 21) - 1)
-    })
-    .unwrap();
-    let limit32 = a.dma_32bit_pfn() - 1;
-    let wide = (1 << 21) - 1;
-    let dev = DevicePolicy::new(true);
-    let filler = a.alloc_range(limit32, limit32, false).unwrap(); // the whole 32-bit zone
-    let p = a.alloc_dma(&dev, 1, wide).unwrap();
-    assert!(p > limit32);
-    assert!(!dev.tries_32bit_first());
-    a.free_range(filler, limit32).unwrap();
-    assert!(
-        a.alloc_dma(&dev, 1, wide).unwrap() > limit32,
-        "still wide after space came back"
-    );
-    let fresh = DevicePolicy::new(true);
-    assert!(a.alloc_dma(&fresh, 1, wide).unwrap() <= limit32);
-    let dac = DevicePolicy::new(false);
-    assert!(
-        a.alloc_dma(&dac, 1, wide).unwrap() > limit32,
-        "forcedac devices never try 32-bit"
-    );
-    assert!(
-        a.alloc_dma(&dac, 1, limit32).unwrap() <= limit32,
-        "a 32-bit mask is always honoured"
-    );
-    assert_eq!(a.alloc_dma(&fresh, 0, wide), Err(IovaError::ZeroSize));
-    assert!(
-        fresh.tries_32bit_first(),
-        "a bad request does not flip the device"
-    );
 }
 
 /// Every bad input is a typed error and the allocator keeps working.

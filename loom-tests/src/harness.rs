@@ -123,6 +123,20 @@ pub fn must_fail(
     );
 }
 
+/// A negative control: `model` is a deliberately broken *user* of the library (no point
+/// weakened); pass only if loom fails with a message containing `expect`. Skipped, as the
+/// twins are, under `DMALOOM_SKIP_TWINS=1`.
+pub fn must_be_caught(expect: &str, bound: Bound, model: impl Fn() + Sync + Send + 'static) {
+    if std::env::var_os("DMALOOM_SKIP_TWINS").is_some() {
+        return;
+    }
+    let msg = quietly(|| check(bound, model)).expect_err("loom must catch the broken model");
+    assert!(
+        msg.contains(expect),
+        "caught, but not for the expected reason {expect:?}: {msg}"
+    );
+}
+
 std::thread_local! {
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

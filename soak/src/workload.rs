@@ -17,6 +17,7 @@
 //! worker releases everything and the checker requires all slots free, all IOVAs back, only
 //! the root table left, and no growth trend in the memory the crates report.
 
+use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
 };
@@ -302,7 +303,13 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
         } else if let Some((d, dma, paddr, size)) = held.dma.pop() {
             let data = vec![rng.next() as u8; size];
             let dev = &sh.dom_devs[d];
-            if let Err(e) = sh.dom.device_write(dev, dma, &data) {
+            if let Err(e) = SimulatedDevice::new(
+                &sh.dom,
+                dev,
+                sh.dom.swiotlb().expect("bounce buffers").memory(),
+            )
+            .write(dma, &data)
+            {
                 sh.fail(format!("device write through {dma:#x}: {e}"));
             }
             if let Err(e) = sh.dom.unmap(dev, dma, size, Direction::Bidirectional) {

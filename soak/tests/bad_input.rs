@@ -347,7 +347,8 @@ mod pgtable {
 
 mod iova {
     use super::Table;
-    use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig, IovaError, RangeKind};
+    use dma_iommu::DevicePolicy;
+    use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeKind};
 
     fn cfg() -> IovaConfig {
         IovaConfig {
@@ -460,15 +461,15 @@ mod iova {
         );
         let dev = DevicePolicy::new(true);
         t.err(
-            "alloc_dma",
+            "DevicePolicy::alloc_iova",
             "zero size",
-            a.alloc_dma(&dev, 0, u64::MAX),
+            dev.alloc_iova(&a, 0, u64::MAX),
             IovaError::ZeroSize,
         );
         t.err(
-            "alloc_dma",
+            "DevicePolicy::alloc_iova",
             "mask below the start",
-            a.alloc_dma(&dev, 1, 3),
+            dev.alloc_iova(&a, 1, 3),
             IovaError::LimitBelowStart {
                 limit: 3,
                 start: 16,
@@ -973,6 +974,7 @@ mod swiotlb {
 
 mod iommu {
     use super::Table;
+    use dma_iommu::test_util::SimulatedDevice;
     use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, NoTlb, PhysSegment};
     use swiotlb_core::{Config, Direction, RegionMemory, Swiotlb};
 
@@ -1175,16 +1177,18 @@ mod iommu {
             DmaError::ForeignDevice,
         );
         t.err(
-            "device_write",
+            "SimulatedDevice::write",
             "never mapped",
-            dom.device_write(&dev, 0x10_0000, &[1]),
+            SimulatedDevice::new(&dom, &dev, dom.swiotlb().expect("bounce buffers").memory())
+                .write(0x10_0000, &[1]),
             DmaError::Fault { dma: 0x10_0000 },
         );
         let ro = dom.map(&dev, base + 0x2000, 64, TO).unwrap();
         t.err_like(
-            "device_write",
+            "SimulatedDevice::write",
             "to a to-device (read-only) mapping",
-            dom.device_write(&dev, ro, &[1]),
+            SimulatedDevice::new(&dom, &dev, dom.swiotlb().expect("bounce buffers").memory())
+                .write(ro, &[1]),
             |e| matches!(e, DmaError::Fault { .. }),
         );
         t.accepted(
@@ -1260,7 +1264,13 @@ mod iommu {
             .write(base + 0x4001, b"abcd")
             .unwrap();
         let b = dom.map(&untrusted, base + 0x4001, 4, BI).unwrap();
-        dom.device_write(&untrusted, b, b"XY").unwrap();
+        SimulatedDevice::new(
+            &dom,
+            &untrusted,
+            dom.swiotlb().expect("bounce buffers").memory(),
+        )
+        .write(b, b"XY")
+        .unwrap();
         dom.unmap(&untrusted, b, 4, BI).unwrap();
         let mut back = [0; 4];
         dom.swiotlb()

@@ -3,7 +3,8 @@
 // Each test crate includes this module and uses a subset of it.
 #![allow(dead_code)]
 
-use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb};
+use dma_iommu::test_util::SimulatedDevice;
+use dma_iommu::{Device, DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, TlbOps};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use swiotlb_core::{Config, RegionMemory, Swiotlb};
@@ -24,6 +25,11 @@ pub fn domain_over(
     cfg.iova.trim_interval = None;
     tune(&mut cfg);
     Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap()
+}
+
+/// `dev`'s side of `dom`, seeing the memory the domain's bounce buffers copy from and to.
+pub fn hw<'a, T: TlbOps>(dom: &'a Domain<T>, dev: &'a Device) -> SimulatedDevice<'a, T> {
+    SimulatedDevice::new(dom, dev, dom.swiotlb().expect("bounce buffers").memory())
 }
 
 /// A lazy queue whose timer never fires by itself during a test.

@@ -371,6 +371,33 @@ twins! { teardown_vs_drain, "Causality violation", Bound::Exhaustive;
     fn teardown_without_stopping_timer: FQ_TEARDOWN_STOP_TIMER;
 }
 
+/// An unmap racing with teardown (a direct `Strictness` or `FlushQueue` user may shut down
+/// while unmaps still run): the entry lands in a ring teardown has not emptied yet (teardown
+/// flushes again for it) or in a ring teardown closed (the enqueue flushes and frees it
+/// itself). Either way it is freed exactly once, after an invalidation that started after its
+/// leaf clear, while the device keeps using its cached translation; the owner closes its
+/// IOMMU handle once the unmap returned. Bound: 3 preemptions (3 threads). Outcome: whether
+/// the entry was already freed when teardown returned.
+fn unmap_vs_teardown() -> bool {
+    let s = domain(1);
+    s.enable_lazy(tiny(1, 4)).unwrap();
+    let ops = s.ops().clone();
+    let unmap = spawn_on(&s, |s| unmap_iova(s, 0));
+    let device = spawn_on(&ops, |ops| ops.dma(0));
+    s.shutdown();
+    let freed_by_then = ops.freed(0) == 1;
+    assert_eq!(unmap.join().unwrap(), Unmapped::Queued);
+    device.join().unwrap();
+    ops.close();
+    assert_eq!(ops.freed(0), 1, "the entry was not freed exactly once");
+    freed_by_then
+}
+
+#[test]
+fn unmap_vs_teardown_passes() {
+    assert_outcomes(unmap_vs_teardown, &[false, true]);
+}
+
 /// The IOTLB of the real-domain model: one cached translation (an IOVA), filled by the
 /// device's walk, cleared by every invalidation.
 #[derive(Default)]

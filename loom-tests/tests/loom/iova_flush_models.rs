@@ -1,34 +1,17 @@
-//! Cache flushes of `iova-cache` racing magazine traffic, and checked frees, on the real code
-//! with the default `checked_frees: true` (tiny configs: magazines of one entry).
-//!
-//! * `flush_all_vs_depot_traffic`: CPU 0 frees three ranges (the third pushes a full magazine
-//!   to the depot), CPU 1 allocates twice (taking that magazine, or going to the tree), and a
-//!   third thread flushes every cache; every range is held by one user or free afterwards.
-//! * `double_free_vs_free`: two threads free the same range at once; the checked free accepts
-//!   exactly one and the range is free once.
+//! `flush_all` of `iova-cache` racing magazine traffic on the real code, with the default
+//! `checked_frees: true` (magazines of one entry): CPU 0 frees three ranges (the third pushes a
+//! full magazine to the depot), CPU 1 allocates twice (taking that magazine, or going to the
+//! tree), and a third thread flushes every cache; every range is held by one user or free
+//! afterwards. (Racing checked frees are `iova_models::checked_free_races_double_free`.)
 
-use crate::iova_models::{on_cpu, Oracle};
+use crate::iova_models::{on_cpu, tiny, Oracle};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
-use dma_sync::Arc;
-use iova_cache::{IovaAllocator, IovaConfig};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 
-/// `cpus` CPU slots, magazines of one entry, pfns `1..=end`, checked frees (the default).
-fn checked(cpus: usize, end: u64) -> Arc<IovaAllocator> {
-    let cfg = IovaConfig {
-        cpus,
-        magazine_size: 1,
-        trim_interval: None,
-        ..IovaConfig::with_space(1, end)
-    };
-    assert!(cfg.checked_frees, "the default checks frees");
-    Arc::new(IovaAllocator::new(cfg).expect("valid tiny config"))
-}
-
 fn flush_all_vs_depot_traffic() {
-    let a = checked(2, 8);
+    let a = tiny(2, 1, 8);
     let o = Oracle::default();
     let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
     let freer = {
@@ -78,33 +61,4 @@ must_fail_test! {
     /// Without the depot lock, the flush's take of the depot races a push or an exchange.
     fn flush_all_depot_unlocked: iova_cache::points::DEPOT_LOCK, Weakening::Relax,
         "Causality violation", Bound::Preemptions(2), flush_all_vs_depot_traffic;
-}
-
-fn double_free_vs_free() {
-    let a = checked(2, 4);
-    let o = Oracle::default();
-    let x = o.alloc(&a, 1).unwrap();
-    let frees: Vec<_> = (0..2)
-        .map(|cpu| {
-            let a = a.clone();
-            spawn(move || {
-                on_cpu(cpu);
-                a.free(x, 1).is_ok()
-            })
-        })
-        .collect();
-    let accepted = frees
-        .into_iter()
-        .map(|f| f.join().unwrap())
-        .filter(|&ok| ok)
-        .count();
-    assert_eq!(accepted, 1, "a double free was accepted {accepted} times");
-    o.forget(x);
-    o.settle(&a);
-}
-
-/// Two threads on two CPUs, one free each. Exhaustive.
-#[test]
-fn double_free_is_refused_once() {
-    check(Bound::Exhaustive, double_free_vs_free);
 }

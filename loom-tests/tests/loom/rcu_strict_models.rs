@@ -14,7 +14,7 @@ use dma_sync::points::{RCU_SYNCHRONIZE_DONE_ACQUIRE, RCU_SYNCHRONIZE_DONE_RELEAS
 use dma_sync::rcu;
 use dma_sync::thread::spawn;
 use dma_sync::{Arc, UnsafeCell};
-use loom_tests::harness::{check, quietly, Bound};
+use loom_tests::harness::{check, must_be_caught, Bound};
 use loom_tests::must_fail_test;
 
 /// Data readers reach while a flag says it is published; the updater unpublishes it, waits
@@ -143,9 +143,9 @@ fn retire_after_unlink_is_safe() {
 /// the unlink still finds the node, and the free races its read. Same bound.
 #[test]
 fn retire_before_unlink_is_caught() {
-    let msg = quietly(|| check(Bound::Preemptions(3), || retire_vs_unlink(true)))
-        .expect_err("a retirement before the unlink must be reported");
-    assert!(msg.contains("Causality violation"), "unexpected: {msg}");
+    must_be_caught("Causality violation", Bound::Preemptions(3), || {
+        retire_vs_unlink(true)
+    });
 }
 
 /// A counter kept as a published node, replaced by CAS. `incrementer` threads each do
@@ -200,9 +200,9 @@ fn cas_counter_with_whole_pin_loses_nothing() {
 /// (ABA) and increments are lost. Found only because freed addresses are reused.
 #[test]
 fn narrowed_pin_aba_is_caught() {
-    let msg = quietly(|| check(Bound::Preemptions(3), || cas_counter(true)))
-        .expect_err("the ABA must be found");
-    assert!(msg.contains("an increment was lost"), "unexpected: {msg}");
+    must_be_caught("an increment was lost", Bound::Preemptions(3), || {
+        cas_counter(true)
+    });
 }
 
 /// A reader reads the node while the updater unlinks it and then drops it instead of
@@ -231,7 +231,9 @@ fn drop_instead_of_retire() {
 /// reader's dereference, not undefined behaviour. Exhaustive.
 #[test]
 fn free_bypassing_rcu_is_reported() {
-    let msg = quietly(|| check(Bound::Exhaustive, drop_instead_of_retire))
-        .expect_err("the bypassing free must be reported");
-    assert!(msg.contains("Causality violation"), "unexpected: {msg}");
+    must_be_caught(
+        "Causality violation",
+        Bound::Exhaustive,
+        drop_instead_of_retire,
+    );
 }

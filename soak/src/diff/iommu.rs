@@ -15,6 +15,7 @@
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
+use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, FqKind, PhysSegment, RecordingIotlb,
     SgMapping, Unmapped,
@@ -216,7 +217,12 @@ impl World {
                     // The device sees the buffer and zeros around it, never its neighbours.
                     let (s, e) = span(dma, size);
                     let mut seen = vec![0xAA; (e - s) as usize];
-                    let r = self.dom.device_read(&dev, s, &mut seen);
+                    let r = SimulatedDevice::new(
+                        &self.dom,
+                        &dev,
+                        self.dom.swiotlb().expect("bounce buffers").memory(),
+                    )
+                    .read(s, &mut seen);
                     t.check(r.is_ok(), || {
                         format!("device read of a bounced span: {r:?}")
                     })?;
@@ -506,7 +512,12 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                 let o = usize::from(at) % m.size;
                 let n = usize::from(len).min(m.size - o);
                 let data = vec![byte; n];
-                let real = w.dom.device_write(&w.devs[m.dev], a + o as u64, &data);
+                let real = SimulatedDevice::new(
+                    &w.dom,
+                    &w.devs[m.dev],
+                    w.dom.swiotlb().expect("bounce buffers").memory(),
+                )
+                .write(a + o as u64, &data);
                 match (m.dir, real) {
                     (Dir::To, r) => t
                         .check(n == 0 || matches!(r, Err(DmaError::Fault { .. })), || {
@@ -529,7 +540,12 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                     continue;
                 };
                 let mut seen = vec![0; m.size];
-                let real = w.dom.device_read(&w.devs[m.dev], a, &mut seen);
+                let real = SimulatedDevice::new(
+                    &w.dom,
+                    &w.devs[m.dev],
+                    w.dom.swiotlb().expect("bounce buffers").memory(),
+                )
+                .read(a, &mut seen);
                 let expected = m
                     .bounce
                     .clone()

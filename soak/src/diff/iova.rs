@@ -10,7 +10,8 @@
 
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
-use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig, IovaError, RangeKind};
+use dma_iommu::DevicePolicy;
+use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeKind};
 use std::collections::BTreeMap;
 
 const MAX_CACHED: u64 = iova_cache::config::MAX_CACHED_GRANULES;
@@ -97,7 +98,7 @@ struct Held {
     size: u64,
     /// What the caller asked for.
     asked: u64,
-    /// Allocated through the cached path (`alloc`, `alloc_dma`).
+    /// Allocated through the cached path (`alloc`, `DevicePolicy::alloc_iova`).
     fast: bool,
 }
 
@@ -314,7 +315,7 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                     let (size, limit) = (size_of(size), pfn_of(limit));
                     let dev = &devices[usize::from(device)];
                     let was_32 = dev.tries_32bit_first();
-                    let real = a.alloc_dma(dev, size, limit);
+                    let real = dev.alloc_iova(&a, size, limit);
                     fast_result(&t, m, real, size, limit, &[])?;
                     if let Ok(pfn) = real {
                         t.check(pfn < dma32 || !was_32 || !dev.tries_32bit_first(), || {

@@ -1,22 +1,23 @@
-//! The dma-iommu allocation policy: 32-bit (PCI SAC) addresses first for devices with wider
-//! masks, given up for a device after its first miss.
+//! The IOVA allocation policy of DMA mappings (Linux `iommu_dma_alloc_iova`): 32-bit (PCI
+//! SAC) addresses first for devices with wider masks, given up for a device after its first
+//! miss.
 //!
 //! Trying below 4 GiB on every map after the 32-bit space filled made each map pay a failed
 //! search (Linux fixed this in v6.4 by clearing the device's flag on the first miss).
 
-use crate::allocator::IovaAllocator;
-use crate::error::IovaError;
 use dma_sync::atomic::{AtomicBool, Ordering};
+use iova_cache::{IovaAllocator, IovaError};
 
 /// Per-device allocation policy state.
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-/// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+/// use dma_iommu::DevicePolicy;
+/// use iova_cache::{IovaAllocator, IovaConfig};
 /// // A 33-bit space of 4 KiB granules: pfns up to 2^21 - 1.
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
 /// let dev = DevicePolicy::new(true);
-/// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+/// let p = dev.alloc_iova(&a, 1, (1 << 21) - 1).unwrap();
 /// assert!(p < a.dma_32bit_pfn(), "32-bit address first");
 /// assert!(dev.tries_32bit_first());
 /// ```
@@ -45,44 +46,44 @@ impl DevicePolicy {
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-    /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+    /// use dma_iommu::DevicePolicy;
+    /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
     /// let dev = DevicePolicy::new(true);
     /// dev.use_full_width();
     /// assert!(!dev.tries_32bit_first());
-    /// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+    /// let p = dev.alloc_iova(&a, 1, (1 << 21) - 1).unwrap();
     /// assert!(p >= a.dma_32bit_pfn(), "top-down over the full mask");
     /// ```
     pub fn use_full_width(&self) {
         self.sac_first.store(false, Ordering::Relaxed);
     }
-}
 
-impl IovaAllocator {
-    /// Allocate for a DMA map of `size` granules for a device whose mask allows pfns up to
+    /// Allocate `size` granules from `iova` for a device whose mask allows pfns up to
     /// `dma_limit` (inclusive): if that exceeds 32 bits and the device still tries 32-bit
     /// first, try below 4 GiB without flushing the caches; on a miss clear the device's flag
     /// permanently and allocate against the full limit (with flush and retry).
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-    /// use iova_cache::{DevicePolicy, IovaAllocator, IovaConfig};
+    /// use dma_iommu::DevicePolicy;
+    /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
     /// a.reserve(1, a.dma_32bit_pfn() - 1).unwrap(); // no 32-bit space at all
     /// let dev = DevicePolicy::new(true);
-    /// let p = a.alloc_dma(&dev, 1, (1 << 21) - 1).unwrap();
+    /// let p = dev.alloc_iova(&a, 1, (1 << 21) - 1).unwrap();
     /// assert!(p >= a.dma_32bit_pfn());
     /// assert!(!dev.tries_32bit_first(), "given up after the first miss");
     /// ```
-    pub fn alloc_dma(
+    pub fn alloc_iova(
         &self,
-        dev: &DevicePolicy,
+        iova: &IovaAllocator,
         size: u64,
         dma_limit: u64,
     ) -> Result<u64, IovaError> {
-        let limit32 = self.dma_32bit_pfn() - 1;
-        if dma_limit > limit32 && dev.tries_32bit_first() {
-            match self.alloc_no_flush(size, limit32) {
+        let limit32 = iova.dma_32bit_pfn() - 1;
+        if dma_limit > limit32 && self.tries_32bit_first() {
+            match iova.alloc_no_flush(size, limit32) {
                 Ok(pfn) => return Ok(pfn),
                 // Bad input and a transient lack of memory say nothing about 32-bit space.
                 Err(
@@ -90,9 +91,9 @@ impl IovaAllocator {
                     | IovaError::TooLarge { .. }
                     | IovaError::OutOfMemory { .. }),
                 ) => return Err(e),
-                Err(_) => dev.use_full_width(),
+                Err(_) => self.use_full_width(),
             }
         }
-        self.alloc(size, dma_limit)
+        iova.alloc(size, dma_limit)
     }
 }

@@ -1,0 +1,118 @@
+//! What a domain maps into and frees into: its IOVA allocator, its I/O page table and the
+//! caller's IOTLB (Linux: the `iommu_domain` with its `iova_domain`).
+//!
+//! The domain owns it behind an `Arc` and hands [`crate::Strictness`] a clone, through which
+//! unmaps invalidate and free ([`InvalidationOps`]); everything that touches the page table or
+//! the allocator on behalf of a mapping is a method here.
+
+use crate::error::DmaError;
+use crate::flush_queue::InvalidationOps;
+use crate::iotlb::{Gather, TlbOps, TlbRange};
+use dma_sync::Arc;
+use io_pgtable::{PageTable, Prot};
+use iova_cache::IovaAllocator;
+use swiotlb_core::Direction;
+
+/// An IOVA range held by a mapping, as the flush queue frees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IovaSpan {
+    /// First pfn.
+    pub pfn: u64,
+    /// Granules.
+    pub granules: u64,
+}
+
+/// The caller's IOTLB behind an `Arc`, shared by the page table and the backend.
+pub(crate) struct SharedIotlb<T>(pub(crate) Arc<T>);
+
+impl<T: TlbOps> TlbOps for SharedIotlb<T> {
+    fn flush_all(&self) {
+        self.0.flush_all();
+    }
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
+        self.0.flush_walk(iova, size, granule);
+    }
+    fn sync(&self, range: &TlbRange) {
+        self.0.sync(range);
+    }
+}
+
+/// The IOVA allocator, the page table and the IOTLB of one domain.
+pub(crate) struct Backend<T: TlbOps + 'static> {
+    pub(crate) pt: PageTable<SharedIotlb<T>>,
+    pub(crate) iova: IovaAllocator,
+    pub(crate) iotlb: Arc<T>,
+}
+
+/// The page-table permissions a mapping in direction `dir` needs (`mmio`: a resource).
+pub(crate) fn prot_for(dir: Direction, mmio: bool) -> Prot {
+    let p = match dir {
+        Direction::ToDevice => Prot::READ,
+        Direction::FromDevice => Prot::WRITE,
+        Direction::Bidirectional => Prot::READ | Prot::WRITE,
+    };
+    if mmio {
+        p | Prot::MMIO
+    } else {
+        p | Prot::CACHE
+    }
+}
+
+impl<T: TlbOps + 'static> Backend<T> {
+    /// Map `len` bytes at `iova` to `phys` (both granule-aligned).
+    pub(crate) fn map_span(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), DmaError> {
+        self.pt.map(iova, phys, len, prot).map_err(DmaError::from)
+    }
+
+    /// Unmap a span that was never published (undo): strict, the IOVA stays allocated. Only
+    /// its mapper knows the IOVA, so nothing else changes its leaves meanwhile.
+    pub(crate) fn unmap_unpublished(&self, iova: u64, len: u64, granule: u64) {
+        let mut gather = Gather::new();
+        unmap_present(&self.pt, iova, len, granule, &mut gather);
+        gather.sync(&*self.iotlb);
+    }
+}
+
+impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
+    type Entry = IovaSpan;
+
+    fn flush_all(&self) {
+        self.iotlb.flush_all();
+    }
+
+    fn sync(&self, gather: &mut Gather) {
+        gather.sync(&*self.iotlb);
+    }
+
+    fn reclaim(&self, span: IovaSpan) {
+        // The registry hands every span to one unmap, so the domain frees it once. A refusal
+        // means it was freed around the domain (through `Domain::iova_allocator`): it is
+        // free already, nothing is lost.
+        let _ = self.iova.free(span.pfn, span.granules);
+    }
+}
+
+/// Unmap every mapped part of `[iova, iova + len)`, stepping over unmapped granules (a
+/// scatter list's span has holes where a segment moved to a boundary).
+pub(crate) fn unmap_present<T: TlbOps>(
+    pt: &PageTable<T>,
+    iova: u64,
+    len: u64,
+    granule: u64,
+    gather: &mut Gather,
+) {
+    let end = iova + len;
+    let mut at = iova;
+    while at < end {
+        match pt.unmap_with(at, end - at, gather) {
+            Ok(n) if n > 0 => at += n,
+            _ => at += granule,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Bad input to a domain: configurations beyond their documented maxima are refused before
+//! anything is allocated, address arithmetic on caller input never wraps, and a scatter list
+//! gets the same answer whatever the device's trust. Each refusal is typed and leaves the
+//! domain unchanged and working.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{domain_over, untrusted, G};
+use dma_iommu::flush_queue::{MAX_QUEUED, MAX_TIMEOUT};
+use dma_iommu::{
+    DeviceConfig, DmaError, DmaSegment, Domain, DomainConfig, FqConfig, FqError, NoTlb,
+    PhysSegment, RecordingIotlb,
+};
+use std::time::Duration;
+use swiotlb_core::{Config, Direction, RegionMemory};
+
+fn domain() -> (Domain<RecordingIotlb>, u64) {
+    let mem = RegionMemory::new(1 << 20);
+    let base = mem.base();
+    (domain_over(mem, Config::tiny(256, 1, 128), |_| {}), base)
+}
+
+/// The domain maps and unmaps (directly and bounced) and holds nothing afterwards.
+fn still_works(dom: &Domain<RecordingIotlb>, base: u64) {
+    for cfg in [DeviceConfig::default(), untrusted()] {
+        let dev = dom.attach(cfg).unwrap();
+        let dma = dom
+            .map(&dev, base + 0x10, 0x30, Direction::ToDevice)
+            .unwrap();
+        dom.unmap(&dev, dma, 0x30, Direction::ToDevice).unwrap();
+    }
+    dom.flush_queue_now();
+    assert_eq!(dom.stats().live, 0);
+    assert_eq!(dom.swiotlb().unwrap().stats().used, 0);
+}
+
+#[test]
+fn flush_queues_beyond_their_maxima_are_refused_and_the_domain_stays_strict() {
+    let (dom, base) = domain();
+    let too_large =
+        |rings, ring_size| Err(DmaError::FlushQueue(FqError::TooLarge { rings, ring_size }));
+    let per_cpu = FqConfig::per_cpu();
+    assert_eq!(
+        dom.set_lazy(per_cpu.with_cpus(usize::MAX)),
+        too_large(usize::MAX, 256)
+    );
+    assert_eq!(
+        dom.set_lazy(per_cpu.with_cpus(10_000)),
+        too_large(10_000, 256)
+    );
+    let ring = 1 << 62;
+    assert_eq!(dom.set_lazy(per_cpu.with_ring_size(ring)), {
+        too_large(per_cpu.cpus, ring)
+    });
+    assert_eq!(
+        dom.set_lazy(FqConfig::single().with_ring_size(MAX_QUEUED * 2)),
+        too_large(1, MAX_QUEUED * 2)
+    );
+    let forever = per_cpu.with_timeout(Duration::MAX);
+    assert_eq!(
+        dom.set_lazy(forever),
+        Err(DmaError::FlushQueue(FqError::Timeout(Duration::MAX)))
+    );
+    assert!(!dom.is_lazy());
+    still_works(&dom, base);
+
+    // The largest accepted queue is exactly the maximum.
+    let largest = FqConfig::single()
+        .with_ring_size(MAX_QUEUED)
+        .with_timeout(MAX_TIMEOUT);
+    assert_eq!(largest.validate(), Ok(()));
+    assert_eq!(dom.set_lazy(FqConfig::per_cpu().with_cpus(4)), Ok(true));
+    still_works(&dom, base);
+}
+
+#[test]
+fn domain_configurations_are_refused_before_anything_is_built() {
+    let base = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
+    let lazy_huge = base.clone().lazy(FqConfig::per_cpu().with_cpus(usize::MAX));
+    assert!(matches!(
+        Domain::new(lazy_huge, NoTlb, None),
+        Err(DmaError::FlushQueue(FqError::TooLarge { .. }))
+    ));
+    let mut many_cpus = base.clone();
+    many_cpus.iova.cpus = usize::MAX;
+    assert!(matches!(
+        Domain::new(many_cpus, NoTlb, None),
+        Err(DmaError::NoIova(_))
+    ));
+    let mut huge_magazines = base;
+    huge_magazines.iova.magazine_size = usize::MAX;
+    assert!(matches!(
+        Domain::new(huge_magazines, NoTlb, None),
+        Err(DmaError::NoIova(_))
+    ));
+}
+
+#[test]
+fn inconsistent_device_configurations_are_refused_at_attach() {
+    let (dom, base) = domain();
+    for (what, cfg) in [
+        (
+            "boundary not 2^k - 1",
+            DeviceConfig {
+                seg_boundary_mask: 0x1_2FFF,
+                ..DeviceConfig::default()
+            },
+        ),
+        (
+            "boundary below a granule",
+            DeviceConfig {
+                seg_boundary_mask: 0x7FF,
+                ..DeviceConfig::default()
+            },
+        ),
+        (
+            "empty segments",
+            DeviceConfig {
+                max_segment_size: 0,
+                ..untrusted()
+            },
+        ),
+    ] {
+        assert!(
+            matches!(dom.attach(cfg), Err(DmaError::DeviceConfig(_))),
+            "{what}"
+        );
+    }
+    still_works(&dom, base);
+}
+
+#[test]
+fn a_segment_length_that_wraps_is_refused() {
+    let (dom, base) = domain();
+    for cfg in [DeviceConfig::default(), untrusted()] {
+        let dev = dom
+            .attach(DeviceConfig {
+                max_segment_size: u64::MAX,
+                ..cfg
+            })
+            .unwrap();
+        let wraps = [PhysSegment {
+            addr: base + 0x10,
+            len: u64::MAX - 8,
+        }];
+        assert_eq!(
+            dom.map_sg(&dev, &wraps, Direction::ToDevice),
+            Err(DmaError::Overflow),
+            "trusted: {}",
+            cfg.trusted
+        );
+        // The end does not wrap, but no mask holds that many granules (or bounce segment).
+        let too_long = [PhysSegment {
+            addr: G + 0x10,
+            len: u64::MAX - G - 0x11,
+        }];
+        let r = dom.map_sg(&dev, &too_long, Direction::ToDevice);
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::BeyondMask { .. }
+                    | DmaError::Bounce(swiotlb_core::Error::TooLarge { .. }))
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(dom.stats().live, 0);
+    still_works(&dom, base);
+}
+
+#[test]
+fn an_empty_scatter_list_is_zero_size_for_every_device() {
+    let (dom, base) = domain();
+    for cfg in [DeviceConfig::default(), untrusted()] {
+        let dev = dom.attach(cfg).unwrap();
+        assert_eq!(
+            dom.map_sg(&dev, &[], Direction::ToDevice),
+            Err(DmaError::ZeroSize),
+            "trusted: {}",
+            cfg.trusted
+        );
+    }
+    assert_eq!(dom.stats().errors, 2);
+    still_works(&dom, base);
+}
+
+#[test]
+fn segment_limits_hold_for_every_device() {
+    let (dom, base) = domain();
+    for cfg in [DeviceConfig::default(), untrusted()] {
+        let dev = dom
+            .attach(DeviceConfig {
+                max_segment_size: 0x100,
+                ..cfg
+            })
+            .unwrap();
+        let list = [
+            PhysSegment {
+                addr: base,
+                len: 0x100,
+            },
+            PhysSegment {
+                addr: base + 0x1010,
+                len: 0x101,
+            },
+        ];
+        assert_eq!(
+            dom.map_sg(&dev, &list, Direction::ToDevice),
+            Err(DmaError::BadSegment {
+                index: 1,
+                len: 0x101
+            }),
+            "trusted: {}",
+            cfg.trusted
+        );
+    }
+    assert_eq!(dom.stats().live, 0);
+    still_works(&dom, base);
+}
+
+#[test]
+fn a_changed_scatter_mapping_is_refused_without_panicking() {
+    let (dom, base) = domain();
+    let dev = dom.attach(DeviceConfig::default()).unwrap();
+    let list = [PhysSegment {
+        addr: base,
+        len: 0x1000,
+    }];
+    let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
+    let mut forged = m.clone();
+    forged.segments.push(DmaSegment {
+        addr: 0,
+        len: u64::MAX,
+    });
+    assert_eq!(
+        dom.unmap_sg(&dev, &forged, Direction::ToDevice),
+        Err(DmaError::Overflow)
+    );
+    let mut emptied = m.clone();
+    emptied.per_input.clear();
+    assert_eq!(
+        dom.unmap_sg(&dev, &emptied, Direction::ToDevice),
+        Err(DmaError::ZeroSize)
+    );
+    assert!(dom.translate(m.segments[0].addr).is_some(), "still mapped");
+    dom.unmap_sg(&dev, &m, Direction::ToDevice).unwrap();
+    still_works(&dom, base);
+}
