@@ -37,14 +37,6 @@ pub(crate) fn tiny(cpus: usize, mag: usize, end: u64) -> Arc<IovaAllocator> {
 pub(crate) struct Oracle(std::sync::Arc<StdMutex<BTreeSet<u64>>>);
 
 impl Oracle {
-    /// The user gives up `pfn` outside the oracle (it freed it directly).
-    pub(crate) fn forget(&self, pfn: u64) {
-        assert!(
-            self.0.lock().unwrap().remove(&pfn),
-            "pfn {pfn} was not held"
-        );
-    }
-
     fn got(&self, pfn: u64) -> u64 {
         let fresh = self.0.lock().unwrap().insert(pfn);
         assert!(

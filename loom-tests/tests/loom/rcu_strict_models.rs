@@ -99,7 +99,8 @@ must_fail_test! {
 }
 
 /// A reader reads the published node under a pin while the updater retires the node
-/// *before* unlinking it (or after, when `retire_first` is false), then unpins and flushes.
+/// *before* unlinking it (or after, when `retire_first` is false), reads it once more under
+/// the same guard, then unpins and flushes.
 fn retire_vs_unlink(retire_first: bool) {
     let head = Arc::new(AtomicPtr::new(Node::build(1)));
     let reader = {
@@ -123,6 +124,10 @@ fn retire_vs_unlink(retire_first: bool) {
         // SAFETY: unlinked just now, retired once.
         unsafe { guard.defer_retire(old) };
     }
+    // The retiring thread may still read what it retired until its own guard drops (as with
+    // crossbeam: a retirement waits for every section pinned at the time, its own included).
+    // SAFETY: loaded under `guard`, which is still pinned.
+    unsafe { guard.deref(old) }.expect("never null").read();
     drop(guard);
     rcu::pin().flush();
     reader.join().unwrap();
