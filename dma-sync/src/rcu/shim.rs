@@ -27,6 +27,7 @@ use crate::points::{
 };
 use crate::Mutex;
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 
 /// loom allows at most a handful of threads per model.
 const MAX_READERS: usize = 8;
@@ -42,7 +43,9 @@ struct Domain {
     seq: [AtomicUsize; MAX_READERS],
     /// How many retirements are pending: lets a collector step skip the lock.
     npending: AtomicUsize,
-    pending: Mutex<Vec<Pending>>,
+    /// Dropped by hand: a failed execution is torn down outside loom, where dropping a pending
+    /// object's loom `Arc` would abort the process.
+    pending: Mutex<ManuallyDrop<Vec<Pending>>>,
 }
 
 loom::lazy_static! {
@@ -51,7 +54,7 @@ loom::lazy_static! {
             next_slot: AtomicUsize::new(0),
             seq: std::array::from_fn(|_| AtomicUsize::new(0)),
             npending: AtomicUsize::new(0),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(ManuallyDrop::new(Vec::new())),
         }
     };
 }
@@ -65,7 +68,9 @@ impl Drop for Domain {
             // A failed execution is torn down outside loom: touch no loom object.
             return;
         }
-        for p in std::mem::take(self.pending.get_mut()) {
+        // SAFETY: taken once, here; the field is not used again.
+        let pending = unsafe { ManuallyDrop::take(self.pending.get_mut()) };
+        for p in pending {
             let mut obj = p.obj;
             obj.poison();
         }
@@ -171,12 +176,12 @@ fn collect() {
     }
     let ripe: Vec<Pending> = {
         let mut pending = DOMAIN.pending.lock();
-        let (ripe, waiting) = std::mem::take(&mut *pending).into_iter().partition(|p| {
+        let (ripe, waiting) = std::mem::take(&mut **pending).into_iter().partition(|p| {
             p.waits
                 .iter()
                 .all(|&(slot, seq)| DOMAIN.seq[slot].load(RCU_SYNC_ACQUIRE.ord(Acquire)) != seq)
         });
-        *pending = waiting;
+        **pending = waiting;
         ripe
     };
     if ripe.is_empty() {
