@@ -10,18 +10,17 @@
 //! crossbeam frees a bag only after two epoch advances, so the updater flushes twice after
 //! its unmap: with fewer, no free can overlap a reader and a broken reader would pass.
 //! crossbeam's internals add hundreds of steps per execution, so the models are small (two
-//! threads, one operation each) and bounded at 2 preemptions, and each has a must-fail twin
-//! showing the free does reach the reader in this setting.
+//! threads, one operation each) and bounded at 3 preemptions (twins at 2), and each has a
+//! must-fail twin showing the free does reach the reader in this setting.
 #![cfg(all(loom, crossbeam_loom))]
 
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
 use dma_sync::{Arc, UnsafeCell};
-use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
+use dma_vmm::viommu::Status;
 use io_pgtable::{Config, PageTable, Prot};
+use loom_tests::fixtures::{unmap_page, viommu_with_one_page, PAGE};
 use loom_tests::harness::{check, must_fail, Bound};
-
-const PAGE: u64 = 0x1000;
 /// The tiny two-level geometry: a top entry spans 16 KiB.
 const BLOCK: u64 = 0x4000;
 
@@ -48,12 +47,12 @@ fn level_free_vs_walker() {
     assert_eq!(pt.stats().retired, 1);
 }
 
-/// Bound 2 preemptions: the translator stopped between loading the table descriptor and
+/// Bound 3 preemptions: the translator stopped between loading the table descriptor and
 /// reading the table, the unmapper run through unlink, retirement and both flushes inside
-/// that window.
+/// that window, and one more switch anywhere in crossbeam's epoch advance.
 #[test]
 fn crossbeam_level_free_waits_for_walker() {
-    check(Bound::Preemptions(2), level_free_vs_walker);
+    check(Bound::Preemptions(3), level_free_vs_walker);
 }
 
 /// Without the walker's pin crossbeam frees the table under it.
@@ -79,27 +78,7 @@ unsafe impl Sync for Page {}
 /// period through crossbeam: retire a token, pin and flush until it is freed) and then
 /// overwrites the page.
 fn unmap_vs_access() {
-    let cfg = ViommuConfig {
-        pgtable: Config::tiny(2),
-        input_range: (0, (1 << 16) - 1),
-        ..ViommuConfig::default()
-    };
-    let v = Viommu::new(cfg).unwrap();
-    let dev = v.add_endpoint(0, vec![]).unwrap();
-    let attach = Request::Attach {
-        domain: 0,
-        endpoint: 0,
-        flags: 0,
-    };
-    assert_eq!(v.handle(attach).status(), Status::Ok);
-    let map = Request::Map {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-        phys_start: PAGE,
-        flags: MAP_F_READ | MAP_F_WRITE,
-    };
-    assert_eq!(v.handle(map).status(), Status::Ok);
+    let (v, dev) = viommu_with_one_page();
     let page = Arc::new(Page(UnsafeCell::new(7)));
     let device = {
         let page = page.clone();
@@ -110,22 +89,18 @@ fn unmap_vs_access() {
             });
         })
     };
-    let unmap = Request::Unmap {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-    };
-    assert_eq!(v.handle(unmap).status(), Status::Ok);
+    assert_eq!(v.handle(unmap_page()).status(), Status::Ok);
     // SAFETY: the UNMAP has completed: no device access still uses the translation.
     page.0.with_mut(|p| unsafe { *p = 0 });
     device.join().unwrap();
 }
 
-/// Bound 2 preemptions: the device stopped inside its access while the guest clears the
-/// leaf and waits.
+/// Bound 3 preemptions: the device stopped between its pin and its walk and between its walk
+/// and its read while the guest clears the leaf and waits, plus one anywhere in crossbeam's
+/// collection.
 #[test]
 fn crossbeam_unmap_waits_for_device_access() {
-    check(Bound::Preemptions(2), unmap_vs_access);
+    check(Bound::Preemptions(3), unmap_vs_access);
 }
 
 /// Without the device's read section, crossbeam's grace period does not wait for its read.

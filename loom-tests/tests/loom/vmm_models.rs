@@ -5,9 +5,7 @@
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::mutation::Weakening;
 use dma_sync::Arc;
-use dma_vmm::viommu::{
-    wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE,
-};
+use dma_vmm::viommu::{wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig};
 use io_pgtable::{Config, Prot};
 use loom_tests::harness::{outcomes, Bound};
 use loom_tests::must_fail_test;
@@ -28,34 +26,8 @@ impl Ram {
     }
 }
 
-/// A vIOMMU on the tiny page-table geometry (two levels of four entries), one endpoint
-/// attached to domain 0, and IOVA 0x1000 mapped to guest page 1.
 fn setup() -> (Arc<Viommu>, DeviceEndpoint) {
-    let cfg = ViommuConfig {
-        pgtable: Config::tiny(2),
-        input_range: (0, (1 << 16) - 1),
-        ..ViommuConfig::default()
-    };
-    let v = Arc::new(Viommu::new(cfg).unwrap());
-    let dev = v.add_endpoint(0, vec![]).unwrap();
-    assert_eq!(
-        v.handle(Request::Attach {
-            domain: 0,
-            endpoint: 0,
-            flags: 0
-        })
-        .status(),
-        Status::Ok
-    );
-    let map = Request::Map {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-        phys_start: PAGE,
-        flags: MAP_F_READ | MAP_F_WRITE,
-    };
-    assert_eq!(v.handle(map).status(), Status::Ok);
-    (v, dev)
+    loom_tests::fixtures::viommu_with_one_page()
 }
 
 /// A device thread translates IOVA 0x1000 and reads the guest page it reaches, in one

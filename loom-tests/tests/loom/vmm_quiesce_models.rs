@@ -10,12 +10,11 @@
 use dma_sync::mutation::Weakening;
 use dma_sync::points::{RCU_SYNCHRONIZE_DONE_ACQUIRE, RCU_SYNCHRONIZE_DONE_RELEASE};
 use dma_sync::{Arc, UnsafeCell};
-use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
-use io_pgtable::{Config, Prot};
+use dma_vmm::viommu::Status;
+use io_pgtable::Prot;
+use loom_tests::fixtures::{unmap_page, viommu_with_one_page, PAGE};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
-
-const PAGE: u64 = 0x1000;
 
 /// Guest page 1, as the device and the guest touch it.
 struct Page(UnsafeCell<u64>);
@@ -26,36 +25,10 @@ unsafe impl Sync for Page {}
 
 const LIVE: u64 = 7;
 
-/// A vIOMMU with one endpoint attached to domain 0 and IOVA 0x1000 mapped to guest page 1.
-fn setup() -> (Viommu, dma_vmm::viommu::DeviceEndpoint) {
-    let cfg = ViommuConfig {
-        pgtable: Config::tiny(2),
-        input_range: (0, (1 << 16) - 1),
-        ..ViommuConfig::default()
-    };
-    let v = Viommu::new(cfg).unwrap();
-    let dev = v.add_endpoint(0, vec![]).unwrap();
-    let attach = Request::Attach {
-        domain: 0,
-        endpoint: 0,
-        flags: 0,
-    };
-    assert_eq!(v.handle(attach).status(), Status::Ok);
-    let map = Request::Map {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-        phys_start: PAGE,
-        flags: MAP_F_READ | MAP_F_WRITE,
-    };
-    assert_eq!(v.handle(map).status(), Status::Ok);
-    (v, dev)
-}
-
 /// The device does `accesses` reads of IOVA 0x1000; the guest UNMAPs it and overwrites the
 /// page it mapped.
 fn unmap_vs_accesses(accesses: usize) {
-    let (v, dev) = setup();
+    let (v, dev) = viommu_with_one_page();
     let page = Arc::new(Page(UnsafeCell::new(LIVE)));
     let device = {
         let page = page.clone();
@@ -70,12 +43,7 @@ fn unmap_vs_accesses(accesses: usize) {
             }
         })
     };
-    let unmap = Request::Unmap {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-    };
-    assert_eq!(v.handle(unmap).status(), Status::Ok);
+    assert_eq!(v.handle(unmap_page()).status(), Status::Ok);
     // SAFETY: the UNMAP has completed: no device access still uses the translation.
     page.0.with_mut(|p| unsafe { *p = 0 });
     device.join().unwrap();
