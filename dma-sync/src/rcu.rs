@@ -14,7 +14,8 @@
 //!
 //! Under both loom backends a free that bypasses this module (an object allocated by [`boxed`]
 //! or declared with [`track`], dropped while a reader may still dereference it) is reported
-//! (`rcu/bypass.rs`) when the test binary installs `CheckedAlloc` (loom builds) as its global allocator.
+//! (`rcu/bypass.rs`) when the test binary installs `CheckedAlloc` (loom builds only) as its
+//! global allocator.
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
