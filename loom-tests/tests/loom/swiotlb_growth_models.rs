@@ -5,8 +5,8 @@
 //! * `grower_vs_background`: a mapper whose search fails starts the background worker
 //!   (`grow`), while another thread adds a pool with `grow_by`; both pools are linked.
 //!
-//! The writer lock orders growers; the models check the list after the threads join against
-//! the slot counter the growers add to.
+//! The writer lock orders growers; the models check the list after the threads join (and,
+//! where every grower was joined, the slot counter the growers add to).
 
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
@@ -19,7 +19,7 @@ const SLOT: usize = 2048;
 /// Slots of every pool in these models: one segment.
 const POOL: usize = 4;
 
-/// After the threads join: `pools` pools are linked and the slot counter agrees with them.
+/// Afterwards: `pools` pools of [`POOL`] slots are linked, each once.
 fn all_linked(tlb: &Swiotlb, pools: usize) {
     let s = tlb.stats();
     assert_eq!(
@@ -27,8 +27,7 @@ fn all_linked(tlb: &Swiotlb, pools: usize) {
         pools,
         "a grown pool was lost from the list: {s:?}"
     );
-    let linked: usize = s.pools.iter().map(|p| p.nslabs).sum();
-    assert_eq!(linked, s.nslabs, "slots counted but not linked: {s:?}");
+    assert!(s.pools.iter().all(|p| p.nslabs == POOL), "{s:?}");
     tlb.check_invariants().expect("free-run counters");
 }
 
@@ -71,6 +70,8 @@ fn two_growers() {
     }
     mapper.join().unwrap();
     all_linked(&tlb, 3);
+    // Every grower joined: the slot counter is ordered before this read too.
+    assert_eq!(tlb.stats().nslabs, 3 * POOL, "slots counted but not linked");
 }
 
 /// Three threads (two growers, a mapper), each one operation. Bound 3 preemptions: a grower
@@ -89,7 +90,8 @@ must_fail_test! {
 }
 
 /// A mapper whose default pool is full fails its search, which starts the background worker
-/// (a thread the library spawns); meanwhile another thread grows by one pool.
+/// (a thread the library spawns), unless the pool another thread grows meanwhile is already
+/// there for it.
 fn grower_vs_background() {
     let cfg = Config {
         transient_pools: false,
@@ -112,19 +114,32 @@ fn grower_vs_background() {
     let mapper = {
         let (tlb, dev) = (tlb.clone(), dev.clone());
         spawn(move || {
-            // Fails: the default pool is full; the failure kicks the background worker.
-            assert!(tlb
-                .map(&dev, base, SLOT, Direction::ToDevice, MapAttrs::default())
-                .is_err());
+            // The default pool is full: the map fits the grower's pool if it is already
+            // published, or fails, and the failure kicks the background worker.
+            let attrs = MapAttrs::default();
+            match tlb.map(&dev, base, SLOT, Direction::ToDevice, attrs) {
+                Ok(a) => {
+                    tlb.unmap(&dev, a, SLOT, Direction::ToDevice, attrs)
+                        .unwrap();
+                    false
+                }
+                Err(_) => true,
+            }
         })
     };
     let grower = {
         let tlb = tlb.clone();
         spawn(move || assert_eq!(tlb.grow_by(POOL), Ok(POOL)))
     };
-    mapper.join().unwrap();
+    let kicked = mapper.join().unwrap();
     grower.join().unwrap();
-    while tlb.growth_in_progress() {
+    let pools = 2 + usize::from(kicked);
+    // The worker is not joinable and its "in progress" flag is Relaxed: wait until it is done
+    // and its pool is visible, yielding (after a yield loom lets the loads see newer stores);
+    // a pool that never shows up is reported by `all_linked` after a few rounds.
+    let mut rounds = 0;
+    while tlb.growth_in_progress() || (tlb.stats().pools.len() < pools && rounds < 4) {
+        rounds += 1;
         dma_sync::thread::yield_now();
     }
     tlb.unmap(
@@ -135,7 +150,7 @@ fn grower_vs_background() {
         MapAttrs::default(),
     )
     .unwrap();
-    all_linked(&tlb, 3);
+    all_linked(&tlb, pools);
 }
 
 /// Four threads (main, mapper, grower, the library's worker), one operation each. Bound 2
