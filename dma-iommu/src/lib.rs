@@ -64,6 +64,7 @@
 //! unmap path). The caller's IOMMU is reached only through [`TlbOps`].
 
 mod backend;
+mod bounce;
 mod config;
 pub mod device;
 pub mod domain;
