@@ -2,7 +2,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dma_bench::cases::alloc::{self, SPACE_BASE, SPACE_SIZE};
-use dma_bench::cases::floor::FIRST_PAGE;
+use dma_bench::cases::floor::{self, cycle, FIRST_PAGE};
 use dma_bench::cases::pgtable::{self, populate};
 use dma_bench::cases::{iommu, swiotlb};
 use dma_bench::floor::{cas_op, memcpy_op, scrambled_pages, Chase};
@@ -17,9 +17,11 @@ fn floor(c: &mut Criterion) {
     let mut g = c.benchmark_group("floor");
     let mut cas = cas_op();
     g.bench_function("compare-and-swap", |b| b.iter(&mut cas));
-    let chase = Chase::new(FIRST_PAGE, PAGES);
-    let mut walk = chase.op(FIRST_PAGE, PAGES, 1);
-    g.bench_function("4-level load chase", |b| b.iter(&mut walk));
+    let chase = Chase::new(&cycle(PAGES));
+    let mut walk = chase.independent_op(FIRST_PAGE, PAGES, 1);
+    g.bench_function(floor::CHASE_INDEP, |b| b.iter(&mut walk));
+    let mut walk = chase.dependent_op(FIRST_PAGE);
+    g.bench_function(floor::CHASE_DEP, |b| b.iter(&mut walk));
     for size in [2048, 4096, 65536] {
         let mut copy = memcpy_op(size);
         g.bench_function(format!("memcpy {size} B"), |b| b.iter(&mut copy));
@@ -66,7 +68,7 @@ fn allocators(c: &mut Criterion) {
 }
 
 fn translate<S: MappingStore>(c: &mut Criterion, name: &str, s: &S) {
-    populate(s, PAGES);
+    populate(s, &cycle(PAGES));
     let mut next = scrambled_pages(FIRST_PAGE, PAGES, 1);
     c.bench_function(name, |b| b.iter(|| black_box(s.translate(next() << 12))));
 }

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dma_bench::cases::alloc::{self, SPACE_BASE, SPACE_SIZE};
-use dma_bench::cases::floor::FIRST_PAGE;
+use dma_bench::cases::floor::{cycle, FIRST_PAGE};
 use dma_bench::cases::pgtable::{self, populate};
 use dma_bench::cases::swiotlb;
 use dma_bench::floor::{cas_op, scrambled_pages};
@@ -78,7 +78,7 @@ fn ours(c: &mut Criterion) {
         THREADS,
         || {
             let s = pgtable::Ours::new();
-            populate(&s, PAGES);
+            populate(&s, &cycle(PAGES));
             s
         },
         |s, t| {
@@ -159,7 +159,7 @@ fn peers(c: &mut Criterion) {
         THREADS,
         || {
             let s = ChMappingStore::new();
-            populate(&s, PAGES);
+            populate(&s, &cycle(PAGES));
             s
         },
         |s, t| {

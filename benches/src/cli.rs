@@ -5,7 +5,7 @@ use clap::Parser;
 use std::path::PathBuf;
 
 /// Multithreaded map/unmap benchmarks of the dmaloom crates against their peers and the
-/// physical floor. The default suite takes about a minute; `--smoke` a few seconds.
+/// physical floor. The default suite takes a few minutes; `--smoke` a few seconds.
 #[derive(Debug, Parser)]
 #[command(name = "dmabench", version, about)]
 pub struct Cli {
@@ -35,9 +35,23 @@ pub struct Cli {
     /// (0: unthrottled).
     #[arg(long)]
     pub writer_rate: Option<u64>,
-    /// Live single-granule allocations in the fragmentation case.
+    /// Live allocations (1..64 granules) in the fragmentation case.
     #[arg(long)]
     pub fragmentation_live: Option<usize>,
+    /// Live objects of the scale sweeps (comma-separated; the scale targets compare 1000 with
+    /// 1000000).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Option<Vec<u64>>,
+    /// Times every case runs at every thread count (figures are medians; targets the median
+    /// ratio with its min–max).
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+    /// Exit with status 2 when a measured target is missed (by its median ratio).
+    #[arg(long)]
+    pub check: bool,
+    /// Print the full tables (every thread count, min–max, p99.9) instead of 120 columns.
+    #[arg(long)]
+    pub wide: bool,
     /// Output folder for JSON and plots.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
@@ -105,6 +119,17 @@ impl Cli {
         if let Some(n) = self.fragmentation_live {
             o.fragmentation_live = n.max(1);
         }
+        if let Some(mut v) = nonempty(self.sweep) {
+            v.retain(|&n| n > 0);
+            v.sort_unstable();
+            v.dedup();
+            o.sweep = v;
+        }
+        if let Some(n) = self.repetitions {
+            o.repetitions = n.max(1);
+        }
+        o.check = self.check;
+        o.wide = self.wide;
         if let Some(p) = self.out {
             o.out = p;
         }

@@ -1,11 +1,19 @@
 //! The physical floor: what the hardware charges for the steps a DMA-mapping fast path cannot
-//! avoid. Every target of the suite is a ratio against one of these, measured in the same run.
+//! avoid. Every "≤ k× floor" target of the suite is a ratio against one of these, measured in
+//! the same run.
 //!
 //! * an uncontended compare-and-swap on a line the thread owns (the cost of one atomic RMW);
-//! * a 4-level dependent load chase through radix tables laid out like a page table (the cost of
-//!   a table walk with no synchronisation at all);
-//! * `memcpy` of a hot buffer (the cost of a bounce copy).
+//! * a 4-level load chase through radix tables laid out like a page table, with 8-byte entries
+//!   as an LPAE table has, so N pages occupy the same bytes as N mapped 4 KiB pages (the cost of
+//!   a table walk with no synchronisation at all), in two kinds:
+//!   - **dependent** (latency): each walk starts at the page the previous walk returned, so
+//!     walks cannot overlap — a device that needs one translation before its next access;
+//!   - **independent** (throughput): the addresses come from a counter, so the CPU overlaps
+//!     several walks — a device streaming through addresses it already knows;
+//! * `memcpy` between two page-aligned buffers (bounce slots are page-aligned; a misaligned
+//!   destination makes glibc's `rep movsb` twice as slow at 4 KiB).
 
+use crate::cases::alloc::XorShift;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,36 +46,95 @@ pub fn cas_op() -> impl FnMut() {
 /// Entries per radix table (9 bits of address per level, as a 4 KiB-granule page table).
 pub const FANOUT: usize = 512;
 
-/// A 4-level radix tree of plain `u32` indices covering a set of pages: the same shape a
-/// 4-level page table walk follows, without any atomics, guards or checks.
+/// A random cyclic order of the pages `first_page ..+ pages`: following it from any page visits
+/// every page once before returning. The dependent chase and the dependent translations follow
+/// the same cycle (the page table maps each page to its successor's frame).
+///
+/// ```
+/// let c = dma_bench::floor::Cycle::new(100, 5, 1);
+/// let mut p = 100;
+/// let mut seen = Vec::new();
+/// for _ in 0..5 {
+///     seen.push(p);
+///     p = c.next(p);
+/// }
+/// assert_eq!(p, 100);
+/// seen.sort();
+/// assert_eq!(seen, [100, 101, 102, 103, 104]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    first_page: u64,
+    /// Successor of each page, as an offset from `first_page`.
+    next: Vec<u32>,
+}
+
+impl Cycle {
+    /// A random cycle through `pages` pages (at least one, fewer than 2³²) from `first_page`.
+    pub fn new(first_page: u64, pages: u64, seed: u64) -> Self {
+        let n = pages.clamp(1, u64::from(u32::MAX)) as usize;
+        // Sattolo's algorithm: a uniformly random permutation with a single cycle.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut rng = XorShift::new(seed);
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i));
+        }
+        let mut next = vec![0u32; n];
+        for i in 0..n {
+            next[order[i] as usize] = order[(i + 1) % n];
+        }
+        Cycle { first_page, next }
+    }
+
+    /// The first page.
+    pub fn first_page(&self) -> u64 {
+        self.first_page
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> u64 {
+        self.next.len() as u64
+    }
+
+    /// The page after `page` (`page` must be in the cycle).
+    #[inline]
+    pub fn next(&self, page: u64) -> u64 {
+        self.first_page + u64::from(self.next[(page - self.first_page) as usize])
+    }
+}
+
+/// A 4-level radix tree of plain `u64` entries covering a set of pages: the same shape and size
+/// a 4-level page table walk follows, without any atomics, guards or checks.
 #[derive(Debug)]
 pub struct Chase {
     /// Tables of all levels in one arena; an entry of levels 0–2 is the index of the next
-    /// table, an entry of level 3 is the output page number.
-    tables: Vec<[u32; FANOUT]>,
+    /// table, an entry of level 3 is the page that follows on the [`Cycle`].
+    tables: Vec<[u64; FANOUT]>,
 }
 
 impl Chase {
-    /// Build tables mapping pages `first_page .. first_page + pages` (4 KiB page numbers) to
-    /// `page + 1`.
+    /// Tables mapping every page of `cycle` to its successor.
     ///
     /// ```
-    /// let c = dma_bench::floor::Chase::new(1 << 20, 4096);
-    /// assert_eq!(c.lookup(1 << 20), (1 << 20) + 1);
+    /// use dma_bench::floor::{Chase, Cycle};
+    /// let cycle = Cycle::new(1 << 20, 4096, 1);
+    /// let c = Chase::new(&cycle);
+    /// assert_eq!(c.lookup(1 << 20), cycle.next(1 << 20));
     /// ```
-    pub fn new(first_page: u64, pages: u64) -> Self {
-        let mut tables = vec![[u32::MAX; FANOUT]];
-        for page in first_page..first_page + pages {
+    pub fn new(cycle: &Cycle) -> Self {
+        let mut tables = vec![[u64::MAX; FANOUT]];
+        let first = cycle.first_page();
+        for page in first..first + cycle.pages() {
             let mut t = 0usize;
             for level in 0..3 {
                 let idx = Self::index(page, level);
-                if tables[t][idx] == u32::MAX {
-                    tables.push([u32::MAX; FANOUT]);
-                    tables[t][idx] = (tables.len() - 1) as u32;
+                if tables[t][idx] == u64::MAX {
+                    tables.push([u64::MAX; FANOUT]);
+                    tables[t][idx] = (tables.len() - 1) as u64;
                 }
                 t = tables[t][idx] as usize;
             }
-            tables[t][Self::index(page, 3)] = (page + 1) as u32;
+            tables[t][Self::index(page, 3)] = cycle.next(page);
         }
         Chase { tables }
     }
@@ -79,7 +146,7 @@ impl Chase {
 
     /// Walk the four levels for `page`: four dependent loads.
     #[inline]
-    pub fn lookup(&self, page: u64) -> u32 {
+    pub fn lookup(&self, page: u64) -> u64 {
         let mut t = 0usize;
         for level in 0..3 {
             t = self.tables[t][Self::index(page, level)] as usize;
@@ -87,18 +154,30 @@ impl Chase {
         self.tables[t][Self::index(page, 3)]
     }
 
-    /// An op that walks the pages `first_page ..+ pages` (a power of two) in a scrambled
-    /// order, one per call.
-    pub fn op(&self, first_page: u64, pages: u64, seed: u64) -> impl FnMut() + '_ {
+    /// Bytes of all tables.
+    pub fn bytes(&self) -> usize {
+        self.tables.len() * std::mem::size_of::<[u64; FANOUT]>()
+    }
+
+    /// The independent chase: walks the pages `first_page ..+ pages` (a power of two) in a
+    /// scrambled order from a counter, one per call.
+    pub fn independent_op(&self, first_page: u64, pages: u64, seed: u64) -> impl FnMut() + '_ {
         let mut next = scrambled_pages(first_page, pages, seed);
         move || {
             black_box(self.lookup(black_box(next())));
         }
     }
+
+    /// The dependent chase: each walk starts at the page the previous one returned, from
+    /// `start` on.
+    pub fn dependent_op(&self, start: u64) -> impl FnMut() + '_ {
+        let mut page = start;
+        move || page = black_box(self.lookup(page))
+    }
 }
 
 /// Page numbers `first_page ..+ pages` (rounded down to a power of two) in a scrambled order,
-/// cheaply: the address stream every translation benchmark and the chase floor share.
+/// cheaply: the address stream of the independent chase and of every independent translation.
 pub fn scrambled_pages(first_page: u64, pages: u64, seed: u64) -> impl FnMut() -> u64 {
     let mask = if pages.is_power_of_two() {
         pages - 1
@@ -113,18 +192,56 @@ pub fn scrambled_pages(first_page: u64, pages: u64, seed: u64) -> impl FnMut() -
     }
 }
 
-/// `memcpy` of `size` bytes between two hot buffers owned by the calling thread.
+/// Bytes of a page.
+pub const PAGE: usize = 4096;
+
+/// A buffer of `len` bytes starting on a page boundary, without unsafe code: a heap block one
+/// page larger, viewed from its first page boundary.
+#[derive(Debug)]
+pub struct PageAligned {
+    block: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    /// `len` bytes of `fill`, page-aligned.
+    ///
+    /// ```
+    /// let b = dma_bench::floor::PageAligned::new(100, 7);
+    /// assert_eq!(b.as_slice().as_ptr() as usize % 4096, 0);
+    /// assert_eq!(b.as_slice(), &[7u8; 100][..]);
+    /// ```
+    pub fn new(len: usize, fill: u8) -> Self {
+        let block = vec![fill; len + PAGE];
+        let offset = block.as_ptr().align_offset(PAGE).min(PAGE);
+        PageAligned { block, offset, len }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.block[self.offset..self.offset + self.len]
+    }
+
+    /// The bytes, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.block[self.offset..self.offset + self.len]
+    }
+}
+
+/// `memcpy` of `size` bytes between two hot page-aligned buffers owned by the calling thread.
 ///
 /// ```
 /// let mut op = dma_bench::floor::memcpy_op(4096);
 /// op();
 /// ```
 pub fn memcpy_op(size: usize) -> impl FnMut() {
-    let src = vec![0xa5u8; size];
-    let mut dst = vec![0u8; size];
+    let src = PageAligned::new(size, 0xa5);
+    let mut dst = PageAligned::new(size, 0);
     move || {
-        dst.copy_from_slice(black_box(&src));
-        black_box(&mut dst);
+        dst.as_mut_slice()
+            .copy_from_slice(black_box(src.as_slice()));
+        black_box(dst.as_mut_slice());
     }
 }
 
@@ -133,12 +250,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chase_maps_every_page_and_nothing_else() {
-        let c = Chase::new(1000, 1500);
+    fn chase_maps_every_page_to_its_successor_and_nothing_else() {
+        let cycle = Cycle::new(1000, 1500, 9);
+        let c = Chase::new(&cycle);
         for p in 1000..2500 {
-            assert_eq!(c.lookup(p), p as u32 + 1);
+            assert_eq!(c.lookup(p), cycle.next(p));
         }
-        assert_eq!(c.lookup(999), u32::MAX);
+        assert_eq!(c.lookup(999), u64::MAX);
+    }
+
+    #[test]
+    fn cycle_visits_every_page_once() {
+        let cycle = Cycle::new(7, 1000, 3);
+        let mut seen = vec![false; 1000];
+        let mut p = 7;
+        for _ in 0..1000 {
+            assert!(!std::mem::replace(&mut seen[(p - 7) as usize], true));
+            p = cycle.next(p);
+        }
+        assert_eq!(p, 7);
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn chase_of_n_pages_has_the_size_of_a_table_mapping_them() {
+        // 1 Mi pages: 2048 leaf tables of 4 KiB, plus 4 + 1 + 1 upper tables.
+        let c = Chase::new(&Cycle::new(1 << 20, 1 << 20, 1));
+        assert_eq!(c.bytes(), (2048 + 4 + 1 + 1) * 4096);
     }
 
     #[test]
@@ -147,5 +285,14 @@ mod tests {
         let seen: std::collections::HashSet<u64> = (0..4096).map(|_| next()).collect();
         assert!(seen.iter().all(|p| (64..64 + 256).contains(p)));
         assert!(seen.len() > 128, "only {} distinct pages", seen.len());
+    }
+
+    #[test]
+    fn page_aligned_buffers_of_odd_sizes() {
+        for len in [0, 1, 4095, 4096, 65536] {
+            let mut b = PageAligned::new(len, 1);
+            assert_eq!(b.as_slice().as_ptr() as usize % PAGE, 0);
+            assert_eq!(b.as_mut_slice().len(), len);
+        }
     }
 }

@@ -7,8 +7,14 @@
 //!    stop flag (a read, never a write) between batches; its count lives on its own stack.
 //!    Throughput is the total count over the wall time from the first thread's start to the
 //!    last thread's end.
-//! 2. **Latency.** Every op is timed on its own with [`Instant`]; the calibrated cost of reading
-//!    the clock is subtracted, and the samples go into a thread-local histogram merged at the end.
+//! 2. **Latency.** Ops are timed in short groups with the cheap clock of [`crate::clock`]; the
+//!    calibrated cost of reading it is subtracted, and each group's time per op goes into a
+//!    thread-local histogram (picosecond units) merged at the end. A group is as many ops as
+//!    take about [`LATENCY_GROUP_NS`] at the thread's throughput-phase speed (1 for slow ops,
+//!    at most [`MAX_LATENCY_GROUP`]): some virtual machines advance every clock, the TSC
+//!    included, in 10 ns steps, so timing a 20 ns op alone could only say 10, 20 or 30 ns,
+//!    while a group of 50 resolves its ops to a fifth of a nanosecond. A slow op still shows:
+//!    one 1 µs stall in a group of 50 raises that sample by 20 ns.
 //!
 //! Timing each op in the throughput phase would add the clock's cost to every op, which is of
 //! the same order as the cheapest ops measured here (an uncontended CAS), so the phases are kept
@@ -54,41 +60,48 @@ impl RunConfig {
 /// Latency percentiles of one run, in nanoseconds, with the clock's own cost subtracted.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Latency {
-    /// Number of timed ops.
+    /// Number of samples (groups of ops).
     pub samples: u64,
+    /// Ops per sample (the group size; 1: every op timed alone).
+    pub group: u64,
     /// Mean.
     pub mean: f64,
     /// Median.
-    pub p50: u64,
+    pub p50: f64,
     /// 90th percentile.
-    pub p90: u64,
+    pub p90: f64,
     /// 99th percentile.
-    pub p99: u64,
+    pub p99: f64,
     /// 99.9th percentile.
-    pub p999: u64,
+    pub p999: f64,
     /// Largest sample.
-    pub max: u64,
+    pub max: f64,
 }
 
+/// Picoseconds per histogram unit's nanosecond.
+const PS_PER_NS: f64 = 1000.0;
+
 impl Latency {
-    /// Percentiles of a histogram of nanosecond samples.
-    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+    /// Percentiles of a histogram of picosecond samples, each a group of `group` ops.
+    pub fn from_histogram(h: &Histogram<u64>, group: u64) -> Self {
         if h.is_empty() {
             return Latency::default();
         }
+        let ns = |ps: u64| ps as f64 / PS_PER_NS;
         Latency {
             samples: h.len(),
-            mean: h.mean(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
+            group,
+            mean: h.mean() / PS_PER_NS,
+            p50: ns(h.value_at_quantile(0.50)),
+            p90: ns(h.value_at_quantile(0.90)),
+            p99: ns(h.value_at_quantile(0.99)),
+            p999: ns(h.value_at_quantile(0.999)),
+            max: ns(h.max()),
         }
     }
 
     /// The percentiles as `(label, value)` pairs, in increasing order.
-    pub fn points(&self) -> [(&'static str, u64); 5] {
+    pub fn points(&self) -> [(&'static str, f64); 5] {
         [
             ("p50", self.p50),
             ("p90", self.p90),
@@ -96,6 +109,28 @@ impl Latency {
             ("p99.9", self.p999),
             ("max", self.max),
         ]
+    }
+}
+
+/// The time a latency sample's group of ops aims at.
+pub const LATENCY_GROUP_NS: f64 = 1000.0;
+/// The largest group of ops one latency sample covers.
+pub const MAX_LATENCY_GROUP: u64 = 64;
+
+/// Ops per latency sample for an op that costs `ns_per_op`.
+///
+/// ```
+/// use dma_bench::harness::latency_group;
+/// assert_eq!(latency_group(2000.0), 1);
+/// assert_eq!(latency_group(100.0), 10);
+/// assert_eq!(latency_group(2.0), 64);
+/// assert_eq!(latency_group(f64::INFINITY), 1);
+/// ```
+pub fn latency_group(ns_per_op: f64) -> u64 {
+    if ns_per_op.is_finite() && ns_per_op > 0.0 {
+        ((LATENCY_GROUP_NS / ns_per_op).ceil() as u64).clamp(1, MAX_LATENCY_GROUP)
+    } else {
+        1
     }
 }
 
@@ -217,24 +252,8 @@ impl Measurement {
 }
 
 fn new_histogram() -> Histogram<u64> {
-    // 1 ns .. 100 s at 3 significant digits; cannot fail for these bounds.
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
-}
-
-/// The median cost of reading the monotonic clock twice back to back, in nanoseconds.
-pub fn clock_overhead_ns() -> u64 {
-    static OVERHEAD: OnceLock<u64> = OnceLock::new();
-    *OVERHEAD.get_or_init(|| {
-        let mut v: Vec<u64> = (0..2001)
-            .map(|_| {
-                let a = Instant::now();
-                let b = Instant::now();
-                b.duration_since(a).as_nanos() as u64
-            })
-            .collect();
-        v.sort_unstable();
-        v[v.len() / 2]
-    })
+    // 1 ps .. 100 s at 3 significant digits; cannot fail for these bounds.
+    Histogram::new_with_bounds(1, 100_000_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Raise the scheduling priority of the calling thread to the highest nice level it may take
@@ -345,8 +364,8 @@ where
 }
 
 /// [`measure`] for ops that do a varying number of units of work (returned by the op): the
-/// throughput counts units, and calls that did no unit (a consumer that found nothing to do)
-/// are not sampled for latency.
+/// throughput counts units, a latency sample is its group's time per unit, and groups that did
+/// no unit (a consumer that found nothing to do) are not sampled.
 pub fn measure_units<F, G>(cfg: &RunConfig, threads: usize, make: F) -> Measurement
 where
     F: Fn(usize) -> G + Sync,
@@ -357,7 +376,7 @@ where
     let middle = Barrier::new(threads + 1);
     let stop_tput = AtomicBool::new(false);
     let stop_lat = AtomicBool::new(false);
-    let overhead = clock_overhead_ns();
+    let overhead = crate::clock::overhead_ns();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -390,21 +409,27 @@ where
                     let wait = thread_runqueue_wait_s().zip(wait_begin).map(|(e, b)| e - b);
                     middle.wait();
                     let mut hist = new_histogram();
+                    let wall_ns = end.duration_since(begin).as_secs_f64() * 1e9;
+                    let group = latency_group(wall_ns / count.max(1) as f64);
                     // At least one timed batch too.
                     loop {
-                        for _ in 0..BATCH {
-                            let a = Instant::now();
-                            let units = op();
-                            let ns = a.elapsed().as_nanos() as u64;
+                        for _ in 0..BATCH.div_ceil(group) {
+                            let a = crate::clock::now();
+                            let mut units = 0;
+                            for _ in 0..group {
+                                units += op();
+                            }
+                            let ns = crate::clock::ns_between(a, crate::clock::now()) - overhead;
                             if units > 0 {
-                                hist.saturating_record(ns.saturating_sub(overhead).max(1));
+                                let ps = ns.max(0.0) * PS_PER_NS / units as f64;
+                                hist.saturating_record((ps.round() as u64).max(1));
                             }
                         }
                         if stop_lat.load(Ordering::Relaxed) {
                             break;
                         }
                     }
-                    (count, begin, end, cpu, wait, hist)
+                    (count, begin, end, cpu, wait, hist, group)
                 })
             })
             .collect();
@@ -420,8 +445,11 @@ where
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
         let mut hist = new_histogram();
+        let mut group = 1;
         for h in handles {
-            let (count, begin, end, cpu, wait, th) = h.join().expect("benchmark thread panicked");
+            let (count, begin, end, cpu, wait, th, g) =
+                h.join().expect("benchmark thread panicked");
+            group = group.max(g);
             ops += count;
             cpu_s += cpu;
             per_thread = per_thread.zip(wait).map(|(mut v, w)| {
@@ -443,7 +471,7 @@ where
             elapsed,
             cpu_s,
             per_thread.as_deref(),
-            Latency::from_histogram(&hist),
+            Latency::from_histogram(&hist, group),
         )
     })
 }

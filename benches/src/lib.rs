@@ -2,23 +2,27 @@
 //! floor: the library behind the `dmabench` program and the Criterion benchmarks.
 //!
 //! Every case runs in one process, at 1 and 2 threads and oversubscribed (4, 8), on a fresh
-//! structure built outside the timed region; the targets are ratios between cases of the same
-//! run (see [`targets`]).
+//! structure built outside the timed region, three times (rounds over the suite); the targets
+//! are ratios between cases of the same run, judged on the median of the per-repetition ratios
+//! (see [`targets`]).
 //!
-//! * `cargo run --release -p dma-bench` — the default suite, about a minute on two CPUs: a table
-//!   per component, the targets with their ratios, and in `results/` the JSON of every
-//!   measurement ([`output::JSON_FILE`]), the targets as Markdown ([`output::TARGETS_FILE`]) and
-//!   SVG plots of throughput against threads and of latency percentiles per component.
-//! * `dmabench --smoke` — every case for a few milliseconds (what CI runs, through
-//!   `tests/smoke.rs`); `dmabench --help` for threads, duration, components, sizes, the modelled
-//!   IOTLB sync cost and the output folder.
+//! * `cargo run --release -p dma-bench` — the default suite, a few minutes on two CPUs: a table
+//!   per component (120 columns, `--wide` for all), the targets with their median ratios and
+//!   min–max, and in `results/` the JSON of every measurement ([`output::JSON_FILE`]), the
+//!   targets as Markdown ([`output::TARGETS_FILE`]) and SVG charts ([`plots`]).
+//! * `dmabench --check` — the same, exiting with status 2 when a measured target is missed.
+//! * `dmabench --smoke` — every case once for a few milliseconds (what CI runs, through
+//!   `tests/smoke.rs`); `dmabench --help` for threads, duration, repetitions, components, sizes,
+//!   sweep sizes, the modelled IOTLB sync cost and the output folder.
 //! * `cargo bench -p dma-bench` — Criterion micro-benchmarks of the single-thread fast paths
 //!   and, with barriers and `iter_custom`, of the 2-thread ones.
 //!
 //! Modules: [`harness`] (threads, counting, latency histograms, CPU and load-adjusted figures),
-//! [`floor`] (CAS, load chase, memcpy), [`peers`] (other designs, rebuilt), [`cases`] (every
-//! workload on ours and on the peers), [`suite`] (options, running with progress), [`targets`],
-//! [`report`] (tables) and [`output`] (JSON, Markdown, SVG).
+//! [`clock`] (the latency clock), [`spread`] (medians and min–max of repetitions), [`floor`]
+//! (CAS, dependent and independent load chase, aligned memcpy), [`peers`] (other designs,
+//! rebuilt), [`cases`] (every workload on ours and on the peers), [`suite`] (options, running
+//! the repetitions with progress), [`targets`], [`report`] (tables), [`output`] (JSON,
+//! Markdown) and [`plots`] (SVG).
 //!
 //! ```
 //! use dma_bench::suite::{Component, Options};
@@ -34,11 +38,14 @@
 
 pub mod cases;
 pub mod cli;
+pub mod clock;
 pub mod floor;
 pub mod harness;
 pub mod output;
 pub mod peers;
+pub mod plots;
 pub mod report;
+pub mod spread;
 pub mod suite;
 pub mod targets;
 

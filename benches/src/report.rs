@@ -1,5 +1,6 @@
 //! Tables for the terminal: one per component, with the ratios computed from the same run.
 
+use crate::spread::Spread;
 use crate::suite::{CaseResult, Component, Role};
 use crate::targets::TargetResult;
 use std::fmt::Write;
@@ -74,12 +75,114 @@ fn opt(v: Option<f64>, suffix: &str) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{}{suffix}", sig3(v)))
 }
 
-/// The table of one component.
+/// The width of the default tables.
+pub const COLUMNS: usize = 120;
+
+/// Which columns a table has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Fits [`COLUMNS`]: throughput at the first two thread counts, p50 and p99.
+    Compact,
+    /// Every thread count, the min–max of ns/op@1 and p99.9.
+    Wide,
+}
+
+/// One column: header, width, and the cell of a row.
+struct Column<'a> {
+    head: String,
+    width: usize,
+    cell: Box<dyn Fn(&CaseResult) -> String + 'a>,
+}
+
+/// The columns of a component table under `layout`.
+fn columns<'a>(
+    results: &'a [CaseResult],
+    threads: &'a [usize],
+    cpus: usize,
+    layout: Layout,
+) -> Vec<Column<'a>> {
+    let col = |head: String, width: usize, cell: Box<dyn Fn(&CaseResult) -> String + 'a>| Column {
+        head,
+        width,
+        cell,
+    };
+    let cmp = compare_threads(threads);
+    let ns1 = |r: &CaseResult| r.at(1).map(|m| m.cpu_ns_per_op);
+    let ns_spread = |r: &CaseResult| {
+        let v: Vec<f64> = r
+            .repetitions_at(1)
+            .iter()
+            .map(|m| m.cpu_ns_per_op)
+            .collect();
+        Spread::of(&v)
+    };
+    let lat = |f: fn(&crate::harness::Latency) -> f64| {
+        move |r: &CaseResult| opt(r.at(1).map(|m| f(&m.latency)), "")
+    };
+    let mut v = vec![col("ns/op@1".into(), 8, Box::new(move |r| opt(ns1(r), "")))];
+    match layout {
+        Layout::Compact => v.push(col(
+            "range".into(),
+            6,
+            Box::new(move |r| opt(ns_spread(r).map(|s| s.range_percent()), "%")),
+        )),
+        Layout::Wide => v.push(col(
+            "min–max@1".into(),
+            13,
+            Box::new(move |r| {
+                ns_spread(r).map_or("-".into(), |s| format!("{}–{}", sig3(s.min), sig3(s.max)))
+            }),
+        )),
+    }
+    let shown = match layout {
+        Layout::Compact => &threads[..threads.len().min(2)],
+        Layout::Wide => threads,
+    };
+    for &t in shown {
+        v.push(col(
+            format!("Mop/s@{t}"),
+            8,
+            Box::new(move |r| opt(r.at(t).map(|m| m.throughput(cpus) / 1e6), "")),
+        ));
+    }
+    v.push(col(
+        "2T/1T".into(),
+        7,
+        Box::new(move |r| opt(scaling(r, cpus), "×")),
+    ));
+    v.push(col(
+        "×floor".into(),
+        7,
+        Box::new(move |r| {
+            let floor = r.floor.as_deref().and_then(|f| floor_ns(results, f));
+            opt(ns1(r).zip(floor).map(|(a, b)| a / b), "×")
+        }),
+    ));
+    v.push(col(
+        format!("ours÷@{cmp}"),
+        7,
+        Box::new(move |r| {
+            let vs = (r.role == Role::Peer)
+                .then(|| ours_over(results, r, cmp, cpus))
+                .flatten();
+            opt(vs, "×")
+        }),
+    ));
+    v.push(col("p50".into(), 7, Box::new(lat(|l| l.p50))));
+    v.push(col("p99".into(), 7, Box::new(lat(|l| l.p99))));
+    if layout == Layout::Wide {
+        v.push(col("p99.9".into(), 7, Box::new(lat(|l| l.p999))));
+    }
+    v
+}
+
+/// The table of one component: a line per workload, then its implementations indented under it.
 pub fn component_table(
     results: &[CaseResult],
     component: Component,
     threads: &[usize],
     cpus: usize,
+    layout: Layout,
 ) -> String {
     let rows: Vec<&CaseResult> = results
         .iter()
@@ -88,124 +191,123 @@ pub fn component_table(
     if rows.is_empty() {
         return String::new();
     }
-    let cmp = compare_threads(threads);
-    let wl = rows
+    let cols = columns(results, threads, cpus, layout);
+    let cells: usize = cols.iter().map(|c| c.width + 2).sum();
+    let longest = rows
         .iter()
-        .map(|r| r.workload.chars().count())
+        .map(|r| r.implementation.chars().count() + 2)
         .max()
-        .unwrap_or(8)
-        .max(8);
-    let im = rows
-        .iter()
-        .map(|r| r.implementation.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+        .unwrap_or(8);
+    let name = match layout {
+        Layout::Compact => COLUMNS.saturating_sub(cells).max(12),
+        Layout::Wide => longest.max(24),
+    };
+    let clip = |s: &str, width: usize| -> String {
+        if s.chars().count() <= width {
+            s.to_string()
+        } else {
+            let mut c: String = s.chars().take(width - 1).collect();
+            c.push('…');
+            c
+        }
+    };
     let mut s = String::new();
     let _ = writeln!(s, "\n== {} ==", component.name());
-    let mut head = format!("{:wl$}  {:im$}  {:>8}", "workload", "impl", "ns/op@1");
-    for t in threads {
-        let _ = write!(head, "  {:>8}", format!("Mop/s@{t}"));
+    let mut head = format!("{:name$}", "workload / implementation");
+    for c in &cols {
+        let _ = write!(head, "  {:>w$}", c.head, w = c.width);
     }
-    let _ = write!(
-        head,
-        "  {:>6}  {:>7}  {:>9}  {:>7}  {:>7}  {:>7}",
-        "2T/1T",
-        "×floor",
-        format!("ours÷@{cmp}"),
-        "p50",
-        "p99",
-        "p99.9"
-    );
     let _ = writeln!(s, "{head}");
     let _ = writeln!(s, "{}", "-".repeat(head.chars().count()));
-    for r in rows {
-        let ns1 = r.at(1).map(|m| m.cpu_ns_per_op);
-        let mut line = format!(
-            "{:wl$}  {:im$}  {:>8}",
-            r.workload,
-            r.implementation,
-            opt(ns1, "")
-        );
-        for &t in threads {
-            let _ = write!(
-                line,
-                "  {:>8}",
-                opt(r.at(t).map(|m| m.throughput(cpus) / 1e6), "")
-            );
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
         }
-        let floor = r.floor.as_deref().and_then(|f| floor_ns(results, f));
-        let xfloor = ns1.zip(floor).map(|(a, b)| a / b);
-        let vs = if r.role == Role::Peer {
-            ours_over(results, r, cmp, cpus)
-        } else {
-            None
-        };
-        let lat = r.at(1).map(|m| &m.latency);
-        let _ = write!(
-            line,
-            "  {:>6}  {:>7}  {:>9}  {:>7}  {:>7}  {:>7}",
-            opt(scaling(r, cpus), "×"),
-            opt(xfloor, "×"),
-            opt(vs, "×"),
-            lat.map_or("-".into(), |l| l.p50.to_string()),
-            lat.map_or("-".into(), |l| l.p99.to_string()),
-            lat.map_or("-".into(), |l| l.p999.to_string()),
-        );
-        let _ = writeln!(s, "{line}");
+    }
+    for w in workloads {
+        let _ = writeln!(s, "{}", clip(w, COLUMNS));
+        for r in rows.iter().filter(|r| r.workload == w) {
+            let mut line = format!("{:name$}", clip(&format!("  {}", r.implementation), name));
+            for c in &cols {
+                let _ = write!(line, "  {:>w$}", (c.cell)(r), w = c.width);
+            }
+            let _ = writeln!(s, "{line}");
+        }
     }
     s
 }
 
 /// Every component's table (`cpus`: the CPUs the run had).
-pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize) -> String {
+pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize, layout: Layout) -> String {
     let mut s = String::from(
-        "ns/op@1: CPU ns per op at 1 thread; Mop/s@T: million ops/s with T threads (time spent\n\
-         waiting for a CPU taken by other processes removed while T <= CPUs; wall clock when\n\
-         oversubscribed); 2T/1T: scaling; ×floor: ns/op@1 over the floor case it is compared\n\
-         with; ours÷@T: our throughput over this peer's at T threads; p50/p99/p99.9: latency\n\
-         in ns at 1 thread.\n",
+        "ns/op@1: CPU ns per op at 1 thread, median of the repetitions; range: how far apart the\n\
+         repetitions' ns/op@1 landed (max/min - 1); Mop/s@T: million ops/s with T threads (time\n\
+         spent waiting for a CPU taken by other processes removed while T <= CPUs; wall clock\n\
+         when oversubscribed); 2T/1T: scaling; ×floor: ns/op@1 over the floor case it is\n\
+         compared with; ours÷@T: our throughput over this peer's at T threads; p50/p99: latency\n\
+         in ns at 1 thread. --wide shows every thread count, min–max and p99.9.\n",
     );
     for c in Component::ALL {
-        s.push_str(&component_table(results, c, threads, cpus));
+        s.push_str(&component_table(results, c, threads, cpus, layout));
     }
     s
 }
 
-/// A target's measured ratio, bound and verdict as text; `missed` starts the verdict of a
-/// missed target, `unmeasured` stands for the ratio of one not measured.
-fn target_cells(t: &TargetResult, missed: &str, unmeasured: &str) -> [String; 3] {
+/// A target's measured ratio (median and min–max), bound and verdict as text; `missed` starts
+/// the verdict of a missed target, `unmeasured` stands for the ratio of one not measured.
+fn target_cells(t: &TargetResult, missed: &str, unmeasured: &str) -> [String; 4] {
     let bound = format!(
         "{} {}",
         if t.target.at_most { "≤" } else { "≥" },
         sig3(t.target.bound)
     );
-    let (ratio, verdict) = match (t.ratio, t.met) {
-        (Some(r), Some(true)) => (format!("{}×", sig3(r)), "met".to_string()),
-        (Some(r), Some(false)) => (
-            format!("{}×", sig3(r)),
-            format!("{missed} by {}×", sig3(t.shortfall().unwrap_or(f64::NAN))),
-        ),
-        _ => (unmeasured.into(), "not measured".into()),
+    let noise = if t.within_noise {
+        " (within noise)"
+    } else {
+        ""
     };
-    [ratio, bound, verdict]
+    let Some(r) = t.ratio else {
+        return [
+            unmeasured.into(),
+            unmeasured.into(),
+            bound,
+            "not measured".into(),
+        ];
+    };
+    let verdict = match t.met {
+        Some(true) => format!("met{noise}"),
+        _ => format!(
+            "{missed} by {}×{noise}",
+            sig3(t.shortfall().unwrap_or(f64::NAN))
+        ),
+    };
+    [
+        format!("{}×", sig3(r.median)),
+        format!("{}–{}", sig3(r.min), sig3(r.max)),
+        bound,
+        verdict,
+    ]
 }
 
-/// The targets with their ratios and whether each is met.
-pub fn targets_table(targets: &[TargetResult]) -> String {
-    let mut s = String::from("\n== targets (ratios measured in this run) ==\n");
+/// The targets with their median ratios, min–max and whether each is met: under `Compact`, the
+/// statement on one line and the figures indented on the next, within [`COLUMNS`].
+pub fn targets_table(targets: &[TargetResult], layout: Layout) -> String {
+    let mut s = String::from(
+        "\n== targets (ratios measured in this run: median of the repetitions, min–max) ==\n",
+    );
     let w = targets
         .iter()
         .map(|t| t.target.statement.chars().count())
         .max()
         .unwrap_or(10);
     for t in targets {
-        let [ratio, bound, verdict] = target_cells(t, "MISSED", "-");
-        let _ = writeln!(
-            s,
-            "{:w$}  {:>8}  {:>8}  {}",
-            t.target.statement, ratio, bound, verdict
-        );
+        let [ratio, range, bound, verdict] = target_cells(t, "MISSED", "-");
+        let figures = format!("{ratio:>8}  {range:>13}  {bound:>7}  {verdict}");
+        let _ = match layout {
+            Layout::Compact => writeln!(s, "{}\n    {figures}", t.target.statement),
+            Layout::Wide => writeln!(s, "{:w$}  {figures}", t.target.statement),
+        };
     }
     s
 }
@@ -218,12 +320,13 @@ pub fn targets_table(targets: &[TargetResult]) -> String {
 /// assert!(md.contains("| not measured |"));
 /// ```
 pub fn targets_markdown(targets: &[TargetResult]) -> String {
-    let mut s = String::from("| Target | Measured | Bound | Verdict |\n|---|---|---|---|\n");
+    let mut s =
+        String::from("| Target | Median | Min–max | Bound | Verdict |\n|---|---|---|---|---|\n");
     for t in targets {
-        let [ratio, bound, verdict] = target_cells(t, "missed", "–");
+        let [ratio, range, bound, verdict] = target_cells(t, "missed", "–");
         let _ = writeln!(
             s,
-            "| {} | {ratio} | {bound} | {verdict} |",
+            "| {} | {ratio} | {range} | {bound} | {verdict} |",
             t.target.statement
         );
     }

@@ -1,6 +1,7 @@
 //! The suite: which cases exist, their options, and running them with progress output.
 
 use crate::harness::{Measurement, RunConfig};
+use crate::spread::median_measurement;
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -79,8 +80,14 @@ pub struct Options {
     pub iotlb_sync_ns: u64,
     /// Slots (2 KiB) of each bounce pool built (Linux's default is 32768: 64 MiB).
     pub pool_slots: usize,
-    /// Live single-granule allocations in the fragmentation case.
+    /// Live allocations (mixed sizes) in the fragmentation case.
     pub fragmentation_live: usize,
+    /// Live objects of the scale sweeps (IOVA allocations, page-table mappings, used bounce
+    /// slots), smallest first.
+    pub sweep: Vec<u64>,
+    /// Times every case runs at every thread count; figures are the median, targets the median
+    /// ratio with its min–max.
+    pub repetitions: usize,
     /// Mappings kept live in the translation cases.
     pub translate_pages: u64,
     /// Map+unmap pairs per second of the throttled writer of the "translate (1 writer at a
@@ -94,6 +101,10 @@ pub struct Options {
     pub quiet: bool,
     /// This is the CI smoke run.
     pub smoke: bool,
+    /// Fail (exit status 2) when a measured target is missed.
+    pub check: bool,
+    /// Full-width tables.
+    pub wide: bool,
 }
 
 /// The default pace of the throttled writer of the translation cases: 10k map+unmap pairs per
@@ -104,7 +115,7 @@ pub const DEFAULT_WRITER_RATE: u64 = 10_000;
 pub const DEFAULT_IOTLB_SYNC_NS: u64 = 530;
 
 impl Options {
-    /// The default suite: about a minute on a 2-core machine.
+    /// The default suite: a few minutes on a 2-core machine.
     pub fn default_suite() -> Self {
         Options {
             threads: vec![1, 2, 4, 8],
@@ -118,16 +129,20 @@ impl Options {
             iotlb_sync_ns: DEFAULT_IOTLB_SYNC_NS,
             pool_slots: 32768,
             fragmentation_live: 300_000,
+            sweep: vec![1_000, 10_000, 100_000, 1_000_000],
+            repetitions: 3,
             translate_pages: 4096,
             writer_rate: DEFAULT_WRITER_RATE,
             out: PathBuf::from("results"),
             plots: true,
             quiet: false,
             smoke: false,
+            check: false,
+            wide: false,
         }
     }
 
-    /// The CI smoke suite: every case, a few milliseconds each, small set-ups.
+    /// The CI smoke suite: every case once, a few milliseconds each, small set-ups.
     ///
     /// ```
     /// let o = dma_bench::suite::Options::smoke();
@@ -136,7 +151,9 @@ impl Options {
     pub fn smoke() -> Self {
         Options {
             duration_ms: 2,
-            fragmentation_live: 3_000,
+            fragmentation_live: 1_000,
+            sweep: vec![1_000, 4_000],
+            repetitions: 1,
             translate_pages: 256,
             pool_slots: 2048,
             smoke: true,
@@ -171,6 +188,9 @@ pub struct Case {
     pub role: Role,
     /// The floor workload this case's cost is compared with, if any.
     pub floor: Option<String>,
+    /// Run only at the suite's thread counts up to this one (the scale sweeps run at one
+    /// thread; cases with a large set-up skip the oversubscribed counts).
+    pub max_threads: Option<usize>,
     /// Builds and measures the case.
     pub run: RunFn,
 }
@@ -190,8 +210,21 @@ impl Case {
             implementation: implementation.into(),
             role,
             floor: None,
+            max_threads: None,
             run: Box::new(run),
         }
+    }
+
+    /// Run this case only at the suite's thread counts up to `threads`.
+    pub fn up_to(mut self, threads: usize) -> Self {
+        self.max_threads = Some(threads);
+        self
+    }
+
+    /// The thread counts this case runs at under `opts`.
+    pub fn thread_counts(&self, opts: &Options) -> Vec<usize> {
+        let max = self.max_threads.unwrap_or(usize::MAX);
+        opts.threads.iter().copied().filter(|&t| t <= max).collect()
     }
 
     /// Compare this case's cost with the floor workload `floor`.
@@ -214,14 +247,24 @@ pub struct CaseResult {
     pub role: Role,
     /// The floor workload compared with, if any.
     pub floor: Option<String>,
-    /// One measurement per thread count.
+    /// One measurement per thread count: each figure the median over the repetitions.
     pub runs: Vec<Measurement>,
+    /// Every repetition, per thread count (parallel to `runs`), in the order they ran.
+    pub repetitions: Vec<Vec<Measurement>>,
 }
 
 impl CaseResult {
-    /// The measurement at `threads`, if run.
+    /// The (median) measurement at `threads`, if run.
     pub fn at(&self, threads: usize) -> Option<&Measurement> {
         self.runs.iter().find(|m| m.threads == threads)
+    }
+
+    /// Every repetition at `threads`, in the order they ran (empty if not run).
+    pub fn repetitions_at(&self, threads: usize) -> &[Measurement] {
+        self.runs
+            .iter()
+            .position(|m| m.threads == threads)
+            .map_or(&[], |i| &self.repetitions[i])
     }
 }
 
@@ -236,40 +279,41 @@ pub struct Omitted {
     pub reason: String,
 }
 
-/// Run `cases` at every thread count of `opts`, printing progress to stderr.
+/// Run `cases` at every thread count of `opts`, `opts.repetitions` times, printing progress to
+/// stderr. The repetitions are rounds over the whole suite rather than back-to-back runs of one
+/// case, so a burst of other load on the machine lands in one repetition of many cases instead
+/// of every repetition of one.
 pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
     let cfg = opts.run_config();
-    let total = cases.len() * opts.threads.len();
+    let reps = opts.repetitions.max(1);
+    let counts: Vec<Vec<usize>> = cases.iter().map(|c| c.thread_counts(opts)).collect();
+    let total = reps * counts.iter().map(Vec::len).sum::<usize>();
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut done = 0;
-    let mut out = Vec::with_capacity(cases.len());
-    for case in cases {
-        let mut runs = Vec::new();
-        for &t in &opts.threads {
-            done += 1;
-            // On a terminal one line is rewritten per run; in a log, one line per case.
-            if !opts.quiet && (tty || Some(&t) == opts.threads.first()) {
-                let (lead, end) = if tty { ("\r\x1b[2K", "") } else { ("", "\n") };
-                eprint!(
-                    "{lead}[{done:>3}/{total}] {:>5.1}s  {} | {} | {} | {t} thr{end}",
-                    started.elapsed().as_secs_f64(),
-                    case.component.name(),
-                    case.workload,
-                    case.implementation
-                );
-                let _ = std::io::stderr().flush();
+    let mut measured: Vec<Vec<Vec<Measurement>>> = counts
+        .iter()
+        .map(|c| vec![Vec::with_capacity(reps); c.len()])
+        .collect();
+    for rep in 1..=reps {
+        for ((case, threads), out) in cases.iter().zip(&counts).zip(&mut measured) {
+            for (&t, out) in threads.iter().zip(out.iter_mut()) {
+                done += 1;
+                // On a terminal one line is rewritten per run; in a log, one line per case.
+                if !opts.quiet && (tty || Some(&t) == threads.first()) {
+                    let (lead, end) = if tty { ("\r\x1b[2K", "") } else { ("", "\n") };
+                    eprint!(
+                        "{lead}[{done:>4}/{total}] {:>6.1}s  rep {rep}/{reps}  {} | {} | {} | {t} thr{end}",
+                        started.elapsed().as_secs_f64(),
+                        case.component.name(),
+                        case.workload,
+                        case.implementation
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+                out.push((case.run)(&cfg, t));
             }
-            runs.push((case.run)(&cfg, t));
         }
-        out.push(CaseResult {
-            component: case.component,
-            workload: case.workload.clone(),
-            implementation: case.implementation.clone(),
-            role: case.role,
-            floor: case.floor.clone(),
-            runs,
-        });
     }
     if !opts.quiet {
         let lead = if tty { "\r\x1b[2K" } else { "" };
@@ -278,5 +322,17 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
             started.elapsed().as_secs_f64()
         );
     }
-    out
+    cases
+        .iter()
+        .zip(measured)
+        .map(|(case, repetitions)| CaseResult {
+            component: case.component,
+            workload: case.workload.clone(),
+            implementation: case.implementation.clone(),
+            role: case.role,
+            floor: case.floor.clone(),
+            runs: repetitions.iter().map(|r| median_measurement(r)).collect(),
+            repetitions,
+        })
+        .collect()
 }

@@ -41,14 +41,29 @@ fn smoke_run_writes_complete_json_and_plots() {
             "component {c} neither ran nor was reported as left out"
         );
     }
-    // Every case ran at every thread count and did work.
+    // Every case ran at every thread count (the scale sweeps at one thread) and did work, and
+    // every run has one repetition per repetition of the suite.
     for r in results {
         let runs = r["runs"].as_array().unwrap();
         let threads: Vec<u64> = runs
             .iter()
             .map(|m| m["threads"].as_u64().unwrap())
             .collect();
-        assert_eq!(threads, [1, 2, 4, 8], "{}", r["workload"]);
+        let workload = r["workload"].as_str().unwrap();
+        let sweep = [" live", " mappings", " pages", " slots used"]
+            .iter()
+            .any(|s| workload.ends_with(s));
+        let expected: &[u64] = if sweep {
+            &[1]
+        } else if workload.starts_with("fragmented") {
+            &[1, 2]
+        } else {
+            &[1, 2, 4, 8]
+        };
+        assert_eq!(threads, expected, "{workload}");
+        let reps = r["repetitions"].as_array().unwrap();
+        assert_eq!(reps.len(), runs.len());
+        assert!(reps.iter().all(|v| v.as_array().unwrap().len() == 1));
         for m in runs {
             assert!(
                 m["ops"].as_u64().unwrap() > 0,
@@ -63,24 +78,37 @@ fn smoke_run_writes_complete_json_and_plots() {
     assert_eq!(targets.len(), dma_bench::targets::all().len());
     for t in targets {
         if !t["numerator_value"].is_null() && !t["denominator_value"].is_null() {
-            assert!(t["ratio"].as_f64().unwrap() > 0.0);
+            assert!(t["ratio"]["median"].as_f64().unwrap() > 0.0);
             assert!(t["met"].is_boolean());
+        } else {
+            assert!(t["met"].is_null());
         }
     }
     let md = std::fs::read_to_string(out.join("targets.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + targets.len());
-    for c in results.iter().map(|r| r["component"].as_str().unwrap()) {
-        let name = match c {
-            "floor" => "floor",
-            "iova" => "iova-cache",
-            "pgtable" => "io-pgtable",
-            "swiotlb" => "swiotlb-core",
-            _ => "dma-iommu",
-        };
-        for kind in ["throughput", "latency"] {
-            let svg = std::fs::read_to_string(out.join(format!("{name}-{kind}.svg"))).unwrap();
-            assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
-        }
+    // One chart per question: the targets, ours against the peers of each workload that has
+    // peers (throughput and latency), and each scale sweep; every file a complete SVG.
+    let svgs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    for svg in &svgs {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("</svg>"), "{svg}");
+    }
+    let expected = [
+        "targets.svg",
+        "iova-cache-alloc-free-1-granule-throughput.svg",
+        "iova-cache-alloc-free-1-granule-latency.svg",
+        "io-pgtable-translate-independent-1-writer-throughput.svg",
+        "swiotlb-core-bounce-4-kib-to-device-throughput.svg",
+        "sweep-iova-cache.svg",
+        "sweep-io-pgtable.svg",
+        "sweep-swiotlb-core.svg",
+    ];
+    for e in expected {
+        assert!(svgs.iter().any(|s| s == e), "{e} missing from {svgs:?}");
     }
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -98,11 +126,15 @@ fn options_select_components_and_threads() {
             "floor",
             "--threads",
             "2,1",
+            "--repetitions",
+            "2",
+            "--check",
             "--out",
         ])
         .arg(&out)
         .status()
         .expect("dmabench starts");
+    // No target compares floors only: none is measured, so --check passes.
     assert!(status.success());
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("dmabench.json")).unwrap()).unwrap();
@@ -110,7 +142,14 @@ fn options_select_components_and_threads() {
     assert!(!results.is_empty());
     assert!(results
         .iter()
-        .all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() == 2));
+        .all(|r| r["component"] == "floor" && r["runs"].as_array().unwrap().len() <= 2));
+    assert!(results
+        .iter()
+        .all(|r| r["repetitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_array().unwrap().len() == 2)));
     assert!(!out.join("floor-throughput.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }

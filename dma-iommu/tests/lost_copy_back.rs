@@ -12,7 +12,9 @@ use dma_iommu::{
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use swiotlb_core::{Config, Direction, MemoryError, OrigMemory, RegionMemory, Swiotlb};
+use swiotlb_core::{
+    Config, Direction, DmaDst, DmaSrc, MemoryError, OrigMemory, RegionMemory, Swiotlb,
+};
 
 /// Memory whose writes can be refused (a guest page that went away, a failing MMIO window).
 struct RefusingMemory {
@@ -21,18 +23,18 @@ struct RefusingMemory {
 }
 
 impl OrigMemory for RefusingMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.inner.read(addr, buf)
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        self.inner.read_into(addr, dst)
     }
 
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         if self.refuse_writes.load(Ordering::Relaxed) {
             return Err(MemoryError {
                 addr,
-                len: data.len(),
+                len: src.len(),
             });
         }
-        self.inner.write(addr, data)
+        self.inner.write_from(addr, src)
     }
 }
 

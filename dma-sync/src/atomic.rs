@@ -20,6 +20,21 @@ pub use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 
+/// Atomics that loom never tracks, even under `--cfg loom`: for plain data words that no
+/// protocol orders (bounce-buffer bytes a device may touch at any time), where a loom object
+/// per word would only slow models down. Always `std::sync::atomic`, so Miri still checks them.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// use dma_sync::atomic::{untracked::AtomicU64, Ordering};
+/// let word = AtomicU64::new(0);
+/// word.store(7, Ordering::Relaxed);
+/// assert_eq!(word.load(Ordering::Relaxed), 7);
+/// ```
+pub mod untracked {
+    pub use std::sync::atomic::AtomicU64;
+}
+
 /// A memory fence. Loom has no `compiler_fence`; use this, never `Relaxed`.
 ///
 /// ```

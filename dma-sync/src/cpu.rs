@@ -1,7 +1,9 @@
 //! Per-CPU ids.
 //!
 //! Normal builds ask the kernel (`sched_getcpu`) and fall back to a stable per-thread id where
-//! that is unavailable; a thread may also claim an id with [`set_current`] (tests use this to
+//! that is unavailable. Without restartable sequences `sched_getcpu` costs about as much as a
+//! whole per-CPU cache hit, so a thread asks again only every [`REFRESH`] calls and reports the
+//! CPU it last saw in between (a thread that migrated keeps its old CPU's shard that long); a thread may also claim an id with [`set_current`] (tests use this to
 //! run eight "CPUs" on a two-core machine). Under loom every model thread is on CPU 0 until it
 //! calls [`set_current`], so a model chooses whether two threads share a CPU or not.
 //!
@@ -15,6 +17,9 @@
 //! dma_sync::cpu::set_current(None);
 //! ```
 
+/// Calls of [`current`] between two questions to the kernel (normal builds).
+pub const REFRESH: u32 = 64;
+
 #[cfg(not(loom))]
 mod imp {
     use std::cell::Cell;
@@ -24,13 +29,31 @@ mod imp {
     std::thread_local! {
         static OVERRIDE: Cell<usize> = const { Cell::new(usize::MAX) };
         static FALLBACK: Cell<usize> = const { Cell::new(usize::MAX) };
+        /// The CPU the kernel last reported, and how many more calls may return it.
+        static SEEN: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
     }
 
+    #[inline]
     pub fn current() -> usize {
         let o = OVERRIDE.with(Cell::get);
         if o != usize::MAX {
             return o;
         }
+        SEEN.with(|seen| match seen.get() {
+            (cpu, left) if left > 0 => {
+                seen.set((cpu, left - 1));
+                cpu
+            }
+            _ => {
+                let cpu = ask();
+                seen.set((cpu, super::REFRESH - 1));
+                cpu
+            }
+        })
+    }
+
+    #[cold]
+    fn ask() -> usize {
         // Miri cannot call into the C library: it takes the per-thread fallback below.
         #[cfg(miri)]
         let cpu = -1;

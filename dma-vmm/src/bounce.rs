@@ -32,7 +32,7 @@
 //! assert_eq!(&back, b"pong"); // copied back into guest memory
 //! ```
 
-use swiotlb_core::{MemoryError, OrigMemory};
+use swiotlb_core::{DmaDst, DmaSrc, MemoryError, OrigMemory};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Guest memory as swiotlb-core original memory. See the [module documentation](self).
@@ -61,24 +61,28 @@ impl<M: GuestMemory> GuestBytes<M> {
 }
 
 impl<M: GuestMemory + Send + Sync> OrigMemory for GuestBytes<M> {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.check(addr, buf.len(), Permissions::Read)?;
-        self.mem
-            .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError {
-                addr,
-                len: buf.len(),
-            })
+    fn read_into(&self, addr: u64, mut dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        let len = dst.len();
+        let refused = MemoryError { addr, len };
+        self.check(addr, len, Permissions::Read)?;
+        // Bounce memory is filled through a stack buffer, a piece at a time: vm-memory's
+        // volatile copy out of guest memory, then swiotlb-core's atomic copy into the pool.
+        dst.fill_chunks(|off, piece| {
+            self.mem
+                .read_slice(piece, GuestAddress(addr + off as u64))
+                .map_err(|_| refused)
+        })
     }
 
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        let len = src.len();
+        let refused = MemoryError { addr, len };
         // Checked first so that a refused copy writes nothing.
-        self.check(addr, data.len(), Permissions::Write)?;
-        self.mem
-            .write_slice(data, GuestAddress(addr))
-            .map_err(|_| MemoryError {
-                addr,
-                len: data.len(),
-            })
+        self.check(addr, len, Permissions::Write)?;
+        src.for_each_chunk(|off, piece| {
+            self.mem
+                .write_slice(piece, GuestAddress(addr + off as u64))
+                .map_err(|_| refused)
+        })
     }
 }

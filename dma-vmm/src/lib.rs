@@ -5,10 +5,11 @@
 //!   vhost-user backends read and write guest buffers by IOVA through a lock-free page table.
 //! * `GuestBytes` (feature `vm-memory`): swiotlb-core's original memory over vm-memory, so
 //!   bounce copies go to and from guest memory.
-//! * [`viommu`]: a virtio-iommu device model (attach, detach, map, unmap, probe, with the
-//!   specification's overlap and partial-unmap rules, and its wire format in
-//!   [`viommu::wire`]) over our page tables, whose UNMAP and DETACH return only once no
-//!   device access still uses the old translation ([`quiesce`]).
+//! * [`viommu`]: a virtio-iommu device model (attach, detach, map, unmap, probe, the config
+//!   space with its `bypass` field, fault reports for the event queue, and its wire format
+//!   in [`viommu::wire`]) following the specification's device requirements, over our page
+//!   tables, whose UNMAP and DETACH return only once no device access still uses the old
+//!   translation ([`quiesce`]).
 //! * [`report`]: debug reports (page-table dumps, swiotlb, IOVA cache and flush-queue state,
 //!   dma-iommu domains) as text and, with the `serde` feature, as serde data.
 //!

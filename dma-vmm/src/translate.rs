@@ -91,6 +91,13 @@ impl std::error::Error for Fault {}
 pub trait Translate {
     /// The leaf holding `iova`, or why there is none. Called inside a read section.
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault>;
+
+    /// A device access needing `access` met `fault` ([`Segments`] calls this once per walk
+    /// that faults), so the translation can report it; a vIOMMU endpoint logs it for the
+    /// event queue. Only the fault path runs it. Default: nothing.
+    fn report(&self, fault: &Fault, access: Prot) {
+        let _ = (fault, access);
+    }
 }
 
 impl<T: TlbOps> Translate for PageTable<T> {
@@ -108,11 +115,19 @@ impl<X: Translate + ?Sized> Translate for &X {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         (**self).lookup(iova)
     }
+
+    fn report(&self, fault: &Fault, access: Prot) {
+        (**self).report(fault, access)
+    }
 }
 
 impl<X: Translate + ?Sized> Translate for dma_sync::Arc<X> {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         (**self).lookup(iova)
+    }
+
+    fn report(&self, fault: &Fault, access: Prot) {
+        (**self).report(fault, access)
     }
 }
 
@@ -128,7 +143,8 @@ pub struct Segment {
 }
 
 /// The segments of `[iova, iova + len)` for an access needing `access`, in IOVA order, with
-/// physically contiguous leaves merged. Yields at most one error, then ends.
+/// physically contiguous leaves merged. Yields at most one error, then ends; the error is
+/// reported to the translation ([`Translate::report`]) when it is met.
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -173,8 +189,17 @@ impl<X: Translate> Segments<X> {
         }
     }
 
-    /// Look up the leaf at the cursor, clipped to what is left.
+    /// Look up the leaf at the cursor, clipped to what is left; a fault is reported to the
+    /// translation (it ends the walk, so once per walk).
     fn step(&mut self) -> Result<Segment, Fault> {
+        let seg = self.lookup_leaf();
+        if let Err(fault) = &seg {
+            self.tr.report(fault, self.access);
+        }
+        seg
+    }
+
+    fn lookup_leaf(&mut self) -> Result<Segment, Fault> {
         if self.iova.checked_add(self.left - 1).is_none() {
             return Err(Fault::Overflow {
                 iova: self.iova,

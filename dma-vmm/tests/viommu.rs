@@ -153,7 +153,7 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
         domain_range: (1, 100),
         max_mappings_per_domain: 3,
         max_domains: 2,
-        bypass: false,
+        bypass_config: false,
         ..ViommuConfig::default()
     };
     let v = Viommu::new(cfg).unwrap();
@@ -184,7 +184,7 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
                 flags: ATTACH_F_BYPASS
             }
         ),
-        Status::Unsupp
+        Status::Inval // not offered: an unknown flag
     );
     assert_eq!(status(&v, attach(1, 9)), Status::Ok);
     assert_eq!(status(&v, attach(2, 8)), Status::Ok);
@@ -297,7 +297,7 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
                 endpoint: 9
             }
         ),
-        Status::NoEnt
+        Status::Inval
     );
     // PROBE
     assert_eq!(status(&v, Request::Probe { endpoint: 77 }), Status::NoEnt);

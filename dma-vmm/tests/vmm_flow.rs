@@ -27,12 +27,13 @@ fn a_guest_session_in_wire_format() {
     let viommu = Arc::new(
         Viommu::new(ViommuConfig {
             reserved: vec![msi],
+            probe_size: PROBE_SIZE as u32,
             ..ViommuConfig::default()
         })
         .unwrap(),
     );
     let net = viommu.add_endpoint(0x08, vec![]).unwrap();
-    let cfg = viommu.config_space(PROBE_SIZE as u32);
+    let cfg = viommu.config_space();
     assert_eq!(
         u64::from_le_bytes(cfg[0..8].try_into().unwrap()),
         viommu.page_size_mask()
@@ -40,7 +41,7 @@ fn a_guest_session_in_wire_format() {
 
     // The guest probes, attaches and maps with raw requests.
     let probe = le(&[&[wire::T_PROBE, 0, 0, 0], &8u32.to_le_bytes(), &[0; 64]]);
-    let reply = viommu.handle_bytes(&probe, PROBE_SIZE);
+    let reply = viommu.handle_bytes(&probe, PROBE_SIZE + 4);
     assert_eq!(reply[PROBE_SIZE], Status::Ok.code());
     assert_eq!(
         u64::from_le_bytes(reply[8..16].try_into().unwrap()),
@@ -53,7 +54,7 @@ fn a_guest_session_in_wire_format() {
         &0u32.to_le_bytes(),
         &[0; 4],
     ]);
-    assert_eq!(viommu.handle_bytes(&attach, PROBE_SIZE), vec![0, 0, 0, 0]);
+    assert_eq!(viommu.handle_bytes(&attach, 4), vec![0, 0, 0, 0]);
     let map = |start: u64, gpa: u64, flags: u32| {
         le(&[
             &[wire::T_MAP, 0, 0, 0],
@@ -65,15 +66,15 @@ fn a_guest_session_in_wire_format() {
         ])
     };
     assert_eq!(
-        viommu.handle_bytes(&map(0x10_0000, 0x4000, 3), PROBE_SIZE)[0],
+        viommu.handle_bytes(&map(0x10_0000, 0x4000, 3), 4)[0],
         Status::Ok.code()
     );
     assert_eq!(
-        viommu.handle_bytes(&map(0x10_0000, 0x5000, 3), PROBE_SIZE)[0],
+        viommu.handle_bytes(&map(0x10_0000, 0x5000, 3), 4)[0],
         Status::Inval.code()
     );
     assert_eq!(
-        viommu.handle_bytes(&map(0x20_0000, 0x6000, 1), PROBE_SIZE)[0],
+        viommu.handle_bytes(&map(0x20_0000, 0x6000, 1), 4)[0],
         Status::Ok.code()
     );
 
@@ -118,7 +119,7 @@ fn a_guest_session_in_wire_format() {
         &u64::MAX.to_le_bytes(),
         &[0; 4],
     ]);
-    assert_eq!(viommu.handle_bytes(&unmap, PROBE_SIZE), vec![0, 0, 0, 0]);
+    assert_eq!(viommu.handle_bytes(&unmap, 4), vec![0, 0, 0, 0]);
     assert!(net_mem.read_obj::<u64>(GuestAddress(0x10_0000)).is_err());
 
     let report = Report::default().with_viommu(&viommu).with_swiotlb(&tlb);

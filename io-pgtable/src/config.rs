@@ -68,7 +68,8 @@ pub struct Config {
     pub ias: u32,
     /// Output address size in bits (≤ 48, or 52 with the 64 KiB granule).
     pub oas: u32,
-    /// The non-secure quirk: NS on stage-1 leaves and NSTable on table descriptors.
+    /// The non-secure quirk: NS on stage-1 leaves and NSTable on table descriptors. Stage 1
+    /// only: refused with stage 2, whose table descriptors keep bits 63:59 RES0.
     pub ns: bool,
 }
 
@@ -139,7 +140,33 @@ pub struct Geometry {
     oa_hi_mask: u64,
     /// Leaf protections by descriptor bits 7:2 (see [`crate::pte::prot_of`]).
     prot_lut: [u8; 64],
+    /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
+    /// the argument check of every map and unmap is one lookup.
+    level_by_shift: [u8; 64],
+    /// [`Walk::kind`] of this geometry's translation walk.
+    walk_kind: u8,
 }
+
+/// Which specialised translation walk a geometry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Walk {
+    /// The start level.
+    pub start: u32,
+    /// Descriptors pack `PA[51:48]` in bits 15:12.
+    pub pa52: bool,
+    /// The 4 KiB granule (constant shifts and masks below the start level).
+    pub g4k: bool,
+}
+
+impl Walk {
+    /// A small number naming this walk, for a one-load dispatch.
+    pub(crate) const fn kind(self) -> u8 {
+        self.start as u8 | (self.pa52 as u8) << 2 | (self.g4k as u8) << 3
+    }
+}
+
+/// `level_by_shift` entry of a size that is no leaf size.
+const NO_LEVEL: u8 = u8::MAX;
 
 /// Stage-2 start tables may be concatenated up to this many (Arm ARM, D8.2.x).
 const S2_MAX_CONCAT: u32 = 16;
@@ -161,6 +188,13 @@ impl Geometry {
         if c.ias <= page_shift || c.oas <= page_shift {
             return Err(Error::InvalidConfig {
                 reason: "address size not above the page size",
+            });
+        }
+        if c.ns && c.stage == Stage::S2 {
+            // NSTable (bit 63) is RES0 in stage-2 table descriptors; Linux accepts no NS quirk
+            // at stage 2 either.
+            return Err(Error::InvalidConfig {
+                reason: "the non-secure quirk applies to stage 1 only",
             });
         }
         let va_bits = c.ias - page_shift;
@@ -199,6 +233,13 @@ impl Geometry {
             oa_mask: ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1),
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
             prot_lut: crate::pte::prot_lut(c.stage),
+            level_by_shift: [NO_LEVEL; 64],
+            walk_kind: Walk {
+                start: start_level,
+                pa52: c.oas > 48,
+                g4k: c.granule == Granule::Size4K,
+            }
+            .kind(),
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -210,6 +251,11 @@ impl Geometry {
             .iter()
             .filter(|&&l| l >= start_level)
             .fold(0, |m, &l| m | geom.block_size(l));
+        for level in geom.start_level..4 {
+            if geom.pgsize_bitmap & geom.block_size(level) != 0 {
+                geom.level_by_shift[geom.level_shift(level) as usize] = level as u8;
+            }
+        }
         Ok(geom)
     }
 
@@ -296,6 +342,12 @@ impl Geometry {
         ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
     }
 
+    /// The index of `iova` at every level (meaningful from the start level on).
+    #[inline]
+    pub(crate) fn indices(&self, iova: u64) -> [usize; 4] {
+        [0, 1, 2, 3].map(|level| self.index(level, iova))
+    }
+
     /// The index mask of a table at `level` (`entries - 1`).
     #[inline]
     pub(crate) fn index_mask(&self, level: u32) -> u64 {
@@ -314,6 +366,12 @@ impl Geometry {
         &self.prot_lut
     }
 
+    /// The translation walk this geometry takes ([`Walk::kind`]).
+    #[inline]
+    pub(crate) fn walk_kind(&self) -> u8 {
+        self.walk_kind
+    }
+
     /// Descriptor bits 15:12 if they hold `PA[51:48]` (52-bit output), else 0.
     #[inline]
     pub(crate) fn oa_hi_mask(&self) -> u64 {
@@ -327,11 +385,15 @@ impl Geometry {
     }
 
     /// The level whose descriptors map `pgsize`, if `pgsize` is a supported leaf size.
+    #[inline]
     pub fn level_of(&self, pgsize: u64) -> Option<u32> {
-        if !pgsize.is_power_of_two() || self.pgsize_bitmap & pgsize == 0 {
+        if !pgsize.is_power_of_two() {
             return None;
         }
-        (self.start_level..4).find(|&l| self.block_size(l) == pgsize)
+        match self.level_by_shift[pgsize.trailing_zeros() as usize] {
+            NO_LEVEL => None,
+            level => Some(u32::from(level)),
+        }
     }
 
     /// Alignment of a table at `level`: a granule, or the whole table if larger (concatenated
@@ -449,6 +511,13 @@ mod tests {
                 ias: 21,
                 oas: 48,
                 ns: false,
+            },
+            Config {
+                granule: Granule::Size4K,
+                stage: Stage::S2,
+                ias: 40,
+                oas: 40,
+                ns: true,
             },
         ];
         for c in bad {

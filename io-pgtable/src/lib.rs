@@ -47,18 +47,40 @@
 //!
 //! # Concurrency contract
 //!
-//! As in Linux: concurrent `map*`/`unmap*` calls must not overlap, including the span of any
-//! table an unmap frees (an unmap at a table's block size covering it) or a block map
-//! replaces. Disjoint ranges may share tables: installs race through a compare-and-swap whose
-//! loser frees its own table and descends into the winner's. Readers may run at any time on
-//! any range and see each descriptor before or after a concurrent change.
+//! Any operations may race on any ranges, overlapping or not; readers may run at any time on
+//! any range and see each descriptor before or after a concurrent change. Every change that
+//! hands a leaf or a table to one operation is a compare-and-swap on the descriptor holding
+//! it (see `claim.rs`), so what racing callers get is:
+//!
+//! * **Unmaps of overlapping ranges** (pages, or a table's span): each leaf is unmapped and
+//!   each table level retired by exactly one of them; the others find the entry empty and
+//!   stop there ([`Error::NotMapped`], or a short count from `unmap_pages`).
+//! * **Maps of overlapping ranges**: each slot is claimed from empty, so exactly one map of a
+//!   slot succeeds and the others get [`Error::Exists`]. A map that loses a slot after
+//!   claiming earlier ones withdraws those (unmapped again, their invalidation synced) before
+//!   returning the error.
+//! * **A map racing an unmap of a table covering it**: the map lands before the unmap claims
+//!   the table (and goes with it) or after (in a fresh table); a map still descending
+//!   through the torn-down table finds its entries dead and starts again from the root. It
+//!   never writes into a retired table.
+//! * **A block map replacing a table** freezes the table's subtree entry by entry, then
+//!   claims the link: a racing map of a page inside it either lands first (the block map gets
+//!   [`Error::Exists`]) or finds the entry reserved (it gets `Exists`). A racing unmap of the
+//!   table takes it first (the block map starts again, on the now empty entry) or finds the
+//!   entry reserved (`NotMapped`).
+//! * A partial unmap of a block is refused ([`Error::PartialBlock`]): blocks are never split,
+//!   so no race splits one.
+//!
+//! The helpers [`PageTable::map`] and [`PageTable::unmap`] loop over `map_pages`/`unmap_pages`
+//! and are not atomic as a whole: a racing caller may see part of their range done.
 //!
 //! A table level is freed only when an unmap covers its whole span (or a block map replaces
-//! it while empty): it is unlinked, the walk cache flushed through [`TlbOps::flush_walk`],
-//! and the subtree handed to RCU, which releases it after every reader that might hold it
-//! has unpinned. Tables emptied by smaller unmaps stay linked (another mapper may be
-//! descending into them), as in Linux.
+//! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
+//! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
+//! reader that might hold it has unpinned. Tables emptied by smaller unmaps stay linked
+//! (another mapper may be descending into them), as in Linux.
 
+mod claim;
 mod config;
 mod dump;
 mod error;
@@ -67,6 +89,7 @@ mod map;
 mod pgtable;
 pub mod points;
 pub mod pte;
+mod slab;
 mod table;
 mod tlb;
 mod unmap;

@@ -1,12 +1,12 @@
 //! Mapping: `map_pages` (one leaf table per call, as Linux) and the `map` helper that loops
 //! over page sizes.
 
+use crate::claim::Stop;
 use crate::error::{AddrKind, Error};
 use crate::pgtable::{check_range, pgsize_for, LateUnlinks, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
-use crate::pte::{self, Descriptor, Prot};
-use crate::table::TableMem;
-use crate::tlb::TlbOps;
+use crate::pte::{self, Descriptor, Prot, DEAD};
+use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::{self, Guard};
 
@@ -19,7 +19,9 @@ impl<T: TlbOps> PageTable<T> {
     /// maps something where a block should go, is [`Error::Exists`] and nothing is written;
     /// an empty table where a block goes is unlinked, flushed and freed through RCU.
     ///
-    /// Concurrent calls must not overlap each other's ranges, nor any unmap's.
+    /// Racing calls may overlap each other and unmaps: each slot is claimed by
+    /// compare-and-swap, so of racing maps of one slot exactly one succeeds and the others get
+    /// [`Error::Exists`] (a loser withdraws the leaves it wrote before losing).
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -42,13 +44,33 @@ impl<T: TlbOps> PageTable<T> {
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
         }
-        let mut late = LateUnlinks::default();
-        let result = {
-            let guard = rcu::pin();
-            self.map_in(&guard, iova, paddr, level, pgcount, prot, &mut late)
-        };
-        late.finish(self);
-        result
+        self.map_checked(iova, paddr, level, pgcount, prot)
+    }
+
+    /// [`PageTable::map_pages`] of arguments already checked, with the leaf level of `pgsize`.
+    fn map_checked(
+        &self,
+        iova: u64,
+        paddr: u64,
+        level: u32,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<usize, Error> {
+        // A restart means a table this call was descending through was torn down by an
+        // overlapping unmap, which made progress: start again from the root.
+        loop {
+            let mut late = LateUnlinks::default();
+            let result = {
+                let guard = rcu::pin();
+                self.map_in(&guard, iova, paddr, level, pgcount, prot, &mut late)
+            };
+            late.finish(self);
+            match result {
+                Ok(n) => return Ok(n),
+                Err(Stop::Refused(e)) => return Err(e),
+                Err(Stop::Restart) => continue,
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -61,68 +83,133 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         prot: Prot,
         late: &mut LateUnlinks,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, Stop> {
         let g = &self.geom;
+        // Indices before the first acquire load, above which the geometry cannot be hoisted.
+        let index = g.indices(iova);
         let mut level = g.start_level();
         let mut table = self.root.entries();
         while level < target {
-            let entry = &table[g.index(level, iova)];
+            let entry = &table[index[level as usize]];
             let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
-            if d == 0 {
-                d = self.install(entry, level + 1)?;
+            if pte::is_table(d) {
+                // SAFETY: a table link read under `guard` from this page table.
+                table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
+                level += 1;
+                continue;
             }
-            match pte::decode(g, level, d) {
-                Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
+            if d == 0 {
+                d = self.install(entry)?;
+            }
+            match (d, pte::decode(g, level, d)) {
+                (DEAD, _) => return Err(Stop::Restart),
+                (_, Descriptor::Table { addr }) => {
+                    // SAFETY: a table link read under `guard` from this page table.
+                    table = unsafe { self.table_at(guard, addr, level + 1) }
+                }
+                // A leaf, or a block map's reservation.
                 _ => {
                     return Err(Error::Exists {
                         iova: iova & !(g.block_size(level) - 1),
-                    })
+                    }
+                    .into())
                 }
             }
             level += 1;
         }
-        let first = g.index(level, iova);
+        let first = index[level as usize];
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let slots = &table[first..first + n];
-        // Check every slot before writing any: a refused call changes nothing.
+        // Check every slot before writing any: a refused call changes nothing (unless it
+        // loses a race below, when it withdraws what it wrote).
         for (i, e) in slots.iter().enumerate() {
             let d = e.load(DESCENT_ACQUIRE.ord(Acquire));
-            let free = match pte::decode(g, level, d) {
-                Descriptor::Invalid => d == 0,
-                Descriptor::Table { addr } => self.subtree_empty(guard, addr, level + 1),
-                Descriptor::Leaf { .. } => false,
+            let free = match (d, pte::decode(g, level, d)) {
+                (0, _) => true,
+                (DEAD, _) => return Err(Stop::Restart),
+                // SAFETY: a table link read under `guard` from this page table.
+                (_, Descriptor::Table { addr }) => unsafe {
+                    self.subtree_empty(guard, addr, level + 1)
+                },
+                _ => false,
             };
             if !free {
                 return Err(Error::Exists {
                     iova: iova + i as u64 * size,
-                });
+                }
+                .into());
             }
         }
+        // The attribute bits are the same for every slot: encode them once.
+        let attrs = pte::leaf(g, level, 0, prot);
         for (i, e) in slots.iter().enumerate() {
             let at = i as u64 * size;
-            let leaf = pte::leaf(g, level, paddr + at, prot);
-            if let Descriptor::Table { addr } = pte::decode(g, level, e.load(Relaxed)) {
-                // Break before make: the empty table goes (and its walk cache) before the block.
-                self.free_table(guard, e, addr, level + 1, iova + at, leaf, late);
-            } else {
-                // A plain store: the caller owns the range and publishes the mapping to devices.
-                e.store(leaf, Relaxed);
+            let leaf = attrs | pte::encode_oa(g, paddr + at);
+            if let Err(stop) = self.place(guard, e, level, iova + at, leaf, late) {
+                self.withdraw(&slots[..i], level, iova, paddr, attrs);
+                return Err(stop);
             }
         }
         Ok(n * size as usize)
     }
 
-    /// Install a zeroed table at `level` into the empty `entry`; returns the descriptor now in
-    /// `entry` (ours, or the winner's if another mapper installed first).
-    fn install(&self, entry: &AtomicU64, level: u32) -> Result<u64, Error> {
+    /// Write `leaf` into the slot `e` (at `level`, mapping `iova`): claimed from 0, or, where
+    /// an empty table is linked, by replacing the table (break before make).
+    fn place(
+        &self,
+        guard: &Guard,
+        e: &AtomicU64,
+        level: u32,
+        iova: u64,
+        leaf: u64,
+        late: &mut LateUnlinks,
+    ) -> Result<(), Stop> {
+        let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+        loop {
+            match (d, pte::decode(&self.geom, level, d)) {
+                (0, _) => match self.claim(e, 0, leaf) {
+                    Ok(()) => return Ok(()),
+                    Err(now) => d = now,
+                },
+                (DEAD, _) => return Err(Stop::Restart),
+                // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
+                (_, Descriptor::Table { addr }) => unsafe {
+                    return self.replace_table(guard, e, d, addr, level + 1, iova, leaf, late);
+                },
+                _ => return Err(Error::Exists { iova }.into()),
+            }
+        }
+    }
+
+    /// Take back the leaves (`attrs` and the output address) this call wrote into `slots`
+    /// (mapping from `iova` to `paddr`) before it lost a race further on; one an overlapping
+    /// unmap already took stays taken.
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
+    fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
         let g = &self.geom;
-        let table = TableMem::alloc(
-            g.entries(level),
-            g.table_align(level),
-            g.oa_bits(),
-            &self.stats,
-        )?;
+        let size = g.block_size(level);
+        let mut gather = Gather::new();
+        for (i, e) in slots.iter().enumerate() {
+            let at = i as u64 * size;
+            if self
+                .claim(e, attrs | pte::encode_oa(g, paddr + at), 0)
+                .is_ok()
+            {
+                self.tlb.add_page(&mut gather, iova + at, size);
+            }
+        }
+        gather.sync(&self.tlb);
+    }
+
+    /// Install a zeroed table (from the slab) into the empty `entry`; returns the descriptor now in
+    /// `entry` (ours, or whatever another operation put there first).
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
+    fn install(&self, entry: &AtomicU64) -> Result<u64, Error> {
+        let g = &self.geom;
+        let table = self.slab.alloc(g.oa_bits(), &self.stats)?;
         let desc = pte::table(g, table.addr());
         match entry.compare_exchange(
             0,
@@ -145,12 +232,21 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Whether the table at `addr` (at `level`) and everything below it maps nothing.
-    fn subtree_empty(&self, guard: &Guard, addr: u64, level: u32) -> bool {
-        self.table_at(guard, addr, level).iter().all(|e| {
+    ///
+    /// # Safety
+    /// `addr` is a table at `level` of this page table, read from a descriptor under `guard`.
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
+    unsafe fn subtree_empty(&self, guard: &Guard, addr: u64, level: u32) -> bool {
+        // SAFETY: by the caller's contract.
+        let table = unsafe { self.table_at(guard, addr, level) };
+        table.iter().all(|e| {
             let d = e.load(DESCENT_ACQUIRE.ord(Acquire));
             match pte::decode(&self.geom, level, d) {
-                Descriptor::Invalid => d == 0,
-                Descriptor::Table { addr } => self.subtree_empty(guard, addr, level + 1),
+                // Empty, reserved or being torn down: no mapping (the freeze tells which).
+                Descriptor::Invalid => true,
+                // SAFETY: a table link read from this table under `guard`.
+                Descriptor::Table { addr } => unsafe { self.subtree_empty(guard, addr, level + 1) },
                 Descriptor::Leaf { .. } => false,
             }
         })
@@ -171,28 +267,39 @@ impl<T: TlbOps> PageTable<T> {
     /// ```
     pub fn map(&self, iova: u64, paddr: u64, size: u64, prot: Prot) -> Result<(), Error> {
         self.check_sizes(iova, Some(paddr), size)?;
+        if !prot.intersects(Prot::READ | Prot::WRITE) {
+            return Err(Error::NoAccess);
+        }
         let mut done = 0;
         while done < size {
-            let (pgsize, count) =
-                pgsize_for(self.pgsize_bitmap(), iova + done, paddr + done, size - done).ok_or(
-                    Error::Misaligned {
-                        kind: AddrKind::Iova,
-                        addr: iova + done,
-                        align: self.geom.page_size(),
-                    },
-                )?;
-            match self.map_pages(iova + done, paddr + done, pgsize, count, prot) {
+            // Each step lies inside the range checked above, aligned to its page size.
+            let (level, count) = self.step(iova + done, paddr + done, size - done)?;
+            match self.map_checked(iova + done, paddr + done, level, count, prot) {
                 Ok(n) => done += n as u64,
                 Err(e) => {
                     if done > 0 {
-                        let undone = self.unmap(iova, done);
-                        debug_assert_eq!(undone, Ok(done), "undoing our own partial map");
+                        // An overlapping unmap may have taken some of it already.
+                        let _ = self.unmap(iova, done);
                     }
                     return Err(e);
                 }
             }
         }
         Ok(())
+    }
+
+    /// The next step of the `map`/`unmap` helpers at `iova`/`paddr` with `left` bytes to go:
+    /// the leaf level of the largest page size alignment allows, and how many pages.
+    pub(crate) fn step(&self, iova: u64, paddr: u64, left: u64) -> Result<(u32, usize), Error> {
+        let misaligned = Error::Misaligned {
+            kind: AddrKind::Iova,
+            addr: iova,
+            align: self.geom.page_size(),
+        };
+        let (pgsize, count) =
+            pgsize_for(self.pgsize_bitmap(), iova, paddr, left).ok_or(misaligned)?;
+        let level = self.geom.level_of(pgsize).ok_or(misaligned)?;
+        Ok((level, count))
     }
 
     /// Common checks of the `map`/`unmap` helpers: non-zero, page-aligned sizes and addresses.

@@ -1,14 +1,16 @@
 //! The page table object: construction, teardown, statistics, and the helpers map, unmap
 //! and walks share (argument checks, level freeing).
 
+use crate::claim::{Frozen, Stop};
 use crate::config::{Config, Geometry};
 use crate::error::{AddrKind, Error};
 use crate::points::FREE_ORDER;
-use crate::pte::{self, Descriptor};
+use crate::pte::{self, Descriptor, FROZEN};
+use crate::slab::Slab;
 use crate::table::{self, Counters, Stats, TableMem};
 use crate::tlb::{NoTlb, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
-use dma_sync::rcu::Guard;
+use dma_sync::rcu::{self, Guard};
 use dma_sync::Arc;
 
 /// A lock-free ARM LPAE I/O page table.
@@ -30,6 +32,8 @@ use dma_sync::Arc;
 pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) geom: Geometry,
     pub(crate) root: TableMem,
+    /// Memory of the levels below the root.
+    pub(crate) slab: std::sync::Arc<Slab>,
     pub(crate) tlb: T,
     pub(crate) stats: Arc<Counters>,
 }
@@ -54,6 +58,9 @@ impl<T: TlbOps> PageTable<T> {
         let geom = config.geometry()?;
         let stats = Arc::new(Counters::new());
         let start = geom.start_level();
+        // Every level below the root has tables of one size, from one slab.
+        let below = (start + 1).min(3);
+        let slab = Slab::new(geom.entries(below), geom.table_align(below))?;
         let root = TableMem::alloc(
             geom.entries(start),
             geom.table_align(start),
@@ -63,6 +70,7 @@ impl<T: TlbOps> PageTable<T> {
         Ok(PageTable {
             geom,
             root,
+            slab,
             tlb,
             stats,
         })
@@ -134,68 +142,119 @@ impl<T: TlbOps> PageTable<T> {
         Ok((level, len))
     }
 
-    /// Free the table `table_addr` (at `level`) hanging off `entry`, which maps
-    /// `[iova, iova + span)`: unlink, flush the walk cache, hand the subtree to RCU, then store
-    /// `then` (0, or the block that replaces the table: break before make).
+    /// Unlink and free the table `addr` (at `level`) that `entry` links to as `desc`, the
+    /// entry mapping `[iova, iova + span)`: claim the link, take the subtree, flush the walk
+    /// cache, hand the tables to RCU. `Err` with the entry's new value if another operation
+    /// changed it first (nothing done).
+    ///
+    /// # Safety
+    /// `entry` is an entry at `level - 1` of this page table, and `desc`, linking to `addr`,
+    /// was read from it under `guard`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn free_table(
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
+    pub(crate) unsafe fn unlink_table(
         &self,
         guard: &Guard,
         entry: &AtomicU64,
-        table_addr: u64,
+        desc: u64,
+        addr: u64,
         level: u32,
         iova: u64,
-        then: u64,
         late: &mut LateUnlinks,
-    ) {
+    ) -> Result<(), u64> {
         let size = self.geom.table_span(level);
-        // SAFETY: the caller owns the range the subtree serves, so nobody else frees it.
-        let tables = unsafe { self.collect_subtree(table_addr, level) };
-        if FREE_ORDER.on() {
-            entry.store(0, Relaxed);
-            self.tlb.flush_walk(iova, size, self.geom.page_size());
-            table::retire(guard, tables, &self.stats);
-            if then != 0 {
-                entry.store(then, Relaxed);
-            }
-        } else {
+        if let Some(slot) = self.weakened_root_slot(entry) {
             // Weakened (loom only): retired while still linked; unlinked after the grace period.
+            // SAFETY: `addr` was read from `entry` under `guard` (the caller's contract); the
+            // weakened variant only exists to show what taking it unclaimed breaks.
+            let tables = unsafe { self.take_subtree(guard, addr, level) };
             table::retire(guard, tables, &self.stats);
-            late.0.push((entry as *const AtomicU64, iova, size, then));
+            late.0.push((slot, iova, size, 0));
+            return Ok(());
         }
+        self.claim(entry, desc, 0)?;
+        // SAFETY: `addr` was read from `entry` under `guard`, and this call claimed the link.
+        let tables = unsafe { self.take_subtree(guard, addr, level) };
+        self.tlb.flush_walk(iova, size, self.geom.page_size());
+        table::retire(guard, tables, &self.stats);
+        Ok(())
     }
 
-    /// Take ownership of the table at `addr` and every table below it.
+    /// Replace the table `addr` (at `level`) that `entry` links to as `desc` by the block
+    /// `leaf`, break before make: freeze the subtree (refused if it maps anything), claim the
+    /// link, flush the walk cache, hand the tables to RCU, then write the block.
     ///
     /// # Safety
-    /// The caller owns the range the table serves, and the table is about to be unlinked
-    /// (or is unreachable), so no one else will free or change it.
-    unsafe fn collect_subtree(&self, addr: u64, level: u32) -> Vec<TableMem> {
-        let mut out = Vec::new();
-        let mut stack = vec![(addr, level)];
-        while let Some((addr, level)) = stack.pop() {
-            let len = self.geom.entries(level);
-            // SAFETY: by the caller's contract this table is ours to take.
-            let t = unsafe { TableMem::from_addr(addr, len, self.geom.table_align(level)) };
-            if level < 3 {
-                for e in t.entries() {
-                    if let Descriptor::Table { addr } =
-                        pte::decode(&self.geom, level, e.load(Relaxed))
-                    {
-                        stack.push((addr, level + 1));
-                    }
-                }
-            }
-            out.push(t);
+    /// As [`PageTable::unlink_table`].
+    #[allow(clippy::too_many_arguments)]
+    // Off the steady-state path: kept out of line so the hot path stays small.
+    #[inline(never)]
+    pub(crate) unsafe fn replace_table(
+        &self,
+        guard: &Guard,
+        entry: &AtomicU64,
+        desc: u64,
+        addr: u64,
+        level: u32,
+        iova: u64,
+        leaf: u64,
+        late: &mut LateUnlinks,
+    ) -> Result<(), Stop> {
+        let mut frozen = Frozen::new();
+        // SAFETY: `addr` was read under `guard` (the caller's contract).
+        if let Err(stop) = unsafe { self.freeze(guard, addr, level, iova, &mut frozen) } {
+            self.thaw(guard, frozen);
+            return Err(stop);
         }
-        out
+        let size = self.geom.table_span(level);
+        if let Some(slot) = self.weakened_root_slot(entry) {
+            // Weakened (loom only): retired while still linked; the block written after the
+            // grace period.
+            table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
+            late.0.push((slot, iova, size, leaf));
+            return Ok(());
+        }
+        if self.claim(entry, desc, FROZEN).is_err() {
+            // An unmap took the table: it owns it now; what it could not see we take back.
+            self.thaw(guard, frozen);
+            return Err(Stop::Restart);
+        }
+        self.tlb.flush_walk(iova, size, self.geom.page_size());
+        table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
+        // The entry is ours (FROZEN): no one else writes it.
+        entry.store(leaf, Relaxed);
+        Ok(())
+    }
+
+    /// The table at `addr` (at `level`), whose link this call claimed after freezing its
+    /// subtree, and every table whose link the freeze holds.
+    fn frozen_tables(&self, addr: u64, level: u32, frozen: Frozen<'_>) -> Vec<TableMem> {
+        let links = frozen.into_iter().filter(|&(_, old, _)| old != 0);
+        // SAFETY: the link to `addr` was claimed by this call, and every table link in
+        // `frozen` is held FROZEN by it (only an owner of the table holding it, now this
+        // call, could change that), so each table has no other owner.
+        links
+            .map(|(_, old, l)| unsafe { self.own_table(pte::decode_oa(&self.geom, old), l + 1) })
+            .chain(std::iter::once(unsafe { self.own_table(addr, level) }))
+            .collect()
     }
 
     /// The descriptors of the table at `addr` (at `level`), valid while `guard` is pinned.
+    ///
+    /// # Safety
+    /// `addr` is the output address of a table descriptor read from an entry at `level - 1`
+    /// of this page table while `guard` was pinned (or is the root): levels are freed only
+    /// through RCU after being unlinked, so the table outlives `guard`.
     #[inline]
-    pub(crate) fn table_at<'g>(&self, guard: &'g Guard, addr: u64, level: u32) -> &'g [AtomicU64] {
-        // SAFETY: `addr` was read from a table descriptor of this page table under `guard`
-        // (or by the owner of its range); levels are freed only through RCU after unlinking.
+    pub(crate) unsafe fn table_at<'g>(
+        &self,
+        guard: &'g Guard,
+        addr: u64,
+        level: u32,
+    ) -> &'g [AtomicU64] {
+        // SAFETY: by the caller's contract, a table of this page table at `level`, which
+        // holds `entries(level)` descriptors and outlives `guard`.
         unsafe { table::entries_at(guard, addr, self.geom.entries(level)) }
     }
 }
@@ -210,23 +269,36 @@ pub(crate) fn check_range(kind: AddrKind, addr: u64, len: u64, bits: u32) -> Res
 }
 
 /// Unlinks postponed past the grace period: only the weakened [`FREE_ORDER`] variant fills
-/// this, so a model can show that freeing before unlinking is caught.
+/// this, so a model can show that freeing before unlinking is caught. Each is a root slot (the
+/// root lives as long as the page table), the span it maps, and what to store after the flush.
 #[derive(Default)]
-pub(crate) struct LateUnlinks(Vec<(*const AtomicU64, u64, u64, u64)>);
+pub(crate) struct LateUnlinks(Vec<(usize, u64, u64, u64)>);
 
 impl LateUnlinks {
     /// Perform the postponed unlinks; call after the operation's guard is dropped.
     pub(crate) fn finish<T: TlbOps>(self, pt: &PageTable<T>) {
-        for (entry, iova, size, then) in self.0 {
-            // SAFETY: `entry` lives in a parent table that spans more than the operation's own
-            // range, which the operation never frees.
-            let entry = unsafe { &*entry };
+        for (slot, iova, size, then) in self.0 {
+            let entry = &pt.root.entries()[slot];
             entry.store(0, Relaxed);
             pt.tlb.flush_walk(iova, size, pt.geom.page_size());
             if then != 0 {
                 entry.store(then, Relaxed);
             }
         }
+    }
+}
+
+impl<T: TlbOps> PageTable<T> {
+    /// With [`FREE_ORDER`] weakened (loom only) and `entry` in the root: its index there, the
+    /// place a postponed unlink can still reach after the guard is dropped.
+    fn weakened_root_slot(&self, entry: &AtomicU64) -> Option<usize> {
+        if FREE_ORDER.on() {
+            return None;
+        }
+        self.root
+            .entries()
+            .iter()
+            .position(|e| std::ptr::eq(e, entry))
     }
 }
 
@@ -241,6 +313,11 @@ pub(crate) fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Optio
         }
     }
     let merged = iova | paddr;
+    // The common case, one smallest page: no search.
+    let smallest = bitmap & bitmap.wrapping_neg();
+    if size == smallest {
+        return (merged & (smallest - 1) == 0).then_some((smallest, 1));
+    }
     let mut sizes = bitmap & upto(63 - size.leading_zeros());
     if merged != 0 {
         sizes &= upto(merged.trailing_zeros());
@@ -267,15 +344,12 @@ impl<T: TlbOps> Drop for PageTable<T> {
         // The table is dead (no walks, no operations): flush everything, then free directly.
         self.tlb.flush_all();
         let start = self.geom.start_level();
+        let guard = rcu::pin();
         let mut freed = 1; // the root, dropped with the fields
-        if start < 3 {
-            for e in self.root.entries() {
-                if let Descriptor::Table { addr } = pte::decode(&self.geom, start, e.load(Relaxed))
-                {
-                    // SAFETY: `&mut self`: no walker or operation runs; the subtree is ours.
-                    let tables = unsafe { self.collect_subtree(addr, start + 1) };
-                    freed += tables.len() as u64;
-                }
+        for e in self.root.entries() {
+            if let Descriptor::Table { addr } = pte::decode(&self.geom, start, e.load(Relaxed)) {
+                // SAFETY: `&mut self`: no walker or operation runs, every link is ours.
+                freed += unsafe { self.take_subtree(&guard, addr, start + 1) }.len() as u64;
             }
         }
         self.stats.freed.fetch_add(freed, Relaxed);

@@ -19,4 +19,8 @@ dma_sync::mutation_points! {
     /// Freeing a table level in the order unlink, flush the walk cache, then hand to RCU
     /// (weakened: the table is retired first and unlinked only after the grace period).
     FREE_ORDER: Step = "pgtable.free.order";
+    /// Claiming a descriptor by compare-and-swap before unmapping its leaf, taking its table
+    /// or writing a leaf into it (weakened: the load, then a plain store, that let two racing
+    /// unmaps both take one table and retire it twice).
+    CLAIM: Step = "pgtable.claim";
 }

@@ -50,6 +50,31 @@ pub const XN: u64 = 3 << 53;
 /// NSTable on table descriptors (with the non-secure quirk).
 pub const NSTABLE: u64 = 1 << 63;
 
+/// Output-address bits `[47:12]` of a descriptor with the 4 KiB granule and no packed
+/// `PA[51:48]` (the constant of the 4 KiB translation walk).
+pub(crate) const OA_MASK_4K: u64 = ((1 << 48) - 1) & !((1 << 12) - 1);
+
+/// Marks an entry of a table whose owner is tearing it down (see the crate's concurrency
+/// contract): invalid to hardware (bit 0 clear) and never changed again, so no
+/// compare-and-swap from 0 (a table install, a leaf map) lands in a table being freed.
+pub const DEAD: u64 = 0x0dead << 44;
+/// Marks an entry a block map has reserved while it checks and replaces the table above it:
+/// invalid to hardware (bit 0 clear); only the reserving map changes it (back, or on).
+pub const FROZEN: u64 = 0x0f202 << 44;
+
+/// Whether `d`, found above the leaf level, links a next-level table (type bits `11`).
+#[inline]
+pub(crate) fn is_table(d: u64) -> bool {
+    d & (VALID | TYPE_TABLE_OR_PAGE) == VALID | TYPE_TABLE_OR_PAGE
+}
+
+/// Whether the raw descriptor `d` maps nothing and never did: zero, or one of the markers
+/// ([`DEAD`], [`FROZEN`]) the claiming protocol leaves in entries.
+#[inline]
+pub fn vacant(d: u64) -> bool {
+    d == 0 || d == DEAD || d == FROZEN
+}
+
 bitflags::bitflags! {
     /// Access rights and memory type of a mapping, as Linux's `IOMMU_*` prot bits.
     ///

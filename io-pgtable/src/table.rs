@@ -2,6 +2,7 @@
 //! retirement, and the allocation counters.
 
 use crate::error::Error;
+use crate::slab::Slab;
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed, Poison};
 use dma_sync::rcu::{Guard, Retire};
 use dma_sync::Arc;
@@ -63,6 +64,8 @@ pub(crate) struct TableMem {
     ptr: NonNull<AtomicU64>,
     len: usize,
     align: usize,
+    /// Where the memory goes back to: the page table's slab, or (the root) the allocator.
+    slab: Option<std::sync::Arc<Slab>>,
 }
 
 // SAFETY: the memory holds only atomics and is owned by this value alone.
@@ -71,7 +74,7 @@ unsafe impl Send for TableMem {}
 unsafe impl Sync for TableMem {}
 
 impl TableMem {
-    fn layout(len: usize, align: usize) -> Result<Layout, Error> {
+    pub(crate) fn layout(len: usize, align: usize) -> Result<Layout, Error> {
         Layout::array::<AtomicU64>(len)
             .and_then(|l| l.align_to(align))
             .map_err(|_| Error::NoMemory)
@@ -92,12 +95,8 @@ impl TableMem {
         // SAFETY: `len > 0` (every level has at least two entries), so the layout is non-zero.
         let raw = unsafe { std::alloc::alloc(layout) } as *mut AtomicU64;
         let ptr = NonNull::new(raw).ok_or(Error::NoMemory)?;
-        for i in 0..len {
-            // SAFETY: `i < len`, inside the fresh allocation; `AtomicU64::new` initialises it
-            // (loom atomics are objects, so the memory is written element by element).
-            unsafe { ptr.as_ptr().add(i).write(AtomicU64::new(0)) };
-        }
-        let table = TableMem { ptr, len, align };
+        // SAFETY: a fresh allocation of `len` descriptors, ours alone.
+        let table = unsafe { Self::init(ptr, len, align, None) };
         stats.allocated.fetch_add(1, Relaxed);
         if (table.addr() >> addr_bits) != 0 {
             // Not representable in a descriptor: give it back (counted as never published).
@@ -106,6 +105,31 @@ impl TableMem {
             return Err(Error::NoMemory);
         }
         Ok(table)
+    }
+
+    /// Zero the `len` descriptors at `ptr` and own them, returning them to `slab` (or, without
+    /// one, to the global allocator) when dropped.
+    ///
+    /// # Safety
+    /// `ptr` is memory for `len` descriptors aligned to `align`, from `slab` (or allocated
+    /// with [`TableMem::layout`]), that nobody else owns or uses.
+    pub(crate) unsafe fn init(
+        ptr: NonNull<AtomicU64>,
+        len: usize,
+        align: usize,
+        slab: Option<std::sync::Arc<Slab>>,
+    ) -> Self {
+        for i in 0..len {
+            // SAFETY: `i < len`, inside memory the caller gives us; `AtomicU64::new`
+            // initialises it (loom atomics are objects, so it is written element by element).
+            unsafe { ptr.as_ptr().add(i).write(AtomicU64::new(0)) };
+        }
+        TableMem {
+            ptr,
+            len,
+            align,
+            slab,
+        }
     }
 
     /// The address a table descriptor carries.
@@ -120,8 +144,10 @@ impl TableMem {
     }
 
     /// Give up ownership: the table now belongs to the descriptor that points at it.
-    pub(crate) fn into_addr(self) -> u64 {
+    pub(crate) fn into_addr(mut self) -> u64 {
         let addr = self.addr();
+        // The slab reference goes now; `from_addr` takes a new one.
+        drop(self.slab.take());
         std::mem::forget(self);
         addr
     }
@@ -129,25 +155,41 @@ impl TableMem {
     /// Take back ownership of a table from its address.
     ///
     /// # Safety
-    /// `addr` came from [`TableMem::into_addr`] of a table with this `len` and `align`, and
-    /// no other owner of it exists.
-    pub(crate) unsafe fn from_addr(addr: u64, len: usize, align: usize) -> Self {
+    /// `addr` came from [`TableMem::into_addr`] of a table with this `len` and `align`, from
+    /// `slab` (or, with `None`, the global allocator), and no other owner of it exists.
+    pub(crate) unsafe fn from_addr(
+        addr: u64,
+        len: usize,
+        align: usize,
+        slab: Option<std::sync::Arc<Slab>>,
+    ) -> Self {
         let ptr = NonNull::new(addr as *mut AtomicU64).expect("table addresses are non-null");
-        TableMem { ptr, len, align }
+        TableMem {
+            ptr,
+            len,
+            align,
+            slab,
+        }
     }
 }
 
 impl Drop for TableMem {
     fn drop(&mut self) {
-        // SAFETY: `self` owns `len` initialised atomics allocated with this layout.
+        // SAFETY: `self` owns `len` initialised atomics.
         unsafe {
             std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
                 self.ptr.as_ptr(),
                 self.len,
-            ));
-            let layout =
-                Self::layout(self.len, self.align).expect("layout was valid at allocation");
-            std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout);
+            ))
+        };
+        match self.slab.take() {
+            Some(slab) => slab.release(self.ptr),
+            None => {
+                let layout =
+                    Self::layout(self.len, self.align).expect("layout was valid at allocation");
+                // SAFETY: allocated by `alloc` with this layout, owned by `self`.
+                unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+            }
         }
     }
 }
@@ -222,7 +264,7 @@ mod tests {
         t.entries()[7].store(9, Relaxed);
         let addr = t.into_addr();
         // SAFETY: reclaiming the table just released, same geometry.
-        let t = unsafe { TableMem::from_addr(addr, 512, 4096) };
+        let t = unsafe { TableMem::from_addr(addr, 512, 4096, None) };
         assert_eq!(t.entries()[7].load(Relaxed), 9);
         drop(t);
         assert_eq!(stats.allocated.load(Relaxed), 1);

@@ -512,8 +512,9 @@ fn tables_are_shareable_across_threads() {
 
 #[test]
 fn translation_agrees_with_the_walk_for_every_start_level() {
-    // Each start level and output-address format has its own unrolled translation walk:
-    // cover 1 to 4 levels, 48- and 52-bit output, stage 1 and 2, against the debug walk.
+    // Each start level, output-address format and granule class has its own unrolled
+    // translation walk: cover 1 to 4 levels, 48- and 52-bit output, the 4 KiB granule and
+    // the others, stage 1 and 2, against the debug walk (which decodes with `pte::decode`).
     let mut cfgs: Vec<Config> = (1..=4).map(Config::tiny).collect();
     // Miri: 64K tables (up to 8192 descriptors) are too slow under it; tiny covers the walks.
     let big = if cfg!(miri) {
@@ -528,6 +529,19 @@ fn translation_agrees_with_the_walk_for_every_start_level() {
                 stage,
                 ias,
                 oas,
+                ns: false,
+            });
+        }
+    }
+    // The 4 KiB walks (constant shifts and masks) from every start level, stage-2
+    // concatenation (ias 40) included; Miri: 512-entry tables are fine.
+    for ias in [21, 30, 39, 40, 48] {
+        for stage in [Stage::S1, Stage::S2] {
+            cfgs.push(Config {
+                granule: Granule::Size4K,
+                stage,
+                ias,
+                oas: 48,
                 ns: false,
             });
         }

@@ -1,8 +1,8 @@
 //! Unmapping: `unmap_pages` (one leaf table per call, never an error disguised as a size)
 //! and the `unmap` helpers that loop over page sizes.
 
-use crate::error::{AddrKind, Error};
-use crate::pgtable::{pgsize_for, LateUnlinks, PageTable};
+use crate::error::Error;
+use crate::pgtable::{LateUnlinks, PageTable};
 use crate::points::DESCENT_ACQUIRE;
 use crate::pte::{self, Descriptor};
 use crate::tlb::{Gather, TlbOps};
@@ -18,6 +18,10 @@ impl<T: TlbOps> PageTable<T> {
     /// there is unlinked, its walk cache flushed, and its whole subtree freed through RCU.
     /// Refused with a typed error (the table unchanged): nothing mapped at `iova`
     /// ([`Error::NotMapped`]), or `iova` inside a larger block ([`Error::PartialBlock`]).
+    ///
+    /// Every entry is claimed by compare-and-swap before its leaf is counted or its table
+    /// taken, so racing unmaps of overlapping ranges unmap each entry once: the others find
+    /// it empty (`NotMapped`, or a short count).
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -38,6 +42,18 @@ impl<T: TlbOps> PageTable<T> {
         gather: &mut Gather,
     ) -> Result<usize, Error> {
         let (level, _) = self.check_input(iova, pgsize, pgcount)?;
+        self.unmap_checked(iova, level, pgcount, gather)
+    }
+
+    /// [`PageTable::unmap_pages`] of arguments already checked, with the leaf level of the
+    /// page size.
+    fn unmap_checked(
+        &self,
+        iova: u64,
+        level: u32,
+        pgcount: usize,
+        gather: &mut Gather,
+    ) -> Result<usize, Error> {
         let mut late = LateUnlinks::default();
         let result = {
             let guard = rcu::pin();
@@ -57,38 +73,52 @@ impl<T: TlbOps> PageTable<T> {
         late: &mut LateUnlinks,
     ) -> Result<usize, Error> {
         let g = &self.geom;
+        // Indices before the first acquire load, above which the geometry cannot be hoisted.
+        let index = g.indices(iova);
         let mut level = g.start_level();
         let mut table = self.root.entries();
         while level < target {
-            let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
-            match pte::decode(g, level, d) {
-                Descriptor::Table { addr } => table = self.table_at(guard, addr, level + 1),
-                Descriptor::Invalid => return Err(Error::NotMapped { iova }),
-                Descriptor::Leaf { .. } => {
-                    return Err(Error::PartialBlock {
+            let d = table[index[level as usize]].load(DESCENT_ACQUIRE.ord(Acquire));
+            if !pte::is_table(d) {
+                // Above the target level: empty (or reserved, or dead), or a larger block.
+                return Err(if d & pte::VALID == 0 {
+                    Error::NotMapped { iova }
+                } else {
+                    Error::PartialBlock {
                         iova,
                         block_size: g.block_size(level),
-                    })
-                }
+                    }
+                });
             }
+            // SAFETY: a table link read under `guard` from this page table.
+            table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
             level += 1;
         }
-        let first = g.index(level, iova);
+        let first = index[level as usize];
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let mut done = 0;
-        for e in &table[first..first + n] {
+        'entries: for e in &table[first..first + n] {
             let at = iova + done as u64 * size;
-            match pte::decode(g, level, e.load(DESCENT_ACQUIRE.ord(Acquire))) {
-                Descriptor::Invalid => break,
-                Descriptor::Table { addr } => {
-                    self.free_table(guard, e, addr, level + 1, at, 0, late)
-                }
-                Descriptor::Leaf { .. } => {
-                    e.store(0, Relaxed);
-                    if !gather.is_queued() {
-                        self.tlb.add_page(gather, at, size);
-                    }
+            let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+            // Claim what the entry holds; a loser re-reads what the winner left.
+            loop {
+                let claimed = match pte::decode(g, level, d) {
+                    // Empty, reserved by a block map, or in a table being torn down.
+                    Descriptor::Invalid => break 'entries,
+                    // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
+                    Descriptor::Table { addr } => unsafe {
+                        self.unlink_table(guard, e, d, addr, level + 1, at, late)
+                    },
+                    Descriptor::Leaf { .. } => self.claim(e, d, 0).inspect(|()| {
+                        if !gather.is_queued() {
+                            self.tlb.add_page(gather, at, size);
+                        }
+                    }),
+                };
+                match claimed {
+                    Ok(()) => break,
+                    Err(now) => d = now,
                 }
             }
             done += 1;
@@ -108,13 +138,9 @@ impl<T: TlbOps> PageTable<T> {
         let mut done = 0;
         while done < size {
             let at = iova + done;
-            let (pgsize, count) =
-                pgsize_for(self.pgsize_bitmap(), at, at, size - done).ok_or(Error::Misaligned {
-                    kind: AddrKind::Iova,
-                    addr: at,
-                    align: self.geom.page_size(),
-                })?;
-            match self.unmap_pages(at, pgsize, count, gather) {
+            // Each step lies inside the range checked above, aligned to its page size.
+            let (level, count) = self.step(at, at, size - done)?;
+            match self.unmap_checked(at, level, count, gather) {
                 Ok(n) => done += n as u64,
                 Err(e) if done == 0 => return Err(e),
                 Err(_) => break,

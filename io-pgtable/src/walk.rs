@@ -1,7 +1,7 @@
 //! Lock-free readers: translation and the debug walk, under one RCU pin, with no lock and
 //! no shared write.
 
-use crate::config::Geometry;
+use crate::config::{Geometry, Walk};
 use crate::dump::{Dump, WalkEntry};
 use crate::pgtable::PageTable;
 use crate::points::{READER_PIN, WALK_ACQUIRE};
@@ -25,24 +25,25 @@ pub struct Translation {
     pub desc: u64,
 }
 
-/// The translation of `iova` by the descriptor `d` that ended a walk at `level`.
-#[inline]
-fn leaf(g: &Geometry, level: u32, iova: u64, d: u64) -> Option<Translation> {
-    match pte::decode(g, level, d) {
-        Descriptor::Leaf { paddr, prot } => {
-            let size = g.block_size(level);
-            Some(Translation {
-                paddr: paddr + (iova & (size - 1)),
-                prot,
-                level,
-                size,
-                desc: d,
-            })
-        }
-        // Not reached: a walk ends on a table descriptor only at the leaf level, where
-        // `decode` reads it as a page.
-        Descriptor::Invalid | Descriptor::Table { .. } => None,
+/// The translation of `iova` by the descriptor `d` that ended a walk at `level`, whose
+/// output address is `base` (decoded by the caller's walk) and whose leaf size is `size`:
+/// the same answer as [`pte::decode`] (a test checks it), without decoding what the walk
+/// already knows.
+#[inline(always)]
+fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Option<Translation> {
+    // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
+    // above it, type bits `01` are a block.
+    let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
+    if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
+        return None;
     }
+    Some(Translation {
+        paddr: base + (iova & (size - 1)),
+        prot: pte::prot_of(g, d),
+        level,
+        size,
+        desc: d,
+    })
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -110,48 +111,76 @@ impl<T: TlbOps> Reader<'_, T> {
     /// Translate `iova` under this reader's pin.
     #[inline]
     pub fn translate(&self, iova: u64) -> Option<Translation> {
-        // One walk per start level and output-address format, each fully unrolled: the level
-        // loop then has no bookkeeping, and without packed `PA[51:48]` the next table's
-        // address is one mask away, so each level's dependent chain is a load and an AND.
-        match (self.pt.geom.start_level(), self.pt.geom.oa_hi_mask() != 0) {
-            (0, false) => self.translate_in::<0, false>(iova),
-            (1, false) => self.translate_in::<1, false>(iova),
-            (2, false) => self.translate_in::<2, false>(iova),
-            (_, false) => self.translate_in::<3, false>(iova),
-            (0, true) => self.translate_in::<0, true>(iova),
-            (1, true) => self.translate_in::<1, true>(iova),
-            (2, true) => self.translate_in::<2, true>(iova),
-            (_, true) => self.translate_in::<3, true>(iova),
+        // One walk per start level, output-address format and granule class, each fully
+        // unrolled: the level loop has no bookkeeping, the 4 KiB granule's shifts and masks
+        // are constants, and without packed `PA[51:48]` the next table's address is one mask
+        // away, so each level's dependent chain is a load and an AND.
+        const fn kind(start: u32, pa52: bool, g4k: bool) -> u8 {
+            Walk { start, pa52, g4k }.kind()
+        }
+        match self.pt.geom.walk_kind() {
+            k if k == kind(0, false, true) => self.translate_in::<0, false, true>(iova),
+            k if k == kind(1, false, true) => self.translate_in::<1, false, true>(iova),
+            k if k == kind(2, false, true) => self.translate_in::<2, false, true>(iova),
+            k if k == kind(3, false, true) => self.translate_in::<3, false, true>(iova),
+            k if k == kind(0, false, false) => self.translate_in::<0, false, false>(iova),
+            k if k == kind(1, false, false) => self.translate_in::<1, false, false>(iova),
+            k if k == kind(2, false, false) => self.translate_in::<2, false, false>(iova),
+            k if k == kind(3, false, false) => self.translate_in::<3, false, false>(iova),
+            k if k == kind(0, true, false) => self.translate_in::<0, true, false>(iova),
+            k if k == kind(1, true, false) => self.translate_in::<1, true, false>(iova),
+            k if k == kind(2, true, false) => self.translate_in::<2, true, false>(iova),
+            _ => self.translate_in::<3, true, false>(iova),
         }
     }
 
     /// [`Reader::translate`] for tables starting at level `START`, whose descriptors pack
-    /// `PA[51:48]` iff `PA52`.
+    /// `PA[51:48]` iff `PA52`, with the 4 KiB granule iff `G4K`.
     #[inline(always)]
-    fn translate_in<const START: u32, const PA52: bool>(&self, iova: u64) -> Option<Translation> {
+    fn translate_in<const START: u32, const PA52: bool, const G4K: bool>(
+        &self,
+        iova: u64,
+    ) -> Option<Translation> {
         let g = &self.pt.geom;
         if iova >> g.ias() != 0 {
             return None;
         }
-        debug_assert_eq!(START, g.start_level());
-        let mut table: &[AtomicU64] = self.pt.root.entries();
-        for level in START..4 {
-            let index = g.index(level, iova);
-            debug_assert!(index < table.len());
-            // SAFETY: `index` is masked to `entries(level) - 1`, and every table at `level`
-            // (the root at the start level) holds `entries(level)` descriptors.
-            let d = unsafe { table.get_unchecked(index) }.load(WALK_ACQUIRE.ord(Acquire));
-            // The descent tests only the two type bits; anything but a table descriptor above
-            // the leaf level ends the walk and is decoded in full, once.
-            if level == 3 || d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | TYPE_TABLE_OR_PAGE {
-                return leaf(g, level, iova, d);
-            }
-            let next = if PA52 {
-                pte::decode_oa(g, d)
+        // Everything the walk needs from the geometry is read before the first acquire load,
+        // above which the compiler may not move later reads: no level reloads it.
+        let index = |level: u32| -> usize {
+            if G4K && level != START {
+                ((iova >> (12 + 9 * (3 - level))) & 511) as usize
             } else {
-                d & g.oa_mask()
+                g.index(level, iova)
+            }
+        };
+        let indices = [index(0), index(1), index(2), index(3)];
+        let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
+        let oa_hi_mask = g.oa_hi_mask();
+        let mut table: *const AtomicU64 = self.pt.root.entries().as_ptr();
+        for level in START..4 {
+            // SAFETY: `table` is the root (START is the root's level: `translate` picks it from
+            // `g.start_level()`) or a table a descriptor at `level - 1` links to, read under the
+            // reader's pin, so it is alive and holds `entries(level)` descriptors; the index is
+            // masked to `entries(level) - 1`.
+            let entry = unsafe { &*table.add(indices[level as usize]) };
+            let d = entry.load(WALK_ACQUIRE.ord(Acquire));
+            let next = if PA52 {
+                (d & oa_mask) | ((d & oa_hi_mask) << 36)
+            } else {
+                d & oa_mask
             };
-            table = self.pt.table_at(&self.guard, next, level + 1);
+            // The descent tests only the two type bits; anything but a table descriptor above
+            // the leaf level ends the walk.
+            if level == 3 || d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | TYPE_TABLE_OR_PAGE {
+                let size = if G4K {
+                    1 << (12 + 9 * (3 - level))
+                } else {
+                    g.block_size(level)
+                };
+                return leaf(g, level, iova, d, next, size);
+            }
+            table = next as *const AtomicU64;
         }
         unreachable!("the leaf level ends every walk")
     }
@@ -179,10 +208,10 @@ impl<T: TlbOps> Reader<'_, T> {
         let g = &self.pt.geom;
         for (index, e) in table.iter().enumerate() {
             let raw = e.load(WALK_ACQUIRE.ord(Acquire));
-            let desc = pte::decode(g, level, raw);
-            if raw == 0 {
+            if pte::vacant(raw) {
                 continue;
             }
+            let desc = pte::decode(g, level, raw);
             let iova = base + index as u64 * g.block_size(level);
             f(&WalkEntry {
                 level,
@@ -193,13 +222,9 @@ impl<T: TlbOps> Reader<'_, T> {
                 desc,
             });
             if let Descriptor::Table { addr: next } = desc {
-                self.walk_table(
-                    self.pt.table_at(&self.guard, next, level + 1),
-                    next,
-                    level + 1,
-                    iova,
-                    f,
-                );
+                // SAFETY: a table link read from this table under the reader's pin.
+                let child = unsafe { self.pt.table_at(&self.guard, next, level + 1) };
+                self.walk_table(child, next, level + 1, iova, f);
             }
         }
     }
@@ -216,6 +241,41 @@ impl<T: TlbOps> Reader<'_, T> {
             root: self.pt.root_addr(),
             tables,
             entries,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The walk's leaf decoding answers as `pte::decode` for every type-bit pattern, level
+    /// and attribute byte.
+    #[test]
+    fn walk_leaf_matches_decode() {
+        let g = Config::s1_4k(48).geometry().unwrap();
+        let iova = 0x1234_5678_9abc;
+        for level in 0..4 {
+            let size = g.block_size(level);
+            for attrs in 0..1024u64 {
+                for high in [0, pte::XN, pte::XN | 0x8000_1234_5000] {
+                    let d = attrs | high;
+                    let want = match pte::decode(&g, level, d) {
+                        Descriptor::Leaf { paddr, prot } => {
+                            Some((paddr + (iova & (size - 1)), prot))
+                        }
+                        _ => None,
+                    };
+                    let got = leaf(&g, level, iova, d, pte::decode_oa(&g, d), size)
+                        .map(|t| (t.paddr, t.prot));
+                    // A table descriptor above the leaf level never reaches `leaf`.
+                    if level < 3 && d & 3 == 3 {
+                        continue;
+                    }
+                    assert_eq!(got, want, "level {level}, descriptor {d:#x}");
+                }
+            }
         }
     }
 }

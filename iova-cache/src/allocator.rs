@@ -2,21 +2,23 @@
 
 use crate::config::{IovaConfig, MAX_CACHED_GRANULES};
 use crate::error::IovaError;
+use crate::held::Held;
 use crate::locked::StepLock;
-use crate::owners::Owners;
 use crate::points::{FLUSH_RETRY, TREE_LOCK};
 use crate::range::{IovaRange, RangeAllocator};
 use crate::rcache::Rcache;
-use crossbeam_utils::CachePadded;
 use dma_sync::atomic::{AtomicU64, Ordering};
-use dma_sync::Arc;
+use dma_sync::{Arc, CachePadded};
 
 /// The shared state; the trim worker holds a reference too.
 pub(crate) struct Inner {
     pub(crate) cfg: IovaConfig,
+    /// `cfg.space()`, read on every cached allocation.
+    space: u64,
     pub(crate) tree: CachePadded<StepLock<RangeAllocator>>,
     pub(crate) rcache: Option<Rcache>,
-    owners: Option<Owners>,
+    /// User-held cached-path ranges (with [`IovaConfig::checked_frees`]).
+    held: Option<Held>,
     /// Statistics only (Relaxed): flush-all passes and magazines trimmed.
     pub(crate) flushes: AtomicU64,
     pub(crate) trimmed: AtomicU64,
@@ -59,6 +61,13 @@ impl std::fmt::Debug for IovaAllocator {
     }
 }
 
+/// The size class (log2 of the rounded granules) of a cacheable request of `size` granules
+/// (`1..=32`).
+#[inline]
+fn class_order(size: u64) -> u32 {
+    u64::BITS - (size - 1).leading_zeros()
+}
+
 /// Round a request as the cached path does: below 32 granules up to a power of two, so a
 /// class never mixes sizes.
 fn class_size(size: u64) -> u64 {
@@ -90,14 +99,23 @@ impl IovaAllocator {
     pub fn new(config: IovaConfig) -> Result<Self, IovaError> {
         config.validate()?;
         let tree = RangeAllocator::new(config.start_pfn, config.end_pfn)?;
+        let held = match config.caching && config.checked_frees {
+            true => Some(Held::new(config.start_pfn, config.end_pfn).ok_or(
+                IovaError::OutOfMemory {
+                    size: config.space(),
+                },
+            )?),
+            false => None,
+        };
         let inner = Arc::new(Inner {
             rcache: config
                 .caching
                 .then(|| Rcache::new(config.cpus, config.magazine_size)),
-            owners: (config.caching && config.checked_frees).then(|| Owners::new(config.cpus)),
+            held,
             tree: CachePadded::new(StepLock::new(tree, &TREE_LOCK)),
             flushes: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
+            space: config.space(),
             cfg: config,
         });
         #[cfg(not(loom))]
@@ -129,6 +147,7 @@ impl IovaAllocator {
     /// assert!(p + 15 <= 0xfff && p % 16 == 0);
     /// assert!(matches!(a.alloc(0x10000, 0xffff), Err(IovaError::TooLarge { .. })));
     /// ```
+    #[inline]
     pub fn alloc(&self, size: u64, limit: u64) -> Result<u64, IovaError> {
         self.alloc_inner(size, limit, true)
     }
@@ -151,11 +170,34 @@ impl IovaAllocator {
         self.alloc_inner(size, limit, false)
     }
 
+    #[inline]
     fn cpu(&self, rc: &Rcache) -> usize {
         dma_sync::cpu::current_in(rc.cpus())
     }
 
+    /// The cache-hit path inline, everything else out of line.
+    #[inline]
     fn alloc_inner(&self, size: u64, limit: u64, flush: bool) -> Result<u64, IovaError> {
+        let inner = &*self.inner;
+        // A valid cacheable request: 1..=32 granules, no more than the space, limit in it.
+        let cacheable = size.wrapping_sub(1) < MAX_CACHED_GRANULES
+            && size <= inner.space
+            && limit >= inner.cfg.start_pfn;
+        if let Some(rc) = inner.rcache.as_ref().filter(|_| cacheable) {
+            let order = class_order(size);
+            if let Some(pfn) = rc.pop_hit(order, self.cpu(rc), limit) {
+                self.record_owner(pfn, order)?;
+                return Ok(pfn);
+            }
+        }
+        self.alloc_slow(size, limit, flush)
+    }
+
+    /// Allocation after a miss on the calling CPU's `loaded` magazine (or of an uncacheable
+    /// size): the full cache path (the `prev` magazine, the depot), then the tree.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, size: u64, limit: u64, flush: bool) -> Result<u64, IovaError> {
         let inner = &*self.inner;
         self.check_request(size, limit)?;
         let size = class_size(size);
@@ -163,9 +205,10 @@ impl IovaAllocator {
             .rcache
             .as_ref()
             .filter(|_| size <= MAX_CACHED_GRANULES);
+        let order = class_order(size);
         if let Some(rc) = cached {
-            if let Some(pfn) = rc.get(size.trailing_zeros() as usize, self.cpu(rc), limit) {
-                self.record_owner(pfn, size)?;
+            if let Some(pfn) = rc.get(order as usize, self.cpu(rc), limit) {
+                self.record_owner(pfn, order)?;
                 return Ok(pfn);
             }
         }
@@ -181,7 +224,7 @@ impl IovaAllocator {
         }
         let pfn = r?;
         if cached.is_some() {
-            self.record_owner(pfn, size)?;
+            self.record_owner(pfn, order)?;
         }
         Ok(pfn)
     }
@@ -208,15 +251,21 @@ impl IovaAllocator {
 
     /// Record a cached-path allocation as user-held. Without memory for the record the range
     /// could never be freed, so it goes back to the range allocator and the allocation fails.
-    fn record_owner(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
-        match &self.inner.owners {
-            Some(o) if !o.insert(pfn, size) => {
-                let back = self.inner.tree.with(|t| t.free_tagged(pfn, size, true));
-                debug_assert!(back.is_ok(), "a fresh allocation is live: {back:?}");
-                Err(IovaError::OutOfMemory { size })
-            }
+    #[inline]
+    fn record_owner(&self, pfn: u64, order: u32) -> Result<(), IovaError> {
+        match &self.inner.held {
+            Some(h) if !h.claim(pfn, order) => self.unrecorded(pfn, 1 << order),
             _ => Ok(()),
         }
+    }
+
+    /// An allocation that could not be recorded goes back to the tree and fails.
+    #[cold]
+    fn unrecorded(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        // A fresh cached-path allocation is live in the tree, so this free succeeds; were it
+        // refused, the range would stay allocated: lost, never handed out twice.
+        let _ = self.inner.tree.with(|t| t.free_tagged(pfn, size, true));
+        Err(IovaError::OutOfMemory { size })
     }
 
     /// Free a range from [`alloc`](Self::alloc) (`size` as asked or as rounded): cacheable
@@ -234,30 +283,36 @@ impl IovaAllocator {
     /// assert_eq!(a.free(p + 1, 4), Err(IovaError::NotAllocated { pfn: p + 1 }));
     /// a.free(p, 3).unwrap(); // still live after the refused frees
     /// ```
+    #[inline]
     pub fn free(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         let inner = &*self.inner;
-        if size == 0 {
-            return Err(IovaError::ZeroSize);
-        }
-        let size = class_size(size);
         let Some(rc) = inner
             .rcache
             .as_ref()
-            .filter(|_| size <= MAX_CACHED_GRANULES)
+            .filter(|_| size.wrapping_sub(1) < MAX_CACHED_GRANULES)
         else {
-            return inner.tree.with(|t| t.free(pfn, size));
+            return self.free_uncached(pfn, size);
         };
-        match &inner.owners {
-            Some(o) => o.remove(pfn, size)?,
-            None => self.check_shape(pfn, size)?,
+        let order = class_order(size);
+        match &inner.held {
+            Some(h) => h.release(pfn, order)?,
+            None => self.check_shape(pfn, 1 << order)?,
         }
-        rc.insert(
-            size.trailing_zeros() as usize,
-            self.cpu(rc),
-            pfn,
-            &inner.tree,
-        );
+        let cpu = self.cpu(rc);
+        if !rc.push_hit(order, cpu, pfn) {
+            rc.insert(order as usize, cpu, pfn, &inner.tree);
+        }
         Ok(())
+    }
+
+    /// A free of a size the caches do not take (or with the caches off).
+    #[cold]
+    #[inline(never)]
+    fn free_uncached(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        self.inner.tree.with(|t| t.free(pfn, class_size(size)))
     }
 
     /// The cheap sanity check of an unchecked cached free: inside the space, naturally aligned.

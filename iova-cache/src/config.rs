@@ -7,6 +7,13 @@ use std::time::Duration;
 pub const MAX_CPUS: usize = 4096;
 /// Largest magazine a configuration may ask for (Linux: 127 entries).
 pub const MAX_MAGAZINE_SIZE: usize = 4096;
+/// Most magazine entries over all CPU slots of one size class and magazine position
+/// (`cpus * magazine_size`): bounds the memory the caches allocate up front to
+/// `6 classes * 2 magazines * 2^20 entries * 8 bytes = 96 MiB` (Linux at 8192 CPUs with
+/// magazines of 127 entries: about 2^20).
+pub const MAX_SLOT_ENTRIES: usize = 1 << 20;
+/// Longest trim period a configuration may ask for (one hour; longer is `None`).
+pub const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Granules per magazine by default: with the header word a magazine is 1024 bytes in Linux.
 pub const DEFAULT_MAGAZINE_SIZE: usize = 127;
@@ -106,23 +113,37 @@ impl IovaConfig {
             .saturating_add(1)
     }
 
-    /// Check the configuration.
+    /// Check every field against its documented range, before anything is allocated:
+    ///
+    /// | Field | Valid |
+    /// |---|---|
+    /// | `granule_shift` | `1..=32` |
+    /// | `start_pfn`, `end_pfn` | `start_pfn <= end_pfn`, and every IOVA of the space fits in 64 bits: `end_pfn < 2^(64 - granule_shift)` |
+    /// | `cpus` | `1..=`[`MAX_CPUS`] |
+    /// | `magazine_size` | `1..=`[`MAX_MAGAZINE_SIZE`], and `cpus * magazine_size <= `[`MAX_SLOT_ENTRIES`] |
+    /// | `trim_interval` | `None`, or positive and at most [`MAX_TRIM_INTERVAL`] |
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaConfig, IovaError};
     /// let bad = IovaConfig { cpus: 0, ..IovaConfig::with_space(1, 10) };
     /// assert!(matches!(bad.validate(), Err(IovaError::InvalidConfig(_))));
+    /// let huge = IovaConfig { cpus: 4096, magazine_size: 4096, ..IovaConfig::with_space(1, 10) };
+    /// assert!(matches!(huge.validate(), Err(IovaError::InvalidConfig(_))));
+    /// let wide = IovaConfig::with_space(1, 1 << 52); // 4 KiB granules: past 2^64 bytes
+    /// assert!(matches!(wide.validate(), Err(IovaError::InvalidConfig(_))));
     /// ```
     pub fn validate(&self) -> Result<(), IovaError> {
         if self.start_pfn > self.end_pfn {
             return Err(IovaError::InvalidConfig("start_pfn lies above end_pfn"));
         }
-        if self.end_pfn == u64::MAX {
-            return Err(IovaError::InvalidConfig("end_pfn must lie below u64::MAX"));
-        }
         if self.granule_shift == 0 || self.granule_shift > 32 {
             return Err(IovaError::InvalidConfig("granule_shift must be in 1..=32"));
+        }
+        if self.end_pfn >> (64 - self.granule_shift) != 0 {
+            return Err(IovaError::InvalidConfig(
+                "end_pfn must lie below 2^(64 - granule_shift): IOVAs are 64-bit",
+            ));
         }
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(IovaError::InvalidConfig("cpus must be in 1..=4096"));
@@ -132,8 +153,21 @@ impl IovaConfig {
                 "magazine_size must be in 1..=4096",
             ));
         }
-        if self.trim_interval == Some(Duration::ZERO) {
-            return Err(IovaError::InvalidConfig("trim_interval must be positive"));
+        if self.cpus * self.magazine_size > MAX_SLOT_ENTRIES {
+            return Err(IovaError::InvalidConfig(
+                "cpus * magazine_size must be at most 2^20",
+            ));
+        }
+        match self.trim_interval {
+            Some(Duration::ZERO) => {
+                return Err(IovaError::InvalidConfig("trim_interval must be positive"))
+            }
+            Some(t) if t > MAX_TRIM_INTERVAL => {
+                return Err(IovaError::InvalidConfig(
+                    "trim_interval must be at most one hour",
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }

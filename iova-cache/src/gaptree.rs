@@ -1,11 +1,24 @@
 //! The free-range index: a treap of free ranges keyed by start pfn, each node augmented with
-//! the largest free length in its subtree.
+//! the largest free length in its subtree and the subtree's [`fitsummary`]: per alignment
+//! class of 2 to 64 granules, the most granules any of its ranges offers from an aligned pfn.
 //!
 //! The augmentation lets a top-down search skip every subtree that cannot hold the request,
-//! so finding the highest fitting range below a limit costs O(log n) expected steps (plus
-//! the ranges that are long enough but fail only on alignment) however fragmented the space
-//! is, and never answers "no space" while a fitting range exists. Priorities are a hash of
-//! the key, so the shape (and the cost) does not depend on the order of operations.
+//! so it never answers "no space" while a fitting range exists, and bounds its cost however
+//! fragmented the space is:
+//!
+//! * unaligned requests, and size-aligned requests of up to 64 granules (every cached size
+//!   class and the 64-granule one): O(log n) expected steps. The augmentation decides the fit
+//!   of a subtree exactly, so the search only walks the path to the limit and then descends
+//!   into one subtree that is known to hold a fit; the one range straddling the limit is
+//!   the only node checked in vain.
+//! * aligned requests above 64 granules: the summary's 64-granule class and the length
+//!   prune, plus the ranges that pass both but fail on the larger alignment (Linux walks
+//!   these too).
+//!
+//! Priorities are a hash of the key, so the shape (and the cost) does not depend on the
+//! order of operations.
+
+use crate::fitsummary;
 
 const NIL: u32 = u32::MAX;
 
@@ -18,6 +31,9 @@ struct Node {
     right: u32,
     /// Largest `len` in this subtree.
     max_len: u64,
+    /// Fit summary of this range alone, and of the subtree (bytewise maximum).
+    own_fits: u64,
+    fits: u64,
 }
 
 /// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
@@ -27,6 +43,15 @@ pub(crate) struct GapTree {
     spare: Vec<u32>,
     root: u32,
     count: usize,
+}
+
+/// A request of [`GapTree::highest_fit`].
+struct Query {
+    size: u64,
+    align: u64,
+    limit: u64,
+    /// What a subtree's fit summary must offer (aligned requests only).
+    aligned_need: Option<(u32, u64)>,
 }
 
 /// A fit found by [`GapTree::highest_fit`].
@@ -40,7 +65,7 @@ pub(crate) struct Fit {
     pub pfn: u64,
 }
 
-pub(crate) fn mix(key: u64) -> u64 {
+fn mix(key: u64) -> u64 {
     // splitmix64 finaliser: a fixed pseudo-random priority per key.
     let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -63,21 +88,24 @@ impl GapTree {
         self.count
     }
 
-    fn max_of(&self, n: u32) -> u64 {
+    /// `(max_len, fits)` of the subtree at `n`.
+    fn summary_of(&self, n: u32) -> (u64, u64) {
         if n == NIL {
-            0
+            (0, 0)
         } else {
-            self.nodes[n as usize].max_len
+            let node = &self.nodes[n as usize];
+            (node.max_len, node.fits)
         }
     }
 
     fn update(&mut self, n: u32) {
-        let (l, r, len) = {
-            let node = &self.nodes[n as usize];
-            (node.left, node.right, node.len)
-        };
-        let m = len.max(self.max_of(l)).max(self.max_of(r));
-        self.nodes[n as usize].max_len = m;
+        let node = &self.nodes[n as usize];
+        let ((lm, lf), (rm, rf)) = (self.summary_of(node.left), self.summary_of(node.right));
+        let max_len = node.len.max(lm).max(rm);
+        let fits = fitsummary::max(node.own_fits, fitsummary::max(lf, rf));
+        let node = &mut self.nodes[n as usize];
+        node.max_len = max_len;
+        node.fits = fits;
     }
 
     /// Split `t` into keys `< key` and keys `>= key`.
@@ -119,9 +147,13 @@ impl GapTree {
         }
     }
 
-    /// Add the free range `[start, start + len)`; the caller keeps ranges disjoint.
+    /// Add the free range `[start, start + len)` (nothing for `len == 0`); the caller keeps
+    /// ranges disjoint and has made room with [`try_reserve_one`](Self::try_reserve_one).
     pub(crate) fn insert(&mut self, start: u64, len: u64) {
-        debug_assert!(len > 0);
+        if len == 0 {
+            return;
+        }
+        let own_fits = fitsummary::of_range(start, len);
         let node = Node {
             start,
             len,
@@ -129,6 +161,8 @@ impl GapTree {
             left: NIL,
             right: NIL,
             max_len: len,
+            own_fits,
+            fits: own_fits,
         };
         let idx = match self.spare.pop() {
             Some(i) => {
@@ -136,8 +170,9 @@ impl GapTree {
                 i
             }
             None => {
+                // `try_reserve_one` keeps the store below `NIL` nodes, so the index fits.
                 self.nodes.push(node);
-                u32::try_from(self.nodes.len() - 1).expect("more than 2^32 free ranges")
+                (self.nodes.len() - 1) as u32
             }
         };
         let (l, r) = self.split(self.root, start);
@@ -149,7 +184,8 @@ impl GapTree {
     /// Make sure one more range than now fits without growing the node store, so an insert
     /// after a removal cannot fail half-way; `false` if the memory cannot be had.
     pub(crate) fn try_reserve_one(&mut self) -> bool {
-        !self.spare.is_empty() || self.nodes.try_reserve(1).is_ok()
+        !self.spare.is_empty()
+            || (self.nodes.len() < NIL as usize && self.nodes.try_reserve(1).is_ok())
     }
 
     /// Remove the free range starting at `start`, returning its length.
@@ -163,8 +199,7 @@ impl GapTree {
         if m == NIL {
             return None;
         }
-        debug_assert_eq!(self.nodes[m as usize].left, NIL);
-        debug_assert_eq!(self.nodes[m as usize].right, NIL);
+        // Keys are unique, so the middle part is the single node `m`, without children.
         self.spare.push(m);
         self.count -= 1;
         Some(self.nodes[m as usize].len)
@@ -204,25 +239,37 @@ impl GapTree {
 
     /// The highest `pfn` with `pfn % align == 0`, `pfn + size - 1 <= limit`, lying with its
     /// `size` granules inside one free range.
+    /// `None` for a zero size or an alignment that is not a power of two.
     pub(crate) fn highest_fit(&self, size: u64, align: u64, limit: u64) -> Option<Fit> {
-        debug_assert!(size > 0 && align.is_power_of_two());
-        self.search(self.root, size, align, limit)
+        if size == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let q = Query {
+            size,
+            align,
+            limit,
+            aligned_need: (align > 1).then(|| fitsummary::need(size, align)),
+        };
+        self.search(self.root, &q)
     }
 
-    fn search(&self, n: u32, size: u64, align: u64, limit: u64) -> Option<Fit> {
+    fn search(&self, n: u32, q: &Query) -> Option<Fit> {
         if n == NIL {
             return None;
         }
         let node = &self.nodes[n as usize];
-        if node.max_len < size {
+        if node.max_len < q.size
+            || q.aligned_need
+                .is_some_and(|need| !fitsummary::offers(node.fits, need))
+        {
             return None;
         }
-        if node.start <= limit {
+        if node.start <= q.limit {
             // Everything on the right starts higher: it wins if it fits.
-            if let Some(f) = self.search(node.right, size, align, limit) {
+            if let Some(f) = self.search(node.right, q) {
                 return Some(f);
             }
-            if let Some(pfn) = fit_in(node.start, node.len, size, align, limit) {
+            if let Some(pfn) = fit_in(node.start, node.len, q.size, q.align, q.limit) {
                 return Some(Fit {
                     range_start: node.start,
                     range_len: node.len,
@@ -230,7 +277,7 @@ impl GapTree {
                 });
             }
         }
-        self.search(node.left, size, align, limit)
+        self.search(node.left, q)
     }
 
     /// Every free range in address order (diagnostics and tests).
@@ -253,9 +300,9 @@ impl GapTree {
 
     /// Check the heap order and the augmentation of every node (tests).
     pub(crate) fn check(&self) -> Result<(), String> {
-        fn walk(t: &GapTree, n: u32) -> Result<u64, String> {
+        fn walk(t: &GapTree, n: u32) -> Result<(u64, u64), String> {
             if n == NIL {
-                return Ok(0);
+                return Ok((0, 0));
             }
             let node = &t.nodes[n as usize];
             for c in [node.left, node.right] {
@@ -263,11 +310,17 @@ impl GapTree {
                     return Err(format!("heap order broken at {:#x}", node.start));
                 }
             }
-            let m = node.len.max(walk(t, node.left)?).max(walk(t, node.right)?);
+            let ((lm, lf), (rm, rf)) = (walk(t, node.left)?, walk(t, node.right)?);
+            let m = node.len.max(lm).max(rm);
             if m != node.max_len {
                 return Err(format!("max_len stale at {:#x}", node.start));
             }
-            Ok(m)
+            let own = fitsummary::of_range(node.start, node.len);
+            let f = fitsummary::max(own, fitsummary::max(lf, rf));
+            if own != node.own_fits || f != node.fits {
+                return Err(format!("fit summary stale at {:#x}", node.start));
+            }
+            Ok((m, f))
         }
         walk(self, self.root).map(|_| ())
     }

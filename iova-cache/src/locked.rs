@@ -1,27 +1,114 @@
-//! A lock whose acquisition is a named mutation point.
+//! Locks whose acquisition is a named mutation point.
 //!
-//! The data sits in a [`dma_sync::UnsafeCell`] next to a `Mutex<()>`, and is reached only
-//! through a closure while the lock is held. Model builds can weaken the point to skip the
-//! lock; loom then reports the unsynchronised accesses to the cell as a causality violation.
-//! Normal builds always lock.
+//! The data sits in a [`dma_sync::UnsafeCell`] next to a raw lock, and is reached only through
+//! a closure while the lock is held. Model builds can weaken the point to skip the lock; loom
+//! then reports the unsynchronised accesses to the cell as a causality violation. Normal
+//! builds always lock.
+//!
+//! Two raw locks: [`Blocking`] (a parking mutex) for the tree and the depots, whose critical
+//! sections may be long (a flush frees a whole magazine to the tree), and [`Spin`] for the CPU
+//! slots, whose critical sections are a few pushes and pops: taking it is one compare-and-swap
+//! and releasing it a plain store, where a parking mutex pays a second read-modify-write on
+//! release to look for sleepers.
 
+use crate::points::{SLOT_LOCK_ACQUIRE, SLOT_UNLOCK_RELEASE};
+use dma_sync::atomic::{AtomicBool, Ordering};
 use dma_sync::mutation::Point;
-use dma_sync::{Mutex, UnsafeCell};
+use dma_sync::{Mutex, MutexGuard, UnsafeCell};
 
-pub(crate) struct StepLock<T> {
-    lock: Mutex<()>,
+/// A raw lock: `acquire` returns a guard that releases on drop.
+pub(crate) trait RawLock: Default {
+    type Guard<'a>
+    where
+        Self: 'a;
+    fn acquire(&self) -> Self::Guard<'_>;
+}
+
+/// A parking mutex, for locks that may be held across long work.
+#[derive(Default)]
+pub(crate) struct Blocking(Mutex<()>);
+
+impl RawLock for Blocking {
+    type Guard<'a> = MutexGuard<'a, ()>;
+
+    #[inline]
+    fn acquire(&self) -> MutexGuard<'_, ()> {
+        self.0.lock()
+    }
+}
+
+/// A spin lock for short critical sections. A waiter retries the compare-and-swap, first
+/// with a pause and then yielding its CPU, so a holder preempted on the waiter's CPU gets to
+/// run. A failed compare-and-swap stores nothing (a swap would store `true` again, and loom
+/// may then let the waiter read its own stores forever), and it reads the latest value, so
+/// the waiter sees the release as soon as it happens; contention is rare (threads sharing one
+/// CPU slot), so spinning on a plain load first would buy little.
+#[derive(Default)]
+pub(crate) struct Spin(AtomicBool);
+
+/// Releases a [`Spin`] lock on drop.
+pub(crate) struct SpinGuard<'a>(&'a AtomicBool);
+
+/// Busy-wait rounds before a waiter starts yielding its CPU.
+const SPINS_BEFORE_YIELD: u32 = 64;
+
+impl RawLock for Spin {
+    type Guard<'a> = SpinGuard<'a>;
+
+    #[inline]
+    fn acquire(&self) -> SpinGuard<'_> {
+        let acquire = SLOT_LOCK_ACQUIRE.ord(Ordering::Acquire);
+        if !self.try_take(acquire) {
+            self.contended(acquire);
+        }
+        SpinGuard(&self.0)
+    }
+}
+
+impl Spin {
+    #[inline]
+    fn try_take(&self, acquire: Ordering) -> bool {
+        self.0
+            .compare_exchange(false, true, acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    #[cold]
+    fn contended(&self, acquire: Ordering) {
+        let mut spins = 0u32;
+        while !self.try_take(acquire) {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                dma_sync::thread::spin_wait();
+            } else {
+                dma_sync::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for SpinGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0
+            .store(false, SLOT_UNLOCK_RELEASE.ord(Ordering::Release));
+    }
+}
+
+pub(crate) struct StepLock<T, L: RawLock = Blocking> {
+    lock: L,
     cell: UnsafeCell<T>,
     step: &'static Point,
 }
 
 // SAFETY: the cell is only reached through `with`, which holds `lock` (the unlocked variant
 // exists only in model builds, where loom reports the race instead of running into it).
-unsafe impl<T: Send> Sync for StepLock<T> {}
+unsafe impl<T: Send, L: RawLock + Sync> Sync for StepLock<T, L> {}
 
-impl<T> StepLock<T> {
+impl<T, L: RawLock> StepLock<T, L> {
     pub(crate) fn new(value: T, step: &'static Point) -> Self {
         Self {
-            lock: Mutex::new(()),
+            lock: L::default(),
             cell: UnsafeCell::new(value),
             step,
         }
@@ -30,7 +117,7 @@ impl<T> StepLock<T> {
     /// Run `f` on the data with the lock held.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let _guard = self.step.on().then(|| self.lock.lock());
+        let _guard = self.step.on().then(|| self.lock.acquire());
         // SAFETY: `_guard` holds the lock, so no other `with` call is inside the cell, and the
         // reference does not outlive the closure.
         self.cell.with_mut(|p| f(unsafe { &mut *p }))

@@ -37,10 +37,25 @@ impl Magazine {
         self.pfns.len() == self.pfns.capacity()
     }
 
-    /// Push into a magazine that is not full.
-    pub(crate) fn push(&mut self, pfn: u64) {
-        debug_assert!(!self.is_full());
+    /// Push into a magazine that is not full; `false` (nothing pushed) if it is full, so the
+    /// capacity fixed at creation is never exceeded.
+    #[must_use]
+    #[inline]
+    pub(crate) fn push(&mut self, pfn: u64) -> bool {
+        if self.is_full() {
+            return false;
+        }
         self.pfns.push(pfn);
+        true
+    }
+
+    /// Pop the most recently pushed pfn if its start is at most `max_start`.
+    #[inline]
+    pub(crate) fn pop_last_at_or_below(&mut self, max_start: u64) -> Option<u64> {
+        match self.pfns.last() {
+            Some(&p) if p <= max_start => self.pfns.pop(),
+            _ => None,
+        }
     }
 
     /// Pop the most recently pushed pfn whose start is at most `max_start` (so the range
@@ -74,9 +89,11 @@ mod tests {
     fn limited_pop_takes_the_newest_fitting_entry() {
         let mut m = Magazine::empty(4);
         for p in [100, 5, 200, 7] {
-            m.push(p);
+            assert!(m.push(p));
         }
         assert!(m.is_full());
+        assert!(!m.push(9), "full: refused");
+        assert_eq!(m.pop_last_at_or_below(6), None, "the newest entry is above");
         assert_eq!(m.pop_at_or_below(50), Some(7));
         assert_eq!(m.pop_at_or_below(50), Some(5));
         assert_eq!(

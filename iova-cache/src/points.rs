@@ -1,13 +1,19 @@
 //! The mutation points of this crate: every lock step whose omission is a bug, by name.
 //!
-//! The allocator uses no atomics whose ordering carries correctness (statistics live under the
-//! per-CPU locks), so every point is a lock step: taking a lock, or doing a multi-step update
-//! of cache state within one critical section.
+//! Most points are lock steps: taking a lock, or doing a multi-step update of cache state
+//! within one critical section. The atomics whose ordering carries correctness are the CPU
+//! slots' spin lock and the lazily published nodes of the held-range bitmap.
 
 dma_sync::mutation_points! {
     /// Take the per-CPU slot lock before touching a CPU's `loaded`/`prev` magazines (weakened:
     /// two threads on one CPU, or a flush of another CPU, race on the magazines).
     CPU_LOCK: Step = "iova.rcache.cpu_lock";
+    /// The slot spin lock is taken with an acquire swap (weakened: the next holder does not
+    /// see the previous holder's magazine writes).
+    SLOT_LOCK_ACQUIRE: Rmw = "iova.rcache.slot_lock_acquire";
+    /// The slot spin lock is released with a release store (weakened: the magazine writes of
+    /// the critical section are not published to the next holder).
+    SLOT_UNLOCK_RELEASE: Store = "iova.rcache.slot_unlock_release";
     /// Take the depot lock before pushing or popping full magazines (weakened: two CPUs
     /// exchanging magazines race on the depot stack).
     DEPOT_LOCK: Step = "iova.rcache.depot_lock";
@@ -25,4 +31,14 @@ dma_sync::mutation_points! {
     /// On allocation failure, return every cached range to the tree and retry once
     /// (weakened: ranges hoarded in other CPUs' magazines cause a false "no space").
     FLUSH_RETRY: Step = "iova.alloc.flush_retry";
+    /// A node of the held-range bitmap is installed with a release CAS (weakened: a thread
+    /// that finds the node may not see it initialised).
+    HELD_NODE_PUBLISH: Rmw = "iova.held.node_publish";
+    /// A child pointer of the held-range bitmap is read with an acquire load (weakened: the
+    /// node behind it may not be seen initialised).
+    HELD_NODE_LOAD: Load = "iova.held.node_load";
+    /// A checked free tests and clears a range's held bits in one compare-and-swap (weakened:
+    /// a load, then a store, so two racing frees of one range both succeed and the range is
+    /// cached twice).
+    HELD_RELEASE_ATOMIC: Step = "iova.held.release_atomic";
 }

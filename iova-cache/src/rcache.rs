@@ -7,11 +7,12 @@
 
 use crate::config::CACHE_CLASSES;
 use crate::faults::DEPOT_GROW;
-use crate::locked::StepLock;
+use crate::locked::{Spin, StepLock};
 use crate::magazine::Magazine;
 use crate::points::{CPU_LOCK, DEPOT_EXCHANGE_LOCKED, DEPOT_LOCK, FLUSH_TAKE_LOCKED};
 use crate::range::RangeAllocator;
-use crossbeam_utils::CachePadded;
+use dma_sync::atomic::{AtomicU64, Ordering};
+use dma_sync::CachePadded;
 use std::mem;
 
 /// One CPU's magazines of one class, and its hit/miss counters (written under the slot lock,
@@ -81,7 +82,7 @@ impl Depot {
 }
 
 struct SizeClass {
-    cpus: Box<[CachePadded<StepLock<CpuMags>>]>,
+    cpus: Box<[CachePadded<StepLock<CpuMags, Spin>>]>,
     depot: CachePadded<StepLock<Depot>>,
 }
 
@@ -100,14 +101,8 @@ pub(crate) struct Rcache {
     classes: Box<[SizeClass]>,
     mag_size: usize,
     cpus: usize,
-}
-
-/// What a free could not keep in the cache, returned to the tree after the cache locks drop.
-enum Overflow {
-    /// No fresh magazine: the freed pfn itself.
-    Pfn(u64),
-    /// No room in the depot: the full magazine that was to go there.
-    Magazine(Magazine),
+    /// Statistics only (Relaxed): see [`Rcache::refused`].
+    refused: AtomicU64,
 }
 
 /// What a slot-locked attempt to get a pfn decided.
@@ -148,11 +143,33 @@ impl Rcache {
             classes,
             mag_size,
             cpus,
+            refused: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn cpus(&self) -> usize {
         self.cpus
+    }
+
+    /// The common hit: pop the newest pfn of CPU slot `cpu`'s `loaded` magazine of class
+    /// `order` if its range ends at or below `limit`. `None` leaves everything else (and the
+    /// miss count) to [`get`](Self::get).
+    #[inline]
+    pub(crate) fn pop_hit(&self, order: u32, cpu: usize, limit: u64) -> Option<u64> {
+        let max_start = limit.checked_sub((1u64 << order) - 1)?;
+        self.classes[order as usize].cpus[cpu].with(|m| {
+            let p = m.loaded.pop_last_at_or_below(max_start)?;
+            m.hits += 1;
+            Some(p)
+        })
+    }
+
+    /// The common free: push `pfn` onto CPU slot `cpu`'s `loaded` magazine of class `order`
+    /// if it has room; `false` leaves the exchange with `prev` and the depot to
+    /// [`insert`](Self::insert).
+    #[inline]
+    pub(crate) fn push_hit(&self, order: u32, cpu: usize, pfn: u64) -> bool {
+        self.classes[order as usize].cpus[cpu].with(|m| m.loaded.push(pfn))
     }
 
     /// Take a cached pfn of class `order` whose range ends at or below `limit`, from CPU slot
@@ -225,26 +242,28 @@ impl Rcache {
         tree: &StepLock<RangeAllocator>,
     ) {
         let class = &self.classes[order];
-        let overflow = class.cpus[cpu].with(|m| {
-            let mut overflow = None;
+        let (full, uncached) = class.cpus[cpu].with(|m| {
+            let mut full = None;
             if m.loaded.is_full() {
                 if !m.prev.is_full() {
                     mem::swap(&mut m.loaded, &mut m.prev);
                 } else {
                     match class.depot.with(|d| d.trade(&mut m.loaded, self.mag_size)) {
                         Trade::Stored => {}
-                        Trade::NoRoom(full) => overflow = Some(Overflow::Magazine(full)),
-                        Trade::NoMagazine => return Some(Overflow::Pfn(pfn)),
+                        Trade::NoRoom(mag) => full = Some(mag),
+                        Trade::NoMagazine => return (None, Some(pfn)),
                     }
                 }
             }
-            m.loaded.push(pfn);
-            overflow
+            // `loaded` has room now (a non-full `prev`, or an empty magazine from the depot);
+            // should it not, the pfn goes to the tree like one without a magazine.
+            (full, (!m.loaded.push(pfn)).then_some(pfn))
         });
-        match overflow {
-            None => {}
-            Some(Overflow::Pfn(p)) => free_to_tree(tree, order, &[p]),
-            Some(Overflow::Magazine(mag)) => free_to_tree(tree, order, mag.pfns()),
+        if let Some(mag) = full {
+            self.to_tree(tree, order, mag.pfns());
+        }
+        if let Some(p) = uncached {
+            self.to_tree(tree, order, &[p]);
         }
     }
 
@@ -266,7 +285,7 @@ impl Rcache {
                         .collect()
                 }
             });
-            free_to_tree(tree, order, &pfns);
+            self.to_tree(tree, order, &pfns);
             if !take {
                 // The weakened form empties the slot in a second critical section.
                 slot.with(|m| {
@@ -285,7 +304,7 @@ impl Rcache {
         for (order, class) in self.classes.iter().enumerate() {
             let mags = class.depot.with(|d| mem::take(&mut d.full));
             for mag in &mags {
-                free_to_tree(tree, order, mag.pfns());
+                self.to_tree(tree, order, mag.pfns());
                 flushed += mag.len() as u64;
             }
         }
@@ -305,11 +324,35 @@ impl Rcache {
                 }
             });
             if let Some(mag) = excess {
-                free_to_tree(tree, order, mag.pfns());
+                self.to_tree(tree, order, mag.pfns());
                 trimmed += 1;
             }
         }
         trimmed
+    }
+
+    /// Free cached pfns of class `order` in the range allocator.
+    ///
+    /// A cached pfn is a live tree range by construction; only an unchecked double free by the
+    /// caller (the same pfn cached twice) breaks this, and then the tree refuses the second
+    /// copy and the refusal is counted (see [`crate::IovaStats::refused_cached_frees`]).
+    fn to_tree(&self, tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
+        if pfns.is_empty() {
+            return;
+        }
+        let refused = tree.with(|t| {
+            pfns.iter()
+                .filter(|&&p| t.free_tagged(p, 1 << order, true).is_err())
+                .count() as u64
+        });
+        if refused > 0 {
+            self.refused.fetch_add(refused, Ordering::Relaxed);
+        }
+    }
+
+    /// Cached frees the range allocator refused when they left the cache (statistics).
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Statistics of class `order`.
@@ -355,22 +398,4 @@ impl Rcache {
         }
         out
     }
-}
-
-/// Free cached pfns of class `order` in the range allocator.
-fn free_to_tree(tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
-    if pfns.is_empty() {
-        return;
-    }
-    tree.with(|t| {
-        for &p in pfns {
-            let freed = t.free_tagged(p, 1 << order, true);
-            // A cached pfn is a live tree range by construction; only an unchecked double
-            // free by the caller can break this, and then the tree refuses the second copy.
-            debug_assert!(
-                freed.is_ok(),
-                "cached pfn {p:#x} was not allocated: {freed:?}"
-            );
-        }
-    });
 }

@@ -39,6 +39,11 @@ pub struct IovaStats {
     pub flushes: u64,
     /// Depot magazines returned by trimming.
     pub trimmed_magazines: u64,
+    /// Cached ranges the range allocator refused when they left the cache: each is a second
+    /// copy of a range cached twice by a double free that went unchecked
+    /// ([`IovaConfig::checked_frees`](crate::IovaConfig::checked_frees) off). Always 0 with
+    /// checked frees.
+    pub refused_cached_frees: u64,
 }
 
 impl IovaStats {
@@ -70,6 +75,7 @@ impl IovaAllocator {
             ..Default::default()
         };
         if let Some(rc) = &inner.rcache {
+            s.refused_cached_frees = rc.refused();
             s.per_cpu_cached_granules = vec![0; rc.cpus()];
             for order in 0..CACHE_CLASSES {
                 let snap = rc.snapshot(order);
@@ -107,11 +113,12 @@ impl fmt::Display for IovaStats {
         )?;
         writeln!(
             f,
-            "cache: {} granules cached, {} in the depot, {} flushes, {} magazines trimmed",
+            "cache: {} granules cached, {} in the depot, {} flushes, {} magazines trimmed, {} refused cached frees",
             self.cached_granules(),
             self.depot_cached_granules,
             self.flushes,
-            self.trimmed_magazines
+            self.trimmed_magazines,
+            self.refused_cached_frees
         )?;
         for c in &self.classes {
             writeln!(

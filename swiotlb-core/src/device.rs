@@ -26,6 +26,39 @@ pub struct DeviceConfig {
     pub dma_mask: u64,
 }
 
+/// Smallest segment boundary a device may declare (`seg_boundary_mask`): one slot.
+pub const MIN_SEG_BOUNDARY_MASK: u64 = crate::IO_TLB_SIZE as u64 - 1;
+/// Largest `min_align_mask`: the pool alignment less one. Offset bits above it could not be
+/// reproduced in a transient pool, which is only `POOL_ALIGN`-aligned.
+pub const MAX_MIN_ALIGN_MASK: u64 = crate::POOL_ALIGN as u64 - 1;
+
+impl DeviceConfig {
+    /// Check the masks: `min_align_mask` of the form 2^k − 1 up to [`MAX_MIN_ALIGN_MASK`],
+    /// `seg_boundary_mask` of the form 2^k − 1 and at least [`MIN_SEG_BOUNDARY_MASK`] (a
+    /// boundary inside one slot can never be met). `dma_mask` may be anything: a pool above
+    /// it is refused per mapping ([`crate::Error::NotDmaCapable`]).
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::DeviceConfig;
+    /// assert!(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() }.validate().is_ok());
+    /// assert!(DeviceConfig { seg_boundary_mask: 0xFF, ..Default::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        use crate::align::is_low_mask;
+        let why = if !is_low_mask(self.min_align_mask) || self.min_align_mask > MAX_MIN_ALIGN_MASK {
+            "min_align_mask must be 2^k - 1 below 64 KiB"
+        } else if !is_low_mask(self.seg_boundary_mask)
+            || self.seg_boundary_mask < MIN_SEG_BOUNDARY_MASK
+        {
+            "seg_boundary_mask must be 2^k - 1 of at least one slot"
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::InvalidConfig(why))
+    }
+}
+
 impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
@@ -53,7 +86,10 @@ pub struct Device {
 
 #[derive(Debug)]
 pub(crate) struct DeviceInner {
+    /// The instance the device belongs to (0: none, its configuration was refused).
     pub(crate) mem_id: usize,
+    /// Why the configuration was refused: every operation returns it.
+    pub(crate) invalid: Option<crate::Error>,
     pub(crate) cfg: DeviceConfig,
     /// Sticky: set by the first successful map, never cleared.
     pub(crate) uses: AtomicBool,
@@ -63,10 +99,11 @@ pub(crate) struct DeviceInner {
 }
 
 impl Device {
-    pub(crate) fn new(mem_id: usize, cfg: DeviceConfig) -> Device {
+    pub(crate) fn new(mem_id: usize, cfg: DeviceConfig, invalid: Option<crate::Error>) -> Device {
         Device {
             inner: Arc::new(DeviceInner {
                 mem_id,
+                invalid,
                 cfg,
                 uses: AtomicBool::new(false),
                 lock: Mutex::new(()),

@@ -27,7 +27,9 @@
 //! * [`Direction`] picks the copies a sync or unmap makes; [`MapAttrs`] adds the allocation
 //!   alignment, `skip_cpu_sync` and zero padding.
 //! * [`OrigMemory`] is the caller's memory by physical/DMA address ([`RegionMemory`],
-//!   [`ProcessMemory`], or a guest-memory implementation).
+//!   [`ProcessMemory`], or a guest-memory implementation). It copies through [`DmaDst`] /
+//!   [`DmaSrc`]: bounce memory, which a device may touch at any moment, is never lent out as a
+//!   slice and is accessed only with atomic word accesses.
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
 //! * [`faults`]: the allocation sites (dynamic pool, transient pool, default pool) a test
 //!   can make fail with the `fault-injection` feature, each with the fallback that loses nothing.
@@ -71,14 +73,16 @@ mod mem;
 mod memory;
 pub mod points;
 mod pool;
+mod shared;
 mod slots;
 mod stats;
 
 pub use bounce::{Direction, MapAttrs};
-pub use device::{Device, DeviceConfig};
+pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};
 pub use error::{Error, MemoryError};
-pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS};
+pub use mem::{Config, PoolInfo, Swiotlb, MAX_NAREAS, MAX_NSLABS};
 pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
+pub use shared::{DmaDst, DmaSrc};
 pub use stats::{PoolStats, StatsSnapshot};
 
 /// log2 of the slot size.

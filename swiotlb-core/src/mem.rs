@@ -17,7 +17,7 @@ use crate::stats::{PoolStats, Stats, StatsSnapshot};
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
 use dma_sync::atomic::{
     AtomicBool, AtomicPtr, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release, SeqCst},
+    Ordering::{Acquire, Relaxed, Release},
 };
 use dma_sync::rcu::{self, Guard};
 use dma_sync::{Arc, Mutex};
@@ -25,8 +25,9 @@ use std::ops::Deref;
 
 /// Most areas a configuration may ask for (the kernel derives them from the CPU count).
 pub const MAX_NAREAS: usize = 1 << 16;
-/// Largest pool, in slots (8 TiB): keeps every slot count and byte size far from overflow.
-const MAX_NSLABS: usize = 1 << 32;
+/// Largest pool, in slots (32 GiB of bounce memory, 16 B of metadata per slot besides): the
+/// bound on what one configuration or one growth step may make the allocator allocate.
+pub const MAX_NSLABS: usize = 1 << 24;
 
 /// Configuration of a [`Swiotlb`] instance.
 ///
@@ -88,6 +89,33 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Check every count against its documented maximum: `nslabs` in 1..=[`MAX_NSLABS`],
+    /// `nareas` at most [`MAX_NAREAS`], `segment_slots` a power of two up to
+    /// [`crate::IO_TLB_SEGSIZE`], `growth_nslabs` at most [`MAX_NSLABS`]. [`Swiotlb::new`]
+    /// calls it before it allocates anything.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, Error, MAX_NSLABS};
+    /// assert_eq!(Config::default().validate(), Ok(()));
+    /// let huge = Config { growth_nslabs: MAX_NSLABS + 1, ..Config::default() };
+    /// assert!(matches!(huge.validate(), Err(Error::InvalidConfig(_))));
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        let why = if !self.segment_slots.is_power_of_two() || self.segment_slots > IO_TLB_SEGSIZE {
+            "segment_slots must be a power of two up to 128"
+        } else if self.nslabs == 0 || self.nslabs > MAX_NSLABS {
+            "nslabs must be in 1..=2^24"
+        } else if self.nareas > MAX_NAREAS {
+            "nareas must be at most 65536"
+        } else if self.growth_nslabs > MAX_NSLABS {
+            "growth_nslabs must be at most 2^24"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidConfig(why))
+    }
+
     /// A restricted pool: one fixed region for one device, one area, never growing, serving
     /// allocations as well as mappings.
     pub fn restricted(nslabs: usize) -> Config {
@@ -229,17 +257,7 @@ impl Swiotlb {
     /// assert!(matches!(Swiotlb::new(bad, RegionMemory::new(1)), Err(Error::InvalidConfig(_))));
     /// ```
     pub fn new(cfg: Config, memory: impl OrigMemory + 'static) -> Result<Swiotlb, Error> {
-        if !cfg.segment_slots.is_power_of_two() || cfg.segment_slots > IO_TLB_SEGSIZE {
-            return Err(Error::InvalidConfig(
-                "segment_slots must be a power of two up to 128",
-            ));
-        }
-        if cfg.nslabs == 0 || cfg.nslabs > MAX_NSLABS {
-            return Err(Error::InvalidConfig("nslabs must be in 1..=2^32"));
-        }
-        if cfg.nareas > MAX_NAREAS {
-            return Err(Error::InvalidConfig("nareas must be at most 65536"));
-        }
+        cfg.validate()?;
         let nareas = if cfg.nareas == 0 {
             dma_sync::cpu::count().min(MAX_NAREAS)
         } else {
@@ -281,7 +299,33 @@ impl Swiotlb {
     /// assert_eq!(dev.config().min_align_mask, 0xFFF);
     /// ```
     pub fn device(&self, cfg: DeviceConfig) -> Device {
-        Device::new(self.id(), cfg)
+        match cfg.validate() {
+            Ok(()) => Device::new(self.id(), cfg, None),
+            // Bound to no instance: every operation refuses it with the reason.
+            Err(e) => Device::new(0, cfg, Some(e)),
+        }
+    }
+
+    /// A new device handle, or the reason its configuration is refused
+    /// ([`DeviceConfig::validate`]). [`Swiotlb::device`] accepts any configuration and
+    /// reports an invalid one at the device's first operation instead.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let odd = DeviceConfig { min_align_mask: 0x1234, ..Default::default() };
+    /// assert!(matches!(tlb.try_device(odd), Err(Error::InvalidConfig(_))));
+    /// let dev = tlb.device(odd);
+    /// let refused = tlb.map(&dev, orig, 8, Direction::ToDevice, MapAttrs::default());
+    /// assert!(matches!(refused, Err(Error::InvalidConfig(_))));
+    /// assert_eq!(tlb.stats().used, 0);
+    /// ```
+    pub fn try_device(&self, cfg: DeviceConfig) -> Result<Device, Error> {
+        cfg.validate()?;
+        Ok(Device::new(self.id(), cfg, None))
     }
 
     /// The original memory the instance copies to and from.
@@ -296,6 +340,8 @@ impl Swiotlb {
     pub(crate) fn check_device(&self, dev: &Device) -> Result<(), Error> {
         if dev.inner.mem_id == self.id() {
             Ok(())
+        } else if let Some(e) = &dev.inner.invalid {
+            Err(e.clone())
         } else {
             Err(Error::ForeignDevice)
         }
@@ -348,7 +394,7 @@ impl Swiotlb {
 
     /// Find and allocate slots for `plan`: every pool's local area first, then the other
     /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
-    /// set and the full fence issued before the caller can hand the address on.
+    /// set and the release fence issued before the caller can hand the address on.
     #[inline]
     pub(crate) fn find_slots<'a>(
         &'a self,
@@ -366,7 +412,11 @@ impl Swiotlb {
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);
         }
-        FLAG_FENCE.fence(SeqCst);
+        // Every map, not only the flag's first store: the pool found may be one published
+        // since. A release fence suffices in C11 (it orders the earlier list reads too, and
+        // happens-before is transitive; LKMM needs the kernel's smp_mb), and costs no
+        // instruction on x86.
+        FLAG_FENCE.fence(Release);
         Ok((pool, s))
     }
 
@@ -484,7 +534,7 @@ impl Swiotlb {
             return Err(Error::GrowthDisabled);
         }
         if nslabs == 0 || nslabs > MAX_NSLABS {
-            return Err(Error::InvalidConfig("a pool has 1..=2^32 slots"));
+            return Err(Error::InvalidConfig("a pool has 1..=2^24 slots"));
         }
         let geo = Geometry::new(nslabs, self.inner.geo.nareas, self.inner.geo.seg);
         // No memory: the error returns before the list is touched.

@@ -7,30 +7,81 @@
 //! space and never overlap a pool. A guest-memory implementation (guest-physical addresses)
 //! only has to implement [`OrigMemory`].
 //!
-//! Concurrent accesses to the *same bytes* (a device writing while the CPU syncs) are a
-//! programming error, as in the kernel: the bytes read are then unspecified.
+//! A device may touch its bounce buffer at any moment, also while the CPU syncs or unmaps (a
+//! real device does not wait; an untrusted one may try on purpose). Bounce memory is therefore
+//! never lent out as a slice: an implementation receives a [`DmaDst`] or [`DmaSrc`], which it
+//! fills or reads piece by piece, and the allocator's side of the copy uses atomic word
+//! accesses (module `shared`). The bytes a racing device sees or leaves behind are then
+//! unspecified, the behaviour never undefined.
 
 use crate::error::MemoryError;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::ptr::NonNull;
+use crate::shared::{DmaDst, DmaSrc, SharedRegion};
 
 /// Memory holding original buffers, addressed by physical/DMA address.
 ///
+/// An implementation copies between its memory and a [`DmaDst`] / [`DmaSrc`] that may be
+/// bounce memory a device is accessing concurrently; it sees those bytes only as pieces copied
+/// to or from its own buffers, never as a reference into device-reachable memory. `read` and
+/// `write` on plain buffers come for free.
+///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
-/// use swiotlb_core::{OrigMemory, RegionMemory};
-/// let m = RegionMemory::new(4096);
-/// m.write(m.base() + 10, b"abc").unwrap();
+/// use std::sync::Mutex;
+/// use swiotlb_core::{DmaDst, DmaSrc, MemoryError, OrigMemory};
+///
+/// /// Original memory in a locked vector, addressed from 0.
+/// struct Locked(Mutex<Vec<u8>>);
+///
+/// impl OrigMemory for Locked {
+///     fn read_into(&self, addr: u64, mut dst: DmaDst<'_>) -> Result<(), MemoryError> {
+///         let mem = self.0.lock().unwrap();
+///         let err = MemoryError { addr, len: dst.len() };
+///         let at = usize::try_from(addr).map_err(|_| err)?;
+///         let src = mem.get(at..).and_then(|m| m.get(..dst.len())).ok_or(err)?;
+///         dst.fill_chunks(|off, piece| {
+///             piece.copy_from_slice(&src[off..off + piece.len()]);
+///             Ok(())
+///         })
+///     }
+///
+///     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+///         let mut mem = self.0.lock().unwrap();
+///         let err = MemoryError { addr, len: src.len() };
+///         let at = usize::try_from(addr).map_err(|_| err)?;
+///         let dst = mem.get_mut(at..).and_then(|m| m.get_mut(..src.len())).ok_or(err)?;
+///         src.for_each_chunk(|off, piece| {
+///             dst[off..off + piece.len()].copy_from_slice(piece);
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// let m = Locked(Mutex::new(vec![0; 4096]));
+/// m.write(10, b"abc").unwrap();
 /// let mut buf = [0u8; 3];
-/// m.read(m.base() + 10, &mut buf).unwrap();
+/// m.read(10, &mut buf).unwrap();
 /// assert_eq!(&buf, b"abc");
-/// assert!(m.read(m.base() + 4095, &mut buf).is_err());
+/// assert!(m.read(4095, &mut buf).is_err());
 /// ```
 pub trait OrigMemory: Send + Sync {
+    /// Copy `dst.len()` bytes starting at `addr` into `dst`. On error the bytes of `dst` are
+    /// unspecified (the allocator then discards them).
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError>;
+
+    /// Copy `src` to memory starting at `addr`. On error nothing should have been written
+    /// (check the whole range first): a refused sync or unmap must leave the original as it
+    /// was.
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError>;
+
     /// Copy `buf.len()` bytes starting at `addr` into `buf`.
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.read_into(addr, DmaDst::from(buf))
+    }
+
     /// Copy `data` to memory starting at `addr`.
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError>;
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.write_from(addr, DmaSrc::from(data))
+    }
 }
 
 /// The calling process's own memory: an address is a pointer value.
@@ -53,31 +104,46 @@ impl ProcessMemory {
     ///
     /// # Safety
     /// Every address later passed to `read`/`write` (directly, or as the original address of a
-    /// mapping) must be valid for the access for as long as it is used, (an address is the
-    /// pointer cast to an integer).
+    /// mapping) must be valid for the access for as long as it is used (an address is the
+    /// pointer cast to an integer), and no other thread may write those bytes during a copy
+    /// (or access them during a write): they are borrowed as a slice for the copy. In
+    /// particular an original address must not lie in a pool, which a device writes at will.
     pub unsafe fn new() -> Self {
         ProcessMemory(())
     }
 }
 
 impl OrigMemory for ProcessMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let src = addr as usize as *const u8;
-        // SAFETY: the constructor's contract makes `addr..addr+len` valid for reads.
-        unsafe { std::ptr::copy(src, buf.as_mut_ptr(), buf.len()) };
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        let len = dst.len();
+        if len == 0 {
+            // A slice needs a non-null pointer even when empty; `addr` may be anything.
+            return Ok(());
+        }
+        // SAFETY: the constructor's contract: `addr..addr+len` is valid and nobody writes it
+        // during the copy.
+        let src = unsafe { std::slice::from_raw_parts(addr as usize as *const u8, len) };
+        DmaSrc::from(src).copy_to(dst);
         Ok(())
     }
 
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let dst = addr as usize as *mut u8;
-        // SAFETY: the constructor's contract makes `addr..addr+len` valid for writes.
-        unsafe { std::ptr::copy(data.as_ptr(), dst, data.len()) };
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        let len = src.len();
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the constructor's contract: `addr..addr+len` is valid and nobody else
+        // accesses it during the copy.
+        let dst = unsafe { std::slice::from_raw_parts_mut(addr as usize as *mut u8, len) };
+        src.copy_to(DmaDst::from(dst));
         Ok(())
     }
 }
 
 /// A page-aligned, zeroed region of process memory, addressed by its process addresses and
-/// bounds-checked: a safe [`OrigMemory`] for tests, examples and simple users.
+/// bounds-checked: a safe [`OrigMemory`] for tests, examples and simple users. Its bytes are
+/// accessed only with atomic word accesses, as the pools' are, so threads (and devices given
+/// its addresses directly) may race on them without undefined behaviour.
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -89,7 +155,7 @@ impl OrigMemory for ProcessMemory {
 /// ```
 #[derive(Debug)]
 pub struct RegionMemory {
-    region: Region,
+    region: SharedRegion,
 }
 
 impl RegionMemory {
@@ -98,8 +164,8 @@ impl RegionMemory {
     /// # Panics
     /// If the system allocator fails (as `Vec` does).
     pub fn new(len: usize) -> Self {
-        let region = Region::new(len.max(1), crate::PAGE_SIZE)
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(Layout::new::<u8>()));
+        let region = SharedRegion::new(len.max(1), crate::PAGE_SIZE)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()));
         RegionMemory { region }
     }
 
@@ -120,109 +186,23 @@ impl RegionMemory {
 }
 
 impl OrigMemory for RegionMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let off = self.region.offset_of(addr, buf.len()).ok_or(MemoryError {
-            addr,
-            len: buf.len(),
-        })?;
-        self.region.read(off, buf);
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        let len = dst.len();
+        let off = self
+            .region
+            .offset_of(addr, len)
+            .ok_or(MemoryError { addr, len })?;
+        self.region.src(off, len).copy_to(dst);
         Ok(())
     }
 
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let off = self.region.offset_of(addr, data.len()).ok_or(MemoryError {
-            addr,
-            len: data.len(),
-        })?;
-        self.region.write(off, data);
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        let len = src.len();
+        let off = self
+            .region
+            .offset_of(addr, len)
+            .ok_or(MemoryError { addr, len })?;
+        src.copy_to(self.region.dst(off, len));
         Ok(())
-    }
-}
-
-/// An owned, aligned, zeroed allocation addressed by its exposed process address.
-#[derive(Debug)]
-pub(crate) struct Region {
-    ptr: NonNull<u8>,
-    layout: Layout,
-}
-
-// SAFETY: the region is plain bytes owned by this value; all access goes through raw-pointer
-// copies whose ranges callers keep disjoint (see the module documentation).
-unsafe impl Send for Region {}
-// SAFETY: as above.
-unsafe impl Sync for Region {}
-
-impl Region {
-    /// A zeroed allocation of `len` bytes aligned to `align`, or `None` if the allocator fails.
-    pub(crate) fn new(len: usize, align: usize) -> Option<Self> {
-        let layout = Layout::from_size_align(len.max(1), align).ok()?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        Some(Region { ptr, layout })
-    }
-
-    /// The address devices and [`ProcessMemory`] use for the first byte.
-    pub(crate) fn addr(&self) -> u64 {
-        self.ptr.as_ptr() as usize as u64
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.layout.size()
-    }
-
-    /// Offset of `addr..addr+len` inside the region, if it lies wholly inside.
-    pub(crate) fn offset_of(&self, addr: u64, len: usize) -> Option<usize> {
-        let off = addr.checked_sub(self.addr())?;
-        let end = off.checked_add(len as u64)?;
-        (end <= self.len() as u64).then_some(off as usize)
-    }
-
-    /// Copy out of the region. `off + buf.len()` must be within the region (checked).
-    pub(crate) fn read(&self, off: usize, buf: &mut [u8]) {
-        assert!(off + buf.len() <= self.len(), "region read out of bounds");
-        // SAFETY: in bounds (checked above); the region is live while `self` is.
-        unsafe { std::ptr::copy(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
-    }
-
-    /// Copy into the region. `off + data.len()` must be within the region (checked).
-    pub(crate) fn write(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= self.len(), "region write out of bounds");
-        // SAFETY: in bounds (checked above); the region is live while `self` is.
-        unsafe { std::ptr::copy(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) };
-    }
-
-    /// The bytes `off..off + len` (bounds checked).
-    ///
-    /// # Safety
-    /// No write to these bytes happens while the slice lives.
-    pub(crate) unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
-        assert!(off + len <= self.len(), "region slice out of bounds");
-        // SAFETY: in bounds; the caller excludes concurrent writes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
-    }
-
-    /// The bytes `off..off + len`, mutably (bounds checked).
-    ///
-    /// # Safety
-    /// No other access to these bytes happens while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= self.len(), "region slice out of bounds");
-        // SAFETY: in bounds; the caller excludes concurrent accesses.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
-    }
-
-    /// Zero `len` bytes at `off` (checked).
-    pub(crate) fn zero(&self, off: usize, len: usize) {
-        assert!(off + len <= self.len(), "region zero out of bounds");
-        // SAFETY: in bounds (checked above).
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, len) };
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }

@@ -9,9 +9,9 @@ dma_sync::mutation_points! {
     /// Map sets the device's sticky "uses bounce buffers" flag after a successful search
     /// (weakened: the store is skipped, lookups skip the device).
     FLAG_SET: Step = "swiotlb.flag.set";
-    /// Full fence after the flag store: orders the mapper's reads of the pool lists and its
-    /// flag store before the caller hands the bounce address on (kernel `smp_mb`); pairs with
-    /// `swiotlb.lookup.rmb`.
+    /// Release fence after the flag store, on every map: orders the mapper's reads of the pool
+    /// lists and its flag store before the caller hands the bounce address on (the kernel's
+    /// `smp_mb`; in C11 a release fence suffices); pairs with `swiotlb.lookup.rmb`.
     FLAG_FENCE: Fence = "swiotlb.flag.fence";
     /// Acquire fence at the start of a lookup, before the flag check (kernel `smp_rmb`): the
     /// bounce address the caller already holds is ordered before the flag and list reads.

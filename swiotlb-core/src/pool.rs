@@ -9,7 +9,7 @@
 
 use crate::align::Plan;
 use crate::error::Error;
-use crate::memory::Region;
+use crate::shared::SharedRegion;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
@@ -91,7 +91,8 @@ struct Slot {
 
 #[derive(Debug)]
 struct AreaState {
-    /// Next-fit hint, area-relative; only a hint (every value is safe).
+    /// Where the next search starts, area-relative: after the last allocation, or at the run
+    /// freed last. Only a hint (every value is safe).
     index: usize,
     /// Exact number of used slots.
     used: usize,
@@ -111,7 +112,7 @@ pub(crate) struct Pool {
     start: AtomicU64,
     end: AtomicU64,
     pub geo: Geometry,
-    region: Region,
+    region: SharedRegion,
     slots: Box<[Slot]>,
     /// Each area on its own cache lines: CPUs locking neighbouring areas share no line.
     areas: Box<[CachePadded<Area>]>,
@@ -145,7 +146,7 @@ impl Pool {
             return Err(fail);
         }
         let bytes = geo.nslabs.checked_mul(IO_TLB_SIZE).ok_or(fail.clone())?;
-        let region = Region::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
+        let region = SharedRegion::new(bytes, POOL_ALIGN).ok_or(fail.clone())?;
         let start = region.addr();
         if beyond(start.checked_add(bytes as u64 - 1), limit) {
             return Err(fail);
@@ -216,7 +217,7 @@ impl Pool {
     }
 
     /// The bounce memory of the pool.
-    pub(crate) fn region(&self) -> &Region {
+    pub(crate) fn region(&self) -> &SharedRegion {
         &self.region
     }
 
@@ -258,7 +259,6 @@ impl Pool {
 
     /// Write the metadata of a fresh allocation at `s` (called under its area lock).
     fn record(&self, s: usize, plan: &Plan) {
-        let first = s + plan.pad_slots;
         let covered = (plan.in_off + plan.mapping_size).div_ceil(IO_TLB_SIZE);
         for (k, slot) in self.slots[s..s + plan.nslots].iter().enumerate() {
             let (orig, meta) = match k.checked_sub(plan.pad_slots) {
@@ -280,7 +280,6 @@ impl Pool {
             slot.orig.store(orig, Relaxed);
             slot.meta.store(meta, Relaxed);
         }
-        debug_assert!(first < s + plan.nslots);
     }
 
     /// Metadata of slot `i` (no lock: see the module documentation).
@@ -308,6 +307,9 @@ impl Pool {
             slot.meta.store(0, Relaxed);
         }
         slots::free(&mut st.list, self.geo.seg, s - a * n, meta.nslots);
+        // The next search of the area starts at the run just freed: its bounce memory and
+        // metadata are still cached, where plain next-fit would move on to cold slots.
+        st.index = s - a * n;
         st.used -= meta.nslots;
         area.used.store(st.used, Relaxed);
         Ok(meta.nslots)

@@ -153,6 +153,147 @@ fn partial_syncs_at_every_offset() {
         .unwrap();
 }
 
+/// A sync whose direction copies nothing still checks its whole range against one live
+/// mapping (stricter than Linux, which only checks ranges it copies): `sync_for_cpu(a,
+/// usize::MAX, ToDevice)` and `sync_for_device(a + 50, 1 MiB, FromDevice)` on a 100-byte
+/// mapping used to return `Ok`.
+#[test]
+fn syncs_past_the_end_are_refused_in_every_direction() {
+    let (tlb, base) = fixed(128);
+    let dev = tlb.device(DeviceConfig::default());
+    let oor = |addr: u64, size: usize| Err(Error::OutOfRange { addr, size });
+    for dir in Direction::ALL {
+        let a = tlb.map(&dev, base + 8, 100, dir, NONE).unwrap();
+        tlb.memory().write(base + 8, &[0x42; 100]).unwrap();
+        tlb.write_bounce(&dev, a, &[0x24; 100]).unwrap();
+        for (addr, size) in [
+            (a, usize::MAX),
+            (a + 50, 1 << 20),
+            (a, 101),
+            (a + 99, 2),
+            (a + 100, 1),
+        ] {
+            assert_eq!(tlb.sync_for_cpu(&dev, addr, size, dir), oor(addr, size));
+            assert_eq!(tlb.sync_for_device(&dev, addr, size, dir), oor(addr, size));
+        }
+        // Nothing was copied either way by the refused syncs.
+        assert!(read(&tlb, base + 8, 100).iter().all(|&x| x == 0x42));
+        let mut seen = [0u8; 100];
+        tlb.read_bounce(&dev, a, &mut seen).unwrap();
+        assert!(seen.iter().all(|&x| x == 0x24));
+        // The whole mapping and its last byte are accepted.
+        tlb.sync_for_cpu(&dev, a, 100, dir).unwrap();
+        tlb.sync_for_device(&dev, a + 99, 1, dir).unwrap();
+        tlb.unmap(&dev, a, 100, dir, NONE).unwrap();
+        tlb.memory().write(base + 8, &[0; 100]).unwrap();
+    }
+    tlb.check_invariants().unwrap();
+}
+
+/// Every count of `Config` is checked against its documented maximum before anything is
+/// allocated (a growth size above the maximum used to be accepted, with the default pool
+/// allocated, and refused only at the first growth); device masks likewise, before a map
+/// takes a slot.
+#[test]
+fn configurations_are_refused_before_anything_is_allocated() {
+    use swiotlb_core::{MAX_MIN_ALIGN_MASK, MAX_NAREAS, MAX_NSLABS};
+    let refused = |cfg: Config| {
+        let r = Swiotlb::new(cfg.clone(), RegionMemory::new(64));
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidConfig(_))),
+            "{cfg:?}"
+        );
+        assert!(matches!(r, Err(Error::InvalidConfig(_))), "{cfg:?}");
+    };
+    let tiny = Config::tiny(8, 1, 8);
+    refused(Config {
+        nslabs: 0,
+        ..tiny.clone()
+    });
+    refused(Config {
+        nslabs: MAX_NSLABS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        nareas: MAX_NAREAS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        segment_slots: 256,
+        ..tiny.clone()
+    });
+    refused(Config {
+        segment_slots: 0,
+        ..tiny.clone()
+    });
+    refused(Config {
+        growth_nslabs: MAX_NSLABS + 1,
+        ..tiny.clone()
+    });
+    refused(Config {
+        growth_nslabs: usize::MAX,
+        ..Config::default()
+    });
+    assert_eq!(
+        Config {
+            growth_nslabs: MAX_NSLABS,
+            ..tiny.clone()
+        }
+        .validate(),
+        Ok(())
+    );
+
+    // 64 KiB of slots: every value of the offset bits under the largest min-align mask.
+    let (tlb, base) = fixed(32);
+    let bad = [
+        DeviceConfig {
+            min_align_mask: 0x1234,
+            ..Default::default()
+        },
+        DeviceConfig {
+            min_align_mask: MAX_MIN_ALIGN_MASK * 2 + 1,
+            ..Default::default()
+        },
+        DeviceConfig {
+            seg_boundary_mask: 0x3FF,
+            ..Default::default()
+        },
+        DeviceConfig {
+            seg_boundary_mask: 0x1000,
+            ..Default::default()
+        },
+    ];
+    for cfg in bad {
+        assert!(
+            matches!(tlb.try_device(cfg), Err(Error::InvalidConfig(_))),
+            "{cfg:?}"
+        );
+        let dev = tlb.device(cfg);
+        assert!(matches!(
+            tlb.map(&dev, base, 1, Direction::ToDevice, NONE),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            tlb.sync_for_cpu(&dev, base, 1, Direction::FromDevice),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(!tlb.is_bounce_buffer(&dev, base));
+        assert!(!dev.uses_swiotlb());
+    }
+    assert_eq!(tlb.stats().used, 0);
+    let ok = DeviceConfig {
+        min_align_mask: MAX_MIN_ALIGN_MASK,
+        ..Default::default()
+    };
+    let dev = tlb.try_device(ok).unwrap();
+    let a = tlb
+        .map(&dev, base + 0x1234, 1, Direction::ToDevice, NONE)
+        .unwrap();
+    assert_eq!((a ^ (base + 0x1234)) & MAX_MIN_ALIGN_MASK, 0);
+    tlb.unmap(&dev, a, 1, Direction::ToDevice, NONE).unwrap();
+    tlb.check_invariants().unwrap();
+}
+
 /// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
 /// claim slots beyond their end (was s390 memory corruption).
 #[test]

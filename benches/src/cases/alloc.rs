@@ -1,5 +1,6 @@
-//! The IOVA allocation cases: alloc+free pairs per size class, the fragmentation case and the
-//! asymmetric case, on ours and on every allocator peer through [`RangeAlloc`].
+//! The IOVA allocation cases: alloc+free pairs per size class, the fragmentation case (mixed
+//! sizes), the asymmetric case, and the scale sweep (random free+alloc from 1k to 1M live
+//! allocations), on ours and on every allocator peer through [`RangeAlloc`].
 
 use super::floor::CAS;
 use crate::harness::{measure, measure_units, Measurement, RunConfig};
@@ -21,11 +22,22 @@ pub fn pair(granules: u64) -> String {
         if granules == 1 { "" } else { "s" }
     )
 }
-/// Workload name of the fragmentation case.
-pub const FRAGMENTATION: &str = "fragmented: random free+alloc";
-/// Workload name of the fragmentation case at the live count the `vm-allocator` peer can
-/// be set up with ([`VM_ALLOCATOR_MAX_LIVE`]), run beside the main one when that is larger.
-pub const FRAGMENTATION_SMALL: &str = "fragmented (10k live): random free+alloc";
+/// Workload name of the fragmentation case: `Options::fragmentation_live` live allocations of
+/// 1..[`MIXED_MAX`] granules (size-aligned), then each op frees a random one and allocates a
+/// replacement of a random size.
+pub const FRAGMENTATION: &str = "fragmented, 1..64 granules: free+alloc";
+/// Workload name of the fragmentation case at the live count the peers with a linear search
+/// can be set up with ([`LINEAR_PEER_MAX_LIVE`]), run beside the main one when that is larger.
+pub const FRAGMENTATION_SMALL: &str = "fragmented (3k live), 1..64 granules: free+alloc";
+/// The largest thread count the fragmentation cases run at.
+pub const FRAGMENTATION_MAX_THREADS: usize = 2;
+/// The largest size (granules) of the fragmentation case.
+pub const MIXED_MAX: u64 = 64;
+
+/// Workload name of the scale sweep at `live` single-granule allocations.
+pub fn sweep(live: u64) -> String {
+    format!("random free+alloc, {} live", super::human_count(live))
+}
 /// Workload name of the asymmetric case.
 pub const ASYMMETRIC: &str = "asymmetric: alloc on all, free on one";
 
@@ -41,8 +53,10 @@ pub const VM_ALLOCATOR: &str = "vm-allocator + Mutex";
 /// Implementation name of the first-fit `BTreeMap` peer.
 pub const BTREE: &str = "Mutex<BTreeMap> first-fit";
 
-/// The largest fragmentation set-up the `vm-allocator` peer runs.
-pub const VM_ALLOCATOR_MAX_LIVE: usize = 10_000;
+/// The largest fragmentation set-up the peers with a linear search (`vm-allocator`, the
+/// first-fit `BTreeMap`) run: with mixed sizes, alignment leaves small holes low in the space
+/// that every later allocation walks past, so setting up N allocations costs O(N²).
+pub const LINEAR_PEER_MAX_LIVE: usize = 3_000;
 
 /// An allocator factory: a fresh, empty allocator per run.
 pub type Factory<A> = Arc<dyn Fn() -> A + Send + Sync>;
@@ -79,13 +93,11 @@ pub fn cases_for<A: RangeAlloc + 'static>(
     let live = opts.fragmentation_live;
     if fragmentation {
         let m = make.clone();
-        v.push(Case::new(
-            c,
-            FRAGMENTATION,
-            implementation,
-            role,
-            move |cfg, t| fragmented(cfg, t, &m(), live),
-        ));
+        let case = Case::new(c, FRAGMENTATION, implementation, role, move |cfg, t| {
+            fragmented(cfg, t, &m(), live, MIXED_MAX)
+        });
+        // Setting up 300k live allocations per run is the slow part: no oversubscribed runs.
+        v.push(case.up_to(FRAGMENTATION_MAX_THREADS));
     }
     let m = make;
     v.push(Case::new(
@@ -161,19 +173,34 @@ impl XorShift {
     }
 }
 
-/// `live` single-granule allocations spread over the threads (made before the clock starts),
-/// then each op frees a random one of the thread's and allocates a replacement.
-fn fragmented<A: RangeAlloc>(cfg: &RunConfig, threads: usize, a: &A, live: usize) -> Measurement {
+/// `live` allocations of 1..=`max_size` granules spread over the threads (made before the clock
+/// starts), then each op frees a random one of the thread's and allocates a replacement of a
+/// random size in the same range.
+fn fragmented<A: RangeAlloc>(
+    cfg: &RunConfig,
+    threads: usize,
+    a: &A,
+    live: usize,
+    max_size: u64,
+) -> Measurement {
     let per_thread = (live / threads).max(1);
     measure(cfg, threads, |t| {
-        let mut held: Vec<Option<u64>> = (0..per_thread).map(|_| a.alloc(1)).collect();
         let mut rng = XorShift::new(t as u64 + 1);
+        let mut size = move || 1 + rng.below(max_size as usize) as u64;
+        let mut held: Vec<Option<(u64, u64)>> = (0..per_thread)
+            .map(|_| {
+                let g = size();
+                a.alloc(g).map(|x| (x, g))
+            })
+            .collect();
+        let mut pick = XorShift::new(t as u64 + 101);
         move || {
-            let slot = &mut held[rng.below(per_thread)];
-            if let Some(x) = slot.take() {
-                a.free(x, 1);
+            let slot = &mut held[pick.below(per_thread)];
+            if let Some((x, g)) = slot.take() {
+                a.free(x, g);
             }
-            *slot = a.alloc(1);
+            let g = size();
+            *slot = a.alloc(g).map(|x| (x, g));
         }
     })
 }
@@ -236,17 +263,15 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     let mut omitted = Vec::new();
     // Peers run the smallest size class only: that is where the targets compare.
     let peer_granules = &opts.granules[..opts.granules.len().min(1)];
-    // vm-allocator's first-match walk is linear in the live allocations, so building 300k of
-    // them is quadratic (minutes); its fragmentation case runs only at small live counts.
-    // It runs a smaller fragmentation case instead, next to ours.
-    let vm_fragmentation = opts.fragmentation_live <= VM_ALLOCATOR_MAX_LIVE;
-    if !vm_fragmentation {
+    let linear_fragmentation = opts.fragmentation_live <= LINEAR_PEER_MAX_LIVE;
+    if !linear_fragmentation {
         omitted.push(Omitted {
             component: Component::Iova,
-            what: format!("{FRAGMENTATION} on {VM_ALLOCATOR}"),
+            what: format!("{FRAGMENTATION} on {VM_ALLOCATOR} and {BTREE}"),
             reason: format!(
-                "its first-match search is linear in live allocations: setting up {} of them \
-                 would take minutes; it runs the {VM_ALLOCATOR_MAX_LIVE}-live case instead",
+                "their search is linear in the holes alignment leaves: setting up {} mixed-size \
+                 allocations would take minutes; they run the {LINEAR_PEER_MAX_LIVE}-live case \
+                 instead",
                 opts.fragmentation_live
             ),
         });
@@ -281,7 +306,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         VM_ALLOCATOR,
         Role::Peer,
         peer_granules,
-        vm_fragmentation,
+        linear_fragmentation,
         Arc::new(|| VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE)),
     ));
     v.extend(cases_for(
@@ -289,25 +314,48 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         BTREE,
         Role::Peer,
         peer_granules,
-        true,
+        linear_fragmentation,
         Arc::new(|| BTreeFirstFit::new(SPACE_BASE, SPACE_SIZE)),
     ));
-    if !vm_fragmentation {
-        let (c, live) = (Component::Iova, VM_ALLOCATOR_MAX_LIVE);
-        v.push(Case::new(
-            c,
-            FRAGMENTATION_SMALL,
+    if !linear_fragmentation {
+        let live = LINEAR_PEER_MAX_LIVE;
+        let small = |implementation, role, make: Factory<Box<dyn RangeAlloc + Send>>| {
+            Case::new(
+                Component::Iova,
+                FRAGMENTATION_SMALL,
+                implementation,
+                role,
+                move |cfg, t| fragmented(cfg, t, &make(), live, MIXED_MAX),
+            )
+            .up_to(FRAGMENTATION_MAX_THREADS)
+        };
+        v.push(small(
             OURS,
             Role::Ours,
-            move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), live),
+            Arc::new(|| Box::new(Ours::new(|_| ()))),
         ));
-        v.push(Case::new(
-            c,
-            FRAGMENTATION_SMALL,
+        v.push(small(
             VM_ALLOCATOR,
             Role::Peer,
-            move |cfg, t| fragmented(cfg, t, &VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE), live),
+            Arc::new(|| Box::new(VmAllocatorPeer::new(SPACE_BASE, SPACE_SIZE))),
         ));
+        v.push(small(
+            BTREE,
+            Role::Peer,
+            Arc::new(|| Box::new(BTreeFirstFit::new(SPACE_BASE, SPACE_SIZE))),
+        ));
+    }
+    for &n in &opts.sweep {
+        v.push(
+            Case::new(
+                Component::Iova,
+                sweep(n),
+                OURS,
+                Role::Ours,
+                move |cfg, t| fragmented(cfg, t, &Ours::new(|_| ()), n as usize, 1),
+            )
+            .up_to(1),
+        );
     }
     (v, omitted)
 }

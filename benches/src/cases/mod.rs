@@ -38,3 +38,18 @@ pub fn human_bytes(n: u64) -> String {
         n => format!("{n} B"),
     }
 }
+
+/// A count the way the sweeps name it ("1k", "10k", "1M", "1500").
+///
+/// ```
+/// assert_eq!(dma_bench::cases::human_count(1_000_000), "1M");
+/// assert_eq!(dma_bench::cases::human_count(10_000), "10k");
+/// assert_eq!(dma_bench::cases::human_count(1_500), "1500");
+/// ```
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}

@@ -1,8 +1,11 @@
-//! The page-table cases: map+unmap of 4 KiB, 2 MiB and 256×4 KiB, and translation with 0 and 1
-//! concurrent writers, on ours and on the mapping-store peers through [`MappingStore`].
+//! The page-table cases: map+unmap of 4 KiB, 2 MiB and 256×4 KiB; translation with 0 and 1
+//! concurrent writers, in the two kinds of the chase floor (dependent: each IOVA comes from the
+//! previous translation; independent: IOVAs from a counter); translation under a guard held
+//! across calls; and the scale sweep (dependent translation from 1k to 1M live mappings), on
+//! ours and on the mapping-store peers through [`MappingStore`].
 
-use super::floor::{CAS, CHASE, FIRST_PAGE};
-use crate::floor::scrambled_pages;
+use super::floor::{cycle, dependent_start, CAS, CHASE_DEP, CHASE_INDEP};
+use crate::floor::{scrambled_pages, Cycle};
 use crate::harness::{measure, measure_with_background, paced, Measurement, RunConfig};
 use crate::peers::mapping::{ChMappingStore, IotlbPeer, MappingStore};
 use crate::suite::{Case, Component, Omitted, Options, Role};
@@ -17,19 +20,45 @@ pub const MAP_4K: &str = "map+unmap 4 KiB";
 pub const MAP_2M: &str = "map+unmap 2 MiB";
 /// Workload name of map+unmap of 256 4 KiB pages in one call.
 pub const MAP_256: &str = "map+unmap 256×4 KiB";
-/// Workload name of translation (each call takes its own read-side protection), no writer.
-pub const TRANSLATE_0: &str = "translate (0 writers)";
-/// Workload name of translation racing one writer that maps and unmaps elsewhere as fast as it
-/// can.
-pub const TRANSLATE_1: &str = "translate (1 writer)";
-/// Workload name of translation racing a writer throttled to `rate` map+unmap pairs per second.
+/// Workload name of independent translation (each call takes its own read-side protection),
+/// no writer.
+pub const TRANSLATE_0: &str = "translate, independent (0 writers)";
+/// Workload name of independent translation racing one writer that maps and unmaps elsewhere
+/// as fast as it can.
+pub const TRANSLATE_1: &str = "translate, independent (1 writer)";
+/// Workload name of dependent translation, no writer.
+pub const TRANSLATE_DEP_0: &str = "translate, dependent (0 writers)";
+/// Workload name of dependent translation racing one writer.
+pub const TRANSLATE_DEP_1: &str = "translate, dependent (1 writer)";
+/// Workload name of independent translation racing a writer throttled to `rate` map+unmap
+/// pairs per second.
 pub fn translate_paced(rate: u64) -> String {
-    format!("translate (1 writer at {}k/s)", rate as f64 / 1000.0)
+    format!(
+        "translate, independent (1 writer at {}k/s)",
+        rate as f64 / 1000.0
+    )
 }
-/// Workload name of translation under a read guard the thread already holds, no writer.
-pub const GUARDED_0: &str = "translate, guard held (0 writers)";
-/// Workload name of translation under an already-held guard, one writer.
-pub const GUARDED_1: &str = "translate, guard held (1 writer)";
+/// Workload name of dependent translation under a read guard the thread already holds.
+pub const GUARDED_DEP: &str = "translate, guard held, dependent";
+/// Workload name of independent translation under a read guard the thread already holds.
+pub const GUARDED_INDEP: &str = "translate, guard held, independent";
+
+/// Workload name of the scale sweep: dependent translation with `mappings` live 4 KiB mappings.
+pub fn sweep(mappings: u64) -> String {
+    format!(
+        "translate, dependent, {} mappings",
+        super::human_count(mappings)
+    )
+}
+
+/// Whether each translated IOVA comes from the previous translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Each IOVA is the page the previous translation returned (latency).
+    Dependent,
+    /// IOVAs from a counter, scrambled (throughput).
+    Independent,
+}
 
 /// Implementation name of the cloud-hypervisor-style store.
 pub const CH_STORE: &str = "RwLock<BTreeMap> (cloud-hypervisor)";
@@ -99,9 +128,17 @@ impl MappingStore for OursMutex {
 pub fn map_region(t: usize) -> u64 {
     (1 << 38) + ((t as u64) << 32)
 }
+/// Base of the output addresses of every mapping.
+const PHYS_BASE: u64 = 1 << 44;
+
 /// The output address every mapping of page `page` points to.
 pub fn phys_of(page: u64) -> u64 {
-    (page << 12) + (1 << 44)
+    (page << 12) + PHYS_BASE
+}
+
+/// The page whose mapping [`phys_of`] gives `phys` (inside the page).
+pub fn page_of(phys: u64) -> u64 {
+    (phys - PHYS_BASE) >> 12
 }
 /// Where the racing writer maps and unmaps (away from the translated pages).
 pub const WRITER_REGION: u64 = 1 << 37;
@@ -119,10 +156,12 @@ pub fn map_unmap_op<S: MappingStore + ?Sized>(store: &S, t: usize, size: u64) ->
     }
 }
 
-/// Map `pages` 4 KiB pages from [`FIRST_PAGE`] on (the translation working set).
-pub fn populate<S: MappingStore + ?Sized>(store: &S, pages: u64) {
-    for p in FIRST_PAGE..FIRST_PAGE + pages {
-        store.map(p << 12, phys_of(p), 4096);
+/// Map every page of `cycle` (the translation working set) to the frame of the page that
+/// follows it on the cycle, so a dependent translation finds its next IOVA in its output.
+pub fn populate<S: MappingStore + ?Sized>(store: &S, cycle: &Cycle) {
+    let first = cycle.first_page();
+    for p in first..first + cycle.pages() {
+        store.map(p << 12, phys_of(cycle.next(p)), 4096);
     }
 }
 
@@ -138,29 +177,81 @@ pub fn writer_op<S: MappingStore + ?Sized>(store: &S) -> impl FnMut() + Send + '
     }
 }
 
-/// Translate pages of the working set in the chase floor's order, one per op; with `writer`,
-/// racing [`writer_op`] on its own thread.
-fn translate_run<S: MappingStore>(
-    cfg: &RunConfig,
+/// One thread's translation op over `cycle` through `translate` (IOVA → output address), in the
+/// order `DEPENDENT` says (a constant, so the op has no branch the chase floor has not).
+fn translate_op<'a, const DEPENDENT: bool>(
+    translate: impl Fn(u64) -> Option<u64> + 'a,
+    cycle: &Cycle,
     t: usize,
-    store: &S,
-    pages: u64,
-    writer: Option<u64>,
-) -> Measurement {
-    let make = |t: usize| {
-        let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
-        move || {
-            black_box(store.translate(black_box(next() << 12)));
+) -> impl FnMut() + 'a {
+    let mut next = scrambled_pages(cycle.first_page(), cycle.pages(), t as u64 * 7919);
+    let start = dependent_start(cycle, t);
+    let mut page = start;
+    move || {
+        if DEPENDENT {
+            page = black_box(translate(page << 12)).map_or(start, page_of);
+        } else {
+            black_box(translate(black_box(next() << 12)));
         }
-    };
-    match writer {
-        Some(rate) => measure_with_background(cfg, t, paced(rate, writer_op(store)), make),
-        None => measure(cfg, t, make),
     }
 }
 
-/// The map+unmap and translation cases of one store implementation; `sizes` are the map+unmap
-/// workloads it runs.
+/// Measure translation over `cycle` in `order` on `threads` threads, each translating through
+/// what `translator(t)` returns (built in thread `t`); with `writer`, racing it on its own
+/// thread.
+pub fn measure_translation<T, W>(
+    cfg: &RunConfig,
+    threads: usize,
+    order: Order,
+    cycle: &Cycle,
+    writer: Option<W>,
+    translator: impl Fn(usize) -> T + Sync,
+) -> Measurement
+where
+    T: Fn(u64) -> Option<u64>,
+    W: FnMut() + Send,
+{
+    let dep = |t| translate_op::<true>(translator(t), cycle, t);
+    let indep = |t| translate_op::<false>(translator(t), cycle, t);
+    match (order, writer) {
+        (Order::Dependent, None) => measure(cfg, threads, dep),
+        (Order::Independent, None) => measure(cfg, threads, indep),
+        (Order::Dependent, Some(w)) => measure_with_background(cfg, threads, w, dep),
+        (Order::Independent, Some(w)) => measure_with_background(cfg, threads, w, indep),
+    }
+}
+
+/// A translation case of one store: `pages` mapped, translated in `order`, with a writer at
+/// `writer` pairs per second (`Some(0)`: flat out) or none.
+fn translate_case<S: MappingStore + 'static>(
+    (name, implementation, role): (String, &str, Role),
+    pages: u64,
+    order: Order,
+    writer: Option<u64>,
+    make: Arc<dyn Fn() -> S + Send + Sync>,
+) -> Case {
+    let floor = match order {
+        Order::Dependent => CHASE_DEP,
+        Order::Independent => CHASE_INDEP,
+    };
+    Case::new(
+        Component::Pgtable,
+        name,
+        implementation,
+        role,
+        move |cfg, t| {
+            let s = make();
+            let cycle = cycle(pages);
+            populate(&s, &cycle);
+            let w = writer.map(|rate| paced(rate, writer_op(&s)));
+            measure_translation(cfg, t, order, &cycle, w, |_| |iova| s.translate(iova))
+        },
+    )
+    .with_floor(floor)
+}
+
+/// The map+unmap and independent translation cases of one store implementation; `sizes` are
+/// the map+unmap workloads it runs.
 pub fn store_cases<S: MappingStore + Send + 'static>(
     opts: &Options,
     implementation: &str,
@@ -187,44 +278,68 @@ pub fn store_cases<S: MappingStore + Send + 'static>(
         (translate_paced(rate), Some(rate)),
     ];
     for (name, writer) in workloads {
-        let make = make.clone();
-        v.push(
-            Case::new(c, name, implementation, role, move |cfg, t| {
-                let s = make();
-                populate(&s, pages);
-                translate_run(cfg, t, &s, pages, writer)
-            })
-            .with_floor(CHASE),
-        );
+        v.push(translate_case(
+            (name, implementation, role),
+            pages,
+            Order::Independent,
+            writer,
+            make.clone(),
+        ));
     }
     v
 }
 
-/// Translation under a reader pinned once per thread before the clock starts, with 0 and 1
-/// writers.
-fn guarded_cases(opts: &Options) -> Vec<Case> {
-    let pages = opts.translate_pages;
-    [(GUARDED_0, None), (GUARDED_1, Some(0))]
+/// Our dependent translation cases (0 and 1 writer) and the scale sweep.
+fn dependent_cases(opts: &Options) -> Vec<Case> {
+    let make: Arc<dyn Fn() -> Ours + Send + Sync> = Arc::new(Ours::new);
+    let mut v: Vec<Case> = [(TRANSLATE_DEP_0, None), (TRANSLATE_DEP_1, Some(0))]
         .into_iter()
         .map(|(name, writer)| {
-            Case::new(Component::Pgtable, name, OURS, Role::Ours, move |cfg, t| {
-                let s = Ours::new();
-                populate(&s, pages);
-                let make = |t: usize| {
-                    let reader = s.0.reader();
-                    let mut next = scrambled_pages(FIRST_PAGE, pages, t as u64 * 7919);
-                    move || {
-                        black_box(reader.translate(black_box(next() << 12)));
-                    }
-                };
-                match writer {
-                    Some(rate) => measure_with_background(cfg, t, paced(rate, writer_op(&s)), make),
-                    None => measure(cfg, t, make),
-                }
-            })
-            .with_floor(CHASE)
+            translate_case(
+                (name.into(), OURS, Role::Ours),
+                opts.translate_pages,
+                Order::Dependent,
+                writer,
+                make.clone(),
+            )
         })
-        .collect()
+        .collect();
+    for &n in &opts.sweep {
+        let case = translate_case(
+            (sweep(n), OURS, Role::Ours),
+            n,
+            Order::Dependent,
+            None,
+            make.clone(),
+        );
+        v.push(case.up_to(1));
+    }
+    v
+}
+
+/// Translation under a reader pinned once per thread before the clock starts, no writer, in
+/// both orders.
+fn guarded_cases(opts: &Options) -> Vec<Case> {
+    let pages = opts.translate_pages;
+    [
+        (GUARDED_DEP, Order::Dependent, CHASE_DEP),
+        (GUARDED_INDEP, Order::Independent, CHASE_INDEP),
+    ]
+    .into_iter()
+    .map(|(name, order, floor)| {
+        Case::new(Component::Pgtable, name, OURS, Role::Ours, move |cfg, t| {
+            let s = Ours::new();
+            let cycle = cycle(pages);
+            populate(&s, &cycle);
+            let translator = |_| {
+                let reader = s.0.reader();
+                move |iova| reader.translate(iova).map(|x| x.paddr)
+            };
+            measure_translation(cfg, t, order, &cycle, None::<fn()>, translator)
+        })
+        .with_floor(floor)
+    })
+    .collect()
 }
 
 /// The page-table cases selected by `opts`: ours, ours behind a lock, and the peers.
@@ -241,6 +356,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         &all_sizes,
         Arc::new(Ours::new),
     ));
+    v.extend(dependent_cases(opts));
     v.extend(guarded_cases(opts));
     v.extend(store_cases(
         opts,

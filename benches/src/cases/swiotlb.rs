@@ -1,6 +1,7 @@
 //! The bounce-buffer cases: map+copy+unmap in both directions, pool growth under pressure, the
-//! one-area peer (our allocator with the single global lock Linux had before areas) and the
-//! per-I/O allocation peer.
+//! scale sweep (a 4 KiB bounce with 1k to 1M slots held by other mappings), the one-area peer
+//! (our allocator with the single global lock Linux had before areas) and the per-I/O
+//! allocation peer.
 
 use super::floor::memcpy;
 use super::human_bytes;
@@ -37,6 +38,14 @@ pub fn bounce(size: usize, dir: Dir) -> String {
         Dir::FromDevice => "from device",
     };
     format!("bounce {} {d}", human_bytes(size as u64))
+}
+
+/// Workload name of the scale sweep: a 4 KiB bounce to the device while `used` slots are held.
+pub fn used_sweep(used: u64) -> String {
+    format!(
+        "bounce 4 KiB to device, {} slots used",
+        super::human_count(used)
+    )
 }
 
 /// Workload name of the growth case.
@@ -146,6 +155,29 @@ fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
     })
 }
 
+/// A 4 KiB bounce to the device on a pool of `used + free` slots of which `used` are held by
+/// one-slot mappings, made by the measuring thread before the clock starts (so they fill its
+/// own area first, then the others, as a busy CPU does).
+fn used_run(cfg: &RunConfig, threads: usize, used: usize, free: usize) -> Measurement {
+    let pool = Config {
+        nslabs: used + free,
+        stats: false,
+        ..Config::default()
+    };
+    let (tlb, base) = instance(pool, threads);
+    let dev = tlb.device(DeviceConfig::default());
+    let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
+    measure(cfg, threads, |t| {
+        let orig = base + (t * ORIG_PER_THREAD) as u64;
+        let per_thread = used / threads;
+        // The held mappings stay until the pool is dropped after the run.
+        for _ in 0..per_thread {
+            let _ = tlb.map(&dev, orig, swiotlb_core::IO_TLB_SIZE, dir, attrs);
+        }
+        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, dir)
+    })
+}
+
 /// The bounce cases selected by `opts`.
 pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     if !opts.has(Component::Swiotlb) {
@@ -179,6 +211,12 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         }
     }
     v.push(Case::new(c, GROWTH, OURS, Role::Ours, growth_run));
+    for &used in &opts.sweep {
+        let case = Case::new(c, used_sweep(used), OURS, Role::Ours, move |cfg, t| {
+            used_run(cfg, t, used as usize, slots)
+        });
+        v.push(case.with_floor(memcpy(PEER_SIZE)).up_to(1));
+    }
     for dir in [Dir::ToDevice, Dir::FromDevice] {
         v.push(
             Case::new(

@@ -17,3 +17,14 @@ pub trait RangeAlloc: Sync {
 
 /// The granule every allocator case uses (4 KiB).
 pub const GRANULE: u64 = 4096;
+
+/// A boxed allocator is one too (for lists of cases over different allocators).
+impl<A: RangeAlloc + ?Sized> RangeAlloc for Box<A> {
+    fn alloc(&self, granules: u64) -> Option<u64> {
+        (**self).alloc(granules)
+    }
+
+    fn free(&self, addr: u64, granules: u64) {
+        (**self).free(addr, granules)
+    }
+}

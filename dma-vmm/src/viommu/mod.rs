@@ -5,7 +5,15 @@
 //! and fails with `INVAL` if any byte is already mapped; UNMAP removes every mapping inside
 //! its range, succeeds when there is none, and fails with `RANGE`, changing nothing, if it
 //! would split a mapping; an ATTACH moves an endpoint attached elsewhere; a domain disappears
-//! with its last endpoint; PROBE reports the page-size mask and the reserved regions.
+//! with its last endpoint; PROBE reports the reserved regions, which MAP refuses to map.
+//! Every MUST and SHOULD of the specification's device sections is a row of the
+//! conformance table in `tests/conformance.rs`.
+//!
+//! What the guest sees is consistent with what the device does: the offered features
+//! ([`ViommuConfig::offered_features`]), the config space ([`Viommu::config_space`]) and its
+//! `bypass` field, which decides whether endpoints attached to no domain are blocked or in
+//! bypass mode (identity translation) and which the driver may write
+//! ([`Viommu::write_config`]) once `VIRTIO_IOMMU_F_BYPASS_CONFIG` is negotiated.
 //!
 //! Device threads translate through a [`DeviceEndpoint`] handle: a lock-free page-table walk
 //! (no lock, no shared write), done inside a read section that also covers the copy
@@ -36,94 +44,23 @@
 //! assert!(v.mappings(1).unwrap().is_empty());
 //! ```
 
+mod config;
+mod faults;
 mod mappings;
 mod request;
 pub mod wire;
 
+pub use config::*;
+pub use faults::*;
 pub use mappings::{MapConflict, Mapping, MappingTree};
 pub use request::*;
 
 use crate::quiesce;
 use crate::translate::{self, Fault, Leaf, Segment, Translate};
 use dma_sync::{Arc, Mutex, Published};
-use io_pgtable::{Config, PageTable, Prot};
+use io_pgtable::{PageTable, Prot};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-
-/// Device configuration (the virtio-iommu config space, plus caps).
-#[derive(Debug, Clone)]
-pub struct ViommuConfig {
-    /// Page-table format of every translated domain; its page sizes are the page-size mask.
-    pub pgtable: Config,
-    /// IOVAs a mapping may use, inclusive (`input_range` of the config space).
-    pub input_range: (u64, u64),
-    /// Domain ids the driver may use, inclusive (`domain_range`).
-    pub domain_range: (u32, u32),
-    /// Most domains alive at once (cloud-hypervisor: 2^16).
-    pub max_domains: usize,
-    /// Most mappings per domain (cloud-hypervisor: 2^20).
-    pub max_mappings_per_domain: usize,
-    /// Whether ATTACH may ask for a bypass domain (`VIRTIO_IOMMU_F_BYPASS_CONFIG`).
-    pub bypass: bool,
-    /// Reserved regions of every endpoint (e.g. the MSI doorbell window).
-    pub reserved: Vec<ReservedRegion>,
-}
-
-impl Default for ViommuConfig {
-    /// 4 KiB granule, 48-bit IOVAs, the whole input range, every domain id, the caps of
-    /// cloud-hypervisor, bypass allowed, no reserved regions.
-    fn default() -> Self {
-        ViommuConfig {
-            pgtable: Config::s1_4k(48),
-            input_range: (0, (1 << 48) - 1),
-            domain_range: (0, u32::MAX),
-            max_domains: 1 << 16,
-            max_mappings_per_domain: 1 << 20,
-            bypass: true,
-            reserved: Vec::new(),
-        }
-    }
-}
-
-/// Why the device or an endpoint cannot be set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ViommuError {
-    /// The page-table configuration is invalid.
-    PageTable(io_pgtable::Error),
-    /// The input range is empty or exceeds the page table's input size.
-    InputRange {
-        /// The rejected range.
-        range: (u64, u64),
-    },
-    /// The domain range is empty.
-    DomainRange,
-    /// A reserved region ends before it starts.
-    ReservedRegion(ReservedRegion),
-    /// An endpoint with this id already exists.
-    EndpointExists(u32),
-}
-
-impl fmt::Display for ViommuError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ViommuError::PageTable(e) => write!(f, "page-table configuration: {e}"),
-            ViommuError::InputRange { range } => {
-                write!(
-                    f,
-                    "input range {:#x}..={:#x} is empty or too large",
-                    range.0, range.1
-                )
-            }
-            ViommuError::DomainRange => f.write_str("domain range is empty"),
-            ViommuError::ReservedRegion(r) => {
-                write!(f, "reserved region {:#x}..={:#x} is empty", r.start, r.end)
-            }
-            ViommuError::EndpointExists(id) => write!(f, "endpoint {id} already exists"),
-        }
-    }
-}
-
-impl std::error::Error for ViommuError {}
 
 /// What a domain translates with.
 enum DomainKind {
@@ -172,23 +109,52 @@ impl Translate for Domain {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         match &self.kind {
             DomainKind::Translated(pt) => pt.lookup(iova),
-            DomainKind::Bypass => Ok(Leaf {
-                paddr: iova,
-                len: (u64::MAX - iova).saturating_add(1),
-                prot: Prot::READ | Prot::WRITE,
-            }),
+            DomainKind::Bypass => Ok(identity(iova)),
         }
+    }
+}
+
+/// Bypass mode: the identity translation, read and write, to the end of the address space.
+fn identity(iova: u64) -> Leaf {
+    Leaf {
+        paddr: iova,
+        len: (u64::MAX - iova).saturating_add(1),
+        prot: Prot::READ | Prot::WRITE,
     }
 }
 
 /// What an endpoint currently translates through.
 enum Attachment {
+    /// Attached to no domain, config field `bypass` 0: every access faults.
     Blocked,
+    /// Attached to no domain, config field `bypass` 1: bypass mode (identity).
+    Bypass,
+    /// Attached to a domain.
     Domain(Arc<Domain>),
+}
+
+impl Attachment {
+    /// The state of an endpoint attached to no domain, given the config field `bypass`.
+    fn unattached(bypass: bool) -> Arc<Attachment> {
+        Arc::new(if bypass {
+            Attachment::Bypass
+        } else {
+            Attachment::Blocked
+        })
+    }
+
+    fn domain_id(&self) -> Option<u32> {
+        match self {
+            Attachment::Domain(d) => Some(d.id),
+            Attachment::Blocked | Attachment::Bypass => None,
+        }
+    }
 }
 
 struct EndpointState {
     id: u32,
+    /// The device's fault log, shared by its endpoints.
+    faults: Arc<FaultLog>,
     /// Device-wide reserved regions followed by the endpoint's own, sorted by start.
     reserved: Vec<ReservedRegion>,
     attached: Published<Attachment>,
@@ -220,9 +186,16 @@ impl DeviceEndpoint {
 
     /// The domain the endpoint is attached to, if any.
     pub fn domain(&self) -> Option<u32> {
+        self.state.attached.load().domain_id()
+    }
+
+    /// Whether the endpoint is in bypass mode: attached to no domain while the config field
+    /// `bypass` is 1, or attached to a bypass domain.
+    pub fn in_bypass_mode(&self) -> bool {
         match &**self.state.attached.load() {
-            Attachment::Blocked => None,
-            Attachment::Domain(d) => Some(d.id),
+            Attachment::Blocked => false,
+            Attachment::Bypass => true,
+            Attachment::Domain(d) => d.is_bypass(),
         }
     }
 
@@ -270,6 +243,7 @@ impl Translate for DeviceEndpoint {
         }
         let mut leaf = match &**self.state.attached.load() {
             Attachment::Blocked => return Err(Fault::Detached),
+            Attachment::Bypass => identity(iova),
             Attachment::Domain(d) => d.lookup(iova)?,
         };
         // A leaf (a bypass window) never reaches into the next reserved region.
@@ -277,6 +251,12 @@ impl Translate for DeviceEndpoint {
             leaf.len = leaf.len.min(r.start - iova);
         }
         Ok(leaf)
+    }
+
+    fn report(&self, fault: &Fault, access: Prot) {
+        self.state
+            .faults
+            .push(FaultRecord::new(self.state.id, fault, access));
     }
 }
 
@@ -287,10 +267,41 @@ struct DomainSlot {
     mappings: MappingTree,
 }
 
-#[derive(Default)]
 struct Control {
     endpoints: BTreeMap<u32, Arc<EndpointState>>,
     domains: BTreeMap<u32, DomainSlot>,
+    /// The config field `bypass`: endpoints attached to no domain are in bypass mode.
+    bypass: bool,
+    /// The device-specific features the driver accepted.
+    driver_features: u64,
+    /// Mappings of all domains together (bounded by `max_mappings`).
+    mapped: usize,
+}
+
+impl Control {
+    /// Publish the state `bypass` gives every endpoint attached to no domain (blocked or in
+    /// bypass mode); says whether one of them left bypass mode, which needs a grace period.
+    fn publish_unattached(&mut self) -> bool {
+        let mut removed = false;
+        for ep in self.endpoints.values() {
+            let (unattached, in_bypass) = {
+                let now = ep.attached.load();
+                (
+                    now.domain_id().is_none(),
+                    matches!(**now, Attachment::Bypass),
+                )
+            };
+            if unattached {
+                removed |= in_bypass && !self.bypass;
+                ep.attached.store(Attachment::unattached(self.bypass));
+            }
+        }
+        removed
+    }
+
+    fn negotiated(&self, feature: u64) -> bool {
+        self.driver_features & feature != 0
+    }
 }
 
 /// The virtio-iommu device. See the [module documentation](self).
@@ -299,6 +310,8 @@ pub struct Viommu {
     page_size_mask: u64,
     /// The control path: requests are serialised here; devices never take this lock.
     control: Mutex<Control>,
+    /// Faults met by the endpoints' devices, waiting for the event queue.
+    faults: Arc<FaultLog>,
 }
 
 impl fmt::Debug for Viommu {
@@ -310,25 +323,23 @@ impl fmt::Debug for Viommu {
 }
 
 impl Viommu {
-    /// A device with no endpoints.
+    /// A device with no endpoints, its configuration validated first (nothing is allocated
+    /// for a rejected one). Until [`Viommu::set_driver_features`] says otherwise, the driver
+    /// is taken to accept every offered feature.
     pub fn new(config: ViommuConfig) -> Result<Viommu, ViommuError> {
-        let geom = config.pgtable.geometry().map_err(ViommuError::PageTable)?;
-        let (lo, hi) = config.input_range;
-        if lo > hi || (geom.ias() < 64 && hi >> geom.ias() != 0) {
-            return Err(ViommuError::InputRange {
-                range: config.input_range,
-            });
-        }
-        if config.domain_range.0 > config.domain_range.1 {
-            return Err(ViommuError::DomainRange);
-        }
-        if let Some(r) = config.reserved.iter().find(|r| r.start > r.end) {
-            return Err(ViommuError::ReservedRegion(*r));
-        }
+        let page_size_mask = config.validate()?;
+        let control = Control {
+            endpoints: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            bypass: config.initial_bypass,
+            driver_features: config.offered_features(),
+            mapped: 0,
+        };
         Ok(Viommu {
-            page_size_mask: geom.pgsize_bitmap(),
+            page_size_mask,
+            faults: Arc::new(FaultLog::new(config.fault_log)),
             config,
-            control: Mutex::new(Control::default()),
+            control: Mutex::new(control),
         })
     }
 
@@ -342,64 +353,156 @@ impl Viommu {
         self.page_size_mask
     }
 
-    /// The 40-byte virtio-iommu config space the guest reads, advertising `probe_size`
-    /// bytes of PROBE properties.
-    pub fn config_space(&self, probe_size: u32) -> [u8; 40] {
-        wire::config_space(&self.config, self.page_size_mask, probe_size)
+    /// The device-specific feature bits offered (`F_*`).
+    pub fn device_features(&self) -> u64 {
+        self.config.offered_features()
     }
 
-    /// Handle one request in wire format (its device-readable bytes) and return the
-    /// device-writable reply bytes; see [`wire`]. Undecodable requests get `INVAL`/`UNSUPP`.
+    /// Record the features the driver accepted (the transport calls this when the driver
+    /// sets FEATURES_OK); bits the device did not offer are dropped. Returns the result.
+    pub fn set_driver_features(&self, features: u64) -> u64 {
+        let accepted = features & self.device_features();
+        self.control.lock().driver_features = accepted;
+        accepted
+    }
+
+    /// The device-specific features in force.
+    pub fn driver_features(&self) -> u64 {
+        self.control.lock().driver_features
+    }
+
+    /// The 40-byte config space the guest reads, with the current value of `bypass`.
+    pub fn config_space(&self) -> [u8; wire::CONFIG_SPACE_SIZE] {
+        let bypass = self.control.lock().bypass;
+        wire::config_space(&self.config, self.page_size_mask, bypass)
+    }
+
+    /// The current value of the config field `bypass`.
+    pub fn bypass(&self) -> bool {
+        self.control.lock().bypass
+    }
+
+    /// A driver write of `data` at `offset` of the config space. Only a one-byte write of 0
+    /// or 1 to `bypass` with `VIRTIO_IOMMU_F_BYPASS_CONFIG` negotiated has an effect (the
+    /// driver MUST NOT write other fields or other values; the device keeps presenting 0 or
+    /// 1). Returns whether the write took effect. When it turns bypass off, it returns once
+    /// no access of an endpoint attached to no domain still uses the identity translation.
+    pub fn write_config(&self, offset: usize, data: &[u8]) -> bool {
+        let wait = {
+            let mut c = self.control.lock();
+            let value = match (offset, data) {
+                (wire::CONFIG_BYPASS_OFFSET, [v @ (0 | 1)]) if c.negotiated(F_BYPASS_CONFIG) => {
+                    *v == 1
+                }
+                _ => return false,
+            };
+            c.bypass = value;
+            c.publish_unattached()
+        };
+        if wait {
+            quiesce::synchronize();
+        }
+        true
+    }
+
+    /// Device reset: every endpoint is detached and every domain destroyed; the driver's
+    /// features go back to the offered set; `bypass` keeps its value (the specification:
+    /// it SHOULD NOT change on device reset). Returns once no device access still uses a
+    /// translation the reset removed.
+    pub fn reset(&self) {
+        let wait = {
+            let mut c = self.control.lock();
+            let attached = !c.domains.is_empty();
+            c.domains.clear();
+            c.mapped = 0;
+            for ep in c.endpoints.values() {
+                ep.attached.store(Attachment::unattached(c.bypass));
+            }
+            c.driver_features = self.config.offered_features();
+            attached
+        };
+        if wait {
+            quiesce::synchronize();
+        }
+    }
+
+    /// Handle one request-queue element in wire format: `readable` is its device-readable
+    /// part (head and body), `writable_len` the size of its device-writable part. Returns the
+    /// bytes to write at the start of the writable part; their number is the used length.
+    /// Nothing is written (an empty reply, used length 0) for an unknown request type or a
+    /// writable part too short for the tail; see [`wire::reply_layout`].
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_vmm::viommu::{wire, Status, Viommu, ViommuConfig};
-    /// let v = Viommu::new(ViommuConfig::default()).unwrap();
+    /// let v = Viommu::new(ViommuConfig { probe_size: 128, ..ViommuConfig::default() }).unwrap();
     /// v.add_endpoint(2, vec![]).unwrap();
     /// let mut probe = vec![wire::T_PROBE, 0, 0, 0];
     /// probe.extend_from_slice(&2u32.to_le_bytes());
     /// probe.extend_from_slice(&[0; 64]);
-    /// let reply = v.handle_bytes(&probe, 128);
+    /// let reply = v.handle_bytes(&probe, 128 + 4);
     /// assert_eq!((reply.len(), reply[128]), (132, Status::Ok.code()));
-    /// assert_eq!(v.handle_bytes(&[42, 0, 0, 0], 128), vec![Status::Unsupp.code(), 0, 0, 0]);
+    /// assert!(v.handle_bytes(&[42, 0, 0, 0], 4).is_empty()); // unknown type: untouched
     /// ```
-    pub fn handle_bytes(&self, request: &[u8], probe_size: usize) -> Vec<u8> {
-        let reply = match wire::decode(request) {
-            Ok(r) => self.handle(r),
-            Err(status) => Reply::Status(status),
+    pub fn handle_bytes(&self, readable: &[u8], writable_len: usize) -> Vec<u8> {
+        let layout = wire::reply_layout(
+            readable.first().copied(),
+            self.config.probe_size as usize,
+            writable_len,
+        );
+        let reply = match layout {
+            wire::ReplyLayout::Nothing | wire::ReplyLayout::ShortProbe(_) => {
+                Reply::Status(Status::Inval)
+            }
+            wire::ReplyLayout::Tail(_) => match wire::decode(readable) {
+                Ok(r) => self.handle(r),
+                Err(status) => Reply::Status(status),
+            },
         };
-        wire::encode_reply(&reply, probe_size)
+        wire::encode_reply(&reply, layout)
     }
 
-    /// Declare an endpoint (a device behind the vIOMMU), blocked until the guest attaches it,
-    /// with its own reserved regions; returns the handle its device threads translate with.
+    /// Declare an endpoint (a device behind the vIOMMU) with its own reserved regions,
+    /// attached to no domain (blocked, or in bypass mode if `bypass` is 1); returns the
+    /// handle its device threads translate with. The endpoint's regions, with the device-wide
+    /// ones, must be non-empty, disjoint, hold one MSI window at most and fit `probe_size`.
     pub fn add_endpoint(
         &self,
         id: u32,
         reserved: Vec<ReservedRegion>,
     ) -> Result<DeviceEndpoint, ViommuError> {
-        if let Some(r) = reserved.iter().find(|r| r.start > r.end) {
-            return Err(ViommuError::ReservedRegion(*r));
-        }
-        let mut all: Vec<ReservedRegion> = self
-            .config
-            .reserved
-            .iter()
-            .copied()
-            .chain(reserved)
-            .collect();
-        all.sort_by_key(|r| r.start);
+        let all = self.config.endpoint_regions(&reserved)?;
         let mut control = self.control.lock();
         if control.endpoints.contains_key(&id) {
             return Err(ViommuError::EndpointExists(id));
         }
         let state = Arc::new(EndpointState {
             id,
+            faults: self.faults.clone(),
             reserved: all,
-            attached: Published::new(Arc::new(Attachment::Blocked)),
+            attached: Published::new(Attachment::unattached(control.bypass)),
         });
         control.endpoints.insert(id, state.clone());
         Ok(DeviceEndpoint { state })
+    }
+
+    /// The next fault report for the event queue, for a device-writable buffer of
+    /// `writable_len` bytes: the bytes to write (their number is the used length), or `None`
+    /// when no fault is pending (keep the buffer). A buffer too small for the report gets
+    /// `Some` of nothing (return it with used length 0) and the report is dropped and counted:
+    /// the specification forbids spreading a report over several buffers.
+    pub fn fault_event(&self, writable_len: usize) -> Option<Vec<u8>> {
+        let record = self.faults.pop()?;
+        if writable_len < wire::FAULT_SIZE {
+            self.faults.drop_one();
+            return Some(Vec::new());
+        }
+        Some(wire::encode_fault(&record).to_vec())
+    }
+
+    /// Fault reports dropped so far (log full, or event buffer too small).
+    pub fn faults_dropped(&self) -> u64 {
+        self.faults.dropped()
     }
 
     /// The device handle of endpoint `id`.
@@ -446,7 +549,8 @@ impl Viommu {
     }
 
     /// Handle one request. An UNMAP or DETACH that removed translations (and an ATTACH that
-    /// moved an endpoint) returns only after a grace period: no device access still uses them.
+    /// moved an endpoint, or took it out of bypass mode) returns only after a grace period:
+    /// no device access still uses them.
     pub fn handle(&self, request: Request) -> Reply {
         let (reply, wait) = self.apply(request);
         if wait {
@@ -517,7 +621,13 @@ impl Viommu {
         endpoint: u32,
         flags: u32,
     ) -> Result<bool, Status> {
-        if flags & !ATTACH_F_BYPASS != 0 {
+        // ATTACH_F_BYPASS is a flag this device recognises only with BYPASS_CONFIG in force.
+        let known = if c.negotiated(F_BYPASS_CONFIG) {
+            ATTACH_F_BYPASS
+        } else {
+            0
+        };
+        if flags & !known != 0 {
             return Err(Status::Inval);
         }
         let bypass = flags & ATTACH_F_BYPASS != 0;
@@ -525,12 +635,19 @@ impl Viommu {
         if domain < self.config.domain_range.0 || domain > self.config.domain_range.1 {
             return Err(Status::Range);
         }
-        if bypass && !self.config.bypass {
-            return Err(Status::Unsupp);
-        }
         match c.domains.get(&domain) {
             Some(slot) if slot.domain.is_bypass() != bypass => return Err(Status::Inval),
             Some(slot) if slot.endpoints.contains(&endpoint) => return Ok(false),
+            // The endpoint's reserved regions must stay unmapped in its domain (RESV_MEM);
+            // a domain that maps one is incompatible with it.
+            Some(slot)
+                if state
+                    .reserved
+                    .iter()
+                    .any(|r| slot.mappings.intersecting(r.start, r.end).next().is_some()) =>
+            {
+                return Err(Status::Unsupp)
+            }
             Some(_) => {}
             None if c.domains.len() >= self.config.max_domains => return Err(Status::NoMem),
             None => {
@@ -552,11 +669,13 @@ impl Viommu {
                 );
             }
         }
-        // Leave the previous domain first, as if the driver had sent DETACH.
-        let previous = match &**state.attached.load() {
-            Attachment::Domain(d) => Some(d.id),
-            Attachment::Blocked => None,
+        // A translation goes away unless the endpoint was blocked: its previous domain's, or
+        // the identity of bypass mode.
+        let (previous, removes) = {
+            let now = state.attached.load();
+            (now.domain_id(), !matches!(**now, Attachment::Blocked))
         };
+        // Leave the previous domain first, as if the driver had sent DETACH.
         if let Some(old) = previous {
             Self::leave(c, old, endpoint);
         }
@@ -565,16 +684,17 @@ impl Viommu {
         state
             .attached
             .store(Arc::new(Attachment::Domain(slot.domain.clone())));
-        Ok(previous.is_some())
+        Ok(removes)
     }
 
+    /// DETACH: an unknown endpoint is `NOENT`; a domain that does not exist, or that the
+    /// endpoint is not attached to, is `INVAL` (the specification's MAY).
     fn detach(c: &mut Control, domain: u32, endpoint: u32) -> Result<bool, Status> {
         let state = c.endpoints.get(&endpoint).ok_or(Status::NoEnt)?.clone();
-        let slot = c.domains.get(&domain).ok_or(Status::NoEnt)?;
-        if !slot.endpoints.contains(&endpoint) {
+        if state.attached.load().domain_id() != Some(domain) {
             return Err(Status::Inval);
         }
-        state.attached.store(Arc::new(Attachment::Blocked));
+        state.attached.store(Attachment::unattached(c.bypass));
         Self::leave(c, domain, endpoint);
         Ok(true)
     }
@@ -584,6 +704,7 @@ impl Viommu {
         if let Some(slot) = c.domains.get_mut(&domain) {
             slot.endpoints.remove(&endpoint);
             if slot.endpoints.is_empty() {
+                c.mapped -= slot.mappings.len();
                 c.domains.remove(&domain);
             }
         }
@@ -598,10 +719,25 @@ impl Viommu {
         phys_start: u64,
         flags: u32,
     ) -> Result<bool, Status> {
-        if flags & !MAP_F_KNOWN != 0 {
+        if !c.negotiated(F_MAP_UNMAP) {
+            return Err(Status::Unsupp);
+        }
+        // MAP_F_MMIO is a flag this device recognises only with F_MMIO in force.
+        let known = if c.negotiated(F_MMIO) {
+            MAP_F_KNOWN
+        } else {
+            MAP_F_KNOWN & !MAP_F_MMIO
+        };
+        if flags & !known != 0 {
             return Err(Status::Inval);
         }
-        let slot = c.domains.get_mut(&domain).ok_or(Status::NoEnt)?;
+        let Control {
+            endpoints,
+            domains,
+            mapped,
+            ..
+        } = c;
+        let slot = domains.get_mut(&domain).ok_or(Status::NoEnt)?;
         let DomainKind::Translated(pt) = &slot.domain.kind else {
             return Err(Status::Inval);
         };
@@ -614,6 +750,18 @@ impl Viommu {
         }
         if virt_start < self.config.input_range.0 || virt_end > self.config.input_range.1 {
             return Err(Status::Range);
+        }
+        // RESV_MEM: a MAP overlapping a reserved region of an attached endpoint is refused.
+        let reserved = slot
+            .endpoints
+            .iter()
+            .filter_map(|ep| endpoints.get(ep))
+            .flat_map(|ep| ep.reserved.iter());
+        if reserved
+            .into_iter()
+            .any(|r| r.start <= virt_end && virt_start <= r.end)
+        {
+            return Err(Status::Inval);
         }
         let mut prot = if flags & MAP_F_MMIO != 0 {
             Prot::MMIO
@@ -638,7 +786,9 @@ impl Viommu {
         slot.mappings
             .check_insert(&mapping)
             .map_err(|_| Status::Inval)?;
-        if slot.mappings.len() >= self.config.max_mappings_per_domain {
+        if slot.mappings.len() >= self.config.max_mappings_per_domain
+            || *mapped >= self.config.max_mappings
+        {
             return Err(Status::NoMem);
         }
         pt.map(virt_start, phys_start, mapping.len(), prot)
@@ -648,10 +798,14 @@ impl Viommu {
                 _ => Status::DevErr,
             })?;
         slot.mappings.insert(mapping).map_err(|_| Status::DevErr)?;
+        *mapped += 1;
         Ok(false)
     }
 
     fn unmap(c: &mut Control, domain: u32, virt_start: u64, virt_end: u64) -> Result<bool, Status> {
+        if !c.negotiated(F_MAP_UNMAP) {
+            return Err(Status::Unsupp);
+        }
         let slot = c.domains.get_mut(&domain).ok_or(Status::NoEnt)?;
         let DomainKind::Translated(pt) = &slot.domain.kind else {
             return Err(Status::Inval);
@@ -669,6 +823,7 @@ impl Viommu {
             failed |= pt.unmap(m.virt_start, m.len()) != Ok(m.len());
             slot.mappings.remove(m.virt_start);
         }
+        c.mapped -= covered.len();
         if failed {
             // Cannot happen while the tree and the table agree; still quiesce what was cleared.
             quiesce::synchronize();
@@ -691,6 +846,7 @@ impl Viommu {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use io_pgtable::Config;
 
     /// The whole request cycle on a small table, with a device thread translating meanwhile
     /// (small enough for Miri, which checks the page-table walks and the grace period).
@@ -753,5 +909,45 @@ mod tests {
         );
         assert_eq!(dev.access(0, 1, Prot::READ, |_| ()), Err(Fault::Detached));
         assert!(v.domain_ids().is_empty());
+    }
+
+    /// Turning bypass off while a device thread accesses through the identity translation,
+    /// and the device's faults reaching the event queue (small enough for Miri: the
+    /// republished attachments, the grace period, the fault log).
+    #[test]
+    fn bypass_off_with_a_concurrent_device() {
+        let cfg = ViommuConfig {
+            pgtable: Config::tiny(2),
+            input_range: (0, 0xffff),
+            initial_bypass: true,
+            fault_log: 4,
+            ..ViommuConfig::default()
+        };
+        let v = Viommu::new(cfg).unwrap();
+        let dev = v.add_endpoint(1, vec![]).unwrap();
+        let device = std::thread::spawn(move || {
+            (0..10)
+                .filter(|_| {
+                    dev.access(0x2000, 8, Prot::WRITE, |s| assert_eq!(s[0].paddr, 0x2000))
+                        .is_ok()
+                })
+                .count()
+        });
+        assert!(v.write_config(wire::CONFIG_BYPASS_OFFSET, &[0]));
+        let ep = v.endpoint(1).unwrap();
+        assert_eq!(
+            ep.access(0x2000, 8, Prot::READ, |_| ()),
+            Err(Fault::Detached)
+        );
+        let served = device.join().unwrap();
+        let mut logged = 0;
+        while let Some(event) = v.fault_event(wire::FAULT_SIZE) {
+            assert_eq!(
+                (event[0], &event[8..12]),
+                (FaultReason::Domain as u8, &[1, 0, 0, 0][..])
+            );
+            logged += 1;
+        }
+        assert_eq!(logged + v.faults_dropped(), (10 - served as u64) + 1);
     }
 }

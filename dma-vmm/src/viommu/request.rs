@@ -87,9 +87,34 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in code order.
+    pub const ALL: [Status; 9] = [
+        Status::Ok,
+        Status::IoErr,
+        Status::Unsupp,
+        Status::DevErr,
+        Status::Inval,
+        Status::Range,
+        Status::NoEnt,
+        Status::Fault,
+        Status::NoMem,
+    ];
+
     /// The wire value.
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The status with wire value `code`, if it is one.
+    ///
+    /// ```
+    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+    /// use dma_vmm::viommu::Status;
+    /// assert!(Status::ALL.iter().all(|&s| Status::from_code(s.code()) == Some(s)));
+    /// assert_eq!(Status::from_code(9), None);
+    /// ```
+    pub fn from_code(code: u8) -> Option<Status> {
+        Status::ALL.get(usize::from(code)).copied()
     }
 }
 

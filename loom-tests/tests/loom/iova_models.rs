@@ -268,3 +268,118 @@ must_fail_test! {
     fn no_flush_retry: iova_cache::points::FLUSH_RETRY, Weakening::Relax,
         "false no space", Bound::Preemptions(4), flush_on_failure_races_free;
 }
+
+/// A cached allocator over pfns `1..=end` that records user-held ranges itself
+/// (`checked_frees`), one magazine entry per slot.
+fn tiny_checked(cpus: usize, end: u64) -> Arc<IovaAllocator> {
+    let cfg = IovaConfig {
+        cpus,
+        magazine_size: 1,
+        trim_interval: None,
+        ..IovaConfig::with_space(1, end)
+    };
+    Arc::new(IovaAllocator::new(cfg).expect("valid tiny config"))
+}
+
+/// Two CPUs allocate single granules from an empty allocator with checked frees, so both
+/// record their range in the held-range bitmap, whose nodes do not exist yet: both may build
+/// and publish the same interior node and leaf (in models a leaf covers 64 granules and an
+/// interior node has two children, so pfns `1..=255` need two interior levels). Each then
+/// frees its range twice; the second free must be refused.
+/// Preemptions(3): exhaustive exploration takes about 90 s (each thread also goes through the
+/// tree lock and a cache insert); the node race needs at most two preemptions (both threads
+/// find the slot empty before either installs its node, then the loser adopts the winner's),
+/// and an unsynchronised reader needs none, so bound 3 covers the protocol in about 2 s.
+fn checked_claims_publish_nodes() {
+    let a = tiny_checked(2, 255);
+    let o = Oracle::default();
+    let spawn_on = |cpu: usize| {
+        let (a, o) = (a.clone(), o.clone());
+        dma_sync::thread::spawn(move || {
+            on_cpu(cpu);
+            let p = o.alloc(&a, 1).expect("space left");
+            o.free(&a, p, 1);
+            assert_eq!(
+                a.free(p, 1),
+                Err(IovaError::NotAllocated { pfn: p }),
+                "checked free: a second free of a range is refused"
+            );
+        })
+    };
+    let (t1, t2) = (spawn_on(0), spawn_on(1));
+    t1.join().unwrap();
+    t2.join().unwrap();
+    o.settle(&a);
+}
+
+#[test]
+fn checked_claims_publish_nodes_passes() {
+    check(Bound::Preemptions(3), checked_claims_publish_nodes);
+}
+
+/// A range held by a user is freed by two threads at once (the second a double free by a
+/// buggy caller): exactly one free succeeds, and the range is cached once.
+/// Exhaustive: two threads with one bitmap operation and one cache insert each.
+fn checked_free_races_double_free() {
+    let a = tiny_checked(2, 255);
+    let p = a.alloc(1, 255).expect("space left");
+    let free_on = |cpu: usize| {
+        let a = a.clone();
+        dma_sync::thread::spawn(move || {
+            on_cpu(cpu);
+            a.free(p, 1).is_ok()
+        })
+    };
+    let (t1, t2) = (free_on(0), free_on(1));
+    let oks = [t1.join().unwrap(), t2.join().unwrap()];
+    assert_eq!(
+        oks.iter().filter(|&&ok| ok).count(),
+        1,
+        "checked free: one range freed twice"
+    );
+    a.flush_all();
+    assert!(
+        a.allocated_ranges().is_empty(),
+        "the range is back in the tree"
+    );
+    a.check_invariants().expect("range allocator consistent");
+}
+
+#[test]
+fn checked_free_races_double_free_passes() {
+    check(Bound::Exhaustive, checked_free_races_double_free);
+}
+
+must_fail_test! {
+    /// A slot lock taken without acquire: the next holder reads the magazines without seeing
+    /// the previous holder's writes.
+    fn slot_lock_relaxed_acquire: iova_cache::points::SLOT_LOCK_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, one_cpu_two_threads;
+}
+
+must_fail_test! {
+    /// A slot lock released without release: the magazine writes of the critical section are
+    /// not published to the next holder.
+    fn slot_unlock_relaxed: iova_cache::points::SLOT_UNLOCK_RELEASE, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, one_cpu_two_threads;
+}
+
+must_fail_test! {
+    /// A bitmap node installed by a relaxed CAS: the other CPU finds it without seeing it
+    /// initialised.
+    fn held_node_relaxed_publish: iova_cache::points::HELD_NODE_PUBLISH, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(3), checked_claims_publish_nodes;
+}
+
+must_fail_test! {
+    /// A bitmap child pointer read relaxed: the node behind it may not be seen initialised.
+    fn held_node_relaxed_load: iova_cache::points::HELD_NODE_LOAD, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(3), checked_claims_publish_nodes;
+}
+
+must_fail_test! {
+    /// A checked free that tests and clears the held bit in two steps lets a racing double
+    /// free succeed too.
+    fn held_release_split: iova_cache::points::HELD_RELEASE_ATOMIC, Weakening::Relax,
+        "one range freed twice", Bound::Exhaustive, checked_free_races_double_free;
+}

@@ -285,7 +285,7 @@ mod new_pool {
                        publication need not reach P2 before buf does. A C11 release fence also \
                        orders P1's earlier loads and happens-before is transitive (P0 -> P1 by \
                        the acquire, P1 -> P2 by the fence pair), so C11 forbids the outcome. \
-                       The library uses fence(SeqCst) (swiotlb.flag.fence), the kernel's smp_mb.",
+                       The library uses fence(Release) (swiotlb.flag.fence) on every map.",
             },
             Variant {
                 name: "E swiotlb-p0-write-once",

@@ -4,7 +4,9 @@
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::mutation::Weakening;
 use dma_sync::Arc;
-use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
+use dma_vmm::viommu::{
+    wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE,
+};
 use io_pgtable::{Config, Prot};
 use loom_tests::harness::{outcomes, Bound};
 use loom_tests::must_fail_test;
@@ -27,7 +29,7 @@ impl Ram {
 
 /// A vIOMMU on the tiny page-table geometry (two levels of four entries), one endpoint
 /// attached to domain 0, and IOVA 0x1000 mapped to guest page 1.
-fn setup() -> (Arc<Viommu>, dma_vmm::viommu::DeviceEndpoint) {
+fn setup() -> (Arc<Viommu>, DeviceEndpoint) {
     let cfg = ViommuConfig {
         pgtable: Config::tiny(2),
         input_range: (0, (1 << 16) - 1),
@@ -86,11 +88,67 @@ fn detach_vs_access() -> bool {
     request_vs_access(detach, "the device used a page after DETACH completed")
 }
 
+/// The same with the config field `bypass` going from 1 to 0: once the driver's write
+/// returns, no access of an endpoint attached to no domain still uses the identity
+/// translation (here IOVA 0x1000 → page 1).
+///
+/// Bound: exhaustive, as [`unmap_vs_access`].
+fn bypass_off_vs_access() -> bool {
+    let bypass_off = |v: &Viommu| assert!(v.write_config(wire::CONFIG_BYPASS_OFFSET, &[0]));
+    guest_vs_access(
+        setup_in_bypass(),
+        bypass_off,
+        "the device used a page after bypass was turned off",
+    )
+}
+
+/// The same with an ATTACH that takes an endpoint out of bypass mode into a domain that maps
+/// nothing: once it completes, no access still uses the identity translation.
+///
+/// Bound: exhaustive, as [`unmap_vs_access`].
+fn attach_from_bypass_vs_access() -> bool {
+    let attach = Request::Attach {
+        domain: 0,
+        endpoint: 0,
+        flags: 0,
+    };
+    let send = move |v: &Viommu| assert_eq!(v.handle(attach).status(), Status::Ok);
+    guest_vs_access(
+        setup_in_bypass(),
+        send,
+        "the device used a page by identity after its ATTACH completed",
+    )
+}
+
+/// A vIOMMU whose config field `bypass` starts at 1, endpoint 0 attached to no domain: it
+/// reaches IOVA 0x1000 → page 1 by identity.
+fn setup_in_bypass() -> (Arc<Viommu>, DeviceEndpoint) {
+    let cfg = ViommuConfig {
+        pgtable: Config::tiny(2),
+        input_range: (0, (1 << 16) - 1),
+        initial_bypass: true,
+        ..ViommuConfig::default()
+    };
+    let v = Arc::new(Viommu::new(cfg).unwrap());
+    let dev = v.add_endpoint(0, vec![]).unwrap();
+    (v, dev)
+}
+
 /// A device reads page 1 through the IOMMU while the guest sends `request`, which removes
 /// that translation, and then reuses the page. Returns whether the access was served (it
 /// faults if it came after the request); a read of the reused page fails with `violation`.
 fn request_vs_access(request: Request, violation: &'static str) -> bool {
-    let (v, dev) = setup();
+    let send = move |v: &Viommu| assert_eq!(v.handle(request).status(), Status::Ok);
+    guest_vs_access(setup(), send, violation)
+}
+
+/// The device of `(v, dev)` reads page 1 while the guest runs `remove` (which takes the
+/// translation away) and then reuses the page.
+fn guest_vs_access(
+    (v, dev): (Arc<Viommu>, DeviceEndpoint),
+    remove: impl FnOnce(&Viommu),
+    violation: &'static str,
+) -> bool {
     let ram = Ram::new();
     let device = {
         let ram = ram.clone();
@@ -102,7 +160,7 @@ fn request_vs_access(request: Request, violation: &'static str) -> bool {
             .is_ok()
         })
     };
-    assert_eq!(v.handle(request).status(), Status::Ok);
+    remove(&v);
     ram.0[1].store(REUSED, Relaxed);
     device.join().unwrap()
 }
@@ -125,6 +183,24 @@ fn detach_waits_for_device_access() {
     );
 }
 
+/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+#[test]
+fn attach_from_bypass_waits_for_device_access() {
+    assert_eq!(
+        outcomes(Bound::Exhaustive, attach_from_bypass_vs_access),
+        BTreeSet::from([false, true])
+    );
+}
+
+/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+#[test]
+fn bypass_off_waits_for_device_access() {
+    assert_eq!(
+        outcomes(Bound::Exhaustive, bypass_off_vs_access),
+        BTreeSet::from([false, true])
+    );
+}
+
 must_fail_test! {
     /// Without the device's read section around translate and copy, the UNMAP's grace period
     /// covers only the page-table walk: the copy races with the guest's reuse of the page.
@@ -136,4 +212,11 @@ must_fail_test! {
     /// Without the grace period, UNMAP replies while the device still copies.
     fn unmap_without_grace: dma_vmm::points::UNMAP_GRACE, Weakening::Relax,
         "after its UNMAP completed", Bound::Preemptions(2), || { unmap_vs_access(); };
+}
+
+must_fail_test! {
+    /// Without the grace period, the driver's write of `bypass` = 0 returns while a device
+    /// still copies through the identity translation.
+    fn bypass_off_without_grace: dma_vmm::points::UNMAP_GRACE, Weakening::Relax,
+        "after bypass was turned off", Bound::Preemptions(2), || { bypass_off_vs_access(); };
 }

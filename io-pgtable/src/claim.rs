@@ -1,0 +1,172 @@
+//! Claiming descriptors: how racing operations on overlapping ranges agree on who owns what.
+//!
+//! Every change that hands a leaf or a table to one operation is a compare-and-swap (or a
+//! swap) on the descriptor that holds it, so each leaf is unmapped once and each table level
+//! retired once, whatever the callers overlap:
+//!
+//! * An unmap claims a leaf or a table link by compare-and-swap from the value it decoded to 0.
+//!   Whoever wins owns it; a loser re-reads the entry (now 0: `NotMapped` or a short count).
+//! * The owner of an unlinked table *takes* its subtree: it swaps every entry to
+//!   [`DEAD`], so a table link found there is its own, and a map still descending through a
+//!   stale pointer can no longer install a table or write a leaf in it (its compare-and-swap
+//!   from 0 fails, and it restarts from the root).
+//! * A block map replacing a table first *freezes* the subtree bottom-up (each empty entry
+//!   and each table link to [`FROZEN`], remembering what was there), then claims the link to
+//!   the table. A leaf found on the way means the range is not free: everything frozen is
+//!   thawed and the map is refused. A thaw that finds an entry `DEAD` (an unmap took the
+//!   table meanwhile) hands the frozen child table, which nobody else can reach, back to the
+//!   map, which retires it.
+
+use crate::error::Error;
+use crate::pgtable::PageTable;
+use crate::points::{CLAIM, DESCENT_ACQUIRE};
+use crate::pte::{self, Descriptor, DEAD, FROZEN};
+use crate::table::TableMem;
+use crate::tlb::TlbOps;
+use dma_sync::atomic::{AtomicU64, Ordering::*};
+use dma_sync::rcu::Guard;
+
+/// Why an operation stopped before finishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Refused with this error (the table as before the call).
+    Refused(Error),
+    /// A table this call was using is being torn down: start again from the root.
+    Restart,
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Refused(e)
+    }
+}
+
+/// Entries a block map has frozen, in the order frozen (children before their link): the
+/// entry, what it held (0 or a table link), and the level of the table holding it.
+pub(crate) type Frozen<'g> = Vec<(&'g AtomicU64, u64, u32)>;
+
+impl<T: TlbOps> PageTable<T> {
+    /// Change `entry` from `old` to `new` if nobody changed it since `old` was read: `Ok` if
+    /// this call owns what `old` held, else the descriptor another operation put there.
+    #[inline]
+    pub(crate) fn claim(&self, entry: &AtomicU64, old: u64, new: u64) -> Result<(), u64> {
+        if CLAIM.on() {
+            entry
+                .compare_exchange(old, new, AcqRel, DESCENT_ACQUIRE.ord(Acquire))
+                .map(|_| ())
+        } else {
+            // Weakened (loom only): the load-then-store this protocol replaced.
+            entry.store(new, Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Take the table at `addr` (at `level`), whose link this call claimed, and every table
+    /// below it: each entry is swapped to [`DEAD`] and a table link found there is taken too.
+    ///
+    /// # Safety
+    /// `addr` is a table at `level` of this page table, read under `guard`, whose only link
+    /// this call claimed (or the page table is being dropped).
+    pub(crate) unsafe fn take_subtree(
+        &self,
+        guard: &Guard,
+        addr: u64,
+        level: u32,
+    ) -> Vec<TableMem> {
+        let mut out = Vec::new();
+        let mut stack = vec![(addr, level)];
+        while let Some((addr, level)) = stack.pop() {
+            // SAFETY: `addr` is the caller's table, or a link swapped out of a table this
+            // call owns: a table of this page table, reachable by stale readers only, and
+            // freed by no one else.
+            for e in unsafe { self.table_at(guard, addr, level) } {
+                let old = e.swap(DEAD, Acquire);
+                // Only the owner writes DEAD, and a table has one owner: under loom a second
+                // one (the weakened claim) is reported before anything is freed twice.
+                #[cfg(loom)]
+                assert_ne!(old, DEAD, "a table level claimed twice");
+                if let Descriptor::Table { addr } = pte::decode(&self.geom, level, old) {
+                    stack.push((addr, level + 1));
+                }
+            }
+            // SAFETY: this call claimed the link to `addr` (from its parent, or by swapping
+            // it out of a table it owns), so no one else takes or frees it.
+            out.push(unsafe { self.own_table(addr, level) });
+        }
+        out
+    }
+
+    /// Freeze the subtree of the table at `addr` (at `level`) into `frozen`: every empty entry
+    /// and, after its own subtree, every table link becomes [`FROZEN`]. Stops at a leaf or
+    /// another map's reservation ([`Error::Exists`] at `iova`, the block being mapped), or at
+    /// a table being torn down ([`Stop::Restart`]); the caller then thaws `frozen`.
+    ///
+    /// # Safety
+    /// `addr` is a table at `level` of this page table, read from a descriptor under `guard`.
+    pub(crate) unsafe fn freeze<'g>(
+        &self,
+        guard: &'g Guard,
+        addr: u64,
+        level: u32,
+        iova: u64,
+        frozen: &mut Frozen<'g>,
+    ) -> Result<(), Stop> {
+        // SAFETY: by the caller's contract.
+        for e in unsafe { self.table_at(guard, addr, level) } {
+            let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+            loop {
+                match (d, pte::decode(&self.geom, level, d)) {
+                    (DEAD, _) => return Err(Stop::Restart),
+                    (0, _) => {}
+                    // SAFETY: a table link read from this table under `guard`.
+                    (_, Descriptor::Table { addr }) => unsafe {
+                        self.freeze(guard, addr, level + 1, iova, frozen)?
+                    },
+                    // A leaf, or another block map's reservation.
+                    _ => return Err(Error::Exists { iova }.into()),
+                }
+                match self.claim(e, d, FROZEN) {
+                    Ok(()) => break,
+                    Err(now) => d = now,
+                }
+            }
+            frozen.push((e, d, level));
+        }
+        Ok(())
+    }
+
+    /// Undo [`PageTable::freeze`], newest first. A frozen table link an owner swapped to
+    /// [`DEAD`] meanwhile is this call's alone (the owner saw only [`FROZEN`]): it is taken
+    /// and retired here.
+    pub(crate) fn thaw(&self, guard: &Guard, frozen: Frozen<'_>) {
+        for (e, old, level) in frozen.into_iter().rev() {
+            if e.compare_exchange(FROZEN, old, Release, Relaxed).is_ok() || old == 0 {
+                continue;
+            }
+            let addr = pte::decode_oa(&self.geom, old);
+            // SAFETY: `old` was read under `guard`, and its only link was held FROZEN by this
+            // call until an owner of the table holding it swapped it out unseen: it is ours.
+            let tables = unsafe { self.take_subtree(guard, addr, level + 1) };
+            crate::table::retire(guard, tables, &self.stats);
+        }
+    }
+
+    /// Take ownership of the table at `addr` (at `level`).
+    ///
+    /// # Safety
+    /// The caller claimed the only link to `addr`, and the table is no longer reachable from
+    /// the root, so no one else will free it.
+    pub(crate) unsafe fn own_table(&self, addr: u64, level: u32) -> TableMem {
+        let g = &self.geom;
+        // SAFETY: by the caller's contract the table is ours; below the root every table
+        // comes from the slab, with the length and alignment of every table at `level`.
+        unsafe {
+            TableMem::from_addr(
+                addr,
+                g.entries(level),
+                g.table_align(level),
+                Some(self.slab.clone()),
+            )
+        }
+    }
+}

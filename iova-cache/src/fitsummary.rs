@@ -1,0 +1,109 @@
+//! Per-alignment fit summaries of free ranges, so a size-aligned search can skip a subtree
+//! whose ranges are long enough but wrongly aligned.
+//!
+//! For alignment class `k` in `1..=6` (2 to 64 granules) a range `[s, s + len)` offers
+//! `s + len - align_up(s, 2^k)` granules from its first `2^k`-aligned pfn; the summary keeps
+//! that number capped at `2^k` in byte `k - 1` of a `u64`. A request of `size <= 2^k` granules
+//! aligned to `2^k` fits in the range exactly when the byte is at least `size`, and in a
+//! subtree exactly when the bytewise maximum over the subtree is. All bytes are at most 64, so
+//! the bytewise maximum is a few word operations.
+
+/// Largest alignment class with a byte (2^6 = 64 granules).
+pub(crate) const MAX_CLASS: u32 = 6;
+
+/// The high bit of every byte.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The fit summary of one free range `[start, start + len)` (`len >= 1`, inside the u64 space).
+pub(crate) fn of_range(start: u64, len: u64) -> u64 {
+    let last = start + (len - 1);
+    let mut summary = 0;
+    for k in 1..=MAX_CLASS {
+        let align = 1u64 << k;
+        let offered = match start.checked_next_multiple_of(align) {
+            Some(first) if first <= last => (last - first).min(align - 1) + 1,
+            _ => 0,
+        };
+        summary |= offered << (8 * (k - 1));
+    }
+    summary
+}
+
+/// Bytewise maximum of two summaries (every byte below 128).
+#[inline]
+pub(crate) fn max(a: u64, b: u64) -> u64 {
+    // Per byte, `(a | 0x80) - b` keeps its high bit exactly when `a >= b`, with no borrow
+    // into the next byte since `b < 128`.
+    let a_ge = ((a | HIGH) - b) & HIGH;
+    let pick_a = (a_ge >> 7) * 0xff;
+    (a & pick_a) | (b & !pick_a)
+}
+
+/// What a subtree summary must offer for a request of `size` granules aligned to `align` (a
+/// power of two `>= 2`): `(byte shift, granules)`. Exact for `size <= align <= 64`; for larger
+/// alignments a necessary condition (a fit is also 64-aligned).
+#[inline]
+pub(crate) fn need(size: u64, align: u64) -> (u32, u64) {
+    let k = align.trailing_zeros().min(MAX_CLASS);
+    (8 * (k - 1), size.min(1 << k))
+}
+
+/// Whether `summary` offers `need` (from [`need`]).
+#[inline]
+pub(crate) fn offers(summary: u64, (shift, granules): (u32, u64)) -> bool {
+    (summary >> shift) & 0xff >= granules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether an `align`-aligned start of `size` granules fits inside the range, by brute force.
+    fn brute_fits(start: u64, len: u64, size: u64, align: u64) -> bool {
+        let last = start + (len - 1);
+        (start..=last).any(|p| p % align == 0 && p.checked_add(size - 1).is_some_and(|e| e <= last))
+    }
+
+    #[test]
+    fn summary_decides_aligned_fits_exactly() {
+        for start in (0..70).chain(u64::MAX - 70..u64::MAX) {
+            for len in 1..=70.min((u64::MAX - start).saturating_add(1)) {
+                let s = of_range(start, len);
+                for k in 1..=MAX_CLASS {
+                    let align = 1 << k;
+                    for size in 1..=align {
+                        assert_eq!(
+                            offers(s, need(size, align)),
+                            brute_fits(start, len, size, align),
+                            "[{start}, +{len}) size {size} align {align}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bytewise_max_matches_per_byte_max() {
+        let (a, b) = (of_range(3, 100), of_range(64, 7));
+        let m = max(a, b);
+        for byte in 0..8 {
+            let get = |x: u64| (x >> (8 * byte)) & 0xff;
+            assert_eq!(get(m), get(a).max(get(b)));
+        }
+        assert_eq!(max(0x40_00_3f, 0x3f_40_00), 0x40_40_3f);
+    }
+
+    #[test]
+    fn larger_alignments_use_the_64_class_as_a_filter() {
+        assert_eq!(need(200, 256), (40, 64));
+        assert!(
+            !offers(of_range(1, 126), need(100, 128)),
+            "no 64-aligned start with 64 after it"
+        );
+        assert!(
+            offers(of_range(64, 64), need(100, 128)),
+            "necessary, not sufficient"
+        );
+    }
+}

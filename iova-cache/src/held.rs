@@ -1,0 +1,368 @@
+//! Which cached-path ranges users hold: one bit per naturally aligned slot of each size
+//! class in an atomic radix bitmap, for typed double-free and size-mismatch errors without a
+//! lock or a hash.
+//!
+//! A cached pfn is still allocated in the range allocator, so the tree alone cannot tell a
+//! second free of a cached range from a first one. Cached ranges are naturally aligned powers
+//! of two up to 32 granules, so a range of class `k` is slot `pfn >> k` of that class, and
+//! holding it is one bit:
+//!
+//! * claim (alloc): `fetch_or` of the bit;
+//! * release (free): `fetch_and` clearing the bit. If it was set, the free is good, and of two
+//!   racing frees of one range exactly one sees it set. If it was clear, nothing changed (the
+//!   bit stays clear) and the free is refused: [`IovaError::SizeMismatch`] if a range of
+//!   another class is held at `pfn`, else [`IovaError::NotAllocated`] (never allocated,
+//!   freed already, or not the start of a range).
+//!
+//! Orderings: a bit carries no data but itself, and every decision is one read-modify-write
+//! of one word, so `Relaxed` suffices (a range's claim, release and next claim are ordered by
+//! the cache or tree lock that hands the range over). The radix nodes are allocated lazily,
+//! published with a release CAS and read with acquire loads ([`HELD_NODE_PUBLISH`],
+//! [`HELD_NODE_LOAD`]).
+//!
+//! Layout: a leaf of 512 words (4 KiB) holds the bits of every class for 16 384 granules
+//! (2^14 + 2^13 + ... + 2^9 bits), numbered class by class and spread so that consecutive
+//! slots of a class fall in different cache lines: CPUs whose ranges are neighbours do not
+//! contend for one line. Interior nodes hold 512 child pointers; only the leaves a cached
+//! range ever touched exist (a quarter byte per granule of them), freed with the allocator.
+//! Depth is fixed by the space: one interior level per 9 bits of leaves (at most 6 for a
+//! 2^64-granule space; 3 for the default 48-bit one).
+
+use crate::error::IovaError;
+use crate::faults::OWNER_RECORD;
+use crate::points::{HELD_NODE_LOAD, HELD_NODE_PUBLISH, HELD_RELEASE_ATOMIC};
+use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering, Poison};
+use std::ptr;
+
+/// log2 of the words per leaf and of the children per interior node (small in models, so a
+/// space of a few dozen granules already needs an interior level).
+#[cfg(not(loom))]
+const FAN_BITS: u32 = 9;
+#[cfg(loom)]
+const FAN_BITS: u32 = 1;
+const FAN: usize = 1 << FAN_BITS;
+/// log2 of the granules per leaf: each granule needs at most two bits (one per class, halving
+/// per class), and a leaf has `64 * FAN` bits.
+const LEAF_SHIFT: u32 = FAN_BITS + 5;
+/// Words per cache line in a leaf, and lines per leaf.
+const LINE_WORDS: usize = if FAN < 8 { FAN } else { 8 };
+const LINES: usize = FAN / LINE_WORDS;
+/// Number of size classes tracked (1 to 32 granules).
+const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
+
+/// A leaf: the block words of `FAN` consecutive blocks.
+struct Leaf {
+    words: [AtomicU64; FAN],
+}
+
+/// An interior node. At the last interior level the children are [`Leaf`]s, stored as
+/// `*mut Node` and cast back by level (both are arrays of `FAN` word-sized atomics).
+struct Node {
+    kids: [AtomicPtr<Node>; FAN],
+}
+
+// A fresh node is initialised by plain writes through exclusive access ([`Poison`]), as its
+// memory is: under loom these are tracked, so a thread that reaches the node without
+// synchronising with its publication is reported.
+impl Leaf {
+    fn new() -> Self {
+        let mut leaf = Self {
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        leaf.words.iter_mut().for_each(|w| w.poison(0));
+        leaf
+    }
+}
+
+impl Node {
+    fn new() -> Self {
+        let mut node = Self {
+            kids: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        };
+        node.kids.iter_mut().for_each(|k| k.poison(ptr::null_mut()));
+        node
+    }
+}
+
+/// A fresh heap value, or `None` when its memory cannot be had.
+fn try_box<T>(make: impl FnOnce() -> T) -> Option<*mut T> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(1).ok()?;
+    v.push(make());
+    Some(Box::into_raw(v.into_boxed_slice()).cast::<T>())
+}
+
+/// Free a value made by [`try_box`].
+///
+/// # Safety
+/// `p` came from `try_box::<T>` and nothing refers to it any more.
+unsafe fn drop_box<T>(p: *mut T) {
+    // SAFETY: by the contract, `p` is the sole owner of a one-element boxed slice of `T`.
+    drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, 1)) });
+}
+
+/// The held cached-path ranges of one allocator.
+pub(crate) struct Held {
+    /// First pfn and last pfn of the space.
+    start: u64,
+    end: u64,
+    /// Interior levels above the leaves (0: `root` is a leaf).
+    depth: u32,
+    root: *mut Node,
+}
+
+// SAFETY: the nodes are reached only through atomics and are freed only by `Drop`, which has
+// `&mut self`; the raw root pointer is owned like a `Box`.
+unsafe impl Send for Held {}
+// SAFETY: as above; shared access only reads the pointers and performs atomic operations.
+unsafe impl Sync for Held {}
+
+/// The word and bit mask of class `order`'s slot holding granule `g` of a leaf.
+#[inline]
+fn position(g: u64, order: u32) -> (usize, u64) {
+    // Bits numbered class by class: class `k` starts after the `2^(LEAF_SHIFT - j)` bits of
+    // every class `j < k`, and has one bit per `2^k` granules.
+    let base = (1u64 << (LEAF_SHIFT + 1)) - (1u64 << (LEAF_SHIFT + 1 - order));
+    let b = (base + (g >> order)) as usize;
+    // Consecutive bits go to consecutive lines first.
+    let word = (b % LINES) * LINE_WORDS + (b / LINES) % LINE_WORDS;
+    (word & (FAN - 1), 1u64 << (b / FAN))
+}
+
+impl Held {
+    /// Tracking for the inclusive pfn space `[start, end]`; `None` if the root cannot be had.
+    pub(crate) fn new(start: u64, end: u64) -> Option<Self> {
+        let leaves = (end >> LEAF_SHIFT) - (start >> LEAF_SHIFT) + 1;
+        let depth = (u64::BITS - (leaves - 1).leading_zeros()).div_ceil(FAN_BITS);
+        let root = if depth == 0 {
+            try_box(Leaf::new)?.cast::<Node>()
+        } else {
+            try_box(Node::new)?
+        };
+        Some(Self {
+            start,
+            end,
+            depth,
+            root,
+        })
+    }
+
+    /// Leaf number `leaf` of the space, creating missing nodes if `create`; `None` if it does
+    /// not exist (and `create` is false) or its memory cannot be had.
+    fn leaf(&self, leaf: u64, create: bool) -> Option<&Leaf> {
+        let mut node = self.root;
+        let mut shift = FAN_BITS * self.depth;
+        while shift > 0 {
+            shift -= FAN_BITS;
+            // SAFETY: `node` is an interior node (levels above 0) published by `new` or by a
+            // CAS below, and stays allocated until `Drop`.
+            let slot = unsafe { &(*node).kids[(leaf >> shift) as usize & (FAN - 1)] };
+            let mut kid = slot.load(HELD_NODE_LOAD.ord(Ordering::Acquire));
+            if kid.is_null() {
+                if !create {
+                    return None;
+                }
+                kid = self.publish(slot, shift == 0)?;
+            }
+            node = kid;
+        }
+        // SAFETY: at level 0 the pointer is a `Leaf` (see `Node`), allocated until `Drop`.
+        Some(unsafe { &*node.cast::<Leaf>() })
+    }
+
+    /// Install a fresh child (a leaf if `leaf`) in the empty `slot`, or take the one a racing
+    /// thread installed first.
+    #[cold]
+    fn publish(&self, slot: &AtomicPtr<Node>, leaf: bool) -> Option<*mut Node> {
+        let fresh = if leaf {
+            try_box(Leaf::new)?.cast::<Node>()
+        } else {
+            try_box(Node::new)?
+        };
+        let publish = HELD_NODE_PUBLISH.ord(Ordering::AcqRel);
+        let load = HELD_NODE_LOAD.ord(Ordering::Acquire);
+        match slot.compare_exchange(ptr::null_mut(), fresh, publish, load) {
+            Ok(_) => Some(fresh),
+            Err(winner) => {
+                // SAFETY: `fresh` was never shared.
+                unsafe {
+                    if leaf {
+                        drop_box(fresh.cast::<Leaf>());
+                    } else {
+                        drop_box(fresh);
+                    }
+                }
+                Some(winner)
+            }
+        }
+    }
+
+    /// The word and bit of class `order`'s slot at `pfn`, if `pfn` lies in the space.
+    #[inline]
+    fn bit(&self, pfn: u64, order: u32, create: bool) -> Option<(&AtomicU64, u64)> {
+        if pfn.wrapping_sub(self.start) > self.end - self.start {
+            return None;
+        }
+        let leaf = self.leaf((pfn >> LEAF_SHIFT) - (self.start >> LEAF_SHIFT), create)?;
+        let (word, mask) = position(pfn & ((1 << LEAF_SHIFT) - 1), order);
+        Some((&leaf.words[word], mask))
+    }
+
+    /// Record the cached-path range `[pfn, pfn + 2^order)` (naturally aligned, `order` below
+    /// the number of classes) as held; `false` if the memory for its leaf cannot be had.
+    pub(crate) fn claim(&self, pfn: u64, order: u32) -> bool {
+        if OWNER_RECORD.fail() {
+            return false;
+        }
+        match self.bit(pfn, order, true) {
+            Some((word, mask)) => {
+                word.fetch_or(mask, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget the held range of class `order` at `pfn`, refusing a pfn where no such range is
+    /// held (a misaligned pfn shares its slot's bit, so it is refused first); nothing changes
+    /// on error.
+    pub(crate) fn release(&self, pfn: u64, order: u32) -> Result<(), IovaError> {
+        let aligned = pfn & ((1 << order) - 1) == 0;
+        if let Some((word, mask)) = self.bit(pfn, order, false).filter(|_| aligned) {
+            let was = if HELD_RELEASE_ATOMIC.on() {
+                word.fetch_and(!mask, Ordering::Relaxed)
+            } else {
+                // The weakened form: a load, then a store.
+                let w = word.load(Ordering::Relaxed);
+                word.store(w & !mask, Ordering::Relaxed);
+                w
+            };
+            if was & mask != 0 {
+                return Ok(());
+            }
+        }
+        Err(self.why_not_held(pfn, order))
+    }
+
+    /// The error for a refused release: a range of another class held at `pfn` is a size
+    /// mismatch (a racy answer is fine: the free is refused either way).
+    #[cold]
+    fn why_not_held(&self, pfn: u64, order: u32) -> IovaError {
+        let held = (0..CLASSES)
+            .filter(|&k| k != order && pfn % (1 << k) == 0)
+            .find(|&k| {
+                self.bit(pfn, k, false)
+                    .is_some_and(|(word, mask)| word.load(Ordering::Relaxed) & mask != 0)
+            });
+        match held {
+            Some(k) => IovaError::SizeMismatch {
+                pfn,
+                allocated: 1 << k,
+                freed: 1 << order,
+            },
+            None => IovaError::NotAllocated { pfn },
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        /// Free `node` at `level` and everything below it.
+        ///
+        /// # Safety
+        /// `node` is a live node of that level, owned by the `Held` being dropped.
+        unsafe fn free(node: *mut Node, level: u32) {
+            if level == 0 {
+                // SAFETY: level 0 holds leaves (see `Node`).
+                unsafe { drop_box(node.cast::<Leaf>()) };
+                return;
+            }
+            // SAFETY: an interior node of a `Held` with exclusive access.
+            for kid in unsafe { &(*node).kids } {
+                let p = kid.load(Ordering::Relaxed);
+                if !p.is_null() {
+                    // SAFETY: a published child of the level below.
+                    unsafe { free(p, level - 1) };
+                }
+            }
+            // SAFETY: no child refers back; this is the only owner.
+            unsafe { drop_box(node) };
+        }
+        // SAFETY: `&mut self`: no other thread reaches the nodes.
+        unsafe { free(self.root, self.depth) };
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_of_a_leaf_has_its_own_bit() {
+        let mut seen = std::collections::HashSet::new();
+        for order in 0..CLASSES {
+            for g in (0..1u64 << LEAF_SHIFT).step_by(1 << order) {
+                let (word, mask) = position(g, order);
+                assert!(word < FAN && mask.is_power_of_two());
+                assert!(
+                    seen.insert((word, mask)),
+                    "class {order} granule {g} shares a bit"
+                );
+            }
+        }
+        let line = |g| position(g, 0).0 / LINE_WORDS;
+        assert_ne!(line(0), line(1), "neighbours in different cache lines");
+    }
+
+    #[test]
+    fn claim_and_release_detect_double_and_mismatched_frees() {
+        // A space spanning several leaves and one interior level, starting mid-leaf.
+        let end = (FAN as u64) << (LEAF_SHIFT + 2);
+        let h = Held::new(7, end).unwrap();
+        assert!(h.depth >= 1);
+        let top = end - 63;
+        for (pfn, order) in [(8, 3), (16, 4), (top - 1, 0), (top + 7, 0)] {
+            assert!(h.claim(pfn, order));
+        }
+        let mismatch = |pfn, allocated, freed| IovaError::SizeMismatch {
+            pfn,
+            allocated,
+            freed,
+        };
+        assert_eq!(h.release(8, 4), Err(mismatch(8, 8, 16)));
+        assert_eq!(h.release(16, 0), Err(mismatch(16, 16, 1)));
+        assert_eq!(h.release(12, 2), Err(IovaError::NotAllocated { pfn: 12 }));
+        assert_eq!(
+            h.release(9, 3),
+            Err(IovaError::NotAllocated { pfn: 9 }),
+            "inside the held range at 8, in its slot"
+        );
+        assert_eq!(h.release(3, 0), Err(IovaError::NotAllocated { pfn: 3 }));
+        let far = 1 << 40;
+        assert_eq!(h.release(far, 0), Err(IovaError::NotAllocated { pfn: far }));
+        let unused = 1 << LEAF_SHIFT;
+        assert_eq!(
+            h.release(unused, 0),
+            Err(IovaError::NotAllocated { pfn: unused }),
+            "a leaf never touched"
+        );
+        assert_eq!(h.release(8, 3), Ok(()));
+        assert_eq!(h.release(8, 3), Err(IovaError::NotAllocated { pfn: 8 }));
+        assert_eq!(h.release(16, 4), Ok(()));
+        assert_eq!(h.release(top - 1, 0), Ok(()));
+        assert_eq!(h.release(top + 7, 0), Ok(()));
+        let gone = IovaError::NotAllocated { pfn: top + 7 };
+        assert_eq!(h.release(top + 7, 0), Err(gone));
+    }
+
+    #[test]
+    fn the_whole_u64_space_needs_only_a_few_levels() {
+        let h = Held::new(0, u64::MAX - 1).unwrap();
+        assert_eq!(h.depth, (64 - LEAF_SHIFT).div_ceil(FAN_BITS));
+        let top = u64::MAX - 63;
+        assert!(h.claim(top, 5));
+        assert!(h.claim(1, 0));
+        assert_eq!(h.release(top, 5), Ok(()));
+        assert_eq!(h.release(1, 0), Ok(()));
+    }
+}
