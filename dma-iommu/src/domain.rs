@@ -8,7 +8,12 @@
 //! Unmap: take the record (refusing addresses that are not a live mapping of this device) →
 //! [`Strictness::unmap_with`]: clear the leaves, then sync and free (strict; always for
 //! untrusted devices) or queue (lazy) → release the bounce buffer, copying back, after the
-//! IOTLB can no longer reach it.
+//! IOTLB can no longer reach it (a copy-back that original memory refuses is
+//! [`DmaError::LostCopyBack`]; the slots are released all the same).
+//!
+//! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
+//! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
+//! the domain's `Backend` (module `backend`), shared with [`Strictness`].
 
 use crate::backend::{unmap_present, Backend, SharedIotlb};
 use crate::bounce::{copy_error, Bouncer};
