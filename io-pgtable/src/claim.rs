@@ -19,7 +19,7 @@
 
 use crate::error::Error;
 use crate::pgtable::PageTable;
-use crate::points::{CLAIM, DESCENT_ACQUIRE};
+use crate::points::{CLAIM, DESCENT_ACQUIRE, TAKE_RELEASE};
 use crate::pte::{self, Descriptor, DEAD, FROZEN};
 use crate::table::TableMem;
 use crate::tlb::TlbOps;
@@ -80,7 +80,7 @@ impl<T: TlbOps> PageTable<T> {
             // call owns: a table of this page table, reachable by stale readers only, and
             // freed by no one else.
             for e in unsafe { self.table_at(guard, addr, level) } {
-                let old = e.swap(DEAD, Acquire);
+                let old = e.swap(DEAD, TAKE_RELEASE.ord(AcqRel));
                 // Only the owner writes DEAD, and a table has one owner: under loom a second
                 // one (the weakened claim) is reported before anything is freed twice.
                 #[cfg(loom)]

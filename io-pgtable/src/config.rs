@@ -140,6 +140,8 @@ pub struct Geometry {
     oa_hi_mask: u64,
     /// Leaf protections by descriptor bits 7:2 (see [`crate::pte::prot_of`]).
     prot_lut: [u8; 64],
+    /// Leaf attribute bits by the six protection bits (see [`crate::pte::leaf`]).
+    leaf_attr_lut: [u64; 64],
     /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
     /// the argument check of every map and unmap is one lookup.
     level_by_shift: [u8; 64],
@@ -233,6 +235,7 @@ impl Geometry {
             oa_mask: ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1),
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
             prot_lut: crate::pte::prot_lut(c.stage),
+            leaf_attr_lut: crate::pte::leaf_attr_lut(c.stage, c.ns),
             level_by_shift: [NO_LEVEL; 64],
             walk_kind: Walk {
                 start: start_level,
@@ -364,6 +367,12 @@ impl Geometry {
     #[inline]
     pub(crate) fn prot_lut(&self) -> &[u8; 64] {
         &self.prot_lut
+    }
+
+    /// Leaf attribute bits by the six protection bits.
+    #[inline]
+    pub(crate) fn leaf_attrs(&self) -> &[u64; 64] {
+        &self.leaf_attr_lut
     }
 
     /// The translation walk this geometry takes ([`Walk::kind`]).

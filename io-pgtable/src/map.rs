@@ -3,7 +3,7 @@
 
 use crate::claim::Stop;
 use crate::error::{AddrKind, Error};
-use crate::pgtable::{check_range, pgsize_for, LateUnlinks, PageTable};
+use crate::pgtable::{check_range, pgsize_for, LateUnlinks, Link, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
 use crate::pte::{self, Descriptor, Prot, DEAD};
 use crate::tlb::{Gather, TlbOps};
@@ -175,7 +175,14 @@ impl<T: TlbOps> PageTable<T> {
                 (DEAD, _) => return Err(Stop::Restart),
                 // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
                 (_, Descriptor::Table { addr }) => unsafe {
-                    return self.replace_table(guard, e, d, addr, level + 1, iova, leaf, late);
+                    let link = Link {
+                        entry: e,
+                        desc: d,
+                        addr,
+                        level: level + 1,
+                        iova,
+                    };
+                    return self.replace_table(guard, link, leaf, late);
                 },
                 _ => return Err(Error::Exists { iova }.into()),
             }

@@ -142,88 +142,85 @@ impl<T: TlbOps> PageTable<T> {
         Ok((level, len))
     }
 
-    /// Unlink and free the table `addr` (at `level`) that `entry` links to as `desc`, the
-    /// entry mapping `[iova, iova + span)`: claim the link, take the subtree, flush the walk
-    /// cache, hand the tables to RCU. `Err` with the entry's new value if another operation
-    /// changed it first (nothing done).
+    /// Unlink and free the table `link` leads to: claim the link, take the subtree, flush the
+    /// walk cache, hand the tables to RCU. `Err` with the entry's new value if another
+    /// operation changed it first (nothing done).
     ///
     /// # Safety
-    /// `entry` is an entry at `level - 1` of this page table, and `desc`, linking to `addr`,
-    /// was read from it under `guard`.
-    #[allow(clippy::too_many_arguments)]
+    /// As [`Link`].
     // Off the steady-state path: kept out of line so the hot path stays small.
     #[inline(never)]
     pub(crate) unsafe fn unlink_table(
         &self,
         guard: &Guard,
-        entry: &AtomicU64,
-        desc: u64,
-        addr: u64,
-        level: u32,
-        iova: u64,
+        link: Link<'_>,
         late: &mut LateUnlinks,
     ) -> Result<(), u64> {
-        let size = self.geom.table_span(level);
-        if let Some(slot) = self.weakened_root_slot(entry) {
+        let size = self.geom.table_span(link.level);
+        if let Some(slot) = self.weakened_root_slot(link.entry) {
             // Weakened (loom only): retired while still linked; unlinked after the grace period.
             // SAFETY: `addr` was read from `entry` under `guard` (the caller's contract); the
             // weakened variant only exists to show what taking it unclaimed breaks.
-            let tables = unsafe { self.take_subtree(guard, addr, level) };
+            let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
             table::retire(guard, tables, &self.stats);
-            late.0.push((slot, iova, size, 0));
+            late.0.push((slot, link.iova, size, 0));
             return Ok(());
         }
-        self.claim(entry, desc, 0)?;
+        self.claim(link.entry, link.desc, 0)?;
         // SAFETY: `addr` was read from `entry` under `guard`, and this call claimed the link.
-        let tables = unsafe { self.take_subtree(guard, addr, level) };
-        self.tlb.flush_walk(iova, size, self.geom.page_size());
+        let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
+        self.tlb.flush_walk(link.iova, size, self.geom.page_size());
         table::retire(guard, tables, &self.stats);
         Ok(())
     }
 
-    /// Replace the table `addr` (at `level`) that `entry` links to as `desc` by the block
-    /// `leaf`, break before make: freeze the subtree (refused if it maps anything), claim the
-    /// link, flush the walk cache, hand the tables to RCU, then write the block.
+    /// Replace the table `link` leads to by the block `leaf`, break before make: freeze the
+    /// subtree (refused if it maps anything), claim the link, flush the walk cache, hand the
+    /// tables to RCU, then write the block.
     ///
     /// # Safety
-    /// As [`PageTable::unlink_table`].
-    #[allow(clippy::too_many_arguments)]
+    /// As [`Link`].
     // Off the steady-state path: kept out of line so the hot path stays small.
     #[inline(never)]
     pub(crate) unsafe fn replace_table(
         &self,
         guard: &Guard,
-        entry: &AtomicU64,
-        desc: u64,
-        addr: u64,
-        level: u32,
-        iova: u64,
+        link: Link<'_>,
         leaf: u64,
         late: &mut LateUnlinks,
     ) -> Result<(), Stop> {
         let mut frozen = Frozen::new();
         // SAFETY: `addr` was read under `guard` (the caller's contract).
-        if let Err(stop) = unsafe { self.freeze(guard, addr, level, iova, &mut frozen) } {
+        let froze = unsafe { self.freeze(guard, link.addr, link.level, link.iova, &mut frozen) };
+        if let Err(stop) = froze {
             self.thaw(guard, frozen);
             return Err(stop);
         }
-        let size = self.geom.table_span(level);
-        if let Some(slot) = self.weakened_root_slot(entry) {
+        let size = self.geom.table_span(link.level);
+        if let Some(slot) = self.weakened_root_slot(link.entry) {
             // Weakened (loom only): retired while still linked; the block written after the
             // grace period.
-            table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
-            late.0.push((slot, iova, size, leaf));
+            table::retire(
+                guard,
+                self.frozen_tables(link.addr, link.level, frozen),
+                &self.stats,
+            );
+            late.0.push((slot, link.iova, size, leaf));
             return Ok(());
         }
-        if self.claim(entry, desc, FROZEN).is_err() {
+        if self.claim(link.entry, link.desc, FROZEN).is_err() {
             // An unmap took the table: it owns it now; what it could not see we take back.
             self.thaw(guard, frozen);
             return Err(Stop::Restart);
         }
-        self.tlb.flush_walk(iova, size, self.geom.page_size());
-        table::retire(guard, self.frozen_tables(addr, level, frozen), &self.stats);
+        self.tlb.flush_walk(link.iova, size, self.geom.page_size());
+        table::retire(
+            guard,
+            self.frozen_tables(link.addr, link.level, frozen),
+            &self.stats,
+        );
         // The entry is ours (FROZEN): no one else writes it.
-        entry.store(leaf, Relaxed);
+        link.entry.store(leaf, Relaxed);
         Ok(())
     }
 
@@ -257,6 +254,19 @@ impl<T: TlbOps> PageTable<T> {
         // holds `entries(level)` descriptors and outlives `guard`.
         unsafe { table::entries_at(guard, addr, self.geom.entries(level)) }
     }
+}
+
+/// A table link a walk found: to be unlinked or replaced.
+///
+/// Safety contract of the functions taking it: `entry` is an entry of this page table, and
+/// `desc`, linking to the table `addr` at `level`, was read from it under the caller's guard;
+/// the entry maps `[iova, iova + table_span(level))`.
+pub(crate) struct Link<'e> {
+    pub entry: &'e AtomicU64,
+    pub desc: u64,
+    pub addr: u64,
+    pub level: u32,
+    pub iova: u64,
 }
 
 /// Check that `[addr, addr + len)` fits `bits` bits.

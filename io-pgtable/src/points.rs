@@ -23,4 +23,8 @@ dma_sync::mutation_points! {
     /// or writing a leaf into it (weakened: the load, then a plain store, that let two racing
     /// unmaps both take one table and retire it twice).
     CLAIM: Step = "pgtable.claim";
+    /// Release on the owner's swaps of a taken table's entries to `DEAD`: a map that finds
+    /// `DEAD` and restarts from the root then sees the unlink that preceded it (weakened: it
+    /// may keep reading the stale link, find `DEAD` again and restart forever).
+    TAKE_RELEASE: Rmw = "pgtable.take.release";
 }

@@ -180,7 +180,19 @@ pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
     } else {
         VALID
     };
-    let mut d = ty | AF | encode_oa(g, paddr);
+    ty | encode_oa(g, paddr) | g.leaf_attrs()[(prot.bits() & 63) as usize]
+}
+
+/// The attribute bits of a leaf with `prot` at `stage` (with the NS quirk iff `ns`), for every
+/// combination of the six protection bits: a map encodes them with one lookup.
+pub(crate) fn leaf_attr_lut(stage: Stage, ns: bool) -> [u64; 64] {
+    std::array::from_fn(|i| leaf_attrs_bits(stage, ns, Prot::from_bits_retain(i as u8)))
+}
+
+/// A leaf's attribute bits bit by bit (everything but the type bits and the output address):
+/// the definition the lookup table is built from.
+fn leaf_attrs_bits(stage: Stage, ns: bool, prot: Prot) -> u64 {
+    let mut d = AF;
     d |= if prot.contains(Prot::CACHE) {
         SH_INNER
     } else {
@@ -189,7 +201,7 @@ pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
     if prot.contains(Prot::NOEXEC) {
         d |= XN;
     }
-    match g.config().stage {
+    match stage {
         Stage::S1 => {
             d |= S1_NG;
             if !prot.contains(Prot::WRITE) {
@@ -206,7 +218,7 @@ pub fn leaf(g: &Geometry, level: u32, paddr: u64, prot: Prot) -> u64 {
                 S1_ATTR_NC
             };
             d |= attr << S1_ATTRINDX_SHIFT;
-            if g.config().ns {
+            if ns {
                 d |= S1_NS;
             }
         }
@@ -465,6 +477,23 @@ mod tests {
                     want.remove(Prot::CACHE);
                 }
                 assert_eq!(got, want, "{stage:?} {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_attribute_lookup_matches_the_bitwise_encoding() {
+        for stage in [Stage::S1, Stage::S2] {
+            for ns in [false, true] {
+                let lut = leaf_attr_lut(stage, ns);
+                for bits in 0..=u8::MAX {
+                    let prot = Prot::from_bits_retain(bits);
+                    assert_eq!(
+                        lut[(bits & 63) as usize],
+                        leaf_attrs_bits(stage, ns, prot & Prot::all()),
+                        "{stage:?} ns {ns} {prot:?}"
+                    );
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! and the `unmap` helpers that loop over page sizes.
 
 use crate::error::Error;
-use crate::pgtable::{LateUnlinks, PageTable};
+use crate::pgtable::{LateUnlinks, Link, PageTable};
 use crate::points::DESCENT_ACQUIRE;
 use crate::pte::{self, Descriptor};
 use crate::tlb::{Gather, TlbOps};
@@ -108,7 +108,14 @@ impl<T: TlbOps> PageTable<T> {
                     Descriptor::Invalid => break 'entries,
                     // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
                     Descriptor::Table { addr } => unsafe {
-                        self.unlink_table(guard, e, d, addr, level + 1, at, late)
+                        let link = Link {
+                            entry: e,
+                            desc: d,
+                            addr,
+                            level: level + 1,
+                            iova: at,
+                        };
+                        self.unlink_table(guard, link, late)
                     },
                     Descriptor::Leaf { .. } => self.claim(e, d, 0).inspect(|()| {
                         if !gather.is_queued() {

@@ -56,9 +56,9 @@ pub struct IovaConfig {
     /// still works). Model builds never start the worker.
     pub trim_interval: Option<Duration>,
     /// Track user-held cached ranges so that a double or mismatched free of a cacheable size
-    /// is a typed error instead of a silent corruption. Costs one sharded-lock update per
-    /// cached allocation and free; callers that track ownership themselves (a page table)
-    /// may turn it off.
+    /// is a typed error instead of a silent corruption. Costs one atomic bit operation per
+    /// cached allocation and free (a quarter byte per granule of bitmap where cached ranges
+    /// live); callers that track ownership themselves (a page table) may turn it off.
     pub checked_frees: bool,
 }
 

@@ -33,8 +33,10 @@ pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 pub static TREE_NODE: Site = Site::new("iova.tree.node");
 
 /// Recording a cached allocation as user-held (only with
-/// [`IovaConfig::checked_frees`](crate::IovaConfig::checked_frees)). Fallback: the range goes
-/// back to the range allocator and the allocation fails with
+/// [`IovaConfig::checked_frees`](crate::IovaConfig::checked_frees)): asked on every record,
+/// and failing for real when a node or leaf of the held-range bitmap cannot be allocated the
+/// first time a range lands in its part of the space. Fallback: the range goes back to the
+/// range allocator and the allocation fails with
 /// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory); an unrecorded range could
 /// never be freed.
 pub static OWNER_RECORD: Site = Site::new("iova.owners.record");

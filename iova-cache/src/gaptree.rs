@@ -15,8 +15,10 @@
 //!   prune, plus the ranges that pass both but fail on the larger alignment (Linux walks
 //!   these too).
 //!
-//! Priorities are a hash of the key, so the shape (and the cost) does not depend on the
-//! order of operations.
+//! Allocations and frees mostly shrink or grow one range in place ([`GapTree::adjust`]: one
+//! descent that re-augments its path) instead of removing and re-inserting it. A node keeps
+//! the priority it got on insertion, a hash of its start then, so the expected depth stays
+//! logarithmic whatever the order of operations.
 
 use crate::fitsummary;
 
@@ -186,6 +188,40 @@ impl GapTree {
     pub(crate) fn try_reserve_one(&mut self) -> bool {
         !self.spare.is_empty()
             || (self.nodes.len() < NIL as usize && self.nodes.try_reserve(1).is_ok())
+    }
+
+    /// Change the free range starting at `key` to `[start, start + len)` in place (`len > 0`),
+    /// re-augmenting the path to it; `false` if no range starts at `key`. The caller keeps
+    /// the ranges disjoint, so the new start still orders the range between its neighbours.
+    pub(crate) fn adjust(&mut self, key: u64, start: u64, len: u64) -> bool {
+        self.adjust_at(self.root, key, start, len)
+    }
+
+    fn adjust_at(&mut self, n: u32, key: u64, start: u64, len: u64) -> bool {
+        if n == NIL {
+            return false;
+        }
+        let node = &mut self.nodes[n as usize];
+        let found = match key.cmp(&node.start) {
+            std::cmp::Ordering::Less => {
+                let left = node.left;
+                self.adjust_at(left, key, start, len)
+            }
+            std::cmp::Ordering::Greater => {
+                let right = node.right;
+                self.adjust_at(right, key, start, len)
+            }
+            std::cmp::Ordering::Equal => {
+                node.start = start;
+                node.len = len;
+                node.own_fits = fitsummary::of_range(start, len);
+                true
+            }
+        };
+        if found {
+            self.update(n);
+        }
+        found
     }
 
     /// Remove the free range starting at `start`, returning its length.
@@ -372,6 +408,26 @@ mod tests {
         assert_eq!(t.at_or_above(5), Some((20, 8)));
         assert_eq!(t.ranges(), vec![(0, 4), (20, 8)]);
         t.check().unwrap();
+    }
+
+    #[test]
+    fn ranges_grow_and_shrink_in_place() {
+        let mut t = GapTree::new();
+        for (s, l) in [(0, 4), (10, 3), (20, 8), (40, 2)] {
+            t.insert(s, l);
+        }
+        assert!(t.adjust(10, 8, 7), "grow down and up: [8, 15)");
+        assert!(t.adjust(20, 24, 4), "shrink from below: [24, 28)");
+        assert!(!t.adjust(21, 21, 1), "no range starts at 21");
+        t.check().unwrap();
+        assert_eq!(t.ranges(), vec![(0, 4), (8, 7), (24, 4), (40, 2)]);
+        assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
+        assert_eq!(
+            t.highest_fit(8, 8, 100),
+            None,
+            "the summaries follow the change"
+        );
+        assert_eq!(t.highest_fit(7, 1, 100).unwrap().pfn, 8);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The user-space equal of Linux `iova.c` with its per-CPU rcache, for vIOMMU emulation and
 //! user-space DMA mapping, where every map and unmap allocates and frees an IOVA range: a
 //! top-down range allocator over granule-sized pfns, fronted by per-CPU `loaded`/`prev`
-//! magazines so that the common allocation and free take only their CPU slot's lock, and a
+//! magazines so that the common allocation and free take only their CPU slot's spin lock
+//! (and, with checked frees, set or clear one bit of an atomic bitmap), and a
 //! depot of full magazines that a background worker trims toward one magazine per CPU slot,
 //! so freed address space does not stay stranded in caches.
 //!
@@ -41,8 +42,10 @@
 //! # Concurrency
 //!
 //! Locks are taken in the order CPU slot -> depot -> range allocator, never backwards. A hit
-//! in a CPU's magazines takes only that slot's lock and writes nothing shared. Every lock step
-//! is a mutation point in [`points`], weakened by the loom models to show it is needed.
+//! in a CPU's magazines takes only that slot's lock; with checked frees it also sets (alloc) or
+//! clears (free) the range's bit in the held-range bitmap with one atomic read-modify-write.
+//! Every lock step and every ordering that matters is a mutation point in [`points`],
+//! weakened by the loom models to show it is needed.
 
 mod allocator;
 pub mod config;

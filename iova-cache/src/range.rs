@@ -174,14 +174,24 @@ impl RangeAllocator {
         if TREE_NODE.fail() || !self.free.try_reserve_one() {
             return Err(IovaError::OutOfMemory { size });
         }
-        self.free.remove(fit.range_start);
-        if fit.pfn > fit.range_start {
-            self.free.insert(fit.range_start, fit.pfn - fit.range_start);
-        }
+        // Shrink the fit's range in place; only a fit strictly inside it adds a range.
         let range_end = fit.range_start + fit.range_len;
         let alloc_end = fit.pfn + size;
-        if alloc_end < range_end {
-            self.free.insert(alloc_end, range_end - alloc_end);
+        match (fit.pfn > fit.range_start, alloc_end < range_end) {
+            (false, false) => {
+                self.free.remove(fit.range_start);
+            }
+            (false, true) => {
+                self.free
+                    .adjust(fit.range_start, alloc_end, range_end - alloc_end);
+            }
+            (true, above) => {
+                self.free
+                    .adjust(fit.range_start, fit.range_start, fit.pfn - fit.range_start);
+                if above {
+                    self.free.insert(alloc_end, range_end - alloc_end);
+                }
+            }
         }
         self.live.insert(fit.pfn, (size, cached));
         self.stats.allocated_granules += size;
@@ -226,23 +236,28 @@ impl RangeAllocator {
         Ok(())
     }
 
-    /// Return `[pfn, pfn + size)` to the free tree, merging with free neighbours.
+    /// Return `[pfn, pfn + size)` to the free tree, merging with free neighbours (in place:
+    /// a neighbour grows; two neighbours become one).
     fn release(&mut self, pfn: u64, size: u64) {
-        let (mut lo, mut len) = (pfn, size);
-        if let Some((s, l)) = pfn.checked_sub(1).and_then(|p| self.free.at_or_below(p)) {
-            if s + l == pfn {
-                self.free.remove(s);
-                lo = s;
-                len += l;
+        let end = pfn + size;
+        let below = pfn
+            .checked_sub(1)
+            .and_then(|p| self.free.at_or_below(p))
+            .filter(|&(s, l)| s + l == pfn);
+        let above = self.free.at_or_above(end).filter(|&(s, _)| s == end);
+        match (below, above) {
+            (Some((s, l)), Some((a, al))) => {
+                self.free.remove(a);
+                self.free.adjust(s, s, l + size + al);
             }
-        }
-        if let Some((s, l)) = self.free.at_or_above(pfn + size) {
-            if s == pfn + size {
-                self.free.remove(s);
-                len += l;
+            (Some((s, l)), None) => {
+                self.free.adjust(s, s, l + size);
             }
+            (None, Some((a, al))) => {
+                self.free.adjust(a, pfn, size + al);
+            }
+            (None, None) => self.free.insert(pfn, size),
         }
-        self.free.insert(lo, len);
         self.stats.free_granules += size;
     }
 

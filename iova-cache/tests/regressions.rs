@@ -285,3 +285,98 @@ fn drop_wakes_a_parked_trim_worker() {
         drop(a);
     }
 }
+
+/// A checked free of a pfn inside a held range, in that range's slot of the size class
+/// (pfn 9 freed as 8 granules while 8..16 is held), is refused: the slot bit alone would
+/// accept it, so the alignment is checked first. Found by the reference model.
+#[test]
+fn checked_free_inside_a_range_is_refused() {
+    dma_sync::cpu::set_current(Some(0));
+    let a = IovaAllocator::new(cfg(1, 511)).unwrap();
+    let p = a.alloc(5, 511).unwrap();
+    assert_eq!(p % 8, 0);
+    assert_eq!(
+        a.free(p + 1, 5),
+        Err(IovaError::NotAllocated { pfn: p + 1 })
+    );
+    assert_eq!(
+        a.free(p, 16),
+        Err(IovaError::SizeMismatch {
+            pfn: p,
+            allocated: 8,
+            freed: 16
+        })
+    );
+    a.free(p, 8).unwrap();
+    assert_eq!(a.free(p, 8), Err(IovaError::NotAllocated { pfn: p }));
+    a.flush_all();
+    assert!(a.allocated_ranges().is_empty());
+    dma_sync::cpu::set_current(None);
+}
+
+/// Every count and size of a configuration is checked against its documented maximum before
+/// anything is allocated.
+#[test]
+fn configs_beyond_the_documented_maxima_are_refused() {
+    use iova_cache::{MAX_SLOT_ENTRIES, MAX_TRIM_INTERVAL};
+    let base = cfg(1, 1023);
+    let bad = [
+        IovaConfig {
+            cpus: 1024,
+            magazine_size: MAX_SLOT_ENTRIES / 1024 + 1,
+            ..base.clone()
+        },
+        IovaConfig {
+            trim_interval: Some(MAX_TRIM_INTERVAL + Duration::from_secs(1)),
+            ..base.clone()
+        },
+        IovaConfig {
+            trim_interval: Some(Duration::MAX),
+            ..base.clone()
+        },
+        IovaConfig {
+            granule_shift: 16,
+            ..IovaConfig::with_space(1, 1 << 48)
+        },
+    ];
+    for c in bad {
+        assert!(
+            matches!(
+                IovaAllocator::new(c.clone()),
+                Err(IovaError::InvalidConfig(_))
+            ),
+            "{c:?}"
+        );
+    }
+    let edge = IovaConfig {
+        cpus: 1024,
+        magazine_size: MAX_SLOT_ENTRIES / 1024,
+        trim_interval: Some(MAX_TRIM_INTERVAL),
+        granule_shift: 16,
+        ..IovaConfig::with_space(1, (1 << 48) - 1)
+    };
+    assert_eq!(edge.validate(), Ok(()));
+}
+
+/// Without checked frees, a double free caches a range twice; when the copies leave the cache
+/// the range allocator refuses the second one, and the refusal is counted.
+#[test]
+fn unchecked_double_free_is_refused_when_the_cache_drains() {
+    dma_sync::cpu::set_current(Some(0));
+    let a = IovaAllocator::new(IovaConfig {
+        checked_frees: false,
+        cpus: 1,
+        ..cfg(1, 511)
+    })
+    .unwrap();
+    let p = a.alloc(2, 511).unwrap();
+    a.free(p, 2).unwrap();
+    a.free(p, 2).unwrap();
+    a.flush_all();
+    let s = a.stats();
+    assert_eq!(s.refused_cached_frees, 1);
+    assert!(s.to_string().contains("1 refused cached frees"));
+    assert!(a.allocated_ranges().is_empty());
+    a.check_invariants().unwrap();
+    dma_sync::cpu::set_current(None);
+}

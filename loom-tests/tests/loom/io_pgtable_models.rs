@@ -18,8 +18,9 @@
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3
 //!   table (unlink, walk flush, free, then the block) while a walk and a translation run.
 //! * `racing_unmaps_of_one_table`, `map_races_table_unmap`, `map_races_subtree_unmap`,
-//!   `block_map_races_page_map`: operations on overlapping ranges; each entry is claimed by
-//!   exactly one (the claim's twin is the load-then-store it replaced).
+//!   `block_map_races_page_map`, `block_map_races_table_unmap`: operations on overlapping
+//!   ranges; each entry is claimed by exactly one (the claim's twin is the load-then-store it
+//!   replaced).
 //!
 //! Bounds: `install_race` and `neighbours_in_one_table` are exhaustive (about 55,000
 //! executions; a few dozen). The models that free tables use `Preemptions(3)`: a reader (or a
@@ -34,7 +35,7 @@ use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
 use io_pgtable::points::{
-    CLAIM, DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, WALK_ACQUIRE,
+    CLAIM, DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, TAKE_RELEASE, WALK_ACQUIRE,
 };
 use io_pgtable::{Config, Descriptor, Error, Gather, PageTable, Prot};
 use loom_tests::harness::{check, Bound};
@@ -280,6 +281,42 @@ fn block_map_races_page_map() {
     accounted(&pt);
 }
 
+/// A 16 KiB block map over the emptied level-3 table under top entry 1 races an unmap of
+/// that entry: the table is retired exactly once (by whichever claims it), the block map
+/// always succeeds (restarting if the unmap took the table from under its freeze), and the
+/// unmap takes the table, takes the block, or finds the entry reserved (`NotMapped`). No
+/// translator: readers against frees are the other models' subject.
+fn block_map_races_table_unmap() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny();
+    map_one(&pt, BLOCK + PAGE, PAGE);
+    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let mapper = spawn_on(&pt, |pt| map_one(pt, BLOCK, BLOCK));
+    let unmapper = {
+        let pt = pt.clone();
+        spawn(move || pt.unmap_pages(BLOCK, BLOCK, 1, &mut Gather::new()))
+    };
+    mapper.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    let block = pt.iova_to_phys(BLOCK).map(|t| (t.paddr, t.size));
+    match unmapped {
+        // The unmap took the table first, or the block after it was mapped.
+        Ok(n) => {
+            assert_eq!(n as u64, BLOCK);
+            assert!(
+                block.is_none() || block == Some((pa(BLOCK), BLOCK)),
+                "{block:?}"
+            );
+        }
+        Err(e) => {
+            assert_eq!(e, Error::NotMapped { iova: BLOCK });
+            assert_eq!(block, Some((pa(BLOCK), BLOCK)));
+        }
+    }
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
 /// use, one lets the mapper unlink, free and write the block in that window, one spare.
 #[test]
@@ -379,12 +416,28 @@ fn map_races_subtree_unmap_passes() {
     check(Bound::Preemptions(3), map_races_subtree_unmap);
 }
 
+/// Bounded, `Preemptions(3)`: one switch stops the unmap between reading the link and
+/// claiming it, one runs the block map's freeze (and claim) in that window, one lets the
+/// unmap's take interleave with the freeze.
+#[test]
+fn block_map_races_table_unmap_passes() {
+    check(Bound::Preemptions(3), block_map_races_table_unmap);
+}
+
 /// Bounded, `Preemptions(3)`: one switch stops the page map between reading a slot and
 /// claiming it, one runs the block map's freeze and claim in that window (or the reverse),
 /// one for the translator.
 #[test]
 fn block_map_races_page_map_passes() {
     check(Bound::Preemptions(3), block_map_races_page_map);
+}
+
+must_fail_test! {
+    /// The owner's `DEAD` swaps without release: the block map that finds `DEAD` restarts
+    /// from the root without seeing the unlink, may read the stale link again forever, and
+    /// loom reports the endless restart as a livelock.
+    fn pgtable_take_unreleased: TAKE_RELEASE, Weakening::To(dma_sync::atomic::Ordering::Acquire),
+        "maximum number of branches", Bound::Preemptions(3), block_map_races_table_unmap;
 }
 
 must_fail_test! {
