@@ -42,7 +42,7 @@
 //! ```
 
 use crate::quiesce;
-use crate::translate::{Fault, Segment, Segments, Translate};
+use crate::translate::{self, Fault, Segment, Segments, Translate};
 use dma_sync::rcu::Guard;
 use io_pgtable::Prot;
 use std::iter::FusedIterator;
@@ -141,11 +141,15 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
 
     fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
         let _section = quiesce::read_section();
-        Segments::new(&self.tr, addr.0, count as u64, access_prot(access)).all(|seg| {
-            seg.is_ok_and(|s| {
-                self.backend
-                    .check_range(GuestAddress(s.paddr), s.len as usize)
-            })
+        let access = access_prot(access);
+        Segments::new(&self.tr, addr.0, count as u64, access).all(|seg| match seg {
+            Ok(s) => self
+                .backend
+                .check_range(GuestAddress(s.paddr), s.len as usize),
+            Err(fault) => {
+                translate::report(&self.tr, &fault, access);
+                false
+            }
         })
     }
 
@@ -160,15 +164,16 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
         let len = count as u64;
         // All or nothing, as vm-memory's IommuMemory: a fault anywhere fails before any copy.
         // The first segment is kept; the usual single-segment access translates once.
+        let failed = |fault: Fault| {
+            translate::report(&self.tr, &fault, access);
+            fault_error(fault, count)
+        };
         let mut probe = Segments::new(&self.tr, addr.0, len, access);
-        let first = probe
-            .next()
-            .transpose()
-            .map_err(|f| fault_error(f, count))?;
+        let first = probe.next().transpose().map_err(failed)?;
         let covered = first.map_or(len, |s| s.len);
         let rest = if covered < len {
             for seg in probe {
-                seg.map_err(|f| fault_error(f, count))?;
+                seg.map_err(failed)?;
             }
             Some(Segments::new(
                 &self.tr,
@@ -226,6 +231,9 @@ impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
                 Some(Err(fault)) => {
                     // An unmap raced with this access after the up-front check.
                     self.done = true;
+                    if let Some(rest) = &self.rest {
+                        translate::report(rest.translation(), &fault, rest.access());
+                    }
                     return Some(Err(fault_error(fault, self.count)));
                 }
                 Some(Ok(seg)) => {

@@ -509,6 +509,7 @@ mod remote {
         range: RangeStats,
         flushes: u64,
         trimmed_magazines: u64,
+        refused_cached_frees: u64,
     }
 
     #[derive(Serialize, Deserialize)]

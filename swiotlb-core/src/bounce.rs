@@ -153,7 +153,8 @@ impl Swiotlb {
             pool.region().zero(run.start, off - run.start);
             pool.region().zero(off + size, run.end - off - size);
         }
-        if let Err(e) = self.bounce(&pool, addr, size, true) {
+        // The range was just recorded: copy without looking its metadata up again.
+        if let Err(e) = self.copy(&pool, orig, addr, size, true) {
             return undo(e);
         }
         Ok(addr)
@@ -186,10 +187,24 @@ impl Swiotlb {
     /// Copy between the bounce buffer at `addr` and the original memory: `to_device` copies
     /// original → bounce. Any sub-range of a live mapping, starting in any of its slots.
     fn bounce(&self, pool: &Pool, addr: u64, size: usize, to_device: bool) -> Result<(), Error> {
-        let (at, off) = mapped_range(pool, addr, size)?;
+        let at = mapped_range(pool, addr, size)?;
+        self.copy(pool, at, addr, size, to_device)
+    }
+
+    /// Copy `size` bytes between original address `at` and bounce address `addr` of `pool`,
+    /// a range of a live mapping.
+    #[inline]
+    fn copy(
+        &self,
+        pool: &Pool,
+        at: u64,
+        addr: u64,
+        size: usize,
+        to_device: bool,
+    ) -> Result<(), Error> {
         // The device may be accessing these bytes right now: they are copied with atomic word
         // accesses, never borrowed (module `shared`).
-        let region = pool.region();
+        let (region, off) = (pool.region(), (addr - pool.start()) as usize);
         if to_device {
             self.inner.memory.read_into(at, region.dst(off, size))?;
         } else {
@@ -225,15 +240,20 @@ impl Swiotlb {
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        let mapped = match pool.meta(first).1 {
-            Some(m) if m.head && m.in_off == in_off => m.alloc_size - in_off,
+        let (orig, mapped) = match pool.meta(first) {
+            (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
             _ => return Err(Error::NotMapped { addr }),
         };
         if size == 0 || size > mapped {
             return Err(Error::OutOfRange { addr, size });
         }
         if dir.device_writes() && !attrs.skip_cpu_sync {
-            self.bounce(&pool, addr, size, false)?;
+            // The head slot's original address is the mapping's first byte's (an `alloc`
+            // allocation has none, so nothing to copy back to).
+            if orig == INVALID_PHYS_ADDR {
+                return Err(Error::NotMapped { addr });
+            }
+            self.copy(&pool, orig, addr, size, false)?;
         }
         self.release(dev, &pool, first, in_off, addr)
     }
@@ -349,7 +369,7 @@ impl Swiotlb {
             self.bounce(&pool, addr, size, to_device)
         } else {
             // Nothing to copy, but the whole range must still lie in one live mapping.
-            mapped_range(&pool, addr, size).map(|_| ())
+            mapped_range(&pool, addr, size).map(drop)
         }
     }
 
@@ -456,8 +476,8 @@ impl Swiotlb {
 }
 
 /// Check that `[addr, addr + size)` lies inside one live mapping of `pool`, starting in any of
-/// its slots; returns the original address of `addr` and its offset in the pool's memory.
-fn mapped_range(pool: &Pool, addr: u64, size: usize) -> Result<(u64, usize), Error> {
+/// its slots; returns the original address of `addr`.
+fn mapped_range(pool: &Pool, addr: u64, size: usize) -> Result<u64, Error> {
     let (orig, meta) = pool.meta(pool.slot_of(addr));
     let m = match meta {
         Some(m) if orig != INVALID_PHYS_ADDR => m,
@@ -469,8 +489,7 @@ fn mapped_range(pool: &Pool, addr: u64, size: usize) -> Result<(u64, usize), Err
         return Err(Error::OutOfRange { addr, size });
     }
     // The signed in-slot delta: negative inside the first in_off bytes of a later slot.
-    let at = orig.wrapping_add(x as u64).wrapping_sub(m.in_off as u64);
-    Ok((at, (addr - pool.start()) as usize))
+    Ok(orig.wrapping_add(x as u64).wrapping_sub(m.in_off as u64))
 }
 
 /// The weakened form of `swiotlb.transient.grace` (never taken in normal builds): the pool

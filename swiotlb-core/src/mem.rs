@@ -460,14 +460,26 @@ impl Swiotlb {
         let nslabs = plan.nslots + lead;
         let geo = Geometry::new(nslabs, 1, nslabs);
         let limit = dev.inner.cfg.dma_mask.min(cfg.phys_limit);
+        // Pinned before the pool becomes reachable: a racing unmap of the new address (any
+        // thread may guess it) can unlink and retire the pool before this map returns, and the
+        // grace period must then wait for the map's copy into it. Pinned before the pool is
+        // even built, so the pin's own synchronisation cannot stand in for the link's release.
+        let guard = rcu::pin();
         // No memory: the search fails ("buffer full"); nothing was linked or counted yet.
         let pool = Pool::new(geo, true, limit, &TRANSIENT_POOL).ok()?;
         let s = pool.try_area(0, plan)?;
         self.inner.stats.transient_added(geo.nslabs);
         let p = dev.inner.link(pool);
-        // SAFETY: the pool stays linked until its one mapping (the caller's) is unmapped.
+        // SAFETY: retired only after unlinking, which follows the link; `guard`, pinned before
+        // it and owned by the returned value, keeps the pool from being freed while used.
         let pool = unsafe { &*p };
-        Some((PoolRef { pool, guard: None }, s))
+        Some((
+            PoolRef {
+                pool,
+                guard: Some(guard),
+            },
+            s,
+        ))
     }
 
     /// Start the background worker that adds a pool, unless one is running.

@@ -45,6 +45,19 @@ impl Geometry {
             seg,
         }
     }
+
+    /// The area of slot `i` and the slot's index in it; a shift and a mask for the
+    /// power-of-two areas of global pools (a division would cost a fast-path unmap more than
+    /// the rest of its bookkeeping).
+    #[inline]
+    pub(crate) fn area_of(&self, i: usize) -> (usize, usize) {
+        let n = self.area_nslabs;
+        if n.is_power_of_two() {
+            (i >> n.trailing_zeros(), i & (n - 1))
+        } else {
+            (i / n, i % n)
+        }
+    }
 }
 
 // Slot metadata word: alloc_size | in_off | pad_slots | nslots | VALID | HEAD.
@@ -294,11 +307,11 @@ impl Pool {
     /// Returns the number of slots freed.
     pub(crate) fn release(&self, first: usize, in_off: usize, addr: u64) -> Result<usize, Error> {
         let n = self.geo.area_nslabs;
-        let a = first / n;
+        let (a, first_in_area) = self.geo.area_of(first);
         let area = &self.areas[a];
         let mut st = area.state.lock();
         let meta = match SlotMeta::decode(self.slots[first].meta.load(Relaxed)) {
-            Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first % n => m,
+            Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first_in_area => m,
             _ => return Err(Error::NotMapped { addr }),
         };
         let s = first - meta.pad_slots;
@@ -416,6 +429,20 @@ mod tests {
             }
         );
         assert_eq!(Geometry::new(0, 0, 128).nslabs, 1);
+    }
+
+    #[test]
+    fn area_of_matches_division() {
+        for geo in [
+            Geometry::new(1024, 4, 128),
+            Geometry::new(5, 4, 128),
+            Geometry::new(384, 2, 128),
+        ] {
+            let n = geo.area_nslabs;
+            for i in 0..geo.nslabs {
+                assert_eq!(geo.area_of(i), (i / n, i % n), "{geo:?} slot {i}");
+            }
+        }
     }
 
     #[test]

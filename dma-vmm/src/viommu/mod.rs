@@ -57,6 +57,7 @@ pub use request::*;
 
 use crate::quiesce;
 use crate::translate::{self, Fault, Leaf, Segment, Translate};
+use dma_sync::published::Snapshot;
 use dma_sync::{Arc, Mutex, Published};
 use io_pgtable::{PageTable, Prot};
 use std::collections::{BTreeMap, BTreeSet};
@@ -160,6 +161,15 @@ struct EndpointState {
     attached: Published<Attachment>,
 }
 
+impl EndpointState {
+    /// The attachment, for everything but translation (the control path, `domain()`): one
+    /// out-of-line load, leaving the endpoint lookup as the one inlined copy.
+    #[inline(never)]
+    fn attachment(&self) -> Snapshot<Attachment> {
+        self.attached.load()
+    }
+}
+
 /// A device's view of the vIOMMU: cheap to clone, one per device thread if you like.
 ///
 /// Translation loads the endpoint's current domain and walks its page table, lock-free; the
@@ -186,13 +196,13 @@ impl DeviceEndpoint {
 
     /// The domain the endpoint is attached to, if any.
     pub fn domain(&self) -> Option<u32> {
-        self.state.attached.load().domain_id()
+        self.state.attachment().domain_id()
     }
 
     /// Whether the endpoint is in bypass mode: attached to no domain while the config field
     /// `bypass` is 1, or attached to a bypass domain.
     pub fn in_bypass_mode(&self) -> bool {
-        match &**self.state.attached.load() {
+        match &**self.state.attachment() {
             Attachment::Blocked => false,
             Attachment::Bypass => true,
             Attachment::Domain(d) => d.is_bypass(),
@@ -285,7 +295,7 @@ impl Control {
         let mut removed = false;
         for ep in self.endpoints.values() {
             let (unattached, in_bypass) = {
-                let now = ep.attached.load();
+                let now = ep.attachment();
                 (
                     now.domain_id().is_none(),
                     matches!(**now, Attachment::Bypass),
@@ -672,7 +682,7 @@ impl Viommu {
         // A translation goes away unless the endpoint was blocked: its previous domain's, or
         // the identity of bypass mode.
         let (previous, removes) = {
-            let now = state.attached.load();
+            let now = state.attachment();
             (now.domain_id(), !matches!(**now, Attachment::Blocked))
         };
         // Leave the previous domain first, as if the driver had sent DETACH.
@@ -691,7 +701,7 @@ impl Viommu {
     /// endpoint is not attached to, is `INVAL` (the specification's MAY).
     fn detach(c: &mut Control, domain: u32, endpoint: u32) -> Result<bool, Status> {
         let state = c.endpoints.get(&endpoint).ok_or(Status::NoEnt)?.clone();
-        if state.attached.load().domain_id() != Some(domain) {
+        if state.attachment().domain_id() != Some(domain) {
             return Err(Status::Inval);
         }
         state.attached.store(Attachment::unattached(c.bypass));
