@@ -8,13 +8,21 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A reading of the fine clock (ticks; only differences of readings on one thread mean
-/// anything).
+/// anything). On x86-64 the read is fenced on both sides: RDTSC alone may execute before the
+/// loads in front of it complete (a chain of cache misses would then seem to take no time) or
+/// after the instructions behind it start.
 #[inline(always)]
 pub fn now() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: RDTSC has no preconditions; x86-64 always has it.
-        unsafe { core::arch::x86_64::_rdtsc() }
+        use core::arch::x86_64::{_mm_lfence, _rdtsc};
+        // SAFETY: LFENCE and RDTSC have no preconditions; every x86-64 CPU has both (SSE2).
+        unsafe {
+            _mm_lfence();
+            let t = _rdtsc();
+            _mm_lfence();
+            t
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -9,12 +9,13 @@
 //!    last thread's end.
 //! 2. **Latency.** Ops are timed in short groups with the cheap clock of [`crate::clock`]; the
 //!    calibrated cost of reading it is subtracted, and each group's time per op goes into a
-//!    thread-local histogram (picosecond units) merged at the end. A group is as many ops as
-//!    take about [`LATENCY_GROUP_NS`] at the thread's throughput-phase speed (1 for slow ops,
-//!    at most [`MAX_LATENCY_GROUP`]): some virtual machines advance every clock, the TSC
-//!    included, in 10 ns steps, so timing a 20 ns op alone could only say 10, 20 or 30 ns,
-//!    while a group of 50 resolves its ops to a fifth of a nanosecond. A slow op still shows:
-//!    one 1 µs stall in a group of 50 raises that sample by 20 ns.
+//!    thread-local histogram (picosecond units) merged at the end. Ops of [`SINGLE_OP_NS`] or
+//!    more are timed alone; faster ones in groups of as many as take about
+//!    [`LATENCY_GROUP_NS`] at the thread's throughput-phase speed (at most
+//!    [`MAX_LATENCY_GROUP`]): some virtual machines advance every clock, the TSC included, in
+//!    10 ns steps, so timing a 20 ns op alone could only say 10, 20 or 30 ns, while a group of
+//!    50 resolves its ops to a fifth of a nanosecond. A slow op still shows: one 1 µs stall in
+//!    a group of 50 raises that sample by 20 ns.
 //!
 //! Timing each op in the throughput phase would add the clock's cost to every op, which is of
 //! the same order as the cheapest ops measured here (an uncontended CAS), so the phases are kept
@@ -112,7 +113,9 @@ impl Latency {
     }
 }
 
-/// The time a latency sample's group of ops aims at.
+/// Ops at least this slow are timed alone (a 10 ns clock step is then at most 4% of one).
+pub const SINGLE_OP_NS: f64 = 250.0;
+/// The time a latency sample's group of faster ops aims at.
 pub const LATENCY_GROUP_NS: f64 = 1000.0;
 /// The largest group of ops one latency sample covers.
 pub const MAX_LATENCY_GROUP: u64 = 64;
@@ -122,12 +125,13 @@ pub const MAX_LATENCY_GROUP: u64 = 64;
 /// ```
 /// use dma_bench::harness::latency_group;
 /// assert_eq!(latency_group(2000.0), 1);
+/// assert_eq!(latency_group(300.0), 1);
 /// assert_eq!(latency_group(100.0), 10);
 /// assert_eq!(latency_group(2.0), 64);
 /// assert_eq!(latency_group(f64::INFINITY), 1);
 /// ```
 pub fn latency_group(ns_per_op: f64) -> u64 {
-    if ns_per_op.is_finite() && ns_per_op > 0.0 {
+    if ns_per_op.is_finite() && ns_per_op > 0.0 && ns_per_op < SINGLE_OP_NS {
         ((LATENCY_GROUP_NS / ns_per_op).ceil() as u64).clamp(1, MAX_LATENCY_GROUP)
     } else {
         1
@@ -591,8 +595,9 @@ mod tests {
         });
         assert_eq!(m.ops % 3, 0);
         assert!(m.ops >= 3 * BATCH);
-        // Every sample comes from thread 1, and thread 1's calls cover both phases.
-        assert!(m.latency.samples >= BATCH);
+        // Every sample (a group of calls) comes from thread 1, at least one timed batch of
+        // them, and thread 1's calls cover both phases.
+        assert!(m.latency.samples * m.latency.group >= BATCH);
         assert!(m.latency.samples + m.ops / 3 <= calls.load(Ordering::Relaxed));
         assert!(m.cpu_ns_per_op.is_finite() && m.elapsed_s > 0.0);
     }

@@ -39,7 +39,7 @@ fn main() {
     }
     for o in &rep.omitted {
         println!(
-            "left out: {}: {} ({})",
+            "left out: {}: {}\n    ({})",
             o.component.name(),
             o.what,
             o.reason

@@ -496,14 +496,15 @@ fn targets_chart(path: &Path, targets: &[TargetResult]) -> PlotResult {
     root.fill(&WHITE)?;
     let (lo, hi) = (SHOWN.0 / 1.2, SHOWN.1 * 1.2);
     let n = rows.len().max(1);
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, side) = root.split_horizontally(PLOT_W + LEGEND_W - 170);
+    let mut chart = ChartBuilder::on(&plot)
         .caption(
-            "targets: median ratio ÷ bound (≤ 1: met), min–max of the repetitions (shown 0.05–20)",
+            "targets: median ratio ÷ bound (≤ 1: met; hollow: within noise), min–max (shown 0.05–20)",
             ("sans-serif", 18),
         )
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(260)
+        .y_label_area_size(230)
         .build_cartesian_2d((lo..hi).log_scale(), -0.5f64..n as f64 - 0.5)?;
     let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
     chart
@@ -528,15 +529,29 @@ fn targets_chart(path: &Path, targets: &[TargetResult]) -> PlotResult {
         4,
         BOUND_COLOR.stroke_width(2),
     ))?;
+    let (met_color, missed_color) = (PEER_COLORS[1], PEER_COLORS[0]);
     for (i, (_, s, met)) in rows.iter().enumerate() {
         let y = (n - 1 - i) as f64;
-        let color = if *met { PEER_COLORS[1] } else { PEER_COLORS[0] };
+        let color = if *met { met_color } else { missed_color };
         chart.draw_series(LineSeries::new(
             vec![(s.min, y), (s.max, y)],
             color.stroke_width(2),
         ))?;
-        chart.draw_series([Circle::new((s.median, y), 5, color.filled())])?;
+        // A hollow marker: the bound lies within the repetitions' min–max.
+        let within_noise = s.min <= 1.0 && 1.0 <= s.max && s.min < s.max;
+        let style = if within_noise {
+            color.stroke_width(2)
+        } else {
+            color.filled()
+        };
+        chart.draw_series([Circle::new((s.median, y), 5, style)])?;
     }
+    let key = [
+        ("met (median)".to_string(), met_color, false),
+        ("missed (median)".to_string(), missed_color, false),
+        ("bound".to_string(), BOUND_COLOR, true),
+    ];
+    legend(&side, &key)?;
     root.present()?;
     Ok(())
 }

@@ -71,8 +71,30 @@ pub fn scaling(r: &CaseResult, cpus: usize) -> Option<f64> {
     (one > 0.0).then(|| two / one)
 }
 
+/// A table cell's number in at most 7 characters: [`sig3`], with k/M/G/T from 100,000 on and
+/// "<0.001" below a thousandth.
+///
+/// ```
+/// use dma_bench::report::compact;
+/// assert_eq!(compact(42.0), "42.0");
+/// assert_eq!(compact(98_765_432.0), "98.8M");
+/// assert_eq!(compact(1.1e12), "1.10T");
+/// assert_eq!(compact(0.0000012), "<0.001");
+/// ```
+pub fn compact(v: f64) -> String {
+    let a = v.abs();
+    if a > 0.0 && a < 0.001 {
+        return "<0.001".into();
+    }
+    let units = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    match units.iter().find(|(scale, _)| a >= 1e5 && a >= *scale) {
+        Some((scale, unit)) => format!("{}{unit}", sig3(v / scale)),
+        None => sig3(v),
+    }
+}
+
 fn opt(v: Option<f64>, suffix: &str) -> String {
-    v.map_or_else(|| "-".to_string(), |v| format!("{}{suffix}", sig3(v)))
+    v.map_or_else(|| "-".to_string(), |v| format!("{}{suffix}", compact(v)))
 }
 
 /// The width of the default tables.
@@ -331,4 +353,70 @@ pub fn targets_markdown(targets: &[TargetResult]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Latency, Measurement};
+
+    fn case(workload: &str, implementation: &str, role: Role, ops: &[(usize, u64)]) -> CaseResult {
+        let repetitions: Vec<Vec<Measurement>> = ops
+            .iter()
+            .map(|&(t, n)| {
+                let lat = Latency {
+                    p50: 123_456.0,
+                    p99: 98_765_432.0,
+                    p999: 1e9,
+                    ..Latency::default()
+                };
+                vec![Measurement::new(t, n, 1.0, t as f64, lat)]
+            })
+            .collect();
+        CaseResult::from_repetitions(
+            (Component::Iova, workload, implementation),
+            role,
+            None,
+            repetitions,
+        )
+    }
+
+    #[test]
+    fn compact_tables_fit_in_120_columns_even_with_extreme_figures() {
+        let threads = [1, 2, 4, 8];
+        let long = "a workload whose name is far longer than the name column of the table is wide";
+        let results = vec![
+            case(
+                long,
+                "ours",
+                Role::Ours,
+                &[(1, 1), (2, 1 << 40), (4, 3), (8, 4)],
+            ),
+            case(
+                long,
+                "RwLock<BTreeMap> (cloud-hypervisor) and more",
+                Role::Peer,
+                &[(1, 1 << 40), (2, 1)],
+            ),
+        ];
+        let t = tables(&results, &threads, 2, Layout::Compact);
+        for line in t.lines() {
+            assert!(
+                line.chars().count() <= COLUMNS,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(t.contains("<0.001×") && t.contains("1.10T×"), "{t}");
+        let evaluated: Vec<_> = crate::targets::all()
+            .iter()
+            .map(|t| t.evaluate(&results, 2))
+            .collect();
+        for line in targets_table(&evaluated, Layout::Compact).lines() {
+            assert!(line.chars().count() <= COLUMNS, "{line}");
+        }
+        // The wide table has every thread count.
+        let w = tables(&results, &threads, 2, Layout::Wide);
+        assert!(w.contains("Mop/s@8") && !t.contains("Mop/s@8"));
+    }
 }

@@ -254,6 +254,25 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    /// The result of a case of `role` whose repetitions at each thread count are
+    /// `repetitions`; `runs` gets their medians.
+    pub fn from_repetitions(
+        (component, workload, implementation): (Component, &str, &str),
+        role: Role,
+        floor: Option<String>,
+        repetitions: Vec<Vec<Measurement>>,
+    ) -> Self {
+        CaseResult {
+            component,
+            workload: workload.into(),
+            implementation: implementation.into(),
+            role,
+            floor,
+            runs: repetitions.iter().map(|r| median_measurement(r)).collect(),
+            repetitions,
+        }
+    }
+
     /// The (median) measurement at `threads`, if run.
     pub fn at(&self, threads: usize) -> Option<&Measurement> {
         self.runs.iter().find(|m| m.threads == threads)
@@ -325,14 +344,13 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
     cases
         .iter()
         .zip(measured)
-        .map(|(case, repetitions)| CaseResult {
-            component: case.component,
-            workload: case.workload.clone(),
-            implementation: case.implementation.clone(),
-            role: case.role,
-            floor: case.floor.clone(),
-            runs: repetitions.iter().map(|r| median_measurement(r)).collect(),
-            repetitions,
+        .map(|(case, repetitions)| {
+            CaseResult::from_repetitions(
+                (case.component, &case.workload, &case.implementation),
+                case.role,
+                case.floor.clone(),
+                repetitions,
+            )
         })
         .collect()
 }

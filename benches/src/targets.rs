@@ -477,18 +477,12 @@ mod tests {
                     .collect()
             })
             .collect();
-        CaseResult {
-            component,
-            workload: workload.into(),
-            implementation: implementation.into(),
-            role: Role::Ours,
-            floor: None,
-            runs: repetitions
-                .iter()
-                .map(|r| crate::spread::median_measurement(r))
-                .collect(),
+        CaseResult::from_repetitions(
+            (component, workload, implementation),
+            Role::Ours,
+            None,
             repetitions,
-        }
+        )
     }
 
     fn by_id(results: &[CaseResult], id: &str) -> TargetResult {

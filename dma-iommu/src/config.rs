@@ -62,7 +62,7 @@ impl DomainConfig {
     /// Check every part before anything is built: the page-table format, the IOVA allocator
     /// (its counts bounded by `iova_cache::config::MAX_CPUS` and `MAX_MAGAZINE_SIZE`), its
     /// granule and space against the page table, and the flush queue ([`FqConfig::validate`]:
-    /// at most [`crate::flush_queue::MAX_QUEUED`] entries). [`Domain::new`] calls it first.
+    /// at most [`crate::flush_queue::MAX_QUEUED`] entries). [`crate::Domain::new`] calls it first.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests

@@ -8,9 +8,15 @@
 //! Unmap: take the record (refusing addresses that are not a live mapping of this device) →
 //! [`Strictness::unmap_with`]: clear the leaves, then sync and free (strict; always for
 //! untrusted devices) or queue (lazy) → release the bounce buffer, copying back, after the
-//! IOTLB can no longer reach it.
+//! IOTLB can no longer reach it (a copy-back that original memory refuses is
+//! [`DmaError::LostCopyBack`]; the slots are released all the same).
+//!
+//! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
+//! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
+//! the domain's `Backend` (module `backend`), shared with [`Strictness`].
 
 use crate::backend::{unmap_present, Backend, SharedIotlb};
+use crate::bounce::{copy_error, Bouncer};
 use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
 use crate::flush_queue::FqConfig;
@@ -24,7 +30,7 @@ use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::{cpu, Arc};
 use io_pgtable::PageTable;
 use iova_cache::{IovaAllocator, IovaError};
-use swiotlb_core::{Direction, MapAttrs, Swiotlb};
+use swiotlb_core::{Direction, Swiotlb};
 
 pub use crate::backend::IovaSpan;
 pub use crate::config::DomainConfig;
@@ -245,30 +251,27 @@ impl<T: TlbOps + 'static> Domain<T> {
         }
         let end = paddr.checked_add(size).ok_or(DmaError::Overflow)?;
         let mask = self.granule() - 1;
-        let bounce_dev = dev
-            .inner
-            .bounce
-            .as_ref()
-            .filter(|_| (paddr | end) & mask != 0);
-        let Some(bdev) = bounce_dev else {
+        let Some(bouncer) = self.bouncer(dev).filter(|_| (paddr | end) & mask != 0) else {
             return self.map_phys(dev, paddr, size, dir, Kind::Single, None);
         };
-        let bounce = self.bounce.as_ref().ok_or(DmaError::NoBounceBuffers)?;
-        let attrs = MapAttrs {
-            alloc_align_mask: mask,
-            zero_padding: true,
-            ..MapAttrs::default()
-        };
         let len = usize::try_from(size).map_err(|_| DmaError::Overflow)?;
-        let phys = bounce.map(bdev, paddr, len, dir, attrs)?;
+        let phys = bouncer.map(paddr, len, dir, mask)?;
         let r = self.map_phys(dev, phys, size, dir, Kind::Single, Some(phys));
         if r.is_err() {
             // Nothing was written through the mapping: release without copying back.
-            release_bounce(bounce, bdev, phys, len, dir);
+            bouncer.release(phys, len, dir);
         } else {
             self.stats.count(Event::Bounce);
         }
         r
+    }
+
+    /// The bounce pool as `dev` uses it (untrusted devices only).
+    fn bouncer<'a>(&'a self, dev: &'a Device) -> Option<Bouncer<'a>> {
+        Some(Bouncer {
+            pool: self.bounce.as_ref()?,
+            dev: dev.inner.bounce.as_ref()?,
+        })
     }
 
     /// Map a physical (MMIO) range for peer-to-peer DMA: never bounced, no CPU syncs.
@@ -478,28 +481,10 @@ impl<T: TlbOps + 'static> Domain<T> {
             Unmapped::Synced => Event::Synced,
             Unmapped::Queued => Event::Queued,
         });
-        if let (Some(phys), Some(bdev), Some(bounce)) =
-            (rec.bounce, &dev.inner.bounce, &self.bounce)
-        {
-            // The device can no longer reach the buffer (untrusted: always strict). Copy its
-            // writes back, then release the slots whatever the copy did: the mapping is gone
-            // either way, and a kept slot could never be released again. `size` is the
-            // recorded size, which `map_single` checked fits a usize.
-            let size = size as usize;
-            let device_wrote = matches!(dir, Direction::FromDevice | Direction::Bidirectional);
-            let copied = if copy_back && device_wrote {
-                bounce.sync_for_cpu(bdev, phys, size, dir)
-            } else {
-                Ok(())
-            };
-            release_bounce(bounce, bdev, phys, size, dir);
-            copied.map_err(|e| {
-                copy_error(e, |cause| DmaError::LostCopyBack {
-                    dma,
-                    size: size as u64,
-                    cause,
-                })
-            })?;
+        if let (Some(phys), Some(bouncer)) = (rec.bounce, self.bouncer(dev)) {
+            // The device can no longer reach the buffer (untrusted: always strict). `size` is
+            // the recorded size, which `map_single` checked fits a usize.
+            bouncer.unmap(dma, phys, size as usize, dir, copy_back)?;
         }
         Ok(how)
     }
@@ -593,9 +578,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         let phys = self.translate(dma).ok_or(DmaError::NotMapped { dma })?;
         self.translate(last)
             .ok_or(DmaError::NotMapped { dma: last })?;
-        match (&dev.inner.bounce, &self.bounce) {
-            (Some(bdev), Some(bounce)) if bounce.is_bounce_buffer(bdev, phys) => {
-                op(bounce, bdev, phys).map_err(|e| {
+        match self.bouncer(dev) {
+            Some(b) if b.pool.is_bounce_buffer(b.dev, phys) => {
+                op(b.pool, b.dev, phys).map_err(|e| {
                     copy_error(e, |cause| DmaError::CopyRefused {
                         dma,
                         size: size as u64,
@@ -699,36 +684,6 @@ impl<T: TlbOps + 'static> Domain<T> {
             self.strictness.queue_stats(),
         )
     }
-}
-
-/// A bounce allocator error as the domain reports it: a copy that original memory refused
-/// becomes `refused(cause)`, anything else [`DmaError::Bounce`].
-fn copy_error(
-    e: swiotlb_core::Error,
-    refused: impl FnOnce(swiotlb_core::MemoryError) -> DmaError,
-) -> DmaError {
-    match e {
-        swiotlb_core::Error::Memory(cause) => refused(cause),
-        e => DmaError::Bounce(e),
-    }
-}
-
-/// Release a bounce buffer without copying back (the copy, if any, is the caller's). Only the
-/// caller holds `phys` (a fresh map, or the unmap that took the record), so the allocator
-/// refuses only if the slots were released around the domain, through the allocator itself:
-/// then they are free already and nothing leaks.
-fn release_bounce(
-    bounce: &Swiotlb,
-    bdev: &swiotlb_core::Device,
-    phys: u64,
-    size: usize,
-    dir: Direction,
-) {
-    let skip = MapAttrs {
-        skip_cpu_sync: true,
-        ..MapAttrs::default()
-    };
-    let _ = bounce.unmap(bdev, phys, size, dir, skip);
 }
 
 impl<T: TlbOps + 'static> std::fmt::Debug for Domain<T> {

@@ -108,13 +108,16 @@ pub struct FqConfig {
 }
 
 impl FqConfig {
-    /// Linux's per-CPU queue: 256-entry rings, 10 ms timeout, one ring per CPU.
+    /// Linux's per-CPU queue: 256-entry rings, 10 ms timeout, one ring per CPU, at most
+    /// `MAX_QUEUED / 256` (4096) rings, so the default is valid on any machine (CPUs beyond
+    /// share rings: a CPU id is reduced modulo the ring count).
     pub fn per_cpu() -> Self {
+        const RING: usize = 256;
         Self {
             kind: FqKind::PerCpu,
-            ring_size: 256,
+            ring_size: RING,
             timeout: Duration::from_millis(10),
-            cpus: cpu::count(),
+            cpus: cpu::count().clamp(1, MAX_QUEUED / RING),
         }
     }
 

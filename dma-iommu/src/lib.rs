@@ -19,7 +19,7 @@
 //! | [`Domain::sync_for_cpu`] / [`Domain::sync_for_device`] | partial syncs of live mappings |
 //! | [`Domain::set_lazy`], [`Domain::flush_queue_now`] | strict → lazy at run time; run the timer's work |
 //! | [`Domain::stats`]` -> DomainStats` (`Display`: the text report; serde with feature `serde`) | maps, unmaps, flushes, queued entries, bounce use |
-//! | [`test_util::SimulatedDevice`] (feature `test-util`) | the device side, through the page table, for tests |
+//! | `test_util::SimulatedDevice` (feature `test-util`) | the device side, through the page table, for tests |
 //! | [`FlushQueue`], [`Strictness`], [`InvalidationOps`] | the invalidation machinery, generic over what it frees |
 //! | [`TlbOps`] (caller), [`SimulatedIotlb`], [`RecordingIotlb`] | IOTLB callbacks |
 //! | [`DmaError`] | typed errors; the domain is unchanged after any |
@@ -64,6 +64,7 @@
 //! unmap path). The caller's IOMMU is reached only through [`TlbOps`].
 
 mod backend;
+mod bounce;
 mod config;
 pub mod device;
 pub mod domain;

@@ -65,6 +65,8 @@ impl Registry {
             return Err(DmaError::NoMemory);
         }
         let old = shard.insert(pfn, rec);
+        // Unreachable: the caller mapped the page table first, and io-pgtable claims every
+        // entry by compare-and-swap, so no two live mappings share a first pfn.
         debug_assert!(old.is_none(), "IOVA pfn {pfn:#x} handed out twice");
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The mutation points of dma-sync itself: the orderings of the loom RCU shim.
+//! The mutation points of dma-sync itself: the orderings of the loom RCU shim and of
+//! `rcu::synchronize`.
 //!
 //! Production builds use crossbeam-epoch, whose orderings crossbeam checks with its own loom
 //! suite. Under loom, [`crate::rcu`] is a fence-based RCU whose every ordering is a point here,
@@ -21,4 +22,10 @@ crate::mutation_points! {
     /// The grace period itself: a retired object is freed only after every registered reader
     /// has left (weakened: freed at once).
     RCU_GRACE_PERIOD: GracePeriod = "rcu.grace_period";
+    /// Release store of "grace period over" by whichever thread frees `rcu::synchronize`'s
+    /// token.
+    RCU_SYNCHRONIZE_DONE_RELEASE: Store = "rcu.synchronize.done.release";
+    /// Acquire load of "grace period over" in `rcu::synchronize`'s wait loop; pairs with
+    /// `rcu.synchronize.done.release`, so the waiter happens after every section it waited for.
+    RCU_SYNCHRONIZE_DONE_ACQUIRE: Load = "rcu.synchronize.done.acquire";
 }

@@ -1,20 +1,21 @@
 //! Read-copy-update: pin a read-side guard, load published pointers under it, defer frees.
 //!
-//! Normal builds are crossbeam-epoch: [`pin`] is `crossbeam_epoch::pin`, and
-//! [`Guard::defer_retire`] frees the object once every thread pinned at the time has unpinned.
+//! Three backends, one API:
 //!
-//! Under loom this is a fence-based RCU that loom can see, in the store-buffering shape of
-//! the kernel's: a reader registers (`active = 1`), issues a full fence and then loads
-//! pointers; an updater unlinks, issues a full fence and waits until every registered reader
-//! has left (acquire load, paired with the reader's release on leaving). Retired objects are
-//! not freed: they are *poisoned* through [`Retire::poison`] (loom's `with_mut`, a tracked
-//! write) and parked until the model's execution ends. A reader that can still reach a
-//! retired object is therefore reported by loom as a causality violation instead of being
-//! real undefined behaviour. Every ordering of the shim is a mutation point in
-//! [`crate::points`].
+//! * normal builds: crossbeam-epoch. [`pin`] is `crossbeam_epoch::pin`, and
+//!   [`Guard::defer_retire`] frees the object once every thread pinned at the time has unpinned;
+//! * `--cfg loom`: a fence-based RCU that loom can see (`rcu/shim.rs`), at least as strict as
+//!   crossbeam-epoch: a retirement is dated when it is deferred (not when the guard drops),
+//!   its grace period may complete on any thread that pins, unpins or flushes, freed objects
+//!   are poisoned (a racing reader is a loom causality violation) and their allocations are
+//!   handed back by [`boxed`] so address reuse (ABA) is explored;
+//! * `--cfg loom --cfg crossbeam_loom`: crossbeam-epoch itself in crossbeam's loom mode, with
+//!   the same poisoning and parking, as a second, independent model of the protocol.
 //!
-//! Under loom the grace period runs when the retiring thread's outermost guard is dropped, so
-//! a model must not hold a lock another pinned thread waits for at that moment.
+//! Under both loom backends a free that bypasses this module (an object allocated by [`boxed`]
+//! or declared with [`track`], dropped while a reader may still dereference it) is reported
+//! (`rcu/bypass.rs`) when the test binary installs `CheckedAlloc` (loom builds only) as its
+//! global allocator.
 //!
 //! ```
 //! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -26,29 +27,51 @@
 //!     fn poison(&mut self) { self.0 = u64::MAX; }
 //! }
 //!
-//! let head = AtomicPtr::new(Box::into_raw(Box::new(Node(1))));
+//! let head = AtomicPtr::new(Box::into_raw(rcu::boxed(Node(1))));
 //! let guard = rcu::pin();
 //! // SAFETY: `head` only ever holds pointers from `Box::into_raw`, retired after unlinking.
 //! let node = unsafe { guard.deref(head.load(Ordering::Acquire)) }.unwrap();
 //! assert_eq!(node.0, 1);
-//! let old = head.swap(Box::into_raw(Box::new(Node(2))), Ordering::AcqRel);
+//! let old = head.swap(Box::into_raw(rcu::boxed(Node(2))), Ordering::AcqRel);
 //! // SAFETY: `old` is unlinked and retired once.
 //! unsafe { guard.defer_retire(old) };
 //! drop(guard);
 //! let last = head.swap(std::ptr::null_mut(), Ordering::AcqRel);
 //! // SAFETY: unlinked, retired once.
 //! unsafe { rcu::pin().defer_retire(last) };
+//! rcu::synchronize();
 //! ```
 
 use crate::mutation::Point;
+
+#[cfg(loom)]
+mod bypass;
+#[cfg(any(not(loom), crossbeam_loom))]
+mod epoch;
+#[cfg(loom)]
+mod graveyard;
+#[cfg(all(loom, not(crossbeam_loom)))]
+mod shim;
+mod synchronize;
+
+#[cfg(loom)]
+pub use bypass::CheckedAlloc;
+pub use synchronize::synchronize;
+
+#[cfg(any(not(loom), crossbeam_loom))]
+use epoch as backend;
+#[cfg(all(loom, not(crossbeam_loom)))]
+use shim as backend;
 
 /// An object that can be freed through RCU.
 pub trait Retire: Send + 'static {
     /// Overwrite the object's contents as a free would, through exclusive access.
     ///
-    /// Called only under loom, just before the object is parked: write every loom atomic or
-    /// cell the readers may touch (`Poison::poison`, `UnsafeCell::with_mut`), so a racing
-    /// reader is reported. Normal builds drop the object instead.
+    /// Called only under loom, when the grace period is over, just before the object is
+    /// parked: write every loom atomic or cell the readers may touch (`Poison::poison`,
+    /// `UnsafeCell::with_mut`), so a racing reader is reported, and release every loom `Arc`
+    /// the object holds (parked objects outlive the model's execution). Normal builds drop
+    /// the object instead.
     fn poison(&mut self);
 }
 
@@ -78,21 +101,15 @@ pub trait Retire: Send + 'static {
 /// drop(guard);
 /// ```
 pub struct Guard {
-    #[cfg(not(loom))]
-    inner: crossbeam_epoch::Guard,
-    #[cfg(loom)]
-    protected: bool,
+    inner: backend::Guard,
 }
 
 /// Enter a read-side critical section.
 #[inline]
 pub fn pin() -> Guard {
-    #[cfg(not(loom))]
-    return Guard {
-        inner: crossbeam_epoch::pin(),
-    };
-    #[cfg(loom)]
-    return shim::pin(crate::points::RCU_PIN.on());
+    Guard {
+        inner: backend::pin(crate::points::RCU_PIN.on()),
+    }
 }
 
 /// Enter a read-side critical section through a named point: weakening the point in a loom
@@ -112,13 +129,51 @@ pub fn pin() -> Guard {
 /// ```
 #[inline]
 pub fn pin_at(point: &'static Point) -> Guard {
-    #[cfg(not(loom))]
-    {
-        let _ = point;
-        pin()
+    Guard {
+        inner: backend::pin(crate::points::RCU_PIN.on() && point.on()),
     }
+}
+
+/// Allocate `value` for later publication and retirement through RCU.
+///
+/// Normal builds: `Box::new`. Under loom, the allocation of a retired `T` whose grace period is
+/// over is handed back (most recently freed first), as a real allocator would: a stale
+/// pointer then compares equal to the new object, so models explore ABA.
+///
+/// ```
+/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// struct Level([u64; 4]);
+/// impl dma_sync::rcu::Retire for Level {
+///     fn poison(&mut self) { self.0 = [u64::MAX; 4]; }
+/// }
+/// let level = dma_sync::rcu::boxed(Level([0; 4]));
+/// assert_eq!(level.0, [0; 4]);
+/// ```
+pub fn boxed<T: Retire>(value: T) -> Box<T> {
+    #[cfg(not(loom))]
+    return Box::new(value);
     #[cfg(loom)]
-    return shim::pin(crate::points::RCU_PIN.on() && point.on());
+    {
+        let obj = match graveyard::take::<T>() {
+            Some(mut reused) => {
+                *reused = value;
+                reused
+            }
+            None => Box::new(value),
+        };
+        bypass::track(&*obj as *const T as usize, std::mem::size_of::<T>());
+        obj
+    }
+}
+
+/// Declare an allocation of `len` bytes at `ptr`, made just now and not yet published, as one
+/// RCU readers will reach, so loom builds check that it is only freed through RCU or after
+/// every reader. [`boxed`] does this itself. No-op in normal builds.
+pub fn track(ptr: *const u8, len: usize) {
+    #[cfg(loom)]
+    bypass::track(ptr as usize, len);
+    #[cfg(not(loom))]
+    let _ = (ptr, len);
 }
 
 impl Guard {
@@ -129,162 +184,40 @@ impl Guard {
     /// are only ever freed through [`Guard::defer_retire`] after being unlinked from it.
     #[inline(always)]
     pub unsafe fn deref<T>(&self, ptr: *const T) -> Option<&T> {
+        #[cfg(loom)]
+        bypass::deref(ptr as usize);
         // SAFETY: by the caller's contract the object is not freed before this guard unpins.
         unsafe { ptr.as_ref() }
     }
 
+    /// Borrow `len` elements at `ptr`, loaded under this guard (a table of descriptors).
+    ///
+    /// # Safety
+    /// As [`Guard::deref`], for the whole slice; `ptr` is not null.
+    #[inline(always)]
+    pub unsafe fn deref_slice<T>(&self, ptr: *const T, len: usize) -> &[T] {
+        #[cfg(loom)]
+        bypass::deref(ptr as usize);
+        // SAFETY: by the caller's contract the elements outlive this guard.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
     /// Free `ptr` once every reader that might still hold it has left its critical section.
+    ///
+    /// The retirement is dated now: a reader that pins after this call must not be able to
+    /// reach `ptr`, so unlink first, then retire.
     ///
     /// # Safety
     /// `ptr` came from `Box::into_raw`, is no longer reachable from any published location,
     /// and is retired exactly once.
     pub unsafe fn defer_retire<T: Retire>(&self, ptr: *mut T) {
-        #[cfg(not(loom))]
-        {
-            struct SendPtr<T>(*mut T);
-            // SAFETY: the object is `Send`; the pointer is the unique owner after unlinking.
-            unsafe impl<T: Send> Send for SendPtr<T> {}
-            let p = SendPtr(ptr);
-            // SAFETY: crossbeam runs the closure after all current pins end; `p` is unique.
-            unsafe {
-                self.inner.defer_unchecked(move || {
-                    let p = p;
-                    drop(Box::from_raw(p.0));
-                })
-            };
-        }
-        #[cfg(loom)]
-        shim::defer(ptr);
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.defer_retire(ptr) }
     }
 
-    /// Push this thread's deferred frees towards execution (crossbeam's `flush`; under loom
-    /// retirement already happens when the outermost guard drops).
+    /// Let expired retirements run now (crossbeam's `flush`: seals this thread's deferred
+    /// frees and tries to advance the epoch; the loom shim runs every ripe free).
     pub fn flush(&self) {
-        #[cfg(not(loom))]
         self.inner.flush();
-    }
-}
-
-#[cfg(loom)]
-impl Drop for Guard {
-    fn drop(&mut self) {
-        shim::unpin(self.protected);
-    }
-}
-
-#[cfg(loom)]
-mod shim {
-    use super::{Guard, Retire};
-    use crate::atomic::{AtomicUsize, Ordering::*};
-    use crate::points::{
-        RCU_GRACE_PERIOD, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
-    };
-    use std::cell::RefCell;
-
-    /// loom allows at most a handful of threads per model.
-    const MAX_READERS: usize = 8;
-
-    struct Domain {
-        next_slot: AtomicUsize,
-        active: [AtomicUsize; MAX_READERS],
-        graveyard: std::sync::Mutex<Vec<Box<dyn Send>>>,
-    }
-
-    loom::lazy_static! {
-        static ref DOMAIN: Domain = Domain {
-            next_slot: AtomicUsize::new(0),
-            active: std::array::from_fn(|_| AtomicUsize::new(0)),
-            graveyard: std::sync::Mutex::new(Vec::new()),
-        };
-    }
-
-    type Deferred = Box<dyn FnOnce(&Domain)>;
-
-    #[derive(Default)]
-    struct Local {
-        slot: Option<usize>,
-        /// Nesting depth of protected guards.
-        depth: usize,
-        /// Guards of either kind alive on this thread.
-        guards: usize,
-        bag: Vec<Deferred>,
-    }
-
-    loom::thread_local! {
-        static LOCAL: RefCell<Local> = RefCell::new(Local::default());
-    }
-
-    pub(super) fn pin(protect: bool) -> Guard {
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            l.guards += 1;
-            if protect {
-                if l.depth == 0 {
-                    let slot = *l
-                        .slot
-                        .get_or_insert_with(|| DOMAIN.next_slot.fetch_add(1, Relaxed));
-                    assert!(slot < MAX_READERS, "too many RCU readers in one model");
-                    DOMAIN.active[slot].store(1, Relaxed);
-                    RCU_PIN_FENCE.fence(SeqCst);
-                }
-                l.depth += 1;
-            }
-        });
-        Guard { protected: protect }
-    }
-
-    pub(super) fn unpin(protected: bool) {
-        let bag = LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            l.guards -= 1;
-            if protected {
-                l.depth -= 1;
-                if l.depth == 0 {
-                    let slot = l.slot.expect("pinned thread has a slot");
-                    DOMAIN.active[slot].store(0, RCU_UNPIN_RELEASE.ord(Release));
-                }
-            }
-            if l.guards == 0 {
-                std::mem::take(&mut l.bag)
-            } else {
-                Vec::new()
-            }
-        });
-        if !bag.is_empty() {
-            synchronize();
-            for retire in bag {
-                retire(&DOMAIN);
-            }
-        }
-    }
-
-    pub(super) fn defer<T: Retire>(ptr: *mut T) {
-        let p = ptr as usize;
-        let retire: Deferred = Box::new(move |domain: &Domain| {
-            // SAFETY: by `defer_retire`'s contract the pointer is a unique, unlinked Box.
-            let mut obj = unsafe { Box::from_raw(p as *mut T) };
-            obj.poison();
-            domain
-                .graveyard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(obj);
-        });
-        LOCAL.with(|l| l.borrow_mut().bag.push(retire));
-    }
-
-    /// Wait until every reader registered now has left its critical section.
-    fn synchronize() {
-        RCU_SYNC_FENCE.fence(SeqCst);
-        if !RCU_GRACE_PERIOD.on() {
-            return;
-        }
-        let me = LOCAL.with(|l| l.borrow().slot);
-        let readers = DOMAIN.next_slot.load(Relaxed);
-        for slot in (0..readers).filter(|&s| Some(s) != me) {
-            while DOMAIN.active[slot].load(RCU_SYNC_ACQUIRE.ord(Acquire)) != 0 {
-                crate::thread::spin_wait();
-            }
-        }
     }
 }

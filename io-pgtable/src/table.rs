@@ -201,9 +201,9 @@ impl Drop for TableMem {
 /// the table serves), and `len` is the table's length; tables are freed only through
 /// [`retire`] after being unlinked.
 #[inline]
-pub(crate) unsafe fn entries_at(_guard: &Guard, addr: u64, len: usize) -> &[AtomicU64] {
+pub(crate) unsafe fn entries_at(guard: &Guard, addr: u64, len: usize) -> &[AtomicU64] {
     // SAFETY: by the caller's contract the table outlives the guard.
-    unsafe { std::slice::from_raw_parts(addr as *const AtomicU64, len) }
+    unsafe { guard.deref_slice(addr as *const AtomicU64, len) }
 }
 
 /// An unlinked subtree waiting for its grace period: its tables, freed (or, under loom,

@@ -21,6 +21,8 @@
 use dma_sync::mutation::Point;
 
 #[cfg(loom)]
+pub mod fixtures;
+#[cfg(loom)]
 pub mod harness;
 
 #[doc(hidden)]

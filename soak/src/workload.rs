@@ -21,6 +21,8 @@ use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
 };
+use dma_model::iova::class_size;
+use dma_model::XorShift;
 use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::{Arc, Mutex};
 use io_pgtable::{Config as PtConfig, PageTable, Prot};
@@ -43,12 +45,16 @@ pub struct SoakConfig {
     pub check_every: Duration,
     /// Seed of the workers' pseudo-random choices.
     pub seed: u64,
+    /// One operation in this many runs with an allocation site it reaches armed to fail
+    /// (0: never). A failure must be a typed error that loses nothing.
+    pub fault_one_in: u64,
 }
 
 impl SoakConfig {
-    /// `DMALOOM_SOAK_SECS` (default `default_secs`), `DMALOOM_SOAK_WORKERS` (default 3) and
-    /// `DMALOOM_SOAK_SEED` from the environment; checks every 250 ms, or ten times per run
-    /// for short runs.
+    /// `DMALOOM_SOAK_SECS` (default `default_secs`), `DMALOOM_SOAK_WORKERS` (default 3),
+    /// `DMALOOM_SOAK_SEED` and `DMALOOM_SOAK_FAULTS` (one operation in this many gets a
+    /// failing allocation; default 16, 0 for none) from the environment; checks every 250 ms,
+    /// or ten times per run for short runs.
     ///
     /// ```
     /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
@@ -68,6 +74,7 @@ impl SoakConfig {
             workers: get("DMALOOM_SOAK_WORKERS").unwrap_or(3).max(1) as usize,
             check_every: (duration / 10).min(Duration::from_millis(250)),
             seed: get("DMALOOM_SOAK_SEED").unwrap_or(0x5eed),
+            fault_one_in: get("DMALOOM_SOAK_FAULTS").unwrap_or(16),
         }
     }
 }
@@ -81,6 +88,9 @@ pub struct SoakReport {
     pub reads: u64,
     /// Quiescent checks passed.
     pub checks: u64,
+    /// Injected allocation failures the operations met (each a typed error that lost
+    /// nothing, or a fallback).
+    pub faults: u64,
     /// Peak memory the crates reported, first and second half of the run: swiotlb slots,
     /// IOVA cached granules, linked page-table levels, retired levels not yet freed.
     pub peaks: [[u64; 4]; 2],
@@ -90,8 +100,8 @@ impl fmt::Display for SoakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} DMA maps, {} reads, {} checks; peaks (slots, cached granules, linked tables, tables awaiting free) {:?} then {:?}",
-            self.ops[0], self.ops[1], self.ops[2], self.ops[3], self.reads, self.checks, self.peaks[0], self.peaks[1]
+            "{} bounce maps, {} IOVA allocations, {} page-table maps, {} DMA maps, {} reads, {} checks, {} injected allocation failures; peaks (slots, cached granules, linked tables, tables awaiting free) {:?} then {:?}",
+            self.ops[0], self.ops[1], self.ops[2], self.ops[3], self.reads, self.checks, self.faults, self.peaks[0], self.peaks[1]
         )
     }
 }
@@ -139,19 +149,43 @@ struct Held {
     dma: Vec<(usize, u64, u64, usize)>,
 }
 
-/// A small xorshift generator (no shared state, reproducible from the seed).
-struct Rng(u64);
+/// The fault sites each crate's operation may reach (per thread: a worker arms only its own
+/// calls).
+mod sites {
+    use dma_sync::fault::Site;
+    pub(super) const BOUNCE: &[&Site] = &[&swiotlb_core::faults::TRANSIENT_POOL];
+    pub(super) const IOVA: &[&Site] = &[
+        &iova_cache::faults::MAGAZINE_ALLOC,
+        &iova_cache::faults::DEPOT_GROW,
+        &iova_cache::faults::TREE_NODE,
+        &iova_cache::faults::OWNER_RECORD,
+    ];
+    pub(super) const PGTABLE: &[&Site] = &[&io_pgtable::faults::TABLE_ALLOC];
+    pub(super) const DMA: &[&Site] = &[
+        &dma_iommu::faults::MAPPING_RECORD,
+        &io_pgtable::faults::TABLE_ALLOC,
+        &iova_cache::faults::TREE_NODE,
+        &iova_cache::faults::MAGAZINE_ALLOC,
+        &swiotlb_core::faults::TRANSIENT_POOL,
+    ];
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+/// Run `f`, one time in `rate` (never for 0) with the next allocation at one of `sites`
+/// failing; returns `f`'s result and whether an injected failure was consumed.
+fn with_random_fault<R>(
+    rng: &mut XorShift,
+    rate: u64,
+    sites: &[&'static dma_sync::fault::Site],
+    f: impl FnOnce() -> R,
+) -> (R, bool) {
+    #[cfg(feature = "fault-injection")]
+    if rng.one_in(rate) {
+        let site = sites[rng.below(sites.len() as u64) as usize];
+        let (r, used) = dma_sync::fault::armed(site, 1, f);
+        return (r, used > 0);
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+    let _ = (rng, rate, sites);
+    (f(), false)
 }
 
 impl Shared {
@@ -193,9 +227,9 @@ impl Shared {
 }
 
 /// One worker: a bounce, an IOVA and a page-table operation per iteration.
-fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
+fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
     dma_sync::cpu::set_current(Some(id));
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let mut held = Held::default();
     let mut maps: Vec<(u64, usize, usize)> = Vec::new(); // (bounce addr, orig offset, size)
     let region = (id as u64 + 1) * REGION;
@@ -205,22 +239,28 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
         if maps.len() < 4 && rng.below(2) == 0 {
             let size = 1 + rng.below(16 * 1024) as usize;
             let off = (id * ORIG_LEN / 8 + maps.len() * 32 * 1024) % (ORIG_LEN - 32 * 1024);
-            match sh.tlb.map(
-                &sh.dev,
-                sh.base + off as u64,
-                size,
-                Direction::Bidirectional,
-                MapAttrs::default(),
-            ) {
+            let (r, injected) = with_random_fault(&mut rng, rate, sites::BOUNCE, || {
+                sh.tlb.map(
+                    &sh.dev,
+                    sh.base + off as u64,
+                    size,
+                    Direction::Bidirectional,
+                    MapAttrs::default(),
+                )
+            });
+            match r {
                 Ok(a) => {
                     held.slots += size.div_ceil(swiotlb_core::IO_TLB_SIZE);
                     maps.push((a, off, size));
                     ops[0].fetch_add(1, Relaxed);
                 }
+                Err(swiotlb_core::Error::NoSpace { .. }) if injected => {
+                    ops[4].fetch_add(1, Relaxed);
+                }
                 Err(e) => sh.fail(format!("bounce map of {size}: {e}")),
             }
         } else if let Some((a, off, size)) = maps.pop() {
-            let byte = rng.next() as u8;
+            let byte = rng.next_u64() as u8;
             let data = vec![byte; size];
             let r = sh
                 .tlb
@@ -253,13 +293,14 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
             } else {
                 IOVA_PFNS - 1
             };
-            match sh.iova.alloc(size, limit) {
+            let (r, injected) =
+                with_random_fault(&mut rng, rate, sites::IOVA, || sh.iova.alloc(size, limit));
+            match r {
+                Err(iova_cache::IovaError::OutOfMemory { .. }) if injected => {
+                    ops[4].fetch_add(1, Relaxed);
+                }
                 Ok(pfn) => {
-                    let rounded = if size < 32 {
-                        size.next_power_of_two()
-                    } else {
-                        size
-                    };
+                    let rounded = class_size(size);
                     sh.own(pfn, rounded, true);
                     held.iovas.push((pfn, size));
                     ops[1].fetch_add(1, Relaxed);
@@ -270,14 +311,16 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
             let (pfn, size) = held
                 .iovas
                 .swap_remove(rng.below(held.iovas.len() as u64) as usize);
-            let rounded = if size < 32 {
-                size.next_power_of_two()
-            } else {
-                size
-            };
+            let rounded = class_size(size);
             sh.own(pfn, rounded, false);
-            if let Err(e) = sh.iova.free(pfn, size) {
-                sh.fail(format!("iova free {pfn:#x}: {e}"));
+            // A free allocates only on its fast path, whose failure falls back: never refused.
+            let (r, injected) =
+                with_random_fault(&mut rng, rate, sites::IOVA, || sh.iova.free(pfn, size));
+            ops[4].fetch_add(u64::from(injected), Relaxed);
+            if let Err(e) = r {
+                sh.fail(format!(
+                    "iova free {pfn:#x} (fault injected: {injected}): {e}"
+                ));
             }
         }
         // dma-iommu: map a buffer of this worker's slice for either device, let the device
@@ -287,10 +330,19 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
             let size = 1 + rng.below(8 * 1024) as usize;
             let paddr =
                 sh.dom_base + (id * DOM_SLICE + held.dma.len() * 8 * 1024) as u64 + rng.below(64);
-            match sh
-                .dom
-                .map(&sh.dom_devs[d], paddr, size, Direction::Bidirectional)
-            {
+            let (r, injected) = with_random_fault(&mut rng, rate, sites::DMA, || {
+                sh.dom
+                    .map(&sh.dom_devs[d], paddr, size, Direction::Bidirectional)
+            });
+            match r {
+                Err(
+                    dma_iommu::DmaError::NoMemory
+                    | dma_iommu::DmaError::PageTable(io_pgtable::Error::NoMemory)
+                    | dma_iommu::DmaError::NoIova(iova_cache::IovaError::OutOfMemory { .. })
+                    | dma_iommu::DmaError::Bounce(swiotlb_core::Error::NoSpace { .. }),
+                ) if injected => {
+                    ops[4].fetch_add(1, Relaxed);
+                }
                 Ok(dma) => {
                     if sh.dom.translate(dma).is_none() {
                         sh.fail(format!("fresh DMA mapping {dma:#x} does not translate"));
@@ -301,7 +353,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
                 Err(e) => sh.fail(format!("dma map of {size} for device {d}: {e}")),
             }
         } else if let Some((d, dma, paddr, size)) = held.dma.pop() {
-            let data = vec![rng.next() as u8; size];
+            let data = vec![rng.next_u64() as u8; size];
             let dev = &sh.dom_devs[d];
             if let Err(e) = SimulatedDevice::new(
                 &sh.dom,
@@ -312,8 +364,14 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
             {
                 sh.fail(format!("device write through {dma:#x}: {e}"));
             }
-            if let Err(e) = sh.dom.unmap(dev, dma, size, Direction::Bidirectional) {
-                sh.fail(format!("dma unmap {dma:#x}: {e}"));
+            let (r, injected) = with_random_fault(&mut rng, rate, sites::DMA, || {
+                sh.dom.unmap(dev, dma, size, Direction::Bidirectional)
+            });
+            ops[4].fetch_add(u64::from(injected), Relaxed);
+            if let Err(e) = r {
+                sh.fail(format!(
+                    "dma unmap {dma:#x} (fault injected: {injected}): {e}"
+                ));
             }
             // Another worker may own this IOVA by now, never with our physical page.
             if sh.dom.translate(dma) == Some(paddr) {
@@ -334,10 +392,14 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
             let block = rng.below(4) == 0;
             let size: u64 = if block { 2 << 20 } else { 4096 };
             let iova = region + rng.below(REGION / size) * size;
-            match sh
-                .pt
-                .map_pages(iova, paddr_of(iova), size, 1, Prot::READ | Prot::WRITE)
-            {
+            let (r, injected) = with_random_fault(&mut rng, rate, sites::PGTABLE, || {
+                sh.pt
+                    .map_pages(iova, paddr_of(iova), size, 1, Prot::READ | Prot::WRITE)
+            });
+            match r {
+                Err(io_pgtable::Error::NoMemory) if injected => {
+                    ops[4].fetch_add(1, Relaxed);
+                }
                 Ok(_) => {
                     held.leaves.insert(iova, size);
                     ops[2].fetch_add(1, Relaxed);
@@ -380,15 +442,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
         }
     }
     for (pfn, size) in held.iovas.drain(..) {
-        sh.own(
-            pfn,
-            if size < 32 {
-                size.next_power_of_two()
-            } else {
-                size
-            },
-            false,
-        );
+        sh.own(pfn, class_size(size), false);
         if let Err(e) = sh.iova.free(pfn, size) {
             sh.fail(format!("final iova free: {e}"));
         }
@@ -400,7 +454,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, ops: &[AtomicU64; 4]) {
 
 /// The reader: translations and dumps of the shared table while the workers change it.
 fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let guard_region = (workers as u64 + 1) * REGION;
     while !sh.stop.load(Acquire) {
         sh.park_if_asked(&Held::default(), workers);
@@ -432,11 +486,13 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
 ///
 /// ```
 /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
+/// // Two checks: too short for the memory-trend checks, which need four.
 /// let cfg = dma_soak::workload::SoakConfig {
 ///     duration: std::time::Duration::from_millis(200),
 ///     workers: 2,
-///     check_every: std::time::Duration::from_millis(50),
+///     check_every: std::time::Duration::from_millis(80),
 ///     seed: 1,
+///     fault_one_in: 8,
 /// };
 /// let report = dma_soak::workload::run(&cfg).unwrap();
 /// assert!(report.checks >= 1);
@@ -493,7 +549,9 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
         stop: AtomicBool::new(false),
         held: Mutex::new(vec![Held::default(); cfg.workers + 1]),
     });
+    // Per crate, then injected failures met.
     let ops = Arc::new([
+        AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
@@ -507,7 +565,10 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
             ops.clone(),
             cfg.seed.wrapping_mul(id as u64 + 7),
         );
-        handles.push(dma_sync::thread::spawn(move || worker(&sh, id, seed, &ops)));
+        let rate = cfg.fault_one_in;
+        handles.push(dma_sync::thread::spawn(move || {
+            worker(&sh, id, seed, rate, &ops)
+        }));
     }
     {
         let (sh, reads, seed, n) = (sh.clone(), reads.clone(), cfg.seed ^ 0xabcdef, cfg.workers);
@@ -560,6 +621,7 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
     }
     final_check(&sh, &report);
     report.ops = [0, 1, 2, 3].map(|i| ops[i].load(Relaxed));
+    report.faults = ops[4].load(Relaxed);
     report.reads = reads.load(Relaxed);
     let bad = std::mem::take(&mut *sh.bad.lock());
     if bad.is_empty() {
@@ -586,11 +648,7 @@ fn quiescent_check(sh: &Shared) -> [u64; 4] {
     }
     let mut expected: Vec<(u64, u64)> = held
         .iter()
-        .flat_map(|h| {
-            h.iovas
-                .iter()
-                .map(|&(p, s)| (p, if s < 32 { s.next_power_of_two() } else { s }))
-        })
+        .flat_map(|h| h.iovas.iter().map(|&(p, s)| (p, class_size(s))))
         .chain(sh.iova.cached_ranges())
         .collect();
     expected.sort_unstable();

@@ -17,4 +17,8 @@ fn mixed_workload_keeps_every_invariant() {
         "a crate saw no operation: {report}"
     );
     assert!(report.reads > 0, "the reader never ran");
+    assert!(
+        cfg.fault_one_in == 0 || report.faults > 0,
+        "no injected allocation failure was met: {report}"
+    );
 }

@@ -19,6 +19,10 @@ dma_sync::mutation_points! {
     /// Release store publishing a new global pool at the tail of the pool list
     /// (`rcu_assign_pointer`).
     POOLS_PUBLISH: Store = "swiotlb.pools.publish";
+    /// A grower finds the list's tail and appends its pool in one critical section of the
+    /// writer lock (weakened: the section ends after the search, so two growers can append to
+    /// the same tail and one pool is lost).
+    POOLS_APPEND_LOCKED: Step = "swiotlb.pools.append_locked";
     /// Acquire loads of the global pool list's pointers (`rcu_dereference`).
     POOLS_TRAVERSE: Load = "swiotlb.pools.traverse";
     /// RCU pin around a walk of a device's transient pools, held while a found pool is used.

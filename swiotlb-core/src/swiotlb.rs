@@ -11,7 +11,10 @@ use crate::device::{Device, DeviceConfig};
 use crate::error::Error;
 use crate::faults::{DEFAULT_POOL, POOL_GROW, TRANSIENT_POOL};
 use crate::memory::OrigMemory;
-use crate::points::{FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_PUBLISH, POOLS_TRAVERSE};
+use crate::points::{
+    FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_APPEND_LOCKED, POOLS_PUBLISH,
+    POOLS_TRAVERSE,
+};
 use crate::pool::{Geometry, Pool};
 use crate::stats::{PoolStats, Stats, StatsSnapshot};
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
@@ -552,7 +555,7 @@ impl Swiotlb {
         // No memory: the error returns before the list is touched.
         let pool = Pool::new(geo, false, self.inner.cfg.phys_limit, &POOL_GROW)?;
         let pool = Box::into_raw(pool);
-        let mut count = self.inner.writer.lock();
+        let mut writer = Some(self.inner.writer.lock());
         let mut tail = self.inner.head.load(Relaxed);
         loop {
             // SAFETY: global pools are immortal; the writer lock orders us after every append.
@@ -562,11 +565,14 @@ impl Swiotlb {
             }
             tail = next;
         }
+        if !POOLS_APPEND_LOCKED.on() {
+            writer = None;
+        }
         // SAFETY: as above.
         unsafe { &*tail }
             .next
             .store(pool, POOLS_PUBLISH.ord(Release));
-        *count += 1;
+        *writer.unwrap_or_else(|| self.inner.writer.lock()) += 1;
         self.inner.nslabs.fetch_add(geo.nslabs, Relaxed);
         Ok(geo.nslabs)
     }

@@ -5,26 +5,13 @@
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
+use dma_model::XorShift;
 use dma_sync::thread;
 use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
 
 const THREADS: usize = 4;
 const ROUNDS: usize = if cfg!(miri) { 3 } else { 1500 };
 const REGION: u64 = 1 << 20;
-
-/// A small deterministic generator (xorshift), one per thread.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[test]
 #[cfg_attr(miri, ignore)]
@@ -43,7 +30,8 @@ fn threads_map_sync_unmap_with_growth() {
         .map(|t| {
             let tlb = tlb.clone();
             thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+                // The checkers' one generator, one per thread.
+                let mut rng = XorShift::new(t as u64 + 1);
                 let dev = tlb.device(DeviceConfig {
                     min_align_mask: [0, 0xFFF][t % 2],
                     ..Default::default()
@@ -55,7 +43,7 @@ fn threads_map_sync_unmap_with_growth() {
                     let slot = (round % 8) as u64;
                     let orig = region + slot * (REGION / 8) + rng.below(4096);
                     let len = 1 + rng.below(48 * 1024) as usize;
-                    let tag = rng.next() as u8;
+                    let tag = rng.next_u64() as u8;
                     tlb.memory().write(orig, &vec![tag; len]).unwrap();
                     let align = [0u64, 0xFFF, 0xFFFF][rng.below(3) as usize];
                     let attrs = MapAttrs {

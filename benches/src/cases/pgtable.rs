@@ -312,7 +312,8 @@ fn dependent_cases(opts: &Options) -> Vec<Case> {
             None,
             make.clone(),
         );
-        v.push(case.up_to(1));
+        // Compared with the dependent chase over the same number of pages (the same bytes).
+        v.push(case.with_floor(super::floor::chase_sweep(n)).up_to(1));
     }
     v
 }

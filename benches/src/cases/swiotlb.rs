@@ -155,6 +155,18 @@ fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
     })
 }
 
+/// Map `n` one-slot buffers from `orig` and keep them (they stay until the pool is dropped); how
+/// many were mapped.
+pub fn hold_slots(tlb: &Swiotlb, dev: &Device, orig: u64, n: usize) -> usize {
+    let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
+    (0..n)
+        .filter(|_| {
+            tlb.map(dev, orig, swiotlb_core::IO_TLB_SIZE, dir, attrs)
+                .is_ok()
+        })
+        .count()
+}
+
 /// A 4 KiB bounce to the device on a pool of `used + free` slots of which `used` are held by
 /// one-slot mappings, made by the measuring thread before the clock starts (so they fill its
 /// own area first, then the others, as a busy CPU does).
@@ -166,15 +178,11 @@ fn used_run(cfg: &RunConfig, threads: usize, used: usize, free: usize) -> Measur
     };
     let (tlb, base) = instance(pool, threads);
     let dev = tlb.device(DeviceConfig::default());
-    let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
     measure(cfg, threads, |t| {
         let orig = base + (t * ORIG_PER_THREAD) as u64;
         let per_thread = used / threads;
-        // The held mappings stay until the pool is dropped after the run.
-        for _ in 0..per_thread {
-            let _ = tlb.map(&dev, orig, swiotlb_core::IO_TLB_SIZE, dir, attrs);
-        }
-        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, dir)
+        hold_slots(&tlb, &dev, orig, per_thread);
+        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, Direction::ToDevice)
     })
 }
 
@@ -256,4 +264,29 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         });
     }
     (v, omitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // large pools
+    fn the_used_sweep_holds_every_slot_it_asks_for_and_leaves_the_free_ones() {
+        let (used, free) = (5_000, 2_048);
+        let pool = Config {
+            nslabs: used + free,
+            ..Config::default()
+        };
+        let (tlb, base) = instance(pool, 1);
+        let dev = tlb.device(DeviceConfig::default());
+        assert_eq!(hold_slots(&tlb, &dev, base, used), used);
+        assert_eq!(tlb.stats().used, used);
+        // The measured op still finds room, and gives it back.
+        let mut op = bounce_op(&tlb, dev, base, PEER_SIZE, Direction::ToDevice);
+        for _ in 0..10_000 {
+            op();
+        }
+        assert_eq!(tlb.stats().used, used);
+    }
 }

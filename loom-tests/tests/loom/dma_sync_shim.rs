@@ -16,15 +16,15 @@ use dma_sync::points::{
 use dma_sync::rcu::{self, Retire};
 use dma_sync::thread::spawn;
 use dma_sync::{Arc, Published, UnsafeCell};
-use loom_tests::harness::{check, quietly, Bound};
+use loom_tests::harness::{check, must_be_caught, Bound};
 use loom_tests::must_fail_test;
 
 /// What a freed node reads as.
-const POISON: u64 = u64::MAX;
+pub(crate) const POISON: u64 = u64::MAX;
 
 /// A published node whose payload is written after allocation and before publication, so loom
 /// tracks both the initialisation and the poisoning free of the payload.
-struct Node {
+pub(crate) struct Node {
     /// Non-atomic payload: any read not ordered after its write (or before its free) races.
     payload: UnsafeCell<u64>,
     /// Atomic copy of the payload, poisoned through `Poison` like a free path would.
@@ -36,8 +36,9 @@ struct Node {
 unsafe impl Sync for Node {}
 
 impl Node {
-    fn build(value: u64) -> *mut Node {
-        let node = Box::new(Node {
+    /// A new node through `rcu::boxed`, so it may reuse a freed node's address.
+    pub(crate) fn build(value: u64) -> *mut Node {
+        let node = rcu::boxed(Node {
             payload: UnsafeCell::new(0),
             check: AtomicU64::new(0),
         });
@@ -48,7 +49,7 @@ impl Node {
     }
 
     /// Read the node as a reader does: both copies, which must agree and not be poison.
-    fn read(&self) -> u64 {
+    pub(crate) fn read(&self) -> u64 {
         // SAFETY: the caller holds an RCU guard under which it loaded the node.
         let v = self.payload.with(|p| unsafe { *p });
         assert_eq!(v, self.check.load(Relaxed), "torn node");
@@ -191,7 +192,7 @@ impl Config {
         c
     }
 
-    fn read(&self) -> u64 {
+    pub(crate) fn read(&self) -> u64 {
         // SAFETY: the value was fully written before it was published.
         let g = self.generation.with(|p| unsafe { *p });
         assert_eq!(
@@ -260,12 +261,9 @@ fn published_swap_while_loading() {
 /// The model can fail: a value written after its publication races the readers. Exhaustive.
 #[test]
 fn published_late_initialisation_is_caught() {
-    let result = quietly(|| check(Bound::Exhaustive, || swap_while_loading(true)));
-    let msg = result.expect_err("loom must report the write after publication");
-    assert!(
-        msg.contains("Causality violation"),
-        "unexpected failure: {msg}"
-    );
+    must_be_caught("Causality violation", Bound::Exhaustive, || {
+        swap_while_loading(true)
+    });
 }
 
 /// Two writers increment through `Published::rcu` while a reader loads: no update is lost,

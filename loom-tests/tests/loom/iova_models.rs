@@ -20,13 +20,12 @@ use std::collections::BTreeSet;
 use std::sync::Mutex as StdMutex;
 
 /// A tiny cached allocator: `cpus` slots, `mag` entries per magazine, pfns `1..=end`, no trim
-/// worker, no ownership map (the oracle checks ownership).
-fn tiny(cpus: usize, mag: usize, end: u64) -> Arc<IovaAllocator> {
+/// worker, frees checked as by default (the oracle checks ownership too).
+pub(crate) fn tiny(cpus: usize, mag: usize, end: u64) -> Arc<IovaAllocator> {
     let cfg = IovaConfig {
         cpus,
         magazine_size: mag,
         trim_interval: None,
-        checked_frees: false,
         ..IovaConfig::with_space(1, end)
     };
     Arc::new(IovaAllocator::new(cfg).expect("valid tiny config"))
@@ -35,7 +34,7 @@ fn tiny(cpus: usize, mag: usize, end: u64) -> Arc<IovaAllocator> {
 /// The pfns users hold. Loom runs every model thread on one OS thread and never switches
 /// inside this lock, so it never blocks.
 #[derive(Clone, Default)]
-struct Oracle(std::sync::Arc<StdMutex<BTreeSet<u64>>>);
+pub(crate) struct Oracle(std::sync::Arc<StdMutex<BTreeSet<u64>>>);
 
 impl Oracle {
     fn got(&self, pfn: u64) -> u64 {
@@ -47,11 +46,11 @@ impl Oracle {
         pfn
     }
 
-    fn alloc(&self, a: &IovaAllocator, size: u64) -> Result<u64, IovaError> {
+    pub(crate) fn alloc(&self, a: &IovaAllocator, size: u64) -> Result<u64, IovaError> {
         a.alloc(size, a.config().end_pfn).map(|p| self.got(p))
     }
 
-    fn free(&self, a: &IovaAllocator, pfn: u64, size: u64) {
+    pub(crate) fn free(&self, a: &IovaAllocator, pfn: u64, size: u64) {
         assert!(
             self.0.lock().unwrap().remove(&pfn),
             "freeing a pfn the model does not hold"
@@ -60,7 +59,7 @@ impl Oracle {
     }
 
     /// Flush every cache and compare the allocator's live ranges with the held pfns.
-    fn settle(&self, a: &IovaAllocator) {
+    pub(crate) fn settle(&self, a: &IovaAllocator) {
         a.flush_all();
         let live: BTreeSet<u64> = a.allocated_ranges().into_iter().map(|(p, _)| p).collect();
         let held = self.0.lock().unwrap().clone();
@@ -79,7 +78,7 @@ impl Oracle {
     }
 }
 
-fn on_cpu(cpu: usize) {
+pub(crate) fn on_cpu(cpu: usize) {
     dma_sync::cpu::set_current(Some(cpu));
 }
 
@@ -272,13 +271,7 @@ must_fail_test! {
 /// A cached allocator over pfns `1..=end` that records user-held ranges itself
 /// (`checked_frees`), one magazine entry per slot.
 fn tiny_checked(cpus: usize, end: u64) -> Arc<IovaAllocator> {
-    let cfg = IovaConfig {
-        cpus,
-        magazine_size: 1,
-        trim_interval: None,
-        ..IovaConfig::with_space(1, end)
-    };
-    Arc::new(IovaAllocator::new(cfg).expect("valid tiny config"))
+    tiny(cpus, 1, end)
 }
 
 /// Two CPUs allocate single granules from an empty allocator with checked frees, so both

@@ -1,12 +1,11 @@
-//! Loom models of dma-vmm: UNMAP quiescence against a device access, with a must-fail twin
-//! for every observable mutation point of the crate.
+//! Loom models of dma-vmm: UNMAP and DETACH quiescence against one device access, with a
+//! must-fail twin for each mutation point of the crate (`vmm_quiesce_models` adds the grace
+//! period completing on the device's thread).
 
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::mutation::Weakening;
 use dma_sync::Arc;
-use dma_vmm::viommu::{
-    wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE,
-};
+use dma_vmm::viommu::{wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig};
 use io_pgtable::{Config, Prot};
 use loom_tests::harness::{outcomes, Bound};
 use loom_tests::must_fail_test;
@@ -27,34 +26,8 @@ impl Ram {
     }
 }
 
-/// A vIOMMU on the tiny page-table geometry (two levels of four entries), one endpoint
-/// attached to domain 0, and IOVA 0x1000 mapped to guest page 1.
 fn setup() -> (Arc<Viommu>, DeviceEndpoint) {
-    let cfg = ViommuConfig {
-        pgtable: Config::tiny(2),
-        input_range: (0, (1 << 16) - 1),
-        ..ViommuConfig::default()
-    };
-    let v = Arc::new(Viommu::new(cfg).unwrap());
-    let dev = v.add_endpoint(0, vec![]).unwrap();
-    assert_eq!(
-        v.handle(Request::Attach {
-            domain: 0,
-            endpoint: 0,
-            flags: 0
-        })
-        .status(),
-        Status::Ok
-    );
-    let map = Request::Map {
-        domain: 0,
-        virt_start: PAGE,
-        virt_end: 2 * PAGE - 1,
-        phys_start: PAGE,
-        flags: MAP_F_READ | MAP_F_WRITE,
-    };
-    assert_eq!(v.handle(map).status(), Status::Ok);
-    (v, dev)
+    loom_tests::fixtures::viommu_with_one_page()
 }
 
 /// A device thread translates IOVA 0x1000 and reads the guest page it reaches, in one
@@ -64,10 +37,11 @@ fn setup() -> (Arc<Viommu>, DeviceEndpoint) {
 /// of its read section to the return of the UNMAP (the grace period). The failure is then an
 /// assertion of the device thread, naming what went wrong.
 ///
-/// Bound: exhaustive for the must-pass model (two threads, a handful of atomic steps; well under
-/// a second). The must-fail twins use two preemptions: the failure needs one (the device is
-/// preempted between its translation and its read while the guest unmaps and reuses) and
-/// loom finds it within a few executions.
+/// Bound: three preemptions for the must-pass model (two threads; the device one access, the
+/// guest one request and its grace period, whose wait loop makes exhaustive exploration
+/// unbounded): the device can be stopped between its pin and its walk and between its walk
+/// and its read, the guest between clearing the leaf and its wait. The must-fail twins use
+/// two.
 fn unmap_vs_access() -> bool {
     let unmap = Request::Unmap {
         domain: 0,
@@ -79,7 +53,7 @@ fn unmap_vs_access() -> bool {
 
 /// The same with DETACH: once it completes, the endpoint's old domain is unused.
 ///
-/// Bound: exhaustive, as [`unmap_vs_access`].
+/// Bound: as [`unmap_vs_access`].
 fn detach_vs_access() -> bool {
     let detach = Request::Detach {
         domain: 0,
@@ -92,7 +66,7 @@ fn detach_vs_access() -> bool {
 /// returns, no access of an endpoint attached to no domain still uses the identity
 /// translation (here IOVA 0x1000 → page 1).
 ///
-/// Bound: exhaustive, as [`unmap_vs_access`].
+/// Bound: as [`unmap_vs_access`].
 fn bypass_off_vs_access() -> bool {
     let bypass_off = |v: &Viommu| assert!(v.write_config(wire::CONFIG_BYPASS_OFFSET, &[0]));
     guest_vs_access(
@@ -105,7 +79,7 @@ fn bypass_off_vs_access() -> bool {
 /// The same with an ATTACH that takes an endpoint out of bypass mode into a domain that maps
 /// nothing: once it completes, no access still uses the identity translation.
 ///
-/// Bound: exhaustive, as [`unmap_vs_access`].
+/// Bound: as [`unmap_vs_access`].
 fn attach_from_bypass_vs_access() -> bool {
     let attach = Request::Attach {
         domain: 0,
@@ -165,38 +139,40 @@ fn guest_vs_access(
     device.join().unwrap()
 }
 
-/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+/// Not vacuous: some executions serve the access, others fault it.
 #[test]
 fn unmap_waits_for_device_access() {
     assert_eq!(
-        outcomes(Bound::Exhaustive, unmap_vs_access),
+        outcomes(Bound::Preemptions(3), unmap_vs_access),
         BTreeSet::from([false, true])
     );
 }
 
-/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+/// Not vacuous: some executions serve the access, others fault it.
 #[test]
 fn detach_waits_for_device_access() {
     assert_eq!(
-        outcomes(Bound::Exhaustive, detach_vs_access),
+        outcomes(Bound::Preemptions(3), detach_vs_access),
         BTreeSet::from([false, true])
     );
 }
 
-/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+/// Bound as [`unmap_vs_access`]; not vacuous: some executions serve the access, others fault
+/// it.
 #[test]
 fn attach_from_bypass_waits_for_device_access() {
     assert_eq!(
-        outcomes(Bound::Exhaustive, attach_from_bypass_vs_access),
+        outcomes(Bound::Preemptions(3), attach_from_bypass_vs_access),
         BTreeSet::from([false, true])
     );
 }
 
-/// Exhaustive, and not vacuous: some executions serve the access, others fault it.
+/// Bound as [`unmap_vs_access`]; not vacuous: some executions serve the access, others fault
+/// it.
 #[test]
 fn bypass_off_waits_for_device_access() {
     assert_eq!(
-        outcomes(Bound::Exhaustive, bypass_off_vs_access),
+        outcomes(Bound::Preemptions(3), bypass_off_vs_access),
         BTreeSet::from([false, true])
     );
 }

@@ -21,14 +21,6 @@ impl Dir {
             Dir::Bi => Direction::Bidirectional,
         }
     }
-
-    pub(super) fn device_writes(self) -> bool {
-        !matches!(self, Dir::To)
-    }
-
-    pub(super) fn device_reads(self) -> bool {
-        !matches!(self, Dir::From)
-    }
 }
 
 /// A DMA address: a live mapping's (plus an offset), an unmapped one, or anything.

@@ -11,10 +11,8 @@
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
 use dma_iommu::DevicePolicy;
+use dma_model::iova::{class_size, Held, IovaModel, MAX_CACHED};
 use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeKind};
-use std::collections::BTreeMap;
-
-const MAX_CACHED: u64 = iova_cache::config::MAX_CACHED_GRANULES;
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Size {
@@ -92,158 +90,24 @@ enum Op {
     Fail(u8),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    /// Granules the range allocator holds (the class size for the cached path).
-    size: u64,
-    /// What the caller asked for.
-    asked: u64,
-    /// Allocated through the cached path (`alloc`, `DevicePolicy::alloc_iova`).
-    fast: bool,
-}
-
+/// The shared reference model, and whether an injected allocation failure is armed
+/// (`OutOfMemory` is then a valid answer that must change nothing; every fallback must lose
+/// nothing, which the accounting checks).
 struct Model {
-    /// An injected allocation failure is armed: `OutOfMemory` is then a valid answer that
-    /// must change nothing (and every fallback must lose nothing, which the accounting checks).
+    m: IovaModel,
     oom_allowed: bool,
-    cfg: IovaConfig,
-    held: BTreeMap<u64, Held>,
-    reserved: Vec<(u64, u64)>,
-    freed: Vec<(u64, Held)>,
 }
 
-fn class_size(size: u64) -> u64 {
-    if size < MAX_CACHED {
-        size.next_power_of_two()
-    } else {
-        size
+impl std::ops::Deref for Model {
+    type Target = IovaModel;
+    fn deref(&self) -> &IovaModel {
+        &self.m
     }
 }
 
-impl Model {
-    fn check_request(&self, size: u64, limit: u64) -> Result<(), IovaError> {
-        if size == 0 {
-            return Err(IovaError::ZeroSize);
-        }
-        if size > self.cfg.space() {
-            return Err(IovaError::TooLarge {
-                size,
-                space: self.cfg.space(),
-            });
-        }
-        if limit < self.cfg.start_pfn {
-            return Err(IovaError::LimitBelowStart {
-                limit,
-                start: self.cfg.start_pfn,
-            });
-        }
-        Ok(())
-    }
-
-    fn reserved_at(&self, pfn: u64) -> Option<(u64, u64)> {
-        self.reserved
-            .iter()
-            .copied()
-            .find(|&(lo, hi)| lo <= pfn && pfn <= hi)
-    }
-
-    fn held_at(&self, pfn: u64) -> Option<(u64, Held)> {
-        let (&p, &h) = self.held.range(..=pfn).next_back()?;
-        (pfn < p + h.size).then_some((p, h))
-    }
-
-    /// Whether an aligned `size` run fits in `[start, limit]` avoiding held, reserved and
-    /// (if given) cached ranges.
-    fn fits(&self, size: u64, align: u64, limit: u64, cached: &[(u64, u64)]) -> bool {
-        let limit = limit.min(self.cfg.end_pfn);
-        let mut busy: Vec<(u64, u64)> = self
-            .held
-            .iter()
-            .map(|(&p, h)| (p, p + h.size - 1))
-            .collect();
-        busy.extend(self.reserved.iter().copied());
-        busy.extend(cached.iter().map(|&(p, s)| (p, p + s - 1)));
-        busy.sort_unstable();
-        let mut lo = self.cfg.start_pfn;
-        for (b_lo, b_hi) in busy
-            .into_iter()
-            .chain([(limit.saturating_add(1), u64::MAX)])
-        {
-            if b_lo > lo {
-                let hi = (b_lo - 1).min(limit);
-                let p = lo.div_ceil(align) * align;
-                if p.checked_add(size - 1).is_some_and(|e| e <= hi) {
-                    return true;
-                }
-            }
-            lo = lo.max(b_hi.saturating_add(1));
-            if lo > limit || b_hi == u64::MAX {
-                break;
-            }
-        }
-        false
-    }
-
-    /// Check a successful allocation of `size` granules (aligned to `align`) below `limit`.
-    fn accept(
-        &mut self,
-        t: &Tracker,
-        pfn: u64,
-        held: Held,
-        align: u64,
-        limit: u64,
-    ) -> Result<(), Divergence> {
-        let end = pfn.checked_add(held.size - 1);
-        t.check(
-            pfn >= self.cfg.start_pfn && end.is_some_and(|e| e <= limit.min(self.cfg.end_pfn)),
-            || {
-                format!(
-                    "pfn {pfn:#x}+{} outside [{:#x}, {limit:#x}]",
-                    held.size, self.cfg.start_pfn
-                )
-            },
-        )?;
-        t.check(pfn % align == 0, || {
-            format!("pfn {pfn:#x} not aligned to {align}")
-        })?;
-        let last = pfn + held.size - 1;
-        let clash = self
-            .held_at(last)
-            .or_else(|| self.held.range(pfn..=last).next().map(|(&p, &h)| (p, h)));
-        t.check(clash.is_none(), || {
-            format!("pfn {pfn:#x}+{} overlaps user-held {clash:?}", held.size)
-        })?;
-        let res = self
-            .reserved
-            .iter()
-            .find(|&&(lo, hi)| lo <= last && pfn <= hi);
-        t.check(res.is_none(), || {
-            format!("pfn {pfn:#x}+{} overlaps reservation {res:?}", held.size)
-        })?;
-        self.held.insert(pfn, held);
-        Ok(())
-    }
-
-    /// Whether a held range came from the cached path (its tree entry is tagged so; only
-    /// `free` may release it).
-    fn cached_family(&self, h: &Held) -> bool {
-        self.cfg.caching && h.fast && h.size <= MAX_CACHED
-    }
-
-    /// The result the contract gives for a free through the cache (`via_cache`) or the tree.
-    fn expect_free(&self, pfn: u64, size: u64, via_cache: bool) -> Result<(), IovaError> {
-        match self.held.get(&pfn) {
-            // The cache path knows only cached-family ranges; the tree path refuses them.
-            Some(h) if via_cache != self.cached_family(h) => Err(IovaError::NotAllocated { pfn }),
-            Some(h) if h.size != size => Err(IovaError::SizeMismatch {
-                pfn,
-                allocated: h.size,
-                freed: size,
-            }),
-            Some(_) => Ok(()),
-            // A cached range is held by nobody: freeing it is a double free.
-            None => Err(IovaError::NotAllocated { pfn }),
-        }
+impl std::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut IovaModel {
+        &mut self.m
     }
 }
 
@@ -272,11 +136,8 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     let dma32 = a.dma_32bit_pfn();
     let devices = [DevicePolicy::new(true), DevicePolicy::new(true)];
     let mut m = Model {
+        m: IovaModel::new(cfg.clone()),
         oom_allowed: false,
-        cfg: cfg.clone(),
-        held: BTreeMap::new(),
-        reserved: Vec::new(),
-        freed: Vec::new(),
     };
     let size_of = |s: Size| match s {
         Size::Small(n) => u64::from(n % 48),
@@ -342,17 +203,18 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                     };
                     match real {
                         Err(IovaError::OutOfMemory { .. }) if m.oom_allowed => {}
-                        Ok(pfn) => m.accept(
-                            &t,
-                            pfn,
-                            Held {
-                                size,
-                                asked: size,
-                                fast: false,
-                            },
-                            align,
-                            limit,
-                        )?,
+                        Ok(pfn) => m
+                            .admit(
+                                pfn,
+                                Held {
+                                    size,
+                                    asked: size,
+                                    fast: false,
+                                },
+                                align,
+                                limit,
+                            )
+                            .map_err(|e| t.fail(e))?,
                         Err(IovaError::NoSpace { size: s, limit: l }) => {
                             t.same("NoSpace", (s, l), (size, limit.min(cfg.end_pfn)))?;
                             t.check(!m.fits(size, align, limit, &cached), || {
@@ -385,32 +247,19 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
                     };
                     t.same("free", real, expected)?;
                     if real.is_ok() {
-                        let h = m.held.remove(&pfn).expect("model agreed");
-                        m.freed.push((pfn, h));
+                        m.free(pfn);
                     }
                 }
                 Op::Reserve { lo, hi } => {
                     let (lo, hi) = (pfn_of(lo), pfn_of(hi));
                     let real = a.reserve(lo, hi);
+                    // With an injected failure the reservation's bookkeeping may not be
+                    // allocated: nothing changed.
                     let expected =
                         if m.oom_allowed && matches!(real, Err(IovaError::OutOfMemory { .. })) {
-                            // The reservation's bookkeeping could not be allocated: nothing changed.
                             real
-                        } else if lo > hi {
-                            Err(IovaError::InvalidRange { lo, hi })
                         } else {
-                            let (clo, chi) = (lo.max(cfg.start_pfn), hi.min(cfg.end_pfn));
-                            match m.held.range(..=chi).next_back() {
-                                Some((&pfn, h)) if clo <= chi && pfn + h.size > clo => {
-                                    Err(IovaError::ReserveOverlapsAllocation { pfn, size: h.size })
-                                }
-                                _ => {
-                                    if clo <= chi {
-                                        m.reserved.push((clo, chi));
-                                    }
-                                    Ok(())
-                                }
-                            }
+                            m.reserve(lo, hi)
                         };
                     t.same("reserve", real, expected)?;
                     t.check(a.cached_ranges().is_empty(), || {
@@ -528,17 +377,18 @@ fn fast_result(
     let align = c.checked_next_power_of_two().unwrap_or(u64::MAX);
     match real {
         Err(IovaError::OutOfMemory { .. }) if m.oom_allowed => Ok(()),
-        Ok(pfn) => m.accept(
-            t,
-            pfn,
-            Held {
-                size: c,
-                asked: size,
-                fast: true,
-            },
-            align,
-            limit,
-        ),
+        Ok(pfn) => m
+            .admit(
+                pfn,
+                Held {
+                    size: c,
+                    asked: size,
+                    fast: true,
+                },
+                align,
+                limit,
+            )
+            .map_err(|e| t.fail(e)),
         Err(IovaError::NoSpace { size: s, .. }) => {
             t.same("NoSpace size", s, c)?;
             t.check(!m.fits(c, align, limit, cached), || {

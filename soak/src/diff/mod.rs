@@ -9,8 +9,10 @@ mod dma;
 pub mod iommu;
 pub mod iova;
 pub mod pgtable;
+pub mod race;
 pub mod swiotlb;
 
+use std::cell::Cell;
 use std::fmt;
 
 /// The most operations one input decodes to: enough to fill tiny structures, short enough
@@ -132,4 +134,39 @@ impl Tracker {
             what,
         }
     }
+}
+
+/// A defect of the library that a checker finds and that is not fixed yet. The checkers
+/// always report it; a test that must stay green meanwhile runs them inside [`tolerating`],
+/// and a twin test, `#[ignore]`d until the fix lands, runs them strictly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// swiotlb-core's area search can give up before its last candidate: starting on a
+    /// misaligned index, the `+1` step to the first aligned one uses up the budget of the
+    /// last candidate, so a free qualifying run is missed and the map gets `NoSpace`.
+    SearchMissesRun,
+    /// iova-cache: two threads freeing the same range can both succeed; the range is then
+    /// handed out again while part of it is still held.
+    RacingDoubleFree,
+}
+
+std::thread_local! {
+    static TOLERATED: Cell<&'static [Known]> = const { Cell::new(&[]) };
+}
+
+/// Run `f` with the checkers tolerating the `known` defects on this thread.
+pub fn tolerating<R>(known: &'static [Known], f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static [Known]);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TOLERATED.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(TOLERATED.with(|t| t.replace(known)));
+    f()
+}
+
+/// Whether the current run tolerates `defect`.
+pub(crate) fn tolerated(defect: Known) -> bool {
+    TOLERATED.with(|t| t.get().contains(&defect))
 }

@@ -1,18 +1,15 @@
-//! io-pgtable against a map of leaves and a set of tables.
+//! io-pgtable against [`dma_model::pgtable`]: a map of leaves and a set of tables.
 //!
-//! The model keeps every leaf (base, size, output address, protections) and every non-root
-//! table (level, base). It predicts each call's exact result, error included, from the
-//! documented contract: `map_pages` writes up to the end of one leaf table and refuses a
-//! present leaf or a non-empty table where a block goes (replacing an empty one);
-//! `unmap_pages` stops at the first empty entry, frees whole tables met at its level and
-//! refuses to start inside a larger block; the looping `map` undoes partial progress. After
-//! every step the tables the model expects must be exactly the linked ones
+//! `map_pages`/`unmap_pages` get the model's exact prediction, error included; the looping
+//! `map`/`unmap` are checked against the page-level promises (all or nothing, a prefix, no
+//! block cut, the largest pages), after which the model takes the structure the table
+//! dumps. After every step the tables the model expects must be exactly the linked ones
 //! (`Stats::linked`), and translations and dumps are compared against the model.
 
 use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
-use io_pgtable::{AddrKind, Config, Descriptor, Error, Gather, Geometry, PageTable, Prot};
-use std::collections::{BTreeMap, BTreeSet};
+use dma_model::pgtable::PgtableModel as Model;
+use io_pgtable::{Config, Descriptor, Gather, PageTable, Prot};
 
 /// An address: mostly page-aligned inside (or just beyond) the space, sometimes a page plus
 /// a small offset (misaligned), sometimes raw.
@@ -72,252 +69,6 @@ enum Op {
     FailNextTableAlloc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Leaf {
-    size: u64,
-    level: u32,
-    paddr: u64,
-    prot: Prot,
-}
-
-/// The reference model: leaves by base address, non-root tables by (level, base).
-struct Model {
-    g: Geometry,
-    leaves: BTreeMap<u64, Leaf>,
-    tables: BTreeSet<(u32, u64)>,
-    /// The next table allocation fails (and the call with it, changing nothing).
-    fail_next: bool,
-}
-
-impl Model {
-    fn leaf_covering(&self, iova: u64) -> Option<(u64, Leaf)> {
-        let (&base, &leaf) = self.leaves.range(..=iova).next_back()?;
-        (iova - base < leaf.size).then_some((base, leaf))
-    }
-
-    /// Whether any leaf maps part of `[base, base + size)`.
-    fn any_leaf_in(&self, base: u64, size: u64) -> bool {
-        self.leaf_covering(base).is_some() || self.leaves.range(base..base + size).next().is_some()
-    }
-
-    /// Drop everything below the entry of `level` that maps `[base, base + size)`.
-    fn remove_subtree(&mut self, level: u32, base: u64, size: u64) {
-        let end = base + size;
-        self.leaves.retain(|&b, _| b < base || b >= end);
-        self.tables
-            .retain(|&(l, b)| l <= level || b < base || b >= end);
-    }
-
-    fn check_input(&self, iova: u64, pgsize: u64, count: usize) -> Result<(u32, u64), Error> {
-        let level = self
-            .g
-            .level_of(pgsize)
-            .ok_or(Error::UnsupportedPageSize { pgsize })?;
-        if count == 0 {
-            return Err(Error::ZeroCount);
-        }
-        if iova % pgsize != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: iova,
-                align: pgsize,
-            });
-        }
-        let len = pgsize.checked_mul(count as u64).ok_or(Error::Overflow)?;
-        in_bits(AddrKind::Iova, iova, len, self.g.ias())?;
-        Ok((level, len))
-    }
-
-    fn map_pages(
-        &mut self,
-        iova: u64,
-        paddr: u64,
-        pgsize: u64,
-        count: usize,
-        prot: Prot,
-    ) -> Result<usize, Error> {
-        let (target, len) = self.check_input(iova, pgsize, count)?;
-        if paddr % pgsize != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Paddr,
-                addr: paddr,
-                align: pgsize,
-            });
-        }
-        in_bits(AddrKind::Paddr, paddr, len, self.g.oas())?;
-        if !prot.intersects(Prot::READ | Prot::WRITE) {
-            return Err(Error::NoAccess);
-        }
-        for level in self.g.start_level()..target {
-            let base = iova & !(self.g.block_size(level) - 1);
-            if self.leaves.contains_key(&base) && self.leaves[&base].level == level {
-                return Err(Error::Exists { iova: base });
-            }
-            // Installed on the way down, kept even if the call then fails.
-            if !self.tables.contains(&(level + 1, base)) {
-                if std::mem::take(&mut self.fail_next) {
-                    return Err(Error::NoMemory);
-                }
-                self.tables.insert((level + 1, base));
-            }
-        }
-        let n = count.min(self.g.entries(target) - self.g.index(target, iova));
-        for i in 0..n as u64 {
-            if self.any_leaf_in(iova + i * pgsize, pgsize) {
-                return Err(Error::Exists {
-                    iova: iova + i * pgsize,
-                });
-            }
-        }
-        for i in 0..n as u64 {
-            let base = iova + i * pgsize;
-            self.remove_subtree(target, base, pgsize);
-            self.leaves.insert(
-                base,
-                Leaf {
-                    size: pgsize,
-                    level: target,
-                    paddr: paddr + i * pgsize,
-                    prot,
-                },
-            );
-        }
-        Ok(n * pgsize as usize)
-    }
-
-    fn unmap_pages(&mut self, iova: u64, pgsize: u64, count: usize) -> Result<usize, Error> {
-        let (target, _) = self.check_input(iova, pgsize, count)?;
-        for level in self.g.start_level()..target {
-            let size = self.g.block_size(level);
-            let base = iova & !(size - 1);
-            match self.leaves.get(&base) {
-                Some(l) if l.level == level => {
-                    return Err(Error::PartialBlock {
-                        iova,
-                        block_size: size,
-                    })
-                }
-                _ if !self.tables.contains(&(level + 1, base)) => {
-                    return Err(Error::NotMapped { iova })
-                }
-                _ => {}
-            }
-        }
-        let n = count.min(self.g.entries(target) - self.g.index(target, iova));
-        let mut done = 0;
-        for i in 0..n as u64 {
-            let base = iova + i * pgsize;
-            let leaf_here = self.leaves.get(&base).is_some_and(|l| l.level == target);
-            if !leaf_here && !self.tables.contains(&(target + 1, base)) {
-                break;
-            }
-            self.remove_subtree(target, base, pgsize);
-            self.tables.remove(&(target + 1, base));
-            done += 1;
-        }
-        if done == 0 {
-            return Err(Error::NotMapped { iova });
-        }
-        Ok(done * pgsize as usize)
-    }
-
-    fn check_sizes(&self, iova: u64, paddr: Option<u64>, size: u64) -> Result<(), Error> {
-        let page = self.g.page_size();
-        if size == 0 {
-            return Err(Error::ZeroCount);
-        }
-        if iova % page != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: iova,
-                align: page,
-            });
-        }
-        if size % page != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: size,
-                align: page,
-            });
-        }
-        if let Some(paddr) = paddr {
-            if paddr % page != 0 {
-                return Err(Error::Misaligned {
-                    kind: AddrKind::Paddr,
-                    addr: paddr,
-                    align: page,
-                });
-            }
-            in_bits(AddrKind::Paddr, paddr, size, self.g.oas())?;
-        }
-        in_bits(AddrKind::Iova, iova, size, self.g.ias())
-    }
-
-    /// Linux's `iommu_pgsize`: the largest supported page that the alignment of `addr` and
-    /// `left` allow, and how many of them to map before a larger page becomes possible.
-    fn pgsize_count(&self, addr: u64, left: u64) -> (u64, usize) {
-        let bitmap = self.g.pgsize_bitmap();
-        let fits = |s: u64| s <= left && (addr == 0 || addr % s == 0);
-        let pgsize = (0..64)
-            .rev()
-            .map(|b| 1u64 << b)
-            .find(|&s| bitmap & s != 0 && fits(s))
-            .unwrap_or(self.g.page_size());
-        let mut span = left;
-        if let Some(next) = (0..64)
-            .map(|b| 1u64 << b)
-            .find(|&s| s > pgsize && bitmap & s != 0)
-        {
-            let offset = next - (addr & (next - 1));
-            if offset.saturating_add(next) <= left {
-                span = offset;
-            }
-        }
-        (pgsize, (span / pgsize) as usize)
-    }
-
-    fn map(&mut self, iova: u64, paddr: u64, size: u64, prot: Prot) -> Result<(), Error> {
-        self.check_sizes(iova, Some(paddr), size)?;
-        let mut done = 0;
-        while done < size {
-            let (pgsize, count) = self.pgsize_count((iova + done) | (paddr + done), size - done);
-            match self.map_pages(iova + done, paddr + done, pgsize, count, prot) {
-                Ok(n) => done += n as u64,
-                Err(e) => {
-                    if done > 0 {
-                        let undone = self.unmap(iova, done);
-                        assert_eq!(undone, Ok(done), "model: undo of a partial map");
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn unmap(&mut self, iova: u64, size: u64) -> Result<u64, Error> {
-        self.check_sizes(iova, None, size)?;
-        let mut done = 0;
-        while done < size {
-            let (pgsize, count) = self.pgsize_count(iova + done, size - done);
-            match self.unmap_pages(iova + done, pgsize, count) {
-                Ok(n) => done += n as u64,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(done)
-    }
-}
-
-fn in_bits(kind: AddrKind, addr: u64, len: u64, bits: u32) -> Result<(), Error> {
-    let end = addr.checked_add(len).ok_or(Error::Overflow)?;
-    if end > 1u64 << bits {
-        return Err(Error::OutOfRange { kind, addr, bits });
-    }
-    Ok(())
-}
-
 /// Run `apply` with the next table allocation failing in the real table and in the model;
 /// both must consume the failure, or neither.
 #[cfg(feature = "fault-injection")]
@@ -375,12 +126,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         Count::Small(n) => usize::from(n % 8),
         Count::Raw(n) => n,
     };
-    let mut model = Model {
-        g,
-        leaves: BTreeMap::new(),
-        tables: BTreeSet::new(),
-        fail_next: false,
-    };
+    let mut model = Model::new(g);
     let mut armed = false;
     let mut t = Tracker::default();
     t.note(|| format!("{g:?}"));
@@ -446,15 +192,17 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
                         addr(size),
                         Prot::from_bits_truncate(prot),
                     );
-                    t.same(
-                        "map",
-                        pt.map(iova, paddr, size, prot),
-                        model.map(iova, paddr, size, prot),
-                    )?;
+                    let real = pt.map(iova, paddr, size, prot);
+                    model
+                        .check_map((iova, paddr, size, prot), real, &pt.dump())
+                        .map_err(|e| t.fail(e))?;
                 }
                 Op::Unmap { iova, size } => {
                     let (iova, size) = (addr(iova), addr(size));
-                    t.same("unmap", pt.unmap(iova, size), model.unmap(iova, size))?;
+                    let real = pt.unmap(iova, size);
+                    model
+                        .check_unmap((iova, size), real, &pt.dump())
+                        .map_err(|e| t.fail(e))?;
                 }
                 Op::Translate { iova } => check_translation(&t, &pt, model, addr(iova))?,
                 Op::Dump => check_dump(&t, &pt, model)?,
