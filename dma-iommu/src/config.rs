@@ -7,7 +7,6 @@ use iova_cache::IovaConfig;
 /// How a domain is built.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DomainConfig;
 /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
 /// assert_eq!(c.iova.granule_shift, 12);
@@ -49,7 +48,6 @@ impl DomainConfig {
     /// The same, starting in lazy mode.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DomainConfig, FqConfig};
     /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap().lazy(FqConfig::single());
     /// assert_eq!(c.lazy, Some(FqConfig::single()));
@@ -65,7 +63,6 @@ impl DomainConfig {
     /// at most [`crate::flush_queue::MAX_QUEUED`] entries). [`crate::Domain::new`] calls it first.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DmaError, DomainConfig, FqConfig, FqError};
     /// let c = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
     /// assert_eq!(c.validate(), Ok(()));

@@ -7,7 +7,6 @@ use dma_sync::Arc;
 /// What a device declares when it attaches (Linux `dma_parms` and friends).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DeviceConfig;
 /// let nvme = DeviceConfig { min_align_mask: 0xFFF, trusted: false, ..DeviceConfig::default() };
 /// assert_eq!(nvme.dma_mask, u64::MAX);
@@ -51,7 +50,6 @@ impl DeviceConfig {
     /// for a mapping is [`DmaError::BeyondMask`] at map time.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, DmaError};
     /// assert_eq!(DeviceConfig::default().validate(0x1000), Ok(()));
     /// let odd = DeviceConfig { seg_boundary_mask: 0x1_2FFF, ..DeviceConfig::default() };
@@ -78,7 +76,6 @@ impl DeviceConfig {
 /// A device attached to a [`crate::Domain`]: a cheap, cloneable handle.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
 /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
 /// let dev = dom.attach(DeviceConfig { dma_mask: 0xffff_ffff, ..DeviceConfig::default() }).unwrap();

@@ -42,7 +42,6 @@ pub(crate) struct DomainKey;
 /// A DMA domain.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::test_util::SimulatedDevice;
 /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, FqConfig, RecordingIotlb, Unmapped};
 /// use swiotlb_core::{Config, Direction, OrigMemory, RegionMemory, Swiotlb};
@@ -91,7 +90,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// devices.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DmaError, Domain, DomainConfig, NoTlb};
     /// let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
     /// cfg.iova.start_pfn = 0; // IOVA 0 must never be handed out
@@ -149,7 +147,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Attach a device. Untrusted devices need the domain's bounce buffers.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, DmaError, Domain, DomainConfig, NoTlb};
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
     /// assert!(dom.attach(DeviceConfig::default()).unwrap().config().trusted);
@@ -205,7 +202,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// sees other data sharing its pages.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
@@ -277,7 +273,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Map a physical (MMIO) range for peer-to-peer DMA: never bounced, no CPU syncs.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb, Unmapped};
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
     /// let dev = dom.attach(DeviceConfig::default()).unwrap();
@@ -391,7 +386,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// back to the original buffer (by direction) once the device can no longer reach it.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Direction, DmaError, Domain, DomainConfig, NoTlb};
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
     /// let dev = dom.attach(DeviceConfig::default()).unwrap();
@@ -493,7 +487,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// range back). `dma` may lie anywhere inside a live mapping.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
@@ -529,7 +522,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// bounce buffer). `dma` may lie anywhere inside a live mapping.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
@@ -614,7 +606,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// for an untrusted device (any of its mappings may need bouncing), else by its mask.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
     /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), RegionMemory::new(1 << 20)).unwrap();
@@ -638,7 +629,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// cannot be allocated, [`crate::FqError::NoMemory`] and the domain stays strict.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{Domain, DomainConfig, FqConfig, NoTlb};
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
     /// assert!(!dom.is_lazy());
@@ -659,7 +649,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// when strict.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, FqConfig, NoTlb, Unmapped};
     /// use std::time::Duration;
     /// let fq = FqConfig::per_cpu().with_timeout(Duration::from_secs(3600)); // no timer run here

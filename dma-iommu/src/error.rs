@@ -6,7 +6,6 @@ use std::fmt;
 /// Why a DMA operation was refused. The domain and the device are unchanged after any error.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DmaError;
 /// assert!(DmaError::ZeroSize.to_string().contains("zero"));
 /// let e = DmaError::NotMapped { dma: 0x1000 };

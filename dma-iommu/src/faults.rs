@@ -8,7 +8,6 @@
 //! Without it every site is a constant "no failure".
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_iommu::{faults, DeviceConfig, Domain, DomainConfig, DmaError, FqConfig, FqError, NoTlb};
 //! use swiotlb_core::Direction;
 //! let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();

@@ -39,7 +39,6 @@ use std::time::Duration;
 /// page table; models implement it over an emulated walker.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{Gather, InvalidationOps};
 /// use dma_sync::Mutex;
 /// struct Ops { freed: Mutex<Vec<u64>> }
@@ -85,7 +84,6 @@ pub enum FqKind {
 /// Flush-queue geometry and timeout.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FqConfig, FqKind};
 /// use std::time::Duration;
 /// let c = FqConfig::per_cpu().with_cpus(4);
@@ -162,7 +160,6 @@ impl FqConfig {
     /// timeout is at most [`MAX_TIMEOUT`].
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FqConfig, FqError};
     /// use std::time::Duration;
     /// assert_eq!(FqConfig::per_cpu().validate(), Ok(()));
@@ -200,7 +197,6 @@ impl FqConfig {
 /// Why a flush queue could not be built.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FqConfig, FqError};
 /// let e = FqConfig::per_cpu().with_ring_size(6).validate().unwrap_err();
 /// assert_eq!(e, FqError::RingSize(6));
@@ -478,7 +474,6 @@ impl<O: InvalidationOps> Shared<O> {
 /// A flush queue: deferred freeing after global IOTLB flushes.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
 /// use dma_sync::{Arc, Mutex};
 /// use std::time::Duration;
@@ -511,7 +506,6 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// timer's work with [`FlushQueue::fire_timer`]).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FlushQueue, FqConfig, FqError, Gather, InvalidationOps};
     /// use dma_sync::Arc;
     /// struct Ops;
@@ -572,7 +566,6 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// Queue `entry`, whose leaves the caller has cleared; it is freed after a later flush.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
     /// use dma_sync::{Arc, Mutex};
     /// use std::time::Duration;
@@ -659,7 +652,6 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// meanwhile; a later enqueue flushes and frees at once). Idempotent; also run on drop.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
     /// use dma_sync::{Arc, Mutex};
     /// use std::time::Duration;

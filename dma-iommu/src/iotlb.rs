@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 /// tests. Its counters are per CPU, so counting adds no shared write to what is measured.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{SimulatedIotlb, TlbOps, TlbRange};
 /// use std::time::Duration;
 /// let t = SimulatedIotlb::new(Duration::ZERO, Duration::ZERO);
@@ -117,7 +116,6 @@ pub enum InvalidationKind {
 /// One recorded invalidation, with the logical times at which it started and completed.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{InvalidationKind, RecordingIotlb, TlbOps, TlbRange};
 /// let t = RecordingIotlb::new();
 /// t.sync(&TlbRange { start: 0x2000, end: 0x2fff, pgsize: 0x1000 }); // `end` inclusive
@@ -152,7 +150,6 @@ impl Invalidation {
 /// so a test can check that no IOVA was reused before an invalidation covering its unmap.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{RecordingIotlb, TlbOps, TlbRange};
 /// let t = RecordingIotlb::new();
 /// let unmapped_at = t.tick();

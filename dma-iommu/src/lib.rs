@@ -29,7 +29,6 @@
 //! unmap (strict: synced at once; lazy: queued until a global flush).
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_iommu::test_util::SimulatedDevice;
 //! use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, FqConfig, NoTlb, Unmapped};
 //! use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};

@@ -11,7 +11,6 @@ use iova_cache::{IovaAllocator, IovaError};
 /// Per-device allocation policy state.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DevicePolicy;
 /// use iova_cache::{IovaAllocator, IovaConfig};
 /// // A 33-bit space of 4 KiB granules: pfns up to 2^21 - 1.
@@ -45,7 +44,6 @@ impl DevicePolicy {
     /// Stop trying 32-bit addresses first for this device, for good.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::DevicePolicy;
     /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();
@@ -65,7 +63,6 @@ impl DevicePolicy {
     /// permanently and allocate against the full limit (with flush and retry).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::DevicePolicy;
     /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 21) - 1)).unwrap();

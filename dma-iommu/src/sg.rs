@@ -60,7 +60,6 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// or one mapping per segment (untrusted devices, so unaligned segments can be bounced).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb, PhysSegment};
     /// use swiotlb_core::Direction;
     /// let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();

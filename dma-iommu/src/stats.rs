@@ -62,7 +62,6 @@ impl Stats {
 /// A snapshot of a domain's counters.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::DomainStats;
 /// let s = DomainStats { maps: 3, unmaps_synced: 1, unmaps_queued: 1, live: 1, ..DomainStats::default() };
 /// let text = s.to_string();

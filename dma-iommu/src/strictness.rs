@@ -30,7 +30,6 @@ pub enum Unmapped {
 /// The invalidation mode of a domain and its flush queue once lazy.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
 /// use dma_sync::{Arc, Mutex};
 /// use std::time::Duration;
@@ -86,7 +85,6 @@ impl<O: InvalidationOps> Strictness<O> {
     /// on other threads. `Ok(false)` if already lazy.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
     /// use dma_sync::{Arc, Mutex};
     /// #[derive(Default)]
@@ -134,7 +132,6 @@ impl<O: InvalidationOps> Strictness<O> {
     /// [`Strictness::unmap`], strict whatever the mode if `force_strict` (untrusted devices).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_iommu::{FqConfig, Gather, InvalidationOps, Strictness, Unmapped};
     /// use dma_sync::{Arc, Mutex};
     /// #[derive(Default)]

@@ -15,7 +15,6 @@ use swiotlb_core::OrigMemory;
 /// the device can see (given separately: a domain need not have bounce buffers at all).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_iommu::test_util::SimulatedDevice;
 /// use dma_iommu::{DeviceConfig, Direction, DmaError, Domain, DomainConfig, NoTlb};
 /// use swiotlb_core::{OrigMemory, RegionMemory};

@@ -5,7 +5,6 @@
 //! tracked mutable access: a concurrent reader is then reported as a causality violation.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::atomic::{AtomicUsize, Ordering, Poison};
 //! let mut a = AtomicUsize::new(3);
 //! a.poison(usize::MAX);
@@ -25,7 +24,6 @@ pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 /// per word would only slow models down. Always `std::sync::atomic`, so Miri still checks them.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::atomic::{untracked::AtomicU64, Ordering};
 /// let word = AtomicU64::new(0);
 /// word.store(7, Ordering::Relaxed);
@@ -38,7 +36,6 @@ pub mod untracked {
 /// A memory fence. Loom has no `compiler_fence`; use this, never `Relaxed`.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// dma_sync::atomic::fence(dma_sync::atomic::Ordering::SeqCst);
 /// ```
 #[inline(always)]
@@ -54,7 +51,6 @@ pub fn fence(order: Ordering) {
 /// Under loom this is `with_mut`, which loom checks against every concurrent access.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::atomic::{AtomicPtr, Ordering, Poison};
 /// // A retired node clears its link so a reader racing the free cannot follow it.
 /// let mut next = AtomicPtr::new(Box::into_raw(Box::new(5u32)));
@@ -70,7 +66,6 @@ pub trait Poison {
     /// Store `value` through `&mut self`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_sync::atomic::{AtomicU64, Ordering, Poison};
     /// let mut a = AtomicU64::new(0);
     /// a.poison(7);

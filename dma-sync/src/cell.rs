@@ -5,7 +5,6 @@
 /// Under loom every `with`/`with_mut` is checked for races against the other accesses.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::UnsafeCell;
 /// let c = UnsafeCell::new(1u32);
 /// // SAFETY: no other reference to the cell's content exists.

@@ -8,7 +8,6 @@
 //! calls [`set_current`], so a model chooses whether two threads share a CPU or not.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! let n = dma_sync::cpu::count();
 //! assert!(n >= 1);
 //! assert!(dma_sync::cpu::current_in(4) < 4);
@@ -128,7 +127,6 @@ pub fn current() -> usize {
 /// [`current`] reduced to `0..n` (for indexing `n` per-CPU shards).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::cpu;
 /// cpu::set_current(Some(5));
 /// assert_eq!(cpu::current_in(4), 1); // power of two: a mask
@@ -151,7 +149,6 @@ pub fn current_in(n: usize) -> usize {
 /// The override belongs to the calling thread only:
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::cpu;
 /// cpu::set_current(Some(7));
 /// let other = std::thread::spawn(|| {

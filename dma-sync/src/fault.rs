@@ -9,7 +9,6 @@
 //! disturb each other; a site reached from another thread sees it unarmed.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::fault::Site;
 //! static MAGAZINE: Site = Site::new("doc.magazine");
 //!
@@ -27,7 +26,6 @@
 /// Declared as a `static`, since arming finds a site by its address:
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::fault::Site;
 /// static TABLE_LEVEL: Site = Site::new("doc.table.level");
 /// assert_eq!(TABLE_LEVEL.name(), "doc.table.level");
@@ -63,7 +61,6 @@ impl Site {
 /// Returns `f`'s result and how many injected failures were consumed.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::fault::{armed, Site};
 /// static POOL: Site = Site::new("doc.pool");
 /// let (fails, used) = armed(&POOL, 2, || (0..3).map(|_| POOL.fail()).collect::<Vec<_>>());

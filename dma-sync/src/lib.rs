@@ -30,7 +30,6 @@
 //! loom finds the failure; in normal builds the hook is an `#[inline(always)]` identity.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::atomic::{AtomicU64, Ordering};
 //! use dma_sync::mutation_points;
 //!
@@ -64,7 +63,6 @@ pub use published::Published;
 /// (`crossbeam_utils::CachePadded`).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let counters: Vec<dma_sync::CachePadded<u64>> = (0..4).map(|_| Default::default()).collect();
 /// assert_eq!(*counters[3], 0);
 /// ```

@@ -9,7 +9,6 @@ use std::ops::{Deref, DerefMut};
 /// A mutual-exclusion lock.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let m = dma_sync::Mutex::new(1);
 /// *m.lock() += 1;
 /// assert_eq!(*m.lock(), 2);
@@ -57,7 +56,6 @@ impl<T> Mutex<T> {
     /// Take the lock if it is free.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let m = dma_sync::Mutex::new(0);
     /// let held = m.lock();
     /// assert!(m.try_lock().is_none(), "held: refused without blocking");
@@ -106,7 +104,6 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 /// A reader-writer lock.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let l = dma_sync::RwLock::new(vec![1]);
 /// l.write().push(2);
 /// assert_eq!(l.read().len(), 2);

@@ -4,7 +4,6 @@
 //! pin, a lock step. Code asks the point for the ordering instead of writing it bare:
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::atomic::{fence, AtomicUsize, Ordering};
 //! dma_sync::mutation_points! {
 //!     /// Orders the payload before the flag.
@@ -34,7 +33,6 @@ use crate::atomic::Ordering;
 /// What kind of ordering decision a point names.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::mutation::Kind;
 /// // The loom RCU shim's store-buffering protocol has two full fences.
 /// let fences = dma_sync::points::ALL.iter().filter(|p| p.kind() == Kind::Fence);
@@ -65,7 +63,6 @@ pub enum Kind {
 /// context. In normal builds a point hands back the ordering it is given.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::atomic::Ordering;
 /// use dma_sync::mutation::{Kind, Point};
 /// static TAIL: Point = Point::new("doc.tail.acquire", Kind::Load, "Acquire on the tail.");
@@ -149,7 +146,6 @@ impl Point {
     /// Success and failure orderings for a compare-and-swap.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_sync::atomic::{AtomicUsize, Ordering::*};
     /// dma_sync::mutation_points! {
     ///     /// Claims the slot and acquires what its previous owner released.
@@ -211,7 +207,6 @@ fn failure_for(o: Ordering) -> Ordering {
 /// point's description.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// dma_sync::mutation_points! {
 ///     /// Acquire on the lookup of the list head.
 ///     HEAD_ACQUIRE: Load = "doc.head.acquire";

@@ -12,7 +12,6 @@ use std::ops::Deref;
 /// A pointer to a value that readers load lock-free and writers replace whole.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::{Arc, Published};
 /// let cfg = Published::new(Arc::new(1));
 /// assert_eq!(**cfg.load(), 1);
@@ -33,7 +32,6 @@ pub struct Published<T> {
 /// A snapshot is not updated by later stores: a reader keeps a consistent view.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::{Arc, Published};
 /// let table = Published::new(Arc::new(vec![1, 2]));
 /// let snap = table.load();
@@ -106,7 +104,6 @@ impl<T> Published<T> {
     /// Returns the value that was replaced.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_sync::{Arc, Published};
     /// let hits = Arc::new(Published::new(Arc::new(0u32)));
     /// let writers: Vec<_> = (0..2)

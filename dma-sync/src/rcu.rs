@@ -18,7 +18,6 @@
 //! global allocator.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_sync::atomic::{AtomicPtr, Ordering};
 //! use dma_sync::rcu::{self, Retire};
 //!
@@ -79,7 +78,6 @@ pub trait Retire: Send + 'static {
 /// dropped.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::rcu::{self, Retire};
 /// use dma_sync::Arc;
 ///
@@ -116,7 +114,6 @@ pub fn pin() -> Guard {
 /// build yields a guard that protects nothing, so a model can show the pin is needed.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::atomic::{AtomicPtr, Ordering};
 /// dma_sync::mutation_points! {
 ///     /// The lookup's read-side pin.
@@ -141,7 +138,6 @@ pub fn pin_at(point: &'static Point) -> Guard {
 /// pointer then compares equal to the new object, so models explore ABA.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// struct Level([u64; 4]);
 /// impl dma_sync::rcu::Retire for Level {
 ///     fn poison(&mut self) { self.0 = [u64::MAX; 4]; }

@@ -12,7 +12,6 @@ pub use loom::thread::{spawn, yield_now, JoinHandle};
 /// waits for run, and the model fails with "exceeded maximum number of branches".
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_sync::atomic::{AtomicBool, Ordering};
 /// let ready = AtomicBool::new(true);
 /// while !ready.load(Ordering::Acquire) {

@@ -12,7 +12,6 @@
 //! heap and mmap areas; check with `Swiotlb::is_bounce_buffer` when in doubt).
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::GuestBytes;
 //! use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, Swiotlb};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};

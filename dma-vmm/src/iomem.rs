@@ -25,7 +25,6 @@
 //! returns the backend. vm-memory's `IommuMemory` logs by IOVA instead.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::IoMemory;
 //! use io_pgtable::{Config, PageTable, Prot};
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -57,7 +56,6 @@ use vm_memory::{
 /// The io-pgtable protections a vm-memory access needs.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::iomem::{access_prot, permissions};
 /// use io_pgtable::Prot;
 /// use vm_memory::Permissions;

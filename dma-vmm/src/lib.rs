@@ -18,7 +18,6 @@
 //! [`translate`].
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
 //! use io_pgtable::Prot;
 //!

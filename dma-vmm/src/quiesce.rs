@@ -10,7 +10,6 @@
 //! it).
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::quiesce;
 //! let guard = quiesce::read_section();
 //! // translate and copy here

@@ -7,7 +7,6 @@
 //! memory); the statistics lock each per-CPU part briefly in turn.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::report::Report;
 //! use swiotlb_core::{Config, RegionMemory, Swiotlb};
 //! let bounce = Swiotlb::new(Config::tiny(16, 2, 8), RegionMemory::new(4096)).unwrap();

@@ -148,7 +148,6 @@ pub struct Segment {
 /// nothing itself: an access that ends on the error passes it to [`report`].
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::translate::{Segment, Segments};
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
@@ -287,7 +286,6 @@ pub fn report<X: Translate>(tr: &X, fault: &Fault, access: Prot) {
 /// `f` runs if any part of the range faults.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::translate::access;
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();

@@ -51,7 +51,6 @@ pub enum Stage {
 /// What a page table is built from.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Config, Granule, Stage};
 /// let cfg = Config { granule: Granule::Size16K, stage: Stage::S2, ias: 40, oas: 40, ns: false };
 /// let g = cfg.geometry().unwrap();
@@ -77,7 +76,6 @@ impl Config {
     /// Stage 1, 4 KiB granule, 48-bit output, input size `ias`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let g = io_pgtable::Config::s1_4k(39).geometry().unwrap();
     /// assert_eq!((g.start_level(), g.levels()), (1, 3));
     /// ```
@@ -95,7 +93,6 @@ impl Config {
     /// (input size `12 + 2 * levels` bits).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let g = io_pgtable::Config::tiny(2).geometry().unwrap();
     /// assert_eq!((g.start_level(), g.entries(2), g.block_size(2)), (2, 4, 16 << 10));
     /// ```

@@ -23,7 +23,6 @@ impl fmt::Display for AddrKind {
 /// Why a configuration or an operation was refused.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Config, Error, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(32)).unwrap();
 /// assert_eq!(pt.map_pages(0x1000, 0x2000, 0x3000, 1, Prot::READ), Err(Error::UnsupportedPageSize { pgsize: 0x3000 }));

@@ -6,7 +6,6 @@
 //! `dma_sync::fault::armed`; without it every site is a constant "no failure":
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use io_pgtable::{faults, Config, Error, PageTable, Prot};
 //! let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 //! let (r, used) = dma_sync::fault::armed(&faults::TABLE_ALLOC, 1, || {

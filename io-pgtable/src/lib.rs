@@ -23,7 +23,6 @@
 //! | [`faults::TABLE_ALLOC`] | the table-allocation site a test can make fail (feature `fault-injection`) |
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use io_pgtable::{Config, Gather, PageTable, Prot};
 //!
 //! let pt = PageTable::new(Config::s1_4k(48)).unwrap();

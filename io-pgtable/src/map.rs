@@ -24,7 +24,6 @@ impl<T: TlbOps> PageTable<T> {
     /// [`Error::Exists`] (a loser withdraws the leaves it wrote before losing).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, Error, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// // 600 pages requested; the leaf table from 0x1000 holds 511 more entries.
@@ -264,7 +263,6 @@ impl<T: TlbOps> PageTable<T> {
     /// mapped is unmapped again and the table is as before.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map(0x1f_f000, 0x1f_f000, 0x20_2000, Prot::READ).unwrap();

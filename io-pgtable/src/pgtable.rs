@@ -20,7 +20,6 @@ use dma_sync::Arc;
 /// unmapped. See the crate documentation for the full contract.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 /// pt.map(0x20_0000, 0x8000_0000, 0x40_0000, Prot::READ | Prot::WRITE).unwrap(); // two 2M blocks
@@ -49,7 +48,6 @@ impl<T: TlbOps> PageTable<T> {
     /// A page table whose unmaps and level frees invalidate through `tlb`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, NoTlb, PageTable};
     /// let pt = PageTable::with_tlb(Config::tiny(2), NoTlb).unwrap();
     /// assert_eq!(pt.stats().allocated, 1); // the root
@@ -99,7 +97,6 @@ impl<T: TlbOps> PageTable<T> {
     /// Table allocation counters.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::tiny(2)).unwrap();
     /// pt.map_pages(0x1000, 0x1000, 0x1000, 1, Prot::READ).unwrap();

@@ -79,7 +79,6 @@ bitflags::bitflags! {
     /// Access rights and memory type of a mapping, as Linux's `IOMMU_*` prot bits.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::Prot;
     /// let p = Prot::READ | Prot::WRITE | Prot::CACHE;
     /// assert!(p.contains(Prot::WRITE));
@@ -106,7 +105,6 @@ bitflags::bitflags! {
 /// `p` privileged.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::Prot;
 /// assert_eq!((Prot::READ | Prot::CACHE).to_string(), "r-c");
 /// assert_eq!((Prot::WRITE | Prot::NOEXEC | Prot::PRIV).to_string(), "-wxp");
@@ -132,7 +130,6 @@ impl std::fmt::Display for Prot {
 /// A descriptor decoded at its level.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Descriptor};
 /// let g = Config::s1_4k(48).geometry().unwrap();
 /// let d = pte::table(&g, 0x8000_1000);
@@ -165,7 +162,6 @@ pub enum Descriptor {
 /// descriptors too).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Granule};
 /// let g = Config { granule: Granule::Size64K, oas: 52, ..Config::s1_4k(48) }.geometry().unwrap();
 /// let pa = 0xa_0000_1234_0000; // bits 51:48 set
@@ -195,7 +191,6 @@ pub fn table(g: &Geometry, table_addr: u64) -> u64 {
 /// A leaf descriptor at `level` for `paddr` with `prot` (`prot` must grant read or write).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Prot};
 /// let g = Config::s1_4k(48).geometry().unwrap();
 /// let d = pte::leaf(&g, 3, 0x4000_3000, Prot::READ | Prot::NOEXEC);
@@ -274,7 +269,6 @@ fn leaf_attrs_bits(stage: Stage, ns: bool, prot: Prot) -> u64 {
 /// mappings are encoded read-write, as in Linux).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Prot};
 /// let g = Config::s1_4k(48).geometry().unwrap();
 /// let d = pte::leaf(&g, 3, 0x5000, Prot::WRITE);
@@ -341,7 +335,6 @@ fn prot_of_bits(stage: Stage, d: u64) -> Prot {
 /// Decode a descriptor found at `level`.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{pte, Config, Prot};
 /// let g = Config::s1_4k(48).geometry().unwrap();
 /// let d = pte::leaf(&g, 2, 0x4020_0000, Prot::READ);

@@ -17,7 +17,6 @@ pub struct TlbRange {
 /// synchronous: when one returns, the invalidation is complete.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Gather, TlbOps, TlbRange};
 /// use dma_sync::atomic::{AtomicUsize, Ordering};
 /// #[derive(Default)]
@@ -66,7 +65,6 @@ impl TlbOps for NoTlb {
 /// caller's flush queue invalidates everything later.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Gather, NoTlb, TlbRange};
 /// let mut g = Gather::new();
 /// g.add_page(&NoTlb, 0x2000, 0x1000);

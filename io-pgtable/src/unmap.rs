@@ -24,7 +24,6 @@ impl<T: TlbOps> PageTable<T> {
     /// it empty (`NotMapped`, or a short count).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, Error, Gather, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map_pages(0x20_0000, 0x20_0000, 0x20_0000, 1, Prot::READ).unwrap();
@@ -159,7 +158,6 @@ impl<T: TlbOps> PageTable<T> {
     /// [`PageTable::unmap_with`] with a strict gather synced before returning.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map(0, 0, 0x40_0000, Prot::READ).unwrap();

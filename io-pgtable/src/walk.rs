@@ -51,7 +51,6 @@ fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Op
 /// entry either before or after a concurrent map or unmap.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use io_pgtable::{Config, PageTable, Prot};
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 /// pt.map(0x1000, 0x9000, 0x2000, Prot::READ).unwrap();
@@ -78,7 +77,6 @@ impl<T: TlbOps> PageTable<T> {
     /// Translate `iova`, with the leaf's protections; `None` if unmapped or out of range.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map_pages(0x4000, 0x7000, 0x1000, 1, Prot::READ | Prot::NOEXEC).unwrap();
@@ -94,7 +92,6 @@ impl<T: TlbOps> PageTable<T> {
     /// A snapshot of every valid descriptor reachable from the root, taken under one pin.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::tiny(2)).unwrap();
     /// pt.map_pages(0x1000, 0x1000, 0x1000, 1, Prot::READ).unwrap();

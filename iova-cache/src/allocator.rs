@@ -33,7 +33,6 @@ pub(crate) struct Inner {
 /// with the free of the same family.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::{IovaAllocator, IovaConfig};
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, (1 << 20) - 1)).unwrap();
 /// dma_sync::cpu::set_current(Some(0));             // stay on one CPU slot throughout
@@ -83,7 +82,6 @@ impl IovaAllocator {
     /// builds only).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// // The uncached baseline: the range allocator alone behind its lock.
     /// let plain = IovaAllocator::new(IovaConfig { caching: false, ..IovaConfig::with_space(1, 255) })
@@ -140,7 +138,6 @@ impl IovaAllocator {
     /// cached range to the range allocator and retry once.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let p = a.alloc(16, 0xfff).unwrap();
@@ -156,7 +153,6 @@ impl IovaAllocator {
     /// allocator has no space (the 32-bit-first attempt of the DMA policy uses this).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(0, 3)).unwrap();
     /// let ones: Vec<u64> = (0..4).map(|_| a.alloc(1, 3).unwrap()).collect();
@@ -274,7 +270,6 @@ impl IovaAllocator {
     /// sizes this needs [`IovaConfig::checked_frees`]; without it only the shape is checked).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let p = a.alloc(3, 0xffff).unwrap(); // rounded to 4 granules
@@ -331,7 +326,6 @@ impl IovaAllocator {
     /// the highest address ending at or below `limit`, size-aligned if `aligned`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let a = iova_cache::IovaAllocator::new(iova_cache::IovaConfig::with_space(1, 100)).unwrap();
     /// assert_eq!(a.alloc_range(3, 100, false), Ok(98));
     /// a.free_range(98, 3).unwrap();
@@ -344,7 +338,6 @@ impl IovaAllocator {
     /// from [`alloc`](Self::alloc) is refused here (it may be sitting in a magazine).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let cached = a.alloc(1, 0xffff).unwrap();
@@ -363,7 +356,6 @@ impl IovaAllocator {
     /// which case retrying succeeds. Nothing changes on failure.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, RangeKind};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// a.reserve(0xfee0, 0xfeef).unwrap();
@@ -379,7 +371,6 @@ impl IovaAllocator {
     /// The allocated (user-held or cached) or reserved range containing `pfn`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaRange, RangeKind};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let p = a.alloc(4, 0xffff).unwrap();
@@ -407,7 +398,6 @@ impl IovaAllocator {
     /// range are ignored.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig { cpus: 2, ..IovaConfig::with_space(1, 0xffff) })
     ///     .unwrap();
@@ -434,7 +424,6 @@ impl IovaAllocator {
     /// every [`IovaConfig::trim_interval`]. Returns the magazines trimmed.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let cfg = IovaConfig {
     ///     cpus: 1,
@@ -472,7 +461,6 @@ impl IovaAllocator {
     /// allocator (a diagnostic for tests).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaAllocator, IovaConfig};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let (held, freed) = (a.alloc(1, 0xffff).unwrap(), a.alloc(2, 0xffff).unwrap());

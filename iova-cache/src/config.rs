@@ -31,7 +31,6 @@ pub const MAX_CACHED_GRANULES: u64 = 1 << (CACHE_CLASSES - 1);
 /// are what the model tests use.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::IovaConfig;
 /// let cfg = IovaConfig { cpus: 2, magazine_size: 4, ..IovaConfig::with_space(1, 4095) };
 /// assert!(cfg.validate().is_ok());
@@ -73,7 +72,6 @@ impl IovaConfig {
     /// Defaults over the inclusive pfn space `[start_pfn, end_pfn]`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let cfg = iova_cache::IovaConfig::with_space(16, 1023);
     /// assert_eq!((cfg.start_pfn, cfg.end_pfn, cfg.magazine_size), (16, 1023, 127));
     /// ```
@@ -93,7 +91,6 @@ impl IovaConfig {
     /// Exclusive end pfn of the 32-bit DMA zone: `2^(32 - granule_shift)`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let cfg = iova_cache::IovaConfig { granule_shift: 16, ..Default::default() };
     /// assert_eq!(cfg.dma_32bit_pfn(), 1 << 16); // 64 KiB granules
     /// ```
@@ -104,7 +101,6 @@ impl IovaConfig {
     /// Granules in the space.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// assert_eq!(iova_cache::IovaConfig::with_space(16, 1023).space(), 1008);
     /// ```
     pub fn space(&self) -> u64 {
@@ -124,7 +120,6 @@ impl IovaConfig {
     /// | `trim_interval` | `None`, or positive and at most [`MAX_TRIM_INTERVAL`] |
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaConfig, IovaError};
     /// let bad = IovaConfig { cpus: 0, ..IovaConfig::with_space(1, 10) };
     /// assert!(matches!(bad.validate(), Err(IovaError::InvalidConfig(_))));

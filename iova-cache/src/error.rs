@@ -5,7 +5,6 @@ use std::fmt;
 /// Why an IOVA operation was refused.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
 /// let a = IovaAllocator::new(IovaConfig::with_space(1, 1023)).unwrap();
 /// assert_eq!(a.alloc(0, 1023), Err(IovaError::ZeroSize));

@@ -6,7 +6,6 @@
 //! `dma_sync::fault::armed`; without it every site is a constant "no failure":
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use iova_cache::{faults, IovaAllocator, IovaConfig, IovaError};
 //! let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
 //! let (r, used) = dma_sync::fault::armed(&faults::TREE_NODE, 1, || a.alloc(64, 0xffff));

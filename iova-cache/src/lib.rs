@@ -28,7 +28,6 @@
 //! baseline the benchmarks compare against.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use iova_cache::{IovaAllocator, IovaConfig};
 //!
 //! let iova = IovaAllocator::new(IovaConfig::with_space(1, (1 << 24) - 1)).unwrap();

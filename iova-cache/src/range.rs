@@ -56,7 +56,6 @@ pub struct RangeStats {
 /// that need no caching or concurrency.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use iova_cache::RangeAllocator;
 /// let mut r = RangeAllocator::new(1, 1023).unwrap();
 /// let a = r.alloc(4, 1023, true).unwrap();
@@ -81,7 +80,6 @@ impl RangeAllocator {
     /// An allocator whose whole inclusive space `[start, end]` is free (`end < u64::MAX`).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{IovaError, RangeAllocator};
     /// let r = RangeAllocator::new(16, 1023).unwrap();
     /// assert_eq!((r.start(), r.end(), r.stats().free_granules), (16, 1023, 1008));
@@ -141,7 +139,6 @@ impl RangeAllocator {
     /// power of two.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
     /// assert_eq!(r.alloc(10, 99, false), Ok(90));
     /// assert_eq!(r.alloc(5, 99, true), Ok(80), "8-aligned below 90");
@@ -267,7 +264,6 @@ impl RangeAllocator {
     /// overlapping a live allocation is refused and changes nothing.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{RangeAllocator, RangeKind};
     /// let mut r = RangeAllocator::new(0, 99).unwrap();
     /// r.reserve(90, 200).unwrap();
@@ -356,7 +352,6 @@ impl RangeAllocator {
     /// Free ranges as `(start, size)` in address order.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
     /// assert_eq!(r.alloc(10, 49, false), Ok(40));
     /// assert_eq!(r.allocated().collect::<Vec<_>>(), [(40, 10)]);
@@ -371,7 +366,6 @@ impl RangeAllocator {
     /// Counters.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use iova_cache::{RangeAllocator, RangeStats};
     /// let mut r = RangeAllocator::new(0, 99).unwrap();
     /// r.reserve(0, 9).unwrap();

@@ -59,7 +59,6 @@ impl IovaAllocator {
     /// Gather the statistics.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let a = iova_cache::IovaAllocator::new(iova_cache::IovaConfig::with_space(1, 1 << 16)).unwrap();
     /// let p = a.alloc(1, 1 << 16).unwrap();
     /// a.free(p, 1).unwrap();

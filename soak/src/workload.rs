@@ -57,7 +57,6 @@ impl SoakConfig {
     /// or ten times per run for short runs.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// let cfg = dma_soak::workload::SoakConfig::from_env(1);
     /// assert!(cfg.workers >= 1);
     /// ```
@@ -485,7 +484,6 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
 /// Run the soak; `Err` lists every invariant that broke.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// // Two checks: too short for the memory-trend checks, which need four.
 /// let cfg = dma_soak::workload::SoakConfig {
 ///     duration: std::time::Duration::from_millis(200),

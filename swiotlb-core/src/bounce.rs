@@ -26,7 +26,6 @@ use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 /// | unmap (unless `skip_cpu_sync`) | nothing | copy out | copy out |
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(4096);
 /// let orig = mem.base();
@@ -57,7 +56,6 @@ impl Direction {
     /// Every direction, for tests and tools that pick one by index.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::Direction;
     /// assert!(Direction::ALL.contains(&Direction::Bidirectional));
     /// ```
@@ -79,7 +77,6 @@ impl Direction {
 /// Attributes of a mapping.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let a = swiotlb_core::MapAttrs { alloc_align_mask: 0xFFF, ..Default::default() };
 /// assert!(!a.skip_cpu_sync);
 /// ```
@@ -101,7 +98,6 @@ impl Swiotlb {
     /// The original bytes are copied in whatever the direction.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base() + 0xA00;
@@ -218,7 +214,6 @@ impl Swiotlb {
     /// mapping stays as it was.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -290,7 +285,6 @@ impl Swiotlb {
     /// the ranges it copies): a range leaving the mapping is [`Error::OutOfRange`].
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -324,7 +318,6 @@ impl Swiotlb {
     /// [`Swiotlb::sync_for_cpu`] does.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
@@ -378,7 +371,6 @@ impl Swiotlb {
     /// page-aligned, never overlapping another allocation.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
     /// let dev = tlb.device(DeviceConfig::default());
@@ -430,7 +422,6 @@ impl Swiotlb {
     /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();

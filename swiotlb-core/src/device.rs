@@ -12,7 +12,6 @@ use dma_sync::{Arc, Mutex};
 /// Constraints of a device on its bounce addresses.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let nvme = swiotlb_core::DeviceConfig { min_align_mask: 0xFFF, ..Default::default() };
 /// assert_eq!(nvme.dma_mask, u64::MAX);
 /// ```
@@ -39,7 +38,6 @@ impl DeviceConfig {
     /// it is refused per mapping ([`crate::Error::NotDmaCapable`]).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::DeviceConfig;
     /// assert!(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() }.validate().is_ok());
     /// assert!(DeviceConfig { seg_boundary_mask: 0xFF, ..Default::default() }.validate().is_err());
@@ -72,7 +70,6 @@ impl Default for DeviceConfig {
 /// A device using a [`crate::Swiotlb`]: cheap to clone (shared handle).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
 /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(4096)).unwrap();
 /// let dev = tlb.device(DeviceConfig::default());

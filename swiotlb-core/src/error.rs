@@ -5,7 +5,6 @@ use std::fmt;
 /// An access to original (or bounce) memory that the memory implementation refused.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{MemoryError, OrigMemory, RegionMemory};
 /// let m = RegionMemory::new(4096);
 /// let end = m.base() + 4096;
@@ -34,7 +33,6 @@ impl std::error::Error for MemoryError {}
 /// Why an operation of the allocator failed. The allocator is unchanged after any error.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(64 * 1024);
 /// let orig = mem.base();

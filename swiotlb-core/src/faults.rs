@@ -15,7 +15,6 @@
 //! [`Swiotlb::grow_by`](crate::Swiotlb::grow_by), which the worker runs too.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use swiotlb_core::{faults, Config, Error, RegionMemory, Swiotlb};
 //! let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
 //! let (r, used) = dma_sync::fault::armed(&faults::POOL_GROW, 1, || tlb.grow_by(8));

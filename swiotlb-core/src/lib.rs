@@ -47,7 +47,6 @@
 //! can access it through [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`].
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 //!
 //! let mem = RegionMemory::new(64 * 1024);

@@ -25,7 +25,6 @@ use crate::shared::{DmaDst, DmaSrc, SharedRegion};
 /// `write` on plain buffers come for free.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use std::sync::Mutex;
 /// use swiotlb_core::{DmaDst, DmaSrc, MemoryError, OrigMemory};
 ///
@@ -87,7 +86,6 @@ pub trait OrigMemory: Send + Sync {
 /// The calling process's own memory: an address is a pointer value.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{OrigMemory, ProcessMemory};
 /// let buf = vec![7u8; 16];
 /// // SAFETY: only addresses of `buf` (alive, not otherwise borrowed mutably) are used.
@@ -146,7 +144,6 @@ impl OrigMemory for ProcessMemory {
 /// its addresses directly) may race on them without undefined behaviour.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{OrigMemory, RegionMemory};
 /// let m = RegionMemory::new(8192);
 /// assert_eq!(m.base() % 4096, 0);

@@ -176,7 +176,6 @@ fn store_partial(word: &AtomicU64, at: usize, bytes: &[u8]) {
 /// own buffer. The argument of [`crate::OrigMemory::write_from`].
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::DmaSrc;
 /// let src = DmaSrc::from(&b"hello"[..]);
 /// let mut got = Vec::new();
@@ -201,7 +200,6 @@ enum Src<'a> {
 /// caller's own buffer. The argument of [`crate::OrigMemory::read_into`].
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::DmaDst;
 /// let mut buf = [0u8; 6];
 /// let mut dst = DmaDst::from(&mut buf[..]);

@@ -91,7 +91,6 @@ pub struct PoolStats {
 /// A snapshot of the allocator's statistics ([`crate::Swiotlb::stats`]).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
 /// let tlb = Swiotlb::new(Config::tiny(16, 2, 8), RegionMemory::new(4096)).unwrap();
 /// let s = tlb.stats();

@@ -35,7 +35,6 @@ pub const MAX_NSLABS: usize = 1 << 24;
 /// Configuration of a [`Swiotlb`] instance.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::Config;
 /// let c = Config { nslabs: 1024, nareas: 4, ..Config::default() };
 /// assert!(c.can_grow);
@@ -98,7 +97,6 @@ impl Config {
     /// calls it before it allocates anything.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, Error, MAX_NSLABS};
     /// assert_eq!(Config::default().validate(), Ok(()));
     /// let huge = Config { growth_nslabs: MAX_NSLABS + 1, ..Config::default() };
@@ -137,7 +135,6 @@ impl Config {
     /// `segment_slots`, growth by explicit [`Swiotlb::grow_by`] only, transient pools on.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(16, 2, 4), RegionMemory::new(64)).unwrap();
     /// assert_eq!(tlb.segment_slots(), 4);
@@ -177,7 +174,6 @@ pub struct PoolInfo {
 /// a simulation) each hold their own handle.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(4096);
 /// let orig = mem.base();
@@ -252,7 +248,6 @@ impl Swiotlb {
     /// Build an instance with its default pool, copying to and from `memory`.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(256, 2, 128), RegionMemory::new(4096)).unwrap();
     /// assert_eq!(tlb.stats().nslabs, 256);
@@ -295,7 +290,6 @@ impl Swiotlb {
     /// A new device handle bound to this instance.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
     /// let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
@@ -314,7 +308,6 @@ impl Swiotlb {
     /// reports an invalid one at the device's first operation instead.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -354,7 +347,6 @@ impl Swiotlb {
     /// `min_align_mask` may have to reproduce (252 KiB for NVMe's 0xFFF).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(64)).unwrap();
     /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
@@ -507,7 +499,6 @@ impl Swiotlb {
     /// size), as the background worker does. Returns the slots added.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
     /// assert_eq!(tlb.grow().unwrap(), 8);
@@ -536,7 +527,6 @@ impl Swiotlb {
     /// to whole segments; it is published to lock-free readers. Returns the slots added.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
     /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
     /// assert_eq!(tlb.grow_by(12), Ok(16)); // rounded up to whole segments of 8
@@ -606,7 +596,6 @@ impl Swiotlb {
     /// correct for addresses handed between threads through the caller's own memory.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -624,7 +613,6 @@ impl Swiotlb {
     /// The pool holding bounce address `addr` of `dev`, if any.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
@@ -650,7 +638,6 @@ impl Swiotlb {
     /// A snapshot of the statistics (see [`StatsSnapshot`] for its report).
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
@@ -699,7 +686,6 @@ impl Swiotlb {
     /// metadata of free slots). Meant for tests and debugging; takes every area lock in turn.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();

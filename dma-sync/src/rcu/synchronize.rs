@@ -45,7 +45,6 @@ impl Drop for Token {
 /// epoch advances, typically microseconds; batch updates to pay it once.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let section = dma_sync::rcu::pin();
 /// drop(section);
 /// dma_sync::rcu::synchronize(); // returns once every section pinned before it has ended

@@ -25,7 +25,6 @@
 //! [`Viommu::handle_batch`] pays one grace period for a whole batch of requests.
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::viommu::{Request, Status, Viommu, ViommuConfig, MAP_F_READ};
 //!
 //! let v = Viommu::new(ViommuConfig::default()).unwrap();
@@ -214,7 +213,6 @@ impl DeviceEndpoint {
     /// before `f` returns. Fails, without calling `f`, if any byte faults.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_vmm::viommu::{Request, Viommu, ViommuConfig, MAP_F_READ};
     /// use io_pgtable::Prot;
     /// let v = Viommu::new(ViommuConfig::default()).unwrap();
@@ -443,7 +441,6 @@ impl Viommu {
     /// writable part too short for the tail; see [`wire::reply_layout`].
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_vmm::viommu::{wire, Status, Viommu, ViommuConfig};
     /// let v = Viommu::new(ViommuConfig { probe_size: 128, ..ViommuConfig::default() }).unwrap();
     /// v.add_endpoint(2, vec![]).unwrap();

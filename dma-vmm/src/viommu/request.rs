@@ -108,7 +108,6 @@ impl Status {
     /// The status with wire value `code`, if it is one.
     ///
     /// ```
-    /// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
     /// use dma_vmm::viommu::Status;
     /// assert!(Status::ALL.iter().all(|&s| Status::from_code(s.code()) == Some(s)));
     /// assert_eq!(Status::from_code(9), None);

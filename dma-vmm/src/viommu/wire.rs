@@ -8,7 +8,6 @@
 //! `INVAL`; this one does not, and performs the UNMAP).
 //!
 //! ```
-//! # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 //! use dma_vmm::viommu::{wire, Request, Status};
 //! // A MAP request as the guest driver writes it (head, body; the tail is device-writable).
 //! let mut buf = vec![wire::T_MAP, 0, 0, 0];
@@ -124,7 +123,6 @@ pub fn decode(buf: &[u8]) -> Result<Request, Status> {
 /// driver side of [`decode`], for guest-side code and tests).
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// use dma_vmm::viommu::{wire, Request};
 /// let unmap = Request::Unmap { domain: 1, virt_start: 0x1000, virt_end: 0x1fff };
 /// let bytes = wire::encode_request(&unmap);

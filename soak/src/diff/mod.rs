@@ -45,7 +45,6 @@ impl std::error::Error for Divergence {}
 /// Decode up to [`MAX_OPS`] operations; undecodable trailing bytes end the list.
 ///
 /// ```
-/// # if dma_sync::LOOM { return; } // loom builds: no model runs doctests
 /// let ops: Vec<u8> = dma_soak::diff::decode(&[1, 2, 3]);
 /// assert_eq!(ops, vec![1, 2, 3]);
 /// ```
