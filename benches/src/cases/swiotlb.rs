@@ -266,7 +266,8 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     (v, omitted)
 }
 
-#[cfg(test)]
+// Not under loom: real pools outside a model (benchmarks are production builds).
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
