@@ -476,7 +476,8 @@ fn same_pages(
     }
 }
 
-#[cfg(test)]
+// Not under loom: the real structures are built outside a model.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use io_pgtable::{Config, PageTable};
