@@ -141,10 +141,6 @@ impl Tracker {
 /// and a twin test, `#[ignore]`d until the fix lands, runs them strictly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
-    /// swiotlb-core's area search can give up before its last candidate: starting on a
-    /// misaligned index, the `+1` step to the first aligned one uses up the budget of the
-    /// last candidate, so a free qualifying run is missed and the map gets `NoSpace`.
-    SearchMissesRun,
     /// iova-cache: two threads freeing the same range can both succeed; the range is then
     /// handed out again while part of it is still held.
     RacingDoubleFree,
