@@ -33,10 +33,8 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Library defects not fixed yet, each with an `#[ignore]`d strict test:
-/// soak/tests/swiotlb_search.rs (about one random input in a thousand meets it) and
-/// soak/tests/race.rs::racing_double_frees_of_one_range_are_refused.
-const UNFIXED: &[Known] = &[Known::SearchMissesRun, Known::RacingDoubleFree];
+/// Library defects not fixed yet, each with an `#[ignore]`d strict test (none now).
+const UNFIXED: &[Known] = &[];
 
 #[test]
 fn seed_corpus_passes() {

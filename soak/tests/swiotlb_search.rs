@@ -10,7 +10,6 @@ const SEG: usize = 16;
 /// One restricted pool full of one-slot mappings but for an odd slot and the even slot after
 /// it, freed in that order; then an NVMe-style map whose offset bits need an odd slot.
 #[test]
-#[ignore = "swiotlb-core's area search gives up one candidate early (Known::SearchMissesRun)"]
 fn a_free_odd_slot_before_the_search_start_is_found() {
     let mem = RegionMemory::new(1 << 20);
     let base = mem.base();

@@ -246,26 +246,36 @@ impl Pool {
         let base = a * n;
         let stride = plan.stride.min(n);
         let wrap = |x: usize| if x >= n { 0 } else { x };
+        // A step that runs past the area's end restarts at its first slot (candidates are
+        // aligned from there); it covers only the slots up to the end, so count those.
+        let step = |i: usize, by: usize| {
+            if i + by >= n {
+                (0, n - i)
+            } else {
+                (i + by, by)
+            }
+        };
         let mut i = wrap(st.index);
         let mut checked = 0;
-        // Each candidate is checked once: at most `n` steps of +1 or +stride, whatever the mix.
+        // Each candidate is checked once: the walk visits slots in ring order from the start,
+        // and `checked` is the ring distance covered, so it stops after one full turn.
         while checked < n {
             let addr = self.slot_addr(base + i);
-            if !plan.aligned(addr) {
-                i = wrap(i + 1);
-                checked += 1;
-                continue;
-            }
-            if plan.within_boundary(addr) && st.list[i] as usize >= plan.nslots {
+            let by = if !plan.aligned(addr) {
+                1
+            } else if plan.within_boundary(addr) && st.list[i] as usize >= plan.nslots {
                 slots::allocate(&mut st.list, self.geo.seg, i, plan.nslots);
                 st.index = wrap(i + plan.nslots);
                 st.used += plan.nslots;
                 area.used.store(st.used, Relaxed);
                 self.record(base + i, plan);
                 return Some(base + i);
-            }
-            i = wrap(i + stride);
-            checked += stride;
+            } else {
+                stride
+            };
+            let (next, covered) = step(i, by);
+            i = next;
+            checked += covered;
         }
         None
     }

@@ -6,7 +6,7 @@
 // loom builds run the loom suite only: these tests use real threads and locks.
 #![cfg(not(loom))]
 
-use dma_soak::diff::{self, tolerating, Known};
+use dma_soak::diff;
 use proptest::prelude::*;
 
 proptest! {
@@ -18,9 +18,7 @@ proptest! {
 
     #[test]
     fn bounce_buffers_match_the_reference_model(data in proptest::collection::vec(any::<u8>(), 0..if cfg!(miri) { 48 } else { 2048 })) {
-        // An unfixed search defect about one input in a thousand meets; its strict test is
-        // soak/tests/swiotlb_search.rs (ignored until the fix).
-        let r = tolerating(&[Known::SearchMissesRun], || diff::swiotlb::run(&data));
+        let r = diff::swiotlb::run(&data);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

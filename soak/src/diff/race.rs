@@ -16,15 +16,17 @@
 //! corrupt the heap of the process that reports it).
 //!
 //! [`iova`]: two threads free overlapping picks of the same allocated IOVA ranges (double
-//! frees racing, through the per-CPU caches or the tree) and allocate. Conservation per pfn:
-//! held at the start, plus allocations that returned it, minus frees that succeeded, must be 0
-//! or 1 (a double free makes it negative); refused frees are `NotAllocated` (or
+//! frees racing, through the per-CPU caches or the tree) and allocate. Conservation per range
+//! (pfn and size class, the only names a free has): held at the start, plus allocations that
+//! returned it, minus frees that succeeded, must be 0 or 1 (a double free makes it negative;
+//! a second free that releases the other thread's reallocation of the same range is a good
+//! free, as it is to the allocator); refused frees are `NotAllocated` (or
 //! `SizeMismatch` against a reallocation); the ranges held afterwards are disjoint and, with
 //! the caches, exactly what the allocator holds.
 //!
 //! Each input is replayed for [`ROUNDS`] fresh structures, so a narrow window is hit often.
 
-use super::{decode, tolerated, Divergence, Known, Tracker};
+use super::{decode, Divergence, Tracker};
 use arbitrary::Arbitrary;
 use dma_model::iova::class_size;
 use dma_model::pgtable::PgtableModel;
@@ -324,25 +326,6 @@ pub fn iova(data: &[u8]) -> Result<(), Divergence> {
             .copied()
             .collect()
     });
-    // Racing double frees are the point; while they are a known defect, a tolerating run
-    // gives each thread its own half of the ranges.
-    let disjoint = tolerated(Known::RacingDoubleFree);
-    let pick = |cpu: usize, n: u8| {
-        if disjoint {
-            cpu * RANGES / 2 + usize::from(n) % (RANGES / 2)
-        } else {
-            usize::from(n) % RANGES
-        }
-    };
-    let lists = [0, 1].map(|cpu| {
-        lists[cpu]
-            .iter()
-            .map(|&op| match op {
-                IovaOp::Free(n) => IovaOp::Free(pick(cpu, n) as u8),
-                alloc => alloc,
-            })
-            .collect::<Vec<_>>()
-    });
     let mut t = Tracker::default();
     t.note(|| format!("caching {caching}, {lists:?}"));
     for r in 0..ROUNDS {
@@ -392,18 +375,24 @@ pub fn iova(data: &[u8]) -> Result<(), Divergence> {
                 .map(|h| h.join().expect("racing thread"))
                 .collect()
         });
-        // Conservation per pfn: held at the start, plus allocations that returned it, minus
-        // frees that succeeded, is 0 or 1 (a double free makes it negative), and the first
-        // free of a held range succeeds.
-        let mut count: BTreeMap<u64, (i64, u64)> =
-            held.iter().map(|&(p, s)| (p, (1, class_size(s)))).collect();
+        // Conservation per range (pfn and size class): held at the start, plus allocations
+        // that returned it, minus frees that succeeded, is 0 or 1 (a double free makes it
+        // negative), and the first free of a held range succeeds. A free names a range by pfn
+        // and size only, so a second free of a setup range may legitimately release the other
+        // thread's fresh allocation of that same range: counting per range accepts exactly that.
+        let mut count: BTreeMap<(u64, u64), i64> =
+            held.iter().map(|&(p, s)| ((p, class_size(s)), 1)).collect();
         for &(op, r) in results.iter().flatten() {
             match (op, r) {
                 (IovaOp::Alloc(n), Ok(p)) => {
-                    let e = count.entry(p).or_insert((0, 0));
-                    *e = (e.0 + 1, class_size(1 + u64::from(n % 3)));
+                    *count
+                        .entry((p, class_size(1 + u64::from(n % 3))))
+                        .or_default() += 1;
                 }
-                (IovaOp::Free(_), Ok(p)) => count.entry(p).or_insert((0, 0)).0 -= 1,
+                (IovaOp::Free(n), Ok(p)) => {
+                    let size = class_size(held[usize::from(n) % RANGES].1);
+                    *count.entry((p, size)).or_default() -= 1;
+                }
                 (IovaOp::Free(n), Err(e)) => {
                     let pfn = held[usize::from(n) % RANGES].0;
                     t.check(
@@ -416,9 +405,9 @@ pub fn iova(data: &[u8]) -> Result<(), Divergence> {
                 }
             }
         }
-        let bad = count.iter().find(|(_, &(c, _))| !(0..=1).contains(&c));
+        let bad = count.iter().find(|(_, &c)| !(0..=1).contains(&c));
         t.check(bad.is_none(), || {
-            format!("pfn held {bad:?} times after the race (freed more often than handed out?): {results:?}")
+            format!("range held {bad:?} times after the race (freed more often than handed out?): {results:?}")
         })?;
         let freed_first = held.iter().enumerate().all(|(i, &(pfn, _))| {
             let tried = results
@@ -436,8 +425,8 @@ pub fn iova(data: &[u8]) -> Result<(), Divergence> {
         })?;
         let still: Vec<(u64, u64)> = count
             .iter()
-            .filter(|(_, &(c, _))| c == 1)
-            .map(|(&p, &(_, s))| (p, s))
+            .filter(|(_, &c)| c == 1)
+            .map(|(&range, _)| range)
             .collect();
         let overlap = still.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0);
         t.check(overlap.is_none(), || {

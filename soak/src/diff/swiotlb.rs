@@ -17,7 +17,7 @@
 //! used and no transient pool.
 
 use super::dma::{containing, nth_live, Dir, Len, Pick};
-use super::{decode, tolerated, Divergence, Known, Tracker};
+use super::{decode, Divergence, Tracker};
 use crate::memory::{Refusals, RefusingMemory};
 use arbitrary::Arbitrary;
 use dma_model::swiotlb::{copies_on_sync_for_cpu, copies_on_sync_for_device, copies_on_unmap};
@@ -233,11 +233,7 @@ impl World {
             Ok(addr) => addr,
             Err(e) => {
                 let allowed = match e {
-                    Error::NoSpace { size: s } => {
-                        s == size
-                            && (self.no_space_allowed(d, &plan)
-                                || tolerated(Known::SearchMissesRun))
-                    }
+                    Error::NoSpace { size: s } => s == size && self.no_space_allowed(d, &plan),
                     Error::NotDmaCapable { addr } => {
                         beyond(addr, size, cfg.dma_mask)
                             && self.space.check_placement(addr, &plan).is_ok()
