@@ -110,6 +110,32 @@ impl PgtableModel {
         in_bits(AddrKind::Iova, iova, len, self.g.ias())?;
         Ok((level, len))
     }
+    /// Walk a map of `iova` down to level `target`, installing the missing tables (kept even
+    /// if the call then fails); `Exists` where a block stands on the way.
+    fn descend(&mut self, iova: u64, target: u32) -> Result<(), Error> {
+        for level in self.g.start_level()..target {
+            let base = iova & !(self.g.block_size(level) - 1);
+            if self.leaves.get(&base).is_some_and(|l| l.level == level) {
+                return Err(Error::Exists { iova: base });
+            }
+            if !self.tables.contains(&(level + 1, base)) {
+                if std::mem::take(&mut self.fail_next) {
+                    return Err(Error::NoMemory);
+                }
+                self.tables.insert((level + 1, base));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tables a `map_pages(iova, _, pgsize, ..)` installs on its way down, alone: a
+    /// concurrent map that restarts (its table was taken under it) has installed them in an
+    /// earlier attempt, visible to others before the call's own outcome.
+    pub fn install_tables(&mut self, iova: u64, pgsize: u64) {
+        if let Ok((target, _)) = self.check_input(iova, pgsize, 1) {
+            let _ = self.descend(iova, target);
+        }
+    }
 
     /// `map_pages`: the exact result, applied to the model.
     pub fn map_pages(
@@ -132,19 +158,7 @@ impl PgtableModel {
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
         }
-        for level in self.g.start_level()..target {
-            let base = iova & !(self.g.block_size(level) - 1);
-            if self.leaves.get(&base).is_some_and(|l| l.level == level) {
-                return Err(Error::Exists { iova: base });
-            }
-            // Installed on the way down, kept even if the call then fails.
-            if !self.tables.contains(&(level + 1, base)) {
-                if std::mem::take(&mut self.fail_next) {
-                    return Err(Error::NoMemory);
-                }
-                self.tables.insert((level + 1, base));
-            }
-        }
+        self.descend(iova, target)?;
         let n = count.min(self.g.entries(target) - self.g.index(target, iova));
         for i in 0..n as u64 {
             if self.any_leaf_in(iova + i * pgsize, pgsize) {
