@@ -77,7 +77,7 @@ impl Cycle {
         let mut order: Vec<u32> = (0..n as u32).collect();
         let mut rng = XorShift::new(seed);
         for i in (1..n).rev() {
-            order.swap(i, rng.below(i));
+            order.swap(i, rng.below(i as u64) as usize);
         }
         let mut next = vec![0u32; n];
         for i in 0..n {

@@ -144,34 +144,8 @@ impl RangeAlloc for Ours {
     }
 }
 
-/// A small xorshift generator: the workloads' random choices cost a few cycles, not a call
-/// into a general-purpose RNG.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator from a seed (any value; zero is mapped to a fixed non-zero state).
-    pub fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next value.
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A value in `0..n` (`n > 0`).
-    #[inline]
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
+/// The workloads' generator: a few cycles per choice, reproducible from a seed.
+pub use dma_model::XorShift;
 
 /// `live` allocations of 1..=`max_size` granules spread over the threads (made before the clock
 /// starts), then each op frees a random one of the thread's and allocates a replacement of a
@@ -186,7 +160,7 @@ fn fragmented<A: RangeAlloc>(
     let per_thread = (live / threads).max(1);
     measure(cfg, threads, |t| {
         let mut rng = XorShift::new(t as u64 + 1);
-        let mut size = move || 1 + rng.below(max_size as usize) as u64;
+        let mut size = move || 1 + rng.below(max_size);
         let mut held: Vec<Option<(u64, u64)>> = (0..per_thread)
             .map(|_| {
                 let g = size();
@@ -195,7 +169,7 @@ fn fragmented<A: RangeAlloc>(
             .collect();
         let mut pick = XorShift::new(t as u64 + 101);
         move || {
-            let slot = &mut held[pick.below(per_thread)];
+            let slot = &mut held[pick.below(per_thread as u64) as usize];
             if let Some((x, g)) = slot.take() {
                 a.free(x, g);
             }

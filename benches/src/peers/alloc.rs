@@ -137,7 +137,7 @@ mod tests {
                     held.push((x, len));
                 }
             } else {
-                let (x, len) = held.swap_remove(rng.below(held.len()));
+                let (x, len) = held.swap_remove(rng.below(held.len() as u64) as usize);
                 a.free(x, len / GRANULE);
             }
         }
