@@ -17,6 +17,7 @@
 //! everything unmapped leaves no live mapping, no allocated IOVA, no bounce slot used and
 //! nothing pending in the flush queue.
 
+use super::directives::{with_fault, Pending};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
 use crate::memory::{Refusals, RefusingMemory};
@@ -488,39 +489,25 @@ fn fq(single: bool, ring_shift: u8) -> FqConfig {
     }
 }
 
-/// Run `f` with the next allocation at `site` failing (if any).
-fn with_fault<R>(site: Option<&'static Site>, f: impl FnOnce() -> R) -> R {
-    match site {
-        #[cfg(feature = "fault-injection")]
-        Some(site) => dma_sync::fault::armed(site, 1, f).0,
-        _ => f(),
-    }
-}
-
 fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(), Divergence> {
     let mut t = Tracker::default();
-    let mut arm: Option<&'static Site> = None;
-    let mut refuse = false;
+    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
         match *op {
             Op::Fault(n) => {
-                arm = cfg!(feature = "fault-injection")
-                    .then_some(SITES[usize::from(n) % SITES.len()]);
+                pending.fault(n, &SITES);
                 continue;
             }
             Op::RefuseWrite => {
-                refuse = true;
+                pending.refuse_write();
                 continue;
             }
             _ => {}
         }
-        w.fault = arm.take();
         // Refusals are for the calls that copy back to original memory.
         let copies_back = matches!(op, Op::Unmap { .. } | Op::Sync { .. });
-        if std::mem::take(&mut refuse) && copies_back {
-            w.refusals.refuse_next(1);
-        }
+        w.fault = pending.take(copies_back, &w.refusals);
         with_fault(w.fault, || apply(w, &t, foreign, op))?;
         w.refusals.refuse_next(0);
         w.fault = None;

@@ -5,6 +5,7 @@
 //! compares results and invariants after every step and at the end (after which everything
 //! must be released again).
 
+mod directives;
 mod dma;
 pub mod iommu;
 pub mod iova;

@@ -16,6 +16,7 @@
 //! be exact and `check_invariants` must pass; at the end everything unmapped leaves no slot
 //! used and no transient pool.
 
+use super::directives::{with_fault, Pending};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
 use crate::memory::{Refusals, RefusingMemory};
@@ -389,28 +390,23 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         refusals,
     };
     w.learn_pools();
-    let mut arm: Option<&'static Site> = None;
-    let mut refuse = false;
+    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
         match *op {
             Op::Fault(n) => {
-                arm = cfg!(feature = "fault-injection")
-                    .then_some(SITES[usize::from(n) % SITES.len()]);
+                pending.fault(n, &SITES);
                 continue;
             }
             Op::RefuseWrite => {
-                refuse = true;
+                pending.refuse_write();
                 continue;
             }
             _ => {}
         }
-        w.fault = arm.take();
         // Refusals are for the calls that copy back to original memory.
         let copies_back = matches!(op, Op::Unmap { .. } | Op::SyncForCpu { .. });
-        if std::mem::take(&mut refuse) && copies_back {
-            w.refusals.refuse_next(1);
-        }
+        w.fault = pending.take(copies_back, &w.refusals);
         let whole = with_fault(w.fault, || apply(&mut w, &t, op))?;
         w.refusals.refuse_next(0);
         w.fault = None;
@@ -446,15 +442,6 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
     t.check(w.tlb.check_invariants().is_ok(), || {
         format!("{:?}", w.tlb.check_invariants())
     })
-}
-
-/// Run `f` with the next allocation at `site` failing (if any).
-fn with_fault<R>(site: Option<&'static Site>, f: impl FnOnce() -> R) -> R {
-    match site {
-        #[cfg(feature = "fault-injection")]
-        Some(site) => dma_sync::fault::armed(site, 1, f).0,
-        _ => f(),
-    }
 }
 
 /// Apply one operation to the allocator and the model; `Ok(true)` when original memory may
