@@ -13,7 +13,8 @@
 //!   the same poisoning and parking, as a second, independent model of the protocol.
 //!
 //! Under both loom backends a free that bypasses this module (an object allocated by [`boxed`]
-//! or declared with [`track`], dropped while a reader may still dereference it) is reported
+//! or declared with [`track`], dropped or [`released`] to a private pool while a reader may
+//! still dereference it) is reported
 //! (`rcu/bypass.rs`) when the test binary installs `CheckedAlloc` (loom builds only) as its
 //! global allocator.
 //!
@@ -170,6 +171,16 @@ pub fn track(ptr: *const u8, len: usize) {
     bypass::track(ptr as usize, len);
     #[cfg(not(loom))]
     let _ = (ptr, len);
+}
+
+/// Declare that the memory of an allocation declared with [`track`] went back to a private
+/// pool (a free list that hands it out again) rather than to the allocator: loom builds check
+/// it as a free, so it must not race a reader. No-op in normal builds.
+pub fn released(ptr: *const u8) {
+    #[cfg(loom)]
+    bypass::released(ptr as usize);
+    #[cfg(not(loom))]
+    let _ = ptr;
 }
 
 impl Guard {

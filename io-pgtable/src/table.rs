@@ -124,6 +124,8 @@ impl TableMem {
             // initialises it (loom atomics are objects, so it is written element by element).
             unsafe { ptr.as_ptr().add(i).write(AtomicU64::new(0)) };
         }
+        // Walkers reach it under RCU: loom builds check it is freed only after them.
+        dma_sync::rcu::track(ptr.as_ptr() as *const u8, len * size_of::<AtomicU64>());
         TableMem {
             ptr,
             len,
@@ -183,7 +185,11 @@ impl Drop for TableMem {
             ))
         };
         match self.slab.take() {
-            Some(slab) => slab.release(self.ptr),
+            Some(slab) => {
+                // Back on the slab's free list: a free as far as loom's reader check goes.
+                dma_sync::rcu::released(self.ptr.as_ptr() as *const u8);
+                slab.release(self.ptr)
+            }
             None => {
                 let layout =
                     Self::layout(self.len, self.align).expect("layout was valid at allocation");

@@ -156,9 +156,26 @@ fn freed(ptr: usize, layout: Layout) -> bool {
     let Some(e) = find(me, ptr).filter(|e| e.len.load(Relaxed) == layout.size()) else {
         return false;
     };
-    if e.kept_align.swap(layout.align(), Relaxed) != 0 {
-        return true;
+    if e.kept_align.swap(layout.align(), Relaxed) == 0 {
+        write_shadow(e);
     }
+    true
+}
+
+/// The memory of the known object at `ptr` went back to a private pool (a free list that
+/// hands it out again) instead of the allocator: a free as far as its readers are concerned.
+pub(super) fn released(ptr: usize) {
+    let Ok(me) = MARKER.try_with(|m| m as *const u8 as usize) else {
+        return;
+    };
+    if let Some(e) = find(me, ptr) {
+        write_shadow(e);
+    }
+}
+
+/// The free of a known object, as a tracked write of its shadow; a race is reported when the
+/// execution ends (the allocator must not unwind).
+fn write_shadow(e: &Entry) {
     if !std::thread::panicking() {
         let write = catch_unwind(AssertUnwindSafe(|| shadow(e).with_mut(|_| ())));
         if let Err(payload) = write {
@@ -170,7 +187,6 @@ fn freed(ptr: usize, layout: Layout) -> bool {
             let _ = REPORT.try_with(|r| r.borrow_mut().get_or_insert(msg).len());
         }
     }
-    true
 }
 
 /// The system allocator, checking frees of objects RCU readers reach (loom builds). Install

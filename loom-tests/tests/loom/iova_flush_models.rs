@@ -3,10 +3,16 @@
 //! full magazine to the depot), CPU 1 allocates twice (taking that magazine, or going to the
 //! tree), and a third thread flushes every cache; every range is held by one user or free
 //! afterwards. (Racing checked frees are `iova_models::checked_free_races_double_free`.)
+//!
+//! `reserve` racing the same traffic: it flushes every cache and then carves the range out of
+//! the tree, while a CPU frees into its magazines (pushing one to the depot) and allocates
+//! again. A reservation may be refused only for a range a user holds or that was cached again
+//! after the flush, and a granted one is never handed out.
 
 use crate::iova_models::{on_cpu, tiny, Oracle};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
+use iova_cache::{IovaError, RangeKind};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 
@@ -61,4 +67,77 @@ must_fail_test! {
     /// Without the depot lock, the flush's take of the depot races a push or an exchange.
     fn flush_all_depot_unlocked: iova_cache::points::DEPOT_LOCK, Weakening::Relax,
         "Causality violation", Bound::Preemptions(2), flush_all_vs_depot_traffic;
+}
+
+/// Two pfns `[q, r]` are reserved while CPU 1 frees `q` and two more ranges (the third free
+/// pushes a full magazine to the depot) and allocates once; `r` sits in CPU 0's magazine from
+/// the start and nobody runs on CPU 0. The reservation succeeds, or is refused because of `q`
+/// (held, or cached again on CPU 1 after the flush passed its slot) or because of `r` if the
+/// user's allocation took it from the tree once flushed; a refusal naming an `r` nobody holds
+/// means the flush missed a slot. A granted reservation covers both pfns and no user holds
+/// either afterwards.
+fn reserve_vs_depot_traffic() {
+    let a = tiny(2, 1, 8);
+    let o = Oracle::default();
+    let mut p: Vec<u64> = (0..4).map(|_| o.alloc(&a, 1).unwrap()).collect();
+    p.sort_unstable();
+    let (t, s, q, r) = (p[0], p[1], p[2], p[3]);
+    assert_eq!(q + 1, r, "the tiny space hands out adjacent pfns");
+    on_cpu(0);
+    o.free(&a, r, 1);
+    let user = {
+        let (a, o) = (a.clone(), o.clone());
+        spawn(move || {
+            on_cpu(1);
+            for x in [q, s, t] {
+                o.free(&a, x, 1);
+            }
+            o.alloc(&a, 1).expect("space left");
+        })
+    };
+    let reserver = {
+        let a = a.clone();
+        spawn(move || a.reserve(q, r))
+    };
+    user.join().unwrap();
+    let reserved = reserver.join().unwrap();
+    match reserved {
+        Ok(()) => {
+            for x in [q, r] {
+                let kind = a.find(x).map(|range| range.kind);
+                assert_eq!(kind, Some(RangeKind::Reserved), "pfn {x} reserved");
+                assert!(!o.holds(x), "reserved pfn {x} handed out");
+            }
+        }
+        Err(e) => {
+            // `q` may be held or cached again; `r` only if the user's allocation took it from
+            // the tree after the flush returned it.
+            let legitimate = [q, r]
+                .into_iter()
+                .filter(|&x| x == q || o.holds(x))
+                .any(|x| e == IovaError::ReserveOverlapsAllocation { pfn: x, size: 1 });
+            assert!(
+                legitimate,
+                "a reservation refused for a range only the caches held: {e:?}"
+            );
+        }
+    }
+    o.settle(&a);
+}
+
+/// Two threads: three frees and an allocation on CPU 1 against a reservation (a flush of two
+/// CPU slots and the depot, then the tree). Bound 5 preemptions (about 2 s; 6 takes 5 s):
+/// the reservation can be stopped between each of its four steps (CPU 0's slot, CPU 1's
+/// slot, the depot, the carve) while the user is stopped between any two of its frees, its
+/// depot push and its allocation, and each stop can resume into the other thread's next step.
+#[test]
+fn reserve_vs_depot_traffic_passes() {
+    check(Bound::Preemptions(5), reserve_vs_depot_traffic);
+}
+
+must_fail_test! {
+    /// A flush that copies a slot, frees the copy, then empties the slot hands a range pushed
+    /// in between to the tree and to the cache at once.
+    fn reserve_flush_copy_then_clear: iova_cache::points::FLUSH_TAKE_LOCKED, Weakening::Relax,
+        "IOVA conservation broken", Bound::Preemptions(3), reserve_vs_depot_traffic;
 }

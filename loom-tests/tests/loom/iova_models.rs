@@ -50,6 +50,10 @@ impl Oracle {
         a.alloc(size, a.config().end_pfn).map(|p| self.got(p))
     }
 
+    pub(crate) fn holds(&self, pfn: u64) -> bool {
+        self.0.lock().unwrap().contains(&pfn)
+    }
+
     pub(crate) fn free(&self, a: &IovaAllocator, pfn: u64, size: u64) {
         assert!(
             self.0.lock().unwrap().remove(&pfn),
