@@ -27,4 +27,7 @@ dma_sync::mutation_points! {
     /// `DEAD` and restarts from the root then sees the unlink that preceded it (weakened: it
     /// may keep reading the stale link, find `DEAD` again and restart forever).
     TAKE_RELEASE: Rmw = "pgtable.take.release";
+    /// Unlinked tables go back to the slab only through RCU, after a grace period (weakened:
+    /// released at once, as a free that bypasses RCU).
+    RETIRE_RCU: Step = "pgtable.retire.rcu";
 }

@@ -2,6 +2,7 @@
 //! retirement, and the allocation counters.
 
 use crate::error::Error;
+use crate::points::RETIRE_RCU;
 use crate::slab::Slab;
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed, Poison};
 use dma_sync::rcu::{Guard, Retire};
@@ -252,6 +253,11 @@ pub(crate) fn retire(guard: &Guard, tables: Vec<TableMem>, stats: &Arc<Counters>
         tables,
         stats: stats.clone(),
     });
+    if !RETIRE_RCU.on() {
+        // Weakened (loom only): back to the slab under the readers' feet.
+        drop(boxed);
+        return;
+    }
     // SAFETY: the subtree is unlinked (or, in the weakened loom variant, about to be), owned
     // by this box alone, and retired once.
     unsafe { guard.defer_retire(Box::into_raw(boxed)) };

@@ -17,6 +17,10 @@
 //!   level-2 table and the level-3 table below it together.
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3
 //!   table (unlink, walk flush, free, then the block) while a walk and a translation run.
+//! * Every table is known to the loom RCU's reader check from its allocation
+//!   (`rcu::track`), and its return to the slab counts as a free (`rcu::released`): a table
+//!   released outside RCU while a walker may still reach it is reported, not undefined
+//!   behaviour (`pgtable_retire_bypasses_rcu`).
 //! * `racing_unmaps_of_one_table`, `map_races_table_unmap`, `map_races_subtree_unmap`,
 //!   `block_map_races_page_map`, `block_map_races_table_unmap`: operations on overlapping
 //!   ranges; each entry is claimed by exactly one (the claim's twin is the load-then-store it
@@ -35,7 +39,8 @@ use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
 use io_pgtable::points::{
-    CLAIM, DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, TAKE_RELEASE, WALK_ACQUIRE,
+    CLAIM, DESCENT_ACQUIRE, FREE_ORDER, INSTALL_RELEASE, READER_PIN, RETIRE_RCU, TAKE_RELEASE,
+    WALK_ACQUIRE,
 };
 use io_pgtable::{Config, Descriptor, Error, Gather, PageTable, Prot};
 use loom_tests::harness::{check, Bound};
@@ -390,6 +395,16 @@ must_fail_test! {
     /// reaches it through the live descriptor and reads freed memory.
     fn pgtable_free_before_unlink: FREE_ORDER, Weakening::Relax, FREED_TABLE,
         Bound::Preemptions(2), unmap_frees_level_under_readers;
+}
+
+must_fail_test! {
+    /// Tables released to the slab at once instead of through RCU: the loom RCU's reader
+    /// check (every table is tracked from its allocation, its release is a tracked write)
+    /// reports the release racing a walker's dereference, from whichever side comes second.
+    /// Untracked, the release is a silent push onto the slab's free list.
+    fn pgtable_retire_bypasses_rcu: RETIRE_RCU, Weakening::Relax,
+        "Causality violation | freed outside dma_sync::rcu", Bound::Preemptions(2),
+        unmap_frees_level_under_readers;
 }
 
 causality_twins! { unmap_frees_subtree_under_readers:
