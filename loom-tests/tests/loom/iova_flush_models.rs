@@ -4,6 +4,9 @@
 //! tree), and a third thread flushes every cache; every range is held by one user or free
 //! afterwards. (Racing checked frees are `iova_models::checked_free_races_double_free`.)
 //!
+//! A flush returns every range cached when it began, even while a CPU pushes a magazine to
+//! the depot during it (the slots are flushed before the depot).
+//!
 //! `reserve` racing the same traffic: it flushes every cache and then carves the range out of
 //! the tree, while a CPU frees into its magazines (pushing one to the depot) and allocates
 //! again. A reservation may be refused only for a range a user holds or that was cached again
@@ -67,6 +70,45 @@ must_fail_test! {
     /// Without the depot lock, the flush's take of the depot races a push or an exchange.
     fn flush_all_depot_unlocked: iova_cache::points::DEPOT_LOCK, Weakening::Relax,
         "Causality violation", Bound::Preemptions(2), flush_all_vs_depot_traffic;
+}
+
+/// `flush_all` returns every range cached when it began, unless a user took it meanwhile:
+/// the promise flush-and-retry and `reserve` rely on. One CPU slot holds two cached ranges
+/// (magazines of one entry) while a thread on that CPU frees a third, which pushes a full
+/// magazine to the depot during the flush; nobody allocates, so both first ranges must be free
+/// in the tree when `flush_all` returns.
+fn flush_all_returns_what_was_cached() {
+    let a = tiny(1, 1, 8);
+    let o = Oracle::default();
+    let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
+    on_cpu(0);
+    o.free(&a, p[0], 1);
+    o.free(&a, p[1], 1);
+    let freer = {
+        let (a, o, last) = (a.clone(), o.clone(), p[2]);
+        spawn(move || {
+            on_cpu(0);
+            o.free(&a, last, 1);
+        })
+    };
+    let flusher = {
+        let a = a.clone();
+        spawn(move || {
+            a.flush_all();
+            for x in [p[0], p[1]] {
+                assert_eq!(a.find(x), None, "pfn {x} still cached after flush_all");
+            }
+        })
+    };
+    freer.join().unwrap();
+    flusher.join().unwrap();
+    o.settle(&a);
+}
+
+/// Two threads, one free against one flush of a CPU slot and the depot: exhaustive.
+#[test]
+fn flush_all_returns_what_was_cached_passes() {
+    check(Bound::Exhaustive, flush_all_returns_what_was_cached);
 }
 
 /// Two pfns `[q, r]` are reserved while CPU 1 frees `q` and two more ranges (the third free

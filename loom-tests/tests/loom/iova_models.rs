@@ -196,10 +196,10 @@ fn trim_races_insert_passes() {
 /// cached on CPU 1, the other held by a thread on CPU 1 that frees it and allocates again.
 /// A thread on CPU 0 finds the tree empty, flushes every cache and retries: it must succeed,
 /// since CPU 1's thread never holds more than one granule.
-/// Preemptions(4): exhaustive exploration takes over 100 s (two full flush passes over two CPU
-/// slots, six classes each); the weakened variants need at most two preemptions (one into
-/// the flush's copy/free/clear window, one before the retry), and bound 4 runs in about
-/// 0.2 s (bound 6: 0.7 s, same verdicts).
+/// Preemptions(6): exhaustive exploration takes over 100 s (two full flush passes over two CPU
+/// slots, six classes each); bound 6 (about a second of CPU) lets CPU 1's thread be stopped
+/// before and after its free and its allocation while CPU 0's flush is stopped inside each
+/// slot's take and before its retry.
 fn flush_on_failure_races_free() {
     let a = tiny(2, 2, 2);
     let o = Oracle::default();
@@ -231,7 +231,7 @@ fn flush_on_failure_races_free() {
 
 #[test]
 fn flush_on_failure_races_free_passes() {
-    check(Bound::Preemptions(4), flush_on_failure_races_free);
+    check(Bound::Preemptions(6), flush_on_failure_races_free);
 }
 
 must_fail_test! {

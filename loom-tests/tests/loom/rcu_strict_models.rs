@@ -64,20 +64,23 @@ fn synchronize_two_sections() {
     synchronize_vs_reader(2);
 }
 
-/// Two threads, the reader with two sections, the updater's wait loop spinning. Bound 3
-/// preemptions: the reader can be stopped inside its first section (so the grace period must
-/// wait), between its sections, and the updater between unpublishing and its wait; the wait
-/// loop's spinning makes exhaustive exploration unbounded in practice.
+/// Two threads, the reader with two sections, the updater's wait loop spinning. Bound 4
+/// preemptions (under a second of CPU): the reader can be stopped inside its first section
+/// (so the grace period must wait), between its sections, and the updater between
+/// unpublishing and its wait; the fourth switch lets the collector step that ends the grace
+/// period run on either thread at any iteration of the wait loop. The loop's spinning makes
+/// exhaustive exploration unbounded in practice.
 #[test]
 fn synchronize_waits_for_sections_ended_elsewhere() {
-    check(Bound::Preemptions(3), synchronize_two_sections);
+    check(Bound::Preemptions(4), synchronize_two_sections);
 }
 
 /// Three reader sections: the grace period can also end at the reader's second unpin.
-/// Bound 2 preemptions.
+/// Bound 3 preemptions (under a second of CPU): the reader stopped inside its first and its
+/// second section, and the waiter between unpublishing and its wait.
 #[test]
 fn synchronize_waits_for_a_reader_with_three_sections() {
-    check(Bound::Preemptions(2), || synchronize_vs_reader(3));
+    check(Bound::Preemptions(3), || synchronize_vs_reader(3));
 }
 
 // The twins need three preemptions: the reader stopped inside its first section (so the grace
@@ -136,12 +139,13 @@ fn retire_vs_unlink(retire_first: bool) {
 }
 
 /// Two threads: a reader with one section, an updater with a replace, a retirement and a
-/// flush. Bound 3 preemptions (exhaustive exploration of the grace-period bookkeeping takes
-/// minutes): the reader can be stopped between its pin and its load and between its load and
-/// its read, the updater between its unlink and its retirement.
+/// flush. Bound 4 preemptions (exhaustive exploration of the grace-period bookkeeping takes
+/// minutes; bound 4 a tenth of a second of CPU): the reader can be stopped between its pin
+/// and its load and between its load and its read, the updater between its unlink and its
+/// retirement and between its retirement and its own read of the retired node.
 #[test]
 fn retire_after_unlink_is_safe() {
-    check(Bound::Preemptions(3), || retire_vs_unlink(false));
+    check(Bound::Preemptions(4), || retire_vs_unlink(false));
 }
 
 /// The retirement is dated when it is deferred: a reader that pins between the retirement and
@@ -193,11 +197,12 @@ fn cas_counter(narrow_pin: bool) {
     drop(unsafe { Box::from_raw(last) });
 }
 
-/// Two threads, one and two increments. Bound 3: enough for the racer to be stopped between
-/// its load and its CAS while the other thread completes both increments.
+/// Two threads, one and two increments. Bound 4 (about 5 s of CPU): the racer can be stopped
+/// between its load and its CAS while the other thread completes both increments, and again
+/// between its CAS and its retirement while the other thread's collector steps run.
 #[test]
 fn cas_counter_with_whole_pin_loses_nothing() {
-    check(Bound::Preemptions(3), || cas_counter(false));
+    check(Bound::Preemptions(4), || cas_counter(false));
 }
 
 /// The narrowed read section lets the node the racer compares against be freed and its

@@ -74,12 +74,13 @@ fn two_growers() {
     assert_eq!(tlb.stats().nslabs, 3 * POOL, "slots counted but not linked");
 }
 
-/// Three threads (two growers, a mapper), each one operation. Bound 3 preemptions: a grower
-/// can be stopped between its tail search and its append while the other grower runs its
-/// whole append, and the mapper's search can interleave either append.
+/// Three threads (two growers, a mapper), each one operation. Bound 4 preemptions (about a
+/// second of CPU): a grower can be stopped between its tail search and its append while the
+/// other grower runs its whole append, the mapper's search can interleave either append, and
+/// the mapper can be stopped again between its map and its unmap.
 #[test]
 fn two_growers_link_both_pools() {
-    check(Bound::Preemptions(3), two_growers);
+    check(Bound::Preemptions(4), two_growers);
 }
 
 must_fail_test! {
@@ -153,11 +154,13 @@ fn grower_vs_background() {
     all_linked(&tlb, pools);
 }
 
-/// Four threads (main, mapper, grower, the library's worker), one operation each. Bound 2
-/// preemptions: the worker's append and the grower's can interleave at their tail searches.
+/// Four threads (main, mapper, grower, the library's worker), one operation each. Bound 3
+/// preemptions (under a second of CPU): the worker's append and the grower's can interleave
+/// at their tail searches, and the mapper's failed search can be stopped before it starts the
+/// worker while the grower appends.
 #[test]
 fn grower_and_background_worker_link_both_pools() {
-    check(Bound::Preemptions(2), grower_vs_background);
+    check(Bound::Preemptions(3), grower_vs_background);
 }
 
 must_fail_test! {
