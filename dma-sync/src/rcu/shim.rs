@@ -161,7 +161,10 @@ impl Guard {
             .filter(|&(_, seq)| seq % 2 == 1)
             .collect();
         DOMAIN.pending.lock().push(Pending { waits, obj });
-        DOMAIN.npending.fetch_add(1, Release);
+        // Relaxed: the count only lets a collector step skip the lock. The retirement itself
+        // reaches the collector through the pending list's mutex; release/acquire here would
+        // add nothing but an extra happens-before edge the real collector does not have.
+        DOMAIN.npending.fetch_add(1, Relaxed);
     }
 
     pub(super) fn flush(&self) {
@@ -171,7 +174,8 @@ impl Guard {
 
 /// One collector step: run every pending free whose grace period is over.
 fn collect() {
-    if DOMAIN.npending.load(Acquire) == 0 {
+    // Relaxed: a stale 0 only defers the step (as it would with Acquire); see `defer_retire`.
+    if DOMAIN.npending.load(Relaxed) == 0 {
         return;
     }
     let ripe: Vec<Pending> = {
