@@ -7,10 +7,10 @@
 //!
 //! # Points and their twins
 //!
-//! | Point | Kind | Twins |
-//! |---|---|---|
-//! | `vmm.device.pin` | Pin | `device_unpinned` (the grace period covers only the walk; the device reads a page after its UNMAP completed), `vmm_unpinned_device_races_reuse` |
-//! | `vmm.unmap.grace` | GracePeriod | `unmap_without_grace` (UNMAP replies while the device still copies), `bypass_off_without_grace` (the driver's write of `bypass` = 0 returns while the device still copies through the identity translation) |
+//! | Point | Kind | Twins | Failure when weakened |
+//! |---|---|---|---|
+//! | `vmm.device.pin` | Pin | `device_unpinned`, `vmm_unpinned_device_races_reuse` | the grace period covers only the walk: the device reads a page after its UNMAP completed |
+//! | `vmm.unmap.grace` | GracePeriod | `unmap_without_grace`, `bypass_off_without_grace` | UNMAP replies, or the driver's write of bypass = 0 returns, while the device still copies through the old translation |
 //!
 //! The wait's own orderings are dma-sync's `rcu.synchronize.done.release` / `.acquire`, killed
 //! here by `vmm_relaxed_done_store_races_device` and `vmm_relaxed_done_load_races_device` (and in

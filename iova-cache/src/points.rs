@@ -6,19 +6,19 @@
 //!
 //! # Points and their must-fail twins
 //!
-//! | Point | Kind | Weakened | Twin (model): failure |
-//! |---|---|---|---|
-//! | `iova.rcache.cpu_lock` | Step | a slot cell accessed without its lock | `cpu_slot_unlocked` (`one_cpu_two_threads`): causality violation |
-//! | `iova.rcache.depot_lock` | Step | the depot accessed without its lock | `depot_unlocked` (`two_cpus_depot_exchange`), `flush_all_depot_unlocked` (`flush_all_vs_depot_traffic`): causality violation |
-//! | `iova.tree.lock` | Step | the tree accessed without its lock | `tree_unlocked` (`trim_races_insert`): causality violation |
-//! | `iova.rcache.depot_exchange_locked` | Step | the slot unlocked around the depot fetch; the fetched magazine overwrites `loaded` | `depot_exchange_split` (`one_cpu_two_threads`): IOVA conservation broken (a same-CPU free is lost) |
-//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear` (`flush_on_failure_races_free`), `flush_all_copy_then_clear` (`flush_all_vs_depot_traffic`): IOVA conservation broken |
-//! | `iova.alloc.flush_retry` | Step | no flush-and-retry on failure | `no_flush_retry` (`flush_on_failure_races_free`): false no space |
-//! | `iova.rcache.slot_lock_acquire` | Rmw | the slot lock's CAS Relaxed | `slot_lock_relaxed_acquire` (`one_cpu_two_threads`): causality violation |
-//! | `iova.rcache.slot_unlock_release` | Store | the slot unlock store Relaxed | `slot_unlock_relaxed` (`one_cpu_two_threads`): causality violation |
-//! | `iova.held.node_publish` | Rmw | a bitmap node installed by a Relaxed CAS | `held_node_relaxed_publish` (`checked_claims_publish_nodes`): causality violation |
-//! | `iova.held.node_load` | Load | a bitmap child pointer read Relaxed | `held_node_relaxed_load` (`checked_claims_publish_nodes`): causality violation |
-//! | `iova.held.release_atomic` | Step | a checked free tests and clears the bit as load + store | `held_release_split` (`checked_free_races_double_free`): one range freed twice |
+//! | Point | Kind | Weakened | Twin | Model | Failure |
+//! |---|---|---|---|---|---|
+//! | `iova.rcache.cpu_lock` | Step | a slot cell accessed without its lock | `cpu_slot_unlocked` | `one_cpu_two_threads` | causality violation |
+//! | `iova.rcache.depot_lock` | Step | the depot accessed without its lock | `depot_unlocked`, `flush_all_depot_unlocked` | `two_cpus_depot_exchange`, `flush_all_vs_depot_traffic` | causality violation |
+//! | `iova.tree.lock` | Step | the tree accessed without its lock | `tree_unlocked` | `trim_races_insert` | causality violation |
+//! | `iova.rcache.depot_exchange_locked` | Step | the slot unlocked around the depot fetch; the fetched magazine overwrites `loaded` | `depot_exchange_split` | `one_cpu_two_threads` | IOVA conservation broken (a same-CPU free is lost) |
+//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic` | IOVA conservation broken |
+//! | `iova.alloc.flush_retry` | Step | no flush-and-retry on failure | `no_flush_retry` | `flush_on_failure_races_free` | false no space |
+//! | `iova.rcache.slot_lock_acquire` | Rmw | the slot lock's CAS Relaxed | `slot_lock_relaxed_acquire` | `one_cpu_two_threads` | causality violation |
+//! | `iova.rcache.slot_unlock_release` | Store | the slot unlock store Relaxed | `slot_unlock_relaxed` | `one_cpu_two_threads` | causality violation |
+//! | `iova.held.node_publish` | Rmw | a bitmap node installed by a Relaxed CAS | `held_node_relaxed_publish` | `checked_claims_publish_nodes` | causality violation |
+//! | `iova.held.node_load` | Load | a bitmap child pointer read Relaxed | `held_node_relaxed_load` | `checked_claims_publish_nodes` | causality violation |
+//! | `iova.held.release_atomic` | Step | a checked free tests and clears the bit as load + store | `held_release_split` | `checked_free_races_double_free` | one range freed twice |
 //!
 //! A mutant by hand (not a point): the spin lock's contended path returning after one failed
 //! retry without the lock fails `one_cpu_two_threads` and `flush_on_failure_races_free` with a
