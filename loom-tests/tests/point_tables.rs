@@ -171,26 +171,15 @@ fn check(krate: &str, points: &[&Point]) {
 }
 
 #[test]
-fn swiotlb_core_table_matches_its_points() {
-    check("swiotlb-core", swiotlb_core::points::ALL);
-}
-
-#[test]
-fn iova_cache_table_matches_its_points() {
-    check("iova-cache", iova_cache::points::ALL);
-}
-
-#[test]
-fn io_pgtable_table_matches_its_points() {
-    check("io-pgtable", io_pgtable::points::ALL);
-}
-
-#[test]
-fn dma_iommu_table_matches_its_points() {
-    check("dma-iommu", dma_iommu::points::ALL);
-}
-
-#[test]
-fn dma_vmm_table_matches_its_points() {
-    check("dma-vmm", dma_vmm::points::ALL);
+fn every_points_table_matches_the_registry() {
+    let crates: [(&str, &[&Point]); 5] = [
+        ("swiotlb-core", swiotlb_core::points::ALL),
+        ("iova-cache", iova_cache::points::ALL),
+        ("io-pgtable", io_pgtable::points::ALL),
+        ("dma-iommu", dma_iommu::points::ALL),
+        ("dma-vmm", dma_vmm::points::ALL),
+    ];
+    for (krate, points) in crates {
+        check(krate, points);
+    }
 }
