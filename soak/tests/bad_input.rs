@@ -102,7 +102,9 @@ impl Table {
     /// `DMALOOM_BLESS` is set).
     fn check(&self) {
         let mut rendered = format!(
-            "### {}\n\n| Entry point | Argument | Result |\n|---|---|---|\n",
+            "# {}: bad input\n\nWritten by `soak/tests/bad_input.rs`, which asserts every row; \
+             `DMALOOM_BLESS=1` rewrites this file.\n\n\
+             | Entry point | Argument | Result |\n|---|---|---|\n",
             self.krate
         );
         for [e, c, r] in &self.rows {
