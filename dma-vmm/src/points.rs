@@ -28,7 +28,7 @@
 //!   grace period's happens-before edge keeps the device from reading it). Two threads, one
 //!   operation each; 3 preemptions (the device stopped between pin and walk and between walk and
 //!   read, the guest between its clear and its wait; the wait loop makes exhaustive exploration
-//!   unbounded). Both outcomes (served, faulted) must occur, so the models are not vacuous. A
+//!   unbounded), `unmap_vs_access` 4 (also the device stopped while the guest's wait runs). Both outcomes (served, faulted) must occur, so the models are not vacuous. A
 //!   faulting access also takes the fault log's mutex, so the models cover the fault path next
 //!   to the grace period. `attach_from_bypass_vs_access` found that an ATTACH taking an endpoint
 //!   out of bypass mode returned without a grace period (only a move between domains waited).
@@ -36,7 +36,8 @@
 //! * `two_accesses`: the device does two accesses, the guest one UNMAP and a non-atomic write of
 //!   the page (loom checks happens-before, not values). The device's second access pins and
 //!   unpins after its first ended, so the grace period can complete on the device's thread and
-//!   the guest learns it only through the done flag. 3 preemptions (the pin twin 2).
+//!   the guest learns it only through the done flag. 4 preemptions, the twins 3 (the pin twin
+//!   2).
 //! * `loom-tests/tests/epoch.rs` (`--cfg crossbeam_loom`): `unmap_vs_access` on crossbeam-epoch
 //!   itself.
 //!

@@ -12,7 +12,7 @@
 //! | `iova.rcache.depot_lock` | Step | the depot accessed without its lock | `depot_unlocked`, `flush_all_depot_unlocked` | `two_cpus_depot_exchange`, `flush_all_vs_depot_traffic` | causality violation |
 //! | `iova.tree.lock` | Step | the tree accessed without its lock | `tree_unlocked` | `trim_races_insert` | causality violation |
 //! | `iova.rcache.depot_exchange_locked` | Step | the slot unlocked around the depot fetch; the fetched magazine overwrites `loaded` | `depot_exchange_split` | `one_cpu_two_threads` | IOVA conservation broken (a same-CPU free is lost) |
-//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic` | IOVA conservation broken |
+//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear`, `reserve_flush_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic`, `reserve_vs_depot_traffic` | IOVA conservation broken |
 //! | `iova.alloc.flush_retry` | Step | no flush-and-retry on failure | `no_flush_retry` | `flush_on_failure_races_free` | false no space |
 //! | `iova.rcache.slot_lock_acquire` | Rmw | the slot lock's CAS Relaxed | `slot_lock_relaxed_acquire` | `one_cpu_two_threads` | causality violation |
 //! | `iova.rcache.slot_unlock_release` | Store | the slot unlock store Relaxed | `slot_unlock_relaxed` | `one_cpu_two_threads` | causality violation |
@@ -39,10 +39,12 @@
 //! | `one_cpu_two_threads`: depot exchange vs same-CPU free | exhaustive | small |
 //! | `two_cpus_depot_exchange`: CPU 0 pushes a magazine, CPU 1 pulls | exhaustive | small |
 //! | `trim_races_insert`: trim pass vs free (depot push) + tree alloc | exhaustive | small |
-//! | `flush_on_failure_races_free`: 2-granule space, CPU 0 flush-and-retry vs CPU 1 free + alloc | Preemptions(4) | exhaustive takes over 100 s; 4 preemptions place the flush's take/free window and the retry anywhere in the other CPU's free and alloc |
-//! | `checked_claims_publish_nodes`: two CPUs claim in an empty bitmap (two interior levels in models), free, free again (refused) | Preemptions(3) | exhaustive takes about 90 s; the publish race needs ≤ 2 preemptions, an unsynchronised reader none |
+//! | `flush_on_failure_races_free`: 2-granule space, CPU 0 flush-and-retry vs CPU 1 free + alloc | Preemptions(6) | exhaustive takes over 100 s; 6 preemptions (about a second of CPU) place the flush's take/free window of each slot and the retry anywhere in the other CPU's free and alloc |
+//! | `checked_claims_publish_nodes`: two CPUs claim in an empty bitmap (two interior levels in models), free, free again (refused) | Preemptions(4) | exhaustive takes about 90 s; the publish race needs ≤ 2 preemptions, an unsynchronised reader none; 4 also stop either thread between its free and its refused second free |
 //! | `checked_free_races_double_free`: two CPUs free one held range at once | exhaustive | small; exactly one free succeeds |
-//! | `flush_all_vs_depot_traffic`: CPU 0 frees three (pushing a magazine to the depot), CPU 1 allocates twice (depot exchange), a third thread runs `flush_all` | Preemptions(2) | three threads; the flush stopped inside a slot's window or between slots and depot, either user between its slot and the depot |
+//! | `flush_all_vs_depot_traffic`: CPU 0 frees three (pushing a magazine to the depot), CPU 1 allocates twice (depot exchange), a third thread runs `flush_all` | Preemptions(3) | three threads; the flush stopped inside a slot's window or between slots and depot, both users between a slot and the depot |
+//! | `flush_all_returns_what_was_cached`: one CPU slot holds two cached ranges while a thread on that CPU frees a third (pushing a magazine to the depot) during a `flush_all`; both ranges must be free when it returns | exhaustive | small; the promise flush-and-retry and `reserve` rely on |
+//! | `reserve_vs_depot_traffic`: `reserve` of two pfns (one cached on CPU 0, one held on CPU 1) while CPU 1 frees three and allocates once | Preemptions(5) (twin 3) | about 2 s; the reservation stopped between each of its flush steps and its carve, the user between any two of its operations |
 
 dma_sync::mutation_points! {
     /// Take the per-CPU slot lock before touching a CPU's `loaded`/`prev` magazines (weakened:

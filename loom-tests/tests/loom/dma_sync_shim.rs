@@ -29,9 +29,9 @@
 //! |---|---|---|
 //! | RCU shim, one reader (plain and nested guard), and its six twins | exhaustive | one reader section against pin, swap, retire, unpin, and the collector steps of both threads |
 //! | RCU shim, two readers | 3 preemptions | two reader sections and the updater; exhaustive takes minutes (every pin and unpin is a collector step); 3 preemptions stop each reader between pin and load and between load and read while the updater is stopped between unlink and retirement |
-//! | `rcu::synchronize` against a reader with 2 sections (3 with bound 2) | 3 preemptions | the reader stopped inside its first section, between sections, and the waiter between unpublishing and its wait; the wait loop spins, so exhaustive is unbounded |
-//! | retire after / before unlink | 3 preemptions | one reader section, one replace + retire + flush |
-//! | CAS counter, 1 + 2 increments (whole and narrowed pin) | 3 preemptions | the racer stopped between its load and its CAS while the other thread completes both increments (freeing and reusing the node) |
+//! | `rcu::synchronize` against a reader with 2 sections (3 sections: bound 3) | 4 preemptions (twins 3) | the reader stopped inside its first section, between sections, and the waiter between unpublishing and its wait, plus the collector step that ends the grace period on either thread; the wait loop spins, so exhaustive is unbounded |
+//! | retire after / before unlink | 4 / 3 preemptions | one reader section, one replace + retire + flush; the updater also stopped between its retirement and its own read of the retired node |
+//! | CAS counter, 1 + 2 increments (whole pin 4, narrowed pin 3 preemptions) | 4 / 3 preemptions | the racer stopped between its load and its CAS while the other thread completes both increments (freeing and reusing the node), and between its CAS and its retirement |
 //! | bypassing free | exhaustive | one reader, one unlink + drop |
 //! | `Published` swap, late-initialisation control, `rcu()` updates | exhaustive | three short threads around a loom lock |
 //!
