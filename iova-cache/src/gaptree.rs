@@ -24,18 +24,21 @@ use crate::fitsummary;
 
 const NIL: u32 = u32::MAX;
 
+/// One free range and the augmentation of its subtree, in one cache line: a search or an
+/// update touching a node misses at most once on it.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 struct Node {
     start: u64,
     len: u64,
-    prio: u64,
-    left: u32,
-    right: u32,
     /// Largest `len` in this subtree.
     max_len: u64,
     /// Fit summary of this range alone, and of the subtree (bytewise maximum).
     own_fits: u64,
     fits: u64,
+    prio: u32,
+    left: u32,
+    right: u32,
 }
 
 /// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
@@ -67,12 +70,12 @@ pub(crate) struct Fit {
     pub pfn: u64,
 }
 
-fn mix(key: u64) -> u64 {
-    // splitmix64 finaliser: a fixed pseudo-random priority per key.
+fn mix(key: u64) -> u32 {
+    // splitmix64 finaliser, high half: a fixed pseudo-random priority per key.
     let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    ((z ^ (z >> 31)) >> 32) as u32
 }
 
 impl GapTree {
@@ -100,14 +103,18 @@ impl GapTree {
         }
     }
 
-    fn update(&mut self, n: u32) {
+    /// Recompute the augmentation of `n` from its range and its children; whether it changed
+    /// (an ancestor needs no recomputation when it did not).
+    fn refresh(&mut self, n: u32) -> bool {
         let node = &self.nodes[n as usize];
         let ((lm, lf), (rm, rf)) = (self.summary_of(node.left), self.summary_of(node.right));
         let max_len = node.len.max(lm).max(rm);
         let fits = fitsummary::max(node.own_fits, fitsummary::max(lf, rf));
         let node = &mut self.nodes[n as usize];
+        let changed = node.max_len != max_len || node.fits != fits;
         node.max_len = max_len;
         node.fits = fits;
+        changed
     }
 
     /// Split `t` into keys `< key` and keys `>= key`.
@@ -118,12 +125,12 @@ impl GapTree {
         if self.nodes[t as usize].start < key {
             let (l, r) = self.split(self.nodes[t as usize].right, key);
             self.nodes[t as usize].right = l;
-            self.update(t);
+            self.refresh(t);
             (t, r)
         } else {
             let (l, r) = self.split(self.nodes[t as usize].left, key);
             self.nodes[t as usize].left = r;
-            self.update(t);
+            self.refresh(t);
             (l, t)
         }
     }
@@ -139,12 +146,12 @@ impl GapTree {
         if self.nodes[a as usize].prio > self.nodes[b as usize].prio {
             let r = self.merge(self.nodes[a as usize].right, b);
             self.nodes[a as usize].right = r;
-            self.update(a);
+            self.refresh(a);
             a
         } else {
             let l = self.merge(a, self.nodes[b as usize].left);
             self.nodes[b as usize].left = l;
-            self.update(b);
+            self.refresh(b);
             b
         }
     }
@@ -159,12 +166,12 @@ impl GapTree {
         let node = Node {
             start,
             len,
-            prio: mix(start),
-            left: NIL,
-            right: NIL,
             max_len: len,
             own_fits,
             fits: own_fits,
+            prio: mix(start),
+            left: NIL,
+            right: NIL,
         };
         let idx = match self.spare.pop() {
             Some(i) => {
@@ -177,10 +184,40 @@ impl GapTree {
                 (self.nodes.len() - 1) as u32
             }
         };
-        let (l, r) = self.split(self.root, start);
-        let l = self.merge(l, idx);
-        self.root = self.merge(l, r);
+        self.root = self.insert_at(self.root, idx);
         self.count += 1;
+    }
+
+    /// Insert node `idx` into the subtree at `n`, returning the subtree's new root: descend by
+    /// key to the first node of lower priority and split that subtree under the new node
+    /// (O(1) expected work, like the rotations of a treap insert). The ancestors only gain a
+    /// range, so their augmentation grows by the new node's own, without reading children.
+    fn insert_at(&mut self, n: u32, idx: u32) -> u32 {
+        if n == NIL {
+            return idx;
+        }
+        let new = &self.nodes[idx as usize];
+        let (key, prio, len, own_fits) = (new.start, new.prio, new.len, new.own_fits);
+        let node = &self.nodes[n as usize];
+        if prio > node.prio {
+            let (l, r) = self.split(n, key);
+            let new = &mut self.nodes[idx as usize];
+            new.left = l;
+            new.right = r;
+            self.refresh(idx);
+            return idx;
+        }
+        if key < node.start {
+            let l = self.insert_at(node.left, idx);
+            self.nodes[n as usize].left = l;
+        } else {
+            let r = self.insert_at(node.right, idx);
+            self.nodes[n as usize].right = r;
+        }
+        let node = &mut self.nodes[n as usize];
+        node.max_len = node.max_len.max(len);
+        node.fits = fitsummary::max(node.fits, own_fits);
+        n
     }
 
     /// Make sure one more range than now fits without growing the node store, so an insert
@@ -191,25 +228,28 @@ impl GapTree {
     }
 
     /// Change the free range starting at `key` to `[start, start + len)` in place (`len > 0`),
-    /// re-augmenting the path to it; `false` if no range starts at `key`. The caller keeps
-    /// the ranges disjoint, so the new start still orders the range between its neighbours.
+    /// re-augmenting the path to it as far up as the augmentation changes; `false` if no range
+    /// starts at `key`. The caller keeps the ranges disjoint, so the new start still orders
+    /// the range between its neighbours.
     pub(crate) fn adjust(&mut self, key: u64, start: u64, len: u64) -> bool {
-        self.adjust_at(self.root, key, start, len)
+        self.adjust_at(self.root, key, start, len).is_some()
     }
 
-    fn adjust_at(&mut self, n: u32, key: u64, start: u64, len: u64) -> bool {
+    /// [`adjust`](Self::adjust) in the subtree at `n`: `None` if the key is not there, else
+    /// whether the subtree's augmentation changed.
+    fn adjust_at(&mut self, n: u32, key: u64, start: u64, len: u64) -> Option<bool> {
         if n == NIL {
-            return false;
+            return None;
         }
         let node = &mut self.nodes[n as usize];
-        let found = match key.cmp(&node.start) {
+        let changed = match key.cmp(&node.start) {
             std::cmp::Ordering::Less => {
                 let left = node.left;
-                self.adjust_at(left, key, start, len)
+                self.adjust_at(left, key, start, len)?
             }
             std::cmp::Ordering::Greater => {
                 let right = node.right;
-                self.adjust_at(right, key, start, len)
+                self.adjust_at(right, key, start, len)?
             }
             std::cmp::Ordering::Equal => {
                 node.start = start;
@@ -218,27 +258,44 @@ impl GapTree {
                 true
             }
         };
-        if found {
-            self.update(n);
-        }
-        found
+        Some(changed && self.refresh(n))
     }
 
     /// Remove the free range starting at `start`, returning its length.
     pub(crate) fn remove(&mut self, start: u64) -> Option<u64> {
-        let (l, r) = self.split(self.root, start);
-        let (m, r) = match start.checked_add(1) {
-            Some(next) => self.split(r, next),
-            None => (r, NIL),
-        };
-        self.root = self.merge(l, r);
-        if m == NIL {
+        let (root, removed, _) = self.remove_at(self.root, start);
+        self.root = root;
+        if removed == NIL {
             return None;
         }
-        // Keys are unique, so the middle part is the single node `m`, without children.
-        self.spare.push(m);
+        self.spare.push(removed);
         self.count -= 1;
-        Some(self.nodes[m as usize].len)
+        Some(self.nodes[removed as usize].len)
+    }
+
+    /// Remove the node keyed `key` from the subtree at `n`: the subtree's new root, the removed
+    /// node (`NIL` if none) and whether the subtree's augmentation may have changed. The
+    /// node's children merge in its place (O(1) expected work); the ancestors re-augment as
+    /// far up as something changes.
+    fn remove_at(&mut self, n: u32, key: u64) -> (u32, u32, bool) {
+        if n == NIL {
+            return (NIL, NIL, false);
+        }
+        let node = &self.nodes[n as usize];
+        let (left, right) = (node.left, node.right);
+        match key.cmp(&node.start) {
+            std::cmp::Ordering::Equal => (self.merge(left, right), n, true),
+            std::cmp::Ordering::Less => {
+                let (l, removed, changed) = self.remove_at(left, key);
+                self.nodes[n as usize].left = l;
+                (n, removed, changed && self.refresh(n))
+            }
+            std::cmp::Ordering::Greater => {
+                let (r, removed, changed) = self.remove_at(right, key);
+                self.nodes[n as usize].right = r;
+                (n, removed, changed && self.refresh(n))
+            }
+        }
     }
 
     /// The free range with the largest start `<= key`.
@@ -257,20 +314,22 @@ impl GapTree {
         best
     }
 
-    /// The free range with the smallest start `>= key`.
-    pub(crate) fn at_or_above(&self, key: u64) -> Option<(u64, u64)> {
+    /// The free ranges around `key` in one descent: the one with the largest start `< key`
+    /// and the one with the smallest start `>= key`.
+    pub(crate) fn around(&self, key: u64) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
         let mut n = self.root;
-        let mut best = None;
+        let (mut below, mut above) = (None, None);
         while n != NIL {
             let node = &self.nodes[n as usize];
-            if node.start >= key {
-                best = Some((node.start, node.len));
-                n = node.left;
-            } else {
+            if node.start < key {
+                below = Some((node.start, node.len));
                 n = node.right;
+            } else {
+                above = Some((node.start, node.len));
+                n = node.left;
             }
         }
-        best
+        (below, above)
     }
 
     /// The highest `pfn` with `pfn % align == 0`, `pfn + size - 1 <= limit`, lying with its
@@ -405,7 +464,9 @@ mod tests {
         assert_eq!(t.remove(10), Some(3));
         assert_eq!(t.remove(10), None);
         assert_eq!(t.at_or_below(19), Some((0, 4)));
-        assert_eq!(t.at_or_above(5), Some((20, 8)));
+        assert_eq!(t.around(20), (Some((0, 4)), Some((20, 8))));
+        assert_eq!(t.around(5), (Some((0, 4)), Some((20, 8))));
+        assert_eq!(t.around(0), (None, Some((0, 4))));
         assert_eq!(t.ranges(), vec![(0, 4), (20, 8)]);
         t.check().unwrap();
     }

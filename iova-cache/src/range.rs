@@ -238,11 +238,11 @@ impl RangeAllocator {
     /// a neighbour grows; two neighbours become one).
     fn release(&mut self, pfn: u64, size: u64) {
         let end = pfn + size;
-        let below = pfn
-            .checked_sub(1)
-            .and_then(|p| self.free.at_or_below(p))
-            .filter(|&(s, l)| s + l == pfn);
-        let above = self.free.at_or_above(end).filter(|&(s, _)| s == end);
+        // No free range starts inside the allocation, so the range after `pfn` is the
+        // candidate above `end`.
+        let (below, above) = self.free.around(pfn);
+        let below = below.filter(|&(s, l)| s + l == pfn);
+        let above = above.filter(|&(s, _)| s == end);
         match (below, above) {
             (Some((s, l)), Some((a, al))) => {
                 self.free.remove(a);
