@@ -15,10 +15,22 @@
 //!   prune, plus the ranges that pass both but fail on the larger alignment (Linux walks
 //!   these too).
 //!
-//! Allocations and frees mostly shrink or grow one range in place ([`GapTree::adjust`]: one
-//! descent that re-augments its path) instead of removing and re-inserting it. A node keeps
-//! the priority it got on insertion, a hash of its start then, so the expected depth stays
-//! logarithmic whatever the order of operations.
+//! Maintenance costs one descent per operation, and less below it:
+//!
+//! * a lookup ([`GapTree::highest_fit`], [`GapTree::around`], [`GapTree::at_or_below`])
+//!   returns a [`FreeRange`] naming its node, so changing that range afterwards needs no
+//!   second descent: [`GapTree::adjust`] (an allocation shrinks a range, a free grows one)
+//!   and [`GapTree::remove`] climb parent links from the node, re-augmenting only while a
+//!   node's summary changes (an ancestor's summary is a function of its children's);
+//! * [`GapTree::insert`] descends to the first node of lower priority and splits the subtree
+//!   there under the new node; removal merges the node's two children in its place. Both
+//!   restructure O(1) nodes in expectation (the rotations of a treap update); the ancestors
+//!   of an insert only gain a range, so they take the bytewise maximum without reading their
+//!   children.
+//!
+//! A node keeps the priority it got on insertion, a hash of its start then, so the expected
+//! depth stays logarithmic (about `1.4 log2 n`) whatever the order of operations. Nodes are
+//! one cache line each, addressed by 32-bit indices into one store.
 
 use crate::fitsummary;
 
@@ -39,6 +51,7 @@ struct Node {
     prio: u32,
     left: u32,
     right: u32,
+    parent: u32,
 }
 
 /// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
@@ -48,6 +61,16 @@ pub(crate) struct GapTree {
     spare: Vec<u32>,
     root: u32,
     count: usize,
+}
+
+/// A free range found by a lookup. It names its node, which stays the same until the range
+/// is removed, so [`GapTree::adjust`] and [`GapTree::remove`] need no search; `start` and
+/// `len` are as of the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FreeRange {
+    pub start: u64,
+    pub len: u64,
+    node: u32,
 }
 
 /// A request of [`GapTree::highest_fit`].
@@ -62,10 +85,8 @@ struct Query {
 /// A fit found by [`GapTree::highest_fit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fit {
-    /// Start of the free range holding the candidate.
-    pub range_start: u64,
-    /// Length of that free range.
-    pub range_len: u64,
+    /// The free range holding the candidate.
+    pub range: FreeRange,
     /// Start of the allocation inside it.
     pub pfn: u64,
 }
@@ -93,6 +114,15 @@ impl GapTree {
         self.count
     }
 
+    fn range_at(&self, n: u32) -> FreeRange {
+        let node = &self.nodes[n as usize];
+        FreeRange {
+            start: node.start,
+            len: node.len,
+            node: n,
+        }
+    }
+
     /// `(max_len, fits)` of the subtree at `n`.
     fn summary_of(&self, n: u32) -> (u64, u64) {
         if n == NIL {
@@ -117,25 +147,50 @@ impl GapTree {
         changed
     }
 
-    /// Split `t` into keys `< key` and keys `>= key`.
+    /// Re-augment `n` and its ancestors, up to the first whose summary stays the same.
+    fn refresh_upwards(&mut self, mut n: u32) {
+        while n != NIL && self.refresh(n) {
+            n = self.nodes[n as usize].parent;
+        }
+    }
+
+    fn set_left(&mut self, n: u32, child: u32) {
+        self.nodes[n as usize].left = child;
+        self.set_parent(child, n);
+    }
+
+    fn set_right(&mut self, n: u32, child: u32) {
+        self.nodes[n as usize].right = child;
+        self.set_parent(child, n);
+    }
+
+    fn set_parent(&mut self, child: u32, parent: u32) {
+        if child != NIL {
+            self.nodes[child as usize].parent = parent;
+        }
+    }
+
+    /// Split `t` into keys `< key` and keys `>= key` (the parts' parent links are the
+    /// caller's to set).
     fn split(&mut self, t: u32, key: u64) -> (u32, u32) {
         if t == NIL {
             return (NIL, NIL);
         }
         if self.nodes[t as usize].start < key {
             let (l, r) = self.split(self.nodes[t as usize].right, key);
-            self.nodes[t as usize].right = l;
+            self.set_right(t, l);
             self.refresh(t);
             (t, r)
         } else {
             let (l, r) = self.split(self.nodes[t as usize].left, key);
-            self.nodes[t as usize].left = r;
+            self.set_left(t, r);
             self.refresh(t);
             (l, t)
         }
     }
 
-    /// Join two treaps where every key of `a` is below every key of `b`.
+    /// Join two treaps where every key of `a` is below every key of `b` (the result's parent
+    /// link is the caller's to set).
     fn merge(&mut self, a: u32, b: u32) -> u32 {
         if a == NIL {
             return b;
@@ -145,12 +200,12 @@ impl GapTree {
         }
         if self.nodes[a as usize].prio > self.nodes[b as usize].prio {
             let r = self.merge(self.nodes[a as usize].right, b);
-            self.nodes[a as usize].right = r;
+            self.set_right(a, r);
             self.refresh(a);
             a
         } else {
             let l = self.merge(a, self.nodes[b as usize].left);
-            self.nodes[b as usize].left = l;
+            self.set_left(b, l);
             self.refresh(b);
             b
         }
@@ -172,6 +227,7 @@ impl GapTree {
             prio: mix(start),
             left: NIL,
             right: NIL,
+            parent: NIL,
         };
         let idx = match self.spare.pop() {
             Some(i) => {
@@ -185,13 +241,12 @@ impl GapTree {
             }
         };
         self.root = self.insert_at(self.root, idx);
+        self.set_parent(self.root, NIL);
         self.count += 1;
     }
 
-    /// Insert node `idx` into the subtree at `n`, returning the subtree's new root: descend by
-    /// key to the first node of lower priority and split that subtree under the new node
-    /// (O(1) expected work, like the rotations of a treap insert). The ancestors only gain a
-    /// range, so their augmentation grows by the new node's own, without reading children.
+    /// Insert node `idx` into the subtree at `n`, returning the subtree's new root (its
+    /// parent link is the caller's to set).
     fn insert_at(&mut self, n: u32, idx: u32) -> u32 {
         if n == NIL {
             return idx;
@@ -201,18 +256,17 @@ impl GapTree {
         let node = &self.nodes[n as usize];
         if prio > node.prio {
             let (l, r) = self.split(n, key);
-            let new = &mut self.nodes[idx as usize];
-            new.left = l;
-            new.right = r;
+            self.set_left(idx, l);
+            self.set_right(idx, r);
             self.refresh(idx);
             return idx;
         }
         if key < node.start {
             let l = self.insert_at(node.left, idx);
-            self.nodes[n as usize].left = l;
+            self.set_left(n, l);
         } else {
             let r = self.insert_at(node.right, idx);
-            self.nodes[n as usize].right = r;
+            self.set_right(n, r);
         }
         let node = &mut self.nodes[n as usize];
         node.max_len = node.max_len.max(len);
@@ -227,109 +281,70 @@ impl GapTree {
             || (self.nodes.len() < NIL as usize && self.nodes.try_reserve(1).is_ok())
     }
 
-    /// Change the free range starting at `key` to `[start, start + len)` in place (`len > 0`),
-    /// re-augmenting the path to it as far up as the augmentation changes; `false` if no range
-    /// starts at `key`. The caller keeps the ranges disjoint, so the new start still orders
-    /// the range between its neighbours.
-    pub(crate) fn adjust(&mut self, key: u64, start: u64, len: u64) -> bool {
-        self.adjust_at(self.root, key, start, len).is_some()
+    /// Change the free range `r` (from a lookup, still in the tree) to `[start, start + len)`
+    /// in place (`len > 0`). The caller keeps the ranges disjoint, so the new start still
+    /// orders the range between its neighbours.
+    pub(crate) fn adjust(&mut self, r: FreeRange, start: u64, len: u64) {
+        let node = &mut self.nodes[r.node as usize];
+        node.start = start;
+        node.len = len;
+        node.own_fits = fitsummary::of_range(start, len);
+        self.refresh_upwards(r.node);
     }
 
-    /// [`adjust`](Self::adjust) in the subtree at `n`: `None` if the key is not there, else
-    /// whether the subtree's augmentation changed.
-    fn adjust_at(&mut self, n: u32, key: u64, start: u64, len: u64) -> Option<bool> {
-        if n == NIL {
-            return None;
+    /// Remove the free range `r` (from a lookup, still in the tree): its children merge in
+    /// its place.
+    pub(crate) fn remove(&mut self, r: FreeRange) {
+        let node = &self.nodes[r.node as usize];
+        let (left, right, parent) = (node.left, node.right, node.parent);
+        let merged = self.merge(left, right);
+        if parent == NIL {
+            self.root = merged;
+            self.set_parent(merged, NIL);
+        } else {
+            if self.nodes[parent as usize].left == r.node {
+                self.set_left(parent, merged);
+            } else {
+                self.set_right(parent, merged);
+            }
+            self.refresh_upwards(parent);
         }
-        let node = &mut self.nodes[n as usize];
-        let changed = match key.cmp(&node.start) {
-            std::cmp::Ordering::Less => {
-                let left = node.left;
-                self.adjust_at(left, key, start, len)?
-            }
-            std::cmp::Ordering::Greater => {
-                let right = node.right;
-                self.adjust_at(right, key, start, len)?
-            }
-            std::cmp::Ordering::Equal => {
-                node.start = start;
-                node.len = len;
-                node.own_fits = fitsummary::of_range(start, len);
-                true
-            }
-        };
-        Some(changed && self.refresh(n))
-    }
-
-    /// Remove the free range starting at `start`, returning its length.
-    pub(crate) fn remove(&mut self, start: u64) -> Option<u64> {
-        let (root, removed, _) = self.remove_at(self.root, start);
-        self.root = root;
-        if removed == NIL {
-            return None;
-        }
-        self.spare.push(removed);
+        self.spare.push(r.node);
         self.count -= 1;
-        Some(self.nodes[removed as usize].len)
-    }
-
-    /// Remove the node keyed `key` from the subtree at `n`: the subtree's new root, the removed
-    /// node (`NIL` if none) and whether the subtree's augmentation may have changed. The
-    /// node's children merge in its place (O(1) expected work); the ancestors re-augment as
-    /// far up as something changes.
-    fn remove_at(&mut self, n: u32, key: u64) -> (u32, u32, bool) {
-        if n == NIL {
-            return (NIL, NIL, false);
-        }
-        let node = &self.nodes[n as usize];
-        let (left, right) = (node.left, node.right);
-        match key.cmp(&node.start) {
-            std::cmp::Ordering::Equal => (self.merge(left, right), n, true),
-            std::cmp::Ordering::Less => {
-                let (l, removed, changed) = self.remove_at(left, key);
-                self.nodes[n as usize].left = l;
-                (n, removed, changed && self.refresh(n))
-            }
-            std::cmp::Ordering::Greater => {
-                let (r, removed, changed) = self.remove_at(right, key);
-                self.nodes[n as usize].right = r;
-                (n, removed, changed && self.refresh(n))
-            }
-        }
     }
 
     /// The free range with the largest start `<= key`.
-    pub(crate) fn at_or_below(&self, key: u64) -> Option<(u64, u64)> {
+    pub(crate) fn at_or_below(&self, key: u64) -> Option<FreeRange> {
         let mut n = self.root;
-        let mut best = None;
+        let mut best = NIL;
         while n != NIL {
             let node = &self.nodes[n as usize];
             if node.start <= key {
-                best = Some((node.start, node.len));
+                best = n;
                 n = node.right;
             } else {
                 n = node.left;
             }
         }
-        best
+        (best != NIL).then(|| self.range_at(best))
     }
 
     /// The free ranges around `key` in one descent: the one with the largest start `< key`
     /// and the one with the smallest start `>= key`.
-    pub(crate) fn around(&self, key: u64) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
+    pub(crate) fn around(&self, key: u64) -> [Option<FreeRange>; 2] {
         let mut n = self.root;
-        let (mut below, mut above) = (None, None);
+        let (mut below, mut above) = (NIL, NIL);
         while n != NIL {
             let node = &self.nodes[n as usize];
             if node.start < key {
-                below = Some((node.start, node.len));
+                below = n;
                 n = node.right;
             } else {
-                above = Some((node.start, node.len));
+                above = n;
                 n = node.left;
             }
         }
-        (below, above)
+        [below, above].map(|n| (n != NIL).then(|| self.range_at(n)))
     }
 
     /// The highest `pfn` with `pfn % align == 0`, `pfn + size - 1 <= limit`, lying with its
@@ -366,8 +381,7 @@ impl GapTree {
             }
             if let Some(pfn) = fit_in(node.start, node.len, q.size, q.align, q.limit) {
                 return Some(Fit {
-                    range_start: node.start,
-                    range_len: node.len,
+                    range: self.range_at(n),
                     pfn,
                 });
             }
@@ -393,19 +407,22 @@ impl GapTree {
         out
     }
 
-    /// Check the heap order and the augmentation of every node (tests).
+    /// Check the heap order, the parent links and the augmentation of every node (tests).
     pub(crate) fn check(&self) -> Result<(), String> {
-        fn walk(t: &GapTree, n: u32) -> Result<(u64, u64), String> {
+        fn walk(t: &GapTree, n: u32, parent: u32) -> Result<(u64, u64), String> {
             if n == NIL {
                 return Ok((0, 0));
             }
             let node = &t.nodes[n as usize];
+            if node.parent != parent {
+                return Err(format!("parent link broken at {:#x}", node.start));
+            }
             for c in [node.left, node.right] {
                 if c != NIL && t.nodes[c as usize].prio > node.prio {
                     return Err(format!("heap order broken at {:#x}", node.start));
                 }
             }
-            let ((lm, lf), (rm, rf)) = (walk(t, node.left)?, walk(t, node.right)?);
+            let ((lm, lf), (rm, rf)) = (walk(t, node.left, n)?, walk(t, node.right, n)?);
             let m = node.len.max(lm).max(rm);
             if m != node.max_len {
                 return Err(format!("max_len stale at {:#x}", node.start));
@@ -417,7 +434,7 @@ impl GapTree {
             }
             Ok((m, f))
         }
-        walk(self, self.root).map(|_| ())
+        walk(self, self.root, NIL).map(|_| ())
     }
 }
 
@@ -437,6 +454,18 @@ fn fit_in(start: u64, len: u64, size: u64, align: u64, limit: u64) -> Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn span(r: Option<FreeRange>) -> Option<(u64, u64)> {
+        r.map(|r| (r.start, r.len))
+    }
+
+    /// The range starting at `start`, by lookup.
+    fn at(t: &GapTree, start: u64) -> FreeRange {
+        t.at_or_below(start)
+            .filter(|r| r.start == start)
+            .expect("a range starts there")
+    }
 
     #[test]
     fn search_prefers_the_highest_fit_and_honours_alignment() {
@@ -452,21 +481,14 @@ mod tests {
             "[20, 28) is not 8-aligned at 8 long"
         );
         assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
-        assert_eq!(
-            t.highest_fit(3, 1, 21),
-            Some(Fit {
-                range_start: 10,
-                range_len: 3,
-                pfn: 10
-            })
-        );
+        let fit = t.highest_fit(3, 1, 21).unwrap();
+        assert_eq!((fit.pfn, fit.range.start, fit.range.len), (10, 10, 3));
         assert_eq!(t.highest_fit(5, 1, 100).unwrap().pfn, 23);
-        assert_eq!(t.remove(10), Some(3));
-        assert_eq!(t.remove(10), None);
-        assert_eq!(t.at_or_below(19), Some((0, 4)));
-        assert_eq!(t.around(20), (Some((0, 4)), Some((20, 8))));
-        assert_eq!(t.around(5), (Some((0, 4)), Some((20, 8))));
-        assert_eq!(t.around(0), (None, Some((0, 4))));
+        t.remove(fit.range);
+        assert_eq!(span(t.at_or_below(19)), Some((0, 4)));
+        assert_eq!(t.around(20).map(span), [Some((0, 4)), Some((20, 8))]);
+        assert_eq!(t.around(5).map(span), [Some((0, 4)), Some((20, 8))]);
+        assert_eq!(t.around(0).map(span), [None, Some((0, 4))]);
         assert_eq!(t.ranges(), vec![(0, 4), (20, 8)]);
         t.check().unwrap();
     }
@@ -477,9 +499,8 @@ mod tests {
         for (s, l) in [(0, 4), (10, 3), (20, 8), (40, 2)] {
             t.insert(s, l);
         }
-        assert!(t.adjust(10, 8, 7), "grow down and up: [8, 15)");
-        assert!(t.adjust(20, 24, 4), "shrink from below: [24, 28)");
-        assert!(!t.adjust(21, 21, 1), "no range starts at 21");
+        t.adjust(at(&t, 10), 8, 7); // grow down and up: [8, 15)
+        t.adjust(at(&t, 20), 24, 4); // shrink from below: [24, 28)
         t.check().unwrap();
         assert_eq!(t.ranges(), vec![(0, 4), (8, 7), (24, 4), (40, 2)]);
         assert_eq!(t.highest_fit(4, 4, 100).unwrap().pfn, 24);
@@ -496,7 +517,43 @@ mod tests {
         let mut t = GapTree::new();
         t.insert(u64::MAX - 3, 4);
         assert_eq!(t.highest_fit(2, 2, u64::MAX).unwrap().pfn, u64::MAX - 1);
-        assert_eq!(t.remove(u64::MAX - 3), Some(4));
+        t.remove(at(&t, u64::MAX - 3));
         assert_eq!(t.len(), 0);
+        t.check().unwrap();
+    }
+
+    proptest::proptest! {
+        /// Inserts, in-place changes and removals in any order keep the parent links, heap
+        /// order and augmentation intact and the ranges equal to a plain map's.
+        #[test]
+        fn updates_match_a_map(
+            ops in proptest::collection::vec((0u64..48, 0u64..8, 8u64..16, proptest::bool::ANY), 1..400)
+        ) {
+            let mut t = GapTree::new();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            // Slot `i` holds at most one range, `[16 i + a, 16 i + b)`: ranges never touch.
+            for (slot, a, b, drop) in ops {
+                let base = slot * 16;
+                match model.range(base..base + 16).next().map(|(&s, _)| s) {
+                    None => {
+                        t.insert(base + a, b - a);
+                        model.insert(base + a, b - a);
+                    }
+                    Some(s) => {
+                        let r = at(&t, s);
+                        model.remove(&s);
+                        if drop {
+                            t.remove(r);
+                        } else {
+                            t.adjust(r, base + a, b - a);
+                            model.insert(base + a, b - a);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(t.check(), Ok(()));
+                proptest::prop_assert_eq!(t.len(), model.len());
+            }
+            proptest::prop_assert_eq!(t.ranges(), model.into_iter().collect::<Vec<_>>());
+        }
     }
 }

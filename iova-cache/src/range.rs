@@ -173,19 +173,14 @@ impl RangeAllocator {
             return Err(IovaError::OutOfMemory { size });
         }
         // Shrink the fit's range in place; only a fit strictly inside it adds a range.
-        let range_end = fit.range_start + fit.range_len;
+        let range = fit.range;
+        let range_end = range.start + range.len;
         let alloc_end = fit.pfn + size;
-        match (fit.pfn > fit.range_start, alloc_end < range_end) {
-            (false, false) => {
-                self.free.remove(fit.range_start);
-            }
-            (false, true) => {
-                self.free
-                    .adjust(fit.range_start, alloc_end, range_end - alloc_end);
-            }
+        match (fit.pfn > range.start, alloc_end < range_end) {
+            (false, false) => self.free.remove(range),
+            (false, true) => self.free.adjust(range, alloc_end, range_end - alloc_end),
             (true, above) => {
-                self.free
-                    .adjust(fit.range_start, fit.range_start, fit.pfn - fit.range_start);
+                self.free.adjust(range, range.start, fit.pfn - range.start);
                 if above {
                     self.free.insert(alloc_end, range_end - alloc_end);
                 }
@@ -240,20 +235,16 @@ impl RangeAllocator {
         let end = pfn + size;
         // No free range starts inside the allocation, so the range after `pfn` is the
         // candidate above `end`.
-        let (below, above) = self.free.around(pfn);
-        let below = below.filter(|&(s, l)| s + l == pfn);
-        let above = above.filter(|&(s, _)| s == end);
+        let [below, above] = self.free.around(pfn);
+        let below = below.filter(|r| r.start + r.len == pfn);
+        let above = above.filter(|r| r.start == end);
         match (below, above) {
-            (Some((s, l)), Some((a, al))) => {
+            (Some(b), Some(a)) => {
                 self.free.remove(a);
-                self.free.adjust(s, s, l + size + al);
+                self.free.adjust(b, b.start, b.len + size + a.len);
             }
-            (Some((s, l)), None) => {
-                self.free.adjust(s, s, l + size);
-            }
-            (None, Some((a, al))) => {
-                self.free.adjust(a, pfn, size + al);
-            }
+            (Some(b), None) => self.free.adjust(b, b.start, b.len + size),
+            (None, Some(a)) => self.free.adjust(a, pfn, size + a.len),
             (None, None) => self.free.insert(pfn, size),
         }
         self.stats.free_granules += size;
@@ -288,12 +279,12 @@ impl RangeAllocator {
             return Err(IovaError::OutOfMemory { size: hi - lo + 1 });
         }
         // Carve every free range overlapping [lo, hi], from the top down.
-        while let Some((s, l)) = self.free.at_or_below(hi) {
-            let e = s + l - 1;
+        while let Some(r) = self.free.at_or_below(hi) {
+            let (s, e) = (r.start, r.start + r.len - 1);
             if e < lo {
                 break;
             }
-            self.free.remove(s);
+            self.free.remove(r);
             if s < lo {
                 self.free.insert(s, lo - s);
             }
