@@ -30,11 +30,27 @@
 //!
 //! A node keeps the priority it got on insertion, a hash of its start then, so the expected
 //! depth stays logarithmic (about `1.4 log2 n`) whatever the order of operations. Nodes are
-//! one cache line each, addressed by 32-bit indices into one store.
+//! one cache line each, addressed by 32-bit indices into one store whose first node is an
+//! empty sentinel standing for every missing child.
 
 use crate::fitsummary;
 
-const NIL: u32 = u32::MAX;
+/// The empty subtree: index of a sentinel node with an empty summary, so reading a missing
+/// child's summary needs no branch.
+const NIL: u32 = 0;
+
+/// The sentinel at [`NIL`].
+const SENTINEL: Node = Node {
+    start: 0,
+    len: 0,
+    max_len: 0,
+    own_fits: 0,
+    fits: 0,
+    prio: 0,
+    left: NIL,
+    right: NIL,
+    parent: NIL,
+};
 
 /// One free range and the augmentation of its subtree, in one cache line: a search or an
 /// update touching a node misses at most once on it.
@@ -55,7 +71,7 @@ struct Node {
 }
 
 /// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct GapTree {
     nodes: Vec<Node>,
     spare: Vec<u32>,
@@ -102,7 +118,7 @@ fn mix(key: u64) -> u32 {
 impl GapTree {
     pub(crate) fn new() -> Self {
         Self {
-            nodes: Vec::new(),
+            nodes: vec![SENTINEL],
             spare: Vec::new(),
             root: NIL,
             count: 0,
@@ -123,23 +139,16 @@ impl GapTree {
         }
     }
 
-    /// `(max_len, fits)` of the subtree at `n`.
-    fn summary_of(&self, n: u32) -> (u64, u64) {
-        if n == NIL {
-            (0, 0)
-        } else {
-            let node = &self.nodes[n as usize];
-            (node.max_len, node.fits)
-        }
-    }
-
     /// Recompute the augmentation of `n` from its range and its children; whether it changed
     /// (an ancestor needs no recomputation when it did not).
     fn refresh(&mut self, n: u32) -> bool {
         let node = &self.nodes[n as usize];
-        let ((lm, lf), (rm, rf)) = (self.summary_of(node.left), self.summary_of(node.right));
-        let max_len = node.len.max(lm).max(rm);
-        let fits = fitsummary::max(node.own_fits, fitsummary::max(lf, rf));
+        let (l, r) = (
+            &self.nodes[node.left as usize],
+            &self.nodes[node.right as usize],
+        );
+        let max_len = node.len.max(l.max_len).max(r.max_len);
+        let fits = fitsummary::max(node.own_fits, fitsummary::max(l.fits, r.fits));
         let node = &mut self.nodes[n as usize];
         let changed = node.max_len != max_len || node.fits != fits;
         node.max_len = max_len;
@@ -235,7 +244,7 @@ impl GapTree {
                 i
             }
             None => {
-                // `try_reserve_one` keeps the store below `NIL` nodes, so the index fits.
+                // `try_reserve_one` keeps every index within `u32`.
                 self.nodes.push(node);
                 (self.nodes.len() - 1) as u32
             }
@@ -278,7 +287,7 @@ impl GapTree {
     /// after a removal cannot fail half-way; `false` if the memory cannot be had.
     pub(crate) fn try_reserve_one(&mut self) -> bool {
         !self.spare.is_empty()
-            || (self.nodes.len() < NIL as usize && self.nodes.try_reserve(1).is_ok())
+            || (self.nodes.len() <= u32::MAX as usize && self.nodes.try_reserve(1).is_ok())
     }
 
     /// Change the free range `r` (from a lookup, still in the tree) to `[start, start + len)`
@@ -360,33 +369,47 @@ impl GapTree {
             limit,
             aligned_need: (align > 1).then(|| fitsummary::need(size, align)),
         };
+        if !self.qualifies(self.root, &q) {
+            return None;
+        }
         self.search(self.root, &q)
     }
 
-    fn search(&self, n: u32, q: &Query) -> Option<Fit> {
-        if n == NIL {
-            return None;
-        }
+    /// Whether the subtree at `n` may hold a fit: exactly, for unaligned requests and
+    /// aligned ones of up to 64 granules, if the limit were no bound.
+    fn qualifies(&self, n: u32, q: &Query) -> bool {
         let node = &self.nodes[n as usize];
-        if node.max_len < q.size
-            || q.aligned_need
-                .is_some_and(|need| !fitsummary::offers(node.fits, need))
-        {
-            return None;
-        }
-        if node.start <= q.limit {
-            // Everything on the right starts higher: it wins if it fits.
-            if let Some(f) = self.search(node.right, q) {
-                return Some(f);
+        let aligned_fit = match q.aligned_need {
+            Some(need) => fitsummary::offers(node.fits, need),
+            None => true,
+        };
+        node.max_len >= q.size && aligned_fit
+    }
+
+    /// The highest fit in the subtree at `n`, which [`qualifies`](Self::qualifies): right
+    /// first (it starts higher), then the node, then left. Only subtrees that qualify are
+    /// entered, so the recursion follows the path to the limit and then one path down.
+    fn search(&self, mut n: u32, q: &Query) -> Option<Fit> {
+        loop {
+            let node = &self.nodes[n as usize];
+            if node.start <= q.limit {
+                if self.qualifies(node.right, q) {
+                    if let Some(f) = self.search(node.right, q) {
+                        return Some(f);
+                    }
+                }
+                if let Some(pfn) = fit_in(node.start, node.len, q.size, q.align, q.limit) {
+                    return Some(Fit {
+                        range: self.range_at(n),
+                        pfn,
+                    });
+                }
             }
-            if let Some(pfn) = fit_in(node.start, node.len, q.size, q.align, q.limit) {
-                return Some(Fit {
-                    range: self.range_at(n),
-                    pfn,
-                });
+            if !self.qualifies(node.left, q) {
+                return None;
             }
+            n = node.left;
         }
-        self.search(node.left, q)
     }
 
     /// Every free range in address order (diagnostics and tests).
@@ -433,6 +456,10 @@ impl GapTree {
                 return Err(format!("fit summary stale at {:#x}", node.start));
             }
             Ok((m, f))
+        }
+        let sentinel = &self.nodes[NIL as usize];
+        if (sentinel.max_len, sentinel.fits) != (0, 0) {
+            return Err("the sentinel's summary is not empty".into());
         }
         walk(self, self.root, NIL).map(|_| ())
     }
