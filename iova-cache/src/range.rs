@@ -240,8 +240,9 @@ impl RangeAllocator {
         let above = above.filter(|r| r.start == end);
         match (below, above) {
             (Some(b), Some(a)) => {
-                self.free.remove(a);
+                // Grow first: an adjust keeps every handle valid, a removal need not.
                 self.free.adjust(b, b.start, b.len + size + a.len);
+                self.free.remove(a);
             }
             (Some(b), None) => self.free.adjust(b, b.start, b.len + size),
             (None, Some(a)) => self.free.adjust(a, pfn, size + a.len),
@@ -284,12 +285,16 @@ impl RangeAllocator {
             if e < lo {
                 break;
             }
-            self.free.remove(r);
-            if s < lo {
-                self.free.insert(s, lo - s);
-            }
-            if e > hi {
-                self.free.insert(hi + 1, e - hi);
+            // Keep the part below in place; only a range sticking out on both sides adds one.
+            match (s < lo, e > hi) {
+                (false, false) => self.free.remove(r),
+                (false, true) => self.free.adjust(r, hi + 1, e - hi),
+                (true, above) => {
+                    self.free.adjust(r, s, lo - s);
+                    if above {
+                        self.free.insert(hi + 1, e - hi);
+                    }
+                }
             }
             let carved = e.min(hi) - s.max(lo) + 1;
             self.stats.free_granules -= carved;
