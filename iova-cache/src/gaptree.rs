@@ -219,21 +219,44 @@ impl GapTree {
             .expect("a node is among its parent's children")
     }
 
+    /// The first start under `node` (at `level`; not empty).
+    fn first_key(&self, node: u32, level: u32) -> u64 {
+        if level == 0 {
+            self.leaves[node as usize].starts[0]
+        } else {
+            self.inners[node as usize].keys[0]
+        }
+    }
+
     /// Bring the records on the way from `node` (at `level`) to the root up to date, stopping
-    /// at the first that is already right (the ones above depend only on it).
-    fn fix_up(&mut self, mut node: u32, mut level: u32) {
+    /// at the first that is already right (the ones above depend only on it). With `grown`,
+    /// `node` only gained ranges or lengths, `grown` being the largest length and the fit
+    /// summary it gained: its record is then the stored one merged with `grown`, and so on up
+    /// while records only grow, without rescanning a node.
+    fn fix_up(&mut self, mut node: u32, mut level: u32, mut grown: Option<(u64, u64)>) {
         loop {
             let parent = self.parent_of(node, level);
             if parent == NONE {
                 return;
             }
-            let record = self.record(node, level);
             let slot = self.slot_in(parent, node);
-            let p = &mut self.inners[parent as usize];
-            if (p.keys[slot], p.max_lens[slot], p.fits[slot]) == record {
+            let p = &self.inners[parent as usize];
+            let stored = (p.keys[slot], p.max_lens[slot], p.fits[slot]);
+            let record = match grown {
+                Some((max_len, fits)) => (
+                    self.first_key(node, level),
+                    stored.1.max(max_len),
+                    fitsummary::max(stored.2, fits),
+                ),
+                None => self.record(node, level),
+            };
+            if record == stored {
                 return;
             }
+            let p = &mut self.inners[parent as usize];
             (p.keys[slot], p.max_lens[slot], p.fits[slot]) = record;
+            let only_grew = record.1 >= stored.1 && fitsummary::max(record.2, stored.2) == record.2;
+            grown = only_grew.then_some((record.1, record.2));
             node = parent;
             level += 1;
         }
@@ -335,7 +358,7 @@ impl GapTree {
         let entry = (start, len, fitsummary::of_range(start, len));
         if l.count < FANOUT {
             self.leaf_insert(leaf, slot, entry);
-            self.fix_up(leaf, 0);
+            self.fix_up(leaf, 0, Some((len, entry.2)));
         } else {
             let parent = l.parent;
             let right = self.new_leaf(parent);
@@ -349,7 +372,7 @@ impl GapTree {
                 true => self.leaf_insert(leaf, slot, entry),
                 false => self.leaf_insert(right, slot - half, entry),
             }
-            self.fix_up(leaf, 0);
+            self.fix_up(leaf, 0, None);
             self.insert_child(parent, leaf, right, 0);
         }
         self.count += 1;
@@ -384,7 +407,7 @@ impl GapTree {
         if self.inners[parent as usize].count < FANOUT {
             self.set_parent(new, level, parent);
             inner_insert(&mut self.inners[parent as usize], slot, new, record);
-            self.fix_up(parent, level + 1);
+            self.fix_up(parent, level + 1, None);
             return;
         }
         let grandparent = self.inners[parent as usize].parent;
@@ -406,7 +429,7 @@ impl GapTree {
         };
         self.set_parent(new, level, home);
         inner_insert(&mut self.inners[home as usize], at, new, record);
-        self.fix_up(parent, level + 1);
+        self.fix_up(parent, level + 1, None);
         self.insert_child(grandparent, parent, right, level + 1);
     }
 
@@ -414,10 +437,11 @@ impl GapTree {
     /// place (`len > 0`). The caller keeps the ranges disjoint, so the new start still orders
     /// the range between its neighbours.
     pub(crate) fn adjust(&mut self, r: FreeRange, start: u64, len: u64) {
+        let fits = fitsummary::of_range(start, len);
         let l = &mut self.leaves[r.leaf as usize];
-        (l.starts[r.slot], l.lens[r.slot]) = (start, len);
-        l.fits[r.slot] = fitsummary::of_range(start, len);
-        self.fix_up(r.leaf, 0);
+        let grew = len >= l.lens[r.slot] && fitsummary::max(fits, l.fits[r.slot]) == fits;
+        (l.starts[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
+        self.fix_up(r.leaf, 0, grew.then_some((len, fits)));
     }
 
     /// Remove the free range `r` (from a lookup, still valid).
@@ -431,7 +455,7 @@ impl GapTree {
         let (left, parent) = (l.count, l.parent);
         self.count -= 1;
         if left > 0 || parent == NONE {
-            self.fix_up(r.leaf, 0);
+            self.fix_up(r.leaf, 0, None);
         } else {
             self.spare_leaves.push(r.leaf);
             self.unlink(parent, r.leaf, 0);
@@ -455,7 +479,7 @@ impl GapTree {
             self.unlink(grandparent, parent, level + 1);
             return;
         }
-        self.fix_up(parent, level + 1);
+        self.fix_up(parent, level + 1, None);
         while self.height > 0 && self.inners[self.root as usize].count == 1 {
             let old = self.root;
             self.root = self.inners[old as usize].children[0];
