@@ -18,9 +18,10 @@
 //!
 //! Why a B+ tree: with hundreds of thousands of free ranges the index does not fit in the
 //! caches, and an operation costs about one cache miss per level it descends. A binary tree
-//! (the treap this replaced: 1.4 log2 n, 23 levels at 155k ranges) pays a dependent miss per
-//! level; nodes of [`FANOUT`] entries hold the same ranges in `log_8 n` to `log_16 n` levels
-//! (5 at 155k), each a few adjacent cache lines the prefetcher streams.
+//! (the treap this replaced: 1.4 log2 n deep, 23 levels on average at 155k ranges) pays a
+//! dependent miss per level; nodes of [`FANOUT`] entries hold the same ranges in `log_8 n` to
+//! `log_16 n` levels, each a few adjacent cache lines. Measured with 300k live mixed-size
+//! allocations (150k free ranges) over 4M free+alloc pairs: 6 levels, nodes half full.
 //!
 //! Maintenance costs one descent and O(h · B) work:
 //!
@@ -32,8 +33,9 @@
 //! * a full node splits in two halves (at most one split per level and a new root per
 //!   insert, which [`GapTree::try_reserve_one`] provides for beforehand); a node left empty
 //!   is unlinked, and a root with one child gives way to it. Nodes are not merged when they
-//!   run low ("free at empty"): a node is only ever created by splitting a full one, so the
-//!   height stays within `log_{B/2}` of the most ranges ever held.
+//!   run low (deletion without rebalancing, "free at empty"): Sen and Tarjan show the height
+//!   then stays logarithmic in the number of inserts, and it saves the borrow and merge
+//!   cases a free would otherwise pay for.
 //!
 //! Nodes live in two stores addressed by 32-bit indices, recycled through free lists.
 
