@@ -8,12 +8,36 @@
 //! "no space" exactly, so the hint-staleness and negative-cache bugs of a hinted rbtree
 //! cannot occur.
 //!
-//! Every operation on the free space is one descent of the gap tree plus work in place:
-//! an allocation finds its fit and shrinks that range through the handle the search returned
-//! (adding a range only when the fit lies strictly inside it); a free finds both neighbours in
-//! one descent and grows one of them, merges them, or adds a range; a reservation shrinks the
-//! ranges it overlaps and adds at most one. So an allocation or free costs O(log n) in the
-//! number of free ranges, for unaligned and size-aligned requests up to 64 granules.
+//! # Why an augmented index of the free ranges
+//!
+//! Linux keeps allocated ranges in an rbtree and searches downward from a cached hint, which needs
+//! a two-phase retry (4e89dce72521), a 32-bit negative cache (`max32_alloc_size`) and careful hint
+//! maintenance, and still walks O(n) nodes once fragmented (3164 ns average and millisecond tails
+//! at 300k live IOVAs; the augmented max-gap tree cut that to 661 ns). This allocator indexes the
+//! *free* ranges instead, in a B+ tree keyed by start whose inner nodes keep each child's
+//! `max_len` and fit summary (module `gaptree`), so the search for the highest fit below `limit`
+//! prunes every subtree that cannot hold the request. Consequences:
+//!
+//! * no hints, no negative cache, no retry phase: the answer is exact, so "false no space"
+//!   (4e89dce72521) and the stale negative cache (5b61343b5059) cannot occur; both scenarios are
+//!   regression tests;
+//! * every operation on the free space is one descent of the gap tree plus work in place: an
+//!   allocation shrinks the fit's range through the handle the search returned (adding a range
+//!   only when the fit lies strictly inside it); a free finds both neighbours in one descent and
+//!   grows one, merges them, or adds a range; a reservation shrinks the ranges it overlaps and
+//!   adds at most one. An allocation or free costs O(log n) in the number of free ranges, for
+//!   unaligned and size-aligned requests up to 64 granules;
+//! * a reservation over a live allocation is refused ([`crate::IovaAllocator::reserve`] flushes
+//!   the caches first, so cached ranges never block it).
+//!
+//! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
+//! [`crate::IovaAllocator`] (sizes up to 32 cached): 3020 instructions per pair (callgrind), 7245
+//! with the treap this B+ tree replaced; 1.15 us mean and 3.8 us p99 per pair, from 2.3 us and
+//! 8.3 us (dmabench, one thread).
+//!
+//! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
+//! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
+//! allocation would lose the worst-case bound.
 
 use crate::error::IovaError;
 use crate::faults::TREE_NODE;
