@@ -37,7 +37,7 @@
 //!   then stays logarithmic in the number of inserts, and it saves the borrow and merge
 //!   cases a free would otherwise pay for.
 //!
-//! Nodes live in two stores addressed by 32-bit indices, recycled through free lists.
+//! Nodes live in one store addressed by 32-bit indices, recycled through a free list.
 
 use crate::fitsummary;
 
@@ -47,39 +47,30 @@ pub(crate) const FANOUT: usize = 16;
 /// No node (the root's parent).
 const NONE: u32 = u32::MAX;
 
-/// Up to [`FANOUT`] free ranges in address order.
+/// A leaf or an inner node: up to [`FANOUT`] entries in address order, each a record
+/// `(key, len, fits)`. In a leaf an entry is a free range: its start, length and fit summary.
+/// In an inner node it stands for a child: the first start, the largest length and the
+/// bytewise maximum fit summary under it, so an inner entry summarises its subtree the way a
+/// leaf entry does its range.
 #[derive(Debug, Clone)]
-struct Leaf {
+struct Node {
     count: usize,
     parent: u32,
-    starts: [u64; FANOUT],
-    lens: [u64; FANOUT],
-    /// Fit summary of each range.
-    fits: [u64; FANOUT],
-}
-
-/// Up to [`FANOUT`] children in address order, each with its record: first start, largest
-/// free length and fit summary of its subtree.
-#[derive(Debug, Clone)]
-struct Inner {
-    count: usize,
-    parent: u32,
-    children: [u32; FANOUT],
     keys: [u64; FANOUT],
-    max_lens: [u64; FANOUT],
+    lens: [u64; FANOUT],
     fits: [u64; FANOUT],
+    /// The children of an inner node (unused in a leaf).
+    children: [u32; FANOUT],
 }
 
-/// A child's record in its parent: `(first start, max length, fit summary)`.
+/// An entry's or a node's record: `(first start, largest length, fit summary)`.
 type Record = (u64, u64, u64);
 
 /// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
 #[derive(Debug, Clone)]
 pub(crate) struct GapTree {
-    leaves: Vec<Leaf>,
-    inners: Vec<Inner>,
-    spare_leaves: Vec<u32>,
-    spare_inners: Vec<u32>,
+    nodes: Vec<Node>,
+    spare: Vec<u32>,
     /// The root: a leaf at height 0, else an inner node.
     root: u32,
     height: u32,
@@ -127,39 +118,66 @@ pub(crate) struct Fit {
     pub pfn: u64,
 }
 
-fn empty_leaf(parent: u32) -> Leaf {
-    Leaf {
+fn empty_node(parent: u32) -> Node {
+    Node {
         count: 0,
         parent,
-        starts: [0; FANOUT],
+        keys: [0; FANOUT],
         lens: [0; FANOUT],
         fits: [0; FANOUT],
-    }
-}
-
-fn empty_inner(parent: u32) -> Inner {
-    Inner {
-        count: 0,
-        parent,
         children: [NONE; FANOUT],
-        keys: [0; FANOUT],
-        max_lens: [0; FANOUT],
-        fits: [0; FANOUT],
     }
 }
 
-/// Bytewise maximum of fit summaries.
-fn max_fits(fits: &[u64]) -> u64 {
-    fits.iter().fold(0, |acc, &f| fitsummary::max(acc, f))
+impl Node {
+    /// The record of the whole node for its parent (not empty).
+    fn record(&self) -> Record {
+        let n = self.count;
+        let max_len = self.lens[..n].iter().copied().max().unwrap_or(0);
+        let fits = self.fits[..n]
+            .iter()
+            .fold(0, |acc, &f| fitsummary::max(acc, f));
+        (self.keys[0], max_len, fits)
+    }
+
+    /// Put `record` (and `child`, for an inner node) at `slot`, shifting the entries after it.
+    fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32) {
+        let n = self.count;
+        self.keys.copy_within(slot..n, slot + 1);
+        self.lens.copy_within(slot..n, slot + 1);
+        self.fits.copy_within(slot..n, slot + 1);
+        self.children.copy_within(slot..n, slot + 1);
+        (self.keys[slot], self.lens[slot], self.fits[slot]) = (key, len, fits);
+        self.children[slot] = child;
+        self.count += 1;
+    }
+
+    /// Drop the entry at `slot`, shifting the entries after it.
+    fn take(&mut self, slot: usize) {
+        let n = self.count;
+        self.keys.copy_within(slot + 1..n, slot);
+        self.lens.copy_within(slot + 1..n, slot);
+        self.fits.copy_within(slot + 1..n, slot);
+        self.children.copy_within(slot + 1..n, slot);
+        self.count -= 1;
+    }
+
+    /// Move the upper half of this full node's entries into the empty `right`.
+    fn halve_into(&mut self, right: &mut Node) {
+        let half = FANOUT / 2;
+        right.keys[..half].copy_from_slice(&self.keys[half..]);
+        right.lens[..half].copy_from_slice(&self.lens[half..]);
+        right.fits[..half].copy_from_slice(&self.fits[half..]);
+        right.children[..half].copy_from_slice(&self.children[half..]);
+        (self.count, right.count) = (half, half);
+    }
 }
 
 impl GapTree {
     pub(crate) fn new() -> Self {
         Self {
-            leaves: vec![empty_leaf(NONE)],
-            inners: Vec::new(),
-            spare_leaves: Vec::new(),
-            spare_inners: Vec::new(),
+            nodes: vec![empty_node(NONE)],
+            spare: Vec::new(),
             root: 0,
             height: 0,
             count: 0,
@@ -171,138 +189,88 @@ impl GapTree {
         self.count
     }
 
+    fn node(&self, n: u32) -> &Node {
+        &self.nodes[n as usize]
+    }
+
+    fn node_mut(&mut self, n: u32) -> &mut Node {
+        &mut self.nodes[n as usize]
+    }
+
     fn range_at(&self, leaf: u32, slot: usize) -> FreeRange {
-        let l = &self.leaves[leaf as usize];
+        let l = self.node(leaf);
         FreeRange {
-            start: l.starts[slot],
+            start: l.keys[slot],
             len: l.lens[slot],
             leaf,
             slot,
         }
     }
 
-    /// The record of `node` (at `level`, 0 for leaves) for its parent; `node` is not empty.
-    fn record(&self, node: u32, level: u32) -> Record {
-        if level == 0 {
-            let l = &self.leaves[node as usize];
-            let n = l.count;
-            let max_len = l.lens[..n].iter().copied().max().unwrap_or(0);
-            (l.starts[0], max_len, max_fits(&l.fits[..n]))
-        } else {
-            let i = &self.inners[node as usize];
-            let n = i.count;
-            let max_len = i.max_lens[..n].iter().copied().max().unwrap_or(0);
-            (i.keys[0], max_len, max_fits(&i.fits[..n]))
-        }
-    }
-
-    fn parent_of(&self, node: u32, level: u32) -> u32 {
-        if level == 0 {
-            self.leaves[node as usize].parent
-        } else {
-            self.inners[node as usize].parent
-        }
-    }
-
-    fn set_parent(&mut self, node: u32, level: u32, parent: u32) {
-        if level == 0 {
-            self.leaves[node as usize].parent = parent;
-        } else {
-            self.inners[node as usize].parent = parent;
-        }
-    }
-
     /// Where `child` sits in its parent `parent`.
     fn slot_in(&self, parent: u32, child: u32) -> usize {
-        let p = &self.inners[parent as usize];
+        let p = self.node(parent);
         p.children[..p.count]
             .iter()
             .position(|&c| c == child)
             .expect("a node is among its parent's children")
     }
 
-    /// The first start under `node` (at `level`; not empty).
-    fn first_key(&self, node: u32, level: u32) -> u64 {
-        if level == 0 {
-            self.leaves[node as usize].starts[0]
-        } else {
-            self.inners[node as usize].keys[0]
-        }
-    }
-
-    /// Bring the records on the way from `node` (at `level`) to the root up to date, stopping
-    /// at the first that is already right (the ones above depend only on it). With `grown`,
-    /// `node` only gained ranges or lengths, `grown` being the largest length and the fit
-    /// summary it gained: its record is then the stored one merged with `grown`, and so on up
-    /// while records only grow, without rescanning a node.
-    fn fix_up(&mut self, mut node: u32, mut level: u32, mut grown: Option<(u64, u64)>) {
+    /// Bring the records on the way from `node` to the root up to date, stopping at the first
+    /// that is already right (the ones above depend only on it). With `grown`, `node` only
+    /// gained ranges or lengths, `grown` being the largest length and the fit summary it
+    /// gained: its record is then the stored one merged with `grown`, and so on up while
+    /// records only grow, without rescanning a node.
+    fn fix_up(&mut self, mut node: u32, mut grown: Option<(u64, u64)>) {
         loop {
-            let parent = self.parent_of(node, level);
+            let parent = self.node(node).parent;
             if parent == NONE {
                 return;
             }
             let slot = self.slot_in(parent, node);
-            let p = &self.inners[parent as usize];
-            let stored = (p.keys[slot], p.max_lens[slot], p.fits[slot]);
+            let p = self.node(parent);
+            let stored = (p.keys[slot], p.lens[slot], p.fits[slot]);
             let record = match grown {
-                Some((max_len, fits)) => (
-                    self.first_key(node, level),
-                    stored.1.max(max_len),
+                Some((len, fits)) => (
+                    self.node(node).keys[0],
+                    stored.1.max(len),
                     fitsummary::max(stored.2, fits),
                 ),
-                None => self.record(node, level),
+                None => self.node(node).record(),
             };
             if record == stored {
                 return;
             }
-            let p = &mut self.inners[parent as usize];
-            (p.keys[slot], p.max_lens[slot], p.fits[slot]) = record;
+            let p = self.node_mut(parent);
+            (p.keys[slot], p.lens[slot], p.fits[slot]) = record;
             let only_grew = record.1 >= stored.1 && fitsummary::max(record.2, stored.2) == record.2;
             grown = only_grew.then_some((record.1, record.2));
             node = parent;
-            level += 1;
         }
     }
 
-    fn new_leaf(&mut self, parent: u32) -> u32 {
-        match self.spare_leaves.pop() {
+    fn new_node(&mut self, parent: u32) -> u32 {
+        match self.spare.pop() {
             Some(i) => {
-                self.leaves[i as usize] = empty_leaf(parent);
+                self.nodes[i as usize] = empty_node(parent);
                 i
             }
             None => {
                 // `try_reserve_one` keeps every index below `NONE`.
-                self.leaves.push(empty_leaf(parent));
-                (self.leaves.len() - 1) as u32
+                self.nodes.push(empty_node(parent));
+                (self.nodes.len() - 1) as u32
             }
         }
     }
 
-    fn new_inner(&mut self, parent: u32) -> u32 {
-        match self.spare_inners.pop() {
-            Some(i) => {
-                self.inners[i as usize] = empty_inner(parent);
-                i
-            }
-            None => {
-                self.inners.push(empty_inner(parent));
-                (self.inners.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Make sure the next insert finds every node it may need without growing a store (a
-    /// leaf, and an inner node per level plus a new root), so an insert after a removal
-    /// cannot fail half-way; `false` if the memory cannot be had.
+    /// Make sure the next insert finds every node it may need without growing the store (a
+    /// leaf, an inner node per level and a new root), so an insert after a removal cannot
+    /// fail half-way; `false` if the memory cannot be had.
     pub(crate) fn try_reserve_one(&mut self) -> bool {
-        let inners = self.height as usize + 1;
-        let leaf_ok = !self.spare_leaves.is_empty()
-            || (self.leaves.len() < NONE as usize && self.leaves.try_reserve(1).is_ok());
-        let missing = inners.saturating_sub(self.spare_inners.len());
-        let inner_ok = missing == 0
-            || (self.inners.len() + missing < NONE as usize
-                && self.inners.try_reserve(missing).is_ok());
-        leaf_ok && inner_ok
+        let missing = (self.height as usize + 2).saturating_sub(self.spare.len());
+        missing == 0
+            || (self.nodes.len() + missing < NONE as usize
+                && self.nodes.try_reserve(missing).is_ok())
     }
 
     /// The leaf holding the last range starting at or below `key` (strictly below with
@@ -311,18 +279,18 @@ impl GapTree {
         let below = |k: u64| if strict { k < key } else { k <= key };
         let mut node = self.root;
         for _ in 0..self.height {
-            let i = &self.inners[node as usize];
+            let i = self.node(node);
             let slot = i.keys[..i.count].partition_point(|&k| below(k));
             node = i.children[slot.checked_sub(1)?];
         }
-        let l = &self.leaves[node as usize];
-        (l.count > 0 && below(l.starts[0])).then_some(node)
+        let l = self.node(node);
+        (l.count > 0 && below(l.keys[0])).then_some(node)
     }
 
     /// The leftmost leaf under `node` at `level`.
     fn first_leaf(&self, mut node: u32, level: u32) -> u32 {
         for _ in 0..level {
-            node = self.inners[node as usize].children[0];
+            node = self.node(node).children[0];
         }
         node
     }
@@ -331,12 +299,12 @@ impl GapTree {
     fn next_leaf(&self, leaf: u32) -> Option<u32> {
         let (mut node, mut level) = (leaf, 0);
         loop {
-            let parent = self.parent_of(node, level);
+            let parent = self.node(node).parent;
             if parent == NONE {
                 return None;
             }
             let slot = self.slot_in(parent, node);
-            let p = &self.inners[parent as usize];
+            let p = self.node(parent);
             if slot + 1 < p.count {
                 return Some(self.first_leaf(p.children[slot + 1], level));
             }
@@ -355,84 +323,59 @@ impl GapTree {
             Some(leaf) => leaf,
             None => self.first_leaf(self.root, self.height),
         };
-        let l = &self.leaves[leaf as usize];
-        let slot = l.starts[..l.count].partition_point(|&s| s < start);
-        let entry = (start, len, fitsummary::of_range(start, len));
-        if l.count < FANOUT {
-            self.leaf_insert(leaf, slot, entry);
-            self.fix_up(leaf, 0, Some((len, entry.2)));
-        } else {
-            let parent = l.parent;
-            let right = self.new_leaf(parent);
-            let half = FANOUT / 2;
-            let (lo, hi) = split_pair(&mut self.leaves, leaf, right);
-            hi.starts[..half].copy_from_slice(&lo.starts[half..]);
-            hi.lens[..half].copy_from_slice(&lo.lens[half..]);
-            hi.fits[..half].copy_from_slice(&lo.fits[half..]);
-            (lo.count, hi.count) = (half, half);
-            match slot <= half {
-                true => self.leaf_insert(leaf, slot, entry),
-                false => self.leaf_insert(right, slot - half, entry),
-            }
-            self.fix_up(leaf, 0, None);
-            self.insert_child(parent, leaf, right, 0);
-        }
+        let l = self.node(leaf);
+        let slot = l.keys[..l.count].partition_point(|&s| s < start);
+        let fits = fitsummary::of_range(start, len);
+        self.put(leaf, 0, slot, (start, len, fits), NONE);
         self.count += 1;
     }
 
-    fn leaf_insert(&mut self, leaf: u32, slot: usize, (start, len, fits): (u64, u64, u64)) {
-        let l = &mut self.leaves[leaf as usize];
-        let n = l.count;
-        l.starts.copy_within(slot..n, slot + 1);
-        l.lens.copy_within(slot..n, slot + 1);
-        l.fits.copy_within(slot..n, slot + 1);
-        (l.starts[slot], l.lens[slot], l.fits[slot]) = (start, len, fits);
-        l.count += 1;
-    }
-
-    /// Link `new` (at `level`, just split off `left`) into `parent` right after `left`,
-    /// splitting `parent` in turn when it is full, or growing a new root.
-    fn insert_child(&mut self, parent: u32, left: u32, new: u32, level: u32) {
+    /// Put an entry (`record`, and `child` above the leaves) at `slot` of `node` (at
+    /// `level`). A full node first splits in two halves and links the upper one into its
+    /// parent the same way, or under a new root.
+    fn put(&mut self, node: u32, level: u32, slot: usize, record: Record, child: u32) {
+        if self.node(node).count < FANOUT {
+            self.node_mut(node).put(slot, record, child);
+            if level > 0 {
+                self.node_mut(child).parent = node;
+            }
+            // A leaf gained a range; an inner node only a child split off one it had.
+            let grown = (level == 0).then_some((record.1, record.2));
+            self.fix_up(node, grown);
+            return;
+        }
+        let parent = self.node(node).parent;
+        let right = self.new_node(parent);
+        let (lo, hi) = split_pair(&mut self.nodes, node, right);
+        lo.halve_into(hi);
+        let (home, at) = match slot <= FANOUT / 2 {
+            true => (node, slot),
+            false => (right, slot - FANOUT / 2),
+        };
+        self.node_mut(home).put(at, record, child);
+        if level > 0 {
+            self.node_mut(child).parent = home;
+            let moved = self.node(right).children;
+            for &c in &moved[..self.node(right).count] {
+                self.node_mut(c).parent = right;
+            }
+        }
+        self.fix_up(node, None);
         if parent == NONE {
-            let root = self.new_inner(NONE);
-            for child in [left, new] {
-                self.set_parent(child, level, root);
-                let record = self.record(child, level);
-                inner_push(&mut self.inners[root as usize], child, record);
+            let root = self.new_node(NONE);
+            for half in [node, right] {
+                let record = self.node(half).record();
+                let r = self.node_mut(root);
+                r.put(r.count, record, half);
+                self.node_mut(half).parent = root;
             }
             self.root = root;
             self.height += 1;
-            return;
+        } else {
+            let record = self.node(right).record();
+            let slot = self.slot_in(parent, node) + 1;
+            self.put(parent, level + 1, slot, record, right);
         }
-        let slot = self.slot_in(parent, left) + 1;
-        let record = self.record(new, level);
-        if self.inners[parent as usize].count < FANOUT {
-            self.set_parent(new, level, parent);
-            inner_insert(&mut self.inners[parent as usize], slot, new, record);
-            self.fix_up(parent, level + 1, None);
-            return;
-        }
-        let grandparent = self.inners[parent as usize].parent;
-        let right = self.new_inner(grandparent);
-        let half = FANOUT / 2;
-        let (lo, hi) = split_pair(&mut self.inners, parent, right);
-        hi.children[..half].copy_from_slice(&lo.children[half..]);
-        hi.keys[..half].copy_from_slice(&lo.keys[half..]);
-        hi.max_lens[..half].copy_from_slice(&lo.max_lens[half..]);
-        hi.fits[..half].copy_from_slice(&lo.fits[half..]);
-        (lo.count, hi.count) = (half, half);
-        for c in 0..half {
-            let child = self.inners[right as usize].children[c];
-            self.set_parent(child, level, right);
-        }
-        let (home, at) = match slot <= half {
-            true => (parent, slot),
-            false => (right, slot - half),
-        };
-        self.set_parent(new, level, home);
-        inner_insert(&mut self.inners[home as usize], at, new, record);
-        self.fix_up(parent, level + 1, None);
-        self.insert_child(grandparent, parent, right, level + 1);
     }
 
     /// Change the free range `r` (from a lookup, still valid) to `[start, start + len)` in
@@ -440,62 +383,43 @@ impl GapTree {
     /// the range between its neighbours.
     pub(crate) fn adjust(&mut self, r: FreeRange, start: u64, len: u64) {
         let fits = fitsummary::of_range(start, len);
-        let l = &mut self.leaves[r.leaf as usize];
+        let l = self.node_mut(r.leaf);
         let grew = len >= l.lens[r.slot] && fitsummary::max(fits, l.fits[r.slot]) == fits;
-        (l.starts[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
-        self.fix_up(r.leaf, 0, grew.then_some((len, fits)));
+        (l.keys[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
+        self.fix_up(r.leaf, grew.then_some((len, fits)));
     }
 
     /// Remove the free range `r` (from a lookup, still valid).
     pub(crate) fn remove(&mut self, r: FreeRange) {
-        let l = &mut self.leaves[r.leaf as usize];
-        let n = l.count;
-        l.starts.copy_within(r.slot + 1..n, r.slot);
-        l.lens.copy_within(r.slot + 1..n, r.slot);
-        l.fits.copy_within(r.slot + 1..n, r.slot);
-        l.count -= 1;
-        let (left, parent) = (l.count, l.parent);
         self.count -= 1;
-        if left > 0 || parent == NONE {
-            self.fix_up(r.leaf, 0, None);
-        } else {
-            self.spare_leaves.push(r.leaf);
-            self.unlink(parent, r.leaf, 0);
-        }
+        self.take(r.leaf, r.slot);
     }
 
-    /// Take the empty `child` (at `level`) out of `parent`; unlink `parent` too if that
-    /// empties it, and let a root with a single child give way to it.
-    fn unlink(&mut self, parent: u32, child: u32, level: u32) {
-        let slot = self.slot_in(parent, child);
-        let p = &mut self.inners[parent as usize];
-        let n = p.count;
-        p.children.copy_within(slot + 1..n, slot);
-        p.keys.copy_within(slot + 1..n, slot);
-        p.max_lens.copy_within(slot + 1..n, slot);
-        p.fits.copy_within(slot + 1..n, slot);
-        p.count -= 1;
-        let grandparent = p.parent;
-        if p.count == 0 && grandparent != NONE {
-            self.spare_inners.push(parent);
-            self.unlink(grandparent, parent, level + 1);
-            return;
+    /// Drop the entry at `slot` of `node`. A node left empty is unlinked from its parent the
+    /// same way (the root stays, as an empty leaf); a root left with one child gives way to it.
+    fn take(&mut self, node: u32, slot: usize) {
+        let n = self.node_mut(node);
+        n.take(slot);
+        let (left, parent) = (n.count, n.parent);
+        if left == 0 && parent != NONE {
+            self.spare.push(node);
+            let slot = self.slot_in(parent, node);
+            return self.take(parent, slot);
         }
-        self.fix_up(parent, level + 1, None);
-        while self.height > 0 && self.inners[self.root as usize].count == 1 {
-            let old = self.root;
-            self.root = self.inners[old as usize].children[0];
+        self.fix_up(node, None);
+        while self.height > 0 && self.node(self.root).count == 1 {
+            self.spare.push(self.root);
+            self.root = self.node(self.root).children[0];
+            self.node_mut(self.root).parent = NONE;
             self.height -= 1;
-            self.set_parent(self.root, self.height, NONE);
-            self.spare_inners.push(old);
         }
     }
 
     /// The free range with the largest start `<= key`.
     pub(crate) fn at_or_below(&self, key: u64) -> Option<FreeRange> {
         let leaf = self.leaf_for(key, false)?;
-        let l = &self.leaves[leaf as usize];
-        let slot = l.starts[..l.count].partition_point(|&s| s <= key) - 1;
+        let l = self.node(leaf);
+        let slot = l.keys[..l.count].partition_point(|&s| s <= key) - 1;
         Some(self.range_at(leaf, slot))
     }
 
@@ -504,11 +428,11 @@ impl GapTree {
     pub(crate) fn around(&self, key: u64) -> [Option<FreeRange>; 2] {
         let Some(leaf) = self.leaf_for(key, true) else {
             let first = self.first_leaf(self.root, self.height);
-            let above = (self.leaves[first as usize].count > 0).then(|| self.range_at(first, 0));
+            let above = (self.node(first).count > 0).then(|| self.range_at(first, 0));
             return [None, above];
         };
-        let l = &self.leaves[leaf as usize];
-        let slot = l.starts[..l.count].partition_point(|&s| s < key) - 1;
+        let l = self.node(leaf);
+        let slot = l.keys[..l.count].partition_point(|&s| s < key) - 1;
         let above = if slot + 1 < l.count {
             Some(self.range_at(leaf, slot + 1))
         } else {
@@ -533,29 +457,22 @@ impl GapTree {
         self.search(self.root, self.height, &q)
     }
 
-    /// The highest fit under `node` (at `level`): children and ranges from the highest down,
-    /// entering only those starting at or below the limit that the query admits.
+    /// The highest fit under `node` (at `level`): entries from the highest down, entering only
+    /// those starting at or below the limit that the query admits.
     fn search(&self, node: u32, level: u32, q: &Query) -> Option<Fit> {
-        if level == 0 {
-            let l = &self.leaves[node as usize];
-            return (0..l.count).rev().find_map(|s| {
-                let (start, len) = (l.starts[s], l.lens[s]);
-                if start > q.limit || !q.admits(len, l.fits[s]) {
-                    return None;
-                }
-                let pfn = fit_in(start, len, q.size, q.align, q.limit)?;
-                Some(Fit {
-                    range: self.range_at(node, s),
-                    pfn,
-                })
-            });
-        }
-        let i = &self.inners[node as usize];
-        (0..i.count).rev().find_map(|c| {
-            if i.keys[c] > q.limit || !q.admits(i.max_lens[c], i.fits[c]) {
+        let n = self.node(node);
+        (0..n.count).rev().find_map(|s| {
+            if n.keys[s] > q.limit || !q.admits(n.lens[s], n.fits[s]) {
                 return None;
             }
-            self.search(i.children[c], level - 1, q)
+            if level > 0 {
+                return self.search(n.children[s], level - 1, q);
+            }
+            let pfn = fit_in(n.keys[s], n.lens[s], q.size, q.align, q.limit)?;
+            Some(Fit {
+                range: self.range_at(node, s),
+                pfn,
+            })
         })
     }
 
@@ -564,8 +481,8 @@ impl GapTree {
         let mut out = Vec::with_capacity(self.count);
         let mut leaf = Some(self.first_leaf(self.root, self.height));
         while let Some(id) = leaf {
-            let l = &self.leaves[id as usize];
-            out.extend((0..l.count).map(|s| (l.starts[s], l.lens[s])));
+            let l = self.node(id);
+            out.extend((0..l.count).map(|s| (l.keys[s], l.lens[s])));
             leaf = self.next_leaf(id);
         }
         out
@@ -574,30 +491,27 @@ impl GapTree {
     /// Check the order, the links, the records and the counts of every node (tests).
     pub(crate) fn check(&self) -> Result<(), String> {
         fn walk(t: &GapTree, node: u32, level: u32, parent: u32) -> Result<usize, String> {
-            if t.parent_of(node, level) != parent {
+            let n = t.node(node);
+            if n.parent != parent {
                 return Err(format!("parent link broken at level {level}"));
             }
             if level == 0 {
-                let l = &t.leaves[node as usize];
-                let own =
-                    (0..l.count).all(|s| l.fits[s] == fitsummary::of_range(l.starts[s], l.lens[s]));
-                if !own {
+                if (0..n.count).any(|s| n.fits[s] != fitsummary::of_range(n.keys[s], n.lens[s])) {
                     return Err("a range's fit summary is stale".into());
                 }
-                return Ok(l.count);
+                return Ok(n.count);
             }
-            let i = &t.inners[node as usize];
-            if i.count == 0 || (parent == NONE && i.count < 2) {
-                return Err(format!("inner node with {} children", i.count));
+            if n.count == 0 || (parent == NONE && n.count < 2) {
+                return Err(format!("inner node with {} children", n.count));
             }
             let mut ranges = 0;
-            for c in 0..i.count {
-                let child = i.children[c];
+            for c in 0..n.count {
+                let child = n.children[c];
                 let below = walk(t, child, level - 1, node)?;
                 if below == 0 {
                     return Err("empty child".into());
                 }
-                if (i.keys[c], i.max_lens[c], i.fits[c]) != t.record(child, level - 1) {
+                if (n.keys[c], n.lens[c], n.fits[c]) != t.node(child).record() {
                     return Err(format!("stale record at level {level}"));
                 }
                 ranges += below;
@@ -620,7 +534,7 @@ impl GapTree {
 }
 
 /// Mutable references to two distinct nodes of one store.
-fn split_pair<T>(store: &mut [T], a: u32, b: u32) -> (&mut T, &mut T) {
+fn split_pair(store: &mut [Node], a: u32, b: u32) -> (&mut Node, &mut Node) {
     let (a, b) = (a as usize, b as usize);
     if a < b {
         let (lo, hi) = store.split_at_mut(b);
@@ -629,26 +543,6 @@ fn split_pair<T>(store: &mut [T], a: u32, b: u32) -> (&mut T, &mut T) {
         let (lo, hi) = store.split_at_mut(a);
         (&mut hi[0], &mut lo[b])
     }
-}
-
-fn inner_push(i: &mut Inner, child: u32, record: Record) {
-    let n = i.count;
-    inner_insert(i, n, child, record);
-}
-
-fn inner_insert(i: &mut Inner, slot: usize, child: u32, (key, max_len, fits): Record) {
-    let n = i.count;
-    i.children.copy_within(slot..n, slot + 1);
-    i.keys.copy_within(slot..n, slot + 1);
-    i.max_lens.copy_within(slot..n, slot + 1);
-    i.fits.copy_within(slot..n, slot + 1);
-    (
-        i.children[slot],
-        i.keys[slot],
-        i.max_lens[slot],
-        i.fits[slot],
-    ) = (child, key, max_len, fits);
-    i.count += 1;
 }
 
 /// The highest aligned start of `size` granules inside `[start, start + len)` ending at or
