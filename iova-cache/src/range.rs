@@ -31,9 +31,10 @@
 //!   the caches first, so cached ranges never block it).
 //!
 //! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
-//! [`crate::IovaAllocator`] (sizes up to 32 cached): 3020 instructions per pair (callgrind), 7245
-//! with the treap this B+ tree replaced; 1.15 us mean and 3.8 us p99 per pair, from 2.3 us and
-//! 8.3 us (dmabench, one thread).
+//! [`crate::IovaAllocator`] (sizes up to 32 cached): 2850 instructions per pair (callgrind), 7245
+//! with the treap this B+ tree replaced; 1.14 us CPU per pair and a p99 of 3.2 us, from 2.4 us
+//! and 8.3 us (dmabench, one thread, medians of 3). What remains is mostly cache misses: the
+//! descent to a freed range's neighbours and the removal from the live-allocation map.
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
