@@ -29,7 +29,8 @@
 //! * [`OrigMemory`] is the caller's memory by physical/DMA address ([`RegionMemory`],
 //!   [`ProcessMemory`], or a guest-memory implementation). It copies through [`DmaDst`] /
 //!   [`DmaSrc`]: bounce memory, which a device may touch at any moment, is never lent out as a
-//!   slice and is accessed only with atomic word accesses.
+//!   slice and is accessed only atomically (per byte in assembly on x86-64, per word
+//!   elsewhere).
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
 //! * [`Swiotlb::stats`] returns a [`StatsSnapshot`] (`Display`: the debugfs-style text; serde
 //!   with the `serde` feature).

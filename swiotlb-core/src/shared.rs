@@ -525,6 +525,27 @@ mod tests {
         assert!(back[..CHUNK].iter().all(|&b| b == 9) && back[CHUNK..].iter().all(|&b| b == 2));
     }
 
+    /// The piece buffer is zeroed as far as a copy reaches: bytes a filler leaves alone are
+    /// stored as zeros (never an earlier copy's bytes), for small and for large copies.
+    #[test]
+    fn pieces_a_filler_leaves_alone_are_stored_as_zeros() {
+        let r = SharedRegion::new(CHUNK + 64, 8).unwrap();
+        for len in [1, 5, 64, CHUNK + 11] {
+            r.write(3, &vec![0xAB; len]);
+            let mut seen = Vec::new();
+            r.dst(3, len)
+                .fill_chunks(|_, piece| {
+                    seen.extend_from_slice(piece);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            assert_eq!(seen, vec![0; len], "handed out {len}");
+            let mut back = vec![1u8; len];
+            r.read(3, &mut back);
+            assert_eq!(back, vec![0; len], "stored {len}");
+        }
+    }
+
     #[test]
     fn out_of_range_offsets_are_refused() {
         let r = SharedRegion::new(100, 8).unwrap();
