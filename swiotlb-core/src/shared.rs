@@ -75,17 +75,6 @@ impl<'a> Words<'a> {
         }
     }
 
-    /// The range's first byte: valid for reads and writes (the words are atomics, so
-    /// interior-mutable) of `len` bytes while the words are borrowed.
-    fn first_byte(self) -> *mut u8 {
-        // In bounds by the type's invariant; no arithmetic beyond the allocation.
-        self.words
-            .as_ptr()
-            .cast::<u8>()
-            .cast_mut()
-            .wrapping_add(self.start)
-    }
-
     /// Copy the bytes into `out` (of length `self.len`).
     fn load(self, out: &mut [u8]) {
         copies::load(self, out);

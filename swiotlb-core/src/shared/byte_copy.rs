@@ -29,9 +29,9 @@ use std::arch::asm;
 pub(super) fn load(src: Words<'_>, out: &mut [u8]) {
     assert_eq!(src.len, out.len(), "copy lengths differ");
     // SAFETY: `src` is valid for reads of `len` bytes (a range of live shared words, see
-    // `Words::first_byte`), `out` for writes of as many; the copy is a sequence of byte
+    // `first_byte`), `out` for writes of as many; the copy is a sequence of byte
     // accesses (module documentation).
-    unsafe { move_bytes(out.as_mut_ptr(), src.first_byte(), src.len) }
+    unsafe { move_bytes(out.as_mut_ptr(), first_byte(src), src.len) }
 }
 
 /// Copy `data` (of length `dst.len`) into the bytes of `dst`.
@@ -39,14 +39,14 @@ pub(super) fn store(dst: Words<'_>, data: &[u8]) {
     assert_eq!(dst.len, data.len(), "copy lengths differ");
     // SAFETY: as in `load`, with the roles swapped; shared words may be written through a
     // shared reference (they are atomics).
-    unsafe { move_bytes(dst.first_byte(), data.as_ptr(), dst.len) }
+    unsafe { move_bytes(first_byte(dst), data.as_ptr(), dst.len) }
 }
 
 /// Copy the bytes of `src` to `dst` (of the same length).
 pub(super) fn copy(src: Words<'_>, dst: Words<'_>) {
     assert_eq!(src.len, dst.len, "copy lengths differ");
     // SAFETY: both are ranges of live shared words valid for `len` bytes; see `load`.
-    unsafe { move_bytes(dst.first_byte(), src.first_byte(), src.len) }
+    unsafe { move_bytes(first_byte(dst), first_byte(src), src.len) }
 }
 
 /// Zero the bytes of `dst`.
@@ -57,11 +57,22 @@ pub(super) fn zero(dst: Words<'_>) {
         asm!(
             "rep stosb",
             inout("rcx") dst.len => _,
-            inout("rdi") dst.first_byte() => _,
+            inout("rdi") first_byte(dst) => _,
             in("al") 0u8,
             options(nostack, preserves_flags)
         );
     }
+}
+
+/// The range's first byte: valid for reads and writes (the words are atomics, so
+/// interior-mutable) of `w.len` bytes while the words are borrowed.
+fn first_byte(w: Words<'_>) -> *mut u8 {
+    // In bounds by `Words`' invariant; no arithmetic beyond the allocation.
+    w.words
+        .as_ptr()
+        .cast::<u8>()
+        .cast_mut()
+        .wrapping_add(w.start)
 }
 
 /// `rep movsb`: copy `len` bytes from `src` to `dst`, forwards.
