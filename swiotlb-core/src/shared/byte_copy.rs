@@ -19,8 +19,8 @@
 //!
 //! Overlapping ranges (only possible between two ranges of one region) are copied forwards
 //! byte by byte, as the word copies do: the result is unspecified bytes, never undefined
-//! behaviour. The direction flag is clear on entry to any Rust code (System V ABI), so the
-//! string instructions move forwards.
+//! behaviour. The direction flag is clear on entry to every inline assembly block (a rule of
+//! Rust's `asm!` on x86), so the string instructions move forwards.
 
 use super::Words;
 use std::arch::asm;
