@@ -89,6 +89,12 @@ impl<'a> Words<'a> {
         copies::load(self, out);
     }
 
+    /// Copy the bytes into `out` (of length `self.len`, not necessarily initialised) and
+    /// return it initialised: no zeroing before a copy that overwrites every byte.
+    fn load_uninit(self, out: &mut [MaybeUninit<u8>]) -> &mut [u8] {
+        copies::load_uninit(self, out)
+    }
+
     /// Copy `data` (of length `self.len`) into the bytes.
     fn store(self, data: &[u8]) {
         copies::store(self, data);
@@ -115,10 +121,14 @@ fn pieces(len: usize) -> impl Iterator<Item = (usize, usize)> {
 /// A stack buffer for pieces of a copy of `len` bytes: zeroed only as far as the first piece
 /// reaches (a small copy does not pay for zeroing 4 KiB).
 fn piece_buffer(storage: &mut [MaybeUninit<u8>; CHUNK], len: usize) -> &mut [u8] {
-    let n = len.min(CHUNK);
-    storage[..n].fill(MaybeUninit::new(0));
-    // SAFETY: the first `n` bytes were just initialised; the slice borrows `storage`.
-    unsafe { std::slice::from_raw_parts_mut(storage.as_mut_ptr().cast::<u8>(), n) }
+    zeroed(&mut storage[..len.min(CHUNK)])
+}
+
+/// `out`, zeroed.
+fn zeroed(out: &mut [MaybeUninit<u8>]) -> &mut [u8] {
+    out.fill(MaybeUninit::new(0));
+    // SAFETY: every byte was just initialised; the slice borrows `out`.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()) }
 }
 
 /// Bytes to copy from: device-reachable memory (read with atomic word loads) or the caller's
@@ -217,10 +227,8 @@ impl DmaSrc<'_> {
             Src::Plain(b) => f(0, b),
             Src::Shared(w) => {
                 let mut storage = [MaybeUninit::uninit(); CHUNK];
-                let buf = piece_buffer(&mut storage, w.len);
                 for (off, n) in pieces(w.len) {
-                    w.sub(off, n).load(&mut buf[..n]);
-                    f(off, &buf[..n])?;
+                    f(off, w.sub(off, n).load_uninit(&mut storage[..n]))?;
                 }
                 Ok(())
             }
@@ -371,6 +379,7 @@ mod tests {
     /// `SharedRegion`, `DmaSrc` and `DmaDst` by the other tests).
     struct Copies {
         load: fn(Words<'_>, &mut [u8]),
+        load_uninit: for<'o> fn(Words<'_>, &'o mut [MaybeUninit<u8>]) -> &'o mut [u8],
         store: fn(Words<'_>, &[u8]),
         copy: fn(Words<'_>, Words<'_>),
         zero: fn(Words<'_>),
@@ -378,6 +387,7 @@ mod tests {
 
     const WORD_COPIES: Copies = Copies {
         load: word_copy::load,
+        load_uninit: word_copy::load_uninit,
         store: word_copy::store,
         copy: word_copy::copy,
         zero: word_copy::zero,
@@ -386,6 +396,7 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     const BYTE_COPIES: Copies = Copies {
         load: byte_copy::load,
+        load_uninit: byte_copy::load_uninit,
         store: byte_copy::store,
         copy: byte_copy::copy,
         zero: byte_copy::zero,
@@ -407,6 +418,9 @@ mod tests {
             let mut back = vec![0u8; size];
             (c.load)(r.range(0, size), &mut back);
             assert_eq!(back, model, "write {off}+{len}");
+            let mut storage = vec![MaybeUninit::uninit(); len];
+            let piece = (c.load_uninit)(r.range(off, len), &mut storage);
+            assert_eq!(piece, &model[off..off + len], "read {off}+{len}");
             if len % 3 == 0 {
                 (c.zero)(r.range(off, len));
                 model[off..off + len].fill(0);

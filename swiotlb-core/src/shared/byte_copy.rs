@@ -24,6 +24,7 @@
 
 use super::Words;
 use std::arch::asm;
+use std::mem::MaybeUninit;
 
 /// Copy the bytes of `src` into `out` (of length `src.len`).
 pub(super) fn load(src: Words<'_>, out: &mut [u8]) {
@@ -32,6 +33,18 @@ pub(super) fn load(src: Words<'_>, out: &mut [u8]) {
     // `first_byte`), `out` for writes of as many; the copy is a sequence of byte
     // accesses (module documentation).
     unsafe { move_bytes(out.as_mut_ptr(), first_byte(src), src.len) }
+}
+
+/// Copy the bytes of `src` into `out` (of length `src.len`, not necessarily initialised) and
+/// return it initialised.
+pub(super) fn load_uninit<'o>(src: Words<'_>, out: &'o mut [MaybeUninit<u8>]) -> &'o mut [u8] {
+    assert_eq!(src.len, out.len(), "copy lengths differ");
+    let len = out.len();
+    let out = out.as_mut_ptr().cast::<u8>();
+    // SAFETY: as in `load` (writing uninitialised bytes through a raw pointer is allowed).
+    unsafe { move_bytes(out, first_byte(src), len) };
+    // SAFETY: the copy initialised all `len` bytes; the slice borrows `out`'s buffer.
+    unsafe { std::slice::from_raw_parts_mut(out, len) }
 }
 
 /// Copy `data` (of length `dst.len`) into the bytes of `dst`.

@@ -16,6 +16,7 @@
 
 use super::{Words, CHUNK, WORD};
 use dma_sync::atomic::{untracked::AtomicU64, Ordering::Relaxed};
+use std::mem::MaybeUninit;
 
 /// Copy the bytes of `src` into `out` (of length `src.len`).
 pub(super) fn load(src: Words<'_>, out: &mut [u8]) {
@@ -31,6 +32,14 @@ pub(super) fn load(src: Words<'_>, out: &mut [u8]) {
     if let Some((w, n)) = p.tail {
         out_tail.copy_from_slice(&w.load(Relaxed).to_ne_bytes()[..n]);
     }
+}
+
+/// Copy the bytes of `src` into `out` (of length `src.len`), zeroed first (a word copy cannot
+/// write uninitialised bytes without more unsafe code, and this copy is not the fast one).
+pub(super) fn load_uninit<'o>(src: Words<'_>, out: &'o mut [MaybeUninit<u8>]) -> &'o mut [u8] {
+    let out = super::zeroed(out);
+    load(src, out);
+    out
 }
 
 /// Copy `data` (of length `dst.len`) into the bytes of `dst`.
