@@ -630,11 +630,12 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Inserts, in-place changes and removals in any order keep the parent links, heap
-        /// order and augmentation intact and the ranges equal to a plain map's.
+        /// Inserts, in-place changes and removals in any order keep the links, order and
+        /// records intact, the ranges equal to a plain map's, and the search exact.
         #[test]
         fn updates_match_a_map(
-            ops in proptest::collection::vec((0u64..600, 0u64..8, 8u64..16, proptest::bool::ANY), 1..1500)
+            ops in proptest::collection::vec((0u64..600, 0u64..8, 8u64..16, proptest::bool::ANY), 1..1500),
+            queries in proptest::collection::vec((1u64..12, 0u32..5, 0u64..9700), 1..20),
         ) {
             let mut t = GapTree::new();
             let mut model: BTreeMap<u64, u64> = BTreeMap::new();
@@ -660,6 +661,12 @@ mod tests {
                 proptest::prop_assert_eq!(t.len(), model.len());
             }
             proptest::prop_assert_eq!(t.check(), Ok(()));
+            // The search finds what a scan of every range from the top finds.
+            for (size, k, limit) in queries {
+                let align = 1u64 << k;
+                let scan = model.iter().rev().find_map(|(&s, &l)| fit_in(s, l, size, align, limit));
+                proptest::prop_assert_eq!(t.highest_fit(size, align, limit).map(|f| f.pfn), scan);
+            }
             proptest::prop_assert_eq!(t.ranges(), model.into_iter().collect::<Vec<_>>());
         }
     }
