@@ -42,7 +42,7 @@
 use crate::fitsummary;
 
 /// Most ranges of a leaf and most children of an inner node.
-pub(crate) const FANOUT: usize = 16;
+const FANOUT: usize = 16;
 
 /// No node (the root's parent).
 const NONE: u32 = u32::MAX;
