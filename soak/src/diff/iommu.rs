@@ -32,7 +32,7 @@ use dma_model::swiotlb::{copies_on_sync_for_cpu, copies_on_sync_for_device, copi
 use dma_sync::fault::Site;
 use iova_cache::IovaError;
 use std::time::Duration;
-use swiotlb_core::{Config as TlbConfig, Direction, OrigMemory, Swiotlb};
+use swiotlb_core::{Config as BounceConfig, Direction, OrigMemory, Swiotlb};
 
 /// Bytes of original memory.
 const MEM: usize = 64 * 1024;
@@ -227,16 +227,18 @@ impl World {
                 format!("IOVA span {s:#x}..{e:#x} overlaps live {ls:#x}..{le:#x}")
             })?;
         }
-        let now = self.dom.tlb().tick();
+        let now = self.dom.iotlb().tick();
         for &(us, ue, before) in &self.unmapped {
             if us < e && s < ue {
                 let (cs, ce) = (us.max(s), ue.min(e));
                 // Per granule: the gather may have synced the span in several ranges.
-                let covered = (cs..ce)
-                    .step_by(GRANULE as usize)
-                    .all(|g| self.dom.tlb().covered_between(g, g + GRANULE, before, now));
+                let covered = (cs..ce).step_by(GRANULE as usize).all(|g| {
+                    self.dom
+                        .iotlb()
+                        .covered_between(g, g + GRANULE, before, now)
+                });
                 t.check(covered, || {
-                    let log: Vec<_> = self.dom.tlb().log().into_iter().filter(|i| i.started > before).collect();
+                    let log: Vec<_> = self.dom.iotlb().log().into_iter().filter(|i| i.started > before).collect();
                     format!("IOVA {cs:#x}..{ce:#x} reused without an invalidation after its unmap (clock {before}..{now}; since: {log:?})")
                 })?;
             }
@@ -398,8 +400,8 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         .map(|i| (i * 13 + usize::from(sel)) as u8)
         .collect();
     mem.write(base, &pattern).expect("fresh region");
-    let swiotlb =
-        Swiotlb::new(TlbConfig::tiny(64, 1, BOUNCE_SEG), mem).expect("tiny configuration");
+    let bounce =
+        Swiotlb::new(BounceConfig::tiny(64, 1, BOUNCE_SEG), mem).expect("tiny configuration");
     let levels = 3 + u32::from(sel & 1);
     let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(levels)).expect("tiny geometry");
     cfg.iova.cpus = 2;
@@ -419,7 +421,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         bounce_seg: BOUNCE_SEG,
         live: Default::default(),
     };
-    let dom = Domain::new(cfg, RecordingIotlb::new(), Some(swiotlb)).expect("domain");
+    let dom = Domain::new(cfg, RecordingIotlb::new(), Some(bounce)).expect("domain");
     let other = Domain::new(
         DomainConfig::new(io_pgtable::Config::tiny(2)).expect("tiny"),
         RecordingIotlb::new(),
@@ -638,8 +640,9 @@ fn apply(
         &Op::CpuWrite { off, len, byte } => {
             let o = usize::from(off) % MEM;
             let n = usize::from(len).min(MEM - o);
-            let tlb = w.dom.swiotlb().expect("bounce buffers");
-            tlb.memory()
+            let bounce = w.dom.swiotlb().expect("bounce buffers");
+            bounce
+                .memory()
                 .write(w.base + o as u64, &vec![byte; n])
                 .map_err(|e| t.fail(e.to_string()))?;
             w.mem[o..o + n].fill(byte);
@@ -651,7 +654,7 @@ fn apply(
             }
             let i = usize::from(pick) % w.lists.len();
             let (d, m, _) = w.lists.swap_remove(i);
-            let before = w.dom.tlb().tick();
+            let before = w.dom.iotlb().tick();
             let r = w.dom.unmap_sg(&w.devs[d], &m, Direction::ToDevice);
             t.check(r.is_ok(), || format!("unmap_sg: {r:?}"))?;
             for sg in &m.segments {
@@ -739,7 +742,7 @@ fn unmap(
     let queued = w.dev_model[d].trusted && w.dom.is_lazy();
     let expected = w.model.expect_unmap(d, dma, size, queued);
     let (before, armed, used) = (
-        w.dom.tlb().tick(),
+        w.dom.iotlb().tick(),
         w.refusals.left(),
         bounce_used_of(&w.dom),
     );
@@ -812,8 +815,9 @@ fn list_count(w: &World) -> u64 {
 /// Original memory equals the model, byte for byte.
 fn check_memory(w: &World, t: &Tracker) -> Result<(), Divergence> {
     let mut seen = vec![0u8; MEM];
-    let tlb = w.dom.swiotlb().expect("bounce buffers");
-    tlb.memory()
+    let bounce = w.dom.swiotlb().expect("bounce buffers");
+    bounce
+        .memory()
         .read(w.base, &mut seen)
         .map_err(|e| t.fail(format!("read original: {e}")))?;
     let first = seen.iter().zip(&w.mem).position(|(a, b)| a != b);
