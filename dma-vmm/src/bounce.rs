@@ -1,7 +1,7 @@
 //! swiotlb-core's original memory over vm-memory: bounce copies to and from guest memory.
 //!
 //! [`GuestBytes`] implements [`swiotlb_core::OrigMemory`] for any vm-memory [`GuestMemory`]:
-//! a `GuestMemoryMmap` (original addresses are guest-physical), or an [`crate::IoMemory`]
+//! a `GuestMemoryMmap` (original addresses are guest-physical), or an [`crate::IovaMemory`]
 //! (original addresses are IOVAs, translated and permission-checked). A confidential-VM VMM
 //! gives its swiotlb the guest's private memory this way; `map` copies the guest's buffer into
 //! a persistent shared pool, `unmap` copies the device's bytes back.

@@ -2,7 +2,7 @@
 //!
 //! [`Translate`] is one lookup ("where does this IOVA go, how far, with which rights"); it is
 //! implemented by an io-pgtable [`PageTable`] directly and by a vIOMMU endpoint
-//! ([`crate::viommu::DeviceEndpoint`]). [`Segments`] walks a whole range through it, merging
+//! ([`crate::viommu::Endpoint`]). [`Segments`] walks a whole range through it, merging
 //! physically contiguous leaves. Lookups are lock-free page-table walks; the caller keeps them
 //! valid by running translate *and* the copy inside one [`crate::quiesce::read_section`]
 //! ([`access`] does both).
@@ -92,7 +92,7 @@ pub trait Translate {
     /// The leaf holding `iova`, or why there is none. Called inside a read section.
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault>;
 
-    /// A device access needing `access` met `fault` ([`access`] and `IoMemory` call this,
+    /// A device access needing `access` met `fault` ([`access`] and `IovaMemory` call this,
     /// through [`report`], once per access that faults), so the translation can report it;
     /// a vIOMMU endpoint logs it for the event queue. Only the fault path runs it. Default:
     /// nothing.

@@ -56,7 +56,7 @@ fn device_round_trip_mapped_unmapped_and_read_only() {
         status(&v, map(5, 0x20000, 0x20fff, 0x8000, MAP_F_READ)),
         Status::Ok
     );
-    let io = dev.io_memory(ram.clone());
+    let io = dev.iova_memory(ram.clone());
 
     // Mapped: guest writes, device reads through the IOMMU; device writes, guest reads.
     ram.write_slice(b"request from the guest", GuestAddress(0x4100))
