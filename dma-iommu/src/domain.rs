@@ -487,25 +487,37 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Make the device's writes to `[dma, dma + size)` visible to the CPU (copies a bounced
     /// range back). `dma` may lie anywhere inside a live mapping.
     ///
+    /// Both syncs on one bounced buffer, CPU to device and back:
+    ///
     /// ```
     /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(1 << 20);
     /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
+    /// mem.write(buf, b"old").unwrap();
     /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
     /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
-    /// let dma = dom.map(&dev, buf, 4, Direction::FromDevice).unwrap();
+    /// let dma = dom.map(&dev, buf, 3, Direction::Bidirectional).unwrap(); // copied into the bounce buffer
     /// let mem = dom.swiotlb().unwrap().memory();
-    /// SimulatedDevice::new(&dom, &dev, mem).write(dma, b"pong").unwrap(); // lands in the bounce buffer
-    /// let mut seen = [0u8; 4];
+    /// let hw = SimulatedDevice::new(&dom, &dev, mem);
+    /// let mut seen = [0u8; 3];
+    ///
+    /// mem.write(buf, b"new").unwrap(); // the CPU updates the buffer
+    /// hw.read(dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"old"); // the device still sees the copy
+    /// dom.sync_for_device(&dev, dma, 3, Direction::Bidirectional).unwrap();
+    /// hw.read(dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"new");
+    ///
+    /// hw.write(dma, b"dev").unwrap(); // lands in the bounce buffer
     /// mem.read(buf, &mut seen).unwrap();
-    /// assert_ne!(&seen, b"pong");
-    /// dom.sync_for_cpu(&dev, dma, 4, Direction::FromDevice).unwrap(); // copies it back
+    /// assert_eq!(&seen, b"new");
+    /// dom.sync_for_cpu(&dev, dma, 3, Direction::Bidirectional).unwrap(); // copies it back
     /// mem.read(buf, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"pong");
+    /// assert_eq!(&seen, b"dev");
     /// ```
     pub fn sync_for_cpu(
         &self,
@@ -520,30 +532,8 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
-    /// bounce buffer). `dma` may lie anywhere inside a live mapping.
-    ///
-    /// ```
-    /// use dma_iommu::test_util::SimulatedDevice;
-    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
-    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
-    /// let mem = RegionMemory::new(1 << 20);
-    /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
-    /// mem.write(buf, b"old").unwrap();
-    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
-    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
-    /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
-    /// let dma = dom.map(&dev, buf, 3, Direction::ToDevice).unwrap(); // copied into the bounce buffer
-    /// let mem = dom.swiotlb().unwrap().memory();
-    /// mem.write(buf, b"new").unwrap(); // the CPU updates the buffer
-    /// let hw = SimulatedDevice::new(&dom, &dev, mem);
-    /// let mut seen = [0u8; 3];
-    /// hw.read(dma, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"old"); // the device still sees the copy
-    /// dom.sync_for_device(&dev, dma, 3, Direction::ToDevice).unwrap();
-    /// hw.read(dma, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"new");
-    /// ```
+    /// bounce buffer). `dma` may lie anywhere inside a live mapping. Example: see
+    /// [`Domain::sync_for_cpu`].
     pub fn sync_for_device(
         &self,
         dev: &Device,

@@ -6,6 +6,10 @@
 //! a boundary in DMA space too). The DMA segments returned merge neighbours that are
 //! contiguous in IOVA space, within the device's maximum segment size and boundary.
 //! Untrusted devices map each segment on its own (bounced where needed, as Linux does).
+//!
+//! Both paths are built from the operations a single map uses, through the domain's
+//! `DeviceMapper`: a trusted list is one `NewMapping` with an extent per segment, undone
+//! whole on any error; an untrusted list is one single map per segment.
 
 use crate::device::{Device, DeviceConfig};
 use crate::domain::{DeviceMapper, Domain};
@@ -78,15 +82,20 @@ impl<T: TlbOps + 'static> Domain<T> {
         list: &[PhysSegment],
         dir: Direction,
     ) -> Result<SgMapping, DmaError> {
-        self.with_mapper(dev, |m| {
-            check_list(m.config(), list)?;
-            let mapped = if m.config().trusted {
-                map_contiguous(m, list, dir)
+        self.with_mapper(dev, |mapper| {
+            check_list(mapper.config(), list)?;
+            let contiguous = mapper.config().trusted;
+            let (segments, per_input) = if contiguous {
+                map_contiguous(mapper, list, dir)
             } else {
-                map_each(m, list, dir)
+                map_each(mapper, list, dir)
             }?;
-            m.count_list();
-            Ok(mapped)
+            mapper.count_list();
+            Ok(SgMapping {
+                segments,
+                per_input,
+                contiguous,
+            })
         })
     }
 
@@ -160,47 +169,46 @@ fn place(
     Ok((out, total))
 }
 
+/// The DMA segments to program (merged) and each input segment's DMA address.
+type Mapped = (Vec<DmaSegment>, Vec<u64>);
+
 /// A trusted device's list: one IOVA span, built and undone as a single mapping is.
 fn map_contiguous<T: TlbOps + 'static>(
-    m: &DeviceMapper<'_, T>,
+    mapper: &DeviceMapper<'_, T>,
     list: &[PhysSegment],
     dir: Direction,
-) -> Result<SgMapping, DmaError> {
-    let (placed, total) = place(m.config(), m.granule(), list)?;
+) -> Result<Mapped, DmaError> {
+    let (placed, total) = place(mapper.config(), mapper.granule(), list)?;
     // Undone on any error below: nothing is published before `publish`.
-    let mut new = m.new_list(total, dir)?;
+    let mut new = mapper.new_list(total, dir)?;
     for p in &placed {
         new.map(p.at, p.phys, p.span)?;
     }
     let base = new.iova();
     let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
-    let segments = merge(m.config(), list, &per_input);
+    let segments = merge(mapper.config(), list, &per_input);
     // At most `total`, which did not overflow.
     let total_len = list.iter().map(|s| s.len).sum();
     new.publish(total_len, 0, None)?;
-    Ok(SgMapping {
-        segments,
-        per_input,
-        contiguous: true,
-    })
+    Ok((segments, per_input))
 }
 
 /// An untrusted device's list: one single mapping per segment, all undone if one fails.
 fn map_each<T: TlbOps + 'static>(
-    m: &DeviceMapper<'_, T>,
+    mapper: &DeviceMapper<'_, T>,
     list: &[PhysSegment],
     dir: Direction,
-) -> Result<SgMapping, DmaError> {
+) -> Result<Mapped, DmaError> {
     let mut per_input = Vec::with_capacity(list.len());
     for s in list {
-        match m.map(s.addr, s.len, dir) {
+        match mapper.map(s.addr, s.len, dir) {
             Ok(dma) => per_input.push(dma),
             Err(e) => {
                 // Nothing was handed out: take the fresh mappings down without copying
                 // back (Linux: `DMA_ATTR_SKIP_CPU_SYNC`), so the caller's buffers keep
                 // their bytes and no copy can be refused.
                 for (dma, s) in per_input.iter().zip(list) {
-                    m.undo(*dma, s.len, dir);
+                    mapper.undo(*dma, s.len, dir);
                 }
                 return Err(e);
             }
@@ -211,11 +219,7 @@ fn map_each<T: TlbOps + 'static>(
         .zip(list)
         .map(|(&addr, s)| DmaSegment { addr, len: s.len })
         .collect();
-    Ok(SgMapping {
-        segments,
-        per_input,
-        contiguous: false,
-    })
+    Ok((segments, per_input))
 }
 
 /// Take down a list [`Domain::map_sg`] mapped.

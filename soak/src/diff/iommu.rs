@@ -17,10 +17,10 @@
 //! everything unmapped leaves no live mapping, no allocated IOVA, no bounce slot used and
 //! nothing pending in the flush queue.
 
-use super::directives::{with_fault, Pending};
+use super::directives::{run_step, Directed, Directives, Step};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
-use crate::memory::{Refusals, RefusingMemory};
+use crate::memory::RefusingMemory;
 use arbitrary::Arbitrary;
 use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
@@ -122,9 +122,13 @@ struct World {
     /// Unmapped IOVA spans `[start, end)` with the IOTLB clock before their unmap.
     unmapped: Vec<(u64, u64, u64)>,
     dead: Vec<u64>,
-    /// The fault site armed for the current operation.
-    fault: Option<&'static Site>,
-    refusals: Refusals,
+    directives: Directives,
+}
+
+impl Directed for World {
+    fn directives(&mut self) -> &mut Directives {
+        &mut self.directives
+    }
 }
 
 fn span(dma: u64, size: usize) -> (u64, u64) {
@@ -148,7 +152,7 @@ impl World {
     }
 
     fn armed(&self, site: &'static Site) -> bool {
-        self.fault.is_some_and(|f| std::ptr::eq(f, site))
+        self.directives.armed(site)
     }
 
     /// Whether an armed fault explains `e` (an allocation failure of the call).
@@ -468,8 +472,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         lists: Vec::new(),
         unmapped: Vec::new(),
         dead: Vec::new(),
-        fault: None,
-        refusals,
+        directives: Directives::new(&SITES, refusals),
     };
     dma_sync::cpu::set_current(Some(usize::from(sel >> 4 & 1)));
     let r = run_ops(&mut w, &foreign, &ops);
@@ -493,26 +496,18 @@ fn fq(single: bool, ring_shift: u8) -> FqConfig {
 
 fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(), Divergence> {
     let mut t = Tracker::default();
-    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
-        match *op {
-            Op::Fault(n) => {
-                pending.fault(n, &SITES);
-                continue;
-            }
-            Op::RefuseWrite => {
-                pending.refuse_write();
-                continue;
-            }
-            _ => {}
-        }
-        // Refusals are for the calls that copy back to original memory.
-        let copies_back = matches!(op, Op::Unmap { .. } | Op::Sync { .. });
-        w.fault = pending.take(copies_back, &w.refusals);
-        with_fault(w.fault, || apply(w, &t, foreign, op))?;
-        w.refusals.refuse_next(0);
-        w.fault = None;
+        let step = match *op {
+            Op::Fault(n) => Step::Fault(n),
+            Op::RefuseWrite => Step::RefuseWrite,
+            Op::Unmap { .. } | Op::Sync { .. } => Step::Call { copies_back: true },
+            _ => Step::Call { copies_back: false },
+        };
+        let Some(r) = run_step(w, step, |w| apply(w, &t, foreign, op)) else {
+            continue;
+        };
+        r?;
         let live = w.model.live.len() as u64
             + w.lists
                 .iter()
@@ -743,11 +738,11 @@ fn unmap(
     let expected = w.model.expect_unmap(d, dma, size, queued);
     let (before, armed, used) = (
         w.dom.iotlb().tick(),
-        w.refusals.left(),
+        w.directives.refusals.left(),
         bounce_used_of(&w.dom),
     );
     let real = w.dom.unmap(&w.devs[d], dma, size, dir.real());
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let Ok((_, a)) = expected else {
         return t.same("unmap", real.map(|_| ()), expected.map(|_| ()));
     };
@@ -846,13 +841,13 @@ fn sync(
     let inside = w.containing(dma);
     let d = inside.map_or(0, |(a, _)| w.model.live[&a].dev);
     let dir = inside.map_or(Direction::Bidirectional, |(a, _)| w.model.live[&a].dir);
-    let armed = w.refusals.left();
+    let armed = w.directives.refusals.left();
     let real = if for_cpu {
         w.dom.sync_for_cpu(&w.devs[d], dma, size, dir)
     } else {
         w.dom.sync_for_device(&w.devs[d], dma, size, dir)
     };
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let copies = if for_cpu {
         copies_on_sync_for_cpu(dir)
     } else {

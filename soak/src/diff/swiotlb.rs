@@ -16,10 +16,10 @@
 //! be exact and `check_invariants` must pass; at the end everything unmapped leaves no slot
 //! used and no transient pool.
 
-use super::directives::{with_fault, Pending};
+use super::directives::{run_step, Directed, Directives, Step};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
-use crate::memory::{Refusals, RefusingMemory};
+use crate::memory::RefusingMemory;
 use arbitrary::Arbitrary;
 use dma_model::swiotlb::{copies_on_sync_for_cpu, copies_on_sync_for_device, copies_on_unmap};
 use dma_model::swiotlb::{plan, Masks, Plan, SlotSpace};
@@ -128,9 +128,13 @@ struct World {
     /// The high-water mark was reset and no allocation raised it since (it may lie below
     /// `used` until then, as in Linux).
     hiwater_reset: bool,
-    /// The fault site armed for the current operation.
-    fault: Option<&'static Site>,
-    refusals: Refusals,
+    directives: Directives,
+}
+
+impl Directed for World {
+    fn directives(&mut self) -> &mut Directives {
+        &mut self.directives
+    }
 }
 
 impl World {
@@ -152,7 +156,7 @@ impl World {
     }
 
     fn armed(&self, site: &'static Site) -> bool {
-        self.fault.is_some_and(|f| std::ptr::eq(f, site))
+        self.directives.armed(site)
     }
 
     /// Add the global pools (those `stats` lists) the model does not know yet.
@@ -390,30 +394,21 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         dead: Vec::new(),
         space: SlotSpace::default(),
         hiwater_reset: false,
-        fault: None,
-        refusals,
+        directives: Directives::new(&SITES, refusals),
     };
     w.learn_pools();
-    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
-        match *op {
-            Op::Fault(n) => {
-                pending.fault(n, &SITES);
-                continue;
-            }
-            Op::RefuseWrite => {
-                pending.refuse_write();
-                continue;
-            }
-            _ => {}
-        }
-        // Refusals are for the calls that copy back to original memory.
-        let copies_back = matches!(op, Op::Unmap { .. } | Op::SyncForCpu { .. });
-        w.fault = pending.take(copies_back, &w.refusals);
-        let whole = with_fault(w.fault, || apply(&mut w, &t, op))?;
-        w.refusals.refuse_next(0);
-        w.fault = None;
+        let step = match *op {
+            Op::Fault(n) => Step::Fault(n),
+            Op::RefuseWrite => Step::RefuseWrite,
+            Op::Unmap { .. } | Op::SyncForCpu { .. } => Step::Call { copies_back: true },
+            _ => Step::Call { copies_back: false },
+        };
+        let Some(whole) = run_step(&mut w, step, |w| apply(w, &t, op)) else {
+            continue;
+        };
+        let whole = whole?;
         w.check_bytes(&t, whole)?;
         check_accounting(&t, &w)?;
     }
@@ -501,7 +496,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             let size = w.len(len, whole_len, 0);
             let dev = m.as_ref().map_or(0, |m| m.dev);
             let used = w.swiotlb.stats().used;
-            let armed = w.refusals.left();
+            let armed = w.directives.refusals.left();
             let real = w.swiotlb.unmap(
                 &w.devs[dev],
                 addr,
@@ -512,7 +507,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
                     ..Default::default()
                 },
             );
-            let refused = w.refusals.left() < armed;
+            let refused = w.directives.refusals.left() < armed;
             match (real, m.filter(|_| start == Some(addr))) {
                 // Releasing an allocation through unmap is the caller's own loss, as in
                 // Linux; it may also refuse (no original to copy back to).
@@ -729,13 +724,13 @@ fn sync(
     let size = w.len(len, whole_len, inside.map_or(0, |(_, o)| o));
     let dev = inside.map_or(0, |(a, _)| w.live[&a].dev);
     let d = &w.devs[dev];
-    let armed = w.refusals.left();
+    let armed = w.directives.refusals.left();
     let real = if for_cpu {
         w.swiotlb.sync_for_cpu(d, addr, size, dir.real())
     } else {
         w.swiotlb.sync_for_device(d, addr, size, dir.real())
     };
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let copies = if for_cpu {
         copies_on_sync_for_cpu(dir.real())
     } else {
