@@ -43,12 +43,12 @@ pub mod translate;
 pub mod viommu;
 
 #[cfg(feature = "vm-memory")]
-pub mod bounce;
+pub mod guest_bytes;
 #[cfg(feature = "vm-memory")]
 pub mod iova_memory;
 
 #[cfg(feature = "vm-memory")]
-pub use bounce::GuestBytes;
+pub use guest_bytes::GuestBytes;
 #[cfg(feature = "vm-memory")]
 pub use iova_memory::IovaMemory;
 pub use translate::{Fault, Leaf, Segment, Segments, Translate};
