@@ -413,7 +413,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.with_mapper(dev, |m| m.unmap(dma, size as u64, dir, Kind::Single))
+        self.with_mapper(dev, |m| m.unmap(dma, size as u64, dir))
     }
 
     /// Unmap a mapping made by [`Domain::map_resource`].
@@ -424,7 +424,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.with_mapper(dev, |m| m.unmap(dma, size as u64, dir, Kind::Resource))
+        self.with_mapper(dev, |_| {
+            self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource, true)
+        })
     }
 
     /// Unmap the mapping of `kind` at `dma` of a device checked to be this domain's; a
@@ -705,15 +707,21 @@ impl<'d, T: TlbOps + 'static> DeviceMapper<'d, T> {
         self.domain.stats.count(Event::List);
     }
 
-    /// Unmap the mapping of `kind` at `dma`, copying a bounced one back (by direction).
-    pub(crate) fn unmap(
+    /// Unmap the single mapping at `dma`, copying a bounced one back (by direction).
+    pub(crate) fn unmap(&self, dma: u64, size: u64, dir: Direction) -> Result<Unmapped, DmaError> {
+        self.domain
+            .unmap_kind(self.dev, dma, size, dir, Kind::Single, true)
+    }
+
+    /// Unmap the scatter list whose span starts at `iova` ([`DeviceMapper::new_list`]).
+    pub(crate) fn unmap_list(
         &self,
-        dma: u64,
+        iova: u64,
         size: u64,
         dir: Direction,
-        kind: Kind,
     ) -> Result<Unmapped, DmaError> {
-        self.domain.unmap_kind(self.dev, dma, size, dir, kind, true)
+        self.domain
+            .unmap_kind(self.dev, iova, size, dir, Kind::List, true)
     }
 
     /// Take down a mapping [`DeviceMapper::map`] made in this call (an undo): no copy-back,

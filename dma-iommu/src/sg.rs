@@ -15,7 +15,6 @@ use crate::device::{Device, DeviceConfig};
 use crate::domain::{DeviceMapper, Domain};
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
-use crate::registry::Kind;
 use crate::strictness::Unmapped;
 use swiotlb_core::Direction;
 
@@ -239,7 +238,7 @@ fn unmap<T: TlbOps + 'static>(
             .iter()
             .try_fold(0u64, |sum, s| sum.checked_add(s.len))
             .ok_or(DmaError::Overflow)?;
-        return mapper.unmap(base, size, dir, Kind::List);
+        return mapper.unmap_list(base, size, dir);
     }
     // Every segment is unmapped even if a copy-back was lost (that mapping is gone anyway);
     // the first loss is reported. A refusal (an address that is not a live mapping) stops at
@@ -247,7 +246,7 @@ fn unmap<T: TlbOps + 'static>(
     let mut how = Unmapped::Synced;
     let mut lost = None;
     for s in &m.segments {
-        match mapper.unmap(s.addr, s.len, dir, Kind::Single) {
+        match mapper.unmap(s.addr, s.len, dir) {
             Ok(h) => how = h,
             Err(e @ DmaError::LostCopyBack { .. }) => {
                 lost.get_or_insert(e);
