@@ -14,7 +14,7 @@
 //! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
 //! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
 //! the domain's `Backend` (module `backend`), shared with [`Strictness`]. Scatter lists
-//! (module `sg`) are built from the same operations, reached through a [`DeviceMapper`].
+//! (module `sg`) are built from the same operations, reached through a `DeviceMapper`.
 //!
 //! Details:
 //!
