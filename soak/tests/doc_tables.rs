@@ -67,7 +67,9 @@ fn table_rows(text: &str) -> Vec<Vec<String>> {
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
     rows.iter()
         .zip(rows.iter().skip(1).map(Some).chain([None]))
-        .filter(|(row, next)| !row.starts_with("|---") && !next.is_some_and(|n| n.starts_with("|---")))
+        .filter(|(row, next)| {
+            !row.starts_with("|---") && !next.is_some_and(|n| n.starts_with("|---"))
+        })
         .map(|(row, _)| {
             let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
             inner.split(" | ").map(|c| c.trim().to_string()).collect()
@@ -87,7 +89,12 @@ struct Site {
 fn declared_sites() -> Vec<Site> {
     let mut crates: Vec<String> = std::fs::read_dir(workspace())
         .expect("the workspace")
-        .map(|e| e.expect("a directory entry").file_name().into_string().unwrap())
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .into_string()
+                .unwrap()
+        })
         .filter(|c| workspace().join(c).join("src/faults.rs").is_file())
         .collect();
     crates.sort();
@@ -167,7 +174,12 @@ fn fuzz_targets() -> Vec<Target> {
         .collect();
     let files: Names = std::fs::read_dir(workspace().join("fuzz/fuzz_targets"))
         .expect("fuzz/fuzz_targets")
-        .map(|e| format!("fuzz_targets/{}", e.unwrap().file_name().into_string().unwrap()))
+        .map(|e| {
+            format!(
+                "fuzz_targets/{}",
+                e.unwrap().file_name().into_string().unwrap()
+            )
+        })
         .collect();
     let paths: Names = bins.iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(
@@ -267,7 +279,12 @@ fn the_docs_name_the_sites_each_harness_arms() {
             .find(|r| r[0] == format!("`{}`", t.name))
             .unwrap_or_else(|| panic!("DESIGN.md \"Fuzz targets\" has no row `{}`", t.name));
         let place = format!("DESIGN.md \"Fuzz targets\", row `{}`", t.name);
-        assert_same(&place, &sites_among(&sites, &backticked(&row.join(" | "))), &armed, &t.checker_file);
+        assert_same(
+            &place,
+            &sites_among(&sites, &backticked(&row.join(" | "))),
+            &armed,
+            &t.checker_file,
+        );
         let bullet = bullets
             .split("\n* ")
             .find(|b| b.starts_with(&format!("`{}`:", t.name)));
@@ -308,16 +325,19 @@ fn the_docs_name_the_sites_each_harness_arms() {
         .iter()
         .flat_map(|r| backticked(&r[0]))
         .map(|name| {
-            let site = sites
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap_or_else(|| panic!("dma-iommu/src/faults.rs: `{name}` is no declared fault site"));
+            let site = sites.iter().find(|s| s.name == name).unwrap_or_else(|| {
+                panic!("dma-iommu/src/faults.rs: `{name}` is no declared fault site")
+            });
             site.constant.clone()
         })
         .collect();
     let under_a_domain: Names = armed_in(&sites, "soak/src/diff/iommu.rs")
         .into_iter()
-        .filter(|c| sites.iter().any(|s| &s.constant == c && s.krate != "dma-iommu"))
+        .filter(|c| {
+            sites
+                .iter()
+                .any(|s| &s.constant == c && s.krate != "dma-iommu")
+        })
         .collect();
     assert_same(
         "dma-iommu/src/faults.rs \"Sites reached through a domain\"",
