@@ -1,6 +1,7 @@
-//! The docs' lists of the workspace's parts: README's tour names every crate directory, DESIGN.md
-//! names every loom model module of `loom-tests/tests/loom/` in its loom-tests section, and every
-//! bad-input table of `soak/bad-input/`, each existing.
+//! The docs' lists of the workspace's parts: README's tour names every crate directory and the
+//! stages of `scripts/test-all`; DESIGN.md names every loom model module of
+//! `loom-tests/tests/loom/` in its loom-tests section and every bad-input table of
+//! `soak/bad-input/`. Each list names nothing that does not exist.
 
 use crate::docs::{backticked, entries, read, section, table_rows, workspace, Names};
 
@@ -63,5 +64,29 @@ fn design_names_every_bad_input_table() {
         named,
         entries("soak/bad-input"),
         "DESIGN.md \"Bad input\": the tables named differ from the files of soak/bad-input/"
+    );
+}
+
+#[test]
+fn the_readme_names_every_stage_of_test_all() {
+    let stages: Names = read("scripts/test-all")
+        .lines()
+        .find_map(|l| l.split_once("&& stages=(").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_once(')'))
+        .expect("scripts/test-all: the default `... && stages=(stage ...)`")
+        .0
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let readme = read("README.md");
+    let sentence = readme
+        .split_once("runs selected stages (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .expect("README.md: \"`scripts/test-all ...` runs selected stages (`stage`, ...)\"")
+        .0;
+    assert_eq!(
+        backticked(sentence),
+        stages,
+        "README.md names other stages than scripts/test-all runs"
     );
 }

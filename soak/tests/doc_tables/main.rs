@@ -9,8 +9,8 @@
 //!   targets" table, the stable replay and `scripts/fuzz`; the seeds the docs name;
 //! * `miri`: the crates `scripts/miri` runs and the tests they keep from Miri, as DESIGN.md
 //!   "Miri coverage" lists them;
-//! * `layout`: README's tour of the crates, DESIGN.md's list of the loom model modules and of
-//!   the bad-input tables.
+//! * `layout`: README's tour of the crates and the stages of `scripts/test-all`, DESIGN.md's
+//!   lists of the loom model modules and of the bad-input tables.
 #![cfg(not(loom))]
 
 mod docs;
