@@ -10,7 +10,8 @@
 //! * `miri`: the crates `scripts/miri` runs and the tests they keep from Miri, as DESIGN.md
 //!   "Miri coverage" lists them;
 //! * `layout`: README's tour of the crates and the stages of `scripts/test-all`, DESIGN.md's
-//!   lists of the loom model modules and of the bad-input tables.
+//!   lists of the loom model modules and of the bad-input tables;
+//! * `paths`: every source file and script README.md and DESIGN.md name exists.
 #![cfg(not(loom))]
 
 mod docs;
@@ -18,3 +19,4 @@ mod fault_sites;
 mod fuzz_targets;
 mod layout;
 mod miri;
+mod paths;
