@@ -1,9 +1,12 @@
 //! Every source file and script README.md and DESIGN.md name exists. A backticked `*.rs`,
 //! `*.litmus` or `*.toml` path is a workspace path or ends the path of a file: of the crate
 //! its heading names (`## swiotlb-core`, `### dma-iommu`), or of the workspace under other
-//! headings. A backticked command starting with `scripts/` must name a script.
+//! headings. A backticked command starting with `scripts/` must name a script, and a cargo
+//! command's `-p` a workspace package, its `--test` a test and its `--example` an example of
+//! that package (lines of code blocks count as commands too).
 
 use crate::docs::{backticked, entries, read, workspace};
+use std::collections::BTreeMap;
 
 /// Every file path of the workspace, build output and version control left out.
 fn all_files(relative: &str, into: &mut Vec<String>) {
@@ -65,13 +68,69 @@ fn every_file_the_docs_name_exists() {
                     .map_or(String::new(), |k| format!(" (in {k})"));
                 assert!(found, "{doc} names `{name}`, which is no file{place}");
             }
-            for command in named.iter().filter(|n| n.starts_with("scripts/")) {
-                let script = command.split_whitespace().next().unwrap_or_default();
-                assert!(
-                    workspace().join(script).is_file(),
-                    "{doc} names `{command}`, but there is no {script}"
-                );
+            for command in named.iter().flat_map(|n| n.lines()) {
+                check_command(doc, command);
             }
+        }
+    }
+}
+
+/// Workspace packages by name, with their directories.
+fn packages() -> BTreeMap<String, String> {
+    entries(".")
+        .into_iter()
+        .filter(|d| workspace().join(d).join("Cargo.toml").is_file())
+        .filter_map(|dir| {
+            let manifest = read(&format!("{dir}/Cargo.toml"));
+            let name = manifest
+                .lines()
+                .find_map(|l| l.strip_prefix("name = \""))?
+                .trim_end_matches('"')
+                .to_string();
+            Some((name, dir))
+        })
+        .collect()
+}
+
+/// A command line of the docs (a trailing `# comment` left out): its script exists, or its
+/// cargo package, test target and example do.
+fn check_command(doc: &str, line: &str) {
+    let words: Vec<&str> = line
+        .split(" #")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    if let Some(script) = words.first().filter(|w| w.starts_with("scripts/")) {
+        assert!(
+            workspace().join(script).is_file(),
+            "{doc} names `{line}`, but there is no {script}"
+        );
+    }
+    if !words.contains(&"cargo") {
+        return;
+    }
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag)?;
+        words
+            .get(at + 1)
+            .filter(|w| !w.starts_with('-') && !w.contains('<'))
+    };
+    let Some(package) = after("-p") else {
+        return;
+    };
+    let packages = packages();
+    let dir = packages
+        .get(*package)
+        .unwrap_or_else(|| panic!("{doc} names `{line}`, but there is no package {package}"));
+    for (flag, folder) in [("--test", "tests"), ("--example", "examples")] {
+        if let Some(target) = after(flag) {
+            let file = format!("{dir}/{folder}/{target}.rs");
+            let main = format!("{dir}/{folder}/{target}/main.rs");
+            assert!(
+                workspace().join(&file).is_file() || workspace().join(&main).is_file(),
+                "{doc} names `{line}`, but there is no {file} or {main}"
+            );
         }
     }
 }
