@@ -136,8 +136,8 @@ fn the_docs_name_the_sites_each_harness_arms() {
     let sites = declared_sites();
     let design = read("DESIGN.md");
 
-    // The "Fuzz targets" table (its "Operations" column) and the "Fault injection" bullet of
-    // each target name the sites its checker arms, all of them.
+    // A target's row of the "Fuzz targets" table and its "Fault injection" bullet each
+    // name the sites its checker arms, all of them.
     let fuzz_table = table_rows(section(&design, "DESIGN.md", "### Fuzz targets"));
     let bullets = section(&design, "DESIGN.md", "### Fault injection");
     for t in fuzz_targets() {
