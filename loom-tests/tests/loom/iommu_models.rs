@@ -66,11 +66,11 @@ impl Iommu {
 
     /// The device performs one DMA to IOVA `i`.
     fn dma(&self, i: usize) {
-        let mut tlb = self.iotlb.lock();
-        if !tlb[i] && self.leaves[i].load(Ordering::Acquire) != 0 {
-            tlb[i] = true;
+        let mut iotlb = self.iotlb.lock();
+        if !iotlb[i] && self.leaves[i].load(Ordering::Acquire) != 0 {
+            iotlb[i] = true;
         }
-        if tlb[i] {
+        if iotlb[i] {
             // SAFETY: loom tracks the access; a race with a free is reported.
             let v = self.pages[i].with(|p| unsafe { *p });
             assert_ne!(
@@ -115,8 +115,8 @@ impl InvalidationOps for Iommu {
     fn sync(&self, gather: &mut Gather) {
         self.touch_handle();
         let r = gather.range().expect("a strict unmap gathered its range");
-        let mut tlb = self.iotlb.lock();
-        for (i, c) in tlb.iter_mut().enumerate() {
+        let mut iotlb = self.iotlb.lock();
+        for (i, c) in iotlb.iter_mut().enumerate() {
             if (r.start..=r.end).contains(&(i as u64 * 0x1000)) {
                 *c = false;
             }
@@ -437,7 +437,7 @@ fn real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device, u64) {
     let dma = dom
         .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
         .unwrap();
-    *dom.tlb().cached.lock() = Some(dma); // the device has used the mapping
+    *dom.iotlb().cached.lock() = Some(dma); // the device has used the mapping
     (dom, dev, dma)
 }
 
@@ -454,7 +454,7 @@ fn spawn_real_unmap(dom: &Arc<RealDomain>, dev: &Device, dma: u64) -> JoinHandle
 /// a miss) and, while using the translation, checks that the IOVA is still allocated.
 fn spawn_real_device(dom: &Arc<RealDomain>, dma: u64) -> JoinHandle<()> {
     spawn_on(dom, move |dom| {
-        let mut cached = dom.tlb().cached.lock();
+        let mut cached = dom.iotlb().cached.lock();
         if cached.is_none() && dom.translate(dma).is_some() {
             *cached = Some(dma);
         }
