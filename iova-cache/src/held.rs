@@ -156,11 +156,11 @@ const NO_LEAF: LastLeaf = LastLeaf {
 };
 
 #[cfg(not(loom))]
-std::thread_local! {
+dma_sync::thread::thread_local! {
     static LAST_LEAF: Cell<LastLeaf> = const { Cell::new(NO_LEAF) };
 }
 #[cfg(loom)]
-loom::thread_local! {
+dma_sync::thread::thread_local! {
     static LAST_LEAF: Cell<LastLeaf> = Cell::new(NO_LEAF);
 }
 
