@@ -12,8 +12,8 @@
 //! `held`); the size classes in a fixed array (no pointer to follow, no bounds check on the
 //! class); one thread-local read for the CPU id. The checked bound (6×) is still missed by
 //! about 3%: the four locked instructions alone are most of it. A byte per slot instead of a
-//! bit would make the claim a plain store (about 1 ns less per pair in a bare loop) but eight times the
-//! memory, and the random free at 1M live then misses the CPU's cache.
+//! bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
+//! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
 //! Random free+alloc (checked) at 1M live costs 1.5× the same at 1k live (dmabench: 31 vs 20 ns;
 //! 9× before). Nothing in the allocator grows with the live count (every op is a cache hit), so
