@@ -112,9 +112,10 @@ unsafe fn drop_box<T>(p: *mut T) {
 pub(crate) struct Held {
     /// This map's id for [`LastLeaf`].
     id: u64,
-    /// First pfn and last pfn of the space.
+    /// First pfn of the space, its last pfn's offset from it, and its first leaf's number.
     start: u64,
-    end: u64,
+    last: u64,
+    first_leaf: u64,
     /// Interior levels above the leaves (0: `root` is a leaf).
     depth: u32,
     root: *mut Node,
@@ -185,14 +186,16 @@ impl Held {
         Some(Self {
             id: fresh_id(),
             start,
-            end,
+            last: end - start,
+            first_leaf: start >> LEAF_SHIFT,
             depth,
             root,
         })
     }
 
-    /// Leaf number `leaf` of the space, creating missing nodes if `create`; `None` if it does
-    /// not exist (and `create` is false) or its memory cannot be had.
+    /// The leaf of pfns `leaf << LEAF_SHIFT ..` (inside the space), creating missing nodes if
+    /// `create`; `None` if it does not exist (and `create` is false) or its memory cannot be
+    /// had.
     #[inline]
     fn leaf(&self, leaf: u64, create: bool) -> Option<&Leaf> {
         let last = LAST_LEAF.with(Cell::get);
@@ -215,6 +218,7 @@ impl Held {
 
     /// [`leaf`](Self::leaf) down from the root.
     fn walk(&self, leaf: u64, create: bool) -> Option<&Leaf> {
+        let leaf = leaf - self.first_leaf;
         let mut node = self.root;
         let mut shift = FAN_BITS * self.depth;
         while shift > 0 {
@@ -265,10 +269,10 @@ impl Held {
     /// The word and bit of class `order`'s slot at `pfn`, if `pfn` lies in the space.
     #[inline]
     fn bit(&self, pfn: u64, order: u32, create: bool) -> Option<(&AtomicU64, u64)> {
-        if pfn.wrapping_sub(self.start) > self.end - self.start {
+        if pfn.wrapping_sub(self.start) > self.last {
             return None;
         }
-        let leaf = self.leaf((pfn >> LEAF_SHIFT) - (self.start >> LEAF_SHIFT), create)?;
+        let leaf = self.leaf(pfn >> LEAF_SHIFT, create)?;
         let (word, mask) = position(pfn & ((1 << LEAF_SHIFT) - 1), order);
         Some((&leaf.words[word], mask))
     }
