@@ -142,6 +142,11 @@ pub fn current() -> usize {
 #[inline]
 pub fn current_in(n: usize) -> usize {
     let c = current();
+    if c < n {
+        // One shard per CPU (the common configuration): already in range, and what the mask
+        // or the remainder below would give.
+        return c;
+    }
     if n.is_power_of_two() {
         c & (n - 1)
     } else {

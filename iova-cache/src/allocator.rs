@@ -3,20 +3,20 @@
 //! # What a pair costs
 //!
 //! A checked alloc+free pair is four locked instructions (two slot locks, the `held` bit set and
-//! clear); the rest is about 240 instructions (160 unchecked: [`IovaConfig::checked_frees`] off,
+//! clear); the rest is about 230 instructions (155 unchecked: [`IovaConfig::checked_frees`] off,
 //! as dma-iommu configures it, which tracks ownership in its page table). Measured with dmabench
 //! (floor and iova only, one thread, ratios to the same run's CAS floor, median of three): checked
-//! 6.15× (16.0 ns; 7.6× before the changes below), unchecked 3.94× (10.2 ns; 4.2× before). What
+//! 5.87× (15.2 ns; 7.6× before the changes below), unchecked 3.82× (9.9 ns; 4.2× before). What
 //! brought the instructions down from 340 and 180: the `held` claim and release inline, with a
 //! per-thread memo of the last leaf instead of a walk down the radix map on every call (module
 //! `held`); the size classes in a fixed array (no pointer to follow, no bounds check on the
-//! class); one thread-local read for the CPU id. The checked bound (6×) is still missed by
-//! about 3%: the four locked instructions alone are most of it. A byte per slot instead of a
-//! bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
+//! class); one thread-local read for the CPU id, and no reduction when it is already a slot
+//! number. The four locked instructions are now most of the cost. A byte per slot instead of
+//! a bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
 //! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
-//! Random free+alloc (checked) at 1M live costs 1.5× the same at 1k live (dmabench: 31 vs 20 ns;
-//! 9× before). Nothing in the allocator grows with the live count (every op is a cache hit), so
+//! Random free+alloc (checked) at 1M live costs 1.45× the same at 1k live (dmabench: 28 vs
+//! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache hit), so
 //! the per-op footprint is what a random free touches: its `held` bit, in a class's own cache
 //! lines (128 KiB of bits for 1M single granules, which stay in the CPU's cache), and its leaf.
 //! The rest of the former 9× was the benchmark's own array of held ranges (24 MB at 1M) missing
