@@ -16,12 +16,12 @@
 //! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
 //! Random free+alloc (checked) at 1M live costs 1.45× the same at 1k live (dmabench: 28 vs
-//! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache hit), so
-//! the per-op footprint is what a random free touches: its `held` bit, in a class's own cache
-//! lines (128 KiB of bits for 1M single granules, which stay in the CPU's cache), and its leaf.
-//! The rest of the former 9× was the benchmark's own array of held ranges (24 MB at 1M) missing
-//! the caches and the TLB on every op; the case now prefetches it ahead on huge pages, alike at
-//! every live count (see the benches' `fragmented`).
+//! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache
+//! hit), so the per-op footprint is what a random free touches: its `held` bit, in a class's
+//! own cache lines (128 KiB of bits for 1M single granules, which stay in the CPU's cache), and
+//! its leaf. The rest of the former 9× was the benchmark's own array of held ranges (24 MB at
+//! 1M) missing the caches and the TLB on every op; the case now prefetches it ahead on huge
+//! pages, alike at every live count (see the benches' `fragmented`).
 
 use crate::config::{IovaConfig, MAX_CACHED_GRANULES};
 use crate::error::IovaError;
