@@ -1,49 +1,140 @@
 //! Lock-free readers: translation and the debug walk, under one RCU pin, with no lock and
 //! no shared write.
+//!
+//! # The translation walk
+//!
+//! A translation is a dependent load chase: each level's descriptor gives the next table's
+//! address. The walk adds only what correctness needs on top of the chase — a range check, an
+//! acquire per load, the two type bits per level, and the leaf's answer — so it runs close to
+//! the chase floor:
+//!
+//! * **One walk per geometry kind, chosen once.** [`select`] picks, when the table is built, a
+//!   walk monomorphised on the start level, the output-address format (packed `PA[51:48]` or
+//!   not) and whether the granule is 4 KiB; a translation is one call through that pointer,
+//!   with no dispatch on the geometry. Each walk is fully unrolled; with the 4 KiB granule
+//!   every shift and mask is a constant, and without packed `PA[51:48]` the next table's
+//!   address is one mask away, so each level's dependent chain is a load and an AND.
+//! * **No reload of the geometry.** The input-size check makes the start level's index mask
+//!   redundant (the input size is the start level's shift plus its index bits), and whatever
+//!   else a walk needs from the geometry is read before the first acquire load, above which
+//!   the compiler may not move later reads.
+//! * **No decoding.** The leaf's answer ([`Translation`]) is the output address, the raw
+//!   descriptor and three bytes the walk already knows; protections are decoded when asked.
 
-use crate::config::{Geometry, Walk};
+use crate::config::{Geometry, Granule, Stage};
 use crate::dump::{Dump, WalkEntry};
 use crate::pgtable::PageTable;
 use crate::points::{READER_PIN, WALK_ACQUIRE};
-use crate::pte::{self, Descriptor, Prot, TYPE_TABLE_OR_PAGE, VALID};
+use crate::pte::{self, Descriptor, TYPE_TABLE_OR_PAGE, VALID};
 use crate::tlb::TlbOps;
+use crate::translation::Translation;
 use dma_sync::atomic::{AtomicU64, Ordering::Acquire};
 use dma_sync::rcu::{self, Guard};
 
-/// The result of a translation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Translation {
-    /// The output address of the translated input address (leaf base plus offset).
-    pub paddr: u64,
-    /// The leaf's protections.
-    pub prot: Prot,
-    /// The level of the leaf (3 for a page).
-    pub level: u32,
-    /// The leaf's size (page or block).
-    pub size: u64,
-    /// The raw leaf descriptor.
-    pub desc: u64,
+/// A translation walk specialised for one kind of geometry; the guard is the caller's proof
+/// that the tables it reaches stay alive.
+pub(crate) type WalkFn<T> = fn(&PageTable<T>, &Guard, u64) -> Option<Translation>;
+
+/// The translation walk of tables with geometry `g`.
+pub(crate) fn select<T: TlbOps>(g: &Geometry) -> WalkFn<T> {
+    let pa52 = g.oa_hi_mask() != 0;
+    let g4k = g.config().granule == Granule::Size4K;
+    match (g.start_level(), pa52, g4k) {
+        (0, false, true) => translate_in::<T, 0, false, true>,
+        (1, false, true) => translate_in::<T, 1, false, true>,
+        (2, false, true) => translate_in::<T, 2, false, true>,
+        (3, false, true) => translate_in::<T, 3, false, true>,
+        (0, false, false) => translate_in::<T, 0, false, false>,
+        (1, false, false) => translate_in::<T, 1, false, false>,
+        (2, false, false) => translate_in::<T, 2, false, false>,
+        (3, false, false) => translate_in::<T, 3, false, false>,
+        // A 52-bit output field exists only with the 64 KiB granule.
+        (0, true, _) => translate_in::<T, 0, true, false>,
+        (1, true, _) => translate_in::<T, 1, true, false>,
+        (2, true, _) => translate_in::<T, 2, true, false>,
+        (3, true, _) => translate_in::<T, 3, true, false>,
+        (start, ..) => unreachable!("start level {start} above 3"),
+    }
 }
 
-/// The translation of `iova` by the descriptor `d` that ended a walk at `level`, whose
-/// output address is `base` (decoded by the caller's walk) and whose leaf size is `size`:
-/// the same answer as [`pte::decode`] (a test checks it), without decoding what the walk
-/// already knows.
+/// Translate `iova` in `pt`, whose tables start at level `START`, whose descriptors pack
+/// `PA[51:48]` iff `PA52`, with the 4 KiB granule iff `G4K` (what [`select`] picked).
+fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
+    pt: &PageTable<T>,
+    _pinned: &Guard,
+    iova: u64,
+) -> Option<Translation> {
+    let g = &pt.geom;
+    if iova >> g.ias() != 0 {
+        return None;
+    }
+    let shift = |level: u32| -> u32 {
+        if G4K {
+            12 + 9 * (3 - level)
+        } else {
+            g.level_shift(level)
+        }
+    };
+    let shifts = [shift(0), shift(1), shift(2), shift(3)];
+    let index = |level: u32| -> usize {
+        let i = iova >> shifts[level as usize];
+        // Below `ias` bits, only the start table's index bits lie above its shift.
+        if level == START {
+            i as usize
+        } else if G4K {
+            (i & 511) as usize
+        } else {
+            (i & g.index_mask(level)) as usize
+        }
+    };
+    let indices = [index(0), index(1), index(2), index(3)];
+    let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
+    let oa_hi_mask = g.oa_hi_mask();
+    let stage = g.config().stage;
+    let mut table: *const AtomicU64 = pt.root.entries().as_ptr();
+    for level in START..4 {
+        // SAFETY: `table` is the root (START is the root's level: `select` picked this walk
+        // from `g.start_level()`) or a table a descriptor at `level - 1` links to, read under
+        // the caller's pin, so it is alive and holds `entries(level)` descriptors; the index
+        // is below `entries(level)` (masked, or at the start level bounded by the range check).
+        let entry = unsafe { &*table.add(indices[level as usize]) };
+        let d = entry.load(WALK_ACQUIRE.ord(Acquire));
+        let next = if PA52 {
+            (d & oa_mask) | ((d & oa_hi_mask) << 36)
+        } else {
+            d & oa_mask
+        };
+        // The descent tests only the two type bits; anything but a table descriptor above
+        // the leaf level ends the walk.
+        if level == 3 || !pte::is_table(d) {
+            return leaf(level, iova, d, next, shifts[level as usize], stage);
+        }
+        table = next as *const AtomicU64;
+    }
+    unreachable!("the leaf level ends every walk")
+}
+
+/// The translation of `iova` by the descriptor `d` of format `stage` that ended a walk at
+/// `level`, whose output address is `base` (decoded by the walk) and whose leaf maps
+/// `1 << size_shift` bytes: `None` unless `d` is a leaf there (a test checks the answer
+/// against [`pte::decode`]).
 #[inline(always)]
-fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Option<Translation> {
+fn leaf(
+    level: u32,
+    iova: u64,
+    d: u64,
+    base: u64,
+    size_shift: u32,
+    stage: Stage,
+) -> Option<Translation> {
     // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
     // above it, type bits `01` are a block.
     let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
     if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
         return None;
     }
-    Some(Translation {
-        paddr: base + (iova & (size - 1)),
-        prot: pte::prot_of(g, d),
-        level,
-        size,
-        desc: d,
-    })
+    let offset = iova & ((1 << size_shift) - 1);
+    Some(Translation::new(base + offset, d, level, size_shift, stage))
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -55,8 +146,8 @@ fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Op
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 /// pt.map(0x1000, 0x9000, 0x2000, Prot::READ).unwrap();
 /// let r = pt.reader();
-/// assert_eq!(r.translate(0x1010).unwrap().paddr, 0x9010);
-/// assert_eq!(r.translate(0x2010).unwrap().paddr, 0xa010);
+/// assert_eq!(r.translate(0x1010).unwrap().paddr(), 0x9010);
+/// assert_eq!(r.translate(0x2010).unwrap().paddr(), 0xa010);
 /// assert!(r.translate(0x3000).is_none());
 /// ```
 pub struct Reader<'a, T: TlbOps> {
@@ -81,8 +172,8 @@ impl<T: TlbOps> PageTable<T> {
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map_pages(0x4000, 0x7000, 0x1000, 1, Prot::READ | Prot::NOEXEC).unwrap();
     /// let t = pt.iova_to_phys(0x4abc).unwrap();
-    /// assert_eq!((t.paddr, t.level), (0x7abc, 3));
-    /// assert_eq!(t.prot, Prot::READ | Prot::NOEXEC);
+    /// assert_eq!((t.paddr(), t.level()), (0x7abc, 3));
+    /// assert_eq!(t.prot(), Prot::READ | Prot::NOEXEC);
     /// ```
     #[inline]
     pub fn iova_to_phys(&self, iova: u64) -> Option<Translation> {
@@ -108,78 +199,7 @@ impl<T: TlbOps> Reader<'_, T> {
     /// Translate `iova` under this reader's pin.
     #[inline]
     pub fn translate(&self, iova: u64) -> Option<Translation> {
-        // One walk per start level, output-address format and granule class, each fully
-        // unrolled: the level loop has no bookkeeping, the 4 KiB granule's shifts and masks
-        // are constants, and without packed `PA[51:48]` the next table's address is one mask
-        // away, so each level's dependent chain is a load and an AND.
-        const fn kind(start: u32, pa52: bool, g4k: bool) -> u8 {
-            Walk { start, pa52, g4k }.kind()
-        }
-        match self.pt.geom.walk_kind() {
-            k if k == kind(0, false, true) => self.translate_in::<0, false, true>(iova),
-            k if k == kind(1, false, true) => self.translate_in::<1, false, true>(iova),
-            k if k == kind(2, false, true) => self.translate_in::<2, false, true>(iova),
-            k if k == kind(3, false, true) => self.translate_in::<3, false, true>(iova),
-            k if k == kind(0, false, false) => self.translate_in::<0, false, false>(iova),
-            k if k == kind(1, false, false) => self.translate_in::<1, false, false>(iova),
-            k if k == kind(2, false, false) => self.translate_in::<2, false, false>(iova),
-            k if k == kind(3, false, false) => self.translate_in::<3, false, false>(iova),
-            k if k == kind(0, true, false) => self.translate_in::<0, true, false>(iova),
-            k if k == kind(1, true, false) => self.translate_in::<1, true, false>(iova),
-            k if k == kind(2, true, false) => self.translate_in::<2, true, false>(iova),
-            _ => self.translate_in::<3, true, false>(iova),
-        }
-    }
-
-    /// [`Reader::translate`] for tables starting at level `START`, whose descriptors pack
-    /// `PA[51:48]` iff `PA52`, with the 4 KiB granule iff `G4K`.
-    #[inline(always)]
-    fn translate_in<const START: u32, const PA52: bool, const G4K: bool>(
-        &self,
-        iova: u64,
-    ) -> Option<Translation> {
-        let g = &self.pt.geom;
-        if iova >> g.ias() != 0 {
-            return None;
-        }
-        // Everything the walk needs from the geometry is read before the first acquire load,
-        // above which the compiler may not move later reads: no level reloads it.
-        let index = |level: u32| -> usize {
-            if G4K && level != START {
-                ((iova >> (12 + 9 * (3 - level))) & 511) as usize
-            } else {
-                g.index(level, iova)
-            }
-        };
-        let indices = [index(0), index(1), index(2), index(3)];
-        let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
-        let oa_hi_mask = g.oa_hi_mask();
-        let mut table: *const AtomicU64 = self.pt.root.entries().as_ptr();
-        for level in START..4 {
-            // SAFETY: `table` is the root (START is the root's level: `translate` picks it from
-            // `g.start_level()`) or a table a descriptor at `level - 1` links to, read under the
-            // reader's pin, so it is alive and holds `entries(level)` descriptors; the index is
-            // masked to `entries(level) - 1`.
-            let entry = unsafe { &*table.add(indices[level as usize]) };
-            let d = entry.load(WALK_ACQUIRE.ord(Acquire));
-            let next = if PA52 {
-                (d & oa_mask) | ((d & oa_hi_mask) << 36)
-            } else {
-                d & oa_mask
-            };
-            // The descent tests only the two type bits; anything but a table descriptor above
-            // the leaf level ends the walk.
-            if level == 3 || d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | TYPE_TABLE_OR_PAGE {
-                let size = if G4K {
-                    1 << (12 + 9 * (3 - level))
-                } else {
-                    g.block_size(level)
-                };
-                return leaf(g, level, iova, d, next, size);
-            }
-            table = next as *const AtomicU64;
-        }
-        unreachable!("the leaf level ends every walk")
+        (self.pt.walk)(self.pt, &self.guard, iova)
     }
 
     /// Visit every valid descriptor reachable from the root, depth first, in address order.
@@ -248,30 +268,69 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// The walk's leaf decoding answers as `pte::decode` for every type-bit pattern, level
-    /// and attribute byte.
+    /// The walk's leaf answers as `pte::decode` for every type-bit pattern, level, attribute
+    /// byte and stage.
     #[test]
     fn walk_leaf_matches_decode() {
-        let g = Config::s1_4k(48).geometry().unwrap();
-        let iova = 0x1234_5678_9abc;
-        for level in 0..4 {
-            let size = g.block_size(level);
-            for attrs in 0..1024u64 {
-                for high in [0, pte::XN, pte::XN | 0x8000_1234_5000] {
-                    let d = attrs | high;
-                    let want = match pte::decode(&g, level, d) {
-                        Descriptor::Leaf { paddr, prot } => {
-                            Some((paddr + (iova & (size - 1)), prot))
+        for stage in [Stage::S1, Stage::S2] {
+            let g = Config {
+                stage,
+                ..Config::s1_4k(48)
+            }
+            .geometry()
+            .unwrap();
+            let iova = 0x1234_5678_9abc;
+            for level in 0..4 {
+                let size = g.block_size(level);
+                for attrs in 0..1024u64 {
+                    for high in [0, pte::XN, pte::XN | 0x8000_1234_5000] {
+                        let d = attrs | high;
+                        // A table descriptor above the leaf level never reaches `leaf`.
+                        if level < 3 && pte::is_table(d) {
+                            continue;
                         }
-                        _ => None,
-                    };
-                    let got = leaf(&g, level, iova, d, pte::decode_oa(&g, d), size)
-                        .map(|t| (t.paddr, t.prot));
-                    // A table descriptor above the leaf level never reaches `leaf`.
-                    if level < 3 && d & 3 == 3 {
-                        continue;
+                        let want = match pte::decode(&g, level, d) {
+                            Descriptor::Leaf { paddr, prot } => {
+                                Some((paddr + (iova & (size - 1)), prot, level, size, d))
+                            }
+                            _ => None,
+                        };
+                        let base = pte::decode_oa(&g, d);
+                        let got = leaf(level, iova, d, base, g.level_shift(level), stage)
+                            .map(|t| (t.paddr(), t.prot(), t.level(), t.size(), t.desc()));
+                        assert_eq!(got, want, "{stage:?} level {level}, descriptor {d:#x}");
                     }
-                    assert_eq!(got, want, "level {level}, descriptor {d:#x}");
+                }
+            }
+        }
+    }
+
+    /// The range check bounds the start level's index: the input size is the start level's
+    /// shift plus its index bits, for every granule, stage and input size.
+    #[test]
+    fn input_size_bounds_the_start_index() {
+        for granule in [
+            Granule::Size4K,
+            Granule::Size16K,
+            Granule::Size64K,
+            Granule::Tiny,
+        ] {
+            for stage in [Stage::S1, Stage::S2] {
+                for ias in 13..=52 {
+                    let config = Config {
+                        granule,
+                        stage,
+                        ias,
+                        oas: 48,
+                        ns: false,
+                    };
+                    let Ok(g) = config.geometry() else { continue };
+                    let start = g.start_level();
+                    assert_eq!(
+                        g.level_shift(start) + g.index_bits(start),
+                        ias,
+                        "{config:?}"
+                    );
                 }
             }
         }
