@@ -2,13 +2,18 @@
 //! protections, level and size decoded only when asked.
 //!
 //! A device thread translating on every access mostly wants the output address. The walk
-//! therefore stores what it already holds — the output address, the descriptor it loaded, the
+//! therefore returns what it already holds — the output address, the descriptor it loaded, the
 //! level it stopped at, the leaf size's log2 and the descriptor format's stage — and decodes
-//! nothing: [`Translation::prot`] looks the attribute bits up when called. The stage enum's
-//! spare values are the `None` of `Option<Translation>`, which stays 24 bytes.
+//! nothing: [`Translation::prot`] looks the attribute bits up when called.
+//!
+//! The answer fits two registers, so a translation returns without a memory round trip: output
+//! addresses have at most 52 bits, and the level, size and stage ride in the 12 bits above
+//! (see [`Meta`]); a leaf descriptor is never zero (its valid bit is set), which leaves zero
+//! for the `None` of `Option<Translation>`.
 
 use crate::config::Stage;
 use crate::pte::{self, Prot};
+use std::num::NonZeroU64;
 
 /// The result of a translation: where an input address goes, through which leaf.
 ///
@@ -21,57 +26,103 @@ use crate::pte::{self, Prot};
 /// assert_eq!(t.prot(), Prot::READ | Prot::NOEXEC);
 /// assert_eq!(io_pgtable::pte::decode_oa(pt.geometry(), t.desc()), 0x8000_0000);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Translation {
-    paddr: u64,
-    desc: u64,
-    level: u8,
-    size_shift: u8,
-    stage: Stage,
+    /// The output address in bits 51:0, [`Meta`] above.
+    paddr_meta: u64,
+    desc: NonZeroU64,
+}
+
+/// The fields a translation packs above its output address.
+pub(crate) struct Meta;
+
+impl Meta {
+    /// Output addresses (52-bit output field plus an offset inside the leaf) fit below this bit.
+    const SHIFT: u32 = 52;
+    /// Bits 57:52: the leaf size's log2 (at most 42, a level-1 block of the 64 KiB granule).
+    const SIZE_SHIFT: u32 = Self::SHIFT;
+    /// Bits 59:58: the leaf's level.
+    const LEVEL: u32 = Self::SHIFT + 6;
+    /// Bit 60: set for a stage-2 descriptor.
+    const STAGE: u32 = Self::SHIFT + 8;
+
+    /// The bits of a leaf at `level` mapping `1 << size_shift` bytes.
+    #[inline(always)]
+    pub(crate) const fn leaf(level: u32, size_shift: u32) -> u64 {
+        (size_shift as u64) << Self::SIZE_SHIFT | (level as u64) << Self::LEVEL
+    }
+
+    /// The bits of a descriptor of `stage`.
+    #[inline(always)]
+    pub(crate) const fn stage(stage: Stage) -> u64 {
+        match stage {
+            Stage::S1 => 0,
+            Stage::S2 => 1 << Self::STAGE,
+        }
+    }
 }
 
 impl Translation {
-    /// The translation through the leaf `desc` of format `stage`, found at `level`, mapping
-    /// `1 << size_shift` bytes, of an input address to `paddr`.
+    /// The translation through the leaf `desc` to `paddr` (below 2^52), with `meta` the
+    /// [`Meta::leaf`] and [`Meta::stage`] bits of the leaf.
     #[inline(always)]
-    pub(crate) fn new(paddr: u64, desc: u64, level: u32, size_shift: u32, stage: Stage) -> Self {
+    pub(crate) fn new(paddr: u64, desc: NonZeroU64, meta: u64) -> Self {
         Translation {
-            paddr,
+            paddr_meta: paddr | meta,
             desc,
-            level: level as u8,
-            size_shift: size_shift as u8,
-            stage,
         }
     }
 
     /// The output address of the translated input address (leaf base plus offset).
     #[inline]
     pub fn paddr(&self) -> u64 {
-        self.paddr
+        self.paddr_meta & ((1 << Meta::SHIFT) - 1)
     }
 
     /// The raw leaf descriptor.
     #[inline]
     pub fn desc(&self) -> u64 {
-        self.desc
+        self.desc.get()
     }
 
     /// The level of the leaf (3 for a page).
     #[inline]
     pub fn level(&self) -> u32 {
-        u32::from(self.level)
+        (self.paddr_meta >> Meta::LEVEL) as u32 & 3
     }
 
     /// The leaf's size (page or block).
     #[inline]
     pub fn size(&self) -> u64 {
-        1 << self.size_shift
+        1 << ((self.paddr_meta >> Meta::SIZE_SHIFT) & 63)
+    }
+
+    /// The descriptor format's stage.
+    #[inline]
+    fn stage(&self) -> Stage {
+        if self.paddr_meta & Meta::stage(Stage::S2) != 0 {
+            Stage::S2
+        } else {
+            Stage::S1
+        }
     }
 
     /// The leaf's protections, decoded from its attribute bits.
     #[inline]
     pub fn prot(&self) -> Prot {
-        pte::prot_at(self.stage, self.desc)
+        pte::prot_at(self.stage(), self.desc())
+    }
+}
+
+impl std::fmt::Debug for Translation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Translation")
+            .field("paddr", &format_args!("{:#x}", self.paddr()))
+            .field("prot", &self.prot())
+            .field("level", &self.level())
+            .field("size", &format_args!("{:#x}", self.size()))
+            .field("desc", &format_args!("{:#x}", self.desc()))
+            .finish()
     }
 }
 
@@ -80,10 +131,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn none_costs_no_space() {
-        assert_eq!(
-            std::mem::size_of::<Option<Translation>>(),
-            std::mem::size_of::<Translation>()
-        );
+    fn two_registers_with_none_included() {
+        assert_eq!(std::mem::size_of::<Option<Translation>>(), 16);
+    }
+
+    /// Every field reads back as packed, at the extremes of each.
+    #[test]
+    fn fields_read_back() {
+        let desc = NonZeroU64::new(u64::MAX).unwrap();
+        for stage in [Stage::S1, Stage::S2] {
+            for (level, shift) in [(0, 12), (1, 42), (2, 25), (3, 12), (3, 16)] {
+                for paddr in [0, 0x1234_5678_9abc, (1 << 52) - 1] {
+                    let t = Translation::new(
+                        paddr,
+                        desc,
+                        Meta::leaf(level, shift) | Meta::stage(stage),
+                    );
+                    assert_eq!(
+                        (t.paddr(), t.level(), t.size(), t.stage(), t.desc()),
+                        (paddr, level, 1 << shift, stage, u64::MAX)
+                    );
+                }
+            }
+        }
     }
 }

@@ -21,15 +21,16 @@
 //! * **No decoding.** The leaf's answer ([`Translation`]) is the output address, the raw
 //!   descriptor and three bytes the walk already knows; protections are decoded when asked.
 
-use crate::config::{Geometry, Granule, Stage};
+use crate::config::{Geometry, Granule};
 use crate::dump::{Dump, WalkEntry};
 use crate::pgtable::PageTable;
 use crate::points::{READER_PIN, WALK_ACQUIRE};
 use crate::pte::{self, Descriptor, TYPE_TABLE_OR_PAGE, VALID};
 use crate::tlb::TlbOps;
-use crate::translation::Translation;
+use crate::translation::{Meta, Translation};
 use dma_sync::atomic::{AtomicU64, Ordering::Acquire};
 use dma_sync::rcu::{self, Guard};
+use std::num::NonZeroU64;
 
 /// A translation walk specialised for one kind of geometry; the guard is the caller's proof
 /// that the tables it reaches stay alive.
@@ -90,7 +91,7 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
     let indices = [index(0), index(1), index(2), index(3)];
     let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
     let oa_hi_mask = g.oa_hi_mask();
-    let stage = g.config().stage;
+    let stage = Meta::stage(g.config().stage);
     let mut table: *const AtomicU64 = pt.root.entries().as_ptr();
     for level in START..4 {
         // SAFETY: `table` is the root (START is the root's level: `select` picked this walk
@@ -107,17 +108,23 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
         // The descent tests only the two type bits; anything but a table descriptor above
         // the leaf level ends the walk.
         if level == 3 || !pte::is_table(d) {
-            return leaf(level, iova, d, next, shifts[level as usize], stage);
+            // With 4 KiB, the leaf size is a constant of this exit, not a lookup by level.
+            let size_shift = if G4K {
+                shift(level)
+            } else {
+                shifts[level as usize]
+            };
+            return leaf(level, iova, d, next, size_shift, stage);
         }
         table = next as *const AtomicU64;
     }
     unreachable!("the leaf level ends every walk")
 }
 
-/// The translation of `iova` by the descriptor `d` of format `stage` that ended a walk at
-/// `level`, whose output address is `base` (decoded by the walk) and whose leaf maps
-/// `1 << size_shift` bytes: `None` unless `d` is a leaf there (a test checks the answer
-/// against [`pte::decode`]).
+/// The translation of `iova` by the descriptor `d` that ended a walk at `level`, whose output
+/// address is `base` (decoded by the walk), whose leaf maps `1 << size_shift` bytes, with
+/// `stage` the [`Meta::stage`] bits of its format: `None` unless `d` is a leaf there (a test
+/// checks the answer against [`pte::decode`]).
 #[inline(always)]
 fn leaf(
     level: u32,
@@ -125,7 +132,7 @@ fn leaf(
     d: u64,
     base: u64,
     size_shift: u32,
-    stage: Stage,
+    stage: u64,
 ) -> Option<Translation> {
     // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
     // above it, type bits `01` are a block.
@@ -134,7 +141,9 @@ fn leaf(
         return None;
     }
     let offset = iova & ((1 << size_shift) - 1);
-    Some(Translation::new(base + offset, d, level, size_shift, stage))
+    let meta = Meta::leaf(level, size_shift) | stage;
+    // A leaf has its valid bit set.
+    NonZeroU64::new(d).map(|d| Translation::new(base + offset, d, meta))
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -266,7 +275,7 @@ impl<T: TlbOps> Reader<'_, T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Stage};
 
     /// The walk's leaf answers as `pte::decode` for every type-bit pattern, level, attribute
     /// byte and stage.
@@ -296,6 +305,7 @@ mod tests {
                             _ => None,
                         };
                         let base = pte::decode_oa(&g, d);
+                        let stage = Meta::stage(stage);
                         let got = leaf(level, iova, d, base, g.level_shift(level), stage)
                             .map(|t| (t.paddr(), t.prot(), t.level(), t.size(), t.desc()));
                         assert_eq!(got, want, "{stage:?} level {level}, descriptor {d:#x}");
