@@ -518,6 +518,23 @@ mod tests {
         }
     }
 
+    /// No leaf this crate writes sets the bits a translation packs its fields into.
+    #[test]
+    fn leaves_leave_the_translation_bits_clear() {
+        for granule in [Granule::Size4K, Granule::Size64K] {
+            for (stage, ns) in [(Stage::S1, false), (Stage::S1, true), (Stage::S2, false)] {
+                let oas = if granule == Granule::Size64K { 52 } else { 48 };
+                let geo = g(granule, stage, 48, oas, ns);
+                for level in 1..4 {
+                    for bits in 0..64u8 {
+                        let d = leaf(&geo, level, u64::MAX, Prot::from_bits_retain(bits));
+                        assert_eq!(d >> crate::translation::Meta::SHIFT, 0, "{d:#x}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn leaf_attribute_lookup_matches_the_bitwise_encoding() {
         for stage in [Stage::S1, Stage::S2] {

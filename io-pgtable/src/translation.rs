@@ -6,10 +6,11 @@
 //! level it stopped at, the leaf size's log2 and the descriptor format's stage — and decodes
 //! nothing: [`Translation::prot`] looks the attribute bits up when called.
 //!
-//! The answer fits two registers, so a translation returns without a memory round trip: output
-//! addresses have at most 52 bits, and the level, size and stage ride in the 12 bits above
-//! (see [`Meta`]); a leaf descriptor is never zero (its valid bit is set), which leaves zero
-//! for the `None` of `Option<Translation>`.
+//! The answer fits two registers, so a translation returns without a memory round trip: the
+//! output address, untouched (a dependent walk's next address comes straight from it), and the
+//! descriptor with the level, size and stage in its bits 63:55, which no descriptor this crate
+//! writes sets (see [`Meta`]; a test checks every leaf encoding). A leaf descriptor is never
+//! zero (its valid bit is set), which leaves zero for the `None` of `Option<Translation>`.
 
 use crate::config::Stage;
 use crate::pte::{self, Prot};
@@ -28,22 +29,22 @@ use std::num::NonZeroU64;
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Translation {
-    /// The output address in bits 51:0, [`Meta`] above.
-    paddr_meta: u64,
-    desc: NonZeroU64,
+    paddr: u64,
+    /// The leaf descriptor in bits 54:0, [`Meta`] above.
+    desc_meta: NonZeroU64,
 }
 
-/// The fields a translation packs above its output address.
+/// The fields a translation packs above a leaf descriptor's highest attribute (XN, bit 54).
 pub(crate) struct Meta;
 
 impl Meta {
-    /// Output addresses (52-bit output field plus an offset inside the leaf) fit below this bit.
-    const SHIFT: u32 = 52;
-    /// Bits 57:52: the leaf size's log2 (at most 42, a level-1 block of the 64 KiB granule).
+    /// The lowest bit of the packed fields.
+    pub(crate) const SHIFT: u32 = 55;
+    /// Bits 60:55: the leaf size's log2 (at most 42, a level-1 block of the 64 KiB granule).
     const SIZE_SHIFT: u32 = Self::SHIFT;
-    /// Bits 59:58: the leaf's level.
+    /// Bits 62:61: the leaf's level.
     const LEVEL: u32 = Self::SHIFT + 6;
-    /// Bit 60: set for a stage-2 descriptor.
+    /// Bit 63: set for a stage-2 descriptor.
     const STAGE: u32 = Self::SHIFT + 8;
 
     /// The bits of a leaf at `level` mapping `1 << size_shift` bytes.
@@ -63,44 +64,44 @@ impl Meta {
 }
 
 impl Translation {
-    /// The translation through the leaf `desc` to `paddr` (below 2^52), with `meta` the
-    /// [`Meta::leaf`] and [`Meta::stage`] bits of the leaf.
+    /// The translation to `paddr` through the leaf `desc` (whose bits 63:55 are clear), with
+    /// `meta` the [`Meta::leaf`] and [`Meta::stage`] bits of the leaf.
     #[inline(always)]
     pub(crate) fn new(paddr: u64, desc: NonZeroU64, meta: u64) -> Self {
         Translation {
-            paddr_meta: paddr | meta,
-            desc,
+            paddr,
+            desc_meta: desc | meta,
         }
     }
 
     /// The output address of the translated input address (leaf base plus offset).
     #[inline]
     pub fn paddr(&self) -> u64 {
-        self.paddr_meta & ((1 << Meta::SHIFT) - 1)
+        self.paddr
     }
 
     /// The raw leaf descriptor.
     #[inline]
     pub fn desc(&self) -> u64 {
-        self.desc.get()
+        self.desc_meta.get() & ((1 << Meta::SHIFT) - 1)
     }
 
     /// The level of the leaf (3 for a page).
     #[inline]
     pub fn level(&self) -> u32 {
-        (self.paddr_meta >> Meta::LEVEL) as u32 & 3
+        (self.desc_meta.get() >> Meta::LEVEL) as u32 & 3
     }
 
     /// The leaf's size (page or block).
     #[inline]
     pub fn size(&self) -> u64 {
-        1 << ((self.paddr_meta >> Meta::SIZE_SHIFT) & 63)
+        1 << ((self.desc_meta.get() >> Meta::SIZE_SHIFT) & 63)
     }
 
     /// The descriptor format's stage.
     #[inline]
     fn stage(&self) -> Stage {
-        if self.paddr_meta & Meta::stage(Stage::S2) != 0 {
+        if self.desc_meta.get() & Meta::stage(Stage::S2) != 0 {
             Stage::S2
         } else {
             Stage::S1
@@ -138,10 +139,11 @@ mod tests {
     /// Every field reads back as packed, at the extremes of each.
     #[test]
     fn fields_read_back() {
-        let desc = NonZeroU64::new(u64::MAX).unwrap();
+        let raw = (1 << Meta::SHIFT) - 1;
+        let desc = NonZeroU64::new(raw).unwrap();
         for stage in [Stage::S1, Stage::S2] {
             for (level, shift) in [(0, 12), (1, 42), (2, 25), (3, 12), (3, 16)] {
-                for paddr in [0, 0x1234_5678_9abc, (1 << 52) - 1] {
+                for paddr in [0, 0x1234_5678_9abc, u64::MAX] {
                     let t = Translation::new(
                         paddr,
                         desc,
@@ -149,7 +151,7 @@ mod tests {
                     );
                     assert_eq!(
                         (t.paddr(), t.level(), t.size(), t.stage(), t.desc()),
-                        (paddr, level, 1 << shift, stage, u64::MAX)
+                        (paddr, level, 1 << shift, stage, raw)
                     );
                 }
             }
