@@ -18,8 +18,18 @@
 //!   redundant (the input size is the start level's shift plus its index bits), and whatever
 //!   else a walk needs from the geometry is read before the first acquire load, above which
 //!   the compiler may not move later reads.
-//! * **No decoding.** The leaf's answer ([`Translation`]) is the output address, the raw
-//!   descriptor and three bytes the walk already knows; protections are decoded when asked.
+//! * **No decoding.** The leaf's answer ([`Translation`]) is the output address and the raw
+//!   descriptor with the level, size and stage the walk already knows; protections are decoded
+//!   when asked.
+//! * **Constants per exit.** A page ends the walk inline with its size and fields as constants;
+//!   a block (or an invalid entry) above the leaf level leaves through an out-of-line call, so
+//!   the compiler does not merge the exits into one tail that computes them from the level.
+//!
+//! One call of [`PageTable::iova_to_phys`] also pins and unpins. With crossbeam-epoch the pin is
+//! a thread-local lookup, a locked compare-and-swap on the thread's own epoch slot (a full
+//! barrier, which also keeps independent translations from overlapping) and a collection
+//! attempt every 128 pins; the unpin is a release store. A caller translating several
+//! addresses holds a [`Reader`] instead (a nested pin on a pinned thread skips the barrier).
 
 use crate::config::{Geometry, Granule};
 use crate::dump::{Dump, WalkEntry};
@@ -30,7 +40,6 @@ use crate::tlb::TlbOps;
 use crate::translation::{Meta, Translation};
 use dma_sync::atomic::{AtomicU64, Ordering::Acquire};
 use dma_sync::rcu::{self, Guard};
-use std::num::NonZeroU64;
 
 /// A translation walk specialised for one kind of geometry; the guard is the caller's proof
 /// that the tables it reaches stay alive.
@@ -105,16 +114,19 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
         } else {
             d & oa_mask
         };
+        // With 4 KiB, the leaf size is a constant of each exit, not a lookup by level.
+        let size_shift = if G4K {
+            shift(level)
+        } else {
+            shifts[level as usize]
+        };
+        if level == 3 {
+            return leaf(level, iova, d, next, size_shift, stage);
+        }
         // The descent tests only the two type bits; anything but a table descriptor above
         // the leaf level ends the walk.
-        if level == 3 || !pte::is_table(d) {
-            // With 4 KiB, the leaf size is a constant of this exit, not a lookup by level.
-            let size_shift = if G4K {
-                shift(level)
-            } else {
-                shifts[level as usize]
-            };
-            return leaf(level, iova, d, next, size_shift, stage);
+        if !pte::is_table(d) {
+            return block(level, iova, d, next, size_shift, stage);
         }
         table = next as *const AtomicU64;
     }
@@ -142,8 +154,22 @@ fn leaf(
     }
     let offset = iova & ((1 << size_shift) - 1);
     let meta = Meta::leaf(level, size_shift) | stage;
-    // A leaf has its valid bit set.
-    NonZeroU64::new(d).map(|d| Translation::new(base + offset, d, meta))
+    Some(Translation::new(base + offset, d, meta))
+}
+
+/// [`leaf`] above the leaf level, out of line: the page exit keeps its constants instead of
+/// sharing a tail that computes them from the level.
+#[cold]
+#[inline(never)]
+fn block(
+    level: u32,
+    iova: u64,
+    d: u64,
+    base: u64,
+    size_shift: u32,
+    stage: u64,
+) -> Option<Translation> {
+    leaf(level, iova, d, base, size_shift, stage)
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
