@@ -47,23 +47,24 @@ pub(crate) type WalkFn<T> = fn(&PageTable<T>, &Guard, u64) -> Option<Translation
 
 /// The translation walk of tables with geometry `g`.
 pub(crate) fn select<T: TlbOps>(g: &Geometry) -> WalkFn<T> {
+    let start = g.start_level();
     let pa52 = g.oa_hi_mask() != 0;
-    let g4k = g.config().granule == Granule::Size4K;
-    match (g.start_level(), pa52, g4k) {
-        (0, false, true) => translate_in::<T, 0, false, true>,
-        (1, false, true) => translate_in::<T, 1, false, true>,
-        (2, false, true) => translate_in::<T, 2, false, true>,
-        (3, false, true) => translate_in::<T, 3, false, true>,
-        (0, false, false) => translate_in::<T, 0, false, false>,
-        (1, false, false) => translate_in::<T, 1, false, false>,
-        (2, false, false) => translate_in::<T, 2, false, false>,
-        (3, false, false) => translate_in::<T, 3, false, false>,
+    match (pa52, g.config().granule == Granule::Size4K) {
+        (false, true) => select_start::<T, false, true>(start),
+        (false, false) => select_start::<T, false, false>(start),
         // A 52-bit output field exists only with the 64 KiB granule.
-        (0, true, _) => translate_in::<T, 0, true, false>,
-        (1, true, _) => translate_in::<T, 1, true, false>,
-        (2, true, _) => translate_in::<T, 2, true, false>,
-        (3, true, _) => translate_in::<T, 3, true, false>,
-        (start, ..) => unreachable!("start level {start} above 3"),
+        (true, _) => select_start::<T, true, false>(start),
+    }
+}
+
+/// [`select`] for the output-address format `PA52` and granule class `G4K`.
+fn select_start<T: TlbOps, const PA52: bool, const G4K: bool>(start: u32) -> WalkFn<T> {
+    match start {
+        0 => translate_in::<T, 0, PA52, G4K>,
+        1 => translate_in::<T, 1, PA52, G4K>,
+        2 => translate_in::<T, 2, PA52, G4K>,
+        3 => translate_in::<T, 3, PA52, G4K>,
+        _ => unreachable!("start level {start} above 3"),
     }
 }
 
@@ -120,56 +121,64 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
         } else {
             shifts[level as usize]
         };
+        let exit = Exit {
+            level,
+            d,
+            base: next,
+            size_shift,
+        };
         if level == 3 {
-            return leaf(level, iova, d, next, size_shift, stage);
+            return exit.leaf(iova, stage);
         }
         // The descent tests only the two type bits; anything but a table descriptor above
         // the leaf level ends the walk.
         if !pte::is_table(d) {
-            return block(level, iova, d, next, size_shift, stage);
+            return exit.block(iova, stage);
         }
         table = next as *const AtomicU64;
     }
     unreachable!("the leaf level ends every walk")
 }
 
-/// The translation of `iova` by the descriptor `d` that ended a walk at `level`, whose output
-/// address is `base` (decoded by the walk), whose leaf maps `1 << size_shift` bytes, with
-/// `stage` the [`Meta::stage`] bits of its format: `None` unless `d` is a leaf there (a test
-/// checks the answer against [`pte::decode`]).
-#[inline(always)]
-fn leaf(
+/// Where a walk stopped: the descriptor `d` loaded at `level`, its output address `base`
+/// (decoded by the walk), and the log2 of the size a leaf there maps.
+struct Exit {
     level: u32,
-    iova: u64,
     d: u64,
     base: u64,
     size_shift: u32,
-    stage: u64,
-) -> Option<Translation> {
-    // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
-    // above it, type bits `01` are a block.
-    let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
-    if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
-        return None;
-    }
-    let offset = iova & ((1 << size_shift) - 1);
-    let meta = Meta::leaf(level, size_shift) | stage;
-    Some(Translation::new(base + offset, d, meta))
 }
 
-/// [`leaf`] above the leaf level, out of line: the page exit keeps its constants instead of
-/// sharing a tail that computes them from the level.
-#[cold]
-#[inline(never)]
-fn block(
-    level: u32,
-    iova: u64,
-    d: u64,
-    base: u64,
-    size_shift: u32,
-    stage: u64,
-) -> Option<Translation> {
-    leaf(level, iova, d, base, size_shift, stage)
+impl Exit {
+    /// The translation of `iova` by this exit's descriptor, with `stage` the [`Meta::stage`]
+    /// bits of its format: `None` unless the descriptor is a leaf at its level (a test checks
+    /// the answer against [`pte::decode`]).
+    #[inline(always)]
+    fn leaf(self, iova: u64, stage: u64) -> Option<Translation> {
+        let Exit {
+            level,
+            d,
+            base,
+            size_shift,
+        } = self;
+        // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
+        // above it, type bits `01` are a block.
+        let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
+        if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
+            return None;
+        }
+        let offset = iova & ((1 << size_shift) - 1);
+        let meta = Meta::leaf(level, size_shift) | stage;
+        Some(Translation::new(base + offset, d, meta))
+    }
+
+    /// [`Exit::leaf`] above the leaf level, out of line: the page exit keeps its constants
+    /// instead of sharing a tail that computes them from the level.
+    #[cold]
+    #[inline(never)]
+    fn block(self, iova: u64, stage: u64) -> Option<Translation> {
+        self.leaf(iova, stage)
+    }
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -332,7 +341,15 @@ mod tests {
                         };
                         let base = pte::decode_oa(&g, d);
                         let stage = Meta::stage(stage);
-                        let got = leaf(level, iova, d, base, g.level_shift(level), stage)
+                        let size_shift = g.level_shift(level);
+                        let exit = Exit {
+                            level,
+                            d,
+                            base,
+                            size_shift,
+                        };
+                        let got = exit
+                            .leaf(iova, stage)
                             .map(|t| (t.paddr(), t.prot(), t.level(), t.size(), t.desc()));
                         assert_eq!(got, want, "{stage:?} level {level}, descriptor {d:#x}");
                     }
