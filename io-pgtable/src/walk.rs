@@ -121,19 +121,19 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
         } else {
             shifts[level as usize]
         };
-        let exit = Exit {
-            level,
-            d,
-            base: next,
-            size_shift,
-        };
         if level == 3 {
+            let exit = Exit {
+                level,
+                d,
+                base: next,
+                size_shift,
+            };
             return exit.leaf(iova, stage);
         }
         // The descent tests only the two type bits; anything but a table descriptor above
         // the leaf level ends the walk.
         if !pte::is_table(d) {
-            return exit.block(iova, stage);
+            return block(level, iova, d, next, size_shift, stage);
         }
         table = next as *const AtomicU64;
     }
@@ -171,14 +171,28 @@ impl Exit {
         let meta = Meta::leaf(level, size_shift) | stage;
         Some(Translation::new(base + offset, d, meta))
     }
+}
 
-    /// [`Exit::leaf`] above the leaf level, out of line: the page exit keeps its constants
-    /// instead of sharing a tail that computes them from the level.
-    #[cold]
-    #[inline(never)]
-    fn block(self, iova: u64, stage: u64) -> Option<Translation> {
-        self.leaf(iova, stage)
-    }
+/// [`Exit::leaf`] of a walk that stopped above the leaf level, out of line: the page exit
+/// keeps its constants instead of sharing a tail that computes them from the level. (The exit
+/// comes in registers: as one value it would be stored on every level of the walk.)
+#[cold]
+#[inline(never)]
+fn block(
+    level: u32,
+    iova: u64,
+    d: u64,
+    base: u64,
+    size_shift: u32,
+    stage: u64,
+) -> Option<Translation> {
+    let exit = Exit {
+        level,
+        d,
+        base,
+        size_shift,
+    };
+    exit.leaf(iova, stage)
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
