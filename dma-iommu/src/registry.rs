@@ -32,7 +32,7 @@ pub(crate) struct Record {
     /// IOVA granules held.
     pub(crate) granules: u64,
     /// The bounce buffer, if the mapping was bounced.
-    pub(crate) bounce: Option<u64>,
+    pub(crate) bounce_buffer: Option<u64>,
 }
 
 /// Live mappings of one shard: first IOVA pfn -> record.

@@ -15,10 +15,10 @@
 //! bypass mode (identity translation) and which the driver may write
 //! ([`Viommu::write_config`]) once `VIRTIO_IOMMU_F_BYPASS_CONFIG` is negotiated.
 //!
-//! Device threads translate through a [`DeviceEndpoint`] handle: a lock-free page-table walk
+//! Device threads translate through an [`Endpoint`] handle: a lock-free page-table walk
 //! (no lock, no shared write), done inside a read section that also covers the copy
-//! ([`DeviceEndpoint::access`], or `IoMemory` (feature `vm-memory`) over the endpoint). UNMAP and DETACH
-//! clear the translations, then wait for a grace period ([`crate::quiesce::synchronize`])
+//! ([`Endpoint::access`], or `IovaMemory` (feature `vm-memory`) over the endpoint). UNMAP and
+//! DETACH clear the translations, then wait for a grace period ([`crate::quiesce::synchronize`])
 //! before they complete: when the guest sees the reply, no device access still uses the old
 //! translation, so it may reuse the memory at once. Today's VMMs translate under a lock and
 //! copy after dropping it, so their UNMAP replies race with copies in flight.
@@ -42,6 +42,66 @@
 //! assert_eq!(v.handle(unmap(0, 0x2fff)).status(), Status::Ok);
 //! assert!(v.mappings(1).unwrap().is_empty());
 //! ```
+//!
+//! # The control path and the specification's rules
+//!
+//! [`Viommu`] serialises requests under one mutex (endpoints, domains with their endpoint sets
+//! and mapping trees, the config field `bypass`, the driver's features); devices never take it.
+//! The model follows the device-normative statements of virtio 1.2/1.3 "Device Types / IOMMU
+//! Device"; `tests/conformance.rs` holds one table with a row per MUST, SHOULD and MAY (section,
+//! level, outcome, the model's choice where there is one, a check through the wire format).
+//!
+//! * Features: offered `INPUT_RANGE | DOMAIN_RANGE | MAP_UNMAP | PROBE | MMIO`, plus
+//!   `BYPASS_CONFIG` when `ViommuConfig::bypass_config`; the legacy `F_BYPASS` never.
+//!   `set_driver_features` records what the driver accepted (until called: everything offered).
+//!   MAP/UNMAP without `MAP_UNMAP` → `UNSUPP`; `MAP_F_MMIO` without `MMIO` and `ATTACH_F_BYPASS`
+//!   without `BYPASS_CONFIG` are unrecognised flags → `INVAL`.
+//! * Config space: `page_size_mask` is the page table's page sizes (MAP aligns to the smallest),
+//!   `input_range`/`domain_range` are what MAP/ATTACH check, `probe_size` is what PROBE fills,
+//!   `bypass` is the live field: it starts at `initial_bypass` (default 0; needs
+//!   `bypass_config`), survives `reset()` (a device reset: every endpoint detached, domains
+//!   destroyed, features back to the offered set), and the driver's one-byte write of 0 or 1 at
+//!   offset 36 changes it when `BYPASS_CONFIG` is negotiated (other writes are ignored). A change
+//!   republishes every unattached endpoint's attachment; turning bypass off (and a reset that
+//!   detached something) waits for a grace period, like UNMAP.
+//! * Validation (`ViommuConfig::validate`, before anything is allocated): see module `config`;
+//!   `max_mappings` (all domains together) is what bounds the memory a guest can make the device
+//!   allocate.
+//! * ATTACH: non-zero `reserved` → `INVAL` (the one reserved field the device must check);
+//!   unknown flags → `INVAL`; unknown endpoint → `NOENT`; domain outside `domain_range` →
+//!   `RANGE`; bypass flag inconsistent with an existing domain → `INVAL`; joining a domain that
+//!   maps one of the endpoint's reserved regions → `UNSUPP` (incompatible properties); a new
+//!   domain beyond `max_domains` → `NOMEM`. An endpoint attached elsewhere leaves its old domain
+//!   first (as DETACH then ATTACH: the old domain dies with its last endpoint).
+//! * DETACH: `reserved` ignored; unknown endpoint → `NOENT`; a domain that does not exist or that
+//!   the endpoint is not attached to → `INVAL` (the specification's MAY). The endpoint becomes
+//!   `Blocked` or `Bypass` according to `bypass`.
+//! * MAP: `virt_start`, `phys_start`, `virt_end + 1` aligned to the smallest page size
+//!   (`RANGE`), inside `input_range` (`RANGE`), known flags (`INVAL`), R or W (`UNSUPP`: stage-1
+//!   LPAE cannot express an MMIO-only or no-access mapping), no overlap with an existing mapping
+//!   (`INVAL`) nor with a reserved region of any endpoint attached to the domain (`INVAL`),
+//!   reversed range (`INVAL`), under `max_mappings_per_domain` and `max_mappings` (`NOMEM`; UNMAP
+//!   and a dying domain give the room back); bypass domain → `INVAL`, unknown domain → `NOENT`.
+//!   The range is mapped with the largest page sizes its alignment allows. Write-only mappings
+//!   also read (stage-1 AP bits have no write-only; the specification's MAY).
+//! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
+//!   and returns `RANGE` without removing anything if one mapping is only partly covered
+//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); `reserved` is ignored.
+//! * PROBE: `reserved` ignored; unknown endpoint → `NOENT`; the RESV_MEM properties (24 bytes,
+//!   `length` 20, reserved bits and bytes zero), then zeroes up to `probe_size`.
+//!
+//! [`Viommu::handle_bytes`] takes a request element's device-readable bytes and the size of its
+//! device-writable part and returns the bytes to write (their number is the used length): an
+//! unknown type, or a writable part shorter than the 4-byte tail, gets nothing (used length 0);
+//! a readable part shorter than its type's layout → `INVAL`; a PROBE's tail always follows
+//! `probe_size` bytes of properties, and a PROBE whose writable part is shorter than that gets no
+//! property and `INVAL` in the tail at its end. Replies are bounded by `probe_size` + 4 bytes.
+//!
+//! Fault reporting (module `faults`): a faulting device access appends a record (R_DOMAIN without
+//! address for a blocked endpoint, R_MAPPING with `FAULT_F_ADDRESS` and the IOVA otherwise,
+//! `FAULT_F_READ`/`WRITE` from the access) to the bounded log; the VMM's event-queue handler
+//! calls [`Viommu::fault_event`] for the 24-byte `struct virtio_iommu_fault`; a full log or a
+//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]).
 
 mod config;
 mod faults;
@@ -70,13 +130,14 @@ enum DomainKind {
     Bypass,
 }
 
-/// One address space: the page table devices translate through (shared with them).
-pub struct Domain {
+/// A vIOMMU domain, one address space: the page table devices translate through (shared
+/// with them).
+pub struct ViommuDomain {
     id: u32,
     kind: DomainKind,
 }
 
-impl Domain {
+impl ViommuDomain {
     /// The domain id.
     pub fn id(&self) -> u32 {
         self.id
@@ -96,16 +157,16 @@ impl Domain {
     }
 }
 
-impl fmt::Debug for Domain {
+impl fmt::Debug for ViommuDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Domain")
+        f.debug_struct("ViommuDomain")
             .field("id", &self.id)
             .field("bypass", &self.is_bypass())
             .finish()
     }
 }
 
-impl Translate for Domain {
+impl Translate for ViommuDomain {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         match &self.kind {
             DomainKind::Translated(pt) => pt.lookup(iova),
@@ -130,7 +191,7 @@ enum Attachment {
     /// Attached to no domain, config field `bypass` 1: bypass mode (identity).
     Bypass,
     /// Attached to a domain.
-    Domain(Arc<Domain>),
+    Domain(Arc<ViommuDomain>),
 }
 
 impl Attachment {
@@ -169,25 +230,26 @@ impl EndpointState {
     }
 }
 
-/// A device's view of the vIOMMU: cheap to clone, one per device thread if you like.
+/// A vIOMMU endpoint, the device's view of the vIOMMU: cheap to clone, one per device thread
+/// if you like.
 ///
 /// Translation loads the endpoint's current domain and walks its page table, lock-free; the
-/// endpoint's reserved regions fault. Use [`DeviceEndpoint::access`] (translate and copy in
-/// one read section) or wrap it in an `IoMemory` (feature `vm-memory`) for vm-memory.
+/// endpoint's reserved regions fault. Use [`Endpoint::access`] (translate and copy in
+/// one read section) or wrap it in an `IovaMemory` (feature `vm-memory`) for vm-memory.
 #[derive(Clone)]
-pub struct DeviceEndpoint {
+pub struct Endpoint {
     state: Arc<EndpointState>,
 }
 
-impl fmt::Debug for DeviceEndpoint {
+impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceEndpoint")
+        f.debug_struct("Endpoint")
             .field("id", &self.state.id)
             .finish()
     }
 }
 
-impl DeviceEndpoint {
+impl Endpoint {
     /// The endpoint id.
     pub fn id(&self) -> u32 {
         self.state.id
@@ -235,15 +297,15 @@ impl DeviceEndpoint {
     /// This endpoint's I/O memory over the guest's RAM, for vm-memory users (virtio queues,
     /// vhost-user backends).
     #[cfg(feature = "vm-memory")]
-    pub fn io_memory<M: vm_memory::GuestMemoryBackend>(
+    pub fn iova_memory<M: vm_memory::GuestMemoryBackend>(
         &self,
         ram: M,
-    ) -> crate::IoMemory<M, DeviceEndpoint> {
-        crate::IoMemory::new(ram, self.clone())
+    ) -> crate::IovaMemory<M, Endpoint> {
+        crate::IovaMemory::new(ram, self.clone())
     }
 }
 
-impl Translate for DeviceEndpoint {
+impl Translate for Endpoint {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         let reserved = &self.state.reserved;
         if reserved.iter().any(|r| r.start <= iova && iova <= r.end) {
@@ -270,7 +332,7 @@ impl Translate for DeviceEndpoint {
 
 /// A domain as the control path sees it: the shared domain, its endpoints, its mappings.
 struct DomainSlot {
-    domain: Arc<Domain>,
+    domain: Arc<ViommuDomain>,
     endpoints: BTreeSet<u32>,
     mappings: MappingTree,
 }
@@ -477,7 +539,7 @@ impl Viommu {
         &self,
         id: u32,
         reserved: Vec<ReservedRegion>,
-    ) -> Result<DeviceEndpoint, ViommuError> {
+    ) -> Result<Endpoint, ViommuError> {
         let all = self.config.endpoint_regions(&reserved)?;
         let mut control = self.control.lock();
         if control.endpoints.contains_key(&id) {
@@ -490,7 +552,7 @@ impl Viommu {
             attached: Published::new(Attachment::unattached(control.bypass)),
         });
         control.endpoints.insert(id, state.clone());
-        Ok(DeviceEndpoint { state })
+        Ok(Endpoint { state })
     }
 
     /// The next fault report for the event queue, for a device-writable buffer of
@@ -513,18 +575,18 @@ impl Viommu {
     }
 
     /// The device handle of endpoint `id`.
-    pub fn endpoint(&self, id: u32) -> Option<DeviceEndpoint> {
+    pub fn endpoint(&self, id: u32) -> Option<Endpoint> {
         self.control
             .lock()
             .endpoints
             .get(&id)
-            .map(|state| DeviceEndpoint {
+            .map(|state| Endpoint {
                 state: state.clone(),
             })
     }
 
     /// The domain `id`, shared with the devices (for dumps).
-    pub fn domain(&self, id: u32) -> Option<Arc<Domain>> {
+    pub fn domain(&self, id: u32) -> Option<Arc<ViommuDomain>> {
         self.control
             .lock()
             .domains
@@ -665,7 +727,7 @@ impl Viommu {
                         PageTable::new(self.config.pgtable).map_err(|_| Status::DevErr)?,
                     ))
                 };
-                let domain = Arc::new(Domain { id: domain, kind });
+                let domain = Arc::new(ViommuDomain { id: domain, kind });
                 c.domains.insert(
                     domain.id,
                     DomainSlot {
