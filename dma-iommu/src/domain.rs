@@ -612,13 +612,16 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// The physical address `dma` translates to, if mapped.
     pub fn translate(&self, dma: u64) -> Option<u64> {
-        self.backend.pt.iova_to_phys(dma).map(|t| t.paddr)
+        self.backend.pt.iova_to_phys(dma).map(|t| t.paddr())
     }
 
     /// The physical address and permissions of `dma`'s translation, as a device walks it.
     #[cfg(feature = "test-util")]
     pub(crate) fn translation(&self, dma: u64) -> Option<(u64, io_pgtable::Prot)> {
-        self.backend.pt.iova_to_phys(dma).map(|t| (t.paddr, t.prot))
+        self.backend
+            .pt
+            .iova_to_phys(dma)
+            .map(|t| (t.paddr(), t.prot()))
     }
 
     /// The largest mapping whose IOVA comes from the per-CPU caches (Linux's

@@ -132,9 +132,9 @@ impl<T: TlbOps> Translate for PageTable<T> {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         let t = self.iova_to_phys(iova).ok_or(Fault::Unmapped { iova })?;
         Ok(Leaf {
-            paddr: t.paddr,
-            len: t.size - (iova & (t.size - 1)),
-            prot: t.prot,
+            paddr: t.paddr(),
+            len: t.size() - (iova & (t.size() - 1)),
+            prot: t.prot(),
         })
     }
 }

@@ -151,33 +151,11 @@ pub struct Geometry {
     /// Descriptor bits 15:12 holding `PA[51:48]` with a 52-bit output field, else 0: packing
     /// and unpacking are then branch-free.
     oa_hi_mask: u64,
-    /// Leaf protections by descriptor bits 7:2 (see [`crate::pte::prot_of`]).
-    prot_lut: [u8; 64],
     /// Leaf attribute bits by the six protection bits (see [`crate::pte::leaf`]).
     leaf_attr_lut: [u64; 64],
     /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
     /// the argument check of every map and unmap is one lookup.
     level_by_shift: [u8; 64],
-    /// [`Walk::kind`] of this geometry's translation walk.
-    walk_kind: u8,
-}
-
-/// Which specialised translation walk a geometry takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Walk {
-    /// The start level.
-    pub start: u32,
-    /// Descriptors pack `PA[51:48]` in bits 15:12.
-    pub pa52: bool,
-    /// The 4 KiB granule (constant shifts and masks below the start level).
-    pub g4k: bool,
-}
-
-impl Walk {
-    /// A small number naming this walk, for a one-load dispatch.
-    pub(crate) const fn kind(self) -> u8 {
-        self.start as u8 | (self.pa52 as u8) << 2 | (self.g4k as u8) << 3
-    }
 }
 
 /// `level_by_shift` entry of a size that is no leaf size.
@@ -247,15 +225,8 @@ impl Geometry {
             index_masks,
             oa_mask: ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1),
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
-            prot_lut: crate::pte::prot_lut(c.stage),
             leaf_attr_lut: crate::pte::leaf_attr_lut(c.stage, c.ns),
             level_by_shift: [NO_LEVEL; 64],
-            walk_kind: Walk {
-                start: start_level,
-                pa52: c.oas > 48,
-                g4k: c.granule == Granule::Size4K,
-            }
-            .kind(),
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -376,22 +347,10 @@ impl Geometry {
         self.oa_mask
     }
 
-    /// Leaf protections by descriptor bits 7:2.
-    #[inline]
-    pub(crate) fn prot_lut(&self) -> &[u8; 64] {
-        &self.prot_lut
-    }
-
     /// Leaf attribute bits by the six protection bits.
     #[inline]
     pub(crate) fn leaf_attrs(&self) -> &[u64; 64] {
         &self.leaf_attr_lut
-    }
-
-    /// The translation walk this geometry takes ([`Walk::kind`]).
-    #[inline]
-    pub(crate) fn walk_kind(&self) -> u8 {
-        self.walk_kind
     }
 
     /// Descriptor bits 15:12 if they hold `PA[51:48]` (52-bit output), else 0.

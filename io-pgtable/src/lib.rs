@@ -15,7 +15,7 @@
 //! | [`PageTable::unmap_pages`]`(iova, pgsize, pgcount, &mut Gather) -> Result<usize, Error>` | bytes unmapped; errors are never sizes |
 //! | [`PageTable::map`]`(iova, paddr, size, prot) -> Result<(), Error>` | largest page sizes alignment allows; undoes partial progress |
 //! | [`PageTable::unmap`]`(iova, size) -> Result<u64, Error>`, [`PageTable::unmap_with`] | looping unmap (syncing its own gather / into yours) |
-//! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation with permissions |
+//! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation: [`Translation::paddr`], `prot`, `level`, `size`, `desc` |
 //! | [`PageTable::reader`]`() -> Reader` | a held pin: [`Reader::translate`], [`Reader::walk`], [`Reader::dump`] |
 //! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able, serde with feature `serde` |
 //! | [`TlbOps`] (flush_all, flush_walk, sync, add_page), [`Gather`], [`NoTlb`] | TLB maintenance |
@@ -28,7 +28,7 @@
 //! let pt = PageTable::new(Config::s1_4k(48)).unwrap();
 //! assert_eq!(pt.map_pages(0x1000, 0x8000_1000, 0x1000, 2, Prot::READ | Prot::WRITE), Ok(0x2000));
 //! let t = pt.iova_to_phys(0x1234).unwrap();
-//! assert_eq!(t.paddr, 0x8000_1234);
+//! assert_eq!(t.paddr(), 0x8000_1234);
 //! let mut gather = Gather::new();
 //! assert_eq!(pt.unmap_pages(0x1000, 0x1000, 2, &mut gather), Ok(0x2000));
 //! gather.sync(pt.tlb());
@@ -116,6 +116,7 @@ pub mod pte;
 mod slab;
 mod table;
 mod tlb;
+mod translation;
 mod unmap;
 mod walk;
 
@@ -129,4 +130,5 @@ pub use pgtable::PageTable;
 pub use pte::{Descriptor, Prot};
 pub use table::Stats;
 pub use tlb::{Gather, NoTlb, TlbOps, TlbRange};
-pub use walk::{Reader, Translation};
+pub use translation::Translation;
+pub use walk::Reader;

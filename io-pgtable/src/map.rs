@@ -282,9 +282,9 @@ impl<T: TlbOps> PageTable<T> {
     /// use io_pgtable::{Config, PageTable, Prot};
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map(0x1f_f000, 0x1f_f000, 0x20_2000, Prot::READ).unwrap();
-    /// assert_eq!(pt.iova_to_phys(0x1f_f000).unwrap().size, 0x1000);
-    /// assert_eq!(pt.iova_to_phys(0x20_0000).unwrap().size, 0x20_0000);
-    /// assert_eq!(pt.iova_to_phys(0x40_0000).unwrap().size, 0x1000);
+    /// assert_eq!(pt.iova_to_phys(0x1f_f000).unwrap().size(), 0x1000);
+    /// assert_eq!(pt.iova_to_phys(0x20_0000).unwrap().size(), 0x20_0000);
+    /// assert_eq!(pt.iova_to_phys(0x40_0000).unwrap().size(), 0x1000);
     /// ```
     pub fn map(&self, iova: u64, paddr: u64, size: u64, prot: Prot) -> Result<(), Error> {
         self.check_sizes(iova, Some(paddr), size)?;

@@ -9,6 +9,7 @@ use crate::pte::{self, Descriptor, FROZEN};
 use crate::slab::Slab;
 use crate::table::{self, Counters, Stats, TableMem};
 use crate::tlb::{NoTlb, TlbOps};
+use crate::walk::{self, WalkFn};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::rcu::{self, Guard};
 use dma_sync::Arc;
@@ -24,7 +25,7 @@ use dma_sync::Arc;
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 /// pt.map(0x20_0000, 0x8000_0000, 0x40_0000, Prot::READ | Prot::WRITE).unwrap(); // two 2M blocks
 /// let t = pt.iova_to_phys(0x20_1234).unwrap();
-/// assert_eq!((t.paddr, t.size), (0x8000_1234, 0x20_0000));
+/// assert_eq!((t.paddr(), t.size()), (0x8000_1234, 0x20_0000));
 /// assert_eq!(pt.unmap(0x20_0000, 0x40_0000), Ok(0x40_0000));
 /// assert!(pt.iova_to_phys(0x20_1234).is_none());
 /// ```
@@ -35,6 +36,8 @@ pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) slab: std::sync::Arc<Slab>,
     pub(crate) tlb: T,
     pub(crate) stats: Arc<Counters>,
+    /// The translation walk specialised for `geom`.
+    pub(crate) walk: WalkFn<T>,
 }
 
 impl PageTable<NoTlb> {
@@ -66,6 +69,7 @@ impl<T: TlbOps> PageTable<T> {
             &stats,
         )?;
         Ok(PageTable {
+            walk: walk::select(&geom),
             geom,
             root,
             slab,

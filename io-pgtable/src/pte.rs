@@ -276,60 +276,75 @@ fn leaf_attrs_bits(stage: Stage, ns: bool, prot: Prot) -> u64 {
 /// ```
 #[inline]
 pub fn prot_of(g: &Geometry, d: u64) -> Prot {
-    let p = Prot::from_bits_retain(g.prot_lut()[((d >> PROT_LUT_SHIFT) & 63) as usize]);
+    prot_at(g.config().stage, d)
+}
+
+/// [`prot_of`] for a leaf of `stage`: one lookup in a table built at compile time, and XN.
+#[inline]
+pub(crate) fn prot_at(stage: Stage, d: u64) -> Prot {
+    let lut = match stage {
+        Stage::S1 => &PROT_LUT_S1,
+        Stage::S2 => &PROT_LUT_S2,
+    };
+    let p = Prot::from_bits_retain(lut[((d >> PROT_LUT_SHIFT) & 63) as usize]);
     if d & XN != 0 {
-        p | Prot::NOEXEC
+        p.union(Prot::NOEXEC)
     } else {
         p
     }
 }
 
-/// The lowest descriptor bit the protection table is indexed by: every stage-1 and stage-2
+/// The lowest descriptor bit the protection tables are indexed by: every stage-1 and stage-2
 /// attribute [`prot_of`] reads, except XN, lies in bits 7:2.
 const PROT_LUT_SHIFT: u32 = 2;
 
+/// The protections of every combination of descriptor bits 7:2 of a stage-1 leaf.
+static PROT_LUT_S1: [u8; 64] = prot_lut(Stage::S1);
+/// The protections of every combination of descriptor bits 7:2 of a stage-2 leaf.
+static PROT_LUT_S2: [u8; 64] = prot_lut(Stage::S2);
+
 /// The protections of every combination of descriptor bits 7:2 at `stage` (XN excluded),
-/// so a walk decodes a leaf's protections with one lookup instead of a chain of tests.
-pub(crate) fn prot_lut(stage: Stage) -> [u8; 64] {
-    std::array::from_fn(|i| prot_of_bits(stage, (i as u64) << PROT_LUT_SHIFT).bits())
+/// so a leaf's protections decode with one lookup instead of a chain of tests.
+const fn prot_lut(stage: Stage) -> [u8; 64] {
+    let mut lut = [0; 64];
+    let mut i = 0;
+    while i < 64 {
+        lut[i] = prot_of_bits(stage, (i as u64) << PROT_LUT_SHIFT).bits();
+        i += 1;
+    }
+    lut
 }
 
-/// [`prot_of`] bit by bit: the definition the lookup table is built from.
-fn prot_of_bits(stage: Stage, d: u64) -> Prot {
-    let mut p = Prot::empty();
-    if d & XN != 0 {
-        p |= Prot::NOEXEC;
-    }
-    match stage {
+/// [`prot_of`] bit by bit: the definition the lookup tables are built from.
+const fn prot_of_bits(stage: Stage, d: u64) -> Prot {
+    let xn = set(d & XN != 0, Prot::NOEXEC);
+    let rest = match stage {
         Stage::S1 => {
-            p |= Prot::READ;
-            if d & S1_AP_RDONLY == 0 {
-                p |= Prot::WRITE;
-            }
-            if d & S1_AP_UNPRIV == 0 {
-                p |= Prot::PRIV;
-            }
-            match (d >> S1_ATTRINDX_SHIFT) & 7 {
-                S1_ATTR_DEV => p |= Prot::MMIO,
-                S1_ATTR_WB => p |= Prot::CACHE,
-                _ => {}
-            }
+            let attr = (d >> S1_ATTRINDX_SHIFT) & 7;
+            Prot::READ
+                .union(set(d & S1_AP_RDONLY == 0, Prot::WRITE))
+                .union(set(d & S1_AP_UNPRIV == 0, Prot::PRIV))
+                .union(set(attr == S1_ATTR_DEV, Prot::MMIO))
+                .union(set(attr == S1_ATTR_WB, Prot::CACHE))
         }
         Stage::S2 => {
-            if d & S2_AP_READ != 0 {
-                p |= Prot::READ;
-            }
-            if d & S2_AP_WRITE != 0 {
-                p |= Prot::WRITE;
-            }
-            match d & S2_MEMATTR_MASK {
-                S2_MEMATTR_DEV => p |= Prot::MMIO,
-                S2_MEMATTR_WB => p |= Prot::CACHE,
-                _ => {}
-            }
+            let attr = d & S2_MEMATTR_MASK;
+            set(d & S2_AP_READ != 0, Prot::READ)
+                .union(set(d & S2_AP_WRITE != 0, Prot::WRITE))
+                .union(set(attr == S2_MEMATTR_DEV, Prot::MMIO))
+                .union(set(attr == S2_MEMATTR_WB, Prot::CACHE))
         }
+    };
+    xn.union(rest)
+}
+
+/// `p` if `on`, else nothing (a `const` conditional union).
+const fn set(on: bool, p: Prot) -> Prot {
+    if on {
+        p
+    } else {
+        Prot::empty()
     }
-    p
 }
 
 /// Decode a descriptor found at `level`.
@@ -499,6 +514,23 @@ mod tests {
                     want.remove(Prot::CACHE);
                 }
                 assert_eq!(got, want, "{stage:?} {p:?}");
+            }
+        }
+    }
+
+    /// No leaf this crate writes sets the bits a translation packs its fields into.
+    #[test]
+    fn leaves_leave_the_translation_bits_clear() {
+        for granule in [Granule::Size4K, Granule::Size64K] {
+            for (stage, ns) in [(Stage::S1, false), (Stage::S1, true), (Stage::S2, false)] {
+                let oas = if granule == Granule::Size64K { 52 } else { 48 };
+                let geo = g(granule, stage, 48, oas, ns);
+                for level in 1..4 {
+                    for bits in 0..64u8 {
+                        let d = leaf(&geo, level, u64::MAX, Prot::from_bits_retain(bits));
+                        assert_eq!(d >> crate::translation::Meta::SHIFT, 0, "{d:#x}");
+                    }
+                }
             }
         }
     }

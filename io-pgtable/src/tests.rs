@@ -85,9 +85,9 @@ fn leaf_descriptors_per_granule_and_level() {
             );
             let off = size / 2 + 8;
             let t = pt.iova_to_phys(iova + off).unwrap();
-            assert_eq!((t.paddr, t.level, t.size), (paddr + off, level, size));
+            assert_eq!((t.paddr(), t.level(), t.size()), (paddr + off, level, size));
             let want = pte::leaf(&g, level, paddr, prot);
-            assert_eq!(t.desc, want);
+            assert_eq!(t.desc(), want);
             assert_eq!(want & 3, if level == 3 { 0b11 } else { 0b01 });
             assert_eq!(pte::decode_oa(&g, want), paddr);
             let dump = pt.dump();
@@ -131,15 +131,15 @@ fn map_helper_chooses_blocks_by_alignment() {
     pt.map(0x1f_f000, 0x7f_f000, 0x20_2000, RW).unwrap();
     let sizes: Vec<u64> = [0x1f_f000, 0x20_0000, 0x3f_ffff, 0x40_0000]
         .iter()
-        .map(|&i| pt.iova_to_phys(i).unwrap().size)
+        .map(|&i| pt.iova_to_phys(i).unwrap().size())
         .collect();
     assert_eq!(sizes, [0x1000, 0x20_0000, 0x20_0000, 0x1000]);
     // A misaligned paddr forces pages even where the iova could take a block.
     pt.map(0x4000_0000, 0x1000, 0x20_0000, RW).unwrap();
-    assert_eq!(pt.iova_to_phys(0x4000_0000).unwrap().size, 0x1000);
+    assert_eq!(pt.iova_to_phys(0x4000_0000).unwrap().size(), 0x1000);
     // A 1 GiB block when both are aligned.
     pt.map(0x8000_0000, 0x1_0000_0000, 0x4000_0000, RW).unwrap();
-    assert_eq!(pt.iova_to_phys(0x8000_0000).unwrap().level, 1);
+    assert_eq!(pt.iova_to_phys(0x8000_0000).unwrap().level(), 1);
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn block_replaces_only_an_empty_table() {
     assert_eq!(pt.map_pages(0x4000, 0x8000, 0x4000, 1, RW), Ok(0x4000));
     assert_eq!(pt.stats().linked(), 1, "the block replaced it");
     assert_eq!(*pt.tlb().walks.lock(), vec![(0x4000, 0x4000, 0x1000)]);
-    assert_eq!(pt.iova_to_phys(0x5000).unwrap().paddr, 0x9000);
+    assert_eq!(pt.iova_to_phys(0x5000).unwrap().paddr(), 0x9000);
 }
 
 #[test]
@@ -263,8 +263,8 @@ fn stage2_concatenated_start_index() {
         .unwrap();
     pt.map_pages(lo, 0x2_0000_0000, 0x1000, 1, Prot::READ)
         .unwrap();
-    assert_eq!(pt.iova_to_phys(hi).unwrap().paddr, 0x1_0000_0000);
-    assert_eq!(pt.iova_to_phys(lo).unwrap().paddr, 0x2_0000_0000);
+    assert_eq!(pt.iova_to_phys(hi).unwrap().paddr(), 0x1_0000_0000);
+    assert_eq!(pt.iova_to_phys(lo).unwrap().paddr(), 0x2_0000_0000);
     let dump = pt.dump();
     let top: Vec<usize> = dump
         .entries
@@ -277,7 +277,7 @@ fn stage2_concatenated_start_index() {
     let mut g = Gather::new();
     assert_eq!(pt.unmap_pages(hi, 0x1000, 1, &mut g), Ok(0x1000));
     assert!(pt.iova_to_phys(hi).is_none());
-    assert_eq!(pt.iova_to_phys(lo).unwrap().paddr, 0x2_0000_0000);
+    assert_eq!(pt.iova_to_phys(lo).unwrap().paddr(), 0x2_0000_0000);
     assert_eq!(pt.unmap(hi & !0x3fff_ffff, 0x4000_0000), Ok(0x4000_0000));
 }
 
@@ -373,7 +373,7 @@ fn bad_input_is_refused_and_the_table_keeps_working() {
     assert_eq!(pt.dump(), before);
     assert!(g.is_empty());
     pt.map_pages(0x2000, 0x2000, 0x1000, 1, RW).unwrap();
-    assert_eq!(pt.iova_to_phys(0x2000).unwrap().paddr, 0x2000);
+    assert_eq!(pt.iova_to_phys(0x2000).unwrap().paddr(), 0x2000);
     assert!(
         pt.iova_to_phys(1 << 20).is_none(),
         "beyond ias translates to nothing"
@@ -487,7 +487,7 @@ fn concurrent_writers_and_reader_small() {
         dma_sync::thread::spawn(move || {
             for i in 0..rounds {
                 if let Some(t) = pt.iova_to_phys(0x1_0000 + (i % 2) * 0x1000) {
-                    assert_eq!(t.paddr, 0x11_0000 + (i % 2) * 0x1000);
+                    assert_eq!(t.paddr(), 0x11_0000 + (i % 2) * 0x1000);
                 }
                 let d = pt.dump();
                 assert!(d.tables >= 1);
@@ -559,11 +559,11 @@ fn translation_agrees_with_the_walk_for_every_start_level() {
             unreachable!("leaves() yields leaves")
         };
         assert_eq!(
-            (t.paddr, t.prot, t.level, t.desc),
+            (t.paddr(), t.prot(), t.level(), t.desc()),
             (base + 12, prot, leaf.level, leaf.raw),
             "{cfg:?}"
         );
-        assert_eq!(t.paddr, paddr + 12, "{cfg:?}");
+        assert_eq!(t.paddr(), paddr + 12, "{cfg:?}");
         assert!(pt.iova_to_phys(iova + page).is_none(), "{cfg:?}");
         assert!(pt.iova_to_phys(1 << g.ias()).is_none(), "{cfg:?}");
     }

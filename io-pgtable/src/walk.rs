@@ -3,73 +3,210 @@
 //!
 //! Readers pin with `rcu::pin_at(READER_PIN)` for the whole walk and load each descriptor with
 //! acquire (`pgtable.walk.acquire`, pairing with the install release); `DEAD` and `FROZEN` are
-//! invalid descriptors (bit 0 clear) that readers translate as unmapped and dumps skip. A reader
-//! costs one pin (crossbeam: a thread-local epoch store, no shared write) and plain loads;
+//! invalid descriptors (bit 0 clear) that readers translate as unmapped and dumps skip.
 //! `PageTable::reader()` holds one pin for many translations.
 //!
-//! The translation walk is specialised per start level, output-address format and granule class
-//! (one fully unrolled walk each, chosen by one byte of the `Geometry` per call). Every index is
-//! computed before the first descriptor load (the compiler may not move a read of the geometry
-//! above an acquire load, so reading it per level would reload it), and with the 4 KiB granule
-//! the shifts, masks and leaf sizes are constants. Per level the walk does one acquire load, a
-//! test of the two type bits and, without packed `PA[51:48]`, one AND for the next table's
-//! address. The descriptor that ends the walk is decoded once by `leaf`, reusing the address the
-//! walk already masked (checked against `pte::decode` for every type pattern and level); leaf
-//! protections come from a 64-entry table in the `Geometry`, indexed by descriptor bits 7:2 and
-//! built from the bit-by-bit definition (a test checks the two agree).
+//! # The translation walk
 //!
-//! Measured (`dmabench --components floor,pgtable --threads 1`, five runs alternating with the
-//! code before the claiming and speed work, medians, ratios to the floors of the same run): held
-//! guard 1.32× the dependent chase (before 1.37×) and 2.56× the independent one (2.70×); one call
-//! with its pin 1.44× the dependent chase (1.49×) and 4.39× the independent one (4.67×); 1M live
-//! mappings 0.96× a dependent chase over the same bytes (1.19×); 4 KiB map+unmap 18.2× one CAS
-//! (20.2×). The pin is what separates the single call from the held guard: 69 instructions
-//! (callgrind: 162 per pinned call against 93 under a held guard) and one locked
-//! read-modify-write in crossbeam-epoch's `pin`, reached through `dma_sync::rcu`.
+//! A translation is a dependent load chase: each level's descriptor gives the next table's
+//! address. The walk adds only what correctness needs on top of the chase — a range check, an
+//! acquire per load, the two type bits per level, and the leaf's answer — so it runs close to
+//! the chase floor:
+//!
+//! * **One walk per geometry kind, chosen once.** [`select`] picks, when the table is built, a
+//!   walk monomorphised on the start level, the output-address format (packed `PA[51:48]` or
+//!   not) and whether the granule is 4 KiB; a translation is one call through that pointer,
+//!   with no dispatch on the geometry. Each walk is fully unrolled; with the 4 KiB granule
+//!   every shift and mask is a constant, and without packed `PA[51:48]` the next table's
+//!   address is one mask away, so each level's dependent chain is a load and an AND.
+//! * **No reload of the geometry.** The input-size check makes the start level's index mask
+//!   redundant (the input size is the start level's shift plus its index bits, a test checks
+//!   it for every geometry), and whatever else a walk needs from the geometry is read before
+//!   the first acquire load, above which the compiler may not move later reads.
+//! * **No decoding.** The leaf's answer ([`Translation`]) is the output address and the raw
+//!   descriptor with the level, size and stage the walk already knows; protections are decoded
+//!   when asked (see `translation.rs`). The answer is checked against `pte::decode` for every
+//!   type pattern, level and stage.
+//! * **Constants per exit.** A page ends the walk inline with its size and fields as constants;
+//!   a block (or an invalid entry) above the leaf level leaves through an out-of-line call, so
+//!   the compiler does not merge the exits into one tail that computes them from the level.
+//!
+//! Measured (`dmabench --components floor,pgtable`, three repetitions, ratios to the floors of
+//! the same run, against the code before this walk in the same conditions): held guard 1.20×
+//! the dependent chase (before 1.30×) and 1.95× the independent one (2.56×); one call with its
+//! pin 1.28× the dependent chase (1.35×) and 3.56× the independent one (4.15×). Callgrind, per
+//! translation of the benchmark loop: 77 instructions under a held guard (before 111; the
+//! independent chase is 36) and 122 with the pin (153).
+//!
+//! The pin is what separates the single call from the held guard: with crossbeam-epoch it is a
+//! thread-local lookup, a locked compare-and-swap on the thread's own epoch slot (a full
+//! barrier, which also keeps independent translations from overlapping) and a collection
+//! attempt every 128 pins; the unpin is a release store (45 instructions in all). A caller
+//! translating several addresses holds a [`Reader`] instead (a nested pin on a pinned thread
+//! skips the barrier).
 
-use crate::config::{Geometry, Walk};
+use crate::config::{Geometry, Granule};
 use crate::dump::{Dump, WalkEntry};
 use crate::pgtable::PageTable;
 use crate::points::{READER_PIN, WALK_ACQUIRE};
-use crate::pte::{self, Descriptor, Prot, TYPE_TABLE_OR_PAGE, VALID};
+use crate::pte::{self, Descriptor, TYPE_TABLE_OR_PAGE, VALID};
 use crate::tlb::TlbOps;
+use crate::translation::{Meta, Translation};
 use dma_sync::atomic::{AtomicU64, Ordering::Acquire};
 use dma_sync::rcu::{self, Guard};
 
-/// The result of a translation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Translation {
-    /// The output address of the translated input address (leaf base plus offset).
-    pub paddr: u64,
-    /// The leaf's protections.
-    pub prot: Prot,
-    /// The level of the leaf (3 for a page).
-    pub level: u32,
-    /// The leaf's size (page or block).
-    pub size: u64,
-    /// The raw leaf descriptor.
-    pub desc: u64,
+/// A translation walk specialised for one kind of geometry; the guard is the caller's proof
+/// that the tables it reaches stay alive.
+pub(crate) type WalkFn<T> = fn(&PageTable<T>, &Guard, u64) -> Option<Translation>;
+
+/// The translation walk of tables with geometry `g`.
+pub(crate) fn select<T: TlbOps>(g: &Geometry) -> WalkFn<T> {
+    let start = g.start_level();
+    let pa52 = g.oa_hi_mask() != 0;
+    match (pa52, g.config().granule == Granule::Size4K) {
+        (false, true) => select_start::<T, false, true>(start),
+        (false, false) => select_start::<T, false, false>(start),
+        // A 52-bit output field exists only with the 64 KiB granule.
+        (true, _) => select_start::<T, true, false>(start),
+    }
 }
 
-/// The translation of `iova` by the descriptor `d` that ended a walk at `level`, whose
-/// output address is `base` (decoded by the caller's walk) and whose leaf size is `size`:
-/// the same answer as [`pte::decode`] (a test checks it), without decoding what the walk
-/// already knows.
-#[inline(always)]
-fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Option<Translation> {
-    // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
-    // above it, type bits `01` are a block.
-    let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
-    if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
+/// [`select`] for the output-address format `PA52` and granule class `G4K`.
+fn select_start<T: TlbOps, const PA52: bool, const G4K: bool>(start: u32) -> WalkFn<T> {
+    match start {
+        0 => translate_in::<T, 0, PA52, G4K>,
+        1 => translate_in::<T, 1, PA52, G4K>,
+        2 => translate_in::<T, 2, PA52, G4K>,
+        3 => translate_in::<T, 3, PA52, G4K>,
+        _ => unreachable!("start level {start} above 3"),
+    }
+}
+
+/// Translate `iova` in `pt`, whose tables start at level `START`, whose descriptors pack
+/// `PA[51:48]` iff `PA52`, with the 4 KiB granule iff `G4K` (what [`select`] picked).
+fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
+    pt: &PageTable<T>,
+    _pinned: &Guard,
+    iova: u64,
+) -> Option<Translation> {
+    let g = &pt.geom;
+    if iova >> g.ias() != 0 {
         return None;
     }
-    Some(Translation {
-        paddr: base + (iova & (size - 1)),
-        prot: pte::prot_of(g, d),
+    let shift = |level: u32| -> u32 {
+        if G4K {
+            12 + 9 * (3 - level)
+        } else {
+            g.level_shift(level)
+        }
+    };
+    let shifts = [shift(0), shift(1), shift(2), shift(3)];
+    let index = |level: u32| -> usize {
+        let i = iova >> shifts[level as usize];
+        // Below `ias` bits, only the start table's index bits lie above its shift.
+        if level == START {
+            i as usize
+        } else if G4K {
+            (i & 511) as usize
+        } else {
+            (i & g.index_mask(level)) as usize
+        }
+    };
+    let indices = [index(0), index(1), index(2), index(3)];
+    let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
+    let oa_hi_mask = g.oa_hi_mask();
+    let stage = Meta::stage(g.config().stage);
+    let mut table: *const AtomicU64 = pt.root.entries().as_ptr();
+    for level in START..4 {
+        // SAFETY: `table` is the root (START is the root's level: `select` picked this walk
+        // from `g.start_level()`) or a table a descriptor at `level - 1` links to, read under
+        // the caller's pin, so it is alive and holds `entries(level)` descriptors; the index
+        // is below `entries(level)` (masked, or at the start level bounded by the range check).
+        let entry = unsafe { &*table.add(indices[level as usize]) };
+        let d = entry.load(WALK_ACQUIRE.ord(Acquire));
+        let next = if PA52 {
+            (d & oa_mask) | ((d & oa_hi_mask) << 36)
+        } else {
+            d & oa_mask
+        };
+        // With 4 KiB, the leaf size is a constant of each exit, not a lookup by level.
+        let size_shift = if G4K {
+            shift(level)
+        } else {
+            shifts[level as usize]
+        };
+        if level == 3 {
+            let exit = Exit {
+                level,
+                d,
+                base: next,
+                size_shift,
+            };
+            return exit.leaf(iova, stage);
+        }
+        // The descent tests only the two type bits; anything but a table descriptor above
+        // the leaf level ends the walk.
+        if !pte::is_table(d) {
+            return block(level, iova, d, next, size_shift, stage);
+        }
+        table = next as *const AtomicU64;
+    }
+    unreachable!("the leaf level ends every walk")
+}
+
+/// Where a walk stopped: the descriptor `d` loaded at `level`, its output address `base`
+/// (decoded by the walk), and the log2 of the size a leaf there maps.
+struct Exit {
+    level: u32,
+    d: u64,
+    base: u64,
+    size_shift: u32,
+}
+
+impl Exit {
+    /// The translation of `iova` by this exit's descriptor, with `stage` the [`Meta::stage`]
+    /// bits of its format: `None` unless the descriptor is a leaf at its level (a test checks
+    /// the answer against [`pte::decode`]).
+    #[inline(always)]
+    fn leaf(self, iova: u64, stage: u64) -> Option<Translation> {
+        let Exit {
+            level,
+            d,
+            base,
+            size_shift,
+        } = self;
+        // A walk ends on a table descriptor only at the leaf level, where it reads as a page;
+        // above it, type bits `01` are a block.
+        let page_bit = if level == 3 { TYPE_TABLE_OR_PAGE } else { 0 };
+        if d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | page_bit {
+            return None;
+        }
+        let offset = iova & ((1 << size_shift) - 1);
+        let meta = Meta::leaf(level, size_shift) | stage;
+        Some(Translation::new(base + offset, d, meta))
+    }
+}
+
+/// [`Exit::leaf`] of a walk that stopped above the leaf level, out of line: the page exit
+/// keeps its constants instead of sharing a tail that computes them from the level. (The exit
+/// comes in registers: as one value it would be stored on every level of the walk.)
+#[cold]
+#[inline(never)]
+fn block(
+    level: u32,
+    iova: u64,
+    d: u64,
+    base: u64,
+    size_shift: u32,
+    stage: u64,
+) -> Option<Translation> {
+    let exit = Exit {
         level,
-        size,
-        desc: d,
-    })
+        d,
+        base,
+        size_shift,
+    };
+    exit.leaf(iova, stage)
 }
 
 /// A pinned read-side view of a page table: any number of translations and walks under one
@@ -81,8 +218,8 @@ fn leaf(g: &Geometry, level: u32, iova: u64, d: u64, base: u64, size: u64) -> Op
 /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 /// pt.map(0x1000, 0x9000, 0x2000, Prot::READ).unwrap();
 /// let r = pt.reader();
-/// assert_eq!(r.translate(0x1010).unwrap().paddr, 0x9010);
-/// assert_eq!(r.translate(0x2010).unwrap().paddr, 0xa010);
+/// assert_eq!(r.translate(0x1010).unwrap().paddr(), 0x9010);
+/// assert_eq!(r.translate(0x2010).unwrap().paddr(), 0xa010);
 /// assert!(r.translate(0x3000).is_none());
 /// ```
 pub struct Reader<'a, T: TlbOps> {
@@ -107,8 +244,8 @@ impl<T: TlbOps> PageTable<T> {
     /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     /// pt.map_pages(0x4000, 0x7000, 0x1000, 1, Prot::READ | Prot::NOEXEC).unwrap();
     /// let t = pt.iova_to_phys(0x4abc).unwrap();
-    /// assert_eq!((t.paddr, t.level), (0x7abc, 3));
-    /// assert_eq!(t.prot, Prot::READ | Prot::NOEXEC);
+    /// assert_eq!((t.paddr(), t.level()), (0x7abc, 3));
+    /// assert_eq!(t.prot(), Prot::READ | Prot::NOEXEC);
     /// ```
     #[inline]
     pub fn iova_to_phys(&self, iova: u64) -> Option<Translation> {
@@ -134,78 +271,7 @@ impl<T: TlbOps> Reader<'_, T> {
     /// Translate `iova` under this reader's pin.
     #[inline]
     pub fn translate(&self, iova: u64) -> Option<Translation> {
-        // One walk per start level, output-address format and granule class, each fully
-        // unrolled: the level loop has no bookkeeping, the 4 KiB granule's shifts and masks
-        // are constants, and without packed `PA[51:48]` the next table's address is one mask
-        // away, so each level's dependent chain is a load and an AND.
-        const fn kind(start: u32, pa52: bool, g4k: bool) -> u8 {
-            Walk { start, pa52, g4k }.kind()
-        }
-        match self.pt.geom.walk_kind() {
-            k if k == kind(0, false, true) => self.translate_in::<0, false, true>(iova),
-            k if k == kind(1, false, true) => self.translate_in::<1, false, true>(iova),
-            k if k == kind(2, false, true) => self.translate_in::<2, false, true>(iova),
-            k if k == kind(3, false, true) => self.translate_in::<3, false, true>(iova),
-            k if k == kind(0, false, false) => self.translate_in::<0, false, false>(iova),
-            k if k == kind(1, false, false) => self.translate_in::<1, false, false>(iova),
-            k if k == kind(2, false, false) => self.translate_in::<2, false, false>(iova),
-            k if k == kind(3, false, false) => self.translate_in::<3, false, false>(iova),
-            k if k == kind(0, true, false) => self.translate_in::<0, true, false>(iova),
-            k if k == kind(1, true, false) => self.translate_in::<1, true, false>(iova),
-            k if k == kind(2, true, false) => self.translate_in::<2, true, false>(iova),
-            _ => self.translate_in::<3, true, false>(iova),
-        }
-    }
-
-    /// [`Reader::translate`] for tables starting at level `START`, whose descriptors pack
-    /// `PA[51:48]` iff `PA52`, with the 4 KiB granule iff `G4K`.
-    #[inline(always)]
-    fn translate_in<const START: u32, const PA52: bool, const G4K: bool>(
-        &self,
-        iova: u64,
-    ) -> Option<Translation> {
-        let g = &self.pt.geom;
-        if iova >> g.ias() != 0 {
-            return None;
-        }
-        // Everything the walk needs from the geometry is read before the first acquire load,
-        // above which the compiler may not move later reads: no level reloads it.
-        let index = |level: u32| -> usize {
-            if G4K && level != START {
-                ((iova >> (12 + 9 * (3 - level))) & 511) as usize
-            } else {
-                g.index(level, iova)
-            }
-        };
-        let indices = [index(0), index(1), index(2), index(3)];
-        let oa_mask = if G4K { pte::OA_MASK_4K } else { g.oa_mask() };
-        let oa_hi_mask = g.oa_hi_mask();
-        let mut table: *const AtomicU64 = self.pt.root.entries().as_ptr();
-        for level in START..4 {
-            // SAFETY: `table` is the root (START is the root's level: `translate` picks it from
-            // `g.start_level()`) or a table a descriptor at `level - 1` links to, read under the
-            // reader's pin, so it is alive and holds `entries(level)` descriptors; the index is
-            // masked to `entries(level) - 1`.
-            let entry = unsafe { &*table.add(indices[level as usize]) };
-            let d = entry.load(WALK_ACQUIRE.ord(Acquire));
-            let next = if PA52 {
-                (d & oa_mask) | ((d & oa_hi_mask) << 36)
-            } else {
-                d & oa_mask
-            };
-            // The descent tests only the two type bits; anything but a table descriptor above
-            // the leaf level ends the walk.
-            if level == 3 || d & (VALID | TYPE_TABLE_OR_PAGE) != VALID | TYPE_TABLE_OR_PAGE {
-                let size = if G4K {
-                    1 << (12 + 9 * (3 - level))
-                } else {
-                    g.block_size(level)
-                };
-                return leaf(g, level, iova, d, next, size);
-            }
-            table = next as *const AtomicU64;
-        }
-        unreachable!("the leaf level ends every walk")
+        (self.pt.walk)(self.pt, &self.guard, iova)
     }
 
     /// Visit every valid descriptor reachable from the root, depth first, in address order.
@@ -272,32 +338,80 @@ impl<T: TlbOps> Reader<'_, T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Stage};
 
-    /// The walk's leaf decoding answers as `pte::decode` for every type-bit pattern, level
-    /// and attribute byte.
+    /// The walk's leaf answers as `pte::decode` for every type-bit pattern, level, attribute
+    /// byte and stage.
     #[test]
     fn walk_leaf_matches_decode() {
-        let g = Config::s1_4k(48).geometry().unwrap();
-        let iova = 0x1234_5678_9abc;
-        for level in 0..4 {
-            let size = g.block_size(level);
-            for attrs in 0..1024u64 {
-                for high in [0, pte::XN, pte::XN | 0x8000_1234_5000] {
-                    let d = attrs | high;
-                    let want = match pte::decode(&g, level, d) {
-                        Descriptor::Leaf { paddr, prot } => {
-                            Some((paddr + (iova & (size - 1)), prot))
+        for stage in [Stage::S1, Stage::S2] {
+            let g = Config {
+                stage,
+                ..Config::s1_4k(48)
+            }
+            .geometry()
+            .unwrap();
+            let iova = 0x1234_5678_9abc;
+            for level in 0..4 {
+                let size = g.block_size(level);
+                for attrs in 0..1024u64 {
+                    for high in [0, pte::XN, pte::XN | 0x8000_1234_5000] {
+                        let d = attrs | high;
+                        // A table descriptor above the leaf level never reaches `leaf`.
+                        if level < 3 && pte::is_table(d) {
+                            continue;
                         }
-                        _ => None,
-                    };
-                    let got = leaf(&g, level, iova, d, pte::decode_oa(&g, d), size)
-                        .map(|t| (t.paddr, t.prot));
-                    // A table descriptor above the leaf level never reaches `leaf`.
-                    if level < 3 && d & 3 == 3 {
-                        continue;
+                        let want = match pte::decode(&g, level, d) {
+                            Descriptor::Leaf { paddr, prot } => {
+                                Some((paddr + (iova & (size - 1)), prot, level, size, d))
+                            }
+                            _ => None,
+                        };
+                        let base = pte::decode_oa(&g, d);
+                        let stage = Meta::stage(stage);
+                        let size_shift = g.level_shift(level);
+                        let exit = Exit {
+                            level,
+                            d,
+                            base,
+                            size_shift,
+                        };
+                        let got = exit
+                            .leaf(iova, stage)
+                            .map(|t| (t.paddr(), t.prot(), t.level(), t.size(), t.desc()));
+                        assert_eq!(got, want, "{stage:?} level {level}, descriptor {d:#x}");
                     }
-                    assert_eq!(got, want, "level {level}, descriptor {d:#x}");
+                }
+            }
+        }
+    }
+
+    /// The range check bounds the start level's index: the input size is the start level's
+    /// shift plus its index bits, for every granule, stage and input size.
+    #[test]
+    fn input_size_bounds_the_start_index() {
+        for granule in [
+            Granule::Size4K,
+            Granule::Size16K,
+            Granule::Size64K,
+            Granule::Tiny,
+        ] {
+            for stage in [Stage::S1, Stage::S2] {
+                for ias in 13..=52 {
+                    let config = Config {
+                        granule,
+                        stage,
+                        ias,
+                        oas: 48,
+                        ns: false,
+                    };
+                    let Ok(g) = config.geometry() else { continue };
+                    let start = g.start_level();
+                    assert_eq!(
+                        g.level_shift(start) + g.index_bits(start),
+                        ias,
+                        "{config:?}"
+                    );
                 }
             }
         }

@@ -31,7 +31,7 @@ fn forget(reference: &mut Reference, iova: u64, len: u64) {
 /// Every page in `pages` translates as `reference` says (and nothing else is mapped there).
 fn check_translations(pt: &PageTable, reference: &Reference, pages: impl Iterator<Item = u64>) {
     for page in pages {
-        let got = pt.iova_to_phys(page * PAGE).map(|t| t.paddr);
+        let got = pt.iova_to_phys(page * PAGE).map(|t| t.paddr());
         assert_eq!(got, reference.get(&page).copied(), "page {page:#x}");
     }
     // Nothing is mapped that the reference does not know of.
@@ -71,7 +71,7 @@ fn check_keeps_working(pt: &PageTable, reference: &Reference, iova: u64, len: u6
     let before = pt.stats().allocated;
     pt.map(iova, 0x4000_0000, len, RW).unwrap();
     assert_eq!(
-        pt.iova_to_phys(iova + len - PAGE).unwrap().paddr,
+        pt.iova_to_phys(iova + len - PAGE).unwrap().paddr(),
         0x4000_0000 + len - PAGE
     );
     assert!(
@@ -277,7 +277,7 @@ proptest! {
         }
         reference.clear();
         pt.map(0, 0, PAGES * PAGE, RW).unwrap();
-        prop_assert_eq!(pt.iova_to_phys((PAGES - 1) * PAGE).map(|t| t.paddr), Some((PAGES - 1) * PAGE));
+        prop_assert_eq!(pt.iova_to_phys((PAGES - 1) * PAGE).map(|t| t.paddr()), Some((PAGES - 1) * PAGE));
         prop_assert_eq!(pt.unmap(0, PAGES * PAGE), Ok(PAGES * PAGE));
         check_translations(&pt, &reference, 0..PAGES);
         check_no_leak(&pt);

@@ -67,7 +67,7 @@ fn racing_unmaps_of_one_table_retire_it_once() {
             assert_eq!(pt.map_pages(base, base, PAGE, 1, Prot::READ), Ok(0x1000));
             start.wait();
             if let Some(t) = pt.iova_to_phys(base + 0x10) {
-                assert_eq!(t.paddr, base + 0x10);
+                assert_eq!(t.paddr(), base + 0x10);
             }
             end.wait();
             assert!(pt.iova_to_phys(base).is_none(), "round {round}");
@@ -165,7 +165,7 @@ fn page_and_table_unmaps_and_maps_race_on_one_table() {
             end.wait();
             // Whatever is left are leaves mapped right: the racing unmappers are done.
             for e in pt.dump().leaves() {
-                assert_eq!(pt.iova_to_phys(e.iova).unwrap().paddr, pa(e.iova));
+                assert_eq!(pt.iova_to_phys(e.iova).unwrap().paddr(), pa(e.iova));
             }
             let _ = unmap_pages(&pt, SPAN, SPAN, 1);
         }
@@ -246,7 +246,7 @@ fn block_map_races_page_map_and_table_unmap() {
                 "{page:?}"
             );
             end.wait();
-            let seen = pt.iova_to_phys(BLOCK + 2 * PAGE).map(|t| t.paddr);
+            let seen = pt.iova_to_phys(BLOCK + 2 * PAGE).map(|t| t.paddr());
             rounds.push((page.is_ok(), seen));
             let _ = unmap_pages(&pt, BLOCK, BLOCK, 1);
             assert!(pt.dump().leaves().next().is_none());

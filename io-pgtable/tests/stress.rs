@@ -102,14 +102,14 @@ fn writers_and_readers() {
                     for _ in 0..16 {
                         let iova = rng.gen_range(0..SHARED + OWN * WRITERS) * PAGE;
                         if let Some(t) = reader.translate(iova) {
-                            check_seen(iova, t.paddr, &gens);
+                            check_seen(iova, t.paddr(), &gens);
                             seen += 1;
                         }
                     }
                     drop(reader);
                     let iova = rng.gen_range(0..SHARED + OWN * WRITERS) * PAGE;
                     if let Some(t) = pt.iova_to_phys(iova) {
-                        check_seen(iova, t.paddr, &gens);
+                        check_seen(iova, t.paddr(), &gens);
                     }
                     for e in pt.dump().entries {
                         match e.desc {

@@ -40,7 +40,7 @@ fn level_free_vs_walker() {
         })
     };
     if let Some(t) = pt.iova_to_phys(page) {
-        assert_eq!(t.paddr, 0x10_0000, "a translation that was never mapped");
+        assert_eq!(t.paddr(), 0x10_0000, "a translation that was never mapped");
     }
     unmapper.join().unwrap();
     assert!(pt.iova_to_phys(page).is_none());

@@ -463,8 +463,8 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
                 Some(t) if iova >= guard_region => {
                     sh.fail(format!("never-mapped {iova:#x} translates: {t:?}"))
                 }
-                Some(t) if t.paddr != paddr_of(iova) => {
-                    sh.fail(format!("{iova:#x} translates to {:#x}", t.paddr))
+                Some(t) if t.paddr() != paddr_of(iova) => {
+                    sh.fail(format!("{iova:#x} translates to {:#x}", t.paddr()))
                 }
                 _ => {}
             }

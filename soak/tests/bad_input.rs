@@ -375,7 +375,7 @@ mod pgtable {
         );
         // Still working: a map, its translation, its unmap, and no table leaked.
         pt.map(0x3000, 0x9000, 0x2000, RW).unwrap();
-        assert_eq!(pt.iova_to_phys(0x3abc).unwrap().paddr, 0x9abc);
+        assert_eq!(pt.iova_to_phys(0x3abc).unwrap().paddr(), 0x9abc);
         assert_eq!(pt.unmap(0x3000, 0x2000), Ok(0x2000));
         assert_eq!(pt.dump().tables as u64, pt.stats().linked());
         assert!(pt.dump().leaves().next().is_none());

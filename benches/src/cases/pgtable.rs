@@ -101,7 +101,7 @@ impl MappingStore for Ours {
 
     #[inline]
     fn translate(&self, iova: u64) -> Option<u64> {
-        self.0.iova_to_phys(iova).map(|t| t.paddr)
+        self.0.iova_to_phys(iova).map(|t| t.paddr())
     }
 }
 
@@ -334,7 +334,7 @@ fn guarded_cases(opts: &Options) -> Vec<Case> {
             populate(&s, &cycle);
             let translator = |_| {
                 let reader = s.0.reader();
-                move |iova| reader.translate(iova).map(|x| x.paddr)
+                move |iova| reader.translate(iova).map(|x| x.paddr())
             };
             measure_translation(cfg, t, order, &cycle, None::<fn()>, translator)
         })

@@ -78,7 +78,7 @@ fn unmap_one(pt: &PageTable, iova: u64, size: u64) {
 fn translated_or_absent(pt: &PageTable, iova: u64) {
     if let Some(t) = pt.iova_to_phys(iova) {
         assert_eq!(
-            t.paddr,
+            t.paddr(),
             pa(iova),
             "translation of {iova:#x} was never mapped"
         );
@@ -102,7 +102,7 @@ fn install_race() {
         m.join().unwrap();
     }
     for iova in [0, PAGE] {
-        assert_eq!(pt.iova_to_phys(iova).map(|t| t.paddr), Some(pa(iova)));
+        assert_eq!(pt.iova_to_phys(iova).map(|t| t.paddr()), Some(pa(iova)));
     }
     let s = pt.stats();
     assert_eq!(
@@ -186,7 +186,7 @@ fn block_replaces_empty_table_under_readers() {
     mapper.join().unwrap();
     walker.join().unwrap();
     assert_eq!(
-        pt.iova_to_phys(BLOCK + PAGE).map(|t| (t.paddr, t.size)),
+        pt.iova_to_phys(BLOCK + PAGE).map(|t| (t.paddr(), t.size())),
         Some((pa(BLOCK + PAGE), BLOCK))
     );
     assert_eq!(pt.stats().retired, 1);
@@ -274,11 +274,11 @@ fn block_map_races_page_map() {
     let t = pt.iova_to_phys(BLOCK + 2 * PAGE).expect("one map won");
     match (block, page) {
         (Ok(_), Err(Error::Exists { .. })) => {
-            assert_eq!((t.paddr, t.size), (pa(BLOCK + 2 * PAGE), BLOCK));
+            assert_eq!((t.paddr(), t.size()), (pa(BLOCK + 2 * PAGE), BLOCK));
             assert_eq!(pt.stats().retired, 1);
         }
         (Err(Error::Exists { .. }), Ok(_)) => {
-            assert_eq!((t.paddr, t.size), (pa(BLOCK + 2 * PAGE), PAGE));
+            assert_eq!((t.paddr(), t.size()), (pa(BLOCK + 2 * PAGE), PAGE));
             assert_eq!(pt.stats().retired, 0);
         }
         other => panic!("not exactly one map won: {other:?}"),
@@ -303,7 +303,7 @@ fn block_map_races_table_unmap() {
     };
     mapper.join().unwrap();
     let unmapped = unmapper.join().unwrap();
-    let block = pt.iova_to_phys(BLOCK).map(|t| (t.paddr, t.size));
+    let block = pt.iova_to_phys(BLOCK).map(|t| (t.paddr(), t.size()));
     match unmapped {
         // The unmap took the table first, or the block after it was mapped.
         Ok(n) => {

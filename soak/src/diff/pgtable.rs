@@ -276,17 +276,18 @@ fn check_translation(
         (Some(tr), Some((base, leaf))) => {
             t.same(
                 &format!("translation of {iova:#x}"),
-                (tr.paddr, tr.size, tr.level),
+                (tr.paddr(), tr.size(), tr.level()),
                 (leaf.paddr + (iova - base), leaf.size, leaf.level),
             )?;
             // Stage 1 cannot express write-only: writable implies readable.
             t.check(
-                tr.prot.contains(Prot::WRITE) == leaf.prot.contains(Prot::WRITE)
-                    && (tr.prot.contains(Prot::READ) || !leaf.prot.contains(Prot::READ)),
+                tr.prot().contains(Prot::WRITE) == leaf.prot.contains(Prot::WRITE)
+                    && (tr.prot().contains(Prot::READ) || !leaf.prot.contains(Prot::READ)),
                 || {
                     format!(
                         "permissions at {iova:#x}: real {:?}, mapped {:?}",
-                        tr.prot, leaf.prot
+                        tr.prot(),
+                        leaf.prot
                     )
                 },
             )
