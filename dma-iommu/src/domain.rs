@@ -21,7 +21,7 @@ use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
 use crate::flush_queue::FqConfig;
 use crate::iotlb::TlbOps;
-use crate::new_mapping::{NewMapping, Sinks};
+use crate::new_mapping::NewMapping;
 use crate::policy::DevicePolicy;
 use crate::registry::{Kind, Registry};
 use crate::stats::{DomainStats, Event, Stats};
@@ -360,14 +360,10 @@ impl<T: TlbOps + 'static> Domain<T> {
             }
             e => DmaError::NoIova(e),
         })?;
-        let sinks = Sinks {
-            registry: &self.registry,
-            stats: &self.stats,
-        };
         let span = IovaSpan { pfn, granules };
         Ok(NewMapping::new(
             &self.backend,
-            sinks,
+            &self.registry,
             dev,
             kind,
             dir,
@@ -471,10 +467,10 @@ impl<T: TlbOps + 'static> Domain<T> {
             unmap_present(pt, iova, len, self.granule(), gather);
             span
         });
-        self.stats.count(match how {
-            Unmapped::Synced => Event::Synced,
-            Unmapped::Queued => Event::Queued,
-        });
+        // A queued unmap is counted by the flush queue (under its ring lock).
+        if how == Unmapped::Synced {
+            self.stats.count(Event::Synced);
+        }
         if let (Some(phys), Some(bouncer)) = (rec.bounce, self.bouncer(dev)) {
             // The device can no longer reach the buffer (untrusted: always strict). `size` is
             // the recorded size, which `map_single` checked fits a usize.
@@ -668,7 +664,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Counters; [`DomainStats`] displays as a text report.
     pub fn stats(&self) -> DomainStats {
         self.stats.snapshot(
-            self.registry.len() as u64,
+            self.registry.counts(),
             self.is_lazy(),
             self.strictness.queue_stats(),
         )
