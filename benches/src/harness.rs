@@ -20,6 +20,36 @@
 //! Timing each op in the throughput phase would add the clock's cost to every op, which is of
 //! the same order as the cheapest ops measured here (an uncontended CAS), so the phases are kept
 //! apart.
+//!
+//! # Threads, figures and placement
+//!
+//! * **Threads and counting.** [`measure`] spawns the threads; each builds its own op with
+//!   `make(t)` (per-thread set-up, not timed) and waits on a start barrier, then records its own
+//!   start and end instants, CPU time (`CLOCK_THREAD_CPUTIME_ID`) and runqueue wait
+//!   (`/proc/thread-self/schedstat`). Wall time is first start to last end, not the main thread's
+//!   view: under oversubscription the main thread may run long after the barrier released the
+//!   workers. Every thread runs at least one batch. Groups that did no unit of work (the
+//!   asymmetric case's freer finding nothing) are not sampled for latency.
+//! * **Repetitions and durations.** Every case runs `--repetitions` times (default 3) at every
+//!   thread count, in rounds over the whole suite rather than back to back, so a burst of other
+//!   load lands in one repetition of many cases instead of all repetitions of one. Tables and
+//!   charts show the median of each figure; the JSON keeps every repetition. 100 ms of throughput
+//!   per run (`--duration-ms`) and a latency phase of a quarter of that.
+//! * **Three cost figures.** `ns_per_op` (threads × wall / ops); `cpu_ns_per_op` (CPU time /
+//!   ops), which other load on the machine does not inflate (the "≤ k×" cost targets use it at
+//!   one thread); and `adjusted_ops_per_sec`, the sum over threads of ops / (wall − runqueue
+//!   wait): with no more threads than CPUs, runqueue wait is other processes holding the CPUs, so
+//!   this is what a dedicated machine gives, while time blocked on a lock (sleeping, not
+//!   runnable) stays in. Throughput ratios (scaling, against peers) use the adjusted figure up to
+//!   the CPU count and plain wall-clock throughput when oversubscribed.
+//! * **Placement.** Thread `t` is pinned to the `t mod n`-th allowed CPU (`--no-pin` to disable),
+//!   so per-CPU structures see real CPU ids; oversubscribed runs put several threads on each CPU.
+//!   The run's threads take the highest nice level they may (`--no-boost` to disable); with
+//!   autogroup scheduling this only helps within the session, which is why the adjusted figures
+//!   exist.
+//! * **Machine record.** CPU model, CPU count, kernel, governor, the latency clock's overhead and
+//!   ns per tick, load average at the end, nice level and whether the binary is optimised go into
+//!   the JSON; the program prints a note when the load average exceeds the CPU count.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -35,6 +35,32 @@
 //! let report = dma_bench::run(&opts);
 //! assert!(report.results.iter().all(|r| r.runs[0].ops > 0));
 //! ```
+//!
+//! The package is not one of the library crates: it uses `std::sync`, `parking_lot` and `libc`
+//! directly, since the peers are other people's designs and the harness measures rather than
+//! synchronises.
+//!
+//! # Criterion
+//!
+//! `benches/fast_paths.rs`: the floor (both chase kinds), every allocator's pair, every store's
+//! translation, ours under a held reader, our map+unmap sizes, the bounce paths and the three DMA
+//! modes, single threaded. `benches/multithreaded.rs`: `iter_custom` with the structure built
+//! outside the timed region, threads released by one barrier and the clock stopped by a second
+//! (the sharded-slab pattern), at 2 threads, for the CAS floor, our allocator, translation,
+//! map+unmap and bounce, and the vm-allocator and cloud-hypervisor peers.
+//!
+//! # Limits
+//!
+//! * On a shared machine wall-clock throughput of oversubscribed runs reflects the other load;
+//!   the CPU and adjusted figures do not, but caches and memory bandwidth are shared all the
+//!   same, which is what the min–max of the repetitions shows.
+//! * Latency percentiles of fast ops are percentiles of group means (see [`harness`]), not of
+//!   single ops.
+//! * The 1M-slot bounce sweep touches about 2 GiB of bounce memory per repetition (every map
+//!   copies in).
+//! * The cloud-hypervisor store and the per-I/O peer are rebuilt from the designs described in
+//!   the reference, not copied; the cloud-hypervisor writer's cost is dominated by its linear
+//!   UNMAP scan under the write lock, which is what that design does.
 
 pub mod cases;
 pub mod cli;

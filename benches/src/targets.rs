@@ -6,6 +6,19 @@
 //! the targets checkable on any machine. Every case runs several times (rounds over the whole
 //! suite); a target's ratio is computed per repetition, its verdict comes from the median ratio,
 //! and the min–max of the ratios tells whether the verdict is within noise of the bound.
+//!
+//! Each target is the sum of its numerator quantities over the sum of its denominator quantities,
+//! computed per repetition; a target whose bound lies inside the min–max is marked "within
+//! noise". Targets whose component was not selected are reported as not measured and do not fail
+//! `--check`. Cost quantities are CPU ns/op at one thread; throughput quantities are ops/s at the
+//! stated thread count. The list is [`all`]; every run writes it with its verdicts to
+//! `results/targets.md`.
+//!
+//! The translation-with-writer target against the cloud-hypervisor store is not a stable number:
+//! its writer holds the write lock through a linear scan of every mapping on each UNMAP, and with
+//! a writer-preferring `RwLock` the readers starve, so the ratio lands anywhere from tens to tens
+//! of thousands. The throttled-writer case shows the other end; the JSON records the writer's
+//! achieved rate.
 
 use crate::cases::{alloc, floor, iommu, pgtable, swiotlb};
 use crate::spread::Spread;

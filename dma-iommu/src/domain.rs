@@ -14,6 +14,38 @@
 //! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
 //! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
 //! the domain's `Backend` (module `backend`), shared with [`Strictness`].
+//!
+//! Details:
+//!
+//! * Map: an untrusted device's buffer that is not granule-aligned at both ends is bounced
+//!   (`alloc_align_mask = granule − 1`, zeroed padding); the IOVA comes from
+//!   `DevicePolicy::alloc_iova` below `min(dma_mask, aperture)`; on `NoSpace` in lazy mode the
+//!   flush queue is run once and the allocation retried, since queued IOVAs count as used. Every
+//!   failure undoes what the call did (IOVA freed, bounce slot released without copy-back): the
+//!   range and its mapped extents are a `NewMapping`, which only `publish` (the registry record)
+//!   keeps; dropped on an error, it unmaps what it mapped with a synced gather and frees the IOVA.
+//! * Configuration: `Domain::new` runs `DomainConfig::validate` before it allocates anything
+//!   (page-table format, the IOVA allocator's counts against iova-cache's maxima, IOVA granule and
+//!   space against the page table, the lazy queue's limits); `attach` runs `DeviceConfig::validate`
+//!   (segment boundary `2^k − 1` of at least a granule, segments of at least a byte) and refuses
+//!   with `DmaError::DeviceConfig`.
+//! * Unmap refuses an address that is not the start of a live mapping of this device, a
+//!   different size or offset, a different kind (single, resource, list) or a second unmap
+//!   (`NotMapped` / `Mismatch`, nothing changed). If original memory refuses the copy-back the
+//!   mapping is gone all the same, its slots are released exactly once, the unmap counts as an
+//!   unmap and as an error, and the call returns `LostCopyBack { dma, size, cause }`. A refused
+//!   copy in a sync is `CopyRefused` and leaves the mapping live, so the sync can be retried.
+//! * Sync for CPU or device: translate through the page table; bounced → a swiotlb partial
+//!   sync, otherwise coherent (nothing to do, but the range must be mapped). A sync by another
+//!   device of the same domain is accepted, like Linux's `dma_sync_*`: it is an operation on the
+//!   domain's address space (an unmap by another device is refused).
+//! * Limits: `opt_mapping_size` (the largest per-CPU-cached IOVA size, Linux's
+//!   `dma_opt_mapping_size`); `max_mapping_size(dev)`, capped by the bounce segment for untrusted
+//!   devices, since any of their mappings may need bouncing.
+//! * Statistics: per-CPU Relaxed counters (maps, bounced, lists, synced and queued unmaps,
+//!   errors) plus live mappings and flush-queue counters; `Display` is the text report.
+//! * Table pages: io-pgtable frees table levels itself (walk-cache flush through
+//!   `TlbOps::flush_walk`, then RCU), so queue entries carry only the IOVA span.
 
 use crate::backend::{unmap_present, Backend, SharedIotlb};
 use crate::bounce::{copy_error, Bouncer};

@@ -21,6 +21,30 @@
 //! assert_eq!(r, Err(DmaError::PageTable(io_pgtable::Error::NoMemory)));
 //! assert!(dom.map(&dev, 0x10_0000, 0x1000, Direction::ToDevice).is_ok(), "disarmed: works on");
 //! ```
+//!
+//! # Sites reached through a domain
+//!
+//! Besides its own two sites, a domain reaches these (the feature forwards to every crate it is
+//! made of):
+//!
+//! | Site | Where | Fallback |
+//! |---|---|---|
+//! | `pgtable.table.alloc` | page-table map | `DmaError::PageTable(NoMemory)`; `map` already undid partial progress; the domain frees the IOVA (`iommu_dma_map_page` → `iommu_dma_free_iova`) |
+//! | `iova.tree.node` | IOVA allocation | `DmaError::NoIova(OutOfMemory)`, nothing changed; the device's 32-bit-first flag is kept |
+//! | `iova.magazine.alloc`, `iova.depot.grow` | IOVA free in a strict unmap or a flush-queue reclaim | the IOVA goes back to the range allocator; the unmap succeeds |
+//! | `swiotlb.transient.alloc` | a bounced map with no room in the global pools | `DmaError::Bounce(NoSpace)`, nothing changed |
+//!
+//! # Tests
+//!
+//! `tests/fault_injection.rs`: table failure on a fresh domain, with live mappings, across
+//! several leaf tables and for a scatter list; magazine and depot failures during strict unmaps
+//! (then every IOVA handed out again, each once); tree-node failure; record failure for a plain,
+//! a bounced and a scatter-list map; ring failure on `set_lazy` (stays strict, unmaps synced,
+//! the next switch works and unmaps queue) and at `Domain::new`; a proptest workload (24 cases,
+//! strict or lazy) arming a random site per map, unmap or flush. Each checks: the error is the
+//! typed one, live mappings read their buffers through the page table, no IOVA granule is handed
+//! out twice, `stats().live` matches, and at the end every IOVA is back, no bounce slot is used,
+//! and the disarmed domain maps a multi-leaf-table buffer and a bounced one and unmaps them.
 
 use dma_sync::fault::Site;
 

@@ -22,6 +22,43 @@
 //!
 //! The queue is generic over what it frees ([`InvalidationOps`]), so its models need neither
 //! the allocator nor the page table.
+//!
+//! # The protocol in detail
+//!
+//! * Rings: each is `{slots, head, tail}` behind its own lock on its own cache line; full ⇔
+//!   `(tail + 1) & mask == head`. Geometry is configurable (models use 2–4 entries).
+//! * Flush: `start_cnt += 1` (Relaxed); `fence(SeqCst)` (`iommu.fq.flush.fence`); `flush_all()`;
+//!   `finish_cnt += 1` (Release, `iommu.fq.finish.release`).
+//! * Enqueue: `fence(SeqCst)` (`iommu.fq.enqueue.fence`), which orders the caller's leaf clears
+//!   before the stamp and is the acquire side of the queue's publication; then lock the ring of
+//!   the current CPU; drain; if full: flush, drain (and, only if an earlier-started flush on
+//!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
+//!   (`timer_on` read first, then swapped: no line bouncing while armed).
+//! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
+//!   entries stamped below it.
+//! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
+//!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
+//!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
+//!   sides; SeqCst *accesses* would not do under loom). The release/acquire pair on
+//!   `finish_cnt` orders the invalidation before a free on another CPU.
+//! * Timer: holds the timer lock for the whole run; `timer_on = false` first
+//!   (`iommu.fq.timer.clear_first`), one flush, drain every ring; if entries stamped after its
+//!   flush remain, it re-arms itself (`iommu.fq.timer.rearm`). The ring locks order the clear
+//!   against a racing enqueue: either the drain sees the entry or the enqueuer sees the timer off
+//!   and arms it. Invariant checked by the models: a non-empty queue always has its timer armed.
+//!   In production one background thread per queue (module `timer`) runs the work; under loom a
+//!   model thread calls `fire_timer`.
+//! * Teardown (`shutdown`, also on drop): mark the timer dead under the timer lock, waiting for a
+//!   running drain (`iommu.fq.teardown.stop_timer`, the 2022 Linux fix), stop and join the
+//!   thread, flush, free everything. A domain tears down on drop, with no unmap running; a direct
+//!   `FlushQueue` user that enqueues during or after `shutdown` loses nothing: teardown marks
+//!   each ring closed under its lock and flushes again while an entry stamped after its flush is
+//!   left, and an enqueue into a closed ring flushes and frees its entry at once.
+//! * Limits (`FqConfig::validate`, checked before any ring is allocated): ring size a power of
+//!   two ≥ 2, at least one ring, `rings × ring_size ≤ MAX_QUEUED` (2^20 entries), timeout ≤
+//!   `MAX_TIMEOUT` (one day): `FqError::{RingSize, NoRings, TooLarge, Timeout}`.
+//!   `FqConfig::per_cpu()` takes one ring per CPU up to 4096 rings (CPUs beyond share rings), so
+//!   the default is always valid.
 
 use crate::iotlb::Gather;
 use crate::points::{

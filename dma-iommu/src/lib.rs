@@ -61,6 +61,48 @@
 //! [`FlushQueue`] (deferred freeing after global flushes, the start/finish counter protocol,
 //! the timer) and [`Strictness`] (the mode, the strict-to-lazy switch, the single-snapshot
 //! unmap path). The caller's IOMMU is reached only through [`TlbOps`].
+//!
+//! # Modules
+//!
+//! | Module | What |
+//! |---|---|
+//! | `flush_queue`, `timer` | [`FlushQueue`]: rings, the start/finish counters, drain, full-ring flush, the timer and its background thread, teardown |
+//! | `strictness` | [`Strictness`]: the mode, the strict→lazy switch, the single-snapshot unmap path |
+//! | `iotlb` | [`SimulatedIotlb`] (a configurable busy-wait per invalidation, per-CPU counters so counting adds no shared write to a benchmark), [`RecordingIotlb`] (every invalidation on a logical clock shared with the test) |
+//! | `backend` | the IOVA allocator, the page table and the caller's IOTLB; the domain owns it behind an `Arc` and hands [`Strictness`] a clone |
+//! | `bounce` | an untrusted device's view of the bounce pool: granule-aligned, zero-padded slots; on unmap, copy back by direction and release exactly once |
+//! | `new_mapping` | an IOVA range being mapped by one call: recorded by `publish`, otherwise undone on drop |
+//! | `policy` | [`DevicePolicy::alloc_iova`]: 32-bit IOVAs first, given up per device after the first miss |
+//! | `domain`, `sg`, `config`, `device`, `registry`, `stats`, `error` | map/unmap/sync and resources, scatter lists, [`DomainConfig`] and its checks, device attach, the record of live mappings, per-CPU counters and the text report, typed errors |
+//! | [`points`], [`faults`] | the named orderings (with the loom models that need each one); the allocation sites (with their fallbacks and tests) |
+//! | `test_util` (feature `test-util`) | `SimulatedDevice`: a device's reads and writes by DMA address through the page table with its permission checks, for tests, the soak and examples; the library never accesses memory on a device's behalf |
+//!
+//! # Tests
+//!
+//! * Unit tests: the flush queue (wait-for-flush, full ring, per-CPU rings, teardown, the
+//!   background timer, bad geometry, enqueues racing the timer and shutdown), strictness (sync
+//!   before free, forced strict, a bad configuration stays strict, unmaps racing the switch).
+//!   Under Miri the tests that contend locks (a parking futex Miri rejects) or wait for the
+//!   real-time timer are ignored; tests name their CPU with `cpu::set_current`.
+//! * `tests/domain.rs`: strict and lazy with the recording IOTLB, the reuse check in both modes
+//!   across the switch, untrusted bouncing with zeroed padding and copy-back, typed errors with
+//!   the domain intact, IOVA exhaustion, scatter lists with boundaries, resources. The reuse
+//!   check is sound but, seen from outside, cannot prove strict-mode *order* in a single thread
+//!   (free-then-sync is observably the same there); the loom models prove that order.
+//! * `tests/policy.rs`: the 32-bit preference and its per-device opt-out.
+//! * `tests/bad_input.rs`: configuration limits (flush queues beyond their maxima, domain and
+//!   device configurations), wrapping segment lengths, empty and changed scatter lists, the same
+//!   answer for trusted and untrusted devices, and a proptest of arbitrary lists refused exactly
+//!   as the documented checks predict or mapped whole. The workspace's generated bad-input table
+//!   (`soak/bad-input/dma-iommu.md`) covers every other entry point.
+//! * `tests/lost_copy_back.rs`: unmap, untrusted `unmap_sg` and sync over a memory that refuses
+//!   writes (`LostCopyBack`, `CopyRefused`).
+//! * `tests/model.rs`: proptest-made bytes through `dma_soak::diff::iommu`, the checker the fuzz
+//!   target and the soak share, against the `iommu` reference model of `dma-model`.
+//! * `tests/stress.rs`: four threads with the switch in the middle (one untrusted, bouncing):
+//!   no IOVA handed out while live, no reuse before a covering invalidation, all IOVAs and
+//!   bounce slots back.
+//! * `tests/fault_injection.rs`: see [`faults`].
 
 mod backend;
 mod bounce;

@@ -5,6 +5,56 @@
 //! both sides carry a full fence. The publication of the queue by the strict-to-lazy switch is
 //! message passing: a release store, read with a relaxed load followed by the enqueue's full
 //! fence before the queue is touched.
+//!
+//! # Points and their twins
+//!
+//! | Point | Kind | Twin(s) | Model |
+//! |---|---|---|---|
+//! | `iommu.fq.publish` | Store | `publish_relaxed` | `switch_vs_unmap` |
+//! | `iommu.fq.enqueue.fence` | Fence | `enqueue_unfenced_sees_unbuilt_queue`, `enqueue_unfenced`, `real_domain_enqueue_unfenced` | `switch_vs_unmap`, `queue_vs_timer`, `real_domain_queue_vs_timer` |
+//! | `iommu.fq.flush.fence` | Fence | `flush_unfenced`, `full_ring_flush_unfenced` | `queue_vs_timer`, `full_ring_vs_enqueue` |
+//! | `iommu.fq.finish.release` | Rmw | `finish_relaxed` | `full_ring_vs_enqueue` |
+//! | `iommu.fq.finish.acquire` | Load | `finish_load_relaxed` | `full_ring_vs_enqueue` |
+//! | `iommu.fq.lookup.acquire` | Load | `lookup_relaxed` | `switch_vs_stats` |
+//! | `iommu.fq.timer.clear_first` | Step | `timer_cleared_last` ("stranded") | `queue_vs_timer` |
+//! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
+//! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
+//! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
+//!
+//! Twins without a message in the table fail with a causality violation; the real-domain twins
+//! with "stale translation".
+//!
+//! # Loom models
+//!
+//! `loom-tests/tests/loom/iommu_models.rs`. All run the real `Strictness`/`FlushQueue`. The device
+//! is a model thread: it locks an emulated IOTLB, translates through the cached entry or walks
+//! the leaf (acquire load) and caches it, and reads the page while using the translation;
+//! invalidations clear the cache under that lock; `reclaim` (the IOVA is free and may map other
+//! memory) poisons the page with a tracked write. Invariant: *no IOVA is freed before an
+//! invalidation that started after its leaves were cleared*; a violation is a loom causality
+//! violation between the device's read and the poison. The caller's IOMMU handle is a cell closed
+//! after teardown, so any use after (or racing with) teardown is reported the same way.
+//!
+//! | Model | Threads | Bound | Checks |
+//! |---|---|---|---|
+//! | `switch_vs_unmap` | switch, unmap, device | PB 3 (twins PB 2) | the 2021 scenario; publication; outcomes {Synced, Queued} both reached |
+//! | `real_domain_switch_vs_unmap` | switch, unmap, device | PB 3 (twin PB 2) | the same on the whole real stack (io-pgtable tiny geometry, iova-cache without caches so a freed IOVA is visibly free): the device asserts its cached IOVA is still allocated |
+//! | `real_domain_queue_vs_timer` | unmap (lazy), timer, device | PB 3 (twin PB 2) | the SB protocol on the real stack; outcomes {timer freed it, left for later} |
+//! | `switch_vs_stats` | switch, reader | exhaustive | lookup of a published queue |
+//! | `queue_vs_timer` | unmap, timer, device | PB 3 (twins PB 2) | SB protocol; nothing stranded; outcomes {timer freed it, left for later} |
+//! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
+//! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
+//! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
+//!
+//! Each three-thread model returns an outcome and its test asserts the full outcome set, so a
+//! pass is not vacuous. Every twin is found with ≤ 2 preemptions (one switch in each SB thread,
+//! or the switch between the unmap's reads).
+//!
+//! Finding: on the real stack, weakening the *flusher's* fence is not caught, and rightly: the
+//! software walker (`PageTable::iova_to_phys`) pins RCU, whose full fence orders the walk after
+//! the flush's `start_cnt` increment as the flusher's fence would. A hardware walker has no such
+//! fence; the emulated walker (a plain acquire load) models it, and there the flusher's fence is
+//! required (twins `flush_unfenced`, `full_ring_flush_unfenced`). The fence stays in the code.
 
 dma_sync::mutation_points! {
     /// Release store of the flush-queue pointer by the strict-to-lazy switch: everything the

@@ -6,6 +6,14 @@
 //! a boundary in DMA space too). The DMA segments returned merge neighbours that are
 //! contiguous in IOVA space, within the device's maximum segment size and boundary.
 //! Untrusted devices map each segment on its own (bounced where needed, as Linux does).
+//!
+//! Both paths check the list first, the same way: not empty (`ZeroSize`), every segment 1 to
+//! `max_segment_size` bytes (`ZeroSize`, `BadSegment`), no segment running past 2^64
+//! (`Overflow`); placement computes every span with checked arithmetic. An untrusted list that
+//! fails on a later segment undoes the earlier ones without copy-back (Linux's
+//! `DMA_ATTR_SKIP_CPU_SYNC`). `unmap_sg` of an untrusted list unmaps every segment even when a
+//! copy-back is lost and reports the first loss; a contiguous list's size is a checked sum (the
+//! mapping's fields are public).
 
 use crate::device::Device;
 use crate::domain::Domain;

@@ -10,6 +10,22 @@
 //! that frees without either, whatever the switch does meanwhile (the reordering found in the
 //! 2021 review: "queue?" read as no, "sync?" read as no, then freed). The queue itself is
 //! dereferenced only after the enqueue's full fence, the acquire side of the publication.
+//!
+//! Orderings: `enable_lazy` is serialised by a mutex that also holds the "published" flag, so the
+//! switch never *loads* the pointer, and publishes with a release store (`iommu.fq.publish`).
+//! An unmap takes one Relaxed load of the pointer before the leaves are cleared; the lazy branch
+//! hands it to `enqueue_published`, whose first instruction is the enqueue fence, so the
+//! "hoisted ring load" reordering of the 2021 review cannot be written. The
+//! `iommu.unmap.single_snapshot` step exists only to show the snapshot is needed: weakened, the
+//! sync decision re-reads the mode, and both the emulated and the real-stack models find the
+//! premature free. Other readers of the pointer (statistics, an explicit timer run) use an
+//! acquire load (`iommu.fq.lookup.acquire`). Untrusted devices call `unmap_with(force_strict =
+//! true)`: strict whatever the domain's mode.
+//!
+//! Why the flag lives under the mutex: loom's DPOR can miss an interleaving when a thread loads a
+//! location between another thread's load and its own store (tokio-rs/loom#166). A first
+//! version of `enable_lazy` checked "already lazy" with a load of the pointer, and the lookup
+//! twin then passed (one execution explored).
 
 use crate::flush_queue::{FlushQueue, FqConfig, FqError, FqStats, InvalidationOps};
 use crate::iotlb::Gather;

@@ -39,6 +39,13 @@
 //! assert_eq!(ram.read_obj::<u32>(GuestAddress(0x2010)).unwrap(), 0xabcd); // by GPA
 //! assert!(io.read_obj::<u32>(GuestAddress(0x50_0000)).is_err()); // unmapped IOVA
 //! ```
+//!
+//! `get_slices` checks the whole range first (all or nothing, like vm-memory's `IommuMemory`: a
+//! denied or unmapped byte anywhere fails before any copy), keeping the first segment so that the
+//! common single-segment access walks the table once, then iterates lazily, handing each segment
+//! to the backend's `get_slices` (which splits at RAM-region boundaries). The iterator owns a
+//! device read section for its life, so every `Bytes` method copies inside one section. Faults
+//! become `GuestMemoryError::IommuError(CannotResolve { iova_range, reason })`.
 
 use crate::quiesce;
 use crate::translate::{self, Fault, Segment, Segments, Translate};

@@ -14,6 +14,16 @@
 //! assert_eq!(r.swiotlb.as_ref().unwrap().nslabs, 16);
 //! assert!(r.to_string().contains("swiotlb:\n  io_tlb_nslabs: 16\n"));
 //! ```
+//!
+//! `domain` (a vIOMMU domain: endpoints, MAP list, and io-pgtable's `Dump` of its page table),
+//! `flush_queue` / `strictness` (mode, geometry, timer, counters), `dma_domain` (a dma-iommu
+//! domain: its `DomainStats` with mode and flush-queue counters, its allocator's `IovaStats` and
+//! its bounce pool's `StatsSnapshot`), and `Report` aggregating them (`with_swiotlb`,
+//! `with_iova` hold the crates' snapshots as they are). The crates' snapshots print with their
+//! own `Display`, indented under a title; with `serde` they derive serde under each crate's
+//! `serde` feature (no copies to keep in step). A dma-iommu domain exposes neither its page table
+//! nor its queue's geometry and timer state, so its report has no dump and `geometry` /
+//! `timer_armed` are `None`.
 
 use crate::viommu::{Mapping, Viommu};
 use dma_iommu::{DomainStats, FlushQueue, FqKind, FqStats, InvalidationOps, Strictness};

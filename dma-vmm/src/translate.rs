@@ -6,6 +6,33 @@
 //! physically contiguous leaves. Lookups are lock-free page-table walks; the caller keeps them
 //! valid by running translate *and* the copy inside one [`crate::quiesce::read_section`]
 //! ([`access`] does both).
+//!
+//! # The translation path: lock-free, no shared writes
+//!
+//! `Translate::lookup(iova) -> Result<Leaf { paddr, len, prot }, Fault>` is one page-table walk
+//! (`io_pgtable::PageTable::iova_to_phys`: an RCU-pinned walk with acquire loads). A vIOMMU
+//! endpoint loads its current attachment from a `Published` (arc-swap: per-thread debt slots, no
+//! shared write): `Blocked` (attached to no domain, config `bypass` 0: `Fault::Detached`),
+//! `Bypass` (attached to no domain, `bypass` 1: identity), or a domain; it refuses the
+//! endpoint's reserved regions in every state and clips leaves at the next one. [`Segments`]
+//! walks a range leaf by leaf, checks `prot` against the access, and merges physically
+//! contiguous leaves; a fault ends the walk after the good prefix. An access that ends on a fault
+//! ([`access`], `IoMemory`'s `check_range`, `get_slices` and its slice iterator) passes it once
+//! to `Translate::report` through the out-of-line [`report`] (default: nothing; an endpoint
+//! queues a fault record for the event queue).
+//!
+//! Cost of that specification work on the success path (callgrind, release with one codegen
+//! unit, one endpoint `access` of 64 bytes plus one `IoMemory::read_obj::<u64>` per iteration):
+//! 1166 instructions before, 1240 after (×1.06): the bypass arm of the endpoint lookup and the
+//! report calls on the error paths (reporting inside the walk cost ×1.09, as it kept the walk
+//! from being inlined). Nothing in this crate borrows guest memory as `&[u8]`/`&mut [u8]`:
+//! `IoMemory` hands out vm-memory `VolatileSlice`s of the backend's regions, this module only
+//! computes addresses, and `GuestBytes` copies between guest memory and the caller's own buffer
+//! with volatile copies.
+//!
+//! Measured (release, a shared 2-core machine, indicative only): an endpoint `access` of 64
+//! bytes (pin, attachment load, 4-level walk) 142 ns; an `IoMemory::read_obj::<u64>` by IOVA
+//! 266 ns, against 11–16 ns for `GuestMemoryMmap` by guest-physical address.
 
 use crate::quiesce;
 use io_pgtable::{PageTable, Prot, TlbOps};

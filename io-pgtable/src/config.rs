@@ -1,4 +1,20 @@
 //! Configuration and the geometry it implies: granule, levels, start level, page sizes.
+//!
+//! # Geometry
+//!
+//! * `levels = ceil((ias − page_shift) / bits_per_level)`, `start = 4 − levels`; the start-level
+//!   table has `pgd_bits` index bits. Stage 2 concatenates the start level like Linux (start
+//!   level 0 with ≤ 16 entries becomes start level 1, `pgd_bits += bits_per_level`). Every index
+//!   computation (map, unmap, walk) goes through [`Geometry::index`], which uses `pgd_bits` at
+//!   the start level, so the 2024 "concatenated tables" bug cannot come back in one place only.
+//! * Leaf sizes: 4 KiB granule at levels 1/2/3; 16 KiB at 2/3; 64 KiB at 2/3, plus level 1
+//!   (4 TiB) when `oas > 48`; restricted to levels at or below the start.
+//! * `Granule::Tiny` is a configuration, not an implementation: 4 KiB pages and 2 index bits per
+//!   level (4-entry tables), identical descriptors. Models and exhaustive tests use it.
+//! * `Config` is validated before anything is allocated: `ias`/`oas` above the page shift and
+//!   at most 48 bits (52 with 64 KiB), at most four levels, and `ns` (the NS quirk) only at
+//!   stage 1: stage-2 table descriptors keep bits 63:59 RES0, where NSTable would go, and Linux
+//!   accepts no NS quirk at stage 2 either (`InvalidConfig` otherwise).
 
 use crate::error::Error;
 

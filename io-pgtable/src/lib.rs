@@ -78,6 +78,31 @@
 //! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
 //! reader that might hold it has unpinned. Tables emptied by smaller unmaps stay linked
 //! (another mapper may be descending into them), as in Linux.
+//!
+//! # Tests
+//!
+//! * Unit tests (Miri-sized, in `src/tests.rs` and per module): descriptor encoding bit by bit
+//!   per granule, stage and level, the geometry table, block versus page choice, partial block
+//!   unmap refused, unmap return values, a table freed when an unmap covers it (walk flush
+//!   recorded, counters), a block replacing only an empty table, the stage-2 concatenated start
+//!   index, every error variant leaving the table unchanged, `map` undoing partial progress,
+//!   gather behaviour, a small concurrent test. Under Miri the 16K/64K granules are skipped
+//!   (their 2048/8192-entry tables are too slow to walk there).
+//! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::pgtable`, the
+//!   checker the fuzz target and the soak share, against the `pgtable` reference model of
+//!   `dma-model`.
+//! * `tests/overlapping.rs`: racing operations on overlapping ranges through safe calls: the
+//!   reported double free (two unmaps of one 2 MiB entry holding a level-3 table, 10,000 rounds:
+//!   exactly one wins per round, `retired` equals the rounds; it aborted with heap corruption
+//!   before claiming), page and table unmaps with a refilling mapper on one table (no page
+//!   unmapped more often than mapped), and a block map racing a page map and a table unmap
+//!   (exactly one map wins unless the unmap falls between them). Each ends with the table
+//!   accounting balanced.
+//! * `tests/stress.rs`: four writers (shared tables on interleaved pages, plus spans of their own
+//!   whose tables they free) and two readers (held-pin and single translations, dumps); every
+//!   translation was issued; at the end reachable == linked tables and freed == discarded +
+//!   retired, never more.
+//! * `tests/fault_injection.rs`: see [`faults`]; `tests/loom_epoch.rs`: see [`points`].
 
 mod claim;
 mod config;

@@ -1,5 +1,21 @@
 //! Mapping: `map_pages` (one leaf table per call, as Linux) and the `map` helper that loops
 //! over page sizes.
+//!
+//! * `map_pages` writes at most one leaf table per call. All target slots are checked before
+//!   any is written, so a refused call changes nothing; each slot is then claimed by CAS from 0,
+//!   and a call that loses a slot to a racing map withdraws the leaves it already wrote (CAS
+//!   back to 0, invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
+//!   where a block goes is replaced only if its subtree is empty (freeze, claim the link, walk
+//!   flush, RCU free, then the block: break-before-make), else `Exists`.
+//! * `map` loops with Linux's `iommu_pgsize` choice and undoes its own partial progress on
+//!   error. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
+//!   leaf's attribute bits come from a 64-entry table indexed by the six protection bits (built
+//!   from the bit-by-bit encoding; a test checks the two agree), looked up once per call.
+//! * Installing a table: a zeroed table, then `CAS(0 → table, Release, Acquire)`
+//!   (`pgtable.install.release`): the release publishes the table's initialisation; the loser's
+//!   failure acquire sees the winner's table before writing leaves into it, and the loser frees
+//!   its never-published table at once. Writers descend with acquire loads
+//!   (`pgtable.descent.acquire`), pairing with the install release.
 
 use crate::claim::Stop;
 use crate::error::{AddrKind, Error};

@@ -1,6 +1,74 @@
 //! The mutation points of this crate: every ordering that matters, by name.
 //!
 //! Each has a must-fail twin in the loom suite (`io_pgtable_models`).
+//!
+//! # Points and their twins
+//!
+//! | Point | Kind | Twin | Model |
+//! |---|---|---|---|
+//! | `pgtable.install.release` | Rmw | `pgtable_install_relaxed` | `install_race` |
+//! | `pgtable.descent.acquire` | Load | `pgtable_descent_relaxed` | `install_race` |
+//! | `pgtable.walk.acquire` | Load | `pgtable_walk_relaxed` | `install_race` |
+//! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_subtree_under_readers` |
+//! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
+//! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming) | `racing_unmaps_of_one_table` |
+//! | `pgtable.take.release` | Rmw | `pgtable_take_unreleased` (acquire only; fails with loom's "maximum number of branches": the restarting map reads the stale link forever) | `block_map_races_table_unmap` |
+//!
+//! The claim twin fails with "a table level claimed twice": under loom the owner's swap checks
+//! it never finds `DEAD` (only an owner writes it, and a table has one owner), which reports the
+//! second owner before anything is retired twice. The other twins fail with a causality
+//! violation (reading an atomic whose initialisation or poisoning is not ordered with the read);
+//! the two free-order twins may instead meet an invalid descriptor in a walk (a poisoned,
+//! freed table).
+//!
+//! # Loom models
+//!
+//! `loom-tests/tests/loom/io_pgtable_models.rs`, real code on `Config::tiny`:
+//!
+//! * `install_race`: two mappers install the same level-3 table; main translates. Exhaustive.
+//! * `neighbours_in_one_table`: map page 0 while unmapping page 1, the only page of a shared
+//!   leaf table; main translates. Exhaustive.
+//! * `unmap_frees_level_under_readers`: an unmap frees a level-3 table while a dump walks and
+//!   main translates; `unmap_frees_subtree_under_readers` is the same on three levels (a
+//!   two-table subtree). `Preemptions(3)`: a reader needs one switch between loading a
+//!   descriptor and using the table, the unmapper one to run claim, take, grace period and free
+//!   in that window, one spare (since the unmap swaps every entry it takes to `DEAD`, exhaustive
+//!   exploration runs for many minutes).
+//! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3 table
+//!   (unlink, walk flush, RCU free, block) under a dump and a translation. `Preemptions(3)`.
+//! * `racing_unmaps_of_one_table`: two unmaps of the 16 KiB top entry linking a level-3 table,
+//!   main translating: exactly one `Ok`, the other `NotMapped`, one table retired.
+//! * `map_races_table_unmap`: a page map into the level-3 table races the unmap of its whole
+//!   entry; the page is mapped afterwards iff it landed after the unmap, nothing leaks.
+//!   `map_races_subtree_unmap` is the same on three levels, where the map must install a
+//!   level-3 table into the level-2 table the unmap takes: a stale install would leak (the
+//!   accounting check catches it); the owner's `DEAD` swaps make the map restart instead.
+//! * `block_map_races_page_map`: a block map over an emptied level-3 table races a page map in
+//!   it: exactly one succeeds; the table is retired iff the block won.
+//! * `block_map_races_table_unmap`: a block map over an emptied level-3 table races an unmap of
+//!   its entry: one table retired, the block map always succeeds (restarting when the unmap took
+//!   the table from under its freeze), the unmap takes the table or the block or finds the entry
+//!   reserved.
+//!
+//! The racing models use `Preemptions(3)`: a loser needs one switch between reading an entry and
+//! claiming it, the winner one to claim, take and retire in that window, and the third lets the
+//! translator (or the freeze) interleave; exhaustive exploration of the first takes about 7
+//! minutes and finds nothing more. The twins use `Preemptions(2)`, each injected bug needing
+//! exactly the two switches above, except the claim twin (`Preemptions(1)`: one switch between
+//! the two unmaps' load and store) and the take twin (`Preemptions(3)`, its model's bound).
+//!
+//! # crossbeam-epoch under loom
+//!
+//! `tests/loom_epoch.rs` checks the production reclamation itself: unlink from a parent
+//! descriptor, `defer` a poisoning free, two forced epoch advances (`flush` twice: crossbeam frees
+//! a bag only two epochs later, so fewer flushes could never expose a reader bug), bound
+//! `Preemptions(2)`; its broken twin walks under `unprotected()` and must fail with a causality
+//! violation. crossbeam-epoch is an optional dependency of this crate used only by this test (the
+//! library reaches RCU through dma-sync alone):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo test -p io-pgtable --release --features loom-epoch --test loom_epoch
+//! ```
 
 dma_sync::mutation_points! {
     /// Success ordering of the compare-and-swap that installs a new table: releases the

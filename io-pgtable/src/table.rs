@@ -1,5 +1,19 @@
 //! Table memory: zeroed, aligned arrays of atomic descriptors, their ownership, their RCU
 //! retirement, and the allocation counters.
+//!
+//! Tables are aligned arrays of `dma_sync::atomic::AtomicU64` (aligned to the granule, or the
+//! whole concatenated table). The root is one allocation; every level below it (all one size)
+//! comes from the page table's slab (module `slab`). A table descriptor's output address is the
+//! table's process address, checked to fit the descriptor's output-address field
+//! (`Error::NoMemory` otherwise), so a dump reads as hardware would see it. Descriptor bits
+//! (valid/type, AttrIndx/MemAttr, NS, AP/S2AP, SH, AF, nG, XN, NSTable) follow Linux's
+//! `arm_lpae_prot_to_pte`.
+//!
+//! Retirement hands a `RetiredTables` box (the subtree's tables plus the counters) to
+//! `Guard::defer_retire`; its `Retire::poison` overwrites every descriptor (under loom, the
+//! free), its `Drop` releases the memory and counts it. [`Stats`] `{ allocated, discarded,
+//! retired, freed }`: at quiescence `allocated − discarded − retired` equals the tables
+//! reachable from the root, and `freed` reaches `discarded + retired` once grace periods run.
 
 use crate::error::Error;
 use crate::slab::Slab;

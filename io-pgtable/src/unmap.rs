@@ -1,5 +1,23 @@
 //! Unmapping: `unmap_pages` (one leaf table per call, never an error disguised as a size)
 //! and the `unmap` helpers that loop over page sizes.
+//!
+//! * `unmap_pages` stops at the first empty slot (a short count); nothing unmapped is
+//!   `Err(NotMapped)`, never a size (the 2025 Linux signedness bug). A larger block on the way is
+//!   `Err(PartialBlock)` (split-on-unmap was removed from Linux in v6.13). A table at the target
+//!   level is freed whole (walk flush, no gather). Each leaf and table link is claimed by CAS
+//!   before it is counted or taken: of racing unmaps of overlapping ranges each entry goes to
+//!   exactly one, the others find it empty.
+//! * `unmap`/`unmap_with` loop over page sizes. Tables emptied by page-sized unmaps stay linked,
+//!   as in Linux: only an unmap covering a table's whole span frees it (another mapper may be
+//!   descending into it).
+//! * Freeing a level: claim the link (`CAS(table → 0, AcqRel, Acquire)`), take the subtree
+//!   (`swap(DEAD, AcqRel)` of every entry, `pgtable.take.release`), `flush_walk`, then
+//!   `defer_retire` of the subtree (`pgtable.free.order`). The CAS makes one unmap the owner; the
+//!   swaps give each lower table to that owner alone and make every entry `DEAD`, so a map still
+//!   descending through a stale pointer cannot install a table or write a leaf there; the swap's
+//!   release makes that map, once it has seen `DEAD`, see the unlink too, so its restart cannot
+//!   keep reading the stale link. RCU's grace period orders the unlink before the scan of
+//!   readers; the walk cache is invalidated before the memory can be reused.
 
 use crate::error::Error;
 use crate::pgtable::{LateUnlinks, Link, PageTable};

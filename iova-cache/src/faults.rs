@@ -12,6 +12,29 @@
 //! assert_eq!((r, used), (Err(IovaError::OutOfMemory { size: 64 }), 1));
 //! assert!(a.alloc(64, 0xffff).is_ok(), "disarmed: the allocator works on");
 //! ```
+//!
+//! # Fallible for real, and what is not covered
+//!
+//! Behind each site the real allocation is fallible too (`try_reserve`), so the fallback is the
+//! production behaviour on memory exhaustion, not only a test path. Allocations removed from the
+//! paths instead of given a site: the depot's list of kept empty magazines is allocated for one
+//! per CPU slot up front, and the gap tree reserves its node before splitting a range, so an
+//! alloc cannot fail half-way. Not covered: `BTreeMap` inserts of live and reserved ranges have
+//! no fallible form in stable Rust ([`TREE_NODE`] is asked before them; a real failure there
+//! aborts like any Rust allocation), a gap-tree insert on the free path, the temporary pfn list
+//! of a flush, and construction (every magazine of the cache). The fallbacks free to the tree
+//! through the same path as flush and trim, outside the cache locks. The loom models do not arm
+//! sites (the loom build does not enable the feature).
+//!
+//! # Tests
+//!
+//! `tests/fault_injection.rs`: one test per site (the exact pfns that fall back, injected
+//! failures counted, double frees of fallen-back pfns refused, the `RangeAllocator` unchanged on
+//! failure), a proptest of random alloc/free on two CPU slots with a random site failing per step
+//! (conservation and statistics checked after every step), and a two-thread run with sporadic
+//! failures. Each ends with: after `flush_all` exactly the held ranges are allocated, no range
+//! handed out twice, the counters add up (allocated = held + cached, allocated + free + reserved
+//! = space), and a full round of every class works once disarmed.
 
 use dma_sync::fault::Site;
 

@@ -3,6 +3,46 @@
 //! Most points are lock steps: taking a lock, or doing a multi-step update of cache state
 //! within one critical section. The atomics whose ordering carries correctness are the CPU
 //! slots' spin lock and the lazily published nodes of the held-range bitmap.
+//!
+//! # Points and their must-fail twins
+//!
+//! | Point | Kind | Weakened | Twin | Model | Failure |
+//! |---|---|---|---|---|---|
+//! | `iova.rcache.cpu_lock` | Step | a slot cell accessed without its lock | `cpu_slot_unlocked` | `one_cpu_two_threads` | causality violation |
+//! | `iova.rcache.depot_lock` | Step | the depot accessed without its lock | `depot_unlocked`, `flush_all_depot_unlocked` | `two_cpus_depot_exchange`, `flush_all_vs_depot_traffic` | causality violation |
+//! | `iova.tree.lock` | Step | the tree accessed without its lock | `tree_unlocked` | `trim_races_insert` | causality violation |
+//! | `iova.rcache.depot_exchange_locked` | Step | the slot unlocked around the depot fetch; the fetched magazine overwrites `loaded` | `depot_exchange_split` | `one_cpu_two_threads` | IOVA conservation broken (a same-CPU free is lost) |
+//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic` | IOVA conservation broken |
+//! | `iova.alloc.flush_retry` | Step | no flush-and-retry on failure | `no_flush_retry` | `flush_on_failure_races_free` | false no space |
+//! | `iova.rcache.slot_lock_acquire` | Rmw | the slot lock's CAS Relaxed | `slot_lock_relaxed_acquire` | `one_cpu_two_threads` | causality violation |
+//! | `iova.rcache.slot_unlock_release` | Store | the slot unlock store Relaxed | `slot_unlock_relaxed` | `one_cpu_two_threads` | causality violation |
+//! | `iova.held.node_publish` | Rmw | a bitmap node installed by a Relaxed CAS | `held_node_relaxed_publish` | `checked_claims_publish_nodes` | causality violation |
+//! | `iova.held.node_load` | Load | a bitmap child pointer read Relaxed | `held_node_relaxed_load` | `checked_claims_publish_nodes` | causality violation |
+//! | `iova.held.release_atomic` | Step | a checked free tests and clears the bit as load + store | `held_release_split` | `checked_free_races_double_free` | one range freed twice |
+//!
+//! A mutant by hand (not a point): the spin lock's contended path returning after one failed
+//! retry without the lock fails `one_cpu_two_threads` and `flush_on_failure_races_free` with a
+//! causality violation.
+//!
+//! # Loom models
+//!
+//! In `loom-tests/tests/loom/iova_models.rs` and `iova_flush_models.rs`; real code, tiny
+//! configurations (1-2 CPU slots, magazines of 1-2, 2-16 granules), every model with
+//! `checked_frees` on (the default), so the ownership check is part of every interleaving.
+//! Invariants: an oracle of user-held pfns panics on a second hand-out; after join and
+//! `flush_all` the tree's live set equals the held set (else "lost" / "held but free"); the range
+//! allocator's invariant checker passes; a model that must allocate after flush-and-retry does;
+//! loom itself reports deadlocks (lock order) and unsynchronised cell accesses.
+//!
+//! | Model | Bound | Why |
+//! |---|---|---|
+//! | `one_cpu_two_threads`: depot exchange vs same-CPU free | exhaustive | small |
+//! | `two_cpus_depot_exchange`: CPU 0 pushes a magazine, CPU 1 pulls | exhaustive | small |
+//! | `trim_races_insert`: trim pass vs free (depot push) + tree alloc | exhaustive | small |
+//! | `flush_on_failure_races_free`: 2-granule space, CPU 0 flush-and-retry vs CPU 1 free + alloc | Preemptions(4) | exhaustive takes over 100 s; 4 preemptions place the flush's take/free window and the retry anywhere in the other CPU's free and alloc |
+//! | `checked_claims_publish_nodes`: two CPUs claim in an empty bitmap (two interior levels in models), free, free again (refused) | Preemptions(3) | exhaustive takes about 90 s; the publish race needs ≤ 2 preemptions, an unsynchronised reader none |
+//! | `checked_free_races_double_free`: two CPUs free one held range at once | exhaustive | small; exactly one free succeeds |
+//! | `flush_all_vs_depot_traffic`: CPU 0 frees three (pushing a magazine to the depot), CPU 1 allocates twice (depot exchange), a third thread runs `flush_all` | Preemptions(2) | three threads; the flush stopped inside a slot's window or between slots and depot, either user between its slot and the depot |
 
 dma_sync::mutation_points! {
     /// Take the per-CPU slot lock before touching a CPU's `loaded`/`prev` magazines (weakened:

@@ -4,6 +4,52 @@
 //! Lock order: CPU slot -> depot -> tree. The tree is only ever taken with no cache lock held
 //! or after them, never the other way round. A cached pfn stays allocated in the range
 //! allocator; reclaiming a magazine frees its pfns there.
+//!
+//! # The magazine cache
+//!
+//! Classes of 1, 2, 4, 8, 16 and 32 granules (smaller requests are rounded up to a power of two
+//! and allocated size-aligned); per class and CPU slot a `loaded` and a `prev` magazine of
+//! `magazine_size` (default 127) entries under the slot's lock; per class a depot (a stack of full
+//! magazines plus up to one empty one per CPU slot for reuse) under its own lock.
+//!
+//! * get: pop from `loaded`, else from `prev` (swapping so `loaded` stays the non-empty one); if
+//!   both are empty, trade the empty `loaded` for a full depot magazine, still under the slot
+//!   lock; else miss. Pops are limit-aware: the newest entry with `pfn + size - 1 <= limit` is
+//!   taken and the last entry fills its hole; cached entries above a 32-bit limit are neither
+//!   returned nor lost.
+//! * insert: push to `loaded`; if it is full and `prev` is not, swap; if both are full, push
+//!   `loaded` to the depot and take an empty magazine. Never fails, and never frees to the tree
+//!   under the slot lock (without memory for the exchange it frees to the tree after the cache
+//!   locks are dropped: see [`crate::faults`]).
+//! * alloc (in `allocator`): cache hit, else tree; on `NoSpace` (only from `alloc`, not
+//!   `alloc_no_flush`) flush every CPU slot and the depot back to the tree and retry once
+//!   (6fa3525b455a).
+//! * trim: `trim_once` (every `trim_interval`, default 100 ms, from the worker of module `trim`):
+//!   per class, while the depot holds more full magazines than CPU slots, return one magazine to
+//!   the tree (233045378dbb). One worker per allocator: embedders with many domains may set
+//!   `trim_interval: None` and call `trim_once` from a timer of their own.
+//! * After `flush_all` the tree holds exactly the user-held and reserved ranges.
+//!
+//! Fast path: a hit pops from (a free pushes onto) the calling CPU's `loaded` magazine under the
+//! slot's spin lock (one compare-and-swap, a plain release store), inline; everything else
+//! (`prev`, the depot, the tree, invalid requests) is out of line. Hit and miss counters live in
+//! the slot, so there is no shared write beyond that lock. The CPU id comes from
+//! `dma_sync::cpu::current`, which asks the kernel only every 64 calls: a migrated thread uses its
+//! old CPU's slot that long, a performance hint, never a correctness condition.
+//!
+//! Hoarding is bounded: the tree grows only on a miss, and a miss happens only when the calling
+//! CPU's magazines and its class's depot are empty, so at that moment at most the other CPUs'
+//! magazines are cached; the stress tests sample the range allocator throughout and assert a
+//! bound independent of the run length.
+//!
+//! # Orderings
+//!
+//! Flushes take a slot's magazines out under the slot lock and free them to the tree after
+//! releasing it. The slot spin lock is an acquire CAS and a release store (a failed CAS stores
+//! nothing, so a waiter under loom, whose swap-versus-store modification order is partial, still
+//! progresses); waiters pause, then yield. Statistics counters (flushes, trims, refused cached
+//! frees) are Relaxed; the trim worker's stop flag is Relaxed, with `join` as the
+//! synchronisation.
 
 use crate::config::CACHE_CLASSES;
 use crate::faults::DEPOT_GROW;

@@ -43,7 +43,7 @@ pub fn all_points() -> Vec<&'static Point> {
 
 /// A must-fail twin: the test named `test` weakens `point` and expects loom to fail.
 ///
-/// Registered by [`must_fail_test!`]; the coverage test matches these against
+/// Registered by `must_fail_test!`; the coverage test matches these against
 /// [`all_points`].
 #[derive(Debug)]
 pub struct Kill {

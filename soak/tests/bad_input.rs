@@ -2,8 +2,10 @@
 //! overflowing, never-mapped, double-freed and wrong-device arguments, with the typed error
 //! each must give, and a check that the structure keeps working afterwards.
 //!
-//! `DMALOOM_BAD_INPUT_TABLE=1 cargo test -p dma-soak --test bad_input -- --nocapture
-//! --test-threads 1` prints the table as markdown (the copy in DESIGN.md comes from it).
+//! Each crate's table is rendered as markdown and compared with the checked-in
+//! `soak/bad-input/<crate>.md`, so the published table is always what the test asserts: a
+//! difference fails with the lines that differ, and `DMALOOM_BLESS=1 cargo test -p dma-soak
+//! --test bad_input` rewrites the files instead.
 #![cfg(not(loom))]
 
 use std::fmt::Debug;
@@ -96,18 +98,65 @@ impl Table {
         self.rows.push([entry.into(), class.into(), what.into()]);
     }
 
-    fn print(&self) {
-        if std::env::var_os("DMALOOM_BAD_INPUT_TABLE").is_none() {
-            return;
-        }
-        println!(
-            "\n### {}\n\n| Entry point | Argument | Result |\n|---|---|---|",
+    /// Renders the table and compares it with its checked-in file (rewrites the file when
+    /// `DMALOOM_BLESS` is set).
+    fn check(&self) {
+        let mut rendered = format!(
+            "# {}: bad input\n\nWritten by `soak/tests/bad_input.rs`, which asserts every row; \
+             `DMALOOM_BLESS=1` rewrites this file.\n\n\
+             | Entry point | Argument | Result |\n|---|---|---|\n",
             self.krate
         );
         for [e, c, r] in &self.rows {
-            println!("| `{e}` | {c} | {r} |");
+            rendered += &format!("| `{e}` | {c} | {r} |\n");
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("bad-input")
+            .join(format!("{}.md", self.krate));
+        if std::env::var_os("DMALOOM_BLESS").is_some() {
+            std::fs::write(&path, &rendered).expect("write the bad-input table");
+            return;
+        }
+        let stored = std::fs::read_to_string(&path).unwrap_or_default();
+        if stored != rendered {
+            panic!(
+                "{} differs from the table this test asserts \
+                 (DMALOOM_BLESS=1 rewrites it):\n{}",
+                path.display(),
+                line_diff(&stored, &rendered)
+            );
         }
     }
+}
+
+/// The lines only `old` has (`-`) and only `new` has (`+`), in order: a longest-common-
+/// subsequence diff, enough for tables of a few hundred lines.
+fn line_diff(old: &str, new: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    // common[i][j]: length of the longest common subsequence of a[i..] and b[j..].
+    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            common[i][j] = if a[i] == b[j] {
+                common[i + 1][j + 1] + 1
+            } else {
+                common[i + 1][j].max(common[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            (i, j) = (i + 1, j + 1);
+        } else if j == b.len() || (i < a.len() && common[i + 1][j] >= common[i][j + 1]) {
+            out += &format!("-{}\n", a[i]);
+            i += 1;
+        } else {
+            out += &format!("+{}\n", b[j]);
+            j += 1;
+        }
+    }
+    out
 }
 
 mod pgtable {
@@ -341,7 +390,7 @@ mod pgtable {
                 !g.is_disjoint(0x1000, 0)
             },
         );
-        t.print();
+        t.check();
     }
 }
 
@@ -589,7 +638,7 @@ mod iova {
         a.flush_all();
         assert_eq!(a.allocated_ranges(), vec![]);
         a.check_invariants().unwrap();
-        t.print();
+        t.check();
     }
 
     /// Configurations with absurd CPU or magazine counts are refused (they once panicked
@@ -955,7 +1004,7 @@ mod swiotlb {
         assert_eq!(tlb.stats().used, 0);
         tlb.check_invariants().unwrap();
         assert_eq!(r.alloc(&rdev, 4096).map(|a| a % 4096), Ok(0));
-        t.print();
+        t.check();
     }
 
     /// An area count of `usize::MAX` is refused (it once overflowed in `new`).
@@ -1285,7 +1334,7 @@ mod iommu {
         dom.iova_allocator().flush_all();
         assert_eq!(dom.iova_allocator().allocated_ranges(), vec![]);
         assert_eq!(dom.swiotlb().unwrap().stats().used, 0);
-        t.print();
+        t.check();
     }
 
     /// A sync is an operation on the domain's address space (as Linux's `dma_sync_*`):

@@ -1,4 +1,40 @@
 //! A device's view of the allocator: its masks, its sticky flag and its transient pools.
+//!
+//! # Limits
+//!
+//! `DeviceConfig::validate`: `min_align_mask` of the form 2^k − 1 up to `MAX_MIN_ALIGN_MASK` =
+//! 64 KiB − 1 (higher offset bits could not be reproduced in a transient pool, which is only
+//! 64 KiB-aligned), `seg_boundary_mask` of the form 2^k − 1 and at least one slot.
+//!
+//! # The per-device flag
+//!
+//! The fix "swiotlb: fix the check whether a device has used software IO TLB", in C11. Map, after
+//! every successful search: the flag store (Relaxed, skipped if already set: the flag is sticky;
+//! `swiotlb.flag.set`), then `fence(Release)` (`swiotlb.flag.fence`, the kernel's `smp_mb`).
+//! Lookup: `fence(Acquire)` (`swiotlb.lookup.rmb`, the kernel's `smp_rmb`), a Relaxed flag load,
+//! then the list walks. The mapper's fence orders its reads of the pool lists and its flag store
+//! before the caller hands the address on through its own memory; the receiver's fence orders
+//! that hand-off before its flag and list reads. In C11 a release fence suffices, since it also
+//! orders the earlier list reads and happens-before is transitive; LKMM's `smp_wmb` would not
+//! (it is not A-cumulative). The fence is issued on every map, not only on the flag's first
+//! store: with the flag already set, the pool the map found may have been published since, and
+//! only the fence carries that publication to the receiver (model `new_pool_flag_already_set`
+//! and its twin). On x86 a release fence is no instruction; the SeqCst fence it replaced was one
+//! locked operation per map.
+//!
+//! # The transient list
+//!
+//! Link at the head and unlink under the device lock with release stores
+//! (`swiotlb.transient.link`); walks use acquire loads (`swiotlb.transient.traverse`) under an
+//! RCU pin (`swiotlb.lookup.pin`); an unlinked pool is retired through `defer_retire` and freed
+//! after a grace period (`swiotlb.transient.grace`). A lookup that finds a transient pool keeps
+//! the pin in the returned reference for the whole operation (unmap, sync, device access). A map
+//! that creates a transient pool pins before building it and keeps the pin until it returns: any
+//! thread may unmap the new address (guessed, or handed over early) before the map has copied
+//! into the pool, and the grace period then waits for the map. Pinning before the pool is built
+//! keeps the pin's own fences from standing in for the link's release in the loom models. A
+//! lookup skips the pin when the device's list is empty (a Relaxed check, ordered by the lookup
+//! fence).
 
 use crate::points::{TRANSIENT_LINK, TRANSIENT_TRAVERSE};
 use crate::pool::Pool;

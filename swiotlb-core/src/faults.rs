@@ -22,6 +22,23 @@
 //! assert_eq!(tlb.stats().pools.len(), 1, "the pool list is unchanged");
 //! assert_eq!(tlb.grow_by(8), Ok(8), "disarmed: growth works again");
 //! ```
+//!
+//! # Tests
+//!
+//! `tests/fault_injection.rs`: one test per site (the constructor error; a failed growth leaves
+//! the pool list and every counter unchanged and later maps still work, in a transient pool and
+//! then in the default pool; `grow` makes three attempts, 2048 → 1024 → 512 slots, and succeeds
+//! at the size of the first attempt that is not failed; a failed transient pool is `NoSpace`
+//! with statistics, flag, transient list and original bytes unchanged), a proptest workload (48
+//! cases of up to 150 maps, unmaps and growths on two devices, one with `min_align_mask` 0xFFF,
+//! a random site failing on 40 % of the steps; after every step the invariants, `used` equal to
+//! the held mappings' slots, transient pools and slots equal to the held transient mappings,
+//! every live mapping's bounce bytes, `nslabs` equal to the pools' sum) and a two-thread version
+//! of it on shared pools. Every test ends by unmapping everything and, disarmed, filling every
+//! global segment, spilling into transient pools and taking it all back.
+//!
+//! Not covered: spawning the background worker (`dma_sync::thread::spawn`, i.e.
+//! `std::thread::spawn`) panics if the OS refuses a thread; dma-sync has no fallible spawn.
 
 use dma_sync::fault::Site;
 

@@ -64,6 +64,74 @@
 //! tlb.memory().read(buf, &mut back).unwrap();
 //! assert_eq!(back, [9, 9, 3, 4]); // bytes it did not write are unchanged
 //! ```
+//!
+//! # Modules
+//!
+//! | Module | Concept |
+//! |---|---|
+//! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
+//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the word-wise copies |
+//! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
+//! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping |
+//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own lock, the bounded next-fit search, release validated under the owning area's lock |
+//! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
+//! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
+//! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side |
+//! | `stats` | `used`, the CAS-max high-water mark, transient pools and slots, per-area use, the debugfs-style `Display` |
+//! | `error` | [`Error`], [`MemoryError`] |
+//! | [`points`], [`faults`] | the named orderings (with the loom models that need each one) and the allocation sites (with their fallbacks) |
+//!
+//! # Deviations from Linux, deliberate
+//!
+//! * `alloc_align_mask` is accepted up to [`POOL_ALIGN`] − 1, so a 64 KiB IOMMU granule works;
+//!   map rounds the searched size up to the allocation alignment, `alloc` does not.
+//! * Slot metadata carry an explicit head bit, in-slot offset and slot count, so unmap and free
+//!   validate the address under the area lock: a second unmap, a middle slot or an address off
+//!   by one is `NotMapped`, never a corrupted counter.
+//! * A sync range that leaves its mapping is `OutOfRange` instead of a clamp, and a sync checks
+//!   its whole range against one live mapping in every direction, also one that copies nothing
+//!   (Linux checks only the ranges it copies).
+//! * A transient pool is allocated "just big enough", including the leading slots needed to
+//!   reproduce the original's min-align offset bits.
+//! * Map can zero the padding of a granule ([`MapAttrs`]`::zero_padding`).
+//! * An area's next search starts at the run freed last (Linux: after the last allocation), so
+//!   a map+unmap loop reuses cache-hot bounce memory.
+//!
+//! # Limits and what is not done
+//!
+//! * Pool memory comes from the process heap: `phys_limit` and the DMA mask are checked after
+//!   allocation (failure is an error); there is no retry in lower zones and no
+//!   decryption/re-encryption step (a guest-memory backend would add it).
+//! * With `Config::stats` on (the default, like the kernel's debugfs build) map and unmap update
+//!   one shared `used` counter for the high-water mark; turn it off for a hot path free of shared
+//!   writes (`used` is then the unlocked sum of the per-area counts; the fast-path benchmarks set
+//!   `stats: false`). The counter stays instance-wide on purpose: the high-water mark is the peak
+//!   of the *total*, and per-area peaks reached at different times would sum to more than it. The
+//!   mark itself is written only by a map that raises it (CAS-max).
+//! * The LKMM side of the flag argument (`smp_wmb` instead of a full fence) is checked with herd7
+//!   only; the loom suite checks the C11 translation.
+//!
+//! # Tests
+//!
+//! * Unit tests: the free-run counters with the kernel's example and a proptest of the
+//!   renumbering against a slot-by-slot walk, geometry, every alignment case A–D, errors, the
+//!   high-water mark, the shared-word copies against a byte array at every offset and length, and
+//!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU
+//!   syncs both ways and unmaps).
+//! * `tests/alignment.rs`: cases A–D through the API; postconditions over every combination of
+//!   min-align, alloc-align, boundary, offset and size; the search-termination regression.
+//! * `tests/regressions.rs`: one test per applicable entry of the kernel's bug history
+//!   (CVE-2022-0854, CVE-2024-35814, the reverted rework, partial syncs at every offset, syncs
+//!   past the end, configurations refused before anything is allocated, transient pools of
+//!   1..127 slots, small pool/many CPUs, owner-area free, high-water reset, max mapping size,
+//!   padding zeroing, the DMA-mask re-check, the flag, growth), each error path leaving the state
+//!   unchanged.
+//! * `tests/model.rs`: proptest-made bytes through `dma_soak::diff::swiotlb`, the checker the fuzz
+//!   target and the soak share, against the `swiotlb` reference model of `dma-model`.
+//! * `tests/stress.rs`: four threads on eight simulated CPUs with transient pools and background
+//!   growth (every slot back, every byte round-trips); lookups racing growth; racing double
+//!   unmaps of global and transient mappings (each succeeds exactly once, counters exact).
+//! * `tests/fault_injection.rs`: see [`faults`].
 
 mod align;
 mod bounce;

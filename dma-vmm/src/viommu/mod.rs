@@ -42,6 +42,66 @@
 //! assert_eq!(v.handle(unmap(0, 0x2fff)).status(), Status::Ok);
 //! assert!(v.mappings(1).unwrap().is_empty());
 //! ```
+//!
+//! # The control path and the specification's rules
+//!
+//! [`Viommu`] serialises requests under one mutex (endpoints, domains with their endpoint sets
+//! and mapping trees, the config field `bypass`, the driver's features); devices never take it.
+//! The model follows the device-normative statements of virtio 1.2/1.3 "Device Types / IOMMU
+//! Device"; `tests/conformance.rs` holds one table with a row per MUST, SHOULD and MAY (section,
+//! level, outcome, the model's choice where there is one, a check through the wire format).
+//!
+//! * Features: offered `INPUT_RANGE | DOMAIN_RANGE | MAP_UNMAP | PROBE | MMIO`, plus
+//!   `BYPASS_CONFIG` when `ViommuConfig::bypass_config`; the legacy `F_BYPASS` never.
+//!   `set_driver_features` records what the driver accepted (until called: everything offered).
+//!   MAP/UNMAP without `MAP_UNMAP` → `UNSUPP`; `MAP_F_MMIO` without `MMIO` and `ATTACH_F_BYPASS`
+//!   without `BYPASS_CONFIG` are unrecognised flags → `INVAL`.
+//! * Config space: `page_size_mask` is the page table's page sizes (MAP aligns to the smallest),
+//!   `input_range`/`domain_range` are what MAP/ATTACH check, `probe_size` is what PROBE fills,
+//!   `bypass` is the live field: it starts at `initial_bypass` (default 0; needs
+//!   `bypass_config`), survives `reset()` (a device reset: every endpoint detached, domains
+//!   destroyed, features back to the offered set), and the driver's one-byte write of 0 or 1 at
+//!   offset 36 changes it when `BYPASS_CONFIG` is negotiated (other writes are ignored). A change
+//!   republishes every unattached endpoint's attachment; turning bypass off (and a reset that
+//!   detached something) waits for a grace period, like UNMAP.
+//! * Validation (`ViommuConfig::validate`, before anything is allocated): see module `config`;
+//!   `max_mappings` (all domains together) is what bounds the memory a guest can make the device
+//!   allocate.
+//! * ATTACH: non-zero `reserved` → `INVAL` (the one reserved field the device must check);
+//!   unknown flags → `INVAL`; unknown endpoint → `NOENT`; domain outside `domain_range` →
+//!   `RANGE`; bypass flag inconsistent with an existing domain → `INVAL`; joining a domain that
+//!   maps one of the endpoint's reserved regions → `UNSUPP` (incompatible properties); a new
+//!   domain beyond `max_domains` → `NOMEM`. An endpoint attached elsewhere leaves its old domain
+//!   first (as DETACH then ATTACH: the old domain dies with its last endpoint).
+//! * DETACH: `reserved` ignored; unknown endpoint → `NOENT`; a domain that does not exist or that
+//!   the endpoint is not attached to → `INVAL` (the specification's MAY). The endpoint becomes
+//!   `Blocked` or `Bypass` according to `bypass`.
+//! * MAP: `virt_start`, `phys_start`, `virt_end + 1` aligned to the smallest page size
+//!   (`RANGE`), inside `input_range` (`RANGE`), known flags (`INVAL`), R or W (`UNSUPP`: stage-1
+//!   LPAE cannot express an MMIO-only or no-access mapping), no overlap with an existing mapping
+//!   (`INVAL`) nor with a reserved region of any endpoint attached to the domain (`INVAL`),
+//!   reversed range (`INVAL`), under `max_mappings_per_domain` and `max_mappings` (`NOMEM`; UNMAP
+//!   and a dying domain give the room back); bypass domain → `INVAL`, unknown domain → `NOENT`.
+//!   The range is mapped with the largest page sizes its alignment allows. Write-only mappings
+//!   also read (stage-1 AP bits have no write-only; the specification's MAY).
+//! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
+//!   and returns `RANGE` without removing anything if one mapping is only partly covered
+//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); `reserved` is ignored.
+//! * PROBE: `reserved` ignored; unknown endpoint → `NOENT`; the RESV_MEM properties (24 bytes,
+//!   `length` 20, reserved bits and bytes zero), then zeroes up to `probe_size`.
+//!
+//! [`Viommu::handle_bytes`] takes a request element's device-readable bytes and the size of its
+//! device-writable part and returns the bytes to write (their number is the used length): an
+//! unknown type, or a writable part shorter than the 4-byte tail, gets nothing (used length 0);
+//! a readable part shorter than its type's layout → `INVAL`; a PROBE's tail always follows
+//! `probe_size` bytes of properties, and a PROBE whose writable part is shorter than that gets no
+//! property and `INVAL` in the tail at its end. Replies are bounded by `probe_size` + 4 bytes.
+//!
+//! Fault reporting (module `faults`): a faulting device access appends a record (R_DOMAIN without
+//! address for a blocked endpoint, R_MAPPING with `FAULT_F_ADDRESS` and the IOVA otherwise,
+//! `FAULT_F_READ`/`WRITE` from the access) to the bounded log; the VMM's event-queue handler
+//! calls [`Viommu::fault_event`] for the 24-byte `struct virtio_iommu_fault`; a full log or a
+//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]).
 
 mod config;
 mod faults;

@@ -7,6 +7,37 @@
 //! are only observable because the updater pins *before* it unlinks, as every user of the API
 //! does (`pin(); swap; defer_retire`): its own pin fence then lies before the unlink and cannot
 //! stand in for the missing synchronize fence.
+//!
+//! The models of this module and of `rcu_strict_models`: an updater pins, swaps in a new node,
+//! retires the old one and unpins, while readers read under pins; the node payload is an
+//! `UnsafeCell` plus an atomic copy, both written before publication and poisoned on free.
+//! `rcu::synchronize` runs against a reader with two or three sections (its later pins and unpins
+//! are where the grace period can end); retire-after-unlink has its retire-before-unlink negative
+//! control; a CAS-replaced counter's narrowed pin is caught only through address reuse; a `Box`
+//! dropped instead of retired is reported by the bypass check.
+//!
+//! `Published` (ArcSwap in production, a loom `RwLock<Arc<T>>` under loom): a writer swaps while
+//! two readers load; readers only see fully built values (payload written before publication,
+//! checked through `UnsafeCell` and an atomic copy), the replaced value is dropped exactly once
+//! (drop counter) and nothing leaks (loom's `Arc` leak check). A negative control (payload
+//! written after publication) must fail with a causality violation. A second model checks that
+//! two concurrent `Published::rcu` increments are never lost.
+//!
+//! # Bounds
+//!
+//! | Model | Bound | What it covers |
+//! |---|---|---|
+//! | RCU shim, one reader (plain and nested guard), and its six twins | exhaustive | one reader section against pin, swap, retire, unpin, and the collector steps of both threads |
+//! | RCU shim, two readers | 3 preemptions | two reader sections and the updater; exhaustive takes minutes (every pin and unpin is a collector step); 3 preemptions stop each reader between pin and load and between load and read while the updater is stopped between unlink and retirement |
+//! | `rcu::synchronize` against a reader with 2 sections (3 with bound 2) | 3 preemptions | the reader stopped inside its first section, between sections, and the waiter between unpublishing and its wait; the wait loop spins, so exhaustive is unbounded |
+//! | retire after / before unlink | 3 preemptions | one reader section, one replace + retire + flush |
+//! | CAS counter, 1 + 2 increments (whole and narrowed pin) | 3 preemptions | the racer stopped between its load and its CAS while the other thread completes both increments (freeing and reusing the node) |
+//! | bypassing free | exhaustive | one reader, one unlink + drop |
+//! | `Published` swap, late-initialisation control, `rcu()` updates | exhaustive | three short threads around a loom lock |
+//!
+//! `DMALOOM_WEAKEN=rcu.sync.fence RUSTFLAGS="--cfg loom" cargo test --release -p loom-tests --test
+//! loom -- dma_sync_shim::rcu_reader_never_sees_freed_node` shows a twin's failure by hand:
+//! `Causality violation: Concurrent read and write accesses.`
 
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, Poison};
 use dma_sync::mutation::Weakening;

@@ -17,6 +17,66 @@
 //!
 //! All litmus models are exhaustive (2 or 3 threads with at most ten loom operations each;
 //! each runs in well under a second).
+//!
+//! # The four arguments
+//!
+//! 1. **A new pool is visible before its buffer is** (`swiotlb-new-pool`, from the swiotlb fix).
+//!    Three parties: P0 publishes a pool (`rcu_assign_pointer`); P1 finds it, sets the device
+//!    flag, issues a full fence and hands the address on through the driver's plain memory; P2
+//!    reads the address, `smp_rmb`, reads the flag and looks the pool up. Bad: P2 holds the
+//!    address but finds no pool. It is a WRC/ISA2 shape: the middle party must order its *read*
+//!    of the pool list before its hand-off, which only a cumulative full fence does in LKMM.
+//! 2. **Flag versus list, and list deletion versus reuse** (review of the per-device dynamic
+//!    buffer flag). No flag: `smp_wmb` between adding the pool to the device list and handing out
+//!    its address, `smp_rmb` before the emptiness check, so "holds paddr ⇒ list not empty and
+//!    has paddr's entry". Deletion: `smp_wmb` between removing an entry and freeing its memory,
+//!    and the `smp_rmb` orders the reusing CPU's search after its reallocation, so it never
+//!    finds the removed entry for memory it just got back.
+//! 3. **Walking live page tables** (the debugfs discussion). A lock-free walker reads a level
+//!    while an unmap clears it, unlinks it and frees it. With levels freed through RCU the walker
+//!    is safe and incoherent (any mix of mapped and cleared entries, or no level); without a
+//!    grace period, or with an unpinned walker, it reads freed memory.
+//! 4. **Switching to lazy invalidation while unmapping** (the non-strict review). The switch
+//!    initialises the flush queue, `smp_wmb`, then sets `fq_domain`; an unmap reads `fq_domain`
+//!    once and uses the snapshot for the gather, the sync decision and queue-versus-free; the
+//!    enqueue starts with a full barrier and reads the ring after it. The review's reordering
+//!    (sync skipped by a second read, IOVA freed at once by the first) is unreachable; so is an
+//!    IOVA queued on an uninitialised ring.
+//!
+//! # Results
+//!
+//! | argument | correct set | variants (C11 verdict on the bad outcome) |
+//! |---|---|---|
+//! | 1 new pool | 5 outcomes, bad never | P2 rmb removed, P1 mb removed, both: found; P1 mb → release fence: never (LKMM: Sometimes); P0 publish Relaxed, P1 deref Relaxed: never, but P1 reads the pool stale; P2 deref Relaxed, P2 rmb → mb: never |
+//! | 2 list add | 3 outcomes | wmb or rmb removed: found; publish or search deref Relaxed: never, but an unordered search reads the entry uninitialised |
+//! | 2 delete/reuse | 3 outcomes | wmb or rmb removed: found; search deref Relaxed: never |
+//! | 3 page-table walk | 5 outcomes (no level; mapped/cleared × 2) | walker pin, `rcu.pin`, `rcu.grace_period`, walker deref Relaxed, publication Relaxed: causality violation |
+//! | 4 lazy switch | 2 outcomes | wmb removed, mb removed, ring load hoisted, `fq_domain` read twice: found; mb → acquire fence: never |
+//!
+//! For argument 3, weakening the publication or the walker's acquire is not a new *value* in C11
+//! but a data race on the new level's initialisation, and loom reports it as one.
+//!
+//! # Where LKMM and C11 disagree
+//!
+//! * **Argument 1, variant D** (P1's `smp_mb` → `smp_wmb` = `fence(Release)`): LKMM *Sometimes*,
+//!   C11 *Never*. `smp_wmb` orders only P1's stores and is not A-cumulative; a C11 release fence
+//!   also orders P1's earlier loads and happens-before is transitive. loom checks C11, the
+//!   semantics of our Rust fences, so swiotlb-core issues the release fence (`swiotlb.flag.fence`,
+//!   no instruction on x86); a kernel port would need the full fence.
+//! * **Relaxed pointer loads** (argument 1 F, argument 2 search, argument 3 walk): LKMM orders a
+//!   dependent read after `READ_ONCE` of a pointer; C11 Relaxed does not (no consume), so loom
+//!   finds stale or racing reads. Hence every `rcu_dereference` is an `Acquire` load in our code.
+//! * **Fences are stronger in C11** in general (`fence(Release)` also orders earlier loads,
+//!   `fence(Acquire)` later stores). Only D turns on this; elsewhere the verdicts agree.
+//! * loom itself never produces load buffering and reads at most the last 7 stores; none of the
+//!   arguments depends on either.
+//!
+//! # Running a variant by hand
+//!
+//! `DMALOOM_WEAKEN=<point>` weakens a point for a whole run, so a correct model can be shown
+//! failing by hand: `DMALOOM_WEAKEN=litmus.new_pool.p1.mb RUSTFLAGS="--cfg loom" cargo test
+//! --release -p loom-tests --test loom -- litmus::new_pool_correct` fails with the outcome set
+//! gaining `(999, flag 0, pool 0)` and `(999, flag 1, pool 0)`.
 
 use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, Ordering::*, Poison};
 use dma_sync::mutation::{weakened, Point, Weakening};
