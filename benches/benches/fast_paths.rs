@@ -118,15 +118,16 @@ fn dma(c: &mut Criterion) {
 
 fn bounce(c: &mut Criterion) {
     for (name, areas) in [("ours", 0), ("ours, one area", 1)] {
-        let (tlb, base) = swiotlb::instance(
+        let (bounce, base) = swiotlb::instance(
             swiotlb_core::Config {
                 nareas: areas,
                 ..Default::default()
             },
             1,
         );
-        let dev = tlb.device(swiotlb_core::DeviceConfig::default());
-        let mut op = swiotlb::bounce_op(&tlb, dev, base, 4096, swiotlb_core::Direction::ToDevice);
+        let dev = bounce.device(swiotlb_core::DeviceConfig::default());
+        let mut op =
+            swiotlb::bounce_op(&bounce, dev, base, 4096, swiotlb_core::Direction::ToDevice);
         c.bench_function(&format!("bounce 4 KiB to device/{name}"), |b| {
             b.iter(&mut op)
         });

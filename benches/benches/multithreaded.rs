@@ -123,8 +123,8 @@ fn bounce(c: &mut Criterion) {
                 )
             },
             |s, t| {
-                let (tlb, base) = &*s;
-                let dev = tlb.device(swiotlb_core::DeviceConfig::default());
+                let (bounce, base) = &*s;
+                let dev = bounce.device(swiotlb_core::DeviceConfig::default());
                 let orig = base + (t * swiotlb::ORIG_PER_THREAD) as u64;
                 let attrs = swiotlb_core::MapAttrs::default();
                 let dir = swiotlb_core::Direction::ToDevice;

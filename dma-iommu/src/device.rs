@@ -98,8 +98,8 @@ pub(crate) struct DeviceInner {
     pub(crate) domain: Arc<crate::domain::DomainKey>,
     pub(crate) config: DeviceConfig,
     pub(crate) policy: DevicePolicy,
-    /// The device's bounce-buffer handle (untrusted devices only).
-    pub(crate) bounce: Option<swiotlb_core::Device>,
+    /// The device as the domain's bounce pool knows it (untrusted devices only).
+    pub(crate) bounce_dev: Option<swiotlb_core::Device>,
 }
 
 impl Device {

@@ -13,7 +13,8 @@
 //!
 //! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
 //! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
-//! the domain's `Backend` (module `backend`), shared with [`Strictness`].
+//! the domain's `Backend` (module `backend`), shared with [`Strictness`]. Scatter lists
+//! (module `sg`) are built from the same operations, reached through a `DeviceMapper`.
 //!
 //! Cost of a lazy map+unmap beyond its parts (an IOVA pair and a page-table map+unmap): the
 //! device check, one registry insert and one take (an uncontended lock pair each, on a shard
@@ -128,7 +129,7 @@ pub struct Domain<T: TlbOps + 'static> {
 }
 
 impl<T: TlbOps + 'static> Domain<T> {
-    /// Build a domain whose IOTLB is `tlb`; `swiotlb` provides bounce buffers for untrusted
+    /// Build a domain whose IOTLB is `iotlb`; `bounce` provides bounce buffers for untrusted
     /// devices.
     ///
     /// ```
@@ -137,14 +138,14 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// cfg.iova.start_pfn = 0; // IOVA 0 must never be handed out
     /// assert!(matches!(Domain::new(cfg, NoTlb, None), Err(DmaError::Config(_))));
     /// ```
-    pub fn new(config: DomainConfig, tlb: T, swiotlb: Option<Swiotlb>) -> Result<Self, DmaError> {
+    pub fn new(config: DomainConfig, iotlb: T, bounce: Option<Swiotlb>) -> Result<Self, DmaError> {
         // Refused before anything is allocated.
         config.validate()?;
         let geom = config.pgtable.geometry()?;
         let shift = geom.page_size().trailing_zeros();
         let aperture_end = (1u64 << geom.ias()) - 1;
         let iova = IovaAllocator::new(config.iova.clone()).map_err(DmaError::NoIova)?;
-        let iotlb = Arc::new(tlb);
+        let iotlb = Arc::new(iotlb);
         let pt = PageTable::with_tlb(config.pgtable, SharedIotlb(iotlb.clone()))?;
         let backend = Arc::new(Backend { pt, iova, iotlb });
         let strictness = Strictness::new(backend.clone());
@@ -156,7 +157,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         Ok(Self {
             backend,
             strictness,
-            bounce: swiotlb,
+            bounce,
             key: Arc::new(DomainKey),
             registry: Registry::new(cpu::count()),
             stats: Stats::new(cpu::count()),
@@ -172,7 +173,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// The caller's IOTLB.
-    pub fn tlb(&self) -> &T {
+    pub fn iotlb(&self) -> &T {
         &self.backend.iotlb
     }
 
@@ -198,7 +199,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// ```
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         config.validate(self.granule())?;
-        let bounce = if config.trusted {
+        let bounce_dev = if config.trusted {
             None
         } else {
             let bounce = self.bounce.as_ref().ok_or(DmaError::NoBounceBuffers)?;
@@ -217,7 +218,7 @@ impl<T: TlbOps + 'static> Domain<T> {
                 domain: self.key.clone(),
                 config,
                 policy: DevicePolicy::new(config.prefer_32bit),
-                bounce,
+                bounce_dev,
             }),
         })
     }
@@ -234,7 +235,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// is rebuilt from its value rather than moved whole: moving the large `Result` made every
     /// map and unmap reload it across a store-forwarding stall.
     #[inline]
-    pub(crate) fn counted<R>(&self, r: Result<R, DmaError>) -> Result<R, DmaError> {
+    fn counted<R>(&self, r: Result<R, DmaError>) -> Result<R, DmaError> {
         match r {
             Ok(v) => Ok(v),
             Err(e) => Err(self.count_error(e)),
@@ -245,6 +246,19 @@ impl<T: TlbOps + 'static> Domain<T> {
     fn count_error(&self, e: DmaError) -> DmaError {
         self.stats.count(Event::Error);
         e
+    }
+
+    /// Run one public call for `dev` on its [`DeviceMapper`] (refused for a device of another
+    /// domain); a failure is counted in the statistics.
+    pub(crate) fn with_mapper<'d, R>(
+        &'d self,
+        dev: &'d Device,
+        call: impl FnOnce(&DeviceMapper<'d, T>) -> Result<R, DmaError>,
+    ) -> Result<R, DmaError> {
+        let r = self
+            .check_device(dev)
+            .and_then(|()| call(&DeviceMapper { domain: self, dev }));
+        self.counted(r)
     }
 
     /// Map `size` bytes of memory at physical address `paddr` for `dev`; returns the DMA
@@ -282,17 +296,17 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        self.counted(self.map_single(dev, paddr, size as u64, dir))
+        self.with_mapper(dev, |m| m.map(paddr, size as u64, dir))
     }
 
-    pub(crate) fn map_single(
+    /// [`Domain::map`] for a device checked to be this domain's.
+    fn map_single(
         &self,
         dev: &Device,
         paddr: u64,
         size: u64,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        self.check_device(dev)?;
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }
@@ -317,7 +331,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     fn bouncer<'a>(&'a self, dev: &'a Device) -> Option<Bouncer<'a>> {
         Some(Bouncer {
             pool: self.bounce.as_ref()?,
-            dev: dev.inner.bounce.as_ref()?,
+            dev: dev.inner.bounce_dev.as_ref()?,
         })
     }
 
@@ -359,18 +373,18 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: u64,
         dir: Direction,
         kind: Kind,
-        bounce: Option<u64>,
+        bounce_buffer: Option<u64>,
     ) -> Result<u64, DmaError> {
         let offset = phys & (self.granule() - 1);
         let mut m = self.new_mapping(dev, offset, size, kind, dir)?;
         m.map(0, phys - offset, m.len())?;
-        Ok(m.publish(size, offset, bounce)? + offset)
+        Ok(m.publish(size, offset, bounce_buffer)? + offset)
     }
 
     /// Reserve the IOVA granules for `size` bytes starting `offset` into a granule, below the
     /// device's mask, for a mapping of `kind` in direction `dir`: a mapping under
     /// construction, undone if dropped before it is published.
-    pub(crate) fn new_mapping<'d>(
+    fn new_mapping<'d>(
         &'d self,
         dev: &'d Device,
         offset: u64,
@@ -423,11 +437,6 @@ impl<T: TlbOps + 'static> Domain<T> {
         ))
     }
 
-    /// Count a scatter list mapped (its mappings count themselves).
-    pub(crate) fn count_list(&self) {
-        self.stats.count(Event::List);
-    }
-
     /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether
     /// the IOTLB was synced (strict) or the IOVA queued (lazy). A bounced mapping is copied
     /// back to the original buffer (by direction) once the device can no longer reach it.
@@ -451,7 +460,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Single, true))
+        self.with_mapper(dev, |m| m.unmap(dma, size as u64, dir))
     }
 
     /// Unmap a mapping made by [`Domain::map_resource`].
@@ -462,19 +471,14 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        self.counted(self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource, true))
+        self.with_mapper(dev, |_| {
+            self.unmap_kind(dev, dma, size as u64, dir, Kind::Resource, true)
+        })
     }
 
-    /// Take down a mapping made by a successful map of this call (an undo): no copy-back, so
-    /// the caller's buffer keeps its bytes. A concurrent unmap that guessed the address may
-    /// have taken it first; then it is gone already.
-    pub(crate) fn unmap_fresh(&self, dev: &Device, dma: u64, size: u64, dir: Direction) {
-        let _ = self.unmap_kind(dev, dma, size, dir, Kind::Single, false);
-    }
-
-    /// Unmap the mapping of `kind` at `dma`; a bounced one is copied back (by direction)
-    /// unless `copy_back` is false.
-    pub(crate) fn unmap_kind(
+    /// Unmap the mapping of `kind` at `dma` of a device checked to be this domain's; a
+    /// bounced one is copied back (by direction) unless `copy_back` is false.
+    fn unmap_kind(
         &self,
         dev: &Device,
         dma: u64,
@@ -483,7 +487,6 @@ impl<T: TlbOps + 'static> Domain<T> {
         kind: Kind,
         copy_back: bool,
     ) -> Result<Unmapped, DmaError> {
-        self.check_device(dev)?;
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }
@@ -522,7 +525,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         if how == Unmapped::Synced {
             self.stats.count(Event::Synced);
         }
-        if let (Some(phys), Some(bouncer)) = (rec.bounce, self.bouncer(dev)) {
+        if let (Some(phys), Some(bouncer)) = (rec.bounce_buffer, self.bouncer(dev)) {
             // The device can no longer reach the buffer (untrusted: always strict). `size` is
             // the recorded size, which `map_single` checked fits a usize.
             bouncer.unmap(dma, phys, size as usize, dir, copy_back)?;
@@ -533,25 +536,37 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// Make the device's writes to `[dma, dma + size)` visible to the CPU (copies a bounced
     /// range back). `dma` may lie anywhere inside a live mapping.
     ///
+    /// Both syncs on one bounced buffer, CPU to device and back:
+    ///
     /// ```
     /// use dma_iommu::test_util::SimulatedDevice;
     /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
     /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(1 << 20);
     /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
+    /// mem.write(buf, b"old").unwrap();
     /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
     /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
     /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
     /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
-    /// let dma = dom.map(&dev, buf, 4, Direction::FromDevice).unwrap();
+    /// let dma = dom.map(&dev, buf, 3, Direction::Bidirectional).unwrap(); // copied into the bounce buffer
     /// let mem = dom.swiotlb().unwrap().memory();
-    /// SimulatedDevice::new(&dom, &dev, mem).write(dma, b"pong").unwrap(); // lands in the bounce buffer
-    /// let mut seen = [0u8; 4];
+    /// let hw = SimulatedDevice::new(&dom, &dev, mem);
+    /// let mut seen = [0u8; 3];
+    ///
+    /// mem.write(buf, b"new").unwrap(); // the CPU updates the buffer
+    /// hw.read(dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"old"); // the device still sees the copy
+    /// dom.sync_for_device(&dev, dma, 3, Direction::Bidirectional).unwrap();
+    /// hw.read(dma, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"new");
+    ///
+    /// hw.write(dma, b"dev").unwrap(); // lands in the bounce buffer
     /// mem.read(buf, &mut seen).unwrap();
-    /// assert_ne!(&seen, b"pong");
-    /// dom.sync_for_cpu(&dev, dma, 4, Direction::FromDevice).unwrap(); // copies it back
+    /// assert_eq!(&seen, b"new");
+    /// dom.sync_for_cpu(&dev, dma, 3, Direction::Bidirectional).unwrap(); // copies it back
     /// mem.read(buf, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"pong");
+    /// assert_eq!(&seen, b"dev");
     /// ```
     pub fn sync_for_cpu(
         &self,
@@ -566,30 +581,8 @@ impl<T: TlbOps + 'static> Domain<T> {
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
-    /// bounce buffer). `dma` may lie anywhere inside a live mapping.
-    ///
-    /// ```
-    /// use dma_iommu::test_util::SimulatedDevice;
-    /// use dma_iommu::{DeviceConfig, Direction, Domain, DomainConfig, NoTlb};
-    /// use swiotlb_core::{Config, OrigMemory, RegionMemory, Swiotlb};
-    /// let mem = RegionMemory::new(1 << 20);
-    /// let buf = mem.base() + 0x10; // not granule-aligned: bounced for an untrusted device
-    /// mem.write(buf, b"old").unwrap();
-    /// let bounce = Swiotlb::new(Config::tiny(256, 1, 128), mem).unwrap();
-    /// let cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
-    /// let dom = Domain::new(cfg, NoTlb, Some(bounce)).unwrap();
-    /// let dev = dom.attach(DeviceConfig { trusted: false, ..DeviceConfig::default() }).unwrap();
-    /// let dma = dom.map(&dev, buf, 3, Direction::ToDevice).unwrap(); // copied into the bounce buffer
-    /// let mem = dom.swiotlb().unwrap().memory();
-    /// mem.write(buf, b"new").unwrap(); // the CPU updates the buffer
-    /// let hw = SimulatedDevice::new(&dom, &dev, mem);
-    /// let mut seen = [0u8; 3];
-    /// hw.read(dma, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"old"); // the device still sees the copy
-    /// dom.sync_for_device(&dev, dma, 3, Direction::ToDevice).unwrap();
-    /// hw.read(dma, &mut seen).unwrap();
-    /// assert_eq!(&seen, b"new");
-    /// ```
+    /// bounce buffer). `dma` may lie anywhere inside a live mapping. Example: see
+    /// [`Domain::sync_for_cpu`].
     pub fn sync_for_device(
         &self,
         dev: &Device,
@@ -665,7 +658,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// ```
     pub fn max_mapping_size(&self, dev: &Device) -> u64 {
         let by_mask = dev.inner.config.dma_mask.min(self.aperture_end);
-        match (&dev.inner.bounce, &self.bounce) {
+        match (&dev.inner.bounce_dev, &self.bounce) {
             (Some(b), Some(bounce)) => (bounce.max_mapping_size(b) as u64).min(by_mask),
             _ => by_mask,
         }
@@ -719,6 +712,72 @@ impl<T: TlbOps + 'static> Domain<T> {
             self.is_lazy(),
             self.strictness.queue_stats(),
         )
+    }
+}
+
+/// One device's side of a domain, its device already checked to be the domain's: the
+/// operations every map path is built from, for the scatter-list code (module `sg`) and the
+/// domain's own calls alike.
+pub(crate) struct DeviceMapper<'d, T: TlbOps + 'static> {
+    domain: &'d Domain<T>,
+    dev: &'d Device,
+}
+
+impl<'d, T: TlbOps + 'static> DeviceMapper<'d, T> {
+    /// The IOVA granule in bytes.
+    pub(crate) fn granule(&self) -> u64 {
+        self.domain.granule()
+    }
+
+    /// The device's limits.
+    pub(crate) fn config(&self) -> &'d DeviceConfig {
+        &self.dev.inner.config
+    }
+
+    /// Map `size` bytes at `paddr` on their own, bounced where needed ([`Domain::map`]).
+    pub(crate) fn map(&self, paddr: u64, size: u64, dir: Direction) -> Result<u64, DmaError> {
+        self.domain.map_single(self.dev, paddr, size, dir)
+    }
+
+    /// Reserve `size` bytes of granule-aligned IOVA for a scatter list: a mapping under
+    /// construction, undone if dropped before it is published.
+    pub(crate) fn new_list(
+        &self,
+        size: u64,
+        dir: Direction,
+    ) -> Result<NewMapping<'d, T>, DmaError> {
+        self.domain.new_mapping(self.dev, 0, size, Kind::List, dir)
+    }
+
+    /// Count a scatter list mapped (its mappings count themselves).
+    pub(crate) fn count_list(&self) {
+        self.domain.stats.count(Event::List);
+    }
+
+    /// Unmap the single mapping at `dma`, copying a bounced one back (by direction).
+    pub(crate) fn unmap(&self, dma: u64, size: u64, dir: Direction) -> Result<Unmapped, DmaError> {
+        self.domain
+            .unmap_kind(self.dev, dma, size, dir, Kind::Single, true)
+    }
+
+    /// Unmap the scatter list whose span starts at `iova` ([`DeviceMapper::new_list`]).
+    pub(crate) fn unmap_list(
+        &self,
+        iova: u64,
+        size: u64,
+        dir: Direction,
+    ) -> Result<Unmapped, DmaError> {
+        self.domain
+            .unmap_kind(self.dev, iova, size, dir, Kind::List, true)
+    }
+
+    /// Take down a mapping [`DeviceMapper::map`] made in this call (an undo): no copy-back,
+    /// so the caller's buffer keeps its bytes. A concurrent unmap that guessed the address
+    /// may have taken it first; then it is gone already.
+    pub(crate) fn undo(&self, dma: u64, size: u64, dir: Direction) {
+        let _ = self
+            .domain
+            .unmap_kind(self.dev, dma, size, dir, Kind::Single, false);
     }
 }
 

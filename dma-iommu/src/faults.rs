@@ -24,7 +24,7 @@
 //!
 //! # Sites reached through a domain
 //!
-//! Besides its own two sites, a domain reaches these (the feature forwards to every crate it is
+//! Besides its own sites, a domain reaches these (the feature forwards to every crate it is
 //! made of):
 //!
 //! | Site | Where | Fallback |

@@ -72,15 +72,15 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
     }
 
     /// Record the mapping (`size` bytes the caller asked for, starting `offset` into the first
-    /// granule, bounced to `bounce` if any): from now on an unmap may take it down. Returns the
-    /// first IOVA; on error the drop undoes everything. By reference, and the caller drops it
-    /// afterwards (a no-op once published): moving the whole mapping into the call cost every
-    /// map a store-forwarding stall.
+    /// granule, bounced to `bounce_buffer` if any): from now on an unmap may take it down.
+    /// Returns the first IOVA; on error the drop undoes everything. By reference, and the
+    /// caller drops it afterwards (a no-op once published): moving the whole mapping into the
+    /// call cost every map a store-forwarding stall.
     pub(crate) fn publish(
         &mut self,
         size: u64,
         offset: u64,
-        bounce: Option<u64>,
+        bounce_buffer: Option<u64>,
     ) -> Result<u64, DmaError> {
         let rec = Record {
             dev: self.dev.inner.id,
@@ -88,7 +88,7 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
             size,
             offset,
             granules: self.span.granules,
-            bounce,
+            bounce_buffer,
         };
         self.registry.insert(self.span.pfn, rec)?;
         self.published = true;

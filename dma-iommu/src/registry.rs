@@ -41,7 +41,7 @@ pub(crate) struct Record {
     /// IOVA granules held.
     pub(crate) granules: u64,
     /// The bounce buffer, if the mapping was bounced.
-    pub(crate) bounce: Option<u64>,
+    pub(crate) bounce_buffer: Option<u64>,
 }
 
 /// Hashes a pfn by one folded multiplication: good high bits (hashbrown's tag) and low bits
@@ -202,7 +202,7 @@ mod tests {
             size: 4096,
             offset: 0,
             granules: 1,
-            bounce: None,
+            bounce_buffer: None,
         }
     }
 

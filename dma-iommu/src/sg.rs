@@ -14,12 +14,15 @@
 //! `DMA_ATTR_SKIP_CPU_SYNC`). `unmap_sg` of an untrusted list unmaps every segment even when a
 //! copy-back is lost and reports the first loss; a contiguous list's size is a checked sum (the
 //! mapping's fields are public).
+//!
+//! Both paths are built from the operations a single map uses, through the domain's
+//! `DeviceMapper`: a trusted list is one `NewMapping` with an extent per segment, undone
+//! whole on any error; an untrusted list is one single map per segment.
 
-use crate::device::Device;
-use crate::domain::Domain;
+use crate::device::{Device, DeviceConfig};
+use crate::domain::{DeviceMapper, Domain};
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
-use crate::registry::Kind;
 use crate::strictness::Unmapped;
 use swiotlb_core::Direction;
 
@@ -86,131 +89,20 @@ impl<T: TlbOps + 'static> Domain<T> {
         list: &[PhysSegment],
         dir: Direction,
     ) -> Result<SgMapping, DmaError> {
-        let r = self.check_list(dev, list).and_then(|()| {
-            if dev.config().trusted {
-                self.map_sg_contiguous(dev, list, dir)
+        self.with_mapper(dev, |mapper| {
+            check_list(mapper.config(), list)?;
+            let contiguous = mapper.config().trusted;
+            let (segments, per_input) = if contiguous {
+                map_contiguous(mapper, list, dir)
             } else {
-                self.map_sg_each(dev, list, dir)
-            }
-        });
-        if r.is_ok() {
-            self.count_list();
-        }
-        self.counted(r)
-    }
-
-    /// The checks both paths share, so a list gets the same answer whatever the device's
-    /// trust: the device is this domain's, the list is not empty, and every segment holds
-    /// 1 to `max_segment_size` bytes that do not run past the end of the address space.
-    fn check_list(&self, dev: &Device, list: &[PhysSegment]) -> Result<(), DmaError> {
-        self.check_device(dev)?;
-        if list.is_empty() {
-            return Err(DmaError::ZeroSize);
-        }
-        for (index, s) in list.iter().enumerate() {
-            if s.len == 0 {
-                return Err(DmaError::ZeroSize);
-            }
-            if s.len > dev.config().max_segment_size {
-                return Err(DmaError::BadSegment { index, len: s.len });
-            }
-            s.addr.checked_add(s.len).ok_or(DmaError::Overflow)?;
-        }
-        Ok(())
-    }
-
-    /// Place a list [`Domain::check_list`] accepted.
-    fn place(&self, dev: &Device, list: &[PhysSegment]) -> Result<(Vec<Placement>, u64), DmaError> {
-        let g = self.granule();
-        let boundary = dev.config().seg_boundary_mask;
-        let mut out = Vec::with_capacity(list.len());
-        let mut total = 0u64;
-        for (index, s) in list.iter().enumerate() {
-            let bad = DmaError::BadSegment { index, len: s.len };
-            let offset = s.addr & (g - 1);
-            // The granules the buffer touches; `s.len` may be anything up to u64::MAX.
-            let span = offset
-                .checked_add(s.len)
-                .and_then(|n| n.checked_add(g - 1))
-                .ok_or(DmaError::Overflow)?
-                & !(g - 1);
-            if boundary != u64::MAX {
-                let size = boundary + 1;
-                if span > size {
-                    return Err(bad);
-                }
-                if (total & boundary) + span > size {
-                    total = (total | boundary)
-                        .checked_add(1)
-                        .ok_or(DmaError::Overflow)?;
-                }
-            }
-            out.push(Placement {
-                at: total,
-                phys: s.addr - offset,
-                span,
-                offset,
-            });
-            total = total.checked_add(span).ok_or(DmaError::Overflow)?;
-        }
-        Ok((out, total))
-    }
-
-    fn map_sg_contiguous(
-        &self,
-        dev: &Device,
-        list: &[PhysSegment],
-        dir: Direction,
-    ) -> Result<SgMapping, DmaError> {
-        let (placed, total) = self.place(dev, list)?;
-        // Undone on any error below: nothing is published before `publish`.
-        let mut m = self.new_mapping(dev, 0, total, Kind::List, dir)?;
-        for p in &placed {
-            m.map(p.at, p.phys, p.span)?;
-        }
-        let base = m.iova();
-        let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
-        let segments = merge(dev, list, &per_input);
-        // At most `total`, which did not overflow.
-        let total_len = list.iter().map(|s| s.len).sum();
-        m.publish(total_len, 0, None)?;
-        Ok(SgMapping {
-            segments,
-            per_input,
-            contiguous: true,
-        })
-    }
-
-    fn map_sg_each(
-        &self,
-        dev: &Device,
-        list: &[PhysSegment],
-        dir: Direction,
-    ) -> Result<SgMapping, DmaError> {
-        let mut per_input = Vec::with_capacity(list.len());
-        for s in list {
-            match self.map_single(dev, s.addr, s.len, dir) {
-                Ok(dma) => per_input.push(dma),
-                Err(e) => {
-                    // Nothing was handed out: take the fresh mappings down without copying
-                    // back (Linux: `DMA_ATTR_SKIP_CPU_SYNC`), so the caller's buffers keep
-                    // their bytes and no copy can be refused.
-                    for (dma, s) in per_input.iter().zip(list) {
-                        self.unmap_fresh(dev, *dma, s.len, dir);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let segments = per_input
-            .iter()
-            .zip(list)
-            .map(|(&addr, s)| DmaSegment { addr, len: s.len })
-            .collect();
-        Ok(SgMapping {
-            segments,
-            per_input,
-            contiguous: false,
+                map_each(mapper, list, dir)
+            }?;
+            mapper.count_list();
+            Ok(SgMapping {
+                segments,
+                per_input,
+                contiguous,
+            })
         })
     }
 
@@ -221,45 +113,163 @@ impl<T: TlbOps + 'static> Domain<T> {
         m: &SgMapping,
         dir: Direction,
     ) -> Result<Unmapped, DmaError> {
-        let Some(first) = m.per_input.first() else {
-            return self.counted(Err(DmaError::ZeroSize));
-        };
-        if m.contiguous {
-            let base = first & !(self.granule() - 1);
-            // The fields are public: a changed list must not overflow the sum.
-            let size = m
-                .segments
-                .iter()
-                .try_fold(0u64, |sum, s| sum.checked_add(s.len))
-                .ok_or(DmaError::Overflow);
-            return self.counted(
-                size.and_then(|size| self.unmap_kind(dev, base, size, dir, Kind::List, true)),
-            );
+        self.with_mapper(dev, |mapper| unmap(mapper, m, dir))
+    }
+}
+
+/// The checks both paths share, so a list gets the same answer whatever the device's trust:
+/// the list is not empty, and every segment holds 1 to `max_segment_size` bytes that do not
+/// run past the end of the address space.
+fn check_list(cfg: &DeviceConfig, list: &[PhysSegment]) -> Result<(), DmaError> {
+    if list.is_empty() {
+        return Err(DmaError::ZeroSize);
+    }
+    for (index, s) in list.iter().enumerate() {
+        if s.len == 0 {
+            return Err(DmaError::ZeroSize);
         }
-        // Every segment is unmapped even if a copy-back was lost (that mapping is gone
-        // anyway); the first loss is reported. A refusal (an address that is not a live
-        // mapping) stops at that segment, as it changes nothing.
-        let mut how = Unmapped::Synced;
-        let mut lost = None;
-        for s in &m.segments {
-            match self.unmap_kind(dev, s.addr, s.len, dir, Kind::Single, true) {
-                Ok(h) => how = h,
-                Err(e @ DmaError::LostCopyBack { .. }) => {
-                    lost.get_or_insert(e);
-                }
-                Err(e) => return self.counted(Err(e)),
+        if s.len > cfg.max_segment_size {
+            return Err(DmaError::BadSegment { index, len: s.len });
+        }
+        s.addr.checked_add(s.len).ok_or(DmaError::Overflow)?;
+    }
+    Ok(())
+}
+
+/// Place a list [`check_list`] accepted in one IOVA span of granule `g`.
+fn place(
+    cfg: &DeviceConfig,
+    g: u64,
+    list: &[PhysSegment],
+) -> Result<(Vec<Placement>, u64), DmaError> {
+    let boundary = cfg.seg_boundary_mask;
+    let mut out = Vec::with_capacity(list.len());
+    let mut total = 0u64;
+    for (index, s) in list.iter().enumerate() {
+        let bad = DmaError::BadSegment { index, len: s.len };
+        let offset = s.addr & (g - 1);
+        // The granules the buffer touches; `s.len` may be anything up to u64::MAX.
+        let span = offset
+            .checked_add(s.len)
+            .and_then(|n| n.checked_add(g - 1))
+            .ok_or(DmaError::Overflow)?
+            & !(g - 1);
+        if boundary != u64::MAX {
+            let size = boundary + 1;
+            if span > size {
+                return Err(bad);
+            }
+            if (total & boundary) + span > size {
+                total = (total | boundary)
+                    .checked_add(1)
+                    .ok_or(DmaError::Overflow)?;
             }
         }
-        match lost {
-            Some(e) => self.counted(Err(e)),
-            None => Ok(how),
+        out.push(Placement {
+            at: total,
+            phys: s.addr - offset,
+            span,
+            offset,
+        });
+        total = total.checked_add(span).ok_or(DmaError::Overflow)?;
+    }
+    Ok((out, total))
+}
+
+/// The DMA segments to program (merged) and each input segment's DMA address.
+type Mapped = (Vec<DmaSegment>, Vec<u64>);
+
+/// A trusted device's list: one IOVA span, built and undone as a single mapping is.
+fn map_contiguous<T: TlbOps + 'static>(
+    mapper: &DeviceMapper<'_, T>,
+    list: &[PhysSegment],
+    dir: Direction,
+) -> Result<Mapped, DmaError> {
+    let (placed, total) = place(mapper.config(), mapper.granule(), list)?;
+    // Undone on any error below: nothing is published before `publish`.
+    let mut new = mapper.new_list(total, dir)?;
+    for p in &placed {
+        new.map(p.at, p.phys, p.span)?;
+    }
+    let base = new.iova();
+    let per_input: Vec<u64> = placed.iter().map(|p| base + p.at + p.offset).collect();
+    let segments = merge(mapper.config(), list, &per_input);
+    // At most `total`, which did not overflow.
+    let total_len = list.iter().map(|s| s.len).sum();
+    new.publish(total_len, 0, None)?;
+    Ok((segments, per_input))
+}
+
+/// An untrusted device's list: one single mapping per segment, all undone if one fails.
+fn map_each<T: TlbOps + 'static>(
+    mapper: &DeviceMapper<'_, T>,
+    list: &[PhysSegment],
+    dir: Direction,
+) -> Result<Mapped, DmaError> {
+    let mut per_input = Vec::with_capacity(list.len());
+    for s in list {
+        match mapper.map(s.addr, s.len, dir) {
+            Ok(dma) => per_input.push(dma),
+            Err(e) => {
+                // Nothing was handed out: take the fresh mappings down without copying
+                // back (Linux: `DMA_ATTR_SKIP_CPU_SYNC`), so the caller's buffers keep
+                // their bytes and no copy can be refused.
+                for (dma, s) in per_input.iter().zip(list) {
+                    mapper.undo(*dma, s.len, dir);
+                }
+                return Err(e);
+            }
         }
+    }
+    let segments = per_input
+        .iter()
+        .zip(list)
+        .map(|(&addr, s)| DmaSegment { addr, len: s.len })
+        .collect();
+    Ok((segments, per_input))
+}
+
+/// Take down a list [`Domain::map_sg`] mapped.
+fn unmap<T: TlbOps + 'static>(
+    mapper: &DeviceMapper<'_, T>,
+    m: &SgMapping,
+    dir: Direction,
+) -> Result<Unmapped, DmaError> {
+    let Some(first) = m.per_input.first() else {
+        return Err(DmaError::ZeroSize);
+    };
+    if m.contiguous {
+        let base = first & !(mapper.granule() - 1);
+        // The fields are public: a changed list must not overflow the sum.
+        let size = m
+            .segments
+            .iter()
+            .try_fold(0u64, |sum, s| sum.checked_add(s.len))
+            .ok_or(DmaError::Overflow)?;
+        return mapper.unmap_list(base, size, dir);
+    }
+    // Every segment is unmapped even if a copy-back was lost (that mapping is gone anyway);
+    // the first loss is reported. A refusal (an address that is not a live mapping) stops at
+    // that segment, as it changes nothing.
+    let mut how = Unmapped::Synced;
+    let mut lost = None;
+    for s in &m.segments {
+        match mapper.unmap(s.addr, s.len, dir) {
+            Ok(h) => how = h,
+            Err(e @ DmaError::LostCopyBack { .. }) => {
+                lost.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match lost {
+        Some(e) => Err(e),
+        None => Ok(how),
     }
 }
 
 /// Merge DMA-contiguous neighbours within the device's maximum segment size and boundary.
-fn merge(dev: &Device, list: &[PhysSegment], dma: &[u64]) -> Vec<DmaSegment> {
-    let cfg = dev.config();
+fn merge(cfg: &DeviceConfig, list: &[PhysSegment], dma: &[u64]) -> Vec<DmaSegment> {
     let mut out: Vec<DmaSegment> = Vec::with_capacity(list.len());
     for (&addr, s) in dma.iter().zip(list) {
         if let Some(last) = out.last_mut() {

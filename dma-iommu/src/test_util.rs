@@ -95,7 +95,10 @@ impl<'a, T: TlbOps + 'static> SimulatedDevice<'a, T> {
     ) -> Result<(), DmaError> {
         self.domain.check_device(self.device)?;
         let granule = self.domain.granule();
-        let bounce = self.domain.swiotlb().zip(self.device.inner.bounce.as_ref());
+        let bounce = self
+            .domain
+            .swiotlb()
+            .zip(self.device.inner.bounce_dev.as_ref());
         let mut done = 0usize;
         while done < len {
             let at = dma.checked_add(done as u64).ok_or(DmaError::Overflow)?;

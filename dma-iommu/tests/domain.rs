@@ -42,12 +42,12 @@ fn strict_unmap_syncs_then_frees() {
         Ok(Unmapped::Synced)
     );
     assert_eq!(dom.translate(dma), None);
-    let log = dom.tlb().log();
+    let log = dom.iotlb().log();
     assert!(
         log.iter().any(|i| i.covers(dma, dma + 0x2000)),
         "the unmap synced its range: {log:?}"
     );
-    assert_eq!(dom.tlb().flushes(), 0);
+    assert_eq!(dom.iotlb().flushes(), 0);
     let s = dom.stats();
     assert_eq!(
         (s.maps, s.unmaps_synced, s.unmaps_queued, s.live),
@@ -65,13 +65,13 @@ fn lazy_unmap_queues_until_a_flush() {
         Ok(Unmapped::Queued)
     );
     assert_eq!(
-        (dom.tlb().syncs(), dom.tlb().flushes()),
+        (dom.iotlb().syncs(), dom.iotlb().flushes()),
         (0, 0),
         "no invalidation at unmap"
     );
     assert_eq!(dom.stats().fq.pending, 1);
     assert!(dom.flush_queue_now());
-    assert_eq!(dom.tlb().flushes(), 1);
+    assert_eq!(dom.iotlb().flushes(), 1);
     let s = dom.stats();
     assert_eq!((s.fq.pending, s.fq.reclaimed, s.unmaps_queued), (0, 1, 1));
     assert!(s.to_string().contains("mode lazy"));
@@ -91,7 +91,7 @@ fn the_background_timer_frees_queued_iovas() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(dom.stats().fq.reclaimed, 1);
-    assert!(dom.tlb().flushes() >= 1);
+    assert!(dom.iotlb().flushes() >= 1);
 }
 
 #[test]
@@ -115,11 +115,11 @@ fn no_iova_is_reused_before_a_covering_invalidation_in_both_modes() {
                 Direction::FromDevice,
             )
             .unwrap();
-        check.mapped(dom.tlb(), dom.tlb().tick(), dma, size);
+        check.mapped(dom.iotlb(), dom.iotlb().tick(), dma, size);
         live.push((dma, size));
         if live.len() >= 2 {
             let (dma, size) = live.remove((round % 2) as usize);
-            check.unmapping(dom.tlb().tick(), dma, size);
+            check.unmapping(dom.iotlb().tick(), dma, size);
             let how = dom
                 .unmap(&dev, dma, size as usize, Direction::FromDevice)
                 .unwrap();
@@ -138,7 +138,7 @@ fn no_iova_is_reused_before_a_covering_invalidation_in_both_modes() {
         "the test must actually reuse IOVAs ({})",
         check.reuses
     );
-    let log = dom.tlb().log();
+    let log = dom.iotlb().log();
     assert!(log.iter().any(|i| i.kind == InvalidationKind::FlushAll));
     for (dma, size) in live {
         dom.unmap(&dev, dma, size as usize, Direction::FromDevice)

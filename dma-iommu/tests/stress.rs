@@ -67,7 +67,7 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
                         .map(&dev, paddr, size as usize, Direction::Bidirectional)
                         .unwrap();
                     {
-                        let now = dom.tlb().tick();
+                        let now = dom.iotlb().tick();
                         let mut s = shared.lock();
                         for p in pages(dma, size) {
                             assert!(
@@ -75,13 +75,13 @@ fn map_unmap_with_a_switch_to_lazy_in_the_middle() {
                                 "IOVA {p:#x} handed out while live"
                             );
                         }
-                        s.reuse.mapped(dom.tlb(), now, dma, size);
+                        s.reuse.mapped(dom.iotlb(), now, dma, size);
                     }
                     mine.push((dma, size));
                     if mine.len() > 3 || (i % 5 == 0 && !mine.is_empty()) {
                         let (dma, size) = mine.swap_remove((x as usize >> 7) % mine.len());
                         {
-                            let at = dom.tlb().tick();
+                            let at = dom.iotlb().tick();
                             let mut s = shared.lock();
                             for p in pages(dma, size) {
                                 assert_eq!(s.live.remove(&p), Some(t));

@@ -44,6 +44,14 @@ pub struct PgtableModel {
     pub fail_next: bool,
 }
 
+/// `Err` unless `addr` is a multiple of `align`.
+fn aligned(kind: AddrKind, addr: u64, align: u64) -> Result<(), Error> {
+    if addr % align != 0 {
+        return Err(Error::Misaligned { kind, addr, align });
+    }
+    Ok(())
+}
+
 /// `Err` unless `[addr, addr + len)` fits in `bits` bits.
 pub fn in_bits(kind: AddrKind, addr: u64, len: u64, bits: u32) -> Result<(), Error> {
     let end = addr.checked_add(len).ok_or(Error::Overflow)?;
@@ -99,13 +107,7 @@ impl PgtableModel {
         if count == 0 {
             return Err(Error::ZeroCount);
         }
-        if iova % pgsize != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: iova,
-                align: pgsize,
-            });
-        }
+        aligned(AddrKind::Iova, iova, pgsize)?;
         let len = pgsize.checked_mul(count as u64).ok_or(Error::Overflow)?;
         in_bits(AddrKind::Iova, iova, len, self.g.ias())?;
         Ok((level, len))
@@ -147,13 +149,7 @@ impl PgtableModel {
         prot: Prot,
     ) -> Result<usize, Error> {
         let (target, len) = self.check_input(iova, pgsize, count)?;
-        if paddr % pgsize != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Paddr,
-                addr: paddr,
-                align: pgsize,
-            });
-        }
+        aligned(AddrKind::Paddr, paddr, pgsize)?;
         in_bits(AddrKind::Paddr, paddr, len, self.g.oas())?;
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
@@ -226,28 +222,10 @@ impl PgtableModel {
         if size == 0 {
             return Err(Error::ZeroCount);
         }
-        if iova % page != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: iova,
-                align: page,
-            });
-        }
-        if size % page != 0 {
-            return Err(Error::Misaligned {
-                kind: AddrKind::Iova,
-                addr: size,
-                align: page,
-            });
-        }
+        aligned(AddrKind::Iova, iova, page)?;
+        aligned(AddrKind::Iova, size, page)?;
         if let Some(paddr) = paddr {
-            if paddr % page != 0 {
-                return Err(Error::Misaligned {
-                    kind: AddrKind::Paddr,
-                    addr: paddr,
-                    align: page,
-                });
-            }
+            aligned(AddrKind::Paddr, paddr, page)?;
             in_bits(AddrKind::Paddr, paddr, size, self.g.oas())?;
         }
         in_bits(AddrKind::Iova, iova, size, self.g.ias())

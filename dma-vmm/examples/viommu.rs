@@ -10,9 +10,7 @@
 
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dma_vmm::report;
-use dma_vmm::viommu::{
-    DeviceEndpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE,
-};
+use dma_vmm::viommu::{Endpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -21,12 +19,12 @@ const PAGE: u64 = 0x1000;
 /// A device worker: serve whatever buffer the guest currently offers on `queue`.
 fn worker(
     name: &str,
-    dev: DeviceEndpoint,
+    dev: Endpoint,
     ram: GuestMemoryMmap<()>,
     queue: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> (u64, u64) {
-    let io = dev.io_memory(ram);
+    let io = dev.iova_memory(ram);
     let (mut served, mut faulted) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
         let iova = queue.load(Ordering::Acquire);

@@ -1,6 +1,6 @@
 //! Embedding dmaloom in a VMM.
 //!
-//! * `IoMemory` (feature `vm-memory`, on by default): vm-memory 0.18's I/O virtual memory
+//! * `IovaMemory` (feature `vm-memory`, on by default): vm-memory 0.18's I/O virtual memory
 //!   (`GuestMemory`) over an io-pgtable page table and the guest's RAM, so virtio queues and
 //!   vhost-user backends read and write guest buffers by IOVA through a lock-free page table.
 //! * `GuestBytes` (feature `vm-memory`): swiotlb-core's original memory over vm-memory, so
@@ -13,7 +13,7 @@
 //! * [`report`]: debug reports (page-table dumps, swiotlb, IOVA cache and flush-queue state,
 //!   dma-iommu domains) as text and, with the `serde` feature, as serde data.
 //!
-//! Features: `vm-memory` (default) for `IoMemory` and `GuestBytes`; `serde` for the
+//! Features: `vm-memory` (default) for `IovaMemory` and `GuestBytes`; `serde` for the
 //! reports' serde data. Device threads translate with no lock and no shared write; see
 //! [`translate`].
 //!
@@ -49,7 +49,7 @@
 //!   still works.
 //! * `tests/virtio_blk.rs` with `examples/virtio_blk/`: a virtio-blk-like device written against
 //!   vm-memory's `GuestMemory` and virtio-queue 0.18's `Queue` only, given its endpoint's
-//!   `IoMemory`, while the guest maps with wire-format requests and lays out its split virtqueue
+//!   `IovaMemory`, while the guest maps with wire-format requests and lays out its split virtqueue
 //!   with virtio-queue's mock rings at the IOVAs it mapped (`MockSplitQueue::create` itself is not
 //!   used: in 0.18 it places the used ring over the upper half of the available ring). Byte-exact
 //!   I/O while another guest thread maps and unmaps in the queue's own leaf table; unmapped
@@ -79,12 +79,12 @@ pub mod translate;
 pub mod viommu;
 
 #[cfg(feature = "vm-memory")]
-pub mod bounce;
+pub mod guest_bytes;
 #[cfg(feature = "vm-memory")]
-pub mod iomem;
+pub mod iova_memory;
 
 #[cfg(feature = "vm-memory")]
-pub use bounce::GuestBytes;
+pub use guest_bytes::GuestBytes;
 #[cfg(feature = "vm-memory")]
-pub use iomem::IoMemory;
+pub use iova_memory::IovaMemory;
 pub use translate::{Fault, Leaf, Segment, Segments, Translate};

@@ -20,8 +20,8 @@
 //! # The protocol
 //!
 //! * Device: `read_section()` = `rcu::pin_at(&DEVICE_PIN)` (`vmm.device.pin`), held across
-//!   translate *and* copy (an endpoint's `access`, [`crate::translate::access`], `IoMemory`'s
-//!   slice iterator, or `IoMemory::section()`).
+//!   translate *and* copy (an endpoint's `access`, [`crate::translate::access`], `IovaMemory`'s
+//!   slice iterator, or `IovaMemory::section()`).
 //! * UNMAP: under the control lock, clear the leaves and update the mapping tree; drop the lock;
 //!   `synchronize()` (skipped when `vmm.unmap.grace` is weakened); reply. DETACH, an ATTACH that
 //!   moves an endpoint or takes it out of bypass mode, a driver write turning `bypass` off and a

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 /// A vIOMMU domain: its endpoints, its MAP requests and its page table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct DomainReport {
+pub struct ViommuDomainReport {
     /// Domain id.
     pub id: u32,
     /// Whether it is a bypass domain.
@@ -51,7 +51,7 @@ pub struct DomainReport {
     pub page_table: Option<Dump>,
 }
 
-impl fmt::Display for DomainReport {
+impl fmt::Display for ViommuDomainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.bypass { "bypass" } else { "translated" };
         writeln!(
@@ -78,9 +78,9 @@ impl fmt::Display for DomainReport {
 /// Report domain `id` of `viommu` (`None` if it does not exist). The mapping list and the
 /// page table are read one after the other: under concurrent requests they may differ by
 /// the requests in between.
-pub fn domain(viommu: &Viommu, id: u32) -> Option<DomainReport> {
+pub fn viommu_domain(viommu: &Viommu, id: u32) -> Option<ViommuDomainReport> {
     let d = viommu.domain(id)?;
-    Some(DomainReport {
+    Some(ViommuDomainReport {
         id,
         bypass: d.is_bypass(),
         endpoints: viommu.domain_endpoints(id).unwrap_or_default(),
@@ -218,7 +218,7 @@ pub fn dma_domain<T: dma_iommu::TlbOps + 'static>(d: &dma_iommu::Domain<T>) -> D
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Report {
     /// vIOMMU domains.
-    pub domains: Vec<DomainReport>,
+    pub viommu_domains: Vec<ViommuDomainReport>,
     /// Bounce-buffer pools' statistics.
     pub swiotlb: Option<StatsSnapshot>,
     /// IOVA allocator's statistics.
@@ -232,11 +232,11 @@ pub struct Report {
 impl Report {
     /// Every domain of `viommu`.
     pub fn with_viommu(mut self, viommu: &Viommu) -> Self {
-        self.domains.extend(
+        self.viommu_domains.extend(
             viommu
                 .domain_ids()
                 .into_iter()
-                .filter_map(|id| domain(viommu, id)),
+                .filter_map(|id| viommu_domain(viommu, id)),
         );
         self
     }
@@ -271,7 +271,7 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in &self.domains {
+        for d in &self.viommu_domains {
             write!(f, "{d}")?;
         }
         if let Some(s) = &self.swiotlb {

@@ -2,7 +2,7 @@
 //!
 //! [`Translate`] is one lookup ("where does this IOVA go, how far, with which rights"); it is
 //! implemented by an io-pgtable [`PageTable`] directly and by a vIOMMU endpoint
-//! ([`crate::viommu::DeviceEndpoint`]). [`Segments`] walks a whole range through it, merging
+//! ([`crate::viommu::Endpoint`]). [`Segments`] walks a whole range through it, merging
 //! physically contiguous leaves. Lookups are lock-free page-table walks; the caller keeps them
 //! valid by running translate *and* the copy inside one [`crate::quiesce::read_section`]
 //! ([`access`] does both).
@@ -17,21 +17,21 @@
 //! endpoint's reserved regions in every state and clips leaves at the next one. [`Segments`]
 //! walks a range leaf by leaf, checks `prot` against the access, and merges physically
 //! contiguous leaves; a fault ends the walk after the good prefix. An access that ends on a fault
-//! ([`access`], `IoMemory`'s `check_range`, `get_slices` and its slice iterator) passes it once
+//! ([`access`], `IovaMemory`'s `check_range`, `get_slices` and its slice iterator) passes it once
 //! to `Translate::report` through the out-of-line [`report`] (default: nothing; an endpoint
 //! queues a fault record for the event queue).
 //!
 //! Cost of that specification work on the success path (callgrind, release with one codegen
-//! unit, one endpoint `access` of 64 bytes plus one `IoMemory::read_obj::<u64>` per iteration):
+//! unit, one endpoint `access` of 64 bytes plus one `IovaMemory::read_obj::<u64>` per iteration):
 //! 1166 instructions before, 1240 after (×1.06): the bypass arm of the endpoint lookup and the
 //! report calls on the error paths (reporting inside the walk cost ×1.09, as it kept the walk
 //! from being inlined). Nothing in this crate borrows guest memory as `&[u8]`/`&mut [u8]`:
-//! `IoMemory` hands out vm-memory `VolatileSlice`s of the backend's regions, this module only
+//! `IovaMemory` hands out vm-memory `VolatileSlice`s of the backend's regions, this module only
 //! computes addresses, and `GuestBytes` copies between guest memory and the caller's own buffer
 //! with volatile copies.
 //!
 //! Measured (release, a shared 2-core machine, indicative only): an endpoint `access` of 64
-//! bytes (pin, attachment load, 4-level walk) 142 ns; an `IoMemory::read_obj::<u64>` by IOVA
+//! bytes (pin, attachment load, 4-level walk) 142 ns; an `IovaMemory::read_obj::<u64>` by IOVA
 //! 266 ns, against 11–16 ns for `GuestMemoryMmap` by guest-physical address.
 
 use crate::quiesce;
@@ -119,7 +119,7 @@ pub trait Translate {
     /// The leaf holding `iova`, or why there is none. Called inside a read section.
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault>;
 
-    /// A device access needing `access` met `fault` ([`access`] and `IoMemory` call this,
+    /// A device access needing `access` met `fault` ([`access`] and `IovaMemory` call this,
     /// through [`report`], once per access that faults), so the translation can report it;
     /// a vIOMMU endpoint logs it for the event queue. Only the fault path runs it. Default:
     /// nothing.

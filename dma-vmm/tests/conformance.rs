@@ -197,15 +197,15 @@ fn mapped(v: &Viommu, domain: u32) -> usize {
     v.mappings(domain).map_or(0, |m| m.len())
 }
 
-fn reads(ep: &DeviceEndpoint, iova: u64) -> Result<u64, Fault> {
+fn reads(ep: &Endpoint, iova: u64) -> Result<u64, Fault> {
     ep.access(iova, 8, Prot::READ, |s| s[0].paddr)
 }
 
-fn writes(ep: &DeviceEndpoint, iova: u64) -> Result<u64, Fault> {
+fn writes(ep: &Endpoint, iova: u64) -> Result<u64, Fault> {
     ep.access(iova, 8, Prot::WRITE, |s| s[0].paddr)
 }
 
-fn endpoint(v: &Viommu, id: u32) -> DeviceEndpoint {
+fn endpoint(v: &Viommu, id: u32) -> Endpoint {
     v.endpoint(id).expect("declared endpoint")
 }
 

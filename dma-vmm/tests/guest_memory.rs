@@ -2,7 +2,7 @@
 #![cfg(all(not(loom), feature = "vm-memory"))]
 
 use dma_vmm::translate::Fault;
-use dma_vmm::{GuestBytes, IoMemory};
+use dma_vmm::{GuestBytes, IovaMemory};
 use io_pgtable::{Config, PageTable, Prot};
 use swiotlb_core::{Config as BounceConfig, DeviceConfig, Direction, MapAttrs, Swiotlb};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions};
@@ -22,14 +22,14 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 /// IOVA 0x10000.. is three pages, mapped to scattered guest pages, one of them in the second
 /// RAM region; IOVA 0x20000 is read-only; 0x30000 is write-only.
-fn scattered() -> IoMemory<Ram, PageTable> {
+fn scattered() -> IovaMemory<Ram, PageTable> {
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     pt.map(0x1_0000, 0x5000, 0x1000, RW).unwrap();
     pt.map(0x1_1000, 0x10_3000, 0x1000, RW).unwrap();
     pt.map(0x1_2000, 0x2000, 0x1000, RW).unwrap();
     pt.map(0x2_0000, 0x8000, 0x1000, Prot::READ).unwrap();
     pt.map(0x3_0000, 0x9000, 0x1000, Prot::WRITE).unwrap();
-    IoMemory::new(ram(), pt)
+    IovaMemory::new(ram(), pt)
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -72,7 +72,7 @@ fn contiguous_mappings_merge_into_one_slice() {
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     pt.map(0x4000, 0x1000, 0x1000, RW).unwrap();
     pt.map(0x5000, 0x2000, 0x1000, RW).unwrap();
-    let io = IoMemory::new(ram(), pt);
+    let io = IovaMemory::new(ram(), pt);
     let n = io
         .get_slices(GuestAddress(0x4000), 0x2000, Permissions::Read)
         .unwrap()
@@ -105,7 +105,7 @@ fn permission_denied_fails_and_writes_nothing() {
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     pt.map(0x1000, 0x1000, 0x1000, RW).unwrap();
     pt.map(0x2000, 0x2000, 0x1000, Prot::READ).unwrap();
-    let io = IoMemory::new(ram.clone(), pt);
+    let io = IovaMemory::new(ram.clone(), pt);
     assert!(io.write_slice(&[9; 32], GuestAddress(0x1ff0)).is_err());
     let mut seen = [0u8; 16];
     ram.read_slice(&mut seen, GuestAddress(0x1ff0)).unwrap();
@@ -125,13 +125,13 @@ fn unmapped_and_outside_ram_are_errors() {
     // Mapped, but to guest-physical memory that does not exist.
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     pt.map(0x1000, 0x8_0000, 0x1000, RW).unwrap();
-    let io = IoMemory::new(ram(), pt);
+    let io = IovaMemory::new(ram(), pt);
     assert!(io.read_slice(&mut buf, GuestAddress(0x1000)).is_err());
     assert!(!io.check_range(GuestAddress(0x1000), 8, Permissions::Read));
     // Wrapping ranges fault instead of overflowing.
     assert!(!io.check_range(GuestAddress(u64::MAX - 3), 8, Permissions::Read));
     // The error names the IOVA.
-    let e = dma_vmm::iomem::fault_error(Fault::Unmapped { iova: 0x7_0000 }, 8);
+    let e = dma_vmm::iova_memory::fault_error(Fault::Unmapped { iova: 0x7_0000 }, 8);
     assert!(e.to_string().contains("0x70000"), "{e}");
 }
 
@@ -209,7 +209,7 @@ fn device_writes_are_logged_dirty_by_guest_physical_page() {
     let ram = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
     let pt = PageTable::new(Config::s1_4k(39)).unwrap();
     pt.map(0x40_0000, 0x3000, 0x1000, RW).unwrap();
-    let io = IoMemory::new(ram, pt);
+    let io = IovaMemory::new(ram, pt);
     io.write_obj(1u64, GuestAddress(0x40_0008)).unwrap();
     let region = io.backend().find_region(GuestAddress(0)).unwrap();
     assert!(
@@ -225,8 +225,8 @@ fn device_writes_are_logged_dirty_by_guest_physical_page() {
 #[test]
 fn handles_are_shareable_across_device_threads() {
     fn shareable<T: Send + Sync>() {}
-    shareable::<IoMemory<Ram, PageTable>>();
-    shareable::<IoMemory<Ram, dma_vmm::viommu::DeviceEndpoint>>();
+    shareable::<IovaMemory<Ram, PageTable>>();
+    shareable::<IovaMemory<Ram, dma_vmm::viommu::Endpoint>>();
     shareable::<dma_vmm::viommu::Viommu>();
-    shareable::<GuestBytes<IoMemory<Ram, dma_vmm::viommu::DeviceEndpoint>>>();
+    shareable::<GuestBytes<IovaMemory<Ram, dma_vmm::viommu::Endpoint>>>();
 }

@@ -92,8 +92,8 @@ fn full_report(v: &Viommu) -> Report {
 fn the_full_report_reads_like_debugfs() {
     let v = viommu();
     let r = full_report(&v);
-    assert_eq!(r.domains.len(), 1);
-    let d = &r.domains[0];
+    assert_eq!(r.viommu_domains.len(), 1);
+    let d = &r.viommu_domains[0];
     assert_eq!(
         (d.id, d.endpoints.clone(), d.mappings.len()),
         (9, vec![3], 1)

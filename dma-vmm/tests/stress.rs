@@ -40,8 +40,8 @@ fn slot_iova(slot: u64) -> u64 {
 }
 
 /// One device thread: pick a live slot, translate and copy inside one read section.
-fn device(sh: &Shared, dev: &DeviceEndpoint, seed: u64, via_vm_memory: bool) {
-    let io = dev.io_memory(sh.ram.clone());
+fn device(sh: &Shared, dev: &Endpoint, seed: u64, via_vm_memory: bool) {
+    let io = dev.iova_memory(sh.ram.clone());
     let mut x = seed;
     while !sh.stop.load(Ordering::Relaxed) {
         x ^= x << 13;
@@ -109,7 +109,7 @@ impl Shared {
     }
 
     /// Three device threads on `dev`; the third copies through vm-memory.
-    fn spawn_devices(self: &Arc<Self>, dev: &DeviceEndpoint) -> Vec<std::thread::JoinHandle<()>> {
+    fn spawn_devices(self: &Arc<Self>, dev: &Endpoint) -> Vec<std::thread::JoinHandle<()>> {
         (0..3u64)
             .map(|i| {
                 let (sh, dev) = (self.clone(), dev.clone());
@@ -245,7 +245,7 @@ fn map_unmap_churn_never_lets_an_access_outlive_its_mapping() {
     // The page table and the mapping list agree at the end.
     let live = mapped.iter().flatten().count();
     assert_eq!(v.mappings(1).unwrap().len(), live);
-    let report = dma_vmm::report::domain(&v, 1).unwrap();
+    let report = dma_vmm::report::viommu_domain(&v, 1).unwrap();
     assert_eq!(
         report.page_table.unwrap().mapped_bytes(),
         live as u64 * PAGE

@@ -45,6 +45,14 @@ fn status(v: &Viommu, r: Request) -> Status {
     v.handle(r).status()
 }
 
+/// Send each request in turn, expecting its status (`why` names the rule).
+fn replies<const N: usize>(v: &Viommu, rows: [(Request, Status, &str); N]) {
+    for (r, want, why) in rows {
+        let shown = format!("{r:?}");
+        assert_eq!(status(v, r), want, "{why}: {shown}");
+    }
+}
+
 #[test]
 fn device_round_trip_mapped_unmapped_and_read_only() {
     let ram = ram();
@@ -56,7 +64,7 @@ fn device_round_trip_mapped_unmapped_and_read_only() {
         status(&v, map(5, 0x20000, 0x20fff, 0x8000, MAP_F_READ)),
         Status::Ok
     );
-    let io = dev.io_memory(ram.clone());
+    let io = dev.iova_memory(ram.clone());
 
     // Mapped: guest writes, device reads through the IOMMU; device writes, guest reads.
     ram.write_slice(b"request from the guest", GuestAddress(0x4100))
@@ -160,102 +168,54 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
     v.add_endpoint(9, vec![]).unwrap();
     v.add_endpoint(8, vec![]).unwrap();
     v.add_endpoint(7, vec![]).unwrap();
-    // ATTACH
-    assert_eq!(status(&v, attach(1, 42)), Status::NoEnt);
-    assert_eq!(status(&v, attach(0, 9)), Status::Range);
-    assert_eq!(status(&v, attach(101, 9)), Status::Range);
-    assert_eq!(
-        status(
-            &v,
-            Request::Attach {
-                domain: 1,
-                endpoint: 9,
-                flags: 1 << 5
-            }
-        ),
-        Status::Inval
-    );
-    assert_eq!(
-        status(
-            &v,
-            Request::Attach {
-                domain: 1,
-                endpoint: 9,
-                flags: ATTACH_F_BYPASS
-            }
-        ),
-        Status::Inval // not offered: an unknown flag
-    );
-    assert_eq!(status(&v, attach(1, 9)), Status::Ok);
-    assert_eq!(status(&v, attach(2, 8)), Status::Ok);
-    assert_eq!(status(&v, attach(3, 7)), Status::NoMem); // max_domains
-
-    // MAP
-    assert_eq!(
-        status(&v, map(1, 0x1000, 0x1fff, 0x1000, 1 << 7)),
-        Status::Inval
-    );
-    assert_eq!(
-        status(&v, map(4, 0x1000, 0x1fff, 0x1000, RW)),
-        Status::NoEnt
-    );
-    assert_eq!(
-        status(&v, map(1, 0x1000, 0x1fff, 0x1800, RW)),
-        Status::Range
-    );
-    assert_eq!(
-        status(&v, map(1, 0x1800, 0x1fff, 0x1000, RW)),
-        Status::Range
-    );
-    assert_eq!(
-        status(&v, map(1, 0x1000, 0x17ff, 0x1000, RW)),
-        Status::Range
-    );
-    assert_eq!(
-        status(&v, map(1, 0x2000, 0x1fff, 0x1000, RW)),
-        Status::Inval
-    );
-    assert_eq!(
-        status(&v, map(1, 1 << 32, (1 << 32) + 0xfff, 0x1000, RW)),
-        Status::Range
-    );
-    assert_eq!(
-        status(&v, map(1, 0x1000, 0x1fff, 0x1000, 0)),
-        Status::Unsupp
-    );
-    assert_eq!(status(&v, map(1, 0x1000, 0x2fff, 0x1000, RW)), Status::Ok);
-    assert_eq!(
-        status(&v, map(1, 0x2000, 0x2fff, 0x9000, RW)),
-        Status::Inval
-    ); // overlap
-    assert_eq!(
-        status(&v, map(1, 0x0000, 0x1fff, 0x9000, RW)),
-        Status::Inval
-    ); // overlap
-    assert_eq!(
-        status(&v, map(1, 0x3000, 0x3fff, 0x9000, RW | MAP_F_MMIO)),
-        Status::Ok
-    );
-    assert_eq!(
-        status(&v, map(1, 0x4000, 0x4fff, 0x9000, MAP_F_WRITE)),
-        Status::Ok
-    );
-    assert_eq!(
-        status(&v, map(1, 0x8000, 0x8fff, 0x9000, RW)),
-        Status::NoMem
-    ); // cap
-       // UNMAP
-    assert_eq!(status(&v, unmap(4, 0, 0xffff)), Status::NoEnt);
-    assert_eq!(status(&v, unmap(1, 0x2000, 0x1000)), Status::Inval);
-    assert_eq!(status(&v, unmap(1, 0x1000, 0x1fff)), Status::Range); // would split
-    assert_eq!(status(&v, unmap(1, 0x2000, 0x3fff)), Status::Range); // splits the first
+    let attach_flags = |flags| Request::Attach {
+        domain: 1,
+        endpoint: 9,
+        flags,
+    };
+    let detach = |domain, endpoint| Request::Detach { domain, endpoint };
+    let mmio = RW | MAP_F_MMIO;
+    #[rustfmt::skip]
+    let rows = [
+        (attach(1, 42), Status::NoEnt, "unknown endpoint"),
+        (attach(0, 9), Status::Range, "domain below domain_range"),
+        (attach(101, 9), Status::Range, "domain above domain_range"),
+        (attach_flags(1 << 5), Status::Inval, "unknown flag"),
+        (attach_flags(ATTACH_F_BYPASS), Status::Inval, "bypass not offered"),
+        (attach(1, 9), Status::Ok, "attach"),
+        (attach(2, 8), Status::Ok, "attach"),
+        (attach(3, 7), Status::NoMem, "max_domains"),
+        (map(1, 0x1000, 0x1fff, 0x1000, 1 << 7), Status::Inval, "unknown flag"),
+        (map(4, 0x1000, 0x1fff, 0x1000, RW), Status::NoEnt, "unknown domain"),
+        (map(1, 0x1000, 0x1fff, 0x1800, RW), Status::Range, "unaligned phys_start"),
+        (map(1, 0x1800, 0x1fff, 0x1000, RW), Status::Range, "unaligned virt_start"),
+        (map(1, 0x1000, 0x17ff, 0x1000, RW), Status::Range, "unaligned virt_end"),
+        (map(1, 0x2000, 0x1fff, 0x1000, RW), Status::Inval, "end before start"),
+        (map(1, 1 << 32, (1 << 32) + 0xfff, 0x1000, RW), Status::Range, "beyond input_range"),
+        (map(1, 0x1000, 0x1fff, 0x1000, 0), Status::Unsupp, "no access flag"),
+        (map(1, 0x1000, 0x2fff, 0x1000, RW), Status::Ok, "map"),
+        (map(1, 0x2000, 0x2fff, 0x9000, RW), Status::Inval, "overlaps the end"),
+        (map(1, 0x0000, 0x1fff, 0x9000, RW), Status::Inval, "overlaps the start"),
+        (map(1, 0x3000, 0x3fff, 0x9000, mmio), Status::Ok, "MMIO map"),
+        (map(1, 0x4000, 0x4fff, 0x9000, MAP_F_WRITE), Status::Ok, "write-only map"),
+        (map(1, 0x8000, 0x8fff, 0x9000, RW), Status::NoMem, "max_mappings_per_domain"),
+        (unmap(4, 0, 0xffff), Status::NoEnt, "unknown domain"),
+        (unmap(1, 0x2000, 0x1000), Status::Inval, "end before start"),
+        (unmap(1, 0x1000, 0x1fff), Status::Range, "would split a mapping"),
+        (unmap(1, 0x2000, 0x3fff), Status::Range, "would split the first mapping"),
+    ];
+    replies(&v, rows);
     assert_eq!(
         v.mappings(1).unwrap().len(),
         3,
         "refused unmaps remove nothing"
     );
-    assert_eq!(status(&v, unmap(1, 0x10000, 0x1ffff)), Status::Ok); // nothing there: OK
-    assert_eq!(status(&v, unmap(1, 0x800, 0x3fff)), Status::Ok); // two mappings, whole
+    #[rustfmt::skip]
+    let rows = [
+        (unmap(1, 0x10000, 0x1ffff), Status::Ok, "nothing there"),
+        (unmap(1, 0x800, 0x3fff), Status::Ok, "two mappings, whole"),
+    ];
+    replies(&v, rows);
     let left = v.mappings(1).unwrap();
     assert_eq!(
         left,
@@ -268,42 +228,17 @@ fn requests_follow_the_specification_and_errors_change_nothing() {
     );
     let pt = v.domain(1).unwrap();
     assert!(pt.page_table().unwrap().iova_to_phys(0x1000).is_none());
-    // DETACH
-    assert_eq!(
-        status(
-            &v,
-            Request::Detach {
-                domain: 1,
-                endpoint: 8
-            }
-        ),
-        Status::Inval
-    );
-    assert_eq!(
-        status(
-            &v,
-            Request::Detach {
-                domain: 1,
-                endpoint: 77
-            }
-        ),
-        Status::NoEnt
-    );
-    assert_eq!(
-        status(
-            &v,
-            Request::Detach {
-                domain: 55,
-                endpoint: 9
-            }
-        ),
-        Status::Inval
-    );
-    // PROBE
-    assert_eq!(status(&v, Request::Probe { endpoint: 77 }), Status::NoEnt);
-    // Everything still works after the errors.
-    assert_eq!(status(&v, map(1, 0x1000, 0x1fff, 0x1000, RW)), Status::Ok);
-    assert_eq!(status(&v, unmap(1, 0, u64::MAX)), Status::Ok);
+    #[rustfmt::skip]
+    let rows = [
+        (detach(1, 8), Status::Inval, "endpoint attached elsewhere"),
+        (detach(1, 77), Status::NoEnt, "unknown endpoint"),
+        (detach(55, 9), Status::Inval, "not attached to that (unknown) domain"),
+        (Request::Probe { endpoint: 77 }, Status::NoEnt, "unknown endpoint"),
+        // Everything still works after the errors.
+        (map(1, 0x1000, 0x1fff, 0x1000, RW), Status::Ok, "map after the errors"),
+        (unmap(1, 0, u64::MAX), Status::Ok, "unmap after the errors"),
+    ];
+    replies(&v, rows);
     assert!(v.mappings(1).unwrap().is_empty());
     assert_eq!(Status::Range.code(), 5);
     assert_eq!(Status::Range.to_string(), "VIRTIO_IOMMU_S_RANGE");

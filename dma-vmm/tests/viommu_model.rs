@@ -375,7 +375,7 @@ fn encode(op: &Op) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-fn device() -> (Viommu, Vec<DeviceEndpoint>) {
+fn device() -> (Viommu, Vec<Endpoint>) {
     let v = Viommu::new(ViommuConfig {
         input_range: (0, INPUT_END),
         domain_range: (0, DOMAIN_END),

@@ -1,6 +1,6 @@
 //! A real virtio device behind the vIOMMU: the virtio-blk example's device (written against
 //! `GuestMemory` and virtio-queue's `Queue`, with no IOMMU code) reads its split virtqueue and
-//! buffers by IOVA through its endpoint's `IoMemory`, while the guest maps and unmaps through
+//! buffers by IOVA through its endpoint's `IovaMemory`, while the guest maps and unmaps through
 //! virtio-iommu requests in wire format.
 #![cfg(all(not(loom), feature = "vm-memory"))]
 
@@ -15,7 +15,7 @@ use dma_vmm::viommu::{
     wire, FaultReason, Status, Viommu, ViommuConfig, FAULT_F_ADDRESS, FAULT_F_READ, FAULT_F_WRITE,
     MAP_F_READ, MAP_F_WRITE,
 };
-use dma_vmm::{viommu::DeviceEndpoint, IoMemory};
+use dma_vmm::{viommu::Endpoint, IovaMemory};
 use guest::{BlkDriver, Completion, IommuDriver, Layout, Ram, PAGE, SLOTS};
 use io_pgtable::Prot;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,7 @@ const RW: u32 = MAP_F_READ | MAP_F_WRITE;
 /// Sectors of one data page.
 const PAGE_SECTORS: u64 = PAGE / SECTOR;
 
-type Device = DeviceThread<IoMemory<Ram, DeviceEndpoint>>;
+type Device = DeviceThread<IovaMemory<Ram, Endpoint>>;
 
 fn ram() -> Ram {
     Ram::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap()
@@ -38,7 +38,7 @@ fn ram() -> Ram {
 struct Setup {
     iommu: IommuDriver,
     layout: Layout,
-    endpoint: DeviceEndpoint,
+    endpoint: Endpoint,
 }
 
 fn setup(viommu: &Arc<Viommu>, endpoint: u32, domain: u32, n: u64) -> Setup {
@@ -63,7 +63,7 @@ fn one_device() -> (Ram, Arc<Viommu>, Setup) {
 
 fn start(ram: &Ram, s: &Setup, driver: &BlkDriver<'_>) -> Device {
     DeviceThread::spawn(BlockDevice::new(
-        s.endpoint.io_memory(ram.clone()),
+        s.endpoint.iova_memory(ram.clone()),
         driver.device_queue(),
         SECTORS,
     ))
@@ -294,7 +294,7 @@ fn a_buffer_the_guest_unmapped_fails_cleanly_and_the_fault_is_reported() {
 /// section before it copies (the window in which a reply that does not wait for the device
 /// lets the guest reuse the memory under it).
 struct Stalling {
-    endpoint: DeviceEndpoint,
+    endpoint: Endpoint,
     at: u64,
     translated: Mutex<mpsc::Sender<()>>,
 }
@@ -340,7 +340,7 @@ fn after_unmap_returns_no_descriptor_processing_uses_the_old_translation() {
         translated: Mutex::new(tx),
     };
     let device = DeviceThread::spawn(BlockDevice::new(
-        IoMemory::new(ram.clone(), stalling),
+        IovaMemory::new(ram.clone(), stalling),
         driver.device_queue(),
         BIG / SECTOR,
     ));

@@ -79,7 +79,7 @@ fn a_guest_session_in_wire_format() {
     );
 
     // The device reads the guest's request and writes its reply by IOVA.
-    let net_mem = net.io_memory(ram.clone());
+    let net_mem = net.iova_memory(ram.clone());
     ram.write_obj(0x1234_u64, GuestAddress(0x4000)).unwrap();
     let hdr: u64 = net_mem.read_obj(GuestAddress(0x10_0000)).unwrap();
     net_mem.write_obj(hdr + 1, GuestAddress(0x10_0008)).unwrap();

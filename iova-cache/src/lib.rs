@@ -50,9 +50,9 @@
 //!
 //! | Module | Concept |
 //! |---|---|
-//! | `gaptree` | the free-range index: a treap keyed by start pfn, augmented with its subtree's largest free length and fit summary; in-place grow and shrink |
+//! | `gaptree` | the free-range index: a B+ tree keyed by start pfn whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for in-place grow, shrink and removal |
 //! | `fitsummary` | per alignment class of 2..64 granules, the most granules a range offers from an aligned pfn (bytes of a `u64`, bytewise max) |
-//! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit, natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; why an augmented treap |
+//! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit, natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; why an augmented index of the free ranges |
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |
 //! | `locked` | `StepLock<T, L>`: a raw lock and an `UnsafeCell<T>` reached through a closure, whose acquisition is a mutation point: `Blocking` (parking mutex: tree, depots) or `Spin` (CPU slots) |
 //! | `rcache` | per class: the per-CPU `loaded`/`prev` slots and the depot; get, insert, flush, trim; lock order and orderings |

@@ -1,9 +1,7 @@
 //! Setups shared by the loom binaries (the main suite and the crossbeam-epoch one).
 
 use dma_sync::Arc;
-use dma_vmm::viommu::{
-    DeviceEndpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE,
-};
+use dma_vmm::viommu::{Endpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};
 use io_pgtable::Config;
 
 /// The page every vIOMMU model maps: IOVA 0x1000 to guest page 1.
@@ -11,7 +9,7 @@ pub const PAGE: u64 = 0x1000;
 
 /// A vIOMMU on the tiny page-table geometry (two levels of four entries), one endpoint
 /// attached to domain 0, and IOVA [`PAGE`] mapped to guest page 1.
-pub fn viommu_with_one_page() -> (Arc<Viommu>, DeviceEndpoint) {
+pub fn viommu_with_one_page() -> (Arc<Viommu>, Endpoint) {
     let cfg = ViommuConfig {
         pgtable: Config::tiny(2),
         input_range: (0, (1 << 16) - 1),

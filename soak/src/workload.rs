@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 use swiotlb_core::{
-    Config as TlbConfig, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb,
+    Config as BounceConfig, Device, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb,
 };
 
 /// How long and how wide the soak runs.
@@ -120,7 +120,7 @@ fn paddr_of(iova: u64) -> u64 {
 
 /// Everything the workers share.
 struct Shared {
-    tlb: Swiotlb,
+    swiotlb: Swiotlb,
     dev: Device,
     base: u64,
     iova: IovaAllocator,
@@ -239,7 +239,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
             let size = 1 + rng.below(16 * 1024) as usize;
             let off = (id * ORIG_LEN / 8 + maps.len() * 32 * 1024) % (ORIG_LEN - 32 * 1024);
             let (r, injected) = with_random_fault(&mut rng, rate, sites::BOUNCE, || {
-                sh.tlb.map(
+                sh.swiotlb.map(
                     &sh.dev,
                     sh.base + off as u64,
                     size,
@@ -262,14 +262,14 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
             let byte = rng.next_u64() as u8;
             let data = vec![byte; size];
             let r = sh
-                .tlb
+                .swiotlb
                 .write_bounce(&sh.dev, a, &data)
                 .and_then(|()| {
-                    sh.tlb
+                    sh.swiotlb
                         .sync_for_cpu(&sh.dev, a, size, Direction::Bidirectional)
                 })
                 .and_then(|()| {
-                    sh.tlb.unmap(
+                    sh.swiotlb.unmap(
                         &sh.dev,
                         a,
                         size,
@@ -279,7 +279,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
                 });
             held.slots -= size.div_ceil(swiotlb_core::IO_TLB_SIZE);
             let mut back = vec![0; size];
-            let read = sh.tlb.memory().read(sh.base + off as u64, &mut back);
+            let read = sh.swiotlb.memory().read(sh.base + off as u64, &mut back);
             if r.is_err() || read.is_err() || back != data {
                 sh.fail(format!("bounce round trip at {a:#x}: {r:?} {read:?}"));
             }
@@ -434,7 +434,7 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
     }
     for (a, _, size) in maps.drain(..) {
         if let Err(e) = sh
-            .tlb
+            .swiotlb
             .unmap(&sh.dev, a, size, Direction::ToDevice, MapAttrs::default())
         {
             sh.fail(format!("final bounce unmap: {e}"));
@@ -498,13 +498,13 @@ fn reader(sh: &Shared, seed: u64, reads: &AtomicU64, workers: usize) {
 pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
     let mem = RegionMemory::new(ORIG_LEN);
     let base = mem.base();
-    let tlb_cfg = TlbConfig {
+    let swiotlb_config = BounceConfig {
         background_growth: true,
         growth_nslabs: 256,
-        ..TlbConfig::tiny(256, 2, 32)
+        ..BounceConfig::tiny(256, 2, 32)
     };
-    let tlb = Swiotlb::new(tlb_cfg, mem).map_err(|e| vec![e.to_string()])?;
-    let dev = tlb.device(DeviceConfig::default());
+    let swiotlb = Swiotlb::new(swiotlb_config, mem).map_err(|e| vec![e.to_string()])?;
+    let dev = swiotlb.device(DeviceConfig::default());
     let iova_cfg = IovaConfig {
         cpus: cfg.workers,
         magazine_size: 8,
@@ -516,10 +516,10 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
     let pt = PageTable::new(PtConfig::s1_4k(39)).map_err(|e| vec![e.to_string()])?;
     let dom_mem = RegionMemory::new(cfg.workers * DOM_SLICE);
     let dom_base = dom_mem.base();
-    let dom_tlb =
-        Swiotlb::new(TlbConfig::tiny(256, 2, 32), dom_mem).map_err(|e| vec![e.to_string()])?;
+    let dom_bounce =
+        Swiotlb::new(BounceConfig::tiny(256, 2, 32), dom_mem).map_err(|e| vec![e.to_string()])?;
     let dom_cfg = DomainConfig::new(PtConfig::s1_4k(39)).map_err(|e| vec![e.to_string()])?;
-    let dom = Domain::new(dom_cfg, NoTlb, Some(dom_tlb)).map_err(|e| vec![e.to_string()])?;
+    let dom = Domain::new(dom_cfg, NoTlb, Some(dom_bounce)).map_err(|e| vec![e.to_string()])?;
     let attach = |trusted| {
         dom.attach(DmaDeviceConfig {
             trusted,
@@ -532,7 +532,7 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
         _ => return Err(vec!["attach to the DMA domain failed".into()]),
     };
     let sh = Arc::new(Shared {
-        tlb,
+        swiotlb,
         dev,
         base,
         iova,
@@ -633,7 +633,7 @@ pub fn run(cfg: &SoakConfig) -> Result<SoakReport, Vec<String>> {
 /// Returns the memory figures for the trend check.
 fn quiescent_check(sh: &Shared) -> [u64; 4] {
     let held = sh.held.lock().clone();
-    let s = sh.tlb.stats();
+    let s = sh.swiotlb.stats();
     let slots: usize = held.iter().map(|h| h.slots).sum();
     if s.used != slots {
         sh.fail(format!(
@@ -641,7 +641,7 @@ fn quiescent_check(sh: &Shared) -> [u64; 4] {
             s.used
         ));
     }
-    if let Err(e) = sh.tlb.check_invariants() {
+    if let Err(e) = sh.swiotlb.check_invariants() {
         sh.fail(format!("swiotlb invariants: {e}"));
     }
     let mut expected: Vec<(u64, u64)> = held
@@ -701,7 +701,7 @@ fn quiescent_check(sh: &Shared) -> [u64; 4] {
 
 /// After every worker released everything.
 fn final_check(sh: &Shared, report: &SoakReport) {
-    let s = sh.tlb.stats();
+    let s = sh.swiotlb.stats();
     if s.used != 0 || s.transient_pools != 0 || sh.dev.transient_pools() != 0 {
         sh.fail(format!(
             "swiotlb at the end: {} slots used, {} transient pools",

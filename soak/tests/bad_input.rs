@@ -704,28 +704,28 @@ mod swiotlb {
         );
         let m = RegionMemory::new(256 * 1024);
         let base = m.base();
-        let tlb = Swiotlb::new(Config::tiny(64, 2, 16), m).unwrap();
+        let swiotlb = Swiotlb::new(Config::tiny(64, 2, 16), m).unwrap();
         let other = Swiotlb::new(Config::tiny(8, 1, 8), mem(64)).unwrap();
-        let dev = tlb.device(DeviceConfig::default());
+        let dev = swiotlb.device(DeviceConfig::default());
         let foreign = other.device(DeviceConfig::default());
-        let max = tlb.max_mapping_size(&dev);
+        let max = swiotlb.max_mapping_size(&dev);
         let attrs = MapAttrs::default();
         t.err(
             "map",
             "zero size",
-            tlb.map(&dev, base, 0, BI, attrs),
+            swiotlb.map(&dev, base, 0, BI, attrs),
             Error::ZeroSize,
         );
         t.err(
             "map",
             "above the maximum mapping size",
-            tlb.map(&dev, base, max + 1, BI, attrs),
+            swiotlb.map(&dev, base, max + 1, BI, attrs),
             Error::TooLarge { size: max + 1, max },
         );
         t.err(
             "map",
             "maximum size",
-            tlb.map(&dev, base, usize::MAX, BI, attrs),
+            swiotlb.map(&dev, base, usize::MAX, BI, attrs),
             Error::TooLarge {
                 size: usize::MAX,
                 max,
@@ -734,7 +734,7 @@ mod swiotlb {
         t.err(
             "map",
             "alloc_align_mask not 2^k - 1",
-            tlb.map(
+            swiotlb.map(
                 &dev,
                 base,
                 64,
@@ -749,7 +749,7 @@ mod swiotlb {
         t.err(
             "map",
             "maximum alloc_align_mask",
-            tlb.map(
+            swiotlb.map(
                 &dev,
                 base,
                 64,
@@ -764,7 +764,7 @@ mod swiotlb {
         t.err(
             "map",
             "invalid original address (all ones)",
-            tlb.map(&dev, INVALID_PHYS_ADDR, 64, BI, attrs),
+            swiotlb.map(&dev, INVALID_PHYS_ADDR, 64, BI, attrs),
             Error::Memory(swiotlb_core::MemoryError {
                 addr: INVALID_PHYS_ADDR,
                 len: 64,
@@ -773,58 +773,58 @@ mod swiotlb {
         t.err_like(
             "map",
             "original buffer outside memory",
-            tlb.map(&dev, base + 256 * 1024 - 8, 64, BI, attrs),
+            swiotlb.map(&dev, base + 256 * 1024 - 8, 64, BI, attrs),
             |e| matches!(e, Error::Memory(_)),
         );
-        let narrow = tlb.device(DeviceConfig {
+        let narrow = swiotlb.device(DeviceConfig {
             seg_boundary_mask: 0xFFF,
             ..Default::default()
         });
         t.err(
             "map",
             "segment boundary smaller than the run",
-            tlb.map(&narrow, base, 8192, BI, attrs),
+            swiotlb.map(&narrow, base, 8192, BI, attrs),
             Error::Unsatisfiable,
         );
-        let low = tlb.device(DeviceConfig {
+        let low = swiotlb.device(DeviceConfig {
             dma_mask: 0xFFFF,
             ..Default::default()
         });
         t.err_like(
             "map",
             "DMA mask below every pool",
-            tlb.map(&low, base, 64, BI, attrs),
+            swiotlb.map(&low, base, 64, BI, attrs),
             |e| matches!(e, Error::NotDmaCapable { .. }),
         );
         t.err(
             "map",
             "wrong device (other instance)",
-            tlb.map(&foreign, base, 64, BI, attrs),
+            swiotlb.map(&foreign, base, 64, BI, attrs),
             Error::ForeignDevice,
         );
-        let a = tlb.map(&dev, base, 3000, BI, attrs).unwrap();
+        let a = swiotlb.map(&dev, base, 3000, BI, attrs).unwrap();
         t.err(
             "unmap",
             "never mapped",
-            tlb.unmap(&dev, base, 64, BI, attrs),
+            swiotlb.unmap(&dev, base, 64, BI, attrs),
             Error::NotMapped { addr: base },
         );
         t.err(
             "unmap",
             "unaligned (inside the mapping)",
-            tlb.unmap(&dev, a + 1, 64, BI, attrs),
+            swiotlb.unmap(&dev, a + 1, 64, BI, attrs),
             Error::NotMapped { addr: a + 1 },
         );
         t.err(
             "unmap",
             "zero size",
-            tlb.unmap(&dev, a, 0, BI, attrs),
+            swiotlb.unmap(&dev, a, 0, BI, attrs),
             Error::OutOfRange { addr: a, size: 0 },
         );
         t.err(
             "unmap",
             "larger than mapped",
-            tlb.unmap(&dev, a, 3001, BI, attrs),
+            swiotlb.unmap(&dev, a, 3001, BI, attrs),
             Error::OutOfRange {
                 addr: a,
                 size: 3001,
@@ -833,19 +833,19 @@ mod swiotlb {
         t.err(
             "unmap",
             "wrong device (other instance)",
-            tlb.unmap(&foreign, a, 3000, BI, attrs),
+            swiotlb.unmap(&foreign, a, 3000, BI, attrs),
             Error::ForeignDevice,
         );
         t.err(
             "sync_for_cpu",
             "zero size",
-            tlb.sync_for_cpu(&dev, a, 0, BI),
+            swiotlb.sync_for_cpu(&dev, a, 0, BI),
             Error::ZeroSize,
         );
         t.err(
             "sync_for_cpu",
             "past the mapping's end",
-            tlb.sync_for_cpu(&dev, a + 2000, 1001, BI),
+            swiotlb.sync_for_cpu(&dev, a + 2000, 1001, BI),
             Error::OutOfRange {
                 addr: a + 2000,
                 size: 1001,
@@ -854,7 +854,7 @@ mod swiotlb {
         t.err(
             "sync_for_cpu",
             "maximum size",
-            tlb.sync_for_cpu(&dev, a, usize::MAX, BI),
+            swiotlb.sync_for_cpu(&dev, a, usize::MAX, BI),
             Error::OutOfRange {
                 addr: a,
                 size: usize::MAX,
@@ -863,32 +863,32 @@ mod swiotlb {
         t.err(
             "sync_for_device",
             "never mapped",
-            tlb.sync_for_device(&dev, u64::MAX, 1, BI),
+            swiotlb.sync_for_device(&dev, u64::MAX, 1, BI),
             Error::NotMapped { addr: u64::MAX },
         );
         t.err(
             "sync_for_device",
             "wrong device (other instance)",
-            tlb.sync_for_device(&foreign, a, 1, BI),
+            swiotlb.sync_for_device(&foreign, a, 1, BI),
             Error::ForeignDevice,
         );
         t.err_like(
             "read_bounce",
             "past the pool's end",
-            tlb.read_bounce(&dev, a, &mut vec![0; 1 << 20]),
+            swiotlb.read_bounce(&dev, a, &mut vec![0; 1 << 20]),
             |e| matches!(e, Error::OutOfRange { .. }),
         );
         t.err(
             "write_bounce",
             "never mapped (maximum address)",
-            tlb.write_bounce(&dev, u64::MAX, &[1]),
+            swiotlb.write_bounce(&dev, u64::MAX, &[1]),
             Error::NotMapped { addr: u64::MAX },
         );
-        tlb.unmap(&dev, a, 3000, BI, attrs).unwrap();
+        swiotlb.unmap(&dev, a, 3000, BI, attrs).unwrap();
         t.gone(
             ("double unmap", "after unmap"),
-            tlb.unmap(&dev, a, 3000, BI, attrs),
-            || tlb.sync_for_cpu(&dev, a, 1, BI),
+            swiotlb.unmap(&dev, a, 3000, BI, attrs),
+            || swiotlb.sync_for_cpu(&dev, a, 1, BI),
             Error::NotMapped { addr: a },
         );
         // Another device of the same instance: mappings are the mapping device's alone, in shared
@@ -922,38 +922,38 @@ mod swiotlb {
         t.err(
             "alloc",
             "not a restricted pool",
-            tlb.alloc(&dev, 4096),
+            swiotlb.alloc(&dev, 4096),
             Error::NotForAlloc,
         );
         t.err(
             "free",
             "not a restricted pool",
-            tlb.free(&dev, a),
+            swiotlb.free(&dev, a),
             Error::NotForAlloc,
         );
         t.err(
             "grow_by",
             "zero slots",
-            tlb.grow_by(0),
+            swiotlb.grow_by(0),
             Error::InvalidConfig("a pool needs at least one slot"),
         );
         t.err(
             "grow_by",
             "maximum slots",
-            tlb.grow_by(1 << 40),
+            swiotlb.grow_by(1 << 40),
             Error::InvalidConfig("a pool has 1..=2^32 slots"),
         );
         t.err(
             "reset_hiwater",
             "non-zero value",
-            tlb.reset_hiwater(7),
+            swiotlb.reset_hiwater(7),
             Error::BadReset { value: 7 },
         );
         t.accepted(
             "is_bounce_buffer / find_pool",
             "maximum address, wrong device",
             "`false` / `None`",
-            !tlb.is_bounce_buffer(&dev, u64::MAX) && tlb.find_pool(&foreign, a).is_none(),
+            !swiotlb.is_bounce_buffer(&dev, u64::MAX) && swiotlb.find_pool(&foreign, a).is_none(),
         );
         // A restricted pool: allocations.
         let r = Swiotlb::new(Config::restricted(64), mem(64)).unwrap();
@@ -992,17 +992,19 @@ mod swiotlb {
             Error::NotMapped { addr: u64::MAX },
         );
         // Still working: a round trip carries the device's bytes back; nothing is left used.
-        tlb.memory().write(base + 100, b"abcd").unwrap();
-        let a = tlb
+        swiotlb.memory().write(base + 100, b"abcd").unwrap();
+        let a = swiotlb
             .map(&dev, base + 100, 4, Direction::FromDevice, attrs)
             .unwrap();
-        tlb.write_bounce(&dev, a, b"XY").unwrap();
-        tlb.unmap(&dev, a, 4, Direction::FromDevice, attrs).unwrap();
+        swiotlb.write_bounce(&dev, a, b"XY").unwrap();
+        swiotlb
+            .unmap(&dev, a, 4, Direction::FromDevice, attrs)
+            .unwrap();
         let mut back = [0; 4];
-        tlb.memory().read(base + 100, &mut back).unwrap();
+        swiotlb.memory().read(base + 100, &mut back).unwrap();
         assert_eq!(&back, b"XYcd");
-        assert_eq!(tlb.stats().used, 0);
-        tlb.check_invariants().unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
         assert_eq!(r.alloc(&rdev, 4096).map(|a| a % 4096), Ok(0));
         t.check();
     }

@@ -18,17 +18,17 @@ fn bounce_maps_race_growth_and_lookups() {
     // 16 slots in 2 areas: two threads with three 8 KiB mappings each need 24, so some maps
     // take transient pools until the pools the main thread adds (while looking addresses up)
     // catch up.
-    let tlb = Swiotlb::new(Config::tiny(16, 2, 8), mem).unwrap();
+    let swiotlb = Swiotlb::new(Config::tiny(16, 2, 8), mem).unwrap();
     let devs: Vec<_> = (0..2)
-        .map(|_| tlb.device(DeviceConfig::default()))
+        .map(|_| swiotlb.device(DeviceConfig::default()))
         .collect();
-    let tlb = Arc::new(tlb);
+    let swiotlb = Arc::new(swiotlb);
     let handles: Vec<_> = devs
         .iter()
         .cloned()
         .enumerate()
         .map(|(id, dev)| {
-            let tlb = tlb.clone();
+            let swiotlb = swiotlb.clone();
             dma_sync::thread::spawn(move || {
                 dma_sync::cpu::set_current(Some(id));
                 let orig = base + id as u64 * 32 * 1024;
@@ -36,17 +36,22 @@ fn bounce_maps_race_growth_and_lookups() {
                     let live: Vec<u64> = (0..3)
                         .map(|k| {
                             let at = orig + k * 8192;
-                            tlb.map(&dev, at, 8192, Direction::FromDevice, MapAttrs::default())
+                            swiotlb
+                                .map(&dev, at, 8192, Direction::FromDevice, MapAttrs::default())
                                 .unwrap()
                         })
                         .collect();
                     for (k, &a) in live.iter().enumerate() {
-                        assert!(tlb.is_bounce_buffer(&dev, a));
-                        tlb.write_bounce(&dev, a, &[(round + k) as u8; 64]).unwrap();
-                        tlb.unmap(&dev, a, 8192, Direction::FromDevice, MapAttrs::default())
+                        assert!(swiotlb.is_bounce_buffer(&dev, a));
+                        swiotlb
+                            .write_bounce(&dev, a, &[(round + k) as u8; 64])
+                            .unwrap();
+                        swiotlb
+                            .unmap(&dev, a, 8192, Direction::FromDevice, MapAttrs::default())
                             .unwrap();
                         let mut back = [0u8; 64];
-                        tlb.memory()
+                        swiotlb
+                            .memory()
                             .read(orig + k as u64 * 8192, &mut back)
                             .unwrap();
                         assert_eq!(back, [(round + k) as u8; 64], "device bytes came back");
@@ -56,16 +61,16 @@ fn bounce_maps_race_growth_and_lookups() {
         })
         .collect();
     for _ in 0..ROUNDS {
-        tlb.grow_by(8).unwrap();
+        swiotlb.grow_by(8).unwrap();
         for dev in &devs {
-            assert!(!tlb.is_bounce_buffer(dev, base));
+            assert!(!swiotlb.is_bounce_buffer(dev, base));
         }
     }
     for h in handles {
         h.join().unwrap();
     }
-    let s = tlb.stats();
+    let s = swiotlb.stats();
     assert_eq!((s.used, s.transient_pools), (0, 0));
     assert!(devs.iter().all(|d| d.transient_pools() == 0));
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }

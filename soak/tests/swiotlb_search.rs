@@ -17,20 +17,21 @@ fn a_free_odd_slot_before_the_search_start_is_found() {
         segment_slots: SEG,
         ..Config::restricted(SLOTS)
     };
-    let tlb = Swiotlb::new(cfg, mem).unwrap();
-    let plain = tlb.device(DeviceConfig::default());
-    let nvme = tlb.device(DeviceConfig {
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+    let plain = swiotlb.device(DeviceConfig::default());
+    let nvme = swiotlb.device(DeviceConfig {
         min_align_mask: 0xFFF,
         ..Default::default()
     });
     let maps: Vec<u64> = (0..SLOTS)
         .map(|_| {
-            tlb.map(&plain, base, 100, Direction::ToDevice, MapAttrs::default())
+            swiotlb
+                .map(&plain, base, 100, Direction::ToDevice, MapAttrs::default())
                 .unwrap()
         })
         .collect();
     let mut space = SlotSpace::default();
-    let pool = &tlb.stats().pools[0];
+    let pool = &swiotlb.stats().pools[0];
     space.add_pool(pool.start, pool.nslabs, SEG);
     let one = Masks {
         min_align: 0,
@@ -48,7 +49,8 @@ fn a_free_odd_slot_before_the_search_start_is_found() {
     };
     for k in [53, 54] {
         let a = slot(k).unwrap();
-        tlb.unmap(&plain, a, 100, Direction::ToDevice, MapAttrs::default())
+        swiotlb
+            .unmap(&plain, a, 100, Direction::ToDevice, MapAttrs::default())
             .unwrap();
         assert!(space.release(a));
     }
@@ -60,7 +62,7 @@ fn a_free_odd_slot_before_the_search_start_is_found() {
     let odd = plan(Some(orig), 100, m, true, 0xFFFF, SEG).unwrap();
     let free = space.first_fit(&odd);
     assert!(free.is_some(), "the model has a run for {odd:?}");
-    let got = tlb.map(&nvme, orig, 100, Direction::ToDevice, MapAttrs::default());
+    let got = swiotlb.map(&nvme, orig, 100, Direction::ToDevice, MapAttrs::default());
     assert!(
         got.is_ok(),
         "map refused with {got:?} although slots {:?} are free and qualify",

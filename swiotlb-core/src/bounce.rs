@@ -198,7 +198,7 @@ impl Swiotlb {
         size: usize,
         to_device: bool,
     ) -> Result<(), Error> {
-        // The device may be accessing these bytes right now: they are copied with atomic word
+        // The device may be accessing these bytes right now: they are copied with atomic
         // accesses, never borrowed (module `shared`).
         let (region, off) = (pool.region(), (addr - pool.start()) as usize);
         if to_device {

@@ -29,7 +29,8 @@
 //! * [`OrigMemory`] is the caller's memory by physical/DMA address ([`RegionMemory`],
 //!   [`ProcessMemory`], or a guest-memory implementation). It copies through [`DmaDst`] /
 //!   [`DmaSrc`]: bounce memory, which a device may touch at any moment, is never lent out as a
-//!   slice and is accessed only with atomic word accesses.
+//!   slice and is accessed only atomically (per byte in assembly on x86-64, per word
+//!   elsewhere).
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
 //! * [`Swiotlb::stats`] returns a [`StatsSnapshot`] (`Display`: the debugfs-style text; serde
 //!   with the `serde` feature).
@@ -70,7 +71,7 @@
 //! | Module | Concept |
 //! |---|---|
 //! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
-//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the word-wise copies |
+//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping |
 //! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own lock, the bounded next-fit search, release validated under the owning area's lock |
@@ -115,7 +116,7 @@
 //!
 //! * Unit tests: the free-run counters with the kernel's example and a proptest of the
 //!   renumbering against a slot-by-slot walk, geometry, every alignment case A–D, errors, the
-//!   high-water mark, the shared-word copies against a byte array at every offset and length, and
+//!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte array at every offset and length and at odd offsets and lengths over several pages, and
 //!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU
 //!   syncs both ways and unmaps).
 //! * `tests/alignment.rs`: cases A–D through the API; postconditions over every combination of

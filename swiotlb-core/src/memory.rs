@@ -10,8 +10,8 @@
 //! A device may touch its bounce buffer at any moment, also while the CPU syncs or unmaps (a
 //! real device does not wait; an untrusted one may try on purpose). Bounce memory is therefore
 //! never lent out as a slice: an implementation receives a [`DmaDst`] or [`DmaSrc`], which it
-//! fills or reads piece by piece, and the allocator's side of the copy uses atomic word
-//! accesses (module `shared`). The bytes a racing device sees or leaves behind are then
+//! fills or reads piece by piece, and the allocator's side of the copy uses atomic accesses
+//! only (module `shared`: byte copies in assembly on x86-64, word copies elsewhere). The bytes a racing device sees or leaves behind are then
 //! unspecified, the behaviour never undefined.
 
 use crate::error::MemoryError;
@@ -140,7 +140,7 @@ impl OrigMemory for ProcessMemory {
 
 /// A page-aligned, zeroed region of process memory, addressed by its process addresses and
 /// bounds-checked: a safe [`OrigMemory`] for tests, examples and simple users. Its bytes are
-/// accessed only with atomic word accesses, as the pools' are, so threads (and devices given
+/// accessed only atomically, as the pools' are, so threads (and devices given
 /// its addresses directly) may race on them without undefined behaviour.
 ///
 /// ```

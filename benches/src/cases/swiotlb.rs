@@ -88,7 +88,7 @@ pub fn instance(cfg: Config, threads: usize) -> (Swiotlb, u64) {
 
 /// One thread's map+copy+unmap op.
 pub fn bounce_op(
-    tlb: &Swiotlb,
+    bounce: &Swiotlb,
     dev: Device,
     orig: u64,
     size: usize,
@@ -96,9 +96,9 @@ pub fn bounce_op(
 ) -> impl FnMut() + '_ {
     let attrs = MapAttrs::default();
     move || {
-        if let Ok(a) = tlb.map(&dev, orig, size, dir, attrs) {
+        if let Ok(a) = bounce.map(&dev, orig, size, dir, attrs) {
             // A failed unmap of a live mapping would be a harness bug; nothing to do here.
-            let _ = tlb.unmap(&dev, a, size, dir, attrs);
+            let _ = bounce.unmap(&dev, a, size, dir, attrs);
         }
     }
 }
@@ -110,11 +110,11 @@ fn bounce_run(
     size: usize,
     dir: Direction,
 ) -> Measurement {
-    let (tlb, base) = instance(pool, threads);
-    let dev = tlb.device(DeviceConfig::default());
+    let (bounce, base) = instance(pool, threads);
+    let dev = bounce.device(DeviceConfig::default());
     measure(cfg, threads, |t| {
         bounce_op(
-            &tlb,
+            &bounce,
             dev.clone(),
             base + (t * ORIG_PER_THREAD) as u64,
             size,
@@ -134,10 +134,10 @@ fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
         growth_nslabs: 512,
         ..Config::default()
     };
-    let (tlb, base) = instance(pool, threads);
-    let dev = tlb.device(DeviceConfig::default());
+    let (bounce, base) = instance(pool, threads);
+    let dev = bounce.device(DeviceConfig::default());
     measure(cfg, threads, |t| {
-        let (tlb, dev) = (&tlb, dev.clone());
+        let (bounce, dev) = (&bounce, dev.clone());
         let mut live: VecDeque<u64> = VecDeque::with_capacity(LIVE);
         let orig = base + (t * ORIG_PER_THREAD) as u64;
         let dir = Direction::ToDevice;
@@ -145,10 +145,10 @@ fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
         move || {
             if live.len() == LIVE {
                 if let Some(a) = live.pop_front() {
-                    let _ = tlb.unmap(&dev, a, SIZE, dir, attrs);
+                    let _ = bounce.unmap(&dev, a, SIZE, dir, attrs);
                 }
             }
-            if let Ok(a) = tlb.map(&dev, orig, SIZE, dir, attrs) {
+            if let Ok(a) = bounce.map(&dev, orig, SIZE, dir, attrs) {
                 live.push_back(a);
             }
         }
@@ -157,11 +157,12 @@ fn growth_run(cfg: &RunConfig, threads: usize) -> Measurement {
 
 /// Map `n` one-slot buffers from `orig` and keep them (they stay until the pool is dropped); how
 /// many were mapped.
-pub fn hold_slots(tlb: &Swiotlb, dev: &Device, orig: u64, n: usize) -> usize {
+pub fn hold_slots(bounce: &Swiotlb, dev: &Device, orig: u64, n: usize) -> usize {
     let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
     (0..n)
         .filter(|_| {
-            tlb.map(dev, orig, swiotlb_core::IO_TLB_SIZE, dir, attrs)
+            bounce
+                .map(dev, orig, swiotlb_core::IO_TLB_SIZE, dir, attrs)
                 .is_ok()
         })
         .count()
@@ -176,13 +177,13 @@ fn used_run(cfg: &RunConfig, threads: usize, used: usize, free: usize) -> Measur
         stats: false,
         ..Config::default()
     };
-    let (tlb, base) = instance(pool, threads);
-    let dev = tlb.device(DeviceConfig::default());
+    let (bounce, base) = instance(pool, threads);
+    let dev = bounce.device(DeviceConfig::default());
     measure(cfg, threads, |t| {
         let orig = base + (t * ORIG_PER_THREAD) as u64;
         let per_thread = used / threads;
-        hold_slots(&tlb, &dev, orig, per_thread);
-        bounce_op(&tlb, dev.clone(), orig, PEER_SIZE, Direction::ToDevice)
+        hold_slots(&bounce, &dev, orig, per_thread);
+        bounce_op(&bounce, dev.clone(), orig, PEER_SIZE, Direction::ToDevice)
     })
 }
 
@@ -279,15 +280,15 @@ mod tests {
             nslabs: used + free,
             ..Config::default()
         };
-        let (tlb, base) = instance(pool, 1);
-        let dev = tlb.device(DeviceConfig::default());
-        assert_eq!(hold_slots(&tlb, &dev, base, used), used);
-        assert_eq!(tlb.stats().used, used);
+        let (bounce, base) = instance(pool, 1);
+        let dev = bounce.device(DeviceConfig::default());
+        assert_eq!(hold_slots(&bounce, &dev, base, used), used);
+        assert_eq!(bounce.stats().used, used);
         // The measured op still finds room, and gives it back.
-        let mut op = bounce_op(&tlb, dev, base, PEER_SIZE, Direction::ToDevice);
+        let mut op = bounce_op(&bounce, dev, base, PEER_SIZE, Direction::ToDevice);
         for _ in 0..10_000 {
             op();
         }
-        assert_eq!(tlb.stats().used, used);
+        assert_eq!(bounce.stats().used, used);
     }
 }

@@ -126,7 +126,7 @@ impl MappingStore for ChMappingStore {
 /// ```
 #[derive(Debug, Default)]
 pub struct IotlbPeer {
-    tlb: RwLock<Iotlb>,
+    iotlb: RwLock<Iotlb>,
 }
 
 impl IotlbPeer {
@@ -138,24 +138,25 @@ impl IotlbPeer {
 
 impl MappingStore for IotlbPeer {
     fn map(&self, iova: u64, phys: u64, size: u64) -> bool {
-        let mut tlb = self.tlb.write().unwrap_or_else(|e| e.into_inner());
-        tlb.set_mapping(
-            GuestAddress(iova),
-            GuestAddress(phys),
-            size as usize,
-            Permissions::ReadWrite,
-        )
-        .is_ok()
+        let mut iotlb = self.iotlb.write().unwrap_or_else(|e| e.into_inner());
+        iotlb
+            .set_mapping(
+                GuestAddress(iova),
+                GuestAddress(phys),
+                size as usize,
+                Permissions::ReadWrite,
+            )
+            .is_ok()
     }
 
     fn unmap(&self, iova: u64, size: u64) -> bool {
-        let mut tlb = self.tlb.write().unwrap_or_else(|e| e.into_inner());
-        tlb.invalidate_mapping(GuestAddress(iova), size as usize);
+        let mut iotlb = self.iotlb.write().unwrap_or_else(|e| e.into_inner());
+        iotlb.invalidate_mapping(GuestAddress(iova), size as usize);
         true
     }
 
     fn translate(&self, iova: u64) -> Option<u64> {
-        let guard = self.tlb.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.iotlb.read().unwrap_or_else(|e| e.into_inner());
         let mut it = Iotlb::lookup(guard, GuestAddress(iova), 1, Permissions::Read).ok()?;
         it.next().map(|r| r.base.0)
     }

@@ -12,19 +12,19 @@ use swiotlb_core::{Config, RegionMemory, Swiotlb};
 /// The granule of every test domain.
 pub const G: u64 = 0x1000;
 
-/// A domain over a 4 KiB-granule table, with bounce buffers `bounce` over the device-visible
-/// memory `mem`; `tune` adjusts the configuration (the IOVA space, the caches, the lazy queue)
-/// before the domain is built.
+/// A domain over a 4 KiB-granule table, with a bounce pool configured by `bounce_config` over
+/// the device-visible memory `mem`; `tune` adjusts the configuration (the IOVA space, the
+/// caches, the lazy queue) before the domain is built.
 pub fn domain_over(
     mem: RegionMemory,
-    bounce: Config,
+    bounce_config: Config,
     tune: impl FnOnce(&mut DomainConfig),
 ) -> Domain<RecordingIotlb> {
-    let tlb = Swiotlb::new(bounce, mem).unwrap();
+    let bounce = Swiotlb::new(bounce_config, mem).unwrap();
     let mut cfg = DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap();
     cfg.iova.trim_interval = None;
     tune(&mut cfg);
-    Domain::new(cfg, RecordingIotlb::new(), Some(tlb)).unwrap()
+    Domain::new(cfg, RecordingIotlb::new(), Some(bounce)).unwrap()
 }
 
 /// `dev`'s side of `dom`, seeing the memory the domain's bounce buffers copy from and to.
@@ -63,12 +63,12 @@ pub struct ReuseCheck {
 
 impl ReuseCheck {
     /// `[dma, dma + size)` was mapped, returning at time `now`.
-    pub fn mapped(&mut self, tlb: &RecordingIotlb, now: u64, dma: u64, size: u64) {
+    pub fn mapped(&mut self, iotlb: &RecordingIotlb, now: u64, dma: u64, size: u64) {
         for page in pages(dma, size) {
             if let Some(t) = self.unmapped_at.remove(&page) {
                 self.reuses += 1;
                 assert!(
-                    tlb.covered_between(page, page + G, t, now),
+                    iotlb.covered_between(page, page + G, t, now),
                     "IOVA {page:#x} reused before an invalidation covering its unmap"
                 );
             }

@@ -1,6 +1,6 @@
 //! The device side: a virtio-blk-like device backed by a `Vec<u8>`, written the way a VMM's
 //! device is, against vm-memory's `GuestMemory` and virtio-queue's `Queue`. It knows nothing
-//! of the IOMMU: handed an `IoMemory` it reads its rings and buffers by IOVA, handed the
+//! of the IOMMU: handed an `IovaMemory` it reads its rings and buffers by IOVA, handed the
 //! `GuestMemoryMmap` it would read them by guest-physical address.
 //!
 //! A request is a chain of three descriptors: a 16-byte device-readable header (`type: u32`,
@@ -40,7 +40,7 @@ pub struct Counters {
     pub unanswered: u64,
 }
 
-/// A block device over guest memory `M` (by IOVA when `M` is an `IoMemory`).
+/// A block device over guest memory `M` (by IOVA when `M` is an `IovaMemory`).
 pub struct BlockDevice<M> {
     mem: M,
     queue: Queue,

@@ -10,7 +10,7 @@
 
 use crate::device::{HEADER, T_IN};
 use dma_vmm::viommu::{wire, Request, Status, Viommu, MAP_F_READ, MAP_F_WRITE};
-use dma_vmm::IoMemory;
+use dma_vmm::IovaMemory;
 use io_pgtable::{Config, PageTable, Prot};
 use std::sync::Arc;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -89,14 +89,14 @@ impl IommuDriver {
 
 /// The guest CPU's view of a page it handed a device, addressed by the DMA address (IOVA)
 /// it gave the device, like a guest kernel writing its rings through its own page tables.
-pub type DmaView = IoMemory<Ram, PageTable>;
+pub type DmaView = IovaMemory<Ram, PageTable>;
 
 /// The view of `[iova, iova + len)` as the guest-physical `gpa`.
 pub fn dma_view(ram: &Ram, iova: u64, gpa: u64, len: u64) -> DmaView {
     let pt = PageTable::new(Config::s1_4k(48)).expect("valid page-table config");
     pt.map(iova, gpa, len, Prot::READ | Prot::WRITE)
         .expect("ring view fits");
-    IoMemory::new(ram.clone(), pt)
+    IovaMemory::new(ram.clone(), pt)
 }
 
 /// Where a queue lives, by IOVA and guest-physical address: its ring page, its control page

@@ -4,7 +4,7 @@
 //! requests in wire format, lays out a split virtqueue at those IOVAs with virtio-queue's
 //! driver-side utilities, and writes and reads sectors. The device ([`device`]) is written
 //! as any VMM device is, against `GuestMemory` and `Queue`; the VMM hands it its endpoint's
-//! `IoMemory`, so it pops chains and copies buffers by IOVA, through the lock-free page
+//! `IovaMemory`, so it pops chains and copies buffers by IOVA, through the lock-free page
 //! table. Meanwhile another guest thread maps and unmaps other ranges. Last, the guest
 //! unmaps a buffer and offers it anyway: the device fails the request with `S_IOERR`, and
 //! the vIOMMU reports the fault on its event queue.
@@ -39,7 +39,7 @@ fn main() {
 
     // The VMM: the device gets the endpoint's I/O memory instead of the guest's RAM.
     let device = DeviceThread::spawn(BlockDevice::new(
-        blk.io_memory(ram.clone()),
+        blk.iova_memory(ram.clone()),
         driver.device_queue(),
         64,
     ));

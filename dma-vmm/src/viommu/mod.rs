@@ -15,10 +15,10 @@
 //! bypass mode (identity translation) and which the driver may write
 //! ([`Viommu::write_config`]) once `VIRTIO_IOMMU_F_BYPASS_CONFIG` is negotiated.
 //!
-//! Device threads translate through a [`DeviceEndpoint`] handle: a lock-free page-table walk
+//! Device threads translate through an [`Endpoint`] handle: a lock-free page-table walk
 //! (no lock, no shared write), done inside a read section that also covers the copy
-//! ([`DeviceEndpoint::access`], or `IoMemory` (feature `vm-memory`) over the endpoint). UNMAP and DETACH
-//! clear the translations, then wait for a grace period ([`crate::quiesce::synchronize`])
+//! ([`Endpoint::access`], or `IovaMemory` (feature `vm-memory`) over the endpoint). UNMAP and
+//! DETACH clear the translations, then wait for a grace period ([`crate::quiesce::synchronize`])
 //! before they complete: when the guest sees the reply, no device access still uses the old
 //! translation, so it may reuse the memory at once. Today's VMMs translate under a lock and
 //! copy after dropping it, so their UNMAP replies race with copies in flight.
@@ -130,13 +130,14 @@ enum DomainKind {
     Bypass,
 }
 
-/// One address space: the page table devices translate through (shared with them).
-pub struct Domain {
+/// A vIOMMU domain, one address space: the page table devices translate through (shared
+/// with them).
+pub struct ViommuDomain {
     id: u32,
     kind: DomainKind,
 }
 
-impl Domain {
+impl ViommuDomain {
     /// The domain id.
     pub fn id(&self) -> u32 {
         self.id
@@ -156,16 +157,16 @@ impl Domain {
     }
 }
 
-impl fmt::Debug for Domain {
+impl fmt::Debug for ViommuDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Domain")
+        f.debug_struct("ViommuDomain")
             .field("id", &self.id)
             .field("bypass", &self.is_bypass())
             .finish()
     }
 }
 
-impl Translate for Domain {
+impl Translate for ViommuDomain {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         match &self.kind {
             DomainKind::Translated(pt) => pt.lookup(iova),
@@ -190,7 +191,7 @@ enum Attachment {
     /// Attached to no domain, config field `bypass` 1: bypass mode (identity).
     Bypass,
     /// Attached to a domain.
-    Domain(Arc<Domain>),
+    Domain(Arc<ViommuDomain>),
 }
 
 impl Attachment {
@@ -229,25 +230,26 @@ impl EndpointState {
     }
 }
 
-/// A device's view of the vIOMMU: cheap to clone, one per device thread if you like.
+/// A vIOMMU endpoint, the device's view of the vIOMMU: cheap to clone, one per device thread
+/// if you like.
 ///
 /// Translation loads the endpoint's current domain and walks its page table, lock-free; the
-/// endpoint's reserved regions fault. Use [`DeviceEndpoint::access`] (translate and copy in
-/// one read section) or wrap it in an `IoMemory` (feature `vm-memory`) for vm-memory.
+/// endpoint's reserved regions fault. Use [`Endpoint::access`] (translate and copy in
+/// one read section) or wrap it in an `IovaMemory` (feature `vm-memory`) for vm-memory.
 #[derive(Clone)]
-pub struct DeviceEndpoint {
+pub struct Endpoint {
     state: Arc<EndpointState>,
 }
 
-impl fmt::Debug for DeviceEndpoint {
+impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceEndpoint")
+        f.debug_struct("Endpoint")
             .field("id", &self.state.id)
             .finish()
     }
 }
 
-impl DeviceEndpoint {
+impl Endpoint {
     /// The endpoint id.
     pub fn id(&self) -> u32 {
         self.state.id
@@ -295,15 +297,15 @@ impl DeviceEndpoint {
     /// This endpoint's I/O memory over the guest's RAM, for vm-memory users (virtio queues,
     /// vhost-user backends).
     #[cfg(feature = "vm-memory")]
-    pub fn io_memory<M: vm_memory::GuestMemoryBackend>(
+    pub fn iova_memory<M: vm_memory::GuestMemoryBackend>(
         &self,
         ram: M,
-    ) -> crate::IoMemory<M, DeviceEndpoint> {
-        crate::IoMemory::new(ram, self.clone())
+    ) -> crate::IovaMemory<M, Endpoint> {
+        crate::IovaMemory::new(ram, self.clone())
     }
 }
 
-impl Translate for DeviceEndpoint {
+impl Translate for Endpoint {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         let reserved = &self.state.reserved;
         if reserved.iter().any(|r| r.start <= iova && iova <= r.end) {
@@ -330,7 +332,7 @@ impl Translate for DeviceEndpoint {
 
 /// A domain as the control path sees it: the shared domain, its endpoints, its mappings.
 struct DomainSlot {
-    domain: Arc<Domain>,
+    domain: Arc<ViommuDomain>,
     endpoints: BTreeSet<u32>,
     mappings: MappingTree,
 }
@@ -537,7 +539,7 @@ impl Viommu {
         &self,
         id: u32,
         reserved: Vec<ReservedRegion>,
-    ) -> Result<DeviceEndpoint, ViommuError> {
+    ) -> Result<Endpoint, ViommuError> {
         let all = self.config.endpoint_regions(&reserved)?;
         let mut control = self.control.lock();
         if control.endpoints.contains_key(&id) {
@@ -550,7 +552,7 @@ impl Viommu {
             attached: Published::new(Attachment::unattached(control.bypass)),
         });
         control.endpoints.insert(id, state.clone());
-        Ok(DeviceEndpoint { state })
+        Ok(Endpoint { state })
     }
 
     /// The next fault report for the event queue, for a device-writable buffer of
@@ -573,18 +575,18 @@ impl Viommu {
     }
 
     /// The device handle of endpoint `id`.
-    pub fn endpoint(&self, id: u32) -> Option<DeviceEndpoint> {
+    pub fn endpoint(&self, id: u32) -> Option<Endpoint> {
         self.control
             .lock()
             .endpoints
             .get(&id)
-            .map(|state| DeviceEndpoint {
+            .map(|state| Endpoint {
                 state: state.clone(),
             })
     }
 
     /// The domain `id`, shared with the devices (for dumps).
-    pub fn domain(&self, id: u32) -> Option<Arc<Domain>> {
+    pub fn domain(&self, id: u32) -> Option<Arc<ViommuDomain>> {
         self.control
             .lock()
             .domains
@@ -725,7 +727,7 @@ impl Viommu {
                         PageTable::new(self.config.pgtable).map_err(|_| Status::DevErr)?,
                     ))
                 };
-                let domain = Arc::new(Domain { id: domain, kind });
+                let domain = Arc::new(ViommuDomain { id: domain, kind });
                 c.domains.insert(
                     domain.id,
                     DomainSlot {

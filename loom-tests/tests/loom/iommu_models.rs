@@ -437,7 +437,7 @@ fn real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device, u64) {
     let dma = dom
         .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
         .unwrap();
-    *dom.tlb().cached.lock() = Some(dma); // the device has used the mapping
+    *dom.iotlb().cached.lock() = Some(dma); // the device has used the mapping
     (dom, dev, dma)
 }
 
@@ -454,7 +454,7 @@ fn spawn_real_unmap(dom: &Arc<RealDomain>, dev: &Device, dma: u64) -> JoinHandle
 /// a miss) and, while using the translation, checks that the IOVA is still allocated.
 fn spawn_real_device(dom: &Arc<RealDomain>, dma: u64) -> JoinHandle<()> {
     spawn_on(dom, move |dom| {
-        let mut cached = dom.tlb().cached.lock();
+        let mut cached = dom.iotlb().cached.lock();
         if cached.is_none() && dom.translate(dma).is_some() {
             *cached = Some(dma);
         }

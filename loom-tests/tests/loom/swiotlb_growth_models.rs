@@ -20,15 +20,15 @@ const SLOT: usize = 2048;
 const POOL: usize = 4;
 
 /// Afterwards: `pools` pools of [`POOL`] slots are linked, each once.
-fn all_linked(tlb: &Swiotlb, pools: usize) {
-    let s = tlb.stats();
+fn all_linked(swiotlb: &Swiotlb, pools: usize) {
+    let s = swiotlb.stats();
     assert_eq!(
         s.pools.len(),
         pools,
         "a grown pool was lost from the list: {s:?}"
     );
     assert!(s.pools.iter().all(|p| p.nslabs == POOL), "{s:?}");
-    tlb.check_invariants().expect("free-run counters");
+    swiotlb.check_invariants().expect("free-run counters");
 }
 
 /// Two growers and a mapper; the default pool is one segment, so the mapper's 2-slot
@@ -40,18 +40,18 @@ fn two_growers() {
     };
     let mem = RegionMemory::new(2 * SLOT);
     let base = mem.base();
-    let tlb = Arc::new(Swiotlb::new(cfg, mem).expect("tiny config"));
+    let swiotlb = Arc::new(Swiotlb::new(cfg, mem).expect("tiny config"));
     let growers: Vec<_> = (0..2)
         .map(|_| {
-            let tlb = tlb.clone();
-            spawn(move || assert_eq!(tlb.grow_by(POOL), Ok(POOL)))
+            let swiotlb = swiotlb.clone();
+            spawn(move || assert_eq!(swiotlb.grow_by(POOL), Ok(POOL)))
         })
         .collect();
     let mapper = {
-        let tlb = tlb.clone();
+        let swiotlb = swiotlb.clone();
         spawn(move || {
-            let dev = tlb.device(DeviceConfig::default());
-            let a = tlb
+            let dev = swiotlb.device(DeviceConfig::default());
+            let a = swiotlb
                 .map(
                     &dev,
                     base,
@@ -60,8 +60,9 @@ fn two_growers() {
                     MapAttrs::default(),
                 )
                 .expect("the default pool has room");
-            assert!(tlb.is_bounce_buffer(&dev, a));
-            tlb.unmap(&dev, a, 2 * SLOT, Direction::ToDevice, MapAttrs::default())
+            assert!(swiotlb.is_bounce_buffer(&dev, a));
+            swiotlb
+                .unmap(&dev, a, 2 * SLOT, Direction::ToDevice, MapAttrs::default())
                 .unwrap();
         })
     };
@@ -69,9 +70,13 @@ fn two_growers() {
         g.join().unwrap();
     }
     mapper.join().unwrap();
-    all_linked(&tlb, 3);
+    all_linked(&swiotlb, 3);
     // Every grower joined: the slot counter is ordered before this read too.
-    assert_eq!(tlb.stats().nslabs, 3 * POOL, "slots counted but not linked");
+    assert_eq!(
+        swiotlb.stats().nslabs,
+        3 * POOL,
+        "slots counted but not linked"
+    );
 }
 
 /// Three threads (two growers, a mapper), each one operation. Bound 3 preemptions: a grower
@@ -100,9 +105,9 @@ fn grower_vs_background() {
     };
     let mem = RegionMemory::new(POOL * SLOT);
     let base = mem.base();
-    let tlb = Arc::new(Swiotlb::new(cfg, mem).expect("tiny config"));
-    let dev = tlb.device(DeviceConfig::default());
-    let full = tlb
+    let swiotlb = Arc::new(Swiotlb::new(cfg, mem).expect("tiny config"));
+    let dev = swiotlb.device(DeviceConfig::default());
+    let full = swiotlb
         .map(
             &dev,
             base,
@@ -112,14 +117,15 @@ fn grower_vs_background() {
         )
         .expect("the default pool has room");
     let mapper = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
+        let (swiotlb, dev) = (swiotlb.clone(), dev.clone());
         spawn(move || {
             // The default pool is full: the map fits the grower's pool if it is already
             // published, or fails, and the failure kicks the background worker.
             let attrs = MapAttrs::default();
-            match tlb.map(&dev, base, SLOT, Direction::ToDevice, attrs) {
+            match swiotlb.map(&dev, base, SLOT, Direction::ToDevice, attrs) {
                 Ok(a) => {
-                    tlb.unmap(&dev, a, SLOT, Direction::ToDevice, attrs)
+                    swiotlb
+                        .unmap(&dev, a, SLOT, Direction::ToDevice, attrs)
                         .unwrap();
                     false
                 }
@@ -128,8 +134,8 @@ fn grower_vs_background() {
         })
     };
     let grower = {
-        let tlb = tlb.clone();
-        spawn(move || assert_eq!(tlb.grow_by(POOL), Ok(POOL)))
+        let swiotlb = swiotlb.clone();
+        spawn(move || assert_eq!(swiotlb.grow_by(POOL), Ok(POOL)))
     };
     let kicked = mapper.join().unwrap();
     grower.join().unwrap();
@@ -138,19 +144,20 @@ fn grower_vs_background() {
     // and its pool is visible, yielding (after a yield loom lets the loads see newer stores);
     // a pool that never shows up is reported by `all_linked` after a few rounds.
     let mut rounds = 0;
-    while tlb.growth_in_progress() || (tlb.stats().pools.len() < pools && rounds < 4) {
+    while swiotlb.growth_in_progress() || (swiotlb.stats().pools.len() < pools && rounds < 4) {
         rounds += 1;
         dma_sync::thread::yield_now();
     }
-    tlb.unmap(
-        &dev,
-        full,
-        POOL * SLOT,
-        Direction::ToDevice,
-        MapAttrs::default(),
-    )
-    .unwrap();
-    all_linked(&tlb, pools);
+    swiotlb
+        .unmap(
+            &dev,
+            full,
+            POOL * SLOT,
+            Direction::ToDevice,
+            MapAttrs::default(),
+        )
+        .unwrap();
+    all_linked(&swiotlb, pools);
 }
 
 /// Four threads (main, mapper, grower, the library's worker), one operation each. Bound 2

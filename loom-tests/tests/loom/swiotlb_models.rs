@@ -51,37 +51,38 @@ fn instance(cfg: Config, orig_bytes: usize) -> (Arc<Swiotlb>, u64) {
 /// An instance whose 4-slot default pool is full (held by another device), and a fresh device:
 /// every map of that device needs a new pool (grown or transient).
 fn full_default_pool(cfg: Config, orig_bytes: usize) -> (Arc<Swiotlb>, u64, Device) {
-    let (tlb, base) = instance(cfg, orig_bytes);
-    let other = tlb.device(DeviceConfig::default());
-    map_to_device(&tlb, &other, base, 4 * SLOT).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    (tlb, base, dev)
+    let (swiotlb, base) = instance(cfg, orig_bytes);
+    let other = swiotlb.device(DeviceConfig::default());
+    map_to_device(&swiotlb, &other, base, 4 * SLOT).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    (swiotlb, base, dev)
 }
 
 /// Run `f` on a new thread with its own handles of the instance and the device.
 fn spawn_with<T: Send + 'static>(
-    tlb: &Arc<Swiotlb>,
+    swiotlb: &Arc<Swiotlb>,
     dev: &Device,
     f: impl FnOnce(&Swiotlb, &Device) -> T + Send + 'static,
 ) -> JoinHandle<T> {
-    let (tlb, dev) = (tlb.clone(), dev.clone());
-    spawn(move || f(&tlb, &dev))
+    let (swiotlb, dev) = (swiotlb.clone(), dev.clone());
+    spawn(move || f(&swiotlb, &dev))
 }
 
-fn map_to_device(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize) -> Result<u64, Error> {
-    tlb.map(dev, orig, len, Direction::ToDevice, MapAttrs::default())
+fn map_to_device(swiotlb: &Swiotlb, dev: &Device, orig: u64, len: usize) -> Result<u64, Error> {
+    swiotlb.map(dev, orig, len, Direction::ToDevice, MapAttrs::default())
 }
 
-fn unmap_to_device(tlb: &Swiotlb, dev: &Device, addr: u64, len: usize) {
-    tlb.unmap(dev, addr, len, Direction::ToDevice, MapAttrs::default())
+fn unmap_to_device(swiotlb: &Swiotlb, dev: &Device, addr: u64, len: usize) {
+    swiotlb
+        .unmap(dev, addr, len, Direction::ToDevice, MapAttrs::default())
         .unwrap();
 }
 
 /// Map `len` bytes at `orig` (filled with `tag`), let the "device" answer with `!tag` in the
 /// first half, unmap, and check the bytes that came back.
-fn round_trip(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize, tag: u8) {
-    tlb.memory().write(orig, &vec![tag; len]).unwrap();
-    let a = tlb
+fn round_trip(swiotlb: &Swiotlb, dev: &Device, orig: u64, len: usize, tag: u8) {
+    swiotlb.memory().write(orig, &vec![tag; len]).unwrap();
+    let a = swiotlb
         .map(
             dev,
             orig,
@@ -91,32 +92,33 @@ fn round_trip(tlb: &Swiotlb, dev: &Device, orig: u64, len: usize, tag: u8) {
         )
         .expect("a slot fits");
     let mut seen = vec![0u8; len];
-    tlb.read_bounce(dev, a, &mut seen).unwrap();
+    swiotlb.read_bounce(dev, a, &mut seen).unwrap();
     assert!(
         seen.iter().all(|&b| b == tag),
         "bounce buffer holds another mapping's bytes"
     );
-    tlb.write_bounce(dev, a, &vec![!tag; len / 2]).unwrap();
-    tlb.unmap(dev, a, len, Direction::Bidirectional, MapAttrs::default())
+    swiotlb.write_bounce(dev, a, &vec![!tag; len / 2]).unwrap();
+    swiotlb
+        .unmap(dev, a, len, Direction::Bidirectional, MapAttrs::default())
         .unwrap();
     let mut back = vec![0u8; len];
-    tlb.memory().read(orig, &mut back).unwrap();
+    swiotlb.memory().read(orig, &mut back).unwrap();
     assert!(
         back[..len / 2].iter().all(|&b| b == !tag) && back[len / 2..].iter().all(|&b| b == tag)
     );
 }
 
 /// The receiving side of a hand-off: an address read from the driver's memory must be found.
-fn receive(tlb: &Swiotlb, dev: &Device, handoff: &AtomicU64) {
+fn receive(swiotlb: &Swiotlb, dev: &Device, handoff: &AtomicU64) {
     let a = handoff.load(Relaxed);
     if a != 0 {
-        assert!(tlb.is_bounce_buffer(dev, a), "{NOT_FOUND}");
+        assert!(swiotlb.is_bounce_buffer(dev, a), "{NOT_FOUND}");
     }
 }
 
-fn quiescent(tlb: &Swiotlb) {
-    tlb.check_invariants().expect("free-run counters");
-    assert_eq!(tlb.stats().used, 0, "every slot came back");
+fn quiescent(swiotlb: &Swiotlb) {
+    swiotlb.check_invariants().expect("free-run counters");
+    assert_eq!(swiotlb.stats().used, 0, "every slot came back");
 }
 
 /// Two threads on one CPU share the single area of an 8-slot pool (two segments of 4).
@@ -128,17 +130,17 @@ fn area_shared() {
         can_grow: false,
         ..Config::tiny(8, 1, 4)
     };
-    let (tlb, base) = instance(cfg, 4 * SLOT);
-    let dev = tlb.device(DeviceConfig::default());
-    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
-        round_trip(tlb, dev, base, 3 * SLOT, 0x11)
+    let (swiotlb, base) = instance(cfg, 4 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        round_trip(swiotlb, dev, base, 3 * SLOT, 0x11)
     });
-    let u = spawn_with(&tlb, &dev, move |tlb, dev| {
-        round_trip(tlb, dev, base + 3 * SLOT as u64, SLOT, 0x22)
+    let u = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        round_trip(swiotlb, dev, base + 3 * SLOT as u64, SLOT, 0x22)
     });
     t.join().unwrap();
     u.join().unwrap();
-    quiescent(&tlb);
+    quiescent(&swiotlb);
 }
 
 /// Two CPUs, two areas of 4 slots: the thread on CPU 1 fills its area and falls back to
@@ -148,21 +150,21 @@ fn area_crossing() {
         can_grow: false,
         ..Config::tiny(8, 2, 4)
     };
-    let (tlb, base) = instance(cfg, 8 * SLOT);
-    let dev = tlb.device(DeviceConfig::default());
-    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
+    let (swiotlb, base) = instance(cfg, 8 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
         dma_sync::cpu::set_current(Some(0));
-        round_trip(tlb, dev, base, SLOT, 0x33);
+        round_trip(swiotlb, dev, base, SLOT, 0x33);
     });
-    let u = spawn_with(&tlb, &dev, move |tlb, dev| {
+    let u = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
         dma_sync::cpu::set_current(Some(1));
-        let fill = map_to_device(tlb, dev, base + SLOT as u64, 4 * SLOT).unwrap();
-        round_trip(tlb, dev, base + 5 * SLOT as u64, SLOT, 0x44);
-        unmap_to_device(tlb, dev, fill, 4 * SLOT);
+        let fill = map_to_device(swiotlb, dev, base + SLOT as u64, 4 * SLOT).unwrap();
+        round_trip(swiotlb, dev, base + 5 * SLOT as u64, SLOT, 0x44);
+        unmap_to_device(swiotlb, dev, fill, 4 * SLOT);
     });
     t.join().unwrap();
     u.join().unwrap();
-    quiescent(&tlb);
+    quiescent(&swiotlb);
 }
 
 /// The seed's swiotlb-new-pool on the real code. P0 grows the allocator; P1 maps (finding the
@@ -187,31 +189,31 @@ fn new_pool_with_flag(flag_set: bool) {
         transient_pools: false,
         ..Config::tiny(4, 1, 4)
     };
-    let (tlb, base) = instance(cfg, 4 * SLOT);
-    let dev = tlb.device(DeviceConfig::default());
+    let (swiotlb, base) = instance(cfg, 4 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
     if flag_set {
-        let a = map_to_device(&tlb, &dev, base, SLOT).unwrap();
-        unmap_to_device(&tlb, &dev, a, SLOT);
+        let a = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
+        unmap_to_device(&swiotlb, &dev, a, SLOT);
     }
     // The default pool full, held by another device: the map needs the grown pool.
-    let other = tlb.device(DeviceConfig::default());
-    map_to_device(&tlb, &other, base, 4 * SLOT).unwrap();
+    let other = swiotlb.device(DeviceConfig::default());
+    map_to_device(&swiotlb, &other, base, 4 * SLOT).unwrap();
     let handoff = Arc::new(AtomicU64::new(0));
     let p0 = {
-        let tlb = tlb.clone();
+        let swiotlb = swiotlb.clone();
         spawn(move || {
-            tlb.grow_by(4).unwrap();
+            swiotlb.grow_by(4).unwrap();
         })
     };
     let p1 = {
         let handoff = handoff.clone();
-        spawn_with(&tlb, &dev, move |tlb, dev| {
-            if let Ok(a) = map_to_device(tlb, dev, base, SLOT) {
+        spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+            if let Ok(a) = map_to_device(swiotlb, dev, base, SLOT) {
                 handoff.store(a, Relaxed);
             }
         })
     };
-    let p2 = spawn(move || receive(&tlb, &dev, &handoff));
+    let p2 = spawn(move || receive(&swiotlb, &dev, &handoff));
     p0.join().unwrap();
     p1.join().unwrap();
     p2.join().unwrap();
@@ -227,17 +229,17 @@ fn transient_setup() -> (Arc<Swiotlb>, u64, Device) {
 /// through the list, not through the mapper's fence: the link must be a release, the walk an
 /// acquire. Exhaustive: two threads, one map against one lookup.
 fn transient_add() {
-    let (tlb, base, dev) = transient_setup();
-    let first = map_to_device(&tlb, &dev, base, SLOT).unwrap();
-    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
-        map_to_device(tlb, dev, base + SLOT as u64, SLOT).unwrap();
+    let (swiotlb, base, dev) = transient_setup();
+    let first = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        map_to_device(swiotlb, dev, base + SLOT as u64, SLOT).unwrap();
     });
-    let w = spawn_with(&tlb, &dev, move |tlb, dev| {
+    let w = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
         assert!(
-            !tlb.is_bounce_buffer(dev, base),
+            !swiotlb.is_bounce_buffer(dev, base),
             "an original address is no bounce buffer"
         );
-        assert!(tlb.is_bounce_buffer(dev, first), "{MISSED_OLDER}");
+        assert!(swiotlb.is_bounce_buffer(dev, first), "{MISSED_OLDER}");
     });
     t.join().unwrap();
     w.join().unwrap();
@@ -248,39 +250,41 @@ fn transient_add() {
 /// same device walks past it. The walker is pinned, so the pool is not freed under it.
 /// Exhaustive: two threads; the grace period spins until the reader leaves.
 fn transient_free() {
-    let (tlb, base, dev) = transient_setup();
-    let x = map_to_device(&tlb, &dev, base, SLOT).unwrap();
-    let t = spawn_with(&tlb, &dev, move |tlb, dev| {
-        unmap_to_device(tlb, dev, x, SLOT)
+    let (swiotlb, base, dev) = transient_setup();
+    let x = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        unmap_to_device(swiotlb, dev, x, SLOT)
     });
-    let w = spawn_with(&tlb, &dev, move |tlb, dev| {
+    let w = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
         assert!(
-            !tlb.is_bounce_buffer(dev, base),
+            !swiotlb.is_bounce_buffer(dev, base),
             "an original address is no bounce buffer"
         )
     });
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 0);
-    assert_eq!(tlb.stats().transient_pools, 0);
+    assert_eq!(swiotlb.stats().transient_pools, 0);
 }
 
 /// Deletion then reuse: a thread unmaps its transient mapping, maps again (a new transient
 /// pool) and hands the new address on through a Relaxed atomic; the receiver must find the new
 /// pool and never touch the freed one. Exhaustive: two racing threads, well under a second.
 fn transient_reuse() {
-    let (tlb, base, dev) = transient_setup();
-    let x = map_to_device(&tlb, &dev, base, SLOT).unwrap();
+    let (swiotlb, base, dev) = transient_setup();
+    let x = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
     let handoff = Arc::new(AtomicU64::new(0));
     let t = {
         let handoff = handoff.clone();
-        spawn_with(&tlb, &dev, move |tlb, dev| {
-            unmap_to_device(tlb, dev, x, SLOT);
-            let y = map_to_device(tlb, dev, base + SLOT as u64, SLOT).unwrap();
+        spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+            unmap_to_device(swiotlb, dev, x, SLOT);
+            let y = map_to_device(swiotlb, dev, base + SLOT as u64, SLOT).unwrap();
             handoff.store(y, Relaxed);
         })
     };
-    let w = spawn_with(&tlb, &dev, move |tlb, dev| receive(tlb, dev, &handoff));
+    let w = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        receive(swiotlb, dev, &handoff)
+    });
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 1);

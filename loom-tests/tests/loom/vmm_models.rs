@@ -5,7 +5,7 @@
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::mutation::Weakening;
 use dma_sync::Arc;
-use dma_vmm::viommu::{wire, DeviceEndpoint, Request, Status, Viommu, ViommuConfig};
+use dma_vmm::viommu::{wire, Endpoint, Request, Status, Viommu, ViommuConfig};
 use io_pgtable::{Config, Prot};
 use loom_tests::harness::{outcomes, Bound};
 use loom_tests::must_fail_test;
@@ -26,7 +26,7 @@ impl Ram {
     }
 }
 
-fn setup() -> (Arc<Viommu>, DeviceEndpoint) {
+fn setup() -> (Arc<Viommu>, Endpoint) {
     loom_tests::fixtures::viommu_with_one_page()
 }
 
@@ -96,7 +96,7 @@ fn attach_from_bypass_vs_access() -> bool {
 
 /// A vIOMMU whose config field `bypass` starts at 1, endpoint 0 attached to no domain: it
 /// reaches IOVA 0x1000 → page 1 by identity.
-fn setup_in_bypass() -> (Arc<Viommu>, DeviceEndpoint) {
+fn setup_in_bypass() -> (Arc<Viommu>, Endpoint) {
     let cfg = ViommuConfig {
         pgtable: Config::tiny(2),
         input_range: (0, (1 << 16) - 1),
@@ -119,7 +119,7 @@ fn request_vs_access(request: Request, violation: &'static str) -> bool {
 /// The device of `(v, dev)` reads page 1 while the guest runs `remove` (which takes the
 /// translation away) and then reuses the page.
 fn guest_vs_access(
-    (v, dev): (Arc<Viommu>, DeviceEndpoint),
+    (v, dev): (Arc<Viommu>, Endpoint),
     remove: impl FnOnce(&Viommu),
     violation: &'static str,
 ) -> bool {

@@ -17,10 +17,10 @@
 //! everything unmapped leaves no live mapping, no allocated IOVA, no bounce slot used and
 //! nothing pending in the flush queue.
 
-use super::directives::{with_fault, Pending};
+use super::directives::{run_step, Directed, Directives, Step};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
-use crate::memory::{Refusals, RefusingMemory};
+use crate::memory::RefusingMemory;
 use arbitrary::Arbitrary;
 use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
@@ -32,7 +32,7 @@ use dma_model::swiotlb::{copies_on_sync_for_cpu, copies_on_sync_for_device, copi
 use dma_sync::fault::Site;
 use iova_cache::IovaError;
 use std::time::Duration;
-use swiotlb_core::{Config as TlbConfig, Direction, OrigMemory, Swiotlb};
+use swiotlb_core::{Config as BounceConfig, Direction, OrigMemory, Swiotlb};
 
 /// Bytes of original memory.
 const MEM: usize = 64 * 1024;
@@ -122,9 +122,13 @@ struct World {
     /// Unmapped IOVA spans `[start, end)` with the IOTLB clock before their unmap.
     unmapped: Vec<(u64, u64, u64)>,
     dead: Vec<u64>,
-    /// The fault site armed for the current operation.
-    fault: Option<&'static Site>,
-    refusals: Refusals,
+    directives: Directives,
+}
+
+impl Directed for World {
+    fn directives(&mut self) -> &mut Directives {
+        &mut self.directives
+    }
 }
 
 fn span(dma: u64, size: usize) -> (u64, u64) {
@@ -148,7 +152,7 @@ impl World {
     }
 
     fn armed(&self, site: &'static Site) -> bool {
-        self.fault.is_some_and(|f| std::ptr::eq(f, site))
+        self.directives.armed(site)
     }
 
     /// Whether an armed fault explains `e` (an allocation failure of the call).
@@ -227,16 +231,18 @@ impl World {
                 format!("IOVA span {s:#x}..{e:#x} overlaps live {ls:#x}..{le:#x}")
             })?;
         }
-        let now = self.dom.tlb().tick();
+        let now = self.dom.iotlb().tick();
         for &(us, ue, before) in &self.unmapped {
             if us < e && s < ue {
                 let (cs, ce) = (us.max(s), ue.min(e));
                 // Per granule: the gather may have synced the span in several ranges.
-                let covered = (cs..ce)
-                    .step_by(GRANULE as usize)
-                    .all(|g| self.dom.tlb().covered_between(g, g + GRANULE, before, now));
+                let covered = (cs..ce).step_by(GRANULE as usize).all(|g| {
+                    self.dom
+                        .iotlb()
+                        .covered_between(g, g + GRANULE, before, now)
+                });
                 t.check(covered, || {
-                    let log: Vec<_> = self.dom.tlb().log().into_iter().filter(|i| i.started > before).collect();
+                    let log: Vec<_> = self.dom.iotlb().log().into_iter().filter(|i| i.started > before).collect();
                     format!("IOVA {cs:#x}..{ce:#x} reused without an invalidation after its unmap (clock {before}..{now}; since: {log:?})")
                 })?;
             }
@@ -398,8 +404,8 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         .map(|i| (i * 13 + usize::from(sel)) as u8)
         .collect();
     mem.write(base, &pattern).expect("fresh region");
-    let swiotlb =
-        Swiotlb::new(TlbConfig::tiny(64, 1, BOUNCE_SEG), mem).expect("tiny configuration");
+    let bounce =
+        Swiotlb::new(BounceConfig::tiny(64, 1, BOUNCE_SEG), mem).expect("tiny configuration");
     let levels = 3 + u32::from(sel & 1);
     let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(levels)).expect("tiny geometry");
     cfg.iova.cpus = 2;
@@ -419,7 +425,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         bounce_seg: BOUNCE_SEG,
         live: Default::default(),
     };
-    let dom = Domain::new(cfg, RecordingIotlb::new(), Some(swiotlb)).expect("domain");
+    let dom = Domain::new(cfg, RecordingIotlb::new(), Some(bounce)).expect("domain");
     let other = Domain::new(
         DomainConfig::new(io_pgtable::Config::tiny(2)).expect("tiny"),
         RecordingIotlb::new(),
@@ -466,8 +472,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         lists: Vec::new(),
         unmapped: Vec::new(),
         dead: Vec::new(),
-        fault: None,
-        refusals,
+        directives: Directives::new(&SITES, refusals),
     };
     dma_sync::cpu::set_current(Some(usize::from(sel >> 4 & 1)));
     let r = run_ops(&mut w, &foreign, &ops);
@@ -491,26 +496,18 @@ fn fq(single: bool, ring_shift: u8) -> FqConfig {
 
 fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(), Divergence> {
     let mut t = Tracker::default();
-    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
-        match *op {
-            Op::Fault(n) => {
-                pending.fault(n, &SITES);
-                continue;
-            }
-            Op::RefuseWrite => {
-                pending.refuse_write();
-                continue;
-            }
-            _ => {}
-        }
-        // Refusals are for the calls that copy back to original memory.
-        let copies_back = matches!(op, Op::Unmap { .. } | Op::Sync { .. });
-        w.fault = pending.take(copies_back, &w.refusals);
-        with_fault(w.fault, || apply(w, &t, foreign, op))?;
-        w.refusals.refuse_next(0);
-        w.fault = None;
+        let step = match *op {
+            Op::Fault(n) => Step::Fault(n),
+            Op::RefuseWrite => Step::RefuseWrite,
+            Op::Unmap { .. } | Op::Sync { .. } => Step::Call { copies_back: true },
+            _ => Step::Call { copies_back: false },
+        };
+        let Some(r) = run_step(w, step, |w| apply(w, &t, foreign, op)) else {
+            continue;
+        };
+        r?;
         let live = w.model.live.len() as u64
             + w.lists
                 .iter()
@@ -638,8 +635,9 @@ fn apply(
         &Op::CpuWrite { off, len, byte } => {
             let o = usize::from(off) % MEM;
             let n = usize::from(len).min(MEM - o);
-            let tlb = w.dom.swiotlb().expect("bounce buffers");
-            tlb.memory()
+            let bounce = w.dom.swiotlb().expect("bounce buffers");
+            bounce
+                .memory()
                 .write(w.base + o as u64, &vec![byte; n])
                 .map_err(|e| t.fail(e.to_string()))?;
             w.mem[o..o + n].fill(byte);
@@ -651,7 +649,7 @@ fn apply(
             }
             let i = usize::from(pick) % w.lists.len();
             let (d, m, _) = w.lists.swap_remove(i);
-            let before = w.dom.tlb().tick();
+            let before = w.dom.iotlb().tick();
             let r = w.dom.unmap_sg(&w.devs[d], &m, Direction::ToDevice);
             t.check(r.is_ok(), || format!("unmap_sg: {r:?}"))?;
             for sg in &m.segments {
@@ -739,12 +737,12 @@ fn unmap(
     let queued = w.dev_model[d].trusted && w.dom.is_lazy();
     let expected = w.model.expect_unmap(d, dma, size, queued);
     let (before, armed, used) = (
-        w.dom.tlb().tick(),
-        w.refusals.left(),
+        w.dom.iotlb().tick(),
+        w.directives.refusals.left(),
         bounce_used_of(&w.dom),
     );
     let real = w.dom.unmap(&w.devs[d], dma, size, dir.real());
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let Ok((_, a)) = expected else {
         return t.same("unmap", real.map(|_| ()), expected.map(|_| ()));
     };
@@ -812,8 +810,9 @@ fn list_count(w: &World) -> u64 {
 /// Original memory equals the model, byte for byte.
 fn check_memory(w: &World, t: &Tracker) -> Result<(), Divergence> {
     let mut seen = vec![0u8; MEM];
-    let tlb = w.dom.swiotlb().expect("bounce buffers");
-    tlb.memory()
+    let bounce = w.dom.swiotlb().expect("bounce buffers");
+    bounce
+        .memory()
         .read(w.base, &mut seen)
         .map_err(|e| t.fail(format!("read original: {e}")))?;
     let first = seen.iter().zip(&w.mem).position(|(a, b)| a != b);
@@ -842,13 +841,13 @@ fn sync(
     let inside = w.containing(dma);
     let d = inside.map_or(0, |(a, _)| w.model.live[&a].dev);
     let dir = inside.map_or(Direction::Bidirectional, |(a, _)| w.model.live[&a].dir);
-    let armed = w.refusals.left();
+    let armed = w.directives.refusals.left();
     let real = if for_cpu {
         w.dom.sync_for_cpu(&w.devs[d], dma, size, dir)
     } else {
         w.dom.sync_for_device(&w.devs[d], dma, size, dir)
     };
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let copies = if for_cpu {
         copies_on_sync_for_cpu(dir)
     } else {

@@ -11,7 +11,10 @@ pub mod iommu;
 pub mod iova;
 pub mod pgtable;
 pub mod race;
+mod random_inputs;
 pub mod swiotlb;
+
+pub use random_inputs::check_random_inputs;
 
 use std::cell::Cell;
 use std::fmt;

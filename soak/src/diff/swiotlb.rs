@@ -16,10 +16,10 @@
 //! be exact and `check_invariants` must pass; at the end everything unmapped leaves no slot
 //! used and no transient pool.
 
-use super::directives::{with_fault, Pending};
+use super::directives::{run_step, Directed, Directives, Step};
 use super::dma::{containing, nth_live, Dir, Len, Pick};
 use super::{decode, Divergence, Tracker};
-use crate::memory::{Refusals, RefusingMemory};
+use crate::memory::RefusingMemory;
 use arbitrary::Arbitrary;
 use dma_model::swiotlb::{copies_on_sync_for_cpu, copies_on_sync_for_device, copies_on_unmap};
 use dma_model::swiotlb::{plan, Masks, Plan, SlotSpace};
@@ -115,7 +115,7 @@ struct Mapping {
 }
 
 struct World {
-    tlb: Swiotlb,
+    swiotlb: Swiotlb,
     base: u64,
     restricted: bool,
     devs: Vec<Device>,
@@ -128,9 +128,13 @@ struct World {
     /// The high-water mark was reset and no allocation raised it since (it may lie below
     /// `used` until then, as in Linux).
     hiwater_reset: bool,
-    /// The fault site armed for the current operation.
-    fault: Option<&'static Site>,
-    refusals: Refusals,
+    directives: Directives,
+}
+
+impl Directed for World {
+    fn directives(&mut self) -> &mut Directives {
+        &mut self.directives
+    }
 }
 
 impl World {
@@ -152,12 +156,12 @@ impl World {
     }
 
     fn armed(&self, site: &'static Site) -> bool {
-        self.fault.is_some_and(|f| std::ptr::eq(f, site))
+        self.directives.armed(site)
     }
 
     /// Add the global pools (those `stats` lists) the model does not know yet.
     fn learn_pools(&mut self) {
-        for p in &self.tlb.stats().pools {
+        for p in &self.swiotlb.stats().pools {
             if !self.space.has_pool(p.start) {
                 self.space.add_pool(p.start, p.nslabs, SEG);
             }
@@ -168,7 +172,7 @@ impl World {
     /// of a global pool, or alone in a fresh transient pool when no global run qualified.
     fn place(&mut self, t: &Tracker, d: usize, addr: u64, plan: &Plan) -> Result<bool, Divergence> {
         let transient = self
-            .tlb
+            .swiotlb
             .find_pool(&self.devs[d], addr)
             .is_some_and(|p| p.transient);
         if transient {
@@ -207,8 +211,8 @@ impl World {
     ) -> Result<(), Divergence> {
         let dev = self.devs[d].clone();
         let cfg = dev.config();
-        let used = self.tlb.stats().used;
-        let real = self.tlb.map(&dev, orig, size, dir.real(), attrs);
+        let used = self.swiotlb.stats().used;
+        let real = self.swiotlb.map(&dev, orig, size, dir.real(), attrs);
         let in_region = orig >= self.base
             && (orig - self.base)
                 .checked_add(size as u64)
@@ -246,10 +250,14 @@ impl World {
                     format!(
                         "map of {orig:#x}+{size} refused with {e:?}; model {plan:?}, a free run at {:x?}; {}",
                         self.space.first_fit(&plan),
-                        self.tlb.stats()
+                        self.swiotlb.stats()
                     )
                 })?;
-                return t.same("slots used after a failed map", self.tlb.stats().used, used);
+                return t.same(
+                    "slots used after a failed map",
+                    self.swiotlb.stats().used,
+                    used,
+                );
             }
         };
         t.check(in_region, || {
@@ -262,8 +270,8 @@ impl World {
             format!("{addr:#x}+{size} beyond the DMA mask")
         })?;
         t.check(
-            self.tlb.is_bounce_buffer(&dev, addr)
-                && self.tlb.is_bounce_buffer(&dev, addr + size as u64 - 1),
+            self.swiotlb.is_bounce_buffer(&dev, addr)
+                && self.swiotlb.is_bounce_buffer(&dev, addr + size as u64 - 1),
             || "mapping outside the device's pools".into(),
         )?;
         let transient = self.place(t, d, addr, &plan)?;
@@ -296,7 +304,7 @@ impl World {
     fn check_bytes(&self, t: &Tracker, whole: bool) -> Result<(), Divergence> {
         for (&a, m) in &self.live {
             let mut seen = vec![0u8; m.bounce.len()];
-            self.tlb
+            self.swiotlb
                 .read_bounce(&self.devs[m.dev], a, &mut seen)
                 .map_err(|e| t.fail(format!("read_bounce {a:#x}: {e}")))?;
             t.check(seen == m.bounce, || {
@@ -305,7 +313,7 @@ impl World {
         }
         if whole {
             let mut seen = vec![0u8; ORIG_LEN];
-            self.tlb
+            self.swiotlb
                 .memory()
                 .read(self.base, &mut seen)
                 .map_err(|e| t.fail(format!("read original: {e}")))?;
@@ -355,28 +363,28 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         .map(|i| (i * 7 + usize::from(sel)) as u8)
         .collect();
     mem.write(base, &pattern).expect("fresh region");
-    let tlb = Swiotlb::new(cfg, mem).expect("tiny configuration");
+    let swiotlb = Swiotlb::new(cfg, mem).expect("tiny configuration");
     let other = Swiotlb::new(Config::tiny(16, 1, SEG), RegionMemory::new(4096))
         .expect("tiny configuration");
     let devs = vec![
-        tlb.device(DeviceConfig::default()),
-        tlb.device(DeviceConfig {
+        swiotlb.device(DeviceConfig::default()),
+        swiotlb.device(DeviceConfig {
             min_align_mask: 0xFFF,
             ..Default::default()
         }),
-        tlb.device(DeviceConfig {
+        swiotlb.device(DeviceConfig {
             min_align_mask: 0x7FF,
             seg_boundary_mask: 0x7FFF,
             ..Default::default()
         }),
-        tlb.device(DeviceConfig {
+        swiotlb.device(DeviceConfig {
             dma_mask: 0xFFFF_FFFF,
             ..Default::default()
         }),
     ];
     let foreign = other.device(DeviceConfig::default());
     let mut w = World {
-        tlb,
+        swiotlb,
         base,
         restricted,
         devs,
@@ -386,30 +394,21 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         dead: Vec::new(),
         space: SlotSpace::default(),
         hiwater_reset: false,
-        fault: None,
-        refusals,
+        directives: Directives::new(&SITES, refusals),
     };
     w.learn_pools();
-    let mut pending = Pending::default();
     for (step, op) in ops.iter().enumerate() {
         t.enter(step, op);
-        match *op {
-            Op::Fault(n) => {
-                pending.fault(n, &SITES);
-                continue;
-            }
-            Op::RefuseWrite => {
-                pending.refuse_write();
-                continue;
-            }
-            _ => {}
-        }
-        // Refusals are for the calls that copy back to original memory.
-        let copies_back = matches!(op, Op::Unmap { .. } | Op::SyncForCpu { .. });
-        w.fault = pending.take(copies_back, &w.refusals);
-        let whole = with_fault(w.fault, || apply(&mut w, &t, op))?;
-        w.refusals.refuse_next(0);
-        w.fault = None;
+        let step = match *op {
+            Op::Fault(n) => Step::Fault(n),
+            Op::RefuseWrite => Step::RefuseWrite,
+            Op::Unmap { .. } | Op::SyncForCpu { .. } => Step::Call { copies_back: true },
+            _ => Step::Call { copies_back: false },
+        };
+        let Some(whole) = run_step(&mut w, step, |w| apply(w, &t, op)) else {
+            continue;
+        };
+        let whole = whole?;
         w.check_bytes(&t, whole)?;
         check_accounting(&t, &w)?;
     }
@@ -419,7 +418,7 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
     for (a, m) in live {
         let d = &w.devs[m.dev];
         let r = if m.orig.is_some() {
-            w.tlb.unmap(
+            w.swiotlb.unmap(
                 d,
                 a,
                 m.bounce.len(),
@@ -427,11 +426,11 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
                 MapAttrs::default(),
             )
         } else {
-            w.tlb.free(d, a)
+            w.swiotlb.free(d, a)
         };
         t.same("final release", r, Ok(()))?;
     }
-    let s = w.tlb.stats();
+    let s = w.swiotlb.stats();
     t.same("slots used at the end", s.used, 0)?;
     t.same("transient pools at the end", s.transient_pools, 0)?;
     t.same(
@@ -439,8 +438,8 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
         w.devs.iter().map(Device::transient_pools).sum::<usize>(),
         0,
     )?;
-    t.check(w.tlb.check_invariants().is_ok(), || {
-        format!("{:?}", w.tlb.check_invariants())
+    t.check(w.swiotlb.check_invariants().is_ok(), || {
+        format!("{:?}", w.swiotlb.check_invariants())
     })
 }
 
@@ -496,9 +495,9 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             let whole_len = m.as_ref().map_or(IO_TLB_SIZE, |m| m.bounce.len());
             let size = w.len(len, whole_len, 0);
             let dev = m.as_ref().map_or(0, |m| m.dev);
-            let used = w.tlb.stats().used;
-            let armed = w.refusals.left();
-            let real = w.tlb.unmap(
+            let used = w.swiotlb.stats().used;
+            let armed = w.directives.refusals.left();
+            let real = w.swiotlb.unmap(
                 &w.devs[dev],
                 addr,
                 size,
@@ -508,7 +507,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
                     ..Default::default()
                 },
             );
-            let refused = w.refusals.left() < armed;
+            let refused = w.directives.refusals.left() < armed;
             match (real, m.filter(|_| start == Some(addr))) {
                 // Releasing an allocation through unmap is the caller's own loss, as in
                 // Linux; it may also refuse (no original to copy back to).
@@ -535,7 +534,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
                 // A refused copy-back: an error, and the mapping either stays (retry) or is
                 // released exactly once; original memory is unchanged either way.
                 (Err(Error::Memory(_)), Some(m)) if refused && m.orig.is_some() => {
-                    let now = w.tlb.stats().used;
+                    let now = w.swiotlb.stats().used;
                     if now < used {
                         w.released(addr);
                     } else {
@@ -586,7 +585,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             let o = usize::from(at) % m.bounce.len();
             let n = usize::from(len).min(m.bounce.len() - o);
             let data = vec![byte; n];
-            w.tlb
+            w.swiotlb
                 .write_bounce(&w.devs[m.dev], a + o as u64, &data)
                 .map_err(|e| t.fail(format!("write_bounce: {e}")))?;
             m.bounce[o..o + n].copy_from_slice(&data);
@@ -594,7 +593,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
         Op::CpuWrite { off, len, byte } => {
             let o = usize::from(off) % ORIG_LEN;
             let n = usize::from(len).min(ORIG_LEN - o);
-            w.tlb
+            w.swiotlb
                 .memory()
                 .write(base + o as u64, &vec![byte; n])
                 .map_err(|e| t.fail(format!("write: {e}")))?;
@@ -614,7 +613,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             // caller's own loss); anything else that is not an allocation is refused.
             let alloc = start.filter(|s| *s == addr);
             let dev = start.map_or(0, |s| w.live[&s].dev);
-            match (w.tlb.free(&w.devs[dev], addr), alloc) {
+            match (w.swiotlb.free(&w.devs[dev], addr), alloc) {
                 (Ok(()), Some(a)) => w.released(a),
                 (Ok(()), None) => {
                     return Err(t.fail(format!("free of {addr:#x}, not an allocation, succeeded")))
@@ -632,15 +631,15 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             }
         }
         Op::Grow { slots } => {
-            let (pools, before) = (w.tlb.stats().pools.len(), w.tlb.stats().nslabs);
+            let (pools, before) = (w.swiotlb.stats().pools.len(), w.swiotlb.stats().nslabs);
             let slots = usize::from(slots);
-            match w.tlb.grow_by(slots) {
+            match w.swiotlb.grow_by(slots) {
                 Ok(n) => {
                     t.check(
                         !w.restricted && slots > 0 && !w.armed(&faults::POOL_GROW) && n >= slots,
                         || format!("grow_by({slots}) added {n}"),
                     )?;
-                    t.same("slots after growth", w.tlb.stats().nslabs, before + n)?;
+                    t.same("slots after growth", w.swiotlb.stats().nslabs, before + n)?;
                     w.learn_pools();
                 }
                 Err(e) => {
@@ -658,7 +657,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
                     t.check(ok, || format!("grow_by({slots}): {e:?}"))?;
                     t.same(
                         "pools after a failed growth",
-                        w.tlb.stats().pools.len(),
+                        w.swiotlb.stats().pools.len(),
                         pools,
                     )?;
                 }
@@ -674,7 +673,7 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             };
             t.same(
                 "reset_hiwater",
-                w.tlb.reset_hiwater(u64::from(value)),
+                w.swiotlb.reset_hiwater(u64::from(value)),
                 expected,
             )?;
             w.hiwater_reset |= value == 0;
@@ -684,23 +683,24 @@ fn apply(w: &mut World, t: &Tracker, op: &Op) -> Result<bool, Divergence> {
             let f = &w.foreign;
             t.same(
                 "foreign map",
-                w.tlb
+                w.swiotlb
                     .map(f, base, 16, Direction::Bidirectional, MapAttrs::default()),
                 Err(Error::ForeignDevice),
             )?;
             t.same(
                 "foreign unmap",
-                w.tlb
+                w.swiotlb
                     .unmap(f, addr, 16, Direction::Bidirectional, MapAttrs::default()),
                 Err(Error::ForeignDevice),
             )?;
             t.same(
                 "foreign sync",
-                w.tlb.sync_for_cpu(f, addr, 16, Direction::Bidirectional),
+                w.swiotlb
+                    .sync_for_cpu(f, addr, 16, Direction::Bidirectional),
                 Err(Error::ForeignDevice),
             )?;
             t.check(
-                !w.tlb.is_bounce_buffer(f, addr) && w.tlb.find_pool(f, addr).is_none(),
+                !w.swiotlb.is_bounce_buffer(f, addr) && w.swiotlb.find_pool(f, addr).is_none(),
                 || "foreign lookup found a pool".into(),
             )?;
         }
@@ -724,13 +724,13 @@ fn sync(
     let size = w.len(len, whole_len, inside.map_or(0, |(_, o)| o));
     let dev = inside.map_or(0, |(a, _)| w.live[&a].dev);
     let d = &w.devs[dev];
-    let armed = w.refusals.left();
+    let armed = w.directives.refusals.left();
     let real = if for_cpu {
-        w.tlb.sync_for_cpu(d, addr, size, dir.real())
+        w.swiotlb.sync_for_cpu(d, addr, size, dir.real())
     } else {
-        w.tlb.sync_for_device(d, addr, size, dir.real())
+        w.swiotlb.sync_for_device(d, addr, size, dir.real())
     };
-    let refused = w.refusals.left() < armed;
+    let refused = w.directives.refusals.left() < armed;
     let copies = if for_cpu {
         copies_on_sync_for_cpu(dir.real())
     } else {
@@ -773,8 +773,8 @@ fn sync(
 /// free run; refused exactly as the model says.
 fn alloc(w: &mut World, t: &Tracker, d: usize, size: usize) -> Result<(), Divergence> {
     let cfg = w.devs[d].config();
-    let used = w.tlb.stats().used;
-    let real = w.tlb.alloc(&w.devs[d], size);
+    let used = w.swiotlb.stats().used;
+    let real = w.swiotlb.alloc(&w.devs[d], size);
     let order = size.div_ceil(PAGE_SIZE).next_power_of_two() * PAGE_SIZE;
     let planned = if !w.restricted {
         Err(Error::NotForAlloc)
@@ -794,7 +794,7 @@ fn alloc(w: &mut World, t: &Tracker, d: usize, size: usize) -> Result<(), Diverg
             })?;
             w.place(t, d, addr, &plan)?;
             let mut bytes = vec![0; size];
-            w.tlb
+            w.swiotlb
                 .read_bounce(&w.devs[d], addr, &mut bytes)
                 .map_err(|e| t.fail(e.to_string()))?;
             w.dead.retain(|&x| x != addr);
@@ -814,7 +814,11 @@ fn alloc(w: &mut World, t: &Tracker, d: usize, size: usize) -> Result<(), Diverg
                 e == (Error::NoSpace { size }) && w.no_space_allowed(d, &plan),
                 || format!("alloc of {size}: {e:?}, model {plan:?}"),
             )?;
-            t.same("slots used after a failed alloc", w.tlb.stats().used, used)
+            t.same(
+                "slots used after a failed alloc",
+                w.swiotlb.stats().used,
+                used,
+            )
         }
     }
 }
@@ -822,7 +826,7 @@ fn alloc(w: &mut World, t: &Tracker, d: usize, size: usize) -> Result<(), Diverg
 /// Every slot is accounted for: the global pools' used slots are exactly the modelled runs,
 /// and each live transient mapping has its own pool.
 fn check_accounting(t: &Tracker, w: &World) -> Result<(), Divergence> {
-    let s = w.tlb.stats();
+    let s = w.swiotlb.stats();
     let transient = w.live.values().filter(|m| m.transient).count();
     t.same(
         "global slots used (real, model)",
@@ -837,7 +841,7 @@ fn check_accounting(t: &Tracker, w: &World) -> Result<(), Divergence> {
         w.hiwater_reset || s.hiwater.map_or(true, |h| h >= global),
         || format!("hiwater {:?} below used {global}", s.hiwater),
     )?;
-    t.check(w.tlb.check_invariants().is_ok(), || {
-        format!("{:?}", w.tlb.check_invariants())
+    t.check(w.swiotlb.check_invariants().is_ok(), || {
+        format!("{:?}", w.swiotlb.check_invariants())
     })
 }

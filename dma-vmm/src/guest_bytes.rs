@@ -1,7 +1,7 @@
 //! swiotlb-core's original memory over vm-memory: bounce copies to and from guest memory.
 //!
 //! [`GuestBytes`] implements [`swiotlb_core::OrigMemory`] for any vm-memory [`GuestMemory`]:
-//! a `GuestMemoryMmap` (original addresses are guest-physical), or an [`crate::IoMemory`]
+//! a `GuestMemoryMmap` (original addresses are guest-physical), or an [`crate::IovaMemory`]
 //! (original addresses are IOVAs, translated and permission-checked). A confidential-VM VMM
 //! gives its swiotlb the guest's private memory this way; `map` copies the guest's buffer into
 //! a persistent shared pool, `unmap` copies the device's bytes back.
@@ -51,37 +51,35 @@ impl<M: GuestMemory> GuestBytes<M> {
         &self.mem
     }
 
-    fn check(&self, addr: u64, len: usize, access: Permissions) -> Result<(), MemoryError> {
-        match self.mem.check_range(GuestAddress(addr), len, access) {
-            true => Ok(()),
-            false => Err(MemoryError { addr, len }),
+    /// Check that `[addr, addr + len)` allows `access` (so a refused copy touches nothing),
+    /// then run `copy` on the guest memory; any failure refuses the whole range.
+    fn copy<E>(
+        &self,
+        addr: u64,
+        len: usize,
+        access: Permissions,
+        copy: impl FnOnce(&M) -> Result<(), E>,
+    ) -> Result<(), MemoryError> {
+        let refused = MemoryError { addr, len };
+        if !self.mem.check_range(GuestAddress(addr), len, access) {
+            return Err(refused);
         }
+        copy(&self.mem).map_err(|_| refused)
     }
 }
 
 impl<M: GuestMemory + Send + Sync> OrigMemory for GuestBytes<M> {
     fn read_into(&self, addr: u64, mut dst: DmaDst<'_>) -> Result<(), MemoryError> {
-        let len = dst.len();
-        let refused = MemoryError { addr, len };
-        self.check(addr, len, Permissions::Read)?;
         // Bounce memory is filled through a stack buffer, a piece at a time: vm-memory's
         // volatile copy out of guest memory, then swiotlb-core's atomic copy into the pool.
-        dst.fill_chunks(|off, piece| {
-            self.mem
-                .read_slice(piece, GuestAddress(addr + off as u64))
-                .map_err(|_| refused)
+        self.copy(addr, dst.len(), Permissions::Read, |mem| {
+            dst.fill_chunks(|off, piece| mem.read_slice(piece, GuestAddress(addr + off as u64)))
         })
     }
 
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
-        let len = src.len();
-        let refused = MemoryError { addr, len };
-        // Checked first so that a refused copy writes nothing.
-        self.check(addr, len, Permissions::Write)?;
-        src.for_each_chunk(|off, piece| {
-            self.mem
-                .write_slice(piece, GuestAddress(addr + off as u64))
-                .map_err(|_| refused)
+        self.copy(addr, src.len(), Permissions::Write, |mem| {
+            src.for_each_chunk(|off, piece| mem.write_slice(piece, GuestAddress(addr + off as u64)))
         })
     }
 }

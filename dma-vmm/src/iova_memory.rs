@@ -1,9 +1,9 @@
-//! vm-memory 0.18 I/O virtual memory over our page tables: [`IoMemory`].
+//! vm-memory 0.18 I/O virtual memory over our page tables: [`IovaMemory`].
 //!
-//! [`IoMemory`] implements vm-memory's [`GuestMemory`] (the "I/O virtual memory" trait that
+//! [`IovaMemory`] implements vm-memory's [`GuestMemory`] (the "I/O virtual memory" trait that
 //! virtio-queue 0.18 and vhost-user backends access buffers through) on top of a
 //! [`Translate`] (an io-pgtable [`io_pgtable::PageTable`] or a vIOMMU
-//! [`crate::viommu::DeviceEndpoint`]) and a [`GuestMemoryBackend`] (the guest's physical
+//! [`crate::viommu::Endpoint`]) and a [`GuestMemoryBackend`] (the guest's physical
 //! memory, e.g. `GuestMemoryMmap`). `check_range` and `get_slices` translate by IOVA through
 //! the lock-free page table and check the mapping's permissions; every `Bytes` method
 //! (`read_slice`, `write_obj`, `read_volatile_from`, …) follows from vm-memory's blanket impl.
@@ -25,14 +25,14 @@
 //! returns the backend. vm-memory's `IommuMemory` logs by IOVA instead.
 //!
 //! ```
-//! use dma_vmm::IoMemory;
+//! use dma_vmm::IovaMemory;
 //! use io_pgtable::{Config, PageTable, Prot};
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //!
 //! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
 //! let pt = PageTable::new(Config::s1_4k(39)).unwrap();
 //! pt.map(0x40_0000, 0x2000, 0x1000, Prot::READ | Prot::WRITE).unwrap();
-//! let io = IoMemory::new(ram, pt);
+//! let io = IovaMemory::new(ram, pt);
 //!
 //! io.write_obj(0xabcd_u32, GuestAddress(0x40_0010)).unwrap(); // by IOVA
 //! let ram = io.backend();
@@ -63,7 +63,7 @@ use vm_memory::{
 /// The io-pgtable protections a vm-memory access needs.
 ///
 /// ```
-/// use dma_vmm::iomem::{access_prot, permissions};
+/// use dma_vmm::iova_memory::{access_prot, permissions};
 /// use io_pgtable::Prot;
 /// use vm_memory::Permissions;
 /// assert_eq!(access_prot(Permissions::ReadWrite), Prot::READ | Prot::WRITE);
@@ -107,15 +107,15 @@ pub fn fault_error(fault: Fault, len: usize) -> GuestMemoryError {
 /// Cheap to share by reference across device threads (`Sync` when `M` and `X` are); build one
 /// per endpoint, or per domain. See the [module documentation](self).
 #[derive(Debug, Clone)]
-pub struct IoMemory<M, X> {
+pub struct IovaMemory<M, X> {
     backend: M,
     tr: X,
 }
 
-impl<M: GuestMemoryBackend, X: Translate> IoMemory<M, X> {
+impl<M: GuestMemoryBackend, X: Translate> IovaMemory<M, X> {
     /// Guest memory `backend` accessed by IOVA through `tr`.
     pub fn new(backend: M, tr: X) -> Self {
-        IoMemory { backend, tr }
+        IovaMemory { backend, tr }
     }
 
     /// The guest's physical memory.
@@ -140,7 +140,7 @@ impl<M: GuestMemoryBackend, X: Translate> IoMemory<M, X> {
     }
 }
 
-impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
+impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IovaMemory<M, X> {
     type PhysicalMemory = M;
     type Bitmap = <M::R as GuestMemoryRegion>::B;
 
@@ -189,7 +189,7 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
         } else {
             None
         };
-        Ok(IoSlices {
+        Ok(IovaSlices {
             _section: section,
             count,
             first,
@@ -205,8 +205,8 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IoMemory<M, X> {
     }
 }
 
-/// The slices of one IOVA range ([`IoMemory`]'s `get_slices`); holds a device read section.
-pub struct IoSlices<'a, M: GuestMemoryBackend, X> {
+/// The slices of one IOVA range ([`IovaMemory`]'s `get_slices`); holds a device read section.
+pub struct IovaSlices<'a, M: GuestMemoryBackend, X> {
     _section: Guard,
     count: usize,
     /// The segment translated (and checked) by `get_slices`.
@@ -218,7 +218,7 @@ pub struct IoSlices<'a, M: GuestMemoryBackend, X> {
     done: bool,
 }
 
-impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
+impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IovaSlices<'a, M, X> {
     type Item = GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -253,9 +253,9 @@ impl<'a, M: GuestMemoryBackend, X: Translate> Iterator for IoSlices<'a, M, X> {
     }
 }
 
-impl<M: GuestMemoryBackend, X: Translate> FusedIterator for IoSlices<'_, M, X> {}
+impl<M: GuestMemoryBackend, X: Translate> FusedIterator for IovaSlices<'_, M, X> {}
 
 impl<'a, M: GuestMemoryBackend, X: Translate> GuestMemorySliceIterator<'a, MS<'a, M>>
-    for IoSlices<'a, M, X>
+    for IovaSlices<'a, M, X>
 {
 }
