@@ -28,30 +28,34 @@ mod imp {
     std::thread_local! {
         static OVERRIDE: Cell<usize> = const { Cell::new(usize::MAX) };
         static FALLBACK: Cell<usize> = const { Cell::new(usize::MAX) };
-        /// The CPU the kernel last reported, and how many more calls may return it.
+        /// The CPU last reported (by the kernel or the override), and how many more calls may
+        /// return it.
         static SEEN: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
     }
 
+    /// One thread-local read on the common path: an override is found by the refresh, which
+    /// [`set_current`] forces.
     #[inline]
     pub fn current() -> usize {
-        let o = OVERRIDE.with(Cell::get);
-        if o != usize::MAX {
-            return o;
-        }
         SEEN.with(|seen| match seen.get() {
             (cpu, left) if left > 0 => {
                 seen.set((cpu, left - 1));
                 cpu
             }
-            _ => {
-                let cpu = ask();
-                seen.set((cpu, super::REFRESH - 1));
-                cpu
-            }
+            _ => refresh(seen),
         })
     }
 
     #[cold]
+    fn refresh(seen: &Cell<(usize, u32)>) -> usize {
+        let cpu = match OVERRIDE.with(Cell::get) {
+            usize::MAX => ask(),
+            o => o,
+        };
+        seen.set((cpu, super::REFRESH - 1));
+        cpu
+    }
+
     fn ask() -> usize {
         // Miri cannot call into the C library: it takes the per-thread fallback below.
         #[cfg(miri)]
@@ -73,6 +77,7 @@ mod imp {
 
     pub fn set_current(cpu: Option<usize>) {
         OVERRIDE.with(|o| o.set(cpu.unwrap_or(usize::MAX)));
+        SEEN.with(|seen| seen.set((0, 0)));
     }
 
     pub fn count() -> usize {
@@ -137,6 +142,11 @@ pub fn current() -> usize {
 #[inline]
 pub fn current_in(n: usize) -> usize {
     let c = current();
+    if c < n {
+        // One shard per CPU (the common configuration): already in range, and what the mask
+        // or the remainder below would give.
+        return c;
+    }
     if n.is_power_of_two() {
         c & (n - 1)
     } else {

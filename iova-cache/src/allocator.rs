@@ -3,22 +3,25 @@
 //! # What a pair costs
 //!
 //! A checked alloc+free pair is four locked instructions (two slot locks, the `held` bit set and
-//! clear); the rest is about 350 instructions (200 unchecked: [`IovaConfig::checked_frees`] off,
+//! clear); the rest is about 230 instructions (155 unchecked: [`IovaConfig::checked_frees`] off,
 //! as dma-iommu configures it, which tracks ownership in its page table). Measured with dmabench
 //! (floor and iova only, one thread, ratios to the same run's CAS floor, median of three): checked
-//! 7.6× (22.3× before the per-CPU fast path), unchecked 4.2× (10.5×). Without any CPU lookup (an
-//! experiment, not shipped) the pair measured 6.4× / 3.0×: the cached CPU id costs about one CAS
-//! per pair. The targets (checked ≤ 6×, unchecked ≤ 4×) are therefore not reliably met; a
-//! per-slot leaf hint of the held bitmap (claim and release under the slot lock) would save its
-//! radix walk.
+//! 5.87× (15.2 ns; 7.6× before the changes below), unchecked 3.82× (9.9 ns; 4.2× before). What
+//! brought the instructions down from 340 and 180: the `held` claim and release inline, with a
+//! per-thread memo of the last leaf instead of a walk down the radix map on every call (module
+//! `held`); the size classes in a fixed array (no pointer to follow, no bounds check on the
+//! class); one thread-local read for the CPU id, and no reduction when it is already a slot
+//! number. The four locked instructions are now most of the cost. A byte per slot instead of
+//! a bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
+//! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
-//! Random free+alloc (checked) at 1M live costs 9× the same at 1k live (dmabench: 203 vs
-//! 23.9 ns). Nothing in the allocator grows with the live count (every op is a cache hit; the
-//! bitmap word is the only per-range memory), but the benchmark's own array of held ranges misses
-//! the cache on every op, and the allocator's locked instructions keep the CPU from overlapping
-//! those misses: the same loop with one atomic add per op instead of the allocator costs 3.3 ns
-//! at 1k and 50 ns at 1M, and the suite's dependent-chase floor goes from 7.2 ns (1k pages) to
-//! 138 ns (1M pages), 19×.
+//! Random free+alloc (checked) at 1M live costs 1.45× the same at 1k live (dmabench: 28 vs
+//! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache
+//! hit), so the per-op footprint is what a random free touches: its `held` bit, in a class's
+//! own cache lines (128 KiB of bits for 1M single granules, which stay in the CPU's cache), and
+//! its leaf. The rest of the former 9× was the benchmark's own array of held ranges (24 MB at
+//! 1M) missing the caches and the TLB on every op; the case now prefetches it ahead on huge
+//! pages, alike at every live count (see the benches' `fragmented`).
 
 use crate::config::{IovaConfig, MAX_CACHED_GRANULES};
 use crate::error::IovaError;

@@ -21,17 +21,25 @@
 //! [`HELD_NODE_LOAD`]).
 //!
 //! Layout: a leaf of 512 words (4 KiB) holds the bits of every class for 16 384 granules
-//! (2^14 + 2^13 + ... + 2^9 bits), numbered class by class and spread so that consecutive
-//! slots of a class fall in different cache lines: CPUs whose ranges are neighbours do not
-//! contend for one line. Interior nodes hold 512 child pointers; only the leaves a cached
-//! range ever touched exist (a quarter byte per granule of them), freed with the allocator.
-//! Depth is fixed by the space: one interior level per 9 bits of leaves (at most 6 for a
-//! 2^64-granule space; 3 for the default 48-bit one).
+//! (2^14 + 2^13 + ... + 2^9 bits), numbered class by class, each class in its own cache
+//! lines (32 for class 0, down to 1 for class 5), and spread over them so that consecutive
+//! slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
+//! for one line, and a class's live ranges touch only that class's lines (1M live single
+//! granules: 128 KiB of bits, which stay in a CPU's cache where spreading every class over
+//! the whole leaf touched twice that). Interior nodes hold 512 child pointers; only the leaves
+//! a cached range ever touched exist (a quarter byte per granule of them), freed with the
+//! allocator. Depth is fixed by the space: one interior level per 9 bits of leaves (at most 6
+//! for a 2^64-granule space; 3 for the default 48-bit one).
+//!
+//! Lookups: each thread remembers the last leaf it reached ([`LastLeaf`]), so the free that
+//! follows an allocation, or a neighbouring range, skips the walk down the radix map (a chain
+//! of dependent loads, one per level).
 
 use crate::error::IovaError;
 use crate::faults::OWNER_RECORD;
 use crate::points::{HELD_NODE_LOAD, HELD_NODE_PUBLISH, HELD_RELEASE_ATOMIC};
 use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering, Poison};
+use std::cell::Cell;
 use std::ptr;
 
 /// log2 of the words per leaf and of the children per interior node (small in models, so a
@@ -44,9 +52,8 @@ const FAN: usize = 1 << FAN_BITS;
 /// log2 of the granules per leaf: each granule needs at most two bits (one per class, halving
 /// per class), and a leaf has `64 * FAN` bits.
 const LEAF_SHIFT: u32 = FAN_BITS + 5;
-/// Words per cache line in a leaf, and lines per leaf.
-const LINE_WORDS: usize = if FAN < 8 { FAN } else { 8 };
-const LINES: usize = FAN / LINE_WORDS;
+/// log2 of the bits per cache line.
+const LINE_BITS_SHIFT: u32 = 9;
 /// Number of size classes tracked (1 to 32 granules).
 const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
 
@@ -103,9 +110,12 @@ unsafe fn drop_box<T>(p: *mut T) {
 
 /// The held cached-path ranges of one allocator.
 pub(crate) struct Held {
-    /// First pfn and last pfn of the space.
+    /// This map's id for [`LastLeaf`].
+    id: u64,
+    /// First pfn of the space, its last pfn's offset from it, and its first leaf's number.
     start: u64,
-    end: u64,
+    last: u64,
+    first_leaf: u64,
     /// Interior levels above the leaves (0: `root` is a leaf).
     depth: u32,
     root: *mut Node,
@@ -119,15 +129,48 @@ unsafe impl Sync for Held {}
 
 /// The word and bit mask of class `order`'s slot holding granule `g` of a leaf.
 #[inline]
-#[allow(clippy::modulo_one)] // model builds have one line per leaf
 fn position(g: u64, order: u32) -> (usize, u64) {
     // Bits numbered class by class: class `k` starts after the `2^(LEAF_SHIFT - j)` bits of
-    // every class `j < k`, and has one bit per `2^k` granules.
-    let base = (1u64 << (LEAF_SHIFT + 1)) - (1u64 << (LEAF_SHIFT + 1 - order));
-    let b = (base + (g >> order)) as usize;
-    // Consecutive bits go to consecutive lines first.
-    let word = (b % LINES) * LINE_WORDS + (b / LINES) % LINE_WORDS;
-    (word & (FAN - 1), 1u64 << (b / FAN))
+    // every class `j < k` (a whole number of lines), and has one bit per `2^k` granules.
+    let base = (2 << LEAF_SHIFT) - (2 << (LEAF_SHIFT - order));
+    // Within its class's `2^lines` lines, consecutive slots go to consecutive lines first.
+    let lines = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
+    let i = (g >> order) as usize;
+    let b = base + ((i & ((1 << lines) - 1)) << LINE_BITS_SHIFT) + (i >> lines);
+    (b / 64, 1u64 << (b % 64))
+}
+
+/// The leaf a thread reached last, so that an allocation and the free that follows it, or
+/// neighbouring ranges, skip the walk down the radix map.
+#[derive(Clone, Copy)]
+struct LastLeaf {
+    /// [`Held::id`] of the map it belongs to (0: none).
+    map: u64,
+    leaf: u64,
+    ptr: *const Leaf,
+}
+
+const NO_LEAF: LastLeaf = LastLeaf {
+    map: 0,
+    leaf: 0,
+    ptr: ptr::null(),
+};
+
+#[cfg(not(loom))]
+dma_sync::thread::thread_local! {
+    static LAST_LEAF: Cell<LastLeaf> = const { Cell::new(NO_LEAF) };
+}
+#[cfg(loom)]
+dma_sync::thread::thread_local! {
+    static LAST_LEAF: Cell<LastLeaf> = Cell::new(NO_LEAF);
+}
+
+/// A fresh map id: never 0 and never reused (a `u64` count does not wrap), so a remembered
+/// leaf is only ever used with the map that remembered it. Uniqueness is all it needs, so it
+/// is a plain `std` counter, untracked by models.
+fn fresh_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Held {
@@ -141,16 +184,41 @@ impl Held {
             try_box(Node::new)?
         };
         Some(Self {
+            id: fresh_id(),
             start,
-            end,
+            last: end - start,
+            first_leaf: start >> LEAF_SHIFT,
             depth,
             root,
         })
     }
 
-    /// Leaf number `leaf` of the space, creating missing nodes if `create`; `None` if it does
-    /// not exist (and `create` is false) or its memory cannot be had.
+    /// The leaf of pfns `leaf << LEAF_SHIFT ..` (inside the space), creating missing nodes if
+    /// `create`; `None` if it does not exist (and `create` is false) or its memory cannot be
+    /// had.
+    #[inline]
     fn leaf(&self, leaf: u64, create: bool) -> Option<&Leaf> {
+        let last = LAST_LEAF.with(Cell::get);
+        if last.map == self.id && last.leaf == leaf {
+            // SAFETY: this thread found the leaf in this map (ids are never reused) through
+            // `walk`, so it saw it initialised, and leaves stay allocated until `Drop`, which
+            // cannot run while `&self` is borrowed.
+            return Some(unsafe { &*last.ptr });
+        }
+        let found = self.walk(leaf, create)?;
+        LAST_LEAF.with(|c| {
+            c.set(LastLeaf {
+                map: self.id,
+                leaf,
+                ptr: found,
+            })
+        });
+        Some(found)
+    }
+
+    /// [`leaf`](Self::leaf) down from the root.
+    fn walk(&self, leaf: u64, create: bool) -> Option<&Leaf> {
+        let leaf = leaf - self.first_leaf;
         let mut node = self.root;
         let mut shift = FAN_BITS * self.depth;
         while shift > 0 {
@@ -201,16 +269,17 @@ impl Held {
     /// The word and bit of class `order`'s slot at `pfn`, if `pfn` lies in the space.
     #[inline]
     fn bit(&self, pfn: u64, order: u32, create: bool) -> Option<(&AtomicU64, u64)> {
-        if pfn.wrapping_sub(self.start) > self.end - self.start {
+        if pfn.wrapping_sub(self.start) > self.last {
             return None;
         }
-        let leaf = self.leaf((pfn >> LEAF_SHIFT) - (self.start >> LEAF_SHIFT), create)?;
+        let leaf = self.leaf(pfn >> LEAF_SHIFT, create)?;
         let (word, mask) = position(pfn & ((1 << LEAF_SHIFT) - 1), order);
         Some((&leaf.words[word], mask))
     }
 
     /// Record the cached-path range `[pfn, pfn + 2^order)` (naturally aligned, `order` below
     /// the number of classes) as held; `false` if the memory for its leaf cannot be had.
+    #[inline]
     pub(crate) fn claim(&self, pfn: u64, order: u32) -> bool {
         if OWNER_RECORD.fail() {
             return false;
@@ -227,6 +296,7 @@ impl Held {
     /// Forget the held range of class `order` at `pfn`, refusing a pfn where no such range is
     /// held (a misaligned pfn shares its slot's bit, so it is refused first); nothing changes
     /// on error.
+    #[inline]
     pub(crate) fn release(&self, pfn: u64, order: u32) -> Result<(), IovaError> {
         let aligned = pfn & ((1 << order) - 1) == 0;
         if let Some((word, mask)) = self.bit(pfn, order, false).filter(|_| aligned) {
@@ -312,8 +382,15 @@ mod tests {
                 );
             }
         }
-        let line = |g| position(g, 0).0 / LINE_WORDS;
-        assert_ne!(line(0), line(1), "neighbours in different cache lines");
+        let line = |g, order| (position(g, order).0 * 64) >> LINE_BITS_SHIFT;
+        assert_ne!(
+            line(0, 0),
+            line(1, 0),
+            "neighbours in different cache lines"
+        );
+        let class0: std::collections::BTreeSet<_> =
+            (0..1u64 << LEAF_SHIFT).map(|g| line(g, 0)).collect();
+        assert!(!class0.contains(&line(0, 1)), "classes do not share lines");
     }
 
     #[test]

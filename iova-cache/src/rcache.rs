@@ -144,7 +144,9 @@ pub(crate) struct ClassSnapshot {
 
 /// Every size class of the cache.
 pub(crate) struct Rcache {
-    classes: Box<[SizeClass]>,
+    /// A fixed array, so a class order checked against the cacheable sizes needs no bounds
+    /// check.
+    classes: [SizeClass; CACHE_CLASSES],
     mag_size: usize,
     cpus: usize,
     /// Statistics only (Relaxed): see [`Rcache::refused`].
@@ -161,30 +163,28 @@ enum Got {
 
 impl Rcache {
     pub(crate) fn new(cpus: usize, mag_size: usize) -> Self {
-        let classes = (0..CACHE_CLASSES)
-            .map(|_| SizeClass {
-                cpus: (0..cpus)
-                    .map(|_| {
-                        CachePadded::new(StepLock::new(
-                            CpuMags {
-                                loaded: Magazine::empty(mag_size),
-                                prev: Magazine::empty(mag_size),
-                                hits: 0,
-                                misses: 0,
-                            },
-                            &CPU_LOCK,
-                        ))
-                    })
-                    .collect(),
-                depot: CachePadded::new(StepLock::new(
-                    Depot {
-                        full: Vec::new(),
-                        empties: Vec::with_capacity(cpus),
-                    },
-                    &DEPOT_LOCK,
-                )),
-            })
-            .collect();
+        let classes = std::array::from_fn(|_| SizeClass {
+            cpus: (0..cpus)
+                .map(|_| {
+                    CachePadded::new(StepLock::new(
+                        CpuMags {
+                            loaded: Magazine::empty(mag_size),
+                            prev: Magazine::empty(mag_size),
+                            hits: 0,
+                            misses: 0,
+                        },
+                        &CPU_LOCK,
+                    ))
+                })
+                .collect(),
+            depot: CachePadded::new(StepLock::new(
+                Depot {
+                    full: Vec::new(),
+                    empties: Vec::with_capacity(cpus),
+                },
+                &DEPOT_LOCK,
+            )),
+        });
         Self {
             classes,
             mag_size,

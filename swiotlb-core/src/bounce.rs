@@ -29,17 +29,17 @@ use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(4096);
 /// let orig = mem.base();
-/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-/// let dev = tlb.device(DeviceConfig::default());
+/// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+/// let dev = swiotlb.device(DeviceConfig::default());
 /// for dir in Direction::ALL {
-///     let a = tlb.map(&dev, orig, 1, dir, MapAttrs::default()).unwrap();
-///     tlb.write_bounce(&dev, a, &[0xEE]).unwrap(); // a device write, allowed or not
-///     tlb.unmap(&dev, a, 1, dir, MapAttrs::default()).unwrap();
+///     let a = swiotlb.map(&dev, orig, 1, dir, MapAttrs::default()).unwrap();
+///     swiotlb.write_bounce(&dev, a, &[0xEE]).unwrap(); // a device write, allowed or not
+///     swiotlb.unmap(&dev, a, 1, dir, MapAttrs::default()).unwrap();
 ///     let mut b = [0u8; 1];
-///     tlb.memory().read(orig, &mut b).unwrap();
+///     swiotlb.memory().read(orig, &mut b).unwrap();
 ///     // Only a mapping the device may write is copied back.
 ///     assert_eq!(b[0] == 0xEE, dir != Direction::ToDevice);
-///     tlb.memory().write(orig, &[0]).unwrap();
+///     swiotlb.memory().write(orig, &[0]).unwrap();
 /// }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,19 +102,19 @@ impl Swiotlb {
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base() + 0xA00;
     /// mem.write(orig, b"hello").unwrap();
-    /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
-    /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
-    /// let a = tlb.map(&nvme, orig, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
+    /// let nvme = swiotlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// let a = swiotlb.map(&nvme, orig, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
     /// assert_eq!(a & 0xFFF, 0xA00);
     /// let mut seen = [0u8; 5];
-    /// tlb.read_bounce(&nvme, a, &mut seen).unwrap();
+    /// swiotlb.read_bounce(&nvme, a, &mut seen).unwrap();
     /// assert_eq!(&seen, b"hello");
-    /// tlb.write_bounce(&nvme, a, b"HE").unwrap();
-    /// tlb.unmap(&nvme, a, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
+    /// swiotlb.write_bounce(&nvme, a, b"HE").unwrap();
+    /// swiotlb.unmap(&nvme, a, 5, Direction::Bidirectional, MapAttrs::default()).unwrap();
     /// let mut back = [0u8; 5];
-    /// tlb.memory().read(orig, &mut back).unwrap();
+    /// swiotlb.memory().read(orig, &mut back).unwrap();
     /// assert_eq!(&back, b"HEllo");
-    /// assert_eq!(tlb.stats().used, 0);
+    /// assert_eq!(swiotlb.stats().used, 0);
     /// ```
     pub fn map(
         &self,
@@ -217,11 +217,14 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
-    /// tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
-    /// assert_eq!(tlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()), Err(Error::NotMapped { addr: a }));
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// swiotlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(
+    ///     swiotlb.unmap(&dev, a, 64, Direction::FromDevice, MapAttrs::default()),
+    ///     Err(Error::NotMapped { addr: a })
+    /// );
     /// ```
     pub fn unmap(
         &self,
@@ -288,17 +291,17 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 8, Direction::FromDevice, MapAttrs::default()).unwrap();
-    /// tlb.write_bounce(&dev, a, b"polled!!").unwrap();
-    /// tlb.sync_for_cpu(&dev, a + 2, 4, Direction::FromDevice).unwrap(); // bytes 2..6 only
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 8, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// swiotlb.write_bounce(&dev, a, b"polled!!").unwrap();
+    /// swiotlb.sync_for_cpu(&dev, a + 2, 4, Direction::FromDevice).unwrap(); // bytes 2..6 only
     /// let mut seen = [0u8; 8];
-    /// tlb.memory().read(orig, &mut seen).unwrap();
+    /// swiotlb.memory().read(orig, &mut seen).unwrap();
     /// assert_eq!(&seen, b"\0\0lled\0\0");
     /// // Past the mapping's end: refused, nothing copied.
     /// assert_eq!(
-    ///     tlb.sync_for_cpu(&dev, a + 6, 4, Direction::FromDevice),
+    ///     swiotlb.sync_for_cpu(&dev, a + 6, 4, Direction::FromDevice),
     ///     Err(Error::OutOfRange { addr: a + 6, size: 4 })
     /// );
     /// ```
@@ -321,17 +324,17 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 4096, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// tlb.memory().write(orig + 3000, b"new").unwrap();
-    /// tlb.sync_for_device(&dev, a + 3000, 3, Direction::ToDevice).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 4096, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// swiotlb.memory().write(orig + 3000, b"new").unwrap();
+    /// swiotlb.sync_for_device(&dev, a + 3000, 3, Direction::ToDevice).unwrap();
     /// let mut seen = [0u8; 3];
-    /// tlb.read_bounce(&dev, a + 3000, &mut seen).unwrap();
+    /// swiotlb.read_bounce(&dev, a + 3000, &mut seen).unwrap();
     /// assert_eq!(&seen, b"new");
     /// // A direction that copies nothing still checks the range.
     /// assert_eq!(
-    ///     tlb.sync_for_device(&dev, a + 50, 1 << 20, Direction::FromDevice),
+    ///     swiotlb.sync_for_device(&dev, a + 50, 1 << 20, Direction::FromDevice),
     ///     Err(Error::OutOfRange { addr: a + 50, size: 1 << 20 })
     /// );
     /// ```
@@ -372,11 +375,11 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.alloc(&dev, 12 * 1024).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.alloc(&dev, 12 * 1024).unwrap();
     /// assert_eq!(a % (16 * 1024), 0);
-    /// tlb.free(&dev, a).unwrap();
+    /// swiotlb.free(&dev, a).unwrap();
     /// ```
     pub fn alloc(&self, dev: &Device, size: usize) -> Result<u64, Error> {
         self.check_device(dev)?;
@@ -425,15 +428,18 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 16, Direction::FromDevice, MapAttrs::default()).unwrap();
-    /// tlb.write_bounce(&dev, a, &[7; 16]).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 16, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// swiotlb.write_bounce(&dev, a, &[7; 16]).unwrap();
     /// let mut seen = [0u8; 16];
-    /// tlb.read_bounce(&dev, a, &mut seen).unwrap();
+    /// swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
     /// assert_eq!(seen, [7; 16]);
     /// // An address outside every pool of the device is refused.
-    /// assert_eq!(tlb.read_bounce(&dev, orig, &mut seen), Err(Error::NotMapped { addr: orig }));
+    /// assert_eq!(
+    ///     swiotlb.read_bounce(&dev, orig, &mut seen),
+    ///     Err(Error::NotMapped { addr: orig })
+    /// );
     /// ```
     pub fn read_bounce(&self, dev: &Device, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         let (pool, off) = self.device_range(dev, addr, buf.len())?;
@@ -514,54 +520,59 @@ mod tests {
         dma_sync::cpu::set_current(Some(0));
         let mem = RegionMemory::new(64 * 1024);
         let base = mem.base();
-        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-        let dev = tlb.device(DeviceConfig {
+        let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig {
             min_align_mask: 0xFFF,
             ..Default::default()
         });
-        tlb.memory().write(base + 0xA00, &[5; 3000]).unwrap();
-        let a = tlb
+        swiotlb.memory().write(base + 0xA00, &[5; 3000]).unwrap();
+        let a = swiotlb
             .map(&dev, base + 0xA00, 3000, Direction::Bidirectional, NONE)
             .unwrap();
-        tlb.write_bounce(&dev, a + 2000, &[6; 1000]).unwrap();
-        tlb.sync_for_cpu(&dev, a + 2000, 1000, Direction::Bidirectional)
+        swiotlb.write_bounce(&dev, a + 2000, &[6; 1000]).unwrap();
+        swiotlb
+            .sync_for_cpu(&dev, a + 2000, 1000, Direction::Bidirectional)
             .unwrap();
         let mut back = [0u8; 3000];
-        tlb.memory().read(base + 0xA00, &mut back).unwrap();
+        swiotlb.memory().read(base + 0xA00, &mut back).unwrap();
         assert!(back[..2000].iter().all(|&b| b == 5) && back[2000..].iter().all(|&b| b == 6));
         // Fill the pool; the next mapping gets a transient pool, freed at unmap.
-        let other = tlb.device(DeviceConfig::default());
+        let other = swiotlb.device(DeviceConfig::default());
         let hogs: Vec<u64> = (0..5)
             .map(|_| {
-                tlb.map(&other, base, 2048, Direction::ToDevice, NONE)
+                swiotlb
+                    .map(&other, base, 2048, Direction::ToDevice, NONE)
                     .unwrap()
             })
             .collect();
-        let t = tlb
+        let t = swiotlb
             .map(&dev, base + 0x4800, 2048, Direction::FromDevice, NONE)
             .unwrap();
-        assert!(tlb.find_pool(&dev, t).unwrap().transient);
-        tlb.unmap(&dev, t, 2048, Direction::FromDevice, NONE)
+        assert!(swiotlb.find_pool(&dev, t).unwrap().transient);
+        swiotlb
+            .unmap(&dev, t, 2048, Direction::FromDevice, NONE)
             .unwrap();
         assert_eq!(dev.transient_pools(), 0);
         // A transient pool still owned when its device is dropped.
-        let leak = tlb
+        let leak = swiotlb
             .map(&dev, base + 0x5000, 100, Direction::ToDevice, NONE)
             .unwrap();
-        assert!(tlb.is_bounce_buffer(&dev, leak));
-        tlb.grow_by(8).unwrap();
-        let g = tlb
+        assert!(swiotlb.is_bounce_buffer(&dev, leak));
+        swiotlb.grow_by(8).unwrap();
+        let g = swiotlb
             .map(&other, base, 8 * 2048, Direction::ToDevice, NONE)
             .unwrap();
-        assert!(!tlb.find_pool(&other, g).unwrap().transient);
+        assert!(!swiotlb.find_pool(&other, g).unwrap().transient);
         for h in hogs {
-            tlb.unmap(&other, h, 2048, Direction::ToDevice, NONE)
+            swiotlb
+                .unmap(&other, h, 2048, Direction::ToDevice, NONE)
                 .unwrap();
         }
-        tlb.unmap(&dev, a, 3000, Direction::Bidirectional, NONE)
+        swiotlb
+            .unmap(&dev, a, 3000, Direction::Bidirectional, NONE)
             .unwrap();
         drop(dev);
-        drop(tlb);
+        drop(swiotlb);
     }
 
     /// A device thread writing and reading its bounce buffer while the CPU syncs both ways
@@ -574,29 +585,31 @@ mod tests {
         const LEN: usize = 100;
         let mem = RegionMemory::new(4096);
         let orig = mem.base() + 3; // not word-aligned: partial words at both ends
-        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-        let dev = tlb.device(DeviceConfig::default());
+        let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
         let dir = Direction::Bidirectional;
-        let a = tlb.map(&dev, orig, LEN, dir, NONE).unwrap();
+        let a = swiotlb.map(&dev, orig, LEN, dir, NONE).unwrap();
         let rounds = if cfg!(miri) { 4 } else { 1000 };
         let device = {
-            let (tlb, dev) = (tlb.clone(), dev.clone());
+            let (swiotlb, dev) = (swiotlb.clone(), dev.clone());
             std::thread::spawn(move || {
                 let mut seen = [0u8; LEN];
                 for r in 0..rounds {
-                    tlb.write_bounce(&dev, a + 1, &[r as u8; LEN - 2]).unwrap();
-                    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+                    swiotlb
+                        .write_bounce(&dev, a + 1, &[r as u8; LEN - 2])
+                        .unwrap();
+                    swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
                 }
             })
         };
         for _ in 0..rounds {
-            tlb.sync_for_cpu(&dev, a, LEN, dir).unwrap();
-            tlb.sync_for_device(&dev, a + 5, LEN - 5, dir).unwrap();
+            swiotlb.sync_for_cpu(&dev, a, LEN, dir).unwrap();
+            swiotlb.sync_for_device(&dev, a + 5, LEN - 5, dir).unwrap();
         }
-        tlb.unmap(&dev, a, LEN, dir, NONE).unwrap();
+        swiotlb.unmap(&dev, a, LEN, dir, NONE).unwrap();
         device.join().unwrap();
-        assert_eq!(tlb.stats().used, 0);
-        tlb.check_invariants().unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
     }
 
     #[test]
@@ -605,20 +618,21 @@ mod tests {
         let mut buf = vec![3u8; 4096];
         let addr = buf.as_mut_ptr() as usize as u64;
         // SAFETY: only addresses inside `buf`, which outlives the instance's use of them.
-        let tlb = Swiotlb::new(Config::tiny(8, 1, 8), unsafe { ProcessMemory::new() }).unwrap();
-        let dev = tlb.device(DeviceConfig::default());
-        let a = tlb
+        let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), unsafe { ProcessMemory::new() }).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
+        let a = swiotlb
             .map(&dev, addr, 4096, Direction::FromDevice, NONE)
             .unwrap();
-        tlb.write_bounce(&dev, a + 10, &[9; 10]).unwrap();
-        tlb.unmap(&dev, a, 4096, Direction::FromDevice, NONE)
+        swiotlb.write_bounce(&dev, a + 10, &[9; 10]).unwrap();
+        swiotlb
+            .unmap(&dev, a, 4096, Direction::FromDevice, NONE)
             .unwrap();
         // Empty accesses touch nothing, whatever the address.
         // SAFETY: no access has a byte to touch.
         let mem = unsafe { ProcessMemory::new() };
         mem.read(0, &mut []).unwrap();
         mem.write(0, &[]).unwrap();
-        drop(tlb);
+        drop(swiotlb);
         assert!(buf[10..20].iter().all(|&b| b == 9) && buf[..10].iter().all(|&b| b == 3));
     }
 }

@@ -107,8 +107,8 @@ impl Default for DeviceConfig {
 ///
 /// ```
 /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
-/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(4096)).unwrap();
-/// let dev = tlb.device(DeviceConfig::default());
+/// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(4096)).unwrap();
+/// let dev = swiotlb.device(DeviceConfig::default());
 /// assert!(!dev.uses_swiotlb());
 /// assert_eq!(dev.transient_pools(), 0);
 /// ```

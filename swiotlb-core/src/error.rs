@@ -36,16 +36,16 @@ impl std::error::Error for MemoryError {}
 /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(64 * 1024);
 /// let orig = mem.base();
-/// let tlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(8, 1, 8) }, mem).unwrap();
-/// let dev = tlb.device(DeviceConfig::default());
-/// let map = |len| tlb.map(&dev, orig, len, Direction::ToDevice, MapAttrs::default());
+/// let swiotlb = Swiotlb::new(Config { can_grow: false, ..Config::tiny(8, 1, 8) }, mem).unwrap();
+/// let dev = swiotlb.device(DeviceConfig::default());
+/// let map = |len| swiotlb.map(&dev, orig, len, Direction::ToDevice, MapAttrs::default());
 /// assert_eq!(map(0), Err(Error::ZeroSize));
 /// assert!(matches!(map(17 * 1024), Err(Error::TooLarge { .. }))); // over one 16 KiB segment
 /// let all = map(16 * 1024).unwrap();
 /// assert_eq!(map(1), Err(Error::NoSpace { size: 1 })); // full, and growth is off
-/// assert_eq!(tlb.stats().used, 8); // the failures took nothing
+/// assert_eq!(swiotlb.stats().used, 8); // the failures took nothing
 /// assert_eq!(Error::ZeroSize.to_string(), "zero-sized mapping");
-/// tlb.unmap(&dev, all, 16 * 1024, Direction::ToDevice, MapAttrs::default()).unwrap();
+/// swiotlb.unmap(&dev, all, 16 * 1024, Direction::ToDevice, MapAttrs::default()).unwrap();
 /// assert!(map(1).is_ok()); // and the allocator keeps working
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

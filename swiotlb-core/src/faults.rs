@@ -16,11 +16,11 @@
 //!
 //! ```
 //! use swiotlb_core::{faults, Config, Error, RegionMemory, Swiotlb};
-//! let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
-//! let (r, used) = dma_sync::fault::armed(&faults::POOL_GROW, 1, || tlb.grow_by(8));
+//! let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+//! let (r, used) = dma_sync::fault::armed(&faults::POOL_GROW, 1, || swiotlb.grow_by(8));
 //! assert_eq!((r, used), (Err(Error::PoolAlloc { nslabs: 8 }), 1));
-//! assert_eq!(tlb.stats().pools.len(), 1, "the pool list is unchanged");
-//! assert_eq!(tlb.grow_by(8), Ok(8), "disarmed: growth works again");
+//! assert_eq!(swiotlb.stats().pools.len(), 1, "the pool list is unchanged");
+//! assert_eq!(swiotlb.grow_by(8), Ok(8), "disarmed: growth works again");
 //! ```
 //!
 //! # Tests

@@ -53,16 +53,17 @@
 //! let mem = RegionMemory::new(64 * 1024);
 //! let buf = mem.base() + 0x1A00;
 //! mem.write(buf, &[1, 2, 3, 4]).unwrap();
-//! let tlb = Swiotlb::new(Config { nslabs: 1024, nareas: 2, ..Config::default() }, mem).unwrap();
-//! let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+//! let config = Config { nslabs: 1024, nareas: 2, ..Config::default() };
+//! let swiotlb = Swiotlb::new(config, mem).unwrap();
+//! let nvme = swiotlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
 //!
-//! let dma = tlb.map(&nvme, buf, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
+//! let dma = swiotlb.map(&nvme, buf, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
 //! assert_eq!(dma & 0xFFF, 0xA00); // the offset bits under min_align_mask are kept
-//! assert!(tlb.is_bounce_buffer(&nvme, dma));
-//! tlb.write_bounce(&nvme, dma, &[9, 9]).unwrap(); // the device writes half
-//! tlb.unmap(&nvme, dma, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
+//! assert!(swiotlb.is_bounce_buffer(&nvme, dma));
+//! swiotlb.write_bounce(&nvme, dma, &[9, 9]).unwrap(); // the device writes half
+//! swiotlb.unmap(&nvme, dma, 4, Direction::FromDevice, MapAttrs::default()).unwrap();
 //! let mut back = [0u8; 4];
-//! tlb.memory().read(buf, &mut back).unwrap();
+//! swiotlb.memory().read(buf, &mut back).unwrap();
 //! assert_eq!(back, [9, 9, 3, 4]); // bytes it did not write are unchanged
 //! ```
 //!

@@ -92,8 +92,8 @@ pub struct PoolStats {
 ///
 /// ```
 /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
-/// let tlb = Swiotlb::new(Config::tiny(16, 2, 8), RegionMemory::new(4096)).unwrap();
-/// let s = tlb.stats();
+/// let swiotlb = Swiotlb::new(Config::tiny(16, 2, 8), RegionMemory::new(4096)).unwrap();
+/// let s = swiotlb.stats();
 /// assert_eq!((s.nslabs, s.used), (16, 0));
 /// assert!(s.to_string().contains("io_tlb_nslabs: 16"));
 /// ```

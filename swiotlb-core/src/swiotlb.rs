@@ -163,10 +163,10 @@ impl Config {
     ///
     /// ```
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(16, 2, 4), RegionMemory::new(64)).unwrap();
-    /// assert_eq!(tlb.segment_slots(), 4);
-    /// assert_eq!(tlb.stats().pools[0].area_used, [0, 0]); // two areas of 8 slots
-    /// assert!(!tlb.growth_in_progress()); // no background worker in tiny configurations
+    /// let swiotlb = Swiotlb::new(Config::tiny(16, 2, 4), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(swiotlb.segment_slots(), 4);
+    /// assert_eq!(swiotlb.stats().pools[0].area_used, [0, 0]); // two areas of 8 slots
+    /// assert!(!swiotlb.growth_in_progress()); // no background worker in tiny configurations
     /// ```
     pub fn tiny(nslabs: usize, nareas: usize, segment_slots: usize) -> Config {
         Config {
@@ -204,15 +204,16 @@ pub struct PoolInfo {
 /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
 /// let mem = RegionMemory::new(4096);
 /// let orig = mem.base();
-/// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-/// let dev = tlb.device(DeviceConfig::default());
+/// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+/// let dev = swiotlb.device(DeviceConfig::default());
 /// let driver = {
-///     let (tlb, dev) = (tlb.clone(), dev.clone());
-///     std::thread::spawn(move || tlb.map(&dev, orig, 512, Direction::ToDevice, MapAttrs::default()))
+///     let (swiotlb, dev) = (swiotlb.clone(), dev.clone());
+///     let attrs = MapAttrs::default();
+///     std::thread::spawn(move || swiotlb.map(&dev, orig, 512, Direction::ToDevice, attrs))
 /// };
 /// let a = driver.join().unwrap().unwrap();
-/// assert!(tlb.is_bounce_buffer(&dev, a)); // mapped through the clone, found through this one
-/// assert_eq!(tlb.stats().used, 1);
+/// assert!(swiotlb.is_bounce_buffer(&dev, a)); // mapped through the clone, found through this one
+/// assert_eq!(swiotlb.stats().used, 1);
 /// ```
 #[derive(Clone)]
 pub struct Swiotlb {
@@ -276,8 +277,8 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(256, 2, 128), RegionMemory::new(4096)).unwrap();
-    /// assert_eq!(tlb.stats().nslabs, 256);
+    /// let swiotlb = Swiotlb::new(Config::tiny(256, 2, 128), RegionMemory::new(4096)).unwrap();
+    /// assert_eq!(swiotlb.stats().nslabs, 256);
     /// let bad = Config { segment_slots: 3, ..Config::default() };
     /// assert!(matches!(Swiotlb::new(bad, RegionMemory::new(1)), Err(Error::InvalidConfig(_))));
     /// ```
@@ -318,8 +319,8 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
-    /// let dev = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
     /// assert_eq!(dev.config().min_align_mask, 0xFFF);
     /// ```
     pub fn device(&self, cfg: DeviceConfig) -> Device {
@@ -338,13 +339,13 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
     /// let odd = DeviceConfig { min_align_mask: 0x1234, ..Default::default() };
-    /// assert!(matches!(tlb.try_device(odd), Err(Error::InvalidConfig(_))));
-    /// let dev = tlb.device(odd);
-    /// let refused = tlb.map(&dev, orig, 8, Direction::ToDevice, MapAttrs::default());
+    /// assert!(matches!(swiotlb.try_device(odd), Err(Error::InvalidConfig(_))));
+    /// let dev = swiotlb.device(odd);
+    /// let refused = swiotlb.map(&dev, orig, 8, Direction::ToDevice, MapAttrs::default());
     /// assert!(matches!(refused, Err(Error::InvalidConfig(_))));
-    /// assert_eq!(tlb.stats().used, 0);
+    /// assert_eq!(swiotlb.stats().used, 0);
     /// ```
     pub fn try_device(&self, cfg: DeviceConfig) -> Result<Device, Error> {
         cfg.validate()?;
@@ -375,9 +376,9 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, DeviceConfig, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(64)).unwrap();
-    /// let nvme = tlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
-    /// assert_eq!(tlb.max_mapping_size(&nvme), 252 * 1024);
+    /// let swiotlb = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(64)).unwrap();
+    /// let nvme = swiotlb.device(DeviceConfig { min_align_mask: 0xFFF, ..Default::default() });
+    /// assert_eq!(swiotlb.max_mapping_size(&nvme), 252 * 1024);
     /// ```
     pub fn max_mapping_size(&self, dev: &Device) -> usize {
         align::max_mapping_size(self.inner.geo.seg, dev.inner.cfg.min_align_mask)
@@ -527,9 +528,9 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
-    /// assert_eq!(tlb.grow().unwrap(), 8);
-    /// assert_eq!(tlb.stats().nslabs, 16);
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(swiotlb.grow().unwrap(), 8);
+    /// assert_eq!(swiotlb.stats().nslabs, 16);
     /// ```
     pub fn grow(&self) -> Result<usize, Error> {
         let cfg = &self.inner.cfg;
@@ -555,9 +556,9 @@ impl Swiotlb {
     ///
     /// ```
     /// use swiotlb_core::{Config, Error, RegionMemory, Swiotlb};
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
-    /// assert_eq!(tlb.grow_by(12), Ok(16)); // rounded up to whole segments of 8
-    /// assert_eq!(tlb.stats().pools.len(), 2);
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(64)).unwrap();
+    /// assert_eq!(swiotlb.grow_by(12), Ok(16)); // rounded up to whole segments of 8
+    /// assert_eq!(swiotlb.stats().pools.len(), 2);
     /// let fixed = Swiotlb::new(Config::restricted(128), RegionMemory::new(64)).unwrap();
     /// assert_eq!(fixed.grow_by(8), Err(Error::GrowthDisabled));
     /// ```
@@ -626,12 +627,12 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// assert!(!tlb.is_bounce_buffer(&dev, orig));
-    /// let a = tlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// assert!(tlb.is_bounce_buffer(&dev, a));
-    /// assert!(!tlb.is_bounce_buffer(&dev, orig));
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// assert!(!swiotlb.is_bounce_buffer(&dev, orig));
+    /// let a = swiotlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert!(swiotlb.is_bounce_buffer(&dev, a));
+    /// assert!(!swiotlb.is_bounce_buffer(&dev, orig));
     /// ```
     pub fn is_bounce_buffer(&self, dev: &Device, addr: u64) -> bool {
         self.check_device(dev).is_ok() && self.lookup(dev, addr).is_some()
@@ -643,13 +644,13 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// let p = tlb.find_pool(&dev, a).unwrap();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 100, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// let p = swiotlb.find_pool(&dev, a).unwrap();
     /// assert!(p.start <= a && a < p.end && !p.transient);
     /// assert_eq!((p.nslabs, p.end - p.start), (8, 8 * 2048));
-    /// assert_eq!(tlb.find_pool(&dev, orig), None);
+    /// assert_eq!(swiotlb.find_pool(&dev, orig), None);
     /// ```
     pub fn find_pool(&self, dev: &Device, addr: u64) -> Option<PoolInfo> {
         self.check_device(dev).ok()?;
@@ -668,17 +669,17 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// assert_eq!(tlb.stats().used, 3); // 5000 bytes take three 2 KiB slots
-    /// tlb.unmap(&dev, a, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// let s = tlb.stats();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(swiotlb.stats().used, 3); // 5000 bytes take three 2 KiB slots
+    /// swiotlb.unmap(&dev, a, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// let s = swiotlb.stats();
     /// assert_eq!((s.used, s.hiwater), (0, Some(3)));
     ///
-    /// assert_eq!(tlb.reset_hiwater(1), Err(Error::BadReset { value: 1 }));
-    /// tlb.reset_hiwater(0).unwrap();
-    /// assert_eq!(tlb.stats().hiwater, Some(0));
+    /// assert_eq!(swiotlb.reset_hiwater(1), Err(Error::BadReset { value: 1 }));
+    /// swiotlb.reset_hiwater(0).unwrap();
+    /// assert_eq!(swiotlb.stats().hiwater, Some(0));
     /// ```
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.inner.stats;
@@ -716,13 +717,13 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(4096);
     /// let orig = mem.base();
-    /// let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    /// let dev = tlb.device(DeviceConfig::default());
-    /// let a = tlb.map(&dev, orig, 3000, Direction::ToDevice, MapAttrs::default()).unwrap();
-    /// assert_eq!(tlb.check_invariants(), Ok(()));
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 3000, Direction::ToDevice, MapAttrs::default()).unwrap();
+    /// assert_eq!(swiotlb.check_invariants(), Ok(()));
     /// // A failed unmap (wrong address) leaves the pool consistent.
-    /// assert!(tlb.unmap(&dev, a + 1, 1, Direction::ToDevice, MapAttrs::default()).is_err());
-    /// assert_eq!(tlb.check_invariants(), Ok(()));
+    /// assert!(swiotlb.unmap(&dev, a + 1, 1, Direction::ToDevice, MapAttrs::default()).is_err());
+    /// assert_eq!(swiotlb.check_invariants(), Ok(()));
     /// ```
     pub fn check_invariants(&self) -> Result<(), String> {
         self.pools().try_for_each(Pool::check)

@@ -24,8 +24,8 @@ fn attrs(alloc_align_mask: u64) -> MapAttrs {
     }
 }
 
-fn nvme(tlb: &Swiotlb) -> Device {
-    tlb.device(DeviceConfig {
+fn nvme(swiotlb: &Swiotlb) -> Device {
+    swiotlb.device(DeviceConfig {
         min_align_mask: 0xFFF,
         ..Default::default()
     })
@@ -33,85 +33,89 @@ fn nvme(tlb: &Swiotlb) -> Device {
 
 #[test]
 fn case_a_nvme_via_dma_direct() {
-    let (tlb, base) = instance(256, 64 * 1024);
-    let dev = nvme(&tlb);
+    let (swiotlb, base) = instance(256, 64 * 1024);
+    let dev = nvme(&swiotlb);
     let orig = base + 0x1A00;
-    let a = tlb
+    let a = swiotlb
         .map(&dev, orig, 8192, Direction::ToDevice, attrs(0))
         .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
     assert_eq!((a >> 11) & 1, 1, "the mapping starts in an odd slot");
-    assert_eq!(tlb.stats().used, 5);
-    tlb.unmap(&dev, a, 8192, Direction::ToDevice, attrs(0))
+    assert_eq!(swiotlb.stats().used, 5);
+    swiotlb
+        .unmap(&dev, a, 8192, Direction::ToDevice, attrs(0))
         .unwrap();
-    tlb.check_invariants().unwrap();
-    assert_eq!(tlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
 }
 
 #[test]
 fn case_b_untrusted_nvme_64k_granule_round_trip_restores_counters() {
-    let (tlb, base) = instance(256, 512 * 1024);
-    let dev = nvme(&tlb);
+    let (swiotlb, base) = instance(256, 512 * 1024);
+    let dev = nvme(&swiotlb);
     let orig = base + 0x1_3A00;
-    tlb.memory().write(orig, &[0xAB; 4096]).unwrap();
-    let a = tlb
+    swiotlb.memory().write(orig, &[0xAB; 4096]).unwrap();
+    let a = swiotlb
         .map(&dev, orig, 4096, Direction::Bidirectional, attrs(0xFFFF))
         .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
     // One pad slot, then in-slot offset 0x200: the allocation starts 64 KiB-aligned.
     assert_eq!((a - 0x200 - SLOT) & 0xFFFF, 0);
-    assert_eq!(tlb.stats().used, 32);
+    assert_eq!(swiotlb.stats().used, 32);
     let mut seen = [0u8; 4096];
-    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+    swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
     assert!(seen.iter().all(|&b| b == 0xAB));
-    tlb.unmap(&dev, a, 4096, Direction::Bidirectional, attrs(0xFFFF))
+    swiotlb
+        .unmap(&dev, a, 4096, Direction::Bidirectional, attrs(0xFFFF))
         .unwrap();
-    tlb.check_invariants().unwrap();
-    assert_eq!(tlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
     // The counters are whole again: a full segment fits.
-    let full = tlb
+    let full = swiotlb
         .map(&dev, base, 128 * 2048 - 4096, Direction::ToDevice, attrs(0))
         .unwrap();
-    tlb.unmap(&dev, full, 128 * 2048 - 4096, Direction::ToDevice, attrs(0))
+    swiotlb
+        .unmap(&dev, full, 128 * 2048 - 4096, Direction::ToDevice, attrs(0))
         .unwrap();
 }
 
 #[test]
 fn case_c_streaming_mappings_of_a_page_or_more_are_page_aligned() {
-    let (tlb, base) = instance(256, 64 * 1024);
-    let dev = tlb.device(DeviceConfig::default());
+    let (swiotlb, base) = instance(256, 64 * 1024);
+    let dev = swiotlb.device(DeviceConfig::default());
     // Take one slot first so the next-fit hint sits on an odd slot.
-    let small = tlb
+    let small = swiotlb
         .map(&dev, base, 100, Direction::ToDevice, attrs(0))
         .unwrap();
-    let a = tlb
+    let a = swiotlb
         .map(&dev, base + 0x123, 6000, Direction::ToDevice, attrs(0))
         .unwrap();
     assert_eq!(a & 0xFFF, 0);
-    assert_eq!(tlb.stats().used, 1 + 3);
+    assert_eq!(swiotlb.stats().used, 1 + 3);
     // Below a page: no page alignment, the next slot is taken.
-    let b = tlb
+    let b = swiotlb
         .map(&dev, base + 0x123, 4000, Direction::ToDevice, attrs(0))
         .unwrap();
     assert_eq!(b & 0x7FF, 0);
     for (x, n) in [(small, 100), (a, 6000), (b, 4000)] {
-        tlb.unmap(&dev, x, n, Direction::ToDevice, attrs(0))
+        swiotlb
+            .unmap(&dev, x, n, Direction::ToDevice, attrs(0))
             .unwrap();
     }
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 #[test]
 fn case_d_alloc_is_size_order_aligned() {
-    let tlb = Swiotlb::new(Config::restricted(256), RegionMemory::new(1)).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    let filler = tlb.alloc(&dev, 2048).unwrap();
-    let a = tlb.alloc(&dev, 12 * 1024).unwrap();
+    let swiotlb = Swiotlb::new(Config::restricted(256), RegionMemory::new(1)).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let filler = swiotlb.alloc(&dev, 2048).unwrap();
+    let a = swiotlb.alloc(&dev, 12 * 1024).unwrap();
     assert_eq!(a % (16 * 1024), 0);
-    assert_eq!(tlb.stats().used, 1 + 6);
-    tlb.free(&dev, a).unwrap();
-    tlb.free(&dev, filler).unwrap();
-    tlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 1 + 6);
+    swiotlb.free(&dev, a).unwrap();
+    swiotlb.free(&dev, filler).unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// The postconditions for every combination of masks, offsets and sizes (the slot-alignment
@@ -119,12 +123,12 @@ fn case_d_alloc_is_size_order_aligned() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn postconditions_over_all_mask_combinations() {
-    let (tlb, base) = instance(1024, 256 * 1024);
+    let (swiotlb, base) = instance(1024, 256 * 1024);
     let offsets = [0u64, 1, 0x7FF, 0x800, 0xA00, 0xFFF, 0x1234, 0x3A00, 0xFA01];
     let sizes = [1usize, 100, 2048, 2049, 4096, 6000, 12345, 65536];
     for min_align in [0u64, 0x7FF, 0xFFF, 0x3FFF] {
         for boundary in [u64::MAX, 0xFFFF, 0x1_FFFF] {
-            let dev = tlb.device(DeviceConfig {
+            let dev = swiotlb.device(DeviceConfig {
                 min_align_mask: min_align,
                 seg_boundary_mask: boundary,
                 ..Default::default()
@@ -134,8 +138,14 @@ fn postconditions_over_all_mask_combinations() {
                 for &off in &offsets {
                     for &size in &sizes {
                         let orig = base + off;
-                        let before = tlb.stats().used as u64;
-                        let a = match tlb.map(&dev, orig, size, Direction::ToDevice, attrs(align)) {
+                        let before = swiotlb.stats().used as u64;
+                        let a = match swiotlb.map(
+                            &dev,
+                            orig,
+                            size,
+                            Direction::ToDevice,
+                            attrs(align),
+                        ) {
                             Ok(a) => a,
                             // A boundary window can exclude every slot with the right
                             // min-align bits (a 64 KiB run in a 64 KiB window must start on
@@ -150,7 +160,7 @@ fn postconditions_over_all_mask_combinations() {
                                 "min {min_align:#x} align {align:#x} off {off:#x} size {size}: {e}"
                             ),
                         };
-                        let nslots = tlb.stats().used as u64 - before;
+                        let nslots = swiotlb.stats().used as u64 - before;
                         assert_eq!((a ^ orig) & min_align, 0, "min_align bits kept");
                         let offset = orig & min_align & (align | 0x7FF);
                         let start = a - offset;
@@ -167,7 +177,7 @@ fn postconditions_over_all_mask_combinations() {
                             (end - 1) & !boundary,
                             "no boundary crossed"
                         );
-                        let pool = tlb.find_pool(&dev, a).unwrap().start;
+                        let pool = swiotlb.find_pool(&dev, a).unwrap().start;
                         assert_eq!(
                             (start - pool) / (128 * SLOT),
                             (end - 1 - pool) / (128 * SLOT),
@@ -181,15 +191,16 @@ fn postconditions_over_all_mask_combinations() {
                         assert!(w[0].1 <= w[1].0, "live allocations overlap");
                     }
                     for (_, _, a, size) in live.drain(..) {
-                        tlb.unmap(&dev, a, size, Direction::ToDevice, attrs(align))
+                        swiotlb
+                            .unmap(&dev, a, size, Direction::ToDevice, attrs(align))
                             .unwrap();
                     }
                 }
-                tlb.check_invariants().unwrap();
+                swiotlb.check_invariants().unwrap();
             }
         }
     }
-    assert_eq!(tlb.stats().used, 0);
+    assert_eq!(swiotlb.stats().used, 0);
 }
 
 /// Min-align mismatch plus stride on an area whose free slots all have the wrong parity:
@@ -198,7 +209,7 @@ fn postconditions_over_all_mask_combinations() {
 fn search_terminates_when_no_candidate_matches() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(
+    let swiotlb = Swiotlb::new(
         Config {
             can_grow: false,
             ..Config::tiny(8, 1, 8)
@@ -206,28 +217,30 @@ fn search_terminates_when_no_candidate_matches() {
         mem,
     )
     .unwrap();
-    let plain = tlb.device(DeviceConfig::default());
+    let plain = swiotlb.device(DeviceConfig::default());
     let singles: Vec<u64> = (0..8)
         .map(|i| {
-            tlb.map(&plain, base + i * SLOT, 10, Direction::ToDevice, attrs(0))
+            swiotlb
+                .map(&plain, base + i * SLOT, 10, Direction::ToDevice, attrs(0))
                 .unwrap()
         })
         .collect();
     // Free the even slots: every free slot has DMA address bit 11 clear.
     for &a in singles.iter().filter(|&&a| (a >> 11) & 1 == 0) {
-        tlb.unmap(&plain, a, 10, Direction::ToDevice, attrs(0))
+        swiotlb
+            .unmap(&plain, a, 10, Direction::ToDevice, attrs(0))
             .unwrap();
     }
-    let dev = nvme(&tlb);
+    let dev = nvme(&swiotlb);
     // Bit 11 of the original is set, so only odd slots qualify; and stride 2 for 2 slots.
     for (off, size) in [(0xA00u64, 100usize), (0x800, 3000), (0xA00, 5000)] {
-        let r = tlb.map(&dev, base + off, size, Direction::ToDevice, attrs(0));
+        let r = swiotlb.map(&dev, base + off, size, Direction::ToDevice, attrs(0));
         assert_eq!(r, Err(swiotlb_core::Error::NoSpace { size }));
     }
     // An even-slot original still fits.
-    let ok = tlb
+    let ok = swiotlb
         .map(&dev, base + 0x200, 100, Direction::ToDevice, attrs(0))
         .unwrap();
     assert_eq!(ok & 0xFFF, 0x200);
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }

@@ -44,7 +44,7 @@ struct Held {
 /// The allocator, two devices (one without and one with NVMe's `min_align_mask`) and what the
 /// test holds. `exact`: this thread is the only user, so global counters can be checked.
 struct World {
-    tlb: Swiotlb,
+    swiotlb: Swiotlb,
     devs: [Device; 2],
     base: u64,
     held: Vec<Held>,
@@ -58,21 +58,21 @@ impl World {
     fn new(cfg: Config) -> World {
         let mem = RegionMemory::new(CHUNKS * CHUNK as usize);
         let base = mem.base();
-        let tlb = Swiotlb::new(cfg, mem).unwrap();
-        World::on(tlb, base, true)
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        World::on(swiotlb, base, true)
     }
 
     /// A world on a shared allocator using the chunks at `base`.
-    fn on(tlb: Swiotlb, base: u64, exact: bool) -> World {
+    fn on(swiotlb: Swiotlb, base: u64, exact: bool) -> World {
         let devs = [
-            tlb.device(DeviceConfig::default()),
-            tlb.device(DeviceConfig {
+            swiotlb.device(DeviceConfig::default()),
+            swiotlb.device(DeviceConfig {
                 min_align_mask: 0xFFF,
                 ..Default::default()
             }),
         ];
         World {
-            tlb,
+            swiotlb,
             devs,
             base,
             held: Vec::new(),
@@ -90,7 +90,7 @@ impl World {
 
     fn orig_bytes(&self, orig: u64, size: usize) -> Vec<u8> {
         let mut v = vec![0; size];
-        self.tlb.memory().read(orig, &mut v).unwrap();
+        self.swiotlb.memory().read(orig, &mut v).unwrap();
         v
     }
 
@@ -109,17 +109,20 @@ impl World {
             return Ok(());
         };
         let d = &self.devs[dev];
-        let size = size.clamp(1, self.tlb.max_mapping_size(d));
+        let size = size.clamp(1, self.swiotlb.max_mapping_size(d));
         let orig = chunk + off % 4096;
-        self.tlb.memory().write(orig, &vec![fill; size]).unwrap();
-        let before = self.tlb.stats();
+        self.swiotlb
+            .memory()
+            .write(orig, &vec![fill; size])
+            .unwrap();
+        let before = self.swiotlb.stats();
         let (flag, transients) = (d.uses_swiotlb(), d.transient_pools());
-        let addr = match self.tlb.map(d, orig, size, dir, MapAttrs::default()) {
+        let addr = match self.swiotlb.map(d, orig, size, dir, MapAttrs::default()) {
             Ok(a) => a,
             Err(e) => {
                 if self.exact {
                     assert_eq!(
-                        self.tlb.stats(),
+                        self.swiotlb.stats(),
                         before,
                         "a failed map changed the counters"
                     );
@@ -133,17 +136,19 @@ impl World {
             }
         };
         let mut seen = vec![0; size];
-        self.tlb.read_bounce(d, addr, &mut seen).unwrap();
+        self.swiotlb.read_bounce(d, addr, &mut seen).unwrap();
         assert!(same(&seen, fill), "map copied the original in");
         let after = if matches!(dir, Direction::ToDevice) {
             fill
         } else {
-            self.tlb.write_bounce(d, addr, &vec![!fill; size]).unwrap();
+            self.swiotlb
+                .write_bounce(d, addr, &vec![!fill; size])
+                .unwrap();
             !fill
         };
         // Other threads' maps and unmaps move `used` too: exact worlds only.
         let slots = if self.exact {
-            self.tlb.stats().used - before.used
+            self.swiotlb.stats().used - before.used
         } else {
             0
         };
@@ -165,13 +170,13 @@ impl World {
         }
         let h = self.held.swap_remove(pick % self.held.len());
         let d = &self.devs[h.dev];
-        let used = self.tlb.stats().used;
-        self.tlb
+        let used = self.swiotlb.stats().used;
+        self.swiotlb
             .unmap(d, h.addr, h.size, h.dir, MapAttrs::default())
             .unwrap();
         if self.exact {
             assert_eq!(
-                self.tlb.stats().used,
+                self.swiotlb.stats().used,
                 used - h.slots,
                 "unmap freed its slots"
             );
@@ -183,7 +188,7 @@ impl World {
         // With other threads mapping, the address may already be someone else's mapping.
         if self.exact {
             let again = self
-                .tlb
+                .swiotlb
                 .unmap(d, h.addr, h.size, h.dir, MapAttrs::default());
             assert_eq!(again, Err(Error::NotMapped { addr: h.addr }));
         }
@@ -191,8 +196,8 @@ impl World {
 
     /// Add a pool of `NSLABS` slots; on an error nothing may have changed.
     fn grow(&mut self) -> Result<(), Error> {
-        let before = self.tlb.stats();
-        match self.tlb.grow_by(NSLABS) {
+        let before = self.swiotlb.stats();
+        match self.swiotlb.grow_by(NSLABS) {
             Ok(n) => {
                 assert_eq!(n, NSLABS);
                 self.grown += n;
@@ -202,7 +207,7 @@ impl World {
             Err(e) => {
                 if self.exact {
                     assert_eq!(
-                        self.tlb.stats(),
+                        self.swiotlb.stats(),
                         before,
                         "a failed growth changed the pools"
                     );
@@ -213,7 +218,7 @@ impl World {
     }
 
     fn transient(&self, h: &Held) -> bool {
-        self.tlb
+        self.swiotlb
             .find_pool(&self.devs[h.dev], h.addr)
             .unwrap()
             .transient
@@ -223,7 +228,7 @@ impl World {
     fn check(&self) {
         for h in &self.held {
             let mut seen = vec![0; h.size];
-            self.tlb
+            self.swiotlb
                 .read_bounce(&self.devs[h.dev], h.addr, &mut seen)
                 .unwrap();
             // The device's bytes: the original for to-device, its own write otherwise.
@@ -244,8 +249,8 @@ impl World {
         if !self.exact {
             return;
         }
-        self.tlb.check_invariants().unwrap();
-        let s = self.tlb.stats();
+        self.swiotlb.check_invariants().unwrap();
+        let s = self.swiotlb.stats();
         assert_eq!(
             s.used,
             self.held.iter().map(|h| h.slots).sum::<usize>(),
@@ -272,7 +277,7 @@ impl World {
             self.unmap(0);
         }
         if self.exact {
-            all_back(&self.tlb);
+            all_back(&self.swiotlb);
         }
         assert_eq!(
             self.devs.iter().map(Device::transient_pools).sum::<usize>(),
@@ -286,25 +291,25 @@ impl World {
         self.drain();
         let orig = self.base;
         let seg_bytes = SEG * IO_TLB_SIZE;
-        let segments = self.tlb.stats().nslabs / SEG;
+        let segments = self.swiotlb.stats().nslabs / SEG;
         let d = &self.devs[0];
         let maps: Vec<u64> = (0..segments + 2)
             .map(|_| {
-                let a = self
-                    .tlb
-                    .map(d, orig, seg_bytes, Direction::ToDevice, MapAttrs::default());
+                let a =
+                    self.swiotlb
+                        .map(d, orig, seg_bytes, Direction::ToDevice, MapAttrs::default());
                 a.unwrap()
             })
             .collect();
-        let s = self.tlb.stats();
+        let s = self.swiotlb.stats();
         assert_eq!((s.transient_pools, s.used), (2, s.nslabs + 2 * SEG), "{s}");
-        self.tlb.check_invariants().unwrap();
+        self.swiotlb.check_invariants().unwrap();
         for a in maps {
-            self.tlb
+            self.swiotlb
                 .unmap(d, a, seg_bytes, Direction::ToDevice, MapAttrs::default())
                 .unwrap();
         }
-        all_back(&self.tlb);
+        all_back(&self.swiotlb);
     }
 }
 
@@ -313,9 +318,9 @@ fn same(bytes: &[u8], b: u8) -> bool {
     bytes.iter().all(|&x| x == b)
 }
 
-fn all_back(tlb: &Swiotlb) {
-    tlb.check_invariants().unwrap();
-    let s: StatsSnapshot = tlb.stats();
+fn all_back(swiotlb: &Swiotlb) {
+    swiotlb.check_invariants().unwrap();
+    let s: StatsSnapshot = swiotlb.stats();
     assert_eq!(
         (s.used, s.transient_pools, s.transient_nslabs),
         (0, 0, 0),
@@ -369,7 +374,7 @@ fn no_dynamic_pool_leaves_the_pool_list_unchanged() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn growth_halves_down_to_the_minimum_before_giving_up() {
-    let tlb = Swiotlb::new(
+    let swiotlb = Swiotlb::new(
         Config {
             growth_nslabs: 2048,
             ..tiny()
@@ -377,19 +382,19 @@ fn growth_halves_down_to_the_minimum_before_giving_up() {
         RegionMemory::new(64),
     )
     .unwrap();
-    let before = tlb.stats();
+    let before = swiotlb.stats();
     // 2048, 1024, then 512 = IO_TLB_MIN_SLABS: three attempts, then the error.
-    let (r, used) = armed(&POOL_GROW, usize::MAX, || tlb.grow());
+    let (r, used) = armed(&POOL_GROW, usize::MAX, || swiotlb.grow());
     assert_eq!((r, used), (Err(Error::PoolAlloc { nslabs: 512 }), 3));
-    assert_eq!(tlb.stats(), before);
-    assert_eq!(armed(&POOL_GROW, 1, || tlb.grow()), (Ok(1024), 1));
-    assert_eq!(armed(&POOL_GROW, 2, || tlb.grow()), (Ok(512), 2));
-    assert_eq!(tlb.grow(), Ok(2048));
-    let s = tlb.stats();
+    assert_eq!(swiotlb.stats(), before);
+    assert_eq!(armed(&POOL_GROW, 1, || swiotlb.grow()), (Ok(1024), 1));
+    assert_eq!(armed(&POOL_GROW, 2, || swiotlb.grow()), (Ok(512), 2));
+    assert_eq!(swiotlb.grow(), Ok(2048));
+    let s = swiotlb.stats();
     assert_eq!(s.nslabs, NSLABS + 1024 + 512 + 2048);
     let sizes: Vec<usize> = s.pools.iter().map(|p| p.nslabs).collect();
     assert_eq!(sizes, [NSLABS, 1024, 512, 2048]);
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
     // A configured size under the minimum is the floor itself: one attempt.
     let small = Swiotlb::new(tiny(), RegionMemory::new(64)).unwrap();
     let (r, used) = armed(&POOL_GROW, usize::MAX, || small.grow());
@@ -418,10 +423,10 @@ fn no_transient_pool_is_buffer_full_and_links_nothing() {
     // Disarmed: a transient pool, freed again at unmap.
     w.map(1, 3000, 0x234, Direction::FromDevice, 7).unwrap();
     assert!(w.transient(&w.held[2]));
-    assert_eq!(w.tlb.stats().transient_pools, 1);
+    assert_eq!(w.swiotlb.stats().transient_pools, 1);
     w.check();
     w.unmap(2);
-    assert_eq!(w.tlb.stats().transient_pools, 0);
+    assert_eq!(w.swiotlb.stats().transient_pools, 0);
     w.check();
     w.keeps_working();
 }
@@ -514,13 +519,13 @@ fn concurrent_faults_lose_nothing() {
     const THREADS: usize = 2;
     let mem = RegionMemory::new(THREADS * CHUNKS * CHUNK as usize);
     let base = mem.base();
-    let tlb = Swiotlb::new(tiny(), mem).unwrap();
+    let swiotlb = Swiotlb::new(tiny(), mem).unwrap();
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
-            let tlb = tlb.clone();
+            let swiotlb = swiotlb.clone();
             std::thread::spawn(move || {
                 dma_sync::cpu::set_current(Some(t));
-                let mut w = World::on(tlb, base + (t * CHUNKS) as u64 * CHUNK, false);
+                let mut w = World::on(swiotlb, base + (t * CHUNKS) as u64 * CHUNK, false);
                 let mut injected = [0; SITES.len()];
                 for i in 0..1500usize {
                     let op = match i % 9 {
@@ -556,9 +561,9 @@ fn concurrent_faults_lose_nothing() {
         injected.iter().all(|&n| n > 0),
         "each site failed: {injected:?}"
     );
-    all_back(&tlb);
-    assert_eq!(tlb.stats().nslabs, NSLABS + grown);
-    let mut w = World::on(tlb, base, true);
+    all_back(&swiotlb);
+    assert_eq!(swiotlb.stats().nslabs, NSLABS + grown);
+    let mut w = World::on(swiotlb, base, true);
     w.grown = grown;
     w.grown_pools = grown / NSLABS;
     w.check();

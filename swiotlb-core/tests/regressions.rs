@@ -24,18 +24,22 @@ fn fixed(nslabs: usize) -> (Swiotlb, u64) {
     (Swiotlb::new(cfg, mem).unwrap(), base)
 }
 
-fn read(tlb: &Swiotlb, addr: u64, len: usize) -> Vec<u8> {
+fn read(swiotlb: &Swiotlb, addr: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
-    tlb.memory().read(addr, &mut v).unwrap();
+    swiotlb.memory().read(addr, &mut v).unwrap();
     v
 }
 
 /// Leave `len` bytes of bounce slots holding `byte`, as a previous user would; returns the
 /// bounce address those slots had.
-fn dirty(tlb: &Swiotlb, dev: &Device, base: u64, len: usize, byte: u8) -> u64 {
-    let a = tlb.map(dev, base, len, Direction::ToDevice, NONE).unwrap();
-    tlb.write_bounce(dev, a, &vec![byte; len]).unwrap();
-    tlb.unmap(dev, a, len, Direction::ToDevice, NONE).unwrap();
+fn dirty(swiotlb: &Swiotlb, dev: &Device, base: u64, len: usize, byte: u8) -> u64 {
+    let a = swiotlb
+        .map(dev, base, len, Direction::ToDevice, NONE)
+        .unwrap();
+    swiotlb.write_bounce(dev, a, &vec![byte; len]).unwrap();
+    swiotlb
+        .unmap(dev, a, len, Direction::ToDevice, NONE)
+        .unwrap();
     a
 }
 
@@ -43,20 +47,23 @@ fn dirty(tlb: &Swiotlb, dev: &Device, base: u64, len: usize, byte: u8) -> u64 {
 /// half; unmap must return the other half unchanged, not a previous user's bytes.
 #[test]
 fn from_device_mapping_never_leaks_stale_bytes() {
-    let (tlb, base) = fixed(8);
-    let dev = tlb.device(DeviceConfig::default());
-    let a = dirty(&tlb, &dev, base, 8 * SLOT, 0xEE);
+    let (swiotlb, base) = fixed(8);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = dirty(&swiotlb, &dev, base, 8 * SLOT, 0xEE);
 
     let buf = base + 0x10000;
-    tlb.memory().write(buf, &vec![0x55; 8 * SLOT]).unwrap();
-    let b = tlb
+    swiotlb.memory().write(buf, &vec![0x55; 8 * SLOT]).unwrap();
+    let b = swiotlb
         .map(&dev, buf, 8 * SLOT, Direction::FromDevice, NONE)
         .unwrap();
     assert_eq!(b, a, "the dirty slots are reused");
-    tlb.write_bounce(&dev, b, &vec![0x11; 4 * SLOT]).unwrap();
-    tlb.unmap(&dev, b, 8 * SLOT, Direction::FromDevice, NONE)
+    swiotlb
+        .write_bounce(&dev, b, &vec![0x11; 4 * SLOT])
         .unwrap();
-    let back = read(&tlb, buf, 8 * SLOT);
+    swiotlb
+        .unmap(&dev, b, 8 * SLOT, Direction::FromDevice, NONE)
+        .unwrap();
+    let back = read(&swiotlb, buf, 8 * SLOT);
     assert!(back[..4 * SLOT].iter().all(|&x| x == 0x11));
     assert!(
         back[4 * SLOT..].iter().all(|&x| x == 0x55),
@@ -68,26 +75,31 @@ fn from_device_mapping_never_leaks_stale_bytes() {
 /// device writing while the CPU polls keeps its bytes.
 #[test]
 fn sync_for_device_from_device_copies_nothing() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
         .map(&dev, base, 4096, Direction::FromDevice, NONE)
         .unwrap();
-    tlb.write_bounce(&dev, a, &[0x77; 4096]).unwrap();
-    tlb.memory().write(base, &[0x01; 4096]).unwrap();
-    tlb.sync_for_device(&dev, a, 4096, Direction::FromDevice)
+    swiotlb.write_bounce(&dev, a, &[0x77; 4096]).unwrap();
+    swiotlb.memory().write(base, &[0x01; 4096]).unwrap();
+    swiotlb
+        .sync_for_device(&dev, a, 4096, Direction::FromDevice)
         .unwrap();
     let mut seen = [0u8; 4096];
-    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+    swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
     assert!(seen.iter().all(|&x| x == 0x77));
     // And sync_for_cpu(TO_DEVICE) copies nothing back.
-    let t = tlb
+    let t = swiotlb
         .map(&dev, base + 8192, 64, Direction::ToDevice, NONE)
         .unwrap();
-    tlb.write_bounce(&dev, t, &[0x99; 64]).unwrap();
-    tlb.sync_for_cpu(&dev, t, 64, Direction::ToDevice).unwrap();
-    tlb.unmap(&dev, t, 64, Direction::ToDevice, NONE).unwrap();
-    assert!(read(&tlb, base + 8192, 64).iter().all(|&x| x == 0));
+    swiotlb.write_bounce(&dev, t, &[0x99; 64]).unwrap();
+    swiotlb
+        .sync_for_cpu(&dev, t, 64, Direction::ToDevice)
+        .unwrap();
+    swiotlb
+        .unmap(&dev, t, 64, Direction::ToDevice, NONE)
+        .unwrap();
+    assert!(read(&swiotlb, base + 8192, 64).iter().all(|&x| x == 0));
 }
 
 /// Partial syncs (e8068f2d756d): every offset and several lengths of an NVMe mapping with an
@@ -95,14 +107,14 @@ fn sync_for_device_from_device_copies_nothing() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn partial_syncs_at_every_offset() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig {
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig {
         min_align_mask: 0xFFF,
         ..Default::default()
     });
     let orig = base + 0x1A00;
     let size = 8192;
-    let a = tlb
+    let a = swiotlb
         .map(&dev, orig, size, Direction::Bidirectional, NONE)
         .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
@@ -114,22 +126,30 @@ fn partial_syncs_at_every_offset() {
             let len = len.min(size - off);
             let tag = (off as u8).wrapping_mul(31) ^ len as u8;
             // Device → CPU.
-            tlb.write_bounce(&dev, a + off as u64, &vec![tag; len])
+            swiotlb
+                .write_bounce(&dev, a + off as u64, &vec![tag; len])
                 .unwrap();
-            tlb.sync_for_cpu(&dev, a + off as u64, len, Direction::Bidirectional)
+            swiotlb
+                .sync_for_cpu(&dev, a + off as u64, len, Direction::Bidirectional)
                 .unwrap();
             assert!(
-                read(&tlb, orig + off as u64, len).iter().all(|&x| x == tag),
+                read(&swiotlb, orig + off as u64, len)
+                    .iter()
+                    .all(|&x| x == tag),
                 "sync_for_cpu at {off}+{len}"
             );
             // CPU → device.
-            tlb.memory()
+            swiotlb
+                .memory()
                 .write(orig + off as u64, &vec![!tag; len])
                 .unwrap();
-            tlb.sync_for_device(&dev, a + off as u64, len, Direction::Bidirectional)
+            swiotlb
+                .sync_for_device(&dev, a + off as u64, len, Direction::Bidirectional)
                 .unwrap();
             let mut seen = vec![0; len];
-            tlb.read_bounce(&dev, a + off as u64, &mut seen).unwrap();
+            swiotlb
+                .read_bounce(&dev, a + off as u64, &mut seen)
+                .unwrap();
             assert!(
                 seen.iter().all(|&x| x == !tag),
                 "sync_for_device at {off}+{len}"
@@ -137,19 +157,22 @@ fn partial_syncs_at_every_offset() {
         }
     }
     // Bytes around the mapping were never touched.
-    assert!(read(&tlb, orig - 16, 16).iter().all(|&x| x == 0));
-    assert!(read(&tlb, orig + size as u64, 16).iter().all(|&x| x == 0));
+    assert!(read(&swiotlb, orig - 16, 16).iter().all(|&x| x == 0));
+    assert!(read(&swiotlb, orig + size as u64, 16)
+        .iter()
+        .all(|&x| x == 0));
     // Ranges leaving the mapping are refused.
     let oor = |addr: u64, len: usize| Error::OutOfRange { addr, size: len };
     assert_eq!(
-        tlb.sync_for_cpu(&dev, a + 8000, 193, Direction::Bidirectional),
+        swiotlb.sync_for_cpu(&dev, a + 8000, 193, Direction::Bidirectional),
         Err(oor(a + 8000, 193))
     );
     assert_eq!(
-        tlb.sync_for_cpu(&dev, a - 1, 1, Direction::Bidirectional),
+        swiotlb.sync_for_cpu(&dev, a - 1, 1, Direction::Bidirectional),
         Err(oor(a - 1, 1))
     );
-    tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE)
+    swiotlb
+        .unmap(&dev, a, size, Direction::Bidirectional, NONE)
         .unwrap();
 }
 
@@ -159,13 +182,13 @@ fn partial_syncs_at_every_offset() {
 /// mapping used to return `Ok`.
 #[test]
 fn syncs_past_the_end_are_refused_in_every_direction() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig::default());
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig::default());
     let oor = |addr: u64, size: usize| Err(Error::OutOfRange { addr, size });
     for dir in Direction::ALL {
-        let a = tlb.map(&dev, base + 8, 100, dir, NONE).unwrap();
-        tlb.memory().write(base + 8, &[0x42; 100]).unwrap();
-        tlb.write_bounce(&dev, a, &[0x24; 100]).unwrap();
+        let a = swiotlb.map(&dev, base + 8, 100, dir, NONE).unwrap();
+        swiotlb.memory().write(base + 8, &[0x42; 100]).unwrap();
+        swiotlb.write_bounce(&dev, a, &[0x24; 100]).unwrap();
         for (addr, size) in [
             (a, usize::MAX),
             (a + 50, 1 << 20),
@@ -173,21 +196,24 @@ fn syncs_past_the_end_are_refused_in_every_direction() {
             (a + 99, 2),
             (a + 100, 1),
         ] {
-            assert_eq!(tlb.sync_for_cpu(&dev, addr, size, dir), oor(addr, size));
-            assert_eq!(tlb.sync_for_device(&dev, addr, size, dir), oor(addr, size));
+            assert_eq!(swiotlb.sync_for_cpu(&dev, addr, size, dir), oor(addr, size));
+            assert_eq!(
+                swiotlb.sync_for_device(&dev, addr, size, dir),
+                oor(addr, size)
+            );
         }
         // Nothing was copied either way by the refused syncs.
-        assert!(read(&tlb, base + 8, 100).iter().all(|&x| x == 0x42));
+        assert!(read(&swiotlb, base + 8, 100).iter().all(|&x| x == 0x42));
         let mut seen = [0u8; 100];
-        tlb.read_bounce(&dev, a, &mut seen).unwrap();
+        swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
         assert!(seen.iter().all(|&x| x == 0x24));
         // The whole mapping and its last byte are accepted.
-        tlb.sync_for_cpu(&dev, a, 100, dir).unwrap();
-        tlb.sync_for_device(&dev, a + 99, 1, dir).unwrap();
-        tlb.unmap(&dev, a, 100, dir, NONE).unwrap();
-        tlb.memory().write(base + 8, &[0; 100]).unwrap();
+        swiotlb.sync_for_cpu(&dev, a, 100, dir).unwrap();
+        swiotlb.sync_for_device(&dev, a + 99, 1, dir).unwrap();
+        swiotlb.unmap(&dev, a, 100, dir, NONE).unwrap();
+        swiotlb.memory().write(base + 8, &[0; 100]).unwrap();
     }
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// Every count of `Config` is checked against its documented maximum before anything is
@@ -244,7 +270,7 @@ fn configurations_are_refused_before_anything_is_allocated() {
     );
 
     // 64 KiB of slots: every value of the offset bits under the largest min-align mask.
-    let (tlb, base) = fixed(32);
+    let (swiotlb, base) = fixed(32);
     let bad = [
         DeviceConfig {
             min_align_mask: 0x1234,
@@ -265,33 +291,35 @@ fn configurations_are_refused_before_anything_is_allocated() {
     ];
     for cfg in bad {
         assert!(
-            matches!(tlb.try_device(cfg), Err(Error::InvalidConfig(_))),
+            matches!(swiotlb.try_device(cfg), Err(Error::InvalidConfig(_))),
             "{cfg:?}"
         );
-        let dev = tlb.device(cfg);
+        let dev = swiotlb.device(cfg);
         assert!(matches!(
-            tlb.map(&dev, base, 1, Direction::ToDevice, NONE),
+            swiotlb.map(&dev, base, 1, Direction::ToDevice, NONE),
             Err(Error::InvalidConfig(_))
         ));
         assert!(matches!(
-            tlb.sync_for_cpu(&dev, base, 1, Direction::FromDevice),
+            swiotlb.sync_for_cpu(&dev, base, 1, Direction::FromDevice),
             Err(Error::InvalidConfig(_))
         ));
-        assert!(!tlb.is_bounce_buffer(&dev, base));
+        assert!(!swiotlb.is_bounce_buffer(&dev, base));
         assert!(!dev.uses_swiotlb());
     }
-    assert_eq!(tlb.stats().used, 0);
+    assert_eq!(swiotlb.stats().used, 0);
     let ok = DeviceConfig {
         min_align_mask: MAX_MIN_ALIGN_MASK,
         ..Default::default()
     };
-    let dev = tlb.try_device(ok).unwrap();
-    let a = tlb
+    let dev = swiotlb.try_device(ok).unwrap();
+    let a = swiotlb
         .map(&dev, base + 0x1234, 1, Direction::ToDevice, NONE)
         .unwrap();
     assert_eq!((a ^ (base + 0x1234)) & MAX_MIN_ALIGN_MASK, 0);
-    tlb.unmap(&dev, a, 1, Direction::ToDevice, NONE).unwrap();
-    tlb.check_invariants().unwrap();
+    swiotlb
+        .unmap(&dev, a, 1, Direction::ToDevice, NONE)
+        .unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// Out-of-bounds TLB allocations with SWIOTLB_DYNAMIC: transient pools of 1..127 slots never
@@ -300,30 +328,32 @@ fn configurations_are_refused_before_anything_is_allocated() {
 fn transient_pools_of_every_small_size() {
     let mem = RegionMemory::new(512 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
-    let other = tlb.device(DeviceConfig::default());
-    let hog = tlb
+    let swiotlb = Swiotlb::new(Config::tiny(128, 1, 128), mem).unwrap();
+    let other = swiotlb.device(DeviceConfig::default());
+    let hog = swiotlb
         .map(&other, base, 128 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let dev = swiotlb.device(DeviceConfig::default());
     for n in 1..=127usize {
         let size = n * SLOT - 5;
-        let a = tlb
+        let a = swiotlb
             .map(&dev, base, size, Direction::Bidirectional, NONE)
             .unwrap();
-        let p = tlb.find_pool(&dev, a).unwrap();
+        let p = swiotlb.find_pool(&dev, a).unwrap();
         assert!(p.transient);
         assert_eq!(p.nslabs, n);
         assert!(a >= p.start && a + size as u64 <= p.end);
-        assert_eq!(tlb.stats().transient_nslabs, n);
-        tlb.unmap(&dev, a, size, Direction::Bidirectional, NONE)
+        assert_eq!(swiotlb.stats().transient_nslabs, n);
+        swiotlb
+            .unmap(&dev, a, size, Direction::Bidirectional, NONE)
             .unwrap();
         assert_eq!(dev.transient_pools(), 0);
     }
-    tlb.unmap(&other, hog, 128 * SLOT, Direction::ToDevice, NONE)
+    swiotlb
+        .unmap(&other, hog, 128 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().transient_pools, 0);
-    tlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().transient_pools, 0);
+    swiotlb.check_invariants().unwrap();
 }
 
 /// A transient pool for an NVMe mapping whose original needs an odd slot is still just big
@@ -332,28 +362,29 @@ fn transient_pools_of_every_small_size() {
 fn transient_pool_honours_min_align() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
-    let other = tlb.device(DeviceConfig::default());
-    tlb.map(&other, base, 8 * SLOT, Direction::ToDevice, NONE)
+    let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let other = swiotlb.device(DeviceConfig::default());
+    swiotlb
+        .map(&other, base, 8 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    let dev = tlb.device(DeviceConfig {
+    let dev = swiotlb.device(DeviceConfig {
         min_align_mask: 0xFFF,
         ..Default::default()
     });
-    let a = tlb
+    let a = swiotlb
         .map(&dev, base + 0xA00, 4000, Direction::ToDevice, NONE)
         .unwrap();
     assert_eq!(a & 0xFFF, 0xA00);
-    assert_eq!(tlb.find_pool(&dev, a).unwrap().nslabs, 1 + 3);
+    assert_eq!(swiotlb.find_pool(&dev, a).unwrap().nslabs, 1 + 3);
 }
 
 /// Check alloc_size before allocating a new pool (3dc2f209208d): a request over one segment
 /// allocates nothing, not even a transient pool.
 #[test]
 fn oversized_request_allocates_nothing() {
-    let (tlb, base) = fixed(128);
+    let (swiotlb, base) = fixed(128);
     let grow = Swiotlb::new(Config::tiny(128, 1, 128), RegionMemory::new(1)).unwrap();
-    for t in [&tlb, &grow] {
+    for t in [&swiotlb, &grow] {
         let dev = t.device(DeviceConfig::default());
         let r = t.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE);
         assert!(matches!(
@@ -373,13 +404,13 @@ fn oversized_request_allocates_nothing() {
 /// pages from a restricted pool is page-aligned and disjoint.
 #[test]
 fn restricted_alloc_is_page_aligned_and_disjoint() {
-    let tlb = Swiotlb::new(Config::restricted(1024), RegionMemory::new(1)).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let swiotlb = Swiotlb::new(Config::restricted(1024), RegionMemory::new(1)).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
     let mut live = Vec::new();
     for round in 0..3 {
         for pages in 1..=8usize {
             let size = pages * 4096 - round * 100;
-            let a = tlb.alloc(&dev, size).unwrap();
+            let a = swiotlb.alloc(&dev, size).unwrap();
             assert_eq!(a % 4096, 0);
             assert_eq!(
                 a % (pages.next_power_of_two() as u64 * 4096),
@@ -394,14 +425,14 @@ fn restricted_alloc_is_page_aligned_and_disjoint() {
         assert!(w[0].1 <= w[1].0, "allocations overlap: {:x?}", w);
     }
     for (a, _) in &live {
-        tlb.free(&dev, *a).unwrap();
+        swiotlb.free(&dev, *a).unwrap();
     }
     assert_eq!(
-        tlb.free(&dev, live[0].0),
+        swiotlb.free(&dev, live[0].0),
         Err(Error::NotMapped { addr: live[0].0 })
     );
-    tlb.check_invariants().unwrap();
-    assert_eq!(tlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
 }
 
 /// Reduce areas to match the pool size (8ac04063354a), set areas before allocating
@@ -411,7 +442,7 @@ fn restricted_alloc_is_page_aligned_and_disjoint() {
 fn small_pool_many_cpus() {
     let mem = RegionMemory::new(512 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(
+    let swiotlb = Swiotlb::new(
         Config {
             nslabs: 256,
             nareas: 64,
@@ -421,18 +452,19 @@ fn small_pool_many_cpus() {
         mem,
     )
     .unwrap();
-    assert_eq!(tlb.stats().pools[0].area_used.len(), 2);
-    let dev = tlb.device(DeviceConfig::default());
+    assert_eq!(swiotlb.stats().pools[0].area_used.len(), 2);
+    let dev = swiotlb.device(DeviceConfig::default());
     for cpu in 0..64 {
         dma_sync::cpu::set_current(Some(cpu));
-        let a = tlb
+        let a = swiotlb
             .map(&dev, base, 256 * 1024, Direction::ToDevice, NONE)
             .unwrap();
-        tlb.unmap(&dev, a, 256 * 1024, Direction::ToDevice, NONE)
+        swiotlb
+            .unmap(&dev, a, 256 * 1024, Direction::ToDevice, NONE)
             .unwrap();
     }
     dma_sync::cpu::set_current(None);
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// Free goes to the owning area, not the CPU's: map on CPU 0, unmap on CPU 1.
@@ -440,7 +472,7 @@ fn small_pool_many_cpus() {
 fn free_goes_to_the_owning_area() {
     let mem = RegionMemory::new(64 * 1024);
     let base = mem.base();
-    let tlb = Swiotlb::new(
+    let swiotlb = Swiotlb::new(
         Config {
             can_grow: false,
             ..Config::tiny(16, 2, 8)
@@ -448,60 +480,68 @@ fn free_goes_to_the_owning_area() {
         mem,
     )
     .unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let dev = swiotlb.device(DeviceConfig::default());
     dma_sync::cpu::set_current(Some(0));
-    let a = tlb
+    let a = swiotlb
         .map(&dev, base, 3 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().pools[0].area_used, vec![3, 0]);
+    assert_eq!(swiotlb.stats().pools[0].area_used, vec![3, 0]);
     dma_sync::cpu::set_current(Some(1));
-    tlb.unmap(&dev, a, 3 * SLOT, Direction::ToDevice, NONE)
+    swiotlb
+        .unmap(&dev, a, 3 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().pools[0].area_used, vec![0, 0]);
+    assert_eq!(swiotlb.stats().pools[0].area_used, vec![0, 0]);
     // A full local area falls back to the other one.
-    let b = tlb
+    let b = swiotlb
         .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    let c = tlb
+    let c = swiotlb
         .map(&dev, base, SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().pools[0].area_used, vec![1, 8]);
-    tlb.unmap(&dev, b, 8 * SLOT, Direction::ToDevice, NONE)
+    assert_eq!(swiotlb.stats().pools[0].area_used, vec![1, 8]);
+    swiotlb
+        .unmap(&dev, b, 8 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
+    swiotlb
+        .unmap(&dev, c, SLOT, Direction::ToDevice, NONE)
+        .unwrap();
     dma_sync::cpu::set_current(None);
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// used_hiwater: a CAS-max that never lowers, reset only to 0 (8b0977ecc8b3); counters are
 /// never zeroed when statistics are first read late (a1255ccab8ec).
 #[test]
 fn hiwater_and_late_statistics() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
         .map(&dev, base, 5 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    let b = tlb
+    let b = swiotlb
         .map(&dev, base, 2 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
     // First look at the statistics only now.
-    let s = tlb.stats();
+    let s = swiotlb.stats();
     assert_eq!((s.used, s.hiwater), (7, Some(7)));
-    tlb.unmap(&dev, a, 5 * SLOT, Direction::ToDevice, NONE)
+    swiotlb
+        .unmap(&dev, a, 5 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().hiwater, Some(7));
-    assert_eq!(tlb.reset_hiwater(3), Err(Error::BadReset { value: 3 }));
-    tlb.reset_hiwater(0).unwrap();
-    let c = tlb
+    assert_eq!(swiotlb.stats().hiwater, Some(7));
+    assert_eq!(swiotlb.reset_hiwater(3), Err(Error::BadReset { value: 3 }));
+    swiotlb.reset_hiwater(0).unwrap();
+    let c = swiotlb
         .map(&dev, base, SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    assert_eq!(tlb.stats().hiwater, Some(3));
-    tlb.unmap(&dev, b, 2 * SLOT, Direction::ToDevice, NONE)
+    assert_eq!(swiotlb.stats().hiwater, Some(3));
+    swiotlb
+        .unmap(&dev, b, 2 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    tlb.unmap(&dev, c, SLOT, Direction::ToDevice, NONE).unwrap();
-    assert_eq!(tlb.stats().used, 0);
-    let report = tlb.stats().to_string();
+    swiotlb
+        .unmap(&dev, c, SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
+    let report = swiotlb.stats().to_string();
     assert!(
         report.contains("io_tlb_used: 0") && report.contains("io_tlb_used_hiwater: 3"),
         "{report}"
@@ -521,21 +561,23 @@ fn hiwater_and_late_statistics() {
 /// original's offset; more does not.
 #[test]
 fn max_mapping_size_always_fits() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig {
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig {
         min_align_mask: 0xFFF,
         ..Default::default()
     });
-    let max = tlb.max_mapping_size(&dev);
+    let max = swiotlb.max_mapping_size(&dev);
     assert_eq!(max, 252 * 1024);
     for off in [0u64, 0x7FF, 0x800, 0xFFF] {
-        let a = tlb
+        let a = swiotlb
             .map(&dev, base + off, max, Direction::ToDevice, NONE)
             .unwrap();
-        tlb.unmap(&dev, a, max, Direction::ToDevice, NONE).unwrap();
+        swiotlb
+            .unmap(&dev, a, max, Direction::ToDevice, NONE)
+            .unwrap();
     }
     assert!(matches!(
-        tlb.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE),
+        swiotlb.map(&dev, base, 256 * 1024 + 1, Direction::ToDevice, NONE),
         Err(Error::TooLarge { .. })
     ));
 }
@@ -543,21 +585,21 @@ fn max_mapping_size_always_fits() {
 /// Padding of an IOMMU-granule mapping is zeroed on request.
 #[test]
 fn zero_padding_clears_the_whole_granule() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig::default());
-    dirty(&tlb, &dev, base, 32 * SLOT, 0xCC);
-    tlb.memory().write(base + 0x300, &[7; 100]).unwrap();
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig::default());
+    dirty(&swiotlb, &dev, base, 32 * SLOT, 0xCC);
+    swiotlb.memory().write(base + 0x300, &[7; 100]).unwrap();
     let attrs = MapAttrs {
         alloc_align_mask: 0xFFFF,
         zero_padding: true,
         ..NONE
     };
-    let b = tlb
+    let b = swiotlb
         .map(&dev, base + 0x300, 100, Direction::ToDevice, attrs)
         .unwrap();
     let start = b & !0xFFFF;
     let mut granule = vec![1u8; 0x10000];
-    tlb.read_bounce(&dev, start, &mut granule).unwrap();
+    swiotlb.read_bounce(&dev, start, &mut granule).unwrap();
     let off = (b - start) as usize;
     assert!(granule[..off].iter().all(|&x| x == 0));
     assert!(granule[off..off + 100].iter().all(|&x| x == 7));
@@ -567,15 +609,15 @@ fn zero_padding_clears_the_whole_granule() {
 /// Every bad input is a typed error, changes nothing, and the allocator keeps working.
 #[test]
 fn bad_input_is_a_typed_error_and_changes_nothing() {
-    let (tlb, base) = fixed(128);
-    let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
+    let (swiotlb, base) = fixed(128);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
         .map(&dev, base, 3 * SLOT, Direction::Bidirectional, NONE)
         .unwrap();
-    let used = tlb.stats().used;
+    let used = swiotlb.stats().used;
 
     assert_eq!(
-        tlb.map(&dev, base, 0, Direction::ToDevice, NONE),
+        swiotlb.map(&dev, base, 0, Direction::ToDevice, NONE),
         Err(Error::ZeroSize)
     );
     let odd = MapAttrs {
@@ -583,7 +625,7 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         ..NONE
     };
     assert_eq!(
-        tlb.map(&dev, base, 10, Direction::ToDevice, odd),
+        swiotlb.map(&dev, base, 10, Direction::ToDevice, odd),
         Err(Error::BadAlignMask { mask: 0x1000 })
     );
     let huge = MapAttrs {
@@ -591,56 +633,56 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         ..NONE
     };
     assert!(matches!(
-        tlb.map(&dev, base, 10, Direction::ToDevice, huge),
+        swiotlb.map(&dev, base, 10, Direction::ToDevice, huge),
         Err(Error::BadAlignMask { .. })
     ));
-    let tiny_boundary = tlb.device(DeviceConfig {
+    let tiny_boundary = swiotlb.device(DeviceConfig {
         seg_boundary_mask: 0x7FF,
         ..Default::default()
     });
     assert_eq!(
-        tlb.map(&tiny_boundary, base, 4096, Direction::ToDevice, NONE),
+        swiotlb.map(&tiny_boundary, base, 4096, Direction::ToDevice, NONE),
         Err(Error::Unsatisfiable)
     );
     // Original memory that refuses the copy: the slots are given back.
     assert!(matches!(
-        tlb.map(&dev, base - 4096, 10, Direction::ToDevice, NONE),
+        swiotlb.map(&dev, base - 4096, 10, Direction::ToDevice, NONE),
         Err(Error::Memory(_))
     ));
     // Not a bounce address, a middle slot of a mapping, a misaligned start, an oversize unmap.
     assert_eq!(
-        tlb.unmap(&dev, base, 10, Direction::ToDevice, NONE),
+        swiotlb.unmap(&dev, base, 10, Direction::ToDevice, NONE),
         Err(Error::NotMapped { addr: base })
     );
     let mid = a + SLOT as u64;
     assert_eq!(
-        tlb.unmap(&dev, mid, 10, Direction::ToDevice, NONE),
+        swiotlb.unmap(&dev, mid, 10, Direction::ToDevice, NONE),
         Err(Error::NotMapped { addr: mid })
     );
     assert_eq!(
-        tlb.unmap(&dev, a + 1, 10, Direction::ToDevice, NONE),
+        swiotlb.unmap(&dev, a + 1, 10, Direction::ToDevice, NONE),
         Err(Error::NotMapped { addr: a + 1 })
     );
     let big = 3 * SLOT + 1;
     assert_eq!(
-        tlb.unmap(&dev, a, big, Direction::ToDevice, NONE),
+        swiotlb.unmap(&dev, a, big, Direction::ToDevice, NONE),
         Err(Error::OutOfRange { addr: a, size: big })
     );
     assert_eq!(
-        tlb.sync_for_cpu(&dev, a, 0, Direction::FromDevice),
+        swiotlb.sync_for_cpu(&dev, a, 0, Direction::FromDevice),
         Err(Error::ZeroSize)
     );
     let free_slot = a + 3 * SLOT as u64;
     assert_eq!(
-        tlb.sync_for_cpu(&dev, free_slot, 1, Direction::FromDevice),
+        swiotlb.sync_for_cpu(&dev, free_slot, 1, Direction::FromDevice),
         Err(Error::NotMapped { addr: free_slot })
     );
     assert_eq!(
-        tlb.sync_for_device(&dev, free_slot, 1, Direction::FromDevice),
+        swiotlb.sync_for_device(&dev, free_slot, 1, Direction::FromDevice),
         Err(Error::NotMapped { addr: free_slot })
     );
     assert_eq!(
-        tlb.read_bounce(&dev, base, &mut [0]),
+        swiotlb.read_bounce(&dev, base, &mut [0]),
         Err(Error::NotMapped { addr: base })
     );
     // A device of another instance.
@@ -648,17 +690,17 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         .unwrap()
         .device(DeviceConfig::default());
     assert_eq!(
-        tlb.map(&stranger, base, 10, Direction::ToDevice, NONE),
+        swiotlb.map(&stranger, base, 10, Direction::ToDevice, NONE),
         Err(Error::ForeignDevice)
     );
     assert_eq!(
-        tlb.unmap(&stranger, a, 10, Direction::ToDevice, NONE),
+        swiotlb.unmap(&stranger, a, 10, Direction::ToDevice, NONE),
         Err(Error::ForeignDevice)
     );
-    assert!(!tlb.is_bounce_buffer(&stranger, a));
+    assert!(!swiotlb.is_bounce_buffer(&stranger, a));
     // Absurd sizes.
     assert!(matches!(
-        tlb.map(&dev, base, usize::MAX, Direction::ToDevice, NONE),
+        swiotlb.map(&dev, base, usize::MAX, Direction::ToDevice, NONE),
         Err(Error::TooLarge { .. })
     ));
     let huge = Config {
@@ -670,9 +712,9 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         Err(Error::InvalidConfig(_))
     ));
     // Growth and allocations are refused where not configured.
-    assert_eq!(tlb.grow(), Err(Error::GrowthDisabled));
-    assert_eq!(tlb.alloc(&dev, 4096), Err(Error::NotForAlloc));
-    assert_eq!(tlb.free(&dev, a), Err(Error::NotForAlloc));
+    assert_eq!(swiotlb.grow(), Err(Error::GrowthDisabled));
+    assert_eq!(swiotlb.alloc(&dev, 4096), Err(Error::NotForAlloc));
+    assert_eq!(swiotlb.free(&dev, a), Err(Error::NotForAlloc));
     let restricted = Swiotlb::new(Config::restricted(8), RegionMemory::new(1)).unwrap();
     let rdev = restricted.device(DeviceConfig::default());
     assert!(matches!(
@@ -682,21 +724,23 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     assert_eq!(restricted.alloc(&rdev, 0), Err(Error::ZeroSize));
     assert_eq!(restricted.grow_by(8), Err(Error::GrowthDisabled));
 
-    assert_eq!(tlb.stats().used, used);
-    tlb.check_invariants().unwrap();
-    tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE)
+    assert_eq!(swiotlb.stats().used, used);
+    swiotlb.check_invariants().unwrap();
+    swiotlb
+        .unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE)
         .unwrap();
     assert_eq!(
-        tlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE),
+        swiotlb.unmap(&dev, a, 3 * SLOT, Direction::Bidirectional, NONE),
         Err(Error::NotMapped { addr: a })
     );
-    assert_eq!(tlb.stats().used, 0);
-    tlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
     // Still works.
-    let b = tlb
+    let b = swiotlb
         .map(&dev, base, 128 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    tlb.unmap(&dev, b, 128 * SLOT, Direction::ToDevice, NONE)
+    swiotlb
+        .unmap(&dev, b, 128 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
 }
 
@@ -704,17 +748,17 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
 /// capability re-check).
 #[test]
 fn bounce_beyond_the_dma_mask_is_released() {
-    let (tlb, base) = fixed(2);
-    let start = tlb.stats().pools[0].start;
-    let dev = tlb.device(DeviceConfig {
+    let (swiotlb, base) = fixed(2);
+    let start = swiotlb.stats().pools[0].start;
+    let dev = swiotlb.device(DeviceConfig {
         dma_mask: start + 2047,
         ..Default::default()
     });
-    let r = tlb.map(&dev, base, 4096, Direction::ToDevice, NONE);
+    let r = swiotlb.map(&dev, base, 4096, Direction::ToDevice, NONE);
     assert!(matches!(r, Err(Error::NotDmaCapable { .. })));
-    assert_eq!(tlb.stats().used, 0);
-    tlb.check_invariants().unwrap();
-    let ok = tlb
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+    let ok = swiotlb
         .map(&dev, base, 2048, Direction::ToDevice, NONE)
         .unwrap();
     assert_eq!(ok, start);
@@ -723,19 +767,19 @@ fn bounce_beyond_the_dma_mask_is_released() {
 /// The lookup only answers for devices that used bounce buffers, and for their pools.
 #[test]
 fn lookup_needs_the_device_flag() {
-    let (tlb, base) = fixed(128);
-    let a_dev = tlb.device(DeviceConfig::default());
-    let b_dev = tlb.device(DeviceConfig::default());
-    let a = tlb
+    let (swiotlb, base) = fixed(128);
+    let a_dev = swiotlb.device(DeviceConfig::default());
+    let b_dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
         .map(&a_dev, base, 64, Direction::ToDevice, NONE)
         .unwrap();
     assert!(a_dev.uses_swiotlb() && !b_dev.uses_swiotlb());
-    assert!(tlb.is_bounce_buffer(&a_dev, a));
+    assert!(swiotlb.is_bounce_buffer(&a_dev, a));
     assert!(
-        !tlb.is_bounce_buffer(&b_dev, a),
+        !swiotlb.is_bounce_buffer(&b_dev, a),
         "a device that never bounced pays one flag check"
     );
-    let info = tlb.find_pool(&a_dev, a).unwrap();
+    let info = swiotlb.find_pool(&a_dev, a).unwrap();
     assert!(!info.transient && info.start <= a && a < info.end && info.nslabs == 128);
 }
 
@@ -749,32 +793,35 @@ fn growth_adds_pools() {
         transient_pools: false,
         ..Config::tiny(8, 1, 8)
     };
-    let tlb = Swiotlb::new(cfg, mem).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    let a = tlb
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
         .map(&dev, base, 8 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
     assert_eq!(
-        tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE),
+        swiotlb.map(&dev, base, SLOT, Direction::ToDevice, NONE),
         Err(Error::NoSpace { size: SLOT })
     );
     let b = loop {
-        match tlb.map(&dev, base, SLOT, Direction::ToDevice, NONE) {
+        match swiotlb.map(&dev, base, SLOT, Direction::ToDevice, NONE) {
             Ok(b) => break b,
             Err(Error::NoSpace { .. }) => std::thread::yield_now(),
             Err(e) => panic!("{e}"),
         }
     };
-    while tlb.growth_in_progress() {
+    while swiotlb.growth_in_progress() {
         std::thread::yield_now();
     }
-    let info = tlb.find_pool(&dev, b).unwrap();
+    let info = swiotlb.find_pool(&dev, b).unwrap();
     assert!(!info.transient);
-    assert!(tlb.stats().nslabs >= 16);
-    tlb.unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE)
+    assert!(swiotlb.stats().nslabs >= 16);
+    swiotlb
+        .unmap(&dev, a, 8 * SLOT, Direction::ToDevice, NONE)
         .unwrap();
-    tlb.unmap(&dev, b, SLOT, Direction::ToDevice, NONE).unwrap();
-    tlb.check_invariants().unwrap();
+    swiotlb
+        .unmap(&dev, b, SLOT, Direction::ToDevice, NONE)
+        .unwrap();
+    swiotlb.check_invariants().unwrap();
     // Growth below the physical limit fails cleanly.
     let low = Swiotlb::new(
         Config {
@@ -808,22 +855,22 @@ fn free_drops_a_transient_pool() {
         background_growth: false,
         ..Config::tiny(8, 1, 8)
     };
-    let tlb = Swiotlb::new(cfg, mem).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
-    let held: Vec<u64> = (0..4).map(|_| tlb.alloc(&dev, 4096).unwrap()).collect();
-    let spilled = tlb.alloc(&dev, 4096).unwrap();
-    let s = tlb.stats();
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let held: Vec<u64> = (0..4).map(|_| swiotlb.alloc(&dev, 4096).unwrap()).collect();
+    let spilled = swiotlb.alloc(&dev, 4096).unwrap();
+    let s = swiotlb.stats();
     assert_eq!(s.transient_pools, 1, "{s}");
-    tlb.free(&dev, spilled).unwrap();
-    let s = tlb.stats();
+    swiotlb.free(&dev, spilled).unwrap();
+    let s = swiotlb.stats();
     assert_eq!((s.transient_pools, s.transient_nslabs), (0, 0), "{s}");
     assert_eq!(
-        tlb.free(&dev, spilled),
+        swiotlb.free(&dev, spilled),
         Err(Error::NotMapped { addr: spilled })
     );
     for a in held {
-        tlb.free(&dev, a).unwrap();
+        swiotlb.free(&dev, a).unwrap();
     }
-    assert_eq!(tlb.stats().used, 0);
-    tlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
 }

@@ -25,14 +25,14 @@ fn threads_map_sync_unmap_with_growth() {
         background_growth: true,
         ..Config::default()
     };
-    let tlb = Swiotlb::new(cfg, mem).unwrap();
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
-            let tlb = tlb.clone();
+            let swiotlb = swiotlb.clone();
             thread::spawn(move || {
                 // The checkers' one generator, one per thread.
                 let mut rng = XorShift::new(t as u64 + 1);
-                let dev = tlb.device(DeviceConfig {
+                let dev = swiotlb.device(DeviceConfig {
                     min_align_mask: [0, 0xFFF][t % 2],
                     ..Default::default()
                 });
@@ -44,35 +44,37 @@ fn threads_map_sync_unmap_with_growth() {
                     let orig = region + slot * (REGION / 8) + rng.below(4096);
                     let len = 1 + rng.below(48 * 1024) as usize;
                     let tag = rng.next_u64() as u8;
-                    tlb.memory().write(orig, &vec![tag; len]).unwrap();
+                    swiotlb.memory().write(orig, &vec![tag; len]).unwrap();
                     let align = [0u64, 0xFFF, 0xFFFF][rng.below(3) as usize];
                     let attrs = MapAttrs {
                         alloc_align_mask: align,
                         ..Default::default()
                     };
-                    let a = match tlb.map(&dev, orig, len, Direction::Bidirectional, attrs) {
+                    let a = match swiotlb.map(&dev, orig, len, Direction::Bidirectional, attrs) {
                         Ok(a) => a,
                         Err(Error::NoSpace { .. }) => continue,
                         Err(e) => panic!("{e}"),
                     };
                     let mut seen = vec![0u8; len];
-                    tlb.read_bounce(&dev, a, &mut seen).unwrap();
+                    swiotlb.read_bounce(&dev, a, &mut seen).unwrap();
                     assert!(
                         seen.iter().all(|&b| b == tag),
                         "bounce buffer does not hold the original"
                     );
                     // The device answers with !tag; half is synced early, the rest at unmap.
-                    tlb.write_bounce(&dev, a, &vec![!tag; len]).unwrap();
-                    tlb.sync_for_cpu(&dev, a, len / 2 + 1, Direction::Bidirectional)
+                    swiotlb.write_bounce(&dev, a, &vec![!tag; len]).unwrap();
+                    swiotlb
+                        .sync_for_cpu(&dev, a, len / 2 + 1, Direction::Bidirectional)
                         .unwrap();
                     held.push((a, orig, len, tag));
                     if held.len() > 6 || round % 3 == 0 {
                         let i = rng.below(held.len() as u64) as usize;
                         let (a, orig, len, tag) = held.swap_remove(i);
-                        tlb.unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
+                        swiotlb
+                            .unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
                             .unwrap();
                         let mut back = vec![0u8; len];
-                        tlb.memory().read(orig, &mut back).unwrap();
+                        swiotlb.memory().read(orig, &mut back).unwrap();
                         assert!(back.iter().all(|&b| b == !tag), "a byte came back changed");
                     }
                     // Slots are reused by their round index: drop any holder of the next one.
@@ -82,15 +84,17 @@ fn threads_map_sync_unmap_with_growth() {
                         .position(|h| h.1 >= next && h.1 < next + REGION / 8)
                     {
                         let (a, orig, len, tag) = held.swap_remove(i);
-                        tlb.unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
+                        swiotlb
+                            .unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
                             .unwrap();
                         let mut back = vec![0u8; len];
-                        tlb.memory().read(orig, &mut back).unwrap();
+                        swiotlb.memory().read(orig, &mut back).unwrap();
                         assert!(back.iter().all(|&b| b == !tag));
                     }
                 }
                 for (a, _, len, _) in held {
-                    tlb.unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
+                    swiotlb
+                        .unmap(&dev, a, len, Direction::Bidirectional, MapAttrs::default())
                         .unwrap();
                 }
                 assert_eq!(dev.transient_pools(), 0);
@@ -100,16 +104,16 @@ fn threads_map_sync_unmap_with_growth() {
     for h in handles {
         h.join().unwrap();
     }
-    while tlb.growth_in_progress() {
+    while swiotlb.growth_in_progress() {
         thread::yield_now();
     }
-    let s = tlb.stats();
+    let s = swiotlb.stats();
     assert_eq!(s.used, 0, "every slot came back");
     assert_eq!(s.transient_pools, 0);
     assert!(s.pools.len() > 1, "the worker grew the allocator");
     assert_eq!(s.nslabs, s.pools.iter().map(|p| p.nslabs).sum::<usize>());
     assert!(s.hiwater.unwrap() > 256);
-    tlb.check_invariants().unwrap();
+    swiotlb.check_invariants().unwrap();
 }
 
 /// Lookups from other threads while the allocator grows: every address handed over through a
@@ -119,7 +123,7 @@ fn threads_map_sync_unmap_with_growth() {
 fn lookups_race_growth() {
     let mem = RegionMemory::new(1 << 20);
     let base = mem.base();
-    let tlb = Swiotlb::new(
+    let swiotlb = Swiotlb::new(
         Config {
             transient_pools: false,
             ..Config::tiny(128, 1, 128)
@@ -127,22 +131,22 @@ fn lookups_race_growth() {
         mem,
     )
     .unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let dev = swiotlb.device(DeviceConfig::default());
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     let grower = {
-        let tlb = tlb.clone();
+        let swiotlb = swiotlb.clone();
         thread::spawn(move || {
             for _ in 0..16 {
-                tlb.grow_by(128).unwrap();
+                swiotlb.grow_by(128).unwrap();
             }
         })
     };
     let checker = {
-        let (tlb, dev) = (tlb.clone(), dev.clone());
+        let (swiotlb, dev) = (swiotlb.clone(), dev.clone());
         thread::spawn(move || {
             let mut n = 0;
             for a in rx {
-                assert!(tlb.is_bounce_buffer(&dev, a));
+                assert!(swiotlb.is_bounce_buffer(&dev, a));
                 n += 1;
             }
             n
@@ -150,7 +154,7 @@ fn lookups_race_growth() {
     };
     let mut live = Vec::new();
     while live.len() < 16 * 128 / 4 {
-        match tlb.map(
+        match swiotlb.map(
             &dev,
             base,
             4 * 2048,
@@ -169,11 +173,12 @@ fn lookups_race_growth() {
     grower.join().unwrap();
     assert_eq!(checker.join().unwrap(), live.len());
     for a in live {
-        tlb.unmap(&dev, a, 4 * 2048, Direction::ToDevice, MapAttrs::default())
+        swiotlb
+            .unmap(&dev, a, 4 * 2048, Direction::ToDevice, MapAttrs::default())
             .unwrap();
     }
-    tlb.check_invariants().unwrap();
-    assert_eq!(tlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
 }
 
 /// Concurrent double unmaps of the same addresses (a caller bug): exactly one unmap of each
@@ -183,32 +188,33 @@ fn lookups_race_growth() {
 fn racing_double_unmaps_never_corrupt_counters() {
     let mem = RegionMemory::new(1 << 20);
     let base = mem.base();
-    let tlb = Swiotlb::new(Config::tiny(64, 2, 16), mem).unwrap();
-    let dev = tlb.device(DeviceConfig::default());
+    let swiotlb = Swiotlb::new(Config::tiny(64, 2, 16), mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
     for round in 0..200u64 {
         // Global and (once the pool is full) transient mappings.
         let addrs: Vec<u64> = (0..24)
             .map(|i| {
                 let orig = base + (i * 3 + round % 7) * 2048;
-                tlb.map(
-                    &dev,
-                    orig,
-                    2048,
-                    Direction::Bidirectional,
-                    MapAttrs::default(),
-                )
-                .unwrap()
+                swiotlb
+                    .map(
+                        &dev,
+                        orig,
+                        2048,
+                        Direction::Bidirectional,
+                        MapAttrs::default(),
+                    )
+                    .unwrap()
             })
             .collect();
         let racers: Vec<_> = (0..2)
             .map(|_| {
-                let (tlb, dev, addrs) = (tlb.clone(), dev.clone(), addrs.clone());
+                let (swiotlb, dev, addrs) = (swiotlb.clone(), dev.clone(), addrs.clone());
                 thread::spawn(move || {
                     addrs
                         .iter()
                         .filter(|&&a| {
                             let attrs = MapAttrs::default();
-                            match tlb.unmap(&dev, a, 2048, Direction::Bidirectional, attrs) {
+                            match swiotlb.unmap(&dev, a, 2048, Direction::Bidirectional, attrs) {
                                 Ok(()) => true,
                                 Err(Error::NotMapped { .. }) => false,
                                 Err(e) => panic!("{e}"),
@@ -220,8 +226,8 @@ fn racing_double_unmaps_never_corrupt_counters() {
             .collect();
         let won: usize = racers.into_iter().map(|r| r.join().unwrap()).sum();
         assert_eq!(won, addrs.len(), "each mapping is unmapped exactly once");
-        assert_eq!(tlb.stats().used, 0);
+        assert_eq!(swiotlb.stats().used, 0);
         assert_eq!(dev.transient_pools(), 0);
-        tlb.check_invariants().unwrap();
+        swiotlb.check_invariants().unwrap();
     }
 }

@@ -66,11 +66,11 @@ impl Iommu {
 
     /// The device performs one DMA to IOVA `i`.
     fn dma(&self, i: usize) {
-        let mut tlb = self.iotlb.lock();
-        if !tlb[i] && self.leaves[i].load(Ordering::Acquire) != 0 {
-            tlb[i] = true;
+        let mut iotlb = self.iotlb.lock();
+        if !iotlb[i] && self.leaves[i].load(Ordering::Acquire) != 0 {
+            iotlb[i] = true;
         }
-        if tlb[i] {
+        if iotlb[i] {
             // SAFETY: loom tracks the access; a race with a free is reported.
             let v = self.pages[i].with(|p| unsafe { *p });
             assert_ne!(
@@ -115,8 +115,8 @@ impl InvalidationOps for Iommu {
     fn sync(&self, gather: &mut Gather) {
         self.touch_handle();
         let r = gather.range().expect("a strict unmap gathered its range");
-        let mut tlb = self.iotlb.lock();
-        for (i, c) in tlb.iter_mut().enumerate() {
+        let mut iotlb = self.iotlb.lock();
+        for (i, c) in iotlb.iter_mut().enumerate() {
             if (r.start..=r.end).contains(&(i as u64 * 0x1000)) {
                 *c = false;
             }
