@@ -284,7 +284,7 @@ impl std::error::Error for FqError {}
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FqStats {
-    /// Entries queued.
+    /// Entries queued (every enqueue, also one after teardown, which is freed at once).
     pub enqueued: u64,
     /// Entries freed.
     pub reclaimed: u64,
@@ -445,7 +445,10 @@ impl<O: InvalidationOps> Shared<O> {
         let mut r = ring.lock();
         if r.closed {
             // Torn down: free it as a strict unmap would, after a flush that started after
-            // the caller's leaf clears (ordered by the enqueue fence).
+            // the caller's leaf clears (ordered by the enqueue fence). Counted as queued and
+            // reclaimed, so `enqueued` counts every enqueue.
+            r.enqueued += 1;
+            r.reclaimed += 1;
             drop(r);
             self.flush();
             self.ops.reclaim(entry);
@@ -892,7 +895,12 @@ mod tests {
         fq.shutdown();
         fq.enqueue(ops.entry(2));
         assert_eq!(ops.freed(), [1, 2], "nothing stranded after teardown");
-        assert_eq!(fq.stats().pending, 0);
+        let s = fq.stats();
+        assert_eq!(
+            (s.enqueued, s.reclaimed, s.pending),
+            (2, 2, 0),
+            "the late entry counts as queued and reclaimed"
+        );
     }
 
     #[test]

@@ -8,21 +8,15 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
 use crate::registry::{Kind, Record, Registry};
-use crate::stats::{Event, Stats};
 use crate::InvalidationOps;
 use io_pgtable::Prot;
 use swiotlb_core::Direction;
 
-/// What a new mapping records into once it is complete.
-pub(crate) struct Sinks<'d> {
-    pub(crate) registry: &'d Registry,
-    pub(crate) stats: &'d Stats,
-}
-
 /// An IOVA range being mapped by one call, for one device.
 pub(crate) struct NewMapping<'d, T: TlbOps + 'static> {
     backend: &'d Backend<T>,
-    sinks: Sinks<'d>,
+    /// Where the mapping is recorded (and counted) once complete.
+    registry: &'d Registry,
     dev: &'d Device,
     kind: Kind,
     prot: Prot,
@@ -38,7 +32,7 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
     /// `dir` for `dev`.
     pub(crate) fn new(
         backend: &'d Backend<T>,
-        sinks: Sinks<'d>,
+        registry: &'d Registry,
         dev: &'d Device,
         kind: Kind,
         dir: Direction,
@@ -47,7 +41,7 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
     ) -> Self {
         Self {
             backend,
-            sinks,
+            registry,
             dev,
             kind,
             prot: prot_for(dir, kind == Kind::Resource),
@@ -79,9 +73,11 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
 
     /// Record the mapping (`size` bytes the caller asked for, starting `offset` into the first
     /// granule, bounced to `bounce_buffer` if any): from now on an unmap may take it down.
-    /// Returns the first IOVA; on error the drop undoes everything.
+    /// Returns the first IOVA; on error the drop undoes everything. By reference, and the
+    /// caller drops it afterwards (a no-op once published): moving the whole mapping into the
+    /// call cost every map a store-forwarding stall.
     pub(crate) fn publish(
-        mut self,
+        &mut self,
         size: u64,
         offset: u64,
         bounce_buffer: Option<u64>,
@@ -94,9 +90,8 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
             granules: self.span.granules,
             bounce_buffer,
         };
-        self.sinks.registry.insert(self.span.pfn, rec)?;
+        self.registry.insert(self.span.pfn, rec)?;
         self.published = true;
-        self.sinks.stats.count(Event::Map);
         Ok(self.iova())
     }
 }

@@ -1,7 +1,12 @@
-//! Domain statistics: per-CPU counters (no shared writes on the fast path) summed on demand,
-//! and a text report.
+//! Domain statistics: per-CPU counters summed on demand, and a text report.
+//!
+//! The lazy map+unmap path bumps none of them: successful maps are counted by the registry
+//! under the shard lock the record takes anyway, queued unmaps by the flush queue under its
+//! ring lock. Only the slow or rare events (a bounce, a list, a strict unmap, which pays an
+//! IOTLB sync, an error) bump a per-CPU counter here.
 
 use crate::flush_queue::FqStats;
+use crate::registry::Counts;
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::{cpu, CachePadded};
 use std::fmt;
@@ -9,16 +14,14 @@ use std::fmt;
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Event {
-    Map,
     Bounce,
     List,
     Synced,
-    Queued,
     Error,
 }
 
 #[derive(Default)]
-struct Counters([AtomicU64; 6]);
+struct Counters([AtomicU64; 4]);
 
 pub(crate) struct Stats {
     cpus: Box<[CachePadded<Counters>]>,
@@ -44,15 +47,17 @@ impl Stats {
             .sum()
     }
 
-    pub(crate) fn snapshot(&self, live: u64, lazy: bool, fq: FqStats) -> DomainStats {
+    /// The counters with the registry's `mappings` and the flush queue's `fq` (every queued
+    /// unmap is one enqueue).
+    pub(crate) fn snapshot(&self, mappings: Counts, lazy: bool, fq: FqStats) -> DomainStats {
         DomainStats {
-            maps: self.sum(Event::Map),
+            maps: mappings.recorded,
             bounced: self.sum(Event::Bounce),
             lists: self.sum(Event::List),
             unmaps_synced: self.sum(Event::Synced),
-            unmaps_queued: self.sum(Event::Queued),
+            unmaps_queued: fq.enqueued,
             errors: self.sum(Event::Error),
-            live,
+            live: mappings.live,
             lazy,
             fq,
         }
