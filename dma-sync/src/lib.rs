@@ -18,7 +18,7 @@
 //! | [`Mutex`], [`RwLock`] | parking_lot | `loom::sync` locks |
 //! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
 //! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
-//! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`] | crossbeam-epoch | fence-based RCU at least as strict as crossbeam-epoch: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `crossbeam_loom`, crossbeam-epoch in its loom mode) |
+//! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | crossbeam-epoch | fence-based RCU at least as strict as crossbeam-epoch: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `crossbeam_loom`, crossbeam-epoch in its loom mode) |
 //! | [`thread`]: `spawn`, [`thread::spin_wait`] | `std::thread` | `loom::thread`; a spin step yields |
 //! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
 //! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |
