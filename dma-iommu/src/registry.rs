@@ -88,8 +88,15 @@ type Shard = Mutex<Live>;
 /// worth, 256, recycled by its IOVA cache), so a CPU's mappings rarely share a shard, and so a
 /// cache line, with another CPU's; with 16 shards the shard lines bounced between CPUs on
 /// every map and unmap and two threads ran no faster than one. A loom model needs only a few
-/// (every lock is a model object).
-const SHARDS_PER_CPU: usize = if cfg!(loom) { 2 } else { 1024 };
+/// (every lock is a model object); under Miri, which builds many domains, 16 keep every test
+/// fast while mappings still spread over several shards.
+const SHARDS_PER_CPU: usize = if cfg!(loom) {
+    2
+} else if cfg!(miri) {
+    16
+} else {
+    1024
+};
 
 /// At most this many shards (128 bytes each: 2 MiB), however many CPUs.
 const MAX_SHARDS: usize = 1 << 14;

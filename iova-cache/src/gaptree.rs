@@ -632,6 +632,7 @@ mod tests {
     proptest::proptest! {
         /// Inserts, in-place changes and removals in any order keep the links, order and
         /// records intact, the ranges equal to a plain map's, and the search exact.
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
         #[test]
         fn updates_match_a_map(
             ops in proptest::collection::vec((0u64..600, 0u64..8, 8u64..16, proptest::bool::ANY), 1..1500),
@@ -674,6 +675,7 @@ mod tests {
     /// Thousands of ranges make a tree several levels high; inserting them in a scattered
     /// order splits leaves and inner nodes, removing them unlinks nodes and shrinks the root.
     #[test]
+    #[cfg_attr(miri, ignore)] // 5000 ranges through a four-level tree, no unsafe code
     fn deep_trees_grow_and_shrink() {
         let n: u64 = 5000;
         // 1543 is prime to `n`: `i * 1543 % n` visits every slot once, out of order.
