@@ -356,12 +356,12 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        self.counted(self.check_device(dev).and_then(|()| {
+        self.with_mapper(dev, |_| {
             if size == 0 {
                 return Err(DmaError::ZeroSize);
             }
             self.map_phys(dev, paddr, size as u64, dir, Kind::Resource, None)
-        }))
+        })
     }
 
     /// Allocate IOVA for `[phys, phys + size)` below the device's mask, map its granules and
@@ -575,9 +575,11 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
-            bounce.sync_for_cpu(bdev, phys, size, dir)
-        }))
+        self.with_mapper(dev, |_| {
+            self.sync(dev, dma, size, |bounce, bdev, phys| {
+                bounce.sync_for_cpu(bdev, phys, size, dir)
+            })
+        })
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
@@ -590,11 +592,15 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
-            bounce.sync_for_device(bdev, phys, size, dir)
-        }))
+        self.with_mapper(dev, |_| {
+            self.sync(dev, dma, size, |bounce, bdev, phys| {
+                bounce.sync_for_device(bdev, phys, size, dir)
+            })
+        })
     }
 
+    /// A sync of `[dma, dma + size)` for a device checked to be this domain's: `op` copies a
+    /// bounced range.
     fn sync(
         &self,
         dev: &Device,
@@ -602,7 +608,6 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         op: impl FnOnce(&Swiotlb, &swiotlb_core::Device, u64) -> Result<(), swiotlb_core::Error>,
     ) -> Result<(), DmaError> {
-        self.check_device(dev)?;
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }
