@@ -22,8 +22,9 @@
 //! lock, a drain check) and the glue between them: about 1650 instructions against the
 //! parts' 910. The path writes only lines its own CPU's maps and unmaps use (barring a shard
 //! collision): maps and queued unmaps are counted under the registry's and the ring's locks,
-//! no `Arc` is cloned, no clock is read (the timer is armed by a flag). Results travel by value only where small: moving the large `Result`
-//! or a whole `NewMapping` into a call stalled on store forwarding.
+//! no `Arc` is cloned, no clock is read (the timer is armed by a flag). Results travel by
+//! value only where small: moving the large `Result` or a whole `NewMapping` into a call
+//! stalled on store forwarding.
 //!
 //! Details:
 //!
