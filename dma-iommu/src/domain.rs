@@ -22,8 +22,9 @@
 //! lock, a drain check) and the glue between them: about 1650 instructions against the
 //! parts' 910. The path writes only lines its own CPU's maps and unmaps use (barring a shard
 //! collision): maps and queued unmaps are counted under the registry's and the ring's locks,
-//! no `Arc` is cloned, no clock is read (the timer is armed by a flag). Results travel by value only where small: moving the large `Result`
-//! or a whole `NewMapping` into a call stalled on store forwarding.
+//! no `Arc` is cloned, no clock is read (the timer is armed by a flag). Results travel by
+//! value only where small: moving the large `Result` or a whole `NewMapping` into a call
+//! stalled on store forwarding.
 //!
 //! Details:
 //!
@@ -356,12 +357,12 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        self.counted(self.check_device(dev).and_then(|()| {
+        self.with_mapper(dev, |_| {
             if size == 0 {
                 return Err(DmaError::ZeroSize);
             }
             self.map_phys(dev, paddr, size as u64, dir, Kind::Resource, None)
-        }))
+        })
     }
 
     /// Allocate IOVA for `[phys, phys + size)` below the device's mask, map its granules and
@@ -575,9 +576,11 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
-            bounce.sync_for_cpu(bdev, phys, size, dir)
-        }))
+        self.with_mapper(dev, |_| {
+            self.sync(dev, dma, size, |bounce, bdev, phys| {
+                bounce.sync_for_cpu(bdev, phys, size, dir)
+            })
+        })
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
@@ -590,11 +593,15 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.counted(self.sync(dev, dma, size, |bounce, bdev, phys| {
-            bounce.sync_for_device(bdev, phys, size, dir)
-        }))
+        self.with_mapper(dev, |_| {
+            self.sync(dev, dma, size, |bounce, bdev, phys| {
+                bounce.sync_for_device(bdev, phys, size, dir)
+            })
+        })
     }
 
+    /// A sync of `[dma, dma + size)` for a device checked to be this domain's: `op` copies a
+    /// bounced range.
     fn sync(
         &self,
         dev: &Device,
@@ -602,7 +609,6 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         op: impl FnOnce(&Swiotlb, &swiotlb_core::Device, u64) -> Result<(), swiotlb_core::Error>,
     ) -> Result<(), DmaError> {
-        self.check_device(dev)?;
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }

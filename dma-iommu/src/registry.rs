@@ -44,6 +44,10 @@ pub(crate) struct Record {
     pub(crate) bounce_buffer: Option<u64>,
 }
 
+/// 2^64 divided by the golden ratio: multiplying by it spreads consecutive pfns over the high
+/// bits (Fibonacci hashing), which both the shard choice and [`PfnHasher`] use.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// Hashes a pfn by one folded multiplication: good high bits (hashbrown's tag) and low bits
 /// (its bucket index), a few instructions. Only `u64` keys are ever hashed.
 #[derive(Default)]
@@ -57,7 +61,7 @@ impl Hasher for PfnHasher {
     }
 
     fn write_u64(&mut self, pfn: u64) {
-        let m = u128::from(self.0 ^ pfn) * 0x9E37_79B9_7F4A_7C15;
+        let m = u128::from(self.0 ^ pfn) * u128::from(FIBONACCI);
         self.0 = (m as u64) ^ ((m >> 64) as u64);
     }
 
@@ -133,7 +137,7 @@ impl Registry {
     }
 
     fn shard(&self, pfn: u64) -> &Shard {
-        let h = pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift;
+        let h = pfn.wrapping_mul(FIBONACCI) >> self.shift;
         &self.shards[h as usize]
     }
 

@@ -28,7 +28,8 @@
 //!   grace period's happens-before edge keeps the device from reading it). Two threads, one
 //!   operation each; 3 preemptions (the device stopped between pin and walk and between walk and
 //!   read, the guest between its clear and its wait; the wait loop makes exhaustive exploration
-//!   unbounded), `unmap_vs_access` 4 (also the device stopped while the guest's wait runs). Both outcomes (served, faulted) must occur, so the models are not vacuous. A
+//!   unbounded), `unmap_vs_access` 4 (also the device stopped while the guest's wait runs).
+//!   Both outcomes (served, faulted) must occur, so the models are not vacuous. A
 //!   faulting access also takes the fault log's mutex, so the models cover the fault path next
 //!   to the grace period. `attach_from_bypass_vs_access` found that an ATTACH taking an endpoint
 //!   out of bypass mode returned without a grace period (only a move between domains waited).

@@ -243,8 +243,8 @@ impl GapTree {
             }
             let p = self.node_mut(parent);
             (p.keys[slot], p.lens[slot], p.fits[slot]) = record;
-            let only_grew = record.1 >= stored.1 && fitsummary::max(record.2, stored.2) == record.2;
-            grown = only_grew.then_some((record.1, record.2));
+            let now = (record.1, record.2);
+            grown = covers(now, (stored.1, stored.2)).then_some(now);
             node = parent;
         }
     }
@@ -384,7 +384,7 @@ impl GapTree {
     pub(crate) fn adjust(&mut self, r: FreeRange, start: u64, len: u64) {
         let fits = fitsummary::of_range(start, len);
         let l = self.node_mut(r.leaf);
-        let grew = len >= l.lens[r.slot] && fitsummary::max(fits, l.fits[r.slot]) == fits;
+        let grew = covers((len, fits), (l.lens[r.slot], l.fits[r.slot]));
         (l.keys[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
         self.fix_up(r.leaf, grew.then_some((len, fits)));
     }
@@ -531,6 +531,12 @@ impl GapTree {
         }
         Ok(())
     }
+}
+
+/// Whether a record's `(largest length, fit summary)` only grew from `old`: it offers all
+/// `old` did, so the records above can be merged with it instead of rescanned.
+fn covers((len, fits): (u64, u64), (old_len, old_fits): (u64, u64)) -> bool {
+    len >= old_len && fitsummary::max(fits, old_fits) == fits
 }
 
 /// Mutable references to two distinct nodes of one store.

@@ -117,7 +117,8 @@
 //!
 //! * Unit tests: the free-run counters with the kernel's example and a proptest of the
 //!   renumbering against a slot-by-slot walk, geometry, every alignment case A–D, errors, the
-//!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte array at every offset and length and at odd offsets and lengths over several pages, and
+//!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte
+//!   array at every offset and length and at odd offsets and lengths over several pages, and
 //!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU
 //!   syncs both ways and unmaps).
 //! * `tests/alignment.rs`: cases A–D through the API; postconditions over every combination of

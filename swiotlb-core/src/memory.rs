@@ -11,8 +11,9 @@
 //! real device does not wait; an untrusted one may try on purpose). Bounce memory is therefore
 //! never lent out as a slice: an implementation receives a [`DmaDst`] or [`DmaSrc`], which it
 //! fills or reads piece by piece, and the allocator's side of the copy uses atomic accesses
-//! only (module `shared`: byte copies in assembly on x86-64, word copies elsewhere). The bytes a racing device sees or leaves behind are then
-//! unspecified, the behaviour never undefined.
+//! only (module `shared`: byte copies in assembly on x86-64, word copies elsewhere). The
+//! bytes a racing device sees or leaves behind are then unspecified, the behaviour never
+//! undefined.
 
 use crate::error::MemoryError;
 use crate::shared::{DmaDst, DmaSrc, SharedRegion};

@@ -41,10 +41,11 @@
 //!
 //! `new_pool_seqcst_fence_adds_nothing` runs `new_pool` with the flag fence made SeqCst: it
 //! still passes, so a full fence adds nothing. The racing parties are always spawned threads
-//! (loom's DPOR missed interleavings when the walker ran on the model's main thread). A pool's `contains` always
-//! performs both bound loads: under loom the sequence of atomic operations must not depend on
-//! where the allocator placed a pool, or loom reports a non-deterministic model. "A transient
-//! pool freed while another device's lookup runs" is modelled with a lookup of the same device:
+//! (loom's DPOR missed interleavings when the walker ran on the model's main thread). A
+//! pool's `contains` always performs both bound loads: under loom the sequence of atomic
+//! operations must not depend on where the allocator placed a pool, or loom reports a
+//! non-deterministic model. "A transient pool freed while another device's lookup runs" is
+//! modelled with a lookup of the same device:
 //! another device's lookup never touches this device's list.
 
 dma_sync::mutation_points! {

@@ -131,7 +131,7 @@ fn zeroed(out: &mut [MaybeUninit<u8>]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()) }
 }
 
-/// Bytes to copy from: device-reachable memory (read with atomic word loads) or the caller's
+/// Bytes to copy from: device-reachable memory (read with atomic loads only) or the caller's
 /// own buffer. The argument of [`crate::OrigMemory::write_from`].
 ///
 /// ```
@@ -155,7 +155,7 @@ enum Src<'a> {
     Plain(&'a [u8]),
 }
 
-/// Bytes to copy into: device-reachable memory (written with atomic word stores) or the
+/// Bytes to copy into: device-reachable memory (written with atomic stores only) or the
 /// caller's own buffer. The argument of [`crate::OrigMemory::read_into`].
 ///
 /// ```
