@@ -11,9 +11,11 @@ pub mod iommu;
 pub mod iova;
 pub mod pgtable;
 pub mod race;
+#[cfg(feature = "random-inputs")]
 mod random_inputs;
 pub mod swiotlb;
 
+#[cfg(feature = "random-inputs")]
 pub use random_inputs::check_random_inputs;
 
 use std::cell::Cell;
