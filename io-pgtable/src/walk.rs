@@ -150,6 +150,11 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
             return block(level, iova, d, next, size_shift, stage);
         }
         table = next as *const AtomicU64;
+        // Loom builds report a table reached after it was freed behind RCU's back, as
+        // `PageTable::table_at` does for the writers' walks.
+        // SAFETY: a table link read under the caller's pin, which the next iteration reads anyway.
+        #[cfg(loom)]
+        let _ = unsafe { _pinned.deref(table) };
     }
     unreachable!("the leaf level ends every walk")
 }

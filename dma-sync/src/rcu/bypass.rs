@@ -143,7 +143,13 @@ pub(super) fn track(start: usize, len: usize) {
 /// A guard dereferenced `ptr`: a tracked read of its shadow, if the object is known.
 pub(super) fn deref(ptr: usize) {
     if let Some(e) = find(me(), ptr) {
-        shadow(e).with(|_| ());
+        // loom words a read racing the free in several ways; every one is this report.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| shadow(e).with(|_| ()))) {
+            panic!(
+                "rcu: a reader reached an object freed outside dma_sync::rcu: {}",
+                loom_message(payload)
+            );
+        }
     }
 }
 
@@ -179,14 +185,19 @@ fn write_shadow(e: &Entry) {
     if !std::thread::panicking() {
         let write = catch_unwind(AssertUnwindSafe(|| shadow(e).with_mut(|_| ())));
         if let Err(payload) = write {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "loom failure".into());
+            let msg = loom_message(payload);
             let _ = REPORT.try_with(|r| r.borrow_mut().get_or_insert(msg).len());
         }
     }
+}
+
+/// The text of a panic loom raised.
+fn loom_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "loom failure".into())
 }
 
 /// The system allocator, checking frees of objects RCU readers reach (loom builds). Install
