@@ -150,14 +150,17 @@ impl Registry {
         }
         // Unreachable duplicates: the caller mapped the page table first, and io-pgtable
         // claims every entry by compare-and-swap, so no two live mappings share a first pfn.
+        debug_assert!(
+            shard.one.as_ref().map(|&(p, _)| p) != Some(pfn) && !shard.more.contains_key(&pfn),
+            "IOVA pfn {pfn:#x} handed out twice"
+        );
         if shard.one.is_none() {
             shard.one = Some((pfn, rec));
         } else {
             if shard.more.try_reserve(1).is_err() {
                 return Err(DmaError::NoMemory);
             }
-            let old = shard.more.insert(pfn, rec);
-            debug_assert!(old.is_none(), "IOVA pfn {pfn:#x} handed out twice");
+            shard.more.insert(pfn, rec);
         }
         shard.recorded += 1;
         Ok(())
