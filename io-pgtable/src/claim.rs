@@ -16,23 +16,48 @@
 //!   thawed and the map is refused. A thaw that finds an entry `DEAD` (an unmap took the
 //!   table meanwhile) hands the frozen child table, which nobody else can reach, back to the
 //!   map, which retires it.
+//! * [`FROZEN`] hides what it reserves (an empty slot or an empty table: different answers to
+//!   an unmap) and whether the freeze will complete or thaw, so no map or unmap decides on
+//!   it: one that meets it backs off and starts again from the root ([`Stop::Wait`]),
+//!   where it finds the block or the thawed entries. A freeze that meets another's thaws its
+//!   own first, so no one waits while holding a reservation. The wait is short: a freeze
+//!   never waits, and it either completes (the block replaces the path to its frozen
+//!   entries) or thaws.
 
 use crate::error::Error;
-use crate::pgtable::PageTable;
+use crate::pgtable::{LateUnlinks, PageTable};
 use crate::points::{CLAIM, DESCENT_ACQUIRE, TAKE_RELEASE};
 use crate::pte::{self, Descriptor, DEAD, FROZEN};
 use crate::table::TableMem;
 use crate::tlb::TlbOps;
 use dma_sync::atomic::{AtomicU64, Ordering::*};
-use dma_sync::rcu::Guard;
+use dma_sync::rcu::{self, Guard};
 
 /// Why an operation stopped before finishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// Refused with this error (the table as before the call).
     Refused(Error),
-    /// A table this call was using is being torn down: start again from the root.
+    /// A table this call was using is being torn down: start again from the root at once
+    /// (the unmap tearing it down has unlinked it already).
     Restart,
+    /// An entry this call must read is reserved by a block map ([`FROZEN`]): back off
+    /// ([`back_off`]) and start again from the root.
+    Wait,
+}
+
+/// Restarts a call spins through before it yields its time slice to the reserving thread.
+const SPINS_BEFORE_YIELD: u32 = 16;
+
+/// Wait a little before restart number `waits` (from 1) after meeting a reservation: the
+/// reserving block map finishes in a few steps when it runs, but may need this core to run.
+#[cold]
+fn back_off(waits: u32) {
+    if waits < SPINS_BEFORE_YIELD {
+        dma_sync::thread::spin_wait();
+    } else {
+        dma_sync::thread::yield_now();
+    }
 }
 
 impl From<Error> for Stop {
@@ -46,6 +71,33 @@ impl From<Error> for Stop {
 pub(crate) type Frozen<'g> = Vec<(&'g AtomicU64, u64, u32)>;
 
 impl<T: TlbOps> PageTable<T> {
+    /// Run `attempt`, each time pinned, until it finishes: again at once after a
+    /// [`Stop::Restart`] (the unmap that tore the table down made progress), after backing
+    /// off after a [`Stop::Wait`]. Late unlinks run unpinned after each attempt.
+    pub(crate) fn retrying<R>(
+        &self,
+        mut attempt: impl FnMut(&Guard, &mut LateUnlinks) -> Result<R, Stop>,
+    ) -> Result<R, Error> {
+        let mut waits = 0;
+        loop {
+            let mut late = LateUnlinks::default();
+            let result = {
+                let guard = rcu::pin();
+                attempt(&guard, &mut late)
+            };
+            late.finish(self);
+            match result {
+                Ok(r) => return Ok(r),
+                Err(Stop::Refused(e)) => return Err(e),
+                Err(Stop::Restart) => {}
+                Err(Stop::Wait) => {
+                    waits += 1;
+                    back_off(waits);
+                }
+            }
+        }
+    }
+
     /// Change `entry` from `old` to `new` if nobody changed it since `old` was read: `Ok` if
     /// this call owns what `old` held, else the descriptor another operation put there.
     #[inline]
@@ -97,9 +149,10 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Freeze the subtree of the table at `addr` (at `level`) into `frozen`: every empty entry
-    /// and, after its own subtree, every table link becomes [`FROZEN`]. Stops at a leaf or
-    /// another map's reservation ([`Error::Exists`] at `iova`, the block being mapped), or at
-    /// a table being torn down ([`Stop::Restart`]); the caller then thaws `frozen`.
+    /// and, after its own subtree, every table link becomes [`FROZEN`]. Stops at a leaf
+    /// ([`Error::Exists`] at `iova`, the block being mapped), at a table being torn down
+    /// ([`Stop::Restart`]) or at another map's reservation ([`Stop::Wait`]); the caller then
+    /// thaws `frozen`.
     ///
     /// # Safety
     /// `addr` is a table at `level` of this page table, read from a descriptor under `guard`.
@@ -117,12 +170,12 @@ impl<T: TlbOps> PageTable<T> {
             loop {
                 match (d, pte::decode(&self.geom, level, d)) {
                     (DEAD, _) => return Err(Stop::Restart),
+                    (FROZEN, _) => return Err(Stop::Wait),
                     (0, _) => {}
                     // SAFETY: a table link read from this table under `guard`.
                     (_, Descriptor::Table { addr }) => unsafe {
                         self.freeze(guard, addr, level + 1, iova, frozen)?
                     },
-                    // A leaf, or another block map's reservation.
                     _ => return Err(Error::Exists { iova }.into()),
                 }
                 match self.claim(e, d, FROZEN) {

@@ -64,9 +64,11 @@
 //!   never writes into a retired table.
 //! * **A block map replacing a table** freezes the table's subtree entry by entry, then
 //!   claims the link: a racing map of a page inside it either lands first (the block map gets
-//!   [`Error::Exists`]) or finds the entry reserved (it gets `Exists`). A racing unmap of the
-//!   table takes it first (the block map starts again, on the now empty entry) or finds the
-//!   entry reserved (`NotMapped`).
+//!   [`Error::Exists`]) or after the block (it gets `Exists`). A racing unmap of the table
+//!   takes it first (the block map starts again, on the now empty entry) or takes the block.
+//!   A reserved entry is never an answer: whoever meets one backs off and starts again from
+//!   the root until the block map has finished or thawed it (a short wait: the block map
+//!   itself never waits).
 //! * A partial unmap of a block is refused ([`Error::PartialBlock`]): blocks are never split,
 //!   so no race splits one.
 //!

@@ -21,10 +21,10 @@ use crate::claim::Stop;
 use crate::error::{AddrKind, Error};
 use crate::pgtable::{check_range, pgsize_for, LateUnlinks, Link, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
-use crate::pte::{self, Descriptor, Prot, DEAD};
+use crate::pte::{self, Descriptor, Prot, DEAD, FROZEN};
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
-use dma_sync::rcu::{self, Guard};
+use dma_sync::rcu::Guard;
 
 impl<T: TlbOps> PageTable<T> {
     /// Map up to `pgcount` pages of `pgsize` from `iova` to `paddr`; returns the bytes mapped.
@@ -71,21 +71,7 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         prot: Prot,
     ) -> Result<usize, Error> {
-        // A restart means a table this call was descending through was torn down by an
-        // overlapping unmap, which made progress: start again from the root.
-        loop {
-            let mut late = LateUnlinks::default();
-            let result = {
-                let guard = rcu::pin();
-                self.map_in(&guard, iova, paddr, level, pgcount, prot, &mut late)
-            };
-            late.finish(self);
-            match result {
-                Ok(n) => return Ok(n),
-                Err(Stop::Refused(e)) => return Err(e),
-                Err(Stop::Restart) => continue,
-            }
-        }
+        self.retrying(|guard, late| self.map_in(guard, iova, paddr, level, pgcount, prot, late))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -118,11 +104,12 @@ impl<T: TlbOps> PageTable<T> {
             }
             match (d, pte::decode(g, level, d)) {
                 (DEAD, _) => return Err(Stop::Restart),
+                (FROZEN, _) => return Err(Stop::Wait),
                 (_, Descriptor::Table { addr }) => {
                     // SAFETY: a table link read under `guard` from this page table.
                     table = unsafe { self.table_at(guard, addr, level + 1) }
                 }
-                // A leaf, or a block map's reservation.
+                // A leaf.
                 _ => {
                     return Err(Error::Exists {
                         iova: iova & !(g.block_size(level) - 1),
@@ -143,6 +130,7 @@ impl<T: TlbOps> PageTable<T> {
             let free = match (d, pte::decode(g, level, d)) {
                 (0, _) => true,
                 (DEAD, _) => return Err(Stop::Restart),
+                (FROZEN, _) => return Err(Stop::Wait),
                 // SAFETY: a table link read under `guard` from this page table.
                 (_, Descriptor::Table { addr }) => unsafe {
                     self.subtree_empty(guard, addr, level + 1)
@@ -188,6 +176,7 @@ impl<T: TlbOps> PageTable<T> {
                     Err(now) => d = now,
                 },
                 (DEAD, _) => return Err(Stop::Restart),
+                (FROZEN, _) => return Err(Stop::Wait),
                 // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
                 (_, Descriptor::Table { addr }) => unsafe {
                     let link = Link {

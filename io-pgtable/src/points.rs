@@ -48,8 +48,11 @@
 //!   it: exactly one succeeds; the table is retired iff the block won.
 //! * `block_map_races_table_unmap`: a block map over an emptied level-3 table races an unmap of
 //!   its entry: one table retired, the block map always succeeds (restarting when the unmap took
-//!   the table from under its freeze), the unmap takes the table or the block or finds the entry
-//!   reserved.
+//!   the table from under its freeze), the unmap always takes the table or the block (one that
+//!   meets the entry reserved waits for the outcome).
+//! * `page_maps_race_refused_block_map`: a block map races a thread mapping two pages under it,
+//!   so its freeze may reserve the second page's slot, then meet the first page and thaw:
+//!   either the block or the pages win, never a page map refused by a reservation alone.
 //!
 //! The racing models use `Preemptions(3)`: a loser needs one switch between reading an entry and
 //! claiming it, the winner one to claim, take and retire in that window, and the third lets the

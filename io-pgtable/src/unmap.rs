@@ -6,7 +6,9 @@
 //!   `Err(PartialBlock)` (split-on-unmap was removed from Linux in v6.13). A table at the target
 //!   level is freed whole (walk flush, no gather). Each leaf and table link is claimed by CAS
 //!   before it is counted or taken: of racing unmaps of overlapping ranges each entry goes to
-//!   exactly one, the others find it empty.
+//!   exactly one, the others find it empty. An entry a block map has reserved (`FROZEN`) is
+//!   not an answer: the call backs off and starts again from the root (see `claim`). Past
+//!   its first entry a call stops there instead (a short count): each entry is its own claim.
 //! * `unmap`/`unmap_with` loop over page sizes. Tables emptied by page-sized unmaps stay linked,
 //!   as in Linux: only an unmap covering a table's whole span frees it (another mapper may be
 //!   descending into it).
@@ -19,13 +21,14 @@
 //!   keep reading the stale link. RCU's grace period orders the unlink before the scan of
 //!   readers; the walk cache is invalidated before the memory can be reused.
 
+use crate::claim::Stop;
 use crate::error::Error;
 use crate::pgtable::{LateUnlinks, Link, PageTable};
 use crate::points::DESCENT_ACQUIRE;
-use crate::pte::{self, Descriptor};
+use crate::pte::{self, Descriptor, FROZEN};
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::Ordering::*;
-use dma_sync::rcu::{self, Guard};
+use dma_sync::rcu::Guard;
 
 impl<T: TlbOps> PageTable<T> {
     /// Unmap up to `pgcount` entries of `pgsize` from `iova`; returns the bytes unmapped.
@@ -71,13 +74,7 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         gather: &mut Gather,
     ) -> Result<usize, Error> {
-        let mut late = LateUnlinks::default();
-        let result = {
-            let guard = rcu::pin();
-            self.unmap_in(&guard, iova, level, pgcount, gather, &mut late)
-        };
-        late.finish(self);
-        result
+        self.retrying(|guard, late| self.unmap_in(guard, iova, level, pgcount, gather, late))
     }
 
     fn unmap_in(
@@ -88,7 +85,7 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         gather: &mut Gather,
         late: &mut LateUnlinks,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, Stop> {
         let g = &self.geom;
         // Indices before the first acquire load, above which the geometry cannot be hoisted.
         let index = g.indices(iova);
@@ -96,8 +93,11 @@ impl<T: TlbOps> PageTable<T> {
         let mut table = self.root.entries();
         while level < target {
             let d = table[index[level as usize]].load(DESCENT_ACQUIRE.ord(Acquire));
+            if d == FROZEN {
+                return Err(Stop::Wait);
+            }
             if !pte::is_table(d) {
-                // Above the target level: empty (or reserved, or dead), or a larger block.
+                // Above the target level: empty (or dead), or a larger block.
                 return Err(if d & pte::VALID == 0 {
                     Error::NotMapped { iova }
                 } else {
@@ -105,7 +105,8 @@ impl<T: TlbOps> PageTable<T> {
                         iova,
                         block_size: g.block_size(level),
                     }
-                });
+                }
+                .into());
             }
             // SAFETY: a table link read under `guard` from this page table.
             table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
@@ -121,7 +122,8 @@ impl<T: TlbOps> PageTable<T> {
             // Claim what the entry holds; a loser re-reads what the winner left.
             loop {
                 let claimed = match pte::decode(g, level, d) {
-                    // Empty, reserved by a block map, or in a table being torn down.
+                    Descriptor::Invalid if d == FROZEN && done == 0 => return Err(Stop::Wait),
+                    // Empty, in a table being torn down, or (past the first) reserved.
                     Descriptor::Invalid => break 'entries,
                     // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
                     Descriptor::Table { addr } => unsafe {
@@ -148,7 +150,7 @@ impl<T: TlbOps> PageTable<T> {
             done += 1;
         }
         if done == 0 {
-            return Err(Error::NotMapped { iova });
+            return Err(Error::NotMapped { iova }.into());
         }
         Ok(done * size as usize)
     }
