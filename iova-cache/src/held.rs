@@ -278,7 +278,8 @@ impl Held {
     }
 
     /// Record the cached-path range `[pfn, pfn + 2^order)` (naturally aligned, `order` below
-    /// the number of classes) as held; `false` if the memory for its leaf cannot be had.
+    /// the number of classes) as held; `false` if the memory for its leaf cannot be had or
+    /// `pfn` lies outside the space (nothing is recorded then).
     #[inline]
     pub(crate) fn claim(&self, pfn: u64, order: u32) -> bool {
         if OWNER_RECORD.fail() {
@@ -298,8 +299,9 @@ impl Held {
     /// on error.
     #[inline]
     pub(crate) fn release(&self, pfn: u64, order: u32) -> Result<(), IovaError> {
+        // A misaligned pfn is refused before the walk: it would only find its slot's bit.
         let aligned = pfn & ((1 << order) - 1) == 0;
-        if let Some((word, mask)) = self.bit(pfn, order, false).filter(|_| aligned) {
+        if let Some((word, mask)) = aligned.then(|| self.bit(pfn, order, false)).flatten() {
             let was = if HELD_RELEASE_ATOMIC.on() {
                 word.fetch_and(!mask, Ordering::Relaxed)
             } else {
@@ -403,6 +405,7 @@ mod tests {
         for (pfn, order) in [(8, 3), (16, 4), (top - 1, 0), (top + 7, 0)] {
             assert!(h.claim(pfn, order));
         }
+        assert!(!h.claim(0, 0) && !h.claim(end + 1, 0), "outside the space");
         let mismatch = |pfn, allocated, freed| IovaError::SizeMismatch {
             pfn,
             allocated,
@@ -442,6 +445,7 @@ mod tests {
         assert!(h.claim(top, 5));
         assert!(h.claim(1, 0));
         assert_eq!(h.release(top, 5), Ok(()));
+        assert_eq!(h.release(top + 1, 5), Err(IovaError::NotAllocated { pfn: top + 1 }));
         assert_eq!(h.release(1, 0), Ok(()));
     }
 }
