@@ -1,7 +1,15 @@
-//! The free-range index: a B+ tree of free ranges keyed by start pfn. Every inner node
-//! keeps, per child, the child's first start, the largest free length below it and its
-//! [`fitsummary`]: per alignment class of 2 to 64 granules, the most granules any range below
-//! offers from an aligned pfn.
+//! The range index: one B+ tree, keyed by start pfn, of the free ranges and the live
+//! allocations. Every inner node keeps, per child, the child's first start, the largest free
+//! length below it and its [`fitsummary`]: per alignment class of 2 to 64 granules, the most
+//! granules any free range below offers from an aligned pfn. An allocation's entry offers
+//! nothing (free length 0, empty summary), so the search never stops at one.
+//!
+//! Free ranges and allocations share the tree so that a free or an allocation is one descent:
+//! a free finds the allocation's entry and both its neighbours in one leaf (or the leaf next to
+//! it), and turns the entry into a free range or merges it into a neighbour; an allocation's
+//! search ends at the free range it carves the allocation's entry from, in place or next to it.
+//! A separate map of the allocations cost a second descent per operation, each with its own
+//! cache misses once the maps outgrow the caches.
 //!
 //! The summaries let a top-down search skip every subtree that cannot hold the request, so it
 //! never answers "no space" while a fitting range exists, and bound its cost however
@@ -25,19 +33,22 @@
 //!
 //! Maintenance costs one descent and O(h · B) work:
 //!
-//! * a lookup ([`GapTree::highest_fit`], [`GapTree::around`], [`GapTree::at_or_below`])
-//!   returns a [`FreeRange`] naming its leaf slot, so shrinking or growing that range in
-//!   place ([`GapTree::adjust`], what most allocations and frees do) or removing it needs no
-//!   second descent; the change climbs parent links, re-summarising only while a node's
-//!   record in its parent changes;
+//! * a lookup ([`GapTree::highest_fit`], [`GapTree::at_or_below`]) returns an [`Entry`]
+//!   naming its leaf slot, so carving an allocation from a free range
+//!   ([`GapTree::carve`]), releasing an allocation ([`GapTree::release`]) or shrinking,
+//!   growing or removing a free range ([`GapTree::adjust`], [`GapTree::remove`]) needs no
+//!   second descent; an entry's neighbours are the slots next to it. The change climbs parent
+//!   links, re-summarising only while a node's record in its parent changes;
 //! * a full node splits in two halves (at most one split per level and a new root per
-//!   insert, which [`GapTree::try_reserve_one`] provides for beforehand); a node left empty
+//!   insert, which [`GapTree::try_reserve`] provides for beforehand: an allocation inserts at
+//!   most two entries, a free none, a reservation at most one); a node left empty
 //!   is unlinked, and a root with one child gives way to it. Nodes are not merged when they
 //!   run low (deletion without rebalancing, "free at empty"): Sen and Tarjan show the height
 //!   then stays logarithmic in the number of inserts, and it saves the borrow and merge
 //!   cases a free would otherwise pay for.
 //!
-//! Nodes live in one store addressed by 32-bit indices, recycled through a free list.
+//! Nodes live in one store addressed by 32-bit indices, recycled through a free list whose
+//! capacity is reserved with the store's, so unlinking a node never allocates.
 
 use crate::fitsummary;
 
@@ -48,10 +59,10 @@ const FANOUT: usize = 16;
 const NONE: u32 = u32::MAX;
 
 /// A leaf or an inner node: up to [`FANOUT`] entries in address order, each a record
-/// `(key, len, fits)`. In a leaf an entry is a free range: its start, length and fit summary.
-/// In an inner node it stands for a child: the first start, the largest length and the
-/// bytewise maximum fit summary under it, so an inner entry summarises its subtree the way a
-/// leaf entry does its range.
+/// `(key, len, fits)`. In a leaf an entry is a free range (its start, length and fit summary)
+/// or an allocation (its start, 0, 0, with its size in `sizes`). In an inner node it stands
+/// for a child: the first start, the largest free length and the bytewise maximum fit summary
+/// under it, so an inner entry summarises its subtree the way a leaf entry does its range.
 #[derive(Debug, Clone)]
 struct Node {
     count: usize,
@@ -61,29 +72,47 @@ struct Node {
     fits: [u64; FANOUT],
     /// The children of an inner node (unused in a leaf).
     children: [u32; FANOUT],
+    /// A leaf's allocations: size (0 for a free range) and tag (unused in an inner node).
+    sizes: [u64; FANOUT],
+    tags: [bool; FANOUT],
 }
+
+/// What a leaf entry holds besides its record: an allocation's size and tag, `(0, false)` for
+/// a free range and for an inner node's entries.
+type Payload = (u64, bool);
+
+/// The payload of a free range.
+const FREE: Payload = (0, false);
 
 /// An entry's or a node's record: `(first start, largest length, fit summary)`.
 type Record = (u64, u64, u64);
 
-/// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size.
+/// A set of disjoint free ranges `[start, start + len)`, searchable top-down by size, and of
+/// the allocations between them.
 #[derive(Debug, Clone)]
 pub(crate) struct GapTree {
     nodes: Vec<Node>,
+    /// Unlinked nodes for reuse; its capacity is the store's (see `try_reserve`).
     spare: Vec<u32>,
     /// The root: a leaf at height 0, else an inner node.
     root: u32,
     height: u32,
+    /// Free ranges.
     count: usize,
+    /// Allocations.
+    live: usize,
 }
 
-/// A free range found by a lookup. It names its leaf slot, which stays valid until the next
-/// [`GapTree::insert`] or [`GapTree::remove`] ([`GapTree::adjust`] moves nothing); `start`
-/// and `len` are as of the lookup.
+/// A free range or an allocation found by a lookup. It names its leaf slot, which stays valid
+/// until the next insert or removal ([`GapTree::adjust`] moves nothing); `start`, `len` and
+/// `live` are as of the lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FreeRange {
+pub(crate) struct Entry {
     pub start: u64,
+    /// Granules: the free range's length or the allocation's size.
     pub len: u64,
+    /// `Some(tag)` for an allocation, `None` for a free range.
+    pub live: Option<bool>,
     leaf: u32,
     slot: usize,
 }
@@ -113,7 +142,7 @@ impl Query {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fit {
     /// The free range holding the candidate.
-    pub range: FreeRange,
+    pub range: Entry,
     /// Start of the allocation inside it.
     pub pfn: u64,
 }
@@ -126,6 +155,8 @@ fn empty_node(parent: u32) -> Node {
         lens: [0; FANOUT],
         fits: [0; FANOUT],
         children: [NONE; FANOUT],
+        sizes: [0; FANOUT],
+        tags: [false; FANOUT],
     }
 }
 
@@ -140,15 +171,19 @@ impl Node {
         (self.keys[0], max_len, fits)
     }
 
-    /// Put `record` (and `child`, for an inner node) at `slot`, shifting the entries after it.
-    fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32) {
+    /// Put `record` (and `child`, for an inner node, or `payload`, for a leaf) at `slot`,
+    /// shifting the entries after it.
+    fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32, payload: Payload) {
         let n = self.count;
         self.keys.copy_within(slot..n, slot + 1);
         self.lens.copy_within(slot..n, slot + 1);
         self.fits.copy_within(slot..n, slot + 1);
         self.children.copy_within(slot..n, slot + 1);
+        self.sizes.copy_within(slot..n, slot + 1);
+        self.tags.copy_within(slot..n, slot + 1);
         (self.keys[slot], self.lens[slot], self.fits[slot]) = (key, len, fits);
         self.children[slot] = child;
+        (self.sizes[slot], self.tags[slot]) = payload;
         self.count += 1;
     }
 
@@ -159,6 +194,8 @@ impl Node {
         self.lens.copy_within(slot + 1..n, slot);
         self.fits.copy_within(slot + 1..n, slot);
         self.children.copy_within(slot + 1..n, slot);
+        self.sizes.copy_within(slot + 1..n, slot);
+        self.tags.copy_within(slot + 1..n, slot);
         self.count -= 1;
     }
 
@@ -169,6 +206,8 @@ impl Node {
         right.lens[..half].copy_from_slice(&self.lens[half..]);
         right.fits[..half].copy_from_slice(&self.fits[half..]);
         right.children[..half].copy_from_slice(&self.children[half..]);
+        right.sizes[..half].copy_from_slice(&self.sizes[half..]);
+        right.tags[..half].copy_from_slice(&self.tags[half..]);
         (self.count, right.count) = (half, half);
     }
 }
@@ -181,12 +220,18 @@ impl GapTree {
             root: 0,
             height: 0,
             count: 0,
+            live: 0,
         }
     }
 
     /// Number of free ranges.
     pub(crate) fn len(&self) -> usize {
         self.count
+    }
+
+    /// Number of allocations.
+    pub(crate) fn live(&self) -> usize {
+        self.live
     }
 
     fn node(&self, n: u32) -> &Node {
@@ -197,11 +242,13 @@ impl GapTree {
         &mut self.nodes[n as usize]
     }
 
-    fn range_at(&self, leaf: u32, slot: usize) -> FreeRange {
+    fn range_at(&self, leaf: u32, slot: usize) -> Entry {
         let l = self.node(leaf);
-        FreeRange {
+        let size = l.sizes[slot];
+        Entry {
             start: l.keys[slot],
-            len: l.lens[slot],
+            len: if size == 0 { l.lens[slot] } else { size },
+            live: (size != 0).then_some(l.tags[slot]),
             leaf,
             slot,
         }
@@ -256,21 +303,26 @@ impl GapTree {
                 i
             }
             None => {
-                // `try_reserve_one` keeps every index below `NONE`.
+                // `try_reserve` keeps every index below `NONE`.
                 self.nodes.push(empty_node(parent));
                 (self.nodes.len() - 1) as u32
             }
         }
     }
 
-    /// Make sure the next insert finds every node it may need without growing the store (a
-    /// leaf, an inner node per level and a new root), so an insert after a removal cannot
-    /// fail half-way; `false` if the memory cannot be had.
-    pub(crate) fn try_reserve_one(&mut self) -> bool {
-        let missing = (self.height as usize + 2).saturating_sub(self.spare.len());
+    /// Make sure the next `inserts` inserts find every node they may need without growing the
+    /// store (each a leaf, an inner node per level and a new root, the tree one level higher
+    /// after each), so a change cannot fail half-way; `false` if the memory cannot be had.
+    /// The free list's capacity grows with the store, so unlinking never allocates either.
+    pub(crate) fn try_reserve(&mut self, inserts: usize) -> bool {
+        let h = self.height as usize;
+        let need: usize = (0..inserts).map(|i| h + i + 2).sum();
+        let missing = need.saturating_sub(self.spare.len());
+        let total = self.nodes.len() + missing;
         missing == 0
-            || (self.nodes.len() + missing < NONE as usize
-                && self.nodes.try_reserve(missing).is_ok())
+            || (total < NONE as usize
+                && self.nodes.try_reserve(missing).is_ok()
+                && self.spare.try_reserve(total - self.spare.len()).is_ok())
     }
 
     /// The leaf holding the last range starting at or below `key` (strictly below with
@@ -313,8 +365,48 @@ impl GapTree {
         }
     }
 
+    /// The leaf before `leaf` in address order.
+    fn prev_leaf(&self, leaf: u32) -> Option<u32> {
+        let (mut node, mut level) = (leaf, 0);
+        loop {
+            let parent = self.node(node).parent;
+            if parent == NONE {
+                return None;
+            }
+            let slot = self.slot_in(parent, node);
+            if slot > 0 {
+                let mut n = self.node(parent).children[slot - 1];
+                for _ in 0..level {
+                    let i = self.node(n);
+                    n = i.children[i.count - 1];
+                }
+                return Some(n);
+            }
+            node = parent;
+            level += 1;
+        }
+    }
+
+    /// The entry before `e` in address order.
+    pub(crate) fn before(&self, e: Entry) -> Option<Entry> {
+        if e.slot > 0 {
+            return Some(self.range_at(e.leaf, e.slot - 1));
+        }
+        let prev = self.prev_leaf(e.leaf)?;
+        Some(self.range_at(prev, self.node(prev).count - 1))
+    }
+
+    /// The entry after `e` in address order.
+    fn after(&self, e: Entry) -> Option<Entry> {
+        if e.slot + 1 < self.node(e.leaf).count {
+            return Some(self.range_at(e.leaf, e.slot + 1));
+        }
+        let next = self.next_leaf(e.leaf)?;
+        Some(self.range_at(next, 0))
+    }
+
     /// Add the free range `[start, start + len)` (nothing for `len == 0`); the caller keeps
-    /// ranges disjoint and has made room with [`try_reserve_one`](Self::try_reserve_one).
+    /// ranges disjoint and has made room with [`try_reserve`](Self::try_reserve).
     pub(crate) fn insert(&mut self, start: u64, len: u64) {
         if len == 0 {
             return;
@@ -326,23 +418,53 @@ impl GapTree {
         let l = self.node(leaf);
         let slot = l.keys[..l.count].partition_point(|&s| s < start);
         let fits = fitsummary::of_range(start, len);
-        self.put(leaf, 0, slot, (start, len, fits), NONE);
+        self.put(leaf, 0, slot, (start, len, fits), NONE, FREE);
         self.count += 1;
     }
 
-    /// Put an entry (`record`, and `child` above the leaves) at `slot` of `node` (at
-    /// `level`). A full node first splits in two halves and links the upper one into its
-    /// parent the same way, or under a new root.
-    fn put(&mut self, node: u32, level: u32, slot: usize, record: Record, child: u32) {
+    /// Insert a leaf entry right after `e` (the caller keeps the order and has made room with
+    /// [`try_reserve`](Self::try_reserve)): a free range for a `FREE` payload, else an
+    /// allocation. Returns the new entry's handle.
+    fn insert_after(&mut self, e: Entry, start: u64, len: u64, payload: Payload) -> Entry {
+        let record = match payload {
+            FREE => (start, len, fitsummary::of_range(start, len)),
+            _ => (start, 0, 0),
+        };
+        let (leaf, slot) = self.put(e.leaf, 0, e.slot + 1, record, NONE, payload);
+        match payload {
+            FREE => self.count += 1,
+            _ => self.live += 1,
+        }
+        Entry {
+            start,
+            len,
+            live: (payload != FREE).then_some(payload.1),
+            leaf,
+            slot,
+        }
+    }
+
+    /// Put an entry (`record`, and `child` above the leaves or `payload` in a leaf) at `slot`
+    /// of `node` (at `level`). A full node first splits in two halves and links the upper one
+    /// into its parent the same way, or under a new root. Returns where the entry landed.
+    fn put(
+        &mut self,
+        node: u32,
+        level: u32,
+        slot: usize,
+        record: Record,
+        child: u32,
+        payload: Payload,
+    ) -> (u32, usize) {
         if self.node(node).count < FANOUT {
-            self.node_mut(node).put(slot, record, child);
+            self.node_mut(node).put(slot, record, child, payload);
             if level > 0 {
                 self.node_mut(child).parent = node;
             }
-            // A leaf gained a range; an inner node only a child split off one it had.
+            // A leaf gained an entry; an inner node only a child split off one it had.
             let grown = (level == 0).then_some((record.1, record.2));
             self.fix_up(node, grown);
-            return;
+            return (node, slot);
         }
         let parent = self.node(node).parent;
         let right = self.new_node(parent);
@@ -352,7 +474,7 @@ impl GapTree {
             true => (node, slot),
             false => (right, slot - FANOUT / 2),
         };
-        self.node_mut(home).put(at, record, child);
+        self.node_mut(home).put(at, record, child, payload);
         if level > 0 {
             self.node_mut(child).parent = home;
             let moved = self.node(right).children;
@@ -366,7 +488,7 @@ impl GapTree {
             for half in [node, right] {
                 let record = self.node(half).record();
                 let r = self.node_mut(root);
-                r.put(r.count, record, half);
+                r.put(r.count, record, half, FREE);
                 self.node_mut(half).parent = root;
             }
             self.root = root;
@@ -374,25 +496,97 @@ impl GapTree {
         } else {
             let record = self.node(right).record();
             let slot = self.slot_in(parent, node) + 1;
-            self.put(parent, level + 1, slot, record, right);
+            self.put(parent, level + 1, slot, record, right, FREE);
         }
+        (home, at)
     }
 
-    /// Change the free range `r` (from a lookup, still valid) to `[start, start + len)` in
-    /// place (`len > 0`). The caller keeps the ranges disjoint, so the new start still orders
-    /// the range between its neighbours.
-    pub(crate) fn adjust(&mut self, r: FreeRange, start: u64, len: u64) {
+    /// Make the entry `r` (from a lookup, still valid) the free range `[start, start + len)`
+    /// in place (`len > 0`); an allocation's entry becomes free. The caller keeps the entries
+    /// disjoint, so the new start still orders the range between its neighbours.
+    pub(crate) fn adjust(&mut self, r: Entry, start: u64, len: u64) {
+        if r.live.is_some() {
+            self.live -= 1;
+            self.count += 1;
+        }
         let fits = fitsummary::of_range(start, len);
         let l = self.node_mut(r.leaf);
         let grew = covers((len, fits), (l.lens[r.slot], l.fits[r.slot]));
         (l.keys[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
+        (l.sizes[r.slot], l.tags[r.slot]) = FREE;
         self.fix_up(r.leaf, grew.then_some((len, fits)));
     }
 
-    /// Remove the free range `r` (from a lookup, still valid).
-    pub(crate) fn remove(&mut self, r: FreeRange) {
-        self.count -= 1;
+    /// Remove the entry `r` (from a lookup, still valid).
+    pub(crate) fn remove(&mut self, r: Entry) {
+        match r.live {
+            Some(_) => self.live -= 1,
+            None => self.count -= 1,
+        }
         self.take(r.leaf, r.slot);
+    }
+
+    /// Carve the allocation `[fit.pfn, fit.pfn + size)` (tagged `tag`) from the free range
+    /// that `fit` (from [`highest_fit`](Self::highest_fit), still valid) found it in: the
+    /// range's entry shrinks or becomes the allocation's, and what is left above the
+    /// allocation is inserted next to it. The caller has made room for two inserts with
+    /// [`try_reserve`](Self::try_reserve).
+    pub(crate) fn carve(&mut self, fit: Fit, size: u64, tag: bool) {
+        let r = fit.range;
+        let (pfn, range_end, alloc_end) = (fit.pfn, r.start + r.len, fit.pfn + size);
+        let at = if pfn > r.start {
+            self.adjust(r, r.start, pfn - r.start);
+            self.insert_after(r, pfn, size, (size, tag))
+        } else {
+            // The range's own entry becomes the allocation's: its key stays.
+            self.count -= 1;
+            self.live += 1;
+            let l = self.node_mut(r.leaf);
+            (l.lens[r.slot], l.fits[r.slot]) = (0, 0);
+            (l.sizes[r.slot], l.tags[r.slot]) = (size, tag);
+            self.fix_up(r.leaf, None);
+            Entry {
+                len: size,
+                live: Some(tag),
+                ..r
+            }
+        };
+        if alloc_end < range_end {
+            self.insert_after(at, alloc_end, range_end - alloc_end, FREE);
+        }
+    }
+
+    /// Free the allocation `e` (from a lookup, still valid): its entry becomes a free range,
+    /// or merges into a free neighbour (two neighbours become one range). Never inserts, so it
+    /// needs no reserved room and cannot fail.
+    pub(crate) fn release(&mut self, e: Entry) {
+        debug_assert!(e.live.is_some(), "only an allocation is released");
+        let (pfn, end) = (e.start, e.start + e.len);
+        let below = self
+            .before(e)
+            .filter(|b| b.live.is_none() && b.start + b.len == pfn);
+        let above = self
+            .after(e)
+            .filter(|a| a.live.is_none() && a.start == end);
+        // Grow or convert first (an adjust moves nothing), then remove from the top down: a
+        // removal moves only the entries after it in its leaf, and unlinks only its own
+        // leaf if that empties, so the handles below it stay valid.
+        match (below, above) {
+            (Some(b), Some(a)) => {
+                self.adjust(b, b.start, b.len + e.len + a.len);
+                self.remove(a);
+                self.remove(e);
+            }
+            (Some(b), None) => {
+                self.adjust(b, b.start, b.len + e.len);
+                self.remove(e);
+            }
+            (None, Some(a)) => {
+                self.adjust(e, pfn, e.len + a.len);
+                self.remove(a);
+            }
+            (None, None) => self.adjust(e, pfn, e.len),
+        }
     }
 
     /// Drop the entry at `slot` of `node`. A node left empty is unlinked from its parent the
@@ -415,30 +609,12 @@ impl GapTree {
         }
     }
 
-    /// The free range with the largest start `<= key`.
-    pub(crate) fn at_or_below(&self, key: u64) -> Option<FreeRange> {
+    /// The entry (free range or allocation) with the largest start `<= key`.
+    pub(crate) fn at_or_below(&self, key: u64) -> Option<Entry> {
         let leaf = self.leaf_for(key, false)?;
         let l = self.node(leaf);
         let slot = l.keys[..l.count].partition_point(|&s| s <= key) - 1;
         Some(self.range_at(leaf, slot))
-    }
-
-    /// The free ranges around `key` in one descent: the one with the largest start `< key`
-    /// and the one with the smallest start `>= key`.
-    pub(crate) fn around(&self, key: u64) -> [Option<FreeRange>; 2] {
-        let Some(leaf) = self.leaf_for(key, true) else {
-            let first = self.first_leaf(self.root, self.height);
-            let above = (self.node(first).count > 0).then(|| self.range_at(first, 0));
-            return [None, above];
-        };
-        let l = self.node(leaf);
-        let slot = l.keys[..l.count].partition_point(|&s| s < key) - 1;
-        let above = if slot + 1 < l.count {
-            Some(self.range_at(leaf, slot + 1))
-        } else {
-            self.next_leaf(leaf).map(|next| self.range_at(next, 0))
-        };
-        [Some(self.range_at(leaf, slot)), above]
     }
 
     /// The highest `pfn` with `pfn % align == 0`, `pfn + size - 1 <= limit`, lying with its
@@ -476,16 +652,31 @@ impl GapTree {
         })
     }
 
-    /// Every free range in address order (diagnostics and tests).
-    pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::with_capacity(self.count);
+    /// Every entry in address order (diagnostics and tests).
+    pub(crate) fn entries(&self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.count + self.live);
         let mut leaf = Some(self.first_leaf(self.root, self.height));
         while let Some(id) = leaf {
-            let l = self.node(id);
-            out.extend((0..l.count).map(|s| (l.keys[s], l.lens[s])));
+            out.extend((0..self.node(id).count).map(|s| self.range_at(id, s)));
             leaf = self.next_leaf(id);
         }
         out
+    }
+
+    /// Every free range as `(start, len)` in address order (diagnostics and tests).
+    pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
+        let all = self.entries().into_iter();
+        all.filter(|e| e.live.is_none())
+            .map(|e| (e.start, e.len))
+            .collect()
+    }
+
+    /// Every allocation as `(start, size)` in address order.
+    pub(crate) fn allocations(&self) -> Vec<(u64, u64)> {
+        let all = self.entries().into_iter();
+        all.filter(|e| e.live.is_some())
+            .map(|e| (e.start, e.len))
+            .collect()
     }
 
     /// Check the order, the links, the records and the counts of every node (tests).
@@ -496,8 +687,12 @@ impl GapTree {
                 return Err(format!("parent link broken at level {level}"));
             }
             if level == 0 {
-                if (0..n.count).any(|s| n.fits[s] != fitsummary::of_range(n.keys[s], n.lens[s])) {
-                    return Err("a range's fit summary is stale".into());
+                let bad = (0..n.count).any(|s| match n.sizes[s] {
+                    0 => n.lens[s] == 0 || n.fits[s] != fitsummary::of_range(n.keys[s], n.lens[s]),
+                    _ => n.lens[s] != 0 || n.fits[s] != 0,
+                });
+                if bad {
+                    return Err("a leaf entry's length or fit summary is stale".into());
                 }
                 return Ok(n.count);
             }
@@ -518,16 +713,17 @@ impl GapTree {
             }
             Ok(ranges)
         }
-        let ranges = walk(self, self.root, self.height, NONE)?;
-        let all = self.ranges();
-        if ranges != self.count || all.len() != self.count {
+        let entries = walk(self, self.root, self.height, NONE)?;
+        let all = self.entries();
+        let free = all.iter().filter(|e| e.live.is_none()).count();
+        if entries != all.len() || free != self.count || all.len() - free != self.live {
             return Err(format!(
-                "{ranges} ranges in the tree, {} counted",
-                self.count
+                "{entries} entries in the tree, {} free and {} live counted",
+                self.count, self.live
             ));
         }
-        if all.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) || all.iter().any(|r| r.1 == 0) {
-            return Err("ranges out of order, overlapping or empty".into());
+        if all.windows(2).any(|w| w[0].start + w[0].len > w[1].start) || all.iter().any(|e| e.len == 0) {
+            return Err("entries out of order, overlapping or empty".into());
         }
         Ok(())
     }
@@ -569,12 +765,12 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn span(r: Option<FreeRange>) -> Option<(u64, u64)> {
+    fn span(r: Option<Entry>) -> Option<(u64, u64)> {
         r.map(|r| (r.start, r.len))
     }
 
     /// The range starting at `start`, by lookup.
-    fn at(t: &GapTree, start: u64) -> FreeRange {
+    fn at(t: &GapTree, start: u64) -> Entry {
         t.at_or_below(start)
             .filter(|r| r.start == start)
             .expect("a range starts there")
@@ -599,9 +795,10 @@ mod tests {
         assert_eq!(t.highest_fit(5, 1, 100).unwrap().pfn, 23);
         t.remove(fit.range);
         assert_eq!(span(t.at_or_below(19)), Some((0, 4)));
-        assert_eq!(t.around(20).map(span), [Some((0, 4)), Some((20, 8))]);
-        assert_eq!(t.around(5).map(span), [Some((0, 4)), Some((20, 8))]);
-        assert_eq!(t.around(0).map(span), [None, Some((0, 4))]);
+        assert_eq!(span(t.before(at(&t, 20))), Some((0, 4)));
+        assert_eq!(span(t.after(at(&t, 0))), Some((20, 8)));
+        assert_eq!(span(t.before(at(&t, 0))), None);
+        assert_eq!(span(t.after(at(&t, 20))), None);
         assert_eq!(t.ranges(), vec![(0, 4), (20, 8)]);
         t.check().unwrap();
     }
@@ -723,6 +920,6 @@ mod tests {
         }
         t.check().unwrap();
         assert_eq!((t.len(), t.height), (0, 0));
-        assert_eq!(t.around(7), [None, None]);
+        assert_eq!(t.at_or_below(7), None);
     }
 }

@@ -1,10 +1,10 @@
 //! The authoritative range allocator: top-down allocation below an inclusive limit,
 //! natural alignment, reservations, exact-match frees.
 //!
-//! Free space lives in a [`GapTree`] (a B+ tree of free ranges whose inner nodes summarise
-//! each subtree's longest range and aligned fits), live allocations in a `BTreeMap` keyed by
-//! start pfn (validates frees, answers `find`), reservations in a second `BTreeMap` of merged
-//! inclusive ranges. There are no search hints and no negative cache: the summaries answer
+//! Free space and live allocations live in one [`GapTree`] (a B+ tree of free ranges and
+//! allocations keyed by start pfn, whose inner nodes summarise each subtree's longest free
+//! range and aligned fits; its allocation entries validate frees and answer `find`),
+//! reservations in a `BTreeMap` of merged inclusive ranges. There are no search hints and no negative cache: the summaries answer
 //! "no space" exactly, so the hint-staleness and negative-cache bugs of a hinted rbtree
 //! cannot occur.
 //!
@@ -16,25 +16,24 @@
 //! at 300k live IOVAs; the augmented max-gap tree cut that to 661 ns). This allocator indexes the
 //! *free* ranges instead, in a B+ tree keyed by start whose inner nodes keep each child's
 //! `max_len` and fit summary (module `gaptree`), so the search for the highest fit below `limit`
-//! prunes every subtree that cannot hold the request. Consequences:
+//! prunes every subtree that cannot hold the request. The allocations are entries of the same
+//! tree, so each operation is one descent. Consequences:
 //!
 //! * no hints, no negative cache, no retry phase: the answer is exact, so "false no space"
 //!   (4e89dce72521) and the stale negative cache (5b61343b5059) cannot occur; both scenarios are
 //!   regression tests;
-//! * every operation on the free space is one descent of the gap tree plus work in place: an
-//!   allocation shrinks the fit's range through the handle the search returned (adding a range
-//!   only when the fit lies strictly inside it); a free finds both neighbours in one descent and
-//!   grows one, merges them, or adds a range; a reservation shrinks the ranges it overlaps and
-//!   adds at most one. An allocation or free costs O(log n) in the number of free ranges, for
-//!   unaligned and size-aligned requests up to 64 granules;
+//! * every operation is one descent of the tree plus work in place: an allocation carves its
+//!   entry from the fit's range through the handle the search returned (the range's entry
+//!   shrinks or becomes the allocation's; at most two entries are added next to it); a free
+//!   finds the allocation's entry and its neighbours in one descent and turns the entry into a
+//!   free range or merges it into one or both neighbours, adding nothing, so a free needs no
+//!   memory and cannot fail once validated; a reservation shrinks the ranges it overlaps and adds
+//!   at most one. An allocation or free costs O(log n) in the number of entries, for unaligned
+//!   and size-aligned requests up to 64 granules;
 //! * a reservation over a live allocation is refused ([`crate::IovaAllocator::reserve`] flushes
 //!   the caches first, so cached ranges never block it).
 //!
-//! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
-//! [`crate::IovaAllocator`] (sizes up to 32 cached): 2850 instructions per pair (callgrind), 7245
-//! with the treap this B+ tree replaced; 1.14 us CPU per pair and a p99 of 3.2 us, from 2.4 us
-//! and 8.3 us (dmabench, one thread, medians of 3). What remains is mostly cache misses: the
-//! descent to a freed range's neighbours and the removal from the live-allocation map.
+//! Measured: TODO
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
@@ -42,7 +41,7 @@
 
 use crate::error::IovaError;
 use crate::faults::TREE_NODE;
-use crate::gaptree::GapTree;
+use crate::gaptree::{Entry, GapTree};
 use std::collections::BTreeMap;
 
 /// What occupies a pfn found by [`RangeAllocator::find`].
@@ -102,9 +101,8 @@ pub struct RangeStats {
 pub struct RangeAllocator {
     start: u64,
     end: u64,
-    free: GapTree,
-    /// Live allocations: start -> (granules, managed by the cache path).
-    live: BTreeMap<u64, (u64, bool)>,
+    /// Free ranges and live allocations (each tagged: managed by the cache path or not).
+    tree: GapTree,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -122,8 +120,13 @@ impl RangeAllocator {
         if start > end || end == u64::MAX {
             return Err(IovaError::InvalidRange { lo: start, hi: end });
         }
-        let mut free = GapTree::new();
-        free.insert(start, end - start + 1);
+        let mut tree = GapTree::new();
+        if !tree.try_reserve(1) {
+            return Err(IovaError::OutOfMemory {
+                size: end - start + 1,
+            });
+        }
+        tree.insert(start, end - start + 1);
         let stats = RangeStats {
             free_granules: end - start + 1,
             free_ranges: 1,
@@ -132,8 +135,7 @@ impl RangeAllocator {
         Ok(Self {
             start,
             end,
-            free,
-            live: BTreeMap::new(),
+            tree,
             reserved: BTreeMap::new(),
             stats,
         })
@@ -196,30 +198,16 @@ impl RangeAllocator {
         } else {
             Some(1)
         };
-        let fit = align.and_then(|align| self.free.highest_fit(size, align, limit));
+        let fit = align.and_then(|align| self.tree.highest_fit(size, align, limit));
         let Some(fit) = fit else {
             self.stats.failures += 1;
             return Err(IovaError::NoSpace { size, limit });
         };
-        // Splitting the fit may add one free range; get its memory before changing anything.
-        if TREE_NODE.fail() || !self.free.try_reserve_one() {
+        // Carving adds at most two entries; get their memory before changing anything.
+        if TREE_NODE.fail() || !self.tree.try_reserve(2) {
             return Err(IovaError::OutOfMemory { size });
         }
-        // Shrink the fit's range in place; only a fit strictly inside it adds a range.
-        let range = fit.range;
-        let range_end = range.start + range.len;
-        let alloc_end = fit.pfn + size;
-        match (fit.pfn > range.start, alloc_end < range_end) {
-            (false, false) => self.free.remove(range),
-            (false, true) => self.free.adjust(range, alloc_end, range_end - alloc_end),
-            (true, above) => {
-                self.free.adjust(range, range.start, fit.pfn - range.start);
-                if above {
-                    self.free.insert(alloc_end, range_end - alloc_end);
-                }
-            }
-        }
-        self.live.insert(fit.pfn, (size, cached));
+        self.tree.carve(fit, size, cached);
         self.stats.allocated_granules += size;
         self.stats.allocated_ranges += 1;
         self.stats.free_granules -= size;
@@ -240,48 +228,29 @@ impl RangeAllocator {
         size: u64,
         cached: bool,
     ) -> Result<(), IovaError> {
-        // One traversal on the common path: remove, and put back on the rare error.
-        let Some((allocated, tag)) = self.live.remove(&pfn) else {
+        // One descent: the allocation's entry, whose neighbours are the slots next to it.
+        let e = self.allocation_at(pfn).filter(|e| e.live == Some(cached));
+        let Some(e) = e else {
             return Err(IovaError::NotAllocated { pfn });
         };
-        if tag != cached || allocated != size {
-            self.live.insert(pfn, (allocated, tag));
-            return Err(if tag != cached {
-                IovaError::NotAllocated { pfn }
-            } else {
-                IovaError::SizeMismatch {
-                    pfn,
-                    allocated,
-                    freed: size,
-                }
+        if e.len != size {
+            return Err(IovaError::SizeMismatch {
+                pfn,
+                allocated: e.len,
+                freed: size,
             });
         }
+        self.tree.release(e);
         self.stats.allocated_granules -= size;
         self.stats.allocated_ranges -= 1;
-        self.release(pfn, size);
+        self.stats.free_granules += size;
         Ok(())
     }
 
-    /// Return `[pfn, pfn + size)` to the free tree, merging with free neighbours (in place:
-    /// a neighbour grows; two neighbours become one).
-    fn release(&mut self, pfn: u64, size: u64) {
-        let end = pfn + size;
-        // No free range starts inside the allocation, so the range after `pfn` is the
-        // candidate above `end`.
-        let [below, above] = self.free.around(pfn);
-        let below = below.filter(|r| r.start + r.len == pfn);
-        let above = above.filter(|r| r.start == end);
-        match (below, above) {
-            (Some(b), Some(a)) => {
-                // Grow first: an adjust keeps every handle valid, a removal need not.
-                self.free.adjust(b, b.start, b.len + size + a.len);
-                self.free.remove(a);
-            }
-            (Some(b), None) => self.free.adjust(b, b.start, b.len + size),
-            (None, Some(a)) => self.free.adjust(a, pfn, size + a.len),
-            (None, None) => self.free.insert(pfn, size),
-        }
-        self.stats.free_granules += size;
+    /// The allocation starting at `pfn`, if any.
+    fn allocation_at(&self, pfn: u64) -> Option<Entry> {
+        let e = self.tree.at_or_below(pfn)?;
+        (e.start == pfn && e.live.is_some()).then_some(e)
     }
 
     /// Reserve the inclusive range `[lo, hi]` so it is never handed out (MSI windows, holes).
@@ -303,29 +272,36 @@ impl RangeAllocator {
         if lo > hi {
             return Ok(());
         }
-        if let Some((&pfn, &(size, _))) = self.live.range(..=hi).next_back() {
-            if pfn + size > lo {
-                return Err(IovaError::ReserveOverlapsAllocation { pfn, size });
+        // Refuse if an allocation overlaps: walk down the entries overlapping [lo, hi] (the
+        // free ones among them are carved below anyway).
+        let mut below = self.tree.at_or_below(hi);
+        while let Some(e) = below.filter(|e| e.start + (e.len - 1) >= lo) {
+            if e.live.is_some() {
+                return Err(IovaError::ReserveOverlapsAllocation {
+                    pfn: e.start,
+                    size: e.len,
+                });
             }
+            below = self.tree.before(e);
         }
         // Carving splits at most one free range in two.
-        if TREE_NODE.fail() || !self.free.try_reserve_one() {
+        if TREE_NODE.fail() || !self.tree.try_reserve(1) {
             return Err(IovaError::OutOfMemory { size: hi - lo + 1 });
         }
-        // Carve every free range overlapping [lo, hi], from the top down.
-        while let Some(r) = self.free.at_or_below(hi) {
+        // Carve every free range overlapping [lo, hi] (no allocation does), from the top down.
+        while let Some(r) = self.tree.at_or_below(hi) {
             let (s, e) = (r.start, r.start + r.len - 1);
             if e < lo {
                 break;
             }
             // Keep the part below in place; only a range sticking out on both sides adds one.
             match (s < lo, e > hi) {
-                (false, false) => self.free.remove(r),
-                (false, true) => self.free.adjust(r, hi + 1, e - hi),
+                (false, false) => self.tree.remove(r),
+                (false, true) => self.tree.adjust(r, hi + 1, e - hi),
                 (true, above) => {
-                    self.free.adjust(r, s, lo - s);
+                    self.tree.adjust(r, s, lo - s);
                     if above {
-                        self.free.insert(hi + 1, e - hi);
+                        self.tree.insert(hi + 1, e - hi);
                     }
                 }
             }
@@ -356,11 +332,11 @@ impl RangeAllocator {
 
     /// The allocated or reserved range containing `pfn`, if any.
     pub fn find(&self, pfn: u64) -> Option<IovaRange> {
-        if let Some((&s, &(size, _))) = self.live.range(..=pfn).next_back() {
-            if pfn < s + size {
+        if let Some(e) = self.tree.at_or_below(pfn) {
+            if e.live.is_some() && pfn - e.start < e.len {
                 return Some(IovaRange {
-                    lo: s,
-                    hi: s + size - 1,
+                    lo: e.start,
+                    hi: e.start + (e.len - 1),
                     kind: RangeKind::Allocated,
                 });
             }
@@ -375,7 +351,7 @@ impl RangeAllocator {
 
     /// Allocated ranges as `(start, size)` in address order.
     pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.live.iter().map(|(&s, &(l, _))| (s, l))
+        self.tree.allocations().into_iter()
     }
 
     /// Free ranges as `(start, size)` in address order.
@@ -389,7 +365,7 @@ impl RangeAllocator {
     /// assert_eq!(r.free_ranges(), [(0, 100)], "neighbours merge again");
     /// ```
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.free.ranges()
+        self.tree.ranges()
     }
 
     /// Counters.
@@ -412,7 +388,7 @@ impl RangeAllocator {
     /// ```
     pub fn stats(&self) -> RangeStats {
         RangeStats {
-            free_ranges: self.free.len() as u64,
+            free_ranges: self.tree.len() as u64,
             ..self.stats
         }
     }
@@ -421,14 +397,13 @@ impl RangeAllocator {
     /// inside the space, cover it exactly, free neighbours are merged, and the counters and
     /// tree augmentation agree. A diagnostic for tests; `Err` names the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.free.check()?;
+        self.tree.check()?;
         let mut pieces: Vec<(u64, u64, char)> = self
-            .free
-            .ranges()
+            .tree
+            .entries()
             .into_iter()
-            .map(|(s, l)| (s, s + l - 1, 'f'))
+            .map(|e| (e.start, e.start + e.len - 1, if e.live.is_some() { 'a' } else { 'f' }))
             .collect();
-        pieces.extend(self.live.iter().map(|(&s, &(l, _))| (s, s + l - 1, 'a')));
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
             (s <= e).then_some((s, e, 'r'))
@@ -454,10 +429,13 @@ impl RangeAllocator {
                 self.end
             ));
         }
-        let free: u64 = self.free.ranges().iter().map(|r| r.1).sum();
-        let live: u64 = self.live.values().map(|v| v.0).sum();
+        let free: u64 = self.tree.ranges().iter().map(|r| r.1).sum();
+        let live: u64 = self.tree.allocations().iter().map(|r| r.1).sum();
         if free != self.stats.free_granules || live != self.stats.allocated_granules {
             return Err("granule counters disagree with the ranges".into());
+        }
+        if self.tree.live() as u64 != self.stats.allocated_ranges {
+            return Err("allocation counter disagrees with the allocations".into());
         }
         Ok(())
     }
