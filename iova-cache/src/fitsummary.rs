@@ -29,13 +29,22 @@ pub(crate) fn of_range(start: u64, len: u64) -> u64 {
     summary
 }
 
+/// [`at_least`] with every byte's answer yes.
+pub(crate) const ALL: u64 = HIGH;
+
+/// Per byte of two summaries (every byte below 128), whether `a`'s is at least `b`'s: the
+/// byte's high bit in the result.
+#[inline]
+pub(crate) fn at_least(a: u64, b: u64) -> u64 {
+    // Per byte, `(a | 0x80) - b` keeps its high bit exactly when `a >= b`, with no borrow
+    // into the next byte since `b < 128`.
+    ((a | HIGH) - b) & HIGH
+}
+
 /// Bytewise maximum of two summaries (every byte below 128).
 #[inline]
 pub(crate) fn max(a: u64, b: u64) -> u64 {
-    // Per byte, `(a | 0x80) - b` keeps its high bit exactly when `a >= b`, with no borrow
-    // into the next byte since `b < 128`.
-    let a_ge = ((a | HIGH) - b) & HIGH;
-    let pick_a = (a_ge >> 7) * 0xff;
+    let pick_a = (at_least(a, b) >> 7) * 0xff;
     (a & pick_a) | (b & !pick_a)
 }
 
@@ -93,6 +102,7 @@ mod tests {
             assert_eq!(get(m), get(a).max(get(b)));
         }
         assert_eq!(max(0x40_00_3f, 0x3f_40_00), 0x40_40_3f);
+        assert_eq!(at_least(0x40_00_3f, 0x3f_40_3f), 0x80_00_80 | (ALL & !0xff_ff_ff));
     }
 
     #[test]

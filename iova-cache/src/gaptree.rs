@@ -264,11 +264,12 @@ impl GapTree {
     }
 
     /// Bring the records on the way from `node` to the root up to date, stopping at the first
-    /// that is already right (the ones above depend only on it). With `grown`, `node` only
-    /// gained ranges or lengths, `grown` being the largest length and the fit summary it
-    /// gained: its record is then the stored one merged with `grown`, and so on up while
-    /// records only grow, without rescanning a node.
-    fn fix_up(&mut self, mut node: u32, mut grown: Option<(u64, u64)>) {
+    /// that is already right (the ones above depend only on it). With `change`, one entry of
+    /// `node` went from `(length, fit summary)` `old` to `new` (an entry added: from `(0, 0)`;
+    /// removed: to `(0, 0)`), which often decides the node's new record without rescanning
+    /// it (see [`changed_record`]); the change of a record is in turn the change of an entry
+    /// of its parent. `None`: rescan `node`.
+    fn fix_up(&mut self, mut node: u32, mut change: Option<(Summary, Summary)>) {
         loop {
             let parent = self.node(node).parent;
             if parent == NONE {
@@ -277,12 +278,9 @@ impl GapTree {
             let slot = self.slot_in(parent, node);
             let p = self.node(parent);
             let stored = (p.keys[slot], p.lens[slot], p.fits[slot]);
-            let record = match grown {
-                Some((len, fits)) => (
-                    self.node(node).keys[0],
-                    stored.1.max(len),
-                    fitsummary::max(stored.2, fits),
-                ),
+            let known = change.and_then(|(old, new)| changed_record((stored.1, stored.2), old, new));
+            let record = match known {
+                Some((len, fits)) => (self.node(node).keys[0], len, fits),
                 None => self.node(node).record(),
             };
             if record == stored {
@@ -290,8 +288,7 @@ impl GapTree {
             }
             let p = self.node_mut(parent);
             (p.keys[slot], p.lens[slot], p.fits[slot]) = record;
-            let now = (record.1, record.2);
-            grown = covers(now, (stored.1, stored.2)).then_some(now);
+            change = Some(((stored.1, stored.2), (record.1, record.2)));
             node = parent;
         }
     }
@@ -462,8 +459,8 @@ impl GapTree {
                 self.node_mut(child).parent = node;
             }
             // A leaf gained an entry; an inner node only a child split off one it had.
-            let grown = (level == 0).then_some((record.1, record.2));
-            self.fix_up(node, grown);
+            let added = (level == 0).then_some(((0, 0), (record.1, record.2)));
+            self.fix_up(node, added);
             return (node, slot);
         }
         let parent = self.node(node).parent;
@@ -511,10 +508,10 @@ impl GapTree {
         }
         let fits = fitsummary::of_range(start, len);
         let l = self.node_mut(r.leaf);
-        let grew = covers((len, fits), (l.lens[r.slot], l.fits[r.slot]));
+        let old = (l.lens[r.slot], l.fits[r.slot]);
         (l.keys[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
         (l.sizes[r.slot], l.tags[r.slot]) = FREE;
-        self.fix_up(r.leaf, grew.then_some((len, fits)));
+        self.fix_up(r.leaf, Some((old, (len, fits))));
     }
 
     /// Remove the entry `r` (from a lookup, still valid).
@@ -542,9 +539,10 @@ impl GapTree {
             self.count -= 1;
             self.live += 1;
             let l = self.node_mut(r.leaf);
+            let old = (l.lens[r.slot], l.fits[r.slot]);
             (l.lens[r.slot], l.fits[r.slot]) = (0, 0);
             (l.sizes[r.slot], l.tags[r.slot]) = (size, tag);
-            self.fix_up(r.leaf, None);
+            self.fix_up(r.leaf, Some((old, (0, 0))));
             Entry {
                 len: size,
                 live: Some(tag),
@@ -593,6 +591,7 @@ impl GapTree {
     /// same way (the root stays, as an empty leaf); a root left with one child gives way to it.
     fn take(&mut self, node: u32, slot: usize) {
         let n = self.node_mut(node);
+        let old = (n.lens[slot], n.fits[slot]);
         n.take(slot);
         let (left, parent) = (n.count, n.parent);
         if left == 0 && parent != NONE {
@@ -600,7 +599,7 @@ impl GapTree {
             let slot = self.slot_in(parent, node);
             return self.take(parent, slot);
         }
-        self.fix_up(node, None);
+        self.fix_up(node, Some((old, (0, 0))));
         while self.height > 0 && self.node(self.root).count == 1 {
             self.spare.push(self.root);
             self.root = self.node(self.root).children[0];
@@ -729,10 +728,29 @@ impl GapTree {
     }
 }
 
-/// Whether a record's `(largest length, fit summary)` only grew from `old`: it offers all
-/// `old` did, so the records above can be merged with it instead of rescanned.
-fn covers((len, fits): (u64, u64), (old_len, old_fits): (u64, u64)) -> bool {
-    len >= old_len && fitsummary::max(fits, old_fits) == fits
+/// A `(largest free length, fit summary)` pair: of a leaf entry, or a node's record.
+type Summary = (u64, u64);
+
+/// A node's new `(largest length, fit summary)` after one of its entries changed from `old` to
+/// `new`, given its stored record `stored` (the maximum over its entries before), if that
+/// decides it; `None` if the node must be rescanned.
+///
+/// Per component (the length, each byte of the summary), with the other entries unchanged:
+/// if `new` only grew from `old`, the new maximum is `max(stored, new)`; else it stays
+/// `stored` if `new <= stored` and either `old` equalled `new` or `old < stored` (another
+/// entry then holds the maximum). Only an entry that held a maximum and lost it needs a scan.
+fn changed_record(stored: Summary, old: Summary, new: Summary) -> Option<Summary> {
+    let ((s_len, s_fits), (o_len, o_fits), (n_len, n_fits)) = (stored, old, new);
+    let grew = fitsummary::at_least(n_fits, o_fits);
+    if n_len >= o_len && grew == fitsummary::ALL {
+        return Some((s_len.max(n_len), fitsummary::max(s_fits, n_fits)));
+    }
+    let len_kept = n_len <= s_len && (o_len < s_len || o_len == n_len);
+    let below = fitsummary::at_least(s_fits, n_fits);
+    let same = grew & fitsummary::at_least(o_fits, n_fits);
+    let elsewhere = !fitsummary::at_least(o_fits, s_fits) & fitsummary::ALL;
+    let fits_kept = below & (elsewhere | same) == fitsummary::ALL;
+    (len_kept && fits_kept).then_some(stored)
 }
 
 /// Mutable references to two distinct nodes of one store.
