@@ -60,29 +60,37 @@ const NONE: u32 = u32::MAX;
 
 /// A leaf or an inner node: up to [`FANOUT`] entries in address order, each a record
 /// `(key, len, fits)`. In a leaf an entry is a free range (its start, length and fit summary)
-/// or an allocation (its start, 0, 0, with its size in `sizes`). In an inner node it stands
-/// for a child: the first start, the largest free length and the bytewise maximum fit summary
-/// under it, so an inner entry summarises its subtree the way a leaf entry does its range.
+/// or an allocation (its start, a length of 0 and, in place of the summary, its size, with
+/// its tag in `tags`). In an inner node it stands for a child: the first start, the largest
+/// free length and the bytewise maximum fit summary under it, so an inner entry summarises
+/// its subtree the way a leaf entry does its range. An entry of length 0 offers nothing, so
+/// its `fits` never enters a summary ([`summary`]).
+///
+/// Each array starts a cache line and fills whole ones: a node is 8 lines, and a scan of one
+/// array touches 2 (1 for the children).
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 struct Node {
-    count: usize,
-    parent: u32,
     keys: [u64; FANOUT],
     lens: [u64; FANOUT],
     fits: [u64; FANOUT],
     /// The children of an inner node (unused in a leaf).
     children: [u32; FANOUT],
-    /// A leaf's allocations: size (0 for a free range) and tag (unused in an inner node).
-    sizes: [u64; FANOUT],
-    tags: [bool; FANOUT],
+    count: usize,
+    parent: u32,
+    /// Bit `i`: the tag of a leaf's allocation in slot `i` (unused otherwise).
+    tags: u32,
 }
 
-/// What a leaf entry holds besides its record: an allocation's size and tag, `(0, false)` for
-/// a free range and for an inner node's entries.
-type Payload = (u64, bool);
-
-/// The payload of a free range.
-const FREE: Payload = (0, false);
+/// What a leaf entry offers to the summaries: its `(length, fit summary)`, `(0, 0)` for an
+/// allocation (whose `fits` holds its size).
+fn summary(len: u64, fits: u64) -> Summary {
+    if len == 0 {
+        (0, 0)
+    } else {
+        (len, fits)
+    }
+}
 
 /// An entry's or a node's record: `(first start, largest length, fit summary)`.
 type Record = (u64, u64, u64);
@@ -155,8 +163,7 @@ fn empty_node(parent: u32) -> Node {
         lens: [0; FANOUT],
         fits: [0; FANOUT],
         children: [NONE; FANOUT],
-        sizes: [0; FANOUT],
-        tags: [false; FANOUT],
+        tags: 0,
     }
 }
 
@@ -165,25 +172,23 @@ impl Node {
     fn record(&self) -> Record {
         let n = self.count;
         let max_len = self.lens[..n].iter().copied().max().unwrap_or(0);
-        let fits = self.fits[..n]
-            .iter()
-            .fold(0, |acc, &f| fitsummary::max(acc, f));
+        let fits = (self.lens[..n].iter().zip(&self.fits[..n]))
+            .fold(0, |acc, (&l, &f)| fitsummary::max(acc, summary(l, f).1));
         (self.keys[0], max_len, fits)
     }
 
-    /// Put `record` (and `child`, for an inner node, or `payload`, for a leaf) at `slot`,
-    /// shifting the entries after it.
-    fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32, payload: Payload) {
+    /// Put `record` (and `child`, for an inner node, or `tag`, for a leaf's allocation) at
+    /// `slot`, shifting the entries after it.
+    fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32, tag: bool) {
         let n = self.count;
         self.keys.copy_within(slot..n, slot + 1);
         self.lens.copy_within(slot..n, slot + 1);
         self.fits.copy_within(slot..n, slot + 1);
         self.children.copy_within(slot..n, slot + 1);
-        self.sizes.copy_within(slot..n, slot + 1);
-        self.tags.copy_within(slot..n, slot + 1);
+        let below = self.tags & ((1 << slot) - 1);
+        self.tags = below | ((self.tags >> slot) << (slot + 1)) | (u32::from(tag) << slot);
         (self.keys[slot], self.lens[slot], self.fits[slot]) = (key, len, fits);
         self.children[slot] = child;
-        (self.sizes[slot], self.tags[slot]) = payload;
         self.count += 1;
     }
 
@@ -194,8 +199,8 @@ impl Node {
         self.lens.copy_within(slot + 1..n, slot);
         self.fits.copy_within(slot + 1..n, slot);
         self.children.copy_within(slot + 1..n, slot);
-        self.sizes.copy_within(slot + 1..n, slot);
-        self.tags.copy_within(slot + 1..n, slot);
+        let below = self.tags & ((1 << slot) - 1);
+        self.tags = below | ((self.tags >> (slot + 1)) << slot);
         self.count -= 1;
     }
 
@@ -206,8 +211,8 @@ impl Node {
         right.lens[..half].copy_from_slice(&self.lens[half..]);
         right.fits[..half].copy_from_slice(&self.fits[half..]);
         right.children[..half].copy_from_slice(&self.children[half..]);
-        right.sizes[..half].copy_from_slice(&self.sizes[half..]);
-        right.tags[..half].copy_from_slice(&self.tags[half..]);
+        right.tags = self.tags >> half;
+        self.tags &= (1 << half) - 1;
         (self.count, right.count) = (half, half);
     }
 }
@@ -244,11 +249,11 @@ impl GapTree {
 
     fn range_at(&self, leaf: u32, slot: usize) -> Entry {
         let l = self.node(leaf);
-        let size = l.sizes[slot];
+        let live = l.lens[slot] == 0;
         Entry {
             start: l.keys[slot],
-            len: if size == 0 { l.lens[slot] } else { size },
-            live: (size != 0).then_some(l.tags[slot]),
+            len: if live { l.fits[slot] } else { l.lens[slot] },
+            live: live.then_some(l.tags & (1 << slot) != 0),
             leaf,
             slot,
         }
@@ -415,27 +420,28 @@ impl GapTree {
         let l = self.node(leaf);
         let slot = l.keys[..l.count].partition_point(|&s| s < start);
         let fits = fitsummary::of_range(start, len);
-        self.put(leaf, 0, slot, (start, len, fits), NONE, FREE);
+        self.put(leaf, 0, slot, (start, len, fits), NONE, false);
         self.count += 1;
     }
 
     /// Insert a leaf entry right after `e` (the caller keeps the order and has made room with
-    /// [`try_reserve`](Self::try_reserve)): a free range for a `FREE` payload, else an
-    /// allocation. Returns the new entry's handle.
-    fn insert_after(&mut self, e: Entry, start: u64, len: u64, payload: Payload) -> Entry {
-        let record = match payload {
-            FREE => (start, len, fitsummary::of_range(start, len)),
-            _ => (start, 0, 0),
+    /// [`try_reserve`](Self::try_reserve)): a free range for `live == None`, else an
+    /// allocation with that tag. Returns the new entry's handle.
+    fn insert_after(&mut self, e: Entry, start: u64, len: u64, live: Option<bool>) -> Entry {
+        let record = match live {
+            None => (start, len, fitsummary::of_range(start, len)),
+            Some(_) => (start, 0, len),
         };
-        let (leaf, slot) = self.put(e.leaf, 0, e.slot + 1, record, NONE, payload);
-        match payload {
-            FREE => self.count += 1,
-            _ => self.live += 1,
+        let tag = live == Some(true);
+        let (leaf, slot) = self.put(e.leaf, 0, e.slot + 1, record, NONE, tag);
+        match live {
+            None => self.count += 1,
+            Some(_) => self.live += 1,
         }
         Entry {
             start,
             len,
-            live: (payload != FREE).then_some(payload.1),
+            live,
             leaf,
             slot,
         }
@@ -451,15 +457,15 @@ impl GapTree {
         slot: usize,
         record: Record,
         child: u32,
-        payload: Payload,
+        tag: bool,
     ) -> (u32, usize) {
         if self.node(node).count < FANOUT {
-            self.node_mut(node).put(slot, record, child, payload);
+            self.node_mut(node).put(slot, record, child, tag);
             if level > 0 {
                 self.node_mut(child).parent = node;
             }
             // A leaf gained an entry; an inner node only a child split off one it had.
-            let added = (level == 0).then_some(((0, 0), (record.1, record.2)));
+            let added = (level == 0).then_some(((0, 0), summary(record.1, record.2)));
             self.fix_up(node, added);
             return (node, slot);
         }
@@ -471,7 +477,7 @@ impl GapTree {
             true => (node, slot),
             false => (right, slot - FANOUT / 2),
         };
-        self.node_mut(home).put(at, record, child, payload);
+        self.node_mut(home).put(at, record, child, tag);
         if level > 0 {
             self.node_mut(child).parent = home;
             let moved = self.node(right).children;
@@ -485,7 +491,7 @@ impl GapTree {
             for half in [node, right] {
                 let record = self.node(half).record();
                 let r = self.node_mut(root);
-                r.put(r.count, record, half, FREE);
+                r.put(r.count, record, half, false);
                 self.node_mut(half).parent = root;
             }
             self.root = root;
@@ -493,7 +499,7 @@ impl GapTree {
         } else {
             let record = self.node(right).record();
             let slot = self.slot_in(parent, node) + 1;
-            self.put(parent, level + 1, slot, record, right, FREE);
+            self.put(parent, level + 1, slot, record, right, false);
         }
         (home, at)
     }
@@ -508,9 +514,9 @@ impl GapTree {
         }
         let fits = fitsummary::of_range(start, len);
         let l = self.node_mut(r.leaf);
-        let old = (l.lens[r.slot], l.fits[r.slot]);
+        let old = summary(l.lens[r.slot], l.fits[r.slot]);
         (l.keys[r.slot], l.lens[r.slot], l.fits[r.slot]) = (start, len, fits);
-        (l.sizes[r.slot], l.tags[r.slot]) = FREE;
+        l.tags &= !(1 << r.slot);
         self.fix_up(r.leaf, Some((old, (len, fits))));
     }
 
@@ -533,15 +539,15 @@ impl GapTree {
         let (pfn, range_end, alloc_end) = (fit.pfn, r.start + r.len, fit.pfn + size);
         let at = if pfn > r.start {
             self.adjust(r, r.start, pfn - r.start);
-            self.insert_after(r, pfn, size, (size, tag))
+            self.insert_after(r, pfn, size, Some(tag))
         } else {
             // The range's own entry becomes the allocation's: its key stays.
             self.count -= 1;
             self.live += 1;
             let l = self.node_mut(r.leaf);
             let old = (l.lens[r.slot], l.fits[r.slot]);
-            (l.lens[r.slot], l.fits[r.slot]) = (0, 0);
-            (l.sizes[r.slot], l.tags[r.slot]) = (size, tag);
+            (l.lens[r.slot], l.fits[r.slot]) = (0, size);
+            l.tags |= u32::from(tag) << r.slot;
             self.fix_up(r.leaf, Some((old, (0, 0))));
             Entry {
                 len: size,
@@ -550,7 +556,7 @@ impl GapTree {
             }
         };
         if alloc_end < range_end {
-            self.insert_after(at, alloc_end, range_end - alloc_end, FREE);
+            self.insert_after(at, alloc_end, range_end - alloc_end, None);
         }
     }
 
@@ -591,7 +597,7 @@ impl GapTree {
     /// same way (the root stays, as an empty leaf); a root left with one child gives way to it.
     fn take(&mut self, node: u32, slot: usize) {
         let n = self.node_mut(node);
-        let old = (n.lens[slot], n.fits[slot]);
+        let old = summary(n.lens[slot], n.fits[slot]);
         n.take(slot);
         let (left, parent) = (n.count, n.parent);
         if left == 0 && parent != NONE {
@@ -686,12 +692,14 @@ impl GapTree {
                 return Err(format!("parent link broken at level {level}"));
             }
             if level == 0 {
-                let bad = (0..n.count).any(|s| match n.sizes[s] {
-                    0 => n.lens[s] == 0 || n.fits[s] != fitsummary::of_range(n.keys[s], n.lens[s]),
-                    _ => n.lens[s] != 0 || n.fits[s] != 0,
+                let bad = (0..n.count).any(|s| match n.lens[s] {
+                    0 => n.fits[s] == 0,
+                    len => {
+                        n.tags & (1 << s) != 0 || n.fits[s] != fitsummary::of_range(n.keys[s], len)
+                    }
                 });
-                if bad {
-                    return Err("a leaf entry's length or fit summary is stale".into());
+                if bad || n.tags >> n.count != 0 {
+                    return Err("a leaf entry's size, tag or fit summary is stale".into());
                 }
                 return Ok(n.count);
             }
