@@ -178,39 +178,46 @@ impl Node {
     }
 
     /// Put `record` (and `child`, for an inner node, or `tag`, for a leaf's allocation) at
-    /// `slot`, shifting the entries after it.
+    /// `slot`, shifting the entries after it. A leaf (`child == NONE`) leaves its unused
+    /// children alone: that cache line is never touched.
     fn put(&mut self, slot: usize, (key, len, fits): Record, child: u32, tag: bool) {
         let n = self.count;
         self.keys.copy_within(slot..n, slot + 1);
         self.lens.copy_within(slot..n, slot + 1);
         self.fits.copy_within(slot..n, slot + 1);
-        self.children.copy_within(slot..n, slot + 1);
+        if child != NONE {
+            self.children.copy_within(slot..n, slot + 1);
+            self.children[slot] = child;
+        }
         let below = self.tags & ((1 << slot) - 1);
         self.tags = below | ((self.tags >> slot) << (slot + 1)) | (u32::from(tag) << slot);
         (self.keys[slot], self.lens[slot], self.fits[slot]) = (key, len, fits);
-        self.children[slot] = child;
         self.count += 1;
     }
 
     /// Drop the entry at `slot`, shifting the entries after it.
-    fn take(&mut self, slot: usize) {
+    fn take(&mut self, slot: usize, inner: bool) {
         let n = self.count;
         self.keys.copy_within(slot + 1..n, slot);
         self.lens.copy_within(slot + 1..n, slot);
         self.fits.copy_within(slot + 1..n, slot);
-        self.children.copy_within(slot + 1..n, slot);
+        if inner {
+            self.children.copy_within(slot + 1..n, slot);
+        }
         let below = self.tags & ((1 << slot) - 1);
         self.tags = below | ((self.tags >> (slot + 1)) << slot);
         self.count -= 1;
     }
 
     /// Move the upper half of this full node's entries into the empty `right`.
-    fn halve_into(&mut self, right: &mut Node) {
+    fn halve_into(&mut self, right: &mut Node, inner: bool) {
         let half = FANOUT / 2;
         right.keys[..half].copy_from_slice(&self.keys[half..]);
         right.lens[..half].copy_from_slice(&self.lens[half..]);
         right.fits[..half].copy_from_slice(&self.fits[half..]);
-        right.children[..half].copy_from_slice(&self.children[half..]);
+        if inner {
+            right.children[..half].copy_from_slice(&self.children[half..]);
+        }
         right.tags = self.tags >> half;
         self.tags &= (1 << half) - 1;
         (self.count, right.count) = (half, half);
@@ -301,7 +308,10 @@ impl GapTree {
     fn new_node(&mut self, parent: u32) -> u32 {
         match self.spare.pop() {
             Some(i) => {
-                self.nodes[i as usize] = empty_node(parent);
+                // Only the header: entries past `count` are never read, and a node's lines not
+                // written stay out of the cache.
+                let n = self.node_mut(i);
+                (n.count, n.parent, n.tags) = (0, parent, 0);
                 i
             }
             None => {
@@ -472,7 +482,7 @@ impl GapTree {
         let parent = self.node(node).parent;
         let right = self.new_node(parent);
         let (lo, hi) = split_pair(&mut self.nodes, node, right);
-        lo.halve_into(hi);
+        lo.halve_into(hi, level > 0);
         let (home, at) = match slot <= FANOUT / 2 {
             true => (node, slot),
             false => (right, slot - FANOUT / 2),
@@ -526,7 +536,7 @@ impl GapTree {
             Some(_) => self.live -= 1,
             None => self.count -= 1,
         }
-        self.take(r.leaf, r.slot);
+        self.take(r.leaf, r.slot, false);
     }
 
     /// Carve the allocation `[fit.pfn, fit.pfn + size)` (tagged `tag`) from the free range
@@ -595,15 +605,15 @@ impl GapTree {
 
     /// Drop the entry at `slot` of `node`. A node left empty is unlinked from its parent the
     /// same way (the root stays, as an empty leaf); a root left with one child gives way to it.
-    fn take(&mut self, node: u32, slot: usize) {
+    fn take(&mut self, node: u32, slot: usize, inner: bool) {
         let n = self.node_mut(node);
         let old = summary(n.lens[slot], n.fits[slot]);
-        n.take(slot);
+        n.take(slot, inner);
         let (left, parent) = (n.count, n.parent);
         if left == 0 && parent != NONE {
             self.spare.push(node);
             let slot = self.slot_in(parent, node);
-            return self.take(parent, slot);
+            return self.take(parent, slot, true);
         }
         self.fix_up(node, Some((old, (0, 0))));
         while self.height > 0 && self.node(self.root).count == 1 {
