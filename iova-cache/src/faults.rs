@@ -18,11 +18,13 @@
 //! Behind each site the real allocation is fallible too (`try_reserve`), so the fallback is the
 //! production behaviour on memory exhaustion, not only a test path. Allocations removed from the
 //! paths instead of given a site: the depot's list of kept empty magazines is allocated for one
-//! per CPU slot up front, and the gap tree reserves its node before splitting a range, so an
-//! alloc cannot fail half-way. Not covered: `BTreeMap` inserts of live and reserved ranges have
-//! no fallible form in stable Rust ([`TREE_NODE`] is asked before them; a real failure there
-//! aborts like any Rust allocation), a gap-tree insert on the free path, the temporary pfn list
-//! of a flush, and construction (every magazine of the cache). The fallbacks free to the tree
+//! per CPU slot up front, and the gap tree reserves the nodes of an allocation's (at most two)
+//! new entries before carving it, and the room of its free list with its node store, so an
+//! alloc cannot fail half-way; a free inserts nothing and allocates nothing. Not covered: the
+//! `BTreeMap` of reserved ranges and a reservation's list of the ones it merges have no fallible
+//! form in stable Rust ([`TREE_NODE`] is asked before them; a real failure there aborts like
+//! any Rust allocation), the temporary pfn list of a flush, and construction (every magazine of
+//! the cache). The fallbacks free to the tree
 //! through the same path as flush and trim, outside the cache locks. The loom models do not arm
 //! sites (the loom build does not enable the feature).
 //!
@@ -48,8 +50,8 @@ pub static MAGAZINE_ALLOC: Site = Site::new("iova.magazine.alloc");
 /// the free goes on into the fresh magazine.
 pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 
-/// The range allocator's bookkeeping for a new range (free-tree node, live-range entry), on
-/// allocation and reservation. Fallback: the request fails with
+/// The range allocator's bookkeeping for a new range (the gap tree's nodes for up to two new
+/// entries), on allocation and reservation. Fallback: the request fails with
 /// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes (Linux
 /// `alloc_iova` returning NULL when `alloc_iova_mem` fails).
 pub static TREE_NODE: Site = Site::new("iova.tree.node");

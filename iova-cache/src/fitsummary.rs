@@ -117,7 +117,10 @@ mod tests {
             assert_eq!(get(m), get(a).max(get(b)));
         }
         assert_eq!(max(0x40_00_3f, 0x3f_40_00), 0x40_40_3f);
-        assert_eq!(at_least(0x40_00_3f, 0x3f_40_3f), 0x80_00_80 | (ALL & !0xff_ff_ff));
+        assert_eq!(
+            at_least(0x40_00_3f, 0x3f_40_3f),
+            0x80_00_80 | (ALL & !0xff_ff_ff)
+        );
     }
 
     #[test]

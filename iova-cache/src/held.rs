@@ -445,7 +445,10 @@ mod tests {
         assert!(h.claim(top, 5));
         assert!(h.claim(1, 0));
         assert_eq!(h.release(top, 5), Ok(()));
-        assert_eq!(h.release(top + 1, 5), Err(IovaError::NotAllocated { pfn: top + 1 }));
+        assert_eq!(
+            h.release(top + 1, 5),
+            Err(IovaError::NotAllocated { pfn: top + 1 })
+        );
         assert_eq!(h.release(1, 0), Ok(()));
     }
 }

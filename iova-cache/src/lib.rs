@@ -50,7 +50,7 @@
 //!
 //! | Module | Concept |
 //! |---|---|
-//! | `gaptree` | the free-range index: a B+ tree keyed by start pfn whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for in-place grow, shrink and removal |
+//! | `gaptree` | the range index: one B+ tree of the free ranges and the live allocations, keyed by start pfn, whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for carving an allocation, releasing one (merging with its neighbours) and in-place grow, shrink and removal |
 //! | `fitsummary` | per alignment class of 2..64 granules, the most granules a range offers from an aligned pfn (bytes of a `u64`, bytewise max) |
 //! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit, natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; why an augmented index of the free ranges |
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |

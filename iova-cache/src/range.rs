@@ -33,7 +33,16 @@
 //! * a reservation over a live allocation is refused ([`crate::IovaAllocator::reserve`] flushes
 //!   the caches first, so cached ranges never block it).
 //!
-//! Measured: TODO
+//! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
+//! [`crate::IovaAllocator`] (sizes up to 32 cached), 100k pairs under callgrind: 2630
+//! instructions and 16.7 first-level and 4.2 last-level read misses per pair (an 8 MiB last
+//! level simulated; the driving loop's own array counts about one), from 2920, 29.6 and 5.7 with
+//! the allocations in a `BTreeMap` beside a tree of the free ranges alone. dmabench (one
+//! thread, medians of 5, a loaded 2-CPU machine): 0.76 us CPU per pair and a p99 of 2.0 us,
+//! from 1.18 us and 3.6 us (medians of 3). What remains is mostly the free's descent to a random
+//! leaf, a miss or two per level below the cached top of the tree, and the rescans of the
+//! nodes above a range that held their largest length (the free space below the allocations,
+//! which most large allocations shrink).
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
@@ -402,7 +411,13 @@ impl RangeAllocator {
             .tree
             .entries()
             .into_iter()
-            .map(|e| (e.start, e.start + e.len - 1, if e.live.is_some() { 'a' } else { 'f' }))
+            .map(|e| {
+                (
+                    e.start,
+                    e.start + e.len - 1,
+                    if e.live.is_some() { 'a' } else { 'f' },
+                )
+            })
             .collect();
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
@@ -491,6 +506,34 @@ mod tests {
             Ok(10),
             "the whole space is one range again"
         );
+    }
+
+    #[test]
+    fn frees_merge_with_their_neighbours_and_never_allocate() {
+        let mut r = RangeAllocator::new(0, 63).unwrap();
+        let all: Vec<u64> = (0..4).map(|_| r.alloc(16, 63, true).unwrap()).collect();
+        assert_eq!(all, [48, 32, 16, 0]);
+        assert!(r.free_ranges().is_empty());
+        // Every free runs with the tree's node site armed: none of them asks for memory.
+        let mut free = |r: &mut RangeAllocator, pfn| {
+            let (res, used) = dma_sync::fault::armed(&TREE_NODE, 1, || r.free(pfn, 16));
+            assert_eq!((res, used), (Ok(()), 0));
+            r.check_invariants().unwrap();
+            r.free_ranges()
+        };
+        assert_eq!(free(&mut r, 48), [(48, 16)], "no free neighbour: in place");
+        assert_eq!(free(&mut r, 16), [(16, 16), (48, 16)]);
+        assert_eq!(free(&mut r, 32), [(16, 48)], "both neighbours merge");
+        assert_eq!(free(&mut r, 0), [(0, 64)], "the neighbour above grows");
+        assert_eq!(r.alloc(32, 63, true), Ok(32));
+        assert_eq!(r.alloc(16, 63, true), Ok(16));
+        assert_eq!(free(&mut r, 16), [(0, 32)], "the neighbour below grows");
+        assert_eq!(
+            r.reserve(40, 40),
+            Err(IovaError::ReserveOverlapsAllocation { pfn: 32, size: 32 })
+        );
+        assert_eq!(r.find(63).map(|f| (f.lo, f.hi)), Some((32, 63)));
+        assert_eq!(r.allocated().collect::<Vec<_>>(), [(32, 32)]);
     }
 
     #[test]
