@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(all, [48, 32, 16, 0]);
         assert!(r.free_ranges().is_empty());
         // Every free runs with the tree's node site armed: none of them asks for memory.
-        let mut free = |r: &mut RangeAllocator, pfn| {
+        let free = |r: &mut RangeAllocator, pfn| {
             let (res, used) = dma_sync::fault::armed(&TREE_NODE, 1, || r.free(pfn, 16));
             assert_eq!((res, used), (Ok(()), 0));
             r.check_invariants().unwrap();
