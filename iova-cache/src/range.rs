@@ -38,11 +38,13 @@
 //! instructions and 16.7 first-level and 4.2 last-level read misses per pair (an 8 MiB last
 //! level simulated; the driving loop's own array counts about one), from 2920, 29.6 and 5.7 with
 //! the allocations in a `BTreeMap` beside a tree of the free ranges alone. dmabench (one
-//! thread, medians of 5, a loaded 2-CPU machine): 0.76 us CPU per pair and a p99 of 2.0 us,
-//! from 1.18 us and 3.6 us (medians of 3). What remains is mostly the free's descent to a random
-//! leaf, a miss or two per level below the cached top of the tree, and the rescans of the
-//! nodes above a range that held their largest length (the free space below the allocations,
-//! which most large allocations shrink).
+//! thread, medians of 3, runs of both versions interleaved on a shared 2-CPU machine): 0.59 to
+//! 0.66 us CPU per pair and a p99 of 1.5 to 1.9 us (102 to 122 times the cached pair), from
+//! 0.78 to 0.83 us and 1.9 to 2.1 us (118 to 127 times); the fewer misses count for more when
+//! other work crowds the caches (at a load of 10: 0.76 and 2.0 us, from 1.18 and 3.6 us).
+//! What remains is mostly the free's descent to a random leaf, a miss or two per level below
+//! the cached top of the tree, and the rescans of the nodes above a range that held their
+//! largest length (the free space below the allocations, which most large allocations shrink).
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
