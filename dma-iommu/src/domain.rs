@@ -576,11 +576,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.with_mapper(dev, |_| {
-            self.sync(dev, dma, size, |bounce, bdev, phys| {
-                bounce.sync_for_cpu(bdev, phys, size, dir)
-            })
-        })
+        self.with_mapper(dev, |_| self.sync(dev, dma, size, dir, false))
     }
 
     /// Make the CPU's writes to `[dma, dma + size)` visible to the device (copies into a
@@ -593,21 +589,19 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        self.with_mapper(dev, |_| {
-            self.sync(dev, dma, size, |bounce, bdev, phys| {
-                bounce.sync_for_device(bdev, phys, size, dir)
-            })
-        })
+        self.with_mapper(dev, |_| self.sync(dev, dma, size, dir, true))
     }
 
-    /// A sync of `[dma, dma + size)` for a device checked to be this domain's: `op` copies a
-    /// bounced range.
+    /// A sync of `[dma, dma + size)` for a device checked to be this domain's, for the
+    /// device (`to_device`) or for the CPU: a bounced range is copied (the pool is looked up
+    /// once, by the copy itself), coherent memory needs nothing.
     fn sync(
         &self,
         dev: &Device,
         dma: u64,
         size: usize,
-        op: impl FnOnce(&Swiotlb, &swiotlb_core::Device, u64) -> Result<(), swiotlb_core::Error>,
+        dir: Direction,
+        to_device: bool,
     ) -> Result<(), DmaError> {
         if size == 0 {
             return Err(DmaError::ZeroSize);
@@ -616,19 +610,21 @@ impl<T: TlbOps + 'static> Domain<T> {
         let phys = self.translate(dma).ok_or(DmaError::NotMapped { dma })?;
         self.translate(last)
             .ok_or(DmaError::NotMapped { dma: last })?;
-        match self.bouncer(dev) {
-            Some(b) if b.pool.is_bounce_buffer(b.dev, phys) => {
-                op(b.pool, b.dev, phys).map_err(|e| {
-                    copy_error(e, |cause| DmaError::CopyRefused {
-                        dma,
-                        size: size as u64,
-                        cause,
-                    })
+        let Some(b) = self.bouncer(dev) else {
+            // Only untrusted devices bounce: coherent memory, nothing to copy.
+            return Ok(());
+        };
+        // `Ok(false)`: not a bounce address, coherent memory.
+        b.pool
+            .sync_if_bounced(b.dev, phys, size, dir, to_device)
+            .map(drop)
+            .map_err(|e| {
+                copy_error(e, |cause| DmaError::CopyRefused {
+                    dma,
+                    size: size as u64,
+                    cause,
                 })
-            }
-            // Coherent memory: nothing to copy.
-            _ => Ok(()),
-        }
+            })
     }
 
     /// The physical address `dma` translates to, if mapped.

@@ -18,7 +18,9 @@
 //!   boundary mask, DMA mask; the device owns its sticky flag and its transient pools.
 //! * [`Swiotlb::map`]`(dev, orig, size, `[`Direction`]`, `[`MapAttrs`]`) -> Result<u64>`
 //!   returns the bounce address; [`Swiotlb::unmap`], [`Swiotlb::sync_for_cpu`],
-//!   [`Swiotlb::sync_for_device`] take any bounce address/range of a live mapping.
+//!   [`Swiotlb::sync_for_device`] take any bounce address/range of a live mapping;
+//!   [`Swiotlb::sync_if_bounced`] syncs an address that may be no bounce address at all
+//!   (`Ok(false)`), with one pool lookup.
 //! * [`Swiotlb::is_bounce_buffer`], [`Swiotlb::find_pool`]: lock-free lookup.
 //! * [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`]: the device side.
 //! * [`Swiotlb::max_mapping_size`], [`Swiotlb::grow`], [`Swiotlb::grow_by`],
