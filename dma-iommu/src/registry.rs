@@ -44,6 +44,44 @@ pub(crate) struct Record {
     pub(crate) bounce_buffer: Option<u64>,
 }
 
+/// What an unmap expects the record at its pfn to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expect {
+    pub(crate) dev: u64,
+    pub(crate) kind: Kind,
+    pub(crate) size: u64,
+    pub(crate) offset: u64,
+}
+
+impl Expect {
+    /// What the unmap needs of `rec` if it is the expected mapping.
+    fn check(self, rec: &Record, dma: u64) -> Result<Taken, DmaError> {
+        if rec.dev != self.dev {
+            return Err(DmaError::NotMapped { dma });
+        }
+        if rec.size != self.size || rec.offset != self.offset || rec.kind != self.kind {
+            return Err(DmaError::Mismatch {
+                dma,
+                size: self.size,
+                mapped: rec.size,
+            });
+        }
+        Ok(Taken {
+            granules: rec.granules,
+            bounce_buffer: rec.bounce_buffer,
+        })
+    }
+}
+
+/// What an unmap needs of the record it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// IOVA granules held.
+    pub(crate) granules: u64,
+    /// The bounce buffer, if the mapping was bounced.
+    pub(crate) bounce_buffer: Option<u64>,
+}
+
 /// 2^64 divided by the golden ratio: multiplying by it spreads consecutive pfns over the high
 /// bits (Fibonacci hashing), which both the shard choice and [`PfnHasher`] use.
 const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -166,25 +204,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Remove the mapping at `pfn` if `check` accepts it; otherwise leave it in place.
-    pub(crate) fn take(
-        &self,
-        pfn: u64,
-        dma: u64,
-        check: impl FnOnce(&Record) -> Result<(), DmaError>,
-    ) -> Result<Record, DmaError> {
+    /// Remove the mapping at `pfn` if it is what `expect` describes; otherwise leave it in
+    /// place: another device's (or none) is [`DmaError::NotMapped`], another size, offset or
+    /// kind [`DmaError::Mismatch`]. The expectation travels by value and only what the unmap
+    /// needs comes back, so nothing of either is spilled to memory on the way.
+    pub(crate) fn take(&self, pfn: u64, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
         let mut shard = self.shard(pfn).lock();
         if let Some((at, rec)) = &shard.one {
             if *at == pfn {
-                check(rec)?;
-                return Ok(shard.one.take().expect("present under the lock").1);
+                let taken = expect.check(rec, dma)?;
+                shard.one = None;
+                return Ok(taken);
             }
         }
         let Entry::Occupied(live) = shard.more.entry(pfn) else {
             return Err(DmaError::NotMapped { dma });
         };
-        check(live.get())?;
-        Ok(live.remove())
+        let taken = expect.check(live.get(), dma)?;
+        live.remove();
+        Ok(taken)
     }
 
     /// Mappings recorded and live (locks every shard briefly).
@@ -220,6 +258,15 @@ mod tests {
         }
     }
 
+    fn expect(dev: u64) -> Expect {
+        Expect {
+            dev,
+            kind: Kind::Single,
+            size: 4096,
+            offset: 0,
+        }
+    }
+
     #[test]
     fn shards_holding_many_mappings_find_each_one() {
         let r = Registry::new(1);
@@ -229,11 +276,27 @@ mod tests {
         for &p in &pfns {
             r.insert(p, rec(p)).unwrap();
         }
-        let refuse = |_: &Record| Err(DmaError::ForeignDevice);
         for &p in &pfns {
-            assert_eq!(r.take(p, p << 12, refuse), Err(DmaError::ForeignDevice));
+            let other = Expect {
+                dev: p + 1,
+                ..expect(p)
+            };
+            let dma = p << 12;
+            assert_eq!(r.take(p, dma, other), Err(DmaError::NotMapped { dma }));
+            let longer = Expect {
+                size: 8192,
+                ..expect(p)
+            };
             assert_eq!(
-                r.take(p + 1, 0, |_| Ok(())),
+                r.take(p, dma, longer),
+                Err(DmaError::Mismatch {
+                    dma,
+                    size: 8192,
+                    mapped: 4096
+                })
+            );
+            assert_eq!(
+                r.take(p + 1, 0, expect(p + 1)),
                 Err(DmaError::NotMapped { dma: 0 })
             );
         }
@@ -242,9 +305,13 @@ mod tests {
             (counts.recorded, counts.live),
             (pfns.len() as u64, pfns.len() as u64)
         );
+        let taken = Taken {
+            granules: 1,
+            bounce_buffer: None,
+        };
         for &p in pfns.iter().rev() {
-            assert_eq!(r.take(p, p << 12, |_| Ok(())), Ok(rec(p)));
-            assert!(r.take(p, p << 12, |_| Ok(())).is_err(), "taken once");
+            assert_eq!(r.take(p, p << 12, expect(p)), Ok(taken));
+            assert!(r.take(p, p << 12, expect(p)).is_err(), "taken once");
         }
         assert_eq!(r.counts().live, 0);
     }
