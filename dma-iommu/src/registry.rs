@@ -8,10 +8,19 @@
 //! CPU wrote: a shard is the top bits of the pfn's Fibonacci hash, over a thousand shards per
 //! CPU, so the pfns a CPU's IOVA cache recycles rarely share a shard with another CPU's (with
 //! 16 shards, lazy map+unmap ran at 1.04× on two threads, now 1.8×). A shard usually holds
-//! one mapping, inline on its own line; the hash table (keys hashed by one multiplication:
-//! our own allocator chose them, nobody makes them collide) takes the rare others. The count
-//! of mappings ever recorded is kept under the insert's lock, so the map path writes no
-//! shared statistics line.
+//! one mapping, inline: its lock, that record and the shard's count fit one cache line
+//! (checked by a test), so a map touches one line of the registry. When a shard's lines held
+//! a hash table as well, the lock and the record fell on two lines, and a lazy domain (255
+//! IOVAs in flight, so 255 shards in turn) missed L1 on both at every insert. The hash table
+//! (keys hashed by one multiplication: our own allocator chose them, nobody makes them
+//! collide) takes the rare others; it lies in a parallel array behind a lock of its own,
+//! taken only under the shard's lock. The count of mappings ever recorded is kept under the
+//! insert's lock, so the map path writes no shared statistics line.
+//!
+//! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
+//! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,
+//! which alone is not the size rounded up to granules). The inline slot is keyed by the DMA
+//! address itself, so the offset in the first granule needs no field.
 
 use crate::error::DmaError;
 use dma_sync::{CachePadded, Mutex};
@@ -29,48 +38,45 @@ pub(crate) enum Kind {
     List,
 }
 
+/// What a live mapping holds besides its IOVA span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// A [`Kind::Single`] mapping of the caller's memory.
+    Single,
+    /// A [`Kind::Single`] mapping of a bounce buffer at this address.
+    Bounced(u64),
+    /// A [`Kind::Resource`] mapping.
+    Resource,
+    /// A [`Kind::List`] mapping of a span of `granules` (segments moved to a boundary make it
+    /// longer than the list's size rounded up).
+    List { granules: u64 },
+}
+
+impl Held {
+    fn kind(self) -> Kind {
+        match self {
+            Held::Single | Held::Bounced(_) => Kind::Single,
+            Held::Resource => Kind::Resource,
+            Held::List { .. } => Kind::List,
+        }
+    }
+}
+
 /// One live mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) dev: u64,
-    pub(crate) kind: Kind,
     /// Bytes the caller mapped.
     pub(crate) size: u64,
-    /// Offset of the DMA address in its first granule.
-    pub(crate) offset: u64,
-    /// IOVA granules held.
-    pub(crate) granules: u64,
-    /// The bounce buffer, if the mapping was bounced.
-    pub(crate) bounce_buffer: Option<u64>,
+    pub(crate) held: Held,
 }
 
-/// What an unmap expects the record at its pfn to be.
+/// What an unmap expects the record at its DMA address to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expect {
     pub(crate) dev: u64,
     pub(crate) kind: Kind,
     pub(crate) size: u64,
-    pub(crate) offset: u64,
-}
-
-impl Expect {
-    /// What the unmap needs of `rec` if it is the expected mapping.
-    fn check(self, rec: &Record, dma: u64) -> Result<Taken, DmaError> {
-        if rec.dev != self.dev {
-            return Err(DmaError::NotMapped { dma });
-        }
-        if rec.size != self.size || rec.offset != self.offset || rec.kind != self.kind {
-            return Err(DmaError::Mismatch {
-                dma,
-                size: self.size,
-                mapped: rec.size,
-            });
-        }
-        Ok(Taken {
-            granules: rec.granules,
-            bounce_buffer: rec.bounce_buffer,
-        })
-    }
 }
 
 /// What an unmap needs of the record it took.
@@ -108,21 +114,17 @@ impl Hasher for PfnHasher {
     }
 }
 
-/// One shard: first IOVA pfn -> record of its live mappings, and how many it ever recorded.
-/// With many more shards than mappings in flight, a shard mostly holds one: it sits inline,
-/// on the shard's own cache line, and the table is touched only by the rare second one.
+/// One shard: the inline record (by DMA address) and how many mappings the shard ever
+/// recorded. With many more shards than mappings in flight, a shard mostly holds one.
 #[derive(Default)]
 struct Live {
     one: Option<(u64, Record)>,
-    more: HashMap<u64, Record, BuildHasherDefault<PfnHasher>>,
     recorded: u64,
 }
 
-impl Live {
-    fn len(&self) -> usize {
-        usize::from(self.one.is_some()) + self.more.len()
-    }
-}
+/// A shard's other mappings: first pfn -> (DMA address, record). Locked only under the
+/// shard's lock.
+type More = HashMap<u64, (u64, Record), BuildHasherDefault<PfnHasher>>;
 
 type Shard = Mutex<Live>;
 
@@ -140,13 +142,17 @@ const SHARDS_PER_CPU: usize = if cfg!(loom) {
     1024
 };
 
-/// At most this many shards (128 bytes each: 2 MiB), however many CPUs.
+/// At most this many shards (128 bytes each, and a table of 48: 2.75 MiB), however many CPUs.
 const MAX_SHARDS: usize = 1 << 14;
 
 pub(crate) struct Registry {
     shards: Box<[CachePadded<Shard>]>,
+    /// `more[i]`: shard `i`'s other mappings.
+    more: Box<[Mutex<More>]>,
     /// `64 - log2(shards)`: a shard is the top bits of the pfn's Fibonacci hash.
     shift: u32,
+    /// The IOVA granule's shift: a DMA address's pfn, and a span's granules.
+    granule_shift: u32,
 }
 
 /// What the registry counts.
@@ -159,8 +165,9 @@ pub(crate) struct Counts {
 }
 
 impl Registry {
-    /// Shards for `cpus` CPUs: [`SHARDS_PER_CPU`] each, at most [`MAX_SHARDS`].
-    pub(crate) fn new(cpus: usize) -> Self {
+    /// Shards for `cpus` CPUs: [`SHARDS_PER_CPU`] each, at most [`MAX_SHARDS`]; IOVA granules
+    /// of `1 << granule_shift` bytes.
+    pub(crate) fn new(cpus: usize, granule_shift: u32) -> Self {
         let n = cpus
             .clamp(1, MAX_SHARDS / SHARDS_PER_CPU)
             .saturating_mul(SHARDS_PER_CPU)
@@ -170,73 +177,118 @@ impl Registry {
             shards: (0..n)
                 .map(|_| CachePadded::new(Mutex::new(Live::default())))
                 .collect(),
+            more: (0..n).map(|_| Mutex::new(More::default())).collect(),
             shift: 64 - n.trailing_zeros(),
+            granule_shift,
         }
     }
 
-    fn shard(&self, pfn: u64) -> &Shard {
-        let h = pfn.wrapping_mul(FIBONACCI) >> self.shift;
-        &self.shards[h as usize]
+    fn index(&self, pfn: u64) -> usize {
+        (pfn.wrapping_mul(FIBONACCI) >> self.shift) as usize
     }
 
-    /// Record a new mapping; [`DmaError::NoMemory`] (nothing recorded) if the shard cannot
-    /// grow.
-    pub(crate) fn insert(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
-        let mut shard = self.shard(pfn).lock();
+    /// Record a new mapping at DMA address `dma` (its first IOVA granule, plus its offset in
+    /// it); [`DmaError::NoMemory`] (nothing recorded) if the shard cannot grow.
+    #[inline]
+    pub(crate) fn insert(&self, dma: u64, rec: Record) -> Result<(), DmaError> {
+        let pfn = dma >> self.granule_shift;
+        let i = self.index(pfn);
+        let mut shard = self.shards[i].lock();
         if crate::faults::MAPPING_RECORD.fail() {
             return Err(DmaError::NoMemory);
         }
         // Unreachable duplicates: the caller mapped the page table first, and io-pgtable
         // claims every entry by compare-and-swap, so no two live mappings share a first pfn.
         debug_assert!(
-            shard.one.as_ref().map(|&(p, _)| p) != Some(pfn) && !shard.more.contains_key(&pfn),
+            shard.one.as_ref().map(|&(at, _)| at >> self.granule_shift) != Some(pfn)
+                && !self.more[i].lock().contains_key(&pfn),
             "IOVA pfn {pfn:#x} handed out twice"
         );
         if shard.one.is_none() {
-            shard.one = Some((pfn, rec));
+            shard.one = Some((dma, rec));
         } else {
-            if shard.more.try_reserve(1).is_err() {
+            let mut more = self.more[i].lock();
+            if more.try_reserve(1).is_err() {
                 return Err(DmaError::NoMemory);
             }
-            shard.more.insert(pfn, rec);
+            more.insert(pfn, (dma, rec));
         }
         shard.recorded += 1;
         Ok(())
     }
 
-    /// Remove the mapping at `pfn` if it is what `expect` describes; otherwise leave it in
-    /// place: another device's (or none) is [`DmaError::NotMapped`], another size, offset or
-    /// kind [`DmaError::Mismatch`]. The expectation travels by value and only what the unmap
-    /// needs comes back, so nothing of either is spilled to memory on the way.
-    pub(crate) fn take(&self, pfn: u64, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
-        let mut shard = self.shard(pfn).lock();
+    /// Remove the mapping at `dma` if it is what `expect` describes; otherwise leave it in
+    /// place: none at `dma`'s granule or another device's is [`DmaError::NotMapped`], another
+    /// offset in the granule, size or kind [`DmaError::Mismatch`]. The expectation travels by
+    /// value and only what the unmap needs comes back, so nothing of either is spilled to
+    /// memory on the way.
+    #[inline]
+    pub(crate) fn take(&self, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
+        let pfn = dma >> self.granule_shift;
+        let i = self.index(pfn);
+        let mut shard = self.shards[i].lock();
         if let Some((at, rec)) = &shard.one {
-            if *at == pfn {
-                let taken = expect.check(rec, dma)?;
+            if *at >> self.granule_shift == pfn {
+                let taken = self.check(*at, rec, dma, expect)?;
                 shard.one = None;
                 return Ok(taken);
             }
         }
-        let Entry::Occupied(live) = shard.more.entry(pfn) else {
+        let mut more = self.more[i].lock();
+        let Entry::Occupied(live) = more.entry(pfn) else {
             return Err(DmaError::NotMapped { dma });
         };
-        let taken = expect.check(live.get(), dma)?;
+        let (at, rec) = live.get();
+        let taken = self.check(*at, rec, dma, expect)?;
         live.remove();
         Ok(taken)
     }
 
+    /// What the unmap of `dma` needs of `rec`, recorded at `at` (the same granule), if it is
+    /// the mapping `expect` describes.
+    fn check(&self, at: u64, rec: &Record, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
+        if rec.dev != expect.dev {
+            return Err(DmaError::NotMapped { dma });
+        }
+        if rec.size != expect.size || at != dma || rec.held.kind() != expect.kind {
+            return Err(DmaError::Mismatch {
+                dma,
+                size: expect.size,
+                mapped: rec.size,
+            });
+        }
+        let g = self.granule_shift;
+        let offset = dma & ((1 << g) - 1);
+        Ok(match rec.held {
+            Held::List { granules } => Taken {
+                granules,
+                bounce_buffer: None,
+            },
+            // The span the map reserved: offset and size rounded up to granules (`new_mapping`
+            // checked that this does not overflow).
+            held => Taken {
+                granules: (offset + rec.size).div_ceil(1 << g),
+                bounce_buffer: match held {
+                    Held::Bounced(phys) => Some(phys),
+                    _ => None,
+                },
+            },
+        })
+    }
+
     /// Mappings recorded and live (locks every shard briefly).
     pub(crate) fn counts(&self) -> Counts {
-        self.shards.iter().fold(
+        self.shards.iter().zip(self.more.iter()).fold(
             Counts {
                 recorded: 0,
                 live: 0,
             },
-            |c, s| {
+            |c, (s, m)| {
                 let s = s.lock();
+                let more = m.lock().len();
                 Counts {
                     recorded: c.recorded + s.recorded,
-                    live: c.live + s.len() as u64,
+                    live: c.live + u64::from(s.one.is_some()) + more as u64,
                 }
             },
         )
@@ -250,11 +302,8 @@ mod tests {
     fn rec(dev: u64) -> Record {
         Record {
             dev,
-            kind: Kind::Single,
             size: 4096,
-            offset: 0,
-            granules: 1,
-            bounce_buffer: None,
+            held: Held::Single,
         }
     }
 
@@ -263,41 +312,50 @@ mod tests {
             dev,
             kind: Kind::Single,
             size: 4096,
-            offset: 0,
         }
     }
 
     #[test]
+    fn a_shard_lock_its_record_and_its_count_fit_one_cache_line() {
+        assert!(std::mem::size_of::<Shard>() <= 64);
+    }
+
+    #[test]
     fn shards_holding_many_mappings_find_each_one() {
-        let r = Registry::new(1);
+        let r = Registry::new(1, 12);
         // Four times as many mappings as shards: every shard holds one inline and more in
         // its table.
         let pfns: Vec<u64> = (1..=4 * SHARDS_PER_CPU as u64).map(|i| i * 7).collect();
         for &p in &pfns {
-            r.insert(p, rec(p)).unwrap();
+            r.insert(p << 12, rec(p)).unwrap();
         }
         for &p in &pfns {
+            let dma = p << 12;
             let other = Expect {
                 dev: p + 1,
                 ..expect(p)
             };
-            let dma = p << 12;
-            assert_eq!(r.take(p, dma, other), Err(DmaError::NotMapped { dma }));
+            assert_eq!(r.take(dma, other), Err(DmaError::NotMapped { dma }));
             let longer = Expect {
                 size: 8192,
                 ..expect(p)
             };
+            let mismatch = |dma, size| DmaError::Mismatch {
+                dma,
+                size,
+                mapped: 4096,
+            };
+            assert_eq!(r.take(dma, longer), Err(mismatch(dma, 8192)));
+            // Inside the mapping's first granule, but not where it starts.
+            assert_eq!(r.take(dma + 8, expect(p)), Err(mismatch(dma + 8, 4096)));
+            let list = Expect {
+                kind: Kind::List,
+                ..expect(p)
+            };
+            assert_eq!(r.take(dma, list), Err(mismatch(dma, 4096)));
             assert_eq!(
-                r.take(p, dma, longer),
-                Err(DmaError::Mismatch {
-                    dma,
-                    size: 8192,
-                    mapped: 4096
-                })
-            );
-            assert_eq!(
-                r.take(p + 1, 0, expect(p + 1)),
-                Err(DmaError::NotMapped { dma: 0 })
+                r.take((p + 1) << 12, expect(p + 1)),
+                Err(DmaError::NotMapped { dma: (p + 1) << 12 })
             );
         }
         let counts = r.counts();
@@ -310,9 +368,43 @@ mod tests {
             bounce_buffer: None,
         };
         for &p in pfns.iter().rev() {
-            assert_eq!(r.take(p, p << 12, expect(p)), Ok(taken));
-            assert!(r.take(p, p << 12, expect(p)).is_err(), "taken once");
+            assert_eq!(r.take(p << 12, expect(p)), Ok(taken));
+            assert!(r.take(p << 12, expect(p)).is_err(), "taken once");
         }
         assert_eq!(r.counts().live, 0);
+    }
+
+    #[test]
+    fn a_taken_record_gives_its_span_and_bounce_buffer() {
+        let r = Registry::new(1, 12);
+        let single = |size, held| Record { dev: 1, size, held };
+        // 0x10 into its granule, 0x1ff0 bytes: two granules; bounced.
+        r.insert(0x5010, single(0x1ff0, Held::Bounced(0x9000)))
+            .unwrap();
+        // 0x10 into its granule, 0x1ff1 bytes: three granules.
+        r.insert(0x8010, single(0x1ff1, Held::Single)).unwrap();
+        // A list whose span is longer than its size.
+        r.insert(0xa000, single(0x1000, Held::List { granules: 4 }))
+            .unwrap();
+        r.insert(0xf000, single(0x1000, Held::Resource)).unwrap();
+        let e = |kind, size| Expect { dev: 1, kind, size };
+        let t = |granules, bounce_buffer| Taken {
+            granules,
+            bounce_buffer,
+        };
+        assert_eq!(
+            r.take(0x5010, e(Kind::Single, 0x1ff0)),
+            Ok(t(2, Some(0x9000)))
+        );
+        assert_eq!(r.take(0x8010, e(Kind::Single, 0x1ff1)), Ok(t(3, None)));
+        assert_eq!(r.take(0xa000, e(Kind::List, 0x1000)), Ok(t(4, None)));
+        assert_eq!(r.take(0xf000, e(Kind::Resource, 0x1000)), Ok(t(1, None)));
+        assert_eq!(
+            r.counts(),
+            Counts {
+                recorded: 4,
+                live: 0
+            }
+        );
     }
 }
