@@ -24,10 +24,10 @@
 //! through the device policy and the queue's reclaim 75 more than a bare pair, the page table
 //! the same as alone, the registry and the glue the rest. Measured by taking each out, the
 //! registry cost 5–10 ns and the queue 8–10 ns of a 115 ns map+unmap (about 100 ns since
-//! the registry's lines were packed). A lazy domain has 255 IOVAs
-//! in flight, so its maps visit 255 registry shards in turn: a shard's lock, record and count
-//! share one 64-byte line (module `registry`), which cut the L1 misses from 2.3 to 0.6 per
-//! map+unmap in callgrind's cache model. The path writes only lines its own CPU's maps and
+//! the registry's lines were packed). A lazy domain has 255 IOVAs in flight, so its maps
+//! visit 255 registry shards in turn: a shard's lock, record and count share one 64-byte
+//! line (module `registry`), which cut the L1 misses from 2.3 to 0.6 per map+unmap in
+//! callgrind's cache model. The path writes only lines its own CPU's maps and
 //! unmaps use (barring a shard collision): maps and queued unmaps are counted under the
 //! registry's and the ring's locks, no `Arc` is cloned, no clock is read (the timer is armed
 //! by a flag). Results and expectations travel by value only where small (an unmap hands the
