@@ -1,7 +1,16 @@
 //! A pool: one contiguous region of slots split into areas, each with its own lock.
 //!
-//! The area lock guards the area's free-run counters, its next-fit hint and the metadata of
-//! its slots (written only under it). Slot metadata are Relaxed atomics so that a bounce copy
+//! The area lock guards the area's free-run counters, its next-fit hint, its cached run and
+//! the metadata of its slots (written only under it).
+//!
+//! The cached run is the run the area freed last: a release keeps it out of the counters (its
+//! counters stay 0) and the next map of exactly its size that it qualifies for (alignment,
+//! boundary) takes it without a search or a renumbering; its bounce memory and metadata are
+//! still in the CPU's cache. The run it displaces is freed into the counters and the next
+//! search starts there. A search that fails while a run is cached frees that run into the
+//! counters and searches again, so caching never turns a fitting map into `NoSpace`. `used`
+//! counts the slots of live mappings only; the counters' zeros are those plus the cached run,
+//! which `check` verifies along with the cached run's clean metadata. Slot metadata are Relaxed atomics so that a bounce copy
 //! of a live mapping may read them without the lock (the owner of a mapping is ordered after
 //! its map by the caller), and so that a bogus concurrent call is a wrong answer, never a data
 //! race. The bounds are atomics too: under loom a reader that reaches a pool without
@@ -117,6 +126,7 @@ struct AreaState {
 
 impl AreaState {
     /// Return the cached run, if any, to the free-run counters.
+    #[inline(never)]
     fn reclaim(&mut self, seg: usize) {
         let (start, n) = std::mem::take(&mut self.cached);
         if n > 0 {
@@ -256,6 +266,7 @@ impl Pool {
     /// qualifies (no counter is touched); otherwise the counters are searched, and if that
     /// fails while a run is cached, the run goes back to the counters (where it may merge with
     /// its neighbours) and the search runs once more: a cached run never makes a map fail.
+    #[inline]
     pub(crate) fn try_area(&self, a: usize, plan: &Plan) -> Option<usize> {
         let n = self.geo.area_nslabs;
         let area = &self.areas[a];
@@ -269,20 +280,7 @@ impl Pool {
             st.cached = (0, 0);
             start
         } else {
-            let found = self.search(&mut st, base, plan).or_else(|| {
-                if st.cached.1 == 0 {
-                    return None;
-                }
-                st.reclaim(self.geo.seg);
-                self.search(&mut st, base, plan)
-            })?;
-            slots::allocate(&mut st.list, self.geo.seg, found, plan.nslots);
-            st.index = if found + plan.nslots >= n {
-                0
-            } else {
-                found + plan.nslots
-            };
-            found
+            self.allocate(&mut st, base, plan)?
         };
         st.used += plan.nslots;
         area.used.store(st.used, Relaxed);
@@ -295,6 +293,28 @@ impl Pool {
     fn qualifies(&self, i: usize, plan: &Plan) -> bool {
         let addr = self.slot_addr(i);
         plan.aligned(addr) && plan.within_boundary(addr)
+    }
+
+    /// Allocate a run for `plan` from the counters of the area starting at slot `base`,
+    /// merging the cached run back if the search fails while one is cached. Out of line: the
+    /// map+unmap fast path takes the cached run.
+    #[inline(never)]
+    fn allocate(&self, st: &mut AreaState, base: usize, plan: &Plan) -> Option<usize> {
+        let n = self.geo.area_nslabs;
+        let found = self.search(st, base, plan).or_else(|| {
+            if st.cached.1 == 0 {
+                return None;
+            }
+            st.reclaim(self.geo.seg);
+            self.search(st, base, plan)
+        })?;
+        slots::allocate(&mut st.list, self.geo.seg, found, plan.nslots);
+        st.index = if found + plan.nslots >= n {
+            0
+        } else {
+            found + plan.nslots
+        };
+        Some(found)
     }
 
     /// The bounded next-fit search of the counters of the area starting at slot `base`: the
@@ -337,19 +357,19 @@ impl Pool {
     /// slots the mapping covers are written: padding and alignment slots stay clear.
     fn record(&self, s: usize, plan: &Plan) {
         let end = plan.in_off + plan.mapping_size;
+        let first = s + plan.pad_slots;
+        let covered = end.div_ceil(IO_TLB_SIZE).min(s + plan.nslots - first);
         let common = VALID | (plan.in_off as u64) << IN_OFF_SHIFT;
         let head =
             HEAD | (plan.pad_slots as u64) << PAD_SHIFT | (plan.nslots as u64) << NSLOTS_SHIFT;
-        let covered = self.slots[s + plan.pad_slots..s + plan.nslots]
-            .iter()
-            .take(end.div_ceil(IO_TLB_SIZE));
-        for (j, slot) in covered.enumerate() {
+        let (orig, step) = match plan.orig {
+            Some(o) => (o, 1u64 << IO_TLB_SHIFT),
+            None => (INVALID_PHYS_ADDR, 0),
+        };
+        for (j, slot) in self.slots[first..first + covered].iter().enumerate() {
             let size = (end - j * IO_TLB_SIZE) as u64;
             let meta = common | size | if j == 0 { head } else { 0 };
-            let orig = plan
-                .orig
-                .map_or(INVALID_PHYS_ADDR, |o| o + ((j as u64) << IO_TLB_SHIFT));
-            slot.orig.store(orig, Relaxed);
+            slot.orig.store(orig + j as u64 * step, Relaxed);
             slot.meta.store(meta, Relaxed);
         }
     }
@@ -364,6 +384,7 @@ impl Pool {
     /// Free the allocation whose mapping starts at slot `first` with in-slot offset `in_off`.
     /// Validated under the owning area's lock, so a second or bogus release changes nothing.
     /// Returns the number of slots freed.
+    #[inline]
     pub(crate) fn release(&self, first: usize, in_off: usize, addr: u64) -> Result<usize, Error> {
         let n = self.geo.area_nslabs;
         let (a, first_in_area) = self.geo.area_of(first);
@@ -382,7 +403,9 @@ impl Pool {
         // metadata are still in the CPU cache, and the next map of its size takes it without
         // a search or a renumbering. The run cached before goes back to the counters, and the
         // next search starts there (plain next-fit would move on to cold slots).
-        st.reclaim(self.geo.seg);
+        if st.cached.1 > 0 {
+            st.reclaim(self.geo.seg);
+        }
         st.cached = (s - a * n, meta.nslots);
         st.used -= meta.nslots;
         area.used.store(st.used, Relaxed);
