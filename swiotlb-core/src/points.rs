@@ -31,6 +31,7 @@
 //! |---|---|---|
 //! | `area_shared` | 2 threads map/bounce/unmap in one area of an 8-slot pool | Preemptions(3): the shared state is the area lock and counters; 3 preemptions place each thread's search, copy and release anywhere in the other's |
 //! | `area_crossing` | 2 CPUs, 2 areas; one thread fills its area and falls back to the other | Preemptions(3), as above |
+//! | `area_cached_run` | 2 threads bounce 2 and 3 slots in one 4-slot area: the cached run is taken, displaced, or merged back for the larger map; a full area gives a transient pool | Preemptions(3), as above |
 //! | `new_pool` | the new-pool litmus on the real code: P0 `grow_by`, P1 maps (default pool full, held by another device) and hands the address over a Relaxed atomic, P2 `is_bounce_buffer` | Preemptions(4) (twins 3): the litmus needs at most 2 (P2 between P1's flag store and hand-off; P1's traversal right after P0's publication); 8 take 86 s with the same verdict |
 //! | `new_pool_flag_already_set` | `new_pool` with P1's device flag set by an earlier map: the fence alone carries P0's publication to P2 | Preemptions(3), as `new_pool` |
 //! | `transient_add` | a map links a transient pool while another thread walks the list | exhaustive (2 threads) |

@@ -1,7 +1,8 @@
 //! Models of `swiotlb-core` on the real code with tiny pools (segments of 4 slots).
 //!
 //! * `area_*`: two threads mapping, bouncing and unmapping in one area and across areas (the
-//!   area locks and the free-run counters; no ordering points, the locks do the work).
+//!   area locks, the free-run counters and each area's cached run; no ordering points, the
+//!   locks do the work).
 //! * `new_pool_*`: "argument 1 on the real code", the seed's swiotlb-new-pool litmus test:
 //!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
@@ -17,7 +18,10 @@
 //! main thread's operations precede a thread it spawned just before (observed: a model with
 //! the walker on the main thread explored one execution).
 
-use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
+use dma_sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
@@ -288,6 +292,68 @@ fn transient_reuse() {
     t.join().unwrap();
     w.join().unwrap();
     assert_eq!(dev.transient_pools(), 1);
+}
+
+/// The message of `area_cached_run` when a map took a transient pool although the other
+/// thread held no slot: a cached run kept slots from a map that needed them.
+const HOARDED: &str = "a transient pool although the other thread held no slot";
+
+/// Phases of a thread of `area_cached_run`, published to the other: not started, mapping or
+/// holding its slots, released.
+const IDLE: u64 = 0;
+const BUSY: u64 = 1;
+const DONE: u64 = 2;
+
+/// Map `len` bytes, check that a transient pool was needed, unmap. The area is too small for
+/// both threads' runs at once, so a transient pool is only right if the other thread may have
+/// held its slots during this map: it had started (`BUSY` before its map, so its slots, held
+/// under the area lock, are ordered before this map's later read of its phase) and had not
+/// finished (`DONE` after its unmap) when this map began.
+fn bounce_beside(
+    swiotlb: &Swiotlb,
+    dev: &Device,
+    orig: u64,
+    len: usize,
+    me: &AtomicU64,
+    other: &AtomicU64,
+) {
+    me.store(BUSY, Release);
+    let before = other.load(Acquire);
+    let a = map_to_device(swiotlb, dev, orig, len).expect("a run or a transient pool");
+    let after = other.load(Acquire);
+    let transient = swiotlb.find_pool(dev, a).expect("a live mapping").transient;
+    assert!(!transient || (before != DONE && after != IDLE), "{HOARDED}");
+    unmap_to_device(swiotlb, dev, a, len);
+    me.store(DONE, Release);
+}
+
+/// One area of 4 slots (one segment): one thread bounces 2 slots while the other bounces 3,
+/// so a map meets the other's cached run (taken, or merged back into the counters, which alone
+/// have no room), its live mapping (the area is full: a transient pool, and only then) or a
+/// free area, and a release may displace the other's cached run. Preemptions(3), as
+/// `area_shared`: what is shared is under the area lock, plus the transient list.
+fn area_cached_run() {
+    let (swiotlb, base) = instance(Config::tiny(4, 1, 4), 8 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let phases = Arc::new([AtomicU64::new(IDLE), AtomicU64::new(IDLE)]);
+    let p = phases.clone();
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        bounce_beside(swiotlb, dev, base, 2 * SLOT, &p[0], &p[1])
+    });
+    let p = phases.clone();
+    let u = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        let orig = base + 4 * SLOT as u64;
+        bounce_beside(swiotlb, dev, orig, 3 * SLOT, &p[1], &p[0])
+    });
+    t.join().unwrap();
+    u.join().unwrap();
+    quiescent(&swiotlb);
+    assert_eq!(dev.transient_pools(), 0);
+}
+
+#[test]
+fn area_cached_run_passes() {
+    check(Bound::Preemptions(3), area_cached_run);
 }
 
 #[test]
