@@ -12,7 +12,7 @@
 //! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_subtree_under_readers` |
 //! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
 //! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming) | `racing_unmaps_of_one_table` |
-//! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference) | `unmap_frees_level_under_readers` |
+//! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference), `pgtable_retire_bypasses_rcu_translation` (the same against a translation alone) | `unmap_frees_level_under_readers`, `unmap_frees_level_under_translation` |
 //! | `pgtable.take.release` | Rmw | `pgtable_take_unreleased` (acquire only; fails with loom's "maximum number of branches": the restarting map reads the stale link forever) | `block_map_races_table_unmap` |
 //!
 //! The claim twin fails with "a table level claimed twice": under loom the owner's swap checks
@@ -35,6 +35,9 @@
 //!   descriptor and using the table, the unmapper one to run claim, take, grace period and free
 //!   in that window, one spare (since the unmap swaps every entry it takes to `DEAD`, exhaustive
 //!   exploration runs for many minutes).
+//! * `unmap_frees_level_under_translation`: the same unmap against a translation alone (both
+//!   parties spawned), so the bypass twin shows the translation's own table reads reach the
+//!   loom RCU's reader check. `Preemptions(4)` (exhaustive passes too, in about 8 s of CPU).
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3 table
 //!   (unlink, walk flush, RCU free, block) under a dump and a translation. `Preemptions(3)`.
 //! * `racing_unmaps_of_one_table`: two unmaps of the 16 KiB top entry linking a level-3 table,

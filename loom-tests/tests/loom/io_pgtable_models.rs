@@ -436,6 +436,40 @@ must_fail_test! {
         unmap_frees_level_under_readers;
 }
 
+/// The level-3 table under top entry 1 freed while a translation, and nothing else, reads it:
+/// the unmap of top entry 1 races `iova_to_phys` of the page mapped there, on spawned threads.
+/// The translation is absent or the mapped one; afterwards it is absent and one table was
+/// retired. Its twin shows that the translation's own table reads reach the loom RCU's reader
+/// check, without a debug walk beside it. Bound: Preemptions(4) (0.3 s of CPU): a switch after
+/// each of the translation's pin, two table reads and unpin puts each of them before, inside
+/// or after the unmap's claim, take and retirement; exhaustive passes too (about 8 s of CPU).
+fn unmap_frees_level_under_translation() {
+    let pt = tiny();
+    let block = pt.geometry().block_size(pt.geometry().start_level());
+    let page = block + PAGE;
+    map_one(&pt, page, PAGE);
+    let unmapper = spawn_on(&pt, move |pt| unmap_one(pt, block, block));
+    let translator = spawn_on(&pt, move |pt| translated_or_absent(pt, page));
+    unmapper.join().unwrap();
+    translator.join().unwrap();
+    assert!(pt.iova_to_phys(page).is_none());
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+#[test]
+fn unmap_frees_level_under_translation_passes() {
+    check(Bound::Preemptions(4), unmap_frees_level_under_translation);
+}
+
+must_fail_test! {
+    /// Tables released to the slab at once, against a translation alone: its table reads are
+    /// tracked dereferences, so the release races one of them.
+    fn pgtable_retire_bypasses_rcu_translation: RETIRE_RCU, Weakening::Relax,
+        "Causality violation | freed outside dma_sync::rcu", Bound::Preemptions(2),
+        unmap_frees_level_under_translation;
+}
+
 causality_twins! { unmap_frees_subtree_under_readers:
     /// The same with a freed subtree of two levels.
     fn pgtable_reader_unpinned_subtree: READER_PIN;

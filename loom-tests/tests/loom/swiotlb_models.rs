@@ -7,10 +7,11 @@
 //!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
 //!   the pool.
-//! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`: "argument 2 on the real
-//!   code", the device's transient list: a pool linked while another thread walks the list,
-//!   a pool unlinked and freed while a lookup walks past it, and deletion followed by a new
-//!   transient pool whose address is handed on.
+//! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`, `transient_unlink_head_*`:
+//!   "argument 2 on the real code", the device's transient list: a pool linked while another
+//!   thread walks the list, a pool unlinked and freed while a lookup walks past it, deletion
+//!   followed by a new transient pool whose address is handed on, and the list's head unlinked
+//!   (its successor built by another thread) while a walker looks for an older pool.
 //!
 //! Every model asserts its invariants inside the model; each mutation point of the crate has a
 //! must-fail twin below. The racing parties are always spawned threads and the model's main
@@ -25,7 +26,7 @@ use dma_sync::atomic::{
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
-use loom_tests::harness::{check, Bound};
+use loom_tests::harness::{check, outcomes, Bound};
 use loom_tests::must_fail_test;
 use swiotlb_core::points;
 use swiotlb_core::{
@@ -356,6 +357,55 @@ fn area_cached_run_passes() {
     check(Bound::Preemptions(3), area_cached_run);
 }
 
+/// Unlinking the list's head: the unlink's store must be a release. P is linked before the
+/// threads start; the mapper links Q, then B above it (`B → Q → P`), and hands B's address on
+/// through a Relaxed atomic; the unmapper, already inside a read section of its own, unmaps B,
+/// which writes `transients = Q`; the walker checks P's address. A walker that reads that store
+/// must see Q built (its bounds, and its link to P), and only the unlink's release carries Q
+/// to it: the unmapper learns of Q through the hand-off (the lookup's acquire fence) and B's
+/// link (the walk), both after its last fence, since the lookup's pin is nested in the
+/// unmapper's own and issues none. With an outermost pin instead, the pin's full fence would
+/// release everything the unmapper saw, as the map's flag fence does for a mapper that unlinks
+/// its own pool: a Relaxed unlink then survives (checked). A Relaxed unlink fails here as a
+/// causality violation on Q's bounds (or, read as null, its link misses P). Returns whether
+/// the unmapper received B's address; both outcomes are reached.
+///
+/// Bound: Preemptions(2) (≈5 s). The shared steps are the mapper's two maps and hand-off, the
+/// unmapper's pin, hand-off read, lookup, unlink and retirement, and the walker's pin and walk;
+/// two preemptions place the walker's walk anywhere in the unmapper's unmap and both pins
+/// before or after either of the mapper's maps (one switch away from each of the unmapper
+/// and the walker). Bound 3 passes too, in ≈90 s.
+fn transient_unlink_head() -> bool {
+    let (swiotlb, base, dev) = transient_setup();
+    let p = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
+    let handoff = Arc::new(AtomicU64::new(0));
+    let mapper = {
+        let handoff = handoff.clone();
+        spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+            map_to_device(swiotlb, dev, base + SLOT as u64, SLOT).unwrap();
+            let b = map_to_device(swiotlb, dev, base + 2 * SLOT as u64, SLOT).unwrap();
+            handoff.store(b, Relaxed);
+        })
+    };
+    let unmapper = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        let _outer = dma_sync::rcu::pin();
+        let b = handoff.load(Relaxed);
+        if b != 0 {
+            unmap_to_device(swiotlb, dev, b, SLOT);
+        }
+        b != 0
+    });
+    let walker = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        assert!(swiotlb.is_bounce_buffer(dev, p), "{MISSED_OLDER}");
+    });
+    mapper.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    walker.join().unwrap();
+    assert_eq!(dev.transient_pools(), if unmapped { 2 } else { 3 });
+    unmap_to_device(&swiotlb, &dev, p, SLOT);
+    unmapped
+}
+
 #[test]
 fn area_shared_passes() {
     check(Bound::Preemptions(3), area_shared);
@@ -404,6 +454,12 @@ fn transient_free_passes() {
 #[test]
 fn transient_reuse_passes() {
     check(Bound::Exhaustive, transient_reuse);
+}
+
+#[test]
+fn transient_unlink_head_passes() {
+    let seen = outcomes(Bound::Preemptions(2), transient_unlink_head);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
 }
 
 must_fail_test! {
