@@ -5,6 +5,9 @@
 //! compare-and-swap and freed through RCU, so lock-free readers — [`PageTable::iova_to_phys`],
 //! [`PageTable::reader`], [`PageTable::dump`] — never touch freed memory, even while unmaps
 //! remove the tables they are walking (Linux's debugfs walkers race with table frees).
+//! Writers claim entries by compare-and-swap and never lock; the one wait is a map or unmap
+//! that meets an entry a racing block map has reserved, which waits for that block map's
+//! few steps (see the concurrency contract below).
 //!
 //! # API
 //!
