@@ -56,6 +56,29 @@
 //! * `page_maps_race_refused_block_map`: a block map races a thread mapping two pages under it,
 //!   so its freeze may reserve the second page's slot, then meet the first page and thaw:
 //!   either the block or the pages win, never a page map refused by a reservation alone.
+//! * `block_map_races_page_install`: a block map races a page map under an *empty* top entry,
+//!   so the page map installs the level-3 table while the block map checks its slot, re-reads
+//!   it in `place` or loses its claim from 0 to the install: each then reads the new table's
+//!   entries through the link it loaded. Exactly one map wins; the page map's table is
+//!   discarded, linked or retired accordingly. `Preemptions(3)`.
+//! * `block_map_races_install_below`: the same one level higher (`Config::tiny(3)`): a 64 KiB
+//!   block over a level-2 table emptied in the setup races a page map that installs a level-3
+//!   table in it, which the block map's `subtree_empty` and freeze (its load, or its lost
+//!   claim of an empty entry) descend into. `Preemptions(3)`.
+//! * `page_install_races_page_unmap`: a page map installing the level-3 table races an unmap of
+//!   the same page, which descends through the new link: the page is unmapped, or
+//!   `NotMapped` and it stays. Exhaustive. `page_install_races_table_unmap`: the same map
+//!   races an unmap of the whole top entry, which finds it empty or claims the new link and
+//!   takes the table (the map restarting into a second table if it had not placed its page).
+//!   `Preemptions(3)`.
+//! * `install_race_under_dump`: `install_race` with the debug walk as the reader. Exhaustive.
+//!
+//! These five are the models in which a table a writer or the walk reaches was installed by a
+//! racing thread, not built before the threads start: they kill the one-site relaxations of
+//! `pgtable.descent.acquire` and `pgtable.walk.acquire` that `scripts/mutants` generates
+//! (DESIGN.md, "Mutation testing outside the registry"). The unmap's load of its target entry
+//! and the claim's acquire on success each order the take of a new table alone; relaxing both
+//! fails `page_install_races_table_unmap`.
 //!
 //! The racing models use `Preemptions(3)`: a loser needs one switch between reading an entry and
 //! claiming it, the winner one to claim, take and retire in that window, and the third lets the
