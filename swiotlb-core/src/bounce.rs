@@ -563,7 +563,8 @@ fn free_without_grace(p: *mut Pool) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{
-        Config, DeviceConfig, Direction, MapAttrs, OrigMemory, ProcessMemory, RegionMemory, Swiotlb,
+        Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory, RegionMemory,
+        Swiotlb,
     };
 
     const NONE: MapAttrs = MapAttrs {
@@ -669,6 +670,52 @@ mod tests {
         }
         swiotlb.unmap(&dev, a, LEN, dir, NONE).unwrap();
         device.join().unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
+    }
+
+    /// An area caches the run freed last for the next map of its size, and gives it back to
+    /// its counters when a map needs the slots: a cached run never makes a map fail.
+    #[test]
+    fn the_run_freed_last_is_reused_and_never_hoarded() {
+        dma_sync::cpu::set_current(Some(0));
+        const HALF: usize = 4 * 2048;
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let cfg = Config {
+            can_grow: false,
+            ..Config::tiny(8, 1, 8)
+        };
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
+        let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
+        let unmap = |a, len| {
+            swiotlb
+                .unmap(&dev, a, len, Direction::ToDevice, NONE)
+                .unwrap()
+        };
+        let a = map(HALF).unwrap();
+        unmap(a, HALF);
+        assert_eq!(map(HALF), Ok(a), "the run just freed serves the same size");
+        let b = map(HALF).unwrap();
+        // `a` goes to the cache, then back to the counters when `b` takes its place.
+        unmap(a, HALF);
+        unmap(b, HALF);
+        assert_eq!(swiotlb.stats().used, 0, "a cached run is not in use");
+        swiotlb.check_invariants().unwrap();
+        // The whole pool fits only once the cached run is merged back.
+        let all = map(2 * HALF).unwrap();
+        assert_eq!(all, a.min(b));
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(all, 2 * HALF);
+        // A cached run of another size (the whole pool): the smaller maps that follow find
+        // no free counter, so the first one merges the cached run back.
+        let c = map(HALF).unwrap();
+        let d = map(HALF).unwrap();
+        assert_eq!((c, d), (all, all + HALF as u64));
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(c, HALF);
+        unmap(d, HALF);
         assert_eq!(swiotlb.stats().used, 0);
         swiotlb.check_invariants().unwrap();
     }
