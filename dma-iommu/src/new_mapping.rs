@@ -7,7 +7,7 @@ use crate::backend::{prot_for, Backend, IovaSpan};
 use crate::device::Device;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
-use crate::registry::{Kind, Record, Registry};
+use crate::registry::{Held, Kind, Record, Registry};
 use crate::InvalidationOps;
 use io_pgtable::Prot;
 use swiotlb_core::Direction;
@@ -82,15 +82,21 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
         offset: u64,
         bounce_buffer: Option<u64>,
     ) -> Result<u64, DmaError> {
+        let held = match (self.kind, bounce_buffer) {
+            (Kind::Single, Some(phys)) => Held::Bounced(phys),
+            (Kind::Single, None) => Held::Single,
+            // Resources and lists are never bounced.
+            (Kind::Resource, _) => Held::Resource,
+            (Kind::List, _) => Held::List {
+                granules: self.span.granules,
+            },
+        };
         let rec = Record {
             dev: self.dev.inner.id,
-            kind: self.kind,
             size,
-            offset,
-            granules: self.span.granules,
-            bounce_buffer,
+            held,
         };
-        self.registry.insert(self.span.pfn, rec)?;
+        self.registry.insert(self.iova() + offset, rec)?;
         self.published = true;
         Ok(self.iova())
     }

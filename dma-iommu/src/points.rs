@@ -11,7 +11,7 @@
 //! | Point | Kind | Twin(s) | Model |
 //! |---|---|---|---|
 //! | `iommu.fq.publish` | Store | `publish_relaxed` | `switch_vs_unmap` |
-//! | `iommu.fq.enqueue.fence` | Fence | `enqueue_unfenced_sees_unbuilt_queue`, `enqueue_unfenced`, `real_domain_enqueue_unfenced` | `switch_vs_unmap`, `queue_vs_timer`, `real_domain_queue_vs_timer` |
+//! | `iommu.fq.enqueue.fence` | Fence | `enqueue_unfenced_sees_unbuilt_queue`, `enqueue_unfenced`, `real_domain_enqueue_unfenced`, `bare_enqueue_unfenced` | `switch_vs_unmap`, `queue_vs_timer`, `real_domain_queue_vs_timer`, `bare_queue_vs_timer` |
 //! | `iommu.fq.flush.fence` | Fence | `flush_unfenced`, `full_ring_flush_unfenced` | `queue_vs_timer`, `full_ring_vs_enqueue` |
 //! | `iommu.fq.finish.release` | Rmw | `finish_relaxed` | `full_ring_vs_enqueue` |
 //! | `iommu.fq.finish.acquire` | Load | `finish_load_relaxed` | `full_ring_vs_enqueue` |
@@ -42,6 +42,7 @@
 //! | `real_domain_queue_vs_timer` | unmap (lazy), timer, device | PB 3 (twin PB 2) | the SB protocol on the real stack; outcomes {timer freed it, left for later} |
 //! | `switch_vs_stats` | switch, reader | exhaustive | lookup of a published queue |
 //! | `queue_vs_timer` | unmap, timer, device | PB 3 (twins PB 2) | SB protocol; nothing stranded; outcomes {timer freed it, left for later} |
+//! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue: the public `enqueue`'s fence (the point's other site, in `enqueue_published`, is what every domain reaches); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |

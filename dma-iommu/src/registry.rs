@@ -8,13 +8,22 @@
 //! CPU wrote: a shard is the top bits of the pfn's Fibonacci hash, over a thousand shards per
 //! CPU, so the pfns a CPU's IOVA cache recycles rarely share a shard with another CPU's (with
 //! 16 shards, lazy map+unmap ran at 1.04× on two threads, now 1.8×). A shard usually holds
-//! one mapping, inline on its own line; the hash table (keys hashed by one multiplication:
-//! our own allocator chose them, nobody makes them collide) takes the rare others. The count
-//! of mappings ever recorded is kept under the insert's lock, so the map path writes no
-//! shared statistics line.
+//! one mapping, inline: its lock, that record and the shard's count fit one cache line
+//! (checked by a test), so a map touches one line of the registry. When a shard's lines held
+//! a hash table as well, the lock and the record fell on two lines, and a lazy domain (255
+//! IOVAs in flight, so 255 shards in turn) missed L1 on both at every insert. The hash table
+//! (keys hashed by one multiplication: our own allocator chose them, nobody makes them
+//! collide) takes the rare others; it lies in a parallel array behind a lock of its own,
+//! taken only under the shard's lock. The count of mappings ever recorded is kept under the
+//! insert's lock, so the map path writes no shared statistics line.
+//!
+//! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
+//! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,
+//! which alone is not the size rounded up to granules). The inline slot is keyed by the DMA
+//! address itself, so the offset in the first granule needs no field.
 
 use crate::error::DmaError;
-use dma_sync::{CachePadded, Mutex};
+use dma_sync::Mutex;
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -29,15 +38,50 @@ pub(crate) enum Kind {
     List,
 }
 
+/// What a live mapping holds besides its IOVA span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// A [`Kind::Single`] mapping of the caller's memory.
+    Single,
+    /// A [`Kind::Single`] mapping of a bounce buffer at this address.
+    Bounced(u64),
+    /// A [`Kind::Resource`] mapping.
+    Resource,
+    /// A [`Kind::List`] mapping of a span of `granules` (segments moved to a boundary make it
+    /// longer than the list's size rounded up).
+    List { granules: u64 },
+}
+
+impl Held {
+    fn kind(self) -> Kind {
+        match self {
+            Held::Single | Held::Bounced(_) => Kind::Single,
+            Held::Resource => Kind::Resource,
+            Held::List { .. } => Kind::List,
+        }
+    }
+}
+
 /// One live mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) dev: u64,
-    pub(crate) kind: Kind,
     /// Bytes the caller mapped.
     pub(crate) size: u64,
-    /// Offset of the DMA address in its first granule.
-    pub(crate) offset: u64,
+    pub(crate) held: Held,
+}
+
+/// What an unmap expects the record at its DMA address to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expect {
+    pub(crate) dev: u64,
+    pub(crate) kind: Kind,
+    pub(crate) size: u64,
+}
+
+/// What an unmap needs of the record it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
     /// IOVA granules held.
     pub(crate) granules: u64,
     /// The bounce buffer, if the mapping was bounced.
@@ -70,23 +114,33 @@ impl Hasher for PfnHasher {
     }
 }
 
-/// One shard: first IOVA pfn -> record of its live mappings, and how many it ever recorded.
-/// With many more shards than mappings in flight, a shard mostly holds one: it sits inline,
-/// on the shard's own cache line, and the table is touched only by the rare second one.
+/// One shard: the inline record (by DMA address) and how many mappings the shard ever
+/// recorded. With many more shards than mappings in flight, a shard mostly holds one.
 #[derive(Default)]
 struct Live {
     one: Option<(u64, Record)>,
-    more: HashMap<u64, Record, BuildHasherDefault<PfnHasher>>,
     recorded: u64,
 }
 
-impl Live {
-    fn len(&self) -> usize {
-        usize::from(self.one.is_some()) + self.more.len()
-    }
-}
+/// A shard's other mappings: first pfn -> (DMA address, record). Locked only under the
+/// shard's lock.
+type More = HashMap<u64, (u64, Record), BuildHasherDefault<PfnHasher>>;
 
 type Shard = Mutex<Live>;
+
+/// A shard on a cache line of its own. 64 bytes, not `CachePadded`'s 128 (which x86-64 uses
+/// against the adjacent-line prefetcher): at a 128-byte stride the shards would use only
+/// every other set of a 64-set L1, and a lazy domain's 255 shards in turn would fill those
+/// sets' ways by themselves.
+#[repr(align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// Shards per CPU: many more than the mappings a CPU has in flight (a flush-queue ring's
 /// worth, 256, recycled by its IOVA cache), so a CPU's mappings rarely share a shard, and so a
@@ -102,13 +156,18 @@ const SHARDS_PER_CPU: usize = if cfg!(loom) {
     1024
 };
 
-/// At most this many shards (128 bytes each: 2 MiB), however many CPUs.
+/// At most this many shards (a 64-byte line each, and a locked table of 40 bytes: 1.6 MiB),
+/// however many CPUs.
 const MAX_SHARDS: usize = 1 << 14;
 
 pub(crate) struct Registry {
-    shards: Box<[CachePadded<Shard>]>,
+    shards: Box<[Line<Shard>]>,
+    /// `more[i]`: shard `i`'s other mappings.
+    more: Box<[Mutex<More>]>,
     /// `64 - log2(shards)`: a shard is the top bits of the pfn's Fibonacci hash.
     shift: u32,
+    /// The IOVA granule's shift: a DMA address's pfn, and a span's granules.
+    granule_shift: u32,
 }
 
 /// What the registry counts.
@@ -121,84 +180,128 @@ pub(crate) struct Counts {
 }
 
 impl Registry {
-    /// Shards for `cpus` CPUs: [`SHARDS_PER_CPU`] each, at most [`MAX_SHARDS`].
-    pub(crate) fn new(cpus: usize) -> Self {
+    /// Shards for `cpus` CPUs: [`SHARDS_PER_CPU`] each, at most [`MAX_SHARDS`]; IOVA granules
+    /// of `1 << granule_shift` bytes.
+    pub(crate) fn new(cpus: usize, granule_shift: u32) -> Self {
         let n = cpus
             .clamp(1, MAX_SHARDS / SHARDS_PER_CPU)
             .saturating_mul(SHARDS_PER_CPU)
             .next_power_of_two()
             .max(2);
         Self {
-            shards: (0..n)
-                .map(|_| CachePadded::new(Mutex::new(Live::default())))
-                .collect(),
+            shards: (0..n).map(|_| Line(Mutex::new(Live::default()))).collect(),
+            more: (0..n).map(|_| Mutex::new(More::default())).collect(),
             shift: 64 - n.trailing_zeros(),
+            granule_shift,
         }
     }
 
-    fn shard(&self, pfn: u64) -> &Shard {
-        let h = pfn.wrapping_mul(FIBONACCI) >> self.shift;
-        &self.shards[h as usize]
+    fn index(&self, pfn: u64) -> usize {
+        (pfn.wrapping_mul(FIBONACCI) >> self.shift) as usize
     }
 
-    /// Record a new mapping; [`DmaError::NoMemory`] (nothing recorded) if the shard cannot
-    /// grow.
-    pub(crate) fn insert(&self, pfn: u64, rec: Record) -> Result<(), DmaError> {
-        let mut shard = self.shard(pfn).lock();
+    /// Record a new mapping at DMA address `dma` (its first IOVA granule, plus its offset in
+    /// it); [`DmaError::NoMemory`] (nothing recorded) if the shard cannot grow.
+    #[inline]
+    pub(crate) fn insert(&self, dma: u64, rec: Record) -> Result<(), DmaError> {
+        let pfn = dma >> self.granule_shift;
+        let i = self.index(pfn);
+        let mut shard = self.shards[i].lock();
         if crate::faults::MAPPING_RECORD.fail() {
             return Err(DmaError::NoMemory);
         }
         // Unreachable duplicates: the caller mapped the page table first, and io-pgtable
         // claims every entry by compare-and-swap, so no two live mappings share a first pfn.
         debug_assert!(
-            shard.one.as_ref().map(|&(p, _)| p) != Some(pfn) && !shard.more.contains_key(&pfn),
+            shard.one.as_ref().map(|&(at, _)| at >> self.granule_shift) != Some(pfn)
+                && !self.more[i].lock().contains_key(&pfn),
             "IOVA pfn {pfn:#x} handed out twice"
         );
         if shard.one.is_none() {
-            shard.one = Some((pfn, rec));
+            shard.one = Some((dma, rec));
         } else {
-            if shard.more.try_reserve(1).is_err() {
+            let mut more = self.more[i].lock();
+            if more.try_reserve(1).is_err() {
                 return Err(DmaError::NoMemory);
             }
-            shard.more.insert(pfn, rec);
+            more.insert(pfn, (dma, rec));
         }
         shard.recorded += 1;
         Ok(())
     }
 
-    /// Remove the mapping at `pfn` if `check` accepts it; otherwise leave it in place.
-    pub(crate) fn take(
-        &self,
-        pfn: u64,
-        dma: u64,
-        check: impl FnOnce(&Record) -> Result<(), DmaError>,
-    ) -> Result<Record, DmaError> {
-        let mut shard = self.shard(pfn).lock();
+    /// Remove the mapping at `dma` if it is what `expect` describes; otherwise leave it in
+    /// place: none at `dma`'s granule or another device's is [`DmaError::NotMapped`], another
+    /// offset in the granule, size or kind [`DmaError::Mismatch`]. The expectation travels by
+    /// value and only what the unmap needs comes back, so nothing of either is spilled to
+    /// memory on the way.
+    #[inline]
+    pub(crate) fn take(&self, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
+        let pfn = dma >> self.granule_shift;
+        let i = self.index(pfn);
+        let mut shard = self.shards[i].lock();
         if let Some((at, rec)) = &shard.one {
-            if *at == pfn {
-                check(rec)?;
-                return Ok(shard.one.take().expect("present under the lock").1);
+            if *at >> self.granule_shift == pfn {
+                let taken = self.check(*at, rec, dma, expect)?;
+                shard.one = None;
+                return Ok(taken);
             }
         }
-        let Entry::Occupied(live) = shard.more.entry(pfn) else {
+        let mut more = self.more[i].lock();
+        let Entry::Occupied(live) = more.entry(pfn) else {
             return Err(DmaError::NotMapped { dma });
         };
-        check(live.get())?;
-        Ok(live.remove())
+        let (at, rec) = live.get();
+        let taken = self.check(*at, rec, dma, expect)?;
+        live.remove();
+        Ok(taken)
+    }
+
+    /// What the unmap of `dma` needs of `rec`, recorded at `at` (the same granule), if it is
+    /// the mapping `expect` describes.
+    fn check(&self, at: u64, rec: &Record, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
+        if rec.dev != expect.dev {
+            return Err(DmaError::NotMapped { dma });
+        }
+        if rec.size != expect.size || at != dma || rec.held.kind() != expect.kind {
+            return Err(DmaError::Mismatch {
+                dma,
+                size: expect.size,
+                mapped: rec.size,
+            });
+        }
+        let g = self.granule_shift;
+        let offset = dma & ((1 << g) - 1);
+        Ok(match rec.held {
+            Held::List { granules } => Taken {
+                granules,
+                bounce_buffer: None,
+            },
+            // The span the map reserved: offset and size rounded up to granules (`new_mapping`
+            // checked that this does not overflow).
+            held => Taken {
+                granules: (offset + rec.size).div_ceil(1 << g),
+                bounce_buffer: match held {
+                    Held::Bounced(phys) => Some(phys),
+                    _ => None,
+                },
+            },
+        })
     }
 
     /// Mappings recorded and live (locks every shard briefly).
     pub(crate) fn counts(&self) -> Counts {
-        self.shards.iter().fold(
+        self.shards.iter().zip(self.more.iter()).fold(
             Counts {
                 recorded: 0,
                 live: 0,
             },
-            |c, s| {
+            |c, (s, m)| {
                 let s = s.lock();
+                let more = m.lock().len();
                 Counts {
                     recorded: c.recorded + s.recorded,
-                    live: c.live + s.len() as u64,
+                    live: c.live + u64::from(s.one.is_some()) + more as u64,
                 }
             },
         )
@@ -212,29 +315,62 @@ mod tests {
     fn rec(dev: u64) -> Record {
         Record {
             dev,
+            size: 4096,
+            held: Held::Single,
+        }
+    }
+
+    fn expect(dev: u64) -> Expect {
+        Expect {
+            dev,
             kind: Kind::Single,
             size: 4096,
-            offset: 0,
-            granules: 1,
-            bounce_buffer: None,
         }
     }
 
     #[test]
+    fn a_shard_lock_its_record_and_its_count_fit_one_cache_line() {
+        assert!(std::mem::size_of::<Shard>() <= 64);
+        assert_eq!(std::mem::size_of::<Line<Shard>>(), 64);
+        assert!(std::mem::size_of::<Mutex<More>>() <= 40);
+    }
+
+    #[test]
     fn shards_holding_many_mappings_find_each_one() {
-        let r = Registry::new(1);
+        let r = Registry::new(1, 12);
         // Four times as many mappings as shards: every shard holds one inline and more in
         // its table.
         let pfns: Vec<u64> = (1..=4 * SHARDS_PER_CPU as u64).map(|i| i * 7).collect();
         for &p in &pfns {
-            r.insert(p, rec(p)).unwrap();
+            r.insert(p << 12, rec(p)).unwrap();
         }
-        let refuse = |_: &Record| Err(DmaError::ForeignDevice);
         for &p in &pfns {
-            assert_eq!(r.take(p, p << 12, refuse), Err(DmaError::ForeignDevice));
+            let dma = p << 12;
+            let other = Expect {
+                dev: p + 1,
+                ..expect(p)
+            };
+            assert_eq!(r.take(dma, other), Err(DmaError::NotMapped { dma }));
+            let longer = Expect {
+                size: 8192,
+                ..expect(p)
+            };
+            let mismatch = |dma, size| DmaError::Mismatch {
+                dma,
+                size,
+                mapped: 4096,
+            };
+            assert_eq!(r.take(dma, longer), Err(mismatch(dma, 8192)));
+            // Inside the mapping's first granule, but not where it starts.
+            assert_eq!(r.take(dma + 8, expect(p)), Err(mismatch(dma + 8, 4096)));
+            let list = Expect {
+                kind: Kind::List,
+                ..expect(p)
+            };
+            assert_eq!(r.take(dma, list), Err(mismatch(dma, 4096)));
             assert_eq!(
-                r.take(p + 1, 0, |_| Ok(())),
-                Err(DmaError::NotMapped { dma: 0 })
+                r.take((p + 1) << 12, expect(p + 1)),
+                Err(DmaError::NotMapped { dma: (p + 1) << 12 })
             );
         }
         let counts = r.counts();
@@ -242,10 +378,48 @@ mod tests {
             (counts.recorded, counts.live),
             (pfns.len() as u64, pfns.len() as u64)
         );
+        let taken = Taken {
+            granules: 1,
+            bounce_buffer: None,
+        };
         for &p in pfns.iter().rev() {
-            assert_eq!(r.take(p, p << 12, |_| Ok(())), Ok(rec(p)));
-            assert!(r.take(p, p << 12, |_| Ok(())).is_err(), "taken once");
+            assert_eq!(r.take(p << 12, expect(p)), Ok(taken));
+            assert!(r.take(p << 12, expect(p)).is_err(), "taken once");
         }
         assert_eq!(r.counts().live, 0);
+    }
+
+    #[test]
+    fn a_taken_record_gives_its_span_and_bounce_buffer() {
+        let r = Registry::new(1, 12);
+        let single = |size, held| Record { dev: 1, size, held };
+        // 0x10 into its granule, 0x1ff0 bytes: two granules; bounced.
+        r.insert(0x5010, single(0x1ff0, Held::Bounced(0x9000)))
+            .unwrap();
+        // 0x10 into its granule, 0x1ff1 bytes: three granules.
+        r.insert(0x8010, single(0x1ff1, Held::Single)).unwrap();
+        // A list whose span is longer than its size.
+        r.insert(0xa000, single(0x1000, Held::List { granules: 4 }))
+            .unwrap();
+        r.insert(0xf000, single(0x1000, Held::Resource)).unwrap();
+        let e = |kind, size| Expect { dev: 1, kind, size };
+        let t = |granules, bounce_buffer| Taken {
+            granules,
+            bounce_buffer,
+        };
+        assert_eq!(
+            r.take(0x5010, e(Kind::Single, 0x1ff0)),
+            Ok(t(2, Some(0x9000)))
+        );
+        assert_eq!(r.take(0x8010, e(Kind::Single, 0x1ff1)), Ok(t(3, None)));
+        assert_eq!(r.take(0xa000, e(Kind::List, 0x1000)), Ok(t(4, None)));
+        assert_eq!(r.take(0xf000, e(Kind::Resource, 0x1000)), Ok(t(1, None)));
+        assert_eq!(
+            r.counts(),
+            Counts {
+                recorded: 4,
+                live: 0
+            }
+        );
     }
 }

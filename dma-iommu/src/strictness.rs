@@ -165,6 +165,7 @@ impl<O: InvalidationOps> Strictness<O> {
     /// assert_eq!(*s.ops().synced.lock(), 1);
     /// assert_eq!(s.unmap_with(false, clear), Unmapped::Queued);
     /// ```
+    #[inline]
     pub fn unmap_with(
         &self,
         force_strict: bool,

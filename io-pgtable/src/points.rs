@@ -12,7 +12,7 @@
 //! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_subtree_under_readers` |
 //! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
 //! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming) | `racing_unmaps_of_one_table` |
-//! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference) | `unmap_frees_level_under_readers` |
+//! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference), `pgtable_retire_bypasses_rcu_translation` (the same against a translation alone) | `unmap_frees_level_under_readers`, `unmap_frees_level_under_translation` |
 //! | `pgtable.take.release` | Rmw | `pgtable_take_unreleased` (acquire only; fails with loom's "maximum number of branches": the restarting map reads the stale link forever) | `block_map_races_table_unmap` |
 //!
 //! The claim twin fails with "a table level claimed twice": under loom the owner's swap checks
@@ -35,6 +35,9 @@
 //!   descriptor and using the table, the unmapper one to run claim, take, grace period and free
 //!   in that window, one spare (since the unmap swaps every entry it takes to `DEAD`, exhaustive
 //!   exploration runs for many minutes).
+//! * `unmap_frees_level_under_translation`: the same unmap against a translation alone (both
+//!   parties spawned), so the bypass twin shows the translation's own table reads reach the
+//!   loom RCU's reader check. `Preemptions(4)` (exhaustive passes too, in about 8 s of CPU).
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3 table
 //!   (unlink, walk flush, RCU free, block) under a dump and a translation. `Preemptions(3)`.
 //! * `racing_unmaps_of_one_table`: two unmaps of the 16 KiB top entry linking a level-3 table,
@@ -53,6 +56,29 @@
 //! * `page_maps_race_refused_block_map`: a block map races a thread mapping two pages under it,
 //!   so its freeze may reserve the second page's slot, then meet the first page and thaw:
 //!   either the block or the pages win, never a page map refused by a reservation alone.
+//! * `block_map_races_page_install`: a block map races a page map under an *empty* top entry,
+//!   so the page map installs the level-3 table while the block map checks its slot, re-reads
+//!   it in `place` or loses its claim from 0 to the install: each then reads the new table's
+//!   entries through the link it loaded. Exactly one map wins; the page map's table is
+//!   discarded, linked or retired accordingly. `Preemptions(3)`.
+//! * `block_map_races_install_below`: the same one level higher (`Config::tiny(3)`): a 64 KiB
+//!   block over a level-2 table emptied in the setup races a page map that installs a level-3
+//!   table in it, which the block map's `subtree_empty` and freeze (its load, or its lost
+//!   claim of an empty entry) descend into. `Preemptions(3)`.
+//! * `page_install_races_page_unmap`: a page map installing the level-3 table races an unmap of
+//!   the same page, which descends through the new link: the page is unmapped, or
+//!   `NotMapped` and it stays. Exhaustive. `page_install_races_table_unmap`: the same map
+//!   races an unmap of the whole top entry, which finds it empty or claims the new link and
+//!   takes the table (the map restarting into a second table if it had not placed its page).
+//!   `Preemptions(3)`.
+//! * `install_race_under_dump`: `install_race` with the debug walk as the reader. Exhaustive.
+//!
+//! These five are the models in which a table a writer or the walk reaches was installed by a
+//! racing thread, not built before the threads start: they kill the one-site relaxations of
+//! `pgtable.descent.acquire` and `pgtable.walk.acquire` that `scripts/mutants` generates
+//! (DESIGN.md, "Mutation testing outside the registry"). The unmap's load of its target entry
+//! and the claim's acquire on success each order the take of a new table alone; relaxing both
+//! fails `page_install_races_table_unmap`.
 //!
 //! The racing models use `Preemptions(3)`: a loser needs one switch between reading an entry and
 //! claiming it, the winner one to claim, take and retire in that window, and the third lets the

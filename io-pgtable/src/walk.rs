@@ -129,12 +129,9 @@ fn translate_in<T: TlbOps, const START: u32, const PA52: bool, const G4K: bool>(
         } else {
             d & oa_mask
         };
-        // With 4 KiB, the leaf size is a constant of each exit, not a lookup by level.
-        let size_shift = if G4K {
-            shift(level)
-        } else {
-            shifts[level as usize]
-        };
+        // With 4 KiB, `shifts` is a constant array and the loop is unrolled: the leaf size is
+        // a constant of each exit, not a lookup by level.
+        let size_shift = shifts[level as usize];
         if level == 3 {
             let exit = Exit {
                 level,

@@ -861,6 +861,27 @@ mod swiotlb {
             },
         );
         t.err(
+            "sync_if_bounced",
+            "zero size",
+            swiotlb.sync_if_bounced(&dev, a, 0, BI, true),
+            Error::ZeroSize,
+        );
+        t.err(
+            "sync_if_bounced",
+            "past the mapping's end",
+            swiotlb.sync_if_bounced(&dev, a + 2000, 1001, BI, false),
+            Error::OutOfRange {
+                addr: a + 2000,
+                size: 1001,
+            },
+        );
+        t.err(
+            "sync_if_bounced",
+            "wrong device (other instance)",
+            swiotlb.sync_if_bounced(&foreign, a, 1, BI, false),
+            Error::ForeignDevice,
+        );
+        t.err(
             "sync_for_device",
             "never mapped",
             swiotlb.sync_for_device(&dev, u64::MAX, 1, BI),

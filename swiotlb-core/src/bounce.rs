@@ -348,6 +348,48 @@ impl Swiotlb {
         self.sync(dev, addr, size, dir.device_reads(), true)
     }
 
+    /// A sync for the CPU (`to_device` false) or for the device of an address that may not
+    /// be a bounce address at all: `Ok(false)`, nothing done, if `addr` lies in none of
+    /// `dev`'s pools; otherwise [`Swiotlb::sync_for_cpu`] or [`Swiotlb::sync_for_device`]
+    /// (`Ok(true)` or its error). One pool lookup: a caller that asked
+    /// [`Swiotlb::is_bounce_buffer`] first would look the pool up twice.
+    ///
+    /// ```
+    /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, RegionMemory, Swiotlb};
+    /// let mem = RegionMemory::new(4096);
+    /// let orig = mem.base();
+    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let dev = swiotlb.device(DeviceConfig::default());
+    /// let a = swiotlb.map(&dev, orig, 8, Direction::FromDevice, MapAttrs::default()).unwrap();
+    /// swiotlb.write_bounce(&dev, a, b"polled!!").unwrap();
+    /// assert_eq!(swiotlb.sync_if_bounced(&dev, a, 8, Direction::FromDevice, false), Ok(true));
+    /// let mut seen = [0u8; 8];
+    /// swiotlb.memory().read(orig, &mut seen).unwrap();
+    /// assert_eq!(&seen, b"polled!!");
+    /// // Not a bounce address: nothing to do.
+    /// assert_eq!(swiotlb.sync_if_bounced(&dev, orig, 8, Direction::FromDevice, false), Ok(false));
+    /// // In a pool but past the mapping: the sync's own error.
+    /// assert_eq!(
+    ///     swiotlb.sync_if_bounced(&dev, a + 6, 4, Direction::FromDevice, true),
+    ///     Err(Error::OutOfRange { addr: a + 6, size: 4 })
+    /// );
+    /// ```
+    pub fn sync_if_bounced(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        dir: Direction,
+        to_device: bool,
+    ) -> Result<bool, Error> {
+        let copy = if to_device {
+            dir.device_reads()
+        } else {
+            dir.device_writes()
+        };
+        self.sync_found(dev, addr, size, copy, to_device)
+    }
+
     fn sync(
         &self,
         dev: &Device,
@@ -356,17 +398,36 @@ impl Swiotlb {
         copy: bool,
         to_device: bool,
     ) -> Result<(), Error> {
+        if self.sync_found(dev, addr, size, copy, to_device)? {
+            Ok(())
+        } else {
+            Err(Error::NotMapped { addr })
+        }
+    }
+
+    /// The sync of [`Swiotlb::sync_if_bounced`]: `Ok(false)` if `addr` is in no pool.
+    fn sync_found(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        copy: bool,
+        to_device: bool,
+    ) -> Result<bool, Error> {
         self.check_device(dev)?;
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        let Some(pool) = self.lookup(dev, addr) else {
+            return Ok(false);
+        };
         if copy {
-            self.bounce(&pool, addr, size, to_device)
+            self.bounce(&pool, addr, size, to_device)?;
         } else {
             // Nothing to copy, but the whole range must still lie in one live mapping.
-            mapped_range(&pool, addr, size).map(drop)
+            mapped_range(&pool, addr, size)?;
         }
+        Ok(true)
     }
 
     /// Allocate `size` bytes of bounce memory for `dev` from a restricted pool
@@ -502,7 +563,8 @@ fn free_without_grace(p: *mut Pool) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{
-        Config, DeviceConfig, Direction, MapAttrs, OrigMemory, ProcessMemory, RegionMemory, Swiotlb,
+        Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory, RegionMemory,
+        Swiotlb,
     };
 
     const NONE: MapAttrs = MapAttrs {
@@ -608,6 +670,52 @@ mod tests {
         }
         swiotlb.unmap(&dev, a, LEN, dir, NONE).unwrap();
         device.join().unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
+    }
+
+    /// An area caches the run freed last for the next map of its size, and gives it back to
+    /// its counters when a map needs the slots: a cached run never makes a map fail.
+    #[test]
+    fn the_run_freed_last_is_reused_and_never_hoarded() {
+        dma_sync::cpu::set_current(Some(0));
+        const HALF: usize = 4 * 2048;
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let cfg = Config {
+            can_grow: false,
+            ..Config::tiny(8, 1, 8)
+        };
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
+        let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
+        let unmap = |a, len| {
+            swiotlb
+                .unmap(&dev, a, len, Direction::ToDevice, NONE)
+                .unwrap()
+        };
+        let a = map(HALF).unwrap();
+        unmap(a, HALF);
+        assert_eq!(map(HALF), Ok(a), "the run just freed serves the same size");
+        let b = map(HALF).unwrap();
+        // `a` goes to the cache, then back to the counters when `b` takes its place.
+        unmap(a, HALF);
+        unmap(b, HALF);
+        assert_eq!(swiotlb.stats().used, 0, "a cached run is not in use");
+        swiotlb.check_invariants().unwrap();
+        // The whole pool fits only once the cached run is merged back.
+        let all = map(2 * HALF).unwrap();
+        assert_eq!(all, a.min(b));
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(all, 2 * HALF);
+        // A cached run of another size (the whole pool): the smaller maps that follow find
+        // no free counter, so the first one merges the cached run back.
+        let c = map(HALF).unwrap();
+        let d = map(HALF).unwrap();
+        assert_eq!((c, d), (all, all + HALF as u64));
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(c, HALF);
+        unmap(d, HALF);
         assert_eq!(swiotlb.stats().used, 0);
         swiotlb.check_invariants().unwrap();
     }

@@ -26,9 +26,17 @@
 //!
 //! Link at the head and unlink under the device lock with release stores
 //! (`swiotlb.transient.link`); walks use acquire loads (`swiotlb.transient.traverse`) under an
-//! RCU pin (`swiotlb.lookup.pin`); an unlinked pool is retired through `defer_retire` and freed
-//! after a grace period (`swiotlb.transient.grace`). A lookup that finds a transient pool keeps
-//! the pin in the returned reference for the whole operation (unmap, sync, device access). A map
+//! RCU pin (`swiotlb.lookup.pin`). The unlink's release matters when it unlinks the head: it
+//! writes `transients` = the successor, which another thread may have built, and a walker
+//! reading that store sees the successor through nothing else when the unmapper issued no
+//! fence since it learnt of it (its lookup's pin nested in a read section of the caller's, or
+//! the address guessed rather than handed over; model `transient_unlink_head`). Linux's `list_del_rcu` writes it with a plain
+//! store and relies on `rcu_dereference`'s address dependency, which C11 acquire lacks.
+//! (Unlinking another pool needs no release: a walker reached its predecessor through the
+//! head's acquire, which comes after the successor's link under the lock.) An
+//! unlinked pool is retired through `defer_retire` and freed after a grace period
+//! (`swiotlb.transient.grace`). A lookup that finds a transient pool keeps the pin in the
+//! returned reference for the whole operation (unmap, sync, device access). A map
 //! that creates a transient pool pins before building it and keeps the pin until it returns: any
 //! thread may unmap the new address (guessed, or handed over early) before the map has copied
 //! into the pool, and the grace period then waits for the map. Pinning before the pool is built

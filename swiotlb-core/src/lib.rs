@@ -18,7 +18,9 @@
 //!   boundary mask, DMA mask; the device owns its sticky flag and its transient pools.
 //! * [`Swiotlb::map`]`(dev, orig, size, `[`Direction`]`, `[`MapAttrs`]`) -> Result<u64>`
 //!   returns the bounce address; [`Swiotlb::unmap`], [`Swiotlb::sync_for_cpu`],
-//!   [`Swiotlb::sync_for_device`] take any bounce address/range of a live mapping.
+//!   [`Swiotlb::sync_for_device`] take any bounce address/range of a live mapping;
+//!   [`Swiotlb::sync_if_bounced`] syncs an address that may be no bounce address at all
+//!   (`Ok(false)`), with one pool lookup.
 //! * [`Swiotlb::is_bounce_buffer`], [`Swiotlb::find_pool`]: lock-free lookup.
 //! * [`Swiotlb::read_bounce`] / [`Swiotlb::write_bounce`]: the device side.
 //! * [`Swiotlb::max_mapping_size`], [`Swiotlb::grow`], [`Swiotlb::grow_by`],
@@ -75,7 +77,7 @@
 //! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping |
-//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own lock, the bounded next-fit search, release validated under the owning area's lock |
+//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own lock, the run each area freed last (cached for the next map of its size), the bounded next-fit search, release validated under the owning area's lock |
 //! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
 //! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
 //! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side |
@@ -96,8 +98,12 @@
 //! * A transient pool is allocated "just big enough", including the leading slots needed to
 //!   reproduce the original's min-align offset bits.
 //! * Map can zero the padding of a granule ([`MapAttrs`]`::zero_padding`).
-//! * An area's next search starts at the run freed last (Linux: after the last allocation), so
-//!   a map+unmap loop reuses cache-hot bounce memory.
+//! * An area keeps the run it freed last out of its free-run counters and gives it to the next
+//!   map of the same size that the run qualifies for (Linux: next-fit after the last
+//!   allocation), so a map+unmap loop reuses cache-hot bounce memory and never searches or
+//!   renumbers. The run it displaces goes back to the counters, where the next search starts;
+//!   a search that finds nothing merges the cached run back and searches once more, so a
+//!   cached run never makes a map fail.
 //!
 //! # Limits and what is not done
 //!
@@ -116,7 +122,8 @@
 //! # Tests
 //!
 //! * Unit tests: the free-run counters with the kernel's example and a proptest of the
-//!   renumbering against a slot-by-slot walk, geometry, every alignment case A–D, errors, the
+//!   renumbering against a slot-by-slot walk, the cached run (reused by the next map of its
+//!   size, merged back when a map needs it), geometry, every alignment case A–D, errors, the
 //!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte
 //!   array at every offset and length and at odd offsets and lengths over several pages, and
 //!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU

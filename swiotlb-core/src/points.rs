@@ -31,11 +31,13 @@
 //! |---|---|---|
 //! | `area_shared` | 2 threads map/bounce/unmap in one area of an 8-slot pool | Preemptions(3): the shared state is the area lock and counters; 3 preemptions place each thread's search, copy and release anywhere in the other's |
 //! | `area_crossing` | 2 CPUs, 2 areas; one thread fills its area and falls back to the other | Preemptions(3), as above |
+//! | `area_cached_run` | 2 threads bounce 2 and 3 slots in one 4-slot area: the cached run is taken, displaced, or merged back for the larger map; a full area gives a transient pool | Preemptions(3), as above |
 //! | `new_pool` | the new-pool litmus on the real code: P0 `grow_by`, P1 maps (default pool full, held by another device) and hands the address over a Relaxed atomic, P2 `is_bounce_buffer` | Preemptions(4) (twins 3): the litmus needs at most 2 (P2 between P1's flag store and hand-off; P1's traversal right after P0's publication); 8 take 86 s with the same verdict |
 //! | `new_pool_flag_already_set` | `new_pool` with P1's device flag set by an earlier map: the fence alone carries P0's publication to P2 | Preemptions(3), as `new_pool` |
 //! | `transient_add` | a map links a transient pool while another thread walks the list | exhaustive (2 threads) |
 //! | `transient_free` | unmap of a transient pool (unlink + grace period) while a lookup of the same device walks past it | exhaustive |
 //! | `transient_reuse` | unmap, new transient map, Relaxed hand-off; the receiver must find the new pool and never touch the freed one | exhaustive |
+//! | `transient_unlink_head` | 3 threads: a mapper links Q then B above it and hands B's address on; an unmapper already in a read section of its own unmaps B (the unlink writes the head, `transients = Q`); a walker checks the address of a pool P linked before the threads start, reached only through Q | Preemptions(2): the walker's walk anywhere in the unmap, both pins before or after either map; 3 passes too (≈90 s) |
 //! | `two_growers` | 3 threads: two `grow_by` callers and a mapper; afterwards every pool is linked once and the slot counter matches the list | Preemptions(4): one grower stopped between its tail search and its append while the other appends, the mapper's search inside either, and the mapper again between its map and its unmap |
 //! | `grower_vs_background` | a failed search starts the background worker (`grow`, a thread the library spawns) while another thread calls `grow_by`: 4 threads; the main thread waits for the worker through its Relaxed "in progress" flag and a few yields, so only the list, not the Relaxed slot counter, is checked | Preemptions(3): the two appends interleave at their tail searches, and the mapper's failed search stops before it starts the worker |
 //!

@@ -1,7 +1,16 @@
 //! A pool: one contiguous region of slots split into areas, each with its own lock.
 //!
-//! The area lock guards the area's free-run counters, its next-fit hint and the metadata of
-//! its slots (written only under it). Slot metadata are Relaxed atomics so that a bounce copy
+//! The area lock guards the area's free-run counters, its next-fit hint, its cached run and
+//! the metadata of its slots (written only under it).
+//!
+//! The cached run is the run the area freed last: a release keeps it out of the counters (its
+//! counters stay 0) and the next map of exactly its size that it qualifies for (alignment,
+//! boundary) takes it without a search or a renumbering; its bounce memory and metadata are
+//! still in the CPU's cache. The run it displaces is freed into the counters and the next
+//! search starts there. A search that fails while a run is cached frees that run into the
+//! counters and searches again, so caching never turns a fitting map into `NoSpace`. `used`
+//! counts the slots of live mappings only; the counters' zeros are those plus the cached run,
+//! which `check` verifies along with the cached run's clean metadata. Slot metadata are Relaxed atomics so that a bounce copy
 //! of a live mapping may read them without the lock (the owner of a mapping is ordered after
 //! its map by the caller), and so that a bogus concurrent call is a wrong answer, never a data
 //! race. The bounds are atomics too: under loom a reader that reaches a pool without
@@ -104,12 +113,27 @@ struct Slot {
 
 #[derive(Debug)]
 struct AreaState {
-    /// Where the next search starts, area-relative: after the last allocation, or at the run
-    /// freed last. Only a hint (every value is safe).
+    /// Where the next search of the counters starts, area-relative: after the last allocation,
+    /// or at the run last returned to the counters. Only a hint (every value is safe).
     index: usize,
-    /// Exact number of used slots.
+    /// Exact number of slots of live mappings.
     used: usize,
     list: Box<[u16]>,
+    /// The run freed last, kept out of the counters (its slots stay at 0 in `list`) for the
+    /// next map of the same size: `(area-relative start, slots)`, 0 slots when empty.
+    cached: (usize, usize),
+}
+
+impl AreaState {
+    /// Return the cached run, if any, to the free-run counters.
+    #[inline(never)]
+    fn reclaim(&mut self, seg: usize) {
+        let (start, n) = std::mem::take(&mut self.cached);
+        if n > 0 {
+            slots::free(&mut self.list, seg, start, n);
+            self.index = start;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -179,6 +203,7 @@ impl Pool {
                     index: 0,
                     used: 0,
                     list,
+                    cached: (0, 0),
                 }),
                 used: AtomicUsize::new(0),
             }))
@@ -236,6 +261,12 @@ impl Pool {
 
     /// Search area `a` for `plan` and, if a run fits, allocate it and record the mapping of
     /// `plan.orig`. Returns the allocation's first slot (padding included).
+    ///
+    /// The area's cached run is taken first if it has exactly the slots asked for and
+    /// qualifies (no counter is touched); otherwise the counters are searched, and if that
+    /// fails while a run is cached, the run goes back to the counters (where it may merge with
+    /// its neighbours) and the search runs once more: a cached run never makes a map fail.
+    #[inline]
     pub(crate) fn try_area(&self, a: usize, plan: &Plan) -> Option<usize> {
         let n = self.geo.area_nslabs;
         let area = &self.areas[a];
@@ -244,6 +275,52 @@ impl Pool {
             return None;
         }
         let base = a * n;
+        let (start, cached) = st.cached;
+        let i = if cached == plan.nslots && self.qualifies(base + start, plan) {
+            st.cached = (0, 0);
+            start
+        } else {
+            self.allocate(&mut st, base, plan)?
+        };
+        st.used += plan.nslots;
+        area.used.store(st.used, Relaxed);
+        self.record(base + i, plan);
+        Some(base + i)
+    }
+
+    /// Whether a run of `plan.nslots` free slots at slot `i` may serve `plan`.
+    #[inline]
+    fn qualifies(&self, i: usize, plan: &Plan) -> bool {
+        let addr = self.slot_addr(i);
+        plan.aligned(addr) && plan.within_boundary(addr)
+    }
+
+    /// Allocate a run for `plan` from the counters of the area starting at slot `base`,
+    /// merging the cached run back if the search fails while one is cached. Out of line: the
+    /// map+unmap fast path takes the cached run.
+    #[inline(never)]
+    fn allocate(&self, st: &mut AreaState, base: usize, plan: &Plan) -> Option<usize> {
+        let n = self.geo.area_nslabs;
+        let found = self.search(st, base, plan).or_else(|| {
+            if st.cached.1 == 0 {
+                return None;
+            }
+            st.reclaim(self.geo.seg);
+            self.search(st, base, plan)
+        })?;
+        slots::allocate(&mut st.list, self.geo.seg, found, plan.nslots);
+        st.index = if found + plan.nslots >= n {
+            0
+        } else {
+            found + plan.nslots
+        };
+        Some(found)
+    }
+
+    /// The bounded next-fit search of the counters of the area starting at slot `base`: the
+    /// first qualifying free run of `plan.nslots`, area-relative.
+    fn search(&self, st: &mut AreaState, base: usize, plan: &Plan) -> Option<usize> {
+        let n = self.geo.area_nslabs;
         let stride = plan.stride.min(n);
         let wrap = |x: usize| if x >= n { 0 } else { x };
         // A step that runs past the area's end restarts at its first slot (candidates are
@@ -264,12 +341,7 @@ impl Pool {
             let by = if !plan.aligned(addr) {
                 1
             } else if plan.within_boundary(addr) && st.list[i] as usize >= plan.nslots {
-                slots::allocate(&mut st.list, self.geo.seg, i, plan.nslots);
-                st.index = wrap(i + plan.nslots);
-                st.used += plan.nslots;
-                area.used.store(st.used, Relaxed);
-                self.record(base + i, plan);
-                return Some(base + i);
+                return Some(i);
             } else {
                 stride
             };
@@ -280,27 +352,24 @@ impl Pool {
         None
     }
 
-    /// Write the metadata of a fresh allocation at `s` (called under its area lock).
+    /// Write the metadata of a fresh allocation at `s` (called under its area lock). Free slots
+    /// carry no metadata (a release clears its whole run; `check` verifies it), so only the
+    /// slots the mapping covers are written: padding and alignment slots stay clear.
     fn record(&self, s: usize, plan: &Plan) {
-        let covered = (plan.in_off + plan.mapping_size).div_ceil(IO_TLB_SIZE);
-        for (k, slot) in self.slots[s..s + plan.nslots].iter().enumerate() {
-            let (orig, meta) = match k.checked_sub(plan.pad_slots) {
-                Some(j) if j < covered => {
-                    let size = (plan.in_off + plan.mapping_size - j * IO_TLB_SIZE) as u64;
-                    let mut meta = VALID | size | (plan.in_off as u64) << IN_OFF_SHIFT;
-                    if j == 0 {
-                        meta |= HEAD
-                            | (plan.pad_slots as u64) << PAD_SHIFT
-                            | (plan.nslots as u64) << NSLOTS_SHIFT;
-                    }
-                    let orig = plan
-                        .orig
-                        .map_or(INVALID_PHYS_ADDR, |o| o + ((j as u64) << IO_TLB_SHIFT));
-                    (orig, meta)
-                }
-                _ => (INVALID_PHYS_ADDR, 0),
-            };
-            slot.orig.store(orig, Relaxed);
+        let end = plan.in_off + plan.mapping_size;
+        let first = s + plan.pad_slots;
+        let covered = end.div_ceil(IO_TLB_SIZE).min(s + plan.nslots - first);
+        let common = VALID | (plan.in_off as u64) << IN_OFF_SHIFT;
+        let head =
+            HEAD | (plan.pad_slots as u64) << PAD_SHIFT | (plan.nslots as u64) << NSLOTS_SHIFT;
+        let (orig, step) = match plan.orig {
+            Some(o) => (o, 1u64 << IO_TLB_SHIFT),
+            None => (INVALID_PHYS_ADDR, 0),
+        };
+        for (j, slot) in self.slots[first..first + covered].iter().enumerate() {
+            let size = (end - j * IO_TLB_SIZE) as u64;
+            let meta = common | size | if j == 0 { head } else { 0 };
+            slot.orig.store(orig + j as u64 * step, Relaxed);
             slot.meta.store(meta, Relaxed);
         }
     }
@@ -315,6 +384,7 @@ impl Pool {
     /// Free the allocation whose mapping starts at slot `first` with in-slot offset `in_off`.
     /// Validated under the owning area's lock, so a second or bogus release changes nothing.
     /// Returns the number of slots freed.
+    #[inline]
     pub(crate) fn release(&self, first: usize, in_off: usize, addr: u64) -> Result<usize, Error> {
         let n = self.geo.area_nslabs;
         let (a, first_in_area) = self.geo.area_of(first);
@@ -329,10 +399,14 @@ impl Pool {
             slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
             slot.meta.store(0, Relaxed);
         }
-        slots::free(&mut st.list, self.geo.seg, s - a * n, meta.nslots);
-        // The next search of the area starts at the run just freed: its bounce memory and
-        // metadata are still cached, where plain next-fit would move on to cold slots.
-        st.index = s - a * n;
+        // The run stays out of the counters as the area's cached run: its bounce memory and
+        // metadata are still in the CPU cache, and the next map of its size takes it without
+        // a search or a renumbering. The run cached before goes back to the counters, and the
+        // next search starts there (plain next-fit would move on to cold slots).
+        if st.cached.1 > 0 {
+            st.reclaim(self.geo.seg);
+        }
+        st.cached = (s - a * n, meta.nslots);
         st.used -= meta.nslots;
         area.used.store(st.used, Relaxed);
         Ok(meta.nslots)
@@ -350,11 +424,27 @@ impl Pool {
             slots::check(&st.list, self.geo.seg)
                 .map_err(|e| format!("pool {:#x} area {a}: {e}", self.start()))?;
             let zeros = st.list.iter().filter(|&&v| v == 0).count();
-            if zeros != st.used || area.used.load(Relaxed) != st.used {
+            let (start, cached) = st.cached;
+            if zeros != st.used + cached || area.used.load(Relaxed) != st.used {
                 return Err(format!(
-                    "pool {:#x} area {a}: used {} but {zeros} slots allocated",
+                    "pool {:#x} area {a}: used {} and {cached} cached but {zeros} slots \
+                     allocated",
                     self.start(),
                     st.used
+                ));
+            }
+            let base = a * self.geo.area_nslabs;
+            let cached_run = st.list.get(start..start + cached);
+            let clean = |i: usize| matches!(self.meta(base + i), (INVALID_PHYS_ADDR, None));
+            let seg = self.geo.seg;
+            let same_segment = cached == 0 || start / seg == (start + cached - 1) / seg;
+            if !cached_run.is_some_and(|r| r.iter().all(|&v| v == 0))
+                || !(start..start + cached).all(clean)
+                || !same_segment
+            {
+                return Err(format!(
+                    "pool {:#x} area {a}: cached run {start}+{cached} is not a clean free run",
+                    self.start()
                 ));
             }
             for (i, &v) in st.list.iter().enumerate() {

@@ -418,7 +418,9 @@ impl Swiotlb {
     /// Find and allocate slots for `plan`: every pool's local area first, then the other
     /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
     /// set and the release fence issued before the caller can hand the address on.
-    #[inline]
+    // Inlined into map: returned out of line, the pool reference and slot went through the
+    // stack in pieces and were reloaded whole (a store-forwarding stall on every map).
+    #[inline(always)]
     pub(crate) fn find_slots<'a>(
         &'a self,
         dev: &'a Device,
@@ -460,6 +462,8 @@ impl Swiotlb {
         None
     }
 
+    #[cold]
+    #[inline(never)]
     fn search_transient<'a>(
         &'a self,
         dev: &'a Device,

@@ -26,12 +26,24 @@
 //!   `page_maps_race_refused_block_map`: operations on overlapping ranges; each entry is
 //!   claimed by exactly one (the claim's twin is the load-then-store it replaced), and an
 //!   entry a block map reserved is never taken for an answer.
+//! * `block_map_races_page_install`, `block_map_races_install_below`,
+//!   `page_install_races_page_unmap`, `page_install_races_table_unmap`,
+//!   `install_race_under_dump`: the table a writer or the debug walk meets is one a racing map
+//!   *just installed* (every model above builds its tables before the threads start, so the
+//!   spawn orders them): each acquire on the way to it, one site at a time, is what orders
+//!   the table's zeroing before the reads behind the link. They kill the one-site relaxations
+//!   of `pgtable.descent.acquire` and `pgtable.walk.acquire` that `scripts/mutants` generates
+//!   (map's check of its slots, `place`'s load, `subtree_empty`'s, the claim's failure load,
+//!   the freeze's, unmap's descent, the debug walk's) with a causality violation. The unmap's
+//!   load of its target entry and the claim's acquire on success order the take of a new
+//!   table each on its own; `page_install_races_table_unmap` fails with both relaxed.
 //!
 //! Bounds: `install_race` and `neighbours_in_one_table` are exhaustive (about 55,000
-//! executions; a few dozen). The models that free tables use `Preemptions(3)`: a reader (or a
-//! losing writer) needs one switch to stop between loading a descriptor and using it, and the
-//! winner one more to run its claim, take, grace period and free inside that window; the
-//! third leaves room for the walker or translator. The must-fail twins use `Preemptions(2)`
+//! executions; a few dozen), and so are `install_race_under_dump` and
+//! `page_install_races_page_unmap`. The models that free tables use `Preemptions(3)`: a reader
+//! (or a losing writer) needs one switch to stop between loading a descriptor and using it,
+//! and the winner one more to run its claim, take, grace period and free inside that window;
+//! the third leaves room for the walker or translator. The must-fail twins use `Preemptions(2)`
 //! (the claim twin `Preemptions(1)`: one switch between the two unmaps' load and store):
 //! each injected bug needs exactly those two switches, and loom reports it within a few
 //! executions.
@@ -351,6 +363,176 @@ fn block_map_races_table_unmap() {
     accounted(&pt);
 }
 
+/// The allocation counters a model's outcome allows: tables `(allocated, discarded, retired)`.
+fn counts(pt: &PageTable) -> (u64, u64, u64) {
+    let s = pt.stats();
+    (s.allocated, s.discarded, s.retired)
+}
+
+/// A 16 KiB block map races a page map under the *empty* top entry 1: the page map installs
+/// the level-3 table while the block map checks its slot, re-reads it to place the block, or
+/// claims it from 0 and loses to the install. Each of the three then reads the entries of a
+/// table another thread just zeroed, through the link it loaded (the check's
+/// `subtree_empty`, the freeze of `replace_table`): only its acquire orders that zeroing
+/// before the read (loom reports a causality violation otherwise). Exactly one map wins; the
+/// page map's table, if it made one, is discarded (its install lost to the block), linked
+/// (the page won) or retired (the block replaced it).
+fn block_map_races_page_install() {
+    const BLOCK: u64 = 0x4000;
+    const PAGE2: u64 = BLOCK + 2 * PAGE;
+    let pt = tiny();
+    let block = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW))
+    };
+    let page = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(PAGE2, pa(PAGE2), PAGE, 1, RW))
+    };
+    let (block, page) = (block.join().unwrap(), page.join().unwrap());
+    let t = pt.iova_to_phys(PAGE2).map(|t| (t.paddr(), t.size()));
+    let refused = Err(Error::Exists { iova: BLOCK });
+    if block.is_ok() {
+        assert_eq!((block, page), (Ok(BLOCK as usize), refused));
+        assert_eq!(t, Some((pa(PAGE2), BLOCK)));
+        // The root alone; or the page map's table too, discarded or replaced.
+        let c = counts(&pt);
+        assert!([(1, 0, 0), (2, 1, 0), (2, 0, 1)].contains(&c), "{c:?}");
+    } else {
+        assert_eq!((block, page), (refused, Ok(PAGE as usize)));
+        assert_eq!(t, Some((pa(PAGE2), PAGE)));
+        assert_eq!(counts(&pt), (2, 0, 0));
+    }
+    accounted(&pt);
+}
+
+/// The same race one level higher, on three levels: a 64 KiB block map over level-1 entry 1,
+/// which links a level-2 table emptied in the setup, races a page map that installs a level-3
+/// table in that level-2 table. The block map's check (`subtree_empty`) and its freeze
+/// descend into the new level-3 table through a link they load from the level-2 table, or (the
+/// freeze) through the link its claim of an empty entry lost to: only their acquires order the
+/// new table's zeroing before their reads. Exactly one map wins; the level-2 table is retired
+/// iff the block won, with the page map's table if it was installed.
+fn block_map_races_install_below() {
+    const BIG: u64 = 0x1_0000;
+    const PAGE2: u64 = BIG + 0x4000 + 2 * PAGE;
+    let pt = Arc::new(PageTable::new(Config::tiny(3)).expect("tiny config"));
+    map_one(&pt, BIG + PAGE, PAGE);
+    // Take the level-3 table: the level-2 table stays linked, empty.
+    unmap_one(&pt, BIG, 0x4000);
+    assert_eq!(counts(&pt), (3, 0, 1));
+    let block = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(BIG, pa(BIG), BIG, 1, RW))
+    };
+    let page = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(PAGE2, pa(PAGE2), PAGE, 1, RW))
+    };
+    let (block, page) = (block.join().unwrap(), page.join().unwrap());
+    let t = pt.iova_to_phys(PAGE2).map(|t| (t.paddr(), t.size()));
+    let refused = Err(Error::Exists { iova: BIG });
+    if block.is_ok() {
+        assert_eq!((block, page), (Ok(BIG as usize), refused));
+        assert_eq!(t, Some((pa(PAGE2), BIG)));
+        // The level-2 table retired; the page map's table discarded or retired with it.
+        let c = counts(&pt);
+        assert!([(3, 0, 2), (4, 1, 2), (4, 0, 3)].contains(&c), "{c:?}");
+    } else {
+        assert_eq!((block, page), (refused, Ok(PAGE as usize)));
+        assert_eq!(t, Some((pa(PAGE2), PAGE)));
+        assert_eq!(counts(&pt), (4, 0, 1));
+    }
+    accounted(&pt);
+}
+
+/// A page map that installs the level-3 table under the empty top entry 1 races an unmap of
+/// the same page: the unmap descends through the link the map installed and reads the new
+/// table's entry, which only its descent acquire orders after the table's zeroing. The map
+/// always succeeds (the unmap changes nothing above the page); the unmap takes the page
+/// (which is then gone) or finds it not yet mapped (and it stays).
+fn page_install_races_page_unmap() {
+    const PAGE1: u64 = 0x4000 + PAGE;
+    let pt = tiny();
+    let mapper = spawn_on(&pt, |pt| map_one(pt, PAGE1, PAGE));
+    let unmapper = {
+        let pt = pt.clone();
+        spawn(move || pt.unmap_pages(PAGE1, PAGE, 1, &mut Gather::new()))
+    };
+    mapper.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    let t = pt.iova_to_phys(PAGE1).map(|t| t.paddr());
+    match unmapped {
+        Ok(n) => assert_eq!((n, t), (PAGE as usize, None)),
+        Err(e) => assert_eq!((e, t), (Error::NotMapped { iova: PAGE1 }, Some(pa(PAGE1)))),
+    }
+    assert_eq!(counts(&pt), (2, 0, 0));
+    accounted(&pt);
+}
+
+/// A page map that installs the level-3 table under the empty top entry 1 races an unmap of
+/// the whole entry: the unmap finds the entry empty (`NotMapped`; the page stays), or claims
+/// the new link and takes the table, reading (swapping) the entries another thread just
+/// zeroed; the page went with the table, or the map, finding its slot `DEAD`, restarted and
+/// installed a second table.
+fn page_install_races_table_unmap() {
+    const BLOCK: u64 = 0x4000;
+    const PAGE1: u64 = BLOCK + PAGE;
+    let pt = tiny();
+    let mapper = spawn_on(&pt, |pt| map_one(pt, PAGE1, PAGE));
+    let unmapper = {
+        let pt = pt.clone();
+        spawn(move || pt.unmap_pages(BLOCK, BLOCK, 1, &mut Gather::new()))
+    };
+    mapper.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    let t = pt.iova_to_phys(PAGE1).map(|t| t.paddr());
+    let outcome = (unmapped, t.is_some(), counts(&pt));
+    assert!(
+        [
+            (Err(Error::NotMapped { iova: BLOCK }), true, (2, 0, 0)),
+            (Ok(BLOCK as usize), false, (2, 0, 1)),
+            (Ok(BLOCK as usize), true, (3, 0, 1)),
+        ]
+        .contains(&outcome),
+        "{outcome:?}"
+    );
+    assert!(t.is_none() || t == Some(pa(PAGE1)), "{t:?}");
+    accounted(&pt);
+}
+
+/// `install_race` with the debug walk as the reader: two mappers install the same level-3
+/// table under top entry 0 while main dumps the table. The walk follows the link it loads
+/// into the new table, whose zeroing only its acquire orders before the read; it sees the
+/// link or not, and each leaf it meets is one of the two pages.
+fn install_race_under_dump() {
+    let pt = tiny();
+    let mappers: Vec<_> = (0..2u64)
+        .map(|i| spawn_on(&pt, move |pt| map_one(pt, i * PAGE, PAGE)))
+        .collect();
+    let d = pt.dump();
+    for e in &d.entries {
+        match e.desc {
+            Descriptor::Table { .. } => assert_eq!((e.level, e.iova), (2, 0)),
+            Descriptor::Leaf { paddr, .. } => {
+                assert!(e.level == 3 && e.iova <= PAGE, "{e:?}");
+                assert_eq!(paddr, pa(e.iova));
+            }
+            Descriptor::Invalid => panic!("walk met an invalid descriptor"),
+        }
+    }
+    assert_eq!(
+        d.tables,
+        1 + d.entries.iter().filter(|e| e.level == 2).count()
+    );
+    for m in mappers {
+        m.join().unwrap();
+    }
+    let leaves: Vec<u64> = pt.dump().leaves().map(|e| e.iova).collect();
+    assert_eq!(leaves, [0, PAGE]);
+    accounted(&pt);
+}
+
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
 /// use, one lets the mapper unlink, free and write the block in that window, one spare.
 #[test]
@@ -436,6 +618,40 @@ must_fail_test! {
         unmap_frees_level_under_readers;
 }
 
+/// The level-3 table under top entry 1 freed while a translation, and nothing else, reads it:
+/// the unmap of top entry 1 races `iova_to_phys` of the page mapped there, on spawned threads.
+/// The translation is absent or the mapped one; afterwards it is absent and one table was
+/// retired. Its twin shows that the translation's own table reads reach the loom RCU's reader
+/// check, without a debug walk beside it. Bound: Preemptions(4) (0.3 s of CPU): a switch after
+/// each of the translation's pin, two table reads and unpin puts each of them before, inside
+/// or after the unmap's claim, take and retirement; exhaustive passes too (about 8 s of CPU).
+fn unmap_frees_level_under_translation() {
+    let pt = tiny();
+    let block = pt.geometry().block_size(pt.geometry().start_level());
+    let page = block + PAGE;
+    map_one(&pt, page, PAGE);
+    let unmapper = spawn_on(&pt, move |pt| unmap_one(pt, block, block));
+    let translator = spawn_on(&pt, move |pt| translated_or_absent(pt, page));
+    unmapper.join().unwrap();
+    translator.join().unwrap();
+    assert!(pt.iova_to_phys(page).is_none());
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+#[test]
+fn unmap_frees_level_under_translation_passes() {
+    check(Bound::Preemptions(4), unmap_frees_level_under_translation);
+}
+
+must_fail_test! {
+    /// Tables released to the slab at once, against a translation alone: its table reads are
+    /// tracked dereferences, so the release races one of them.
+    fn pgtable_retire_bypasses_rcu_translation: RETIRE_RCU, Weakening::Relax,
+        "Causality violation | freed outside dma_sync::rcu", Bound::Preemptions(2),
+        unmap_frees_level_under_translation;
+}
+
 causality_twins! { unmap_frees_subtree_under_readers:
     /// The same with a freed subtree of two levels.
     fn pgtable_reader_unpinned_subtree: READER_PIN;
@@ -505,4 +721,44 @@ must_fail_test! {
     /// both take the table, and the second owner's swap finds its entries already taken.
     fn pgtable_claim_load_then_store: CLAIM, Weakening::Relax,
         "a table level claimed twice", Bound::Preemptions(1), racing_unmaps_of_one_table;
+}
+
+/// Bounded, `Preemptions(3)`: the block map's check meets the new link after one switch (the
+/// page map installs first); its `place` re-read, or its claim from 0, needs two (the check
+/// reads 0, the page map installs in that window, the block map resumes); the third lets the
+/// page map's slot claim interleave with the freeze. Raised to 5, it finds nothing more.
+#[test]
+fn block_map_races_page_install_passes() {
+    check(Bound::Preemptions(3), block_map_races_page_install);
+}
+
+/// Bounded, `Preemptions(3)`, as the two-level race: the check meets the new level-3 link
+/// after one switch, the freeze's load (or its lost claim) after two, one spare. Raised to 5,
+/// it finds nothing more.
+#[test]
+fn block_map_races_install_below_passes() {
+    check(Bound::Preemptions(3), block_map_races_install_below);
+}
+
+/// Exhaustive (the unmap of one page never takes a table, so the threads share one entry of
+/// the top table and one of the new table).
+#[test]
+fn page_install_races_page_unmap_passes() {
+    check(Bound::Exhaustive, page_install_races_page_unmap);
+}
+
+/// Bounded, `Preemptions(3)`: the unmap meets the new link once the map installed it (one
+/// switch at most), and takes the table between the map's install and its claim of the slot
+/// (the map restarts) with one more; one spare. Exhaustive exploration does not finish in 15
+/// minutes (the unmap's grace period completes in collector steps); raised to 5, it finds
+/// nothing more.
+#[test]
+fn page_install_races_table_unmap_passes() {
+    check(Bound::Preemptions(3), page_install_races_table_unmap);
+}
+
+/// Exhaustive, as `install_race`.
+#[test]
+fn install_race_under_dump_passes() {
+    check(Bound::Exhaustive, install_race_under_dump);
 }

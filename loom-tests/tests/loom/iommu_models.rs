@@ -1,8 +1,8 @@
 //! dma-iommu: the flush queue and the strictness switch, on the real code.
 //!
 //! Every model drives `dma_iommu::Strictness` (the real unmap path, the real strict-to-lazy
-//! switch, the real `FlushQueue`) over a tiny emulated IOMMU implementing
-//! `InvalidationOps`: one leaf per IOVA (an atomic), an IOTLB (a lock-protected cache of
+//! switch, the real `FlushQueue`), or a bare `FlushQueue` through its public `enqueue`
+//! (`bare_queue_vs_timer`), over a tiny emulated IOMMU implementing `InvalidationOps`: one leaf per IOVA (an atomic), an IOTLB (a lock-protected cache of
 //! translations) and one page per IOVA (a loom cell). The device is a model thread: a DMA
 //! locks the IOTLB, translates through the cached entry or walks the leaf (acquire load) and
 //! caches it, and reads the page while the translation is in use. Invalidation clears the
@@ -23,8 +23,8 @@
 
 use dma_iommu::points::*;
 use dma_iommu::{
-    Device, DeviceConfig, Direction, Domain, DomainConfig, FqConfig, Gather, InvalidationOps,
-    Strictness, Unmapped,
+    Device, DeviceConfig, Direction, Domain, DomainConfig, FlushQueue, FqConfig, Gather,
+    InvalidationOps, Strictness, Unmapped,
 };
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::mutation::Weakening;
@@ -298,6 +298,56 @@ twins! { || { queue_vs_timer(); }, "stranded", Bound::Preemptions(2);
     /// A timer that does not re-arm leaves an entry stamped after its flush started (whose
     /// enqueuer saw the timer still on) stranded.
     fn timer_not_rearmed: FQ_TIMER_REARM;
+}
+
+/// `queue_vs_timer` on a bare `FlushQueue`, through its public `enqueue`: the caller clears its
+/// leaf, then enqueues (domains go through `enqueue_published`, whose fence is the same point
+/// at another site). IOVA 0 is queued before (the timer is armed); the unmapper clears IOVA 1's
+/// leaf and enqueues it while the timer runs and the device uses IOVA 1's translation. The
+/// enqueue's fence and the flush's fence make the store-buffering pair: without the enqueue's,
+/// the stamp can miss the timer's flush while the clear is not yet visible to the device's
+/// walk, which re-caches the old leaf, and the drain frees IOVA 1 under it. Afterwards nothing
+/// is stranded and both IOVAs are freed exactly once. Bound: 3 preemptions (3 threads), twin
+/// 2, as `queue_vs_timer`; returns whether the timer's drain freed IOVA 1 (both reached).
+fn bare_queue_vs_timer() -> bool {
+    let ops = Arc::new(Iommu::new(2));
+    let fq = Arc::new(FlushQueue::new(ops.clone(), tiny(1, 4)).unwrap());
+    ops.clear(0, &mut Gather::default());
+    fq.enqueue(0);
+    let un = {
+        let ops = ops.clone();
+        spawn_on(&fq, move |fq| {
+            fq.enqueue(ops.clear(1, &mut Gather::default()))
+        })
+    };
+    let timer = spawn_on(&fq, |fq| {
+        assert!(fq.fire_timer(), "the queue is not torn down")
+    });
+    let dev = spawn_on(&ops, |ops| ops.dma(1));
+    un.join().unwrap();
+    timer.join().unwrap();
+    dev.join().unwrap();
+    let pending = fq.stats().pending;
+    assert!(
+        pending == 0 || fq.timer_armed(),
+        "stranded: {pending} entries queued with the timer off"
+    );
+    let timer_freed_it = ops.freed(1) == 1;
+    fq.shutdown();
+    assert_eq!((ops.freed(0), ops.freed(1)), (1, 1), "each IOVA freed once");
+    timer_freed_it
+}
+
+#[test]
+fn bare_queue_vs_timer_passes() {
+    // Explored: the timer's drain freed the racing entry, and left it for teardown.
+    assert_outcomes(bare_queue_vs_timer, &[false, true]);
+}
+
+twins! { || { bare_queue_vs_timer(); }, "Causality violation", Bound::Preemptions(2);
+    /// The public `enqueue` without its fence: the stamp can be read before the clear is
+    /// visible, and the entry is freed on a flush that did not cover the clear.
+    fn bare_enqueue_unfenced: FQ_ENQUEUE_FENCE;
 }
 
 /// A full-ring flush on CPU 0 races with enqueues on CPU 1, whose second enqueue frees what

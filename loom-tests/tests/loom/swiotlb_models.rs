@@ -1,15 +1,17 @@
 //! Models of `swiotlb-core` on the real code with tiny pools (segments of 4 slots).
 //!
 //! * `area_*`: two threads mapping, bouncing and unmapping in one area and across areas (the
-//!   area locks and the free-run counters; no ordering points, the locks do the work).
+//!   area locks, the free-run counters and each area's cached run; no ordering points, the
+//!   locks do the work).
 //! * `new_pool_*`: "argument 1 on the real code", the seed's swiotlb-new-pool litmus test:
 //!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
 //!   the pool.
-//! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`: "argument 2 on the real
-//!   code", the device's transient list: a pool linked while another thread walks the list,
-//!   a pool unlinked and freed while a lookup walks past it, and deletion followed by a new
-//!   transient pool whose address is handed on.
+//! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`, `transient_unlink_head_*`:
+//!   "argument 2 on the real code", the device's transient list: a pool linked while another
+//!   thread walks the list, a pool unlinked and freed while a lookup walks past it, deletion
+//!   followed by a new transient pool whose address is handed on, and the list's head unlinked
+//!   (its successor built by another thread) while a walker looks for an older pool.
 //!
 //! Every model asserts its invariants inside the model; each mutation point of the crate has a
 //! must-fail twin below. The racing parties are always spawned threads and the model's main
@@ -17,11 +19,14 @@
 //! main thread's operations precede a thread it spawned just before (observed: a model with
 //! the walker on the main thread explored one execution).
 
-use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
+use dma_sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::Arc;
-use loom_tests::harness::{check, Bound};
+use loom_tests::harness::{check, outcomes, Bound};
 use loom_tests::must_fail_test;
 use swiotlb_core::points;
 use swiotlb_core::{
@@ -290,6 +295,117 @@ fn transient_reuse() {
     assert_eq!(dev.transient_pools(), 1);
 }
 
+/// The message of `area_cached_run` when a map took a transient pool although the other
+/// thread held no slot: a cached run kept slots from a map that needed them.
+const HOARDED: &str = "a transient pool although the other thread held no slot";
+
+/// Phases of a thread of `area_cached_run`, published to the other: not started, mapping or
+/// holding its slots, released.
+const IDLE: u64 = 0;
+const BUSY: u64 = 1;
+const DONE: u64 = 2;
+
+/// Map `len` bytes, check that a transient pool was needed, unmap. The area is too small for
+/// both threads' runs at once, so a transient pool is only right if the other thread may have
+/// held its slots during this map: it had started (`BUSY` before its map, so its slots, held
+/// under the area lock, are ordered before this map's later read of its phase) and had not
+/// finished (`DONE` after its unmap) when this map began.
+fn bounce_beside(
+    swiotlb: &Swiotlb,
+    dev: &Device,
+    orig: u64,
+    len: usize,
+    me: &AtomicU64,
+    other: &AtomicU64,
+) {
+    me.store(BUSY, Release);
+    let before = other.load(Acquire);
+    let a = map_to_device(swiotlb, dev, orig, len).expect("a run or a transient pool");
+    let after = other.load(Acquire);
+    let transient = swiotlb.find_pool(dev, a).expect("a live mapping").transient;
+    assert!(!transient || (before != DONE && after != IDLE), "{HOARDED}");
+    unmap_to_device(swiotlb, dev, a, len);
+    me.store(DONE, Release);
+}
+
+/// One area of 4 slots (one segment): one thread bounces 2 slots while the other bounces 3,
+/// so a map meets the other's cached run (taken, or merged back into the counters, which alone
+/// have no room), its live mapping (the area is full: a transient pool, and only then) or a
+/// free area, and a release may displace the other's cached run. Preemptions(3), as
+/// `area_shared`: what is shared is under the area lock, plus the transient list.
+fn area_cached_run() {
+    let (swiotlb, base) = instance(Config::tiny(4, 1, 4), 8 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let phases = Arc::new([AtomicU64::new(IDLE), AtomicU64::new(IDLE)]);
+    let p = phases.clone();
+    let t = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        bounce_beside(swiotlb, dev, base, 2 * SLOT, &p[0], &p[1])
+    });
+    let p = phases.clone();
+    let u = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        let orig = base + 4 * SLOT as u64;
+        bounce_beside(swiotlb, dev, orig, 3 * SLOT, &p[1], &p[0])
+    });
+    t.join().unwrap();
+    u.join().unwrap();
+    quiescent(&swiotlb);
+    assert_eq!(dev.transient_pools(), 0);
+}
+
+#[test]
+fn area_cached_run_passes() {
+    check(Bound::Preemptions(3), area_cached_run);
+}
+
+/// Unlinking the list's head: the unlink's store must be a release. P is linked before the
+/// threads start; the mapper links Q, then B above it (`B → Q → P`), and hands B's address on
+/// through a Relaxed atomic; the unmapper, already inside a read section of its own, unmaps B,
+/// which writes `transients = Q`; the walker checks P's address. A walker that reads that store
+/// must see Q built (its bounds, and its link to P), and only the unlink's release carries Q
+/// to it: the unmapper learns of Q through the hand-off (the lookup's acquire fence) and B's
+/// link (the walk), both after its last fence, since the lookup's pin is nested in the
+/// unmapper's own and issues none. With an outermost pin instead, the pin's full fence would
+/// release everything the unmapper saw, as the map's flag fence does for a mapper that unlinks
+/// its own pool: a Relaxed unlink then survives (checked). A Relaxed unlink fails here as a
+/// causality violation on Q's bounds (or, read as null, its link misses P). Returns whether
+/// the unmapper received B's address; both outcomes are reached.
+///
+/// Bound: Preemptions(2) (≈5 s). The shared steps are the mapper's two maps and hand-off, the
+/// unmapper's pin, hand-off read, lookup, unlink and retirement, and the walker's pin and walk;
+/// two preemptions place the walker's walk anywhere in the unmapper's unmap and both pins
+/// before or after either of the mapper's maps (one switch away from each of the unmapper
+/// and the walker). Bound 3 passes too, in ≈90 s.
+fn transient_unlink_head() -> bool {
+    let (swiotlb, base, dev) = transient_setup();
+    let p = map_to_device(&swiotlb, &dev, base, SLOT).unwrap();
+    let handoff = Arc::new(AtomicU64::new(0));
+    let mapper = {
+        let handoff = handoff.clone();
+        spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+            map_to_device(swiotlb, dev, base + SLOT as u64, SLOT).unwrap();
+            let b = map_to_device(swiotlb, dev, base + 2 * SLOT as u64, SLOT).unwrap();
+            handoff.store(b, Relaxed);
+        })
+    };
+    let unmapper = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        let _outer = dma_sync::rcu::pin();
+        let b = handoff.load(Relaxed);
+        if b != 0 {
+            unmap_to_device(swiotlb, dev, b, SLOT);
+        }
+        b != 0
+    });
+    let walker = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        assert!(swiotlb.is_bounce_buffer(dev, p), "{MISSED_OLDER}");
+    });
+    mapper.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    walker.join().unwrap();
+    assert_eq!(dev.transient_pools(), if unmapped { 2 } else { 3 });
+    unmap_to_device(&swiotlb, &dev, p, SLOT);
+    unmapped
+}
+
 #[test]
 fn area_shared_passes() {
     check(Bound::Preemptions(3), area_shared);
@@ -338,6 +454,12 @@ fn transient_free_passes() {
 #[test]
 fn transient_reuse_passes() {
     check(Bound::Exhaustive, transient_reuse);
+}
+
+#[test]
+fn transient_unlink_head_passes() {
+    let seen = outcomes(Bound::Preemptions(2), transient_unlink_head);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
 }
 
 must_fail_test! {
