@@ -379,29 +379,41 @@ fn counts(pt: &PageTable) -> (u64, u64, u64) {
 /// (the page won) or retired (the block replaced it).
 fn block_map_races_page_install() {
     const BLOCK: u64 = 0x4000;
-    const PAGE2: u64 = BLOCK + 2 * PAGE;
-    let pt = tiny();
-    let block = {
+    // The root alone; or the page map's table too, discarded or replaced.
+    let block_won = [(1, 0, 0), (2, 1, 0), (2, 0, 1)];
+    race_block_and_page(tiny(), BLOCK, BLOCK + 2 * PAGE, &block_won, (2, 0, 0));
+}
+
+/// Race a block map of `block` bytes at `block` against a page map at `page` inside it, on
+/// `pt`: exactly one wins, the translation of `page` is the winner's, and the table counts
+/// (allocated, discarded, retired) are one of `block_won` or exactly `page_won`.
+fn race_block_and_page(
+    pt: Arc<PageTable>,
+    block: u64,
+    page: u64,
+    block_won: &[(u64, u64, u64)],
+    page_won: (u64, u64, u64),
+) {
+    let blocker = {
         let pt = pt.clone();
-        spawn(move || pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW))
+        spawn(move || pt.map_pages(block, pa(block), block, 1, RW))
     };
-    let page = {
+    let pager = {
         let pt = pt.clone();
-        spawn(move || pt.map_pages(PAGE2, pa(PAGE2), PAGE, 1, RW))
+        spawn(move || pt.map_pages(page, pa(page), PAGE, 1, RW))
     };
-    let (block, page) = (block.join().unwrap(), page.join().unwrap());
-    let t = pt.iova_to_phys(PAGE2).map(|t| (t.paddr(), t.size()));
-    let refused = Err(Error::Exists { iova: BLOCK });
-    if block.is_ok() {
-        assert_eq!((block, page), (Ok(BLOCK as usize), refused));
-        assert_eq!(t, Some((pa(PAGE2), BLOCK)));
-        // The root alone; or the page map's table too, discarded or replaced.
+    let (blocked, paged) = (blocker.join().unwrap(), pager.join().unwrap());
+    let t = pt.iova_to_phys(page).map(|t| (t.paddr(), t.size()));
+    let refused = Err(Error::Exists { iova: block });
+    if blocked.is_ok() {
+        assert_eq!((blocked, paged), (Ok(block as usize), refused));
+        assert_eq!(t, Some((pa(page), block)));
         let c = counts(&pt);
-        assert!([(1, 0, 0), (2, 1, 0), (2, 0, 1)].contains(&c), "{c:?}");
+        assert!(block_won.contains(&c), "{c:?}");
     } else {
-        assert_eq!((block, page), (refused, Ok(PAGE as usize)));
-        assert_eq!(t, Some((pa(PAGE2), PAGE)));
-        assert_eq!(counts(&pt), (2, 0, 0));
+        assert_eq!((blocked, paged), (refused, Ok(PAGE as usize)));
+        assert_eq!(t, Some((pa(page), PAGE)));
+        assert_eq!(counts(&pt), page_won);
     }
     accounted(&pt);
 }
@@ -415,35 +427,14 @@ fn block_map_races_page_install() {
 /// iff the block won, with the page map's table if it was installed.
 fn block_map_races_install_below() {
     const BIG: u64 = 0x1_0000;
-    const PAGE2: u64 = BIG + 0x4000 + 2 * PAGE;
     let pt = Arc::new(PageTable::new(Config::tiny(3)).expect("tiny config"));
     map_one(&pt, BIG + PAGE, PAGE);
     // Take the level-3 table: the level-2 table stays linked, empty.
     unmap_one(&pt, BIG, 0x4000);
     assert_eq!(counts(&pt), (3, 0, 1));
-    let block = {
-        let pt = pt.clone();
-        spawn(move || pt.map_pages(BIG, pa(BIG), BIG, 1, RW))
-    };
-    let page = {
-        let pt = pt.clone();
-        spawn(move || pt.map_pages(PAGE2, pa(PAGE2), PAGE, 1, RW))
-    };
-    let (block, page) = (block.join().unwrap(), page.join().unwrap());
-    let t = pt.iova_to_phys(PAGE2).map(|t| (t.paddr(), t.size()));
-    let refused = Err(Error::Exists { iova: BIG });
-    if block.is_ok() {
-        assert_eq!((block, page), (Ok(BIG as usize), refused));
-        assert_eq!(t, Some((pa(PAGE2), BIG)));
-        // The level-2 table retired; the page map's table discarded or retired with it.
-        let c = counts(&pt);
-        assert!([(3, 0, 2), (4, 1, 2), (4, 0, 3)].contains(&c), "{c:?}");
-    } else {
-        assert_eq!((block, page), (refused, Ok(PAGE as usize)));
-        assert_eq!(t, Some((pa(PAGE2), PAGE)));
-        assert_eq!(counts(&pt), (4, 0, 1));
-    }
-    accounted(&pt);
+    // The level-2 table retired; the page map's table discarded or retired with it.
+    let block_won = [(3, 0, 2), (4, 1, 2), (4, 0, 3)];
+    race_block_and_page(pt, BIG, BIG + 0x4000 + 2 * PAGE, &block_won, (4, 0, 1));
 }
 
 /// A page map that installs the level-3 table under the empty top entry 1 races an unmap of
