@@ -363,6 +363,18 @@ impl GapTree {
 
     /// The leaf after `leaf` in address order.
     fn next_leaf(&self, leaf: u32) -> Option<u32> {
+        self.adjacent_leaf(leaf, true)
+    }
+
+    /// The leaf before `leaf` in address order.
+    fn prev_leaf(&self, leaf: u32) -> Option<u32> {
+        self.adjacent_leaf(leaf, false)
+    }
+
+    /// The leaf after (`forward`) or before `leaf` in address order: climb to the first
+    /// ancestor with a sibling on that side, then descend its near edge.
+    #[inline]
+    fn adjacent_leaf(&self, leaf: u32, forward: bool) -> Option<u32> {
         let (mut node, mut level) = (leaf, 0);
         loop {
             let parent = self.node(node).parent;
@@ -371,28 +383,16 @@ impl GapTree {
             }
             let slot = self.slot_in(parent, node);
             let p = self.node(parent);
-            if slot + 1 < p.count {
-                return Some(self.first_leaf(p.children[slot + 1], level));
-            }
-            node = parent;
-            level += 1;
-        }
-    }
-
-    /// The leaf before `leaf` in address order.
-    fn prev_leaf(&self, leaf: u32) -> Option<u32> {
-        let (mut node, mut level) = (leaf, 0);
-        loop {
-            let parent = self.node(node).parent;
-            if parent == NONE {
-                return None;
-            }
-            let slot = self.slot_in(parent, node);
-            if slot > 0 {
-                let mut n = self.node(parent).children[slot - 1];
+            let sibling = if forward {
+                (slot + 1 < p.count).then_some(slot + 1)
+            } else {
+                slot.checked_sub(1)
+            };
+            if let Some(sibling) = sibling {
+                let mut n = p.children[sibling];
                 for _ in 0..level {
                     let i = self.node(n);
-                    n = i.children[i.count - 1];
+                    n = i.children[if forward { 0 } else { i.count - 1 }];
                 }
                 return Some(n);
             }

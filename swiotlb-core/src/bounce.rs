@@ -312,7 +312,7 @@ impl Swiotlb {
         size: usize,
         dir: Direction,
     ) -> Result<(), Error> {
-        self.sync(dev, addr, size, dir.device_writes(), false)
+        self.sync(dev, addr, size, dir, false)
     }
 
     /// Make the CPU's writes visible to the device (copy in for to-device and bidirectional
@@ -345,7 +345,7 @@ impl Swiotlb {
         size: usize,
         dir: Direction,
     ) -> Result<(), Error> {
-        self.sync(dev, addr, size, dir.device_reads(), true)
+        self.sync(dev, addr, size, dir, true)
     }
 
     /// A sync for the CPU (`to_device` false) or for the device of an address that may not
@@ -382,44 +382,17 @@ impl Swiotlb {
         dir: Direction,
         to_device: bool,
     ) -> Result<bool, Error> {
-        let copy = if to_device {
-            dir.device_reads()
-        } else {
-            dir.device_writes()
-        };
-        self.sync_found(dev, addr, size, copy, to_device)
-    }
-
-    fn sync(
-        &self,
-        dev: &Device,
-        addr: u64,
-        size: usize,
-        copy: bool,
-        to_device: bool,
-    ) -> Result<(), Error> {
-        if self.sync_found(dev, addr, size, copy, to_device)? {
-            Ok(())
-        } else {
-            Err(Error::NotMapped { addr })
-        }
-    }
-
-    /// The sync of [`Swiotlb::sync_if_bounced`]: `Ok(false)` if `addr` is in no pool.
-    fn sync_found(
-        &self,
-        dev: &Device,
-        addr: u64,
-        size: usize,
-        copy: bool,
-        to_device: bool,
-    ) -> Result<bool, Error> {
         self.check_device(dev)?;
         if size == 0 {
             return Err(Error::ZeroSize);
         }
         let Some(pool) = self.lookup(dev, addr) else {
             return Ok(false);
+        };
+        let copy = if to_device {
+            dir.device_reads()
+        } else {
+            dir.device_writes()
         };
         if copy {
             self.bounce(&pool, addr, size, to_device)?;
@@ -428,6 +401,22 @@ impl Swiotlb {
             mapped_range(&pool, addr, size)?;
         }
         Ok(true)
+    }
+
+    /// [`Swiotlb::sync_if_bounced`] of an address that must be a bounce address.
+    fn sync(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        dir: Direction,
+        to_device: bool,
+    ) -> Result<(), Error> {
+        if self.sync_if_bounced(dev, addr, size, dir, to_device)? {
+            Ok(())
+        } else {
+            Err(Error::NotMapped { addr })
+        }
     }
 
     /// Allocate `size` bytes of bounce memory for `dev` from a restricted pool
