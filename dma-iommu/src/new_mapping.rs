@@ -102,11 +102,10 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
     }
 }
 
-impl<T: TlbOps + 'static> Drop for NewMapping<'_, T> {
-    fn drop(&mut self) {
-        if self.published {
-            return;
-        }
+impl<T: TlbOps + 'static> NewMapping<'_, T> {
+    /// Take down what an unpublished mapping mapped and give its IOVA back.
+    #[cold]
+    fn undo(&mut self) {
         if self.mapped > 0 {
             let granule = 1 << self.shift;
             self.backend
@@ -114,5 +113,15 @@ impl<T: TlbOps + 'static> Drop for NewMapping<'_, T> {
         }
         // Never published, so no IOTLB entry can name it once the unmap above synced.
         self.backend.reclaim(self.span);
+    }
+}
+
+impl<T: TlbOps + 'static> Drop for NewMapping<'_, T> {
+    /// Inline, with the undo out of line: every successful map drops a published mapping.
+    #[inline]
+    fn drop(&mut self) {
+        if !self.published {
+            self.undo();
+        }
     }
 }
