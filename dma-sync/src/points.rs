@@ -1,5 +1,5 @@
-//! The mutation points of dma-sync itself: the orderings of the loom RCU shim and of
-//! `rcu::synchronize`.
+//! The mutation points of dma-sync itself: the orderings of the loom RCU shim, of
+//! `rcu::synchronize` and of the spin lock.
 //!
 //! Production builds use crossbeam-epoch, whose orderings crossbeam checks with its own loom
 //! suite. Under loom, [`crate::rcu`] is a fence-based RCU whose every ordering is a point here,
@@ -28,4 +28,9 @@ crate::mutation_points! {
     /// Acquire load of "grace period over" in `rcu::synchronize`'s wait loop; pairs with
     /// `rcu.synchronize.done.release`, so the waiter happens after every section it waited for.
     RCU_SYNCHRONIZE_DONE_ACQUIRE: Load = "rcu.synchronize.done.acquire";
+    /// Acquire compare-and-swap that takes a [`crate::SpinLock`]: the previous holder's
+    /// section happens before the new one.
+    SPIN_ACQUIRE: Rmw = "sync.spin.acquire";
+    /// Release store that frees a [`crate::SpinLock`]; pairs with `sync.spin.acquire`.
+    SPIN_RELEASE: Store = "sync.spin.release";
 }

@@ -1,7 +1,7 @@
-//! Models of the dma-sync shim itself: the loom RCU (`dma_sync::rcu`) and the published
-//! pointer (`dma_sync::Published`).
+//! Models of the dma-sync shim itself: the loom RCU (`dma_sync::rcu`), the published
+//! pointer (`dma_sync::Published`) and the spin lock (`dma_sync::SpinLock`).
 //!
-//! The RCU model kills every mutation point of `dma-sync/src/points.rs`: each twin weakens one
+//! The RCU model kills every RCU point of `dma-sync/src/points.rs`: each twin weakens one
 //! ordering of the shim and loom must report the reader racing the poisoning free
 //! ("Causality violation"). The store-buffering points (`rcu.pin.fence`, `rcu.sync.fence`)
 //! are only observable because the updater pins *before* it unlinks, as every user of the API
@@ -23,6 +23,10 @@
 //! written after publication) must fail with a causality violation. A second model checks that
 //! two concurrent `Published::rcu` increments are never lost.
 //!
+//! `SpinLock`: two threads each increment a counter (an `UnsafeCell`) in a section; the twins
+//! weaken the lock's acquire (`sync.spin.acquire`) or its release store (`sync.spin.release`),
+//! and the second section's access then races the first's ("Causality violation").
+//!
 //! # Bounds
 //!
 //! | Model | Bound | What it covers |
@@ -34,6 +38,7 @@
 //! | CAS counter, 1 + 2 increments (whole pin 4, narrowed pin 3 preemptions) | 4 / 3 preemptions | the racer stopped between its load and its CAS while the other thread completes both increments (freeing and reusing the node), and between its CAS and its retirement |
 //! | bypassing free | exhaustive | one reader, one unlink + drop |
 //! | `Published` swap, late-initialisation control, `rcu()` updates | exhaustive | three short threads around a loom lock |
+//! | `SpinLock`, two sections, and its two twins | exhaustive | either section first, the other's acquire failing and its waiter spinning (each spin step yields) until the release |
 //!
 //! `DMALOOM_WEAKEN=rcu.sync.fence RUSTFLAGS="--cfg loom" cargo test --release -p loom-tests --test
 //! loom -- dma_sync_shim::rcu_reader_never_sees_freed_node` shows a twin's failure by hand:
@@ -43,10 +48,11 @@ use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, Poison};
 use dma_sync::mutation::Weakening;
 use dma_sync::points::{
     RCU_GRACE_PERIOD, RCU_PIN, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
+    SPIN_ACQUIRE, SPIN_RELEASE,
 };
 use dma_sync::rcu::{self, Retire};
 use dma_sync::thread::spawn;
-use dma_sync::{Arc, Published, UnsafeCell};
+use dma_sync::{Arc, Published, SpinLock, UnsafeCell};
 use loom_tests::harness::{check, must_be_caught, Bound};
 use loom_tests::must_fail_test;
 
@@ -320,4 +326,34 @@ fn published_rcu_updates_are_not_lost() {
         }
         assert_eq!(*p.load_full(), 2, "an rcu() update was lost");
     });
+}
+
+/// Two threads each increment a counter under one `SpinLock`: the sections exclude each other,
+/// and each sees what the other wrote before it.
+fn spin_lock_sections() {
+    let lock = Arc::new(SpinLock::new(0u64));
+    let other = {
+        let lock = lock.clone();
+        spawn(move || lock.with(|n| *n += 1))
+    };
+    lock.with(|n| *n += 1);
+    other.join().unwrap();
+    assert_eq!(lock.with(|n| *n), 2, "an update under the lock was lost");
+}
+
+#[test]
+fn spin_lock_sections_exclude_each_other() {
+    check(Bound::Exhaustive, spin_lock_sections);
+}
+
+must_fail_test! {
+    /// A Relaxed acquire does not order the previous holder's section before ours.
+    fn spin_relaxed_acquire_races_previous_section: SPIN_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, spin_lock_sections;
+}
+
+must_fail_test! {
+    /// A Relaxed unlock does not order our section before the next holder's.
+    fn spin_relaxed_release_races_next_section: SPIN_RELEASE, Weakening::Relax,
+        "Causality violation", Bound::Exhaustive, spin_lock_sections;
 }

@@ -23,7 +23,7 @@
 
 use dma_iommu::points::*;
 use dma_iommu::{
-    Device, DeviceConfig, Direction, Domain, DomainConfig, FlushQueue, FqConfig, Gather,
+    Device, DeviceConfig, Direction, DmaError, Domain, DomainConfig, FlushQueue, FqConfig, Gather,
     InvalidationOps, Strictness, Unmapped,
 };
 use dma_sync::atomic::{AtomicU64, Ordering};
@@ -583,4 +583,61 @@ twins! { || { real_domain_queue_vs_timer(); }, "stale translation", Bound::Preem
     /// On the real stack: the enqueue without its fence stamps before the leaf clear is
     /// visible to the device's walk.
     fn real_domain_enqueue_unfenced: FQ_ENQUEUE_FENCE;
+}
+
+/// Two unmaps of one mapping race on the whole real stack (strict): the registry lets exactly
+/// one proceed, and the other is `NotMapped` and changes nothing. The registry's shard is a
+/// `SpinLock` whose sections read and clear the record; the twins weaken its acquire or its
+/// release, and the second unmap's look at the record then races the first's removal.
+///
+/// Bound: 3 preemptions, twins 2. Two threads, but each unmap runs the real page table, RCU
+/// pins and IOVA allocator (hundreds of loom operations), so exhaustive takes too long; the
+/// race needs one switch (the first unmap stopped inside or just after its registry
+/// section), and the registry's section is a few loom operations long.
+fn real_domain_double_unmap() -> bool {
+    let (dom, dev, dma) = real_domain(None);
+    let other = spawn_real_unmap_result(&dom, &dev, dma);
+    let mine = dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional);
+    let other = other.join().unwrap();
+    let results = [&mine, &other];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one unmap proceeds: {mine:?}, {other:?}"
+    );
+    for r in results {
+        if let Err(e) = r {
+            assert_eq!(*e, DmaError::NotMapped { dma }, "the loser is refused");
+        }
+    }
+    assert_eq!(dom.translate(dma), None, "the page is unmapped");
+    assert!(
+        dom.iova_allocator().find(dma >> 12).is_none(),
+        "the IOVA was freed"
+    );
+    mine.is_ok()
+}
+
+/// The caller unmaps the page in a model thread, keeping the result.
+fn spawn_real_unmap_result(
+    dom: &Arc<RealDomain>,
+    dev: &Device,
+    dma: u64,
+) -> JoinHandle<Result<Unmapped, DmaError>> {
+    let (dom, dev) = (dom.clone(), dev.clone());
+    spawn(move || dom.unmap(&dev, dma, 0x1000, Direction::Bidirectional))
+}
+
+#[test]
+fn real_domain_double_unmap_passes() {
+    // Either thread may win.
+    assert_outcomes(real_domain_double_unmap, &[false, true]);
+}
+
+twins! { || { real_domain_double_unmap(); }, "Causality violation", Bound::Preemptions(2);
+    /// A registry shard taken with a Relaxed acquire: the second unmap reads the record
+    /// without the first's removal ordered before it.
+    fn registry_shard_relaxed_acquire: dma_sync::points::SPIN_ACQUIRE;
+    /// A registry shard released with a Relaxed store: the same race, from the other side.
+    fn registry_shard_relaxed_release: dma_sync::points::SPIN_RELEASE;
 }

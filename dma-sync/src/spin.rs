@@ -1,0 +1,142 @@
+//! A spin lock for critical sections of a few dozen instructions that are rarely contended.
+//!
+//! Its unlock is a release store, where a parking lock's unlock is a compare-and-swap (it
+//! must look for parked waiters): one locked instruction less per critical section, about
+//! 1.5 ns on an uncontended x86-64 line. It never parks, so it is only for short sections
+//! that neither block nor wait on another lock that might: a waiter spins briefly, then
+//! yields its CPU, so a holder preempted inside its section costs a waiter time slices, not a
+//! deadlock.
+//!
+//! The section is a closure ([`SpinLock::with`]), so the value is reached only while the lock
+//! is held, and under loom through `loom::cell::UnsafeCell`, which reports any access that the
+//! lock's acquire (`sync.spin.acquire`) and release (`sync.spin.release`) fail to order.
+
+use crate::atomic::{AtomicBool, Ordering::*};
+use crate::points::{SPIN_ACQUIRE, SPIN_RELEASE};
+use crate::{thread, UnsafeCell};
+
+/// Spin steps a waiter takes before it yields its CPU instead: a section of a few dozen
+/// instructions ends well within them unless its holder was preempted.
+const SPINS_BEFORE_YIELD: u32 = 64;
+
+/// A mutual-exclusion lock whose waiters spin, for short rarely contended sections.
+///
+/// ```
+/// let counter = dma_sync::SpinLock::new(0u64);
+/// counter.with(|n| *n += 1);
+/// assert_eq!(counter.with(|n| *n), 1);
+/// ```
+#[derive(Debug)]
+pub struct SpinLock<T> {
+    locked: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only by the one thread holding the lock (`with`), so sharing
+// the lock shares nothing but exclusive access, handed over by the acquire/release pair.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    /// A new unlocked lock holding `value`.
+    pub fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Run `f` on the value with the lock held. The lock is released when `f` returns or
+    /// unwinds. `f` must not take this lock again (it would spin forever).
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        self.acquire();
+        let _held = Held(&self.locked);
+        // SAFETY: the lock is held until `_held` drops, after `f` returned: no other thread
+        // reaches the value meanwhile, and `with` hands out no reference that outlives `f`.
+        self.value.with_mut(|p| f(unsafe { &mut *p }))
+    }
+
+    /// Consume the lock.
+    pub fn into_inner(self) -> T {
+        self.value.into_inner()
+    }
+
+    #[inline]
+    fn acquire(&self) {
+        // Acquire: what the previous holder wrote under the lock happens before our section.
+        let (success, failure) = SPIN_ACQUIRE.cas(Acquire, Relaxed);
+        while self
+            .locked
+            .compare_exchange_weak(false, true, success, failure)
+            .is_err()
+        {
+            self.wait_unlocked();
+        }
+    }
+
+    /// Wait until the lock looks free (read-only, so waiters do not bounce its line).
+    #[cold]
+    fn wait_unlocked(&self) {
+        let mut spins = 0;
+        while self.locked.load(Relaxed) {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                thread::spin_wait();
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+impl<T: Default> Default for SpinLock<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+/// Releases the lock when dropped: on return and on unwind alike.
+struct Held<'a>(&'a AtomicBool);
+
+impl Drop for Held<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: our section happens before the next holder's.
+        self.0.store(false, SPIN_RELEASE.ord(Release));
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_section_releases_the_lock() {
+        let lock = SpinLock::new(1);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lock.with(|_| panic!("inside the section"))
+        }));
+        assert!(caught.is_err());
+        assert_eq!(lock.with(|v| *v), 1, "taken again after the unwind");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // spins on a real CPU; Miri would take minutes
+    fn contending_threads_each_see_the_others_updates() {
+        let lock = std::sync::Arc::new(SpinLock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        lock.with(|n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(lock.with(|n| *n), 40_000);
+    }
+}
