@@ -22,19 +22,19 @@
 //! flush-queue enqueue (a full fence, the per-CPU ring lock pair, a drain check) and the glue
 //! between them: five locked instructions the parts do not have. Callgrind, 4 KiB, one
 //! thread: 1509 instructions against the parts' 936 (1547 before the registry's spin lock and
-//! the inline drop of a published `NewMapping`). Of the 573 more: the page table 13 (its
-//! unmap's gather is queued, not synced), the IOVA 105 (the device policy's wrapper and the
-//! flush queue's reclaim call around the allocator; and its churn: 255 IOVAs in flight come
-//! back in bursts after each flush, so about one allocation in 80 misses the per-CPU
-//! magazines, 25 instructions a map+unmap), the enqueue 127 (its reclaims aside), the
-//! registry about 75, and about 250 the domain's own checks and the results handed between
+//! the inline drop of a published `NewMapping`). Of the 573 more: the page table 13 (map 24
+//! more than alone, unmap 11 less: its gather is queued, not synced), the IOVA 105 (the
+//! device policy's wrapper and the flush queue's reclaim call around the allocator; and its
+//! churn: 255 IOVAs in flight come back in bursts after each flush, so about one allocation
+//! in 80 misses the per-CPU magazines, 25 instructions a map+unmap), the enqueue 127 (its
+//! reclaims aside), the registry about 75, and about 250 the domain's own checks and the results handed between
 //! its layers (each layer not inlined passes its `Result` through memory). Measured by taking
 //! each out, the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns map+unmap (about
-//! 100 ns since the registry's lines were packed). A lazy domain has 255 IOVAs in flight, so its maps
-//! visit 255 registry shards in turn: a shard's lock, record and count share one 64-byte
-//! line (module `registry`), which cut the L1 misses from 2.3 to 0.6 per map+unmap in
-//! callgrind's cache model. The path writes only lines its own CPU's maps and
-//! unmaps use (barring a shard collision): maps and queued unmaps are counted under the
+//! 100 ns since the registry's lines were packed). A lazy domain has 255 IOVAs in flight, so
+//! its maps visit 255 registry shards in turn: a shard's lock, record and count share one
+//! 64-byte line (module `registry`), which cut the L1 misses from 2.3 to 0.6 per map+unmap
+//! in callgrind's cache model. The path writes only lines its own CPU's maps and unmaps use
+//! (barring a shard collision): maps and queued unmaps are counted under the
 //! registry's and the ring's locks, no `Arc` is cloned, no clock is read (the timer is armed
 //! by a flag). Results and expectations travel by value only where small (an unmap hands the
 //! registry what it expects by value and gets back only the span and bounce buffer; closures

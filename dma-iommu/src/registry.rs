@@ -5,10 +5,7 @@
 //! torn down, and two racing unmaps of one mapping cannot both proceed.
 //!
 //! It is on every map and unmap, so each costs one uncontended lock pair on a line no other
-//! CPU wrote. The shard lock is a [`SpinLock`]: its sections are a few dozen instructions
-//! that neither allocate (barring the rare table growth below) nor wait, and its unlock is a
-//! store, where a parking lock's is a compare-and-swap (lazy 4 KiB map+unmap 103 → 100 ns
-//! against parking_lot, one run interleaved). A shard is the top bits of the pfn's Fibonacci hash, over a thousand shards per
+//! CPU wrote: a shard is the top bits of the pfn's Fibonacci hash, over a thousand shards per
 //! CPU, so the pfns a CPU's IOVA cache recycles rarely share a shard with another CPU's (with
 //! 16 shards, lazy map+unmap ran at 1.04× on two threads, now 1.8×). A shard usually holds
 //! one mapping, inline: its lock, that record and the shard's count fit one cache line
@@ -17,8 +14,13 @@
 //! IOVAs in flight, so 255 shards in turn) missed L1 on both at every insert. The hash table
 //! (keys hashed by one multiplication: our own allocator chose them, nobody makes them
 //! collide) takes the rare others; it lies in a parallel array behind a lock of its own,
-//! taken only under the shard's lock. The count of mappings ever recorded is kept under the
-//! insert's lock, so the map path writes no shared statistics line.
+//! taken only under the shard's lock (so never contended). The count of mappings ever
+//! recorded is kept under the insert's lock, so the map path writes no shared statistics line.
+//!
+//! The shard lock is a [`SpinLock`]: a section is a few dozen instructions that wait for
+//! nothing (the table's lock is never contended) and allocate only when the table grows, and
+//! its unlock is a store where a parking lock's is a compare-and-swap (lazy 4 KiB map+unmap
+//! 103 → 100 ns against parking_lot's mutex, one interleaved run).
 //!
 //! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
 //! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,
