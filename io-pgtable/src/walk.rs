@@ -453,7 +453,7 @@ mod tests {
                 let Ok(pt) = PageTable::new(config) else {
                     continue;
                 };
-                let g = pt.geometry().clone();
+                let g = *pt.geometry();
                 let inlined = granule == Granule::Size4K && g.start_level() == 0;
                 assert_eq!(pt.walk.four_level_4k, inlined, "{config:?}");
                 let page = g.page_size();
