@@ -45,8 +45,9 @@
 //! translation of the benchmark loop: 77 instructions under a held guard (before 111; the
 //! independent chase is 36) and 122 with the pin (153). Inlining the four-level 4 KiB walk
 //! under a held guard then took it from 75 to 58 instructions per translation and, old and
-//! new binaries alternating on one machine, from 1.84–1.94× the independent chase to 1.56×
-//! (dependent: 1.19–1.20× to 1.18×).
+//! new binaries alternating on one machine (six runs each), from 1.82–1.97× the independent
+//! chase to 1.56–1.60× (one disturbed run: 2.0×) and from 1.19–1.26× the dependent chase to
+//! 1.14–1.19×.
 //!
 //! The pin is what separates the single call from the held guard: with crossbeam-epoch it is a
 //! thread-local lookup, a locked compare-and-swap on the thread's own epoch slot (a full

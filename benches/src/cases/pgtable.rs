@@ -154,8 +154,7 @@ pub fn page_of(phys: u64) -> u64 {
 /// advances and writes the reader's epoch slot the writer's collection reads, lines that cross
 /// between the two CPUs. Measured with the reader's guard held across translations instead,
 /// the writer costs nothing (dependent: 8.6 ns with or without it; one call per pin: 9.3 ns
-/// alone, 10.6–13.4 ns with the writer, varying from run to run with how the two virtual CPUs
-/// share the host).
+/// alone, 9.5–13.4 ns with the writer, varying from run to run).
 pub const WRITER_REGION: u64 = 1 << 37;
 
 /// One thread's map+unmap op of `size` bytes on `store`, cycling over 64 slots of its region.
