@@ -463,6 +463,8 @@ mod tests {
                 for k in 1..4 {
                     let iova = page * k;
                     pt.map(iova, 0x4000_0000 + iova, page, Prot::READ).unwrap();
+                    let paddr = pt.reader().translate(iova + 5).map(|t| t.paddr());
+                    assert_eq!(paddr, Some(0x4000_0005 + iova), "{config:?}");
                     iovas.extend([iova, iova + page / 2, iova + page * 8]);
                 }
                 if 2 * block < 1 << ias && pt.map(block, block, block, Prot::WRITE).is_ok() {
