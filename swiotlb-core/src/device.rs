@@ -186,6 +186,8 @@ impl DeviceInner {
     /// Link a transient pool at the head of the list; returns its address.
     pub(crate) fn link(&self, pool: Box<Pool>) -> *mut Pool {
         let p = Box::into_raw(pool);
+        // Readers reach it under RCU: loom builds report a free that bypasses the grace period.
+        dma_sync::rcu::track(p as *const u8, std::mem::size_of::<Pool>());
         let _w = self.lock.lock();
         // SAFETY: `p` is fresh and not yet shared.
         unsafe { &*p }

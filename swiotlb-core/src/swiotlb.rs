@@ -24,10 +24,11 @@
 //!
 //! # The global pool list
 //!
-//! Singly linked; the head is the default pool. Growth finds the tail and appends under the
+//! Singly linked; the head is the default pool, a plain field (built before the instance can be
+//! shared, never replaced). Growth finds the tail and appends under the
 //! instance's writer lock (`swiotlb.pools.append_locked`: search and append in one critical
-//! section) with a release store (`swiotlb.pools.publish`); readers walk with acquire loads
-//! (`swiotlb.pools.traverse`). Global pools are never freed before the instance, so the walk
+//! section) with a release store (`swiotlb.pools.publish`); readers follow each `next` link
+//! with an acquire load (`swiotlb.pools.traverse`). Global pools are never freed before the instance, so the walk
 //! needs no pin.
 //!
 //! A lookup for a device that never bounced costs one acquire fence and one Relaxed load: the
@@ -46,7 +47,7 @@ use crate::pool::{Geometry, Pool};
 use crate::stats::{PoolStats, Stats, StatsSnapshot};
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
 use dma_sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicUsize,
+    AtomicBool, AtomicUsize,
     Ordering::{Acquire, Relaxed, Release},
 };
 use dma_sync::rcu::{self, Guard};
@@ -224,8 +225,9 @@ pub(crate) struct MemInner {
     pub(crate) cfg: Config,
     /// Geometry of the default pool (its area count bounds every pool's).
     geo: Geometry,
-    /// Head of the global pool list; the default pool, never null.
-    head: AtomicPtr<Pool>,
+    /// Head of the global pool list: the default pool. Built before the instance can be
+    /// shared and never replaced (growth appends at the tail), so it needs no atomic.
+    head: Box<Pool>,
     /// Writer lock of the global list (holds the number of pools).
     writer: Mutex<usize>,
     nslabs: AtomicUsize,
@@ -296,7 +298,7 @@ impl Swiotlb {
                 stats: Stats::new(cfg.stats),
                 cfg,
                 geo,
-                head: AtomicPtr::new(Box::into_raw(pool)),
+                head: pool,
                 writer: Mutex::new(1),
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
@@ -386,7 +388,7 @@ impl Swiotlb {
 
     fn pools(&self) -> Pools<'_> {
         Pools {
-            next: self.inner.head.load(POOLS_TRAVERSE.ord(Acquire)),
+            next: &*self.inner.head,
             _mem: &self.inner,
         }
     }
@@ -578,7 +580,7 @@ impl Swiotlb {
         let pool = Pool::new(geo, false, self.inner.cfg.phys_limit, &POOL_GROW)?;
         let pool = Box::into_raw(pool);
         let mut writer = Some(self.inner.writer.lock());
-        let mut tail = self.inner.head.load(Relaxed);
+        let mut tail: *const Pool = &*self.inner.head;
         loop {
             // SAFETY: global pools are immortal; the writer lock orders us after every append.
             let next = unsafe { &*tail }.next.load(Relaxed);
@@ -736,7 +738,8 @@ impl Swiotlb {
 
 impl Drop for MemInner {
     fn drop(&mut self) {
-        let mut p = self.head.load(Relaxed);
+        // The head is the `Box` field, dropped after this; the grown pools hang off it.
+        let mut p = self.head.next.load(Relaxed);
         while !p.is_null() {
             // SAFETY: exclusive access; global pools came from `Box::into_raw` and are freed once.
             let pool = unsafe { Box::from_raw(p) };
