@@ -265,20 +265,23 @@ impl GapTree {
     fn prefetch(&self, n: u32, inner: bool) {
         let node = self.node(n);
         let half = FANOUT / 2;
-        for line in [
-            &node.keys[0],
-            &node.keys[half],
-            &node.lens[0],
-            &node.lens[half],
-        ] {
-            prefetch_line(line);
-        }
-        prefetch_line(&node.fits[0]);
-        prefetch_line(&node.fits[half]);
+        [&node.keys, &node.lens, &node.fits]
+            .into_iter()
+            .for_each(|array| array.iter().step_by(half).for_each(prefetch_line));
         prefetch_line(&node.count);
         if inner {
             prefetch_line(&node.children[0]);
         }
+    }
+
+    /// [`prefetch`](Self::prefetch) of only the lines of leaf `n`'s first entry.
+    #[inline(always)]
+    fn prefetch_first(&self, n: u32) {
+        let node = self.node(n);
+        [&node.keys[0], &node.lens[0], &node.fits[0]]
+            .into_iter()
+            .for_each(prefetch_line);
+        prefetch_line(&node.count);
     }
 
     fn node_mut(&mut self, n: u32) -> &mut Node {
@@ -377,8 +380,20 @@ impl GapTree {
         for level in (1..=self.height).rev() {
             let i = self.node(node);
             let slot = i.keys[..i.count].partition_point(|&k| below(k));
-            node = i.children[slot.checked_sub(1)?];
+            let at = slot.checked_sub(1)?;
+            node = i.children[at];
             self.prefetch(node, level > 1);
+            if level == 1 {
+                // A free (or a reservation) reads the entries on both sides of the one found,
+                // which for a leaf's first or last entry sit in the leaf before or after:
+                // load those of a sibling leaf alongside rather than after.
+                if let Some(before) = at.checked_sub(1) {
+                    self.prefetch(i.children[before], false);
+                }
+                if at + 1 < i.count {
+                    self.prefetch_first(i.children[at + 1]);
+                }
+            }
         }
         let l = self.node(node);
         (l.count > 0 && below(l.keys[0])).then_some(node)
