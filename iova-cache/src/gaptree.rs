@@ -32,7 +32,8 @@
 //! the tree holds about 435k entries (135k of them free ranges). A descent prefetches the
 //! lines of the node it enters that the operation goes on to read (keys, lengths, summaries,
 //! header, and an inner node's children), so a cold node costs about one miss latency, not
-//! one per line read after the keys.
+//! one per line read after the keys; entering a leaf, it also prefetches the sibling leaves'
+//! lines holding the entries next to the leaf's first and last, which a free of either reads.
 //!
 //! Maintenance costs one descent and O(h · B) work:
 //!
