@@ -9,7 +9,7 @@ use crate::pte::{self, Descriptor, FROZEN};
 use crate::slab::Slab;
 use crate::table::{self, Counters, Stats, TableMem};
 use crate::tlb::{NoTlb, TlbOps};
-use crate::walk::{self, WalkFn};
+use crate::walk::{self, Walk};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::rcu::{self, Guard};
 use dma_sync::Arc;
@@ -37,7 +37,7 @@ pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) tlb: T,
     pub(crate) stats: Arc<Counters>,
     /// The translation walk specialised for `geom`.
-    pub(crate) walk: WalkFn<T>,
+    pub(crate) walk: Walk<T>,
 }
 
 impl PageTable<NoTlb> {

@@ -5,6 +5,10 @@
 //!   thread translates through it. Kills the install release, the writers' descent acquire
 //!   and the readers' walk acquire: without any one of them a thread touches the winner's
 //!   table without happening after its zeroed initialisation ("Causality violation").
+//! * `four_level_install_under_reader`: the same for the four-level 4 KiB format, whose walk
+//!   a held `Reader` runs inline (the other models' tiny granule takes the walk's call): a
+//!   mapper installs three tables while a reader translates through them. Kills the walk
+//!   acquire.
 //! * `neighbours_in_one_table`: a map and an unmap on neighbouring pages of one shared leaf
 //!   table (the unmap empties it for a moment), with a translator; nothing is lost, nothing
 //!   freed.
@@ -123,6 +127,23 @@ fn install_race() {
         (2, s.discarded, s.discarded.min(1))
     );
     accounted(&pt);
+}
+
+/// The four-level 4 KiB format, whose walk a held `Reader` runs inline in its caller: a
+/// mapper installs the level-1, -2 and -3 tables of one page into the empty root while the
+/// main thread translates that page through a reader.
+fn four_level_install_under_reader() {
+    let pt = Arc::new(PageTable::new(Config::s1_4k(48)).expect("4 KiB config"));
+    let mapper = spawn_on(&pt, |pt| map_one(pt, PAGE, PAGE));
+    if let Some(t) = pt.reader().translate(PAGE) {
+        assert_eq!(t.paddr(), pa(PAGE), "a translation never mapped");
+    }
+    mapper.join().unwrap();
+    let t = pt
+        .reader()
+        .translate(PAGE + 0x123)
+        .map(|t| (t.paddr(), t.level()));
+    assert_eq!(t, Some((pa(PAGE) + 0x123, 3)));
 }
 
 /// Map page 0 and unmap page 1 of one shared leaf table, which only page 1 occupied: a
@@ -540,6 +561,12 @@ fn install_race_passes() {
     check(Bound::Exhaustive, install_race);
 }
 
+/// Exhaustive: one mapper and one translation.
+#[test]
+fn four_level_install_under_reader_passes() {
+    check(Bound::Exhaustive, four_level_install_under_reader);
+}
+
 /// Exhaustive (a few dozen executions: the threads share only the top table).
 #[test]
 fn neighbours_in_one_table_passes() {
@@ -581,6 +608,12 @@ causality_twins! { install_race:
     fn pgtable_descent_relaxed: DESCENT_ACQUIRE;
     /// A translator following a table descriptor without acquire reads uninitialised entries.
     fn pgtable_walk_relaxed: WALK_ACQUIRE;
+}
+
+causality_twins! { four_level_install_under_reader:
+    /// The inlined walk following a table descriptor without acquire reads entries of a
+    /// table whose zeroing it has not seen.
+    fn pgtable_inlined_walk_relaxed: WALK_ACQUIRE;
 }
 
 causality_twins! { unmap_frees_level_under_readers:
