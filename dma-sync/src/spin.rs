@@ -11,7 +11,7 @@
 //! is held, and under loom through `loom::cell::UnsafeCell`, which reports any access that the
 //! lock's acquire (`sync.spin.acquire`) and release (`sync.spin.release`) fail to order.
 
-use crate::atomic::{AtomicBool, Ordering::*};
+use crate::atomic::{AtomicBool, Ordering, Ordering::*};
 use crate::points::{SPIN_ACQUIRE, SPIN_RELEASE};
 use crate::{thread, UnsafeCell};
 
@@ -28,7 +28,7 @@ const SPINS_BEFORE_YIELD: u32 = 64;
 /// ```
 #[derive(Debug)]
 pub struct SpinLock<T> {
-    locked: AtomicBool,
+    lock: RawSpinLock,
     value: UnsafeCell<T>,
 }
 
@@ -40,7 +40,7 @@ impl<T> SpinLock<T> {
     /// A new unlocked lock holding `value`.
     pub fn new(value: T) -> Self {
         Self {
-            locked: AtomicBool::new(false),
+            lock: RawSpinLock::default(),
             value: UnsafeCell::new(value),
         }
     }
@@ -49,8 +49,12 @@ impl<T> SpinLock<T> {
     /// unwinds. `f` must not take this lock again (it would spin forever).
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        self.acquire();
-        let _held = Held(&self.locked);
+        // Acquire: what the previous holder wrote under the lock happens before our section;
+        // release: our section happens before the next holder's.
+        let _held = self.lock.lock(
+            SPIN_ACQUIRE.cas(Acquire, Relaxed),
+            SPIN_RELEASE.ord(Release),
+        );
         // SAFETY: the lock is held until `_held` drops, after `f` returned: no other thread
         // reaches the value meanwhile, and `with` hands out no reference that outlives `f`.
         self.value.with_mut(|p| f(unsafe { &mut *p }))
@@ -60,17 +64,49 @@ impl<T> SpinLock<T> {
     pub fn into_inner(self) -> T {
         self.value.into_inner()
     }
+}
 
+impl<T: Default> Default for SpinLock<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+/// The lock word of a spin lock without the value it guards, for a lock whose owner keeps the
+/// data elsewhere and names its own mutation points for the two orderings (iova-cache's CPU
+/// slots). It guards nothing by itself: whoever pairs it with data decides what it protects.
+#[derive(Debug, Default)]
+pub struct RawSpinLock {
+    locked: AtomicBool,
+}
+
+/// Holds a [`RawSpinLock`]; releases it when dropped, on return and on unwind alike.
+#[must_use = "the lock is released when the guard drops"]
+pub struct RawSpinGuard<'a> {
+    locked: &'a AtomicBool,
+    release: Ordering,
+}
+
+impl RawSpinLock {
+    /// Take the lock with a compare-and-swap of orderings `(success, failure)` (an acquire
+    /// success orders the previous holder's section before ours), spinning while it is held;
+    /// the guard releases it with a store of ordering `release`.
     #[inline]
-    fn acquire(&self) {
-        // Acquire: what the previous holder wrote under the lock happens before our section.
-        let (success, failure) = SPIN_ACQUIRE.cas(Acquire, Relaxed);
+    pub fn lock(
+        &self,
+        (success, failure): (Ordering, Ordering),
+        release: Ordering,
+    ) -> RawSpinGuard<'_> {
         while self
             .locked
             .compare_exchange_weak(false, true, success, failure)
             .is_err()
         {
             self.wait_unlocked();
+        }
+        RawSpinGuard {
+            locked: &self.locked,
+            release,
         }
     }
 
@@ -89,20 +125,10 @@ impl<T> SpinLock<T> {
     }
 }
 
-impl<T: Default> Default for SpinLock<T> {
-    fn default() -> Self {
-        Self::new(T::default())
-    }
-}
-
-/// Releases the lock when dropped: on return and on unwind alike.
-struct Held<'a>(&'a AtomicBool);
-
-impl Drop for Held<'_> {
+impl Drop for RawSpinGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        // Release: our section happens before the next holder's.
-        self.0.store(false, SPIN_RELEASE.ord(Release));
+        self.locked.store(false, self.release);
     }
 }
 

@@ -6,15 +6,15 @@
 //! builds always lock.
 //!
 //! Two raw locks: [`Blocking`] (a parking mutex) for the tree and the depots, whose critical
-//! sections may be long (a flush frees a whole magazine to the tree), and [`Spin`] for the CPU
-//! slots, whose critical sections are a few pushes and pops: taking it is one compare-and-swap
-//! and releasing it a plain store, where a parking mutex pays a second read-modify-write on
-//! release to look for sleepers.
+//! sections may be long (a flush frees a whole magazine to the tree), and [`Spin`] (dma-sync's
+//! spin lock) for the CPU slots, whose critical sections are a few pushes and pops: taking it
+//! is one compare-and-swap and releasing it a plain store, where a parking mutex pays a second
+//! read-modify-write on release to look for sleepers.
 
 use crate::points::{SLOT_LOCK_ACQUIRE, SLOT_UNLOCK_RELEASE};
-use dma_sync::atomic::{AtomicBool, Ordering};
+use dma_sync::atomic::Ordering;
 use dma_sync::mutation::Point;
-use dma_sync::{Mutex, MutexGuard, UnsafeCell};
+use dma_sync::{Mutex, MutexGuard, RawSpinGuard, RawSpinLock, UnsafeCell};
 
 /// A raw lock: `acquire` returns a guard that releases on drop.
 pub(crate) trait RawLock: Default {
@@ -37,61 +37,20 @@ impl RawLock for Blocking {
     }
 }
 
-/// A spin lock for short critical sections. A waiter retries the compare-and-swap, first
-/// with a pause and then yielding its CPU, so a holder preempted on the waiter's CPU gets to
-/// run. A failed compare-and-swap stores nothing (a swap would store `true` again, and loom
-/// may then let the waiter read its own stores forever), and it reads the latest value, so
-/// the waiter sees the release as soon as it happens; contention is rare (threads sharing one
-/// CPU slot), so spinning on a plain load first would buy little.
+/// A spin lock for short critical sections: dma-sync's, with this crate's points for its two
+/// orderings.
 #[derive(Default)]
-pub(crate) struct Spin(AtomicBool);
-
-/// Releases a [`Spin`] lock on drop.
-pub(crate) struct SpinGuard<'a>(&'a AtomicBool);
-
-/// Busy-wait rounds before a waiter starts yielding its CPU.
-const SPINS_BEFORE_YIELD: u32 = 64;
+pub(crate) struct Spin(RawSpinLock);
 
 impl RawLock for Spin {
-    type Guard<'a> = SpinGuard<'a>;
+    type Guard<'a> = RawSpinGuard<'a>;
 
     #[inline]
-    fn acquire(&self) -> SpinGuard<'_> {
-        let acquire = SLOT_LOCK_ACQUIRE.ord(Ordering::Acquire);
-        if !self.try_take(acquire) {
-            self.contended(acquire);
-        }
-        SpinGuard(&self.0)
-    }
-}
-
-impl Spin {
-    #[inline]
-    fn try_take(&self, acquire: Ordering) -> bool {
-        self.0
-            .compare_exchange(false, true, acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    #[cold]
-    fn contended(&self, acquire: Ordering) {
-        let mut spins = 0u32;
-        while !self.try_take(acquire) {
-            if spins < SPINS_BEFORE_YIELD {
-                spins += 1;
-                dma_sync::thread::spin_wait();
-            } else {
-                dma_sync::thread::yield_now();
-            }
-        }
-    }
-}
-
-impl Drop for SpinGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.0
-            .store(false, SLOT_UNLOCK_RELEASE.ord(Ordering::Release));
+    fn acquire(&self) -> RawSpinGuard<'_> {
+        self.0.lock(
+            (SLOT_LOCK_ACQUIRE.ord(Ordering::Acquire), Ordering::Relaxed),
+            SLOT_UNLOCK_RELEASE.ord(Ordering::Release),
+        )
     }
 }
 
