@@ -92,17 +92,9 @@ impl RawSpinLock {
     /// success orders the previous holder's section before ours), spinning while it is held;
     /// the guard releases it with a store of ordering `release`.
     #[inline]
-    pub fn lock(
-        &self,
-        (success, failure): (Ordering, Ordering),
-        release: Ordering,
-    ) -> RawSpinGuard<'_> {
-        while self
-            .locked
-            .compare_exchange_weak(false, true, success, failure)
-            .is_err()
-        {
-            self.wait_unlocked();
+    pub fn lock(&self, cas: (Ordering, Ordering), release: Ordering) -> RawSpinGuard<'_> {
+        if !self.try_take(cas) {
+            self.contended(cas);
         }
         RawSpinGuard {
             locked: &self.locked,
@@ -110,11 +102,21 @@ impl RawSpinLock {
         }
     }
 
-    /// Wait until the lock looks free (read-only, so waiters do not bounce its line).
+    #[inline]
+    fn try_take(&self, (success, failure): (Ordering, Ordering)) -> bool {
+        self.locked
+            .compare_exchange(false, true, success, failure)
+            .is_ok()
+    }
+
+    /// Retry the compare-and-swap, first with a pause and then yielding the CPU, so a holder
+    /// preempted on this CPU gets to run. A failed compare-and-swap stores nothing and reads
+    /// the latest value, so the waiter sees the release as soon as it happens; contention is
+    /// rare (the sections are short), so spinning on a plain load first would buy little.
     #[cold]
-    fn wait_unlocked(&self) {
+    fn contended(&self, cas: (Ordering, Ordering)) {
         let mut spins = 0;
-        while self.locked.load(Relaxed) {
+        while !self.try_take(cas) {
             if spins < SPINS_BEFORE_YIELD {
                 spins += 1;
                 thread::spin_wait();
