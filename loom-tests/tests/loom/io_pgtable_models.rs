@@ -21,6 +21,10 @@
 //!   level-2 table and the level-3 table below it together.
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3
 //!   table (unlink, walk flush, free, then the block) while a walk and a translation run.
+//! * `unmap_frees_level_under_translation`, `unmap_then_remap_under_translation` and
+//!   `block_replaces_table_then_remap_under_translation`: two threads, a writer and a
+//!   translation alone; in the remap models the writer maps the page again after freeing its
+//!   table, so the new level-3 table can be the freed one handed back by the slab.
 //! * Every table is known to the loom RCU's reader check from its allocation
 //!   (`rcu::track`), and its return to the slab counts as a free (`rcu::released`): a table
 //!   released outside RCU while a walker may still reach it is reported, not undefined
@@ -44,10 +48,20 @@
 //!
 //! Bounds: `install_race` and `neighbours_in_one_table` are exhaustive (about 55,000
 //! executions; a few dozen), and so are `install_race_under_dump` and
-//! `page_install_races_page_unmap`. The models that free tables use `Preemptions(3)`: a reader
-//! (or a losing writer) needs one switch to stop between loading a descriptor and using it,
-//! and the winner one more to run its claim, take, grace period and free inside that window;
-//! the third leaves room for the walker or translator. The must-fail twins use `Preemptions(2)`
+//! `page_install_races_page_unmap`. The models that free tables use `Preemptions(3)` or more: a
+//! reader (or a losing writer) needs one switch to stop between loading a descriptor and using
+//! it, and the winner one more to run its claim, take, grace period and free inside that
+//! window; the third leaves room for the walker or translator. `unmap_frees_level_under_readers`
+//! (two levels, three threads) runs at 4, so both readers can be stopped inside the window
+//! while the unmap's grace period is interrupted once more (about 65 s of CPU; 3 takes 6 s).
+//! Its three-level twin and the block replacement stay at 3 (6 s and 36 s; at 4 each ran past
+//! a minute of CPU); the two-thread shapes above cover the longer schedules instead:
+//! `unmap_frees_level_under_translation` is exhaustive (15 s); the remap models run at 6 and 5
+//! preemptions (15 s and 24 s; the block one's writer has three operations): four switches
+//! stop the translation after each of its pin, two table reads and unpin, so each falls
+//! before, inside or after the writer's free and its reallocation, and the rest stop the
+//! writer inside its grace period and between its operations. The must-fail twins use
+//! `Preemptions(2)`
 //! (the claim twin `Preemptions(1)`: one switch between the two unmaps' load and store):
 //! each injected bug needs exactly those two switches, and loom reports it within a few
 //! executions.
@@ -72,6 +86,15 @@ const fn pa(iova: u64) -> u64 {
 
 fn tiny() -> Arc<PageTable> {
     Arc::new(PageTable::new(Config::tiny(2)).expect("tiny config"))
+}
+
+/// The tiny table with an empty level-3 table under top entry 1 (its one page mapped and
+/// unmapped again): what a 16 KiB block map over that entry replaces.
+fn tiny_with_empty_table() -> Arc<PageTable> {
+    let pt = tiny();
+    map_one(&pt, 0x4000 + PAGE, PAGE);
+    assert_eq!(pt.unmap(0x4000 + PAGE, PAGE), Ok(PAGE));
+    pt
 }
 
 /// Run `f` on a clone of the shared table in a new model thread.
@@ -204,10 +227,7 @@ fn unmap_frees_under_readers(levels: u32) {
 /// translation run; `pa` is linear, so old page and new block translate alike.
 fn block_replaces_empty_table_under_readers() {
     const BLOCK: u64 = 0x4000;
-    let pt = tiny();
-    pt.map_pages(BLOCK + PAGE, pa(BLOCK + PAGE), PAGE, 1, RW)
-        .unwrap();
-    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let pt = tiny_with_empty_table();
     let mapper = spawn_on(&pt, |pt| map_one(pt, BLOCK, BLOCK));
     let walker = spawn_on(&pt, |pt| {
         for e in pt.dump().entries {
@@ -222,6 +242,30 @@ fn block_replaces_empty_table_under_readers() {
     assert_eq!(
         pt.iova_to_phys(BLOCK + PAGE).map(|t| (t.paddr(), t.size())),
         Some((pa(BLOCK + PAGE), BLOCK))
+    );
+    assert_eq!(pt.stats().retired, 1);
+    accounted(&pt);
+}
+
+/// Two threads, each with more than one operation: the block map of
+/// `block_replaces_empty_table_under_readers` followed, on the mapper's thread, by an unmap of
+/// the block and a map of the page again, whose new level-3 table the slab serves from the
+/// replaced one once its grace period has freed it; a translation runs throughout. It is
+/// absent or `pa` of the page (block and page translate alike); afterwards it is the page.
+fn block_replaces_table_then_remap_under_translation() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny_with_empty_table();
+    let mapper = spawn_on(&pt, |pt| {
+        map_one(pt, BLOCK, BLOCK);
+        unmap_one(pt, BLOCK, BLOCK);
+        map_one(pt, BLOCK + PAGE, PAGE);
+    });
+    let translator = spawn_on(&pt, |pt| translated_or_absent(pt, BLOCK + PAGE));
+    mapper.join().unwrap();
+    translator.join().unwrap();
+    assert_eq!(
+        pt.iova_to_phys(BLOCK + PAGE).map(|t| (t.paddr(), t.size())),
+        Some((pa(BLOCK + PAGE), PAGE))
     );
     assert_eq!(pt.stats().retired, 1);
     accounted(&pt);
@@ -292,9 +336,7 @@ fn map_races_unmap_of_top_entry(levels: u32, offset: u64) {
 /// won.
 fn block_map_races_page_map() {
     const BLOCK: u64 = 0x4000;
-    let pt = tiny();
-    map_one(&pt, BLOCK + PAGE, PAGE);
-    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let pt = tiny_with_empty_table();
     let block = {
         let pt = pt.clone();
         spawn(move || pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW))
@@ -327,9 +369,7 @@ fn block_map_races_page_map() {
 /// both page maps are refused, or the first page wins and the block map is refused.
 fn page_maps_race_refused_block_map() {
     const BLOCK: u64 = 0x4000;
-    let pt = tiny();
-    map_one(&pt, BLOCK + PAGE, PAGE);
-    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let pt = tiny_with_empty_table();
     let block = {
         let pt = pt.clone();
         spawn(move || pt.map_pages(BLOCK, pa(BLOCK), BLOCK, 1, RW))
@@ -359,9 +399,7 @@ fn page_maps_race_refused_block_map() {
 /// the other models' subject.
 fn block_map_races_table_unmap() {
     const BLOCK: u64 = 0x4000;
-    let pt = tiny();
-    map_one(&pt, BLOCK + PAGE, PAGE);
-    assert_eq!(pt.unmap(BLOCK + PAGE, PAGE), Ok(PAGE));
+    let pt = tiny_with_empty_table();
     let mapper = spawn_on(&pt, |pt| map_one(pt, BLOCK, BLOCK));
     let unmapper = {
         let pt = pt.clone();
@@ -546,12 +584,23 @@ fn install_race_under_dump() {
 }
 
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
-/// use, one lets the mapper unlink, free and write the block in that window, one spare.
+/// use, one lets the mapper unlink, free and write the block in that window, one spare (4
+/// costs more than a minute of CPU; `block_replaces_table_then_remap_under_translation`
+/// explores longer schedules with two threads).
 #[test]
 fn block_replaces_empty_table_under_readers_passes() {
     check(
         Bound::Preemptions(3),
         block_replaces_empty_table_under_readers,
+    );
+}
+
+/// Bounded, `Preemptions(5)`, for the reason given at the top (about 24 s of CPU; 4 takes 5 s).
+#[test]
+fn block_replaces_table_then_remap_under_translation_passes() {
+    check(
+        Bound::Preemptions(5),
+        block_replaces_table_then_remap_under_translation,
     );
 }
 
@@ -573,15 +622,18 @@ fn neighbours_in_one_table_passes() {
     check(Bound::Exhaustive, neighbours_in_one_table);
 }
 
-/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model (the unmap
-/// swaps every entry of the table it takes, and the RCU shim's grace periods complete in
-/// collector steps on every pin and unpin: exhaustive exploration runs for many minutes).
+/// Bounded, `Preemptions(4)` (about 65 s of CPU): the three switches of the block-replacement
+/// model and one more, so that the walk and the translation can both be stopped between a
+/// descriptor load and its use while the unmap runs its claim, take, grace period and free.
+/// Exhaustive exploration runs for many minutes (the unmap swaps every entry of the table it
+/// takes, and the RCU shim's grace periods complete in collector steps on every pin and unpin).
 #[test]
 fn unmap_frees_level_under_readers_passes() {
-    check(Bound::Preemptions(3), unmap_frees_level_under_readers);
+    check(Bound::Preemptions(4), unmap_frees_level_under_readers);
 }
 
-/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model.
+/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model (a third
+/// level makes 4 cost more than a minute of CPU; the two-level model runs at 4).
 #[test]
 fn unmap_frees_subtree_under_readers_passes() {
     check(Bound::Preemptions(3), unmap_frees_subtree_under_readers);
@@ -646,26 +698,53 @@ must_fail_test! {
 /// the unmap of top entry 1 races `iova_to_phys` of the page mapped there, on spawned threads.
 /// The translation is absent or the mapped one; afterwards it is absent and one table was
 /// retired. Its twin shows that the translation's own table reads reach the loom RCU's reader
-/// check, without a debug walk beside it. Bound: Preemptions(4) (0.3 s of CPU): a switch after
-/// each of the translation's pin, two table reads and unpin puts each of them before, inside
-/// or after the unmap's claim, take and retirement; exhaustive passes too (about 8 s of CPU).
+/// check, without a debug walk beside it. Exhaustive (about 15 s of CPU; 4 preemptions, which
+/// put each of the translation's pin, two table reads and unpin before, inside or after the
+/// unmap's claim, take and retirement, take half a second).
 fn unmap_frees_level_under_translation() {
+    unmap_under_translation(false);
+}
+
+/// The same unmap followed, on the same thread, by a map of the page again: the new level-3
+/// table comes from the slab, which hands back the retired one once its grace period has
+/// freed it (the free list is last in, first out), so a translation that still held the old
+/// link must have ended before the address is zeroed and linked again. The translation is
+/// absent or the mapped one (`pa` does not change); afterwards it is the mapped one.
+fn unmap_then_remap_under_translation() {
+    unmap_under_translation(true);
+}
+
+/// Unmap top entry 1 (one level-3 table holding one page), and with `remap` map the page
+/// again, while a spawned thread translates the page.
+fn unmap_under_translation(remap: bool) {
     let pt = tiny();
     let block = pt.geometry().block_size(pt.geometry().start_level());
     let page = block + PAGE;
     map_one(&pt, page, PAGE);
-    let unmapper = spawn_on(&pt, move |pt| unmap_one(pt, block, block));
+    let unmapper = spawn_on(&pt, move |pt| {
+        unmap_one(pt, block, block);
+        if remap {
+            map_one(pt, page, PAGE);
+        }
+    });
     let translator = spawn_on(&pt, move |pt| translated_or_absent(pt, page));
     unmapper.join().unwrap();
     translator.join().unwrap();
-    assert!(pt.iova_to_phys(page).is_none());
+    assert_eq!(pt.iova_to_phys(page).is_some(), remap);
     assert_eq!(pt.stats().retired, 1);
     accounted(&pt);
 }
 
+/// Exhaustive, as said on the model.
 #[test]
 fn unmap_frees_level_under_translation_passes() {
-    check(Bound::Preemptions(4), unmap_frees_level_under_translation);
+    check(Bound::Exhaustive, unmap_frees_level_under_translation);
+}
+
+/// Bounded, `Preemptions(6)`, for the reason given at the top (about 15 s of CPU; 5 takes 6 s).
+#[test]
+fn unmap_then_remap_under_translation_passes() {
+    check(Bound::Preemptions(6), unmap_then_remap_under_translation);
 }
 
 must_fail_test! {
