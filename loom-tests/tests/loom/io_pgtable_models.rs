@@ -48,23 +48,22 @@
 //!
 //! Bounds: `install_race` and `neighbours_in_one_table` are exhaustive (about 55,000
 //! executions; a few dozen), and so are `install_race_under_dump` and
-//! `page_install_races_page_unmap`. The models that free tables use `Preemptions(3)` or more: a
-//! reader (or a losing writer) needs one switch to stop between loading a descriptor and using
-//! it, and the winner one more to run its claim, take, grace period and free inside that
-//! window; the third leaves room for the walker or translator. `unmap_frees_level_under_readers`
-//! (two levels, three threads) runs at 4, so both readers can be stopped inside the window
-//! while the unmap's grace period is interrupted once more (about 65 s of CPU; 3 takes 6 s).
-//! Its three-level twin and the block replacement stay at 3 (6 s and 36 s; at 4 each ran past
-//! a minute of CPU); the two-thread shapes above cover the longer schedules instead:
-//! `unmap_frees_level_under_translation` is exhaustive (15 s); the remap models run at 6 and 5
-//! preemptions (15 s and 24 s; the block one's writer has three operations): four switches
-//! stop the translation after each of its pin, two table reads and unpin, so each falls
-//! before, inside or after the writer's free and its reallocation, and the rest stop the
-//! writer inside its grace period and between its operations. The must-fail twins use
-//! `Preemptions(2)`
-//! (the claim twin `Preemptions(1)`: one switch between the two unmaps' load and store):
-//! each injected bug needs exactly those two switches, and loom reports it within a few
-//! executions.
+//! `page_install_races_page_unmap`. The models that free tables use `Preemptions(3)` or more:
+//! a reader (or a losing writer) needs one switch to stop between loading a descriptor and
+//! using it, and the winner one more to run its claim, take, grace period and free inside
+//! that window; the third leaves room for the walker or translator.
+//! `unmap_frees_level_under_readers` (two levels, three threads) runs at 4, so both readers
+//! can be stopped inside the window while the unmap's grace period is interrupted once more
+//! (67 s of CPU; 3 takes 6 s). Its three-level version and the block replacement stay at 3
+//! (36 s and 9 s; at 4 each ran past 55 s of CPU before it was stopped); the two-thread
+//! models cover the longer schedules instead: `unmap_frees_level_under_translation` is
+//! exhaustive (15 s); the remap models run at 6 and 5 preemptions (15 s and 24 s; the block
+//! one's writer has three operations): four switches stop the translation after each of its
+//! pin, two table reads and unpin, so each falls before, inside or after the writer's free
+//! and its reallocation, and the rest stop the writer inside its grace period and between
+//! its operations. The must-fail twins use `Preemptions(2)` (the claim twin
+//! `Preemptions(1)`: one switch between the two unmaps' load and store): each injected bug
+//! needs exactly those two switches, and loom reports it within a few executions.
 
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
@@ -585,7 +584,7 @@ fn install_race_under_dump() {
 
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
 /// use, one lets the mapper unlink, free and write the block in that window, one spare (4
-/// costs more than a minute of CPU; `block_replaces_table_then_remap_under_translation`
+/// ran past 55 s of CPU before it was stopped; `block_replaces_table_then_remap_under_translation`
 /// explores longer schedules with two threads).
 #[test]
 fn block_replaces_empty_table_under_readers_passes() {
@@ -622,7 +621,7 @@ fn neighbours_in_one_table_passes() {
     check(Bound::Exhaustive, neighbours_in_one_table);
 }
 
-/// Bounded, `Preemptions(4)` (about 65 s of CPU): the three switches of the block-replacement
+/// Bounded, `Preemptions(4)` (about 67 s of CPU): the three switches of the block-replacement
 /// model and one more, so that the walk and the translation can both be stopped between a
 /// descriptor load and its use while the unmap runs its claim, take, grace period and free.
 /// Exhaustive exploration runs for many minutes (the unmap swaps every entry of the table it
@@ -632,8 +631,9 @@ fn unmap_frees_level_under_readers_passes() {
     check(Bound::Preemptions(4), unmap_frees_level_under_readers);
 }
 
-/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model (a third
-/// level makes 4 cost more than a minute of CPU; the two-level model runs at 4).
+/// Bounded, `Preemptions(3)`, for the reason given on the block-replacement model (36 s of
+/// CPU; with a third level, 4 ran past a minute before it was stopped; the two-level model
+/// runs at 4).
 #[test]
 fn unmap_frees_subtree_under_readers_passes() {
     check(Bound::Preemptions(3), unmap_frees_subtree_under_readers);
