@@ -583,9 +583,10 @@ fn install_race_under_dump() {
 }
 
 /// Bounded, `Preemptions(3)`: one switch parks a reader between descriptor load and table
-/// use, one lets the mapper unlink, free and write the block in that window, one spare (4
-/// ran past 55 s of CPU before it was stopped; `block_replaces_table_then_remap_under_translation`
-/// explores longer schedules with two threads).
+/// use, one lets the mapper unlink, free and write the block in that window, one spare (9 s
+/// of CPU; 4 ran past 55 s before it was stopped, and
+/// `block_replaces_table_then_remap_under_translation` explores longer schedules with two
+/// threads).
 #[test]
 fn block_replaces_empty_table_under_readers_passes() {
     check(
