@@ -27,8 +27,9 @@
 //! device policy's wrapper and the flush queue's reclaim call around the allocator; and its
 //! churn: 255 IOVAs in flight come back in bursts after each flush, so about one allocation
 //! in 80 misses the per-CPU magazines, 25 instructions a map+unmap), the enqueue 127 (its
-//! reclaims aside), the registry about 75, and about 250 the domain's own checks and the results handed between
-//! its layers (each layer not inlined passes its `Result` through memory). Measured by taking
+//! reclaims aside), the registry about 75, and about 250 the domain's own checks and the
+//! results handed between its layers (each layer not inlined passes its `Result` through
+//! memory). Measured by taking
 //! each out, the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns map+unmap (about
 //! 100 ns since the registry's lines were packed). A lazy domain has 255 IOVAs in flight, so
 //! its maps visit 255 registry shards in turn: a shard's lock, record and count share one

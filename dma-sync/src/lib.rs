@@ -16,7 +16,7 @@
 //! | [`atomic`]: `AtomicBool`, `AtomicPtr`, `AtomicU64`, `AtomicUsize`, [`atomic::fence`], [`atomic::Poison`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
 //! | [`Mutex`], [`RwLock`] | parking_lot | `loom::sync` locks |
-//! | [`SpinLock`] (closure API: `with`), for short rarely contended sections; [`RawSpinLock`], its lock word alone, for owners that keep the data and name the orderings | a spinning lock on the atomics below, released by a store | the same lock on loom's atomics and cell |
+//! | [`SpinLock`] (closure API: `with`), for short rarely contended sections; [`RawSpinLock`], its lock word alone, for owners that keep the data and name the two orderings' mutation points | a spinning lock on the atomics below, released by a store | the same lock on loom's atomics and cell |
 //! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
 //! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
 //! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | crossbeam-epoch | fence-based RCU at least as strict as crossbeam-epoch: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `crossbeam_loom`, crossbeam-epoch in its loom mode) |

@@ -12,6 +12,7 @@
 //! lock's acquire (`sync.spin.acquire`) and release (`sync.spin.release`) fail to order.
 
 use crate::atomic::{AtomicBool, Ordering, Ordering::*};
+use crate::mutation::Point;
 use crate::points::{SPIN_ACQUIRE, SPIN_RELEASE};
 use crate::{thread, UnsafeCell};
 
@@ -49,12 +50,7 @@ impl<T> SpinLock<T> {
     /// unwinds. `f` must not take this lock again (it would spin forever).
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // Acquire: what the previous holder wrote under the lock happens before our section;
-        // release: our section happens before the next holder's.
-        let _held = self.lock.lock(
-            SPIN_ACQUIRE.cas(Acquire, Relaxed),
-            SPIN_RELEASE.ord(Release),
-        );
+        let _held = self.lock.lock(&SPIN_ACQUIRE, &SPIN_RELEASE);
         // SAFETY: the lock is held until `_held` drops, after `f` returned: no other thread
         // reaches the value meanwhile, and `with` hands out no reference that outlives `f`.
         self.value.with_mut(|p| f(unsafe { &mut *p }))
@@ -75,6 +71,13 @@ impl<T: Default> Default for SpinLock<T> {
 /// The lock word of a spin lock without the value it guards, for a lock whose owner keeps the
 /// data elsewhere and names its own mutation points for the two orderings (iova-cache's CPU
 /// slots). It guards nothing by itself: whoever pairs it with data decides what it protects.
+///
+/// ```
+/// use dma_sync::points::{SPIN_ACQUIRE, SPIN_RELEASE};
+/// let lock = dma_sync::RawSpinLock::default();
+/// drop(lock.lock(&SPIN_ACQUIRE, &SPIN_RELEASE));
+/// let _again = lock.lock(&SPIN_ACQUIRE, &SPIN_RELEASE);
+/// ```
 #[derive(Debug, Default)]
 pub struct RawSpinLock {
     locked: AtomicBool,
@@ -88,17 +91,21 @@ pub struct RawSpinGuard<'a> {
 }
 
 impl RawSpinLock {
-    /// Take the lock with a compare-and-swap of orderings `(success, failure)` (an acquire
-    /// success orders the previous holder's section before ours), spinning while it is held;
-    /// the guard releases it with a store of ordering `release`.
+    /// Take the lock, spinning while it is held: a compare-and-swap with acquire success
+    /// (named `acquire`: it orders the previous holder's section before ours); the guard
+    /// releases it with a release store (named `release`: it orders our section before the
+    /// next holder's). The orderings are the lock's own, so no caller can pick one that a
+    /// compare-and-swap or a store refuses (the guard's drop would panic); only a loom model
+    /// weakening a point changes them.
     #[inline]
-    pub fn lock(&self, cas: (Ordering, Ordering), release: Ordering) -> RawSpinGuard<'_> {
+    pub fn lock(&self, acquire: &'static Point, release: &'static Point) -> RawSpinGuard<'_> {
+        let cas = acquire.cas(Acquire, Relaxed);
         if !self.try_take(cas) {
             self.contended(cas);
         }
         RawSpinGuard {
             locked: &self.locked,
-            release,
+            release: release.ord(Release),
         }
     }
 

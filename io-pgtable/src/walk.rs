@@ -74,8 +74,9 @@ pub(crate) type WalkFn<T> = fn(&PageTable<T>, &Guard, u64) -> Option<Translation
 pub(crate) struct Walk<T: TlbOps> {
     /// The walk of the table's geometry, as one call.
     call: WalkFn<T>,
-    /// Whether the geometry is the 4 KiB granule with four levels (inputs of 40 to 48 bits,
-    /// no packed `PA[51:48]`): the common stage-1 and stage-2 format, whose walk a [`Reader`]
+    /// Whether the geometry is the 4 KiB granule with four levels (stage-1 inputs of 40 to 48
+    /// bits; stage 2 from 44, as below it concatenates start tables at level 1; 4 KiB has no
+    /// packed `PA[51:48]`): the common stage-1 and stage-2 format, whose walk a [`Reader`]
     /// inlines.
     four_level_4k: bool,
 }
@@ -435,39 +436,64 @@ mod tests {
     }
 
     /// A reader's walk answers as the walk's one call, inlined (four levels of 4 KiB) or not,
-    /// for pages, blocks, holes and addresses out of range, on every granule and start level.
+    /// for pages, blocks, holes and addresses out of range, on every granule, stage (stage 2
+    /// with and without concatenated start tables), output size (with the 52-bit format's
+    /// packed `PA[51:48]`) and start level.
     #[test]
     fn reader_walk_answers_as_the_call() {
         use crate::pte::Prot;
+        let (mut inlined_s1, mut inlined_s2, mut called) = (0, 0, 0);
         for granule in [
             Granule::Size4K,
             Granule::Size16K,
             Granule::Size64K,
             Granule::Tiny,
         ] {
-            for ias in [24, 32, 36, 39, 42, 47, 48] {
+            for (stage, oas, ias) in [Stage::S1, Stage::S2]
+                .into_iter()
+                .flat_map(|stage| [(stage, 40), (stage, 48), (stage, 52)])
+                .flat_map(|(stage, oas)| {
+                    [24, 32, 36, 39, 40, 42, 44, 47, 48, 52].map(|ias| (stage, oas, ias))
+                })
+            {
                 let config = Config {
                     granule,
+                    stage,
                     ias,
-                    ..Config::s1_4k(48)
+                    oas,
+                    ns: false,
                 };
+                // Combinations the format does not have (input or output too wide for the
+                // granule, too many levels) are refused when built.
                 let Ok(pt) = PageTable::new(config) else {
                     continue;
                 };
                 let g = *pt.geometry();
                 let inlined = granule == Granule::Size4K && g.start_level() == 0;
                 assert_eq!(pt.walk.four_level_4k, inlined, "{config:?}");
+                match (inlined, stage) {
+                    (true, Stage::S1) => inlined_s1 += 1,
+                    (true, Stage::S2) => inlined_s2 += 1,
+                    (false, _) => called += 1,
+                }
                 let page = g.page_size();
                 let block = g.block_size(3 - 1);
+                // Output addresses with `PA[51:48]` set where the format has them.
+                let out = if oas > 48 {
+                    0xa_0000_4000_0000
+                } else {
+                    0x40_0000 * page
+                };
                 let mut iovas = vec![0, 1 << ias, u64::MAX];
                 for k in 1..4 {
                     let iova = page * k;
-                    pt.map(iova, 0x4000_0000 + iova, page, Prot::READ).unwrap();
+                    pt.map(iova, out + iova, page, Prot::READ).unwrap();
                     let paddr = pt.reader().translate(iova + 5).map(|t| t.paddr());
-                    assert_eq!(paddr, Some(0x4000_0005 + iova), "{config:?}");
+                    assert_eq!(paddr, Some(out + iova + 5), "{config:?}");
                     iovas.extend([iova, iova + page / 2, iova + page * 8]);
                 }
-                if 2 * block < 1 << ias && pt.map(block, block, block, Prot::WRITE).is_ok() {
+                if 2 * block < 1 << ias && g.level_of(block).is_some() {
+                    pt.map(block, out + block, block, Prot::WRITE).unwrap();
                     iovas.extend([block, block + page + 3, 2 * block]);
                 }
                 let reader = pt.reader();
@@ -478,6 +504,14 @@ mod tests {
                 }
             }
         }
+        // Stage 1 inlines at inputs of 40 to 48 bits, stage 2 (concatenating up to 43) at 44
+        // to 48, at each output size but 52 (refused with 4 KiB); every other format calls.
+        assert_eq!(
+            (inlined_s1, inlined_s2),
+            (2 * 5, 2 * 3),
+            "inlined formats tested"
+        );
+        assert!(called > 50, "only {called} called formats tested");
     }
 
     /// The range check bounds the start level's index: the input size is the start level's

@@ -32,8 +32,10 @@
 //! the tree holds about 435k entries (135k of them free ranges). A descent prefetches the
 //! lines of the node it enters that the operation goes on to read (keys, lengths, summaries,
 //! header, and an inner node's children), so a cold node costs about one miss latency, not
-//! one per line read after the keys; entering a leaf, it also prefetches the sibling leaves'
-//! lines holding the entries next to the leaf's first and last, which a free of either reads.
+//! one per line read after the keys; entering a leaf, it also prefetches the leaf before it
+//! (all of its entry lines: where its last entry lies depends on its count) and the first
+//! entry's lines of the leaf after it, the neighbours a free of the leaf's first or last
+//! entry reads.
 //!
 //! Maintenance costs one descent and O(h · B) work:
 //!

@@ -70,9 +70,10 @@
 //!
 //! * Unit tests: gap tree (proptests of free-range updates against a map and of carving and
 //!   releasing allocations; its checker recomputes every node's record from the leaves), fit
-//!   summary (against brute force, also at the top of the `u64` space), magazine, range allocator, `held` (every slot of every class has its own bit,
-//!   neighbours in different cache lines; claims and releases across leaves and levels; the whole
-//!   `u64` space), the allocator, including a two-thread depot exchange that Miri checks.
+//!   summary (against brute force, also at the top of the `u64` space), magazine, range
+//!   allocator, `held` (every slot of every class has its own bit, neighbours in different
+//!   cache lines; claims and releases across leaves and levels; the whole `u64` space), the
+//!   allocator, including a two-thread depot exchange that Miri checks.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::iova`, the checker
 //!   the fuzz target and the soak share, against the `iova` reference model of `dma-model`.
 //! * `tests/regressions.rs`: 4e89dce72521 (false "no space" after the retry), 5b61343b5059 (the

@@ -12,7 +12,6 @@
 //! read-modify-write on release to look for sleepers.
 
 use crate::points::{SLOT_LOCK_ACQUIRE, SLOT_UNLOCK_RELEASE};
-use dma_sync::atomic::Ordering;
 use dma_sync::mutation::Point;
 use dma_sync::{Mutex, MutexGuard, RawSpinGuard, RawSpinLock, UnsafeCell};
 
@@ -47,10 +46,7 @@ impl RawLock for Spin {
 
     #[inline]
     fn acquire(&self) -> RawSpinGuard<'_> {
-        self.0.lock(
-            (SLOT_LOCK_ACQUIRE.ord(Ordering::Acquire), Ordering::Relaxed),
-            SLOT_UNLOCK_RELEASE.ord(Ordering::Release),
-        )
+        self.0.lock(&SLOT_LOCK_ACQUIRE, &SLOT_UNLOCK_RELEASE)
     }
 }
 

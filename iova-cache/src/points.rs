@@ -50,7 +50,7 @@ dma_sync::mutation_points! {
     /// Take the per-CPU slot lock before touching a CPU's `loaded`/`prev` magazines (weakened:
     /// two threads on one CPU, or a flush of another CPU, race on the magazines).
     CPU_LOCK: Step = "iova.rcache.cpu_lock";
-    /// The slot spin lock is taken with an acquire swap (weakened: the next holder does not
+    /// The slot spin lock is taken with an acquire compare-and-swap (weakened: the next holder does not
     /// see the previous holder's magazine writes).
     SLOT_LOCK_ACQUIRE: Rmw = "iova.rcache.slot_lock_acquire";
     /// The slot spin lock is released with a release store (weakened: the magazine writes of

@@ -24,12 +24,12 @@
 //!
 //! # The global pool list
 //!
-//! Singly linked; the head is the default pool, a plain field (built before the instance can be
-//! shared, never replaced). Growth finds the tail and appends under the
-//! instance's writer lock (`swiotlb.pools.append_locked`: search and append in one critical
-//! section) with a release store (`swiotlb.pools.publish`); readers follow each `next` link
-//! with an acquire load (`swiotlb.pools.traverse`). Global pools are never freed before the instance, so the walk
-//! needs no pin.
+//! Singly linked; the head is the default pool, a plain field (built before the instance can
+//! be shared, never replaced). Growth finds the tail and appends under the instance's writer
+//! lock (`swiotlb.pools.append_locked`: search and append in one critical section) with a
+//! release store (`swiotlb.pools.publish`); readers follow each `next` link with an acquire
+//! load (`swiotlb.pools.traverse`). Global pools are never freed before the instance, so the
+//! walk needs no pin.
 //!
 //! A lookup for a device that never bounced costs one acquire fence and one Relaxed load: the
 //! flag check of the device module (see `device`) comes before any list walk.
