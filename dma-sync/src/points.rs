@@ -34,3 +34,20 @@ crate::mutation_points! {
     /// Release store that frees a [`crate::SpinLock`]; pairs with `sync.spin.acquire`.
     SPIN_RELEASE: Store = "sync.spin.release";
 }
+
+/// The points of the production (epoch) RCU that the loom shim has no counterpart for: they
+/// are exercised, and killed, only by the production-RCU loom binary
+/// (`--cfg loom --cfg production_rcu`, `loom-tests/tests/production_rcu.rs`). The epoch RCU
+/// also uses `rcu.pin`, `rcu.pin.fence`, `rcu.unpin.release`, `rcu.sync.fence` (its heavy
+/// fence before the scan), `rcu.sync.acquire` (the acquire fence after it) and
+/// `rcu.grace_period` above.
+pub mod epoch {
+    crate::mutation_points! {
+        /// Heavy fence between a writer's unlinks and its load of the epoch that dates the
+        /// sealed bag: orders the unlinks before any reader that pins at a later epoch.
+        RCU_SEAL_FENCE: Fence = "rcu.seal.fence";
+        /// The epoch advances only when every pinned participant is at the current epoch
+        /// (weakened: it advances past a lagging reader).
+        RCU_ADVANCE_CHECK: GracePeriod = "rcu.advance.check";
+    }
+}

@@ -46,11 +46,13 @@ use crate::mutation::Point;
 
 #[cfg(loom)]
 mod bypass;
-#[cfg(any(not(loom), crossbeam_loom))]
+#[cfg(any(not(loom), production_rcu))]
 mod epoch;
+#[cfg(any(not(loom), production_rcu))]
+mod fence;
 #[cfg(loom)]
 mod graveyard;
-#[cfg(all(loom, not(crossbeam_loom)))]
+#[cfg(all(loom, not(production_rcu)))]
 mod shim;
 mod synchronize;
 
@@ -58,10 +60,27 @@ mod synchronize;
 pub use bypass::CheckedAlloc;
 pub use synchronize::synchronize;
 
-#[cfg(any(not(loom), crossbeam_loom))]
+#[cfg(any(not(loom), production_rcu))]
 use epoch as backend;
-#[cfg(all(loom, not(crossbeam_loom)))]
+#[cfg(all(loom, not(production_rcu)))]
 use shim as backend;
+
+/// Use plain fences on both sides (no membarrier) for the rest of the process; only takes
+/// effect before the first pin of the process. Returns whether the fallback is in force. For
+/// tests of the fallback mode.
+#[doc(hidden)]
+#[cfg(any(not(loom), production_rcu))]
+pub fn force_fence_fallback() -> bool {
+    fence::force_fallback()
+}
+
+/// Whether readers pin with the light fence backed by membarrier (false: before the first
+/// pin, or in the fence fallback).
+#[doc(hidden)]
+#[cfg(any(not(loom), production_rcu))]
+pub fn uses_membarrier() -> bool {
+    fence::uses_membarrier()
+}
 
 /// An object that can be freed through RCU.
 pub trait Retire: Send + 'static {
