@@ -6,9 +6,13 @@
 //! record and a light fence (`rcu/fence.rs`): no read-modify-write, no lock, no shared line
 //! written, no collection. Writers pay instead, with the heavy fence.
 //!
-//! * **Reader.** Outermost pin: `e = epoch.load(Relaxed)`; `record.store(e | PINNED, Relaxed)`;
-//!   light fence (`rcu.pin.fence`). Outermost unpin: `record.store(UNPINNED, Release)`
-//!   (`rcu.unpin.release`). Nesting is a thread-local count.
+//! * **Reader.** Outermost pin: `e = epoch.load(Relaxed)`; `record.store(e | PINNED, Release)`
+//!   (`rcu.pin.release`); light fence (`rcu.pin.fence`). Outermost unpin:
+//!   `record.store(UNPINNED, Release)` (`rcu.unpin.release`). Nesting is a thread-local count.
+//!   The pin's store is Release because a collector may read it instead of the unpin that
+//!   ended the thread's previous section, and a plain store does not continue that unpin's
+//!   release sequence: the previous section's reads would not be ordered before the free
+//!   (loom found it; on x86 a Release store is the same `mov`).
 //! * **Retire.** `defer_retire` pushes the object into the thread's bag. A full bag
 //!   ([`BAG_CAPACITY`]), a `flush` or the thread's exit seals it: heavy fence (`rcu.seal.fence`),
 //!   then the bag is dated with the global epoch and queued globally. The heavy fence, not the
@@ -47,7 +51,7 @@
 use super::fence;
 use super::Retire;
 use crate::atomic::{AtomicUsize, Ordering::*};
-use crate::points::epoch::{RCU_ADVANCE_CHECK, RCU_SEAL_FENCE};
+use crate::points::epoch::{RCU_ADVANCE_CHECK, RCU_PIN_RELEASE, RCU_SEAL_FENCE};
 use crate::points::{
     RCU_GRACE_PERIOD, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
 };
@@ -55,8 +59,8 @@ use crate::{CachePadded, Mutex};
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-// A std `Arc` even under loom: a record's reference count orders nothing, and a loom `Arc`
-// must not be dropped while a failed execution is torn down.
+// A std `Arc` even under loom (records, and the domain under loom): a reference count orders
+// nothing here, and a loom `Arc` must not be dropped while a failed execution is torn down.
 use std::sync::Arc;
 
 /// Retirements a thread collects before its bag is sealed and a collection runs.
@@ -180,20 +184,27 @@ impl Domain {
     }
 }
 
+/// How a participant holds the domain: a static normally; under loom a shared pointer, since
+/// loom drops its statics before the main thread's thread-locals, whose exit still collects.
 #[cfg(not(loom))]
-fn domain() -> &'static Domain {
+type DomainRef = &'static Domain;
+#[cfg(loom)]
+type DomainRef = Arc<Domain>;
+
+#[cfg(not(loom))]
+fn domain() -> DomainRef {
     static DOMAIN: std::sync::OnceLock<Domain> = std::sync::OnceLock::new();
     DOMAIN.get_or_init(Domain::new)
 }
 
 #[cfg(loom)]
 loom::lazy_static! {
-    static ref DOMAIN: Domain = Domain::new();
+    static ref DOMAIN: Arc<Domain> = Arc::new(Domain::new());
 }
 
 #[cfg(loom)]
-fn domain() -> &'static Domain {
-    &DOMAIN
+fn domain() -> DomainRef {
+    DOMAIN.clone()
 }
 
 #[cfg(loom)]
@@ -216,7 +227,7 @@ impl Drop for Domain {
 /// A thread's participation: its record, its nesting depth and its bag. Owned by the
 /// thread-local [`Registration`], or by the last guard if the thread-local goes first.
 struct Local {
-    domain: &'static Domain,
+    domain: DomainRef,
     record: Arc<Record>,
     depth: Cell<usize>,
     bag: RefCell<Vec<Retired>>,
@@ -228,8 +239,8 @@ impl Local {
     fn register(orphaned: bool) -> NonNull<Local> {
         let domain = domain();
         let local = Box::new(Local {
-            domain,
             record: domain.register(),
+            domain,
             depth: Cell::new(0),
             bag: RefCell::new(Vec::new()),
             orphaned: Cell::new(orphaned),
@@ -243,7 +254,11 @@ impl Local {
         self.depth.set(depth + 1);
         if depth == 0 {
             let epoch = self.domain.epoch.load(Relaxed);
-            self.record.store(epoch | PINNED, Relaxed);
+            // Release, not Relaxed: a collector that reads this pin rather than the unpin before
+            // it must still be ordered after the previous section (a plain store does not
+            // continue the unpin's release sequence). Free on x86; `stlr` on Arm.
+            self.record
+                .store(epoch | PINNED, RCU_PIN_RELEASE.ord(Release));
             fence::light(&RCU_PIN_FENCE);
         }
     }
@@ -376,5 +391,118 @@ impl Guard {
             // SAFETY: this guard keeps the Local alive.
             unsafe { local.as_ref() }.flush();
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::super::{pin, Retire};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+    use std::sync::Arc;
+
+    /// Counts its frees; a reader checks it was not freed while pinned.
+    struct Counted {
+        freed: Arc<AtomicUsize>,
+        alive: AtomicBool,
+    }
+
+    impl Retire for Counted {
+        fn poison(&mut self) {}
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.alive.store(false, SeqCst);
+            self.freed.fetch_add(1, SeqCst);
+        }
+    }
+
+    fn counted(freed: &Arc<AtomicUsize>) -> *mut Counted {
+        Box::into_raw(Box::new(Counted {
+            freed: freed.clone(),
+            alive: AtomicBool::new(true),
+        }))
+    }
+
+    fn drain(freed: &AtomicUsize, expected: usize) {
+        while freed.load(SeqCst) != expected {
+            pin().flush();
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn nested_pins_leave_the_record_pinned_until_the_outermost_drops() {
+        let outer = pin();
+        let record = outer.inner.local.map(|l| {
+            // SAFETY: the guard keeps the Local alive.
+            unsafe { l.as_ref() }.record.clone()
+        });
+        let record = record.expect("a protected guard has a Local");
+        drop(pin());
+        assert_eq!(record.load(Relaxed) & super::PINNED, super::PINNED);
+        drop(outer);
+        assert_eq!(record.load(Relaxed), super::UNPINNED);
+    }
+
+    #[test]
+    fn a_full_bag_is_sealed_and_freed_once_readers_leave() {
+        let freed = Arc::new(AtomicUsize::new(0));
+        for _ in 0..super::BAG_CAPACITY + 1 {
+            // SAFETY: never published, retired once.
+            unsafe { pin().defer_retire(counted(&freed)) };
+        }
+        drain(&freed, super::BAG_CAPACITY + 1);
+    }
+
+    #[test]
+    fn readers_and_writer_threads() {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let head = Arc::new(AtomicPtr::new(counted(&freed)));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let head = head.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let guard = pin();
+                        // SAFETY: `head` holds boxes retired only after unlinking.
+                        let obj = unsafe { guard.deref(head.load(Acquire)) }.unwrap();
+                        assert!(obj.alive.load(SeqCst), "freed while pinned");
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            let guard = pin();
+            let old = head.swap(counted(&freed), AcqRel);
+            // SAFETY: unlinked, retired once.
+            unsafe { guard.defer_retire(old) };
+            guard.flush();
+        }
+        for r in readers {
+            r.join().unwrap();
+        }
+        let last = head.swap(std::ptr::null_mut(), AcqRel);
+        // SAFETY: unlinked, retired once.
+        unsafe { pin().defer_retire(last) };
+        drain(&freed, 21);
+    }
+
+    #[test]
+    fn exiting_threads_hand_over_their_garbage() {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let freed = freed.clone();
+                std::thread::spawn(move || {
+                    // SAFETY: never published, retired once.
+                    unsafe { pin().defer_retire(counted(&freed)) };
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drain(&freed, 2);
     }
 }

@@ -1,7 +1,7 @@
 //! Wait for a grace period: return once every read section pinned before the call has ended.
 //!
 //! It retires a token through [`super::Guard::defer_retire`] and waits until the token is
-//! freed. The free may run on any thread (crossbeam runs deferred work in whichever thread
+//! freed. The free may run on any thread (the epoch collector frees in whichever thread
 //! collects; the loom shim too), so the token's "done" flag is a release store read with
 //! acquire: the caller then happens after every section the grace period waited for.
 
