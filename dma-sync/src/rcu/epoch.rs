@@ -19,7 +19,7 @@
 //!   plain SC fence crossbeam uses here, because readers issue no real fence of their own: a
 //!   reader that pinned at the sealing epoch's successor could otherwise still load the
 //!   unlinked pointer (nothing orders its load after the unlink).
-//! * **Collect** (after every seal): load the global epoch `g`; heavy fence (`rcu.sync.fence`);
+//! * **Collect** (after a full bag's seal, and on `flush`): load the global epoch `g`; heavy fence (`rcu.sync.fence`);
 //!   read every record; if every pinned one is at `g` (`rcu.advance.check`), acquire fence
 //!   (`rcu.sync.acquire`: the unpins read are Release stores) and advance `g` to its successor
 //!   with a compare-and-swap (a concurrent collector may have done it); then free every queued
@@ -36,7 +36,8 @@
 //! a reader is still pinned at an older one, and frees everything two epochs old. So the
 //! garbage not yet freed is at most one partly filled bag per thread plus the bags sealed since
 //! the oldest section still pinned began, and two epochs' worth more. A thread's exit seals
-//! its bag and collects. A reader that stays pinned holds back every free after it, as in any
+//! its bag (without collecting: that would run other objects' destructors while the thread's
+//! locals are being destroyed); the next collection anywhere frees it. A reader that stays pinned holds back every free after it, as in any
 //! RCU.
 //!
 //! **Threads.** A thread registers its record on its first pin (taking the participant lock,
@@ -286,15 +287,21 @@ impl Local {
         }
     }
 
-    fn flush(&self) {
+    fn seal(&self) {
         let bag = std::mem::take(&mut *self.bag.borrow_mut());
         if !bag.is_empty() {
             self.domain.seal(bag);
         }
+    }
+
+    fn flush(&self) {
+        self.seal();
         self.domain.collect();
     }
 
-    /// End the participation: queue the bag, drop the record, free the `Local`.
+    /// End the participation: queue the bag, drop the record, free the `Local`. No collection:
+    /// frees here would run other objects' destructors while this thread's locals are being
+    /// destroyed; the next collection anywhere frees the bag.
     ///
     /// # Safety
     /// `local` came from [`Local::register`], no guard uses it any more, and this runs once.
@@ -307,7 +314,7 @@ impl Local {
             std::mem::forget(local);
             return;
         }
-        local.flush();
+        local.seal();
         local.domain.unregister(&local.record);
     }
 }
