@@ -379,6 +379,16 @@ impl Drop for Guard {
     }
 }
 
+/// A wait of `rcu::synchronize`: seal this thread's bag and collect, without pinning (a
+/// waiter is not a reader, and an unpinned collector does not hold the epoch back).
+pub(super) fn poll() {
+    match LOCAL.try_with(|r| r.0) {
+        // SAFETY: the owner keeps the Local alive while the thread runs.
+        Ok(local) => unsafe { local.as_ref() }.flush(),
+        Err(_) => domain().collect(),
+    }
+}
+
 impl Guard {
     /// # Safety
     /// As [`super::Guard::defer_retire`].

@@ -205,6 +205,11 @@ impl Guard {
     }
 }
 
+/// A wait of `rcu::synchronize`: a pin, a flush and an unpin, each a collector step.
+pub(super) fn poll() {
+    super::pin().flush();
+}
+
 /// One collector step: run every pending free whose grace period is over.
 fn collect() {
     // Relaxed: a stale 0 only defers the step (as it would with Acquire); see `defer_retire`.

@@ -60,9 +60,9 @@ pub fn synchronize() {
     }
     let mut spins = 0u32;
     while !done.load(RCU_SYNCHRONIZE_DONE_ACQUIRE.ord(Ordering::Acquire)) {
-        // Each pin/flush lets the epoch advance and runs expired deferred work. Readers'
+        // Each poll lets the grace period advance and runs expired deferred work. Readers'
         // sections are short: spin first, and give the CPU away only if they are not.
-        super::pin().flush();
+        super::backend::poll();
         if spins < SPINS_BEFORE_YIELD {
             spins += 1;
             crate::thread::spin_wait();
