@@ -76,29 +76,35 @@ const UNPINNED: usize = 0;
 /// thread writes it, only collectors read it.
 type Record = CachePadded<AtomicUsize>;
 
-/// A retired object, type-erased until its free.
+/// A retired object, type-erased until its free. A raw pointer, not a `Box`, until then:
+/// readers may still hold references, and a `Box` would assert unique ownership while they do.
 struct Retired {
     #[cfg(not(loom))]
-    obj: Box<dyn Send>,
+    obj: *mut dyn Send,
     #[cfg(loom)]
-    obj: Box<dyn super::graveyard::Freed>,
+    obj: *mut dyn super::graveyard::Freed,
 }
+
+// SAFETY: the object is `Send` (`Retire: Send`), and once unlinked and retired this is its
+// only owner.
+unsafe impl Send for Retired {}
 
 impl Retired {
     /// # Safety
     /// As [`super::Guard::defer_retire`].
     unsafe fn new<T: Retire>(ptr: *mut T) -> Self {
-        // SAFETY: by the caller's contract, a unique Box retired once.
-        let obj = unsafe { Box::from_raw(ptr) };
-        Retired { obj }
+        Retired { obj: ptr }
     }
 
-    /// Drop the object, or under loom poison and park it.
+    /// Drop the object, or under loom poison and park it. Only once its grace period is over.
     fn free(self) {
+        // SAFETY: by `defer_retire`'s contract a unique Box retired once; its grace period is
+        // over, so no reader holds a reference any more.
+        let obj = unsafe { Box::from_raw(self.obj) };
         #[cfg(not(loom))]
-        drop(self.obj);
+        drop(obj);
         #[cfg(loom)]
-        super::graveyard::poison_and_park(self.obj);
+        super::graveyard::poison_and_park(obj);
     }
 }
 
