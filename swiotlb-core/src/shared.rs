@@ -64,15 +64,6 @@ struct Words<'a> {
 }
 
 impl<'a> Words<'a> {
-    /// Bytes `start..start + len` of `words`; panics if they leave the words.
-    fn new(words: &'a [AtomicU64], start: usize, len: usize) -> Words<'a> {
-        let inside = start
-            .checked_add(len)
-            .is_some_and(|end| end <= words.len() * WORD);
-        assert!(inside, "shared range out of bounds");
-        Words { words, start, len }
-    }
-
     /// The sub-range `off..off + len`; panics if it leaves `self`.
     fn sub(self, off: usize, len: usize) -> Words<'a> {
         let inside = off.checked_add(len).is_some_and(|end| end <= self.len);
@@ -331,11 +322,27 @@ impl SharedRegion {
         (end <= self.len as u64).then_some(off as usize)
     }
 
+    /// Bytes `off..off + len`, which the caller has checked lie inside the region (the words
+    /// hold at least `self.len` bytes): each access checks its range once.
+    fn words_at(&self, off: usize, len: usize) -> Words<'_> {
+        Words {
+            words: self.words(),
+            start: off,
+            len,
+        }
+    }
+
     /// Bytes `off..off + len`; panics if they leave the region (callers check first).
     fn range(&self, off: usize, len: usize) -> Words<'_> {
         let inside = off.checked_add(len).is_some_and(|end| end <= self.len);
         assert!(inside, "shared region range out of bounds");
-        Words::new(self.words(), off, len)
+        self.words_at(off, len)
+    }
+
+    /// Bytes `addr..addr + len` by address, if they lie wholly inside the region.
+    fn range_at(&self, addr: u64, len: usize) -> Option<Words<'_>> {
+        let off = self.offset_of(addr, len)?;
+        Some(self.words_at(off, len))
     }
 
     /// Copy bytes `off..off + buf.len()` into `buf`.
@@ -361,6 +368,16 @@ impl SharedRegion {
     /// Bytes `off..off + len` to copy into.
     pub(crate) fn dst(&self, off: usize, len: usize) -> DmaDst<'_> {
         DmaDst(Dst::Shared(self.range(off, len)))
+    }
+
+    /// Bytes `addr..addr + len` by address to copy from, if they lie inside the region.
+    pub(crate) fn src_at(&self, addr: u64, len: usize) -> Option<DmaSrc<'_>> {
+        Some(DmaSrc(Src::Shared(self.range_at(addr, len)?)))
+    }
+
+    /// Bytes `addr..addr + len` by address to copy into, if they lie inside the region.
+    pub(crate) fn dst_at(&self, addr: u64, len: usize) -> Option<DmaDst<'_>> {
+        Some(DmaDst(Dst::Shared(self.range_at(addr, len)?)))
     }
 }
 
