@@ -63,40 +63,35 @@ pub(crate) fn plan(
     max_align: u64,
     seg: usize,
 ) -> Result<Plan, Error> {
-    if m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX {
-        if let Some(p) = unconstrained(orig, mapping_size, seg) {
-            return Ok(p);
-        }
+    let unmasked = m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX;
+    if unmasked && (1..=seg * IO_TLB_SIZE).contains(&mapping_size) {
+        return Ok(unconstrained(orig, mapping_size));
     }
     general(orig, mapping_size, m, round_to_align, max_align, seg)
 }
 
-/// The plan of a request without masks, if it can be served (1 byte to one segment): no
-/// offset to reproduce, nothing to round, and only the legacy page alignment of a mapping of
-/// a page or more (`general` gives the same plan; a test compares them).
+/// The plan of a request without masks of 1 byte to one segment: no offset to reproduce,
+/// nothing to round, and only the legacy page alignment of a mapping of a page or more
+/// (`general` gives the same plan; a test compares them).
 #[inline]
-fn unconstrained(orig: Option<u64>, mapping_size: usize, seg: usize) -> Option<Plan> {
-    let nslots = mapping_size.div_ceil(IO_TLB_SIZE);
-    if mapping_size == 0 || nslots > seg {
-        return None;
-    }
+fn unconstrained(orig: Option<u64>, mapping_size: usize) -> Plan {
     let align = if mapping_size >= PAGE_SIZE {
         PAGE_SIZE
     } else {
         IO_TLB_SIZE
     };
-    Some(Plan {
+    Plan {
         orig,
         mapping_size,
         size: mapping_size,
-        nslots,
+        nslots: mapping_size.div_ceil(IO_TLB_SIZE),
         amask: align as u64 - 1,
         mmask: 0,
         stride: align >> IO_TLB_SHIFT,
         pad_slots: 0,
         in_off: 0,
         boundary_mask: u64::MAX,
-    })
+    }
 }
 
 /// The plan of any request, or why it is refused.
@@ -309,9 +304,10 @@ mod tests {
         for size in 0..=seg * IO_TLB_SIZE + 3 {
             for orig in [Some(0x1234_5678), Some(u64::MAX - 1), None] {
                 let general = general(orig, size, masks(0, 0), true, 0xFFFF, seg);
-                match unconstrained(orig, size, seg) {
-                    Some(p) => assert_eq!(Ok(p), general, "size {size}"),
-                    None => assert!(general.is_err(), "size {size}"),
+                if (1..=seg * IO_TLB_SIZE).contains(&size) {
+                    assert_eq!(Ok(unconstrained(orig, size)), general, "size {size}");
+                } else {
+                    assert!(general.is_err(), "size {size}");
                 }
                 assert_eq!(plan(orig, size, masks(0, 0), true, 0xFFFF, seg), general);
             }

@@ -172,6 +172,7 @@ impl Swiotlb {
 
     /// Free the slots of the mapping starting in slot `first`, uncount them, and drop the pool
     /// if it is a transient one (its one mapping is gone). `size` as in `Pool::release`.
+    #[inline]
     fn release(
         &self,
         dev: &Device,

@@ -30,7 +30,7 @@
 //! does (18.8 against 19.3 ns on a 2-vCPU Intel Xeon with ERMS and FSRM, and within 1 ns of it
 //! at every other source and destination offset tried), and a bounce makes it as one
 //! instruction, neither split nor preceded by a direction-flag change. What is left above it is
-//! the allocator's bookkeeping (about 640 instructions per map+unmap, counted with callgrind,
+//! the allocator's bookkeeping (about 610 instructions per map+unmap, counted with callgrind,
 //! and two lock round trips). Each access checks its range once: a copy between a pool and a
 //! [`crate::RegionMemory`] checks the bounce range and the original range, one check each.
 
@@ -232,6 +232,7 @@ impl DmaSrc<'_> {
     }
 
     /// Copy into `dst` (of the same length, checked by the caller).
+    #[inline]
     pub(crate) fn copy_to(self, dst: DmaDst<'_>) {
         match (self.0, dst.0) {
             (Src::Plain(s), Dst::Plain(d)) => d.copy_from_slice(s),
@@ -305,6 +306,7 @@ impl SharedRegion {
     }
 
     /// The words of the region.
+    #[inline]
     fn words(&self) -> &[AtomicU64] {
         // SAFETY: `layout.size() / WORD` zero-initialised (valid) atomics, aligned, alive while
         // `self` is; atomics are only ever accessed through shared references.
@@ -312,6 +314,7 @@ impl SharedRegion {
     }
 
     /// The address devices and [`crate::ProcessMemory`] use for the first byte.
+    #[inline]
     pub(crate) fn addr(&self) -> u64 {
         self.ptr.as_ptr() as usize as u64
     }
@@ -329,6 +332,7 @@ impl SharedRegion {
 
     /// Bytes `off..off + len`, which the caller has checked lie inside the region (the words
     /// hold at least `self.len` bytes): each access checks its range once.
+    #[inline]
     fn words_at(&self, off: usize, len: usize) -> Words<'_> {
         Words {
             words: self.words(),
@@ -338,6 +342,7 @@ impl SharedRegion {
     }
 
     /// Bytes `off..off + len`; panics if they leave the region (callers check first).
+    #[inline]
     fn range(&self, off: usize, len: usize) -> Words<'_> {
         let inside = off.checked_add(len).is_some_and(|end| end <= self.len);
         assert!(inside, "shared region range out of bounds");
@@ -345,6 +350,7 @@ impl SharedRegion {
     }
 
     /// Bytes `addr..addr + len` by address, if they lie wholly inside the region.
+    #[inline]
     fn range_at(&self, addr: u64, len: usize) -> Option<Words<'_>> {
         let off = self.offset_of(addr, len)?;
         Some(self.words_at(off, len))
@@ -366,21 +372,25 @@ impl SharedRegion {
     }
 
     /// Bytes `off..off + len` to copy from.
+    #[inline]
     pub(crate) fn src(&self, off: usize, len: usize) -> DmaSrc<'_> {
         DmaSrc(Src::Shared(self.range(off, len)))
     }
 
     /// Bytes `off..off + len` to copy into.
+    #[inline]
     pub(crate) fn dst(&self, off: usize, len: usize) -> DmaDst<'_> {
         DmaDst(Dst::Shared(self.range(off, len)))
     }
 
     /// Bytes `addr..addr + len` by address to copy from, if they lie inside the region.
+    #[inline]
     pub(crate) fn src_at(&self, addr: u64, len: usize) -> Option<DmaSrc<'_>> {
         Some(DmaSrc(Src::Shared(self.range_at(addr, len)?)))
     }
 
     /// Bytes `addr..addr + len` by address to copy into, if they lie inside the region.
+    #[inline]
     pub(crate) fn dst_at(&self, addr: u64, len: usize) -> Option<DmaDst<'_>> {
         Some(DmaDst(Dst::Shared(self.range_at(addr, len)?)))
     }
