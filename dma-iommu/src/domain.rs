@@ -93,6 +93,8 @@ use iova_cache::{IovaAllocator, IovaError};
 use swiotlb_core::{Direction, Swiotlb};
 
 pub use crate::backend::IovaSpan;
+
+mod trusted;
 pub use crate::config::DomainConfig;
 
 /// The identity of a domain, shared with its devices.
@@ -314,6 +316,10 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
+        if dev.inner.config.trusted {
+            // Never bounced: the whole map in one frame (module `trusted`).
+            return self.counted(self.map_trusted(dev, paddr, size as u64, dir));
+        }
         self.with_mapper(dev, move |m| m.map(paddr, size as u64, dir))
     }
 
@@ -411,6 +417,23 @@ impl<T: TlbOps + 'static> Domain<T> {
         kind: Kind,
         dir: Direction,
     ) -> Result<NewMapping<'d, T>, DmaError> {
+        let span = self.reserve(dev, offset, size)?;
+        Ok(NewMapping::new(
+            &self.backend,
+            &self.registry,
+            dev,
+            kind,
+            dir,
+            span,
+            self.shift,
+        ))
+    }
+
+    /// Allocate the IOVA granules for `size` bytes starting `offset` into a granule, below
+    /// the device's mask (32-bit first while the device prefers it). Nothing to undo on an
+    /// error; the caller owns the span otherwise.
+    #[inline]
+    fn reserve(&self, dev: &Device, offset: u64, size: u64) -> Result<IovaSpan, DmaError> {
         let g = self.granule();
         let len = offset
             .checked_add(size)
@@ -425,35 +448,46 @@ impl<T: TlbOps + 'static> Domain<T> {
             });
         }
         let granules = len >> self.shift;
-        let alloc = || {
-            dev.inner
-                .policy
-                .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
-        };
-        let mut r = alloc();
-        // IOVAs waiting in the flush queue count as used: flush once, free them, retry once.
-        if matches!(r, Err(IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
-            r = alloc();
+        match dev
+            .inner
+            .policy
+            .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
+        {
+            Ok(pfn) => Ok(IovaSpan { pfn, granules }),
+            Err(e) => self.reserve_after_miss(dev, e, len, limit),
         }
-        let pfn = r.map_err(|e| match e {
-            IovaError::LimitBelowStart { .. } | IovaError::TooLarge { .. } => {
-                DmaError::BeyondMask {
-                    len,
-                    dma_mask: dev.inner.config.dma_mask,
+    }
+
+    /// [`Domain::reserve`] after the allocator refused: IOVAs waiting in the flush queue
+    /// count as used, so on `NoSpace` flush once, free them, and retry once; otherwise (or
+    /// failing again) the typed error.
+    #[cold]
+    #[inline(never)]
+    fn reserve_after_miss(
+        &self,
+        dev: &Device,
+        e: IovaError,
+        len: u64,
+        limit: u64,
+    ) -> Result<IovaSpan, DmaError> {
+        let granules = len >> self.shift;
+        let mut r = Err(e);
+        if matches!(r, Err(IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
+            r = dev
+                .inner
+                .policy
+                .alloc_iova(&self.backend.iova, granules, limit >> self.shift);
+        }
+        r.map(|pfn| IovaSpan { pfn, granules })
+            .map_err(|e| match e {
+                IovaError::LimitBelowStart { .. } | IovaError::TooLarge { .. } => {
+                    DmaError::BeyondMask {
+                        len,
+                        dma_mask: dev.inner.config.dma_mask,
+                    }
                 }
-            }
-            e => DmaError::NoIova(e),
-        })?;
-        let span = IovaSpan { pfn, granules };
-        Ok(NewMapping::new(
-            &self.backend,
-            &self.registry,
-            dev,
-            kind,
-            dir,
-            span,
-            self.shift,
-        ))
+                e => DmaError::NoIova(e),
+            })
     }
 
     /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether

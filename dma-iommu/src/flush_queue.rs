@@ -327,6 +327,9 @@ struct Ring<E> {
     /// Set by teardown once it emptied the ring: no timer will run again, so a later
     /// enqueue frees its entry after a flush of its own instead of queueing it.
     closed: bool,
+    /// The `finish_cnt` the last drain freed up to: while it is unchanged nothing here has
+    /// become freeable (every entry queued since was stamped at or above it).
+    drained_at: u64,
     enqueued: u64,
     reclaimed: u64,
     full_flushes: u64,
@@ -346,6 +349,7 @@ impl<E> Ring<E> {
             head: 0,
             tail: 0,
             closed: false,
+            drained_at: 0,
             enqueued: 0,
             reclaimed: 0,
             full_flushes: 0,
@@ -429,11 +433,16 @@ impl<O: InvalidationOps> Shared<O> {
             .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
     }
 
-    /// Free the ring's freeable prefix.
+    /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
+    /// they read is the one the ring was last drained to, and the ring is left alone.
     fn drain(&self, ring: &mut Ring<O::Entry>) {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
+        if finish == ring.drained_at {
+            return;
+        }
+        ring.drained_at = finish;
         while let Some(entry) = ring.pop_if_before(finish) {
             self.ops.reclaim(entry);
         }

@@ -72,6 +72,7 @@ impl DevicePolicy {
     /// assert!(p >= a.dma_32bit_pfn());
     /// assert!(!dev.tries_32bit_first(), "given up after the first miss");
     /// ```
+    #[inline]
     pub fn alloc_iova(
         &self,
         iova: &IovaAllocator,
