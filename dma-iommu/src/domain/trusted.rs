@@ -34,9 +34,9 @@ impl<T: TlbOps + 'static> Domain<T> {
         let iova = span.pfn << self.shift;
         let len = span.granules << self.shift;
         let prot = prot_for(dir, false);
-        if let Err(e) = self.backend.map_span(iova, paddr - offset, len, prot) {
-            // The page table undid its part itself.
-            return Err(self.map_failed(span, 0, e));
+        if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
+            // The page table undid its part itself. Converted here, off the success path.
+            return Err(self.map_failed(span, 0, e.into()));
         }
         let rec = Record {
             dev: dev.inner.id,
