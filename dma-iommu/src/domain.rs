@@ -25,12 +25,11 @@
 //! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
 //! flush-queue enqueue (a full fence, the per-CPU ring lock pair, a drain check) and the glue
 //! between them: five locked instructions the parts do not have. Callgrind, 4 KiB, one
-//! thread, the criterion loop of `benches/benches/fast_paths.rs`: 1416 instructions against
+//! thread, the criterion loop of `benches/benches/fast_paths.rs`: 1405 instructions against
 //! the parts' 940 (856 the page table, 84 the IOVA pair), 1492 before the trusted map was
-//! done in one frame and the drain skipped between flushes (the map 727 → 683, of it the
-//! allocator 105 → about 95 with the device policy inline; the enqueue, its frees aside,
-//! 91 → 74). What is left above the parts: the IOVA churn (255 IOVAs in flight come back in
-//! bursts after each flush, so an allocation is about 95 instructions and a free about 80,
+//! done in one frame and the drain skipped between flushes (the map 727 → 667, with the
+//! device policy's common case inline; the enqueue, its frees aside, 91 → 74). What is left above the parts: the IOVA churn (255 IOVAs in flight come back in
+//! bursts after each flush, so an allocation is about 90 instructions and a free about 80,
 //! against 84 for a hot pair, most of it the magazines' refills and spills), the enqueue 74,
 //! the registry about 75 (insert 22, take 55) and about 60 of glue. The locked instructions
 //! stay, each for a reason: the enqueue's fence orders the leaf clears before the stamp, a
@@ -41,7 +40,7 @@
 //! registry's lock and the ring's cannot be one, since a record lives in the shard of its pfn
 //! and an unmap queues on its own CPU's ring, whichever CPU mapped. Measured by taking
 //! each out (earlier code), the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns
-//! map+unmap (about 100 ns since the registry's lines were packed). So the ratio is 1.51×
+//! map+unmap (about 100 ns since the registry's lines were packed). So the ratio is 1.49×
 //! in instructions (1.59× before), and 1.3× stays out of reach of the glue alone: above the
 //! parts, more than half is the IOVA churn and the queue, which lazy invalidation is.
 //!
