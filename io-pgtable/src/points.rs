@@ -90,7 +90,7 @@
 //! exactly the two switches above, except the claim twin (`Preemptions(1)`: one switch between
 //! the two unmaps' load and store) and the take twin (`Preemptions(3)`, its model's bound).
 //!
-//! # crossbeam-epoch under loom
+//! # The production RCU under loom
 //!
 //! `loom-tests/tests/production_rcu.rs` runs the level free on the production reclamation
 //! itself, dma-sync's epoch RCU under `--cfg loom --cfg production_rcu`: unlink, retire, two
