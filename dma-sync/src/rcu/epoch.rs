@@ -2,9 +2,9 @@
 //!
 //! The shape of crossbeam-epoch's collector (a global epoch, per-thread participant records,
 //! bags of deferred frees sealed with an epoch and freed two epochs later), with liburcu's
-//! "memb" read side: a reader's pin is a load of the global epoch, a plain store to its own
-//! record and a light fence (`rcu/fence.rs`): no read-modify-write, no lock, no shared line
-//! written, no collection. Writers pay instead, with the heavy fence.
+//! "memb" read side: a reader's pin is a load of the global epoch, a store to its own record (a
+//! plain `mov` on x86) and a light fence (`rcu/fence.rs`): no read-modify-write, no lock, no
+//! shared line written, no collection. Writers pay instead, with the heavy fence.
 //!
 //! * **Reader.** Outermost pin: `e = epoch.load(Relaxed)`; `record.store(e | PINNED, Release)`
 //!   (`rcu.pin.release`); light fence (`rcu.pin.fence`). Outermost unpin:
@@ -19,7 +19,8 @@
 //!   plain SC fence crossbeam uses here, because readers issue no real fence of their own: a
 //!   reader that pinned at the sealing epoch's successor could otherwise still load the
 //!   unlinked pointer (nothing orders its load after the unlink).
-//! * **Collect** (after a full bag's seal, and on `flush`): load the global epoch `g`; heavy fence (`rcu.sync.fence`);
+//! * **Collect** (after a full bag's seal, on `flush`, and in `rcu::synchronize`'s waits,
+//!   which collect without pinning): load the global epoch `g`; heavy fence (`rcu.sync.fence`);
 //!   read every record; if every pinned one is at `g` (`rcu.advance.check`), acquire fence
 //!   (`rcu.sync.acquire`: the unpins read are Release stores) and advance `g` to its successor
 //!   with a compare-and-swap (a concurrent collector may have done it); then free every queued
@@ -37,8 +38,8 @@
 //! garbage not yet freed is at most one partly filled bag per thread plus the bags sealed since
 //! the oldest section still pinned began, and two epochs' worth more. A thread's exit seals
 //! its bag (without collecting: that would run other objects' destructors while the thread's
-//! locals are being destroyed); the next collection anywhere frees it. A reader that stays pinned holds back every free after it, as in any
-//! RCU.
+//! locals are being destroyed); the next collection anywhere frees it. A reader that stays
+//! pinned holds back every free after it, as in any RCU.
 //!
 //! **Threads.** A thread registers its record on its first pin (taking the participant lock,
 //! where the fence mode is decided) and unregisters at exit, after sealing its bag. A guard
