@@ -292,11 +292,13 @@ impl Leaf {
     /// The record of the whole leaf for its parent (not empty).
     fn record(&self) -> Record {
         let (mut max_len, mut fits) = (0, 0);
-        for (i, s) in self.slots[..self.len()].iter().enumerate() {
-            if self.live & (1 << i) == 0 {
-                max_len = max_len.max(s.len);
-                fits = fitsummary::max(fits, fitsummary::of_range(s.start, s.len));
-            }
+        // The free slots, lowest first, by their bits.
+        let mut free = !self.live & ((1 << self.count) - 1);
+        while free != 0 {
+            let s = self.slots[free.trailing_zeros() as usize];
+            free &= free - 1;
+            max_len = max_len.max(s.len);
+            fits = fitsummary::max(fits, fitsummary::of_range(s.start, s.len));
         }
         (self.slots[0].start, max_len, fits)
     }
