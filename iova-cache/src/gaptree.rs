@@ -1258,6 +1258,48 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A leaf's entries and their allocation and tag bits move together through puts,
+        /// takes and a split, as in a list of `(start, len, live)`.
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
+        #[test]
+        fn leaf_bits_follow_their_entries(
+            ops in proptest::collection::vec((0usize..16, 0u8..3, proptest::bool::ANY), 1..200),
+        ) {
+            let mut leaf = Leaf::empty(NONE);
+            let mut model: Vec<(u64, Option<bool>)> = Vec::new();
+            let read = |l: &Leaf| -> Vec<(u64, Option<bool>)> {
+                (0..l.len())
+                    .map(|i| (l.slots[i].start, l.is_live(i).then_some(l.tags & (1 << i) != 0)))
+                    .collect()
+            };
+            for (i, (at, kind, take)) in ops.into_iter().enumerate() {
+                let live = [None, Some(false), Some(true)][usize::from(kind)];
+                // Takes are rarer than puts, so the leaf fills up and splits.
+                if take && at % 3 == 0 && !model.is_empty() {
+                    let at = at % model.len();
+                    leaf.take(at);
+                    model.remove(at);
+                } else if model.len() < LEAF_FANOUT {
+                    let at = at % (model.len() + 1);
+                    leaf.put(at, Slot { start: i as u64, len: 1 }, live);
+                    model.insert(at, (i as u64, live));
+                } else {
+                    let mut right = Leaf::empty(NONE);
+                    leaf.halve_into(&mut right);
+                    let mut both = read(&leaf);
+                    both.extend(read(&right));
+                    proptest::prop_assert_eq!(&both, &model);
+                    proptest::prop_assert_eq!(read(&right).len(), LEAF_FANOUT - LEAF_FANOUT / 2);
+                    model.truncate(LEAF_FANOUT / 2);
+                }
+                proptest::prop_assert_eq!(read(&leaf), model.clone());
+                let unused = u16::MAX.checked_shl(u32::from(leaf.count)).unwrap_or(0);
+                proptest::prop_assert_eq!((leaf.live | leaf.tags) & unused, 0);
+            }
+        }
+    }
+
     /// Thousands of ranges make a tree several levels high; inserting them in a scattered
     /// order splits leaves and inner nodes, removing them unlinks nodes and shrinks the root.
     #[test]
