@@ -36,10 +36,10 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 #[inline]
 pub(crate) fn of_range(start: u64, len: u64) -> u64 {
     let lens = len.min(127) * ONES;
-    let offsets = (start.wrapping_neg() & 63) * ONES & OFFSET_MASKS;
+    let offsets = ((start.wrapping_neg() & 63) * ONES) & OFFSET_MASKS;
     // Per byte `128 + len - offset`: the high bit is set exactly where `len >= offset`.
     let diff = (lens | HIGH) - offsets;
-    let left = diff & !HIGH & ((diff & HIGH) >> 7) * 0xff;
+    let left = diff & !HIGH & (((diff & HIGH) >> 7) * 0xff);
     let capped = (at_least(left, CAPS) >> 7) * 0xff;
     (CAPS & capped) | (left & !capped)
 }
