@@ -70,12 +70,18 @@ impl<T: TlbOps + 'static> Backend<T> {
         self.pt.map(iova, phys, len, prot).map_err(DmaError::from)
     }
 
-    /// Unmap a span that was never published (undo): strict, the IOVA stays allocated. Only
-    /// its mapper knows the IOVA, so nothing else changes its leaves meanwhile.
-    pub(crate) fn unmap_unpublished(&self, iova: u64, len: u64, granule: u64) {
-        let mut gather = Gather::new();
-        unmap_present(&self.pt, iova, len, granule, &mut gather);
-        gather.sync(&*self.iotlb);
+    /// Take down a mapping that was never published (an undo): unmap the first `mapped` bytes
+    /// of `span` with a synced gather, then free the span. Only its mapper knows the IOVA, so
+    /// nothing else changes its leaves meanwhile, and no IOTLB entry can name it once synced.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn undo_unpublished(&self, span: IovaSpan, mapped: u64, shift: u32) {
+        if mapped > 0 {
+            let mut gather = Gather::new();
+            unmap_present(&self.pt, span.pfn << shift, mapped, 1 << shift, &mut gather);
+            gather.sync(&*self.iotlb);
+        }
+        self.reclaim(span);
     }
 }
 

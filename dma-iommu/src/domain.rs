@@ -11,30 +11,42 @@
 //! IOTLB can no longer reach it (a copy-back that original memory refuses is
 //! [`DmaError::LostCopyBack`]; the slots are released all the same).
 //!
-//! Every map builds on a `NewMapping` (module `new_mapping`: undone unless recorded); the
-//! bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page table and IOTLB are
-//! the domain's `Backend` (module `backend`), shared with [`Strictness`]. Scatter lists
-//! (module `sg`) are built from the same operations, reached through a `DeviceMapper`.
+//! A trusted device's map (never bounced) runs in one frame (module `trusted`): the checks,
+//! the IOVA from the allocator's per-CPU cache, the page table, the record, with every failure
+//! path out of line. Every other map builds on a `NewMapping` (module `new_mapping`: undone
+//! unless recorded); the bounce side is a `Bouncer` (module `bounce`); the IOVA allocator, page
+//! table and IOTLB are the domain's `Backend` (module `backend`), shared with [`Strictness`].
+//! Both reserve their IOVA through `Domain::reserve` and undo through the backend's
+//! `undo_unpublished`. Scatter lists (module `sg`) are built from the same operations, reached
+//! through a `DeviceMapper`.
 //!
 //! Cost of a lazy map+unmap beyond its parts (an IOVA pair and a page-table map+unmap): the
 //! device check, one registry insert and one take (a spin-lock section each: a
 //! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
 //! flush-queue enqueue (a full fence, the per-CPU ring lock pair, a drain check) and the glue
 //! between them: five locked instructions the parts do not have. Callgrind, 4 KiB, one
-//! thread: 1509 instructions against the parts' 936 (1547 before the registry's spin lock and
-//! the inline drop of a published `NewMapping`). Of the 573 more: the page table 13 (map 24
-//! more than alone, unmap 11 less: its gather is queued, not synced), the IOVA 105 (the
-//! device policy's wrapper and the flush queue's reclaim call around the allocator; and its
-//! churn: 255 IOVAs in flight come back in bursts after each flush, so about one allocation
-//! in 80 misses the per-CPU magazines, 25 instructions a map+unmap), the enqueue 127 (its
-//! reclaims aside), the registry about 75, and about 250 the domain's own checks and the
-//! results handed between its layers (each layer not inlined passes its `Result` through
-//! memory). Measured by taking
-//! each out, the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns map+unmap (about
-//! 100 ns since the registry's lines were packed). A lazy domain has 255 IOVAs in flight, so
-//! its maps visit 255 registry shards in turn: a shard's lock, record and count share one
-//! 64-byte line (module `registry`), which cut the L1 misses from 2.3 to 0.6 per map+unmap
-//! in callgrind's cache model. The path writes only lines its own CPU's maps and unmaps use
+//! thread, the criterion loop of `benches/benches/fast_paths.rs`: 1405 instructions against
+//! the parts' 940 (856 the page table, 84 the IOVA pair), 1492 before the trusted map was
+//! done in one frame and the drain skipped between flushes (the map 727 → 667, with the
+//! device policy's common case inline; the enqueue, its frees aside, 91 → 74). What is left above the parts: the IOVA churn (255 IOVAs in flight come back in
+//! bursts after each flush, so an allocation is about 90 instructions and a free about 80,
+//! against 84 for a hot pair, most of it the magazines' refills and spills), the enqueue 74,
+//! the registry about 75 (insert 22, take 55) and about 60 of glue. The locked instructions
+//! stay, each for a reason: the enqueue's fence orders the leaf clears before the stamp, a
+//! store-buffering pair that C11 orders only with fences (the ring lock's compare-and-swap is
+//! not one, and turning the stamp's load into a read-modify-write would write the line every
+//! CPU's enqueue reads); the ring lock is a parking mutex because a full ring flushes the
+//! IOTLB and frees to the allocator under it, which a spin lock must not wait on; and the
+//! registry's lock and the ring's cannot be one, since a record lives in the shard of its pfn
+//! and an unmap queues on its own CPU's ring, whichever CPU mapped. Measured by taking
+//! each out (earlier code), the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns
+//! map+unmap (about 100 ns since the registry's lines were packed). So the ratio is 1.49×
+//! in instructions (1.59× before), and 1.3× stays out of reach of the glue alone: above the
+//! parts, more than half is the IOVA churn and the queue, which lazy invalidation is.
+//!
+//! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry shards in turn: a
+//! shard's lock, record and count share one 64-byte line (module `registry`), which cut the
+//! L1 misses from 2.3 to 0.6 per map+unmap in callgrind's cache model. The path writes only lines its own CPU's maps and unmaps use
 //! (barring a shard collision): maps and queued unmaps are counted under the
 //! registry's and the ring's locks, no `Arc` is cloned, no clock is read (the timer is armed
 //! by a flag). Results and expectations travel by value only where small (an unmap hands the
@@ -93,6 +105,8 @@ use iova_cache::{IovaAllocator, IovaError};
 use swiotlb_core::{Direction, Swiotlb};
 
 pub use crate::backend::IovaSpan;
+
+mod trusted;
 pub use crate::config::DomainConfig;
 
 /// The identity of a domain, shared with its devices.
@@ -314,6 +328,10 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: usize,
         dir: Direction,
     ) -> Result<u64, DmaError> {
+        if dev.inner.config.trusted {
+            // Never bounced: the whole map in one frame (module `trusted`).
+            return self.counted(self.map_trusted(dev, paddr, size as u64, dir));
+        }
         self.with_mapper(dev, move |m| m.map(paddr, size as u64, dir))
     }
 
@@ -411,6 +429,24 @@ impl<T: TlbOps + 'static> Domain<T> {
         kind: Kind,
         dir: Direction,
     ) -> Result<NewMapping<'d, T>, DmaError> {
+        let span = self.reserve(dev, offset, size)?;
+        Ok(NewMapping::new(
+            &self.backend,
+            &self.registry,
+            dev,
+            kind,
+            dir,
+            span,
+            self.shift,
+        ))
+    }
+
+    /// Allocate the IOVA granules for `size` bytes starting `offset` into a granule, below
+    /// the device's mask (32-bit first while the device prefers it). Nothing to undo on an
+    /// error; the caller owns the span otherwise. Always inline: a call of its own cost the
+    /// trusted map more (saved registers) than its checks.
+    #[inline(always)]
+    fn reserve(&self, dev: &Device, offset: u64, size: u64) -> Result<IovaSpan, DmaError> {
         let g = self.granule();
         let len = offset
             .checked_add(size)
@@ -425,35 +461,46 @@ impl<T: TlbOps + 'static> Domain<T> {
             });
         }
         let granules = len >> self.shift;
-        let alloc = || {
-            dev.inner
-                .policy
-                .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
-        };
-        let mut r = alloc();
-        // IOVAs waiting in the flush queue count as used: flush once, free them, retry once.
-        if matches!(r, Err(IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
-            r = alloc();
+        match dev
+            .inner
+            .policy
+            .alloc_iova(&self.backend.iova, granules, limit >> self.shift)
+        {
+            Ok(pfn) => Ok(IovaSpan { pfn, granules }),
+            Err(e) => self.reserve_after_miss(dev, e, len, limit),
         }
-        let pfn = r.map_err(|e| match e {
-            IovaError::LimitBelowStart { .. } | IovaError::TooLarge { .. } => {
-                DmaError::BeyondMask {
-                    len,
-                    dma_mask: dev.inner.config.dma_mask,
+    }
+
+    /// [`Domain::reserve`] after the allocator refused: IOVAs waiting in the flush queue
+    /// count as used, so on `NoSpace` flush once, free them, and retry once; otherwise (or
+    /// failing again) the typed error.
+    #[cold]
+    #[inline(never)]
+    fn reserve_after_miss(
+        &self,
+        dev: &Device,
+        e: IovaError,
+        len: u64,
+        limit: u64,
+    ) -> Result<IovaSpan, DmaError> {
+        let granules = len >> self.shift;
+        let mut r = Err(e);
+        if matches!(r, Err(IovaError::NoSpace { .. })) && self.strictness.fire_timer() {
+            r = dev
+                .inner
+                .policy
+                .alloc_iova(&self.backend.iova, granules, limit >> self.shift);
+        }
+        r.map(|pfn| IovaSpan { pfn, granules })
+            .map_err(|e| match e {
+                IovaError::LimitBelowStart { .. } | IovaError::TooLarge { .. } => {
+                    DmaError::BeyondMask {
+                        len,
+                        dma_mask: dev.inner.config.dma_mask,
+                    }
                 }
-            }
-            e => DmaError::NoIova(e),
-        })?;
-        let span = IovaSpan { pfn, granules };
-        Ok(NewMapping::new(
-            &self.backend,
-            &self.registry,
-            dev,
-            kind,
-            dir,
-            span,
-            self.shift,
-        ))
+                e => DmaError::NoIova(e),
+            })
     }
 
     /// Unmap a mapping made by [`Domain::map`]; `dma` and `size` as mapped. Returns whether

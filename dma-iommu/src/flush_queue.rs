@@ -35,7 +35,9 @@
 //!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
 //!   (`timer_on` read first, then swapped: no line bouncing while armed).
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
-//!   entries stamped below it.
+//!   entries stamped below it; nothing if the count is the one the ring was last drained to
+//!   (every entry queued since was stamped at or above it), so an enqueue between two flushes
+//!   pays a compare, not a look at the oldest slot.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
@@ -327,6 +329,9 @@ struct Ring<E> {
     /// Set by teardown once it emptied the ring: no timer will run again, so a later
     /// enqueue frees its entry after a flush of its own instead of queueing it.
     closed: bool,
+    /// The `finish_cnt` the last drain freed up to: while it is unchanged nothing here has
+    /// become freeable (every entry queued since was stamped at or above it).
+    drained_at: u64,
     enqueued: u64,
     reclaimed: u64,
     full_flushes: u64,
@@ -346,6 +351,7 @@ impl<E> Ring<E> {
             head: 0,
             tail: 0,
             closed: false,
+            drained_at: 0,
             enqueued: 0,
             reclaimed: 0,
             full_flushes: 0,
@@ -429,11 +435,16 @@ impl<O: InvalidationOps> Shared<O> {
             .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
     }
 
-    /// Free the ring's freeable prefix.
+    /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
+    /// they read is the one the ring was last drained to, and the ring is left alone.
     fn drain(&self, ring: &mut Ring<O::Entry>) {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
+        if finish == ring.drained_at {
+            return;
+        }
+        ring.drained_at = finish;
         while let Some(entry) = ring.pop_if_before(finish) {
             self.ops.reclaim(entry);
         }

@@ -71,7 +71,7 @@
 //! | `iotlb` | [`SimulatedIotlb`] (a configurable busy-wait per invalidation, per-CPU counters so counting adds no shared write to a benchmark), [`RecordingIotlb`] (every invalidation on a logical clock shared with the test) |
 //! | `backend` | the IOVA allocator, the page table and the caller's IOTLB; the domain owns it behind an `Arc` and hands [`Strictness`] a clone |
 //! | `bounce` | an untrusted device's view of the bounce pool: granule-aligned, zero-padded slots; on unmap, copy back by direction and release exactly once |
-//! | `new_mapping` | an IOVA range being mapped by one call: recorded by `publish`, otherwise undone on drop |
+//! | `new_mapping` | an IOVA range being mapped by one call: recorded by `publish`, otherwise undone on drop (every map but a trusted device's single one, which `domain`'s `trusted` module does in one frame) |
 //! | `policy` | [`DevicePolicy::alloc_iova`]: 32-bit IOVAs first, given up per device after the first miss |
 //! | `domain`, `sg`, `config`, `device`, `registry`, `stats`, `error` | map/unmap/sync and resources, scatter lists, [`DomainConfig`] and its checks, device attach, the record of live mappings, per-CPU counters and the text report, typed errors |
 //! | [`points`], [`faults`] | the named orderings (with the loom models that need each one); the allocation sites (with their fallbacks and tests) |

@@ -8,7 +8,6 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
 use crate::registry::{Held, Kind, Record, Registry};
-use crate::InvalidationOps;
 use io_pgtable::Prot;
 use swiotlb_core::Direction;
 
@@ -102,26 +101,13 @@ impl<'d, T: TlbOps + 'static> NewMapping<'d, T> {
     }
 }
 
-impl<T: TlbOps + 'static> NewMapping<'_, T> {
-    /// Take down what an unpublished mapping mapped and give its IOVA back.
-    #[cold]
-    fn undo(&mut self) {
-        if self.mapped > 0 {
-            let granule = 1 << self.shift;
-            self.backend
-                .unmap_unpublished(self.iova(), self.mapped, granule);
-        }
-        // Never published, so no IOTLB entry can name it once the unmap above synced.
-        self.backend.reclaim(self.span);
-    }
-}
-
 impl<T: TlbOps + 'static> Drop for NewMapping<'_, T> {
     /// Inline, with the undo out of line: every successful map drops a published mapping.
     #[inline]
     fn drop(&mut self) {
         if !self.published {
-            self.undo();
+            self.backend
+                .undo_unpublished(self.span, self.mapped, self.shift);
         }
     }
 }
