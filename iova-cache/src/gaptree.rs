@@ -305,8 +305,8 @@ impl Leaf {
         (self.slots[0].start, max_len, fits)
     }
 
-    /// Put `value` at `slot` (an allocation with tag `tag` if `live`), shifting the
-    /// entries after it.
+    /// Put `value` at `slot`, shifting the entries after it: an allocation tagged `tag` for
+    /// `live == Some(tag)`, else a free range.
     fn put(&mut self, slot: usize, value: Slot, live: Option<bool>) {
         let n = self.len();
         self.slots.copy_within(slot..n, slot + 1);
@@ -646,9 +646,9 @@ impl GapTree {
         }
     }
 
-    /// Put `value` (an allocation tagged `tag` if `live`, else a free range) at `slot` of
-    /// `leaf`. A full leaf first splits in two halves (see [`link_split`](Self::link_split)).
-    /// Returns where the entry landed.
+    /// Put `value` (an allocation tagged `tag` for `live == Some(tag)`, else a free range)
+    /// at `slot` of `leaf`. A full leaf first splits in two halves (see
+    /// [`link_split`](Self::link_split)). Returns where the entry landed.
     fn put_leaf(
         &mut self,
         leaf: u32,
