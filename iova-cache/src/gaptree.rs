@@ -753,7 +753,16 @@ impl GapTree {
             Some(_) => self.live -= 1,
             None => self.count -= 1,
         }
-        self.take_leaf(r.leaf, r.slot);
+        self.take_leaf(r.leaf, r.slot, false);
+    }
+
+    /// Remove the free range `r` (from a lookup, still valid) after the free range `into`
+    /// (from a lookup) grew over all of it. A range's length and fit summary only grow with
+    /// the range (its first aligned pfn can only move down), so where `into` sits in the same
+    /// leaf the leaf keeps its maxima and needs no rescan.
+    fn remove_merged(&mut self, r: Entry, into: Entry) {
+        self.count -= 1;
+        self.take_leaf(r.leaf, r.slot, r.leaf == into.leaf);
     }
 
     /// Carve the allocation `[fit.pfn, fit.pfn + size)` (tagged `tag`) from the free range
@@ -804,7 +813,7 @@ impl GapTree {
         match (below, above) {
             (Some(b), Some(a)) => {
                 self.adjust(b, b.start, b.len + e.len + a.len);
-                self.remove(a);
+                self.remove_merged(a, b);
                 self.remove(e);
             }
             (Some(b), None) => {
@@ -813,17 +822,19 @@ impl GapTree {
             }
             (None, Some(a)) => {
                 self.adjust(e, pfn, e.len + a.len);
-                self.remove(a);
+                self.remove_merged(a, e);
             }
             (None, None) => self.adjust(e, pfn, e.len),
         }
     }
 
-    /// Drop the entry at `slot` of `leaf`. A leaf left empty is unlinked from its parent (the
-    /// root stays, as an empty leaf).
-    fn take_leaf(&mut self, leaf: u32, slot: usize) {
+    /// Drop the entry at `slot` of `leaf`; with `covered`, another entry of the leaf offers
+    /// at least what it offered. A leaf left empty is unlinked from its parent (the root
+    /// stays, as an empty leaf).
+    fn take_leaf(&mut self, leaf: u32, slot: usize, covered: bool) {
         let l = self.leaf_mut(leaf);
-        let old = l.summary(slot);
+        // A covered entry's loss changes no maximum, as if it offered nothing.
+        let old = if covered { (0, 0) } else { l.summary(slot) };
         l.take(slot);
         let (left, parent) = (l.count, l.parent);
         if left == 0 && parent != NONE {
