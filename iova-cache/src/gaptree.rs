@@ -42,7 +42,7 @@
 //! keeps the summaries its search prunes with. Leaves laid out like the inner nodes (eight
 //! lines, a summary per entry) took twice the memory, and a random free's leaf was a miss
 //! into a working set half again as large (the allocator 29 MB at 300k live, now 19 MB;
-//! measured in module `range`). The price is the leaf rescan's summaries, about a tenth more
+//! measured in module `range`). The price is the leaf rescan's summaries, about 7% more
 //! instructions per pair that reaches the tree.
 //!
 //! A descent prefetches the lines of the node it enters that the operation goes on to read,

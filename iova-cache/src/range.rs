@@ -68,12 +68,13 @@
 //! alone after 300k more pairs holds 68k leaves of 256 bytes and 8.6k inner nodes of 512
 //! bytes, 17 and 4.4 MB (the leaves 56% full: nodes never merge). Under callgrind (an
 //! 8 MiB last level simulated, 300k pairs of warm-up first so that no store grows in the
-//! measured window): through [`crate::IovaAllocator`], 2620 instructions and 12.8
+//! measured window): through [`crate::IovaAllocator`], 2530 instructions and 12.8
 //! first-level and 2.1 last-level read misses per pair, from 2400, 15.0 and 4.0; pairs that
-//! all reach the tree (a `RangeAllocator` alone), 5060 instructions and 4.1 last-level read
+//! all reach the tree (a `RangeAllocator` alone), 4900 instructions and 4.1 last-level read
 //! misses, from 4570 and 7.9. The instructions added are the leaf rescans, which now compute
 //! each free range's summary (branch-free, all classes in a few word operations) where they
-//! read a stored one. dmabench (one thread, two rounds of four runs of both versions
+//! read a stored one; a free skips the rescan where a neighbour in the same leaf absorbs the
+//! range it removes. dmabench (one thread, two rounds of four runs of both versions
 //! interleaved on the shared 2-CPU machine; medians): at a load of 7 to 10, a p99 of 1.70 us,
 //! from 2.43, and 0.66 us CPU per pair, from 0.84 (63 times the cached pair, from 90); at a
 //! load of 2.5 to 5, 1.39 us from 1.74 and 0.56 us from 0.65 (57 times, from 67). With the
@@ -85,7 +86,7 @@
 //! in 16 MiB and 350 to 460 ns in 32 MiB, and the tree still takes about 20 MB at 300k live,
 //! most of it leaves; a free of a random allocation has to reach that allocation's leaf, and
 //! the pairs around the p99 free to and allocate from the tree (a quarter of the pairs do).
-//! Instructions: a pair that reaches the tree executes about 5000 (an allocation 2900: the
+//! Instructions: a pair that reaches the tree executes about 4900 (an allocation 2900: the
 //! search, the carve and the climb's rescans), and an allocation from the tree took 0.37 us
 //! when its lines were cached, over the bound by itself. Reaching it needs metadata of a
 //! few MiB and several times fewer instructions per pair at once, for instance a granule
