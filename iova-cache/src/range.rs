@@ -77,8 +77,9 @@
 //! range it removes. dmabench (one thread, two rounds of four runs of both versions
 //! interleaved on the shared 2-CPU machine; medians): at a load of 7 to 10, a p99 of 1.70 us,
 //! from 2.43, and 0.66 us CPU per pair, from 0.84 (63 times the cached pair, from 90); at a
-//! load of 2.5 to 5, 1.39 us from 1.74 and 0.56 us from 0.65 (57 times, from 67). With the
-//! caches off, 1.17 and 0.98 us CPU per pair, from 1.39 and 1.18.
+//! load of 2 to 4, with the rescan a merging free skips, 1.42 us from 1.73 and 0.55 us from
+//! 0.67 (56 times, from 66). With the caches off, 1.17 and 1.00 us CPU per pair, from 1.39
+//! and 1.21.
 //!
 //! The target of 20 times the cached pair (about 300 ns) is out of this design's reach on
 //! this machine, for two reasons that compound. Misses: a dependent chase over random
