@@ -50,8 +50,52 @@ pub(crate) fn is_low_mask(mask: u64) -> bool {
 /// alignment (map: the caller, e.g. an IOMMU, may expose whole aligned units to the device);
 /// `alloc` only aligns the start. `max_align` bounds `alloc_align`; `seg` is the segment size
 /// in slots, the longest run.
+///
+/// A request no mask constrains (the common streaming map) takes `unconstrained`, which
+/// computes the same plan in a few instructions; anything else, and every request that is
+/// refused, takes the general derivation.
 #[inline]
 pub(crate) fn plan(
+    orig: Option<u64>,
+    mapping_size: usize,
+    m: Masks,
+    round_to_align: bool,
+    max_align: u64,
+    seg: usize,
+) -> Result<Plan, Error> {
+    let unmasked = m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX;
+    if unmasked && (1..=seg * IO_TLB_SIZE).contains(&mapping_size) {
+        return Ok(unconstrained(orig, mapping_size));
+    }
+    general(orig, mapping_size, m, round_to_align, max_align, seg)
+}
+
+/// The plan of a request without masks of 1 byte to one segment: no offset to reproduce,
+/// nothing to round, and only the legacy page alignment of a mapping of a page or more
+/// (`general` gives the same plan; a test compares them).
+#[inline]
+fn unconstrained(orig: Option<u64>, mapping_size: usize) -> Plan {
+    let align = if mapping_size >= PAGE_SIZE {
+        PAGE_SIZE
+    } else {
+        IO_TLB_SIZE
+    };
+    Plan {
+        orig,
+        mapping_size,
+        size: mapping_size,
+        nslots: mapping_size.div_ceil(IO_TLB_SIZE),
+        amask: align as u64 - 1,
+        mmask: 0,
+        stride: align >> IO_TLB_SHIFT,
+        pad_slots: 0,
+        in_off: 0,
+        boundary_mask: u64::MAX,
+    }
+}
+
+/// The plan of any request, or why it is refused.
+fn general(
     orig: Option<u64>,
     mapping_size: usize,
     m: Masks,
@@ -250,6 +294,24 @@ mod tests {
             Err(Error::Unsatisfiable)
         );
         assert!(plan(Some(0), 4096, b, true, 0xFFFF, SEG).is_ok());
+    }
+
+    /// The shortcut for requests without masks gives exactly the general plan, for every size
+    /// up to past a segment, with and without an original address.
+    #[test]
+    fn unconstrained_requests_get_the_general_plan() {
+        let seg = if cfg!(miri) { 4 } else { SEG };
+        for size in 0..=seg * IO_TLB_SIZE + 3 {
+            for orig in [Some(0x1234_5678), Some(u64::MAX - 1), None] {
+                let general = general(orig, size, masks(0, 0), true, 0xFFFF, seg);
+                if (1..=seg * IO_TLB_SIZE).contains(&size) {
+                    assert_eq!(Ok(unconstrained(orig, size)), general, "size {size}");
+                } else {
+                    assert!(general.is_err(), "size {size}");
+                }
+                assert_eq!(plan(orig, size, masks(0, 0), true, 0xFFFF, seg), general);
+            }
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl Swiotlb {
         let first = s + plan.pad_slots;
         let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
         let undo = |e: Error| {
-            self.undo(dev, &pool, first, plan.in_off, addr);
+            self.undo(dev, &pool, first, plan.in_off, addr, size);
             Err(e)
         };
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
@@ -156,14 +156,23 @@ impl Swiotlb {
         Ok(addr)
     }
 
-    /// Release a mapping that failed before it was handed out.
-    fn undo(&self, dev: &Device, pool: &PoolRef<'_>, first: usize, in_off: usize, addr: u64) {
+    /// Release a mapping of `size` bytes that failed before it was handed out.
+    fn undo(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        first: usize,
+        in_off: usize,
+        addr: u64,
+        size: usize,
+    ) {
         // It was allocated just now, so the release cannot fail; nothing to report if it did.
-        let _ = self.release(dev, pool, first, in_off, addr);
+        let _ = self.release(dev, pool, first, in_off, addr, Some(size));
     }
 
     /// Free the slots of the mapping starting in slot `first`, uncount them, and drop the pool
-    /// if it is a transient one (its one mapping is gone).
+    /// if it is a transient one (its one mapping is gone). `size` as in `Pool::release`.
+    #[inline]
     fn release(
         &self,
         dev: &Device,
@@ -171,8 +180,9 @@ impl Swiotlb {
         first: usize,
         in_off: usize,
         addr: u64,
+        size: Option<usize>,
     ) -> Result<(), Error> {
-        let n = pool.release(first, in_off, addr)?;
+        let n = pool.release(first, in_off, addr, size)?;
         self.inner.stats.sub_used(pool.accounted_slots(n));
         if pool.transient {
             self.drop_transient(dev, pool);
@@ -238,14 +248,14 @@ impl Swiotlb {
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        let (orig, mapped) = match pool.meta(first) {
-            (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
-            _ => return Err(Error::NotMapped { addr }),
-        };
-        if size == 0 || size > mapped {
-            return Err(Error::OutOfRange { addr, size });
-        }
         if dir.device_writes() && !attrs.skip_cpu_sync {
+            let (orig, mapped) = match pool.meta(first) {
+                (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
+                _ => return Err(Error::NotMapped { addr }),
+            };
+            if size == 0 || size > mapped {
+                return Err(Error::OutOfRange { addr, size });
+            }
             // The head slot's original address is the mapping's first byte's (an `alloc`
             // allocation has none, so nothing to copy back to).
             if orig == INVALID_PHYS_ADDR {
@@ -253,7 +263,9 @@ impl Swiotlb {
             }
             self.copy(&pool, orig, addr, size, false)?;
         }
-        self.release(dev, &pool, first, in_off, addr)
+        // Without a copy back the mapping and `size` are checked once, under the area lock
+        // that frees it.
+        self.release(dev, &pool, first, in_off, addr, Some(size))
     }
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
@@ -453,7 +465,7 @@ impl Swiotlb {
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
-            self.undo(dev, &pool, s, 0, addr);
+            self.undo(dev, &pool, s, 0, addr, size);
             return Err(Error::NoSpace { size });
         }
         Ok(addr)
@@ -469,7 +481,7 @@ impl Swiotlb {
         if addr % PAGE_SIZE as u64 != 0 {
             return Err(Error::NotMapped { addr });
         }
-        self.release(dev, &pool, pool.slot_of(addr), 0, addr)
+        self.release(dev, &pool, pool.slot_of(addr), 0, addr, None)
     }
 
     /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).

@@ -76,8 +76,8 @@
 //! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
 //! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
-//! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping |
-//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own lock, the run each area freed last (cached for the next map of its size), the bounded next-fit search, release validated under the owning area's lock |
+//! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping; the shortcut for a request without masks |
+//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own spin lock, the run each area freed last (cached for the next map of its size), the bounded next-fit search, release (and an unmap's size, when nothing is copied back) validated under the owning area's lock |
 //! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
 //! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
 //! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side |
@@ -123,7 +123,8 @@
 //!
 //! * Unit tests: the free-run counters with the kernel's example and a proptest of the
 //!   renumbering against a slot-by-slot walk, the cached run (reused by the next map of its
-//!   size, merged back when a map needs it), geometry, every alignment case A–D, errors, the
+//!   size, merged back when a map needs it), geometry, every alignment case A–D, the shortcut
+//!   plan of unmasked requests against the general one at every size, errors, the
 //!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte
 //!   array at every offset and length and at odd offsets and lengths over several pages, and
 //!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU

@@ -186,21 +186,21 @@ impl RegionMemory {
 impl OrigMemory for RegionMemory {
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
         let len = dst.len();
-        let off = self
+        let src = self
             .region
-            .offset_of(addr, len)
+            .src_at(addr, len)
             .ok_or(MemoryError { addr, len })?;
-        self.region.src(off, len).copy_to(dst);
+        src.copy_to(dst);
         Ok(())
     }
 
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         let len = src.len();
-        let off = self
+        let dst = self
             .region
-            .offset_of(addr, len)
+            .dst_at(addr, len)
             .ok_or(MemoryError { addr, len })?;
-        src.copy_to(self.region.dst(off, len));
+        src.copy_to(dst);
         Ok(())
     }
 }

@@ -20,7 +20,9 @@
 //! | `swiotlb.transient.traverse` | Load | `transient_traverse_relaxed` | as above |
 //! | `swiotlb.transient.grace` | GracePeriod | `transient_freed_without_grace` | causality violation |
 //!
-//! No point is declared unobservable. The area locks are `dma_sync::Mutex` (no step points).
+//! No point is declared unobservable. The area locks are `dma_sync::SpinLock`s: their acquire
+//! and release are dma-sync's own points (`sync.spin.acquire`, `sync.spin.release`), whose
+//! twins are the spin-lock models of `dma_sync_shim`; the area models below run them.
 //!
 //! # Loom models
 //!

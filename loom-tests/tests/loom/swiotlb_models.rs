@@ -1,8 +1,9 @@
 //! Models of `swiotlb-core` on the real code with tiny pools (segments of 4 slots).
 //!
 //! * `area_*`: two threads mapping, bouncing and unmapping in one area and across areas (the
-//!   area locks, the free-run counters and each area's cached run; no ordering points, the
-//!   locks do the work).
+//!   area locks, the free-run counters and each area's cached run; no ordering points of the
+//!   crate, the locks do the work). The area locks are `dma_sync::SpinLock`s: the twins
+//!   `area_shared_spin_*` weaken its acquire or its release and see the area state raced.
 //! * `new_pool_*`: "argument 1 on the real code", the seed's swiotlb-new-pool litmus test:
 //!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
@@ -518,4 +519,16 @@ must_fail_test! {
 must_fail_test! {
     /// The reuse hand-off also depends on the mapper's fence.
     fn transient_reuse_flag_fence_dropped: points::FLAG_FENCE, Weakening::Relax, NOT_FOUND, Bound::Exhaustive, transient_reuse;
+}
+
+must_fail_test! {
+    /// A Relaxed acquire of the area's spin lock: a map reads the counters and cached run the
+    /// previous holder wrote without happens-before.
+    fn area_shared_spin_acquire_relaxed: dma_sync::points::SPIN_ACQUIRE, Weakening::Relax, "Causality violation", Bound::Preemptions(3), area_shared;
+}
+
+must_fail_test! {
+    /// A Relaxed release of the area's spin lock: the next holder's section races with this
+    /// one's writes.
+    fn area_shared_spin_release_relaxed: dma_sync::points::SPIN_RELEASE, Weakening::Relax, "Causality violation", Bound::Preemptions(3), area_shared;
 }

@@ -57,6 +57,7 @@ pub(super) fn store(dst: Words<'_>, data: &[u8]) {
 }
 
 /// Copy the bytes of `src` to `dst` (of the same length).
+#[inline]
 pub(super) fn copy(src: Words<'_>, dst: Words<'_>) {
     assert_eq!(src.len, dst.len, "copy lengths differ");
     // SAFETY: both are ranges of live shared words valid for `len` bytes; see `load`.
@@ -80,6 +81,7 @@ pub(super) fn zero(dst: Words<'_>) {
 
 /// The range's first byte: valid for reads and writes (the words are atomics, so
 /// interior-mutable) of `w.len` bytes while the words are borrowed.
+#[inline]
 fn first_byte(w: Words<'_>) -> *mut u8 {
     // In bounds by `Words`' invariant; no arithmetic beyond the allocation.
     w.words
@@ -95,6 +97,7 @@ fn first_byte(w: Words<'_>) -> *mut u8 {
 /// `src` must be valid for reads and `dst` for writes of `len` bytes; any of those bytes that
 /// another thread may access at the same time must only be accessed atomically (as bytes, by
 /// this module) by everybody.
+#[inline]
 unsafe fn move_bytes(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: the caller's contract; the instruction reads `src..src + len` and writes
     // `dst..dst + len` and touches no other memory, no stack and no flags.
