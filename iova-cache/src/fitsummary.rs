@@ -14,20 +14,34 @@ pub(crate) const MAX_CLASS: u32 = 6;
 /// The high bit of every byte.
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
+/// Per class byte, `2^k - 1`: the offset of `start` from the class's alignment is
+/// `start.wrapping_neg()` masked by it (bytes 6 and 7 hold no class).
+const OFFSET_MASKS: u64 = 0x3f1f_0f07_0301;
+
+/// Per class byte, `2^k`: the most granules a class counts.
+const CAPS: u64 = 0x4020_1008_0402;
+
+/// Every byte one: a byte times it fills every byte.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
 /// The fit summary of one free range `[start, start + len)` (`len >= 1`, inside the u64 space).
+///
+/// All classes at once, branch-free, since a leaf's rescan computes it for each of its free
+/// ranges: per class byte, the first `2^k`-aligned pfn lies `start.wrapping_neg() & (2^k - 1)`
+/// granules in, and the range offers what is left of its length after that, capped at `2^k`.
+/// The length is capped at 127 first (what is left is then still at least 64, the largest
+/// cap), so every byte stays below 128 and a byte's subtraction never borrows from the next.
+/// Where the aligned pfn would lie past the top of the u64 space, the offset is at least
+/// `len` and the range offers nothing.
+#[inline]
 pub(crate) fn of_range(start: u64, len: u64) -> u64 {
-    let last = start + (len - 1);
-    let mut summary = 0;
-    for k in 1..=MAX_CLASS {
-        let mask = (1u64 << k) - 1;
-        // The first aligned pfn, by a mask rather than a division.
-        let offered = match start.checked_add(mask).map(|s| s & !mask) {
-            Some(first) if first <= last => (last - first).min(mask) + 1,
-            _ => 0,
-        };
-        summary |= offered << (8 * (k - 1));
-    }
-    summary
+    let lens = len.min(127) * ONES;
+    let offsets = ((start.wrapping_neg() & 63) * ONES) & OFFSET_MASKS;
+    // Per byte `128 + len - offset`: the high bit is set exactly where `len >= offset`.
+    let diff = (lens | HIGH) - offsets;
+    let left = diff & !HIGH & (((diff & HIGH) >> 7) * 0xff);
+    let capped = (at_least(left, CAPS) >> 7) * 0xff;
+    (CAPS & capped) | (left & !capped)
 }
 
 /// [`at_least`] with every byte's answer yes.
