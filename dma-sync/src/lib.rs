@@ -1,11 +1,11 @@
 //! The concurrency vocabulary of dmaloom.
 //!
 //! This is the one crate of the workspace that names `std::sync`, `parking_lot`, `arc-swap`,
-//! `crossbeam-epoch` or `loom`. Every other crate imports its atomics, locks, cells, RCU guards,
+//! `membarrier` or `loom`. Every other crate imports its atomics, locks, cells, RCU guards,
 //! published pointers, threads and per-CPU ids from here, so that one switch, `--cfg loom`,
 //! swaps the whole library onto loom's model-checked primitives: parking_lot locks become
 //! `loom::sync` locks (a contended parking_lot lock hangs a model), `ArcSwap` becomes a
-//! loom-visible lock around an `Arc`, crossbeam-epoch becomes a fence-based RCU whose frees
+//! loom-visible lock around an `Arc`, the epoch RCU becomes a fence-based RCU whose frees
 //! poison the object so a use-after-free is reported as a causality violation, and
 //! `sched_getcpu` becomes an id the model assigns to each of its threads.
 //!
@@ -19,7 +19,7 @@
 //! | [`SpinLock`] (closure API: `with`), for short rarely contended sections; [`RawSpinLock`], its lock word alone, for owners that keep the data and name the two orderings' mutation points | a spinning lock on the atomics below, released by a store | the same lock on loom's atomics and cell |
 //! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
 //! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
-//! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | crossbeam-epoch | fence-based RCU at least as strict as crossbeam-epoch: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `crossbeam_loom`, crossbeam-epoch in its loom mode) |
+//! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | epoch collector with a membarrier read side (a plain store and a compiler fence per pin; fence fallback without membarrier) | fence-based RCU at least as strict as the epoch collector: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `production_rcu`, the epoch collector itself on loom) |
 //! | [`thread`]: `spawn`, [`thread::spin_wait`] | `std::thread` | `loom::thread`; a spin step yields |
 //! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
 //! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |

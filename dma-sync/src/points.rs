@@ -1,13 +1,14 @@
 //! The mutation points of dma-sync itself: the orderings of the loom RCU shim, of
 //! `rcu::synchronize` and of the spin lock.
 //!
-//! Production builds use crossbeam-epoch, whose orderings crossbeam checks with its own loom
-//! suite. Under loom, [`crate::rcu`] is a fence-based RCU whose every ordering is a point here,
-//! so the models of the page table and the pool lists can show that each one is needed.
+//! Under loom, [`crate::rcu`] is a fence-based RCU whose every ordering is a point here, so the
+//! models of the page table and the pool lists can show that each one is needed. The
+//! production epoch collector uses the same RCU points where it has the same ordering, and the
+//! points of [`epoch`] for its own; its twins run in the `production_rcu` loom binary.
 
 crate::mutation_points! {
     /// A reader registers itself before reading published pointers (weakened: the guard
-    /// protects nothing, as with `crossbeam_epoch::unprotected`).
+    /// protects nothing).
     RCU_PIN: Pin = "rcu.pin";
     /// Full fence between a reader's registration and its first load of a published pointer;
     /// pairs with `rcu.sync.fence` in the store-buffering shape of RCU.
@@ -33,4 +34,24 @@ crate::mutation_points! {
     SPIN_ACQUIRE: Rmw = "sync.spin.acquire";
     /// Release store that frees a [`crate::SpinLock`]; pairs with `sync.spin.acquire`.
     SPIN_RELEASE: Store = "sync.spin.release";
+}
+
+/// The points of the production (epoch) RCU that the loom shim has no counterpart for: they
+/// are exercised, and killed, only by the production-RCU loom binary
+/// (`--cfg loom --cfg production_rcu`, `loom-tests/tests/production_rcu.rs`). The epoch RCU
+/// also uses `rcu.pin`, `rcu.pin.fence`, `rcu.unpin.release`, `rcu.sync.fence` (its heavy
+/// fence before the scan), `rcu.sync.acquire` (the acquire fence after it) and
+/// `rcu.grace_period` above.
+pub mod epoch {
+    crate::mutation_points! {
+        /// Heavy fence between a writer's unlinks and its load of the epoch that dates the
+        /// sealed bag: orders the unlinks before any reader that pins at a later epoch.
+        RCU_SEAL_FENCE: Fence = "rcu.seal.fence";
+        /// Release on a reader's pin store: a collector that reads this pin, not the unpin
+        /// before it, still synchronizes with the end of the thread's previous section.
+        RCU_PIN_RELEASE: Store = "rcu.pin.release";
+        /// The epoch advances only when every pinned participant is at the current epoch
+        /// (weakened: it advances past a lagging reader).
+        RCU_ADVANCE_CHECK: GracePeriod = "rcu.advance.check";
+    }
 }

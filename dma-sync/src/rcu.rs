@@ -1,18 +1,22 @@
 //! Read-copy-update: pin a read-side guard, load published pointers under it, defer frees.
 //!
-//! Three backends, one API:
+//! Two backends, one API:
 //!
-//! * normal builds: crossbeam-epoch. [`pin`] is `crossbeam_epoch::pin`, and
-//!   [`Guard::defer_retire`] frees the object once every thread pinned at the time has unpinned;
-//! * `--cfg loom`: a fence-based RCU that loom can see (`rcu/shim.rs`), at least as strict as
-//!   crossbeam-epoch: a retirement is dated when it is deferred (not when the guard drops),
+//! * normal builds, and `--cfg loom --cfg production_rcu`: an epoch-based collector with an
+//!   asymmetric read side (`rcu/epoch.rs`, fences in `rcu/fence.rs`). [`pin`] is a load of the
+//!   global epoch, a store to the thread's own record and a compiler fence, made a full fence on
+//!   the reader's CPU by the writers' `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (plain
+//!   `fence(SeqCst)` on both sides where membarrier is missing, and under Miri);
+//!   [`Guard::defer_retire`] frees the object once every thread pinned at the time has unpinned,
+//!   two epoch advances after its bag is sealed. Under `production_rcu` the same code runs on
+//!   loom's primitives, both fences `fence(SeqCst)`, freed objects poisoned and parked;
+//! * `--cfg loom`: a fence-based RCU that loom can see (`rcu/shim.rs`), at least as strict as the
+//!   epoch collector: a retirement is dated when it is deferred (not when its bag is sealed),
 //!   its grace period may complete on any thread that pins, unpins or flushes, freed objects
 //!   are poisoned (a racing reader is a loom causality violation) and their allocations are
-//!   handed back by [`boxed`] so address reuse (ABA) is explored;
-//! * `--cfg loom --cfg crossbeam_loom`: crossbeam-epoch itself in crossbeam's loom mode, with
-//!   the same poisoning and parking, as a second, independent model of the protocol.
+//!   handed back by [`boxed`] so address reuse (ABA) is explored. Every user's models run on it.
 //!
-//! Under both loom backends a free that bypasses this module (an object allocated by [`boxed`]
+//! Under both loom builds a free that bypasses this module (an object allocated by [`boxed`]
 //! or declared with [`track`], dropped or [`released`] to a private pool while a reader may
 //! still dereference it) is reported
 //! (`rcu/bypass.rs`) when the test binary installs `CheckedAlloc` (loom builds only) as its
@@ -46,11 +50,13 @@ use crate::mutation::Point;
 
 #[cfg(loom)]
 mod bypass;
-#[cfg(any(not(loom), crossbeam_loom))]
+#[cfg(any(not(loom), production_rcu))]
 mod epoch;
+#[cfg(any(not(loom), production_rcu))]
+mod fence;
 #[cfg(loom)]
 mod graveyard;
-#[cfg(all(loom, not(crossbeam_loom)))]
+#[cfg(all(loom, not(production_rcu)))]
 mod shim;
 mod synchronize;
 
@@ -58,10 +64,27 @@ mod synchronize;
 pub use bypass::CheckedAlloc;
 pub use synchronize::synchronize;
 
-#[cfg(any(not(loom), crossbeam_loom))]
+#[cfg(any(not(loom), production_rcu))]
 use epoch as backend;
-#[cfg(all(loom, not(crossbeam_loom)))]
+#[cfg(all(loom, not(production_rcu)))]
 use shim as backend;
+
+/// Use plain fences on both sides (no membarrier) for the rest of the process; only takes
+/// effect before the first pin of the process. Returns whether the fallback is in force. For
+/// tests of the fallback mode.
+#[doc(hidden)]
+#[cfg(any(not(loom), production_rcu))]
+pub fn force_fence_fallback() -> bool {
+    fence::force_fallback()
+}
+
+/// Whether readers pin with the light fence backed by membarrier (false: before the first
+/// pin, or in the fence fallback).
+#[doc(hidden)]
+#[cfg(any(not(loom), production_rcu))]
+pub fn uses_membarrier() -> bool {
+    fence::uses_membarrier()
+}
 
 /// An object that can be freed through RCU.
 pub trait Retire: Send + 'static {
@@ -222,8 +245,9 @@ impl Guard {
         unsafe { self.inner.defer_retire(ptr) }
     }
 
-    /// Let expired retirements run now (crossbeam's `flush`: seals this thread's deferred
-    /// frees and tries to advance the epoch; the loom shim runs every ripe free).
+    /// Let expired retirements run now (the epoch collector seals this thread's deferred frees,
+    /// tries to advance the epoch and frees what has expired; the loom shim runs every ripe
+    /// free).
     pub fn flush(&self) {
         self.inner.flush();
     }

@@ -39,8 +39,8 @@
 //!   unpins after its first ended, so the grace period can complete on the device's thread and
 //!   the guest learns it only through the done flag. 4 preemptions, the twins 3 (the pin twin
 //!   2).
-//! * `loom-tests/tests/epoch.rs` (`--cfg crossbeam_loom`): `unmap_vs_access` on crossbeam-epoch
-//!   itself.
+//! * `loom-tests/tests/production_rcu.rs` (`--cfg production_rcu`): `unmap_vs_access` on the
+//!   production epoch RCU itself.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p loom-tests
 //! --test loom vmm`.

@@ -90,18 +90,13 @@
 //! exactly the two switches above, except the claim twin (`Preemptions(1)`: one switch between
 //! the two unmaps' load and store) and the take twin (`Preemptions(3)`, its model's bound).
 //!
-//! # crossbeam-epoch under loom
+//! # The production RCU under loom
 //!
-//! `tests/loom_epoch.rs` checks the production reclamation itself: unlink from a parent
-//! descriptor, `defer` a poisoning free, two forced epoch advances (`flush` twice: crossbeam frees
-//! a bag only two epochs later, so fewer flushes could never expose a reader bug), bound
-//! `Preemptions(2)`; its broken twin walks under `unprotected()` and must fail with a causality
-//! violation. crossbeam-epoch is an optional dependency of this crate used only by this test (the
-//! library reaches RCU through dma-sync alone):
-//!
-//! ```text
-//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo test -p io-pgtable --release --features loom-epoch --test loom_epoch
-//! ```
+//! `loom-tests/tests/production_rcu.rs` runs the level free on the production reclamation
+//! itself, dma-sync's epoch RCU under `--cfg loom --cfg production_rcu`: unlink, retire, two
+//! forced epoch advances (`flush` twice: a bag is freed two epochs after it is sealed, so fewer
+//! flushes could never expose a reader bug), bound `Preemptions(3)`; its twin weakens the
+//! walker's pin (`pgtable.reader.pin`) and must fail with a causality violation.
 
 dma_sync::mutation_points! {
     /// Success ordering of the compare-and-swap that installs a new table: releases the

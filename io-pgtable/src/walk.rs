@@ -49,12 +49,14 @@
 //! chase to 1.56–1.60× (one disturbed run: 2.0×) and from 1.19–1.26× the dependent chase to
 //! 1.14–1.19×.
 //!
-//! The pin is what separates the single call from the held guard: with crossbeam-epoch it is a
+//! The pin is what separates the single call from the held guard. It was crossbeam-epoch's: a
 //! thread-local lookup, a locked compare-and-swap on the thread's own epoch slot (a full
-//! barrier, which also keeps independent translations from overlapping) and a collection
-//! attempt every 128 pins; the unpin is a release store (45 instructions in all). A caller
-//! translating several addresses holds a [`Reader`] instead (a nested pin on a pinned thread
-//! skips the barrier).
+//! barrier, which also kept independent translations from overlapping) and a collection
+//! attempt every 128 pins. dma-sync's epoch RCU pins with a thread-local lookup, a load of the
+//! global epoch, a store to the thread's own record and a compiler fence (the writers'
+//! membarrier supplies the barrier), and never collects; the unpin is a release store. A
+//! caller translating several addresses still holds a [`Reader`] (a nested pin is a counter
+//! increment).
 
 use crate::config::{Geometry, Granule};
 use crate::dump::{Dump, WalkEntry};
@@ -294,9 +296,10 @@ impl<T: TlbOps> PageTable<T> {
     /// ```
     #[inline]
     pub fn iova_to_phys(&self, iova: u64) -> Option<Translation> {
-        // One call through the walk even for the inlined format: behind the pin's locked
-        // instruction the inlined walk measured slower (11.0 ns against 9.3 ns per dependent
-        // translation), and a caller translating many addresses holds a `Reader` instead.
+        // One call through the walk even for the inlined format: behind crossbeam-epoch's pin
+        // (a locked instruction, since replaced) the inlined walk measured slower (11.0 ns
+        // against 9.3 ns per dependent translation); a caller translating many addresses
+        // holds a `Reader` instead.
         let reader = self.reader();
         (self.walk.call)(self, &reader.guard, iova)
     }

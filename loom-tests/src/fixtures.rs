@@ -1,4 +1,4 @@
-//! Setups shared by the loom binaries (the main suite and the crossbeam-epoch one).
+//! Setups shared by the loom binaries (the main suite and the production-RCU one).
 
 use dma_sync::Arc;
 use dma_vmm::viommu::{Endpoint, Request, Status, Viommu, ViommuConfig, MAP_F_READ, MAP_F_WRITE};

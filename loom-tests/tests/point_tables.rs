@@ -58,7 +58,7 @@ fn loom_sources() -> Vec<String> {
         .expect("the loom suite")
         .map(|e| e.expect("a directory entry").path())
         .collect();
-    files.push(dir.join("epoch.rs"));
+    files.push(dir.join("production_rcu.rs"));
     files
         .iter()
         .map(|f| std::fs::read_to_string(f).expect("a loom source file"))

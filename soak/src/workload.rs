@@ -778,7 +778,8 @@ fn final_check(sh: &Shared, report: &SoakReport) {
             first[1], second[1]
         ));
     }
-    // Retired levels wait for crossbeam-epoch's lazy collection; it may lag, never run away.
+    // Retired levels wait for the RCU's collection (every 64 retirements per thread); it may
+    // lag, never run away.
     if report.checks >= 4 && second[3] > 8 * first[3] + 16_384 {
         sh.fail(format!(
             "retired page-table levels pile up: {} then {}",

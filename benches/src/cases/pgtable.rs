@@ -150,11 +150,11 @@ pub fn page_of(phys: u64) -> u64 {
 /// and one level-1 table, in entries 992 bytes apart, and nothing below: the writer stores only to
 /// its own leaf table (tables emptied by page unmaps stay linked, so it allocates and frees
 /// none and touches no counter). What a reader pays for the writer is therefore the RCU pin:
-/// each one-call translation pins, and crossbeam-epoch's pin reads the global epoch the writer
-/// advances and writes the reader's epoch slot the writer's collection reads, lines that cross
-/// between the two CPUs. Measured with the reader's guard held across translations instead,
-/// the writer costs nothing (dependent: 8.6 ns with or without it; one call per pin: 9.3 ns
-/// alone, 9.5–13.4 ns with the writer, varying from run to run).
+/// each one-call translation pins, and the pin reads the global epoch the writer advances and
+/// writes the reader's epoch record the writer's collection reads, lines that cross between the
+/// two CPUs (no locked instruction since the RCU's read side became a plain store; with
+/// crossbeam-epoch's pin, one call per pin measured 9.3 ns alone and 9.5–13.4 ns with the
+/// writer, and the held guard 8.6 ns with or without it).
 pub const WRITER_REGION: u64 = 1 << 37;
 
 /// One thread's map+unmap op of `size` bytes on `store`, cycling over 64 slots of its region.

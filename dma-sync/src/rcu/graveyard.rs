@@ -8,8 +8,8 @@
 //! The parked list lives in a std thread-local of the test's OS thread (loom runs every model
 //! thread there), opened by a loom `lazy_static` when the execution's first guard is pinned and
 //! emptied when loom drops that static at the end of the execution. Frees that run later, as
-//! crossbeam's collector drains its queue while the last participants unregister, find the
-//! list closed: every thread is done by then, so they poison and drop the object at once.
+//! the epoch collector collects while the main thread's participation ends (loom drops the
+//! main thread's thread-locals after its statics), find the list closed: every thread is done by then, so they poison and drop the object at once.
 
 use super::Retire;
 use std::any::Any;

@@ -10,32 +10,35 @@
 //!   found when grace periods started completing on other threads).
 //! * `defer_retire` issues `fence(SeqCst)` (`rcu.sync.fence`) and snapshots every slot
 //!   (Acquire, `rcu.sync.acquire`): the retirement waits for each slot that was odd then to
-//!   move on. Dating the retirement here is at least as strict as crossbeam, which dates a
-//!   bag when it is sealed (at `flush`, or once the bag is full), never earlier: an object
-//!   still reachable when it is retired can be freed under a reader that pins afterwards.
-//!   The retiring thread's own section is in the snapshot, as in crossbeam.
-//! * Collector step (crossbeam's `collect`): on every outermost pin and unpin and on `flush`,
-//!   the thread frees every pending retirement whose snapshot has moved on (Acquire loads of
-//!   the slots). So a grace period can complete on any thread, not only the retiring one, and
-//!   nothing ever blocks in an unpin.
+//!   move on. Dating the retirement here is at least as strict as the production epoch
+//!   collector (`rcu/epoch.rs`), which dates a bag when it is sealed (at `flush`, at thread
+//!   exit, or once the bag is full), never earlier: an object still reachable when it is
+//!   retired can be freed under a reader that pins afterwards. The retiring thread's own
+//!   section is in the snapshot, as in the epoch collector.
+//! * Collector step: on every outermost pin and unpin and on `flush`, the thread frees every
+//!   pending retirement whose snapshot has moved on (Acquire loads of the slots). So a grace
+//!   period can complete on any thread, not only the retiring one, and nothing ever blocks in
+//!   an unpin.
 //! * The pending list is a loom mutex, so the free is ordered after the retiring thread's
 //!   writes to the object; frees poison and park (`graveyard`), so [`super::boxed`] can hand
 //!   the address back.
 //! * `rcu.grace_period` weakened: `defer_retire` frees at once.
 //!
-//! # Why this is at least as strict as crossbeam-epoch 0.9
+//! # Why this is at least as strict as the production epoch collector
 //!
-//! * crossbeam dates a retirement when the thread's bag is sealed (on `flush`, or when the bag
-//!   is full), never before the `defer`: dating it at `defer_retire` frees at the earliest moment
-//!   crossbeam could, so retiring before unlinking is caught
+//! * the collector dates a retirement when the thread's bag is sealed and frees it two epoch
+//!   advances later, each advance waiting for every reader pinned at an older epoch; the shim
+//!   frees as soon as every reader section that was open at `defer_retire` has ended, the
+//!   earliest moment any correct RCU could, so retiring before unlinking is caught
 //!   (`rcu_strict_models::retire_before_unlink_is_caught`);
-//! * crossbeam runs deferred frees in whichever thread collects; here any thread's pin, unpin or
-//!   flush can, so `rcu::synchronize`'s done flag is observable: its two points are killed
-//!   (`synchronize_relaxed_done_*`, and through dma-vmm in `vmm_quiesce_models`);
-//! * crossbeam's frees return memory that a later allocation reuses; [`super::boxed`] does the
-//!   same, so a CAS against a stale pointer can succeed against a new object
+//! * the collector runs frees in whichever thread seals or flushes (or exits); here any thread's
+//!   pin, unpin or flush can, a superset, so `rcu::synchronize`'s done flag is observable: its
+//!   two points are killed (`synchronize_relaxed_done_*`, and through dma-vmm in
+//!   `vmm_quiesce_models`);
+//! * the collector's frees return memory that a later allocation reuses; [`super::boxed`] does
+//!   the same, so a CAS against a stale pointer can succeed against a new object
 //!   (`rcu_strict_models::narrowed_pin_aba_is_caught`);
-//! * the retiring thread's own section is part of the snapshot, as in crossbeam.
+//! * the retiring thread's own section is part of the snapshot, as in the collector.
 //!
 //! Frees that bypass RCU altogether are reported by the loom suite's allocator (module
 //! `bypass`).
@@ -45,9 +48,9 @@
 //! It joins a global clock both ways, so any two SC fences create happens-before. Every pin and
 //! every retirement issues one, so a pin could in principle hide a missing acquire elsewhere.
 //! What keeps the models honest: every acquire point of every protocol has a must-fail twin that
-//! fails *with* the pins in place (so no pin masks it), and the crossbeam-epoch models
-//! (`loom-tests/tests/epoch.rs`) run the same users on crossbeam's own epoch protocol, whose pins
-//! issue SC fences of their own but whose grace periods are decided by a different algorithm.
+//! fails *with* the pins in place (so no pin masks it), and the production-RCU binary
+//! (`loom-tests/tests/production_rcu.rs`) runs users on the epoch collector itself, whose grace
+//! periods are decided by a different algorithm.
 
 use super::graveyard::{self, Freed};
 use super::Retire;
@@ -180,7 +183,7 @@ impl Guard {
         // SAFETY: by `defer_retire`'s contract the pointer is a unique, unlinked Box.
         let obj: Box<dyn Freed> = unsafe { Box::from_raw(ptr) };
         RCU_SYNC_FENCE.fence(SeqCst);
-        // An unprotected guard frees at once, as crossbeam's `unprotected().defer`.
+        // An unprotected guard frees at once, as the epoch collector's does.
         if !self.protected || !RCU_GRACE_PERIOD.on() {
             graveyard::poison_and_park(obj);
             return;
@@ -200,6 +203,11 @@ impl Guard {
     pub(super) fn flush(&self) {
         collect();
     }
+}
+
+/// A wait of `rcu::synchronize`: a pin, a flush and an unpin, each a collector step.
+pub(super) fn poll() {
+    super::pin().flush();
 }
 
 /// One collector step: run every pending free whose grace period is over.

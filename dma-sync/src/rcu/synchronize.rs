@@ -1,7 +1,7 @@
 //! Wait for a grace period: return once every read section pinned before the call has ended.
 //!
 //! It retires a token through [`super::Guard::defer_retire`] and waits until the token is
-//! freed. The free may run on any thread (crossbeam runs deferred work in whichever thread
+//! freed. The free may run on any thread (the epoch collector frees in whichever thread
 //! collects; the loom shim too), so the token's "done" flag is a release store read with
 //! acquire: the caller then happens after every section the grace period waited for.
 
@@ -60,9 +60,9 @@ pub fn synchronize() {
     }
     let mut spins = 0u32;
     while !done.load(RCU_SYNCHRONIZE_DONE_ACQUIRE.ord(Ordering::Acquire)) {
-        // Each pin/flush lets the epoch advance and runs expired deferred work. Readers'
+        // Each poll lets the grace period advance and runs expired deferred work. Readers'
         // sections are short: spin first, and give the CPU away only if they are not.
-        super::pin().flush();
+        super::backend::poll();
         if spins < SPINS_BEFORE_YIELD {
             spins += 1;
             crate::thread::spin_wait();

@@ -3,7 +3,7 @@
 //!
 //! One binary, so that the coverage test sees every registered twin.
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release`.
-#![cfg(all(loom, not(crossbeam_loom)))]
+#![cfg(all(loom, not(production_rcu)))]
 
 mod coverage;
 mod dma_sync_shim;

@@ -1,4 +1,4 @@
-//! Models of what makes the loom RCU at least as strict as crossbeam-epoch: retirements dated
+//! Models of what makes the loom RCU at least as strict as the production epoch collector: retirements dated
 //! at `defer_retire`, grace periods completed on other threads (`rcu::synchronize`), freed
 //! addresses handed back to new allocations (ABA), frees that bypass RCU reported.
 //!
