@@ -168,11 +168,14 @@ impl Domain {
                 .epoch
                 .compare_exchange(global, global.wrapping_add(STEP), AcqRel, Relaxed);
         }
-        // Acquire: a free ordered after another collector's advance comes after the unpins
-        // that advance read.
-        let now = self.epoch.load(Acquire);
         let expired: Vec<Sealed> = {
             let mut sealed = self.sealed.lock();
+            // Under the lock: every bag queued was dated before its push, so this load is no
+            // older than any bag's epoch. Loaded before the lock, a stalled collector could
+            // judge a bag dated since against an older epoch, and the wrapped difference would
+            // free it at once. Acquire: a free ordered after another collector's advance comes
+            // after the unpins that advance read.
+            let now = self.epoch.load(Acquire);
             let (expired, waiting) = std::mem::take(&mut *sealed)
                 .into_iter()
                 .partition(|bag| now.wrapping_sub(bag.epoch) >= 2 * STEP);
