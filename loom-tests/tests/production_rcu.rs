@@ -24,20 +24,23 @@
 //! | `reader_vs_retire`: one reader section against pin, swap, retire, flush, unpin, flush | 4 preemptions (twins 3) | the reader stopped between pin and load and between load and read, the updater between unlink and seal and inside a collection; exhaustive is out of reach (every flush takes two locks) | `rcu.pin`, `rcu.pin.fence`, `rcu.unpin.release`, `rcu.sync.acquire`, `rcu.advance.check`, `rcu.grace_period` |
 //! | the same, the reader's section nesting a second guard between its load and its read | 4 preemptions | an inner pin does not re-date the section, an inner unpin does not end it | |
 //! | two readers | 3 preemptions | both readers stopped in their sections while the updater is stopped between unlink and seal | |
-//! | `reader_vs_two_collectors`: the updater and a second thread that only flushes | 3 preemptions | an advance by the other thread between the reader's pin and the updater's seal | `rcu.seal.fence` |
+//! | `reader_vs_two_collectors`: the updater and a second thread that only flushes | 4 preemptions (`rcu.seal.fence` twin 3) | an advance by the other thread between the reader's pin and the updater's seal; the updater freeing after the other thread's advance, which read the reader's unpin, without taking the bag lock after it | `rcu.seal.fence`, `rcu.advance.release`, `rcu.expiry.acquire` |
 //! | `reader_vs_synchronizer`: the updater and a third thread in `rcu::synchronize` | 3 preemptions | the waiter's unpinned collection (no pin fence of its own before it) reading the reader's record after the updater's first advance | `rcu.sync.fence` |
 //! | `stale_collector_never_moves_the_epoch_back`: a waiter in `rcu::synchronize` against a thread that advances twice, then retires a node it reads in the same section | 3 preemptions | the waiter's unpinned poll stopped between its epoch load and its advance while the epoch moves on two steps and a bag is sealed at the newer epoch | |
 //! | `rcu::synchronize` against a reader section | 4 preemptions | the reader stopped between pin and load and between load and read while the waiter unlinks and runs its grace period; the wait loop spins, so exhaustive is unbounded | |
 //! | `two_sections_vs_retire`: a reader with two sections (the first reads) against the updater | 3 preemptions | a collection whose heavy fence precedes the second pin's fence and whose scan reads that pin's store, not the unpin before it | `rcu.pin.release` |
 //! | io-pgtable level free vs walker; dma-vmm UNMAP vs device access | 3 preemptions (twins 2) | the real users, one operation each | `io_pgtable` reader pin, `dma_vmm` device pin |
 //!
-//! The whole binary: about 75 s of wall time on the shared 2-core machine (16 s user, 14 s
-//! system CPU).
+//! The whole binary: about 115 s of wall time on the shared 2-core machine (58 s user, 52 s
+//! system CPU); `reader_vs_two_collectors` at 4 preemptions and its two new twins are most of
+//! the growth.
 #![cfg(all(loom, production_rcu))]
 
 use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, Poison};
 use dma_sync::mutation::Weakening;
-use dma_sync::points::epoch::{RCU_ADVANCE_CHECK, RCU_PIN_RELEASE, RCU_SEAL_FENCE};
+use dma_sync::points::epoch::{
+    RCU_ADVANCE_CHECK, RCU_ADVANCE_RELEASE, RCU_EXPIRY_ACQUIRE, RCU_PIN_RELEASE, RCU_SEAL_FENCE,
+};
 use dma_sync::points::{
     RCU_GRACE_PERIOD, RCU_PIN, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
 };
@@ -261,12 +264,27 @@ fn reader_vs_two_collectors() {
     teardown(&head);
 }
 
-/// Bound 3: an advance by the flushing thread between the reader's pin and the
-/// updater's seal, the reader stopped between its load and its read, and the flushing thread's
-/// collection placed inside the updater's grace period.
+/// Bound 4: an advance by the flushing thread between the reader's pin and the updater's seal,
+/// the reader stopped between its load and its read, and the flushing thread's collection
+/// placed inside the updater's grace period; with the fourth, that collection's scan reads the
+/// reader's unpin and its advance is the one the updater's second collection frees after,
+/// with the updater taking the bag lock before the flushing thread does (bound 3 misses it).
 #[test]
 fn other_collectors_never_free_under_reader() {
-    check(Bound::Preemptions(3), reader_vs_two_collectors);
+    check(Bound::Preemptions(4), reader_vs_two_collectors);
+}
+
+must_fail_test! {
+    /// A Relaxed advance: the updater frees after reading the flushing thread's advance, whose
+    /// scan read the reader's unpin, but nothing orders the reader's read before the free.
+    fn relaxed_advance_races_free: RCU_ADVANCE_RELEASE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(4), reader_vs_two_collectors;
+}
+
+must_fail_test! {
+    /// A Relaxed load of the expiry epoch: the same, from the freeing side.
+    fn relaxed_expiry_epoch_races_free: RCU_EXPIRY_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(4), reader_vs_two_collectors;
 }
 
 must_fail_test! {
