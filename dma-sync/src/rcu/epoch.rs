@@ -169,18 +169,17 @@ impl Domain {
             // The scan read the unpins (Release): the readers' sections happen before the frees.
             RCU_SYNC_ACQUIRE.fence(Acquire);
             let (success, failure) = RCU_ADVANCE_RELEASE.cas(AcqRel, Relaxed);
-            let _ =
-                self.epoch
-                    .compare_exchange(global, global.wrapping_add(STEP), success, failure);
+            let next = global.wrapping_add(STEP);
+            let _ = self.epoch.compare_exchange(global, next, success, failure);
         }
+        // The expiry epoch is loaded under the bag lock: every bag queued was dated before its
+        // push, so the load is no older than any bag's date. Loaded before the lock, a stalled
+        // collector could judge a bag dated since against an older epoch, and the wrapped
+        // difference would free it at once. Acquire: a free ordered after another collector's
+        // advance comes after the unpins that advance read (the bag lock orders it only if that
+        // collector took the lock first).
         let expired: Vec<Sealed> = {
             let mut sealed = self.sealed.lock();
-            // Under the lock: every bag queued was dated before its push, so this load is no
-            // older than any bag's epoch. Loaded before the lock, a stalled collector could
-            // judge a bag dated since against an older epoch, and the wrapped difference would
-            // free it at once. Acquire: a free ordered after another collector's advance comes
-            // after the unpins that advance read (the bag lock orders it only if that collector
-            // took the lock first).
             let now = self.epoch.load(RCU_EXPIRY_ACQUIRE.ord(Acquire));
             let (expired, waiting) = std::mem::take(&mut *sealed)
                 .into_iter()
