@@ -62,7 +62,8 @@
 //!   flush queue is run once and the allocation retried, since queued IOVAs count as used. Every
 //!   failure undoes what the call did (IOVA freed, bounce slot released without copy-back): the
 //!   range and its mapped extents are a `NewMapping`, which only `publish` (the registry record)
-//!   keeps; dropped on an error, it unmaps what it mapped with a synced gather and frees the IOVA.
+//!   keeps; dropped on an error, it unmaps what it mapped with a synced gather and frees the IOVA
+//!   (a trusted map undoes the same way out of line, module `trusted`).
 //! * Configuration: `Domain::new` runs `DomainConfig::validate` before it allocates anything
 //!   (page-table format, the IOVA allocator's counts against iova-cache's maxima, IOVA granule and
 //!   space against the page table, the lazy queue's limits); `attach` runs `DeviceConfig::validate`

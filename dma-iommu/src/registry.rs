@@ -286,8 +286,8 @@ impl Registry {
                 granules,
                 bounce_buffer: None,
             },
-            // The span the map reserved: offset and size rounded up to granules (`new_mapping`
-            // checked that this does not overflow).
+            // The span the map reserved: offset and size rounded up to granules (the domain's
+            // `reserve` checked that this does not overflow).
             held => Taken {
                 granules: (offset + rec.size).div_ceil(1 << g),
                 bounce_buffer: match held {

@@ -27,16 +27,19 @@
 //!   moves an endpoint or takes it out of bypass mode, a driver write turning `bypass` off and a
 //!   device reset do the same after swapping the endpoints' published attachments.
 //! * `rcu::synchronize()` = pin, `defer_retire` a token holding an `Arc<AtomicBool>`, flush,
-//!   unpin; then poll the flag (pin and flush to let the epoch advance; spin 4096 polls, then
-//!   yield). The token sets the flag when freed: crossbeam frees it only after every participant
-//!   pinned at the time has unpinned, on whichever thread collects; the loom shim likewise frees
-//!   it in any thread's collector step once the sections of its snapshot have ended.
-//! * Orderings: the reader's pin has a full fence between registering and its PTE loads; the
-//!   updater's leaf clear precedes the retirement's full fence (crossbeam's `try_advance`, the
-//!   loom shim's `rcu.sync.fence`): store-buffering, so either the reader's walk misses the leaf
-//!   or the retirement waits for its unpin (release), which happens-before the token's free. The
-//!   flag is a release store and an acquire load (`rcu.synchronize.done.*`), so the replying
-//!   thread happens after the device's copy, through whichever thread ran the token.
+//!   unpin; then poll the flag (flush, without pinning, to let the epoch advance; spin 4096
+//!   polls, then yield). The token sets the flag when freed: the epoch collector frees it only
+//!   after every participant pinned at the time has unpinned, on whichever thread collects; the
+//!   loom shim likewise frees it in any thread's collector step once the sections of its
+//!   snapshot have ended.
+//! * Orderings: the reader's pin has a fence between registering and its PTE loads (a compiler
+//!   fence the writers' membarrier makes full, or `fence(SeqCst)` without membarrier); the
+//!   updater's leaf clear precedes the retirement's heavy fence (the epoch collector's
+//!   `rcu.seal.fence`, the loom shim's `rcu.sync.fence`): store-buffering, so either the
+//!   reader's walk misses the leaf or the retirement waits for its unpin (release), which
+//!   happens-before the token's free. The flag is a release store and an acquire load
+//!   (`rcu.synchronize.done.*`), so the replying thread happens after the device's copy,
+//!   through whichever thread ran the token.
 //! * Cost: an idle grace period takes under 1 µs; `Viommu::handle_batch` pays one for a whole
 //!   batch (replies are returned only after it). On an oversubscribed machine the waiter may wait
 //!   a scheduler slice (measured 20 ms with two spinning readers on two cores).

@@ -107,7 +107,8 @@
 //!   whose tables they free) and two readers (held-pin and single translations, dumps); every
 //!   translation was issued; at the end reachable == linked tables and freed == discarded +
 //!   retired, never more.
-//! * `tests/fault_injection.rs`: see [`faults`]; `tests/loom_epoch.rs`: see [`points`].
+//! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
+//!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 
 mod claim;
 mod config;

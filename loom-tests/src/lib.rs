@@ -4,8 +4,9 @@
 //! crate holds the loom models that run the real code on tiny geometries, the litmus tests of
 //! the design discussion, and for every point a *must-fail twin*: the model run with that one
 //! point weakened, passing only if loom reports a failure whose message names the expected
-//! reason. [`all_points`] lists every point of the workspace; the `coverage` test fails when a
-//! point has neither a must-fail twin nor a documented reason why C11 cannot observe it.
+//! reason. [`all_points`] lists every point of the workspace but the production RCU's own
+//! (`dma_sync::points::epoch`, checked by `tests/production_rcu.rs`); the `coverage` test fails
+//! when a point has neither a must-fail twin nor a documented reason why C11 cannot observe it.
 //!
 //! The models live in `tests/loom/` (one test binary, gated on `cfg(loom)`), run by
 //! `RUSTFLAGS="--cfg loom" cargo test --release`.
@@ -28,7 +29,9 @@ pub mod harness;
 #[doc(hidden)]
 pub use inventory;
 
-/// Every mutation point declared in the workspace, crate by crate.
+/// Every mutation point declared in the workspace, crate by crate, but the production RCU's
+/// own (`dma_sync::points::epoch`: their twins run in `tests/production_rcu.rs`, which checks
+/// them itself).
 pub fn all_points() -> Vec<&'static Point> {
     [
         dma_sync::points::ALL,

@@ -1,5 +1,6 @@
 //! Every mutation point of the workspace has a must-fail twin, or a documented reason why C11
-//! cannot observe it.
+//! cannot observe it. The production RCU's own points (`dma_sync::points::epoch`) are checked
+//! by `tests/production_rcu.rs` instead, whose binary builds that backend.
 
 use std::collections::BTreeMap;
 

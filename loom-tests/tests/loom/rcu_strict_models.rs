@@ -128,7 +128,8 @@ fn retire_vs_unlink(retire_first: bool) {
         unsafe { guard.defer_retire(old) };
     }
     // The retiring thread may still read what it retired until its own guard drops (as with
-    // crossbeam: a retirement waits for every section pinned at the time, its own included).
+    // the epoch collector: a retirement waits for every section pinned at the time, its own
+    // included).
     // SAFETY: loaded under `guard`, which is still pinned.
     unsafe { guard.deref(old) }.expect("never null").read();
     drop(guard);
