@@ -32,8 +32,9 @@
 //! | io-pgtable level free vs walker; dma-vmm UNMAP vs device access | 3 preemptions (twins 2) | the real users, one operation each | `io_pgtable` reader pin, `dma_vmm` device pin |
 //!
 //! The whole binary: about 115 s of wall time on the shared 2-core machine (58 s user, 52 s
-//! system CPU); `reader_vs_two_collectors` at 4 preemptions and its two new twins are most of
-//! the growth.
+//! system CPU), up to 235 s under load (interleaved with the binary before
+//! `reader_vs_two_collectors` went to 4 preemptions with two new twins: 138–235 s against
+//! 36–56 s, user CPU 65–93 s against 17–24 s); that model and its twins are most of it.
 #![cfg(all(loom, production_rcu))]
 
 use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, Poison};
