@@ -53,5 +53,12 @@ pub mod epoch {
         /// The epoch advances only when every pinned participant is at the current epoch
         /// (weakened: it advances past a lagging reader).
         RCU_ADVANCE_CHECK: GracePeriod = "rcu.advance.check";
+        /// Release half of the advance's compare-and-swap: a collector that frees after reading
+        /// this advance, without taking the bag lock after it, is ordered after the unpins the
+        /// advancing collector's scan read.
+        RCU_ADVANCE_RELEASE: Rmw = "rcu.advance.release";
+        /// Acquire load of the epoch that decides which bags expired; pairs with
+        /// `rcu.advance.release`.
+        RCU_EXPIRY_ACQUIRE: Load = "rcu.expiry.acquire";
     }
 }

@@ -22,21 +22,26 @@
 //! | Model | Bound | What it covers | Twins (each must fail) |
 //! |---|---|---|---|
 //! | `reader_vs_retire`: one reader section against pin, swap, retire, flush, unpin, flush | 4 preemptions (twins 3) | the reader stopped between pin and load and between load and read, the updater between unlink and seal and inside a collection; exhaustive is out of reach (every flush takes two locks) | `rcu.pin`, `rcu.pin.fence`, `rcu.unpin.release`, `rcu.sync.acquire`, `rcu.advance.check`, `rcu.grace_period` |
-//! | the same, the reader's section nesting a second guard | 4 preemptions | an inner unpin does not end the section | |
+//! | the same, the reader's section nesting a second guard between its load and its read | 4 preemptions | an inner pin does not re-date the section, an inner unpin does not end it | |
 //! | two readers | 3 preemptions | both readers stopped in their sections while the updater is stopped between unlink and seal | |
-//! | `reader_vs_two_collectors`: the updater and a second thread that only flushes | 3 preemptions | an advance by the other thread between the reader's pin and the updater's seal | `rcu.seal.fence` |
+//! | `reader_vs_two_collectors`: the updater and a second thread that only flushes | 4 preemptions (`rcu.seal.fence` twin 3) | an advance by the other thread between the reader's pin and the updater's seal; the updater freeing after the other thread's advance, which read the reader's unpin, without taking the bag lock after it | `rcu.seal.fence`, `rcu.advance.release`, `rcu.expiry.acquire` |
 //! | `reader_vs_synchronizer`: the updater and a third thread in `rcu::synchronize` | 3 preemptions | the waiter's unpinned collection (no pin fence of its own before it) reading the reader's record after the updater's first advance | `rcu.sync.fence` |
+//! | `stale_collector_never_moves_the_epoch_back`: a waiter in `rcu::synchronize` against a thread that advances twice, then retires a node it reads in the same section | 3 preemptions | the waiter's unpinned poll stopped between its epoch load and its advance while the epoch moves on two steps and a bag is sealed at the newer epoch | |
 //! | `rcu::synchronize` against a reader section | 4 preemptions | the reader stopped between pin and load and between load and read while the waiter unlinks and runs its grace period; the wait loop spins, so exhaustive is unbounded | |
 //! | `two_sections_vs_retire`: a reader with two sections (the first reads) against the updater | 3 preemptions | a collection whose heavy fence precedes the second pin's fence and whose scan reads that pin's store, not the unpin before it | `rcu.pin.release` |
 //! | io-pgtable level free vs walker; dma-vmm UNMAP vs device access | 3 preemptions (twins 2) | the real users, one operation each | `io_pgtable` reader pin, `dma_vmm` device pin |
 //!
-//! The whole binary: about 75 s of wall time on the shared 2-core machine (16 s user, 14 s
-//! system CPU).
+//! The whole binary: about 115 s of wall time on the shared 2-core machine (58 s user, 52 s
+//! system CPU), up to 235 s under load (interleaved with the binary before
+//! `reader_vs_two_collectors` went to 4 preemptions with two new twins: 138–235 s against
+//! 36–56 s, user CPU 65–93 s against 17–24 s); that model and its twins are most of it.
 #![cfg(all(loom, production_rcu))]
 
 use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, Poison};
 use dma_sync::mutation::Weakening;
-use dma_sync::points::epoch::{RCU_ADVANCE_CHECK, RCU_PIN_RELEASE, RCU_SEAL_FENCE};
+use dma_sync::points::epoch::{
+    RCU_ADVANCE_CHECK, RCU_ADVANCE_RELEASE, RCU_EXPIRY_ACQUIRE, RCU_PIN_RELEASE, RCU_SEAL_FENCE,
+};
 use dma_sync::points::{
     RCU_GRACE_PERIOD, RCU_PIN, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
 };
@@ -96,14 +101,16 @@ impl Retire for Node {
     }
 }
 
-/// A reader section: pin (nesting a guard dropped before the read if `nested`), load, read.
+/// A reader section: pin, load, (if `nested`, pin and drop an inner guard,) read. The inner
+/// guard comes between the load and the read: neither its pin nor its drop may change what
+/// protects the node already loaded.
 fn read_section(head: &AtomicPtr<Node>, nested: bool) {
     let guard = rcu::pin();
+    // SAFETY: `head` holds boxes retired only after unlinking.
+    let node = unsafe { guard.deref(head.load(Acquire)) }.expect("head is never null");
     if nested {
         drop(rcu::pin());
     }
-    // SAFETY: `head` holds boxes retired only after unlinking.
-    let node = unsafe { guard.deref(head.load(Acquire)) }.expect("head is never null");
     let v = node.read();
     assert!(v == 1 || v == 2, "unexpected value {v}");
 }
@@ -157,7 +164,11 @@ fn reader_never_sees_freed_node() {
     check(Bound::Preemptions(4), reader_vs_retire);
 }
 
-/// As above, with a nested guard dropped before the read. Bound 4.
+/// As above, with a nested guard pinned and dropped between the load and the read. Bound 4
+/// reaches both ways an inner guard can break the section: the reader stopped after its load
+/// while the updater's first collection advances past the outer pin's epoch, then at its inner
+/// pin (a pin that re-stored the newer epoch would let the second collection advance again and
+/// free) or its inner drop (one that unpinned would end the section), then before its read.
 #[test]
 fn nested_guard_keeps_reader_protected() {
     check(Bound::Preemptions(4), || readers_vs_retire(1, true));
@@ -254,12 +265,27 @@ fn reader_vs_two_collectors() {
     teardown(&head);
 }
 
-/// Bound 3: an advance by the flushing thread between the reader's pin and the
-/// updater's seal, the reader stopped between its load and its read, and the flushing thread's
-/// collection placed inside the updater's grace period.
+/// Bound 4: an advance by the flushing thread between the reader's pin and the updater's seal,
+/// the reader stopped between its load and its read, and the flushing thread's collection
+/// placed inside the updater's grace period; with the fourth, that collection's scan reads the
+/// reader's unpin and its advance is the one the updater's second collection frees after,
+/// with the updater taking the bag lock before the flushing thread does (bound 3 misses it).
 #[test]
 fn other_collectors_never_free_under_reader() {
-    check(Bound::Preemptions(3), reader_vs_two_collectors);
+    check(Bound::Preemptions(4), reader_vs_two_collectors);
+}
+
+must_fail_test! {
+    /// A Relaxed advance: the updater frees after reading the flushing thread's advance, whose
+    /// scan read the reader's unpin, but nothing orders the reader's read before the free.
+    fn relaxed_advance_races_free: RCU_ADVANCE_RELEASE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(4), reader_vs_two_collectors;
+}
+
+must_fail_test! {
+    /// A Relaxed load of the expiry epoch: the same, from the freeing side.
+    fn relaxed_expiry_epoch_races_free: RCU_EXPIRY_ACQUIRE, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(4), reader_vs_two_collectors;
 }
 
 must_fail_test! {
@@ -299,6 +325,38 @@ must_fail_test! {
     /// record stale and advances past it.
     fn scan_without_heavy_fence_races_free: RCU_SYNC_FENCE, Weakening::Relax,
         "Causality violation", Bound::Preemptions(3), reader_vs_synchronizer;
+}
+
+/// A waiter in `rcu::synchronize`, whose unpinned polls may stall between their epoch load and
+/// their advance, against a thread that advances the epoch twice, then, inside one section,
+/// retires a node it still holds, flushes twice and reads it.
+fn stale_collector_vs_retiring_reader() {
+    let head = Arc::new(AtomicPtr::new(Node::build(1)));
+    let waiter = spawn(rcu::synchronize);
+    for _ in 0..2 {
+        rcu::pin().flush();
+    }
+    let guard = rcu::pin();
+    // SAFETY: `head` holds boxes retired only after unlinking.
+    let node = unsafe { guard.deref(head.load(Acquire)) }.expect("head is never null");
+    let old = head.swap(Node::build(2), AcqRel);
+    // SAFETY: `old` is unlinked and retired once; `node` is read only inside this section.
+    unsafe { guard.defer_retire(old) };
+    guard.flush();
+    guard.flush();
+    assert_eq!(node.read(), 1);
+    drop(guard);
+    waiter.join().unwrap();
+    teardown(&head);
+}
+
+/// Bound 3: the waiter stopped in a poll after loading the epoch, the other thread's two
+/// advances and its seal at the epoch after them run meanwhile, and the waiter's advance lands
+/// between that thread's two flushes. An advance that is not a compare-and-swap moves the epoch
+/// back below the bag's, which then looks expired.
+#[test]
+fn stale_collector_never_moves_the_epoch_back() {
+    check(Bound::Preemptions(3), stale_collector_vs_retiring_reader);
 }
 
 /// `rcu::synchronize` against a reader section: the waiter unlinks, waits, then frees by hand.

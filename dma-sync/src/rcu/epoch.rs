@@ -23,8 +23,10 @@
 //!   which collect without pinning): load the global epoch `g`; heavy fence (`rcu.sync.fence`);
 //!   read every record; if every pinned one is at `g` (`rcu.advance.check`), acquire fence
 //!   (`rcu.sync.acquire`: the unpins read are Release stores) and advance `g` to its successor
-//!   with a compare-and-swap (a concurrent collector may have done it); then free every queued
-//!   bag at least two epochs old.
+//!   with a compare-and-swap (a concurrent collector may have done it; a plain store could move
+//!   the epoch back), AcqRel (`rcu.advance.release`); then, under the bag lock, load the epoch
+//!   with Acquire (`rcu.expiry.acquire`) and free every queued bag at least two epochs older.
+//!   Under the lock, so the epoch is no older than any queued bag's date.
 //!
 //! Why two epochs: a reader that can still reach an object unlinked before the bag's heavy
 //! fence had pinned before that fence's barrier reached its CPU, so its record (pinned at an
@@ -53,7 +55,9 @@
 use super::fence;
 use super::Retire;
 use crate::atomic::{AtomicUsize, Ordering::*};
-use crate::points::epoch::{RCU_ADVANCE_CHECK, RCU_PIN_RELEASE, RCU_SEAL_FENCE};
+use crate::points::epoch::{
+    RCU_ADVANCE_CHECK, RCU_ADVANCE_RELEASE, RCU_EXPIRY_ACQUIRE, RCU_PIN_RELEASE, RCU_SEAL_FENCE,
+};
 use crate::points::{
     RCU_GRACE_PERIOD, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
 };
@@ -164,15 +168,19 @@ impl Domain {
         if self.all_pinned_at(global) || !RCU_ADVANCE_CHECK.on() {
             // The scan read the unpins (Release): the readers' sections happen before the frees.
             RCU_SYNC_ACQUIRE.fence(Acquire);
-            let _ = self
-                .epoch
-                .compare_exchange(global, global.wrapping_add(STEP), AcqRel, Relaxed);
+            let (success, failure) = RCU_ADVANCE_RELEASE.cas(AcqRel, Relaxed);
+            let next = global.wrapping_add(STEP);
+            let _ = self.epoch.compare_exchange(global, next, success, failure);
         }
-        // Acquire: a free ordered after another collector's advance comes after the unpins
-        // that advance read.
-        let now = self.epoch.load(Acquire);
+        // The expiry epoch is loaded under the bag lock: every bag queued was dated before its
+        // push, so the load is no older than any bag's date. Loaded before the lock, a stalled
+        // collector could judge a bag dated since against an older epoch, and the wrapped
+        // difference would free it at once. Acquire: a free ordered after another collector's
+        // advance comes after the unpins that advance read (the bag lock orders it only if that
+        // collector took the lock first).
         let expired: Vec<Sealed> = {
             let mut sealed = self.sealed.lock();
+            let now = self.epoch.load(RCU_EXPIRY_ACQUIRE.ord(Acquire));
             let (expired, waiting) = std::mem::take(&mut *sealed)
                 .into_iter()
                 .partition(|bag| now.wrapping_sub(bag.epoch) >= 2 * STEP);
