@@ -25,6 +25,8 @@ use dma_sync::mutation::Point;
 pub mod fixtures;
 #[cfg(loom)]
 pub mod harness;
+#[cfg(loom)]
+pub mod rcu_node;
 
 #[doc(hidden)]
 pub use inventory;

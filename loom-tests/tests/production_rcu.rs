@@ -37,7 +37,7 @@
 //! 36–56 s, user CPU 65–93 s against 17–24 s); that model and its twins are most of it.
 #![cfg(all(loom, production_rcu))]
 
-use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, Poison};
+use dma_sync::atomic::{AtomicPtr, Ordering::*};
 use dma_sync::mutation::Weakening;
 use dma_sync::points::epoch::{
     RCU_ADVANCE_CHECK, RCU_ADVANCE_RELEASE, RCU_EXPIRY_ACQUIRE, RCU_PIN_RELEASE, RCU_SEAL_FENCE,
@@ -53,53 +53,11 @@ use io_pgtable::{Config, PageTable, Prot};
 use loom_tests::fixtures::{unmap_page, viommu_with_one_page, PAGE};
 use loom_tests::harness::{check, must_fail, Bound};
 use loom_tests::must_fail_test;
+use loom_tests::rcu_node::Node;
 
 /// Reports a free that bypasses `dma_sync::rcu` while a read section holds the object.
 #[global_allocator]
 static ALLOC: dma_sync::rcu::CheckedAlloc = dma_sync::rcu::CheckedAlloc;
-
-/// What a freed node reads as.
-const POISON: u64 = u64::MAX;
-
-/// A published node: a non-atomic payload and an atomic copy, both written before
-/// publication and poisoned by the free.
-struct Node {
-    payload: UnsafeCell<u64>,
-    check: AtomicU64,
-}
-
-// SAFETY: the payload is written before publication (Release/Acquire orders it), then only
-// read until the RCU free takes exclusive ownership.
-unsafe impl Sync for Node {}
-
-impl Node {
-    fn build(value: u64) -> *mut Node {
-        let node = rcu::boxed(Node {
-            payload: UnsafeCell::new(0),
-            check: AtomicU64::new(0),
-        });
-        // SAFETY: not shared yet.
-        node.payload.with_mut(|p| unsafe { *p = value });
-        node.check.store(value, Relaxed);
-        Box::into_raw(node)
-    }
-
-    fn read(&self) -> u64 {
-        // SAFETY: loaded under a guard.
-        let v = self.payload.with(|p| unsafe { *p });
-        assert_eq!(v, self.check.load(Relaxed), "torn node");
-        assert_ne!(v, POISON, "reader saw a freed node");
-        v
-    }
-}
-
-impl Retire for Node {
-    fn poison(&mut self) {
-        // SAFETY: exclusive ownership of the retired node.
-        self.payload.with_mut(|p| unsafe { *p = POISON });
-        self.check.poison(POISON);
-    }
-}
 
 /// A reader section: pin, load, (if `nested`, pin and drop an inner guard,) read. The inner
 /// guard comes between the load and the read: neither its pin nor its drop may change what

@@ -44,64 +44,18 @@
 //! loom -- dma_sync_shim::rcu_reader_never_sees_freed_node` shows a twin's failure by hand:
 //! `Causality violation: Concurrent read and write accesses.`
 
-use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, Poison};
+use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::mutation::Weakening;
 use dma_sync::points::{
     RCU_GRACE_PERIOD, RCU_PIN, RCU_PIN_FENCE, RCU_SYNC_ACQUIRE, RCU_SYNC_FENCE, RCU_UNPIN_RELEASE,
     SPIN_ACQUIRE, SPIN_RELEASE,
 };
-use dma_sync::rcu::{self, Retire};
+use dma_sync::rcu;
 use dma_sync::thread::spawn;
 use dma_sync::{Arc, Published, SpinLock, UnsafeCell};
 use loom_tests::harness::{check, must_be_caught, Bound};
 use loom_tests::must_fail_test;
-
-/// What a freed node reads as.
-pub(crate) const POISON: u64 = u64::MAX;
-
-/// A published node whose payload is written after allocation and before publication, so loom
-/// tracks both the initialisation and the poisoning free of the payload.
-pub(crate) struct Node {
-    /// Non-atomic payload: any read not ordered after its write (or before its free) races.
-    payload: UnsafeCell<u64>,
-    /// Atomic copy of the payload, poisoned through `Poison` like a free path would.
-    check: AtomicU64,
-}
-
-// SAFETY: the payload is written once before publication (Release/Acquire orders it) and
-// then only read, until the RCU free takes exclusive ownership.
-unsafe impl Sync for Node {}
-
-impl Node {
-    /// A new node through `rcu::boxed`, so it may reuse a freed node's address.
-    pub(crate) fn build(value: u64) -> *mut Node {
-        let node = rcu::boxed(Node {
-            payload: UnsafeCell::new(0),
-            check: AtomicU64::new(0),
-        });
-        // SAFETY: the node is not shared yet.
-        node.payload.with_mut(|p| unsafe { *p = value });
-        node.check.store(value, Relaxed);
-        Box::into_raw(node)
-    }
-
-    /// Read the node as a reader does: both copies, which must agree and not be poison.
-    pub(crate) fn read(&self) -> u64 {
-        // SAFETY: the caller holds an RCU guard under which it loaded the node.
-        let v = self.payload.with(|p| unsafe { *p });
-        assert_eq!(v, self.check.load(Relaxed), "torn node");
-        assert_ne!(v, POISON, "reader saw a freed node");
-        v
-    }
-}
-
-impl Retire for Node {
-    fn poison(&mut self) {
-        // SAFETY: `poison` runs with exclusive ownership of the retired node.
-        self.payload.with_mut(|p| unsafe { *p = POISON });
-        self.check.poison(POISON);
-    }
-}
+pub(crate) use loom_tests::rcu_node::Node;
 
 /// One updater replaces the published node and retires the old one, while `readers` readers
 /// read it under pins. Readers see the old or the new node, never a freed one.
