@@ -344,10 +344,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         size: u64,
         dir: Direction,
     ) -> Result<u64, DmaError> {
-        if size == 0 {
-            return Err(DmaError::ZeroSize);
-        }
-        let end = paddr.checked_add(size).ok_or(DmaError::Overflow)?;
+        let end = buffer_end(paddr, size)?;
         let mask = self.granule() - 1;
         let Some(bouncer) = self.bouncer(dev).filter(|_| (paddr | end) & mask != 0) else {
             return self.map_phys(dev, paddr, size, dir, Kind::Single, None);
@@ -786,6 +783,16 @@ impl<T: TlbOps + 'static> Domain<T> {
 pub(crate) struct DeviceMapper<'d, T: TlbOps + 'static> {
     domain: &'d Domain<T>,
     dev: &'d Device,
+}
+
+/// The end of a buffer of `size` bytes at `paddr`, checked as every map checks it: not empty
+/// (`ZeroSize`) and not past 2^64 (`Overflow`).
+#[inline]
+fn buffer_end(paddr: u64, size: u64) -> Result<u64, DmaError> {
+    if size == 0 {
+        return Err(DmaError::ZeroSize);
+    }
+    paddr.checked_add(size).ok_or(DmaError::Overflow)
 }
 
 impl<'d, T: TlbOps + 'static> DeviceMapper<'d, T> {

@@ -4,7 +4,7 @@
 //! failure path cold. The general path (`map_single` → `map_phys` → a `NewMapping`) builds the
 //! same steps from layers that each hand a `Result` back through memory.
 
-use super::Domain;
+use super::{buffer_end, Domain};
 use crate::backend::{prot_for, IovaSpan};
 use crate::device::Device;
 use crate::error::DmaError;
@@ -25,10 +25,7 @@ impl<T: TlbOps + 'static> Domain<T> {
         dir: Direction,
     ) -> Result<u64, DmaError> {
         self.check_device(dev)?;
-        if size == 0 {
-            return Err(DmaError::ZeroSize);
-        }
-        paddr.checked_add(size).ok_or(DmaError::Overflow)?;
+        buffer_end(paddr, size)?;
         let offset = paddr & (self.granule() - 1);
         let span = self.reserve(dev, offset, size)?;
         let iova = span.pfn << self.shift;
