@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
 use crate::pool::{beyond, Pool};
 use crate::swiotlb::{PoolRef, Swiotlb};
+use crate::thread_cache::CachedRun;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
 /// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).
@@ -170,8 +171,10 @@ impl Swiotlb {
         let _ = self.release(dev, pool, first, in_off, addr, Some(size));
     }
 
-    /// Free the slots of the mapping starting in slot `first`, uncount them, and drop the pool
-    /// if it is a transient one (its one mapping is gone). `size` as in `Pool::release`.
+    /// Free the slots of the mapping starting in slot `first` and uncount them: a global
+    /// pool's run goes to the calling thread's cache (the run it displaces to its area), a
+    /// transient pool's to its area, and the transient pool is dropped (its one mapping is
+    /// gone). `size` as in `Pool::unmark`.
     #[inline]
     fn release(
         &self,
@@ -182,10 +185,20 @@ impl Swiotlb {
         addr: u64,
         size: Option<usize>,
     ) -> Result<(), Error> {
-        let n = pool.release(first, in_off, addr, size)?;
-        self.inner.stats.sub_used(pool.accounted_slots(n));
+        let (start, nslots) = pool.unmark(first, in_off, addr, size)?;
+        self.inner.stats.sub_used(pool.accounted_slots(nslots));
         if pool.transient {
+            pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
+        } else {
+            let run = CachedRun {
+                pool,
+                start,
+                nslots,
+            };
+            if let Some(back) = self.inner.caches.park(run) {
+                back.pool.put_back(back.start, back.nslots);
+            }
         }
         Ok(())
     }

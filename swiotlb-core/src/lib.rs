@@ -156,6 +156,7 @@ mod shared;
 mod slots;
 mod stats;
 mod swiotlb;
+mod thread_cache;
 
 pub use bounce::{Direction, MapAttrs};
 pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};

@@ -80,4 +80,25 @@ dma_sync::mutation_points! {
     TRANSIENT_TRAVERSE: Load = "swiotlb.transient.traverse";
     /// An unlinked transient pool is freed only after a grace period (weakened: at once).
     TRANSIENT_GRACE: GracePeriod = "swiotlb.transient.grace";
+    /// A release claims its mapping with one compare-and-swap of the head slot's metadata
+    /// word, so of two racing releases exactly one wins (weakened: a load, a compare and a
+    /// store, and both can win).
+    RELEASE_CLAIM: Step = "swiotlb.release.claim";
+    /// Acquire on that compare-and-swap: the releaser's clearing of the other slots follows
+    /// the mapper's writes of them (pairs with `swiotlb.meta.publish`).
+    RELEASE_CLAIM_ACQUIRE: Rmw = "swiotlb.release.acquire";
+    /// A map writes its head slot's metadata last, with release: whoever claims the mapping
+    /// sees the other slots' metadata written.
+    META_PUBLISH: Store = "swiotlb.meta.publish";
+    /// A thread's cache section: the full fence (made light by the drainer's membarrier)
+    /// between the store announcing the section and the load of the cached run.
+    CACHE_ENTER: Fence = "swiotlb.cache.enter";
+    /// A drain: the full fence (membarrier) between closing every cache and reading which
+    /// owners are inside their section.
+    CACHE_DRAIN: Fence = "swiotlb.cache.drain";
+    /// The release store ending a cache section: the drainer that sees it sees the run and
+    /// pool the section wrote.
+    CACHE_EXIT: Store = "swiotlb.cache.exit";
+    /// The drainer's acquire load of an owner's section flag (pairs with `swiotlb.cache.exit`).
+    CACHE_WAIT: Load = "swiotlb.cache.wait";
 }

@@ -29,7 +29,12 @@ use crate::error::Error;
 use crate::shared::SharedRegion;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
-use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
+use crate::points::{META_PUBLISH, RELEASE_CLAIM, RELEASE_CLAIM_ACQUIRE};
+use dma_sync::atomic::{
+    AtomicPtr, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+    Poison,
+};
 use dma_sync::fault::Site;
 use dma_sync::rcu::Retire;
 use dma_sync::{CachePadded, SpinLock};
@@ -124,7 +129,8 @@ struct AreaState {
     /// Where the next search of the counters starts, area-relative: after the last allocation,
     /// or at the run last returned to the counters. Only a hint (every value is safe).
     index: usize,
-    /// Exact number of slots of live mappings.
+    /// Exact number of slots out of the counters for live mappings and for runs held by
+    /// thread caches (the area's own cached run is not counted).
     used: usize,
     list: Box<[u16]>,
     /// The run freed last, kept out of the counters (its slots stay at 0 in `list`) for the
@@ -299,7 +305,7 @@ impl Pool {
 
     /// Whether a run of `plan.nslots` free slots at slot `i` may serve `plan`.
     #[inline]
-    fn qualifies(&self, i: usize, plan: &Plan) -> bool {
+    pub(crate) fn qualifies(&self, i: usize, plan: &Plan) -> bool {
         let addr = self.slot_addr(i);
         plan.aligned(addr) && plan.within_boundary(addr)
     }
@@ -361,11 +367,13 @@ impl Pool {
         None
     }
 
-    /// Write the metadata of a fresh allocation at `s` (called under its area lock). Free slots
-    /// carry no metadata (a release clears its whole run; `check` verifies it), so only the
-    /// slots the mapping covers are written: padding and alignment slots stay clear.
+    /// Write the metadata of a fresh allocation at `s`, by the one thread that holds the run
+    /// (under its area lock, or taken from its thread's cache). Free slots carry no metadata
+    /// (a release clears its whole run; `check` verifies it), so only the slots the mapping
+    /// covers are written: padding and alignment slots stay clear. The head slot's word goes
+    /// last, with release (`swiotlb.meta.publish`): a release that claims it sees the rest.
     #[inline]
-    fn record(&self, s: usize, plan: &Plan) {
+    pub(crate) fn record(&self, s: usize, plan: &Plan) {
         let end = plan.in_off + plan.mapping_size;
         let first = s + plan.pad_slots;
         let covered = end.div_ceil(IO_TLB_SIZE).min(s + plan.nslots - first);
@@ -376,11 +384,14 @@ impl Pool {
             Some(o) => (o, 1u64 << IO_TLB_SHIFT),
             None => (INVALID_PHYS_ADDR, 0),
         };
-        for (j, slot) in self.slots[first..first + covered].iter().enumerate() {
+        for (j, slot) in self.slots[first..first + covered].iter().enumerate().rev() {
             let size = (end - j * IO_TLB_SIZE) as u64;
-            let meta = common | size | if j == 0 { head } else { 0 };
             slot.orig.store(orig + j as u64 * step, Relaxed);
-            slot.meta.store(meta, Relaxed);
+            if j == 0 {
+                slot.meta.store(common | size | head, META_PUBLISH.ord(Release));
+            } else {
+                slot.meta.store(common | size, Relaxed);
+            }
         }
     }
 
@@ -391,50 +402,69 @@ impl Pool {
         (s.orig.load(Relaxed), SlotMeta::decode(s.meta.load(Relaxed)))
     }
 
-    /// Free the allocation whose mapping starts at slot `first` with in-slot offset `in_off`
+    /// Claim the allocation whose mapping starts at slot `first` with in-slot offset `in_off`
     /// (bounce address `addr`), of which the caller names `size` bytes from its start (`None`:
-    /// the whole allocation, as `free` does). Validated under the owning area's lock, so a
-    /// second or bogus release changes nothing: no such mapping is `NotMapped`, a size of 0 or
-    /// past the mapping's end `OutOfRange`. Returns the number of slots freed.
+    /// the whole allocation, as `free` does), and clear its metadata. Returns the run
+    /// `(first slot, slots)`, which the caller now holds: it goes back to the area
+    /// ([`Pool::put_back`]) or to the thread's cache.
+    ///
+    /// No lock: one compare-and-swap of the head slot's metadata word claims the mapping
+    /// (`swiotlb.release.claim`), so of two racing releases exactly one wins and the other gets
+    /// `NotMapped`, as does an address that names no mapping's head; a size of 0 or past the
+    /// mapping's end is `OutOfRange`. A failed claim changes nothing.
     #[inline]
-    pub(crate) fn release(
+    pub(crate) fn unmark(
         &self,
         first: usize,
         in_off: usize,
         addr: u64,
         size: Option<usize>,
-    ) -> Result<usize, Error> {
+    ) -> Result<(usize, usize), Error> {
+        let (_, first_in_area) = self.geo.area_of(first);
+        let head = &self.slots[first].meta;
+        let word = head.load(Relaxed);
+        let meta = match SlotMeta::decode(word) {
+            Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first_in_area => m,
+            _ => return Err(Error::NotMapped { addr }),
+        };
+        if let Some(size) = size {
+            if size == 0 || size > meta.alloc_size - in_off {
+                return Err(Error::OutOfRange { addr, size });
+            }
+        }
+        if !claim(head, word) {
+            return Err(Error::NotMapped { addr });
+        }
+        let s = first - meta.pad_slots;
+        for slot in &self.slots[s..s + meta.nslots] {
+            slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
+            slot.meta.store(0, Relaxed);
+        }
+        Ok((s, meta.nslots))
+    }
+
+    /// Give the run of `nslots` slots at `s`, held by the caller and clear of metadata, back
+    /// to its area. It stays out of the counters as the area's cached run: its bounce memory
+    /// and metadata are still in the CPU cache, and the next map of its size that reaches the
+    /// area takes it without a search or a renumbering. The run cached before goes back to the
+    /// counters, and the next search starts there (plain next-fit would move on to cold slots).
+    pub(crate) fn put_back(&self, s: usize, nslots: usize) {
         let n = self.geo.area_nslabs;
-        let (a, first_in_area) = self.geo.area_of(first);
+        let (a, _) = self.geo.area_of(s);
         let area = &self.areas[a];
         area.state.with(|st| {
-            let meta = match SlotMeta::decode(self.slots[first].meta.load(Relaxed)) {
-                Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first_in_area => m,
-                _ => return Err(Error::NotMapped { addr }),
-            };
-            if let Some(size) = size {
-                if size == 0 || size > meta.alloc_size - in_off {
-                    return Err(Error::OutOfRange { addr, size });
-                }
-            }
-            let s = first - meta.pad_slots;
-            for slot in &self.slots[s..s + meta.nslots] {
-                slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
-                slot.meta.store(0, Relaxed);
-            }
-            // The run stays out of the counters as the area's cached run: its bounce memory
-            // and metadata are still in the CPU cache, and the next map of its size takes it
-            // without a search or a renumbering. The run cached before goes back to the
-            // counters, and the next search starts there (plain next-fit would move on to
-            // cold slots).
             if st.cached.1 > 0 {
                 st.reclaim(self.geo.seg);
             }
-            st.cached = (s - a * n, meta.nslots);
-            st.used -= meta.nslots;
+            st.cached = (s - a * n, nslots);
+            st.used -= nslots;
             area.used.store(st.used, Relaxed);
-            Ok(meta.nslots)
-        })
+        });
+    }
+
+    /// Whether the run of `nslots` at `s`, held by a thread cache, carries no metadata.
+    pub(crate) fn is_clear(&self, s: usize, nslots: usize) -> bool {
+        (s..s + nslots).all(|i| matches!(self.meta(i), (INVALID_PHYS_ADDR, None)))
     }
 
     /// Used slots per area (unlocked snapshot).
@@ -483,6 +513,22 @@ impl Pool {
             }
         }
         Ok(())
+    }
+}
+
+/// Claim a mapping: replace its head slot's metadata `word` with 0 if it still holds it.
+#[inline]
+fn claim(head: &AtomicU64, word: u64) -> bool {
+    let acquire = RELEASE_CLAIM_ACQUIRE.ord(Acquire);
+    if RELEASE_CLAIM.on() {
+        head.compare_exchange(word, 0, acquire, Relaxed).is_ok()
+    } else {
+        // The weakened form: two releases can both read the word before either clears it.
+        let now = head.load(acquire);
+        now == word && {
+            head.store(0, Relaxed);
+            true
+        }
     }
 }
 
