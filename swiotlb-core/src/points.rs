@@ -91,14 +91,18 @@ dma_sync::mutation_points! {
     /// sees the other slots' metadata written.
     META_PUBLISH: Store = "swiotlb.meta.publish";
     /// A thread's cache section: the full fence (made light by the drainer's membarrier)
-    /// between the store announcing the section and the load of the cached run.
+    /// between the store announcing the section and the load of the slot's `closed` flag.
     CACHE_ENTER: Fence = "swiotlb.cache.enter";
-    /// A drain: the full fence (membarrier) between closing every cache and reading which
-    /// owners are inside their section.
+    /// A drain: the full fence (membarrier) between closing every slot and reading which
+    /// owners are inside a section.
     CACHE_DRAIN: Fence = "swiotlb.cache.drain";
     /// The release store ending a cache section: the drainer that sees it sees the run and
     /// pool the section wrote.
     CACHE_EXIT: Store = "swiotlb.cache.exit";
     /// The drainer's acquire load of an owner's section flag (pairs with `swiotlb.cache.exit`).
     CACHE_WAIT: Load = "swiotlb.cache.wait";
+    /// The release store reopening a drained slot: an owner that sees it open sees it emptied.
+    CACHE_REOPEN: Store = "swiotlb.cache.reopen";
+    /// The owner's acquire load of its slot's `closed` flag (pairs with `swiotlb.cache.reopen`).
+    CACHE_REOPENED: Load = "swiotlb.cache.reopened";
 }

@@ -11,17 +11,18 @@
 //!
 //! # The owner and the drainer
 //!
-//! Only the owner writes a run into its slot, inside a *section*: it stores `active`, issues
-//! the light fence (`swiotlb.cache.enter`), loads the run, works, and ends with a release
-//! store of `active` (`swiotlb.cache.exit`). A search that finds no room *drains* every slot
-//! (one drainer at a time): it swaps each run for `CLOSED`, issues the heavy fence
-//! (`swiotlb.cache.drain`, a membarrier), and for each slot waits until its owner is outside
-//! a section (acquire, `swiotlb.cache.wait`). This is a store-buffering pair: a section either
-//! loads `CLOSED` (and leaves the slot alone) or is seen active by the drainer, which then
-//! waits for its end. The drainer then loads the slot again: still `CLOSED` means the run it
-//! swapped out is its own, and it frees it into the counters and reopens the slot empty; any
-//! other value means a section that began before the swap overwrote it, so that section's
-//! owner took the swapped run or freed it itself, and the slot holds the owner's newer value.
+//! Only the owner writes its slot's run, inside a *section*: it stores `active`, issues the
+//! light fence (`swiotlb.cache.enter`), loads `closed` (acquire, `swiotlb.cache.reopened`)
+//! and, if the slot is open, reads and writes the run; a release store of `active` ends the
+//! section (`swiotlb.cache.exit`). A search that finds no room *drains* every slot (one
+//! drainer at a time): it stores `closed` in each, issues the heavy fence
+//! (`swiotlb.cache.drain`, a membarrier), and for each slot waits until its owner is outside a
+//! section (acquire, `swiotlb.cache.wait`), then takes the run, empties the slot and reopens
+//! it (release, `swiotlb.cache.reopen`). This is a store-buffering pair: a section either sees
+//! `closed` (and leaves the run alone) or is seen active by the drainer, which then waits for
+//! its end and sees what it wrote. A section that sees the slot reopened sees it emptied. No
+//! location is written by both sides at once: the owner writes `active` and the run, the
+//! drainer `closed`, and the run only while no section can touch it.
 //!
 //! # Accounting
 //!
@@ -34,7 +35,9 @@
 //! path; claimed slots are not given back when their thread exits (their run is still
 //! drained), which bounds the memory, not the speed, of a program that churns threads.
 
-use crate::points::{CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_WAIT};
+use crate::points::{
+    CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_REOPEN, CACHE_REOPENED, CACHE_WAIT,
+};
 use crate::pool::Pool;
 use dma_sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
@@ -43,10 +46,8 @@ use dma_sync::atomic::{
 use dma_sync::{asymmetric, CachePadded, Mutex};
 use std::cell::Cell;
 
-/// A slot's run word: `start << COUNT_BITS | nslots`, or one of these two.
+/// A slot's run word: `start << COUNT_BITS | nslots`, or `EMPTY`.
 const EMPTY: u64 = 0;
-/// A drainer owns the slot's run: its owner keeps out until the drainer reopens it.
-const CLOSED: u64 = u64::MAX;
 const COUNT_BITS: u32 = 16;
 
 /// A run held by a cache: `nslots` slots from `start` in `pool`.
@@ -63,6 +64,8 @@ struct Slot {
     owner: AtomicUsize,
     /// Whether the owner is inside a section.
     active: AtomicBool,
+    /// Whether a drainer owns the run: the owner keeps out until the drainer reopens it.
+    closed: AtomicBool,
     run: AtomicU64,
     /// Pool of the run (a global pool: alive as long as the instance).
     pool: AtomicPtr<Pool>,
@@ -98,6 +101,7 @@ impl ThreadCaches {
                     CachePadded::new(Slot {
                         owner: AtomicUsize::new(0),
                         active: AtomicBool::new(false),
+                        closed: AtomicBool::new(false),
                         run: AtomicU64::new(EMPTY),
                         pool: AtomicPtr::new(std::ptr::null_mut()),
                     })
@@ -144,8 +148,8 @@ impl ThreadCaches {
         let slot = self.own_slot()?;
         slot.active.store(true, Relaxed);
         asymmetric::light(&CACHE_ENTER);
-        let run = slot.run.load(Relaxed);
-        let r = (run != CLOSED).then(|| f(slot, run));
+        let open = !slot.closed.load(CACHE_REOPENED.ord(Acquire));
+        let r = open.then(|| f(slot, slot.run.load(Relaxed)));
         slot.active.store(false, CACHE_EXIT.ord(Release));
         r
     }
@@ -191,7 +195,7 @@ impl ThreadCaches {
     /// reader (a statistics snapshot) may see an older pool, or none.
     fn decode<'a>(&'a self, slot: &Slot, word: u64) -> Option<CachedRun<'a>> {
         let pool = slot.pool.load(Relaxed);
-        if word == EMPTY || word == CLOSED || pool.is_null() {
+        if word == EMPTY || pool.is_null() {
             return None;
         }
         // SAFETY: the pool field only ever holds global pools of this instance (`park`),
@@ -209,27 +213,22 @@ impl ThreadCaches {
     #[cold]
     pub(crate) fn drain(&self, mut give_back: impl FnMut(CachedRun<'_>)) -> bool {
         let _one = self.drainer.lock();
-        let swapped: Vec<u64> = self
-            .slots
-            .iter()
-            .map(|s| s.run.swap(CLOSED, Relaxed))
-            .collect();
+        for slot in self.slots.iter() {
+            slot.closed.store(true, Relaxed);
+        }
         asymmetric::heavy(&CACHE_DRAIN);
         let mut any = false;
-        for (slot, &word) in self.slots.iter().zip(&swapped) {
+        for slot in self.slots.iter() {
             while slot.active.load(CACHE_WAIT.ord(Acquire)) {
                 dma_sync::thread::spin_wait();
             }
-            if slot.run.load(Relaxed) != CLOSED {
-                // A section that began before the swap rewrote the slot: its owner took the
-                // swapped run or gave it back itself.
-                continue;
-            }
-            if let Some(run) = self.decode(slot, word) {
+            // Every section that did not see `closed` is over, and its writes are seen.
+            if let Some(run) = self.decode(slot, slot.run.load(Relaxed)) {
                 give_back(run);
                 any = true;
             }
             slot.run.store(EMPTY, Relaxed);
+            slot.closed.store(false, CACHE_REOPEN.ord(Release));
         }
         any
     }
