@@ -734,6 +734,46 @@ mod tests {
         swiotlb.check_invariants().unwrap();
     }
 
+    /// A thread's unmap caches its run for the thread's next map of that size; the run is not
+    /// in use, and a map on another thread that needs its slots drains it.
+    #[test]
+    fn a_run_cached_by_another_thread_is_drained_when_a_map_needs_it() {
+        dma_sync::cpu::set_current(Some(0));
+        const ALL: usize = 8 * 2048;
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let cfg = Config {
+            can_grow: false,
+            ..Config::tiny(8, 1, 8)
+        };
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
+        let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
+        let unmap = |a, len| swiotlb.unmap(&dev, a, len, Direction::ToDevice, NONE);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let a = map(ALL).unwrap();
+                unmap(a, ALL).unwrap();
+                assert_eq!(map(ALL), Ok(a), "the thread's own cached run");
+                unmap(a, ALL).unwrap();
+            });
+        });
+        let stats = swiotlb.stats();
+        assert_eq!((stats.used, &stats.pools[0].area_used[..]), (0, &[0][..]));
+        swiotlb.check_invariants().unwrap();
+        // The whole pool is in the other thread's cache: this map drains it.
+        let b = map(2048).unwrap();
+        assert_eq!(swiotlb.stats().used, 1);
+        unmap(b, 2048).unwrap();
+        assert_eq!(unmap(b, 2048), Err(Error::NotMapped { addr: b }));
+        // Cached here now; the whole pool fits once more.
+        let all = map(ALL).unwrap();
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(all, ALL).unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
+    }
+
     #[test]
     fn process_memory_round_trip() {
         dma_sync::cpu::set_current(Some(1));

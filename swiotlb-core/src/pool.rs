@@ -1,28 +1,37 @@
 //! A pool: one contiguous region of slots split into areas, each with its own lock.
 //!
-//! The area lock guards the area's free-run counters, its next-fit hint, its cached run and
-//! the metadata of its slots (written only under it). It is a spin lock (`dma_sync::SpinLock`),
-//! as Linux's area lock is: its unlock is a release store where a parking lock's is a
-//! compare-and-swap, so a map+unmap pays two locked instructions, not four (in an interleaved
-//! run, with binaries otherwise 37 instructions apart, a 4 KiB bounce went from 67 to 58 ns).
-//! A section never blocks; the common one (take or park the cached run, write or clear the
-//! metadata) is a few dozen instructions, and the longest, a search of the counters, is
-//! bounded by the area's size, so a waiter spins, then yields its CPU.
+//! The area lock guards the area's free-run counters, its next-fit hint and its cached run.
+//! It is a spin lock (`dma_sync::SpinLock`), as Linux's area lock is (its unlock is a release
+//! store where a parking lock's is a compare-and-swap). A section never blocks; the common
+//! one (take or park the cached run) is a few dozen instructions, and the longest, a search of
+//! the counters, is bounded by the area's size, so a waiter spins, then yields its CPU. A map
+//! served by its thread's cache (module `thread_cache`) and the unmap that fills it take no
+//! area lock at all.
 //!
-//! The cached run is the run the area freed last: a release keeps it out of the counters (its
+//! A run has one holder at a time: the area (free in the counters, or its cached run), a
+//! mapping (its metadata recorded), or a thread cache. The holder alone writes its metadata:
+//! [`Pool::record`] by the map that took the run (under the area lock, or from its thread's
+//! cache), head slot last with release (`swiotlb.meta.publish`). A release claims the mapping
+//! with one compare-and-swap of the head slot's metadata word (acquire, `swiotlb.release.claim`
+//! and `swiotlb.release.acquire`): of two racing releases exactly one wins, and the winner,
+//! now the run's holder, clears the rest and gives the run to its thread's cache or back to
+//! the area ([`Pool::put_back`]).
+//!
+//! The area's cached run is the run given back to it last: it stays out of the counters (its
 //! counters stay 0) and the next map of exactly its size that it qualifies for (alignment,
 //! boundary) takes it without a search or a renumbering; its bounce memory and metadata are
 //! still in the CPU's cache. The run it displaces is freed into the counters and the next
 //! search starts there. A search that fails while a run is cached frees that run into the
-//! counters and searches again, so caching never turns a fitting map into `NoSpace`. `used`
-//! counts the slots of live mappings only; the counters' zeros are those plus the cached run,
+//! counters and searches again, so caching never turns a fitting map into `NoSpace`. An
+//! area's `used` counts the slots of live mappings and of runs held by thread caches (the
+//! statistics subtract the latter); the counters' zeros are those plus the area's cached run,
 //! which `check` verifies along with the cached run's clean metadata.
 //!
-//! Slot metadata are Relaxed atomics so that a bounce copy of a live mapping may read them
-//! without the lock (the owner of a mapping is ordered after its map by the caller), and so
-//! that a bogus concurrent call is a wrong answer, never a data race. The bounds are atomics
-//! too: under loom a reader that reaches a pool without happens-before to its creation, or
-//! after its free, is then reported.
+//! Slot metadata are atomics so that a bounce copy of a live mapping may read them without
+//! the lock (the owner of a mapping is ordered after its map by the caller), and so that a
+//! bogus concurrent call is a wrong answer, never a data race. The bounds are atomics too:
+//! under loom a reader that reaches a pool without happens-before to its creation, or after
+//! its free, is then reported.
 
 use crate::align::Plan;
 use crate::error::Error;

@@ -106,6 +106,10 @@ pub struct Config {
     pub stats: bool,
     /// Whether the instance serves [`Swiotlb::alloc`] (a restricted pool).
     pub for_alloc: bool,
+    /// Whether each thread keeps the run its last unmap freed for its next map of that size
+    /// (module `thread_cache`): a map+unmap loop then takes no lock. Off, every map and unmap
+    /// takes its area's lock, as in Linux.
+    pub thread_caches: bool,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             phys_limit: u64::MAX,
             stats: true,
             for_alloc: false,
+            thread_caches: true,
         }
     }
 }
@@ -305,14 +310,18 @@ impl Swiotlb {
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
                 stats: Stats::new(cfg.stats),
-                cfg,
                 geo,
                 head: pool,
                 writer: Mutex::new(1),
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
                 memory: Box::new(memory),
-                caches: ThreadCaches::new(thread_caches(geo.nareas)),
+                caches: ThreadCaches::new(if cfg.thread_caches {
+                    thread_caches(geo.nareas)
+                } else {
+                    0
+                }),
+                cfg,
             }),
         })
     }
