@@ -35,10 +35,10 @@
 
 use crate::align::Plan;
 use crate::error::Error;
+use crate::points::{META_PUBLISH, RELEASE_CLAIM, RELEASE_CLAIM_ACQUIRE};
 use crate::shared::SharedRegion;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
-use crate::points::{META_PUBLISH, RELEASE_CLAIM, RELEASE_CLAIM_ACQUIRE};
 use dma_sync::atomic::{
     AtomicPtr, AtomicU64, AtomicUsize,
     Ordering::{Acquire, Relaxed, Release},
@@ -397,7 +397,8 @@ impl Pool {
             let size = (end - j * IO_TLB_SIZE) as u64;
             slot.orig.store(orig + j as u64 * step, Relaxed);
             if j == 0 {
-                slot.meta.store(common | size | head, META_PUBLISH.ord(Release));
+                slot.meta
+                    .store(common | size | head, META_PUBLISH.ord(Release));
             } else {
                 slot.meta.store(common | size, Relaxed);
             }

@@ -85,9 +85,14 @@ pub(crate) struct ThreadCaches {
 /// Hint value: the thread has no slot in the instance it names.
 const NO_SLOT: usize = usize::MAX;
 
+#[cfg(not(loom))]
 dma_sync::thread::thread_local! {
-    /// `(instance, slot index)` of the instance this thread cached in last (the index is only
-    /// a hint: the slot's owner tag decides).
+    /// `(instance, slot index)` of the instance this thread cached in last.
+    static HINT: Cell<(usize, usize)> = const { Cell::new((0, NO_SLOT)) };
+}
+#[cfg(loom)]
+dma_sync::thread::thread_local! {
+    /// `(instance, slot index)` of the instance this thread cached in last.
     static HINT: Cell<(usize, usize)> = Cell::new((0, NO_SLOT));
 }
 
@@ -183,7 +188,8 @@ impl ThreadCaches {
         let word = (run.start as u64) << COUNT_BITS | run.nslots as u64;
         self.section(|slot, old| {
             let displaced = self.decode(slot, old);
-            slot.pool.store(run.pool as *const Pool as *mut Pool, Relaxed);
+            slot.pool
+                .store(run.pool as *const Pool as *mut Pool, Relaxed);
             slot.run.store(word, Relaxed);
             displaced
         })

@@ -361,12 +361,9 @@ fn area_cached_run_passes() {
     check(Bound::Preemptions(3), area_cached_run);
 }
 
-/// The message of `cache_drain` when a thread's cached run was lost: neither in a cache nor
-/// back in its area.
-const LOST: &str = "every slot came back";
-
-/// A run owned twice (by a thread cache and by a drain, or by two caches) shows as another
-/// mapping's bytes in a bounce buffer, or as broken counters, or as a lost run.
+/// A run owned twice (by a thread cache and by a drain) shows as another mapping's bytes in a
+/// bounce buffer or as broken counters; a run the drainer misses (it empties a slot the owner
+/// just filled) is lost: not every slot comes back. Each twin below is caught as a lost run.
 const OWNED_TWICE: &str =
     "bounce buffer holds another mapping's bytes | free-run counters | every slot came back";
 
@@ -452,7 +449,9 @@ fn guessed_unmap() {
         (0..3).any(|i| {
             let a = start + (i * SLOT) as u64;
             let attrs = MapAttrs::default();
-            swiotlb.unmap(dev, a, len, Direction::ToDevice, attrs).is_ok()
+            swiotlb
+                .unmap(dev, a, len, Direction::ToDevice, attrs)
+                .is_ok()
         })
     });
     let a = mapper.join().unwrap();
