@@ -111,7 +111,7 @@
 //!   one locked instruction (the unmap's claim). A search that finds no room drains every
 //!   thread's cache before it gives up; cached slots are not counted as used. A thread that
 //!   finds all of an instance's cache slots (four per area of the default pool, 8 to 1024)
-//!   claimed takes the locked path.
+//!   claimed takes the locked path, as does every thread with `Config::thread_caches` off.
 //!
 //! # Limits and what is not done
 //!
