@@ -56,6 +56,11 @@ pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 /// `alloc_iova` returning NULL when `alloc_iova_mem` fails).
 pub static TREE_NODE: Site = Site::new("iova.tree.node");
 
+/// The bitmaps and summaries of a new chunk (module `chunk`), made for a small size-aligned
+/// allocation when no chunk has room. Fallback: the request fails with
+/// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes.
+pub static CHUNK_ALLOC: Site = Site::new("iova.chunk.alloc");
+
 /// Recording a cached allocation as user-held (only with
 /// [`IovaConfig::checked_frees`](crate::IovaConfig::checked_frees)): asked on every record,
 /// and failing for real when a node or leaf of the held-range bitmap cannot be allocated the

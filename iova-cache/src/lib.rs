@@ -96,6 +96,8 @@
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;
+mod chunk;
+mod chunks;
 pub mod config;
 mod error;
 pub mod faults;

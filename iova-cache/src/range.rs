@@ -101,10 +101,31 @@
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
 //! allocation would lose the worst-case bound.
 
+use crate::chunk::Chunk;
+use crate::chunks::Chunks;
 use crate::error::IovaError;
-use crate::faults::TREE_NODE;
-use crate::gaptree::{Entry, GapTree};
+use crate::faults::{CHUNK_ALLOC, TREE_NODE};
+use crate::gaptree::{Entry, Fit, GapTree};
 use std::collections::BTreeMap;
+
+/// Largest chunk: 65536 granules, 1024 words in 16 groups.
+const MAX_CHUNK_SHIFT: u32 = 16;
+
+/// Smallest chunk: 256 granules.
+const MIN_CHUNK_SHIFT: u32 = 8;
+
+/// Chunk granules for a space of `space` granules: at most a sixteenth of it (rounded down to
+/// a power of two), within the bounds above, so a small space still has chunks to share.
+fn chunk_granules(space: u64) -> u64 {
+    let shift = space.ilog2().saturating_sub(4);
+    1 << shift.clamp(MIN_CHUNK_SHIFT, MAX_CHUNK_SHIFT)
+}
+
+/// The alignment class `k` (alignment `2^k`) of a request the chunks serve: size-aligned and
+/// at most 64 granules.
+fn chunk_class(size: u64, aligned: bool) -> Option<u32> {
+    (aligned && size <= 64).then(|| size.next_power_of_two().trailing_zeros())
+}
 
 /// What occupies a pfn found by [`RangeAllocator::find`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,8 +184,13 @@ pub struct RangeStats {
 pub struct RangeAllocator {
     start: u64,
     end: u64,
-    /// Free ranges and live allocations (each tagged: managed by the cache path or not).
+    /// Free ranges and live allocations (each tagged: managed by the cache path or not); a
+    /// chunk is one allocation entry (tagged uncached) spanning it.
     tree: GapTree,
+    /// The small size-aligned allocations, in bitmaps.
+    chunks: Chunks,
+    /// Granules per chunk.
+    chunk_granules: u64,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -198,6 +224,8 @@ impl RangeAllocator {
             start,
             end,
             tree,
+            chunks: Chunks::default(),
+            chunk_granules: chunk_granules(end - start + 1),
             reserved: BTreeMap::new(),
             stats,
         })
@@ -255,12 +283,25 @@ impl RangeAllocator {
     ) -> Result<u64, IovaError> {
         self.check_request(size, limit)?;
         let limit = limit.min(self.end);
+        let class = chunk_class(size, aligned);
+        if let Some(class) = class {
+            if let Some(pfn) = self.alloc_in_chunks(size, class, limit, cached)? {
+                return Ok(pfn);
+            }
+        }
         let align = if aligned {
             size.checked_next_power_of_two()
         } else {
             Some(1)
         };
-        let fit = align.and_then(|align| self.tree.highest_fit(size, align, limit));
+        let mut fit = align.and_then(|align| self.tree.highest_fit(size, align, limit));
+        if let (None, Some(align), None) = (fit, align, class) {
+            // The chunks' free space is out of this request's reach; give it back to the tree
+            // so that the request fails only where no aligned gap exists at all.
+            if self.dissolve_chunks_below(limit, size)? {
+                fit = self.tree.highest_fit(size, align, limit);
+            }
+        }
         let Some(fit) = fit else {
             self.stats.failures += 1;
             return Err(IovaError::NoSpace { size, limit });
@@ -270,10 +311,95 @@ impl RangeAllocator {
             return Err(IovaError::OutOfMemory { size });
         }
         self.tree.carve(fit, size, cached);
+        self.count_alloc(size);
+        Ok(fit.pfn)
+    }
+
+    /// A small size-aligned request served by the chunks: the highest fit in a chunk, else in
+    /// a new chunk carved from the highest aligned free block of the tree. `Ok(None)` when
+    /// neither exists (the tree may still hold a smaller gap).
+    fn alloc_in_chunks(
+        &mut self,
+        size: u64,
+        class: u32,
+        limit: u64,
+        cached: bool,
+    ) -> Result<Option<u64>, IovaError> {
+        let found = match self.chunks.highest_fit(size, class, limit) {
+            Some(found) => found,
+            None => {
+                let granules = self.chunk_granules;
+                let Some(block) = self.tree.highest_fit(granules, granules, limit) else {
+                    return Ok(None);
+                };
+                let i = self.new_chunk(block, size)?;
+                let base = self.chunks.get(i).base();
+                let at = self.chunks.get(i).highest_fit(size, class, limit - base);
+                (i, base + at.expect("an empty chunk below the limit fits every small request"))
+            }
+        };
+        let (i, pfn) = found;
+        self.chunks.alloc(i, pfn, size, cached);
+        self.count_alloc(size);
+        Ok(Some(pfn))
+    }
+
+    /// Make the free block `block` of the tree a chunk (its metadata, and the tree's room to
+    /// carve its entry, got first: on failure nothing changes); its index.
+    fn new_chunk(&mut self, block: Fit, size: u64) -> Result<usize, IovaError> {
+        let oom = IovaError::OutOfMemory { size };
+        if CHUNK_ALLOC.fail() || !self.chunks.try_reserve() {
+            return Err(oom);
+        }
+        let chunk = Chunk::try_new(block.pfn, self.chunk_granules).ok_or(oom)?;
+        if TREE_NODE.fail() || !self.tree.try_reserve(2) {
+            return Err(oom);
+        }
+        self.tree.carve(block, self.chunk_granules, false);
+        Ok(self.chunks.insert(chunk))
+    }
+
+    /// Give every chunk below `limit` with free space back to the tree (for a request of `size`
+    /// that found no fit in the tree); whether there was one.
+    fn dissolve_chunks_below(&mut self, limit: u64, size: u64) -> Result<bool, IovaError> {
+        let mut any = false;
+        for i in self.chunks.overlapping(0, limit) {
+            let c = self.chunks.get(i);
+            if c.used_granules() < c.granules() {
+                self.dissolve(i, size)?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Turn chunk `i` back into tree entries: its span becomes free and each of its
+    /// allocations is carved again with its tag. The tree's room is got first, so a failure
+    /// (an `OutOfMemory` for a request of `size`) changes nothing.
+    fn dissolve(&mut self, i: usize, size: u64) -> Result<(), IovaError> {
+        let live = self.chunks.get(i).live() as usize;
+        if TREE_NODE.fail() || !self.tree.try_reserve(2 * live) {
+            return Err(IovaError::OutOfMemory { size });
+        }
+        let chunk = self.chunks.remove(i);
+        self.release_chunk_entry(chunk.base());
+        for (pfn, len, tag) in chunk.allocations() {
+            let range = self.tree.at_or_below(pfn).expect("the chunk's span is free");
+            self.tree.carve(Fit { range, pfn }, len, tag);
+        }
+        Ok(())
+    }
+
+    /// Free the tree entry of the chunk at `base` (taken out of the chunks already).
+    fn release_chunk_entry(&mut self, base: u64) {
+        let e = self.tree.at_or_below(base).expect("a chunk's entry");
+        self.tree.release(e);
+    }
+
+    fn count_alloc(&mut self, size: u64) {
         self.stats.allocated_granules += size;
         self.stats.allocated_ranges += 1;
         self.stats.free_granules -= size;
-        Ok(fit.pfn)
     }
 
     /// Free the allocation of `size` granules starting at `pfn`; it must match an
@@ -290,6 +416,9 @@ impl RangeAllocator {
         size: u64,
         cached: bool,
     ) -> Result<(), IovaError> {
+        if let Some(i) = self.chunks.containing(pfn) {
+            return self.free_in_chunk(i, pfn, size, cached);
+        }
         // One descent: the allocation's entry, whose neighbours are the slots next to it.
         let e = self.allocation_at(pfn).filter(|e| e.live == Some(cached));
         let Some(e) = e else {
@@ -303,10 +432,44 @@ impl RangeAllocator {
             });
         }
         self.tree.release(e);
+        self.count_free(size);
+        Ok(())
+    }
+
+    /// [`free_tagged`](Self::free_tagged) of a pfn inside chunk `i`; a chunk left empty goes
+    /// back to the tree (its entry freed, which allocates nothing).
+    fn free_in_chunk(
+        &mut self,
+        i: usize,
+        pfn: u64,
+        size: u64,
+        cached: bool,
+    ) -> Result<(), IovaError> {
+        let chunk = self.chunks.get(i);
+        let found = chunk.allocation_at(pfn - chunk.base());
+        let Some((allocated, _)) = found.filter(|&(_, tag)| tag == cached) else {
+            return Err(IovaError::NotAllocated { pfn });
+        };
+        if allocated != size {
+            return Err(IovaError::SizeMismatch {
+                pfn,
+                allocated,
+                freed: size,
+            });
+        }
+        self.chunks.free(i, pfn, size);
+        if self.chunks.get(i).live() == 0 {
+            let chunk = self.chunks.remove(i);
+            self.release_chunk_entry(chunk.base());
+        }
+        self.count_free(size);
+        Ok(())
+    }
+
+    fn count_free(&mut self, size: u64) {
         self.stats.allocated_granules -= size;
         self.stats.allocated_ranges -= 1;
         self.stats.free_granules += size;
-        Ok(())
     }
 
     /// The allocation starting at `pfn`, if any.
@@ -333,6 +496,10 @@ impl RangeAllocator {
         let (lo, hi) = (lo.max(self.start), hi.min(self.end));
         if lo > hi {
             return Ok(());
+        }
+        // Reservations lie in the tree's ranges only: the chunks they overlap go back to it.
+        for i in self.chunks.overlapping(lo, hi) {
+            self.dissolve(i, hi - lo + 1)?;
         }
         // Refuse if an allocation overlaps: walk down the entries overlapping [lo, hi] (the
         // free ones among them are carved below anyway).
@@ -394,13 +561,20 @@ impl RangeAllocator {
 
     /// The allocated or reserved range containing `pfn`, if any.
     pub fn find(&self, pfn: u64) -> Option<IovaRange> {
+        let allocated = |lo: u64, len: u64| IovaRange {
+            lo,
+            hi: lo + (len - 1),
+            kind: RangeKind::Allocated,
+        };
+        // No reservation overlaps a chunk.
+        if let Some(i) = self.chunks.containing(pfn) {
+            let c = self.chunks.get(i);
+            let (at, len) = c.allocation_covering(pfn - c.base())?;
+            return Some(allocated(c.base() + at, len));
+        }
         if let Some(e) = self.tree.at_or_below(pfn) {
             if e.live.is_some() && pfn - e.start < e.len {
-                return Some(IovaRange {
-                    lo: e.start,
-                    hi: e.start + (e.len - 1),
-                    kind: RangeKind::Allocated,
-                });
+                return Some(allocated(e.start, e.len));
             }
         }
         let (&s, &e) = self.reserved.range(..=pfn).next_back()?;
@@ -413,10 +587,26 @@ impl RangeAllocator {
 
     /// Allocated ranges as `(start, size)` in address order.
     pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.tree.allocations().into_iter()
+        let mut all: Vec<(u64, u64)> = self
+            .tree
+            .allocations()
+            .into_iter()
+            .filter(|&(pfn, _)| !self.is_chunk_entry(pfn))
+            .collect();
+        all.extend(self.chunks.iter().flat_map(|c| c.allocations().map(|(p, s, _)| (p, s))));
+        all.sort_unstable();
+        all.into_iter()
     }
 
-    /// Free ranges as `(start, size)` in address order.
+    /// Whether the tree's allocation entry at `pfn` is a chunk's.
+    fn is_chunk_entry(&self, pfn: u64) -> bool {
+        self.chunks
+            .containing(pfn)
+            .is_some_and(|i| self.chunks.get(i).base() == pfn)
+    }
+
+    /// Free ranges as `(start, size)` in address order: the tree's and the chunks' free runs,
+    /// merged where they touch.
     ///
     /// ```
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
@@ -427,7 +617,17 @@ impl RangeAllocator {
     /// assert_eq!(r.free_ranges(), [(0, 100)], "neighbours merge again");
     /// ```
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.tree.ranges()
+        let mut pieces = self.tree.ranges();
+        pieces.extend(self.chunks.iter().flat_map(|c| c.free_ranges()));
+        pieces.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(pieces.len());
+        for (start, len) in pieces {
+            match merged.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += len,
+                _ => merged.push((start, len)),
+            }
+        }
+        merged
     }
 
     /// Counters.
@@ -449,8 +649,9 @@ impl RangeAllocator {
     /// assert_eq!(r.stats(), expect);
     /// ```
     pub fn stats(&self) -> RangeStats {
+        let chunk_runs: u64 = self.chunks.iter().map(|c| c.free_runs()).sum();
         RangeStats {
-            free_ranges: self.tree.len() as u64,
+            free_ranges: self.tree.len() as u64 + chunk_runs,
             ..self.stats
         }
     }
@@ -460,18 +661,27 @@ impl RangeAllocator {
     /// tree augmentation agree. A diagnostic for tests; `Err` names the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.tree.check()?;
-        let mut pieces: Vec<(u64, u64, char)> = self
-            .tree
-            .entries()
-            .into_iter()
-            .map(|e| {
-                (
-                    e.start,
-                    e.start + e.len - 1,
-                    if e.live.is_some() { 'a' } else { 'f' },
-                )
-            })
-            .collect();
+        self.chunks.check()?;
+        // Pieces: 'f' a free range of the tree, 'a' an allocation, 'c' a chunk's free run,
+        // 'r' a reservation; each chunk's entry is replaced by its allocations and free runs.
+        let mut pieces: Vec<(u64, u64, char)> = Vec::new();
+        for e in self.tree.entries() {
+            let last = e.start + (e.len - 1);
+            if e.live.is_none() {
+                pieces.push((e.start, last, 'f'));
+            } else if let Some(i) = self.chunks.containing(e.start) {
+                let c = self.chunks.get(i);
+                if (c.base(), c.granules()) != (e.start, e.len) || e.live != Some(false) {
+                    return Err(format!("chunk {:#x} and its tree entry disagree", c.base()));
+                }
+            } else {
+                pieces.push((e.start, last, 'a'));
+            }
+        }
+        for c in self.chunks.iter() {
+            pieces.extend(c.allocations().map(|(p, s, _)| (p, p + s - 1, 'a')));
+            pieces.extend(c.free_ranges().into_iter().map(|(p, l)| (p, p + l - 1, 'c')));
+        }
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
             (s <= e).then_some((s, e, 'r'))
@@ -497,13 +707,20 @@ impl RangeAllocator {
                 self.end
             ));
         }
-        let free: u64 = self.tree.ranges().iter().map(|r| r.1).sum();
-        let live: u64 = self.tree.allocations().iter().map(|r| r.1).sum();
-        if free != self.stats.free_granules || live != self.stats.allocated_granules {
+        let sum = |kinds: &[char]| -> u64 {
+            let of_kind = pieces.iter().filter(|p| kinds.contains(&p.2));
+            of_kind.map(|&(s, e, _)| e - s + 1).sum()
+        };
+        let live = pieces.iter().filter(|p| p.2 == 'a').count() as u64;
+        if sum(&['f', 'c']) != self.stats.free_granules || sum(&['a']) != self.stats.allocated_granules {
             return Err("granule counters disagree with the ranges".into());
         }
-        if self.tree.live() as u64 != self.stats.allocated_ranges {
+        if live != self.stats.allocated_ranges {
             return Err("allocation counter disagrees with the allocations".into());
+        }
+        let in_chunks: u64 = self.chunks.iter().map(|c| c.live()).sum();
+        if self.tree.live() as u64 != live - in_chunks + self.chunks.len() as u64 {
+            return Err("the tree's allocation count disagrees with its entries".into());
         }
         Ok(())
     }

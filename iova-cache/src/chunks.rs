@@ -1,0 +1,121 @@
+//! The chunks of a range allocator, in address order, with their top summaries in one
+//! dense array so that a search from the limit down reads a word per chunk it passes.
+//!
+//! Chunks are few (a chunk holds up to 65536 granules: a few hundred at 300k live
+//! allocations), made when the small allocations need room and dropped when they empty, so
+//! an insertion or removal may shift the arrays.
+
+use crate::chunk::{self, Chunk};
+
+/// Chunks by start pfn.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Chunks {
+    /// Each chunk's first pfn, ascending.
+    bases: Vec<u64>,
+    /// Each chunk's [`Chunk::top`].
+    tops: Vec<u64>,
+    chunks: Vec<Chunk>,
+}
+
+impl Chunks {
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.chunks.iter()
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &Chunk {
+        &self.chunks[i]
+    }
+
+    /// The index of the chunk holding `pfn`.
+    pub(crate) fn containing(&self, pfn: u64) -> Option<usize> {
+        let i = self.bases.partition_point(|&b| b <= pfn).checked_sub(1)?;
+        (pfn - self.bases[i] < self.chunks[i].granules()).then_some(i)
+    }
+
+    /// Indices of the chunks overlapping `[lo, hi]`, highest first.
+    pub(crate) fn overlapping(&self, lo: u64, hi: u64) -> Vec<usize> {
+        let end = self.bases.partition_point(|&b| b <= hi);
+        (0..end)
+            .rev()
+            .take_while(|&i| self.bases[i] + (self.chunks[i].granules() - 1) >= lo)
+            .collect()
+    }
+
+    /// The highest `2^class`-aligned run of `size` free granules (`size <= 2^class <= 64`)
+    /// in any chunk, ending at or below `limit`: `(chunk index, pfn)`.
+    pub(crate) fn highest_fit(&self, size: u64, class: u32, limit: u64) -> Option<(usize, u64)> {
+        let end = self.bases.partition_point(|&b| b <= limit);
+        (0..end).rev().find_map(|i| {
+            if !chunk::offers(self.tops[i], size, class) {
+                return None;
+            }
+            let base = self.bases[i];
+            let at = self.chunks[i].highest_fit(size, class, limit - base)?;
+            Some((i, base + at))
+        })
+    }
+
+    /// Room for one more chunk; `false` if the memory cannot be had.
+    pub(crate) fn try_reserve(&mut self) -> bool {
+        self.bases.try_reserve(1).is_ok()
+            && self.tops.try_reserve(1).is_ok()
+            && self.chunks.try_reserve(1).is_ok()
+    }
+
+    /// Add `chunk` (disjoint from the others; room made with
+    /// [`try_reserve`](Self::try_reserve)); its index.
+    pub(crate) fn insert(&mut self, chunk: Chunk) -> usize {
+        let i = self.bases.partition_point(|&b| b < chunk.base());
+        self.bases.insert(i, chunk.base());
+        self.tops.insert(i, chunk.top());
+        self.chunks.insert(i, chunk);
+        i
+    }
+
+    /// Take out chunk `i`.
+    pub(crate) fn remove(&mut self, i: usize) -> Chunk {
+        self.bases.remove(i);
+        self.tops.remove(i);
+        self.chunks.remove(i)
+    }
+
+    /// Allocate in chunk `i` (see [`Chunk::alloc`]).
+    pub(crate) fn alloc(&mut self, i: usize, pfn: u64, size: u64, tag: bool) {
+        let c = &mut self.chunks[i];
+        c.alloc(pfn - c.base(), size, tag);
+        self.tops[i] = c.top();
+    }
+
+    /// Free in chunk `i` (see [`Chunk::free`]).
+    pub(crate) fn free(&mut self, i: usize, pfn: u64, size: u64) {
+        let c = &mut self.chunks[i];
+        c.free(pfn - c.base(), size);
+        self.tops[i] = c.top();
+    }
+
+    /// Check every chunk, their order and their copies of the top summaries (tests).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (i, c) in self.chunks.iter().enumerate() {
+            c.check()?;
+            if self.bases[i] != c.base() || self.tops[i] != c.top() {
+                return Err(format!("chunk {:#x}: stale base or top copy", c.base()));
+            }
+            if c.base() % c.granules() != 0 {
+                return Err(format!("chunk {:#x} not naturally aligned", c.base()));
+            }
+            if let Some(next) = self.chunks.get(i + 1) {
+                if c.base() + c.granules() > next.base() {
+                    return Err(format!("chunk {:#x} overlaps the next", c.base()));
+                }
+            }
+            if c.live() == 0 {
+                return Err(format!("chunk {:#x} is empty but kept", c.base()));
+            }
+        }
+        Ok(())
+    }
+}
