@@ -729,6 +729,131 @@ impl RangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A request, free, reservation or lookup of [`chunks_and_tree_match_a_model`].
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc { size: u64, limit: u64, aligned: bool },
+        Free { pick: usize, wrong_size: bool, cached: bool },
+        Reserve { lo: u64, len: u64 },
+        Find { pfn: u64 },
+    }
+
+    /// Space of the model test: 16 chunks of 1024 granules.
+    const END: u64 = (1 << 14) - 1;
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Mostly small requests (the chunks'), some large ones (the tree's, and the ones
+        // that only the chunks' free space can hold).
+        let size = prop_oneof![8 => 1u64..=64, 1 => 65u64..4000];
+        prop_oneof![
+            6 => (size, END / 2..=END + 8, any::<bool>()).prop_map(|(size, limit, aligned)| Op::Alloc { size, limit, aligned }),
+            5 => (any::<usize>(), proptest::bool::weighted(0.05), proptest::bool::weighted(0.05)).prop_map(|(pick, wrong_size, cached)| Op::Free { pick, wrong_size, cached }),
+            1 => (0..=END, 1u64..80).prop_map(|(lo, len)| Op::Reserve { lo, len }),
+            1 => (0..=END).prop_map(|pfn| Op::Find { pfn }),
+        ]
+    }
+
+    /// Whether `[start, limit]` holds an `align`-aligned run of `size` granules outside
+    /// every `busy` inclusive range, by walking the gaps.
+    fn gap_fits(mut busy: Vec<(u64, u64)>, limit: u64, size: u64, align: u64) -> bool {
+        busy.push((limit + 1, limit + 1));
+        busy.sort_unstable();
+        let mut next = 0u64;
+        busy.iter().any(|&(lo, hi)| {
+            let first = next.next_multiple_of(align);
+            let fits = first + size <= lo.min(limit + 1);
+            next = next.max(hi + 1);
+            fits
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random requests, frees, reservations and lookups: every allocation inside the
+        /// limit, aligned and disjoint from the live and reserved ranges; `NoSpace` exactly
+        /// when no aligned gap exists; frees, lookups and counters exact; invariants after
+        /// every step.
+        #[test]
+        #[cfg_attr(miri, ignore)] // thousands of steps with full invariant checks
+        fn chunks_and_tree_match_a_model(ops in proptest::collection::vec(op(), 1..600)) {
+            let mut r = RangeAllocator::new(0, END).unwrap();
+            let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut reserved: Vec<(u64, u64)> = Vec::new();
+            for op in ops {
+                let busy = || -> Vec<(u64, u64)> {
+                    let held = live.iter().map(|(&p, &s)| (p, p + s - 1));
+                    held.chain(reserved.iter().copied()).collect()
+                };
+                match op {
+                    Op::Alloc { size, limit, aligned } => {
+                        let align = if aligned { size.next_power_of_two() } else { 1 };
+                        let could = gap_fits(busy(), limit.min(END), size, align);
+                        match r.alloc(size, limit, aligned) {
+                            Ok(pfn) => {
+                                prop_assert!(pfn % align == 0 && pfn + size - 1 <= limit.min(END));
+                                prop_assert!(busy().iter().all(|&(lo, hi)| hi < pfn || pfn + size - 1 < lo));
+                                live.insert(pfn, size);
+                            }
+                            Err(IovaError::NoSpace { .. }) => prop_assert!(!could, "false NoSpace"),
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::Free { pick, wrong_size, cached } => {
+                        let Some((&pfn, &size)) = live.iter().nth(pick % live.len().max(1)) else {
+                            continue;
+                        };
+                        let freed = if wrong_size { size + 1 } else { size };
+                        let res = r.free_tagged(pfn, freed, cached);
+                        if cached {
+                            prop_assert_eq!(res, Err(IovaError::NotAllocated { pfn }));
+                        } else if wrong_size {
+                            prop_assert_eq!(res, Err(IovaError::SizeMismatch { pfn, allocated: size, freed }));
+                        } else {
+                            prop_assert_eq!(res, Ok(()));
+                            prop_assert_eq!(r.free(pfn, size), Err(IovaError::NotAllocated { pfn }));
+                            live.remove(&pfn);
+                        }
+                    }
+                    Op::Reserve { lo, len } => {
+                        let hi = lo + len - 1;
+                        let over = live.range(..=hi).next_back().filter(|&(&p, &s)| p + s > lo);
+                        match over {
+                            Some((&pfn, &size)) => prop_assert_eq!(r.reserve(lo, hi), Err(IovaError::ReserveOverlapsAllocation { pfn, size })),
+                            None => {
+                                prop_assert_eq!(r.reserve(lo, hi), Ok(()));
+                                reserved.push((lo, hi.min(END)));
+                            }
+                        }
+                    }
+                    Op::Find { pfn } => {
+                        let held = live.range(..=pfn).next_back().filter(|&(&p, &s)| pfn < p + s);
+                        let found = r.find(pfn);
+                        match held {
+                            Some((&p, &s)) => prop_assert_eq!(found, Some(IovaRange { lo: p, hi: p + s - 1, kind: RangeKind::Allocated })),
+                            None => {
+                                let in_reserved = reserved.iter().any(|&(lo, hi)| lo <= pfn && pfn <= hi);
+                                prop_assert_eq!(found.map(|f| f.kind), in_reserved.then_some(RangeKind::Reserved));
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(r.check_invariants(), Ok(()));
+                prop_assert_eq!(r.allocated().collect::<Vec<_>>(), live.iter().map(|(&p, &s)| (p, s)).collect::<Vec<_>>());
+                let stats = r.stats();
+                prop_assert_eq!(stats.allocated_granules, live.values().sum::<u64>());
+                let free: u64 = r.free_ranges().iter().map(|f| f.1).sum();
+                prop_assert_eq!(free, stats.free_granules);
+            }
+            for (pfn, size) in std::mem::take(&mut live) {
+                r.free(pfn, size).unwrap();
+            }
+            prop_assert_eq!(r.check_invariants(), Ok(()));
+            prop_assert_eq!(r.chunks.iter().count(), 0, "every chunk went back");
+        }
+    }
 
     #[test]
     fn errors_leave_the_allocator_usable() {
