@@ -12,18 +12,11 @@
 //! granules any `2^k`-aligned lane of the word offers from its start, capped at `2^k`
 //! ([`word_fits`]); a request of `size <= 2^k` granules aligned to `2^k` fits in the word
 //! exactly when the byte is at least `size`, and in a set of words exactly when their bytewise
-//! maximum is (a request never straddles words). A group keeps the bytewise maximum of 64
-//! words' summaries and the chunk that of its groups ([`Chunk::top`]), so a search reads the
-//! top, the groups and the words of one group from the limit down, and computes the fit in
-//! one word.
+//! maximum is (a request never straddles words). The words' summaries are the leaves of a
+//! [`SummaryTree`] whose root is the chunk's ([`Chunk::top`]), so a search reads at most 16
+//! summaries per level from the limit down and computes the fit in one word.
 
-use crate::fitsummary;
-
-/// Words per group summary.
-const GROUP_WORDS: usize = 64;
-
-/// The bytes of a summary that hold a class (`0..=6`).
-const CLASSES: u64 = 0x00ff_ffff_ffff_ffff;
+use crate::summarytree::{filled, SummaryTree};
 
 /// Per class `k`, the lowest bit of every `2^k`-granule lane of a word.
 const LANE_LOW: [u64; 7] = [
@@ -38,35 +31,39 @@ const LANE_LOW: [u64; 7] = [
 
 /// The fit summary of a word whose free granules are the set bits of `free`: byte `k` (for
 /// `k` in `0..=6`) the longest run of free granules from the start of any `2^k`-aligned lane,
-/// capped at `2^k`.
-///
-/// Branch-free: per class, adding one to every lane at once (the lanes' top bits kept out of
-/// the addition so that no carry crosses a lane) flips exactly each lane's trailing ones and
-/// the zero above them, so `free & (free ^ (free + 1))` is each lane's run of trailing ones;
-/// OR-ing the lanes onto the lowest one gives the longest run's mask, as the runs are all
-/// prefixes of their lanes.
+/// capped at `2^k`. Branch-free, about 80 instructions (a free and an allocation each compute
+/// one).
+#[inline]
 pub(crate) fn word_fits(free: u64) -> u64 {
-    let mut fits = u64::from(free != 0);
-    for (k, &low) in LANE_LOW.iter().enumerate().take(6).skip(1) {
-        let lane = 1u32 << k;
-        let high = low << (lane - 1);
-        let plus_one = ((free & !high) + low) ^ (free & high);
-        let mut runs = free & (free ^ plus_one);
-        let mut fold = 32;
-        while fold >= lane {
-            runs |= runs >> fold;
-            fold >>= 1;
-        }
-        let longest = (runs & ((1 << lane) - 1)).count_ones();
-        fits |= u64::from(longest) << (8 * k);
-    }
-    fits | u64::from(free.trailing_ones()) << 48
+    u64::from(free != 0)
+        | longest_lane_run::<1>(free) << 8
+        | longest_lane_run::<2>(free) << 16
+        | longest_lane_run::<3>(free) << 24
+        | longest_lane_run::<4>(free) << 32
+        | longest_lane_run::<5>(free) << 40
+        | u64::from(free.trailing_ones()) << 48
 }
 
-/// Whether a summary offers `size` granules in class `class` (alignment `2^class`).
-#[inline]
-pub(crate) fn offers(fits: u64, size: u64, class: u32) -> bool {
-    (fits >> (8 * class)) & 0xff >= size
+/// The longest run of set bits of `free` from the start of a `2^K`-bit lane.
+///
+/// Adding one to every lane at once (the lanes' top bits kept out of the addition so that no
+/// carry crosses a lane) flips exactly each lane's trailing ones and the zero above them, so
+/// `free & (free ^ (free + 1))` is each lane's run of trailing ones; OR-ing the lanes onto the
+/// lowest one gives the longest run's mask, as every run is a prefix of its lane.
+#[inline(always)]
+fn longest_lane_run<const K: u32>(free: u64) -> u64 {
+    let lane = 1u32 << K;
+    let low = LANE_LOW[K as usize];
+    let high = low << (lane - 1);
+    let plus_one = ((free & !high) + low) ^ (free & high);
+    let mut runs = free & (free ^ plus_one);
+    let mut fold = 32;
+    while fold >= lane {
+        runs |= runs >> fold;
+        fold >>= 1;
+    }
+    // The run is a prefix mask of the lane: its length is where the lane's first zero is.
+    u64::from((!(runs & ((1 << lane) - 1))).trailing_zeros())
 }
 
 /// The highest start in a word, `2^class`-aligned, of `size` free granules (`1..=2^class`)
@@ -124,12 +121,8 @@ fn span(bit: u32, size: u64) -> u64 {
 pub(crate) struct Chunk {
     base: u64,
     words: Box<[Word]>,
-    /// Per word, [`word_fits`] of its free granules.
-    fits: Box<[u64]>,
-    /// Per 64 words, the bytewise maximum of their summaries.
-    groups: Box<[u64]>,
-    /// The bytewise maximum of the groups' summaries.
-    top: u64,
+    /// Per word, [`word_fits`] of its free granules, under their maxima.
+    fits: SummaryTree,
     /// Live allocations.
     live: u64,
     used_granules: u64,
@@ -142,14 +135,10 @@ impl Chunk {
     /// memory cannot be had.
     pub(crate) fn try_new(base: u64, granules: u64) -> Option<Self> {
         let words = (granules / 64) as usize;
-        let groups = words.div_ceil(GROUP_WORDS);
-        let empty = word_fits(u64::MAX);
         Some(Self {
             base,
             words: filled(words, Word::default())?,
-            fits: filled(words, empty)?,
-            groups: filled(groups, empty)?,
-            top: empty,
+            fits: SummaryTree::try_filled(words, word_fits(u64::MAX))?,
             live: 0,
             used_granules: 0,
             free_runs: 1,
@@ -168,7 +157,7 @@ impl Chunk {
 
     /// The summary of the whole chunk's free space.
     pub(crate) fn top(&self) -> u64 {
-        self.top
+        self.fits.root()
     }
 
     /// Live allocations.
@@ -189,28 +178,20 @@ impl Chunk {
     /// The highest offset of a `2^class`-aligned run of `size` free granules (`size <=
     /// 2^class <= 64`) ending at or below the offset `limit`.
     pub(crate) fn highest_fit(&self, size: u64, class: u32, limit: u64) -> Option<u64> {
-        if !offers(self.top, size, class) {
-            return None;
-        }
         let limit = limit.min(self.granules() - 1);
         let limit_word = (limit / 64) as usize;
-        // Only the group and the word holding the limit can offer a fit that lies above it;
-        // below them a summary that offers one has one.
-        (0..=limit_word / GROUP_WORDS)
-            .rev()
-            .filter(|&g| offers(self.groups[g], size, class))
-            .find_map(|g| {
-                let last = (g * GROUP_WORDS + GROUP_WORDS - 1).min(limit_word);
-                (g * GROUP_WORDS..=last)
-                    .rev()
-                    .filter(|&w| offers(self.fits[w], size, class))
-                    .find_map(|w| {
-                        let top = if w == limit_word { limit % 64 } else { 63 };
-                        let free = !self.words[w].used;
-                        let bit = highest_start(free, size as u32, class, top as u32)?;
-                        Some(64 * w as u64 + u64::from(bit))
-                    })
-            })
+        let mut end = limit_word + 1;
+        // Only the word holding the limit can offer a fit that lies above it; below it a word
+        // that offers one has one.
+        while let Some(w) = self.fits.highest(end, size, class) {
+            let top = if w == limit_word { limit % 64 } else { 63 };
+            let free = !self.words[w].used;
+            if let Some(bit) = highest_start(free, size as u32, class, top as u32) {
+                return Some(64 * w as u64 + u64::from(bit));
+            }
+            end = w;
+        }
+        None
     }
 
     /// The allocation starting at offset `at`: its size and tag, if one does.
@@ -269,32 +250,9 @@ impl Chunk {
         at < self.granules() && self.words[(at / 64) as usize].used >> (at % 64) & 1 == 0
     }
 
-    /// Recompute word `w`'s summary and, where it changes their maximum, its group's and the
-    /// top's: a summary that grew raises them in place; one that shrank forces a rescan only
-    /// where it held a maximum.
+    /// Recompute word `w`'s summary and the maxima above it.
     fn refresh(&mut self, w: usize) {
-        let new = word_fits(!self.words[w].used);
-        let old = std::mem::replace(&mut self.fits[w], new);
-        let g = w / GROUP_WORDS;
-        let group = self.groups[g];
-        let grew = fitsummary::max(old, new) == new;
-        let next = if grew {
-            fitsummary::max(group, new)
-        } else if held_max(old, group) {
-            let words = &self.fits[g * GROUP_WORDS..((g + 1) * GROUP_WORDS).min(self.fits.len())];
-            words.iter().fold(0, |m, &f| fitsummary::max(m, f))
-        } else {
-            group
-        };
-        if next == group {
-            return;
-        }
-        self.groups[g] = next;
-        self.top = if grew {
-            fitsummary::max(self.top, next)
-        } else {
-            self.groups.iter().fold(0, |m, &f| fitsummary::max(m, f))
-        };
+        self.fits.set(w, word_fits(!self.words[w].used));
     }
 
     /// Every allocation as `(pfn, size, tag)` in address order.
@@ -341,19 +299,12 @@ impl Chunk {
                 live += 1;
             }
             let fits = brute_word_fits(!word.used);
-            if self.fits[w] != fits {
-                return Err(format!("word at {at:#x}: summary {:#x}, not {fits:#x}", self.fits[w]));
+            if self.fits.leaf(w) != fits {
+                let stale = self.fits.leaf(w);
+                return Err(format!("word at {at:#x}: summary {stale:#x}, not {fits:#x}"));
             }
         }
-        for (g, words) in self.fits.chunks(GROUP_WORDS).enumerate() {
-            let max = bytewise_max(words.iter().copied());
-            if self.groups[g] != max {
-                return Err(format!("chunk {:#x} group {g}: summary is stale", self.base));
-            }
-        }
-        if self.top != bytewise_max(self.groups.iter().copied()) {
-            return Err(format!("chunk {:#x}: top summary is stale", self.base));
-        }
+        self.fits.check()?;
         let used: u64 = self.words.iter().map(|w| u64::from(w.used.count_ones())).sum();
         let runs = self.free_ranges().len() as u64;
         if (live, used, runs) != (self.live, self.used_granules, self.free_runs) {
@@ -363,14 +314,6 @@ impl Chunk {
     }
 }
 
-/// A boxed slice of `n` copies of `value`, or `None` if the memory cannot be had.
-fn filled<T: Copy>(n: usize, value: T) -> Option<Box<[T]>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).ok()?;
-    v.resize(n, value);
-    Some(v.into_boxed_slice())
-}
-
 /// The positions of the set bits of `mask`, lowest first.
 fn set_bits(mut mask: u64) -> impl Iterator<Item = u32> {
     std::iter::from_fn(move || {
@@ -378,21 +321,6 @@ fn set_bits(mut mask: u64) -> impl Iterator<Item = u32> {
         (mask != 0).then(|| {
             mask &= mask - 1;
             bit
-        })
-    })
-}
-
-/// Whether `old` held `max`'s value in some class byte (so losing it may lower `max`).
-fn held_max(old: u64, max: u64) -> bool {
-    fitsummary::at_least(old, max) & CLASSES != 0
-}
-
-/// The per-byte maximum by a plain loop (the checker shares nothing with the upkeep).
-fn bytewise_max(summaries: impl Iterator<Item = u64>) -> u64 {
-    summaries.fold(0, |m, s| {
-        (0..8).fold(0, |acc, byte| {
-            let get = |x: u64| (x >> (8 * byte)) & 0xff;
-            acc | get(m).max(get(s)) << (8 * byte)
         })
     })
 }
@@ -436,7 +364,8 @@ mod tests {
             let brute = (0..64).rev().find(|&b| brute_fits_at(free, size, class, b, top));
             prop_assert_eq!(highest_start(free, size, class, top), brute);
             // Where the limit binds nothing, the summary decides the fit exactly.
-            prop_assert_eq!(offers(word_fits(free), u64::from(size), class), brute_fits_any(free, size, class));
+            let byte = word_fits(free) >> (8 * class) & 0xff;
+            prop_assert_eq!(byte >= u64::from(size), brute_fits_any(free, size, class));
         }
     }
 

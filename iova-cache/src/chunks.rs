@@ -1,23 +1,34 @@
-//! The chunks of a range allocator, in address order, with their top summaries in one
-//! dense array so that a search from the limit down reads a word per chunk it passes.
+//! The chunks of a range allocator, in address order, with their top summaries as the
+//! leaves of a [`SummaryTree`], so a search from the limit down reads at most 16 summaries per
+//! level rather than one per chunk it passes.
 //!
 //! Chunks are few (a chunk holds up to 65536 granules: a few hundred at 300k live
 //! allocations), made when the small allocations need room and dropped when they empty, so
-//! an insertion or removal may shift the arrays.
+//! an insertion or removal shifts the arrays and rebuilds the summary tree in place.
 
-use crate::chunk::{self, Chunk};
+use crate::chunk::Chunk;
+use crate::summarytree::SummaryTree;
 
 /// Chunks by start pfn.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Chunks {
     /// Each chunk's first pfn, ascending.
     bases: Vec<u64>,
-    /// Each chunk's [`Chunk::top`].
-    tops: Vec<u64>,
+    /// Leaf `i`: chunk `i`'s [`Chunk::top`]; the leaves past the last chunk are empty.
+    tops: SummaryTree,
     chunks: Vec<Chunk>,
 }
 
 impl Chunks {
+    /// No chunks; `None` if the memory cannot be had.
+    pub(crate) fn try_new() -> Option<Self> {
+        Some(Self {
+            bases: Vec::new(),
+            tops: SummaryTree::try_filled(1, 0)?,
+            chunks: Vec::new(),
+        })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.chunks.len()
     }
@@ -48,22 +59,28 @@ impl Chunks {
     /// The highest `2^class`-aligned run of `size` free granules (`size <= 2^class <= 64`)
     /// in any chunk, ending at or below `limit`: `(chunk index, pfn)`.
     pub(crate) fn highest_fit(&self, size: u64, class: u32, limit: u64) -> Option<(usize, u64)> {
-        let end = self.bases.partition_point(|&b| b <= limit);
-        (0..end).rev().find_map(|i| {
-            if !chunk::offers(self.tops[i], size, class) {
-                return None;
-            }
+        let mut end = self.bases.partition_point(|&b| b <= limit);
+        // Only the chunk holding the limit can offer a fit that lies above it.
+        while let Some(i) = self.tops.highest(end, size, class) {
             let base = self.bases[i];
-            let at = self.chunks[i].highest_fit(size, class, limit - base)?;
-            Some((i, base + at))
-        })
+            if let Some(at) = self.chunks[i].highest_fit(size, class, limit - base) {
+                return Some((i, base + at));
+            }
+            end = i;
+        }
+        None
     }
 
     /// Room for one more chunk; `false` if the memory cannot be had.
     pub(crate) fn try_reserve(&mut self) -> bool {
-        self.bases.try_reserve(1).is_ok()
-            && self.tops.try_reserve(1).is_ok()
-            && self.chunks.try_reserve(1).is_ok()
+        let need = self.chunks.len() + 1;
+        if self.tops.capacity() < need {
+            match self.tops.try_grown(need.next_power_of_two()) {
+                Some(grown) => self.tops = grown,
+                None => return false,
+            }
+        }
+        self.bases.try_reserve(1).is_ok() && self.chunks.try_reserve(1).is_ok()
     }
 
     /// Add `chunk` (disjoint from the others; room made with
@@ -71,15 +88,15 @@ impl Chunks {
     pub(crate) fn insert(&mut self, chunk: Chunk) -> usize {
         let i = self.bases.partition_point(|&b| b < chunk.base());
         self.bases.insert(i, chunk.base());
-        self.tops.insert(i, chunk.top());
+        self.tops.shift_in(i, chunk.top());
         self.chunks.insert(i, chunk);
         i
     }
 
-    /// Take out chunk `i`.
+    /// Take out chunk `i` (allocates nothing).
     pub(crate) fn remove(&mut self, i: usize) -> Chunk {
         self.bases.remove(i);
-        self.tops.remove(i);
+        self.tops.shift_out(i);
         self.chunks.remove(i)
     }
 
@@ -87,21 +104,21 @@ impl Chunks {
     pub(crate) fn alloc(&mut self, i: usize, pfn: u64, size: u64, tag: bool) {
         let c = &mut self.chunks[i];
         c.alloc(pfn - c.base(), size, tag);
-        self.tops[i] = c.top();
+        self.tops.set(i, c.top());
     }
 
     /// Free in chunk `i` (see [`Chunk::free`]).
     pub(crate) fn free(&mut self, i: usize, pfn: u64, size: u64) {
         let c = &mut self.chunks[i];
         c.free(pfn - c.base(), size);
-        self.tops[i] = c.top();
+        self.tops.set(i, c.top());
     }
 
     /// Check every chunk, their order and their copies of the top summaries (tests).
     pub(crate) fn check(&self) -> Result<(), String> {
         for (i, c) in self.chunks.iter().enumerate() {
             c.check()?;
-            if self.bases[i] != c.base() || self.tops[i] != c.top() {
+            if self.bases[i] != c.base() || self.tops.leaf(i) != c.top() {
                 return Err(format!("chunk {:#x}: stale base or top copy", c.base()));
             }
             if c.base() % c.granules() != 0 {
@@ -116,6 +133,10 @@ impl Chunks {
                 return Err(format!("chunk {:#x} is empty but kept", c.base()));
             }
         }
-        Ok(())
+        let unused = self.chunks.len()..self.tops.capacity();
+        if unused.into_iter().any(|i| self.tops.leaf(i) != 0) {
+            return Err("a summary past the last chunk".into());
+        }
+        self.tops.check()
     }
 }

@@ -110,6 +110,7 @@ pub mod points;
 mod range;
 mod rcache;
 mod stats;
+mod summarytree;
 #[cfg(not(loom))]
 mod trim;
 

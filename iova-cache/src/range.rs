@@ -209,11 +209,12 @@ impl RangeAllocator {
             return Err(IovaError::InvalidRange { lo: start, hi: end });
         }
         let mut tree = GapTree::new();
-        if !tree.try_reserve(1) {
+        let chunks = Chunks::try_new();
+        let Some(chunks) = chunks.filter(|_| tree.try_reserve(1)) else {
             return Err(IovaError::OutOfMemory {
                 size: end - start + 1,
             });
-        }
+        };
         tree.insert(start, end - start + 1);
         let stats = RangeStats {
             free_granules: end - start + 1,
@@ -224,7 +225,7 @@ impl RangeAllocator {
             start,
             end,
             tree,
-            chunks: Chunks::default(),
+            chunks,
             chunk_granules: chunk_granules(end - start + 1),
             reserved: BTreeMap::new(),
             stats,
