@@ -59,7 +59,11 @@ impl Chunks {
     /// The highest `2^class`-aligned run of `size` free granules (`size <= 2^class <= 64`)
     /// in any chunk, ending at or below `limit`: `(chunk index, pfn)`.
     pub(crate) fn highest_fit(&self, size: u64, class: u32, limit: u64) -> Option<(usize, u64)> {
-        let mut end = self.bases.partition_point(|&b| b <= limit);
+        // Usually the limit lies above every chunk: no search.
+        let mut end = match self.bases.last() {
+            Some(&last) if last <= limit => self.bases.len(),
+            _ => self.bases.partition_point(|&b| b <= limit),
+        };
         // Only the chunk holding the limit can offer a fit that lies above it.
         while let Some(i) = self.tops.highest(end, size, class) {
             let base = self.bases[i];

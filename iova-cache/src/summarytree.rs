@@ -70,6 +70,22 @@ impl Level {
         u128::from_le_bytes(self.blocks[block][class])
     }
 
+    /// Whether block `block`, in which one summary fell from `old` to `new`, no longer
+    /// reaches its maximum `max` in some class: one whose byte fell from the maximum, with no
+    /// other node of the block at it (one comparison of the class's row).
+    fn lost_maximum(&self, block: usize, max: u64, old: u64, new: u64) -> bool {
+        let mut fell = fitsummary::at_least(old, max) & !fitsummary::at_least(new, old) & CLASS_BYTES;
+        while fell != 0 {
+            let k = fell.trailing_zeros() as usize / 8;
+            fell &= fell - 1;
+            let need = u128::from((max >> (8 * k)) as u8) * ONES;
+            if highest_offering(self.block(k, block), need, u128::MAX).is_none() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The bytewise maximum of the summaries of block `block`.
     fn fold(&self, block: usize) -> u64 {
         let children = &self.summaries[block * FANOUT..(block + 1) * FANOUT];
@@ -176,10 +192,7 @@ impl SummaryTree {
             let before = self.levels[l].summaries[parent];
             let after = if grew {
                 fitsummary::max(before, new)
-            } else if fitsummary::at_least(old, before) & !fitsummary::at_least(new, old) & CLASS_BYTES
-                != 0
-            {
-                // A class in which the node's maximum was this child's, and fell.
+            } else if self.levels[l - 1].lost_maximum(parent, before, old, new) {
                 self.levels[l - 1].fold(parent)
             } else {
                 before
