@@ -108,8 +108,8 @@ use crate::faults::{CHUNK_ALLOC, TREE_NODE};
 use crate::gaptree::{Entry, Fit, GapTree};
 use std::collections::BTreeMap;
 
-/// Largest chunk: 65536 granules, 1024 words in 16 groups.
-const MAX_CHUNK_SHIFT: u32 = 16;
+/// Largest chunk: 2^18 granules (4096 words).
+const MAX_CHUNK_SHIFT: u32 = 18;
 
 /// Smallest chunk: 256 granules.
 const MIN_CHUNK_SHIFT: u32 = 8;
