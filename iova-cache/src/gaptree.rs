@@ -30,8 +30,9 @@
 //! (the treap this replaced: 1.4 log2 n deep, 23 levels on average at 155k ranges) pays a
 //! dependent miss per level; nodes of 15 or 16 entries hold the same ranges in `log_8 n` to
 //! `log_16 n` levels, each a few adjacent cache lines. With 300k live mixed-size allocations
-//! the tree holds about 435k entries (135k of them free ranges), nearly all of them in the
-//! leaves.
+//! as tree entries the tree held about 435k entries (135k of them free ranges), nearly all of
+//! them in the leaves; the small size-aligned allocations now live in chunks (module `range`),
+//! each one entry here.
 //!
 //! Leaves and inner nodes are different types in two stores. A leaf is four cache lines: a
 //! 16-byte header and [`LEAF_FANOUT`] entries of a start and a length each, with a bit per

@@ -1,12 +1,43 @@
 //! The authoritative range allocator: top-down allocation below an inclusive limit,
 //! natural alignment, reservations, exact-match frees.
 //!
-//! Free space and live allocations live in one [`GapTree`] (a B+ tree of free ranges and
+//! Small size-aligned allocations (up to 64 granules) live in chunks: naturally aligned blocks
+//! of up to 2^18 granules carved from the free space, each keeping its allocations in bitmaps
+//! and its free space in fit summaries (modules `chunk`, `chunks`, `summarytree`). Everything
+//! else (unaligned requests, larger sizes, the chunks themselves, and the small requests when
+//! no chunk-sized block is left) lives in one [`GapTree`] (a B+ tree of free ranges and
 //! allocations keyed by start pfn, whose inner nodes summarise each subtree's longest free
-//! range and aligned fits; its allocation entries validate frees and answer `find`),
-//! reservations in a `BTreeMap` of merged inclusive ranges. There are no search hints and no negative cache: the summaries answer
-//! "no space" exactly, so the hint-staleness and negative-cache bugs of a hinted rbtree
-//! cannot occur.
+//! range and aligned fits; its allocation entries validate frees and answer `find`);
+//! reservations in a `BTreeMap` of merged inclusive ranges. There are no search hints and no
+//! negative cache: the summaries answer "no space" exactly, so the hint-staleness and
+//! negative-cache bugs of a hinted rbtree cannot occur.
+//!
+//! # Where an allocation goes, and which address it gets
+//!
+//! * A size-aligned request of up to 64 granules (alignment `2^k`, `k` in `0..=6`) takes the
+//!   highest fit ending at or below the limit inside the chunks; if no chunk has one, a new
+//!   chunk at the highest chunk-aligned free block of the tree that ends at or below the limit,
+//!   and the highest fit in it; if there is no such block, the highest fit in the tree. Such a
+//!   request lies inside one 64-granule word, so it never straddles a chunk's edge: the chunks
+//!   and the tree between them hold every place it can go, and `NoSpace` is exact.
+//! * Every other request takes the highest fit in the tree. If there is none, the chunks below
+//!   the limit that have free space go back to the tree first (their allocations become tree
+//!   entries, their free runs merge with the tree's), and the search runs again, so `NoSpace`
+//!   stays exact however the small allocations are placed; a chunk's memory comes back too.
+//! * A chunk whose last allocation is freed goes back to the tree; a reservation over a chunk
+//!   turns it back into tree entries first, so reservations only ever carve the tree's ranges.
+//!
+//! The address is therefore "the highest fit below the limit" within each of these steps, not
+//! over the whole space: a small request prefers any chunk's space to a higher free range of
+//! the tree. Every answer is a valid one (inside the limit, aligned, disjoint from every live
+//! and reserved range), which is what the differential model and this crate's model tests
+//! check; the tests that pin exact addresses use spaces or requests the chunks do not change.
+//!
+//! A chunk is one allocation entry of the tree (tagged uncached), so the tree stays small: at
+//! 300k live allocations of 1..64 granules it holds a few hundred chunks and the rare other
+//! entries, where it held 435k entries (20 MB) before, and a pair that reaches the range
+//! allocator touches the chunk's word (three bit masks), its summaries and the cached top of
+//! the summary trees.
 //!
 //! # Why an augmented index of the free ranges
 //!
@@ -23,83 +54,49 @@
 //!   (4e89dce72521) and the stale negative cache (5b61343b5059) cannot occur; both scenarios are
 //!   regression tests;
 //! * every operation is one descent of the tree plus work in place: an allocation carves its
-//!   entry from the fit's range through the handle the search returned (the range's entry
-//!   shrinks or becomes the allocation's; at most two entries are added next to it); a free
-//!   finds the allocation's entry and its neighbours in one descent and turns the entry into a
-//!   free range or merges it into one or both neighbours, adding nothing, so a free needs no
-//!   memory and cannot fail once validated; a reservation shrinks the ranges it overlaps and adds
-//!   at most one. An allocation or free costs O(log n) in the number of entries, for unaligned
-//!   and size-aligned requests up to 64 granules;
+//!   entry from the fit's range through the handle the search returned; a free finds the
+//!   allocation's entry and its neighbours in one descent and turns the entry into a free
+//!   range or merges it into one or both neighbours, adding nothing, so a free needs no memory
+//!   and cannot fail once validated (a chunk's free flips bits and updates summaries, and an
+//!   emptied chunk's release is such a tree free); a reservation shrinks the ranges it overlaps
+//!   and adds at most one. An allocation or free costs O(log n) in the number of entries;
 //! * a reservation over a live allocation is refused ([`crate::IovaAllocator::reserve`] flushes
 //!   the caches first, so cached ranges never block it).
-//!
-//! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
-//! [`crate::IovaAllocator`] (sizes up to 32 cached), 100k pairs under callgrind: 2630
-//! instructions and 16.7 first-level and 4.2 last-level read misses per pair (an 8 MiB last
-//! level simulated; the driving loop's own array counts about one), from 2920, 29.6 and 5.7 with
-//! the allocations in a `BTreeMap` beside a tree of the free ranges alone. dmabench (one
-//! thread, medians of 3, runs of both versions interleaved on a shared 2-CPU machine): 0.59 to
-//! 0.66 us CPU per pair and a p99 of 1.5 to 1.9 us (102 to 122 times the cached pair), from
-//! 0.78 to 0.83 us and 1.9 to 2.1 us (118 to 127 times); the fewer misses count for more when
-//! other work crowds the caches (at a load of 10: 0.76 and 2.0 us, from 1.18 and 3.6 us).
-//! What remains is mostly the free's descent to a random leaf, a miss or two per level below
-//! the cached top of the tree, and the rescans of the nodes above a range that held their
-//! largest length (the free space below the allocations, which most large allocations shrink).
-//!
-//! With the descent prefetching each node's lines and, at a leaf, its siblings' lines next to
-//! it (module `gaptree`), dmabench (one thread, six runs of both versions interleaved, at a
-//! load of 7 to 10 on the 2-CPU machine): a p99 of 2.10 us, from 2.48 us, and 0.76 us CPU
-//! per pair, from 0.89 (medians); 137 times the cached pair, from 147 (the cached pair's
-//! own spread moves the ratio as much). Timing each operation alone (a probe with the
-//! time-stamp counter, five interleaved runs per step): a free that reaches the tree 0.93 us
-//! median and 1.93 us p99, from 1.09 and 2.24 (the leaf's own lines 1.09 to 1.03 and 2.24
-//! to 2.03, the siblings' 1.03 to 0.93 and 2.01 to 1.93); an allocation from the tree
-//! 0.37 to 0.39 us throughout, bound by its instructions rather than misses: under
-//! callgrind 2500 per allocation from the tree, from 2900, the climb's share (the rescans
-//! above the range it shrinks) down by a quarter with a node's record computed in one pass.
-//! Backing the node store with transparent huge pages made no difference beyond the noise
-//! in the same probe.
-//!
-//! With leaves of their own type (module `gaptree`: four cache lines of starts and lengths,
-//! a bit per entry for allocations and one for their tags, no stored fit summary; the
-//! inner nodes keep theirs), the tree takes about half the memory. Through
-//! [`crate::IovaAllocator`] at 300k live the allocator holds 19 MB, from 29 MB (resident
-//! set after the set-up, the driving loop's own 7 MB array subtracted); a `RangeAllocator`
-//! alone after 300k more pairs holds 68k leaves of 256 bytes and 8.6k inner nodes of 512
-//! bytes, 17 and 4.4 MB (the leaves 56% full: nodes never merge). Under callgrind (an
-//! 8 MiB last level simulated, 300k pairs of warm-up first so that no store grows in the
-//! measured window): through [`crate::IovaAllocator`], 2530 instructions and 12.8
-//! first-level and 2.1 last-level read misses per pair, from 2400, 15.0 and 4.0; pairs that
-//! all reach the tree (a `RangeAllocator` alone), 4900 instructions and 4.1 last-level read
-//! misses, from 4570 and 7.9. The instructions added are the leaf rescans, which now compute
-//! each free range's summary (branch-free, all classes in a few word operations) where they
-//! read a stored one; a free skips the rescan where a neighbour in the same leaf absorbs the
-//! range it removes. dmabench (one thread, two rounds of four runs of both versions
-//! interleaved on the shared 2-CPU machine; medians): at a load of 7 to 10, a p99 of 1.70 us,
-//! from 2.43, and 0.66 us CPU per pair, from 0.84 (63 times the cached pair, from 90); at a
-//! load of 2 to 4, with the rescan a merging free skips, 1.42 us from 1.73 and 0.55 us from
-//! 0.67 (56 times, from 66). With the caches off, 1.17 and 1.00 us CPU per pair, from 1.39
-//! and 1.21.
-//!
-//! The target of 20 times the cached pair (about 300 ns) is out of this design's reach on
-//! this machine, for two reasons that compound. Misses: a dependent chase over random
-//! 512-byte nodes costs 40 to 75 ns per load in 4 MiB, 60 to 270 ns in 8 MiB, 250 to 410 ns
-//! in 16 MiB and 350 to 460 ns in 32 MiB, and the tree still takes about 20 MB at 300k live,
-//! most of it leaves; a free of a random allocation has to reach that allocation's leaf, and
-//! the pairs around the p99 free to and allocate from the tree (a quarter of the pairs do).
-//! Instructions: a pair that reaches the tree executes about 4900 (an allocation 2900: the
-//! search, the carve and the climb's rescans), and an allocation from the tree took 0.37 us
-//! when its lines were cached, over the bound by itself. Reaching it needs metadata of a
-//! few MiB and several times fewer instructions per pair at once, for instance a granule
-//! bitmap with per-word and hierarchical summaries of the largest aligned free block for the
-//! dense region where the small size-aligned allocations live (a search of a few cached
-//! summary loads and one word; a size-aligned request of up to 64 granules lies inside one
-//! 64-granule word), the tree keeping the large ranges, the reservations and the sparse rest
-//! of the space. That is not built.
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
 //! allocation would lose the worst-case bound.
+//!
+//! # What a fragmented pair costs
+//!
+//! Free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, 300k pairs of
+//! warm-up, then 100k measured pairs under callgrind (an 8 MiB last level simulated; the
+//! driving loop's own array counts about one miss):
+//!
+//! | | instructions per pair | L1 read misses | last-level read misses |
+//! |---|---|---|---|
+//! | `RangeAllocator` alone, tree only (before the chunks) | 4890 | 25.4 | 4.1 |
+//! | `RangeAllocator` alone, chunks | 2300 | 13.5 | 1.5 |
+//! | through [`crate::IovaAllocator`] (sizes up to 32 cached), tree only | 2490 | 12.8 | 2.1 |
+//! | through [`crate::IovaAllocator`], chunks | 1460 | 8.9 | 1.2 |
+//!
+//! The allocator's memory at 300k live: about 10 MB (resident set of the same run, the driving
+//! loop's 7 MB array subtracted), from 32 MB (the tree's 68k leaves and 8.6k inner nodes).
+//! dmabench (one thread, four runs of both versions interleaved on a shared, loaded 2-CPU
+//! machine): a p99 of 0.32 to 0.73 us per pair (12 to 29 times the cached pair; the median of
+//! a run's three repetitions 13 to 29 times), from 1.13 to 1.28 us (43 to 49 times), and 0.21 to
+//! 0.29 us CPU per pair from 0.49 to 0.53. The spread is the machine's: a repetition with the
+//! other CPU busy doubles the p99 of the new code, whose pairs are short enough that another
+//! process's cache and TLB pressure dominates them. What a pair costs now: two word summaries
+//! (`chunk::word_fits`, about 80 instructions each), the summary trees' updates (a
+//! node changes only where a maximum moves; a node's maximum that fell is rechecked with one
+//! comparison of its class row before any refold), the search (a 16-byte row per level), and
+//! the misses of a random word's bit masks and summaries in about 10 MB.
+//!
+//! The summaries of the chunk trees were first kept only as `u64`s (a byte per class), which
+//! made a search compare 16 summaries one by one per level (about 800 instructions per pair),
+//! then only as per-class byte rows, which made an update climb once per class (1500); each
+//! node now keeps both.
 
 use crate::chunk::Chunk;
 use crate::chunks::Chunks;
@@ -260,9 +257,10 @@ impl RangeAllocator {
         Ok(())
     }
 
-    /// Allocate `size` granules ending at or below the inclusive `limit`, at the highest
-    /// address that fits; with `aligned`, the start is a multiple of `size` rounded up to a
-    /// power of two.
+    /// Allocate `size` granules ending at or below the inclusive `limit`; with `aligned`, the
+    /// start is a multiple of `size` rounded up to a power of two. The address is the highest
+    /// that fits in the tree or, for size-aligned requests of up to 64 granules, in the chunks
+    /// (see the module documentation); `NoSpace` only when no fitting gap exists at all.
     ///
     /// ```
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
