@@ -289,7 +289,9 @@ impl Chunk {
                 return Err(format!("word at {at:#x}: a start or tag on a free granule"));
             }
             if word.used & 1 == 1 && word.starts & 1 == 0 {
-                return Err(format!("word at {at:#x}: an allocation from the word before"));
+                return Err(format!(
+                    "word at {at:#x}: an allocation from the word before"
+                ));
             }
             for bit in set_bits(word.starts) {
                 let size = word.size_from(bit);
@@ -301,11 +303,17 @@ impl Chunk {
             let fits = brute_word_fits(!word.used);
             if self.fits.leaf(w) != fits {
                 let stale = self.fits.leaf(w);
-                return Err(format!("word at {at:#x}: summary {stale:#x}, not {fits:#x}"));
+                return Err(format!(
+                    "word at {at:#x}: summary {stale:#x}, not {fits:#x}"
+                ));
             }
         }
         self.fits.check()?;
-        let used: u64 = self.words.iter().map(|w| u64::from(w.used.count_ones())).sum();
+        let used: u64 = self
+            .words
+            .iter()
+            .map(|w| u64::from(w.used.count_ones()))
+            .sum();
         let runs = self.free_ranges().len() as u64;
         if (live, used, runs) != (self.live, self.used_granules, self.free_runs) {
             return Err(format!("chunk {:#x}: counters disagree", self.base));
@@ -346,7 +354,9 @@ mod tests {
     /// Whether a `2^class`-aligned run of `size` free granules starts at `bit` and ends at or
     /// below `top`, by brute force.
     fn brute_fits_at(free: u64, size: u32, class: u32, bit: u32, top: u32) -> bool {
-        bit % (1 << class) == 0 && bit + size - 1 <= top && (bit..bit + size).all(|b| free >> b & 1 == 1)
+        bit % (1 << class) == 0
+            && bit + size - 1 <= top
+            && (bit..bit + size).all(|b| free >> b & 1 == 1)
     }
 
     proptest! {
@@ -378,7 +388,11 @@ mod tests {
         let mut c = Chunk::try_new(1 << 12, 1 << 12).unwrap();
         assert_eq!(c.highest_fit(64, 6, u64::MAX), Some(4032));
         assert_eq!(c.highest_fit(3, 2, 4095), Some(4092));
-        assert_eq!(c.highest_fit(3, 2, 4093), Some(4088), "ends at or below the limit");
+        assert_eq!(
+            c.highest_fit(3, 2, 4093),
+            Some(4088),
+            "ends at or below the limit"
+        );
         c.alloc(4088, 3, true);
         c.alloc(4080, 5, false);
         c.check().unwrap();
@@ -388,15 +402,26 @@ mod tests {
         assert_eq!(c.allocation_at(4081), None, "inside, not a start");
         assert_eq!(c.allocation_covering(4090), Some((4088, 3)));
         assert_eq!(c.allocation_covering(4091), None);
-        assert_eq!(c.highest_fit(64, 6, u64::MAX), Some(3968), "the top word is taken");
+        assert_eq!(
+            c.highest_fit(64, 6, u64::MAX),
+            Some(3968),
+            "the top word is taken"
+        );
         c.alloc(4085, 3, false);
-        assert_eq!(c.allocation_at(4080), Some((5, false)), "a start ends the one below");
+        assert_eq!(
+            c.allocation_at(4080),
+            Some((5, false)),
+            "a start ends the one below"
+        );
         assert_eq!(c.free_runs(), 2);
         c.free(4088, 3);
         c.free(4080, 5);
         c.free(4085, 3);
         c.check().unwrap();
-        assert_eq!((c.live(), c.free_runs(), c.top()), (0, 1, word_fits(u64::MAX)));
+        assert_eq!(
+            (c.live(), c.free_runs(), c.top()),
+            (0, 1, word_fits(u64::MAX))
+        );
         assert_eq!(c.free_ranges(), [(1 << 12, 1 << 12)]);
     }
 
@@ -416,7 +441,15 @@ mod tests {
         }
         // Every third word is free again, from word 0 up to word 126.
         assert_eq!(c.highest_fit(64, 6, u64::MAX), Some(126 * 64));
-        assert_eq!(c.highest_fit(64, 6, 8000), Some(123 * 64), "ends at or below the limit");
-        assert_eq!(c.highest_fit(1, 0, 8000), Some(124 * 64 - 1), "word 125 is taken");
+        assert_eq!(
+            c.highest_fit(64, 6, 8000),
+            Some(123 * 64),
+            "ends at or below the limit"
+        );
+        assert_eq!(
+            c.highest_fit(1, 0, 8000),
+            Some(124 * 64 - 1),
+            "word 125 is taken"
+        );
     }
 }

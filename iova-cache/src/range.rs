@@ -334,7 +334,10 @@ impl RangeAllocator {
                 let i = self.new_chunk(block, size)?;
                 let base = self.chunks.get(i).base();
                 let at = self.chunks.get(i).highest_fit(size, class, limit - base);
-                (i, base + at.expect("an empty chunk below the limit fits every small request"))
+                (
+                    i,
+                    base + at.expect("an empty chunk below the limit fits every small request"),
+                )
             }
         };
         let (i, pfn) = found;
@@ -383,7 +386,10 @@ impl RangeAllocator {
         let chunk = self.chunks.remove(i);
         self.release_chunk_entry(chunk.base());
         for (pfn, len, tag) in chunk.allocations() {
-            let range = self.tree.at_or_below(pfn).expect("the chunk's span is free");
+            let range = self
+                .tree
+                .at_or_below(pfn)
+                .expect("the chunk's span is free");
             self.tree.carve(Fit { range, pfn }, len, tag);
         }
         Ok(())
@@ -592,7 +598,11 @@ impl RangeAllocator {
             .into_iter()
             .filter(|&(pfn, _)| !self.is_chunk_entry(pfn))
             .collect();
-        all.extend(self.chunks.iter().flat_map(|c| c.allocations().map(|(p, s, _)| (p, s))));
+        all.extend(
+            self.chunks
+                .iter()
+                .flat_map(|c| c.allocations().map(|(p, s, _)| (p, s))),
+        );
         all.sort_unstable();
         all.into_iter()
     }
@@ -679,7 +689,11 @@ impl RangeAllocator {
         }
         for c in self.chunks.iter() {
             pieces.extend(c.allocations().map(|(p, s, _)| (p, p + s - 1, 'a')));
-            pieces.extend(c.free_ranges().into_iter().map(|(p, l)| (p, p + l - 1, 'c')));
+            pieces.extend(
+                c.free_ranges()
+                    .into_iter()
+                    .map(|(p, l)| (p, p + l - 1, 'c')),
+            );
         }
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
@@ -711,7 +725,9 @@ impl RangeAllocator {
             of_kind.map(|&(s, e, _)| e - s + 1).sum()
         };
         let live = pieces.iter().filter(|p| p.2 == 'a').count() as u64;
-        if sum(&['f', 'c']) != self.stats.free_granules || sum(&['a']) != self.stats.allocated_granules {
+        if sum(&['f', 'c']) != self.stats.free_granules
+            || sum(&['a']) != self.stats.allocated_granules
+        {
             return Err("granule counters disagree with the ranges".into());
         }
         if live != self.stats.allocated_ranges {
@@ -733,10 +749,23 @@ mod tests {
     /// A request, free, reservation or lookup of [`chunks_and_tree_match_a_model`].
     #[derive(Debug, Clone)]
     enum Op {
-        Alloc { size: u64, limit: u64, aligned: bool },
-        Free { pick: usize, wrong_size: bool, cached: bool },
-        Reserve { lo: u64, len: u64 },
-        Find { pfn: u64 },
+        Alloc {
+            size: u64,
+            limit: u64,
+            aligned: bool,
+        },
+        Free {
+            pick: usize,
+            wrong_size: bool,
+            cached: bool,
+        },
+        Reserve {
+            lo: u64,
+            len: u64,
+        },
+        Find {
+            pfn: u64,
+        },
     }
 
     /// Space of the model test: 16 chunks of 1024 granules.

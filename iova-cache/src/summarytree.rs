@@ -74,7 +74,8 @@ impl Level {
     /// reaches its maximum `max` in some class: one whose byte fell from the maximum, with no
     /// other node of the block at it (one comparison of the class's row).
     fn lost_maximum(&self, block: usize, max: u64, old: u64, new: u64) -> bool {
-        let mut fell = fitsummary::at_least(old, max) & !fitsummary::at_least(new, old) & CLASS_BYTES;
+        let mut fell =
+            fitsummary::at_least(old, max) & !fitsummary::at_least(new, old) & CLASS_BYTES;
         while fell != 0 {
             let k = fell.trailing_zeros() as usize / 8;
             fell &= fell - 1;
@@ -306,7 +307,9 @@ mod tests {
 
     /// A summary with `byte` in class `class` and `other` in every other class.
     fn summary(class: usize, byte: u64, other: u64) -> u64 {
-        (0..CLASSES).fold(0, |s, k| s | if k == class { byte } else { other } << (8 * k))
+        (0..CLASSES).fold(0, |s, k| {
+            s | if k == class { byte } else { other } << (8 * k)
+        })
     }
 
     proptest! {

@@ -224,17 +224,33 @@ fn no_chunk_fails_the_request_and_changes_nothing() {
     }
     let small = r.alloc(4, END, true).unwrap();
     assert_eq!(small % 4, 0);
-    assert_eq!(r.find(small + 3).map(|f| (f.lo, f.hi)), Some((small, small + 3)));
+    assert_eq!(
+        r.find(small + 3).map(|f| (f.lo, f.hi)),
+        Some((small, small + 3))
+    );
     // A request only the chunk's free space can hold gives the chunk back to the tree first,
     // which needs nodes for its allocations: failing, it changes nothing.
     let space = END + 1 - 3 - 4;
-    let before = (r.stats(), r.free_ranges(), r.allocated().collect::<Vec<_>>());
+    let before = (
+        r.stats(),
+        r.free_ranges(),
+        r.allocated().collect::<Vec<_>>(),
+    );
     let (res, used) = armed(&TREE_NODE, 1, || r.alloc(space, END, false));
-    assert_eq!((res, used), (Err(IovaError::OutOfMemory { size: space }), 1));
-    assert_eq!((r.stats(), r.free_ranges(), r.allocated().collect()), before);
+    assert_eq!(
+        (res, used),
+        (Err(IovaError::OutOfMemory { size: space }), 1)
+    );
+    assert_eq!(
+        (r.stats(), r.free_ranges(), r.allocated().collect()),
+        before
+    );
     r.check_invariants().unwrap();
     // Disarmed, the two free ranges either side of the chunk's allocation cannot hold it.
-    assert!(matches!(r.alloc(space, END, false), Err(IovaError::NoSpace { .. })));
+    assert!(matches!(
+        r.alloc(space, END, false),
+        Err(IovaError::NoSpace { .. })
+    ));
     r.check_invariants().unwrap();
     for (pfn, size) in [(unaligned, 3), (small, 4)] {
         r.free(pfn, size).unwrap();
