@@ -361,6 +361,7 @@ mod tests {
 
     proptest! {
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
         fn word_summary_matches_the_lanes(free: u64, holes in 0u32..64) {
             // Random words have few long runs; clearing a random span makes them.
             for free in [free, free | span(holes, 64 - u64::from(holes)), !0, 0] {
@@ -369,6 +370,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
         fn highest_start_is_the_highest_fit(free: u64, class in 0u32..=6, size_seed: u32, top in 0u32..64) {
             let size = 1 + size_seed % (1 << class);
             let brute = (0..64).rev().find(|&b| brute_fits_at(free, size, class, b, top));
