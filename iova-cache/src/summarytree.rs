@@ -210,8 +210,14 @@ impl SummaryTree {
     /// (`1..=64`).
     pub(crate) fn highest(&self, end: usize, size: u64, class: u32) -> Option<usize> {
         let (k, need) = (class as usize, size as u128 * ONES);
+        if end >= self.capacity {
+            // No bound inside the tree: straight down from the root.
+            let top = self.levels.len() - 1;
+            let root = highest_offering(self.levels[top].block(k, 0), need, 0xff)?;
+            return Some(self.descend(top, root, k, need));
+        }
         // Up: at each level, the nodes of the path's block below its node, then the parent's.
-        let mut end = end.min(self.capacity);
+        let mut end = end;
         for l in 0..self.levels.len() {
             if end == 0 {
                 return None;
