@@ -805,7 +805,7 @@ mod tests {
         /// when no aligned gap exists; frees, lookups and counters exact; invariants after
         /// every step.
         #[test]
-        #[cfg_attr(miri, ignore)] // thousands of steps with full invariant checks
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
         fn chunks_and_tree_match_a_model(ops in proptest::collection::vec(op(), 1..600)) {
             let mut r = RangeAllocator::new(0, END).unwrap();
             let mut live: BTreeMap<u64, u64> = BTreeMap::new();
