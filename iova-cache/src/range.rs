@@ -80,18 +80,19 @@
 //! | | instructions per pair | L1 read misses | last-level read misses |
 //! |---|---|---|---|
 //! | `RangeAllocator` alone, tree only (before the chunks) | 4890 | 25.4 | 4.1 |
-//! | `RangeAllocator` alone, chunks | 2300 | 13.5 | 1.5 |
+//! | `RangeAllocator` alone, chunks | 2290 | 12.4 | 1.5 |
 //! | through [`crate::IovaAllocator`] (sizes up to 32 cached), tree only | 2490 | 12.8 | 2.1 |
-//! | through [`crate::IovaAllocator`], chunks | 1460 | 8.9 | 1.2 |
+//! | through [`crate::IovaAllocator`], chunks | 1450 | 8.3 | 1.2 |
 //!
 //! The allocator's memory at 300k live: about 10 MB (resident set of the same run, the driving
 //! loop's 7 MB array subtracted), from 32 MB (the tree's 68k leaves and 8.6k inner nodes).
-//! dmabench (one thread, four runs of both versions interleaved on a shared, loaded 2-CPU
-//! machine): a p99 of 0.32 to 0.73 us per pair (12 to 29 times the cached pair; the median of
-//! a run's three repetitions 13 to 29 times), from 1.13 to 1.28 us (43 to 49 times), and 0.21 to
-//! 0.29 us CPU per pair from 0.49 to 0.53. The spread is the machine's: a repetition with the
-//! other CPU busy doubles the p99 of the new code, whose pairs are short enough that another
-//! process's cache and TLB pressure dominates them. What a pair costs now: two word summaries
+//! dmabench (one thread, seven runs of both versions interleaved on a shared 2-CPU machine at
+//! a load of 3 to 4): the target's ratio (median of a run's three repetitions) 13 to 37 times
+//! the cached pair, from 43 to 57 times, a p99 of 0.32 to 0.99 us from 1.13 to 1.48 us; per
+//! run the new ratio is 0.31 to 0.73 of the old (median 0.54); 0.25 to 0.33 us CPU per pair
+//! from 0.49 to 0.60. The spread is the machine's: repetitions with the other CPU quiet give
+//! 0.32 to 0.35 us (12 to 14 times), with it busy twice that, since the new code's pairs are
+//! short enough that another process's cache and TLB pressure dominates them. What a pair costs now: two word summaries
 //! (`chunk::word_fits`, about 80 instructions each), the summary trees' updates (a
 //! node changes only where a maximum moves; a node's maximum that fell is rechecked with one
 //! comparison of its class row before any refold), the search (a 16-byte row per level), and
