@@ -20,7 +20,11 @@
 //! paths instead of given a site: the depot's list of kept empty magazines is allocated for one
 //! per CPU slot up front, and the gap tree reserves the nodes of an allocation's (at most two)
 //! new entries before carving it, and the room of its free list with its node store, so an
-//! alloc cannot fail half-way; a free inserts nothing and allocates nothing. Not covered: the
+//! alloc cannot fail half-way; a free inserts nothing and allocates nothing (an emptied
+//! chunk's release is a free of its tree entry). A chunk given back to the tree (for a request
+//! only its free space completes, or a reservation over it) has the nodes of all its
+//! allocations' entries reserved first ([`TREE_NODE`] asked once), so it goes back whole or
+//! not at all. Not covered: the
 //! `BTreeMap` of reserved ranges and a reservation's list of the ones it merges have no fallible
 //! form in stable Rust ([`TREE_NODE`] is asked before them; a real failure there aborts like
 //! any Rust allocation), the temporary pfn list of a flush, and construction (every magazine of

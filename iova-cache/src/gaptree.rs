@@ -519,6 +519,28 @@ impl GapTree {
             && reserve_store(&mut self.leaves, &mut self.spare_leaves, inserts)
     }
 
+    /// [`try_reserve`](Self::try_reserve) for a batch of `inserts` inserts in a row (a chunk
+    /// given back to the tree: two per allocation it held), with a bound linear in `inserts`
+    /// where the per-insert worst case summed grows with its square (a chunk of 65536
+    /// allocations asked for billions of nodes). Each insert splits at most one leaf. A split
+    /// inner node leaves two halves of at least 8 children, which take at least 8 more
+    /// children each before they split again, so the splits one level up number at most the
+    /// nodes there before the batch plus an eighth of the splits below: in all, at most the
+    /// inner nodes that exist plus `inserts / 7`, and a new root per level the tree grows
+    /// (at most `log_8 inserts + 2`).
+    pub(crate) fn try_reserve_bulk(&mut self, inserts: usize) -> bool {
+        let inner_need = self.bulk_inner_need(inserts);
+        reserve_store(&mut self.inners, &mut self.spare_inners, inner_need)
+            && reserve_store(&mut self.leaves, &mut self.spare_leaves, inserts)
+    }
+
+    /// The inner nodes [`try_reserve_bulk`](Self::try_reserve_bulk) provides for.
+    fn bulk_inner_need(&self, inserts: usize) -> usize {
+        let inners = self.inners.len() - self.spare_inners.len();
+        let growth = (usize::BITS - inserts.leading_zeros()) as usize / 3 + 2;
+        inners + inserts / 7 + growth + self.height as usize + 1
+    }
+
     /// The leaf holding the last entry starting at or below `key` (strictly below with
     /// `strict`), or `None` if every entry starts above it.
     fn leaf_for(&self, key: u64, strict: bool) -> Option<u32> {
@@ -1134,6 +1156,47 @@ mod tests {
         t.at_or_below(start)
             .filter(|r| r.start == start)
             .expect("a range starts there")
+    }
+
+    #[test]
+    fn a_bulk_reservation_covers_its_inserts() {
+        for (existing, batch) in [(0, 5000), (3000, 20), (3000, 4000), (1, 1)] {
+            let mut t = GapTree::new();
+            assert!(t.try_reserve(existing + 1));
+            for i in 0..existing as u64 {
+                t.insert(4 * i, 1);
+            }
+            assert!(t.try_reserve_bulk(batch));
+            let used = |t: &GapTree| {
+                let inners = t.inners.len() - t.spare_inners.len();
+                (inners, t.leaves.len() - t.spare_leaves.len())
+            };
+            let (need, before) = (t.bulk_inner_need(batch), used(&t));
+            // Every insert after the existing ones, in order: the worst case for splits.
+            for i in 0..batch as u64 {
+                t.insert(4 * (existing as u64 + i), 1);
+            }
+            let after = used(&t);
+            assert!(
+                after.0 - before.0 <= need,
+                "{after:?} from {before:?}: need {need}"
+            );
+            assert!(after.1 - before.1 <= batch);
+            // Splits at the front fill the most nodes: half of them stay half full.
+            let mut t2 = GapTree::new();
+            assert!(t2.try_reserve(existing + 1));
+            for i in (0..existing as u64).rev() {
+                t2.insert(4 * i + 100_000, 1);
+            }
+            let (need, before) = (t2.bulk_inner_need(batch), used(&t2));
+            assert!(t2.try_reserve_bulk(batch));
+            for i in 0..batch as u64 {
+                t2.insert(4 * i, 1);
+            }
+            assert!(used(&t2).0 - before.0 <= need);
+            t.check().unwrap();
+            t2.check().unwrap();
+        }
     }
 
     #[test]

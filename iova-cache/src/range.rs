@@ -389,7 +389,7 @@ impl RangeAllocator {
     /// (an `OutOfMemory` for a request of `size`) changes nothing.
     fn dissolve(&mut self, i: usize, size: u64) -> Result<(), IovaError> {
         let live = self.chunks.get(i).live() as usize;
-        if TREE_NODE.fail() || !self.tree.try_reserve(2 * live) {
+        if TREE_NODE.fail() || !self.tree.try_reserve_bulk(2 * live) {
             return Err(IovaError::OutOfMemory { size });
         }
         let chunk = self.chunks.remove(i);
@@ -925,6 +925,29 @@ mod tests {
             Ok(0),
             "and a large request gets it"
         );
+    }
+
+    #[test]
+    fn a_request_only_a_chunks_free_space_completes_dissolves_it() {
+        let mut r = RangeAllocator::new(0, (1 << 14) - 1).unwrap();
+        let singles: Vec<u64> = (0..512)
+            .map(|_| r.alloc(1, u64::MAX, true).unwrap())
+            .collect();
+        assert_eq!(singles[511], 15 << 10 | 512, "the chunk's top half");
+        // Only the tree's range below the chunk and the chunk's free half together hold it.
+        let size = (15 << 10) + 512;
+        assert_eq!(r.alloc(size, u64::MAX, false), Ok(0));
+        assert_eq!(
+            r.chunks.iter().count(),
+            0,
+            "the chunk went back to the tree"
+        );
+        r.check_invariants().unwrap();
+        for pfn in singles {
+            r.free(pfn, 1).unwrap();
+        }
+        r.free(0, size).unwrap();
+        assert_eq!(r.free_ranges(), [(0, 1 << 14)]);
     }
 
     #[test]
