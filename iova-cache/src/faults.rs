@@ -55,7 +55,8 @@ pub static MAGAZINE_ALLOC: Site = Site::new("iova.magazine.alloc");
 pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 
 /// The range allocator's bookkeeping for a new range (the gap tree's nodes for up to two new
-/// entries), on allocation and reservation. Fallback: the request fails with
+/// entries), on allocation and reservation, and for a chunk's allocations when the chunk goes
+/// back to the tree. Fallback: the request fails with
 /// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes (Linux
 /// `alloc_iova` returning NULL when `alloc_iova_mem` fails).
 pub static TREE_NODE: Site = Site::new("iova.tree.node");
