@@ -470,7 +470,9 @@ impl Swiotlb {
 
     /// The calling thread's cached run, if it has `plan`'s slots and qualifies for it (the
     /// alignment and boundary checks a search makes), with the mapping recorded.
-    #[inline]
+    // Inlined into map as `find_slots` is: out of line it cost a prologue, an epilogue and an
+    // `Option` returned through the stack on every map.
+    #[inline(always)]
     fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
         let run = self
             .inner
@@ -658,7 +660,7 @@ impl Swiotlb {
 
     /// The pool holding bounce address `addr` of `dev`: lock-free. A device that never used
     /// bounce buffers pays one fence and one flag load.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup<'a>(&'a self, dev: &'a Device, addr: u64) -> Option<PoolRef<'a>> {
         let d = &dev.inner;
         LOOKUP_RMB.fence(Acquire);
