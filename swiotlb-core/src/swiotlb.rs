@@ -447,14 +447,12 @@ impl Swiotlb {
         dev: &'a Device,
         plan: &Plan,
     ) -> Result<(PoolRef<'a>, usize), Error> {
-        let found = self
-            .take_cached(plan)
-            .or_else(|| self.search_global(plan))
-            .or_else(|| self.drain_and_search(plan))
-            .or_else(|| self.search_transient(dev, plan));
-        let (pool, s) = found.ok_or(Error::NoSpace {
-            size: plan.mapping_size,
-        })?;
+        // The cached run is matched apart: merged into one `Option` with the searches, it
+        // went through the stack on every map.
+        let (pool, s) = match self.take_cached(plan) {
+            Some(found) => found,
+            None => self.search(dev, plan)?,
+        };
         self.inner.stats.add_used(pool.accounted_slots(plan.nslots));
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
@@ -486,6 +484,17 @@ impl Swiotlb {
             },
             run.start,
         ))
+    }
+
+    /// Search for `plan` everywhere but the calling thread's cache: the global pools, again
+    /// after draining every cache, then a transient pool.
+    fn search<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Result<(PoolRef<'a>, usize), Error> {
+        self.search_global(plan)
+            .or_else(|| self.drain_and_search(plan))
+            .or_else(|| self.search_transient(dev, plan))
+            .ok_or(Error::NoSpace {
+                size: plan.mapping_size,
+            })
     }
 
     /// Give every thread's cached run back to its area and search again: a cached run never
