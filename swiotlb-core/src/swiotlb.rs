@@ -487,7 +487,9 @@ impl Swiotlb {
     }
 
     /// Search for `plan` everywhere but the calling thread's cache: the global pools, again
-    /// after draining every cache, then a transient pool.
+    /// after draining every cache, then a transient pool. Inlined into map as `find_slots` is
+    /// (out of line, the locked path of a thread without a cache slot paid the stall).
+    #[inline(always)]
     fn search<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Result<(PoolRef<'a>, usize), Error> {
         self.search_global(plan)
             .or_else(|| self.drain_and_search(plan))
