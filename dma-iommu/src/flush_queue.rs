@@ -100,6 +100,12 @@ pub trait InvalidationOps: Send + Sync + 'static {
     fn sync(&self, gather: &mut Gather);
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
     fn reclaim(&self, entry: Self::Entry);
+    /// Free what every entry of `entries` holds, as [`reclaim`](Self::reclaim) would: a
+    /// drain hands over all the entries a flush made freeable at once, so an implementation
+    /// can free them together.
+    fn reclaim_all(&self, entries: impl Iterator<Item = Self::Entry>) {
+        entries.for_each(|e| self.reclaim(e));
+    }
 }
 
 /// Most entries a flush queue may hold over all its rings (`rings × ring_size`): 2^20, at
@@ -445,9 +451,8 @@ impl<O: InvalidationOps> Shared<O> {
             return;
         }
         ring.drained_at = finish;
-        while let Some(entry) = ring.pop_if_before(finish) {
-            self.ops.reclaim(entry);
-        }
+        self.ops
+            .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
     }
 
     /// Enqueue after the caller issued the enqueue fence.

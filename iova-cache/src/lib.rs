@@ -111,7 +111,7 @@ mod stats;
 #[cfg(not(loom))]
 mod trim;
 
-pub use allocator::IovaAllocator;
+pub use allocator::{IovaAllocator, FREE_BATCH};
 pub use config::{IovaConfig, MAX_CPUS, MAX_MAGAZINE_SIZE, MAX_SLOT_ENTRIES, MAX_TRIM_INTERVAL};
 pub use error::IovaError;
 pub use range::{IovaRange, RangeAllocator, RangeKind, RangeStats};
