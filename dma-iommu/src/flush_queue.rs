@@ -442,14 +442,21 @@ impl<O: InvalidationOps> Shared<O> {
     }
 
     /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
-    /// they read is the one the ring was last drained to, and the ring is left alone.
+    /// they read is the one the ring was last drained to, and the ring is left alone (inline;
+    /// the freeing is out of line).
+    #[inline]
     fn drain(&self, ring: &mut Ring<O::Entry>) {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
-        if finish == ring.drained_at {
-            return;
+        if finish != ring.drained_at {
+            self.drain_to(ring, finish);
         }
+    }
+
+    /// Free the entries stamped below `finish`, the flush count just read.
+    #[inline(never)]
+    fn drain_to(&self, ring: &mut Ring<O::Entry>, finish: u64) {
         ring.drained_at = finish;
         self.ops
             .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
