@@ -35,9 +35,11 @@
 //!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
 //!   (`timer_on` read first, then swapped: no line bouncing while armed).
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
-//!   entries stamped below it; nothing if the count is the one the ring was last drained to
-//!   (every entry queued since was stamped at or above it), so an enqueue between two flushes
-//!   pays a compare, not a look at the oldest slot.
+//!   entries stamped below it, handed to [`InvalidationOps::reclaim_all`] at once (the domain
+//!   gives a flush's IOVAs back to its CPU's magazines with one slot-lock acquisition per 64);
+//!   nothing if the count is the one the ring was last drained to (every entry queued since
+//!   was stamped at or above it), so an enqueue between two flushes pays an inline compare,
+//!   not a call or a look at the oldest slot.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both

@@ -15,6 +15,12 @@
 //! a bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
 //! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
+//! A batch free (`free_batch`) validates each range as `free` does and caches a run of one
+//! class with one acquisition of the slot lock, filling magazines by slices: a flush queue
+//! handing back 255 single granules after a flush takes the lock four times instead of 255
+//! (dma-iommu's lazy map+unmap: about 60 instructions per IOVA freed, ring pop included,
+//! from about 93).
+//!
 //! Random free+alloc (checked) at 1M live costs 1.45× the same at 1k live (dmabench: 28 vs
 //! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache
 //! hit), so the per-op footprint is what a random free touches: its `held` bit, in a class's
