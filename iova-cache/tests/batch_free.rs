@@ -9,7 +9,7 @@
 
 use dma_sync::fault::{armed, Site};
 use iova_cache::faults::{DEPOT_GROW, MAGAZINE_ALLOC};
-use iova_cache::{IovaAllocator, IovaConfig, IovaError, FREE_BATCH};
+use iova_cache::{IovaAllocator, IovaConfig, IovaError, IovaStats, FREE_BATCH};
 use proptest::prelude::*;
 
 const END: u64 = (1 << 14) - 1;
@@ -41,14 +41,20 @@ fn freed() -> impl Strategy<Value = Freed> {
     ]
 }
 
-/// Everything observable of an allocator's state: its cached and allocated ranges and its
-/// statistics.
-fn state(a: &IovaAllocator) -> (Vec<(u64, u64)>, Vec<(u64, u64)>, String) {
-    (
-        a.cached_ranges(),
-        a.allocated_ranges(),
-        format!("{:?}", a.stats()),
-    )
+/// Everything observable of an allocator's state.
+#[derive(Debug, PartialEq)]
+struct State {
+    cached: Vec<(u64, u64)>,
+    allocated: Vec<(u64, u64)>,
+    stats: IovaStats,
+}
+
+fn state(a: &IovaAllocator) -> State {
+    State {
+        cached: a.cached_ranges(),
+        allocated: a.allocated_ranges(),
+        stats: a.stats(),
+    }
 }
 
 /// Allocate `sizes` from both allocators (the same pfns), free the `list` from one with
