@@ -464,51 +464,37 @@ impl<O: InvalidationOps> Shared<O> {
             .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
     }
 
-    /// Enqueue after the caller issued the enqueue fence. The common case inline; a closed
-    /// ring and a full one out of line.
-    #[inline]
+    /// Enqueue after the caller issued the enqueue fence.
     fn enqueue_fenced(&self, entry: O::Entry) {
         let ring = &self.rings[cpu::current_in(self.rings.len())];
         let mut r = ring.lock();
         if r.closed {
-            // Counted as queued and reclaimed, so `enqueued` counts every enqueue.
+            // Torn down: free it as a strict unmap would, after a flush that started after
+            // the caller's leaf clears (ordered by the enqueue fence). Counted as queued and
+            // reclaimed, so `enqueued` counts every enqueue.
             r.enqueued += 1;
             r.reclaimed += 1;
             drop(r);
-            return self.reclaim_closed(entry);
+            self.flush();
+            self.ops.reclaim(entry);
+            return;
         }
         self.drain(&mut r);
         if r.is_full() {
-            self.make_room(&mut r);
+            r.full_flushes += 1;
+            self.flush();
+            self.drain(&mut r);
+            // Only if a flush started earlier on another CPU is still running: our own
+            // completion is counted but not its, so wait for it.
+            while r.is_full() {
+                thread::spin_wait();
+                self.drain(&mut r);
+            }
         }
         let stamp = self.start_cnt.load(Ordering::Relaxed);
         r.push(stamp, entry);
         drop(r);
         self.arm();
-    }
-
-    /// Torn down: free `entry` as a strict unmap would, after a flush that started after
-    /// the caller's leaf clears (ordered by the enqueue fence).
-    #[cold]
-    #[inline(never)]
-    fn reclaim_closed(&self, entry: O::Entry) {
-        self.flush();
-        self.ops.reclaim(entry);
-    }
-
-    /// A full ring: flush and drain it, under its lock.
-    #[cold]
-    #[inline(never)]
-    fn make_room(&self, r: &mut Ring<O::Entry>) {
-        r.full_flushes += 1;
-        self.flush();
-        self.drain(r);
-        // Only if a flush started earlier on another CPU is still running: our own
-        // completion is counted but not its, so wait for it.
-        while r.is_full() {
-            thread::spin_wait();
-            self.drain(r);
-        }
     }
 
     /// Arm the timer unless it is armed (read first: no cache-line bouncing when armed).
