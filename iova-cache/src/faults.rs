@@ -20,7 +20,11 @@
 //! paths instead of given a site: the depot's list of kept empty magazines is allocated for one
 //! per CPU slot up front, and the gap tree reserves the nodes of an allocation's (at most two)
 //! new entries before carving it, and the room of its free list with its node store, so an
-//! alloc cannot fail half-way; a free inserts nothing and allocates nothing. Not covered: the
+//! alloc cannot fail half-way; a free inserts nothing and allocates nothing (an emptied
+//! chunk's release is a free of its tree entry). A chunk given back to the tree (for a request
+//! only its free space completes, or a reservation over it) has the nodes of all its
+//! allocations' entries reserved first ([`TREE_NODE`] asked once), so it goes back whole or
+//! not at all. Not covered: the
 //! `BTreeMap` of reserved ranges and a reservation's list of the ones it merges have no fallible
 //! form in stable Rust ([`TREE_NODE`] is asked before them; a real failure there aborts like
 //! any Rust allocation), the temporary pfn list of a flush, and construction (every magazine of
@@ -51,10 +55,16 @@ pub static MAGAZINE_ALLOC: Site = Site::new("iova.magazine.alloc");
 pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 
 /// The range allocator's bookkeeping for a new range (the gap tree's nodes for up to two new
-/// entries), on allocation and reservation. Fallback: the request fails with
+/// entries), on allocation and reservation, and for a chunk's allocations when the chunk goes
+/// back to the tree. Fallback: the request fails with
 /// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes (Linux
 /// `alloc_iova` returning NULL when `alloc_iova_mem` fails).
 pub static TREE_NODE: Site = Site::new("iova.tree.node");
+
+/// The bitmaps and summaries of a new chunk (module `chunk`), made for a small size-aligned
+/// allocation when no chunk has room. Fallback: the request fails with
+/// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes.
+pub static CHUNK_ALLOC: Site = Site::new("iova.chunk.alloc");
 
 /// Recording a cached allocation as user-held (only with
 /// [`IovaConfig::checked_frees`](crate::IovaConfig::checked_frees)): asked on every record,

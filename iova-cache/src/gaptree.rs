@@ -30,8 +30,9 @@
 //! (the treap this replaced: 1.4 log2 n deep, 23 levels on average at 155k ranges) pays a
 //! dependent miss per level; nodes of 15 or 16 entries hold the same ranges in `log_8 n` to
 //! `log_16 n` levels, each a few adjacent cache lines. With 300k live mixed-size allocations
-//! the tree holds about 435k entries (135k of them free ranges), nearly all of them in the
-//! leaves.
+//! as tree entries the tree held about 435k entries (135k of them free ranges), nearly all of
+//! them in the leaves; the small size-aligned allocations now live in chunks (module `range`),
+//! each one entry here.
 //!
 //! Leaves and inner nodes are different types in two stores. A leaf is four cache lines: a
 //! 16-byte header and [`LEAF_FANOUT`] entries of a start and a length each, with a bit per
@@ -516,6 +517,28 @@ impl GapTree {
         let inner_need: usize = (0..inserts).map(|i| h + i + 1).sum();
         reserve_store(&mut self.inners, &mut self.spare_inners, inner_need)
             && reserve_store(&mut self.leaves, &mut self.spare_leaves, inserts)
+    }
+
+    /// [`try_reserve`](Self::try_reserve) for a batch of `inserts` inserts in a row (a chunk
+    /// given back to the tree: two per allocation it held), with a bound linear in `inserts`
+    /// where the per-insert worst case summed grows with its square (a chunk of 65536
+    /// allocations asked for billions of nodes). Each insert splits at most one leaf. A split
+    /// inner node leaves two halves of at least 8 children, which take at least 8 more
+    /// children each before they split again, so the splits one level up number at most the
+    /// nodes there before the batch plus an eighth of the splits below: in all, at most the
+    /// inner nodes that exist plus `inserts / 7`, and a new root per level the tree grows
+    /// (at most `log_8 inserts + 2`).
+    pub(crate) fn try_reserve_bulk(&mut self, inserts: usize) -> bool {
+        let inner_need = self.bulk_inner_need(inserts);
+        reserve_store(&mut self.inners, &mut self.spare_inners, inner_need)
+            && reserve_store(&mut self.leaves, &mut self.spare_leaves, inserts)
+    }
+
+    /// The inner nodes [`try_reserve_bulk`](Self::try_reserve_bulk) provides for.
+    fn bulk_inner_need(&self, inserts: usize) -> usize {
+        let inners = self.inners.len() - self.spare_inners.len();
+        let growth = (usize::BITS - inserts.leading_zeros()) as usize / 3 + 2;
+        inners + inserts / 7 + growth + self.height as usize + 1
     }
 
     /// The leaf holding the last entry starting at or below `key` (strictly below with
@@ -1133,6 +1156,47 @@ mod tests {
         t.at_or_below(start)
             .filter(|r| r.start == start)
             .expect("a range starts there")
+    }
+
+    #[test]
+    fn a_bulk_reservation_covers_its_inserts() {
+        for (existing, batch) in [(0, 5000), (3000, 20), (3000, 4000), (1, 1)] {
+            let mut t = GapTree::new();
+            assert!(t.try_reserve(existing + 1));
+            for i in 0..existing as u64 {
+                t.insert(4 * i, 1);
+            }
+            assert!(t.try_reserve_bulk(batch));
+            let used = |t: &GapTree| {
+                let inners = t.inners.len() - t.spare_inners.len();
+                (inners, t.leaves.len() - t.spare_leaves.len())
+            };
+            let (need, before) = (t.bulk_inner_need(batch), used(&t));
+            // Every insert after the existing ones, in order: the worst case for splits.
+            for i in 0..batch as u64 {
+                t.insert(4 * (existing as u64 + i), 1);
+            }
+            let after = used(&t);
+            assert!(
+                after.0 - before.0 <= need,
+                "{after:?} from {before:?}: need {need}"
+            );
+            assert!(after.1 - before.1 <= batch);
+            // Splits at the front fill the most nodes: half of them stay half full.
+            let mut t2 = GapTree::new();
+            assert!(t2.try_reserve(existing + 1));
+            for i in (0..existing as u64).rev() {
+                t2.insert(4 * i + 100_000, 1);
+            }
+            let (need, before) = (t2.bulk_inner_need(batch), used(&t2));
+            assert!(t2.try_reserve_bulk(batch));
+            for i in 0..batch as u64 {
+                t2.insert(4 * i, 1);
+            }
+            assert!(used(&t2).0 - before.0 <= need);
+            t.check().unwrap();
+            t2.check().unwrap();
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | Item | What |
 //! |---|---|
 //! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
-//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, highest fit ending `<= limit` (inclusive), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or the tree (module `range`), flush-all-and-retry-once on failure |
 //! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
 //! | [`IovaAllocator::free_batch`]`(ranges) -> Result<()>` | the same for many ranges, each as `free` would (the first refusal returned); a run of one size class is cached under one acquisition of the CPU slot's lock |
@@ -53,7 +53,10 @@
 //! |---|---|
 //! | `gaptree` | the range index: one B+ tree of the free ranges and the live allocations, keyed by start pfn, whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for carving an allocation, releasing one (merging with its neighbours) and in-place grow, shrink and removal |
 //! | `fitsummary` | per alignment class of 2..64 granules, the most granules a range offers from an aligned pfn (bytes of a `u64`, bytewise max) |
-//! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit, natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; why an augmented index of the free ranges |
+//! | `chunk` | one chunk: a naturally aligned block whose small size-aligned allocations are bits of three masks per 64-granule word (allocated, start, tag), with a fit summary per word |
+//! | `chunks` | the chunks in address order, their top summaries under a summary tree |
+//! | `summarytree` | a 16-ary tree of fit summaries (a `u64` per node for updates, per-class byte rows for searches): the highest index below a bound that offers a request |
+//! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit (small size-aligned requests in chunks, the rest in the gap tree), natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; where an allocation goes; why an augmented index of the free ranges; what a fragmented pair costs |
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |
 //! | `locked` | `StepLock<T, L>`: a raw lock and an `UnsafeCell<T>` reached through a closure, whose acquisition is a mutation point: `Blocking` (parking mutex: tree, depots) or `Spin` (CPU slots) |
 //! | `rcache` | per class: the per-CPU `loaded`/`prev` slots and the depot; get, insert, flush, trim; lock order and orderings |
@@ -71,8 +74,11 @@
 //!
 //! * Unit tests: gap tree (proptests of free-range updates against a map and of carving and
 //!   releasing allocations; its checker recomputes every node's record from the leaves), fit
-//!   summary (against brute force, also at the top of the `u64` space), magazine, range
-//!   allocator, `held` (every slot of every class has its own bit, neighbours in different
+//!   summary (against brute force, also at the top of the `u64` space), chunk word summaries
+//!   and in-word fits (proptests against brute force), summary tree (proptest against a scan),
+//!   magazine, range allocator (a proptest of chunks and tree against a brute-force model:
+//!   `NoSpace` exactly when no aligned gap exists, exact frees, reservations, lookups,
+//!   counters and invariants after every step), `held` (every slot of every class has its own bit, neighbours in different
 //!   cache lines; claims and releases across leaves and levels; the whole `u64` space), the
 //!   allocator, including a two-thread depot exchange that Miri checks.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::iova`, the checker
@@ -93,13 +99,16 @@
 //!
 //! # Not done
 //!
-//! * Sizes above 32 granules go to the tree lock every time (as in Linux); a vmem-style per-size
-//!   segregated front for large sizes is not built. With mixed sizes 1..64 half the requests take
-//!   the tree, so that workload's latency is the tree's (about 4.9k instructions per free+alloc
-//!   that reaches it at 300k live, module `range`), far above a cached pair.
+//! * Sizes above 32 granules go to the range allocator's lock every time (as in Linux); a
+//!   vmem-style per-size segregated front for large sizes is not built. With mixed sizes 1..64
+//!   half the requests take it, so that workload's latency is the chunks' (about 2300
+//!   instructions per free+alloc that reaches them at 300k live, module `range`), about 10 to
+//!   30 times a cached pair.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;
+mod chunk;
+mod chunks;
 pub mod config;
 mod error;
 pub mod faults;
@@ -112,6 +121,7 @@ pub mod points;
 mod range;
 mod rcache;
 mod stats;
+mod summarytree;
 #[cfg(not(loom))]
 mod trim;
 

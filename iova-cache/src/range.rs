@@ -1,12 +1,47 @@
 //! The authoritative range allocator: top-down allocation below an inclusive limit,
 //! natural alignment, reservations, exact-match frees.
 //!
-//! Free space and live allocations live in one [`GapTree`] (a B+ tree of free ranges and
+//! Small size-aligned allocations (up to 64 granules) live in chunks: naturally aligned blocks
+//! of up to 2^18 granules carved from the free space, each keeping its allocations in bitmaps
+//! and its free space in fit summaries (modules `chunk`, `chunks`, `summarytree`). Everything
+//! else (unaligned requests, larger sizes, the chunks themselves, and the small requests when
+//! no chunk-sized block is left) lives in one [`GapTree`] (a B+ tree of free ranges and
 //! allocations keyed by start pfn, whose inner nodes summarise each subtree's longest free
-//! range and aligned fits; its allocation entries validate frees and answer `find`),
-//! reservations in a `BTreeMap` of merged inclusive ranges. There are no search hints and no negative cache: the summaries answer
-//! "no space" exactly, so the hint-staleness and negative-cache bugs of a hinted rbtree
-//! cannot occur.
+//! range and aligned fits; its allocation entries validate frees and answer `find`);
+//! reservations in a `BTreeMap` of merged inclusive ranges. There are no search hints and no
+//! negative cache: the summaries answer "no space" exactly, so the hint-staleness and
+//! negative-cache bugs of a hinted rbtree cannot occur.
+//!
+//! # Where an allocation goes, and which address it gets
+//!
+//! * A size-aligned request of up to 64 granules (alignment `2^k`, `k` in `0..=6`) takes the
+//!   highest fit ending at or below the limit inside the chunks; if no chunk has one, a new
+//!   chunk at the highest chunk-aligned free block of the tree that ends at or below the limit,
+//!   and the highest fit in it; if there is no such block, the highest fit in the tree. Such a
+//!   request lies inside one 64-granule word, so it never straddles a chunk's edge: the chunks
+//!   and the tree between them hold every place it can go, and `NoSpace` is exact.
+//! * Every other request takes the highest fit in the tree. If there is none, the chunks below
+//!   the limit that have free space go back to the tree first (their allocations become tree
+//!   entries, their free runs merge with the tree's), and the search runs again, so `NoSpace`
+//!   stays exact however the small allocations are placed; a chunk's memory comes back too.
+//! * A chunk whose last allocation is freed goes back to the tree, unless it is the only empty
+//!   chunk: one stays as a spare, so that allocating and freeing one range in a loop does not
+//!   make and drop a chunk each time (that cost 11 us per pair with the caches off); its space
+//!   is still free space (`free_ranges`, the statistics, a large request that needs it). A
+//!   reservation over a chunk turns it back into tree entries first, so reservations only ever
+//!   carve the tree's ranges.
+//!
+//! The address is therefore "the highest fit below the limit" within each of these steps, not
+//! over the whole space: a small request prefers any chunk's space to a higher free range of
+//! the tree. Every answer is a valid one (inside the limit, aligned, disjoint from every live
+//! and reserved range), which is what the differential model and this crate's model tests
+//! check; the tests that pin exact addresses use spaces or requests the chunks do not change.
+//!
+//! A chunk is one allocation entry of the tree (tagged uncached), so the tree stays small: at
+//! 300k live allocations of 1..64 granules it holds a few hundred chunks and the rare other
+//! entries, where it held 435k entries (20 MB) before, and a pair that reaches the range
+//! allocator touches the chunk's word (three bit masks), its summaries and the cached top of
+//! the summary trees.
 //!
 //! # Why an augmented index of the free ranges
 //!
@@ -23,88 +58,80 @@
 //!   (4e89dce72521) and the stale negative cache (5b61343b5059) cannot occur; both scenarios are
 //!   regression tests;
 //! * every operation is one descent of the tree plus work in place: an allocation carves its
-//!   entry from the fit's range through the handle the search returned (the range's entry
-//!   shrinks or becomes the allocation's; at most two entries are added next to it); a free
-//!   finds the allocation's entry and its neighbours in one descent and turns the entry into a
-//!   free range or merges it into one or both neighbours, adding nothing, so a free needs no
-//!   memory and cannot fail once validated; a reservation shrinks the ranges it overlaps and adds
-//!   at most one. An allocation or free costs O(log n) in the number of entries, for unaligned
-//!   and size-aligned requests up to 64 granules;
+//!   entry from the fit's range through the handle the search returned; a free finds the
+//!   allocation's entry and its neighbours in one descent and turns the entry into a free
+//!   range or merges it into one or both neighbours, adding nothing, so a free needs no memory
+//!   and cannot fail once validated (a chunk's free flips bits and updates summaries, and an
+//!   emptied chunk's release is such a tree free); a reservation shrinks the ranges it overlaps
+//!   and adds at most one. An allocation or free costs O(log n) in the number of entries;
 //! * a reservation over a live allocation is refused ([`crate::IovaAllocator::reserve`] flushes
 //!   the caches first, so cached ranges never block it).
-//!
-//! Measured: free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, through
-//! [`crate::IovaAllocator`] (sizes up to 32 cached), 100k pairs under callgrind: 2630
-//! instructions and 16.7 first-level and 4.2 last-level read misses per pair (an 8 MiB last
-//! level simulated; the driving loop's own array counts about one), from 2920, 29.6 and 5.7 with
-//! the allocations in a `BTreeMap` beside a tree of the free ranges alone. dmabench (one
-//! thread, medians of 3, runs of both versions interleaved on a shared 2-CPU machine): 0.59 to
-//! 0.66 us CPU per pair and a p99 of 1.5 to 1.9 us (102 to 122 times the cached pair), from
-//! 0.78 to 0.83 us and 1.9 to 2.1 us (118 to 127 times); the fewer misses count for more when
-//! other work crowds the caches (at a load of 10: 0.76 and 2.0 us, from 1.18 and 3.6 us).
-//! What remains is mostly the free's descent to a random leaf, a miss or two per level below
-//! the cached top of the tree, and the rescans of the nodes above a range that held their
-//! largest length (the free space below the allocations, which most large allocations shrink).
-//!
-//! With the descent prefetching each node's lines and, at a leaf, its siblings' lines next to
-//! it (module `gaptree`), dmabench (one thread, six runs of both versions interleaved, at a
-//! load of 7 to 10 on the 2-CPU machine): a p99 of 2.10 us, from 2.48 us, and 0.76 us CPU
-//! per pair, from 0.89 (medians); 137 times the cached pair, from 147 (the cached pair's
-//! own spread moves the ratio as much). Timing each operation alone (a probe with the
-//! time-stamp counter, five interleaved runs per step): a free that reaches the tree 0.93 us
-//! median and 1.93 us p99, from 1.09 and 2.24 (the leaf's own lines 1.09 to 1.03 and 2.24
-//! to 2.03, the siblings' 1.03 to 0.93 and 2.01 to 1.93); an allocation from the tree
-//! 0.37 to 0.39 us throughout, bound by its instructions rather than misses: under
-//! callgrind 2500 per allocation from the tree, from 2900, the climb's share (the rescans
-//! above the range it shrinks) down by a quarter with a node's record computed in one pass.
-//! Backing the node store with transparent huge pages made no difference beyond the noise
-//! in the same probe.
-//!
-//! With leaves of their own type (module `gaptree`: four cache lines of starts and lengths,
-//! a bit per entry for allocations and one for their tags, no stored fit summary; the
-//! inner nodes keep theirs), the tree takes about half the memory. Through
-//! [`crate::IovaAllocator`] at 300k live the allocator holds 19 MB, from 29 MB (resident
-//! set after the set-up, the driving loop's own 7 MB array subtracted); a `RangeAllocator`
-//! alone after 300k more pairs holds 68k leaves of 256 bytes and 8.6k inner nodes of 512
-//! bytes, 17 and 4.4 MB (the leaves 56% full: nodes never merge). Under callgrind (an
-//! 8 MiB last level simulated, 300k pairs of warm-up first so that no store grows in the
-//! measured window): through [`crate::IovaAllocator`], 2530 instructions and 12.8
-//! first-level and 2.1 last-level read misses per pair, from 2400, 15.0 and 4.0; pairs that
-//! all reach the tree (a `RangeAllocator` alone), 4900 instructions and 4.1 last-level read
-//! misses, from 4570 and 7.9. The instructions added are the leaf rescans, which now compute
-//! each free range's summary (branch-free, all classes in a few word operations) where they
-//! read a stored one; a free skips the rescan where a neighbour in the same leaf absorbs the
-//! range it removes. dmabench (one thread, two rounds of four runs of both versions
-//! interleaved on the shared 2-CPU machine; medians): at a load of 7 to 10, a p99 of 1.70 us,
-//! from 2.43, and 0.66 us CPU per pair, from 0.84 (63 times the cached pair, from 90); at a
-//! load of 2 to 4, with the rescan a merging free skips, 1.42 us from 1.73 and 0.55 us from
-//! 0.67 (56 times, from 66). With the caches off, 1.17 and 1.00 us CPU per pair, from 1.39
-//! and 1.21.
-//!
-//! The target of 20 times the cached pair (about 300 ns) is out of this design's reach on
-//! this machine, for two reasons that compound. Misses: a dependent chase over random
-//! 512-byte nodes costs 40 to 75 ns per load in 4 MiB, 60 to 270 ns in 8 MiB, 250 to 410 ns
-//! in 16 MiB and 350 to 460 ns in 32 MiB, and the tree still takes about 20 MB at 300k live,
-//! most of it leaves; a free of a random allocation has to reach that allocation's leaf, and
-//! the pairs around the p99 free to and allocate from the tree (a quarter of the pairs do).
-//! Instructions: a pair that reaches the tree executes about 4900 (an allocation 2900: the
-//! search, the carve and the climb's rescans), and an allocation from the tree took 0.37 us
-//! when its lines were cached, over the bound by itself. Reaching it needs metadata of a
-//! few MiB and several times fewer instructions per pair at once, for instance a granule
-//! bitmap with per-word and hierarchical summaries of the largest aligned free block for the
-//! dense region where the small size-aligned allocations live (a search of a few cached
-//! summary loads and one word; a size-aligned request of up to 64 granules lies inside one
-//! 64-granule word), the tree keeping the large ranges, the reservations and the sparse rest
-//! of the space. That is not built.
 //!
 //! A `BTreeMap` indexed by size as well as by address was the alternative; it answers "some range
 //! of at least `size`" but not "the highest such range below `limit`" without a scan, so top-down
 //! allocation would lose the worst-case bound.
+//!
+//! # What a fragmented pair costs
+//!
+//! Free+alloc of mixed sizes 1..64 granules (size-aligned) with 300k live, 300k pairs of
+//! warm-up, then 100k measured pairs under callgrind (an 8 MiB last level simulated; the
+//! driving loop's own array counts about one miss):
+//!
+//! | | instructions per pair | L1 read misses | last-level read misses |
+//! |---|---|---|---|
+//! | `RangeAllocator` alone, tree only (before the chunks) | 4890 | 25.4 | 4.1 |
+//! | `RangeAllocator` alone, chunks | 2290 | 12.4 | 1.5 |
+//! | through [`crate::IovaAllocator`] (sizes up to 32 cached), tree only | 2490 | 12.8 | 2.1 |
+//! | through [`crate::IovaAllocator`], chunks | 1450 | 8.3 | 1.2 |
+//!
+//! The allocator's memory at 300k live: about 10 MB (resident set of the same run, the driving
+//! loop's 7 MB array subtracted), from 32 MB (the tree's 68k leaves and 8.6k inner nodes).
+//! dmabench (one thread, seven runs of both versions interleaved on a shared 2-CPU machine at
+//! a load of 3 to 4): the target's ratio (median of a run's three repetitions) 13 to 37 times
+//! the cached pair, from 43 to 57 times, a p99 of 0.32 to 0.99 us from 1.13 to 1.48 us; per
+//! run the new ratio is 0.31 to 0.73 of the old (median 0.54); 0.25 to 0.33 us CPU per pair
+//! from 0.49 to 0.60. The spread is the machine's: repetitions with the other CPU quiet give
+//! 0.32 to 0.35 us (12 to 14 times), with it busy twice that, since the new code's pairs are
+//! short enough that another process's cache and TLB pressure dominates them.
+//!
+//! What a pair costs now: two word summaries (`chunk::word_fits`, about 80 instructions
+//! each), the summary trees' updates (a node changes only where a maximum moves; a node's
+//! maximum that fell is rechecked with one comparison of its class row before any refold),
+//! the search (a 16-byte row per level), and the misses of a random word's bit masks and
+//! summaries in about 10 MB. A free costs more than an allocation (its word is anywhere; the
+//! allocations cluster where the highest fits are): in a probe timing each alone, about 260
+//! against 160 ns median.
+//!
+//! The summaries of the chunk trees were first kept only as `u64`s (a byte per class), which
+//! made a search compare 16 summaries one by one per level (about 800 instructions per pair),
+//! then only as per-class byte rows, which made an update climb once per class (1500); each
+//! node now keeps both.
 
+use crate::chunk::Chunk;
+use crate::chunks::Chunks;
 use crate::error::IovaError;
-use crate::faults::TREE_NODE;
-use crate::gaptree::{Entry, GapTree};
+use crate::faults::{CHUNK_ALLOC, TREE_NODE};
+use crate::gaptree::{Entry, Fit, GapTree};
 use std::collections::BTreeMap;
+
+/// Largest chunk: 2^18 granules (4096 words).
+const MAX_CHUNK_SHIFT: u32 = 18;
+
+/// Smallest chunk: 256 granules.
+const MIN_CHUNK_SHIFT: u32 = 8;
+
+/// Chunk granules for a space of `space` granules: at most a sixteenth of it (rounded down to
+/// a power of two), within the bounds above, so a small space still has chunks to share.
+fn chunk_granules(space: u64) -> u64 {
+    let shift = space.ilog2().saturating_sub(4);
+    1 << shift.clamp(MIN_CHUNK_SHIFT, MAX_CHUNK_SHIFT)
+}
+
+/// The alignment class `k` (alignment `2^k`) of a request the chunks serve: size-aligned and
+/// at most 64 granules.
+fn chunk_class(size: u64, aligned: bool) -> Option<u32> {
+    (aligned && size <= 64).then(|| size.next_power_of_two().trailing_zeros())
+}
 
 /// What occupies a pfn found by [`RangeAllocator::find`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,8 +190,13 @@ pub struct RangeStats {
 pub struct RangeAllocator {
     start: u64,
     end: u64,
-    /// Free ranges and live allocations (each tagged: managed by the cache path or not).
+    /// Free ranges and live allocations (each tagged: managed by the cache path or not); a
+    /// chunk is one allocation entry (tagged uncached) spanning it.
     tree: GapTree,
+    /// The small size-aligned allocations, in bitmaps.
+    chunks: Chunks,
+    /// Granules per chunk.
+    chunk_granules: u64,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -183,11 +215,12 @@ impl RangeAllocator {
             return Err(IovaError::InvalidRange { lo: start, hi: end });
         }
         let mut tree = GapTree::new();
-        if !tree.try_reserve(1) {
+        let chunks = Chunks::try_new();
+        let Some(chunks) = chunks.filter(|_| tree.try_reserve(1)) else {
             return Err(IovaError::OutOfMemory {
                 size: end - start + 1,
             });
-        }
+        };
         tree.insert(start, end - start + 1);
         let stats = RangeStats {
             free_granules: end - start + 1,
@@ -198,6 +231,8 @@ impl RangeAllocator {
             start,
             end,
             tree,
+            chunks,
+            chunk_granules: chunk_granules(end - start + 1),
             reserved: BTreeMap::new(),
             stats,
         })
@@ -231,9 +266,10 @@ impl RangeAllocator {
         Ok(())
     }
 
-    /// Allocate `size` granules ending at or below the inclusive `limit`, at the highest
-    /// address that fits; with `aligned`, the start is a multiple of `size` rounded up to a
-    /// power of two.
+    /// Allocate `size` granules ending at or below the inclusive `limit`; with `aligned`, the
+    /// start is a multiple of `size` rounded up to a power of two. The address is the highest
+    /// that fits in the tree or, for size-aligned requests of up to 64 granules, in the chunks
+    /// (see the module documentation); `NoSpace` only when no fitting gap exists at all.
     ///
     /// ```
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
@@ -255,12 +291,25 @@ impl RangeAllocator {
     ) -> Result<u64, IovaError> {
         self.check_request(size, limit)?;
         let limit = limit.min(self.end);
+        let class = chunk_class(size, aligned);
+        if let Some(class) = class {
+            if let Some(pfn) = self.alloc_in_chunks(size, class, limit, cached)? {
+                return Ok(pfn);
+            }
+        }
         let align = if aligned {
             size.checked_next_power_of_two()
         } else {
             Some(1)
         };
-        let fit = align.and_then(|align| self.tree.highest_fit(size, align, limit));
+        let mut fit = align.and_then(|align| self.tree.highest_fit(size, align, limit));
+        if let (None, Some(align), None) = (fit, align, class) {
+            // The chunks' free space is out of this request's reach; give it back to the tree
+            // so that the request fails only where no aligned gap exists at all.
+            if self.dissolve_chunks_below(limit, size)? {
+                fit = self.tree.highest_fit(size, align, limit);
+            }
+        }
         let Some(fit) = fit else {
             self.stats.failures += 1;
             return Err(IovaError::NoSpace { size, limit });
@@ -270,10 +319,101 @@ impl RangeAllocator {
             return Err(IovaError::OutOfMemory { size });
         }
         self.tree.carve(fit, size, cached);
+        self.count_alloc(size);
+        Ok(fit.pfn)
+    }
+
+    /// A small size-aligned request served by the chunks: the highest fit in a chunk, else in
+    /// a new chunk carved from the highest aligned free block of the tree. `Ok(None)` when
+    /// neither exists (the tree may still hold a smaller gap).
+    fn alloc_in_chunks(
+        &mut self,
+        size: u64,
+        class: u32,
+        limit: u64,
+        cached: bool,
+    ) -> Result<Option<u64>, IovaError> {
+        let found = match self.chunks.highest_fit(size, class, limit) {
+            Some(found) => found,
+            None => {
+                let granules = self.chunk_granules;
+                let Some(block) = self.tree.highest_fit(granules, granules, limit) else {
+                    return Ok(None);
+                };
+                let i = self.new_chunk(block, size)?;
+                let base = self.chunks.get(i).base();
+                let at = self.chunks.get(i).highest_fit(size, class, limit - base);
+                (
+                    i,
+                    base + at.expect("an empty chunk below the limit fits every small request"),
+                )
+            }
+        };
+        let (i, pfn) = found;
+        self.chunks.alloc(i, pfn, size, cached);
+        self.count_alloc(size);
+        Ok(Some(pfn))
+    }
+
+    /// Make the free block `block` of the tree a chunk (its metadata, and the tree's room to
+    /// carve its entry, got first: on failure nothing changes); its index.
+    fn new_chunk(&mut self, block: Fit, size: u64) -> Result<usize, IovaError> {
+        let oom = IovaError::OutOfMemory { size };
+        if CHUNK_ALLOC.fail() || !self.chunks.try_reserve() {
+            return Err(oom);
+        }
+        let chunk = Chunk::try_new(block.pfn, self.chunk_granules).ok_or(oom)?;
+        if TREE_NODE.fail() || !self.tree.try_reserve(2) {
+            return Err(oom);
+        }
+        self.tree.carve(block, self.chunk_granules, false);
+        Ok(self.chunks.insert(chunk))
+    }
+
+    /// Give every chunk below `limit` with free space back to the tree (for a request of `size`
+    /// that found no fit in the tree); whether there was one.
+    fn dissolve_chunks_below(&mut self, limit: u64, size: u64) -> Result<bool, IovaError> {
+        let mut any = false;
+        for i in self.chunks.overlapping(0, limit) {
+            let c = self.chunks.get(i);
+            if c.used_granules() < c.granules() {
+                self.dissolve(i, size)?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Turn chunk `i` back into tree entries: its span becomes free and each of its
+    /// allocations is carved again with its tag. The tree's room is got first, so a failure
+    /// (an `OutOfMemory` for a request of `size`) changes nothing.
+    fn dissolve(&mut self, i: usize, size: u64) -> Result<(), IovaError> {
+        let live = self.chunks.get(i).live() as usize;
+        if TREE_NODE.fail() || !self.tree.try_reserve_bulk(2 * live) {
+            return Err(IovaError::OutOfMemory { size });
+        }
+        let chunk = self.chunks.remove(i);
+        self.release_chunk_entry(chunk.base());
+        for (pfn, len, tag) in chunk.allocations() {
+            let range = self
+                .tree
+                .at_or_below(pfn)
+                .expect("the chunk's span is free");
+            self.tree.carve(Fit { range, pfn }, len, tag);
+        }
+        Ok(())
+    }
+
+    /// Free the tree entry of the chunk at `base` (taken out of the chunks already).
+    fn release_chunk_entry(&mut self, base: u64) {
+        let e = self.tree.at_or_below(base).expect("a chunk's entry");
+        self.tree.release(e);
+    }
+
+    fn count_alloc(&mut self, size: u64) {
         self.stats.allocated_granules += size;
         self.stats.allocated_ranges += 1;
         self.stats.free_granules -= size;
-        Ok(fit.pfn)
     }
 
     /// Free the allocation of `size` granules starting at `pfn`; it must match an
@@ -290,6 +430,9 @@ impl RangeAllocator {
         size: u64,
         cached: bool,
     ) -> Result<(), IovaError> {
+        if let Some(i) = self.chunks.containing(pfn) {
+            return self.free_in_chunk(i, pfn, size, cached);
+        }
         // One descent: the allocation's entry, whose neighbours are the slots next to it.
         let e = self.allocation_at(pfn).filter(|e| e.live == Some(cached));
         let Some(e) = e else {
@@ -303,10 +446,45 @@ impl RangeAllocator {
             });
         }
         self.tree.release(e);
+        self.count_free(size);
+        Ok(())
+    }
+
+    /// [`free_tagged`](Self::free_tagged) of a pfn inside chunk `i`; a chunk left empty goes
+    /// back to the tree (its entry freed, which allocates nothing) unless it is the only empty
+    /// one.
+    fn free_in_chunk(
+        &mut self,
+        i: usize,
+        pfn: u64,
+        size: u64,
+        cached: bool,
+    ) -> Result<(), IovaError> {
+        let chunk = self.chunks.get(i);
+        let found = chunk.allocation_at(pfn - chunk.base());
+        let Some((allocated, _)) = found.filter(|&(_, tag)| tag == cached) else {
+            return Err(IovaError::NotAllocated { pfn });
+        };
+        if allocated != size {
+            return Err(IovaError::SizeMismatch {
+                pfn,
+                allocated,
+                freed: size,
+            });
+        }
+        self.chunks.free(i, pfn, size);
+        if self.chunks.is_surplus_empty(i) {
+            let chunk = self.chunks.remove(i);
+            self.release_chunk_entry(chunk.base());
+        }
+        self.count_free(size);
+        Ok(())
+    }
+
+    fn count_free(&mut self, size: u64) {
         self.stats.allocated_granules -= size;
         self.stats.allocated_ranges -= 1;
         self.stats.free_granules += size;
-        Ok(())
     }
 
     /// The allocation starting at `pfn`, if any.
@@ -333,6 +511,10 @@ impl RangeAllocator {
         let (lo, hi) = (lo.max(self.start), hi.min(self.end));
         if lo > hi {
             return Ok(());
+        }
+        // Reservations lie in the tree's ranges only: the chunks they overlap go back to it.
+        for i in self.chunks.overlapping(lo, hi) {
+            self.dissolve(i, hi - lo + 1)?;
         }
         // Refuse if an allocation overlaps: walk down the entries overlapping [lo, hi] (the
         // free ones among them are carved below anyway).
@@ -394,13 +576,20 @@ impl RangeAllocator {
 
     /// The allocated or reserved range containing `pfn`, if any.
     pub fn find(&self, pfn: u64) -> Option<IovaRange> {
+        let allocated = |lo: u64, len: u64| IovaRange {
+            lo,
+            hi: lo + (len - 1),
+            kind: RangeKind::Allocated,
+        };
+        // No reservation overlaps a chunk.
+        if let Some(i) = self.chunks.containing(pfn) {
+            let c = self.chunks.get(i);
+            let (at, len) = c.allocation_covering(pfn - c.base())?;
+            return Some(allocated(c.base() + at, len));
+        }
         if let Some(e) = self.tree.at_or_below(pfn) {
             if e.live.is_some() && pfn - e.start < e.len {
-                return Some(IovaRange {
-                    lo: e.start,
-                    hi: e.start + (e.len - 1),
-                    kind: RangeKind::Allocated,
-                });
+                return Some(allocated(e.start, e.len));
             }
         }
         let (&s, &e) = self.reserved.range(..=pfn).next_back()?;
@@ -413,10 +602,30 @@ impl RangeAllocator {
 
     /// Allocated ranges as `(start, size)` in address order.
     pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.tree.allocations().into_iter()
+        let mut all: Vec<(u64, u64)> = self
+            .tree
+            .allocations()
+            .into_iter()
+            .filter(|&(pfn, _)| !self.is_chunk_entry(pfn))
+            .collect();
+        all.extend(
+            self.chunks
+                .iter()
+                .flat_map(|c| c.allocations().map(|(p, s, _)| (p, s))),
+        );
+        all.sort_unstable();
+        all.into_iter()
     }
 
-    /// Free ranges as `(start, size)` in address order.
+    /// Whether the tree's allocation entry at `pfn` is a chunk's.
+    fn is_chunk_entry(&self, pfn: u64) -> bool {
+        self.chunks
+            .containing(pfn)
+            .is_some_and(|i| self.chunks.get(i).base() == pfn)
+    }
+
+    /// Free ranges as `(start, size)` in address order: the tree's and the chunks' free runs,
+    /// merged where they touch.
     ///
     /// ```
     /// let mut r = iova_cache::RangeAllocator::new(0, 99).unwrap();
@@ -427,7 +636,17 @@ impl RangeAllocator {
     /// assert_eq!(r.free_ranges(), [(0, 100)], "neighbours merge again");
     /// ```
     pub fn free_ranges(&self) -> Vec<(u64, u64)> {
-        self.tree.ranges()
+        let mut pieces = self.tree.ranges();
+        pieces.extend(self.chunks.iter().flat_map(|c| c.free_ranges()));
+        pieces.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(pieces.len());
+        for (start, len) in pieces {
+            match merged.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += len,
+                _ => merged.push((start, len)),
+            }
+        }
+        merged
     }
 
     /// Counters.
@@ -449,8 +668,9 @@ impl RangeAllocator {
     /// assert_eq!(r.stats(), expect);
     /// ```
     pub fn stats(&self) -> RangeStats {
+        let chunk_runs: u64 = self.chunks.iter().map(|c| c.free_runs()).sum();
         RangeStats {
-            free_ranges: self.tree.len() as u64,
+            free_ranges: self.tree.len() as u64 + chunk_runs,
             ..self.stats
         }
     }
@@ -460,18 +680,31 @@ impl RangeAllocator {
     /// tree augmentation agree. A diagnostic for tests; `Err` names the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.tree.check()?;
-        let mut pieces: Vec<(u64, u64, char)> = self
-            .tree
-            .entries()
-            .into_iter()
-            .map(|e| {
-                (
-                    e.start,
-                    e.start + e.len - 1,
-                    if e.live.is_some() { 'a' } else { 'f' },
-                )
-            })
-            .collect();
+        self.chunks.check()?;
+        // Pieces: 'f' a free range of the tree, 'a' an allocation, 'c' a chunk's free run,
+        // 'r' a reservation; each chunk's entry is replaced by its allocations and free runs.
+        let mut pieces: Vec<(u64, u64, char)> = Vec::new();
+        for e in self.tree.entries() {
+            let last = e.start + (e.len - 1);
+            if e.live.is_none() {
+                pieces.push((e.start, last, 'f'));
+            } else if let Some(i) = self.chunks.containing(e.start) {
+                let c = self.chunks.get(i);
+                if (c.base(), c.granules()) != (e.start, e.len) || e.live != Some(false) {
+                    return Err(format!("chunk {:#x} and its tree entry disagree", c.base()));
+                }
+            } else {
+                pieces.push((e.start, last, 'a'));
+            }
+        }
+        for c in self.chunks.iter() {
+            pieces.extend(c.allocations().map(|(p, s, _)| (p, p + s - 1, 'a')));
+            pieces.extend(
+                c.free_ranges()
+                    .into_iter()
+                    .map(|(p, l)| (p, p + l - 1, 'c')),
+            );
+        }
         pieces.extend(self.reserved.iter().filter_map(|(&s, &e)| {
             let (s, e) = (s.max(self.start), e.min(self.end));
             (s <= e).then_some((s, e, 'r'))
@@ -497,13 +730,22 @@ impl RangeAllocator {
                 self.end
             ));
         }
-        let free: u64 = self.tree.ranges().iter().map(|r| r.1).sum();
-        let live: u64 = self.tree.allocations().iter().map(|r| r.1).sum();
-        if free != self.stats.free_granules || live != self.stats.allocated_granules {
+        let sum = |kinds: &[char]| -> u64 {
+            let of_kind = pieces.iter().filter(|p| kinds.contains(&p.2));
+            of_kind.map(|&(s, e, _)| e - s + 1).sum()
+        };
+        let live = pieces.iter().filter(|p| p.2 == 'a').count() as u64;
+        if sum(&['f', 'c']) != self.stats.free_granules
+            || sum(&['a']) != self.stats.allocated_granules
+        {
             return Err("granule counters disagree with the ranges".into());
         }
-        if self.tree.live() as u64 != self.stats.allocated_ranges {
+        if live != self.stats.allocated_ranges {
             return Err("allocation counter disagrees with the allocations".into());
+        }
+        let in_chunks: u64 = self.chunks.iter().map(|c| c.live()).sum();
+        if self.tree.live() as u64 != live - in_chunks + self.chunks.len() as u64 {
+            return Err("the tree's allocation count disagrees with its entries".into());
         }
         Ok(())
     }
@@ -512,6 +754,201 @@ impl RangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A request, free, reservation or lookup of [`chunks_and_tree_match_a_model`].
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc {
+            size: u64,
+            limit: u64,
+            aligned: bool,
+        },
+        Free {
+            pick: usize,
+            wrong_size: bool,
+            cached: bool,
+        },
+        Reserve {
+            lo: u64,
+            len: u64,
+        },
+        Find {
+            pfn: u64,
+        },
+    }
+
+    /// Space of the model test: 16 chunks of 1024 granules.
+    const END: u64 = (1 << 14) - 1;
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Mostly small requests (the chunks'), some large ones (the tree's, and the ones
+        // that only the chunks' free space can hold).
+        let size = prop_oneof![8 => 1u64..=64, 1 => 65u64..4000];
+        prop_oneof![
+            6 => (size, END / 2..=END + 8, any::<bool>()).prop_map(|(size, limit, aligned)| Op::Alloc { size, limit, aligned }),
+            5 => (any::<usize>(), proptest::bool::weighted(0.05), proptest::bool::weighted(0.05)).prop_map(|(pick, wrong_size, cached)| Op::Free { pick, wrong_size, cached }),
+            1 => (0..=END, 1u64..80).prop_map(|(lo, len)| Op::Reserve { lo, len }),
+            1 => (0..=END).prop_map(|pfn| Op::Find { pfn }),
+        ]
+    }
+
+    /// Whether `[start, limit]` holds an `align`-aligned run of `size` granules outside
+    /// every `busy` inclusive range, by walking the gaps.
+    fn gap_fits(mut busy: Vec<(u64, u64)>, limit: u64, size: u64, align: u64) -> bool {
+        busy.push((limit + 1, limit + 1));
+        busy.sort_unstable();
+        let mut next = 0u64;
+        busy.iter().any(|&(lo, hi)| {
+            let first = next.next_multiple_of(align);
+            let fits = first + size <= lo.min(limit + 1);
+            next = next.max(hi + 1);
+            fits
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random requests, frees, reservations and lookups: every allocation inside the
+        /// limit, aligned and disjoint from the live and reserved ranges; `NoSpace` exactly
+        /// when no aligned gap exists; frees, lookups and counters exact; invariants after
+        /// every step.
+        #[test]
+        #[cfg_attr(miri, ignore)] // proptest persists failures through the file system
+        fn chunks_and_tree_match_a_model(ops in proptest::collection::vec(op(), 1..600)) {
+            let mut r = RangeAllocator::new(0, END).unwrap();
+            let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut reserved: Vec<(u64, u64)> = Vec::new();
+            for op in ops {
+                let busy = || -> Vec<(u64, u64)> {
+                    let held = live.iter().map(|(&p, &s)| (p, p + s - 1));
+                    held.chain(reserved.iter().copied()).collect()
+                };
+                match op {
+                    Op::Alloc { size, limit, aligned } => {
+                        let align = if aligned { size.next_power_of_two() } else { 1 };
+                        let could = gap_fits(busy(), limit.min(END), size, align);
+                        match r.alloc(size, limit, aligned) {
+                            Ok(pfn) => {
+                                prop_assert!(pfn % align == 0 && pfn + size - 1 <= limit.min(END));
+                                prop_assert!(busy().iter().all(|&(lo, hi)| hi < pfn || pfn + size - 1 < lo));
+                                live.insert(pfn, size);
+                            }
+                            Err(IovaError::NoSpace { .. }) => prop_assert!(!could, "false NoSpace"),
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::Free { pick, wrong_size, cached } => {
+                        let Some((&pfn, &size)) = live.iter().nth(pick % live.len().max(1)) else {
+                            continue;
+                        };
+                        let freed = if wrong_size { size + 1 } else { size };
+                        let res = r.free_tagged(pfn, freed, cached);
+                        if cached {
+                            prop_assert_eq!(res, Err(IovaError::NotAllocated { pfn }));
+                        } else if wrong_size {
+                            prop_assert_eq!(res, Err(IovaError::SizeMismatch { pfn, allocated: size, freed }));
+                        } else {
+                            prop_assert_eq!(res, Ok(()));
+                            prop_assert_eq!(r.free(pfn, size), Err(IovaError::NotAllocated { pfn }));
+                            live.remove(&pfn);
+                        }
+                    }
+                    Op::Reserve { lo, len } => {
+                        let hi = lo + len - 1;
+                        let over = live.range(..=hi).next_back().filter(|&(&p, &s)| p + s > lo);
+                        match over {
+                            Some((&pfn, &size)) => prop_assert_eq!(r.reserve(lo, hi), Err(IovaError::ReserveOverlapsAllocation { pfn, size })),
+                            None => {
+                                prop_assert_eq!(r.reserve(lo, hi), Ok(()));
+                                reserved.push((lo, hi.min(END)));
+                            }
+                        }
+                    }
+                    Op::Find { pfn } => {
+                        let held = live.range(..=pfn).next_back().filter(|&(&p, &s)| pfn < p + s);
+                        let found = r.find(pfn);
+                        match held {
+                            Some((&p, &s)) => prop_assert_eq!(found, Some(IovaRange { lo: p, hi: p + s - 1, kind: RangeKind::Allocated })),
+                            None => {
+                                let in_reserved = reserved.iter().any(|&(lo, hi)| lo <= pfn && pfn <= hi);
+                                prop_assert_eq!(found.map(|f| f.kind), in_reserved.then_some(RangeKind::Reserved));
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(r.check_invariants(), Ok(()));
+                prop_assert_eq!(r.allocated().collect::<Vec<_>>(), live.iter().map(|(&p, &s)| (p, s)).collect::<Vec<_>>());
+                let stats = r.stats();
+                prop_assert_eq!(stats.allocated_granules, live.values().sum::<u64>());
+                let free: u64 = r.free_ranges().iter().map(|f| f.1).sum();
+                prop_assert_eq!(free, stats.free_granules);
+            }
+            for (pfn, size) in std::mem::take(&mut live) {
+                r.free(pfn, size).unwrap();
+            }
+            prop_assert_eq!(r.check_invariants(), Ok(()));
+            prop_assert!(r.chunks.iter().count() <= 1, "at most the spare chunk stays");
+        }
+    }
+
+    #[test]
+    fn one_empty_chunk_stays_as_a_spare() {
+        let mut r = RangeAllocator::new(0, (1 << 14) - 1).unwrap();
+        let bases = |r: &RangeAllocator| r.chunks.iter().map(|c| c.base()).collect::<Vec<_>>();
+        for _ in 0..3 {
+            let pfn = r.alloc(1, u64::MAX, true).unwrap();
+            r.free(pfn, 1).unwrap();
+            assert_eq!(bases(&r), [15 << 10], "the same chunk, kept empty");
+        }
+        // A second chunk: the first is full below the limit of the second request.
+        let full: Vec<u64> = (0..16)
+            .map(|_| r.alloc(64, u64::MAX, true).unwrap())
+            .collect();
+        let other = r.alloc(64, (15 << 10) - 1, true).unwrap();
+        assert_eq!(bases(&r), [14 << 10, 15 << 10]);
+        r.free(other, 64).unwrap();
+        assert_eq!(bases(&r), [14 << 10, 15 << 10], "the only empty one stays");
+        for pfn in full {
+            r.free(pfn, 64).unwrap();
+        }
+        assert_eq!(bases(&r), [14 << 10], "a second empty chunk goes back");
+        r.check_invariants().unwrap();
+        assert_eq!(
+            r.free_ranges(),
+            [(0, 1 << 14)],
+            "the spare's space is free space"
+        );
+        assert_eq!(
+            r.alloc(1 << 14, u64::MAX, false),
+            Ok(0),
+            "and a large request gets it"
+        );
+    }
+
+    #[test]
+    fn a_request_only_a_chunks_free_space_completes_dissolves_it() {
+        let mut r = RangeAllocator::new(0, (1 << 14) - 1).unwrap();
+        let singles: Vec<u64> = (0..512)
+            .map(|_| r.alloc(1, u64::MAX, true).unwrap())
+            .collect();
+        assert_eq!(singles[511], 15 << 10 | 512, "the chunk's top half");
+        // Only the tree's range below the chunk and the chunk's free half together hold it.
+        let size = (15 << 10) + 512;
+        assert_eq!(r.alloc(size, u64::MAX, false), Ok(0));
+        assert_eq!(
+            r.chunks.iter().count(),
+            0,
+            "the chunk went back to the tree"
+        );
+        r.check_invariants().unwrap();
+        for pfn in singles {
+            r.free(pfn, 1).unwrap();
+        }
+        r.free(0, size).unwrap();
+        assert_eq!(r.free_ranges(), [(0, 1 << 14)]);
+    }
 
     #[test]
     fn errors_leave_the_allocator_usable() {

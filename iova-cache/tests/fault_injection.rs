@@ -6,7 +6,7 @@
 #![cfg(not(loom))]
 
 use dma_sync::fault::{armed, Site};
-use iova_cache::faults::{DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
+use iova_cache::faults::{CHUNK_ALLOC, DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
 use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeAllocator};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -170,9 +170,8 @@ fn no_tree_node_fails_the_request_and_changes_nothing() {
     let (results, used) = armed(&TREE_NODE, usize::MAX, || {
         [
             a.alloc(4, END),
-            a.alloc(3, END),
-            a.alloc(64, END),
-            a.alloc_no_flush(1, END),
+            a.alloc(65, END),
+            a.alloc_no_flush(100, END),
             a.alloc_range(5, END, false),
             a.reserve(10, 20).map(|()| 0),
         ]
@@ -181,16 +180,19 @@ fn no_tree_node_fails_the_request_and_changes_nothing() {
         results,
         [
             Ok(held[2]),
-            Err(IovaError::OutOfMemory { size: 4 }),
-            Err(IovaError::OutOfMemory { size: 64 }),
-            Err(IovaError::OutOfMemory { size: 1 }),
+            Err(IovaError::OutOfMemory { size: 65 }),
+            Err(IovaError::OutOfMemory { size: 100 }),
             Err(IovaError::OutOfMemory { size: 5 }),
             Err(IovaError::OutOfMemory { size: 11 }),
         ]
     );
     // A cache hit needs no tree node; every other request asked for one once (no flush and
     // retry: no memory is not no space).
-    assert_eq!(used, 5);
+    assert_eq!(used, 4);
+    // A small size-aligned request with room in a chunk needs none either.
+    let (small, used) = armed(&TREE_NODE, usize::MAX, || a.alloc_range(3, END, true));
+    assert_eq!(used, 0);
+    a.free_range(small.unwrap(), 3).unwrap();
     take(&mut live, held[2], 4);
     let after = (a.stats().range, a.allocated_ranges());
     assert_eq!(after.1, before.1, "nothing allocated");
@@ -206,6 +208,54 @@ fn no_tree_node_fails_the_request_and_changes_nothing() {
     assert!(a.find(15).is_some());
     check_keeps_working(&a, &mut live);
     dma_sync::cpu::set_current(None);
+}
+
+#[test]
+fn no_chunk_fails_the_request_and_changes_nothing() {
+    let mut r = RangeAllocator::new(0, END).unwrap();
+    let unaligned = r.alloc(3, END, false).unwrap();
+    let before = (r.stats(), r.free_ranges());
+    // The first small size-aligned request makes a chunk: its bitmaps, then its tree entry.
+    for site in [&CHUNK_ALLOC, &TREE_NODE] {
+        let (res, used) = armed(site, 1, || r.alloc(4, END, true));
+        assert_eq!((res, used), (Err(IovaError::OutOfMemory { size: 4 }), 1));
+        assert_eq!((r.stats(), r.free_ranges()), before);
+        r.check_invariants().unwrap();
+    }
+    let small = r.alloc(4, END, true).unwrap();
+    assert_eq!(small % 4, 0);
+    assert_eq!(
+        r.find(small + 3).map(|f| (f.lo, f.hi)),
+        Some((small, small + 3))
+    );
+    // A request only the chunk's free space can hold gives the chunk back to the tree first,
+    // which needs nodes for its allocations: failing, it changes nothing.
+    let space = END + 1 - 3 - 4;
+    let before = (
+        r.stats(),
+        r.free_ranges(),
+        r.allocated().collect::<Vec<_>>(),
+    );
+    let (res, used) = armed(&TREE_NODE, 1, || r.alloc(space, END, false));
+    assert_eq!(
+        (res, used),
+        (Err(IovaError::OutOfMemory { size: space }), 1)
+    );
+    assert_eq!(
+        (r.stats(), r.free_ranges(), r.allocated().collect()),
+        before
+    );
+    r.check_invariants().unwrap();
+    // Disarmed, the two free ranges either side of the chunk's allocation cannot hold it.
+    assert!(matches!(
+        r.alloc(space, END, false),
+        Err(IovaError::NoSpace { .. })
+    ));
+    r.check_invariants().unwrap();
+    for (pfn, size) in [(unaligned, 3), (small, 4)] {
+        r.free(pfn, size).unwrap();
+    }
+    assert_eq!(r.free_ranges(), [(0, END + 1)]);
 }
 
 #[test]
@@ -257,7 +307,13 @@ fn no_owner_record_returns_the_range() {
     dma_sync::cpu::set_current(None);
 }
 
-const SITES: [&Site; 4] = [&MAGAZINE_ALLOC, &DEPOT_GROW, &TREE_NODE, &OWNER_RECORD];
+const SITES: [&Site; 5] = [
+    &MAGAZINE_ALLOC,
+    &DEPOT_GROW,
+    &TREE_NODE,
+    &OWNER_RECORD,
+    &CHUNK_ALLOC,
+];
 
 #[derive(Debug, Clone)]
 enum Op {

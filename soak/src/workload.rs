@@ -158,6 +158,7 @@ mod sites {
         &iova_cache::faults::DEPOT_GROW,
         &iova_cache::faults::TREE_NODE,
         &iova_cache::faults::OWNER_RECORD,
+        &iova_cache::faults::CHUNK_ALLOC,
     ];
     pub(super) const PGTABLE: &[&Site] = &[&io_pgtable::faults::TABLE_ALLOC];
     pub(super) const DMA: &[&Site] = &[

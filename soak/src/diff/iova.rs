@@ -341,15 +341,22 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
     })
 }
 
-/// Run `apply` with the next allocation at fault site `site % 4` failing.
+/// Run `apply` with the next allocation at fault site `site % 5` failing.
 #[cfg(feature = "fault-injection")]
 fn fail_next_alloc(
     site: u8,
     m: &mut Model,
     apply: impl FnOnce(&mut Model) -> Result<(), Divergence>,
 ) -> Result<(), Divergence> {
-    use iova_cache::faults::{DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
-    let site = [&MAGAZINE_ALLOC, &DEPOT_GROW, &TREE_NODE, &OWNER_RECORD][usize::from(site % 4)];
+    use iova_cache::faults::{CHUNK_ALLOC, DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
+    let sites = [
+        &MAGAZINE_ALLOC,
+        &DEPOT_GROW,
+        &TREE_NODE,
+        &OWNER_RECORD,
+        &CHUNK_ALLOC,
+    ];
+    let site = sites[usize::from(site) % sites.len()];
     m.oom_allowed = true;
     let (r, _) = dma_sync::fault::armed(site, 1, || apply(&mut *m));
     m.oom_allowed = false;
