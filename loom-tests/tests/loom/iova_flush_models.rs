@@ -72,6 +72,62 @@ must_fail_test! {
         "Causality violation", Bound::Preemptions(2), flush_all_vs_depot_traffic;
 }
 
+/// A batch free racing `flush_all` and an allocation on another CPU: CPU 0 frees three ranges
+/// with one `free_batch` (magazines of one entry: into `loaded`, a swap with `prev`, a trade
+/// of the full `loaded` for an empty magazine from the depot, all under one hold of the slot
+/// lock), CPU 1 allocates twice, a third thread flushes every cache. The batch holds the
+/// slot across the pushes and the depot trade, so the flush sees the slot before or after
+/// the whole batch (or its tree spill), never half of it.
+fn free_batch_vs_flush_all() {
+    let a = tiny(2, 1, 8);
+    let o = Oracle::default();
+    let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
+    let freer = {
+        let (a, o) = (a.clone(), o.clone());
+        spawn(move || {
+            on_cpu(0);
+            o.free_batch(&a, &p);
+        })
+    };
+    let allocator = {
+        let (a, o) = (a.clone(), o.clone());
+        spawn(move || {
+            on_cpu(1);
+            o.alloc(&a, 1).expect("space left");
+            o.alloc(&a, 1).expect("space left");
+        })
+    };
+    let flusher = {
+        let a = a.clone();
+        spawn(move || a.flush_all())
+    };
+    freer.join().unwrap();
+    allocator.join().unwrap();
+    flusher.join().unwrap();
+    o.settle(&a);
+}
+
+/// Three threads, as `flush_all_vs_depot_traffic` with the three frees as one batch.
+/// Bound 3 preemptions, as there: the flush stopped inside a slot's critical section or
+/// between the slots and the depot, and both users between a slot and a depot exchange.
+#[test]
+fn free_batch_vs_flush_all_passes() {
+    check(Bound::Preemptions(3), free_batch_vs_flush_all);
+}
+
+must_fail_test! {
+    /// A flush that copies a slot, frees the copy, then empties the slot loses the ranges a
+    /// batch pushed in between.
+    fn free_batch_flush_copy_then_clear: iova_cache::points::FLUSH_TAKE_LOCKED, Weakening::Relax,
+        "IOVA conservation broken", Bound::Preemptions(2), free_batch_vs_flush_all;
+}
+
+must_fail_test! {
+    /// Without the slot lock, the batch's pushes race the flush's take of the slot.
+    fn free_batch_slot_unlocked: iova_cache::points::CPU_LOCK, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), free_batch_vs_flush_all;
+}
+
 /// `flush_all` returns every range cached when it began, unless a user took it meanwhile:
 /// the promise flush-and-retry and `reserve` rely on. One CPU slot holds two cached ranges
 /// (magazines of one entry) while a thread on that CPU frees a third, which pushes a full
