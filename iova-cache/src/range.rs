@@ -133,6 +133,41 @@ fn chunk_class(size: u64, aligned: bool) -> Option<u32> {
     (aligned && size <= 64).then(|| size.next_power_of_two().trailing_zeros())
 }
 
+/// The highest chunk-aligned free block of the tree in the whole space, as of a version of the
+/// tree ([`GapTree::version`]); its handle is valid while that version is the tree's.
+#[derive(Debug, Clone, Copy)]
+struct HighestBlock {
+    /// `u64::MAX` before the first search (the tree's version never gets there).
+    version: u64,
+    block: Option<Fit>,
+    /// The block's pfn plus one, 0 without a block: what the fast path compares.
+    end_of_floor: u64,
+}
+
+impl HighestBlock {
+    /// Not searched yet.
+    const UNKNOWN: Self = Self {
+        version: u64::MAX,
+        block: None,
+        end_of_floor: 0,
+    };
+
+    fn new(version: u64, block: Option<Fit>) -> Self {
+        let end_of_floor = block.map_or(0, |b| b.pfn + 1);
+        Self {
+            version,
+            block,
+            end_of_floor,
+        }
+    }
+
+    /// Whether, as of the tree's `version`, no chunk-aligned free block lies above `pfn`.
+    #[inline]
+    fn is_below(&self, pfn: u64, version: u64) -> bool {
+        self.version == version && self.end_of_floor <= pfn
+    }
+}
+
 /// What occupies a pfn found by [`RangeAllocator::find`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RangeKind {
@@ -197,6 +232,10 @@ pub struct RangeAllocator {
     chunks: Chunks,
     /// Granules per chunk.
     chunk_granules: u64,
+    /// The tree's highest chunk-aligned free block in the whole space, searched again only
+    /// after the tree changed (which the chunks made rare: a new, emptied or dissolved chunk,
+    /// a large request, a reservation).
+    highest_block: HighestBlock,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -233,6 +272,7 @@ impl RangeAllocator {
             tree,
             chunks,
             chunk_granules: chunk_granules(end - start + 1),
+            highest_block: HighestBlock::UNKNOWN,
             reserved: BTreeMap::new(),
             stats,
         })
@@ -323,9 +363,10 @@ impl RangeAllocator {
         Ok(fit.pfn)
     }
 
-    /// A small size-aligned request served by the chunks: the highest fit in a chunk, else in
-    /// a new chunk carved from the highest aligned free block of the tree. `Ok(None)` when
-    /// neither exists (the tree may still hold a smaller gap).
+    /// A small size-aligned request served by the chunks: the higher of the highest fit in a
+    /// chunk and the highest fit of a new chunk at the highest chunk-aligned free block of the
+    /// tree, both ending at or below `limit`. `Ok(None)` when neither exists (the tree may
+    /// still hold a smaller gap).
     fn alloc_in_chunks(
         &mut self,
         size: u64,
@@ -333,26 +374,63 @@ impl RangeAllocator {
         limit: u64,
         cached: bool,
     ) -> Result<Option<u64>, IovaError> {
-        let found = match self.chunks.highest_fit(size, class, limit) {
-            Some(found) => found,
-            None => {
-                let granules = self.chunk_granules;
-                let Some(block) = self.tree.highest_fit(granules, granules, limit) else {
-                    return Ok(None);
-                };
-                let i = self.new_chunk(block, size)?;
-                let base = self.chunks.get(i).base();
-                let at = self.chunks.get(i).highest_fit(size, class, limit - base);
-                (
-                    i,
-                    base + at.expect("an empty chunk below the limit fits every small request"),
-                )
-            }
+        let (i, pfn) = match self.chunks.highest_fit(size, class, limit) {
+            // Usually no free block of the tree lies above the fit: no search.
+            Some((i, pfn)) if self.highest_block.is_below(pfn, self.tree.version()) => (i, pfn),
+            in_chunk => match self.alloc_in_new_chunk(in_chunk, size, class, limit)? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
         };
-        let (i, pfn) = found;
         self.chunks.alloc(i, pfn, size, cached);
         self.count_alloc(size);
         Ok(Some(pfn))
+    }
+
+    /// The place of a small request in a new chunk at the highest chunk-aligned free block of
+    /// the tree ending at or below `limit`, if that lies above the fit `in_chunk` found in the
+    /// chunks, else `in_chunk`: `(chunk index, pfn)`. Out of line: the tree changes rarely.
+    #[inline(never)]
+    fn alloc_in_new_chunk(
+        &mut self,
+        in_chunk: Option<(usize, u64)>,
+        size: u64,
+        class: u32,
+        limit: u64,
+    ) -> Result<Option<(usize, u64)>, IovaError> {
+        let floor = in_chunk.map(|(_, pfn)| pfn);
+        let Some(block) = self.chunk_block_above(floor, limit) else {
+            return Ok(in_chunk);
+        };
+        let i = self.new_chunk(block, size)?;
+        let base = self.chunks.get(i).base();
+        let at = self.chunks.get(i).highest_fit(size, class, limit - base);
+        let at = at.expect("an empty chunk below the limit fits every small request");
+        Ok(Some((i, base + at)))
+    }
+
+    /// The highest chunk-aligned free block of the tree that ends at or below `limit` and lies
+    /// above `floor` (a chunk's fit; any block without one). The block for the whole space
+    /// answers most calls without a search: nothing lies above it, and it is the answer when
+    /// it ends at or below the limit.
+    fn chunk_block_above(&mut self, floor: Option<u64>, limit: u64) -> Option<Fit> {
+        let granules = self.chunk_granules;
+        let version = self.tree.version();
+        if self.highest_block.version != version {
+            let block = self.tree.highest_fit(granules, granules, self.end);
+            self.highest_block = HighestBlock::new(version, block);
+        }
+        let highest = self.highest_block.block?;
+        if floor.is_some_and(|floor| highest.pfn < floor) {
+            return None;
+        }
+        let block = if highest.pfn + (granules - 1) <= limit {
+            highest
+        } else {
+            self.tree.highest_fit(granules, granules, limit)?
+        };
+        // A block is disjoint from every chunk: above the fit means above its chunk.
+        floor.map_or(true, |floor| block.pfn > floor).then_some(block)
     }
 
     /// Make the free block `block` of the tree a chunk (its metadata, and the tree's room to
@@ -473,8 +551,8 @@ impl RangeAllocator {
             });
         }
         self.chunks.free(i, pfn, size);
-        if self.chunks.is_surplus_empty(i) {
-            let chunk = self.chunks.remove(i);
+        if let Some(surplus) = self.chunks.other_empty(i) {
+            let chunk = self.chunks.remove(surplus);
             self.release_chunk_entry(chunk.base());
         }
         self.count_free(size);
@@ -807,11 +885,21 @@ mod tests {
         })
     }
 
+    /// Whether a naturally aligned block of `granules` above `pfn` and ending at or below
+    /// `limit` lies outside every `busy` inclusive range.
+    fn free_block_above(busy: &[(u64, u64)], pfn: u64, limit: u64, granules: u64) -> bool {
+        let first = (pfn / granules + 1) * granules;
+        let blocks = (first..).step_by(granules as usize);
+        let mut below_limit = blocks.take_while(|&b| b + (granules - 1) <= limit);
+        below_limit.any(|b| busy.iter().all(|&(lo, hi)| hi < b || b + (granules - 1) < lo))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
         /// Random requests, frees, reservations and lookups: every allocation inside the
-        /// limit, aligned and disjoint from the live and reserved ranges; `NoSpace` exactly
+        /// limit, aligned and disjoint from the live and reserved ranges, a small
+        /// size-aligned one never below a free chunk-sized block that ends within its limit; `NoSpace` exactly
         /// when no aligned gap exists; frees, lookups and counters exact; invariants after
         /// every step.
         #[test]
@@ -833,6 +921,10 @@ mod tests {
                             Ok(pfn) => {
                                 prop_assert!(pfn % align == 0 && pfn + size - 1 <= limit.min(END));
                                 prop_assert!(busy().iter().all(|&(lo, hi)| hi < pfn || pfn + size - 1 < lo));
+                                if chunk_class(size, aligned).is_some() {
+                                    let above = free_block_above(&busy(), pfn, limit.min(END), chunk_granules(END + 1));
+                                    prop_assert!(!above, "{pfn:#x} taken below a free chunk-sized block");
+                                }
                                 live.insert(pfn, size);
                             }
                             Err(IovaError::NoSpace { .. }) => prop_assert!(!could, "false NoSpace"),
@@ -913,7 +1005,11 @@ mod tests {
         for pfn in full {
             r.free(pfn, 64).unwrap();
         }
-        assert_eq!(bases(&r), [14 << 10], "a second empty chunk goes back");
+        assert_eq!(
+            bases(&r),
+            [15 << 10],
+            "the older empty chunk goes back, the one emptied last stays"
+        );
         r.check_invariants().unwrap();
         assert_eq!(
             r.free_ranges(),
@@ -925,6 +1021,40 @@ mod tests {
             Ok(0),
             "and a large request gets it"
         );
+    }
+
+    #[test]
+    fn a_wide_request_takes_a_new_chunk_above_rather_than_a_low_one() {
+        let mut r = RangeAllocator::new(0, (1 << 14) - 1).unwrap();
+        let bases = |r: &RangeAllocator| r.chunks.iter().map(|c| c.base()).collect::<Vec<_>>();
+        let low_limit = (4 << 10) - 1;
+        let low = r.alloc(1, low_limit, true).unwrap();
+        assert_eq!((low, bases(&r)), (low_limit, vec![3 << 10]));
+        r.free(low, 1).unwrap();
+        // A wide request takes a new chunk at the top, not the empty low one, which goes back
+        // when the top one empties: a loop of one allocation and free keeps the top one.
+        let top = (16 << 10) - 1;
+        assert_eq!(r.alloc(1, u64::MAX, true), Ok(top));
+        assert_eq!(bases(&r), [3 << 10, 15 << 10]);
+        for _ in 0..3 {
+            r.free(top, 1).unwrap();
+            assert_eq!(bases(&r), [15 << 10], "the low spare went back");
+            assert_eq!(r.alloc(1, u64::MAX, true), Ok(top));
+        }
+        r.free(top, 1).unwrap();
+        let low = r.alloc(1, low_limit, true).unwrap();
+        assert_eq!(low, low_limit);
+        // Wide requests fill the chunks from the top down before they touch the low one:
+        // 12 chunks above it, 16 requests of 64 granules each.
+        for n in 0..12 * 16 {
+            let pfn = r.alloc(64, u64::MAX, true).unwrap();
+            assert_eq!(pfn, (16 << 10) - 64 * (n + 1), "request {n}");
+        }
+        // No chunk-sized block above the low chunk is left: its own space, then the blocks
+        // below it.
+        assert_eq!(r.alloc(64, u64::MAX, true), Ok(low_limit + 1 - 128));
+        assert_eq!(bases(&r).len(), 13);
+        r.check_invariants().unwrap();
     }
 
     #[test]
