@@ -85,7 +85,11 @@ fn wide_allocations_leave_freed_32bit_space_to_32bit_devices() {
         }
         low.push(pfn);
     };
-    assert_eq!(low.len() as u64, low_room / 64, "32-bit space first, to the last slot");
+    assert_eq!(
+        low.len() as u64,
+        low_room / 64,
+        "32-bit space first, to the last slot"
+    );
     assert!(!dev.tries_32bit_first());
     // Half the device's 32-bit ranges come back: free slots in every low chunk.
     for &pfn in low.iter().step_by(2) {

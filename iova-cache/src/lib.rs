@@ -13,7 +13,7 @@
 //! | Item | What |
 //! |---|---|
 //! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
-//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or the tree (module `range`), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
 //! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
 //! | [`IovaAllocator::alloc_range`]`(size, limit, aligned)` / [`IovaAllocator::free_range`]`(pfn, size)` | uncached range allocator |
@@ -76,8 +76,9 @@
 //!   summary (against brute force, also at the top of the `u64` space), chunk word summaries
 //!   and in-word fits (proptests against brute force), summary tree (proptest against a scan),
 //!   magazine, range allocator (a proptest of chunks and tree against a brute-force model:
-//!   `NoSpace` exactly when no aligned gap exists, exact frees, reservations, lookups,
-//!   counters and invariants after every step), `held` (every slot of every class has its own bit, neighbours in different
+//!   `NoSpace` exactly when no aligned gap exists, a small request never below a free
+//!   chunk-aligned block within its limit, exact frees, reservations, lookups, counters and
+//!   invariants after every step), `held` (every slot of every class has its own bit, neighbours in different
 //!   cache lines; claims and releases across leaves and levels; the whole `u64` space), the
 //!   allocator, including a two-thread depot exchange that Miri checks.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::iova`, the checker
