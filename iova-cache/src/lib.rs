@@ -53,6 +53,7 @@
 //! | `gaptree` | the range index: one B+ tree of the free ranges and the live allocations, keyed by start pfn, whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for carving an allocation, releasing one (merging with its neighbours) and in-place grow, shrink and removal |
 //! | `fitsummary` | per alignment class of 2..64 granules, the most granules a range offers from an aligned pfn (bytes of a `u64`, bytewise max) |
 //! | `chunk` | one chunk: a naturally aligned block whose small size-aligned allocations are bits of three masks per 64-granule word (allocated, start, tag), with a fit summary per word |
+//! | `chunkblock` | the gap tree's highest chunk-aligned free block below a limit, remembered with the tree's version: where a small request would carve a new chunk |
 //! | `chunks` | the chunks in address order, their top summaries under a summary tree |
 //! | `summarytree` | a 16-ary tree of fit summaries (a `u64` per node for updates, per-class byte rows for searches): the highest index below a bound that offers a request |
 //! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit (small size-aligned requests in chunks, the rest in the gap tree), natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; where an allocation goes; why an augmented index of the free ranges; what a fragmented pair costs |
@@ -105,6 +106,7 @@
 
 mod allocator;
 mod chunk;
+mod chunkblock;
 mod chunks;
 pub mod config;
 mod error;

@@ -28,13 +28,13 @@
 //!   go, and `NoSpace` is exact.
 //!
 //!   The block is found without a search on the fast path: the allocator remembers the
-//!   tree's highest chunk-aligned free block in the whole space with the tree's version (every
-//!   change of the tree's entries bumps it, and the tree changes rarely: a new, emptied or
-//!   dissolved chunk, a large request, a reservation), and a fit in the chunks above that
-//!   block is the answer. Only a fit below it, or none, or a block above the limit, looks
-//!   further: a search of the tree below the limit when the remembered block ends above it
-//!   (each such request of a device whose limit lies below free space of the tree, a descent
-//!   of the small tree).
+//!   tree's highest chunk-aligned free block below the end of the space, and below the last
+//!   lower limit (a 32-bit device's), each with the tree's version (every change of the
+//!   tree's entries bumps it, and the tree changes rarely: a new, emptied or dissolved chunk,
+//!   a large request, a reservation; module `chunkblock`), and a fit in the chunks above the
+//!   block remembered for the request's limit is the answer. Only a fit below it, or none, or
+//!   a stale or other limit's block, looks further (devices of several masks below the
+//!   space's end, alternating, search the tree each time their chunk fits).
 //! * Every other request takes the highest fit in the tree. If there is none, the chunks below
 //!   the limit that have free space go back to the tree first (their allocations become tree
 //!   entries, their free runs merge with the tree's), and the search runs again, so `NoSpace`
@@ -133,6 +133,7 @@
 //! node now keeps both.
 
 use crate::chunk::Chunk;
+use crate::chunkblock::ChunkBlock;
 use crate::chunks::Chunks;
 use crate::error::IovaError;
 use crate::faults::{CHUNK_ALLOC, TREE_NODE};
@@ -156,41 +157,6 @@ fn chunk_granules(space: u64) -> u64 {
 /// at most 64 granules.
 fn chunk_class(size: u64, aligned: bool) -> Option<u32> {
     (aligned && size <= 64).then(|| size.next_power_of_two().trailing_zeros())
-}
-
-/// The highest chunk-aligned free block of the tree in the whole space, as of a version of the
-/// tree ([`GapTree::version`]); its handle is valid while that version is the tree's.
-#[derive(Debug, Clone, Copy)]
-struct HighestBlock {
-    /// `u64::MAX` before the first search (the tree's version never gets there).
-    version: u64,
-    block: Option<Fit>,
-    /// The block's pfn plus one, 0 without a block: what the fast path compares.
-    end_of_floor: u64,
-}
-
-impl HighestBlock {
-    /// Not searched yet.
-    const UNKNOWN: Self = Self {
-        version: u64::MAX,
-        block: None,
-        end_of_floor: 0,
-    };
-
-    fn new(version: u64, block: Option<Fit>) -> Self {
-        let end_of_floor = block.map_or(0, |b| b.pfn + 1);
-        Self {
-            version,
-            block,
-            end_of_floor,
-        }
-    }
-
-    /// Whether, as of the tree's `version`, no chunk-aligned free block lies above `pfn`.
-    #[inline]
-    fn is_below(&self, pfn: u64, version: u64) -> bool {
-        self.version == version && self.end_of_floor <= pfn
-    }
 }
 
 /// What occupies a pfn found by [`RangeAllocator::find`].
@@ -258,9 +224,10 @@ pub struct RangeAllocator {
     /// Granules per chunk.
     chunk_granules: u64,
     /// The tree's highest chunk-aligned free block in the whole space, searched again only
-    /// after the tree changed (which the chunks made rare: a new, emptied or dissolved chunk,
-    /// a large request, a reservation).
-    highest_block: HighestBlock,
+    /// after the tree changed.
+    highest_block: ChunkBlock,
+    /// The same below the last limit below the end of the space (a 32-bit device's).
+    highest_block_below_limit: ChunkBlock,
     reserved: BTreeMap<u64, u64>,
     stats: RangeStats,
 }
@@ -297,7 +264,8 @@ impl RangeAllocator {
             tree,
             chunks,
             chunk_granules: chunk_granules(end - start + 1),
-            highest_block: HighestBlock::UNKNOWN,
+            highest_block: ChunkBlock::UNKNOWN,
+            highest_block_below_limit: ChunkBlock::UNKNOWN,
             reserved: BTreeMap::new(),
             stats,
         })
@@ -402,7 +370,7 @@ impl RangeAllocator {
     ) -> Result<Option<u64>, IovaError> {
         let (i, pfn) = match self.chunks.highest_fit(size, class, limit) {
             // Usually no free block of the tree lies above the fit: no search.
-            Some((i, pfn)) if self.highest_block.is_below(pfn, self.tree.version()) => (i, pfn),
+            Some((i, pfn)) if self.no_block_above(pfn, limit) => (i, pfn),
             in_chunk => match self.alloc_in_new_chunk(in_chunk, size, class, limit)? {
                 Some(found) => found,
                 None => return Ok(None),
@@ -436,29 +404,32 @@ impl RangeAllocator {
     }
 
     /// The highest chunk-aligned free block of the tree that ends at or below `limit` and lies
-    /// above `floor` (a chunk's fit; any block without one). The block for the whole space
-    /// answers most calls without a search: nothing lies above it, and it is the answer when
-    /// it ends at or below the limit.
+    /// above `floor` (a chunk's fit; any block without one), remembered until the tree changes.
     fn chunk_block_above(&mut self, floor: Option<u64>, limit: u64) -> Option<Fit> {
         let granules = self.chunk_granules;
-        let version = self.tree.version();
-        if self.highest_block.version != version {
-            let block = self.tree.highest_fit(granules, granules, self.end);
-            self.highest_block = HighestBlock::new(version, block);
-        }
-        let highest = self.highest_block.block?;
-        if floor.is_some_and(|floor| highest.pfn < floor) {
-            return None;
-        }
-        let block = if highest.pfn + (granules - 1) <= limit {
-            highest
-        } else {
-            self.tree.highest_fit(granules, granules, limit)?
+        let memo = match limit < self.end {
+            true => &mut self.highest_block_below_limit,
+            false => &mut self.highest_block,
         };
+        let block = memo.get(&self.tree, granules, limit)?;
         // A block is disjoint from every chunk: above the fit means above its chunk.
         floor
             .map_or(true, |floor| block.pfn > floor)
             .then_some(block)
+    }
+
+    /// Whether the remembered highest chunk-aligned free block below `limit` is the tree's and
+    /// lies below `pfn` (`false` when none is remembered for `limit`).
+    #[inline]
+    fn no_block_above(&self, pfn: u64, limit: u64) -> bool {
+        let version = self.tree.version();
+        if limit < self.end {
+            let memo = &self.highest_block_below_limit;
+            memo.limit() == limit && memo.is_below(pfn, version)
+        } else {
+            // Searched below the end of the space only.
+            self.highest_block.is_below(pfn, version)
+        }
     }
 
     /// Make the free block `block` of the tree a chunk (its metadata, and the tree's room to
