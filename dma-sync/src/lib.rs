@@ -20,6 +20,7 @@
 //! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
 //! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
 //! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | epoch collector with a membarrier read side (a plain store and a compiler fence per pin; fence fallback without membarrier) | fence-based RCU at least as strict as the epoch collector: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `production_rcu`, the epoch collector itself on loom) |
+//! | [`asymmetric`]: [`asymmetric::light`], [`asymmetric::heavy`] | RCU's fence pair: a compiler fence against `membarrier` (`fence(SeqCst)` both without it) | `fence(SeqCst)` both |
 //! | [`thread`]: `spawn`, [`thread::spin_wait`] | `std::thread` | `loom::thread`; a spin step yields |
 //! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
 //! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |
@@ -45,6 +46,7 @@
 //! assert_eq!(ALL.len(), 1);
 //! ```
 
+pub mod asymmetric;
 pub mod atomic;
 pub mod cell;
 pub mod cpu;

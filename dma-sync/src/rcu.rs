@@ -53,7 +53,7 @@ mod bypass;
 #[cfg(any(not(loom), production_rcu))]
 mod epoch;
 #[cfg(any(not(loom), production_rcu))]
-mod fence;
+pub(crate) mod fence;
 #[cfg(loom)]
 mod graveyard;
 #[cfg(all(loom, not(production_rcu)))]

@@ -37,3 +37,33 @@ pub fn spin_wait() {
     #[cfg(loom)]
     loom::thread::yield_now();
 }
+
+/// A number no other call of this function in the process returns, never 0: a name for
+/// an object that must not be confused with one that had its address before.
+///
+/// ```
+/// assert_ne!(dma_sync::thread::unique(), dma_sync::thread::unique());
+/// ```
+pub fn unique() -> usize {
+    // A plain counter in every build: the numbers are names, not part of any model's orderings.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A process-wide id of the calling thread, never 0 and never handed to another thread (ids
+/// are not reused when a thread exits): an owner tag for per-thread records in shared arrays.
+///
+/// ```
+/// let me = dma_sync::thread::id();
+/// assert_ne!(me, 0);
+/// assert_eq!(dma_sync::thread::id(), me);
+/// let other = std::thread::spawn(dma_sync::thread::id).join().unwrap();
+/// assert_ne!(other, me);
+/// ```
+#[inline]
+pub fn id() -> usize {
+    thread_local! {
+        static ID: usize = unique();
+    }
+    ID.with(|id| *id)
+}

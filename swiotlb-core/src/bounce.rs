@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
 use crate::pool::{beyond, Pool};
 use crate::swiotlb::{PoolRef, Swiotlb};
+use crate::thread_cache::CachedRun;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
 /// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).
@@ -170,8 +171,10 @@ impl Swiotlb {
         let _ = self.release(dev, pool, first, in_off, addr, Some(size));
     }
 
-    /// Free the slots of the mapping starting in slot `first`, uncount them, and drop the pool
-    /// if it is a transient one (its one mapping is gone). `size` as in `Pool::release`.
+    /// Free the slots of the mapping starting in slot `first` and uncount them: a global
+    /// pool's run goes to the calling thread's cache (the run it displaces to its area), a
+    /// transient pool's to its area, and the transient pool is dropped (its one mapping is
+    /// gone). `size` as in `Pool::unmark`.
     #[inline]
     fn release(
         &self,
@@ -182,10 +185,20 @@ impl Swiotlb {
         addr: u64,
         size: Option<usize>,
     ) -> Result<(), Error> {
-        let n = pool.release(first, in_off, addr, size)?;
-        self.inner.stats.sub_used(pool.accounted_slots(n));
+        let (start, nslots) = pool.unmark(first, in_off, addr, size)?;
+        self.inner.stats.sub_used(pool.accounted_slots(nslots));
         if pool.transient {
+            pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
+        } else {
+            let run = CachedRun {
+                pool,
+                start,
+                nslots,
+            };
+            if let Some(back) = self.inner.caches.park(run) {
+                back.pool.put_back(back.start, back.nslots);
+            }
         }
         Ok(())
     }
@@ -717,6 +730,46 @@ mod tests {
         assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
         unmap(c, HALF);
         unmap(d, HALF);
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
+    }
+
+    /// A thread's unmap caches its run for the thread's next map of that size; the run is not
+    /// in use, and a map on another thread that needs its slots drains it.
+    #[test]
+    fn a_run_cached_by_another_thread_is_drained_when_a_map_needs_it() {
+        dma_sync::cpu::set_current(Some(0));
+        const ALL: usize = 8 * 2048;
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let cfg = Config {
+            can_grow: false,
+            ..Config::tiny(8, 1, 8)
+        };
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        let dev = swiotlb.device(DeviceConfig::default());
+        let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
+        let unmap = |a, len| swiotlb.unmap(&dev, a, len, Direction::ToDevice, NONE);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let a = map(ALL).unwrap();
+                unmap(a, ALL).unwrap();
+                assert_eq!(map(ALL), Ok(a), "the thread's own cached run");
+                unmap(a, ALL).unwrap();
+            });
+        });
+        let stats = swiotlb.stats();
+        assert_eq!((stats.used, &stats.pools[0].area_used[..]), (0, &[0][..]));
+        swiotlb.check_invariants().unwrap();
+        // The whole pool is in the other thread's cache: this map drains it.
+        let b = map(2048).unwrap();
+        assert_eq!(swiotlb.stats().used, 1);
+        unmap(b, 2048).unwrap();
+        assert_eq!(unmap(b, 2048), Err(Error::NotMapped { addr: b }));
+        // Cached here now; the whole pool fits once more.
+        let all = map(ALL).unwrap();
+        assert_eq!(map(1), Err(Error::NoSpace { size: 1 }));
+        unmap(all, ALL).unwrap();
         assert_eq!(swiotlb.stats().used, 0);
         swiotlb.check_invariants().unwrap();
     }

@@ -77,7 +77,8 @@
 //! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping; the shortcut for a request without masks |
-//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own spin lock, the run each area freed last (cached for the next map of its size), the bounded next-fit search, release (and an unmap's size, when nothing is copied back) validated under the owning area's lock |
+//! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own spin lock, the run each area got back last (cached for the next map of its size), the bounded next-fit search, a release claimed (and an unmap's size checked, when nothing is copied back) by one compare-and-swap of the head slot's metadata |
+//! | `thread_cache` | each thread's last freed run of a global pool, taken back by its next map of that size without a lock; drained (a store-buffering pair of asymmetric fences) when a search finds no room |
 //! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
 //! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
 //! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side |
@@ -90,8 +91,9 @@
 //! * `alloc_align_mask` is accepted up to [`POOL_ALIGN`] − 1, so a 64 KiB IOMMU granule works;
 //!   map rounds the searched size up to the allocation alignment, `alloc` does not.
 //! * Slot metadata carry an explicit head bit, in-slot offset and slot count, so unmap and free
-//!   validate the address under the area lock: a second unmap, a middle slot or an address off
-//!   by one is `NotMapped`, never a corrupted counter.
+//!   validate the address and claim the mapping in one compare-and-swap of the head slot's
+//!   metadata: a second unmap (racing or not), a middle slot or an address off by one is
+//!   `NotMapped`, never a corrupted counter.
 //! * A sync range that leaves its mapping is `OutOfRange` instead of a clamp, and a sync checks
 //!   its whole range against one live mapping in every direction, also one that copies nothing
 //!   (Linux checks only the ranges it copies).
@@ -104,6 +106,12 @@
 //!   renumbers. The run it displaces goes back to the counters, where the next search starts;
 //!   a search that finds nothing merges the cached run back and searches once more, so a
 //!   cached run never makes a map fail.
+//! * Before the area, each thread keeps the run its last unmap freed (Linux has no such
+//!   cache): its next map of that size takes it back with no lock, so a map+unmap loop pays
+//!   one locked instruction (the unmap's claim). A search that finds no room drains every
+//!   thread's cache before it gives up; cached slots are not counted as used. A thread that
+//!   finds all of an instance's cache slots (four per area of the default pool, 8 to 1024)
+//!   claimed takes the locked path, as does every thread with `Config::thread_caches` off.
 //!
 //! # Limits and what is not done
 //!
@@ -112,8 +120,8 @@
 //!   decryption/re-encryption step (a guest-memory backend would add it).
 //! * With `Config::stats` on (the default, like the kernel's debugfs build) map and unmap update
 //!   one shared `used` counter for the high-water mark; turn it off for a hot path free of shared
-//!   writes (`used` is then the unlocked sum of the per-area counts; the fast-path benchmarks set
-//!   `stats: false`). The counter stays instance-wide on purpose: the high-water mark is the peak
+//!   writes (`used` is then the unlocked sum of the per-area counts less the runs thread caches
+//!   hold; the fast-path benchmarks set `stats: false`). The counter stays instance-wide on purpose: the high-water mark is the peak
 //!   of the *total*, and per-area peaks reached at different times would sum to more than it. The
 //!   mark itself is written only by a map that raises it (CAS-max).
 //! * The LKMM side of the flag argument (`smp_wmb` instead of a full fence) is checked with herd7
@@ -122,8 +130,9 @@
 //! # Tests
 //!
 //! * Unit tests: the free-run counters with the kernel's example and a proptest of the
-//!   renumbering against a slot-by-slot walk, the cached run (reused by the next map of its
-//!   size, merged back when a map needs it), geometry, every alignment case A–D, the shortcut
+//!   renumbering against a slot-by-slot walk, the cached runs of areas and threads (reused by
+//!   the next map of their size, given back when a map needs the slots, also those of another
+//!   thread), geometry, every alignment case A–D, the shortcut
 //!   plan of unmasked requests against the general one at every size, errors, the
 //!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte
 //!   array at every offset and length and at odd offsets and lengths over several pages, and
@@ -156,6 +165,7 @@ mod shared;
 mod slots;
 mod stats;
 mod swiotlb;
+mod thread_cache;
 
 pub use bounce::{Direction, MapAttrs};
 pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};

@@ -1,9 +1,11 @@
 //! The mutation points of this crate: every ordering that matters, by name.
 //!
-//! Two protocols: the per-device flag with its barrier pairing ("swiotlb: fix the check
-//! whether a device has used software IO TLB"), and the RCU-published pool lists (the global
+//! Four protocols: the per-device flag with its barrier pairing ("swiotlb: fix the check
+//! whether a device has used software IO TLB"), the RCU-published pool lists (the global
 //! list of immortal pools, and each device's list of transient pools, freed after a grace
-//! period). The loom suite weakens each point and shows a model failing.
+//! period), the release of a mapping by one compare-and-swap of its head slot's metadata, and
+//! the per-thread caches of freed runs with their drain (module `thread_cache`). The loom
+//! suite weakens each point and shows a model failing.
 //!
 //! # Points and their must-fail twins
 //!
@@ -19,10 +21,21 @@
 //! | `swiotlb.transient.link` | Store | `transient_link_relaxed` | the walker reads the new pool uninitialised: its link reads as null and the older pool is missed |
 //! | `swiotlb.transient.traverse` | Load | `transient_traverse_relaxed` | as above |
 //! | `swiotlb.transient.grace` | GracePeriod | `transient_freed_without_grace` | causality violation |
+//! | `swiotlb.release.claim` | Step | `double_unmap_claim_not_atomic` | both unmaps of one mapping succeed |
+//! | `swiotlb.release.acquire` | Rmw | `guessed_unmap_claim_relaxed` | a free slot keeps the mapper's metadata |
+//! | `swiotlb.meta.publish` | Store | `guessed_unmap_publish_relaxed` | a free slot keeps the mapper's metadata |
+//! | `swiotlb.cache.enter` | Fence | `cache_drain_enter_fence_dropped` | a run is lost (owner and drainer both take it, or the drainer empties a slot the owner just filled) |
+//! | `swiotlb.cache.drain` | Fence | `cache_drain_fence_dropped` | as above |
+//! | `swiotlb.cache.exit` | Store | `cache_drain_exit_relaxed` | as above |
+//! | `swiotlb.cache.wait` | Load | `cache_drain_wait_relaxed` | as above |
+//! | `swiotlb.cache.reopen` | Store | `cache_drain_reopen_relaxed` | as above (the owner sees its slot reopened but still holding the drained run) |
+//! | `swiotlb.cache.reopened` | Load | `cache_drain_reopened_relaxed` | as above |
 //!
 //! No point is declared unobservable. The area locks are `dma_sync::SpinLock`s: their acquire
 //! and release are dma-sync's own points (`sync.spin.acquire`, `sync.spin.release`), whose
-//! twins are the spin-lock models of `dma_sync_shim`; the area models below run them.
+//! twins are the spin-lock models of `dma_sync_shim`; the area models below run them. The
+//! cache's two fences are `dma_sync::asymmetric`'s pair (a compiler fence against the drain's
+//! membarrier), both `fence(SeqCst)` under loom.
 //!
 //! # Loom models
 //!
@@ -34,6 +47,9 @@
 //! | `area_shared` | 2 threads map/bounce/unmap in one area of an 8-slot pool | Preemptions(3): the shared state is the area lock and counters; 3 preemptions place each thread's search, copy and release anywhere in the other's |
 //! | `area_crossing` | 2 CPUs, 2 areas; one thread fills its area and falls back to the other | Preemptions(3), as above |
 //! | `area_cached_run` | 2 threads bounce 2 and 3 slots in one 4-slot area: the cached run is taken, displaced, or merged back for the larger map; a full area gives a transient pool | Preemptions(3), as above |
+//! | `cache_drain` | an owner bounces the whole 4-slot pool twice (its second map takes the run its unmap cached) while another thread's 2-slot map drains its cache or, while the run is live, gets a transient pool | Preemptions(3): one owner section against one drain needs 2 (the close-and-fence inside a section, the take-and-reopen before the next); every twin is caught at 2; 4 passes in ≈250 s |
+//! | `double_unmap` | 2 threads unmap one 2-slot mapping: exactly one succeeds | exhaustive (2 threads, one claim each) |
+//! | `guessed_unmap` | a thread unmaps every address a 2-slot mapping could start at while another maps it (no hand-off: only the head word orders them); no free slot keeps metadata | exhaustive |
 //! | `new_pool` | the new-pool litmus on the real code: P0 `grow_by`, P1 maps (default pool full, held by another device) and hands the address over a Relaxed atomic, P2 `is_bounce_buffer` | Preemptions(4) (twins 3): the litmus needs at most 2 (P2 between P1's flag store and hand-off; P1's traversal right after P0's publication); 8 take 86 s with the same verdict |
 //! | `new_pool_flag_already_set` | `new_pool` with P1's device flag set by an earlier map: the fence alone carries P0's publication to P2 | Preemptions(3), as `new_pool` |
 //! | `transient_add` | a map links a transient pool while another thread walks the list | exhaustive (2 threads) |
@@ -80,4 +96,29 @@ dma_sync::mutation_points! {
     TRANSIENT_TRAVERSE: Load = "swiotlb.transient.traverse";
     /// An unlinked transient pool is freed only after a grace period (weakened: at once).
     TRANSIENT_GRACE: GracePeriod = "swiotlb.transient.grace";
+    /// A release claims its mapping with one compare-and-swap of the head slot's metadata
+    /// word, so of two racing releases exactly one wins (weakened: a load, a compare and a
+    /// store, and both can win).
+    RELEASE_CLAIM: Step = "swiotlb.release.claim";
+    /// Acquire on that compare-and-swap: the releaser's clearing of the other slots follows
+    /// the mapper's writes of them (pairs with `swiotlb.meta.publish`).
+    RELEASE_CLAIM_ACQUIRE: Rmw = "swiotlb.release.acquire";
+    /// A map writes its head slot's metadata last, with release: whoever claims the mapping
+    /// sees the other slots' metadata written.
+    META_PUBLISH: Store = "swiotlb.meta.publish";
+    /// A thread's cache section: the full fence (made light by the drainer's membarrier)
+    /// between the store announcing the section and the load of the slot's `closed` flag.
+    CACHE_ENTER: Fence = "swiotlb.cache.enter";
+    /// A drain: the full fence (membarrier) between closing every slot and reading which
+    /// owners are inside a section.
+    CACHE_DRAIN: Fence = "swiotlb.cache.drain";
+    /// The release store ending a cache section: the drainer that sees it sees the run and
+    /// pool the section wrote.
+    CACHE_EXIT: Store = "swiotlb.cache.exit";
+    /// The drainer's acquire load of an owner's section flag (pairs with `swiotlb.cache.exit`).
+    CACHE_WAIT: Load = "swiotlb.cache.wait";
+    /// The release store reopening a drained slot: an owner that sees it open sees it emptied.
+    CACHE_REOPEN: Store = "swiotlb.cache.reopen";
+    /// The owner's acquire load of its slot's `closed` flag (pairs with `swiotlb.cache.reopen`).
+    CACHE_REOPENED: Load = "swiotlb.cache.reopened";
 }

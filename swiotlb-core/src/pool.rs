@@ -1,35 +1,49 @@
 //! A pool: one contiguous region of slots split into areas, each with its own lock.
 //!
-//! The area lock guards the area's free-run counters, its next-fit hint, its cached run and
-//! the metadata of its slots (written only under it). It is a spin lock (`dma_sync::SpinLock`),
-//! as Linux's area lock is: its unlock is a release store where a parking lock's is a
-//! compare-and-swap, so a map+unmap pays two locked instructions, not four (in an interleaved
-//! run, with binaries otherwise 37 instructions apart, a 4 KiB bounce went from 67 to 58 ns).
-//! A section never blocks; the common one (take or park the cached run, write or clear the
-//! metadata) is a few dozen instructions, and the longest, a search of the counters, is
-//! bounded by the area's size, so a waiter spins, then yields its CPU.
+//! The area lock guards the area's free-run counters, its next-fit hint and its cached run.
+//! It is a spin lock (`dma_sync::SpinLock`), as Linux's area lock is (its unlock is a release
+//! store where a parking lock's is a compare-and-swap). A section never blocks; the common
+//! one (take or park the cached run) is a few dozen instructions, and the longest, a search of
+//! the counters, is bounded by the area's size, so a waiter spins, then yields its CPU. A map
+//! served by its thread's cache (module `thread_cache`) and the unmap that fills it take no
+//! area lock at all.
 //!
-//! The cached run is the run the area freed last: a release keeps it out of the counters (its
+//! A run has one holder at a time: the area (free in the counters, or its cached run), a
+//! mapping (its metadata recorded), or a thread cache. The holder alone writes its metadata:
+//! [`Pool::record`] by the map that took the run (under the area lock, or from its thread's
+//! cache), head slot last with release (`swiotlb.meta.publish`). A release claims the mapping
+//! with one compare-and-swap of the head slot's metadata word (acquire, `swiotlb.release.claim`
+//! and `swiotlb.release.acquire`): of two racing releases exactly one wins, and the winner,
+//! now the run's holder, clears the rest and gives the run to its thread's cache or back to
+//! the area ([`Pool::put_back`]).
+//!
+//! The area's cached run is the run given back to it last: it stays out of the counters (its
 //! counters stay 0) and the next map of exactly its size that it qualifies for (alignment,
 //! boundary) takes it without a search or a renumbering; its bounce memory and metadata are
 //! still in the CPU's cache. The run it displaces is freed into the counters and the next
 //! search starts there. A search that fails while a run is cached frees that run into the
-//! counters and searches again, so caching never turns a fitting map into `NoSpace`. `used`
-//! counts the slots of live mappings only; the counters' zeros are those plus the cached run,
+//! counters and searches again, so caching never turns a fitting map into `NoSpace`. An
+//! area's `used` counts the slots of live mappings and of runs held by thread caches (the
+//! statistics subtract the latter); the counters' zeros are those plus the area's cached run,
 //! which `check` verifies along with the cached run's clean metadata.
 //!
-//! Slot metadata are Relaxed atomics so that a bounce copy of a live mapping may read them
-//! without the lock (the owner of a mapping is ordered after its map by the caller), and so
-//! that a bogus concurrent call is a wrong answer, never a data race. The bounds are atomics
-//! too: under loom a reader that reaches a pool without happens-before to its creation, or
-//! after its free, is then reported.
+//! Slot metadata are atomics so that a bounce copy of a live mapping may read them without
+//! the lock (the owner of a mapping is ordered after its map by the caller), and so that a
+//! bogus concurrent call is a wrong answer, never a data race. The bounds are atomics too:
+//! under loom a reader that reaches a pool without happens-before to its creation, or after
+//! its free, is then reported.
 
 use crate::align::Plan;
 use crate::error::Error;
+use crate::points::{META_PUBLISH, RELEASE_CLAIM, RELEASE_CLAIM_ACQUIRE};
 use crate::shared::SharedRegion;
 use crate::slots;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, POOL_ALIGN};
-use dma_sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Poison};
+use dma_sync::atomic::{
+    AtomicPtr, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+    Poison,
+};
 use dma_sync::fault::Site;
 use dma_sync::rcu::Retire;
 use dma_sync::{CachePadded, SpinLock};
@@ -124,7 +138,8 @@ struct AreaState {
     /// Where the next search of the counters starts, area-relative: after the last allocation,
     /// or at the run last returned to the counters. Only a hint (every value is safe).
     index: usize,
-    /// Exact number of slots of live mappings.
+    /// Exact number of slots out of the counters for live mappings and for runs held by
+    /// thread caches (the area's own cached run is not counted).
     used: usize,
     list: Box<[u16]>,
     /// The run freed last, kept out of the counters (its slots stay at 0 in `list`) for the
@@ -299,7 +314,7 @@ impl Pool {
 
     /// Whether a run of `plan.nslots` free slots at slot `i` may serve `plan`.
     #[inline]
-    fn qualifies(&self, i: usize, plan: &Plan) -> bool {
+    pub(crate) fn qualifies(&self, i: usize, plan: &Plan) -> bool {
         let addr = self.slot_addr(i);
         plan.aligned(addr) && plan.within_boundary(addr)
     }
@@ -361,11 +376,13 @@ impl Pool {
         None
     }
 
-    /// Write the metadata of a fresh allocation at `s` (called under its area lock). Free slots
-    /// carry no metadata (a release clears its whole run; `check` verifies it), so only the
-    /// slots the mapping covers are written: padding and alignment slots stay clear.
+    /// Write the metadata of a fresh allocation at `s`, by the one thread that holds the run
+    /// (under its area lock, or taken from its thread's cache). Free slots carry no metadata
+    /// (a release clears its whole run; `check` verifies it), so only the slots the mapping
+    /// covers are written: padding and alignment slots stay clear. The head slot's word goes
+    /// last, with release (`swiotlb.meta.publish`): a release that claims it sees the rest.
     #[inline]
-    fn record(&self, s: usize, plan: &Plan) {
+    pub(crate) fn record(&self, s: usize, plan: &Plan) {
         let end = plan.in_off + plan.mapping_size;
         let first = s + plan.pad_slots;
         let covered = end.div_ceil(IO_TLB_SIZE).min(s + plan.nslots - first);
@@ -376,11 +393,15 @@ impl Pool {
             Some(o) => (o, 1u64 << IO_TLB_SHIFT),
             None => (INVALID_PHYS_ADDR, 0),
         };
-        for (j, slot) in self.slots[first..first + covered].iter().enumerate() {
+        for (j, slot) in self.slots[first..first + covered].iter().enumerate().rev() {
             let size = (end - j * IO_TLB_SIZE) as u64;
-            let meta = common | size | if j == 0 { head } else { 0 };
             slot.orig.store(orig + j as u64 * step, Relaxed);
-            slot.meta.store(meta, Relaxed);
+            if j == 0 {
+                slot.meta
+                    .store(common | size | head, META_PUBLISH.ord(Release));
+            } else {
+                slot.meta.store(common | size, Relaxed);
+            }
         }
     }
 
@@ -391,50 +412,69 @@ impl Pool {
         (s.orig.load(Relaxed), SlotMeta::decode(s.meta.load(Relaxed)))
     }
 
-    /// Free the allocation whose mapping starts at slot `first` with in-slot offset `in_off`
+    /// Claim the allocation whose mapping starts at slot `first` with in-slot offset `in_off`
     /// (bounce address `addr`), of which the caller names `size` bytes from its start (`None`:
-    /// the whole allocation, as `free` does). Validated under the owning area's lock, so a
-    /// second or bogus release changes nothing: no such mapping is `NotMapped`, a size of 0 or
-    /// past the mapping's end `OutOfRange`. Returns the number of slots freed.
+    /// the whole allocation, as `free` does), and clear its metadata. Returns the run
+    /// `(first slot, slots)`, which the caller now holds: it goes back to the area
+    /// ([`Pool::put_back`]) or to the thread's cache.
+    ///
+    /// No lock: one compare-and-swap of the head slot's metadata word claims the mapping
+    /// (`swiotlb.release.claim`), so of two racing releases exactly one wins and the other gets
+    /// `NotMapped`, as does an address that names no mapping's head; a size of 0 or past the
+    /// mapping's end is `OutOfRange`. A failed claim changes nothing.
     #[inline]
-    pub(crate) fn release(
+    pub(crate) fn unmark(
         &self,
         first: usize,
         in_off: usize,
         addr: u64,
         size: Option<usize>,
-    ) -> Result<usize, Error> {
+    ) -> Result<(usize, usize), Error> {
+        let (_, first_in_area) = self.geo.area_of(first);
+        let head = &self.slots[first].meta;
+        let word = head.load(Relaxed);
+        let meta = match SlotMeta::decode(word) {
+            Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first_in_area => m,
+            _ => return Err(Error::NotMapped { addr }),
+        };
+        if let Some(size) = size {
+            if size == 0 || size > meta.alloc_size - in_off {
+                return Err(Error::OutOfRange { addr, size });
+            }
+        }
+        if !claim(head, word) {
+            return Err(Error::NotMapped { addr });
+        }
+        let s = first - meta.pad_slots;
+        for slot in &self.slots[s..s + meta.nslots] {
+            slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
+            slot.meta.store(0, Relaxed);
+        }
+        Ok((s, meta.nslots))
+    }
+
+    /// Give the run of `nslots` slots at `s`, held by the caller and clear of metadata, back
+    /// to its area. It stays out of the counters as the area's cached run: its bounce memory
+    /// and metadata are still in the CPU cache, and the next map of its size that reaches the
+    /// area takes it without a search or a renumbering. The run cached before goes back to the
+    /// counters, and the next search starts there (plain next-fit would move on to cold slots).
+    pub(crate) fn put_back(&self, s: usize, nslots: usize) {
         let n = self.geo.area_nslabs;
-        let (a, first_in_area) = self.geo.area_of(first);
+        let (a, _) = self.geo.area_of(s);
         let area = &self.areas[a];
         area.state.with(|st| {
-            let meta = match SlotMeta::decode(self.slots[first].meta.load(Relaxed)) {
-                Some(m) if m.head && m.in_off == in_off && m.pad_slots <= first_in_area => m,
-                _ => return Err(Error::NotMapped { addr }),
-            };
-            if let Some(size) = size {
-                if size == 0 || size > meta.alloc_size - in_off {
-                    return Err(Error::OutOfRange { addr, size });
-                }
-            }
-            let s = first - meta.pad_slots;
-            for slot in &self.slots[s..s + meta.nslots] {
-                slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
-                slot.meta.store(0, Relaxed);
-            }
-            // The run stays out of the counters as the area's cached run: its bounce memory
-            // and metadata are still in the CPU cache, and the next map of its size takes it
-            // without a search or a renumbering. The run cached before goes back to the
-            // counters, and the next search starts there (plain next-fit would move on to
-            // cold slots).
             if st.cached.1 > 0 {
                 st.reclaim(self.geo.seg);
             }
-            st.cached = (s - a * n, meta.nslots);
-            st.used -= meta.nslots;
+            st.cached = (s - a * n, nslots);
+            st.used -= nslots;
             area.used.store(st.used, Relaxed);
-            Ok(meta.nslots)
-        })
+        });
+    }
+
+    /// Whether the run of `nslots` at `s`, held by a thread cache, carries no metadata.
+    pub(crate) fn is_clear(&self, s: usize, nslots: usize) -> bool {
+        (s..s + nslots).all(|i| matches!(self.meta(i), (INVALID_PHYS_ADDR, None)))
     }
 
     /// Used slots per area (unlocked snapshot).
@@ -483,6 +523,22 @@ impl Pool {
             }
         }
         Ok(())
+    }
+}
+
+/// Claim a mapping: replace its head slot's metadata `word` with 0 if it still holds it.
+#[inline]
+fn claim(head: &AtomicU64, word: u64) -> bool {
+    let acquire = RELEASE_CLAIM_ACQUIRE.ord(Acquire);
+    if RELEASE_CLAIM.on() {
+        head.compare_exchange(word, 0, acquire, Relaxed).is_ok()
+    } else {
+        // The weakened form: two releases can both read the word before either clears it.
+        let now = head.load(acquire);
+        now == word && {
+            head.store(0, Relaxed);
+            true
+        }
     }
 }
 

@@ -45,6 +45,7 @@ use crate::points::{
 };
 use crate::pool::{Geometry, Pool};
 use crate::stats::{PoolStats, Stats, StatsSnapshot};
+use crate::thread_cache::ThreadCaches;
 use crate::{IO_TLB_MIN_SLABS, IO_TLB_SEGSIZE, IO_TLB_SHIFT, POOL_ALIGN};
 use dma_sync::atomic::{
     AtomicBool, AtomicUsize,
@@ -59,6 +60,12 @@ pub const MAX_NAREAS: usize = 1 << 16;
 /// Largest pool, in slots (32 GiB of bounce memory, 16 B of metadata per slot besides): the
 /// bound on what one configuration or one growth step may make the allocator allocate.
 pub const MAX_NSLABS: usize = 1 << 24;
+
+/// Thread cache slots of an instance whose default pool has `nareas` areas (one per CPU by
+/// default): room for a few threads per CPU, bounded so a drain stays short.
+fn thread_caches(nareas: usize) -> usize {
+    (4 * nareas).clamp(8, 1024)
+}
 
 /// Configuration of a [`Swiotlb`] instance.
 ///
@@ -99,6 +106,10 @@ pub struct Config {
     pub stats: bool,
     /// Whether the instance serves [`Swiotlb::alloc`] (a restricted pool).
     pub for_alloc: bool,
+    /// Whether each thread keeps the run its last unmap freed for its next map of that size
+    /// (module `thread_cache`): a map+unmap loop then takes no lock. Off, every map and unmap
+    /// takes its area's lock, as in Linux.
+    pub thread_caches: bool,
 }
 
 impl Default for Config {
@@ -114,6 +125,7 @@ impl Default for Config {
             phys_limit: u64::MAX,
             stats: true,
             for_alloc: false,
+            thread_caches: true,
         }
     }
 }
@@ -234,6 +246,8 @@ pub(crate) struct MemInner {
     growing: AtomicBool,
     pub(crate) memory: Box<dyn OrigMemory>,
     pub(crate) stats: Stats,
+    /// Each thread's last freed run of a global pool (module `thread_cache`).
+    pub(crate) caches: ThreadCaches,
 }
 
 impl std::fmt::Debug for Swiotlb {
@@ -296,13 +310,18 @@ impl Swiotlb {
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
                 stats: Stats::new(cfg.stats),
-                cfg,
                 geo,
                 head: pool,
                 writer: Mutex::new(1),
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
                 memory: Box::new(memory),
+                caches: ThreadCaches::new(if cfg.thread_caches {
+                    thread_caches(geo.nareas)
+                } else {
+                    0
+                }),
+                cfg,
             }),
         })
     }
@@ -429,7 +448,9 @@ impl Swiotlb {
         plan: &Plan,
     ) -> Result<(PoolRef<'a>, usize), Error> {
         let found = self
-            .search_global(plan)
+            .take_cached(plan)
+            .or_else(|| self.search_global(plan))
+            .or_else(|| self.drain_and_search(plan))
             .or_else(|| self.search_transient(dev, plan));
         let (pool, s) = found.ok_or(Error::NoSpace {
             size: plan.mapping_size,
@@ -445,6 +466,40 @@ impl Swiotlb {
         // instruction on x86.
         FLAG_FENCE.fence(Release);
         Ok((pool, s))
+    }
+
+    /// The calling thread's cached run, if it has `plan`'s slots and qualifies for it (the
+    /// alignment and boundary checks a search makes), with the mapping recorded.
+    #[inline]
+    fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
+        let run = self
+            .inner
+            .caches
+            .take(plan.nslots, |pool, s| pool.qualifies(s, plan))?;
+        run.pool.record(run.start, plan);
+        Some((
+            PoolRef {
+                pool: run.pool,
+                guard: None,
+            },
+            run.start,
+        ))
+    }
+
+    /// Give every thread's cached run back to its area and search again: a cached run never
+    /// turns a fitting map into `NoSpace`.
+    #[cold]
+    #[inline(never)]
+    fn drain_and_search(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
+        let drained = self
+            .inner
+            .caches
+            .drain(|run| run.pool.put_back(run.start, run.nslots));
+        if drained {
+            self.search_global(plan)
+        } else {
+            None
+        }
     }
 
     #[inline]
@@ -689,12 +744,21 @@ impl Swiotlb {
     /// ```
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.inner.stats;
+        let cached = self.inner.caches.cached();
         let pools: Vec<PoolStats> = self
             .pools()
-            .map(|p| PoolStats {
-                start: p.start(),
-                nslabs: p.geo.nslabs,
-                area_used: p.area_used(),
+            .map(|p| {
+                // A run in a thread cache is in its area's count but in no mapping.
+                let mut area_used = p.area_used();
+                for run in cached.iter().filter(|r| std::ptr::eq(r.pool, p)) {
+                    let a = p.geo.area_of(run.start).0;
+                    area_used[a] = area_used[a].saturating_sub(run.nslots);
+                }
+                PoolStats {
+                    start: p.start(),
+                    nslabs: p.geo.nslabs,
+                    area_used,
+                }
             })
             .collect();
         let global_used: usize = pools.iter().flat_map(|p| p.area_used.iter()).sum();
@@ -732,7 +796,20 @@ impl Swiotlb {
     /// assert_eq!(swiotlb.check_invariants(), Ok(()));
     /// ```
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.pools().try_for_each(Pool::check)
+        self.pools().try_for_each(Pool::check)?;
+        match self
+            .inner
+            .caches
+            .cached()
+            .into_iter()
+            .find(|r| !r.pool.is_clear(r.start, r.nslots))
+        {
+            Some(r) => Err(format!(
+                "run {}+{} of a thread cache has metadata",
+                r.start, r.nslots
+            )),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The bounce-buffer cases: map+copy+unmap in both directions, pool growth under pressure, the
 //! scale sweep (a 4 KiB bounce with 1k to 1M slots held by other mappings), the one-area peer
-//! (our allocator with the single global lock Linux had before areas) and the per-I/O
-//! allocation peer.
+//! (our allocator with the single global lock Linux had before areas, without thread caches)
+//! and the per-I/O allocation peer.
 
 use super::floor::memcpy;
 use super::human_bytes;
@@ -53,7 +53,8 @@ pub const GROWTH: &str = "pool growth: 64 KiB maps, 64 live per thread";
 
 /// Implementation name of ours with the default configuration (one area per CPU).
 pub const OURS: &str = "ours";
-/// Implementation name of our pool with a single area (the global lock Linux had before areas).
+/// Implementation name of our pool with a single area and no thread caches (the global lock
+/// Linux had before areas).
 pub const ONE_AREA: &str = "ours, one area";
 /// Implementation name of the per-I/O allocation peer.
 pub const FRESH: &str = "fresh buffer per I/O";
@@ -203,10 +204,13 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
     let slots = opts.pool_slots;
     // The fast path is measured as `Config::stats` documents it: without the high-water
     // mark's instance-wide counter (the one-area peer likewise, so the comparison is fair).
+    // The one-area peer is the design Linux had before areas: one lock for every map and
+    // unmap, so no thread caches either (with them, a map+unmap loop takes no lock at all).
     let pool = move |nareas| Config {
         nslabs: slots,
         nareas,
         stats: false,
+        thread_caches: nareas != 1,
         ..Config::default()
     };
     for &size in &sizes {

@@ -35,7 +35,7 @@ use crate::mutation::Point;
 
 /// A reader's fence between publishing its state and loading published pointers.
 #[inline(always)]
-pub(super) fn light(point: &'static Point) {
+pub(crate) fn light(point: &'static Point) {
     #[cfg(any(loom, miri))]
     point.fence(SeqCst);
     #[cfg(not(any(loom, miri)))]
@@ -50,7 +50,7 @@ pub(super) fn light(point: &'static Point) {
 }
 
 /// A writer's fence: a full fence here and on every running thread of the process.
-pub(super) fn heavy(point: &'static Point) {
+pub(crate) fn heavy(point: &'static Point) {
     #[cfg(any(loom, miri))]
     point.fence(SeqCst);
     #[cfg(not(any(loom, miri)))]
@@ -66,7 +66,7 @@ pub(super) fn heavy(point: &'static Point) {
 
 /// Decide the mode if no one has: called by every participant's registration, under the
 /// participant lock, before its first fence.
-pub(super) fn decide() {
+pub(crate) fn decide() {
     #[cfg(not(any(loom, miri)))]
     mode::decide();
 }

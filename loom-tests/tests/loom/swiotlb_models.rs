@@ -8,6 +8,9 @@
 //!   a growth thread publishes a pool, a mapper allocates from it and hands the bounce address
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
 //!   the pool.
+//! * `cache_drain_*`: a thread's cache of freed runs racing a drain (a search that found no
+//!   room), and `double_unmap_*`, `guessed_unmap_*`: releases claiming a mapping by one
+//!   compare-and-swap, racing each other or the map itself.
 //! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`, `transient_unlink_head_*`:
 //!   "argument 2 on the real code", the device's transient list: a pool linked while another
 //!   thread walks the list, a pool unlinked and freed while a lookup walks past it, deletion
@@ -358,6 +361,111 @@ fn area_cached_run_passes() {
     check(Bound::Preemptions(3), area_cached_run);
 }
 
+/// A run owned twice (by a thread cache and by a drain) shows as another mapping's bytes in a
+/// bounce buffer or as broken counters; a run the drainer misses (it empties a slot the owner
+/// just filled) is lost: not every slot comes back. Each twin below is caught as a lost run.
+const OWNED_TWICE: &str =
+    "bounce buffer holds another mapping's bytes | free-run counters | every slot came back";
+
+/// A thread's cache racing a drain. The owner bounces the whole 4-slot pool twice: its unmap
+/// caches the run and its second map takes it back from its cache. The other thread bounces 2
+/// slots: while the owner's run is cached, its search fails and drains the owner's cache; while
+/// the run is live, it gets a transient pool, and only then (`HOARDED`). Bytes round-trip (a run
+/// owned twice mixes them) and every slot comes back. Preemptions(3): the race is one owner
+/// section (take or park) against one drain (close, fence, wait, take, reopen); two preemptions
+/// put the drain's close-and-fence inside either of the owner's sections and its take-and-reopen
+/// before the owner's next one, the third adds margin (≈30 s; every twin is caught at 2; 4
+/// passes in ≈250 s).
+fn cache_drain() {
+    let (swiotlb, base) = instance(Config::tiny(4, 1, 4), 8 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let phases = Arc::new([AtomicU64::new(IDLE), AtomicU64::new(IDLE)]);
+    let p = phases.clone();
+    let owner = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        p[0].store(BUSY, Release);
+        round_trip(swiotlb, dev, base, 4 * SLOT, 0x55);
+        round_trip(swiotlb, dev, base, 4 * SLOT, 0x66);
+        p[0].store(DONE, Release);
+    });
+    let p = phases.clone();
+    let drainer = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        bounce_beside(swiotlb, dev, base + 4 * SLOT as u64, 2 * SLOT, &p[1], &p[0])
+    });
+    owner.join().unwrap();
+    drainer.join().unwrap();
+    quiescent(&swiotlb);
+}
+
+#[test]
+fn cache_drain_passes() {
+    check(Bound::Preemptions(3), cache_drain);
+}
+
+/// Two threads unmap the same 2-slot mapping (its address reached both through the spawn):
+/// exactly one succeeds, the other gets `NotMapped`, and the run is freed once. Exhaustive:
+/// two threads, one claim each.
+fn double_unmap() {
+    let (swiotlb, base) = instance(Config::tiny(4, 1, 4), 4 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let len = SLOT + 8;
+    let a = map_to_device(&swiotlb, &dev, base, len).unwrap();
+    let unmap = move |swiotlb: &Swiotlb, dev: &Device| {
+        swiotlb.unmap(dev, a, len, Direction::ToDevice, MapAttrs::default())
+    };
+    let t = spawn_with(&swiotlb, &dev, unmap);
+    let u = spawn_with(&swiotlb, &dev, unmap);
+    let results = [t.join().unwrap(), u.join().unwrap()];
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{BOTH_WON}: {results:?}");
+    assert!(results.contains(&Err(Error::NotMapped { addr: a })));
+    quiescent(&swiotlb);
+}
+
+/// The message of `double_unmap` when both releases claim the mapping.
+const BOTH_WON: &str = "exactly one unmap wins";
+
+#[test]
+fn double_unmap_passes() {
+    check(Bound::Exhaustive, double_unmap);
+}
+
+/// A bogus unmap: a thread unmaps every address a 2-slot mapping could start at, racing the
+/// map, so nothing but the head slot's metadata word orders it after the mapper (a hand-off
+/// through memory would be ordered by the map's flag fence and the lookup's). Its claim must
+/// see the mapper's write of the second slot's metadata, or its clearing could land before it
+/// and leave a free slot with metadata. An earlier map of the device sets its flag. Exhaustive:
+/// two threads.
+fn guessed_unmap() {
+    let (swiotlb, base) = instance(Config::tiny(4, 1, 4), 4 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let first = map_to_device(&swiotlb, &dev, base, 8).unwrap();
+    unmap_to_device(&swiotlb, &dev, first, 8);
+    let start = swiotlb.stats().pools[0].start;
+    let len = SLOT + 8;
+    let mapper = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        map_to_device(swiotlb, dev, base, len).unwrap()
+    });
+    let guesser = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        (0..3).any(|i| {
+            let a = start + (i * SLOT) as u64;
+            let attrs = MapAttrs::default();
+            swiotlb
+                .unmap(dev, a, len, Direction::ToDevice, attrs)
+                .is_ok()
+        })
+    });
+    let a = mapper.join().unwrap();
+    if !guesser.join().unwrap() {
+        unmap_to_device(&swiotlb, &dev, a, len);
+    }
+    quiescent(&swiotlb);
+}
+
+#[test]
+fn guessed_unmap_passes() {
+    check(Bound::Exhaustive, guessed_unmap);
+}
+
 /// Unlinking the list's head: the unlink's store must be a release. P is linked before the
 /// threads start; the mapper links Q, then B above it (`B → Q → P`), and hands B's address on
 /// through a Relaxed atomic; the unmapper, already inside a read section of its own, unmaps B,
@@ -461,6 +569,53 @@ fn transient_reuse_passes() {
 fn transient_unlink_head_passes() {
     let seen = outcomes(Bound::Preemptions(2), transient_unlink_head);
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+}
+
+must_fail_test! {
+    /// Two releases read the head word before either clears it: both win.
+    fn double_unmap_claim_not_atomic: points::RELEASE_CLAIM, Weakening::Relax, BOTH_WON, Bound::Exhaustive, double_unmap;
+}
+
+must_fail_test! {
+    /// The claim does not acquire the mapper's metadata writes: a slot's clearing can land
+    /// before the mapper's write of it.
+    fn guessed_unmap_claim_relaxed: points::RELEASE_CLAIM_ACQUIRE, Weakening::Relax, "free-run counters", Bound::Exhaustive, guessed_unmap;
+}
+
+must_fail_test! {
+    /// The head word is not published last with release: as above.
+    fn guessed_unmap_publish_relaxed: points::META_PUBLISH, Weakening::Relax, "free-run counters", Bound::Exhaustive, guessed_unmap;
+}
+
+must_fail_test! {
+    /// No fence in the owner's section: it and the drainer both take the run.
+    fn cache_drain_enter_fence_dropped: points::CACHE_ENTER, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// No fence in the drain: as above.
+    fn cache_drain_fence_dropped: points::CACHE_DRAIN, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// A Relaxed section end: the drainer reads a run the owner has replaced, and the new one
+    /// is lost or owned twice.
+    fn cache_drain_exit_relaxed: points::CACHE_EXIT, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// A Relaxed wait: as above.
+    fn cache_drain_wait_relaxed: points::CACHE_WAIT, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// A Relaxed reopening: the owner sees its slot open but still holding the drained run.
+    fn cache_drain_reopen_relaxed: points::CACHE_REOPEN, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// A Relaxed check of the slot's flag: as above.
+    fn cache_drain_reopened_relaxed: points::CACHE_REOPENED, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
 }
 
 must_fail_test! {
