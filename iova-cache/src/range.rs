@@ -43,9 +43,9 @@
 //!   goes back to the tree: one empty chunk stays as a spare, the one emptied last, so that
 //!   allocating and freeing one range in a loop does not make and drop a chunk each time
 //!   (that cost 11 us per pair with the caches off), even when an older spare lies below the
-//!   free block the loop's requests now take; its space is still free space (`free_ranges`, the statistics, a large request that needs it). A
-//!   reservation over a chunk turns it back into tree entries first, so reservations only ever
-//!   carve the tree's ranges.
+//!   free block the loop's requests now take; its space is still free space (`free_ranges`,
+//!   the statistics, a large request that needs it). A reservation over a chunk turns it back
+//!   into tree entries first, so reservations only ever carve the tree's ranges.
 //!
 //! The address of a small request is therefore the highest fit below the limit at chunk
 //! granularity, not over the whole space: it prefers a chunk's space to a higher free range
@@ -383,7 +383,8 @@ impl RangeAllocator {
 
     /// The place of a small request in a new chunk at the highest chunk-aligned free block of
     /// the tree ending at or below `limit`, if that lies above the fit `in_chunk` found in the
-    /// chunks, else `in_chunk`: `(chunk index, pfn)`. Out of line: the tree changes rarely.
+    /// chunks, else (or without memory for the chunk) `in_chunk`: `(chunk index, pfn)`. Out of
+    /// line: the tree changes rarely.
     #[inline(never)]
     fn alloc_in_new_chunk(
         &mut self,
@@ -396,7 +397,12 @@ impl RangeAllocator {
         let Some(block) = self.chunk_block_above(floor, limit) else {
             return Ok(in_chunk);
         };
-        let i = self.new_chunk(block, size)?;
+        let i = match self.new_chunk(block, size) {
+            Ok(i) => i,
+            // Without memory for a new chunk, the lower fit still serves.
+            Err(_) if in_chunk.is_some() => return Ok(in_chunk),
+            Err(e) => return Err(e),
+        };
         let base = self.chunks.get(i).base();
         let at = self.chunks.get(i).highest_fit(size, class, limit - base);
         let at = at.expect("an empty chunk below the limit fits every small request");
@@ -407,9 +413,10 @@ impl RangeAllocator {
     /// above `floor` (a chunk's fit; any block without one), remembered until the tree changes.
     fn chunk_block_above(&mut self, floor: Option<u64>, limit: u64) -> Option<Fit> {
         let granules = self.chunk_granules;
-        let memo = match limit < self.end {
-            true => &mut self.highest_block_below_limit,
-            false => &mut self.highest_block,
+        let memo = if limit < self.end {
+            &mut self.highest_block_below_limit
+        } else {
+            &mut self.highest_block
         };
         let block = memo.get(&self.tree, granules, limit)?;
         // A block is disjoint from every chunk: above the fit means above its chunk.
