@@ -115,9 +115,11 @@
 //! short enough that another process's cache and TLB pressure dominates them.
 //!
 //! Choosing between a chunk's fit and a new chunk higher up (above) costs the fast path one
-//! comparison of the tree's version and one of the fit with the remembered block: 2254 to
-//! 2259 instructions per pair alone, 1442 to 1444 through [`crate::IovaAllocator`] (the same
-//! harness, measured before and after).
+//! comparison of the tree's version and one of the fit with the block remembered for the
+//! limit: 2254 to 2260 instructions per pair alone, 1442 to 1445 through
+//! [`crate::IovaAllocator`], and 2254 to 2262 alone with every request limited to the lowest
+//! 2^24 pfns of a 2^32-pfn space (a 32-bit device's case: the block remembered for the
+//! space's end lies above its fits); the same harness, measured before and after.
 //!
 //! What a pair costs now: two word summaries (`chunk::word_fits`, about 80 instructions
 //! each), the summary trees' updates (a node changes only where a maximum moves; a node's
