@@ -15,11 +15,22 @@
 use crate::iova_models::{on_cpu, tiny, Oracle};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
-use iova_cache::{IovaError, RangeKind};
+use iova_cache::{IovaAllocator, IovaError, RangeKind};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 
 fn flush_all_vs_depot_traffic() {
+    three_frees_vs_flush_all(|o, a, p| {
+        for &x in p {
+            o.free(a, x, 1);
+        }
+    });
+}
+
+/// The traffic of the flush models: CPU 0 allocates three single granules and gives them back
+/// with `free_all`, CPU 1 allocates twice, a third thread flushes every cache; afterwards the
+/// oracle checks that every range is held by one user or free.
+fn three_frees_vs_flush_all(free_all: fn(&Oracle, &IovaAllocator, &[u64])) {
     let a = tiny(2, 1, 8);
     let o = Oracle::default();
     let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
@@ -27,9 +38,7 @@ fn flush_all_vs_depot_traffic() {
         let (a, o) = (a.clone(), o.clone());
         spawn(move || {
             on_cpu(0);
-            for &x in &p {
-                o.free(&a, x, 1);
-            }
+            free_all(&o, &a, &p);
         })
     };
     let allocator = {
@@ -79,32 +88,7 @@ must_fail_test! {
 /// slot across the pushes and the depot trade, so the flush sees the slot before or after
 /// the whole batch (or its tree spill), never half of it.
 fn free_batch_vs_flush_all() {
-    let a = tiny(2, 1, 8);
-    let o = Oracle::default();
-    let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
-    let freer = {
-        let (a, o) = (a.clone(), o.clone());
-        spawn(move || {
-            on_cpu(0);
-            o.free_batch(&a, &p);
-        })
-    };
-    let allocator = {
-        let (a, o) = (a.clone(), o.clone());
-        spawn(move || {
-            on_cpu(1);
-            o.alloc(&a, 1).expect("space left");
-            o.alloc(&a, 1).expect("space left");
-        })
-    };
-    let flusher = {
-        let a = a.clone();
-        spawn(move || a.flush_all())
-    };
-    freer.join().unwrap();
-    allocator.join().unwrap();
-    flusher.join().unwrap();
-    o.settle(&a);
+    three_frees_vs_flush_all(|o, a, p| o.free_batch(a, p));
 }
 
 /// Three threads, as `flush_all_vs_depot_traffic` with the three frees as one batch.
