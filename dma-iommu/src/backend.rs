@@ -102,6 +102,12 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
         // free already, nothing is lost.
         let _ = self.iova.free(span.pfn, span.granules);
     }
+
+    fn reclaim_all(&self, spans: impl Iterator<Item = IovaSpan>) {
+        // One slot-lock acquisition per run of a size class instead of one per span; a
+        // refusal means what it means for one span above.
+        let _ = self.iova.free_batch(spans.map(|s| (s.pfn, s.granules)));
+    }
 }
 
 /// Unmap every mapped part of `[iova, iova + len)`, stepping over unmapped granules (a

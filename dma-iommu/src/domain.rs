@@ -25,24 +25,31 @@
 //! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
 //! flush-queue enqueue (a full fence, the per-CPU ring lock pair, a drain check) and the glue
 //! between them: five locked instructions the parts do not have. Callgrind, 4 KiB, one
-//! thread, the criterion loop of `benches/benches/fast_paths.rs`: 1405 instructions against
-//! the parts' 940 (856 the page table, 84 the IOVA pair), 1492 before the trusted map was
-//! done in one frame and the drain skipped between flushes (the map 727 → 667, with the
-//! device policy's common case inline; the enqueue, its frees aside, 91 → 74). What is left above the parts: the IOVA churn (255 IOVAs in flight come back in
-//! bursts after each flush, so an allocation is about 90 instructions and a free about 80,
-//! against 84 for a hot pair, most of it the magazines' refills and spills), the enqueue 74,
-//! the registry about 75 (insert 22, take 55) and about 60 of glue. The locked instructions
-//! stay, each for a reason: the enqueue's fence orders the leaf clears before the stamp, a
-//! store-buffering pair that C11 orders only with fences (the ring lock's compare-and-swap is
-//! not one, and turning the stamp's load into a read-modify-write would write the line every
-//! CPU's enqueue reads); the ring lock is a parking mutex because a full ring flushes the
-//! IOTLB and frees to the allocator under it, which a spin lock must not wait on; and the
-//! registry's lock and the ring's cannot be one, since a record lives in the shard of its pfn
-//! and an unmap queues on its own CPU's ring, whichever CPU mapped. Measured by taking
-//! each out (earlier code), the registry cost 5–10 ns and the queue 8–10 ns of a 115 ns
-//! map+unmap (about 100 ns since the registry's lines were packed). So the ratio is 1.49×
-//! in instructions (1.59× before), and 1.3× stays out of reach of the glue alone: above the
-//! parts, more than half is the IOVA churn and the queue, which lazy invalidation is.
+//! thread, a plain loop of map+unmap after a warm-up (the difference of two run lengths):
+//! 1325 instructions against the parts' 921 (821 the page table, 100 the unchecked IOVA
+//! pair), 1.44×; 1367 (1.48×) before a flush's IOVAs went back to the magazines as one batch
+//! (`IovaAllocator::free_batch`, one slot-lock acquisition per 64 of them instead of one per
+//! IOVA) and the enqueue's drain check was inlined. Built with one codegen unit, where the
+//! page table's code does not move between builds: 1341 → 1299. On the criterion loop of
+//! `benches/benches/fast_paths.rs`, earlier: 1492 → 1405 when the trusted map was done in
+//! one frame (the map 727 → 667, with the device policy's common case inline) and the drain
+//! skipped between flushes. What is left above the parts: the IOVA churn (255 IOVAs in
+//! flight come back in a burst after each flush, so an allocation is about 80 instructions,
+//! most of it the magazines' refills, and the batched free about 60 per IOVA with the ring's
+//! pop), the enqueue about 80 (its frees aside), the registry about 75 (insert 22, take 54)
+//! and the glue. The locked instructions stay, each for a reason: the enqueue's fence orders
+//! the leaf clears before the stamp, a store-buffering pair that C11 orders only with fences
+//! (the ring lock's compare-and-swap is not one, and turning the stamp's load into a
+//! read-modify-write would write the line every CPU's enqueue reads); the ring lock is a
+//! parking mutex because a full ring flushes the IOTLB and frees to the allocator under it,
+//! which a spin lock must not wait on; and the registry's lock and the ring's cannot be one,
+//! since a record lives in the shard of its pfn and an unmap queues on its own CPU's ring,
+//! whichever CPU mapped. Measured by taking each out (earlier code), the registry cost 5–10
+//! ns and the queue 8–10 ns of a 115 ns map+unmap (about 100 ns since the registry's lines
+//! were packed, about 89 ns since the batched free: dmabench, interleaved with the code
+//! before, 1.87× → 1.74× the parts, medians of three runs). 1.3× stays out of reach of the
+//! glue alone: above the parts, most is the IOVA churn, the queue and the registry's two lock
+//! sections, which lazy invalidation and a validating unmap are.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry shards in turn: a
 //! shard's lock, record and count share one 64-byte line (module `registry`), which cut the

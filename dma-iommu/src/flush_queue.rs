@@ -35,9 +35,11 @@
 //!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
 //!   (`timer_on` read first, then swapped: no line bouncing while armed).
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
-//!   entries stamped below it; nothing if the count is the one the ring was last drained to
-//!   (every entry queued since was stamped at or above it), so an enqueue between two flushes
-//!   pays a compare, not a look at the oldest slot.
+//!   entries stamped below it, handed to [`InvalidationOps::reclaim_all`] at once (the domain
+//!   gives a flush's IOVAs back to its CPU's magazines with one slot-lock acquisition per 64);
+//!   nothing if the count is the one the ring was last drained to (every entry queued since
+//!   was stamped at or above it), so an enqueue between two flushes pays an inline compare,
+//!   not a call or a look at the oldest slot.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
@@ -100,6 +102,12 @@ pub trait InvalidationOps: Send + Sync + 'static {
     fn sync(&self, gather: &mut Gather);
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
     fn reclaim(&self, entry: Self::Entry);
+    /// Free what every entry of `entries` holds, as [`reclaim`](Self::reclaim) would: a
+    /// drain hands over all the entries a flush made freeable at once, so an implementation
+    /// can free them together.
+    fn reclaim_all(&self, entries: impl Iterator<Item = Self::Entry>) {
+        entries.for_each(|e| self.reclaim(e));
+    }
 }
 
 /// Most entries a flush queue may hold over all its rings (`rings × ring_size`): 2^20, at
@@ -436,18 +444,24 @@ impl<O: InvalidationOps> Shared<O> {
     }
 
     /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
-    /// they read is the one the ring was last drained to, and the ring is left alone.
+    /// they read is the one the ring was last drained to, and the ring is left alone (inline;
+    /// the freeing is out of line).
+    #[inline]
     fn drain(&self, ring: &mut Ring<O::Entry>) {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
-        if finish == ring.drained_at {
-            return;
+        if finish != ring.drained_at {
+            self.drain_to(ring, finish);
         }
+    }
+
+    /// Free the entries stamped below `finish`, the flush count just read.
+    #[inline(never)]
+    fn drain_to(&self, ring: &mut Ring<O::Entry>, finish: u64) {
         ring.drained_at = finish;
-        while let Some(entry) = ring.pop_if_before(finish) {
-            self.ops.reclaim(entry);
-        }
+        self.ops
+            .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
     }
 
     /// Enqueue after the caller issued the enqueue fence.

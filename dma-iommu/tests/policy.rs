@@ -65,3 +65,53 @@ fn no_memory_is_not_a_32bit_miss() {
     assert!(dev.tries_32bit_first());
     assert!(dev.alloc_iova(&a, 1, WIDE).unwrap() < a.dma_32bit_pfn());
 }
+
+/// A 32-bit-first device that gave up 32-bit space leaves the 32-bit space it frees to the
+/// 32-bit-only devices while there is room above 4 GiB: its small requests take a new chunk
+/// high rather than the free space of the chunks its 32-bit allocations left below 4 GiB.
+#[test]
+fn wide_allocations_leave_freed_32bit_space_to_32bit_devices() {
+    let a = allocator(false);
+    let limit32 = a.dma_32bit_pfn() - 1;
+    // A chunk of this space is 2^17 granules: leave two chunks' worth of 32-bit space free.
+    let low_room = 2 << 17;
+    a.reserve(1, limit32 - low_room).unwrap();
+    let dev = DevicePolicy::new(true);
+    let mut low = Vec::new();
+    let first_high = loop {
+        let pfn = dev.alloc_iova(&a, 64, WIDE).unwrap();
+        if pfn > limit32 {
+            break pfn;
+        }
+        low.push(pfn);
+    };
+    assert_eq!(
+        low.len() as u64,
+        low_room / 64,
+        "32-bit space first, to the last slot"
+    );
+    assert!(!dev.tries_32bit_first());
+    // Half the device's 32-bit ranges come back: free slots in every low chunk.
+    for &pfn in low.iter().step_by(2) {
+        a.free(pfn, 64).unwrap();
+    }
+    // Three chunks' worth of wide requests: more than the first high chunk holds.
+    for _ in 0..3 * (1 << 17) / 64 {
+        let pfn = dev.alloc_iova(&a, 64, WIDE).unwrap();
+        assert!(pfn > limit32, "{pfn:#x} taken below 4 GiB with room above");
+        assert!(pfn < first_high, "top-down");
+    }
+    let dev32 = DevicePolicy::new(false);
+    for _ in 0..low.len() / 2 {
+        assert!(dev32.alloc_iova(&a, 64, limit32).unwrap() <= limit32);
+    }
+    assert_eq!(
+        dev32.alloc_iova(&a, 64, limit32),
+        Err(IovaError::NoSpace {
+            size: 64,
+            limit: limit32
+        }),
+        "the freed 32-bit space, exactly"
+    );
+    a.check_invariants().unwrap();
+}

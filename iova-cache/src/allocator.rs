@@ -15,6 +15,12 @@
 //! a bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
 //! eight times the memory, and the random free at 1M live then misses the CPU's cache.
 //!
+//! A batch free (`free_batch`) validates each range as `free` does and caches a run of one
+//! class with one acquisition of the slot lock, filling magazines by slices: a flush queue
+//! handing back 255 single granules after a flush takes the lock four times instead of 255
+//! (dma-iommu's lazy map+unmap: about 60 instructions per IOVA freed, ring pop included,
+//! from about 93).
+//!
 //! Random free+alloc (checked) at 1M live costs 1.45× the same at 1k live (dmabench: 28 vs
 //! 19 ns; 9× before). Nothing in the allocator grows with the live count (every op is a cache
 //! hit), so the per-op footprint is what a random free touches: its `held` bit, in a class's
@@ -97,6 +103,44 @@ fn class_size(size: u64) -> u64 {
         size.next_power_of_two()
     } else {
         size
+    }
+}
+
+/// Most ranges [`IovaAllocator::free_batch`] caches under one acquisition of a slot lock
+/// (a flush-queue ring's worth of single granules takes it four times).
+pub const FREE_BATCH: usize = 64;
+
+/// Released pfns of one size class waiting to be cached together.
+struct Run {
+    order: u32,
+    len: usize,
+    pfns: [u64; FREE_BATCH],
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self {
+            order: 0,
+            len: 0,
+            pfns: [0; FREE_BATCH],
+        }
+    }
+}
+
+impl Run {
+    /// Add a pfn of class `order`: the run is not full, and empty or of that class.
+    fn push(&mut self, order: u32, pfn: u64) {
+        self.order = order;
+        self.pfns[self.len] = pfn;
+        self.len += 1;
+    }
+
+    /// Cache the run in CPU slot `cpu` and start a new one.
+    fn cache(&mut self, rc: &Rcache, cpu: usize, tree: &StepLock<RangeAllocator>) {
+        if self.len > 0 {
+            rc.insert_all(self.order as usize, cpu, &self.pfns[..self.len], tree);
+            self.len = 0;
+        }
     }
 }
 
@@ -312,15 +356,78 @@ impl IovaAllocator {
             return self.free_uncached(pfn, size);
         };
         let order = class_order(size);
-        match &inner.held {
-            Some(h) => h.release(pfn, order)?,
-            None => self.check_shape(pfn, 1 << order)?,
-        }
+        self.release(pfn, order)?;
         let cpu = self.cpu(rc);
         if !rc.push_hit(order, cpu, pfn) {
-            rc.insert(order as usize, cpu, pfn, &inner.tree);
+            rc.insert_all(order as usize, cpu, &[pfn], &inner.tree);
         }
         Ok(())
+    }
+
+    /// Free several ranges from [`alloc`](Self::alloc), each as [`free`](Self::free) would:
+    /// a refused one changes nothing and the others are freed all the same; the first
+    /// refusal is returned. Ranges of one cacheable size that come in a row go to this CPU's
+    /// magazines under one acquisition of its slot lock (up to [`FREE_BATCH`] of them), where
+    /// `free` takes it once per range: for a flush queue handing back the IOVAs a flush made
+    /// free.
+    ///
+    /// ```
+    /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
+    /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
+    /// let pfns: Vec<u64> = (0..3).map(|_| a.alloc(1, 0xffff).unwrap()).collect();
+    /// let big = a.alloc(64, 0xffff).unwrap(); // too large to cache: back to the tree
+    /// let ranges = [(pfns[0], 1), (pfns[1], 1), (pfns[1], 1), (big, 64), (pfns[2], 1)];
+    /// let refused = a.free_batch(ranges);
+    /// assert_eq!(refused, Err(IovaError::NotAllocated { pfn: pfns[1] })); // freed twice
+    /// assert_eq!(a.cached_ranges().len(), 3, "every other range was freed");
+    /// assert!(a.find(big).is_none());
+    /// ```
+    pub fn free_batch(
+        &self,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<(), IovaError> {
+        let inner = &*self.inner;
+        let mut first_refusal = Ok(());
+        let mut refused = |r: Result<(), IovaError>| {
+            if first_refusal.is_ok() {
+                first_refusal = r;
+            }
+        };
+        let Some(rc) = inner.rcache.as_ref() else {
+            ranges
+                .into_iter()
+                .for_each(|(pfn, size)| refused(self.free_uncached(pfn, size)));
+            return first_refusal;
+        };
+        let cpu = self.cpu(rc);
+        let mut run = Run::default();
+        for (pfn, size) in ranges {
+            if size.wrapping_sub(1) >= MAX_CACHED_GRANULES {
+                refused(self.free_uncached(pfn, size));
+                continue;
+            }
+            let order = class_order(size);
+            if let Err(e) = self.release(pfn, order) {
+                refused(Err(e));
+                continue;
+            }
+            if run.len == FREE_BATCH || (run.len > 0 && run.order != order) {
+                run.cache(rc, cpu, &inner.tree);
+            }
+            run.push(order, pfn);
+        }
+        run.cache(rc, cpu, &inner.tree);
+        first_refusal
+    }
+
+    /// Release a cached-path range of class `order` from its user: its held bits cleared
+    /// (checked frees), or only its shape checked.
+    #[inline]
+    fn release(&self, pfn: u64, order: u32) -> Result<(), IovaError> {
+        match &self.inner.held {
+            Some(h) => h.release(pfn, order),
+            None => self.check_shape(pfn, 1 << order),
+        }
     }
 
     /// A free of a size the caches do not take (or with the caches off).

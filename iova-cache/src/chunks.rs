@@ -97,16 +97,17 @@ impl Chunks {
         i
     }
 
-    /// Whether chunk `i` is empty and another chunk is too: the one to give back, so that
-    /// at most one empty chunk stays (a spare: an allocation and free of one range in a loop
-    /// would otherwise make and drop a chunk's metadata, 170 KB at the largest size, each time).
-    pub(crate) fn is_surplus_empty(&self, i: usize) -> bool {
-        self.chunks[i].live() == 0
-            && self
-                .chunks
-                .iter()
-                .enumerate()
-                .any(|(j, c)| j != i && c.live() == 0)
+    /// When chunk `i` is empty, another empty chunk: the one to give back, so that at most one
+    /// empty chunk stays (a spare: an allocation and free of one range in a loop would
+    /// otherwise make and drop a chunk's metadata, 170 KB at the largest size, each time).
+    /// The spare is the chunk emptied last, the one such a loop uses: an older spare may lie
+    /// below a free block that the loop's allocations now take a new chunk from.
+    pub(crate) fn other_empty(&self, i: usize) -> Option<usize> {
+        if self.chunks[i].live() != 0 {
+            return None;
+        }
+        let mut others = self.chunks.iter().enumerate().filter(|&(j, _)| j != i);
+        others.find(|(_, c)| c.live() == 0).map(|(j, _)| j)
     }
 
     /// Take out chunk `i` (allocates nothing).

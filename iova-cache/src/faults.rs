@@ -62,8 +62,10 @@ pub static DEPOT_GROW: Site = Site::new("iova.depot.grow");
 pub static TREE_NODE: Site = Site::new("iova.tree.node");
 
 /// The bitmaps and summaries of a new chunk (module `chunk`), made for a small size-aligned
-/// allocation when no chunk has room. Fallback: the request fails with
-/// [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before anything changes.
+/// allocation when no chunk has room below its limit, or when a chunk-sized free block lies
+/// above the chunks' fit. Fallback: the chunks' fit if there is one (a lower address), else the
+/// request fails with [`IovaError::OutOfMemory`](crate::IovaError::OutOfMemory) before
+/// anything changes.
 pub static CHUNK_ALLOC: Site = Site::new("iova.chunk.alloc");
 
 /// Recording a cached allocation as user-held (only with

@@ -149,6 +149,9 @@ pub(crate) struct GapTree {
     count: usize,
     /// Allocations.
     live: usize,
+    /// Bumped by every change of the entries, so a caller can tell that an answer it
+    /// remembers (a search's, a handle) is still the tree's.
+    version: u64,
 }
 
 /// A free range or an allocation found by a lookup. It names its leaf slot, which stays valid
@@ -354,6 +357,7 @@ impl GapTree {
             height: 0,
             count: 0,
             live: 0,
+            version: 0,
         }
     }
 
@@ -365,6 +369,12 @@ impl GapTree {
     /// Number of allocations.
     pub(crate) fn live(&self) -> usize {
         self.live
+    }
+
+    /// Changes with every insert, adjust, removal, carve and release (never with a reserve
+    /// of room, which moves no entry).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     fn inner(&self, n: u32) -> &Inner {
@@ -638,6 +648,7 @@ impl GapTree {
     /// Add the free range `[start, start + len)` (nothing for `len == 0`); the caller keeps
     /// ranges disjoint and has made room with [`try_reserve`](Self::try_reserve).
     pub(crate) fn insert(&mut self, start: u64, len: u64) {
+        self.version += 1;
         if len == 0 {
             return;
         }
@@ -757,6 +768,7 @@ impl GapTree {
     /// in place (`len > 0`); an allocation's entry becomes free. The caller keeps the entries
     /// disjoint, so the new start still orders the range between its neighbours.
     pub(crate) fn adjust(&mut self, r: Entry, start: u64, len: u64) {
+        self.version += 1;
         if r.live.is_some() {
             self.live -= 1;
             self.count += 1;
@@ -772,6 +784,7 @@ impl GapTree {
 
     /// Remove the entry `r` (from a lookup, still valid).
     pub(crate) fn remove(&mut self, r: Entry) {
+        self.version += 1;
         match r.live {
             Some(_) => self.live -= 1,
             None => self.count -= 1,
@@ -794,6 +807,7 @@ impl GapTree {
     /// allocation is inserted next to it. The caller has made room for two inserts with
     /// [`try_reserve`](Self::try_reserve).
     pub(crate) fn carve(&mut self, fit: Fit, size: u64, tag: bool) {
+        self.version += 1;
         let r = fit.range;
         let (pfn, range_end, alloc_end) = (fit.pfn, r.start + r.len, fit.pfn + size);
         let at = if pfn > r.start {
@@ -824,6 +838,7 @@ impl GapTree {
     /// or merges into a free neighbour (two neighbours become one range). Never inserts, so it
     /// needs no reserved room and cannot fail.
     pub(crate) fn release(&mut self, e: Entry) {
+        self.version += 1;
         debug_assert!(e.live.is_some(), "only an allocation is released");
         let (pfn, end) = (e.start, e.start + e.len);
         let below = self

@@ -13,9 +13,10 @@
 //! | Item | What |
 //! |---|---|
 //! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
-//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or the tree (module `range`), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
 //! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
+//! | [`IovaAllocator::free_batch`]`(ranges) -> Result<()>` | the same for many ranges, each as `free` would (the first refusal returned); a run of one size class is cached under one acquisition of the CPU slot's lock |
 //! | [`IovaAllocator::alloc_range`]`(size, limit, aligned)` / [`IovaAllocator::free_range`]`(pfn, size)` | uncached range allocator |
 //! | [`IovaAllocator::reserve`]`(lo, hi)` / [`IovaAllocator::find`]`(pfn) -> Option<IovaRange>` | reservations, lookup |
 //! | [`IovaAllocator::flush_all`], [`IovaAllocator::flush_cpu`], [`IovaAllocator::trim_once`] | cache maintenance |
@@ -53,6 +54,7 @@
 //! | `gaptree` | the range index: one B+ tree of the free ranges and the live allocations, keyed by start pfn, whose inner nodes keep each subtree's largest free length and fit summary; lookups return handles for carving an allocation, releasing one (merging with its neighbours) and in-place grow, shrink and removal |
 //! | `fitsummary` | per alignment class of 2..64 granules, the most granules a range offers from an aligned pfn (bytes of a `u64`, bytewise max) |
 //! | `chunk` | one chunk: a naturally aligned block whose small size-aligned allocations are bits of three masks per 64-granule word (allocated, start, tag), with a fit summary per word |
+//! | `chunkblock` | the gap tree's highest chunk-aligned free block below a limit, remembered with the tree's version: where a small request would carve a new chunk |
 //! | `chunks` | the chunks in address order, their top summaries under a summary tree |
 //! | `summarytree` | a 16-ary tree of fit summaries (a `u64` per node for updates, per-class byte rows for searches): the highest index below a bound that offers a request |
 //! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit (small size-aligned requests in chunks, the rest in the gap tree), natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; where an allocation goes; why an augmented index of the free ranges; what a fragmented pair costs |
@@ -76,8 +78,9 @@
 //!   summary (against brute force, also at the top of the `u64` space), chunk word summaries
 //!   and in-word fits (proptests against brute force), summary tree (proptest against a scan),
 //!   magazine, range allocator (a proptest of chunks and tree against a brute-force model:
-//!   `NoSpace` exactly when no aligned gap exists, exact frees, reservations, lookups,
-//!   counters and invariants after every step), `held` (every slot of every class has its own bit, neighbours in different
+//!   `NoSpace` exactly when no aligned gap exists, a small request never below a free
+//!   chunk-aligned block within its limit, exact frees, reservations, lookups, counters and
+//!   invariants after every step), `held` (every slot of every class has its own bit, neighbours in different
 //!   cache lines; claims and releases across leaves and levels; the whole `u64` space), the
 //!   allocator, including a two-thread depot exchange that Miri checks.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::iova`, the checker
@@ -92,6 +95,9 @@
 //!   size bounded independently of the run length), and every held range freed by two threads
 //!   at once with exactly one free succeeding.
 //! * `tests/fault_injection.rs`: see [`faults`].
+//! * `tests/batch_free.rs`: proptest of `free_batch` against `free` in a loop on a twin
+//!   allocator (caches, range allocator, statistics, first refusal), also with the magazine and
+//!   depot sites failing.
 //!
 //! # Not done
 //!
@@ -104,6 +110,7 @@
 
 mod allocator;
 mod chunk;
+mod chunkblock;
 mod chunks;
 pub mod config;
 mod error;
@@ -121,7 +128,7 @@ mod summarytree;
 #[cfg(not(loom))]
 mod trim;
 
-pub use allocator::IovaAllocator;
+pub use allocator::{IovaAllocator, FREE_BATCH};
 pub use config::{IovaConfig, MAX_CPUS, MAX_MAGAZINE_SIZE, MAX_SLOT_ENTRIES, MAX_TRIM_INTERVAL};
 pub use error::IovaError;
 pub use range::{IovaRange, RangeAllocator, RangeKind, RangeStats};

@@ -49,6 +49,14 @@ impl Magazine {
         true
     }
 
+    /// Push as many of `pfns` as there is room for, in order; returns how many.
+    #[inline]
+    pub(crate) fn push_some(&mut self, pfns: &[u64]) -> usize {
+        let n = pfns.len().min(self.pfns.capacity() - self.pfns.len());
+        self.pfns.extend_from_slice(&pfns[..n]);
+        n
+    }
+
     /// Pop the most recently pushed pfn if its start is at most `max_start`.
     #[inline]
     pub(crate) fn pop_last_at_or_below(&mut self, max_start: u64) -> Option<u64> {
@@ -93,6 +101,7 @@ mod tests {
         }
         assert!(m.is_full());
         assert!(!m.push(9), "full: refused");
+        assert_eq!(m.push_some(&[9, 10]), 0, "full: nothing pushed");
         assert_eq!(m.pop_last_at_or_below(6), None, "the newest entry is above");
         assert_eq!(m.pop_at_or_below(50), Some(7));
         assert_eq!(m.pop_at_or_below(50), Some(5));
@@ -105,5 +114,7 @@ mod tests {
         assert_eq!(m.pop_at_or_below(u64::MAX), Some(200));
         assert_eq!(m.drain().collect::<Vec<_>>(), vec![100]);
         assert!(m.is_empty());
+        assert_eq!(m.push_some(&[1, 2, 3, 4, 5, 6]), 4, "as many as fit");
+        assert_eq!(m.pfns(), [1, 2, 3, 4]);
     }
 }

@@ -8,11 +8,11 @@
 //!
 //! | Point | Kind | Weakened | Twin | Model | Failure |
 //! |---|---|---|---|---|---|
-//! | `iova.rcache.cpu_lock` | Step | a slot cell accessed without its lock | `cpu_slot_unlocked` | `one_cpu_two_threads` | causality violation |
+//! | `iova.rcache.cpu_lock` | Step | a slot cell accessed without its lock | `cpu_slot_unlocked`, `free_batch_slot_unlocked` | `one_cpu_two_threads`, `free_batch_vs_flush_all` | causality violation |
 //! | `iova.rcache.depot_lock` | Step | the depot accessed without its lock | `depot_unlocked`, `flush_all_depot_unlocked` | `two_cpus_depot_exchange`, `flush_all_vs_depot_traffic` | causality violation |
 //! | `iova.tree.lock` | Step | the tree accessed without its lock | `tree_unlocked` | `trim_races_insert` | causality violation |
 //! | `iova.rcache.depot_exchange_locked` | Step | the slot unlocked around the depot fetch; the fetched magazine overwrites `loaded` | `depot_exchange_split` | `one_cpu_two_threads` | IOVA conservation broken (a same-CPU free is lost) |
-//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear`, `reserve_flush_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic`, `reserve_vs_depot_traffic` | IOVA conservation broken |
+//! | `iova.rcache.flush_take_locked` | Step | a flush copies the pfns, frees them, empties the slot later | `flush_copy_then_clear`, `flush_all_copy_then_clear`, `reserve_flush_copy_then_clear`, `free_batch_flush_copy_then_clear` | `flush_on_failure_races_free`, `flush_all_vs_depot_traffic`, `reserve_vs_depot_traffic`, `free_batch_vs_flush_all` | IOVA conservation broken |
 //! | `iova.alloc.flush_retry` | Step | no flush-and-retry on failure | `no_flush_retry` | `flush_on_failure_races_free` | false no space |
 //! | `iova.rcache.slot_lock_acquire` | Rmw | the slot lock's CAS Relaxed | `slot_lock_relaxed_acquire` | `one_cpu_two_threads` | causality violation |
 //! | `iova.rcache.slot_unlock_release` | Store | the slot unlock store Relaxed | `slot_unlock_relaxed` | `one_cpu_two_threads` | causality violation |
@@ -43,6 +43,7 @@
 //! | `checked_claims_publish_nodes`: two CPUs claim in an empty bitmap (two interior levels in models), free, free again (refused) | Preemptions(4) | exhaustive takes about 90 s; the publish race needs ≤ 2 preemptions, an unsynchronised reader none; 4 also stop either thread between its free and its refused second free |
 //! | `checked_free_races_double_free`: two CPUs free one held range at once | exhaustive | small; exactly one free succeeds |
 //! | `flush_all_vs_depot_traffic`: CPU 0 frees three (pushing a magazine to the depot), CPU 1 allocates twice (depot exchange), a third thread runs `flush_all` | Preemptions(3) | three threads; the flush stopped inside a slot's window or between slots and depot, both users between a slot and the depot |
+//! | `free_batch_vs_flush_all`: as the model above with CPU 0's three frees as one `free_batch` (its pushes, swap and depot trade under one hold of the slot lock) | Preemptions(3) | as above; the flush stopped inside or around the batch's one critical section, the allocations between a slot and a depot exchange |
 //! | `flush_all_returns_what_was_cached`: one CPU slot holds two cached ranges while a thread on that CPU frees a third (pushing a magazine to the depot) during a `flush_all`; both ranges must be free when it returns | exhaustive | small; the promise flush-and-retry and `reserve` rely on |
 //! | `reserve_vs_depot_traffic`: `reserve` of two pfns (one cached on CPU 0, one held on CPU 1) while CPU 1 frees three and allocates once | Preemptions(5) (twin 3) | about 2 s; the reservation stopped between each of its flush steps and its carve, the user between any two of its operations |
 

@@ -20,7 +20,9 @@
 //! * insert: push to `loaded`; if it is full and `prev` is not, swap; if both are full, push
 //!   `loaded` to the depot and take an empty magazine. Never fails, and never frees to the tree
 //!   under the slot lock (without memory for the exchange it frees to the tree after the cache
-//!   locks are dropped: see [`crate::faults`]).
+//!   locks are dropped: see [`crate::faults`]). A batch of one class (`insert_all`, behind
+//!   `IovaAllocator::free_batch`) is the same pushes and exchanges under one acquisition of the
+//!   slot lock, which it drops and retakes only to free what could not be cached.
 //! * alloc (in `allocator`): cache hit, else tree; on `NoSpace` (only from `alloc`, not
 //!   `alloc_no_flush`) flush every CPU slot and the depot back to the tree and retry once
 //!   (6fa3525b455a).
@@ -161,6 +163,17 @@ enum Got {
     Depot,
 }
 
+/// How far [`Rcache::push_all`] got: the first `cached` pfns are dealt with (pushed, or the
+/// last of them `uncached`); what memory was lacking for goes to the tree once the slot is
+/// unlocked.
+struct Spill {
+    cached: usize,
+    /// A full magazine the depot had no room for.
+    full: Option<Magazine>,
+    /// A pfn no magazine could take.
+    uncached: Option<u64>,
+}
+
 impl Rcache {
     pub(crate) fn new(cpus: usize, mag_size: usize) -> Self {
         let classes = std::array::from_fn(|_| SizeClass {
@@ -212,7 +225,7 @@ impl Rcache {
 
     /// The common free: push `pfn` onto CPU slot `cpu`'s `loaded` magazine of class `order`
     /// if it has room; `false` leaves the exchange with `prev` and the depot to
-    /// [`insert`](Self::insert).
+    /// [`insert_all`](Self::insert_all).
     #[inline]
     pub(crate) fn push_hit(&self, order: u32, cpu: usize, pfn: u64) -> bool {
         self.classes[order as usize].cpus[cpu].with(|m| m.loaded.push(pfn))
@@ -275,41 +288,76 @@ impl Rcache {
         }
     }
 
-    /// Cache the freed pfn of class `order` in CPU slot `cpu`, moving a full `loaded`
-    /// magazine to the depot when both magazines are full. When memory for that is lacking
-    /// (see [`crate::faults`]), what cannot be cached goes to `tree` once the cache locks
-    /// are dropped: the pfn itself without a fresh magazine, the full magazine without room
-    /// in the depot.
-    pub(crate) fn insert(
+    /// Cache the freed `pfns` of class `order` in CPU slot `cpu`, all under one acquisition
+    /// of the slot lock, moving a full `loaded` magazine to the depot whenever both magazines
+    /// are full. When memory for that is lacking (see [`crate::faults`]), what cannot be
+    /// cached goes to `tree` once the cache locks are dropped (the pfn itself without a fresh
+    /// magazine, the full magazine without room in the depot), and the rest of `pfns` takes
+    /// the slot lock again.
+    pub(crate) fn insert_all(
         &self,
         order: usize,
         cpu: usize,
-        pfn: u64,
+        pfns: &[u64],
         tree: &StepLock<RangeAllocator>,
     ) {
         let class = &self.classes[order];
-        let (full, uncached) = class.cpus[cpu].with(|m| {
+        let mut rest = pfns;
+        while !rest.is_empty() {
+            let Spill {
+                cached,
+                full,
+                uncached,
+            } = class.cpus[cpu].with(|m| self.push_all(class, m, rest));
+            rest = &rest[cached..];
+            if let Some(mag) = full {
+                self.to_tree(tree, order, mag.pfns());
+            }
+            if let Some(p) = uncached {
+                self.to_tree(tree, order, &[p]);
+            }
+        }
+    }
+
+    /// Push `pfns` onto a locked slot's magazines of `class`, trading a full `loaded` for an
+    /// empty one from the depot when both are full. Stops early, so that the caller frees to
+    /// the tree with no cache lock held, when a trade leaves something uncached.
+    fn push_all(&self, class: &SizeClass, m: &mut CpuMags, pfns: &[u64]) -> Spill {
+        let mut cached = m.loaded.push_some(pfns);
+        while let Some(&pfn) = pfns.get(cached) {
+            // `loaded` is full.
             let mut full = None;
-            if m.loaded.is_full() {
-                if !m.prev.is_full() {
-                    mem::swap(&mut m.loaded, &mut m.prev);
-                } else {
-                    match class.depot.with(|d| d.trade(&mut m.loaded, self.mag_size)) {
-                        Trade::Stored => {}
-                        Trade::NoRoom(mag) => full = Some(mag),
-                        Trade::NoMagazine => return (None, Some(pfn)),
+            if !m.prev.is_full() {
+                mem::swap(&mut m.loaded, &mut m.prev);
+            } else {
+                match class.depot.with(|d| d.trade(&mut m.loaded, self.mag_size)) {
+                    Trade::Stored => {}
+                    Trade::NoRoom(mag) => full = Some(mag),
+                    Trade::NoMagazine => {
+                        return Spill {
+                            cached: cached + 1,
+                            full: None,
+                            uncached: Some(pfn),
+                        }
                     }
                 }
             }
             // `loaded` has room now (a non-full `prev`, or an empty magazine from the depot);
             // should it not, the pfn goes to the tree like one without a magazine.
-            (full, (!m.loaded.push(pfn)).then_some(pfn))
-        });
-        if let Some(mag) = full {
-            self.to_tree(tree, order, mag.pfns());
+            let pushed = m.loaded.push_some(&pfns[cached..]);
+            if full.is_some() || pushed == 0 {
+                return Spill {
+                    cached: cached + pushed.max(1),
+                    full,
+                    uncached: (pushed == 0).then_some(pfn),
+                };
+            }
+            cached += pushed;
         }
-        if let Some(p) = uncached {
-            self.to_tree(tree, order, &[p]);
+        Spill {
+            cached,
+            full: None,
+            uncached: None,
         }
     }
 

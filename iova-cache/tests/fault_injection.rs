@@ -210,6 +210,23 @@ fn no_tree_node_fails_the_request_and_changes_nothing() {
     dma_sync::cpu::set_current(None);
 }
 
+/// Without memory for a new chunk above, a small request takes the fit of a lower chunk.
+#[test]
+fn no_chunk_above_falls_back_to_a_lower_chunk() {
+    let mut r = RangeAllocator::new(0, END).unwrap();
+    let low_limit = END / 2;
+    assert_eq!(r.alloc(1, low_limit, true), Ok(low_limit));
+    let mut next_low = low_limit;
+    for site in [&CHUNK_ALLOC, &TREE_NODE] {
+        next_low -= 1;
+        let (res, used) = armed(site, 1, || r.alloc(1, END, true));
+        assert_eq!((res, used), (Ok(next_low), 1));
+        r.check_invariants().unwrap();
+    }
+    assert_eq!(r.alloc(1, END, true), Ok(END), "a new chunk at the top");
+    r.check_invariants().unwrap();
+}
+
 #[test]
 fn no_chunk_fails_the_request_and_changes_nothing() {
     let mut r = RangeAllocator::new(0, END).unwrap();

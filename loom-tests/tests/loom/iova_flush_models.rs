@@ -15,11 +15,22 @@
 use crate::iova_models::{on_cpu, tiny, Oracle};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::spawn;
-use iova_cache::{IovaError, RangeKind};
+use iova_cache::{IovaAllocator, IovaError, RangeKind};
 use loom_tests::harness::{check, Bound};
 use loom_tests::must_fail_test;
 
 fn flush_all_vs_depot_traffic() {
+    three_frees_vs_flush_all(|o, a, p| {
+        for &x in p {
+            o.free(a, x, 1);
+        }
+    });
+}
+
+/// The traffic of the flush models: CPU 0 allocates three single granules and gives them back
+/// with `free_all`, CPU 1 allocates twice, a third thread flushes every cache; afterwards the
+/// oracle checks that every range is held by one user or free.
+fn three_frees_vs_flush_all(free_all: fn(&Oracle, &IovaAllocator, &[u64])) {
     let a = tiny(2, 1, 8);
     let o = Oracle::default();
     let p: Vec<u64> = (0..3).map(|_| o.alloc(&a, 1).unwrap()).collect();
@@ -27,9 +38,7 @@ fn flush_all_vs_depot_traffic() {
         let (a, o) = (a.clone(), o.clone());
         spawn(move || {
             on_cpu(0);
-            for &x in &p {
-                o.free(&a, x, 1);
-            }
+            free_all(&o, &a, &p);
         })
     };
     let allocator = {
@@ -70,6 +79,37 @@ must_fail_test! {
     /// Without the depot lock, the flush's take of the depot races a push or an exchange.
     fn flush_all_depot_unlocked: iova_cache::points::DEPOT_LOCK, Weakening::Relax,
         "Causality violation", Bound::Preemptions(2), flush_all_vs_depot_traffic;
+}
+
+/// A batch free racing `flush_all` and an allocation on another CPU: CPU 0 frees three ranges
+/// with one `free_batch` (magazines of one entry: into `loaded`, a swap with `prev`, a trade
+/// of the full `loaded` for an empty magazine from the depot, all under one hold of the slot
+/// lock), CPU 1 allocates twice, a third thread flushes every cache. The batch holds the
+/// slot across the pushes and the depot trade, so the flush sees the slot before or after
+/// the whole batch (or its tree spill), never half of it.
+fn free_batch_vs_flush_all() {
+    three_frees_vs_flush_all(|o, a, p| o.free_batch(a, p));
+}
+
+/// Three threads, as `flush_all_vs_depot_traffic` with the three frees as one batch.
+/// Bound 3 preemptions, as there: the flush stopped inside a slot's critical section or
+/// between the slots and the depot, and both users between a slot and a depot exchange.
+#[test]
+fn free_batch_vs_flush_all_passes() {
+    check(Bound::Preemptions(3), free_batch_vs_flush_all);
+}
+
+must_fail_test! {
+    /// A flush that copies a slot, frees the copy, then empties the slot loses the ranges a
+    /// batch pushed in between.
+    fn free_batch_flush_copy_then_clear: iova_cache::points::FLUSH_TAKE_LOCKED, Weakening::Relax,
+        "IOVA conservation broken", Bound::Preemptions(2), free_batch_vs_flush_all;
+}
+
+must_fail_test! {
+    /// Without the slot lock, the batch's pushes race the flush's take of the slot.
+    fn free_batch_slot_unlocked: iova_cache::points::CPU_LOCK, Weakening::Relax,
+        "Causality violation", Bound::Preemptions(2), free_batch_vs_flush_all;
 }
 
 /// `flush_all` returns every range cached when it began, unless a user took it meanwhile:

@@ -62,6 +62,18 @@ impl Oracle {
         a.free(pfn, size).expect("freeing a held pfn succeeds");
     }
 
+    /// Free single granules `pfns` with one `free_batch`.
+    pub(crate) fn free_batch(&self, a: &IovaAllocator, pfns: &[u64]) {
+        for pfn in pfns {
+            assert!(
+                self.0.lock().unwrap().remove(pfn),
+                "freeing a pfn the model does not hold"
+            );
+        }
+        a.free_batch(pfns.iter().map(|&p| (p, 1)))
+            .expect("freeing held pfns succeeds");
+    }
+
     /// Flush every cache and compare the allocator's live ranges with the held pfns.
     pub(crate) fn settle(&self, a: &IovaAllocator) {
         a.flush_all();
