@@ -393,16 +393,20 @@ impl Pool {
             Some(o) => (o, 1u64 << IO_TLB_SHIFT),
             None => (INVALID_PHYS_ADDR, 0),
         };
-        for (j, slot) in self.slots[first..first + covered].iter().enumerate().rev() {
-            let size = (end - j * IO_TLB_SIZE) as u64;
-            slot.orig.store(orig + j as u64 * step, Relaxed);
-            if j == 0 {
-                slot.meta
-                    .store(common | size | head, META_PUBLISH.ord(Release));
-            } else {
-                slot.meta.store(common | size, Relaxed);
-            }
+        let Some((head_slot, tail)) = self.slots[first..first + covered].split_first() else {
+            return;
+        };
+        let (mut size, mut at) = (end as u64, orig);
+        for slot in tail {
+            size -= IO_TLB_SIZE as u64;
+            at = at.wrapping_add(step);
+            slot.orig.store(at, Relaxed);
+            slot.meta.store(common | size, Relaxed);
         }
+        head_slot.orig.store(orig, Relaxed);
+        head_slot
+            .meta
+            .store(common | end as u64 | head, META_PUBLISH.ord(Release));
     }
 
     /// Metadata of slot `i` (no lock: see the module documentation).

@@ -447,14 +447,12 @@ impl Swiotlb {
         dev: &'a Device,
         plan: &Plan,
     ) -> Result<(PoolRef<'a>, usize), Error> {
-        let found = self
-            .take_cached(plan)
-            .or_else(|| self.search_global(plan))
-            .or_else(|| self.drain_and_search(plan))
-            .or_else(|| self.search_transient(dev, plan));
-        let (pool, s) = found.ok_or(Error::NoSpace {
-            size: plan.mapping_size,
-        })?;
+        // The cached run is matched apart: merged into one `Option` with the searches, it
+        // went through the stack on every map.
+        let (pool, s) = match self.take_cached(plan) {
+            Some(found) => found,
+            None => self.search(dev, plan)?,
+        };
         self.inner.stats.add_used(pool.accounted_slots(plan.nslots));
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
@@ -470,7 +468,9 @@ impl Swiotlb {
 
     /// The calling thread's cached run, if it has `plan`'s slots and qualifies for it (the
     /// alignment and boundary checks a search makes), with the mapping recorded.
-    #[inline]
+    // Inlined into map as `find_slots` is: out of line it cost a prologue, an epilogue and an
+    // `Option` returned through the stack on every map.
+    #[inline(always)]
     fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
         let run = self
             .inner
@@ -484,6 +484,19 @@ impl Swiotlb {
             },
             run.start,
         ))
+    }
+
+    /// Search for `plan` everywhere but the calling thread's cache: the global pools, again
+    /// after draining every cache, then a transient pool. Inlined into map as `find_slots` is
+    /// (out of line, the locked path of a thread without a cache slot paid the stall).
+    #[inline(always)]
+    fn search<'a>(&'a self, dev: &'a Device, plan: &Plan) -> Result<(PoolRef<'a>, usize), Error> {
+        self.search_global(plan)
+            .or_else(|| self.drain_and_search(plan))
+            .or_else(|| self.search_transient(dev, plan))
+            .ok_or(Error::NoSpace {
+                size: plan.mapping_size,
+            })
     }
 
     /// Give every thread's cached run back to its area and search again: a cached run never
@@ -658,7 +671,7 @@ impl Swiotlb {
 
     /// The pool holding bounce address `addr` of `dev`: lock-free. A device that never used
     /// bounce buffers pays one fence and one flag load.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup<'a>(&'a self, dev: &'a Device, addr: u64) -> Option<PoolRef<'a>> {
         let d = &dev.inner;
         LOOKUP_RMB.fence(Acquire);
