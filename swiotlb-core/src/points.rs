@@ -121,4 +121,9 @@ dma_sync::mutation_points! {
     CACHE_REOPEN: Store = "swiotlb.cache.reopen";
     /// The owner's acquire load of its slot's `closed` flag (pairs with `swiotlb.cache.reopen`).
     CACHE_REOPENED: Load = "swiotlb.cache.reopened";
+    /// The release store of 0 in a slot's `owner` when its thread exits: the next claimer
+    /// sees the run and pool the exiting thread cached in it.
+    CACHE_DISOWN: Store = "swiotlb.cache.disown";
+    /// The acquire compare-and-swap claiming a free slot (pairs with `swiotlb.cache.disown`).
+    CACHE_CLAIM: Rmw = "swiotlb.cache.claim";
 }
