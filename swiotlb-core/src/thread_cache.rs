@@ -173,8 +173,7 @@ impl ThreadCaches {
         let me = dma_sync::thread::id();
         let acquire = CACHE_CLAIM.ord(Acquire);
         self.slots.iter().position(|s| {
-            s.owner.load(Relaxed) == 0
-                && s.owner.compare_exchange(0, me, acquire, Relaxed).is_ok()
+            s.owner.load(Relaxed) == 0 && s.owner.compare_exchange(0, me, acquire, Relaxed).is_ok()
         })
     }
 
@@ -274,7 +273,10 @@ impl ThreadCaches {
     /// How many slots have an owner now (an unlocked snapshot, for tests).
     #[cfg(test)]
     fn claimed(&self) -> usize {
-        self.slots.iter().filter(|s| s.owner.load(Relaxed) != 0).count()
+        self.slots
+            .iter()
+            .filter(|s| s.owner.load(Relaxed) != 0)
+            .count()
     }
 
     /// The runs cached now (an unlocked snapshot, for statistics and checks).

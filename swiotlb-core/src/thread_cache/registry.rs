@@ -39,9 +39,7 @@ impl Drop for Registry {
         for claim in &self.claims {
             // A failed upgrade: the instance is being dropped, its slots with it.
             if let Some(slots) = claim.slots.upgrade() {
-                slots[claim.index]
-                    .owner
-                    .store(0, CACHE_DISOWN.ord(Release));
+                slots[claim.index].owner.store(0, CACHE_DISOWN.ord(Release));
             }
         }
     }
@@ -56,7 +54,10 @@ pub(super) fn lookup(instance: usize) -> Option<usize> {
     REGISTRY
         .try_with(|r| {
             let claims = &r.borrow().claims;
-            claims.iter().find(|c| c.instance == instance).map(|c| c.index)
+            claims
+                .iter()
+                .find(|c| c.instance == instance)
+                .map(|c| c.index)
         })
         .ok()
         .flatten()

@@ -49,7 +49,11 @@ fn exited_threads_give_their_slots_back() {
             i.caches()
         });
         assert_eq!(inside.join().unwrap(), (1, 1), "the thread owns a slot");
-        assert_eq!(instance.caches(), (0, 1), "its slot is free, its run cached");
+        assert_eq!(
+            instance.caches(),
+            (0, 1),
+            "its slot is free, its run cached"
+        );
         instance.swiotlb.check_invariants().unwrap();
         assert_eq!(instance.swiotlb.stats().used, 0);
     }
@@ -72,7 +76,11 @@ fn a_thread_outliving_its_instance_exits_cleanly() {
     bounced.recv().unwrap();
     let slots = Arc::downgrade(&instance.swiotlb.inner.caches.slots);
     drop(instance);
-    assert_eq!(slots.strong_count(), 0, "the instance and its slots are gone");
+    assert_eq!(
+        slots.strong_count(),
+        0,
+        "the instance and its slots are gone"
+    );
     go.send(()).unwrap();
     t.join().unwrap();
 }
