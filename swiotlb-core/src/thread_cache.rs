@@ -271,7 +271,7 @@ impl ThreadCaches {
     }
 
     /// How many slots have an owner now (an unlocked snapshot, for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn claimed(&self) -> usize {
         self.slots
             .iter()
