@@ -4,7 +4,8 @@
 //! whether a device has used software IO TLB"), the RCU-published pool lists (the global
 //! list of immortal pools, and each device's list of transient pools, freed after a grace
 //! period), the release of a mapping by one compare-and-swap of its head slot's metadata, and
-//! the per-thread caches of freed runs with their drain (module `thread_cache`). The loom
+//! the per-thread caches of freed runs with their drain and the hand-over of a cache slot when
+//! its thread exits (module `thread_cache`). The loom
 //! suite weakens each point and shows a model failing.
 //!
 //! # Points and their must-fail twins
@@ -30,8 +31,16 @@
 //! | `swiotlb.cache.wait` | Load | `cache_drain_wait_relaxed` | as above |
 //! | `swiotlb.cache.reopen` | Store | `cache_drain_reopen_relaxed` | as above (the owner sees its slot reopened but still holding the drained run) |
 //! | `swiotlb.cache.reopened` | Load | `cache_drain_reopened_relaxed` | as above |
+//! | `swiotlb.cache.disown` | Store | `cache_exit_disown_relaxed` | a run is lost (the next owner of an exited thread's slot does not see the run cached in it and overwrites it) |
+//! | `swiotlb.cache.claim` | Rmw | unobservable under loom (below) | in C11, as above |
 //!
-//! No point is declared unobservable. The area locks are `dma_sync::SpinLock`s: their acquire
+//! One point is declared unobservable: `swiotlb.cache.claim`. Under loom, every path from a
+//! claim to the slot's run passes a full fence (the section's light fence, and the RCU pins
+//! of the map's and unmap's lookups, are `fence(SeqCst)` there), and an acquire fence after a
+//! Relaxed claim that read the give-back orders it just as well: a Relaxed claim passes
+//! `cache_exit` (checked). In production those fences are compiler fences that order only
+//! against a membarrier on the other side, which an exiting thread does not issue, so the
+//! claim keeps its acquire. The area locks are `dma_sync::SpinLock`s: their acquire
 //! and release are dma-sync's own points (`sync.spin.acquire`, `sync.spin.release`), whose
 //! twins are the spin-lock models of `dma_sync_shim`; the area models below run them. The
 //! cache's two fences are `dma_sync::asymmetric`'s pair (a compiler fence against the drain's
@@ -48,6 +57,7 @@
 //! | `area_crossing` | 2 CPUs, 2 areas; one thread fills its area and falls back to the other | Preemptions(3), as above |
 //! | `area_cached_run` | 2 threads bounce 2 and 3 slots in one 4-slot area: the cached run is taken, displaced, or merged back for the larger map; a full area gives a transient pool | Preemptions(3), as above |
 //! | `cache_drain` | an owner bounces the whole 4-slot pool twice (its second map takes the run its unmap cached) while another thread's 2-slot map drains its cache or, while the run is live, gets a transient pool | Preemptions(3): one owner section against one drain needs 2 (the close-and-fence inside a section, the take-and-reopen before the next); every twin is caught at 2; 4 passes in ≈250 s |
+//! | `cache_exit` | a thread bounces 4 slots of an 8-slot pool and exits with the run cached; another bounces 2 slots (in the exited thread's slot if it claims it after the exit: its unmap displaces the inherited run) then 6 (no room while a run is cached: a drain, or a transient pool while the first run is live) | Preemptions(2): the claim before or after the exit and inside its sections, the drain inside the exiting thread's unmap |
 //! | `double_unmap` | 2 threads unmap one 2-slot mapping: exactly one succeeds | exhaustive (2 threads, one claim each) |
 //! | `guessed_unmap` | a thread unmaps every address a 2-slot mapping could start at while another maps it (no hand-off: only the head word orders them); no free slot keeps metadata | exhaustive |
 //! | `new_pool` | the new-pool litmus on the real code: P0 `grow_by`, P1 maps (default pool full, held by another device) and hands the address over a Relaxed atomic, P2 `is_bounce_buffer` | Preemptions(4) (twins 3): the litmus needs at most 2 (P2 between P1's flag store and hand-off; P1's traversal right after P0's publication); 8 take 86 s with the same verdict |
@@ -121,4 +131,10 @@ dma_sync::mutation_points! {
     CACHE_REOPEN: Store = "swiotlb.cache.reopen";
     /// The owner's acquire load of its slot's `closed` flag (pairs with `swiotlb.cache.reopen`).
     CACHE_REOPENED: Load = "swiotlb.cache.reopened";
+    /// The release store of 0 in a slot's `owner` when its thread exits: the next claimer
+    /// sees the run and pool the exiting thread cached in it.
+    CACHE_DISOWN: Store = "swiotlb.cache.disown";
+    /// The acquire compare-and-swap claiming a free slot (pairs with `swiotlb.cache.disown`).
+    CACHE_CLAIM: Rmw = "swiotlb.cache.claim"
+        unobservable "under loom the full fences between a claim and the slot's run (the section's light fence, the lookups' RCU pins) order a Relaxed claim; in production they are compiler fences";
 }

@@ -1,8 +1,10 @@
 //! Per-thread caches of freed runs: a map+unmap loop without the area lock.
 //!
 //! An instance has a fixed array of cache slots; a thread claims one the first time it
-//! unmaps (tagged with `dma_sync::thread::id`, remembered in a thread-local hint) and keeps it
-//! for the instance's life. A slot holds at most one run of a global pool, freed by its
+//! unmaps (tagged with `dma_sync::thread::id`) and keeps it until it exits. A one-entry
+//! thread-local hint names the instance the thread cached in last and its slot there; on a
+//! miss (another instance) the thread's registry (module `registry`) names its slot in each
+//! instance it owns one in, and only a thread with none claims a free slot. A slot holds at most one run of a global pool, freed by its
 //! owner's last unmap: the next map of the same size that the run qualifies for (alignment,
 //! boundary: the checks a search makes) takes it back, with no lock and no locked instruction.
 //! The unmap that puts it there claims its mapping with one compare-and-swap of the head
@@ -32,11 +34,22 @@
 //! live mappings exactly (every map and unmap updates it, cached or not). Hoarding is bounded
 //! by one run per slot, and a failing search drains before it gives up, so a cache never
 //! turns a fitting map into `NoSpace`. A thread that finds every slot claimed takes the locked
-//! path; claimed slots are not given back when their thread exits (their run is still
-//! drained), which bounds the memory, not the speed, of a program that churns threads.
+//! path (for that instance, until its hint names another).
+//!
+//! # Exit
+//!
+//! A thread's registry gives its slots back when the thread exits (release of `owner`,
+//! `swiotlb.cache.disown`; module `registry`), so a program that churns threads finds slots
+//! for its new ones. The slot keeps its run: the next claimer's compare-and-swap (acquire,
+//! `swiotlb.cache.claim`) inherits it, or a drainer takes it. The drain protocol does not
+//! look at `owner`: a slot is closed, waited for and emptied the same whoever owns it, and a
+//! section is entered only by the slot's owner, so the hand-over of a slot between owners
+//! never runs inside a section.
+
+mod registry;
 
 use crate::points::{
-    CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_REOPEN, CACHE_REOPENED, CACHE_WAIT,
+    CACHE_CLAIM, CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_REOPEN, CACHE_REOPENED, CACHE_WAIT,
 };
 use crate::pool::Pool;
 use dma_sync::atomic::{
@@ -45,6 +58,9 @@ use dma_sync::atomic::{
 };
 use dma_sync::{asymmetric, CachePadded, Mutex};
 use std::cell::Cell;
+// `std`'s `Arc` under loom too: the slot array is shared with the threads' registries by
+// `Weak`, which loom's `Arc` lacks.
+use std::sync::Arc;
 
 /// A slot's run word: `start << COUNT_BITS | nslots`, or `EMPTY`.
 const EMPTY: u64 = 0;
@@ -60,7 +76,8 @@ pub(crate) struct CachedRun<'a> {
 
 #[derive(Debug)]
 struct Slot {
-    /// `dma_sync::thread::id` of the owner; 0 before a thread claims the slot.
+    /// `dma_sync::thread::id` of the owner; 0 before a thread claims the slot and after its
+    /// owner exits.
     owner: AtomicUsize,
     /// Whether the owner is inside a section.
     active: AtomicBool,
@@ -71,10 +88,13 @@ struct Slot {
     pool: AtomicPtr<Pool>,
 }
 
+/// An instance's cache slots: shared with the registries of the threads that own them.
+type Slots = [CachePadded<Slot>];
+
 /// The cache slots of one instance.
 #[derive(Debug)]
 pub(crate) struct ThreadCaches {
-    slots: Box<[CachePadded<Slot>]>,
+    slots: Arc<Slots>,
     /// This instance's name in the thread-local hints (`dma_sync::thread::unique`: an
     /// instance at a dropped one's address is not taken for it).
     id: usize,
@@ -84,6 +104,12 @@ pub(crate) struct ThreadCaches {
 
 /// Hint value: the thread has no slot in the instance it names.
 const NO_SLOT: usize = usize::MAX;
+
+/// Forget the calling thread's hint: its slots are being given back. (Under `std` the hint
+/// has no destructor and is always there; under loom it may be destroyed first.)
+fn forget_hint() {
+    let _ = HINT.try_with(|hint| hint.set((0, NO_SLOT)));
+}
 
 #[cfg(not(loom))]
 dma_sync::thread::thread_local! {
@@ -131,19 +157,24 @@ impl ThreadCaches {
         })
     }
 
-    /// Find the calling thread's slot, or claim a free one, and remember it in `hint`.
+    /// Find the calling thread's slot in its registry, or claim a free one, and remember it
+    /// in `hint`.
     #[cold]
     fn claim(&self, hint: &Cell<(usize, usize)>) -> Option<&Slot> {
-        let me = dma_sync::thread::id();
-        let mine = self.slots.iter().position(|s| s.owner.load(Relaxed) == me);
-        let i = mine.or_else(|| {
-            self.slots.iter().position(|s| {
-                s.owner.load(Relaxed) == 0
-                    && s.owner.compare_exchange(0, me, Relaxed, Relaxed).is_ok()
-            })
-        });
+        let i = registry::lookup(self.id)
+            .or_else(|| registry::claim(self.id, &self.slots, || self.claim_free()));
         hint.set((self.id, i.unwrap_or(NO_SLOT)));
         Some(&self.slots[i?])
+    }
+
+    /// Claim a slot no thread owns. The acquire inherits the run a previous owner left in it
+    /// (pairs with `swiotlb.cache.disown`).
+    fn claim_free(&self) -> Option<usize> {
+        let me = dma_sync::thread::id();
+        let acquire = CACHE_CLAIM.ord(Acquire);
+        self.slots.iter().position(|s| {
+            s.owner.load(Relaxed) == 0 && s.owner.compare_exchange(0, me, acquire, Relaxed).is_ok()
+        })
     }
 
     /// Run `f` on the calling thread's slot and its run word inside a section; `None` if the
@@ -239,6 +270,15 @@ impl ThreadCaches {
         any
     }
 
+    /// How many slots have an owner now (an unlocked snapshot, for tests).
+    #[cfg(all(test, not(loom)))]
+    fn claimed(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.owner.load(Relaxed) != 0)
+            .count()
+    }
+
     /// The runs cached now (an unlocked snapshot, for statistics and checks).
     pub(crate) fn cached(&self) -> Vec<CachedRun<'_>> {
         self.slots
@@ -251,3 +291,6 @@ impl ThreadCaches {
 fn count_mask() -> u64 {
     (1 << COUNT_BITS) - 1
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -9,7 +9,8 @@
 //!   to a third thread through a Relaxed atomic (the driver's private memory), which must find
 //!   the pool.
 //! * `cache_drain_*`: a thread's cache of freed runs racing a drain (a search that found no
-//!   room), and `double_unmap_*`, `guessed_unmap_*`: releases claiming a mapping by one
+//!   room); `cache_exit_*`: a thread that exits with a run cached, its slot claimed by another
+//!   that inherits the run and drains; and `double_unmap_*`, `guessed_unmap_*`: releases claiming a mapping by one
 //!   compare-and-swap, racing each other or the map itself.
 //! * `transient_add_*`, `transient_free_*`, `transient_reuse_*`, `transient_unlink_head_*`:
 //!   "argument 2 on the real code", the device's transient list: a pool linked while another
@@ -401,6 +402,37 @@ fn cache_drain_passes() {
     check(Bound::Preemptions(3), cache_drain);
 }
 
+/// A thread that caches a run and exits, racing its heir. The leaver bounces 4 slots of an
+/// 8-slot pool (its unmap caches the run) and exits: its registry gives its cache slot back
+/// with the run still in it. The heir bounces 2 slots, then 6: its first unmap, in the
+/// leaver's slot if it claimed it after the exit, displaces the inherited run back to the area
+/// (a claimer that did not see the run would overwrite it, and it would be lost); its 6-slot
+/// map finds no room while a run is cached and drains every slot, the leaver's whether it is
+/// owned, given back or inherited (or, while the leaver's run is live, gets a transient pool).
+/// Conservation: every slot comes back once. Preemptions(2): the heir's claim before or after
+/// the leaver's exit and inside its sections, and its drain inside the leaver's unmap; the
+/// twin fails with 1 (none needed: the heir runs after the exit and reads a stale run).
+fn cache_exit() {
+    let (swiotlb, base) = instance(Config::tiny(8, 1, 8), 10 * SLOT);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let leaver = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        round_trip(swiotlb, dev, base, 4 * SLOT, 0x77);
+    });
+    let heir = spawn_with(&swiotlb, &dev, move |swiotlb, dev| {
+        let orig = base + 4 * SLOT as u64;
+        round_trip(swiotlb, dev, orig, 2 * SLOT, 0x88);
+        round_trip(swiotlb, dev, orig, 6 * SLOT, 0x99);
+    });
+    leaver.join().unwrap();
+    heir.join().unwrap();
+    quiescent(&swiotlb);
+}
+
+#[test]
+fn cache_exit_passes() {
+    check(Bound::Preemptions(2), cache_exit);
+}
+
 /// Two threads unmap the same 2-slot mapping (its address reached both through the spawn):
 /// exactly one succeeds, the other gets `NotMapped`, and the run is freed once. Exhaustive:
 /// two threads, one claim each.
@@ -616,6 +648,12 @@ must_fail_test! {
 must_fail_test! {
     /// A Relaxed check of the slot's flag: as above.
     fn cache_drain_reopened_relaxed: points::CACHE_REOPENED, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(2), cache_drain;
+}
+
+must_fail_test! {
+    /// A Relaxed give-back at thread exit: the heir claims the slot without seeing the run
+    /// cached in it, overwrites it, and the run is lost.
+    fn cache_exit_disown_relaxed: points::CACHE_DISOWN, Weakening::Relax, OWNED_TWICE, Bound::Preemptions(1), cache_exit;
 }
 
 must_fail_test! {
