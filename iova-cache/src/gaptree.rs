@@ -1174,6 +1174,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // 20k inserts through the tree, no unsafe code
     fn a_bulk_reservation_covers_its_inserts() {
         for (existing, batch) in [(0, 5000), (3000, 20), (3000, 4000), (1, 1)] {
             let mut t = GapTree::new();
