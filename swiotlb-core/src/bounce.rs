@@ -10,6 +10,7 @@
 //! Map copies in for every direction so a device never reads a previous user's bytes and
 //! bytes it does not write come back unchanged (CVE-2022-0854).
 
+use crate::align::Plan;
 use crate::device::Device;
 use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
@@ -133,12 +134,57 @@ impl Swiotlb {
                 len: size,
             }));
         }
+        // The fast path: a request no mask constrains (the common streaming map) served by
+        // the thread's cached run. Its plan is the one `map_searched` derives, and it takes
+        // the run that path would take first, counted and bounced the same way.
+        let unmasked = self
+            .unmasked_plan(dev, orig, size, attrs.alloc_align_mask)
+            .filter(|_| fast_paths());
+        if let Some(plan) = &unmasked {
+            if let Some((pool, s)) = self.take_cached(plan) {
+                self.found(dev, &pool, plan.nslots);
+                return self.bounce_in(dev, &pool, s, plan, orig, attrs);
+            }
+        }
+        // The cached run was tried already for an unmasked request.
+        self.map_searched(dev, orig, size, attrs, unmasked.is_none())
+    }
+
+    /// The general map: derive the plan (or refuse the request), find slots (the thread's
+    /// cached run first if `try_cache`, then a search) and bounce in. Out of line: the fast
+    /// path of `map` stays short, and this path takes a lock or more anyway.
+    #[inline(never)]
+    fn map_searched(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        attrs: MapAttrs,
+        try_cache: bool,
+    ) -> Result<u64, Error> {
         let plan = self.plan(dev, Some(orig), size, attrs.alloc_align_mask, false)?;
-        let (pool, s) = self.find_slots(dev, &plan)?;
+        let (pool, s) = self.find_slots(dev, &plan, try_cache)?;
+        self.bounce_in(dev, &pool, s, &plan, orig, attrs)
+    }
+
+    /// Finish a map of `orig` whose allocation at slot `s` of `pool` was just found and
+    /// recorded for `plan`: check the DMA mask, zero the padding if asked, copy the original
+    /// in; on error release the allocation. Returns the bounce address.
+    #[inline(always)]
+    fn bounce_in(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        s: usize,
+        plan: &Plan,
+        orig: u64,
+        attrs: MapAttrs,
+    ) -> Result<u64, Error> {
+        let size = plan.mapping_size;
         let first = s + plan.pad_slots;
         let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
         let undo = |e: Error| {
-            self.undo(dev, &pool, first, plan.in_off, addr, size);
+            self.undo(dev, pool, first, plan.in_off, addr, size);
             Err(e)
         };
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
@@ -151,7 +197,7 @@ impl Swiotlb {
             pool.region().zero(off + size, run.end - off - size);
         }
         // The range was just recorded: copy without looking its metadata up again.
-        if let Err(e) = self.copy(&pool, orig, addr, size, true) {
+        if let Err(e) = self.copy(pool, orig, addr, size, true) {
             return undo(e);
         }
         Ok(addr)
@@ -175,8 +221,7 @@ impl Swiotlb {
     /// pool's run goes to the calling thread's cache (the run it displaces to its area), a
     /// transient pool's to its area, and the transient pool is dropped (its one mapping is
     /// gone). `size` as in `Pool::unmark`.
-    // Inlined into unmap, its one caller on the fast path (a call cost a prologue and an
-    // epilogue on every unmap).
+    // Inlined into the general unmap (a call cost a prologue and an epilogue there).
     #[inline(always)]
     fn release(
         &self,
@@ -193,16 +238,23 @@ impl Swiotlb {
             pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
         } else {
-            let run = CachedRun {
-                pool,
-                start,
-                nslots,
-            };
-            if let Some(back) = self.inner.caches.park(run) {
-                back.pool.put_back(back.start, back.nslots);
-            }
+            self.park(pool, start, nslots);
         }
         Ok(())
+    }
+
+    /// Give the run of `nslots` at `start` of global pool `pool`, just released by the
+    /// caller, to the calling thread's cache; the run it displaces goes back to its area.
+    #[inline(always)]
+    fn park(&self, pool: &Pool, start: usize, nslots: usize) {
+        let run = CachedRun {
+            pool,
+            start,
+            nslots,
+        };
+        if let Some(back) = self.inner.caches.park(run) {
+            back.pool.put_back(back.start, back.nslots);
+        }
     }
 
     /// Copy between the bounce buffer at `addr` and the original memory: `to_device` copies
@@ -263,7 +315,35 @@ impl Swiotlb {
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        if dir.device_writes() && !attrs.skip_cpu_sync {
+        let copy_back = dir.device_writes() && !attrs.skip_cpu_sync;
+        // The fast path: no copy back, a global pool, an address at a slot's start. If the
+        // slot heads an unpadded mapping, the general path would make the same checks, claim
+        // with the same compare-and-swap and park the run the same way.
+        if !copy_back && in_off == 0 && !pool.transient && fast_paths() {
+            if let Some(released) = pool.unmark_unpadded(first, addr, size) {
+                let (start, nslots) = released?;
+                self.inner.stats.sub_used(nslots);
+                self.park(&pool, start, nslots);
+                return Ok(());
+            }
+        }
+        self.unmap_general(dev, &pool, addr, size, copy_back)
+    }
+
+    /// The general unmap of `addr` in `pool`: copy back if `copy_back`, then release. Out of
+    /// line: the fast path of `unmap` stays short.
+    #[inline(never)]
+    fn unmap_general(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        addr: u64,
+        size: usize,
+        copy_back: bool,
+    ) -> Result<(), Error> {
+        let first = pool.slot_of(addr);
+        let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
+        if copy_back {
             let (orig, mapped) = match pool.meta(first) {
                 (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
                 _ => return Err(Error::NotMapped { addr }),
@@ -276,11 +356,11 @@ impl Swiotlb {
             if orig == INVALID_PHYS_ADDR {
                 return Err(Error::NotMapped { addr });
             }
-            self.copy(&pool, orig, addr, size, false)?;
+            self.copy(pool, orig, addr, size, false)?;
         }
-        // Without a copy back the mapping and `size` are checked once, under the area lock
-        // that frees it.
-        self.release(dev, &pool, first, in_off, addr, Some(size))
+        // Without a copy back the mapping and `size` are checked once, by the claim that
+        // frees it.
+        self.release(dev, pool, first, in_off, addr, Some(size))
     }
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
@@ -476,7 +556,7 @@ impl Swiotlb {
             .and_then(|p| p.checked_mul(PAGE_SIZE))
             .ok_or(too_large)?;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
-        let (pool, s) = self.find_slots(dev, &plan)?;
+        let (pool, s) = self.find_slots(dev, &plan, true)?;
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
@@ -549,6 +629,17 @@ impl Swiotlb {
     }
 }
 
+/// Whether `map` and `unmap` take their fast paths: always, except in the tests that run the
+/// general paths alone to compare them (a switch of the calling thread).
+#[cfg(any(not(test), loom))]
+#[inline(always)]
+fn fast_paths() -> bool {
+    true
+}
+
+#[cfg(all(test, not(loom)))]
+use fast_path_tests::fast_paths;
+
 /// Check that `[addr, addr + size)` lies inside one live mapping of `pool`, starting in any of
 /// its slots; returns the original address of `addr`.
 fn mapped_range(pool: &Pool, addr: u64, size: usize) -> Result<u64, Error> {
@@ -575,6 +666,9 @@ fn free_without_grace(p: *mut Pool) {
     pool.poison();
     Box::leak(pool);
 }
+
+#[cfg(all(test, not(loom)))]
+mod fast_path_tests;
 
 #[cfg(all(test, not(loom)))]
 mod tests {
