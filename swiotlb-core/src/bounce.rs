@@ -265,8 +265,9 @@ impl Swiotlb {
     }
 
     /// Copy `size` bytes between original address `at` and bounce address `addr` of `pool`,
-    /// a range of a live mapping.
-    #[inline]
+    /// a range of a live mapping. Inlined: `to_device` is a constant at every call, and a
+    /// 4 KiB bounce to the device then makes its copy without a call.
+    #[inline(always)]
     fn copy(
         &self,
         pool: &Pool,

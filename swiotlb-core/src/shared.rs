@@ -98,6 +98,7 @@ impl<'a> Words<'a> {
     }
 
     /// Copy the bytes to `dst` (of the same length).
+    #[inline]
     fn copy_to(self, dst: Words<'_>) {
         copies::copy(self, dst);
     }
