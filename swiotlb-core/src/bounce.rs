@@ -674,8 +674,8 @@ mod fast_path_tests;
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{
-        Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory, RegionMemory,
-        Swiotlb,
+        Config, Device, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory,
+        RegionMemory, Swiotlb,
     };
 
     const NONE: MapAttrs = MapAttrs {
@@ -785,12 +785,10 @@ mod tests {
         swiotlb.check_invariants().unwrap();
     }
 
-    /// An area caches the run freed last for the next map of its size, and gives it back to
-    /// its counters when a map needs the slots: a cached run never makes a map fail.
-    #[test]
-    fn the_run_freed_last_is_reused_and_never_hoarded() {
+    /// One area of 8 slots that never grows (no transient pool either), on CPU 0, with a
+    /// device and the base of 64 KiB of original memory.
+    fn fixed_pool() -> (Swiotlb, Device, u64) {
         dma_sync::cpu::set_current(Some(0));
-        const HALF: usize = 4 * 2048;
         let mem = RegionMemory::new(64 * 1024);
         let base = mem.base();
         let cfg = Config {
@@ -799,6 +797,15 @@ mod tests {
         };
         let swiotlb = Swiotlb::new(cfg, mem).unwrap();
         let dev = swiotlb.device(DeviceConfig::default());
+        (swiotlb, dev, base)
+    }
+
+    /// An area caches the run freed last for the next map of its size, and gives it back to
+    /// its counters when a map needs the slots: a cached run never makes a map fail.
+    #[test]
+    fn the_run_freed_last_is_reused_and_never_hoarded() {
+        const HALF: usize = 4 * 2048;
+        let (swiotlb, dev, base) = fixed_pool();
         let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
         let unmap = |a, len| {
             swiotlb
@@ -835,16 +842,8 @@ mod tests {
     /// in use, and a map on another thread that needs its slots drains it.
     #[test]
     fn a_run_cached_by_another_thread_is_drained_when_a_map_needs_it() {
-        dma_sync::cpu::set_current(Some(0));
         const ALL: usize = 8 * 2048;
-        let mem = RegionMemory::new(64 * 1024);
-        let base = mem.base();
-        let cfg = Config {
-            can_grow: false,
-            ..Config::tiny(8, 1, 8)
-        };
-        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
-        let dev = swiotlb.device(DeviceConfig::default());
+        let (swiotlb, dev, base) = fixed_pool();
         let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
         let unmap = |a, len| swiotlb.unmap(&dev, a, len, Direction::ToDevice, NONE);
         std::thread::scope(|s| {
