@@ -9,6 +9,26 @@
 //!
 //! Map copies in for every direction so a device never reads a previous user's bytes and
 //! bytes it does not write come back unchanged (CVE-2022-0854).
+//!
+//! # Fast paths
+//!
+//! The common bounce is a streaming map without masks, served by the run the thread's last
+//! unmap cached, and an unmap that copies nothing back. Each has a fast path that is a
+//! special case of the general one, taken before it and skipping only what its case makes
+//! moot:
+//!
+//! * map: a request no mask constrains, of 1 byte to one segment, gets its plan from
+//!   `align::unmasked` (where the general `plan` starts too) and the thread's cached run
+//!   (`take_cached`, as `find_slots` tries first), then is counted and copied in as the general
+//!   path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which does
+//!   not try the cache again.
+//! * unmap: no copy back, a global pool, an address at a slot's start whose slot heads a
+//!   mapping without padding: `Pool::unmark_unpadded` makes `unmark`'s checks on the raw
+//!   word, claims with the same compare-and-swap (`swiotlb.release.claim`, `.acquire`) and the
+//!   run is parked as `release` parks it. Anything else takes the out-of-line general unmap.
+//!
+//! `fast_path_tests` runs random workloads with and without them and compares every answer,
+//! statistic and byte.
 
 use crate::align::Plan;
 use crate::device::Device;
