@@ -21,7 +21,7 @@ pub(super) fn fast_paths() -> bool {
 
 /// Bytes of original memory of each instance (under Miri, enough for the fixed workload:
 /// every step compares them all).
-const ORIG_LEN: usize = if cfg!(miri) { 20 * 1024 } else { 64 * 1024 };
+const ORIG_LEN: usize = if cfg!(miri) { 17 * 1024 } else { 64 * 1024 };
 /// Slots per segment: the longest unmasked request is 16 KiB.
 const SEG: usize = 8;
 /// Marks an offset in a transient pool.
@@ -245,10 +245,15 @@ fn both_paths_agree(ops: &[Op]) -> Result<(), TestCaseError> {
     for (step, op) in ops.iter().enumerate() {
         let (f, g) = (fast.apply(op), general.apply(op));
         prop_assert_eq!(&f, &g, "step {}: {:?}", step, op);
-        prop_assert!(fast.state() == general.state(), "step {}: {:?}", step, op);
+        // Under Miri the whole state is compared at the end only (each comparison reads
+        // every original byte).
+        if !cfg!(miri) {
+            prop_assert!(fast.state() == general.state(), "step {}: {:?}", step, op);
+        }
         prop_assert_eq!(fast.swiotlb.check_invariants(), Ok(()));
         prop_assert_eq!(general.swiotlb.check_invariants(), Ok(()));
     }
+    prop_assert!(fast.state() == general.state());
     // Unmapping all that is left leaves both empty.
     for side in [&mut fast, &mut general] {
         while let Some(m) = side.live.pop() {
