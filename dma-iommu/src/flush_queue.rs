@@ -70,7 +70,7 @@ use crate::points::{
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dma_sync::{cpu, thread, Arc, CachePadded, Mutex};
+use dma_sync::{cpu, Arc, CachePadded, Mutex, SpinLock};
 use std::fmt;
 use std::time::Duration;
 
@@ -409,8 +409,18 @@ impl<E> Ring<E> {
     }
 }
 
-/// One ring behind its lock, on its own cache line.
-type RingSlot<E> = CachePadded<Mutex<Ring<E>>>;
+/// One ring behind its lock, on its own cache line. A spin lock: its unlock is a store where a
+/// parking lock's is a compare-and-swap, and its acquisition carries the enqueue fence. Its
+/// sections are a drain and a push; no flush runs under it.
+type RingSlot<E> = CachePadded<SpinLock<Ring<E>>>;
+
+/// Why an enqueue could not append under the ring lock: it hands its entry back.
+enum NotPushed<E> {
+    /// The ring is full even after a drain: flush (outside the lock) and try again.
+    Full(E),
+    /// Torn down: free the entry after a flush of its own.
+    Closed(E),
+}
 
 struct TimerState {
     /// Set by teardown: the timer never runs again.
@@ -464,37 +474,50 @@ impl<O: InvalidationOps> Shared<O> {
             .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
     }
 
-    /// Enqueue after the caller issued the enqueue fence.
-    fn enqueue_fenced(&self, entry: O::Entry) {
+    /// Queue `entry`, whose leaves the caller has cleared. The first acquisition of the ring
+    /// lock carries the enqueue fence (`iommu.fq.enqueue.fence`): it orders the caller's leaf
+    /// clears before the stamp. A ring still full after a drain is flushed outside its lock,
+    /// then tried again; another flush is needed only if one that started earlier on another
+    /// CPU is still running, or if others filled the ring meanwhile.
+    fn enqueue(&self, entry: O::Entry) {
         let ring = &self.rings[cpu::current_in(self.rings.len())];
-        let mut r = ring.lock();
-        if r.closed {
-            // Torn down: free it as a strict unmap would, after a flush that started after
-            // the caller's leaf clears (ordered by the enqueue fence). Counted as queued and
-            // reclaimed, so `enqueued` counts every enqueue.
-            r.enqueued += 1;
-            r.reclaimed += 1;
-            drop(r);
-            self.flush();
-            self.ops.reclaim(entry);
-            return;
-        }
-        self.drain(&mut r);
-        if r.is_full() {
-            r.full_flushes += 1;
-            self.flush();
-            self.drain(&mut r);
-            // Only if a flush started earlier on another CPU is still running: our own
-            // completion is counted but not its, so wait for it.
-            while r.is_full() {
-                thread::spin_wait();
-                self.drain(&mut r);
+        let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
+        loop {
+            match tried {
+                Ok(()) => return self.arm(),
+                Err(NotPushed::Full(entry)) => {
+                    self.flush();
+                    tried = ring.with(|r| self.try_push(r, entry));
+                }
+                Err(NotPushed::Closed(entry)) => {
+                    // Torn down: free it as a strict unmap would, after a flush that started
+                    // after the caller's leaf clears (ordered by the enqueue fence).
+                    self.flush();
+                    return self.ops.reclaim(entry);
+                }
             }
         }
+    }
+
+    /// Under the ring lock: drain, then append `entry` stamped with `start_cnt`, unless the
+    /// ring is closed or still full.
+    #[inline]
+    fn try_push(&self, r: &mut Ring<O::Entry>, entry: O::Entry) -> Result<(), NotPushed<O::Entry>> {
+        if r.closed {
+            // Counted as queued and reclaimed, so `enqueued` counts every enqueue.
+            r.enqueued += 1;
+            r.reclaimed += 1;
+            return Err(NotPushed::Closed(entry));
+        }
+        self.drain(r);
+        if r.is_full() {
+            r.full_flushes += 1;
+            return Err(NotPushed::Full(entry));
+        }
+        // Read under the lock after every stamp already here: stamps in a ring never decrease.
         let stamp = self.start_cnt.load(Ordering::Relaxed);
         r.push(stamp, entry);
-        drop(r);
-        self.arm();
+        Ok(())
     }
 
     /// Arm the timer unless it is armed (read first: no cache-line bouncing when armed).
@@ -520,9 +543,10 @@ impl<O: InvalidationOps> Shared<O> {
         self.flush();
         let mut left = false;
         for ring in self.rings.iter() {
-            let mut r = ring.lock();
-            self.drain(&mut r);
-            left |= r.len() > 0;
+            left |= ring.with(|r| {
+                self.drain(r);
+                r.len() > 0
+            });
         }
         if !clear_first {
             self.timer_on.store(false, Ordering::Relaxed);
@@ -589,7 +613,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
         config.validate()?;
         // Every ring before anything else (the timer thread): a failure leaves nothing behind.
         let rings = (0..config.rings())
-            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(Mutex::new(r))))
+            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(SpinLock::new(r))))
             .collect::<Option<_>>()
             .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
@@ -654,23 +678,19 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// assert_eq!((st.enqueued, st.reclaimed, st.pending, st.full_flushes), (2, 1, 1, 1));
     /// ```
     pub fn enqueue(&self, entry: O::Entry) {
-        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
-        self.shared.enqueue_fenced(entry);
+        self.shared.enqueue(entry);
     }
 
-    /// Enqueue through a pointer read with a relaxed load from a publication.
+    /// Enqueue through a pointer to a published queue.
     ///
     /// # Safety
-    /// `this` was published with a release store (or a release fence before the store) after
-    /// the queue was fully built, is never unpublished while unmaps run, and stays valid for
-    /// the duration of the call.
+    /// `this` was read with an acquire load (`iommu.unmap.snapshot.acquire`) from a
+    /// publication made with a release store after the queue was fully built, is never
+    /// unpublished while unmaps run, and stays valid for the duration of the call.
     pub(crate) unsafe fn enqueue_published(this: *const Self, entry: O::Entry) {
-        // Nothing of the queue is read before this fence: it is the acquire side of the
-        // publication (the "hoisted ring load" reordering of the 2021 review).
-        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
-        // SAFETY: per the contract, the pointee is initialised and visible after the fence.
+        // SAFETY: per the contract, the pointee is initialised and visible after the acquire.
         let fq = unsafe { &*this };
-        fq.shared.enqueue_fenced(entry);
+        fq.shared.enqueue(entry);
     }
 
     /// One global flush now (counted; frees nothing by itself).
@@ -701,11 +721,12 @@ impl<O: InvalidationOps> FlushQueue<O> {
             ..FqStats::default()
         };
         for ring in self.shared.rings.iter() {
-            let r = ring.lock();
-            s.enqueued += r.enqueued;
-            s.reclaimed += r.reclaimed;
-            s.pending += r.len() as u64;
-            s.full_flushes += r.full_flushes;
+            ring.with(|r| {
+                s.enqueued += r.enqueued;
+                s.reclaimed += r.reclaimed;
+                s.pending += r.len() as u64;
+                s.full_flushes += r.full_flushes;
+            });
         }
         s
     }
@@ -750,14 +771,15 @@ impl<O: InvalidationOps> FlushQueue<O> {
         let s = &self.shared;
         s.flush();
         for ring in s.rings.iter() {
-            let mut r = ring.lock();
-            r.closed = true;
-            s.drain(&mut r);
             // Quiesced, every entry was stamped before the flush above started and is gone.
-            // One that a racing enqueue stamped later needs a flush of its own.
-            while r.len() > 0 {
+            // One that a racing enqueue stamped later needs a flush of its own (outside the
+            // lock; the closed ring takes no new entry meanwhile).
+            while ring.with(|r| {
+                r.closed = true;
+                s.drain(r);
+                r.len() > 0
+            }) {
                 s.flush();
-                s.drain(&mut r);
             }
         }
         s.timer_on.store(false, Ordering::Relaxed);
