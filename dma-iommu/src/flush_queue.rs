@@ -70,7 +70,7 @@ use crate::points::{
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dma_sync::{cpu, Arc, CachePadded, Mutex, SpinLock};
+use dma_sync::{cpu, thread, Arc, CachePadded, Mutex, SpinLock, UnsafeCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -414,6 +414,25 @@ impl<E> Ring<E> {
 /// sections are a drain and a push; no flush runs under it.
 type RingSlot<E> = CachePadded<SpinLock<Ring<E>>>;
 
+/// The rings, written once by the constructor. In a cell only so that loom checks the one read
+/// of them that comes before any fence or lock of an enqueue (the ring lookup) against the
+/// queue's publication: that read relies on the unmap's acquire snapshot alone.
+struct Rings<E>(UnsafeCell<Box<[RingSlot<E>]>>);
+
+// SAFETY: the cell is written only by the constructor, before the queue is shared, and only
+// read afterwards; the slots themselves are `Sync` (spin locks over `Send` entries).
+unsafe impl<E: Send> Sync for Rings<E> {}
+
+impl<E> Rings<E> {
+    /// The rings (never changed after construction).
+    #[inline]
+    fn get(&self) -> &[RingSlot<E>] {
+        // SAFETY: nothing writes the box after construction, so a shared reference for as
+        // long as `self` lives aliases no write.
+        self.0.with(|p| unsafe { &**p })
+    }
+}
+
 /// Why an enqueue could not append under the ring lock: it hands its entry back.
 enum NotPushed<E> {
     /// The ring is full even after a drain: flush (outside the lock) and try again.
@@ -430,7 +449,7 @@ struct TimerState {
 
 struct Shared<O: InvalidationOps> {
     ops: Arc<O>,
-    rings: Box<[RingSlot<O::Entry>]>,
+    rings: Rings<O::Entry>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
     timer_on: AtomicBool,
@@ -442,15 +461,23 @@ struct Shared<O: InvalidationOps> {
 }
 
 impl<O: InvalidationOps> Shared<O> {
-    /// One global flush, counted.
-    fn flush(&self) {
-        self.start_cnt.fetch_add(1, Ordering::Relaxed);
+    /// The rings.
+    #[inline]
+    fn rings(&self) -> &[RingSlot<O::Entry>] {
+        self.rings.get()
+    }
+
+    /// One global flush, counted. Returns its ticket: the number of flushes started up to and
+    /// including it; once `finish_cnt` reaches it, every entry stamped before it is freeable.
+    fn flush(&self) -> u64 {
+        let ticket = self.start_cnt.fetch_add(1, Ordering::Relaxed) + 1;
         // Pairs with the enqueue fence: if an enqueuer's stamp missed this increment, its leaf
         // clears are visible to the walker once the invalidation below has run.
         FQ_FLUSH_FENCE.fence(Ordering::SeqCst);
         self.ops.flush_all();
         self.finish_cnt
             .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
+        ticket
     }
 
     /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
@@ -480,13 +507,21 @@ impl<O: InvalidationOps> Shared<O> {
     /// then tried again; another flush is needed only if one that started earlier on another
     /// CPU is still running, or if others filled the ring meanwhile.
     fn enqueue(&self, entry: O::Entry) {
-        let ring = &self.rings[cpu::current_in(self.rings.len())];
+        let rings = self.rings();
+        let ring = &rings[cpu::current_in(rings.len())];
         let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
         loop {
             match tried {
                 Ok(()) => return self.arm(),
                 Err(NotPushed::Full(entry)) => {
-                    self.flush();
+                    let ticket = self.flush();
+                    // Only if a flush started earlier on another CPU is still running: our
+                    // own completion is counted but not its, so wait for it (every entry we
+                    // found was stamped below our ticket). Flushing again is for a ring that
+                    // others filled meanwhile.
+                    while self.finish_cnt.load(Ordering::Relaxed) < ticket {
+                        thread::spin_wait();
+                    }
                     tried = ring.with(|r| self.try_push(r, entry));
                 }
                 Err(NotPushed::Closed(entry)) => {
@@ -542,7 +577,7 @@ impl<O: InvalidationOps> Shared<O> {
         }
         self.flush();
         let mut left = false;
-        for ring in self.rings.iter() {
+        for ring in self.rings().iter() {
             left |= ring.with(|r| {
                 self.drain(r);
                 r.len() > 0
@@ -618,7 +653,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
             ops,
-            rings,
+            rings: Rings(UnsafeCell::new(rings)),
             start_cnt: AtomicU64::new(0),
             finish_cnt: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
@@ -720,7 +755,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             timer_fires: self.shared.timer.lock().fires,
             ..FqStats::default()
         };
-        for ring in self.shared.rings.iter() {
+        for ring in self.shared.rings().iter() {
             ring.with(|r| {
                 s.enqueued += r.enqueued;
                 s.reclaimed += r.reclaimed;
@@ -770,7 +805,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
         }
         let s = &self.shared;
         s.flush();
-        for ring in s.rings.iter() {
+        for ring in s.rings().iter() {
             // Quiesced, every entry was stamped before the flush above started and is gone.
             // One that a racing enqueue stamped later needs a flush of its own (outside the
             // lock; the closed ring takes no new entry meanwhile).
