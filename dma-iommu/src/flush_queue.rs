@@ -14,7 +14,7 @@
 //! Stamps in one ring are non-decreasing, so a drain stops at the first entry that is not
 //! freeable. Rings are per CPU (256 entries, 10 ms timer, as Linux) or one large shared ring
 //! (32768 entries, 1 s timer: for IOMMUs whose flushes are expensive). A full ring flushes
-//! synchronously. A timer, armed by the first enqueue after it ran (`timer_on`), flushes once
+//! synchronously (outside its lock). A timer, armed by the first enqueue after it ran (`timer_on`), flushes once
 //! and drains every ring; it clears `timer_on` *before* it drains, so an enqueue racing with
 //! the drain arms it again, and it re-arms itself if entries stamped after its flush are left.
 //! Teardown marks the timer dead under the timer lock (waiting for a running drain), stops the
@@ -25,28 +25,45 @@
 //!
 //! # The protocol in detail
 //!
-//! * Rings: each is `{slots, head, tail}` behind its own lock on its own cache line; full ⇔
-//!   `(tail + 1) & mask == head`. Geometry is configurable (models use 2–4 entries).
-//! * Flush: `start_cnt += 1` (Relaxed); `fence(SeqCst)` (`iommu.fq.flush.fence`); `flush_all()`;
-//!   `finish_cnt += 1` (Release, `iommu.fq.finish.release`).
-//! * Enqueue: `fence(SeqCst)` (`iommu.fq.enqueue.fence`), which orders the caller's leaf clears
-//!   before the stamp and is the acquire side of the queue's publication; then lock the ring of
-//!   the current CPU; drain; if full: flush, drain (and, only if an earlier-started flush on
-//!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
-//!   (`timer_on` read first, then swapped: no line bouncing while armed).
+//! * Rings: each is `{slots, head, tail}` behind its own spin lock on its own cache line; full
+//!   ⇔ `(tail + 1) & mask == head`. Geometry is configurable (models use 2–4 entries). The
+//!   ring slice is never changed after construction; it sits in a cell only so that loom checks
+//!   the ring lookup, the one read of the queue that precedes the enqueue's fence.
+//! * Flush: `start_cnt += 1` (Relaxed; the new count is the flush's ticket); `fence(SeqCst)`
+//!   (`iommu.fq.flush.fence`); `flush_all()`; `finish_cnt += 1` (Release,
+//!   `iommu.fq.finish.release`).
+//! * Enqueue: find the ring of the current CPU; `fence(SeqCst)` (`iommu.fq.enqueue.fence`) right
+//!   before the ring lock's compare-and-swap ([`SpinLock::with_fenced`]: on x86-64 that locked
+//!   instruction is the fence, so the enqueue pays one locked instruction, and its unlock is a
+//!   store); the fence orders the caller's leaf clears before the stamp. Under the lock: drain;
+//!   if still full, unlock, flush, wait until `finish_cnt` reaches the flush's ticket (only
+//!   if a flush started earlier on another CPU is still running), lock again and start over
+//!   (another flush only if others filled the ring meanwhile); stamp `start_cnt`; append;
+//!   unlock; arm the timer (`timer_on` read first, then swapped: no line bouncing while armed).
+//!   The queue is found through the unmap's acquire snapshot of the mode (module `strictness`),
+//!   the acquire side of its publication.
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
-//!   entries stamped below it, handed to [`InvalidationOps::reclaim_all`] at once (the domain
-//!   gives a flush's IOVAs back to its CPU's magazines with one slot-lock acquisition per 64);
-//!   nothing if the count is the one the ring was last drained to (every entry queued since
-//!   was stamped at or above it), so an enqueue between two flushes pays an inline compare,
-//!   not a call or a look at the oldest slot.
+//!   entries stamped below it, at most 64 per lock section (`DRAIN_BATCH`), handed to
+//!   [`InvalidationOps::reclaim_all`] at once (the domain gives them back to its CPU's
+//!   magazines with one slot-lock acquisition); nothing if the count is the one the ring was
+//!   last drained to (every entry queued since was stamped at or above it), so an enqueue
+//!   between two flushes pays an inline compare, not a call or a look at the oldest slot. An
+//!   enqueue frees one batch (enough for the push: a full ring whose oldest entry is freeable
+//!   is not full after it); the timer and teardown lock again until nothing freeable is left.
+//! * Why a spin lock: its waiters spin, then yield, so a section must be short. No flush runs
+//!   under it (a full ring flushes after unlocking), and a drain frees at most a batch, so a
+//!   section is a push and up to 64 frees, even on the single 32768-entry ring. A free may
+//!   wait for the IOVA cache's depot lock (a parking mutex whose holders never wait for a
+//!   ring), as it did under the parking ring lock before; the ring's other users are the timer
+//!   once per timeout and CPUs that share a ring.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
-//!   sides; SeqCst *accesses* would not do under loom). The release/acquire pair on
+//!   sides; SeqCst *accesses* would not do under loom; loom and other targets than x86-64 keep
+//!   the enqueue's fence as a fence before the compare-and-swap). The release/acquire pair on
 //!   `finish_cnt` orders the invalidation before a free on another CPU.
 //! * Timer: holds the timer lock for the whole run; `timer_on = false` first
-//!   (`iommu.fq.timer.clear_first`), one flush, drain every ring; if entries stamped after its
+//!   (`iommu.fq.timer.clear_first`), one flush, drain every ring (batch by batch); if entries stamped after its
 //!   flush remain, it re-arms itself (`iommu.fq.timer.rearm`). The ring locks order the clear
 //!   against a racing enqueue: either the drain sees the entry or the enqueuer sees the timer off
 //!   and arms it. Invariant checked by the models: a non-empty queue always has its timer armed.
@@ -56,8 +73,8 @@
 //!   running drain (`iommu.fq.teardown.stop_timer`, the 2022 Linux fix), stop and join the
 //!   thread, flush, free everything. A domain tears down on drop, with no unmap running; a direct
 //!   `FlushQueue` user that enqueues during or after `shutdown` loses nothing: teardown marks
-//!   each ring closed under its lock and flushes again while an entry stamped after its flush is
-//!   left, and an enqueue into a closed ring flushes and frees its entry at once.
+//!   each ring closed under its lock and flushes again (outside it) while an entry stamped after
+//!   its flush is left, and an enqueue into a closed ring flushes and frees its entry at once.
 //! * Limits (`FqConfig::validate`, checked before any ring is allocated): ring size a power of
 //!   two ≥ 2, at least one ring, `rings × ring_size ≤ MAX_QUEUED` (2^20 entries), timeout ≤
 //!   `MAX_TIMEOUT` (one day): `FqError::{RingSize, NoRings, TooLarge, Timeout}`.

@@ -44,7 +44,7 @@
 //! | `real_domain_queue_vs_timer` | unmap (lazy), timer, device | PB 3 (twin PB 2) | the SB protocol on the real stack; outcomes {timer freed it, left for later} |
 //! | `switch_vs_stats` | switch, reader | exhaustive | lookup of a published queue |
 //! | `queue_vs_timer` | unmap, timer, device | PB 3 (twins PB 2) | SB protocol; nothing stranded; outcomes {timer freed it, left for later} |
-//! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue: the public `enqueue`'s fence (the point's other site, in `enqueue_published`, is what every domain reaches); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |
+//! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue, through the public `enqueue` (the domain reaches the same code through `enqueue_published`); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |

@@ -7,6 +7,11 @@
 //! yields its CPU, so a holder preempted inside its section costs a waiter time slices, not a
 //! deadlock.
 //!
+//! A protocol whose full fence comes right before a section takes the lock with
+//! [`SpinLock::with_fenced`] ([`RawSpinLock::lock_fenced`]): on x86-64 the lock's
+//! compare-and-swap, a locked instruction, is that fence, so the pair costs one locked
+//! instruction (the flush queue's enqueue). Loom and Miri see the fence.
+//!
 //! The section is a closure ([`SpinLock::with`]), so the value is reached only while the lock
 //! is held, and under loom through `loom::cell::UnsafeCell`, which reports any access that the
 //! lock's acquire (`sync.spin.acquire`) and release (`sync.spin.release`) fail to order.
