@@ -29,5 +29,8 @@ fn main() {
         dom.unmap(&dev, dma, 4096, dir).expect("mapped");
     }
     let st = dom.stats();
-    assert_eq!((st.maps, st.unmaps_queued, st.live), (n as u64, n as u64, 0));
+    assert_eq!(
+        (st.maps, st.unmaps_queued, st.live),
+        (n as u64, n as u64, 0)
+    );
 }

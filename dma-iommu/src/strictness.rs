@@ -31,9 +31,7 @@
 
 use crate::flush_queue::{FlushQueue, FqConfig, FqError, FqStats, InvalidationOps};
 use crate::iotlb::Gather;
-use crate::points::{
-    FQ_LOOKUP_ACQUIRE, FQ_PUBLISH, UNMAP_SINGLE_SNAPSHOT, UNMAP_SNAPSHOT_ACQUIRE,
-};
+use crate::points::{FQ_LOOKUP_ACQUIRE, FQ_PUBLISH, UNMAP_SINGLE_SNAPSHOT, UNMAP_SNAPSHOT_ACQUIRE};
 use dma_sync::atomic::{AtomicPtr, Ordering};
 use dma_sync::{Arc, Mutex};
 use std::fmt;
