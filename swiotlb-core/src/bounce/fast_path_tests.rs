@@ -61,6 +61,18 @@ struct Live {
     dev: usize,
 }
 
+/// The state of a side besides its answers: statistics without addresses, the original
+/// bytes, and each live mapping's bounce bytes.
+#[derive(Debug, PartialEq)]
+struct State {
+    area_used: Vec<Vec<usize>>,
+    used: usize,
+    hiwater: Option<usize>,
+    transient_pools: usize,
+    orig: Vec<u8>,
+    bounce: Vec<Vec<u8>>,
+}
+
 /// An instance with its devices, its original memory's base and its mappings.
 struct Side {
     swiotlb: Swiotlb,
@@ -208,18 +220,8 @@ impl Side {
         }
     }
 
-    /// What must agree between the two sides besides the answers: statistics without
-    /// addresses, the original bytes, and each live mapping's bounce bytes.
-    fn state(
-        &self,
-    ) -> (
-        Vec<Vec<usize>>,
-        usize,
-        Option<usize>,
-        usize,
-        Vec<u8>,
-        Vec<Vec<u8>>,
-    ) {
+    /// What must agree between the two sides besides the answers.
+    fn state(&self) -> State {
         let st = self.swiotlb.stats();
         let mut orig = vec![0; ORIG_LEN];
         self.swiotlb.memory().read(self.base, &mut orig).unwrap();
@@ -235,7 +237,14 @@ impl Side {
             })
             .collect();
         let areas = st.pools.iter().map(|p| p.area_used.clone()).collect();
-        (areas, st.used, st.hiwater, st.transient_pools, orig, bounce)
+        State {
+            area_used: areas,
+            used: st.used,
+            hiwater: st.hiwater,
+            transient_pools: st.transient_pools,
+            orig,
+            bounce,
+        }
     }
 }
 
