@@ -51,9 +51,9 @@ pub(crate) fn is_low_mask(mask: u64) -> bool {
 /// `alloc` only aligns the start. `max_align` bounds `alloc_align`; `seg` is the segment size
 /// in slots, the longest run.
 ///
-/// A request no mask constrains (the common streaming map) takes `unconstrained`, which
-/// computes the same plan in a few instructions; anything else, and every request that is
-/// refused, takes the general derivation.
+/// A request no mask constrains (the common streaming map) takes `unmasked`, which computes
+/// the same plan in a few instructions; anything else, and every request that is refused,
+/// takes the general derivation.
 #[inline]
 pub(crate) fn plan(
     orig: Option<u64>,
@@ -63,11 +63,25 @@ pub(crate) fn plan(
     max_align: u64,
     seg: usize,
 ) -> Result<Plan, Error> {
-    let unmasked = m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX;
-    if unmasked && (1..=seg * IO_TLB_SIZE).contains(&mapping_size) {
-        return Ok(unconstrained(orig, mapping_size));
+    match unmasked(orig, mapping_size, m, seg) {
+        Some(plan) => Ok(plan),
+        None => general(orig, mapping_size, m, round_to_align, max_align, seg),
     }
-    general(orig, mapping_size, m, round_to_align, max_align, seg)
+}
+
+/// The plan of a request no mask constrains, of 1 byte to one segment (`seg` slots), or
+/// `None` for any other request (which `general` derives). The map fast path takes it
+/// directly; `plan` starts with it, so both give the same plan for the same request.
+#[inline(always)]
+pub(crate) fn unmasked(
+    orig: Option<u64>,
+    mapping_size: usize,
+    m: Masks,
+    seg: usize,
+) -> Option<Plan> {
+    let no_masks = m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX;
+    (no_masks && (1..=seg * IO_TLB_SIZE).contains(&mapping_size))
+        .then(|| unconstrained(orig, mapping_size))
 }
 
 /// The plan of a request without masks of 1 byte to one segment: no offset to reproduce,
