@@ -17,7 +17,6 @@
 
 use crate::error::MemoryError;
 use crate::shared::{DmaDst, DmaSrc, SharedRegion};
-use std::any::Any;
 
 /// Memory holding original buffers, addressed by physical/DMA address.
 ///
@@ -185,7 +184,6 @@ impl RegionMemory {
 }
 
 impl OrigMemory for RegionMemory {
-    #[inline]
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
         let len = dst.len();
         let src = self
@@ -196,7 +194,6 @@ impl OrigMemory for RegionMemory {
         Ok(())
     }
 
-    #[inline]
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         let len = src.len();
         let dst = self
@@ -205,87 +202,5 @@ impl OrigMemory for RegionMemory {
             .ok_or(MemoryError { addr, len })?;
         src.copy_to(dst);
         Ok(())
-    }
-}
-
-/// An instance's original memory: the library's own [`RegionMemory`] is kept by type, so a
-/// bounce copies to and from it without a call through a vtable (the copy of a 4 KiB bounce
-/// is then inlined whole); any other implementation is called through one.
-pub(crate) enum Memory {
-    Region(RegionMemory),
-    Other(Box<dyn OrigMemory>),
-}
-
-impl Memory {
-    /// Keep `memory`, by type if it is a [`RegionMemory`]. (`None` never happens: `memory` is
-    /// taken exactly once, by one of the two kinds.)
-    pub(crate) fn new<M: OrigMemory + 'static>(memory: M) -> Option<Memory> {
-        let mut memory = Some(memory);
-        let region = (&mut memory as &mut dyn Any)
-            .downcast_mut::<Option<RegionMemory>>()
-            .and_then(Option::take);
-        match region {
-            Some(region) => Some(Memory::Region(region)),
-            None => memory.map(|m| Memory::Other(Box::new(m))),
-        }
-    }
-
-    /// The memory as the trait object callers see.
-    pub(crate) fn as_dyn(&self) -> &dyn OrigMemory {
-        match self {
-            Memory::Region(m) => m,
-            Memory::Other(m) => &**m,
-        }
-    }
-
-    /// [`OrigMemory::read_into`], without a vtable for a [`RegionMemory`].
-    #[inline(always)]
-    pub(crate) fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
-        match self {
-            Memory::Region(m) => m.read_into(addr, dst),
-            Memory::Other(m) => m.read_into(addr, dst),
-        }
-    }
-
-    /// [`OrigMemory::write_from`], without a vtable for a [`RegionMemory`].
-    #[inline(always)]
-    pub(crate) fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
-        match self {
-            Memory::Region(m) => m.write_from(addr, src),
-            Memory::Other(m) => m.write_from(addr, src),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Original memory that is not a `RegionMemory` (a wrapper around one).
-    struct Wrapped(RegionMemory);
-
-    impl OrigMemory for Wrapped {
-        fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
-            self.0.read_into(addr, dst)
-        }
-        fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
-            self.0.write_from(addr, src)
-        }
-    }
-
-    #[test]
-    fn region_memory_is_kept_by_type_and_any_other_behind_a_vtable() {
-        let region = RegionMemory::new(64);
-        let base = region.base();
-        let kept = Memory::new(region).unwrap();
-        assert!(matches!(kept, Memory::Region(_)));
-        let wrapped = Memory::new(Wrapped(RegionMemory::new(64))).unwrap();
-        assert!(matches!(wrapped, Memory::Other(_)));
-        // Both copy the same.
-        kept.as_dyn().write(base + 8, b"abc").unwrap();
-        let mut seen = [0u8; 3];
-        kept.as_dyn().read(base + 8, &mut seen).unwrap();
-        assert_eq!(&seen, b"abc");
-        assert!(wrapped.as_dyn().read(base, &mut seen).is_err());
     }
 }

@@ -38,7 +38,7 @@ use crate::align::{self, Masks, Plan};
 use crate::device::{Device, DeviceConfig};
 use crate::error::Error;
 use crate::faults::{DEFAULT_POOL, POOL_GROW, TRANSIENT_POOL};
-use crate::memory::{Memory, OrigMemory};
+use crate::memory::OrigMemory;
 use crate::points::{
     FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_APPEND_LOCKED, POOLS_PUBLISH,
     POOLS_TRAVERSE,
@@ -244,7 +244,7 @@ pub(crate) struct MemInner {
     writer: Mutex<usize>,
     nslabs: AtomicUsize,
     growing: AtomicBool,
-    pub(crate) memory: Memory,
+    pub(crate) memory: Box<dyn OrigMemory>,
     pub(crate) stats: Stats,
     /// Each thread's last freed run of a global pool (module `thread_cache`).
     pub(crate) caches: ThreadCaches,
@@ -307,8 +307,6 @@ impl Swiotlb {
         };
         let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
         let pool = Pool::new(geo, false, cfg.phys_limit, &DEFAULT_POOL)?;
-        let memory =
-            Memory::new(memory).ok_or(Error::InvalidConfig("the original memory was lost"))?;
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
                 stats: Stats::new(cfg.stats),
@@ -317,7 +315,7 @@ impl Swiotlb {
                 writer: Mutex::new(1),
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
-                memory,
+                memory: Box::new(memory),
                 caches: ThreadCaches::new(if cfg.thread_caches {
                     thread_caches(geo.nareas)
                 } else {
@@ -377,7 +375,7 @@ impl Swiotlb {
 
     /// The original memory the instance copies to and from.
     pub fn memory(&self) -> &dyn OrigMemory {
-        self.inner.memory.as_dyn()
+        &*self.inner.memory
     }
 
     fn id(&self) -> usize {
