@@ -30,7 +30,7 @@
 //! does (18.8 against 19.3 ns on a 2-vCPU Intel Xeon with ERMS and FSRM, and within 1 ns of it
 //! at every other source and destination offset tried), and a bounce makes it as one
 //! instruction, neither split nor preceded by a direction-flag change. What is left above it is
-//! the allocator's bookkeeping: about 400 instructions per map+unmap outside the copy, counted
+//! the allocator's bookkeeping: about 430 instructions per map+unmap outside the copy, counted
 //! with callgrind (`examples/bounce_loop.rs`; 550 before the fast paths of map and unmap), and
 //! one locked instruction (the unmap's claim; the map takes its thread's cached run without
 //! one). Each access checks its range once: a copy between a pool and a
