@@ -12,13 +12,15 @@
 //!
 //! # Fast paths
 //!
-//! The common bounce is a streaming map without masks, served by the run the thread's last
-//! unmap cached, and an unmap that copies nothing back. Each has a fast path that is a
+//! The common bounce is a simple streaming map (no masks, or an IOMMU's alignment to its
+//! granule), served by the run the thread's last unmap cached, and an unmap that copies
+//! nothing back. Each has a fast path that is a
 //! special case of the general one, taken before it and skipping only what its case makes
 //! moot:
 //!
-//! * map: a request no mask constrains, of 1 byte to one segment, gets its plan from
-//!   `align::unmasked` (where the general `plan` starts too) and the thread's cached run
+//! * map: a simple request (no minimum-alignment or boundary mask, an allocation alignment of
+//!   at most a page, 1 byte to one segment) gets its plan from `align::simple` (where the
+//!   general `plan` starts too) and the thread's cached run
 //!   (`take_cached`, as `find_slots` tries first), then is counted and copied in as the general
 //!   path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which does
 //!   not try the cache again.
@@ -154,20 +156,21 @@ impl Swiotlb {
                 len: size,
             }));
         }
-        // The fast path: a request no mask constrains (the common streaming map) served by
-        // the thread's cached run. Its plan is the one `map_searched` derives, and it takes
-        // the run that path would take first, counted and bounced the same way.
-        let unmasked = self
-            .unmasked_plan(dev, orig, size, attrs.alloc_align_mask)
+        // The fast path: a simple request (the common streaming map, an IOMMU's bounce of
+        // whole granules) served by the thread's cached run. Its plan is the one
+        // `map_searched` derives, and it takes the run that path would take first, counted
+        // and bounced the same way.
+        let simple = self
+            .simple_plan(dev, orig, size, attrs.alloc_align_mask)
             .filter(|_| fast_paths());
-        if let Some(plan) = &unmasked {
+        if let Some(plan) = &simple {
             if let Some((pool, s)) = self.take_cached(plan) {
                 self.found(dev, &pool, plan.nslots);
                 return self.bounce_in(dev, &pool, s, plan, orig, attrs);
             }
         }
-        // The cached run was tried already for an unmasked request.
-        self.map_searched(dev, orig, size, attrs, unmasked.is_none())
+        // The cached run was tried already for a simple request.
+        self.map_searched(dev, orig, size, attrs, simple.is_none())
     }
 
     /// The general map: derive the plan (or refuse the request), find slots (the thread's

@@ -423,11 +423,11 @@ impl Swiotlb {
         }
     }
 
-    /// The search request of a map that no mask constrains, of 1 byte to one segment (the
-    /// common streaming map); `None` for any other, which [`Swiotlb::plan`] derives (and
-    /// refuses, if it must). Where both answer they give the same plan.
+    /// The search request of a simple map (module `align`: the common streaming map, an
+    /// IOMMU's bounce of whole granules); `None` for any other, which [`Swiotlb::plan`]
+    /// derives (and refuses, if it must). Where both answer they give the same plan.
     #[inline(always)]
-    pub(crate) fn unmasked_plan(
+    pub(crate) fn simple_plan(
         &self,
         dev: &Device,
         orig: u64,
@@ -435,7 +435,8 @@ impl Swiotlb {
         alloc_align: u64,
     ) -> Option<Plan> {
         let m = Self::masks(dev, alloc_align);
-        align::unmasked(Some(orig), size, m, self.inner.geo.seg)
+        // A map rounds its size to the alignment; a simple one is within a map's bound on it.
+        align::simple(Some(orig), size, m, true, self.inner.geo.seg)
     }
 
     /// Derive the search request of a map or alloc.
