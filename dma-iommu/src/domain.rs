@@ -23,33 +23,42 @@
 //! Cost of a lazy map+unmap beyond its parts (an IOVA pair and a page-table map+unmap): the
 //! device check, one registry insert and one take (a spin-lock section each: a
 //! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
-//! flush-queue enqueue (a full fence, the per-CPU ring lock pair, a drain check) and the glue
-//! between them: five locked instructions the parts do not have. Callgrind, 4 KiB, one
-//! thread, a plain loop of map+unmap after a warm-up (the difference of two run lengths):
-//! 1325 instructions against the parts' 921 (821 the page table, 100 the unchecked IOVA
-//! pair), 1.44×; 1367 (1.48×) before a flush's IOVAs went back to the magazines as one batch
-//! (`IovaAllocator::free_batch`, one slot-lock acquisition per 64 of them instead of one per
-//! IOVA) and the enqueue's drain check was inlined. Built with one codegen unit, where the
-//! page table's code does not move between builds: 1341 → 1299. On the criterion loop of
-//! `benches/benches/fast_paths.rs`, earlier: 1492 → 1405 when the trusted map was done in
-//! one frame (the map 727 → 667, with the device policy's common case inline) and the drain
-//! skipped between flushes. What is left above the parts: the IOVA churn (255 IOVAs in
-//! flight come back in a burst after each flush, so an allocation is about 80 instructions,
-//! most of it the magazines' refills, and the batched free about 60 per IOVA with the ring's
-//! pop), the enqueue about 80 (its frees aside), the registry about 75 (insert 22, take 54)
-//! and the glue. The locked instructions stay, each for a reason: the enqueue's fence orders
-//! the leaf clears before the stamp, a store-buffering pair that C11 orders only with fences
-//! (the ring lock's compare-and-swap is not one, and turning the stamp's load into a
-//! read-modify-write would write the line every CPU's enqueue reads); the ring lock is a
-//! parking mutex because a full ring flushes the IOTLB and frees to the allocator under it,
-//! which a spin lock must not wait on; and the registry's lock and the ring's cannot be one,
-//! since a record lives in the shard of its pfn and an unmap queues on its own CPU's ring,
-//! whichever CPU mapped. Measured by taking each out (earlier code), the registry cost 5–10
-//! ns and the queue 8–10 ns of a 115 ns map+unmap (about 100 ns since the registry's lines
-//! were packed, about 89 ns since the batched free: dmabench, interleaved with the code
-//! before, 1.87× → 1.74× the parts, medians of three runs). 1.3× stays out of reach of the
-//! glue alone: above the parts, most is the IOVA churn, the queue and the registry's two lock
-//! sections, which lazy invalidation and a validating unmap are.
+//! flush-queue enqueue (a full fence fused with the per-CPU ring's spin lock, a drain check)
+//! and the glue between them: three locked instructions the parts do not have. Callgrind, 4
+//! KiB, one thread, a plain loop of map+unmap (`examples/lazy_loop.rs`, the difference of two
+//! run lengths): 1294 instructions (1287 before the enqueue's drain was cut into batches of
+//! 64, which calls the free four times per flush instead of once); 1325 against the parts'
+//! 921 (821 the page table, 100 the unchecked IOVA pair) in an earlier build, 1.44×; 1367
+//! (1.48×) before a flush's IOVAs went back to the magazines as one batch
+//! (`IovaAllocator::free_batch`) and the enqueue's drain check was inlined. What is left
+//! above the parts in instructions: the IOVA churn (255 IOVAs in flight come back in a burst
+//! after each flush, so an allocation is about 80 instructions, most of it the magazines'
+//! refills, and the batched free about 60 per IOVA with the ring's pop), the enqueue about 80
+//! (its frees aside), the registry about 75 (insert 22, take 54) and the glue.
+//!
+//! The time ratio is worse than the instruction ratio because a locked instruction waits for
+//! the store buffer to drain, and the stores before each one (page-table leaves, ring slots,
+//! records) go to lines that 255 IOVAs in flight keep cycling. A software-clock profile of
+//! the enqueue showed its three locked instructions (the fence, the parking ring lock's
+//! compare-and-swap and its unlock's) taking nearly all of its samples; removing one moves
+//! part of its wait to the next locked instruction (the next map's IOVA slot lock). The fence
+//! already was a locked `or` on the stack, not `mfence` (Rust emits that for a `SeqCst`
+//! fence on x86-64; here the two cost the same, 8.5 ns in a store, fence, load loop). Since
+//! the fence was fused with the ring lock (its compare-and-swap is the fence on x86-64) and
+//! the ring lock became a spin lock (unlock: a store), dmabench, interleaved with the code
+//! before: 1.83× → 1.59× the parts (medians of three runs, 1.79–1.85 → 1.56–1.62; lazy
+//! 94–98 → 86–89 ns). Earlier steps: the registry's packed lines and the batched free, 1.87×
+//! → 1.74×.
+//!
+//! 1.3× stays out of reach while the registry takes a lock on both map and unmap: with both
+//! of its sections run without their lock (an unsound single-thread experiment, to measure
+//! what a lock-free registry could give), the ratio was 1.38× (1.35–1.44) against 1.65× with
+//! them. The insert cannot drop its locked instruction as the registry is laid out: a shard
+//! is shared by every pfn that hashes to it, so the insert must exclude other inserts and
+//! takes; a record kept per pfn (beside the page table's leaves, written by the thread that
+//! claimed the leaf) and taken by one compare-and-swap would remove the map's lock, which
+//! is future work. The ring lock and the registry's cannot be one, since a record lives in
+//! the shard of its pfn and an unmap queues on its own CPU's ring, whichever CPU mapped.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry shards in turn: a
 //! shard's lock, record and count share one 64-byte line (module `registry`), which cut the

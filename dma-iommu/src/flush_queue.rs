@@ -14,7 +14,7 @@
 //! Stamps in one ring are non-decreasing, so a drain stops at the first entry that is not
 //! freeable. Rings are per CPU (256 entries, 10 ms timer, as Linux) or one large shared ring
 //! (32768 entries, 1 s timer: for IOMMUs whose flushes are expensive). A full ring flushes
-//! synchronously. A timer, armed by the first enqueue after it ran (`timer_on`), flushes once
+//! synchronously (outside its lock). A timer, armed by the first enqueue after it ran (`timer_on`), flushes once
 //! and drains every ring; it clears `timer_on` *before* it drains, so an enqueue racing with
 //! the drain arms it again, and it re-arms itself if entries stamped after its flush are left.
 //! Teardown marks the timer dead under the timer lock (waiting for a running drain), stops the
@@ -25,28 +25,45 @@
 //!
 //! # The protocol in detail
 //!
-//! * Rings: each is `{slots, head, tail}` behind its own lock on its own cache line; full ⇔
-//!   `(tail + 1) & mask == head`. Geometry is configurable (models use 2–4 entries).
-//! * Flush: `start_cnt += 1` (Relaxed); `fence(SeqCst)` (`iommu.fq.flush.fence`); `flush_all()`;
-//!   `finish_cnt += 1` (Release, `iommu.fq.finish.release`).
-//! * Enqueue: `fence(SeqCst)` (`iommu.fq.enqueue.fence`), which orders the caller's leaf clears
-//!   before the stamp and is the acquire side of the queue's publication; then lock the ring of
-//!   the current CPU; drain; if full: flush, drain (and, only if an earlier-started flush on
-//!   another CPU is still running, wait for it); stamp `start_cnt`; append; unlock; arm the timer
-//!   (`timer_on` read first, then swapped: no line bouncing while armed).
+//! * Rings: each is `{slots, head, tail}` behind its own spin lock on its own cache line; full
+//!   ⇔ `(tail + 1) & mask == head`. Geometry is configurable (models use 2–4 entries). The
+//!   ring slice is never changed after construction; it sits in a cell only so that loom checks
+//!   the ring lookup, the one read of the queue that precedes the enqueue's fence.
+//! * Flush: `start_cnt += 1` (Relaxed; the new count is the flush's ticket); `fence(SeqCst)`
+//!   (`iommu.fq.flush.fence`); `flush_all()`; `finish_cnt += 1` (Release,
+//!   `iommu.fq.finish.release`).
+//! * Enqueue: find the ring of the current CPU; `fence(SeqCst)` (`iommu.fq.enqueue.fence`) right
+//!   before the ring lock's compare-and-swap ([`SpinLock::with_fenced`]: on x86-64 that locked
+//!   instruction is the fence, so the enqueue pays one locked instruction, and its unlock is a
+//!   store); the fence orders the caller's leaf clears before the stamp. Under the lock: drain;
+//!   if still full, unlock, flush, wait until `finish_cnt` reaches the flush's ticket (only
+//!   if a flush started earlier on another CPU is still running), lock again and start over
+//!   (another flush only if others filled the ring meanwhile); stamp `start_cnt`; append;
+//!   unlock; arm the timer (`timer_on` read first, then swapped: no line bouncing while armed).
+//!   The queue is found through the unmap's acquire snapshot of the mode (module `strictness`),
+//!   the acquire side of its publication.
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
-//!   entries stamped below it, handed to [`InvalidationOps::reclaim_all`] at once (the domain
-//!   gives a flush's IOVAs back to its CPU's magazines with one slot-lock acquisition per 64);
-//!   nothing if the count is the one the ring was last drained to (every entry queued since
-//!   was stamped at or above it), so an enqueue between two flushes pays an inline compare,
-//!   not a call or a look at the oldest slot.
+//!   entries stamped below it, at most 64 per lock section (`DRAIN_BATCH`), handed to
+//!   [`InvalidationOps::reclaim_all`] at once (the domain gives them back to its CPU's
+//!   magazines with one slot-lock acquisition); nothing if the count is the one the ring was
+//!   last drained to (every entry queued since was stamped at or above it), so an enqueue
+//!   between two flushes pays an inline compare, not a call or a look at the oldest slot. An
+//!   enqueue frees one batch (enough for the push: a full ring whose oldest entry is freeable
+//!   is not full after it); the timer and teardown lock again until nothing freeable is left.
+//! * Why a spin lock: its waiters spin, then yield, so a section must be short. No flush runs
+//!   under it (a full ring flushes after unlocking), and a drain frees at most a batch, so a
+//!   section is a push and up to 64 frees, even on the single 32768-entry ring. A free may
+//!   wait for the IOVA cache's depot lock (a parking mutex whose holders never wait for a
+//!   ring), as it did under the parking ring lock before; the ring's other users are the timer
+//!   once per timeout and CPUs that share a ring.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
-//!   sides; SeqCst *accesses* would not do under loom). The release/acquire pair on
+//!   sides; SeqCst *accesses* would not do under loom; loom and other targets than x86-64 keep
+//!   the enqueue's fence as a fence before the compare-and-swap). The release/acquire pair on
 //!   `finish_cnt` orders the invalidation before a free on another CPU.
 //! * Timer: holds the timer lock for the whole run; `timer_on = false` first
-//!   (`iommu.fq.timer.clear_first`), one flush, drain every ring; if entries stamped after its
+//!   (`iommu.fq.timer.clear_first`), one flush, drain every ring (batch by batch); if entries stamped after its
 //!   flush remain, it re-arms itself (`iommu.fq.timer.rearm`). The ring locks order the clear
 //!   against a racing enqueue: either the drain sees the entry or the enqueuer sees the timer off
 //!   and arms it. Invariant checked by the models: a non-empty queue always has its timer armed.
@@ -56,8 +73,8 @@
 //!   running drain (`iommu.fq.teardown.stop_timer`, the 2022 Linux fix), stop and join the
 //!   thread, flush, free everything. A domain tears down on drop, with no unmap running; a direct
 //!   `FlushQueue` user that enqueues during or after `shutdown` loses nothing: teardown marks
-//!   each ring closed under its lock and flushes again while an entry stamped after its flush is
-//!   left, and an enqueue into a closed ring flushes and frees its entry at once.
+//!   each ring closed under its lock and flushes again (outside it) while an entry stamped after
+//!   its flush is left, and an enqueue into a closed ring flushes and frees its entry at once.
 //! * Limits (`FqConfig::validate`, checked before any ring is allocated): ring size a power of
 //!   two ≥ 2, at least one ring, `rings × ring_size ≤ MAX_QUEUED` (2^20 entries), timeout ≤
 //!   `MAX_TIMEOUT` (one day): `FqError::{RingSize, NoRings, TooLarge, Timeout}`.
@@ -70,7 +87,7 @@ use crate::points::{
     FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
 use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dma_sync::{cpu, thread, Arc, CachePadded, Mutex};
+use dma_sync::{cpu, thread, Arc, CachePadded, Mutex, SpinLock, UnsafeCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -409,8 +426,43 @@ impl<E> Ring<E> {
     }
 }
 
-/// One ring behind its lock, on its own cache line.
-type RingSlot<E> = CachePadded<Mutex<Ring<E>>>;
+/// One ring behind its lock, on its own cache line. A spin lock: its unlock is a store where a
+/// parking lock's is a compare-and-swap, and its acquisition carries the enqueue fence. Its
+/// sections are a drain and a push; no flush runs under it.
+type RingSlot<E> = CachePadded<SpinLock<Ring<E>>>;
+
+/// The rings, written once by the constructor. In a cell only so that loom checks the one read
+/// of them that comes before any fence or lock of an enqueue (the ring lookup) against the
+/// queue's publication: that read relies on the unmap's acquire snapshot alone.
+struct Rings<E>(UnsafeCell<Box<[RingSlot<E>]>>);
+
+// SAFETY: the cell is written only by the constructor, before the queue is shared, and only
+// read afterwards; the slots themselves are `Sync` (spin locks over `Send` entries).
+unsafe impl<E: Send> Sync for Rings<E> {}
+
+impl<E> Rings<E> {
+    /// The rings (never changed after construction).
+    #[inline]
+    fn get(&self) -> &[RingSlot<E>] {
+        // SAFETY: nothing writes the box after construction, so a shared reference for as
+        // long as `self` lives aliases no write.
+        self.0.with(|p| unsafe { &**p })
+    }
+}
+
+/// Most entries one drain frees under a ring lock: a lock section stays short even on a single
+/// shared ring of 32768 entries (waiters spin, then yield). An enqueue drains again next time;
+/// the timer and teardown take the lock again until the freeable prefix is gone. 64 is also
+/// the run the domain frees per IOVA-cache slot-lock acquisition.
+const DRAIN_BATCH: usize = 64;
+
+/// Why an enqueue could not append under the ring lock: it hands its entry back.
+enum NotPushed<E> {
+    /// The ring is full even after a drain: flush (outside the lock) and try again.
+    Full(E),
+    /// Torn down: free the entry after a flush of its own.
+    Closed(E),
+}
 
 struct TimerState {
     /// Set by teardown: the timer never runs again.
@@ -420,7 +472,7 @@ struct TimerState {
 
 struct Shared<O: InvalidationOps> {
     ops: Arc<O>,
-    rings: Box<[RingSlot<O::Entry>]>,
+    rings: Rings<O::Entry>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
     timer_on: AtomicBool,
@@ -432,69 +484,110 @@ struct Shared<O: InvalidationOps> {
 }
 
 impl<O: InvalidationOps> Shared<O> {
-    /// One global flush, counted.
-    fn flush(&self) {
-        self.start_cnt.fetch_add(1, Ordering::Relaxed);
+    /// The rings.
+    #[inline]
+    fn rings(&self) -> &[RingSlot<O::Entry>] {
+        self.rings.get()
+    }
+
+    /// One global flush, counted. Returns its ticket: the number of flushes started up to and
+    /// including it; once `finish_cnt` reaches it, every entry stamped before it is freeable.
+    fn flush(&self) -> u64 {
+        let ticket = self.start_cnt.fetch_add(1, Ordering::Relaxed) + 1;
         // Pairs with the enqueue fence: if an enqueuer's stamp missed this increment, its leaf
         // clears are visible to the walker once the invalidation below has run.
         FQ_FLUSH_FENCE.fence(Ordering::SeqCst);
         self.ops.flush_all();
         self.finish_cnt
             .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
+        ticket
     }
 
-    /// Free the ring's freeable prefix. Most enqueues come between two flushes: the count
-    /// they read is the one the ring was last drained to, and the ring is left alone (inline;
-    /// the freeing is out of line).
+    /// Free the ring's freeable prefix, at most [`DRAIN_BATCH`] entries; `true` if nothing
+    /// freeable is left (as of the flush count read). Most enqueues come between two flushes:
+    /// the count they read is the one the ring was last drained to, and the ring is left alone
+    /// (inline; the freeing is out of line).
     #[inline]
-    fn drain(&self, ring: &mut Ring<O::Entry>) {
+    fn drain(&self, ring: &mut Ring<O::Entry>) -> bool {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
-        if finish != ring.drained_at {
-            self.drain_to(ring, finish);
-        }
+        finish == ring.drained_at || self.drain_to(ring, finish)
     }
 
-    /// Free the entries stamped below `finish`, the flush count just read.
+    /// Free up to [`DRAIN_BATCH`] entries stamped below `finish`, the flush count just read;
+    /// `true` if it stopped before the budget ran out (at the end of the freeable prefix).
     #[inline(never)]
-    fn drain_to(&self, ring: &mut Ring<O::Entry>, finish: u64) {
-        ring.drained_at = finish;
-        self.ops
-            .reclaim_all(std::iter::from_fn(|| ring.pop_if_before(finish)));
+    fn drain_to(&self, ring: &mut Ring<O::Entry>, finish: u64) -> bool {
+        let mut budget = DRAIN_BATCH;
+        self.ops.reclaim_all(std::iter::from_fn(|| {
+            if budget == 0 {
+                return None;
+            }
+            let entry = ring.pop_if_before(finish)?;
+            budget -= 1;
+            Some(entry)
+        }));
+        let done = budget > 0;
+        if done {
+            ring.drained_at = finish;
+        }
+        done
     }
 
-    /// Enqueue after the caller issued the enqueue fence.
-    fn enqueue_fenced(&self, entry: O::Entry) {
-        let ring = &self.rings[cpu::current_in(self.rings.len())];
-        let mut r = ring.lock();
-        if r.closed {
-            // Torn down: free it as a strict unmap would, after a flush that started after
-            // the caller's leaf clears (ordered by the enqueue fence). Counted as queued and
-            // reclaimed, so `enqueued` counts every enqueue.
-            r.enqueued += 1;
-            r.reclaimed += 1;
-            drop(r);
-            self.flush();
-            self.ops.reclaim(entry);
-            return;
-        }
-        self.drain(&mut r);
-        if r.is_full() {
-            r.full_flushes += 1;
-            self.flush();
-            self.drain(&mut r);
-            // Only if a flush started earlier on another CPU is still running: our own
-            // completion is counted but not its, so wait for it.
-            while r.is_full() {
-                thread::spin_wait();
-                self.drain(&mut r);
+    /// Queue `entry`, whose leaves the caller has cleared. The first acquisition of the ring
+    /// lock carries the enqueue fence (`iommu.fq.enqueue.fence`): it orders the caller's leaf
+    /// clears before the stamp. A ring still full after a drain is flushed outside its lock,
+    /// then tried again; another flush is needed only if one that started earlier on another
+    /// CPU is still running, or if others filled the ring meanwhile.
+    fn enqueue(&self, entry: O::Entry) {
+        let rings = self.rings();
+        let ring = &rings[cpu::current_in(rings.len())];
+        let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
+        loop {
+            match tried {
+                Ok(()) => return self.arm(),
+                Err(NotPushed::Full(entry)) => {
+                    let ticket = self.flush();
+                    // Only if a flush started earlier on another CPU is still running: our
+                    // own completion is counted but not its, so wait for it (every entry we
+                    // found was stamped below our ticket). Flushing again is for a ring that
+                    // others filled meanwhile.
+                    while self.finish_cnt.load(Ordering::Relaxed) < ticket {
+                        thread::spin_wait();
+                    }
+                    tried = ring.with(|r| self.try_push(r, entry));
+                }
+                Err(NotPushed::Closed(entry)) => {
+                    // Torn down: free it as a strict unmap would, after a flush that started
+                    // after the caller's leaf clears (ordered by the enqueue fence).
+                    self.flush();
+                    return self.ops.reclaim(entry);
+                }
             }
         }
+    }
+
+    /// Under the ring lock: drain, then append `entry` stamped with `start_cnt`, unless the
+    /// ring is closed or still full.
+    #[inline]
+    fn try_push(&self, r: &mut Ring<O::Entry>, entry: O::Entry) -> Result<(), NotPushed<O::Entry>> {
+        if r.closed {
+            // Counted as queued and reclaimed, so `enqueued` counts every enqueue.
+            r.enqueued += 1;
+            r.reclaimed += 1;
+            return Err(NotPushed::Closed(entry));
+        }
+        // A full ring whose oldest entry is freeable is no longer full after one batch.
+        self.drain(r);
+        if r.is_full() {
+            r.full_flushes += 1;
+            return Err(NotPushed::Full(entry));
+        }
+        // Read under the lock after every stamp already here: stamps in a ring never decrease.
         let stamp = self.start_cnt.load(Ordering::Relaxed);
         r.push(stamp, entry);
-        drop(r);
-        self.arm();
+        Ok(())
     }
 
     /// Arm the timer unless it is armed (read first: no cache-line bouncing when armed).
@@ -519,10 +612,15 @@ impl<O: InvalidationOps> Shared<O> {
         }
         self.flush();
         let mut left = false;
-        for ring in self.rings.iter() {
-            let mut r = ring.lock();
-            self.drain(&mut r);
-            left |= r.len() > 0;
+        for ring in self.rings().iter() {
+            // One lock section per batch, so an enqueue waiting for the lock gets in between.
+            loop {
+                let (done, len) = ring.with(|r| (self.drain(r), r.len()));
+                if done {
+                    left |= len > 0;
+                    break;
+                }
+            }
         }
         if !clear_first {
             self.timer_on.store(false, Ordering::Relaxed);
@@ -589,12 +687,12 @@ impl<O: InvalidationOps> FlushQueue<O> {
         config.validate()?;
         // Every ring before anything else (the timer thread): a failure leaves nothing behind.
         let rings = (0..config.rings())
-            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(Mutex::new(r))))
+            .map(|_| Ring::try_new(config.ring_size).map(|r| CachePadded::new(SpinLock::new(r))))
             .collect::<Option<_>>()
             .ok_or(FqError::NoMemory)?;
         let shared = Arc::new(Shared {
             ops,
-            rings,
+            rings: Rings(UnsafeCell::new(rings)),
             start_cnt: AtomicU64::new(0),
             finish_cnt: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
@@ -654,23 +752,19 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// assert_eq!((st.enqueued, st.reclaimed, st.pending, st.full_flushes), (2, 1, 1, 1));
     /// ```
     pub fn enqueue(&self, entry: O::Entry) {
-        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
-        self.shared.enqueue_fenced(entry);
+        self.shared.enqueue(entry);
     }
 
-    /// Enqueue through a pointer read with a relaxed load from a publication.
+    /// Enqueue through a pointer to a published queue.
     ///
     /// # Safety
-    /// `this` was published with a release store (or a release fence before the store) after
-    /// the queue was fully built, is never unpublished while unmaps run, and stays valid for
-    /// the duration of the call.
+    /// `this` was read with an acquire load (`iommu.unmap.snapshot.acquire`) from a
+    /// publication made with a release store after the queue was fully built, is never
+    /// unpublished while unmaps run, and stays valid for the duration of the call.
     pub(crate) unsafe fn enqueue_published(this: *const Self, entry: O::Entry) {
-        // Nothing of the queue is read before this fence: it is the acquire side of the
-        // publication (the "hoisted ring load" reordering of the 2021 review).
-        FQ_ENQUEUE_FENCE.fence(Ordering::SeqCst);
-        // SAFETY: per the contract, the pointee is initialised and visible after the fence.
+        // SAFETY: per the contract, the pointee is initialised and visible after the acquire.
         let fq = unsafe { &*this };
-        fq.shared.enqueue_fenced(entry);
+        fq.shared.enqueue(entry);
     }
 
     /// One global flush now (counted; frees nothing by itself).
@@ -700,12 +794,13 @@ impl<O: InvalidationOps> FlushQueue<O> {
             timer_fires: self.shared.timer.lock().fires,
             ..FqStats::default()
         };
-        for ring in self.shared.rings.iter() {
-            let r = ring.lock();
-            s.enqueued += r.enqueued;
-            s.reclaimed += r.reclaimed;
-            s.pending += r.len() as u64;
-            s.full_flushes += r.full_flushes;
+        for ring in self.shared.rings().iter() {
+            ring.with(|r| {
+                s.enqueued += r.enqueued;
+                s.reclaimed += r.reclaimed;
+                s.pending += r.len() as u64;
+                s.full_flushes += r.full_flushes;
+            });
         }
         s
     }
@@ -749,15 +844,21 @@ impl<O: InvalidationOps> FlushQueue<O> {
         }
         let s = &self.shared;
         s.flush();
-        for ring in s.rings.iter() {
-            let mut r = ring.lock();
-            r.closed = true;
-            s.drain(&mut r);
+        for ring in s.rings().iter() {
             // Quiesced, every entry was stamped before the flush above started and is gone.
-            // One that a racing enqueue stamped later needs a flush of its own.
-            while r.len() > 0 {
-                s.flush();
-                s.drain(&mut r);
+            // One that a racing enqueue stamped later needs a flush of its own (outside the
+            // lock; the closed ring takes no new entry meanwhile).
+            loop {
+                let (done, len) = ring.with(|r| {
+                    r.closed = true;
+                    (s.drain(r), r.len())
+                });
+                if done && len == 0 {
+                    break;
+                }
+                if done {
+                    s.flush();
+                }
             }
         }
         s.timer_on.store(false, Ordering::Relaxed);
@@ -838,6 +939,39 @@ mod tests {
         let fq =
             FlushQueue::new(ops.clone(), config.with_timeout(Duration::from_secs(3600))).unwrap();
         (ops, fq)
+    }
+
+    #[test]
+    fn a_drain_frees_one_batch_per_lock_section_and_the_timer_frees_all() {
+        let (ops, fq) = queue(FqConfig::single().with_ring_size(256));
+        for id in 0..255 {
+            fq.enqueue(ops.entry(id));
+        }
+        fq.flush();
+        // Every queued entry is freeable; this enqueue's section frees one batch only.
+        fq.enqueue(ops.entry(255));
+        assert_eq!(ops.freed(), (0..DRAIN_BATCH as u64).collect::<Vec<_>>());
+        fq.enqueue(ops.entry(256));
+        assert_eq!(ops.freed().len(), 2 * DRAIN_BATCH);
+        // The timer takes the lock again until nothing freeable is left: all but the two
+        // entries queued after the first flush are freed by its own flush, those too.
+        assert!(fq.fire_timer());
+        assert_eq!(ops.freed(), (0..257).collect::<Vec<_>>());
+        assert!(!fq.timer_armed());
+        let st = fq.stats();
+        assert_eq!((st.enqueued, st.reclaimed, st.pending), (257, 257, 0));
+        fq.shutdown();
+    }
+
+    #[test]
+    fn teardown_frees_a_ring_longer_than_a_batch() {
+        let (ops, fq) = queue(FqConfig::single().with_ring_size(256));
+        for id in 0..200 {
+            fq.enqueue(ops.entry(id));
+        }
+        fq.shutdown();
+        assert_eq!(ops.freed(), (0..200).collect::<Vec<_>>());
+        assert_eq!(fq.stats().pending, 0);
     }
 
     #[test]

@@ -3,15 +3,17 @@
 //! The flush-queue counter protocol is store-buffering shaped (an enqueuer clears leaves and
 //! reads `start_cnt`; a flusher bumps `start_cnt` and lets the walker re-read the leaves), so
 //! both sides carry a full fence. The publication of the queue by the strict-to-lazy switch is
-//! message passing: a release store, read with a relaxed load followed by the enqueue's full
-//! fence before the queue is touched.
+//! message passing: a release store, read by the unmap's snapshot with an acquire load. The
+//! enqueue's full fence is issued right before the ring lock's compare-and-swap, which is the
+//! fence itself on x86-64.
 //!
 //! # Points and their twins
 //!
 //! | Point | Kind | Twin(s) | Model |
 //! |---|---|---|---|
 //! | `iommu.fq.publish` | Store | `publish_relaxed` | `switch_vs_unmap` |
-//! | `iommu.fq.enqueue.fence` | Fence | `enqueue_unfenced_sees_unbuilt_queue`, `enqueue_unfenced`, `real_domain_enqueue_unfenced`, `bare_enqueue_unfenced` | `switch_vs_unmap`, `queue_vs_timer`, `real_domain_queue_vs_timer`, `bare_queue_vs_timer` |
+//! | `iommu.unmap.snapshot.acquire` | Load | `snapshot_relaxed_sees_unbuilt_queue` | `switch_vs_unmap` |
+//! | `iommu.fq.enqueue.fence` | Fence | `enqueue_unfenced`, `real_domain_enqueue_unfenced`, `bare_enqueue_unfenced` | `queue_vs_timer`, `real_domain_queue_vs_timer`, `bare_queue_vs_timer` |
 //! | `iommu.fq.flush.fence` | Fence | `flush_unfenced`, `full_ring_flush_unfenced` | `queue_vs_timer`, `full_ring_vs_enqueue` |
 //! | `iommu.fq.finish.release` | Rmw | `finish_relaxed` | `full_ring_vs_enqueue` |
 //! | `iommu.fq.finish.acquire` | Load | `finish_load_relaxed` | `full_ring_vs_enqueue` |
@@ -42,7 +44,7 @@
 //! | `real_domain_queue_vs_timer` | unmap (lazy), timer, device | PB 3 (twin PB 2) | the SB protocol on the real stack; outcomes {timer freed it, left for later} |
 //! | `switch_vs_stats` | switch, reader | exhaustive | lookup of a published queue |
 //! | `queue_vs_timer` | unmap, timer, device | PB 3 (twins PB 2) | SB protocol; nothing stranded; outcomes {timer freed it, left for later} |
-//! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue: the public `enqueue`'s fence (the point's other site, in `enqueue_published`, is what every domain reaches); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |
+//! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue, through the public `enqueue` (the domain reaches the same code through `enqueue_published`); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
@@ -60,11 +62,14 @@
 dma_sync::mutation_points! {
     /// Release store of the flush-queue pointer by the strict-to-lazy switch: everything the
     /// queue's constructor wrote (rings, counters, timer state) is visible to an unmapper that
-    /// sees the pointer (paired with `iommu.fq.enqueue.fence`).
+    /// sees the pointer (paired with `iommu.unmap.snapshot.acquire`).
     FQ_PUBLISH: Store = "iommu.fq.publish";
-    /// Full fence at the start of an enqueue: orders the unmap's leaf clears before the
-    /// `start_cnt` stamp (store-buffering pair of `iommu.fq.flush.fence`), and is the acquire
-    /// side of the queue's publication: the queue is dereferenced only after it.
+    /// Acquire load of the flush-queue pointer by an unmap's snapshot of the mode: the lazy
+    /// branch dereferences the queue (finds its ring) after it (paired with `iommu.fq.publish`).
+    UNMAP_SNAPSHOT_ACQUIRE: Load = "iommu.unmap.snapshot.acquire";
+    /// Full fence at the start of an enqueue, right before the ring lock's compare-and-swap
+    /// (on x86-64 that locked instruction is the fence): orders the unmap's leaf clears before
+    /// the `start_cnt` stamp (store-buffering pair of `iommu.fq.flush.fence`).
     FQ_ENQUEUE_FENCE: Fence = "iommu.fq.enqueue.fence";
     /// Full fence between a flush's `start_cnt` increment and its IOTLB invalidation: a flush
     /// that an enqueuer's stamp did not see invalidates only after the enqueuer's leaf clears

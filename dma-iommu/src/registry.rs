@@ -20,7 +20,10 @@
 //! The shard lock is a [`SpinLock`]: a section is a few dozen instructions that wait for
 //! nothing (the table's lock is never contended) and allocate only when the table grows, and
 //! its unlock is a store where a parking lock's is a compare-and-swap (lazy 4 KiB map+unmap
-//! 103 → 100 ns against parking_lot's mutex, one interleaved run).
+//! 103 → 100 ns against parking_lot's mutex, one interleaved run). The two sections' locked
+//! instructions are now the largest part of what a lazy map+unmap costs above its parts
+//! (module `domain` has the measurement); a shard is shared by every pfn that hashes to it,
+//! so even the insert of an IOVA its caller owns must exclude the shard's other users.
 //!
 //! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
 //! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,

@@ -8,14 +8,16 @@
 //! the gather collects ranges, whether the IOTLB is synced, whether the IOVA is queued or
 //! freed. The strict branch syncs and then frees; the lazy branch queues. There is no path
 //! that frees without either, whatever the switch does meanwhile (the reordering found in the
-//! 2021 review: "queue?" read as no, "sync?" read as no, then freed). The queue itself is
-//! dereferenced only after the enqueue's full fence, the acquire side of the publication.
+//! 2021 review: "queue?" read as no, "sync?" read as no, then freed). The snapshot is an
+//! acquire load, the acquire side of the publication, so the queue it points to is complete.
 //!
 //! Orderings: `enable_lazy` is serialised by a mutex that also holds the "published" flag, so the
 //! switch never *loads* the pointer, and publishes with a release store (`iommu.fq.publish`).
-//! An unmap takes one Relaxed load of the pointer before the leaves are cleared; the lazy branch
-//! hands it to `enqueue_published`, whose first instruction is the enqueue fence, so the
-//! "hoisted ring load" reordering of the 2021 review cannot be written. The
+//! An unmap takes one acquire load of the pointer (`iommu.unmap.snapshot.acquire`) before the
+//! leaves are cleared; the lazy branch hands it to `enqueue_published`, and no read of the
+//! queue can move above the acquire (the "hoisted ring load" reordering of the 2021 review). It
+//! is not the enqueue fence: that one is fused with the ring lock's acquisition, and the ring
+//! must be found first. On x86-64 an acquire load is a plain load. The
 //! `iommu.unmap.single_snapshot` step exists only to show the snapshot is needed: weakened, the
 //! sync decision re-reads the mode, and both the emulated and the real-stack models find the
 //! premature free. Other readers of the pointer (statistics, an explicit timer run) use an
@@ -29,7 +31,7 @@
 
 use crate::flush_queue::{FlushQueue, FqConfig, FqError, FqStats, InvalidationOps};
 use crate::iotlb::Gather;
-use crate::points::{FQ_LOOKUP_ACQUIRE, FQ_PUBLISH, UNMAP_SINGLE_SNAPSHOT};
+use crate::points::{FQ_LOOKUP_ACQUIRE, FQ_PUBLISH, UNMAP_SINGLE_SNAPSHOT, UNMAP_SNAPSHOT_ACQUIRE};
 use dma_sync::atomic::{AtomicPtr, Ordering};
 use dma_sync::{Arc, Mutex};
 use std::fmt;
@@ -174,7 +176,8 @@ impl<O: InvalidationOps> Strictness<O> {
         let snapshot = if force_strict {
             std::ptr::null_mut()
         } else {
-            self.fq.load(Ordering::Relaxed)
+            // Acquire: the lazy branch dereferences the queue (paired with `iommu.fq.publish`).
+            self.fq.load(UNMAP_SNAPSHOT_ACQUIRE.ord(Ordering::Acquire))
         };
         let mut gather = if snapshot.is_null() {
             Gather::new()
@@ -189,8 +192,9 @@ impl<O: InvalidationOps> Strictness<O> {
             self.ops.reclaim(entry);
             Unmapped::Synced
         } else {
-            // SAFETY: `snapshot` was published by `enable_lazy` after construction with a
-            // release store and is freed only by `drop`, which has exclusive access.
+            // SAFETY: `snapshot` was read with an acquire load from the release store that
+            // `enable_lazy` published it with after construction, and is freed only by
+            // `drop`, which has exclusive access.
             unsafe { FlushQueue::enqueue_published(snapshot, entry) };
             Unmapped::Queued
         }

@@ -16,7 +16,7 @@
 //! | [`atomic`]: `AtomicBool`, `AtomicPtr`, `AtomicU64`, `AtomicUsize`, [`atomic::fence`], [`atomic::Poison`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
 //! | [`Mutex`], [`RwLock`] | parking_lot | `loom::sync` locks |
-//! | [`SpinLock`] (closure API: `with`), for short rarely contended sections; [`RawSpinLock`], its lock word alone, for owners that keep the data and name the two orderings' mutation points | a spinning lock on the atomics below, released by a store | the same lock on loom's atomics and cell |
+//! | [`SpinLock`] (closure API: `with`; `with_fenced` for a section right after a full fence), for short rarely contended sections; [`RawSpinLock`], its lock word alone, for owners that keep the data and name the two orderings' mutation points | a spinning lock on the atomics below, released by a store | the same lock on loom's atomics and cell |
 //! | [`UnsafeCell`] (closure API: `with`, `with_mut`) | `std::cell::UnsafeCell` | `loom::cell::UnsafeCell` |
 //! | [`Published`] (`load`, `store`, `swap`, `rcu`) | `arc_swap::ArcSwap` | a loom `RwLock<Arc<T>>` |
 //! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | epoch collector with a membarrier read side (a plain store and a compiler fence per pin; fence fallback without membarrier) | fence-based RCU at least as strict as the epoch collector: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `production_rcu`, the epoch collector itself on loom) |

@@ -181,6 +181,27 @@ impl Point {
         }
     }
 
+    /// Issue a `SeqCst` fence that an atomic read-modify-write of the caller follows at once,
+    /// with no memory access in between (the fence before a lock's acquiring
+    /// compare-and-swap), unless the point is weakened.
+    ///
+    /// On x86-64 (not under loom or Miri) this is a compiler barrier only: every atomic
+    /// read-modify-write compiles to a `lock`-prefixed instruction there, which waits for the
+    /// store buffer to drain and is not reordered with any earlier or later load or store of
+    /// write-back memory (Intel SDM vol. 3A §9.2.2; x86-TSO: a locked instruction has the
+    /// effect of `mfence` and the access together). `fence(SeqCst)` followed at once by a
+    /// locked instruction is therefore the locked instruction alone, which is how Linux's
+    /// `smp_mb__before_atomic()` is a compiler barrier on x86. The compiler barrier keeps the
+    /// compiler from moving any access across the point. Loom and Miri check the C11 program,
+    /// with the fence; other targets issue it.
+    #[inline(always)]
+    pub(crate) fn fence_before_rmw(&'static self) {
+        #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+        self.fence(Ordering::SeqCst);
+    }
+
     /// Whether a step (a pin, a lock, a grace period) is taken: `true` unless weakened.
     #[inline(always)]
     pub fn on(&'static self) -> bool {

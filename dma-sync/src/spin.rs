@@ -7,6 +7,11 @@
 //! yields its CPU, so a holder preempted inside its section costs a waiter time slices, not a
 //! deadlock.
 //!
+//! A protocol whose full fence comes right before a section takes the lock with
+//! [`SpinLock::with_fenced`] ([`RawSpinLock::lock_fenced`]): on x86-64 the lock's
+//! compare-and-swap, a locked instruction, is that fence, so the pair costs one locked
+//! instruction (the flush queue's enqueue). Loom and Miri see the fence.
+//!
 //! The section is a closure ([`SpinLock::with`]), so the value is reached only while the lock
 //! is held, and under loom through `loom::cell::UnsafeCell`, which reports any access that the
 //! lock's acquire (`sync.spin.acquire`) and release (`sync.spin.release`) fail to order.
@@ -53,6 +58,30 @@ impl<T> SpinLock<T> {
         let _held = self.lock.lock(&SPIN_ACQUIRE, &SPIN_RELEASE);
         // SAFETY: the lock is held until `_held` drops, after `f` returned: no other thread
         // reaches the value meanwhile, and `with` hands out no reference that outlives `f`.
+        self.value.with_mut(|p| f(unsafe { &mut *p }))
+    }
+
+    /// [`with`](Self::with), with a full (`SeqCst`) fence, named `fence`, right before the
+    /// lock is taken: for a protocol whose full fence precedes a short section, such as the
+    /// enqueue of a store-buffering pair. On x86-64 the lock's compare-and-swap is the fence
+    /// (see [`Point`]'s `fence_before_rmw`), so the section costs one locked instruction, not
+    /// two.
+    ///
+    /// ```
+    /// use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// dma_sync::mutation_points! {
+    ///     /// Orders the flag store before the section's loads.
+    ///     FLAG_FENCE: Fence = "doc.spin.fence";
+    /// }
+    /// let (flag, queue) = (AtomicU64::new(0), dma_sync::SpinLock::new(Vec::new()));
+    /// flag.store(1, Relaxed);
+    /// queue.with_fenced(&FLAG_FENCE, |q| q.push(7));
+    /// assert_eq!(queue.with(|q| q.len()), 1);
+    /// ```
+    #[inline]
+    pub fn with_fenced<R>(&self, fence: &'static Point, f: impl FnOnce(&mut T) -> R) -> R {
+        let _held = self.lock.lock_fenced(fence, &SPIN_ACQUIRE, &SPIN_RELEASE);
+        // SAFETY: as in `with`: the lock is held until `_held` drops, after `f` returned.
         self.value.with_mut(|p| f(unsafe { &mut *p }))
     }
 
@@ -106,6 +135,28 @@ impl RawSpinLock {
         RawSpinGuard {
             locked: &self.locked,
             release: release.ord(Release),
+        }
+    }
+
+    /// [`lock`](Self::lock), preceded by a `SeqCst` fence named `fence`, with no memory
+    /// access between the fence and the lock's first compare-and-swap. On x86-64 that
+    /// compare-and-swap (a locked instruction whether it succeeds or not) is the fence.
+    #[inline]
+    pub fn lock_fenced(
+        &self,
+        fence: &'static Point,
+        acquire: &'static Point,
+        release: &'static Point,
+    ) -> RawSpinGuard<'_> {
+        let cas = acquire.cas(Acquire, Relaxed);
+        let release = release.ord(Release);
+        fence.fence_before_rmw();
+        if !self.try_take(cas) {
+            self.contended(cas);
+        }
+        RawSpinGuard {
+            locked: &self.locked,
+            release,
         }
     }
 

@@ -51,9 +51,9 @@ pub(crate) fn is_low_mask(mask: u64) -> bool {
 /// `alloc` only aligns the start. `max_align` bounds `alloc_align`; `seg` is the segment size
 /// in slots, the longest run.
 ///
-/// A request no mask constrains (the common streaming map) takes `unconstrained`, which
-/// computes the same plan in a few instructions; anything else, and every request that is
-/// refused, takes the general derivation.
+/// A simple request (the common streaming map, and an IOMMU's bounce of whole granules) takes
+/// `simple`, which computes the same plan in a few instructions; anything else, and every
+/// request that is refused, takes the general derivation.
 #[inline]
 pub(crate) fn plan(
     orig: Option<u64>,
@@ -63,16 +63,63 @@ pub(crate) fn plan(
     max_align: u64,
     seg: usize,
 ) -> Result<Plan, Error> {
-    let unmasked = m.min_align == 0 && m.alloc_align == 0 && m.boundary == u64::MAX;
-    if unmasked && (1..=seg * IO_TLB_SIZE).contains(&mapping_size) {
-        return Ok(unconstrained(orig, mapping_size));
+    match simple(orig, mapping_size, m, round_to_align, seg) {
+        Some(plan) if m.alloc_align <= max_align => Ok(plan),
+        _ => general(orig, mapping_size, m, round_to_align, max_align, seg),
     }
-    general(orig, mapping_size, m, round_to_align, max_align, seg)
+}
+
+/// The plan of a simple request, or `None` for any other (which `general` derives). Simple:
+/// no minimum-alignment mask (no offset to reproduce), no segment boundary, an allocation
+/// alignment of at most a page, and 1 byte to one segment (`seg` slots) once rounded. The map
+/// fast path takes it directly; `plan` starts with it, so both give the same plan for the same
+/// request (a test compares it with `general` at every size and alignment).
+#[inline(always)]
+pub(crate) fn simple(
+    orig: Option<u64>,
+    mapping_size: usize,
+    m: Masks,
+    round_to_align: bool,
+    seg: usize,
+) -> Option<Plan> {
+    let longest = seg * IO_TLB_SIZE;
+    let unbounded = m.min_align == 0 && m.boundary == u64::MAX;
+    if !unbounded || !(1..=longest).contains(&mapping_size) {
+        return None;
+    }
+    let a = m.alloc_align;
+    if a == 0 {
+        return Some(unconstrained(orig, mapping_size));
+    }
+    if a >= PAGE_SIZE as u64 || !is_low_mask(a) {
+        return None;
+    }
+    // At most a segment plus a page: no overflow.
+    let size = if round_to_align {
+        (mapping_size + a as usize) & !(a as usize)
+    } else {
+        mapping_size
+    };
+    if size > longest {
+        return None;
+    }
+    let amask = a | (IO_TLB_SIZE as u64 - 1);
+    Some(Plan {
+        orig,
+        mapping_size,
+        size,
+        nslots: size.div_ceil(IO_TLB_SIZE),
+        amask,
+        mmask: 0,
+        stride: (amask >> IO_TLB_SHIFT) as usize + 1,
+        pad_slots: 0,
+        in_off: 0,
+        boundary_mask: u64::MAX,
+    })
 }
 
 /// The plan of a request without masks of 1 byte to one segment: no offset to reproduce,
-/// nothing to round, and only the legacy page alignment of a mapping of a page or more
-/// (`general` gives the same plan; a test compares them).
+/// nothing to round, and only the legacy page alignment of a mapping of a page or more.
 #[inline]
 fn unconstrained(orig: Option<u64>, mapping_size: usize) -> Plan {
     let align = if mapping_size >= PAGE_SIZE {
@@ -296,22 +343,54 @@ mod tests {
         assert!(plan(Some(0), 4096, b, true, 0xFFFF, SEG).is_ok());
     }
 
-    /// The shortcut for requests without masks gives exactly the general plan, for every size
-    /// up to past a segment, with and without an original address.
+    /// The shortcut for simple requests gives exactly the general plan, for every size up to
+    /// past a segment (a sample of them under Miri), every allocation alignment a shortcut may
+    /// take and the first it may not, with and without an original address, for maps (the
+    /// size rounded to the alignment) and allocations (not rounded).
     #[test]
-    fn unconstrained_requests_get_the_general_plan() {
-        let seg = if cfg!(miri) { 4 } else { SEG };
-        for size in 0..=seg * IO_TLB_SIZE + 3 {
-            for orig in [Some(0x1234_5678), Some(u64::MAX - 1), None] {
-                let general = general(orig, size, masks(0, 0), true, 0xFFFF, seg);
-                if (1..=seg * IO_TLB_SIZE).contains(&size) {
-                    assert_eq!(Ok(unconstrained(orig, size)), general, "size {size}");
-                } else {
-                    assert!(general.is_err(), "size {size}");
+    fn simple_requests_get_the_general_plan() {
+        let (seg, step) = if cfg!(miri) { (4, 97) } else { (SEG, 1) };
+        let sizes = (0..=seg * IO_TLB_SIZE + 3)
+            .step_by(step)
+            .chain([1, 4096, seg * IO_TLB_SIZE]);
+        for size in sizes {
+            for alloc_align in [0, 0x1, 0x3FF, 0x7FF, 0xFFF, 0x1FFF] {
+                for orig in [Some(0x1234_5678), Some(u64::MAX - 1), None] {
+                    for round in [true, false] {
+                        let m = masks(0, alloc_align);
+                        let general = general(orig, size, m, round, 0xFFFF, seg);
+                        let rounded = if round {
+                            (size + alloc_align as usize) & !(alloc_align as usize)
+                        } else {
+                            size
+                        };
+                        let simple_case =
+                            alloc_align < 0x1000 && size > 0 && rounded <= seg * IO_TLB_SIZE;
+                        match simple(orig, size, m, round, seg) {
+                            Some(p) => {
+                                assert!(simple_case, "size {size} align {alloc_align:#x}");
+                                assert_eq!(Ok(p), general, "size {size} align {alloc_align:#x}");
+                            }
+                            None => assert!(!simple_case, "size {size} align {alloc_align:#x}"),
+                        }
+                        assert_eq!(plan(orig, size, m, round, 0xFFFF, seg), general);
+                    }
                 }
-                assert_eq!(plan(orig, size, masks(0, 0), true, 0xFFFF, seg), general);
             }
         }
+        // An alignment above `max_align` is refused even where the shortcut would answer.
+        assert_eq!(
+            plan(Some(0), 4096, masks(0, 0xFFF), true, 0x7FF, SEG),
+            Err(Error::BadAlignMask { mask: 0xFFF })
+        );
+        // A boundary or a minimum alignment is never simple.
+        let b = Masks {
+            min_align: 0,
+            alloc_align: 0,
+            boundary: 0xFFFF,
+        };
+        assert_eq!(simple(Some(0), 4096, b, true, SEG), None);
+        assert_eq!(simple(Some(0), 4096, masks(0x7FF, 0), true, SEG), None);
     }
 
     #[test]

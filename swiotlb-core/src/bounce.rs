@@ -9,7 +9,30 @@
 //!
 //! Map copies in for every direction so a device never reads a previous user's bytes and
 //! bytes it does not write come back unchanged (CVE-2022-0854).
+//!
+//! # Fast paths
+//!
+//! The common bounce is a simple streaming map (no masks, or an IOMMU's alignment to its
+//! granule), served by the run the thread's last unmap cached, and an unmap that copies
+//! nothing back. Each has a fast path that is a
+//! special case of the general one, taken before it and skipping only what its case makes
+//! moot:
+//!
+//! * map: a simple request (no minimum-alignment or boundary mask, an allocation alignment of
+//!   at most a page, 1 byte to one segment) gets its plan from `align::simple` (where the
+//!   general `plan` starts too) and the thread's cached run
+//!   (`take_cached`, as `find_slots` tries first), then is counted and copied in as the general
+//!   path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which does
+//!   not try the cache again.
+//! * unmap: no copy back, a global pool, an address at a slot's start whose slot heads a
+//!   mapping without padding: `Pool::unmark_unpadded` makes `unmark`'s checks on the raw
+//!   word, claims with the same compare-and-swap (`swiotlb.release.claim`, `.acquire`) and the
+//!   run is parked as `release` parks it. Anything else takes the out-of-line general unmap.
+//!
+//! `fast_path_tests` runs random workloads with and without them and compares every answer,
+//! statistic and byte.
 
+use crate::align::Plan;
 use crate::device::Device;
 use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
@@ -133,12 +156,58 @@ impl Swiotlb {
                 len: size,
             }));
         }
+        // The fast path: a simple request (the common streaming map, an IOMMU's bounce of
+        // whole granules) served by the thread's cached run. Its plan is the one
+        // `map_searched` derives, and it takes the run that path would take first, counted
+        // and bounced the same way.
+        let simple = self
+            .simple_plan(dev, orig, size, attrs.alloc_align_mask)
+            .filter(|_| fast_paths());
+        if let Some(plan) = &simple {
+            if let Some((pool, s)) = self.take_cached(plan) {
+                self.found(dev, &pool, plan.nslots);
+                return self.bounce_in(dev, &pool, s, plan, orig, attrs);
+            }
+        }
+        // The cached run was tried already for a simple request.
+        self.map_searched(dev, orig, size, attrs, simple.is_none())
+    }
+
+    /// The general map: derive the plan (or refuse the request), find slots (the thread's
+    /// cached run first if `try_cache`, then a search) and bounce in. Out of line: the fast
+    /// path of `map` stays short, and this path takes a lock or more anyway.
+    #[inline(never)]
+    fn map_searched(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        attrs: MapAttrs,
+        try_cache: bool,
+    ) -> Result<u64, Error> {
         let plan = self.plan(dev, Some(orig), size, attrs.alloc_align_mask, false)?;
-        let (pool, s) = self.find_slots(dev, &plan)?;
+        let (pool, s) = self.find_slots(dev, &plan, try_cache)?;
+        self.bounce_in(dev, &pool, s, &plan, orig, attrs)
+    }
+
+    /// Finish a map of `orig` whose allocation at slot `s` of `pool` was just found and
+    /// recorded for `plan`: check the DMA mask, zero the padding if asked, copy the original
+    /// in; on error release the allocation. Returns the bounce address.
+    #[inline(always)]
+    fn bounce_in(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        s: usize,
+        plan: &Plan,
+        orig: u64,
+        attrs: MapAttrs,
+    ) -> Result<u64, Error> {
+        let size = plan.mapping_size;
         let first = s + plan.pad_slots;
         let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
         let undo = |e: Error| {
-            self.undo(dev, &pool, first, plan.in_off, addr, size);
+            self.undo(dev, pool, first, plan.in_off, addr, size);
             Err(e)
         };
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
@@ -151,7 +220,7 @@ impl Swiotlb {
             pool.region().zero(off + size, run.end - off - size);
         }
         // The range was just recorded: copy without looking its metadata up again.
-        if let Err(e) = self.copy(&pool, orig, addr, size, true) {
+        if let Err(e) = self.copy(pool, orig, addr, size, true) {
             return undo(e);
         }
         Ok(addr)
@@ -175,8 +244,7 @@ impl Swiotlb {
     /// pool's run goes to the calling thread's cache (the run it displaces to its area), a
     /// transient pool's to its area, and the transient pool is dropped (its one mapping is
     /// gone). `size` as in `Pool::unmark`.
-    // Inlined into unmap, its one caller on the fast path (a call cost a prologue and an
-    // epilogue on every unmap).
+    // Inlined into the general unmap (a call cost a prologue and an epilogue there).
     #[inline(always)]
     fn release(
         &self,
@@ -193,16 +261,23 @@ impl Swiotlb {
             pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
         } else {
-            let run = CachedRun {
-                pool,
-                start,
-                nslots,
-            };
-            if let Some(back) = self.inner.caches.park(run) {
-                back.pool.put_back(back.start, back.nslots);
-            }
+            self.park(pool, start, nslots);
         }
         Ok(())
+    }
+
+    /// Give the run of `nslots` at `start` of global pool `pool`, just released by the
+    /// caller, to the calling thread's cache; the run it displaces goes back to its area.
+    #[inline(always)]
+    fn park(&self, pool: &Pool, start: usize, nslots: usize) {
+        let run = CachedRun {
+            pool,
+            start,
+            nslots,
+        };
+        if let Some(back) = self.inner.caches.park(run) {
+            back.pool.put_back(back.start, back.nslots);
+        }
     }
 
     /// Copy between the bounce buffer at `addr` and the original memory: `to_device` copies
@@ -213,8 +288,9 @@ impl Swiotlb {
     }
 
     /// Copy `size` bytes between original address `at` and bounce address `addr` of `pool`,
-    /// a range of a live mapping.
-    #[inline]
+    /// a range of a live mapping. Inlined: `to_device` is a constant at every call, and a
+    /// 4 KiB bounce to the device then makes its copy without a call.
+    #[inline(always)]
     fn copy(
         &self,
         pool: &Pool,
@@ -263,7 +339,35 @@ impl Swiotlb {
         let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
         let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        if dir.device_writes() && !attrs.skip_cpu_sync {
+        let copy_back = dir.device_writes() && !attrs.skip_cpu_sync;
+        // The fast path: no copy back, a global pool, an address at a slot's start. If the
+        // slot heads an unpadded mapping, the general path would make the same checks, claim
+        // with the same compare-and-swap and park the run the same way.
+        if !copy_back && in_off == 0 && !pool.transient && fast_paths() {
+            if let Some(released) = pool.unmark_unpadded(first, addr, size) {
+                let (start, nslots) = released?;
+                self.inner.stats.sub_used(nslots);
+                self.park(&pool, start, nslots);
+                return Ok(());
+            }
+        }
+        self.unmap_general(dev, &pool, addr, size, copy_back)
+    }
+
+    /// The general unmap of `addr` in `pool`: copy back if `copy_back`, then release. Out of
+    /// line: the fast path of `unmap` stays short.
+    #[inline(never)]
+    fn unmap_general(
+        &self,
+        dev: &Device,
+        pool: &PoolRef<'_>,
+        addr: u64,
+        size: usize,
+        copy_back: bool,
+    ) -> Result<(), Error> {
+        let first = pool.slot_of(addr);
+        let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
+        if copy_back {
             let (orig, mapped) = match pool.meta(first) {
                 (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
                 _ => return Err(Error::NotMapped { addr }),
@@ -276,11 +380,11 @@ impl Swiotlb {
             if orig == INVALID_PHYS_ADDR {
                 return Err(Error::NotMapped { addr });
             }
-            self.copy(&pool, orig, addr, size, false)?;
+            self.copy(pool, orig, addr, size, false)?;
         }
-        // Without a copy back the mapping and `size` are checked once, under the area lock
-        // that frees it.
-        self.release(dev, &pool, first, in_off, addr, Some(size))
+        // Without a copy back the mapping and `size` are checked once, by the claim that
+        // frees it.
+        self.release(dev, pool, first, in_off, addr, Some(size))
     }
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
@@ -476,7 +580,7 @@ impl Swiotlb {
             .and_then(|p| p.checked_mul(PAGE_SIZE))
             .ok_or(too_large)?;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
-        let (pool, s) = self.find_slots(dev, &plan)?;
+        let (pool, s) = self.find_slots(dev, &plan, true)?;
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
@@ -549,6 +653,17 @@ impl Swiotlb {
     }
 }
 
+/// Whether `map` and `unmap` take their fast paths: always, except in the tests that run the
+/// general paths alone to compare them (a switch of the calling thread).
+#[cfg(any(not(test), loom))]
+#[inline(always)]
+fn fast_paths() -> bool {
+    true
+}
+
+#[cfg(all(test, not(loom)))]
+use fast_path_tests::fast_paths;
+
 /// Check that `[addr, addr + size)` lies inside one live mapping of `pool`, starting in any of
 /// its slots; returns the original address of `addr`.
 fn mapped_range(pool: &Pool, addr: u64, size: usize) -> Result<u64, Error> {
@@ -577,10 +692,13 @@ fn free_without_grace(p: *mut Pool) {
 }
 
 #[cfg(all(test, not(loom)))]
+mod fast_path_tests;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{
-        Config, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory, RegionMemory,
-        Swiotlb,
+        Config, Device, DeviceConfig, Direction, Error, MapAttrs, OrigMemory, ProcessMemory,
+        RegionMemory, Swiotlb,
     };
 
     const NONE: MapAttrs = MapAttrs {
@@ -690,12 +808,10 @@ mod tests {
         swiotlb.check_invariants().unwrap();
     }
 
-    /// An area caches the run freed last for the next map of its size, and gives it back to
-    /// its counters when a map needs the slots: a cached run never makes a map fail.
-    #[test]
-    fn the_run_freed_last_is_reused_and_never_hoarded() {
+    /// One area of 8 slots that never grows (no transient pool either), on CPU 0, with a
+    /// device and the base of 64 KiB of original memory.
+    fn fixed_pool() -> (Swiotlb, Device, u64) {
         dma_sync::cpu::set_current(Some(0));
-        const HALF: usize = 4 * 2048;
         let mem = RegionMemory::new(64 * 1024);
         let base = mem.base();
         let cfg = Config {
@@ -704,6 +820,15 @@ mod tests {
         };
         let swiotlb = Swiotlb::new(cfg, mem).unwrap();
         let dev = swiotlb.device(DeviceConfig::default());
+        (swiotlb, dev, base)
+    }
+
+    /// An area caches the run freed last for the next map of its size, and gives it back to
+    /// its counters when a map needs the slots: a cached run never makes a map fail.
+    #[test]
+    fn the_run_freed_last_is_reused_and_never_hoarded() {
+        const HALF: usize = 4 * 2048;
+        let (swiotlb, dev, base) = fixed_pool();
         let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
         let unmap = |a, len| {
             swiotlb
@@ -740,16 +865,8 @@ mod tests {
     /// in use, and a map on another thread that needs its slots drains it.
     #[test]
     fn a_run_cached_by_another_thread_is_drained_when_a_map_needs_it() {
-        dma_sync::cpu::set_current(Some(0));
         const ALL: usize = 8 * 2048;
-        let mem = RegionMemory::new(64 * 1024);
-        let base = mem.base();
-        let cfg = Config {
-            can_grow: false,
-            ..Config::tiny(8, 1, 8)
-        };
-        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
-        let dev = swiotlb.device(DeviceConfig::default());
+        let (swiotlb, dev, base) = fixed_pool();
         let map = |len| swiotlb.map(&dev, base, len, Direction::ToDevice, NONE);
         let unmap = |a, len| swiotlb.unmap(&dev, a, len, Direction::ToDevice, NONE);
         std::thread::scope(|s| {

@@ -81,7 +81,7 @@
 //! | `thread_cache` | each thread's last freed run of a global pool, taken back by its next map of that size without a lock; drained (a store-buffering pair of asymmetric fences) when a search finds no room; `thread_cache::registry`: the slots a thread owns, given back when it exits |
 //! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
 //! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
-//! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side |
+//! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side; the fast paths of map (a simple request served by the thread's cached run) and unmap (no copy back, a global pool, an unpadded head), each a special case of the general path it skips |
 //! | `stats` | `used`, the CAS-max high-water mark, transient pools and slots, per-area use, the debugfs-style `Display` |
 //! | `error` | [`Error`], [`MemoryError`] |
 //! | [`points`], [`faults`] | the named orderings (with the loom models that need each one) and the allocation sites (with their fallbacks) |
@@ -134,11 +134,14 @@
 //!   renumbering against a slot-by-slot walk, the cached runs of areas and threads (reused by
 //!   the next map of their size, given back when a map needs the slots, also those of another
 //!   thread), geometry, every alignment case A–D, the shortcut
-//!   plan of unmasked requests against the general one at every size, errors, the
+//!   plan of simple requests against the general one at every size and alignment, errors, the
 //!   high-water mark, both sets of shared-memory copies (bytes and words) against a byte
-//!   array at every offset and length and at odd offsets and lengths over several pages, and
+//!   array at every offset and length and at odd offsets and lengths over several pages,
 //!   `device_racing_syncs_and_unmap` (a device thread writing and reading a mapping while the CPU
-//!   syncs both ways and unmaps).
+//!   syncs both ways and unmaps), and the fast paths of map and unmap against the general
+//!   paths alone (`bounce/fast_path_tests.rs`: a proptest of random workloads and a fixed
+//!   one through every branch, on two instances, one with the fast paths switched off; every
+//!   answer, statistic, original and bounce byte the same, the invariants kept).
 //! * `tests/alignment.rs`: cases A–D through the API; postconditions over every combination of
 //!   min-align, alloc-align, boundary, offset and size; the search-termination regression.
 //! * `tests/regressions.rs`: one test per applicable entry of the kernel's bug history

@@ -98,6 +98,12 @@ const PAD_SHIFT: u32 = 43;
 const NSLOTS_SHIFT: u32 = 51;
 const VALID: u64 = 1 << 62;
 const HEAD: u64 = 1 << 63;
+const IN_OFF_MASK: u64 = 0x7FF;
+const PAD_MASK: u64 = 0xFF;
+const NSLOTS_MASK: u64 = 0x1FF;
+/// The bits that make a word the head of a mapping without padding starting at its slot's
+/// first byte when they read `VALID | HEAD`: both flags, the in-slot offset and the padding.
+const UNPADDED_HEAD_MASK: u64 = VALID | HEAD | IN_OFF_MASK << IN_OFF_SHIFT | PAD_MASK << PAD_SHIFT;
 
 /// Decoded metadata of one slot of a live mapping.
 #[derive(Debug, Clone, Copy)]
@@ -119,10 +125,10 @@ impl SlotMeta {
     fn decode(w: u64) -> Option<SlotMeta> {
         (w & VALID != 0).then_some(SlotMeta {
             alloc_size: (w & SIZE_MASK) as usize,
-            in_off: ((w >> IN_OFF_SHIFT) & 0x7FF) as usize,
+            in_off: ((w >> IN_OFF_SHIFT) & IN_OFF_MASK) as usize,
             head: w & HEAD != 0,
-            pad_slots: ((w >> PAD_SHIFT) & 0xFF) as usize,
-            nslots: ((w >> NSLOTS_SHIFT) & 0x1FF) as usize,
+            pad_slots: ((w >> PAD_SHIFT) & PAD_MASK) as usize,
+            nslots: ((w >> NSLOTS_SHIFT) & NSLOTS_MASK) as usize,
         })
     }
 }
@@ -446,15 +452,53 @@ impl Pool {
                 return Err(Error::OutOfRange { addr, size });
             }
         }
-        if !claim(head, word) {
-            return Err(Error::NotMapped { addr });
+        self.claim_run(head, word, first - meta.pad_slots, meta.nslots)
+            .ok_or(Error::NotMapped { addr })
+    }
+
+    /// `unmark(first, 0, addr, Some(size))` for a mapping without padding that starts at
+    /// its head slot's first byte, the unmap fast path's case: `None` if slot `first` holds
+    /// anything else (the caller then asks `unmark`, whose answer this is otherwise). Such a
+    /// head passes `unmark`'s checks of the head flag, the in-slot offset and the padding
+    /// without decoding the word.
+    #[inline(always)]
+    pub(crate) fn unmark_unpadded(
+        &self,
+        first: usize,
+        addr: u64,
+        size: usize,
+    ) -> Option<Result<(usize, usize), Error>> {
+        let head = &self.slots[first].meta;
+        let word = head.load(Relaxed);
+        if word & UNPADDED_HEAD_MASK != VALID | HEAD {
+            return None;
         }
-        let s = first - meta.pad_slots;
-        for slot in &self.slots[s..s + meta.nslots] {
+        let (alloc_size, nslots) = (word & SIZE_MASK, (word >> NSLOTS_SHIFT) & NSLOTS_MASK);
+        if size == 0 || size as u64 > alloc_size {
+            return Some(Err(Error::OutOfRange { addr, size }));
+        }
+        let released = self.claim_run(head, word, first, nslots as usize);
+        Some(released.ok_or(Error::NotMapped { addr }))
+    }
+
+    /// Claim the mapping whose head slot's metadata is `head`, read as `word`, and clear the
+    /// metadata of its run of `nslots` at `s`; `None` if another release claimed it first.
+    #[inline(always)]
+    fn claim_run(
+        &self,
+        head: &AtomicU64,
+        word: u64,
+        s: usize,
+        nslots: usize,
+    ) -> Option<(usize, usize)> {
+        if !claim(head, word) {
+            return None;
+        }
+        for slot in &self.slots[s..s + nslots] {
             slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
             slot.meta.store(0, Relaxed);
         }
-        Ok((s, meta.nslots))
+        Some((s, nslots))
     }
 
     /// Give the run of `nslots` slots at `s`, held by the caller and clear of metadata, back

@@ -419,6 +419,33 @@ impl Swiotlb {
         }
     }
 
+    /// The constraints of a request of `dev` with allocation alignment `alloc_align`.
+    #[inline(always)]
+    fn masks(dev: &Device, alloc_align: u64) -> Masks {
+        let c = &dev.inner.cfg;
+        Masks {
+            min_align: c.min_align_mask,
+            alloc_align,
+            boundary: c.seg_boundary_mask,
+        }
+    }
+
+    /// The search request of a simple map (module `align`: the common streaming map, an
+    /// IOMMU's bounce of whole granules); `None` for any other, which [`Swiotlb::plan`]
+    /// derives (and refuses, if it must). Where both answer they give the same plan.
+    #[inline(always)]
+    pub(crate) fn simple_plan(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        alloc_align: u64,
+    ) -> Option<Plan> {
+        let m = Self::masks(dev, alloc_align);
+        // A map rounds its size to the alignment; a simple one is within a map's bound on it.
+        align::simple(Some(orig), size, m, true, self.inner.geo.seg)
+    }
+
     /// Derive the search request of a map or alloc.
     #[inline]
     pub(crate) fn plan(
@@ -429,12 +456,7 @@ impl Swiotlb {
         alloc_align: u64,
         for_alloc: bool,
     ) -> Result<Plan, Error> {
-        let c = dev.inner.cfg;
-        let m = Masks {
-            min_align: c.min_align_mask,
-            alloc_align,
-            boundary: c.seg_boundary_mask,
-        };
+        let m = Self::masks(dev, alloc_align);
         let max_align = if for_alloc {
             u64::MAX
         } else {
@@ -443,9 +465,10 @@ impl Swiotlb {
         align::plan(orig, size, m, !for_alloc, max_align, self.inner.geo.seg)
     }
 
-    /// Find and allocate slots for `plan`: every pool's local area first, then the other
-    /// areas, then (if allowed) growth and a transient pool. On success the device's flag is
-    /// set and the release fence issued before the caller can hand the address on.
+    /// Find and allocate slots for `plan`: the calling thread's cached run (unless
+    /// `try_cache` is false: the caller tried it already), every pool's local area, then the
+    /// other areas, then (if allowed) growth and a transient pool. On success the allocation
+    /// is counted ([`Swiotlb::found`]).
     // Inlined into map: returned out of line, the pool reference and slot went through the
     // stack in pieces and were reloaded whole (a store-forwarding stall on every map).
     #[inline(always)]
@@ -453,14 +476,28 @@ impl Swiotlb {
         &'a self,
         dev: &'a Device,
         plan: &Plan,
+        try_cache: bool,
     ) -> Result<(PoolRef<'a>, usize), Error> {
         // The cached run is matched apart: merged into one `Option` with the searches, it
         // went through the stack on every map.
-        let (pool, s) = match self.take_cached(plan) {
+        let cached = if try_cache {
+            self.take_cached(plan)
+        } else {
+            None
+        };
+        let (pool, s) = match cached {
             Some(found) => found,
             None => self.search(dev, plan)?,
         };
-        self.inner.stats.add_used(pool.accounted_slots(plan.nslots));
+        self.found(dev, &pool, plan.nslots);
+        Ok((pool, s))
+    }
+
+    /// Count an allocation of `nslots` just found in `pool` for `dev`, set the device's flag
+    /// and issue the release fence before the caller can hand the address on.
+    #[inline(always)]
+    pub(crate) fn found(&self, dev: &Device, pool: &Pool, nslots: usize) {
+        self.inner.stats.add_used(pool.accounted_slots(nslots));
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);
@@ -470,7 +507,6 @@ impl Swiotlb {
         // happens-before is transitive; LKMM needs the kernel's smp_mb), and costs no
         // instruction on x86.
         FLAG_FENCE.fence(Release);
-        Ok((pool, s))
     }
 
     /// The calling thread's cached run, if it has `plan`'s slots and qualifies for it (the
@@ -478,7 +514,7 @@ impl Swiotlb {
     // Inlined into map as `find_slots` is: out of line it cost a prologue, an epilogue and an
     // `Option` returned through the stack on every map.
     #[inline(always)]
-    fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
+    pub(crate) fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
         let run = self
             .inner
             .caches
@@ -691,6 +727,14 @@ impl Swiotlb {
         if !d.has_transients() {
             return None;
         }
+        Self::lookup_transient(dev, addr)
+    }
+
+    /// The transient pool of `dev` holding `addr`, pinned. Out of line: a global pool's
+    /// lookup, the common one, stays short.
+    #[inline(never)]
+    fn lookup_transient(dev: &Device, addr: u64) -> Option<PoolRef<'_>> {
+        let d = &dev.inner;
         let guard = rcu::pin_at(&LOOKUP_PIN);
         let pool: *const Pool = d.find(addr, &guard)?;
         // SAFETY: the pool is not freed before `guard`, which the returned value owns, unpins.

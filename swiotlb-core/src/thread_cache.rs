@@ -145,7 +145,7 @@ impl ThreadCaches {
 
     /// The calling thread's slot, claimed on its first use; `None` when every slot has
     /// another owner.
-    #[inline]
+    #[inline(always)]
     fn own_slot(&self) -> Option<&Slot> {
         HINT.with(|hint| {
             match hint.get() {
@@ -179,7 +179,7 @@ impl ThreadCaches {
 
     /// Run `f` on the calling thread's slot and its run word inside a section; `None` if the
     /// thread has no slot or a drainer has closed it.
-    #[inline]
+    #[inline(always)]
     fn section<R>(&self, f: impl FnOnce(&Slot, u64) -> R) -> Option<R> {
         let slot = self.own_slot()?;
         slot.active.store(true, Relaxed);
@@ -191,7 +191,7 @@ impl ThreadCaches {
     }
 
     /// Take the calling thread's cached run if it has `nslots` slots and `fits` it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(
         &self,
         nslots: usize,
@@ -214,7 +214,7 @@ impl ThreadCaches {
     /// Cache `run` (of a global pool of this instance) for the calling thread. Returns the run
     /// to give back to its area: the one it displaces, or `run` itself if the thread has no
     /// open slot.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn park<'a>(&'a self, run: CachedRun<'a>) -> Option<CachedRun<'a>> {
         let word = (run.start as u64) << COUNT_BITS | run.nslots as u64;
         self.section(|slot, old| {

@@ -223,9 +223,10 @@ twins! { || { switch_vs_unmap(); }, "Causality violation", Bound::Preemptions(2)
     /// Publishing the queue with a relaxed store: an unmap that sees the pointer reads the
     /// counters before their initialisation is visible.
     fn publish_relaxed: FQ_PUBLISH;
-    /// Without the enqueue fence (the read side of the publication) the unmap uses the
-    /// queue it just saw without seeing its initialisation.
-    fn enqueue_unfenced_sees_unbuilt_queue: FQ_ENQUEUE_FENCE;
+    /// With a relaxed snapshot (the read side of the publication) the unmap uses the queue
+    /// it just saw without seeing its initialisation. (Before the enqueue fence was fused with
+    /// the ring lock, the fence was the read side; the ring is now found before it.)
+    fn snapshot_relaxed_sees_unbuilt_queue: UNMAP_SNAPSHOT_ACQUIRE;
 }
 
 /// Statistics read while the switch publishes the queue. Exhaustive (2 threads, few ops).
