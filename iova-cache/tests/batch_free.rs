@@ -182,6 +182,10 @@ fn a_batch_without_a_fresh_magazine_frees_the_overflow_to_the_tree() {
     assert!(failed > 0, "the overflow asked for a magazine");
     a.check_invariants().unwrap();
     a.flush_all();
-    assert_eq!(a.allocated_ranges(), [], "every range is cached or back in the tree");
+    assert_eq!(
+        a.allocated_ranges(),
+        [],
+        "every range is cached or back in the tree"
+    );
     dma_sync::cpu::set_current(None);
 }

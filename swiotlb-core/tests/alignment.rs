@@ -282,7 +282,10 @@ fn a_cached_run_across_a_boundary_is_not_reused_by_a_device_bounded_there() {
             .map(&unbounded, base, 1, Direction::ToDevice, attrs(0))
             .unwrap();
         let cached = map(&unbounded);
-        assert!(crosses(cached, len as u64), "the run to cache crosses 4 KiB");
+        assert!(
+            crosses(cached, len as u64),
+            "the run to cache crosses 4 KiB"
+        );
         unmap(&unbounded, cached, len);
         let a = map(&bounded);
         assert!(
