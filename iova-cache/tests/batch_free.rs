@@ -167,3 +167,25 @@ fn a_ring_of_single_granules_fills_both_magazines_and_trades_one() {
     );
     dma_sync::cpu::set_current(None);
 }
+
+/// A batch that overflows both magazines of its slot while no magazine can be had frees the
+/// overflow to the tree (the spill of `insert_all`): after a flush nothing is allocated.
+#[test]
+fn a_batch_without_a_fresh_magazine_frees_the_overflow_to_the_tree() {
+    dma_sync::cpu::set_current(Some(0));
+    let a = allocator(1, false);
+    let pfns: Vec<u64> = (0..4).map(|_| a.alloc(1, END).unwrap()).collect();
+    let (freed, failed) = armed(&MAGAZINE_ALLOC, 100, || {
+        a.free_batch(pfns.iter().map(|&p| (p, 1)))
+    });
+    assert_eq!(freed, Ok(()));
+    assert!(failed > 0, "the overflow asked for a magazine");
+    a.check_invariants().unwrap();
+    a.flush_all();
+    assert_eq!(
+        a.allocated_ranges(),
+        [],
+        "every range is cached or back in the tree"
+    );
+    dma_sync::cpu::set_current(None);
+}

@@ -244,3 +244,57 @@ fn search_terminates_when_no_candidate_matches() {
     assert_eq!(ok & 0xFFF, 0x200);
     swiotlb.check_invariants().unwrap();
 }
+
+/// A cached run is reused only where a search could have placed the map: a 2-slot run that
+/// crosses a 4 KiB boundary, cached by a device without one (in the thread's cache, or as the
+/// area's cached run with the thread caches off), is not taken by a map of its size from a
+/// device whose segments must not cross 4 KiB.
+#[test]
+fn a_cached_run_across_a_boundary_is_not_reused_by_a_device_bounded_there() {
+    for thread_caches in [true, false] {
+        let mem = RegionMemory::new(64 * 1024);
+        let base = mem.base();
+        let cfg = Config {
+            can_grow: false,
+            thread_caches,
+            ..Config::tiny(16, 1, 16)
+        };
+        let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+        let unbounded = swiotlb.device(DeviceConfig::default());
+        let bounded = swiotlb.device(DeviceConfig {
+            seg_boundary_mask: 0xFFF,
+            ..Default::default()
+        });
+        let crosses = |a: u64, len: u64| a & !0xFFF != (a + len - 1) & !0xFFF;
+        // Under a page, so not page-aligned: after the held slot 0, the run is slots 1 and 2.
+        let len = 3000;
+        let map = |dev: &Device| {
+            swiotlb
+                .map(dev, base, len, Direction::ToDevice, attrs(0))
+                .unwrap()
+        };
+        let unmap = |dev: &Device, a: u64, len: usize| {
+            swiotlb
+                .unmap(dev, a, len, Direction::ToDevice, attrs(0))
+                .unwrap()
+        };
+        let held = swiotlb
+            .map(&unbounded, base, 1, Direction::ToDevice, attrs(0))
+            .unwrap();
+        let cached = map(&unbounded);
+        assert!(
+            crosses(cached, len as u64),
+            "the run to cache crosses 4 KiB"
+        );
+        unmap(&unbounded, cached, len);
+        let a = map(&bounded);
+        assert!(
+            !crosses(a, len as u64),
+            "thread caches {thread_caches}: the cached run was reused across the boundary"
+        );
+        unmap(&bounded, a, len);
+        unmap(&unbounded, held, 1);
+        swiotlb.check_invariants().unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+    }
+}
