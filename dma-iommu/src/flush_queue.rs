@@ -590,6 +590,21 @@ impl<O: InvalidationOps> Shared<O> {
         Ok(())
     }
 
+    /// Free every freeable entry of `ring`, one lock section per batch (so an enqueue waiting
+    /// for the lock gets in between), running `each` first in every section; returns the
+    /// entries left.
+    fn drain_all(&self, ring: &RingSlot<O::Entry>, each: impl Fn(&mut Ring<O::Entry>)) -> usize {
+        loop {
+            let (done, len) = ring.with(|r| {
+                each(r);
+                (self.drain(r), r.len())
+            });
+            if done {
+                return len;
+            }
+        }
+    }
+
     /// Arm the timer unless it is armed (read first: no cache-line bouncing when armed).
     fn arm(&self) {
         if !self.timer_on.load(Ordering::Relaxed) && !self.timer_on.swap(true, Ordering::Relaxed) {
@@ -613,14 +628,7 @@ impl<O: InvalidationOps> Shared<O> {
         self.flush();
         let mut left = false;
         for ring in self.rings().iter() {
-            // One lock section per batch, so an enqueue waiting for the lock gets in between.
-            loop {
-                let (done, len) = ring.with(|r| (self.drain(r), r.len()));
-                if done {
-                    left |= len > 0;
-                    break;
-                }
-            }
+            left |= self.drain_all(ring, |_| {}) > 0;
         }
         if !clear_first {
             self.timer_on.store(false, Ordering::Relaxed);
@@ -848,17 +856,8 @@ impl<O: InvalidationOps> FlushQueue<O> {
             // Quiesced, every entry was stamped before the flush above started and is gone.
             // One that a racing enqueue stamped later needs a flush of its own (outside the
             // lock; the closed ring takes no new entry meanwhile).
-            loop {
-                let (done, len) = ring.with(|r| {
-                    r.closed = true;
-                    (s.drain(r), r.len())
-                });
-                if done && len == 0 {
-                    break;
-                }
-                if done {
-                    s.flush();
-                }
+            while s.drain_all(ring, |r| r.closed = true) > 0 {
+                s.flush();
             }
         }
         s.timer_on.store(false, Ordering::Relaxed);

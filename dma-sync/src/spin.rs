@@ -128,14 +128,7 @@ impl RawSpinLock {
     /// weakening a point changes them.
     #[inline]
     pub fn lock(&self, acquire: &'static Point, release: &'static Point) -> RawSpinGuard<'_> {
-        let cas = acquire.cas(Acquire, Relaxed);
-        if !self.try_take(cas) {
-            self.contended(cas);
-        }
-        RawSpinGuard {
-            locked: &self.locked,
-            release: release.ord(Release),
-        }
+        self.take(None, acquire, release)
     }
 
     /// [`lock`](Self::lock), preceded by a `SeqCst` fence named `fence`, with no memory
@@ -148,9 +141,23 @@ impl RawSpinLock {
         acquire: &'static Point,
         release: &'static Point,
     ) -> RawSpinGuard<'_> {
+        self.take(Some(fence), acquire, release)
+    }
+
+    /// Both: the orderings are read before the fence, so no memory access separates the
+    /// fence from the first compare-and-swap.
+    #[inline(always)]
+    fn take(
+        &self,
+        fence: Option<&'static Point>,
+        acquire: &'static Point,
+        release: &'static Point,
+    ) -> RawSpinGuard<'_> {
         let cas = acquire.cas(Acquire, Relaxed);
         let release = release.ord(Release);
-        fence.fence_before_rmw();
+        if let Some(fence) = fence {
+            fence.fence_before_rmw();
+        }
         if !self.try_take(cas) {
             self.contended(cas);
         }
