@@ -10,7 +10,7 @@
 //! * `timed` (default): times every pair with the fenced time-stamp counter (x86-64) and
 //!   prints, per kind of pair (which of the free and the allocation take the magazines and
 //!   which the range allocator), its share of all pairs and of the slowest 1%, and its median
-//!   and 99th percentile in ticks.
+//!   and 99th percentile in ticks, of the pair and of its free alone.
 //! * `plain`: the same pairs untimed, for `valgrind --tool=callgrind --cache-sim=yes`
 //!   (instructions and simulated misses per pair: divide by `pairs`; the set-up and a warm-up
 //!   of `live` pairs run with instrumentation off when started with
@@ -65,16 +65,22 @@ impl Workload {
         }
     }
 
-    /// One pair: free a random held range, allocate one of a random size in its slot. Returns
-    /// the sizes freed and allocated.
+    /// One pair: free a random held range, allocate one of a random size in its slot, with
+    /// `mark` called between the two. Returns the sizes freed and allocated.
     #[inline(always)]
-    fn pair(&mut self) -> (u64, u64) {
+    fn pair_marked(&mut self, mark: impl FnOnce()) -> (u64, u64) {
         let i = self.pick.below(self.held.len() as u64) as usize;
         let (pfn, freed) = self.held[i];
         self.iova.free(pfn, freed).expect("a held range");
+        mark();
         let g = 1 + self.size.below(MAX_SIZE);
         self.held[i] = (self.iova.alloc(g, END_PFN).expect("space"), g);
         (freed, g)
+    }
+
+    #[inline(always)]
+    fn pair(&mut self) -> (u64, u64) {
+        self.pair_marked(|| ())
     }
 }
 
@@ -118,12 +124,14 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 fn timed(w: &mut Workload, pairs: usize) {
-    let mut samples: Vec<(u64, usize)> = Vec::with_capacity(pairs);
+    // (pair, its free alone, kind)
+    let mut samples: Vec<(u64, u64, usize)> = Vec::with_capacity(pairs);
     for _ in 0..pairs {
+        let mut mid = 0;
         let a = ticks();
-        let (f, g) = w.pair();
+        let (f, g) = w.pair_marked(|| mid = ticks());
         let b = ticks();
-        samples.push((b - a, kind(f, g)));
+        samples.push((b - a, mid - a, kind(f, g)));
     }
     let mut all: Vec<u64> = samples.iter().map(|s| s.0).collect();
     all.sort_unstable();
@@ -136,15 +144,22 @@ fn timed(w: &mut Workload, pairs: usize) {
     );
     let slow = samples.iter().filter(|s| s.0 >= p99).count().max(1);
     for (k, name) in KINDS.iter().enumerate() {
-        let mut mine: Vec<u64> = samples.iter().filter(|s| s.1 == k).map(|s| s.0).collect();
-        mine.sort_unstable();
-        let in_tail = samples.iter().filter(|s| s.1 == k && s.0 >= p99).count();
+        let mine = |field: fn(&(u64, u64, usize)) -> u64| {
+            let mut v: Vec<u64> = samples.iter().filter(|s| s.2 == k).map(field).collect();
+            v.sort_unstable();
+            v
+        };
+        let (pair, free) = (mine(|s| s.0), mine(|s| s.1));
+        let in_tail = samples.iter().filter(|s| s.2 == k && s.0 >= p99).count();
         println!(
-            "{name:>26}: {:5.1}% of pairs, {:5.1}% of the slowest 1%, median {:5}, p99 {:5}",
-            100.0 * mine.len() as f64 / pairs as f64,
+            "{name:>26}: {:5.1}% of pairs, {:5.1}% of the slowest 1%, median {:5} (free {:5}), \
+             p99 {:5} (free {:5})",
+            100.0 * pair.len() as f64 / pairs as f64,
             100.0 * in_tail as f64 / slow as f64,
-            percentile(&mine, 0.5),
-            percentile(&mine, 0.99)
+            percentile(&pair, 0.5),
+            percentile(&free, 0.5),
+            percentile(&pair, 0.99),
+            percentile(&free, 0.99)
         );
     }
 }
