@@ -665,7 +665,10 @@ mod tests {
                 move || x = std::hint::black_box(x + 1)
             })
         };
-        assert!(fast(&quick()).latency.group > 1, "a fast op is timed in groups");
+        assert!(
+            fast(&quick()).latency.group > 1,
+            "a fast op is timed in groups"
+        );
         let alone = fast(&quick().timing_each_op()).latency;
         assert_eq!(alone.group, 1);
         assert!(alone.samples >= BATCH);

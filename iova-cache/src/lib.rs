@@ -56,7 +56,7 @@
 //! | `chunk` | one chunk: a naturally aligned block whose small size-aligned allocations are bits of three masks per 64-granule word (allocated, start, tag), with a fit summary per word |
 //! | `chunkblock` | the gap tree's highest chunk-aligned free block below a limit, remembered with the tree's version: where a small request would carve a new chunk |
 //! | `chunks` | the chunks in address order, their top summaries under a summary tree |
-//! | `summarytree` | a 16-ary tree of fit summaries (a `u64` per node for updates, per-class byte rows for searches): the highest index below a bound that offers a request |
+//! | `summarytree` | an 8-ary tree of fit summaries, a node's 8 siblings in one cache line (a search gathers their bytes of one class into a `u64`): the highest index below a bound that offers a request |
 //! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit (small size-aligned requests in chunks, the rest in the gap tree), natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; where an allocation goes; why an augmented index of the free ranges; what a fragmented pair costs |
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |
 //! | `locked` | `StepLock<T, L>`: a raw lock and an `UnsafeCell<T>` reached through a closure, whose acquisition is a mutation point: `Blocking` (parking mutex: tree, depots) or `Spin` (CPU slots) |

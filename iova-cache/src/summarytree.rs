@@ -64,7 +64,9 @@ impl Block {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            (0..FANOUT).fold(0, |r, j| r | (self.nodes[j] >> (8 * class) & 0xff) << (8 * j))
+            (0..FANOUT).fold(0, |r, j| {
+                r | (self.nodes[j] >> (8 * class) & 0xff) << (8 * j)
+            })
         }
     }
 }
