@@ -174,8 +174,17 @@ impl Model {
                             errors.push(Status::Unsupp);
                         }
                     }
-                    None if self.domains.len() >= MAX_DOMAINS => errors.push(Status::NoMem),
-                    None => {}
+                    None => {
+                        // As DETACH then ATTACH: leaving a domain as its last endpoint
+                        // destroys it before the new one is created.
+                        let freed = self
+                            .attached
+                            .get(&endpoint)
+                            .is_some_and(|old| self.domains[old].1.len() == 1);
+                        if self.domains.len() - usize::from(freed) >= MAX_DOMAINS {
+                            errors.push(Status::NoMem);
+                        }
+                    }
                 }
                 if errors.is_empty() {
                     if self.attached.get(&endpoint) != Some(&domain) {
