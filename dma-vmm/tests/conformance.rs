@@ -1417,6 +1417,28 @@ fn fault_reasons_name_what_failed() -> Result<(), String> {
         let e = event()?;
         ensure!(fields(&e) == w, "{:?}, expected {w:?}", fields(&e));
     }
+    // In bypass mode (attached to no domain, identity elsewhere) the region is a mapping
+    // fault too: the access was refused for its address, not for a missing domain.
+    expect_status!(v, detach(1, 3), Status::Ok);
+    ensure!(
+        v.write_config(wire::CONFIG_BYPASS_OFFSET, &[1]),
+        "bypass write"
+    );
+    ensure!(
+        reads(&ep, 0x1_0008).is_err(),
+        "bypass-mode reserved read served"
+    );
+    let e = event()?;
+    let w = (
+        FaultReason::Mapping as u8,
+        FAULT_F_READ | FAULT_F_ADDRESS,
+        0x1_0008,
+    );
+    ensure!(
+        fields(&e) == w,
+        "bypass mode: {:?}, expected {w:?}",
+        fields(&e)
+    );
     Ok(())
 }
 
@@ -2025,7 +2047,7 @@ const ROWS: &[Row] = &[
         level: Text,
         statement: "VIRTIO_IOMMU_FAULT_R_DOMAIN: the endpoint attempted to access address without being attached to a domain. VIRTIO_IOMMU_FAULT_R_MAPPING: the endpoint attempted to access address, which wasn't mapped in the domain or didn't have the correct protection flags.",
         expect: "a blocked endpoint: R_DOMAIN wherever it reaches, its reserved regions included; attached: R_MAPPING with the faulting address for a reserved region or a missing permission",
-        choice: None,
+        choice: Some("an endpoint in bypass mode reaching a reserved region: R_MAPPING with the address (its identity translation leaves the region out)"),
         check: fault_reasons_name_what_failed,
     },
     Row {
