@@ -40,7 +40,8 @@
 //!
 //! * `tests/conformance.rs`: the specification's device-normative statements as one table (see
 //!   [`viommu`]); removing the ATTACH reserved check, the RESV_MEM MAP check, the `bypass` field's
-//!   effect or the unknown-type rule fails its rows.
+//!   effect, the unknown-type rule, the room a moving endpoint's dying domain leaves, or the
+//!   `R_DOMAIN` reason of a blocked endpoint in a reserved region fails its rows.
 //! * `tests/viommu_model.rs`: a reference model written from the specification's text; random
 //!   sequences of wire-format requests, valid and invalid, where each status must be one the
 //!   conditions that hold allow (OK when none does), a refused request changes nothing, and every
