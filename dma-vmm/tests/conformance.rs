@@ -651,6 +651,43 @@ fn attach_shares_domains() -> Result<(), String> {
     Ok(())
 }
 
+fn attached_endpoints_share_only_their_domain() -> Result<(), String> {
+    let v = device();
+    let (one, two, three) = (endpoint(&v, 1), endpoint(&v, 2), endpoint(&v, 3));
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, attach(1, 2), Status::Ok);
+    expect_status!(v, attach(2, 3), Status::Ok);
+    expect_status!(v, map(1, 0, PAGE - 1, 0x8000, RW), Status::Ok);
+    expect_status!(v, map(2, 0, PAGE - 1, 0x9000, RW), Status::Ok);
+    ensure!(
+        reads(&one, 0) == Ok(0x8000) && reads(&two, 0) == Ok(0x8000),
+        "domain 1 not shared"
+    );
+    ensure!(reads(&three, 0) == Ok(0x9000), "domain 2 sees domain 1");
+    // What one domain's requests change, the other does not see.
+    expect_status!(v, map(1, PAGE, 2 * PAGE - 1, 0xa000, RW), Status::Ok);
+    ensure!(
+        reads(&three, PAGE) == Err(Fault::Unmapped { iova: PAGE }),
+        "domain 1's MAP reached domain 2"
+    );
+    expect_status!(v, unmap(2, 0, PAGE - 1), Status::Ok);
+    ensure!(
+        reads(&one, 0) == Ok(0x8000),
+        "domain 2's UNMAP reached domain 1"
+    );
+    // One domain at a time: joining domain 2 leaves domain 1.
+    expect_status!(v, attach(2, 2), Status::Ok);
+    ensure!(
+        v.domain_endpoints(1) == Some(vec![1]) && v.domain_endpoints(2) == Some(vec![2, 3]),
+        "endpoint in two domains"
+    );
+    ensure!(
+        reads(&two, PAGE) == Err(Fault::Unmapped { iova: PAGE }),
+        "moved endpoint still reaches domain 1"
+    );
+    Ok(())
+}
+
 fn attach_bypass_mismatch() -> Result<(), String> {
     let v = device();
     expect_status!(v, attach(1, 1), Status::Ok);
@@ -1022,6 +1059,41 @@ fn map_ranges_at_the_end_of_the_address_space() -> Result<(), String> {
         "a refused MAP left a translation"
     );
     expect_status!(v, map(1, 0, PAGE - 1, (1 << 48) - PAGE, RW), Status::Ok);
+    Ok(())
+}
+
+fn map_mmio_is_a_memory_type() -> Result<(), String> {
+    let v = device();
+    let ep = endpoint(&v, 1);
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(
+        v,
+        map(1, 0, PAGE - 1, 0xfe00_0000, MAP_F_READ | MAP_F_MMIO),
+        Status::Ok
+    );
+    expect_status!(
+        v,
+        map(1, PAGE, 2 * PAGE - 1, 0x8000, MAP_F_READ | MAP_F_WRITE),
+        Status::Ok
+    );
+    let domain = v.domain(1).ok_or("no domain 1")?;
+    let prot = |iova| domain.lookup(iova).map(|l| l.prot);
+    ensure!(
+        prot(0).is_ok_and(|p| p.contains(Prot::MMIO | Prot::READ) && !p.contains(Prot::WRITE)),
+        "MMIO mapping {:?}",
+        prot(0)
+    );
+    ensure!(
+        prot(PAGE).is_ok_and(|p| !p.contains(Prot::MMIO)),
+        "normal mapping {:?}",
+        prot(PAGE)
+    );
+    // The protections still apply to an MMIO mapping.
+    ensure!(reads(&ep, 0) == Ok(0xfe00_0000), "MMIO read");
+    ensure!(
+        matches!(writes(&ep, 0), Err(Fault::Denied { .. })),
+        "write to a READ | MMIO mapping"
+    );
     Ok(())
 }
 
@@ -1676,6 +1748,14 @@ const ROWS: &[Row] = &[
     },
     Row {
         section: ATTACH,
+        level: Text,
+        statement: "Multiple endpoints can be attached to the same domain. An endpoint can be attached to a single domain at a time. Endpoints attached to different domains are isolated from each other.",
+        expect: "endpoints of one domain see its mappings; another domain's MAP and UNMAP do not reach them; joining a second domain leaves the first",
+        choice: None,
+        check: attached_endpoints_share_only_their_domain,
+    },
+    Row {
+        section: ATTACH,
         level: Should,
         statement: "If the domain already exists and the VIRTIO_IOMMU_ATTACH_F_BYPASS flag is not consistent with that domain, the device SHOULD reject the request and set status to VIRTIO_IOMMU_S_INVAL.",
         expect: "S_INVAL, endpoint unchanged",
@@ -1793,6 +1873,14 @@ const ROWS: &[Row] = &[
         expect: "S_INVAL",
         choice: Some("MAP_F_MMIO is not recognised unless F_MMIO is negotiated"),
         check: map_unknown_flags,
+    },
+    Row {
+        section: MAP,
+        level: Text,
+        statement: "The VIRTIO_IOMMU_MAP_F_MMIO flag is a memory type rather than a protection flag. It is only available when the VIRTIO_IOMMU_F_MMIO feature has been negotiated.",
+        expect: "MAP_F_MMIO maps device memory (Prot::MMIO); READ and WRITE keep their meaning on it",
+        choice: None,
+        check: map_mmio_is_a_memory_type,
     },
     Row {
         section: MAP,
