@@ -219,7 +219,7 @@ struct EndpointState {
     id: u32,
     /// The device's fault log, shared by its endpoints.
     faults: Arc<FaultLog>,
-    /// Device-wide reserved regions followed by the endpoint's own, sorted by start.
+    /// The device-wide reserved regions and the endpoint's own, together sorted by start.
     reserved: Vec<ReservedRegion>,
     attached: Published<Attachment>,
 }

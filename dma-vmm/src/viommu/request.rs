@@ -164,7 +164,8 @@ pub struct ProbeInfo {
     /// Page sizes the domain's page table supports (bit n set: 2^n-byte pages), the
     /// granularity MAP and UNMAP ranges must be aligned to.
     pub page_size_mask: u64,
-    /// Reserved regions of the endpoint (device-wide ones first).
+    /// Reserved regions of the endpoint, the device-wide ones and its own, sorted by start (the
+    /// order of the RESV_MEM properties).
     pub reserved: Vec<ReservedRegion>,
 }
 
