@@ -88,7 +88,9 @@
 //!   also read (stage-1 AP bits have no write-only; the specification's MAY).
 //! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
 //!   and returns `RANGE` without removing anything if one mapping is only partly covered
-//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); `reserved` is ignored.
+//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); the range need not be
+//!   aligned nor inside `input_range` (`[0, u64::MAX]` empties the domain), a reversed one is
+//!   `INVAL`; `reserved` is ignored; unknown domain → `NOENT`, bypass domain → `INVAL`.
 //! * PROBE: `reserved` ignored; unknown endpoint → `NOENT`; the RESV_MEM properties (24 bytes,
 //!   `length` 20, reserved bits and bytes zero), then zeroes up to `probe_size`.
 //!
