@@ -1305,6 +1305,68 @@ fn probe_zero_fill() -> Result<(), String> {
     Ok(())
 }
 
+/// The driver's parse of a PROBE reply's properties, as the PROBE section describes it: from
+/// the first property, each next one `length + 4` bytes on, until a property of type 0 or the
+/// end of `probe_size` bytes. Returns (type, start, end) of each property.
+fn parse_properties(props: &[u8]) -> Vec<(u16, u64, u64)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + 4 <= props.len() {
+        let kind = u16::from_le_bytes([props[at], props[at + 1]]) & 0x0fff;
+        let len = usize::from(u16::from_le_bytes([props[at + 2], props[at + 3]]));
+        if kind == 0 || at + 4 + len > props.len() {
+            break;
+        }
+        let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(props[r].try_into().unwrap());
+        found.push((kind, le64(at + 8..at + 16), le64(at + 16..at + 24)));
+        at += 4 + len;
+    }
+    found
+}
+
+fn probe_list_ends_with_an_empty_property_or_probe_size() -> Result<(), String> {
+    let want = vec![
+        (wire::PROBE_T_RESV_MEM, hole().start, hole().end),
+        (wire::PROBE_T_RESV_MEM, MSI.start, MSI.end),
+    ];
+    // Exactly two properties' worth (no room for an end marker), then a little more.
+    for probe_size in [48usize, 49, 51, 52, PROBE_SIZE] {
+        let v = device_with(ViommuConfig {
+            probe_size: probe_size as u32,
+            ..config()
+        });
+        let reply = v.handle_bytes(&probe(3), probe_size + 4);
+        ensure!(reply.len() == probe_size + 4, "used length {}", reply.len());
+        let (props, tail) = reply.split_at(probe_size);
+        ensure!(
+            tail == [0, 0, 0, 0],
+            "probe_size {probe_size}: tail {tail:?}"
+        );
+        let got = parse_properties(props);
+        ensure!(got == want, "probe_size {probe_size}: parsed {got:?}");
+        ensure!(
+            props[48..].iter().all(|&b| b == 0),
+            "probe_size {probe_size}: bytes after the list"
+        );
+    }
+    // Properties that would not fit in probe_size are refused when the endpoint is declared,
+    // so a PROBE never truncates the list.
+    let v = Viommu::new(ViommuConfig {
+        probe_size: 47,
+        ..config()
+    })
+    .map_err(|e| e.to_string())?;
+    ensure!(
+        v.add_endpoint(3, vec![hole()]).err()
+            == Some(ViommuError::ProbeSize {
+                needed: 48,
+                probe_size: 47
+            }),
+        "an endpoint whose properties overflow probe_size was declared"
+    );
+    Ok(())
+}
+
 // ---- RESV_MEM -----------------------------------------------------------------------------
 
 fn resv_mem_reserved_zero() -> Result<(), String> {
@@ -2065,6 +2127,14 @@ const ROWS: &[Row] = &[
         expect: "zeroes",
         choice: None,
         check: probe_zero_fill,
+    },
+    Row {
+        section: PROBE,
+        level: Text,
+        statement: "The driver parses all properties until it reaches an empty property (type is 0) or the end of properties. The length of the properties field is probe_size bytes.",
+        expect: "the driver's parse finds exactly the endpoint's regions, whether they fill probe_size exactly or are followed by zeroes; regions that cannot fit are refused when the endpoint is declared",
+        choice: None,
+        check: probe_list_ends_with_an_empty_property_or_probe_size,
     },
     Row {
         section: RESV_MEM,
