@@ -308,9 +308,7 @@ impl Endpoint {
     ) -> crate::IovaMemory<M, Endpoint> {
         crate::IovaMemory::new(ram, self.clone())
     }
-}
 
-impl Endpoint {
     /// The fault of an access to one of the endpoint's reserved regions. A blocked endpoint
     /// (attached to no domain, not in bypass mode) faults as a whole, whatever the address:
     /// `FAULT_R_DOMAIN` ("without being attached to a domain"), not `R_MAPPING`, which speaks
