@@ -28,10 +28,12 @@ pub const FAULT_F_ADDRESS: u32 = 1 << 8;
 pub enum FaultReason {
     /// `R_UNKNOWN`: an internal error, or none of the others.
     Unknown = 0,
-    /// `R_DOMAIN`: the endpoint is not attached to a domain.
+    /// `R_DOMAIN`: the endpoint is attached to no domain and not in bypass mode (wherever it
+    /// accessed, its reserved regions included).
     Domain = 1,
-    /// `R_MAPPING`: the address is not mapped, or not with the access's permissions (reserved
-    /// regions included).
+    /// `R_MAPPING`: the address is not mapped, or not with the access's permissions; also a
+    /// reserved region reached by an attached endpoint or one in bypass mode (whose identity
+    /// translation leaves the regions out).
     Mapping = 2,
 }
 
