@@ -106,7 +106,8 @@
 //! with `FAULT_F_ADDRESS` and the first faulting IOVA otherwise,
 //! `FAULT_F_READ`/`WRITE` from the access) to the bounded log; the VMM's event-queue handler
 //! calls [`Viommu::fault_event`] for the 24-byte `struct virtio_iommu_fault`; a full log or a
-//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]).
+//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]), and so does a
+//! device reset for the reports still pending (they belong to the driver it ended).
 
 mod config;
 mod faults;
@@ -496,7 +497,9 @@ impl Viommu {
     /// Device reset: every endpoint is detached and every domain destroyed; the driver's
     /// features go back to the offered set; `bypass` keeps its value (the specification:
     /// it SHOULD NOT change on device reset). Returns once no device access still uses a
-    /// translation the reset removed.
+    /// translation the reset removed. Fault reports not yet taken are discarded (and counted
+    /// in [`Viommu::faults_dropped`]): they name attachments and domains of the driver the
+    /// reset ended, whose event buffers the reset took back.
     pub fn reset(&self) {
         let wait = {
             let mut c = self.control.lock();
@@ -512,6 +515,8 @@ impl Viommu {
         if wait {
             quiesce::synchronize();
         }
+        // After the wait, so a report of an access that began before the reset goes too.
+        self.faults.discard_pending();
     }
 
     /// Handle one request-queue element in wire format: `readable` is its device-readable
@@ -587,7 +592,8 @@ impl Viommu {
         Some(wire::encode_fault(&record).to_vec())
     }
 
-    /// Fault reports dropped so far (log full, or event buffer too small).
+    /// Fault reports dropped so far (log full, event buffer too small, or discarded by a
+    /// device reset).
     pub fn faults_dropped(&self) -> u64 {
         self.faults.dropped()
     }
