@@ -103,9 +103,13 @@
 //!
 //! * Sizes above 32 granules go to the range allocator's lock every time (as in Linux); a
 //!   vmem-style per-size segregated front for large sizes is not built. With mixed sizes 1..64
-//!   half the requests take it, so that workload's latency is the chunks' (about 2300
-//!   instructions per free+alloc that reaches them at 300k live, module `range`), about 10 to
-//!   30 times a cached pair.
+//!   half the requests take it, so that workload's latency is the chunks' (module `range`: a
+//!   chunk's free misses its random word and the pages it lies on), and its 99th percentile is
+//!   set by the pairs whose free and allocation both reach the chunks (the example
+//!   `fragmented_pairs` times them by kind): 30 to 50 times a cached pair on a loaded 2-CPU
+//!   machine. A cache class of 64 granules (rounding 33..64 up) would take those pairs off
+//!   the chunks, at the cost of the rounding and of another class of magazines and `held`
+//!   bits.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;
