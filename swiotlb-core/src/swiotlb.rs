@@ -241,6 +241,9 @@ pub struct Swiotlb {
 }
 
 pub(crate) struct MemInner {
+    /// The instance's name (`dma_sync::thread::unique`), which its devices carry: a device of
+    /// a dropped instance stays foreign to one allocated at the same address.
+    id: usize,
     pub(crate) cfg: Config,
     /// Geometry of the default pool (its area count bounds every pool's).
     geo: Geometry,
@@ -314,8 +317,10 @@ impl Swiotlb {
         };
         let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
         let pool = Pool::new(geo, false, cfg.phys_limit, &DEFAULT_POOL)?;
+        let id = dma_sync::thread::unique();
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
+                id,
                 stats: Stats::new(cfg.stats),
                 geo,
                 head: pool,
@@ -323,11 +328,14 @@ impl Swiotlb {
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
                 memory: Box::new(memory),
-                caches: ThreadCaches::new(if cfg.thread_caches {
-                    thread_caches(geo.nareas)
-                } else {
-                    0
-                }),
+                caches: ThreadCaches::new(
+                    if cfg.thread_caches {
+                        thread_caches(geo.nareas)
+                    } else {
+                        0
+                    },
+                    id,
+                ),
                 cfg,
             }),
         })
@@ -386,7 +394,7 @@ impl Swiotlb {
     }
 
     fn id(&self) -> usize {
-        &*self.inner as *const MemInner as usize
+        self.inner.id
     }
 
     pub(crate) fn check_device(&self, dev: &Device) -> Result<(), Error> {
