@@ -475,8 +475,8 @@ impl Swiotlb {
 
     /// Find and allocate slots for `plan`: the calling thread's cached run (unless
     /// `try_cache` is false: the caller tried it already), every pool's local area, then the
-    /// other areas, then (if allowed) growth and a transient pool. On success the allocation
-    /// is counted ([`Swiotlb::found`]).
+    /// other areas, then (if allowed) growth and a transient pool. The allocation is recorded
+    /// (`Pool::record`); the caller publishes it and counts it ([`Swiotlb::found`]).
     // Inlined into map: returned out of line, the pool reference and slot went through the
     // stack in pieces and were reloaded whole (a store-forwarding stall on every map).
     #[inline(always)]
@@ -493,16 +493,15 @@ impl Swiotlb {
         } else {
             None
         };
-        let (pool, s) = match cached {
-            Some(found) => found,
-            None => self.search(dev, plan)?,
-        };
-        self.found(dev, &pool, plan.nslots);
-        Ok((pool, s))
+        match cached {
+            Some(found) => Ok(found),
+            None => self.search(dev, plan),
+        }
     }
 
-    /// Count an allocation of `nslots` just found in `pool` for `dev`, set the device's flag
-    /// and issue the release fence before the caller can hand the address on.
+    /// Count an allocation of `nslots` in `pool` for `dev`, just published (`Pool::publish`),
+    /// set the device's flag and issue the release fence before the caller can hand the
+    /// address on: a thread that receives it finds the pool and the mapping.
     #[inline(always)]
     pub(crate) fn found(&self, dev: &Device, pool: &Pool, nslots: usize) {
         self.inner.stats.add_used(pool.accounted_slots(nslots));

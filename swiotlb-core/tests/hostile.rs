@@ -1,7 +1,12 @@
 //! Hostile calls through the safe API: stale handles, racing and misdirected unmaps, sizes at
 //! the edges. Each test asserts the typed error and that the instance still works.
 
-use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
+use std::cell::Cell;
+use std::sync::{Arc, Barrier};
+use swiotlb_core::{
+    Config, DeviceConfig, Direction, DmaDst, DmaSrc, Error, MapAttrs, MemoryError, OrigMemory,
+    RegionMemory, Swiotlb,
+};
 
 const NONE: MapAttrs = MapAttrs {
     alloc_align_mask: 0,
@@ -39,5 +44,155 @@ fn a_device_of_a_dropped_instance_is_foreign_to_its_successor() {
         new.unmap(&dev, b, 64, Direction::ToDevice, NONE).unwrap();
         assert_eq!(new.stats().used, 0);
         new.check_invariants().unwrap();
+    }
+}
+
+thread_local! {
+    /// Whether this thread's next copy back stops at the gate.
+    static STALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Original memory whose copy back, on a thread that asked for it, announces itself and waits
+/// at a gate before it reads the bounce buffer: an unmap made slow at its worst point.
+struct Gated {
+    inner: RegionMemory,
+    gate: Arc<Barrier>,
+}
+
+impl OrigMemory for Gated {
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        self.inner.read_into(addr, dst)
+    }
+
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        if STALL.with(|s| s.replace(false)) {
+            self.gate.wait(); // arrived
+            self.gate.wait(); // let go
+        }
+        self.inner.write_from(addr, src)
+    }
+}
+
+/// Two unmaps of one copy-back mapping, the second overtaken inside its copy back by the
+/// first and by a map of the same size that reuses the slots for another buffer. The slow
+/// unmap copied the new mapping's bytes into the old buffer and then freed the new mapping
+/// (its head word was the same): one buffer got another's bytes, the other lost its mapping.
+/// Now whichever unmap claims the mapping copies it back; the other gets `NotMapped`.
+#[test]
+fn an_overtaken_copy_back_unmap_never_copies_another_mappings_bytes() {
+    dma_sync::cpu::set_current(Some(0));
+    const LEN: usize = 64;
+    let gate = Arc::new(Barrier::new(2));
+    let inner = RegionMemory::new(4096);
+    let (old, new) = (inner.base(), inner.base() + 1024);
+    inner.write(old, &[0x11; LEN]).unwrap();
+    inner.write(new, &[0x22; LEN]).unwrap();
+    let mem = Gated {
+        inner,
+        gate: gate.clone(),
+    };
+    let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let dir = Direction::Bidirectional;
+    let a = swiotlb.map(&dev, old, LEN, dir, NONE).unwrap();
+    swiotlb.write_bounce(&dev, a, &[0xAA; LEN]).unwrap(); // the device's answer
+    let mut unmapped = 0;
+    let slow = std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            STALL.with(|st| st.set(true));
+            swiotlb.unmap(&dev, a, LEN, dir, NONE)
+        });
+        gate.wait(); // the slow unmap is inside its copy back
+        unmapped += usize::from(swiotlb.unmap(&dev, a, LEN, dir, NONE).is_ok());
+        let b = swiotlb.map(&dev, new, LEN, dir, NONE).unwrap();
+        gate.wait();
+        let slow = slow.join().unwrap();
+        unmapped += usize::from(swiotlb.unmap(&dev, b, LEN, dir, NONE).is_ok());
+        slow
+    });
+    unmapped += usize::from(slow.is_ok());
+    let mut back = [0u8; LEN];
+    swiotlb.memory().read(old, &mut back).unwrap();
+    assert_eq!(
+        back, [0xAA; LEN],
+        "the old buffer holds its device's answer only"
+    );
+    swiotlb.memory().read(new, &mut back).unwrap();
+    assert_eq!(
+        back, [0x22; LEN],
+        "the new buffer was mapped and unmapped unchanged"
+    );
+    assert_eq!(unmapped, 2, "each of the two mappings unmapped once");
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+}
+
+thread_local! {
+    /// Whether this thread's next copy of original memory unwinds.
+    static UNWIND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Original memory whose next copy, on a thread that asked for it, panics (a caller's
+/// implementation with a bug).
+struct Panicky(RegionMemory);
+
+impl Panicky {
+    fn check(&self) {
+        if UNWIND.with(|u| u.replace(false)) {
+            panic!("the original memory's copy failed");
+        }
+    }
+}
+
+impl OrigMemory for Panicky {
+    fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        self.check();
+        self.0.read_into(addr, dst)
+    }
+
+    fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        self.check();
+        self.0.write_from(addr, src)
+    }
+}
+
+/// A copy that unwinds out of `map` gives the slots back (they stayed allocated for good,
+/// and the whole pool could no longer be mapped); one that unwinds out of a copy-back `unmap`
+/// keeps the mapping, which a second unmap releases.
+#[test]
+fn an_unwinding_copy_leaks_no_slot_and_loses_no_mapping() {
+    dma_sync::cpu::set_current(Some(0));
+    const ALL: usize = 8 * 2048;
+    let mem = Panicky(RegionMemory::new(64 * 1024));
+    let orig = mem.0.base();
+    let cfg = Config {
+        can_grow: false,
+        transient_pools: false,
+        ..Config::tiny(8, 1, 8)
+    };
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let dir = Direction::Bidirectional;
+    let unwinds = |f: &dyn Fn()| {
+        UNWIND.with(|u| u.set(true));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    };
+    // Once through the general path (a fresh thread has no cached run), once through the
+    // fast path (the run cached by the unmap below).
+    for _ in 0..2 {
+        assert!(unwinds(&|| {
+            let _ = swiotlb.map(&dev, orig, ALL, dir, NONE);
+        }));
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
+        let a = swiotlb.map(&dev, orig, ALL, dir, NONE).unwrap();
+        assert!(unwinds(&|| {
+            let _ = swiotlb.unmap(&dev, a, ALL, dir, NONE);
+        }));
+        assert_eq!(swiotlb.stats().used, 8, "the mapping is kept");
+        swiotlb.sync_for_cpu(&dev, a, ALL, dir).unwrap();
+        swiotlb.unmap(&dev, a, ALL, dir, NONE).unwrap();
+        assert_eq!(swiotlb.stats().used, 0);
+        swiotlb.check_invariants().unwrap();
     }
 }
