@@ -21,17 +21,17 @@
 //! * map: a simple request (no minimum-alignment or boundary mask, an allocation alignment of
 //!   at most a page, 1 byte to one segment) gets its plan from `align::simple` (where the
 //!   general `plan` starts too) and the thread's cached run
-//!   (`take_cached`, as `find_slots` tries first), then is copied in, published and counted as
-//!   the general path does (`bounce_in`). A miss goes to the out-of-line general map, which
+//!   (`take_cached`, as `find_slots` tries first), then is counted, copied in and published
+//!   as the general path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which
 //!   does not try the cache again.
 //! * unmap: no copy back, a global pool, an address at a slot's start whose slot heads a
 //!   mapping without padding: `Pool::unmark_unpadded` makes `unmark`'s checks on the raw
 //!   word, claims with the same compare-and-swap (`swiotlb.release.claim`, `.acquire`) and the
 //!   run is parked as `release` parks it. Anything else takes the out-of-line general unmap.
 //!
-//! A map publishes its mapping (`Pool::publish`) only once the bounce buffer is filled, and
-//! counts it and issues its release fence (`Swiotlb::found`) after that: until then no unmap
-//! can claim it, and a thread that receives the address finds it published. A copy-back
+//! A map publishes its mapping (`HeadWord::publish`) only once the bounce buffer is filled,
+//! and issues its release fence (`Swiotlb::handed_on`) after that: until then no unmap can
+//! claim it, and a thread that receives the address finds it published. A copy-back
 //! unmap claims the mapping before it copies back (`Pool::claim`), so the bytes it copies are
 //! the mapping's own even when a racing unmap of the same address (a caller's bug) would
 //! otherwise free the slots for a new mapping meanwhile.
@@ -43,7 +43,7 @@ use crate::align::Plan;
 use crate::device::Device;
 use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
-use crate::pool::{beyond, Pool};
+use crate::pool::{beyond, HeadWord, Pool};
 use crate::swiotlb::{PoolRef, Swiotlb};
 use crate::thread_cache::CachedRun;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
@@ -172,6 +172,7 @@ impl Swiotlb {
             .filter(|_| fast_paths());
         if let Some(plan) = &simple {
             if let Some((pool, s)) = self.take_cached(plan) {
+                self.found(dev, &pool, plan.nslots);
                 return self.bounce_in(dev, &pool, s, plan, orig, attrs);
             }
         }
@@ -197,9 +198,9 @@ impl Swiotlb {
     }
 
     /// Finish a map of `orig` whose allocation at slot `s` of `pool` was just found and
-    /// recorded for `plan`: check the DMA mask, zero the padding if asked, copy the original
-    /// in, publish the mapping and count it; on error (or if the original memory unwinds)
-    /// give the allocation back unpublished and uncounted. Returns the bounce address.
+    /// recorded and counted for `plan`: check the DMA mask, zero the padding if asked, copy
+    /// the original in and publish the mapping; on error (or if the original memory unwinds)
+    /// give the allocation back unpublished and uncount it. Returns the bounce address.
     #[inline(always)]
     fn bounce_in(
         &self,
@@ -218,7 +219,7 @@ impl Swiotlb {
             dev,
             pool,
             s,
-            plan,
+            nslots: plan.nslots,
         };
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
             return Err(Error::NotDmaCapable { addr });
@@ -229,9 +230,10 @@ impl Swiotlb {
             pool.region().zero(run.start, off - run.start);
             pool.region().zero(off + size, run.end - off - size);
         }
+        let head = pool.head_word(s, plan);
         // The range was just recorded: copy without looking its metadata up again.
         self.copy(pool, orig, addr, size, true)?;
-        unpublished.publish();
+        unpublished.publish(head);
         Ok(addr)
     }
 
@@ -255,19 +257,13 @@ impl Swiotlb {
         Ok(())
     }
 
-    /// Uncount the run of `nslots` at `start` of `pool`, released by the caller, and give it
-    /// back: as [`Swiotlb::release`] does after its claim.
+    /// Uncount the run of `nslots` at `start` of `pool`, held by the caller and clear of
+    /// metadata, and give it back: a global pool's to the calling thread's cache (the run it
+    /// displaces to its area), a transient pool's to its area, and the transient pool is
+    /// dropped (its one mapping is gone).
     #[inline(always)]
     fn give_back(&self, dev: &Device, pool: &PoolRef<'_>, start: usize, nslots: usize) {
         self.inner.stats.sub_used(pool.accounted_slots(nslots));
-        self.return_run(dev, pool, start, nslots);
-    }
-
-    /// Give the run of `nslots` at `start` of `pool`, held by the caller and clear of
-    /// metadata, back: a global pool's to the calling thread's cache (the run it displaces to
-    /// its area), a transient pool's to its area, and the transient pool is dropped.
-    #[inline(always)]
-    fn return_run(&self, dev: &Device, pool: &PoolRef<'_>, start: usize, nslots: usize) {
         if pool.transient {
             pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
@@ -597,14 +593,14 @@ impl Swiotlb {
             dev,
             pool: &pool,
             s,
-            plan: &plan,
+            nslots: plan.nslots,
         };
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
             return Err(Error::NoSpace { size });
         }
-        unpublished.publish();
+        unpublished.publish(pool.head_word(s, &plan));
         Ok(addr)
     }
 
@@ -671,35 +667,37 @@ impl Swiotlb {
     }
 }
 
-/// An allocation found and recorded (`Pool::record`), not yet published nor counted: dropped,
-/// it clears its metadata and gives the run back (a map that fails after its search, or whose
-/// original memory unwinds). No release can claim it meanwhile.
+/// An allocation found, recorded (`Pool::record`) and counted, not yet published: dropped, it
+/// clears its metadata, uncounts it and gives the run back (a map that fails after its
+/// search, or whose original memory unwinds). No release can claim it meanwhile.
 struct Unpublished<'a> {
     swiotlb: &'a Swiotlb,
     dev: &'a Device,
     pool: &'a PoolRef<'a>,
+    /// The allocation's run: `nslots` slots from `s` (not the plan: a reference to it kept
+    /// here made the fast path build the plan in memory, about 30 instructions a map).
     s: usize,
-    plan: &'a Plan,
+    nslots: usize,
 }
 
 impl Unpublished<'_> {
-    /// Make the allocation a mapping (`Pool::publish`), then count it and issue the map's
-    /// release fence (`Swiotlb::found`): the fence orders the publication before the caller
-    /// hands the address on, so an unmap on the thread that receives it through the caller's
-    /// memory finds the mapping (model `transient_unlink_head`).
+    /// Make the allocation a mapping (`head`, its head word), then issue the map's release
+    /// fence (`Swiotlb::handed_on`): it orders the publication before the caller hands the
+    /// address on, so an unmap on the thread that receives it through the caller's memory
+    /// finds the mapping (model `transient_unlink_head`).
     #[inline(always)]
-    fn publish(self) {
-        self.pool.publish(self.s, self.plan);
-        self.swiotlb.found(self.dev, self.pool, self.plan.nslots);
+    fn publish(self, head: HeadWord<'_>) {
+        head.publish();
+        Swiotlb::handed_on();
         std::mem::forget(self);
     }
 }
 
 impl Drop for Unpublished<'_> {
     fn drop(&mut self) {
-        self.pool.unrecord(self.s, self.plan);
-        let nslots = self.plan.nslots;
-        self.swiotlb.return_run(self.dev, self.pool, self.s, nslots);
+        self.pool.unrecord(self.s, self.nslots);
+        self.swiotlb
+            .give_back(self.dev, self.pool, self.s, self.nslots);
     }
 }
 

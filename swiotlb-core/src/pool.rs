@@ -12,7 +12,7 @@
 //! mapping (its metadata recorded), or a thread cache. The holder alone writes its metadata:
 //! [`Pool::record`] by the map that took the run (under the area lock, or from its thread's
 //! cache), head slot last with release (`swiotlb.meta.publish`) once the bounce buffer is
-//! filled ([`Pool::publish`]). A release claims the mapping
+//! filled ([`HeadWord::publish`]). A release claims the mapping
 //! with one compare-and-swap of the head slot's metadata word (acquire, `swiotlb.release.claim`
 //! and `swiotlb.release.acquire`): of two racing releases exactly one wins, and the winner,
 //! now the run's holder, clears the rest and gives the run to its thread's cache or back to
@@ -385,7 +385,7 @@ impl Pool {
 
     /// Write the metadata of a fresh allocation at `s`, by the one thread that holds the run
     /// (under its area lock, or taken from its thread's cache), all but the head slot's word,
-    /// which [`Pool::publish`] writes once the bounce buffer is filled. Free slots carry no
+    /// which the map writes once the bounce buffer is filled ([`Pool::head_word`]). Free slots carry no
     /// metadata (a release clears its whole run; `check` verifies it), so only the slots the
     /// mapping covers are written: padding and alignment slots stay clear.
     #[inline]
@@ -411,13 +411,11 @@ impl Pool {
         head_slot.orig.store(orig, Relaxed);
     }
 
-    /// Make the allocation at `s` recorded for `plan` a mapping: write its head slot's word,
-    /// last, with release (`swiotlb.meta.publish`), so a release that claims it sees the rest
-    /// of the metadata and the bounce bytes the map wrote. Until then no release can claim it,
-    /// and a sync finds no mapping: a bogus unmap of the address (guessed, or stale) cannot
-    /// free the slots while the map fills them.
-    #[inline]
-    pub(crate) fn publish(&self, s: usize, plan: &Plan) {
+    /// The head slot's word that makes the allocation at `s` recorded for `plan` a mapping,
+    /// to publish once the bounce buffer is filled ([`HeadWord::publish`]). Derived before the
+    /// copy, so the fast path keeps it across the copy's call instead of deriving it again.
+    #[inline(always)]
+    pub(crate) fn head_word(&self, s: usize, plan: &Plan) -> HeadWord<'_> {
         let end = plan.in_off + plan.mapping_size;
         let word = VALID
             | (plan.in_off as u64) << IN_OFF_SHIFT
@@ -425,15 +423,16 @@ impl Pool {
             | HEAD
             | (plan.pad_slots as u64) << PAD_SHIFT
             | (plan.nslots as u64) << NSLOTS_SHIFT;
-        self.slots[s + plan.pad_slots]
-            .meta
-            .store(word, META_PUBLISH.ord(Release));
+        HeadWord {
+            meta: &self.slots[s + plan.pad_slots].meta,
+            word,
+        }
     }
 
-    /// Clear the metadata [`Pool::record`] wrote for `plan` at `s`, never published: the
-    /// caller holds the run again.
-    pub(crate) fn unrecord(&self, s: usize, plan: &Plan) {
-        self.clear_run(s, plan.nslots);
+    /// Clear the metadata [`Pool::record`] wrote for the allocation of `nslots` at `s`, never
+    /// published: the caller holds the run again.
+    pub(crate) fn unrecord(&self, s: usize, nslots: usize) {
+        self.clear_run(s, nslots);
     }
 
     /// Metadata of slot `i` (no lock: see the module documentation).
@@ -622,6 +621,24 @@ impl Pool {
             }
         }
         Ok(())
+    }
+}
+
+/// The head slot's metadata word of a recorded allocation, not yet written.
+pub(crate) struct HeadWord<'a> {
+    meta: &'a AtomicU64,
+    word: u64,
+}
+
+impl HeadWord<'_> {
+    /// Make the allocation a mapping: write its head slot's word, last, with release
+    /// (`swiotlb.meta.publish`), so a release that claims it sees the rest of the metadata
+    /// and the bounce bytes the map wrote. Until then no release can claim it, and a sync
+    /// finds no mapping: a bogus unmap of the address (guessed, or stale) cannot free the
+    /// slots while the map fills them.
+    #[inline(always)]
+    pub(crate) fn publish(self) {
+        self.meta.store(self.word, META_PUBLISH.ord(Release));
     }
 }
 

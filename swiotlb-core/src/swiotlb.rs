@@ -475,8 +475,8 @@ impl Swiotlb {
 
     /// Find and allocate slots for `plan`: the calling thread's cached run (unless
     /// `try_cache` is false: the caller tried it already), every pool's local area, then the
-    /// other areas, then (if allowed) growth and a transient pool. The allocation is recorded
-    /// (`Pool::record`); the caller publishes it and counts it ([`Swiotlb::found`]).
+    /// other areas, then (if allowed) growth and a transient pool. On success the allocation
+    /// is recorded (`Pool::record`) and counted ([`Swiotlb::found`]); the caller publishes it.
     // Inlined into map: returned out of line, the pool reference and slot went through the
     // stack in pieces and were reloaded whole (a store-forwarding stall on every map).
     #[inline(always)]
@@ -493,15 +493,17 @@ impl Swiotlb {
         } else {
             None
         };
-        match cached {
-            Some(found) => Ok(found),
-            None => self.search(dev, plan),
-        }
+        let (pool, s) = match cached {
+            Some(found) => found,
+            None => self.search(dev, plan)?,
+        };
+        self.found(dev, &pool, plan.nslots);
+        Ok((pool, s))
     }
 
-    /// Count an allocation of `nslots` in `pool` for `dev`, just published (`Pool::publish`),
-    /// set the device's flag and issue the release fence before the caller can hand the
-    /// address on: a thread that receives it finds the pool and the mapping.
+    /// Count an allocation of `nslots` just found in `pool` for `dev` and set the device's
+    /// flag; the map issues the release fence ([`Swiotlb::handed_on`]) once it has published
+    /// the mapping.
     #[inline(always)]
     pub(crate) fn found(&self, dev: &Device, pool: &Pool, nslots: usize) {
         self.inner.stats.add_used(pool.accounted_slots(nslots));
@@ -509,6 +511,13 @@ impl Swiotlb {
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);
         }
+    }
+
+    /// The release fence of a map (or alloc) that published its mapping, before the caller
+    /// can hand the address on: a thread that receives it through the caller's memory finds
+    /// the pool, the device's flag and the mapping (model `transient_unlink_head`).
+    #[inline(always)]
+    pub(crate) fn handed_on() {
         // Every map, not only the flag's first store: the pool found may be one published
         // since. A release fence suffices in C11 (it orders the earlier list reads too, and
         // happens-before is transitive; LKMM needs the kernel's smp_mb), and costs no
