@@ -40,7 +40,8 @@
 //! publication passes `guessed_unmap`, checked). What only the publication's release orders
 //! is the copy in, so that a bogus unmap claiming the mapping copies back the map's bytes, and
 //! the bounce bytes are untracked atomics under loom (module `shared`); `guessed_copy_back`
-//! checks the order of the steps (a publication before the copy fails it).
+//! fails a publication made with the record, and the crate's
+//! `hostile::a_map_still_copying_in_cannot_be_unmapped` one made right before the copy.
 //!
 //! `swiotlb.cache.claim` is declared unobservable too. Under loom, every path from a
 //! claim to the slot's run passes a full fence (the section's light fence, and the RCU pins

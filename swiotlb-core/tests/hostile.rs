@@ -48,12 +48,13 @@ fn a_device_of_a_dropped_instance_is_foreign_to_its_successor() {
 }
 
 thread_local! {
-    /// Whether this thread's next copy back stops at the gate.
+    /// Whether this thread's next copy stops at the gate.
     static STALL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Original memory whose copy back, on a thread that asked for it, announces itself and waits
-/// at a gate before it reads the bounce buffer: an unmap made slow at its worst point.
+/// Original memory whose next copy, on a thread that asked for it, announces itself and
+/// waits at a gate before it touches the bounce buffer: a map or an unmap made slow at its
+/// worst point.
 struct Gated {
     inner: RegionMemory,
     gate: Arc<Barrier>,
@@ -61,15 +62,22 @@ struct Gated {
 
 impl OrigMemory for Gated {
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        self.stall();
         self.inner.read_into(addr, dst)
     }
 
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        self.stall();
+        self.inner.write_from(addr, src)
+    }
+}
+
+impl Gated {
+    fn stall(&self) {
         if STALL.with(|s| s.replace(false)) {
             self.gate.wait(); // arrived
             self.gate.wait(); // let go
         }
-        self.inner.write_from(addr, src)
     }
 }
 
@@ -195,4 +203,63 @@ fn an_unwinding_copy_leaks_no_slot_and_loses_no_mapping() {
         assert_eq!(swiotlb.stats().used, 0);
         swiotlb.check_invariants().unwrap();
     }
+}
+
+/// An unmap (with a copy back) of an address whose map is still copying in: the address is
+/// guessed, or stale. A mapping published before its copy in could be claimed then: the copy
+/// back gave the buffer the slots' earlier bytes, and the map went on to fill freed slots.
+/// Now the mapping is published once filled: the early unmap finds none.
+#[test]
+fn a_map_still_copying_in_cannot_be_unmapped() {
+    dma_sync::cpu::set_current(Some(0));
+    const LEN: usize = 64;
+    let gate = Arc::new(Barrier::new(2));
+    let inner = RegionMemory::new(4096);
+    let orig = inner.base();
+    inner.write(orig, &[0x33; LEN]).unwrap();
+    let mem = Gated {
+        inner,
+        gate: gate.clone(),
+    };
+    let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let dev = swiotlb.device(DeviceConfig::default());
+    let dir = Direction::Bidirectional;
+    let start = swiotlb.stats().pools[0].start;
+    // The device's earlier bytes in every slot.
+    let a = swiotlb.map(&dev, orig, LEN, dir, NONE).unwrap();
+    swiotlb
+        .write_bounce(&dev, start, &[0xEE; 8 * 2048])
+        .unwrap();
+    swiotlb
+        .unmap(&dev, a, LEN, Direction::ToDevice, NONE)
+        .unwrap();
+    let (mapped, early) = std::thread::scope(|s| {
+        let mapper = s.spawn(|| {
+            STALL.with(|st| st.set(true));
+            swiotlb.map(&dev, orig, LEN, dir, NONE).unwrap()
+        });
+        gate.wait(); // the map is inside its copy in
+        let early: Vec<_> = (0..8)
+            .map(|i| swiotlb.unmap(&dev, start + i * 2048, LEN, dir, NONE))
+            .collect();
+        gate.wait();
+        (mapper.join().unwrap(), early)
+    });
+    assert!(
+        early
+            .iter()
+            .all(|r| matches!(r, Err(Error::NotMapped { .. }))),
+        "{early:?}"
+    );
+    let mut back = [0u8; LEN];
+    swiotlb.memory().read(orig, &mut back).unwrap();
+    assert_eq!(
+        back, [0x33; LEN],
+        "no copy back of the slots' earlier bytes"
+    );
+    swiotlb.read_bounce(&dev, mapped, &mut back).unwrap();
+    assert_eq!(back, [0x33; LEN], "the map filled its own slots");
+    swiotlb.unmap(&dev, mapped, LEN, dir, NONE).unwrap();
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
 }

@@ -560,9 +560,11 @@ fn guessed_unmap_passes() {
 /// could start at, with a copy back, while another maps a buffer into slots that hold a
 /// device's earlier bytes. The map publishes the mapping (its head slot's word,
 /// `swiotlb.meta.publish`) only once it has filled the bounce buffer, so an unmap that claims
-/// it copies back the bytes the map copied in; published before the copy (checked), the
-/// claimer copied the earlier bytes into the buffer. (The bounce bytes are untracked atomics
-/// under loom, so a Relaxed publication is not seen here: the point is unobservable.)
+/// it copies back the bytes the map copied in; published in `record`, the claimer copied the
+/// earlier bytes into the buffer (checked). A publication right before the copy is not seen
+/// here: no tracked step lies between them, and loom cannot stop a thread inside the
+/// untracked copy (`hostile::a_map_still_copying_in_cannot_be_unmapped` stops it there); nor
+/// is a Relaxed publication (the bytes are untracked atomics: the point is unobservable).
 /// Exhaustive: two threads.
 fn guessed_copy_back() {
     const LEN: usize = 8;
