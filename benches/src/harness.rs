@@ -69,6 +69,9 @@ pub struct RunConfig {
     pub latency_duration: Duration,
     /// Pin thread `t` to the `t mod n`-th CPU the process may run on.
     pub pin: bool,
+    /// Time every op alone in the latency phase, however fast it is (see
+    /// [`RunConfig::timing_each_op`]).
+    pub time_each_op: bool,
 }
 
 impl RunConfig {
@@ -84,6 +87,24 @@ impl RunConfig {
             duration,
             latency_duration: duration / 4,
             pin,
+            time_each_op: false,
+        }
+    }
+
+    /// This configuration with every op of the latency phase timed alone: for a case whose
+    /// target is the tail of a single op's latency, where a sample of a group of ops (its
+    /// mean) would hide a slow op among fast ones, and whose ops are slow enough (a few
+    /// hundred nanoseconds) for the clock to resolve them alone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = dma_bench::harness::RunConfig::new(Duration::from_millis(8), true);
+    /// assert!(!c.time_each_op && c.timing_each_op().time_each_op);
+    /// ```
+    pub fn timing_each_op(&self) -> Self {
+        RunConfig {
+            time_each_op: true,
+            ..self.clone()
         }
     }
 }
@@ -444,7 +465,10 @@ where
                     middle.wait();
                     let mut hist = new_histogram();
                     let wall_ns = end.duration_since(begin).as_secs_f64() * 1e9;
-                    let group = latency_group(wall_ns / count.max(1) as f64);
+                    let group = match cfg.time_each_op {
+                        true => 1,
+                        false => latency_group(wall_ns / count.max(1) as f64),
+                    };
                     // At least one timed batch too.
                     loop {
                         for _ in 0..BATCH.div_ceil(group) {
@@ -630,6 +654,24 @@ mod tests {
         assert!(m.latency.samples * m.latency.group >= BATCH);
         assert!(m.latency.samples + m.ops / 3 <= calls.load(Ordering::Relaxed));
         assert!(m.cpu_ns_per_op.is_finite() && m.elapsed_s > 0.0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks and real time
+    fn timing_each_op_samples_fast_ops_alone() {
+        let fast = |cfg: &RunConfig| {
+            measure(cfg, 1, |_| {
+                let mut x = 0u64;
+                move || x = std::hint::black_box(x + 1)
+            })
+        };
+        assert!(
+            fast(&quick()).latency.group > 1,
+            "a fast op is timed in groups"
+        );
+        let alone = fast(&quick().timing_each_op()).latency;
+        assert_eq!(alone.group, 1);
+        assert!(alone.samples >= BATCH);
     }
 
     #[test]

@@ -40,11 +40,13 @@
 //!
 //! * `tests/conformance.rs`: the specification's device-normative statements as one table (see
 //!   [`viommu`]); removing the ATTACH reserved check, the RESV_MEM MAP check, the `bypass` field's
-//!   effect or the unknown-type rule fails its rows.
+//!   effect, the unknown-type rule, the room a moving endpoint's dying domain leaves, or the
+//!   `R_DOMAIN` reason of a blocked endpoint in a reserved region fails its rows.
 //! * `tests/viommu_model.rs`: a reference model written from the specification's text; random
 //!   sequences of wire-format requests, valid and invalid, where each status must be one the
 //!   conditions that hold allow (OK when none does), a refused request changes nothing, and every
-//!   endpoint translates every page as the model says; then 20,000 arbitrary byte strings, after
+//!   endpoint translates every page as the model says, each fault reported with the model's
+//!   reason; then 20,000 arbitrary byte strings, after
 //!   which replies have stayed within the writable part and `probe_size` + 4 bytes and the device
 //!   still works.
 //! * `tests/virtio_blk.rs` with `examples/virtio_blk/`: a virtio-blk-like device written against

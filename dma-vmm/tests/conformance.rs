@@ -7,7 +7,7 @@
 //! the request has one.
 #![cfg(not(loom))]
 
-use dma_vmm::translate::Fault;
+use dma_vmm::translate::{Fault, Translate};
 use dma_vmm::viommu::wire::{self, T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
 use dma_vmm::viommu::*;
 use io_pgtable::Prot;
@@ -305,6 +305,32 @@ fn ranges_and_probe_size_are_what_the_device_enforces() -> Result<(), String> {
     Ok(())
 }
 
+fn page_size_mask_may_hold_larger_sizes() -> Result<(), String> {
+    let v = device();
+    let mask = v.page_size_mask();
+    ensure!(
+        mask == PAGE | 0x20_0000 | 0x4000_0000,
+        "page_size_mask {mask:#x}"
+    );
+    // The larger sizes are not just advertised: a MAP aligned on one is mapped with it.
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, map(1, 0x20_0000, 0x3f_ffff, 0x40_0000, RW), Status::Ok);
+    expect_status!(v, map(1, 0x40_1000, 0x40_1fff, 0x9000, RW), Status::Ok);
+    let domain = v.domain(1).ok_or("no domain 1")?;
+    let leaf = |iova| domain.lookup(iova).map(|l| l.len);
+    ensure!(
+        leaf(0x20_0000) == Ok(0x20_0000),
+        "2 MiB mapping: leaf {:?}",
+        leaf(0x20_0000)
+    );
+    ensure!(
+        leaf(0x40_1000) == Ok(PAGE),
+        "4 KiB mapping: leaf {:?}",
+        leaf(0x40_1000)
+    );
+    Ok(())
+}
+
 fn bypass_may_start_at_one() -> Result<(), String> {
     for initial_bypass in [false, true] {
         let v = device_with(ViommuConfig {
@@ -392,6 +418,27 @@ fn writing_bypass_switches_unattached_endpoints() -> Result<(), String> {
         reads(&free, 0x4000) == Err(Fault::Detached),
         "still identity"
     );
+    Ok(())
+}
+
+fn domain_range_is_inclusive_at_both_ends() -> Result<(), String> {
+    // The default range is every u32: both ends are usable ids.
+    let v = device();
+    expect_status!(v, attach(0, 1), Status::Ok);
+    expect_status!(v, attach(u32::MAX, 2), Status::Ok);
+    expect_status!(v, map(u32::MAX, 0, PAGE - 1, 0x8000, RW), Status::Ok);
+    ensure!(reads(&endpoint(&v, 2), 0) == Ok(0x8000), "domain u32::MAX");
+    expect_status!(v, detach(u32::MAX, 2), Status::Ok);
+    expect_status!(v, detach(0, 1), Status::Ok);
+    let v = device_with(ViommuConfig {
+        domain_range: (4, 8),
+        ..config()
+    });
+    expect_status!(v, attach(8, 1), Status::Ok);
+    expect_status!(v, attach(4, 2), Status::Ok);
+    expect_status!(v, attach(9, 3), Status::Range);
+    expect_status!(v, attach(3, 3), Status::Range);
+    ensure!(v.domain_ids() == [4, 8], "domains {:?}", v.domain_ids());
     Ok(())
 }
 
@@ -496,6 +543,36 @@ fn unparsable_requests_are_returned_unwritten() -> Result<(), String> {
     Ok(())
 }
 
+fn request_parts_beyond_their_layout() -> Result<(), String> {
+    let v = device();
+    // Readable bytes past the layout are ignored.
+    let long_attach = [attach(1, 1), vec![0xee; 8]].concat();
+    ensure!(
+        v.handle_bytes(&long_attach, 4) == [0, 0, 0, 0],
+        "long ATTACH"
+    );
+    ensure!(endpoint(&v, 1).domain() == Some(1), "not attached");
+    // A writable part longer than the layout gets the layout's reply: the tail where the
+    // structure puts it, the used length the structure's size.
+    let reply = v.handle_bytes(&map(1, 0, PAGE, 0, RW), 16);
+    ensure!(
+        reply == [Status::Range.code(), 0, 0, 0],
+        "MAP reply {reply:?}"
+    );
+    let reply = v.handle_bytes(&probe(3), PROBE_SIZE + 4 + 12);
+    ensure!(
+        reply.len() == PROBE_SIZE + 4,
+        "PROBE used length {}",
+        reply.len()
+    );
+    ensure!(
+        reply[PROBE_SIZE..] == [0, 0, 0, 0]
+            && reply[..PROBE_SIZE] == probed_properties()[..PROBE_SIZE],
+        "PROBE reply"
+    );
+    Ok(())
+}
+
 fn bypass_mode_even_without_the_feature_accepted() -> Result<(), String> {
     let v = device_with(ViommuConfig {
         initial_bypass: true,
@@ -574,6 +651,43 @@ fn attach_shares_domains() -> Result<(), String> {
     Ok(())
 }
 
+fn attached_endpoints_share_only_their_domain() -> Result<(), String> {
+    let v = device();
+    let (one, two, three) = (endpoint(&v, 1), endpoint(&v, 2), endpoint(&v, 3));
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, attach(1, 2), Status::Ok);
+    expect_status!(v, attach(2, 3), Status::Ok);
+    expect_status!(v, map(1, 0, PAGE - 1, 0x8000, RW), Status::Ok);
+    expect_status!(v, map(2, 0, PAGE - 1, 0x9000, RW), Status::Ok);
+    ensure!(
+        reads(&one, 0) == Ok(0x8000) && reads(&two, 0) == Ok(0x8000),
+        "domain 1 not shared"
+    );
+    ensure!(reads(&three, 0) == Ok(0x9000), "domain 2 sees domain 1");
+    // What one domain's requests change, the other does not see.
+    expect_status!(v, map(1, PAGE, 2 * PAGE - 1, 0xa000, RW), Status::Ok);
+    ensure!(
+        reads(&three, PAGE) == Err(Fault::Unmapped { iova: PAGE }),
+        "domain 1's MAP reached domain 2"
+    );
+    expect_status!(v, unmap(2, 0, PAGE - 1), Status::Ok);
+    ensure!(
+        reads(&one, 0) == Ok(0x8000),
+        "domain 2's UNMAP reached domain 1"
+    );
+    // One domain at a time: joining domain 2 leaves domain 1.
+    expect_status!(v, attach(2, 2), Status::Ok);
+    ensure!(
+        v.domain_endpoints(1) == Some(vec![1]) && v.domain_endpoints(2) == Some(vec![2, 3]),
+        "endpoint in two domains"
+    );
+    ensure!(
+        reads(&two, PAGE) == Err(Fault::Unmapped { iova: PAGE }),
+        "moved endpoint still reaches domain 1"
+    );
+    Ok(())
+}
+
 fn attach_bypass_mismatch() -> Result<(), String> {
     let v = device();
     expect_status!(v, attach(1, 1), Status::Ok);
@@ -597,6 +711,33 @@ fn attach_moves_as_detach_then_attach() -> Result<(), String> {
     );
     // Domain 1 lost its last endpoint, as after a DETACH: it no longer exists.
     expect_status!(v, map(1, PAGE, 2 * PAGE - 1, 0, RW), Status::NoEnt);
+    Ok(())
+}
+
+fn attach_move_frees_the_old_domain_first() -> Result<(), String> {
+    let v = device_with(ViommuConfig {
+        max_domains: 1,
+        ..config()
+    });
+    let ep = endpoint(&v, 1);
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, map(1, 0, PAGE - 1, 0x8000, RW), Status::Ok);
+    // DETACH would destroy domain 1, then ATTACH create domain 2: room for it.
+    expect_status!(v, attach(2, 1), Status::Ok);
+    ensure!(ep.domain() == Some(2), "not moved");
+    ensure!(v.domain_ids() == [2], "domains {:?}", v.domain_ids());
+    ensure!(
+        reads(&ep, 0) == Err(Fault::Unmapped { iova: 0 }),
+        "old mapping"
+    );
+    // An endpoint attached nowhere frees nothing; one sharing its domain neither.
+    expect_status!(v, attach(3, 2), Status::NoMem);
+    expect_status!(v, attach(2, 2), Status::Ok);
+    expect_status!(v, attach(3, 1), Status::NoMem);
+    ensure!(
+        ep.domain() == Some(2) && v.domain_endpoints(2) == Some(vec![1, 2]),
+        "a refused ATTACH moved the endpoint"
+    );
     Ok(())
 }
 
@@ -702,6 +843,28 @@ fn detach_cuts_every_mapping() -> Result<(), String> {
         reads(&endpoint(&v, 2), 0) == Ok(0x8000),
         "other endpoint lost it"
     );
+    Ok(())
+}
+
+fn detach_may_leave_bypass_mode() -> Result<(), String> {
+    for bypass in [false, true] {
+        let v = device();
+        let ep = endpoint(&v, 1);
+        ensure!(
+            v.write_config(wire::CONFIG_BYPASS_OFFSET, &[u8::from(bypass)]),
+            "bypass write"
+        );
+        expect_status!(v, attach(1, 1), Status::Ok);
+        expect_status!(v, map(1, 0, PAGE - 1, 0x8000, RW), Status::Ok);
+        expect_status!(v, detach(1, 1), Status::Ok);
+        let want = if bypass { Ok(0) } else { Err(Fault::Detached) };
+        ensure!(
+            reads(&ep, 0) == want,
+            "bypass {bypass}: {:?}, expected {want:?}",
+            reads(&ep, 0)
+        );
+        ensure!(ep.in_bypass_mode() == bypass, "bypass mode");
+    }
     Ok(())
 }
 
@@ -830,6 +993,110 @@ fn map_beyond_the_caps() -> Result<(), String> {
     Ok(())
 }
 
+fn map_covers_exactly_the_inclusive_range() -> Result<(), String> {
+    let v = device_with(ViommuConfig {
+        input_range: (0x1_0000, 0xf_ffff),
+        ..config()
+    });
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, attach(1, 2), Status::Ok);
+    // The input range's first and last pages, each its own mapping.
+    expect_status!(
+        v,
+        map(1, 0x1_0000, 0x1_0fff, 0x5000, MAP_F_READ),
+        Status::Ok
+    );
+    expect_status!(v, map(1, 0xf_e000, 0xf_ffff, 0x30_0000, RW), Status::Ok);
+    for id in [1, 2] {
+        let ep = endpoint(&v, id);
+        let byte = |iova| ep.access(iova, 1, Prot::READ, |s| s[0].paddr);
+        // PA = VA - virt_start + phys_start, for the first and last byte.
+        ensure!(byte(0x1_0000) == Ok(0x5000), "ep {id}: first byte");
+        ensure!(byte(0x1_0fff) == Ok(0x5fff), "ep {id}: last byte");
+        ensure!(byte(0xf_ffff) == Ok(0x30_1fff), "ep {id}: last input byte");
+        ensure!(
+            byte(0x1_1000) == Err(Fault::Unmapped { iova: 0x1_1000 }),
+            "ep {id}: byte after virt_end"
+        );
+        ensure!(
+            byte(0xf_dfff) == Err(Fault::Unmapped { iova: 0xf_dfff }),
+            "ep {id}: byte before virt_start"
+        );
+        // An access running past virt_end faults at the first byte outside.
+        ensure!(
+            ep.access(0x1_0ff8, 16, Prot::READ, |_| ()) == Err(Fault::Unmapped { iova: 0x1_1000 }),
+            "ep {id}: access across virt_end"
+        );
+    }
+    Ok(())
+}
+
+fn map_ranges_at_the_end_of_the_address_space() -> Result<(), String> {
+    let v = device();
+    expect_status!(v, attach(1, 1), Status::Ok);
+    // virt_end + 1 wraps to 0 (aligned), but the range is outside input_range.
+    expect_status!(
+        v,
+        map(1, u64::MAX - (PAGE - 1), u64::MAX, 0, RW),
+        Status::Range
+    );
+    expect_status!(v, map(1, 0, u64::MAX, 0, RW), Status::Range);
+    // phys_end = phys_start + virt_end - virt_start past 64 bits, or past the output size.
+    expect_status!(
+        v,
+        map(1, 0, 2 * PAGE - 1, u64::MAX - (PAGE - 1), RW),
+        Status::Range
+    );
+    expect_status!(v, map(1, 0, PAGE - 1, 1 << 48, RW), Status::Range);
+    expect_status!(
+        v,
+        map(1, 0, 2 * PAGE - 1, (1 << 48) - PAGE, RW),
+        Status::Range
+    );
+    ensure!(mapped(&v, 1) == 0, "mapped anyway");
+    ensure!(
+        reads(&endpoint(&v, 1), 0) == Err(Fault::Unmapped { iova: 0 }),
+        "a refused MAP left a translation"
+    );
+    expect_status!(v, map(1, 0, PAGE - 1, (1 << 48) - PAGE, RW), Status::Ok);
+    Ok(())
+}
+
+fn map_mmio_is_a_memory_type() -> Result<(), String> {
+    let v = device();
+    let ep = endpoint(&v, 1);
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(
+        v,
+        map(1, 0, PAGE - 1, 0xfe00_0000, MAP_F_READ | MAP_F_MMIO),
+        Status::Ok
+    );
+    expect_status!(
+        v,
+        map(1, PAGE, 2 * PAGE - 1, 0x8000, MAP_F_READ | MAP_F_WRITE),
+        Status::Ok
+    );
+    let domain = v.domain(1).ok_or("no domain 1")?;
+    let prot = |iova| domain.lookup(iova).map(|l| l.prot);
+    ensure!(
+        prot(0).is_ok_and(|p| p.contains(Prot::MMIO | Prot::READ) && !p.contains(Prot::WRITE)),
+        "MMIO mapping {:?}",
+        prot(0)
+    );
+    ensure!(
+        prot(PAGE).is_ok_and(|p| !p.contains(Prot::MMIO)),
+        "normal mapping {:?}",
+        prot(PAGE)
+    );
+    // The protections still apply to an MMIO mapping.
+    ensure!(reads(&ep, 0) == Ok(0xfe00_0000), "MMIO read");
+    ensure!(
+        matches!(writes(&ep, 0), Err(Fault::Denied { .. })),
+        "write to a READ | MMIO mapping"
+    );
+    Ok(())
+}
+
 fn map_other_choices() -> Result<(), String> {
     let v = device();
     expect_status!(v, attach(1, 1), Status::Ok);
@@ -920,6 +1187,33 @@ fn unmap_spilling_over_holes() -> Result<(), String> {
     Ok(())
 }
 
+fn unmap_range_is_inclusive() -> Result<(), String> {
+    let v = device();
+    let ep = endpoint(&v, 1);
+    expect_status!(v, attach(1, 1), Status::Ok);
+    expect_status!(v, map(1, PAGE, 3 * PAGE - 1, 0x8000, RW), Status::Ok);
+    // One byte short at either end splits the mapping.
+    expect_status!(v, unmap(1, PAGE, 3 * PAGE - 2), Status::Range);
+    expect_status!(v, unmap(1, PAGE + 1, 3 * PAGE - 1), Status::Range);
+    expect_status!(v, unmap(1, 3 * PAGE - 1, 3 * PAGE - 1), Status::Range);
+    // Ranges that touch it nowhere, up to the last address, remove nothing.
+    expect_status!(v, unmap(1, 0, PAGE - 1), Status::Ok);
+    expect_status!(v, unmap(1, 3 * PAGE, u64::MAX), Status::Ok);
+    expect_status!(v, unmap(1, u64::MAX, u64::MAX), Status::Ok);
+    ensure!(mapped(&v, 1) == 1, "a mapping was removed");
+    ensure!(
+        reads(&ep, 3 * PAGE - 8) == Ok(0x9ff8),
+        "translation removed"
+    );
+    // A reversed range is invalid.
+    expect_status!(v, unmap(1, 3 * PAGE - 1, PAGE), Status::Inval);
+    // The exact range, with an unaligned spill-over on each side.
+    expect_status!(v, unmap(1, PAGE - 1, 3 * PAGE), Status::Ok);
+    ensure!(mapped(&v, 1) == 0, "not removed");
+    ensure!(reads(&ep, PAGE).is_err(), "translation left");
+    Ok(())
+}
+
 // ---- PROBE --------------------------------------------------------------------------------
 
 fn probe_reserved_ignored() -> Result<(), String> {
@@ -1007,6 +1301,68 @@ fn probe_zero_fill() -> Result<(), String> {
             .iter()
             .all(|&b| b == 0),
         "remaining bytes not zero"
+    );
+    Ok(())
+}
+
+/// The driver's parse of a PROBE reply's properties, as the PROBE section describes it: from
+/// the first property, each next one `length + 4` bytes on, until a property of type 0 or the
+/// end of `probe_size` bytes. Returns (type, start, end) of each property.
+fn parse_properties(props: &[u8]) -> Vec<(u16, u64, u64)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + 4 <= props.len() {
+        let kind = u16::from_le_bytes([props[at], props[at + 1]]) & 0x0fff;
+        let len = usize::from(u16::from_le_bytes([props[at + 2], props[at + 3]]));
+        if kind == 0 || at + 4 + len > props.len() {
+            break;
+        }
+        let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(props[r].try_into().unwrap());
+        found.push((kind, le64(at + 8..at + 16), le64(at + 16..at + 24)));
+        at += 4 + len;
+    }
+    found
+}
+
+fn probe_list_ends_with_an_empty_property_or_probe_size() -> Result<(), String> {
+    let want = vec![
+        (wire::PROBE_T_RESV_MEM, hole().start, hole().end),
+        (wire::PROBE_T_RESV_MEM, MSI.start, MSI.end),
+    ];
+    // Exactly two properties' worth (no room for an end marker), then a little more.
+    for probe_size in [48usize, 49, 51, 52, PROBE_SIZE] {
+        let v = device_with(ViommuConfig {
+            probe_size: probe_size as u32,
+            ..config()
+        });
+        let reply = v.handle_bytes(&probe(3), probe_size + 4);
+        ensure!(reply.len() == probe_size + 4, "used length {}", reply.len());
+        let (props, tail) = reply.split_at(probe_size);
+        ensure!(
+            tail == [0, 0, 0, 0],
+            "probe_size {probe_size}: tail {tail:?}"
+        );
+        let got = parse_properties(props);
+        ensure!(got == want, "probe_size {probe_size}: parsed {got:?}");
+        ensure!(
+            props[48..].iter().all(|&b| b == 0),
+            "probe_size {probe_size}: bytes after the list"
+        );
+    }
+    // Properties that would not fit in probe_size are refused when the endpoint is declared,
+    // so a PROBE never truncates the list.
+    let v = Viommu::new(ViommuConfig {
+        probe_size: 47,
+        ..config()
+    })
+    .map_err(|e| e.to_string())?;
+    ensure!(
+        v.add_endpoint(3, vec![hole()]).err()
+            == Some(ViommuError::ProbeSize {
+                needed: 48,
+                probe_size: 47
+            }),
+        "an endpoint whose properties overflow probe_size was declared"
     );
     Ok(())
 }
@@ -1151,6 +1507,75 @@ fn fault_address_omitted_when_detached() -> Result<(), String> {
     Ok(())
 }
 
+fn fault_reasons_name_what_failed() -> Result<(), String> {
+    let v = device();
+    let ep = endpoint(&v, 3);
+    let event = || v.fault_event(wire::FAULT_SIZE).ok_or("no report");
+    let fields = |e: &[u8]| {
+        (
+            e[0],
+            u32::from_le_bytes(e[4..8].try_into().unwrap()),
+            u64::from_le_bytes(e[16..24].try_into().unwrap()),
+        )
+    };
+    // Blocked, the endpoint faults for want of a domain, even inside its reserved region.
+    ensure!(reads(&ep, 0x1_0000).is_err(), "blocked read served");
+    let e = event()?;
+    ensure!(
+        fields(&e) == (FaultReason::Domain as u8, FAULT_F_READ, 0),
+        "blocked endpoint in its reserved region: {:?}",
+        fields(&e)
+    );
+    // Attached: the reserved region and a missing permission are mapping faults, with address.
+    expect_status!(v, attach(1, 3), Status::Ok);
+    expect_status!(
+        v,
+        map(1, 0x4_0000, 0x4_0fff, 0x8000, MAP_F_READ),
+        Status::Ok
+    );
+    ensure!(reads(&ep, 0x1_0000).is_err(), "reserved read served");
+    ensure!(writes(&ep, 0x4_0008).is_err(), "read-only write served");
+    let want = [
+        (
+            FaultReason::Mapping as u8,
+            FAULT_F_READ | FAULT_F_ADDRESS,
+            0x1_0000,
+        ),
+        (
+            FaultReason::Mapping as u8,
+            FAULT_F_WRITE | FAULT_F_ADDRESS,
+            0x4_0008,
+        ),
+    ];
+    for w in want {
+        let e = event()?;
+        ensure!(fields(&e) == w, "{:?}, expected {w:?}", fields(&e));
+    }
+    // In bypass mode (attached to no domain, identity elsewhere) the region is a mapping
+    // fault too: the access was refused for its address, not for a missing domain.
+    expect_status!(v, detach(1, 3), Status::Ok);
+    ensure!(
+        v.write_config(wire::CONFIG_BYPASS_OFFSET, &[1]),
+        "bypass write"
+    );
+    ensure!(
+        reads(&ep, 0x1_0008).is_err(),
+        "bypass-mode reserved read served"
+    );
+    let e = event()?;
+    let w = (
+        FaultReason::Mapping as u8,
+        FAULT_F_READ | FAULT_F_ADDRESS,
+        0x1_0008,
+    );
+    ensure!(
+        fields(&e) == w,
+        "bypass mode: {:?}, expected {w:?}",
+        fields(&e)
+    );
+    Ok(())
+}
+
 fn fault_never_split_over_buffers() -> Result<(), String> {
     let v = device();
     let ep = endpoint(&v, 1);
@@ -1225,11 +1650,27 @@ const ROWS: &[Row] = &[
     },
     Row {
         section: CONFIG,
+        level: May,
+        statement: "The device MAY set more than one bit in page_size_mask.",
+        expect: "4 KiB | 2 MiB | 1 GiB, the page table's sizes; a MAP aligned on 2 MiB is one 2 MiB leaf",
+        choice: Some("every page size of the page table (the larger ones are the hints of the Device operations section)"),
+        check: page_size_mask_may_hold_larger_sizes,
+    },
+    Row {
+        section: CONFIG,
         level: Text,
         statement: "input_range contains the virtual address range that the IOMMU is able to translate; domain_range describes the values supported in a domain field; the length of properties is probe_size bytes.",
         expect: "the config space holds the values the requests are checked against",
         choice: Some("ATTACH to a domain outside domain_range: S_RANGE"),
         check: ranges_and_probe_size_are_what_the_device_enforces,
+    },
+    Row {
+        section: OPS,
+        level: Text,
+        statement: "If the VIRTIO_IOMMU_F_DOMAIN_RANGE feature is offered, domain_range describes the values supported in a domain field.",
+        expect: "both ends inclusive: 0 and u32::MAX by default; start and end of a narrower range usable, one past either S_RANGE",
+        choice: None,
+        check: domain_range_is_inclusive_at_both_ends,
     },
     Row {
         section: CONFIG,
@@ -1314,6 +1755,14 @@ const ROWS: &[Row] = &[
     Row {
         section: OPS,
         level: Text,
+        statement: "All requests are split in two parts: one device-readable, one device-writable.",
+        expect: "readable bytes past the type's layout ignored; a longer writable part gets the layout's reply (tail at 0, or after probe_size bytes of properties) and that used length",
+        choice: Some("the reply follows the structure, not the end of the buffer"),
+        check: request_parts_beyond_their_layout,
+    },
+    Row {
+        section: OPS,
+        level: Text,
         statement: "An endpoint is in bypass mode if F_BYPASS_CONFIG is offered and bypass is 1 and the endpoint is not attached to a domain. This applies even if the driver does not accept the VIRTIO_IOMMU_F_BYPASS_CONFIG feature.",
         expect: "identity translation, read and write",
         choice: None,
@@ -1361,6 +1810,14 @@ const ROWS: &[Row] = &[
     },
     Row {
         section: ATTACH,
+        level: Text,
+        statement: "Multiple endpoints can be attached to the same domain. An endpoint can be attached to a single domain at a time. Endpoints attached to different domains are isolated from each other.",
+        expect: "endpoints of one domain see its mappings; another domain's MAP and UNMAP do not reach them; joining a second domain leaves the first",
+        choice: None,
+        check: attached_endpoints_share_only_their_domain,
+    },
+    Row {
+        section: ATTACH,
         level: Should,
         statement: "If the domain already exists and the VIRTIO_IOMMU_ATTACH_F_BYPASS flag is not consistent with that domain, the device SHOULD reject the request and set status to VIRTIO_IOMMU_S_INVAL.",
         expect: "S_INVAL, endpoint unchanged",
@@ -1374,6 +1831,14 @@ const ROWS: &[Row] = &[
         expect: "S_OK; the old domain loses the endpoint (and dies with its last one)",
         choice: None,
         check: attach_moves_as_detach_then_attach,
+    },
+    Row {
+        section: ATTACH,
+        level: Should,
+        statement: "In that case the device SHOULD behave as if the driver issued a DETACH request with this endpoint, followed by the ATTACH request.",
+        expect: "a move out of a domain the endpoint is the last one of frees that domain before the new one counts against max_domains; a refused ATTACH leaves the endpoint where it was",
+        choice: None,
+        check: attach_move_frees_the_old_domain_first,
     },
     Row {
         section: ATTACH,
@@ -1434,6 +1899,14 @@ const ROWS: &[Row] = &[
     Row {
         section: DETACH,
         level: Text,
+        statement: "When this request completes, the endpoint cannot access any mapping from that domain anymore. However the endpoint may then be in bypass mode and access the guest-physical address space.",
+        expect: "bypass 1: identity translation after DETACH; bypass 0: blocked",
+        choice: None,
+        check: detach_may_leave_bypass_mode,
+    },
+    Row {
+        section: DETACH,
+        level: Text,
         statement: "After all endpoints have been successfully detached from a domain, it ceases to exist and its ID can be reused by the driver for another domain.",
         expect: "MAP on it: S_NOENT; ATTACH creates a new empty domain",
         choice: None,
@@ -1465,6 +1938,14 @@ const ROWS: &[Row] = &[
     },
     Row {
         section: MAP,
+        level: Text,
+        statement: "The VIRTIO_IOMMU_MAP_F_MMIO flag is a memory type rather than a protection flag. It is only available when the VIRTIO_IOMMU_F_MMIO feature has been negotiated.",
+        expect: "MAP_F_MMIO maps device memory (Prot::MMIO); READ and WRITE keep their meaning on it",
+        choice: None,
+        check: map_mmio_is_a_memory_type,
+    },
+    Row {
+        section: MAP,
         level: Should,
         statement: "If domain does not exist, the device SHOULD reject the request and set status to VIRTIO_IOMMU_S_NOENT.",
         expect: "S_NOENT",
@@ -1486,6 +1967,22 @@ const ROWS: &[Row] = &[
         expect: "writes to READ mappings fault (Fault::Denied); WRITE-only mappings also read",
         choice: Some("reads allowed on WRITE-only mappings (stage-1 LPAE has no write-only)"),
         check: map_permissions,
+    },
+    Row {
+        section: MAP,
+        level: Text,
+        statement: "After the request succeeds, all endpoints attached to this domain can access memory in the range [virt_start; virt_end] (inclusive). PA = VA - virt_start + phys_start.",
+        expect: "every attached endpoint reaches the first and last byte, at the formula's address, mappings at both ends of input_range included; the bytes just outside fault",
+        choice: None,
+        check: map_covers_exactly_the_inclusive_range,
+    },
+    Row {
+        section: MAP,
+        level: Text,
+        statement: "The range defined by virt_start and virt_end should be within the limits specified by input_range. Given phys_end = phys_start + virt_end - virt_start, the range defined by phys_start and phys_end should be within the guest-physical address space.",
+        expect: "ranges ending at u64::MAX, and physical ranges past 64 bits or past the 48-bit output size: S_RANGE, nothing mapped",
+        choice: Some("S_RANGE for a physical range the page table cannot hold"),
+        check: map_ranges_at_the_end_of_the_address_space,
     },
     Row {
         section: OPS,
@@ -1560,6 +2057,14 @@ const ROWS: &[Row] = &[
         check: unmap_examples,
     },
     Row {
+        section: UNMAP,
+        level: Text,
+        statement: "All mappings covered by the range [virt_start; virt_end] (inclusive) are removed.",
+        expect: "one byte short at either end: S_RANGE; ranges up to u64::MAX beside it: S_OK, nothing removed; the exact range with unaligned spill-over: removed",
+        choice: Some("a reversed range (virt_end < virt_start): S_INVAL"),
+        check: unmap_range_is_inclusive,
+    },
+    Row {
         section: PROBE,
         level: Must,
         statement: "The device MUST ignore field reserved of a PROBE request.",
@@ -1624,6 +2129,14 @@ const ROWS: &[Row] = &[
         check: probe_zero_fill,
     },
     Row {
+        section: PROBE,
+        level: Text,
+        statement: "The driver parses all properties until it reaches an empty property (type is 0) or the end of properties. The length of the properties field is probe_size bytes.",
+        expect: "the driver's parse finds exactly the endpoint's regions, whether they fill probe_size exactly or are followed by zeroes; regions that cannot fit are refused when the endpoint is declared",
+        choice: None,
+        check: probe_list_ends_with_an_empty_property_or_probe_size,
+    },
+    Row {
         section: RESV_MEM,
         level: Should,
         statement: "The device SHOULD set reserved to zero.",
@@ -1686,6 +2199,14 @@ const ROWS: &[Row] = &[
         expect: "R_DOMAIN reports (endpoint attached to no domain) carry no address; R_MAPPING reports do",
         choice: Some("address omitted for R_DOMAIN only"),
         check: fault_address_omitted_when_detached,
+    },
+    Row {
+        section: FAULTS,
+        level: Text,
+        statement: "VIRTIO_IOMMU_FAULT_R_DOMAIN: the endpoint attempted to access address without being attached to a domain. VIRTIO_IOMMU_FAULT_R_MAPPING: the endpoint attempted to access address, which wasn't mapped in the domain or didn't have the correct protection flags.",
+        expect: "a blocked endpoint: R_DOMAIN wherever it reaches, its reserved regions included; attached: R_MAPPING with the faulting address for a reserved region or a missing permission",
+        choice: Some("an endpoint in bypass mode reaching a reserved region: R_MAPPING with the address (its identity translation leaves the region out)"),
+        check: fault_reasons_name_what_failed,
     },
     Row {
         section: FAULTS,

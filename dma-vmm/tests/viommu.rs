@@ -349,3 +349,25 @@ fn a_batch_replies_in_order_after_one_grace_period() {
         0x20010
     );
 }
+
+#[test]
+fn device_reset_discards_the_old_drivers_fault_reports() {
+    let v = Viommu::new(ViommuConfig::default()).unwrap();
+    let dev = v.add_endpoint(1, vec![]).unwrap();
+    assert_eq!(status(&v, attach(1, 1)), Status::Ok);
+    for iova in [0x1000, 0x2000] {
+        assert!(dev.access(iova, 8, Prot::READ, |_| ()).is_err());
+    }
+    v.reset();
+    assert_eq!(
+        v.fault_event(64),
+        None,
+        "a report of the reset driver's domain"
+    );
+    assert_eq!(v.faults_dropped(), 2);
+    // Faults after the reset are reported again: attached nowhere now, no address.
+    assert!(dev.access(0x3000, 8, Prot::READ, |_| ()).is_err());
+    let event = v.fault_event(64).expect("a fault after the reset");
+    assert_eq!(event[0], FaultReason::Domain as u8);
+    assert_eq!(v.fault_event(64), None);
+}

@@ -4,7 +4,8 @@
 //! regions, bypass domains, config writes) on a small geometry. After every request the
 //! status must be one the specification allows for the conditions that hold (OK when none
 //! does), a refused request must change nothing, and every endpoint must translate every
-//! page exactly as the reference says.
+//! page exactly as the reference says, each fault reaching the event queue with the reason the
+//! reference gives (`R_DOMAIN` attached to no domain and not in bypass mode, else `R_MAPPING`).
 #![cfg(not(loom))]
 
 use dma_vmm::translate::Fault;
@@ -174,8 +175,17 @@ impl Model {
                             errors.push(Status::Unsupp);
                         }
                     }
-                    None if self.domains.len() >= MAX_DOMAINS => errors.push(Status::NoMem),
-                    None => {}
+                    None => {
+                        // As DETACH then ATTACH: leaving a domain as its last endpoint
+                        // destroys it before the new one is created.
+                        let freed = self
+                            .attached
+                            .get(&endpoint)
+                            .is_some_and(|old| self.domains[old].1.len() == 1);
+                        if self.domains.len() - usize::from(freed) >= MAX_DOMAINS {
+                            errors.push(Status::NoMem);
+                        }
+                    }
                 }
                 if errors.is_empty() {
                     if self.attached.get(&endpoint) != Some(&domain) {
@@ -285,6 +295,16 @@ impl Model {
             if d.1.is_empty() {
                 self.domains.remove(&old);
             }
+        }
+    }
+
+    /// Why an access of `endpoint` faults: `R_DOMAIN` when it is attached to no domain and
+    /// not in bypass mode, `R_MAPPING` otherwise (a missing mapping, or a reserved region).
+    fn fault_reason(&self, endpoint: u32) -> FaultReason {
+        if self.attached.contains_key(&endpoint) || self.bypass {
+            FaultReason::Mapping
+        } else {
+            FaultReason::Domain
         }
     }
 
@@ -435,9 +455,14 @@ proptest! {
                     let got = ep.access(iova, 1, Prot::READ, |s| s[0].paddr);
                     let want = model.translate(id, iova);
                     prop_assert_eq!(got.ok(), want, "op {} {:?}: endpoint {} iova {:#x}", i, op, id, iova);
+                    // Each fault is reported on the event queue, with the reason that holds.
+                    let reported = v.fault_event(wire::FAULT_SIZE).map(|e| e[0]);
+                    let reason = want.is_none().then(|| model.fault_reason(id) as u8);
+                    prop_assert_eq!(reported, reason, "op {} {:?}: endpoint {} iova {:#x}", i, op, id, iova);
                 }
             }
         }
+        prop_assert_eq!(v.faults_dropped(), 0);
         prop_assert_eq!(v.domain_ids(), model.domains.keys().copied().collect::<Vec<_>>());
         for (id, (_, _, maps)) in &model.domains {
             prop_assert_eq!(v.mappings(*id).map(|m| m.len()), Some(maps.len()));

@@ -13,8 +13,8 @@
 //! ([`word_fits`]); a request of `size <= 2^k` granules aligned to `2^k` fits in the word
 //! exactly when the byte is at least `size`, and in a set of words exactly when their bytewise
 //! maximum is (a request never straddles words). The words' summaries are the leaves of a
-//! [`SummaryTree`] whose root is the chunk's ([`Chunk::top`]), so a search reads at most 16
-//! summaries per level from the limit down and computes the fit in one word.
+//! [`SummaryTree`] whose root is the chunk's ([`Chunk::top`]), so a search reads at most 8
+//! summaries (one cache line) per level from the limit down and computes the fit in one word.
 
 use crate::summarytree::{filled, SummaryTree};
 

@@ -1,5 +1,5 @@
 //! The chunks of a range allocator, in address order, with their top summaries as the
-//! leaves of a [`SummaryTree`], so a search from the limit down reads at most 16 summaries per
+//! leaves of a [`SummaryTree`], so a search from the limit down reads at most 8 summaries per
 //! level rather than one per chunk it passes.
 //!
 //! Chunks are few (a chunk holds up to 65536 granules: a few hundred at 300k live

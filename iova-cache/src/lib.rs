@@ -56,7 +56,7 @@
 //! | `chunk` | one chunk: a naturally aligned block whose small size-aligned allocations are bits of three masks per 64-granule word (allocated, start, tag), with a fit summary per word |
 //! | `chunkblock` | the gap tree's highest chunk-aligned free block below a limit, remembered with the tree's version: where a small request would carve a new chunk |
 //! | `chunks` | the chunks in address order, their top summaries under a summary tree |
-//! | `summarytree` | a 16-ary tree of fit summaries (a `u64` per node for updates, per-class byte rows for searches): the highest index below a bound that offers a request |
+//! | `summarytree` | an 8-ary tree of fit summaries, a node's 8 siblings in one cache line (a search gathers their bytes of one class into a `u64`): the highest index below a bound that offers a request |
 //! | `range` | [`RangeAllocator`]: top-down alloc below an inclusive limit (small size-aligned requests in chunks, the rest in the gap tree), natural alignment, exact-match free, `reserve` (merging), `find`, invariant checker; where an allocation goes; why an augmented index of the free ranges; what a fragmented pair costs |
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |
 //! | `locked` | `StepLock<T, L>`: a raw lock and an `UnsafeCell<T>` reached through a closure, whose acquisition is a mutation point: `Blocking` (parking mutex: tree, depots) or `Spin` (CPU slots) |
@@ -103,9 +103,14 @@
 //!
 //! * Sizes above 32 granules go to the range allocator's lock every time (as in Linux); a
 //!   vmem-style per-size segregated front for large sizes is not built. With mixed sizes 1..64
-//!   half the requests take it, so that workload's latency is the chunks' (about 2300
-//!   instructions per free+alloc that reaches them at 300k live, module `range`), about 10 to
-//!   30 times a cached pair.
+//!   half the requests take it, so that workload's latency is the chunks' (module `range`: a
+//!   chunk's free misses its random word and the pages it lies on), and its 99th percentile is
+//!   set by the pairs whose free and allocation both reach the chunks (the example
+//!   `fragmented_pairs` times them by kind): 30 to 50 times a cached pair on a loaded 2-CPU
+//!   machine. A cache class of 64 granules (rounding 33..64 up) would take those pairs off
+//!   the chunks: tried on the example, the pair's 99th percentile halved. Its costs: the
+//!   rounding, another class of magazines and `held` bits, and dma-iommu's optimal mapping
+//!   size (the largest cached size) doubling.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;

@@ -123,16 +123,38 @@
 //!
 //! What a pair costs now: two word summaries (`chunk::word_fits`, about 80 instructions
 //! each), the summary trees' updates (a node changes only where a maximum moves; a node's
-//! maximum that fell is rechecked with one comparison of its class row before any refold),
-//! the search (a 16-byte row per level), and the misses of a random word's bit masks and
-//! summaries in about 10 MB. A free costs more than an allocation (its word is anywhere; the
-//! allocations cluster where the highest fits are): in a probe timing each alone, about 260
-//! against 160 ns median.
+//! maximum that fell is rechecked against its 8 siblings before any refold), the search (a
+//! class row gathered from one line per level), and the misses of a random word's bit masks
+//! and summaries in about 10 MB. A free costs more than an allocation (its word is anywhere;
+//! the allocations cluster where the highest fits are): in a probe timing each alone, about
+//! 260 against 160 ns median.
 //!
-//! The summaries of the chunk trees were first kept only as `u64`s (a byte per class), which
-//! made a search compare 16 summaries one by one per level (about 800 instructions per pair),
-//! then only as per-class byte rows, which made an update climb once per class (1500); each
-//! node now keeps both.
+//! The summaries of the chunk trees were first kept only as `u64`s (a byte per class) in
+//! 16-ary nodes, which made a search compare 16 summaries one by one per level (about 800
+//! instructions per pair), then only as per-class byte rows, which made an update climb once
+//! per class (1500), then both, which cost three to four cache lines per level visited (a
+//! summary array and 128-byte blocks of rows). Now the nodes are 8-ary with a node's siblings'
+//! `u64` summaries in one line, and a search gathers its class's row from that line (module
+//! `summarytree`). Where the misses of a fragmented pair were, by the example
+//! `fragmented_pairs` under callgrind (`plain` mode, 300k live, 300k pairs of warm-up, then
+//! the measured pairs; a 32 KiB L1 and a 512 KiB L2 simulated, per pair): before, 5.5 misses
+//! of the L2, one the example's own array, 3.3 in the words' summary trees' updates (each
+//! level's summary line and two or three lines of class rows), about 0.5 the random word's
+//! masks (its start bit, read to validate the free), 0.2 the word below it (a 64-aligned
+//! free's lower neighbour, for the free-run count) and 0.3 the `held` bit of a cached free;
+//! after, 2.9, of which 0.8 in the summary trees. Per pair, both versions:
+//!
+//! | summary trees | instructions | L1 misses | 512 KiB L2 misses | 8 MiB last-level misses |
+//! |---|---|---|---|---|
+//! | 16-ary, summaries and class rows | 1467 | 13.7 | 5.5 | 0.94 |
+//! | 8-ary, one line per node's siblings | 1268 | 5.9 | 2.9 | 0.58 |
+//!
+//! The pairs that set the 99th percentile are those whose free and allocation both reach
+//! the chunks (sizes above 32 granules: a quarter of the pairs, about two thirds to four
+//! fifths of the slowest 1% in the example's timed mode); a free of a chunk's range costs
+//! about twice the median pair on its own. What is left there is the random word itself and
+//! the pages it and its summaries lie on (4 KiB pages: at 10 MB of metadata, most such
+//! accesses miss the TLB as well).
 
 use crate::chunk::Chunk;
 use crate::chunkblock::ChunkBlock;

@@ -94,7 +94,7 @@ pub fn cases_for<A: RangeAlloc + 'static>(
     if fragmentation {
         let m = make.clone();
         let case = Case::new(c, FRAGMENTATION, implementation, role, move |cfg, t| {
-            fragmented(cfg, t, &m(), live, MIXED_MAX)
+            fragmented(&cfg.timing_each_op(), t, &m(), live, MIXED_MAX)
         });
         // Setting up 300k live allocations per run is the slow part: no oversubscribed runs.
         v.push(case.up_to(FRAGMENTATION_MAX_THREADS));
@@ -347,7 +347,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                 FRAGMENTATION_SMALL,
                 implementation,
                 role,
-                move |cfg, t| fragmented(cfg, t, &make(), live, MIXED_MAX),
+                move |cfg, t| fragmented(&cfg.timing_each_op(), t, &make(), live, MIXED_MAX),
             )
             .up_to(FRAGMENTATION_MAX_THREADS)
         };

@@ -28,10 +28,12 @@ pub const FAULT_F_ADDRESS: u32 = 1 << 8;
 pub enum FaultReason {
     /// `R_UNKNOWN`: an internal error, or none of the others.
     Unknown = 0,
-    /// `R_DOMAIN`: the endpoint is not attached to a domain.
+    /// `R_DOMAIN`: the endpoint is attached to no domain and not in bypass mode (wherever it
+    /// accessed, its reserved regions included).
     Domain = 1,
-    /// `R_MAPPING`: the address is not mapped, or not with the access's permissions (reserved
-    /// regions included).
+    /// `R_MAPPING`: the address is not mapped, or not with the access's permissions; also a
+    /// reserved region reached by an attached endpoint or one in bypass mode (whose identity
+    /// translation leaves the regions out).
     Mapping = 2,
 }
 
@@ -116,7 +118,8 @@ impl FaultLog {
         self.state.lock().pending.pop_front()
     }
 
-    /// Records dropped because the log was full or an event buffer too small.
+    /// Records dropped because the log was full or an event buffer too small, or discarded by
+    /// a device reset.
     pub fn dropped(&self) -> u64 {
         self.state.lock().dropped
     }
@@ -124,6 +127,13 @@ impl FaultLog {
     /// Count one more dropped record.
     pub fn drop_one(&self) {
         self.state.lock().dropped += 1;
+    }
+
+    /// Discard every pending record, counting them as dropped.
+    pub fn discard_pending(&self) {
+        let mut s = self.state.lock();
+        s.dropped += s.pending.len() as u64;
+        s.pending.clear();
     }
 }
 
@@ -169,5 +179,10 @@ mod tests {
         assert_eq!(log.pop(), None);
         log.drop_one();
         assert_eq!(log.dropped(), 4);
+        for iova in 0..2 {
+            log.push(FaultRecord::new(1, &Fault::Unmapped { iova }, Prot::READ));
+        }
+        log.discard_pending();
+        assert_eq!((log.pop(), log.dropped()), (None, 6));
     }
 }

@@ -72,7 +72,9 @@
 //!   `RANGE`; bypass flag inconsistent with an existing domain → `INVAL`; joining a domain that
 //!   maps one of the endpoint's reserved regions → `UNSUPP` (incompatible properties); a new
 //!   domain beyond `max_domains` → `NOMEM`. An endpoint attached elsewhere leaves its old domain
-//!   first (as DETACH then ATTACH: the old domain dies with its last endpoint).
+//!   first (as DETACH then ATTACH: the old domain dies with its last endpoint, so a move out of
+//!   it to a new domain is not refused for want of a domain slot); a refused ATTACH leaves the
+//!   endpoint where it was.
 //! * DETACH: `reserved` ignored; unknown endpoint → `NOENT`; a domain that does not exist or that
 //!   the endpoint is not attached to → `INVAL` (the specification's MAY). The endpoint becomes
 //!   `Blocked` or `Bypass` according to `bypass`.
@@ -86,7 +88,9 @@
 //!   also read (stage-1 AP bits have no write-only; the specification's MAY).
 //! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
 //!   and returns `RANGE` without removing anything if one mapping is only partly covered
-//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); `reserved` is ignored.
+//!   (`MappingTree::plan_unmap` checks before any leaf is cleared); the range need not be
+//!   aligned nor inside `input_range` (`[0, u64::MAX]` empties the domain), a reversed one is
+//!   `INVAL`; `reserved` is ignored; unknown domain → `NOENT`, bypass domain → `INVAL`.
 //! * PROBE: `reserved` ignored; unknown endpoint → `NOENT`; the RESV_MEM properties (24 bytes,
 //!   `length` 20, reserved bits and bytes zero), then zeroes up to `probe_size`.
 //!
@@ -98,10 +102,12 @@
 //! property and `INVAL` in the tail at its end. Replies are bounded by `probe_size` + 4 bytes.
 //!
 //! Fault reporting (module `faults`): a faulting device access appends a record (R_DOMAIN without
-//! address for a blocked endpoint, R_MAPPING with `FAULT_F_ADDRESS` and the IOVA otherwise,
+//! address for a blocked endpoint, wherever it reaches, reserved regions included; R_MAPPING
+//! with `FAULT_F_ADDRESS` and the first faulting IOVA otherwise,
 //! `FAULT_F_READ`/`WRITE` from the access) to the bounded log; the VMM's event-queue handler
 //! calls [`Viommu::fault_event`] for the 24-byte `struct virtio_iommu_fault`; a full log or a
-//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]).
+//! buffer too small drops the report and counts it ([`Viommu::faults_dropped`]), and so does a
+//! device reset for the reports still pending (they belong to the driver it ended).
 
 mod config;
 mod faults;
@@ -216,7 +222,7 @@ struct EndpointState {
     id: u32,
     /// The device's fault log, shared by its endpoints.
     faults: Arc<FaultLog>,
-    /// Device-wide reserved regions followed by the endpoint's own, sorted by start.
+    /// The device-wide reserved regions and the endpoint's own, together sorted by start.
     reserved: Vec<ReservedRegion>,
     attached: Published<Attachment>,
 }
@@ -303,13 +309,26 @@ impl Endpoint {
     ) -> crate::IovaMemory<M, Endpoint> {
         crate::IovaMemory::new(ram, self.clone())
     }
+
+    /// The fault of an access to one of the endpoint's reserved regions. A blocked endpoint
+    /// (attached to no domain, not in bypass mode) faults as a whole, whatever the address:
+    /// `FAULT_R_DOMAIN` ("without being attached to a domain"), not `R_MAPPING`, which speaks
+    /// of a domain's mappings.
+    #[cold]
+    #[inline(never)]
+    fn reserved_fault(&self, iova: u64) -> Fault {
+        match **self.state.attachment() {
+            Attachment::Blocked => Fault::Detached,
+            Attachment::Bypass | Attachment::Domain(_) => Fault::Reserved { iova },
+        }
+    }
 }
 
 impl Translate for Endpoint {
     fn lookup(&self, iova: u64) -> Result<Leaf, Fault> {
         let reserved = &self.state.reserved;
         if reserved.iter().any(|r| r.start <= iova && iova <= r.end) {
-            return Err(Fault::Reserved { iova });
+            return Err(self.reserved_fault(iova));
         }
         let mut leaf = match &**self.state.attached.load() {
             Attachment::Blocked => return Err(Fault::Detached),
@@ -478,7 +497,9 @@ impl Viommu {
     /// Device reset: every endpoint is detached and every domain destroyed; the driver's
     /// features go back to the offered set; `bypass` keeps its value (the specification:
     /// it SHOULD NOT change on device reset). Returns once no device access still uses a
-    /// translation the reset removed.
+    /// translation the reset removed. Fault reports not yet taken are discarded (and counted
+    /// in [`Viommu::faults_dropped`]): they name attachments and domains of the driver the
+    /// reset ended, whose event buffers the reset took back.
     pub fn reset(&self) {
         let wait = {
             let mut c = self.control.lock();
@@ -494,6 +515,8 @@ impl Viommu {
         if wait {
             quiesce::synchronize();
         }
+        // After the wait, so a report of an access that began before the reset goes too.
+        self.faults.discard_pending();
     }
 
     /// Handle one request-queue element in wire format: `readable` is its device-readable
@@ -569,7 +592,8 @@ impl Viommu {
         Some(wire::encode_fault(&record).to_vec())
     }
 
-    /// Fault reports dropped so far (log full, or event buffer too small).
+    /// Fault reports dropped so far (log full, event buffer too small, or discarded by a
+    /// device reset).
     pub fn faults_dropped(&self) -> u64 {
         self.faults.dropped()
     }
@@ -718,7 +742,13 @@ impl Viommu {
                 return Err(Status::Unsupp)
             }
             Some(_) => {}
-            None if c.domains.len() >= self.config.max_domains => return Err(Status::NoMem),
+            // A move out of a domain the endpoint is the last one of frees that domain first
+            // (DETACH, then ATTACH), so it counts as room.
+            None if c.domains.len() - usize::from(Self::leaving_frees_a_domain(c, &state))
+                >= self.config.max_domains =>
+            {
+                return Err(Status::NoMem)
+            }
             None => {
                 let kind = if bypass {
                     DomainKind::Bypass
@@ -754,6 +784,16 @@ impl Viommu {
             .attached
             .store(Arc::new(Attachment::Domain(slot.domain.clone())));
         Ok(removes)
+    }
+
+    /// Whether `state`'s endpoint is the last one of the domain it is attached to (leaving it
+    /// destroys the domain).
+    fn leaving_frees_a_domain(c: &Control, state: &EndpointState) -> bool {
+        state
+            .attachment()
+            .domain_id()
+            .and_then(|old| c.domains.get(&old))
+            .is_some_and(|slot| slot.endpoints.len() == 1)
     }
 
     /// DETACH: an unknown endpoint is `NOENT`; a domain that does not exist, or that the

@@ -161,10 +161,12 @@ pub struct ReservedRegion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ProbeInfo {
-    /// Page sizes the domain's page table supports (bit n set: 2^n-byte pages), the
-    /// granularity MAP and UNMAP ranges must be aligned to.
+    /// Page sizes the domain's page table supports (bit n set: 2^n-byte pages), as in the
+    /// config space (the PROBE reply on the wire has no property for it); the smallest is the
+    /// granularity MAP ranges must be aligned to (UNMAP ranges need not be).
     pub page_size_mask: u64,
-    /// Reserved regions of the endpoint (device-wide ones first).
+    /// Reserved regions of the endpoint, the device-wide ones and its own, sorted by start (the
+    /// order of the RESV_MEM properties).
     pub reserved: Vec<ReservedRegion>,
 }
 
