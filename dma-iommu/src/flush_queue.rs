@@ -123,6 +123,11 @@ pub trait InvalidationOps: Send + Sync + 'static {
     /// Invalidate what a strict unmap gathered; return when complete.
     fn sync(&self, gather: &mut Gather);
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
+    ///
+    /// A drain calls it under the ring's spin lock, so it must not enqueue into the queue
+    /// that calls it: that enqueue would wait for ever for the lock its own thread holds (a
+    /// hang, not undefined behaviour; [`dma_sync::SpinLock::with`] says the same of any
+    /// re-entry). Freeing into an allocator, as the domain does, is what it is for.
     fn reclaim(&self, entry: Self::Entry);
     /// Free what every entry of `entries` holds, as [`reclaim`](Self::reclaim) would: a
     /// drain hands over all the entries a flush made freeable at once, so an implementation
