@@ -78,6 +78,11 @@
 //! * Limits (`FqConfig::validate`, checked before any ring is allocated): ring size a power of
 //!   two ≥ 2, at least one ring, `rings × ring_size ≤ MAX_QUEUED` (2^20 entries), timeout ≤
 //!   `MAX_TIMEOUT` (one day): `FqError::{RingSize, NoRings, TooLarge, Timeout}`.
+//! * A panicking [`InvalidationOps::flush_all`] unwinds to the caller. Its flush started and
+//!   never finished: it is never counted in `finish_cnt` (its invalidation may not have run,
+//!   so nothing is freed on its account), but it is counted as abandoned, and an enqueue that
+//!   waits for the flushes started before its own does not wait for it. `finish_cnt` stays
+//!   that many behind for good, so an entry then needs one more completed flush to be freed.
 //!   `FqConfig::per_cpu()` takes one ring per CPU up to 4096 rings (CPUs beyond share rings), so
 //!   the default is always valid.
 
@@ -118,6 +123,11 @@ pub trait InvalidationOps: Send + Sync + 'static {
     /// Invalidate what a strict unmap gathered; return when complete.
     fn sync(&self, gather: &mut Gather);
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
+    ///
+    /// A drain calls it under the ring's spin lock, so it must not enqueue into the queue
+    /// that calls it: that enqueue would wait for ever for the lock its own thread holds (a
+    /// hang, not undefined behaviour; [`dma_sync::SpinLock::with`] says the same of any
+    /// re-entry). Freeing into an allocator, as the domain does, is what it is for.
     fn reclaim(&self, entry: Self::Entry);
     /// Free what every entry of `entries` holds, as [`reclaim`](Self::reclaim) would: a
     /// drain hands over all the entries a flush made freeable at once, so an implementation
@@ -456,6 +466,15 @@ impl<E> Rings<E> {
 /// the run the domain frees per IOVA-cache slot-lock acquisition.
 const DRAIN_BATCH: usize = 64;
 
+/// Counts a flush as abandoned if dropped, i.e. if `flush_all` unwinds (forgotten otherwise).
+struct Abandon<'a>(&'a AtomicU64);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Why an enqueue could not append under the ring lock: it hands its entry back.
 enum NotPushed<E> {
     /// The ring is full even after a drain: flush (outside the lock) and try again.
@@ -475,6 +494,9 @@ struct Shared<O: InvalidationOps> {
     rings: Rings<O::Entry>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
+    /// Flushes whose `flush_all` panicked: started, never finished (their invalidation may
+    /// not have happened), so `finish_cnt` stays behind `start_cnt` by this many for good.
+    abandoned: AtomicU64,
     timer_on: AtomicBool,
     /// Held for a whole timer run, so teardown waits for a running drain.
     timer: Mutex<TimerState>,
@@ -497,10 +519,19 @@ impl<O: InvalidationOps> Shared<O> {
         // Pairs with the enqueue fence: if an enqueuer's stamp missed this increment, its leaf
         // clears are visible to the walker once the invalidation below has run.
         FQ_FLUSH_FENCE.fence(Ordering::SeqCst);
+        let unwinding = Abandon(&self.abandoned);
         self.ops.flush_all();
+        std::mem::forget(unwinding);
         self.finish_cnt
             .fetch_add(1, FQ_FINISH_RELEASE.ord(Ordering::Release));
         ticket
+    }
+
+    /// Flushes that are over: finished, or abandoned by a panicking `flush_all` (which a
+    /// wait for earlier flushes must not wait for: it never finishes).
+    fn flushes_over(&self) -> u64 {
+        let finished = self.finish_cnt.load(Ordering::Relaxed);
+        finished + self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Free the ring's freeable prefix, at most [`DRAIN_BATCH`] entries; `true` if nothing
@@ -553,7 +584,7 @@ impl<O: InvalidationOps> Shared<O> {
                     // own completion is counted but not its, so wait for it (every entry we
                     // found was stamped below our ticket). Flushing again is for a ring that
                     // others filled meanwhile.
-                    while self.finish_cnt.load(Ordering::Relaxed) < ticket {
+                    while self.flushes_over() < ticket {
                         thread::spin_wait();
                     }
                     tried = ring.with(|r| self.try_push(r, entry));
@@ -703,6 +734,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             rings: Rings(UnsafeCell::new(rings)),
             start_cnt: AtomicU64::new(0),
             finish_cnt: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
             timer: Mutex::new(TimerState {
                 dead: false,

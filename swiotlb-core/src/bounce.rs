@@ -21,13 +21,20 @@
 //! * map: a simple request (no minimum-alignment or boundary mask, an allocation alignment of
 //!   at most a page, 1 byte to one segment) gets its plan from `align::simple` (where the
 //!   general `plan` starts too) and the thread's cached run
-//!   (`take_cached`, as `find_slots` tries first), then is counted and copied in as the general
-//!   path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which does
-//!   not try the cache again.
+//!   (`take_cached`, as `find_slots` tries first), then is counted, copied in and published
+//!   as the general path does (`found`, `bounce_in`). A miss goes to the out-of-line general map, which
+//!   does not try the cache again.
 //! * unmap: no copy back, a global pool, an address at a slot's start whose slot heads a
 //!   mapping without padding: `Pool::unmark_unpadded` makes `unmark`'s checks on the raw
 //!   word, claims with the same compare-and-swap (`swiotlb.release.claim`, `.acquire`) and the
 //!   run is parked as `release` parks it. Anything else takes the out-of-line general unmap.
+//!
+//! A map publishes its mapping (`HeadWord::publish`) only once the bounce buffer is filled,
+//! and issues its release fence (`Swiotlb::handed_on`) after that: until then no unmap can
+//! claim it, and a thread that receives the address finds it published. A copy-back
+//! unmap claims the mapping before it copies back (`Pool::claim`), so the bytes it copies are
+//! the mapping's own even when a racing unmap of the same address (a caller's bug) would
+//! otherwise free the slots for a new mapping meanwhile.
 //!
 //! `fast_path_tests` runs random workloads with and without them and compares every answer,
 //! statistic and byte.
@@ -36,7 +43,7 @@ use crate::align::Plan;
 use crate::device::Device;
 use crate::error::Error;
 use crate::points::TRANSIENT_GRACE;
-use crate::pool::{beyond, Pool};
+use crate::pool::{beyond, HeadWord, Pool};
 use crate::swiotlb::{PoolRef, Swiotlb};
 use crate::thread_cache::CachedRun;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
@@ -191,8 +198,9 @@ impl Swiotlb {
     }
 
     /// Finish a map of `orig` whose allocation at slot `s` of `pool` was just found and
-    /// recorded for `plan`: check the DMA mask, zero the padding if asked, copy the original
-    /// in; on error release the allocation. Returns the bounce address.
+    /// recorded and counted for `plan`: check the DMA mask, zero the padding if asked, copy
+    /// the original in and publish the mapping; on error (or if the original memory unwinds)
+    /// give the allocation back unpublished and uncount it. Returns the bounce address.
     #[inline(always)]
     fn bounce_in(
         &self,
@@ -206,12 +214,15 @@ impl Swiotlb {
         let size = plan.mapping_size;
         let first = s + plan.pad_slots;
         let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
-        let undo = |e: Error| {
-            self.undo(dev, pool, first, plan.in_off, addr, size);
-            Err(e)
+        let unpublished = Unpublished {
+            swiotlb: self,
+            dev,
+            pool,
+            s,
+            nslots: plan.nslots,
         };
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
-            return undo(Error::NotDmaCapable { addr });
+            return Err(Error::NotDmaCapable { addr });
         }
         if attrs.zero_padding {
             let run = (s << IO_TLB_SHIFT)..((s + plan.nslots) << IO_TLB_SHIFT);
@@ -219,25 +230,11 @@ impl Swiotlb {
             pool.region().zero(run.start, off - run.start);
             pool.region().zero(off + size, run.end - off - size);
         }
+        let head = pool.head_word(s, plan);
         // The range was just recorded: copy without looking its metadata up again.
-        if let Err(e) = self.copy(pool, orig, addr, size, true) {
-            return undo(e);
-        }
+        self.copy(pool, orig, addr, size, true)?;
+        unpublished.publish(head);
         Ok(addr)
-    }
-
-    /// Release a mapping of `size` bytes that failed before it was handed out.
-    fn undo(
-        &self,
-        dev: &Device,
-        pool: &PoolRef<'_>,
-        first: usize,
-        in_off: usize,
-        addr: u64,
-        size: usize,
-    ) {
-        // It was allocated just now, so the release cannot fail; nothing to report if it did.
-        let _ = self.release(dev, pool, first, in_off, addr, Some(size));
     }
 
     /// Free the slots of the mapping starting in slot `first` and uncount them: a global
@@ -256,6 +253,16 @@ impl Swiotlb {
         size: Option<usize>,
     ) -> Result<(), Error> {
         let (start, nslots) = pool.unmark(first, in_off, addr, size)?;
+        self.give_back(dev, pool, start, nslots);
+        Ok(())
+    }
+
+    /// Uncount the run of `nslots` at `start` of `pool`, held by the caller and clear of
+    /// metadata, and give it back: a global pool's to the calling thread's cache (the run it
+    /// displaces to its area), a transient pool's to its area, and the transient pool is
+    /// dropped (its one mapping is gone).
+    #[inline(always)]
+    fn give_back(&self, dev: &Device, pool: &PoolRef<'_>, start: usize, nslots: usize) {
         self.inner.stats.sub_used(pool.accounted_slots(nslots));
         if pool.transient {
             pool.put_back(start, nslots);
@@ -263,7 +270,6 @@ impl Swiotlb {
         } else {
             self.park(pool, start, nslots);
         }
-        Ok(())
     }
 
     /// Give the run of `nslots` at `start` of global pool `pool`, just released by the
@@ -367,24 +373,25 @@ impl Swiotlb {
     ) -> Result<(), Error> {
         let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        if copy_back {
-            let (orig, mapped) = match pool.meta(first) {
-                (orig, Some(m)) if m.head && m.in_off == in_off => (orig, m.alloc_size - in_off),
-                _ => return Err(Error::NotMapped { addr }),
-            };
-            if size == 0 || size > mapped {
-                return Err(Error::OutOfRange { addr, size });
-            }
-            // The head slot's original address is the mapping's first byte's (an `alloc`
-            // allocation has none, so nothing to copy back to).
-            if orig == INVALID_PHYS_ADDR {
-                return Err(Error::NotMapped { addr });
-            }
-            self.copy(pool, orig, addr, size, false)?;
+        if !copy_back {
+            // The mapping and `size` are checked once, by the claim that frees it.
+            return self.release(dev, pool, first, in_off, addr, Some(size));
         }
-        // Without a copy back the mapping and `size` are checked once, by the claim that
-        // frees it.
-        self.release(dev, pool, first, in_off, addr, Some(size))
+        // Claimed before the copy back: a racing release of the same address that claimed
+        // first could free the slots for a new mapping of another buffer while this copy ran,
+        // and its bytes would be copied to this mapping's original. On an error (or an
+        // unwind) the dropped claim gives the mapping back unchanged.
+        let claimed = pool.claim(first, in_off, addr, Some(size))?;
+        // The head slot's original address is the mapping's first byte's (an `alloc`
+        // allocation has none, so nothing to copy back to).
+        let orig = claimed.orig();
+        if orig == INVALID_PHYS_ADDR {
+            return Err(Error::NotMapped { addr });
+        }
+        self.copy(pool, orig, addr, size, false)?;
+        let (start, nslots) = claimed.clear();
+        self.give_back(dev, pool, start, nslots);
+        Ok(())
     }
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
@@ -581,12 +588,19 @@ impl Swiotlb {
             .ok_or(too_large)?;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
         let (pool, s) = self.find_slots(dev, &plan, true)?;
+        let unpublished = Unpublished {
+            swiotlb: self,
+            dev,
+            pool: &pool,
+            s,
+            nslots: plan.nslots,
+        };
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
-            self.undo(dev, &pool, s, 0, addr, size);
             return Err(Error::NoSpace { size });
         }
+        unpublished.publish(pool.head_word(s, &plan));
         Ok(addr)
     }
 
@@ -650,6 +664,40 @@ impl Swiotlb {
             .offset_of(addr, len)
             .ok_or(Error::OutOfRange { addr, size: len })?;
         Ok((pool, off))
+    }
+}
+
+/// An allocation found, recorded (`Pool::record`) and counted, not yet published: dropped, it
+/// clears its metadata, uncounts it and gives the run back (a map that fails after its
+/// search, or whose original memory unwinds). No release can claim it meanwhile.
+struct Unpublished<'a> {
+    swiotlb: &'a Swiotlb,
+    dev: &'a Device,
+    pool: &'a PoolRef<'a>,
+    /// The allocation's run: `nslots` slots from `s` (not the plan: a reference to it kept
+    /// here made the fast path build the plan in memory, about 30 instructions a map).
+    s: usize,
+    nslots: usize,
+}
+
+impl Unpublished<'_> {
+    /// Make the allocation a mapping (`head`, its head word), then issue the map's release
+    /// fence (`Swiotlb::handed_on`): it orders the publication before the caller hands the
+    /// address on, so an unmap on the thread that receives it through the caller's memory
+    /// finds the mapping (model `transient_unlink_head`).
+    #[inline(always)]
+    fn publish(self, head: HeadWord<'_>) {
+        head.publish();
+        Swiotlb::handed_on();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unpublished<'_> {
+    fn drop(&mut self) {
+        self.pool.unrecord(self.s, self.nslots);
+        self.swiotlb
+            .give_back(self.dev, self.pool, self.s, self.nslots);
     }
 }
 

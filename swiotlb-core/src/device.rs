@@ -10,7 +10,8 @@
 //!
 //! The fix "swiotlb: fix the check whether a device has used software IO TLB", in C11. Map, after
 //! every successful search: the flag store (Relaxed, skipped if already set: the flag is sticky;
-//! `swiotlb.flag.set`), then `fence(Release)` (`swiotlb.flag.fence`, the kernel's `smp_mb`).
+//! `swiotlb.flag.set`), then, once the mapping is filled and published, `fence(Release)`
+//! (`swiotlb.flag.fence`, the kernel's `smp_mb`).
 //! Lookup: `fence(Acquire)` (`swiotlb.lookup.rmb`, the kernel's `smp_rmb`), a Relaxed flag load,
 //! then the list walks. The mapper's fence orders its reads of the pool lists and its flag store
 //! before the caller hands the address on through its own memory; the receiver's fence orders

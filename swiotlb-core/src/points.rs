@@ -24,7 +24,7 @@
 //! | `swiotlb.transient.grace` | GracePeriod | `transient_freed_without_grace` | causality violation |
 //! | `swiotlb.release.claim` | Step | `double_unmap_claim_not_atomic` | both unmaps of one mapping succeed |
 //! | `swiotlb.release.acquire` | Rmw | `guessed_unmap_claim_relaxed` | a free slot keeps the mapper's metadata |
-//! | `swiotlb.meta.publish` | Store | `guessed_unmap_publish_relaxed` | a free slot keeps the mapper's metadata |
+//! | `swiotlb.meta.publish` | Store | unobservable under loom (below) | in C11, a claim's copy back reads bounce bytes the map has not written yet |
 //! | `swiotlb.cache.enter` | Fence | `cache_drain_enter_fence_dropped` | a run is lost (owner and drainer both take it, or the drainer empties a slot the owner just filled) |
 //! | `swiotlb.cache.drain` | Fence | `cache_drain_fence_dropped` | as above |
 //! | `swiotlb.cache.exit` | Store | `cache_drain_exit_relaxed` | as above |
@@ -34,7 +34,16 @@
 //! | `swiotlb.cache.disown` | Store | `cache_exit_disown_relaxed` | a run is lost (the next owner of an exited thread's slot does not see the run cached in it and overwrites it) |
 //! | `swiotlb.cache.claim` | Rmw | unobservable under loom (below) | in C11, as above |
 //!
-//! One point is declared unobservable: `swiotlb.cache.claim`. Under loom, every path from a
+//! `swiotlb.meta.publish` is declared unobservable: a map publishes its mapping once it has
+//! copied the original in, after the release fence of `swiotlb.flag.fence`, which already
+//! carries the other slots' metadata to a claim that acquires the head word (a Relaxed
+//! publication passes `guessed_unmap`, checked). What only the publication's release orders
+//! is the copy in, so that a bogus unmap claiming the mapping copies back the map's bytes, and
+//! the bounce bytes are untracked atomics under loom (module `shared`); `guessed_copy_back`
+//! fails a publication made with the record, and the crate's
+//! `hostile::a_map_still_copying_in_cannot_be_unmapped` one made right before the copy.
+//!
+//! `swiotlb.cache.claim` is declared unobservable too. Under loom, every path from a
 //! claim to the slot's run passes a full fence (the section's light fence, and the RCU pins
 //! of the map's and unmap's lookups, are `fence(SeqCst)` there), and an acquire fence after a
 //! Relaxed claim that read the give-back orders it just as well: a Relaxed claim passes
@@ -113,9 +122,11 @@ dma_sync::mutation_points! {
     /// Acquire on that compare-and-swap: the releaser's clearing of the other slots follows
     /// the mapper's writes of them (pairs with `swiotlb.meta.publish`).
     RELEASE_CLAIM_ACQUIRE: Rmw = "swiotlb.release.acquire";
-    /// A map writes its head slot's metadata last, with release: whoever claims the mapping
-    /// sees the other slots' metadata written.
-    META_PUBLISH: Store = "swiotlb.meta.publish";
+    /// A map writes its head slot's metadata last, once it has filled the bounce buffer, with
+    /// release: whoever claims the mapping sees the other slots' metadata and the bytes the
+    /// map copied in (a claim given back writes it again the same way).
+    META_PUBLISH: Store = "swiotlb.meta.publish"
+        unobservable "the map's release fence (swiotlb.flag.fence) lies between its record of the other slots and the publication, so a Relaxed publication still carries the metadata to an acquiring claim; what only the publication orders are the bounce bytes copied in after that fence, which are untracked atomics under loom";
     /// A thread's cache section: the full fence (made light by the drainer's membarrier)
     /// between the store announcing the section and the load of the slot's `closed` flag.
     CACHE_ENTER: Fence = "swiotlb.cache.enter";

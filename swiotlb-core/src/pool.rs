@@ -11,7 +11,8 @@
 //! A run has one holder at a time: the area (free in the counters, or its cached run), a
 //! mapping (its metadata recorded), or a thread cache. The holder alone writes its metadata:
 //! [`Pool::record`] by the map that took the run (under the area lock, or from its thread's
-//! cache), head slot last with release (`swiotlb.meta.publish`). A release claims the mapping
+//! cache), head slot last with release (`swiotlb.meta.publish`) once the bounce buffer is
+//! filled ([`HeadWord::publish`]). A release claims the mapping
 //! with one compare-and-swap of the head slot's metadata word (acquire, `swiotlb.release.claim`
 //! and `swiotlb.release.acquire`): of two racing releases exactly one wins, and the winner,
 //! now the run's holder, clears the rest and gives the run to its thread's cache or back to
@@ -383,18 +384,16 @@ impl Pool {
     }
 
     /// Write the metadata of a fresh allocation at `s`, by the one thread that holds the run
-    /// (under its area lock, or taken from its thread's cache). Free slots carry no metadata
-    /// (a release clears its whole run; `check` verifies it), so only the slots the mapping
-    /// covers are written: padding and alignment slots stay clear. The head slot's word goes
-    /// last, with release (`swiotlb.meta.publish`): a release that claims it sees the rest.
+    /// (under its area lock, or taken from its thread's cache), all but the head slot's word,
+    /// which the map writes once the bounce buffer is filled ([`Pool::head_word`]). Free slots carry no
+    /// metadata (a release clears its whole run; `check` verifies it), so only the slots the
+    /// mapping covers are written: padding and alignment slots stay clear.
     #[inline]
     pub(crate) fn record(&self, s: usize, plan: &Plan) {
         let end = plan.in_off + plan.mapping_size;
         let first = s + plan.pad_slots;
         let covered = end.div_ceil(IO_TLB_SIZE).min(s + plan.nslots - first);
         let common = VALID | (plan.in_off as u64) << IN_OFF_SHIFT;
-        let head =
-            HEAD | (plan.pad_slots as u64) << PAD_SHIFT | (plan.nslots as u64) << NSLOTS_SHIFT;
         let (orig, step) = match plan.orig {
             Some(o) => (o, 1u64 << IO_TLB_SHIFT),
             None => (INVALID_PHYS_ADDR, 0),
@@ -410,9 +409,30 @@ impl Pool {
             slot.meta.store(common | size, Relaxed);
         }
         head_slot.orig.store(orig, Relaxed);
-        head_slot
-            .meta
-            .store(common | end as u64 | head, META_PUBLISH.ord(Release));
+    }
+
+    /// The head slot's word that makes the allocation at `s` recorded for `plan` a mapping,
+    /// to publish once the bounce buffer is filled ([`HeadWord::publish`]). Derived before the
+    /// copy, so the fast path keeps it across the copy's call instead of deriving it again.
+    #[inline(always)]
+    pub(crate) fn head_word(&self, s: usize, plan: &Plan) -> HeadWord<'_> {
+        let end = plan.in_off + plan.mapping_size;
+        let word = VALID
+            | (plan.in_off as u64) << IN_OFF_SHIFT
+            | end as u64
+            | HEAD
+            | (plan.pad_slots as u64) << PAD_SHIFT
+            | (plan.nslots as u64) << NSLOTS_SHIFT;
+        HeadWord {
+            meta: &self.slots[s + plan.pad_slots].meta,
+            word,
+        }
+    }
+
+    /// Clear the metadata [`Pool::record`] wrote for the allocation of `nslots` at `s`, never
+    /// published: the caller holds the run again.
+    pub(crate) fn unrecord(&self, s: usize, nslots: usize) {
+        self.clear_run(s, nslots);
     }
 
     /// Metadata of slot `i` (no lock: see the module documentation).
@@ -440,6 +460,22 @@ impl Pool {
         addr: u64,
         size: Option<usize>,
     ) -> Result<(usize, usize), Error> {
+        Ok(self.claim(first, in_off, addr, size)?.clear())
+    }
+
+    /// The claim of [`Pool::unmark`] without the clearing: the mapping is the caller's, its
+    /// metadata (but the head word) and its bounce bytes unchanged, until it clears the run
+    /// ([`Claimed::clear`]) or drops the claim, which gives the mapping back as it was. A copy
+    /// back made under the claim copies this mapping's bytes to this mapping's original: no
+    /// racing release can free the slots for a new mapping meanwhile.
+    #[inline]
+    pub(crate) fn claim(
+        &self,
+        first: usize,
+        in_off: usize,
+        addr: u64,
+        size: Option<usize>,
+    ) -> Result<Claimed<'_>, Error> {
         let (_, first_in_area) = self.geo.area_of(first);
         let head = &self.slots[first].meta;
         let word = head.load(Relaxed);
@@ -452,8 +488,16 @@ impl Pool {
                 return Err(Error::OutOfRange { addr, size });
             }
         }
-        self.claim_run(head, word, first - meta.pad_slots, meta.nslots)
-            .ok_or(Error::NotMapped { addr })
+        if !claim(head, word) {
+            return Err(Error::NotMapped { addr });
+        }
+        Ok(Claimed {
+            pool: self,
+            head: first,
+            word,
+            start: first - meta.pad_slots,
+            nslots: meta.nslots,
+        })
     }
 
     /// `unmark(first, 0, addr, Some(size))` for a mapping without padding that starts at
@@ -494,11 +538,17 @@ impl Pool {
         if !claim(head, word) {
             return None;
         }
+        self.clear_run(s, nslots);
+        Some((s, nslots))
+    }
+
+    /// Clear the metadata of the run of `nslots` at `s`, whose mapping the caller claimed.
+    #[inline(always)]
+    fn clear_run(&self, s: usize, nslots: usize) {
         for slot in &self.slots[s..s + nslots] {
             slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
             slot.meta.store(0, Relaxed);
         }
-        Some((s, nslots))
     }
 
     /// Give the run of `nslots` slots at `s`, held by the caller and clear of metadata, back
@@ -571,6 +621,63 @@ impl Pool {
             }
         }
         Ok(())
+    }
+}
+
+/// The head slot's metadata word of a recorded allocation, not yet written.
+pub(crate) struct HeadWord<'a> {
+    meta: &'a AtomicU64,
+    word: u64,
+}
+
+impl HeadWord<'_> {
+    /// Make the allocation a mapping: write its head slot's word, last, with release
+    /// (`swiotlb.meta.publish`), so a release that claims it sees the rest of the metadata
+    /// and the bounce bytes the map wrote. Until then no release can claim it, and a sync
+    /// finds no mapping: a bogus unmap of the address (guessed, or stale) cannot free the
+    /// slots while the map fills them.
+    #[inline(always)]
+    pub(crate) fn publish(self) {
+        self.meta.store(self.word, META_PUBLISH.ord(Release));
+    }
+}
+
+/// A mapping claimed by [`Pool::claim`]: its head slot's word is 0 (no other release can
+/// claim it, no search can allocate its run), everything else as the map recorded it. Dropped
+/// unless cleared, it gives the mapping back: a copy back that fails or unwinds leaves the
+/// mapping as it was.
+#[must_use = "a dropped claim gives the mapping back"]
+pub(crate) struct Claimed<'a> {
+    pool: &'a Pool,
+    /// The head slot and the word the claim replaced.
+    head: usize,
+    word: u64,
+    start: usize,
+    nslots: usize,
+}
+
+impl Claimed<'_> {
+    /// The original address of the mapping's first byte (`INVALID_PHYS_ADDR` for an `alloc`
+    /// allocation). The claim's acquire orders this read after the map's write of it.
+    pub(crate) fn orig(&self) -> u64 {
+        self.pool.meta(self.head).0
+    }
+
+    /// Clear the run's metadata: the caller now holds the run `(first slot, slots)`.
+    pub(crate) fn clear(self) -> (usize, usize) {
+        let (start, nslots) = (self.start, self.nslots);
+        self.pool.clear_run(start, nslots);
+        std::mem::forget(self);
+        (start, nslots)
+    }
+}
+
+impl Drop for Claimed<'_> {
+    /// Give the mapping back: the head word again, with release (`swiotlb.meta.publish`, as
+    /// the map wrote it), so the next release that claims it sees the rest of the metadata.
+    fn drop(&mut self) {
+        let head = &self.pool.slots[self.head].meta;
+        head.store(self.word, META_PUBLISH.ord(Release));
     }
 }
 

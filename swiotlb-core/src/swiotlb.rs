@@ -241,6 +241,9 @@ pub struct Swiotlb {
 }
 
 pub(crate) struct MemInner {
+    /// The instance's name (`dma_sync::thread::unique`), which its devices carry: a device of
+    /// a dropped instance stays foreign to one allocated at the same address.
+    id: usize,
     pub(crate) cfg: Config,
     /// Geometry of the default pool (its area count bounds every pool's).
     geo: Geometry,
@@ -314,8 +317,10 @@ impl Swiotlb {
         };
         let geo = Geometry::new(cfg.nslabs, nareas, cfg.segment_slots);
         let pool = Pool::new(geo, false, cfg.phys_limit, &DEFAULT_POOL)?;
+        let id = dma_sync::thread::unique();
         Ok(Swiotlb {
             inner: Arc::new(MemInner {
+                id,
                 stats: Stats::new(cfg.stats),
                 geo,
                 head: pool,
@@ -323,11 +328,14 @@ impl Swiotlb {
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
                 memory: Box::new(memory),
-                caches: ThreadCaches::new(if cfg.thread_caches {
-                    thread_caches(geo.nareas)
-                } else {
-                    0
-                }),
+                caches: ThreadCaches::new(
+                    if cfg.thread_caches {
+                        thread_caches(geo.nareas)
+                    } else {
+                        0
+                    },
+                    id,
+                ),
                 cfg,
             }),
         })
@@ -386,7 +394,7 @@ impl Swiotlb {
     }
 
     fn id(&self) -> usize {
-        &*self.inner as *const MemInner as usize
+        self.inner.id
     }
 
     pub(crate) fn check_device(&self, dev: &Device) -> Result<(), Error> {
@@ -468,7 +476,7 @@ impl Swiotlb {
     /// Find and allocate slots for `plan`: the calling thread's cached run (unless
     /// `try_cache` is false: the caller tried it already), every pool's local area, then the
     /// other areas, then (if allowed) growth and a transient pool. On success the allocation
-    /// is counted ([`Swiotlb::found`]).
+    /// is recorded (`Pool::record`) and counted ([`Swiotlb::found`]); the caller publishes it.
     // Inlined into map: returned out of line, the pool reference and slot went through the
     // stack in pieces and were reloaded whole (a store-forwarding stall on every map).
     #[inline(always)]
@@ -493,8 +501,9 @@ impl Swiotlb {
         Ok((pool, s))
     }
 
-    /// Count an allocation of `nslots` just found in `pool` for `dev`, set the device's flag
-    /// and issue the release fence before the caller can hand the address on.
+    /// Count an allocation of `nslots` just found in `pool` for `dev` and set the device's
+    /// flag; the map issues the release fence ([`Swiotlb::handed_on`]) once it has published
+    /// the mapping.
     #[inline(always)]
     pub(crate) fn found(&self, dev: &Device, pool: &Pool, nslots: usize) {
         self.inner.stats.add_used(pool.accounted_slots(nslots));
@@ -502,6 +511,13 @@ impl Swiotlb {
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);
         }
+    }
+
+    /// The release fence of a map (or alloc) that published its mapping, before the caller
+    /// can hand the address on: a thread that receives it through the caller's memory finds
+    /// the pool, the device's flag and the mapping (model `transient_unlink_head`).
+    #[inline(always)]
+    pub(crate) fn handed_on() {
         // Every map, not only the flag's first store: the pool found may be one published
         // since. A release fence suffices in C11 (it orders the earlier list reads too, and
         // happens-before is transitive; LKMM needs the kernel's smp_mb), and costs no

@@ -95,7 +95,7 @@ type Slots = [CachePadded<Slot>];
 #[derive(Debug)]
 pub(crate) struct ThreadCaches {
     slots: Arc<Slots>,
-    /// This instance's name in the thread-local hints (`dma_sync::thread::unique`: an
+    /// The instance's name in the thread-local hints (`dma_sync::thread::unique`: an
     /// instance at a dropped one's address is not taken for it).
     id: usize,
     /// One drainer at a time: a second would reopen a slot the first has closed.
@@ -123,8 +123,8 @@ dma_sync::thread::thread_local! {
 }
 
 impl ThreadCaches {
-    /// `n` empty, unclaimed slots.
-    pub(crate) fn new(n: usize) -> ThreadCaches {
+    /// `n` empty, unclaimed slots of the instance named `id`.
+    pub(crate) fn new(n: usize, id: usize) -> ThreadCaches {
         asymmetric::prepare();
         ThreadCaches {
             slots: (0..n)
@@ -138,7 +138,7 @@ impl ThreadCaches {
                     })
                 })
                 .collect(),
-            id: dma_sync::thread::unique(),
+            id,
             drainer: Mutex::new(()),
         }
     }
