@@ -74,6 +74,16 @@ impl OrigMemory for Gated {
 }
 
 impl Gated {
+    /// A small instance over `inner`, gated, and its gate.
+    fn instance(inner: RegionMemory) -> (Swiotlb, Arc<Barrier>) {
+        let gate = Arc::new(Barrier::new(2));
+        let mem = Gated {
+            inner,
+            gate: gate.clone(),
+        };
+        (Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap(), gate)
+    }
+
     fn stall(&self) {
         if STALL.with(|s| s.replace(false)) {
             self.gate.wait(); // arrived
@@ -91,16 +101,11 @@ impl Gated {
 fn an_overtaken_copy_back_unmap_never_copies_another_mappings_bytes() {
     dma_sync::cpu::set_current(Some(0));
     const LEN: usize = 64;
-    let gate = Arc::new(Barrier::new(2));
     let inner = RegionMemory::new(4096);
     let (old, new) = (inner.base(), inner.base() + 1024);
     inner.write(old, &[0x11; LEN]).unwrap();
     inner.write(new, &[0x22; LEN]).unwrap();
-    let mem = Gated {
-        inner,
-        gate: gate.clone(),
-    };
-    let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let (swiotlb, gate) = Gated::instance(inner);
     let dev = swiotlb.device(DeviceConfig::default());
     let dir = Direction::Bidirectional;
     let a = swiotlb.map(&dev, old, LEN, dir, NONE).unwrap();
@@ -214,15 +219,10 @@ fn an_unwinding_copy_leaks_no_slot_and_loses_no_mapping() {
 fn a_map_still_copying_in_cannot_be_unmapped() {
     dma_sync::cpu::set_current(Some(0));
     const LEN: usize = 64;
-    let gate = Arc::new(Barrier::new(2));
     let inner = RegionMemory::new(4096);
     let orig = inner.base();
     inner.write(orig, &[0x33; LEN]).unwrap();
-    let mem = Gated {
-        inner,
-        gate: gate.clone(),
-    };
-    let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    let (swiotlb, gate) = Gated::instance(inner);
     let dev = swiotlb.device(DeviceConfig::default());
     let dir = Direction::Bidirectional;
     let start = swiotlb.stats().pools[0].start;
