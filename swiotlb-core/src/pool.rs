@@ -676,8 +676,11 @@ impl Drop for Claimed<'_> {
     /// Give the mapping back: the head word again, with release (`swiotlb.meta.publish`, as
     /// the map wrote it), so the next release that claims it sees the rest of the metadata.
     fn drop(&mut self) {
-        let head = &self.pool.slots[self.head].meta;
-        head.store(self.word, META_PUBLISH.ord(Release));
+        HeadWord {
+            meta: &self.pool.slots[self.head].meta,
+            word: self.word,
+        }
+        .publish();
     }
 }
 
