@@ -465,9 +465,10 @@ where
                     middle.wait();
                     let mut hist = new_histogram();
                     let wall_ns = end.duration_since(begin).as_secs_f64() * 1e9;
-                    let group = match cfg.time_each_op {
-                        true => 1,
-                        false => latency_group(wall_ns / count.max(1) as f64),
+                    let group = if cfg.time_each_op {
+                        1
+                    } else {
+                        latency_group(wall_ns / count.max(1) as f64)
                     };
                     // At least one timed batch too.
                     loop {
