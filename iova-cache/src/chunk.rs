@@ -12,10 +12,20 @@
 //! granules any `2^k`-aligned lane of the word offers from its start, capped at `2^k`
 //! ([`word_fits`]); a request of `size <= 2^k` granules aligned to `2^k` fits in the word
 //! exactly when the byte is at least `size`, and in a set of words exactly when their bytewise
-//! maximum is (a request never straddles words). The words' summaries are the leaves of a
-//! [`SummaryTree`] whose root is the chunk's ([`Chunk::top`]), so a search reads at most 8
-//! summaries (one cache line) per level from the limit down and computes the fit in one word.
+//! maximum is (a request never straddles words). A word's summary is kept beside its masks,
+//! 32 bytes aligned to 32, so a free (a random word: a cache miss) reads and writes one line
+//! for both. The maxima of each group of 8 words are the leaves of a [`SummaryTree`] whose
+//! root is the chunk's ([`Chunk::top`]), so a search reads at most 8 summaries (one cache
+//! line) per level from the limit down, then the words of one group (four lines) from the
+//! highest down, and computes the fit in one word. An allocation refolds its group from the
+//! 8 words (the lines its search just read); a free raises the group's leaf in place.
+//!
+//! With the words' summaries in a tree of their own, a random free missed three lines (the
+//! masks, which straddled a line for a quarter of the words at 24 bytes, the leaf summary and
+//! the node above it); the group maxima kept it to two (module `range`: what a fragmented pair
+//! costs).
 
+use crate::fitsummary;
 use crate::summarytree::{filled, SummaryTree};
 
 /// Per class `k`, the lowest bit of every `2^k`-granule lane of a word.
@@ -85,12 +95,25 @@ fn highest_start(free: u64, size: u32, class: u32, top: u32) -> Option<u32> {
     (starts != 0).then(|| 63 - starts.leading_zeros())
 }
 
-/// The bit masks of one word.
+/// Words per cache line, and per leaf of a chunk's summary tree.
+const GROUP: usize = 2;
+
+/// The bit masks of one word and its fit summary: half a cache line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
 struct Word {
     used: u64,
     starts: u64,
     tags: u64,
+    /// [`word_fits`] of `!used`.
+    fits: u64,
+}
+
+/// [`GROUP`] words, one cache line (aligned to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Line {
+    words: [Word; GROUP],
 }
 
 impl Word {
@@ -120,8 +143,8 @@ fn span(bit: u32, size: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
     base: u64,
-    words: Box<[Word]>,
-    /// Per word, [`word_fits`] of its free granules, under their maxima.
+    lines: Box<[Line]>,
+    /// Per line, the bytewise maximum of its words' summaries, under their maxima.
     fits: SummaryTree,
     /// Live allocations.
     live: u64,
@@ -134,11 +157,15 @@ impl Chunk {
     /// An empty chunk of `granules` (a power of two, at least 64) from `base`; `None` if its
     /// memory cannot be had.
     pub(crate) fn try_new(base: u64, granules: u64) -> Option<Self> {
-        let words = (granules / 64) as usize;
+        let lines = (granules / 64) as usize / GROUP;
+        let free = Word {
+            fits: word_fits(u64::MAX),
+            ..Word::default()
+        };
         Some(Self {
             base,
-            words: filled(words, Word::default())?,
-            fits: SummaryTree::try_filled(words, word_fits(u64::MAX))?,
+            lines: filled(lines, Line { words: [free; GROUP] })?,
+            fits: SummaryTree::try_filled(lines, free.fits)?,
             live: 0,
             used_granules: 0,
             free_runs: 1,
@@ -152,7 +179,7 @@ impl Chunk {
 
     /// Granules in the chunk.
     pub(crate) fn granules(&self) -> u64 {
-        64 * self.words.len() as u64
+        (64 * GROUP * self.lines.len()) as u64
     }
 
     /// The summary of the whole chunk's free space.
@@ -180,29 +207,35 @@ impl Chunk {
     pub(crate) fn highest_fit(&self, size: u64, class: u32, limit: u64) -> Option<u64> {
         let limit = limit.min(self.granules() - 1);
         let limit_word = (limit / 64) as usize;
-        let mut end = limit_word + 1;
+        let mut end = limit_word / GROUP + 1;
         // Only the word holding the limit can offer a fit that lies above it; below it a word
         // that offers one has one.
-        while let Some(w) = self.fits.highest(end, size, class) {
-            let top = if w == limit_word { limit % 64 } else { 63 };
-            let free = !self.words[w].used;
-            if let Some(bit) = highest_start(free, size as u32, class, top as u32) {
-                return Some(64 * w as u64 + u64::from(bit));
+        while let Some(line) = self.fits.highest(end, size, class) {
+            let last = (GROUP * line + GROUP - 1).min(limit_word);
+            for w in (GROUP * line..=last).rev() {
+                let word = self.word(w);
+                if word.fits >> (8 * class) & 0xff < size {
+                    continue;
+                }
+                let top = if w == limit_word { limit % 64 } else { 63 };
+                if let Some(bit) = highest_start(!word.used, size as u32, class, top as u32) {
+                    return Some(64 * w as u64 + u64::from(bit));
+                }
             }
-            end = w;
+            end = line;
         }
         None
     }
 
     /// The allocation starting at offset `at`: its size and tag, if one does.
     pub(crate) fn allocation_at(&self, at: u64) -> Option<(u64, bool)> {
-        self.words[(at / 64) as usize].allocation_at((at % 64) as u32)
+        self.word((at / 64) as usize).allocation_at((at % 64) as u32)
     }
 
     /// The allocation covering offset `at`, as `(start offset, size)`.
     pub(crate) fn allocation_covering(&self, at: u64) -> Option<(u64, u64)> {
         let (w, bit) = ((at / 64) as usize, (at % 64) as u32);
-        let word = self.words[w];
+        let word = self.word(w);
         if word.used >> bit & 1 == 0 {
             return None;
         }
@@ -216,7 +249,7 @@ impl Chunk {
     /// [`highest_fit`](Self::highest_fit)), tagged `tag`.
     pub(crate) fn alloc(&mut self, at: u64, size: u64, tag: bool) {
         let (w, bit) = ((at / 64) as usize, (at % 64) as u32);
-        let word = &mut self.words[w];
+        let word = self.word_mut(w);
         word.used |= span(bit, size);
         word.starts |= 1 << bit;
         word.tags |= u64::from(tag) << bit;
@@ -233,7 +266,7 @@ impl Chunk {
     /// [`allocation_at`](Self::allocation_at)).
     pub(crate) fn free(&mut self, at: u64, size: u64) {
         let (w, bit) = ((at / 64) as usize, (at % 64) as u32);
-        let word = &mut self.words[w];
+        let word = self.word_mut(w);
         word.used &= !span(bit, size);
         word.starts &= !(1 << bit);
         word.tags &= !(1 << bit);
@@ -247,17 +280,42 @@ impl Chunk {
 
     /// Whether offset `at` lies in the chunk and is free.
     fn is_free(&self, at: u64) -> bool {
-        at < self.granules() && self.words[(at / 64) as usize].used >> (at % 64) & 1 == 0
+        at < self.granules() && self.word((at / 64) as usize).used >> (at % 64) & 1 == 0
     }
 
-    /// Recompute word `w`'s summary and the maxima above it.
+    /// Word `w`.
+    #[inline]
+    fn word(&self, w: usize) -> &Word {
+        &self.lines[w / GROUP].words[w % GROUP]
+    }
+
+    #[inline]
+    fn word_mut(&mut self, w: usize) -> &mut Word {
+        &mut self.lines[w / GROUP].words[w % GROUP]
+    }
+
+    /// Every word in address order.
+    fn words(&self) -> impl Iterator<Item = &Word> {
+        self.lines.iter().flat_map(|line| &line.words)
+    }
+
+    /// Recompute word `w`'s summary and the maxima above it: its line's summary is the
+    /// maximum of the line's words' (which the line holds).
     fn refresh(&mut self, w: usize) {
-        self.fits.set(w, word_fits(!self.words[w].used));
+        let word = self.word_mut(w);
+        word.fits = word_fits(!word.used);
+        self.fits.set(w / GROUP, self.line_fits(w / GROUP));
+    }
+
+    /// The bytewise maximum of the summaries of line `i`'s words.
+    fn line_fits(&self, i: usize) -> u64 {
+        let words = self.lines[i].words.iter();
+        words.fold(0, |m, word| fitsummary::max(m, word.fits))
     }
 
     /// Every allocation as `(pfn, size, tag)` in address order.
     pub(crate) fn allocations(&self) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
-        self.words.iter().enumerate().flat_map(move |(w, word)| {
+        self.words().enumerate().flat_map(move |(w, word)| {
             set_bits(word.starts).map(move |bit| {
                 let (size, tag) = word.allocation_at(bit).expect("a start bit");
                 (self.base + 64 * w as u64 + u64::from(bit), size, tag)
@@ -268,7 +326,7 @@ impl Chunk {
     /// Every maximal run of free granules as `(pfn, len)` in address order.
     pub(crate) fn free_ranges(&self) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (w, word) in self.words.iter().enumerate() {
+        for (w, word) in self.words().enumerate() {
             for bit in set_bits(!word.used) {
                 let pfn = self.base + 64 * w as u64 + u64::from(bit);
                 match runs.last_mut() {
@@ -283,7 +341,7 @@ impl Chunk {
     /// Check the bitmaps' rules and recompute every summary and counter (tests).
     pub(crate) fn check(&self) -> Result<(), String> {
         let mut live = 0;
-        for (w, word) in self.words.iter().enumerate() {
+        for (w, word) in self.words().enumerate() {
             let at = self.base + 64 * w as u64;
             if word.starts & !word.used != 0 || word.tags & !word.starts != 0 {
                 return Err(format!("word at {at:#x}: a start or tag on a free granule"));
@@ -301,19 +359,20 @@ impl Chunk {
                 live += 1;
             }
             let fits = brute_word_fits(!word.used);
-            if self.fits.leaf(w) != fits {
-                let stale = self.fits.leaf(w);
+            if word.fits != fits {
+                let stale = word.fits;
                 return Err(format!(
                     "word at {at:#x}: summary {stale:#x}, not {fits:#x}"
                 ));
             }
         }
+        for i in 0..self.lines.len() {
+            if self.fits.leaf(i) != self.line_fits(i) {
+                return Err(format!("chunk {:#x}: line {i}'s summary is stale", self.base));
+            }
+        }
         self.fits.check()?;
-        let used: u64 = self
-            .words
-            .iter()
-            .map(|w| u64::from(w.used.count_ones()))
-            .sum();
+        let used: u64 = self.words().map(|w| u64::from(w.used.count_ones())).sum();
         let runs = self.free_ranges().len() as u64;
         if (live, used, runs) != (self.live, self.used_granules, self.free_runs) {
             return Err(format!("chunk {:#x}: counters disagree", self.base));
