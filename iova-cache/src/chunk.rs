@@ -98,6 +98,14 @@ fn highest_start(free: u64, size: u32, class: u32, top: u32) -> Option<u32> {
 /// Words per cache line, and per leaf of a chunk's summary tree.
 const GROUP: usize = 2;
 
+/// Granules per line.
+const LINE_GRANULES: u64 = 64 * GROUP as u64;
+
+/// In a line's first word's `fits`, byte 7 (no class's): whether the granule below the line
+/// is free, a copy kept so that the free-run count of an operation at the line's first
+/// granule reads no other line.
+const BELOW_FREE: u64 = 1 << 56;
+
 /// The bit masks of one word and its fit summary: half a cache line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -105,7 +113,7 @@ struct Word {
     used: u64,
     starts: u64,
     tags: u64,
-    /// [`word_fits`] of `!used`.
+    /// [`word_fits`] of `!used`, and [`BELOW_FREE`] in a line's first word.
     fits: u64,
 }
 
@@ -114,6 +122,18 @@ struct Word {
 #[repr(C, align(64))]
 struct Line {
     words: [Word; GROUP],
+}
+
+impl Line {
+    /// Whether the granule below the line is free (the copy of [`BELOW_FREE`]).
+    fn below_free(&self) -> bool {
+        self.words[0].fits & BELOW_FREE != 0
+    }
+
+    fn set_below_free(&mut self, free: bool) {
+        let word = &mut self.words[0];
+        word.fits = word.fits & !BELOW_FREE | if free { BELOW_FREE } else { 0 };
+    }
 }
 
 impl Word {
@@ -162,10 +182,14 @@ impl Chunk {
             fits: word_fits(u64::MAX),
             ..Word::default()
         };
+        let mut empty = Line { words: [free; GROUP] };
+        empty.set_below_free(true);
+        let mut lines = filled(lines, empty)?;
+        lines[0].set_below_free(false);
         Some(Self {
             base,
-            lines: filled(lines, Line { words: [free; GROUP] })?,
-            fits: SummaryTree::try_filled(lines, free.fits)?,
+            fits: SummaryTree::try_filled(lines.len(), free.fits)?,
+            lines,
             live: 0,
             used_granules: 0,
             free_runs: 1,
@@ -255,8 +279,9 @@ impl Chunk {
         word.tags |= u64::from(tag) << bit;
         // The run it was carved from splits into what is left on either side.
         self.free_runs = self.free_runs - 1
-            + u64::from(self.is_free(at.wrapping_sub(1)))
+            + u64::from(self.free_below(at))
             + u64::from(self.is_free(at + size));
+        self.copy_below(at + size, false);
         self.live += 1;
         self.used_granules += size;
         self.refresh(w);
@@ -271,8 +296,9 @@ impl Chunk {
         word.starts &= !(1 << bit);
         word.tags &= !(1 << bit);
         self.free_runs = self.free_runs + 1
-            - u64::from(self.is_free(at.wrapping_sub(1)))
+            - u64::from(self.free_below(at))
             - u64::from(self.is_free(at + size));
+        self.copy_below(at + size, true);
         self.live -= 1;
         self.used_granules -= size;
         self.refresh(w);
@@ -281,6 +307,23 @@ impl Chunk {
     /// Whether offset `at` lies in the chunk and is free.
     fn is_free(&self, at: u64) -> bool {
         at < self.granules() && self.word((at / 64) as usize).used >> (at % 64) & 1 == 0
+    }
+
+    /// Whether the granule below offset `at` lies in the chunk and is free, read from `at`'s
+    /// own line.
+    fn free_below(&self, at: u64) -> bool {
+        if at % LINE_GRANULES == 0 {
+            self.lines[(at / LINE_GRANULES) as usize].below_free()
+        } else {
+            self.is_free(at - 1)
+        }
+    }
+
+    /// The granule below offset `end` is now free (or used): if `end` starts a line, its copy.
+    fn copy_below(&mut self, end: u64, free: bool) {
+        if end % LINE_GRANULES == 0 && end < self.granules() {
+            self.lines[(end / LINE_GRANULES) as usize].set_below_free(free);
+        }
     }
 
     /// Word `w`.
@@ -303,14 +346,14 @@ impl Chunk {
     /// maximum of the line's words' (which the line holds).
     fn refresh(&mut self, w: usize) {
         let word = self.word_mut(w);
-        word.fits = word_fits(!word.used);
+        word.fits = word_fits(!word.used) | word.fits & BELOW_FREE;
         self.fits.set(w / GROUP, self.line_fits(w / GROUP));
     }
 
     /// The bytewise maximum of the summaries of line `i`'s words.
     fn line_fits(&self, i: usize) -> u64 {
         let words = self.lines[i].words.iter();
-        words.fold(0, |m, word| fitsummary::max(m, word.fits))
+        words.fold(0, |m, word| fitsummary::max(m, word.fits)) & !BELOW_FREE
     }
 
     /// Every allocation as `(pfn, size, tag)` in address order.
@@ -358,7 +401,9 @@ impl Chunk {
                 }
                 live += 1;
             }
-            let fits = brute_word_fits(!word.used);
+            let first_of_line = w % GROUP == 0;
+            let below = first_of_line && w > 0 && self.is_free(64 * w as u64 - 1);
+            let fits = brute_word_fits(!word.used) | if below { BELOW_FREE } else { 0 };
             if word.fits != fits {
                 let stale = word.fits;
                 return Err(format!(
@@ -484,6 +529,29 @@ mod tests {
             (0, 1, word_fits(u64::MAX))
         );
         assert_eq!(c.free_ranges(), [(1 << 12, 1 << 12)]);
+    }
+
+    #[test]
+    fn runs_across_a_line_edge_are_counted_from_the_copy() {
+        let mut c = Chunk::try_new(0, 1 << 8).unwrap();
+        // Lines hold granules 0..128 and 128..256.
+        c.alloc(128, 64, false);
+        c.alloc(64, 64, false);
+        assert_eq!(c.free_runs(), 2, "below 64 and from 192");
+        c.free(128, 64);
+        assert_eq!(c.free_runs(), 2, "below 64 and from 128");
+        c.free(64, 64);
+        c.check().unwrap();
+        assert_eq!(c.free_runs(), 1);
+        c.alloc(127, 1, false);
+        c.alloc(128, 1, false);
+        c.check().unwrap();
+        assert_eq!(c.free_runs(), 2, "below 127 and from 129");
+        c.free(127, 1);
+        assert_eq!(c.free_runs(), 2, "below 128 and from 129");
+        c.free(128, 1);
+        c.check().unwrap();
+        assert_eq!(c.free_ranges(), [(0, 1 << 8)]);
     }
 
     #[test]
