@@ -12,18 +12,28 @@
 //! granules any `2^k`-aligned lane of the word offers from its start, capped at `2^k`
 //! ([`word_fits`]); a request of `size <= 2^k` granules aligned to `2^k` fits in the word
 //! exactly when the byte is at least `size`, and in a set of words exactly when their bytewise
-//! maximum is (a request never straddles words). A word's summary is kept beside its masks,
-//! 32 bytes aligned to 32, so a free (a random word: a cache miss) reads and writes one line
-//! for both. The maxima of each group of 8 words are the leaves of a [`SummaryTree`] whose
-//! root is the chunk's ([`Chunk::top`]), so a search reads at most 8 summaries (one cache
-//! line) per level from the limit down, then the words of one group (four lines) from the
-//! highest down, and computes the fit in one word. An allocation refolds its group from the
-//! 8 words (the lines its search just read); a free raises the group's leaf in place.
+//! maximum is (a request never straddles words).
 //!
-//! With the words' summaries in a tree of their own, a random free missed three lines (the
-//! masks, which straddled a line for a quarter of the words at 24 bytes, the leaf summary and
-//! the node above it); the group maxima kept it to two (module `range`: what a fragmented pair
-//! costs).
+//! # Layout: what a free touches
+//!
+//! The free of a fragmented workload lands on a random word of megabytes of metadata, so
+//! what it costs is the cache lines it misses. A word's masks and its summary are one 32-byte
+//! record, two words to a cache line (a [`Line`], aligned to it), and the leaves of the
+//! chunk's 8-ary [`SummaryTree`] (whose root is the chunk's [`Chunk::top`]) are the lines'
+//! summaries, the maxima of their two words'. Each line also keeps whether the granule below
+//! it is free ([`BELOW_FREE`]), which the free-run count of an allocation or free at the
+//! line's first granule needs (every 33..64-granule one in an even word): it would otherwise
+//! read the line below. So a free, validated and applied in its word, recomputes the word's
+//! summary and its line's in the same line and then raises the tree's leaf (one line per 8
+//! lines of words) and the nodes above it while they change; an allocation does the same
+//! after a search that reads at most 8 summaries (one line) per tree level from the limit
+//! down and then its line's two words. A free touches at most two lines below the tree's
+//! leaves, where a separate word array (24 bytes: a quarter straddled two lines), a leaf per
+//! word (8 per line) and the word below the line's meant up to four; the touch of the line
+//! above (the run's upper neighbour) is needed only when the range ends at a line's top, and
+//! then writes the copy there. Per pair of the fragmented workload, by kind (module `range`:
+//! what a fragmented pair costs), that took the last-level misses of a pair whose free goes
+//! to the chunks from 3.3 to 2.3, one of them the driving loop's own.
 
 use crate::fitsummary;
 use crate::summarytree::{filled, SummaryTree};
