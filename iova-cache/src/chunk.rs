@@ -192,7 +192,9 @@ impl Chunk {
             fits: word_fits(u64::MAX),
             ..Word::default()
         };
-        let mut empty = Line { words: [free; GROUP] };
+        let mut empty = Line {
+            words: [free; GROUP],
+        };
         empty.set_below_free(true);
         let mut lines = filled(lines, empty)?;
         lines[0].set_below_free(false);
@@ -263,7 +265,8 @@ impl Chunk {
 
     /// The allocation starting at offset `at`: its size and tag, if one does.
     pub(crate) fn allocation_at(&self, at: u64) -> Option<(u64, bool)> {
-        self.word((at / 64) as usize).allocation_at((at % 64) as u32)
+        self.word((at / 64) as usize)
+            .allocation_at((at % 64) as u32)
     }
 
     /// The allocation covering offset `at`, as `(start offset, size)`.
@@ -423,7 +426,10 @@ impl Chunk {
         }
         for i in 0..self.lines.len() {
             if self.fits.leaf(i) != self.line_fits(i) {
-                return Err(format!("chunk {:#x}: line {i}'s summary is stale", self.base));
+                return Err(format!(
+                    "chunk {:#x}: line {i}'s summary is stale",
+                    self.base
+                ));
             }
         }
         self.fits.check()?;
