@@ -187,7 +187,7 @@
 //! (tens of ns each), and what is left of a tail pair is the random word's line and its
 //! leaf's and their pages: 4 KiB pages over about 10 MB of metadata miss the TLB too (with
 //! the whole heap on transparent huge pages through glibc's tunables, the example's p99 fell
-//! by about a fifth in one quiet comparison, dmabench's by 0 to 10%).
+//! by about a fifth in three alternated runs, dmabench's by 2 and 10% in two).
 
 use crate::chunk::Chunk;
 use crate::chunkblock::ChunkBlock;
