@@ -32,8 +32,8 @@
 //! word (8 per line) and the word below the line's meant up to four; the touch of the line
 //! above (the run's upper neighbour) is needed only when the range ends at a line's top, and
 //! then writes the copy there. Per pair of the fragmented workload, by kind (module `range`:
-//! what a fragmented pair costs), that took the last-level misses of a pair whose free goes
-//! to the chunks from 3.3 to 2.3, one of them the driving loop's own.
+//! what a fragmented pair costs), that took the misses of a simulated 512 KiB L2 of a pair
+//! whose free goes to the chunks from 3.3 to 2.3, one of them the driving loop's own.
 
 use crate::fitsummary;
 use crate::summarytree::{filled, SummaryTree};
