@@ -334,7 +334,6 @@ impl Swiotlb {
                     } else {
                         0
                     },
-                    id,
                 ),
                 cfg,
             }),
