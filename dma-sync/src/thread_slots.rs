@@ -33,8 +33,8 @@
 //!
 //! # Points
 //!
-//! Each user names the eight orderings above with its own mutation points ([`SlotPoints`]),
-//! so its loom models weaken its own instance of the protocol.
+//! Each user ([`SlotUser`]) names the eight orderings above with its own mutation points
+//! ([`SlotPoints`]), so its loom models weaken its own instance of the protocol.
 
 mod registry;
 
@@ -76,17 +76,38 @@ pub type Hint = Cell<(usize, usize)>;
 /// Hint value: no instance, or the thread has no slot in the instance it names.
 pub const NO_SLOT: usize = usize::MAX;
 
-/// The thread-local key of a user's hint.
-#[cfg(not(loom))]
-pub type HintKey = std::thread::LocalKey<Hint>;
-/// The thread-local key of a user's hint.
-#[cfg(loom)]
-pub type HintKey = loom::thread::LocalKey<Hint>;
+/// A user of the protocol: its points and its own hint, both statics the fast path reaches
+/// without an indirection. Declared with [`slot_user!`](crate::slot_user).
+pub trait SlotUser: 'static {
+    /// The user's names for the protocol's orderings.
+    const POINTS: &'static SlotPoints;
+    /// Run `f` on the calling thread's hint; `None` once the thread's thread-locals are
+    /// being destroyed.
+    fn hint<R>(f: impl FnOnce(&Hint) -> R) -> Option<R>;
+}
 
-/// Declare a user's hint for [`ThreadSlots::new`]: `dma_sync::slot_hint!(HINT);`.
-#[cfg(not(loom))]
+/// Declare a [`SlotUser`]: `dma_sync::slot_user!(pub(crate) struct Threads, POINTS);` with
+/// `POINTS` a `static` [`SlotPoints`].
 #[macro_export]
-macro_rules! slot_hint {
+macro_rules! slot_user {
+    ($vis:vis struct $name:ident, $points:path) => {
+        /// The thread-slot user of this module: its points and its hint.
+        $vis struct $name;
+        impl $crate::thread_slots::SlotUser for $name {
+            const POINTS: &'static $crate::thread_slots::SlotPoints = &$points;
+            #[inline(always)]
+            fn hint<R>(f: impl FnOnce(&$crate::thread_slots::Hint) -> R) -> Option<R> {
+                $crate::__slot_hint!(HINT);
+                HINT.try_with(f).ok()
+            }
+        }
+    };
+}
+
+#[cfg(not(loom))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __slot_hint {
     ($name:ident) => {
         ::std::thread_local! {
             static $name: $crate::thread_slots::Hint =
@@ -95,10 +116,10 @@ macro_rules! slot_hint {
     };
 }
 
-/// Declare a user's hint for [`ThreadSlots::new`]: `dma_sync::slot_hint!(HINT);`.
 #[cfg(loom)]
+#[doc(hidden)]
 #[macro_export]
-macro_rules! slot_hint {
+macro_rules! __slot_hint {
     ($name:ident) => {
         $crate::thread::thread_local! {
             static $name: $crate::thread_slots::Hint =
@@ -115,12 +136,17 @@ struct Slot<T> {
     payload: T,
 }
 
+/// Forget the calling thread's hint of user `U`: its slots are being given back.
+fn forget_hint<U: SlotUser>() {
+    U::hint(|hint| hint.set((0, NO_SLOT)));
+}
+
 /// An owner word: `thread::id` of the slot's owner, 0 before a thread claims it and after
 /// its owner exits. Apart from the slots, which the registries never touch.
 type Owners = [CachePadded<AtomicUsize>];
 
-/// The per-thread slots of one instance.
-pub struct ThreadSlots<T> {
+/// The per-thread slots of one instance, for user `U`.
+pub struct ThreadSlots<T, U: SlotUser> {
     slots: Box<[CachePadded<Slot<T>>]>,
     owners: Arc<Owners>,
     /// The instance's name in the hints (`thread::unique`: an instance at a dropped one's
@@ -128,11 +154,10 @@ pub struct ThreadSlots<T> {
     id: usize,
     /// One drainer at a time: a second would reopen a slot the first has closed.
     drainer: Mutex<()>,
-    points: &'static SlotPoints,
-    hint: &'static HintKey,
+    user: std::marker::PhantomData<U>,
 }
 
-impl<T> std::fmt::Debug for ThreadSlots<T> {
+impl<T, U: SlotUser> std::fmt::Debug for ThreadSlots<T, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThreadSlots")
             .field("slots", &self.slots.len())
@@ -141,16 +166,10 @@ impl<T> std::fmt::Debug for ThreadSlots<T> {
     }
 }
 
-impl<T> ThreadSlots<T> {
-    /// `n` unclaimed slots holding `payload()` each, with the user's points and hint.
-    pub fn new(
-        n: usize,
-        payload: impl FnMut() -> T,
-        points: &'static SlotPoints,
-        hint: &'static HintKey,
-    ) -> ThreadSlots<T> {
+impl<T, U: SlotUser> ThreadSlots<T, U> {
+    /// `n` unclaimed slots holding `payload()` each.
+    pub fn new(n: usize, mut payload: impl FnMut() -> T) -> Self {
         asymmetric::prepare();
-        let mut payload = payload;
         ThreadSlots {
             slots: (0..n)
                 .map(|_| {
@@ -166,8 +185,7 @@ impl<T> ThreadSlots<T> {
                 .collect(),
             id: crate::thread::unique(),
             drainer: Mutex::new(()),
-            points,
-            hint,
+            user: std::marker::PhantomData,
         }
     }
 
@@ -175,15 +193,13 @@ impl<T> ThreadSlots<T> {
     /// another owner (or the thread's thread-locals are being destroyed).
     #[inline(always)]
     fn own_slot(&self) -> Option<&Slot<T>> {
-        self.hint
-            .try_with(|hint| match hint.get() {
-                (id, NO_SLOT) if id == self.id => None,
-                // Claimed by this thread (no other writes its id), so never taken from it.
-                (id, i) if id == self.id => Some(&*self.slots[i]),
-                _ => self.claim(hint),
-            })
-            .ok()
-            .flatten()
+        U::hint(|hint| match hint.get() {
+            (id, NO_SLOT) if id == self.id => None,
+            // Claimed by this thread (no other writes its id), so never taken from it.
+            (id, i) if id == self.id => Some(&*self.slots[i]),
+            _ => self.claim(hint),
+        })
+        .flatten()
     }
 
     /// Find the calling thread's slot in its registry, or claim a free one, and remember it
@@ -191,9 +207,13 @@ impl<T> ThreadSlots<T> {
     #[cold]
     fn claim(&self, hint: &Hint) -> Option<&Slot<T>> {
         let i = registry::lookup(self.id).or_else(|| {
-            registry::claim(self.id, &self.owners, self.points, self.hint, || {
-                self.claim_free()
-            })
+            registry::claim(
+                self.id,
+                &self.owners,
+                U::POINTS.disown,
+                forget_hint::<U>,
+                || self.claim_free(),
+            )
         });
         hint.set((self.id, i.unwrap_or(NO_SLOT)));
         Some(&self.slots[i?])
@@ -203,7 +223,7 @@ impl<T> ThreadSlots<T> {
     /// (pairs with the `disown` point).
     fn claim_free(&self) -> Option<usize> {
         let me = crate::thread::id();
-        let acquire = self.points.claim.ord(Acquire);
+        let acquire = U::POINTS.claim.ord(Acquire);
         self.owners.iter().position(|o| {
             o.load(Relaxed) == 0 && o.compare_exchange(0, me, acquire, Relaxed).is_ok()
         })
@@ -215,10 +235,10 @@ impl<T> ThreadSlots<T> {
     pub fn section<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         let slot = self.own_slot()?;
         slot.active.store(true, Relaxed);
-        asymmetric::light(self.points.enter);
-        let open = !slot.closed.load(self.points.reopened.ord(Acquire));
+        asymmetric::light(U::POINTS.enter);
+        let open = !slot.closed.load(U::POINTS.reopened.ord(Acquire));
         let r = open.then(|| f(&slot.payload));
-        slot.active.store(false, self.points.exit.ord(Release));
+        slot.active.store(false, U::POINTS.exit.ord(Release));
         r
     }
 
@@ -230,14 +250,14 @@ impl<T> ThreadSlots<T> {
         for slot in self.slots.iter() {
             slot.closed.store(true, Relaxed);
         }
-        asymmetric::heavy(self.points.drain);
+        asymmetric::heavy(U::POINTS.drain);
         for slot in self.slots.iter() {
-            while slot.active.load(self.points.wait.ord(Acquire)) {
+            while slot.active.load(U::POINTS.wait.ord(Acquire)) {
                 crate::thread::spin_wait();
             }
             // Every section that did not see `closed` is over, and its writes are seen.
             f(&slot.payload);
-            slot.closed.store(false, self.points.reopen.ord(Release));
+            slot.closed.store(false, U::POINTS.reopen.ord(Release));
         }
     }
 

@@ -36,6 +36,7 @@ use crate::locked::StepLock;
 use crate::points::{FLUSH_RETRY, TREE_LOCK};
 use crate::range::{IovaRange, RangeAllocator};
 use crate::rcache::Rcache;
+use crate::thread_cache::{self, ThreadCache};
 use dma_sync::atomic::{AtomicU64, Ordering};
 use dma_sync::{Arc, CachePadded};
 
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     space: u64,
     pub(crate) tree: CachePadded<StepLock<RangeAllocator>>,
     pub(crate) rcache: Option<Rcache>,
+    /// One freed range per thread in front of `rcache` (with `cfg.thread_caches`).
+    pub(crate) threads: Option<ThreadCache>,
     /// User-held cached-path ranges (with [`IovaConfig::checked_frees`]).
     held: Option<Held>,
     /// Statistics only (Relaxed): flush-all passes and magazines trimmed.
@@ -176,6 +179,8 @@ impl IovaAllocator {
             rcache: config
                 .caching
                 .then(|| Rcache::new(config.cpus, config.magazine_size)),
+            threads: (config.caching && config.thread_caches)
+                .then(|| ThreadCache::new(thread_cache::slots_for(config.cpus))),
             held,
             tree: CachePadded::new(StepLock::new(tree, &TREE_LOCK)),
             flushes: AtomicU64::new(0),
@@ -248,7 +253,11 @@ impl IovaAllocator {
             && limit >= inner.cfg.start_pfn;
         if let Some(rc) = inner.rcache.as_ref().filter(|_| cacheable) {
             let order = class_order(size);
-            if let Some(pfn) = rc.pop_hit(order, self.cpu(rc), limit) {
+            let hit = match (&inner.threads, limit.checked_sub((1 << order) - 1)) {
+                (Some(threads), Some(max_start)) => threads.take(order, max_start),
+                _ => None,
+            };
+            if let Some(pfn) = hit.or_else(|| rc.pop_hit(order, self.cpu(rc), limit)) {
                 self.record_owner(pfn, order)?;
                 return Ok(pfn);
             }
@@ -357,6 +366,13 @@ impl IovaAllocator {
         };
         let order = class_order(size);
         self.release(pfn, order)?;
+        let (pfn, order) = match &inner.threads {
+            Some(threads) => match threads.park(pfn, order) {
+                Some(displaced) => displaced,
+                None => return Ok(()),
+            },
+            None => (pfn, order),
+        };
         let cpu = self.cpu(rc);
         if !rc.push_hit(order, cpu, pfn) {
             rc.insert_all(order as usize, cpu, &[pfn], &inner.tree);
@@ -512,10 +528,14 @@ impl IovaAllocator {
         self.inner.tree.with(|t| t.find(pfn))
     }
 
-    /// Return every cached range (all CPU slots and the depot) to the range allocator.
+    /// Return every cached range (the thread caches, all CPU slots and the depot) to the range
+    /// allocator.
     pub fn flush_all(&self) {
         let inner = &*self.inner;
         if let Some(rc) = &inner.rcache {
+            if let Some(threads) = &inner.threads {
+                threads.drain(|pfn, order| rc.free_cached(&inner.tree, order as usize, &[pfn]));
+            }
             for cpu in 0..rc.cpus() {
                 rc.flush_cpu(cpu, &inner.tree);
             }
@@ -529,8 +549,9 @@ impl IovaAllocator {
     ///
     /// ```
     /// use iova_cache::{IovaAllocator, IovaConfig};
-    /// let a = IovaAllocator::new(IovaConfig { cpus: 2, ..IovaConfig::with_space(1, 0xffff) })
-    ///     .unwrap();
+    /// // Without thread caches, so the free reaches the CPU's magazines.
+    /// let cfg = IovaConfig { cpus: 2, thread_caches: false, ..IovaConfig::with_space(1, 0xffff) };
+    /// let a = IovaAllocator::new(cfg).unwrap();
     /// dma_sync::cpu::set_current(Some(1)); // run as CPU slot 1
     /// let p = a.alloc(2, 0xffff).unwrap();
     /// a.free(p, 2).unwrap();
@@ -559,6 +580,7 @@ impl IovaAllocator {
     ///     cpus: 1,
     ///     magazine_size: 1,
     ///     trim_interval: None, // trim by hand
+    ///     thread_caches: false, // every free to the magazines
     ///     ..IovaConfig::with_space(1, 0xffff)
     /// };
     /// let a = IovaAllocator::new(cfg).unwrap();
@@ -604,7 +626,13 @@ impl IovaAllocator {
         self.inner
             .rcache
             .as_ref()
-            .map_or_else(Vec::new, |rc| rc.cached())
+            .map_or_else(Vec::new, |rc| {
+                let mut cached = rc.cached();
+                if let Some(threads) = &self.inner.threads {
+                    cached.extend(threads.cached());
+                }
+                cached
+            })
     }
 
     /// Check the range allocator's internal invariants (a diagnostic for tests).

@@ -84,4 +84,24 @@ dma_sync::mutation_points! {
     /// a load, then a store, so two racing frees of one range both succeed and the range is
     /// cached twice).
     HELD_RELEASE_ATOMIC: Step = "iova.held.release_atomic";
+    /// A thread-cache section: the full fence (made light by the drainer's membarrier)
+    /// between announcing the section and loading the slot's `closed` flag (weakened: a
+    /// section and a drain both take the cached range).
+    THREAD_ENTER: Fence = "iova.thread.enter";
+    /// A drain: the full fence (membarrier) between closing every slot and reading which
+    /// owners are inside a section.
+    THREAD_DRAIN: Fence = "iova.thread.drain";
+    /// The release store ending a section: the drainer that sees it sees the slot's word.
+    THREAD_EXIT: Store = "iova.thread.exit";
+    /// The drainer's acquire load of an owner's section flag (pairs with `iova.thread.exit`).
+    THREAD_WAIT: Load = "iova.thread.wait";
+    /// The release store reopening a drained slot: an owner that sees it open sees it emptied.
+    THREAD_REOPEN: Store = "iova.thread.reopen";
+    /// The owner's acquire load of its slot's `closed` flag (pairs with `iova.thread.reopen`).
+    THREAD_REOPENED: Load = "iova.thread.reopened";
+    /// The release store of 0 in a slot's owner word when its thread exits: the next claimer
+    /// sees the range the exiting thread cached.
+    THREAD_DISOWN: Store = "iova.thread.disown";
+    /// The acquire compare-and-swap claiming a free slot (pairs with `iova.thread.disown`).
+    THREAD_CLAIM: Rmw = "iova.thread.claim";
 }

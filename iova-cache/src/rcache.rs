@@ -311,10 +311,10 @@ impl Rcache {
             } = class.cpus[cpu].with(|m| self.push_all(class, m, rest));
             rest = &rest[cached..];
             if let Some(mag) = full {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
             }
             if let Some(p) = uncached {
-                self.to_tree(tree, order, &[p]);
+                self.free_cached(tree, order, &[p]);
             }
         }
     }
@@ -379,7 +379,7 @@ impl Rcache {
                         .collect()
                 }
             });
-            self.to_tree(tree, order, &pfns);
+            self.free_cached(tree, order, &pfns);
             if !take {
                 // The weakened form empties the slot in a second critical section.
                 slot.with(|m| {
@@ -398,7 +398,7 @@ impl Rcache {
         for (order, class) in self.classes.iter().enumerate() {
             let mags = class.depot.with(|d| mem::take(&mut d.full));
             for mag in &mags {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
                 flushed += mag.len() as u64;
             }
         }
@@ -418,7 +418,7 @@ impl Rcache {
                 }
             });
             if let Some(mag) = excess {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
                 trimmed += 1;
             }
         }
@@ -430,7 +430,7 @@ impl Rcache {
     /// A cached pfn is a live tree range by construction; only an unchecked double free by the
     /// caller (the same pfn cached twice) breaks this, and then the tree refuses the second
     /// copy and the refusal is counted (see [`crate::IovaStats::refused_cached_frees`]).
-    fn to_tree(&self, tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
+    pub(crate) fn free_cached(&self, tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
         if pfns.is_empty() {
             return;
         }

@@ -70,12 +70,12 @@ static POINTS: SlotPoints = SlotPoints {
     claim: &CACHE_CLAIM,
 };
 
-dma_sync::slot_hint!(HINT);
+dma_sync::slot_user!(struct Runs, POINTS);
 
 /// The cache slots of one instance.
 #[derive(Debug)]
 pub(crate) struct ThreadCaches {
-    slots: ThreadSlots<RunSlot>,
+    slots: ThreadSlots<RunSlot, Runs>,
 }
 
 impl ThreadCaches {
@@ -86,7 +86,7 @@ impl ThreadCaches {
             pool: AtomicPtr::new(std::ptr::null_mut()),
         };
         ThreadCaches {
-            slots: ThreadSlots::new(n, empty, &POINTS, &HINT),
+            slots: ThreadSlots::new(n, empty),
         }
     }
 

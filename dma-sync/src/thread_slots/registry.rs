@@ -13,7 +13,8 @@
 //! word), so it does not depend on the id's own thread-local, which may be destroyed first.
 //! It also forgets the hints: a later thread-local destructor must not use a slot given back.
 
-use super::{HintKey, Owners, SlotPoints, NO_SLOT};
+use super::Owners;
+use crate::mutation::Point;
 use crate::atomic::Ordering::Release;
 use std::cell::RefCell;
 // `std`'s `Weak` under loom too (loom's `Arc` has none): the count orders only the array's
@@ -25,8 +26,10 @@ struct Claim {
     instance: usize,
     owners: Weak<Owners>,
     index: usize,
-    points: &'static SlotPoints,
-    hint: &'static HintKey,
+    /// The user's `disown` point.
+    disown: &'static Point,
+    /// Forgets the user's hint.
+    forget: fn(),
 }
 
 #[derive(Default)]
@@ -43,14 +46,12 @@ impl Drop for Registry {
             return;
         }
         for claim in &self.claims {
-            // Under `std` a hint has no destructor and is always there; under loom it may be
-            // destroyed first.
-            let _ = claim.hint.try_with(|hint| hint.set((0, NO_SLOT)));
+            (claim.forget)();
         }
         for claim in &self.claims {
             // A failed upgrade: the instance is being dropped, its words with it.
             if let Some(owners) = claim.owners.upgrade() {
-                owners[claim.index].store(0, claim.points.disown.ord(Release));
+                owners[claim.index].store(0, claim.disown.ord(Release));
             }
         }
     }
@@ -81,8 +82,8 @@ pub(super) fn lookup(instance: usize) -> Option<usize> {
 pub(super) fn claim(
     instance: usize,
     owners: &Arc<Owners>,
-    points: &'static SlotPoints,
-    hint: &'static HintKey,
+    disown: &'static Point,
+    forget: fn(),
     pick: impl FnOnce() -> Option<usize>,
 ) -> Option<usize> {
     REGISTRY
@@ -94,8 +95,8 @@ pub(super) fn claim(
                 instance,
                 owners: Arc::downgrade(owners),
                 index,
-                points,
-                hint,
+                disown,
+                forget,
             });
             Some(index)
         })
