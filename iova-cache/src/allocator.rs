@@ -2,8 +2,8 @@
 //!
 //! # What a pair costs
 //!
-//! A checked alloc+free pair is four locked instructions (two slot locks, the `held` bit set and
-//! clear); the rest is about 230 instructions (155 unchecked: [`IovaConfig::checked_frees`] off,
+//! Before the thread cache, a checked alloc+free pair was four locked instructions (two slot
+//! locks, the `held` bit set and clear); the rest is about 230 instructions (155 unchecked: [`IovaConfig::checked_frees`] off,
 //! as dma-iommu configures it, which tracks ownership in its page table). Measured with dmabench
 //! (floor and iova only, one thread, ratios to the same run's CAS floor, median of three): checked
 //! 5.87× (15.2 ns; 7.6× before the changes below), unchecked 3.82× (9.9 ns; 4.2× before). What
@@ -11,9 +11,17 @@
 //! per-thread memo of the last leaf instead of a walk down the radix map on every call (module
 //! `held`); the size classes in a fixed array (no pointer to follow, no bounds check on the
 //! class); one thread-local read for the CPU id, and no reduction when it is already a slot
-//! number. The four locked instructions are now most of the cost. A byte per slot instead of
-//! a bit would make the claim a plain store (about 1 ns less per pair in a bare loop), but at
-//! eight times the memory, and the random free at 1M live then misses the CPU's cache.
+//! number. A byte per slot instead of a bit would make the claim a plain store (about 1 ns
+//! less per pair in a bare loop), but at eight times the memory, and the random free at 1M live
+//! then misses the CPU's cache.
+//!
+//! The thread cache (module `thread_cache`) then took the two slot locks out of a pair on one
+//! thread: a hit and a park are each a section of `dma_sync::thread_slots` (a plain store, a
+//! compiler fence, a load, a release store). Instructions went up (the `pair_loop` example
+//! under callgrind: 172 to 185 checked, 89 to 102 unchecked), locked instructions down (4 to
+//! 2 checked, 2 to 0 unchecked); time went down, interleaved dmabench A/B of five runs each
+//! (floor and iova, medians over the same run's CAS): checked 5.90× to 5.32× (15.5 to 13.9 ns),
+//! unchecked 3.93× to 3.51× (10.2 to 9.3 ns).
 //!
 //! A batch free (`free_batch`) validates each range as `free` does and caches a run of one
 //! class with one acquisition of the slot lock, filling magazines by slices: a flush queue

@@ -129,9 +129,10 @@ impl ThreadCache {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::{IovaAllocator, IovaConfig, IovaError};
 
     #[test]
     fn words_round_trip() {
@@ -139,5 +140,62 @@ mod tests {
             assert_eq!(decode(encode(pfn, order)), Some((pfn, order)));
         }
         assert_eq!(decode(EMPTY), None);
+    }
+
+    fn one_cpu(end: u64) -> IovaAllocator {
+        let cfg = IovaConfig {
+            cpus: 1,
+            trim_interval: None,
+            ..IovaConfig::with_space(1, end)
+        };
+        IovaAllocator::new(cfg).unwrap()
+    }
+
+    /// A cached range above an allocation's limit is neither returned nor lost.
+    #[test]
+    fn a_range_above_the_limit_stays_cached() {
+        let a = one_cpu(0xffff);
+        let high = a.alloc(1, 0xffff).unwrap();
+        a.free(high, 1).unwrap();
+        assert_eq!(a.stats().thread_cached_granules, 1);
+        let low = a.alloc(1, 0xff).unwrap();
+        assert!(low <= 0xff);
+        assert_eq!(a.cached_ranges(), [(high, 1)], "still in this thread's cache");
+        assert_eq!(a.alloc(1, 0xffff), Ok(high), "and taken by a request it fits");
+        assert_eq!(a.free(high, 1), Ok(()));
+        assert_eq!(a.free(high, 1), Err(IovaError::NotAllocated { pfn: high }));
+    }
+
+    /// The only granule, parked in another thread's cache, is had by a fitting allocation
+    /// (flush-and-retry drains the thread caches), whether that thread is alive or gone.
+    #[test]
+    fn a_parked_range_never_turns_a_fitting_alloc_into_no_space() {
+        for exit in [false, true] {
+            let a = std::sync::Arc::new(one_cpu(1));
+            let (parked, go) = std::sync::mpsc::channel::<()>();
+            let (done, wait) = std::sync::mpsc::channel::<()>();
+            let a1 = a.clone();
+            let t = std::thread::spawn(move || {
+                let p = a1.alloc(1, 1).unwrap();
+                a1.free(p, 1).unwrap();
+                parked.send(()).unwrap();
+                if !exit {
+                    let _ = wait.recv();
+                }
+            });
+            go.recv().unwrap();
+            if exit {
+                t.join().unwrap();
+            }
+            assert_eq!(a.alloc_no_flush(1, 1), Err(IovaError::NoSpace { size: 1, limit: 1 }));
+            assert_eq!(a.alloc(1, 1), Ok(1));
+            a.free(1, 1).unwrap();
+            drop(done);
+            if !exit {
+                t.join().unwrap();
+            }
+            a.flush_all();
+            assert!(a.allocated_ranges().is_empty());
+        }
     }
 }

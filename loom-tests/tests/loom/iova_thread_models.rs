@@ -144,9 +144,3 @@ must_fail_test! {
     fn thread_disown_relaxed: iova_cache::points::THREAD_DISOWN, Weakening::Relax,
         BROKEN, Bound::Preemptions(2), thread_exit_handback;
 }
-
-must_fail_test! {
-    /// A slot claimed by a Relaxed compare-and-swap: as above from the heir's side.
-    fn thread_claim_relaxed: iova_cache::points::THREAD_CLAIM, Weakening::Relax,
-        BROKEN, Bound::Preemptions(2), thread_exit_handback;
-}
