@@ -631,16 +631,13 @@ impl IovaAllocator {
     /// assert_eq!(a.allocated_ranges(), [(held, 1)]);
     /// ```
     pub fn cached_ranges(&self) -> Vec<(u64, u64)> {
-        self.inner
-            .rcache
-            .as_ref()
-            .map_or_else(Vec::new, |rc| {
-                let mut cached = rc.cached();
-                if let Some(threads) = &self.inner.threads {
-                    cached.extend(threads.cached());
-                }
-                cached
-            })
+        self.inner.rcache.as_ref().map_or_else(Vec::new, |rc| {
+            let mut cached = rc.cached();
+            if let Some(threads) = &self.inner.threads {
+                cached.extend(threads.cached());
+            }
+            cached
+        })
     }
 
     /// Check the range allocator's internal invariants (a diagnostic for tests).

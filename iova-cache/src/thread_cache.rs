@@ -160,8 +160,16 @@ mod tests {
         assert_eq!(a.stats().thread_cached_granules, 1);
         let low = a.alloc(1, 0xff).unwrap();
         assert!(low <= 0xff);
-        assert_eq!(a.cached_ranges(), [(high, 1)], "still in this thread's cache");
-        assert_eq!(a.alloc(1, 0xffff), Ok(high), "and taken by a request it fits");
+        assert_eq!(
+            a.cached_ranges(),
+            [(high, 1)],
+            "still in this thread's cache"
+        );
+        assert_eq!(
+            a.alloc(1, 0xffff),
+            Ok(high),
+            "and taken by a request it fits"
+        );
         assert_eq!(a.free(high, 1), Ok(()));
         assert_eq!(a.free(high, 1), Err(IovaError::NotAllocated { pfn: high }));
     }

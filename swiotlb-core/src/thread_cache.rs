@@ -33,8 +33,8 @@
 //! which the next claimer inherits (`swiotlb.cache.claim`) or a drainer takes.
 
 use crate::points::{
-    CACHE_CLAIM, CACHE_DISOWN, CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_REOPEN,
-    CACHE_REOPENED, CACHE_WAIT,
+    CACHE_CLAIM, CACHE_DISOWN, CACHE_DRAIN, CACHE_ENTER, CACHE_EXIT, CACHE_REOPEN, CACHE_REOPENED,
+    CACHE_WAIT,
 };
 use crate::pool::Pool;
 use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering::Relaxed};

@@ -14,8 +14,8 @@
 //! It also forgets the hints: a later thread-local destructor must not use a slot given back.
 
 use super::Owners;
-use crate::mutation::Point;
 use crate::atomic::Ordering::Release;
+use crate::mutation::Point;
 use std::cell::RefCell;
 // `std`'s `Weak` under loom too (loom's `Arc` has none): the count orders only the array's
 // own lifetime, not any memory of the protocol.
