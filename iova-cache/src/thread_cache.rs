@@ -16,6 +16,10 @@
 //! slot to the range allocator first. The bound is one range of at most 32 granules per
 //! slot, a fixed number, independent of run length. A range above an allocation's limit is
 //! neither returned nor lost: it stays in the slot.
+//!
+//! A thread that finds every slot claimed uses the magazines alone (for that allocator, until
+//! its hint names another), as before the thread caches. Hits here are not counted in the
+//! class statistics, which count the magazines' hits and misses.
 
 use crate::points::{
     THREAD_CLAIM, THREAD_DISOWN, THREAD_DRAIN, THREAD_ENTER, THREAD_EXIT, THREAD_REOPEN,
