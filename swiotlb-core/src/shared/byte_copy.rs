@@ -203,14 +203,16 @@ unsafe fn move_wide(dst: *mut u8, src: *const u8, len: usize) {
 mod tests {
     use super::*;
 
+    /// A copy of raw bytes, as `move_bytes`.
+    type RawCopy = unsafe fn(*mut u8, *const u8, usize);
+
     /// Both copies, at every length up to a few blocks and every source and destination offset
     /// in a vector, against `copy_from_slice`; the bytes around the destination stay as they
     /// were.
     #[test]
     fn both_copies_move_exactly_the_range() {
         let src: Vec<u8> = (0..700u32).map(|i| (i * 7 + 1) as u8).collect();
-        let copies: [(&str, unsafe fn(*mut u8, *const u8, usize)); 2] =
-            [("string", move_string), ("chosen", move_bytes)];
+        let copies: [(&str, RawCopy); 2] = [("string", move_string), ("chosen", move_bytes)];
         for (name, copy) in copies {
             for len in 0..600 {
                 for (s_off, d_off) in [(0, 0), (0, 1), (3, 0), (5, 13), (31, 31), (17, 64)] {
