@@ -21,7 +21,7 @@ use crate::claim::Stop;
 use crate::error::{AddrKind, Error};
 use crate::pgtable::{check_range, pgsize_for, LateUnlinks, Link, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
-use crate::pte::{self, Descriptor, Prot, DEAD, FROZEN};
+use crate::pte::{self, Descriptor, Prot, DEAD, FROZEN, PAGE_LEVEL};
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::Guard;
@@ -71,7 +71,29 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         prot: Prot,
     ) -> Result<usize, Error> {
+        if pgcount == 1 && level == PAGE_LEVEL {
+            // One page, the common case: a single slot needs no separate check pass.
+            let page = self.geom.page_size() as usize;
+            return self
+                .retrying(|guard, late| self.map_page_in(guard, iova, paddr, prot, late))
+                .map(|()| page);
+        }
         self.retrying(|guard, late| self.map_in(guard, iova, paddr, level, pgcount, prot, late))
+    }
+
+    /// [`PageTable::map_in`] of one page at `iova`: the descent, then `place`, whose checks
+    /// of the slot are those of `map_in`'s check pass (a page slot never links a table).
+    fn map_page_in(
+        &self,
+        guard: &Guard,
+        iova: u64,
+        paddr: u64,
+        prot: Prot,
+        late: &mut LateUnlinks,
+    ) -> Result<(), Stop> {
+        let (table, index) = self.descend_installing(guard, iova, PAGE_LEVEL)?;
+        let leaf = pte::leaf(&self.geom, PAGE_LEVEL, paddr, prot);
+        self.place(guard, &table[index], PAGE_LEVEL, iova, leaf, late)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -80,46 +102,13 @@ impl<T: TlbOps> PageTable<T> {
         guard: &Guard,
         iova: u64,
         paddr: u64,
-        target: u32,
+        level: u32,
         pgcount: usize,
         prot: Prot,
         late: &mut LateUnlinks,
     ) -> Result<usize, Stop> {
         let g = &self.geom;
-        // Indices before the first acquire load, above which the geometry cannot be hoisted.
-        let index = g.indices(iova);
-        let mut level = g.start_level();
-        let mut table = self.root.entries();
-        while level < target {
-            let entry = &table[index[level as usize]];
-            let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
-            if pte::is_table(d) {
-                // SAFETY: a table link read under `guard` from this page table.
-                table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
-                level += 1;
-                continue;
-            }
-            if d == 0 {
-                d = self.install(entry)?;
-            }
-            match (d, pte::decode(g, level, d)) {
-                (DEAD, _) => return Err(Stop::Restart),
-                (FROZEN, _) => return Err(Stop::Wait),
-                (_, Descriptor::Table { addr }) => {
-                    // SAFETY: a table link read under `guard` from this page table.
-                    table = unsafe { self.table_at(guard, addr, level + 1) }
-                }
-                // A leaf.
-                _ => {
-                    return Err(Error::Exists {
-                        iova: iova & !(g.block_size(level) - 1),
-                    }
-                    .into())
-                }
-            }
-            level += 1;
-        }
-        let first = index[level as usize];
+        let (table, first) = self.descend_installing(guard, iova, level)?;
         let n = pgcount.min(g.entries(level) - first);
         let size = g.block_size(level);
         let slots = &table[first..first + n];
@@ -155,6 +144,52 @@ impl<T: TlbOps> PageTable<T> {
             }
         }
         Ok(n * size as usize)
+    }
+
+    /// The table at level `target` on the way to `iova`, and `iova`'s index in it: descends
+    /// from the root with acquire loads, installing missing tables. A leaf on the way is
+    /// [`Error::Exists`]; a table being torn down or reserved stops the call.
+    fn descend_installing<'g>(
+        &'g self,
+        guard: &'g Guard,
+        iova: u64,
+        target: u32,
+    ) -> Result<(&'g [AtomicU64], usize), Stop> {
+        let g = &self.geom;
+        // Indices before the first acquire load, above which the geometry cannot be hoisted.
+        let index = g.indices(iova);
+        let mut level = g.start_level();
+        let mut table = self.root.entries();
+        while level < target {
+            let entry = &table[index[level as usize]];
+            let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
+            if pte::is_table(d) {
+                // SAFETY: a table link read under `guard` from this page table.
+                table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
+                level += 1;
+                continue;
+            }
+            if d == 0 {
+                d = self.install(entry)?;
+            }
+            match (d, pte::decode(g, level, d)) {
+                (DEAD, _) => return Err(Stop::Restart),
+                (FROZEN, _) => return Err(Stop::Wait),
+                (_, Descriptor::Table { addr }) => {
+                    // SAFETY: a table link read under `guard` from this page table.
+                    table = unsafe { self.table_at(guard, addr, level + 1) }
+                }
+                // A leaf.
+                _ => {
+                    return Err(Error::Exists {
+                        iova: iova & !(g.block_size(level) - 1),
+                    }
+                    .into())
+                }
+            }
+            level += 1;
+        }
+        Ok((table, index[target as usize]))
     }
 
     /// Write `leaf` into the slot `e` (at `level`, mapping `iova`): claimed from 0, or, where
@@ -279,6 +314,10 @@ impl<T: TlbOps> PageTable<T> {
         self.check_sizes(iova, Some(paddr), size)?;
         if !prot.intersects(Prot::READ | Prot::WRITE) {
             return Err(Error::NoAccess);
+        }
+        if size == self.geom.page_size() {
+            // One page, the common case: the step below would choose it.
+            return self.map_checked(iova, paddr, PAGE_LEVEL, 1, prot).map(drop);
         }
         let mut done = 0;
         while done < size {
