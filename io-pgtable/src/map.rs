@@ -19,9 +19,11 @@
 
 use crate::claim::Stop;
 use crate::error::{AddrKind, Error};
+use crate::levels::Levels;
 use crate::pgtable::{check_range, pgsize_for, LateUnlinks, Link, PageTable};
 use crate::points::{DESCENT_ACQUIRE, INSTALL_RELEASE};
 use crate::pte::{self, Descriptor, Prot, DEAD, FROZEN, PAGE_LEVEL};
+use crate::table;
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::Guard;
@@ -155,39 +157,46 @@ impl<T: TlbOps> PageTable<T> {
         iova: u64,
         target: u32,
     ) -> Result<(&'g [AtomicU64], usize), Stop> {
-        let g = &self.geom;
+        match Levels::constant(&self.geom) {
+            Some(levels) => self.descend_installing_in(levels, guard, iova, target),
+            None => self.descend_installing_in(Levels::read(&self.geom), guard, iova, target),
+        }
+    }
+
+    /// [`PageTable::descend_installing`] with the layout `levels` of this table's geometry.
+    #[inline(always)]
+    fn descend_installing_in<'g, const FOUR_4K: bool>(
+        &'g self,
+        levels: Levels<'_, FOUR_4K>,
+        guard: &'g Guard,
+        iova: u64,
+        target: u32,
+    ) -> Result<(&'g [AtomicU64], usize), Stop> {
         // Indices before the first acquire load, above which the geometry cannot be hoisted.
-        let index = g.indices(iova);
-        let mut level = g.start_level();
+        let index = levels.indices(iova);
+        let mut level = levels.start();
         let mut table = self.root.entries();
         while level < target {
             let entry = &table[index[level as usize]];
             let mut d = entry.load(DESCENT_ACQUIRE.ord(Acquire));
-            if pte::is_table(d) {
-                // SAFETY: a table link read under `guard` from this page table.
-                table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
-                level += 1;
-                continue;
-            }
             if d == 0 {
                 d = self.install(entry)?;
             }
-            match (d, pte::decode(g, level, d)) {
-                (DEAD, _) => return Err(Stop::Restart),
-                (FROZEN, _) => return Err(Stop::Wait),
-                (_, Descriptor::Table { addr }) => {
-                    // SAFETY: a table link read under `guard` from this page table.
-                    table = unsafe { self.table_at(guard, addr, level + 1) }
-                }
-                // A leaf.
-                _ => {
-                    return Err(Error::Exists {
-                        iova: iova & !(g.block_size(level) - 1),
+            if !pte::is_table(d) {
+                return Err(match d {
+                    DEAD => Stop::Restart,
+                    FROZEN => Stop::Wait,
+                    // A leaf.
+                    _ => Error::Exists {
+                        iova: iova & !(self.geom.block_size(level) - 1),
                     }
-                    .into())
-                }
+                    .into(),
+                });
             }
             level += 1;
+            // SAFETY: a table link read under `guard` from this page table, so a table at
+            // `level` that outlives `guard` (as `PageTable::table_at`).
+            table = unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
         }
         Ok((table, index[target as usize]))
     }

@@ -23,9 +23,11 @@
 
 use crate::claim::Stop;
 use crate::error::Error;
+use crate::levels::Levels;
 use crate::pgtable::{LateUnlinks, Link, PageTable};
 use crate::points::DESCENT_ACQUIRE;
 use crate::pte::{self, Descriptor, FROZEN, PAGE_LEVEL};
+use crate::table;
 use crate::tlb::{Gather, TlbOps};
 use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::Guard;
@@ -135,10 +137,24 @@ impl<T: TlbOps> PageTable<T> {
         iova: u64,
         target: u32,
     ) -> Result<(&'g [AtomicU64], usize), Stop> {
-        let g = &self.geom;
+        match Levels::constant(&self.geom) {
+            Some(levels) => self.descend_mapped_in(levels, guard, iova, target),
+            None => self.descend_mapped_in(Levels::read(&self.geom), guard, iova, target),
+        }
+    }
+
+    /// [`PageTable::descend_mapped`] with the layout `levels` of this table's geometry.
+    #[inline(always)]
+    fn descend_mapped_in<'g, const FOUR_4K: bool>(
+        &'g self,
+        levels: Levels<'_, FOUR_4K>,
+        guard: &'g Guard,
+        iova: u64,
+        target: u32,
+    ) -> Result<(&'g [AtomicU64], usize), Stop> {
         // Indices before the first acquire load, above which the geometry cannot be hoisted.
-        let index = g.indices(iova);
-        let mut level = g.start_level();
+        let index = levels.indices(iova);
+        let mut level = levels.start();
         let mut table = self.root.entries();
         while level < target {
             let d = table[index[level as usize]].load(DESCENT_ACQUIRE.ord(Acquire));
@@ -152,14 +168,15 @@ impl<T: TlbOps> PageTable<T> {
                 } else {
                     Error::PartialBlock {
                         iova,
-                        block_size: g.block_size(level),
+                        block_size: self.geom.block_size(level),
                     }
                 }
                 .into());
             }
-            // SAFETY: a table link read under `guard` from this page table.
-            table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
             level += 1;
+            // SAFETY: a table link read under `guard` from this page table, so a table at
+            // `level` that outlives `guard` (as `PageTable::table_at`).
+            table = unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
         }
         Ok((table, index[target as usize]))
     }
