@@ -76,26 +76,30 @@ impl<T: TlbOps> PageTable<T> {
         if pgcount == 1 && level == PAGE_LEVEL {
             // One page, the common case: a single slot needs no separate check pass.
             let page = self.geom.page_size() as usize;
-            return self
-                .retrying(|guard, late| self.map_page_in(guard, iova, paddr, prot, late))
-                .map(|()| page);
+            let mapped = match Levels::constant(&self.geom) {
+                Some(levels) => self.map_page(levels, iova, paddr, prot),
+                None => self.map_page(Levels::read(&self.geom), iova, paddr, prot),
+            };
+            return mapped.map(|()| page);
         }
         self.retrying(|guard, late| self.map_in(guard, iova, paddr, level, pgcount, prot, late))
     }
 
-    /// [`PageTable::map_in`] of one page at `iova`: the descent, then `place`, whose checks
-    /// of the slot are those of `map_in`'s check pass (a page slot never links a table).
-    fn map_page_in(
+    /// [`PageTable::map_in`] of one page at `iova`, with the layout `levels`: the descent,
+    /// then `place`, whose checks of the slot are those of `map_in`'s check pass (a page slot
+    /// never links a table).
+    fn map_page<const FOUR_4K: bool>(
         &self,
-        guard: &Guard,
+        levels: Levels<'_, FOUR_4K>,
         iova: u64,
         paddr: u64,
         prot: Prot,
-        late: &mut LateUnlinks,
-    ) -> Result<(), Stop> {
-        let (table, index) = self.descend_installing(guard, iova, PAGE_LEVEL)?;
+    ) -> Result<(), Error> {
         let leaf = pte::leaf(&self.geom, PAGE_LEVEL, paddr, prot);
-        self.place(guard, &table[index], PAGE_LEVEL, iova, leaf, late)
+        self.retrying(|guard, late| {
+            let (table, index) = self.descend_installing_in(levels, guard, iova, PAGE_LEVEL)?;
+            self.place(guard, &table[index], PAGE_LEVEL, iova, leaf, late)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -79,26 +79,30 @@ impl<T: TlbOps> PageTable<T> {
         if pgcount == 1 && level == PAGE_LEVEL {
             // One page, the common case: one entry, without the range's loop.
             let page = self.geom.page_size() as usize;
-            return self
-                .retrying(|guard, late| self.unmap_page_in(guard, iova, gather, late))
-                .map(|()| page);
+            let unmapped = match Levels::constant(&self.geom) {
+                Some(levels) => self.unmap_page(levels, iova, gather),
+                None => self.unmap_page(Levels::read(&self.geom), iova, gather),
+            };
+            return unmapped.map(|()| page);
         }
         self.retrying(|guard, late| self.unmap_in(guard, iova, level, pgcount, gather, late))
     }
 
-    /// [`PageTable::unmap_in`] of one page at `iova`: the descent, then `take_entry`.
-    fn unmap_page_in(
+    /// [`PageTable::unmap_in`] of one page at `iova`, with the layout `levels`: the descent,
+    /// then `take_entry`.
+    fn unmap_page<const FOUR_4K: bool>(
         &self,
-        guard: &Guard,
+        levels: Levels<'_, FOUR_4K>,
         iova: u64,
         gather: &mut Gather,
-        late: &mut LateUnlinks,
-    ) -> Result<(), Stop> {
-        let (table, index) = self.descend_mapped(guard, iova, PAGE_LEVEL)?;
-        if !self.take_entry(guard, &table[index], PAGE_LEVEL, iova, true, gather, late)? {
-            return Err(Error::NotMapped { iova }.into());
-        }
-        Ok(())
+    ) -> Result<(), Error> {
+        self.retrying(|guard, late| {
+            let (table, index) = self.descend_mapped_in(levels, guard, iova, PAGE_LEVEL)?;
+            if !self.take_entry(guard, &table[index], PAGE_LEVEL, iova, true, gather, late)? {
+                return Err(Error::NotMapped { iova }.into());
+            }
+            Ok(())
+        })
     }
 
     fn unmap_in(
