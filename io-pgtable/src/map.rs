@@ -7,6 +7,13 @@
 //!   back to 0, invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
 //!   where a block goes is replaced only if its subtree is empty (freeze, claim the link, walk
 //!   flush, RCU free, then the block: break-before-make), else `Exists`.
+//! * One page (`map` of a granule, `map_pages` of one page) takes a single-slot path: the
+//!   same descent (tables installed as below), then `place`, whose checks of the slot are
+//!   those of the check pass (a page slot never links a table), with no page-size loop and
+//!   no check pass over a range. It picks the descent's layout once, outside the retry
+//!   loop: constants for the four-level 4 KiB format (`levels.rs`). Callgrind, a 4 KiB
+//!   map+unmap in a loop (`examples/map_loop.rs`): 789 instructions through the general
+//!   loops, 467 on these paths.
 //! * `map` loops with Linux's `iommu_pgsize` choice and undoes its own partial progress on
 //!   error. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
 //!   leaf's attribute bits come from a 64-entry table indexed by the six protection bits (built
@@ -200,7 +207,8 @@ impl<T: TlbOps> PageTable<T> {
             level += 1;
             // SAFETY: a table link read under `guard` from this page table, so a table at
             // `level` that outlives `guard` (as `PageTable::table_at`).
-            table = unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
+            table =
+                unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
         }
         Ok((table, index[target as usize]))
     }

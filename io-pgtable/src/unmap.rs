@@ -9,6 +9,9 @@
 //!   exactly one, the others find it empty. An entry a block map has reserved (`FROZEN`) is
 //!   not an answer: the call backs off and starts again from the root (see `claim`). Past
 //!   its first entry a call stops there instead (a short count): each entry is its own claim.
+//! * One page (`unmap`/`unmap_with` of a granule, `unmap_pages` of one page) takes the map's
+//!   single-slot shape: the same descent and `take_entry`, the claim of one entry that the
+//!   range's loop makes of each, with the layout picked once (see `map.rs`).
 //! * `unmap`/`unmap_with` loop over page sizes. Tables emptied by page-sized unmaps stay linked,
 //!   as in Linux: only an unmap covering a table's whole span frees it (another mapper may be
 //!   descending into it).
@@ -180,7 +183,8 @@ impl<T: TlbOps> PageTable<T> {
             level += 1;
             // SAFETY: a table link read under `guard` from this page table, so a table at
             // `level` that outlives `guard` (as `PageTable::table_at`).
-            table = unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
+            table =
+                unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
         }
         Ok((table, index[target as usize]))
     }
@@ -237,7 +241,9 @@ impl<T: TlbOps> PageTable<T> {
         self.check_sizes(iova, None, size)?;
         if size == self.geom.page_size() {
             // One page, the common case: the step below would choose it.
-            return self.unmap_checked(iova, PAGE_LEVEL, 1, gather).map(|n| n as u64);
+            return self
+                .unmap_checked(iova, PAGE_LEVEL, 1, gather)
+                .map(|n| n as u64);
         }
         let mut done = 0;
         while done < size {
