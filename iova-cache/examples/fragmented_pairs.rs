@@ -13,8 +13,11 @@
 //!   and 99th percentile in ticks, of the pair and of its free alone.
 //! * `plain`: the same pairs untimed, for `valgrind --tool=callgrind --cache-sim=yes`
 //!   (instructions and simulated misses per pair: divide by `pairs`; the set-up and a warm-up
-//!   of `live` pairs run with instrumentation off when started with
-//!   `--instr-atstart=no`, see [`measured`]).
+//!   of `live` pairs are simulated but not counted with `--collect-atstart=no
+//!   --toggle-collect=*measured*`, see [`measured`]).
+//! * `kinds`: the same pairs untimed, each run by a function of its kind (`pair_cached_cached`,
+//!   `pair_cached_range`, `pair_range_cached`, `pair_range_range`), so callgrind's inclusive
+//!   cost of each, divided by its calls, is the cost of a pair of that kind.
 
 use iova_cache::{IovaAllocator, IovaConfig};
 
@@ -69,11 +72,23 @@ impl Workload {
     /// `mark` called between the two. Returns the sizes freed and allocated.
     #[inline(always)]
     fn pair_marked(&mut self, mark: impl FnOnce()) -> (u64, u64) {
+        let (i, g) = self.draw();
+        self.pair_drawn(i, g, mark)
+    }
+
+    /// The held range a pair frees and the size it allocates.
+    #[inline(always)]
+    fn draw(&mut self) -> (usize, u64) {
         let i = self.pick.below(self.held.len() as u64) as usize;
+        (i, 1 + self.size.below(MAX_SIZE))
+    }
+
+    /// The pair of [`draw`](Self::draw)'s answer.
+    #[inline(always)]
+    fn pair_drawn(&mut self, i: usize, g: u64, mark: impl FnOnce()) -> (u64, u64) {
         let (pfn, freed) = self.held[i];
         self.iova.free(pfn, freed).expect("a held range");
         mark();
-        let g = 1 + self.size.below(MAX_SIZE);
         self.held[i] = (self.iova.alloc(g, END_PFN).expect("space"), g);
         (freed, g)
     }
@@ -171,6 +186,41 @@ fn measured(w: &mut Workload, pairs: usize) -> u64 {
     (0..pairs).map(|_| w.pair().1).sum()
 }
 
+/// The measured pairs of a `kinds` run: each through the function of its kind.
+#[inline(never)]
+fn measured_by_kind(w: &mut Workload, pairs: usize) -> u64 {
+    let mut sum = 0;
+    for _ in 0..pairs {
+        let (i, g) = w.draw();
+        let pair = match kind(w.held[i].1, g) {
+            0 => pair_cached_cached,
+            1 => pair_cached_range,
+            2 => pair_range_cached,
+            _ => pair_range_range,
+        };
+        sum += pair(w, i, g);
+    }
+    sum
+}
+
+/// One function per kind of pair, each a symbol of its own for callgrind.
+/// (Each returns its own constant beside the size: identical bodies would be merged into one.)
+macro_rules! pair_of_kind {
+    ($($name:ident = $k:literal),*) => {$(
+        #[inline(never)]
+        fn $name(w: &mut Workload, i: usize, g: u64) -> u64 {
+            w.pair_drawn(i, g, || ()).1 + std::hint::black_box($k)
+        }
+    )*};
+}
+
+pair_of_kind!(
+    pair_cached_cached = 0,
+    pair_cached_range = 1,
+    pair_range_cached = 2,
+    pair_range_range = 3
+);
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("timed", String::as_str);
@@ -185,6 +235,7 @@ fn main() {
     }
     match mode {
         "plain" => println!("{}", measured(&mut w, pairs)),
+        "kinds" => println!("{}", measured_by_kind(&mut w, pairs)),
         _ => timed(&mut w, pairs),
     }
 }

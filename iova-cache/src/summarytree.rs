@@ -3,9 +3,10 @@
 //! summary offers a request" reads one cache line per level up and per level down instead
 //! of every summary in between.
 //!
-//! The chunks use one over their words' summaries (module `chunk`) and one over the chunks'
-//! own top summaries (module `chunks`). A summary (module `chunk`) has a byte per class `0..=6`,
-//! each at most 64, and a node offers a request exactly when one of its leaves does.
+//! The chunks use one over their lines' summaries (two words each, module `chunk`) and one
+//! over the chunks' own top summaries (module `chunks`). A summary (module `chunk`) has a byte
+//! per class `0..=6`, each at most 64, and a node offers a request exactly when one of its
+//! leaves does.
 //!
 //! Each level stores its nodes in blocks of 8 siblings, one cache line (aligned to it) of
 //! `u64` summaries. An update reads and writes one summary per level and climbs only while a

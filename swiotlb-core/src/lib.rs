@@ -74,7 +74,7 @@
 //! | Module | Concept |
 //! |---|---|
 //! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
-//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
+//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (32-byte AVX moves or `rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping; the shortcut for a request without masks |
 //! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own spin lock, the run each area got back last (cached for the next map of its size), the bounded next-fit search, a release claimed (and an unmap's size checked, when nothing is copied back) by one compare-and-swap of the head slot's metadata |
