@@ -27,7 +27,6 @@ fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64) -> Request 
 /// The mapping cap counts requests, so it let both through and the device allocated until
 /// memory ran out. Now the leaves count, against `max_leaves`.
 #[test]
-#[cfg_attr(miri, ignore)] // 2^14-leaf maps: minutes under Miri
 fn a_map_of_more_leaves_than_the_device_holds_is_nomem() {
     let v = Viommu::new(ViommuConfig::default()).unwrap();
     let dev = v.add_endpoint(1, vec![]).unwrap();
