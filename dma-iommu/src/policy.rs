@@ -37,6 +37,9 @@ impl DevicePolicy {
     }
 
     /// Whether the next allocation still tries below 4 GiB first.
+    // Inline: read on every map, whose code is generated in the caller's crate, where a
+    // function of this crate not marked inline stays a call.
+    #[inline]
     pub fn tries_32bit_first(&self) -> bool {
         self.sac_first.load(Ordering::Relaxed)
     }

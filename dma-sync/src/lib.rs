@@ -22,6 +22,7 @@
 //! | [`rcu`]: [`rcu::pin`], [`rcu::pin_at`], [`rcu::Guard::defer_retire`], [`rcu::Retire`], [`rcu::synchronize`], [`rcu::boxed`], [`rcu::track`], [`rcu::released`] | epoch collector with a membarrier read side (a plain store and a compiler fence per pin; fence fallback without membarrier) | fence-based RCU at least as strict as the epoch collector: poisons freed objects, reuses their addresses, reports frees that bypass it (or, with `production_rcu`, the epoch collector itself on loom) |
 //! | [`asymmetric`]: [`asymmetric::light`], [`asymmetric::heavy`] | RCU's fence pair: a compiler fence against `membarrier` (`fence(SeqCst)` both without it) | `fence(SeqCst)` both |
 //! | [`thread`]: `spawn`, [`thread::spin_wait`] | `std::thread` | `loom::thread`; a spin step yields |
+//! | [`thread_slots`]: [`thread_slots::ThreadSlots`] (`section`, `drain`), [`slot_user!`] | per-thread slots of a shared object: owner sections against a rare drainer (asymmetric fences), claimed per thread, given back at exit | the same on loom's atomics |
 //! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
 //! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |
 //! | [`fault`]: [`fault::Site`] | never fails (feature `fault-injection`: armable per thread) | the same |
@@ -58,6 +59,7 @@ pub mod published;
 pub mod rcu;
 pub mod spin;
 pub mod thread;
+pub mod thread_slots;
 
 pub use cell::UnsafeCell;
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

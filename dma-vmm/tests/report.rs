@@ -127,10 +127,7 @@ fn the_full_report_reads_like_debugfs() {
     assert_eq!(s.pools[0].area_used.iter().sum::<usize>(), 3);
     let i = r.iova.as_ref().unwrap();
     assert_eq!(i.classes[2].misses, 1); // one 4-granule allocation, served by the range allocator
-    assert_eq!(
-        i.per_cpu_cached_granules.iter().sum::<u64>() + i.depot_cached_granules,
-        4
-    );
+    assert_eq!(i.cached_granules(), 4);
     assert!(!r.flush_queues[0].lazy);
     assert_eq!(
         (

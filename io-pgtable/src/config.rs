@@ -156,6 +156,10 @@ pub struct Geometry {
     /// The leaf level of each supported page size, by its log2 ([`NO_LEVEL`] if unsupported):
     /// the argument check of every map and unmap is one lookup.
     level_by_shift: [u8; 64],
+    /// Whether this is the 4 KiB granule with four levels (start level 0; 4 KiB has no packed
+    /// `PA[51:48]`): the common stage-1 and stage-2 format, whose layout the translation walk
+    /// and the writers' descents take as constants.
+    four_level_4k: bool,
 }
 
 /// `level_by_shift` entry of a size that is no leaf size.
@@ -227,6 +231,7 @@ impl Geometry {
             oa_hi_mask: if c.oas > 48 { 0xf << 12 } else { 0 },
             leaf_attr_lut: crate::pte::leaf_attr_lut(c.stage, c.ns),
             level_by_shift: [NO_LEVEL; 64],
+            four_level_4k: c.granule == Granule::Size4K && start_level == 0,
         };
         let leaf_levels: &[u32] = match c.granule {
             Granule::Size4K | Granule::Tiny => &[1, 2, 3],
@@ -329,12 +334,6 @@ impl Geometry {
         ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
     }
 
-    /// The index of `iova` at every level (meaningful from the start level on).
-    #[inline]
-    pub(crate) fn indices(&self, iova: u64) -> [usize; 4] {
-        [0, 1, 2, 3].map(|level| self.index(level, iova))
-    }
-
     /// The index mask of a table at `level` (`entries - 1`).
     #[inline]
     pub(crate) fn index_mask(&self, level: u32) -> u64 {
@@ -357,6 +356,12 @@ impl Geometry {
     #[inline]
     pub(crate) fn oa_hi_mask(&self) -> u64 {
         self.oa_hi_mask
+    }
+
+    /// Whether this is the four-level 4 KiB format (see the field).
+    #[inline]
+    pub(crate) fn four_level_4k(&self) -> bool {
+        self.four_level_4k
     }
 
     /// The span of a whole table at `level`.

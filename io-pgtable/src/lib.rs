@@ -117,6 +117,7 @@ mod config;
 mod dump;
 mod error;
 pub mod faults;
+mod levels;
 mod map;
 mod pgtable;
 pub mod points;

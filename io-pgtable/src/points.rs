@@ -7,7 +7,7 @@
 //! | Point | Kind | Twin | Model |
 //! |---|---|---|---|
 //! | `pgtable.install.release` | Rmw | `pgtable_install_relaxed` | `install_race` |
-//! | `pgtable.descent.acquire` | Load | `pgtable_descent_relaxed` | `install_race` |
+//! | `pgtable.descent.acquire` | Load | `pgtable_descent_relaxed`, `pgtable_four_level_descent_relaxed` | `install_race`, `four_level_install_race` |
 //! | `pgtable.walk.acquire` | Load | `pgtable_walk_relaxed`, `pgtable_inlined_walk_relaxed` | `install_race`, `four_level_install_under_reader` |
 //! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_subtree_under_readers` |
 //! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
@@ -30,6 +30,9 @@
 //! * `four_level_install_under_reader`: on `Config::s1_4k(48)`, the format whose walk a held
 //!   `Reader` runs inline (the tiny granule's goes through the walk's call): a mapper installs
 //!   the three tables below the root while main translates through a reader. Exhaustive.
+//! * `four_level_install_race`: `install_race` on `Config::s1_4k(48)`, whose writers descend
+//!   with the layout as constants (`levels.rs`): two mappers install the same three tables.
+//!   `Preemptions(3)`.
 //! * `neighbours_in_one_table`: map page 0 while unmapping page 1, the only page of a shared
 //!   leaf table; main translates. Exhaustive.
 //! * `unmap_frees_level_under_readers`: an unmap frees a level-3 table while a dump walks and

@@ -50,6 +50,10 @@ pub const XN: u64 = 3 << 53;
 /// NSTable on table descriptors (with the non-secure quirk).
 pub const NSTABLE: u64 = 1 << 63;
 
+/// The level of page descriptors (type bits `11` there mean a page, not a table): the last
+/// level with every granule, where a granule-sized map or unmap writes.
+pub(crate) const PAGE_LEVEL: u32 = 3;
+
 /// Output-address bits `[47:12]` of a descriptor with the 4 KiB granule and no packed
 /// `PA[51:48]` (the constant of the 4 KiB translation walk).
 pub(crate) const OA_MASK_4K: u64 = ((1 << 48) - 1) & !((1 << 12) - 1);

@@ -607,3 +607,231 @@ fn translation_agrees_with_the_walk_for_every_start_level() {
         assert!(pt.iova_to_phys(1 << g.ias()).is_none(), "{cfg:?}");
     }
 }
+
+/// Formats of both descent layouts for the one-page paths: constant (four-level 4 KiB, with
+/// a full and a two-entry root, stage 1 and 2) and read from the geometry (4 KiB from level 1,
+/// stage-2 concatenation, the tiny granule down to a root that is the leaf table, 64 KiB).
+fn one_page_configs() -> Vec<Config> {
+    let s2 = |ias| Config {
+        stage: Stage::S2,
+        ..Config::s1_4k(ias)
+    };
+    let mut v = vec![
+        Config::s1_4k(48),
+        Config::s1_4k(40),
+        s2(44),
+        Config::s1_4k(39),
+        s2(40),
+        Config::tiny(3),
+        Config::tiny(1),
+    ];
+    // Miri: 64K tables (8192 descriptors) are too slow under it.
+    if !cfg!(miri) {
+        v.push(Config {
+            granule: Granule::Size64K,
+            oas: 52,
+            ..Config::s1_4k(48)
+        });
+    }
+    v
+}
+
+#[test]
+fn one_page_map_installs_missing_tables_and_unmap_keeps_them() {
+    for cfg in one_page_configs() {
+        let pt = PageTable::new(cfg).unwrap();
+        let g = *pt.geometry();
+        let page = g.page_size();
+        let iova = spot(&g, page);
+        let paddr = (1u64 << g.oas()) - page;
+        assert_eq!(pt.map(iova, paddr, page, RW), Ok(()), "{cfg:?}");
+        let levels = u64::from(g.levels());
+        assert_eq!(pt.stats().linked(), levels, "{cfg:?}");
+        let t = pt.iova_to_phys(iova + 8).unwrap();
+        assert_eq!(
+            (t.paddr(), t.size(), t.level()),
+            (paddr + 8, page, 3),
+            "{cfg:?}"
+        );
+        // The slot is taken, through either entry point.
+        let before = pt.dump();
+        assert_eq!(pt.map(iova, 0, page, RW), Err(Error::Exists { iova }));
+        assert_eq!(
+            pt.map_pages(iova, 0, page, 1, RW),
+            Err(Error::Exists { iova })
+        );
+        assert_eq!(pt.dump(), before, "{cfg:?}");
+        assert_eq!(pt.unmap(iova, page), Ok(page), "{cfg:?}");
+        assert!(pt.iova_to_phys(iova).is_none(), "{cfg:?}");
+        let mut gather = Gather::new();
+        assert_eq!(
+            pt.unmap_pages(iova, page, 1, &mut gather),
+            Err(Error::NotMapped { iova })
+        );
+        assert_eq!(pt.unmap(iova, page), Err(Error::NotMapped { iova }));
+        // A page-sized unmap leaves the emptied tables linked; the next map reuses them.
+        assert_eq!(pt.stats().linked(), levels, "{cfg:?}");
+        let allocated = pt.stats().allocated;
+        assert_eq!(pt.map_pages(iova, paddr, page, 1, RW), Ok(page as usize));
+        assert_eq!(pt.stats().allocated, allocated, "{cfg:?}");
+        assert_eq!(pt.iova_to_phys(iova).unwrap().paddr(), paddr, "{cfg:?}");
+    }
+}
+
+#[test]
+fn one_page_paths_refuse_a_page_inside_a_block() {
+    for cfg in one_page_configs() {
+        let pt = PageTable::new(cfg).unwrap();
+        let g = *pt.geometry();
+        let page = g.page_size();
+        let Some(level) = (g.start_level()..3)
+            .rev()
+            .find(|&l| g.pgsize_bitmap() & g.block_size(l) != 0)
+        else {
+            continue; // no block level (a single level)
+        };
+        let block = g.block_size(level);
+        let base = spot(&g, block);
+        pt.map(base, 0, block, RW).unwrap();
+        let before = pt.dump();
+        let mut gather = Gather::new();
+        for iova in [base, base + page, base + block - page] {
+            assert_eq!(
+                pt.map(iova, 0, page, RW),
+                Err(Error::Exists { iova: base }),
+                "{cfg:?}"
+            );
+            assert_eq!(
+                pt.map_pages(iova, 0, page, 1, RW),
+                Err(Error::Exists { iova: base })
+            );
+            let partial = Error::PartialBlock {
+                iova,
+                block_size: block,
+            };
+            assert_eq!(pt.unmap(iova, page), Err(partial), "{cfg:?}");
+            assert_eq!(pt.unmap_pages(iova, page, 1, &mut gather), Err(partial));
+        }
+        assert_eq!(pt.dump(), before, "{cfg:?}");
+        assert!(gather.is_empty());
+        assert_eq!(pt.unmap(base, block), Ok(block), "{cfg:?}");
+    }
+}
+
+#[test]
+fn one_page_bad_input_is_a_typed_error_and_changes_nothing() {
+    for cfg in one_page_configs() {
+        let pt = PageTable::new(cfg).unwrap();
+        let g = *pt.geometry();
+        let page = g.page_size();
+        let iova = spot(&g, page);
+        pt.map(iova, 0, page, RW).unwrap();
+        let before = pt.dump();
+        let (top, oa_top) = (1u64 << g.ias(), 1u64 << g.oas());
+        let misaligned = |kind, addr| Error::Misaligned {
+            kind,
+            addr,
+            align: page,
+        };
+        let out = |kind, addr, bits| Error::OutOfRange { kind, addr, bits };
+        let mut gather = Gather::new();
+        let free = iova + page;
+        let maps = [
+            (
+                pt.map(free + 8, 0, page, RW),
+                misaligned(AddrKind::Iova, free + 8),
+            ),
+            (pt.map(free, 8, page, RW), misaligned(AddrKind::Paddr, 8)),
+            (pt.map(top, 0, page, RW), out(AddrKind::Iova, top, g.ias())),
+            (
+                pt.map(free, oa_top, page, RW),
+                out(AddrKind::Paddr, oa_top, g.oas()),
+            ),
+            (pt.map(free, 0, page, Prot::CACHE), Error::NoAccess),
+            (pt.map(iova, 0, page, RW), Error::Exists { iova }),
+        ];
+        let map_pages = [
+            (
+                pt.map_pages(free, 0, page, 1, Prot::NOEXEC),
+                Error::NoAccess,
+            ),
+            (pt.map_pages(!(page - 1), 0, page, 1, RW), Error::Overflow),
+            (
+                pt.map_pages(top, 0, page, 1, RW),
+                out(AddrKind::Iova, top, g.ias()),
+            ),
+        ];
+        let unmaps = [
+            (
+                pt.unmap(iova + 8, page),
+                misaligned(AddrKind::Iova, iova + 8),
+            ),
+            (pt.unmap(top, page), out(AddrKind::Iova, top, g.ias())),
+            (pt.unmap(free, page), Error::NotMapped { iova: free }),
+        ];
+        let unmap_pages = [
+            (
+                pt.unmap_pages(top, page, 1, &mut gather),
+                out(AddrKind::Iova, top, g.ias()),
+            ),
+            (
+                pt.unmap_pages(!(page - 1), page, 1, &mut gather),
+                Error::Overflow,
+            ),
+            (
+                pt.unmap_pages(iova + 8, page, 1, &mut gather),
+                misaligned(AddrKind::Iova, iova + 8),
+            ),
+        ];
+        for (got, want) in maps {
+            assert_eq!(got, Err(want), "{cfg:?}");
+        }
+        for (got, want) in map_pages.into_iter().chain(unmap_pages) {
+            assert_eq!(got, Err(want), "{cfg:?}");
+        }
+        for (got, want) in unmaps {
+            assert_eq!(got, Err(want), "{cfg:?}");
+        }
+        assert_eq!(pt.dump(), before, "{cfg:?}");
+        assert!(gather.is_empty());
+    }
+}
+
+#[test]
+fn racing_maps_of_one_page_one_wins_the_others_exist() {
+    let rounds = if cfg!(miri) { 2 } else { 100 };
+    for cfg in [Config::s1_4k(48), Config::tiny(3)] {
+        for round in 0..rounds {
+            // A fresh table: the mappers also race to install the missing tables.
+            let pt = PageTable::new(cfg).unwrap();
+            let page = pt.geometry().page_size();
+            let iova = spot(pt.geometry(), page) + (round % 4) * page;
+            let results: Vec<_> = std::thread::scope(|s| {
+                let mappers: Vec<_> = (1..=3u64)
+                    .map(|m| {
+                        let pt = &pt;
+                        s.spawn(move || (m, pt.map(iova, m * page, page, RW)))
+                    })
+                    .collect();
+                mappers.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<u64> = results
+                .iter()
+                .filter_map(|&(m, r)| r.is_ok().then_some(m))
+                .collect();
+            assert_eq!(winners.len(), 1, "{cfg:?}: {results:?}");
+            for &(_, r) in &results {
+                assert!(
+                    r.is_ok() || r == Err(Error::Exists { iova }),
+                    "{cfg:?}: {r:?}"
+                );
+            }
+            let t = pt.iova_to_phys(iova).unwrap();
+            assert_eq!(t.paddr(), winners[0] * page, "{cfg:?}");
+            let s = pt.stats();
+            assert_eq!(s.linked(), u64::from(pt.geometry().levels()), "{cfg:?}");
+            assert_eq!(s.allocated, s.linked() + s.discarded, "{cfg:?}");
+            assert_eq!(pt.unmap(iova, page), Ok(page));
+        }
+    }
+}

@@ -117,6 +117,7 @@ impl Gather {
     }
 
     /// The gathered range, if any.
+    #[inline]
     pub fn range(&self) -> Option<TlbRange> {
         (self.start <= self.end).then_some(TlbRange {
             start: self.start,
@@ -126,6 +127,7 @@ impl Gather {
     }
 
     /// Whether `[iova, iova + size)` neither overlaps nor touches the gathered range.
+    #[inline]
     pub fn is_disjoint(&self, iova: u64, size: u64) -> bool {
         let last = iova.saturating_add(size.max(1) - 1);
         self.start <= self.end
@@ -133,6 +135,7 @@ impl Gather {
     }
 
     /// Extend the range without any sync (range-invalidating hardware).
+    #[inline]
     pub fn add_range(&mut self, iova: u64, size: u64) {
         let last = iova.saturating_add(size.max(1) - 1);
         self.start = self.start.min(iova);

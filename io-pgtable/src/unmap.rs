@@ -9,6 +9,9 @@
 //!   exactly one, the others find it empty. An entry a block map has reserved (`FROZEN`) is
 //!   not an answer: the call backs off and starts again from the root (see `claim`). Past
 //!   its first entry a call stops there instead (a short count): each entry is its own claim.
+//! * One page (`unmap`/`unmap_with` of a granule, `unmap_pages` of one page) takes the map's
+//!   single-slot shape: the same descent and `take_entry`, the claim of one entry that the
+//!   range's loop makes of each, with the layout picked once (see `map.rs`).
 //! * `unmap`/`unmap_with` loop over page sizes. Tables emptied by page-sized unmaps stay linked,
 //!   as in Linux: only an unmap covering a table's whole span frees it (another mapper may be
 //!   descending into it).
@@ -23,11 +26,13 @@
 
 use crate::claim::Stop;
 use crate::error::Error;
+use crate::levels::Levels;
 use crate::pgtable::{LateUnlinks, Link, PageTable};
 use crate::points::DESCENT_ACQUIRE;
-use crate::pte::{self, Descriptor, FROZEN};
+use crate::pte::{self, Descriptor, FROZEN, PAGE_LEVEL};
+use crate::table;
 use crate::tlb::{Gather, TlbOps};
-use dma_sync::atomic::Ordering::*;
+use dma_sync::atomic::{AtomicU64, Ordering::*};
 use dma_sync::rcu::Guard;
 
 impl<T: TlbOps> PageTable<T> {
@@ -74,22 +79,89 @@ impl<T: TlbOps> PageTable<T> {
         pgcount: usize,
         gather: &mut Gather,
     ) -> Result<usize, Error> {
+        if pgcount == 1 && level == PAGE_LEVEL {
+            // One page, the common case: one entry, without the range's loop.
+            let page = self.geom.page_size() as usize;
+            let unmapped = match Levels::constant(&self.geom) {
+                Some(levels) => self.unmap_page(levels, iova, gather),
+                None => self.unmap_page(Levels::read(&self.geom), iova, gather),
+            };
+            return unmapped.map(|()| page);
+        }
         self.retrying(|guard, late| self.unmap_in(guard, iova, level, pgcount, gather, late))
+    }
+
+    /// [`PageTable::unmap_in`] of one page at `iova`, with the layout `levels`: the descent,
+    /// then `take_entry`.
+    fn unmap_page<const FOUR_4K: bool>(
+        &self,
+        levels: Levels<'_, FOUR_4K>,
+        iova: u64,
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.retrying(|guard, late| {
+            let (table, index) = self.descend_mapped_in(levels, guard, iova, PAGE_LEVEL)?;
+            if !self.take_entry(guard, &table[index], PAGE_LEVEL, iova, true, gather, late)? {
+                return Err(Error::NotMapped { iova }.into());
+            }
+            Ok(())
+        })
     }
 
     fn unmap_in(
         &self,
         guard: &Guard,
         iova: u64,
-        target: u32,
+        level: u32,
         pgcount: usize,
         gather: &mut Gather,
         late: &mut LateUnlinks,
     ) -> Result<usize, Stop> {
         let g = &self.geom;
+        let (table, first) = self.descend_mapped(guard, iova, level)?;
+        let n = pgcount.min(g.entries(level) - first);
+        let size = g.block_size(level);
+        let mut done = 0;
+        for e in &table[first..first + n] {
+            let at = iova + done as u64 * size;
+            if !self.take_entry(guard, e, level, at, done == 0, gather, late)? {
+                break;
+            }
+            done += 1;
+        }
+        if done == 0 {
+            return Err(Error::NotMapped { iova }.into());
+        }
+        Ok(done * size as usize)
+    }
+
+    /// The table at level `target` on the way to `iova`, and `iova`'s index in it: descends
+    /// from the root with acquire loads through table links only. An empty entry on the way is
+    /// [`Error::NotMapped`], a block [`Error::PartialBlock`]; a reserved entry stops the call.
+    fn descend_mapped<'g>(
+        &'g self,
+        guard: &'g Guard,
+        iova: u64,
+        target: u32,
+    ) -> Result<(&'g [AtomicU64], usize), Stop> {
+        match Levels::constant(&self.geom) {
+            Some(levels) => self.descend_mapped_in(levels, guard, iova, target),
+            None => self.descend_mapped_in(Levels::read(&self.geom), guard, iova, target),
+        }
+    }
+
+    /// [`PageTable::descend_mapped`] with the layout `levels` of this table's geometry.
+    #[inline(always)]
+    fn descend_mapped_in<'g, const FOUR_4K: bool>(
+        &'g self,
+        levels: Levels<'_, FOUR_4K>,
+        guard: &'g Guard,
+        iova: u64,
+        target: u32,
+    ) -> Result<(&'g [AtomicU64], usize), Stop> {
         // Indices before the first acquire load, above which the geometry cannot be hoisted.
-        let index = g.indices(iova);
-        let mut level = g.start_level();
+        let index = levels.indices(iova);
+        let mut level = levels.start();
         let mut table = self.root.entries();
         while level < target {
             let d = table[index[level as usize]].load(DESCENT_ACQUIRE.ord(Acquire));
@@ -103,56 +175,62 @@ impl<T: TlbOps> PageTable<T> {
                 } else {
                     Error::PartialBlock {
                         iova,
-                        block_size: g.block_size(level),
+                        block_size: self.geom.block_size(level),
                     }
                 }
                 .into());
             }
-            // SAFETY: a table link read under `guard` from this page table.
-            table = unsafe { self.table_at(guard, pte::decode_oa(g, d), level + 1) };
             level += 1;
+            // SAFETY: a table link read under `guard` from this page table, so a table at
+            // `level` that outlives `guard` (as `PageTable::table_at`).
+            table =
+                unsafe { table::entries_at(guard, levels.next_table(d), levels.entries(level)) };
         }
-        let first = index[level as usize];
-        let n = pgcount.min(g.entries(level) - first);
-        let size = g.block_size(level);
-        let mut done = 0;
-        'entries: for e in &table[first..first + n] {
-            let at = iova + done as u64 * size;
-            let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
-            // Claim what the entry holds; a loser re-reads what the winner left.
-            loop {
-                let claimed = match pte::decode(g, level, d) {
-                    Descriptor::Invalid if d == FROZEN && done == 0 => return Err(Stop::Wait),
-                    // Empty, in a table being torn down, or (past the first) reserved.
-                    Descriptor::Invalid => break 'entries,
-                    // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
-                    Descriptor::Table { addr } => unsafe {
-                        let link = Link {
-                            entry: e,
-                            desc: d,
-                            addr,
-                            level: level + 1,
-                            iova: at,
-                        };
-                        self.unlink_table(guard, link, late)
-                    },
-                    Descriptor::Leaf { .. } => self.claim(e, d, 0).inspect(|()| {
-                        if !gather.is_queued() {
-                            self.tlb.add_page(gather, at, size);
-                        }
-                    }),
-                };
-                match claimed {
-                    Ok(()) => break,
-                    Err(now) => d = now,
-                }
+        Ok((table, index[target as usize]))
+    }
+
+    /// Unmap what the entry `e` (at `level`, mapping from `at`) holds: a leaf is claimed and
+    /// its page gathered, a table unlinked and freed. `Ok(false)` if it holds nothing: empty,
+    /// in a table being torn down, or (unless it is the call's `first` entry) reserved.
+    /// Claims by compare-and-swap; a loser re-reads what the winner left.
+    #[allow(clippy::too_many_arguments)]
+    fn take_entry(
+        &self,
+        guard: &Guard,
+        e: &AtomicU64,
+        level: u32,
+        at: u64,
+        first: bool,
+        gather: &mut Gather,
+        late: &mut LateUnlinks,
+    ) -> Result<bool, Stop> {
+        let mut d = e.load(DESCENT_ACQUIRE.ord(Acquire));
+        loop {
+            let claimed = match pte::decode(&self.geom, level, d) {
+                Descriptor::Invalid if d == FROZEN && first => return Err(Stop::Wait),
+                Descriptor::Invalid => return Ok(false),
+                // SAFETY: `d` was read from `e`, a slot of this page table, under `guard`.
+                Descriptor::Table { addr } => unsafe {
+                    let link = Link {
+                        entry: e,
+                        desc: d,
+                        addr,
+                        level: level + 1,
+                        iova: at,
+                    };
+                    self.unlink_table(guard, link, late)
+                },
+                Descriptor::Leaf { .. } => self.claim(e, d, 0).inspect(|()| {
+                    if !gather.is_queued() {
+                        self.tlb.add_page(gather, at, self.geom.block_size(level));
+                    }
+                }),
+            };
+            match claimed {
+                Ok(()) => return Ok(true),
+                Err(now) => d = now,
             }
-            done += 1;
         }
-        if done == 0 {
-            return Err(Error::NotMapped { iova }.into());
-        }
-        Ok(done * size as usize)
     }
 
     /// Unmap `size` bytes at `iova` with the largest page sizes its alignment allows,
@@ -161,6 +239,12 @@ impl<T: TlbOps> PageTable<T> {
     /// end; an error only if nothing at all was unmapped.
     pub fn unmap_with(&self, iova: u64, size: u64, gather: &mut Gather) -> Result<u64, Error> {
         self.check_sizes(iova, None, size)?;
+        if size == self.geom.page_size() {
+            // One page, the common case: the step below would choose it.
+            return self
+                .unmap_checked(iova, PAGE_LEVEL, 1, gather)
+                .map(|n| n as u64);
+        }
         let mut done = 0;
         while done < size {
             let at = iova + done;

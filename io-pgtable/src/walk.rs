@@ -76,10 +76,9 @@ pub(crate) type WalkFn<T> = fn(&PageTable<T>, &Guard, u64) -> Option<Translation
 pub(crate) struct Walk<T: TlbOps> {
     /// The walk of the table's geometry, as one call.
     call: WalkFn<T>,
-    /// Whether the geometry is the 4 KiB granule with four levels (stage-1 inputs of 40 to 48
-    /// bits; stage 2 from 44, as below it concatenates start tables at level 1; 4 KiB has no
-    /// packed `PA[51:48]`): the common stage-1 and stage-2 format, whose walk a [`Reader`]
-    /// inlines.
+    /// Whether the geometry is the four-level 4 KiB format ([`Geometry::four_level_4k`]:
+    /// stage-1 inputs of 40 to 48 bits; stage 2 from 44, as below it concatenates start
+    /// tables at level 1), whose walk a [`Reader`] inlines.
     four_level_4k: bool,
 }
 
@@ -97,7 +96,7 @@ pub(crate) fn select<T: TlbOps>(g: &Geometry) -> Walk<T> {
     Walk {
         call,
         // `call` is then `translate_in::<T, 0, false, true>`, the walk `translate` inlines.
-        four_level_4k: !pa52 && g4k && start == 0,
+        four_level_4k: g.four_level_4k(),
     }
 }
 

@@ -59,6 +59,9 @@ pub struct IovaConfig {
     /// cached allocation and free (a quarter byte per granule of bitmap where cached ranges
     /// live); callers that track ownership themselves (a page table) may turn it off.
     pub checked_frees: bool,
+    /// A per-thread cache of one freed range in front of the CPU magazines (with `caching`):
+    /// an alloc+free loop on one thread takes no lock (module `thread_cache`).
+    pub thread_caches: bool,
 }
 
 impl Default for IovaConfig {
@@ -85,6 +88,7 @@ impl IovaConfig {
             magazine_size: DEFAULT_MAGAZINE_SIZE,
             trim_interval: Some(Duration::from_millis(100)),
             checked_frees: true,
+            thread_caches: true,
         }
     }
 

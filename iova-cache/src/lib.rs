@@ -61,6 +61,7 @@
 //! | `magazine` | the fixed-capacity pfn stack with the limit-aware pop |
 //! | `locked` | `StepLock<T, L>`: a raw lock and an `UnsafeCell<T>` reached through a closure, whose acquisition is a mutation point: `Blocking` (parking mutex: tree, depots) or `Spin` (CPU slots) |
 //! | `rcache` | per class: the per-CPU `loaded`/`prev` slots and the depot; get, insert, flush, trim; lock order and orderings |
+//! | `thread_cache` | one freed range per thread in front of the magazines (`dma_sync::thread_slots`): the common alloc+free pair without a lock; drained by `flush_all` |
 //! | `held` | checked frees: one bit per naturally aligned slot of each class in a lazily built atomic radix bitmap |
 //! | `allocator` | [`IovaAllocator`]: the inline cache-hit paths, rounding, cache-then-tree, flush-all-and-retry-once, the uncached path, reserve; what a pair costs |
 //! | `trim` | the background worker (normal builds only), stopped and joined on drop |
@@ -132,6 +133,7 @@ mod range;
 mod rcache;
 mod stats;
 mod summarytree;
+mod thread_cache;
 #[cfg(not(loom))]
 mod trim;
 

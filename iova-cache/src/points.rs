@@ -19,6 +19,14 @@
 //! | `iova.held.node_publish` | Rmw | a bitmap node installed by a Relaxed CAS | `held_node_relaxed_publish` | `checked_claims_publish_nodes` | causality violation |
 //! | `iova.held.node_load` | Load | a bitmap child pointer read Relaxed | `held_node_relaxed_load` | `checked_claims_publish_nodes` | causality violation |
 //! | `iova.held.release_atomic` | Step | a checked free tests and clears the bit as load + store | `held_release_split` | `checked_free_races_double_free` | one range freed twice |
+//! | `iova.thread.enter` | Fence | the section's fence dropped | `thread_enter_fence_dropped` | `thread_hit_vs_drain` | IOVA conservation broken (a section and a drain both take the range) |
+//! | `iova.thread.drain` | Fence | the drain's fence dropped | `thread_drain_fence_dropped` | `thread_hit_vs_drain` | as above |
+//! | `iova.thread.exit` | Store | the section's end Relaxed | `thread_exit_relaxed` | `thread_hit_vs_drain` | as above |
+//! | `iova.thread.wait` | Load | the drainer's wait Relaxed | `thread_wait_relaxed` | `thread_hit_vs_drain` | as above |
+//! | `iova.thread.reopen` | Store | the reopen Relaxed | `thread_reopen_relaxed` | `thread_hit_vs_drain` | as above |
+//! | `iova.thread.reopened` | Load | the owner's read of `closed` Relaxed | `thread_reopened_relaxed` | `thread_hit_vs_drain` | as above |
+//! | `iova.thread.disown` | Store | the exit's give-back Relaxed | `thread_disown_relaxed` | `thread_exit_handback` | IOVA conservation broken (the parked range is lost) |
+//! | `iova.thread.claim` | Rmw | unobservable under loom (its reason) | - | - | in C11, as above |
 //!
 //! A mutant by hand (not a point): the spin lock's contended path returning after one failed
 //! retry without the lock fails `one_cpu_two_threads` and `flush_on_failure_races_free` with a
@@ -26,7 +34,8 @@
 //!
 //! # Loom models
 //!
-//! In `loom-tests/tests/loom/iova_models.rs` and `iova_flush_models.rs`; real code, tiny
+//! In `loom-tests/tests/loom/iova_models.rs`, `iova_flush_models.rs` (thread caches off, so
+//! frees reach the magazines) and `iova_thread_models.rs` (thread caches on); real code, tiny
 //! configurations (1-2 CPU slots, magazines of 1-2, 2-16 granules), every model with
 //! `checked_frees` on (the default), so the ownership check is part of every interleaving.
 //! Invariants: an oracle of user-held pfns panics on a second hand-out; after join and
@@ -45,6 +54,8 @@
 //! | `flush_all_vs_depot_traffic`: CPU 0 frees three (pushing a magazine to the depot), CPU 1 allocates twice (depot exchange), a third thread runs `flush_all` | Preemptions(3) | three threads; the flush stopped inside a slot's window or between slots and depot, both users between a slot and the depot |
 //! | `free_batch_vs_flush_all`: as the model above with CPU 0's three frees as one `free_batch` (its pushes, swap and depot trade under one hold of the slot lock) | Preemptions(3) | as above; the flush stopped inside or around the batch's one critical section, the allocations between a slot and a depot exchange |
 //! | `flush_all_returns_what_was_cached`: one CPU slot holds two cached ranges while a thread on that CPU frees a third (pushing a magazine to the depot) during a `flush_all`; both ranges must be free when it returns | exhaustive | small; the promise flush-and-retry and `reserve` rely on |
+//! | `thread_hit_vs_drain`: one granule; its owner allocates and frees it twice (the second allocation a thread-cache hit) while another thread's allocation flushes (draining the owner's cache) and retries, and must succeed once the owner is done | Preemptions(2) | the drain's close and fence inside either owner section, its take and reopen before the next; about a second |
+//! | `thread_exit_handback`: two granules; a thread parks one and exits while its heir allocates and frees (claiming the given-back slot, or the other) | Preemptions(2) | the heir's claim before or after the exit and inside its sections |
 //! | `reserve_vs_depot_traffic`: `reserve` of two pfns (one cached on CPU 0, one held on CPU 1) while CPU 1 frees three and allocates once | Preemptions(5) (twin 3) | about 2 s; the reservation stopped between each of its flush steps and its carve, the user between any two of its operations |
 
 dma_sync::mutation_points! {
@@ -84,4 +95,25 @@ dma_sync::mutation_points! {
     /// a load, then a store, so two racing frees of one range both succeed and the range is
     /// cached twice).
     HELD_RELEASE_ATOMIC: Step = "iova.held.release_atomic";
+    /// A thread-cache section: the full fence (made light by the drainer's membarrier)
+    /// between announcing the section and loading the slot's `closed` flag (weakened: a
+    /// section and a drain both take the cached range).
+    THREAD_ENTER: Fence = "iova.thread.enter";
+    /// A drain: the full fence (membarrier) between closing every slot and reading which
+    /// owners are inside a section.
+    THREAD_DRAIN: Fence = "iova.thread.drain";
+    /// The release store ending a section: the drainer that sees it sees the slot's word.
+    THREAD_EXIT: Store = "iova.thread.exit";
+    /// The drainer's acquire load of an owner's section flag (pairs with `iova.thread.exit`).
+    THREAD_WAIT: Load = "iova.thread.wait";
+    /// The release store reopening a drained slot: an owner that sees it open sees it emptied.
+    THREAD_REOPEN: Store = "iova.thread.reopen";
+    /// The owner's acquire load of its slot's `closed` flag (pairs with `iova.thread.reopen`).
+    THREAD_REOPENED: Load = "iova.thread.reopened";
+    /// The release store of 0 in a slot's owner word when its thread exits: the next claimer
+    /// sees the range the exiting thread cached.
+    THREAD_DISOWN: Store = "iova.thread.disown";
+    /// The acquire compare-and-swap claiming a free slot (pairs with `iova.thread.disown`).
+    THREAD_CLAIM: Rmw = "iova.thread.claim"
+        unobservable "under loom the section's light fence is a full fence after the claim, so a Relaxed claim that reads the exiting owner's release store still synchronises with it; in production that fence is a compiler fence";
 }

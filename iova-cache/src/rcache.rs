@@ -23,7 +23,7 @@
 //!   locks are dropped: see [`crate::faults`]). A batch of one class (`insert_all`, behind
 //!   `IovaAllocator::free_batch`) is the same pushes and exchanges under one acquisition of the
 //!   slot lock, which it drops and retakes only to free what could not be cached.
-//! * alloc (in `allocator`): cache hit, else tree; on `NoSpace` (only from `alloc`, not
+//! * alloc (in `allocator`): thread-cache hit, else cache hit, else tree; on `NoSpace` (only from `alloc`, not
 //!   `alloc_no_flush`) flush every CPU slot and the depot back to the tree and retry once
 //!   (6fa3525b455a).
 //! * trim: `trim_once` (every `trim_interval`, default 100 ms, from the worker of module `trim`):
@@ -39,10 +39,16 @@
 //! `dma_sync::cpu::current`, which asks the kernel only every 64 calls: a migrated thread uses its
 //! old CPU's slot that long, a performance hint, never a correctness condition.
 //!
+//! In front of the slots sits each thread's cache of one freed range (module `thread_cache`):
+//! a free parks its range there and sends the one it displaces here, an allocation tries it
+//! first. `flush_all` drains it before the CPU slots and the depot.
+//!
 //! Hoarding is bounded: the tree grows only on a miss, and a miss happens only when the calling
-//! CPU's magazines and its class's depot are empty, so at that moment at most the other CPUs'
-//! magazines are cached; the stress tests sample the range allocator throughout and assert a
-//! bound independent of the run length.
+//! thread's cache, its CPU's magazines and its class's depot are empty, so at that moment at
+//! most the other CPUs' magazines and the other threads' caches (one range of at most 32
+//! granules per slot, a fixed number of slots) are cached; the stress tests sample the range
+//! allocator throughout and assert a bound independent of the run length. A cached range never
+//! turns a fitting allocation into `NoSpace`: the flush-and-retry drains the thread caches too.
 //!
 //! # Orderings
 //!
@@ -311,10 +317,10 @@ impl Rcache {
             } = class.cpus[cpu].with(|m| self.push_all(class, m, rest));
             rest = &rest[cached..];
             if let Some(mag) = full {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
             }
             if let Some(p) = uncached {
-                self.to_tree(tree, order, &[p]);
+                self.free_cached(tree, order, &[p]);
             }
         }
     }
@@ -379,7 +385,7 @@ impl Rcache {
                         .collect()
                 }
             });
-            self.to_tree(tree, order, &pfns);
+            self.free_cached(tree, order, &pfns);
             if !take {
                 // The weakened form empties the slot in a second critical section.
                 slot.with(|m| {
@@ -398,7 +404,7 @@ impl Rcache {
         for (order, class) in self.classes.iter().enumerate() {
             let mags = class.depot.with(|d| mem::take(&mut d.full));
             for mag in &mags {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
                 flushed += mag.len() as u64;
             }
         }
@@ -418,7 +424,7 @@ impl Rcache {
                 }
             });
             if let Some(mag) = excess {
-                self.to_tree(tree, order, mag.pfns());
+                self.free_cached(tree, order, mag.pfns());
                 trimmed += 1;
             }
         }
@@ -430,7 +436,7 @@ impl Rcache {
     /// A cached pfn is a live tree range by construction; only an unchecked double free by the
     /// caller (the same pfn cached twice) breaks this, and then the tree refuses the second
     /// copy and the refusal is counted (see [`crate::IovaStats::refused_cached_frees`]).
-    fn to_tree(&self, tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
+    pub(crate) fn free_cached(&self, tree: &StepLock<RangeAllocator>, order: usize, pfns: &[u64]) {
         if pfns.is_empty() {
             return;
         }

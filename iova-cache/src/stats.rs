@@ -35,6 +35,8 @@ pub struct IovaStats {
     pub per_cpu_cached_granules: Vec<u64>,
     /// Granules cached in the depots, all classes.
     pub depot_cached_granules: u64,
+    /// Granules cached in the per-thread caches, all classes (an unordered snapshot).
+    pub thread_cached_granules: u64,
     /// The range allocator's counters (cached ranges count as allocated there).
     pub range: RangeStats,
     /// Flush-all passes (explicit, on allocation failure, before a reservation).
@@ -49,9 +51,11 @@ pub struct IovaStats {
 }
 
 impl IovaStats {
-    /// Granules sitting in caches (CPU slots and depots).
+    /// Granules sitting in caches (thread caches, CPU slots and depots).
     pub fn cached_granules(&self) -> u64 {
-        self.per_cpu_cached_granules.iter().sum::<u64>() + self.depot_cached_granules
+        self.per_cpu_cached_granules.iter().sum::<u64>()
+            + self.depot_cached_granules
+            + self.thread_cached_granules
     }
 }
 
@@ -78,6 +82,9 @@ impl IovaAllocator {
         if let Some(rc) = &inner.rcache {
             s.refused_cached_frees = rc.refused();
             s.per_cpu_cached_granules = vec![0; rc.cpus()];
+            if let Some(threads) = &inner.threads {
+                s.thread_cached_granules = threads.cached().iter().map(|r| r.1).sum();
+            }
             for order in 0..CACHE_CLASSES {
                 let snap = rc.snapshot(order);
                 let granules = 1u64 << order;
@@ -114,9 +121,10 @@ impl fmt::Display for IovaStats {
         )?;
         writeln!(
             f,
-            "cache: {} granules cached, {} in the depot, {} flushes, {} magazines trimmed, {} refused cached frees",
+            "cache: {} granules cached, {} in the depot, {} in thread caches, {} flushes, {} magazines trimmed, {} refused cached frees",
             self.cached_granules(),
             self.depot_cached_granules,
+            self.thread_cached_granules,
             self.flushes,
             self.trimmed_magazines,
             self.refused_cached_frees

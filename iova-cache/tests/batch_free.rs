@@ -20,6 +20,8 @@ fn allocator(magazine_size: usize, checked_frees: bool) -> IovaAllocator {
         magazine_size,
         checked_frees,
         trim_interval: None,
+        // A batch goes to the magazines; the frees it is compared with must too.
+        thread_caches: false,
         ..IovaConfig::with_space(1, END)
     };
     IovaAllocator::new(cfg).unwrap()

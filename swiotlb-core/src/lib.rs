@@ -74,11 +74,11 @@
 //! | Module | Concept |
 //! |---|---|
 //! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
-//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (`rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
+//! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (32-byte AVX moves or `rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping; the shortcut for a request without masks |
 //! | `pool` | a pool: aligned region, per-slot metadata, areas each behind its own spin lock, the run each area got back last (cached for the next map of its size), the bounded next-fit search, a release claimed (and an unmap's size checked, when nothing is copied back) by one compare-and-swap of the head slot's metadata |
-//! | `thread_cache` | each thread's last freed run of a global pool, taken back by its next map of that size without a lock; drained (a store-buffering pair of asymmetric fences) when a search finds no room; `thread_cache::registry`: the slots a thread owns, given back when it exits |
+//! | `thread_cache` | each thread's last freed run of a global pool, taken back by its next map of that size without a lock; drained (a store-buffering pair of asymmetric fences) when a search finds no room; its slots (`dma_sync::thread_slots`) are given back when their thread exits |
 //! | `device` | [`DeviceConfig`], the sticky flag, the transient-pool list |
 //! | `swiotlb` | [`Swiotlb`] and [`Config`]: the global pool list, search order, transient pools, growth, the lock-free lookup, statistics, invariant check |
 //! | `bounce` | map / bounce / sync / unmap, `alloc` / `free` (restricted pools), the device side; the fast paths of map (a simple request served by the thread's cached run) and unmap (no copy back, a global pool, an unpadded head), each a special case of the general path it skips |

@@ -328,14 +328,11 @@ impl Swiotlb {
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
                 memory: Box::new(memory),
-                caches: ThreadCaches::new(
-                    if cfg.thread_caches {
-                        thread_caches(geo.nareas)
-                    } else {
-                        0
-                    },
-                    id,
-                ),
+                caches: ThreadCaches::new(if cfg.thread_caches {
+                    thread_caches(geo.nareas)
+                } else {
+                    0
+                }),
                 cfg,
             }),
         })

@@ -9,6 +9,9 @@
 //!   a held `Reader` runs inline (the other models' tiny granule takes the walk's call): a
 //!   mapper installs three tables while a reader translates through them. Kills the walk
 //!   acquire.
+//! * `four_level_install_race`: `install_race` on the four-level 4 KiB format, whose writers
+//!   descend with the layout as constants: two mappers race to install three tables. Kills
+//!   the writers' descent acquire there.
 //! * `neighbours_in_one_table`: a map and an unmap on neighbouring pages of one shared leaf
 //!   table (the unmap empties it for a moment), with a translator; nothing is lost, nothing
 //!   freed.
@@ -166,6 +169,27 @@ fn four_level_install_under_reader() {
         .translate(PAGE + 0x123)
         .map(|t| (t.paddr(), t.level()));
     assert_eq!(t, Some((pa(PAGE) + 0x123, 3)));
+}
+
+/// The four-level 4 KiB format's install race: two mappers map neighbouring pages under an
+/// empty root, so both race to install the level-1, -2 and -3 tables through the descent
+/// that format takes with constant layout (the tiny granule's reads it from the geometry).
+fn four_level_install_race() {
+    let pt = Arc::new(PageTable::new(Config::s1_4k(48)).expect("4 KiB config"));
+    let mappers: Vec<_> = (0..2u64)
+        .map(|i| spawn_on(&pt, move |pt| map_one(pt, i * PAGE, PAGE)))
+        .collect();
+    for m in mappers {
+        m.join().unwrap();
+    }
+    let r = pt.reader();
+    for iova in [0, PAGE] {
+        assert_eq!(r.translate(iova).map(|t| t.paddr()), Some(pa(iova)));
+    }
+    drop(r);
+    let s = pt.stats();
+    assert_eq!(s.allocated - s.discarded, 4, "{s:?}");
+    accounted(&pt);
 }
 
 /// Map page 0 and unmap page 1 of one shared leaf table, which only page 1 occupied: a
@@ -616,6 +640,13 @@ fn four_level_install_under_reader_passes() {
     check(Bound::Exhaustive, four_level_install_under_reader);
 }
 
+/// Bounded, `Preemptions(3)`: one switch stops a mapper between its load of an empty entry
+/// and its install, one lets the other install there, one spare.
+#[test]
+fn four_level_install_race_passes() {
+    check(Bound::Preemptions(3), four_level_install_race);
+}
+
 /// Exhaustive (a few dozen executions: the threads share only the top table).
 #[test]
 fn neighbours_in_one_table_passes() {
@@ -667,6 +698,12 @@ causality_twins! { four_level_install_under_reader:
     /// The inlined walk following a table descriptor without acquire reads entries of a
     /// table whose zeroing it has not seen.
     fn pgtable_inlined_walk_relaxed: WALK_ACQUIRE;
+}
+
+causality_twins! { four_level_install_race:
+    /// The constant-layout descent without acquire (on its loads and the install's failure
+    /// load): the install's loser reads the winner's table before its zeroing.
+    fn pgtable_four_level_descent_relaxed: DESCENT_ACQUIRE;
 }
 
 causality_twins! { unmap_frees_level_under_readers:

@@ -20,12 +20,14 @@ use std::collections::BTreeSet;
 use std::sync::Mutex as StdMutex;
 
 /// A tiny cached allocator: `cpus` slots, `mag` entries per magazine, pfns `1..=end`, no trim
-/// worker, frees checked as by default (the oracle checks ownership too).
+/// worker, frees checked as by default (the oracle checks ownership too), no thread caches
+/// (so frees reach the magazines these models exercise; `iova_thread_models` has them on).
 pub(crate) fn tiny(cpus: usize, mag: usize, end: u64) -> Arc<IovaAllocator> {
     let cfg = IovaConfig {
         cpus,
         magazine_size: mag,
         trim_interval: None,
+        thread_caches: false,
         ..IovaConfig::with_space(1, end)
     };
     Arc::new(IovaAllocator::new(cfg).expect("valid tiny config"))

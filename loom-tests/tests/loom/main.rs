@@ -11,6 +11,7 @@ mod io_pgtable_models;
 mod iommu_models;
 mod iova_flush_models;
 mod iova_models;
+mod iova_thread_models;
 mod litmus;
 mod rcu_strict_models;
 mod swiotlb_growth_models;

@@ -1,21 +1,21 @@
-//! Each thread's record of the cache slots it owns, given back when the thread exits.
+//! Each thread's record of the slots it owns, given back when the thread exits.
 //!
-//! A record names the instance (its `dma_sync::thread::unique` id), the instance's slot array
-//! by a `Weak` (an instance dropped first fails the upgrade: its slots are never touched after
-//! they are freed) and the slot's index. A thread that uses several instances finds its slot
-//! in each here when the one-entry hint names another: a few entries, not a scan of the slots.
+//! A record names the instance (its `thread::unique` id), the instance's owner words by a
+//! `Weak` (an instance dropped first fails the upgrade: its words are never touched after
+//! they are freed), the slot's index, and the user's points and hint. A thread that uses
+//! several instances finds its slot in each here when its user's one-entry hint names
+//! another: a few entries, not a scan of the slots. One registry serves every user.
 //!
-//! The record's destructor stores 0 in each live slot's `owner` (release,
-//! `swiotlb.cache.disown`): the run the slot may still cache stays in it, a freed run of the
-//! instance, and the next thread to claim the slot (acquire, `swiotlb.cache.claim`) inherits
-//! it with everything the exiting thread wrote, or a drainer takes it. The destructor needs no
-//! thread id (only an owner writes its slot's non-zero `owner`), so it does not depend on the
-//! id's own thread-local, which may be destroyed first. It also forgets the hint: a later
-//! thread-local destructor that maps or unmaps must not use a slot given back.
+//! The record's destructor stores 0 in each live slot's owner word (release, the user's
+//! `disown` point): the payload the slot holds stays, and the next thread to claim the slot
+//! (acquire, `claim`) inherits it with everything the exiting thread wrote, or a drainer
+//! takes it. The destructor needs no thread id (only an owner writes its slot's non-zero
+//! word), so it does not depend on the id's own thread-local, which may be destroyed first.
+//! It also forgets the hints: a later thread-local destructor must not use a slot given back.
 
-use super::{forget_hint, Slots};
-use crate::points::CACHE_DISOWN;
-use dma_sync::atomic::Ordering::Release;
+use super::Owners;
+use crate::atomic::Ordering::Release;
+use crate::mutation::Point;
 use std::cell::RefCell;
 // `std`'s `Weak` under loom too (loom's `Arc` has none): the count orders only the array's
 // own lifetime, not any memory of the protocol.
@@ -24,8 +24,12 @@ use std::sync::{Arc, Weak};
 /// A slot the calling thread owns.
 struct Claim {
     instance: usize,
-    slots: Weak<Slots>,
+    owners: Weak<Owners>,
     index: usize,
+    /// The user's `disown` point.
+    disown: &'static Point,
+    /// Forgets the user's hint.
+    forget: fn(),
 }
 
 #[derive(Default)]
@@ -41,17 +45,19 @@ impl Drop for Registry {
         if std::thread::panicking() {
             return;
         }
-        forget_hint();
         for claim in &self.claims {
-            // A failed upgrade: the instance is being dropped, its slots with it.
-            if let Some(slots) = claim.slots.upgrade() {
-                slots[claim.index].owner.store(0, CACHE_DISOWN.ord(Release));
+            (claim.forget)();
+        }
+        for claim in &self.claims {
+            // A failed upgrade: the instance is being dropped, its words with it.
+            if let Some(owners) = claim.owners.upgrade() {
+                owners[claim.index].store(0, claim.disown.ord(Release));
             }
         }
     }
 }
 
-dma_sync::thread::thread_local! {
+crate::thread::thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
 }
 
@@ -75,18 +81,22 @@ pub(super) fn lookup(instance: usize) -> Option<usize> {
 /// stays as small as its live instances.
 pub(super) fn claim(
     instance: usize,
-    slots: &Arc<Slots>,
+    owners: &Arc<Owners>,
+    disown: &'static Point,
+    forget: fn(),
     pick: impl FnOnce() -> Option<usize>,
 ) -> Option<usize> {
     REGISTRY
         .try_with(|r| {
             let index = pick()?;
             let claims = &mut r.borrow_mut().claims;
-            claims.retain(|c| c.slots.strong_count() > 0);
+            claims.retain(|c| c.owners.strong_count() > 0);
             claims.push(Claim {
                 instance,
-                slots: Arc::downgrade(slots),
+                owners: Arc::downgrade(owners),
                 index,
+                disown,
+                forget,
             });
             Some(index)
         })
