@@ -15,11 +15,7 @@ fn main() {
         .unwrap_or(100_000);
     let mem = RegionMemory::new(1 << 20);
     let orig = mem.base();
-    let cfg = Config {
-        stats: false,
-        ..Config::default()
-    };
-    let swiotlb = Swiotlb::new(cfg, mem).expect("default configuration");
+    let swiotlb = Swiotlb::new(Config::default(), mem).expect("default configuration");
     let dev = swiotlb.device(DeviceConfig::default());
     let (dir, attrs) = (Direction::ToDevice, MapAttrs::default());
     for _ in 0..n {

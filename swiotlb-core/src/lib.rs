@@ -119,10 +119,10 @@
 //! * Pool memory comes from the process heap: `phys_limit` and the DMA mask are checked after
 //!   allocation (failure is an error); there is no retry in lower zones and no
 //!   decryption/re-encryption step (a guest-memory backend would add it).
-//! * With `Config::stats` on (the default, like the kernel's debugfs build) map and unmap update
-//!   one shared `used` counter for the high-water mark; turn it off for a hot path free of shared
-//!   writes (`used` is then the unlocked sum of the per-area counts less the runs thread caches
-//!   hold; the fast-path benchmarks set `stats: false`). The counter stays instance-wide on purpose: the high-water mark is the peak
+//! * With `Config::stats` on (off by default; the kernel keeps the mark only in its debugfs
+//!   build) map and unmap update one shared `used` counter for the high-water mark. Off, the hot
+//!   path makes no shared write and `used` is the unlocked sum of the per-area counts less the
+//!   runs thread caches hold. The counter stays instance-wide on purpose: the high-water mark is the peak
 //!   of the *total*, and per-area peaks reached at different times would sum to more than it. The
 //!   mark itself is written only by a map that raises it (CAS-max).
 //! * The LKMM side of the flag argument (`smp_wmb` instead of a full fence) is checked with herd7

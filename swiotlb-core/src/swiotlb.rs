@@ -109,7 +109,8 @@ pub struct Config {
     /// fast path besides the area lock. A per-area count would not do: the sum of per-area
     /// peaks reached at different times overstates the real peak. Off, the map and unmap paths
     /// write only per-area state and `hiwater` is `None`; `used` is exact either way (the sum
-    /// of the per-area counts). Benchmarks of the fast path set `stats: false`.
+    /// of the per-area counts). Off by default, so the default fast path makes no shared
+    /// write; turn it on to read the mark (as the kernel keeps it only in its debugfs build).
     pub stats: bool,
     /// Whether the instance serves [`Swiotlb::alloc`] (a restricted pool).
     pub for_alloc: bool,
@@ -130,7 +131,7 @@ impl Default for Config {
             background_growth: true,
             growth_nslabs: 0,
             phys_limit: u64::MAX,
-            stats: true,
+            stats: false,
             for_alloc: false,
             thread_caches: true,
         }
@@ -807,7 +808,8 @@ impl Swiotlb {
     /// use swiotlb_core::{Config, DeviceConfig, Direction, Error, MapAttrs, RegionMemory, Swiotlb};
     /// let mem = RegionMemory::new(8192);
     /// let orig = mem.base();
-    /// let swiotlb = Swiotlb::new(Config::tiny(8, 1, 8), mem).unwrap();
+    /// let config = Config { stats: true, ..Config::tiny(8, 1, 8) };
+    /// let swiotlb = Swiotlb::new(config, mem).unwrap();
     /// let dev = swiotlb.device(DeviceConfig::default());
     /// let a = swiotlb.map(&dev, orig, 5000, Direction::ToDevice, MapAttrs::default()).unwrap();
     /// assert_eq!(swiotlb.stats().used, 3); // 5000 bytes take three 2 KiB slots

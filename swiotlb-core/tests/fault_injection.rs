@@ -25,7 +25,10 @@ const NSLABS: usize = 16;
 const SEG: usize = 8;
 
 fn tiny() -> Config {
-    Config::tiny(NSLABS, 2, SEG)
+    Config {
+        stats: true,
+        ..Config::tiny(NSLABS, 2, SEG)
+    }
 }
 
 /// A mapping held by the test.

@@ -513,7 +513,14 @@ fn free_goes_to_the_owning_area() {
 /// never zeroed when statistics are first read late (a1255ccab8ec).
 #[test]
 fn hiwater_and_late_statistics() {
-    let (swiotlb, base) = fixed(128);
+    let mem = RegionMemory::new(512 * 1024);
+    let base = mem.base();
+    let cfg = Config {
+        can_grow: false,
+        stats: true,
+        ..Config::tiny(128, 1, 128)
+    };
+    let swiotlb = Swiotlb::new(cfg, mem).unwrap();
     let dev = swiotlb.device(DeviceConfig::default());
     let a = swiotlb
         .map(&dev, base, 5 * SLOT, Direction::ToDevice, NONE)
@@ -546,15 +553,8 @@ fn hiwater_and_late_statistics() {
         report.contains("io_tlb_used: 0") && report.contains("io_tlb_used_hiwater: 3"),
         "{report}"
     );
-    let quiet = Swiotlb::new(
-        Config {
-            stats: false,
-            ..Config::tiny(8, 1, 8)
-        },
-        RegionMemory::new(1),
-    )
-    .unwrap();
-    assert_eq!(quiet.stats().hiwater, None);
+    let quiet = Swiotlb::new(Config::tiny(8, 1, 8), RegionMemory::new(1)).unwrap();
+    assert_eq!(quiet.stats().hiwater, None, "off by default");
 }
 
 /// Untrusted devices' maximum mapping size is swiotlb's: the maximum always fits, whatever the

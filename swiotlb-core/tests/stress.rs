@@ -23,6 +23,7 @@ fn threads_map_sync_unmap_with_growth() {
         nareas: 4,
         growth_nslabs: 256,
         background_growth: true,
+        stats: true,
         ..Config::default()
     };
     let swiotlb = Swiotlb::new(cfg, mem).unwrap();

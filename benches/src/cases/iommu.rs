@@ -67,11 +67,10 @@ pub fn domain(
     let base = mem.base();
     mem.write(base, &vec![0x5a; mem.len()])
         .expect("inside the region");
-    // Configured as the bounce case's pool is (no high-water counter), so the bounced path is
-    // compared with the bounce it contains.
+    // Configured as the bounce case's pool is, so the bounced path is compared with the bounce
+    // it contains.
     let pool = swiotlb_core::Config {
         nslabs: pool_slots,
-        stats: false,
         ..Default::default()
     };
     let bounce = Swiotlb::new(pool, mem).expect("valid swiotlb configuration");

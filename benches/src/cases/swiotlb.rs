@@ -175,7 +175,6 @@ pub fn hold_slots(bounce: &Swiotlb, dev: &Device, orig: u64, n: usize) -> usize 
 fn used_run(cfg: &RunConfig, threads: usize, used: usize, free: usize) -> Measurement {
     let pool = Config {
         nslabs: used + free,
-        stats: false,
         ..Config::default()
     };
     let (bounce, base) = instance(pool, threads);
@@ -202,14 +201,12 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         .filter(|&s| s <= MAX_BOUNCE)
         .collect();
     let slots = opts.pool_slots;
-    // The fast path is measured as `Config::stats` documents it: without the high-water
-    // mark's instance-wide counter (the one-area peer likewise, so the comparison is fair).
-    // The one-area peer is the design Linux had before areas: one lock for every map and
+    // The default configuration: no high-water counter (`Config::stats`), for the one-area
+    // peer too. The one-area peer is the design Linux had before areas: one lock for every map and
     // unmap, so no thread caches either (with them, a map+unmap loop takes no lock at all).
     let pool = move |nareas| Config {
         nslabs: slots,
         nareas,
-        stats: false,
         thread_caches: nareas != 1,
         ..Config::default()
     };

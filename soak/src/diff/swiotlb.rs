@@ -340,10 +340,14 @@ pub fn run(data: &[u8]) -> Result<(), Divergence> {
     let cfg = if restricted {
         Config {
             segment_slots: SEG,
+            stats: true,
             ..Config::restricted(64)
         }
     } else {
-        Config::tiny(64, 2, SEG)
+        Config {
+            stats: true,
+            ..Config::tiny(64, 2, SEG)
+        }
     };
     let mut t = Tracker::default();
     #[cfg(feature = "fault-injection")]
@@ -838,7 +842,7 @@ fn check_accounting(t: &Tracker, w: &World) -> Result<(), Divergence> {
     // mapping's slots, so only the global part is compared.
     let global = s.used - s.transient_nslabs;
     t.check(
-        w.hiwater_reset || s.hiwater.map_or(true, |h| h >= global),
+        w.hiwater_reset || s.hiwater.is_some_and(|h| h >= global),
         || format!("hiwater {:?} below used {global}", s.hiwater),
     )?;
     t.check(w.swiotlb.check_invariants().is_ok(), || {
