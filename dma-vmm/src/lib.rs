@@ -71,6 +71,9 @@
 //!   and through an IOMMU), device-model round trips and status codes with state unchanged after
 //!   each error, the README's VMM flow, and reports (text, serde round trip, dumps racing map and
 //!   unmap of blocks and tables).
+//! * `tests/hostile.rs`: a guest MAP that would need more page-table leaves than `max_leaves`
+//!   (`NOMEM`, nothing allocated, the room given back by UNMAP and DETACH), reversed ranges
+//!   handed to the public `MappingTree`, a `Translate` reporting empty leaves.
 //! * Unit tests: translation against a byte-granular reference model, the mapping tree against a
 //!   byte-owner model, a grace period that must wait for a pinned section.
 

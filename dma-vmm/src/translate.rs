@@ -43,7 +43,8 @@ use std::fmt;
 pub struct Leaf {
     /// Guest-physical address of the looked-up IOVA.
     pub paddr: u64,
-    /// Bytes from the looked-up IOVA to the end of its leaf (page, block or bypass window).
+    /// Bytes from the looked-up IOVA to the end of its leaf (page, block or bypass window); a
+    /// leaf of 0 bytes is taken as unmapped.
     pub len: u64,
     /// What the device may do there (`Prot::READ`, `Prot::WRITE`, attributes).
     pub prot: Prot,
@@ -243,6 +244,10 @@ impl<X: Translate> Segments<X> {
             });
         }
         let len = leaf.len.min(self.left);
+        if len == 0 {
+            // A `Translate` that reports an empty leaf would hold the walk here for ever.
+            return Err(Fault::Unmapped { iova: self.iova });
+        }
         let seg = Segment {
             iova: self.iova,
             paddr: leaf.paddr,

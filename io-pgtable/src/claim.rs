@@ -22,7 +22,9 @@
 //!   where it finds the block or the thawed entries. A freeze that meets another's thaws its
 //!   own first, so no one waits while holding a reservation. The wait is short: a freeze
 //!   never waits, and it either completes (the block replaces the path to its frozen
-//!   entries) or thaws.
+//!   entries) or thaws, also when the `TlbOps::flush_walk` between the claim of the link and
+//!   the block write unwinds: then the subtree is thawed and the link restored (the table as
+//!   before, nothing retired).
 
 use crate::error::Error;
 use crate::pgtable::{LateUnlinks, PageTable};

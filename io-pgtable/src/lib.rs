@@ -107,6 +107,8 @@
 //!   whose tables they free) and two readers (held-pin and single translations, dumps); every
 //!   translation was issued; at the end reachable == linked tables and freed == discarded +
 //!   retired, never more.
+//! * `tests/hostile.rs`: a `flush_walk` that panics during a block map's table replacement
+//!   leaves the table as it was and later operations there working.
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 

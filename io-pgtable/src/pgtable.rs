@@ -214,7 +214,16 @@ impl<T: TlbOps> PageTable<T> {
             self.thaw(guard, frozen);
             return Err(Stop::Restart);
         }
+        // A `flush_walk` that unwinds leaves the table as it was, the subtree thawed and then
+        // its link: a FROZEN entry left behind would make every later operation there wait.
+        let mut unwinding = ThawOnUnwind {
+            pt: self,
+            guard,
+            link: (link.entry, link.desc, link.level - 1),
+            frozen: Some(frozen),
+        };
         self.tlb.flush_walk(link.iova, size, self.geom.page_size());
+        let frozen = unwinding.frozen.take().unwrap_or_default();
         table::retire(
             guard,
             self.frozen_tables(link.addr, link.level, frozen),
@@ -254,6 +263,26 @@ impl<T: TlbOps> PageTable<T> {
         // SAFETY: by the caller's contract, a table of this page table at `level`, which
         // holds `entries(level)` descriptors and outlives `guard`.
         unsafe { table::entries_at(guard, addr, self.geom.entries(level)) }
+    }
+}
+
+/// Undoes a block map's freeze and claim of a table link if dropped still holding them: when
+/// the TLB callback between the claim and the block write unwinds.
+struct ThawOnUnwind<'a, T: TlbOps> {
+    pt: &'a PageTable<T>,
+    guard: &'a Guard,
+    /// The claimed link: entry, its old descriptor, the level of the table holding it.
+    link: (&'a AtomicU64, u64, u32),
+    frozen: Option<Frozen<'a>>,
+}
+
+impl<T: TlbOps> Drop for ThawOnUnwind<'_, T> {
+    fn drop(&mut self) {
+        if let Some(frozen) = self.frozen.take() {
+            // The subtree first: once the link is back, operations reach it again.
+            self.pt.thaw(self.guard, frozen);
+            self.pt.thaw(self.guard, vec![self.link]);
+        }
     }
 }
 

@@ -142,6 +142,45 @@ fn map_helper_chooses_blocks_by_alignment() {
     assert_eq!(pt.iova_to_phys(0x8000_0000).unwrap().level(), 1);
 }
 
+/// `PageTable::leaves` counts the leaves `map` writes, for every granule, alignment and
+/// head/tail shape, and refuses what `map` refuses.
+#[test]
+fn leaves_counts_what_map_writes() {
+    for cfg in configs() {
+        let pt = PageTable::new(cfg).unwrap();
+        let sizes = pt.pgsize_bitmap();
+        let page = sizes & sizes.wrapping_neg();
+        let block = (sizes & !page) & (sizes & !page).wrapping_neg();
+        let room = 1u64 << cfg.ias.min(cfg.oas);
+        if block == 0 || block.saturating_mul(48) > room {
+            continue;
+        }
+        let mut at = 0;
+        for (paddr_off, size) in [
+            (0, block + 2 * page),
+            (page, block + 2 * page),
+            (0, 3 * block),
+            (page, 2 * block),
+            (block - page, block + page),
+        ] {
+            let iova = at + block - page;
+            let paddr = block * 8 + block - page + paddr_off;
+            let expected = pt.leaves(iova, paddr, size).unwrap();
+            pt.map(iova, paddr, size, RW).unwrap();
+            let written = pt
+                .dump()
+                .leaves()
+                .filter(|l| (iova..iova + size).contains(&l.iova))
+                .count() as u64;
+            assert_eq!(expected, written, "{cfg:?} {paddr_off:#x} {size:#x}");
+            at += 8 * block;
+        }
+        assert!(pt.leaves(page / 2, 0, page).is_err());
+        assert!(pt.leaves(0, page / 2, page).is_err());
+        assert!(pt.leaves(0, 0, 0).is_err());
+    }
+}
+
 #[test]
 fn partial_block_unmap_is_refused_and_changes_nothing() {
     let pt = PageTable::new(Config::tiny(3)).unwrap();

@@ -155,6 +155,33 @@ impl Run {
     }
 }
 
+/// The run of a `free_batch`, cached when dropped: its pfns are released from their holder
+/// already, so a panic of the caller's iterator must not drop them on the floor.
+struct PendingRun<'a> {
+    run: Run,
+    rc: &'a Rcache,
+    cpu: usize,
+    tree: &'a StepLock<RangeAllocator>,
+}
+
+impl PendingRun<'_> {
+    /// Add a released pfn of class `order`, caching the run first if it is full or of
+    /// another class.
+    #[inline]
+    fn push(&mut self, order: u32, pfn: u64) {
+        if self.run.len == FREE_BATCH || (self.run.len > 0 && self.run.order != order) {
+            self.run.cache(self.rc, self.cpu, self.tree);
+        }
+        self.run.push(order, pfn);
+    }
+}
+
+impl Drop for PendingRun<'_> {
+    fn drop(&mut self) {
+        self.run.cache(self.rc, self.cpu, self.tree);
+    }
+}
+
 impl IovaAllocator {
     /// An allocator over `config`'s space; starts the trim worker if configured (normal
     /// builds only).
@@ -423,8 +450,12 @@ impl IovaAllocator {
                 .for_each(|(pfn, size)| refused(self.free_uncached(pfn, size)));
             return first_refusal;
         };
-        let cpu = self.cpu(rc);
-        let mut run = Run::default();
+        let mut run = PendingRun {
+            run: Run::default(),
+            rc,
+            cpu: self.cpu(rc),
+            tree: &inner.tree,
+        };
         for (pfn, size) in ranges {
             if size.wrapping_sub(1) >= MAX_CACHED_GRANULES {
                 refused(self.free_uncached(pfn, size));
@@ -435,12 +466,9 @@ impl IovaAllocator {
                 refused(Err(e));
                 continue;
             }
-            if run.len == FREE_BATCH || (run.len > 0 && run.order != order) {
-                run.cache(rc, cpu, &inner.tree);
-            }
             run.push(order, pfn);
         }
-        run.cache(rc, cpu, &inner.tree);
+        // `run` is cached as it goes out of scope, here or in an unwind from `ranges`.
         first_refusal
     }
 

@@ -99,6 +99,8 @@
 //! * `tests/batch_free.rs`: proptest of `free_batch` against `free` in a loop on a twin
 //!   allocator (caches, range allocator, statistics, first refusal), also with the magazine and
 //!   depot sites failing.
+//! * `tests/hostile.rs`: a `free_batch` iterator that panics part-way loses none of the ranges
+//!   it already yielded.
 //!
 //! # Not done
 //!

@@ -34,6 +34,8 @@ pub const MAX_DOMAINS: usize = 1 << 20;
 pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 24;
 /// Most mappings in all a device may be configured to hold.
 pub const MAX_MAPPINGS: usize = 1 << 24;
+/// Most page-table leaves a device may be configured to hold in all domains together.
+pub const MAX_LEAVES: u64 = 1 << 32;
 /// Largest `probe_size`: every PROBE reply is this big, so it bounds the reply allocation.
 pub const MAX_PROBE_SIZE: u32 = 4096;
 /// Most fault reports a device may be configured to keep pending.
@@ -55,6 +57,10 @@ pub struct ViommuConfig {
     /// Most mappings of all domains together, 1 ..= [`MAX_MAPPINGS`]: what bounds the
     /// memory a guest can make the device allocate (domains × mappings per domain does not).
     pub max_mappings: usize,
+    /// Most page-table leaves (pages and blocks) of all domains together, 1 ..=
+    /// [`MAX_LEAVES`]: what bounds the page-table memory one MAP can make the device allocate
+    /// (a MAP whose addresses allow 4 KiB pages only needs a leaf table per 2 MiB).
+    pub max_leaves: u64,
     /// Offer `VIRTIO_IOMMU_F_BYPASS_CONFIG`: bypass domains (`ATTACH_F_BYPASS`) and the
     /// config field `bypass`.
     pub bypass_config: bool,
@@ -74,7 +80,7 @@ pub struct ViommuConfig {
 
 impl Default for ViommuConfig {
     /// 4 KiB granule, 48-bit IOVAs, the whole input range, every domain id, the caps of
-    /// cloud-hypervisor (2^20 mappings in all), bypass domains offered, unattached endpoints blocked, 512 bytes of
+    /// cloud-hypervisor (2^20 mappings in all), 2^24 leaves (128 MiB of leaf tables), bypass domains offered, unattached endpoints blocked, 512 bytes of
     /// PROBE properties, no reserved regions, 64 pending fault reports.
     fn default() -> Self {
         ViommuConfig {
@@ -84,6 +90,7 @@ impl Default for ViommuConfig {
             max_domains: 1 << 16,
             max_mappings_per_domain: 1 << 20,
             max_mappings: 1 << 20,
+            max_leaves: 1 << 24,
             bypass_config: true,
             initial_bypass: false,
             probe_size: 512,
@@ -206,6 +213,7 @@ impl ViommuConfig {
             1,
             MAX_MAPPINGS as u64,
         )?;
+        limit("max_leaves", self.max_leaves, 1, MAX_LEAVES)?;
         limit(
             "probe_size",
             u64::from(self.probe_size),
@@ -286,7 +294,7 @@ mod tests {
         };
         assert_eq!(with(|_| ()), Ok(0x1000 | 0x20_0000 | 0x4000_0000));
         type Edit = fn(&mut ViommuConfig);
-        let cases: [(Edit, &str, u64); 7] = [
+        let cases: [(Edit, &str, u64); 9] = [
             (|c| c.max_domains = 0, "max_domains", 0),
             (
                 |c| c.max_domains = MAX_DOMAINS + 1,
@@ -306,6 +314,8 @@ mod tests {
             (|c| c.probe_size = MAX_PROBE_SIZE + 1, "probe_size", 4097),
             (|c| c.fault_log = MAX_FAULT_LOG + 1, "fault_log", 4097),
             (|c| c.max_mappings = 0, "max_mappings", 0),
+            (|c| c.max_leaves = 0, "max_leaves", 0),
+            (|c| c.max_leaves = MAX_LEAVES + 1, "max_leaves", 1 << 32 | 1),
         ];
         for (f, what, value) in cases {
             assert!(

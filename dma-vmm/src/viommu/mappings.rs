@@ -24,14 +24,18 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Length in bytes (`virt_end - virt_start + 1`; saturates for the full 2^64 range).
+    /// Length in bytes (`virt_end - virt_start + 1`; saturates for the full 2^64 range; 0
+    /// for a reversed one, which no tree holds).
     pub fn len(&self) -> u64 {
-        (self.virt_end - self.virt_start).saturating_add(1)
+        self.virt_end
+            .checked_sub(self.virt_start)
+            .map_or(0, |d| d.saturating_add(1))
     }
 
-    /// Never true: a mapping covers at least one byte.
+    /// Whether the range is reversed (`virt_end < virt_start`): a mapping in a tree covers at
+    /// least one byte.
     pub fn is_empty(&self) -> bool {
-        false
+        self.virt_end < self.virt_start
     }
 }
 
@@ -42,6 +46,13 @@ pub enum MapConflict {
     Overlap(Mapping),
     /// UNMAP: the range covers only part of this mapping (spec: `VIRTIO_IOMMU_S_RANGE`).
     Split(Mapping),
+    /// MAP or UNMAP: the range ends before it starts (spec: `VIRTIO_IOMMU_S_INVAL`).
+    Reversed {
+        /// First address of the range.
+        start: u64,
+        /// Last address of the range.
+        end: u64,
+    },
 }
 
 /// A domain's mappings, keyed by `virt_start`; entries never overlap.
@@ -65,16 +76,27 @@ impl MappingTree {
             .filter(|m| m.virt_end >= iova)
     }
 
-    /// Mappings intersecting `[start, end]`, in IOVA order. O(log n + k).
+    /// Mappings intersecting `[start, end]`, in IOVA order (none for a reversed range).
+    /// O(log n + k).
     pub fn intersecting(&self, start: u64, end: u64) -> impl Iterator<Item = &Mapping> {
+        // A reversed range is empty (and `BTreeMap::range` would panic on it).
+        let range = (start <= end).then(|| self.by_start.range(start..=end));
         // Only the mapping starting before `start` can reach into the range from the left.
-        let head = self.lookup(start).filter(|m| m.virt_start < start);
+        let head = self
+            .lookup(start)
+            .filter(|m| m.virt_start < start && start <= end);
         head.into_iter()
-            .chain(self.by_start.range(start..=end).map(|(_, m)| m))
+            .chain(range.into_iter().flatten().map(|(_, m)| m))
     }
 
-    /// Check that `m` could be inserted: no byte of it is mapped.
+    /// Check that `m` could be inserted: not reversed, and no byte of it is mapped.
     pub fn check_insert(&self, m: &Mapping) -> Result<(), MapConflict> {
+        if m.is_empty() {
+            return Err(MapConflict::Reversed {
+                start: m.virt_start,
+                end: m.virt_end,
+            });
+        }
         match self.intersecting(m.virt_start, m.virt_end).next() {
             Some(existing) => Err(MapConflict::Overlap(*existing)),
             None => Ok(()),
@@ -90,6 +112,9 @@ impl MappingTree {
 
     /// The mappings an UNMAP of `[start, end]` removes, or the mapping it would split.
     pub fn plan_unmap(&self, start: u64, end: u64) -> Result<Vec<Mapping>, MapConflict> {
+        if end < start {
+            return Err(MapConflict::Reversed { start, end });
+        }
         let mut covered = Vec::new();
         for m in self.intersecting(start, end) {
             if m.virt_start < start || m.virt_end > end {

@@ -65,8 +65,8 @@
 //!   republishes every unattached endpoint's attachment; turning bypass off (and a reset that
 //!   detached something) waits for a grace period, like UNMAP.
 //! * Validation (`ViommuConfig::validate`, before anything is allocated): see module `config`;
-//!   `max_mappings` (all domains together) is what bounds the memory a guest can make the device
-//!   allocate.
+//!   `max_mappings` and `max_leaves` (all domains together) are what bound the memory a guest
+//!   can make the device allocate (mapping records and page-table leaves).
 //! * ATTACH: non-zero `reserved` → `INVAL` (the one reserved field the device must check);
 //!   unknown flags → `INVAL`; unknown endpoint → `NOENT`; domain outside `domain_range` →
 //!   `RANGE`; bypass flag inconsistent with an existing domain → `INVAL`; joining a domain that
@@ -82,8 +82,9 @@
 //!   (`RANGE`), inside `input_range` (`RANGE`), known flags (`INVAL`), R or W (`UNSUPP`: stage-1
 //!   LPAE cannot express an MMIO-only or no-access mapping), no overlap with an existing mapping
 //!   (`INVAL`) nor with a reserved region of any endpoint attached to the domain (`INVAL`),
-//!   reversed range (`INVAL`), under `max_mappings_per_domain` and `max_mappings` (`NOMEM`; UNMAP
-//!   and a dying domain give the room back); bypass domain → `INVAL`, unknown domain → `NOENT`.
+//!   reversed range (`INVAL`), under `max_mappings_per_domain`, `max_mappings` and, counting the
+//!   leaves it writes (`PageTable::leaves`), `max_leaves` (`NOMEM`; UNMAP and a dying domain give
+//!   the room back); bypass domain → `INVAL`, unknown domain → `NOENT`.
 //!   The range is mapped with the largest page sizes its alignment allows. Write-only mappings
 //!   also read (stage-1 AP bits have no write-only; the specification's MAY).
 //! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
@@ -354,6 +355,8 @@ struct DomainSlot {
     domain: Arc<ViommuDomain>,
     endpoints: BTreeSet<u32>,
     mappings: MappingTree,
+    /// Page-table leaves of its mappings.
+    leaves: u64,
 }
 
 struct Control {
@@ -365,6 +368,8 @@ struct Control {
     driver_features: u64,
     /// Mappings of all domains together (bounded by `max_mappings`).
     mapped: usize,
+    /// Page-table leaves of all domains together (bounded by `max_leaves`).
+    leaves: u64,
 }
 
 impl Control {
@@ -423,6 +428,7 @@ impl Viommu {
             bypass: config.initial_bypass,
             driver_features: config.offered_features(),
             mapped: 0,
+            leaves: 0,
         };
         Ok(Viommu {
             page_size_mask,
@@ -506,6 +512,7 @@ impl Viommu {
             let attached = !c.domains.is_empty();
             c.domains.clear();
             c.mapped = 0;
+            c.leaves = 0;
             for ep in c.endpoints.values() {
                 ep.attached.store(Attachment::unattached(c.bypass));
             }
@@ -764,6 +771,7 @@ impl Viommu {
                         domain,
                         endpoints: BTreeSet::new(),
                         mappings: MappingTree::new(),
+                        leaves: 0,
                     },
                 );
             }
@@ -814,6 +822,7 @@ impl Viommu {
             slot.endpoints.remove(&endpoint);
             if slot.endpoints.is_empty() {
                 c.mapped -= slot.mappings.len();
+                c.leaves -= slot.leaves;
                 c.domains.remove(&domain);
             }
         }
@@ -844,6 +853,7 @@ impl Viommu {
             endpoints,
             domains,
             mapped,
+            leaves,
             ..
         } = c;
         let slot = domains.get_mut(&domain).ok_or(Status::NoEnt)?;
@@ -895,19 +905,28 @@ impl Viommu {
         slot.mappings
             .check_insert(&mapping)
             .map_err(|_| Status::Inval)?;
+        let status = |e| match e {
+            io_pgtable::Error::NoMemory => Status::NoMem,
+            io_pgtable::Error::OutOfRange { .. } | io_pgtable::Error::Overflow => Status::Range,
+            _ => Status::DevErr,
+        };
+        // The table memory a MAP costs follows its leaves, not its count: one MAP of 2^48
+        // bytes whose addresses allow 4 KiB pages only would need 2^36 of them.
+        let new_leaves = pt
+            .leaves(virt_start, phys_start, mapping.len())
+            .map_err(status)?;
         if slot.mappings.len() >= self.config.max_mappings_per_domain
             || *mapped >= self.config.max_mappings
+            || new_leaves > self.config.max_leaves - *leaves
         {
             return Err(Status::NoMem);
         }
         pt.map(virt_start, phys_start, mapping.len(), prot)
-            .map_err(|e| match e {
-                io_pgtable::Error::NoMemory => Status::NoMem,
-                io_pgtable::Error::OutOfRange { .. } | io_pgtable::Error::Overflow => Status::Range,
-                _ => Status::DevErr,
-            })?;
+            .map_err(status)?;
         slot.mappings.insert(mapping).map_err(|_| Status::DevErr)?;
         *mapped += 1;
+        *leaves += new_leaves;
+        slot.leaves += new_leaves;
         Ok(false)
     }
 
@@ -927,12 +946,17 @@ impl Viommu {
             .plan_unmap(virt_start, virt_end)
             .map_err(|_| Status::Range)?;
         let mut failed = false;
+        let mut freed = 0;
         for m in &covered {
-            // Each mapping was mapped whole by one `map`, so it unmaps whole.
+            // Each mapping was mapped whole by one `map`, so it unmaps whole, and its leaves
+            // are the ones that `map` counted.
+            freed += pt.leaves(m.virt_start, m.phys_start, m.len()).unwrap_or(0);
             failed |= pt.unmap(m.virt_start, m.len()) != Ok(m.len());
             slot.mappings.remove(m.virt_start);
         }
+        slot.leaves -= freed;
         c.mapped -= covered.len();
+        c.leaves -= freed;
         if failed {
             // Cannot happen while the tree and the table agree; still quiesce what was cleared.
             quiesce::synchronize();

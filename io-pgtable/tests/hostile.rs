@@ -1,0 +1,72 @@
+//! Hostile `TlbOps`: a walk-cache flush that panics while a block map replaces an empty
+//! table must leave the table as it was and every later operation on it working.
+#![cfg(not(loom))]
+
+use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
+use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// TLB operations whose next `flush_walk` panics when `fail_next_walk` is set.
+#[derive(Default)]
+struct Flaky {
+    fail_next_walk: AtomicBool,
+}
+
+impl TlbOps for Flaky {
+    fn flush_all(&self) {}
+    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
+        if self.fail_next_walk.swap(false, Relaxed) {
+            panic!("the IOMMU refused the walk-cache flush");
+        }
+    }
+    fn sync(&self, _range: &TlbRange) {}
+}
+
+/// Run `f` on another thread; `None` if it has not returned within 30 s (a hang).
+fn within_30_s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30)).ok()
+}
+
+/// The block map had claimed the table's link (FROZEN) before the flush; the unwind left it
+/// FROZEN, so every later map or unmap reaching it backed off and retried for ever.
+#[test]
+fn a_walk_flush_that_panics_during_a_block_map_leaves_the_table_usable() {
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+    let pt = Arc::new(PageTable::with_tlb(Config::s1_4k(39), Flaky::default()).unwrap());
+    // An empty leaf table linked under the 2 MiB block at 0x20_0000.
+    pt.map(0x20_1000, 0x5000, 0x1000, RW).unwrap();
+    assert_eq!(pt.unmap(0x20_1000, 0x1000), Ok(0x1000));
+    let linked = pt.stats().linked();
+    pt.tlb().fail_next_walk.store(true, Relaxed);
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        pt.map(0x20_0000, 0x4000_0000, 0x20_0000, RW)
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(pt.iova_to_phys(0x20_0000), None);
+    assert_eq!(
+        pt.stats().linked(),
+        linked,
+        "the table is still linked, none retired"
+    );
+    let pt2 = pt.clone();
+    let later = within_30_s(move || {
+        pt2.map(0x20_1000, 0x6000, 0x1000, RW)?;
+        let page = pt2.iova_to_phys(0x20_1010).map(|t| t.paddr());
+        pt2.unmap(0x20_1000, 0x1000)?;
+        pt2.map(0x20_0000, 0x4000_0000, 0x20_0000, RW)?;
+        Ok::<_, io_pgtable::Error>((page, pt2.iova_to_phys(0x20_0010).map(|t| t.size())))
+    });
+    assert_eq!(
+        later,
+        Some(Ok((Some(0x6010), Some(0x20_0000)))),
+        "later operations on the range hung or failed"
+    );
+    assert_eq!(pt.unmap(0x20_0000, 0x20_0000), Ok(0x20_0000));
+    assert_eq!(pt.iova_to_phys(0x20_0010), None);
+}
