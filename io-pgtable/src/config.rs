@@ -389,6 +389,32 @@ impl Geometry {
     }
 }
 
+/// Every valid configuration of every granule and stage, input sizes 13..=52 bits (48-bit
+/// output), with its geometry: for tests that check a property across all formats.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn every_geometry() -> impl Iterator<Item = (Config, Geometry)> {
+    let granules = [
+        Granule::Size4K,
+        Granule::Size16K,
+        Granule::Size64K,
+        Granule::Tiny,
+    ];
+    granules.into_iter().flat_map(|granule| {
+        [Stage::S1, Stage::S2].into_iter().flat_map(move |stage| {
+            (13..=52).filter_map(move |ias| {
+                let config = Config {
+                    granule,
+                    stage,
+                    ias,
+                    oas: 48,
+                    ns: false,
+                };
+                Some((config, config.geometry().ok()?))
+            })
+        })
+    })
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -91,48 +91,32 @@ impl<const FOUR_4K: bool> Levels<'_, FOUR_4K> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::config::{Config, Granule, Stage};
+    use crate::config::{every_geometry, Granule};
 
     #[test]
     fn constant_layout_matches_the_geometry() {
         let mut constant = 0;
-        for granule in [
-            Granule::Size4K,
-            Granule::Size16K,
-            Granule::Size64K,
-            Granule::Tiny,
-        ] {
-            for stage in [Stage::S1, Stage::S2] {
-                for ias in 14..=52 {
-                    let config = Config {
-                        granule,
-                        stage,
-                        ias,
-                        oas: 48,
-                        ns: false,
-                    };
-                    let Ok(g) = config.geometry() else { continue };
-                    let four_4k = granule == Granule::Size4K && g.start_level() == 0;
-                    let Some(c) = Levels::constant(&g) else {
-                        assert!(!four_4k, "{config:?}");
-                        continue;
-                    };
-                    assert!(four_4k, "{config:?}");
-                    constant += 1;
-                    let r = Levels::read(&g);
-                    assert_eq!(c.start(), r.start());
-                    // Addresses inside the input range: every bit pattern of each index.
-                    let iovas = [0, 0x1000, 0x5a5a_5a5a_5000, (1u64 << ias) - 0x1000];
-                    for level in 0..4 {
-                        assert_eq!(c.entries(level), r.entries(level), "{config:?}");
-                        for iova in iovas.map(|i| i & ((1u64 << ias) - 1)) {
-                            assert_eq!(c.index(level, iova), r.index(level, iova), "{config:?}");
-                        }
-                    }
-                    for d in [0x3, 0xffff_ffff_ffff_ffff, 0x0000_8765_4321_0003] {
-                        assert_eq!(c.next_table(d), r.next_table(d), "{config:?}");
-                    }
+        for (config, g) in every_geometry() {
+            let ias = config.ias;
+            let four_4k = config.granule == Granule::Size4K && g.start_level() == 0;
+            let Some(c) = Levels::constant(&g) else {
+                assert!(!four_4k, "{config:?}");
+                continue;
+            };
+            assert!(four_4k, "{config:?}");
+            constant += 1;
+            let r = Levels::read(&g);
+            assert_eq!(c.start(), r.start());
+            // Addresses inside the input range: every bit pattern of each index.
+            let iovas = [0, 0x1000, 0x5a5a_5a5a_5000, (1u64 << ias) - 0x1000];
+            for level in 0..4 {
+                assert_eq!(c.entries(level), r.entries(level), "{config:?}");
+                for iova in iovas.map(|i| i & ((1u64 << ias) - 1)) {
+                    assert_eq!(c.index(level, iova), r.index(level, iova), "{config:?}");
                 }
+            }
+            for d in [0x3, 0xffff_ffff_ffff_ffff, 0x0000_8765_4321_0003] {
+                assert_eq!(c.next_table(d), r.next_table(d), "{config:?}");
             }
         }
         // Stage 1 from 40 to 48 input bits, stage 2 from 44 (below, it concatenates).

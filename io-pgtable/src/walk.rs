@@ -389,7 +389,7 @@ impl<T: TlbOps> Reader<'_, T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::config::{Config, Stage};
+    use crate::config::{every_geometry, Config, Stage};
 
     /// The walk's leaf answers as `pte::decode` for every type-bit pattern, level, attribute
     /// byte and stage.
@@ -521,30 +521,13 @@ mod tests {
     /// shift plus its index bits, for every granule, stage and input size.
     #[test]
     fn input_size_bounds_the_start_index() {
-        for granule in [
-            Granule::Size4K,
-            Granule::Size16K,
-            Granule::Size64K,
-            Granule::Tiny,
-        ] {
-            for stage in [Stage::S1, Stage::S2] {
-                for ias in 13..=52 {
-                    let config = Config {
-                        granule,
-                        stage,
-                        ias,
-                        oas: 48,
-                        ns: false,
-                    };
-                    let Ok(g) = config.geometry() else { continue };
-                    let start = g.start_level();
-                    assert_eq!(
-                        g.level_shift(start) + g.index_bits(start),
-                        ias,
-                        "{config:?}"
-                    );
-                }
-            }
+        for (config, g) in every_geometry() {
+            let start = g.start_level();
+            assert_eq!(
+                g.level_shift(start) + g.index_bits(start),
+                config.ias,
+                "{config:?}"
+            );
         }
     }
 }
