@@ -4,9 +4,9 @@
 
 use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
 use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
+use dma_soak::hang::within_30_s;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// TLB operations whose next `flush_walk` panics when `fail_next_walk` is set.
 #[derive(Default)]
@@ -22,15 +22,6 @@ impl TlbOps for Flaky {
         }
     }
     fn sync(&self, _range: &TlbRange) {}
-}
-
-/// Run `f` on another thread; `None` if it has not returned within 30 s (a hang).
-fn within_30_s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
 /// The block map had claimed the table's link (FROZEN) before the flush; the unwind left it
