@@ -18,6 +18,8 @@
 //! | [`PageTable::unmap_pages`]`(iova, pgsize, pgcount, &mut Gather) -> Result<usize, Error>` | bytes unmapped; errors are never sizes |
 //! | [`PageTable::map`]`(iova, paddr, size, prot) -> Result<(), Error>` | largest page sizes alignment allows; undoes partial progress |
 //! | [`PageTable::unmap`]`(iova, size) -> Result<u64, Error>`, [`PageTable::unmap_with`] | looping unmap (syncing its own gather / into yours) |
+//! | [`PageTable::leaves`]`(iova, paddr, size)`, [`PageTable::tables_to_install`]`(iova, paddr, size) -> Result<u64, Error>` | what a `map` will cost, before it is made (for a caller mapping for someone else) |
+//! | [`PageTable::prune`]`(iova, size) -> Result<(), Error>` | free the tables inside a range that map nothing (unmaps leave them linked) |
 //! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation: [`Translation::paddr`], `prot`, `level`, `size`, `desc` |
 //! | [`PageTable::reader`]`() -> Reader` | a held pin: [`Reader::translate`], [`Reader::walk`], [`Reader::dump`] |
 //! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able, serde with feature `serde` |
@@ -82,7 +84,10 @@
 //! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
 //! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
 //! reader that might hold it has unpinned. Tables emptied by smaller unmaps stay linked
-//! (another mapper may be descending into them), as in Linux.
+//! (another mapper may be descending into them), as in Linux, until [`PageTable::prune`] of a
+//! range holding their whole span frees them as a block map frees an empty table (freeze,
+//! claim, flush, RCU): a map racing inside the range lands before (the table stays) or after
+//! (in a fresh table).
 //!
 //! # Tests
 //!
@@ -91,7 +96,9 @@
 //!   unmap refused, unmap return values, a table freed when an unmap covers it (walk flush
 //!   recorded, counters), a block replacing only an empty table, the stage-2 concatenated start
 //!   index, every error variant leaving the table unchanged, `map` undoing partial progress,
-//!   gather behaviour, a small concurrent test. Under Miri the 16K/64K granules are skipped
+//!   gather behaviour, `tables_to_install` equal to the tables each of scattered maps
+//!   installs, `prune` of the gaps (or of everything) leaving exactly the tables a fresh table
+//!   needs for the mappings left, a small concurrent test. Under Miri the 16K/64K granules are skipped
 //!   (their 2048/8192-entry tables are too slow to walk there).
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::pgtable`, the
 //!   checker the fuzz target and the soak share, against the `pgtable` reference model of
@@ -114,6 +121,7 @@
 
 mod claim;
 mod config;
+mod cost;
 mod dump;
 mod error;
 pub mod faults;
@@ -121,6 +129,7 @@ mod levels;
 mod map;
 mod pgtable;
 pub mod points;
+mod prune;
 pub mod pte;
 mod slab;
 mod table;
