@@ -30,6 +30,36 @@ struct Run {
     leaves: u64,
 }
 
+/// The entries of one level (by global index, `iova >> shift`) that must link a table: sorted,
+/// disjoint, inclusive intervals, without allocating. Page sizes along a range grow, then
+/// shrink, so the runs deeper than a level are a prefix and a suffix of the range: two
+/// stretches. A third would be merged into the second, over-counting (never under).
+#[derive(Debug, Clone, Copy, Default)]
+struct Stretches {
+    at: [(u64, u64); 2],
+    len: usize,
+}
+
+impl Stretches {
+    /// Add the entries `first..=last` of a run after those already added.
+    fn add(&mut self, first: u64, last: u64) {
+        let full = self.len == self.at.len();
+        match self.at[..self.len].last_mut() {
+            // Runs ascend: a neighbour can share only its last entry with this one.
+            Some(prev) if prev.1 + 1 >= first => prev.1 = prev.1.max(last),
+            Some(prev) if full => prev.1 = last,
+            _ => {
+                self.at[self.len] = (first, last);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.at[..self.len].iter().copied()
+    }
+}
+
 impl<T: TlbOps> PageTable<T> {
     /// How many leaves (pages and blocks) [`PageTable::map`] of the same arguments writes, or
     /// the error it fails with for its sizes and addresses; allocates and changes nothing. A
@@ -67,23 +97,35 @@ impl<T: TlbOps> PageTable<T> {
     pub fn tables_to_install(&self, iova: u64, paddr: u64, size: u64) -> Result<u64, Error> {
         let g = &self.geom;
         let start = g.start_level();
-        // Per level above the pages: the entries (by global index, `iova >> shift`) that must
-        // link a table, as sorted, disjoint, inclusive intervals.
-        let mut needed: [Vec<(u64, u64)>; PAGE_LEVEL as usize] = Default::default();
+        if size == g.page_size() {
+            // One page, the common case: the tables missing below the descent's last link.
+            self.check_sizes(iova, Some(paddr), size)?;
+            let guard = rcu::pin();
+            let (mut addr, mut level) = (self.root.addr(), start);
+            while level < PAGE_LEVEL {
+                // SAFETY: the root, or a table link read under `guard` on the way down.
+                let table = unsafe { self.table_at(&guard, addr, level) };
+                let d = table[g.index(level, iova)].load(DESCENT_ACQUIRE.ord(Acquire));
+                let Descriptor::Table { addr: next } = pte::decode(g, level, d) else {
+                    return Ok(u64::from(PAGE_LEVEL - level));
+                };
+                (addr, level) = (next, level + 1);
+            }
+            return Ok(0);
+        }
+        let mut needed = [Stretches::default(); PAGE_LEVEL as usize];
         self.runs(iova, paddr, size, |run| {
             let last = run.iova + ((run.leaves << g.level_shift(run.level)) - 1);
             for level in start..run.level {
                 let shift = g.level_shift(level);
-                let (first, end) = (run.iova >> shift, last >> shift);
-                let at = &mut needed[level as usize];
-                match at.last_mut() {
-                    // Runs ascend: a neighbour can share only its last entry with this one.
-                    Some(prev) if prev.1 + 1 >= first => prev.1 = prev.1.max(end),
-                    _ => at.push((first, end)),
-                }
+                needed[level as usize].add(run.iova >> shift, last >> shift);
             }
         })?;
-        let total: u64 = needed.iter().flatten().map(|&(a, b)| b - a + 1).sum();
+        let total: u64 = needed
+            .iter()
+            .flat_map(Stretches::iter)
+            .map(|(a, b)| b - a + 1)
+            .sum();
         let guard = rcu::pin();
         // SAFETY: the root, walked under `guard`.
         let linked = unsafe { self.linked_on(&guard, self.root.addr(), start, 0, &needed) };
@@ -101,7 +143,7 @@ impl<T: TlbOps> PageTable<T> {
         addr: u64,
         level: u32,
         base: u64,
-        needed: &[Vec<(u64, u64)>; PAGE_LEVEL as usize],
+        needed: &[Stretches; PAGE_LEVEL as usize],
     ) -> u64 {
         let g = &self.geom;
         let shift = g.level_shift(level);
@@ -110,7 +152,7 @@ impl<T: TlbOps> PageTable<T> {
         // SAFETY: by the caller's contract.
         let table = unsafe { self.table_at(guard, addr, level) };
         let mut linked = 0;
-        for &(a, b) in &needed[level as usize] {
+        for (a, b) in needed[level as usize].iter() {
             for index in a.max(first)..=b.min(end) {
                 let d = table[(index - first) as usize].load(DESCENT_ACQUIRE.ord(Acquire));
                 if let Descriptor::Table { addr } = pte::decode(g, level, d) {

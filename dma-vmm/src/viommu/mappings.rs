@@ -129,14 +129,15 @@ impl MappingTree {
     /// 0) to the start of the mapping above it (or `u64::MAX`); `None` if `iova` is mapped.
     /// O(log n).
     pub fn gap_around(&self, iova: u64) -> Option<(u64, u64)> {
-        if self.lookup(iova).is_some() {
+        let below = self.by_start.range(..=iova).next_back().map(|(_, m)| m);
+        let above = self.by_start.range(iova..).next().map(|(&start, _)| start);
+        if below.is_some_and(|m| m.virt_end >= iova) {
             return None;
         }
-        let below = self.by_start.range(..iova).next_back();
-        let above = self.by_start.range(iova..).next();
+        // `above` starts past `iova`: the mapping starting at `iova` is `below`.
         Some((
-            below.map_or(0, |(_, m)| m.virt_end + 1),
-            above.map_or(u64::MAX, |(&start, _)| start - 1),
+            below.map_or(0, |m| m.virt_end + 1),
+            above.map_or(u64::MAX, |start| start - 1),
         ))
     }
 

@@ -988,10 +988,18 @@ impl Viommu {
             .first()
             .and_then(|m| slot.mappings.gap_around(m.virt_start));
         if let Some((start, end)) = gap {
-            let top = pt.geometry().ias();
-            let end = end.min(u64::MAX >> (64 - top));
-            failed |= pt.prune(start, end - start + 1).is_err();
-            Self::count_tables(slot, &mut c.tables);
+            let geom = pt.geometry();
+            let end = end.min(u64::MAX >> (64 - geom.ias()));
+            // A table is freed only if its whole span lies in the gap, so a gap without an
+            // aligned leaf-table span (neighbours close by: the usual case) frees nothing.
+            let smallest = geom.table_span(3);
+            let holds_one = start
+                .checked_next_multiple_of(smallest)
+                .is_some_and(|aligned| aligned <= end && end - aligned >= smallest - 1);
+            if holds_one {
+                failed |= pt.prune(start, end - start + 1).is_err();
+                Self::count_tables(slot, &mut c.tables);
+            }
         }
         if failed {
             // Cannot happen while the tree and the table agree; still quiesce what was cleared.
