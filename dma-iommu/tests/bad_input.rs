@@ -9,8 +9,8 @@ mod common;
 use common::{domain_over, untrusted, G};
 use dma_iommu::flush_queue::{MAX_QUEUED, MAX_TIMEOUT};
 use dma_iommu::{
-    DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, FqError, NoTlb,
-    PhysSegment, RecordingIotlb,
+    DeviceConfig, DmaError, Domain, DomainConfig, FqConfig, FqError, NoTlb, PhysSegment,
+    RecordingIotlb,
 };
 use proptest::prelude::*;
 use std::time::Duration;
@@ -239,7 +239,9 @@ fn a_cloned_scatter_mapping_unmaps_once() {
             },
         ];
         let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
-        let other = dom.map(&dev, base + 0x8000, 0x1000, Direction::ToDevice).unwrap();
+        let other = dom
+            .map(&dev, base + 0x8000, 0x1000, Direction::ToDevice)
+            .unwrap();
         let copy = m.clone();
         dom.unmap_sg(&dev, &m, Direction::ToDevice).unwrap();
         assert!(matches!(

@@ -358,7 +358,11 @@ fn scatter_lists_get_one_contiguous_range() {
     let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
     assert_eq!(m.per_input().len(), 3);
     assert_eq!(m.per_input()[0] & 0xFFF, 0x200);
-    assert_eq!(m.per_input()[1], m.per_input()[0] + 0xE00, "IOVA-contiguous");
+    assert_eq!(
+        m.per_input()[1],
+        m.per_input()[0] + 0xE00,
+        "IOVA-contiguous"
+    );
     assert_eq!(m.segments().len(), 1, "merged: {:?}", m.segments());
     assert_eq!(m.segments()[0].len, 0x2F00);
     for (dma, seg) in m.per_input().iter().zip(&list) {

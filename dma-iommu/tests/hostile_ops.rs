@@ -3,9 +3,9 @@
 #![cfg(not(loom))]
 
 use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
+use dma_soak::hang::within_30_s;
 use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
 use dma_sync::{Arc, Mutex};
-use dma_soak::hang::within_30_s;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 

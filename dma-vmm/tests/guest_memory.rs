@@ -129,7 +129,10 @@ fn a_write_reaching_outside_ram_writes_nothing() {
         .write_slice(&[0x55; 0x2000], GuestAddress(0x40_0000))
         .unwrap_err();
     assert!(
-        matches!(err, GuestMemoryError::InvalidGuestAddress(GuestAddress(0x1_0000))),
+        matches!(
+            err,
+            GuestMemoryError::InvalidGuestAddress(GuestAddress(0x1_0000))
+        ),
         "{err}"
     );
     let mut seen = vec![0u8; 0x1000];

@@ -132,7 +132,8 @@ fn scattered_one_page_maps_are_bounded_by_their_tables() {
     assert_eq!(v.mappings(1).unwrap().len() as u64, fit);
     // A page next to a mapped one needs no table: still mapped.
     assert_eq!(
-        v.handle(map(1, at(7) + 0x1000, at(7) + 0x1fff, 0x2000)).status(),
+        v.handle(map(1, at(7) + 0x1000, at(7) + 0x1fff, 0x2000))
+            .status(),
         Status::Ok
     );
     // UNMAP frees the tables its gap no longer needs: room for one more scattered page.
@@ -142,7 +143,10 @@ fn scattered_one_page_maps_are_bounded_by_their_tables() {
         virt_end: e,
     };
     let last = fit - 1;
-    assert_eq!(v.handle(unmap(at(last), at(last) + 0xfff)).status(), Status::Ok);
+    assert_eq!(
+        v.handle(unmap(at(last), at(last) + 0xfff)).status(),
+        Status::Ok
+    );
     assert_eq!(linked(), max - 2);
     assert_eq!(v.handle(page(fit)).status(), Status::Ok);
     assert_eq!(v.handle(unmap(0, u64::MAX)).status(), Status::Ok);

@@ -290,7 +290,11 @@ fn prune_leaves_exactly_the_tables_the_mappings_need() {
             from = iova + size;
         }
         let leaves = |t: &PageTable| {
-            let leaves = t.dump().leaves().map(|l| (l.iova, l.size)).collect::<Vec<_>>();
+            let leaves = t
+                .dump()
+                .leaves()
+                .map(|l| (l.iova, l.size))
+                .collect::<Vec<_>>();
             (t.stats().linked(), leaves)
         };
         assert_eq!(leaves(&pt), leaves(&fresh), "{cfg:?}");

@@ -2,9 +2,9 @@
 //! table must leave the table as it was and every later operation on it working.
 #![cfg(not(loom))]
 
+use dma_soak::hang::within_30_s;
 use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
 use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
-use dma_soak::hang::within_30_s;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 

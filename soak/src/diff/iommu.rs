@@ -181,7 +181,12 @@ impl World {
         for (d, m, list) in &self.lists {
             if self.dev_model[*d].trusted {
                 let start = m.segments().iter().map(|s| s.addr).min().unwrap_or(0);
-                let end = m.segments().iter().map(|s| s.addr + s.len).max().unwrap_or(0);
+                let end = m
+                    .segments()
+                    .iter()
+                    .map(|s| s.addr + s.len)
+                    .max()
+                    .unwrap_or(0);
                 spans.push((start, (end - start) as usize));
             } else {
                 spans.extend(
