@@ -115,7 +115,9 @@
 //!   translation was issued; at the end reachable == linked tables and freed == discarded +
 //!   retired, never more.
 //! * `tests/hostile.rs`: a `flush_walk` that panics during a block map's table replacement
-//!   leaves the table as it was and later operations there working.
+//!   leaves the table as it was and later operations there working; one that panics during
+//!   an unmap of a table's span retires the taken tables through RCU (not freed under a held
+//!   reader, accounting balanced).
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 
