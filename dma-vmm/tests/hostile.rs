@@ -152,6 +152,25 @@ fn scattered_one_page_maps_are_bounded_by_their_tables() {
     assert_eq!(v.handle(unmap(0, u64::MAX)).status(), Status::Ok);
     assert_eq!(linked(), 0);
 
+    // A gap of exactly one leaf table's 2 MiB span frees that table; a smaller one frees
+    // nothing.
+    for iova in [0x1f_f000, 0x20_0000, 0x40_0000] {
+        assert_eq!(
+            v.handle(map(1, iova, iova + 0xfff, iova)).status(),
+            Status::Ok
+        );
+    }
+    let three = linked();
+    assert_eq!(
+        v.handle(map(1, 0x20_1000, 0x20_1fff, 0)).status(),
+        Status::Ok
+    );
+    assert_eq!(v.handle(unmap(0x20_1000, 0x20_1fff)).status(), Status::Ok);
+    assert_eq!(linked(), three);
+    assert_eq!(v.handle(unmap(0x20_0000, 0x20_0fff)).status(), Status::Ok);
+    assert_eq!(linked(), three - 1);
+    assert_eq!(v.handle(unmap(0, u64::MAX)).status(), Status::Ok);
+
     // MAP and UNMAP cycles over fresh addresses reuse the same room.
     let tight = ViommuConfig {
         max_tables: 3,
