@@ -61,6 +61,25 @@ use byte_copy as copies;
 #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
 use word_copy as copies;
 
+/// Copy `src` into `dst` (of the same length) as the copies of bounce memory do: on x86-64
+/// the 32-byte AVX moves (`rep movsb` without AVX or under 32 bytes) every pool access goes
+/// through; elsewhere, where pools are copied word by word and only word-aligned atomic
+/// memory can be, `copy_from_slice`. For benchmarks: the copy a bounce makes, without the
+/// allocator, set against `memcpy`. Panics if the lengths differ.
+///
+/// ```
+/// let src = [7u8; 100];
+/// let mut dst = [0u8; 100];
+/// swiotlb_core::copy_bytes(&mut dst, &src);
+/// assert_eq!(dst, src);
+/// ```
+pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    byte_copy::copy_plain(dst, src);
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+    dst.copy_from_slice(src);
+}
+
 const WORD: usize = 8;
 
 /// Largest piece `DmaSrc::for_each_chunk` and [`DmaDst::fill_chunks`] hand out at once.
