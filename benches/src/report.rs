@@ -421,6 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn competing_floors_name_the_faster_and_set_the_times_floor_column() {
+        let floors = vec!["copy A".to_string(), "copy B".to_string()];
+        // 1e9 ops in one CPU second: 1 ns; 5e8: 2 ns; the case at 4 ns.
+        let mut results = vec![
+            case("copy A", "floor", Role::Floor, &[(1, 500_000_000)]),
+            case("copy B", "floor", Role::Floor, &[(1, 1_000_000_000)]),
+            case("bounce", "ours", Role::Ours, &[(1, 250_000_000)]),
+        ];
+        results[2].floors = floors.clone();
+        assert_eq!(fastest_floor(&results, &floors), Some(("copy B", 1.0)));
+        let line = competing_floors(&results);
+        assert!(line.contains("copy A 2.00 ns, copy B 1.00 ns"), "{line}");
+        assert!(
+            line.trim_end().ends_with("the floor is the faster: copy B"),
+            "{line}"
+        );
+        let table = component_table(&results, Component::Iova, &[1], 2, Layout::Wide);
+        let row = table.lines().find(|l| l.starts_with("  ours")).unwrap();
+        assert!(row.contains("4.00×"), "{row}");
+        // Floors not measured: no line, no ratio.
+        assert_eq!(competing_floors(&results[2..]), "");
+        assert_eq!(fastest_floor(&results[2..], &floors), None);
+    }
+
+    #[test]
     fn compact_tables_fit_in_120_columns_even_with_extreme_figures() {
         let threads = [1, 2, 4, 8];
         let long = "a workload whose name is far longer than the name column of the table is wide";
