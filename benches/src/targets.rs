@@ -626,7 +626,7 @@ mod tests {
     fn the_bounce_floor_is_the_faster_copy_of_each_repetition() {
         let bounce = swiotlb::bounce(4096, swiotlb::Dir::ToDevice);
         // ns per op, three repetitions: memcpy 40, 40, 40; our copy 50, 32, 36 (slower in the
-        // first, faster in the others); the bounce 60, 48, 72.
+        // first, faster in the others); the bounce 56, 44.8, 72.
         let per_op = |ns: [f64; 3]| ns.map(|n| (1e9 / n) as u64);
         let results = vec![
             result(
@@ -645,12 +645,12 @@ mod tests {
                 Component::Swiotlb,
                 &bounce,
                 OURS,
-                &[(1, &per_op([60.0, 48.0, 72.0]))],
+                &[(1, &per_op([56.0, 44.8, 72.0]))],
             ),
         ];
-        // Floors 40, 32, 36: ratios 1.5, 1.5, 2.
+        // Floors 40, 32, 36: ratios 1.4, 1.4, 2 (against memcpy alone: 1.4, 1.12, 1.8).
         let t = by_id(&results, "bounce-vs-memcpy");
-        let want = [1.5, 1.5, 2.0];
+        let want = [1.4, 1.4, 2.0];
         assert!(t.ratios.iter().zip(want).all(|(r, w)| (r - w).abs() < 1e-6));
         assert_eq!(t.met, Some(true));
         // Without our copy's floor the target is not measured (never against memcpy alone).

@@ -34,9 +34,11 @@
 //! the AVX moves that replaced it there copy 4 KiB in 34.6 ns against 40.9 for `rep movsb` and
 //! 45 for `memcpy` (and in 49 ns into a misaligned destination, where the string copy takes
 //! over a microsecond: `byte_copy` has the figures); the 4 KiB bounce went from 1.55× to
-//! about 1.27× the aligned `memcpy` floor with them. What is left above the copy is
-//! the allocator's bookkeeping: about 430 instructions per map+unmap outside the copy, counted
-//! with callgrind (`examples/bounce_loop.rs`; 550 before the fast paths of map and unmap), and
+//! about 1.27× glibc's aligned `memcpy` with them. Since a copy faster than `memcpy` made
+//! that ratio flatter the allocator, dmabench's floor is the faster of `memcpy` and this
+//! copy on plain buffers ([`copy_bytes`]). What is left above the copy is the allocator's
+//! bookkeeping: about 465 instructions per map+unmap outside the copy's 435, counted with
+//! callgrind (`examples/bounce_loop.rs`; 550 before the fast paths of map and unmap), and
 //! one locked instruction (the unmap's claim; the map takes its thread's cached run without
 //! one). Each access checks its range once: a copy between a pool and a
 //! [`crate::RegionMemory`] checks the bounce range and the original range, one check each.
