@@ -13,7 +13,7 @@
 //! | Item | What |
 //! |---|---|
 //! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
-//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 64 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
 //! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
 //! | [`IovaAllocator::free_batch`]`(ranges) -> Result<()>` | the same for many ranges, each as `free` would (the first refusal returned); a run of one size class is cached under one acquisition of the CPU slot's lock |
