@@ -106,8 +106,9 @@
 //!   device of the same domain is accepted, like Linux's `dma_sync_*`: it is an operation on the
 //!   domain's address space (an unmap by another device is refused).
 //! * Limits: `opt_mapping_size` (the largest per-CPU-cached IOVA size, Linux's
-//!   `dma_opt_mapping_size`: 64 granules, 256 KiB at 4 KiB, where Linux's is 32 pages); `max_mapping_size(dev)`, capped by the bounce segment for untrusted
-//!   devices, since any of their mappings may need bouncing.
+//!   `dma_opt_mapping_size`: 64 granules, 256 KiB at 4 KiB, where Linux's is 32 pages);
+//!   `max_mapping_size(dev)`, capped by the bounce segment for untrusted devices, since any of
+//!   their mappings may need bouncing.
 //! * Statistics: per-CPU Relaxed counters (bounced, lists, synced unmaps, errors); maps and
 //!   live mappings counted by the registry under its shard locks, queued unmaps by the flush
 //!   queue under its ring locks; `Display` is the text report.

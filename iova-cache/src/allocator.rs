@@ -68,8 +68,9 @@ pub(crate) struct Inner {
 ///
 /// Sizes are in granules, addresses are pfns (IOVA >> granule shift), limits are inclusive
 /// pfns. [`alloc`](Self::alloc)/[`free`](Self::free) are the cached DMA paths (sizes below
-/// [`MAX_CACHED_GRANULES`] (64) rounded up to a power of two, ranges naturally aligned); [`alloc_range`](Self::alloc_range)
-/// /[`free_range`](Self::free_range) go to the range allocator directly. Pair each allocation
+/// [`MAX_CACHED_GRANULES`] (64) rounded up to a power of two, ranges naturally aligned);
+/// [`alloc_range`](Self::alloc_range)/[`free_range`](Self::free_range) go to the range
+/// allocator directly. Pair each allocation
 /// with the free of the same family.
 ///
 /// ```

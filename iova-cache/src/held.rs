@@ -23,8 +23,7 @@
 //! Layout: a leaf of 512 words (4 KiB) holds the bits of every class for 16 384 granules
 //! (2^14 + 2^13 + ... + 2^8 bits of its 2^15), numbered class by class, each class in its own
 //! cache lines (32 for class 0, down to 1 for class 5 and half a line for class 6), and
-//! spread over them so that consecutive
-//! slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
+//! spread over them so that consecutive slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
 //! for one line, and a class's live ranges touch only that class's lines (1M live single
 //! granules: 128 KiB of bits, which stay in a CPU's cache where spreading every class over
 //! the whole leaf touched twice that). Interior nodes hold 512 child pointers; only the leaves

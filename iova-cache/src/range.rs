@@ -150,8 +150,8 @@
 //! | 8-ary, one line per node's siblings | 1268 | 5.9 | 2.9 | 0.58 |
 //!
 //! Before the cache class of 64 granules, the pairs that set the 99th percentile were those
-//! whose free and allocation both reach the chunks (sizes above 32 granules: a quarter of the pairs, about two thirds to four
-//! fifths of the slowest 1% in the example's timed mode); a free of a chunk's range costs
+//! whose free and allocation both reach the chunks (sizes above 32 granules: a quarter of the
+//! pairs, about two thirds to four fifths of the slowest 1% in the example's timed mode); a free of a chunk's range costs
 //! about twice the median pair on its own. What is left there is the random word itself and
 //! the pages it and its summaries lie on (4 KiB pages: at 10 MB of metadata, most such
 //! accesses miss the TLB as well).

@@ -8,9 +8,10 @@
 //! # The magazine cache
 //!
 //! Classes of 1, 2, 4, 8, 16, 32 and 64 granules (smaller requests are rounded up to a power of
-//! two and allocated size-aligned; Linux stops at 32, see `config::CACHE_CLASSES` for why 64); per class and CPU slot a `loaded` and a `prev` magazine of
-//! `magazine_size` (default 127) entries under the slot's lock; per class a depot (a stack of full
-//! magazines plus up to one empty one per CPU slot for reuse) under its own lock.
+//! two and allocated size-aligned; Linux stops at 32, see `config::CACHE_CLASSES` for why 64);
+//! per class and CPU slot a `loaded` and a `prev` magazine of `magazine_size` (default 127)
+//! entries under the slot's lock; per class a depot (a stack of full magazines plus up to one
+//! empty one per CPU slot for reuse) under its own lock.
 //!
 //! * get: pop from `loaded`, else from `prev` (swapping so `loaded` stays the non-empty one); if
 //!   both are empty, trade the empty `loaded` for a full depot magazine, still under the slot
