@@ -416,7 +416,11 @@ mod tests {
         };
         assert_eq!(h.release(8, 4), Err(mismatch(8, 8, 16)));
         assert_eq!(h.release(16, 0), Err(mismatch(16, 16, 1)));
-        assert_eq!(h.release(64, 5), Err(mismatch(64, 64, 32)), "the largest class");
+        assert_eq!(
+            h.release(64, 5),
+            Err(mismatch(64, 64, 32)),
+            "the largest class"
+        );
         assert_eq!(h.release(12, 2), Err(IovaError::NotAllocated { pfn: 12 }));
         assert_eq!(
             h.release(9, 3),

@@ -146,7 +146,14 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for (pfn, order) in [(0, 0), (1, 0), (32, 5), ((1 << 62) - 32, 5), (6, 1), (64, 6)] {
+        for (pfn, order) in [
+            (0, 0),
+            (1, 0),
+            (32, 5),
+            ((1 << 62) - 32, 5),
+            (6, 1),
+            (64, 6),
+        ] {
             assert_eq!(decode(encode(pfn, order)), Some((pfn, order)));
         }
         assert_eq!(decode(EMPTY), None);

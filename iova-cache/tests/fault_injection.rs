@@ -6,8 +6,8 @@
 #![cfg(not(loom))]
 
 use dma_sync::fault::{armed, Site};
-use iova_cache::faults::{CHUNK_ALLOC, DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
 use iova_cache::config::MAX_CACHED_GRANULES;
+use iova_cache::faults::{CHUNK_ALLOC, DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
 use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeAllocator};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -343,7 +343,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (prop::sample::select(vec![1u64, 2, 3, 8, 32, 40, 64, 80]), 0..2usize)
+        (
+            prop::sample::select(vec![1u64, 2, 3, 8, 32, 40, 64, 80]),
+            0..2usize
+        )
             .prop_map(|(size, cpu)| Op::Alloc { size, cpu }),
         (any::<usize>(), 0..2usize).prop_map(|(pick, cpu)| Op::Free { pick, cpu }),
     ]

@@ -22,11 +22,11 @@ use dma_iommu::{
     Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
 };
 use dma_model::iova::{class_size, MAX_CACHED};
-use iova_cache::config::CACHE_CLASSES;
 use dma_model::XorShift;
 use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::{Arc, Mutex};
 use io_pgtable::{Config as PtConfig, PageTable, Prot};
+use iova_cache::config::CACHE_CLASSES;
 use iova_cache::{IovaAllocator, IovaConfig};
 use std::collections::BTreeMap;
 use std::fmt;
