@@ -209,10 +209,11 @@
 //! 2.4 to 1.2 L2 misses (about one of each is the example's array). What is left of a pair's
 //! misses is mostly its free's `held` bit (0.92 L1 and 0.26 L2 misses per pair: a random
 //! range's bit in about 3 MB of bitmap, module `held`). dmabench (`--components iova
-//! --threads 1 --granules 1 --sweep 1000`, six runs of each version interleaved on the
-//! shared 2-CPU EPYC at a load of 6 to 7): the fragmented p99 38 to 48 times the cached pair
-//! before (median 43.7; p99 621 to 812 ns, median 681) and 14 to 23 times after (median 19.6;
-//! 220 to 371 ns, median 316), the CPU time per pair 278 to 48 ns (medians). The example's
+//! --threads 1 --granules 1 --sweep 1000`, ten runs of each version interleaved on the
+//! shared 2-CPU EPYC at a load of 6 to 9): the fragmented p99 38 to 53 times the cached pair
+//! before (median 44.5; p99 621 to 831 ns, median 696) and 14 to 23 times after (median 19.5;
+//! 220 to 371 ns, median 311), the CPU time per pair 284 to 50 ns (medians): at the target's
+//! bound of 20, within the noise. The example's
 //! timed mode, three alternated runs each: a p99 of 2184 to 2548 ticks before, 962 to 1378
 //! after. With the whole heap on transparent huge pages (glibc's tunables) the example's p99
 //! now falls by about a tenth (four alternated runs; medians unchanged): the TLB misses left
