@@ -112,8 +112,9 @@
 //!   magazines (the up-front bound of [`config::MAX_SLOT_ENTRIES`] grows by a sixth) and of
 //!   `held` bits (half a cache line per leaf), a thread cache's range of up to 64 granules,
 //!   and dma-iommu's optimal mapping size (the largest cached size) at 64 granules, twice
-//!   Linux's. What is left of that workload's tail is mostly a random free's `held` bit,
-//!   a miss in about 3 MB of bitmap.
+//!   Linux's. A third to a half of what is left of that workload's tail is a random free's
+//!   `held` bit, a miss in about 3 MB of bitmap; putting the bitmap on huge pages or making
+//!   it denser is not tried.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;
