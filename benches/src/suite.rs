@@ -123,7 +123,7 @@ impl Options {
             pin: true,
             boost: true,
             components: Component::ALL.to_vec(),
-            granules: vec![1, 2, 4, 8, 16, 32],
+            granules: vec![1, 2, 4, 8, 16, 32, 64],
             copy_sizes: vec![2048, 4096, 65536],
             bounce_sizes: vec![512, 4096, 65536],
             iotlb_sync_ns: DEFAULT_IOTLB_SYNC_NS,
