@@ -99,7 +99,8 @@
 //!   gather behaviour, `tables_to_install` equal to the tables each of scattered maps
 //!   installs, `prune` of the gaps (or of everything) leaving exactly the tables a fresh table
 //!   needs for the mappings left, a small concurrent test. Under Miri the 16K/64K granules are skipped
-//!   (their 2048/8192-entry tables are too slow to walk there).
+//!   (their 2048/8192-entry tables are too slow to walk there), and the scattered-range tests
+//!   of `tables_to_install` and `prune` run the tiny granule only.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::pgtable`, the
 //!   checker the fuzz target and the soak share, against the `pgtable` reference model of
 //!   `dma-model`.
