@@ -96,4 +96,15 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
+    /// Acquire compare-and-swap by which an insert (from empty) or a take (from the live
+    /// address) claims a registry slot: its access to the record follows the previous owner's
+    /// (paired with `iommu.registry.publish` and `iommu.registry.vacate`).
+    REGISTRY_CLAIM: Rmw = "iommu.registry.claim";
+    /// Release store of the DMA address into a registry slot by the insert that claimed it:
+    /// the record it wrote is visible to the take that claims the address.
+    REGISTRY_PUBLISH: Store = "iommu.registry.publish";
+    /// Release store by which a take gives a registry slot up (empty, or the address put back
+    /// when the record was not what it expected): its read of the record precedes the next
+    /// insert's write.
+    REGISTRY_VACATE: Store = "iommu.registry.vacate";
 }
