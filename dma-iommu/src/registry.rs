@@ -4,26 +4,37 @@
 //! (never mapped, another device's, or unmapped already) is a typed error before anything is
 //! torn down, and two racing unmaps of one mapping cannot both proceed.
 //!
-//! It is on every map and unmap, so each costs one uncontended lock pair on a line no other
-//! CPU wrote: a shard is the top bits of the pfn's Fibonacci hash, over a thousand shards per
-//! CPU, so the pfns a CPU's IOVA cache recycles rarely share a shard with another CPU's (with
-//! 16 shards, lazy map+unmap ran at 1.04× on two threads, now 1.8×). A shard usually holds
-//! one mapping, inline: its lock, that record and the shard's count fit one cache line
-//! (checked by a test), so a map touches one line of the registry. When a shard's lines held
-//! a hash table as well, the lock and the record fell on two lines, and a lazy domain (255
-//! IOVAs in flight, so 255 shards in turn) missed L1 on both at every insert. The hash table
-//! (keys hashed by one multiplication: our own allocator chose them, nobody makes them
-//! collide) takes the rare others; it lies in a parallel array behind a lock of its own,
-//! taken only under the shard's lock (so never contended). The count of mappings ever
-//! recorded is kept under the insert's lock, so the map path writes no shared statistics line.
+//! It is on every map and unmap, so its common case takes no lock. A shard is the top bits of
+//! the pfn's Fibonacci hash, over a thousand shards per CPU, so the pfns a CPU's IOVA cache
+//! recycles rarely share a shard with another CPU's (with 16 shards, lazy map+unmap ran at
+//! 1.04× on two threads, now 1.8×), and a shard usually holds one mapping, in its inline slot:
+//! a key word and the record, on one cache line (checked by a test). The key is a small state
+//! machine: empty, claimed, or the live mapping's DMA address. An insert claims an empty slot
+//! by compare-and-swap, writes the record and publishes the address with a release store; a
+//! take claims the slot by compare-and-swap from the address it unmaps, reads the record, and
+//! stores empty (or puts the address back when the record is another device's or another
+//! size's, so a refused unmap changes nothing). Two racing takes of one mapping: one claims
+//! it, the other then finds the slot empty or another mapping's and is refused; a take that
+//! finds the slot claimed waits (a refused take may be about to put its mapping back). The
+//! orderings are the points `iommu.registry.claim`, `.publish` and `.vacate`, with loom models
+//! on this code (module `points`).
 //!
-//! The shard lock is a [`SpinLock`]: a section is a few dozen instructions that wait for
-//! nothing (the table's lock is never contended) and allocate only when the table grows, and
-//! its unlock is a store where a parking lock's is a compare-and-swap (lazy 4 KiB map+unmap
-//! 103 → 100 ns against parking_lot's mutex, one interleaved run). The two sections' locked
-//! instructions are now the largest part of what a lazy map+unmap costs above its parts
-//! (module `domain` has the measurement); a shard is shared by every pfn that hashes to it,
-//! so even the insert of an IOVA its caller owns must exclude the shard's other users.
+//! When an insert finds the slot taken (another mapping, or claimed at that moment) the
+//! mapping goes to the shard's hash table, behind a lock of its own, and stays there until
+//! its take: a mapping never moves, so a take that does not find its address in the slot
+//! looks in the table. The table's keys are hashed by one multiplication: our own allocator
+//! chose them, nobody makes them collide. The counts of mappings ever recorded are kept by
+//! the slot's owner and under the table's lock, so the map path writes no shared statistics
+//! line.
+//!
+//! Each of insert and take is one compare-and-swap and one store, as the spin lock each took
+//! before was (the claim is the lock, and the store its release): the same locked
+//! instructions, and a few instructions fewer (no closure frame, the fault site outside the
+//! claim). What the lock-free slot adds is robustness to preemption (a claim is held across
+//! no allocation and no call) and no lock to order with the table's. Removing the locked
+//! instruction of the insert would need a record kept per pfn (beside the page table's
+//! leaves, written by the thread that claimed the leaf), since a slot is shared by every pfn
+//! that hashes to it.
 //!
 //! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
 //! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,
@@ -324,23 +335,26 @@ impl Registry {
     #[inline]
     pub fn take(&self, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
         let pfn = dma >> self.granule_shift;
+        if pfn == 0 {
+            // Never mapped, and the slot's sentinels: a claim from them would take an empty
+            // slot's stale record, or another take's claim.
+            return Err(DmaError::NotMapped { dma });
+        }
         let i = self.shard(dma);
         let slot = &self.slots[i];
-        let mut key = slot.key.load(Ordering::Relaxed);
+        // First try the common case, the slot holding this very address.
+        let mut key = dma;
         loop {
-            if key == BUSY {
+            let (claim, failed) = REGISTRY_CLAIM.cas(Ordering::Acquire, Ordering::Relaxed);
+            match slot.key.compare_exchange(key, BUSY, claim, failed) {
+                Ok(_) => break,
                 // The mapping may be the one claimed (by a take that may put it back).
-                key = self.wait_unclaimed(slot);
-                continue;
+                Err(BUSY) => key = self.wait_unclaimed(slot),
+                Err(now) => key = now,
             }
             if key >> self.granule_shift != pfn {
                 // Empty or another mapping's: a mapping stays where it was recorded.
                 return self.take_from_table(i, pfn, dma, expect);
-            }
-            let (claim, failed) = REGISTRY_CLAIM.cas(Ordering::Acquire, Ordering::Relaxed);
-            match slot.key.compare_exchange(key, BUSY, claim, failed) {
-                Ok(_) => break,
-                Err(now) => key = now,
             }
         }
         // SAFETY: the slot is BUSY by this thread's claim, which acquired the insert's
@@ -523,6 +537,38 @@ mod tests {
             assert!(r.take(p << 12, expect(p)).is_err(), "taken once");
         }
         assert_eq!(r.counts().live, 0);
+    }
+
+    /// Addresses in pfn 0 (the slot's sentinels among them) are never mapped: refused, and
+    /// nothing changes, whether the slots are empty or hold (stale or live) records.
+    #[test]
+    fn addresses_in_pfn_zero_are_refused() {
+        let r = Registry::new(1, 12);
+        let refused = |r: &Registry| {
+            for dma in [EMPTY, BUSY, 0x10, 0xfff] {
+                let e = Expect { size: 0, ..expect(0) };
+                assert_eq!(r.take(dma, e), Err(DmaError::NotMapped { dma }));
+                assert_eq!(r.take(dma, expect(0)), Err(DmaError::NotMapped { dma }));
+            }
+        };
+        refused(&r);
+        let pfns: Vec<u64> = (1..=2 * SHARDS_PER_CPU as u64).collect();
+        for &p in &pfns {
+            r.insert(p << 12, rec(0)).unwrap();
+        }
+        refused(&r);
+        for &p in &pfns {
+            assert!(r.take(p << 12, expect(0)).is_ok());
+        }
+        // Every slot empty now, its record stale.
+        refused(&r);
+        assert_eq!(
+            r.counts(),
+            Counts {
+                recorded: pfns.len() as u64,
+                live: 0
+            }
+        );
     }
 
     #[test]
