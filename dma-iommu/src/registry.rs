@@ -362,7 +362,8 @@ impl Registry {
         let rec = slot.rec.with(|r| unsafe { *r });
         let taken = self.check(key, &rec, dma, expect);
         let after = if taken.is_ok() { EMPTY } else { key };
-        slot.key.store(after, REGISTRY_VACATE.ord(Ordering::Release));
+        slot.key
+            .store(after, REGISTRY_VACATE.ord(Ordering::Release));
         taken
     }
 
@@ -546,7 +547,10 @@ mod tests {
         let r = Registry::new(1, 12);
         let refused = |r: &Registry| {
             for dma in [EMPTY, BUSY, 0x10, 0xfff] {
-                let e = Expect { size: 0, ..expect(0) };
+                let e = Expect {
+                    size: 0,
+                    ..expect(0)
+                };
                 assert_eq!(r.take(dma, e), Err(DmaError::NotMapped { dma }));
                 assert_eq!(r.take(dma, expect(0)), Err(DmaError::NotMapped { dma }));
             }

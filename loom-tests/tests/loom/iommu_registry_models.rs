@@ -142,7 +142,10 @@ fn neighbour_inserts() {
     };
     r.insert(a, rec(1)).unwrap();
     other.join().unwrap().unwrap();
-    assert!(r.is_inline(a) != r.is_inline(b), "one inline, one in the table");
+    assert!(
+        r.is_inline(a) != r.is_inline(b),
+        "one inline, one in the table"
+    );
     assert_eq!(r.take(a, expect(1)), Ok(TAKEN));
     assert_eq!(r.take(b, expect(2)), Ok(TAKEN));
     assert_eq!(r.counts(), counts(2, 0));
