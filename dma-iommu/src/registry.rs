@@ -221,8 +221,8 @@ const SHARDS_PER_CPU: usize = if cfg!(loom) {
     1024
 };
 
-/// At most this many shards (a 64-byte line each, and a locked table of at most 48 bytes: under 1.8 MiB),
-/// however many CPUs.
+/// At most this many shards (a 64-byte line each, and a locked table of at most 48 bytes:
+/// under 1.8 MiB), however many CPUs.
 const MAX_SHARDS: usize = 1 << 14;
 
 /// Spins before a take that found the slot claimed yields the CPU (the claimer may have been
