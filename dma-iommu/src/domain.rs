@@ -65,11 +65,13 @@
 //! measure what a registry without locked instructions could give), the ratio was 1.38×
 //! (1.35–1.44) against 1.65× with them. The slot's lock has since become a claim of its key
 //! word by compare-and-swap (module `registry`), which is the same locked instruction: 4 KiB
-//! lazy map+unmap in callgrind (`examples/lazy_loop.rs`) 987 instructions with the spin lock,
-//! 989 and then 996 with the claim (the registry's own lines 75 → 72; the rest is the
-//! inlined frames' register allocation), and in dmabench, five interleaved runs each, 2.00×
-//! (1.98–2.03) → 1.95× (1.93–2.04) the parts, lazy 66.6 → 66.7 ns (medians): within the
-//! noise of a shared machine. The insert cannot drop its locked instruction as the registry
+//! lazy map+unmap in callgrind (`examples/lazy_loop.rs`) 973 instructions with the spin lock,
+//! 996 with the claim (the registry's own lines about 4 fewer; the rest is spread over the
+//! inlined frames, their register allocation). In time, dmabench with five interleaved runs
+//! of each on a shared machine: 2.00× (1.86–2.01) → 1.93× (1.91–2.27) the parts, lazy 65.7 →
+//! 62.7 ns (medians), a consistent 3 ns in four of the five pairs; an earlier pair of five
+//! runs, before the take tried its own address first, was within noise (2.00× → 1.95×, 66.6
+//! → 66.7 ns). The insert cannot drop its locked instruction as the registry
 //! is laid out: a shard is shared by every pfn that hashes to it, so the insert must exclude
 //! other inserts and takes; a record kept per pfn (beside the page table's leaves, written by
 //! the thread that claimed the leaf) would remove the map's, which is future work. The take
