@@ -13,26 +13,11 @@
 //! conserved (each is in a thread's hand or in a slot, once).
 
 use dma_sync::thread::spawn;
-use dma_sync::thread_slots::{SlotPoints, ThreadSlots};
+use dma_sync::thread_slots::ThreadSlots;
 use dma_sync::{Arc, UnsafeCell};
-use iova_cache::points::{
-    THREAD_CLAIM, THREAD_DISOWN, THREAD_DRAIN, THREAD_ENTER, THREAD_EXIT, THREAD_REOPEN,
-    THREAD_REOPENED, THREAD_WAIT,
-};
 use loom_tests::harness::{check, Bound};
 
-static POINTS: SlotPoints = SlotPoints {
-    enter: &THREAD_ENTER,
-    drain: &THREAD_DRAIN,
-    exit: &THREAD_EXIT,
-    wait: &THREAD_WAIT,
-    reopen: &THREAD_REOPEN,
-    reopened: &THREAD_REOPENED,
-    disown: &THREAD_DISOWN,
-    claim: &THREAD_CLAIM,
-};
-
-dma_sync::slot_user!(struct Tokens, POINTS);
+dma_sync::slot_user!(struct Tokens, iova_cache::points::THREAD_SLOTS);
 
 /// A slot's token, 0 for none.
 struct Token(UnsafeCell<usize>);
@@ -59,11 +44,16 @@ fn hand(held: &[usize]) -> Vec<usize> {
     held.iter().copied().filter(|&t| t != 0).collect()
 }
 
+/// Empty every slot of `slots` into `hand`.
+fn drain_into(slots: &Slots, hand: &mut Vec<usize>) {
+    // SAFETY: the drain has the payload to itself.
+    slots.drain(|t| hand.push(t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, 0) })));
+}
+
 /// Every token is in a thread's hand or in a slot (drained now), exactly once.
 fn conserved(mut hands: Vec<usize>, instances: &[&Slots], tokens: usize) {
     for slots in instances {
-        // SAFETY: the drain has the payload to itself.
-        slots.drain(|t| hands.push(t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, 0) })));
+        drain_into(slots, &mut hands);
     }
     hands.retain(|&t| t != 0);
     hands.sort_unstable();
@@ -144,10 +134,54 @@ fn exit_hands_slot_back_passes() {
     check(Bound::Exhaustive, exit_hands_slot_back);
 }
 
+/// A leaver parking a token and exiting, an heir parking one, and a drainer emptying the
+/// slot, on one slot: the drain closes, waits for and empties the slot whoever owns it, so
+/// it races the hand-over between owners as well as each owner's section. Preemptions(3):
+/// the drain's close, fence and wait inside the leaver's section, between its section and
+/// its exit, or across the heir's claim and section, and the heir's claim on either side of
+/// the hand-back.
+fn exit_races_drain() {
+    let s = instance(1);
+    let (s1, s2, s3) = (s.clone(), s.clone(), s.clone());
+    let leaver = spawn(move || hand(&[park(&s1, 1).unwrap_or(1)]));
+    let heir = spawn(move || hand(&[park(&s2, 2).unwrap_or(2)]));
+    let drainer = spawn(move || {
+        let mut got = Vec::new();
+        drain_into(&s3, &mut got);
+        hand(&got)
+    });
+    let mut hands = leaver.join().unwrap();
+    hands.extend(heir.join().unwrap());
+    hands.extend(drainer.join().unwrap());
+    await_hand_back(&[&s]);
+    conserved(hands, &[&s], 2);
+}
+
+#[test]
+fn exit_races_drain_passes() {
+    check(Bound::Preemptions(3), exit_races_drain);
+}
+
 loom_tests::must_fail_test! {
     /// A slot given back by a Relaxed store: the heir that claims it touches the token the
     /// leaver parked without having acquired it.
     fn exit_disown_relaxed: iova_cache::points::THREAD_DISOWN,
         dma_sync::mutation::Weakening::Relax, "Causality violation", Bound::Exhaustive,
         exit_hands_slot_back;
+}
+
+loom_tests::must_fail_test! {
+    /// Without the section's fence, the leaver's section and the drain miss each other's
+    /// flags (store buffering): both touch the token.
+    fn exit_drain_enter_fence_dropped: iova_cache::points::THREAD_ENTER,
+        dma_sync::mutation::Weakening::Relax, "Causality violation", Bound::Preemptions(3),
+        exit_races_drain;
+}
+
+loom_tests::must_fail_test! {
+    /// The drainer's wait read Relaxed: it empties the slot without having acquired the end
+    /// of the section that filled it.
+    fn exit_drain_wait_relaxed: iova_cache::points::THREAD_WAIT,
+        dma_sync::mutation::Weakening::Relax, "Causality violation", Bound::Preemptions(3),
+        exit_races_drain;
 }
