@@ -36,7 +36,9 @@ fn instance(n: usize) -> Arc<Slots> {
 /// (the token stays in the caller's hand) when the thread has no open slot.
 fn park(slots: &Slots, token: usize) -> Option<usize> {
     // SAFETY: inside a section the owner alone touches its payload.
-    slots.section(|t| t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, token) }))
+    slots.section(|t| {
+        t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, token) })
+    })
 }
 
 /// The tokens of `held` that are not 0.
@@ -82,7 +84,10 @@ fn alternate(a: &Slots, b: &Slots, first: usize, second: usize) -> Vec<usize> {
     let old_a = park(a, first).expect(OWN);
     let old_b = park(b, second).expect(OWN);
     let back = park(a, 0).expect(OWN);
-    assert_eq!(back, first, "{OWN}: its token in the first instance is gone");
+    assert_eq!(
+        back, first,
+        "{OWN}: its token in the first instance is gone"
+    );
     hand(&[old_a, old_b, back])
 }
 
