@@ -26,6 +26,19 @@ struct Token(UnsafeCell<usize>);
 // or the drainer); loom checks every access of the cell against that.
 unsafe impl Sync for Token {}
 
+impl Token {
+    /// Put `token` in the cell; the one it held.
+    ///
+    /// # Safety
+    /// The caller has the payload to itself: it owns the slot and is inside a section, or it
+    /// is the drainer.
+    unsafe fn replace(&self, token: usize) -> usize {
+        // SAFETY: by the contract no other thread touches the cell meanwhile.
+        self.0
+            .with_mut(|p| unsafe { std::mem::replace(&mut *p, token) })
+    }
+}
+
 type Slots = ThreadSlots<Token, Tokens>;
 
 fn instance(n: usize) -> Arc<Slots> {
@@ -35,9 +48,9 @@ fn instance(n: usize) -> Arc<Slots> {
 /// Put `token` in the calling thread's slot; the token it displaces (0 for none), or `None`
 /// (the token stays in the caller's hand) when the thread has no open slot.
 fn park(slots: &Slots, token: usize) -> Option<usize> {
-    // SAFETY: inside a section the owner alone touches its payload.
     slots.section(|t| {
-        t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, token) })
+        // SAFETY: inside a section the owner alone touches its payload.
+        unsafe { t.replace(token) }
     })
 }
 
@@ -48,8 +61,10 @@ fn hand(held: &[usize]) -> Vec<usize> {
 
 /// Empty every slot of `slots` into `hand`.
 fn drain_into(slots: &Slots, hand: &mut Vec<usize>) {
-    // SAFETY: the drain has the payload to itself.
-    slots.drain(|t| hand.push(t.0.with_mut(|p| unsafe { std::mem::replace(&mut *p, 0) })));
+    slots.drain(|t| {
+        // SAFETY: the drain has the payload to itself.
+        hand.push(unsafe { t.replace(0) })
+    });
 }
 
 /// Every token is in a thread's hand or in a slot (drained now), exactly once.
