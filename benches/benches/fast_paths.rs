@@ -5,7 +5,7 @@ use dma_bench::cases::alloc::{self, SPACE_BASE, SPACE_SIZE};
 use dma_bench::cases::floor::{self, cycle, FIRST_PAGE};
 use dma_bench::cases::pgtable::{self, populate};
 use dma_bench::cases::{iommu, swiotlb};
-use dma_bench::floor::{cas_op, memcpy_op, scrambled_pages, Chase};
+use dma_bench::floor::{cas_op, memcpy_op, own_copy_op, scrambled_pages, Chase};
 use dma_bench::peers::alloc::{BTreeFirstFit, VmAllocatorPeer};
 use dma_bench::peers::mapping::{ChMappingStore, IotlbPeer, MappingStore};
 use dma_bench::peers::RangeAlloc;
@@ -25,6 +25,8 @@ fn floor(c: &mut Criterion) {
     for size in [2048, 4096, 65536] {
         let mut copy = memcpy_op(size);
         g.bench_function(format!("memcpy {size} B"), |b| b.iter(&mut copy));
+        let mut copy = own_copy_op(size);
+        g.bench_function(format!("swiotlb-core copy {size} B"), |b| b.iter(&mut copy));
     }
     g.finish();
 }

@@ -22,7 +22,7 @@ pub struct Cli {
     /// IOVA size classes, in 4 KiB granules (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub granules: Option<Vec<u64>>,
-    /// memcpy floor sizes, in bytes (comma-separated).
+    /// Copy floor sizes, in bytes (comma-separated): glibc memcpy and swiotlb-core's copy at each.
     #[arg(long, value_delimiter = ',')]
     pub copy_sizes: Option<Vec<usize>>,
     /// Bounce sizes, in bytes (comma-separated).

@@ -19,7 +19,7 @@
 //!
 //! Modules: [`harness`] (threads, counting, latency histograms, CPU and load-adjusted figures),
 //! [`clock`] (the latency clock), [`spread`] (medians and min–max of repetitions), [`floor`]
-//! (CAS, dependent and independent load chase, aligned memcpy), [`peers`] (other designs,
+//! (CAS, dependent and independent load chase, aligned copies: glibc's and swiotlb-core's), [`peers`] (other designs,
 //! rebuilt), [`cases`] (every workload on ours and on the peers), [`suite`] (options, running
 //! the repetitions with progress), [`targets`], [`report`] (tables), [`output`] (JSON,
 //! Markdown) and [`plots`] (SVG).

@@ -40,6 +40,42 @@ pub fn floor_ns(results: &[CaseResult], workload: &str) -> Option<f64> {
         .map(|m| m.cpu_ns_per_op)
 }
 
+/// The fastest of the floor cases named `floors` that were measured: its name and CPU ns/op at
+/// one thread.
+pub fn fastest_floor<'a>(results: &[CaseResult], floors: &'a [String]) -> Option<(&'a str, f64)> {
+    floors
+        .iter()
+        .filter_map(|f| Some((f.as_str(), floor_ns(results, f)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// For each set of competing floors some case is compared with (two copy routines), a line
+/// giving each one's cost and which won: the fastest is the floor.
+pub fn competing_floors(results: &[CaseResult]) -> String {
+    let mut sets: Vec<&[String]> = Vec::new();
+    for r in results.iter().filter(|r| r.floors.len() > 1) {
+        if !sets.contains(&r.floors.as_slice()) {
+            sets.push(&r.floors);
+        }
+    }
+    let mut s = String::new();
+    for floors in sets {
+        let Some((fastest, _)) = fastest_floor(results, floors) else {
+            continue;
+        };
+        let costs: Vec<String> = floors
+            .iter()
+            .filter_map(|f| Some(format!("{f} {} ns", sig3(floor_ns(results, f)?))))
+            .collect();
+        let _ = writeln!(
+            s,
+            "competing floors at 1 thread: {}; the floor is the faster: {fastest}",
+            costs.join(", ")
+        );
+    }
+    s
+}
+
 /// The thread count peers are compared at: 2 if it was run, else the smallest run.
 pub fn compare_threads(threads: &[usize]) -> usize {
     if threads.contains(&2) {
@@ -176,7 +212,7 @@ fn columns<'a>(
         "×floor".into(),
         7,
         Box::new(move |r| {
-            let floor = r.floor.as_deref().and_then(|f| floor_ns(results, f));
+            let floor = fastest_floor(results, &r.floors).map(|(_, ns)| ns);
             opt(ns1(r).zip(floor).map(|(a, b)| a / b), "×")
         }),
     ));
@@ -266,12 +302,15 @@ pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize, layout: La
         "ns/op@1: CPU ns per op at 1 thread, median of the repetitions; range: how far apart the\n\
          repetitions' ns/op@1 landed (max/min - 1); Mop/s@T: million ops/s with T threads (time\n\
          spent waiting for a CPU taken by other processes removed while T <= CPUs; wall clock\n\
-         when oversubscribed); 2T/1T: scaling; ×floor: ns/op@1 over the floor case it is\n\
-         compared with; ours÷@T: our throughput over this peer's at T threads; p50/p99: latency\n\
+         when oversubscribed); 2T/1T: scaling; ×floor: ns/op@1 over the (fastest) floor case it\n\
+         is compared with; ours÷@T: our throughput over this peer's at T threads; p50/p99: latency\n\
          in ns at 1 thread. --wide shows every thread count, min–max and p99.9.\n",
     );
     for c in Component::ALL {
         s.push_str(&component_table(results, c, threads, cpus, layout));
+        if c == Component::Floor {
+            s.push_str(&competing_floors(results));
+        }
     }
     s
 }
@@ -376,9 +415,34 @@ mod tests {
         CaseResult::from_repetitions(
             (Component::Iova, workload, implementation),
             role,
-            None,
+            Vec::new(),
             repetitions,
         )
+    }
+
+    #[test]
+    fn competing_floors_name_the_faster_and_set_the_times_floor_column() {
+        let floors = vec!["copy A".to_string(), "copy B".to_string()];
+        // 1e9 ops in one CPU second: 1 ns; 5e8: 2 ns; the case at 4 ns.
+        let mut results = vec![
+            case("copy A", "floor", Role::Floor, &[(1, 500_000_000)]),
+            case("copy B", "floor", Role::Floor, &[(1, 1_000_000_000)]),
+            case("bounce", "ours", Role::Ours, &[(1, 250_000_000)]),
+        ];
+        results[2].floors = floors.clone();
+        assert_eq!(fastest_floor(&results, &floors), Some(("copy B", 1.0)));
+        let line = competing_floors(&results);
+        assert!(line.contains("copy A 2.00 ns, copy B 1.00 ns"), "{line}");
+        assert!(
+            line.trim_end().ends_with("the floor is the faster: copy B"),
+            "{line}"
+        );
+        let table = component_table(&results, Component::Iova, &[1], 2, Layout::Wide);
+        let row = table.lines().find(|l| l.starts_with("  ours")).unwrap();
+        assert!(row.contains("4.00×"), "{row}");
+        // Floors not measured: no line, no ratio.
+        assert_eq!(competing_floors(&results[2..]), "");
+        assert_eq!(fastest_floor(&results[2..], &floors), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Component {
-    /// The physical floor: CAS, load chase, memcpy.
+    /// The physical floor: CAS, load chase, aligned copies (memcpy and swiotlb-core's).
     Floor,
     /// IOVA allocation (`iova-cache`) and its peers.
     Iova,
@@ -72,7 +72,7 @@ pub struct Options {
     pub components: Vec<Component>,
     /// IOVA size classes, in 4 KiB granules.
     pub granules: Vec<u64>,
-    /// memcpy floor sizes, in bytes.
+    /// Copy floor sizes, in bytes.
     pub copy_sizes: Vec<usize>,
     /// Bounce sizes, in bytes.
     pub bounce_sizes: Vec<usize>,
@@ -123,7 +123,7 @@ impl Options {
             pin: true,
             boost: true,
             components: Component::ALL.to_vec(),
-            granules: vec![1, 2, 4, 8, 16, 32],
+            granules: vec![1, 2, 4, 8, 16, 32, 64],
             copy_sizes: vec![2048, 4096, 65536],
             bounce_sizes: vec![512, 4096, 65536],
             iotlb_sync_ns: DEFAULT_IOTLB_SYNC_NS,
@@ -186,8 +186,8 @@ pub struct Case {
     pub implementation: String,
     /// Whose code it is.
     pub role: Role,
-    /// The floor workload this case's cost is compared with, if any.
-    pub floor: Option<String>,
+    /// The floor workloads this case's cost is compared with (the fastest of them), if any.
+    pub floors: Vec<String>,
     /// Run only at the suite's thread counts up to this one (the scale sweeps run at one
     /// thread; cases with a large set-up skip the oversubscribed counts).
     pub max_threads: Option<usize>,
@@ -209,7 +209,7 @@ impl Case {
             workload: workload.into(),
             implementation: implementation.into(),
             role,
-            floor: None,
+            floors: Vec::new(),
             max_threads: None,
             run: Box::new(run),
         }
@@ -228,8 +228,14 @@ impl Case {
     }
 
     /// Compare this case's cost with the floor workload `floor`.
-    pub fn with_floor(mut self, floor: impl Into<String>) -> Self {
-        self.floor = Some(floor.into());
+    pub fn with_floor(self, floor: impl Into<String>) -> Self {
+        self.with_floors(vec![floor.into()])
+    }
+
+    /// Compare this case's cost with the fastest of the floor workloads `floors` (competing
+    /// routines for one step, such as two copies).
+    pub fn with_floors(mut self, floors: Vec<String>) -> Self {
+        self.floors = floors;
         self
     }
 }
@@ -245,8 +251,8 @@ pub struct CaseResult {
     pub implementation: String,
     /// Whose code it is.
     pub role: Role,
-    /// The floor workload compared with, if any.
-    pub floor: Option<String>,
+    /// The floor workloads compared with (the fastest of them), if any.
+    pub floors: Vec<String>,
     /// One measurement per thread count: each figure the median over the repetitions.
     pub runs: Vec<Measurement>,
     /// Every repetition, per thread count (parallel to `runs`), in the order they ran.
@@ -259,7 +265,7 @@ impl CaseResult {
     pub fn from_repetitions(
         (component, workload, implementation): (Component, &str, &str),
         role: Role,
-        floor: Option<String>,
+        floors: Vec<String>,
         repetitions: Vec<Vec<Measurement>>,
     ) -> Self {
         CaseResult {
@@ -267,7 +273,7 @@ impl CaseResult {
             workload: workload.into(),
             implementation: implementation.into(),
             role,
-            floor,
+            floors,
             runs: repetitions.iter().map(|r| median_measurement(r)).collect(),
             repetitions,
         }
@@ -348,7 +354,7 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
             CaseResult::from_repetitions(
                 (case.component, &case.workload, &case.implementation),
                 case.role,
-                case.floor.clone(),
+                case.floors.clone(),
                 repetitions,
             )
         })

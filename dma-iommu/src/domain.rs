@@ -106,8 +106,9 @@
 //!   device of the same domain is accepted, like Linux's `dma_sync_*`: it is an operation on the
 //!   domain's address space (an unmap by another device is refused).
 //! * Limits: `opt_mapping_size` (the largest per-CPU-cached IOVA size, Linux's
-//!   `dma_opt_mapping_size`); `max_mapping_size(dev)`, capped by the bounce segment for untrusted
-//!   devices, since any of their mappings may need bouncing.
+//!   `dma_opt_mapping_size`: 64 granules, 256 KiB at 4 KiB, where Linux's is 32 pages);
+//!   `max_mapping_size(dev)`, capped by the bounce segment for untrusted devices, since any of
+//!   their mappings may need bouncing.
 //! * Statistics: per-CPU Relaxed counters (bounced, lists, synced unmaps, errors); maps and
 //!   live mappings counted by the registry under its shard locks, queued unmaps by the flush
 //!   queue under its ring locks; `Display` is the text report.
@@ -726,6 +727,11 @@ impl<T: TlbOps + 'static> Domain<T> {
 
     /// The largest mapping whose IOVA comes from the per-CPU caches (Linux's
     /// `dma_opt_mapping_size`): larger ones go to the shared range allocator.
+    ///
+    /// 64 granules (256 KiB at 4 KiB), twice Linux's 32 pages: the IOVA caches have a class
+    /// of 64 granules (`iova_cache::config::CACHE_CLASSES`). A driver sizing its requests by
+    /// this gets mappings up to 256 KiB from the caches, and a 33..63-granule mapping takes
+    /// an IOVA range rounded up to 64.
     pub fn opt_mapping_size(&self) -> u64 {
         iova_cache::config::MAX_CACHED_GRANULES << self.shift
     }

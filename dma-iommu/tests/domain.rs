@@ -453,7 +453,11 @@ fn resources_are_mapped_without_bouncing() {
 #[test]
 fn mapping_size_limits() {
     let (dom, base) = domain(1 << 16, None);
-    assert_eq!(dom.opt_mapping_size(), 32 * G);
+    assert_eq!(
+        dom.opt_mapping_size(),
+        64 * G,
+        "the largest IOVA cache class"
+    );
     let trusted = dom.attach(DeviceConfig::default()).unwrap();
     let untrusted = dom
         .attach(DeviceConfig {

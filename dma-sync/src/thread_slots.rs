@@ -191,15 +191,16 @@ impl<T, U: SlotUser> ThreadSlots<T, U> {
 
     /// The calling thread's slot, claimed on its first use; `None` when every slot has
     /// another owner (or the thread's thread-locals are being destroyed).
+    // The hint's closure only copies the hint out: with the match inside it, the thread-local
+    // access was compiled as a call on every section.
     #[inline(always)]
     fn own_slot(&self) -> Option<&Slot<T>> {
-        U::hint(|hint| match hint.get() {
+        match U::hint(Cell::get)? {
             (id, NO_SLOT) if id == self.id => None,
             // Claimed by this thread (no other writes its id), so never taken from it.
             (id, i) if id == self.id => Some(&*self.slots[i]),
-            _ => self.claim(hint),
-        })
-        .flatten()
+            _ => U::hint(|hint| self.claim(hint)).flatten(),
+        }
     }
 
     /// Find the calling thread's slot in its registry, or claim a free one, and remember it

@@ -67,9 +67,10 @@ pub(crate) struct Inner {
 /// A concurrent IOVA allocator: a top-down range allocator plus per-CPU magazine caches.
 ///
 /// Sizes are in granules, addresses are pfns (IOVA >> granule shift), limits are inclusive
-/// pfns. [`alloc`](Self::alloc)/[`free`](Self::free) are the cached DMA paths (sizes below 32
-/// rounded up to a power of two, ranges naturally aligned); [`alloc_range`](Self::alloc_range)
-/// /[`free_range`](Self::free_range) go to the range allocator directly. Pair each allocation
+/// pfns. [`alloc`](Self::alloc)/[`free`](Self::free) are the cached DMA paths (sizes below
+/// [`MAX_CACHED_GRANULES`] (64) rounded up to a power of two, ranges naturally aligned);
+/// [`alloc_range`](Self::alloc_range)/[`free_range`](Self::free_range) go to the range
+/// allocator directly. Pair each allocation
 /// with the free of the same family.
 ///
 /// ```
@@ -101,14 +102,14 @@ impl std::fmt::Debug for IovaAllocator {
 }
 
 /// The size class (log2 of the rounded granules) of a cacheable request of `size` granules
-/// (`1..=32`).
+/// (`1..=`[`MAX_CACHED_GRANULES`]).
 #[inline]
 fn class_order(size: u64) -> u32 {
     u64::BITS - (size - 1).leading_zeros()
 }
 
-/// Round a request as the cached path does: below 32 granules up to a power of two, so a
-/// class never mixes sizes.
+/// Round a request as the cached path does: below [`MAX_CACHED_GRANULES`] up to a power of
+/// two, so a class never mixes sizes.
 fn class_size(size: u64) -> u64 {
     if size < MAX_CACHED_GRANULES {
         size.next_power_of_two()
@@ -282,7 +283,8 @@ impl IovaAllocator {
     #[inline]
     fn alloc_inner(&self, size: u64, limit: u64, flush: bool) -> Result<u64, IovaError> {
         let inner = &*self.inner;
-        // A valid cacheable request: 1..=32 granules, no more than the space, limit in it.
+        // A valid cacheable request: 1..=MAX_CACHED_GRANULES, no more than the space, limit in
+        // it.
         let cacheable = size.wrapping_sub(1) < MAX_CACHED_GRANULES
             && size <= inner.space
             && limit >= inner.cfg.start_pfn;
@@ -426,8 +428,8 @@ impl IovaAllocator {
     /// use iova_cache::{IovaAllocator, IovaConfig, IovaError};
     /// let a = IovaAllocator::new(IovaConfig::with_space(1, 0xffff)).unwrap();
     /// let pfns: Vec<u64> = (0..3).map(|_| a.alloc(1, 0xffff).unwrap()).collect();
-    /// let big = a.alloc(64, 0xffff).unwrap(); // too large to cache: back to the tree
-    /// let ranges = [(pfns[0], 1), (pfns[1], 1), (pfns[1], 1), (big, 64), (pfns[2], 1)];
+    /// let big = a.alloc(65, 0xffff).unwrap(); // too large to cache: back to the tree
+    /// let ranges = [(pfns[0], 1), (pfns[1], 1), (pfns[1], 1), (big, 65), (pfns[2], 1)];
     /// let refused = a.free_batch(ranges);
     /// assert_eq!(refused, Err(IovaError::NotAllocated { pfn: pfns[1] })); // freed twice
     /// assert_eq!(a.cached_ranges().len(), 3, "every other range was freed");

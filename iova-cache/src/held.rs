@@ -4,7 +4,7 @@
 //!
 //! A cached pfn is still allocated in the range allocator, so the tree alone cannot tell a
 //! second free of a cached range from a first one. Cached ranges are naturally aligned powers
-//! of two up to 32 granules, so a range of class `k` is slot `pfn >> k` of that class, and
+//! of two up to 64 granules, so a range of class `k` is slot `pfn >> k` of that class, and
 //! holding it is one bit:
 //!
 //! * claim (alloc): `fetch_or` of the bit;
@@ -21,9 +21,9 @@
 //! [`HELD_NODE_LOAD`]).
 //!
 //! Layout: a leaf of 512 words (4 KiB) holds the bits of every class for 16 384 granules
-//! (2^14 + 2^13 + ... + 2^9 bits), numbered class by class, each class in its own cache
-//! lines (32 for class 0, down to 1 for class 5), and spread over them so that consecutive
-//! slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
+//! (2^14 + 2^13 + ... + 2^8 bits of its 2^15), numbered class by class, each class in its own
+//! cache lines (32 for class 0, down to 1 for class 5 and half a line for class 6), and
+//! spread over them so that consecutive slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
 //! for one line, and a class's live ranges touch only that class's lines (1M live single
 //! granules: 128 KiB of bits, which stay in a CPU's cache where spreading every class over
 //! the whole leaf touched twice that). Interior nodes hold 512 child pointers; only the leaves
@@ -54,8 +54,11 @@ const FAN: usize = 1 << FAN_BITS;
 const LEAF_SHIFT: u32 = FAN_BITS + 5;
 /// log2 of the bits per cache line.
 const LINE_BITS_SHIFT: u32 = 9;
-/// Number of size classes tracked (1 to 32 granules).
+/// Number of size classes tracked (1 to 64 granules).
 const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
+// Every class has at least one bit per leaf, and the classes' bits (`2^LEAF_SHIFT` halving per
+// class) fit in the leaf's `2^(LEAF_SHIFT + 1)`.
+const _: () = assert!(CLASSES <= LEAF_SHIFT + 1);
 
 /// A leaf: the block words of `FAN` consecutive blocks.
 struct Leaf {
@@ -402,7 +405,7 @@ mod tests {
         let h = Held::new(7, end).unwrap();
         assert!(h.depth >= 1);
         let top = end - 63;
-        for (pfn, order) in [(8, 3), (16, 4), (top - 1, 0), (top + 7, 0)] {
+        for (pfn, order) in [(8, 3), (16, 4), (64, 6), (top - 1, 0), (top + 7, 0)] {
             assert!(h.claim(pfn, order));
         }
         assert!(!h.claim(0, 0) && !h.claim(end + 1, 0), "outside the space");
@@ -413,6 +416,11 @@ mod tests {
         };
         assert_eq!(h.release(8, 4), Err(mismatch(8, 8, 16)));
         assert_eq!(h.release(16, 0), Err(mismatch(16, 16, 1)));
+        assert_eq!(
+            h.release(64, 5),
+            Err(mismatch(64, 64, 32)),
+            "the largest class"
+        );
         assert_eq!(h.release(12, 2), Err(IovaError::NotAllocated { pfn: 12 }));
         assert_eq!(
             h.release(9, 3),
@@ -431,6 +439,8 @@ mod tests {
         assert_eq!(h.release(8, 3), Ok(()));
         assert_eq!(h.release(8, 3), Err(IovaError::NotAllocated { pfn: 8 }));
         assert_eq!(h.release(16, 4), Ok(()));
+        assert_eq!(h.release(64, 6), Ok(()));
+        assert_eq!(h.release(64, 6), Err(IovaError::NotAllocated { pfn: 64 }));
         assert_eq!(h.release(top - 1, 0), Ok(()));
         assert_eq!(h.release(top + 7, 0), Ok(()));
         let gone = IovaError::NotAllocated { pfn: top + 7 };

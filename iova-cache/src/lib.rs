@@ -13,7 +13,7 @@
 //! | Item | What |
 //! |---|---|
 //! | [`IovaAllocator::new`]`(IovaConfig) -> Result<IovaAllocator, IovaError>` | build (caches on/off, CPU slots, magazine size, trim period, checked frees) |
-//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 32 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
+//! | [`IovaAllocator::alloc`]`(size, limit) -> Result<pfn>` | cached fast path: sizes < 64 rounded to a power of two, naturally aligned, ending `<= limit` (inclusive): the highest fit of the chunks or of a new chunk at the tree's highest chunk-aligned free block, whichever is higher, else of the tree (module `range`), flush-all-and-retry-once on failure |
 //! | [`IovaAllocator::alloc_no_flush`]`(size, limit)` | the same without the flush and retry |
 //! | [`IovaAllocator::free`]`(pfn, size) -> Result<()>` | cached free (double/mismatched frees are typed errors) |
 //! | [`IovaAllocator::free_batch`]`(ranges) -> Result<()>` | the same for many ranges, each as `free` would (the first refusal returned); a run of one size class is cached under one acquisition of the CPU slot's lock |
@@ -104,16 +104,17 @@
 //!
 //! # Not done
 //!
-//! * Sizes above 32 granules go to the range allocator's lock every time (as in Linux); a
-//!   vmem-style per-size segregated front for large sizes is not built. With mixed sizes 1..64
-//!   half the requests take it, so that workload's latency is the chunks' (module `range`: a
-//!   chunk's free misses its random word and the pages it lies on), and its 99th percentile is
-//!   set by the pairs whose free and allocation both reach the chunks (the example
-//!   `fragmented_pairs` times them by kind): 30 to 50 times a cached pair on a loaded 2-CPU
-//!   machine. A cache class of 64 granules (rounding 33..64 up) would take those pairs off
-//!   the chunks: tried on the example, the pair's 99th percentile halved. Its costs: the
-//!   rounding, another class of magazines and `held` bits, and dma-iommu's optimal mapping
-//!   size (the largest cached size) doubling.
+//! * Sizes above 64 granules go to the range allocator's lock every time (Linux: above 32);
+//!   a vmem-style per-size segregated front for large sizes is not built. The cache classes
+//!   go to 64, one further than Linux's, because with mixed sizes 1..64 the pairs whose free
+//!   and allocation both reached the chunks set the 99th percentile (module `range`, "What a
+//!   fragmented pair costs"). Its costs: 33..63 granules rounded up to 64, a seventh class of
+//!   magazines (the up-front bound of [`config::MAX_SLOT_ENTRIES`] grows by a sixth) and of
+//!   `held` bits (half a cache line per leaf), a thread cache's range of up to 64 granules,
+//!   and dma-iommu's optimal mapping size (the largest cached size) at 64 granules, twice
+//!   Linux's. A third to a half of what is left of that workload's tail is a random free's
+//!   `held` bit, a miss in about 3 MB of bitmap; putting the bitmap on huge pages or making
+//!   it denser is not tried.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;

@@ -101,8 +101,8 @@
 //! |---|---|---|---|
 //! | `RangeAllocator` alone, tree only (before the chunks) | 4890 | 25.4 | 4.1 |
 //! | `RangeAllocator` alone, chunks | 2290 | 12.4 | 1.5 |
-//! | through [`crate::IovaAllocator`] (sizes up to 32 cached), tree only | 2490 | 12.8 | 2.1 |
-//! | through [`crate::IovaAllocator`], chunks | 1450 | 8.3 | 1.2 |
+//! | through [`crate::IovaAllocator`] (sizes up to 32 cached, before the class of 64), tree only | 2490 | 12.8 | 2.1 |
+//! | through [`crate::IovaAllocator`] (up to 32 cached), chunks | 1450 | 8.3 | 1.2 |
 //!
 //! The allocator's memory at 300k live: about 10 MB (resident set of the same run, the driving
 //! loop's 7 MB array subtracted), from 32 MB (the tree's 68k leaves and 8.6k inner nodes).
@@ -149,9 +149,9 @@
 //! | 16-ary, summaries and class rows | 1467 | 13.7 | 5.5 | 0.94 |
 //! | 8-ary, one line per node's siblings | 1268 | 5.9 | 2.9 | 0.58 |
 //!
-//! The pairs that set the 99th percentile are those whose free and allocation both reach
-//! the chunks (sizes above 32 granules: a quarter of the pairs, about two thirds to four
-//! fifths of the slowest 1% in the example's timed mode); a free of a chunk's range costs
+//! Before the cache class of 64 granules, the pairs that set the 99th percentile were those
+//! whose free and allocation both reach the chunks (sizes above 32 granules: a quarter of the
+//! pairs, about two thirds to four fifths of the slowest 1% in the example's timed mode); a free of a chunk's range costs
 //! about twice the median pair on its own. What is left there is the random word itself and
 //! the pages it and its summaries lie on (4 KiB pages: at 10 MB of metadata, most such
 //! accesses miss the TLB as well).
@@ -188,6 +188,40 @@
 //! leaf's and their pages: 4 KiB pages over about 10 MB of metadata miss the TLB too (with
 //! the whole heap on transparent huge pages through glibc's tunables, the example's p99 fell
 //! by about a fifth in three alternated runs, dmabench's by 2 and 10% in two).
+//!
+//! Then the cache classes went to 64 granules (`config::CACHE_CLASSES`): a size-aligned
+//! request of 33..64 granules is rounded to 64 and cached like the smaller ones, so with mixed
+//! sizes 1..64 every pair of the workload is a magazine pair, and the chunks see only the
+//! magazines' rare misses and overflows (none in the 100k measured pairs below). The
+//! example's `kinds` mode, same set-up and caches, callgrind's inclusive cost per call (each
+//! kind about 25k calls before; after, all 100k pairs are of the first kind; the example's
+//! own array is read outside these functions):
+//!
+//! | kind (free, allocation) | instructions | L1 misses | 512 KiB L2 misses |
+//! |---|---|---|---|
+//! | before: chunks, chunks (33..64 both) | 2231 | 6.5 | 2.29 |
+//! | before: magazines, chunks | 1764 | 2.3 | 0.61 |
+//! | before: chunks, magazines | 907 | 6.6 | 2.31 |
+//! | before: magazines, magazines | 453 | 1.9 | 0.58 |
+//! | after: magazines, magazines (every pair) | 455 | 1.2 | 0.28 |
+//!
+//! Over the whole measured loop, per pair: 1384 to 499 instructions, 5.3 to 2.2 L1 misses,
+//! 2.4 to 1.2 L2 misses (about one of each is the example's array). What is left of a pair's
+//! misses is mostly its free's `held` bit (0.92 L1 and 0.26 L2 misses per pair: a random
+//! range's bit in about 3 MB of bitmap, module `held`). dmabench (`--components iova
+//! --threads 1 --granules 1 --sweep 1000`, ten runs of each version interleaved on the
+//! shared 2-CPU EPYC at a load of 6 to 9): the fragmented p99 38 to 53 times the cached pair
+//! before (median 44.5; p99 621 to 831 ns, median 696) and 14 to 23 times after (median 19.5;
+//! 220 to 371 ns, median 311), the CPU time per pair 284 to 50 ns (medians): at the target's
+//! bound of 20, within the noise. The example's
+//! timed mode, three alternated runs each: a p99 of 2184 to 2548 ticks before, 962 to 1378
+//! after. With the whole heap on transparent huge pages (glibc's tunables) the example's p99
+//! now falls by about a tenth (four alternated runs; medians unchanged): the TLB misses left
+//! are the `held` bitmap's, not the chunks'. The example built with `checked_frees: false`
+//! (no `held` bits), four runs alternated with the checked one: a p99 of 988 to 1274 ticks
+//! against 1430 to 2340, so the bit a random free clears is a third to a half of what is
+//! left of the tail; dmabench's row measures the checked default. (dmabench itself run with
+//! glibc's huge-page tunable, five alternated runs: no gain beyond the noise.)
 
 use crate::chunk::Chunk;
 use crate::chunkblock::ChunkBlock;

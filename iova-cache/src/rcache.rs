@@ -7,10 +7,11 @@
 //!
 //! # The magazine cache
 //!
-//! Classes of 1, 2, 4, 8, 16 and 32 granules (smaller requests are rounded up to a power of two
-//! and allocated size-aligned); per class and CPU slot a `loaded` and a `prev` magazine of
-//! `magazine_size` (default 127) entries under the slot's lock; per class a depot (a stack of full
-//! magazines plus up to one empty one per CPU slot for reuse) under its own lock.
+//! Classes of 1, 2, 4, 8, 16, 32 and 64 granules (smaller requests are rounded up to a power of
+//! two and allocated size-aligned; Linux stops at 32, see `config::CACHE_CLASSES` for why 64);
+//! per class and CPU slot a `loaded` and a `prev` magazine of `magazine_size` (default 127)
+//! entries under the slot's lock; per class a depot (a stack of full magazines plus up to one
+//! empty one per CPU slot for reuse) under its own lock.
 //!
 //! * get: pop from `loaded`, else from `prev` (swapping so `loaded` stays the non-empty one); if
 //!   both are empty, trade the empty `loaded` for a full depot magazine, still under the slot
@@ -45,7 +46,7 @@
 //!
 //! Hoarding is bounded: the tree grows only on a miss, and a miss happens only when the calling
 //! thread's cache, its CPU's magazines and its class's depot are empty, so at that moment at
-//! most the other CPUs' magazines and the other threads' caches (one range of at most 32
+//! most the other CPUs' magazines and the other threads' caches (one range of at most 64
 //! granules per slot, a fixed number of slots) are cached; the stress tests sample the range
 //! allocator throughout and assert a bound independent of the run length. A cached range never
 //! turns a fitting allocation into `NoSpace`: the flush-and-retry drains the thread caches too.

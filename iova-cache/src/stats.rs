@@ -10,7 +10,7 @@ use std::fmt;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClassStats {
-    /// Granules per range of this class (1, 2, 4, ... 32).
+    /// Granules per range of this class (1, 2, 4, ... 64).
     pub granules: u64,
     /// Allocations served from a magazine.
     pub hits: u64,

@@ -13,9 +13,15 @@
 //!
 //! Never hoarding: a cached range stays allocated in the range allocator, like a magazine
 //! entry; `flush_all` (and so the allocation's flush-and-retry and `reserve`) drains every
-//! slot to the range allocator first. The bound is one range of at most 32 granules per
-//! slot, a fixed number, independent of run length. A range above an allocation's limit is
-//! neither returned nor lost: it stays in the slot.
+//! slot to the range allocator first. The bound is one range of at most 64 granules (the
+//! largest class) per slot, a fixed number, independent of run length: at most 64 Ki granules
+//! over the 1024 slots an allocator may have (256 MiB of IOVA space at 4 KiB granules). A
+//! range above an allocation's limit is neither returned nor lost: it stays in the slot.
+//!
+//! Every class is cached here, the 64-granule one too: leaving it out would cost the hot path
+//! a comparison and send a 33..64-granule pair on one thread through its CPU slot's lock,
+//! while the hoard it adds is one range per slot either way (a slot holds one range of any
+//! class), so only the bound's granules double.
 //!
 //! A thread that finds every slot claimed uses the magazines alone (for that allocator, until
 //! its hint names another), as before the thread caches. Hits here are not counted in the
@@ -125,7 +131,14 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for (pfn, order) in [(0, 0), (1, 0), (32, 5), ((1 << 62) - 32, 5), (6, 1)] {
+        for (pfn, order) in [
+            (0, 0),
+            (1, 0),
+            (32, 5),
+            ((1 << 62) - 32, 5),
+            (6, 1),
+            (64, 6),
+        ] {
             assert_eq!(decode(encode(pfn, order)), Some((pfn, order)));
         }
         assert_eq!(decode(EMPTY), None);

@@ -112,7 +112,7 @@ fn batch_is_frees_in_order(
 
 fn sizes() -> impl Strategy<Value = Vec<u64>> {
     prop::collection::vec(
-        prop::sample::select(vec![1u64, 1, 1, 2, 3, 4, 8, 32, 33, 64]),
+        prop::sample::select(vec![1u64, 1, 1, 2, 3, 4, 8, 32, 33, 64, 65]),
         1..200,
     )
 }

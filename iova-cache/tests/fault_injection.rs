@@ -6,6 +6,7 @@
 #![cfg(not(loom))]
 
 use dma_sync::fault::{armed, Site};
+use iova_cache::config::MAX_CACHED_GRANULES;
 use iova_cache::faults::{CHUNK_ALLOC, DEPOT_GROW, MAGAZINE_ALLOC, OWNER_RECORD, TREE_NODE};
 use iova_cache::{IovaAllocator, IovaConfig, IovaError, RangeAllocator};
 use proptest::prelude::*;
@@ -73,7 +74,7 @@ fn check_all_back(a: &IovaAllocator, live: &Live) {
 /// large size, and takes it all back.
 fn check_keeps_working(a: &IovaAllocator, live: &mut Live) {
     let mut round = Vec::new();
-    for size in [1, 2, 4, 8, 16, 32, 64] {
+    for size in [1, 2, 4, 8, 16, 32, 64, 128] {
         for _ in 0..5 {
             let pfn = a.alloc(size, END).unwrap();
             take(live, pfn, size);
@@ -342,7 +343,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (prop::sample::select(vec![1u64, 2, 3, 8, 32, 40]), 0..2usize)
+        (
+            prop::sample::select(vec![1u64, 2, 3, 8, 32, 40, 64, 80]),
+            0..2usize
+        )
             .prop_map(|(size, cpu)| Op::Alloc { size, cpu }),
         (any::<usize>(), 0..2usize).prop_map(|(pick, cpu)| Op::Free { pick, cpu }),
     ]
@@ -363,7 +367,7 @@ fn run(ops: &[(Op, Option<usize>)]) {
         let step = || match *op {
             Op::Alloc { size, cpu } => {
                 dma_sync::cpu::set_current(Some(cpu));
-                let granules = if size < 32 {
+                let granules = if size < MAX_CACHED_GRANULES {
                     size.next_power_of_two()
                 } else {
                     size

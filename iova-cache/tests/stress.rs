@@ -5,6 +5,7 @@
 #![cfg(not(loom))]
 
 use dma_sync::Arc;
+use iova_cache::config::MAX_CACHED_GRANULES;
 use iova_cache::{IovaAllocator, IovaConfig, IovaStats};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,12 +29,14 @@ fn allocator() -> Arc<IovaAllocator> {
 /// Granules the caches can hold without the depot growing past what misses allow: a miss
 /// reaches the range allocator only when the calling CPU's magazines and the depot of its
 /// class are empty, so at that moment at most the other CPUs' magazines are cached; allow as
-/// much again for the depot and for races between the emptiness checks and the allocation.
-fn cache_slack() -> u64 {
-    SIZES
+/// much again for the depot and for races between the emptiness checks and the allocation;
+/// and one range of the largest class in each of `threads` threads' caches.
+fn cache_slack(classes: &[u64], threads: usize) -> u64 {
+    let magazines: u64 = classes
         .iter()
         .map(|s| s * (2 * CPUS as u64) * MAG as u64 * 2)
-        .sum()
+        .sum();
+    magazines + threads as u64 * classes.iter().max().unwrap_or(&0)
 }
 
 /// Samples the range allocator while the workers run.
@@ -101,7 +104,7 @@ fn asymmetric_alloc_everywhere_free_on_one() {
     // Live at once: what sits in the channel plus one per producer and the batch the freer
     // holds; each range at most 8 granules.
     let max_live = (IN_FLIGHT + PRODUCERS + 1) as u64 * 8;
-    let bound = max_live + cache_slack();
+    let bound = max_live + cache_slack(&SIZES, PRODUCERS + 1);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let watch = sampler(a.clone(), stop.clone(), bound);
     let (tx, rx) = mpsc::sync_channel::<(u64, u64)>(IN_FLIGHT);
@@ -161,8 +164,11 @@ fn long_mixed_run() {
     const KEEP: usize = 24;
     let a = allocator();
     let oracle = std::sync::Arc::new(Oracle::default());
-    let max_live = (THREADS * (KEEP + 1)) as u64 * 40;
-    let bound = max_live + cache_slack();
+    // Sizes as asked, and as the cache classes they round to (80 is not cached).
+    const MIXED: [u64; 8] = [1, 2, 3, 8, 32, 40, 64, 80];
+    const CLASSES: [u64; 6] = [1, 2, 4, 8, 32, 64];
+    let max_live = (THREADS * (KEEP + 1)) as u64 * 80;
+    let bound = max_live + cache_slack(&CLASSES, THREADS);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let watch = sampler(a.clone(), stop.clone(), bound);
     let workers: Vec<_> = (0..THREADS)
@@ -183,14 +189,14 @@ fn long_mixed_run() {
                             a.trim_once();
                         }
                         _ if held.len() < KEEP && x % 3 != 0 => {
-                            let size = [1, 2, 3, 4, 8, 16, 32, 40][(x >> 8) as usize % 8];
+                            let size = MIXED[(x >> 8) as usize % MIXED.len()];
                             let limit = if x & 0x100 == 0 {
                                 (1 << 20) - 1
                             } else {
                                 (1 << 19) - 1
                             };
                             let p = a.alloc(size, limit).unwrap();
-                            let granules = if size < 32 {
+                            let granules = if size < MAX_CACHED_GRANULES {
                                 size.next_power_of_two()
                             } else {
                                 size

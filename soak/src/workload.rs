@@ -21,11 +21,12 @@ use dma_iommu::test_util::SimulatedDevice;
 use dma_iommu::{
     Device as DmaDevice, DeviceConfig as DmaDeviceConfig, Domain, DomainConfig, FqConfig, NoTlb,
 };
-use dma_model::iova::class_size;
+use dma_model::iova::{class_size, MAX_CACHED};
 use dma_model::XorShift;
 use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use dma_sync::{Arc, Mutex};
 use io_pgtable::{Config as PtConfig, PageTable, Prot};
+use iova_cache::config::CACHE_CLASSES;
 use iova_cache::{IovaAllocator, IovaConfig};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -285,9 +286,9 @@ fn worker(sh: &Shared, id: usize, seed: u64, rate: u64, ops: &[AtomicU64; 5]) {
                 sh.fail(format!("bounce round trip at {a:#x}: {r:?} {read:?}"));
             }
         }
-        // iova-cache: up to 64 live ranges of 1 to 40 granules.
+        // iova-cache: up to 64 live ranges of 1 to 80 granules (cached up to 64, rounded up).
         if held.iovas.len() < 64 && rng.below(2) == 0 {
-            let size = 1 + rng.below(40);
+            let size = 1 + rng.below(MAX_CACHED + 16);
             let limit = if rng.below(4) == 0 {
                 IOVA_PFNS / 4
             } else {
@@ -773,7 +774,7 @@ fn final_check(sh: &Shared, report: &SoakReport) {
             first[0], second[0]
         ));
     }
-    if report.checks >= 4 && second[1] > 2 * first[1] + 8 * 32 * 6 {
+    if report.checks >= 4 && second[1] > 2 * first[1] + 8 * MAX_CACHED * CACHE_CLASSES as u64 {
         sh.fail(format!(
             "IOVA caches kept growing: {} then {} granules",
             first[1], second[1]

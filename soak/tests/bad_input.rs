@@ -561,12 +561,12 @@ mod iova {
             a.free(p, 4),
             IovaError::NotAllocated { pfn: p },
         );
-        let big = a.alloc(40, 4095).unwrap();
-        a.free(big, 40).unwrap();
+        let big = a.alloc(80, 4095).unwrap();
+        a.free(big, 80).unwrap();
         t.err(
             "free",
             "double free (uncached size)",
-            a.free(big, 40),
+            a.free(big, 80),
             IovaError::NotAllocated { pfn: big },
         );
         t.err(

@@ -263,7 +263,9 @@ impl Swiotlb {
     /// dropped (its one mapping is gone).
     #[inline(always)]
     fn give_back(&self, dev: &Device, pool: &PoolRef<'_>, start: usize, nslots: usize) {
-        self.inner.stats.sub_used(pool.accounted_slots(nslots));
+        if self.inner.stats.enabled() {
+            self.inner.stats.sub_used(pool.accounted_slots(nslots));
+        }
         if pool.transient {
             pool.put_back(start, nslots);
             self.drop_transient(dev, pool);

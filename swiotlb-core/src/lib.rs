@@ -33,6 +33,8 @@
 //!   [`DmaSrc`]: bounce memory, which a device may touch at any moment, is never lent out as a
 //!   slice and is accessed only atomically (per byte in assembly on x86-64, per word
 //!   elsewhere).
+//! * [`copy_bytes`]: the copy of bounce memory applied to plain buffers (benchmarks set it
+//!   against `memcpy`).
 //! * Errors are [`Error`] values; an operation that fails changes nothing.
 //! * [`Swiotlb::stats`] returns a [`StatsSnapshot`] (`Display`: the debugfs-style text; serde
 //!   with the `serde` feature).
@@ -175,7 +177,7 @@ pub use bounce::{Direction, MapAttrs};
 pub use device::{Device, DeviceConfig, MAX_MIN_ALIGN_MASK, MIN_SEG_BOUNDARY_MASK};
 pub use error::{Error, MemoryError};
 pub use memory::{OrigMemory, ProcessMemory, RegionMemory};
-pub use shared::{DmaDst, DmaSrc};
+pub use shared::{copy_bytes, DmaDst, DmaSrc};
 pub use stats::{PoolStats, StatsSnapshot};
 pub use swiotlb::{Config, PoolInfo, Swiotlb, MAX_NAREAS, MAX_NSLABS};
 

@@ -34,9 +34,11 @@
 //! the AVX moves that replaced it there copy 4 KiB in 34.6 ns against 40.9 for `rep movsb` and
 //! 45 for `memcpy` (and in 49 ns into a misaligned destination, where the string copy takes
 //! over a microsecond: `byte_copy` has the figures); the 4 KiB bounce went from 1.55× to
-//! about 1.27× the aligned `memcpy` floor with them. What is left above the copy is
-//! the allocator's bookkeeping: about 430 instructions per map+unmap outside the copy, counted
-//! with callgrind (`examples/bounce_loop.rs`; 550 before the fast paths of map and unmap), and
+//! about 1.27× glibc's aligned `memcpy` with them. Since a copy faster than `memcpy` made
+//! that ratio flatter the allocator, dmabench's floor is the faster of `memcpy` and this
+//! copy on plain buffers ([`copy_bytes`]). What is left above the copy is the allocator's
+//! bookkeeping: about 465 instructions per map+unmap outside the copy's 435, counted with
+//! callgrind (`examples/bounce_loop.rs`; 550 before the fast paths of map and unmap), and
 //! one locked instruction (the unmap's claim; the map takes its thread's cached run without
 //! one). Each access checks its range once: a copy between a pool and a
 //! [`crate::RegionMemory`] checks the bounce range and the original range, one check each.
@@ -60,6 +62,25 @@ mod word_copy;
 use byte_copy as copies;
 #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
 use word_copy as copies;
+
+/// Copy `src` into `dst` (of the same length) as the copies of bounce memory do: on x86-64
+/// the 32-byte AVX moves (`rep movsb` without AVX or under 32 bytes) every pool access goes
+/// through; elsewhere, where pools are copied word by word and only word-aligned atomic
+/// memory can be, `copy_from_slice`. For benchmarks: the copy a bounce makes, without the
+/// allocator, set against `memcpy`. Panics if the lengths differ.
+///
+/// ```
+/// let src = [7u8; 100];
+/// let mut dst = [0u8; 100];
+/// swiotlb_core::copy_bytes(&mut dst, &src);
+/// assert_eq!(dst, src);
+/// ```
+pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    byte_copy::copy_plain(dst, src);
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+    dst.copy_from_slice(src);
+}
 
 const WORD: usize = 8;
 

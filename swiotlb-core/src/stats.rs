@@ -28,6 +28,14 @@ impl Stats {
         }
     }
 
+    /// Whether the used count and high-water mark are kept (`Config::stats`): callers check
+    /// it before working out a count, so with statistics off a map or unmap does no work
+    /// for them at all.
+    #[inline(always)]
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Count `n` more used slots and raise the high-water mark (CAS-max: never lowers it).
     pub(crate) fn add_used(&self, n: usize) {
         if !self.enabled {

@@ -504,7 +504,9 @@ impl Swiotlb {
     /// the mapping.
     #[inline(always)]
     pub(crate) fn found(&self, dev: &Device, pool: &Pool, nslots: usize) {
-        self.inner.stats.add_used(pool.accounted_slots(nslots));
+        if self.inner.stats.enabled() {
+            self.inner.stats.add_used(pool.accounted_slots(nslots));
+        }
         let d = &dev.inner;
         if FLAG_SET.on() && !d.uses.load(Relaxed) {
             d.uses.store(true, Relaxed);

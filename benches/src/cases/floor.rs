@@ -1,6 +1,6 @@
 //! The floor cases.
 
-use crate::floor::{cas_op, memcpy_op, Chase, Cycle};
+use crate::floor::{cas_op, memcpy_op, own_copy_op, Chase, Cycle};
 use crate::harness::measure;
 use crate::suite::{Case, Component, Omitted, Options, Role};
 use std::sync::Arc;
@@ -17,9 +17,19 @@ pub fn chase_sweep(pages: u64) -> String {
     format!("dependent chase, {} pages", super::human_count(pages))
 }
 
-/// Workload name of the memcpy floor of `size` bytes.
+/// Workload name of the memcpy floor of `size` bytes (glibc's `memcpy`).
 pub fn memcpy(size: usize) -> String {
     format!("memcpy {}", super::human_bytes(size as u64))
+}
+
+/// Workload name of the copy floor of `size` bytes made by swiotlb-core's own copy routine.
+pub fn own_copy(size: usize) -> String {
+    format!("swiotlb-core copy {}", super::human_bytes(size as u64))
+}
+
+/// The copy floors of `size` bytes a bounce is compared with: the faster of the two counts.
+pub fn copies(size: usize) -> Vec<String> {
+    vec![memcpy(size), own_copy(size)]
 }
 
 /// First page of every translation workload (IOVA 4 GiB).
@@ -93,6 +103,13 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
             "floor",
             Role::Floor,
             move |cfg, t| measure(cfg, t, |_| memcpy_op(size)),
+        ));
+        v.push(Case::new(
+            f,
+            own_copy(size),
+            "floor",
+            Role::Floor,
+            move |cfg, t| measure(cfg, t, |_| own_copy_op(size)),
         ));
     }
     (v, Vec::new())

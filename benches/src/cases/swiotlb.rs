@@ -3,7 +3,7 @@
 //! (our allocator with the single global lock Linux had before areas, without thread caches)
 //! and the per-I/O allocation peer.
 
-use super::floor::memcpy;
+use super::floor::copies;
 use super::human_bytes;
 use crate::harness::{measure, Measurement, RunConfig};
 use crate::peers::bounce::{fresh_from_device, fresh_to_device};
@@ -216,7 +216,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                 Case::new(c, bounce(size, dir), OURS, Role::Ours, move |cfg, t| {
                     bounce_run(cfg, t, pool(0), size, dir.direction())
                 })
-                .with_floor(memcpy(size)),
+                .with_floors(copies(size)),
             );
         }
     }
@@ -225,7 +225,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
         let case = Case::new(c, used_sweep(used), OURS, Role::Ours, move |cfg, t| {
             used_run(cfg, t, used as usize, slots)
         });
-        v.push(case.with_floor(memcpy(PEER_SIZE)).up_to(1));
+        v.push(case.with_floors(copies(PEER_SIZE)).up_to(1));
     }
     for dir in [Dir::ToDevice, Dir::FromDevice] {
         v.push(
@@ -236,7 +236,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                 Role::Peer,
                 move |cfg, t| bounce_run(cfg, t, pool(1), PEER_SIZE, dir.direction()),
             )
-            .with_floor(memcpy(PEER_SIZE)),
+            .with_floors(copies(PEER_SIZE)),
         );
         v.push(
             Case::new(
@@ -254,7 +254,7 @@ pub fn cases(opts: &Options) -> (Vec<Case>, Vec<Omitted>) {
                     })
                 },
             )
-            .with_floor(memcpy(PEER_SIZE)),
+            .with_floors(copies(PEER_SIZE)),
         );
     }
     let mut omitted = Vec::new();

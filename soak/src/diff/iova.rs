@@ -140,7 +140,7 @@ fn run_ops(cfg: IovaConfig, ops: &[Op]) -> Result<(), Divergence> {
         oom_allowed: false,
     };
     let size_of = |s: Size| match s {
-        Size::Small(n) => u64::from(n % 48),
+        Size::Small(n) => u64::from(n) % (MAX_CACHED + 16),
         Size::Raw(r) => r,
     };
     let pfn_of = |p: Pfn| match p {

@@ -72,6 +72,15 @@ pub(super) fn copy(src: Words<'_>, dst: Words<'_>) {
     unsafe { move_bytes(first_byte(dst), first_byte(src), src.len) }
 }
 
+/// Copy `src` into `dst` (of the same length) with the copy of shared bytes: what a bounce's
+/// copy costs on ordinary memory, for comparison with `memcpy`.
+pub(super) fn copy_plain(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(src.len(), dst.len(), "copy lengths differ");
+    // SAFETY: both slices are valid for their length, and borrowed (the one written
+    // exclusively), so no other thread accesses them.
+    unsafe { move_bytes(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
+}
+
 /// Zero the bytes of `dst`.
 pub(super) fn zero(dst: Words<'_>) {
     // SAFETY: `dst` is valid for writes of `len` bytes; `rep stosb` is a sequence of byte
@@ -225,6 +234,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The copy on plain buffers moves exactly the range at lengths around the AVX block
+    /// sizes, and refuses buffers of different lengths.
+    #[test]
+    fn the_plain_copy_moves_exactly_the_range_and_checks_lengths() {
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 11 + 3) as u8).collect();
+        for len in [0, 1, 31, 32, 33, 127, 128, 129, 4095, 4096, 4097] {
+            let mut dst = vec![0xEEu8; 5000];
+            copy_plain(&mut dst[5..5 + len], &src[..len]);
+            let mut want = vec![0xEEu8; 5000];
+            want[5..5 + len].copy_from_slice(&src[..len]);
+            assert_eq!(dst, want, "{len} bytes");
+        }
+        let refused = std::panic::catch_unwind(|| copy_plain(&mut [0u8; 3], &[1u8; 4]));
+        assert!(refused.is_err());
     }
 
     /// The wide copy itself, where the processor has AVX (the chosen copy uses it from 32
