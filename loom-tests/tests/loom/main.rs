@@ -17,6 +17,7 @@ mod litmus;
 mod rcu_strict_models;
 mod swiotlb_growth_models;
 mod swiotlb_models;
+mod thread_slots_models;
 mod vmm_models;
 mod vmm_quiesce_models;
 
