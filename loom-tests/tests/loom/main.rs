@@ -9,6 +9,7 @@ mod coverage;
 mod dma_sync_shim;
 mod io_pgtable_models;
 mod iommu_models;
+mod iommu_registry_models;
 mod iova_flush_models;
 mod iova_models;
 mod iova_thread_models;
