@@ -21,7 +21,7 @@
 //! through a `DeviceMapper`.
 //!
 //! Cost of a lazy map+unmap beyond its parts (an IOVA pair and a page-table map+unmap): the
-//! device check, one registry insert and one take (a spin-lock section each: a
+//! device check, one registry insert and one take (a claim of the shard's slot each: a
 //! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
 //! flush-queue enqueue (a full fence fused with the per-CPU ring's spin lock, a drain check)
 //! and the glue between them: three locked instructions the parts do not have. Callgrind, 4
@@ -60,21 +60,31 @@
 //! 94–98 → 86–89 ns). Earlier steps: the registry's packed lines and the batched free, 1.87×
 //! → 1.74×.
 //!
-//! 1.3× stays out of reach while the registry takes a lock on both map and unmap: with both
-//! of its sections run without their lock (an unsound single-thread experiment, to measure
-//! what a lock-free registry could give), the ratio was 1.38× (1.35–1.44) against 1.65× with
-//! them. The insert cannot drop its locked instruction as the registry is laid out: a shard
-//! is shared by every pfn that hashes to it, so the insert must exclude other inserts and
-//! takes; a record kept per pfn (beside the page table's leaves, written by the thread that
-//! claimed the leaf) and taken by one compare-and-swap would remove the map's lock, which
-//! is future work. The ring lock and the registry's cannot be one, since a record lives in
-//! the shard of its pfn and an unmap queues on its own CPU's ring, whichever CPU mapped.
+//! 1.3× stays out of reach while the registry has a locked instruction on both map and unmap:
+//! with both of its sections run without their lock (an unsound single-thread experiment, to
+//! measure what a registry without locked instructions could give), the ratio was 1.38×
+//! (1.35–1.44) against 1.65× with them. The slot's lock has since become a claim of its key
+//! word by compare-and-swap (module `registry`), which is the same locked instruction: 4 KiB
+//! lazy map+unmap in callgrind (`examples/lazy_loop.rs`) 973 instructions with the spin lock,
+//! 996 with the claim (the registry's own lines about 4 fewer; the rest is spread over the
+//! inlined frames, their register allocation). In time, dmabench with five interleaved runs
+//! of each on a shared machine: 2.00× (1.86–2.01) → 1.93× (1.91–2.27) the parts, lazy 65.7 →
+//! 62.7 ns (medians), a consistent 3 ns in four of the five pairs; an earlier pair of five
+//! runs, before the take tried its own address first, was within noise (2.00× → 1.95×, 66.6
+//! → 66.7 ns). The insert cannot drop its locked instruction as the registry
+//! is laid out: a shard is shared by every pfn that hashes to it, so the insert must exclude
+//! other inserts and takes; a record kept per pfn (beside the page table's leaves, written by
+//! the thread that claimed the leaf) would remove the map's, which is future work. The take
+//! keeps one in any layout: two racing unmaps of one mapping need an arbiter. The ring lock
+//! and the registry's claim cannot be one, since a record lives in the shard of its pfn and
+//! an unmap queues on its own CPU's ring, whichever CPU mapped.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry shards in turn: a
-//! shard's lock, record and count share one 64-byte line (module `registry`), which cut the
-//! L1 misses from 2.3 to 0.6 per map+unmap in callgrind's cache model. The path writes only lines its own CPU's maps and unmaps use
-//! (barring a shard collision): maps and queued unmaps are counted under the
-//! registry's and the ring's locks, no `Arc` is cloned, no clock is read (the timer is armed
+//! shard's slot (key word, record and count) is one 64-byte line (module `registry`; when it
+//! was a lock, record and count, the same layout cut the L1 misses from 2.3 to 0.6 per
+//! map+unmap in callgrind's cache model). The path writes only lines its own CPU's maps and
+//! unmaps use (barring a shard collision): maps are counted by the slot's owner and queued
+//! unmaps under the ring's lock, no `Arc` is cloned, no clock is read (the timer is armed
 //! by a flag). Results and expectations travel by value only where small (an unmap hands the
 //! registry what it expects by value and gets back only the span and bounce buffer; closures
 //! own copies): moving the large `Result` or a whole `NewMapping` into a call stalled on
@@ -110,7 +120,7 @@
 //!   `max_mapping_size(dev)`, capped by the bounce segment for untrusted devices, since any of
 //!   their mappings may need bouncing.
 //! * Statistics: per-CPU Relaxed counters (bounced, lists, synced unmaps, errors); maps and
-//!   live mappings counted by the registry under its shard locks, queued unmaps by the flush
+//!   live mappings counted by the registry (by a slot's owner or under a table's lock), queued unmaps by the flush
 //!   queue under its ring locks; `Display` is the text report.
 //! * Table pages: io-pgtable frees table levels itself (walk-cache flush through
 //!   `TlbOps::flush_walk`, then RCU), so queue entries carry only the IOVA span.

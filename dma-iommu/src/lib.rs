@@ -116,6 +116,11 @@ pub mod iotlb;
 mod new_mapping;
 pub mod points;
 pub mod policy;
+// Public to the loom models only, which run the real registry.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod registry;
+#[cfg(not(loom))]
 mod registry;
 pub mod sg;
 pub mod stats;

@@ -22,6 +22,9 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
+//! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed`, `registry_claim_relaxed_on_insert` | `registry_insert_vs_take`, `registry_take_vs_neighbour_insert` |
+//! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `registry_insert_vs_take` |
+//! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `registry_take_vs_neighbour_insert` |
 //!
 //! Twins without a message in the table fail with a causality violation; the real-domain twins
 //! with "stale translation".
@@ -58,6 +61,18 @@
 //! the flush's `start_cnt` increment as the flusher's fence would. A hardware walker has no such
 //! fence; the emulated walker (a plain acquire load) models it, and there the flusher's fence is
 //! required (twins `flush_unfenced`, `full_ring_flush_unfenced`). The fence stays in the code.
+//!
+//! The registry's models (`loom-tests/tests/loom/iommu_registry_models.rs`) run the real
+//! `Registry` with two shards and two addresses in one shard; the record is a loom cell, so an
+//! access not ordered after the previous owner's is a causality violation. All exhaustive.
+//!
+//! | Model | Threads | Checks |
+//! |---|---|---|
+//! | `registry_double_take` | two takes of one mapping | exactly one gets the record, the other `NotMapped`; outcomes {either wins} |
+//! | `registry_take_vs_wrong_take` | the owner's take, another device's | the owner's always proceeds (it waits while the other holds the slot), the other is refused |
+//! | `registry_take_vs_neighbour_insert` | a take, a neighbour's insert | both found after; outcomes {inline, in the table} |
+//! | `registry_neighbour_inserts` | two neighbours' inserts into an empty shard | one inline, one in the table, neither lost |
+//! | `registry_insert_vs_take` | an insert, a take guessing its address | nothing yet or the whole record; outcomes {taken, not yet} |
 
 dma_sync::mutation_points! {
     /// Release store of the flush-queue pointer by the strict-to-lazy switch: everything the
@@ -96,4 +111,15 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
+    /// Acquire compare-and-swap by which an insert (from empty) or a take (from the live
+    /// address) claims a registry slot: its access to the record follows the previous owner's
+    /// (paired with `iommu.registry.publish` and `iommu.registry.vacate`).
+    REGISTRY_CLAIM: Rmw = "iommu.registry.claim";
+    /// Release store of the DMA address into a registry slot by the insert that claimed it:
+    /// the record it wrote is visible to the take that claims the address.
+    REGISTRY_PUBLISH: Store = "iommu.registry.publish";
+    /// Release store by which a take gives a registry slot up (empty, or the address put back
+    /// when the record was not what it expected): its read of the record precedes the next
+    /// insert's write.
+    REGISTRY_VACATE: Store = "iommu.registry.vacate";
 }

@@ -1,8 +1,8 @@
 //! Domain statistics: per-CPU counters summed on demand, and a text report.
 //!
 //! The lazy map+unmap path bumps none of them: successful maps are counted by the registry
-//! under the shard lock the record takes anyway, queued unmaps by the flush queue under its
-//! ring lock. Only the slow or rare events (a bounce, a list, a strict unmap, which pays an
+//! within the claim of its slot the record takes anyway (or under its table's lock), queued
+//! unmaps by the flush queue under its ring lock. Only the slow or rare events (a bounce, a list, a strict unmap, which pays an
 //! IOTLB sync, an error) bump a per-CPU counter here.
 
 use crate::flush_queue::FqStats;

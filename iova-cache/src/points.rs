@@ -117,3 +117,16 @@ dma_sync::mutation_points! {
     THREAD_CLAIM: Rmw = "iova.thread.claim"
         unobservable "under loom the section's light fence is a full fence after the claim, so a Relaxed claim that reads the exiting owner's release store still synchronises with it; in production that fence is a compiler fence";
 }
+
+/// The thread caches' names for the orderings of `dma_sync::thread_slots` (public for the
+/// protocol's own loom models, which run it under these names).
+pub static THREAD_SLOTS: dma_sync::thread_slots::SlotPoints = dma_sync::thread_slots::SlotPoints {
+    enter: &THREAD_ENTER,
+    drain: &THREAD_DRAIN,
+    exit: &THREAD_EXIT,
+    wait: &THREAD_WAIT,
+    reopen: &THREAD_REOPEN,
+    reopened: &THREAD_REOPENED,
+    disown: &THREAD_DISOWN,
+    claim: &THREAD_CLAIM,
+};

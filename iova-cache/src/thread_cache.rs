@@ -27,12 +27,8 @@
 //! its hint names another), as before the thread caches. Hits here are not counted in the
 //! class statistics, which count the magazines' hits and misses.
 
-use crate::points::{
-    THREAD_CLAIM, THREAD_DISOWN, THREAD_DRAIN, THREAD_ENTER, THREAD_EXIT, THREAD_REOPEN,
-    THREAD_REOPENED, THREAD_WAIT,
-};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
-use dma_sync::thread_slots::{SlotPoints, ThreadSlots};
+use dma_sync::thread_slots::ThreadSlots;
 
 /// A slot's word: `pfn << 1 | 1 << order` (a cached range is aligned to its size, so the
 /// lowest set bit names the class), or `EMPTY`.
@@ -49,18 +45,7 @@ fn decode(word: u64) -> Option<(u64, u32)> {
     })
 }
 
-static POINTS: SlotPoints = SlotPoints {
-    enter: &THREAD_ENTER,
-    drain: &THREAD_DRAIN,
-    exit: &THREAD_EXIT,
-    wait: &THREAD_WAIT,
-    reopen: &THREAD_REOPEN,
-    reopened: &THREAD_REOPENED,
-    disown: &THREAD_DISOWN,
-    claim: &THREAD_CLAIM,
-};
-
-dma_sync::slot_user!(struct Ranges, POINTS);
+dma_sync::slot_user!(struct Ranges, crate::points::THREAD_SLOTS);
 
 /// Slots for an allocator with `cpus` CPU slots: a few threads per CPU, bounded so a drain
 /// stays short. Under loom, two (every slot one a model thread can own).

@@ -9,6 +9,7 @@ mod coverage;
 mod dma_sync_shim;
 mod io_pgtable_models;
 mod iommu_models;
+mod iommu_registry_models;
 mod iova_flush_models;
 mod iova_models;
 mod iova_thread_models;
@@ -16,6 +17,7 @@ mod litmus;
 mod rcu_strict_models;
 mod swiotlb_growth_models;
 mod swiotlb_models;
+mod thread_slots_models;
 mod vmm_models;
 mod vmm_quiesce_models;
 
