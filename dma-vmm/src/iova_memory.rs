@@ -215,7 +215,12 @@ impl<M: GuestMemoryBackend, X: Translate> IovaMemory<M, X> {
     /// not at the first piece outside RAM. The error is the one the backend gives.
     fn in_ram(&self, seg: &Segment) -> GuestMemoryResult<()> {
         let (start, len) = (GuestAddress(seg.paddr), seg.len as usize);
-        if self.backend.check_range(start, len) {
+        // Inside one region, the usual case: a lookup, no walk over the regions.
+        let in_one = self
+            .backend
+            .find_region(start)
+            .is_some_and(|r| (seg.paddr - r.start_addr().0).checked_add(seg.len) <= Some(r.len()));
+        if in_one || self.backend.check_range(start, len) {
             return Ok(());
         }
         for piece in self.backend.get_slices(start, len) {
