@@ -12,8 +12,9 @@
 //! (`Overflow`); placement computes every span with checked arithmetic. An untrusted list that
 //! fails on a later segment undoes the earlier ones without copy-back (Linux's
 //! `DMA_ATTR_SKIP_CPU_SYNC`). `unmap_sg` of an untrusted list unmaps every segment even when a
-//! copy-back is lost and reports the first loss; a contiguous list's size is a checked sum (the
-//! mapping's fields are public).
+//! copy-back is lost and reports the first loss. An [`SgMapping`] is read-only outside this
+//! module (accessors, no public fields), so what `unmap_sg` takes down is what `map_sg` mapped:
+//! a caller cannot empty or change the segments and have an unmap of nothing reported as done.
 //!
 //! Both paths are built from the operations a single map uses, through the domain's
 //! `DeviceMapper`: a trusted list is one `NewMapping` with an extent per segment, undone
@@ -45,13 +46,38 @@ pub struct DmaSegment {
 }
 
 /// A mapped scatter list: its DMA segments, handed back to [`Domain::unmap_sg`].
+///
+/// Read-only: `unmap_sg` takes down what the segments name, so a caller that could empty or
+/// change them would make it unmap nothing (and report success) or something else. Only
+/// [`Domain::map_sg`] makes one; a clone names the same mappings, and the second `unmap_sg`
+/// of them is refused (`NotMapped`).
+///
+/// ```compile_fail
+/// # use dma_iommu::{DeviceConfig, Domain, DomainConfig, NoTlb, PhysSegment};
+/// # use swiotlb_core::Direction;
+/// # let dom = Domain::new(DomainConfig::new(io_pgtable::Config::s1_4k(39)).unwrap(), NoTlb, None).unwrap();
+/// # let dev = dom.attach(DeviceConfig::default()).unwrap();
+/// let list = [PhysSegment { addr: 0x10_0000, len: 0x1000 }];
+/// let mut m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
+/// m.segments.clear(); // private: an emptied list would unmap nothing
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SgMapping {
-    /// The DMA segments to program into the device (merged where contiguous).
-    pub segments: Vec<DmaSegment>,
-    /// Each input segment's DMA address (unmerged), in input order.
-    pub per_input: Vec<u64>,
+    segments: Vec<DmaSegment>,
+    per_input: Vec<u64>,
     contiguous: bool,
+}
+
+impl SgMapping {
+    /// The DMA segments to program into the device (merged where contiguous).
+    pub fn segments(&self) -> &[DmaSegment] {
+        &self.segments
+    }
+
+    /// Each input segment's DMA address (unmerged), in input order.
+    pub fn per_input(&self) -> &[u64] {
+        &self.per_input
+    }
 }
 
 /// Where a segment goes in the list's IOVA span.
@@ -78,9 +104,9 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// // Two page-aligned pages far apart in physical memory become one DMA segment.
     /// let list = [PhysSegment { addr: 0x10_0000, len: 0x1000 }, PhysSegment { addr: 0x50_0000, len: 0x1000 }];
     /// let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
-    /// assert_eq!(m.segments.len(), 1);
-    /// assert_eq!(m.segments[0].len, 0x2000);
-    /// assert_eq!(dom.translate(m.segments[0].addr + 0x1000), Some(0x50_0000));
+    /// assert_eq!(m.segments().len(), 1);
+    /// assert_eq!(m.segments()[0].len, 0x2000);
+    /// assert_eq!(dom.translate(m.segments()[0].addr + 0x1000), Some(0x50_0000));
     /// dom.unmap_sg(&dev, &m, Direction::ToDevice).unwrap();
     /// ```
     pub fn map_sg(
@@ -235,17 +261,13 @@ fn unmap<T: TlbOps + 'static>(
     m: &SgMapping,
     dir: Direction,
 ) -> Result<Unmapped, DmaError> {
+    // `map_sg` refuses empty lists and its sums did not overflow; the fields are private.
     let Some(first) = m.per_input.first() else {
         return Err(DmaError::ZeroSize);
     };
     if m.contiguous {
         let base = first & !(mapper.granule() - 1);
-        // The fields are public: a changed list must not overflow the sum.
-        let size = m
-            .segments
-            .iter()
-            .try_fold(0u64, |sum, s| sum.checked_add(s.len))
-            .ok_or(DmaError::Overflow)?;
+        let size = m.segments.iter().map(|s| s.len).sum();
         return mapper.unmap_list(base, size, dir);
     }
     // Every segment is unmapped even if a copy-back was lost (that mapping is gone anyway);

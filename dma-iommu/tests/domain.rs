@@ -356,17 +356,21 @@ fn scatter_lists_get_one_contiguous_range() {
         seg(base + 0x30_0000, 0x100),
     ];
     let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
-    assert_eq!(m.per_input.len(), 3);
-    assert_eq!(m.per_input[0] & 0xFFF, 0x200);
-    assert_eq!(m.per_input[1], m.per_input[0] + 0xE00, "IOVA-contiguous");
-    assert_eq!(m.segments.len(), 1, "merged: {:?}", m.segments);
-    assert_eq!(m.segments[0].len, 0x2F00);
-    for (dma, seg) in m.per_input.iter().zip(&list) {
+    assert_eq!(m.per_input().len(), 3);
+    assert_eq!(m.per_input()[0] & 0xFFF, 0x200);
+    assert_eq!(
+        m.per_input()[1],
+        m.per_input()[0] + 0xE00,
+        "IOVA-contiguous"
+    );
+    assert_eq!(m.segments().len(), 1, "merged: {:?}", m.segments());
+    assert_eq!(m.segments()[0].len, 0x2F00);
+    for (dma, seg) in m.per_input().iter().zip(&list) {
         assert_eq!(dom.translate(*dma), Some(seg.addr));
     }
     assert_eq!(dom.stats().lists, 1);
     dom.unmap_sg(&dev, &m, Direction::ToDevice).unwrap();
-    assert!(m.per_input.iter().all(|d| dom.translate(*d).is_none()));
+    assert!(m.per_input().iter().all(|d| dom.translate(*d).is_none()));
     assert!(
         dom.unmap_sg(&dev, &m, Direction::ToDevice).is_err(),
         "twice"
@@ -381,8 +385,8 @@ fn scatter_lists_get_one_contiguous_range() {
         .unwrap();
     let list = [seg(base, 0x3000), seg(base + 0x8000, 0x2000)];
     let m = dom.map_sg(&bounded, &list, Direction::ToDevice).unwrap();
-    assert_eq!(m.segments.len(), 2);
-    for s in &m.segments {
+    assert_eq!(m.segments().len(), 2);
+    for s in m.segments() {
         assert_eq!(
             s.addr >> 14,
             (s.addr + s.len - 1) >> 14,
@@ -410,14 +414,14 @@ fn untrusted_scatter_lists_map_each_segment() {
         .unwrap();
     let list = [seg(base + 0x10, 0x20), seg(base + 0x4000, 0x1000)];
     let m = dom.map_sg(&dev, &list, Direction::ToDevice).unwrap();
-    assert_eq!(m.segments.len(), 2);
+    assert_eq!(m.segments().len(), 2);
     assert_ne!(
-        dom.translate(m.per_input[0]),
+        dom.translate(m.per_input()[0]),
         Some(list[0].addr),
         "unaligned segment bounced"
     );
     assert_eq!(
-        dom.translate(m.per_input[1]),
+        dom.translate(m.per_input()[1]),
         Some(list[1].addr),
         "aligned segment direct"
     );

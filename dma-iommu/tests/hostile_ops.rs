@@ -3,10 +3,10 @@
 #![cfg(not(loom))]
 
 use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
+use dma_soak::hang::within_30_s;
 use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
 use dma_sync::{Arc, Mutex};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Ops whose next flush panics when `fail_next_flush` is set.
@@ -27,15 +27,6 @@ impl InvalidationOps for Flaky {
     fn reclaim(&self, iova: u64) {
         self.freed.lock().push(iova);
     }
-}
-
-/// Run `f` on another thread; `None` if it has not returned within 30 s (a hang).
-fn within_30_s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
 /// A flush whose `flush_all` panicked started but never finished. A later enqueue into a full

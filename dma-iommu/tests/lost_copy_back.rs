@@ -135,7 +135,7 @@ fn a_refused_copy_back_on_unmap_sg_unmaps_every_segment() {
     ];
     let m = dom.map_sg(&dev, &list, Direction::FromDevice).unwrap();
     refuse.store(true, Ordering::Relaxed);
-    let first = m.per_input[0];
+    let first = m.per_input()[0];
     assert_eq!(
         dom.unmap_sg(&dev, &m, Direction::FromDevice),
         Err(DmaError::LostCopyBack {
@@ -148,7 +148,7 @@ fn a_refused_copy_back_on_unmap_sg_unmaps_every_segment() {
         }),
         "the first loss is reported"
     );
-    for &dma in &m.per_input {
+    for &dma in m.per_input() {
         assert_eq!(dom.translate(dma), None, "{dma:#x} still mapped");
     }
     assert_eq!(slots_used(&dom), 0);

@@ -41,7 +41,8 @@
 //! ```
 //!
 //! `get_slices` checks the whole range first (all or nothing, like vm-memory's `IommuMemory`: a
-//! denied or unmapped byte anywhere fails before any copy), keeping the first segment so that the
+//! denied or unmapped byte anywhere, or a translation to guest-physical addresses outside
+//! RAM, fails before any copy), keeping the first segment so that the
 //! common single-segment access walks the table once, then iterates lazily, handing each segment
 //! to the backend's `get_slices` (which splits at RAM-region boundaries). The iterator owns a
 //! device read section for its life, so every `Bytes` method copies inside one section. Faults
@@ -175,10 +176,13 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IovaMemory<M, X> {
         };
         let mut probe = Segments::new(&self.tr, addr.0, len, access);
         let first = probe.next().transpose().map_err(failed)?;
+        if let Some(seg) = &first {
+            self.in_ram(seg)?;
+        }
         let covered = first.map_or(len, |s| s.len);
         let rest = if covered < len {
             for seg in probe {
-                seg.map_err(failed)?;
+                self.in_ram(&seg.map_err(failed)?)?;
             }
             Some(Segments::new(
                 &self.tr,
@@ -202,6 +206,28 @@ impl<M: GuestMemoryBackend, X: Translate> GuestMemory for IovaMemory<M, X> {
 
     fn physical_memory(&self) -> Option<&M> {
         Some(&self.backend)
+    }
+}
+
+impl<M: GuestMemoryBackend, X: Translate> IovaMemory<M, X> {
+    /// Whether guest RAM holds all of `seg`: an IOVA may map guest-physical addresses outside
+    /// RAM (a vIOMMU maps what its guest asks), and a copy must fail before its first byte,
+    /// not at the first piece outside RAM. The error is the one the backend gives.
+    fn in_ram(&self, seg: &Segment) -> GuestMemoryResult<()> {
+        let (start, len) = (GuestAddress(seg.paddr), seg.len as usize);
+        // Inside one region, the usual case: a lookup, no walk over the regions.
+        let in_one = self
+            .backend
+            .find_region(start)
+            .is_some_and(|r| (seg.paddr - r.start_addr().0).checked_add(seg.len) <= Some(r.len()));
+        if in_one || self.backend.check_range(start, len) {
+            return Ok(());
+        }
+        for piece in self.backend.get_slices(start, len) {
+            piece?;
+        }
+        // `check_range` refused what `get_slices` accepts: refuse it still.
+        Err(GuestMemoryError::InvalidGuestAddress(start))
     }
 }
 

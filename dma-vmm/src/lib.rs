@@ -72,10 +72,12 @@
 //!   each error, the README's VMM flow, and reports (text, serde round trip, dumps racing map and
 //!   unmap of blocks and tables).
 //! * `tests/hostile.rs`: a guest MAP that would need more page-table leaves than `max_leaves`
-//!   (`NOMEM`, nothing allocated, the room given back by UNMAP and DETACH), reversed ranges
+//!   (`NOMEM`, nothing allocated, the room given back by UNMAP and DETACH), scattered one-page
+//!   MAPs that would need more tables than `max_tables` (`NOMEM` at exactly the budget, room
+//!   given back by UNMAP, DETACH and reset, MAP/UNMAP cycles over fresh addresses), reversed ranges
 //!   handed to the public `MappingTree`, a `Translate` reporting empty leaves.
-//! * Unit tests: translation against a byte-granular reference model, the mapping tree against a
-//!   byte-owner model, a grace period that must wait for a pinned section.
+//! * Unit tests: translation against a byte-granular reference model, the mapping tree (and its
+//!   gaps) against a byte-owner model, a grace period that must wait for a pinned section.
 
 pub mod points;
 pub mod quiesce;

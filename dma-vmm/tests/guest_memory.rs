@@ -112,6 +112,40 @@ fn permission_denied_fails_and_writes_nothing() {
     assert_ne!(seen, [9; 16]);
 }
 
+/// A write whose second page translates to guest-physical addresses outside RAM is refused
+/// before its first byte: the page inside RAM keeps its bytes (it was written before the
+/// copy met the hole).
+#[test]
+fn a_write_reaching_outside_ram_writes_nothing() {
+    let pt = PageTable::new(Config::s1_4k(39)).unwrap();
+    // RAM ends at 64K: the first page is its last, the second lies in the hole.
+    pt.map(0x40_0000, 0xf000, 0x1000, RW).unwrap();
+    pt.map(0x40_1000, 0x1_0000, 0x1000, RW).unwrap();
+    let io = IovaMemory::new(ram(), pt);
+    io.backend()
+        .write_slice(&[0xaa; 0x1000], GuestAddress(0xf000))
+        .unwrap();
+    let err = io
+        .write_slice(&[0x55; 0x2000], GuestAddress(0x40_0000))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GuestMemoryError::InvalidGuestAddress(GuestAddress(0x1_0000))
+        ),
+        "{err}"
+    );
+    let mut seen = vec![0u8; 0x1000];
+    io.backend()
+        .read_slice(&mut seen, GuestAddress(0xf000))
+        .unwrap();
+    assert!(seen.iter().all(|&b| b == 0xaa));
+    assert!(!io.check_range(GuestAddress(0x40_0000), 0x2000, Permissions::Write));
+    // The part inside RAM still works.
+    io.write_slice(&[0x55; 0x1000], GuestAddress(0x40_0000))
+        .unwrap();
+}
+
 #[test]
 fn unmapped_and_outside_ram_are_errors() {
     let io = scattered();

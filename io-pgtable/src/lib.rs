@@ -18,6 +18,8 @@
 //! | [`PageTable::unmap_pages`]`(iova, pgsize, pgcount, &mut Gather) -> Result<usize, Error>` | bytes unmapped; errors are never sizes |
 //! | [`PageTable::map`]`(iova, paddr, size, prot) -> Result<(), Error>` | largest page sizes alignment allows; undoes partial progress |
 //! | [`PageTable::unmap`]`(iova, size) -> Result<u64, Error>`, [`PageTable::unmap_with`] | looping unmap (syncing its own gather / into yours) |
+//! | [`PageTable::leaves`]`(iova, paddr, size)`, [`PageTable::tables_to_install`]`(iova, paddr, size) -> Result<u64, Error>` | what a `map` will cost, before it is made (for a caller mapping for someone else) |
+//! | [`PageTable::prune`]`(iova, size) -> Result<(), Error>` | free the tables inside a range that map nothing (unmaps leave them linked) |
 //! | [`PageTable::iova_to_phys`]`(iova) -> Option<Translation>` | one pinned translation: [`Translation::paddr`], `prot`, `level`, `size`, `desc` |
 //! | [`PageTable::reader`]`() -> Reader` | a held pin: [`Reader::translate`], [`Reader::walk`], [`Reader::dump`] |
 //! | [`PageTable::dump`]`() -> Dump` | every valid descriptor, hardware bits, `Display`able, serde with feature `serde` |
@@ -82,7 +84,10 @@
 //! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
 //! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
 //! reader that might hold it has unpinned. Tables emptied by smaller unmaps stay linked
-//! (another mapper may be descending into them), as in Linux.
+//! (another mapper may be descending into them), as in Linux, until [`PageTable::prune`] of a
+//! range holding their whole span frees them as a block map frees an empty table (freeze,
+//! claim, flush, RCU): a map racing inside the range lands before (the table stays) or after
+//! (in a fresh table).
 //!
 //! # Tests
 //!
@@ -91,8 +96,11 @@
 //!   unmap refused, unmap return values, a table freed when an unmap covers it (walk flush
 //!   recorded, counters), a block replacing only an empty table, the stage-2 concatenated start
 //!   index, every error variant leaving the table unchanged, `map` undoing partial progress,
-//!   gather behaviour, a small concurrent test. Under Miri the 16K/64K granules are skipped
-//!   (their 2048/8192-entry tables are too slow to walk there).
+//!   gather behaviour, `tables_to_install` equal to the tables each of scattered maps
+//!   installs, `prune` of the gaps (or of everything) leaving exactly the tables a fresh table
+//!   needs for the mappings left, a small concurrent test. Under Miri the 16K/64K granules are skipped
+//!   (their 2048/8192-entry tables are too slow to walk there), and the scattered-range tests
+//!   of `tables_to_install` and `prune` run the tiny granule only.
 //! * `tests/reference_model.rs`: proptest-made bytes through `dma_soak::diff::pgtable`, the
 //!   checker the fuzz target and the soak share, against the `pgtable` reference model of
 //!   `dma-model`.
@@ -108,12 +116,15 @@
 //!   translation was issued; at the end reachable == linked tables and freed == discarded +
 //!   retired, never more.
 //! * `tests/hostile.rs`: a `flush_walk` that panics during a block map's table replacement
-//!   leaves the table as it was and later operations there working.
+//!   leaves the table as it was and later operations there working; one that panics during
+//!   an unmap of a table's span retires the taken tables through RCU (not freed under a held
+//!   reader, accounting balanced).
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 
 mod claim;
 mod config;
+mod cost;
 mod dump;
 mod error;
 pub mod faults;
@@ -121,6 +132,7 @@ mod levels;
 mod map;
 mod pgtable;
 pub mod points;
+mod prune;
 pub mod pte;
 mod slab;
 mod table;

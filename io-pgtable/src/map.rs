@@ -358,44 +358,6 @@ impl<T: TlbOps> PageTable<T> {
         Ok(())
     }
 
-    /// How many leaves (pages and blocks) [`PageTable::map`] of the same arguments writes, or
-    /// the error it fails with for its sizes and addresses; allocates and changes nothing. A
-    /// caller that maps for someone else (a vIOMMU for its guest) bounds the table memory it
-    /// spends with it: a range of small pages needs a leaf table per 512 leaves.
-    ///
-    /// ```
-    /// use io_pgtable::{Config, PageTable};
-    /// let pt = PageTable::new(Config::s1_4k(39)).unwrap();
-    /// assert_eq!(pt.leaves(0x1f_f000, 0x1f_f000, 0x20_2000), Ok(3)); // 4 KiB, 2 MiB, 4 KiB
-    /// assert_eq!(pt.leaves(0, 0x1000, 0x40_0000), Ok(1024)); // misaligned: 4 KiB pages only
-    /// assert!(pt.leaves(0, 0x800, 0x1000).is_err());
-    /// ```
-    pub fn leaves(&self, iova: u64, paddr: u64, size: u64) -> Result<u64, Error> {
-        self.check_sizes(iova, Some(paddr), size)?;
-        // No page larger than the lowest bit in which `iova` and `paddr` differ ever fits.
-        let apart = iova ^ paddr;
-        let fits = match apart & apart.wrapping_neg() {
-            0 => u64::MAX,
-            low => low | (low - 1),
-        };
-        let (mut done, mut leaves) = (0u64, 0u64);
-        while done < size {
-            // The steps `map` takes; each is at least one page inside the checked range.
-            let (level, count) = self.step(iova + done, paddr + done, size - done)?;
-            let shift = self.geom.level_shift(level);
-            let larger = self.pgsize_bitmap() & !((1u64 << shift) | ((1u64 << shift) - 1));
-            // Stuck at this size (`map` takes up to 2 MiB a step): count the pages at once.
-            let pages = if larger & fits == 0 {
-                (size - done) >> shift
-            } else {
-                count as u64
-            };
-            leaves += pages;
-            done += pages << shift;
-        }
-        Ok(leaves)
-    }
-
     /// The next step of the `map`/`unmap` helpers at `iova`/`paddr` with `left` bytes to go:
     /// the leaf level of the largest page size alignment allows, and how many pages.
     pub(crate) fn step(&self, iova: u64, paddr: u64, left: u64) -> Result<(u32, usize), Error> {

@@ -170,8 +170,16 @@ impl<T: TlbOps> PageTable<T> {
         self.claim(link.entry, link.desc, 0)?;
         // SAFETY: `addr` was read from `entry` under `guard`, and this call claimed the link.
         let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
+        // A `flush_walk` that unwinds must not drop the taken tables (back to the slab at
+        // once, under readers that may still walk them): they go to RCU all the same. Their
+        // entries are DEAD, so the table cannot be put back as a block map's freeze can.
+        let retiring = RetireWhenDropped {
+            guard,
+            tables,
+            stats: &self.stats,
+        };
         self.tlb.flush_walk(link.iova, size, self.geom.page_size());
-        table::retire(guard, tables, &self.stats);
+        drop(retiring);
         Ok(())
     }
 
@@ -283,6 +291,20 @@ impl<T: TlbOps> Drop for ThawOnUnwind<'_, T> {
             self.pt.thaw(self.guard, frozen);
             self.pt.thaw(self.guard, vec![self.link]);
         }
+    }
+}
+
+/// Hands the tables an unlink took to RCU when dropped, whether the walk flush between the
+/// take and the retire returned or unwound.
+struct RetireWhenDropped<'a> {
+    guard: &'a Guard,
+    tables: Vec<TableMem>,
+    stats: &'a Arc<Counters>,
+}
+
+impl Drop for RetireWhenDropped<'_> {
+    fn drop(&mut self) {
+        table::retire(self.guard, std::mem::take(&mut self.tables), self.stats);
     }
 }
 

@@ -59,6 +59,9 @@
 //!   its entry: one table retired, the block map always succeeds (restarting when the unmap took
 //!   the table from under its freeze), the unmap always takes the table or the block (one that
 //!   meets the entry reserved waits for the outcome).
+//! * `prune_races_page_map`: `PageTable::prune` of the span of an emptied level-3 table races a
+//!   page map in it: the map always succeeds and its page stays; the old table is retired iff
+//!   the prune froze it before the page landed. `Preemptions(3)`.
 //! * `page_maps_race_refused_block_map`: a block map races a thread mapping two pages under it,
 //!   so its freeze may reserve the second page's slot, then meet the first page and thaw:
 //!   either the block or the pages win, never a page map refused by a reservation alone.

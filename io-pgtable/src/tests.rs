@@ -181,6 +181,158 @@ fn leaves_counts_what_map_writes() {
     }
 }
 
+/// [`configs`], but under Miri only the tiny granule: the tests below walk, freeze and dump
+/// every table of many scattered ranges, which at interpreter speed takes minutes with
+/// 512-entry tables.
+fn scattered_configs() -> Vec<Config> {
+    let mut v = configs();
+    v.retain(|c| !cfg!(miri) || c.granule == Granule::Tiny);
+    v
+}
+
+/// Ranges in fresh slots spread over the input space (so each may need tables at every level),
+/// two to a slot (so the second shares some): one page, three pages, a block and two pages,
+/// with `paddr` equal to `iova` or a page apart (4 KiB pages only).
+fn scattered_ranges(cfg: Config) -> Vec<(u64, u64, u64)> {
+    let g = cfg.geometry().unwrap();
+    let sizes = g.pgsize_bitmap();
+    let page = g.page_size();
+    let block = (sizes & !page) & (sizes & !page).wrapping_neg();
+    let room = 1u64 << cfg.ias.min(cfg.oas);
+    let slot = (room >> 6).max(16 * page);
+    let slots = room / slot;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let mut out = Vec::new();
+    // Slots in a scattered order: an odd stride visits every slot of a power-of-two count.
+    for k in 0..slots {
+        let base = (k * 37 % slots) * slot;
+        let mut at = base + next(4) * page;
+        for _ in 0..2 {
+            let size = match next(3) {
+                2 if block != 0 && 4 * block <= slot => block + 2 * page,
+                1 => 3 * page,
+                _ => page,
+            };
+            if at + size > base + slot {
+                break;
+            }
+            let paddr = if next(2) == 0 { at } else { at ^ page };
+            out.push((at, paddr, size));
+            // The second range near the first (sharing its tables), or one entry of level 1
+            // or 2 further (sharing only the tables above).
+            let far = g.block_size(1 + next(2) as u32);
+            at = match next(2) {
+                0 if far <= slot / 2 && base + far > at + size => base + far,
+                _ => at + size + page * (1 + next(3)),
+            };
+        }
+    }
+    out
+}
+
+#[test]
+fn tables_to_install_counts_what_map_installs() {
+    for cfg in scattered_configs() {
+        let pt = PageTable::new(cfg).unwrap();
+        let mut any = 0;
+        for (iova, paddr, size) in scattered_ranges(cfg) {
+            let expected = pt.tables_to_install(iova, paddr, size).unwrap();
+            let before = pt.stats().linked();
+            pt.map(iova, paddr, size, RW).unwrap();
+            assert_eq!(
+                pt.stats().linked() - before,
+                expected,
+                "{cfg:?} {iova:#x} {paddr:#x} {size:#x}"
+            );
+            assert_eq!(pt.tables_to_install(iova, paddr, size), Ok(0));
+            any += expected;
+        }
+        assert!(any > 0, "{cfg:?}: no map installed a table");
+        let page = pt.geometry().page_size();
+        assert_eq!(
+            pt.tables_to_install(page / 2, 0, page),
+            pt.leaves(page / 2, 0, page)
+        );
+        assert_eq!(pt.tables_to_install(0, 0, 0), Err(Error::ZeroCount));
+    }
+}
+
+/// After the unmapped gaps are pruned, the table holds exactly the tables a fresh table needs
+/// for the mappings left, and those mappings still translate.
+#[test]
+fn prune_leaves_exactly_the_tables_the_mappings_need() {
+    for cfg in scattered_configs() {
+        let ranges = scattered_ranges(cfg);
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            ranges.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        // Map every range, then unmap every other one.
+        let history = || {
+            let pt = PageTable::new(cfg).unwrap();
+            for &(iova, paddr, size) in &ranges {
+                pt.map(iova, paddr, size, RW).unwrap();
+            }
+            for (_, &(iova, _, size)) in &gone {
+                assert_eq!(pt.unmap(iova, size), Ok(size));
+            }
+            pt
+        };
+        // Pruned gap by gap (below), or all at once, mappings included.
+        let pt = history();
+        let whole = history();
+        whole.prune(0, 1 << cfg.ias).unwrap();
+        let fresh = PageTable::new(cfg).unwrap();
+        let mut kept: Vec<(u64, u64, u64)> = kept.into_iter().map(|(_, &r)| r).collect();
+        kept.sort_unstable();
+        for &(iova, paddr, size) in &kept {
+            fresh.map(iova, paddr, size, RW).unwrap();
+        }
+        let mut from = 0;
+        let top = 1u64 << cfg.ias;
+        for &(iova, _, size) in kept.iter().chain([&(top, 0, 0)]) {
+            if iova > from {
+                pt.prune(from, iova - from).unwrap();
+            }
+            from = iova + size;
+        }
+        let leaves = |t: &PageTable| {
+            let leaves = t
+                .dump()
+                .leaves()
+                .map(|l| (l.iova, l.size))
+                .collect::<Vec<_>>();
+            (t.stats().linked(), leaves)
+        };
+        assert_eq!(leaves(&pt), leaves(&fresh), "{cfg:?}");
+        assert_eq!(leaves(&whole), leaves(&fresh), "{cfg:?}");
+        // Everything unmapped: one prune of the whole space leaves the root alone.
+        for &(iova, _, size) in &kept {
+            assert_eq!(pt.unmap(iova, size), Ok(size));
+        }
+        let page = pt.geometry().page_size();
+        // A range short of a table's span frees nothing; the span itself frees the table.
+        let leaf_span = pt.geometry().table_span(3);
+        let at = top - leaf_span;
+        pt.map(at, at, page, RW).unwrap();
+        assert_eq!(pt.unmap(at, page), Ok(page));
+        let linked = pt.stats().linked();
+        pt.prune(at, leaf_span - page).unwrap();
+        pt.prune(at + page, leaf_span - page).unwrap();
+        assert_eq!(pt.stats().linked(), linked, "{cfg:?}");
+        pt.prune(at, leaf_span).unwrap();
+        assert_eq!(pt.stats().linked(), linked - 1, "{cfg:?}");
+        pt.prune(0, top).unwrap();
+        assert_eq!(pt.stats().linked(), 1, "{cfg:?}");
+        assert_eq!(pt.prune(0, 0), Err(Error::ZeroCount));
+        assert!(pt.prune(page / 2, page).is_err());
+        assert_eq!(pt.prune(top - page, 2 * page).map_err(|_| ()), Err(()));
+        assert_eq!(pt.prune(page, u64::MAX - page + 1), Err(Error::Overflow));
+    }
+}
+
 #[test]
 fn partial_block_unmap_is_refused_and_changes_nothing() {
     let pt = PageTable::new(Config::tiny(3)).unwrap();

@@ -1,12 +1,13 @@
 //! Hostile `TlbOps`: a walk-cache flush that panics while a block map replaces an empty
-//! table must leave the table as it was and every later operation on it working.
+//! table must leave the table as it was and every later operation on it working; one that
+//! panics while an unmap frees a table must still free it through RCU.
 #![cfg(not(loom))]
 
+use dma_soak::hang::within_30_s;
 use dma_sync::atomic::{AtomicBool, Ordering::Relaxed};
 use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// TLB operations whose next `flush_walk` panics when `fail_next_walk` is set.
 #[derive(Default)]
@@ -22,15 +23,6 @@ impl TlbOps for Flaky {
         }
     }
     fn sync(&self, _range: &TlbRange) {}
-}
-
-/// Run `f` on another thread; `None` if it has not returned within 30 s (a hang).
-fn within_30_s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
 /// The block map had claimed the table's link (FROZEN) before the flush; the unwind left it
@@ -69,4 +61,30 @@ fn a_walk_flush_that_panics_during_a_block_map_leaves_the_table_usable() {
     );
     assert_eq!(pt.unmap(0x20_0000, 0x20_0000), Ok(0x20_0000));
     assert_eq!(pt.iova_to_phys(0x20_0010), None);
+}
+
+/// An unmap of a whole table's span claims the link and takes the subtree before the walk
+/// flush; a `flush_walk` that unwound there dropped the taken tables on the spot: back to the
+/// slab at once, under any reader still walking them (a racing map could reuse and zero one
+/// while a translation read it), and counted neither retired nor linked.
+#[test]
+fn a_walk_flush_that_panics_during_a_table_unmap_retires_the_table_through_rcu() {
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+    let pt = PageTable::with_tlb(Config::s1_4k(39), Flaky::default()).unwrap();
+    pt.map(0x20_1000, 0x5000, 0x1000, RW).unwrap();
+    let before = pt.stats();
+    // Hold a reader across the unmap, as a device thread translating would.
+    let reader = pt.reader();
+    pt.tlb().fail_next_walk.store(true, Relaxed);
+    let unwound = catch_unwind(AssertUnwindSafe(|| pt.unmap(0x20_0000, 0x20_0000)));
+    assert!(unwound.is_err());
+    let s = pt.stats();
+    assert_eq!(s.retired, before.retired + 1, "{s:?}");
+    assert_eq!(s.freed, before.freed, "freed under a reader: {s:?}");
+    assert_eq!(s.linked() as usize, pt.dump().tables, "{s:?}");
+    assert_eq!(reader.translate(0x20_1000), None);
+    drop(reader);
+    // The range works again.
+    pt.map(0x20_1000, 0x6000, 0x1000, RW).unwrap();
+    assert_eq!(pt.iova_to_phys(0x20_1010).map(|t| t.paddr()), Some(0x6010));
 }

@@ -7,6 +7,8 @@
 //!   by the model. The cargo-fuzz targets in `fuzz/` call these, the crates' proptest files feed
 //!   them proptest-made inputs, and this crate's tests replay the committed seed corpus.
 //!
+//! * [`hang`]: a watchdog for tests whose defect was a thread waiting for ever.
+//!
 //! * [`memory`]: original memory whose writes can be refused, so a lost copy-back shows.
 //!
 //! * [`workload`]: the soak, a long mixed workload across the crates with invariants checked
@@ -19,5 +21,6 @@
 //! Everything here is test support: it asserts, it never recovers.
 
 pub mod diff;
+pub mod hang;
 pub mod memory;
 pub mod workload;

@@ -361,6 +361,40 @@ mod pgtable {
             pt.unmap(LAST_PAGE, 0x2000),
             Error::Overflow,
         );
+        for (class, iova, size, want) in [
+            ("zero size", 0, 0, Error::ZeroCount),
+            (
+                "unaligned iova",
+                0x800,
+                0x1000,
+                Error::Misaligned {
+                    kind: AddrKind::Iova,
+                    addr: 0x800,
+                    align: 0x1000,
+                },
+            ),
+            ("overflowing end", LAST_PAGE, 0x2000, Error::Overflow),
+        ] {
+            t.err("leaves", class, pt.leaves(iova, iova, size), want);
+            t.err(
+                "tables_to_install",
+                class,
+                pt.tables_to_install(iova, iova, size),
+                want,
+            );
+            t.err("prune", class, pt.prune(iova, size), want);
+        }
+        t.accepted(
+            "prune",
+            "the whole space, after a map and its unmap",
+            "accepted, only the root left",
+            {
+                let fresh = PageTable::new(Config::s1_4k(39)).unwrap();
+                fresh.map(0x1000, 0x1000, 0x1000, RW).unwrap();
+                fresh.unmap(0x1000, 0x1000).unwrap();
+                fresh.prune(0, top) == Ok(()) && fresh.stats().linked() == 1
+            },
+        );
         t.accepted(
             "iova_to_phys",
             "maximum / never-mapped iova",

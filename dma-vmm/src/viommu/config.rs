@@ -36,6 +36,9 @@ pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 24;
 pub const MAX_MAPPINGS: usize = 1 << 24;
 /// Most page-table leaves a device may be configured to hold in all domains together.
 pub const MAX_LEAVES: u64 = 1 << 32;
+/// Most page tables (below the roots) a device may be configured to hold in all domains
+/// together.
+pub const MAX_TABLES: u64 = 1 << 24;
 /// Largest `probe_size`: every PROBE reply is this big, so it bounds the reply allocation.
 pub const MAX_PROBE_SIZE: u32 = 4096;
 /// Most fault reports a device may be configured to keep pending.
@@ -61,6 +64,13 @@ pub struct ViommuConfig {
     /// [`MAX_LEAVES`]: what bounds the page-table memory one MAP can make the device allocate
     /// (a MAP whose addresses allow 4 KiB pages only needs a leaf table per 2 MiB).
     pub max_leaves: u64,
+    /// Most page tables below the domains' roots, of all domains together, 1 ..=
+    /// [`MAX_TABLES`]: what bounds the page-table memory scattered MAPs can make the device
+    /// allocate (a one-page MAP far from the others needs a table per level below the root:
+    /// three, 12 KiB, with the four-level 4 KiB format). A MAP is refused (`NOMEM`) if the
+    /// tables it would install (`PageTable::tables_to_install`, exact) do not fit; UNMAP frees
+    /// the tables its gap no longer needs (`PageTable::prune`), and a dying domain all of its.
+    pub max_tables: u64,
     /// Offer `VIRTIO_IOMMU_F_BYPASS_CONFIG`: bypass domains (`ATTACH_F_BYPASS`) and the
     /// config field `bypass`.
     pub bypass_config: bool,
@@ -80,8 +90,9 @@ pub struct ViommuConfig {
 
 impl Default for ViommuConfig {
     /// 4 KiB granule, 48-bit IOVAs, the whole input range, every domain id, the caps of
-    /// cloud-hypervisor (2^20 mappings in all), 2^24 leaves (128 MiB of leaf tables), bypass domains offered, unattached endpoints blocked, 512 bytes of
-    /// PROBE properties, no reserved regions, 64 pending fault reports.
+    /// cloud-hypervisor (2^20 mappings in all), 2^24 leaves (128 MiB of leaf tables), 2^16
+    /// tables (256 MiB of 4 KiB tables), bypass domains offered, unattached endpoints blocked,
+    /// 512 bytes of PROBE properties, no reserved regions, 64 pending fault reports.
     fn default() -> Self {
         ViommuConfig {
             pgtable: Config::s1_4k(48),
@@ -91,6 +102,7 @@ impl Default for ViommuConfig {
             max_mappings_per_domain: 1 << 20,
             max_mappings: 1 << 20,
             max_leaves: 1 << 24,
+            max_tables: 1 << 16,
             bypass_config: true,
             initial_bypass: false,
             probe_size: 512,
@@ -214,6 +226,7 @@ impl ViommuConfig {
             MAX_MAPPINGS as u64,
         )?;
         limit("max_leaves", self.max_leaves, 1, MAX_LEAVES)?;
+        limit("max_tables", self.max_tables, 1, MAX_TABLES)?;
         limit(
             "probe_size",
             u64::from(self.probe_size),
@@ -294,7 +307,7 @@ mod tests {
         };
         assert_eq!(with(|_| ()), Ok(0x1000 | 0x20_0000 | 0x4000_0000));
         type Edit = fn(&mut ViommuConfig);
-        let cases: [(Edit, &str, u64); 9] = [
+        let cases: [(Edit, &str, u64); 11] = [
             (|c| c.max_domains = 0, "max_domains", 0),
             (
                 |c| c.max_domains = MAX_DOMAINS + 1,
@@ -316,6 +329,8 @@ mod tests {
             (|c| c.max_mappings = 0, "max_mappings", 0),
             (|c| c.max_leaves = 0, "max_leaves", 0),
             (|c| c.max_leaves = MAX_LEAVES + 1, "max_leaves", 1 << 32 | 1),
+            (|c| c.max_tables = 0, "max_tables", 0),
+            (|c| c.max_tables = MAX_TABLES + 1, "max_tables", 1 << 24 | 1),
         ];
         for (f, what, value) in cases {
             assert!(

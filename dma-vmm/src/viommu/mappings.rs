@@ -125,6 +125,22 @@ impl MappingTree {
         Ok(covered)
     }
 
+    /// The unmapped range around `iova`, inclusive: from the end of the mapping below it (or
+    /// 0) to the start of the mapping above it (or `u64::MAX`); `None` if `iova` is mapped.
+    /// O(log n).
+    pub fn gap_around(&self, iova: u64) -> Option<(u64, u64)> {
+        let below = self.by_start.range(..=iova).next_back().map(|(_, m)| m);
+        let above = self.by_start.range(iova..).next().map(|(&start, _)| start);
+        if below.is_some_and(|m| m.virt_end >= iova) {
+            return None;
+        }
+        // `above` starts past `iova`: the mapping starting at `iova` is `below`.
+        Some((
+            below.map_or(0, |m| m.virt_end + 1),
+            above.map_or(u64::MAX, |start| start - 1),
+        ))
+    }
+
     /// Remove the mapping starting at `virt_start`.
     pub fn remove(&mut self, virt_start: u64) -> Option<Mapping> {
         self.by_start.remove(&virt_start)
@@ -229,6 +245,13 @@ mod tests {
                 }
                 for (i, o) in owner.iter().enumerate() {
                     prop_assert_eq!(t.lookup(i as u64).map(|x| x.virt_start), *o);
+                    // The gap: the free units around `i`, to 0 and past the last unit.
+                    let gap = o.is_none().then(|| {
+                        let lo = (0..i).rev().find(|&j| owner[j].is_some()).map_or(0, |j| j as u64 + 1);
+                        let hi = (i..owner.len()).find(|&j| owner[j].is_some()).map_or(u64::MAX, |j| j as u64 - 1);
+                        (lo, hi)
+                    });
+                    prop_assert_eq!(t.gap_around(i as u64), gap);
                 }
             }
         }

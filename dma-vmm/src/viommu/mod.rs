@@ -65,8 +65,9 @@
 //!   republishes every unattached endpoint's attachment; turning bypass off (and a reset that
 //!   detached something) waits for a grace period, like UNMAP.
 //! * Validation (`ViommuConfig::validate`, before anything is allocated): see module `config`;
-//!   `max_mappings` and `max_leaves` (all domains together) are what bound the memory a guest
-//!   can make the device allocate (mapping records and page-table leaves).
+//!   `max_mappings`, `max_leaves` and `max_tables` (all domains together) are what bound the
+//!   memory a guest can make the device allocate (mapping records, page-table leaves, and the
+//!   tables that hold them wherever the guest scatters them).
 //! * ATTACH: non-zero `reserved` → `INVAL` (the one reserved field the device must check);
 //!   unknown flags → `INVAL`; unknown endpoint → `NOENT`; domain outside `domain_range` →
 //!   `RANGE`; bypass flag inconsistent with an existing domain → `INVAL`; joining a domain that
@@ -82,16 +83,20 @@
 //!   (`RANGE`), inside `input_range` (`RANGE`), known flags (`INVAL`), R or W (`UNSUPP`: stage-1
 //!   LPAE cannot express an MMIO-only or no-access mapping), no overlap with an existing mapping
 //!   (`INVAL`) nor with a reserved region of any endpoint attached to the domain (`INVAL`),
-//!   reversed range (`INVAL`), under `max_mappings_per_domain`, `max_mappings` and, counting the
-//!   leaves it writes (`PageTable::leaves`), `max_leaves` (`NOMEM`; UNMAP and a dying domain give
-//!   the room back); bypass domain → `INVAL`, unknown domain → `NOENT`.
+//!   reversed range (`INVAL`), under `max_mappings_per_domain`, `max_mappings`, and, counting the
+//!   leaves it writes (`PageTable::leaves`) and the tables it installs
+//!   (`PageTable::tables_to_install`, exact under the lock), `max_leaves` and `max_tables`
+//!   (`NOMEM`, before anything is allocated; UNMAP and a dying domain give the room back);
+//!   bypass domain → `INVAL`, unknown domain → `NOENT`.
 //!   The range is mapped with the largest page sizes its alignment allows. Write-only mappings
 //!   also read (stage-1 AP bits have no write-only; the specification's MAY).
 //! * UNMAP removes every mapping inside `[virt_start, virt_end]`, returns OK when there is none,
 //!   and returns `RANGE` without removing anything if one mapping is only partly covered
 //!   (`MappingTree::plan_unmap` checks before any leaf is cleared); the range need not be
 //!   aligned nor inside `input_range` (`[0, u64::MAX]` empties the domain), a reversed one is
-//!   `INVAL`; `reserved` is ignored; unknown domain → `NOENT`, bypass domain → `INVAL`.
+//!   `INVAL`; `reserved` is ignored; unknown domain → `NOENT`, bypass domain → `INVAL`. The
+//!   tables left empty in the unmapped gap around the range are freed (`PageTable::prune`),
+//!   so the domain holds exactly the tables its mappings need.
 //! * PROBE: `reserved` ignored; unknown endpoint → `NOENT`; the RESV_MEM properties (24 bytes,
 //!   `length` 20, reserved bits and bytes zero), then zeroes up to `probe_size`.
 //!
@@ -357,6 +362,8 @@ struct DomainSlot {
     mappings: MappingTree,
     /// Page-table leaves of its mappings.
     leaves: u64,
+    /// Page tables below its root (none are left empty: UNMAP prunes its gap).
+    tables: u64,
 }
 
 struct Control {
@@ -370,6 +377,8 @@ struct Control {
     mapped: usize,
     /// Page-table leaves of all domains together (bounded by `max_leaves`).
     leaves: u64,
+    /// Page tables below the roots of all domains together (bounded by `max_tables`).
+    tables: u64,
 }
 
 impl Control {
@@ -429,6 +438,7 @@ impl Viommu {
             driver_features: config.offered_features(),
             mapped: 0,
             leaves: 0,
+            tables: 0,
         };
         Ok(Viommu {
             page_size_mask,
@@ -513,6 +523,7 @@ impl Viommu {
             c.domains.clear();
             c.mapped = 0;
             c.leaves = 0;
+            c.tables = 0;
             for ep in c.endpoints.values() {
                 ep.attached.store(Attachment::unattached(c.bypass));
             }
@@ -772,6 +783,7 @@ impl Viommu {
                         endpoints: BTreeSet::new(),
                         mappings: MappingTree::new(),
                         leaves: 0,
+                        tables: 0,
                     },
                 );
             }
@@ -823,6 +835,7 @@ impl Viommu {
             if slot.endpoints.is_empty() {
                 c.mapped -= slot.mappings.len();
                 c.leaves -= slot.leaves;
+                c.tables -= slot.tables;
                 c.domains.remove(&domain);
             }
         }
@@ -854,6 +867,7 @@ impl Viommu {
             domains,
             mapped,
             leaves,
+            tables,
             ..
         } = c;
         let slot = domains.get_mut(&domain).ok_or(Status::NoEnt)?;
@@ -910,8 +924,10 @@ impl Viommu {
             io_pgtable::Error::OutOfRange { .. } | io_pgtable::Error::Overflow => Status::Range,
             _ => Status::DevErr,
         };
-        // The table memory a MAP costs follows its leaves, not its count: one MAP of 2^48
-        // bytes whose addresses allow 4 KiB pages only would need 2^36 of them.
+        // The table memory a MAP costs follows its leaves and where they lie, not its count:
+        // one MAP of 2^48 bytes whose addresses allow 4 KiB pages only would need 2^36 leaves,
+        // and each one-page MAP far from the others three tables. Leaves first: they bound
+        // the work of counting the tables.
         let new_leaves = pt
             .leaves(virt_start, phys_start, mapping.len())
             .map_err(status)?;
@@ -921,8 +937,16 @@ impl Viommu {
         {
             return Err(Status::NoMem);
         }
-        pt.map(virt_start, phys_start, mapping.len(), prot)
+        let new_tables = pt
+            .tables_to_install(virt_start, phys_start, mapping.len())
             .map_err(status)?;
+        if new_tables > self.config.max_tables - *tables {
+            return Err(Status::NoMem);
+        }
+        let mapped_ok = pt.map(virt_start, phys_start, mapping.len(), prot);
+        // Counted from the table itself, also after a failed map (which keeps its tables).
+        Self::count_tables(slot, tables);
+        mapped_ok.map_err(status)?;
         slot.mappings.insert(mapping).map_err(|_| Status::DevErr)?;
         *mapped += 1;
         *leaves += new_leaves;
@@ -957,12 +981,42 @@ impl Viommu {
         slot.leaves -= freed;
         c.mapped -= covered.len();
         c.leaves -= freed;
+        // The tables left empty lie in the gap the UNMAP opened (it removed every mapping in
+        // its range, so one gap holds them all): free them, so that scattered MAP and UNMAP
+        // cycles do not pile up tables, and give their room back.
+        let gap = covered
+            .first()
+            .and_then(|m| slot.mappings.gap_around(m.virt_start));
+        if let Some((start, end)) = gap {
+            let geom = pt.geometry();
+            let end = end.min(u64::MAX >> (64 - geom.ias()));
+            // A table is freed only if its whole span lies in the gap, so a gap without an
+            // aligned leaf-table span (neighbours close by: the usual case) frees nothing.
+            let smallest = geom.table_span(3);
+            let holds_one = start
+                .checked_next_multiple_of(smallest)
+                .is_some_and(|aligned| aligned <= end && end - aligned >= smallest - 1);
+            if holds_one {
+                failed |= pt.prune(start, end - start + 1).is_err();
+                Self::count_tables(slot, &mut c.tables);
+            }
+        }
         if failed {
             // Cannot happen while the tree and the table agree; still quiesce what was cleared.
             quiesce::synchronize();
             return Err(Status::DevErr);
         }
         Ok(!covered.is_empty())
+    }
+
+    /// Recount `slot`'s tables below the root from its page table, adjusting the device's
+    /// total `tables` (only the control path, under its lock, changes the table).
+    fn count_tables(slot: &mut DomainSlot, tables: &mut u64) {
+        if let DomainKind::Translated(pt) = &slot.domain.kind {
+            let now = pt.stats().linked() - 1;
+            *tables = *tables - slot.tables + now;
+            slot.tables = now;
+        }
     }
 
     fn probe(&self, c: &Control, endpoint: u32) -> Reply {

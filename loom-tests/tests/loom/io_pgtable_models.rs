@@ -34,7 +34,7 @@
 //!   behaviour (`pgtable_retire_bypasses_rcu`).
 //! * `racing_unmaps_of_one_table`, `map_races_table_unmap`, `map_races_subtree_unmap`,
 //!   `block_map_races_page_map`, `block_map_races_table_unmap`,
-//!   `page_maps_race_refused_block_map`: operations on overlapping ranges; each entry is
+//!   `page_maps_race_refused_block_map`, `prune_races_page_map`: operations on overlapping ranges; each entry is
 //!   claimed by exactly one (the claim's twin is the load-then-store it replaced), and an
 //!   entry a block map reserved is never taken for an answer.
 //! * `block_map_races_page_install`, `block_map_races_install_below`,
@@ -382,6 +382,29 @@ fn block_map_races_page_map() {
         }
         other => panic!("not exactly one map won: {other:?}"),
     }
+    accounted(&pt);
+}
+
+/// A prune of the 16 KiB span of top entry 1, which links an emptied level-3 table, races a
+/// page map in that table: the map always succeeds and its page stays (a prune never takes a
+/// mapping); the old table is retired iff the prune froze it empty before the page landed
+/// (the map then waits for the reservation and installs a fresh table, or its claim from 0 in
+/// the old one fails on `DEAD` and it restarts).
+fn prune_races_page_map() {
+    const BLOCK: u64 = 0x4000;
+    let pt = tiny_with_empty_table();
+    let prune = spawn_on(&pt, |pt| assert_eq!(pt.prune(BLOCK, BLOCK), Ok(())));
+    let iova = BLOCK + 2 * PAGE;
+    let page = spawn_on(&pt, move |pt| map_one(pt, iova, PAGE));
+    translated_or_absent(&pt, iova);
+    prune.join().unwrap();
+    page.join().unwrap();
+    let t = pt.iova_to_phys(iova).expect("a prune took the page");
+    assert_eq!((t.paddr(), t.size()), (pa(iova), PAGE));
+    let s = pt.stats();
+    assert!(s.retired <= 1, "{s:?}");
+    // Root and one level-3 table: the old one, or the fresh one after the old one went.
+    assert_eq!(s.linked(), 2, "{s:?}");
     accounted(&pt);
 }
 
@@ -847,6 +870,15 @@ fn block_map_races_page_map_passes() {
 #[test]
 fn page_maps_race_refused_block_map_passes() {
     check(Bound::Preemptions(3), page_maps_race_refused_block_map);
+}
+
+/// Bounded, `Preemptions(3)`, as `block_map_races_page_map` (the prune's freeze and claim are
+/// the block map's): one switch stops the page map between reading its slot and claiming it,
+/// one runs the prune's freeze and claim in that window (or the reverse), one for the
+/// translator.
+#[test]
+fn prune_races_page_map_passes() {
+    check(Bound::Preemptions(3), prune_races_page_map);
 }
 
 must_fail_test! {

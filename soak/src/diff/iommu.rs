@@ -180,12 +180,17 @@ impl World {
         let mut spans = Vec::new();
         for (d, m, list) in &self.lists {
             if self.dev_model[*d].trusted {
-                let start = m.segments.iter().map(|s| s.addr).min().unwrap_or(0);
-                let end = m.segments.iter().map(|s| s.addr + s.len).max().unwrap_or(0);
+                let start = m.segments().iter().map(|s| s.addr).min().unwrap_or(0);
+                let end = m
+                    .segments()
+                    .iter()
+                    .map(|s| s.addr + s.len)
+                    .max()
+                    .unwrap_or(0);
                 spans.push((start, (end - start) as usize));
             } else {
                 spans.extend(
-                    m.per_input
+                    m.per_input()
                         .iter()
                         .zip(list)
                         .map(|(&a, s)| (a, s.len as usize)),
@@ -515,7 +520,7 @@ fn run_ops(w: &mut World, foreign: &dma_iommu::Device, ops: &[Op]) -> Result<(),
                     if w.dev_model[*d].trusted {
                         1
                     } else {
-                        m.per_input.len() as u64
+                        m.per_input().len() as u64
                     }
                 })
                 .sum::<u64>();
@@ -652,7 +657,7 @@ fn apply(
             let before = w.dom.iotlb().tick();
             let r = w.dom.unmap_sg(&w.devs[d], &m, Direction::ToDevice);
             t.check(r.is_ok(), || format!("unmap_sg: {r:?}"))?;
-            for sg in &m.segments {
+            for sg in m.segments() {
                 let (s, e) = span(sg.addr, sg.len as usize);
                 w.unmapped.push((s, e, before));
                 t.check(w.dom.translate(sg.addr).is_none(), || {
@@ -801,7 +806,7 @@ fn list_count(w: &World) -> u64 {
             if w.dev_model[*d].trusted {
                 1
             } else {
-                m.per_input.len() as u64
+                m.per_input().len() as u64
             }
         })
         .sum()
@@ -945,8 +950,8 @@ fn map_sg(w: &mut World, t: &Tracker, d: usize, segs: &[(u16, u16)]) -> Result<(
                     .all(|s| s.len > 0 && s.len <= cfg.max_segment_size),
                 || "list with an empty or too long segment mapped".into(),
             )?;
-            t.same("per-input addresses", m.per_input.len(), list.len())?;
-            for (s, &dma) in list.iter().zip(&m.per_input) {
+            t.same("per-input addresses", m.per_input().len(), list.len())?;
+            for (s, &dma) in list.iter().zip(m.per_input()) {
                 if dev.trusted {
                     t.same("list translation", w.dom.translate(dma), Some(s.addr))?;
                 }
@@ -954,7 +959,7 @@ fn map_sg(w: &mut World, t: &Tracker, d: usize, segs: &[(u16, u16)]) -> Result<(
                     "list beyond the mask".into()
                 })?;
             }
-            for sg in &m.segments {
+            for sg in m.segments() {
                 w.check_new_span(t, sg.addr, sg.len as usize)?;
             }
             w.lists.push((d, m, list));
