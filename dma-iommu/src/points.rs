@@ -22,9 +22,9 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
-//! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed`, `registry_claim_relaxed_on_insert` | `registry_insert_vs_take`, `registry_take_vs_neighbour_insert` |
-//! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `registry_insert_vs_take` |
-//! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `registry_take_vs_neighbour_insert` |
+//! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed`, `registry_claim_relaxed_on_insert` | `insert_vs_take`, `take_vs_neighbour_insert` |
+//! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
+//! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_neighbour_insert` |
 //!
 //! Twins without a message in the table fail with a causality violation; the real-domain twins
 //! with "stale translation".
