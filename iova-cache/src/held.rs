@@ -42,31 +42,78 @@ use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering, Poison};
 use std::cell::Cell;
 use std::ptr;
 
-/// log2 of the words per leaf and of the children per interior node (small in models, so a
-/// space of a few dozen granules already needs an interior level).
+/// log2 of the children per interior node, and of the words a leaf's slots need (small in
+/// models, so a space of a few dozen granules already needs an interior level).
 #[cfg(not(loom))]
 const FAN_BITS: u32 = 9;
 #[cfg(loom)]
 const FAN_BITS: u32 = 1;
 const FAN: usize = 1 << FAN_BITS;
-/// log2 of the granules per leaf: each granule needs at most two bits (one per class, halving
-/// per class), and a leaf has `64 * FAN` bits.
+/// log2 of the granules per leaf: the slots of every class (halving per class) take fewer
+/// than two bits per granule, `64 * FAN` bits before the padding of [`MIN_LINES`].
 const LEAF_SHIFT: u32 = FAN_BITS + 5;
-/// log2 of the bits per cache line.
+/// log2 of the bits per cache line (a word in models, whose largest class has 64 slots per
+/// leaf, so that the spreading below still spans several words there).
+#[cfg(not(loom))]
 const LINE_BITS_SHIFT: u32 = 9;
+#[cfg(loom)]
+const LINE_BITS_SHIFT: u32 = 6;
+/// The fewest lines a class has in a leaf. Two CPUs whose ranges of one class are `d` slots
+/// apart (`0 < d < MIN_LINES`) write different lines; the magazines hand out neighbouring
+/// ranges, a few slots apart. With 8 lines, 8 CPUs cycling through neighbouring slots each
+/// have a line. The classes that own fewer bits than that (3 to 6) are padded: the leaf
+/// grows from 64 lines to 88 (4 KiB to 5.5 KiB per 16 384 granules).
+#[cfg(not(loom))]
+const MIN_LINES: u32 = 8;
+#[cfg(loom)]
+const MIN_LINES: u32 = 2;
 /// Number of size classes tracked (1 to 64 granules).
 const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
-// Every class has at least one bit per leaf, and the classes' bits (`2^LEAF_SHIFT` halving per
-// class) fit in the leaf's `2^(LEAF_SHIFT + 1)`.
+// Every class has at least one bit per leaf.
 const _: () = assert!(CLASSES <= LEAF_SHIFT + 1);
 
-/// A leaf: the block words of `FAN` consecutive blocks.
+/// log2 of the lines class `order` has in a leaf: one bit per slot, at least [`MIN_LINES`].
+const fn class_lines_shift(order: u32) -> u32 {
+    let needed = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
+    let min = MIN_LINES.trailing_zeros();
+    if needed > min {
+        needed
+    } else {
+        min
+    }
+}
+
+/// The first bit of every class in a leaf (and the end of the last): the classes' lines one
+/// after another.
+const CLASS_BASE: [usize; CLASSES as usize + 1] = {
+    let mut bases = [0; CLASSES as usize + 1];
+    let mut k = 0;
+    while k < CLASSES {
+        // The class's slots fit its lines.
+        assert!(LEAF_SHIFT - k <= class_lines_shift(k) + LINE_BITS_SHIFT);
+        let bits = 1 << (class_lines_shift(k) + LINE_BITS_SHIFT);
+        bases[k as usize + 1] = bases[k as usize] + bits;
+        k += 1;
+    }
+    bases
+};
+
+/// Words per leaf: every class's lines.
+const LEAF_WORDS: usize = CLASS_BASE[CLASSES as usize] / 64;
+// Lines are whole words, and a line count is a shift.
+const _: () = assert!(MIN_LINES.is_power_of_two() && LINE_BITS_SHIFT >= 6);
+// 88 lines in production: 32, 16, 8 for classes 0 to 2, 8 padded ones for classes 3 to 6.
+#[cfg(not(loom))]
+const _: () = assert!(LEAF_WORDS == 88 * 8);
+
+/// A leaf: the held bits of `2^LEAF_SHIFT` consecutive granules, its lines the CPU's.
+#[repr(align(64))]
 struct Leaf {
-    words: [AtomicU64; FAN],
+    words: [AtomicU64; LEAF_WORDS],
 }
 
 /// An interior node. At the last interior level the children are [`Leaf`]s, stored as
-/// `*mut Node` and cast back by level (both are arrays of `FAN` word-sized atomics).
+/// `*mut Node` and cast back by level.
 struct Node {
     kids: [AtomicPtr<Node>; FAN],
 }
@@ -133,13 +180,11 @@ unsafe impl Sync for Held {}
 /// The word and bit mask of class `order`'s slot holding granule `g` of a leaf.
 #[inline]
 fn position(g: u64, order: u32) -> (usize, u64) {
-    // Bits numbered class by class: class `k` starts after the `2^(LEAF_SHIFT - j)` bits of
-    // every class `j < k` (a whole number of lines), and has one bit per `2^k` granules.
-    let base = (2 << LEAF_SHIFT) - (2 << (LEAF_SHIFT - order));
     // Within its class's `2^lines` lines, consecutive slots go to consecutive lines first.
-    let lines = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
+    let lines = class_lines_shift(order);
     let i = (g >> order) as usize;
-    let b = base + ((i & ((1 << lines) - 1)) << LINE_BITS_SHIFT) + (i >> lines);
+    let b =
+        CLASS_BASE[order as usize] + ((i & ((1 << lines) - 1)) << LINE_BITS_SHIFT) + (i >> lines);
     (b / 64, 1u64 << (b % 64))
 }
 
@@ -373,6 +418,11 @@ impl Drop for Held {
 mod tests {
     use super::*;
 
+    /// The cache line of class `order`'s slot at granule `g` of a leaf.
+    fn line(g: u64, order: u32) -> usize {
+        (position(g, order).0 * 64) >> LINE_BITS_SHIFT
+    }
+
     #[test]
     #[cfg_attr(miri, ignore)] // 32k slots through a hash set, no unsafe code
     fn every_slot_of_a_leaf_has_its_own_bit() {
@@ -380,22 +430,43 @@ mod tests {
         for order in 0..CLASSES {
             for g in (0..1u64 << LEAF_SHIFT).step_by(1 << order) {
                 let (word, mask) = position(g, order);
-                assert!(word < FAN && mask.is_power_of_two());
+                assert!(word < LEAF_WORDS && mask.is_power_of_two());
                 assert!(
                     seen.insert((word, mask)),
                     "class {order} granule {g} shares a bit"
                 );
             }
         }
-        let line = |g, order| (position(g, order).0 * 64) >> LINE_BITS_SHIFT;
-        assert_ne!(
-            line(0, 0),
-            line(1, 0),
-            "neighbours in different cache lines"
-        );
         let class0: std::collections::BTreeSet<_> =
             (0..1u64 << LEAF_SHIFT).map(|g| line(g, 0)).collect();
         assert!(!class0.contains(&line(0, 1)), "classes do not share lines");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // 32k slots, safe code
+    fn neighbouring_slots_of_every_class_are_in_different_lines() {
+        for order in 0..CLASSES {
+            let slots = 1u64 << (LEAF_SHIFT - order);
+            let mut lines = std::collections::BTreeMap::<usize, u64>::new();
+            for i in 0..slots {
+                *lines.entry(line(i << order, order)).or_default() += 1;
+                // Slots up to MIN_LINES - 1 apart: CPUs with nearby ranges of one class.
+                for d in 1..u64::from(MIN_LINES).min(slots - i) {
+                    assert_ne!(
+                        line(i << order, order),
+                        line((i + d) << order, order),
+                        "class {order} slots {i} and {}",
+                        i + d
+                    );
+                }
+            }
+            assert!(lines.len() >= MIN_LINES as usize, "class {order}");
+            let (fewest, most) = (lines.values().min(), lines.values().max());
+            assert_eq!(fewest, most, "class {order} spread evenly over its lines");
+        }
+        // 88 lines of 64 bytes: 5.5 KiB per leaf of 16 384 granules.
+        assert_eq!(std::mem::size_of::<Leaf>(), 88 * 64);
+        assert_eq!(std::mem::align_of::<Leaf>(), 64);
     }
 
     #[test]
