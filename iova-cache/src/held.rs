@@ -63,11 +63,12 @@ const LEAF_SHIFT: u32 = FAN_BITS + 5;
 const LINE_BITS_SHIFT: u32 = 9;
 #[cfg(loom)]
 const LINE_BITS_SHIFT: u32 = 6;
-/// The fewest lines a class has in a leaf. Two CPUs whose ranges of one class are `d` slots
-/// apart (`0 < d < MIN_LINES`) write different lines; the magazines hand out neighbouring
-/// ranges, a few slots apart. With 8 lines, 8 CPUs cycling through neighbouring slots each
-/// have a line. The classes that own fewer bits than that (3 to 6) are padded: the leaf
-/// grows from 64 lines to 88 (4 KiB to 5.5 KiB per 16 384 granules).
+/// The fewest lines a class's slots are spread over in a leaf. Two CPUs whose ranges of one
+/// class are `d` slots apart (`0 < d < MIN_LINES`) write different lines; the magazines hand
+/// out neighbouring ranges, a few slots apart, and with 8 lines 8 CPUs cycling through
+/// neighbouring slots each have a line. The classes with fewer bits than that (3 to 6, with
+/// 4, 2, 1 and half a line of bits) share 8 lines, each line holding every eighth slot of
+/// each of them, so the leaf stays 64 lines (4 KiB per 16 384 granules).
 #[cfg(not(loom))]
 const MIN_LINES: u32 = 8;
 #[cfg(loom)]
@@ -77,7 +78,8 @@ const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
 // Every class has at least one bit per leaf.
 const _: () = assert!(CLASSES <= LEAF_SHIFT + 1);
 
-/// log2 of the lines class `order` has in a leaf: one bit per slot, at least [`MIN_LINES`].
+/// log2 of the lines class `order`'s slots are spread over: its own lines while it has
+/// [`MIN_LINES`] of bits or more, else the [`MIN_LINES`] shared ones.
 const fn class_lines_shift(order: u32) -> u32 {
     let needed = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
     let min = MIN_LINES.trailing_zeros();
@@ -88,28 +90,47 @@ const fn class_lines_shift(order: u32) -> u32 {
     }
 }
 
-/// The first bit of every class in a leaf (and the end of the last): the classes' lines one
-/// after another.
+/// Bit offset of every class in a leaf (slot `i` of class `k` is bit `CLASS_BASE[k]`, plus
+/// `i mod 2^lines` lines, plus `i >> lines`), and the leaf's size in bits last: the large
+/// classes' own lines one after another, then the shared lines, in which each small class
+/// has its stretch of bits at the same offset of every line.
 const CLASS_BASE: [usize; CLASSES as usize + 1] = {
     let mut bases = [0; CLASSES as usize + 1];
+    let (mut end, mut shared) = (0, None);
     let mut k = 0;
     while k < CLASSES {
-        // The class's slots fit its lines.
-        assert!(LEAF_SHIFT - k <= class_lines_shift(k) + LINE_BITS_SHIFT);
-        let bits = 1 << (class_lines_shift(k) + LINE_BITS_SHIFT);
-        bases[k as usize + 1] = bases[k as usize] + bits;
+        let slots = 1usize << (LEAF_SHIFT - k);
+        if slots >= (MIN_LINES as usize) << LINE_BITS_SHIFT {
+            bases[k as usize] = end;
+            end += slots;
+        } else {
+            // The shared lines start after the last own line; a class's stretch per line is
+            // its slots over MIN_LINES (at least one bit).
+            let at = match shared {
+                None => end,
+                Some(at) => at,
+            };
+            bases[k as usize] = at;
+            shared = Some(at + slots.div_ceil(MIN_LINES as usize));
+        }
         k += 1;
     }
+    if let Some(at) = shared {
+        // The small classes' stretches fit one line.
+        assert!(at - end <= 1 << LINE_BITS_SHIFT);
+        end += (MIN_LINES as usize) << LINE_BITS_SHIFT;
+    }
+    bases[CLASSES as usize] = end;
     bases
 };
 
-/// Words per leaf: every class's lines.
+/// Words per leaf: the large classes' lines and the shared ones.
 const LEAF_WORDS: usize = CLASS_BASE[CLASSES as usize] / 64;
 // Lines are whole words, and a line count is a shift.
 const _: () = assert!(MIN_LINES.is_power_of_two() && LINE_BITS_SHIFT >= 6);
-// 88 lines in production: 32, 16, 8 for classes 0 to 2, 8 padded ones for classes 3 to 6.
+// 64 lines in production: 32, 16, 8 for classes 0 to 2, 8 shared by classes 3 to 6.
 #[cfg(not(loom))]
-const _: () = assert!(LEAF_WORDS == 88 * 8);
+const _: () = assert!(LEAF_WORDS == FAN);
 
 /// A leaf: the held bits of `2^LEAF_SHIFT` consecutive granules, its lines the CPU's.
 #[repr(align(64))]
@@ -469,8 +490,8 @@ mod tests {
             let (fewest, most) = (lines.values().min(), lines.values().max());
             assert_eq!(fewest, most, "class {order} spread evenly over its lines");
         }
-        // 88 lines of 64 bytes: 5.5 KiB per leaf of 16 384 granules.
-        assert_eq!(std::mem::size_of::<Leaf>(), 88 * 64);
+        // 64 lines of 64 bytes: 4 KiB per leaf of 16 384 granules.
+        assert_eq!(std::mem::size_of::<Leaf>(), 64 * 64);
         assert_eq!(std::mem::align_of::<Leaf>(), 64);
     }
 
