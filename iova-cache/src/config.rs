@@ -59,7 +59,7 @@ pub struct IovaConfig {
     pub trim_interval: Option<Duration>,
     /// Track user-held cached ranges so that a double or mismatched free of a cacheable size
     /// is a typed error instead of a silent corruption. Costs one atomic bit operation per
-    /// cached allocation and free (a third of a byte per granule of bitmap where cached ranges
+    /// cached allocation and free (a quarter byte per granule of bitmap where cached ranges
     /// live); callers that track ownership themselves (a page table) may turn it off.
     pub checked_frees: bool,
     /// A per-thread cache of one freed range in front of the CPU magazines (with `caching`):

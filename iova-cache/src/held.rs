@@ -20,21 +20,23 @@
 //! published with a release CAS and read with acquire loads ([`HELD_NODE_PUBLISH`],
 //! [`HELD_NODE_LOAD`]).
 //!
-//! Layout: a leaf of 88 cache lines (5.5 KiB, line-aligned) holds the bits of every class
-//! for 16 384 granules (2^14 + 2^13 + ... + 2^8 bits), numbered class by class, each class in
-//! its own lines: 32 for class 0, 16 for class 1, and at least [`MIN_LINES`] (8) for every
-//! class, so classes 3 to 6 (which need 4, 2, 1 and half a line) are padded to 8. A class's
-//! slots are spread over its lines so that consecutive slots fall in different lines, and
-//! slots up to 7 apart too: CPUs whose ranges of one class are neighbours (the magazines hand
-//! out neighbouring ranges) do not write one line. With one line for 32-granule ranges and
-//! half a line for 64-granule ones, two CPUs' same-thread pairs wrote the same line on every
-//! free and did not scale to two threads. A class's live ranges touch only that class's lines
-//! (1M live single granules: 128 KiB of bits, which stay in a CPU's cache where spreading
-//! every class over the whole leaf touched twice that). The padding costs 24 lines per leaf
-//! (a third of a byte per granule instead of a quarter). Interior nodes hold 512 child
-//! pointers; only the leaves a cached range ever touched exist, freed with the allocator.
-//! Depth is fixed by the space: one interior level per 9 bits of leaves (at most 6 for a
-//! 2^64-granule space; 3 for the default 48-bit one).
+//! Layout: a leaf of 512 words (4 KiB, 64 cache lines, line-aligned) holds the bits of every
+//! class for 16 384 granules (2^14 + 2^13 + ... + 2^8 bits of its 2^15). Classes 0 to 2 have
+//! lines of their own (32, 16 and 8); classes 3 to 6, with 4, 2, 1 and half a line of bits,
+//! share the last 8 lines, each line holding a stretch of every one of them. Every class's
+//! slots are spread over at least [`MIN_LINES`] (8) lines, consecutive slots in consecutive
+//! lines, so that CPUs whose ranges of one class are up to 7 slots apart (the magazines hand
+//! out neighbouring ranges) write different lines. When classes 5 and 6 had one line and half
+//! a line of their own, two CPUs' same-thread pairs of 32 or 64 granules wrote one line on
+//! every free and ran slower on two threads than on one. The small classes share lines
+//! rather than each being padded to 8 (5.5 KiB leaves): a bigger leaf is a bigger working
+//! set for random frees of mixed sizes. The large classes' live ranges touch only their own
+//! lines (1M live single granules: 128 KiB of bits, which stay in a CPU's cache where
+//! spreading every class over the whole leaf touched twice that). Interior nodes hold 512
+//! child pointers; only the leaves a cached range ever touched exist (a quarter byte per
+//! granule of them), freed with the allocator. Depth is fixed by the space: one interior
+//! level per 9 bits of leaves (at most 6 for a 2^64-granule space; 3 for the default 48-bit
+//! one).
 //!
 //! Lookups: each thread remembers the last leaf it reached ([`LastLeaf`]), so the free that
 //! follows an allocation, or a neighbouring range, skips the walk down the radix map (a chain
