@@ -478,8 +478,8 @@ mod tests {
             let mut lines = std::collections::BTreeMap::<usize, u64>::new();
             for i in 0..slots {
                 *lines.entry(line(i << order, order)).or_default() += 1;
-                // Slots up to MIN_LINES - 1 apart: CPUs with nearby ranges of one class.
-                for d in 1..u64::from(MIN_LINES).min(slots - i) {
+                // Slots up to 7 apart: CPUs with nearby ranges of one class.
+                for d in 1..8.min(slots - i) {
                     assert_ne!(
                         line(i << order, order),
                         line((i + d) << order, order),
@@ -488,7 +488,7 @@ mod tests {
                     );
                 }
             }
-            assert!(lines.len() >= MIN_LINES as usize, "class {order}");
+            assert!(lines.len() >= 8, "class {order}");
             let (fewest, most) = (lines.values().min(), lines.values().max());
             assert_eq!(fewest, most, "class {order} spread evenly over its lines");
         }
