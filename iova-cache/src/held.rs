@@ -20,16 +20,23 @@
 //! published with a release CAS and read with acquire loads ([`HELD_NODE_PUBLISH`],
 //! [`HELD_NODE_LOAD`]).
 //!
-//! Layout: a leaf of 512 words (4 KiB) holds the bits of every class for 16 384 granules
-//! (2^14 + 2^13 + ... + 2^8 bits of its 2^15), numbered class by class, each class in its own
-//! cache lines (32 for class 0, down to 1 for class 5 and half a line for class 6), and
-//! spread over them so that consecutive slots of a class fall in different lines: CPUs whose ranges are neighbours do not contend
-//! for one line, and a class's live ranges touch only that class's lines (1M live single
-//! granules: 128 KiB of bits, which stay in a CPU's cache where spreading every class over
-//! the whole leaf touched twice that). Interior nodes hold 512 child pointers; only the leaves
-//! a cached range ever touched exist (a quarter byte per granule of them), freed with the
-//! allocator. Depth is fixed by the space: one interior level per 9 bits of leaves (at most 6
-//! for a 2^64-granule space; 3 for the default 48-bit one).
+//! Layout: a leaf of 512 words (4 KiB, 64 cache lines, line-aligned) holds the bits of every
+//! class for 16 384 granules (2^14 + 2^13 + ... + 2^8 bits of its 2^15). Classes 0 to 2 have
+//! lines of their own (32, 16 and 8); classes 3 to 6, with 4, 2, 1 and half a line of bits,
+//! share the last 8 lines, each line holding a stretch of every one of them. Every class's
+//! slots are spread over at least [`MIN_LINES`] (8) lines, consecutive slots in consecutive
+//! lines, so that CPUs whose ranges of one class are up to 7 slots apart (the magazines hand
+//! out neighbouring ranges) write different lines. When classes 5 and 6 had one line and half
+//! a line of their own, two CPUs' same-thread pairs of 32 or 64 granules wrote one line on
+//! every free and ran slower on two threads than on one. The small classes share lines
+//! rather than each being padded to 8 (5.5 KiB leaves): a bigger leaf is a bigger working
+//! set for random frees of mixed sizes. The large classes' live ranges touch only their own
+//! lines (1M live single granules: 128 KiB of bits, which stay in a CPU's cache where
+//! spreading every class over the whole leaf touched twice that). Interior nodes hold 512
+//! child pointers; only the leaves a cached range ever touched exist (a quarter byte per
+//! granule of them), freed with the allocator. Depth is fixed by the space: one interior
+//! level per 9 bits of leaves (at most 6 for a 2^64-granule space; 3 for the default 48-bit
+//! one).
 //!
 //! Lookups: each thread remembers the last leaf it reached ([`LastLeaf`]), so the free that
 //! follows an allocation, or a neighbouring range, skips the walk down the radix map (a chain
@@ -42,31 +49,99 @@ use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering, Poison};
 use std::cell::Cell;
 use std::ptr;
 
-/// log2 of the words per leaf and of the children per interior node (small in models, so a
-/// space of a few dozen granules already needs an interior level).
+/// log2 of the children per interior node, and of the words a leaf's slots need (small in
+/// models, so a space of a few dozen granules already needs an interior level).
 #[cfg(not(loom))]
 const FAN_BITS: u32 = 9;
 #[cfg(loom)]
 const FAN_BITS: u32 = 1;
 const FAN: usize = 1 << FAN_BITS;
-/// log2 of the granules per leaf: each granule needs at most two bits (one per class, halving
-/// per class), and a leaf has `64 * FAN` bits.
+/// log2 of the granules per leaf: the slots of every class (halving per class) take fewer
+/// than two bits per granule, `64 * FAN` bits before the padding of [`MIN_LINES`].
 const LEAF_SHIFT: u32 = FAN_BITS + 5;
-/// log2 of the bits per cache line.
+/// log2 of the bits per cache line (a word in models, whose largest class has 64 slots per
+/// leaf, so that the spreading below still spans several words there).
+#[cfg(not(loom))]
 const LINE_BITS_SHIFT: u32 = 9;
+#[cfg(loom)]
+const LINE_BITS_SHIFT: u32 = 6;
+/// The fewest lines a class's slots are spread over in a leaf. Two CPUs whose ranges of one
+/// class are `d` slots apart (`0 < d < MIN_LINES`) write different lines; the magazines hand
+/// out neighbouring ranges, a few slots apart, and with 8 lines 8 CPUs cycling through
+/// neighbouring slots each have a line. The classes with fewer bits than that (3 to 6, with
+/// 4, 2, 1 and half a line of bits) share 8 lines, each line holding every eighth slot of
+/// each of them, so the leaf stays 64 lines (4 KiB per 16 384 granules).
+#[cfg(not(loom))]
+const MIN_LINES: u32 = 8;
+#[cfg(loom)]
+const MIN_LINES: u32 = 2;
 /// Number of size classes tracked (1 to 64 granules).
 const CLASSES: u32 = crate::config::CACHE_CLASSES as u32;
-// Every class has at least one bit per leaf, and the classes' bits (`2^LEAF_SHIFT` halving per
-// class) fit in the leaf's `2^(LEAF_SHIFT + 1)`.
+// Every class has at least one bit per leaf.
 const _: () = assert!(CLASSES <= LEAF_SHIFT + 1);
 
-/// A leaf: the block words of `FAN` consecutive blocks.
+/// log2 of the lines class `order`'s slots are spread over: its own lines while it has
+/// [`MIN_LINES`] of bits or more, else the [`MIN_LINES`] shared ones.
+const fn class_lines_shift(order: u32) -> u32 {
+    let needed = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
+    let min = MIN_LINES.trailing_zeros();
+    if needed > min {
+        needed
+    } else {
+        min
+    }
+}
+
+/// Bit offset of every class in a leaf (slot `i` of class `k` is bit `CLASS_BASE[k]`, plus
+/// `i mod 2^lines` lines, plus `i >> lines`), and the leaf's size in bits last: the large
+/// classes' own lines one after another, then the shared lines, in which each small class
+/// has its stretch of bits at the same offset of every line.
+const CLASS_BASE: [usize; CLASSES as usize + 1] = {
+    let mut bases = [0; CLASSES as usize + 1];
+    let (mut end, mut shared) = (0, None);
+    let mut k = 0;
+    while k < CLASSES {
+        let slots = 1usize << (LEAF_SHIFT - k);
+        if slots >= (MIN_LINES as usize) << LINE_BITS_SHIFT {
+            bases[k as usize] = end;
+            end += slots;
+        } else {
+            // The shared lines start after the last own line; a class's stretch per line is
+            // its slots over MIN_LINES (at least one bit).
+            let at = match shared {
+                None => end,
+                Some(at) => at,
+            };
+            bases[k as usize] = at;
+            shared = Some(at + slots.div_ceil(MIN_LINES as usize));
+        }
+        k += 1;
+    }
+    if let Some(at) = shared {
+        // The small classes' stretches fit one line.
+        assert!(at - end <= 1 << LINE_BITS_SHIFT);
+        end += (MIN_LINES as usize) << LINE_BITS_SHIFT;
+    }
+    bases[CLASSES as usize] = end;
+    bases
+};
+
+/// Words per leaf: the large classes' lines and the shared ones.
+const LEAF_WORDS: usize = CLASS_BASE[CLASSES as usize] / 64;
+// Lines are whole words, and a line count is a shift.
+const _: () = assert!(MIN_LINES.is_power_of_two() && LINE_BITS_SHIFT >= 6);
+// 64 lines in production: 32, 16, 8 for classes 0 to 2, 8 shared by classes 3 to 6.
+#[cfg(not(loom))]
+const _: () = assert!(LEAF_WORDS == FAN);
+
+/// A leaf: the held bits of `2^LEAF_SHIFT` consecutive granules, its lines the CPU's.
+#[repr(align(64))]
 struct Leaf {
-    words: [AtomicU64; FAN],
+    words: [AtomicU64; LEAF_WORDS],
 }
 
 /// An interior node. At the last interior level the children are [`Leaf`]s, stored as
-/// `*mut Node` and cast back by level (both are arrays of `FAN` word-sized atomics).
+/// `*mut Node` and cast back by level.
 struct Node {
     kids: [AtomicPtr<Node>; FAN],
 }
@@ -133,13 +208,11 @@ unsafe impl Sync for Held {}
 /// The word and bit mask of class `order`'s slot holding granule `g` of a leaf.
 #[inline]
 fn position(g: u64, order: u32) -> (usize, u64) {
-    // Bits numbered class by class: class `k` starts after the `2^(LEAF_SHIFT - j)` bits of
-    // every class `j < k` (a whole number of lines), and has one bit per `2^k` granules.
-    let base = (2 << LEAF_SHIFT) - (2 << (LEAF_SHIFT - order));
     // Within its class's `2^lines` lines, consecutive slots go to consecutive lines first.
-    let lines = (LEAF_SHIFT - order).saturating_sub(LINE_BITS_SHIFT);
+    let lines = class_lines_shift(order);
     let i = (g >> order) as usize;
-    let b = base + ((i & ((1 << lines) - 1)) << LINE_BITS_SHIFT) + (i >> lines);
+    let b =
+        CLASS_BASE[order as usize] + ((i & ((1 << lines) - 1)) << LINE_BITS_SHIFT) + (i >> lines);
     (b / 64, 1u64 << (b % 64))
 }
 
@@ -373,6 +446,11 @@ impl Drop for Held {
 mod tests {
     use super::*;
 
+    /// The cache line of class `order`'s slot at granule `g` of a leaf.
+    fn line(g: u64, order: u32) -> usize {
+        (position(g, order).0 * 64) >> LINE_BITS_SHIFT
+    }
+
     #[test]
     #[cfg_attr(miri, ignore)] // 32k slots through a hash set, no unsafe code
     fn every_slot_of_a_leaf_has_its_own_bit() {
@@ -380,22 +458,43 @@ mod tests {
         for order in 0..CLASSES {
             for g in (0..1u64 << LEAF_SHIFT).step_by(1 << order) {
                 let (word, mask) = position(g, order);
-                assert!(word < FAN && mask.is_power_of_two());
+                assert!(word < LEAF_WORDS && mask.is_power_of_two());
                 assert!(
                     seen.insert((word, mask)),
                     "class {order} granule {g} shares a bit"
                 );
             }
         }
-        let line = |g, order| (position(g, order).0 * 64) >> LINE_BITS_SHIFT;
-        assert_ne!(
-            line(0, 0),
-            line(1, 0),
-            "neighbours in different cache lines"
-        );
         let class0: std::collections::BTreeSet<_> =
             (0..1u64 << LEAF_SHIFT).map(|g| line(g, 0)).collect();
         assert!(!class0.contains(&line(0, 1)), "classes do not share lines");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // 32k slots, safe code
+    fn neighbouring_slots_of_every_class_are_in_different_lines() {
+        for order in 0..CLASSES {
+            let slots = 1u64 << (LEAF_SHIFT - order);
+            let mut lines = std::collections::BTreeMap::<usize, u64>::new();
+            for i in 0..slots {
+                *lines.entry(line(i << order, order)).or_default() += 1;
+                // Slots up to 7 apart: CPUs with nearby ranges of one class.
+                for d in 1..8.min(slots - i) {
+                    assert_ne!(
+                        line(i << order, order),
+                        line((i + d) << order, order),
+                        "class {order} slots {i} and {}",
+                        i + d
+                    );
+                }
+            }
+            assert!(lines.len() >= 8, "class {order}");
+            let (fewest, most) = (lines.values().min(), lines.values().max());
+            assert_eq!(fewest, most, "class {order} spread evenly over its lines");
+        }
+        // 64 lines of 64 bytes: 4 KiB per leaf of 16 384 granules.
+        assert_eq!(std::mem::size_of::<Leaf>(), 64 * 64);
+        assert_eq!(std::mem::align_of::<Leaf>(), 64);
     }
 
     #[test]

@@ -110,7 +110,7 @@
 //!   and allocation both reached the chunks set the 99th percentile (module `range`, "What a
 //!   fragmented pair costs"). Its costs: 33..63 granules rounded up to 64, a seventh class of
 //!   magazines (the up-front bound of [`config::MAX_SLOT_ENTRIES`] grows by a sixth) and of
-//!   `held` bits (half a cache line per leaf), a thread cache's range of up to 64 granules,
+//!   `held` bits (half a cache line of bits per leaf, in lines shared with classes 3 to 5), a thread cache's range of up to 64 granules,
 //!   and dma-iommu's optimal mapping size (the largest cached size) at 64 granules, twice
 //!   Linux's. A third to a half of what is left of that workload's tail is a random free's
 //!   `held` bit, a miss in about 3 MB of bitmap; putting the bitmap on huge pages or making
