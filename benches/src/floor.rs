@@ -157,6 +157,12 @@ impl Chase {
         self.tables[t][Self::index(page, 3)]
     }
 
+    /// The share of the tables' 4 KiB pages that transparent huge pages back now (`None` where
+    /// the kernel does not say; see [`crate::hugepages`]).
+    pub fn huge_page_share(&self) -> Option<f64> {
+        crate::hugepages::share(self.tables.iter().map(|t| t.as_ptr() as u64))
+    }
+
     /// Bytes of all tables.
     pub fn bytes(&self) -> usize {
         self.tables.len() * std::mem::size_of::<[u64; FANOUT]>()
