@@ -136,12 +136,13 @@ impl Chase {
         let first = cycle.first_page();
         let last = first + cycle.pages() - 1;
         // The root, then one table per distinct prefix of the pages at each lower level.
-        let count = 1 + (1..4)
-            .map(|level| {
-                let shift = 9 * (4 - level);
-                ((last >> shift) - (first >> shift) + 1) as usize
-            })
-            .sum::<usize>();
+        let count = 1
+            + (1..4)
+                .map(|level| {
+                    let shift = 9 * (4 - level);
+                    ((last >> shift) - (first >> shift) + 1) as usize
+                })
+                .sum::<usize>();
         let mut tables = Arena::new(count);
         let mut used = 1;
         for page in first..=last {

@@ -98,7 +98,11 @@ pub fn competing_floors(results: &[CaseResult]) -> String {
 pub fn huge_pages(results: &[CaseResult]) -> String {
     let walked: Vec<&CaseResult> = results
         .iter()
-        .filter(|r| r.repetitions_at(1).iter().any(|m| m.huge_page_share.is_some()))
+        .filter(|r| {
+            r.repetitions_at(1)
+                .iter()
+                .any(|m| m.huge_page_share.is_some())
+        })
         .collect();
     if walked.is_empty() {
         return String::new();

@@ -320,17 +320,23 @@ fn dependent_cases(opts: &Options) -> Vec<Case> {
         })
         .collect();
     for &n in &opts.sweep {
-        let case = Case::new(Component::Pgtable, sweep(n), OURS, Role::Ours, move |cfg, t| {
-            let s = Ours::new();
-            let cycle = cycle(n);
-            populate(&s, &cycle);
-            let none: Option<fn()> = None;
-            let mut m = measure_translation(cfg, t, Order::Dependent, &cycle, none, |_| {
-                |iova| s.translate(iova)
-            });
-            m.huge_page_share = huge_page_share(&s.0);
-            m
-        });
+        let case = Case::new(
+            Component::Pgtable,
+            sweep(n),
+            OURS,
+            Role::Ours,
+            move |cfg, t| {
+                let s = Ours::new();
+                let cycle = cycle(n);
+                populate(&s, &cycle);
+                let none: Option<fn()> = None;
+                let mut m = measure_translation(cfg, t, Order::Dependent, &cycle, none, |_| {
+                    |iova| s.translate(iova)
+                });
+                m.huge_page_share = huge_page_share(&s.0);
+                m
+            },
+        );
         // Compared with the dependent chase over the same number of pages (the same bytes).
         v.push(case.with_floor(super::floor::chase_sweep(n)).up_to(1));
     }
