@@ -5,7 +5,8 @@
 //! (and each may cost the allocator a padded block twice its size), so a translation over a
 //! large table set misses the CPU's TLB and page-walk caches on every level. Here the tables of
 //! one page table sit side by side in chunks that grow geometrically up to [`CHUNK_BYTES`]
-//! (aligned to it, and on Linux advised as huge-page candidates), and freed tables go back to
+//! (aligned to it, and on Linux advised as huge-page candidates with their pages dropped, so
+//! that even memory the allocator recycles faults in a huge page), and freed tables go back to
 //! a free list of the same page table for reuse.
 //!
 //! The free list is a plain mutex-protected stack: a table reaches it only through
