@@ -405,6 +405,49 @@ mod tests {
     }
 
     #[test]
+    fn arena_huge_page_share_agrees_with_smaps() {
+        // Two huge pages' worth of tables: the advised range is a mapping (VMA) of its own.
+        let a = Arena::new(1024);
+        let base = a.as_ptr() as u64;
+        let Some(share) = crate::hugepages::share(crate::hugepages::region(base, 4 << 20)) else {
+            return; // the kernel's page flags are not readable here
+        };
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_arena = false;
+        let mut huge_kb = None;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+                {
+                    in_arena = lo <= base && base < hi;
+                    if in_arena {
+                        assert_eq!(
+                            (lo, hi),
+                            (base, base + (4 << 20)),
+                            "the advised range alone"
+                        );
+                    }
+                    continue;
+                }
+            }
+            if in_arena {
+                if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                    huge_kb = Some(
+                        kb.trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap(),
+                    );
+                }
+            }
+        }
+        let huge = huge_kb.expect("the arena's mapping is in smaps") as f64 * 1024.0;
+        assert_eq!(share, huge / (4 << 20) as f64);
+    }
+
+    #[test]
     fn cycle_visits_every_page_once() {
         let cycle = Cycle::new(7, 1000, 3);
         let mut seen = vec![false; 1000];
