@@ -108,8 +108,8 @@ pub fn huge_pages(results: &[CaseResult]) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "huge pages: share of the walked tables' 4 KiB pages on 2 MiB pages after each repetition \
-         at 1 thread, with its CPU ns/op\n",
+        "huge pages: share of the walked tables on 2 MiB pages after each repetition at 1 thread, \
+         and its CPU ns/op\n",
     );
     for r in walked {
         let reps: Vec<String> = r
