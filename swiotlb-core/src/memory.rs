@@ -184,6 +184,7 @@ impl RegionMemory {
 }
 
 impl OrigMemory for RegionMemory {
+    #[inline]
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
         let len = dst.len();
         let src = self
@@ -194,6 +195,7 @@ impl OrigMemory for RegionMemory {
         Ok(())
     }
 
+    #[inline]
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         let len = src.len();
         let dst = self
@@ -202,5 +204,55 @@ impl OrigMemory for RegionMemory {
             .ok_or(MemoryError { addr, len })?;
         src.copy_to(dst);
         Ok(())
+    }
+}
+
+/// An instance's original memory: a [`RegionMemory`] held as itself, so that a bounce's copy
+/// of the common safe memory is inlined into map and unmap (no indirect call, no spill of the
+/// caller's registers around it), or any other implementation behind a trait object.
+pub(crate) enum Memory {
+    Region(RegionMemory),
+    Dyn(Box<dyn OrigMemory>),
+}
+
+impl Memory {
+    /// `memory`, held as itself if it is a [`RegionMemory`].
+    pub(crate) fn new(memory: impl OrigMemory + 'static) -> Memory {
+        let mut memory = Some(memory);
+        let region = (&mut memory as &mut dyn std::any::Any)
+            .downcast_mut::<Option<RegionMemory>>()
+            .and_then(Option::take);
+        match (region, memory) {
+            (Some(r), _) => Memory::Region(r),
+            (None, Some(m)) => Memory::Dyn(Box::new(m)),
+            // Taken only by the downcast, which then answered `Some`.
+            (None, None) => unreachable!("the memory was taken as a RegionMemory"),
+        }
+    }
+
+    /// The memory as the trait object callers see.
+    pub(crate) fn as_dyn(&self) -> &dyn OrigMemory {
+        match self {
+            Memory::Region(r) => r,
+            Memory::Dyn(m) => &**m,
+        }
+    }
+
+    /// [`OrigMemory::read_into`], without an indirect call for a [`RegionMemory`].
+    #[inline(always)]
+    pub(crate) fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        match self {
+            Memory::Region(r) => r.read_into(addr, dst),
+            Memory::Dyn(m) => m.read_into(addr, dst),
+        }
+    }
+
+    /// [`OrigMemory::write_from`], without an indirect call for a [`RegionMemory`].
+    #[inline(always)]
+    pub(crate) fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        match self {
+            Memory::Region(r) => r.write_from(addr, src),
+            Memory::Dyn(m) => m.write_from(addr, src),
+        }
     }
 }
