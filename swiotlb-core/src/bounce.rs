@@ -227,8 +227,15 @@ impl Swiotlb {
         if attrs.zero_padding {
             let run = (s << IO_TLB_SHIFT)..((s + plan.nslots) << IO_TLB_SHIFT);
             let off = (addr - pool.start()) as usize;
-            pool.region().zero(run.start, off - run.start);
-            pool.region().zero(off + size, run.end - off - size);
+            let (before, after) = (off - run.start, run.end - off - size);
+            // A mapping of whole granules (an IOMMU's common bounce) has no padding: no call,
+            // no `rep stosb` of zero bytes.
+            if before != 0 {
+                pool.region().zero(run.start, before);
+            }
+            if after != 0 {
+                pool.region().zero(off + size, after);
+            }
         }
         let head = pool.head_word(s, plan);
         // The range was just recorded: copy without looking its metadata up again.
