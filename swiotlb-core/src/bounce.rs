@@ -304,7 +304,8 @@ impl Swiotlb {
 
     /// Copy `size` bytes between original address `at` and bounce address `addr` of `pool`,
     /// a range of a live mapping. Inlined: `to_device` is a constant at every call, and a
-    /// 4 KiB bounce to the device then makes its copy without a call.
+    /// 4 KiB bounce to the device then makes its copy without a call (of a [`crate::RegionMemory`]
+    /// entirely: the instance holds one as itself; other memory is one indirect call).
     #[inline(always)]
     fn copy(
         &self,
