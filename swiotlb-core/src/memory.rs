@@ -256,3 +256,30 @@ impl Memory {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A `RegionMemory` is held as itself (its copies inlined), anything else as a trait
+    /// object, and both copy the same bytes.
+    #[test]
+    fn region_memory_is_held_as_itself() {
+        let region = RegionMemory::new(64);
+        let base = region.base();
+        region.write(base, &[1, 2, 3]).unwrap();
+        let held = Memory::new(region);
+        assert!(matches!(held, Memory::Region(_)));
+        let other = Memory::new(RegionMemory::new(64));
+        // SAFETY: only the addresses of `buf`, alive and not otherwise borrowed, are used.
+        let process = Memory::new(unsafe { ProcessMemory::new() });
+        assert!(matches!(process, Memory::Dyn(_)));
+        let mut buf = [0u8; 3];
+        held.as_dyn().read(base, &mut buf).unwrap();
+        assert_eq!(buf, [1, 2, 3]);
+        let at = buf.as_mut_ptr() as usize as u64;
+        process.as_dyn().write(at, &[7, 8, 9]).unwrap();
+        assert_eq!(buf, [7, 8, 9]);
+        assert!(other.as_dyn().read(base, &mut buf).is_err());
+    }
+}
