@@ -12,10 +12,7 @@ use swiotlb_core::{Config, DeviceConfig, Direction, MapAttrs, RegionMemory, Swio
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let n: usize = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let iommu = args.next().as_deref() == Some("iommu");
     let mem = RegionMemory::new(1 << 20);
     let orig = mem.base() + if iommu { 512 } else { 0 };
