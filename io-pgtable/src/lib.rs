@@ -118,7 +118,8 @@
 //! * `tests/hostile.rs`: a `flush_walk` that panics during a block map's table replacement
 //!   leaves the table as it was and later operations there working; one that panics during
 //!   an unmap of a table's span retires the taken tables through RCU (not freed under a held
-//!   reader, accounting balanced).
+//!   reader, accounting balanced); an `add_page` that panics while a map that lost a race
+//!   withdraws its leaves leaves none of them mapped.
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 

@@ -4,7 +4,8 @@
 //! * `map_pages` writes at most one leaf table per call. All target slots are checked before
 //!   any is written, so a refused call changes nothing; each slot is then claimed by CAS from 0,
 //!   and a call that loses a slot to a racing map withdraws the leaves it already wrote (CAS
-//!   back to 0, invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
+//!   back to 0, all of them before the first TLB callback, so one that unwinds leaves none
+//!   mapped; invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
 //!   where a block goes is replaced only if its subtree is empty (freeze, claim the link, walk
 //!   flush, RCU free, then the block: break-before-make), else `Exists`.
 //! * One page (`map` of a granule, `map_pages` of one page) takes a single-slot path: the
@@ -251,21 +252,24 @@ impl<T: TlbOps> PageTable<T> {
 
     /// Take back the leaves (`attrs` and the output address) this call wrote into `slots`
     /// (mapping from `iova` to `paddr`) before it lost a race further on; one an overlapping
-    /// unmap already took stays taken.
+    /// unmap already took stays taken. Every slot is cleared before the first TLB callback,
+    /// so a callback that unwinds leaves none of them mapped.
     // Off the steady-state path: kept out of line so the hot path stays small.
     #[inline(never)]
     fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
         let g = &self.geom;
         let size = g.block_size(level);
+        let at = |i: usize| i as u64 * size;
+        let cleared: Vec<u64> = (0..slots.len())
+            .filter(|&i| {
+                let leaf = attrs | pte::encode_oa(g, paddr + at(i));
+                self.claim(&slots[i], leaf, 0).is_ok()
+            })
+            .map(|i| iova + at(i))
+            .collect();
         let mut gather = Gather::new();
-        for (i, e) in slots.iter().enumerate() {
-            let at = i as u64 * size;
-            if self
-                .claim(e, attrs | pte::encode_oa(g, paddr + at), 0)
-                .is_ok()
-            {
-                self.tlb.add_page(&mut gather, iova + at, size);
-            }
+        for page in cleared {
+            self.tlb.add_page(&mut gather, page, size);
         }
         gather.sync(&self.tlb);
     }

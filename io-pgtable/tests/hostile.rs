@@ -1,6 +1,7 @@
 //! Hostile `TlbOps`: a walk-cache flush that panics while a block map replaces an empty
 //! table must leave the table as it was and every later operation on it working; one that
-//! panics while an unmap frees a table must still free it through RCU.
+//! panics while an unmap frees a table must still free it through RCU; an `add_page` that
+//! panics while a map that lost a race withdraws its leaves must leave none mapped.
 #![cfg(not(loom))]
 
 use dma_soak::hang::within_30_s;
@@ -87,4 +88,70 @@ fn a_walk_flush_that_panics_during_a_table_unmap_retires_the_table_through_rcu()
     // The range works again.
     pt.map(0x20_1000, 0x6000, 0x1000, RW).unwrap();
     assert_eq!(pt.iova_to_phys(0x20_1010).map(|t| t.paddr()), Some(0x6010));
+}
+
+/// TLB operations that, during the next `flush_walk`, map a 2 MiB block at `race_at` through
+/// the same page table (a racing map landing while a block map replaces a table), and whose
+/// `add_page` then panics.
+#[derive(Default)]
+struct Racing {
+    pt: std::sync::OnceLock<std::sync::Weak<PageTable<Racing>>>,
+    race_at: std::sync::atomic::AtomicU64,
+    raced: AtomicBool,
+    fail_add_page: AtomicBool,
+}
+
+impl TlbOps for Racing {
+    fn flush_all(&self) {}
+    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
+        let at = self.race_at.swap(0, Relaxed);
+        if at != 0 {
+            let pt = self.pt.get().and_then(|w| w.upgrade()).expect("the table");
+            let won = pt.map_pages(at, 0x7000_0000, 0x20_0000, 1, Prot::READ);
+            self.raced.store(won.is_ok(), Relaxed);
+        }
+    }
+    fn sync(&self, _range: &TlbRange) {}
+    fn add_page(&self, gather: &mut io_pgtable::Gather, iova: u64, granule: u64) {
+        if self.fail_add_page.load(Relaxed) {
+            panic!("the IOMMU refused the invalidation");
+        }
+        gather.add_page(self, iova, granule);
+    }
+}
+
+/// A map of three blocks writes the first, replaces the empty table under the second (the
+/// walk flush lets a racing map take the third), loses the third and withdraws the first two.
+/// The withdraw called `add_page` after clearing each slot: one that unwound at the first
+/// left the second block mapped, a refused map that changed the table.
+#[test]
+fn a_tlb_callback_that_panics_during_a_lost_race_withdraw_leaves_nothing_mapped() {
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+    const BLOCK: u64 = 0x20_0000;
+    let pt = Arc::new(PageTable::with_tlb(Config::s1_4k(39), Racing::default()).unwrap());
+    pt.tlb().pt.set(Arc::downgrade(&pt)).unwrap();
+    // An empty leaf table linked where the second block goes.
+    pt.map(BLOCK + 0x1000, 0x5000, 0x1000, RW).unwrap();
+    assert_eq!(pt.unmap(BLOCK + 0x1000, 0x1000), Ok(0x1000));
+    pt.tlb().race_at.store(2 * BLOCK, Relaxed);
+    pt.tlb().fail_add_page.store(true, Relaxed);
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        pt.map_pages(0, 0x4000_0000, BLOCK, 3, RW)
+    }));
+    pt.tlb().fail_add_page.store(false, Relaxed);
+    assert!(pt.tlb().raced.load(Relaxed), "the racing map did not land");
+    assert!(unwound.is_err(), "the withdraw's add_page did not run");
+    assert_eq!(pt.iova_to_phys(0), None, "first block left mapped");
+    assert_eq!(pt.iova_to_phys(BLOCK), None, "second block left mapped");
+    assert_eq!(
+        pt.iova_to_phys(2 * BLOCK).map(|t| t.paddr()),
+        Some(0x7000_0000),
+        "the racing map's block"
+    );
+    assert_eq!(pt.stats().linked() as usize, pt.dump().tables);
+    // The withdrawn range maps again.
+    assert_eq!(
+        pt.map_pages(0, 0x4000_0000, BLOCK, 2, RW),
+        Ok(2 * BLOCK as usize)
+    );
 }
