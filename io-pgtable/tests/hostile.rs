@@ -1,6 +1,6 @@
 //! Hostile `TlbOps`: a walk-cache flush that panics while a block map replaces an empty
 //! table must leave the table as it was and every later operation on it working; one that
-//! panics while an unmap frees a table must still free it through RCU; an `add_page` that
+//! panics while an unmap frees a table must not free it before the page table drops; an `add_page` that
 //! panics while a map that lost a race withdraws its leaves must leave none mapped.
 #![cfg(not(loom))]
 
@@ -65,14 +65,16 @@ fn a_walk_flush_that_panics_during_a_block_map_leaves_the_table_usable() {
 }
 
 /// An unmap of a whole table's span claims the link and takes the subtree before the walk
-/// flush; a `flush_walk` that unwound there dropped the taken tables on the spot: back to the
-/// slab at once, under any reader still walking them (a racing map could reuse and zero one
-/// while a translation read it), and counted neither retired nor linked.
+/// flush; a `flush_walk` that unwound there first dropped the taken tables on the spot (back
+/// to the slab under any reader still walking them), then handed them to RCU, which frees
+/// them once no software reader holds them: the walk cache the flush did not invalidate may
+/// still point a device at them. They are kept until the page table is dropped.
 #[test]
-fn a_walk_flush_that_panics_during_a_table_unmap_retires_the_table_through_rcu() {
+fn a_walk_flush_that_panics_during_a_table_unmap_keeps_the_table_until_the_drop() {
     const RW: Prot = Prot::READ.union(Prot::WRITE);
     let pt = PageTable::with_tlb(Config::s1_4k(39), Flaky::default()).unwrap();
     pt.map(0x20_1000, 0x5000, 0x1000, RW).unwrap();
+    pt.map(0x60_1000, 0x5000, 0x1000, RW).unwrap();
     let before = pt.stats();
     // Hold a reader across the unmap, as a device thread translating would.
     let reader = pt.reader();
@@ -85,6 +87,23 @@ fn a_walk_flush_that_panics_during_a_table_unmap_retires_the_table_through_rcu()
     assert_eq!(s.linked() as usize, pt.dump().tables, "{s:?}");
     assert_eq!(reader.translate(0x20_1000), None);
     drop(reader);
+    // A table whose flush returned is freed after its grace period; the unflushed one not.
+    assert_eq!(pt.unmap(0x60_0000, 0x20_0000), Ok(0x20_0000));
+    let mut s = pt.stats();
+    for _ in 0..100_000 {
+        if s.freed > before.freed {
+            break;
+        }
+        dma_sync::rcu::pin().flush();
+        dma_sync::thread::yield_now();
+        s = pt.stats();
+    }
+    assert_eq!(s.retired, before.retired + 2, "{s:?}");
+    assert_eq!(
+        s.freed,
+        before.freed + 1,
+        "the unflushed table was freed: {s:?}"
+    );
     // The range works again.
     pt.map(0x20_1000, 0x6000, 0x1000, RW).unwrap();
     assert_eq!(pt.iova_to_phys(0x20_1010).map(|t| t.paddr()), Some(0x6010));
