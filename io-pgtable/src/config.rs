@@ -300,12 +300,18 @@ impl Geometry {
     }
 
     /// The input-address bit where level `level`'s index starts.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn level_shift(&self, level: u32) -> u32 {
         self.shifts[level as usize]
     }
 
     /// The span of one descriptor at `level`: the block (or page) size there.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn block_size(&self, level: u32) -> u64 {
         1 << self.level_shift(level)
@@ -329,6 +335,9 @@ impl Geometry {
     }
 
     /// The index of `iova` in a table at `level`.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn index(&self, level: u32, iova: u64) -> usize {
         ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
@@ -365,6 +374,9 @@ impl Geometry {
     }
 
     /// The span of a whole table at `level`.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn table_span(&self, level: u32) -> u64 {
         self.block_size(level) << self.index_bits(level)

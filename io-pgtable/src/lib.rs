@@ -78,7 +78,9 @@
 //!   so no race splits one.
 //!
 //! The helpers [`PageTable::map`] and [`PageTable::unmap`] loop over `map_pages`/`unmap_pages`
-//! and are not atomic as a whole: a racing caller may see part of their range done.
+//! and are not atomic as a whole: a racing caller may see part of their range done. A `map`
+//! that fails takes back only the leaves it wrote, so a page another caller mapped in its
+//! range meanwhile (after an overlapping unmap) stays.
 //!
 //! A table level is freed only when an unmap covers its whole span (or a block map replaces
 //! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
@@ -121,7 +123,8 @@
 //!   an unmap of a table's span keeps the taken tables, retired but not freed (not under a
 //!   held reader, nor after the grace period a freed table's neighbour gets: the walk cache may
 //!   still hold them) until the page table is dropped; an `add_page` that panics while a map that lost a race
-//!   withdraws its leaves leaves none of them mapped.
+//!   withdraws its leaves leaves none of them mapped; a `map` that fails after another caller
+//!   unmapped its first page and mapped its own there leaves that page mapped.
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 

@@ -16,7 +16,8 @@
 //!   map+unmap in a loop (`examples/map_loop.rs`): 789 instructions through the general
 //!   loops, 467 on these paths.
 //! * `map` loops with Linux's `iommu_pgsize` choice and undoes its own partial progress on
-//!   error. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
+//!   error: it replays its steps and takes back each leaf still holding what it wrote (as a
+//!   lost race's withdraw does), never a page another caller mapped there meanwhile. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
 //!   leaf's attribute bits come from a 64-entry table indexed by the six protection bits (built
 //!   from the bit-by-bit encoding; a test checks the two agree), looked up once per call.
 //! * Installing a table: a zeroed table, then `CAS(0 → table, Release, Acquire)`
@@ -257,21 +258,75 @@ impl<T: TlbOps> PageTable<T> {
     // Off the steady-state path: kept out of line so the hot path stays small.
     #[inline(never)]
     fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
-        let g = &self.geom;
-        let size = g.block_size(level);
-        let at = |i: usize| i as u64 * size;
-        let cleared: Vec<u64> = (0..slots.len())
-            .filter(|&i| {
-                let leaf = attrs | pte::encode_oa(g, paddr + at(i));
-                self.claim(&slots[i], leaf, 0).is_ok()
-            })
-            .map(|i| iova + at(i))
-            .collect();
+        let mut cleared = Vec::new();
+        self.take_back(slots, level, (iova, paddr), attrs, &mut cleared);
+        self.invalidate(&cleared);
+    }
+
+    /// Clear each of `slots` (at `level`, mapping from `iova` to `paddr`) that still holds the
+    /// leaf this call wrote there (`attrs` and the output address), noting each cleared
+    /// page in `cleared` (address, size). A slot holding anything else (empty, or another
+    /// caller's leaf or table after an overlapping unmap took ours) is left alone.
+    fn take_back(
+        &self,
+        slots: &[AtomicU64],
+        level: u32,
+        (iova, paddr): (u64, u64),
+        attrs: u64,
+        cleared: &mut Vec<(u64, u64)>,
+    ) {
+        let size = self.geom.block_size(level);
+        for (i, e) in slots.iter().enumerate() {
+            let at = i as u64 * size;
+            let leaf = attrs | pte::encode_oa(&self.geom, paddr + at);
+            if self.claim(e, leaf, 0).is_ok() {
+                cleared.push((iova + at, size));
+            }
+        }
+    }
+
+    /// Invalidate the pages `cleared` (address, size) and sync: the TLB callbacks after the
+    /// clearing, so one that unwinds leaves nothing mapped that the caller took back.
+    fn invalidate(&self, cleared: &[(u64, u64)]) {
         let mut gather = Gather::new();
-        for page in cleared {
-            self.tlb.add_page(&mut gather, page, size);
+        for &(iova, size) in cleared {
+            self.tlb.add_page(&mut gather, iova, size);
         }
         gather.sync(&self.tlb);
+    }
+
+    /// Undo the first `size` bytes of a [`PageTable::map`] of `iova` to `paddr` with `prot`:
+    /// the same steps, each slot taken back only if it still holds the leaf the map wrote
+    /// (never a mapping another caller made after an overlapping unmap took ours), every
+    /// slot cleared before the first TLB callback. The tables the map installed stay linked,
+    /// as after an unmap of pages.
+    #[cold]
+    #[inline(never)]
+    fn withdraw_range(&self, iova: u64, paddr: u64, size: u64, prot: Prot) {
+        let g = &self.geom;
+        let mut cleared = Vec::new();
+        {
+            let guard = dma_sync::rcu::pin();
+            let mut done = 0;
+            while done < size {
+                let (at, pa) = (iova + done, paddr + done);
+                // The steps `map` took (they succeeded, so this one does).
+                let Ok((level, count)) = self.step(at, pa, size - done) else {
+                    break;
+                };
+                // As `map_in`: at most to the end of one table.
+                let n = count.min(g.entries(level) - g.index(level, at));
+                // A walk that stops above `level` meets no leaf of ours: an unmap took the
+                // table, or the entry never led to it.
+                if let Ok((table, first)) = self.descend_mapped(&guard, at, level) {
+                    let attrs = pte::leaf(g, level, 0, prot);
+                    let slots = &table[first..first + n];
+                    self.take_back(slots, level, (at, pa), attrs, &mut cleared);
+                }
+                done += n as u64 * g.block_size(level);
+            }
+        }
+        self.invalidate(&cleared);
     }
 
     /// Install a zeroed table (from the slab) into the empty `entry`; returns the descriptor now in
@@ -324,8 +379,10 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Map `size` bytes at `iova` to `paddr`, with the largest page sizes the alignment of
-    /// `iova | paddr` allows (as the Linux core's `iommu_map`). On error, whatever this call
-    /// mapped is unmapped again and the table is as before.
+    /// `iova | paddr` allows (as the Linux core's `iommu_map`). On error, the leaves this call
+    /// wrote are taken back (a leaf an overlapping unmap took meanwhile, and whatever another
+    /// caller mapped in its place, stay), before any TLB callback; tables it installed stay
+    /// linked, empty, as after an unmap of pages.
     ///
     /// ```
     /// use io_pgtable::{Config, PageTable, Prot};
@@ -352,8 +409,9 @@ impl<T: TlbOps> PageTable<T> {
                 Ok(n) => done += n as u64,
                 Err(e) => {
                     if done > 0 {
-                        // An overlapping unmap may have taken some of it already.
-                        let _ = self.unmap(iova, done);
+                        // Only the leaves it wrote: an overlapping unmap may have taken some
+                        // of them already, and another map put its own there.
+                        self.withdraw_range(iova, paddr, done, prot);
                     }
                     return Err(e);
                 }

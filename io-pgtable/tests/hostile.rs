@@ -109,25 +109,37 @@ fn a_walk_flush_that_panics_during_a_table_unmap_keeps_the_table_until_the_drop(
     assert_eq!(pt.iova_to_phys(0x20_1010).map(|t| t.paddr()), Some(0x6010));
 }
 
-/// TLB operations that, during the next `flush_walk`, map a 2 MiB block at `race_at` through
-/// the same page table (a racing map landing while a block map replaces a table), and whose
-/// `add_page` then panics.
+/// Run from inside the next `flush_walk`, on the page table: another caller's operations
+/// landing while a block map replaces a table.
+type Hook = Box<dyn FnOnce(&PageTable<Racing>) + Send>;
+
+/// TLB operations that run a hook during the next `flush_walk`, and whose `add_page` panics
+/// while `fail_add_page` is set.
 #[derive(Default)]
 struct Racing {
     pt: std::sync::OnceLock<std::sync::Weak<PageTable<Racing>>>,
-    race_at: std::sync::atomic::AtomicU64,
-    raced: AtomicBool,
+    hook: std::sync::Mutex<Option<Hook>>,
     fail_add_page: AtomicBool,
+}
+
+impl Racing {
+    fn table() -> Arc<PageTable<Racing>> {
+        let pt = Arc::new(PageTable::with_tlb(Config::s1_4k(39), Racing::default()).unwrap());
+        pt.tlb().pt.set(Arc::downgrade(&pt)).unwrap();
+        pt
+    }
+
+    fn on_next_walk_flush(&self, hook: impl FnOnce(&PageTable<Racing>) + Send + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(hook));
+    }
 }
 
 impl TlbOps for Racing {
     fn flush_all(&self) {}
     fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
-        let at = self.race_at.swap(0, Relaxed);
-        if at != 0 {
-            let pt = self.pt.get().and_then(|w| w.upgrade()).expect("the table");
-            let won = pt.map_pages(at, 0x7000_0000, 0x20_0000, 1, Prot::READ);
-            self.raced.store(won.is_ok(), Relaxed);
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(&self.pt.get().and_then(|w| w.upgrade()).expect("the table"));
         }
     }
     fn sync(&self, _range: &TlbRange) {}
@@ -139,26 +151,36 @@ impl TlbOps for Racing {
     }
 }
 
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const BLOCK: u64 = 0x20_0000;
+
+/// An empty leaf table linked where the block at `iova` goes: a block map there replaces it,
+/// calling `flush_walk`.
+fn empty_table_at(pt: &PageTable<Racing>, iova: u64) {
+    pt.map(iova + 0x1000, 0x5000, 0x1000, RW).unwrap();
+    assert_eq!(pt.unmap(iova + 0x1000, 0x1000), Ok(0x1000));
+}
+
 /// A map of three blocks writes the first, replaces the empty table under the second (the
 /// walk flush lets a racing map take the third), loses the third and withdraws the first two.
 /// The withdraw called `add_page` after clearing each slot: one that unwound at the first
 /// left the second block mapped, a refused map that changed the table.
 #[test]
 fn a_tlb_callback_that_panics_during_a_lost_race_withdraw_leaves_nothing_mapped() {
-    const RW: Prot = Prot::READ.union(Prot::WRITE);
-    const BLOCK: u64 = 0x20_0000;
-    let pt = Arc::new(PageTable::with_tlb(Config::s1_4k(39), Racing::default()).unwrap());
-    pt.tlb().pt.set(Arc::downgrade(&pt)).unwrap();
-    // An empty leaf table linked where the second block goes.
-    pt.map(BLOCK + 0x1000, 0x5000, 0x1000, RW).unwrap();
-    assert_eq!(pt.unmap(BLOCK + 0x1000, 0x1000), Ok(0x1000));
-    pt.tlb().race_at.store(2 * BLOCK, Relaxed);
+    let pt = Racing::table();
+    empty_table_at(&pt, BLOCK);
+    let raced = Arc::new(AtomicBool::new(false));
+    let raced2 = raced.clone();
+    pt.tlb().on_next_walk_flush(move |pt| {
+        let won = pt.map_pages(2 * BLOCK, 0x7000_0000, BLOCK, 1, Prot::READ);
+        raced2.store(won.is_ok(), Relaxed);
+    });
     pt.tlb().fail_add_page.store(true, Relaxed);
     let unwound = catch_unwind(AssertUnwindSafe(|| {
         pt.map_pages(0, 0x4000_0000, BLOCK, 3, RW)
     }));
     pt.tlb().fail_add_page.store(false, Relaxed);
-    assert!(pt.tlb().raced.load(Relaxed), "the racing map did not land");
+    assert!(raced.load(Relaxed), "the racing map did not land");
     assert!(unwound.is_err(), "the withdraw's add_page did not run");
     assert_eq!(pt.iova_to_phys(0), None, "first block left mapped");
     assert_eq!(pt.iova_to_phys(BLOCK), None, "second block left mapped");
@@ -173,4 +195,35 @@ fn a_tlb_callback_that_panics_during_a_lost_race_withdraw_leaves_nothing_mapped(
         pt.map_pages(0, 0x4000_0000, BLOCK, 2, RW),
         Ok(2 * BLOCK as usize)
     );
+}
+
+/// `map` of a page and two blocks: after the page, the first block replaces an empty table,
+/// and during its walk flush another caller unmaps the page and maps its own there, and a
+/// third maps the last block's place. `map` fails there and undoes its progress: the undo
+/// was an unmap of the range it had done, which took the other caller's page too.
+#[test]
+fn a_failed_map_undoes_only_its_own_leaves() {
+    let pt = Racing::table();
+    let page = BLOCK - 0x1000;
+    empty_table_at(&pt, BLOCK);
+    pt.tlb().on_next_walk_flush(move |pt| {
+        assert_eq!(pt.unmap(page, 0x1000), Ok(0x1000));
+        pt.map(page, 0x9000_0000, 0x1000, Prot::READ).unwrap();
+        pt.map(2 * BLOCK, 0x7000_0000, BLOCK, Prot::READ).unwrap();
+    });
+    assert_eq!(
+        pt.map(page, 0x4000_0000 - 0x1000, 0x1000 + 2 * BLOCK, RW),
+        Err(io_pgtable::Error::Exists { iova: 2 * BLOCK })
+    );
+    assert_eq!(
+        pt.iova_to_phys(page).map(|t| t.paddr()),
+        Some(0x9000_0000),
+        "the other caller's page was unmapped"
+    );
+    assert_eq!(pt.iova_to_phys(BLOCK), None, "the map's own block stayed");
+    assert_eq!(
+        pt.iova_to_phys(2 * BLOCK).map(|t| t.paddr()),
+        Some(0x7000_0000)
+    );
+    assert_eq!(pt.stats().linked() as usize, pt.dump().tables);
 }
