@@ -106,7 +106,8 @@ impl Config {
     }
 
     /// The [`Granule::Tiny`] stage-1 configuration with `levels` levels of 4 entries each
-    /// (input size `12 + 2 * levels` bits).
+    /// (input size `12 + 2 * levels` bits, saturating: a count no geometry has is refused
+    /// by [`Config::geometry`], not an overflow).
     ///
     /// ```
     /// let g = io_pgtable::Config::tiny(2).geometry().unwrap();
@@ -116,7 +117,7 @@ impl Config {
         Config {
             granule: Granule::Tiny,
             stage: Stage::S1,
-            ias: 12 + 2 * levels,
+            ias: levels.saturating_mul(2).saturating_add(12),
             oas: 48,
             ns: false,
         }
@@ -543,6 +544,9 @@ mod tests {
                 oas: 40,
                 ns: true,
             },
+            // More levels than a table has: overflowed the input size (a debug-build panic).
+            Config::tiny(u32::MAX),
+            Config::tiny(5),
         ];
         for c in bad {
             assert!(
