@@ -487,7 +487,7 @@ impl Registry {
     }
 
     /// Bytes of records and nodes allocated so far (the memory bound in DESIGN.md).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn footprint(&self) -> usize {
         let nodes = self.nodes.lock();
         nodes.leaves.len() * LEAF_LEN * std::mem::size_of::<Leaf>()
