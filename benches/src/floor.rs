@@ -5,7 +5,9 @@
 //! * an uncontended compare-and-swap on a line the thread owns (the cost of one atomic RMW);
 //! * a 4-level load chase through radix tables laid out like a page table, with 8-byte entries
 //!   as an LPAE table has, so N pages occupy the same bytes as N mapped 4 KiB pages (the cost of
-//!   a table walk with no synchronisation at all), in two kinds:
+//!   a table walk with no synchronisation at all), its tables in memory of their own, 2 MiB
+//!   aligned and advised as huge-page candidates before first touch (an [`Arena`]: no table
+//!   placement our page table gets can beat it), in two kinds:
 //!   - **dependent** (latency): each walk starts at the page the previous walk returned, so
 //!     walks cannot overlap — a device that needs one translation before its next access;
 //!   - **independent** (throughput): the addresses come from a counter, so the CPU overlaps
@@ -18,6 +20,7 @@
 
 use crate::cases::alloc::XorShift;
 use std::hint::black_box;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An uncontended compare-and-swap on a cache line owned by the calling thread.
@@ -108,11 +111,16 @@ impl Cycle {
 
 /// A 4-level radix tree of plain `u64` entries covering a set of pages: the same shape and size
 /// a 4-level page table walk follows, without any atomics, guards or checks.
+///
+/// Its tables lie in one [`Arena`] sized for all of them up front, 2 MiB aligned and advised
+/// as huge-page candidates before anything touches them: at least as favourable a placement
+/// as io-pgtable's slab gives its tables (which advises only its full 2 MiB chunks), so the
+/// chase stays the best case a walk over the same bytes can have.
 #[derive(Debug)]
 pub struct Chase {
-    /// Tables of all levels in one arena; an entry of levels 0–2 is the index of the next
-    /// table, an entry of level 3 is the page that follows on the [`Cycle`].
-    tables: Vec<[u64; FANOUT]>,
+    /// Tables of all levels; an entry of levels 0–2 is the index of the next table, an entry of
+    /// level 3 is the page that follows on the [`Cycle`].
+    tables: Arena,
 }
 
 impl Chase {
@@ -125,20 +133,31 @@ impl Chase {
     /// assert_eq!(c.lookup(1 << 20), cycle.next(1 << 20));
     /// ```
     pub fn new(cycle: &Cycle) -> Self {
-        let mut tables = vec![[u64::MAX; FANOUT]];
         let first = cycle.first_page();
-        for page in first..first + cycle.pages() {
+        let last = first + cycle.pages() - 1;
+        // The root, then one table per distinct prefix of the pages at each lower level.
+        let count = 1
+            + (1..4)
+                .map(|level| {
+                    let shift = 9 * (4 - level);
+                    ((last >> shift) - (first >> shift) + 1) as usize
+                })
+                .sum::<usize>();
+        let mut tables = Arena::new(count);
+        let mut used = 1;
+        for page in first..=last {
             let mut t = 0usize;
             for level in 0..3 {
                 let idx = Self::index(page, level);
                 if tables[t][idx] == u64::MAX {
-                    tables.push([u64::MAX; FANOUT]);
-                    tables[t][idx] = (tables.len() - 1) as u64;
+                    tables[t][idx] = used as u64;
+                    used += 1;
                 }
                 t = tables[t][idx] as usize;
             }
             tables[t][Self::index(page, 3)] = cycle.next(page);
         }
+        assert_eq!(used, count, "tables counted up front");
         Chase { tables }
     }
 
@@ -155,6 +174,12 @@ impl Chase {
             t = self.tables[t][Self::index(page, level)] as usize;
         }
         self.tables[t][Self::index(page, 3)]
+    }
+
+    /// The share of the tables' 4 KiB pages that transparent huge pages back now (`None` where
+    /// the kernel does not say; see [`crate::hugepages`]).
+    pub fn huge_page_share(&self) -> Option<f64> {
+        crate::hugepages::share(self.tables.iter().map(|t| t.as_ptr() as u64))
     }
 
     /// Bytes of all tables.
@@ -197,6 +222,107 @@ pub fn scrambled_pages(first_page: u64, pages: u64, seed: u64) -> impl FnMut() -
 
 /// Bytes of a page.
 pub const PAGE: usize = 4096;
+
+/// Bytes of a (transparent) huge page.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Radix tables filled with `u64::MAX` in memory of their own: a private anonymous mapping,
+/// its tables starting on a 2 MiB boundary and advised `MADV_HUGEPAGE` before the fill first
+/// touches them, so the kernel backs them with huge pages whenever it can (in the `madvise`
+/// THP mode, only advised memory gets them, and memory touched before the advice keeps its
+/// 4 KiB pages). Fresh from the kernel, never memory the heap handed out before.
+pub struct Arena {
+    /// The mapping (one huge page longer than the tables, for the alignment).
+    map: NonNull<u8>,
+    map_len: usize,
+    /// The first table, in the mapping.
+    tables: NonNull<[u64; FANOUT]>,
+    len: usize,
+}
+
+// SAFETY: the arena owns its mapping; shared access is read-only (`Deref`), writes need
+// `&mut` (`DerefMut`), like a `Vec`.
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// `len` tables (at least one) of `u64::MAX`.
+    ///
+    /// ```
+    /// let a = dma_bench::floor::Arena::new(3);
+    /// assert_eq!(a.len(), 3);
+    /// assert_eq!(a.as_ptr() as usize % dma_bench::floor::HUGE_PAGE, 0);
+    /// assert!(a.iter().all(|t| t.iter().all(|&e| e == u64::MAX)));
+    /// ```
+    pub fn new(len: usize) -> Self {
+        let len = len.max(1);
+        let bytes = (len * std::mem::size_of::<[u64; FANOUT]>()).next_multiple_of(HUGE_PAGE);
+        let map_len = bytes + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping; no memory of the program is affected.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            map != libc::MAP_FAILED,
+            "cannot map {map_len} bytes for the chase tables"
+        );
+        let map = NonNull::new(map.cast::<u8>()).expect("mmap never returns null here");
+        let offset = map.as_ptr().align_offset(HUGE_PAGE);
+        // SAFETY: `offset < HUGE_PAGE`, so `bytes` from there lie inside the mapping.
+        let base = unsafe { map.as_ptr().add(offset) };
+        // SAFETY: advice on memory of this mapping, nothing touched yet; it changes no
+        // contents, and a refusal only costs speed.
+        unsafe { libc::madvise(base.cast(), bytes, libc::MADV_HUGEPAGE) };
+        // SAFETY: writable memory of the mapping, `len` tables from `base`.
+        unsafe { std::ptr::write_bytes(base, 0xff, len * std::mem::size_of::<[u64; FANOUT]>()) };
+        Arena {
+            map,
+            map_len,
+            tables: NonNull::new(base.cast()).expect("inside a non-null mapping"),
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for Arena {
+    type Target = [[u64; FANOUT]];
+
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: `len` initialised tables, aligned (page-aligned), owned by the arena.
+        unsafe { std::slice::from_raw_parts(self.tables.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Arena {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        // SAFETY: as in `deref`, borrowed exclusively through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.tables.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no borrow of it outlives `self`.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("tables", &self.len)
+            .field("at", &self.tables)
+            .finish()
+    }
+}
 
 /// A buffer of `len` bytes starting on a page boundary, without unsafe code: a heap block one
 /// page larger, viewed from its first page boundary.
@@ -276,6 +402,49 @@ mod tests {
             assert_eq!(c.lookup(p), cycle.next(p));
         }
         assert_eq!(c.lookup(999), u64::MAX);
+    }
+
+    #[test]
+    fn arena_huge_page_share_agrees_with_smaps() {
+        // Two huge pages' worth of tables: the advised range is a mapping (VMA) of its own.
+        let a = Arena::new(1024);
+        let base = a.as_ptr() as u64;
+        let Some(share) = crate::hugepages::share(crate::hugepages::region(base, 4 << 20)) else {
+            return; // the kernel's page flags are not readable here
+        };
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_arena = false;
+        let mut huge_kb = None;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+                {
+                    in_arena = lo <= base && base < hi;
+                    if in_arena {
+                        assert_eq!(
+                            (lo, hi),
+                            (base, base + (4 << 20)),
+                            "the advised range alone"
+                        );
+                    }
+                    continue;
+                }
+            }
+            if in_arena {
+                if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                    huge_kb = Some(
+                        kb.trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap(),
+                    );
+                }
+            }
+        }
+        let huge = huge_kb.expect("the arena's mapping is in smaps") as f64 * 1024.0;
+        assert_eq!(share, huge / (4 << 20) as f64);
     }
 
     #[test]

@@ -220,6 +220,11 @@ pub struct Measurement {
     /// Rate of the racing background op (a writer) during the run, if there was one: readers'
     /// throughput with a writer means little without how busy the writer was.
     pub background_ops_per_sec: Option<f64>,
+    /// For a case walking tables (the dependent chase and translation sweeps): the share of
+    /// the walked tables' 4 KiB pages that transparent huge pages backed after the run (see
+    /// [`crate::hugepages`]); `None` for other cases and where the kernel does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huge_page_share: Option<f64>,
     /// Latency phase percentiles.
     pub latency: Latency,
 }
@@ -281,6 +286,7 @@ impl Measurement {
                     .sum()
             }),
             background_ops_per_sec: None,
+            huge_page_share: None,
             latency,
         }
     }

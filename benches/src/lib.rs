@@ -18,7 +18,7 @@
 //!   and, with barriers and `iter_custom`, of the 2-thread ones.
 //!
 //! Modules: [`harness`] (threads, counting, latency histograms, CPU and load-adjusted figures),
-//! [`clock`] (the latency clock), [`spread`] (medians and min–max of repetitions), [`floor`]
+//! [`clock`] (the latency clock), [`hugepages`] (how much of a walked structure huge pages back), [`spread`] (medians and min–max of repetitions), [`floor`]
 //! (CAS, dependent and independent load chase, aligned copies: glibc's and swiotlb-core's), [`peers`] (other designs,
 //! rebuilt), [`cases`] (every workload on ours and on the peers), [`suite`] (options, running
 //! the repetitions with progress), [`targets`], [`report`] (tables), [`output`] (JSON,
@@ -67,6 +67,7 @@ pub mod cli;
 pub mod clock;
 pub mod floor;
 pub mod harness;
+pub mod hugepages;
 pub mod output;
 pub mod peers;
 pub mod plots;

@@ -76,6 +76,63 @@ pub fn competing_floors(results: &[CaseResult]) -> String {
     s
 }
 
+/// For every case that walks tables (the dependent chases and translation sweeps), each
+/// repetition's share of the walked tables on huge pages and its CPU ns/op, at 1 thread: the
+/// two sides of a walk target compare fairly only in the same state, and a repetition where
+/// the kernel refused huge pages shows here.
+///
+/// ```
+/// use dma_bench::harness::{Latency, Measurement};
+/// use dma_bench::suite::{CaseResult, Component, Role};
+/// let mut m = Measurement::new(1, 1000, 1e-3, 3e-5, Latency::default());
+/// m.huge_page_share = Some(0.75);
+/// let r = CaseResult::from_repetitions(
+///     (Component::Floor, "chase", "floor"),
+///     Role::Floor,
+///     vec![],
+///     vec![vec![m]],
+/// );
+/// let s = dma_bench::report::huge_pages(&[r]);
+/// assert!(s.contains("chase (floor): 75% 30.0 ns"), "{s}");
+/// ```
+pub fn huge_pages(results: &[CaseResult]) -> String {
+    let walked: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| {
+            r.repetitions_at(1)
+                .iter()
+                .any(|m| m.huge_page_share.is_some())
+        })
+        .collect();
+    if walked.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "huge pages: share of the walked tables on 2 MiB pages after each repetition at 1 thread, \
+         and its CPU ns/op\n",
+    );
+    for r in walked {
+        let reps: Vec<String> = r
+            .repetitions_at(1)
+            .iter()
+            .map(|m| {
+                let share = m
+                    .huge_page_share
+                    .map_or("?".into(), |h| format!("{:.0}%", h * 100.0));
+                format!("{share} {} ns", sig3(m.cpu_ns_per_op))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {} ({}): {}",
+            r.workload,
+            r.implementation,
+            reps.join(" | ")
+        );
+    }
+    s
+}
+
 /// The thread count peers are compared at: 2 if it was run, else the smallest run.
 pub fn compare_threads(threads: &[usize]) -> usize {
     if threads.contains(&2) {
@@ -310,6 +367,7 @@ pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize, layout: La
         s.push_str(&component_table(results, c, threads, cpus, layout));
         if c == Component::Floor {
             s.push_str(&competing_floors(results));
+            s.push_str(&huge_pages(results));
         }
     }
     s

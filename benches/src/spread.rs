@@ -98,6 +98,7 @@ pub fn median_measurement(reps: &[Measurement]) -> Measurement {
         runqueue_wait_s: opt(&|m| m.runqueue_wait_s),
         adjusted_ops_per_sec: opt(&|m| m.adjusted_ops_per_sec),
         background_ops_per_sec: opt(&|m| m.background_ops_per_sec),
+        huge_page_share: opt(&|m| m.huge_page_share),
         latency: Latency {
             samples: median_by(reps, |m| m.latency.samples as f64) as u64,
             group: median_by(reps, |m| m.latency.group as f64) as u64,
@@ -135,5 +136,6 @@ mod tests {
         assert_eq!((m.threads, m.ops), (2, 10));
         assert_eq!(m.adjusted_ops_per_sec, None);
         assert_eq!(m.background_ops_per_sec, None);
+        assert_eq!(m.huge_page_share, None);
     }
 }

@@ -5,7 +5,8 @@
 //! (and each may cost the allocator a padded block twice its size), so a translation over a
 //! large table set misses the CPU's TLB and page-walk caches on every level. Here the tables of
 //! one page table sit side by side in chunks that grow geometrically up to [`CHUNK_BYTES`]
-//! (aligned to it, and on Linux advised as huge-page candidates), and freed tables go back to
+//! (aligned to it, and on Linux advised as huge-page candidates with their pages dropped, so
+//! that even memory the allocator recycles faults in a huge page), and freed tables go back to
 //! a free list of the same page table for reuse.
 //!
 //! The free list is a plain mutex-protected stack: a table reaches it only through
@@ -142,12 +143,23 @@ impl Drop for Slab {
 
 /// Ask Linux to back a full chunk with a huge page (transparent huge pages in `madvise`
 /// mode); a refusal only costs speed.
+///
+/// The kernel gives a huge page when a fault finds none of the 2 MiB present, so advice alone
+/// misses a chunk the allocator recycled from memory the process touched before (freed heap
+/// memory keeps its 4 KiB pages): that happened to a third to two thirds of the chunks of a
+/// table built after other large allocations came and went. The chunk's pages are dropped
+/// too: nothing in it is initialised yet (each table is zeroed when handed out), so the first
+/// table's zeroing faults the huge page in.
 fn advise_huge(base: NonNull<u8>, bytes: usize) {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     if bytes == CHUNK_BYTES {
-        // SAFETY: the range is one live allocation of this process; the advice changes no
-        // contents.
-        unsafe { libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE) };
+        // SAFETY: the range is one live allocation of this process, whole pages (2 MiB
+        // aligned and long) that nothing else shares, and nothing was written to it yet; the
+        // first advice changes no contents, the second only makes its pages read as zero.
+        unsafe {
+            libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE);
+            libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_DONTNEED);
+        }
     }
     #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
     let _ = (base, bytes);

@@ -227,8 +227,15 @@ impl Swiotlb {
         if attrs.zero_padding {
             let run = (s << IO_TLB_SHIFT)..((s + plan.nslots) << IO_TLB_SHIFT);
             let off = (addr - pool.start()) as usize;
-            pool.region().zero(run.start, off - run.start);
-            pool.region().zero(off + size, run.end - off - size);
+            let (before, after) = (off - run.start, run.end - off - size);
+            // A mapping of whole granules (an IOMMU's common bounce) has no padding: no call,
+            // no `rep stosb` of zero bytes.
+            if before != 0 {
+                pool.region().zero(run.start, before);
+            }
+            if after != 0 {
+                pool.region().zero(off + size, after);
+            }
         }
         let head = pool.head_word(s, plan);
         // The range was just recorded: copy without looking its metadata up again.
@@ -297,7 +304,8 @@ impl Swiotlb {
 
     /// Copy `size` bytes between original address `at` and bounce address `addr` of `pool`,
     /// a range of a live mapping. Inlined: `to_device` is a constant at every call, and a
-    /// 4 KiB bounce to the device then makes its copy without a call.
+    /// 4 KiB bounce to the device then makes its copy without a call (of a [`crate::RegionMemory`]
+    /// entirely: the instance holds one as itself; other memory is one indirect call).
     #[inline(always)]
     fn copy(
         &self,

@@ -75,7 +75,7 @@
 //!
 //! | Module | Concept |
 //! |---|---|
-//! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region) |
+//! | `memory` | [`OrigMemory`] (copies between the caller's memory at a physical/DMA address and a [`DmaDst`]/[`DmaSrc`]; `read`/`write` on plain buffers are provided), [`ProcessMemory`] (address = pointer, unsafe constructor), [`RegionMemory`] (safe, bounds-checked, page-aligned shared region; an instance holds one as itself, so map and unmap copy it with no indirect call, and any other implementation as a trait object) |
 //! | `shared` | memory a device may access at any moment: `SharedRegion` (the owned aligned array of atomic 64-bit words behind every pool and every [`RegionMemory`]), [`DmaSrc`]/[`DmaDst`], the atomic copies (32-byte AVX moves or `rep movsb` on x86-64, word-wise elsewhere and under Miri and loom) |
 //! | `slots` | the free-run counters of one area: init, allocate, free, renumbering, invariant check |
 //! | `align` | the alignment rules: offset, searched size, legacy page alignment, allocation and min-align masks, stride, padding slots, boundary window, largest mapping; the shortcut for a request without masks |

@@ -184,6 +184,7 @@ impl RegionMemory {
 }
 
 impl OrigMemory for RegionMemory {
+    #[inline]
     fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
         let len = dst.len();
         let src = self
@@ -194,6 +195,7 @@ impl OrigMemory for RegionMemory {
         Ok(())
     }
 
+    #[inline]
     fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
         let len = src.len();
         let dst = self
@@ -202,5 +204,82 @@ impl OrigMemory for RegionMemory {
             .ok_or(MemoryError { addr, len })?;
         src.copy_to(dst);
         Ok(())
+    }
+}
+
+/// An instance's original memory: a [`RegionMemory`] held as itself, so that a bounce's copy
+/// of the common safe memory is inlined into map and unmap (no indirect call, no spill of the
+/// caller's registers around it), or any other implementation behind a trait object.
+pub(crate) enum Memory {
+    Region(RegionMemory),
+    Dyn(Box<dyn OrigMemory>),
+}
+
+impl Memory {
+    /// `memory`, held as itself if it is a [`RegionMemory`].
+    pub(crate) fn new(memory: impl OrigMemory + 'static) -> Memory {
+        let mut memory = Some(memory);
+        let region = (&mut memory as &mut dyn std::any::Any)
+            .downcast_mut::<Option<RegionMemory>>()
+            .and_then(Option::take);
+        match (region, memory) {
+            (Some(r), _) => Memory::Region(r),
+            (None, Some(m)) => Memory::Dyn(Box::new(m)),
+            // Taken only by the downcast, which then answered `Some`.
+            (None, None) => unreachable!("the memory was taken as a RegionMemory"),
+        }
+    }
+
+    /// The memory as the trait object callers see.
+    pub(crate) fn as_dyn(&self) -> &dyn OrigMemory {
+        match self {
+            Memory::Region(r) => r,
+            Memory::Dyn(m) => &**m,
+        }
+    }
+
+    /// [`OrigMemory::read_into`], without an indirect call for a [`RegionMemory`].
+    #[inline(always)]
+    pub(crate) fn read_into(&self, addr: u64, dst: DmaDst<'_>) -> Result<(), MemoryError> {
+        match self {
+            Memory::Region(r) => r.read_into(addr, dst),
+            Memory::Dyn(m) => m.read_into(addr, dst),
+        }
+    }
+
+    /// [`OrigMemory::write_from`], without an indirect call for a [`RegionMemory`].
+    #[inline(always)]
+    pub(crate) fn write_from(&self, addr: u64, src: DmaSrc<'_>) -> Result<(), MemoryError> {
+        match self {
+            Memory::Region(r) => r.write_from(addr, src),
+            Memory::Dyn(m) => m.write_from(addr, src),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A `RegionMemory` is held as itself (its copies inlined), anything else as a trait
+    /// object, and both copy the same bytes.
+    #[test]
+    fn region_memory_is_held_as_itself() {
+        let region = RegionMemory::new(64);
+        let base = region.base();
+        region.write(base, &[1, 2, 3]).unwrap();
+        let held = Memory::new(region);
+        assert!(matches!(held, Memory::Region(_)));
+        let other = Memory::new(RegionMemory::new(64));
+        // SAFETY: only the addresses of `buf`, alive and not otherwise borrowed, are used.
+        let process = Memory::new(unsafe { ProcessMemory::new() });
+        assert!(matches!(process, Memory::Dyn(_)));
+        let mut buf = [0u8; 3];
+        held.as_dyn().read(base, &mut buf).unwrap();
+        assert_eq!(buf, [1, 2, 3]);
+        let at = buf.as_mut_ptr() as usize as u64;
+        process.as_dyn().write(at, &[7, 8, 9]).unwrap();
+        assert_eq!(buf, [7, 8, 9]);
+        assert!(other.as_dyn().read(base, &mut buf).is_err());
     }
 }

@@ -38,7 +38,7 @@ use crate::align::{self, Masks, Plan};
 use crate::device::{Device, DeviceConfig};
 use crate::error::Error;
 use crate::faults::{DEFAULT_POOL, POOL_GROW, TRANSIENT_POOL};
-use crate::memory::OrigMemory;
+use crate::memory::{Memory, OrigMemory};
 use crate::points::{
     FLAG_FENCE, FLAG_SET, LOOKUP_PIN, LOOKUP_RMB, POOLS_APPEND_LOCKED, POOLS_PUBLISH,
     POOLS_TRAVERSE,
@@ -255,7 +255,7 @@ pub(crate) struct MemInner {
     writer: Mutex<usize>,
     nslabs: AtomicUsize,
     growing: AtomicBool,
-    pub(crate) memory: Box<dyn OrigMemory>,
+    pub(crate) memory: Memory,
     pub(crate) stats: Stats,
     /// Each thread's last freed run of a global pool (module `thread_cache`).
     pub(crate) caches: ThreadCaches,
@@ -328,7 +328,7 @@ impl Swiotlb {
                 writer: Mutex::new(1),
                 nslabs: AtomicUsize::new(geo.nslabs),
                 growing: AtomicBool::new(false),
-                memory: Box::new(memory),
+                memory: Memory::new(memory),
                 caches: ThreadCaches::new(if cfg.thread_caches {
                     thread_caches(geo.nareas)
                 } else {
@@ -388,7 +388,7 @@ impl Swiotlb {
 
     /// The original memory the instance copies to and from.
     pub fn memory(&self) -> &dyn OrigMemory {
-        &*self.inner.memory
+        self.inner.memory.as_dyn()
     }
 
     fn id(&self) -> usize {

@@ -606,6 +606,66 @@ fn zero_padding_clears_the_whole_granule() {
     assert!(granule[off + 100..].iter().all(|&x| x == 0));
 }
 
+/// Padding of a few bytes on either side of a 4 KiB-granule mapping is zeroed too (the map
+/// zeroes each side only when it is not empty): mappings that end short of their granule, and
+/// mappings whose min-align offset leaves bytes before their start.
+#[test]
+fn zero_padding_clears_short_padding() {
+    let (swiotlb, base) = fixed(16);
+    let plain = swiotlb.device(DeviceConfig::default());
+    let nvme = swiotlb.device(DeviceConfig {
+        min_align_mask: 0xFFF,
+        ..Default::default()
+    });
+    let attrs = MapAttrs {
+        alloc_align_mask: 0xFFF,
+        zero_padding: true,
+        ..NONE
+    };
+    // The device writes all its pool's slots before each map (a first map sets its flag).
+    dirty(&swiotlb, &plain, base, SLOT, 0xCC);
+    let pool = swiotlb.stats().pools[0].start;
+    let cases = [
+        (&plain, 0, 4095),
+        (&plain, 0, 4000),
+        (&plain, 0, 2049),
+        (&plain, 0, 2047),
+        (&plain, 0, 6000),
+        (&nvme, 0x10, 4000),
+        (&nvme, 0x7F0, 100),
+        (&nvme, 0x801, 10),
+        (&nvme, 0xFFF, 1),
+    ];
+    for (dev, off, len) in cases {
+        swiotlb
+            .write_bounce(&plain, pool, &[0xCC; 16 * SLOT])
+            .unwrap();
+        let orig = base + off;
+        swiotlb.memory().write(orig, &vec![7; len]).unwrap();
+        let b = swiotlb
+            .map(dev, orig, len, Direction::ToDevice, attrs)
+            .unwrap();
+        let start = b & !0xFFF;
+        let end = (b + len as u64 + 0xFFF) & !0xFFF;
+        let mut granules = vec![1u8; (end - start) as usize];
+        swiotlb.read_bounce(dev, start, &mut granules).unwrap();
+        let at = (b - start) as usize;
+        let case = format!("offset {off:#x}, {len} bytes");
+        assert!(granules[..at].iter().all(|&x| x == 0), "{case}: before");
+        assert!(
+            granules[at..at + len].iter().all(|&x| x == 7),
+            "{case}: mapping"
+        );
+        assert!(
+            granules[at + len..].iter().all(|&x| x == 0),
+            "{case}: after"
+        );
+        swiotlb
+            .unmap(dev, b, len, Direction::ToDevice, attrs)
+            .unwrap();
+    }
+}
+
 /// Every bad input is a typed error, changes nothing, and the allocator keeps working.
 #[test]
 fn bad_input_is_a_typed_error_and_changes_nothing() {

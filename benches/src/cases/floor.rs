@@ -58,7 +58,9 @@ fn dependent(workload: String, pages: u64) -> Case {
         move |cfg, t| {
             let cycle = cycle(pages);
             let chase = Chase::new(&cycle);
-            measure(cfg, t, |t| chase.dependent_op(dependent_start(&cycle, t)))
+            let mut m = measure(cfg, t, |t| chase.dependent_op(dependent_start(&cycle, t)));
+            m.huge_page_share = chase.huge_page_share();
+            m
         },
     )
 }

@@ -320,17 +320,40 @@ fn dependent_cases(opts: &Options) -> Vec<Case> {
         })
         .collect();
     for &n in &opts.sweep {
-        let case = translate_case(
-            (sweep(n), OURS, Role::Ours),
-            n,
-            Order::Dependent,
-            None,
-            make.clone(),
+        let case = Case::new(
+            Component::Pgtable,
+            sweep(n),
+            OURS,
+            Role::Ours,
+            move |cfg, t| {
+                let s = Ours::new();
+                let cycle = cycle(n);
+                populate(&s, &cycle);
+                let none: Option<fn()> = None;
+                let mut m = measure_translation(cfg, t, Order::Dependent, &cycle, none, |_| {
+                    |iova| s.translate(iova)
+                });
+                m.huge_page_share = huge_page_share(&s.0);
+                m
+            },
         );
         // Compared with the dependent chase over the same number of pages (the same bytes).
         v.push(case.with_floor(super::floor::chase_sweep(n)).up_to(1));
     }
     v
+}
+
+/// The share of `pt`'s tables' 4 KiB pages that transparent huge pages back now (`None` where
+/// the kernel does not say; see [`crate::hugepages`]).
+pub fn huge_page_share(pt: &PageTable) -> Option<f64> {
+    let mut tables = Vec::new();
+    pt.reader().walk(|e| {
+        // Depth first in address order: a table's descriptors come one after another.
+        if tables.last() != Some(&e.table) {
+            tables.push(e.table);
+        }
+    });
+    crate::hugepages::share(tables)
 }
 
 /// Translation under a reader pinned once per thread before the clock starts, in both orders
