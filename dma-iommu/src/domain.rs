@@ -80,9 +80,8 @@
 //! pairs, 1.91× (1.66–2.18) → 1.86× (1.56–2.26) the parts; strict 642 → 641 ns and untrusted
 //! 722 → 709 ns, unchanged within noise. 1.3× stays out of reach: what is left above the
 //! parts is the take's claim, the enqueue's fence and lock, the IOVA churn and the glue, about
-//! 360 instructions. The ring lock and the
-//! registry's claim cannot be one, since an unmap queues on its own CPU's ring, whichever CPU
-//! mapped.
+//! 360 instructions. The ring lock and the registry's claim cannot be one, since an unmap
+//! queues on its own CPU's ring, whichever CPU mapped.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry slots in turn: a
 //! slot (key word, record and count) is one 64-byte line (module `registry`; when the
