@@ -234,7 +234,7 @@ impl<T: TlbOps + 'static> Domain<T> {
             strictness,
             bounce,
             key: Arc::new(DomainKey),
-            registry: Registry::new(config.iova.end_pfn, shift),
+            registry: Registry::new(config.iova.end_pfn, shift)?,
             stats: Stats::new(cpu::count()),
             next_device: AtomicU64::new(1),
             shift,

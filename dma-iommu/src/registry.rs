@@ -263,17 +263,19 @@ fn new_leaf() -> Option<Box<[Leaf]>> {
 impl Registry {
     /// Records for IOVA pfns up to `end_pfn` (the IOVA allocator's last), granules of
     /// `1 << granule_shift` bytes. Allocates only the root (8 bytes per 2^18 pfns); leaves
-    /// and middle nodes come with the first record in their range.
-    pub fn new(end_pfn: u64, granule_shift: u32) -> Self {
-        let roots = usize::try_from(end_pfn >> (LEAF_BITS + MID_BITS))
+    /// and middle nodes come with the first record in their range. [`DmaError::NoMemory`] if
+    /// the root cannot be allocated.
+    pub fn new(end_pfn: u64, granule_shift: u32) -> Result<Self, DmaError> {
+        let root = usize::try_from(end_pfn >> (LEAF_BITS + MID_BITS))
             .ok()
             .and_then(|n| n.checked_add(1))
-            .expect("the IOVA space fits the address space");
-        Self {
-            root: null_pointers(roots).expect("the registry's root can be allocated"),
+            .and_then(null_pointers)
+            .ok_or(DmaError::NoMemory)?;
+        Ok(Self {
+            root,
             nodes: Mutex::new(Nodes::default()),
             granule_shift,
-        }
+        })
     }
 
     /// The slot of `pfn` if its leaf exists; never allocates.
@@ -559,7 +561,7 @@ mod tests {
 
     #[test]
     fn many_mappings_over_many_leaves_find_each_one() {
-        let r = Registry::new(END, 12);
+        let r = Registry::new(END, 12).unwrap();
         // Mappings spread over many leaves (a few under Miri), a few in each.
         let leaves: u64 = if cfg!(miri) { 4 } else { 64 };
         let pfns: Vec<u64> = (1..=leaves * LEAF_LEN as u64).map(|i| i * 7).collect();
@@ -615,7 +617,7 @@ mod tests {
     /// nothing changes, whether the slots are empty or hold (stale or live) records.
     #[test]
     fn addresses_in_pfn_zero_are_refused() {
-        let r = Registry::new(END, 12);
+        let r = Registry::new(END, 12).unwrap();
         let refused = |r: &Registry| {
             for dma in [EMPTY, BUSY, 0x10, 0xfff] {
                 let e = Expect {
@@ -650,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_taken_record_gives_its_span_and_bounce_buffer() {
-        let r = Registry::new(END, 12);
+        let r = Registry::new(END, 12).unwrap();
         let single = |size, held| Record { dev: 1, size, held };
         // 0x10 into its granule, 0x1ff0 bytes: two granules; bounced.
         r.insert(0x5010, single(0x1ff0, Held::Bounced(0x9000)))
@@ -687,7 +689,7 @@ mod tests {
     /// root allocated; an insert beyond the space is `NoMemory` and changes nothing.
     #[test]
     fn bad_addresses_allocate_nothing() {
-        let r = Registry::new(END, 12);
+        let r = Registry::new(END, 12).unwrap();
         let root = r.footprint();
         assert_eq!(root, 8 * ((END >> (LEAF_BITS + MID_BITS)) as usize + 1));
         let beyond_root = (END + 1) << (LEAF_BITS + MID_BITS + 12);
@@ -724,7 +726,7 @@ mod tests {
     /// allocates nothing more.
     #[test]
     fn a_ring_of_neighbours_fills_four_leaves() {
-        let r = Registry::new(END, 12);
+        let r = Registry::new(END, 12).unwrap();
         let root = r.footprint();
         let first = END + 1 - 256;
         for round in 0..2 {

@@ -58,7 +58,7 @@ const TAKEN_AT_OFFSET: Taken = Taken {
 /// A registry of pfns up to 7 and two DMA addresses in neighbouring pfns of one leaf (not
 /// yet allocated).
 fn registry() -> (Arc<Registry>, u64, u64) {
-    let r = Registry::new(7, SHIFT);
+    let r = Registry::new(7, SHIFT).unwrap();
     let (a, b) = (2 << SHIFT, 3 << SHIFT);
     assert!(!r.has_leaf(a));
     (Arc::new(r), a, b)
