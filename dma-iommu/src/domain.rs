@@ -21,10 +21,11 @@
 //! through a `DeviceMapper`.
 //!
 //! Cost of a lazy map+unmap beyond its parts (an IOVA pair and a page-table map+unmap): the
-//! device check, one registry insert and one take (a claim of the shard's slot each: a
-//! compare-and-swap and a release store, on a shard line other CPUs rarely touch), the
-//! flush-queue enqueue (a full fence fused with the per-CPU ring's spin lock, a drain check)
-//! and the glue between them: three locked instructions the parts do not have. Callgrind, 4
+//! device check, one registry insert (plain stores and a release store into the slot of the
+//! IOVA's first pfn, which the allocator handed to this map alone) and one take (a claim of
+//! that slot by compare-and-swap and a release store), the flush-queue enqueue (a full fence
+//! fused with the per-CPU ring's spin lock, a drain check) and the glue between them: two
+//! locked instructions the parts do not have (three before the record per pfn). Callgrind, 4
 //! KiB, one thread, a plain loop of map+unmap (`examples/lazy_loop.rs`, the difference of two
 //! run lengths): 1294 instructions (1287 before the enqueue's drain was cut into batches of
 //! 64, which calls the free four times per flush instead of once); 1325 against the parts'
@@ -34,7 +35,7 @@
 //! above the parts in instructions: the IOVA churn (255 IOVAs in flight come back in a burst
 //! after each flush, so an allocation is about 80 instructions, most of it the magazines'
 //! refills, and the batched free about 60 per IOVA with the ring's pop), the enqueue about 80
-//! (its frees aside), the registry about 75 (insert 22, take 54) and the glue. Against the
+//! (its frees aside), the registry about 75 (insert 22, take 54; 73 with the record per pfn) and the glue. Against the
 //! parts' own examples in one build, after the page table's one-page paths (`io-pgtable`'s
 //! `map_loop` 467, `iova-cache`'s unchecked `pair_loop` 102: 569), lazy map+unmap is 985, of
 //! which about 30 are the record's fault-injection site (examples build with it, dmabench
@@ -60,30 +61,35 @@
 //! 94–98 → 86–89 ns). Earlier steps: the registry's packed lines and the batched free, 1.87×
 //! → 1.74×.
 //!
-//! 1.3× stays out of reach while the registry has a locked instruction on both map and unmap:
-//! with both of its sections run without their lock (an unsound single-thread experiment, to
-//! measure what a registry without locked instructions could give), the ratio was 1.38×
-//! (1.35–1.44) against 1.65× with them. The slot's lock has since become a claim of its key
-//! word by compare-and-swap (module `registry`), which is the same locked instruction: 4 KiB
-//! lazy map+unmap in callgrind (`examples/lazy_loop.rs`) 973 instructions with the spin lock,
-//! 996 with the claim (the registry's own lines about 4 fewer; the rest is spread over the
-//! inlined frames, their register allocation). In time, dmabench with five interleaved runs
-//! of each on a shared machine: 2.00× (1.86–2.01) → 1.93× (1.91–2.27) the parts, lazy 65.7 →
-//! 62.7 ns (medians), a consistent 3 ns in four of the five pairs; an earlier pair of five
-//! runs, before the take tried its own address first, was within noise (2.00× → 1.95×, 66.6
-//! → 66.7 ns). The insert cannot drop its locked instruction as the registry
-//! is laid out: a shard is shared by every pfn that hashes to it, so the insert must exclude
-//! other inserts and takes; a record kept per pfn (beside the page table's leaves, written by
-//! the thread that claimed the leaf) would remove the map's, which is future work. The take
-//! keeps one in any layout: two racing unmaps of one mapping need an arbiter. The ring lock
-//! and the registry's claim cannot be one, since a record lives in the shard of its pfn and
-//! an unmap queues on its own CPU's ring, whichever CPU mapped.
+//! With both of the registry's locked instructions removed (an unsound single-thread
+//! experiment, to measure what a registry without them could give), the ratio was 1.38×
+//! (1.35–1.44) against 1.65× with them. The registry's slot was then shared by every pfn that
+//! hashed to its shard, so an insert had to claim it by compare-and-swap as a take does. It
+//! now keeps a record per pfn (module `registry`: a sparse radix of 64-slot leaves, allocated
+//! by the first map in their range): no two live mappings share a first pfn and the IOVA
+//! allocator hands a range to one mapper, so the allocation is the insert's claim and the
+//! insert is an acquire load, plain stores and a release store. The take keeps its
+//! compare-and-swap: two racing unmaps of one mapping need an arbiter. 4 KiB lazy map+unmap
+//! in callgrind (`examples/lazy_loop.rs`, four pairs of run lengths each): 994–1009
+//! instructions with the shared slot, 973–987 with the record per pfn, and 6.1 → 5.1 locked
+//! instructions per map+unmap (counted from callgrind's per-instruction counts on the
+//! `lock`-prefixed instructions; the registry's own lines 77 → 73, the radix walk costing what
+//! the hash did). In time, dmabench (`iova,pgtable,iommu`, 1 thread, 1 granule), six
+//! interleaved runs of each on a shared machine (load average about 13 on 2 CPUs), medians
+//! of CPU time: lazy 69.5 ns (65.2–76.0) → 63.1 ns (60.6–73.8), faster in four of the six
+//! pairs, 1.91× (1.66–2.18) → 1.86× (1.56–2.26) the parts; strict 642 → 641 ns and untrusted
+//! 722 → 709 ns, unchanged within noise. 1.3× stays out of reach: what is left above the
+//! parts is the take's claim, the enqueue's fence and lock, the IOVA churn and the glue, about
+//! 360 instructions. The ring lock and the registry's claim cannot be one, since an unmap
+//! queues on its own CPU's ring, whichever CPU mapped.
 //!
-//! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry shards in turn: a
-//! shard's slot (key word, record and count) is one 64-byte line (module `registry`; when it
-//! was a lock, record and count, the same layout cut the L1 misses from 2.3 to 0.6 per
-//! map+unmap in callgrind's cache model). The path writes only lines its own CPU's maps and
-//! unmaps use (barring a shard collision): maps are counted by the slot's owner and queued
+//! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry slots in turn: a
+//! slot (key word, record and count) is one 64-byte line (module `registry`; when the
+//! registry's shard was a lock, record and count, the same layout cut the L1 misses from 2.3
+//! to 0.6 per map+unmap in callgrind's cache model), and neighbouring IOVAs' slots fill about
+//! four 4 KiB leaves. The path writes only lines its own CPU's maps and unmaps use (an IOVA
+//! mapped on one CPU and unmapped on another moves its slot's line once): maps are counted by
+//! the slot's owner and queued
 //! unmaps under the ring's lock, no `Arc` is cloned, no clock is read (the timer is armed
 //! by a flag). Results and expectations travel by value only where small (an unmap hands the
 //! registry what it expects by value and gets back only the span and bounce buffer; closures
@@ -228,7 +234,7 @@ impl<T: TlbOps + 'static> Domain<T> {
             strictness,
             bounce,
             key: Arc::new(DomainKey),
-            registry: Registry::new(cpu::count(), shift),
+            registry: Registry::new(config.iova.end_pfn, shift)?,
             stats: Stats::new(cpu::count()),
             next_device: AtomicU64::new(1),
             shift,

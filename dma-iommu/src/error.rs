@@ -62,7 +62,8 @@ pub enum DmaError {
     /// The flush queue could not be built.
     FlushQueue(FqError),
     /// The record of a new mapping could not be allocated (see
-    /// [`crate::faults::MAPPING_RECORD`]); the mapping was undone.
+    /// [`crate::faults::MAPPING_RECORD`]); the mapping was undone. From `Domain::new`: the
+    /// registry's root could not be allocated.
     NoMemory,
     /// The domain configuration is inconsistent or exceeds a documented maximum.
     Config(&'static str),

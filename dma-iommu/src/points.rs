@@ -22,9 +22,12 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
-//! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed`, `registry_claim_relaxed_on_insert` | `insert_vs_take`, `take_vs_neighbour_insert` |
+//! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
-//! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_neighbour_insert` |
+//! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_reinsert` |
+//! | `iommu.registry.adopt` | Load | `registry_adopt_relaxed` | `take_vs_reinsert` |
+//! | `iommu.registry.install` | Store | `registry_install_relaxed` | `neighbour_inserts` |
+//! | `iommu.registry.lookup` | Load | `registry_lookup_relaxed` | `neighbour_inserts` |
 //!
 //! Twins without a message in the table fail with a causality violation; the real-domain twins
 //! with "stale translation".
@@ -63,15 +66,16 @@
 //! required (twins `flush_unfenced`, `full_ring_flush_unfenced`). The fence stays in the code.
 //!
 //! The registry's models (`loom-tests/tests/loom/iommu_registry_models.rs`) run the real
-//! `Registry` with two shards and two addresses in one shard; the record is a loom cell, so an
-//! access not ordered after the previous owner's is a causality violation. All exhaustive.
+//! `Registry` with leaves of two slots; the record is a loom cell, so an access not ordered
+//! after the previous owner's (or after the leaf's construction) is a causality violation.
+//! All exhaustive.
 //!
 //! | Model | Threads | Checks |
 //! |---|---|---|
 //! | `registry_double_take` | two takes of one mapping | exactly one gets the record, the other `NotMapped`; outcomes {either wins} |
 //! | `registry_take_vs_wrong_take` | the owner's take, another device's | the owner's always proceeds (it waits while the other holds the slot), the other is refused |
-//! | `registry_take_vs_neighbour_insert` | a take, a neighbour's insert | both found after; outcomes {inline, in the table} |
-//! | `registry_neighbour_inserts` | two neighbours' inserts into an empty shard | one inline, one in the table, neither lost |
+//! | `registry_take_vs_reinsert` | a take, then the pfn handed over by a Relaxed flag (an allocator that does not order) to a thread that maps it again | the new record is found whole; outcomes {the insert read the key empty at once, it waited} |
+//! | `registry_neighbour_inserts` | two inserts of neighbouring pfns into a leaf not yet allocated | one allocates the leaf, the other finds it; neither lost; outcomes {either allocated} |
 //! | `registry_insert_vs_take` | an insert, a take guessing its address | nothing yet or the whole record; outcomes {taken, not yet} |
 
 dma_sync::mutation_points! {
@@ -111,15 +115,25 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
-    /// Acquire compare-and-swap by which an insert (from empty) or a take (from the live
-    /// address) claims a registry slot: its access to the record follows the previous owner's
-    /// (paired with `iommu.registry.publish` and `iommu.registry.vacate`).
+    /// Acquire compare-and-swap by which a take claims a registry slot from the live address:
+    /// its read of the record follows the insert's write (paired with
+    /// `iommu.registry.publish`).
     REGISTRY_CLAIM: Rmw = "iommu.registry.claim";
-    /// Release store of the DMA address into a registry slot by the insert that claimed it:
-    /// the record it wrote is visible to the take that claims the address.
+    /// Release store of the DMA address into its pfn's registry slot by the insert: the record
+    /// it wrote is visible to the take that claims the address.
     REGISTRY_PUBLISH: Store = "iommu.registry.publish";
     /// Release store by which a take gives a registry slot up (empty, or the address put back
     /// when the record was not what it expected): its read of the record precedes the next
-    /// insert's write.
+    /// insert's write (paired with `iommu.registry.adopt`).
     REGISTRY_VACATE: Store = "iommu.registry.vacate";
+    /// Acquire load by which an insert finds its pfn's slot empty before it writes the record
+    /// (with no locked instruction: the IOVA allocator handed it the pfn), ordering the write
+    /// after the previous take's read however the allocator handed the pfn over.
+    REGISTRY_ADOPT: Load = "iommu.registry.adopt";
+    /// Release store of a new registry leaf or middle node's pointer (under the install lock):
+    /// its empty slots are built before a lock-free lookup reaches them.
+    REGISTRY_INSTALL: Store = "iommu.registry.install";
+    /// Acquire loads of the middle-node and leaf pointers by an insert's or take's lookup
+    /// (paired with `iommu.registry.install`).
+    REGISTRY_LOOKUP: Load = "iommu.registry.lookup";
 }

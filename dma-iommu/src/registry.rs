@@ -1,53 +1,57 @@
-//! The domain's record of live mappings, keyed by the first IOVA granule.
+//! The domain's record of live mappings, one record per IOVA pfn (the mapping's first).
 //!
 //! It makes unmap robust: an address that is not the start of a live mapping of this device
 //! (never mapped, another device's, or unmapped already) is a typed error before anything is
 //! torn down, and two racing unmaps of one mapping cannot both proceed.
 //!
-//! It is on every map and unmap, so its common case takes no lock. A shard is the top bits of
-//! the pfn's Fibonacci hash, over a thousand shards per CPU, so the pfns a CPU's IOVA cache
-//! recycles rarely share a shard with another CPU's (with 16 shards, lazy map+unmap ran at
-//! 1.04× on two threads, now 1.8×), and a shard usually holds one mapping, in its inline slot:
-//! a key word and the record, on one cache line (checked by a test). The key is a small state
-//! machine: empty, claimed, or the live mapping's DMA address. An insert claims an empty slot
-//! by compare-and-swap, writes the record and publishes the address with a release store; a
-//! take claims the slot by compare-and-swap from the address it unmaps, reads the record, and
-//! stores empty (or puts the address back when the record is another device's or another
-//! size's, so a refused unmap changes nothing). Two racing takes of one mapping: one claims
-//! it, the other then finds the slot empty or another mapping's and is refused; a take that
-//! finds the slot claimed waits (a refused take may be about to put its mapping back). The
-//! orderings are the points `iommu.registry.claim`, `.publish` and `.vacate`, with loom models
-//! on this code (module `points`).
+//! It is on every map and unmap, so the map records with no locked instruction and the unmap
+//! with one. A record is kept per pfn, so no two live mappings share one (io-pgtable claims
+//! every leaf entry by compare-and-swap and the IOVA allocator hands a range to one mapper):
+//! the allocation is the insert's claim. A slot is a key word and the record, one 64-byte
+//! line (checked by a test). The key is a small state machine: empty, claimed, or the live
+//! mapping's DMA address. An insert reads the key with acquire (empty: the previous
+//! mapping's take emptied it before its unmap freed the IOVA), writes the record with plain
+//! stores and publishes the address with a release store. A take claims the slot by
+//! compare-and-swap from the address it unmaps, reads the record, and stores empty (or puts
+//! the address back when the record is another device's or another size's, so a refused
+//! unmap changes nothing). Two racing takes of one mapping: one claims it, the other then
+//! finds the slot empty and is refused; a take that finds the slot claimed waits (a refused
+//! take may be about to put its mapping back). The orderings are the points
+//! `iommu.registry.adopt`, `.publish`, `.claim` and `.vacate`, with loom models on this code
+//! (module `points`).
 //!
-//! When an insert finds the slot taken (another mapping, or claimed at that moment) the
-//! mapping goes to the shard's hash table, behind a lock of its own, and stays there until
-//! its take: a mapping never moves, so a take that does not find its address in the slot
-//! looks in the table. The table's keys are hashed by one multiplication: our own allocator
-//! chose them, nobody makes them collide. The counts of mappings ever recorded are kept by
-//! the slot's owner and under the table's lock, so the map path writes no shared statistics
-//! line.
+//! The slots live in a sparse radix tree indexed by pfn: leaves of 64 slots (4 KiB, 64
+//! granules of IOVA space), middle nodes of 4096 leaf pointers (32 KiB, 1 GiB of IOVA space
+//! at 4 KiB), and a root sized to the allocator's space (8 bytes per middle node's range,
+//! zeroed memory the system commits as it is touched). A leaf and its middle node are
+//! allocated by the first insert in their range, under a lock (once per 64 pfns; the pointer
+//! stored with release, `iommu.registry.install`) and found by lock-free acquire loads
+//! (`iommu.registry.lookup`). A take never allocates: an address whose leaf does not exist
+//! (never mapped, outside the aperture or the allocator's space) is `NotMapped`. Nodes are
+//! never freed while the domain lives (no reader pins anything, and the take stays one
+//! compare-and-swap): the memory is bounded by the IOVA space ever used as a mapping's first
+//! granule, 4 KiB of leaf per 64 granules of it (a 64th of the space at 4 KiB, 1/512 at 2
+//! MiB-aligned large mappings' worst case, one leaf each) plus 32 KiB per GiB; the
+//! allocator's caches recycle the same IOVAs, so the footprint follows the peak of IOVAs
+//! live or cached, not the traffic. A lazy domain's 255 IOVAs in flight are mostly
+//! neighbours: their records fill about four leaves, a line each.
 //!
-//! Each of insert and take is one compare-and-swap and one store, as the spin lock each took
-//! before was (the claim is the lock, and the store its release): the same locked
-//! instructions, and the registry's own instructions a few fewer (no closure frame, the fault
-//! site outside the claim), though the whole lazy path came out 23 more in callgrind and 3 ns
-//! faster in an interleaved A/B (module `domain` has the measurement). What the lock-free slot
-//! adds is robustness to preemption (a claim is held across no allocation and no call) and no
-//! lock to order with the table's. Removing the locked instruction of the insert would need a
-//! record kept per pfn (beside the page table's leaves, written by the thread that claimed
-//! the leaf), since a slot is shared by every pfn that hashes to it.
+//! The counts of mappings ever recorded are kept by each slot's inserting owner (a load and a
+//! store on the line it writes anyway), so the map path writes no shared statistics line;
+//! [`Registry::counts`] sums the leaves.
 //!
 //! A record keeps what an unmap checks and needs in 32 bytes: the device, the size, and what
 //! the mapping holds besides its span ([`Held`]: a bounce buffer, or a scatter list's span,
-//! which alone is not the size rounded up to granules). The inline slot is keyed by the DMA
-//! address itself, so the offset in the first granule needs no field.
+//! which alone is not the size rounded up to granules). The slot is keyed by the DMA address
+//! itself, so the offset in the first granule needs no field.
 
 use crate::error::DmaError;
-use crate::points::{REGISTRY_CLAIM, REGISTRY_PUBLISH, REGISTRY_VACATE};
-use dma_sync::atomic::{AtomicU64, Ordering};
+use crate::points::{
+    REGISTRY_ADOPT, REGISTRY_CLAIM, REGISTRY_INSTALL, REGISTRY_LOOKUP, REGISTRY_PUBLISH,
+    REGISTRY_VACATE,
+};
+use dma_sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use dma_sync::{thread, Mutex, UnsafeCell};
-use std::collections::hash_map::{Entry, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// What kind of call made a mapping; an unmap must be of the same kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,57 +122,34 @@ pub struct Taken {
     pub bounce_buffer: Option<u64>,
 }
 
-/// 2^64 divided by the golden ratio: multiplying by it spreads consecutive pfns over the high
-/// bits (Fibonacci hashing), which both the shard choice and [`PfnHasher`] use.
-const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Hashes a pfn by one folded multiplication: good high bits (hashbrown's tag) and low bits
-/// (its bucket index), a few instructions. Only `u64` keys are ever hashed.
-#[derive(Default)]
-struct PfnHasher(u64);
-
-impl Hasher for PfnHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, pfn: u64) {
-        let m = u128::from(self.0 ^ pfn) * u128::from(FIBONACCI);
-        self.0 = (m as u64) ^ ((m >> 64) as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// The inline slot holds no record.
+/// The record slot holds no record.
 const EMPTY: u64 = 0;
-/// One insert or take has claimed the inline slot and alone reaches its record.
+/// A take has claimed the slot and alone reaches its record.
 const BUSY: u64 = 1;
 
-/// A shard's inline slot: a key word and the record it guards. The key is [`EMPTY`],
-/// [`BUSY`], or the DMA address of the live record. A DMA address is never a sentinel: its
-/// pfn is at least the allocator's start pfn, which the domain's configuration keeps above 0,
-/// and both sentinels lie in pfn 0.
+/// One pfn's record: a key word and the record it guards. The key is [`EMPTY`], [`BUSY`], or
+/// the DMA address of the live record (in this slot's pfn). A DMA address is never a
+/// sentinel: its pfn is at least the allocator's start pfn, which the domain's configuration
+/// keeps above 0, and both sentinels lie in pfn 0.
 ///
-/// Whoever moves the key to `BUSY` by compare-and-swap (an insert from `EMPTY`, a take from
-/// the live address) owns the record and `recorded` until it stores the key again with
-/// release: the insert publishes the address, the take stores `EMPTY` (or puts the address
-/// back when the record is not what it expected). So every access to the record is ordered
-/// after the previous owner's, and no lock is taken.
+/// The insert owns an [`EMPTY`] slot because the IOVA allocator handed it the pfn: it waits
+/// for the key to read [`EMPTY`] with acquire (the previous take's vacate), writes the record
+/// and `recorded`, and publishes the address with a release store. A take owns the slot
+/// while the key is [`BUSY`] by its compare-and-swap from the address, and stores the key
+/// again with release ([`EMPTY`], or the address put back). So every access to the record is
+/// ordered after the previous owner's.
 struct Slot {
     key: AtomicU64,
     rec: UnsafeCell<Record>,
-    /// Mappings this slot ever recorded; written only by the slot's owner (a load and a
+    /// Mappings this slot ever recorded; written only by the inserting owner (a load and a
     /// store, no read-modify-write), read by [`Registry::counts`].
     recorded: AtomicU64,
 }
 
-// SAFETY: the record is reached only by the thread that claimed the slot (key BUSY by its
-// compare-and-swap), and each claim acquires the previous owner's release of the key.
+// SAFETY: the record is reached only by the slot's owner: the insert the allocator handed
+// its pfn (after its acquire load read the previous take's release of EMPTY), or the take
+// whose compare-and-swap moved the key to BUSY (acquiring the insert's publication or a
+// refused take's put-back).
 unsafe impl Sync for Slot {}
 
 impl Default for Slot {
@@ -185,61 +166,53 @@ impl Default for Slot {
     }
 }
 
-/// A shard's other mappings (first pfn -> (DMA address, record)) and how many it ever
-/// recorded.
-#[derive(Default)]
-struct Table {
-    more: HashMap<u64, (u64, Record), BuildHasherDefault<PfnHasher>>,
-    recorded: u64,
-}
-
 /// A slot on a cache line of its own. 64 bytes, not `CachePadded`'s 128 (which x86-64 uses
-/// against the adjacent-line prefetcher): at a 128-byte stride the slots would use only
-/// every other set of a 64-set L1, and a lazy domain's 255 shards in turn would fill those
-/// sets' ways by themselves.
+/// against the adjacent-line prefetcher): a lazy domain's 255 IOVAs in flight are mostly
+/// neighbours, so their records fill whole leaves, one line each.
 #[repr(align(64))]
 #[derive(Default)]
 struct Line<T>(T);
 
-impl<T> std::ops::Deref for Line<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
+/// A pfn's low `LEAF_BITS` pick its slot in a leaf (64 slots of 64 bytes: a 4 KiB leaf for
+/// 64 granules of IOVA space), the next `MID_BITS` its leaf in a middle node (4096 pointers,
+/// 32 KiB, for 2^18 granules: 1 GiB at 4 KiB), the rest its middle node in the root. A loom
+/// model needs only a few slots per node (every atomic and cell is a model object).
+const LEAF_BITS: u32 = if cfg!(loom) { 1 } else { 6 };
+const MID_BITS: u32 = if cfg!(loom) { 1 } else { 12 };
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+const MID_LEN: usize = 1 << MID_BITS;
 
-/// Shards per CPU: many more than the mappings a CPU has in flight (a flush-queue ring's
-/// worth, 256, recycled by its IOVA cache), so a CPU's mappings rarely share a shard, and so a
-/// cache line, with another CPU's; with 16 shards the shard lines bounced between CPUs on
-/// every map and unmap and two threads ran no faster than one. A loom model needs only a few
-/// (every lock is a model object); under Miri, which builds many domains, 16 keep every test
-/// fast while mappings still spread over several shards.
-const SHARDS_PER_CPU: usize = if cfg!(loom) {
-    2
-} else if cfg!(miri) {
-    16
-} else {
-    1024
-};
-
-/// At most this many shards (a 64-byte line each, and a locked table of at most 48 bytes:
-/// under 1.8 MiB), however many CPUs.
-const MAX_SHARDS: usize = 1 << 14;
-
-/// Spins before a take that found the slot claimed yields the CPU (the claimer may have been
-/// preempted; a claim otherwise lasts a few dozen instructions).
+/// Spins before a wait for a slot yields the CPU (the claimer may have been preempted; a
+/// claim otherwise lasts a few dozen instructions).
 const SPINS_BEFORE_YIELD: u32 = 64;
+
+type Leaf = Line<Slot>;
+type Mid = AtomicPtr<Leaf>;
+
+/// The nodes allocated so far, for [`Registry::counts`] and the drop.
+#[derive(Default)]
+struct Nodes {
+    leaves: Vec<*mut Leaf>,
+    mids: Vec<*mut Mid>,
+}
 
 /// The record of live mappings.
 pub struct Registry {
-    slots: Box<[Line<Slot>]>,
-    /// `tables[i]`: shard `i`'s other mappings.
-    tables: Box<[Mutex<Table>]>,
-    /// `64 - log2(shards)`: a shard is the top bits of the pfn's Fibonacci hash.
-    shift: u32,
+    /// `root[pfn >> (LEAF_BITS + MID_BITS)]`: a middle node, or null before its first record.
+    root: Box<[AtomicPtr<Mid>]>,
+    /// Every node installed, installed under this lock (the lock-free lookups acquire the
+    /// pointer it stores with release).
+    nodes: Mutex<Nodes>,
     /// The IOVA granule's shift: a DMA address's pfn, and a span's granules.
     granule_shift: u32,
 }
+
+// SAFETY: the nodes are owned by the registry (freed only by its drop, through `&mut self`);
+// other threads reach them through `root` and the middle nodes, whose pointers are stored
+// with release after the node is built and loaded with acquire; a slot is `Sync`.
+unsafe impl Send for Registry {}
+// SAFETY: as for `Send`: shared access reaches a node only through its acquire-loaded pointer.
+unsafe impl Sync for Registry {}
 
 /// What the registry counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,57 +223,157 @@ pub struct Counts {
     pub live: u64,
 }
 
-impl Registry {
-    /// Shards for `cpus` CPUs: [`SHARDS_PER_CPU`] each, at most [`MAX_SHARDS`]; IOVA granules
-    /// of `1 << granule_shift` bytes.
-    pub fn new(cpus: usize, granule_shift: u32) -> Self {
-        let n = cpus
-            .clamp(1, MAX_SHARDS / SHARDS_PER_CPU)
-            .saturating_mul(SHARDS_PER_CPU)
-            .next_power_of_two()
-            .max(2);
-        Self {
-            slots: (0..n).map(|_| Line::default()).collect(),
-            tables: (0..n).map(|_| Mutex::new(Table::default())).collect(),
-            shift: 64 - n.trailing_zeros(),
-            granule_shift,
+/// `n` null pointers, or `None` if they cannot be allocated. Outside loom, zeroed memory (a
+/// null pointer is all zero bits), which the system commits page by page as it is touched:
+/// a 48-bit domain's root is 2 MiB of address space of which the IOVAs in use touch a page.
+fn null_pointers<T>(n: usize) -> Option<Box<[AtomicPtr<T>]>> {
+    #[cfg(loom)]
+    {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).ok()?;
+        v.extend((0..n).map(|_| AtomicPtr::new(std::ptr::null_mut())));
+        Some(v.into_boxed_slice())
+    }
+    #[cfg(not(loom))]
+    {
+        let layout = std::alloc::Layout::array::<AtomicPtr<T>>(n.max(1)).ok()?;
+        // SAFETY: the layout is not zero-sized; all-zero bytes are a valid `AtomicPtr` (null),
+        // and a boxed slice of `n` of them has exactly this layout, from the global allocator.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout).cast::<AtomicPtr<T>>();
+            if p.is_null() {
+                return None;
+            }
+            Some(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                p,
+                n.max(1),
+            )))
         }
     }
+}
 
-    /// The shard of DMA address `dma` (models pick neighbours by it).
-    pub fn shard(&self, dma: u64) -> usize {
-        let pfn = dma >> self.granule_shift;
-        (pfn.wrapping_mul(FIBONACCI) >> self.shift) as usize
+/// A leaf of empty slots, or `None` if it cannot be allocated.
+fn new_leaf() -> Option<Box<[Leaf]>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(LEAF_LEN).ok()?;
+    v.extend((0..LEAF_LEN).map(|_| Line::default()));
+    Some(v.into_boxed_slice())
+}
+
+impl Registry {
+    /// Records for IOVA pfns up to `end_pfn` (the IOVA allocator's last), granules of
+    /// `1 << granule_shift` bytes. Allocates only the root (8 bytes per 2^18 pfns); leaves
+    /// and middle nodes come with the first record in their range. [`DmaError::NoMemory`] if
+    /// the root cannot be allocated.
+    pub fn new(end_pfn: u64, granule_shift: u32) -> Result<Self, DmaError> {
+        let root = usize::try_from(end_pfn >> (LEAF_BITS + MID_BITS))
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .and_then(null_pointers)
+            .ok_or(DmaError::NoMemory)?;
+        Ok(Self {
+            root,
+            nodes: Mutex::new(Nodes::default()),
+            granule_shift,
+        })
     }
 
-    /// Whether the mapping at `dma` is its shard's inline record (models check both places
-    /// are reached).
+    /// The slot of `pfn` if its leaf exists; never allocates.
+    #[inline]
+    fn slot(&self, pfn: u64) -> Option<&Slot> {
+        let top = self
+            .root
+            .get(usize::try_from(pfn >> (LEAF_BITS + MID_BITS)).ok()?)?;
+        let mid = top.load(REGISTRY_LOOKUP.ord(Ordering::Acquire));
+        if mid.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null middle node is `MID_LEN` pointers, built before its release
+        // store (acquired above) and freed only by the registry's drop.
+        let at = unsafe { &*mid.add((pfn >> LEAF_BITS) as usize & (MID_LEN - 1)) };
+        let leaf = at.load(REGISTRY_LOOKUP.ord(Ordering::Acquire));
+        if leaf.is_null() {
+            return None;
+        }
+        // SAFETY: the same for a leaf of `LEAF_LEN` slots.
+        Some(unsafe { &(*leaf.add(pfn as usize & (LEAF_LEN - 1))).0 })
+    }
+
+    /// The slot of `pfn`, allocating its leaf (and middle node) if this is the first record
+    /// in its range; [`DmaError::NoMemory`] (nothing changed) if they cannot be allocated or
+    /// the pfn lies beyond the space the registry was built for.
+    #[cold]
+    #[inline(never)]
+    fn install(&self, pfn: u64) -> Result<&Slot, DmaError> {
+        let top = usize::try_from(pfn >> (LEAF_BITS + MID_BITS))
+            .ok()
+            .and_then(|i| self.root.get(i))
+            .ok_or(DmaError::NoMemory)?;
+        let mut nodes = self.nodes.lock();
+        // Installers are ordered by the lock: a Relaxed load sees any earlier installer's.
+        let mut mid = top.load(Ordering::Relaxed);
+        if mid.is_null() {
+            nodes.mids.try_reserve(1).map_err(|_| DmaError::NoMemory)?;
+            let fresh = null_pointers::<Leaf>(MID_LEN).ok_or(DmaError::NoMemory)?;
+            mid = Box::into_raw(fresh).cast::<Mid>();
+            nodes.mids.push(mid);
+            top.store(mid, REGISTRY_INSTALL.ord(Ordering::Release));
+        }
+        // SAFETY: as in `slot`; this thread installed it or the lock ordered its installer.
+        let at = unsafe { &*mid.add((pfn >> LEAF_BITS) as usize & (MID_LEN - 1)) };
+        let mut leaf = at.load(Ordering::Relaxed);
+        if leaf.is_null() {
+            nodes
+                .leaves
+                .try_reserve(1)
+                .map_err(|_| DmaError::NoMemory)?;
+            leaf = Box::into_raw(new_leaf().ok_or(DmaError::NoMemory)?).cast::<Leaf>();
+            nodes.leaves.push(leaf);
+            at.store(leaf, REGISTRY_INSTALL.ord(Ordering::Release));
+        }
+        // SAFETY: as in `slot`.
+        Ok(unsafe { &(*leaf.add(pfn as usize & (LEAF_LEN - 1))).0 })
+    }
+
+    /// Whether the leaf of DMA address `dma` exists (tests check that bad input allocates
+    /// nothing).
+    #[cfg(any(test, loom))]
+    pub fn has_leaf(&self, dma: u64) -> bool {
+        self.slot(dma >> self.granule_shift).is_some()
+    }
+
+    /// Whether `pfn`'s slot holds a mapping (or a take's claim); models read it for their
+    /// outcomes.
     #[cfg(loom)]
-    pub fn is_inline(&self, dma: u64) -> bool {
-        self.slots[self.shard(dma)].key.load(Ordering::Relaxed) == dma
+    pub fn is_live(&self, pfn: u64) -> bool {
+        self.slot(pfn)
+            .is_some_and(|s| s.key.load(Ordering::Relaxed) != EMPTY)
     }
 
     /// Record a new mapping at DMA address `dma` (its first IOVA granule, plus its offset in
-    /// it), whose first pfn no live mapping has; [`DmaError::NoMemory`] (nothing recorded) if
-    /// the shard's table cannot grow. Inline when the shard's slot is empty: one
-    /// compare-and-swap and a release store.
+    /// it), whose first pfn the IOVA allocator handed to this caller alone (no live mapping
+    /// has it): plain stores and a release store, no locked instruction, unless this is the
+    /// first record of its leaf (then the leaf is allocated; [`DmaError::NoMemory`], nothing
+    /// recorded, if it cannot be).
     #[inline]
     pub fn insert(&self, dma: u64, rec: Record) -> Result<(), DmaError> {
         if crate::faults::MAPPING_RECORD.fail() {
             return Err(DmaError::NoMemory);
         }
-        let i = self.shard(dma);
-        let slot = &self.slots[i];
-        let (claim, failed) = REGISTRY_CLAIM.cas(Ordering::Acquire, Ordering::Relaxed);
-        if slot
-            .key
-            .compare_exchange(EMPTY, BUSY, claim, failed)
-            .is_err()
-        {
-            return self.insert_into_table(i, dma, rec);
+        let pfn = dma >> self.granule_shift;
+        let slot = match self.slot(pfn) {
+            Some(slot) => slot,
+            None => self.install(pfn)?,
+        };
+        // The previous mapping's take emptied the key before its unmap freed the IOVA; an
+        // allocator that hands the pfn over without ordering may let this load see the old
+        // key a moment longer.
+        if slot.key.load(REGISTRY_ADOPT.ord(Ordering::Acquire)) != EMPTY {
+            Self::wait_vacated(slot);
         }
-        // SAFETY: the slot is BUSY by this thread's claim, which acquired the previous
-        // owner's release: no other thread reaches the record until the store below.
+        // SAFETY: the pfn is this thread's (the allocator's hand-over), and the key read EMPTY
+        // with acquire, after the previous owner's last access: no other thread reaches the
+        // record until the publication below.
         slot.rec.with_mut(|r| unsafe { *r = rec });
         let n = slot.recorded.load(Ordering::Relaxed);
         slot.recorded.store(n + 1, Ordering::Relaxed);
@@ -308,41 +381,40 @@ impl Registry {
         Ok(())
     }
 
-    /// [`Registry::insert`] when the slot holds another mapping (or is claimed).
+    /// Wait until the previous take of `slot` has emptied it (see [`Registry::insert`]).
+    #[cold]
     #[inline(never)]
-    fn insert_into_table(&self, i: usize, dma: u64, rec: Record) -> Result<(), DmaError> {
-        let pfn = dma >> self.granule_shift;
-        let mut table = self.tables[i].lock();
-        // Unreachable duplicates: the caller mapped the page table first, and io-pgtable
-        // claims every entry by compare-and-swap, so no two live mappings share a first pfn.
-        debug_assert!(
-            !table.more.contains_key(&pfn),
-            "IOVA pfn {pfn:#x} handed out twice"
-        );
-        if table.more.try_reserve(1).is_err() {
-            return Err(DmaError::NoMemory);
+    fn wait_vacated(slot: &Slot) {
+        let mut spins = 0;
+        while slot.key.load(REGISTRY_ADOPT.ord(Ordering::Acquire)) != EMPTY {
+            Self::pause(&mut spins);
         }
-        table.more.insert(pfn, (dma, rec));
-        table.recorded += 1;
-        Ok(())
+    }
+
+    fn pause(spins: &mut u32) {
+        if *spins < SPINS_BEFORE_YIELD {
+            *spins += 1;
+            thread::spin_wait();
+        } else {
+            thread::yield_now();
+        }
     }
 
     /// Remove the mapping at `dma` if it is what `expect` describes; otherwise leave it in
     /// place: none at `dma`'s granule or another device's is [`DmaError::NotMapped`], another
     /// offset in the granule, size or kind [`DmaError::Mismatch`]. Of two racing takes of one
-    /// mapping, one claims the slot and the other finds it empty. The expectation travels by
-    /// value and only what the unmap needs comes back, so nothing of either is spilled to
-    /// memory on the way.
+    /// mapping, one claims the slot and the other finds it empty. Never allocates: an address
+    /// whose leaf does not exist (never mapped, or outside the IOVA space) is `NotMapped`.
+    /// The expectation travels by value and only what the unmap needs comes back, so nothing
+    /// of either is spilled to memory on the way.
     #[inline]
     pub fn take(&self, dma: u64, expect: Expect) -> Result<Taken, DmaError> {
         let pfn = dma >> self.granule_shift;
-        if pfn == 0 {
-            // Never mapped, and the slot's sentinels: a claim from them would take an empty
-            // slot's stale record, or another take's claim.
+        // Addresses in pfn 0 are never mapped, and are the key's sentinels: a claim from
+        // them would take an empty slot's stale record, or another take's claim.
+        let Some(slot) = self.slot(pfn).filter(|_| pfn != 0) else {
             return Err(DmaError::NotMapped { dma });
-        }
-        let i = self.shard(dma);
-        let slot = &self.slots[i];
+        };
         // First try the common case, the slot holding this very address.
         let mut key = dma;
         loop {
@@ -350,16 +422,17 @@ impl Registry {
             match slot.key.compare_exchange(key, BUSY, claim, failed) {
                 Ok(_) => break,
                 // The mapping may be the one claimed (by a take that may put it back).
-                Err(BUSY) => key = self.wait_unclaimed(slot),
+                Err(BUSY) => key = Self::wait_unclaimed(slot),
                 Err(now) => key = now,
             }
-            if key >> self.granule_shift != pfn {
-                // Empty or another mapping's: a mapping stays where it was recorded.
-                return self.take_from_table(i, pfn, dma, expect);
+            if key == EMPTY {
+                return Err(DmaError::NotMapped { dma });
             }
+            // Another offset in this granule: claimed to be checked, and put back.
         }
         // SAFETY: the slot is BUSY by this thread's claim, which acquired the insert's
-        // publication: no other thread reaches the record until the store below.
+        // publication (or a refused take's put-back): no other thread reaches the record
+        // until the store below.
         let rec = slot.rec.with(|r| unsafe { *r });
         let taken = self.check(key, &rec, dma, expect);
         let after = if taken.is_ok() { EMPTY } else { key };
@@ -368,42 +441,18 @@ impl Registry {
         taken
     }
 
-    /// Wait until no insert or take holds `slot`; its key then.
+    /// Wait until no take holds `slot`; its key then.
     #[cold]
     #[inline(never)]
-    fn wait_unclaimed(&self, slot: &Slot) -> u64 {
+    fn wait_unclaimed(slot: &Slot) -> u64 {
         let mut spins = 0;
         loop {
-            if spins < SPINS_BEFORE_YIELD {
-                spins += 1;
-                thread::spin_wait();
-            } else {
-                thread::yield_now();
-            }
+            Self::pause(&mut spins);
             let key = slot.key.load(Ordering::Relaxed);
             if key != BUSY {
                 return key;
             }
         }
-    }
-
-    /// [`Registry::take`] of a mapping not in its shard's slot.
-    #[inline(never)]
-    fn take_from_table(
-        &self,
-        i: usize,
-        pfn: u64,
-        dma: u64,
-        expect: Expect,
-    ) -> Result<Taken, DmaError> {
-        let mut table = self.tables[i].lock();
-        let Entry::Occupied(live) = table.more.entry(pfn) else {
-            return Err(DmaError::NotMapped { dma });
-        };
-        let (at, rec) = live.get();
-        let taken = self.check(*at, rec, dma, expect)?;
-        live.remove();
-        Ok(taken)
     }
 
     /// What the unmap of `dma` needs of `rec`, recorded at `at` (the same granule), if it is
@@ -439,24 +488,45 @@ impl Registry {
         })
     }
 
-    /// Mappings recorded and live (locks every shard's table briefly; a slot being claimed
-    /// counts as live).
+    /// Bytes of records and nodes allocated so far (the memory bound in DESIGN.md).
+    #[cfg(all(test, not(loom)))]
+    fn footprint(&self) -> usize {
+        let nodes = self.nodes.lock();
+        nodes.leaves.len() * LEAF_LEN * std::mem::size_of::<Leaf>()
+            + nodes.mids.len() * MID_LEN * std::mem::size_of::<Mid>()
+            + self.root.len() * std::mem::size_of::<AtomicPtr<Mid>>()
+    }
+
+    /// Mappings recorded and live (a slot being claimed counts as live); holds the lock that
+    /// installs leaves while it reads them.
     pub fn counts(&self) -> Counts {
-        self.slots.iter().zip(self.tables.iter()).fold(
-            Counts {
-                recorded: 0,
-                live: 0,
-            },
-            |c, (s, t)| {
-                let t = t.lock();
-                Counts {
-                    recorded: c.recorded + s.recorded.load(Ordering::Relaxed) + t.recorded,
-                    live: c.live
-                        + u64::from(s.key.load(Ordering::Relaxed) != EMPTY)
-                        + t.more.len() as u64,
-                }
-            },
-        )
+        let nodes = self.nodes.lock();
+        let mut c = Counts {
+            recorded: 0,
+            live: 0,
+        };
+        for &leaf in &nodes.leaves {
+            // SAFETY: an installed leaf of `LEAF_LEN` slots, freed only by the drop.
+            for line in unsafe { std::slice::from_raw_parts(leaf, LEAF_LEN) } {
+                c.recorded += line.0.recorded.load(Ordering::Relaxed);
+                c.live += u64::from(line.0.key.load(Ordering::Relaxed) != EMPTY);
+            }
+        }
+        c
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let nodes = self.nodes.get_mut();
+        for &leaf in &nodes.leaves {
+            // SAFETY: built as a boxed slice of `LEAF_LEN` slots by `install`, freed once.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(leaf, LEAF_LEN)) });
+        }
+        for &mid in &nodes.mids {
+            // SAFETY: built as a boxed slice of `MID_LEN` pointers by `install`, freed once.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(mid, MID_LEN)) });
+        }
     }
 }
 
@@ -484,15 +554,17 @@ mod tests {
     fn a_slot_its_record_and_its_count_fit_one_cache_line() {
         assert!(std::mem::size_of::<Slot>() <= 64);
         assert_eq!(std::mem::size_of::<Line<Slot>>(), 64);
-        assert!(std::mem::size_of::<Mutex<Table>>() <= 48);
     }
 
+    /// IOVA pfns 1 to 2^20 - 1, 4 KiB granules: a 32-bit space.
+    const END: u64 = (1 << 20) - 1;
+
     #[test]
-    fn shards_holding_many_mappings_find_each_one() {
-        let r = Registry::new(1, 12);
-        // Four times as many mappings as shards: every shard holds one inline and more in
-        // its table.
-        let pfns: Vec<u64> = (1..=4 * SHARDS_PER_CPU as u64).map(|i| i * 7).collect();
+    fn many_mappings_over_many_leaves_find_each_one() {
+        let r = Registry::new(END, 12).unwrap();
+        // Mappings spread over many leaves (a few under Miri), a few in each.
+        let leaves: u64 = if cfg!(miri) { 4 } else { 64 };
+        let pfns: Vec<u64> = (1..=leaves * LEAF_LEN as u64).map(|i| i * 7).collect();
         for &p in &pfns {
             r.insert(p << 12, rec(p)).unwrap();
         }
@@ -545,7 +617,7 @@ mod tests {
     /// nothing changes, whether the slots are empty or hold (stale or live) records.
     #[test]
     fn addresses_in_pfn_zero_are_refused() {
-        let r = Registry::new(1, 12);
+        let r = Registry::new(END, 12).unwrap();
         let refused = |r: &Registry| {
             for dma in [EMPTY, BUSY, 0x10, 0xfff] {
                 let e = Expect {
@@ -557,10 +629,12 @@ mod tests {
             }
         };
         refused(&r);
-        let pfns: Vec<u64> = (1..=2 * SHARDS_PER_CPU as u64).collect();
+        let pfns: Vec<u64> = (1..=2 * LEAF_LEN as u64).collect();
         for &p in &pfns {
             r.insert(p << 12, rec(0)).unwrap();
         }
+        // Pfn 0 shares its leaf with pfn 1: its slot exists, empty.
+        assert!(r.has_leaf(0));
         refused(&r);
         for &p in &pfns {
             assert!(r.take(p << 12, expect(0)).is_ok());
@@ -578,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_taken_record_gives_its_span_and_bounce_buffer() {
-        let r = Registry::new(1, 12);
+        let r = Registry::new(END, 12).unwrap();
         let single = |size, held| Record { dev: 1, size, held };
         // 0x10 into its granule, 0x1ff0 bytes: two granules; bounced.
         r.insert(0x5010, single(0x1ff0, Held::Bounced(0x9000)))
@@ -605,6 +679,69 @@ mod tests {
             r.counts(),
             Counts {
                 recorded: 4,
+                live: 0
+            }
+        );
+    }
+
+    /// Bad input never allocates: a take of an address whose leaf does not exist (never
+    /// mapped, beyond the IOVA space, beyond any root) is `NotMapped` and leaves only the
+    /// root allocated; an insert beyond the space is `NoMemory` and changes nothing.
+    #[test]
+    fn bad_addresses_allocate_nothing() {
+        let r = Registry::new(END, 12).unwrap();
+        let root = r.footprint();
+        assert_eq!(root, 8 * ((END >> (LEAF_BITS + MID_BITS)) as usize + 1));
+        let beyond_root = (END + 1) << (LEAF_BITS + MID_BITS + 12);
+        for dma in [0x5000, END << 12, (END + 1) << 12, beyond_root, u64::MAX] {
+            assert_eq!(r.take(dma, expect(1)), Err(DmaError::NotMapped { dma }));
+            assert!(!r.has_leaf(dma));
+        }
+        assert_eq!(r.insert(beyond_root, rec(1)), Err(DmaError::NoMemory));
+        assert_eq!(r.insert(!0xfff, rec(1)), Err(DmaError::NoMemory));
+        assert_eq!(r.footprint(), root);
+        assert_eq!(
+            r.counts(),
+            Counts {
+                recorded: 0,
+                live: 0
+            }
+        );
+        // A leaf exists once a mapping starts in its range; a neighbour's take is still refused.
+        r.insert(0x5000, rec(1)).unwrap();
+        assert!(r.has_leaf(0x6000));
+        assert_eq!(
+            r.take(0x6000, expect(1)),
+            Err(DmaError::NotMapped { dma: 0x6000 })
+        );
+        assert_eq!(r.take(0x5000, expect(1)).map(|t| t.granules), Ok(1));
+        assert_eq!(
+            r.take(0x5000, expect(1)),
+            Err(DmaError::NotMapped { dma: 0x5000 })
+        );
+    }
+
+    /// The memory bound: 255 neighbouring IOVAs in flight (a lazy domain's ring) take four
+    /// leaves of 4 KiB and one middle node of 32 KiB beside the root; mapping them again
+    /// allocates nothing more.
+    #[test]
+    fn a_ring_of_neighbours_fills_four_leaves() {
+        let r = Registry::new(END, 12).unwrap();
+        let root = r.footprint();
+        let first = END + 1 - 256;
+        for round in 0..2 {
+            for p in first..first + 255 {
+                r.insert(p << 12, rec(1)).unwrap();
+            }
+            assert_eq!(r.footprint(), root + 4 * 4096 + 32 * 1024, "round {round}");
+            for p in first..first + 255 {
+                assert!(r.take(p << 12, expect(1)).is_ok());
+            }
+        }
+        assert_eq!(
+            r.counts(),
+            Counts {
+                recorded: 510,
                 live: 0
             }
         );

@@ -106,7 +106,8 @@ impl Config {
     }
 
     /// The [`Granule::Tiny`] stage-1 configuration with `levels` levels of 4 entries each
-    /// (input size `12 + 2 * levels` bits).
+    /// (input size `12 + 2 * levels` bits, saturating: a count no geometry has is refused
+    /// by [`Config::geometry`], not an overflow).
     ///
     /// ```
     /// let g = io_pgtable::Config::tiny(2).geometry().unwrap();
@@ -116,7 +117,7 @@ impl Config {
         Config {
             granule: Granule::Tiny,
             stage: Stage::S1,
-            ias: 12 + 2 * levels,
+            ias: levels.saturating_mul(2).saturating_add(12),
             oas: 48,
             ns: false,
         }
@@ -300,12 +301,18 @@ impl Geometry {
     }
 
     /// The input-address bit where level `level`'s index starts.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn level_shift(&self, level: u32) -> u32 {
         self.shifts[level as usize]
     }
 
     /// The span of one descriptor at `level`: the block (or page) size there.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn block_size(&self, level: u32) -> u64 {
         1 << self.level_shift(level)
@@ -329,6 +336,9 @@ impl Geometry {
     }
 
     /// The index of `iova` in a table at `level`.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn index(&self, level: u32, iova: u64) -> usize {
         ((iova >> self.level_shift(level)) & self.index_mask(level)) as usize
@@ -365,6 +375,9 @@ impl Geometry {
     }
 
     /// The span of a whole table at `level`.
+    ///
+    /// # Panics
+    /// If `level` is above 3 (levels are 0 to 3).
     #[inline]
     pub fn table_span(&self, level: u32) -> u64 {
         self.block_size(level) << self.index_bits(level)
@@ -531,6 +544,9 @@ mod tests {
                 oas: 40,
                 ns: true,
             },
+            // More levels than a table has: overflowed the input size (a debug-build panic).
+            Config::tiny(u32::MAX),
+            Config::tiny(5),
         ];
         for c in bad {
             assert!(

@@ -78,12 +78,15 @@
 //!   so no race splits one.
 //!
 //! The helpers [`PageTable::map`] and [`PageTable::unmap`] loop over `map_pages`/`unmap_pages`
-//! and are not atomic as a whole: a racing caller may see part of their range done.
+//! and are not atomic as a whole: a racing caller may see part of their range done. A `map`
+//! that fails takes back only the leaves it wrote, so a page another caller mapped in its
+//! range meanwhile (after an overlapping unmap) stays.
 //!
 //! A table level is freed only when an unmap covers its whole span (or a block map replaces
 //! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
 //! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
-//! reader that might hold it has unpinned. Tables emptied by smaller unmaps stay linked
+//! reader that might hold it has unpinned (if the flush unwinds, the subtree is kept until
+//! the page table is dropped: see [`TlbOps::flush_walk`]). Tables emptied by smaller unmaps stay linked
 //! (another mapper may be descending into them), as in Linux, until [`PageTable::prune`] of a
 //! range holding their whole span frees them as a block map frees an empty table (freeze,
 //! claim, flush, RCU): a map racing inside the range lands before (the table stays) or after
@@ -117,8 +120,11 @@
 //!   retired, never more.
 //! * `tests/hostile.rs`: a `flush_walk` that panics during a block map's table replacement
 //!   leaves the table as it was and later operations there working; one that panics during
-//!   an unmap of a table's span retires the taken tables through RCU (not freed under a held
-//!   reader, accounting balanced).
+//!   an unmap of a table's span keeps the taken tables, retired but not freed (not under a
+//!   held reader, nor after the grace period a freed table's neighbour gets: the walk cache may
+//!   still hold them) until the page table is dropped; an `add_page` that panics while a map that lost a race
+//!   withdraws its leaves leaves none of them mapped; a `map` that fails after another caller
+//!   unmapped its first page and mapped its own there leaves that page mapped.
 //! * `tests/fault_injection.rs`: see [`faults`]; the loom models (and the production-RCU
 //!   binary, `loom-tests/tests/production_rcu.rs`): see [`points`].
 

@@ -4,7 +4,8 @@
 //! * `map_pages` writes at most one leaf table per call. All target slots are checked before
 //!   any is written, so a refused call changes nothing; each slot is then claimed by CAS from 0,
 //!   and a call that loses a slot to a racing map withdraws the leaves it already wrote (CAS
-//!   back to 0, invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
+//!   back to 0, all of them before the first TLB callback, so one that unwinds leaves none
+//!   mapped; invalidation synced) and returns `Exists`. A present leaf is `Exists`; a table
 //!   where a block goes is replaced only if its subtree is empty (freeze, claim the link, walk
 //!   flush, RCU free, then the block: break-before-make), else `Exists`.
 //! * One page (`map` of a granule, `map_pages` of one page) takes a single-slot path: the
@@ -13,9 +14,11 @@
 //!   no check pass over a range. It picks the descent's layout once, outside the retry
 //!   loop: constants for the four-level 4 KiB format (`levels.rs`). Callgrind, a 4 KiB
 //!   map+unmap in a loop (`examples/map_loop.rs`): 789 instructions through the general
-//!   loops, 467 on these paths.
+//!   loops, 467 on these paths (462 since the withdraw's clearing moved into helpers out of
+//!   line: these paths did not change, the difference is layout).
 //! * `map` loops with Linux's `iommu_pgsize` choice and undoes its own partial progress on
-//!   error. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
+//!   error: it replays its steps and takes back each leaf still holding what it wrote (as a
+//!   lost race's withdraw does), never a page another caller mapped there meanwhile. Map and unmap find the level of a page size with one lookup (`level_by_shift`); a
 //!   leaf's attribute bits come from a 64-entry table indexed by the six protection bits (built
 //!   from the bit-by-bit encoding; a test checks the two agree), looked up once per call.
 //! * Installing a table: a zeroed table, then `CAS(0 → table, Release, Acquire)`
@@ -251,23 +254,80 @@ impl<T: TlbOps> PageTable<T> {
 
     /// Take back the leaves (`attrs` and the output address) this call wrote into `slots`
     /// (mapping from `iova` to `paddr`) before it lost a race further on; one an overlapping
-    /// unmap already took stays taken.
+    /// unmap already took stays taken. Every slot is cleared before the first TLB callback,
+    /// so a callback that unwinds leaves none of them mapped.
     // Off the steady-state path: kept out of line so the hot path stays small.
     #[inline(never)]
     fn withdraw(&self, slots: &[AtomicU64], level: u32, iova: u64, paddr: u64, attrs: u64) {
-        let g = &self.geom;
-        let size = g.block_size(level);
-        let mut gather = Gather::new();
+        let mut cleared = Vec::new();
+        self.take_back(slots, level, (iova, paddr), attrs, &mut cleared);
+        self.invalidate(&cleared);
+    }
+
+    /// Clear each of `slots` (at `level`, mapping from `iova` to `paddr`) that still holds the
+    /// leaf this call wrote there (`attrs` and the output address), noting each cleared
+    /// page in `cleared` (address, size). A slot holding anything else (empty, or another
+    /// caller's leaf or table after an overlapping unmap took ours) is left alone.
+    fn take_back(
+        &self,
+        slots: &[AtomicU64],
+        level: u32,
+        (iova, paddr): (u64, u64),
+        attrs: u64,
+        cleared: &mut Vec<(u64, u64)>,
+    ) {
+        let size = self.geom.block_size(level);
         for (i, e) in slots.iter().enumerate() {
             let at = i as u64 * size;
-            if self
-                .claim(e, attrs | pte::encode_oa(g, paddr + at), 0)
-                .is_ok()
-            {
-                self.tlb.add_page(&mut gather, iova + at, size);
+            let leaf = attrs | pte::encode_oa(&self.geom, paddr + at);
+            if self.claim(e, leaf, 0).is_ok() {
+                cleared.push((iova + at, size));
             }
         }
+    }
+
+    /// Invalidate the pages `cleared` (address, size) and sync: the TLB callbacks after the
+    /// clearing, so one that unwinds leaves nothing mapped that the caller took back.
+    fn invalidate(&self, cleared: &[(u64, u64)]) {
+        let mut gather = Gather::new();
+        for &(iova, size) in cleared {
+            self.tlb.add_page(&mut gather, iova, size);
+        }
         gather.sync(&self.tlb);
+    }
+
+    /// Undo the first `size` bytes of a [`PageTable::map`] of `iova` to `paddr` with `prot`:
+    /// the same steps, each slot taken back only if it still holds the leaf the map wrote
+    /// (never a mapping another caller made after an overlapping unmap took ours), every
+    /// slot cleared before the first TLB callback. The tables the map installed stay linked,
+    /// as after an unmap of pages.
+    #[cold]
+    #[inline(never)]
+    fn withdraw_range(&self, iova: u64, paddr: u64, size: u64, prot: Prot) {
+        let g = &self.geom;
+        let mut cleared = Vec::new();
+        {
+            let guard = dma_sync::rcu::pin();
+            let mut done = 0;
+            while done < size {
+                let (at, pa) = (iova + done, paddr + done);
+                // The steps `map` took (they succeeded, so this one does).
+                let Ok((level, count)) = self.step(at, pa, size - done) else {
+                    break;
+                };
+                // As `map_in`: at most to the end of one table.
+                let n = count.min(g.entries(level) - g.index(level, at));
+                // A walk that stops above `level` meets no leaf of ours: an unmap took the
+                // table, or the entry never led to it.
+                if let Ok((table, first)) = self.descend_mapped(&guard, at, level) {
+                    let attrs = pte::leaf(g, level, 0, prot);
+                    let slots = &table[first..first + n];
+                    self.take_back(slots, level, (at, pa), attrs, &mut cleared);
+                }
+                done += n as u64 * g.block_size(level);
+            }
+        }
+        self.invalidate(&cleared);
     }
 
     /// Install a zeroed table (from the slab) into the empty `entry`; returns the descriptor now in
@@ -320,8 +380,10 @@ impl<T: TlbOps> PageTable<T> {
     }
 
     /// Map `size` bytes at `iova` to `paddr`, with the largest page sizes the alignment of
-    /// `iova | paddr` allows (as the Linux core's `iommu_map`). On error, whatever this call
-    /// mapped is unmapped again and the table is as before.
+    /// `iova | paddr` allows (as the Linux core's `iommu_map`). On error, the leaves this call
+    /// wrote are taken back (a leaf an overlapping unmap took meanwhile, and whatever another
+    /// caller mapped in its place, stay), before any TLB callback; tables it installed stay
+    /// linked, empty, as after an unmap of pages.
     ///
     /// ```
     /// use io_pgtable::{Config, PageTable, Prot};
@@ -348,8 +410,9 @@ impl<T: TlbOps> PageTable<T> {
                 Ok(n) => done += n as u64,
                 Err(e) => {
                     if done > 0 {
-                        // An overlapping unmap may have taken some of it already.
-                        let _ = self.unmap(iova, done);
+                        // Only the leaves it wrote: an overlapping unmap may have taken some
+                        // of them already, and another map put its own there.
+                        self.withdraw_range(iova, paddr, done, prot);
                     }
                     return Err(e);
                 }

@@ -38,6 +38,9 @@ pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) stats: Arc<Counters>,
     /// The translation walk specialised for `geom`.
     pub(crate) walk: Walk<T>,
+    /// Tables unlinked by an unmap whose walk flush unwound: the walk cache may still hold
+    /// them, so they are freed only on drop, after `flush_all`.
+    unflushed: std::sync::Mutex<Vec<TableMem>>,
 }
 
 impl PageTable<NoTlb> {
@@ -75,6 +78,7 @@ impl<T: TlbOps> PageTable<T> {
             slab,
             tlb,
             stats,
+            unflushed: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -171,15 +175,17 @@ impl<T: TlbOps> PageTable<T> {
         // SAFETY: `addr` was read from `entry` under `guard`, and this call claimed the link.
         let tables = unsafe { self.take_subtree(guard, link.addr, link.level) };
         // A `flush_walk` that unwinds must not drop the taken tables (back to the slab at
-        // once, under readers that may still walk them): they go to RCU all the same. Their
+        // once, under readers that may still walk them), nor hand them to RCU (a grace period
+        // covers software readers, not a walk cache the flush may have left holding them):
+        // they are kept until the page table is dropped (see `TlbOps::flush_walk`). Their
         // entries are DEAD, so the table cannot be put back as a block map's freeze can.
-        let retiring = RetireWhenDropped {
-            guard,
-            tables,
-            stats: &self.stats,
+        let mut unflushed = KeepUnlessFlushed {
+            pt: self,
+            tables: Some(tables),
         };
         self.tlb.flush_walk(link.iova, size, self.geom.page_size());
-        drop(retiring);
+        let tables = unflushed.tables.take().unwrap_or_default();
+        table::retire(guard, tables, &self.stats);
         Ok(())
     }
 
@@ -294,17 +300,22 @@ impl<T: TlbOps> Drop for ThawOnUnwind<'_, T> {
     }
 }
 
-/// Hands the tables an unlink took to RCU when dropped, whether the walk flush between the
-/// take and the retire returned or unwound.
-struct RetireWhenDropped<'a> {
-    guard: &'a Guard,
-    tables: Vec<TableMem>,
-    stats: &'a Arc<Counters>,
+/// Keeps the tables an unlink took, unless taken back after the walk flush returned: when
+/// the flush unwinds they are counted retired (unreachable from the root) and held by the
+/// page table until it is dropped, after its `flush_all`.
+struct KeepUnlessFlushed<'a, T: TlbOps> {
+    pt: &'a PageTable<T>,
+    tables: Option<Vec<TableMem>>,
 }
 
-impl Drop for RetireWhenDropped<'_> {
+impl<T: TlbOps> Drop for KeepUnlessFlushed<'_, T> {
     fn drop(&mut self) {
-        table::retire(self.guard, std::mem::take(&mut self.tables), self.stats);
+        if let Some(tables) = self.tables.take() {
+            let pt = self.pt;
+            pt.stats.retired.fetch_add(tables.len() as u64, Relaxed);
+            let mut kept = pt.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+            kept.extend(tables);
+        }
     }
 }
 
@@ -414,6 +425,9 @@ impl<T: TlbOps> Drop for PageTable<T> {
                 freed += unsafe { self.take_subtree(&guard, addr, start + 1) }.len() as u64;
             }
         }
+        // Tables kept since a walk flush that unwound: the flush above covered them.
+        let kept = self.unflushed.get_mut().unwrap_or_else(|e| e.into_inner());
+        freed += std::mem::take(kept).len() as u64;
         self.stats.freed.fetch_add(freed, Relaxed);
     }
 }

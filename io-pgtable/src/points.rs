@@ -11,7 +11,7 @@
 //! | `pgtable.walk.acquire` | Load | `pgtable_walk_relaxed`, `pgtable_inlined_walk_relaxed` | `install_race`, `four_level_install_under_reader` |
 //! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_dump`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_level_under_dump`, `unmap_frees_subtree_under_dump` |
 //! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
-//! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming) | `racing_unmaps_of_one_table` |
+//! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming), `pgtable_claim_load_then_store_maps` | `racing_unmaps_of_one_table`, `two_page_map_loses_and_withdraws` |
 //! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference), `pgtable_retire_bypasses_rcu_translation` (the same against a translation alone) | `unmap_frees_level_under_readers`, `unmap_frees_level_under_translation` |
 //! | `pgtable.take.release` | Rmw | `pgtable_take_unreleased` (acquire only; fails with loom's "maximum number of branches": the restarting map reads the stale link forever) | `block_map_races_table_unmap` |
 //!
@@ -59,6 +59,9 @@
 //!   accounting check catches it); the owner's `DEAD` swaps make the map restart instead.
 //! * `block_map_races_page_map`: a block map over an emptied level-3 table races a page map in
 //!   it: exactly one succeeds; the table is retired iff the block won.
+//! * `two_page_map_loses_and_withdraws`: a map of two pages races a map of the second: exactly
+//!   one gets it, and a two-page map that loses it after writing the first withdraws that
+//!   page. Exhaustive.
 //! * `block_map_races_table_unmap`: a block map over an emptied level-3 table races an unmap of
 //!   its entry: one table retired, the block map always succeeds (restarting when the unmap took
 //!   the table from under its freeze), the unmap always takes the table or the block (one that

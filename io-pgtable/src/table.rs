@@ -13,7 +13,8 @@
 //! `Guard::defer_retire`; its `Retire::poison` overwrites every descriptor (under loom, the
 //! free), its `Drop` releases the memory and counts it. [`Stats`] `{ allocated, discarded,
 //! retired, freed }`: at quiescence `allocated − discarded − retired` equals the tables
-//! reachable from the root, and `freed` reaches `discarded + retired` once grace periods run.
+//! reachable from the root, and `freed` reaches `discarded + retired` once grace periods run
+//! (tables kept after a walk flush that unwound: when the page table is dropped).
 
 use crate::error::Error;
 use crate::points::RETIRE_RCU;
@@ -53,7 +54,8 @@ impl Counters {
 /// freed at once), retired (unlinked, freed after a grace period), or freed with the page
 /// table. At quiescence `allocated - discarded - retired` equals the number of tables
 /// reachable from the root, and `freed` catches up with `discarded + retired` once the
-/// grace periods have run.
+/// grace periods have run (except for tables an unmap keeps because its
+/// [`TlbOps::flush_walk`](crate::TlbOps::flush_walk) unwound: freed with the page table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Tables allocated, the root included.

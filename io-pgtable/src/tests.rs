@@ -989,3 +989,34 @@ fn racing_maps_of_one_page_one_wins_the_others_exist() {
         }
     }
 }
+
+/// Tables an unmap keeps because its walk flush unwound are freed when the page table is
+/// dropped, after its `flush_all`, and not before: every allocated table freed once.
+#[test]
+fn tables_kept_after_an_unwound_walk_flush_are_freed_on_drop() {
+    #[derive(Default)]
+    struct FailWalks(AtomicU64);
+    impl TlbOps for FailWalks {
+        fn flush_all(&self) {
+            self.0.store(0, Relaxed);
+        }
+        fn flush_walk(&self, _: u64, _: u64, _: u64) {
+            if self.0.load(Relaxed) != 0 {
+                panic!("walk flush refused");
+            }
+        }
+        fn sync(&self, _: &TlbRange) {}
+    }
+    let pt = PageTable::with_tlb(Config::tiny(3), FailWalks::default()).unwrap();
+    let block = pt.geometry().block_size(pt.geometry().start_level() + 1);
+    pt.map(0x1000, 0x1000, 0x1000, RW).unwrap();
+    pt.tlb().0.store(1, Relaxed);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pt.unmap(0, block)));
+    assert!(unwound.is_err());
+    let s = pt.stats();
+    assert_eq!((s.allocated, s.retired, s.freed), (3, 1, 0), "{s:?}");
+    assert_eq!(pt.dump().tables, 2);
+    let counters = pt.stats.clone();
+    drop(pt);
+    assert_eq!(counters.freed.load(Relaxed), 3, "every table freed once");
+}

@@ -39,6 +39,15 @@ pub trait TlbOps: Send + Sync {
     fn flush_all(&self);
     /// Invalidate leaf and intermediate (walk-cache) entries for `[iova, iova + size)`;
     /// called after a table is unlinked and before it is freed.
+    ///
+    /// A call that unwinds has not invalidated, as far as the page table knows, so the
+    /// tables it was called for are never freed on its account: a block map or
+    /// [`prune`](crate::PageTable::prune) puts the table back as it was; an unmap, which has
+    /// already taken the subtree (its entries invalid), keeps the unlinked tables, counted
+    /// retired, until the page table is dropped, after [`TlbOps::flush_all`]. Handing them to
+    /// RCU instead would free them once no software reader holds them, while the walk cache
+    /// might still point a device into their reused memory; so one leaked subtree per
+    /// unwound flush, until the drop, is the price of a callback that panics.
     fn flush_walk(&self, iova: u64, size: u64, granule: u64);
     /// Invalidate the leaf entries of a gathered range and wait (Linux's `iotlb_sync`).
     fn sync(&self, range: &TlbRange);

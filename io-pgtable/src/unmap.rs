@@ -138,7 +138,7 @@ impl<T: TlbOps> PageTable<T> {
     /// The table at level `target` on the way to `iova`, and `iova`'s index in it: descends
     /// from the root with acquire loads through table links only. An empty entry on the way is
     /// [`Error::NotMapped`], a block [`Error::PartialBlock`]; a reserved entry stops the call.
-    fn descend_mapped<'g>(
+    pub(crate) fn descend_mapped<'g>(
         &'g self,
         guard: &'g Guard,
         iova: u64,

@@ -40,6 +40,9 @@
 //!   `page_maps_race_refused_block_map`, `prune_races_page_map`: operations on overlapping ranges; each entry is
 //!   claimed by exactly one (the claim's twin is the load-then-store it replaced), and an
 //!   entry a block map reserved is never taken for an answer.
+//! * `two_page_map_loses_and_withdraws`: a map of two pages races a map of its second page;
+//!   the loser of that slot, if it wrote the first, withdraws it (exhaustive; the claim's
+//!   load-then-store twin lets both maps win).
 //! * `block_map_races_page_install`, `block_map_races_install_below`,
 //!   `page_install_races_page_unmap`, `page_install_races_table_unmap`,
 //!   `install_race_under_dump`: the table a writer or the debug walk meets is one a racing map
@@ -406,6 +409,43 @@ fn block_map_races_page_map() {
         (Err(Error::Exists { .. }), Ok(_)) => {
             assert_eq!((t.paddr(), t.size()), (pa(BLOCK + 2 * PAGE), PAGE));
             assert_eq!(pt.stats().retired, 0);
+        }
+        other => panic!("not exactly one map won: {other:?}"),
+    }
+    accounted(&pt);
+}
+
+/// A map of two pages races a map of the second one (read-only) in a linked level-3 table;
+/// main translates the first. Exactly one map gets the second page; the two-page map that
+/// loses it after writing the first withdraws that one (compare-and-swap back to 0 from the
+/// leaf it wrote), so its refusal leaves nothing of its own mapped.
+fn two_page_map_loses_and_withdraws() {
+    const FIRST: u64 = 0x4000;
+    const SECOND: u64 = FIRST + PAGE;
+    let pt = tiny_with_empty_table();
+    let pair = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(FIRST, pa(FIRST), PAGE, 2, RW))
+    };
+    let single = {
+        let pt = pt.clone();
+        spawn(move || pt.map_pages(SECOND, pa(SECOND), PAGE, 1, Prot::READ))
+    };
+    translated_or_absent(&pt, FIRST);
+    let (pair, single) = (pair.join().unwrap(), single.join().unwrap());
+    let second = pt.iova_to_phys(SECOND).expect("one map won").prot();
+    match (pair, single) {
+        (Ok(_), Err(Error::Exists { iova: SECOND })) => {
+            assert!(second.contains(Prot::WRITE), "the pair's page");
+            assert!(pt.iova_to_phys(FIRST).is_some());
+        }
+        (Err(Error::Exists { iova: SECOND }), Ok(_)) => {
+            assert!(!second.contains(Prot::WRITE), "the single map's page");
+            assert_eq!(
+                pt.iova_to_phys(FIRST),
+                None,
+                "the loser's first page stayed"
+            );
         }
         other => panic!("not exactly one map won: {other:?}"),
     }
@@ -937,6 +977,12 @@ fn prune_races_page_map_passes() {
     check(Bound::Preemptions(3), prune_races_page_map);
 }
 
+/// Exhaustive: the level-3 table exists, so the threads share its two slots only.
+#[test]
+fn two_page_map_loses_and_withdraws_passes() {
+    check(Bound::Exhaustive, two_page_map_loses_and_withdraws);
+}
+
 must_fail_test! {
     /// The owner's `DEAD` swaps without release: the block map that finds `DEAD` restarts
     /// from the root without seeing the unlink, may read the stale link again forever, and
@@ -950,6 +996,13 @@ must_fail_test! {
     /// both take the table, and the second owner's swap finds its entries already taken.
     fn pgtable_claim_load_then_store: CLAIM, Weakening::Relax,
         "a table level claimed twice", Bound::Preemptions(1), racing_unmaps_of_one_table;
+}
+
+must_fail_test! {
+    /// Claiming by load-then-store, for maps: both maps read the second slot empty before
+    /// either writes it, and both succeed.
+    fn pgtable_claim_load_then_store_maps: CLAIM, Weakening::Relax,
+        "not exactly one map won", Bound::Preemptions(2), two_page_map_loses_and_withdraws;
 }
 
 /// Bounded, `Preemptions(3)`: the block map's check meets the new link after one switch (the
