@@ -9,7 +9,7 @@
 //! | `pgtable.install.release` | Rmw | `pgtable_install_relaxed` | `install_race` |
 //! | `pgtable.descent.acquire` | Load | `pgtable_descent_relaxed`, `pgtable_four_level_descent_relaxed` | `install_race`, `four_level_install_race` |
 //! | `pgtable.walk.acquire` | Load | `pgtable_walk_relaxed`, `pgtable_inlined_walk_relaxed` | `install_race`, `four_level_install_under_reader` |
-//! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_subtree_under_readers` |
+//! | `pgtable.reader.pin` | Pin | `pgtable_reader_unpinned`, `pgtable_reader_unpinned_dump`, `pgtable_reader_unpinned_subtree` | `unmap_frees_level_under_readers`, `unmap_frees_level_under_dump`, `unmap_frees_subtree_under_dump` |
 //! | `pgtable.free.order` | Step | `pgtable_free_before_unlink`, `pgtable_block_free_before_unlink` (retire while linked, unlink after the grace period) | `unmap_frees_level_under_readers`, `block_replaces_empty_table_under_readers` |
 //! | `pgtable.claim` | Step | `pgtable_claim_load_then_store` (a load, then a plain store: the code before claiming), `pgtable_claim_load_then_store_maps` | `racing_unmaps_of_one_table`, `two_page_map_loses_and_withdraws` |
 //! | `pgtable.retire.rcu` | Step | `pgtable_retire_bypasses_rcu` (released to the slab at once: every table is tracked by the loom RCU's reader check, so the release races a walker's dereference), `pgtable_retire_bypasses_rcu_translation` (the same against a translation alone) | `unmap_frees_level_under_readers`, `unmap_frees_level_under_translation` |
@@ -36,14 +36,18 @@
 //! * `neighbours_in_one_table`: map page 0 while unmapping page 1, the only page of a shared
 //!   leaf table; main translates. Exhaustive.
 //! * `unmap_frees_level_under_readers`: an unmap frees a level-3 table while a dump walks and
-//!   main translates; `unmap_frees_subtree_under_readers` is the same on three levels (a
-//!   two-table subtree). `Preemptions(3)`: a reader needs one switch between loading a
+//!   main translates. `Preemptions(3)`: a reader needs one switch between loading a
 //!   descriptor and using the table, the unmapper one to run claim, take, grace period and free
 //!   in that window, one spare (since the unmap swaps every entry it takes to `DEAD`, exhaustive
-//!   exploration runs for many minutes).
+//!   exploration runs for many minutes). The readers share only the grace period, so their
+//!   longer schedules are explored one reader at a time: `unmap_frees_level_under_dump`, the
+//!   unmap against the dump alone, `Preemptions(5)` (the translation's is
+//!   `unmap_frees_level_under_translation`); `unmap_frees_subtree_under_dump` and
+//!   `unmap_frees_subtree_under_translation`, the same on three levels (a two-table subtree),
+//!   `Preemptions(4)` and `Preemptions(6)`.
 //! * `unmap_frees_level_under_translation`: the same unmap against a translation alone (both
 //!   parties spawned), so the bypass twin shows the translation's own table reads reach the
-//!   loom RCU's reader check. `Preemptions(4)` (exhaustive passes too, in about 8 s of CPU).
+//!   loom RCU's reader check. Exhaustive.
 //! * `block_replaces_empty_table_under_readers`: a block map replaces an emptied level-3 table
 //!   (unlink, walk flush, RCU free, block) under a dump and a translation. `Preemptions(3)`.
 //! * `racing_unmaps_of_one_table`: two unmaps of the 16 KiB top entry linking a level-3 table,
@@ -83,7 +87,8 @@
 //!   races an unmap of the whole top entry, which finds it empty or claims the new link and
 //!   takes the table (the map restarting into a second table if it had not placed its page).
 //!   `Preemptions(3)`.
-//! * `install_race_under_dump`: `install_race` with the debug walk as the reader. Exhaustive.
+//! * `install_race_under_dump`: one mapper installs the level-3 table while the debug walk
+//!   reads (the install race itself is `install_race`'s). Exhaustive.
 //!
 //! These five are the models in which a table a writer or the walk reaches was installed by a
 //! racing thread, not built before the threads start: they kill the one-site relaxations of

@@ -906,7 +906,11 @@ fn pgtable_walk_correct() {
 }
 
 /// Each weakened point of the walk is a data race in C11: loom reports a causality
-/// violation. Exhaustive.
+/// violation. `Preemptions(2)` (exhaustive, the relaxed publication and dereference were found
+/// only after about 13 s of CPU each, late in loom's search): one switch hands the walker the
+/// published table before the updater's fill is ordered before it (or, unpinned, lets the
+/// updater unlink, wait and free while the walker holds the table), one spare. The must-pass
+/// outcome set stays exhaustive.
 #[test]
 fn pgtable_walk_weakenings_race() {
     for p in pgtable_walk::all_points() {
@@ -924,7 +928,7 @@ fn pgtable_walk_weakenings_race() {
             point,
             Weakening::Relax,
             "Causality violation",
-            Bound::Exhaustive,
+            Bound::Preemptions(2),
             walk_model,
         );
     }

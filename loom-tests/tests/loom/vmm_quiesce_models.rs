@@ -55,7 +55,7 @@ fn two_accesses() {
 
 /// Two threads; the device does two accesses (each a pin, a two-level walk and a read), the
 /// guest one UNMAP (leaf clear under the control lock, then a grace period) and one write.
-/// Bound 4 preemptions (about a second of CPU): the device can be stopped inside either access
+/// Bound 4 preemptions (about a second of CPU when raised; 119 s measured since): the device can be stopped inside either access
 /// and between its accesses while the guest is stopped between the clear and its wait and
 /// inside its wait loop.
 #[test]
