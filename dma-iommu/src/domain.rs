@@ -147,6 +147,7 @@ use crate::device::{Device, DeviceConfig, DeviceInner};
 use crate::error::DmaError;
 use crate::flush_queue::FqConfig;
 use crate::iotlb::TlbOps;
+use crate::iova_view::IovaView;
 use crate::new_mapping::NewMapping;
 use crate::policy::DevicePolicy;
 use crate::registry::{Expect, Kind, Registry};
@@ -267,9 +268,10 @@ impl<T: TlbOps + 'static> Domain<T> {
         self.bounce.as_ref()
     }
 
-    /// The IOVA allocator (for diagnostics: ranges, statistics).
-    pub fn iova_allocator(&self) -> &IovaAllocator {
-        &self.backend.iova
+    /// The IOVA allocator, for diagnostics (ranges, statistics): a view that cannot allocate
+    /// or free, since the domain's records rely on owning every IOVA it hands out.
+    pub fn iova_allocator(&self) -> IovaView<'_> {
+        IovaView::new(&self.backend.iova)
     }
 
     /// Attach a device. Untrusted devices need the domain's bounce buffers.

@@ -72,6 +72,7 @@
 //! | `backend` | the IOVA allocator, the page table and the caller's IOTLB; the domain owns it behind an `Arc` and hands [`Strictness`] a clone |
 //! | `bounce` | an untrusted device's view of the bounce pool: granule-aligned, zero-padded slots; on unmap, copy back by direction and release exactly once |
 //! | `new_mapping` | an IOVA range being mapped by one call: recorded by `publish`, otherwise undone on drop (every map but a trusted device's single one, which `domain`'s `trusted` module does in one frame) |
+//! | `iova_view` | [`IovaView`]: the IOVA allocator as callers see it, diagnostics only (no allocation or free: the registry relies on the domain owning every IOVA it hands out) |
 //! | `policy` | [`DevicePolicy::alloc_iova`]: 32-bit IOVAs first, given up per device after the first miss |
 //! | `domain`, `sg`, `config`, `device`, `registry`, `stats`, `error` | map/unmap/sync and resources, scatter lists, [`DomainConfig`] and its checks, device attach, the record of live mappings, per-CPU counters and the text report, typed errors |
 //! | [`points`], [`faults`] | the named orderings (with the loom models that need each one); the allocation sites (with their fallbacks and tests) |
@@ -113,6 +114,7 @@ pub mod error;
 pub mod faults;
 pub mod flush_queue;
 pub mod iotlb;
+mod iova_view;
 mod new_mapping;
 pub mod points;
 pub mod policy;
@@ -138,6 +140,7 @@ pub use io_pgtable::NoTlb;
 pub use iotlb::{
     Gather, Invalidation, InvalidationKind, RecordingIotlb, SimulatedIotlb, TlbOps, TlbRange,
 };
+pub use iova_view::IovaView;
 pub use policy::DevicePolicy;
 pub use sg::{DmaSegment, PhysSegment, SgMapping};
 pub use stats::DomainStats;
