@@ -449,6 +449,91 @@ fn unmap_vs_teardown_passes() {
     assert_outcomes(unmap_vs_teardown, &[false, true]);
 }
 
+/// The freeing side of a bare queue whose `reclaim` enqueues a follow-up entry into the queue
+/// that frees it (entry 0 queues entry 2), as an owner whose freeing needs an invalidation of
+/// its own might. The frees teardown owes (entries 0 and 2) use the caller's IOMMU handle,
+/// which the owner closes once teardown returned.
+struct Requeue {
+    fq: Mutex<Option<Arc<FlushQueue<Requeue>>>>,
+    open: UnsafeCell<bool>,
+    /// How often each entry was freed (std: a plain oracle, invisible to loom's scheduler).
+    freed: [std::sync::atomic::AtomicUsize; 3],
+}
+
+// SAFETY: the cell is only reached through loom's tracked `with`/`with_mut`, which report
+// every unordered access instead of performing it racily.
+unsafe impl Sync for Requeue {}
+
+impl InvalidationOps for Requeue {
+    type Entry = usize;
+
+    fn flush_all(&self) {}
+
+    fn sync(&self, _gather: &mut Gather) {}
+
+    fn reclaim(&self, i: usize) {
+        if i != 1 {
+            // SAFETY: loom tracks the access against the owner's close.
+            self.open
+                .with(|p| assert!(unsafe { *p }, "IOMMU used after teardown"));
+        }
+        let n = self.freed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n, 0, "entry {i} freed twice");
+        if i == 0 {
+            let fq = self.fq.lock().clone();
+            fq.expect("the queue is set up").enqueue(2);
+        }
+    }
+}
+
+/// A drain frees what it took after letting go of the ring lock, so a `reclaim` may enqueue
+/// into its own queue (under the lock that enqueue would wait for ever); teardown therefore
+/// waits for a drain that took a batch before it closed the ring. Entry 0 is queued and made
+/// freeable; a racing enqueue of entry 1 may drain it, and freeing 0 queues entry 2. The owner
+/// closes its handle as soon as teardown returns. Entry 1's free does not use the handle: an
+/// enqueue into a ring teardown closed frees its own entry before it returns, not before
+/// teardown does. Bound: 3 preemptions (2 threads, but spinning locks), twins 2. Outcome:
+/// whether entry 1 was queued before its ring closed (so teardown freed it).
+fn reclaim_requeues_vs_teardown() -> bool {
+    let ops = Arc::new(Requeue {
+        fq: Mutex::new(None),
+        open: UnsafeCell::new(true),
+        freed: Default::default(),
+    });
+    let fq = Arc::new(FlushQueue::new(ops.clone(), tiny(1, 4)).unwrap());
+    *ops.fq.lock() = Some(fq.clone());
+    fq.enqueue(0);
+    fq.flush();
+    let racer = spawn_on(&fq, |fq| fq.enqueue(1));
+    fq.shutdown();
+    let queued_in_time = ops.freed[1].load(std::sync::atomic::Ordering::Relaxed) == 1;
+    // SAFETY: loom tracks the access.
+    ops.open.with_mut(|p| unsafe { *p = false });
+    racer.join().unwrap();
+    ops.fq.lock().take(); // the queue and its ops refer to each other
+    for (i, f) in ops.freed.iter().enumerate() {
+        let n = f.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n, 1, "entry {i} not freed exactly once");
+    }
+    queued_in_time
+}
+
+#[test]
+fn reclaim_requeues_vs_teardown_passes() {
+    assert_outcomes(reclaim_requeues_vs_teardown, &[false, true]);
+}
+
+twins! { || { reclaim_requeues_vs_teardown(); }, "Causality violation", Bound::Preemptions(2);
+    /// Teardown that does not wait for the racing enqueue's drain returns while that drain
+    /// still frees entry 0 through the handle the owner then closes.
+    fn teardown_without_waiting_for_reclaims: FQ_TEARDOWN_WAIT_RECLAIMS;
+    /// A relaxed decrement once a batch is freed: teardown sees the count fall without
+    /// seeing the frees.
+    fn reclaimed_relaxed: FQ_RECLAIMED_RELEASE;
+    /// A relaxed load of the count by teardown's wait: same.
+    fn reclaiming_load_relaxed: FQ_RECLAIMING_ACQUIRE;
+}
+
 /// The IOTLB of the real-domain model: one cached translation (an IOVA), filled by the
 /// device's walk, cleared by every invalidation.
 #[derive(Default)]
