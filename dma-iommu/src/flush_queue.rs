@@ -35,33 +35,27 @@
 //! * Enqueue: find the ring of the current CPU; `fence(SeqCst)` (`iommu.fq.enqueue.fence`) right
 //!   before the ring lock's compare-and-swap ([`SpinLock::with_fenced`]: on x86-64 that locked
 //!   instruction is the fence, so the enqueue pays one locked instruction, and its unlock is a
-//!   store); the fence orders the caller's leaf clears before the stamp. Under the lock: if a
-//!   flush completed since the ring's last drain, unlock and drain in a section of its own
-//!   (which also pushes), freeing the batch after it; if still full, unlock, flush, wait until `finish_cnt` reaches the flush's ticket (only
+//!   store); the fence orders the caller's leaf clears before the stamp. Under the lock: drain;
+//!   if still full, unlock, flush, wait until `finish_cnt` reaches the flush's ticket (only
 //!   if a flush started earlier on another CPU is still running), lock again and start over
 //!   (another flush only if others filled the ring meanwhile); stamp `start_cnt`; append;
 //!   unlock; arm the timer (`timer_on` read first, then swapped: no line bouncing while armed).
 //!   The queue is found through the unmap's acquire snapshot of the mode (module `strictness`),
 //!   the acquire side of its publication.
-//! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then take the prefix of
-//!   entries stamped below it, at most 64 per lock section (`DRAIN_BATCH`), and after the
-//!   section hand them to [`InvalidationOps::reclaim_all`] at once (the domain gives them back
-//!   to its CPU's magazines with one slot-lock acquisition); nothing if the count is the one
-//!   the ring was last drained to (every entry queued since was stamped at or above it), so an
-//!   enqueue between two flushes pays an inline compare, not a call or a look at the oldest
-//!   slot. An enqueue frees one batch (enough for the push: a full ring whose oldest entry is
-//!   freeable is not full after it); the timer and teardown lock again until nothing freeable
-//!   is left.
-//! * Frees outside the lock: a `reclaim` may enqueue into the queue that calls it (under the
-//!   ring lock that enqueue would spin for ever on its own thread's lock). A batch taken is
-//!   counted in `reclaiming` inside the section that took it (Relaxed: the ring lock orders it
-//!   before teardown's later section on that ring) and uncounted once freed (Release,
-//!   `iommu.fq.reclaimed.release`, also if `reclaim` unwinds); teardown waits for the count to
-//!   reach zero (Acquire, `iommu.fq.reclaiming.acquire`).
-//! * Why a spin lock: its waiters spin, then yield, so a section must be short. No flush and
-//!   no free runs under it (a full ring flushes after unlocking, a drain frees its batch
-//!   after), so a section is a push and up to 64 pops, even on the single 32768-entry ring; the
-//!   ring's other users are the timer once per timeout and CPUs that share a ring.
+//! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
+//!   entries stamped below it, at most 64 per lock section (`DRAIN_BATCH`), handed to
+//!   [`InvalidationOps::reclaim_all`] at once (the domain gives them back to its CPU's
+//!   magazines with one slot-lock acquisition); nothing if the count is the one the ring was
+//!   last drained to (every entry queued since was stamped at or above it), so an enqueue
+//!   between two flushes pays an inline compare, not a call or a look at the oldest slot. An
+//!   enqueue frees one batch (enough for the push: a full ring whose oldest entry is freeable
+//!   is not full after it); the timer and teardown lock again until nothing freeable is left.
+//! * Why a spin lock: its waiters spin, then yield, so a section must be short. No flush runs
+//!   under it (a full ring flushes after unlocking), and a drain frees at most a batch, so a
+//!   section is a push and up to 64 frees, even on the single 32768-entry ring. A free may
+//!   wait for the IOVA cache's depot lock (a parking mutex whose holders never wait for a
+//!   ring), as it did under the parking ring lock before; the ring's other users are the timer
+//!   once per timeout and CPUs that share a ring.
 //! * Why the device is safe: the enqueue fence and the flush fence make this store-buffering
 //!   protocol sound, so an enqueuer whose stamp missed a flush's increment has its leaf clears
 //!   visible to every walk that follows that flush's invalidation (SB with SC fences on both
@@ -77,13 +71,10 @@
 //!   model thread calls `fire_timer`.
 //! * Teardown (`shutdown`, also on drop): mark the timer dead under the timer lock, waiting for a
 //!   running drain (`iommu.fq.teardown.stop_timer`, the 2022 Linux fix), stop and join the
-//!   thread, flush, free everything, then wait until no drain is still freeing a batch it took
-//!   before its ring closed (`iommu.fq.teardown.wait_reclaims`): everything queued is freed
-//!   when teardown returns. A domain tears down on drop, with no unmap running; a direct
+//!   thread, flush, free everything. A domain tears down on drop, with no unmap running; a direct
 //!   `FlushQueue` user that enqueues during or after `shutdown` loses nothing: teardown marks
 //!   each ring closed under its lock and flushes again (outside it) while an entry stamped after
-//!   its flush is left, and an enqueue into a closed ring flushes and frees its entry at once
-//!   (before that enqueue returns, not before teardown does).
+//!   its flush is left, and an enqueue into a closed ring flushes and frees its entry at once.
 //! * Limits (`FqConfig::validate`, checked before any ring is allocated): ring size a power of
 //!   two ≥ 2, at least one ring, `rings × ring_size ≤ MAX_QUEUED` (2^20 entries), timeout ≤
 //!   `MAX_TIMEOUT` (one day): `FqError::{RingSize, NoRings, TooLarge, Timeout}`.
@@ -97,14 +88,12 @@
 
 use crate::iotlb::Gather;
 use crate::points::{
-    FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_RECLAIMED_RELEASE,
-    FQ_RECLAIMING_ACQUIRE, FQ_TEARDOWN_STOP_TIMER, FQ_TEARDOWN_WAIT_RECLAIMS, FQ_TIMER_CLEAR_FIRST,
-    FQ_TIMER_REARM,
+    FQ_ENQUEUE_FENCE, FQ_FINISH_ACQUIRE, FQ_FINISH_RELEASE, FQ_FLUSH_FENCE, FQ_TEARDOWN_STOP_TIMER,
+    FQ_TIMER_CLEAR_FIRST, FQ_TIMER_REARM,
 };
-use dma_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use dma_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dma_sync::{cpu, thread, Arc, CachePadded, Mutex, SpinLock, UnsafeCell};
 use std::fmt;
-use std::mem::MaybeUninit;
 use std::time::Duration;
 
 /// What an unmap hands to the invalidation machinery: IOTLB callbacks and the free path.
@@ -135,11 +124,14 @@ pub trait InvalidationOps: Send + Sync + 'static {
     fn sync(&self, gather: &mut Gather);
     /// Free what `entry` holds; called only once no IOTLB can hold a translation for it.
     ///
-    /// A drain calls it after it has let go of the ring's lock, so it may enqueue into the
-    /// queue that calls it (the new entry waits for a later flush, like any other). It must
-    /// not run that queue's timer work ([`FlushQueue::fire_timer`]) or its teardown
-    /// ([`FlushQueue::shutdown`]): the timer runs it while holding the timer lock, and
-    /// teardown waits for every drain that is still freeing.
+    /// A drain calls it under the ring's spin lock. It may enqueue into any flush queue, its
+    /// own included: an enqueue made from inside a `reclaim` (a thread-local flag says so)
+    /// takes no ring lock, which its own thread may hold, but frees its entry at once after a
+    /// flush of its own, as a strict unmap would. It must not read that queue's
+    /// [`stats`](FlushQueue::stats) (which locks every ring: it would wait for ever for the
+    /// lock its own thread holds); [`FlushQueue::fire_timer`] and [`FlushQueue::shutdown`]
+    /// called from inside a `reclaim` do nothing. If it unwinds, the entries the drain had not
+    /// handed over yet stay queued; the one whose free unwound is dropped.
     fn reclaim(&self, entry: Self::Entry);
     /// Free what every entry of `entries` holds, as [`reclaim`](Self::reclaim) would: a
     /// drain hands over all the entries a flush made freeable at once, so an implementation
@@ -436,22 +428,15 @@ impl<E> Ring<E> {
         self.slots[last].as_ref().map_or(0, |s| s.stamp)
     }
 
-    /// Move the oldest entries stamped below `finish` into `batch`, until it is full.
-    fn take_before(&mut self, finish: u64, batch: &mut Batch<E>) {
-        let (mask, mut head) = (self.mask(), self.head);
-        while head != self.tail && !batch.is_full() {
-            let slot = &mut self.slots[head];
-            if !matches!(slot, Some(s) if s.stamp < finish) {
-                break;
-            }
-            let Some(Slot { entry, .. }) = slot.take() else {
-                break;
-            };
-            batch.push(entry);
-            head = (head + 1) & mask;
-            self.reclaimed += 1;
+    /// Remove the oldest entry if its stamp is below `finish`.
+    fn pop_if_before(&mut self, finish: u64) -> Option<E> {
+        if self.head == self.tail || self.slots[self.head].as_ref()?.stamp >= finish {
+            return None;
         }
-        self.head = head;
+        let slot = self.slots[self.head].take()?;
+        self.head = (self.head + 1) & self.mask();
+        self.reclaimed += 1;
+        Some(slot.entry)
     }
 }
 
@@ -479,82 +464,11 @@ impl<E> Rings<E> {
     }
 }
 
-/// Most entries one drain takes from a ring in one lock section: a section stays short even on
-/// a single shared ring of 32768 entries (waiters spin, then yield). An enqueue drains again
-/// next time; the timer and teardown take the lock again until the freeable prefix is gone. 64
-/// is also the run the domain frees per IOVA-cache slot-lock acquisition.
+/// Most entries one drain frees under a ring lock: a lock section stays short even on a single
+/// shared ring of 32768 entries (waiters spin, then yield). An enqueue drains again next time;
+/// the timer and teardown take the lock again until the freeable prefix is gone. 64 is also
+/// the run the domain frees per IOVA-cache slot-lock acquisition.
 const DRAIN_BATCH: usize = 64;
-
-/// Entries a drain took from a ring under its lock, freed once the lock is let go (so a
-/// [`InvalidationOps::reclaim`] may enqueue into its own queue). Built only on the drain's
-/// path, never on an enqueue's common one, in the drain's frame and uninitialised: only the
-/// entries taken are written, moved in once and out once (a batch of `Option`s cost the lazy
-/// 4 KiB map+unmap about 10 instructions, its 64 `None`s, the moves and a copy of the batch).
-struct Batch<E> {
-    entries: [MaybeUninit<E>; DRAIN_BATCH],
-    /// Entries before it were handed out (`next`).
-    out: usize,
-    /// Entries `out..len` are initialised and owned by the batch.
-    len: usize,
-}
-
-impl<E> Batch<E> {
-    fn new() -> Self {
-        Self {
-            entries: [const { MaybeUninit::uninit() }; DRAIN_BATCH],
-            out: 0,
-            len: 0,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == DRAIN_BATCH
-    }
-
-    /// Add `entry`; the caller checked that the batch is not full (else this panics, with
-    /// nothing leaked or dropped twice).
-    fn push(&mut self, entry: E) {
-        self.entries[self.len].write(entry);
-        self.len += 1;
-    }
-}
-
-impl<E> Iterator for Batch<E> {
-    type Item = E;
-
-    fn next(&mut self) -> Option<E> {
-        if self.out == self.len {
-            return None;
-        }
-        // SAFETY: `out < len`: the slot was written by `push` and not read since; `out`
-        // moves past it, so it is read once.
-        let entry = unsafe { self.entries[self.out].assume_init_read() };
-        self.out += 1;
-        Some(entry)
-    }
-}
-
-impl<E> Drop for Batch<E> {
-    fn drop(&mut self) {
-        // Entries not handed out (a `reclaim` unwound): dropped, not freed.
-        for slot in &mut self.entries[self.out..self.len] {
-            // SAFETY: `out..len` are initialised and were never read.
-            unsafe { slot.assume_init_drop() };
-        }
-    }
-}
-
-/// A batch being freed outside its ring's lock, counted in `Shared::reclaiming` from the lock
-/// section that took it until it is freed (or `reclaim` unwinds): teardown waits for the count
-/// to fall to zero.
-struct Freeing<'a>(&'a AtomicUsize);
-
-impl Drop for Freeing<'_> {
-    fn drop(&mut self) {
-        self.0
-            .fetch_sub(1, FQ_RECLAIMED_RELEASE.ord(Ordering::Release));
-    }
-}
 
 /// Counts a flush as abandoned if dropped, i.e. if `flush_all` unwinds (forgotten otherwise).
 struct Abandon<'a>(&'a AtomicU64);
@@ -565,11 +479,37 @@ impl Drop for Abandon<'_> {
     }
 }
 
+dma_sync::thread::thread_local! {
+    /// Set while this thread runs [`InvalidationOps::reclaim_all`] for a drain, which holds a
+    /// ring lock: an enqueue made meanwhile must not take a ring lock.
+    static RECLAIMING: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+/// Whether this thread is inside a drain's `reclaim` (so it holds a ring lock).
+#[inline]
+fn reclaiming() -> bool {
+    RECLAIMING.with(|r| r.get())
+}
+
+/// Marks this thread as reclaiming for as long as it lives (also if `reclaim` unwinds),
+/// restoring the previous state (a drain inside another's `reclaim` goes on being one).
+struct Reclaiming(bool);
+
+impl Reclaiming {
+    fn enter() -> Self {
+        Self(RECLAIMING.with(|r| r.replace(true)))
+    }
+}
+
+impl Drop for Reclaiming {
+    fn drop(&mut self) {
+        let outer = self.0;
+        RECLAIMING.with(|r| r.set(outer));
+    }
+}
+
 /// Why an enqueue could not append under the ring lock: it hands its entry back.
 enum NotPushed<E> {
-    /// A flush made entries freeable since the last drain: take a batch, push, and free the
-    /// batch after the lock section.
-    Drain(E),
     /// The ring is full even after a drain: flush (outside the lock) and try again.
     Full(E),
     /// Torn down: free the entry after a flush of its own.
@@ -590,8 +530,9 @@ struct Shared<O: InvalidationOps> {
     /// Flushes whose `flush_all` panicked: started, never finished (their invalidation may
     /// not have happened), so `finish_cnt` stays behind `start_cnt` by this many for good.
     abandoned: AtomicU64,
-    /// Batches taken from a ring and not yet freed (freed outside the ring lock).
-    reclaiming: AtomicUsize,
+    /// Entries enqueued from inside a `reclaim`, freed at once (counted as queued and
+    /// reclaimed).
+    freed_at_once: AtomicU64,
     timer_on: AtomicBool,
     /// Held for a whole timer run, so teardown waits for a running drain.
     timer: Mutex<TimerState>,
@@ -629,58 +570,37 @@ impl<O: InvalidationOps> Shared<O> {
         finished + self.abandoned.load(Ordering::Relaxed)
     }
 
-    /// Whether a flush completed since the ring's last drain, so that entries may have become
-    /// freeable; the count read is returned. Most enqueues come between two flushes: the count
-    /// they read is the one the ring was last drained to, and they push at once.
+    /// Free the ring's freeable prefix, at most [`DRAIN_BATCH`] entries; `true` if nothing
+    /// freeable is left (as of the flush count read). Most enqueues come between two flushes:
+    /// the count they read is the one the ring was last drained to, and the ring is left alone
+    /// (inline; the freeing is out of line).
     #[inline]
-    fn freeable_since_drain(&self, ring: &Ring<O::Entry>) -> Option<u64> {
+    fn drain(&self, ring: &mut Ring<O::Entry>) -> bool {
         let finish = self
             .finish_cnt
             .load(FQ_FINISH_ACQUIRE.ord(Ordering::Acquire));
-        (finish != ring.drained_at).then_some(finish)
+        finish == ring.drained_at || self.drain_to(ring, finish)
     }
 
-    /// Under the ring lock: take the ring's freeable prefix into `batch`, at most
-    /// [`DRAIN_BATCH`] entries, to be freed by [`Shared::free`] after the section; `true` if
-    /// nothing freeable is left (as of the flush count read).
-    #[inline]
-    fn drain(&self, ring: &mut Ring<O::Entry>, batch: &mut Batch<O::Entry>) -> bool {
-        match self.freeable_since_drain(ring) {
-            None => true,
-            Some(finish) => self.take_batch(ring, finish, batch),
-        }
-    }
-
-    /// Take up to [`DRAIN_BATCH`] entries stamped below `finish`, the flush count just read;
-    /// `true` if it stopped before the batch was full (at the end of the freeable prefix). A
-    /// batch taken is counted in `reclaiming` until it is freed.
+    /// Free up to [`DRAIN_BATCH`] entries stamped below `finish`, the flush count just read;
+    /// `true` if it stopped before the budget ran out (at the end of the freeable prefix).
     #[inline(never)]
-    fn take_batch(
-        &self,
-        ring: &mut Ring<O::Entry>,
-        finish: u64,
-        batch: &mut Batch<O::Entry>,
-    ) -> bool {
-        ring.take_before(finish, batch);
-        if batch.len > 0 {
-            // Under the ring lock, so teardown's later section on this ring sees it.
-            self.reclaiming.fetch_add(1, Ordering::Relaxed);
-        }
-        let done = !batch.is_full();
+    fn drain_to(&self, ring: &mut Ring<O::Entry>, finish: u64) -> bool {
+        let mut budget = DRAIN_BATCH;
+        let _inside = Reclaiming::enter();
+        self.ops.reclaim_all(std::iter::from_fn(|| {
+            if budget == 0 {
+                return None;
+            }
+            let entry = ring.pop_if_before(finish)?;
+            budget -= 1;
+            Some(entry)
+        }));
+        let done = budget > 0;
         if done {
             ring.drained_at = finish;
         }
         done
-    }
-
-    /// Free a batch [`Shared::drain`] took, outside the ring lock, handed to
-    /// [`InvalidationOps::reclaim_all`] at once.
-    fn free(&self, batch: &mut Batch<O::Entry>) {
-        if batch.len == 0 {
-            return;
-        }
-        let _counted = Freeing(&self.reclaiming);
-        self.ops.reclaim_all(batch);
     }
 
     /// Queue `entry`, whose leaves the caller has cleared. The first acquisition of the ring
@@ -689,13 +609,15 @@ impl<O: InvalidationOps> Shared<O> {
     /// then tried again; another flush is needed only if one that started earlier on another
     /// CPU is still running, or if others filled the ring meanwhile.
     fn enqueue(&self, entry: O::Entry) {
+        if reclaiming() {
+            return self.enqueue_reclaiming(entry);
+        }
         let rings = self.rings();
         let ring = &rings[cpu::current_in(rings.len())];
         let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
         loop {
             match tried {
                 Ok(()) => return self.arm(),
-                Err(NotPushed::Drain(entry)) => tried = self.drain_and_push(ring, entry),
                 Err(NotPushed::Full(entry)) => {
                     let ticket = self.flush();
                     // Only if a flush started earlier on another CPU is still running: our
@@ -717,61 +639,36 @@ impl<O: InvalidationOps> Shared<O> {
         }
     }
 
-    /// Under the ring lock: append `entry` stamped with `start_cnt`, unless the ring is
-    /// closed, has entries a flush made freeable since its last drain, or is full.
+    /// An enqueue from inside a drain's `reclaim`, whose thread holds a ring lock (perhaps
+    /// the one this enqueue would take): no ring lock; the entry is freed at once, as a
+    /// strict unmap would free it, after a flush whose fence orders the caller's leaf clears
+    /// before its invalidation.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_reclaiming(&self, entry: O::Entry) {
+        self.flush();
+        self.freed_at_once.fetch_add(1, Ordering::Relaxed);
+        self.ops.reclaim(entry);
+    }
+
+    /// Under the ring lock: drain, then append `entry` stamped with `start_cnt`, unless the
+    /// ring is closed or still full.
     #[inline]
     fn try_push(&self, r: &mut Ring<O::Entry>, entry: O::Entry) -> Result<(), NotPushed<O::Entry>> {
         if r.closed {
-            return Err(Self::refuse_closed(r, entry));
+            // Counted as queued and reclaimed, so `enqueued` counts every enqueue.
+            r.enqueued += 1;
+            r.reclaimed += 1;
+            return Err(NotPushed::Closed(entry));
         }
-        if self.freeable_since_drain(r).is_some() {
-            return Err(NotPushed::Drain(entry));
-        }
-        Self::push_unless_full(&self.start_cnt, r, entry)
-    }
-
-    /// An enqueue after a flush: take a batch of freeable entries and push in one lock
-    /// section, then free the batch (a full ring whose oldest entry is freeable is not full
-    /// after one batch).
-    #[inline(never)]
-    fn drain_and_push(
-        &self,
-        ring: &RingSlot<O::Entry>,
-        entry: O::Entry,
-    ) -> Result<(), NotPushed<O::Entry>> {
-        let mut batch = Batch::new();
-        let tried = ring.with(|r| {
-            if r.closed {
-                return Err(Self::refuse_closed(r, entry));
-            }
-            self.drain(r, &mut batch);
-            Self::push_unless_full(&self.start_cnt, r, entry)
-        });
-        self.free(&mut batch);
-        tried
-    }
-
-    /// A torn-down ring refuses `entry`, counting it as queued and reclaimed, so `enqueued`
-    /// counts every enqueue.
-    fn refuse_closed(r: &mut Ring<O::Entry>, entry: O::Entry) -> NotPushed<O::Entry> {
-        r.enqueued += 1;
-        r.reclaimed += 1;
-        NotPushed::Closed(entry)
-    }
-
-    /// Append `entry` stamped with `start_cnt` unless the ring is full.
-    #[inline]
-    fn push_unless_full(
-        start_cnt: &AtomicU64,
-        r: &mut Ring<O::Entry>,
-        entry: O::Entry,
-    ) -> Result<(), NotPushed<O::Entry>> {
+        // A full ring whose oldest entry is freeable is no longer full after one batch.
+        self.drain(r);
         if r.is_full() {
             r.full_flushes += 1;
             return Err(NotPushed::Full(entry));
         }
         // Read under the lock after every stamp already here: stamps in a ring never decrease.
-        let stamp = start_cnt.load(Ordering::Relaxed);
+        let stamp = self.start_cnt.load(Ordering::Relaxed);
         r.push(stamp, entry);
         Ok(())
     }
@@ -781,12 +678,10 @@ impl<O: InvalidationOps> Shared<O> {
     /// entries left.
     fn drain_all(&self, ring: &RingSlot<O::Entry>, each: impl Fn(&mut Ring<O::Entry>)) -> usize {
         loop {
-            let mut batch = Batch::new();
             let (done, len) = ring.with(|r| {
                 each(r);
-                (self.drain(r, &mut batch), r.len())
+                (self.drain(r), r.len())
             });
-            self.free(&mut batch);
             if done {
                 return len;
             }
@@ -803,6 +698,11 @@ impl<O: InvalidationOps> Shared<O> {
 
     /// The timer's work: flush once, drain every ring. `false` once torn down.
     fn fire(&self) -> bool {
+        if reclaiming() {
+            // Inside a drain's `reclaim`: this thread holds a ring lock (perhaps the timer
+            // lock too), which a timer run would wait for. The timer will run.
+            return true;
+        }
         let mut st = self.timer.lock();
         if st.dead {
             return false;
@@ -892,7 +792,7 @@ impl<O: InvalidationOps> FlushQueue<O> {
             start_cnt: AtomicU64::new(0),
             finish_cnt: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
-            reclaiming: AtomicUsize::new(0),
+            freed_at_once: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
             timer: Mutex::new(TimerState {
                 dead: false,
@@ -971,6 +871,8 @@ impl<O: InvalidationOps> FlushQueue<O> {
     }
 
     /// Run the timer's work now: flush once, drain all rings. Returns `false` after teardown.
+    /// From inside an [`InvalidationOps::reclaim`] it does nothing (and returns `true`): the
+    /// drain running it holds a ring lock.
     pub fn fire_timer(&self) -> bool {
         self.shared.fire()
     }
@@ -985,9 +887,13 @@ impl<O: InvalidationOps> FlushQueue<O> {
         &self.shared.config
     }
 
-    /// Counters (each ring is locked briefly).
+    /// Counters (each ring is locked briefly: not from inside an [`InvalidationOps::reclaim`],
+    /// whose drain holds a ring lock).
     pub fn stats(&self) -> FqStats {
+        let at_once = self.shared.freed_at_once.load(Ordering::Relaxed);
         let mut s = FqStats {
+            enqueued: at_once,
+            reclaimed: at_once,
             flushes: self.shared.finish_cnt.load(Ordering::Relaxed),
             timer_fires: self.shared.timer.lock().fires,
             ..FqStats::default()
@@ -1008,6 +914,8 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// The owner calls it when the domain is quiesced; an enqueue that races with it or comes
     /// after it still has its entry freed (teardown flushes again for an entry that arrived
     /// meanwhile; a later enqueue flushes and frees at once). Idempotent; also run on drop.
+    /// From inside an [`InvalidationOps::reclaim`] it does nothing: the drain running it holds
+    /// a ring lock teardown would wait for.
     ///
     /// ```
     /// use dma_iommu::{FlushQueue, FqConfig, Gather, InvalidationOps};
@@ -1029,6 +937,11 @@ impl<O: InvalidationOps> FlushQueue<O> {
     /// assert!(!fq.fire_timer()); // torn down
     /// ```
     pub fn shutdown(&self) {
+        if reclaiming() {
+            // Inside a drain's `reclaim`, whose thread holds a ring lock that teardown would
+            // wait for: nothing now; a later call, or the drop, tears down.
+            return;
+        }
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -1048,14 +961,6 @@ impl<O: InvalidationOps> FlushQueue<O> {
             // lock; the closed ring takes no new entry meanwhile).
             while s.drain_all(ring, |r| r.closed = true) > 0 {
                 s.flush();
-            }
-        }
-        // Every ring is closed and empty, but a drain that took a batch before its ring closed
-        // may still be freeing it outside the lock: wait, so that everything queued is freed
-        // when teardown returns.
-        if FQ_TEARDOWN_WAIT_RECLAIMS.on() {
-            while s.reclaiming.load(FQ_RECLAIMING_ACQUIRE.ord(Ordering::Acquire)) != 0 {
-                thread::spin_wait();
             }
         }
         s.timer_on.store(false, Ordering::Relaxed);
@@ -1394,13 +1299,14 @@ mod tests {
         let fq = Arc::new(FlushQueue::new(ops.clone(), cfg).unwrap());
         *ops.fq.lock() = Some(fq.clone());
         // The fourth finds the ring full: its flush makes 0..3 freeable, and freeing them
-        // queues 100..103 from inside the drain; 102 finds the ring full again and flushes.
+        // enqueues 100..103 from inside the drain, each freed at once after a flush.
         for id in 0..4 {
             fq.enqueue(id);
         }
         let mut freed = ops.freed.lock().clone();
         freed.sort_unstable();
-        assert_eq!(freed, [0, 1, 2, 3, 100, 101]);
+        assert_eq!(freed, [0, 1, 2, 100, 101, 102]);
+        assert_eq!(fq.stats().pending, 1);
         assert!(fq.fire_timer());
         fq.enqueue(4); // into a drained ring, then a teardown whose frees queue again
         fq.shutdown();
@@ -1412,8 +1318,8 @@ mod tests {
         assert_eq!((st.enqueued, st.reclaimed, st.pending), (10, 10, 0));
     }
 
-    /// Frees by looking at its own queue's counters (which lock every ring), and panics
-    /// freeing entry 1.
+    /// Frees by running its own queue's timer work and teardown (both do nothing from inside
+    /// a `reclaim`), and panics freeing entry 1.
     #[derive(Default)]
     struct Nosy {
         fq: Mutex<Option<Arc<FlushQueue<Nosy>>>>,
@@ -1426,7 +1332,8 @@ mod tests {
         fn sync(&self, _g: &mut Gather) {}
         fn reclaim(&self, id: u64) {
             if let Some(fq) = self.fq.lock().clone() {
-                let _ = fq.stats();
+                assert!(fq.fire_timer());
+                fq.shutdown();
             }
             assert_ne!(id, 1, "a reclaim that unwinds");
             self.freed.lock().push(id);
@@ -1434,7 +1341,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reclaim_may_read_its_queue_and_one_that_panics_leaves_it_working() {
+    fn a_reclaim_may_run_its_queues_timer_and_teardown_and_one_that_panics_leaves_it_working() {
         within_a_minute(|| {
             dma_sync::cpu::set_current(Some(0));
             let ops = Arc::new(Nosy::default());
@@ -1447,18 +1354,20 @@ mod tests {
                 fq.enqueue(id);
             }
             fq.flush();
-            // Entry 3's drain takes 0..3 and pushes 3; freeing 1 unwinds out of the enqueue.
+            // Entry 3's drain frees 0, then freeing 1 unwinds out of the enqueue (entry 3 is
+            // dropped with it); 2 stays queued, the ring lock is released, the flag cleared.
             let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fq.enqueue(3)));
             assert!(unwound.is_err());
-            // Entry 2, taken with 1, is dropped unfreed (a leak, the price of the panic); the
-            // queue works on: no lock is left held, teardown does not wait for the batch.
+            assert!(!reclaiming());
             assert_eq!(*ops.freed.lock(), [0]);
-            fq.enqueue(4);
+            assert_eq!(fq.stats().pending, 1);
+            fq.enqueue(4); // frees 2
+            assert_eq!(*ops.freed.lock(), [0, 2]);
             fq.shutdown();
             ops.fq.lock().take();
-            assert_eq!(*ops.freed.lock(), [0, 3, 4]);
+            assert_eq!(*ops.freed.lock(), [0, 2, 4]);
             let st = fq.stats();
-            assert_eq!((st.enqueued, st.reclaimed, st.pending), (5, 5, 0));
+            assert_eq!((st.enqueued, st.reclaimed, st.pending), (4, 4, 0));
         });
     }
 

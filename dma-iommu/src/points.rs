@@ -21,9 +21,6 @@
 //! | `iommu.fq.timer.clear_first` | Step | `timer_cleared_last` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
-//! | `iommu.fq.reclaimed.release` | Rmw | `reclaimed_relaxed` | `reclaim_requeues_vs_teardown` |
-//! | `iommu.fq.reclaiming.acquire` | Load | `reclaiming_load_relaxed` | `reclaim_requeues_vs_teardown` |
-//! | `iommu.fq.teardown.wait_reclaims` | Step | `teardown_without_waiting_for_reclaims` | `reclaim_requeues_vs_teardown` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
 //! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
@@ -57,7 +54,6 @@
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
-//! | `reclaim_requeues_vs_teardown` | bare queue: enqueue, teardown+close | PB 3 (twins PB 2) | a `reclaim` that enqueues into its own queue does not hang; teardown returns only after a racing drain freed the batch it took; every entry freed once; outcomes {racing entry queued in time, freed into the closed ring} |
 //!
 //! Each three-thread model returns an outcome and its test asserts the full outcome set, so a
 //! pass is not vacuous. Every twin is found with ≤ 2 preemptions (one switch in each SB thread,
@@ -112,16 +108,6 @@ dma_sync::mutation_points! {
     /// The timer re-arms itself when its drain left entries that were stamped after its flush
     /// started (weakened: it does not), so every queued entry is eventually freed.
     FQ_TIMER_REARM: Step = "iommu.fq.timer.rearm";
-    /// Release decrement of the count of batches being freed outside their ring's lock, once
-    /// a batch is freed: teardown that sees the count fall sees the frees (paired with
-    /// `iommu.fq.reclaiming.acquire`).
-    FQ_RECLAIMED_RELEASE: Rmw = "iommu.fq.reclaimed.release";
-    /// Acquire load of that count by teardown's wait (paired with `iommu.fq.reclaimed.release`).
-    FQ_RECLAIMING_ACQUIRE: Load = "iommu.fq.reclaiming.acquire";
-    /// Teardown, once every ring is closed and empty, waits until no drain is still freeing a
-    /// batch it took (weakened: it returns at once, and the owner may close its IOMMU while a
-    /// racing enqueue's drain still frees through it).
-    FQ_TEARDOWN_WAIT_RECLAIMS: Step = "iommu.fq.teardown.wait_reclaims";
     /// Teardown marks the timer dead under the timer lock, waiting for a running drain, before
     /// it frees anything (weakened: it does not wait, as before the 2022 Linux fix).
     FQ_TEARDOWN_STOP_TIMER: Step = "iommu.fq.teardown.stop_timer";
