@@ -471,7 +471,9 @@ impl<T: TlbOps> Drop for PageTable<T> {
             kept: std::mem::take(kept),
             linked: {
                 let s = self.stats();
-                s.allocated.saturating_sub(s.discarded).saturating_sub(s.retired)
+                s.allocated
+                    .saturating_sub(s.discarded)
+                    .saturating_sub(s.retired)
             },
         };
         self.tlb.flush_all();
