@@ -491,9 +491,16 @@ impl Drop for Abandon<'_> {
     }
 }
 
-dma_sync::thread::thread_local! {
+#[cfg(not(loom))]
+std::thread_local! {
     /// Set while this thread runs [`InvalidationOps::reclaim_all`] for a drain, which holds a
     /// ring lock: an enqueue made meanwhile must not take a ring lock.
+    static RECLAIMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(loom)]
+dma_sync::thread::thread_local! {
+    /// As above, one value per model thread.
     static RECLAIMING: std::cell::Cell<bool> = std::cell::Cell::new(false);
 }
 
