@@ -41,13 +41,13 @@
 
 use crate::align::Plan;
 use crate::device::Device;
-use crate::memory::Memory;
-use crate::OrigMemory;
 use crate::error::Error;
+use crate::memory::Memory;
 use crate::points::TRANSIENT_GRACE;
 use crate::pool::{beyond, Pool};
 use crate::swiotlb::{PoolAt, PoolRef, Swiotlb};
 use crate::thread_cache::CachedRun;
+use crate::OrigMemory;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
 /// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).
@@ -762,7 +762,8 @@ struct Unpublished<'a> {
 
 impl Drop for Unpublished<'_> {
     fn drop(&mut self) {
-        self.swiotlb.unpublish(self.dev, self.pool, self.s, self.nslots);
+        self.swiotlb
+            .unpublish(self.dev, self.pool, self.s, self.nslots);
     }
 }
 
