@@ -36,7 +36,9 @@
 //! a [`crate::RegionMemory`] returns its one error (a range outside the region) and panics
 //! only on a bug of this crate, which would leave the allocation allocated, never freed
 //! twice. A value a landing pad needs lives on the stack, and a bounce is bound by the
-//! stores behind its copy (module `shared`): the change took 16 stores off a map+unmap.
+//! stores behind its copy (module `shared`): the change took 16 stores off a map+unmap. For
+//! the same reason `map` and `unmap` are inlined wrappers that hand the out-of-line code the
+//! attributes it uses as scalars: a `MapAttrs` argument went through the stack.
 //!
 //! A map publishes its mapping (`HeadWord::publish`) only once the bounce buffer is filled,
 //! and issues its release fence (`Swiotlb::handed_on`) after that: until then no unmap can
@@ -158,6 +160,10 @@ impl Swiotlb {
     /// assert_eq!(&back, b"HEllo");
     /// assert_eq!(swiotlb.stats().used, 0);
     /// ```
+    // A wrapper inlined into the caller: `attrs` (a 16-byte struct, the seventh argument
+    // after the returned value's pointer) went through the stack on every call, four stores
+    // before the map began; the out-of-line map takes the two fields it uses, in registers.
+    #[inline]
     pub fn map(
         &self,
         dev: &Device,
@@ -167,6 +173,23 @@ impl Swiotlb {
         attrs: MapAttrs,
     ) -> Result<u64, Error> {
         let _ = dir; // Every direction copies in.
+        self.map_with(dev, orig, size, attrs.alloc_align_mask, attrs.zero_padding)
+    }
+
+    /// [`Swiotlb::map`] with the attributes a map uses (`skip_cpu_sync` concerns unmap only).
+    fn map_with(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        alloc_align_mask: u64,
+        zero_padding: bool,
+    ) -> Result<u64, Error> {
+        let attrs = MapAttrs {
+            alloc_align_mask,
+            skip_cpu_sync: false,
+            zero_padding,
+        };
         self.check_device(dev)?;
         if orig == INVALID_PHYS_ADDR {
             return Err(Error::Memory(crate::MemoryError {
@@ -407,6 +430,8 @@ impl Swiotlb {
     ///     Err(Error::NotMapped { addr: a })
     /// );
     /// ```
+    // Inlined into the caller as `map` is: the out-of-line unmap takes whether to copy back.
+    #[inline]
     pub fn unmap(
         &self,
         dev: &Device,
@@ -415,9 +440,19 @@ impl Swiotlb {
         dir: Direction,
         attrs: MapAttrs,
     ) -> Result<(), Error> {
+        self.unmap_with(dev, addr, size, dir.device_writes() && !attrs.skip_cpu_sync)
+    }
+
+    /// [`Swiotlb::unmap`], copying back if `copy_back`.
+    fn unmap_with(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        copy_back: bool,
+    ) -> Result<(), Error> {
         self.check_device(dev)?;
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        let copy_back = dir.device_writes() && !attrs.skip_cpu_sync;
         // The fast path: no copy back, a global pool (the first part of `lookup`: no pin, so
         // nothing to drop), an address at a slot's start. If the slot heads an unpadded
         // mapping, the general path would make the same checks, claim with the same
