@@ -1007,7 +1007,7 @@ fn prune_races_page_map_passes() {
     check(Bound::Preemptions(3), prune_races_page_map);
 }
 
-/// Bounded, `Preemptions(3)` (COST): one switch stops the prune between its freeze and its
+/// Bounded, `Preemptions(3)` (4 s of CPU), as `prune_races_page_map`: one switch stops the prune between its freeze and its
 /// claim, one runs the unmap's claim and take there (or stops the unmap inside its take
 /// while the prune runs), one for the prune's thaw against the unmap's swaps.
 #[test]
