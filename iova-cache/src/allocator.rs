@@ -147,11 +147,17 @@ impl Run {
         self.len += 1;
     }
 
-    /// Cache the run in CPU slot `cpu` and start a new one.
-    fn cache(&mut self, rc: &Rcache, cpu: usize, tree: &StepLock<RangeAllocator>) {
-        if self.len > 0 {
-            rc.insert_all(self.order as usize, cpu, &self.pfns[..self.len], tree);
-            self.len = 0;
+    /// Cache the run, in the calling thread's batch stack as far as it has room, the rest
+    /// in CPU slot `cpu`, and start a new one.
+    fn cache(&mut self, p: &PendingTo<'_>) {
+        let pfns = &self.pfns[..self.len];
+        self.len = 0;
+        if pfns.is_empty() {
+            return;
+        }
+        let parked = p.threads.map_or(0, |t| t.park_batch(self.order, pfns));
+        if parked < pfns.len() {
+            p.rc.insert_all(self.order as usize, p.cpu, &pfns[parked..], p.tree);
         }
     }
 }
@@ -160,6 +166,12 @@ impl Run {
 /// already, so a panic of the caller's iterator must not drop them on the floor.
 struct PendingRun<'a> {
     run: Run,
+    to: PendingTo<'a>,
+}
+
+/// Where a [`PendingRun`] is cached.
+struct PendingTo<'a> {
+    threads: Option<&'a ThreadCache>,
     rc: &'a Rcache,
     cpu: usize,
     tree: &'a StepLock<RangeAllocator>,
@@ -171,7 +183,7 @@ impl PendingRun<'_> {
     #[inline]
     fn push(&mut self, order: u32, pfn: u64) {
         if self.run.len == FREE_BATCH || (self.run.len > 0 && self.run.order != order) {
-            self.run.cache(self.rc, self.cpu, self.tree);
+            self.run.cache(&self.to);
         }
         self.run.push(order, pfn);
     }
@@ -179,7 +191,7 @@ impl PendingRun<'_> {
 
 impl Drop for PendingRun<'_> {
     fn drop(&mut self) {
-        self.run.cache(self.rc, self.cpu, self.tree);
+        self.run.cache(&self.to);
     }
 }
 
@@ -454,9 +466,12 @@ impl IovaAllocator {
         };
         let mut run = PendingRun {
             run: Run::default(),
-            rc,
-            cpu: self.cpu(rc),
-            tree: &inner.tree,
+            to: PendingTo {
+                threads: inner.threads.as_ref(),
+                rc,
+                cpu: self.cpu(rc),
+                tree: &inner.tree,
+            },
         };
         for (pfn, size) in ranges {
             if size.wrapping_sub(1) >= MAX_CACHED_GRANULES {
