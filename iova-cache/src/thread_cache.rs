@@ -132,7 +132,8 @@ impl ThreadCache {
                 let (pfn, _) = fits(c.batch.get(top)?.load(Relaxed))?;
                 c.len.store(top as u64, Relaxed);
                 let granules = c.granules.load(Relaxed);
-                c.granules.store(granules.saturating_sub(1 << order), Relaxed);
+                c.granules
+                    .store(granules.saturating_sub(1 << order), Relaxed);
                 Some(pfn)
             })
             .flatten()
