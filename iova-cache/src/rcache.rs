@@ -46,10 +46,12 @@
 //! tries both first. `flush_all` drains them before the CPU slots and the depot.
 //!
 //! Hoarding is bounded: the tree grows only on a miss, and a miss happens only when the calling
-//! thread's cache, its CPU's magazines and its class's depot are empty, so at that moment at
-//! most the other CPUs' magazines and the other threads' caches (one range of at most 64
-//! granules and 256 granules of stack per slot, a fixed number of slots) are cached; the stress tests sample the range
-//! allocator throughout and assert a bound independent of the run length. A cached range never
+//! CPU's magazines and its class's depot are empty and its thread's cache has no fitting range
+//! on top, so at that moment at most the other CPUs' magazines and the thread caches (one
+//! range of at most 64 granules and 256 granules of stack per slot, a fixed number of slots;
+//! the calling thread's own included, whose stack may hold ranges of other classes or above
+//! the limit) are cached; the stress tests sample the range allocator throughout and assert a
+//! bound independent of the run length. A cached range never
 //! turns a fitting allocation into `NoSpace`: the flush-and-retry drains the thread caches too.
 //!
 //! # Orderings

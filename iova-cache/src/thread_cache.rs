@@ -29,9 +29,10 @@
 //! most 64 granules (the largest class) and 256 granules of stack per slot, a fixed number,
 //! independent of run length: at most 320 Ki granules over the 1024 slots an allocator may
 //! have (1.25 GiB of IOVA space at 4 KiB granules; 2560 granules for the 8 slots of a
-//! 2-CPU allocator). A range above an allocation's limit is neither returned nor lost: it
-//! stays in the slot (on the stack it hides the ones below it from allocations until a
-//! fitting one or a drain takes it).
+//! 2-CPU allocator). The stack's memory is allocated with the slots: about 2 KiB per slot
+//! (16 KiB for a 2-CPU allocator, 2 MiB at 1024 slots). A range above an allocation's limit
+//! is neither returned nor lost: it stays in the slot (on top of the stack it hides the ones
+//! below it until an allocation it fits, or a drain, takes it).
 //!
 //! Every class is cached here, the 64-granule one too: leaving it out would cost the hot path
 //! a comparison and send a 33..64-granule pair on one thread through its CPU slot's lock,
