@@ -102,14 +102,19 @@
 //! without the CPU slot's lock: 5.04 → 4.04 locked instructions per map+unmap (callgrind,
 //! `examples/lazy_loop.rs`, 20 000 against 40 000 pairs), 962 → 953 instructions (the
 //! allocation, inclusive, 115 → 102; the stack's bookkeeping costs about what the magazine pop
-//! did). In time, dmabench (`floor,iova,pgtable,iommu`, 1 thread, 1 granule), twelve
-//! interleaved runs of each (two rounds of six, load average 5 to 12 on 2 CPUs), medians of
-//! CPU time: lazy 61.2 ns (57.9–77.3) → 59.1 ns (56.6–84.5), faster in nine of the twelve
-//! pairs; the ratio to the parts, whose own time swung 31–52 ns between runs, 1.84× (1.57–2.35)
-//! → 1.81× (1.33–2.20). So one locked instruction fewer gave about 2 ns, as the account above
-//! has it: the stores queued before the next locked instruction (the registry's take) wait
-//! all the same. What is left above the parts: the take's claim, the enqueue's fence and lock
-//! and the glue, about 350 instructions; 1.3× stays out of reach.
+//! did). In time, on a machine loaded throughout (load average 5 to 13 on 2 CPUs), medians of
+//! CPU time: `examples/lazy_loop.rs` itself (2 000 000 pairs a run, two rounds of 16
+//! interleaved runs of each) 66.6 ns (54.6–87.8) → 58.4 ns (54.6–82.0) and 61.1 ns
+//! (54.4–85.0) → 57.3 ns (53.2–67.6), faster in 11 and 10 of the 16 pairs; dmabench
+//! (1 thread, 1 granule; 26 interleaved runs of each in four rounds, with and without the
+//! floor component) lazy 62.9 ns (57.9–109.9) → 61.9 ns (56.6–102.1), faster in 14 of the
+//! 26 pairs, and the ratio to the parts, whose own time swung 31–56 ns between runs, 1.85×
+//! (1.13–2.67) → 1.81× (1.33–2.49): the first two rounds 61.2 → 59.1 ns (nine of twelve
+//! pairs), the two loudest the other way. So one locked instruction fewer gave a few
+//! nanoseconds at best, as the account above has it: the stores queued before the next
+//! locked instruction (the registry's take) wait all the same. What is left above the parts:
+//! the take's claim, the enqueue's fence and lock and the glue, about 350 instructions; 1.3×
+//! stays out of reach.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry slots in turn: a
 //! slot (key word, record and count) is one 64-byte line (module `registry`; when the

@@ -18,7 +18,7 @@
 //! The stack is for dma-iommu's lazy domains, whose IOVAs come back from the flush queue in
 //! bursts of up to 255 through `free_batch`, on the thread whose unmap filled the ring, which
 //! maps next: its allocations then took each IOVA from the CPU's magazines, a slot lock's
-//! compare-and-swap apiece (`examples/lazy_loop.rs` in dma-iommu: 5.0 → 4.1 locked
+//! compare-and-swap apiece (`examples/lazy_loop.rs` in dma-iommu: 5.0 → 4.0 locked
 //! instructions per map+unmap with the stack). A thread that frees in batches and never
 //! allocates (a timer's drain) keeps at most a stack's worth out of circulation, like any
 //! slot; the rest of its batches goes to the magazines.
