@@ -48,6 +48,7 @@
 //! | `switch_vs_unmap` | switch, unmap, device | PB 3 (twins PB 2) | the 2021 scenario; publication; outcomes {Synced, Queued} both reached |
 //! | `real_domain_switch_vs_unmap` | switch, unmap, device | PB 3 (twin PB 2) | the same on the whole real stack (io-pgtable tiny geometry, iova-cache without caches so a freed IOVA is visibly free): the device asserts its cached IOVA is still allocated |
 //! | `real_domain_queue_vs_timer` | unmap (lazy), timer, device | PB 3 (twin PB 2) | the SB protocol on the real stack; outcomes {timer freed it, left for later} |
+//! | `two_switches_vs_unmap` | switch, switch, unmap | PB 3 | exactly one switch publishes a queue; the unmap's IOVA freed once at teardown |
 //! | `switch_vs_stats` | switch, reader | exhaustive | lookup of a published queue |
 //! | `queue_vs_timer` | unmap, timer, device | PB 3 (twins PB 2) | SB protocol; nothing stranded; outcomes {timer freed it, left for later} |
 //! | `bare_queue_vs_timer` | caller (clear, then the public `FlushQueue::enqueue`), timer, device | PB 3 (twin PB 2) | `queue_vs_timer` on a bare queue, through the public `enqueue` (the domain reaches the same code through `enqueue_published`); nothing stranded; each IOVA freed once; outcomes {timer freed it, left for teardown} |

@@ -34,11 +34,16 @@
 //!   to the grace period. `attach_from_bypass_vs_access` found that an ATTACH taking an endpoint
 //!   out of bypass mode returned without a grace period (only a move between domains waited).
 //!   Twins at 2 preemptions (the device stopped between its translation and its read).
+//! * `batched_unmap_vs_access` (the UNMAP followed by a PROBE in one `handle_batch`, whose one
+//!   grace period must cover every request, not only the last) and `reset_vs_access` (a device
+//!   reset): the same shape, 3 preemptions.
 //! * `two_accesses`: the device does two accesses, the guest one UNMAP and a non-atomic write of
 //!   the page (loom checks happens-before, not values). The device's second access pins and
 //!   unpins after its first ended, so the grace period can complete on the device's thread and
-//!   the guest learns it only through the done flag. 4 preemptions, the twins 3 (the pin twin
-//!   2).
+//!   the guest learns it only through the done flag. The UNMAP's leaf table stays (a
+//!   neighbouring mapping): 5 preemptions, the twins 3 (the pin twin 2).
+//!   `two_accesses_table_pruned`, the same with the table freed by the UNMAP (`prune` of the gap
+//!   it opens): 3 preemptions (4 cost 119 s of CPU).
 //! * `loom-tests/tests/production_rcu.rs` (`--cfg production_rcu`): `unmap_vs_access` on the
 //!   production epoch RCU itself.
 //!

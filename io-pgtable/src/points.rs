@@ -69,6 +69,11 @@
 //! * `prune_races_page_map`: `PageTable::prune` of the span of an emptied level-3 table races a
 //!   page map in it: the map always succeeds and its page stays; the old table is retired iff
 //!   the prune froze it before the page landed. `Preemptions(3)`.
+//! * `prune_races_subtree_unmap`: three levels; a prune of a top entry's span (an emptied
+//!   level-2 table over an emptied level-3 table) races an unmap of the same span. An unmap
+//!   that claims the entry first meets the prune's `FROZEN` where the level-3 link was, so the
+//!   prune's thaw takes that table back: both tables retired once, whoever wins (a lost claim
+//!   that skipped the thaw leaked the level-3 table). `Preemptions(3)`.
 //! * `page_maps_race_refused_block_map`: a block map races a thread mapping two pages under it,
 //!   so its freeze may reserve the second page's slot, then meet the first page and thaw:
 //!   either the block or the pages win, never a page map refused by a reservation alone.

@@ -92,6 +92,39 @@ impl Gated {
     }
 }
 
+/// Bytes of a copy-back mapping in the overtaking tests.
+const COPY_LEN: usize = 64;
+
+/// A gated instance (see [`Gated`]) over a region holding an old buffer (`0x11`s) and a new
+/// one (`0x22`s), a device, and a bidirectional mapping of the old buffer whose bounce buffer
+/// holds the device's answer (`0xAA`s): `(instance, gate, device, mapping, old, new)`.
+fn answered_copy_back() -> (Swiotlb, Arc<Barrier>, swiotlb_core::Device, u64, u64, u64) {
+    dma_sync::cpu::set_current(Some(0));
+    let inner = RegionMemory::new(4096);
+    let (old, new) = (inner.base(), inner.base() + 1024);
+    inner.write(old, &[0x11; COPY_LEN]).unwrap();
+    inner.write(new, &[0x22; COPY_LEN]).unwrap();
+    let (swiotlb, gate) = Gated::instance(inner);
+    let dev = swiotlb.device(DeviceConfig::default());
+    let a = swiotlb
+        .map(&dev, old, COPY_LEN, Direction::Bidirectional, NONE)
+        .unwrap();
+    swiotlb.write_bounce(&dev, a, &[0xAA; COPY_LEN]).unwrap(); // the device's answer
+    (swiotlb, gate, dev, a, old, new)
+}
+
+/// The old buffer holds the device's answer only, the new one its own bytes.
+fn assert_buffers(swiotlb: &Swiotlb, old: u64, new: u64) {
+    let mut back = [0u8; COPY_LEN];
+    swiotlb.memory().read(old, &mut back).unwrap();
+    assert_eq!(
+        back, [0xAA; COPY_LEN],
+        "the old buffer holds its device's answer only"
+    );
+    swiotlb.memory().read(new, &mut back).unwrap();
+    assert_eq!(back, [0x22; COPY_LEN], "the new buffer is unchanged");
+}
+
 /// Two unmaps of one copy-back mapping, the second overtaken inside its copy back by the
 /// first and by a map of the same size that reuses the slots for another buffer. The slow
 /// unmap copied the new mapping's bytes into the old buffer and then freed the new mapping
@@ -99,17 +132,9 @@ impl Gated {
 /// Now whichever unmap claims the mapping copies it back; the other gets `NotMapped`.
 #[test]
 fn an_overtaken_copy_back_unmap_never_copies_another_mappings_bytes() {
-    dma_sync::cpu::set_current(Some(0));
-    const LEN: usize = 64;
-    let inner = RegionMemory::new(4096);
-    let (old, new) = (inner.base(), inner.base() + 1024);
-    inner.write(old, &[0x11; LEN]).unwrap();
-    inner.write(new, &[0x22; LEN]).unwrap();
-    let (swiotlb, gate) = Gated::instance(inner);
-    let dev = swiotlb.device(DeviceConfig::default());
+    const LEN: usize = COPY_LEN;
+    let (swiotlb, gate, dev, a, old, new) = answered_copy_back();
     let dir = Direction::Bidirectional;
-    let a = swiotlb.map(&dev, old, LEN, dir, NONE).unwrap();
-    swiotlb.write_bounce(&dev, a, &[0xAA; LEN]).unwrap(); // the device's answer
     let mut unmapped = 0;
     let slow = std::thread::scope(|s| {
         let slow = s.spawn(|| {
@@ -125,18 +150,47 @@ fn an_overtaken_copy_back_unmap_never_copies_another_mappings_bytes() {
         slow
     });
     unmapped += usize::from(slow.is_ok());
-    let mut back = [0u8; LEN];
-    swiotlb.memory().read(old, &mut back).unwrap();
-    assert_eq!(
-        back, [0xAA; LEN],
-        "the old buffer holds its device's answer only"
-    );
-    swiotlb.memory().read(new, &mut back).unwrap();
-    assert_eq!(
-        back, [0x22; LEN],
-        "the new buffer was mapped and unmapped unchanged"
-    );
+    assert_buffers(&swiotlb, old, new);
     assert_eq!(unmapped, 2, "each of the two mappings unmapped once");
+    assert_eq!(swiotlb.stats().used, 0);
+    swiotlb.check_invariants().unwrap();
+}
+
+/// The same overtaking, with the slots reaching the other thread through a drain: the pool is
+/// full but for the old mapping's slot, so a map finds room only in the slow unmap's thread
+/// cache, once that unmap has given its slot back, by draining the caches (a search that
+/// found no room). An unmap that gave its slots back before its copy back copied the new
+/// mapping's bytes into the old buffer. The slots stay claimed until the copy back is over:
+/// the map meanwhile gets a grown pool or `NoSpace`, never them.
+#[test]
+fn an_overtaken_copy_back_keeps_its_slots_from_a_draining_map() {
+    const LEN: usize = COPY_LEN;
+    let (swiotlb, gate, dev, a, old, new) = answered_copy_back();
+    let filler = old + 2048;
+    let dir = Direction::Bidirectional;
+    let to_dev = Direction::ToDevice;
+    let fillers: Vec<u64> = (0..7)
+        .map(|_| swiotlb.map(&dev, filler, LEN, to_dev, NONE).unwrap())
+        .collect();
+    assert_eq!(swiotlb.stats().used, 8, "the default pool is full");
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            STALL.with(|st| st.set(true));
+            swiotlb.unmap(&dev, a, LEN, dir, NONE)
+        });
+        gate.wait(); // the slow unmap is inside its copy back
+        let b = swiotlb.map(&dev, new, LEN, dir, NONE);
+        gate.wait();
+        assert_eq!(slow.join().unwrap(), Ok(()));
+        match b {
+            Ok(b) => assert_eq!(swiotlb.unmap(&dev, b, LEN, dir, NONE), Ok(())),
+            Err(e) => assert!(matches!(e, Error::NoSpace { .. }), "{e:?}"),
+        }
+    });
+    assert_buffers(&swiotlb, old, new);
+    for f in fillers {
+        swiotlb.unmap(&dev, f, LEN, to_dev, NONE).unwrap();
+    }
     assert_eq!(swiotlb.stats().used, 0);
     swiotlb.check_invariants().unwrap();
 }

@@ -37,7 +37,8 @@
 //!   behaviour (`pgtable_retire_bypasses_rcu`).
 //! * `racing_unmaps_of_one_table`, `map_races_table_unmap`, `map_races_subtree_unmap`,
 //!   `block_map_races_page_map`, `block_map_races_table_unmap`,
-//!   `page_maps_race_refused_block_map`, `prune_races_page_map`: operations on overlapping ranges; each entry is
+//!   `page_maps_race_refused_block_map`, `prune_races_page_map`, `prune_races_subtree_unmap`:
+//!   operations on overlapping ranges; each entry is
 //!   claimed by exactly one (the claim's twin is the load-then-store it replaced), and an
 //!   entry a block map reserved is never taken for an answer.
 //! * `two_page_map_loses_and_withdraws`: a map of two pages races a map of its second page;
@@ -472,6 +473,35 @@ fn prune_races_page_map() {
     assert!(s.retired <= 1, "{s:?}");
     // Root and one level-3 table: the old one, or the fresh one after the old one went.
     assert_eq!(s.linked(), 2, "{s:?}");
+    accounted(&pt);
+}
+
+/// Three levels: a prune of top entry 1's span, which links an emptied level-2 table over an
+/// emptied level-3 table, races an unmap of the same span. The prune freezes the level-2
+/// table (its link to the level-3 table `FROZEN`) before it claims the top entry; if the
+/// unmap claims the entry first, it takes the level-2 table and meets `FROZEN` where the link
+/// was, so the level-3 table is the prune's to take back when its claim fails. Both tables are
+/// retired exactly once, whoever wins, and nothing stays linked below the root; the unmap
+/// unmaps the span or, after the prune, finds it empty.
+fn prune_races_subtree_unmap() {
+    let pt = Arc::new(PageTable::new(Config::tiny(3)).expect("tiny config"));
+    let top = pt.geometry().start_level();
+    let block = pt.geometry().block_size(top);
+    map_one(&pt, block + PAGE, PAGE);
+    assert_eq!(pt.unmap(block + PAGE, PAGE), Ok(PAGE));
+    let prune = spawn_on(&pt, move |pt| assert_eq!(pt.prune(block, block), Ok(())));
+    let unmapper = {
+        let pt = pt.clone();
+        spawn(move || pt.unmap_pages(block, block, 1, &mut Gather::new()))
+    };
+    prune.join().unwrap();
+    let unmapped = unmapper.join().unwrap();
+    assert!(
+        unmapped == Ok(block as usize) || unmapped == Err(Error::NotMapped { iova: block }),
+        "{unmapped:?}"
+    );
+    let s = pt.stats();
+    assert_eq!((s.retired, s.linked()), (2, 1), "{s:?}");
     accounted(&pt);
 }
 
@@ -975,6 +1005,14 @@ fn page_maps_race_refused_block_map_passes() {
 #[test]
 fn prune_races_page_map_passes() {
     check(Bound::Preemptions(3), prune_races_page_map);
+}
+
+/// Bounded, `Preemptions(3)` (4 s of CPU), as `prune_races_page_map`: one switch stops the prune between its freeze and its
+/// claim, one runs the unmap's claim and take there (or stops the unmap inside its take
+/// while the prune runs), one for the prune's thaw against the unmap's swaps.
+#[test]
+fn prune_races_subtree_unmap_passes() {
+    check(Bound::Preemptions(3), prune_races_subtree_unmap);
 }
 
 /// Exhaustive: the level-3 table exists, so the threads share its two slots only.

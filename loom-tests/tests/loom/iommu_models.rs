@@ -229,6 +229,33 @@ twins! { || { switch_vs_unmap(); }, "Causality violation", Bound::Preemptions(2)
     fn snapshot_relaxed_sees_unbuilt_queue: UNMAP_SNAPSHOT_ACQUIRE;
 }
 
+/// Two strict-to-lazy switches race each other and an unmap: exactly one publishes a queue
+/// (the other finds the domain lazy), so the unmap's entry, queued or synced, is freed
+/// exactly once at teardown. A switch that checked the mode and published its queue in two
+/// sections of the switch lock could publish a second queue over the first, orphaning what
+/// was queued there. Bound: 3 preemptions (0.2 s of CPU), as `switch_vs_unmap` (three
+/// threads): one stops a switch between its check and its publication, one runs the other
+/// switch there, one places the unmap's snapshot before, between or after them.
+fn two_switches_vs_unmap() {
+    let s = domain(1);
+    let a = spawn_on(&s, |s| s.enable_lazy(tiny(1, 2)).unwrap());
+    let b = spawn_on(&s, |s| s.enable_lazy(tiny(1, 2)).unwrap());
+    let un = spawn_on(&s, |s| unmap_iova(s, 0));
+    let published = [a.join().unwrap(), b.join().unwrap()];
+    un.join().unwrap();
+    assert_eq!(
+        published.iter().filter(|&&p| p).count(),
+        1,
+        "both switches published a queue"
+    );
+    teardown_and_check(s, &[0]);
+}
+
+#[test]
+fn two_switches_vs_unmap_passes() {
+    check(Bound::Preemptions(3), two_switches_vs_unmap);
+}
+
 /// Statistics read while the switch publishes the queue. Exhaustive (2 threads, few ops).
 fn switch_vs_stats() {
     let s = domain(1);

@@ -329,6 +329,43 @@ fn checked_claims_publish_nodes_passes() {
     check(Bound::Preemptions(4), checked_claims_publish_nodes);
 }
 
+/// The node race of [`checked_claims_publish_nodes`], with the ranges freed by another thread
+/// (the model's main thread, after both allocated): its walk starts at the root, not at a
+/// leaf the allocating thread remembers, so it finds each range's record only if both threads
+/// recorded it in the one tree everyone walks (a publication that overwrote the other's node
+/// would lose that node's records, and a free of its range would be refused). The two ranges
+/// are pfns 255 and 253 (the second thread's limit is 253), whose records are bits of one
+/// word: a record written by a load and a store instead of one read-modify-
+/// write could erase the other's. Each free succeeds once. Preemptions(4), as that model
+/// (this one has no frees on the racing threads).
+fn checked_claims_published_for_other_threads() {
+    let a = tiny_checked(2, 255);
+    let alloc_on = |cpu: usize, limit: u64| {
+        let a = a.clone();
+        dma_sync::thread::spawn(move || {
+            on_cpu(cpu);
+            a.alloc(1, limit).expect("space left")
+        })
+    };
+    let (t1, t2) = (alloc_on(0, 255), alloc_on(1, 253));
+    let held = [t1.join().unwrap(), t2.join().unwrap()];
+    assert_eq!(held, [255, 253]);
+    for p in held {
+        assert_eq!(a.free(p, 1), Ok(()), "the range's record was lost");
+        assert_eq!(a.free(p, 1), Err(IovaError::NotAllocated { pfn: p }));
+    }
+    a.flush_all();
+    assert!(a.allocated_ranges().is_empty(), "every range is back");
+}
+
+#[test]
+fn checked_claims_published_for_other_threads_passes() {
+    check(
+        Bound::Preemptions(4),
+        checked_claims_published_for_other_threads,
+    );
+}
+
 /// A range held by a user is freed by two threads at once (the second a double free by a
 /// buggy caller): exactly one free succeeds, and the range is cached once.
 /// Exhaustive: two threads with one bitmap operation and one cache insert each.

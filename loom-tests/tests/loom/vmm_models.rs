@@ -1,4 +1,5 @@
-//! Loom models of dma-vmm: UNMAP and DETACH quiescence against one device access, with a
+//! Loom models of dma-vmm: UNMAP (alone and batched), DETACH and reset quiescence against one
+//! device access, with a
 //! must-fail twin for each mutation point of the crate (`vmm_quiesce_models` adds the grace
 //! period completing on the device's thread).
 
@@ -142,8 +143,10 @@ fn guest_vs_access(
 /// Not vacuous: some executions serve the access, others fault it.
 #[test]
 fn unmap_waits_for_device_access() {
-    // Bound 4 (a quarter second of CPU): one more switch than the other vmm models, so the
-    // device can also be stopped between its walk and its read while the guest's wait runs.
+    // Bound 4 (21 s of CPU since UNMAP also frees the leaf table it empties, a quarter
+    // second before; the device's walk then also races that table's freeing): one more
+    // switch than the other vmm models, so the device can also be stopped between its walk
+    // and its read while the guest's wait runs.
     assert_eq!(
         outcomes(Bound::Preemptions(4), unmap_vs_access),
         BTreeSet::from([false, true])
@@ -175,6 +178,56 @@ fn attach_from_bypass_waits_for_device_access() {
 fn bypass_off_waits_for_device_access() {
     assert_eq!(
         outcomes(Bound::Preemptions(3), bypass_off_vs_access),
+        BTreeSet::from([false, true])
+    );
+}
+
+/// The UNMAP of [`unmap_vs_access`] sent in a batch, followed by a request that removes no
+/// translation (a PROBE): the batch's one grace period must cover every request of it, not
+/// only its last. Bound: as [`unmap_vs_access`].
+fn batched_unmap_vs_access() -> bool {
+    let batch = |v: &Viommu| {
+        let replies = v.handle_batch([
+            Request::Unmap {
+                domain: 0,
+                virt_start: PAGE,
+                virt_end: 2 * PAGE - 1,
+            },
+            Request::Probe { endpoint: 0 },
+        ]);
+        assert_eq!(replies[0].status(), Status::Ok);
+    };
+    guest_vs_access(
+        setup(),
+        batch,
+        "the device used a page after its batched UNMAP completed",
+    )
+}
+
+/// A device reset (every endpoint detached, every domain destroyed) against the access: once
+/// it returns, no access still uses a translation it removed. Bound: as [`unmap_vs_access`].
+fn reset_vs_access() -> bool {
+    guest_vs_access(
+        setup(),
+        |v| v.reset(),
+        "the device used a page after a reset completed",
+    )
+}
+
+/// Not vacuous: some executions serve the access, others fault it.
+#[test]
+fn batched_unmap_waits_for_device_access() {
+    assert_eq!(
+        outcomes(Bound::Preemptions(3), batched_unmap_vs_access),
+        BTreeSet::from([false, true])
+    );
+}
+
+/// Not vacuous: some executions serve the access, others fault it.
+#[test]
+fn reset_waits_for_device_access() {
+    assert_eq!(
+        outcomes(Bound::Preemptions(3), reset_vs_access),
         BTreeSet::from([false, true])
     );
 }
