@@ -88,11 +88,35 @@ pub fn run(opts: &suite::Options) -> Report {
         None
     };
     let (cases, omitted) = cases::all(opts);
-    let results = suite::run_cases(opts, &cases);
+    let all = targets::all();
+    // Each target whose every quantity the suite measures gets its runs paired.
+    let pairing = |t: &targets::Target| -> Option<suite::Pairing> {
+        t.quantities()
+            .into_iter()
+            .map(|q| {
+                let i = cases.iter().position(|c| {
+                    (c.component, &c.workload, &c.implementation)
+                        == (q.component, &q.workload, &q.implementation)
+                })?;
+                cases[i]
+                    .thread_counts(opts)
+                    .contains(&q.threads)
+                    .then_some((i, q.threads))
+            })
+            .collect()
+    };
+    let pairings: Vec<Option<suite::Pairing>> = all.iter().map(pairing).collect();
+    let measured: Vec<suite::Pairing> = pairings.iter().flatten().cloned().collect();
+    let (results, paired) = suite::run_cases(opts, &cases, &measured);
+    let mut paired = paired.into_iter();
     let cpus = harness::cpu_count();
-    let targets = targets::all()
+    let targets = all
         .iter()
-        .map(|t| t.evaluate(&results, cpus))
+        .zip(&pairings)
+        .map(|(t, p)| match p.as_ref().and_then(|_| paired.next()) {
+            Some(runs) => t.evaluate_paired(&runs.runs, runs.spans_s, cpus),
+            None => t.evaluate(&results, cpus),
+        })
         .collect();
     Report {
         meta: Meta::collect(nice),
