@@ -1,5 +1,5 @@
 //! How much of a structure transparent huge pages back: the share of its 4 KiB pages that lie in
-//! a 2 MiB huge page, read from the kernel's page flags.
+//! a 2 MiB huge page, as the kernel reports it.
 //!
 //! A walk over megabytes of tables costs a TLB miss per table on 4 KiB pages and almost none on
 //! 2 MiB pages, so two walks over the same bytes compare fairly only in the same state. Linux
@@ -53,8 +53,11 @@ pub fn share(addrs: impl IntoIterator<Item = u64>) -> Option<f64> {
         return None;
     }
     let pagemap = File::open("/proc/self/pagemap").ok()?;
-    let huge = match scan::huge_ranges(&pagemap, pages[0] * PAGE, (pages[pages.len() - 1] + 1) * PAGE)
-    {
+    let huge = match scan::huge_ranges(
+        &pagemap,
+        pages[0] * PAGE,
+        (pages[pages.len() - 1] + 1) * PAGE,
+    ) {
         Some(ranges) => count_in(&pages, &ranges),
         None => from_page_flags(&pagemap, &pages)?,
     };
@@ -142,10 +145,8 @@ mod scan {
         {
             use std::os::fd::AsRawFd;
             // _IOWR('f', 16, struct pm_scan_arg)
-            const PAGEMAP_SCAN: u64 = (3 << 30)
-                | ((std::mem::size_of::<Arg>() as u64) << 16)
-                | ((b'f' as u64) << 8)
-                | 16;
+            const PAGEMAP_SCAN: u64 =
+                (3 << 30) | ((std::mem::size_of::<Arg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
             let mut out = Vec::new();
             let mut buf = [Region::default(); 256];
             let mut from = start;

@@ -3,8 +3,8 @@
 //!
 //! Every case runs in one process, at 1 and 2 threads and oversubscribed (4, 8), on a fresh
 //! structure built outside the timed region, three times (rounds over the suite); the targets
-//! are ratios between cases of the same run, judged on the median of the per-repetition ratios
-//! (see [`targets`]).
+//! are ratios between cases of the same run, measured next to each other in every repetition,
+//! judged on the median of the per-pair ratios (see [`targets`]).
 //!
 //! * `cargo run --release -p dma-bench` — the default suite, a few minutes on two CPUs: a table
 //!   per component (120 columns, `--wide` for all), the targets with their median ratios and

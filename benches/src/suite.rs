@@ -473,7 +473,8 @@ mod tests {
         // (2@1, 1@1): case 1 is shared, so the second pairing repeats it.
         let counts = vec![vec![1, 2], vec![1], vec![1]];
         let pairings = vec![vec![(0, 1), (1, 1)], vec![(2, 1), (1, 1)]];
-        let view = |slots: Vec<Slot>| -> Vec<(usize, usize, bool, Option<(usize, usize)>)> {
+        type View = (usize, usize, bool, Option<(usize, usize)>);
+        let view = |slots: Vec<Slot>| -> Vec<View> {
             slots
                 .into_iter()
                 .map(|s| (s.case, counts[s.case][s.count], s.main, s.pairing))

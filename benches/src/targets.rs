@@ -758,6 +758,33 @@ mod tests {
     }
 
     #[test]
+    fn paired_runs_give_one_ratio_per_pair() {
+        let t = all().into_iter().find(|t| t.id == "iova-scaling").unwrap();
+        // Ours at 2 threads, then ours at 1: one quantity each, though one case.
+        let q = t.quantities();
+        assert_eq!(
+            q.iter().map(|q| q.threads).collect::<Vec<_>>(),
+            [2, 1],
+            "{q:?}"
+        );
+        let m = |t: usize, ops| Measurement::new(t, ops, 1.0, t as f64, Latency::default());
+        let runs = [vec![m(2, 300), m(2, 200)], vec![m(1, 100), m(1, 200)]];
+        let r = t.evaluate_paired(&runs, vec![0.3, 0.4], 2);
+        assert_eq!(r.ratios, [3.0, 1.0]);
+        assert_eq!(r.pair_spans_s, [0.3, 0.4]);
+        assert_eq!(r.met, Some(true), "median 2 ≥ 1.8");
+        // A floor that is the least of two copies reads both, after the numerator.
+        let t = all()
+            .into_iter()
+            .find(|t| t.id == "bounce-vs-memcpy")
+            .unwrap();
+        let names: Vec<_> = t.quantities().iter().map(|q| q.workload.clone()).collect();
+        let mut want = vec![swiotlb::bounce(4096, swiotlb::Dir::ToDevice)];
+        want.extend(floor::copies(4096));
+        assert_eq!(names, want);
+    }
+
+    #[test]
     fn target_ids_are_unique() {
         let mut ids: Vec<_> = all().iter().map(|t| t.id).collect();
         ids.sort_unstable();

@@ -255,7 +255,10 @@ mod tests {
                 .enumerate()
                 .all(|(i, t)| t.addr() == base.as_ptr() as u64 + i as u64 * 4096)
         });
-        assert!(in_order, "each chunk's tables side by side, in address order");
+        assert!(
+            in_order,
+            "each chunk's tables side by side, in address order"
+        );
         drop(s);
         drop(tables);
         // Only tables handed out are on the free list; the rest of the last chunk is carved
@@ -268,7 +271,10 @@ mod tests {
         // A table larger than half a chunk: one per chunk, every chunk the table's size.
         let stats = Counters::new();
         let slab = Slab::new(CHUNK_BYTES / 8 / 2 + 1, 8).unwrap();
-        let (a, b) = (slab.alloc(48, &stats).unwrap(), slab.alloc(48, &stats).unwrap());
+        let (a, b) = (
+            slab.alloc(48, &stats).unwrap(),
+            slab.alloc(48, &stats).unwrap(),
+        );
         assert_ne!(a.addr(), b.addr());
         assert_eq!(slab.state.lock().unwrap().chunks.len(), 2);
     }
