@@ -25,7 +25,9 @@
 //! IOVA's first pfn, which the allocator handed to this map alone) and one take (a claim of
 //! that slot by compare-and-swap and a release store), the flush-queue enqueue (a full fence
 //! fused with the per-CPU ring's spin lock, a drain check) and the glue between them: two
-//! locked instructions the parts do not have (three before the record per pfn). Callgrind, 4
+//! locked instructions the parts do not have (three before the record per pfn, and one more,
+//! the IOVA allocation's slot lock, until a flush's IOVAs went onto the reclaiming thread's
+//! own stack: below). Callgrind, 4
 //! KiB, one thread, a plain loop of map+unmap (`examples/lazy_loop.rs`, the difference of two
 //! run lengths): 1294 instructions (1287 before the enqueue's drain was cut into batches of
 //! 64, which calls the free four times per flush instead of once); 1325 against the parts'
@@ -40,9 +42,10 @@
 //! `map_loop` 467, `iova-cache`'s unchecked `pair_loop` 102: 569), lazy map+unmap is 985, of
 //! which about 30 are the record's fault-injection site (examples build with it, dmabench
 //! does not): 955, 1.68× in instructions alone, about 385 above the parts as before the
-//! parts got faster. Its allocation is 115 of them (78 before the IOVA allocator's per-thread
-//! cache): a lazy domain's IOVAs come back in batches through the flush queue, so the map
-//! pays that cache's check and never its hit, while the pair it is compared with hits.
+//! parts got faster. Its allocation was 115 of them (78 before the IOVA allocator's per-thread
+//! cache): a lazy domain's IOVAs came back in batches through the flush queue, so the map
+//! paid that cache's check and never its hit, while the pair it is compared with hits (102
+//! since, below).
 //! (Turning the cache off for lazy domains saved 28 instructions but no time in an
 //! interleaved dmabench.) So 1.3× needs about 215 fewer instructions here as well as fewer
 //! locked instructions, not one of them.
@@ -92,6 +95,26 @@
 //! instruction, as the account above has it, and a timer drain spun on preempted owners. So
 //! the count of locked instructions alone is not the lever; the stores queued before each one
 //! are.
+//!
+//! A flush's IOVAs now go onto a stack in the reclaiming thread's own IOVA thread-cache slot
+//! (`iova_cache::IovaAllocator::free_batch`, up to 256 granules; the rest to the magazines),
+//! and that thread's next maps take them from there in a section of the thread-slot protocol,
+//! without the CPU slot's lock: 5.04 → 4.04 locked instructions per map+unmap (callgrind,
+//! `examples/lazy_loop.rs`, 20 000 against 40 000 pairs), 962 → 953 instructions (the
+//! allocation, inclusive, 115 → 102; the stack's bookkeeping costs about what the magazine pop
+//! did). In time, on a machine loaded throughout (load average 5 to 13 on 2 CPUs), medians of
+//! CPU time: `examples/lazy_loop.rs` itself (2 000 000 pairs a run, two rounds of 16
+//! interleaved runs of each) 66.6 ns (54.6–87.8) → 58.4 ns (54.6–82.0) and 61.1 ns
+//! (54.4–85.0) → 57.3 ns (53.2–67.6), faster in 11 and 10 of the 16 pairs; dmabench
+//! (1 thread, 1 granule; 26 interleaved runs of each in four rounds, with and without the
+//! floor component) lazy 62.9 ns (57.9–109.9) → 61.9 ns (56.6–102.1), faster in 14 of the
+//! 26 pairs, and the ratio to the parts, whose own time swung 31–56 ns between runs, 1.85×
+//! (1.13–2.67) → 1.81× (1.33–2.49): the first two rounds 61.2 → 59.1 ns (nine of twelve
+//! pairs), the two loudest the other way. So one locked instruction fewer gave a few
+//! nanoseconds at best, as the account above has it: the stores queued before the next
+//! locked instruction (the registry's take) wait all the same. What is left above the parts:
+//! the take's claim, the enqueue's fence and lock and the glue, about 350 instructions; 1.3×
+//! stays out of reach.
 //!
 //! A lazy domain has 255 IOVAs in flight, so its maps visit 255 registry slots in turn: a
 //! slot (key word, record and count) is one 64-byte line (module `registry`; when the

@@ -19,7 +19,7 @@
 //! | `iova.held.node_publish` | Rmw | a bitmap node installed by a Relaxed CAS | `held_node_relaxed_publish` | `checked_claims_publish_nodes` | causality violation |
 //! | `iova.held.node_load` | Load | a bitmap child pointer read Relaxed | `held_node_relaxed_load` | `checked_claims_publish_nodes` | causality violation |
 //! | `iova.held.release_atomic` | Step | a checked free tests and clears the bit as load + store | `held_release_split` | `checked_free_races_double_free` | one range freed twice |
-//! | `iova.thread.enter` | Fence | the section's fence dropped | `thread_enter_fence_dropped` | `thread_hit_vs_drain` | IOVA conservation broken (a section and a drain both take the range) |
+//! | `iova.thread.enter` | Fence | the section's fence dropped | `thread_enter_fence_dropped`, `thread_batch_enter_fence_dropped` | `thread_hit_vs_drain`, `thread_batch_vs_drain` | IOVA conservation broken (a section and a drain both take the range) |
 //! | `iova.thread.drain` | Fence | the drain's fence dropped | `thread_drain_fence_dropped` | `thread_hit_vs_drain` | as above |
 //! | `iova.thread.exit` | Store | the section's end Relaxed | `thread_exit_relaxed` | `thread_hit_vs_drain` | as above |
 //! | `iova.thread.wait` | Load | the drainer's wait Relaxed | `thread_wait_relaxed` | `thread_hit_vs_drain` | as above |
@@ -55,6 +55,7 @@
 //! | `free_batch_vs_flush_all`: as the model above with CPU 0's three frees as one `free_batch` (its pushes, swap and depot trade under one hold of the slot lock) | Preemptions(3) | as above; the flush stopped inside or around the batch's one critical section, the allocations between a slot and a depot exchange |
 //! | `flush_all_returns_what_was_cached`: one CPU slot holds two cached ranges while a thread on that CPU frees a third (pushing a magazine to the depot) during a `flush_all`; both ranges must be free when it returns | exhaustive | small; the promise flush-and-retry and `reserve` rely on |
 //! | `thread_hit_vs_drain`: one granule; its owner allocates and frees it twice (the second allocation a thread-cache hit) while another thread's allocation flushes (draining the owner's cache) and retries, and must succeed once the owner is done | Preemptions(2) | the drain's close and fence inside either owner section, its take and reopen before the next; about a second |
+//! | `thread_batch_vs_drain`: two granules; their owner allocates both, hands them back with one `free_batch` (both on its slot's stack), allocates one again (a stack hit) and frees it, while another thread's allocation flushes (draining the stack) and retries, and must succeed once the owner is done | Preemptions(2) | the drain's close and fence inside the batch free's section or the stack hit's, its take and reopen before the next; under a second |
 //! | `thread_exit_handback`: two granules; a thread parks one and exits while its heir allocates and frees (claiming the given-back slot, or the other) | Preemptions(2) | the heir's claim before or after the exit and inside its sections |
 //! | `reserve_vs_depot_traffic`: `reserve` of two pfns (one cached on CPU 0, one held on CPU 1) while CPU 1 frees three and allocates once | Preemptions(5) (twin 3) | about 2 s; the reservation stopped between each of its flush steps and its carve, the user between any two of its operations |
 

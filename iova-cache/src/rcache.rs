@@ -40,15 +40,18 @@
 //! `dma_sync::cpu::current`, which asks the kernel only every 64 calls: a migrated thread uses its
 //! old CPU's slot that long, a performance hint, never a correctness condition.
 //!
-//! In front of the slots sits each thread's cache of one freed range (module `thread_cache`):
-//! a free parks its range there and sends the one it displaces here, an allocation tries it
-//! first. `flush_all` drains it before the CPU slots and the depot.
+//! In front of the slots sits each thread's cache (module `thread_cache`) of one freed range
+//! and a stack of up to 256 granules: a free parks its range there and sends the one it
+//! displaces here, a batch free stacks what it can and sends the rest here, an allocation
+//! tries both first. `flush_all` drains them before the CPU slots and the depot.
 //!
 //! Hoarding is bounded: the tree grows only on a miss, and a miss happens only when the calling
-//! thread's cache, its CPU's magazines and its class's depot are empty, so at that moment at
-//! most the other CPUs' magazines and the other threads' caches (one range of at most 64
-//! granules per slot, a fixed number of slots) are cached; the stress tests sample the range
-//! allocator throughout and assert a bound independent of the run length. A cached range never
+//! CPU's magazines and its class's depot are empty and its thread's cache has no fitting range
+//! on top, so at that moment at most the other CPUs' magazines and the thread caches (one
+//! range of at most 64 granules and 256 granules of stack per slot, a fixed number of slots;
+//! the calling thread's own included, whose stack may hold ranges of other classes or above
+//! the limit) are cached; the stress tests sample the range allocator throughout and assert a
+//! bound independent of the run length. A cached range never
 //! turns a fitting allocation into `NoSpace`: the flush-and-retry drains the thread caches too.
 //!
 //! # Orderings

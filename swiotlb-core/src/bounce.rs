@@ -29,6 +29,17 @@
 //!   word, claims with the same compare-and-swap (`swiotlb.release.claim`, `.acquire`) and the
 //!   run is parked as `release` parks it. Anything else takes the out-of-line general unmap.
 //!
+//! Both fast paths hold no value with drop glue across a call: the pool goes by `PoolAt` (a
+//! global pool has no pin to drop), the unmap looks global pools up first
+//! (`Swiotlb::lookup_global`), and the guard that gives a map's allocation back if the copy
+//! unwinds (`Unpublished`) is kept only around a caller's [`crate::OrigMemory`]: the copy of
+//! a [`crate::RegionMemory`] returns its one error (a range outside the region) and panics
+//! only on a bug of this crate, which would leave the allocation allocated, never freed
+//! twice. A value a landing pad needs lives on the stack, and a bounce is bound by the
+//! stores behind its copy (module `shared`): the change took 16 stores off a map+unmap. For
+//! the same reason `map` and `unmap` are inlined wrappers that hand the out-of-line code the
+//! attributes it uses as scalars: a `MapAttrs` argument went through the stack.
+//!
 //! A map publishes its mapping (`HeadWord::publish`) only once the bounce buffer is filled,
 //! and issues its release fence (`Swiotlb::handed_on`) after that: until then no unmap can
 //! claim it, and a thread that receives the address finds it published. A copy-back
@@ -42,10 +53,12 @@
 use crate::align::Plan;
 use crate::device::Device;
 use crate::error::Error;
+use crate::memory::Memory;
 use crate::points::TRANSIENT_GRACE;
-use crate::pool::{beyond, HeadWord, Pool};
-use crate::swiotlb::{PoolRef, Swiotlb};
+use crate::pool::{beyond, Pool};
+use crate::swiotlb::{PoolAt, PoolRef, Swiotlb};
 use crate::thread_cache::CachedRun;
+use crate::OrigMemory;
 use crate::{INVALID_PHYS_ADDR, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 
 /// Direction of a DMA transfer: which copies sync and unmap make (map always copies in).
@@ -147,6 +160,10 @@ impl Swiotlb {
     /// assert_eq!(&back, b"HEllo");
     /// assert_eq!(swiotlb.stats().used, 0);
     /// ```
+    // A wrapper inlined into the caller: `attrs` (a 16-byte struct, the seventh argument
+    // after the returned value's pointer) went through the stack on every call, four stores
+    // before the map began; the out-of-line map takes the two fields it uses, in registers.
+    #[inline]
     pub fn map(
         &self,
         dev: &Device,
@@ -156,6 +173,23 @@ impl Swiotlb {
         attrs: MapAttrs,
     ) -> Result<u64, Error> {
         let _ = dir; // Every direction copies in.
+        self.map_with(dev, orig, size, attrs.alloc_align_mask, attrs.zero_padding)
+    }
+
+    /// [`Swiotlb::map`] with the attributes a map uses (`skip_cpu_sync` concerns unmap only).
+    fn map_with(
+        &self,
+        dev: &Device,
+        orig: u64,
+        size: usize,
+        alloc_align_mask: u64,
+        zero_padding: bool,
+    ) -> Result<u64, Error> {
+        let attrs = MapAttrs {
+            alloc_align_mask,
+            skip_cpu_sync: false,
+            zero_padding,
+        };
         self.check_device(dev)?;
         if orig == INVALID_PHYS_ADDR {
             return Err(Error::Memory(crate::MemoryError {
@@ -172,8 +206,8 @@ impl Swiotlb {
             .filter(|_| fast_paths());
         if let Some(plan) = &simple {
             if let Some((pool, s)) = self.take_cached(plan) {
-                self.found(dev, &pool, plan.nslots);
-                return self.bounce_in(dev, &pool, s, plan, orig, attrs);
+                self.found(dev, pool, plan.nslots);
+                return self.bounce_in(dev, PoolAt::global(pool), s, plan, orig, attrs);
             }
         }
         // The cached run was tried already for a simple request.
@@ -194,7 +228,7 @@ impl Swiotlb {
     ) -> Result<u64, Error> {
         let plan = self.plan(dev, Some(orig), size, attrs.alloc_align_mask, false)?;
         let (pool, s) = self.find_slots(dev, &plan, try_cache)?;
-        self.bounce_in(dev, &pool, s, &plan, orig, attrs)
+        self.bounce_in(dev, pool.at(), s, &plan, orig, attrs)
     }
 
     /// Finish a map of `orig` whose allocation at slot `s` of `pool` was just found and
@@ -205,7 +239,7 @@ impl Swiotlb {
     fn bounce_in(
         &self,
         dev: &Device,
-        pool: &PoolRef<'_>,
+        pool: PoolAt<'_>,
         s: usize,
         plan: &Plan,
         orig: u64,
@@ -214,14 +248,9 @@ impl Swiotlb {
         let size = plan.mapping_size;
         let first = s + plan.pad_slots;
         let addr = pool.start() + ((first as u64) << IO_TLB_SHIFT) + plan.in_off as u64;
-        let unpublished = Unpublished {
-            swiotlb: self,
-            dev,
-            pool,
-            s,
-            nslots: plan.nslots,
-        };
+        let nslots = plan.nslots;
         if beyond(addr.checked_add(size as u64 - 1), dev.inner.cfg.dma_mask) {
+            self.unpublish(dev, pool, s, nslots);
             return Err(Error::NotDmaCapable { addr });
         }
         if attrs.zero_padding {
@@ -239,9 +268,67 @@ impl Swiotlb {
         }
         let head = pool.head_word(s, plan);
         // The range was just recorded: copy without looking its metadata up again.
-        self.copy(pool, orig, addr, size, true)?;
-        unpublished.publish(head);
-        Ok(addr)
+        let off = (addr - pool.start()) as usize;
+        let copied = match &self.inner.memory {
+            // This crate's own copy, which cannot unwind: no guard is kept (in memory, for a
+            // landing pad) across it, and its error is handled below.
+            Memory::Region(r) => r.read_into(orig, pool.region().dst(off, size)),
+            // Any other memory may unwind: the guard gives the allocation back if it does.
+            Memory::Dyn(m) => self.copy_in_guarded(&**m, dev, pool, s, nslots, orig, off, size),
+        };
+        match copied {
+            Ok(()) => {
+                // Make the allocation a mapping, then issue the map's release fence
+                // (`Swiotlb::handed_on`): it orders the publication before the caller hands
+                // the address on, so an unmap on the thread that receives it through the
+                // caller's memory finds the mapping (model `transient_unlink_head`).
+                head.publish();
+                Swiotlb::handed_on();
+                Ok(addr)
+            }
+            Err(e) => {
+                self.unpublish(dev, pool, s, nslots);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The copy in of a map through memory that may unwind (a caller's [`crate::OrigMemory`]):
+    /// if it does, the allocation of `nslots` at `s`, recorded and counted, goes back
+    /// unpublished. Out of line: the copy of a [`crate::RegionMemory`] is inlined into map.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn copy_in_guarded(
+        &self,
+        memory: &dyn OrigMemory,
+        dev: &Device,
+        pool: PoolAt<'_>,
+        s: usize,
+        nslots: usize,
+        orig: u64,
+        off: usize,
+        size: usize,
+    ) -> Result<(), crate::MemoryError> {
+        let guard = Unpublished {
+            swiotlb: self,
+            dev,
+            pool,
+            s,
+            nslots,
+        };
+        let copied = memory.read_into(orig, pool.region().dst(off, size));
+        // Returned, not unwound: the caller publishes or gives back.
+        std::mem::forget(guard);
+        copied
+    }
+
+    /// Give back an allocation found, recorded and counted but not published (a map that
+    /// fails after its search): clear its metadata, uncount it and give the run back.
+    #[cold]
+    #[inline(never)]
+    fn unpublish(&self, dev: &Device, pool: PoolAt<'_>, s: usize, nslots: usize) {
+        pool.unrecord(s, nslots);
+        self.give_back(dev, pool, s, nslots);
     }
 
     /// Free the slots of the mapping starting in slot `first` and uncount them: a global
@@ -253,7 +340,7 @@ impl Swiotlb {
     fn release(
         &self,
         dev: &Device,
-        pool: &PoolRef<'_>,
+        pool: PoolAt<'_>,
         first: usize,
         in_off: usize,
         addr: u64,
@@ -269,7 +356,7 @@ impl Swiotlb {
     /// displaces to its area), a transient pool's to its area, and the transient pool is
     /// dropped (its one mapping is gone).
     #[inline(always)]
-    fn give_back(&self, dev: &Device, pool: &PoolRef<'_>, start: usize, nslots: usize) {
+    fn give_back(&self, dev: &Device, pool: PoolAt<'_>, start: usize, nslots: usize) {
         if self.inner.stats.enabled() {
             self.inner.stats.sub_used(pool.accounted_slots(nslots));
         }
@@ -277,7 +364,7 @@ impl Swiotlb {
             pool.put_back(start, nslots);
             self.drop_transient(dev, pool);
         } else {
-            self.park(pool, start, nslots);
+            self.park(pool.pool, start, nslots);
         }
     }
 
@@ -343,6 +430,8 @@ impl Swiotlb {
     ///     Err(Error::NotMapped { addr: a })
     /// );
     /// ```
+    // Inlined into the caller as `map` is: the out-of-line unmap takes whether to copy back.
+    #[inline]
     pub fn unmap(
         &self,
         dev: &Device,
@@ -351,23 +440,54 @@ impl Swiotlb {
         dir: Direction,
         attrs: MapAttrs,
     ) -> Result<(), Error> {
+        self.unmap_with(dev, addr, size, dir.device_writes() && !attrs.skip_cpu_sync)
+    }
+
+    /// [`Swiotlb::unmap`], copying back if `copy_back`.
+    fn unmap_with(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        copy_back: bool,
+    ) -> Result<(), Error> {
         self.check_device(dev)?;
-        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
-        let first = pool.slot_of(addr);
         let in_off = (addr & (IO_TLB_SIZE as u64 - 1)) as usize;
-        let copy_back = dir.device_writes() && !attrs.skip_cpu_sync;
-        // The fast path: no copy back, a global pool, an address at a slot's start. If the
-        // slot heads an unpadded mapping, the general path would make the same checks, claim
-        // with the same compare-and-swap and park the run the same way.
-        if !copy_back && in_off == 0 && !pool.transient && fast_paths() {
-            if let Some(released) = pool.unmark_unpadded(first, addr, size) {
-                let (start, nslots) = released?;
-                self.inner.stats.sub_used(nslots);
-                self.park(&pool, start, nslots);
-                return Ok(());
+        // The fast path: no copy back, a global pool (the first part of `lookup`: no pin, so
+        // nothing to drop), an address at a slot's start. If the slot heads an unpadded
+        // mapping, the general path would make the same checks, claim with the same
+        // compare-and-swap and park the run the same way.
+        if !copy_back && in_off == 0 && fast_paths() {
+            match self.lookup_global(dev, addr) {
+                Ok(pool) => {
+                    if let Some(released) = pool.unmark_unpadded(pool.slot_of(addr), addr, size) {
+                        let (start, nslots) = released?;
+                        self.inner.stats.sub_used(nslots);
+                        self.park(pool, start, nslots);
+                        return Ok(());
+                    }
+                    return self.unmap_general(dev, PoolAt::global(pool), addr, size, false);
+                }
+                // Neither a global nor a transient pool: the lookup's answer.
+                Err(false) => return Err(Error::NotMapped { addr }),
+                Err(true) => {}
             }
         }
-        self.unmap_general(dev, &pool, addr, size, copy_back)
+        self.unmap_looked_up(dev, addr, size, copy_back)
+    }
+
+    /// [`Swiotlb::unmap`] from the lookup on, for every case but the fast path's. Out of line
+    /// as `unmap_general` is.
+    #[inline(never)]
+    fn unmap_looked_up(
+        &self,
+        dev: &Device,
+        addr: u64,
+        size: usize,
+        copy_back: bool,
+    ) -> Result<(), Error> {
+        let pool = self.lookup(dev, addr).ok_or(Error::NotMapped { addr })?;
+        self.unmap_general(dev, pool.at(), addr, size, copy_back)
     }
 
     /// The general unmap of `addr` in `pool`: copy back if `copy_back`, then release. Out of
@@ -376,7 +496,7 @@ impl Swiotlb {
     fn unmap_general(
         &self,
         dev: &Device,
-        pool: &PoolRef<'_>,
+        pool: PoolAt<'_>,
         addr: u64,
         size: usize,
         copy_back: bool,
@@ -398,7 +518,7 @@ impl Swiotlb {
         if orig == INVALID_PHYS_ADDR {
             return Err(Error::NotMapped { addr });
         }
-        self.copy(pool, orig, addr, size, false)?;
+        self.copy(pool.pool, orig, addr, size, false)?;
         let (start, nslots) = claimed.clear();
         self.give_back(dev, pool, start, nslots);
         Ok(())
@@ -406,8 +526,8 @@ impl Swiotlb {
 
     /// Unlink a transient pool whose one mapping was released, and free it after a grace
     /// period (the caller's pin is the one that found it).
-    fn drop_transient(&self, dev: &Device, pool: &PoolRef<'_>) {
-        let p: *const Pool = &**pool;
+    fn drop_transient(&self, dev: &Device, pool: PoolAt<'_>) {
+        let p: *const Pool = pool.pool;
         if !dev.inner.unlink(p) {
             return;
         }
@@ -415,7 +535,7 @@ impl Swiotlb {
         let p = p as *mut Pool;
         if TRANSIENT_GRACE.on() {
             let pinned;
-            let guard = match &pool.guard {
+            let guard = match pool.pin {
                 Some(g) => g,
                 None => {
                     pinned = dma_sync::rcu::pin();
@@ -598,19 +718,15 @@ impl Swiotlb {
             .ok_or(too_large)?;
         let plan = self.plan(dev, None, size, order_bytes as u64 - 1, true)?;
         let (pool, s) = self.find_slots(dev, &plan, true)?;
-        let unpublished = Unpublished {
-            swiotlb: self,
-            dev,
-            pool: &pool,
-            s,
-            nslots: plan.nslots,
-        };
         let addr = pool.start() + ((s as u64) << IO_TLB_SHIFT);
         if addr % PAGE_SIZE as u64 != 0 {
             // Defence in depth: a non-page-aligned result would share a page (CVE-2024-35814).
+            self.unpublish(dev, pool.at(), s, plan.nslots);
             return Err(Error::NoSpace { size });
         }
-        unpublished.publish(pool.head_word(s, &plan));
+        // Published and handed on as a map's mapping is (`bounce_in`).
+        pool.head_word(s, &plan).publish();
+        Swiotlb::handed_on();
         Ok(addr)
     }
 
@@ -624,7 +740,7 @@ impl Swiotlb {
         if addr % PAGE_SIZE as u64 != 0 {
             return Err(Error::NotMapped { addr });
         }
-        self.release(dev, &pool, pool.slot_of(addr), 0, addr, None)
+        self.release(dev, pool.at(), pool.slot_of(addr), 0, addr, None)
     }
 
     /// Device side: read bounce memory at `addr` (must lie in one pool of `dev`).
@@ -677,37 +793,21 @@ impl Swiotlb {
     }
 }
 
-/// An allocation found, recorded (`Pool::record`) and counted, not yet published: dropped, it
-/// clears its metadata, uncounts it and gives the run back (a map that fails after its
-/// search, or whose original memory unwinds). No release can claim it meanwhile.
+/// The guard of a map's copy through memory that may unwind: an allocation found, recorded
+/// (`Pool::record`) and counted, not yet published; dropped by an unwind, it clears its
+/// metadata, uncounts it and gives the run back. No release can claim it meanwhile.
 struct Unpublished<'a> {
     swiotlb: &'a Swiotlb,
     dev: &'a Device,
-    pool: &'a PoolRef<'a>,
-    /// The allocation's run: `nslots` slots from `s` (not the plan: a reference to it kept
-    /// here made the fast path build the plan in memory, about 30 instructions a map).
+    pool: PoolAt<'a>,
     s: usize,
     nslots: usize,
 }
 
-impl Unpublished<'_> {
-    /// Make the allocation a mapping (`head`, its head word), then issue the map's release
-    /// fence (`Swiotlb::handed_on`): it orders the publication before the caller hands the
-    /// address on, so an unmap on the thread that receives it through the caller's memory
-    /// finds the mapping (model `transient_unlink_head`).
-    #[inline(always)]
-    fn publish(self, head: HeadWord<'_>) {
-        head.publish();
-        Swiotlb::handed_on();
-        std::mem::forget(self);
-    }
-}
-
 impl Drop for Unpublished<'_> {
     fn drop(&mut self) {
-        self.pool.unrecord(self.s, self.nslots);
         self.swiotlb
-            .give_back(self.dev, self.pool, self.s, self.nslots);
+            .unpublish(self.dev, self.pool, self.s, self.nslots);
     }
 }
 

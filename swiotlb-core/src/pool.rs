@@ -385,9 +385,10 @@ impl Pool {
 
     /// Write the metadata of a fresh allocation at `s`, by the one thread that holds the run
     /// (under its area lock, or taken from its thread's cache), all but the head slot's word,
-    /// which the map writes once the bounce buffer is filled ([`Pool::head_word`]). Free slots carry no
-    /// metadata (a release clears its whole run; `check` verifies it), so only the slots the
-    /// mapping covers are written: padding and alignment slots stay clear.
+    /// which the map writes once the bounce buffer is filled ([`Pool::head_word`]). A free slot's
+    /// word is 0 (a release clears its whole run; `check` verifies it; the original address
+    /// beside it means nothing then), so only the slots the mapping covers are written:
+    /// padding and alignment slots stay clear.
     #[inline]
     pub(crate) fn record(&self, s: usize, plan: &Plan) {
         let end = plan.in_off + plan.mapping_size;
@@ -542,11 +543,14 @@ impl Pool {
         Some((s, nslots))
     }
 
-    /// Clear the metadata of the run of `nslots` at `s`, whose mapping the caller claimed.
+    /// Clear the metadata of the run of `nslots` at `s`, whose mapping the caller claimed:
+    /// each slot's word. The original addresses are left as they are: no reader uses a slot's
+    /// original address without a valid word (`meta` answers them together, and every
+    /// mapping writes its slots' addresses before their words), and one store a slot fewer
+    /// is one fewer behind a bounce's copy in the store buffer.
     #[inline(always)]
     fn clear_run(&self, s: usize, nslots: usize) {
         for slot in &self.slots[s..s + nslots] {
-            slot.orig.store(INVALID_PHYS_ADDR, Relaxed);
             slot.meta.store(0, Relaxed);
         }
     }
@@ -572,7 +576,7 @@ impl Pool {
 
     /// Whether the run of `nslots` at `s`, held by a thread cache, carries no metadata.
     pub(crate) fn is_clear(&self, s: usize, nslots: usize) -> bool {
-        (s..s + nslots).all(|i| matches!(self.meta(i), (INVALID_PHYS_ADDR, None)))
+        (s..s + nslots).all(|i| self.meta(i).1.is_none())
     }
 
     /// Used slots per area (unlocked snapshot).
@@ -603,7 +607,7 @@ impl Pool {
         }
         let base = a * self.geo.area_nslabs;
         let cached_run = st.list.get(start..start + cached);
-        let clean = |i: usize| matches!(self.meta(base + i), (INVALID_PHYS_ADDR, None));
+        let clean = |i: usize| self.meta(base + i).1.is_none();
         let seg = self.geo.seg;
         let same_segment = cached == 0 || start / seg == (start + cached - 1) / seg;
         if !cached_run.is_some_and(|r| r.iter().all(|&v| v == 0))
@@ -615,8 +619,7 @@ impl Pool {
             ));
         }
         for (i, &v) in st.list.iter().enumerate() {
-            let (orig, meta) = self.meta(base + i);
-            if v != 0 && (orig != INVALID_PHYS_ADDR || meta.is_some()) {
+            if v != 0 && self.meta(base + i).1.is_some() {
                 return Err(format!("free slot {i} has metadata"));
             }
         }

@@ -37,11 +37,16 @@
 //! about 1.27× glibc's aligned `memcpy` with them. Since a copy faster than `memcpy` made
 //! that ratio flatter the allocator, dmabench's floor is the faster of `memcpy` and this
 //! copy on plain buffers ([`copy_bytes`]). What is left above the copy is the allocator's
-//! bookkeeping: about 420 instructions per map+unmap outside the copy's 437, counted with
-//! callgrind (`examples/bounce_loop.rs`; 465 while the copy of a [`crate::RegionMemory`] went
-//! through a trait object, 550 before the fast paths of map and unmap), and
-//! one locked instruction (the unmap's claim; the map takes its thread's cached run without
-//! one). Each access checks its range once: a copy between a pool and a
+//! bookkeeping: about 403 instructions per map+unmap outside the copy's 437, counted with
+//! callgrind (`examples/bounce_loop.rs`; 420 before the fast paths kept their values in
+//! registers and `map`/`unmap` became inlined wrappers that pass their attributes in
+//! registers, 465 while the copy of a [`crate::RegionMemory`] went through a trait object, 550
+//! before the fast paths of map and unmap), and one locked instruction (the unmap's claim; the
+//! map takes its thread's cached run without one). The copy is bound by the store port (one
+//! 32-byte store a cycle), so the bookkeeping's own stores, spills, pushes and metadata
+//! writes, queue behind its 129 in the store buffer: 171 stores a loop iteration in all
+//! (197 before those two changes; the loop's own calls included), counted from callgrind's
+//! per-instruction counts. Each access checks its range once: a copy between a pool and a
 //! [`crate::RegionMemory`] checks the bounce range and the original range, one check each.
 
 use dma_sync::atomic::untracked::AtomicU64;

@@ -283,6 +283,41 @@ impl Deref for PoolRef<'_> {
     }
 }
 
+impl PoolRef<'_> {
+    /// The pool and its pin, borrowed.
+    #[inline(always)]
+    pub(crate) fn at(&self) -> PoolAt<'_> {
+        PoolAt {
+            pool: self.pool,
+            pin: self.guard.as_ref(),
+        }
+    }
+}
+
+/// A pool and the pin that keeps it alive if it is transient, borrowed: what map and unmap
+/// pass on. It has no drop glue, so the fast paths, which reach a global pool (no pin), keep
+/// it in registers across calls instead of in memory for an unwind's landing pad.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolAt<'a> {
+    pub(crate) pool: &'a Pool,
+    pub(crate) pin: Option<&'a Guard>,
+}
+
+impl<'a> PoolAt<'a> {
+    /// A global pool (alive as long as its instance: no pin).
+    #[inline(always)]
+    pub(crate) fn global(pool: &'a Pool) -> PoolAt<'a> {
+        PoolAt { pool, pin: None }
+    }
+}
+
+impl Deref for PoolAt<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        self.pool
+    }
+}
+
 /// Iterator over the global pools (acquire loads: pairs with the publication).
 struct Pools<'a> {
     next: *const Pool,
@@ -492,7 +527,7 @@ impl Swiotlb {
             None
         };
         let (pool, s) = match cached {
-            Some(found) => found,
+            Some((pool, s)) => (PoolRef { pool, guard: None }, s),
             None => self.search(dev, plan)?,
         };
         self.found(dev, &pool, plan.nslots);
@@ -530,19 +565,13 @@ impl Swiotlb {
     // Inlined into map as `find_slots` is: out of line it cost a prologue, an epilogue and an
     // `Option` returned through the stack on every map.
     #[inline(always)]
-    pub(crate) fn take_cached(&self, plan: &Plan) -> Option<(PoolRef<'_>, usize)> {
+    pub(crate) fn take_cached(&self, plan: &Plan) -> Option<(&Pool, usize)> {
         let run = self
             .inner
             .caches
             .take(plan.nslots, |pool, s| pool.qualifies(s, plan))?;
         run.pool.record(run.start, plan);
-        Some((
-            PoolRef {
-                pool: run.pool,
-                guard: None,
-            },
-            run.start,
-        ))
+        Some((run.pool, run.start))
     }
 
     /// Search for `plan` everywhere but the calling thread's cache: the global pools, again
@@ -732,18 +761,27 @@ impl Swiotlb {
     /// bounce buffers pays one fence and one flag load.
     #[inline(always)]
     pub(crate) fn lookup<'a>(&'a self, dev: &'a Device, addr: u64) -> Option<PoolRef<'a>> {
+        match self.lookup_global(dev, addr) {
+            Ok(pool) => Some(PoolRef { pool, guard: None }),
+            Err(false) => None,
+            Err(true) => Self::lookup_transient(dev, addr),
+        }
+    }
+
+    /// The first part of [`Swiotlb::lookup`]: the global pool holding `addr`, or whether a
+    /// transient pool of `dev` may hold it (`Err(true)`: the device has transient pools).
+    /// The unmap fast path uses it alone: a global pool needs no pin.
+    #[inline(always)]
+    pub(crate) fn lookup_global(&self, dev: &Device, addr: u64) -> Result<&Pool, bool> {
         let d = &dev.inner;
         LOOKUP_RMB.fence(Acquire);
         if !d.uses.load(Relaxed) {
-            return None;
+            return Err(false);
         }
         if let Some(pool) = self.pools().find(|p| p.contains(addr)) {
-            return Some(PoolRef { pool, guard: None });
+            return Ok(pool);
         }
-        if !d.has_transients() {
-            return None;
-        }
-        Self::lookup_transient(dev, addr)
+        Err(d.has_transients())
     }
 
     /// The transient pool of `dev` holding `addr`, pinned. Out of line: a global pool's

@@ -119,11 +119,16 @@ impl ThreadCaches {
     #[inline(always)]
     pub(crate) fn park<'a>(&'a self, run: CachedRun<'a>) -> Option<CachedRun<'a>> {
         let word = (run.start as u64) << COUNT_BITS | run.nslots as u64;
+        let pool = run.pool as *const Pool as *mut Pool;
         self.slots
             .section(|slot| {
-                let displaced = self.decode(slot, slot.run.load(Relaxed));
-                slot.pool
-                    .store(run.pool as *const Pool as *mut Pool, Relaxed);
+                let (old, held) = (slot.run.load(Relaxed), slot.pool.load(Relaxed));
+                let displaced = self.decode_with(held, old);
+                // The pool field is rewritten only when it changes (a loop over one pool
+                // never does): a store fewer behind a bounce's copy in the store buffer.
+                if held != pool {
+                    slot.pool.store(pool, Relaxed);
+                }
                 slot.run.store(word, Relaxed);
                 displaced
             })
@@ -134,7 +139,12 @@ impl ThreadCaches {
     /// that word when the caller is the owner or a drainer ordered after it; an unordered
     /// reader (a statistics snapshot) may see an older pool, or none.
     fn decode<'a>(&'a self, slot: &RunSlot, word: u64) -> Option<CachedRun<'a>> {
-        let pool = slot.pool.load(Relaxed);
+        self.decode_with(slot.pool.load(Relaxed), word)
+    }
+
+    /// The run of a slot whose pool field reads `pool` and run word `word`, if any (as
+    /// `decode`, whose safety argument covers it: `pool` was read from a slot of `self`).
+    fn decode_with<'a>(&'a self, pool: *mut Pool, word: u64) -> Option<CachedRun<'a>> {
         if word == EMPTY || pool.is_null() {
             return None;
         }

@@ -72,6 +72,45 @@ fn thread_hit_vs_drain_passes() {
     check(Bound::Preemptions(2), thread_hit_vs_drain);
 }
 
+/// A thread's batch stack racing a drain. A space of two granules: the owner allocates both
+/// and hands them back with one `free_batch` (both stacked in its slot, the stack's loom
+/// size), then allocates one again (a stack hit: a section against the drain) and frees it.
+/// The other thread allocates once: finding no room it flushes, which drains the owner's
+/// stack, and retries; once the owner is done, a granule must be had ("false no space"). A
+/// section and a drain that both take a stacked granule hand it out twice; a drain that
+/// forgets the stack loses it. Preemptions(2): the drain's close and fence inside the batch
+/// free's section or the stack hit's, its take and reopen before the owner's next section.
+fn thread_batch_vs_drain() {
+    let a = tiny_threads(2);
+    let o = Oracle::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let (a1, o1, d1) = (a.clone(), o.clone(), done.clone());
+    let owner = dma_sync::thread::spawn(move || {
+        let both: Vec<u64> = (0..2).filter_map(|_| o1.alloc(&a1, 1).ok()).collect();
+        o1.free_batch(&a1, &both);
+        let _ = pair(&a1, &o1);
+        d1.store(true, Release);
+    });
+    let (a2, o2) = (a.clone(), o.clone());
+    let other = dma_sync::thread::spawn(move || {
+        let owner_done = done.load(Acquire);
+        match pair(&a2, &o2) {
+            Err(IovaError::NoSpace { .. }) if owner_done => {
+                panic!("false no space: the granules stayed in a thread's stack")
+            }
+            _ => {}
+        }
+    });
+    owner.join().unwrap();
+    other.join().unwrap();
+    o.settle(&a);
+}
+
+#[test]
+fn thread_batch_vs_drain_passes() {
+    check(Bound::Preemptions(2), thread_batch_vs_drain);
+}
+
 /// A thread that exits with a granule in its cache, racing its heir. Two granules: the leaver
 /// allocates one and frees it (parked in its slot), then exits, giving the slot back with the
 /// granule in it. The heir allocates and frees one granule: if it claims the leaver's slot it
@@ -104,6 +143,13 @@ must_fail_test! {
     /// buffering): both take the granule.
     fn thread_enter_fence_dropped: iova_cache::points::THREAD_ENTER, Weakening::Relax,
         BROKEN, Bound::Preemptions(2), thread_hit_vs_drain;
+}
+
+must_fail_test! {
+    /// Without the section's fence, a batch free's or a stack hit's section and a drain miss
+    /// each other's flags: both take a stacked granule.
+    fn thread_batch_enter_fence_dropped: iova_cache::points::THREAD_ENTER, Weakening::Relax,
+        BROKEN, Bound::Preemptions(2), thread_batch_vs_drain;
 }
 
 must_fail_test! {
