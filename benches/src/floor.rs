@@ -114,8 +114,8 @@ impl Cycle {
 ///
 /// Its tables lie in one [`Arena`] sized for all of them up front, 2 MiB aligned and advised
 /// as huge-page candidates before anything touches them: at least as favourable a placement
-/// as io-pgtable's slab gives its tables (which advises only its full 2 MiB chunks), so the
-/// chase stays the best case a walk over the same bytes can have.
+/// as io-pgtable's slab gives its tables (2 MiB chunks too, the first advised and collapsed
+/// only once full), so the chase stays the best case a walk over the same bytes can have.
 #[derive(Debug)]
 pub struct Chase {
     /// Tables of all levels; an entry of levels 0–2 is the index of the next table, an entry of
@@ -410,7 +410,7 @@ mod tests {
         let a = Arena::new(1024);
         let base = a.as_ptr() as u64;
         let Some(share) = crate::hugepages::share(crate::hugepages::region(base, 4 << 20)) else {
-            return; // the kernel's page flags are not readable here
+            return; // the kernel does not say here
         };
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut in_arena = false;

@@ -3,8 +3,8 @@
 //!
 //! Every case runs in one process, at 1 and 2 threads and oversubscribed (4, 8), on a fresh
 //! structure built outside the timed region, three times (rounds over the suite); the targets
-//! are ratios between cases of the same run, judged on the median of the per-repetition ratios
-//! (see [`targets`]).
+//! are ratios between cases of the same run, measured next to each other in every repetition,
+//! judged on the median of the per-pair ratios (see [`targets`]).
 //!
 //! * `cargo run --release -p dma-bench` — the default suite, a few minutes on two CPUs: a table
 //!   per component (120 columns, `--wide` for all), the targets with their median ratios and
@@ -88,11 +88,35 @@ pub fn run(opts: &suite::Options) -> Report {
         None
     };
     let (cases, omitted) = cases::all(opts);
-    let results = suite::run_cases(opts, &cases);
+    let all = targets::all();
+    // Each target whose every quantity the suite measures gets its runs paired.
+    let pairing = |t: &targets::Target| -> Option<suite::Pairing> {
+        t.quantities()
+            .into_iter()
+            .map(|q| {
+                let i = cases.iter().position(|c| {
+                    (c.component, &c.workload, &c.implementation)
+                        == (q.component, &q.workload, &q.implementation)
+                })?;
+                cases[i]
+                    .thread_counts(opts)
+                    .contains(&q.threads)
+                    .then_some((i, q.threads))
+            })
+            .collect()
+    };
+    let pairings: Vec<Option<suite::Pairing>> = all.iter().map(pairing).collect();
+    let measured: Vec<suite::Pairing> = pairings.iter().flatten().cloned().collect();
+    let (results, paired) = suite::run_cases(opts, &cases, &measured);
+    let mut paired = paired.into_iter();
     let cpus = harness::cpu_count();
-    let targets = targets::all()
+    let targets = all
         .iter()
-        .map(|t| t.evaluate(&results, cpus))
+        .zip(&pairings)
+        .map(|(t, p)| match p.as_ref().and_then(|_| paired.next()) {
+            Some(runs) => t.evaluate_paired(&runs.runs, runs.spans_s, cpus),
+            None => t.evaluate(&results, cpus),
+        })
         .collect();
     Report {
         meta: Meta::collect(nice),

@@ -413,7 +413,7 @@ fn target_cells(t: &TargetResult, missed: &str, unmeasured: &str) -> [String; 4]
 /// statement on one line and the figures indented on the next, within [`COLUMNS`].
 pub fn targets_table(targets: &[TargetResult], layout: Layout) -> String {
     let mut s = String::from(
-        "\n== targets (ratios measured in this run: median of the repetitions, min–max) ==\n",
+        "\n== targets (ratios of runs made next to each other: median of the repetitions, min–max) ==\n",
     );
     let w = targets
         .iter()

@@ -304,15 +304,91 @@ pub struct Omitted {
     pub reason: String,
 }
 
+/// Runs measured next to each other in every repetition: the quantities of one target, each a
+/// case (its index in the suite) at a thread count.
+pub type Pairing = Vec<(usize, usize)>;
+
+/// The measurements of a [`Pairing`].
+#[derive(Clone, Debug, Default)]
+pub struct PairedRuns {
+    /// Per run of the pairing, its measurement in each repetition.
+    pub runs: Vec<Vec<Measurement>>,
+    /// Per repetition, seconds from the start of the pairing's first run to the end of its
+    /// last: how far apart in time the runs of one ratio were.
+    pub spans_s: Vec<f64>,
+}
+
+/// One run of a repetition's schedule.
+struct Slot {
+    case: usize,
+    /// Index of the thread count in the case's list.
+    count: usize,
+    /// Whether the measurement is the case's repetition (else only its pairing's).
+    main: bool,
+    /// The pairing, and the run in it, this measurement also belongs to.
+    pairing: Option<(usize, usize)>,
+}
+
+/// The runs of one repetition: every pairing's runs next to each other (in reverse order in
+/// every other repetition, so a drift of the machine's speed favours neither side), then the
+/// rest of the suite in order. A run of a pairing is the case's repetition the first time the
+/// case and thread count come up; when an earlier pairing already took it (a floor shared by
+/// several targets), the run is repeated beside this pairing and counts for it alone.
+fn schedule(counts: &[Vec<usize>], pairings: &[Pairing], reversed: bool) -> Vec<Slot> {
+    let mut done: Vec<Vec<bool>> = counts.iter().map(|c| vec![false; c.len()]).collect();
+    let mut slots = Vec::new();
+    for (p, pairing) in pairings.iter().enumerate() {
+        let mut order: Vec<usize> = (0..pairing.len()).collect();
+        if reversed {
+            order.reverse();
+        }
+        for k in order {
+            let (case, t) = pairing[k];
+            let Some(count) = counts[case].iter().position(|&c| c == t) else {
+                continue;
+            };
+            let main = !std::mem::replace(&mut done[case][count], true);
+            slots.push(Slot {
+                case,
+                count,
+                main,
+                pairing: Some((p, k)),
+            });
+        }
+    }
+    for (case, done) in done.iter().enumerate() {
+        for (count, _) in done.iter().enumerate().filter(|(_, &d)| !d) {
+            slots.push(Slot {
+                case,
+                count,
+                main: true,
+                pairing: None,
+            });
+        }
+    }
+    slots
+}
+
 /// Run `cases` at every thread count of `opts`, `opts.repetitions` times, printing progress to
-/// stderr. The repetitions are rounds over the whole suite rather than back-to-back runs of one
-/// case, so a burst of other load on the machine lands in one repetition of many cases instead
-/// of every repetition of one.
-pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
+/// stderr, and the runs of every pairing in `pairings` (each case at a thread count it runs at)
+/// next to each other in each repetition.
+///
+/// The repetitions are rounds over the whole suite rather than back-to-back runs of one case,
+/// so a burst of other load on the machine lands in one repetition of many cases instead of
+/// every repetition of one; within a round the runs a target divides are adjacent (see
+/// [`schedule`]), so the burst lands on both sides of its ratio alike.
+pub fn run_cases(
+    opts: &Options,
+    cases: &[Case],
+    pairings: &[Pairing],
+) -> (Vec<CaseResult>, Vec<PairedRuns>) {
     let cfg = opts.run_config();
     let reps = opts.repetitions.max(1);
     let counts: Vec<Vec<usize>> = cases.iter().map(|c| c.thread_counts(opts)).collect();
-    let total = reps * counts.iter().map(Vec::len).sum::<usize>();
+    let schedules: Vec<Vec<Slot>> = (0..reps)
+        .map(|rep| schedule(&counts, pairings, rep % 2 == 1))
+        .collect();
+    let total: usize = schedules.iter().map(Vec::len).sum();
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut done = 0;
@@ -320,23 +396,48 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
         .iter()
         .map(|c| vec![Vec::with_capacity(reps); c.len()])
         .collect();
-    for rep in 1..=reps {
-        for ((case, threads), out) in cases.iter().zip(&counts).zip(&mut measured) {
-            for (&t, out) in threads.iter().zip(out.iter_mut()) {
-                done += 1;
-                // On a terminal one line is rewritten per run; in a log, one line per case.
-                if !opts.quiet && (tty || Some(&t) == threads.first()) {
-                    let (lead, end) = if tty { ("\r\x1b[2K", "") } else { ("", "\n") };
-                    eprint!(
-                        "{lead}[{done:>4}/{total}] {:>6.1}s  rep {rep}/{reps}  {} | {} | {} | {t} thr{end}",
-                        started.elapsed().as_secs_f64(),
-                        case.component.name(),
-                        case.workload,
-                        case.implementation
-                    );
-                    let _ = std::io::stderr().flush();
-                }
-                out.push((case.run)(&cfg, t));
+    let mut paired: Vec<PairedRuns> = pairings
+        .iter()
+        .map(|p| PairedRuns {
+            runs: vec![Vec::with_capacity(reps); p.len()],
+            spans_s: Vec::with_capacity(reps),
+        })
+        .collect();
+    for (rep, slots) in (1..=reps).zip(schedules) {
+        // Per pairing: when its first run started and its last ended.
+        let mut spans: Vec<Option<(f64, f64)>> = vec![None; pairings.len()];
+        for slot in slots {
+            let case = &cases[slot.case];
+            let threads = &counts[slot.case];
+            let t = threads[slot.count];
+            done += 1;
+            // On a terminal one line is rewritten per run; in a log, one line per case.
+            if !opts.quiet && (tty || (slot.main && slot.count == 0)) {
+                let (lead, end) = if tty { ("\r\x1b[2K", "") } else { ("", "\n") };
+                eprint!(
+                    "{lead}[{done:>4}/{total}] {:>6.1}s  rep {rep}/{reps}  {} | {} | {} | {t} thr{end}",
+                    started.elapsed().as_secs_f64(),
+                    case.component.name(),
+                    case.workload,
+                    case.implementation
+                );
+                let _ = std::io::stderr().flush();
+            }
+            let from = started.elapsed().as_secs_f64();
+            let m = (case.run)(&cfg, t);
+            let to = started.elapsed().as_secs_f64();
+            if let Some((p, k)) = slot.pairing {
+                paired[p].runs[k].push(m.clone());
+                let span = spans[p].get_or_insert((from, to));
+                *span = (span.0.min(from), span.1.max(to));
+            }
+            if slot.main {
+                measured[slot.case][slot.count].push(m);
+            }
+        }
+        for (p, span) in paired.iter_mut().zip(spans) {
+            if let Some((from, to)) = span {
+                p.spans_s.push(to - from);
             }
         }
     }
@@ -347,7 +448,7 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
             started.elapsed().as_secs_f64()
         );
     }
-    cases
+    let results = cases
         .iter()
         .zip(measured)
         .map(|(case, repetitions)| {
@@ -358,5 +459,46 @@ pub fn run_cases(opts: &Options, cases: &[Case]) -> Vec<CaseResult> {
                 repetitions,
             )
         })
-        .collect()
+        .collect();
+    (results, paired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairings_run_adjacent_shared_runs_repeat_and_the_rest_follows() {
+        // Three cases: 0 at 1 and 2 threads, 1 and 2 at 1 thread. Pairings: (0@1, 1@1) and
+        // (2@1, 1@1): case 1 is shared, so the second pairing repeats it.
+        let counts = vec![vec![1, 2], vec![1], vec![1]];
+        let pairings = vec![vec![(0, 1), (1, 1)], vec![(2, 1), (1, 1)]];
+        type View = (usize, usize, bool, Option<(usize, usize)>);
+        let view = |slots: Vec<Slot>| -> Vec<View> {
+            slots
+                .into_iter()
+                .map(|s| (s.case, counts[s.case][s.count], s.main, s.pairing))
+                .collect()
+        };
+        assert_eq!(
+            view(schedule(&counts, &pairings, false)),
+            [
+                (0, 1, true, Some((0, 0))),
+                (1, 1, true, Some((0, 1))),
+                (2, 1, true, Some((1, 0))),
+                (1, 1, false, Some((1, 1))),
+                (0, 2, true, None),
+            ]
+        );
+        assert_eq!(
+            view(schedule(&counts, &pairings, true)),
+            [
+                (1, 1, true, Some((0, 1))),
+                (0, 1, true, Some((0, 0))),
+                (1, 1, false, Some((1, 1))),
+                (2, 1, true, Some((1, 0))),
+                (0, 2, true, None),
+            ]
+        );
+    }
 }

@@ -2,13 +2,18 @@
 //! it is met.
 //!
 //! Absolute nanoseconds depend on the machine, its load and its clock; a ratio against a floor
-//! or a peer measured seconds apart in the same process mostly does not, which is what makes
+//! or a peer measured in the same process, moments apart, mostly does not, which is what makes
 //! the targets checkable on any machine. Every case runs several times (rounds over the whole
-//! suite); a target's ratio is computed per repetition, its verdict comes from the median ratio,
-//! and the min–max of the ratios tells whether the verdict is within noise of the bound.
+//! suite), and within each round the runs a target divides are measured next to each other
+//! (numerator and denominator in turn, in the opposite order in every other round, a floor
+//! shared by several targets repeated beside each: see [`crate::suite::run_cases`]), so
+//! outside load that changes between rounds, or during one, falls on both sides of a ratio
+//! alike. A target's ratio is computed per adjacent pair, its verdict comes from the median of
+//! those ratios, and their min–max tells whether the verdict is within noise of the bound
+//! ([`TargetResult::pair_spans_s`] records how many seconds each pair took).
 //!
 //! Each target is the sum of its numerator quantities over the sum of its denominator quantities,
-//! computed per repetition; a target whose bound lies inside the min–max is marked "within
+//! computed per pair; a target whose bound lies inside the min–max is marked "within
 //! noise". Targets whose component was not selected are reported as not measured and do not fail
 //! `--check`. Cost quantities are CPU ns/op at one thread; throughput quantities are ops/s at the
 //! stated thread count. The list is [`all`]; every run writes it with its verdicts to
@@ -21,8 +26,9 @@
 //! achieved rate.
 
 use crate::cases::{alloc, floor, iommu, pgtable, swiotlb};
+use crate::harness::Measurement;
 use crate::spread::Spread;
-use crate::suite::{CaseResult, Component};
+use crate::suite::{CaseResult, Component, Role};
 use serde::Serialize;
 
 /// What is read from a measurement.
@@ -200,6 +206,9 @@ pub struct TargetResult {
     /// The bound lies within the min–max of the ratios: some repetitions meet it and some miss
     /// it, so the verdict could flip on another run.
     pub within_noise: bool,
+    /// Per repetition, seconds from the start of the first run the ratio divides to the end of
+    /// the last (they run next to each other); empty when the ratio was not measured so.
+    pub pair_spans_s: Vec<f64>,
 }
 
 impl TargetResult {
@@ -234,7 +243,65 @@ impl Target {
             met,
             within_noise: ratio.is_some_and(|r| r.min < r.max && r.contains(self.bound)),
             ratios,
+            pair_spans_s: Vec::new(),
         }
+    }
+
+    /// Every quantity the target reads, numerator first, each once: what runs next to each
+    /// other in a repetition.
+    pub fn quantities(&self) -> Vec<&Quantity> {
+        let mut v: Vec<&Quantity> = Vec::new();
+        let denominator = self.denominator.iter().flat_map(|t| match t {
+            Term::One(q) => std::slice::from_ref(q),
+            Term::Least(qs) => qs.as_slice(),
+        });
+        for q in self.numerator.iter().chain(denominator) {
+            let same = |o: &&Quantity| {
+                (o.component, &o.workload, &o.implementation, o.threads)
+                    == (q.component, &q.workload, &q.implementation, q.threads)
+            };
+            if !v.iter().any(same) {
+                v.push(q);
+            }
+        }
+        v
+    }
+
+    /// Evaluate on runs made next to each other: `runs[i]` holds the repetitions of
+    /// `self.quantities()[i]`, the runs of one repetition adjacent; `spans_s` how long each
+    /// repetition's runs took together.
+    pub fn evaluate_paired(
+        &self,
+        runs: &[Vec<Measurement>],
+        spans_s: Vec<f64>,
+        cpus: usize,
+    ) -> TargetResult {
+        // One result per case, holding the paired runs at each thread count the target reads.
+        let mut results: Vec<CaseResult> = Vec::new();
+        for (q, reps) in self.quantities().into_iter().zip(runs) {
+            let key = (q.component, q.workload.as_str(), q.implementation.as_str());
+            let i = match results
+                .iter()
+                .position(|r| (r.component, r.workload.as_str(), r.implementation.as_str()) == key)
+            {
+                Some(i) => i,
+                None => {
+                    results.push(CaseResult::from_repetitions(
+                        key,
+                        Role::Ours,
+                        Vec::new(),
+                        Vec::new(),
+                    ));
+                    results.len() - 1
+                }
+            };
+            let mut repetitions = std::mem::take(&mut results[i].repetitions);
+            repetitions.push(reps.clone());
+            results[i] = CaseResult::from_repetitions(key, Role::Ours, Vec::new(), repetitions);
+        }
+        let mut r = self.evaluate(&results, cpus);
+        r.pair_spans_s = spans_s;
+        r
     }
 
     fn holds(&self, ratio: f64) -> bool {
@@ -688,6 +755,33 @@ mod tests {
         let t = by_id(&results, "iommu-lazy-vs-parts");
         assert!((t.ratios[0] - 1.0).abs() < 1e-9);
         assert!((t.ratios[1] - 200.0 / 150.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn paired_runs_give_one_ratio_per_pair() {
+        let t = all().into_iter().find(|t| t.id == "iova-scaling").unwrap();
+        // Ours at 2 threads, then ours at 1: one quantity each, though one case.
+        let q = t.quantities();
+        assert_eq!(
+            q.iter().map(|q| q.threads).collect::<Vec<_>>(),
+            [2, 1],
+            "{q:?}"
+        );
+        let m = |t: usize, ops| Measurement::new(t, ops, 1.0, t as f64, Latency::default());
+        let runs = [vec![m(2, 300), m(2, 200)], vec![m(1, 100), m(1, 200)]];
+        let r = t.evaluate_paired(&runs, vec![0.3, 0.4], 2);
+        assert_eq!(r.ratios, [3.0, 1.0]);
+        assert_eq!(r.pair_spans_s, [0.3, 0.4]);
+        assert_eq!(r.met, Some(true), "median 2 ≥ 1.8");
+        // A floor that is the least of two copies reads both, after the numerator.
+        let t = all()
+            .into_iter()
+            .find(|t| t.id == "bounce-vs-memcpy")
+            .unwrap();
+        let names: Vec<_> = t.quantities().iter().map(|q| q.workload.clone()).collect();
+        let mut want = vec![swiotlb::bounce(4096, swiotlb::Dir::ToDevice)];
+        want.extend(floor::copies(4096));
+        assert_eq!(names, want);
     }
 
     #[test]

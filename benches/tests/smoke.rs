@@ -80,6 +80,10 @@ fn smoke_run_writes_complete_json_and_plots() {
         if !t["numerator_value"].is_null() && !t["denominator_value"].is_null() {
             assert!(t["ratio"]["median"].as_f64().unwrap() > 0.0);
             assert!(t["met"].is_boolean());
+            // Its runs were made next to each other, once per repetition.
+            let spans = t["pair_spans_s"].as_array().unwrap();
+            assert_eq!(spans.len(), 1, "{}", t["id"]);
+            assert!(spans[0].as_f64().unwrap() > 0.0, "{}", t["id"]);
         } else {
             assert!(t["met"].is_null());
         }
