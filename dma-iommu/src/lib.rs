@@ -103,6 +103,9 @@
 //! * `tests/stress.rs`: four threads with the switch in the middle (one untrusted, bouncing):
 //!   no IOVA handed out while live, no reuse before a covering invalidation, all IOVAs and
 //!   bounce slots back.
+//! * `tests/unmap_race.rs`: one thread maps and unmaps 4 KiB while another unmaps the address
+//!   it was last given (same device and size), strict and lazy: each mapping is taken by
+//!   exactly one unmap, the other gets `NotMapped`; nothing live, mapped or allocated after.
 //! * `tests/fault_injection.rs`: see [`faults`].
 
 mod backend;

@@ -86,7 +86,9 @@
 //! it while empty): its link is claimed, its subtree taken, the walk cache flushed through
 //! [`TlbOps::flush_walk`], and the subtree handed to RCU, which releases it after every
 //! reader that might hold it has unpinned (if the flush unwinds, the subtree is kept until
-//! the page table is dropped: see [`TlbOps::flush_walk`]). Tables emptied by smaller unmaps stay linked
+//! the page table is dropped: see [`TlbOps::flush_walk`]; a drop frees its tables only after
+//! [`TlbOps::flush_all`] returned, and leaks them all, counted by [`leaked_tables`], if it
+//! unwinds). Tables emptied by smaller unmaps stay linked
 //! (another mapper may be descending into them), as in Linux, until [`PageTable::prune`] of a
 //! range holding their whole span frees them as a block map frees an empty table (freeze,
 //! claim, flush, RCU): a map racing inside the range lands before (the table stays) or after
@@ -153,7 +155,7 @@ mod tests;
 pub use config::{Config, Geometry, Granule, Stage};
 pub use dump::{Dump, WalkEntry};
 pub use error::{AddrKind, Error};
-pub use pgtable::PageTable;
+pub use pgtable::{leaked_tables, PageTable};
 pub use pte::{Descriptor, Prot};
 pub use table::Stats;
 pub use tlb::{Gather, NoTlb, TlbOps, TlbRange};

@@ -13,6 +13,7 @@ use crate::walk::{self, Walk};
 use dma_sync::atomic::{AtomicU64, Ordering::Relaxed};
 use dma_sync::rcu::{self, Guard};
 use dma_sync::Arc;
+use std::mem::ManuallyDrop;
 
 /// A lock-free ARM LPAE I/O page table.
 ///
@@ -31,7 +32,8 @@ use dma_sync::Arc;
 /// ```
 pub struct PageTable<T: TlbOps = NoTlb> {
     pub(crate) geom: Geometry,
-    pub(crate) root: TableMem,
+    /// Freed by `drop` after `flush_all` returned, leaked if it unwinds.
+    pub(crate) root: ManuallyDrop<TableMem>,
     /// Memory of the levels below the root.
     pub(crate) slab: std::sync::Arc<Slab>,
     pub(crate) tlb: T,
@@ -74,7 +76,7 @@ impl<T: TlbOps> PageTable<T> {
         Ok(PageTable {
             walk: walk::select(&geom),
             geom,
-            root,
+            root: ManuallyDrop::new(root),
             slab,
             tlb,
             stats,
@@ -412,22 +414,85 @@ pub(crate) fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Optio
     Some((pgsize, (span >> shift) as usize))
 }
 
+/// Tables leaked by page tables whose drop-time [`TlbOps::flush_all`] unwound, in this process.
+static LEAKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Tables leaked so far in this process by page tables whose [`TlbOps::flush_all`] unwound
+/// while they were dropped.
+///
+/// A drop frees every table only after `flush_all` returned: until then the walk cache may
+/// still hold any of them and point a device into their memory once it is reused. If the
+/// flush unwinds, nothing is known to be invalidated, so the drop frees nothing: the root,
+/// every table linked below it and the tables an unwound [`TlbOps::flush_walk`] kept are
+/// leaked, counted here, and the panic goes on to the dropper.
+///
+/// ```
+/// use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
+/// struct Broken;
+/// impl TlbOps for Broken {
+///     fn flush_all(&self) { panic!("the IOMMU is gone") }
+///     fn flush_walk(&self, _: u64, _: u64, _: u64) {}
+///     fn sync(&self, _: &TlbRange) {}
+/// }
+/// let pt = PageTable::with_tlb(Config::s1_4k(39), Broken).unwrap();
+/// pt.map(0x1000, 0x8000_0000, 0x1000, Prot::READ).unwrap(); // the root and two tables below
+/// let before = io_pgtable::leaked_tables();
+/// assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(pt))).is_err());
+/// assert!(io_pgtable::leaked_tables() >= before + 3);
+/// ```
+pub fn leaked_tables() -> u64 {
+    LEAKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// While a drop's `flush_all` runs: if it unwinds, the tables the drop would free are leaked
+/// and counted (the root is a `ManuallyDrop` field, so the unwind does not free it either).
+struct LeakUnlessFlushed {
+    /// Tables kept since a walk flush unwound.
+    kept: Vec<TableMem>,
+    /// Tables linked from the root, the root included.
+    linked: u64,
+}
+
+impl Drop for LeakUnlessFlushed {
+    fn drop(&mut self) {
+        let n = self.kept.len() as u64 + self.linked;
+        LEAKED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        std::mem::forget(std::mem::take(&mut self.kept));
+    }
+}
+
 impl<T: TlbOps> Drop for PageTable<T> {
     fn drop(&mut self) {
         // The table is dead (no walks, no operations): flush everything, then free directly.
+        // Nothing is freed before the flush returned: if it unwinds, every table is leaked
+        // (the walk cache may still hold any of them), linked ones by not being taken.
+        let kept = self.unflushed.get_mut().unwrap_or_else(|e| e.into_inner());
+        let unwinding = LeakUnlessFlushed {
+            kept: std::mem::take(kept),
+            linked: {
+                let s = self.stats();
+                s.allocated
+                    .saturating_sub(s.discarded)
+                    .saturating_sub(s.retired)
+            },
+        };
         self.tlb.flush_all();
+        let mut flushed = unwinding;
+        let kept = std::mem::take(&mut flushed.kept);
+        std::mem::forget(flushed);
         let start = self.geom.start_level();
         let guard = rcu::pin();
-        let mut freed = 1; // the root, dropped with the fields
+        let mut freed = 1 + kept.len() as u64; // the root, and the tables kept
+        drop(kept);
         for e in self.root.entries() {
             if let Descriptor::Table { addr } = pte::decode(&self.geom, start, e.load(Relaxed)) {
                 // SAFETY: `&mut self`: no walker or operation runs, every link is ours.
                 freed += unsafe { self.take_subtree(&guard, addr, start + 1) }.len() as u64;
             }
         }
-        // Tables kept since a walk flush that unwound: the flush above covered them.
-        let kept = self.unflushed.get_mut().unwrap_or_else(|e| e.into_inner());
-        freed += std::mem::take(kept).len() as u64;
+        // SAFETY: the root is dropped once, here, after the last use of its entries above;
+        // nothing reads the field afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.root) };
         self.stats.freed.fetch_add(freed, Relaxed);
     }
 }

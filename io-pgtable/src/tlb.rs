@@ -36,6 +36,10 @@ pub struct TlbRange {
 /// ```
 pub trait TlbOps: Send + Sync {
     /// Invalidate everything cached for this context.
+    ///
+    /// A page table's drop calls it before it frees any table; if it unwinds, the drop frees
+    /// none (the walk cache may still hold them) and leaks them all, counted in
+    /// [`leaked_tables`](crate::leaked_tables).
     fn flush_all(&self);
     /// Invalidate leaf and intermediate (walk-cache) entries for `[iova, iova + size)`;
     /// called after a table is unlinked and before it is freed.

@@ -1,7 +1,9 @@
 //! Hostile `TlbOps`: a walk-cache flush that panics while a block map replaces an empty
 //! table must leave the table as it was and every later operation on it working; one that
 //! panics while an unmap frees a table must not free it before the page table drops; an `add_page` that
-//! panics while a map that lost a race withdraws its leaves must leave none mapped.
+//! panics while a map that lost a race withdraws its leaves must leave none mapped; a
+//! `flush_all` that panics while the page table drops must leave every table leaked, none
+//! freed.
 #![cfg(not(loom))]
 
 use dma_soak::hang::within_30_s;
@@ -10,14 +12,20 @@ use io_pgtable::{Config, PageTable, Prot, TlbOps, TlbRange};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-/// TLB operations whose next `flush_walk` panics when `fail_next_walk` is set.
+/// TLB operations whose next `flush_walk` panics when `fail_next_walk` is set, and whose
+/// `flush_all` panics when `fail_flush_all` is.
 #[derive(Default)]
 struct Flaky {
     fail_next_walk: AtomicBool,
+    fail_flush_all: AtomicBool,
 }
 
 impl TlbOps for Flaky {
-    fn flush_all(&self) {}
+    fn flush_all(&self) {
+        if self.fail_flush_all.load(Relaxed) {
+            panic!("the IOMMU refused the flush");
+        }
+    }
     fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
         if self.fail_next_walk.swap(false, Relaxed) {
             panic!("the IOMMU refused the walk-cache flush");
@@ -226,4 +234,37 @@ fn a_failed_map_undoes_only_its_own_leaves() {
         Some(0x7000_0000)
     );
     assert_eq!(pt.stats().linked() as usize, pt.dump().tables);
+}
+
+/// A drop frees its tables only after `flush_all` returned. One that unwound there used to
+/// free the tables an unwound walk flush had kept (and the root) on the way out, although the
+/// walk cache might still hold them; now every table is leaked and counted.
+#[test]
+fn a_flush_all_that_panics_in_the_drop_leaks_every_table() {
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+    let pt = PageTable::with_tlb(Config::s1_4k(39), Flaky::default()).unwrap();
+    pt.map(0x20_1000, 0x5000, 0x1000, RW).unwrap();
+    pt.map(0x60_1000, 0x5000, 0x1000, RW).unwrap();
+    // The leaf table of 0x20_0000 is kept: its walk flush unwound.
+    pt.tlb().fail_next_walk.store(true, Relaxed);
+    assert!(catch_unwind(AssertUnwindSafe(|| pt.unmap(0x20_0000, 0x20_0000))).is_err());
+    let s = pt.stats();
+    // Linked: the root, the level-2 table, the leaf table of 0x60_0000; kept: one.
+    assert_eq!((s.linked(), s.retired), (3, 1), "{s:?}");
+    pt.tlb().fail_flush_all.store(true, Relaxed);
+    let before = io_pgtable::leaked_tables();
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(pt))).is_err());
+    assert_eq!(io_pgtable::leaked_tables() - before, 4);
+}
+
+#[test]
+fn a_drop_whose_flush_returns_leaks_nothing() {
+    const RW: Prot = Prot::READ.union(Prot::WRITE);
+    let pt = PageTable::with_tlb(Config::s1_4k(39), Flaky::default()).unwrap();
+    pt.map(0x20_1000, 0x5000, 0x1000, RW).unwrap();
+    pt.tlb().fail_next_walk.store(true, Relaxed);
+    assert!(catch_unwind(AssertUnwindSafe(|| pt.unmap(0x20_0000, 0x20_0000))).is_err());
+    let before = io_pgtable::leaked_tables();
+    drop(pt);
+    assert_eq!(io_pgtable::leaked_tables(), before);
 }

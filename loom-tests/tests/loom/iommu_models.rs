@@ -476,6 +476,84 @@ fn unmap_vs_teardown_passes() {
     assert_outcomes(unmap_vs_teardown, &[false, true]);
 }
 
+/// The freeing side of a bare queue whose `reclaim` enqueues a follow-up entry into the queue
+/// that frees it (entry 0 queues entry 2), as an owner whose freeing needs an invalidation of
+/// its own might. The frees teardown owes (entries 0 and 2) use the caller's IOMMU handle,
+/// which the owner closes once teardown returned.
+struct Requeue {
+    fq: Mutex<Option<Arc<FlushQueue<Requeue>>>>,
+    open: UnsafeCell<bool>,
+    /// How often each entry was freed (std: a plain oracle, invisible to loom's scheduler).
+    freed: [std::sync::atomic::AtomicUsize; 3],
+}
+
+// SAFETY: the cell is only reached through loom's tracked `with`/`with_mut`, which report
+// every unordered access instead of performing it racily.
+unsafe impl Sync for Requeue {}
+
+impl InvalidationOps for Requeue {
+    type Entry = usize;
+
+    fn flush_all(&self) {}
+
+    fn sync(&self, _gather: &mut Gather) {}
+
+    fn reclaim(&self, i: usize) {
+        if i != 1 {
+            // SAFETY: loom tracks the access against the owner's close.
+            self.open
+                .with(|p| assert!(unsafe { *p }, "IOMMU used after teardown"));
+        }
+        let n = self.freed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n, 0, "entry {i} freed twice");
+        if i == 0 {
+            let fq = self.fq.lock().clone();
+            fq.expect("the queue is set up").enqueue(2);
+        }
+    }
+}
+
+/// A drain frees under its ring lock, so an enqueue from inside a `reclaim` takes no ring lock
+/// (it would wait for ever for its own thread's) and frees its entry at once after a flush.
+/// Entry 0 is queued and made freeable; a racing enqueue of entry 1 or teardown drains it, and
+/// freeing 0 enqueues entry 2 from inside the drain. The owner closes its handle as soon as
+/// teardown returns: entries 0 and 2 are freed by then (a drain's frees, the nested one
+/// included, happen under a ring lock teardown takes after them). Entry 1's free does not use
+/// the handle: an enqueue into a ring teardown closed frees its own entry before it returns,
+/// not before teardown does. No point of its own (the nested enqueue adds no ordering: its
+/// flush's fence is `iommu.fq.flush.fence`); without the re-entry check the nested enqueue
+/// spins on its own thread's lock and loom reports the livelock. Bound: 3 preemptions (2
+/// threads, but spinning locks). Outcome: whether entry 1 was queued before its ring closed
+/// (so teardown freed it).
+fn reclaim_requeues_vs_teardown() -> bool {
+    let ops = Arc::new(Requeue {
+        fq: Mutex::new(None),
+        open: UnsafeCell::new(true),
+        freed: Default::default(),
+    });
+    let fq = Arc::new(FlushQueue::new(ops.clone(), tiny(1, 4)).unwrap());
+    *ops.fq.lock() = Some(fq.clone());
+    fq.enqueue(0);
+    fq.flush();
+    let racer = spawn_on(&fq, |fq| fq.enqueue(1));
+    fq.shutdown();
+    let queued_in_time = ops.freed[1].load(std::sync::atomic::Ordering::Relaxed) == 1;
+    // SAFETY: loom tracks the access.
+    ops.open.with_mut(|p| unsafe { *p = false });
+    racer.join().unwrap();
+    ops.fq.lock().take(); // the queue and its ops refer to each other
+    for (i, f) in ops.freed.iter().enumerate() {
+        let n = f.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n, 1, "entry {i} not freed exactly once");
+    }
+    queued_in_time
+}
+
+#[test]
+fn reclaim_requeues_vs_teardown_passes() {
+    assert_outcomes(reclaim_requeues_vs_teardown, &[false, true]);
+}
+
 /// The IOTLB of the real-domain model: one cached translation (an IOVA), filled by the
 /// device's walk, cleared by every invalidation.
 #[derive(Default)]
