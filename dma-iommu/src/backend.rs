@@ -97,9 +97,9 @@ impl<T: TlbOps + 'static> InvalidationOps for Backend<T> {
     }
 
     fn reclaim(&self, span: IovaSpan) {
-        // The registry hands every span to one unmap, so the domain frees it once. A refusal
-        // means it was freed around the domain (through `Domain::iova_allocator`): it is
-        // free already, nothing is lost.
+        // The registry hands every span to one unmap, and the domain's allocator is reached
+        // only through it (`Domain::iova_allocator` is a view that cannot free), so the span
+        // is freed once; a refusal would mean it is free already, and nothing is lost.
         let _ = self.iova.free(span.pfn, span.granules);
     }
 

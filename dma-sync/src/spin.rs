@@ -85,6 +85,24 @@ impl<T> SpinLock<T> {
         self.value.with_mut(|p| f(unsafe { &mut *p }))
     }
 
+    /// [`with`](Self::with) if the lock is free now; `None`, without running `f`, if it is
+    /// held (by this thread too: a caller that may already hold it cannot wait for it).
+    ///
+    /// ```
+    /// let lock = dma_sync::SpinLock::new(3u64);
+    /// lock.with(|_| {
+    ///     assert_eq!(lock.try_with(|v| *v), None);
+    ///     assert_eq!(lock.try_with(|v| *v), None, "a refused try leaves it held");
+    /// });
+    /// assert_eq!(lock.try_with(|v| *v), Some(3));
+    /// ```
+    #[inline]
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let _held = self.lock.try_lock(&SPIN_ACQUIRE, &SPIN_RELEASE)?;
+        // SAFETY: as in `with`: the lock is held until `_held` drops, after `f` returned.
+        Some(self.value.with_mut(|p| f(unsafe { &mut *p })))
+    }
+
     /// Consume the lock.
     pub fn into_inner(self) -> T {
         self.value.into_inner()
@@ -129,6 +147,24 @@ impl RawSpinLock {
     #[inline]
     pub fn lock(&self, acquire: &'static Point, release: &'static Point) -> RawSpinGuard<'_> {
         self.take(None, acquire, release)
+    }
+
+    /// [`lock`](Self::lock) if the lock is free now (one compare-and-swap); `None` if it is
+    /// held.
+    #[inline]
+    pub fn try_lock(
+        &self,
+        acquire: &'static Point,
+        release: &'static Point,
+    ) -> Option<RawSpinGuard<'_>> {
+        let release = release.ord(Release);
+        // Lazily: a guard built for a failed attempt would release another holder's lock as
+        // it drops.
+        self.try_take(acquire.cas(Acquire, Relaxed))
+            .then(|| RawSpinGuard {
+                locked: &self.locked,
+                release,
+            })
     }
 
     /// [`lock`](Self::lock), preceded by a `SeqCst` fence named `fence`, with no memory
