@@ -131,7 +131,9 @@ impl IommuModel {
         let granules = len / g;
         let shift = g.trailing_zeros();
         let space = self.pfns.1 - self.pfns.0 + 1;
-        if len - 1 > limit || granules > space || limit >> shift < self.pfns.0 {
+        // The caches round a request below their largest class up to a power of two, so
+        // that is what must fit the space.
+        if len - 1 > limit || class_size(granules) > space || limit >> shift < self.pfns.0 {
             return MapPrediction::Refused(DmaError::BeyondMask {
                 len,
                 dma_mask: dev.dma_mask,
@@ -283,6 +285,18 @@ mod tests {
             MapPrediction::Refused(DmaError::BeyondMask {
                 len: 0x3000,
                 dma_mask: 0x1FFF
+            })
+        );
+        // 61 granules round up to 64, more than a space of 63 holds.
+        let small = IommuModel {
+            pfns: (1, 63),
+            ..model()
+        };
+        assert_eq!(
+            small.predict_map(&TRUSTED, 0, 61 << 12),
+            MapPrediction::Refused(DmaError::BeyondMask {
+                len: 61 << 12,
+                dma_mask: u64::MAX
             })
         );
         let untrusted = Dev {
