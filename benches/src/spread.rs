@@ -108,6 +108,7 @@ pub fn median_measurement(reps: &[Measurement]) -> Measurement {
             p99: lat(&|l| l.p99),
             p999: lat(&|l| l.p999),
             max: lat(&|l| l.max),
+            switches: opt(&|m| m.latency.switches.map(|n| n as f64)).map(|n| n as u64),
         },
     }
 }
