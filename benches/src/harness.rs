@@ -756,6 +756,25 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // FFI clocks, real time and the kernel's scheduler statistics
+    fn an_op_that_leaves_the_cpu_counts_a_switch_per_sample() {
+        if thread_schedstat().is_none() {
+            return; // no scheduler statistics on this kernel: nothing to count
+        }
+        // Each op sleeps, so each sample is at least one return to a CPU.
+        let m = measure(&quick().timing_each_op(), 1, |_| {
+            || std::thread::sleep(Duration::from_micros(20))
+        });
+        let switches = m.latency.switches.expect("counted where schedstat exists");
+        assert!(
+            switches >= m.latency.samples,
+            "{switches} < {}",
+            m.latency.samples
+        );
+        assert!(m.latency.samples_per_switch().is_some_and(|s| s <= 1.0));
+    }
+
+    #[test]
     #[cfg_attr(miri, ignore)] // FFI clocks and real time
     fn background_runs_while_the_body_runs_and_stops_after() {
         let n = AtomicU64::new(0);
