@@ -115,8 +115,10 @@
 //!   Linux's. What is left of that workload's tail beyond its median is a random free's
 //!   `held` bit, a miss in about 3 MB of bitmap (without checked frees the example's p99 is
 //!   1.3 to 1.4 times its median; the range allocator is reached by under 0.1% of its pairs:
-//!   module `range`); the heap on huge pages gave no gain beyond the noise, and a denser
-//!   bitmap (most of it is the sparse bits of the classes of 1 to 4 granules) is not tried.
+//!   module `range`); the heap on huge pages gave no gain beyond the noise, and leaving the
+//!   sparse small classes out did not lower it (the larger classes' 400 KB of bits already
+//!   miss a 1 MiB L2): a smaller bitmap, or held state kept per range instead of per slot,
+//!   is not tried.
 //! * No CPU-hotplug notifier: [`IovaAllocator::flush_cpu`] is the hook for one.
 
 mod allocator;

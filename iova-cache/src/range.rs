@@ -237,9 +237,12 @@
 //! in the timed mode the pairs with checked frees have a p99 of 1014 to 1352 ticks (median
 //! 260 to 390), without (`unchecked`, no `held` bits) 234 to 260 (median 182): the whole tail
 //! beyond the median is that bit, a random line of about 3 MB of bitmap (2 bits per granule
-//! of the 13M granules the ranges span), most of it the sparse bits of the classes of 1 to 4
-//! granules (their frees are 6% of the pairs and 20 to 37% of the slowest 1%). Making the
-//! bitmap denser is not done (`lib.rs`, "Not done"). (Until this count the timed mode read
+//! of the about 13M granules the ranges span). Most of those bytes are the sparse bits of the
+//! classes of 1 to 4 granules, whose frees are 6% of the pairs and 20 to 37% of the slowest
+//! 1%; yet with sizes of 5..64 granules only, the p99 was no lower (1378 to 1716 ticks
+//! against 1222 to 1378, three alternated runs each): the lines of the larger classes'
+//! bits, about 400 KB, do not stay in the 1 MiB L2 beside everything else that passes
+//! through it. A smaller bitmap is not done (`lib.rs`, "Not done"). (Until this count the timed mode read
 //! its own 5 MB array of held ranges inside the timed span, a miss on every pair, which put
 //! its median at 700 ticks instead of 260 to 390.)
 //!
