@@ -35,7 +35,7 @@
 //! them above the warm p99 than the warm 1% (the first 500 at 4 to 6 times the warm median),
 //! and at most 9 more without checked frees. At one thread on a loaded 2-CPU machine the
 //! fragmented case's sampling threads were put back on a CPU 2 to 5 times per 25 ms phase,
-//! once per 8k to 37k samples: those cold pairs are 0.2% to 3.5% of the samples, so they
+//! once per 9k to 37k samples: those cold pairs are 0.2% to 3% of the samples, so they
 //! alone can set a p99. A second effect needs no preemption: processes on the other CPU share
 //! the last-level cache, and under a load of 8 to 9 the same case's p50 and even its CPU ns
 //! per op rose two to three times (40 to 190 ns, 48 to 140) along with its p99, while the
@@ -43,9 +43,10 @@
 //!
 //! So a p99 is the figure of a run most exposed to outside load, and a target that divides
 //! one by a CPU-time figure ("p99 ≤ k× the cached pair") moves with the load on one side
-//! only. The per-op timing itself adds no bias: with the clock's cost subtracted, the
-//! fragmented case's p50 timed op by op lands where its CPU ns per op in batches does. Each
-//! run records how often its sampling threads were put back on a CPU ([`Latency::switches`],
+//! only. The timing itself adds no bias that shows: a run's p50 over its own CPU ns per op
+//! in batches was 0.84 for the fragmented case (each op timed alone; a median against a mean
+//! its tail raises) and 1.00 for the cached pair (timed in groups of 14 to 21), medians of 39
+//! repetitions each (0.55 to 1.64 and 0.68 to 1.18). Each run records how often its sampling threads were put back on a CPU ([`Latency::switches`],
 //! [`Latency::samples_per_switch`]); the JSON keeps every repetition's percentiles and
 //! switches, and `--wide` tables show the p99's min–max over the repetitions beside its
 //! median. A p99 whose repetitions spread far, with the case's own p50 raised in the high

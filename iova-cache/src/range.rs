@@ -251,8 +251,8 @@
 //! writes 64 MiB between runs of 4000 pairs: 75 to 280 more of them land above the warm p99
 //! than the warm 1% (five runs; the first 500 pairs at 4 to 6 times the warm median), and
 //! at most 9 more without checked frees, whose pairs touch a few lines of magazines. At
-//! dmabench's 8k to 37k latency samples per preemption (its JSON records the switches) that
-//! is 0.2 to 3.5% of the samples; and the other CPU's processes share the last-level cache,
+//! dmabench's 9k to 37k latency samples per preemption (its JSON records the switches) that
+//! is 0.2 to 3% of the samples; and the other CPU's processes share the last-level cache,
 //! so under load the row's p50 rises with its p99 (the benches' harness documentation has
 //! the figures), while the cached pair it is compared with, a handful of lines, does not.
 
