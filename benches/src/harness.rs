@@ -46,7 +46,11 @@
 //! only. The timing itself adds no bias that shows: a run's p50 over its own CPU ns per op
 //! in batches was 0.84 for the fragmented case (each op timed alone; a median against a mean
 //! its tail raises) and 1.00 for the cached pair (timed in groups of 14 to 21), medians of 39
-//! repetitions each (0.55 to 1.64 and 0.68 to 1.18). Each run records how often its sampling threads were put back on a CPU ([`Latency::switches`],
+//! repetitions each (0.55 to 1.64 and 0.68 to 1.18). Nor does the sample count: those runs
+//! had 31k to 133k samples per repetition, so the p99 is the 310th largest or further in,
+//! its rank uncertain by about 0.06 percentile points at 31k (one standard deviation), a
+//! few to 20 ns at that case's slope around its p99 (p90 to p99.9: 160 to 2050 ns), where
+//! the repetitions' p99s spread from 280 to 650 ns. Each run records how often its sampling threads were put back on a CPU ([`Latency::switches`],
 //! [`Latency::samples_per_switch`]); the JSON keeps every repetition's percentiles and
 //! switches, and `--wide` tables show the p99's min–max over the repetitions beside its
 //! median. A p99 whose repetitions spread far, with the case's own p50 raised in the high
