@@ -4,7 +4,7 @@
 //! are dmabench's).
 //!
 //! ```text
-//! cargo run --release -p iova-cache --example fragmented_pairs -- [timed|plain|kinds|events] [live] [pairs] [checked|unchecked]
+//! cargo run --release -p iova-cache --example fragmented_pairs -- [timed|cold|events|plain|kinds] [live] [pairs] [checked|unchecked]
 //! ```
 //!
 //! The last argument builds the allocator with `checked_frees` (default) or without (no `held`
@@ -13,7 +13,10 @@
 //! * `timed` (default): times every pair with the fenced time-stamp counter (x86-64) and
 //!   prints, per kind of pair (which of the free and the allocation take the magazines and
 //!   which the range allocator), its share of all pairs and of the slowest 1%, and its median
-//!   and 99th percentile in ticks, of the pair and of its free alone.
+//!   and 99th percentile in ticks, of the pair and of its free alone; then, per size class,
+//!   its share of the pairs and of the slowest 1% as the class freed and as the class
+//!   allocated. The held range's entry of this example's own array is read before the timed
+//!   span.
 //! * `cold`: how a context switch shows in the tail: the timed pairs warm, then rounds of
 //!   writing 64 MiB (what another process scheduled in between might leave in the caches)
 //!   followed by 4000 timed pairs, with how many of those exceed the warm 99th percentile, per
@@ -32,8 +35,8 @@
 //!   allocator's counters, so every pair is classed by the deepest layer it reached: the
 //!   magazines of its CPU only, a depot exchange, or the range allocator (a magazine's miss or
 //!   overflow); prints each class's share of all pairs and of the slowest 1%. Reading the
-//!   counters takes the locks and warms what they guard, so its percentiles are a little
-//!   lower than `timed`'s: use it for the shares, `timed` for the ticks.
+//!   counters between pairs takes the locks and moves lines in and out of the caches: use it
+//!   for the shares, `timed` for the ticks.
 
 use iova_cache::config::MAX_CACHED_GRANULES;
 use iova_cache::{IovaAllocator, IovaConfig};
