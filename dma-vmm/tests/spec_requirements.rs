@@ -909,3 +909,70 @@ fn extreme_field_values_on_every_type() {
     ok(&v, unmap(3, 0, u64::MAX));
     ok(&v, Request::Detach { domain: 3, endpoint: 7 });
 }
+
+/// MAP: "Given phys_end = phys_start + virt_end - virt_start, the range defined by phys_start
+/// and phys_end should be within the guest-physical address space." The model refuses, with
+/// RANGE and nothing mapped, a physical range the page table cannot express: past its output
+/// size (48 bits by default), or straddling it.
+#[test]
+fn map_beyond_the_output_size_is_range() {
+    let v = dev();
+    ok(&v, attach(1, 7));
+    let oas_end = 1u64 << 48;
+    for (phys, len) in [
+        (oas_end, PAGE),
+        (oas_end - PAGE, 2 * PAGE),
+        (1 << 63, PAGE),
+        (u64::MAX & !(PAGE - 1), PAGE),
+    ] {
+        let before = state(&v);
+        let got = v.handle(map(1, 0x20_0000, 0x20_0000 + len - 1, phys, RW)).status();
+        assert_eq!(got, Status::Range, "phys {phys:#x} + {len:#x}");
+        assert_eq!(state(&v), before);
+    }
+    // The last page the output size holds maps.
+    ok(&v, map(1, 0x20_0000, 0x20_0fff, oas_end - PAGE, RW));
+}
+
+/// "Fault reporting": "If a buffer is too small to contain the fault report, the device SHOULD
+/// NOT use multiple buffers to describe it." and "The device SHOULD set reserved and reserved1
+/// to zero." with "If no buffer is available, the device can either wait for one to be
+/// consumed, or drop the event." A flood of faults keeps at most `fault_log` reports; event
+/// buffers of every size get either nothing (too small: that report is dropped) or exactly
+/// one 24-byte report, reserved bytes zero.
+#[test]
+fn a_fault_flood_is_bounded_and_every_event_buffer_size_is_safe() {
+    let v = dev_with(ViommuConfig {
+        fault_log: 8,
+        ..cfg()
+    });
+    let ep = v.endpoint(7).unwrap();
+    let flood = if cfg!(miri) { 32 } else { 10_000 };
+    for i in 0..flood {
+        assert_eq!(
+            ep.access(i * PAGE, 1, Prot::WRITE, |_| ()),
+            Err(Fault::Detached)
+        );
+    }
+    assert_eq!(v.faults_dropped(), flood - 8);
+    let mut reports = 0;
+    for len in [0, 1, 23, 24, 25, 4096, usize::MAX] {
+        let Some(bytes) = v.fault_event(len) else {
+            break;
+        };
+        if len < wire::FAULT_SIZE {
+            assert!(bytes.is_empty(), "{len}");
+            continue;
+        }
+        reports += 1;
+        assert_eq!(bytes.len(), wire::FAULT_SIZE);
+        assert_eq!(bytes[0], FaultReason::Domain as u8);
+        assert_eq!(&bytes[1..4], [0, 0, 0]);
+        assert_eq!(&bytes[8..12], 7u32.to_le_bytes());
+        assert_eq!(&bytes[12..16], [0; 4]);
+    }
+    assert_eq!(reports, 4);
+    assert_eq!(v.faults_dropped(), flood - 8 + 3);
+    assert!(v.fault_event(64).is_some());
+    assert!(v.fault_event(64).is_none(), "eight reports in all");
+}
