@@ -89,7 +89,10 @@ fn status_of(v: &Viommu, bytes: &[u8], writable_len: usize) -> Option<u8> {
     if reply.is_empty() {
         return None;
     }
-    assert!(reply.len() <= writable_len, "reply beyond the writable part");
+    assert!(
+        reply.len() <= writable_len,
+        "reply beyond the writable part"
+    );
     Some(reply[reply.len() - wire::TAIL_SIZE])
 }
 
@@ -474,11 +477,11 @@ fn every_refusal_changes_nothing_and_the_device_keeps_working() {
         .iter()
         .filter_map(|(_, b, _)| wire::decode(b).ok())
         .collect();
-    for (reply, (what, bytes, status)) in v.handle_batch(batch).iter().zip(
-        refusals
-            .iter()
-            .filter(|(_, b, _)| wire::decode(b).is_ok()),
-    ) {
+    for (reply, (what, bytes, status)) in v
+        .handle_batch(batch)
+        .iter()
+        .zip(refusals.iter().filter(|(_, b, _)| wire::decode(b).is_ok()))
+    {
         assert_eq!(reply.status(), *status, "{what} in a batch: {bytes:?}");
     }
     assert_eq!(state(&v), before, "the batch changed the device");
@@ -606,7 +609,11 @@ fn map_and_unmap_range_rules_on_every_small_range() {
             let overlaps = layout.iter().any(|&(ms, me)| ms <= e && s <= me);
             let v = fresh();
             let want = if overlaps { Status::Inval } else { Status::Ok };
-            assert_eq!(v.handle(map(1, s, e, 0, RW)).status(), want, "MAP {s:#x}..={e:#x}");
+            assert_eq!(
+                v.handle(map(1, s, e, 0, RW)).status(),
+                want,
+                "MAP {s:#x}..={e:#x}"
+            );
             assert_eq!(v.mappings(1).unwrap().len(), 2 + usize::from(!overlaps));
         }
     }
@@ -787,7 +794,10 @@ fn reset_forgets_every_domain_and_keeps_serving() {
         assert_eq!(v.bypass(), bypass, "bypass survives a device reset");
         assert!(v.domain_ids().is_empty());
         for d in [1, 2] {
-            assert_eq!(v.handle(map(d, PAGE, 2 * PAGE - 1, 0, RW)).status(), Status::NoEnt);
+            assert_eq!(
+                v.handle(map(d, PAGE, 2 * PAGE - 1, 0, RW)).status(),
+                Status::NoEnt
+            );
             assert_eq!(v.handle(unmap(d, 0, u64::MAX)).status(), Status::NoEnt);
         }
         assert_eq!(ep9.domain(), None);
@@ -847,7 +857,13 @@ fn many_domains_and_many_endpoints_stay_bounded() {
     assert_eq!(v.domain_ids(), vec![1]);
     assert_eq!(v.domain_endpoints(1).unwrap().len(), n as usize);
     for id in 0..n {
-        ok(&v, Request::Detach { domain: 1, endpoint: id });
+        ok(
+            &v,
+            Request::Detach {
+                domain: 1,
+                endpoint: id,
+            },
+        );
     }
     assert!(v.domain_ids().is_empty());
 }
@@ -876,7 +892,10 @@ fn probe_reply_for_every_writable_length() {
             assert!(reply.is_empty(), "{len}");
         } else if len < full {
             assert_eq!(reply.len(), len);
-            assert!(reply[..len - 4].iter().all(|&b| b == 0), "no property: {len}");
+            assert!(
+                reply[..len - 4].iter().all(|&b| b == 0),
+                "no property: {len}"
+            );
             assert_eq!(&reply[len - 4..], [Status::Inval.code(), 0, 0, 0]);
         } else {
             assert_eq!(reply.len(), full, "{len}");
@@ -907,7 +926,13 @@ fn extreme_field_values_on_every_type() {
     ok(&v, attach(3, 7));
     ok(&v, map(3, 0, PAGE - 1, 0, RW));
     ok(&v, unmap(3, 0, u64::MAX));
-    ok(&v, Request::Detach { domain: 3, endpoint: 7 });
+    ok(
+        &v,
+        Request::Detach {
+            domain: 3,
+            endpoint: 7,
+        },
+    );
 }
 
 /// MAP: "Given phys_end = phys_start + virt_end - virt_start, the range defined by phys_start
@@ -926,7 +951,9 @@ fn map_beyond_the_output_size_is_range() {
         (u64::MAX & !(PAGE - 1), PAGE),
     ] {
         let before = state(&v);
-        let got = v.handle(map(1, 0x20_0000, 0x20_0000 + len - 1, phys, RW)).status();
+        let got = v
+            .handle(map(1, 0x20_0000, 0x20_0000 + len - 1, phys, RW))
+            .status();
         assert_eq!(got, Status::Range, "phys {phys:#x} + {len:#x}");
         assert_eq!(state(&v), before);
     }
