@@ -1,4 +1,3 @@
-#![cfg(not(loom))]
 //! A second, independent pass over the device-normative statements of the virtio-iommu
 //! specification (virtio 1.2/1.3, "Device Types / IOMMU Device"), aimed at what a hostile or
 //! careless driver can send: every truncation and extension of every request, every flag bit,
@@ -7,6 +6,7 @@
 //! rules checked exhaustively against the text on a small address space, the domain lifetime
 //! through moves and resets, and bounds on what many domains, many endpoints and huge lengths
 //! can make the device allocate. Each test names the clause it checks.
+#![cfg(not(loom))]
 
 use dma_vmm::translate::Fault;
 use dma_vmm::viommu::wire::{self, T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
