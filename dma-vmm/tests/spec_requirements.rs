@@ -914,9 +914,11 @@ fn probe_reply_for_every_writable_length() {
     }
 }
 
-/// Arbitrary bytes after every known type, and every known type with its fields all-ones or
-/// all-zeroes: the device answers each with a status (or nothing), never panics, keeps its
-/// reply within the writable part, and afterwards still serves a valid request.
+/// "Device operations": the status of every request is one of the `VIRTIO_IOMMU_S_*` codes the
+/// section defines ("A few general-purpose status codes are defined here"). Every known type
+/// with all its fields (reserved ones included) all-zeroes, all-ones, 0x80 or 0x01 bytes: the
+/// device answers each with a defined status, never panics, keeps its reply within the
+/// writable part, and afterwards still serves a valid request.
 #[test]
 fn extreme_field_values_on_every_type() {
     let v = dev();
