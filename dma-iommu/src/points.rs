@@ -22,6 +22,7 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
+//! | `iommu.unmap.bounce_after_sync` | Step | `bounce_released_before_sync` ("reused bounce slots") | `bounced_unmap_vs_device` |
 //! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_reinsert` |
@@ -117,6 +118,11 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
+    /// An untrusted device's unmap releases its bounce slots (copying back first) only after
+    /// the page-table unmap and the IOTLB sync (weakened: before them, so a device access
+    /// through the still-live IOVA reaches slots that are free or already reused by another
+    /// mapping, and a device write after the copy back is lost).
+    UNMAP_BOUNCE_AFTER_SYNC: Step = "iommu.unmap.bounce_after_sync";
     /// Acquire compare-and-swap by which a take claims a registry slot from the live address:
     /// its read of the record follows the insert's write (paired with
     /// `iommu.registry.publish`).
