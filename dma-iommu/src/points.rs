@@ -31,7 +31,7 @@
 //! | `iommu.registry.lookup` | Load | `registry_lookup_relaxed` | `neighbour_inserts` |
 //!
 //! Twins without a message in the table fail with a causality violation; the real-domain twins
-//! with "stale translation".
+//! with "stale translation" (the bounced unmap's, "reused bounce slots").
 //!
 //! # Loom models
 //!
@@ -56,6 +56,7 @@
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
+//! | `bounced_unmap_vs_device` | unmap (untrusted, lazy domain), remap of the pool, device | PB 4 (twin PB 2) | the whole real stack with a real bounce pool of one granule (two slots): the device, holding its cached or walked translation, reads the bounce slots and must find the mapping's own bytes, never those of the other mapping that reuses the slots once released; the unmap is synced, the IOVA and slots freed; outcomes {remap before or after the release} × {device used the translation or found it gone} |
 //! | `reclaim_requeues_vs_teardown` | bare queue: enqueue, teardown+close | PB 3 | a `reclaim` that enqueues into its own queue does not hang (the nested enqueue takes no ring lock and frees at once); teardown returns after every drain's frees, nested ones included; every entry freed once; outcomes {racing entry queued in time, freed into the closed ring} |
 //!
 //! Each three-thread model returns an outcome and its test asserts the full outcome set, so a
