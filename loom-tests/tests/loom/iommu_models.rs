@@ -30,12 +30,12 @@ use dma_iommu::{
     InvalidationOps, Strictness, Unmapped,
 };
 use dma_sync::atomic::{AtomicU64, Ordering};
-use swiotlb_core::{MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 use dma_sync::mutation::Weakening;
 use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::{cpu, Arc, Mutex, UnsafeCell};
 use loom_tests::harness::{check, outcomes, Bound};
 use loom_tests::must_fail_test;
+use swiotlb_core::{MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 
 const POISON: u64 = 0xdead;
 
@@ -811,8 +811,12 @@ fn bounced_unmap_vs_device() -> (bool, bool) {
     let to_dev = Direction::ToDevice;
     let dma = dom.map(&dev, buf, BOUNCE_LEN, to_dev).unwrap();
     let phys = dom.translate(dma).unwrap();
-    assert!(dom.swiotlb().unwrap().is_bounce_buffer(&reader, phys), "bounced");
-    *dom.iotlb().cached.lock() = Some(dma); // the device has used the mapping
+    assert!(
+        dom.swiotlb().unwrap().is_bounce_buffer(&reader, phys),
+        "bounced"
+    );
+    // The device has used the mapping.
+    *dom.iotlb().cached.lock() = Some(dma);
     // As the domain's bounce side maps: aligned to the granule, padding zeroed.
     let attrs = MapAttrs {
         alloc_align_mask: 0xfff,
@@ -822,7 +826,8 @@ fn bounced_unmap_vs_device() -> (bool, bool) {
     let un = spawn_on(&dom, move |dom| dom.unmap(&dev, dma, BOUNCE_LEN, to_dev));
     let remap = spawn_on(&dom, move |dom| {
         let pool = dom.swiotlb().unwrap();
-        pool.map(&remapper, other, BOUNCE_LEN, to_dev, attrs).is_ok()
+        pool.map(&remapper, other, BOUNCE_LEN, to_dev, attrs)
+            .is_ok()
     });
     let device = spawn_on(&dom, move |dom| {
         let mut cached = dom.iotlb().cached.lock();
@@ -840,11 +845,18 @@ fn bounced_unmap_vs_device() -> (bool, bool) {
         }
         cached.is_some()
     });
-    assert_eq!(un.join().unwrap(), Ok(Unmapped::Synced), "untrusted: strict");
+    assert_eq!(
+        un.join().unwrap(),
+        Ok(Unmapped::Synced),
+        "untrusted: strict"
+    );
     let remapped = remap.join().unwrap();
     let used = device.join().unwrap();
     assert_eq!(dom.translate(dma), None, "the page is unmapped");
-    assert!(dom.iova_allocator().find(dma >> 12).is_none(), "the IOVA was freed");
+    assert!(
+        dom.iova_allocator().find(dma >> 12).is_none(),
+        "the IOVA was freed"
+    );
     if !remapped {
         let pool = dom.swiotlb().unwrap();
         let again = pool.device(swiotlb_core::DeviceConfig::default());
