@@ -400,6 +400,7 @@ impl<T: TlbOps + 'static> Domain<T> {
     /// assert_eq!(&seen, b"abc");
     /// assert_eq!(dom.stats().bounced, 1);
     /// ```
+    #[inline]
     pub fn map(
         &self,
         dev: &Device,
@@ -408,10 +409,23 @@ impl<T: TlbOps + 'static> Domain<T> {
         dir: Direction,
     ) -> Result<u64, DmaError> {
         if dev.inner.config.trusted {
-            // Never bounced: the whole map in one frame (module `trusted`).
+            // Never bounced: the whole map in the caller's frame (module `trusted`), so its
+            // result stays in registers.
             return self.counted(self.map_trusted(dev, paddr, size as u64, dir));
         }
-        self.with_mapper(dev, move |m| m.map(paddr, size as u64, dir))
+        self.map_untrusted(dev, paddr, size as u64, dir)
+    }
+
+    /// [`Domain::map`] for an untrusted device, out of line.
+    #[inline(never)]
+    fn map_untrusted(
+        &self,
+        dev: &Device,
+        paddr: u64,
+        size: u64,
+        dir: Direction,
+    ) -> Result<u64, DmaError> {
+        self.with_mapper(dev, move |m| m.map(paddr, size, dir))
     }
 
     /// [`Domain::map`] for a device checked to be this domain's.
