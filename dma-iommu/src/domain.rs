@@ -123,9 +123,11 @@
 //! allocation, page-table call and record run in the caller's frame and its result stays in
 //! registers: 953 → 899 instructions per lazy map+unmap in callgrind (`examples/lazy_loop.rs`,
 //! 20 000 against 40 000 pairs; the map's own glue and the allocator's fast path now inline,
-//! 367 → 312; locked instructions unchanged, 4.02 per map+unmap: the page table's two, the
-//! take's and the ring lock's). In time, on a machine loaded throughout (load average 7 to 12
-//! on 2 CPUs): the example itself (2 000 000 pairs a run, 16 interleaved runs of each)
+//! 367 → 312; stores 144 → 128 and loads 232 → 220 per map+unmap, the register saves and the
+//! `Result` through memory gone; locked instructions unchanged, 4.02 per map+unmap: the page
+//! table's two, the take's and the ring lock's; an untrusted bounced map+unmap 1997 before and
+//! after). In time, on a machine loaded throughout (load average 7 to 12 on 2 CPUs): the
+//! example itself (2 000 000 pairs a run, 16 interleaved runs of each)
 //! 57.5 ns (53.0–98.9) → 55.0 ns (49.6–93.3), faster in 13 of the 16 pairs; dmabench
 //! (`floor,iova,pgtable,iommu`, 1 thread, 1 granule; 11 interleaved runs of each in two
 //! rounds) lazy 73.2 ns (60.6–106.2) → 65.7 ns (59.2–93.3), faster in 9 of the 11 pairs, and
