@@ -627,13 +627,25 @@ impl<O: InvalidationOps> Shared<O> {
     /// clears before the stamp. A ring still full after a drain is flushed outside its lock,
     /// then tried again; another flush is needed only if one that started earlier on another
     /// CPU is still running, or if others filled the ring meanwhile.
+    #[inline]
     fn enqueue(&self, entry: O::Entry) {
         if reclaiming() {
             return self.enqueue_reclaiming(entry);
         }
         let rings = self.rings();
         let ring = &rings[cpu::current_in(rings.len())];
-        let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
+        match ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry)) {
+            Ok(()) => self.arm(),
+            Err(refused) => self.enqueue_refused(ring, refused),
+        }
+    }
+
+    /// [`Shared::enqueue`] after `ring` refused the entry (full after a drain, or closed),
+    /// out of line: flush and try again, or free it at once into a torn-down queue.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_refused(&self, ring: &RingSlot<O::Entry>, refused: NotPushed<O::Entry>) {
+        let mut tried = Err(refused);
         loop {
             match tried {
                 Ok(()) => return self.arm(),
