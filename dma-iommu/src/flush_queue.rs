@@ -40,6 +40,9 @@
 //!   if a flush started earlier on another CPU is still running), lock again and start over
 //!   (another flush only if others filled the ring meanwhile); stamp `start_cnt`; append;
 //!   unlock; arm the timer (`timer_on` read first, then swapped: no line bouncing while armed).
+//!   The push that succeeds is inlined into the unmap; a refused one (full, or closed) goes on
+//!   out of line (`enqueue_refused`): the call's six register saves were gone, 30 instructions
+//!   fewer per lazy map+unmap.
 //!   The queue is found through the unmap's acquire snapshot of the mode (module `strictness`),
 //!   the acquire side of its publication.
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
