@@ -146,6 +146,23 @@ struct Slot<T> {
     payload: T,
 }
 
+/// Whether the calling thread, the owner of the slot whose flag `active` is, is inside a
+/// section of it. Only owners store the flag (the drainer only loads it), each owner's stores
+/// ordered before the next owner's claim (`disown`, `claim`), so the owner reads its own last
+/// store, or the initial one. Under loom an unsynchronised read that loom checks against
+/// exactly that: an atomic load there, followed by the light fence, which is a full fence
+/// under loom and a compiler fence in production, would acquire the previous owner's
+/// `exit` and hide a weakened `disown` from the models.
+#[inline(always)]
+fn inside(active: &AtomicBool) -> bool {
+    #[cfg(not(loom))]
+    return active.load(Relaxed);
+    // SAFETY: no store to the flag is concurrent with its owner's read (above); loom reports
+    // one that is as a causality violation.
+    #[cfg(loom)]
+    return unsafe { active.unsync_load() };
+}
+
 /// Ends a section when dropped: on return and when the user's closure panics (a section
 /// left active would make every later drain wait forever).
 struct EndSection<'a, U: SlotUser>(&'a AtomicBool, std::marker::PhantomData<U>);
@@ -292,8 +309,7 @@ impl<T, U: SlotUser> ThreadSlots<T, U> {
     #[inline(always)]
     pub fn section<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         let slot = self.own_slot()?;
-        // Only the owner stores `true`, so the owner reads its own last store.
-        if slot.active.load(Relaxed) {
+        if inside(&slot.active) {
             return None;
         }
         slot.active.store(true, Relaxed);
