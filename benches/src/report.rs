@@ -198,7 +198,7 @@ pub const COLUMNS: usize = 120;
 pub enum Layout {
     /// Fits [`COLUMNS`]: throughput at the first two thread counts, p50 and p99.
     Compact,
-    /// Every thread count, the min–max of ns/op@1 and p99.9.
+    /// Every thread count, the min–max of ns/op@1 and of p99, and p99.9.
     Wide,
 }
 
@@ -286,6 +286,16 @@ fn columns<'a>(
     v.push(col("p50".into(), 7, Box::new(lat(|l| l.p50))));
     v.push(col("p99".into(), 7, Box::new(lat(|l| l.p99))));
     if layout == Layout::Wide {
+        // A p99 moves with preemption (harness: "Preemption in a percentile"): its
+        // repetitions' range beside the median.
+        v.push(col(
+            "p99 min–max".into(),
+            13,
+            Box::new(move |r| {
+                let v: Vec<f64> = r.repetitions_at(1).iter().map(|m| m.latency.p99).collect();
+                Spread::of(&v).map_or("-".into(), |s| format!("{}–{}", sig3(s.min), sig3(s.max)))
+            }),
+        ));
         v.push(col("p99.9".into(), 7, Box::new(lat(|l| l.p999))));
     }
     v
@@ -361,7 +371,7 @@ pub fn tables(results: &[CaseResult], threads: &[usize], cpus: usize, layout: La
          spent waiting for a CPU taken by other processes removed while T <= CPUs; wall clock\n\
          when oversubscribed); 2T/1T: scaling; ×floor: ns/op@1 over the (fastest) floor case it\n\
          is compared with; ours÷@T: our throughput over this peer's at T threads; p50/p99: latency\n\
-         in ns at 1 thread. --wide shows every thread count, min–max and p99.9.\n",
+         in ns at 1 thread. --wide shows every thread count, min–max of ns/op and p99, and p99.9.\n",
     );
     for c in Component::ALL {
         s.push_str(&component_table(results, c, threads, cpus, layout));
@@ -537,8 +547,14 @@ mod tests {
         for line in targets_table(&evaluated, Layout::Compact).lines() {
             assert!(line.chars().count() <= COLUMNS, "{line}");
         }
-        // The wide table has every thread count.
+        // The wide table has every thread count, and the p99's range over the repetitions
+        // (one repetition here: min and max are its p99).
         let w = tables(&results, &threads, 2, Layout::Wide);
         assert!(w.contains("Mop/s@8") && !t.contains("Mop/s@8"));
+        assert!(
+            w.contains("p99 min–max") && !t.contains("p99 min–max"),
+            "{w}"
+        );
+        assert!(w.contains("98765432–98765432"), "{w}");
     }
 }

@@ -108,6 +108,7 @@ pub fn median_measurement(reps: &[Measurement]) -> Measurement {
             p99: lat(&|l| l.p99),
             p999: lat(&|l| l.p999),
             max: lat(&|l| l.max),
+            switches: opt(&|m| m.latency.switches.map(|n| n as f64)).map(|n| n as u64),
         },
     }
 }
@@ -137,5 +138,21 @@ mod tests {
         assert_eq!(m.adjusted_ops_per_sec, None);
         assert_eq!(m.background_ops_per_sec, None);
         assert_eq!(m.huge_page_share, None);
+        assert_eq!(m.latency.switches, None);
+    }
+
+    #[test]
+    fn median_measurement_takes_the_median_switches() {
+        let reps: Vec<Measurement> = [Some(1), Some(5), Some(3)]
+            .into_iter()
+            .map(|switches| {
+                let lat = Latency {
+                    switches,
+                    ..Latency::default()
+                };
+                Measurement::new(1, 10, 1.0, 1.0, lat)
+            })
+            .collect();
+        assert_eq!(median_measurement(&reps).latency.switches, Some(3));
     }
 }

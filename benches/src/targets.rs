@@ -16,7 +16,10 @@
 //! computed per pair; a target whose bound lies inside the min–max is marked "within
 //! noise". Targets whose component was not selected are reported as not measured and do not fail
 //! `--check`. Cost quantities are CPU ns/op at one thread; throughput quantities are ops/s at the
-//! stated thread count. The list is [`all`]; every run writes it with its verdicts to
+//! stated thread count; a p99 is the latency phase's wall-clock percentile (each op timed alone
+//! where the case asks for it), so a p99 over a CPU figure takes outside load on its numerator
+//! alone, adjacent runs or not: [`crate::harness`], "Preemption in a percentile", says how that
+//! shows and what each run records about it. The list is [`all`]; every run writes it with its verdicts to
 //! `results/targets.md`.
 //!
 //! The translation-with-writer target against the cloud-hypervisor store is not a stable number:
