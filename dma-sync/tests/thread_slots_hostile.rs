@@ -187,7 +187,9 @@ fn a_drain_inside_a_drain_panics_instead_of_hanging() {
 fn a_panic_inside_a_drain_reopens_the_slots() {
     let s = slots(4);
     assert_eq!(s.section(|p| p.fetch_add(5, Relaxed)), Some(0));
-    let r = catch_unwind(AssertUnwindSafe(|| s.drain(|_| panic!("drain closure panics"))));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        s.drain(|_| panic!("drain closure panics"))
+    }));
     assert!(r.is_err());
     assert_eq!(
         s.section(|p| p.fetch_add(1, Relaxed)),
@@ -295,7 +297,11 @@ fn slots_used_from_another_thread_locals_destructor() {
             assert_eq!(ran.load(Relaxed), 0, "ran after its registry was destroyed");
         }
         if !tls_first {
-            assert_eq!(ran.load(Relaxed), 1, "ran before its registry was destroyed");
+            assert_eq!(
+                ran.load(Relaxed),
+                1,
+                "ran before its registry was destroyed"
+            );
         }
     }
 }
@@ -316,7 +322,11 @@ fn an_instance_dropped_under_its_owners() {
         let s = slots(1);
         let alive = s.alive_probe();
         tx.send(s.clone()).unwrap();
-        assert_eq!(next.recv().unwrap(), Some(0), "a fresh instance, a fresh slot");
+        assert_eq!(
+            next.recv().unwrap(),
+            Some(0),
+            "a fresh instance, a fresh slot"
+        );
         drop(s);
         // The thread dropped its clone after the send.
         while alive() {

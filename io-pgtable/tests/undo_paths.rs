@@ -23,7 +23,11 @@ fn settled(pt: &PageTable) {
         std::thread::yield_now();
     }
     let s = pt.stats();
-    assert_eq!(s.freed, s.discarded + s.retired, "retired tables never freed: {s:?}");
+    assert_eq!(
+        s.freed,
+        s.discarded + s.retired,
+        "retired tables never freed: {s:?}"
+    );
 }
 
 /// Every page of `[iova, iova + len)` translates to `paddr + offset`, or (None) to nothing.
@@ -54,7 +58,10 @@ fn a_map_failing_at_its_last_step_takes_back_blocks_and_pages() {
     check(&pt, iova, len - PAGE, None);
     assert_eq!(pt.iova_to_phys(last).map(|t| t.paddr()), Some(0x1234_5000));
     assert_eq!(pt.dump().leaves().count(), 1, "only the other mapping");
-    assert!(pt.stats().linked() > tables, "the first leaf table stays linked, empty");
+    assert!(
+        pt.stats().linked() > tables,
+        "the first leaf table stays linked, empty"
+    );
     settled(&pt);
     // Mapping again after the other one is gone succeeds, with blocks where they fit.
     assert_eq!(pt.unmap(last, PAGE), Ok(PAGE));
@@ -135,10 +142,17 @@ fn a_map_failing_in_its_second_table_takes_back_its_blocks() {
         Err(Error::Exists { iova: GIB })
     );
     check(&pt, GIB - 4 * MIB, 5 * MIB, None);
-    assert_eq!(pt.iova_to_phys(GIB + MIB).map(|t| t.paddr()), Some(0x9000_0000));
+    assert_eq!(
+        pt.iova_to_phys(GIB + MIB).map(|t| t.paddr()),
+        Some(0x9000_0000)
+    );
     assert_eq!(pt.dump().leaves().count(), 1);
     let after = pt.stats();
-    assert_eq!(after.retired, before.retired + 1, "the empty table was replaced");
+    assert_eq!(
+        after.retired,
+        before.retired + 1,
+        "the empty table was replaced"
+    );
     settled(&pt);
     assert_eq!(pt.unmap(GIB + MIB, PAGE), Ok(PAGE));
     pt.map(GIB - 4 * MIB, 0x8000_0000, 6 * MIB, RW).unwrap();

@@ -108,7 +108,10 @@ fn more_batch_freeing_threads_than_slots_hoard_a_bounded_amount() {
         held += 64;
     }
     held += drain_space(&a, end).len() as u64;
-    assert_eq!(held, end, "a cached range turned a fitting allocation into NoSpace");
+    assert_eq!(
+        held, end,
+        "a cached range turned a fitting allocation into NoSpace"
+    );
     drop(done);
     for t in threads {
         t.join().unwrap();
@@ -137,13 +140,30 @@ fn reserve_over_stacked_ranges() {
         a.reserve(1, 0x3ff),
         Err(IovaError::ReserveOverlapsAllocation { pfn: held, size: 1 })
     );
-    assert_eq!(a.allocated_ranges(), [(held, 1)], "only the held range is left");
+    assert_eq!(
+        a.allocated_ranges(),
+        [(held, 1)],
+        "only the held range is left"
+    );
     assert!(before.len() > 1);
     assert_eq!(a.stats().thread_cached_granules, 0);
     a.free(held, 1).unwrap();
-    assert_eq!(a.reserve(1, 0x3ff), Ok(()), "every stacked range was drained");
-    assert_eq!(a.alloc(1, 0x3ff), Err(IovaError::NoSpace { size: 1, limit: 0x3ff }));
-    assert_eq!(a.free_batch([(held, 1)]), Err(IovaError::NotAllocated { pfn: held }));
+    assert_eq!(
+        a.reserve(1, 0x3ff),
+        Ok(()),
+        "every stacked range was drained"
+    );
+    assert_eq!(
+        a.alloc(1, 0x3ff),
+        Err(IovaError::NoSpace {
+            size: 1,
+            limit: 0x3ff
+        })
+    );
+    assert_eq!(
+        a.free_batch([(held, 1)]),
+        Err(IovaError::NotAllocated { pfn: held })
+    );
 }
 
 /// Frees from a thread-local destructor that runs after the thread's slots were given back:
@@ -247,5 +267,9 @@ fn a_free_batch_iterator_that_reenters_the_allocator() {
     let reserved: u64 = (0..=0xff).filter(|&p| a.find(p).is_some()).count() as u64;
     assert_eq!(a.allocated_ranges(), [], "nothing held or cached is left");
     let free = drain_space(&a, 0xff).len() as u64;
-    assert_eq!(free + reserved, 0xff, "every granule free or reserved, once");
+    assert_eq!(
+        free + reserved,
+        0xff,
+        "every granule free or reserved, once"
+    );
 }
