@@ -4,31 +4,14 @@
 //! accounting of the tables all this installs (`stats`, `dump`, `leaked_tables`).
 #![cfg(not(loom))]
 
+mod common;
+
+use common::check_no_leak;
 use io_pgtable::{Config, Error, PageTable, Prot};
 
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 0x1000;
-
-/// Tables counted as linked are exactly those reachable; retired ones all get freed.
-fn settled(pt: &PageTable) {
-    let s = pt.stats();
-    assert_eq!(s.linked() as usize, pt.dump().tables, "{s:?}");
-    for _ in 0..10_000 {
-        let s = pt.stats();
-        if s.freed == s.discarded + s.retired {
-            return;
-        }
-        dma_sync::rcu::pin().flush();
-        std::thread::yield_now();
-    }
-    let s = pt.stats();
-    assert_eq!(
-        s.freed,
-        s.discarded + s.retired,
-        "retired tables never freed: {s:?}"
-    );
-}
 
 /// Every page of `[iova, iova + len)` translates to `paddr + offset`, or (None) to nothing.
 fn check(pt: &PageTable, iova: u64, len: u64, paddr: Option<u64>) {
@@ -62,7 +45,7 @@ fn a_map_failing_at_its_last_step_takes_back_blocks_and_pages() {
         pt.stats().linked() > tables,
         "the first leaf table stays linked, empty"
     );
-    settled(&pt);
+    check_no_leak(&pt);
     // Mapping again after the other one is gone succeeds, with blocks where they fit.
     assert_eq!(pt.unmap(last, PAGE), Ok(PAGE));
     pt.map(iova, paddr, len, RW).unwrap();
@@ -71,7 +54,7 @@ fn a_map_failing_at_its_last_step_takes_back_blocks_and_pages() {
     assert_eq!(pt.unmap(iova, len), Ok(len));
     pt.prune(0, 1 << 39).unwrap();
     assert_eq!(pt.stats().linked(), 1, "only the root left");
-    settled(&pt);
+    check_no_leak(&pt);
     drop(pt);
     assert_eq!(io_pgtable::leaked_tables(), leaked);
 }
@@ -94,7 +77,7 @@ fn an_unmap_stops_at_the_first_hole() {
     check(&pt, 0, 4 * PAGE, Some(0x10_0000));
     check(&pt, 4 * PAGE, 8 * PAGE, None);
     check(&pt, 12 * PAGE, 4 * PAGE, Some(0x20_0000));
-    settled(&pt);
+    check_no_leak(&pt);
 }
 
 /// A block straddling the end of an unmap is never split: the unmap takes the pages before
@@ -121,7 +104,7 @@ fn an_unmap_never_splits_a_block() {
     assert_eq!(pt.unmap(2 * MIB, 2 * MIB), Ok(2 * MIB));
     check(&pt, 2 * MIB, 2 * MIB, None);
     check(&pt, 0, MIB, Some(0x4000_1000));
-    settled(&pt);
+    check_no_leak(&pt);
 }
 
 /// A `map` whose first step writes two blocks, one of them replacing an empty table (break
@@ -153,10 +136,10 @@ fn a_map_failing_in_its_second_table_takes_back_its_blocks() {
         before.retired + 1,
         "the empty table was replaced"
     );
-    settled(&pt);
+    check_no_leak(&pt);
     assert_eq!(pt.unmap(GIB + MIB, PAGE), Ok(PAGE));
     pt.map(GIB - 4 * MIB, 0x8000_0000, 6 * MIB, RW).unwrap();
     check(&pt, GIB - 4 * MIB, 6 * MIB, Some(0x8000_0000));
     assert_eq!(pt.unmap(GIB - 4 * MIB, 6 * MIB), Ok(6 * MIB));
-    settled(&pt);
+    check_no_leak(&pt);
 }
