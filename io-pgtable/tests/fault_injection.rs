@@ -6,6 +6,9 @@
 //! thread, so these tests run in parallel.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::check_no_leak;
 use dma_sync::fault::armed;
 use io_pgtable::faults::TABLE_ALLOC;
 use io_pgtable::{Config, Error, PageTable, Prot};
@@ -43,27 +46,6 @@ fn check_translations(pt: &PageTable, reference: &Reference, pages: impl Iterato
         .map(|e| pt.geometry().block_size(e.level) / PAGE)
         .sum();
     assert_eq!(mapped, reference.len() as u64, "{dump}");
-}
-
-/// No table leaked: the tables counted as linked are exactly those reachable from the root,
-/// and every retired or discarded table is freed once the grace periods have run.
-fn check_no_leak(pt: &PageTable) {
-    let s = pt.stats();
-    assert_eq!(s.linked() as usize, pt.dump().tables, "{s:?}");
-    for _ in 0..10_000 {
-        let s = pt.stats();
-        if s.freed == s.discarded + s.retired {
-            return;
-        }
-        dma_sync::rcu::pin().flush();
-        std::thread::yield_now();
-    }
-    let s = pt.stats();
-    assert_eq!(
-        s.freed,
-        s.discarded + s.retired,
-        "retired tables never freed: {s:?}"
-    );
 }
 
 /// Disarmed, the table maps and unmaps a fresh range (needing new tables) and takes it back.

@@ -21,7 +21,8 @@
 //! under callgrind: 172 to 185 checked, 89 to 102 unchecked), locked instructions down (4 to
 //! 2 checked, 2 to 0 unchecked); time went down, interleaved dmabench A/B of five runs each
 //! (floor and iova, medians over the same run's CAS): checked 5.90× to 5.32× (15.5 to 13.9 ns),
-//! unchecked 3.93× to 3.51× (10.2 to 9.3 ns).
+//! unchecked 3.93× to 3.51× (10.2 to 9.3 ns). A section now also reads its own flag first
+//! (a nested section does not run): 188 to 194 checked, 105 to 111 unchecked.
 //!
 //! A batch free (`free_batch`) validates each range as `free` does and caches a run of one
 //! class on the calling thread's stack in its thread-cache slot as far as it has room (256

@@ -10,8 +10,8 @@
 //! batch free pushes its ranges onto the stack while it has room, the rest going to the
 //! magazines; an allocation of the same class whose limit the parked range fits takes it
 //! back, else the newest range of the stack if it is of that class and fits. Each is a
-//! section of the protocol: a plain store, a compiler fence, a load and a release store, no
-//! locked instruction. With checked frees the owner bitmap still sees every alloc and free
+//! section of the protocol: a load of its own flag, a plain store, a compiler fence, a load
+//! and a release store, no locked instruction. With checked frees the owner bitmap still sees every alloc and free
 //! (module `held`), so double frees, racing ones included, are refused exactly as before: a
 //! range enters a slot only after its release succeeded.
 //!

@@ -1,8 +1,10 @@
 //! The trusted single mapping done once: a trusted device's buffer is never bounced, so its
 //! map is validate → allocate the IOVA → map the page table → record, and all of it runs in
-//! one frame, with only the allocator's and the page table's calls out of line and every
-//! failure path cold. The general path (`map_single` → `map_phys` → a `NewMapping`) builds the
-//! same steps from layers that each hand a `Result` back through memory.
+//! one frame (the caller's: `Domain::map` and this are inlined), with only the allocator's
+//! and the page table's calls on its success path (the compiler may inline the allocator's
+//! fast path too, as in `examples/lazy_loop.rs`) and every failure path cold. The general
+//! path (`map_single` → `map_phys` → a `NewMapping`) builds the same steps from layers that
+//! each hand a `Result` back through memory.
 
 use super::{buffer_end, Domain};
 use crate::backend::{prot_for, IovaSpan};

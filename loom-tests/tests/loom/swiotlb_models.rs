@@ -440,7 +440,8 @@ fn cache_exit() {
 /// How a run lost at a thread's exit shows in `cache_exit`: as in `cache_drain`, or as the
 /// heir's map needing a transient pool while only cached runs held the area.
 const LOST_AT_EXIT: &str = "bounce buffer holds another mapping's bytes | free-run counters | \
-    every slot came back | a transient pool although the other thread held no slot";
+    every slot came back | a transient pool although the other thread held no slot | \
+    Causality violation";
 
 #[test]
 fn cache_exit_passes() {
@@ -760,7 +761,9 @@ must_fail_test! {
 
 must_fail_test! {
     /// A Relaxed give-back at thread exit: the heir claims the slot without seeing the run
-    /// cached in it, overwrites it, and the run is lost.
+    /// cached in it, overwrites it, and the run is lost; its first section's check of its own
+    /// section flag (an unsynchronised read under loom) already reads the leaver's unacquired
+    /// store.
     fn cache_exit_disown_relaxed: points::CACHE_DISOWN, Weakening::Relax, LOST_AT_EXIT, Bound::Preemptions(1), cache_exit;
 }
 
