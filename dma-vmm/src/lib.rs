@@ -49,6 +49,14 @@
 //!   reason; then 20,000 arbitrary byte strings, after
 //!   which replies have stayed within the writable part and `probe_size` + 4 bytes and the device
 //!   still works.
+//! * `tests/spec_requirements.rs`: a second pass over the same statements, each test naming its
+//!   clause: every cut and extension of every request type against writable parts from empty to
+//!   `usize::MAX`, every refusal the text names followed by a check that the domains, endpoints,
+//!   mappings, config space and what every device reaches are unchanged (one at a time and as a
+//!   batch), the MAP overlap and UNMAP split rules on every small range against the text, every
+//!   flag bit with and without its feature, config writes at every offset, domains emptied by
+//!   moves and reset, `max_domains` with 512 endpoints, PROBE at every writable length, a fault
+//!   flood against every event-buffer size.
 //! * `tests/virtio_blk.rs` with `examples/virtio_blk/`: a virtio-blk-like device written against
 //!   vm-memory's `GuestMemory` and virtio-queue 0.18's `Queue` only, given its endpoint's
 //!   `IovaMemory`, while the guest maps with wire-format requests and lays out its split virtqueue

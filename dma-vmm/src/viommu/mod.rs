@@ -83,7 +83,9 @@
 //!   (`RANGE`), inside `input_range` (`RANGE`), known flags (`INVAL`), R or W (`UNSUPP`: stage-1
 //!   LPAE cannot express an MMIO-only or no-access mapping), no overlap with an existing mapping
 //!   (`INVAL`) nor with a reserved region of any endpoint attached to the domain (`INVAL`),
-//!   reversed range (`INVAL`), under `max_mappings_per_domain`, `max_mappings`, and, counting the
+//!   reversed range (`INVAL`), a physical range past the page table's output size or wrapping
+//!   around 2^64 (`RANGE`: the guest-physical range the text asks for cannot be expressed),
+//!   under `max_mappings_per_domain`, `max_mappings`, and, counting the
 //!   leaves it writes (`PageTable::leaves`) and the tables it installs
 //!   (`PageTable::tables_to_install`, exact under the lock), `max_leaves` and `max_tables`
 //!   (`NOMEM`, before anything is allocated; UNMAP and a dying domain give the room back);
@@ -103,7 +105,8 @@
 //! [`Viommu::handle_bytes`] takes a request element's device-readable bytes and the size of its
 //! device-writable part and returns the bytes to write (their number is the used length): an
 //! unknown type, or a writable part shorter than the 4-byte tail, gets nothing (used length 0);
-//! a readable part shorter than its type's layout → `INVAL`; a PROBE's tail always follows
+//! a readable part shorter than its type's layout → `INVAL`, bytes past the layout are ignored
+//! (room for the future extensions the PROBE padding speaks of); a PROBE's tail always follows
 //! `probe_size` bytes of properties, and a PROBE whose writable part is shorter than that gets no
 //! property and `INVAL` in the tail at its end. Replies are bounded by `probe_size` + 4 bytes.
 //!
