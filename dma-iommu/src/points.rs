@@ -22,6 +22,7 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
+//! | `iommu.map.record_last` | Step | `map_records_first` ("leaf on a free IOVA") | `real_domain_map_vs_guessed_unmap` |
 //! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_reinsert` |
@@ -117,6 +118,10 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
+    /// A map writes the page-table leaves before it records the mapping in the registry
+    /// (weakened: records first), so an unmap that guessed the address finds no record until
+    /// the leaves it would clear are written, and never frees an IOVA the map then maps.
+    MAP_RECORD_LAST: Step = "iommu.map.record_last";
     /// Acquire compare-and-swap by which a take claims a registry slot from the live address:
     /// its read of the record follows the insert's write (paired with
     /// `iommu.registry.publish`).
