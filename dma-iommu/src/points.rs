@@ -56,6 +56,7 @@
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
+//! | `real_domain_map_vs_guessed_unmap` | map (real stack, strict or lazy), unmap of the IOVA the map will get | exhaustive (twin PB 2) | the guess refused and the map whole, or the mapping unmapped by the guess; no leaf on a free IOVA, nothing leaked; outcomes {refused, unmapped} |
 //! | `reclaim_requeues_vs_teardown` | bare queue: enqueue, teardown+close | PB 3 | a `reclaim` that enqueues into its own queue does not hang (the nested enqueue takes no ring lock and frees at once); teardown returns after every drain's frees, nested ones included; every entry freed once; outcomes {racing entry queued in time, freed into the closed ring} |
 //!
 //! Each three-thread model returns an outcome and its test asserts the full outcome set, so a
