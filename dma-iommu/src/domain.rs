@@ -8,7 +8,8 @@
 //! Unmap: take the record (refusing addresses that are not a live mapping of this device) →
 //! [`Strictness::unmap_with`]: clear the leaves, then sync and free (strict; always for
 //! untrusted devices) or queue (lazy) → release the bounce buffer, copying back, after the
-//! IOTLB can no longer reach it (a copy-back that original memory refuses is
+//! IOTLB can no longer reach it (the order is the mutation point
+//! `iommu.unmap.bounce_after_sync`; a copy-back that original memory refuses is
 //! [`DmaError::LostCopyBack`]; the slots are released all the same).
 //!
 //! A trusted device's map (never bounced) runs in one frame, its caller's (module `trusted`;
@@ -214,6 +215,7 @@ use crate::flush_queue::FqConfig;
 use crate::iotlb::TlbOps;
 use crate::iova_view::IovaView;
 use crate::new_mapping::NewMapping;
+use crate::points::UNMAP_BOUNCE_AFTER_SYNC;
 use crate::policy::DevicePolicy;
 use crate::registry::{Expect, Kind, Registry};
 use crate::stats::{DomainStats, Event, Stats};
@@ -705,6 +707,14 @@ impl<T: TlbOps + 'static> Domain<T> {
         // Untrusted devices are always strict: their bounce buffers and pages must not stay
         // reachable after the unmap returns.
         let strict = !dev.inner.config.trusted;
+        let mut bounced = rec.bounce_buffer.zip(self.bouncer(dev));
+        let mut copied = Ok(());
+        if !UNMAP_BOUNCE_AFTER_SYNC.on() {
+            // Weakened: the slots released while the device can still reach them.
+            if let Some((phys, bouncer)) = bounced.take() {
+                copied = bouncer.unmap(dma, phys, size as usize, dir, copy_back);
+            }
+        }
         // The closure owns copies: nothing of this frame is read back through a pointer.
         let how = self.strictness.unmap_with(strict, move |gather| {
             // Only a scatter list's span has holes (segments moved to a boundary); every
@@ -717,12 +727,13 @@ impl<T: TlbOps + 'static> Domain<T> {
         if how == Unmapped::Synced {
             self.stats.count(Event::Synced);
         }
-        if let (Some(phys), Some(bouncer)) = (rec.bounce_buffer, self.bouncer(dev)) {
-            // The device can no longer reach the buffer (untrusted: always strict). `size` is
-            // the recorded size, which `map_single` checked fits a usize.
-            bouncer.unmap(dma, phys, size as usize, dir, copy_back)?;
+        if let Some((phys, bouncer)) = bounced {
+            // The device can no longer reach the buffer (untrusted: always strict, so the
+            // IOTLB is synced). `size` is the recorded size, which `map_single` checked fits
+            // a usize.
+            copied = bouncer.unmap(dma, phys, size as usize, dir, copy_back);
         }
-        Ok(how)
+        copied.map(|()| how)
     }
 
     /// Make the device's writes to `[dma, dma + size)` visible to the CPU (copies a bounced

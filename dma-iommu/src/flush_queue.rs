@@ -1032,6 +1032,7 @@ impl<O: InvalidationOps> fmt::Debug for FlushQueue<O> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use dma_sync::hang::within_30_s;
 
     /// Records flushes and frees; every entry carries the number of flushes *started* when it
     /// was queued, and a free asserts that a flush started after that has completed.
@@ -1310,31 +1311,10 @@ mod tests {
         }
     }
 
-    /// Run `body` on a thread of its own and fail if it does not finish within a minute: a
-    /// test of a former hang fails instead of hanging the suite (under Miri, where time is
-    /// emulated, it runs on the caller's thread).
-    fn within_a_minute(body: impl FnOnce() + Send + 'static) {
-        if cfg!(miri) {
-            return body();
-        }
-        let (done, wait) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            body();
-            let _ = done.send(());
-        });
-        match wait.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => t.join().unwrap(),
-            // The body panicked: its thread's panic is the failure.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                std::panic::resume_unwind(t.join().unwrap_err())
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("hung for a minute"),
-        }
-    }
-
     #[test]
     fn a_reclaim_may_enqueue_into_its_own_queue() {
-        within_a_minute(a_reclaim_enqueues_into_its_own_queue);
+        let done = within_30_s(a_reclaim_enqueues_into_its_own_queue);
+        assert!(done.is_some(), "hung");
     }
 
     fn a_reclaim_enqueues_into_its_own_queue() {
@@ -1394,7 +1374,7 @@ mod tests {
 
     #[test]
     fn a_reclaim_may_run_its_queues_timer_and_teardown_and_one_that_panics_leaves_it_working() {
-        within_a_minute(|| {
+        let done = within_30_s(|| {
             dma_sync::cpu::set_current(Some(0));
             let ops = Arc::new(Nosy::default());
             let cfg = FqConfig::single()
@@ -1423,6 +1403,7 @@ mod tests {
             let st = fq.stats();
             assert_eq!((st.enqueued, st.reclaimed, st.pending), (4, 4, 0));
         });
+        assert!(done.is_some(), "hung");
     }
 
     #[test]

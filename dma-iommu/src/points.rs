@@ -23,6 +23,7 @@
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
 //! | `iommu.map.record_last` | Step | `map_records_first` ("leaf on a free IOVA") | `real_domain_map_vs_guessed_unmap` |
+//! | `iommu.unmap.bounce_after_sync` | Step | `bounce_released_before_sync` ("reused bounce slots") | `bounced_unmap_vs_device` |
 //! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.vacate` | Store | `registry_vacate_relaxed` | `take_vs_reinsert` |
@@ -31,7 +32,7 @@
 //! | `iommu.registry.lookup` | Load | `registry_lookup_relaxed` | `neighbour_inserts` |
 //!
 //! Twins without a message in the table fail with a causality violation; the real-domain twins
-//! with "stale translation".
+//! with "stale translation" (the bounced unmap's, "reused bounce slots").
 //!
 //! # Loom models
 //!
@@ -57,6 +58,7 @@
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
 //! | `real_domain_map_vs_guessed_unmap` | map (real stack, strict or lazy), unmap of the IOVA the map will get | exhaustive (twin PB 2) | the guess refused and the map whole, or the mapping unmapped by the guess; no leaf on a free IOVA, nothing leaked; outcomes {refused, unmapped} |
+//! | `bounced_unmap_vs_device` | unmap (untrusted, lazy domain), remap of the pool, device | PB 4 (twin PB 2) | the whole real stack with a real bounce pool of one granule (two slots): the device, holding its cached or walked translation, reads the bounce slots and must find the mapping's own bytes, never those of the other mapping that reuses the slots once released; the unmap is synced, the IOVA and slots freed; outcomes {remap before or after the release} × {device used the translation or found it gone} |
 //! | `reclaim_requeues_vs_teardown` | bare queue: enqueue, teardown+close | PB 3 | a `reclaim` that enqueues into its own queue does not hang (the nested enqueue takes no ring lock and frees at once); teardown returns after every drain's frees, nested ones included; every entry freed once; outcomes {racing entry queued in time, freed into the closed ring} |
 //!
 //! Each three-thread model returns an outcome and its test asserts the full outcome set, so a
@@ -123,6 +125,11 @@ dma_sync::mutation_points! {
     /// (weakened: records first), so an unmap that guessed the address finds no record until
     /// the leaves it would clear are written, and never frees an IOVA the map then maps.
     MAP_RECORD_LAST: Step = "iommu.map.record_last";
+    /// An untrusted device's unmap releases its bounce slots (copying back first) only after
+    /// the page-table unmap and the IOTLB sync (weakened: before them, so a device access
+    /// through the still-live IOVA reaches slots that are free or already reused by another
+    /// mapping, and a device write after the copy back is lost).
+    UNMAP_BOUNCE_AFTER_SYNC: Step = "iommu.unmap.bounce_after_sync";
     /// Acquire compare-and-swap by which a take claims a registry slot from the live address:
     /// its read of the record follows the insert's write (paired with
     /// `iommu.registry.publish`).

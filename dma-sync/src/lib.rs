@@ -26,6 +26,7 @@
 //! | [`cpu`]: [`cpu::current`], [`cpu::current_in`], [`cpu::set_current`], [`cpu::count`] | `sched_getcpu` | an id per model thread |
 //! | [`mutation`]: [`mutation_points!`], [`mutation::Point`] | the ordering as written | weakenable per test |
 //! | [`fault`]: [`fault::Site`] | never fails (feature `fault-injection`: armable per thread) | the same |
+//! | `hang::within_30_s` (feature `test-support`) | a test's watchdog: the body on a thread of its own, `None` after 30 s, its panic raised again on the caller's thread; inline under Miri | the same (outside models) |
 //! | [`CachePadded`], [`LOOM`] | cache-line padding; the build flag | |
 //!
 //! Every memory ordering that matters in the library is written through a named
@@ -52,6 +53,8 @@ pub mod atomic;
 pub mod cell;
 pub mod cpu;
 pub mod fault;
+#[cfg(feature = "test-support")]
+pub mod hang;
 pub mod lock;
 pub mod mutation;
 pub mod points;

@@ -8,18 +8,22 @@
 //! table by table in address order, and freed tables go back to a free list of the same page
 //! table for reuse (before any new table is carved).
 //!
-//! Every chunk can lie on one huge page. The first is not advised when it is allocated: its
-//! memory is only reserved, each table's page faults in (4 KiB) when the table is zeroed, so a
-//! page table with a handful of tables costs a handful of pages. A one-mapping 4-level page
-//! table (three tables below the root) measured 28.8 KiB resident in all where it took 24.8 KiB
-//! when the first chunk held four tables (glibc writes its header for the aligned block on a
-//! page of its own), and 4 MiB of address space instead of 29 KiB (to align 2 MiB, glibc maps
-//! twice that). Once all of it is
-//! handed out (a table set of 2 MiB: about 260 000 mapped 4 KiB pages) it is advised as a
-//! huge-page candidate and, on Linux 6.1 and later, collapsed into one huge page at once
-//! (`MADV_COLLAPSE`; on older kernels `khugepaged` may do it later). Every later chunk is only
-//! allocated for a table set that large, so it is advised at once, its pages dropped first
-//! (so that even memory the allocator recycles faults in a huge page).
+//! Every chunk can lie on one huge page. A chunk is a mapping of its own (`mmap`, twice its
+//! size reserved and the unaligned head and tail unmapped, so it takes just its 2 MiB of
+//! address space, with `MAP_NORESERVE`: pages never touched are not charged as committed;
+//! under Miri and loom, and off Linux, it comes from the global allocator). The first is not advised when it is mapped: its memory is only reserved, each table's page
+//! faults in (4 KiB) when the table is zeroed, so a page table with a handful of tables costs
+//! a handful of pages. A one-mapping 4-level page table (three tables below the root, a
+//! thousand such tables measured through `/proc/self/status`) costs 20.8 KiB resident and
+//! 2.01 MiB of address space, where a chunk from the global allocator cost 28.8 KiB resident
+//! (glibc writes its header for the aligned block on a page of its own) and 4.01 MiB of
+//! address space (to align 2 MiB, glibc maps twice that): a thousand page tables reserve
+//! 2 GiB, not 4 GiB. Once all of the first chunk is handed out (a table set of 2 MiB: about
+//! 260 000 mapped 4 KiB pages) it is advised as a huge-page candidate and, on Linux 6.1 and
+//! later, collapsed into one huge page at once (`MADV_COLLAPSE`; on older kernels
+//! `khugepaged` may do it later). Every later chunk is only
+//! mapped for a table set that large, so it is advised at once; being a fresh mapping with no
+//! page present, its first table's zeroing faults in a huge page.
 //!
 //! The free list is a plain mutex-protected stack: a table reaches it only through
 //! [`TableMem`]'s drop, after the grace period that retired it (or before it was ever
@@ -48,7 +52,7 @@ pub(crate) struct Slab {
 
 struct State {
     free: Vec<NonNull<AtomicU64>>,
-    chunks: Vec<(NonNull<u8>, Layout)>,
+    chunks: Vec<Chunk>,
     /// Tables of the last chunk handed out so far (none carved from it is free or in use
     /// beyond these).
     carved: usize,
@@ -118,7 +122,7 @@ impl Slab {
         let stride = self.table.size();
         let per_chunk = self.chunk_tables();
         let base = match s.chunks.last() {
-            Some(&(base, _)) if s.carved < per_chunk => base,
+            Some(c) if s.carved < per_chunk => c.base,
             _ => {
                 let base = self.grow(s, addr_bits)?;
                 s.carved = 0;
@@ -139,62 +143,173 @@ impl Slab {
             .chunk_tables()
             .checked_mul(stride)
             .ok_or(Error::NoMemory)?;
-        // A full-size chunk is aligned to its size, so a huge page can back it.
-        let align = if bytes == CHUNK_BYTES {
-            CHUNK_BYTES
-        } else {
-            self.table.align()
-        };
-        let layout = Layout::from_size_align(bytes, align).map_err(|_| Error::NoMemory)?;
-        // SAFETY: `bytes >= stride > 0`.
-        let base = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or(Error::NoMemory)?;
+        let chunk = Chunk::new(bytes, self.table.align())?;
+        let base = chunk.base;
         if (base.as_ptr() as u64 + bytes as u64 - 1) >> addr_bits != 0 {
-            // Not representable in a table descriptor.
-            // SAFETY: allocated just above with this layout.
-            unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
+            // Not representable in a table descriptor (the chunk is freed as it drops).
             return Err(Error::NoMemory);
         }
-        if let [(first, first_layout)] = s.chunks[..] {
+        if let [ref first] = s.chunks[..] {
             // The first chunk is full: every table of it was handed out.
-            collapse_huge(first, first_layout.size());
+            collapse_huge(first.base, first.layout.size());
         }
         if !s.chunks.is_empty() {
             advise_huge(base, bytes);
         }
-        s.chunks.push((base, layout));
+        s.chunks.push(chunk);
         Ok(base)
     }
 }
 
 impl Drop for Slab {
     fn drop(&mut self) {
-        // Every table handed out holds an `Arc` of the slab, so none is in use now.
+        // Every table handed out holds an `Arc` of the slab, so none is in use now; each
+        // chunk is freed as it drops.
         let s = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for (base, layout) in s.chunks.drain(..) {
-            // SAFETY: allocated in `grow` with this layout, freed once.
-            unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
+        s.chunks.clear();
+    }
+}
+
+/// Whether full-size chunks are mapped directly (`mmap`) rather than taken from the global
+/// allocator: on Linux, outside Miri and loom (which cannot map memory).
+const MAPPED: bool = cfg!(all(target_os = "linux", not(miri), not(loom)));
+
+/// One chunk of table memory, freed when dropped.
+struct Chunk {
+    base: NonNull<u8>,
+    layout: Layout,
+    /// Mapped with `mmap` (freed with `munmap`), else from the global allocator.
+    mapped: bool,
+}
+
+impl Chunk {
+    /// `bytes` of memory for tables aligned to `table_align`: a full-size chunk aligned to its
+    /// size, so a huge page can back it.
+    fn new(bytes: usize, table_align: usize) -> Result<Self, Error> {
+        let align = if bytes == CHUNK_BYTES {
+            CHUNK_BYTES
+        } else {
+            table_align
+        };
+        let layout = Layout::from_size_align(bytes, align).map_err(|_| Error::NoMemory)?;
+        if MAPPED && bytes == CHUNK_BYTES {
+            let base = map_aligned_chunk().ok_or(Error::NoMemory)?;
+            return Ok(Chunk {
+                base,
+                layout,
+                mapped: true,
+            });
+        }
+        // SAFETY: `bytes >= stride > 0`.
+        let base = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or(Error::NoMemory)?;
+        Ok(Chunk {
+            base,
+            layout,
+            mapped: false,
+        })
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: mapped by `map_aligned_chunk` with this length, unmapped once; no table
+            // of it is in use (see `Slab`'s drop and `grow`).
+            unsafe { unmap(self.base, self.layout.size()) };
+        } else {
+            // SAFETY: allocated in `Chunk::new` with this layout, freed once.
+            unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
         }
     }
+}
+
+// SAFETY: a chunk is plain memory owned by its slab; see `Slab`.
+unsafe impl Send for Chunk {}
+
+/// A fresh anonymous mapping of [`CHUNK_BYTES`] aligned to its size, or `None` when the
+/// kernel refuses one.
+///
+/// Twice the size is mapped and the unaligned head and tail unmapped: only the chunk's own
+/// 2 MiB of address space stays reserved (the global allocator, asked for a 2 MiB alignment,
+/// keeps the whole twice-sized block). Nothing is committed until a page is touched.
+fn map_aligned_chunk() -> Option<NonNull<u8>> {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    {
+        let len = 2 * CHUNK_BYTES;
+        // SAFETY: a new private anonymous mapping at an address the kernel chooses; it
+        // overlaps nothing of this process.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        let (base, head, tail) = trim(raw as usize);
+        // SAFETY: both ranges are whole pages (the mapping and `base` are page aligned) of the
+        // mapping made just above, outside the chunk kept, and nothing refers to them.
+        unsafe {
+            if head != 0 {
+                libc::munmap(raw, head);
+            }
+            if tail != 0 {
+                libc::munmap((base + CHUNK_BYTES) as *mut libc::c_void, tail);
+            }
+        }
+        NonNull::new(base as *mut u8)
+    }
+    #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+    None
+}
+
+/// Where the aligned chunk lies in a twice-sized mapping at `start` (page aligned): its
+/// address, and the bytes before it and after it to unmap. (Linux 6.7 and later align an
+/// anonymous mapping this large to 2 MiB themselves: then only the tail is unmapped.)
+#[cfg_attr(not(all(target_os = "linux", not(miri), not(loom))), allow(dead_code))]
+fn trim(start: usize) -> (usize, usize, usize) {
+    let base = start.next_multiple_of(CHUNK_BYTES);
+    let head = base - start;
+    (base, head, CHUNK_BYTES - head)
+}
+
+/// Unmap a chunk made by [`map_aligned_chunk`].
+///
+/// # Safety
+///
+/// `base` and `bytes` are a whole chunk mapped by [`map_aligned_chunk`], not unmapped yet,
+/// and nothing refers to its memory any more.
+unsafe fn unmap(base: NonNull<u8>, bytes: usize) {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    // SAFETY: the caller's. A failure (the kernel gives one only for bad arguments) would
+    // leave the range mapped, never freed twice.
+    unsafe {
+        libc::munmap(base.as_ptr().cast(), bytes);
+    }
+    #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+    let _ = (base, bytes);
 }
 
 /// Ask Linux to back a new chunk with a huge page (transparent huge pages in `madvise`
 /// mode); a refusal only costs speed.
 ///
-/// The kernel gives a huge page when a fault finds none of the 2 MiB present, so advice alone
-/// misses a chunk the allocator recycled from memory the process touched before (freed heap
-/// memory keeps its 4 KiB pages): that happened to a third to two thirds of the chunks of a
-/// table built after other large allocations came and went. The chunk's pages are dropped
-/// too: nothing in it is initialised yet (each table is zeroed when handed out), so the first
-/// table's zeroing faults the huge page in.
+/// The kernel gives a huge page when a fault finds none of the 2 MiB present. A chunk is a
+/// fresh mapping of its own, with no page present, so the first table's zeroing faults the
+/// huge page in. (When chunks came from the global allocator, recycled heap memory kept its
+/// 4 KiB pages and a third to two thirds of the chunks of a table built after other large
+/// allocations missed their huge page unless their pages were dropped first.)
 fn advise_huge(base: NonNull<u8>, bytes: usize) {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     if bytes == CHUNK_BYTES {
-        // SAFETY: the range is one live allocation of this process, whole pages (2 MiB
-        // aligned and long) that nothing else shares, and nothing was written to it yet; the
-        // first advice changes no contents, the second only makes its pages read as zero.
+        // SAFETY: the range is one live mapping of this process, whole pages (2 MiB aligned
+        // and long) that nothing else shares; the advice changes no contents.
         unsafe {
             libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE);
-            libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_DONTNEED);
         }
     }
     #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
@@ -208,8 +323,8 @@ fn advise_huge(base: NonNull<u8>, bytes: usize) {
 fn collapse_huge(base: NonNull<u8>, bytes: usize) {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     if bytes == CHUNK_BYTES {
-        // SAFETY: the range is one live allocation of this process, whole pages (2 MiB
-        // aligned and long) that nothing else shares; neither advice changes its contents.
+        // SAFETY: the range is one live mapping of this process, whole pages (2 MiB aligned
+        // and long) that nothing else shares; neither advice changes its contents.
         unsafe {
             libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE);
             libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_COLLAPSE);
@@ -249,14 +364,16 @@ mod tests {
         let tables: Vec<_> = (0..1100).map(|_| slab.alloc(48, &stats).unwrap()).collect();
         let s = slab.state.lock().unwrap();
         assert_eq!(s.chunks.len(), 3);
-        assert!(s.chunks.iter().all(|&(base, layout)| {
-            layout.size() == CHUNK_BYTES && base.as_ptr() as usize % CHUNK_BYTES == 0
+        assert!(s.chunks.iter().all(|c| {
+            c.layout.size() == CHUNK_BYTES
+                && c.base.as_ptr() as usize % CHUNK_BYTES == 0
+                && c.mapped == MAPPED
         }));
         assert_eq!(s.carved, 1100 - 2 * 512);
-        let in_order = tables.chunks(512).zip(&s.chunks).all(|(t, &(base, _))| {
+        let in_order = tables.chunks(512).zip(&s.chunks).all(|(t, c)| {
             t.iter()
                 .enumerate()
-                .all(|(i, t)| t.addr() == base.as_ptr() as u64 + i as u64 * 4096)
+                .all(|(i, t)| t.addr() == c.base.as_ptr() as u64 + i as u64 * 4096)
         });
         assert!(
             in_order,
@@ -291,5 +408,25 @@ mod tests {
         assert_eq!(slab.alloc(12, &stats).err(), Some(Error::NoMemory));
         assert_eq!(stats.allocated.load(Relaxed), 0);
         assert!(slab.alloc(48, &stats).is_ok(), "the slab keeps working");
+    }
+
+    #[test]
+    fn a_mapping_is_trimmed_to_its_aligned_chunk() {
+        for start in [
+            0,
+            4096,
+            CHUNK_BYTES - 4096,
+            CHUNK_BYTES,
+            5 * CHUNK_BYTES + 0x3_4000,
+        ] {
+            let (base, head, tail) = trim(start);
+            assert_eq!(base % CHUNK_BYTES, 0);
+            assert_eq!(start + head, base, "the head ends where the chunk starts");
+            assert_eq!(
+                head + CHUNK_BYTES + tail,
+                2 * CHUNK_BYTES,
+                "all of the mapping"
+            );
+        }
     }
 }

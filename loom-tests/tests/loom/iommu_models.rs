@@ -20,6 +20,9 @@
 //! the timer's drain and its clear). Two-thread models are exhaustive. Each three-thread model
 //! also returns an outcome (synced or queued; freed by the timer or not; which CPU's flush freed
 //! the entry) and its test asserts that every outcome was reached, so a pass is not vacuous.
+//! `bounced_unmap_vs_device` (an untrusted device's bounced mapping against a remap of its
+//! bounce slots, on the real stack and a real bounce pool) passes with `Preemptions(4)`, 1.4 s
+//! of CPU.
 
 use dma_iommu::points::*;
 use dma_iommu::{
@@ -32,6 +35,7 @@ use dma_sync::thread::{spawn, JoinHandle};
 use dma_sync::{cpu, Arc, Mutex, UnsafeCell};
 use loom_tests::harness::{check, outcomes, Bound};
 use loom_tests::must_fail_test;
+use swiotlb_core::{MapAttrs, OrigMemory, RegionMemory, Swiotlb};
 
 const POISON: u64 = 0xdead;
 
@@ -587,8 +591,9 @@ fn real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device, u64) {
     (dom, dev, dma)
 }
 
-/// [`real_domain`]'s stack with nothing mapped yet, and its (trusted) device.
-fn fresh_real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device) {
+/// The real stack's configuration: io-pgtable tiny geometry, iova-cache without caches (a
+/// freed IOVA is visibly free), the flush queue `lazy` or none (strict).
+fn real_config(lazy: Option<FqConfig>) -> DomainConfig {
     let mut cfg = DomainConfig::new(io_pgtable::Config::tiny(2)).unwrap();
     cfg.lazy = lazy;
     cfg.iova = iova_cache::IovaConfig {
@@ -598,7 +603,12 @@ fn fresh_real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device) {
         checked_frees: false,
         ..iova_cache::IovaConfig::with_space(1, 15)
     };
-    let dom = Arc::new(Domain::new(cfg, CachingIotlb::default(), None).unwrap());
+    cfg
+}
+
+/// [`real_domain`]'s stack with nothing mapped yet, and its (trusted) device.
+fn fresh_real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device) {
+    let dom = Arc::new(Domain::new(real_config(lazy), CachingIotlb::default(), None).unwrap());
     let dev = dom.attach(DeviceConfig::default()).unwrap();
     (dom, dev)
 }
@@ -798,4 +808,134 @@ twins! { || { real_domain_map_vs_guessed_unmap(false); }, "leaf on a free IOVA",
     /// Recording the mapping before writing its leaves: the guess takes the record, unmaps
     /// nothing and frees the IOVA, and the map then writes leaves on the free IOVA.
     fn map_records_first: MAP_RECORD_LAST;
+/// Length of the bounced buffer and of the mapping that reuses its slots.
+const BOUNCE_LEN: usize = 8;
+/// The bounced buffer's bytes.
+const BOUNCED: u8 = 0x11;
+/// The bytes of the mapping that reuses its slots.
+const REUSED: u8 = 0x22;
+
+/// An untrusted device's bounced mapping on the whole real stack ([`real_config`], the domain
+/// lazy, so only the untrusted device's own rule keeps its unmap strict) over a real bounce
+/// pool of one granule (two 2 KiB slots, one area, no growth, no thread caches: a free run
+/// is visibly free and the only run a granule-aligned map can take). The device has the
+/// translation cached. Three threads: the caller unmaps it; another user of the pool maps
+/// a buffer as the domain's bounce side does (granule-aligned, padding zeroed), which can
+/// only get the same slots once they are released; the device translates through its IOTLB
+/// (walking on a miss) and, while it holds the translation, reads the bounce slots it
+/// reaches. Invariant: the device never reads another mapping's bytes through the IOVA, so
+/// the slots are released only after the page-table unmap and the IOTLB sync; afterwards the
+/// unmap was synced, the IOVA is unmapped and free, and the slots are free. Outcome: (the
+/// remap got the slots during the race, the device used the translation).
+///
+/// Bound: 4 preemptions (1.4 s of CPU; 3 take 0.3 s, 6 take 7 s, exhaustive ran
+/// past two minutes and was stopped: each thread runs hundreds of loom operations, RCU pins,
+/// spin locks, the pool's search). The release-too-early bug needs one (the unmap stopped
+/// between its release and its sync, the remap and the device then run to their ends); the
+/// other three stop the device inside its walk or read and the remap inside its search
+/// while the unmap clears, syncs and releases. Twin: 2.
+fn bounced_unmap_vs_device() -> (bool, bool) {
+    let mem = RegionMemory::new(2 * 0x1000);
+    let (buf, other) = (mem.base() + 0x10, mem.base() + 0x1010);
+    mem.write(buf, &[BOUNCED; BOUNCE_LEN]).unwrap();
+    mem.write(other, &[REUSED; BOUNCE_LEN]).unwrap();
+    let pool = swiotlb_core::Config {
+        can_grow: false,
+        transient_pools: false,
+        thread_caches: false,
+        ..swiotlb_core::Config::tiny(2, 1, 2)
+    };
+    let pool = Swiotlb::new(pool, mem).unwrap();
+    let (remapper, reader) = (
+        pool.device(swiotlb_core::DeviceConfig::default()),
+        pool.device(swiotlb_core::DeviceConfig::default()),
+    );
+    // The device reads the slots through a handle of the pool that has mapped before (a
+    // handle that never mapped finds no bounce address).
+    let once = pool.map(&reader, other, 1, Direction::ToDevice, MapAttrs::default());
+    let skip = MapAttrs {
+        skip_cpu_sync: true,
+        ..MapAttrs::default()
+    };
+    pool.unmap(&reader, once.unwrap(), 1, Direction::ToDevice, skip)
+        .unwrap();
+    let cfg = real_config(Some(tiny(1, 4)));
+    let dom = Arc::new(Domain::new(cfg, CachingIotlb::default(), Some(pool)).unwrap());
+    let untrusted = DeviceConfig {
+        trusted: false,
+        ..DeviceConfig::default()
+    };
+    let dev = dom.attach(untrusted).unwrap();
+    let to_dev = Direction::ToDevice;
+    let dma = dom.map(&dev, buf, BOUNCE_LEN, to_dev).unwrap();
+    let phys = dom.translate(dma).unwrap();
+    assert!(
+        dom.swiotlb().unwrap().is_bounce_buffer(&reader, phys),
+        "bounced"
+    );
+    // The device has used the mapping.
+    *dom.iotlb().cached.lock() = Some(dma);
+    // As the domain's bounce side maps: aligned to the granule, padding zeroed.
+    let attrs = MapAttrs {
+        alloc_align_mask: 0xfff,
+        zero_padding: true,
+        ..MapAttrs::default()
+    };
+    let un = spawn_on(&dom, move |dom| dom.unmap(&dev, dma, BOUNCE_LEN, to_dev));
+    let remap = spawn_on(&dom, move |dom| {
+        let pool = dom.swiotlb().unwrap();
+        pool.map(&remapper, other, BOUNCE_LEN, to_dev, attrs)
+            .is_ok()
+    });
+    let device = spawn_on(&dom, move |dom| {
+        let mut cached = dom.iotlb().cached.lock();
+        if cached.is_none() && dom.translate(dma).is_some() {
+            *cached = Some(dma);
+        }
+        if cached.is_some() {
+            let mut seen = [0; BOUNCE_LEN];
+            let pool = dom.swiotlb().unwrap();
+            pool.read_bounce(&reader, phys, &mut seen).unwrap();
+            assert_eq!(
+                seen, [BOUNCED; BOUNCE_LEN],
+                "DMA through a live IOVA into reused bounce slots"
+            );
+        }
+        cached.is_some()
+    });
+    assert_eq!(
+        un.join().unwrap(),
+        Ok(Unmapped::Synced),
+        "untrusted: strict"
+    );
+    let remapped = remap.join().unwrap();
+    let used = device.join().unwrap();
+    assert_eq!(dom.translate(dma), None, "the page is unmapped");
+    assert!(
+        dom.iova_allocator().find(dma >> 12).is_none(),
+        "the IOVA was freed"
+    );
+    if !remapped {
+        let pool = dom.swiotlb().unwrap();
+        let again = pool.device(swiotlb_core::DeviceConfig::default());
+        let slots = pool.map(&again, other, BOUNCE_LEN, to_dev, attrs);
+        assert!(slots.is_ok(), "the bounce slots were released");
+    }
+    (remapped, used)
+}
+
+#[test]
+fn bounced_unmap_vs_device_passes() {
+    // Every combination: the remap came before or after the release, the device used its
+    // translation before the sync or found it gone.
+    let seen = outcomes(Bound::Preemptions(4), bounced_unmap_vs_device);
+    let all = [(false, false), (false, true), (true, false), (true, true)];
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), all);
+}
+
+twins! { || { bounced_unmap_vs_device(); }, "reused bounce slots", Bound::Preemptions(2);
+    /// The bounce slots released before the page-table unmap and the IOTLB sync: the other
+    /// mapping takes them while the device still holds the translation, which now reaches
+    /// its bytes.
+    fn bounce_released_before_sync: UNMAP_BOUNCE_AFTER_SYNC;
 }
