@@ -794,7 +794,9 @@ fn real_domain_map_vs_guessed_unmap(lazy: bool) -> bool {
 
 #[test]
 fn real_domain_map_vs_guessed_unmap_passes() {
-    let seen = outcomes(Bound::Exhaustive, || real_domain_map_vs_guessed_unmap(false));
+    let seen = outcomes(Bound::Exhaustive, || {
+        real_domain_map_vs_guessed_unmap(false)
+    });
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
 }
 
@@ -808,6 +810,8 @@ twins! { || { real_domain_map_vs_guessed_unmap(false); }, "leaf on a free IOVA",
     /// Recording the mapping before writing its leaves: the guess takes the record, unmaps
     /// nothing and frees the IOVA, and the map then writes leaves on the free IOVA.
     fn map_records_first: MAP_RECORD_LAST;
+}
+
 /// Length of the bounced buffer and of the mapping that reuses its slots.
 const BOUNCE_LEN: usize = 8;
 /// The bounced buffer's bytes.
