@@ -22,6 +22,7 @@
 //! | `iommu.fq.timer.rearm` | Step | `timer_not_rearmed` ("stranded") | `queue_vs_timer` |
 //! | `iommu.fq.teardown.stop_timer` | Step | `teardown_without_stopping_timer` | `teardown_vs_drain` |
 //! | `iommu.unmap.single_snapshot` | Step | `unmap_rereads_mode`, `real_domain_unmap_rereads_mode` ("stale translation") | `switch_vs_unmap`, `real_domain_switch_vs_unmap` |
+//! | `iommu.map.record_last` | Step | `map_records_first` ("leaf on a free IOVA") | `real_domain_map_vs_guessed_unmap` |
 //! | `iommu.unmap.bounce_after_sync` | Step | `bounce_released_before_sync` ("reused bounce slots") | `bounced_unmap_vs_device` |
 //! | `iommu.registry.claim` | Rmw | `registry_claim_relaxed` | `insert_vs_take` |
 //! | `iommu.registry.publish` | Store | `registry_publish_relaxed` | `insert_vs_take` |
@@ -56,6 +57,7 @@
 //! | `full_ring_vs_enqueue` | CPU 0 full-ring flush, CPU 1 two unmaps, device | PB 3 (twins PB 2) | cross-CPU free on another CPU's flush; outcomes {1, 2 full flushes} |
 //! | `teardown_vs_drain` | timer, teardown+close | exhaustive | teardown waits for a running drain; no later drain |
 //! | `unmap_vs_teardown` | unmap (lazy), teardown, device | PB 3 | an enqueue racing with teardown is freed exactly once, after a covering flush, before the owner closes its handle; outcomes {freed when teardown returned, freed by the enqueue into the closed ring} |
+//! | `real_domain_map_vs_guessed_unmap` | map (real stack, strict or lazy), unmap of the IOVA the map will get | exhaustive (twin PB 2) | the guess refused and the map whole, or the mapping unmapped by the guess; no leaf on a free IOVA, nothing leaked; outcomes {refused, unmapped} |
 //! | `bounced_unmap_vs_device` | unmap (untrusted, lazy domain), remap of the pool, device | PB 4 (twin PB 2) | the whole real stack with a real bounce pool of one granule (two slots): the device, holding its cached or walked translation, reads the bounce slots and must find the mapping's own bytes, never those of the other mapping that reuses the slots once released; the unmap is synced, the IOVA and slots freed; outcomes {remap before or after the release} × {device used the translation or found it gone} |
 //! | `reclaim_requeues_vs_teardown` | bare queue: enqueue, teardown+close | PB 3 | a `reclaim` that enqueues into its own queue does not hang (the nested enqueue takes no ring lock and frees at once); teardown returns after every drain's frees, nested ones included; every entry freed once; outcomes {racing entry queued in time, freed into the closed ring} |
 //!
@@ -119,6 +121,10 @@ dma_sync::mutation_points! {
     /// IOTLB sync and the queue-or-free decision (weakened: the sync decision re-reads the
     /// mode, the reordering of the 2021 review in which the sync is skipped and the IOVA freed).
     UNMAP_SINGLE_SNAPSHOT: Step = "iommu.unmap.single_snapshot";
+    /// A map writes the page-table leaves before it records the mapping in the registry
+    /// (weakened: records first), so an unmap that guessed the address finds no record until
+    /// the leaves it would clear are written, and never frees an IOVA the map then maps.
+    MAP_RECORD_LAST: Step = "iommu.map.record_last";
     /// An untrusted device's unmap releases its bounce slots (copying back first) only after
     /// the page-table unmap and the IOTLB sync (weakened: before them, so a device access
     /// through the still-live IOVA reaches slots that are free or already reused by another

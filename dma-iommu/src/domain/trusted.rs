@@ -11,6 +11,7 @@ use crate::backend::{prot_for, IovaSpan};
 use crate::device::Device;
 use crate::error::DmaError;
 use crate::iotlb::TlbOps;
+use crate::points::MAP_RECORD_LAST;
 use crate::registry::{Held, Record};
 use swiotlb_core::Direction;
 
@@ -33,15 +34,26 @@ impl<T: TlbOps + 'static> Domain<T> {
         let iova = span.pfn << self.shift;
         let len = span.granules << self.shift;
         let prot = prot_for(dir, false);
-        if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
-            // The page table undid its part itself. Converted here, off the success path.
-            return Err(self.map_failed(span, 0, e.into()));
-        }
         let rec = Record {
             dev: dev.inner.id,
             size,
             held: Held::Single,
         };
+        if !MAP_RECORD_LAST.on() {
+            // Weakened: recorded before the leaves are written, so an unmap that guessed the
+            // address can take the record, unmap nothing and free the IOVA in between.
+            if let Err(e) = self.registry.insert(iova + offset, rec) {
+                return Err(self.map_failed(span, 0, e));
+            }
+            if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
+                return Err(self.map_failed(span, 0, e.into()));
+            }
+            return Ok(iova + offset);
+        }
+        if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
+            // The page table undid its part itself. Converted here, off the success path.
+            return Err(self.map_failed(span, 0, e.into()));
+        }
         if let Err(e) = self.registry.insert(iova + offset, rec) {
             return Err(self.map_failed(span, len, e));
         }

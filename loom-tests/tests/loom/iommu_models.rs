@@ -583,8 +583,7 @@ type RealDomain = Domain<CachingIotlb>;
 /// iova-cache (range allocator, no caches, so a freed IOVA is visibly free) and the real flush
 /// queue (`lazy`, or strict). One page is mapped and the device has its translation cached.
 fn real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device, u64) {
-    let dom = Arc::new(Domain::new(real_config(lazy), CachingIotlb::default(), None).unwrap());
-    let dev = dom.attach(DeviceConfig::default()).unwrap();
+    let (dom, dev) = fresh_real_domain(lazy);
     let dma = dom
         .map(&dev, 0x8000, 0x1000, Direction::Bidirectional)
         .unwrap();
@@ -605,6 +604,13 @@ fn real_config(lazy: Option<FqConfig>) -> DomainConfig {
         ..iova_cache::IovaConfig::with_space(1, 15)
     };
     cfg
+}
+
+/// [`real_domain`]'s stack with nothing mapped yet, and its (trusted) device.
+fn fresh_real_domain(lazy: Option<FqConfig>) -> (Arc<RealDomain>, Device) {
+    let dom = Arc::new(Domain::new(real_config(lazy), CachingIotlb::default(), None).unwrap());
+    let dev = dom.attach(DeviceConfig::default()).unwrap();
+    (dom, dev)
 }
 
 /// The caller unmaps the page in a model thread.
@@ -748,6 +754,62 @@ fn spawn_real_unmap_result(
 fn real_domain_double_unmap_passes() {
     // Either thread may win.
     assert_outcomes(real_domain_double_unmap, &[false, true]);
+}
+
+/// A map races with an unmap that guessed its IOVA (a hostile or buggy caller: the IOVA of a
+/// fresh domain's map is predictable; here it is read from a map and unmap done before the
+/// threads start, after which the allocator hands the same IOVA out again). On the whole real
+/// stack, strict or lazy. Conservation after both: either the guess was refused
+/// (`NotMapped`) and the map is whole (translated, allocated, and its own unmap succeeds), or
+/// the guess unmapped it; in both cases no leaf remains on a free IOVA and nothing leaks (the
+/// IOVA is free once the queue is flushed). Outcome: whether the guess won.
+///
+/// Exhaustive (a fraction of a second each: two threads, one page, strict frees at once and
+/// the lazy queue is drained only after the join). The twin needs one switch (the map stopped
+/// between its two steps while the guess runs whole); it uses PB 2.
+fn real_domain_map_vs_guessed_unmap(lazy: bool) -> bool {
+    let (dom, dev) = fresh_real_domain(lazy.then(|| tiny(1, 4)));
+    let dir = Direction::Bidirectional;
+    let guess = dom.map(&dev, 0x8000, 0x1000, dir).unwrap();
+    dom.unmap(&dev, guess, 0x1000, dir).unwrap();
+    dom.flush_queue_now();
+    let other = spawn_real_unmap_result(&dom, &dev, guess);
+    let dma = dom.map(&dev, 0x8000, 0x1000, dir).unwrap();
+    let other = other.join().unwrap();
+    assert_eq!(dma, guess, "the allocator hands the same IOVA out again");
+    if let Err(e) = &other {
+        assert_eq!(*e, DmaError::NotMapped { dma }, "the guess is refused");
+        assert_eq!(dom.translate(dma), Some(0x8000), "the map is whole");
+        assert!(dom.iova_allocator().find(dma >> 12).is_some());
+        dom.unmap(&dev, dma, 0x1000, dir).unwrap();
+    }
+    dom.flush_queue_now();
+    assert!(
+        dom.iova_allocator().find(dma >> 12).is_none(),
+        "the IOVA leaked"
+    );
+    assert_eq!(dom.translate(dma), None, "leaf on a free IOVA");
+    other.is_ok()
+}
+
+#[test]
+fn real_domain_map_vs_guessed_unmap_passes() {
+    let seen = outcomes(Bound::Exhaustive, || {
+        real_domain_map_vs_guessed_unmap(false)
+    });
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+}
+
+#[test]
+fn real_domain_lazy_map_vs_guessed_unmap_passes() {
+    let seen = outcomes(Bound::Exhaustive, || real_domain_map_vs_guessed_unmap(true));
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [false, true]);
+}
+
+twins! { || { real_domain_map_vs_guessed_unmap(false); }, "leaf on a free IOVA", Bound::Preemptions(2);
+    /// Recording the mapping before writing its leaves: the guess takes the record, unmaps
+    /// nothing and frees the IOVA, and the map then writes leaves on the free IOVA.
+    fn map_records_first: MAP_RECORD_LAST;
 }
 
 /// Length of the bounced buffer and of the mapping that reuses its slots.
