@@ -8,6 +8,9 @@
 //! can make the device allocate. Each test names the clause it checks.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::{attach, map, unmap};
 use dma_vmm::translate::Fault;
 use dma_vmm::viommu::wire::{self, T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
 use dma_vmm::viommu::*;
@@ -41,32 +44,6 @@ fn dev_with(config: ViommuConfig) -> Viommu {
 
 fn dev() -> Viommu {
     dev_with(cfg())
-}
-
-fn attach(domain: u32, endpoint: u32) -> Request {
-    Request::Attach {
-        domain,
-        endpoint,
-        flags: 0,
-    }
-}
-
-fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Request {
-    Request::Map {
-        domain,
-        virt_start,
-        virt_end,
-        phys_start,
-        flags,
-    }
-}
-
-fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Request {
-    Request::Unmap {
-        domain,
-        virt_start,
-        virt_end,
-    }
 }
 
 fn ok(v: &Viommu, r: Request) {

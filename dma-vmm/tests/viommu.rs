@@ -2,6 +2,9 @@
 //! memory.
 #![cfg(all(not(loom), feature = "vm-memory"))]
 
+mod common;
+
+use common::{attach, map, unmap};
 use dma_vmm::translate::Fault;
 use dma_vmm::viommu::*;
 use io_pgtable::Prot;
@@ -11,32 +14,6 @@ type Ram = GuestMemoryMmap<()>;
 
 fn ram() -> Ram {
     Ram::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-}
-
-fn attach(domain: u32, endpoint: u32) -> Request {
-    Request::Attach {
-        domain,
-        endpoint,
-        flags: 0,
-    }
-}
-
-fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Request {
-    Request::Map {
-        domain,
-        virt_start,
-        virt_end,
-        phys_start,
-        flags,
-    }
-}
-
-fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Request {
-    Request::Unmap {
-        domain,
-        virt_start,
-        virt_end,
-    }
 }
 
 const RW: u32 = MAP_F_READ | MAP_F_WRITE;
