@@ -39,23 +39,22 @@ impl<T: TlbOps + 'static> Domain<T> {
             size,
             held: Held::Single,
         };
-        if !MAP_RECORD_LAST.on() {
-            // Weakened: recorded before the leaves are written, so an unmap that guessed the
-            // address can take the record, unmap nothing and free the IOVA in between.
+        // Weakened: recorded before the leaves are written, so an unmap that guessed the
+        // address can take the record, unmap nothing and free the IOVA in between.
+        let record_first = !MAP_RECORD_LAST.on();
+        if record_first {
             if let Err(e) = self.registry.insert(iova + offset, rec) {
                 return Err(self.map_failed(span, 0, e));
             }
-            if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
-                return Err(self.map_failed(span, 0, e.into()));
-            }
-            return Ok(iova + offset);
         }
         if let Err(e) = self.backend.pt.map(iova, paddr - offset, len, prot) {
             // The page table undid its part itself. Converted here, off the success path.
             return Err(self.map_failed(span, 0, e.into()));
         }
-        if let Err(e) = self.registry.insert(iova + offset, rec) {
-            return Err(self.map_failed(span, len, e));
+        if !record_first {
+            if let Err(e) = self.registry.insert(iova + offset, rec) {
+                return Err(self.map_failed(span, len, e));
+            }
         }
         Ok(iova + offset)
     }
